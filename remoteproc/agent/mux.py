@@ -1,0 +1,306 @@
+"""Streams between file descriptors and frames, with per-stream credit.
+
+The same engine runs on both ends of the SSH channel: in the remote agent (streams
+are the child's socketpairs and pipes) and in the local relay (streams are the
+parent's Connection ends and its stdout/stderr).  Each stream moves bytes opaquely:
+``multiprocessing.connection.Connection`` frames its own messages.
+
+Flow control: a sender may have at most ``window`` bytes of a stream unacknowledged.
+The receiver queues what it cannot write yet and returns credit only for bytes it
+has written out, so a child that stops reading stalls its own stream and nothing else.
+"""
+
+import errno
+import os
+import selectors
+import socket
+import stat
+from collections import deque
+from itertools import islice
+
+from . import frames
+
+WINDOW = 4 << 20           # bytes in flight per stream and direction
+ACK_AT = 1 << 20           # return credit in pieces of at least this much
+READ_CHUNK = frames.MAX_DATA
+SMALL_WRITE = 4096         # per wake-up on an fd we may not make non-blocking
+_GONE = (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN)
+
+
+def _shutdown(fd: int, how: int) -> None:
+    """shutdown() the socket behind fd: it reaches every copy of that socket."""
+    sock = socket.socket(fileno=os.dup(fd))
+    try:
+        sock.shutdown(how)
+    except OSError:
+        pass
+    finally:
+        sock.close()
+
+
+class Stream:
+    """One bridged file descriptor and its state in each direction."""
+
+    __slots__ = (
+        "sid", "fd", "owner", "reading", "writing", "shared", "pollable", "is_socket",
+        "credit", "outq", "queued", "unacked", "peer_eof", "read_done", "write_done",
+        "events", "handler",
+    )
+
+    def __init__(self, sid, fd, reading, writing, owner, shared, credit):
+        self.sid = sid
+        self.fd = fd
+        self.owner = owner
+        self.reading = reading      # we read the fd and send DATA to the peer
+        self.writing = writing      # we write the peer's DATA to the fd
+        self.shared = shared        # fd shares its file description with someone else: no O_NONBLOCK
+        self.pollable = True
+        mode = os.fstat(fd).st_mode
+        self.is_socket = stat.S_ISSOCK(mode)
+        self.credit = credit
+        self.outq = deque()
+        self.queued = 0
+        self.unacked = 0
+        self.peer_eof = False
+        self.read_done = not reading
+        self.write_done = not writing
+        self.events = 0
+        self.handler = None
+
+    @property
+    def closed(self) -> bool:
+        return self.fd < 0
+
+
+class Mux:
+    """All streams of one frame channel, driven by a selector.
+
+    ``send(*parts)`` queues bytes for the peer; selector keys registered here have
+    a callable ``data`` that takes the event mask (the loop's convention).
+    """
+
+    def __init__(self, selector, send, window: int = WINDOW, ack_at: int = ACK_AT) -> None:
+        self.sel = selector
+        self.send = send
+        self.window = window
+        self.ack_at = min(ack_at, window)
+        self.streams = {}
+        self.high_sid = 0
+        self.on_closed = None     # callback(stream) once a stream is finished and closed
+        self.on_drained = None    # callback(stream) when its write queue becomes empty
+
+    # -- set-up -------------------------------------------------------------
+    def add(self, sid: int, fd: int, *, reading: bool, writing: bool, owner=None,
+            shared: bool = False) -> Stream:
+        if sid in self.streams or sid <= 0:
+            raise frames.ProtocolError("stream %d opened twice" % sid)
+        s = Stream(sid, fd, reading, writing, owner, shared, self.window)
+        if not shared:
+            os.set_blocking(fd, False)
+        s.handler = lambda mask, s=s: self._ready(s, mask)
+        self.streams[sid] = s
+        self.high_sid = max(self.high_sid, sid)
+        self._update(s)
+        return s
+
+    def _update(self, s: Stream) -> None:
+        if s.fd < 0:
+            return
+        ev = 0
+        if not s.read_done and s.credit > 0:
+            ev |= selectors.EVENT_READ
+        if s.outq:
+            ev |= selectors.EVENT_WRITE
+        if ev == s.events or not s.pollable:
+            return
+        try:
+            if not s.events:
+                self.sel.register(s.fd, ev, s.handler)
+            elif not ev:
+                self.sel.unregister(s.fd)
+            else:
+                self.sel.modify(s.fd, ev, s.handler)
+        except PermissionError:
+            # a regular file or /dev/null: epoll refuses it; it never blocks anyway
+            s.pollable = False
+            s.events = 0
+            if s.outq:
+                self._write(s)
+            return
+        s.events = ev
+
+    # -- events from the selector ------------------------------------------
+    def _ready(self, s: Stream, mask: int) -> None:
+        if mask & selectors.EVENT_WRITE and s.outq:
+            self._write(s)
+        if mask & selectors.EVENT_READ and not s.read_done and s.fd >= 0:
+            self._read(s)
+        self._update(s)
+        self._maybe_finish(s)
+
+    def _read(self, s: Stream) -> None:
+        try:
+            data = os.read(s.fd, min(READ_CHUNK, s.credit))
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            if exc.errno not in _GONE:
+                raise
+            data = b""
+        if data:
+            s.credit -= len(data)
+            self.send(frames.header(frames.DATA, s.sid, len(data)), data)
+        else:
+            s.read_done = True
+            self.send(frames.header(frames.EOF, s.sid, 0))
+
+    def _write(self, s: Stream) -> None:
+        q = s.outq
+        while q:
+            try:
+                if s.shared:
+                    n = os.write(s.fd, q[0][:SMALL_WRITE])
+                elif len(q) == 1:
+                    n = os.write(s.fd, q[0])
+                else:
+                    n = os.writev(s.fd, list(islice(q, 0, 128)))
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+                self._reader_gone(s)
+                return
+            s.queued -= n
+            s.unacked += n
+            while n:
+                head = q[0]
+                if len(head) <= n:
+                    n -= len(head)
+                    q.popleft()
+                else:
+                    q[0] = head[n:]
+                    n = 0
+            if s.shared and s.pollable:
+                break  # one small write per wake-up: never block the loop
+        if s.unacked >= self.ack_at:
+            self.send(frames.header(frames.CREDIT, s.sid, s.unacked))
+            s.unacked = 0
+        if not q:
+            if s.peer_eof:
+                self._end_write(s)
+            if self.on_drained is not None:
+                self.on_drained(s)
+
+    def _reader_gone(self, s: Stream) -> None:
+        """Our fd's reader went away: drop what is queued and tell the peer to stop."""
+        s.queued = 0
+        s.outq.clear()
+        if not s.write_done:
+            s.write_done = True
+            self.send(frames.header(frames.STOP, s.sid, 0))
+        if self.on_drained is not None:
+            self.on_drained(s)
+
+    def _end_write(self, s: Stream) -> None:
+        if s.write_done:
+            return
+        s.write_done = True
+        if s.reading and not s.read_done and s.is_socket:
+            _shutdown(s.fd, socket.SHUT_WR)
+
+    def _maybe_finish(self, s: Stream) -> None:
+        if s.fd >= 0 and s.read_done and s.write_done and not s.outq:
+            self.close(s)
+
+    def close(self, s: Stream) -> None:
+        """Close a stream now, dropping whatever it still had queued."""
+        if s.fd < 0:
+            return
+        if s.events:
+            self.sel.unregister(s.fd)
+            s.events = 0
+        os.close(s.fd)
+        s.fd = -1
+        s.outq.clear()
+        s.queued = 0
+        s.read_done = s.write_done = True
+        self.streams.pop(s.sid, None)
+        if self.on_closed is not None:
+            self.on_closed(s)
+
+    # -- frames from the peer ----------------------------------------------
+    def _stream(self, sid: int):
+        s = self.streams.get(sid)
+        if s is None and sid > self.high_sid:
+            raise frames.ProtocolError("frame for stream %d, which was never opened" % sid)
+        return s  # None: a stream we already closed; late frames for it are dropped
+
+    def on_data(self, sid: int, piece) -> None:
+        s = self._stream(sid)
+        if s is None or s.write_done:
+            return
+        if not s.writing or s.peer_eof:
+            raise frames.ProtocolError("DATA on stream %d, which takes none" % sid)
+        s.queued += len(piece)
+        if s.queued > self.window:
+            raise frames.ProtocolError("peer overran its credit on stream %d" % sid)
+        s.outq.append(piece)
+        if len(s.outq) == 1 and (not s.shared or not s.pollable):
+            self._write(s)      # the common case: written at once, no extra wake-up
+        if s.fd >= 0:
+            self._update(s)
+        self._maybe_finish(s)
+
+    def on_frame(self, ftype: int, sid: int, value: int) -> None:
+        s = self._stream(sid)
+        if s is None:
+            return
+        if ftype == frames.CREDIT:
+            s.credit += value
+            if s.credit > self.window:
+                raise frames.ProtocolError("credit on stream %d beyond the window" % sid)
+        elif ftype == frames.EOF:
+            if not s.writing:
+                raise frames.ProtocolError("EOF on stream %d, which takes no data" % sid)
+            s.peer_eof = True
+            if not s.outq:
+                self._end_write(s)
+        elif ftype == frames.STOP:
+            self._stop_reading(s)
+        self._update(s)
+        self._maybe_finish(s)
+
+    def _stop_reading(self, s: Stream) -> None:
+        """The peer's reader is gone: make our writer see a broken pipe, as locally."""
+        if s.read_done:
+            return
+        s.read_done = True
+        if s.is_socket:
+            _shutdown(s.fd, socket.SHUT_RD)
+
+    def peer_lost(self) -> None:
+        """The channel is gone: flush what we hold, then end every stream."""
+        for s in list(self.streams.values()):
+            s.read_done = True
+            s.peer_eof = True
+            if not s.outq:
+                self._end_write(s)
+            self._update(s)
+            self._maybe_finish(s)
+
+    def streams_fds(self):
+        return [s.fd for s in self.streams.values() if s.fd >= 0]
+
+    def drain(self, s: Stream) -> None:
+        """Read all the fd holds right now, as far as credit allows (its writer exited)."""
+        while not s.read_done and s.credit > 0 and s.fd >= 0:
+            before = s.credit
+            self._read(s)
+            if s.credit == before:
+                break
+        self._update(s)
+        self._maybe_finish(s)
+
+    def owned_by(self, owner):
+        return [s for s in self.streams.values() if s.owner is owner]

@@ -1,0 +1,335 @@
+"""The resident agent: one per SSH connection.
+
+It forks one child per RemoteProcess (so a warm start costs a fork, not an
+interpreter start-up), relays the child's Connections and standard streams as
+frames on its own stdin/stdout, reports pids and exit statuses, and kills every
+child it started when the channel goes away: no orphans.
+"""
+
+import os
+import selectors
+import signal
+import socket
+import sys
+import time
+
+from . import PROTOCOL_VERSION, child, frames, mux
+
+GRACE = 2.0     # seconds from SIGTERM to SIGKILL when cleaning up
+
+
+class Proc:
+    """One child of the agent."""
+
+    __slots__ = ("id", "pid", "sentinel", "code")
+
+    def __init__(self, pid_id, pid, sentinel):
+        self.id = pid_id
+        self.pid = pid
+        self.sentinel = sentinel    # write end: its closing tells the child the agent is gone
+        self.code = None
+
+
+def _log(msg):
+    try:
+        os.write(2, ("remoteproc agent[%d]: %s\n" % (os.getpid(), msg)).encode("utf-8", "replace"))
+    except OSError:
+        pass
+
+
+def _try_grow_pipe(fd):
+    try:
+        import fcntl
+
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), 1 << 20)
+    except (ImportError, OSError):
+        pass
+
+
+class Supervisor:
+    """Serve one frame channel on (fd_in, fd_out) until it ends."""
+
+    def __init__(self, fd_in, fd_out):
+        self.fd_in = fd_in
+        self.fd_out = fd_out
+        self.sel = selectors.DefaultSelector()
+        self.out = bytearray()
+        self.out_registered = False
+        self.mux = mux.Mux(self.sel, self.send)
+        self.reader = frames.FrameReader(self.mux.on_data, self.on_frame)
+        self.procs = {}         # id -> Proc, for children not yet reaped
+        self.by_pid = {}
+        self.running = True
+        self.stop_reason = None
+        for fd in (fd_in, fd_out):
+            os.set_blocking(fd, False)
+            _try_grow_pipe(fd)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        signal.set_wakeup_fd(self.wake_w)
+        signal.signal(signal.SIGCHLD, lambda *a: None)
+        for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+            signal.signal(sig, self._on_stop_signal)
+        self.sel.register(fd_in, selectors.EVENT_READ, self._on_input)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+
+    # -- output ---------------------------------------------------------------
+    def send(self, *parts):
+        for p in parts:
+            self.out += p
+        self._flush()
+
+    def _flush(self, mask=0):
+        while self.out:
+            try:
+                n = os.write(self.fd_out, self.out)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                self.out.clear()
+                self._stop("the channel's output is closed")
+                break
+            del self.out[:n]
+        want = bool(self.out)
+        if want != self.out_registered:
+            if want:
+                self.sel.register(self.fd_out, selectors.EVENT_WRITE, self._flush)
+            else:
+                self.sel.unregister(self.fd_out)
+            self.out_registered = want
+
+    def control(self, msg, blob=b""):
+        self.send(frames.control(msg, blob))
+
+    # -- input ----------------------------------------------------------------
+    def _on_input(self, mask):
+        try:
+            data = os.read(self.fd_in, 1 << 20)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            if not self.reader.idle:
+                _log("the channel ended in the middle of a frame")
+            self._stop("the channel closed")
+            return
+        self.reader.feed(data)
+
+    def on_frame(self, ftype, sid, value, payload):
+        if ftype != frames.CONTROL:
+            self.mux.on_frame(ftype, sid, value)
+            return
+        msg, blob = frames.parse_control(payload)
+        op = msg["op"]
+        if op == "start":
+            self._start(msg, blob)
+        elif op == "signal":
+            self._signal(msg)
+        elif op == "ping":
+            self.control({"op": "pong", "t": msg.get("t")})
+        elif op == "exit":
+            self._stop("asked to exit")
+        else:
+            raise frames.ProtocolError("unknown control operation %r" % op)
+
+    # -- children -------------------------------------------------------------
+    def _start(self, msg, blob):
+        try:
+            pid_id = int(msg["id"])
+            streams = [(int(sid), str(kind), bool(r), bool(w)) for sid, kind, r, w in msg["streams"]]
+            out_sid, err_sid = int(msg["stdout"]), int(msg["stderr"])
+            tty = bool(msg.get("tty"))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise frames.ProtocolError("malformed start request: %r" % (exc,)) from None
+        if pid_id in self.procs:
+            raise frames.ProtocolError("process %d started twice" % pid_id)
+        made = []           # every fd created here, closed again on failure
+        try:
+            theirs, mine = {}, []
+            for index, (sid, kind, child_reads, child_writes) in enumerate(streams):
+                if kind == "socket":
+                    a, b = socket.socketpair()
+                    fa, fb = a.detach(), b.detach()
+                    made += [fa, fb]
+                    mine.append((sid, fa, child_writes, child_reads))
+                    theirs[index] = fb
+                else:
+                    r, w = os.pipe()
+                    made += [r, w]
+                    if child_reads:
+                        mine.append((sid, w, False, True))
+                        theirs[index] = r
+                    else:
+                        mine.append((sid, r, True, False))
+                        theirs[index] = w
+            out_r, out_w = os.pipe()
+            err_r, err_w = os.pipe()
+            sen_r, sen_w = os.pipe()
+            made += [out_r, out_w, err_r, err_w, sen_r, sen_w]
+            mine += [(out_sid, out_r, True, False), (err_sid, err_r, True, False)]
+            for sid, _fd, _r, _w in mine:
+                if sid in self.mux.streams or sid <= self.mux.high_sid:
+                    raise frames.ProtocolError("stream %d reused" % sid)
+            close = [self.fd_in, self.fd_out, self.wake_r, self.wake_w, self.sel.fileno()]
+            close += list(self.mux.streams_fds())
+            close += [p.sentinel for p in self.procs.values()]
+            close += [fd for _sid, fd, _r, _w in mine] + [sen_w]
+            pid = os.fork()
+        except OSError as exc:
+            for fd in made:
+                os.close(fd)
+            self.control({"op": "error", "id": pid_id,
+                          "message": "could not start the child: %s" % exc})
+            return
+        except BaseException:
+            for fd in made:
+                os.close(fd)
+            raise
+        if pid == 0:    # pragma: no cover - the child never returns (os._exit)
+            child.run(blob, theirs, out_w, err_w, sen_r, close, tty)
+        try:
+            os.setpgid(pid, pid)
+        except OSError:
+            pass
+        for fd in list(theirs.values()) + [out_w, err_w, sen_r]:
+            os.close(fd)
+        proc = Proc(pid_id, pid, sen_w)
+        self.procs[pid_id] = proc
+        self.by_pid[pid] = proc
+        for sid, fd, reading, writing in mine:
+            self.mux.add(sid, fd, reading=reading, writing=writing, owner=proc)
+        self.control({"op": "started", "id": pid_id, "pid": pid})
+
+    def _signal(self, msg):
+        proc = self.procs.get(msg.get("id"))
+        sig = msg.get("sig")
+        if proc is None or not isinstance(sig, int):
+            return      # already exited: as multiprocessing, a late signal is a no-op
+        try:
+            os.kill(proc.pid, sig)
+        except (ProcessLookupError, ValueError):
+            pass
+
+    def _on_wake(self, mask):
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except (BlockingIOError, InterruptedError):
+            pass
+        self._reap()
+
+    def _reap(self):
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            proc = self.by_pid.pop(pid, None)
+            if proc is None:
+                continue
+            del self.procs[proc.id]
+            proc.code = os.waitstatus_to_exitcode(status)
+            os.close(proc.sentinel)
+            # Whatever the child wrote before it exited goes out before its exit status.
+            for s in self.mux.owned_by(proc):
+                self.mux.drain(s)
+            self.control({"op": "exited", "id": proc.id, "code": proc.code})
+
+    def _on_stop_signal(self, signum, frame):
+        self._stop("signal %d" % signum)
+
+    def _stop(self, reason):
+        if self.running:
+            self.running = False
+            self.stop_reason = reason
+
+    # -- main loop and clean-up ----------------------------------------------
+    def serve(self):
+        try:
+            while self.running:
+                for key, mask in self.sel.select():
+                    key.data(mask)
+                    if not self.running:
+                        break
+        except frames.ProtocolError as exc:
+            _log("protocol error, exiting: %s" % exc)
+            self.stop_reason = "protocol error"
+        finally:
+            self.cleanup()
+
+    def cleanup(self):
+        """SIGTERM every child's process group, SIGKILL after GRACE seconds, reap all."""
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        procs = list(self.procs.values())
+        for proc in procs:
+            _killpg(proc.pid, signal.SIGTERM)
+        deadline = time.monotonic() + GRACE
+        while self.by_pid and time.monotonic() < deadline:
+            self._reap_quietly()
+            if self.by_pid:
+                time.sleep(0.02)
+        for pid in list(self.by_pid):
+            _killpg(pid, signal.SIGKILL)
+        while self.by_pid:
+            for pid in list(self.by_pid):
+                try:
+                    os.waitpid(pid, 0)
+                except ChildProcessError:
+                    pass
+                self.by_pid.pop(pid, None)
+
+    def _reap_quietly(self):
+        while self.by_pid:
+            try:
+                pid, _status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.by_pid.clear()
+                return
+            if pid == 0:
+                return
+            self.by_pid.pop(pid, None)
+
+
+def _killpg(pid, sig):
+    try:
+        os.killpg(pid, sig)
+    except OSError:
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+def hello():
+    return {
+        "op": "hello",
+        "version": PROTOCOL_VERSION,
+        "python": list(sys.version_info[:3]),
+        "pid": os.getpid(),
+        "platform": sys.platform,
+        "executable": sys.executable,
+        "cpus": os.cpu_count(),
+    }
+
+
+def main(fd_in, fd_out):
+    """Run the agent on the given channel fds; returns the process exit status."""
+    sup = Supervisor(fd_in, fd_out)
+    sup.control(hello())
+    # Preload what every child needs, so that a fork is all a start costs.
+    import multiprocessing.connection  # noqa: F401
+    import multiprocessing.context  # noqa: F401
+    import multiprocessing.process  # noqa: F401
+    import multiprocessing.reduction  # noqa: F401
+    import pickle  # noqa: F401
+    import threading  # noqa: F401
+    import traceback  # noqa: F401
+
+    import cloudpickle  # noqa: F401
+
+    sup.serve()
+    return 0 if sup.stop_reason != "protocol error" else 2

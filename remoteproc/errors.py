@@ -1,0 +1,67 @@
+"""The exception tree: every error remoteproc raises derives from RemoteProcessError.
+
+Each message names the host it concerns and says what to do about it.
+"""
+
+from __future__ import annotations
+
+
+class RemoteProcessError(Exception):
+    """Base class of every remoteproc error; ``host`` names the host concerned."""
+
+    def __init__(self, message: str, host: str | None = None) -> None:
+        super().__init__(message)
+        self.host = host
+
+    def __reduce__(self):
+        return (type(self), (str(self), self.host))
+
+
+class ConfigError(RemoteProcessError, ValueError):
+    """A host spec, option or ssh_config entry that cannot be used as given."""
+
+
+class ConnectError(RemoteProcessError):
+    """The host could not be reached: unknown name, refused, unreachable or timed out."""
+
+
+class AuthenticationError(RemoteProcessError):
+    """The SSH server refused every credential that was offered."""
+
+
+class HostKeyError(RemoteProcessError):
+    """The host's key is unknown or has changed, and the policy refuses it."""
+
+
+class BootstrapError(RemoteProcessError):
+    """The remote agent could not be started (no python3, wrong version, ...)."""
+
+
+class ProtocolError(RemoteProcessError):
+    """The other side sent something that is not valid protocol."""
+
+
+class ConnectionLostError(RemoteProcessError, EOFError):
+    """The SSH connection (or the local relay) carrying a remote process went away."""
+
+
+class PicklingError(RemoteProcessError, TypeError):
+    """The target or its arguments cannot be shipped to the remote host."""
+
+
+#: ``exitcode`` of a remote process whose connection was lost before it exited
+#: (the convention of ``ssh``, which exits with 255 when the connection fails).
+CONNECTION_LOST = 255
+
+_BY_NAME = {
+    cls.__name__: cls
+    for cls in (
+        RemoteProcessError, ConfigError, ConnectError, AuthenticationError, HostKeyError,
+        BootstrapError, ProtocolError, ConnectionLostError, PicklingError,
+    )
+}
+
+
+def from_wire(name: str, message: str, host: str | None) -> RemoteProcessError:
+    """Rebuild an error the relay process reported by class name."""
+    return _BY_NAME.get(name, RemoteProcessError)(message, host)

@@ -1,0 +1,140 @@
+"""The relay process: owns every SSH connection of one user process.
+
+The user's process starts it on first use (``hubclient.py``) and talks to it over
+a Unix socketpair; it never opens a listening socket.  Running the SSH transport
+here keeps the message path free of the user's GIL: a CPU-bound thread in the
+user's program does not slow its remote processes' messages.  When the user's
+process dies, its socket reads EOF here, every connection is closed, and each
+remote agent kills what it started.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import sys
+import threading
+
+from . import ipc, ssh
+from .errors import RemoteProcessError
+from .relay import Link
+
+log = logging.getLogger("remoteproc.hub")
+
+
+class _ForwardHandler(logging.Handler):
+    """Sends this process's log records to the user's process, which re-emits them."""
+
+    def __init__(self, hub: "Hub") -> None:
+        super().__init__()
+        self.hub = hub
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            msg = record.getMessage()
+            if record.exc_info:
+                msg += "\n" + logging.Formatter().formatException(record.exc_info)
+            self.hub.tell(("log", record.name, record.levelno, msg))
+        except Exception:   # pragma: no cover - logging must never break the relay
+            pass
+
+
+class Hub:
+    def __init__(self, sock: socket.socket) -> None:
+        self.sock = sock
+        self.send_lock = threading.Lock()
+        self.pool = ssh.Pool()
+        self.links: dict[tuple, Link] = {}
+        self.links_lock = threading.Lock()
+        self.config_cache: dict = {}
+
+    def tell(self, msg) -> None:
+        with self.send_lock:
+            ipc.send(self.sock, msg)
+
+    def forget(self, link: Link) -> None:
+        with self.links_lock:
+            if self.links.get(link.target.key) is link:
+                del self.links[link.target.key]
+
+    def serve(self) -> None:
+        receiver = ipc.Receiver(self.sock)
+        while True:
+            try:
+                msg, fds = receiver.recv()
+            except (EOFError, OSError):
+                break
+            op = msg[0]
+            if op == "start":
+                self.start(msg[1], fds)
+            elif op == "level":
+                logging.getLogger("remoteproc").setLevel(msg[1])
+            else:
+                for fd in fds:
+                    os.close(fd)
+        self.shutdown()
+
+    def start(self, request: dict, fds: list[int]) -> None:
+        status = socket.socket(fileno=fds[0])
+        fds = fds[1:]
+        try:
+            target = ssh.resolve(request["host"], request["options"])
+        except RemoteProcessError as exc:
+            self._refuse(status, fds, exc)
+            return
+        except Exception as exc:  # noqa: BLE001
+            self._refuse(status, fds, RemoteProcessError("%s: %s" % (request["host"], exc), request["host"]))
+            return
+        while True:
+            with self.links_lock:
+                link = self.links.get(target.key)
+                if link is None:
+                    link = self.links[target.key] = Link(self, target)
+            if link.submit(request, status, fds):
+                return
+            self.forget(link)
+
+    def _refuse(self, status: socket.socket, fds: list[int], exc: RemoteProcessError) -> None:
+        try:
+            ipc.send(status, ("error", type(exc).__name__, str(exc)))
+        except OSError:
+            pass
+        status.close()
+        for fd in fds:
+            os.close(fd)
+
+    def interrupt(self, signum, frame) -> None:
+        """Ctrl-C reaches the whole foreground process group: pass it on to the remote children."""
+        with self.links_lock:
+            links = list(self.links.values())
+        for link in links:
+            link.interrupt()
+
+    def shutdown(self) -> None:
+        with self.links_lock:
+            links = list(self.links.values())
+        for link in links:
+            link.close()
+        for link in links:
+            link.thread.join(10)
+        self.pool.close_all()
+
+
+def main(fd: int) -> None:
+    """Entry point of the relay process; ``fd`` is its end of the socketpair."""
+    sock = socket.socket(fileno=fd)
+    hub = Hub(sock)
+    root = logging.getLogger("remoteproc")
+    root.addHandler(_ForwardHandler(hub))
+    root.propagate = False
+    root.setLevel(logging.INFO)
+    logging.getLogger("paramiko").addHandler(logging.NullHandler())
+    logging.getLogger("paramiko").propagate = False
+    signal.signal(signal.SIGINT, hub.interrupt)
+    try:
+        hub.serve()
+    finally:
+        sys.stdout.flush()
+        os._exit(0)

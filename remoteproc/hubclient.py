@@ -1,0 +1,113 @@
+"""The user's side of the relay process: start it, hand it work, hear its logs.
+
+One relay process per user process, started on first use (the constructor of a
+RemoteProcess already starts it in the background, so that importing paramiko
+there overlaps with the caller's own work).  A forked child of the user's process
+gets a relay of its own.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+from typing import Any, Sequence
+
+from . import ipc
+from .errors import ConnectionLostError
+
+log = logging.getLogger("remoteproc")
+
+_lock = threading.Lock()
+_hub: "HubClient | None" = None
+
+
+class HubClient:
+    """A running relay process and the socket to it."""
+
+    def __init__(self) -> None:
+        self.pid_owner = os.getpid()
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
+        code = ("import sys; sys.path[:0] = %r; from remoteproc.hub import main; main(%d)"
+                % (_package_path() + path, theirs.fileno()))
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+            close_fds=True,
+        )
+        theirs.close()
+        self.sock = ours
+        self.send_lock = threading.Lock()
+        self.reader = threading.Thread(target=self._read, name="remoteproc-hub-reader", daemon=True)
+        self.reader.start()
+        self.tell(("level", logging.getLogger("remoteproc").getEffectiveLevel()))
+
+    def tell(self, msg, fds: Sequence[int] = ()) -> None:
+        with self.send_lock:
+            ipc.send(self.sock, msg, fds)
+
+    def _read(self) -> None:
+        receiver = ipc.Receiver(self.sock)
+        while True:
+            try:
+                msg, fds = receiver.recv()
+            except (EOFError, OSError):
+                break
+            for fd in fds:
+                os.close(fd)
+            if msg[0] == "log":
+                _name, level, text = msg[1:]
+                logging.getLogger(_name).log(level, "%s", text)
+        if os.getpid() == self.pid_owner:
+            log.debug("the relay process ended")
+
+    def start(self, request: dict[str, Any], fds: Sequence[int]) -> socket.socket:
+        """Send a start request; returns the process's status socket."""
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            self.tell(("start", request), [theirs.fileno(), *fds])
+        except OSError as exc:
+            ours.close()
+            raise ConnectionLostError("the local relay process is gone (%s); start a new RemoteProcess "
+                                      "to get a new one" % exc, request.get("host")) from None
+        finally:
+            theirs.close()
+        return ours
+
+    def alive(self) -> bool:
+        return os.getpid() == self.pid_owner and self.proc.poll() is None
+
+
+def _package_path() -> list[str]:
+    return [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+
+
+def _forget_in_child() -> None:
+    """A forked child must not keep its parent's relay socket open, nor use it."""
+    global _hub
+    if _hub is not None:
+        try:
+            _hub.sock.close()
+        except OSError:
+            pass
+    _hub = None
+
+
+os.register_at_fork(after_in_child=_forget_in_child)
+
+
+def get() -> HubClient:
+    """The relay process of this process, started if needed."""
+    global _hub
+    with _lock:
+        if _hub is None or not _hub.alive():
+            _hub = HubClient()
+        return _hub
+
+
+def prestart() -> None:
+    """Start the relay process now, if it isn't running yet (cheap when it is)."""
+    get()

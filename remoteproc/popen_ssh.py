@@ -1,0 +1,113 @@
+"""The Popen-like object behind RemoteProcess, as ``popen_fork.Popen`` is locally.
+
+``multiprocessing.process.BaseProcess`` hands all OS work to this object: it
+pickles the process object, asks the relay process to start it on the host, and
+then follows it through a status socket that is also its sentinel (readable
+exactly when the remote process has ended).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import sys
+from multiprocessing import util
+
+from . import hubclient, ipc, reduction
+from .errors import CONNECTION_LOST, ConnectionLostError, from_wire
+
+
+class Popen:
+    method = "ssh"
+
+    def __init__(self, process_obj) -> None:
+        util._flush_std_streams()
+        self.returncode = None
+        self.pid = None
+        self.error = None
+        self.host = process_obj._host
+        self._status = None
+        payload, bridged = reduction.dumps_process(process_obj, self.host, type(process_obj)._remote_class())
+        out_fd = _fileno(sys.stdout, 1)
+        err_fd = _fileno(sys.stderr, 2)
+        request = {
+            "host": self.host,
+            "options": process_obj._ssh_options,
+            "payload": payload,
+            "streams": [(b.kind, b.readable, b.writable) for b in bridged],
+            "tty": os.isatty(out_fd),
+        }
+        del payload
+        hub = hubclient.get()
+        self._status = hub.start(request, [b.fd for b in bridged] + [out_fd, err_fd])
+        self._receiver = ipc.Receiver(self._status)
+        self.sentinel = self._status.fileno()
+        reply = self._next()
+        if reply[0] == "error":
+            self.close()
+            raise from_wire(reply[1], reply[2], self.host)
+        self.pid = reply[1]
+
+    def _next(self):
+        try:
+            msg, _fds = self._receiver.recv()
+            return msg
+        except (EOFError, OSError):
+            return ("error", "ConnectionLostError",
+                    "%s: the local relay process ended unexpectedly" % self.host)
+
+    def poll(self, flag: int = os.WNOHANG):
+        if self.returncode is None and self._status is not None:
+            if flag == os.WNOHANG:
+                ready, _, _ = select.select([self.sentinel], [], [], 0)
+                if not ready:
+                    return None
+            msg = self._next()
+            if msg[0] == "exited":
+                self.returncode = msg[1]
+                if msg[2]:
+                    self.error = from_wire(msg[2][0], msg[2][1], self.host)
+            else:
+                self.returncode = CONNECTION_LOST
+                self.error = from_wire(msg[1], msg[2], self.host)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None):
+        if self.returncode is None:
+            if timeout is not None:
+                from multiprocessing.connection import wait
+
+                if not wait([self.sentinel], timeout):
+                    return None
+            return self.poll(os.WNOHANG if timeout == 0.0 else 0)
+        return self.returncode
+
+    def _send_signal(self, sig: int) -> None:
+        if self.returncode is None and self._status is not None:
+            try:
+                ipc.send(self._status, ("signal", int(sig)))
+            except OSError:
+                pass    # the relay already reported the end; poll() will see it
+
+    def terminate(self) -> None:
+        self._send_signal(signal.SIGTERM)
+
+    def kill(self) -> None:
+        self._send_signal(signal.SIGKILL)
+
+    def close(self) -> None:
+        if self._status is not None:
+            self._status.close()
+            self._status = None
+
+
+def _fileno(stream, default: int) -> int:
+    """The fd behind sys.stdout/sys.stderr now (they may be redirected), else the default."""
+    try:
+        return stream.fileno()
+    except (AttributeError, ValueError, OSError):
+        return default
+
+
+__all__ = ["Popen", "ConnectionLostError"]

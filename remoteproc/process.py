@@ -1,0 +1,65 @@
+"""RemoteProcess: ``multiprocessing.Process`` whose target runs on another host."""
+
+from __future__ import annotations
+
+from multiprocessing import process as mp_process
+from typing import Any, Callable, Iterable, Mapping
+
+from . import hubclient, ssh
+
+
+class RemoteProcess(mp_process.BaseProcess):
+    """A ``multiprocessing.Process`` that runs its target on ``host`` over SSH.
+
+    ``host`` is ``host``, ``user@host``, ``user@host:port`` or an alias from
+    ``~/.ssh/config``; keyword options (``username``, ``port``, ``key_filename``,
+    ``known_hosts``, ``host_key_policy``, ``python``, ...) override the config.
+    Everything else is ``multiprocessing.Process``: ``start``, ``join``, ``pid``
+    (the remote pid), ``exitcode``, ``terminate``, ``kill``, ``close``, ``sentinel``.
+    """
+
+    _start_method = None
+
+    def __init__(
+        self,
+        host: str,
+        group: None = None,
+        target: Callable[..., Any] | None = None,
+        name: str | None = None,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] = {},
+        *,
+        daemon: bool | None = None,
+        **ssh_options: Any,
+    ) -> None:
+        ssh.parse_spec(host)
+        options = ssh.check_options(host, ssh_options)
+        super().__init__(group, target, name, args, kwargs, daemon=daemon)
+        self._host = host
+        self._ssh_options = options
+        hubclient.prestart()
+
+    @staticmethod
+    def _Popen(process_obj):
+        from .popen_ssh import Popen
+
+        return Popen(process_obj)
+
+    @classmethod
+    def _remote_class(cls) -> type:
+        return RemoteProcess
+
+    @property
+    def host(self) -> str:
+        """The host spec this process runs on, as given."""
+        return self._host
+
+    @property
+    def connection_error(self):
+        """The error that ended this process if its connection was lost, else None."""
+        popen = self._popen
+        return popen.error if popen is not None else None
+
+    def __repr__(self) -> str:
+        text = super().__repr__()
+        return text[:-1] + " host=%r>" % self._host

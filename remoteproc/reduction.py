@@ -1,0 +1,104 @@
+"""Pickling a process object for the remote side.
+
+cloudpickle ships the target (by value where it is not importable); this module
+adds what it must not do silently: every ``multiprocessing`` Connection found in
+the object, at any depth, becomes a placeholder that names a bridged stream (the
+fd itself is handed to the relay), and the RemoteProcess class becomes the plain
+``multiprocessing`` Process class, which the remote host has in its stdlib.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import pickle
+import stat
+from multiprocessing import context as mp_context
+from multiprocessing.connection import _ConnectionBase
+
+import cloudpickle
+
+from .agent import child
+from .errors import PicklingError
+
+
+class Bridged:
+    """What the relay needs to know of one Connection passed to a remote process."""
+
+    __slots__ = ("fd", "kind", "readable", "writable")
+
+    def __init__(self, fd: int, kind: str, readable: bool, writable: bool) -> None:
+        self.fd = fd
+        self.kind = kind
+        self.readable = readable
+        self.writable = writable
+
+
+class _Pickler(cloudpickle.Pickler):
+    def __init__(self, file, host: str, process_cls: type) -> None:
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.host = host
+        self.process_cls = process_cls
+        self.bridged: list[Bridged] = []
+        self._by_fd: dict[int, int] = {}
+
+    def reducer_override(self, obj):
+        if isinstance(obj, _ConnectionBase):
+            return self._connection(obj)
+        if obj is self.process_cls:
+            # The remote host has multiprocessing, not remoteproc: run there as a plain Process.
+            return getattr, (mp_context, "Process")
+        return super().reducer_override(obj)
+
+    def _connection(self, conn: _ConnectionBase):
+        if conn.closed:
+            raise PicklingError("a closed Connection was passed to the remote process on %s; pass "
+                                "an open end of a Pipe()" % self.host, self.host)
+        fd = conn.fileno()
+        index = self._by_fd.get(fd)
+        if index is None:
+            mode = os.fstat(fd).st_mode
+            kind = "socket" if stat.S_ISSOCK(mode) else "pipe"
+            if kind == "pipe" and conn.readable and conn.writable:
+                raise PicklingError("a duplex Connection over a pipe cannot be bridged to %s" % self.host,
+                                    self.host)
+            index = len(self.bridged)
+            self.bridged.append(Bridged(fd, kind, conn.readable, conn.writable))
+            self._by_fd[fd] = index
+        return child.rebuild_connection, (index, conn.readable, conn.writable)
+
+
+class _Shipped:
+    """Unpickles on the remote side as the process object itself."""
+
+    def __init__(self, cls: type, state: dict) -> None:
+        self.cls = cls
+        self.state = state
+
+    def __reduce__(self):
+        return child.rebuild_process, (self.cls, self.state)
+
+
+_LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error")
+
+
+def dumps_process(process_obj, host: str, process_cls: type) -> tuple[bytes, list[Bridged]]:
+    """Pickle ``process_obj`` for ``rebuild_process`` on the remote side.
+
+    Returns the payload and the Connections to bridge, in placeholder order.
+    Raises PicklingError naming the host for anything that cannot be shipped.
+    """
+    state = {k: v for k, v in process_obj.__dict__.items() if k not in _LOCAL_ONLY}
+    buf = io.BytesIO()
+    pickler = _Pickler(buf, host, process_cls)
+    mp_context.set_spawning_popen(process_obj)     # lets the authkey travel, as with spawn
+    try:
+        pickler.dump(_Shipped(type(process_obj), state))
+    except PicklingError:
+        raise
+    except Exception as exc:
+        raise PicklingError("cannot send the target or its arguments to %s: %s: %s"
+                            % (host, type(exc).__name__, exc), host) from exc
+    finally:
+        mp_context.set_spawning_popen(None)
+    return buf.getvalue(), pickler.bridged

@@ -1,0 +1,420 @@
+"""The local I/O loop for one SSH connection (runs in the relay process).
+
+One ``Link`` per host connection: it owns the exec channel of the resident agent
+and, in its own thread, moves bytes between the parent's Connection ends (and its
+stdout/stderr) and that channel, frame by frame, with the same stream engine the
+agent uses.  It reports each process's pid and exit status to the parent over a
+per-process status socket, which doubles as the process's sentinel.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import selectors
+import signal
+import threading
+import time
+from collections import deque
+
+from . import bootstrap, ipc
+from .agent import frames, mux
+from .errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError
+
+log = logging.getLogger("remoteproc.relay")
+
+SEND_PIECE = 1 << 20
+
+
+class Job:
+    """One remote process as the relay sees it."""
+
+    __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams", "request")
+
+    def __init__(self, job_id, status_sock, request):
+        self.id = job_id
+        self.status = status_sock
+        self.receiver = ipc.Receiver(status_sock)
+        self.pid = None
+        self.code = None
+        self.error = None
+        self.delivered = False
+        self.streams = []
+        self.request = request
+
+
+class _WakingCondition(threading.Condition):
+    """paramiko notifies this when the send window opens: wake our selector too."""
+
+    def __init__(self, lock, wake):
+        super().__init__(lock)
+        self._wake = wake
+
+    def notify_all(self):
+        super().notify_all()
+        self._wake()
+
+
+class Link:
+    """One host connection: resident agent channel plus the relay loop, in a thread."""
+
+    def __init__(self, hub, target) -> None:
+        self.hub = hub
+        self.target = target
+        self.display = target.display
+        self.sel = selectors.DefaultSelector()
+        self.pending: deque = deque()
+        self.lock = threading.Lock()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+        self.jobs: dict[int, Job] = {}
+        self.next_id = 1
+        self.next_sid = 1
+        self.out = bytearray()
+        self.mux = mux.Mux(self.sel, self.send)
+        self.mux.on_drained = self._stream_drained
+        self.mux.on_closed = self._stream_closed
+        self.reader = frames.FrameReader(self.mux.on_data, self.on_frame)
+        self.conn = None
+        self.chan = None
+        self.closing = False
+        self.interrupted = False
+        self.dead = False
+        self.last_heard = time.monotonic()
+        self.last_ping = 0.0
+        self.idle_since = time.monotonic()
+        self.thread = threading.Thread(target=self._run, name="remoteproc-link %s" % self.display,
+                                       daemon=True)
+        self.thread.start()
+
+    # -- requests from the hub's main thread --------------------------------------
+    def submit(self, request, status_sock, fds) -> bool:
+        """Queue a start request; False if this link is shutting down (open a new one)."""
+        with self.lock:
+            if self.dead or self.closing:
+                return False
+            self.pending.append((request, status_sock, fds))
+        self.wake()
+        return True
+
+    def wake(self) -> None:
+        with self.lock:
+            if self.wake_w < 0:
+                return
+            try:
+                os.write(self.wake_w, b"\0")
+            except OSError:
+                pass            # full: a wake-up is already pending
+
+    def interrupt(self) -> None:
+        """Pass a Ctrl-C on to every remote child of this link."""
+        with self.lock:
+            self.interrupted = True
+        self.wake()
+
+    def close(self) -> None:
+        """Ask the loop to end: the agent then kills what it started."""
+        with self.lock:
+            self.closing = True
+        self.wake()
+
+    # -- the thread -----------------------------------------------------------------
+    def _run(self) -> None:
+        try:
+            self.conn = self.hub.pool.acquire(self.target)
+            self.chan, hello, extra = bootstrap.start_agent(self.conn.transport, self.target)
+            log.debug("%s: agent %s ready (Python %s)", self.display, hello.get("pid"), hello.get("python"))
+        except RemoteProcessError as exc:
+            self._fail_pending(exc)
+            self._finish()
+            return
+        except Exception as exc:  # noqa: BLE001 - anything unforeseen is reported, not swallowed
+            log.exception("%s: could not start", self.display)
+            self._fail_pending(RemoteProcessError("%s: could not start: %r" % (self.display, exc), self.display))
+            self._finish()
+            return
+        chan = self.chan
+        chan.settimeout(0.0)
+        chan.out_buffer_cv = _WakingCondition(chan.lock, self.wake)
+        self.sel.register(chan.fileno(), selectors.EVENT_READ, self._on_channel)
+        try:
+            if extra:
+                self.reader.feed(extra)
+            self._loop()
+        except frames.ProtocolError as exc:
+            self._lost("the agent broke the protocol (%s)" % exc, ProtocolError)
+        except Exception as exc:  # noqa: BLE001
+            log.exception("%s: relay failed", self.display)
+            self._lost("the relay failed: %r" % (exc,))
+        self._finish()
+
+    def _loop(self) -> None:
+        interval = self.target.keepalive_interval
+        while not self.dead:
+            timeout = interval / 2
+            if self.out:
+                self._flush()
+            for key, mask in self.sel.select(timeout):
+                key.data(mask)
+                if self.dead:
+                    return
+            now = time.monotonic()
+            if now - self.last_heard > interval * (self.target.keepalive_count + 1):
+                self._lost("no answer from the host for %.0fs (keepalive)" % (now - self.last_heard))
+                return
+            if now - self.last_ping >= interval and now - self.last_heard >= interval:
+                self.last_ping = now
+                self.send(frames.control({"op": "ping", "t": now}))
+            if self.closing and not self.jobs:
+                return
+            if not self.jobs and not self.mux.streams and not self.pending:
+                if now - self.idle_since > self.target.idle_timeout:
+                    with self.lock:
+                        if not self.pending:
+                            self.closing = True
+                    if self.closing:
+                        log.debug("%s: idle for %.0fs, closing", self.display, self.target.idle_timeout)
+                        return
+            else:
+                self.idle_since = now
+
+    # -- the channel ------------------------------------------------------------------
+    def send(self, *parts) -> None:
+        for p in parts:
+            self.out += p
+        self._flush()
+
+    def _flush(self) -> None:
+        chan = self.chan
+        while self.out:
+            try:
+                with memoryview(self.out) as view:
+                    n = chan.send(view[:SEND_PIECE])
+            except TimeoutError:
+                return      # the window is shut; _WakingCondition wakes us when it opens
+            except OSError as exc:
+                self._lost("sending failed: %s" % exc)
+                return
+            if n == 0:
+                self._lost("the channel closed")
+                return
+            del self.out[:n]
+
+    def _on_channel(self, mask) -> None:
+        chan = self.chan
+        got = False
+        while True:
+            try:
+                data = chan.recv(1 << 20)
+            except TimeoutError:
+                break
+            if not data:
+                self._drain_stderr()
+                reason = "the connection closed"
+                if chan.exit_status_ready():
+                    reason = "the agent exited with status %d" % chan.recv_exit_status()
+                self._lost(reason)
+                return
+            got = True
+            self.reader.feed(data)
+            if self.dead:
+                return
+        self._drain_stderr()
+        if got:
+            self.last_heard = time.monotonic()
+
+    def _drain_stderr(self) -> None:
+        chan = self.chan
+        while chan.recv_stderr_ready():
+            text = chan.recv_stderr(65536).decode("utf-8", "replace").rstrip()
+            if text:
+                log.warning("%s: %s", self.display, text)
+
+    def _on_wake(self, mask) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except BlockingIOError:
+            pass
+        with self.lock:
+            todo, self.pending = list(self.pending), deque()
+            interrupted, self.interrupted = self.interrupted, False
+        for request, status_sock, fds in todo:
+            self._start(request, status_sock, fds)
+        if interrupted:
+            for job in self.jobs.values():
+                if job.code is None:
+                    self.send(frames.control({"op": "signal", "id": job.id, "sig": int(signal.SIGINT)}))
+        if self.out:
+            self._flush()
+
+    # -- processes ---------------------------------------------------------------------
+    def _start(self, request, status_sock, fds) -> None:
+        job = Job(self.next_id, status_sock, request)
+        self.next_id += 1
+        self.jobs[job.id] = job
+        status_sock.setblocking(False)
+        self.sel.register(status_sock.fileno(), selectors.EVENT_READ, lambda mask, j=job: self._on_status(j))
+        conn_fds, out_fd, err_fd = fds[:-2], fds[-2], fds[-1]
+        wire = []
+        for fd, (kind, child_reads, child_writes) in zip(conn_fds, request["streams"]):
+            sid = self._sid()
+            job.streams.append(self.mux.add(sid, fd, reading=child_reads, writing=child_writes, owner=job))
+            wire.append([sid, kind, child_reads, child_writes])
+        out_sid, err_sid = self._sid(), self._sid()
+        job.streams.append(self.mux.add(out_sid, out_fd, reading=False, writing=True, owner=job, shared=True))
+        job.streams.append(self.mux.add(err_sid, err_fd, reading=False, writing=True, owner=job, shared=True))
+        msg = {"op": "start", "id": job.id, "streams": wire, "stdout": out_sid, "stderr": err_sid,
+               "tty": bool(request.get("tty"))}
+        self.send(frames.control(msg, request["payload"]))
+        request["payload"] = None
+
+    def _sid(self) -> int:
+        sid = self.next_sid
+        self.next_sid += 1
+        return sid
+
+    def on_frame(self, ftype, sid, value, payload) -> None:
+        self.last_heard = time.monotonic()
+        if ftype != frames.CONTROL:
+            self.mux.on_frame(ftype, sid, value)
+            return
+        msg, _blob = frames.parse_control(payload)
+        op = msg["op"]
+        if op == "pong":
+            return
+        job = self.jobs.get(msg.get("id"))
+        if job is None:
+            raise frames.ProtocolError("%s for unknown process %r" % (op, msg.get("id")))
+        if op == "started":
+            job.pid = int(msg["pid"])
+            self._tell(job, ("started", job.pid))
+        elif op == "exited":
+            job.code = int(msg["code"])
+            self._deliver(job)
+        elif op == "error":
+            job.code = CONNECTION_LOST
+            job.error = ("BootstrapError", "%s: %s" % (self.display, msg.get("message")))
+            self._tell(job, ("error",) + job.error)
+            self._forget(job, abort_streams=True)
+        else:
+            raise frames.ProtocolError("unknown control operation %r" % op)
+
+    def _tell(self, job: Job, msg) -> None:
+        try:
+            job.status.setblocking(True)
+            ipc.send(job.status, msg)
+            job.status.setblocking(False)
+        except OSError:
+            pass        # the parent dropped this process object; nobody is listening
+
+    def _stream_drained(self, s) -> None:
+        job = s.owner
+        if job is not None and job.code is not None and not job.delivered:
+            self._deliver(job)
+
+    def _stream_closed(self, s) -> None:
+        job = s.owner
+        if job is not None and s in job.streams:
+            job.streams.remove(s)
+
+    def _deliver(self, job: Job, force: bool = False) -> None:
+        """Report the exit once everything the child wrote is in the parent's sockets."""
+        if job.delivered:
+            return
+        if not force and any(s.outq for s in job.streams):
+            return
+        job.delivered = True
+        self._tell(job, ("exited", job.code, job.error))
+        self._forget(job)
+
+    def _forget(self, job: Job, abort_streams: bool = False) -> None:
+        self.jobs.pop(job.id, None)
+        try:
+            self.sel.unregister(job.status.fileno())
+        except (KeyError, ValueError):
+            pass
+        job.status.close()
+        if abort_streams:
+            for s in list(job.streams):
+                self.mux.close(s)
+
+    def _on_status(self, job: Job) -> None:
+        try:
+            msgs, eof = job.receiver.recv_ready()
+        except OSError:
+            msgs, eof = [], True
+        for (msg, _fds) in msgs:
+            if msg[0] == "signal" and job.code is None:
+                self.send(frames.control({"op": "signal", "id": job.id, "sig": int(msg[1])}))
+        if eof:
+            # The parent closed (or lost) this process object; the process runs on, unobserved.
+            try:
+                self.sel.unregister(job.status.fileno())
+            except (KeyError, ValueError):
+                pass
+
+    # -- endings -------------------------------------------------------------------------
+    def _lost(self, reason: str, cls=ConnectionLostError) -> None:
+        if self.dead:
+            return
+        self.dead = True
+        message = "%s: connection lost: %s" % (self.display, reason)
+        if self.jobs:
+            log.warning("%s", message)
+        for job in list(self.jobs.values()):
+            if job.code is None:
+                job.code = CONNECTION_LOST
+                job.error = (cls.__name__, message)
+            if job.pid is None:
+                self._tell(job, ("error",) + job.error)
+                self._forget(job, abort_streams=True)
+            else:
+                self._deliver(job, force=True)
+        self.mux.peer_lost()
+
+    def _fail_pending(self, exc: RemoteProcessError) -> None:
+        with self.lock:
+            self.dead = True
+            todo, self.pending = list(self.pending), deque()
+        for _request, status_sock, fds in todo:
+            try:
+                ipc.send(status_sock, ("error", type(exc).__name__, str(exc)))
+            except OSError:
+                pass
+            status_sock.close()
+            for fd in fds:
+                os.close(fd)
+
+    def _finish(self) -> None:
+        """Flush what the parent still has to get (bounded), close everything, leave the hub."""
+        with self.lock:
+            self.dead = True
+        self.hub.forget(self)
+        deadline = time.monotonic() + 5.0
+        while self.mux.streams and time.monotonic() < deadline:
+            pending = [s for s in self.mux.streams.values() if s.outq]
+            if not pending:
+                break
+            for key, mask in self.sel.select(0.05):
+                if key.fd != self.wake_r and (self.chan is None or key.fd != self.chan.fileno()):
+                    key.data(mask)
+        for s in list(self.mux.streams.values()):
+            self.mux.close(s)
+        for job in list(self.jobs.values()):
+            if not job.delivered:
+                job.code = CONNECTION_LOST if job.code is None else job.code
+                job.error = job.error or ("ConnectionLostError", "%s: connection closed" % self.display)
+                self._deliver(job, force=True)
+        self._fail_pending(ConnectionLostError("%s: connection closed" % self.display, self.display))
+        if self.chan is not None:
+            self.chan.close()
+        if self.conn is not None:
+            self.hub.pool.release(self.conn)
+        self.sel.close()
+        with self.lock:
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            self.wake_w = -1
