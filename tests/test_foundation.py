@@ -1,0 +1,324 @@
+"""End to end through a real OpenSSH sshd: the foundation's promises."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from multiprocessing.connection import wait
+
+import cloudpickle
+import pytest
+
+import remoteproc
+from remoteproc import Pipe, RemoteProcess
+
+# Targets below are shipped by value: this test module is not installed on the remote side.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _wait_gone(pid: int, timeout: float = 15.0) -> bool:
+    """True once no process has ``pid`` (or it is a zombie about to be reaped)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().split(")")[-1].split()[0] == "Z":
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def double(conn, n):
+    print("hello from the remote side")
+    conn.send(n * 2)
+    conn.close()
+
+
+def echo(conn):
+    try:
+        while True:
+            conn.send_bytes(conn.recv_bytes())
+    except EOFError:
+        pass
+
+
+def exit_with(code):
+    sys.exit(code)
+
+
+def raise_error():
+    raise ValueError("boom from the remote side")
+
+
+def sleeper(conn=None, seconds=60):
+    if conn is not None:
+        conn.send(os.getpid())
+    time.sleep(seconds)
+
+
+def test_round_trip(host, ssh_options):
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=double, args=(child, 21), **ssh_options)
+    p.start()
+    child.close()
+    assert parent.recv() == 42
+    p.join(30)
+    assert p.exitcode == 0
+    assert isinstance(p.pid, int) and p.pid != os.getpid()
+
+
+def test_stdout_and_stderr_are_forwarded(host, ssh_options, capfd):
+    def speak():
+        print("to stdout", flush=True)
+        print("to stderr", file=sys.stderr, flush=True)
+
+    p = RemoteProcess(host, target=speak, **ssh_options)
+    p.start()
+    p.join(30)
+    out, err = capfd.readouterr()
+    assert p.exitcode == 0
+    assert "to stdout" in out and "to stderr" not in out
+    assert "to stderr" in err
+
+
+@pytest.mark.parametrize("size", [0, 1, 16 << 20])
+def test_big_messages_each_way(host, ssh_options, size):
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=echo, args=(child,), **ssh_options)
+    p.start()
+    child.close()
+    data = os.urandom(size)
+    parent.send_bytes(data)
+    assert parent.recv_bytes() == data
+    parent.close()
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_ten_thousand_messages_in_order(host, ssh_options):
+    def count(conn, n):
+        for i in range(n):
+            conn.send(i)
+        got = [conn.recv() for _ in range(n)]
+        conn.send(got == list(range(n)))
+
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=count, args=(child, 10_000), **ssh_options)
+    p.start()
+    child.close()
+    sender = threading.Thread(target=lambda: [parent.send(i) for i in range(10_000)])
+    sender.start()
+    received = [parent.recv() for _ in range(10_000)]
+    sender.join(60)
+    assert received == list(range(10_000))
+    assert parent.recv() is True
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_one_way_pipes_both_directions(host, ssh_options):
+    def relay(reader, writer):
+        writer.send(reader.recv() + "!")
+
+    down_r, down_w = Pipe(duplex=False)     # parent -> child
+    up_r, up_w = Pipe(duplex=False)         # child -> parent
+    p = RemoteProcess(host, target=relay, args=(down_r, up_w), **ssh_options)
+    p.start()
+    down_r.close()
+    up_w.close()
+    down_w.send("one way")
+    assert up_r.recv() == "one way!"
+    p.join(30)
+    assert p.exitcode == 0
+    with pytest.raises(EOFError):
+        up_r.recv()
+
+
+def test_three_connections_to_one_process(host, ssh_options):
+    def fan(a, b, c):
+        for conn, tag in ((a, "a"), (b, "b"), (c, "c")):
+            conn.send(tag + str(conn.recv()))
+
+    pairs = [Pipe() for _ in range(3)]
+    p = RemoteProcess(host, target=fan, kwargs=dict(zip("abc", [c for _, c in pairs])), **ssh_options)
+    p.start()
+    for i, (parent, child) in enumerate(pairs):
+        child.close()
+        parent.send(i)
+    assert [parent.recv() for parent, _ in pairs] == ["a0", "b1", "c2"]
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_connections_nested_in_arguments(host, ssh_options):
+    def nested(box):
+        box["conns"][1].send(box["conns"][0].recv() * 3)
+
+    a_parent, a_child = Pipe()
+    b_parent, b_child = Pipe()
+    p = RemoteProcess(host, target=nested, args=({"conns": [a_child, b_child]},), **ssh_options)
+    p.start()
+    a_parent.send(7)
+    assert b_parent.recv() == 21
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_twenty_processes_at_once(host, ssh_options):
+    pairs = [Pipe() for _ in range(20)]
+    procs = [RemoteProcess(host, target=double, args=(child, i), **ssh_options)
+             for i, (_parent, child) in enumerate(pairs)]
+    for p in procs:
+        p.start()
+    for _parent, child in pairs:
+        child.close()
+    assert [parent.recv() for parent, _ in pairs] == [2 * i for i in range(20)]
+    for p in procs:
+        p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 20
+    assert len({p.pid for p in procs}) == 20
+
+
+@pytest.mark.parametrize("code", [0, 3])
+def test_exit_codes(host, ssh_options, code):
+    p = RemoteProcess(host, target=exit_with, args=(code,), **ssh_options)
+    p.start()
+    p.join(30)
+    assert p.exitcode == code
+
+
+def test_exception_gives_1_and_traceback_on_stderr(host, ssh_options, capfd):
+    p = RemoteProcess(host, target=raise_error, **ssh_options)
+    p.start()
+    p.join(30)
+    _out, err = capfd.readouterr()
+    assert p.exitcode == 1
+    assert "Traceback (most recent call last)" in err
+    assert "ValueError: boom from the remote side" in err
+    assert "Process %s:" % p.name in err
+
+
+@pytest.mark.parametrize("method,code", [("terminate", -signal.SIGTERM), ("kill", -signal.SIGKILL)])
+def test_terminate_and_kill_reach_the_remote_child(host, ssh_options, method, code):
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=sleeper, args=(child,), **ssh_options)
+    p.start()
+    child.close()
+    assert parent.recv() == p.pid
+    getattr(p, method)()
+    p.join(30)
+    assert p.exitcode == code
+    assert _wait_gone(p.pid)
+
+
+def test_eof_when_the_child_closes_or_exits(host, ssh_options):
+    def close_early(conn):
+        conn.close()
+        time.sleep(0.5)
+
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=close_early, args=(child,), **ssh_options)
+    p.start()
+    child.close()
+    assert wait([parent], 30) == [parent]
+    with pytest.raises(EOFError):
+        parent.recv()
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_eof_reaches_the_child_when_the_parent_closes(host, ssh_options):
+    def wait_eof(conn, report):
+        try:
+            conn.recv()
+        except EOFError:
+            report.send("EOF seen")
+
+    parent, child = Pipe()
+    report_parent, report_child = Pipe()
+    p = RemoteProcess(host, target=wait_eof, args=(child, report_child), **ssh_options)
+    p.start()
+    child.close()
+    report_child.close()
+    parent.close()
+    assert report_parent.recv() == "EOF seen"
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_parent_end_works_with_poll_and_wait(host, ssh_options):
+    def late(conn):
+        time.sleep(0.3)
+        conn.send("late")
+
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=late, args=(child,), **ssh_options)
+    p.start()
+    child.close()
+    assert parent.poll(0) is False
+    ready = wait([parent, p.sentinel], 30)
+    assert parent in ready
+    assert parent.recv() == "late"
+    p.join(30)
+    assert p.sentinel in wait([p.sentinel], 0)
+
+
+def test_unpicklable_argument_fails_in_start_before_any_network_traffic():
+    lock = threading.Lock()
+    # The host does not exist: reaching the network would raise ConnectError instead.
+    p = RemoteProcess("nobody@host.invalid", target=print, args=(lock,))
+    with pytest.raises(remoteproc.PicklingError) as info:
+        p.start()
+    assert "host.invalid" in str(info.value)
+    assert isinstance(info.value, TypeError)
+
+
+def test_unknown_host_is_a_connect_error():
+    p = RemoteProcess("nobody@host.invalid", target=print, connect_timeout=5)
+    with pytest.raises(remoteproc.ConnectError) as info:
+        p.start()
+    assert "host.invalid" in str(info.value)
+
+
+def test_remote_children_die_with_their_connection(host, ssh_options):
+    from remoteproc import hubclient
+
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=sleeper, args=(child,), **ssh_options)
+    p.start()
+    child.close()
+    pid = parent.recv()
+    assert os.path.exists("/proc/%d" % pid)
+    hub = hubclient.get()
+    os.kill(hub.proc.pid, signal.SIGKILL)   # the relay (and with it the SSH connection) dies
+    hub.proc.wait(10)
+    p.join(30)
+    assert p.exitcode == remoteproc.CONNECTION_LOST
+    assert isinstance(p.connection_error, remoteproc.ConnectionLostError)
+    assert _wait_gone(pid), "the remote child outlived its connection"
+    with pytest.raises(EOFError):
+        parent.recv()
+
+
+def test_system_python_only_account(plain_user_host, plain_user_options):
+    def where(conn):
+        import cloudpickle  # the shipped copy, not an installed one
+        conn.send((sys.executable, os.getuid(), cloudpickle.__file__))
+
+    parent, child = Pipe()
+    p = RemoteProcess(plain_user_host, target=where, args=(child,), **plain_user_options)
+    p.start()
+    child.close()
+    executable, uid, cp_file = parent.recv()
+    p.join(30)
+    assert p.exitcode == 0
+    assert executable == "/usr/bin/python3"
+    assert uid != os.getuid() or os.getuid() != 0
+    assert cp_file.startswith("<remoteproc>")
