@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The whole test suite, from a fresh clone: install, then pytest with coverage.
+# This is the README's second quick-start command and what .ci/run calls.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
+command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
+command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+if [ "${#need_apt[@]}" -gt 0 ]; then
+    if [ "$(id -u)" = 0 ]; then
+        export DEBIAN_FRONTEND=noninteractive
+        apt-get update -qq </dev/null
+        apt-get install -y -qq --no-install-recommends "${need_apt[@]}" </dev/null
+    else
+        sudo -n apt-get update -qq </dev/null && sudo -n apt-get install -y -qq "${need_apt[@]}" </dev/null
+    fi
+fi
+
+python3 -m pip install -q --disable-pip-version-check -e ".[test]" </dev/null
+
+ruff check .
+export COVERAGE_PROCESS_START="$PWD/pyproject.toml"
+python3 -m pytest -p no:cacheprovider --cov=remoteproc --cov-branch --cov-report=term-missing "$@" </dev/null
