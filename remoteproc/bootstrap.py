@@ -20,9 +20,6 @@ from typing import Any
 from .agent import PROTOCOL_VERSION, frames
 from .errors import BootstrapError
 
-AGENT_MODULES = ("remoteproc.agent", "remoteproc.agent.frames", "remoteproc.agent.mux",
-                 "remoteproc.agent.child", "remoteproc.agent.supervisor")
-
 
 def _package_sources(package: str) -> dict[str, tuple[bool, str]]:
     spec = importlib.util.find_spec(package)
@@ -45,12 +42,9 @@ def agent_blob() -> bytes:
 
     here = os.path.dirname(os.path.abspath(__file__))
     sources: dict[str, tuple[bool, str]] = {"remoteproc": (True, "")}
-    for mod in AGENT_MODULES:
-        rel = mod.split(".")[1:]
-        is_pkg = mod == "remoteproc.agent"
-        path = os.path.join(here, *rel, "__init__.py") if is_pkg else os.path.join(here, *rel) + ".py"
-        with open(path, encoding="utf-8") as f:
-            sources[mod] = (is_pkg, f.read())
+    for mod, (is_pkg, text) in _package_sources("remoteproc.agent").items():
+        if mod != "remoteproc.agent.boot":
+            sources[mod] = (is_pkg, text)
     sources.update(_package_sources("cloudpickle"))
     with open(os.path.join(here, "agent", "boot.py"), encoding="utf-8") as f:
         boot = f.read()

@@ -34,6 +34,23 @@ class Bridged:
         self.writable = writable
 
 
+def _refusal(obj) -> str:
+    """For multiprocessing objects that cannot cross hosts: what to use instead."""
+    mod = type(obj).__module__ or ""
+    if not mod.startswith("multiprocessing."):
+        return ""
+    name = type(obj).__name__
+    if mod == "multiprocessing.queues":
+        return "Use remoteproc.%s instead." % name
+    if mod == "multiprocessing.synchronize":
+        return "Use remoteproc.Event for events, or pass messages over a Pipe()."
+    if mod == "multiprocessing.sharedctypes" or name in ("Synchronized", "SynchronizedArray"):
+        return "Send values over a Pipe() or a remoteproc.Queue instead."
+    if mod == "multiprocessing.managers":
+        return "Manager proxies connect back over a listening socket; use remoteproc.Queue or a Pipe()."
+    return ""
+
+
 class _Pickler(cloudpickle.Pickler):
     def __init__(self, file, host: str, process_cls: type) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -45,6 +62,16 @@ class _Pickler(cloudpickle.Pickler):
     def reducer_override(self, obj):
         if isinstance(obj, _ConnectionBase):
             return self._connection(obj)
+        hook = getattr(type(obj), "__remoteproc_reduce__", None)
+        if hook is not None:
+            # Objects that know how to cross hosts (Queue, Event, ...): their reduce
+            # value may hold Connections, which are then bridged like any other.
+            return hook(obj, self)
+        refused = _refusal(obj)
+        if refused:
+            raise PicklingError("a %s cannot be passed to a remote process on %s: it rests on shared "
+                                "memory or semaphores of this host. %s" % (type(obj).__name__, self.host, refused),
+                                self.host)
         if obj is self.process_cls:
             # The remote host has multiprocessing, not remoteproc: run there as a plain Process.
             return getattr, (mp_context, "Process")
