@@ -66,6 +66,7 @@ class HubClient:
 
     def start(self, request: dict[str, Any], fds: Sequence[int]) -> socket.socket:
         """Send a start request; returns the process's status socket."""
+        request.setdefault("path", [os.path.abspath(p) if p else os.getcwd() for p in sys.path])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.tell(("start", request), [theirs.fileno(), *fds])

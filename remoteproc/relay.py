@@ -17,7 +17,7 @@ import threading
 import time
 from collections import deque
 
-from . import bootstrap, ipc
+from . import bootstrap, ipc, modules
 from .agent import frames, mux
 from .errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError
 
@@ -79,6 +79,7 @@ class Link:
         self.reader = frames.FrameReader(self.mux.on_data, self.on_frame)
         self.conn = None
         self.chan = None
+        self.sys_path: list = []
         self.closing = False
         self.interrupted = False
         self.dead = False
@@ -267,7 +268,9 @@ class Link:
         job.streams.append(self.mux.add(out_sid, out_fd, reading=False, writing=True, owner=job, shared=True))
         job.streams.append(self.mux.add(err_sid, err_fd, reading=False, writing=True, owner=job, shared=True))
         msg = {"op": "start", "id": job.id, "streams": wire, "stdout": out_sid, "stderr": err_sid,
-               "tty": bool(request.get("tty"))}
+               "tty": bool(request.get("tty")), "host": self.display}
+        if request.get("path"):
+            self.sys_path = list(request["path"])
         self.send(frames.control(msg, request["payload"]))
         request["payload"] = None
 
@@ -285,6 +288,9 @@ class Link:
         op = msg["op"]
         if op == "pong":
             return
+        if op == "import":
+            self._serve_module(msg.get("name"))
+            return
         job = self.jobs.get(msg.get("id"))
         if job is None:
             raise frames.ProtocolError("%s for unknown process %r" % (op, msg.get("id")))
@@ -301,6 +307,17 @@ class Link:
             self._forget(job, abort_streams=True)
         else:
             raise frames.ProtocolError("unknown control operation %r" % op)
+
+    def _serve_module(self, name) -> None:
+        """Module forwarding: the agent lacks ``name``; answer from the user's sys.path."""
+        if not isinstance(name, str):
+            raise frames.ProtocolError("import request without a module name")
+        try:
+            mods = modules.find(name, self.sys_path, self.display)
+        except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the link
+            mods = {name: {"error": "cannot forward %r to %s: %s" % (name, self.display, exc)}}
+        log.debug("%s: forwarding %s (%d modules)", self.display, name, len(mods))
+        self.send(frames.control({"op": "modules", "name": name, "modules": mods}))
 
     def _tell(self, job: Job, msg) -> None:
         try:

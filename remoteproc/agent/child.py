@@ -38,6 +38,63 @@ def refuse_handle(obj):
     )
 
 
+class ParentImporter:
+    """Imports what this host lacks from the user's machine (module forwarding).
+
+    It sits last on ``sys.meta_path``, so modules installed on this host win. The
+    agent answers from its per-connection cache (inherited here at fork) or asks
+    the relay, which serves the module by name from the user's ``sys.path``.
+    """
+
+    def __init__(self, fd, cache, host):
+        import socket
+
+        self.sock = socket.socket(fileno=fd)
+        self.sock.setblocking(True)
+        self.file = self.sock.makefile("rb")
+        self.cache = cache
+        self.host = host
+        self.lock = threading.Lock()
+
+    def _ask(self, name):
+        import json
+
+        with self.lock:
+            if name in self.cache:
+                return
+            self.sock.sendall(json.dumps({"name": name}).encode() + b"\n")
+            line = self.file.readline()
+            if not line:
+                raise ImportError("no module named %r on %s (the agent is gone)" % (name, self.host), name=name)
+            self.cache.update(json.loads(line))
+            self.cache.setdefault(name, None)
+
+    def find_spec(self, name, path=None, target=None):
+        if name not in self.cache:
+            self._ask(name)
+        entry = self.cache.get(name)
+        if entry is None:
+            return None
+        if "error" in entry:
+            raise ImportError(entry["error"], name=name)
+        import importlib.util
+
+        return importlib.util.spec_from_loader(name, self, origin=entry["file"], is_package=entry["pkg"])
+
+    def create_module(self, spec):
+        return None
+
+    def exec_module(self, module):
+        entry = self.cache[module.__name__]
+        if entry["file"]:
+            module.__file__ = entry["file"]
+        exec(compile(entry["src"], entry["file"] or "<%s>" % module.__name__, "exec"), module.__dict__)
+
+    def get_source(self, name):
+        entry = self.cache.get(name)
+        return entry["src"] if entry else None
+
+
 def _watchdog(fd):
     """Kill this child's process group if the agent dies without doing it."""
     try:
@@ -60,7 +117,8 @@ def _reset_signals():
     signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
-def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty):
+def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_fd=None, modules=None,
+        host="the remote host"):
     """Set up and run the child; never returns."""
     code = 1
     try:
@@ -82,6 +140,8 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty):
         for fd in fds.values():
             os.set_blocking(fd, True)
         _fds.update(fds)
+        if import_fd is not None:
+            sys.meta_path.append(ParentImporter(import_fd, modules if modules is not None else {}, host))
         threading.Thread(target=_watchdog, args=(sentinel_fd,), daemon=True,
                          name="remoteproc-watchdog").start()
 

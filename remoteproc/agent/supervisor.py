@@ -6,6 +6,7 @@ frames on its own stdin/stdout, reports pids and exit statuses, and kills every
 child it started when the channel goes away: no orphans.
 """
 
+import json
 import os
 import selectors
 import signal
@@ -57,8 +58,11 @@ class Supervisor:
         self.out_registered = False
         self.mux = mux.Mux(self.sel, self.send)
         self.reader = frames.FrameReader(self.mux.on_data, self.on_frame)
+        self.modules = {}       # forwarded modules: name -> entry (None: not found there either)
+        self.waiting = {}       # module name -> import sockets of children waiting for it
         self.procs = {}         # id -> Proc, for children not yet reaped
         self.by_pid = {}
+        self.import_socks = {}  # a child's import socket -> [process id, partial request]
         self.running = True
         self.stop_reason = None
         for fd in (fd_in, fd_out):
@@ -127,6 +131,8 @@ class Supervisor:
             self._start(msg, blob)
         elif op == "signal":
             self._signal(msg)
+        elif op == "modules":
+            self._modules_arrived(msg)
         elif op == "ping":
             self.control({"op": "pong", "t": msg.get("t")})
         elif op == "exit":
@@ -167,7 +173,9 @@ class Supervisor:
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             sen_r, sen_w = os.pipe()
-            made += [out_r, out_w, err_r, err_w, sen_r, sen_w]
+            imp_a, imp_b = socket.socketpair()
+            imp_r, imp_w = imp_a.detach(), imp_b.detach()
+            made += [out_r, out_w, err_r, err_w, sen_r, sen_w, imp_r, imp_w]
             mine += [(out_sid, out_r, True, False), (err_sid, err_r, True, False)]
             for sid, _fd, _r, _w in mine:
                 if sid in self.mux.streams or sid <= self.mux.high_sid:
@@ -175,7 +183,8 @@ class Supervisor:
             close = [self.fd_in, self.fd_out, self.wake_r, self.wake_w, self.sel.fileno()]
             close += list(self.mux.streams_fds())
             close += [p.sentinel for p in self.procs.values()]
-            close += [fd for _sid, fd, _r, _w in mine] + [sen_w]
+            close += [fd for _sid, fd, _r, _w in mine] + [sen_w, imp_r]
+            close += [sock.fileno() for sock in self.import_socks]
             pid = os.fork()
         except OSError as exc:
             for fd in made:
@@ -188,19 +197,72 @@ class Supervisor:
                 os.close(fd)
             raise
         if pid == 0:    # pragma: no cover - the child never returns (os._exit)
-            child.run(blob, theirs, out_w, err_w, sen_r, close, tty)
+            child.run(blob, theirs, out_w, err_w, sen_r, close, tty, imp_w, self.modules,
+                      str(msg.get("host") or "the remote host"))
         try:
             os.setpgid(pid, pid)
         except OSError:
             pass
-        for fd in list(theirs.values()) + [out_w, err_w, sen_r]:
+        for fd in list(theirs.values()) + [out_w, err_w, sen_r, imp_w]:
             os.close(fd)
+        imp = socket.socket(fileno=imp_r)
+        imp.setblocking(True)
+        self.import_socks[imp] = [pid_id, b""]
+        self.sel.register(imp, selectors.EVENT_READ, lambda mask, sock=imp: self._on_import(sock))
         proc = Proc(pid_id, pid, sen_w)
         self.procs[pid_id] = proc
         self.by_pid[pid] = proc
         for sid, fd, reading, writing in mine:
             self.mux.add(sid, fd, reading=reading, writing=writing, owner=proc)
         self.control({"op": "started", "id": pid_id, "pid": pid})
+
+    # -- module forwarding ----------------------------------------------------
+    def _on_import(self, sock):
+        state = self.import_socks[sock]
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if not data:
+            self.sel.unregister(sock)
+            del self.import_socks[sock]
+            sock.close()
+            return
+        state[1] += data
+        if len(state[1]) > 65536:
+            raise frames.ProtocolError("a child sent an import request over 64 KiB")
+        while b"\n" in state[1]:
+            line, state[1] = state[1].split(b"\n", 1)
+            try:
+                name = str(json.loads(line)["name"])
+            except (ValueError, KeyError, TypeError):
+                continue
+            if name in self.modules:
+                self._answer(sock, name)
+            else:
+                first = name not in self.waiting
+                self.waiting.setdefault(name, []).append(sock)
+                if first:
+                    self.control({"op": "import", "id": state[0], "name": name})
+
+    def _answer(self, sock, name):
+        top = name.split(".")[0]
+        reply = {n: e for n, e in self.modules.items() if n == name or n.split(".")[0] == top}
+        try:
+            sock.sendall(json.dumps(reply).encode() + b"\n")
+        except OSError:
+            pass        # that child is gone
+
+    def _modules_arrived(self, msg):
+        name = msg.get("name")
+        mods = msg.get("modules")
+        if not isinstance(name, str) or not isinstance(mods, dict):
+            raise frames.ProtocolError("malformed modules message")
+        self.modules.update(mods)
+        self.modules.setdefault(name, None)
+        for sock in self.waiting.pop(name, []):
+            if sock in self.import_socks:
+                self._answer(sock, name)
 
     def _signal(self, msg):
         proc = self.procs.get(msg.get("id"))

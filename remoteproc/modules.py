@@ -1,0 +1,98 @@
+"""Module forwarding, local side: find a module's source by name, for a remote child.
+
+When a remote child imports a module its host cannot find, the agent asks the
+relay, which answers from the user's ``sys.path`` (sent with each start request).
+Only modules are served, by dotted name, as importlib's PathFinder finds them on
+that path: no request can name a file.  A package is sent whole (up to a cap) so
+that importing it costs one round trip, not one per submodule.
+"""
+
+from __future__ import annotations
+
+import importlib.machinery
+import os
+from typing import Any
+
+MAX_FILES = 400
+MAX_BYTES = 16 << 20
+_EXT = tuple(importlib.machinery.EXTENSION_SUFFIXES)
+
+
+def _valid(name: str) -> bool:
+    return 0 < len(name) <= 512 and all(part.isidentifier() for part in name.split("."))
+
+
+def _entry(name: str, spec, host: str) -> dict[str, Any] | None:
+    loader = spec.loader
+    if spec.origin is None or loader is None:
+        if spec.submodule_search_locations is not None:
+            return {"pkg": True, "src": "", "file": None}     # a namespace package
+        return None
+    if isinstance(loader, importlib.machinery.SourceFileLoader):
+        with open(spec.origin, "rb") as f:
+            src = f.read().decode("utf-8", "surrogateescape")
+        return {"pkg": spec.submodule_search_locations is not None, "src": src, "file": spec.origin}
+    what = "a C extension" if isinstance(loader, importlib.machinery.ExtensionFileLoader) else "not Python source"
+    return {"error": "module %r is %s (%s) and cannot be forwarded to %s; install %s there (e.g. `pip install "
+                     "%s` with the host's python3)" % (name, what, spec.origin, host, _dist(name), _dist(name))}
+
+
+def _dist(name: str) -> str:
+    top = name.split(".")[0]
+    try:
+        from importlib.metadata import packages_distributions
+
+        return (packages_distributions().get(top) or [top])[0]
+    except Exception:   # pragma: no cover - Python 3.9, or broken metadata
+        return top
+
+
+def find(name: str, path: list[str], host: str) -> dict[str, Any]:
+    """Entries for ``name`` (None if it is not found) and, for a package, its other modules."""
+    if not _valid(name):
+        return {name: {"error": "%r is not a module name" % (name,)}}
+    parts = name.split(".")
+    spec = None
+    search = [p for p in path if isinstance(p, str)]
+    for i in range(len(parts)):
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), search)
+        if spec is None:
+            return {name: None}
+        if i < len(parts) - 1:
+            if spec.submodule_search_locations is None:
+                return {name: None}
+            search = list(spec.submodule_search_locations)
+    out: dict[str, Any] = {name: _entry(name, spec, host)}
+    top = importlib.machinery.PathFinder.find_spec(parts[0], [p for p in path if isinstance(p, str)])
+    if top is not None and top.origin and top.submodule_search_locations is not None:
+        _bundle(parts[0], os.path.dirname(top.origin), out, host)
+    return out
+
+
+def _bundle(top: str, root: str, out: dict[str, Any], host: str) -> None:
+    """Add every module of the package at ``root`` (regular packages only), within the caps."""
+    files = 0
+    size = 0
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames
+                             if d != "__pycache__" and os.path.isfile(os.path.join(dirpath, d, "__init__.py")))
+        rel = os.path.relpath(dirpath, root)
+        prefix = top if rel == "." else top + "." + rel.replace(os.sep, ".")
+        for fn in sorted(filenames):
+            if fn.endswith(".py"):
+                mod = prefix if fn == "__init__.py" else prefix + "." + fn[:-3]
+                full = os.path.join(dirpath, fn)
+                if mod in out or not _valid(mod):
+                    continue
+                size += os.path.getsize(full)
+                files += 1
+                if files > MAX_FILES or size > MAX_BYTES:
+                    return
+                with open(full, "rb") as f:
+                    out[mod] = {"pkg": fn == "__init__.py", "src": f.read().decode("utf-8", "surrogateescape"),
+                                "file": full}
+            elif fn.endswith(_EXT):
+                mod = prefix + "." + fn.split(".")[0]
+                if mod not in out and _valid(mod):
+                    out[mod] = {"error": "module %r is a C extension (%s) and cannot be forwarded to %s; install "
+                                         "%s there" % (mod, os.path.join(dirpath, fn), host, _dist(mod))}

@@ -1,0 +1,178 @@
+"""Module forwarding: the user's own packages run on a host where nothing is installed."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import textwrap
+import uuid
+
+import pytest
+
+from remoteproc import Pipe, RemoteProcess, modules
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def package(tmp_path, monkeypatch):
+    """A fresh package, importable locally only (a unique name per test: agents cache modules)."""
+    name = "rpfwd_" + uuid.uuid4().hex[:8]
+    root = tmp_path / name
+    (root / "sub").mkdir(parents=True)
+    files = {
+        "__init__.py": "VERSION = 3\n",
+        "helpers.py": "def triple(x):\n    return 3 * x\n",
+        "jobs.py": """
+            from . import helpers
+            from .things import Thing
+
+            def crunch(conn, x):
+                conn.send(helpers.triple(x))
+
+            def lazy(conn):
+                from .sub import deep          # imported only when the target runs
+                conn.send(deep.answer())
+
+            def roundtrip(conn, thing):
+                got = conn.recv()              # a Thing sent by the parent: unpickled remotely
+                conn.send(Thing(thing.value + got.value))
+
+            def where(conn):
+                import sys
+                conn.send(sys.modules[__name__].__file__)
+
+            def boom():
+                raise RuntimeError("raised in a forwarded module")
+
+            def needs_extension():
+                from . import fastmath  # noqa: F401
+        """,
+        "things.py": """
+            class Thing:
+                def __init__(self, value):
+                    self.value = value
+
+                def __eq__(self, other):
+                    return isinstance(other, Thing) and other.value == self.value
+        """,
+        "sub/__init__.py": "",
+        "sub/deep.py": "from .. import VERSION\n\ndef answer():\n    return VERSION * 14\n",
+    }
+    for rel, text in files.items():
+        (root / rel).write_text(textwrap.dedent(text))
+    # A C extension (by its file name: it is never loaded) that the remote host lacks.
+    (root / ("fastmath" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"\x7fELF not really")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    yield name, importlib.import_module(name + ".jobs"), str(root)
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[mod]
+
+
+def _run(host, options, target, *args):
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=target, args=(child, *args), **options)
+    p.start()
+    child.close()
+    return p, parent
+
+
+def test_target_from_a_package_with_relative_imports(plain_user_host, plain_user_options, package):
+    _name, jobs, _root = package
+    p, conn = _run(plain_user_host, plain_user_options, jobs.crunch, 14)
+    assert conn.recv() == 42
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_lazy_import_inside_the_target(plain_user_host, plain_user_options, package):
+    _name, jobs, _root = package
+    p, conn = _run(plain_user_host, plain_user_options, jobs.lazy)
+    assert conn.recv() == 42
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_class_passed_and_returned_in_messages(plain_user_host, plain_user_options, package):
+    name, jobs, _root = package
+    Thing = sys.modules[name + ".things"].Thing
+    p, conn = _run(plain_user_host, plain_user_options, jobs.roundtrip, Thing(40))
+    conn.send(Thing(2))
+    assert conn.recv() == Thing(42)
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_forwarded_code_keeps_its_file_name(plain_user_host, plain_user_options, package, capfd):
+    _name, jobs, root = package
+    p, conn = _run(plain_user_host, plain_user_options, jobs.where)
+    assert conn.recv() == os.path.join(root, "jobs.py")
+    p.join(30)
+    p = RemoteProcess(plain_user_host, target=jobs.boom, **plain_user_options)
+    p.start()
+    p.join(30)
+    err = capfd.readouterr().err
+    assert p.exitcode == 1
+    lines = open(os.path.join(root, "jobs.py")).read().splitlines()
+    lineno = next(i for i, text in enumerate(lines, 1) if "raise RuntimeError" in text)
+    assert 'jobs.py", line %d, in boom' % lineno in err
+    assert 'raise RuntimeError("raised in a forwarded module")' in err
+
+
+def test_c_extension_fails_clearly(plain_user_host, plain_user_options, package, capfd):
+    name, jobs, _root = package
+    p = RemoteProcess(plain_user_host, target=jobs.needs_extension, **plain_user_options)
+    p.start()
+    p.join(30)
+    err = capfd.readouterr().err
+    assert p.exitcode == 1
+    assert "ImportError" in err and "%s.fastmath" % name in err
+    assert "C extension" in err and "127.0.0.1" in err and "install" in err
+
+
+def test_unknown_module_is_not_found(plain_user_host, plain_user_options):
+    def try_import(conn):
+        try:
+            import rp_module_that_exists_nowhere  # noqa: F401
+        except ModuleNotFoundError as exc:
+            conn.send(str(exc))
+
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    try:
+        p, conn = _run(plain_user_host, plain_user_options, try_import)
+        assert "rp_module_that_exists_nowhere" in conn.recv()
+        p.join(30)
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert p.exitcode == 0
+
+
+def test_find_serves_only_modules_on_the_given_path(tmp_path):
+    (tmp_path / "onpath.py").write_text("X = 1\n")
+    found = modules.find("onpath", [str(tmp_path)], "h")
+    assert found["onpath"]["src"] == "X = 1\n"
+    # Not on the given path: nothing, even though the file exists elsewhere.
+    assert modules.find("onpath", [str(tmp_path / "elsewhere")], "h") == {"onpath": None}
+    # Names that are not dotted identifiers are refused: no request can name a file.
+    for bad in ("../etc/passwd", "/etc/passwd", "a..b", "", "os.path/../x"):
+        entry = modules.find(bad, [str(tmp_path)], "h")[bad]
+        assert "error" in entry
+    assert modules.find("etc.passwd", ["/"], "h") == {"etc.passwd": None}
+
+
+def test_find_bundles_a_package(tmp_path):
+    pkg = tmp_path / "bundled"
+    (pkg / "inner").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "a.py").write_text("A = 1\n")
+    (pkg / "inner" / "__init__.py").write_text("")
+    (pkg / "inner" / "b.py").write_text("B = 2\n")
+    (pkg / "notapkg").mkdir()
+    (pkg / "notapkg" / "c.py").write_text("C = 3\n")
+    found = modules.find("bundled.a", [str(tmp_path)], "h")
+    assert set(found) == {"bundled", "bundled.a", "bundled.inner", "bundled.inner.b"}
+    assert found["bundled"]["pkg"] is True and found["bundled.a"]["pkg"] is False
