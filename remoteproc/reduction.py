@@ -10,16 +10,22 @@ fd itself is handed to the relay), and the RemoteProcess class becomes the plain
 from __future__ import annotations
 
 import io
+import linecache
 import os
 import pickle
 import stat
+import types
 from multiprocessing import context as mp_context
 from multiprocessing.connection import _ConnectionBase
 
 import cloudpickle
+from cloudpickle.cloudpickle import _code_reduce
 
 from .agent import child
 from .errors import PicklingError
+
+_DYNAMIC = "<dynamic-code>"
+MAX_SOURCE = 4 << 20     # bytes of source lines shipped for remote tracebacks
 
 
 class Bridged:
@@ -57,9 +63,12 @@ class _Pickler(cloudpickle.Pickler):
         self.host = host
         self.process_cls = process_cls
         self.bridged: list[Bridged] = []
+        self.files: set[str] = set()
         self._by_fd: dict[int, int] = {}
 
     def reducer_override(self, obj):
+        if isinstance(obj, types.CodeType):
+            return self._code(obj)
         if isinstance(obj, _ConnectionBase):
             return self._connection(obj)
         hook = getattr(type(obj), "__remoteproc_reduce__", None)
@@ -76,6 +85,17 @@ class _Pickler(cloudpickle.Pickler):
             # The remote host has multiprocessing, not remoteproc: run there as a plain Process.
             return getattr, (mp_context, "Process")
         return super().reducer_override(obj)
+
+    def _code(self, code: types.CodeType):
+        """cloudpickle renames shipped code to "<dynamic-code>": keep the real file name,
+        so remote tracebacks point at the user's files and lines."""
+        func, args = _code_reduce(code)
+        try:
+            i = args.index(_DYNAMIC)
+        except ValueError:  # pragma: no cover - a cloudpickle that keeps file names
+            return func, args
+        self.files.add(code.co_filename)
+        return func, args[:i] + (code.co_filename,) + args[i + 1:]
 
     def _connection(self, conn: _ConnectionBase):
         if conn.closed:
@@ -128,4 +148,14 @@ def dumps_process(process_obj, host: str, process_cls: type) -> tuple[bytes, lis
                             % (host, type(exc).__name__, exc), host) from exc
     finally:
         mp_context.set_spawning_popen(None)
+    # The source lines of code shipped by value, for the remote side's linecache:
+    # its tracebacks then show the lines, although the files exist only here.
+    lines: dict[str, list[str]] = {}
+    total = 0
+    for filename in sorted(pickler.files):
+        got = linecache.getlines(filename)
+        total += sum(map(len, got))
+        if got and total <= MAX_SOURCE:
+            lines[filename] = got
+    pickle.dump(lines, buf, protocol=pickle.HIGHEST_PROTOCOL)
     return buf.getvalue(), pickler.bridged

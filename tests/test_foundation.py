@@ -322,3 +322,23 @@ def test_system_python_only_account(plain_user_host, plain_user_options):
     assert executable == "/usr/bin/python3"
     assert uid != os.getuid() or os.getuid() != 0
     assert cp_file.startswith("<remoteproc>")
+
+
+def _divide(x):
+    return 1 / x
+
+
+def _calls_divide():
+    _divide(0)
+
+
+def test_remote_traceback_names_the_users_file_and_lines(host, ssh_options, capfd):
+    p = RemoteProcess(host, target=_calls_divide, **ssh_options)
+    p.start()
+    p.join(30)
+    err = capfd.readouterr().err
+    assert p.exitcode == 1
+    lineno = _divide.__code__.co_firstlineno + 1
+    assert 'File "%s", line %d, in _divide' % (__file__, lineno) in err
+    assert "    return 1 / x" in err
+    assert "<dynamic-code>" not in err

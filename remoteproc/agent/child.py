@@ -152,12 +152,19 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
         reduction.register(Connection, refuse_handle)
         reduction.register(socket.socket, refuse_handle)
 
+        import io
+        import linecache
         import pickle
 
         import cloudpickle  # noqa: F401  (registers what the payload refers to)
 
-        process_obj = pickle.loads(payload)
+        stream = io.BytesIO(payload)
         del payload
+        process_obj = pickle.load(stream)
+        for filename, lines in pickle.load(stream).items():
+            # mtime None: linecache keeps these lines, the file need not exist here
+            linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+        del stream
         code = process_obj._bootstrap(parent_sentinel=sentinel_fd)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
