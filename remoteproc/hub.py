@@ -122,8 +122,20 @@ class Hub:
         self.pool.close_all()
 
 
+def _preload() -> None:
+    """Import paramiko while the user's process is still busy elsewhere.
+
+    paramiko imports ``invoke`` (about 100 ms) only to run ``Match exec`` lines of an
+    ssh_config; ssh.load_config imports it when a config has one.
+    """
+    if "invoke" not in sys.modules:
+        sys.modules["invoke"] = None    # type: ignore[assignment]
+    import paramiko  # noqa: F401
+
+
 def main(fd: int) -> None:
     """Entry point of the relay process; ``fd`` is its end of the socketpair."""
+    threading.Thread(target=_preload, name="remoteproc-preload", daemon=True).start()
     sock = socket.socket(fileno=fd)
     hub = Hub(sock)
     root = logging.getLogger("remoteproc")

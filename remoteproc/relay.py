@@ -124,9 +124,13 @@ class Link:
     # -- the thread -----------------------------------------------------------------
     def _run(self) -> None:
         try:
+            t0 = time.monotonic()
             self.conn = self.hub.pool.acquire(self.target)
+            t1 = time.monotonic()
             self.chan, hello, extra = bootstrap.start_agent(self.conn.transport, self.target)
-            log.debug("%s: agent %s ready (Python %s)", self.display, hello.get("pid"), hello.get("python"))
+            log.debug("%s: connected in %.0f ms; agent %s ready in %.0f ms (Python %s, cipher %s)",
+                      self.display, (t1 - t0) * 1e3, hello.get("pid"), (time.monotonic() - t1) * 1e3,
+                      ".".join(map(str, hello.get("python", ()))), self.conn.transport.remote_cipher)
         except RemoteProcessError as exc:
             self._fail_pending(exc)
             self._finish()
