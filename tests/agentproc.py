@@ -1,0 +1,77 @@
+"""A remote agent run locally over pipes (no SSH), for tests of the agent itself."""
+
+from __future__ import annotations
+
+import os
+import select
+import subprocess
+import sys
+import time
+
+from remoteproc import bootstrap
+from remoteproc.agent import frames
+
+
+class LocalAgent:
+    """Starts the agent exactly as over SSH (the exec stub and the shipped blob)."""
+
+    def __init__(self, python: str = sys.executable) -> None:
+        self.proc = subprocess.Popen(["/bin/sh", "-c", bootstrap.command(python)], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        self.proc.stdin.write(bootstrap.agent_blob())
+        self.proc.stdin.flush()
+        self.buf = bytearray()
+        self.hello = self.read_control(10)
+
+    def send(self, data: bytes) -> None:
+        self.proc.stdin.write(data)
+        self.proc.stdin.flush()
+
+    def read_frame(self, timeout: float):
+        """The next frame as (type, sid, length, payload), or None on EOF/timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            if len(self.buf) >= frames.HEADER_SIZE:
+                ftype, sid, length = frames.HEADER.unpack_from(self.buf)
+                size = length if ftype in (frames.DATA, frames.CONTROL) else 0
+                if len(self.buf) >= frames.HEADER_SIZE + size:
+                    payload = bytes(self.buf[frames.HEADER_SIZE:frames.HEADER_SIZE + size])
+                    del self.buf[:frames.HEADER_SIZE + size]
+                    return ftype, sid, length, payload
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.proc.stdout], [], [], left)
+            if not ready:
+                return None
+            data = os.read(self.proc.stdout.fileno(), 1 << 20)
+            if not data:
+                return None
+            self.buf += data
+
+    def read_control(self, timeout: float) -> dict:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            frame = self.read_frame(deadline - time.monotonic())
+            if frame is None:
+                break
+            if frame[0] == frames.CONTROL:
+                return frames.parse_control(frame[3])[0]
+        raise AssertionError("no control message from the agent within %ss" % timeout)
+
+    def finish(self, timeout: float = 15.0) -> tuple[int, str]:
+        """Close stdin, wait for the exit (bounded): (exit status, stderr)."""
+        try:
+            self.proc.stdin.close()
+        except BrokenPipeError:
+            pass
+        try:
+            self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait(5)
+            raise AssertionError("the agent did not exit within %ss" % timeout) from None
+        err = self.proc.stderr.read().decode("utf-8", "replace")
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        return self.proc.returncode, err
