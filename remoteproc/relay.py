@@ -217,9 +217,12 @@ class Link:
                 break
             if not data:
                 self._drain_stderr()
-                reason = "the connection closed"
-                if chan.exit_status_ready():
-                    reason = "the agent exited with status %d" % chan.recv_exit_status()
+                reason = "the SSH connection closed"
+                status = chan.recv_exit_status() if chan.exit_status_ready() else -1
+                if status != -1:
+                    reason = "the remote agent exited with status %d" % status
+                elif self.conn.transport.is_active():
+                    reason = "the remote agent's channel closed (agent killed?)"
                 self._lost(reason)
                 return
             got = True

@@ -1,0 +1,355 @@
+"""Faults with real processes: what the user sees when pieces die, and that nothing is left.
+
+Every remote process here runs on this machine (a loopback sshd), so the "remote"
+process table is /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from multiprocessing.connection import wait
+
+import cloudpickle
+import pytest
+
+import remoteproc
+from remoteproc import Pipe, RemoteProcess, hubclient
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(180)
+
+LOST_WITHIN = 30.0     # seconds: the documented bound for noticing a lost connection here
+
+
+def _ppid(pid: int) -> int:
+    with open("/proc/%d/stat" % pid) as f:
+        return int(f.read().rsplit(")", 1)[1].split()[1])
+
+
+def _gone(pid: int, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
+                    return True
+        except (FileNotFoundError, ProcessLookupError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _children_of(pid: int) -> list[int]:
+    out = []
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                if _ppid(int(name)) == pid:
+                    out.append(int(name))
+            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
+                pass
+    return out
+
+
+def streamer(conn):
+    """Sends its pid, then 1 MiB messages until the connection breaks."""
+    conn.send(os.getpid())
+    block = b"x" * (1 << 20)
+    while True:
+        conn.send_bytes(block)
+
+
+def sleeper(conn):
+    conn.send(os.getpid())
+    time.sleep(120)
+
+
+def echo(conn):
+    conn.send(os.getpid())
+    try:
+        while True:
+            conn.send(conn.recv())
+    except EOFError:
+        pass
+
+
+def _start(host, options, target):
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=target, args=(child,), **options)
+    p.start()
+    child.close()
+    assert wait([parent], 30), "no first message from the remote process"
+    return p, parent, parent.recv()
+
+
+def _drain_until_eof(conn, timeout):
+    """Read until EOFError; returns the seconds it took (fails past the timeout).
+
+    A message cut off by the loss raises OSError("got end of file during message"),
+    exactly as a local peer dying mid-message does; the next recv() raises EOFError.
+    """
+    t0 = time.monotonic()
+    while time.monotonic() - t0 < timeout:
+        if wait([conn], 1.0):
+            try:
+                conn.recv_bytes()
+            except EOFError:
+                return time.monotonic() - t0
+            except OSError as exc:
+                assert "end of file during message" in str(exc)
+                with pytest.raises(EOFError):
+                    conn.recv_bytes()
+                return time.monotonic() - t0
+    raise AssertionError("recv() did not see EOF within %ss" % timeout)
+
+
+def _assert_lost(p):
+    p.join(LOST_WITHIN)
+    assert p.exitcode == remoteproc.CONNECTION_LOST
+    assert isinstance(p.connection_error, remoteproc.ConnectionLostError)
+    assert isinstance(p.connection_error, EOFError)
+
+
+@pytest.fixture
+def bystander(plain_user_host, plain_user_options):
+    """A process on another connection (another account): it must not notice the fault."""
+    p, conn, _pid = _start(plain_user_host, plain_user_options, echo)
+    yield conn
+    conn.close()
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def _check_bystander(conn):
+    conn.send("still here?")
+    assert wait([conn], 30)
+    assert conn.recv() == "still here?"
+
+
+def test_sshd_session_killed_mid_transfer(host, ssh_options, bystander):
+    p, conn, pid = _start(host, ssh_options, streamer)
+    agent = _ppid(pid)
+    session = _ppid(agent)          # sshd's process for this connection
+    with open("/proc/%d/cmdline" % session, "rb") as f:
+        assert b"sshd" in f.read()
+    conn.recv_bytes()               # the transfer is under way
+    os.kill(session, signal.SIGKILL)
+    assert _drain_until_eof(conn, LOST_WITHIN) < LOST_WITHIN
+    _assert_lost(p)
+    assert _gone(pid) and _gone(agent), "remote processes outlived their sshd session"
+    _check_bystander(bystander)
+    # The host is usable again at once: a new connection is made.
+    p2, conn2, _ = _start(host, ssh_options, echo)
+    conn2.close()
+    p2.join(30)
+    assert p2.exitcode == 0
+
+
+def test_remote_child_killed(host, ssh_options):
+    p, conn, pid = _start(host, ssh_options, sleeper)
+    other, other_conn, _ = _start(host, ssh_options, echo)
+    os.kill(pid, signal.SIGKILL)
+    p.join(30)
+    assert p.exitcode == -signal.SIGKILL
+    assert p.connection_error is None
+    with pytest.raises(EOFError):
+        conn.recv()
+    _check_bystander(other_conn)        # same connection, same agent: untouched
+    other_conn.close()
+    other.join(30)
+    assert other.exitcode == 0
+
+
+def test_remote_agent_killed(host, ssh_options, bystander):
+    p, conn, pid = _start(host, ssh_options, sleeper)
+    agent = _ppid(pid)
+    os.kill(agent, signal.SIGKILL)
+    _assert_lost(p)
+    assert "agent" in str(p.connection_error) or "closed" in str(p.connection_error)
+    with pytest.raises(EOFError):
+        conn.recv()
+    assert _gone(pid), "the child outlived its agent"
+    _check_bystander(bystander)
+    p2, conn2, _ = _start(host, ssh_options, echo)
+    conn2.close()
+    p2.join(30)
+    assert p2.exitcode == 0
+
+
+def test_local_parent_killed(sshd, host, ssh_options, tmp_path):
+    script = tmp_path / "parent.py"
+    script.write_text(textwrap.dedent("""
+        import sys, time
+        from remoteproc import Pipe, RemoteProcess
+
+        def sleeper(conn):
+            import os
+            conn.send(os.getpid())
+            time.sleep(120)
+
+        if __name__ == "__main__":
+            parent, child = Pipe()
+            p = RemoteProcess(sys.argv[1], target=sleeper, args=(child,), port=int(sys.argv[2]),
+                              key_filename=sys.argv[3], known_hosts=sys.argv[4])
+            p.start()
+            print(parent.recv(), flush=True)
+            time.sleep(120)
+    """))
+    opts = ssh_options
+    proc = subprocess.Popen([sys.executable, str(script), "%s@127.0.0.1" % opts["username"], str(opts["port"]),
+                             opts["key_filename"], opts["known_hosts"]],
+                            stdout=subprocess.PIPE, env=dict(os.environ, PYTHONPATH=os.getcwd()))
+    try:
+        ready, _, _ = __import__("select").select([proc.stdout], [], [], 60)
+        assert ready, "the parent script did not start its remote process"
+        pid = int(proc.stdout.readline())
+        hubs = [c for c in _children_of(proc.pid)]
+        assert hubs, "no relay process under the parent"
+        proc.kill()
+        proc.wait(10)
+        assert all(_gone(h) for h in hubs), "the relay process outlived its parent"
+        assert _gone(pid), "the remote child outlived the local parent"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+
+
+def test_sshd_restart_leaves_running_processes_alone(sshd, host, ssh_options):
+    p, conn, _pid = _start(host, ssh_options, echo)
+    os.kill(sshd.pid, signal.SIGHUP)        # sshd re-executes itself; sessions stay
+    conn.send("across a restart")
+    assert wait([conn], 30)
+    assert conn.recv() == "across a restart"
+    # A new connection works once the listener is back (bounded retry while it re-executes).
+    deadline = time.monotonic() + 20
+    while True:
+        try:
+            p2, conn2, _ = _start(host, dict(ssh_options, idle_timeout=5.5), echo)
+            break
+        except remoteproc.ConnectError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+    for c, proc in ((conn, p), (conn2, p2)):
+        c.close()
+        proc.join(30)
+        assert proc.exitcode == 0
+
+
+def test_relay_killed_ends_processes_and_a_new_relay_starts(host, ssh_options):
+    p, conn, pid = _start(host, ssh_options, sleeper)
+    hub = hubclient.get()
+    os.kill(hub.proc.pid, signal.SIGKILL)
+    hub.proc.wait(10)
+    _assert_lost(p)
+    assert _gone(pid)
+    with pytest.raises(EOFError):
+        conn.recv()
+    p2, conn2, _ = _start(host, ssh_options, echo)
+    assert hubclient.get() is not hub
+    conn2.close()
+    p2.join(30)
+    assert p2.exitcode == 0
+
+
+def test_no_listening_socket_on_either_side(host, ssh_options):
+    """During a run, none of our processes (user, relay, agent, child) listens on anything."""
+    p, conn, pid = _start(host, ssh_options, sleeper)
+    try:
+        ours = {os.getpid(), hubclient.get().proc.pid, pid, _ppid(pid)}
+        listening = _listening_inodes()
+        for proc_pid in ours:
+            for fd in os.listdir("/proc/%d/fd" % proc_pid):
+                try:
+                    target = os.readlink("/proc/%d/fd/%s" % (proc_pid, fd))
+                except FileNotFoundError:
+                    continue
+                if target.startswith("socket:["):
+                    assert int(target[8:-1]) not in listening, "pid %d listens on %s" % (proc_pid, target)
+    finally:
+        p.terminate()
+        p.join(30)
+
+
+def _listening_inodes() -> set[int]:
+    inodes = set()
+    for name in ("tcp", "tcp6"):
+        with open("/proc/net/" + name) as f:
+            for line in list(f)[1:]:
+                parts = line.split()
+                if parts[3] == "0A":                 # TCP_LISTEN
+                    inodes.add(int(parts[9]))
+    with open("/proc/net/unix") as f:
+        for line in list(f)[1:]:
+            parts = line.split()
+            if int(parts[3], 16) & 0x10000:          # __SO_ACCEPTCON: a listening socket
+                inodes.add(int(parts[6]))
+    return inodes
+
+
+def test_no_leaks_over_many_processes(host, ssh_options):
+    def one(conn, i):
+        conn.send(i)
+
+    def fds():
+        return len(os.listdir("/proc/self/fd"))
+
+    def rss():
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def run_one(i):
+        parent, child = Pipe()
+        p = RemoteProcess(host, target=one, args=(child, i), **ssh_options)
+        p.start()
+        child.close()
+        assert parent.recv() == i
+        p.join(30)
+        assert p.exitcode == 0
+        p.close()
+        parent.close()
+
+    for i in range(20):                       # warm up: relay, connection, caches
+        run_one(i)
+    hub = hubclient.get().proc.pid
+    base = (fds(), threading.active_count(), rss(), len(os.listdir("/proc/%d/fd" % hub)))
+    for i in range(500):
+        run_one(i)
+    pairs = [Pipe() for _ in range(100)]
+    procs = [RemoteProcess(host, target=one, args=(c, i), **ssh_options) for i, (_, c) in enumerate(pairs)]
+    for p in procs:
+        p.start()
+    for (parent, child), p, i in zip(pairs, procs, range(100)):
+        child.close()
+        assert parent.recv() == i
+        parent.close()
+    for p in procs:
+        p.join(30)
+        assert p.exitcode == 0
+        p.close()
+    del procs, pairs
+    time.sleep(0.5)
+    after = (fds(), threading.active_count(), rss(), len(os.listdir("/proc/%d/fd" % hub)))
+    assert after[0] <= base[0], "local fds leaked: %s -> %s" % (base, after)
+    assert after[1] <= base[1], "threads leaked: %s -> %s" % (base, after)
+    assert after[2] - base[2] < 32 << 20, "memory grew: %s -> %s" % (base, after)
+    assert after[3] <= base[3], "relay fds leaked: %s -> %s" % (base, after)
+    agent_children = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open("/proc/%s/cmdline" % pid, "rb") as f:
+                    if b"exec(zlib.decompress(b))" in f.read():
+                        agent_children += _children_of(int(pid))
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    live = [c for c in agent_children if not _gone(c, 0.5)]
+    assert not live, "children left under the agents: %s" % live
