@@ -327,7 +327,7 @@ def test_no_leaks_over_many_processes(host, ssh_options):
     procs = [RemoteProcess(host, target=one, args=(c, i), **ssh_options) for i, (_, c) in enumerate(pairs)]
     for p in procs:
         p.start()
-    for (parent, child), p, i in zip(pairs, procs, range(100)):
+    for (parent, child), i in zip(pairs, range(100)):
         child.close()
         assert parent.recv() == i
         parent.close()
