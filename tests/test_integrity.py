@@ -1,0 +1,112 @@
+"""Integrity under load: over 1 GiB of messages, 0 B to 64 MiB, both directions, several
+connections per process, several processes on one host, several local threads sending at
+once; every message's SHA-256 and order are checked on arrival."""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sys
+import threading
+from multiprocessing.connection import wait
+
+import cloudpickle
+import pytest
+
+from remoteproc import Pipe, RemoteProcess
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(300)
+
+BIG = 64 << 20
+
+
+def plan(seed: int) -> list[int]:
+    """Message sizes for one connection and direction: about 140 MiB, 0 B to 64 MiB."""
+    rng = random.Random(seed)
+    sizes = [0, 1, BIG, 16 << 20, 8 << 20]
+    while sum(sizes) < 140 << 20:
+        sizes.append(rng.choice([0, 3, 100, 4096, 65535, 65536, 1 << 20, (1 << 20) + 7, rng.randrange(1, 8 << 20)]))
+    rng.shuffle(sizes)
+    return sizes
+
+
+def body_source(seed: int) -> bytes:
+    return random.Random(seed).randbytes(BIG)
+
+
+def send_all(conn, sizes, base):
+    view = memoryview(base)
+    for seq, size in enumerate(sizes):
+        body = view[:size]
+        head = seq.to_bytes(8, "big") + hashlib.sha256(body).digest()
+        conn.send_bytes(head)
+        conn.send_bytes(body)
+
+
+def check_all(conn, sizes, errors, timeout=120):
+    for seq, size in enumerate(sizes):
+        if not wait([conn], timeout):
+            errors.append("message %d: nothing within %ss" % (seq, timeout))
+            return 0
+        head = conn.recv_bytes()
+        body = conn.recv_bytes()
+        if int.from_bytes(head[:8], "big") != seq:
+            errors.append("message %d arrived as %d" % (seq, int.from_bytes(head[:8], "big")))
+        if len(body) != size or hashlib.sha256(body).digest() != head[8:]:
+            errors.append("message %d (%d bytes) corrupted" % (seq, size))
+    return sum(sizes)
+
+
+def remote_side(conns, seeds):
+    """In the remote child: for each connection, send one plan and check the other."""
+    import threading as th
+
+    errors = []
+    base = body_source(0)
+    threads = []
+    for conn, seed in zip(conns, seeds):
+        threads.append(th.Thread(target=send_all, args=(conn, plan(seed + 1), base)))
+        threads.append(th.Thread(target=check_all, args=(conn, plan(seed), errors)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    conns[0].send(errors)
+
+
+def test_a_gigabyte_both_ways_checked(host, ssh_options):
+    base = body_source(0)
+    procs, all_conns, seeds_of = [], [], []
+    for n in range(2):                                   # two processes on one host
+        pairs = [Pipe() for _ in range(2)]               # two connections each
+        seeds = [100 * n + 10 * i for i in range(2)]
+        p = RemoteProcess(host, target=remote_side, args=([c for _, c in pairs], seeds), **ssh_options)
+        p.start()
+        for _, child in pairs:
+            child.close()
+        procs.append(p)
+        all_conns += [parent for parent, _ in pairs]
+        seeds_of += seeds
+    errors: list[str] = []
+    totals = []
+    threads = []
+    for conn, seed in zip(all_conns, seeds_of):
+        threads.append(threading.Thread(target=send_all, args=(conn, plan(seed), base)))
+        threads.append(threading.Thread(target=lambda c=conn, s=seed: totals.append(check_all(c, plan(s + 1), errors))))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(280)
+    assert not any(t.is_alive() for t in threads), "a sender or checker hung"
+    assert errors == []
+    sent = sum(sum(plan(s)) for s in seeds_of)
+    received = sum(totals)
+    assert sent + received >= 1 << 30
+    for conn in all_conns[::2]:
+        assert wait([conn], 120)
+        assert conn.recv() == []                          # the remote side's own checks
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
