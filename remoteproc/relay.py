@@ -80,6 +80,7 @@ class Link:
         self.conn = None
         self.chan = None
         self.sys_path: list = []
+        self.lost: RemoteProcessError | None = None
         self.closing = False
         self.interrupted = False
         self.dead = False
@@ -386,6 +387,7 @@ class Link:
             return
         self.dead = True
         message = "%s: connection lost: %s" % (self.display, reason)
+        self.lost = cls(message, self.display)
         if self.jobs:
             log.warning("%s", message)
         for job in list(self.jobs.values()):
@@ -432,7 +434,7 @@ class Link:
                 job.code = CONNECTION_LOST if job.code is None else job.code
                 job.error = job.error or ("ConnectionLostError", "%s: connection closed" % self.display)
                 self._deliver(job, force=True)
-        self._fail_pending(ConnectionLostError("%s: connection closed" % self.display, self.display))
+        self._fail_pending(self.lost or ConnectionLostError("%s: connection closed" % self.display, self.display))
         if self.chan is not None:
             self.chan.close()
         if self.conn is not None:

@@ -6,12 +6,13 @@ import os
 import stat
 import sys
 import threading
+import time
 
 import cloudpickle
 import pytest
 
 import remoteproc
-from remoteproc import Pipe, RemoteProcess
+from remoteproc import Pipe, RemoteProcess, hubclient
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -92,6 +93,10 @@ def test_use_after_close_and_start_twice(host, ssh_options):
         p.is_alive()
 
 
+def _tasks(pid: int) -> int:
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
 FAKE_AGENT = """\
 #!{python}
 import json, os, struct, sys, time
@@ -115,12 +120,17 @@ def test_garbage_from_a_fake_agent_is_a_typed_error(host, ssh_options, tmp_path,
     fake = tmp_path / ("fake-" + mode)
     fake.write_text(FAKE_AGENT.format(python=sys.executable, mode=mode))
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR | stat.S_IRUSR)
-    before = threading.active_count()
+    relay = hubclient.get().proc.pid
+    before = (threading.active_count(), _tasks(relay))
     p = RemoteProcess(host, target=print, python=str(fake), **ssh_options)
     with pytest.raises(error) as info:
         p.start()
     assert "127.0.0.1" in str(info.value)
-    assert threading.active_count() == before
+    # Nothing left behind: no thread here, and the relay's link and SSH connection are gone.
+    deadline = time.monotonic() + 10
+    while (threading.active_count(), _tasks(relay)) != before and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert (threading.active_count(), _tasks(relay)) == before
     # The interpreter is intact and the host still works with the real agent.
     parent, child = Pipe()
     q = RemoteProcess(host, target=lambda c: c.send("fine"), args=(child,), **ssh_options)
