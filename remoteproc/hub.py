@@ -145,8 +145,4 @@ def main(fd: int) -> None:
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     logging.getLogger("paramiko").propagate = False
     signal.signal(signal.SIGINT, hub.interrupt)
-    try:
-        hub.serve()
-    finally:
-        sys.stdout.flush()
-        os._exit(0)
+    hub.serve()     # returns when the user's process is gone; threads here are daemons

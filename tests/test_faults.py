@@ -342,14 +342,11 @@ def test_no_leaks_over_many_processes(host, ssh_options):
     assert after[1] <= base[1], "threads leaked: %s -> %s" % (base, after)
     assert after[2] - base[2] < 32 << 20, "memory grew: %s -> %s" % (base, after)
     assert after[3] <= base[3], "relay fds leaked: %s -> %s" % (base, after)
-    agent_children = []
-    for pid in os.listdir("/proc"):
-        if pid.isdigit():
-            try:
-                with open("/proc/%s/cmdline" % pid, "rb") as f:
-                    if b"exec(zlib.decompress(b))" in f.read():
-                        agent_children += _children_of(int(pid))
-            except (FileNotFoundError, ProcessLookupError):
-                pass
-    live = [c for c in agent_children if not _gone(c, 0.5)]
-    assert not live, "children left under the agents: %s" % live
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=lambda c: c.send(os.getppid()), args=(child,), **ssh_options)
+    p.start()
+    child.close()
+    agent = parent.recv()
+    p.join(30)
+    live = [c for c in _children_of(agent) if not _gone(c, 0.5)]
+    assert not live, "children left under the agent: %s" % live
