@@ -22,12 +22,11 @@ class _SourceImporter:
     def find_spec(self, name, path=None, target=None):
         if name not in self.sources:
             return None
-        import importlib.util
+        from importlib.machinery import ModuleSpec  # (importlib.util costs 5 ms more)
 
-        is_pkg = self.sources[name][0]
-        spec = importlib.util.spec_from_loader(name, self, origin=self._filename(name),
-                                               is_package=is_pkg)
-        spec.has_location = False
+        spec = ModuleSpec(name, self, origin=self._filename(name), is_package=self.sources[name][0])
+        if spec.submodule_search_locations is not None:
+            spec.submodule_search_locations = []
         return spec
 
     def _filename(self, name):
