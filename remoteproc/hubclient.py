@@ -109,6 +109,26 @@ def get() -> HubClient:
         return _hub
 
 
+def shutdown(timeout: float = 10.0) -> None:
+    """Stop the relay process, if it runs: every SSH connection closes and every remote
+    agent kills what it started.  The next RemoteProcess starts a new relay."""
+    global _hub
+    with _lock:
+        hub, _hub = _hub, None
+    if hub is None or os.getpid() != hub.pid_owner:
+        return
+    try:
+        hub.sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    hub.sock.close()
+    try:
+        hub.proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        hub.proc.kill()
+        hub.proc.wait(timeout)
+
+
 def prestart() -> None:
     """Start the relay process now, if it isn't running yet (cheap when it is)."""
     get()
