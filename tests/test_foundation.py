@@ -342,3 +342,18 @@ def test_remote_traceback_names_the_users_file_and_lines(host, ssh_options, capf
     assert 'File "%s", line %d, in _divide' % (__file__, lineno) in err
     assert "    return 1 / x" in err
     assert "<dynamic-code>" not in err
+
+
+def test_round_trip_through_the_paramiko_fallback_server():
+    """The demo's server where no sshd binary exists: a real SSH server built on paramiko."""
+    from remoteproc.testing import LoopbackSSHServer
+
+    with LoopbackSSHServer(prefer_openssh=False) as server:
+        assert server.kind == "paramiko"
+        parent, child = Pipe()
+        p = RemoteProcess(server.spec(), target=double, args=(child, 4), **server.options())
+        p.start()
+        child.close()
+        assert parent.recv() == 8
+        p.join(30)
+        assert p.exitcode == 0
