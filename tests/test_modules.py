@@ -176,3 +176,27 @@ def test_find_bundles_a_package(tmp_path):
     found = modules.find("bundled.a", [str(tmp_path)], "h")
     assert set(found) == {"bundled", "bundled.a", "bundled.inner", "bundled.inner.b"}
     assert found["bundled"]["pkg"] is True and found["bundled.a"]["pkg"] is False
+
+
+def test_a_test_module_that_imports_pytest_and_remoteproc(plain_user_host, plain_user_options, tmp_path,
+                                                          monkeypatch):
+    """Targets defined in a user's test module travel by reference: the module is imported
+    on the remote side, with its own imports of pytest and remoteproc forwarded."""
+    name = "test_userstyle_" + uuid.uuid4().hex[:8]
+    (tmp_path / (name + ".py")).write_text(textwrap.dedent("""
+        import pytest
+        from remoteproc import Pipe, RemoteProcess
+
+        def work(conn, n):
+            conn.send((n * 2, pytest.__name__, RemoteProcess.__name__, Pipe.__name__))
+    """))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    mod = importlib.import_module(name)
+    try:
+        p, conn = _run(plain_user_host, plain_user_options, mod.work, 21)
+        assert conn.recv() == (42, "pytest", "RemoteProcess", "Pipe")
+        p.join(60)
+        assert p.exitcode == 0
+    finally:
+        del sys.modules[name]

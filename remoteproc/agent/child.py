@@ -95,6 +95,27 @@ class ParentImporter:
         return entry["src"] if entry else None
 
 
+def _complete_package(importer):
+    """The agent's ``remoteproc`` package holds only the agent. User code that runs
+    here may ``import remoteproc`` (a test module, say): the first missing attribute
+    loads the user's real ``remoteproc/__init__.py`` into it, by module forwarding."""
+    pkg = sys.modules.get("remoteproc")
+    if pkg is None or hasattr(pkg, "__getattr__") or hasattr(pkg, "RemoteProcess"):
+        return
+
+    def __getattr__(name):
+        if name.startswith("__"):
+            raise AttributeError(name)
+        del pkg.__getattr__
+        importer._ask("remoteproc")
+        entry = importer.cache.get("remoteproc")
+        if entry and entry.get("src"):
+            exec(compile(entry["src"], entry["file"], "exec"), pkg.__dict__)
+        return getattr(pkg, name)
+
+    pkg.__getattr__ = __getattr__
+
+
 def _watchdog(fd):
     """Kill this child's process group if the agent dies without doing it."""
     try:
@@ -141,7 +162,9 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
             os.set_blocking(fd, True)
         _fds.update(fds)
         if import_fd is not None:
-            sys.meta_path.append(ParentImporter(import_fd, modules if modules is not None else {}, host))
+            importer = ParentImporter(import_fd, modules if modules is not None else {}, host)
+            sys.meta_path.append(importer)
+            _complete_package(importer)
         threading.Thread(target=_watchdog, args=(sentinel_fd,), daemon=True,
                          name="remoteproc-watchdog").start()
 
