@@ -19,6 +19,7 @@ from .errors import (
     RemoteProcessError,
 )
 from .process import RemoteProcess
+from .script import RemoteScript, run
 
 __version__ = "0.1.0"
 
@@ -35,4 +36,6 @@ __all__ = [
     "ProtocolError",
     "RemoteProcess",
     "RemoteProcessError",
+    "RemoteScript",
+    "run",
 ]

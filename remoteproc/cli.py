@@ -1,11 +1,73 @@
-"""The ``remoteproc`` command line (also ``python -m remoteproc``)."""
+"""remoteproc: run Python on other hosts over SSH, Pipe connections intact.
+
+Commands: run (a script that lives on the host), check (can remoteproc work with
+this host, and how fast), demo (a real round trip).  ``python -m remoteproc`` is the
+same command.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
+import pickle
+import signal
+import statistics
 import sys
 import time
-from typing import Sequence
+from typing import Any, Sequence
+
+from .errors import (
+    AuthenticationError,
+    BootstrapError,
+    ConfigError,
+    ConnectError,
+    ConnectionLostError,
+    HostKeyError,
+    RemoteProcessError,
+)
+
+EXIT_FAILURE = 255
+"""Exit status when remoteproc itself fails (no connection, ...), as ssh exits 255."""
+EXIT_INTERRUPTED = 130
+"""Exit status after Ctrl-C, as a shell reports a command ended by SIGINT."""
+TERMINATE_GRACE = 5.0
+"""Seconds the remote script has to exit after terminate() before kill()."""
+
+MAIN_EPILOG = """examples:
+  remoteproc run alice@build01 ~/jobs/train.py --epochs 3
+  remoteproc check alice@build01
+  remoteproc demo                         # through a private loopback SSH server
+  python -m remoteproc check -p 2222 -i ~/.ssh/id_ed25519 alice@10.0.0.7
+
+Run "remoteproc COMMAND --help" for a command's options.
+"""
+
+RUN_EPILOG = """The script runs on HOST as "python3 SCRIPT ARGS..." would (a relative SCRIPT starts
+from the remote login directory, or --cwd).  Its stdout and stderr appear here; every
+message it sends on its Connection is printed on stdout, one a line, as JSON (repr()
+for what JSON cannot show).  The exit status is the script's (128+N if signal N ended
+it, 255 if remoteproc could not run it).  Ctrl-C terminates the remote script.
+
+In the script, one line of standard library code gets the Connection:
+  from multiprocessing.connection import Connection; import os
+  conn = Connection(int(os.environ["REMOTEPROC_FD"]))
+
+examples:
+  remoteproc run alice@build01 ~/jobs/report.py 2024-05 --verbose
+  remoteproc run --cwd /srv/app -e MODE=test build01 manage.py check
+  remoteproc run --ssh-config ./ssh_config lab-gpu train.py
+"""
+
+CHECK_EPILOG = """Connects, starts the remote agent, runs a probe, and reports the remote Python,
+platform and round trip time.  When something fails it says what and how to fix it,
+and exits with status 1.
+
+examples:
+  remoteproc check alice@build01
+  remoteproc check -p 2222 -i ~/.ssh/lab_key --python python3.11 lab01
+  remoteproc check --accept-new newhost      # trust (and remember) a new host key
+"""
 
 DEMO_EPILOG = """examples:
   python -m remoteproc demo                 # through a private loopback SSH server
@@ -13,18 +75,253 @@ DEMO_EPILOG = """examples:
 """
 
 
-def _demo_target(conn, n):
-    import os
-    import socket
+# -- options shared by the commands ------------------------------------------------------
 
-    print("hello from pid %d on %s" % (os.getpid(), socket.gethostname()))
-    conn.send(n * 2)
-    conn.close()
+def _ssh_parent() -> argparse.ArgumentParser:
+    parent = argparse.ArgumentParser(add_help=False)
+    g = parent.add_argument_group("SSH options (default: what ~/.ssh/config says)")
+    g.add_argument("-p", "--port", type=int, help="SSH port")
+    g.add_argument("-l", "--user", dest="username", metavar="USER", help="remote user name")
+    g.add_argument("-i", "--identity", dest="key_filename", action="append", metavar="KEY",
+                   help="private key file (repeatable)")
+    g.add_argument("--known-hosts", action="append", metavar="FILE",
+                   help="known_hosts file to check the host key against (repeatable)")
+    g.add_argument("--accept-new", action="store_true",
+                   help="trust an unknown host key and record it in the first known_hosts file "
+                        "(a changed key is still refused)")
+    g.add_argument("-F", "--ssh-config", metavar="FILE", help="ssh_config file instead of ~/.ssh/config")
+    g.add_argument("--python", metavar="PYTHON",
+                   help="remote Python interpreter (default python3; must match this Python's major.minor)")
+    g.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting after this")
+    return parent
 
+
+def ssh_options(args: argparse.Namespace) -> dict[str, Any]:
+    """RemoteProcess keyword options from the parsed SSH flags."""
+    opts: dict[str, Any] = {}
+    if args.port is not None:
+        opts["port"] = args.port
+    if args.username:
+        opts["username"] = args.username
+    if args.key_filename:
+        opts["key_filename"] = [os.path.expanduser(k) for k in args.key_filename]
+    if args.known_hosts:
+        opts["known_hosts"] = [os.path.expanduser(k) for k in args.known_hosts]
+    if args.accept_new:
+        opts["host_key_policy"] = "accept-new"
+    if args.ssh_config:
+        opts["ssh_config"] = os.path.expanduser(args.ssh_config)
+    if args.python:
+        opts["python"] = args.python
+    if args.connect_timeout is not None:
+        opts["connect_timeout"] = args.connect_timeout
+    return opts
+
+
+def explain(exc: BaseException) -> tuple[str, str]:
+    """(cause, fix) for an error, in the command line's terms."""
+    if isinstance(exc, HostKeyError):
+        if "CHANGED" in str(exc):
+            return ("the host's key differs from the one recorded in known_hosts",
+                    "if the change is expected, remove the old key with ssh-keygen -R HOST, then run again")
+        return ("the host's key is not in known_hosts, and unknown keys are refused",
+                "check the fingerprint, then connect once with ssh, or pass --accept-new to record it")
+    if isinstance(exc, AuthenticationError):
+        return ("the SSH server refused every key (and password) offered",
+                "pass the right key with -i KEY, load it into ssh-agent, or add its public key to "
+                "~/.ssh/authorized_keys on the host; check the user name (-l USER)")
+    if isinstance(exc, ConnectError):
+        return ("no SSH connection could be made",
+                "check the host name, that sshd runs there, the port (-p PORT) and the network; "
+                "--connect-timeout gives a slow host more time")
+    if isinstance(exc, BootstrapError):
+        return ("the remote agent could not be started with the remote Python",
+                "install Python %d.%d on the host, or name its interpreter with --python PATH"
+                % sys.version_info[:2])
+    if isinstance(exc, ConfigError):
+        return ("the host or an option is not usable as given",
+                "write the host as HOST, USER@HOST or USER@HOST:PORT, or fix the ssh_config entry")
+    if isinstance(exc, ConnectionLostError):
+        return ("the SSH connection went away", "check the network and the host, then run again")
+    return ("remoteproc failed", "see the message above")
+
+
+def _report_failure(command: str, exc: BaseException) -> None:
+    cause, fix = explain(exc)
+    print("remoteproc %s: %s" % (command, exc), file=sys.stderr)
+    print("  cause: %s" % cause, file=sys.stderr)
+    print("  fix:   %s" % fix, file=sys.stderr)
+
+
+def _exit_status(code: int | None) -> int:
+    """A process exit code as a shell exit status."""
+    if code is None:
+        return EXIT_FAILURE
+    if code < 0:
+        return 128 - code
+    return code & 0xFF
+
+
+# -- run ----------------------------------------------------------------------------------
+
+def format_message(data: bytes) -> str:
+    """One line for a message the script sent: JSON if it can be, else repr()."""
+    try:
+        obj = pickle.loads(data)
+    except Exception:  # noqa: BLE001 - raw send_bytes() data, or a class only the host has
+        return repr(data)
+    try:
+        return json.dumps(obj, ensure_ascii=False)
+    except (TypeError, ValueError):
+        return repr(obj)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from .script import RemoteScript
+
+    env = {}
+    for item in args.env or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            print("remoteproc run: --env wants NAME=VALUE, not %r" % item, file=sys.stderr)
+            return 2
+        env[key] = value
+    try:
+        script = RemoteScript(args.host, args.script, args.args, cwd=args.cwd, env=env or None,
+                              **ssh_options(args))
+    except (RemoteProcessError, TypeError) as exc:
+        _report_failure("run", exc)
+        return EXIT_FAILURE
+    try:
+        script.start()
+    except RemoteProcessError as exc:
+        _report_failure("run", exc)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        print("remoteproc run: interrupted while starting", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    try:
+        _relay_messages(script)
+        script.join()
+    except KeyboardInterrupt:
+        _stop(script)
+        print("remoteproc run: interrupted; the remote script was terminated", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    finally:
+        script.conn.close()
+    if script.connection_error is not None:
+        print("remoteproc run: %s" % script.connection_error, file=sys.stderr)
+    return _exit_status(script.exitcode)
+
+
+def _relay_messages(script) -> None:
+    """Print each message of the script until it ends (and what it sent has been read)."""
+    from multiprocessing.connection import wait
+
+    conn = script.conn
+
+    def read_one() -> bool:
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            return False
+        print(format_message(data), flush=True)
+        return True
+
+    while True:
+        ready = wait([conn, script.sentinel])
+        if conn in ready:
+            if not read_one():
+                return      # the script closed its end (or ended): join() waits for the rest
+        elif script.sentinel in ready:
+            # Ended: what it sent is in our socket already, or right behind the exit report.
+            while conn.poll(1.0) and read_one():
+                pass
+            return
+
+
+def _stop(script) -> None:
+    """Ctrl-C: end the remote script (terminate, then kill), bounded."""
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)    # a second Ctrl-C must not cut this short
+    try:
+        if script.exitcode is None:
+            script.terminate()
+            script.join(TERMINATE_GRACE)
+        if script.exitcode is None:
+            script.kill()
+            script.join(TERMINATE_GRACE)
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+# -- check --------------------------------------------------------------------------------
+
+def check_command(args: argparse.Namespace, rounds: int = 20) -> int:
+    from multiprocessing import Pipe
+
+    from .agent.script import probe
+    from .process import RemoteProcess
+
+    print("checking %s" % args.host, flush=True)
+    parent = child = None
+    p = None
+    try:
+        parent, child = Pipe()
+        t0 = time.perf_counter()
+        p = RemoteProcess(args.host, target=probe, args=(child,), **ssh_options(args))
+        p.start()
+        child.close()
+        if not parent.poll(60):
+            raise ConnectionLostError("%s: the probe did not answer within 60 s" % args.host, args.host)
+        facts = parent.recv()
+        t1 = time.perf_counter()
+        print("  connect, agent start-up and first answer: %.0f ms" % ((t1 - t0) * 1e3))
+        print("  remote python:   %s %s (%s)" % (facts["implementation"], facts["python"], facts["executable"]))
+        print("  remote platform: %s" % facts["platform"])
+        print("  remote host:     %s, user %s, %s CPUs" % (facts["hostname"], facts["user"], facts["cpus"]))
+        times = []
+        payload = b"x" * 64
+        for _ in range(rounds):
+            t = time.perf_counter()
+            parent.send_bytes(payload)
+            if parent.recv_bytes() != payload:
+                raise RemoteProcessError("%s: the probe echoed something else" % args.host, args.host)
+            times.append(time.perf_counter() - t)
+        print("  round trip:      %.2f ms median, %.2f ms min, %.2f ms max (%d messages of 64 bytes)"
+              % (statistics.median(times) * 1e3, min(times) * 1e3, max(times) * 1e3, rounds))
+        parent.close()
+        parent = None
+        p.join(30)
+        if p.exitcode != 0:
+            raise RemoteProcessError("%s: the probe exited with %s" % (args.host, p.exitcode), args.host)
+    except (RemoteProcessError, EOFError, OSError) as caught:
+        error: BaseException = caught
+        if p is not None and p.connection_error is not None:
+            error = p.connection_error
+        if not isinstance(error, RemoteProcessError):
+            error = ConnectionLostError("%s: %s: %s" % (args.host, type(error).__name__, error), args.host)
+        _report_failure("check", error)
+        print("FAILED", flush=True)
+        return 1
+    finally:
+        for conn in (parent, child):
+            if conn is not None:
+                conn.close()
+        if p is not None and p.pid is not None and p.exitcode is None:
+            p.kill()
+            p.join(10)
+    print("OK: remoteproc works with %s" % args.host, flush=True)
+    return 0
+
+
+# -- demo ---------------------------------------------------------------------------------
 
 def demo(host: str | None, options: dict | None = None) -> int:
     """Run one real RemoteProcess round trip and say how long each step took."""
-    from . import Pipe, RemoteProcess
+    from multiprocessing import Pipe
+
+    from .agent.script import demo_target
+    from .process import RemoteProcess
 
     server = None
     t0 = time.perf_counter()
@@ -38,20 +335,20 @@ def demo(host: str | None, options: dict | None = None) -> int:
     try:
         parent, child = Pipe()
         t1 = time.perf_counter()
-        p = RemoteProcess(host, target=_demo_target, args=(child, 21), **(options or {}))
+        p = RemoteProcess(host, target=demo_target, args=(child, 21), **(options or {}))
         p.start()
         child.close()
         t2 = time.perf_counter()
         print("started %r on %s: remote pid %d (%.0f ms: relay, SSH connection, agent, fork)"
-              % (p.name, host, p.pid, (t2 - t1) * 1e3))
+              % (p.name, host, p.pid, (t2 - t1) * 1e3), flush=True)
         answer = parent.recv()
         t3 = time.perf_counter()
-        print("parent.recv() -> %r (%.1f ms after start)" % (answer, (t3 - t2) * 1e3))
+        print("parent.recv() -> %r (%.1f ms after start)" % (answer, (t3 - t2) * 1e3), flush=True)
         p.join(30)
         t4 = time.perf_counter()
-        print("joined: exitcode %s (%.1f ms)" % (p.exitcode, (t4 - t3) * 1e3))
+        print("joined: exitcode %s (%.1f ms)" % (p.exitcode, (t4 - t3) * 1e3), flush=True)
         parent2, child2 = Pipe()
-        p2 = RemoteProcess(host, target=_demo_target, args=(child2, 50), **(options or {}))
+        p2 = RemoteProcess(host, target=demo_target, args=(child2, 50), **(options or {}))
         p2.start()
         child2.close()
         parent2.recv()
@@ -59,27 +356,67 @@ def demo(host: str | None, options: dict | None = None) -> int:
         print("a second process on the same connection: start to answer and join in %.1f ms"
               % ((time.perf_counter() - t4) * 1e3))
         ok = answer == 42 and p.exitcode == 0 and p2.exitcode == 0
-        print("round trip OK" if ok else "round trip FAILED")
+        print("round trip OK" if ok else "round trip FAILED", flush=True)
         return 0 if ok else 1
     finally:
         if server is not None:
             server.stop()
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="remoteproc", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    p_demo = sub.add_parser("demo", help="run a real round trip (loopback SSH server if no host)",
-                            epilog=DEMO_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p_demo.add_argument("host", nargs="?", help="user@host[:port] or an ~/.ssh/config alias")
-    args = parser.parse_args(argv)
-    if args.command == "demo":
-        from .errors import RemoteProcessError
+# -- the parser -----------------------------------------------------------------------------
 
+def build_parser() -> argparse.ArgumentParser:
+    raw = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="remoteproc", description=__doc__, epilog=MAIN_EPILOG,
+                                     formatter_class=raw)
+    parser.add_argument("--version", action="version", version="%(prog)s " + _version())
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    ssh = _ssh_parent()
+
+    p_run = sub.add_parser("run", parents=[ssh], formatter_class=raw, epilog=RUN_EPILOG,
+                           help="run a Python script that lives on HOST, with a Connection to it",
+                           description="Run the Python script SCRIPT on HOST with ARGS as its sys.argv[1:].")
+    p_run.add_argument("--cwd", metavar="DIR", help="remote directory to run the script in")
+    p_run.add_argument("-e", "--env", action="append", metavar="NAME=VALUE",
+                       help="set an environment variable for the script (repeatable)")
+    p_run.add_argument("host", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
+    p_run.add_argument("script", metavar="SCRIPT", help="path of the script on HOST")
+    p_run.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER,
+                       help="arguments for the script (everything after SCRIPT, options included)")
+
+    p_check = sub.add_parser("check", parents=[ssh], formatter_class=raw, epilog=CHECK_EPILOG,
+                             help="check that remoteproc works with HOST; report its Python and round trip",
+                             description="Check that remoteproc works with HOST.")
+    p_check.add_argument("host", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
+
+    p_demo = sub.add_parser("demo", parents=[ssh], formatter_class=raw, epilog=DEMO_EPILOG,
+                            help="run a real round trip (a private loopback SSH server if no HOST)",
+                            description="Run a real RemoteProcess round trip and time each step.")
+    p_demo.add_argument("host", nargs="?", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
+    return parser
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run":
+        return run_command(args)
+    if args.command == "check":
+        return check_command(args)
+    if args.command == "demo":
+        options = ssh_options(args)
+        if args.host is None and options:
+            parser.error("demo: SSH options need a HOST")
         try:
-            return demo(args.host)
+            return demo(args.host, options)
         except RemoteProcessError as exc:
-            print("remoteproc demo: %s" % exc, file=sys.stderr)
+            _report_failure("demo", exc)
             return 1
     return 2  # pragma: no cover - argparse requires a command
 

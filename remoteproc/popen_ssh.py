@@ -12,6 +12,7 @@ import os
 import select
 import signal
 import sys
+import threading
 from multiprocessing import util
 
 from . import hubclient, ipc, reduction
@@ -28,6 +29,7 @@ class Popen:
         self.error = None
         self.host = process_obj._host
         self._status = None
+        self._lock = threading.Lock()     # one reader of the status socket at a time
         payload, bridged = reduction.dumps_process(process_obj, self.host, type(process_obj)._remote_class())
         out_fd = _fileno(sys.stdout, 1)
         err_fd = _fileno(sys.stderr, 2)
@@ -58,20 +60,44 @@ class Popen:
                     "%s: the local relay process ended unexpectedly" % self.host)
 
     def poll(self, flag: int = os.WNOHANG):
-        if self.returncode is None and self._status is not None:
-            if flag == os.WNOHANG:
-                ready, _, _ = select.select([self.sentinel], [], [], 0)
-                if not ready:
-                    return None
-            msg = self._next()
-            if msg[0] == "exited":
-                self.returncode = msg[1]
-                if msg[2]:
-                    self.error = from_wire(msg[2][0], msg[2][1], self.host)
-            else:
-                self.returncode = CONNECTION_LOST
-                self.error = from_wire(msg[1], msg[2], self.host)
+        """The exit code, or None while the remote process runs (``flag`` 0: wait for it)."""
+        if self.returncode is not None or self._status is None:
+            return self.returncode
+        # Threads may join and poll the same process at once: one reads the status
+        # socket, the others see its result.  A non-blocking poll never waits for the lock.
+        if not self._lock.acquire(flag != os.WNOHANG):
+            return self.returncode
+        try:
+            if self.returncode is None and self._status is not None:
+                if flag == os.WNOHANG:
+                    ready, _, _ = select.select([self.sentinel], [], [], 0)
+                    if not ready:
+                        return None
+                msg = self._next()
+                if msg[0] == "exited":
+                    if msg[2]:
+                        self.error = from_wire(msg[2][0], msg[2][1], self.host)
+                    self.returncode = msg[1]
+                else:
+                    self.error = from_wire(msg[1], msg[2], self.host)
+                    self.returncode = CONNECTION_LOST
+                self._keep_sentinel_ready()
+        finally:
+            self._lock.release()
         return self.returncode
+
+    def _keep_sentinel_ready(self) -> None:
+        """After the exit report, the sentinel must stay readable, as a local one does.
+
+        The relay closes its end right after the report, but not atomically with it:
+        put a pipe whose write end is closed (always readable: EOF) under the same fd.
+        """
+        r, w = os.pipe()
+        os.close(w)
+        try:
+            os.dup2(r, self.sentinel, inheritable=False)
+        finally:
+            os.close(r)
 
     def wait(self, timeout: float | None = None):
         if self.returncode is None:

@@ -16,6 +16,7 @@ class RemoteProcess(mp_process.BaseProcess):
     ``known_hosts``, ``host_key_policy``, ``python``, ...) override the config.
     Everything else is ``multiprocessing.Process``: ``start``, ``join``, ``pid``
     (the remote pid), ``exitcode``, ``terminate``, ``kill``, ``close``, ``sentinel``.
+    Where a second host makes a difference, docs/api.md says what and why.
     """
 
     _start_method = None

@@ -136,6 +136,7 @@ def dumps_process(process_obj, host: str, process_cls: type) -> tuple[bytes, lis
     Raises PicklingError naming the host for anything that cannot be shipped.
     """
     state = {k: v for k, v in process_obj.__dict__.items() if k not in _LOCAL_ONLY}
+    state["_popen"] = None      # as in a local child: current_process().exitcode is None
     buf = io.BytesIO()
     pickler = _Pickler(buf, host, process_cls)
     mp_context.set_spawning_popen(process_obj)     # lets the authkey travel, as with spawn

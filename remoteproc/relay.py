@@ -270,7 +270,8 @@ class Link:
         wire = []
         for fd, (kind, child_reads, child_writes) in zip(conn_fds, request["streams"]):
             sid = self._sid()
-            job.streams.append(self.mux.add(sid, fd, reading=child_reads, writing=child_writes, owner=job))
+            job.streams.append(self.mux.add(sid, fd, reading=child_reads, writing=child_writes, owner=job,
+                                            shared=True))
             wire.append([sid, kind, child_reads, child_writes])
         out_sid, err_sid = self._sid(), self._sid()
         job.streams.append(self.mux.add(out_sid, out_fd, reading=False, writing=True, owner=job, shared=True))

@@ -24,6 +24,7 @@ WINDOW = 4 << 20           # bytes in flight per stream and direction
 ACK_AT = 1 << 20           # return credit in pieces of at least this much
 READ_CHUNK = frames.MAX_DATA
 SMALL_WRITE = 4096         # per wake-up on an fd we may not make non-blocking
+_DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN)
 
 
@@ -42,7 +43,7 @@ class Stream:
     """One bridged file descriptor and its state in each direction."""
 
     __slots__ = (
-        "sid", "fd", "owner", "reading", "writing", "shared", "pollable", "is_socket",
+        "sid", "fd", "sock", "owner", "reading", "writing", "shared", "pollable", "is_socket",
         "credit", "outq", "queued", "unacked", "peer_eof", "read_done", "write_done",
         "events", "handler",
     )
@@ -53,10 +54,14 @@ class Stream:
         self.owner = owner
         self.reading = reading      # we read the fd and send DATA to the peer
         self.writing = writing      # we write the peer's DATA to the fd
-        self.shared = shared        # fd shares its file description with someone else: no O_NONBLOCK
+        # shared: the fd's file description is also the user's (the relay holds dups of
+        # the user's Connection ends and stdout): never change its flags (no O_NONBLOCK:
+        # sockets get MSG_DONTWAIT per call) and never shut it down.
+        self.shared = shared
         self.pollable = True
         mode = os.fstat(fd).st_mode
         self.is_socket = stat.S_ISSOCK(mode)
+        self.sock = socket.socket(fileno=fd) if self.is_socket else None
         self.credit = credit
         self.outq = deque()
         self.queued = 0
@@ -95,7 +100,7 @@ class Mux:
         if sid in self.streams or sid <= 0:
             raise frames.ProtocolError("stream %d opened twice" % sid)
         s = Stream(sid, fd, reading, writing, owner, shared, self.window)
-        if not shared:
+        if not shared and not s.is_socket:
             os.set_blocking(fd, False)
         s.handler = lambda mask, s=s: self._ready(s, mask)
         self.streams[sid] = s
@@ -140,7 +145,10 @@ class Mux:
 
     def _read(self, s: Stream) -> None:
         try:
-            data = os.read(s.fd, min(READ_CHUNK, s.credit))
+            if s.sock is not None:
+                data = s.sock.recv(min(READ_CHUNK, s.credit), _DONTWAIT)
+            else:
+                data = os.read(s.fd, min(READ_CHUNK, s.credit))
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -158,7 +166,12 @@ class Mux:
         q = s.outq
         while q:
             try:
-                if s.shared:
+                if s.sock is not None:
+                    if len(q) == 1:
+                        n = s.sock.send(q[0], _DONTWAIT)
+                    else:
+                        n = s.sock.sendmsg(list(islice(q, 0, 128)), (), _DONTWAIT)
+                elif s.shared:
                     n = os.write(s.fd, q[0][:SMALL_WRITE])
                 elif len(q) == 1:
                     n = os.write(s.fd, q[0])
@@ -181,7 +194,7 @@ class Mux:
                 else:
                     q[0] = head[n:]
                     n = 0
-            if s.shared and s.pollable:
+            if s.shared and s.pollable and s.sock is None:
                 break  # one small write per wake-up: never block the loop
         if s.unacked >= self.ack_at:
             self.send(frames.header(frames.CREDIT, s.sid, s.unacked))
@@ -206,7 +219,13 @@ class Mux:
         if s.write_done:
             return
         s.write_done = True
-        if s.reading and not s.read_done and s.is_socket:
+        if s.shared:
+            # The user holds this socket too: shutting it down would end it for them.
+            # A Connection never half-closes, so the peer's EOF means its end is gone:
+            # stop reading and close our copy, and the user sees EOF once every copy
+            # is closed, as with a local child.
+            s.read_done = True
+        elif s.reading and not s.read_done and s.is_socket:
             _shutdown(s.fd, socket.SHUT_WR)
 
     def _maybe_finish(self, s: Stream) -> None:
@@ -220,7 +239,10 @@ class Mux:
         if s.events:
             self.sel.unregister(s.fd)
             s.events = 0
-        os.close(s.fd)
+        if s.sock is not None:
+            s.sock.close()
+        else:
+            os.close(s.fd)
         s.fd = -1
         s.outq.clear()
         s.queued = 0
@@ -276,7 +298,7 @@ class Mux:
         if s.read_done:
             return
         s.read_done = True
-        if s.is_socket:
+        if s.is_socket and not s.shared:
             _shutdown(s.fd, socket.SHUT_RD)
 
     def peer_lost(self) -> None:

@@ -1,0 +1,194 @@
+"""Script mode, remote side: run an existing Python script with a Connection to its parent.
+
+Shipped with the agent (standard library only), so it is importable in every remote
+child as ``remoteproc.agent.script`` even though remoteproc is not installed there.
+
+``remoteproc.run(host, path, *args)`` starts a RemoteProcess whose target is
+``run_script``: it puts the child's end of the Connection on a plain fd named by
+``REMOTEPROC_FD``, builds ``sys.argv`` and runs the script as ``__main__``, as
+``python3 path args...`` would.  The script takes its Connection in one line that
+needs nothing but the standard library::
+
+    from multiprocessing.connection import Connection; import os
+    conn = Connection(int(os.environ["REMOTEPROC_FD"]))
+
+Arguments that were not strings arrive in ``sys.argv`` as JSON; ``args()`` gives
+them back as values (a dict as a dict), and ``connection()`` is the line above.
+
+This module also holds the targets of the command line's ``demo`` and ``check``.
+"""
+
+import json
+import os
+import signal
+import sys
+
+ENV_FD = "REMOTEPROC_FD"
+"""Environment variable: the fd of the script's Connection to its parent."""
+
+ENV_JSON = "REMOTEPROC_JSON_ARGS"
+"""Environment variable: the positions in ``sys.argv`` of arguments sent as JSON (comma-separated)."""
+
+
+# -- helpers for the script ----------------------------------------------------------
+
+def connection():
+    """The script's Connection to its parent (call it once: the object owns the fd).
+
+    Raises RuntimeError when the script was not started by ``remoteproc.run``.
+    """
+    from multiprocessing.connection import Connection
+
+    fd = os.environ.get(ENV_FD)
+    if fd is None:
+        raise RuntimeError("%s is not set: this script was not started by remoteproc.run()" % ENV_FD)
+    return Connection(int(fd))
+
+
+def args(argv=None):
+    """``sys.argv[1:]`` with every argument that ``remoteproc.run`` sent as JSON decoded again.
+
+    Strings given to ``run`` stay strings, even when they look like JSON ("42" stays "42").
+    Outside script mode (no ``REMOTEPROC_JSON_ARGS``) the arguments are returned unchanged.
+    """
+    argv = list(sys.argv if argv is None else argv)
+    positions = _json_positions()
+    return [json.loads(a) if i in positions else a for i, a in enumerate(argv)][1:]
+
+
+def _json_positions():
+    text = os.environ.get(ENV_JSON, "")
+    return {int(p) for p in text.split(",") if p.strip().isdigit()}
+
+
+# -- the target of remoteproc.run ----------------------------------------------------
+
+def run_script(path, argv=(), json_positions=(), cwd=None, env=None, conn=None):
+    """Run the script at ``path`` as ``__main__`` with ``sys.argv = [path, *argv]``.
+
+    ``conn`` (the child's end of the script's Pipe) is moved to a plain fd named by
+    REMOTEPROC_FD, so that the script builds its own Connection on it.
+    """
+    import runpy
+
+    if cwd:
+        try:
+            os.chdir(os.path.expanduser(cwd))
+        except OSError as exc:
+            sys.stderr.write("remoteproc: cannot change to directory %r: %s\n" % (cwd, exc))
+            sys.exit(2)
+    if env:
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+    if conn is not None:
+        # A second Connection object on the same fd would close it when collected:
+        # hand the script a duplicate and close ours.
+        fd = os.dup(conn.fileno())
+        conn.close()
+        os.environ[ENV_FD] = str(fd)
+    else:
+        os.environ.pop(ENV_FD, None)
+    os.environ[ENV_JSON] = ",".join(str(int(i)) for i in json_positions)
+    path = os.path.expanduser(path)
+    if not os.path.exists(path):
+        sys.stderr.write("remoteproc: can't open file %r on this host: [Errno 2] No such file or directory "
+                         "(relative paths start from %s)\n" % (path, os.getcwd()))
+        sys.exit(2)
+    sys.argv = [path] + [str(a) for a in argv]
+    # As "python3 path": the script's directory comes first on sys.path.
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        sys.path[0] = os.path.dirname(os.path.abspath(path))
+    else:
+        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    interrupted = failed = False
+    try:
+        try:
+            runpy.run_path(path, run_name="__main__")
+        except SystemExit:
+            raise
+        except KeyboardInterrupt as exc:
+            _print_script_traceback(exc, path)
+            interrupted = True
+        except BaseException as exc:
+            _print_script_traceback(exc, path)
+            failed = True
+    finally:
+        _interpreter_exit()
+    if interrupted:
+        _die_by_sigint()
+    if failed:
+        sys.exit(1)
+
+
+def _interpreter_exit():
+    """What the interpreter does when a script ends: join non-daemon threads, then atexit."""
+    import atexit
+    import threading
+
+    shutdown = getattr(threading, "_shutdown", None)
+    if shutdown is not None:
+        shutdown()
+    atexit._run_exitfuncs()
+
+
+def _print_script_traceback(exc, path):
+    """Print the traceback as ``python3 path`` would: from the script's own frames on."""
+    import traceback
+
+    tb = exc.__traceback__
+    first = tb
+    while tb is not None and tb.tb_frame.f_code.co_filename != path:
+        tb = tb.tb_next
+    if tb is None:
+        # The script never ran (a SyntaxError, say): the exception says where.
+        tb = None if isinstance(exc, SyntaxError) else first
+    sys.stderr.write("".join(traceback.format_exception(type(exc), exc, tb)))
+    sys.stderr.flush()
+
+
+def _die_by_sigint():
+    """An uncaught KeyboardInterrupt ends Python with SIGINT (exit code -2), as locally."""
+    try:
+        sys.stdout.flush()
+    except (AttributeError, ValueError, OSError):
+        pass
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    os.kill(os.getpid(), signal.SIGINT)
+    sys.exit(1)     # pragma: no cover - not reached
+
+
+# -- targets of the command line -------------------------------------------------------
+
+def demo_target(conn, n):
+    """``remoteproc demo``: say hello, answer with 2n."""
+    import socket
+
+    print("hello from pid %d on %s" % (os.getpid(), socket.gethostname()))
+    conn.send(n * 2)
+    conn.close()
+
+
+def probe(conn):
+    """``remoteproc check``: describe this host, then echo until the parent closes."""
+    import getpass
+    import platform
+    import socket
+
+    try:
+        user = getpass.getuser()
+    except Exception:  # noqa: BLE001 - no user name is not a failure of the check
+        user = str(os.getuid())
+    conn.send({
+        "python": platform.python_version(),
+        "implementation": platform.python_implementation(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "hostname": socket.gethostname(),
+        "user": user,
+        "cpus": os.cpu_count(),
+        "pid": os.getpid(),
+    })
+    try:
+        while True:
+            conn.send_bytes(conn.recv_bytes())
+    except EOFError:
+        pass

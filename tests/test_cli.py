@@ -1,0 +1,289 @@
+"""The command line, run as a user runs it: ``python -m remoteproc ...`` against the loopback sshd.
+
+Host options come from the ssh_config file the loopback server writes (``-F FILE`` and
+its ``remoteproc-USER`` aliases) or from flags (``-p``, ``-l``, ``-i``, ``--known-hosts``).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+from remoteproc import cli
+from remoteproc.testing import current_user
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def remoteproc_cmd(*args, timeout=60, **kwargs):
+    return subprocess.run([sys.executable, "-m", "remoteproc", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV, stdin=subprocess.DEVNULL, **kwargs)
+
+
+@pytest.fixture
+def alias(sshd):
+    """(ssh_config path, alias) for the current user on the loopback sshd."""
+    return sshd.ssh_config, "remoteproc-" + current_user()
+
+
+@pytest.fixture
+def flags(sshd):
+    """Flags that reach the loopback sshd without any ssh_config."""
+    return ["-p", str(sshd.port), "-l", current_user(), "-i", sshd.client_key,
+            "--known-hosts", sshd.known_hosts, "-F", "none"]
+
+
+@pytest.fixture
+def scripts():
+    directory = tempfile.mkdtemp(prefix="remoteproc-cli-")
+    os.chmod(directory, 0o755)
+
+    def write(name, source):
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(source))
+        os.chmod(path, 0o644)
+        return path
+
+    yield write
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _gone(pid, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+# -- help and parsing ---------------------------------------------------------------------
+
+@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["demo"]])
+def test_help_has_examples(command):
+    out = remoteproc_cmd(*command, "--help")
+    assert out.returncode == 0, out.stderr
+    assert "examples:" in out.stdout
+    if command == ["run"]:
+        assert 'Connection(int(os.environ["REMOTEPROC_FD"]))' in out.stdout
+    if command in (["run"], ["check"]):
+        for flag in ("--port", "--identity", "--python", "--known-hosts", "--accept-new", "--ssh-config"):
+            assert flag in out.stdout
+
+
+def test_no_command_is_a_usage_error():
+    out = remoteproc_cmd()
+    assert out.returncode == 2 and "usage:" in out.stderr
+
+
+def test_everything_after_the_script_goes_to_the_script():
+    args = cli.build_parser().parse_args(["run", "-p", "2222", "h", "s.py", "--port", "5", "-i", "x", "--", "y"])
+    assert (args.port, args.host, args.script) == (2222, "h", "s.py")
+    assert args.args == ["--port", "5", "-i", "x", "--", "y"]
+    assert cli.ssh_options(args) == {"port": 2222}
+
+
+def test_console_script_is_declared():
+    import tomllib
+
+    with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
+        scripts = tomllib.load(f)["project"]["scripts"]
+    assert scripts["remoteproc"] == "remoteproc.cli:main"
+    assert callable(cli.main)
+    exe = shutil.which("remoteproc")
+    if exe is not None:       # installed (pip install -e .): the console script itself
+        out = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=30, env=ENV)
+        assert out.returncode == 0 and "examples:" in out.stdout
+
+
+# -- run ------------------------------------------------------------------------------------
+
+CHATTY = """
+    import os, sys
+    from multiprocessing.connection import Connection
+    conn = Connection(int(os.environ["REMOTEPROC_FD"]))
+    print("stdout of the script", flush=True)
+    print("stderr of the script", file=sys.stderr, flush=True)
+    conn.send("text")
+    conn.send(42)
+    conn.send({"argv": sys.argv[1:]})
+    conn.send({1, 2})
+    conn.send_bytes(b"raw bytes")
+    sys.exit(int(os.environ.get("CODE", "3")))
+"""
+
+
+def test_run_forwards_output_prints_messages_and_exits_with_the_scripts_code(alias, scripts):
+    config, host = alias
+    path = scripts("chatty.py", CHATTY)
+    out = remoteproc_cmd("run", "-F", config, host, path, "--flag", '{"a": 1}', "two words")
+    assert out.returncode == 3, out.stderr
+    lines = out.stdout.splitlines()
+    assert "stdout of the script" in lines
+    messages = [line for line in lines if line != "stdout of the script"]
+    assert messages == ['"text"', "42", '{"argv": ["--flag", "{\\"a\\": 1}", "two words"]}', "{1, 2}",
+                        "b'raw bytes'"]
+    assert "stderr of the script" in out.stderr
+
+
+def test_run_with_flags_env_and_cwd(flags, scripts):
+    path = scripts("chatty.py", CHATTY)
+    directory, name = os.path.split(path)
+    out = remoteproc_cmd("run", *flags, "--cwd", directory, "-e", "CODE=0", "127.0.0.1", name)
+    assert out.returncode == 0, out.stderr
+    assert '"text"' in out.stdout
+
+
+def test_run_exit_status_for_a_signal_and_a_missing_script(alias, scripts):
+    config, host = alias
+    path = scripts("suicide.py", "import os, signal\nos.kill(os.getpid(), signal.SIGTERM)\n")
+    out = remoteproc_cmd("run", "-F", config, host, path)
+    assert out.returncode == 128 + signal.SIGTERM
+    out = remoteproc_cmd("run", "-F", config, host, "/nonexistent/script.py")
+    assert out.returncode == 2 and "can't open file" in out.stderr
+
+
+@pytest.mark.parametrize("whole_group", [True, False], ids=["terminal-ctrl-c", "sigint-to-cli-only"])
+def test_run_ctrl_c_terminates_the_remote_script(alias, scripts, whole_group):
+    config, host = alias
+    path = scripts("sleeper.py", """
+        import os, time
+        from multiprocessing.connection import Connection
+        conn = Connection(int(os.environ["REMOTEPROC_FD"]))
+        conn.send(os.getpid())
+        time.sleep(300)
+    """)
+    proc = subprocess.Popen([sys.executable, "-m", "remoteproc", "run", "-F", config, host, path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, env=ENV, start_new_session=True)
+    try:
+        line = proc.stdout.readline()       # the script's first message: its pid
+        pid = int(line)
+        assert not _gone(pid, 0)
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGINT)      # what a terminal's Ctrl-C does
+        else:
+            os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(30) == cli.EXIT_INTERRUPTED
+        assert "interrupted" in proc.stderr.read()
+        assert _gone(pid), "the remote script outlived Ctrl-C"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_run_reports_a_connection_failure_with_cause_and_fix(sshd, scripts, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    out = remoteproc_cmd("run", "-p", str(sshd.port), "-i", sshd.client_key, "--known-hosts", str(empty),
+                         "-F", "none", "127.0.0.1", "x.py")
+    assert out.returncode == cli.EXIT_FAILURE
+    assert "cause:" in out.stderr and "fix:" in out.stderr and "--accept-new" in out.stderr
+
+
+# -- check -------------------------------------------------------------------------------
+
+def test_check_reports_python_platform_and_round_trip(alias):
+    config, host = alias
+    out = remoteproc_cmd("check", "-F", config, host)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "remote python:   CPython %d.%d." % sys.version_info[:2] in out.stdout
+    assert "remote platform: Linux" in out.stdout
+    assert "round trip:" in out.stdout and "ms median" in out.stdout
+    assert out.stdout.rstrip().endswith("OK: remoteproc works with %s" % host)
+
+
+def test_check_the_system_python_account(sshd, plain_user_host):
+    out = remoteproc_cmd("check", "-F", sshd.ssh_config, "remoteproc-rpuser")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "(/usr/bin/python3)" in out.stdout and "user rpuser" in out.stdout
+
+
+def test_check_unknown_host_key_then_accept_new(sshd, tmp_path):
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    base = ["check", "-p", str(sshd.port), "-i", sshd.client_key, "--known-hosts", str(known), "-F", "none",
+            "127.0.0.1"]
+    out = remoteproc_cmd(*base)
+    assert out.returncode == 1 and "FAILED" in out.stdout
+    assert "host key is unknown" in out.stderr and "--accept-new" in out.stderr
+    out = remoteproc_cmd(*base[:-1], "--accept-new", base[-1])
+    assert out.returncode == 0, out.stderr
+    assert "[127.0.0.1]:%d" % sshd.port in known.read_text()
+    out = remoteproc_cmd(*base)                 # now known: no opt-in needed
+    assert out.returncode == 0, out.stderr
+
+
+def _failure(sshd, tmp_path, case):
+    args = ["-p", str(sshd.port), "-i", sshd.client_key, "--known-hosts", sshd.known_hosts, "-F", "none",
+            "--connect-timeout", "10"]
+    host = "127.0.0.1"
+    if case == "wrong key":
+        key = str(tmp_path / "other_key")
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", key], check=True, timeout=30)
+        args[3] = key
+        args += ["-l", current_user()]
+    elif case == "no such python":
+        args += ["--python", "/nonexistent/python3"]
+    elif case == "nothing listening":
+        args[1] = str(_free_port())
+    elif case == "bad host spec":
+        host = "user@host:99999"
+    return args, host
+
+
+@pytest.mark.parametrize("case,error,fix", [
+    ("wrong key", "authentication failed", "-i KEY"),
+    ("no such python", "could not start the agent", "--python"),
+    ("nothing listening", "cannot connect", "-p PORT"),
+    ("bad host spec", "out of range", "USER@HOST:PORT"),
+])
+def test_check_failures_say_cause_and_fix(sshd, tmp_path, case, error, fix):
+    args, host = _failure(sshd, tmp_path, case)
+    out = remoteproc_cmd("check", *args, host)
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAILED" in out.stdout
+    assert error in out.stderr and "cause:" in out.stderr and "fix:" in out.stderr and fix in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+# -- demo --------------------------------------------------------------------------------
+
+def test_demo_against_a_host(alias):
+    config, host = alias
+    out = remoteproc_cmd("demo", "-F", config, host)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "parent.recv() -> 42" in out.stdout and "round trip OK" in out.stdout
+    assert "hello from pid" in out.stdout
+
+
+def test_demo_with_its_own_loopback_server():
+    out = remoteproc_cmd("demo")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "started a private" in out.stdout and "round trip OK" in out.stdout

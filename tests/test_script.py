@@ -1,0 +1,263 @@
+"""Script mode: remoteproc.run(host, path, *args) runs a script that lives on the host.
+
+The scripts are files on the loopback host (this machine), so these tests use the
+loopback sshd directly; the comparisons run the same script with the local python3.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+
+import pytest
+
+import remoteproc
+from remoteproc import RemoteProcess
+from remoteproc.script import ONE_LINER, RemoteScript, encode_args, run
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def loopback(sshd):
+    return sshd.spec(), sshd.options()
+
+
+@pytest.fixture
+def scripts():
+    """write(name, source) -> path of a script readable by every account (rpuser too)."""
+    directory = tempfile.mkdtemp(prefix="remoteproc-scripts-")
+    os.chmod(directory, 0o755)
+
+    def write(name, source):
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(source))
+        os.chmod(path, 0o644)
+        return path
+
+    yield write
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def _gone(pid, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with open("/proc/%d/stat" % pid) as f:
+                if f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
+                    return True
+        except FileNotFoundError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+REPORT = ONE_LINER + """
+import sys
+conn.send({"argv": sys.argv, "name": __name__, "file": __file__, "path0": sys.path[0],
+           "cwd": os.getcwd(), "fd": os.environ["REMOTEPROC_FD"], "pid": os.getpid(),
+           "x": os.environ.get("X")})
+"""
+
+
+def test_run_returns_a_started_handle(loopback, scripts):
+    host, options = loopback
+    path = scripts("report.py", REPORT)
+    p = run(host, path, "one", "two", **options)
+    assert isinstance(p, RemoteScript) and isinstance(p, RemoteProcess)
+    assert p.is_alive() or p.exitcode is not None
+    assert isinstance(p.pid, int)
+    got = p.conn.recv()
+    p.join(30)
+    assert p.exitcode == 0
+    assert got["argv"] == [path, "one", "two"]
+    assert got["name"] == "__main__" and got["file"] == path
+    assert got["path0"] == os.path.dirname(path)          # as "python3 path": the script's directory
+    assert got["pid"] == p.pid and got["fd"].isdigit()
+    assert got["cwd"] == os.path.expanduser("~")          # the login directory, as ssh host python3 ...
+    assert p.path == path and p.argv == ["one", "two"]
+    assert "path=%r" % path in repr(p) and "host=%r" % host in repr(p)
+    with pytest.raises(EOFError):
+        p.conn.recv()
+    p.conn.close()
+    p.close()
+
+
+def test_arguments_strings_as_given_others_as_json(loopback, scripts):
+    host, options = loopback
+    path = scripts("args.py", ONE_LINER + """
+import sys
+from remoteproc.agent.script import args
+conn.send((sys.argv[1:], args()))
+""")
+    values = ["plain", "42", 42, {"a": [1, 2]}, None, True, 1.5, ["x", {"y": None}], "", "-dash"]
+    p = run(host, path, *values, **options)
+    argv, decoded = p.conn.recv()
+    p.join(30)
+    assert p.exitcode == 0
+    assert argv == ["plain", "42", "42", '{"a": [1, 2]}', "null", "true", "1.5", '["x", {"y": null}]', "", "-dash"]
+    assert decoded == values            # "42" stays a string, 42 comes back a number
+
+
+def test_unsendable_arguments_fail_before_any_connection():
+    with pytest.raises(TypeError, match="argument 2"):
+        run("nobody@host.invalid", "x.py", "ok", b"bytes are not JSON")
+    with pytest.raises(TypeError, match="JSON"):
+        RemoteScript("nobody@host.invalid", "x.py", [{1, 2}])
+    with pytest.raises(TypeError):
+        RemoteScript("nobody@host.invalid", "x.py", "a string is not a sequence of arguments")
+    with pytest.raises(TypeError):
+        RemoteScript("nobody@host.invalid", None)
+    with pytest.raises(remoteproc.ConfigError):
+        RemoteScript("nobody@host.invalid", "x.py", no_such_option=1)
+    assert encode_args([os.path.join("a", "b"), 1]) == (["a/b", "1"], [2])
+
+
+def test_messages_both_ways(loopback, scripts):
+    host, options = loopback
+    path = scripts("upper.py", """
+        from multiprocessing.connection import Connection; import os
+        conn = Connection(int(os.environ["REMOTEPROC_FD"]))
+        for s in iter(conn.recv, None):
+            conn.send(s.upper())
+        conn.send_bytes(b"raw " * 3, 4)
+    """)
+    p = run(host, path, **options)
+    for word in ("hello", "world", ""):
+        p.conn.send(word)
+        assert p.conn.recv() == word.upper()
+    p.conn.send(None)
+    assert p.conn.recv_bytes() == b"raw raw "
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def _compare_with_local_python(host, options, path, args, capfd):
+    local = subprocess.run([sys.executable, path, *args], capture_output=True, text=True, timeout=30,
+                           cwd=os.path.dirname(path))
+    capfd.readouterr()
+    p = run(host, path, *args, **options)
+    p.join(30)
+    out, err = capfd.readouterr()
+    return local, p, out, err
+
+
+@pytest.mark.parametrize("case,code", [("exit3", 3), ("exit_str", 1), ("exit_none", 0), ("raise", 1),
+                                       ("syntax", 1)])
+def test_exit_codes_and_tracebacks_as_python3_path(loopback, scripts, capfd, case, code):
+    host, options = loopback
+    sources = {
+        "exit3": "import sys\nprint('out')\nsys.exit(3)\n",
+        "exit_str": "import sys\nsys.exit('a reason on stderr')\n",
+        "exit_none": "import sys\nsys.exit(None)\n",
+        "raise": "def inner():\n    raise ValueError('script boom')\n\ninner()\n",
+        "syntax": "x = (\n",
+    }
+    path = scripts(case + ".py", sources[case])
+    local, p, out, err = _compare_with_local_python(host, options, path, [], capfd)
+    assert p.exitcode == local.returncode == code
+    assert out == local.stdout
+    assert err == local.stderr             # the same text: no "Process ..." header, no runpy frames
+
+
+def test_missing_script(loopback, capfd):
+    host, options = loopback
+    p = run(host, "/nonexistent/script.py", **options)
+    p.join(30)
+    assert p.exitcode == 2                  # as python3 exits for a file it cannot open
+    err = capfd.readouterr().err
+    assert "can't open file '/nonexistent/script.py'" in err and "No such file or directory" in err
+
+
+def test_terminate_and_kill(loopback, scripts):
+    host, options = loopback
+    path = scripts("sleeper.py", ONE_LINER + "\nimport time\nconn.send(os.getpid())\ntime.sleep(300)\n")
+    for method, code in (("terminate", -signal.SIGTERM), ("kill", -signal.SIGKILL)):
+        p = run(host, path, **options)
+        pid = p.conn.recv()
+        getattr(p, method)()
+        p.join(30)
+        assert p.exitcode == code
+        assert _gone(pid)
+
+
+def test_cwd_env_and_relative_paths(loopback, scripts):
+    host, options = loopback
+    path = scripts("report.py", REPORT)
+    directory, name = os.path.split(path)
+    p = run(host, name, cwd=directory, env={"X": "from env"}, **options)
+    got = p.conn.recv()
+    p.join(30)
+    assert p.exitcode == 0
+    assert got["cwd"] == directory and got["x"] == "from env" and got["argv"] == [name]
+
+
+def test_threads_and_atexit_run_before_the_script_ends(loopback, scripts):
+    host, options = loopback
+    path = scripts("threads.py", ONE_LINER + """
+import atexit, threading, time
+atexit.register(lambda: conn.send("atexit"))
+def late():
+    time.sleep(0.3)
+    conn.send("thread")
+threading.Thread(target=late).start()
+conn.send("main done")
+""")
+    p = run(host, path, **options)
+    got = [p.conn.recv() for _ in range(3)]
+    p.join(30)
+    assert got == ["main done", "thread", "atexit"]
+    assert p.exitcode == 0
+
+
+def test_output_is_forwarded(loopback, scripts, capfd):
+    host, options = loopback
+    path = scripts("speak.py", "import sys\nprint('to stdout')\nprint('to stderr', file=sys.stderr)\n")
+    p = run(host, path, **options)
+    p.join(30)
+    out, err = capfd.readouterr()
+    assert p.exitcode == 0 and "to stdout" in out and "to stderr" in err
+
+
+def test_works_for_an_account_with_only_the_system_python(plain_user_host, plain_user_options, scripts):
+    path = scripts("plain.py", ONE_LINER + """
+import sys
+from remoteproc.agent.script import args, connection
+conn.send((sys.executable, os.getuid(), args()))
+""")
+    p = run(plain_user_host, path, "s", {"k": 1}, **plain_user_options)
+    executable, uid, got = p.conn.recv()
+    p.join(30)
+    assert p.exitcode == 0
+    assert executable == "/usr/bin/python3" and uid != 0
+    assert got == ["s", {"k": 1}]
+
+
+def test_helpers_outside_script_mode():
+    from remoteproc.agent import script as helper
+
+    saved = {k: os.environ.pop(k, None) for k in (helper.ENV_FD, helper.ENV_JSON)}
+    try:
+        assert helper.args(["prog", "1", "{}"]) == ["1", "{}"]     # nothing decoded outside script mode
+        with pytest.raises(RuntimeError, match="REMOTEPROC_FD"):
+            helper.connection()
+        os.environ[helper.ENV_JSON] = "2"
+        assert helper.args(["prog", "1", "{}"]) == ["1", {}]
+    finally:
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
+
+
+def test_one_liner_is_documented():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    with open(os.path.join(root, "docs", "api.md")) as f:
+        assert 'conn = Connection(int(os.environ["REMOTEPROC_FD"]))' in f.read()
