@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import os
+import re
 import shlex
 import sys
 import time
@@ -52,52 +53,79 @@ def agent_blob() -> bytes:
     return zlib.compress(text.encode("utf-8"), 9)
 
 
+#: exit status of the stub when the interpreter is not the local major.minor version
+WRONG_VERSION = 86
+_VERSION_LINE = re.compile(r"remoteproc: (.+?) is Python (\d+)\.(\d+)\.?(\S*) at (.*)")
+
+
 def command(python: str) -> str:
-    """The exec command: ``python -c <stub>``, readable by any POSIX shell or fish."""
+    """The exec command: ``python -c <stub>``, readable by any POSIX shell or fish.
+
+    The stub first checks the interpreter's major.minor version (in syntax that
+    Python 2 runs too, so that an old interpreter reports itself instead of failing
+    on the agent's source), then reads the agent's blob of exactly N bytes.
+    ``python`` is a shell word list: ``~/venv/bin/python3`` and ``env X=1 python3`` work.
+    """
     n = len(agent_blob())
-    stub = ('import os,zlib;b=b"";exec("while len(b)<%d:b+=os.read(0,%d-len(b)) or os._exit(9)");'
-            "exec(zlib.decompress(b))" % (n, n))
+    ours = sys.version_info[:2]
+    stub = ('import os,sys,zlib;v=sys.version_info;v[:2]==(%d,%d) or (sys.stderr.write('
+            '"remoteproc: %%s is Python %%d.%%d.%%d at %%s\\n"%%(%r,v[0],v[1],v[2],sys.executable)),'
+            'sys.stderr.flush(),os._exit(%d));b=b"";'
+            'exec("while len(b)<%d:b+=os.read(0,%d-len(b)) or os._exit(9)");exec(zlib.decompress(b))'
+            % (ours[0], ours[1], python, WRONG_VERSION, n, n))
     return "exec %s -c %s" % (python, shlex.quote(stub))
+
+
+def _version_error(display: str, python: str, theirs: str, executable: str) -> BootstrapError:
+    ours = "%d.%d" % sys.version_info[:2]
+    their_minor = ".".join(theirs.split(".")[:2])
+    other_way = (", or run this program with Python %s" % their_minor) if theirs.startswith("3.") else ""
+    return BootstrapError(
+        "%s: python=%r is Python %s (%s), but this program runs Python %s; cloudpickle needs the same "
+        "major.minor version on both sides. Fix: pass python='python%s' (or the full path of a Python %s "
+        "on the host)%s." % (display, python, theirs, executable, "%d.%d.%d" % sys.version_info[:3], ours, ours,
+                             other_way),
+        display)
 
 
 def start_agent(transport, target) -> tuple[Any, dict, bytes]:
     """Open a session channel, start the agent, and wait for its hello.
 
     Returns ``(channel, hello, extra)`` where ``extra`` is whatever arrived after
-    the hello frame.  Raises BootstrapError with the remote's own words on failure.
+    the hello frame.  Raises BootstrapError with the remote's own words on failure;
+    the channel is closed then (and with it the remote command).
     """
     display = target.display
     try:
         chan = transport.open_session(timeout=target.connect_timeout)
     except Exception as exc:
         raise BootstrapError("%s: the server refused a session channel: %s. Check MaxSessions in "
-                             "its sshd_config." % (display, exc), display) from None
+                             "its sshd_config." % (display, exc or type(exc).__name__), display) from None
     try:
         chan.exec_command(command(target.python))
-        chan.sendall(agent_blob())
+        try:
+            chan.sendall(agent_blob())
+        except (OSError, EOFError):
+            pass        # the command ended already: _read_hello reports its status and words
         hello, extra = _read_hello(chan, target)
+        ours = tuple(sys.version_info[:2])
+        theirs = tuple(hello.get("python", ())[:2])
+        if hello.get("version") != PROTOCOL_VERSION:
+            raise BootstrapError("%s: the remote agent speaks protocol %r, this side %d; this is a bug in "
+                                 "remoteproc, please report it" % (display, hello.get("version"),
+                                                                   PROTOCOL_VERSION), display)
+        if theirs != ours:
+            raise _version_error(display, target.python, ".".join(map(str, hello.get("python", ()))),
+                                 hello.get("executable", "?"))
     except BaseException:
         chan.close()
         raise
-    ours = tuple(sys.version_info[:2])
-    theirs = tuple(hello.get("python", ())[:2])
-    if hello.get("version") != PROTOCOL_VERSION:
-        chan.close()
-        raise BootstrapError("%s: the agent speaks protocol %r, this side %d" % (
-            display, hello.get("version"), PROTOCOL_VERSION), display)
-    if theirs != ours:
-        chan.close()
-        raise BootstrapError(
-            "%s: the remote %s is Python %s, this side is Python %d.%d; cloudpickle needs the same "
-            "major.minor version on both sides. Pass python='python%d.%d' (or its full path) if the "
-            "host has it, or run this program with Python %s." % (
-                display, target.python, ".".join(map(str, hello.get("python", ()))), ours[0], ours[1],
-                ours[0], ours[1], ".".join(map(str, theirs))), display)
     return chan, hello, extra
 
 
 def _read_hello(chan, target) -> tuple[dict, bytes]:
-    deadline = time.monotonic() + max(target.connect_timeout, 10.0)
+    wait = max(target.connect_timeout, 10.0)
+    deadline = time.monotonic() + wait
     buf = bytearray()
     err = bytearray()
     chan.settimeout(0.05)
@@ -105,8 +133,11 @@ def _read_hello(chan, target) -> tuple[dict, bytes]:
         if len(buf) >= frames.HEADER_SIZE:
             ftype, sid, length = frames.HEADER.unpack_from(buf)
             if ftype != frames.CONTROL or length > 1 << 20:
-                raise BootstrapError("%s: the remote %s printed %r instead of starting the agent"
-                                     % (target.display, target.python, bytes(buf[:200])), target.display)
+                raise BootstrapError(
+                    "%s: the remote %s printed %r instead of starting the agent. Fix: make the shell "
+                    "startup files of %s on the host (~/.bashrc, ...) print nothing when the session "
+                    "is not interactive." % (target.display, target.python, bytes(buf[:200]),
+                                             target.username), target.display)
             if len(buf) >= frames.HEADER_SIZE + length:
                 msg, _ = frames.parse_control(buf[frames.HEADER_SIZE:frames.HEADER_SIZE + length])
                 if msg.get("op") != "hello":
@@ -120,21 +151,34 @@ def _read_hello(chan, target) -> tuple[dict, bytes]:
         except TimeoutError:
             data = None
         if data == b"":
-            while not chan.exit_status_ready() and time.monotonic() < deadline:
-                time.sleep(0.01)
-            while chan.recv_stderr_ready():
-                err += chan.recv_stderr(65536)
-            status = chan.exit_status if chan.exit_status_ready() else None
-            said = err.decode("utf-8", "replace").strip()
-            hint = ("the host has no %r on its PATH: install Python %d.%d there or pass python='/path/to/"
-                    "python3'" % (target.python, *sys.version_info[:2])) if status == 127 else (
-                    "pass python= with a working Python %d.%d interpreter" % sys.version_info[:2])
-            raise BootstrapError("%s: could not start the agent with %r (exit status %s): %s. Fix: %s."
-                                 % (target.display, target.python, status, said or "no message", hint),
-                                 target.display)
+            _failed(chan, target, err, deadline)
         if data:
             buf += data
         if time.monotonic() > deadline:
-            raise BootstrapError("%s: the agent did not answer within %gs (remote stderr: %s)"
-                                 % (target.display, deadline - time.monotonic() + max(target.connect_timeout, 10.0),
-                                    err.decode("utf-8", "replace").strip() or "empty"), target.display)
+            raise BootstrapError("%s: the agent did not answer within %gs (remote stderr: %s). Check that "
+                                 "python=%r starts a Python %d.%d on the host." % (
+                                     target.display, wait, err.decode("utf-8", "replace").strip() or "empty",
+                                     target.python, *sys.version_info[:2]), target.display)
+
+
+def _failed(chan, target, err: bytearray, deadline: float) -> None:
+    """The command ended before its hello: raise BootstrapError with its status and its words."""
+    while not chan.exit_status_ready() and time.monotonic() < deadline:
+        time.sleep(0.01)
+    while chan.recv_stderr_ready():
+        err += chan.recv_stderr(65536)
+    status = chan.exit_status if chan.exit_status_ready() else None
+    said = err.decode("utf-8", "replace").strip()
+    m = _VERSION_LINE.search(said)
+    if status == WRONG_VERSION and m:
+        raise _version_error(target.display, target.python, "%s.%s%s" % (
+            m.group(2), m.group(3), "." + m.group(4) if m.group(4) else ""), m.group(5).strip())
+    if status in (126, 127):
+        hint = ("the host has no %r it can run: install Python %d.%d there, or pass python= with the "
+                "full path of a Python %d.%d on the host (for example python='/usr/bin/python3')"
+                % (target.python, *sys.version_info[:2], *sys.version_info[:2]))
+    else:
+        hint = "pass python= with a working Python %d.%d interpreter on the host" % sys.version_info[:2]
+    raise BootstrapError("%s: could not start the agent with python=%r (exit status %s): %s. Fix: %s."
+                         % (target.display, target.python, status, said or "no message", hint),
+                         target.display)

@@ -125,8 +125,8 @@ class Hub:
 def _preload() -> None:
     """Import paramiko while the user's process is still busy elsewhere.
 
-    paramiko imports ``invoke`` (about 100 ms) only to run ``Match exec`` lines of an
-    ssh_config; ssh.load_config imports it when a config has one.
+    paramiko imports ``invoke`` (about 100 ms) only for its own ``Match exec`` support,
+    which remoteproc does not use (ssh.py evaluates the config itself).
     """
     if "invoke" not in sys.modules:
         sys.modules["invoke"] = None    # type: ignore[assignment]

@@ -160,6 +160,9 @@ class Link:
         interval = self.target.keepalive_interval
         while not self.dead:
             timeout = interval / 2
+            if not self.jobs and not self.mux.streams and not self.pending:
+                left = self.idle_since + self.target.idle_timeout - time.monotonic()
+                timeout = min(timeout, max(0.05, left))
             if self.out:
                 self._flush()
             for key, mask in self.sel.select(timeout):

@@ -271,6 +271,17 @@ def _reap_descendants(procs: list[tuple[int, int]], timeout: float) -> None:
     _signal_all(procs, signal.SIGKILL)
 
 
+def _die_with_parent() -> None:
+    """In the sshd child before exec: SIGTERM it when its creator dies (Linux), so that
+    a killed demo or test run leaves no server behind. Best effort elsewhere."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except Exception:  # noqa: BLE001 - not Linux, or no ctypes: stop() still cleans up
+        pass
+
+
 def _stop_popen(proc: subprocess.Popen[Any], timeout: float) -> None:
     """SIGTERM a child we started, wait up to TIMEOUT, then SIGKILL and reap."""
     if proc.poll() is not None:
@@ -632,6 +643,7 @@ class LoopbackSSHServer:
                 stderr=log_fh,
                 start_new_session=True,
                 close_fds=True,
+                preexec_fn=_die_with_parent if threading.current_thread() is threading.main_thread() else None,
             )
         started = time.monotonic()
         deadline = started + READY_TIMEOUT

@@ -8,6 +8,8 @@ skipping them, so a green CI run always means the SSH path was exercised.
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from typing import Any, NoReturn
 
@@ -19,6 +21,8 @@ from remoteproc.testing import (
     ensure_local_user,
     find_sshd,
 )
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # tests/netns.py
 
 PLAIN_USER = "rpuser"
 """An account with only the system python3 (no remoteproc, no cloudpickle)."""
@@ -72,16 +76,55 @@ def sshd() -> Iterator[LoopbackSSHServer]:
         server.stop()
 
 
-@pytest.fixture
-def ssh_options(sshd: LoopbackSSHServer) -> dict[str, Any]:
-    """Connection options (port, username, key_filename, known_hosts) for the current user."""
-    return sshd.options(current_user())
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "loopback_only: uses host/ssh_options but inspects the loopback sshd or this machine's "
+        "processes, so it does not run against --remote-host hosts",
+    )
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Every test that uses ``host``/``ssh_options`` runs against the loopback sshd and each --remote-host
+    (unless marked ``loopback_only``)."""
+    if "remote_target" in metafunc.fixturenames:
+        hosts = ["loopback"]
+        if metafunc.definition.get_closest_marker("loopback_only") is None:
+            hosts += list(metafunc.config.getoption("remote_hosts"))
+        metafunc.parametrize("remote_target", hosts, indirect=True,
+                             ids=["loopback" if h == "loopback" else "remote=" + h for h in hosts])
 
 
 @pytest.fixture
-def host(sshd: LoopbackSSHServer) -> str:
-    """'user@127.0.0.1:PORT' for the current user."""
-    return sshd.spec(current_user())
+def remote_target(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
+    """(host spec, options) of the host a host-facing test runs against.
+
+    The loopback sshd with its own key and known_hosts; or a host given with
+    --remote-host, reached with the user's ~/.ssh/config alone (no options).
+    """
+    param = getattr(request, "param", "loopback")
+    if param == "loopback":
+        server = request.getfixturevalue("sshd")
+        return server.spec(current_user()), server.options(current_user())
+    return param, {}
+
+
+@pytest.fixture
+def is_loopback(remote_target: tuple[str, dict[str, Any]], request: pytest.FixtureRequest) -> bool:
+    """True when the test runs against the loopback sshd (on this machine), not a --remote-host."""
+    return request.node.callspec.params.get("remote_target") == "loopback"
+
+
+@pytest.fixture
+def ssh_options(remote_target: tuple[str, dict[str, Any]]) -> dict[str, Any]:
+    """Connection options for the host under test ({} for a --remote-host: its ssh config decides)."""
+    return dict(remote_target[1])
+
+
+@pytest.fixture
+def host(remote_target: tuple[str, dict[str, Any]]) -> str:
+    """The host spec under test: 'user@127.0.0.1:PORT' for the loopback sshd, or a --remote-host."""
+    return remote_target[0]
 
 
 def _plain_user(sshd: LoopbackSSHServer) -> str:
@@ -100,3 +143,36 @@ def plain_user_options(sshd: LoopbackSSHServer) -> dict[str, Any]:
 def plain_user_host(sshd: LoopbackSSHServer) -> str:
     """'rpuser@127.0.0.1:PORT' for the system-python-only account."""
     return sshd.spec(_plain_user(sshd))
+
+
+# -- hosts of their own: network namespaces -------------------------------------------
+
+NETNS_HOSTS = ["h1", "h2", "h3", "h4"]
+
+
+@pytest.fixture(scope="session")
+def netns() -> Iterator[Any]:
+    """Four hosts in network namespaces of their own (see tests/netns.py), each running an sshd
+    that logs in PLAIN_USER with ``netns.client_key``.  Needs root: skipped otherwise, failed in CI."""
+    if os.geteuid() != 0:
+        _unavailable("network namespace hosts need root")
+    sshd_path = find_sshd()
+    if sshd_path is None:
+        _unavailable("no OpenSSH server binary (sshd) found")
+    from netns import IP, NetnsRig
+
+    if not os.path.exists(IP):
+        _unavailable("the ip command (iproute2) is missing")
+    try:
+        ensure_local_user(PLAIN_USER)
+    except RuntimeError as exc:
+        _unavailable(f"cannot set up local user {PLAIN_USER!r}: {exc}")
+    rig = NetnsRig(NETNS_HOSTS, [PLAIN_USER], sshd_path)
+    try:
+        rig.start()
+    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
+        _unavailable(f"cannot build the network namespace hosts: {exc}")
+    try:
+        yield rig
+    finally:
+        rig.stop()

@@ -114,6 +114,7 @@ time.sleep(5)
 """
 
 
+@pytest.mark.loopback_only
 @pytest.mark.parametrize("mode,error", [("noise", remoteproc.BootstrapError),
                                         ("garbage", remoteproc.ProtocolError)])
 def test_garbage_from_a_fake_agent_is_a_typed_error(host, ssh_options, tmp_path, mode, error):
@@ -141,6 +142,7 @@ def test_garbage_from_a_fake_agent_is_a_typed_error(host, ssh_options, tmp_path,
     assert q.exitcode == 0
 
 
+@pytest.mark.loopback_only
 def test_python_that_does_not_exist(host, ssh_options):
     p = RemoteProcess(host, target=print, python="/nonexistent/python3", **ssh_options)
     with pytest.raises(remoteproc.BootstrapError) as info:

@@ -23,7 +23,7 @@ from remoteproc import Pipe, RemoteProcess, hubclient
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = pytest.mark.timeout(180)
+pytestmark = [pytest.mark.timeout(180), pytest.mark.loopback_only]   # reads this machine's /proc
 
 LOST_WITHIN = 30.0     # seconds: the documented bound for noticing a lost connection here
 

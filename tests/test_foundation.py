@@ -205,6 +205,7 @@ def test_exception_gives_1_and_traceback_on_stderr(host, ssh_options, capfd):
     assert "Process %s:" % p.name in err
 
 
+@pytest.mark.loopback_only
 @pytest.mark.parametrize("method,code", [("terminate", -signal.SIGTERM), ("kill", -signal.SIGKILL)])
 def test_terminate_and_kill_reach_the_remote_child(host, ssh_options, method, code):
     parent, child = Pipe()
@@ -287,6 +288,7 @@ def test_unknown_host_is_a_connect_error():
     assert "host.invalid" in str(info.value)
 
 
+@pytest.mark.loopback_only
 def test_remote_children_die_with_their_connection(host, ssh_options):
     from remoteproc import hubclient
 

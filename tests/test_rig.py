@@ -23,7 +23,7 @@ import pytest
 
 from remoteproc.testing import LoopbackSSHServer, current_user, ensure_local_user
 
-pytestmark = pytest.mark.timeout(60)
+pytestmark = [pytest.mark.timeout(60), pytest.mark.loopback_only]
 
 IO_TIMEOUT = 30.0
 

@@ -1,0 +1,764 @@
+"""ssh_config, known_hosts, key order, the connection pool and the bootstrap checks, without a network.
+
+The expectations are OpenSSH's (ssh_config(5), readconf.c, hostfile.c, sshconnect2.c);
+the end-to-end versions against real sshds are in test_ssh_hosts.py.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+
+import paramiko
+import pytest
+
+from remoteproc import bootstrap, ssh
+from remoteproc.errors import BootstrapError, ConfigError, ConnectError, HostKeyError
+
+pytestmark = pytest.mark.timeout(60)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    """A HOME of our own: ~/.ssh is tmp_path/home/.ssh (the real one is never read)."""
+    path = tmp_path / "home"
+    (path / ".ssh").mkdir(parents=True)
+    monkeypatch.setenv("HOME", str(path))
+    monkeypatch.delenv("SSH_AUTH_SOCK", raising=False)
+    return path
+
+
+def config(text: str) -> ssh.Config:
+    return ssh.Config.from_text(textwrap.dedent(text))
+
+
+def resolve(spec, text="", **options):
+    return ssh.resolve(spec, options, config(text))
+
+
+# -- host specs -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("spec,parts", [
+    ("host", (None, "host", None)),
+    ("alice@host", ("alice", "host", None)),
+    ("alice@host:2222", ("alice", "host", 2222)),
+    ("[::1]:2222", (None, "::1", 2222)),
+    ("bob@[fe80::1]", ("bob", "fe80::1", None)),
+    ("ssh://carol@example.org:2200", ("carol", "example.org", 2200)),
+    ("ssh://example.org/", (None, "example.org", None)),
+])
+def test_parse_spec(spec, parts):
+    assert ssh.parse_spec(spec) == parts
+
+
+@pytest.mark.parametrize("spec", ["", "a@", "host:0", "host:70000", "a b", "host/", "[::1"])
+def test_bad_specs_are_config_errors(spec):
+    with pytest.raises(ConfigError):
+        ssh.parse_spec(spec)
+
+
+def test_options_are_checked_in_the_callers_process():
+    with pytest.raises(ConfigError, match="unknown option 'usernme'"):
+        ssh.check_options("h", {"usernme": "x"})
+    with pytest.raises(ConfigError, match="host_key_policy"):
+        ssh.check_options("h", {"host_key_policy": "yes-please"})
+    with pytest.raises(ConfigError, match="keepalive_count"):
+        ssh.check_options("h", {"keepalive_count": 0})
+    assert ssh.check_options("h", {"port": 22, "password": None}) == {"port": 22}
+
+
+# -- precedence -------------------------------------------------------------------------
+
+WEB = """\
+    Host web
+        HostName 192.0.2.5
+        User alice
+        Port 2200
+        ConnectTimeout 7
+        ServerAliveInterval 5
+        ServerAliveCountMax 4
+    Host *
+        User bob
+        Port 2201
+        ConnectTimeout 9
+    """
+
+
+def test_first_value_wins(home):
+    t = resolve("web", WEB)
+    assert (t.hostname, t.username, t.port) == ("192.0.2.5", "alice", 2200)
+    assert (t.connect_timeout, t.keepalive_interval, t.keepalive_count) == (7, 5, 4)
+    other = resolve("db", WEB)
+    assert (other.hostname, other.username, other.port, other.connect_timeout) == ("db", "bob", 2201, 9)
+
+
+def test_the_callers_values_beat_the_config(home):
+    t = resolve("carol@web:2300", WEB)
+    assert (t.username, t.port) == ("carol", 2300)
+    t = resolve("carol@web:2300", WEB, username="dave", port=2400, connect_timeout=3, keepalive_interval=1,
+                keepalive_count=2)
+    assert (t.username, t.port, t.connect_timeout, t.keepalive_interval, t.keepalive_count) == (
+        "dave", 2400, 3, 1, 2)
+
+
+def test_defaults_without_config(home):
+    t = resolve("plain")
+    assert (t.hostname, t.port, t.username) == ("plain", 22, ssh._local_user())
+    assert t.known_hosts == [str(home / ".ssh/known_hosts"), str(home / ".ssh/known_hosts2")]
+    assert t.global_known_hosts == list(ssh.SYSTEM_KNOWN_HOSTS)
+    assert t.key_filenames == [str(home / ".ssh" / name) for name in ssh.DEFAULT_IDENTITIES]
+    assert t.policy == "reject" and t.connect_timeout == ssh.DEFAULT_CONNECT_TIMEOUT
+    assert t.display == "%s@plain" % ssh._local_user()
+
+
+def test_keywords_are_case_insensitive_and_take_equals_and_quotes(home):
+    t = resolve("x", 'HOST x\n  hostname=192.0.2.9\n  IdentityFile "/keys/with space"\n  USER = zed # note\n')
+    assert (t.hostname, t.username) == ("192.0.2.9", "zed")
+    assert t.key_filenames == ["/keys/with space"]
+
+
+def test_host_patterns_and_negation(home):
+    text = """\
+        Host *.example.org !secret.example.org
+            User pattern
+        Host db?
+            Port 2222
+        """
+    assert resolve("www.example.org", text).username == "pattern"
+    assert resolve("secret.example.org", text).username != "pattern"
+    assert resolve("db1", text).port == 2222 and resolve("db12", text).port == 22
+
+
+# -- tokens -----------------------------------------------------------------------------
+
+def test_tokens_use_the_final_user_host_and_port(home):
+    text = """\
+        Host alias
+            HostName real.%h.internal
+            IdentityFile /keys/%r@%h:%p-%n-%%
+            ProxyCommand nc %h %p
+        """
+    t = resolve("eve@alias:2222", text)
+    assert t.hostname == "real.alias.internal"
+    assert t.key_filenames == ["/keys/eve@real.alias.internal:2222-alias-%"]
+    assert t.proxy_command == "nc real.alias.internal 2222"
+
+
+def test_tilde_env_and_unknown_tokens(home, monkeypatch):
+    monkeypatch.setenv("RP_KEYS", "/keys")
+    t = resolve("h", "Host h\n  IdentityFile ${RP_KEYS}/id\n  UserKnownHostsFile ~/kh %d/kh2\n")
+    assert t.key_filenames == ["/keys/id"]
+    assert t.known_hosts == [str(home / "kh"), str(home / "kh2")]
+    with pytest.raises(ConfigError, match="unknown token"):
+        resolve("h", "Host h\n  IdentityFile /keys/%Q\n")
+    with pytest.raises(ConfigError, match="RP_NOT_SET"):
+        resolve("h", "Host h\n  IdentityFile ${RP_NOT_SET}/id\n")
+
+
+# -- Include ------------------------------------------------------------------------------
+
+def test_include_relative_to_dot_ssh_with_globs_in_order(home):
+    dot = home / ".ssh"
+    (dot / "conf.d").mkdir()
+    (dot / "conf.d" / "20-b.conf").write_text("Host *\n  User second\n  Port 2002\n")
+    (dot / "conf.d" / "10-a.conf").write_text("Host *\n  User first\n")
+    (dot / "config").write_text("Include conf.d/*.conf missing.conf\n")
+    t = ssh.resolve("h", {}, ssh.Config([(str(dot / "config"), "user")]))
+    assert (t.username, t.port) == ("first", 2002)
+
+
+def test_ssh_config_option_is_like_dash_F(home, tmp_path):
+    """``ssh -F file``: only that file; relative Includes still resolve under ~/.ssh."""
+    (home / ".ssh" / "inc.conf").write_text("User from-dot-ssh\n")
+    path = tmp_path / "cfg"
+    path.write_text("Include inc.conf\n")
+    t = ssh.resolve("h", {"ssh_config": str(path)})
+    assert t.username == "from-dot-ssh"
+    with pytest.raises(ConfigError, match="does not exist"):
+        ssh.resolve("h", {"ssh_config": str(tmp_path / "nope")})
+    assert ssh.load_config(False).files == []
+
+
+def test_include_inside_a_host_block_is_conditional(home):
+    (home / ".ssh" / "inc.conf").write_text("User from-inc\nHost b\n  Port 2202\n")
+    text = """\
+        Host a
+            Include inc.conf
+            Port 2201
+        """
+    a = resolve("a", text)
+    # the line after the Include still belongs to "Host a" (textual inlining would give it to "Host b")
+    assert (a.username, a.port) == ("from-inc", 2201)
+    b = resolve("b", text)
+    # an Include in a block that does not apply is read with nothing in it matching
+    assert (b.username, b.port) == (ssh._local_user(), 22)
+
+
+def test_include_loop_is_an_error(home):
+    (home / ".ssh" / "self.conf").write_text("Include self.conf\n")
+    with pytest.raises(ConfigError, match="nested more than"):
+        resolve("h", "Include self.conf\n")
+
+
+# -- Match --------------------------------------------------------------------------------
+
+def test_match_host_uses_hostname_and_originalhost_the_alias(home):
+    text = """\
+        Host alias
+            HostName 10.1.2.3
+        Match host 10.1.*
+            User by-hostname
+        Match originalhost alias
+            Port 2223
+        Match !host 10.*
+            Port 2224
+        """
+    t = resolve("alias", text)
+    assert (t.username, t.port) == ("by-hostname", 2223)
+    assert resolve("other", text).port == 2224
+
+
+def test_match_user_sees_the_specs_user(home):
+    text = "Match user deploy\n  Port 2022\nMatch localuser %s\n  ConnectTimeout 4\n" % ssh._local_user()
+    assert resolve("deploy@h", text).port == 2022
+    assert resolve("other@h", text).port == 22
+    assert resolve("h", text).connect_timeout == 4
+
+
+def test_match_exec_with_tokens_and_all_and_final(home):
+    text = """\
+        Match exec "test %h = h1 && test %p = 2200"
+            User exec-matched
+        Match final
+            IdentityFile /keys/final
+        Match canonical all
+            ConnectTimeout 5
+        Match all
+            HostKeyAlias alias-%h
+        """
+    t = resolve("h1:2200", text)
+    assert t.username == "exec-matched"
+    assert t.key_filenames == ["/keys/final"]
+    assert t.connect_timeout == 5, "'Match final' asks for the final pass, where 'canonical' matches too"
+    assert resolve("h2:2200", text).username != "exec-matched"
+
+
+def test_unsupported_match_criteria_skip_the_block(home, caplog):
+    t = resolve("h", "Match localnetwork 10.0.0.0/8\n  User never\n")
+    assert t.username != "never"
+    assert "not supported" in caplog.text
+    with pytest.raises(ConfigError, match="unsupported Match"):
+        resolve("h", "Match sometimes\n  User never\n")
+
+
+# -- jumps and proxies --------------------------------------------------------------------
+
+JUMPS = """\
+    Host j1
+        HostName 192.0.2.1
+        User jumper
+    Host j2
+        HostName 192.0.2.2
+        Port 2222
+        ProxyJump j1
+    Host behind
+        HostName 10.9.9.9
+        ProxyJump j2
+        ProxyCommand nc never %h %p
+    Host loop-a
+        ProxyJump loop-b
+    Host loop-b
+        ProxyJump loop-a
+    """
+
+
+def test_proxy_jump_chain_is_resolved_with_each_hops_config(home):
+    t = resolve("behind", JUMPS)
+    assert t.proxy_command is None, "ProxyJump came first, so ProxyCommand is ignored"
+    assert t.proxy_jump == ["j2"]
+    assert (t.jump.hostname, t.jump.port) == ("192.0.2.2", 2222)
+    assert (t.jump.jump.hostname, t.jump.jump.username) == ("192.0.2.1", "jumper")
+    assert t.jump.jump.jump is None
+    assert t.display.endswith(" via j2")
+
+
+def test_proxy_jump_list_and_options(home):
+    t = resolve("behind", JUMPS, proxy_jump="admin@j1:2022,j2", key_filename="/keys/k")
+    assert t.proxy_jump == ["admin@j1:2022", "j2"]
+    # like ssh -J a,b: b is reached through a (the list wins over b's own ProxyJump)
+    assert t.jump.hostname == "192.0.2.2" and t.jump.key_filenames[0] == "/keys/k"
+    assert (t.jump.jump.username, t.jump.jump.port) == ("admin", 2022)
+    assert resolve("behind", JUMPS, proxy_jump="none").jump is None
+
+
+def test_proxy_jump_takes_tokens(home):
+    t = resolve("db", "Host db\n  ProxyJump gw-%h,%r@last:2%p\n", username="zoe")
+    assert t.proxy_jump == ["gw-db", "zoe@last:222"]
+    assert (t.jump.username, t.jump.port) == ("zoe", 222)
+    assert t.jump.jump.hostname == "gw-db"
+
+
+def test_proxy_command_first_wins_over_proxy_jump(home):
+    t = resolve("x", "Host x\n  ProxyCommand ssh -W %h:%p gw\n  ProxyJump j1\n")
+    assert t.jump is None and t.proxy_command == "ssh -W x:22 gw"
+    assert resolve("x", "Host x\n  ProxyCommand none\n").proxy_command is None
+
+
+def test_proxy_jump_loop_is_an_error(home):
+    with pytest.raises(ConfigError, match="loop"):
+        resolve("loop-a", JUMPS)
+
+
+def test_connection_keys(home):
+    a = resolve("behind", JUMPS)
+    b = resolve("behind", JUMPS, python="python3.11")
+    assert a.conn_key == b.conn_key and a.key != b.key, "one connection, one agent per interpreter"
+    assert resolve("behind", JUMPS, known_hosts="/other").conn_key != a.conn_key
+    assert resolve("j1", JUMPS).conn_key == a.jump.jump.conn_key
+
+
+# -- keys and host-key settings ---------------------------------------------------------
+
+def test_identity_files_kwarg_first_then_config_and_defaults_only_without(home):
+    text = "Host h\n  IdentityFile ~/.ssh/a\n  IdentityFile ~/.ssh/b\n  IdentitiesOnly yes\n"
+    t = resolve("h", text, key_filename="/k/first")
+    assert t.key_filenames == ["/k/first", str(home / ".ssh/a"), str(home / ".ssh/b")]
+    assert t.identities_only
+    assert resolve("other", text, look_for_keys=False).key_filenames == []
+
+
+def test_host_key_settings(home):
+    text = """\
+        Host strict
+            StrictHostKeyChecking yes
+        Host new
+            StrictHostKeyChecking accept-new
+            HashKnownHosts yes
+        Host off
+            StrictHostKeyChecking no
+        Host *
+            UserKnownHostsFile /kh/one /kh/two
+            GlobalKnownHostsFile none
+            HostKeyAlias the-alias
+        """
+    assert resolve("strict", text).policy == "reject"
+    new = resolve("new", text)
+    assert new.policy == "accept-new" and new.hash_known_hosts
+    assert resolve("off", text).policy == "accept-new", "'no' still refuses changed keys"
+    assert resolve("new", text, host_key_policy="reject").policy == "reject"
+    t = resolve("strict", text)
+    assert t.known_hosts == ["/kh/one", "/kh/two"] and t.global_known_hosts == []
+    assert t.host_key_name == "the-alias", "HostKeyAlias takes no tokens"
+    assert resolve("x:2222").host_key_name == "[x]:2222"
+
+
+def test_identity_agent_setting(home, tmp_path):
+    assert resolve("h", "IdentityAgent none\n").identity_agent == ""
+    assert resolve("h", "IdentityAgent SSH_AUTH_SOCK\n").identity_agent is None
+    assert resolve("h", "IdentityAgent ~/agent.sock\n").identity_agent == str(home / "agent.sock")
+
+
+# -- known_hosts ----------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def keys(tmp_path_factory):
+    """Two ed25519 host keys and an ECDSA one, made by ssh-keygen."""
+    out = {}
+    for name, kind in (("a", "ed25519"), ("b", "ed25519"), ("c", "ecdsa")):
+        path = str(tmp_path_factory.mktemp("keys") / name)
+        subprocess.run(["ssh-keygen", "-q", "-t", kind, "-N", "", "-f", path], check=True, timeout=30)
+        out[name] = paramiko.PKey.from_path(path)
+    return out
+
+
+def line(key, names="host.example"):
+    return "%s %s %s\n" % (names, key.get_name(), key.get_base64())
+
+
+def target_with(tmp_path, text, spec="host.example", **options):
+    kh = tmp_path / "known_hosts"
+    kh.write_text(text)
+    options.setdefault("known_hosts", str(kh))
+    t = ssh.resolve(spec, options, ssh.Config([]))
+    t.global_known_hosts = []
+    return t, kh
+
+
+def test_known_key_is_accepted(tmp_path, keys):
+    t, _ = target_with(tmp_path, "# comment\n\n" + line(keys["b"], "other") + line(keys["a"], "x,host.example"))
+    ssh.check_host_key(t, keys["a"])
+
+
+def test_system_known_hosts_are_consulted(tmp_path, keys):
+    system = tmp_path / "ssh_known_hosts"
+    system.write_text(line(keys["a"]))
+    t, kh = target_with(tmp_path, "")
+    t.global_known_hosts = [str(system)]
+    ssh.check_host_key(t, keys["a"])
+    assert kh.read_text() == ""
+    with pytest.raises(HostKeyError, match="CHANGED"):
+        ssh.check_host_key(t, keys["b"])
+
+
+def test_hashed_wildcard_and_port_entries(tmp_path, keys):
+    salt = os.urandom(20)
+    digest = hmac.new(salt, b"[host.example]:2222", hashlib.sha1).digest()
+    hashed = "|1|%s|%s" % (base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+    t, _ = target_with(tmp_path, line(keys["a"], hashed), spec="host.example:2222")
+    ssh.check_host_key(t, keys["a"])
+    t, _ = target_with(tmp_path, line(keys["a"], "*.example,!bad.example"))
+    ssh.check_host_key(t, keys["a"])
+    t, _ = target_with(tmp_path, line(keys["a"], "*.example,!bad.example"), spec="bad.example")
+    with pytest.raises(HostKeyError, match="unknown"):
+        ssh.check_host_key(t, keys["a"])
+    t, _ = target_with(tmp_path, line(keys["a"], "host.example"), spec="host.example:2222")
+    with pytest.raises(HostKeyError, match="unknown"):
+        ssh.check_host_key(t, keys["a"])
+
+
+def test_unknown_key_message_names_host_type_fingerprint_and_fix(tmp_path, keys):
+    t, kh = target_with(tmp_path, "", spec="rp@host.example:2222")
+    with pytest.raises(HostKeyError) as info:
+        ssh.check_host_key(t, keys["a"])
+    text = str(info.value)
+    assert "rp@host.example:2222" in text and "ssh-ed25519" in text and ssh.fingerprint(keys["a"]) in text
+    assert "ssh-keyscan -p 2222 -t ed25519 host.example >> %s" % kh in text
+    assert "host_key_policy='accept-new'" in text
+    assert info.value.host == "rp@host.example:2222"
+
+
+def test_fingerprint_is_openssh_s(tmp_path, keys):
+    pub = tmp_path / "k.pub"
+    pub.write_text(line(keys["c"], "x").split(" ", 1)[1])
+    out = subprocess.run(["ssh-keygen", "-lf", str(pub)], capture_output=True, text=True, check=True).stdout
+    assert out.split()[1] == ssh.fingerprint(keys["c"])
+
+
+@pytest.mark.parametrize("policy", ["reject", "accept-new"])
+def test_changed_key_is_refused_under_every_policy(tmp_path, keys, policy):
+    t, kh = target_with(tmp_path, line(keys["b"]), host_key_policy=policy)
+    with pytest.raises(HostKeyError) as info:
+        ssh.check_host_key(t, keys["a"])
+    assert "CHANGED" in str(info.value) and "%s:1" % kh in str(info.value)
+    assert "ssh-keygen -R 'host.example' -f %s" % kh in str(info.value)
+    assert kh.read_text() == line(keys["b"])
+
+
+def test_revoked_key_is_refused(tmp_path, keys):
+    t, _ = target_with(tmp_path, "@revoked * %s %s\n" % (keys["a"].get_name(), keys["a"].get_base64())
+                       + line(keys["a"]), host_key_policy="accept-new")
+    with pytest.raises(HostKeyError, match="revoked"):
+        ssh.check_host_key(t, keys["a"])
+
+
+def test_a_key_of_another_type_is_new_not_changed(tmp_path, keys):
+    t, kh = target_with(tmp_path, line(keys["c"]) + "@cert-authority *.example %s %s\n"
+                        % (keys["b"].get_name(), keys["b"].get_base64()))
+    with pytest.raises(HostKeyError, match="unknown"):
+        ssh.check_host_key(t, keys["a"])
+    t.policy = "accept-new"
+    ssh.check_host_key(t, keys["a"])
+    assert kh.read_text().splitlines()[-1] == line(keys["a"]).strip()
+
+
+def test_accept_new_records_hashed_and_mends_a_missing_newline(tmp_path, keys):
+    t, kh = target_with(tmp_path, line(keys["c"], "other").rstrip("\n"), spec="h.example:2200",
+                        host_key_policy="accept-new")
+    t.hash_known_hosts = True
+    ssh.check_host_key(t, keys["a"])
+    lines = kh.read_text().splitlines()
+    assert len(lines) == 2 and lines[1].startswith("|1|") and lines[1].endswith(keys["a"].get_base64())
+    found = subprocess.run(["ssh-keygen", "-F", "[h.example]:2200", "-f", str(kh)], capture_output=True,
+                           text=True, timeout=30)
+    assert found.returncode == 0 and keys["a"].get_base64() in found.stdout
+    ssh.check_host_key(t, keys["a"])       # and now it is known
+    assert len(kh.read_text().splitlines()) == 2
+
+
+def test_accept_new_creates_the_directory(tmp_path, keys):
+    path = tmp_path / "new" / "dir" / "known_hosts"
+    t = ssh.resolve("h", {"known_hosts": str(path), "host_key_policy": "accept-new"}, ssh.Config([]))
+    t.global_known_hosts = []
+    ssh.check_host_key(t, keys["a"])
+    assert path.read_text() == line(keys["a"], "h")
+
+
+def test_known_key_types_are_offered_first(tmp_path, keys):
+    t = paramiko.Transport(socket_pair()[0])
+    try:
+        entries = ssh.read_known_hosts([str(target_with(tmp_path, line(keys["c"]) + "h ssh-rsa AAAA\n")[1])])
+        ssh._prefer_known_types(t, entries)
+        types = t.get_security_options().key_types
+        assert types[0] == "ecdsa-sha2-nistp256" and types[1:3] == ("rsa-sha2-512", "rsa-sha2-256")
+    finally:
+        t.close()
+
+
+def socket_pair():
+    import socket
+
+    return socket.socketpair()
+
+
+# -- the order in which keys are offered ------------------------------------------------------
+
+class FakeAgentKey:
+    def __init__(self, blob, comment=""):
+        self.blob = blob
+        self.comment = comment
+
+    def asbytes(self):
+        return self.blob
+
+
+class FakeAgent:
+    def __init__(self, keys):
+        self.keys = keys
+
+    def get_keys(self):
+        return self.keys
+
+
+def make_identities(tmp_path, names):
+    files = {}
+    for name in names:
+        path = tmp_path / name
+        path.write_text("private")
+        blob = ("blob-" + name).encode()
+        (tmp_path / (name + ".pub")).write_text("ssh-ed25519 %s c\n" % base64.b64encode(blob).decode())
+        files[name] = (str(path), blob)
+    return files
+
+
+def test_keys_are_offered_in_ssh_s_order(tmp_path, home):
+    files = make_identities(tmp_path, ("one", "two", "three"))
+    text = "".join("IdentityFile %s\n" % files[n][0] for n in ("one", "two", "three"))
+    t = resolve("h", text)
+    agent = FakeAgent([FakeAgentKey(b"other-agent-key"), FakeAgentKey(files["three"][1]),
+                       FakeAgentKey(files["one"][1])])
+    labels = [label for label, _key in ssh._identities(t, agent)]
+    # agent keys named by IdentityFile (in the agent's order), other agent keys, then the remaining files
+    assert labels[0] == files["three"][0] + " (from ssh-agent)"
+    assert labels[1] == files["one"][0] + " (from ssh-agent)"
+    assert labels[2].startswith("ssh-agent key ")
+    assert labels[3:] == [files["two"][0]]
+    t.identities_only = True
+    assert len(ssh._identities(t, agent)) == 3
+    assert len(ssh._identities(t, None)) == 3
+
+
+def test_key_filename_is_offered_first(tmp_path, home):
+    files = make_identities(tmp_path, ("explicit", "inagent", "config"))
+    t = resolve("h", "IdentityFile %s\n" % files["config"][0],
+                key_filename=[files["explicit"][0], files["inagent"][0]])
+    agent = FakeAgent([FakeAgentKey(b"other-agent-key"), FakeAgentKey(files["inagent"][1])])
+    labels = [label for label, _key in ssh._identities(t, agent)]
+    assert labels == [files["explicit"][0], files["inagent"][0] + " (from ssh-agent)",
+                      labels[2], files["config"][0]]
+    assert labels[2].startswith("ssh-agent key ")
+
+
+# -- the pool ---------------------------------------------------------------------------------------
+
+class FakeTransport:
+    def __init__(self):
+        self.alive = True
+
+    def is_active(self):
+        return self.alive
+
+    def close(self):
+        self.alive = False
+
+    def is_alive(self):
+        return False
+
+
+@pytest.fixture
+def fake_connect(monkeypatch):
+    made = []
+    failing = set()
+
+    def connect(target, jump=None):
+        if target.hostname in failing:
+            raise ConnectError("%s: refused" % target.display, target.display)
+        conn = ssh.Connection(target, FakeTransport(), jump)
+        made.append(conn)
+        return conn
+
+    monkeypatch.setattr(ssh, "connect", connect)
+    return made, failing
+
+
+def test_pool_failure_after_the_jump_releases_the_jump(home, fake_connect):
+    made, failing = fake_connect
+    failing.add("10.9.9.9")
+    pool = ssh.Pool()
+    with pytest.raises(ConnectError):
+        pool.acquire(resolve("behind", JUMPS))
+    assert len(made) == 2 and not any(c.active for c in made), "both jump connections must be closed"
+    assert pool._entries == {}
+
+
+def test_pool_replaces_a_dead_connection_and_counts_right(home, fake_connect):
+    made, _ = fake_connect
+    pool = ssh.Pool()
+    target = resolve("behind", JUMPS)
+    first = pool.acquire(target)
+    first.transport.alive = False          # the host went away
+    second = pool.acquire(target)
+    assert second is not first and len(made) == 6, "a new connection (and a new chain) replaces it"
+    assert not any(c.active for c in made[:3]), "the dead connection's jumps were released and closed"
+    pool.release(first)                    # the old user lets go of the dead connection
+    assert second.active
+    pool.release(second)
+    assert not any(c.active for c in made) and pool._entries == {}
+
+
+def test_pool_is_thread_safe(home, fake_connect):
+    made, _ = fake_connect
+    pool = ssh.Pool()
+    target = resolve("behind", JUMPS)
+    got = []
+    barrier = threading.Barrier(8)
+
+    def user():
+        barrier.wait(5)
+        for _ in range(50):
+            conn = pool.acquire(target)
+            got.append(conn)
+            pool.release(conn)
+    threads = [threading.Thread(target=user) for _ in range(8)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join(30)
+    assert len(got) == 400 and pool._entries == {} and not any(c.active for c in made)
+
+
+# -- bootstrap: interpreter checks --------------------------------------------------------------
+
+class StubChannel:
+    """Just enough of a paramiko Channel for bootstrap.start_agent."""
+
+    def __init__(self, stdout=b"", stderr=b"", status=None):
+        self.stdout = bytearray(stdout)
+        self.stderr = bytearray(stderr)
+        self.status = status
+        self.closed = False
+        self.command = None
+
+    def exec_command(self, command):
+        self.command = command
+
+    def sendall(self, data):
+        if self.status is not None:
+            raise OSError("Socket is closed")
+
+    def settimeout(self, t):
+        pass
+
+    def recv(self, n):
+        data, self.stdout[:] = bytes(self.stdout[:n]), self.stdout[n:]
+        return data
+
+    def recv_stderr_ready(self):
+        return bool(self.stderr)
+
+    def recv_stderr(self, n):
+        data, self.stderr[:] = bytes(self.stderr[:n]), self.stderr[n:]
+        return data
+
+    def exit_status_ready(self):
+        return self.status is not None
+
+    @property
+    def exit_status(self):
+        return self.status
+
+    def close(self):
+        self.closed = True
+
+
+class StubTransport:
+    def __init__(self, chan):
+        self.chan = chan
+
+    def open_session(self, timeout=None):
+        return self.chan
+
+
+def start_with(chan, python="python3"):
+    from remoteproc.agent import frames
+
+    target = ssh.resolve("rp@h", {"python": python, "connect_timeout": 2}, ssh.Config([]))
+    return bootstrap.start_agent(StubTransport(chan), target), frames
+
+
+def hello_frame(version):
+    from remoteproc.agent import PROTOCOL_VERSION, frames
+
+    return frames.control({"op": "hello", "version": PROTOCOL_VERSION, "python": list(version),
+                           "executable": "/opt/py/bin/python3", "pid": 1})
+
+
+def test_same_minor_version_is_accepted():
+    chan = StubChannel(stdout=hello_frame(sys.version_info[:2] + (99,)) + b"extra")
+    (got, hello, extra), _ = start_with(chan)
+    assert got is chan and extra == b"extra" and not chan.closed
+
+
+def test_hello_of_another_minor_version_is_refused():
+    chan = StubChannel(stdout=hello_frame((3, sys.version_info[1] + 1, 0)))
+    with pytest.raises(BootstrapError) as info:
+        start_with(chan)
+    text = str(info.value)
+    assert "rp@h" in text and "Python 3.%d.0" % (sys.version_info[1] + 1) in text
+    assert "python='python%d.%d'" % sys.version_info[:2] in text and chan.closed
+
+
+def test_stub_refusal_of_an_old_python_carries_its_words():
+    said = b"remoteproc: python3 is Python 2.7.18 at /usr/bin/python2.7\n"
+    chan = StubChannel(stderr=said, status=bootstrap.WRONG_VERSION)
+    with pytest.raises(BootstrapError) as info:
+        start_with(chan)
+    text = str(info.value)
+    assert "is Python 2.7.18 (/usr/bin/python2.7)" in text and "python='python%d.%d'" % sys.version_info[:2] in text
+    assert "run this program with Python 2.7" not in text
+    assert chan.closed
+
+
+def test_a_chatty_shell_startup_file_is_named():
+    chan = StubChannel(stdout=b"Welcome to build01! Have a nice day.\n")
+    with pytest.raises(BootstrapError) as info:
+        start_with(chan)
+    assert "printed b'Welcome to build01" in str(info.value) and "not interactive" in str(info.value)
+    assert chan.closed
+
+
+def test_interpreter_not_found_carries_the_shells_words():
+    chan = StubChannel(stderr=b"sh: 1: exec: /nonexistent/python3: not found\n", status=127)
+    with pytest.raises(BootstrapError) as info:
+        start_with(chan, python="/nonexistent/python3")
+    text = str(info.value)
+    assert "exec: /nonexistent/python3: not found" in text and "exit status 127" in text
+    assert "install Python %d.%d" % sys.version_info[:2] in text
+
+
+def test_the_stub_checks_the_version_before_reading_anything(tmp_path):
+    wrapper = tmp_path / "python3.4"
+    wrapper.write_text("#!%s\nimport sys\nsys.version_info = (3, 4, 1, 'final', 0)\nexec(sys.argv[2])\n"
+                       % sys.executable)
+    wrapper.chmod(0o755)
+    old = subprocess.run(["sh", "-c", bootstrap.command(str(wrapper))], input=b"", capture_output=True, timeout=30)
+    assert old.returncode == bootstrap.WRONG_VERSION
+    assert bootstrap._VERSION_LINE.search(old.stderr.decode()).group(2, 3, 4) == ("3", "4", "1")
+    same = subprocess.run(["sh", "-c", bootstrap.command(sys.executable)], input=b"", capture_output=True,
+                          timeout=30)
+    assert same.returncode == 9, "the right version waits for its blob (and exits 9 at EOF)"

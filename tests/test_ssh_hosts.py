@@ -1,0 +1,545 @@
+"""SSH as users have it, end to end against real OpenSSH servers.
+
+Most tests run against hosts of their own: network namespaces with an sshd each
+(the ``netns`` fixture, tests/netns.py).  The host-facing ones (``host`` and
+``ssh_options``) also run against every ``--remote-host``.
+
+Processes share a connection when their connection settings are equal, so a
+test that must see a fresh connection either uses a host and port no other test
+uses (h2:2222, h3:2222, h4) or settings of its own (a known_hosts file of its own).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+import time
+
+import cloudpickle
+import pytest
+
+import remoteproc
+from remoteproc import Pipe, RemoteProcess, hubclient, ssh
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(60)
+
+PLAIN_USER = "rpuser"
+
+
+# -- targets (shipped by value) -------------------------------------------------------
+
+def where(conn):
+    import pwd
+
+    conn.send((os.environ.get("SSH_CONNECTION", ""), pwd.getpwuid(os.getuid()).pw_name))
+    conn.close()
+
+
+def report_and_wait(conn):
+    conn.send(os.getpid())
+    try:
+        conn.recv()
+    except EOFError:
+        pass
+
+
+def sleeper(conn):
+    conn.send(os.getpid())
+    time.sleep(60)
+
+
+# -- helpers ---------------------------------------------------------------------------
+
+def run_where(spec, **options):
+    parent, child = Pipe()
+    p = RemoteProcess(spec, target=where, args=(child,), **options)
+    p.start()
+    child.close()
+    assert parent.poll(30), "no answer from %s" % spec
+    got = parent.recv()
+    p.join(30)
+    assert p.exitcode == 0
+    return got
+
+
+def relay_pid() -> int:
+    return hubclient.get().proc.pid
+
+
+def relay_threads() -> int:
+    return len(os.listdir("/proc/%d/task" % relay_pid()))
+
+
+def relay_connections(address: str, port: int) -> int:
+    """The relay process's established TCP connections to address:port."""
+    done = subprocess.run(["ss", "-Htnp", "state", "established", "( dport = :%d )" % port],
+                          capture_output=True, text=True, timeout=10, check=True)
+    mark = "pid=%d," % relay_pid()
+    return sum(1 for line in done.stdout.splitlines() if mark in line and " %s:%d " % (address, port) in line + " ")
+
+
+def eventually(predicate, timeout=15.0, interval=0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return predicate()
+
+
+def process_gone(pid: int) -> bool:
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except FileNotFoundError:
+        return True
+
+
+def keygen(path) -> str:
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "test", "-f", str(path)],
+                   check=True, timeout=30)
+    return str(path)
+
+
+def ssh_fingerprint(public_line: str, tmp_path) -> str:
+    """The SHA256 fingerprint as OpenSSH's ssh-keygen computes it."""
+    path = tmp_path / "fp.pub"
+    path.write_text(public_line + "\n")
+    out = subprocess.run(["ssh-keygen", "-lf", str(path)], capture_output=True, text=True, check=True).stdout
+    return out.split()[1]
+
+
+@pytest.fixture
+def ns_options(netns):
+    """Options that reach the namespace hosts as PLAIN_USER, without any ssh_config."""
+    return {"key_filename": netns.client_key, "known_hosts": netns.known_hosts, "allow_agent": False,
+            "look_for_keys": False, "ssh_config": False}
+
+
+def write_config(tmp_path, text, name="ssh_config") -> str:
+    path = tmp_path / name
+    path.write_text(textwrap.dedent(text))
+    return str(path)
+
+
+# -- config ---------------------------------------------------------------------------
+
+def test_config_alias_with_user_port_and_identity_file(netns, tmp_path):
+    h1 = netns.hosts["h1"]
+    config = write_config(tmp_path, f"""\
+        Host rp-alias
+            HostName {h1.address}
+            Port 2222
+            User {PLAIN_USER}
+            IdentityFile {netns.client_key}
+            IdentitiesOnly yes
+            UserKnownHostsFile {netns.known_hosts}
+        """)
+    connection, user = run_where("rp-alias", ssh_config=config, allow_agent=False)
+    assert connection.split()[2:] == [h1.address, "2222"]
+    assert user == PLAIN_USER
+
+
+def test_proxy_jump_goes_through_the_jump_host(netns, tmp_path):
+    h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
+    config = write_config(tmp_path, f"""\
+        Host jump1
+            HostName {h1.address}
+        Host target2
+            HostName {h2.address}
+            ProxyJump jump1
+        Host *
+            User {PLAIN_USER}
+            IdentityFile {netns.client_key}
+            IdentitiesOnly yes
+            UserKnownHostsFile {netns.known_hosts}
+        """)
+    connection, _user = run_where("target2", ssh_config=config, allow_agent=False)
+    client, _port, server, _sport = connection.split()
+    assert (client, server) == (h1.address, h2.address), "host 2 must see host 1 as its client"
+
+
+def test_proxy_command_runs_with_the_shell(netns, tmp_path):
+    """ProxyCommand with %h/%p, run by the shell (as ssh does): here OpenSSH's own ``ssh -W`` through h1."""
+    h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
+    proxy = ("ssh -F none -i %s -o UserKnownHostsFile=%s -o StrictHostKeyChecking=yes -o BatchMode=yes "
+             "-W %%h:%%p %s 2>/dev/null" % (netns.client_key, netns.known_hosts, h1.spec(PLAIN_USER)))
+    config = write_config(tmp_path, f"""\
+        Host via-command
+            HostName {h2.address}
+            User {PLAIN_USER}
+            ProxyCommand {proxy}
+            IdentityFile {netns.client_key}
+            UserKnownHostsFile {netns.known_hosts}
+        """)
+    connection, _user = run_where("via-command", ssh_config=config, allow_agent=False)
+    client, _port, server, _sport = connection.split()
+    assert (client, server) == (h1.address, h2.address)
+
+
+def test_proxy_jump_chain_from_options(netns, ns_options):
+    h1, h2, h3 = (netns.hosts[n] for n in ("h1", "h2", "h3"))
+    chain = "%s,%s" % (h1.spec(PLAIN_USER), h2.spec(PLAIN_USER))
+    connection, _user = run_where(h3.spec(PLAIN_USER), proxy_jump=chain, **ns_options)
+    client, _port, server, _sport = connection.split()
+    assert (client, server) == (h2.address, h3.address), "the last hop is the client of host 3"
+
+
+def test_default_config_include_match_default_key_and_hashed_known_hosts(netns, tmp_path):
+    """A user's own ~/.ssh as ssh reads it (HOME points at a directory of ours, in a subprocess)."""
+    h1 = netns.hosts["h1"]
+    home = tmp_path / "home"
+    dot = home / ".ssh"
+    (dot / "config.d").mkdir(parents=True)
+    (dot / "config").write_text(textwrap.dedent(f"""\
+        Include config.d/*.conf
+        Match host {h1.address.rsplit('.', 1)[0]}.* user {PLAIN_USER}
+            Port 2222
+        """))
+    (dot / "config.d" / "10-hosts.conf").write_text(f"Host inc-h1\n    HostName {h1.address}\n    User {PLAIN_USER}\n")
+    shutil.copy(netns.client_key, dot / "id_ed25519")
+    os.chmod(dot / "id_ed25519", 0o600)
+    (dot / "known_hosts").write_text(h1.known_hosts_line(2222))
+    subprocess.run(["ssh-keygen", "-q", "-H", "-f", str(dot / "known_hosts")], check=True, timeout=30,
+                   capture_output=True)
+    assert (dot / "known_hosts").read_text().startswith("|1|")
+    script = textwrap.dedent("""\
+        import os, sys
+        from remoteproc import Pipe, RemoteProcess
+
+        def where(conn):
+            conn.send(os.environ.get("SSH_CONNECTION", ""))
+
+        parent, child = Pipe()
+        p = RemoteProcess("inc-h1", target=where, args=(child,))
+        p.start()
+        child.close()
+        print("SSH_CONNECTION=" + parent.recv(), flush=True)
+        p.join(30)
+        sys.exit(p.exitcode)
+        """)
+    env = {k: v for k, v in os.environ.items() if k not in ("SSH_AUTH_SOCK", "COVERAGE_PROCESS_START")}
+    env["HOME"] = str(home)
+    env["PYTHONPATH"] = os.path.dirname(os.path.dirname(remoteproc.__file__))
+    done = subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, timeout=45)
+    assert done.returncode == 0, done.stderr
+    line = [x for x in done.stdout.splitlines() if x.startswith("SSH_CONNECTION=")][0]
+    assert line.split()[2:] == [h1.address, "2222"]
+
+
+def test_keys_from_ssh_agent(netns, tmp_path):
+    """IdentityAgent names the agent; an IdentityFile whose private half only the agent holds is used."""
+    sock = tmp_path / "agent.sock"
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", str(sock)], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        assert eventually(sock.exists, 10)
+        env = dict(os.environ, SSH_AUTH_SOCK=str(sock))
+        subprocess.run(["ssh-add", netns.client_key], env=env, check=True, timeout=30, capture_output=True)
+        public_only = tmp_path / "agent_key.pub"
+        shutil.copy(netns.client_key + ".pub", public_only)
+        h1 = netns.hosts["h1"]
+        config = write_config(tmp_path, f"""\
+            Host agent-h1
+                HostName {h1.address}
+                User {PLAIN_USER}
+                IdentityAgent {sock}
+                IdentityFile {public_only}
+                IdentitiesOnly yes
+                UserKnownHostsFile {netns.known_hosts}
+            """)
+        connection, user = run_where("agent-h1", ssh_config=config, look_for_keys=False)
+        assert connection.split()[2] == h1.address and user == PLAIN_USER
+    finally:
+        agent.terminate()
+        agent.wait(10)
+
+
+# -- host keys ---------------------------------------------------------------------------
+
+def test_unknown_host_key_is_refused_with_fingerprint_and_fix(netns, ns_options, tmp_path):
+    h1 = netns.hosts["h1"]
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    p = RemoteProcess(h1.spec(PLAIN_USER), target=where, args=(None,), **dict(ns_options, known_hosts=str(empty)))
+    with pytest.raises(remoteproc.HostKeyError) as info:
+        p.start()
+    text = str(info.value)
+    assert h1.address in text and "ssh-ed25519" in text
+    assert ssh_fingerprint(h1.host_public, tmp_path) in text
+    assert "accept-new" in text and "ssh-keyscan" in text
+    assert empty.read_text() == "", "a refused key must not be recorded"
+
+
+@pytest.mark.parametrize("policy", ["reject", "accept-new"])
+def test_changed_host_key_is_always_refused(netns, ns_options, tmp_path, policy):
+    h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
+    wrong = tmp_path / "known_hosts"
+    wrong.write_text("%s %s\n" % (h1.address, h2.host_public))     # h2's key under h1's name
+    options = dict(ns_options, known_hosts=str(wrong), host_key_policy=policy)
+    p = RemoteProcess(h1.spec(PLAIN_USER), target=where, args=(None,), **options)
+    with pytest.raises(remoteproc.HostKeyError) as info:
+        p.start()
+    text = str(info.value)
+    assert "CHANGED" in text and h1.address in text and "ssh-keygen -R" in text
+    assert wrong.read_text() == "%s %s\n" % (h1.address, h2.host_public)
+
+
+def test_accept_new_records_the_key_hashed_as_ssh_does(netns, ns_options, tmp_path):
+    h1 = netns.hosts["h1"]
+    known = tmp_path / "known_hosts"
+    config = write_config(tmp_path, "Host *\n    HashKnownHosts yes\n")
+    options = dict(ns_options, known_hosts=str(known), host_key_policy="accept-new", ssh_config=config)
+    connection, _user = run_where(h1.spec(PLAIN_USER), **options)
+    assert connection.split()[2] == h1.address
+    lines = known.read_text().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("|1|")
+    assert lines[0].split()[1:] == h1.host_public.split()
+    found = subprocess.run(["ssh-keygen", "-F", h1.address, "-f", str(known)], capture_output=True, text=True,
+                           timeout=30)
+    assert found.returncode == 0 and h1.host_public.split()[1] in found.stdout, "OpenSSH must find the entry"
+    # and the recorded key is now trusted under the strict policy
+    target = ssh.resolve(h1.spec(PLAIN_USER), dict(ns_options, known_hosts=str(known)))
+    conn = ssh.connect(target)
+    conn.close()
+
+
+# -- authentication and reachability ------------------------------------------------------
+
+def test_wrong_key_is_refused(netns, ns_options, tmp_path):
+    h1 = netns.hosts["h1"]
+    wrong = keygen(tmp_path / "wrong_key")
+    p = RemoteProcess(h1.spec(PLAIN_USER), target=where, args=(None,), **dict(ns_options, key_filename=wrong))
+    with pytest.raises(remoteproc.AuthenticationError) as info:
+        p.start()
+    text = str(info.value)
+    assert h1.address in text and wrong in text and "authorized_keys" in text
+
+
+def test_address_without_sshd_fails_within_the_connect_timeout(netns, ns_options):
+    spec = "%s@%s" % (PLAIN_USER, netns.unused_address)
+    p = RemoteProcess(spec, target=where, args=(None,), **dict(ns_options, connect_timeout=2))
+    started = time.monotonic()
+    with pytest.raises(remoteproc.ConnectError) as info:
+        p.start()
+    elapsed = time.monotonic() - started
+    assert netns.unused_address in str(info.value)
+    assert elapsed < 15, "took %.1fs with connect_timeout=2" % elapsed
+
+
+def test_closed_port_is_refused_at_once(netns, ns_options):
+    h1 = netns.hosts["h1"]
+    p = RemoteProcess(h1.spec(PLAIN_USER, 23), target=where, args=(None,), **ns_options)
+    with pytest.raises(remoteproc.ConnectError) as info:
+        p.start()
+    assert "refused" in str(info.value).lower() and ":23" in str(info.value)
+
+
+def test_jump_host_that_cannot_reach_the_target(netns, ns_options):
+    """A failure after the jump connection was opened releases (and closes) the jump connection."""
+    h1 = netns.hosts["h1"]
+    spec = "%s@%s" % (PLAIN_USER, netns.unused_address)
+    target = ssh.resolve(spec, dict(ns_options, proxy_jump=h1.spec(PLAIN_USER), connect_timeout=2))
+    pool = ssh.Pool()
+    with pytest.raises(remoteproc.ConnectError) as info:
+        pool.acquire(target)
+    assert "jump host" in str(info.value) and netns.unused_address in str(info.value)
+    assert pool.count() == 0 and pool._entries == {}
+
+
+def test_pool_shares_and_closes_connections(netns, ns_options):
+    h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
+    pool = ssh.Pool()
+    via = ssh.resolve(h2.spec(PLAIN_USER), dict(ns_options, proxy_jump=h1.spec(PLAIN_USER)))
+    direct = ssh.resolve(h1.spec(PLAIN_USER), ns_options)
+    a = pool.acquire(via)
+    b = pool.acquire(via)
+    c = pool.acquire(direct)
+    assert a is b and c is a.jump, "the jump connection is the pooled connection to h1"
+    assert pool.count() == 2
+    pool.release(a)
+    pool.release(c)
+    assert a.active and c.active
+    pool.release(b)
+    assert not a.active and not c.active and pool.count() == 0
+
+
+# -- remote interpreter ---------------------------------------------------------------------
+
+def test_python_pointing_nowhere(host, ssh_options):
+    p = RemoteProcess(host, target=where, args=(None,), python="/nonexistent/python3", **ssh_options)
+    with pytest.raises(remoteproc.BootstrapError) as info:
+        p.start()
+    text = str(info.value)
+    assert "/nonexistent/python3" in text and "127" in text and "python=" in text
+
+
+def _other_minor_python():
+    """(path, "3.N") of a Python 3 of another minor version than this one, or None."""
+    import glob
+    import re
+
+    mine = "%d.%d" % sys.version_info[:2]
+    for path in sorted(glob.glob("/usr/bin/python3.*") + glob.glob("/root/.pyenv/versions/3.*/bin/python3.*")):
+        m = re.fullmatch(r"python(3\.\d+)", os.path.basename(path))
+        if m and m.group(1) != mine and os.access(path, os.X_OK):
+            return path, m.group(1)
+    return None
+
+
+def test_python_of_another_minor_version(sshd):
+    found = _other_minor_python()
+    if found is None:
+        pytest.skip("no Python 3.x of another minor version on this machine (the stub test covers the logic)")
+    path, version = found
+    me = sshd.users[0]
+    p = RemoteProcess(sshd.spec(me), target=where, args=(None,), python=path, **sshd.options(me))
+    with pytest.raises(remoteproc.BootstrapError) as info:
+        p.start()
+    text = str(info.value)
+    assert "is Python %s" % version in text
+    assert "python='python%d.%d'" % sys.version_info[:2] in text
+
+
+def test_python_too_old(netns, ns_options):
+    """A wrapper that makes the host's python3 report 3.6: the stub refuses it with its own words."""
+    fake = os.path.join(netns.workdir, "oldpython")
+    with open(fake, "w") as f:
+        f.write("#!/usr/bin/python3\nimport sys\nsys.version_info = (3, 6, 15, 'final', 0)\nexec(sys.argv[2])\n")
+    os.chmod(fake, 0o755)
+    h1 = netns.hosts["h1"]
+    p = RemoteProcess(h1.spec(PLAIN_USER), target=where, args=(None,), python=fake, **ns_options)
+    with pytest.raises(remoteproc.BootstrapError) as info:
+        p.start()
+    text = str(info.value)
+    assert "is Python 3.6.15" in text and "cloudpickle" in text
+    assert "python='python%d.%d'" % sys.version_info[:2] in text
+
+
+# -- typed errors leave nothing behind ------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_failures_leave_nothing_behind(host, ssh_options, is_loopback, sshd, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    wrong = keygen(tmp_path / "wrong_key")
+    cases = [
+        (remoteproc.HostKeyError, dict(ssh_options, known_hosts=str(empty))),
+        # a user the host does not have (a wrong key alone would not do: like ``ssh -i``, key_filename
+        # is tried first, and a --remote-host's own IdentityFile after it)
+        (remoteproc.AuthenticationError, dict(ssh_options, username="rpnosuchuser", key_filename=wrong,
+                                             allow_agent=False, look_for_keys=False)),
+        (remoteproc.BootstrapError, dict(ssh_options, python="/nonexistent/python3")),
+    ]
+    RemoteProcess(host, target=where, args=(None,), **ssh_options)     # the relay runs from here on
+    target = ssh.resolve(host, ssh_options)
+    threads = relay_threads()
+    tcp = relay_connections(target.hostname, target.port)
+    sessions = len(_descendants(sshd.pid)) if is_loopback else None
+    for error, options in cases:
+        p = RemoteProcess(host, target=where, args=(None,), **options)
+        with pytest.raises(error) as info:
+            p.start()
+        assert "@" in str(info.value) and info.value.host
+        assert eventually(lambda: relay_threads() <= threads, 10), "a thread was left in the relay"
+        assert eventually(lambda: relay_connections(target.hostname, target.port) <= tcp, 10), \
+            "a connection was left open"
+        if is_loopback:
+            assert eventually(lambda: len(_descendants(sshd.pid)) <= sessions, 10), "a remote process was left"
+
+
+def _descendants(pid):
+    from netns import _children
+
+    return _children(pid)
+
+
+# -- one connection, idle close, cipher -------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_fifty_processes_share_one_tcp_connection(netns, ns_options):
+    h2 = netns.hosts["h2"]
+    spec = h2.spec(PLAIN_USER, 2222)        # this host and port are used by this test only
+    pairs = [Pipe() for _ in range(50)]
+    procs = [RemoteProcess(spec, target=report_and_wait, args=(child,), **ns_options) for _parent, child in pairs]
+    started = time.monotonic()
+    try:
+        for p in procs:
+            p.start()
+        for _parent, child in pairs:
+            child.close()
+        pids = [parent.recv() for parent, _child in pairs if parent.poll(30)]
+        print("50 processes started and answered in %.2f s" % (time.monotonic() - started))
+        assert len(set(pids)) == 50 and all(p.is_alive() for p in procs)
+        assert len(h2.established(2222)) == 1, "the server must see one TCP connection"
+        assert relay_connections(h2.address, 2222) == 1
+    finally:
+        for parent, _child in pairs:
+            parent.close()
+        for p in procs:
+            p.join(30)
+    assert [p.exitcode for p in procs] == [0] * 50
+
+
+def test_idle_connection_is_closed(netns, ns_options):
+    h3 = netns.hosts["h3"]
+    spec = h3.spec(PLAIN_USER, 2222)        # used by this test only
+    connection, _user = run_where(spec, idle_timeout=1, keepalive_interval=1, **ns_options)
+    assert connection.split()[2:] == [h3.address, "2222"]
+    assert eventually(lambda: not h3.established(2222), 15), "the idle connection was not closed"
+    assert relay_connections(h3.address, 2222) == 0
+
+
+def test_negotiated_cipher_is_aes_gcm(host, ssh_options):
+    target = ssh.resolve(host, ssh_options)
+    started = time.perf_counter()
+    conn = ssh.connect(target)
+    elapsed = time.perf_counter() - started
+    try:
+        transport = conn.transport
+        offered = transport.get_security_options().ciphers
+        assert offered[:2] == ssh.PREFERRED_CIPHERS
+        assert transport.remote_cipher in ssh.PREFERRED_CIPHERS
+        assert transport.local_cipher == transport.remote_cipher
+        print("connect+auth %.0f ms, cipher %s, host key %s" % (elapsed * 1e3, transport.remote_cipher,
+                                                               transport.host_key_type))
+    finally:
+        conn.close()
+    assert not conn.active and not conn.transport.is_alive()
+
+
+# -- a host that vanishes ------------------------------------------------------------------------
+
+@pytest.mark.timeout(90)
+def test_link_cut_fails_the_processes_within_the_keepalive_bound(netns, ns_options):
+    h4 = netns.hosts["h4"]                  # used by this test only
+    parent, child = Pipe()
+    p = RemoteProcess(h4.spec(PLAIN_USER), target=sleeper, args=(child,), keepalive_interval=1, keepalive_count=2,
+                      **ns_options)
+    p.start()
+    child.close()
+    assert parent.poll(30)
+    pid = parent.recv()
+    try:
+        h4.set_link(False)
+        cut = time.monotonic()
+        p.join(30)
+        detected = time.monotonic() - cut
+        assert p.exitcode == remoteproc.CONNECTION_LOST, "join() did not return within 30 s"
+        assert isinstance(p.connection_error, remoteproc.ConnectionLostError)
+        assert h4.address in str(p.connection_error)
+        print("link cut noticed after %.1f s (bound 1 s * (2 + 1))" % detected)
+        assert detected < 30
+        assert parent.poll(10)
+        with pytest.raises(EOFError):
+            parent.recv()
+    finally:
+        h4.set_link(True)
+    # once the link is back, sshd learns that its client is gone, and the agent kills its child
+    assert eventually(lambda: process_gone(pid), 30), "the remote child outlived its connection"
+
