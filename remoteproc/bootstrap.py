@@ -31,22 +31,38 @@ def _package_sources(package: str) -> dict[str, tuple[bool, str]]:
     for name in sorted(os.listdir(root)):
         if name.endswith(".py"):
             mod = package if name == "__init__.py" else package + "." + name[:-3]
-            with open(os.path.join(root, name), encoding="utf-8") as f:
-                out[mod] = (name == "__init__.py", f.read())
+            path = os.path.join(root, name)
+            with open(path, encoding="utf-8") as f:
+                out[mod] = (name == "__init__.py", f.read(), path)
     return out
 
 
+def coverage_env() -> tuple[str, str] | None:
+    """When this process measures coverage (the test suite), the agent can too: the
+    remote host is then this machine. Returns (config file, data file) or None."""
+    config = os.environ.get("COVERAGE_PROCESS_START")
+    if not config:
+        return None
+    return config, os.environ.get("COVERAGE_FILE") or os.path.join(os.getcwd(), ".coverage")
+
+
 @functools.cache
-def agent_blob() -> bytes:
-    """The compressed source the stub executes: boot.py, then ``_boot(sources)``."""
+def agent_blob(real_paths: bool = False) -> bytes:
+    """The compressed source the stub executes: boot.py, then ``_boot(sources)``.
+
+    Shipped modules are named ``<remoteproc>/...`` in remote tracebacks, or by their
+    local paths with ``real_paths`` (for coverage measurement of the agent).
+    """
     import zlib
 
     here = os.path.dirname(os.path.abspath(__file__))
-    sources: dict[str, tuple[bool, str]] = {"remoteproc": (True, "")}
-    for mod, (is_pkg, text) in _package_sources("remoteproc.agent").items():
+    sources: dict[str, tuple[bool, str, str]] = {"remoteproc": (True, "", "")}
+    for mod, entry in _package_sources("remoteproc.agent").items():
         if mod != "remoteproc.agent.boot":
-            sources[mod] = (is_pkg, text)
+            sources[mod] = entry
     sources.update(_package_sources("cloudpickle"))
+    if not real_paths:
+        sources = {mod: (is_pkg, text, "") for mod, (is_pkg, text, _path) in sources.items()}
     with open(os.path.join(here, "agent", "boot.py"), encoding="utf-8") as f:
         boot = f.read()
     text = boot + "\n_boot(%r)\n" % (sources,)
@@ -66,7 +82,11 @@ def command(python: str) -> str:
     on the agent's source), then reads the agent's blob of exactly N bytes.
     ``python`` is a shell word list: ``~/venv/bin/python3`` and ``env X=1 python3`` work.
     """
-    n = len(agent_blob())
+    cov = coverage_env()
+    n = len(agent_blob(bool(cov)))
+    if cov:
+        python = "env COVERAGE_PROCESS_START=%s COVERAGE_FILE=%s %s" % (shlex.quote(cov[0]), shlex.quote(cov[1]),
+                                                                        python)
     ours = sys.version_info[:2]
     stub = ('import os,sys,zlib;v=sys.version_info;v[:2]==(%d,%d) or (sys.stderr.write('
             '"remoteproc: %%s is Python %%d.%%d.%%d at %%s\\n"%%(%r,v[0],v[1],v[2],sys.executable)),'
@@ -104,7 +124,7 @@ def start_agent(transport, target) -> tuple[Any, dict, bytes]:
     try:
         chan.exec_command(command(target.python))
         try:
-            chan.sendall(agent_blob())
+            chan.sendall(agent_blob(bool(coverage_env())))
         except (OSError, EOFError):
             pass        # the command ended already: _read_hello reports its status and words
         hello, extra = _read_hello(chan, target)

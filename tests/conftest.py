@@ -176,3 +176,13 @@ def netns() -> Iterator[Any]:
         yield rig
     finally:
         rig.stop()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _stop_relay_at_the_end() -> Iterator[None]:
+    """Stop the relay process before the coverage report, so that its data (and that
+    of the agents it leaves) is written first; it also proves a clean shutdown."""
+    yield
+    from remoteproc import hubclient
+
+    hubclient.shutdown()

@@ -30,6 +30,8 @@ class _SourceImporter:
         return spec
 
     def _filename(self, name):
+        if self.sources[name][2:] and self.sources[name][2]:
+            return self.sources[name][2]
         is_pkg = self.sources[name][0]
         return "<remoteproc>/" + name.replace(".", "/") + ("/__init__.py" if is_pkg else ".py")
 
