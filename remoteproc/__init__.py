@@ -18,7 +18,10 @@ from .errors import (
     ProtocolError,
     RemoteProcessError,
 )
+from .executor import Executor
+from .pool import Pool
 from .process import RemoteProcess
+from .queues import Event, JoinableQueue, Queue, SimpleQueue
 from .script import RemoteScript, run
 
 __version__ = "0.1.0"
@@ -30,12 +33,18 @@ __all__ = [
     "ConfigError",
     "ConnectError",
     "ConnectionLostError",
+    "Event",
+    "Executor",
     "HostKeyError",
+    "JoinableQueue",
     "Pipe",
     "PicklingError",
+    "Pool",
     "ProtocolError",
+    "Queue",
     "RemoteProcess",
     "RemoteProcessError",
     "RemoteScript",
+    "SimpleQueue",
     "run",
 ]

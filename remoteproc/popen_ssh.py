@@ -90,14 +90,18 @@ class Popen:
         """After the exit report, the sentinel must stay readable, as a local one does.
 
         The relay closes its end right after the report, but not atomically with it:
-        put a pipe whose write end is closed (always readable: EOF) under the same fd.
+        wait (bounded) for that EOF, after which the socket stays readable for good and
+        keeps its identity (an epoll registration of the sentinel still works).
         """
-        r, w = os.pipe()
-        os.close(w)
+        sock = self._status
+        if sock is None:
+            return
         try:
-            os.dup2(r, self.sentinel, inheritable=False)
-        finally:
-            os.close(r)
+            sock.settimeout(5.0)
+            while sock.recv(4096):
+                pass
+        except OSError:
+            pass
 
     def wait(self, timeout: float | None = None):
         if self.returncode is None:

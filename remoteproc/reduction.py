@@ -31,9 +31,10 @@ MAX_SOURCE = 4 << 20     # bytes of source lines shipped for remote tracebacks
 class Bridged:
     """What the relay needs to know of one Connection passed to a remote process."""
 
-    __slots__ = ("fd", "kind", "readable", "writable")
+    __slots__ = ("conn", "fd", "kind", "readable", "writable")
 
-    def __init__(self, fd: int, kind: str, readable: bool, writable: bool) -> None:
+    def __init__(self, conn: _ConnectionBase, fd: int, kind: str, readable: bool, writable: bool) -> None:
+        self.conn = conn        # keeps a Connection made during pickling open until its fd is sent
         self.fd = fd
         self.kind = kind
         self.readable = readable
@@ -110,7 +111,7 @@ class _Pickler(cloudpickle.Pickler):
                 raise PicklingError("a duplex Connection over a pipe cannot be bridged to %s" % self.host,
                                     self.host)
             index = len(self.bridged)
-            self.bridged.append(Bridged(fd, kind, conn.readable, conn.writable))
+            self.bridged.append(Bridged(conn, fd, kind, conn.readable, conn.writable))
             self._by_fd[fd] = index
         return child.rebuild_connection, (index, conn.readable, conn.writable)
 

@@ -131,11 +131,16 @@ def _watchdog(fd):
         pass
 
 
+#: signals the agent handles itself; blocked across fork until the child has reset them
+RESET_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)
+
+
 def _reset_signals():
     signal.set_wakeup_fd(-1)
     for sig in (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT):
         signal.signal(sig, signal.SIG_DFL)
     signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, RESET_SIGNALS)   # what came meanwhile lands now
 
 
 def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_fd=None, modules=None,

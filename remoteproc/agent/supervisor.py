@@ -185,7 +185,14 @@ class Supervisor:
             close += [p.sentinel for p in self.procs.values()]
             close += [fd for _sid, fd, _r, _w in mine] + [sen_w, imp_r]
             close += [sock.fileno() for sock in self.import_socks]
-            pid = os.fork()
+            # A signal sent to the child before it resets its handlers would run the
+            # agent's handler there and be lost: keep them pending until it has.
+            signal.pthread_sigmask(signal.SIG_BLOCK, child.RESET_SIGNALS)
+            try:
+                pid = os.fork()
+            except BaseException:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, child.RESET_SIGNALS)
+                raise
         except OSError as exc:
             for fd in made:
                 os.close(fd)
@@ -199,6 +206,7 @@ class Supervisor:
         if pid == 0:    # pragma: no cover - the child never returns (os._exit)
             child.run(blob, theirs, out_w, err_w, sen_r, close, tty, imp_w, self.modules,
                       str(msg.get("host") or "the remote host"))
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, child.RESET_SIGNALS)
         try:
             os.setpgid(pid, pid)
         except OSError:

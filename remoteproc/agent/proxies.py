@@ -1,0 +1,300 @@
+"""The child's side of remoteproc's Queue, JoinableQueue, SimpleQueue and Event.
+
+These objects live in the process that created them (the owner, see
+``remoteproc/queues.py``).  Every process that is given one gets its own
+Connection to the owner's server thread, and holds one of the proxies below,
+which turn each method call into a request on that Connection.  The module is
+shipped to remote hosts, so it uses the standard library only (cloudpickle, which
+is shipped too, is used when present to pickle items).
+
+The wire, one pickled tuple per message:
+    request  ``(rid, op, *args)``   rid 0: no reply wanted
+    reply    ``(rid, status, value)``
+Items travel pickled (bytes) inside requests and replies: the owner stores them
+as bytes and never has to unpickle an item that goes from one child to another.
+"""
+
+import io
+import itertools
+import os
+import pickle
+import queue as _queue
+import socket
+import threading
+
+# requests
+ATTACH = 1          # first message of every proxy: the owner may drop its copy of our end
+PUT = 2             # (item, block, timeout)
+GET = 3             # (block, timeout)
+QSIZE = 4
+EMPTY = 5
+FULL = 6
+TASK_DONE = 7
+JOIN = 8
+SET = 9
+CLEAR = 10
+IS_SET = 11
+WAIT = 12           # (timeout,)
+
+# reply statuses
+OK = 0
+TIMEOUT = 1         # Empty for get, Full for put, False for Event.wait
+ERROR = 2           # value: the exception to raise
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+# -- items --------------------------------------------------------------------------------
+
+def _refuse(obj):
+    raise TypeError(
+        "cannot put a %s into a remoteproc queue: it holds a file descriptor of one process. "
+        "Pass Connections as process arguments instead." % type(obj).__name__)
+
+
+_pickler_class = None
+
+
+def _item_pickler():
+    """A pickler that ships by value what cloudpickle would, and refuses fds."""
+    global _pickler_class
+    if _pickler_class is None:
+        from multiprocessing.connection import _ConnectionBase
+        try:
+            import cloudpickle
+            base = cloudpickle.Pickler
+        except ImportError:         # pragma: no cover - cloudpickle is shipped and installed
+            base = pickle.Pickler
+
+        class ItemPickler(base):
+            def reducer_override(self, obj):
+                if isinstance(obj, (_ConnectionBase, socket.socket)):
+                    _refuse(obj)
+                if base is pickle.Pickler:
+                    return NotImplemented
+                return super().reducer_override(obj)
+
+        _pickler_class = ItemPickler
+    return _pickler_class
+
+
+def dumps_item(obj):
+    """Pickle one item (or a task's arguments) for another process, maybe on another host."""
+    buf = io.BytesIO()
+    _item_pickler()(buf, protocol=PROTOCOL).dump(obj)
+    return buf.getvalue()
+
+
+loads_item = pickle.loads
+
+
+# -- the connection to the owner ------------------------------------------------------------
+
+class OwnerGone(EOFError):
+    """The process that owns the queue or event went away (or closed it)."""
+
+
+class _Client:
+    """Request/reply over one Connection, usable from several threads at once.
+
+    Whichever waiting thread gets there first reads replies for everyone (and
+    hands each to its thread), so a thread blocked in ``get()`` never stops
+    another thread of the same process from ``put()``-ting.
+    """
+
+    def __init__(self, conn, what):
+        self.conn = conn
+        self.what = what
+        self.pid = os.getpid()
+        self.send_lock = threading.Lock()
+        self.cond = threading.Condition(threading.Lock())
+        self.reading = False
+        self.replies = {}
+        self.rids = itertools.count(1)
+        self.error = None
+
+    def check(self):
+        if self.conn is None:
+            raise ValueError("%s is closed" % self.what)
+        if os.getpid() != self.pid:
+            raise RuntimeError(
+                "this %s was handed to process %d; a process forked from it (%d) cannot use it. "
+                "Pass the %s to that process as an argument from the process that created it."
+                % (self.what, self.pid, os.getpid(), self.what))
+
+    def send(self, msg):
+        self.check()
+        data = pickle.dumps(msg, PROTOCOL)
+        try:
+            with self.send_lock:
+                self.conn.send_bytes(data)
+        except OSError as exc:
+            raise self._gone(exc) from None
+
+    def call(self, op, *args):
+        rid = next(self.rids)
+        self.send((rid, op) + args)
+        status, value = self._wait(rid)
+        if status == ERROR:
+            raise value
+        return status, value
+
+    def _gone(self, exc=None):
+        detail = (str(exc) or type(exc).__name__) if exc is not None else ""
+        return OwnerGone("the process that owns this %s went away or closed it%s"
+                         % (self.what, " (%s)" % detail if detail else ""))
+
+    def _wait(self, rid):
+        cond = self.cond
+        with cond:
+            while True:
+                reply = self.replies.pop(rid, None)
+                if reply is not None:
+                    return reply
+                if self.error is not None:
+                    raise self._gone(self.error)
+                if self.reading:
+                    cond.wait()
+                    continue
+                self.reading = True
+                cond.release()
+                try:
+                    try:
+                        got = pickle.loads(self.conn.recv_bytes())
+                    except (EOFError, OSError) as exc:
+                        got = exc
+                finally:
+                    cond.acquire()
+                    self.reading = False
+                    cond.notify_all()
+                if isinstance(got, BaseException):
+                    self.error = got
+                else:
+                    self.replies[got[0]] = got[1:]
+
+    def close(self):
+        conn, self.conn = self.conn, None
+        if conn is not None:
+            conn.close()
+
+
+# -- the proxies --------------------------------------------------------------------------
+
+class _Proxy:
+    _what = "object"
+
+    def __init__(self, conn, config):
+        self._client = _Client(conn, self._what)
+        self._config = config
+        self._client.send((0, ATTACH))
+
+    def __reduce__(self):
+        raise TypeError(
+            "a %s received from its owner cannot be passed on (its owner is process %s); pass the "
+            "original object from the process that created it" % (self._what, self._config.get("owner")))
+
+    def __repr__(self):
+        return "<remoteproc %s proxy (owner pid %s)>" % (self._what, self._config.get("owner"))
+
+
+class Queue(_Proxy):
+    """``multiprocessing.Queue`` API; the items live in the owner's process."""
+
+    _what = "Queue"
+
+    @property
+    def _maxsize(self):
+        return self._config["maxsize"]
+
+    def put(self, obj, block=True, timeout=None):
+        item = dumps_item(obj)
+        if self._config["maxsize"] <= 0:
+            # Unbounded: never Full, so nothing to wait for (as multiprocessing's feeder thread).
+            self._client.send((0, PUT, item, False, None))
+            return
+        status, _ = self._client.call(PUT, item, block, timeout)
+        if status == TIMEOUT:
+            raise _queue.Full
+
+    def put_nowait(self, obj):
+        self.put(obj, False)
+
+    def get(self, block=True, timeout=None):
+        status, value = self._client.call(GET, block, timeout)
+        if status == TIMEOUT:
+            raise _queue.Empty
+        return loads_item(value)
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def qsize(self):
+        return self._client.call(QSIZE)[1]
+
+    def empty(self):
+        return self._client.call(EMPTY)[1]
+
+    def full(self):
+        return self._client.call(FULL)[1]
+
+    def close(self):
+        """No more use of the queue from this process (the queue itself lives on)."""
+        self._client.close()
+
+    def join_thread(self):
+        """For API parity: there is no feeder thread; a put is on its way when it returns."""
+
+    def cancel_join_thread(self):
+        """For API parity: there is no feeder thread to wait for."""
+
+
+class JoinableQueue(Queue):
+    _what = "JoinableQueue"
+
+    def task_done(self):
+        self._client.call(TASK_DONE)
+
+    def join(self):
+        self._client.call(JOIN)
+
+
+class SimpleQueue(_Proxy):
+    _what = "SimpleQueue"
+
+    def put(self, obj):
+        self._client.send((0, PUT, dumps_item(obj), False, None))
+
+    def get(self):
+        return loads_item(self._client.call(GET, True, None)[1])
+
+    def empty(self):
+        return self._client.call(EMPTY)[1]
+
+    def close(self):
+        self._client.close()
+
+
+class Event(_Proxy):
+    """``multiprocessing.Event`` API; the flag lives in the owner's process."""
+
+    _what = "Event"
+
+    def is_set(self):
+        return self._client.call(IS_SET)[1]
+
+    def set(self):
+        self._client.call(SET)
+
+    def clear(self):
+        self._client.call(CLEAR)
+
+    def wait(self, timeout=None):
+        return self._client.call(WAIT, timeout)[0] == OK
+
+
+KINDS = {"Queue": Queue, "JoinableQueue": JoinableQueue, "SimpleQueue": SimpleQueue, "Event": Event}
+
+
+def rebuild(kind, conn, config):
+    """Unpickling hook: the proxy for one object, on this process's own Connection."""
+    return KINDS[kind](conn, config)

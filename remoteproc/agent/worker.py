@@ -1,0 +1,196 @@
+"""The loop of one ``remoteproc.Pool`` / ``remoteproc.Executor`` worker.
+
+It runs in a remote child (this module is shipped with the agent), on the
+Connection the pool gave it.  Standard library only.
+
+Messages (each a pickled tuple on the Connection):
+    pool -> worker  ``("task", chunk_id, mode, func_bytes, args_bytes)`` or ``("stop",)``
+    worker -> pool  ``("hello", pid, ppid, cpu_count)`` once, after the initializer;
+                    ``("init-error", traceback_text)`` if the initializer raised;
+                    ``("result", chunk_id, all_ok, payload)``: ``payload`` is the pickled list
+                    ``[value, ...]`` if every call returned (``all_ok``), else
+                    ``[(ok, value_or_error), ...]``; or ``("failed", chunk_id, error)`` when the
+                    task itself could not be unpickled.
+An error is ``(pickled exception or None, traceback text, "Type: message")``.
+The payload is pickled apart from the envelope, so that a result the pool's
+process cannot unpickle fails that chunk only (it always learns the chunk id).
+A chunk is one pool task: ``mode`` says how to call ``func`` on each element of
+the argument list (``func(x)``, ``func(*x)`` or ``func(*args, **kwargs)``).
+"""
+
+import os
+import pickle
+import sys
+import traceback
+import types
+
+CALL = 0        # func(x)
+STAR = 1        # func(*x)
+APPLY = 2       # func(*args, **kwargs) for (args, kwargs)
+
+_FUNC_CACHE = 8
+
+
+_SHARED = {}     # module name -> the globals that its by-value functions share in this worker
+
+
+def share_globals(func):
+    """Give a function shipped by value the globals of its module as seen by earlier ones.
+
+    cloudpickle rebuilds each shipped function with fresh globals, so a global the
+    initializer set would not be seen by the tasks.  Here the first function of a
+    module to arrive provides the module's globals; later ones are rebound to them
+    (adding the names they bring), as if the module had been imported once per
+    worker.  Functions of importable modules are left alone.
+    """
+    g = getattr(func, "__globals__", None)
+    name = g.get("__name__") if isinstance(g, dict) else None
+    if name is None:
+        return func
+    mod = sys.modules.get(name)
+    if mod is not None and getattr(mod, "__dict__", None) is g:
+        return func
+    shared = _SHARED.setdefault(name, g)
+    if shared is g:
+        return func
+    rebound = {}
+
+    def rebind(f):
+        new = rebound.get(id(f))
+        if new is None:
+            new = types.FunctionType(f.__code__, shared, f.__name__, f.__defaults__, f.__closure__)
+            new.__kwdefaults__ = f.__kwdefaults__
+            new.__qualname__ = f.__qualname__
+            new.__module__ = f.__module__
+            new.__doc__ = f.__doc__
+            new.__dict__.update(f.__dict__)
+            rebound[id(f)] = new
+        return new
+
+    for key, value in list(g.items()):
+        if key not in shared:
+            if isinstance(value, types.FunctionType) and value.__globals__ is g:
+                value = rebind(value)
+            shared[key] = value
+    return rebind(func) if isinstance(func, types.FunctionType) else func
+
+
+def _error(exc):
+    text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    try:
+        blob = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+        pickle.loads(blob)      # an exception that does not survive the trip is sent as text
+    except Exception:
+        blob = None
+    return (blob, text, "%s: %s" % (type(exc).__name__, exc))
+
+
+def _dumps(obj):
+    try:
+        return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception:
+        import cloudpickle  # shipped with the agent: lambdas, local classes, ...
+
+        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+
+
+def _encode(cid, results, all_ok):
+    try:
+        payload = _dumps(results)
+    except Exception:
+        pairs = results if not all_ok else [(True, v) for v in results]
+        safe = []
+        for ok, value in pairs:
+            if ok:
+                try:
+                    _dumps(value)
+                except Exception as exc:
+                    from multiprocessing.pool import MaybeEncodingError
+
+                    ok, value = False, _error(MaybeEncodingError(exc, value))
+            safe.append((ok, value))
+        all_ok, payload = False, _dumps(safe)
+    return pickle.dumps(("result", cid, all_ok, payload), pickle.HIGHEST_PROTOCOL)
+
+
+def run_chunk(func, mode, items):
+    """Call ``func`` on each element; returns ``(all_ok, results)`` as the message wants them."""
+    values = []
+    for x in items:
+        try:
+            if mode == CALL:
+                values.append(func(x))
+            elif mode == STAR:
+                values.append(func(*x))
+            else:
+                values.append(func(*x[0], **x[1]))
+        except Exception as exc:
+            failed = exc
+            break
+    else:
+        return True, values
+    # slow path: something raised; keep going and report each element
+    pairs = [(True, v) for v in values]
+    pairs.append((False, _error(failed)))
+    del failed
+    for x in items[len(pairs):]:
+        try:
+            if mode == CALL:
+                pairs.append((True, func(x)))
+            elif mode == STAR:
+                pairs.append((True, func(*x)))
+            else:
+                pairs.append((True, func(*x[0], **x[1])))
+        except Exception as exc:
+            pairs.append((False, _error(exc)))
+    return False, pairs
+
+
+def main(conn, initializer=None, initargs=(), maxtasks=None):
+    """The worker process's target: serve chunks until told to stop, EOF, or ``maxtasks``."""
+    if initializer is not None:
+        try:
+            share_globals(initializer)(*initargs)
+        except BaseException:
+            conn.send_bytes(pickle.dumps(("init-error", traceback.format_exc())))
+            raise
+    conn.send_bytes(pickle.dumps(("hello", os.getpid(), os.getppid(), os.cpu_count())))
+    funcs = {}
+    done = 0
+    while maxtasks is None or done < maxtasks:
+        try:
+            msg = pickle.loads(conn.recv_bytes())
+        except EOFError:
+            break
+        if msg[0] != "task":
+            break
+        _, cid, mode, fbytes, abytes = msg
+        del msg
+        try:
+            func = funcs.get(fbytes)
+            if func is None:
+                func = share_globals(pickle.loads(fbytes))
+                if len(funcs) >= _FUNC_CACHE:
+                    funcs.pop(next(iter(funcs)))
+                funcs[fbytes] = func
+            items = pickle.loads(abytes)
+        except Exception as exc:
+            # cannot even unpickle the task: every element fails with that error
+            conn.send_bytes(pickle.dumps(("failed", cid, _error(exc)), pickle.HIGHEST_PROTOCOL))
+            done += 1
+            continue
+        del abytes
+        all_ok, results = run_chunk(func, mode, items)
+        del items, func
+        data = _encode(cid, results, all_ok)
+        del results
+        conn.send_bytes(data)
+        del data
+        done += 1
+    conn.close()
+
+
+def process_chunk(fn, chunk):
+    """``Executor.map`` with a chunksize: one task computes a list of results."""
+    fn = share_globals(fn)
+    return [fn(*args) for args in chunk]

@@ -1,0 +1,101 @@
+"""``remoteproc.Executor``: a ``concurrent.futures.Executor`` over the Pool's workers and placement."""
+
+from __future__ import annotations
+
+import itertools
+import weakref
+from concurrent import futures
+from typing import Any, Callable, Iterable
+
+from . import pool as _pool
+from .agent import worker
+
+__all__ = ["Executor"]
+
+
+class _FutureJob:
+    """One submitted call, as the pool's manager sees it."""
+
+    __slots__ = ("future",)
+
+    def __init__(self, future: futures.Future) -> None:
+        self.future = future
+
+    def _dispatching(self) -> bool:
+        return self.future.set_running_or_notify_cancel()
+
+    def _set(self, start: int, all_ok: bool, data: list) -> None:
+        ok, value = (True, data[0]) if all_ok else data[0]
+        if self.future.done():
+            return
+        if ok:
+            self.future.set_result(value)
+        else:
+            self.future.set_exception(value)
+
+    def _cancel(self) -> None:
+        self.future.cancel()
+
+
+class Executor(futures.Executor):
+    """``concurrent.futures.Executor`` whose calls run on RemoteProcess workers spread over ``hosts``.
+
+    ``hosts``, ``processes_per_host``, ``initializer``, ``initargs`` and the ssh
+    options are those of ``remoteproc.Pool``; ``max_tasks_per_child`` is its
+    ``maxtasksperchild``.  ``submit`` returns a ``concurrent.futures.Future`` (so
+    ``as_completed`` and ``wait`` work); ``map`` takes ``timeout`` and ``chunksize``.
+    A call that raises sets that exception on its future, with the remote traceback
+    as ``__cause__``; a worker lost with its host fails only the futures it was
+    running (``ConnectionLostError``), not the whole executor.
+    """
+
+    def __init__(self, hosts, processes_per_host: int | None = None, initializer: Callable | None = None,
+                 initargs: Iterable = (), max_tasks_per_child: int | None = None, **ssh_options: Any) -> None:
+        self._core = _pool._Core(hosts, processes_per_host, initializer, initargs, max_tasks_per_child,
+                                 ssh_options)
+        _pool._cores.add(self._core)
+        self._shutdown = False
+        self._finalizer = weakref.finalize(self, self._core.terminate, False)
+
+    def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
+        if self._shutdown:
+            raise RuntimeError("cannot schedule new futures after shutdown")
+        future: futures.Future = futures.Future()
+        job = _FutureJob(future)
+        self._core.submit(self._core.make_chunks(job, fn, worker.APPLY, [(args, kwargs)], 1))
+        return future
+
+    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1):
+        if chunksize < 1:
+            raise ValueError("chunksize must be >= 1.")
+        if chunksize == 1:
+            return super().map(fn, *iterables, timeout=timeout)
+        chunks = _chunks(zip(*iterables), chunksize)
+        results = super().map(worker.process_chunk, itertools.repeat(fn), chunks, timeout=timeout)
+        return itertools.chain.from_iterable(results)
+
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self._shutdown = True
+        if cancel_futures:
+            self._core.cancel_pending()
+        self._core.close()
+        if wait:
+            self._finalizer.detach()
+            self._core.join()
+
+    def workers(self) -> list[tuple[str, int]]:
+        """``(host, remote pid)`` of each live worker, in placement order."""
+        return [(w.host, w.pid) for w in self._core.workers if w.alive]
+
+    def __repr__(self) -> str:
+        return "<remoteproc.Executor workers=%d hosts=%s>" % (
+            sum(1 for w in self._core.workers if w.alive), [h for h, _ in self._core.hosts])
+
+
+def _chunks(it, size: int):
+    it = iter(it)
+    while True:
+        chunk = tuple(itertools.islice(it, size))
+        if not chunk:
+            return
+        yield chunk

@@ -1,0 +1,651 @@
+"""Queue, JoinableQueue, SimpleQueue and Event across hosts: the owner's side.
+
+The process that creates one of these objects owns it: the items (or the flag)
+live there.  Every process the object is handed to gets a Connection of its own
+to one server thread in the owner (the "broker"), and a proxy
+(``remoteproc.agent.proxies``) that turns method calls into requests on it:
+
+* a ``RemoteProcess`` argument: ``__remoteproc_reduce__`` makes a fresh ``Pipe()``
+  whose child end the remoteproc pickler bridges to the remote host like any
+  other Connection;
+* a local ``multiprocessing`` child started with *spawn* or *forkserver*:
+  ``__reduce__`` does the same and multiprocessing passes the end as an fd;
+* a local child started with *fork* (nothing is pickled): an ``os.register_at_fork``
+  hook gives every live object a fresh ``Pipe()`` just before the fork; the child
+  keeps one end, the owner's broker the other.
+
+No listening socket, no extra SSH connection: the child ends ride the
+connections every RemoteProcess already has.  The broker is one daemon thread
+per owning process that blocks in ``multiprocessing.connection.wait`` and exits
+when the last child has gone; it never runs while nothing is attached.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue as _queue
+import threading
+import time
+import weakref
+from collections import deque
+from multiprocessing import context as mp_context
+from multiprocessing.connection import Pipe
+from multiprocessing.connection import wait as _wait
+
+from .agent import proxies as P
+from .errors import PicklingError
+
+__all__ = ["Event", "JoinableQueue", "Queue", "SimpleQueue"]
+
+_READ_BATCH = 64        # requests served from one connection before looking at the others
+
+
+class _Waiter:
+    """One blocked call: remote (conn, rid) or local (an Event the caller waits on)."""
+
+    __slots__ = ("conn", "rid", "deadline", "item", "event", "status", "value", "done", "waitlist", "obj")
+
+    def __init__(self, obj, waitlist, conn=None, rid=0, timeout=None, item=None):
+        self.obj = obj
+        self.waitlist = waitlist
+        self.conn = conn
+        self.rid = rid
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.item = item
+        self.event = threading.Event() if conn is None else None
+        self.status = None
+        self.value = None
+        self.done = False
+
+
+def _send(conn, rid, status, value) -> bool:
+    if not rid:
+        return True
+    try:
+        conn.send_bytes(pickle.dumps((rid, status, value), P.PROTOCOL))
+        return True
+    except (OSError, ValueError):
+        return False        # the child went away: the broker sees its EOF next
+
+
+class _Broker:
+    """The owner's server thread: every attached Connection of every object."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.objs: dict = {}        # parent end -> owning object
+        self.pending: dict = {}     # parent end -> child end, open until the child has attached
+        self.timed: list = []       # remote waiters with a deadline (server thread only)
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.thread: threading.Thread | None = None
+        self.pid = os.getpid()
+
+    # -- any thread ----------------------------------------------------------------------
+    def add(self, conn, obj, child_end=None, spawner=None) -> None:
+        with self.lock:
+            self.objs[conn] = obj
+            if child_end is not None:
+                self.pending[conn] = child_end
+                if spawner is not None:
+                    # The process (or Popen) that carries the child end: if it goes away without
+                    # the child ever attaching (a failed start), stop keeping the end open.
+                    try:
+                        weakref.finalize(spawner, self.release, conn)
+                    except TypeError:
+                        pass
+            if self.thread is None:
+                self.thread = threading.Thread(target=self._run, name="remoteproc-queues", daemon=True)
+                self.thread.start()
+        self.wake()
+
+    def wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"\0")
+        except (BlockingIOError, OSError):
+            pass
+
+    def release(self, conn) -> None:
+        """The child has its end (or never will): close the owner's copy so EOF can be seen."""
+        with self.lock:
+            child_end = self.pending.pop(conn, None)
+        if child_end is not None:
+            child_end.close()
+
+    def drop(self, conn) -> None:
+        with self.lock:
+            obj = self.objs.pop(conn, None)
+            child_end = self.pending.pop(conn, None)
+        if child_end is not None:
+            child_end.close()
+        if obj is None:
+            conn.close()
+            return
+        with obj._lock:         # nobody may be sending on it while it closes
+            obj._forget(conn)
+            conn.close()
+
+    def attached(self, obj) -> int:
+        with self.lock:
+            return sum(1 for o in self.objs.values() if o is obj)
+
+    # -- the server thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                if not self.objs:
+                    self.thread = None
+                    return
+                conns = list(self.objs)
+            ready = _wait(conns + [self.wake_r], self._timeout())
+            for conn in ready:
+                if conn is self.wake_r:
+                    try:
+                        while os.read(self.wake_r, 4096):
+                            pass
+                    except (BlockingIOError, OSError):
+                        pass
+                else:
+                    self._serve(conn)
+            self._expire()
+
+    def _serve(self, conn) -> None:
+        obj = self.objs.get(conn)
+        if obj is None:
+            return
+        for _ in range(_READ_BATCH):
+            try:
+                msg = pickle.loads(conn.recv_bytes())
+                rid, op, args = msg[0], msg[1], msg[2:]
+            except (EOFError, OSError):
+                self.drop(conn)
+                return
+            except Exception:       # not our protocol: whoever it is, stop listening to it
+                self.drop(conn)
+                return
+            if op == P.ATTACH:
+                self.release(conn)
+            else:
+                waiter = obj._request(conn, rid, op, args)
+                if waiter is not None and waiter.deadline is not None:
+                    self.timed.append(waiter)
+            if conn.closed or not conn.poll(0):
+                return
+
+    def _timeout(self):
+        self.timed = [w for w in self.timed if not w.done]
+        if not self.timed:
+            return None
+        return max(0.0, min(w.deadline for w in self.timed) - time.monotonic())
+
+    def _expire(self) -> None:
+        if not self.timed:
+            return
+        now = time.monotonic()
+        for w in self.timed:
+            if not w.done and w.deadline <= now:
+                w.obj._time_out(w)
+
+    # -- after fork, in the child ------------------------------------------------------------
+    def abandon(self) -> None:
+        """The owner's Connections are of no use in a forked child: close our copies."""
+        for conn in list(self.objs) + list(self.pending.values()):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        for fd in (self.wake_r, self.wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+
+
+_broker: _Broker | None = None
+_broker_lock = threading.Lock()
+_live: weakref.WeakSet = weakref.WeakSet()
+
+
+def _get_broker() -> _Broker:
+    global _broker
+    with _broker_lock:
+        if _broker is None:
+            _broker = _Broker()
+        return _broker
+
+
+def _broker_running() -> bool:
+    """True while the owner's server thread runs (for tests and diagnostics)."""
+    b = _broker
+    return b is not None and b.thread is not None and b.thread.is_alive()
+
+
+# -- fork: each live object gets a fresh Pipe, the child keeps one end ---------------------------
+
+def _before_fork() -> None:
+    for obj in list(_live):
+        if obj._proxy is None and obj._owner == os.getpid():
+            try:
+                obj._fork_pair = Pipe()
+            except OSError:
+                obj._fork_pair = None
+
+
+def _after_fork_in_parent() -> None:
+    for obj in list(_live):
+        pair = obj.__dict__.pop("_fork_pair", None)
+        if pair is not None:
+            parent_end, child_end = pair
+            child_end.close()
+            _get_broker().add(parent_end, obj)
+
+
+def _after_fork_in_child() -> None:
+    global _broker, _broker_lock
+    old, _broker = _broker, None
+    _broker_lock = threading.Lock()
+    if old is not None:
+        old.abandon()
+    for obj in list(_live):
+        pair = obj.__dict__.pop("_fork_pair", None)
+        if pair is not None:
+            parent_end, child_end = pair
+            parent_end.close()
+            obj._become_proxy(child_end)
+        elif obj._proxy is None and obj._owner != os.getpid():
+            obj._proxy = _Unusable(obj._kind, obj._owner)
+
+
+class _Unusable:
+    """In a forked child that could not be given a Connection (no fds left at fork time)."""
+
+    def __init__(self, kind: str, owner: int) -> None:
+        self._why = ("this %s could not be connected to its owner (process %d) when process %d was forked "
+                     "from it; pass it to the child as a process argument instead" % (kind, owner, os.getpid()))
+
+    def __getattr__(self, name):
+        raise RuntimeError(self._why)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
+# -- the objects ---------------------------------------------------------------------------------
+
+class _Owned:
+    """What Queue and Event share: ownership, attachment, the local side of waiting."""
+
+    _kind = "object"
+
+    def __init__(self) -> None:
+        self._owner = os.getpid()
+        self._lock = threading.RLock()
+        self._proxy = None          # set in a forked child: then every call goes to the owner
+        self._closed = False
+        _live.add(self)
+
+    def _config(self) -> dict:
+        return {"owner": self._owner}
+
+    # -- crossing process boundaries ---------------------------------------------------------
+    def _attach(self, where: str, spawner):
+        if self._proxy is not None or self._owner != os.getpid():
+            raise PicklingError(
+                "this %s belongs to process %d; only that process can pass it to %s (this is process "
+                "%d, which inherited it)" % (self._kind, self._owner, where, os.getpid()), None)
+        parent_end, child_end = Pipe()
+        _get_broker().add(parent_end, self, child_end, spawner)
+        return child_end
+
+    def __remoteproc_reduce__(self, pickler):
+        """Called by remoteproc's pickler for a RemoteProcess argument: a Connection of its own."""
+        try:
+            child_end = self._attach("a remote process", mp_context.get_spawning_popen())
+        except PicklingError as exc:
+            raise PicklingError("%s on %s" % (exc, pickler.host), pickler.host) from None
+        return P.rebuild, (self._kind, child_end, self._config())
+
+    def __reduce__(self):
+        spawner = mp_context.get_spawning_popen()
+        if spawner is None:
+            raise RuntimeError(
+                "remoteproc.%s objects should only be shared between processes as process arguments "
+                "(RemoteProcess or multiprocessing.Process) or through inheritance" % self._kind)
+        child_end = self._attach("a child process", spawner)
+        return P.rebuild, (self._kind, child_end, self._config())
+
+    def _become_proxy(self, child_end) -> None:
+        self._proxy = P.rebuild(self._kind, child_end, self._config())
+
+    # -- the owner's side ------------------------------------------------------------------------
+    def _forget(self, conn) -> None:
+        """A child went away: drop whatever it was waiting for."""
+        with self._lock:
+            for waitlist in self._waitlists():
+                gone = [w for w in waitlist if w.conn is conn]
+                for w in gone:
+                    w.done = True
+                    waitlist.remove(w)
+
+    def _time_out(self, w) -> None:
+        with self._lock:
+            if not w.done:
+                w.done = True
+                w.waitlist.remove(w)
+                _send(w.conn, w.rid, P.TIMEOUT, self._timeout_value())
+
+    def _timeout_value(self):
+        return None
+
+    def _fulfil(self, w, status, value) -> bool:
+        w.done = True
+        if w.conn is None:
+            w.status, w.value = status, value
+            w.event.set()
+            return True
+        return _send(w.conn, w.rid, status, value)
+
+    def _request(self, conn, rid, op, args):
+        """Serve one request from a child (broker thread); returns its waiter if it must wait."""
+        with self._lock:
+            try:
+                result = self._start(op, args, conn, rid)
+            except Exception as exc:        # a bad request, or task_done() too often: the child raises
+                _send(conn, rid, P.ERROR, exc)
+                return None
+            if isinstance(result, _Waiter):
+                return result
+            _send(conn, rid, *result)
+            return None
+
+    def _call(self, op, *args, timeout=None):
+        """The owner's own calls: same code path as a child's request, waiting on an Event."""
+        with self._lock:
+            result = self._start(op, args, None, 0)
+        if not isinstance(result, _Waiter):
+            return result
+        w = result
+        try:
+            fired = w.event.wait(timeout)
+        except BaseException:
+            self._abandon(w)
+            raise
+        if not fired:
+            with self._lock:
+                if not w.done:
+                    w.done = True
+                    w.waitlist.remove(w)
+                    return P.TIMEOUT, self._timeout_value()
+        return w.status, w.value
+
+    def _abandon(self, w) -> None:
+        with self._lock:
+            if not w.done:
+                w.done = True
+                w.waitlist.remove(w)
+
+    def _waitlists(self):
+        return ()
+
+    def _start(self, op, args, conn, rid):
+        raise NotImplementedError
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise ValueError("%r is closed" % self)
+
+    def __repr__(self) -> str:
+        role = "proxy to pid %d" % self._owner if self._proxy is not None else "owned by pid %d" % self._owner
+        return "<remoteproc.%s %s>" % (self._kind, role)
+
+
+class Queue(_Owned):
+    """``multiprocessing.Queue`` for local and remote processes; the items live in this process.
+
+    ``put``/``get`` with ``block`` and ``timeout`` (``queue.Full``/``queue.Empty``),
+    ``qsize``, ``empty``, ``full``, ``put_nowait``, ``get_nowait``, ``close``.
+    Pass it to a ``RemoteProcess`` or a ``multiprocessing.Process`` as an argument.
+    """
+
+    _kind = "Queue"
+
+    def __init__(self, maxsize: int = 0) -> None:
+        super().__init__()
+        self._maxsize = maxsize if maxsize > 0 else 0
+        self._items: deque = deque()
+        self._getters: deque = deque()
+        self._putters: deque = deque()
+        self._unfinished = 0
+        self._joiners: deque = deque()
+
+    def _config(self) -> dict:
+        return {"owner": self._owner, "maxsize": self._maxsize}
+
+    def _waitlists(self):
+        return (self._getters, self._putters, self._joiners)
+
+    def _room(self) -> bool:
+        return not self._maxsize or len(self._items) < self._maxsize
+
+    def _accept(self, item) -> None:
+        self._items.append(item)
+        self._unfinished += 1
+
+    def _dispatch(self) -> None:
+        """Hand items to waiting getters and room to waiting putters, first come first served."""
+        progressed = True
+        while progressed:
+            progressed = False
+            while self._getters and self._items:
+                w = self._getters.popleft()
+                item = self._items.popleft()
+                if not self._fulfil(w, P.OK, item):
+                    self._items.appendleft(item)    # that child is gone: the item is not lost
+                progressed = True
+            while self._putters and self._room():
+                w = self._putters.popleft()
+                self._accept(w.item)
+                w.item = None
+                self._fulfil(w, P.OK, None)
+                progressed = True
+
+    def _start(self, op, args, conn, rid):
+        if op == P.PUT:
+            item, block, timeout = args
+            if self._room() and not self._putters:
+                self._accept(item)
+                self._dispatch()
+                return P.OK, None
+            if not block or (timeout is not None and timeout <= 0):
+                return P.TIMEOUT, None
+            w = _Waiter(self, self._putters, conn, rid, timeout, item)
+            self._putters.append(w)
+            return w
+        if op == P.GET:
+            block, timeout = args
+            if self._items:
+                item = self._items.popleft()
+                self._dispatch()
+                return P.OK, item
+            if not block or (timeout is not None and timeout <= 0):
+                return P.TIMEOUT, None
+            w = _Waiter(self, self._getters, conn, rid, timeout)
+            self._getters.append(w)
+            return w
+        if op == P.QSIZE:
+            return P.OK, len(self._items)
+        if op == P.EMPTY:
+            return P.OK, not self._items
+        if op == P.FULL:
+            return P.OK, not self._room()
+        if op == P.TASK_DONE:
+            if self._unfinished <= 0:
+                raise ValueError("task_done() called too many times")
+            self._unfinished -= 1
+            if not self._unfinished:
+                while self._joiners:
+                    self._fulfil(self._joiners.popleft(), P.OK, None)
+            return P.OK, None
+        if op == P.JOIN:
+            if not self._unfinished:
+                return P.OK, None
+            w = _Waiter(self, self._joiners, conn, rid)
+            self._joiners.append(w)
+            return w
+        raise ValueError("%s: unknown request %r" % (self._kind, op))
+
+    def _abandon(self, w) -> None:
+        with self._lock:
+            if not w.done:
+                w.done = True
+                w.waitlist.remove(w)
+            elif w.waitlist is self._getters and w.status == P.OK and w.value is not None:
+                # interrupted just after an item was handed to us: put it back, in front
+                self._items.appendleft(w.value)
+                self._dispatch()
+
+    # -- the API, in the owner (or, after fork, through the proxy) ----------------------------------
+    def put(self, obj, block: bool = True, timeout: float | None = None) -> None:
+        if self._proxy is not None:
+            return self._proxy.put(obj, block, timeout)
+        self._check_closed()
+        status, _ = self._call(P.PUT, P.dumps_item(obj), block, timeout, timeout=timeout)
+        if status == P.TIMEOUT:
+            raise _queue.Full
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        if self._proxy is not None:
+            return self._proxy.get(block, timeout)
+        self._check_closed()
+        status, item = self._call(P.GET, block, timeout, timeout=timeout)
+        if status == P.TIMEOUT:
+            raise _queue.Empty
+        return P.loads_item(item)
+
+    def put_nowait(self, obj) -> None:
+        self.put(obj, False)
+
+    def get_nowait(self):
+        return self.get(False)
+
+    def qsize(self) -> int:
+        if self._proxy is not None:
+            return self._proxy.qsize()
+        return len(self._items)
+
+    def empty(self) -> bool:
+        if self._proxy is not None:
+            return self._proxy.empty()
+        return not self._items
+
+    def full(self) -> bool:
+        if self._proxy is not None:
+            return self._proxy.full()
+        with self._lock:
+            return not self._room()
+
+    def close(self) -> None:
+        """No more ``put``/``get`` from this process; other processes keep their use of it."""
+        if self._proxy is not None:
+            return self._proxy.close()
+        self._closed = True
+
+    def join_thread(self) -> None:
+        """For API parity: there is no feeder thread (a ``put`` has left when it returns)."""
+
+    def cancel_join_thread(self) -> None:
+        """For API parity: there is no feeder thread to wait for."""
+
+
+class JoinableQueue(Queue):
+    """``multiprocessing.JoinableQueue``: ``Queue`` plus ``task_done`` and ``join``."""
+
+    _kind = "JoinableQueue"
+
+    def task_done(self) -> None:
+        if self._proxy is not None:
+            return self._proxy.task_done()
+        with self._lock:
+            self._start(P.TASK_DONE, (), None, 0)
+
+    def join(self) -> None:
+        if self._proxy is not None:
+            return self._proxy.join()
+        self._call(P.JOIN)
+
+
+class SimpleQueue(Queue):
+    """``multiprocessing.SimpleQueue``: ``put``, ``get``, ``empty``, ``close``; unbounded."""
+
+    _kind = "SimpleQueue"
+
+    def __init__(self) -> None:
+        super().__init__(0)
+
+    def put(self, obj) -> None:         # type: ignore[override]
+        super().put(obj)
+
+    def get(self):                      # type: ignore[override]
+        return super().get()
+
+
+class Event(_Owned):
+    """``multiprocessing.Event`` for local and remote processes; the flag lives in this process."""
+
+    _kind = "Event"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self._flag = False
+        self._waiters: deque = deque()
+
+    def _waitlists(self):
+        return (self._waiters,)
+
+    def _timeout_value(self):
+        return False
+
+    def _start(self, op, args, conn, rid):
+        if op == P.IS_SET:
+            return P.OK, self._flag
+        if op == P.SET:
+            self._flag = True
+            while self._waiters:
+                self._fulfil(self._waiters.popleft(), P.OK, True)
+            return P.OK, None
+        if op == P.CLEAR:
+            self._flag = False
+            return P.OK, None
+        if op == P.WAIT:
+            (timeout,) = args
+            if self._flag:
+                return P.OK, True
+            if timeout is not None and timeout <= 0:
+                return P.TIMEOUT, False
+            w = _Waiter(self, self._waiters, conn, rid, timeout)
+            self._waiters.append(w)
+            return w
+        raise ValueError("Event: unknown request %r" % (op,))
+
+    def is_set(self) -> bool:
+        if self._proxy is not None:
+            return self._proxy.is_set()
+        return self._flag
+
+    def set(self) -> None:
+        if self._proxy is not None:
+            return self._proxy.set()
+        self._call(P.SET)
+
+    def clear(self) -> None:
+        if self._proxy is not None:
+            return self._proxy.clear()
+        self._call(P.CLEAR)
+
+    def wait(self, timeout: float | None = None) -> bool:
+        if self._proxy is not None:
+            return self._proxy.wait(timeout)
+        return self._call(P.WAIT, timeout, timeout=timeout)[0] == P.OK
