@@ -1,0 +1,94 @@
+"""Queue, Event and Pool across hosts of their own (network namespaces with an sshd each),
+including a host whose network link is cut in the middle of a map."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+
+import cloudpickle
+import pytest
+
+import remoteproc
+from remoteproc import Event, Pool, Queue, RemoteProcess
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = [pytest.mark.timeout(120), pytest.mark.loopback_only]
+
+
+@pytest.fixture
+def ns(netns):
+    """(h3 spec, h4 spec, options) for the plain account on two namespace hosts."""
+    options = {"key_filename": netns.client_key, "known_hosts": netns.known_hosts, "allow_agent": False,
+               "look_for_keys": False, "ssh_config": False, "keepalive_interval": 1, "keepalive_count": 2}
+    return netns.hosts["h3"], netns.hosts["h4"], options
+
+
+def where(x):
+    import time
+
+    time.sleep(0.01)
+    return x, socket.gethostname(), os.environ.get("SSH_CONNECTION", "").split()[2:3]
+
+
+def produce(q, n, tag):
+    for i in range(n):
+        q.put((tag, i))
+
+
+def consume(q, out, n):
+    got = [q.get(timeout=30) for _ in range(n)]
+    out.put(sorted(got))
+
+
+def wait_then_report(ev, out, tag):
+    out.put((tag, ev.wait(30)))
+
+
+def test_queue_and_event_between_two_hosts(ns):
+    h3, h4, options = ns
+    q, out, ev = Queue(maxsize=4), Queue(), Event()
+    producers = [RemoteProcess(h.spec("rpuser"), target=produce, args=(q, 50, h.name), **options)
+                 for h in (h3, h4)]
+    consumer = RemoteProcess(h4.spec("rpuser"), target=consume, args=(q, out, 100), **options)
+    waiters = [RemoteProcess(h.spec("rpuser"), target=wait_then_report, args=(ev, out, h.name), **options)
+               for h in (h3, h4)]
+    for p in producers + [consumer] + waiters:
+        p.start()
+    got = out.get(timeout=60)
+    assert got == sorted([("h3", i) for i in range(50)] + [("h4", i) for i in range(50)])
+    ev.set()
+    assert sorted(out.get(timeout=30) for _ in waiters) == [("h3", True), ("h4", True)]
+    for p in producers + [consumer] + waiters:
+        p.join(30)
+        assert p.exitcode == 0
+
+
+def test_pool_map_over_two_hosts_and_a_link_cut(ns):
+    h3, h4, options = ns
+    with Pool([h3.spec("rpuser"), h4.spec("rpuser")], processes_per_host=2, **options) as pool:
+        results = pool.map(where, range(1000))
+        assert [r[0] for r in results] == list(range(1000))
+        assert {tuple(r[2]) for r in results} == {(h3.address,), (h4.address,)}   # both hosts worked
+        it = pool.imap(where, range(400))
+        outcome = []
+        try:
+            for i in range(400):
+                try:
+                    outcome.append(("ok", it.next(timeout=60)))
+                except remoteproc.ConnectionLostError as exc:
+                    outcome.append(("lost", exc))
+                if i == 40:
+                    h4.set_link(False)                    # h4 drops off the network
+        finally:
+            h4.set_link(True)
+        lost = [exc for kind, exc in outcome if kind == "lost"]
+        ok = [value for kind, value in outcome if kind == "ok"]
+        assert lost, "no task failed although a host was cut off"
+        assert all(h4.address in str(exc) for exc in lost)
+        assert len(ok) + len(lost) == 400
+        assert all(value[0] == i for i, (kind, value) in enumerate(outcome) if kind == "ok")
+        assert {h for h, _ in pool.workers()} == {h3.spec("rpuser")}
+        assert pool.map(where, range(10))[9][0] == 9
