@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import threading
+from multiprocessing import util
 from typing import Any, Sequence
 
 from . import ipc
@@ -41,6 +42,9 @@ class HubClient:
         theirs.close()
         self.sock = ours
         self.send_lock = threading.Lock()
+        # At interpreter exit, after multiprocessing has terminated and joined the remote
+        # children (its finalizers of priority >= 0 and the joins come first): stop the relay.
+        util.Finalize(None, shutdown, exitpriority=-10)
         self.reader = threading.Thread(target=self._read, name="remoteproc-hub-reader", daemon=True)
         self.reader.start()
         self.tell(("level", logging.getLogger("remoteproc").getEffectiveLevel()))

@@ -43,6 +43,9 @@ class Popen:
         del payload
         hub = hubclient.get()
         self._status = hub.start(request, [b.fd for b in bridged] + [out_fd, err_fd])
+        # Closed when this object goes, or at interpreter exit after multiprocessing has
+        # joined its children (negative priority), as popen_fork closes its sentinel.
+        self._finalizer = util.Finalize(self, self._status.close, exitpriority=-5)
         self._receiver = ipc.Receiver(self._status)
         self.sentinel = self._status.fileno()
         reply = self._next()
@@ -128,7 +131,7 @@ class Popen:
 
     def close(self) -> None:
         if self._status is not None:
-            self._status.close()
+            self._finalizer()
             self._status = None
 
 
