@@ -215,6 +215,8 @@ class Link:
         chan = self.chan
         got = False
         while True:
+            if not chan.recv_ready() and not (chan.eof_received or chan.closed):
+                break       # (cheaper than letting recv() raise its timeout)
             try:
                 data = chan.recv(1 << 20)
             except TimeoutError:
