@@ -58,6 +58,7 @@ class Supervisor:
         self.out_registered = False
         self.mux = mux.Mux(self.sel, self.send)
         self.reader = frames.FrameReader(self.mux.on_data, self.on_frame)
+        self._in_view = memoryview(bytearray(1 << 20))      # reused: see Mux._scratch
         self.modules = {}       # forwarded modules: name -> entry (None: not found there either)
         self.waiting = {}       # module name -> import sockets of children waiting for it
         self.procs = {}         # id -> Proc, for children not yet reaped
@@ -109,17 +110,17 @@ class Supervisor:
     # -- input ----------------------------------------------------------------
     def _on_input(self, mask):
         try:
-            data = os.read(self.fd_in, 1 << 20)
+            n = os.readv(self.fd_in, [self._in_view])
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
-            data = b""
-        if not data:
+            n = 0
+        if not n:
             if not self.reader.idle:
                 _log("the channel ended in the middle of a frame")
             self._stop("the channel closed")
             return
-        self.reader.feed(data)
+        self.reader.feed(self._in_view[:n])
 
     def on_frame(self, ftype, sid, value, payload):
         if ftype != frames.CONTROL:
