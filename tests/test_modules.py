@@ -46,6 +46,11 @@ def package(tmp_path, monkeypatch):
             def boom():
                 raise RuntimeError("raised in a forwarded module")
 
+            def compiled_before_import(conn, name):
+                import sys
+                importer = sys.meta_path[-1]
+                conn.send("code" in (importer.cache.get(name) or {}))
+
             def needs_extension():
                 from . import fastmath  # noqa: F401
         """,
@@ -200,3 +205,16 @@ def test_a_test_module_that_imports_pytest_and_remoteproc(plain_user_host, plain
         assert p.exitcode == 0
     finally:
         del sys.modules[name]
+
+
+def test_later_children_inherit_compiled_modules(plain_user_host, plain_user_options, package):
+    """The first child compiles a forwarded module and gives the code to the agent; children
+    forked later neither ask for it nor compile it."""
+    name, jobs, _root = package
+    p, conn = _run(plain_user_host, plain_user_options, jobs.crunch, 1)
+    assert conn.recv() == 3
+    p.join(30)
+    p, conn = _run(plain_user_host, plain_user_options, jobs.compiled_before_import, name + ".helpers")
+    assert conn.recv() is True
+    p.join(30)
+    assert p.exitcode == 0

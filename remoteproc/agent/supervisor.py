@@ -17,6 +17,7 @@ import time
 from . import PROTOCOL_VERSION, child, frames, mux
 
 GRACE = 2.0     # seconds from SIGTERM to SIGKILL when cleaning up
+MAX_IMPORT_LINE = 64 << 20      # bytes of one message on a child's import socket
 
 
 class Proc:
@@ -238,12 +239,20 @@ class Supervisor:
             sock.close()
             return
         state[1] += data
-        if len(state[1]) > 65536:
-            raise frames.ProtocolError("a child sent an import request over 64 KiB")
+        if len(state[1]) > MAX_IMPORT_LINE:
+            _log("a child's module message is over %d bytes; ignoring that child's imports" % MAX_IMPORT_LINE)
+            self.sel.unregister(sock)
+            del self.import_socks[sock]
+            sock.close()
+            return
         while b"\n" in state[1]:
             line, state[1] = state[1].split(b"\n", 1)
             try:
-                name = str(json.loads(line)["name"])
+                msg = json.loads(line)
+                if "compiled" in msg:
+                    self._learn(str(msg["compiled"]), msg["code"])
+                    continue
+                name = str(msg["name"])
             except (ValueError, KeyError, TypeError):
                 continue
             if name in self.modules:
@@ -254,9 +263,22 @@ class Supervisor:
                 if first:
                     self.control({"op": "import", "id": state[0], "name": name})
 
+    def _learn(self, name, encoded):
+        """A child compiled a forwarded module: keep the code for children forked later."""
+        import base64
+        import marshal
+        import types
+
+        entry = self.modules.get(name)
+        if entry and "src" in entry and "code" not in entry:
+            code = marshal.loads(base64.b64decode(encoded))
+            if isinstance(code, types.CodeType):
+                entry["code"] = code
+
     def _answer(self, sock, name):
         top = name.split(".")[0]
-        reply = {n: e for n, e in self.modules.items() if n == name or n.split(".")[0] == top}
+        reply = {n: (e and {k: v for k, v in e.items() if k != "code"})
+                 for n, e in self.modules.items() if n == name or n.split(".")[0] == top}
         try:
             sock.sendall(json.dumps(reply).encode() + b"\n")
         except OSError:
