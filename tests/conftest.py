@@ -186,3 +186,24 @@ def _stop_relay_at_the_end() -> Iterator[None]:
     from remoteproc import hubclient
 
     hubclient.shutdown()
+
+
+@pytest.fixture
+def scripts() -> Iterator[Any]:
+    """write(name, source) -> path of a script file readable by every account (rpuser too)."""
+    import shutil
+    import tempfile
+    import textwrap
+
+    directory = tempfile.mkdtemp(prefix="remoteproc-scripts-")
+    os.chmod(directory, 0o755)
+
+    def write(name: str, source: str) -> str:
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(source))
+        os.chmod(path, 0o644)
+        return path
+
+    yield write
+    shutil.rmtree(directory, ignore_errors=True)

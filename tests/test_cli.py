@@ -12,11 +12,9 @@ import signal
 import socket
 import subprocess
 import sys
-import tempfile
-import textwrap
-import time
 
 import pytest
+from proctable import gone
 
 from remoteproc import cli
 from remoteproc.testing import current_user
@@ -43,35 +41,6 @@ def flags(sshd):
     """Flags that reach the loopback sshd without any ssh_config."""
     return ["-p", str(sshd.port), "-l", current_user(), "-i", sshd.client_key,
             "--known-hosts", sshd.known_hosts, "-F", "none"]
-
-
-@pytest.fixture
-def scripts():
-    directory = tempfile.mkdtemp(prefix="remoteproc-cli-")
-    os.chmod(directory, 0o755)
-
-    def write(name, source):
-        path = os.path.join(directory, name)
-        with open(path, "w") as f:
-            f.write(textwrap.dedent(source))
-        os.chmod(path, 0o644)
-        return path
-
-    yield write
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def _gone(pid, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                if f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def _free_port():
@@ -182,14 +151,14 @@ def test_run_ctrl_c_terminates_the_remote_script(alias, scripts, whole_group):
     try:
         line = proc.stdout.readline()       # the script's first message: its pid
         pid = int(line)
-        assert not _gone(pid, 0)
+        assert not gone(pid, 0)
         if whole_group:
             os.killpg(proc.pid, signal.SIGINT)      # what a terminal's Ctrl-C does
         else:
             os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(30) == cli.EXIT_INTERRUPTED
         assert "interrupted" in proc.stderr.read()
-        assert _gone(pid), "the remote script outlived Ctrl-C"
+        assert gone(pid), "the remote script outlived Ctrl-C"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)

@@ -17,6 +17,7 @@ from multiprocessing.connection import wait
 
 import cloudpickle
 import pytest
+from proctable import children_of, gone, ppid
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess, hubclient
@@ -26,36 +27,6 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 pytestmark = [pytest.mark.timeout(180), pytest.mark.loopback_only]   # reads this machine's /proc
 
 LOST_WITHIN = 30.0     # seconds: the documented bound for noticing a lost connection here
-
-
-def _ppid(pid: int) -> int:
-    with open("/proc/%d/stat" % pid) as f:
-        return int(f.read().rsplit(")", 1)[1].split()[1])
-
-
-def _gone(pid: int, timeout: float = 15.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                if f.read().rsplit(")", 1)[1].split()[0] == "Z":
-                    return True
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        time.sleep(0.05)
-    return False
-
-
-def _children_of(pid: int) -> list[int]:
-    out = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if _ppid(int(name)) == pid:
-                    out.append(int(name))
-            except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
-                pass
-    return out
 
 
 def streamer(conn):
@@ -135,15 +106,15 @@ def _check_bystander(conn):
 
 def test_sshd_session_killed_mid_transfer(host, ssh_options, bystander):
     p, conn, pid = _start(host, ssh_options, streamer)
-    agent = _ppid(pid)
-    session = _ppid(agent)          # sshd's process for this connection
+    agent = ppid(pid)
+    session = ppid(agent)          # sshd's process for this connection
     with open("/proc/%d/cmdline" % session, "rb") as f:
         assert b"sshd" in f.read()
     conn.recv_bytes()               # the transfer is under way
     os.kill(session, signal.SIGKILL)
     assert _drain_until_eof(conn, LOST_WITHIN) < LOST_WITHIN
     _assert_lost(p)
-    assert _gone(pid) and _gone(agent), "remote processes outlived their sshd session"
+    assert gone(pid) and gone(agent), "remote processes outlived their sshd session"
     _check_bystander(bystander)
     # The host is usable again at once: a new connection is made.
     p2, conn2, _ = _start(host, ssh_options, echo)
@@ -169,13 +140,13 @@ def test_remote_child_killed(host, ssh_options):
 
 def test_remote_agent_killed(host, ssh_options, bystander):
     p, conn, pid = _start(host, ssh_options, sleeper)
-    agent = _ppid(pid)
+    agent = ppid(pid)
     os.kill(agent, signal.SIGKILL)
     _assert_lost(p)
     assert "agent" in str(p.connection_error) or "closed" in str(p.connection_error)
     with pytest.raises(EOFError):
         conn.recv()
-    assert _gone(pid), "the child outlived its agent"
+    assert gone(pid), "the child outlived its agent"
     _check_bystander(bystander)
     p2, conn2, _ = _start(host, ssh_options, echo)
     conn2.close()
@@ -210,12 +181,12 @@ def test_local_parent_killed(sshd, host, ssh_options, tmp_path):
         ready, _, _ = __import__("select").select([proc.stdout], [], [], 60)
         assert ready, "the parent script did not start its remote process"
         pid = int(proc.stdout.readline())
-        hubs = [c for c in _children_of(proc.pid)]
+        hubs = [c for c in children_of(proc.pid)]
         assert hubs, "no relay process under the parent"
         proc.kill()
         proc.wait(10)
-        assert all(_gone(h) for h in hubs), "the relay process outlived its parent"
-        assert _gone(pid), "the remote child outlived the local parent"
+        assert all(gone(h) for h in hubs), "the relay process outlived its parent"
+        assert gone(pid), "the remote child outlived the local parent"
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -250,7 +221,7 @@ def test_relay_killed_ends_processes_and_a_new_relay_starts(host, ssh_options):
     os.kill(hub.proc.pid, signal.SIGKILL)
     hub.proc.wait(10)
     _assert_lost(p)
-    assert _gone(pid)
+    assert gone(pid)
     with pytest.raises(EOFError):
         conn.recv()
     p2, conn2, _ = _start(host, ssh_options, echo)
@@ -264,7 +235,7 @@ def test_no_listening_socket_on_either_side(host, ssh_options):
     """During a run, none of our processes (user, relay, agent, child) listens on anything."""
     p, conn, pid = _start(host, ssh_options, sleeper)
     try:
-        ours = {os.getpid(), hubclient.get().proc.pid, pid, _ppid(pid)}
+        ours = {os.getpid(), hubclient.get().proc.pid, pid, ppid(pid)}
         listening = _listening_inodes()
         for proc_pid in ours:
             for fd in os.listdir("/proc/%d/fd" % proc_pid):
@@ -348,5 +319,5 @@ def test_no_leaks_over_many_processes(host, ssh_options):
     child.close()
     agent = parent.recv()
     p.join(30)
-    live = [c for c in _children_of(agent) if not _gone(c, 0.5)]
+    live = [c for c in children_of(agent) if not gone(c, 0.5)]
     assert not live, "children left under the agent: %s" % live

@@ -11,6 +11,7 @@ from multiprocessing.connection import wait
 
 import cloudpickle
 import pytest
+from proctable import gone
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
@@ -19,20 +20,6 @@ from remoteproc import Pipe, RemoteProcess
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _wait_gone(pid: int, timeout: float = 15.0) -> bool:
-    """True once no process has ``pid`` (or it is a zombie about to be reaped)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                if f.read().split(")")[-1].split()[0] == "Z":
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def double(conn, n):
@@ -216,7 +203,7 @@ def test_terminate_and_kill_reach_the_remote_child(host, ssh_options, method, co
     getattr(p, method)()
     p.join(30)
     assert p.exitcode == code
-    assert _wait_gone(p.pid)
+    assert gone(p.pid)
 
 
 def test_eof_when_the_child_closes_or_exits(host, ssh_options):
@@ -304,7 +291,7 @@ def test_remote_children_die_with_their_connection(host, ssh_options):
     p.join(30)
     assert p.exitcode == remoteproc.CONNECTION_LOST
     assert isinstance(p.connection_error, remoteproc.ConnectionLostError)
-    assert _wait_gone(pid), "the remote child outlived its connection"
+    assert gone(pid), "the remote child outlived its connection"
     with pytest.raises(EOFError):
         parent.recv()
 

@@ -23,6 +23,7 @@ from multiprocessing.connection import wait
 
 import cloudpickle
 import pytest
+from proctable import gone
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
@@ -36,20 +37,6 @@ IMMEDIATE = 0.5
 """Seconds within which a call that must not wait returns (generous: CI machines are small)."""
 
 LocalProcess = multiprocessing.get_context("fork").Process
-
-
-def _gone(pid: int, timeout: float = 15.0) -> bool:
-    """True once ``pid`` has no process (or only a zombie about to be reaped)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                if f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-                    return True
-        except (FileNotFoundError, ProcessLookupError):
-            return True
-        time.sleep(0.05)
-    return False
 
 
 # -- targets -------------------------------------------------------------------------
@@ -291,7 +278,7 @@ def test_terminate_and_kill(host, ssh_options, is_loopback, method, code):
     assert p.exitcode == code
     assert not p.is_alive() and p not in multiprocessing.active_children()
     if is_loopback:
-        assert _gone(pid)
+        assert gone(pid)
     getattr(p, method)()        # a late signal is a no-op, as locally
     p.terminate()
     assert p.exitcode == code
@@ -600,5 +587,5 @@ def test_daemons_terminated_and_others_joined_at_interpreter_exit(sshd, tmp_path
     assert "non-daemon finished" in lines[1:], out     # joined before the parent exited
     assert elapsed < 30
     for pid in pids:
-        assert _gone(pid, 10), "remote pid %d outlived its parent" % pid
+        assert gone(pid, 10), "remote pid %d outlived its parent" % pid
     assert "Traceback" not in out.stderr, out.stderr

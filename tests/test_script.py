@@ -7,15 +7,12 @@ loopback sshd directly; the comparisons run the same script with the local pytho
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import textwrap
-import time
 
 import pytest
+from proctable import gone
 
 import remoteproc
 from remoteproc import RemoteProcess
@@ -27,36 +24,6 @@ pytestmark = pytest.mark.timeout(60)
 @pytest.fixture
 def loopback(sshd):
     return sshd.spec(), sshd.options()
-
-
-@pytest.fixture
-def scripts():
-    """write(name, source) -> path of a script readable by every account (rpuser too)."""
-    directory = tempfile.mkdtemp(prefix="remoteproc-scripts-")
-    os.chmod(directory, 0o755)
-
-    def write(name, source):
-        path = os.path.join(directory, name)
-        with open(path, "w") as f:
-            f.write(textwrap.dedent(source))
-        os.chmod(path, 0o644)
-        return path
-
-    yield write
-    shutil.rmtree(directory, ignore_errors=True)
-
-
-def _gone(pid, timeout=10.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            with open("/proc/%d/stat" % pid) as f:
-                if f.read().rsplit(")", 1)[-1].split()[0] in ("Z", "X"):
-                    return True
-        except FileNotFoundError:
-            return True
-        time.sleep(0.05)
-    return False
 
 
 REPORT = ONE_LINER + """
@@ -185,7 +152,7 @@ def test_terminate_and_kill(loopback, scripts):
         getattr(p, method)()
         p.join(30)
         assert p.exitcode == code
-        assert _gone(pid)
+        assert gone(pid)
 
 
 def test_cwd_env_and_relative_paths(loopback, scripts):
