@@ -60,12 +60,7 @@ class Hub:
                 del self.links[link.target.key]
 
     def serve(self) -> None:
-        receiver = ipc.Receiver(self.sock)
-        while True:
-            try:
-                msg, fds = receiver.recv()
-            except (EOFError, OSError):
-                break
+        for msg, fds in ipc.Receiver(self.sock):
             op = msg[0]
             if op == "start":
                 self.start(msg[1], fds)
@@ -82,10 +77,10 @@ class Hub:
         try:
             target = ssh.resolve(request["host"], request["options"])
         except RemoteProcessError as exc:
-            self._refuse(status, fds, exc)
+            ipc.refuse(status, fds, exc)
             return
         except Exception as exc:  # noqa: BLE001
-            self._refuse(status, fds, RemoteProcessError("%s: %s" % (request["host"], exc), request["host"]))
+            ipc.refuse(status, fds, RemoteProcessError("%s: %s" % (request["host"], exc), request["host"]))
             return
         while True:
             with self.links_lock:
@@ -95,15 +90,6 @@ class Hub:
             if link.submit(request, status, fds):
                 return
             self.forget(link)
-
-    def _refuse(self, status: socket.socket, fds: list[int], exc: RemoteProcessError) -> None:
-        try:
-            ipc.send(status, ("error", type(exc).__name__, str(exc)))
-        except OSError:
-            pass
-        status.close()
-        for fd in fds:
-            os.close(fd)
 
     def interrupt(self, signum, frame) -> None:
         """Ctrl-C reaches the whole foreground process group: pass it on to the remote children."""

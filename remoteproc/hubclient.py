@@ -57,12 +57,7 @@ class HubClient:
             ipc.send(self.sock, msg, fds)
 
     def _read(self) -> None:
-        receiver = ipc.Receiver(self.sock)
-        while True:
-            try:
-                msg, fds = receiver.recv()
-            except (EOFError, OSError):
-                break
+        for msg, fds in ipc.Receiver(self.sock):
             for fd in fds:
                 os.close(fd)
             if msg[0] == "log":

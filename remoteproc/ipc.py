@@ -8,6 +8,7 @@ the same user, so pickle is safe here.
 
 from __future__ import annotations
 
+import os
 import pickle
 import socket
 import struct
@@ -65,6 +66,14 @@ class Receiver:
             if not self._fill():
                 raise EOFError("the relay socket closed")
 
+    def __iter__(self):
+        """Every message, blocking, until the other end closes (or the socket fails)."""
+        while True:
+            try:
+                yield self.recv()
+            except (EOFError, OSError):
+                return
+
     def recv_ready(self):
         """Non-blocking socket: ``(messages available now, True if the peer closed)``."""
         eof = False
@@ -83,7 +92,16 @@ class Receiver:
         return out, eof
 
     def close_fds(self) -> None:
-        import os
-
         while self.fds:
             os.close(self.fds.popleft())
+
+
+def refuse(status: socket.socket, fds: Sequence[int], exc: Exception) -> None:
+    """Answer a start request with an error, and let go of everything it brought."""
+    try:
+        send(status, ("error", type(exc).__name__, str(exc)))
+    except OSError:
+        pass            # nobody is listening any more
+    status.close()
+    for fd in fds:
+        os.close(fd)

@@ -412,13 +412,7 @@ class Link:
             self.dead = True
             todo, self.pending = list(self.pending), deque()
         for _request, status_sock, fds in todo:
-            try:
-                ipc.send(status_sock, ("error", type(exc).__name__, str(exc)))
-            except OSError:
-                pass
-            status_sock.close()
-            for fd in fds:
-                os.close(fd)
+            ipc.refuse(status_sock, fds, exc)
 
     def _finish(self) -> None:
         """Flush what the parent still has to get (bounded), close everything, leave the hub."""
