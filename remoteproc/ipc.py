@@ -91,9 +91,6 @@ class Receiver:
             msg = self._parse()
         return out, eof
 
-    def close_fds(self) -> None:
-        while self.fds:
-            os.close(self.fds.popleft())
 
 
 def refuse(status: socket.socket, fds: Sequence[int], exc: Exception) -> None:
