@@ -176,8 +176,8 @@ class Link:
             if now - self.last_ping >= interval and now - self.last_heard >= interval:
                 self.last_ping = now
                 self.send(frames.control({"op": "ping", "t": now}))
-            if self.closing and not self.jobs:
-                return
+            if self.closing:
+                return      # asked to close (the user's process is gone, or idle): the agent cleans up
             if not self.jobs and not self.mux.streams and not self.pending:
                 if now - self.idle_since > self.target.idle_timeout:
                     with self.lock:
