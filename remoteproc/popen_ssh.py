@@ -73,8 +73,9 @@ class Popen:
         try:
             if self.returncode is None and self._status is not None:
                 if flag == os.WNOHANG:
-                    ready, _, _ = select.select([self.sentinel], [], [], 0)
-                    if not ready:
+                    poller = select.poll()      # (select.select fails for fds >= 1024)
+                    poller.register(self.sentinel, select.POLLIN)
+                    if not poller.poll(0):
                         return None
                 msg = self._next()
                 if msg[0] == "exited":

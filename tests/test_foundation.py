@@ -349,3 +349,35 @@ def test_round_trip_through_the_paramiko_fallback_server():
         assert parent.recv() == 8
         p.join(30)
         assert p.exitcode == 0
+
+
+def test_high_file_descriptors(host, ssh_options):
+    """A program with over 1024 fds open (select() cannot watch those) still starts, polls
+    and joins its remote processes."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and hard < 1200:
+        pytest.skip("the fd limit here is %d" % hard)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, 1200), hard))
+    filler = []
+    try:
+        null = os.open(os.devnull, os.O_RDONLY)
+        filler.append(null)
+        while filler[-1] < 1100:
+            filler.append(os.dup(null))
+        parent, child = Pipe()
+        p = RemoteProcess(host, target=echo, args=(child,), **ssh_options)
+        p.start()
+        child.close()
+        assert p.sentinel > 1024
+        assert p.is_alive() is True         # a non-blocking poll of a high fd
+        parent.send_bytes(b"ten")
+        assert parent.recv_bytes() == b"ten"
+        parent.close()
+        p.join(30)
+        assert p.is_alive() is False and p.exitcode == 0
+    finally:
+        for fd in filler:
+            os.close(fd)
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
