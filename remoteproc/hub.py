@@ -18,6 +18,7 @@ import sys
 import threading
 
 from . import ipc, ssh
+from .agent.supervisor import raise_fd_limit
 from .errors import RemoteProcessError
 from .relay import Link
 
@@ -122,6 +123,7 @@ def _preload() -> None:
 def main(fd: int) -> None:
     """Entry point of the relay process; ``fd`` is its end of the socketpair."""
     threading.Thread(target=_preload, name="remoteproc-preload", daemon=True).start()
+    raise_fd_limit()        # every remote process costs the relay about four fds
     sock = socket.socket(fileno=fd)
     hub = Hub(sock)
     root = logging.getLogger("remoteproc")

@@ -280,3 +280,47 @@ def test_agent_kills_its_children_when_the_channel_closes():
     else:
         os.kill(pid, signal.SIGKILL)
         raise AssertionError("the agent left its child running")
+
+
+def _limits(pid: int) -> tuple[int, int]:
+    with open("/proc/%d/limits" % pid) as f:
+        line = next(x for x in f if x.startswith("Max open files"))
+    return int(line.split()[3]), int(line.split()[4])
+
+
+def test_agent_raises_its_fd_limit_and_children_get_the_usual_one():
+    import io
+    import pickle
+    import resource
+    from multiprocessing import context
+
+    import cloudpickle
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or hard <= 256:
+        pytest.skip("needs a finite hard limit above 256")
+    buf = io.BytesIO()
+    proc = context.Process(target=time.sleep, args=(30,))
+    context.set_spawning_popen(proc)
+    try:
+        cloudpickle.dump(proc, buf)
+    finally:
+        context.set_spawning_popen(None)
+    pickle.dump({}, buf)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))     # the agent inherits 256
+    try:
+        agent = LocalAgent()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+    agent.send(frames.control({"op": "start", "id": 1, "streams": [], "stdout": 1, "stderr": 2},
+                              buf.getvalue()))
+    started = agent.read_control(10)
+    try:
+        assert _limits(agent.proc.pid) == (hard, hard)      # the agent (sh exec'd into python)
+        deadline = time.monotonic() + 10
+        while _limits(started["pid"])[0] != 256 and time.monotonic() < deadline:
+            time.sleep(0.05)            # the child restores the limit right after fork
+        assert _limits(started["pid"]) == (256, hard)
+    finally:
+        os.kill(started["pid"], signal.SIGKILL)
+        agent.finish()

@@ -12,6 +12,7 @@ import sys
 import threading
 
 _fds = {}           # placeholder index -> fd of the child's end
+NOFILE = None       # the open-files limit the agent had before it raised its own
 GRACE = 2.0         # seconds between SIGTERM and SIGKILL when the agent vanishes
 
 
@@ -167,6 +168,10 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
     code = 1
     try:
         _reset_signals()
+        if NOFILE is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_NOFILE, NOFILE)   # the user's code gets the usual limit
         os.setpgid(0, 0)
         for fd in close_fds:
             try:
