@@ -441,5 +441,8 @@ def main(fd_in, fd_out):
 
     import cloudpickle  # noqa: F401
 
+    # What is loaded now lives as long as the agent: keep the garbage collector from
+    # touching it, so that forked children do not copy those pages when they collect.
+    __import__("gc").freeze()
     sup.serve()
     return 0 if sup.stop_reason != "protocol error" else 2
