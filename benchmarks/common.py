@@ -158,6 +158,48 @@ def helper_header(op: str, n: int) -> bytes:
     return op.encode() + n.to_bytes(8, "big")
 
 
+def echo_round_trip(write: Callable[[bytes], Any], read_exact: Callable[[int], Any]) -> Callable[[int], float]:
+    """rt(batch): seconds per 100-byte round trip through a remote `cat`."""
+    msg = bytes(range(100))
+
+    def rt(batch: int) -> float:
+        t0 = time.perf_counter()
+        for _ in range(batch):
+            write(msg)
+            read_exact(100)
+        return (time.perf_counter() - t0) / batch
+
+    return rt
+
+
+def stream_throughput(write: Callable[[Any], Any], read_exact: Callable[[int], Any]):
+    """up(count, data) and down(count, size), in MB/s, through the sink/source helper."""
+
+    def up(count: int, data: bytes) -> float:
+        t0 = time.perf_counter()
+        write(helper_header("u", count * len(data)))
+        for _ in range(count):
+            write(data)
+        read_exact(1)
+        return count * len(data) / (time.perf_counter() - t0) / MB
+
+    def down(count: int, size: int) -> float:
+        t0 = time.perf_counter()
+        write(helper_header("d", count * size))
+        read_exact(count * size)
+        return count * size / (time.perf_counter() - t0) / MB
+
+    return up, down
+
+
+def measure_streams(rec, peer: str, p: dict[str, Any], up, down, block: bytes, data_64m: bytes) -> None:
+    """The four throughput figures (1 MiB and 64 MiB messages, each way)."""
+    rec.measure(peer, "up_1m", lambda: up(p["k_1m"], block), p["runs"], warmup=1)
+    rec.measure(peer, "down_1m", lambda: down(p["k_1m"], MIB), p["runs"], warmup=1)
+    rec.measure(peer, "up_64m", lambda: up(p["k_64m"], data_64m), p["runs_64m"], warmup=1)
+    rec.measure(peer, "down_64m", lambda: down(p["k_64m"], 64 * MIB), p["runs_64m"], warmup=1)
+
+
 # -- the ssh_config file OpenSSH-based peers (ssh, execnet, mitogen) use ---------------------------
 
 ALIAS = "rp-bench"

@@ -14,16 +14,17 @@ import time
 
 from .common import (
     HELLO_PY,
-    MB,
     MIB,
     cold_main,
+    echo_round_trip,
     helper_command,
-    helper_header,
+    measure_streams,
     payload,
     peer_main,
     random_block,
     recv_exact_fd,
     ssh_argv,
+    stream_throughput,
 )
 
 NAME = "ssh"
@@ -94,15 +95,7 @@ def run(cfg, rec) -> None:
                     p["cold_runs"], warmup=1)
 
     cat = Pipe(host, "cat")
-    msg = bytes(range(100))
-
-    def rt(batch: int) -> float:
-        t0 = time.perf_counter()
-        for _ in range(batch):
-            os.write(cat.w, msg)
-            cat.read_exact(100)
-        return (time.perf_counter() - t0) / batch
-
+    rt = echo_round_trip(cat.write, cat.read_exact)
     rt(20)
     rec.note(peer, "rt100", "100 bytes through remote `cat`")
     rec.measure(peer, "rt100", lambda: rt(p["rt_batch"]), runs, warmup=1)
@@ -110,30 +103,11 @@ def run(cfg, rec) -> None:
 
     helper = Pipe(host, helper_command(host["python"]))
     block = random_block()
-    data_64m = payload(64 * MIB, block)
-
-    def up(count: int, data: bytes) -> float:
-        t0 = time.perf_counter()
-        helper.write(helper_header("u", count * len(data)))
-        for _ in range(count):
-            helper.write(data)
-        recv_exact_fd(helper.r, 1)
-        return count * len(data) / (time.perf_counter() - t0) / MB
-
-    def down(count: int, size: int) -> float:
-        t0 = time.perf_counter()
-        helper.write(helper_header("d", count * size))
-        helper.read_exact(count * size)
-        return count * size / (time.perf_counter() - t0) / MB
-
+    up, down = stream_throughput(helper.write, helper.read_exact)
     try:
-        rec.measure(peer, "up_1m", lambda: up(p["k_1m"], block), runs, warmup=1)
-        rec.measure(peer, "down_1m", lambda: down(p["k_1m"], MIB), runs, warmup=1)
-        rec.measure(peer, "up_64m", lambda: up(p["k_64m"], data_64m), p["runs_64m"], warmup=1)
-        rec.measure(peer, "down_64m", lambda: down(p["k_64m"], 64 * MIB), p["runs_64m"], warmup=1)
+        measure_streams(rec, peer, p, up, down, block, payload(64 * MIB, block))
     finally:
         helper.close()
-
 
 if __name__ == "__main__":
     if sys.argv[1] == "--cold":

@@ -14,16 +14,17 @@ import time
 
 from .common import (
     HELLO_PY,
-    MB,
     MIB,
     cold_main,
     cold_sample,
     cpu_load,
+    echo_round_trip,
     helper_command,
-    helper_header,
+    measure_streams,
     payload,
     peer_main,
     random_block,
+    stream_throughput,
 )
 
 NAME = "paramiko"
@@ -131,15 +132,7 @@ def run(cfg, rec) -> None:
         if not any(rec.wanted(m) for m in ("rt100", "up_1m", "down_1m", "up_64m", "down_64m")):
             return
         cat = _exec(client, "cat")
-        msg = bytes(range(100))
-
-        def rt(batch: int) -> float:
-            t0 = time.perf_counter()
-            for _ in range(batch):
-                cat.sendall(msg)
-                _recv_exact(cat, 100)
-            return (time.perf_counter() - t0) / batch
-
+        rt = echo_round_trip(cat.sendall, lambda n: _recv_exact(cat, n))
         rt(20)
         rec.note(peer, "rt100", "100 bytes through remote `cat`")
         rec.measure(peer, "rt100", lambda: rt(p["rt_batch"]), runs, warmup=1)
@@ -148,31 +141,15 @@ def run(cfg, rec) -> None:
         helper = _exec(client, helper_command(host["python"]))
         block = random_block()
         data_64m = payload(64 * MIB, block)
-
-        def up(count: int, data: bytes) -> float:
-            t0 = time.perf_counter()
-            helper.sendall(helper_header("u", count * len(data)))
-            for _ in range(count):
-                _send_all(helper, data)
-            _recv_exact(helper, 1)
-            return count * len(data) / (time.perf_counter() - t0) / MB
-
-        def down(count: int, size: int) -> float:
-            t0 = time.perf_counter()
-            helper.sendall(helper_header("d", count * size))
-            _recv_exact(helper, count * size)
-            return count * size / (time.perf_counter() - t0) / MB
-
-        rec.measure(peer, "up_1m", lambda: up(p["k_1m"], block), runs, warmup=1)
-        rec.measure(peer, "down_1m", lambda: down(p["k_1m"], MIB), runs, warmup=1)
-        rec.measure(peer, "up_64m", lambda: up(p["k_64m"], data_64m), p["runs_64m"], warmup=1)
-        rec.measure(peer, "down_64m", lambda: down(p["k_64m"], 64 * MIB), p["runs_64m"], warmup=1)
+        up, down = stream_throughput(lambda data: _send_all(helper, data), lambda n: _recv_exact(helper, n))
+        measure_streams(rec, peer, p, up, down, block, data_64m)
         data_64m = b""
         rec.note(peer, "up_1m_load", "in-process paramiko: its transport thread shares the GIL with the load")
         with cpu_load():    # paramiko's transport thread shares this process's GIL with the load
             rec.measure(peer, "up_1m_load", lambda: up(p["k_1m"], block), runs, warmup=1)
         helper.close()
         cat = _exec(client, "cat")
+        rt = echo_round_trip(cat.sendall, lambda n: _recv_exact(cat, n))
         rt(20)
         with cpu_load():
             rec.measure(peer, "rt100_load", lambda: rt(p["load_batch"]), runs, warmup=1)

@@ -30,7 +30,7 @@ class Popen:
         self.host = process_obj._host
         self._status = None
         self._lock = threading.Lock()     # one reader of the status socket at a time
-        payload, bridged = reduction.dumps_process(process_obj, self.host, type(process_obj)._remote_class())
+        payload, bridged = reduction.dumps_process(process_obj, self.host)
         out_fd = _fileno(sys.stdout, 1)
         err_fd = _fileno(sys.stderr, 2)
         request = {

@@ -46,10 +46,6 @@ class RemoteProcess(mp_process.BaseProcess):
 
         return Popen(process_obj)
 
-    @classmethod
-    def _remote_class(cls) -> type:
-        return RemoteProcess
-
     @property
     def host(self) -> str:
         """The host spec this process runs on, as given."""

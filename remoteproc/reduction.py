@@ -17,6 +17,7 @@ import stat
 import types
 from multiprocessing import context as mp_context
 from multiprocessing.connection import _ConnectionBase
+from multiprocessing.process import BaseProcess
 
 import cloudpickle
 from cloudpickle.cloudpickle import _code_reduce
@@ -59,10 +60,9 @@ def _refusal(obj) -> str:
 
 
 class _Pickler(cloudpickle.Pickler):
-    def __init__(self, file, host: str, process_cls: type) -> None:
+    def __init__(self, file, host: str) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.host = host
-        self.process_cls = process_cls
         self.bridged: list[Bridged] = []
         self.files: set[str] = set()
         self._by_fd: dict[int, int] = {}
@@ -82,8 +82,9 @@ class _Pickler(cloudpickle.Pickler):
             raise PicklingError("a %s cannot be passed to a remote process on %s: it rests on shared "
                                 "memory or semaphores of this host. %s" % (type(obj).__name__, self.host, refused),
                                 self.host)
-        if obj is self.process_cls:
-            # The remote host has multiprocessing, not remoteproc: run there as a plain Process.
+        if isinstance(obj, type) and obj.__module__.startswith("remoteproc.") and issubclass(obj, BaseProcess):
+            # RemoteProcess, RemoteScript (as a class of the object or a base of the user's
+            # subclass): the remote host has multiprocessing, so it runs as a plain Process.
             return getattr, (mp_context, "Process")
         return super().reducer_override(obj)
 
@@ -130,7 +131,7 @@ class _Shipped:
 _LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error")
 
 
-def dumps_process(process_obj, host: str, process_cls: type) -> tuple[bytes, list[Bridged]]:
+def dumps_process(process_obj, host: str) -> tuple[bytes, list[Bridged]]:
     """Pickle ``process_obj`` for ``rebuild_process`` on the remote side.
 
     Returns the payload and the Connections to bridge, in placeholder order.
@@ -139,7 +140,7 @@ def dumps_process(process_obj, host: str, process_cls: type) -> tuple[bytes, lis
     state = {k: v for k, v in process_obj.__dict__.items() if k not in _LOCAL_ONLY}
     state["_popen"] = None      # as in a local child: current_process().exitcode is None
     buf = io.BytesIO()
-    pickler = _Pickler(buf, host, process_cls)
+    pickler = _Pickler(buf, host)
     mp_context.set_spawning_popen(process_obj)     # lets the authkey travel, as with spawn
     try:
         pickler.dump(_Shipped(type(process_obj), state))

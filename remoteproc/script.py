@@ -96,12 +96,6 @@ class RemoteScript(RemoteProcess):
         self._argv = argv
         self.conn = None
 
-    @classmethod
-    def _remote_class(cls) -> type:
-        # Ships as a plain multiprocessing Process whose target is run_script (shipped
-        # with the agent, so importable there): remoteproc itself is not on the host.
-        return RemoteScript
-
     @property
     def path(self) -> str:
         """The script's path on the remote host, as given."""

@@ -247,24 +247,19 @@ def test_agent_exits_on_a_truncated_frame_then_eof():
     assert "in the middle of a frame" in err
 
 
-def test_agent_kills_its_children_when_the_channel_closes():
-    import io
-    import pickle
+def _start_sleeper(agent: LocalAgent, seconds: float) -> None:
+    """Ask the agent to start a child that sleeps (a start request as the relay sends it)."""
     from multiprocessing import context
 
-    import cloudpickle
+    from remoteproc import reduction
 
-    buf = io.BytesIO()
-    proc = context.Process(target=time.sleep, args=(60,))
-    context.set_spawning_popen(proc)
-    try:
-        cloudpickle.dump(proc, buf)
-    finally:
-        context.set_spawning_popen(None)
-    pickle.dump({}, buf)
+    payload, _bridged = reduction.dumps_process(context.Process(target=time.sleep, args=(seconds,)), "local")
+    agent.send(frames.control({"op": "start", "id": 1, "streams": [], "stdout": 1, "stderr": 2}, payload))
+
+
+def test_agent_kills_its_children_when_the_channel_closes():
     agent = LocalAgent()
-    agent.send(frames.control({"op": "start", "id": 1, "streams": [], "stdout": 1, "stderr": 2},
-                              buf.getvalue()))
+    _start_sleeper(agent, 60)
     started = agent.read_control(10)
     assert started["op"] == "started"
     pid = started["pid"]
@@ -289,31 +284,17 @@ def _limits(pid: int) -> tuple[int, int]:
 
 
 def test_agent_raises_its_fd_limit_and_children_get_the_usual_one():
-    import io
-    import pickle
     import resource
-    from multiprocessing import context
-
-    import cloudpickle
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if hard == resource.RLIM_INFINITY or hard <= 256:
         pytest.skip("needs a finite hard limit above 256")
-    buf = io.BytesIO()
-    proc = context.Process(target=time.sleep, args=(30,))
-    context.set_spawning_popen(proc)
-    try:
-        cloudpickle.dump(proc, buf)
-    finally:
-        context.set_spawning_popen(None)
-    pickle.dump({}, buf)
     resource.setrlimit(resource.RLIMIT_NOFILE, (256, hard))     # the agent inherits 256
     try:
         agent = LocalAgent()
     finally:
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
-    agent.send(frames.control({"op": "start", "id": 1, "streams": [], "stdout": 1, "stderr": 2},
-                              buf.getvalue()))
+    _start_sleeper(agent, 30)
     started = agent.read_control(10)
     try:
         assert _limits(agent.proc.pid) == (hard, hard)      # the agent (sh exec'd into python)
