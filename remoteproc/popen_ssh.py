@@ -16,7 +16,7 @@ import threading
 from multiprocessing import util
 
 from . import hubclient, ipc, reduction
-from .errors import CONNECTION_LOST, ConnectionLostError, from_wire
+from .errors import CONNECTION_LOST, from_wire
 
 
 class Popen:
@@ -143,5 +143,3 @@ def _fileno(stream, default: int) -> int:
     except (AttributeError, ValueError, OSError):
         return default
 
-
-__all__ = ["Popen", "ConnectionLostError"]

@@ -29,9 +29,9 @@ SEND_PIECE = 1 << 20
 class Job:
     """One remote process as the relay sees it."""
 
-    __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams", "request")
+    __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams")
 
-    def __init__(self, job_id, status_sock, request):
+    def __init__(self, job_id, status_sock):
         self.id = job_id
         self.status = status_sock
         self.receiver = ipc.Receiver(status_sock)
@@ -40,7 +40,6 @@ class Job:
         self.error = None
         self.delivered = False
         self.streams = []
-        self.request = request
 
 
 class _WakingCondition(threading.Condition):
@@ -266,7 +265,7 @@ class Link:
 
     # -- processes ---------------------------------------------------------------------
     def _start(self, request, status_sock, fds) -> None:
-        job = Job(self.next_id, status_sock, request)
+        job = Job(self.next_id, status_sock)
         self.next_id += 1
         self.jobs[job.id] = job
         status_sock.setblocking(False)
@@ -286,7 +285,6 @@ class Link:
         if request.get("path"):
             self.sys_path = list(request["path"])
         self.send(frames.control(msg, request["payload"]))
-        request["payload"] = None
 
     def _sid(self) -> int:
         sid = self.next_sid

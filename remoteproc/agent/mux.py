@@ -72,10 +72,6 @@ class Stream:
         self.events = 0
         self.handler = None
 
-    @property
-    def closed(self) -> bool:
-        return self.fd < 0
-
 
 class Mux:
     """All streams of one frame channel, driven by a selector.
