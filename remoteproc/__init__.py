@@ -4,7 +4,10 @@
 over SSH; the ``Connection`` ends it was given keep working across hosts.
 """
 
-from multiprocessing import Pipe
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
 
 from .errors import (
     CONNECTION_LOST,
@@ -18,11 +21,37 @@ from .errors import (
     ProtocolError,
     RemoteProcessError,
 )
-from .executor import Executor
-from .pool import Pool
-from .process import RemoteProcess
-from .queues import Event, JoinableQueue, Queue, SimpleQueue
-from .script import RemoteScript, run
+
+if TYPE_CHECKING:
+    from multiprocessing import Pipe
+
+    from .executor import Executor
+    from .pool import Pool
+    from .process import RemoteProcess
+    from .queues import Event, JoinableQueue, Queue, SimpleQueue
+    from .script import RemoteScript, run
+
+# Imported on first use (PEP 562): the relay process and remote children import this
+# package too, and need none of these; ``import remoteproc`` stays cheap for everyone.
+_LAZY = {
+    "Pipe": "multiprocessing", "Executor": ".executor", "Pool": ".pool", "RemoteProcess": ".process",
+    "Event": ".queues", "JoinableQueue": ".queues", "Queue": ".queues", "SimpleQueue": ".queues",
+    "RemoteScript": ".script", "run": ".script",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError("module 'remoteproc' has no attribute %r" % name)
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY))
+
 
 __version__ = "0.1.0"
 

@@ -2,7 +2,7 @@
 
 The remote host needs nothing but a Python interpreter: the command is a one-line
 stub that reads a zlib-compressed blob of exactly N bytes from stdin and executes
-it; the blob holds the agent's modules and cloudpickle's, as source.  The local
+it; the blob holds the agent's modules and cloudpickle's, compiled here.  The local
 side sends nothing more until the agent's hello, so the stub can never read past
 its blob.
 """
@@ -48,11 +48,16 @@ def coverage_env() -> tuple[str, str] | None:
 
 @functools.cache
 def agent_blob(real_paths: bool = False) -> bytes:
-    """The compressed source the stub executes: boot.py, then ``_boot(sources)``.
+    """The compressed blob the stub runs: ``marshal`` of (boot.py's code, shipped modules).
 
+    The modules (the agent's and cloudpickle's) are compiled here, without docstrings,
+    so that the remote interpreter only loads them: compiling them there took 25-35 ms
+    of every cold start, for 27 KB less to send (64 KB instead of 37 KB of source).
+    The stub has checked that the remote runs this major.minor, whose bytecode this is.
     Shipped modules are named ``<remoteproc>/...`` in remote tracebacks, or by their
     local paths with ``real_paths`` (for coverage measurement of the agent).
     """
+    import marshal
     import zlib
 
     here = os.path.dirname(os.path.abspath(__file__))
@@ -61,12 +66,16 @@ def agent_blob(real_paths: bool = False) -> bytes:
         if mod != "remoteproc.agent.boot":
             sources[mod] = entry
     sources.update(_package_sources("cloudpickle"))
-    if not real_paths:
-        sources = {mod: (is_pkg, text, "") for mod, (is_pkg, text, _path) in sources.items()}
-    with open(os.path.join(here, "agent", "boot.py"), encoding="utf-8") as f:
-        boot = f.read()
-    text = boot + "\n_boot(%r)\n" % (sources,)
-    return zlib.compress(text.encode("utf-8"), 6)     # 9 costs 10 ms more for the same size
+    modules = {}
+    for mod, (is_pkg, text, path) in sources.items():
+        if not real_paths or not path:
+            path = "<remoteproc>/%s%s" % (mod.replace(".", "/"), "/__init__.py" if is_pkg else ".py")
+        modules[mod] = (is_pkg, compile(text, path, "exec", dont_inherit=True, optimize=2), path)
+    boot_path = os.path.join(here, "agent", "boot.py")
+    with open(boot_path, encoding="utf-8") as f:
+        boot = compile(f.read() + "\n_boot(m)\n", boot_path if real_paths else "<remoteproc>/boot.py", "exec",
+                       dont_inherit=True)
+    return zlib.compress(marshal.dumps((boot, modules)), 6)     # 9 costs 10 ms more for the same size
 
 
 #: exit status of the stub when the interpreter is not the local major.minor version
@@ -88,10 +97,11 @@ def command(python: str) -> str:
         python = "env COVERAGE_PROCESS_START=%s COVERAGE_FILE=%s %s" % (shlex.quote(cov[0]), shlex.quote(cov[1]),
                                                                         python)
     ours = sys.version_info[:2]
-    stub = ('import os,sys,zlib;v=sys.version_info;v[:2]==(%d,%d) or (sys.stderr.write('
+    stub = ('import marshal,os,sys,zlib;v=sys.version_info;v[:2]==(%d,%d) or (sys.stderr.write('
             '"remoteproc: %%s is Python %%d.%%d.%%d at %%s\\n"%%(%r,v[0],v[1],v[2],sys.executable)),'
             'sys.stderr.flush(),os._exit(%d));b=b"";'
-            'exec("while len(b)<%d:b+=os.read(0,%d-len(b)) or os._exit(9)");exec(zlib.decompress(b))'
+            'exec("while len(b)<%d:b+=os.read(0,%d-len(b)) or os._exit(9)");'
+            'b,m=marshal.loads(zlib.decompress(b));exec(b)'
             % (ours[0], ours[1], python, WRONG_VERSION, n, n))
     return "exec %s -c %s" % (python, shlex.quote(stub))
 

@@ -10,15 +10,17 @@ remote agent kills what it started.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import signal
 import socket
 import sys
 import threading
+import types
 
-from . import ipc, ssh
-from .agent.supervisor import raise_fd_limit
+from . import bootstrap, ipc, ssh
+from .agent.mux import raise_fd_limit
 from .errors import RemoteProcessError
 from .relay import Link
 
@@ -110,14 +112,51 @@ class Hub:
 
 
 def _preload() -> None:
-    """Import paramiko while the user's process is still busy elsewhere.
+    """Import paramiko and build the agent's blob while the user's process is still busy
+    elsewhere (and then while the first connection waits for the network).
 
     paramiko imports ``invoke`` (about 100 ms) only for its own ``Match exec`` support,
     which remoteproc does not use (ssh.py evaluates the config itself).
     """
     if "invoke" not in sys.modules:
         sys.modules["invoke"] = None    # type: ignore[assignment]
-    import paramiko  # noqa: F401
+    _import_paramiko()
+    bootstrap.agent_blob(bool(bootstrap.coverage_env()))
+
+
+def _import_paramiko() -> None:
+    if "paramiko" in sys.modules or "importlib.metadata" in sys.modules:
+        import paramiko  # noqa: F401
+        return
+    # paramiko's __init__ asks importlib.metadata for its own version: importing that
+    # (email, zipfile, ...) and scanning sys.path costs 40-55 ms of every cold start.
+    # Answer that one question from the dist-info directory next to the package.
+    shim = types.ModuleType("importlib.metadata")
+    shim.version = _dist_version    # type: ignore[attr-defined]
+    sys.modules["importlib.metadata"] = shim
+    try:
+        import paramiko  # noqa: F401
+    finally:
+        if sys.modules.get("importlib.metadata") is shim:
+            del sys.modules["importlib.metadata"]
+        if getattr(importlib, "metadata", None) is shim:
+            del importlib.metadata
+
+
+def _dist_version(name: str) -> str:
+    """``importlib.metadata.version(name)`` for an installed package, usually without importing it."""
+    spec = importlib.util.find_spec(name)
+    if spec is not None and spec.origin:
+        site = os.path.dirname(os.path.dirname(spec.origin))
+        prefix = name.lower().replace("-", "_") + "-"
+        found = [e for e in os.listdir(site) if e.lower().startswith(prefix) and e.endswith(".dist-info")]
+        if len(found) == 1:
+            return found[0][len(prefix):-len(".dist-info")]
+    if getattr(sys.modules.get("importlib.metadata"), "version", None) is _dist_version:
+        del sys.modules["importlib.metadata"]     # not unique or not beside the package: ask properly
+    from importlib import metadata
+
+    return metadata.version(name)
 
 
 def main(fd: int) -> None:

@@ -409,25 +409,9 @@ def hello():
     }
 
 
-def raise_fd_limit():
-    """Lift the soft limit on open files to the hard one (each child costs the agent about
-    six fds); returns the limits to restore in children, or None."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
-        if soft != resource.RLIM_INFINITY and soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            return soft, hard
-    except (ImportError, ValueError, OSError):
-        pass
-    return None
-
-
 def main(fd_in, fd_out):
     """Run the agent on the given channel fds; returns the process exit status."""
-    child.NOFILE = raise_fd_limit()
+    child.NOFILE = mux.raise_fd_limit()
     sup = Supervisor(fd_in, fd_out)
     sup.control(hello())
     # Preload what every child needs, so that a fork is all a start costs.

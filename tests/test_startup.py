@@ -1,0 +1,114 @@
+"""What start-up skips, and that what it skips still works when asked for.
+
+Cold-start savings (``docs/performance.md``) come from not doing work: the package
+imports its parts on first use, the relay answers paramiko's version question without
+importlib.metadata, and the agent arrives compiled.  These tests check that each
+shortcut gives the same answers as the long way.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import marshal
+import os
+import subprocess
+import sys
+import types
+import zlib
+
+import pytest
+
+import remoteproc
+from remoteproc import bootstrap, hub
+from remoteproc.agent import frames
+
+
+def _fresh(code: str) -> dict:
+    """Run ``code`` in a new interpreter; it prints one JSON value, returned here.
+
+    (Without coverage measurement: coverage itself imports multiprocessing and more.)
+    """
+    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True,
+                         env=env)
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def test_import_remoteproc_loads_its_parts_on_first_use():
+    loaded = _fresh(
+        "import json, sys, remoteproc\n"
+        "before = sorted(m for m in sys.modules if m.startswith('remoteproc.'))\n"
+        "mp = 'multiprocessing' in sys.modules\n"
+        "pool = remoteproc.Pool\n"
+        "print(json.dumps({'before': before, 'pool': 'remoteproc.pool' in sys.modules,\n"
+        "                  'mp': mp, 'name': pool.__module__}))")
+    assert loaded["before"] == ["remoteproc.errors"]
+    assert not loaded["mp"]
+    assert loaded["pool"] and loaded["name"] == "remoteproc.pool"
+
+
+def test_lazy_names_are_the_real_objects():
+    import multiprocessing
+
+    from remoteproc import process, queues, script
+
+    assert remoteproc.RemoteProcess is process.RemoteProcess
+    assert remoteproc.Queue is queues.Queue
+    assert remoteproc.run is script.run
+    assert remoteproc.Pipe == multiprocessing.Pipe
+    assert set(remoteproc.__all__) <= set(dir(remoteproc))
+    for name in remoteproc.__all__:
+        assert getattr(remoteproc, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        remoteproc.Nope  # noqa: B018
+
+
+def test_relay_imports_neither_multiprocessing_nor_importlib_metadata():
+    got = _fresh(
+        "import json, sys\n"
+        "from remoteproc import hub\n"
+        "hub._preload()\n"
+        "import paramiko\n"
+        "print(json.dumps({'mp': 'multiprocessing' in sys.modules, 'md': 'importlib.metadata' in sys.modules,\n"
+        "                  'version': paramiko.__version__, 'client': paramiko.Transport._CLIENT_ID}))")
+    assert not got["mp"] and not got["md"]
+    assert got["version"] == importlib.metadata.version("paramiko")
+    assert got["client"] == "paramiko_" + got["version"]
+
+
+@pytest.mark.parametrize("name", ["paramiko", "cryptography", "cloudpickle", "remoteproc"])
+def test_dist_version_agrees_with_importlib_metadata(name):
+    # remoteproc is installed editable here: no dist-info beside it, so this takes the long way
+    assert hub._dist_version(name) == importlib.metadata.version(name)
+
+
+def test_dist_version_long_way_replaces_the_shim(monkeypatch):
+    shim = types.ModuleType("importlib.metadata")
+    shim.version = hub._dist_version
+    monkeypatch.setitem(sys.modules, "importlib.metadata", shim)
+    monkeypatch.delattr(importlib, "metadata")
+    assert hub._dist_version("remoteproc") == remoteproc.__version__
+    assert sys.modules["importlib.metadata"] is not shim
+
+
+def test_agent_blob_is_compiled_code_without_docstrings():
+    boot, modules = marshal.loads(zlib.decompress(bootstrap.agent_blob()))
+    assert isinstance(boot, types.CodeType)
+    assert {"remoteproc.agent.supervisor", "remoteproc.agent.mux", "cloudpickle"} <= set(modules)
+    is_pkg, code, path = modules["remoteproc.agent.mux"]
+    assert not is_pkg and isinstance(code, types.CodeType)
+    assert path == "<remoteproc>/remoteproc/agent/mux.py" == code.co_filename
+    namespace: dict = {"__name__": "shipped_frames"}
+    exec(modules["remoteproc.agent.frames"][1], namespace)      # (frames imports only the stdlib)
+    assert namespace["FrameReader"].__doc__ is None and namespace.get("__doc__") is None
+    assert namespace["header"](namespace["DATA"], 7, 3) == frames.header(frames.DATA, 7, 3)
+    assert "remoteproc.agent.boot" not in modules
+
+
+def test_stub_refuses_another_python_version_before_reading_the_blob():
+    other = "%d.%d" % (sys.version_info[0], sys.version_info[1] + 1)
+    stub = bootstrap.command("python3").replace("==(%d,%d)" % sys.version_info[:2], "==(%s)" % other.replace(".", ","))
+    proc = subprocess.run(["/bin/sh", "-c", stub], input=b"", capture_output=True, timeout=30)
+    assert proc.returncode == bootstrap.WRONG_VERSION
+    assert b"is Python %d.%d" % sys.version_info[:2] in proc.stderr
