@@ -9,8 +9,9 @@ the remote agent, the remote child, sshd) it prints CPU microseconds per round t
 milliseconds per MB, from /proc/PID/task/*/schedstat: a figure that other work on a shared
 machine disturbs far less than wall-clock time.  The same workload through a raw paramiko
 channel (``cat`` or the sink/source helper) is measured first for comparison.
-With ``--py-spy DIR`` it also records ``py-spy record --format raw`` of the relay process,
-the agent and the child (``pip install py-spy``), and prints their hottest lines.
+With ``--py-spy DIR`` it also records ``py-spy record --gil --format raw`` of the relay
+process, the agent and the child (``pip install py-spy``), and prints their hottest lines
+(``--gil``: only samples of the thread that runs Python code, not of threads waiting).
 """
 
 from __future__ import annotations
@@ -170,7 +171,7 @@ def main() -> int:
             os.makedirs(args.py_spy, exist_ok=True)
             for name, pid in (("relay", relay), ("agent", agent), ("child", child)):
                 spies.append(subprocess.Popen(
-                    ["py-spy", "record", "--nonblocking", "-r", "250", "-d", str(int(args.seconds)), "-f", "raw",
+                    ["py-spy", "record", "--nonblocking", "--gil", "-r", "250", "-d", str(int(args.seconds)), "-f", "raw",
                      "-o", os.path.join(args.py_spy, "%s-%s.txt" % (wl, name)), "--pid", str(pid)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(0.5)

@@ -192,7 +192,8 @@ class Mux:
                     n -= len(head)
                     q.popleft()
                 else:
-                    q[0] = head[n:]
+                    # a view, not a copy of the rest (partial writes of 1 MiB pieces are common)
+                    q[0] = (head if type(head) is memoryview else memoryview(head))[n:]
                     n = 0
             if s.shared and s.pollable and s.sock is None:
                 break  # one small write per wake-up: never block the loop
