@@ -171,8 +171,8 @@ def main() -> int:
             os.makedirs(args.py_spy, exist_ok=True)
             for name, pid in (("relay", relay), ("agent", agent), ("child", child)):
                 spies.append(subprocess.Popen(
-                    ["py-spy", "record", "--nonblocking", "--gil", "-r", "250", "-d", str(int(args.seconds)), "-f", "raw",
-                     "-o", os.path.join(args.py_spy, "%s-%s.txt" % (wl, name)), "--pid", str(pid)],
+                    ["py-spy", "record", "--nonblocking", "--gil", "-r", "250", "-d", str(int(args.seconds)),
+                     "-f", "raw", "-o", os.path.join(args.py_spy, "%s-%s.txt" % (wl, name)), "--pid", str(pid)],
                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
             time.sleep(0.5)
         _print("remoteproc", *_measure(procs, rp_work, args.seconds))

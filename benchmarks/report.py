@@ -197,7 +197,10 @@ def render_markdown(results: dict, analysis: str) -> str:
         "- Python %s locally; remote %s; paramiko %s; cloudpickle %s; cryptography %s" % (
             v.get("python"), v.get("remote_python"), v.get("paramiko"), v.get("cloudpickle"), v.get("cryptography")),
         "- %s; execnet %s; mitogen %s" % (v.get("openssh"), v.get("execnet"), v.get("mitogen")),
-        "- remoteproc %s at `%s`" % (v.get("remoteproc"), v.get("commit")),
+        "- remoteproc %s at `%s`%s" % (v.get("remoteproc"), v.get("commit"), (
+            "; its modules byte-compiled before the run, as `pip install` does (this machine sets "
+            "PYTHONDONTWRITEBYTECODE, which would otherwise make every relay process compile them)"
+            if m.get("bytecompiled") else "")),
         "- The chart needs matplotlib (%s): a benchmark-only dependency, as are execnet and mitogen "
         "(`pip install matplotlib execnet mitogen`); a missing peer is reported and skipped." % v.get("matplotlib"),
         "",

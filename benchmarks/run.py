@@ -233,6 +233,7 @@ def measure(args, argv) -> dict:
     results = {"started": datetime.datetime.now().isoformat(timespec="seconds"),
                "command": " ".join(["python3", "benchmarks/run.py"] + list(argv)),
                "plan": p, "machine": collect_machine(), "hosts": []}
+    results["machine"]["bytecompiled"] = _bytecompile()
     workdir = tempfile.mkdtemp(prefix="remoteproc-bench-")
     server = None
     try:
@@ -273,6 +274,14 @@ def measure(args, argv) -> dict:
     results["machine"]["loadavg_end"] = os.getloadavg()
     results["duration"] = time.monotonic() - started
     return results
+
+
+def _bytecompile() -> bool:
+    """Write remoteproc's .pyc files, as an installed package has them: with
+    PYTHONDONTWRITEBYTECODE set and no __pycache__, every cold start would compile them."""
+    import compileall
+
+    return bool(compileall.compile_dir(os.path.join(REPO, "remoteproc"), quiet=1, force=False))
 
 
 def _exists(name: str) -> bool:

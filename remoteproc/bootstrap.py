@@ -15,6 +15,7 @@ import os
 import re
 import shlex
 import sys
+import threading
 import time
 from typing import Any
 
@@ -46,7 +47,9 @@ def coverage_env() -> tuple[str, str] | None:
     return config, os.environ.get("COVERAGE_FILE") or os.path.join(os.getcwd(), ".coverage")
 
 
-@functools.cache
+_blob_lock = threading.Lock()
+
+
 def agent_blob(real_paths: bool = False) -> bytes:
     """The compressed blob the stub runs: ``marshal`` of (boot.py's code, shipped modules).
 
@@ -57,6 +60,12 @@ def agent_blob(real_paths: bool = False) -> bytes:
     Shipped modules are named ``<remoteproc>/...`` in remote tracebacks, or by their
     local paths with ``real_paths`` (for coverage measurement of the agent).
     """
+    with _blob_lock:        # (built once per process, and possibly from two threads at once)
+        return _build_blob(real_paths)
+
+
+@functools.cache
+def _build_blob(real_paths: bool) -> bytes:
     import marshal
     import zlib
 
@@ -126,15 +135,22 @@ def start_agent(transport, target) -> tuple[Any, dict, bytes]:
     the channel is closed then (and with it the remote command).
     """
     display = target.display
+    real_paths = bool(coverage_env())
+    # The blob (the first time, 10-20 ms of compiling) is built while the server sets up
+    # the session, which on a new connection takes it tens of milliseconds.
+    builder = threading.Thread(target=agent_blob, args=(real_paths,), name="remoteproc-blob", daemon=True)
+    builder.start()
     try:
         chan = transport.open_session(timeout=target.connect_timeout)
     except Exception as exc:
         raise BootstrapError("%s: the server refused a session channel: %s. Check MaxSessions in "
                              "its sshd_config." % (display, exc or type(exc).__name__), display) from None
+    finally:
+        builder.join()
     try:
         chan.exec_command(command(target.python))
         try:
-            chan.sendall(agent_blob(bool(coverage_env())))
+            chan.sendall(agent_blob(real_paths))
         except (OSError, EOFError):
             pass        # the command ended already: _read_hello reports its status and words
         hello, extra = _read_hello(chan, target)

@@ -19,7 +19,7 @@ import sys
 import threading
 import types
 
-from . import bootstrap, ipc, ssh
+from . import ipc, ssh
 from .agent.mux import raise_fd_limit
 from .errors import RemoteProcessError
 from .relay import Link
@@ -112,19 +112,13 @@ class Hub:
 
 
 def _preload() -> None:
-    """Import paramiko and build the agent's blob while the user's process is still busy
-    elsewhere (and then while the first connection waits for the network).
+    """Import paramiko while the user's process is still busy elsewhere.
 
     paramiko imports ``invoke`` (about 100 ms) only for its own ``Match exec`` support,
     which remoteproc does not use (ssh.py evaluates the config itself).
     """
     if "invoke" not in sys.modules:
         sys.modules["invoke"] = None    # type: ignore[assignment]
-    _import_paramiko()
-    bootstrap.agent_blob(bool(bootstrap.coverage_env()))
-
-
-def _import_paramiko() -> None:
     if "paramiko" in sys.modules or "importlib.metadata" in sys.modules:
         import paramiko  # noqa: F401
         return
