@@ -270,8 +270,10 @@ class Mux:
             raise frames.ProtocolError("peer overran its credit on stream %d" % sid)
         q = s.outq
         q.append(piece)
-        if len(q) == 1 and (not s.shared or not s.pollable):
-            self._write(s)      # the common case: written at once, no extra wake-up
+        if len(q) == 1 and (not s.shared or s.sock is not None or not s.pollable):
+            # the common case: written at once, no extra wake-up (a shared socket is written
+            # with MSG_DONTWAIT; only a shared blocking pipe waits until it is writable)
+            self._write(s)
         # The piece may view a read buffer that its owner reuses: keep a copy of what waits.
         # (Earlier items were copied when they arrived, so only the ends can be such views.)
         for i in (0, -1):
