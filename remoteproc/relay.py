@@ -215,15 +215,14 @@ class Link:
 
     def _on_channel(self, mask) -> None:
         chan = self.chan
-        got = False
-        while True:
-            if not chan.recv_ready() and not (chan.eof_received or chan.closed):
-                break       # (cheaper than letting recv() raise its timeout)
+        # One recv takes all that paramiko holds (RECV_ALL); data arriving later sets the
+        # channel's event again, and the selector brings us back.
+        if chan.recv_ready() or chan.eof_received or chan.closed:
             try:
                 data = chan.recv(RECV_ALL)
             except TimeoutError:
-                break
-            if not data:
+                data = None
+            if data == b"":
                 self._drain_stderr()
                 reason = "the SSH connection closed"
                 status = chan.recv_exit_status() if chan.exit_status_ready() else -1
@@ -233,13 +232,12 @@ class Link:
                     reason = "the remote agent's channel closed (agent killed?)"
                 self._lost(reason)
                 return
-            got = True
-            self.reader.feed(data)
-            if self.dead:
-                return
+            if data:
+                self.last_heard = time.monotonic()     # (also mid-frame: a big frame on a slow link)
+                self.reader.feed(data)
+                if self.dead:
+                    return
         self._drain_stderr()
-        if got:
-            self.last_heard = time.monotonic()
 
     def _drain_stderr(self) -> None:
         chan = self.chan
