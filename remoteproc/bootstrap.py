@@ -87,6 +87,13 @@ def _build_blob(real_paths: bool) -> bytes:
     return zlib.compress(marshal.dumps((boot, modules)), 6)     # 9 costs 10 ms more for the same size
 
 
+def _prebuild(real_paths: bool) -> None:
+    try:
+        agent_blob(real_paths)
+    except Exception:  # noqa: BLE001 - raised again, and reported, where the blob is used
+        pass
+
+
 #: exit status of the stub when the interpreter is not the local major.minor version
 WRONG_VERSION = 86
 _VERSION_LINE = re.compile(r"remoteproc: (.+?) is Python (\d+)\.(\d+)\.?(\S*) at (.*)")
@@ -138,7 +145,7 @@ def start_agent(transport, target) -> tuple[Any, dict, bytes]:
     real_paths = bool(coverage_env())
     # The blob (the first time, 10-20 ms of compiling) is built while the server sets up
     # the session, which on a new connection takes it tens of milliseconds.
-    builder = threading.Thread(target=agent_blob, args=(real_paths,), name="remoteproc-blob", daemon=True)
+    builder = threading.Thread(target=_prebuild, args=(real_paths,), name="remoteproc-blob", daemon=True)
     builder.start()
     try:
         chan = transport.open_session(timeout=target.connect_timeout)

@@ -141,9 +141,13 @@ def _dist_version(name: str) -> str:
     """``importlib.metadata.version(name)`` for an installed package, usually without importing it."""
     spec = importlib.util.find_spec(name)
     if spec is not None and spec.origin:
-        site = os.path.dirname(os.path.dirname(spec.origin))
+        top = os.path.dirname(spec.origin) if spec.submodule_search_locations is not None else spec.origin
         prefix = name.lower().replace("-", "_") + "-"
-        found = [e for e in os.listdir(site) if e.lower().startswith(prefix) and e.endswith(".dist-info")]
+        try:
+            found = [e for e in os.listdir(os.path.dirname(top))
+                     if e.lower().startswith(prefix) and e.endswith(".dist-info")]
+        except OSError:
+            found = []
         if len(found) == 1:
             return found[0][len(prefix):-len(".dist-info")]
     if getattr(sys.modules.get("importlib.metadata"), "version", None) is _dist_version:

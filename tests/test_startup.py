@@ -83,6 +83,21 @@ def test_dist_version_agrees_with_importlib_metadata(name):
     assert hub._dist_version(name) == importlib.metadata.version(name)
 
 
+@pytest.mark.parametrize("layout", ["module", "package"])
+def test_dist_version_of_a_module_or_package_beside_its_dist_info(tmp_path, monkeypatch, layout):
+    name = "rp_solo_%s" % layout
+    if layout == "module":
+        (tmp_path / (name + ".py")).write_text("")
+    else:
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "__init__.py").write_text("")
+    info = tmp_path / (name + "-1.2.3.dist-info")
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: %s\nVersion: 1.2.3\n" % name)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert hub._dist_version(name) == "1.2.3" == importlib.metadata.version(name)
+
+
 def test_dist_version_long_way_replaces_the_shim(monkeypatch):
     shim = types.ModuleType("importlib.metadata")
     shim.version = hub._dist_version
@@ -112,3 +127,21 @@ def test_stub_refuses_another_python_version_before_reading_the_blob():
     proc = subprocess.run(["/bin/sh", "-c", stub], input=b"", capture_output=True, timeout=30)
     assert proc.returncode == bootstrap.WRONG_VERSION
     assert b"is Python %d.%d" % sys.version_info[:2] in proc.stderr
+
+
+def test_blob_failure_in_the_builder_thread_is_raised_where_the_blob_is_used(monkeypatch):
+    from remoteproc.errors import BootstrapError
+
+    def missing(package):
+        raise BootstrapError("cannot find the %s package to ship" % package)
+
+    bootstrap._build_blob.cache_clear()
+    monkeypatch.setattr(bootstrap, "_package_sources", missing)
+    try:
+        bootstrap._prebuild(False)      # in start_agent's thread: nothing printed, nothing cached
+        with pytest.raises(BootstrapError, match="cannot find the remoteproc.agent package"):
+            bootstrap.agent_blob()
+    finally:
+        monkeypatch.undo()
+        bootstrap._build_blob.cache_clear()
+    assert marshal.loads(zlib.decompress(bootstrap.agent_blob()))[1]
