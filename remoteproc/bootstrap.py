@@ -20,7 +20,7 @@ import time
 from typing import Any
 
 from .agent import PROTOCOL_VERSION, frames
-from .errors import BootstrapError
+from .errors import BootstrapError, describe
 
 
 def _package_sources(package: str) -> dict[str, tuple[bool, str]]:
@@ -151,7 +151,7 @@ def start_agent(transport, target) -> tuple[Any, dict, bytes]:
         chan = transport.open_session(timeout=target.connect_timeout)
     except Exception as exc:
         raise BootstrapError("%s: the server refused a session channel: %s. Check MaxSessions in "
-                             "its sshd_config." % (display, exc or type(exc).__name__), display) from None
+                             "its sshd_config." % (display, describe(exc)), display) from None
     finally:
         builder.join()
     try:

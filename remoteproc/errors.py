@@ -65,3 +65,9 @@ _BY_NAME = {
 def from_wire(name: str, message: str, host: str | None) -> RemoteProcessError:
     """Rebuild an error the relay process reported by class name."""
     return _BY_NAME.get(name, RemoteProcessError)(message, host)
+
+
+def describe(exc: BaseException) -> str:
+    """An exception's words for a message, or its class name when it has none
+    (paramiko raises bare ``EOFError()``; an exception object is always true)."""
+    return str(exc) or type(exc).__name__

@@ -19,7 +19,7 @@ from collections import deque
 
 from . import bootstrap, ipc, modules
 from .agent import frames, mux
-from .errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError
+from .errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
 
 log = logging.getLogger("remoteproc.relay")
 
@@ -193,23 +193,27 @@ class Link:
 
     # -- the channel ------------------------------------------------------------------
     def send(self, *parts) -> None:
+        if self.dead:
+            return      # the channel is gone: nothing reaches the agent any more
         for p in parts:
             self.out += p
         self._flush()
 
     def _flush(self) -> None:
         chan = self.chan
-        while self.out:
+        while self.out and not self.dead:
             try:
                 with memoryview(self.out) as view:
                     n = chan.send(view[:SEND_PIECE])
             except TimeoutError:
                 return      # the window is shut; _WakingCondition wakes us when it opens
-            except OSError as exc:
-                self._lost("sending failed: %s" % exc)
-                return
+            except (OSError, EOFError) as exc:      # (paramiko raises EOFError once its socket is gone)
+                n, reason = 0, "sending failed: %s" % describe(exc)
+            else:
+                reason = "the channel closed"
             if n == 0:
-                self._lost("the channel closed")
+                self.out = bytearray()  # (not clear(): a view of the old one may outlive the call)
+                self._lost(reason)
                 return
             del self.out[:n]
 

@@ -32,7 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from .errors import AuthenticationError, ConfigError, ConnectError, HostKeyError
+from .errors import AuthenticationError, ConfigError, ConnectError, HostKeyError, describe
 
 log = logging.getLogger("remoteproc.ssh")
 
@@ -1075,7 +1075,7 @@ def connect(target: Target, jump: Connection | None = None) -> Connection:
             except (paramiko.SSHException, EOFError, OSError) as exc:
                 raise ConnectError("%s: the jump host %s could not connect to %s:%d within %gs: %s" % (
                     target.display, jump.target.display, target.hostname, target.port, target.connect_timeout,
-                    exc or type(exc).__name__), target.display) from None
+                    describe(exc)), target.display) from None
         elif target.proxy_command:
             sock, proc = _proxy_command(target)
         else:

@@ -321,3 +321,31 @@ def test_no_leaks_over_many_processes(host, ssh_options):
     p.join(30)
     live = [c for c in children_of(agent) if not gone(c, 0.5)]
     assert not live, "children left under the agent: %s" % live
+
+
+def test_send_on_a_dead_transport_marks_the_link_lost_once():
+    """paramiko raises EOFError (not OSError) from send() once its socket is gone; the
+    relay must take that as the loss, and later sends (credit frames while it flushes the
+    user's streams before closing them) must not try again and kill the relay thread."""
+    import selectors
+
+    from remoteproc import relay
+    from remoteproc.agent import mux
+    from remoteproc.errors import ConnectionLostError
+
+    class DeadChannel:
+        calls = 0
+
+        def send(self, data):
+            DeadChannel.calls += 1
+            raise EOFError()
+
+    link = relay.Link.__new__(relay.Link)      # the loop's state, without its thread or SSH
+    link.display, link.dead, link.lost, link.jobs = "h", False, None, {}
+    link.out, link.chan = bytearray(), DeadChannel()
+    link.mux = mux.Mux(selectors.DefaultSelector(), link.send)
+    link.send(b"credit")
+    assert link.dead and isinstance(link.lost, ConnectionLostError)
+    assert "sending failed: EOFError" in str(link.lost) and not link.out
+    link.send(b"more credit")
+    assert DeadChannel.calls == 1 and not link.out
