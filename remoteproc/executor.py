@@ -7,8 +7,8 @@ import weakref
 from concurrent import futures
 from typing import Any, Callable, Iterable
 
-from . import pool as _pool
 from .agent import worker
+from .scheduler import Scheduler
 
 __all__ = ["Executor"]
 
@@ -51,9 +51,8 @@ class Executor(futures.Executor):
 
     def __init__(self, hosts, processes_per_host: int | None = None, initializer: Callable | None = None,
                  initargs: Iterable = (), max_tasks_per_child: int | None = None, **ssh_options: Any) -> None:
-        self._core = _pool._Core(hosts, processes_per_host, initializer, initargs, max_tasks_per_child,
-                                 ssh_options)
-        _pool._cores.add(self._core)
+        self._core = Scheduler(hosts, processes_per_host, initializer, initargs, max_tasks_per_child,
+                               ssh_options)
         self._shutdown = False
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
 

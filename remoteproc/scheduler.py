@@ -1,0 +1,644 @@
+"""The scheduler that ``remoteproc.Pool`` and ``remoteproc.Executor`` share: workers, chunks, placement.
+
+Each worker is a ``RemoteProcess`` running ``remoteproc.agent.worker.main`` on a
+``Pipe()`` of its own.  One manager thread in the caller's process hands out
+tasks (chunks of calls) and collects results:
+
+* placement is *least busy*: the next chunk goes to the worker with the fewest
+  chunks in flight, ties broken round-robin over a worker list that interleaves
+  the hosts.  A worker gets a second chunk while it runs one (hiding the round
+  trip) only while chunks take less than ``FAST`` seconds, so a long task never
+  holds a short one back for long.  Nothing smarter: this is not a cluster
+  scheduler.
+* a worker whose connection is lost fails the chunks it was running with a
+  ``ConnectionLostError`` naming its host; its host gets no new workers, and the
+  other workers go on.  A worker that dies otherwise fails its chunks with a
+  ``RemoteProcessError`` and is replaced (so is one that reached ``maxtasksperchild``).
+* an exception raised by a task is re-raised in the caller with the remote
+  traceback attached as ``__cause__`` (a ``multiprocessing.pool.RemoteTraceback``,
+  as ``multiprocessing`` does).
+
+The manager writes tasks with non-blocking sends (a worker that is slow to read
+never stalls the others) and blocks in a selector when there is nothing to do.
+A *job* is whatever a chunk's results go to (a Pool result, an Executor future):
+the scheduler calls its ``_dispatching()``, ``_set(start, all_ok, data)`` and
+``_cancel()``.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import logging
+import os
+import pickle
+import selectors
+import socket
+import struct
+import threading
+import time
+import weakref
+from multiprocessing.connection import Pipe
+from multiprocessing.connection import wait as _wait
+from multiprocessing.pool import RemoteTraceback
+from typing import Any, Mapping
+
+from .agent import proxies, worker
+from .errors import CONNECTION_LOST, ConfigError, ConnectionLostError, PicklingError, RemoteProcessError
+from .process import RemoteProcess
+
+log = logging.getLogger("remoteproc.pool")
+
+PREFETCH = 2            # chunks in flight per worker: one running, one waiting in its pipe...
+FAST = 0.05             # ...while a chunk takes less than this (seconds, moving average), else one
+READ_BATCH = 64         # messages read from one worker before looking at the others
+TERMINATE_GRACE = 5.0   # seconds between terminate() and kill() of the workers
+
+RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
+_chunk_ids = itertools.count(1)
+
+
+def _frame(data: bytes) -> bytes:
+    """The bytes ``Connection.send_bytes(data)`` writes: the worker reads them with recv_bytes."""
+    n = len(data)
+    if n > 0x7FFFFFFF:
+        return struct.pack("!iQ", -1, n) + data
+    return struct.pack("!i", n) + data
+
+
+def parse_hosts(hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str, dict]]:
+    """``hosts`` as a list of ``(spec, options)``: each entry is a spec or ``(spec, {options})``."""
+    if isinstance(hosts, str):
+        hosts = [hosts]
+    out = []
+    for entry in hosts:
+        if isinstance(entry, str):
+            out.append((entry, dict(ssh_options)))
+        elif (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+              and isinstance(entry[1], Mapping)):
+            out.append((entry[0], {**ssh_options, **entry[1]}))
+        else:
+            raise ConfigError("a pool host is 'user@host[:port]' or ('user@host', {ssh options}), not %r"
+                              % (entry,))
+    if not out:
+        raise ConfigError("a pool needs at least one host")
+    return out
+
+
+# -- the machinery ------------------------------------------------------------------------------------
+
+class Chunk:
+    """One task message: calls ``start`` to ``start + n - 1`` of a job, framed for the worker's recv_bytes."""
+
+    __slots__ = ("cid", "job", "start", "n", "data")
+
+    def __init__(self, job, start: int, n: int, mode: int, fbytes: bytes, abytes: bytes) -> None:
+        self.cid = next(_chunk_ids)
+        self.job = job
+        self.start = start
+        self.n = n
+        self.data = _frame(pickle.dumps(("task", self.cid, mode, fbytes, abytes), pickle.HIGHEST_PROTOCOL))
+
+
+class Worker:
+    def __init__(self, host: str, options: dict, process: RemoteProcess, conn) -> None:
+        self.host = host
+        self.options = options
+        self.process = process
+        self.conn = conn
+        self.sock = socket.socket(fileno=os.dup(conn.fileno()))
+        self.out = bytearray()
+        self.outstanding: collections.deque = collections.deque()
+        self.sent = 0
+        self.pid = process.pid
+        self.agent_pid = None
+        self.cpus = None
+        self.hello = False
+        self.init_error = None
+        self.alive = True
+        self.conn_open = True
+        self.events = 0
+        self.stopping = False
+        self.busy_since = 0.0
+
+    def close(self) -> None:
+        for c in (self.conn, self.sock):
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return "<pool worker pid %s on %s>" % (self.pid, self.host)
+
+
+def _task_error(w: Worker, err) -> BaseException:
+    """An exception as the worker sent it, with the remote traceback as ``__cause__``."""
+    blob, text, summary = err
+    exc = None
+    if blob is not None:
+        try:
+            exc = pickle.loads(blob)
+        except Exception:
+            exc = None
+    if not isinstance(exc, BaseException):
+        exc = RemoteProcessError("a task on %s raised %s (the exception could not be sent back as "
+                                 "an object)" % (w.host, summary), w.host)
+    exc.__cause__ = RemoteTraceback('\n"""\nOn host %s, pool worker pid %s:\n%s"""' % (w.host, w.pid, text))
+    return exc
+
+
+class Scheduler:
+    """The workers and the manager thread of one Pool or Executor (the thread works on this, never on them)."""
+
+    def __init__(self, hosts, processes_per_host, initializer, initargs, maxtasks, ssh_options) -> None:
+        if processes_per_host is not None and (not isinstance(processes_per_host, int) or processes_per_host < 1):
+            raise ValueError("processes_per_host must be at least 1")
+        if maxtasks is not None and (not isinstance(maxtasks, int) or maxtasks <= 0):
+            raise ValueError("maxtasksperchild must be a positive int or None")
+        if initializer is not None and not callable(initializer):
+            raise TypeError("initializer must be a callable")
+        self.hosts = parse_hosts(hosts, ssh_options)
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.maxtasks = maxtasks
+        self.lock = threading.Lock()
+        self.pending: collections.deque = collections.deque()
+        self.chunks: dict[int, Chunk] = {}
+        self.workers: list[Worker] = []
+        self.lost_hosts: dict[str, str] = {}
+        self.broken_hosts: dict[str, str] = {}
+        self.feeders = 0
+        self.state = RUN
+        self.rr = 0
+        self.chunk_time = None      # moving average of a chunk's time on a worker, round trip included
+        # poll(), not epoll: a RemoteProcess sentinel may be swapped for another file under the same
+        # fd once its exit was read (by anyone, e.g. multiprocessing's _cleanup() in start()), and an
+        # epoll registration would then never fire again.
+        self.sel = selectors.PollSelector()
+        self.wake_r, self.wake_w = os.pipe()
+        os.set_blocking(self.wake_r, False)
+        os.set_blocking(self.wake_w, False)
+        self.sel.register(self.wake_r, selectors.EVENT_READ, (self._on_wake, None))
+        self.thread = None
+        self.pid = os.getpid()
+        try:
+            self._start_all(processes_per_host)
+        except BaseException:
+            for w in self.workers:
+                w.process.kill()
+            for w in self.workers:
+                w.process.join(TERMINATE_GRACE)
+                w.close()
+            self.sel.close()
+            os.close(self.wake_r)
+            os.close(self.wake_w)
+            raise
+        for w in self.workers:
+            self._register(w)
+        self.thread = threading.Thread(target=self._run, name="remoteproc-pool", daemon=True)
+        self.thread.start()
+        _schedulers.add(self)
+
+    # -- start-up ----------------------------------------------------------------------------------
+    def _spawn(self, host: str, options: dict) -> Worker:
+        parent_end, child_end = Pipe()
+        p = RemoteProcess(host, target=worker.main,
+                          args=(child_end, self.initializer, self.initargs, self.maxtasks),
+                          daemon=True, **options)
+        p.name = "remoteproc-pool-worker-%s" % p.name.split("-")[-1]
+        try:
+            p.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        return Worker(host, options, p, parent_end)
+
+    @staticmethod
+    def _hello(w: Worker) -> None:
+        """Wait for a new worker's hello (after its initializer); raise if it ends instead."""
+        _wait([w.conn, w.process.sentinel])
+        try:
+            msg = pickle.loads(w.conn.recv_bytes()) if w.conn.poll(0) else None
+        except (EOFError, OSError):
+            msg = None
+        if msg is not None and msg[0] == "hello":
+            w.hello = True
+            w.pid, w.agent_pid, w.cpus = msg[1], msg[2], msg[3]
+            return
+        w.process.join(TERMINATE_GRACE)
+        if msg is not None and msg[0] == "init-error":
+            raise RemoteProcessError("%s: the pool initializer raised:\n%s" % (w.host, msg[1]), w.host)
+        if w.process.exitcode == CONNECTION_LOST:
+            raise ConnectionLostError("%s: lost while starting a pool worker: %s"
+                                      % (w.host, w.process.connection_error), w.host)
+        raise RemoteProcessError("%s: a pool worker ended (exitcode %s) before it was ready; see its "
+                                 "stderr above" % (w.host, w.process.exitcode), w.host)
+
+    def _start_host(self, index: int, host: str, options: dict, count, out: list) -> None:
+        started: list[Worker] = []
+        try:
+            first = self._spawn(host, options)
+            started.append(first)
+            self._hello(first)
+            n = count or first.cpus or 1
+            for _ in range(n - 1):
+                started.append(self._spawn(host, options))
+            for w in started[1:]:
+                self._hello(w)
+            out[index] = started
+        except BaseException as exc:
+            out[index] = (exc, started)
+
+    def _start_all(self, count) -> None:
+        out: list = [None] * len(self.hosts)
+        threads = [threading.Thread(target=self._start_host, args=(i, h, o, count, out),
+                                    name="remoteproc-pool-start %s" % h, daemon=True)
+                   for i, (h, o) in enumerate(self.hosts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        error = None
+        per_host = []
+        for item in out:
+            if isinstance(item, tuple):
+                error = error or item[0]
+                self.workers.extend(item[1])
+            else:
+                per_host.append(item)
+        for row in itertools.zip_longest(*per_host):      # interleave the hosts: round-robin order
+            self.workers.extend(w for w in row if w is not None)
+        if error is not None:
+            raise error
+
+    def _register(self, w: Worker) -> None:
+        w.events = selectors.EVENT_READ
+        self.sel.register(w.conn.fileno(), w.events, (self._on_conn, w))
+        self.sel.register(w.process.sentinel, selectors.EVENT_READ, (self._on_sentinel, w))
+
+    # -- from the callers' threads ----------------------------------------------------------------------
+    def wake(self) -> None:
+        try:
+            os.write(self.wake_w, b"\0")
+        except OSError:
+            pass
+
+    def check_running(self) -> None:
+        if self.state != RUN:
+            raise ValueError("Pool not running")
+
+    @property
+    def size(self) -> int:
+        return max(1, sum(1 for w in self.workers if w.alive))
+
+    def make_chunks(self, job, func, mode: int, items: list, chunksize: int, start: int = 0) -> list[Chunk]:
+        """Pickle a job's calls (in the caller's thread, so errors surface there)."""
+        fbytes = self.dumps(func, "the function")
+        chunks = []
+        for i in range(0, len(items), chunksize):
+            part = items[i:i + chunksize]
+            chunks.append(Chunk(job, start + i, len(part), mode, fbytes, self.dumps(part, "the arguments")))
+        return chunks
+
+    @staticmethod
+    def dumps(obj, what: str) -> bytes:
+        try:
+            return proxies.dumps_item(obj)
+        except Exception as exc:
+            raise PicklingError("cannot send %s to the pool's workers: %s: %s" % (what, type(exc).__name__, exc))
+
+    def submit(self, chunks: list[Chunk]) -> None:
+        failed = None
+        with self.lock:
+            if self.state == CLOSE and not self.feeders:
+                raise ValueError("Pool not running")
+            if self.state == TERMINATE:
+                failed = RemoteProcessError("the pool was terminated before this task was sent")
+            elif not any(w.alive for w in self.workers):
+                failed = self._no_workers_error()
+            else:
+                self.pending.extend(chunks)
+        if failed is not None:
+            for c in chunks:
+                c.job._set(c.start, False, [(False, failed)] * c.n)
+            return
+        self.wake()
+
+    def close(self) -> None:
+        with self.lock:
+            if self.state == RUN:
+                self.state = CLOSE
+        self.wake()
+
+    def terminate(self, wait: bool = True) -> None:
+        with self.lock:
+            self.state = TERMINATE
+        self.wake()
+        if wait:
+            self.join()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self.state == RUN:
+            raise ValueError("Pool is still running")
+        if self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(timeout)
+
+    def cancel_pending(self) -> None:
+        """Executor.shutdown(cancel_futures=True): drop what no worker has started."""
+        with self.lock:
+            dropped, self.pending = list(self.pending), collections.deque()
+        for c in dropped:
+            c.job._cancel()
+
+    # -- the manager thread ------------------------------------------------------------------------
+    def _run(self) -> None:
+        terminating_since = None
+        try:
+            while True:
+                with self.lock:
+                    state = self.state
+                    if state != TERMINATE:
+                        self._dispatch()
+                    idle = not self.pending and not self.chunks and not self.feeders
+                if state == TERMINATE and terminating_since is None:
+                    terminating_since = time.monotonic()
+                    self._terminate_workers()
+                if state == CLOSE and idle:
+                    self._stop_workers()
+                live = [w for w in self.workers if w.alive]
+                if state != RUN and not live:
+                    return
+                timeout = None
+                if terminating_since is not None:
+                    waited = time.monotonic() - terminating_since
+                    if waited > 2 * TERMINATE_GRACE:
+                        log.warning("pool workers did not end: %s", live)
+                        return
+                    if waited > TERMINATE_GRACE:
+                        for w in live:
+                            w.process.kill()
+                    timeout = 0.2
+                for key, mask in self.sel.select(timeout):
+                    handler, w = key.data
+                    handler(w, mask)
+        except Exception:
+            log.exception("the pool's manager thread failed")
+            with self.lock:
+                self.state = TERMINATE
+            self._terminate_workers()
+        finally:
+            self._fail_everything(RemoteProcessError("the pool was terminated before this task finished"))
+            for w in self.workers:
+                w.close()
+            self.sel.close()
+            wake_w, self.wake_w = self.wake_w, -1
+            os.close(wake_w)
+            os.close(self.wake_r)
+
+    def _on_wake(self, _w, _mask) -> None:
+        try:
+            while os.read(self.wake_r, 4096):
+                pass
+        except (BlockingIOError, OSError):
+            pass
+
+    def _pick(self) -> Worker | None:
+        fast = self.chunk_time is not None and self.chunk_time < FAST
+        best, best_load = None, PREFETCH if fast else 1
+        n = len(self.workers)
+        for k in range(n):
+            w = self.workers[(self.rr + k) % n]
+            if not w.alive or w.stopping or not w.conn_open:
+                continue
+            if self.maxtasks is not None and w.sent >= self.maxtasks:
+                continue
+            load = len(w.outstanding)
+            if load < best_load:
+                best, best_load = w, load
+                if load == 0:
+                    break
+        if best is not None:
+            self.rr = (self.workers.index(best) + 1) % n
+        return best
+
+    def _dispatch(self) -> None:
+        """Hand pending chunks to workers (called with the lock held)."""
+        while self.pending:
+            w = self._pick()
+            if w is None:
+                return
+            chunk = self.pending.popleft()
+            if not chunk.job._dispatching():
+                continue            # a cancelled future
+            self.chunks[chunk.cid] = chunk
+            if not w.outstanding:
+                w.busy_since = time.monotonic()
+            w.outstanding.append(chunk.cid)
+            w.sent += 1
+            w.out += chunk.data
+            chunk.data = b""
+            self._flush(w)
+
+    def _flush(self, w: Worker) -> None:
+        while w.out:
+            try:
+                with memoryview(w.out) as view:
+                    n = w.sock.send(view, socket.MSG_DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                w.out.clear()       # the worker is gone; its sentinel says how
+                break
+            del w.out[:n]
+        want = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.out else 0)
+        if w.conn_open and want != w.events:
+            w.events = want
+            self.sel.modify(w.conn.fileno(), want, (self._on_conn, w))
+
+    def _on_conn(self, w: Worker, mask) -> None:
+        if mask & selectors.EVENT_WRITE:
+            with self.lock:
+                self._flush(w)
+        if mask & selectors.EVENT_READ:
+            self._read(w, READ_BATCH)
+
+    def _read(self, w: Worker, batch: int | None) -> None:
+        n = 0
+        while w.conn_open and (batch is None or n < batch):
+            try:
+                data = w.conn.recv_bytes()
+            except (EOFError, OSError):
+                self._conn_closed(w)
+                return
+            self._on_message(w, data)
+            n += 1
+            try:
+                if not w.conn.poll(0):
+                    return
+            except (EOFError, OSError):
+                self._conn_closed(w)
+                return
+
+    def _conn_closed(self, w: Worker) -> None:
+        if w.conn_open:
+            w.conn_open = False
+            try:
+                self.sel.unregister(w.conn.fileno())
+            except (KeyError, ValueError):
+                pass
+
+    def _on_message(self, w: Worker, data: bytes) -> None:
+        try:
+            msg = pickle.loads(data)
+            kind = msg[0]
+        except Exception as exc:
+            log.warning("%r sent something that is not a message (%s); ignoring it", w, exc)
+            return
+        if kind == "hello":
+            w.hello = True
+            w.pid, w.agent_pid, w.cpus = msg[1], msg[2], msg[3]
+            return
+        if kind == "init-error":
+            w.init_error = msg[1]
+            return
+        if kind not in ("result", "failed"):
+            return
+        cid = msg[1]
+        with self.lock:
+            chunk = self.chunks.pop(cid, None)
+            try:
+                w.outstanding.remove(cid)
+            except ValueError:
+                pass
+            now = time.monotonic()
+            took = now - w.busy_since
+            self.chunk_time = took if self.chunk_time is None else 0.7 * self.chunk_time + 0.3 * took
+            w.busy_since = now
+            if self.pending:
+                self._dispatch()
+        if chunk is None:
+            return
+        if kind == "failed":
+            exc = _task_error(w, msg[2])
+            chunk.job._set(chunk.start, False, [(False, exc)] * chunk.n)
+            return
+        all_ok, payload = msg[2], msg[3]
+        try:
+            values = pickle.loads(payload)
+        except Exception as exc:
+            err = RemoteProcessError("cannot unpickle the results of a task from %s: %s: %s"
+                                     % (w.host, type(exc).__name__, exc), w.host)
+            chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)
+            return
+        if not all_ok:
+            values = [(True, v) if ok else (False, _task_error(w, v)) for ok, v in values]
+        chunk.job._set(chunk.start, all_ok, values)
+
+    def _on_sentinel(self, w: Worker, _mask) -> None:
+        """A worker ended: deliver what it sent, fail what it was running, maybe replace it."""
+        if w.conn_open and _poll(w.conn):
+            self._read(w, None)
+        try:
+            self.sel.unregister(w.process.sentinel)
+        except (KeyError, ValueError):
+            pass
+        self._conn_closed(w)
+        w.process.join(TERMINATE_GRACE)
+        code = w.process.exitcode
+        w.alive = False
+        w.close()
+        state = self.state
+        if code == CONNECTION_LOST:
+            reason = "%s" % (w.process.connection_error or "connection lost")
+            err = ConnectionLostError("%s: the connection to this host was lost while pool worker pid %s ran "
+                                      "this task (%s)" % (w.host, w.pid, reason), w.host)
+            if w.host not in self.lost_hosts:
+                self.lost_hosts[w.host] = reason
+                if state == RUN:
+                    log.warning("%s: pool workers lost with their connection (%s); the other hosts go on",
+                                w.host, reason)
+        elif w.init_error is not None:
+            err = RemoteProcessError("%s: a replacement pool worker's initializer raised:\n%s"
+                                     % (w.host, w.init_error), w.host)
+            self.broken_hosts[w.host] = "its initializer raised"
+        else:
+            err = RemoteProcessError("%s: pool worker pid %s exited with exitcode %s while running this task"
+                                     % (w.host, w.pid, code), w.host)
+        with self.lock:
+            lost = [self.chunks.pop(cid) for cid in w.outstanding if cid in self.chunks]
+            w.outstanding.clear()
+        for chunk in lost:
+            chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)
+        replace = (state == RUN or (state == CLOSE and (self.pending or self.chunks or self.feeders)))
+        if replace and not w.stopping and w.host not in self.lost_hosts and w.host not in self.broken_hosts:
+            try:
+                new = self._spawn(w.host, w.options)
+            except Exception as exc:
+                log.warning("%s: cannot replace a pool worker: %s", w.host, exc)
+                self.broken_hosts[w.host] = str(exc)
+            else:
+                self.workers[self.workers.index(w)] = new
+                self._register(new)
+        if not any(x.alive for x in self.workers):
+            self._fail_everything(self._no_workers_error())
+
+    def _no_workers_error(self) -> RemoteProcessError:
+        why = dict(self.broken_hosts, **self.lost_hosts)
+        detail = "; ".join("%s: %s" % kv for kv in why.items()) or "the pool was shut down"
+        return RemoteProcessError("no pool worker is left to run this task (%s)" % detail)
+
+    def _fail_everything(self, err: BaseException) -> None:
+        with self.lock:
+            chunks = list(self.pending) + list(self.chunks.values())
+            self.pending.clear()
+            self.chunks.clear()
+            for w in self.workers:
+                w.outstanding.clear()
+        for chunk in chunks:
+            chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)
+
+    def _stop_workers(self) -> None:
+        with self.lock:
+            for w in self.workers:
+                if w.alive and not w.stopping:
+                    w.stopping = True
+                    w.out += _frame(pickle.dumps(("stop",)))
+                    self._flush(w)
+
+    def _terminate_workers(self) -> None:
+        self._fail_everything(RemoteProcessError("the pool was terminated before this task finished"))
+        for w in self.workers:
+            if w.alive:
+                w.stopping = True
+                try:
+                    w.process.terminate()
+                except Exception:
+                    pass
+
+    # -- after fork, in a child of the caller's process ------------------------------------------------
+    def abandon(self) -> None:
+        self.state = TERMINATE
+        for w in self.workers:
+            w.close()
+
+
+def _poll(conn) -> bool:
+    try:
+        return conn.poll(0)
+    except (EOFError, OSError):
+        return True
+
+
+_schedulers: weakref.WeakSet = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for core in list(_schedulers):
+        if core.pid != os.getpid():
+            core.abandon()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
