@@ -103,7 +103,8 @@ def main() -> int:
     ap.add_argument("--user", default="rpuser" if os.geteuid() == 0 else None)
     ap.add_argument("--py-spy", metavar="DIR", help="also record py-spy stacks of relay, agent and child here")
     args = ap.parse_args()
-    from remoteproc import RemoteProcess, hubclient
+    from remoteproc import RemoteProcess
+    from remoteproc.relay import client as hubclient
     from remoteproc.testing import LoopbackSSHServer, _descendants, current_user
 
     user = args.user or current_user()

@@ -41,7 +41,7 @@ def run(cfg, rec) -> None:
     # the busy-thread figures alternate with a local Pipe (a forked child) run by run: same load for both
     connbench.measure_all(rec, peer, cfg, make, local=multiprocessing.get_context("fork").Process)
     try:
-        from remoteproc import hubclient
+        from remoteproc.relay import client as hubclient
 
         hub = hubclient._hub
         if hub is not None:

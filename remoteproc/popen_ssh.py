@@ -15,8 +15,10 @@ import sys
 import threading
 from multiprocessing import util
 
-from . import hubclient, ipc, reduction
+from . import reduction
 from .errors import CONNECTION_LOST, from_wire
+from .relay import client as hubclient
+from .relay import ipc
 
 
 class Popen:

@@ -5,7 +5,8 @@ from __future__ import annotations
 from multiprocessing import process as mp_process
 from typing import Any, Callable, Iterable, Mapping
 
-from . import hubclient, ssh
+from . import ssh
+from .relay import client as hubclient
 
 
 class RemoteProcess(mp_process.BaseProcess):

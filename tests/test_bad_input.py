@@ -12,7 +12,8 @@ import cloudpickle
 import pytest
 
 import remoteproc
-from remoteproc import Pipe, RemoteProcess, hubclient
+from remoteproc import Pipe, RemoteProcess
+from remoteproc.relay import client as hubclient
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -20,7 +20,8 @@ import pytest
 from proctable import children_of, gone, ppid
 
 import remoteproc
-from remoteproc import Pipe, RemoteProcess, hubclient
+from remoteproc import Pipe, RemoteProcess
+from remoteproc.relay import client as hubclient
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -329,9 +330,9 @@ def test_send_on_a_dead_transport_marks_the_link_lost_once():
     user's streams before closing them) must not try again and kill the relay thread."""
     import selectors
 
-    from remoteproc import relay
     from remoteproc.agent import mux
     from remoteproc.errors import ConnectionLostError
+    from remoteproc.relay import link as relay
 
     class DeadChannel:
         calls = 0

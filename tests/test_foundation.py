@@ -277,7 +277,7 @@ def test_unknown_host_is_a_connect_error():
 
 @pytest.mark.loopback_only
 def test_remote_children_die_with_their_connection(host, ssh_options):
-    from remoteproc import hubclient
+    from remoteproc.relay import client as hubclient
 
     parent, child = Pipe()
     p = RemoteProcess(host, target=sleeper, args=(child,), **ssh_options)

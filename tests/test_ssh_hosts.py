@@ -22,7 +22,8 @@ import cloudpickle
 import pytest
 
 import remoteproc
-from remoteproc import Pipe, RemoteProcess, hubclient, ssh
+from remoteproc import Pipe, RemoteProcess, ssh
+from remoteproc.relay import client as hubclient
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 

@@ -20,8 +20,9 @@ import zlib
 import pytest
 
 import remoteproc
-from remoteproc import bootstrap, hub
+from remoteproc import bootstrap
 from remoteproc.agent import frames
+from remoteproc.relay import process as hub
 
 
 def _fresh(code: str) -> dict:
@@ -67,7 +68,7 @@ def test_lazy_names_are_the_real_objects():
 def test_relay_imports_neither_multiprocessing_nor_importlib_metadata():
     got = _fresh(
         "import json, sys\n"
-        "from remoteproc import hub\n"
+        "from remoteproc.relay import process as hub\n"
         "hub._preload()\n"
         "import paramiko\n"
         "print(json.dumps({'mp': 'multiprocessing' in sys.modules, 'md': 'importlib.metadata' in sys.modules,\n"

@@ -1,6 +1,6 @@
 """The relay process: owns every SSH connection of one user process.
 
-The user's process starts it on first use (``hubclient.py``) and talks to it over
+The user's process starts it on first use (``relay/client.py``) and talks to it over
 a Unix socketpair; it never opens a listening socket.  Running the SSH transport
 here keeps the message path free of the user's GIL: a CPU-bound thread in the
 user's program does not slow its remote processes' messages.  When the user's
@@ -19,10 +19,11 @@ import sys
 import threading
 import types
 
-from . import ipc, ssh
-from .agent.mux import raise_fd_limit
-from .errors import RemoteProcessError
-from .relay import Link
+from .. import ssh
+from ..agent.mux import raise_fd_limit
+from ..errors import RemoteProcessError
+from . import ipc
+from .link import Link
 
 log = logging.getLogger("remoteproc.hub")
 

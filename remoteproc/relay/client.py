@@ -17,8 +17,8 @@ import threading
 from multiprocessing import util
 from typing import Any, Sequence
 
+from ..errors import ConnectionLostError
 from . import ipc
-from .errors import ConnectionLostError
 
 log = logging.getLogger("remoteproc")
 
@@ -33,7 +33,7 @@ class HubClient:
         self.pid_owner = os.getpid()
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
-        code = ("import sys; sys.path[:0] = %r; from remoteproc.hub import main; main(%d)"
+        code = ("import sys; sys.path[:0] = %r; from remoteproc.relay.process import main; main(%d)"
                 % (_package_path() + path, theirs.fileno()))
         # -S: the relay gets this process's sys.path as it is, so the site module (and the
         # .pth files it runs, 5-40 ms) is not needed; coverage measurement needs its .pth.
@@ -85,7 +85,7 @@ class HubClient:
 
 
 def _package_path() -> list[str]:
-    return [os.path.dirname(os.path.dirname(os.path.abspath(__file__)))]
+    return [os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))]
 
 
 def _forget_in_child() -> None:

@@ -17,9 +17,10 @@ import threading
 import time
 from collections import deque
 
-from . import bootstrap, ipc, modules
-from .agent import frames, mux
-from .errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
+from .. import bootstrap, modules
+from ..agent import frames, mux
+from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
+from . import ipc
 
 log = logging.getLogger("remoteproc.relay")
 
