@@ -105,7 +105,8 @@ def main() -> int:
     args = ap.parse_args()
     from remoteproc import RemoteProcess
     from remoteproc.relay import client as hubclient
-    from remoteproc.testing import LoopbackSSHServer, _descendants, current_user
+    from remoteproc.testing import LoopbackSSHServer, current_user
+    from remoteproc.testing.proctree import descendants
 
     user = args.user or current_user()
     block = os.urandom(MIB)
@@ -117,7 +118,7 @@ def main() -> int:
         host = {"hostname": srv.host, "port": srv.port, "user": user, "key": srv.client_key,
                 "known_hosts_files": [srv.known_hosts]}
         client = raw.connect(host)
-        sessions = lambda: [p for p, _ in _descendants(srv.pid)]  # noqa: E731
+        sessions = lambda: [p for p, _ in descendants(srv.pid)]  # noqa: E731
         if wl == "rt":
             chan = raw._exec(client, "cat")
             msg = bytes(100)

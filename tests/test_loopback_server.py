@@ -1,4 +1,4 @@
-"""Tests of the SSH test rig itself (remoteproc.testing), via plain paramiko.
+"""The loopback SSH server of remoteproc.testing (OpenSSH and the paramiko fallback), via plain paramiko.
 
 These go through real SSH connections but not through remoteproc's own API,
 so a failure here points at the rig (sshd setup, keys, accounts), not at the
