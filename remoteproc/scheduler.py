@@ -1,8 +1,8 @@
 """The scheduler that ``remoteproc.Pool`` and ``remoteproc.Executor`` share: workers, chunks, placement.
 
-Each worker is a ``RemoteProcess`` running ``remoteproc.agent.worker.main`` on a
-``Pipe()`` of its own.  One manager thread in the caller's process hands out
-tasks (chunks of calls) and collects results:
+The workers (``remoteproc.workers``) are RemoteProcesses on several hosts.  One
+manager thread in the caller's process hands out tasks (chunks of calls) and
+collects results:
 
 * placement is *least busy*: the next chunk goes to the worker with the fewest
   chunks in flight, ties broken round-robin over a worker list that interleaves
@@ -38,21 +38,17 @@ import struct
 import threading
 import time
 import weakref
-from multiprocessing.connection import Pipe
-from multiprocessing.connection import wait as _wait
 from multiprocessing.pool import RemoteTraceback
-from typing import Any, Mapping
 
-from .agent import proxies, worker
-from .errors import CONNECTION_LOST, ConfigError, ConnectionLostError, PicklingError, RemoteProcessError
-from .process import RemoteProcess
+from .agent import proxies
+from .errors import CONNECTION_LOST, ConnectionLostError, PicklingError, RemoteProcessError
+from .workers import TERMINATE_GRACE, Starter, Worker, parse_hosts
 
 log = logging.getLogger("remoteproc.pool")
 
 PREFETCH = 2            # chunks in flight per worker: one running, one waiting in its pipe...
 FAST = 0.05             # ...while a chunk takes less than this (seconds, moving average), else one
 READ_BATCH = 64         # messages read from one worker before looking at the others
-TERMINATE_GRACE = 5.0   # seconds between terminate() and kill() of the workers
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _chunk_ids = itertools.count(1)
@@ -64,25 +60,6 @@ def _frame(data: bytes) -> bytes:
     if n > 0x7FFFFFFF:
         return struct.pack("!iQ", -1, n) + data
     return struct.pack("!i", n) + data
-
-
-def parse_hosts(hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str, dict]]:
-    """``hosts`` as a list of ``(spec, options)``: each entry is a spec or ``(spec, {options})``."""
-    if isinstance(hosts, str):
-        hosts = [hosts]
-    out = []
-    for entry in hosts:
-        if isinstance(entry, str):
-            out.append((entry, dict(ssh_options)))
-        elif (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
-              and isinstance(entry[1], Mapping)):
-            out.append((entry[0], {**ssh_options, **entry[1]}))
-        else:
-            raise ConfigError("a pool host is 'user@host[:port]' or ('user@host', {ssh options}), not %r"
-                              % (entry,))
-    if not out:
-        raise ConfigError("a pool needs at least one host")
-    return out
 
 
 # -- the machinery ------------------------------------------------------------------------------------
@@ -98,38 +75,6 @@ class Chunk:
         self.start = start
         self.n = n
         self.data = _frame(pickle.dumps(("task", self.cid, mode, fbytes, abytes), pickle.HIGHEST_PROTOCOL))
-
-
-class Worker:
-    def __init__(self, host: str, options: dict, process: RemoteProcess, conn) -> None:
-        self.host = host
-        self.options = options
-        self.process = process
-        self.conn = conn
-        self.sock = socket.socket(fileno=os.dup(conn.fileno()))
-        self.out = bytearray()
-        self.outstanding: collections.deque = collections.deque()
-        self.sent = 0
-        self.pid = process.pid
-        self.agent_pid = None
-        self.cpus = None
-        self.hello = False
-        self.init_error = None
-        self.alive = True
-        self.conn_open = True
-        self.events = 0
-        self.stopping = False
-        self.busy_since = 0.0
-
-    def close(self) -> None:
-        for c in (self.conn, self.sock):
-            try:
-                c.close()
-            except OSError:
-                pass
-
-    def __repr__(self) -> str:
-        return "<pool worker pid %s on %s>" % (self.pid, self.host)
 
 
 def _task_error(w: Worker, err) -> BaseException:
@@ -159,8 +104,7 @@ class Scheduler:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self.hosts = parse_hosts(hosts, ssh_options)
-        self.initializer = initializer
-        self.initargs = tuple(initargs)
+        self.starter = Starter(initializer, tuple(initargs), maxtasks)
         self.maxtasks = maxtasks
         self.lock = threading.Lock()
         self.pending: collections.deque = collections.deque()
@@ -183,7 +127,7 @@ class Scheduler:
         self.thread = None
         self.pid = os.getpid()
         try:
-            self._start_all(processes_per_host)
+            self.starter.start_all(self.hosts, processes_per_host, self.workers)
         except BaseException:
             for w in self.workers:
                 w.process.kill()
@@ -199,80 +143,6 @@ class Scheduler:
         self.thread = threading.Thread(target=self._run, name="remoteproc-pool", daemon=True)
         self.thread.start()
         _schedulers.add(self)
-
-    # -- start-up ----------------------------------------------------------------------------------
-    def _spawn(self, host: str, options: dict) -> Worker:
-        parent_end, child_end = Pipe()
-        p = RemoteProcess(host, target=worker.main,
-                          args=(child_end, self.initializer, self.initargs, self.maxtasks),
-                          daemon=True, **options)
-        p.name = "remoteproc-pool-worker-%s" % p.name.split("-")[-1]
-        try:
-            p.start()
-        except BaseException:
-            parent_end.close()
-            raise
-        finally:
-            child_end.close()
-        return Worker(host, options, p, parent_end)
-
-    @staticmethod
-    def _hello(w: Worker) -> None:
-        """Wait for a new worker's hello (after its initializer); raise if it ends instead."""
-        _wait([w.conn, w.process.sentinel])
-        try:
-            msg = pickle.loads(w.conn.recv_bytes()) if w.conn.poll(0) else None
-        except (EOFError, OSError):
-            msg = None
-        if msg is not None and msg[0] == "hello":
-            w.hello = True
-            w.pid, w.agent_pid, w.cpus = msg[1], msg[2], msg[3]
-            return
-        w.process.join(TERMINATE_GRACE)
-        if msg is not None and msg[0] == "init-error":
-            raise RemoteProcessError("%s: the pool initializer raised:\n%s" % (w.host, msg[1]), w.host)
-        if w.process.exitcode == CONNECTION_LOST:
-            raise ConnectionLostError("%s: lost while starting a pool worker: %s"
-                                      % (w.host, w.process.connection_error), w.host)
-        raise RemoteProcessError("%s: a pool worker ended (exitcode %s) before it was ready; see its "
-                                 "stderr above" % (w.host, w.process.exitcode), w.host)
-
-    def _start_host(self, index: int, host: str, options: dict, count, out: list) -> None:
-        started: list[Worker] = []
-        try:
-            first = self._spawn(host, options)
-            started.append(first)
-            self._hello(first)
-            n = count or first.cpus or 1
-            for _ in range(n - 1):
-                started.append(self._spawn(host, options))
-            for w in started[1:]:
-                self._hello(w)
-            out[index] = started
-        except BaseException as exc:
-            out[index] = (exc, started)
-
-    def _start_all(self, count) -> None:
-        out: list = [None] * len(self.hosts)
-        threads = [threading.Thread(target=self._start_host, args=(i, h, o, count, out),
-                                    name="remoteproc-pool-start %s" % h, daemon=True)
-                   for i, (h, o) in enumerate(self.hosts)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-        error = None
-        per_host = []
-        for item in out:
-            if isinstance(item, tuple):
-                error = error or item[0]
-                self.workers.extend(item[1])
-            else:
-                per_host.append(item)
-        for row in itertools.zip_longest(*per_host):      # interleave the hosts: round-robin order
-            self.workers.extend(w for w in row if w is not None)
-        if error is not None:
-            raise error
 
     def _register(self, w: Worker) -> None:
         w.events = selectors.EVENT_READ
@@ -575,7 +445,7 @@ class Scheduler:
         replace = (state == RUN or (state == CLOSE and (self.pending or self.chunks or self.feeders)))
         if replace and not w.stopping and w.host not in self.lost_hosts and w.host not in self.broken_hosts:
             try:
-                new = self._spawn(w.host, w.options)
+                new = self.starter.spawn(w.host, w.options)
             except Exception as exc:
                 log.warning("%s: cannot replace a pool worker: %s", w.host, exc)
                 self.broken_hosts[w.host] = str(exc)

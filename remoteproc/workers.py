@@ -1,0 +1,157 @@
+"""The pool's workers: where they go, how each starts, and the handle the scheduler keeps for it.
+
+A worker is a ``RemoteProcess`` running ``remoteproc.agent.worker.main`` on a
+``Pipe()`` of its own; it is ready once it sends its hello (after the pool's
+initializer).  The workers of all hosts start at once, one thread per host.
+"""
+
+from __future__ import annotations
+
+import collections
+import itertools
+import os
+import pickle
+import socket
+import threading
+from multiprocessing.connection import Pipe
+from multiprocessing.connection import wait as _wait
+from typing import Any, Mapping
+
+from .agent import worker
+from .errors import CONNECTION_LOST, ConfigError, ConnectionLostError, RemoteProcessError
+from .process import RemoteProcess
+
+TERMINATE_GRACE = 5.0   # seconds between terminate() and kill() of the workers
+
+
+def parse_hosts(hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str, dict]]:
+    """``hosts`` as a list of ``(spec, options)``: each entry is a spec or ``(spec, {options})``."""
+    if isinstance(hosts, str):
+        hosts = [hosts]
+    out = []
+    for entry in hosts:
+        if isinstance(entry, str):
+            out.append((entry, dict(ssh_options)))
+        elif (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
+              and isinstance(entry[1], Mapping)):
+            out.append((entry[0], {**ssh_options, **entry[1]}))
+        else:
+            raise ConfigError("a pool host is 'user@host[:port]' or ('user@host', {ssh options}), not %r"
+                              % (entry,))
+    if not out:
+        raise ConfigError("a pool needs at least one host")
+    return out
+
+
+class Worker:
+    def __init__(self, host: str, options: dict, process: RemoteProcess, conn) -> None:
+        self.host = host
+        self.options = options
+        self.process = process
+        self.conn = conn
+        self.sock = socket.socket(fileno=os.dup(conn.fileno()))
+        self.out = bytearray()
+        self.outstanding: collections.deque = collections.deque()
+        self.sent = 0
+        self.pid = process.pid
+        self.agent_pid = None
+        self.cpus = None
+        self.hello = False
+        self.init_error = None
+        self.alive = True
+        self.conn_open = True
+        self.events = 0
+        self.stopping = False
+        self.busy_since = 0.0
+
+    def close(self) -> None:
+        for c in (self.conn, self.sock):
+            try:
+                c.close()
+            except OSError:
+                pass
+
+    def __repr__(self) -> str:
+        return "<pool worker pid %s on %s>" % (self.pid, self.host)
+
+
+class Starter:
+    """What every worker of one pool starts with: the initializer, its arguments, the task limit."""
+
+    def __init__(self, initializer, initargs: tuple, maxtasks) -> None:
+        self.initializer = initializer
+        self.initargs = initargs
+        self.maxtasks = maxtasks
+
+    def spawn(self, host: str, options: dict) -> Worker:
+        parent_end, child_end = Pipe()
+        p = RemoteProcess(host, target=worker.main,
+                          args=(child_end, self.initializer, self.initargs, self.maxtasks),
+                          daemon=True, **options)
+        p.name = "remoteproc-pool-worker-%s" % p.name.split("-")[-1]
+        try:
+            p.start()
+        except BaseException:
+            parent_end.close()
+            raise
+        finally:
+            child_end.close()
+        return Worker(host, options, p, parent_end)
+
+    @staticmethod
+    def hello(w: Worker) -> None:
+        """Wait for a new worker's hello (after its initializer); raise if it ends instead."""
+        _wait([w.conn, w.process.sentinel])
+        try:
+            msg = pickle.loads(w.conn.recv_bytes()) if w.conn.poll(0) else None
+        except (EOFError, OSError):
+            msg = None
+        if msg is not None and msg[0] == "hello":
+            w.hello = True
+            w.pid, w.agent_pid, w.cpus = msg[1], msg[2], msg[3]
+            return
+        w.process.join(TERMINATE_GRACE)
+        if msg is not None and msg[0] == "init-error":
+            raise RemoteProcessError("%s: the pool initializer raised:\n%s" % (w.host, msg[1]), w.host)
+        if w.process.exitcode == CONNECTION_LOST:
+            raise ConnectionLostError("%s: lost while starting a pool worker: %s"
+                                      % (w.host, w.process.connection_error), w.host)
+        raise RemoteProcessError("%s: a pool worker ended (exitcode %s) before it was ready; see its "
+                                 "stderr above" % (w.host, w.process.exitcode), w.host)
+
+    def _start_host(self, index: int, host: str, options: dict, count, out: list) -> None:
+        started: list[Worker] = []
+        try:
+            first = self.spawn(host, options)
+            started.append(first)
+            self.hello(first)
+            n = count or first.cpus or 1
+            for _ in range(n - 1):
+                started.append(self.spawn(host, options))
+            for w in started[1:]:
+                self.hello(w)
+            out[index] = started
+        except BaseException as exc:
+            out[index] = (exc, started)
+
+    def start_all(self, hosts: list[tuple[str, dict]], count, workers: list[Worker]) -> None:
+        out: list = [None] * len(hosts)
+        threads = [threading.Thread(target=self._start_host, args=(i, h, o, count, out),
+                                    name="remoteproc-pool-start %s" % h, daemon=True)
+                   for i, (h, o) in enumerate(hosts)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        error = None
+        per_host = []
+        for item in out:
+            if isinstance(item, tuple):
+                error = error or item[0]
+                workers.extend(item[1])
+            else:
+                per_host.append(item)
+        for row in itertools.zip_longest(*per_host):      # interleave the hosts: round-robin order
+            workers.extend(w for w in row if w is not None)
+        if error is not None:
+            raise error
