@@ -5,8 +5,8 @@ from __future__ import annotations
 from multiprocessing import process as mp_process
 from typing import Any, Callable, Iterable, Mapping
 
-from . import ssh
 from .relay import client as hubclient
+from .ssh.spec import check_options, parse_spec
 
 
 class RemoteProcess(mp_process.BaseProcess):
@@ -34,8 +34,8 @@ class RemoteProcess(mp_process.BaseProcess):
         daemon: bool | None = None,
         **ssh_options: Any,
     ) -> None:
-        ssh.parse_spec(host)
-        options = ssh.check_options(host, ssh_options)
+        parse_spec(host)
+        options = check_options(host, ssh_options)
         super().__init__(group, target, name, args, kwargs, daemon=daemon)
         self._host = host
         self._ssh_options = options

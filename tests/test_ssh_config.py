@@ -20,6 +20,8 @@ import pytest
 
 from remoteproc import bootstrap, ssh
 from remoteproc.errors import BootstrapError, ConfigError, ConnectError, HostKeyError
+from remoteproc.ssh import auth, hostkeys, tokens
+from remoteproc.ssh import pool as ssh_pool
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -109,12 +111,12 @@ def test_the_callers_values_beat_the_config(home):
 
 def test_defaults_without_config(home):
     t = resolve("plain")
-    assert (t.hostname, t.port, t.username) == ("plain", 22, ssh._local_user())
+    assert (t.hostname, t.port, t.username) == ("plain", 22, tokens._local_user())
     assert t.known_hosts == [str(home / ".ssh/known_hosts"), str(home / ".ssh/known_hosts2")]
     assert t.global_known_hosts == list(ssh.SYSTEM_KNOWN_HOSTS)
     assert t.key_filenames == [str(home / ".ssh" / name) for name in ssh.DEFAULT_IDENTITIES]
     assert t.policy == "reject" and t.connect_timeout == ssh.DEFAULT_CONNECT_TIMEOUT
-    assert t.display == "%s@plain" % ssh._local_user()
+    assert t.display == "%s@plain" % tokens._local_user()
 
 
 def test_keywords_are_case_insensitive_and_take_equals_and_quotes(home):
@@ -197,7 +199,7 @@ def test_include_inside_a_host_block_is_conditional(home):
     assert (a.username, a.port) == ("from-inc", 2201)
     b = resolve("b", text)
     # an Include in a block that does not apply is read with nothing in it matching
-    assert (b.username, b.port) == (ssh._local_user(), 22)
+    assert (b.username, b.port) == (tokens._local_user(), 22)
 
 
 def test_include_loop_is_an_error(home):
@@ -225,7 +227,7 @@ def test_match_host_uses_hostname_and_originalhost_the_alias(home):
 
 
 def test_match_user_sees_the_specs_user(home):
-    text = "Match user deploy\n  Port 2022\nMatch localuser %s\n  ConnectTimeout 4\n" % ssh._local_user()
+    text = "Match user deploy\n  Port 2022\nMatch localuser %s\n  ConnectTimeout 4\n" % tokens._local_user()
     assert resolve("deploy@h", text).port == 2022
     assert resolve("other@h", text).port == 22
     assert resolve("h", text).connect_timeout == 4
@@ -493,7 +495,7 @@ def test_known_key_types_are_offered_first(tmp_path, keys):
     t = paramiko.Transport(socket_pair()[0])
     try:
         entries = ssh.read_known_hosts([str(target_with(tmp_path, line(keys["c"]) + "h ssh-rsa AAAA\n")[1])])
-        ssh._prefer_known_types(t, entries)
+        hostkeys._prefer_known_types(t, entries)
         types = t.get_security_options().key_types
         assert types[0] == "ecdsa-sha2-nistp256" and types[1:3] == ("rsa-sha2-512", "rsa-sha2-256")
     finally:
@@ -542,15 +544,15 @@ def test_keys_are_offered_in_ssh_s_order(tmp_path, home):
     t = resolve("h", text)
     agent = FakeAgent([FakeAgentKey(b"other-agent-key"), FakeAgentKey(files["three"][1]),
                        FakeAgentKey(files["one"][1])])
-    labels = [label for label, _key in ssh._identities(t, agent)]
+    labels = [label for label, _key in auth._identities(t, agent)]
     # agent keys named by IdentityFile (in the agent's order), other agent keys, then the remaining files
     assert labels[0] == files["three"][0] + " (from ssh-agent)"
     assert labels[1] == files["one"][0] + " (from ssh-agent)"
     assert labels[2].startswith("ssh-agent key ")
     assert labels[3:] == [files["two"][0]]
     t.identities_only = True
-    assert len(ssh._identities(t, agent)) == 3
-    assert len(ssh._identities(t, None)) == 3
+    assert len(auth._identities(t, agent)) == 3
+    assert len(auth._identities(t, None)) == 3
 
 
 def test_key_filename_is_offered_first(tmp_path, home):
@@ -558,7 +560,7 @@ def test_key_filename_is_offered_first(tmp_path, home):
     t = resolve("h", "IdentityFile %s\n" % files["config"][0],
                 key_filename=[files["explicit"][0], files["inagent"][0]])
     agent = FakeAgent([FakeAgentKey(b"other-agent-key"), FakeAgentKey(files["inagent"][1])])
-    labels = [label for label, _key in ssh._identities(t, agent)]
+    labels = [label for label, _key in auth._identities(t, agent)]
     assert labels == [files["explicit"][0], files["inagent"][0] + " (from ssh-agent)",
                       labels[2], files["config"][0]]
     assert labels[2].startswith("ssh-agent key ")
@@ -588,18 +590,18 @@ def fake_connect(monkeypatch):
     def connect(target, jump=None):
         if target.hostname in failing:
             raise ConnectError("%s: refused" % target.display, target.display)
-        conn = ssh.Connection(target, FakeTransport(), jump)
+        conn = ssh.SSHConnection(target, FakeTransport(), jump)
         made.append(conn)
         return conn
 
-    monkeypatch.setattr(ssh, "connect", connect)
+    monkeypatch.setattr(ssh_pool, "connect", connect)
     return made, failing
 
 
 def test_pool_failure_after_the_jump_releases_the_jump(home, fake_connect):
     made, failing = fake_connect
     failing.add("10.9.9.9")
-    pool = ssh.Pool()
+    pool = ssh.ConnectionPool()
     with pytest.raises(ConnectError):
         pool.acquire(resolve("behind", JUMPS))
     assert len(made) == 2 and not any(c.active for c in made), "both jump connections must be closed"
@@ -608,7 +610,7 @@ def test_pool_failure_after_the_jump_releases_the_jump(home, fake_connect):
 
 def test_pool_replaces_a_dead_connection_and_counts_right(home, fake_connect):
     made, _ = fake_connect
-    pool = ssh.Pool()
+    pool = ssh.ConnectionPool()
     target = resolve("behind", JUMPS)
     first = pool.acquire(target)
     first.transport.alive = False          # the host went away
@@ -623,7 +625,7 @@ def test_pool_replaces_a_dead_connection_and_counts_right(home, fake_connect):
 
 def test_pool_is_thread_safe(home, fake_connect):
     made, _ = fake_connect
-    pool = ssh.Pool()
+    pool = ssh.ConnectionPool()
     target = resolve("behind", JUMPS)
     got = []
     barrier = threading.Barrier(8)

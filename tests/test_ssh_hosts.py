@@ -24,6 +24,7 @@ import pytest
 import remoteproc
 from remoteproc import Pipe, RemoteProcess, ssh
 from remoteproc.relay import client as hubclient
+from remoteproc.ssh.connect import connect
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -306,7 +307,7 @@ def test_accept_new_records_the_key_hashed_as_ssh_does(netns, ns_options, tmp_pa
     assert found.returncode == 0 and h1.host_public.split()[1] in found.stdout, "OpenSSH must find the entry"
     # and the recorded key is now trusted under the strict policy
     target = ssh.resolve(h1.spec(PLAIN_USER), dict(ns_options, known_hosts=str(known)))
-    conn = ssh.connect(target)
+    conn = connect(target)
     conn.close()
 
 
@@ -346,7 +347,7 @@ def test_jump_host_that_cannot_reach_the_target(netns, ns_options):
     h1 = netns.hosts["h1"]
     spec = "%s@%s" % (PLAIN_USER, netns.unused_address)
     target = ssh.resolve(spec, dict(ns_options, proxy_jump=h1.spec(PLAIN_USER), connect_timeout=2))
-    pool = ssh.Pool()
+    pool = ssh.ConnectionPool()
     with pytest.raises(remoteproc.ConnectError) as info:
         pool.acquire(target)
     assert "jump host" in str(info.value) and netns.unused_address in str(info.value)
@@ -355,7 +356,7 @@ def test_jump_host_that_cannot_reach_the_target(netns, ns_options):
 
 def test_pool_shares_and_closes_connections(netns, ns_options):
     h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
-    pool = ssh.Pool()
+    pool = ssh.ConnectionPool()
     via = ssh.resolve(h2.spec(PLAIN_USER), dict(ns_options, proxy_jump=h1.spec(PLAIN_USER)))
     direct = ssh.resolve(h1.spec(PLAIN_USER), ns_options)
     a = pool.acquire(via)
@@ -499,7 +500,7 @@ def test_idle_connection_is_closed(netns, ns_options):
 def test_negotiated_cipher_is_aes_gcm(host, ssh_options):
     target = ssh.resolve(host, ssh_options)
     started = time.perf_counter()
-    conn = ssh.connect(target)
+    conn = connect(target)
     elapsed = time.perf_counter() - started
     try:
         transport = conn.transport

@@ -49,6 +49,28 @@ def test_import_remoteproc_loads_its_parts_on_first_use():
     assert loaded["pool"] and loaded["name"] == "remoteproc.pool"
 
 
+def test_user_process_loads_only_the_spec_part_of_the_ssh_package():
+    got = _fresh(
+        "import json, sys\n"
+        "from remoteproc import Executor, Pool, Queue, RemoteProcess\n"
+        "print(json.dumps({'ssh': sorted(m for m in sys.modules if m.startswith('remoteproc.ssh')),\n"
+        "                  'paramiko': 'paramiko' in sys.modules}))")
+    assert got == {"ssh": ["remoteproc.ssh", "remoteproc.ssh.spec"], "paramiko": False}
+
+
+def test_ssh_package_names_load_on_first_use():
+    from remoteproc import ssh
+    from remoteproc.ssh import connect, pool, target
+
+    assert ssh.ConnectionPool is pool.ConnectionPool and ssh.resolve is target.resolve
+    assert ssh.SSHConnection is connect.SSHConnection
+    assert set(ssh.__all__) <= set(dir(ssh))
+    for name in ssh.__all__:
+        assert getattr(ssh, name) is not None
+    with pytest.raises(AttributeError, match="no attribute 'Pool'"):
+        ssh.Pool  # noqa: B018
+
+
 def test_lazy_names_are_the_real_objects():
     import multiprocessing
 

@@ -49,7 +49,7 @@ class Hub:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.send_lock = threading.Lock()
-        self.pool = ssh.Pool()
+        self.pool = ssh.ConnectionPool()
         self.links: dict[tuple, Link] = {}
         self.links_lock = threading.Lock()
         self.config_cache: dict = {}
@@ -116,7 +116,7 @@ def _preload() -> None:
     """Import paramiko while the user's process is still busy elsewhere.
 
     paramiko imports ``invoke`` (about 100 ms) only for its own ``Match exec`` support,
-    which remoteproc does not use (ssh.py evaluates the config itself).
+    which remoteproc does not use (remoteproc.ssh evaluates the config itself).
     """
     if "invoke" not in sys.modules:
         sys.modules["invoke"] = None    # type: ignore[assignment]

@@ -1,0 +1,193 @@
+"""Connecting: TCP, ProxyCommand or a jump host's channel, the paramiko Transport, and the connection object."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import threading
+import time
+
+from ..errors import ConnectError, describe
+from .auth import authenticate
+from .hostkeys import _prefer_known_types, check_host_key, read_known_hosts
+from .target import Target
+
+WINDOW_SIZE = 8 << 20
+MAX_PACKET = 128 << 10
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
+
+
+def _transport_factory(sock, **kwargs):
+    import paramiko
+
+    t = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
+                           default_max_packet_size=MAX_PACKET, **kwargs)
+    opts = t.get_security_options()
+    ciphers = list(opts.ciphers)
+    first = [c for c in PREFERRED_CIPHERS if c in ciphers]
+    opts.ciphers = tuple(first + [c for c in ciphers if c not in first])
+    return t
+
+
+def _tcp(target: Target) -> socket.socket:
+    family = {"inet": socket.AF_INET, "inet6": socket.AF_INET6}.get(target.address_family, socket.AF_UNSPEC)
+    try:
+        infos = socket.getaddrinfo(target.hostname, target.port, family, socket.SOCK_STREAM)
+    except socket.gaierror as exc:
+        raise ConnectError("%s: cannot resolve host name %r (%s). Check the name or your ~/.ssh/config."
+                           % (target.display, target.hostname, exc.strerror), target.display) from None
+    deadline = time.monotonic() + target.connect_timeout
+    error: OSError | None = None
+    for af, kind, proto, _name, address in infos:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            break
+        sock = socket.socket(af, kind, proto)
+        sock.settimeout(remaining)
+        try:
+            sock.connect(address)
+        except OSError as exc:
+            sock.close()
+            error = exc
+            continue
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        return sock
+    if error is None or isinstance(error, socket.timeout):
+        raise ConnectError("%s: connection timed out after %gs. Check that the host is up and the "
+                           "port is right, or raise connect_timeout." % (target.display, target.connect_timeout),
+                           target.display)
+    raise ConnectError("%s: cannot connect to port %d: %s. Check that sshd runs there and listens on that "
+                       "port, and that the host is reachable." % (target.display, target.port,
+                                                                  error.strerror or error), target.display)
+
+
+def _proxy_command(target: Target) -> tuple[socket.socket, subprocess.Popen]:
+    """Run ProxyCommand with the user's shell, as ssh does; talk SSH over its stdin/stdout."""
+    ours, theirs = socket.socketpair()
+    shell = os.environ.get("SHELL") or "/bin/sh"
+    try:
+        proc = subprocess.Popen([shell, "-c", "exec " + target.proxy_command], stdin=theirs, stdout=theirs,
+                                close_fds=True, start_new_session=True)
+    except OSError as exc:
+        ours.close()
+        raise ConnectError("%s: cannot run ProxyCommand %r: %s" % (target.display, target.proxy_command, exc),
+                           target.display) from None
+    finally:
+        theirs.close()
+    return ours, proc
+
+
+def _stop(proc: subprocess.Popen | None) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    try:
+        proc.terminate()
+        proc.wait(2)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(5)
+    except OSError:
+        pass
+
+
+class SSHConnection:
+    """One authenticated SSH connection (a paramiko Transport) and what it depends on."""
+
+    def __init__(self, target: Target, transport, jump: "SSHConnection | None" = None,
+                 proc: subprocess.Popen | None = None, owns_jump: bool = False) -> None:
+        self.target = target
+        self.transport = transport
+        self.jump = jump
+        self.proc = proc
+        self.owns_jump = owns_jump
+        self.closed = False
+
+    @property
+    def active(self) -> bool:
+        return not self.closed and self.transport.is_active()
+
+    def close(self) -> None:
+        """Close the transport (and its thread), the ProxyCommand, and a jump this connection owns."""
+        if self.closed:
+            return
+        self.closed = True
+        _close_transport(self.transport)
+        _stop(self.proc)
+        if self.owns_jump and self.jump is not None:
+            self.jump.close()
+
+
+def _close_transport(transport) -> None:
+    try:
+        transport.close()
+        if transport.is_alive():
+            transport.join(5)
+    except Exception:   # pragma: no cover - closing never matters more than the error
+        pass
+
+
+def connect(target: Target, jump: SSHConnection | None = None) -> SSHConnection:
+    """Open, verify and authenticate a connection to ``target``.
+
+    ``jump`` is the open connection to ``target.jump``; when it is None and the
+    target needs one, the jump chain is opened here and closed with the result.
+    """
+    import paramiko
+
+    owns_jump = False
+    if target.jump is not None and jump is None:
+        jump = connect(target.jump)
+        owns_jump = True
+    proc = None
+    transport = None
+    try:
+        if target.jump is not None:
+            try:
+                sock = jump.transport.open_channel("direct-tcpip", (target.hostname, target.port),
+                                                   ("127.0.0.1", 0), timeout=target.connect_timeout)
+            except paramiko.ChannelException as exc:
+                raise ConnectError("%s: the jump host %s could not connect to %s:%d: %s. Check the address "
+                                   "and that sshd runs there." % (target.display, jump.target.display,
+                                                                  target.hostname, target.port, exc.text),
+                                   target.display) from None
+            except (paramiko.SSHException, EOFError, OSError) as exc:
+                raise ConnectError("%s: the jump host %s could not connect to %s:%d within %gs: %s" % (
+                    target.display, jump.target.display, target.hostname, target.port, target.connect_timeout,
+                    describe(exc)), target.display) from None
+        elif target.proxy_command:
+            sock, proc = _proxy_command(target)
+        else:
+            sock = _tcp(target)
+        try:
+            transport = _transport_factory(sock)
+        except BaseException:
+            sock.close()
+            raise
+        transport.banner_timeout = transport.handshake_timeout = target.connect_timeout
+        transport.auth_timeout = target.connect_timeout
+        files = list(target.known_hosts) + list(target.global_known_hosts)
+        _prefer_known_types(transport, [e for e in read_known_hosts(files) if e.matches(target.host_key_name)])
+        done = threading.Event()
+        transport.start_client(event=done)
+        done.wait(target.connect_timeout + 1)
+        if not transport.is_active() or not done.is_set() or not transport.initial_kex_done:
+            exc = transport.get_exception()
+            if exc is None and not done.is_set():
+                reason = "no answer within %gs" % target.connect_timeout
+            else:
+                reason = str(exc or "the server closed the connection") or type(exc).__name__
+            raise ConnectError("%s: SSH handshake failed: %s. Check that an SSH server answers on port %d%s."
+                               % (target.display, reason, target.port,
+                                  " and that ProxyCommand works" if proc is not None else ""), target.display)
+        check_host_key(target, transport.get_remote_server_key())
+        authenticate(transport, target)
+    except BaseException:
+        if transport is not None:
+            _close_transport(transport)
+        _stop(proc)
+        if owns_jump:
+            jump.close()
+        raise
+    return SSHConnection(target, transport, jump, proc, owns_jump)
+

@@ -1,0 +1,172 @@
+"""Host keys: known_hosts read, checked and recorded as ``ssh`` does, and OpenSSH fingerprints."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import fcntl
+import hashlib
+import hmac
+import logging
+import os
+import threading
+from dataclasses import dataclass
+
+from ..errors import HostKeyError
+from .config import match_pattern_list
+from .target import Target
+
+log = logging.getLogger("remoteproc.ssh")
+
+
+def fingerprint(key) -> str:
+    """OpenSSH's SHA256 fingerprint of a paramiko key."""
+    digest = hashlib.sha256(key.asbytes()).digest()
+    return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
+
+
+@dataclass
+class KnownHost:
+    """One line of a known_hosts file."""
+
+    marker: str | None
+    hosts: str
+    keytype: str
+    blob: bytes
+    where: str
+
+    def matches(self, name: str) -> bool:
+        if self.hosts.startswith("|1|"):
+            try:
+                _, _, salt, digest = self.hosts.split("|", 3)
+                salt, digest = base64.b64decode(salt), base64.b64decode(digest)
+            except (ValueError, binascii.Error):
+                return False
+            return hmac.compare_digest(hmac.new(salt, name.encode(), hashlib.sha1).digest(), digest)
+        return match_pattern_list(name, self.hosts.split(","), fold=True)
+
+
+def read_known_hosts(paths: list[str]) -> list[KnownHost]:
+    """Every usable line of the given known_hosts files (missing files are skipped)."""
+    out = []
+    for path in paths:
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                lines = f.read().splitlines()
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            continue
+        except OSError as exc:
+            log.warning("ignoring unreadable known_hosts file %s: %s", path, exc.strerror or exc)
+            continue
+        for number, line in enumerate(lines, 1):
+            fields = line.split()
+            if not fields or fields[0].startswith("#"):
+                continue
+            marker = fields.pop(0) if fields[0].startswith("@") else None
+            if len(fields) < 3:
+                continue
+            try:
+                blob = base64.b64decode(fields[2], validate=True)
+            except (ValueError, binascii.Error):
+                continue
+            out.append(KnownHost(marker, fields[0], fields[1], blob, "%s:%d" % (path, number)))
+    return out
+
+
+#: host key algorithms negotiated for each known_hosts key type
+_ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
+
+
+def _prefer_known_types(transport, entries: list[KnownHost]) -> None:
+    """As ssh does: offer the key types already known for this host first."""
+    opts = transport.get_security_options()
+    available = [k for k in opts.key_types if "-cert-" not in k]
+    known: list[str] = []
+    for e in entries:
+        if e.marker is None:
+            for alg in _ALGORITHMS.get(e.keytype, (e.keytype,)):
+                if alg in available and alg not in known:
+                    known.append(alg)
+    if known:
+        opts.key_types = tuple(known + [k for k in available if k not in known])
+
+
+_record_lock = threading.Lock()
+
+
+def record_host_key(path: str, name: str, key, hashed: bool) -> None:
+    """Append ``name keytype base64`` to a known_hosts file, as ssh does for a new host."""
+    if hashed:
+        salt = os.urandom(20)
+        digest = hmac.new(salt, name.encode(), hashlib.sha1).digest()
+        name = "|1|%s|%s" % (base64.b64encode(salt).decode(), base64.b64encode(digest).decode())
+    line = "%s %s %s\n" % (name, key.get_name(), key.get_base64())
+    directory = os.path.dirname(path)
+    if directory and not os.path.isdir(directory):
+        os.makedirs(directory, mode=0o700, exist_ok=True)
+    with _record_lock:
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        with os.fdopen(fd, "r+b") as f:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            size = f.seek(0, os.SEEK_END)
+            if size and os.pread(f.fileno(), 1, size - 1) != b"\n":
+                line = "\n" + line
+            f.write(line.encode())
+
+
+def check_host_key(target: Target, key) -> None:
+    """Accept a known key; refuse a changed or revoked one; unknown: refuse or record (accept-new)."""
+    name = target.host_key_name
+    files = list(target.known_hosts) + list(target.global_known_hosts)
+    entries = [e for e in read_known_hosts(files) if e.matches(name)]
+    blob = key.asbytes()
+    kind = key.get_name()
+    for e in entries:
+        if e.marker == "@revoked" and e.blob == blob:
+            raise HostKeyError(
+                "%s: the host key %s %s is marked @revoked in %s; it is always refused. Ask the host's "
+                "administrator for its current key." % (target.display, kind, fingerprint(key), e.where),
+                target.display)
+    plain = [e for e in entries if e.marker is None]
+    if any(e.blob == blob for e in plain):
+        return
+    same = [e for e in plain if e.keytype == kind]
+    if same:
+        raise HostKeyError(
+            "%s: the host key has CHANGED: the host sent %s %s, but %s holds another %s key for %s. "
+            "This may be an attack (or the host was reinstalled); it is always refused. If the change is "
+            "expected, remove the old entry with `ssh-keygen -R '%s'%s` and connect again." % (
+                target.display, kind, fingerprint(key), same[0].where, kind, name, name,
+                "" if same[0].where.startswith(os.path.expanduser("~/.ssh/known_hosts:"))
+                else " -f %s" % same[0].where.rsplit(":", 1)[0]),
+            target.display)
+    if target.policy == "accept-new":
+        if not target.known_hosts:
+            log.warning("%s: accepted the %s host key %s for this connection only: there is no user "
+                        "known_hosts file to record it in", target.display, kind, fingerprint(key))
+        else:
+            path = target.known_hosts[0]
+            try:
+                record_host_key(path, name, key, target.hash_known_hosts)
+            except OSError as exc:
+                log.warning("%s: could not record the host key in %s: %s", target.display, path, exc)
+            else:
+                log.warning("%s: permanently added the %s host key %s for %s to %s (host_key_policy="
+                            "'accept-new')", target.display, kind, fingerprint(key), name, path)
+        return
+    checked = ", ".join(f for f in files if os.path.exists(f)) or "no known_hosts file exists"
+    login = "%s@%s" % (target.username, target.original_host)
+    if target.jump is not None or target.proxy_command:
+        how = "connect once with `ssh %s%s%s` and answer yes" % (
+            "-J %s " % ",".join(target.proxy_jump) if target.proxy_jump else "",
+            "-p %d " % target.port if target.port != 22 else "", login)
+    else:
+        how = "connect once with `ssh %s%s` and answer yes, or run `ssh-keyscan %s-t %s %s >> %s`" % (
+            "-p %d " % target.port if target.port != 22 else "", login,
+            "-p %d " % target.port if target.port != 22 else "", kind.replace("ssh-", "").split("-")[0],
+            target.hostname, target.known_hosts[0] if target.known_hosts else "~/.ssh/known_hosts")
+    raise HostKeyError(
+        "%s: the host key is unknown (%s %s; checked %s). Check that fingerprint with the host's "
+        "administrator, then trust it: %s; or pass host_key_policy='accept-new' to record it on first "
+        "use." % (target.display, kind, fingerprint(key), checked, how), target.display)
+

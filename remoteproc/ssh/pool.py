@@ -1,0 +1,95 @@
+"""The connection pool: one shared, reference-counted SSH connection per ``Target.conn_key``."""
+
+from __future__ import annotations
+
+import threading
+
+from .connect import SSHConnection, connect
+from .target import Target
+
+
+class _Entry:
+    __slots__ = ("lock", "conn", "refs")
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.conn: SSHConnection | None = None
+        self.refs = 0
+
+
+class ConnectionPool:
+    """Shared, reference-counted connections, one per ``Target.conn_key`` (thread-safe).
+
+    ``acquire`` and ``release`` pair up; a connection closes when its last user
+    releases it, and a jump host's connection when the last connection through it
+    closes.  A connection found dead is replaced for the next user.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._entries: dict[tuple, _Entry] = {}
+
+    def acquire(self, target: Target) -> SSHConnection:
+        key = target.conn_key
+        with self._lock:
+            entry = self._entries.get(key)
+            if entry is None:
+                entry = self._entries[key] = _Entry()
+            entry.refs += 1
+        try:
+            with entry.lock:
+                conn = entry.conn
+                if conn is None or not conn.active:
+                    entry.conn = None
+                    if conn is not None:
+                        self._close(conn)
+                    conn = entry.conn = self._open(target)
+                return conn
+        except BaseException:
+            self._unref(key, entry)
+            raise
+
+    def _open(self, target: Target) -> SSHConnection:
+        jump = self.acquire(target.jump) if target.jump is not None else None
+        try:
+            return connect(target, jump)
+        except BaseException:
+            if jump is not None:
+                self.release(jump)
+            raise
+
+    def release(self, conn: SSHConnection) -> None:
+        key = conn.target.conn_key
+        with self._lock:
+            entry = self._entries.get(key)
+        if entry is None:       # pragma: no cover - released twice, or after close_all
+            conn.close()
+            return
+        self._unref(key, entry)
+
+    def _unref(self, key: tuple, entry: _Entry) -> None:
+        with self._lock:
+            entry.refs -= 1
+            if entry.refs > 0 or self._entries.get(key) is not entry:
+                return
+            del self._entries[key]
+            conn, entry.conn = entry.conn, None
+        if conn is not None:
+            self._close(conn)
+
+    def _close(self, conn: SSHConnection) -> None:
+        conn.close()
+        if conn.jump is not None and not conn.owns_jump:
+            self.release(conn.jump)
+
+    def count(self) -> int:
+        """How many connections are open (for tests and diagnostics)."""
+        with self._lock:
+            return sum(1 for e in self._entries.values() if e.conn is not None and e.conn.active)
+
+    def close_all(self) -> None:
+        with self._lock:
+            conns = [e.conn for e in self._entries.values() if e.conn is not None]
+            self._entries.clear()
+        for conn in conns:
+            conn.close()

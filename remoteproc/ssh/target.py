@@ -1,0 +1,228 @@
+"""Target resolution: a host spec plus keyword options plus ssh_config, made into one ``Target``.
+
+``resolve`` applies what ``ssh`` would (the caller's values first, then the config,
+then ssh's defaults) and resolves a ProxyJump chain into nested targets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import ConfigError
+from .config import Config, load_config
+from .spec import (
+    DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_IDLE_TIMEOUT,
+    DEFAULT_KEEPALIVE_COUNT,
+    DEFAULT_KEEPALIVE_INTERVAL,
+    JUMP_INHERITS,
+    parse_jumps,
+    parse_spec,
+)
+from .tokens import _expand, _local_user, _path, _tokens
+
+MAX_JUMPS = 8
+#: the key files ``ssh`` tries when no IdentityFile is given (OpenSSH 9.x order)
+DEFAULT_IDENTITIES = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_xmss", "id_dsa")
+SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
+USER_KNOWN_HOSTS = ("~/.ssh/known_hosts", "~/.ssh/known_hosts2")
+
+
+@dataclass
+class Target:
+    """Everything needed to reach one host, after config and options are applied."""
+
+    spec: str
+    hostname: str
+    port: int
+    username: str
+    key_filenames: list[str] = field(default_factory=list)
+    identities_only: bool = False
+    password: str | None = field(default=None, repr=False)
+    passphrase: str | None = field(default=None, repr=False)
+    known_hosts: list[str] = field(default_factory=list)
+    policy: str = "reject"
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    proxy_jump: list[str] = field(default_factory=list)
+    proxy_command: str | None = None
+    keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
+    keepalive_count: int = DEFAULT_KEEPALIVE_COUNT
+    idle_timeout: float = DEFAULT_IDLE_TIMEOUT
+    python: str = "python3"
+    allow_agent: bool = True
+    look_for_keys: bool = True
+    options: dict = field(default_factory=dict, repr=False)
+    #: the host as given (``%n``), before HostName
+    original_host: str = ""
+    #: the resolved last jump host (itself reached through its own ``jump``), if any
+    jump: "Target | None" = None
+    global_known_hosts: list[str] = field(default_factory=lambda: list(SYSTEM_KNOWN_HOSTS))
+    host_key_alias: str | None = None
+    hash_known_hosts: bool = False
+    #: None: $SSH_AUTH_SOCK; "": no agent; else the agent socket's path
+    identity_agent: str | None = None
+    address_family: str = "any"
+    #: the key files passed as ``key_filename`` (the first of ``key_filenames``), offered first
+    explicit_keys: list[str] = field(default_factory=list)
+
+    @property
+    def display(self) -> str:
+        host = "[%s]" % self.hostname if ":" in self.hostname else self.hostname
+        text = "%s@%s" % (self.username, host)
+        if self.port != 22:
+            text += ":%d" % self.port
+        if self.proxy_jump:
+            text += " via " + ",".join(self.proxy_jump)
+        elif self.proxy_command:
+            text += " via ProxyCommand"
+        return text
+
+    @property
+    def conn_key(self) -> tuple:
+        """Targets with this key share one SSH connection.
+
+        (user, host, port, route), and the settings that decide whom we trust and who
+        we are: a process asking for other credentials or other known_hosts files never
+        rides on a connection that was verified and authenticated with different ones.
+        """
+        route = self.jump.conn_key if self.jump is not None else self.proxy_command
+        secret = hashlib.sha256(self.password.encode()).hexdigest() if self.password is not None else None
+        trust = (tuple(self.key_filenames), self.identities_only, self.allow_agent, self.identity_agent, secret,
+                 tuple(self.known_hosts), tuple(self.global_known_hosts), self.host_key_alias, self.policy)
+        return (self.username, self.hostname, self.port, route, trust)
+
+    @property
+    def key(self) -> tuple:
+        """Processes whose targets share this key share one remote agent (and its connection)."""
+        return self.conn_key + (self.python,)
+
+    @property
+    def host_key_name(self) -> str:
+        """The name under which known_hosts holds this host's key."""
+        if self.host_key_alias:
+            return self.host_key_alias
+        return self.hostname if self.port == 22 else "[%s]:%d" % (self.hostname, self.port)
+
+
+def _yes(value: Any) -> bool:
+    return str(value).lower() in ("yes", "true", "on", "1")
+
+
+def _first(cfg: dict, key: str, default: Any = None) -> Any:
+    value = cfg.get(key)
+    if value is None:
+        return default
+    return value[0] if isinstance(value, list) else value
+
+
+def _number(cfg: dict, key: str, kind=float) -> Any:
+    value = _first(cfg, key)
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise ConfigError("ssh_config: %s %r is not a number" % (key, value)) from None
+
+
+def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _depth: int = 0) -> Target:
+    """Apply the keyword options and the ssh configuration to a host spec, as ``ssh`` does."""
+    user, host, port = parse_spec(spec)
+    if config is None:
+        config = load_config(options.get("ssh_config"))
+    # What the caller gave counts as obtained first (ssh's command line): the config cannot override it.
+    preset: dict[str, Any] = {}
+    if options.get("username") or user:
+        preset["user"] = [options.get("username") or user]
+    if options.get("port") or port:
+        preset["port"] = [str(options.get("port") or port)]
+    if options.get("proxy_jump") is not None:
+        preset["proxyjump"] = options["proxy_jump"]
+    elif options.get("proxy_command") is not None:
+        preset["proxycommand"] = options["proxy_command"]
+    cfg = config.lookup(host, preset)
+
+    hostname = _expand(_first(cfg, "hostname", "%h"), {"%": "%", "h": host}, "HostName")
+    port = _number(cfg, "port", int) or 22
+    if not 0 < port < 65536:
+        raise ConfigError("%s: port %d is out of range 1-65535" % (spec, port), spec)
+    username = _first(cfg, "user") or _local_user()
+    alias = _first(cfg, "hostkeyalias")
+    jump_text = cfg.get("proxyjump")
+    tokens = _tokens(host, hostname, port, username, alias, jump_text)
+
+    keys = options.get("key_filename")
+    keys = [] if keys is None else [keys] if isinstance(keys, (str, os.PathLike)) else list(keys)
+    keys = [os.path.expanduser(os.fspath(k)) for k in keys]
+    explicit = list(keys)
+    keys += [_path(k, tokens, "IdentityFile") for k in cfg.get("identityfile", []) if k.lower() != "none"]
+    look_for_keys = options.get("look_for_keys", True)
+    if not keys and look_for_keys and "none" not in [k.lower() for k in cfg.get("identityfile", [])]:
+        keys = [os.path.expanduser("~/.ssh/" + name) for name in DEFAULT_IDENTITIES]
+
+    known = options.get("known_hosts")
+    if known is not None:
+        known = [known] if isinstance(known, (str, os.PathLike)) else list(known)
+        known = [os.path.expanduser(os.fspath(k)) for k in known]
+    else:
+        known = [_path(k, tokens, "UserKnownHostsFile") for k in cfg.get("userknownhostsfile", USER_KNOWN_HOSTS)]
+    known = [k for k in known if k.lower() != "none"]
+    global_known = [_path(k, tokens, "GlobalKnownHostsFile")
+                    for k in cfg.get("globalknownhostsfile", SYSTEM_KNOWN_HOSTS)]
+    global_known = [k for k in global_known if k.lower() != "none"]
+
+    policy = options.get("host_key_policy")
+    if policy is None:
+        strict = str(_first(cfg, "stricthostkeychecking", "ask")).lower()
+        policy = "accept-new" if strict in ("accept-new", "no", "off", "false") else "reject"
+
+    agent = _first(cfg, "identityagent")
+    if agent is not None:
+        if agent.lower() == "none":
+            agent = ""
+        elif agent == "SSH_AUTH_SOCK":
+            agent = None
+        elif agent.startswith("$") and not agent.startswith("${"):
+            agent = os.environ.get(agent[1:], "")
+        else:
+            agent = _path(agent, tokens, "IdentityAgent")
+
+    jumps = parse_jumps(_expand(jump_text, tokens, "ProxyJump") if isinstance(jump_text, str) else None)
+    jump = None
+    if jumps:
+        if _depth >= MAX_JUMPS:
+            raise ConfigError("%s: ProxyJump goes through more than %d hosts; is there a loop in %s?"
+                              % (spec, MAX_JUMPS, ", ".join(jumps)), spec)
+        jump_options = {k: options[k] for k in JUMP_INHERITS if k in options}
+        # like ``ssh -J a,b`` runs ``ssh -J a -W host:port b``: b reached through a, a through its own config
+        if len(jumps) > 1:      # already expanded: keep a literal % literal in the hop's own expansion
+            jump_options["proxy_jump"] = ",".join(jumps[:-1]).replace("%", "%%")
+        jump = resolve(jumps[-1], jump_options, config, _depth + 1)
+    proxy_command = cfg.get("proxycommand") if not jumps else None
+    if proxy_command is not None:
+        proxy_command = None if proxy_command.strip().lower() == "none" else _expand(
+            proxy_command, tokens, "ProxyCommand")
+
+    interval = options.get("keepalive_interval") or _number(cfg, "serveraliveinterval") or DEFAULT_KEEPALIVE_INTERVAL
+    count = options.get("keepalive_count") or _number(cfg, "serveralivecountmax", int) or DEFAULT_KEEPALIVE_COUNT
+    timeout = options.get("connect_timeout") or _number(cfg, "connecttimeout") or DEFAULT_CONNECT_TIMEOUT
+    family = str(_first(cfg, "addressfamily", "any")).lower()
+    return Target(
+        spec=spec, hostname=hostname, port=port, username=username, key_filenames=keys,
+        identities_only=_yes(_first(cfg, "identitiesonly", "no")),
+        password=options.get("password"), passphrase=options.get("passphrase"),
+        known_hosts=known, policy=policy, connect_timeout=float(timeout),
+        proxy_jump=jumps, proxy_command=proxy_command,
+        keepalive_interval=float(interval), keepalive_count=max(1, int(count)),
+        idle_timeout=float(options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT)),
+        python=options.get("python", "python3"),
+        allow_agent=options.get("allow_agent", True), look_for_keys=look_for_keys,
+        options=options, original_host=host, jump=jump, global_known_hosts=global_known,
+        host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
+        identity_agent=agent, address_family=family if family in ("inet", "inet6") else "any",
+        explicit_keys=explicit,
+    )
+
