@@ -5,10 +5,11 @@ from __future__ import annotations
 import itertools
 import weakref
 from concurrent import futures
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Iterator
 
 from .agent import worker
 from .scheduler import Scheduler
+from .workers import Hosts
 
 __all__ = ["Executor"]
 
@@ -33,9 +34,6 @@ class _FutureJob:
         else:
             self.future.set_exception(value)
 
-    def _cancel(self) -> None:
-        self.future.cancel()
-
 
 class Executor(futures.Executor):
     """``concurrent.futures.Executor`` whose calls run on RemoteProcess workers spread over ``hosts``.
@@ -49,7 +47,7 @@ class Executor(futures.Executor):
     running (``ConnectionLostError``), not the whole executor.
     """
 
-    def __init__(self, hosts, processes_per_host: int | None = None, initializer: Callable | None = None,
+    def __init__(self, hosts: Hosts, processes_per_host: int | None = None, initializer: Callable | None = None,
                  initargs: Iterable = (), max_tasks_per_child: int | None = None, **ssh_options: Any) -> None:
         self._core = Scheduler(hosts, processes_per_host, initializer, initargs, max_tasks_per_child,
                                ssh_options)
@@ -64,7 +62,8 @@ class Executor(futures.Executor):
         self._core.submit(self._core.make_chunks(job, fn, worker.APPLY, [(args, kwargs)], 1))
         return future
 
-    def map(self, fn: Callable, *iterables: Iterable, timeout: float | None = None, chunksize: int = 1):
+    def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
+            chunksize: int = 1) -> Iterator[Any]:
         if chunksize < 1:
             raise ValueError("chunksize must be >= 1.")
         if chunksize == 1:
@@ -76,7 +75,9 @@ class Executor(futures.Executor):
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
         self._shutdown = True
         if cancel_futures:
-            self._core.cancel_pending()
+            for chunk in self._core.cancel_pending():
+                if isinstance(chunk.job, _FutureJob):
+                    chunk.job.future.cancel()
         self._core.close()
         if wait:
             self._finalizer.detach()
@@ -91,7 +92,7 @@ class Executor(futures.Executor):
             sum(1 for w in self._core.workers if w.alive), [h for h, _ in self._core.hosts])
 
 
-def _chunks(it, size: int):
+def _chunks(it: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:
     it = iter(it)
     while True:
         chunk = tuple(itertools.islice(it, size))

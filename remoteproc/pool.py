@@ -15,15 +15,18 @@ import types
 import warnings
 import weakref
 from multiprocessing import TimeoutError
-from typing import Any, Callable, Iterable, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from .agent import worker
 from .errors import RemoteProcessError
 from .scheduler import CLOSE, PREFETCH, RUN, TERMINATE, Chunk, Scheduler
+from .workers import Hosts
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]
 
 _job_ids = itertools.count()
+
+Callback = Optional[Callable[[Any], object]]        # a result's callback or error_callback
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -31,12 +34,12 @@ _job_ids = itertools.count()
 class ApplyResult:
     """What ``apply_async`` returns: ``get``, ``wait``, ``ready``, ``successful``."""
 
-    def __init__(self, callback=None, error_callback=None) -> None:
+    def __init__(self, callback: Callback = None, error_callback: Callback = None) -> None:
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
-        self._success = None
-        self._value = None
+        self._success = False       # both set before the event: read only once ready
+        self._value: Any = None
         self._job = next(_job_ids)
 
     def ready(self) -> bool:
@@ -50,7 +53,7 @@ class ApplyResult:
     def wait(self, timeout: float | None = None) -> None:
         self._event.wait(timeout)
 
-    def get(self, timeout: float | None = None):
+    def get(self, timeout: float | None = None) -> Any:
         self.wait(timeout)
         if not self.ready():
             raise TimeoutError
@@ -72,7 +75,10 @@ class ApplyResult:
         finally:
             self._event.set()
 
-    __class_getitem__ = classmethod(types.GenericAlias)
+    @classmethod
+    def __class_getitem__(cls, item: Any) -> types.GenericAlias:
+        """``ApplyResult[int]`` in annotations, as with ``multiprocessing.pool.ApplyResult``."""
+        return types.GenericAlias(cls, item)
 
 
 AsyncResult = ApplyResult
@@ -81,10 +87,10 @@ AsyncResult = ApplyResult
 class MapResult(ApplyResult):
     """What ``map_async``/``starmap_async`` return; ready when every chunk is back (as multiprocessing)."""
 
-    def __init__(self, length: int, chunks: int, callback=None, error_callback=None) -> None:
+    def __init__(self, length: int, chunks: int, callback: Callback = None, error_callback: Callback = None) -> None:
         super().__init__(callback, error_callback)
         self._success = True
-        self._value = [None] * length
+        self._value: Any = [None] * length       # the results, or the first exception
         self._left = chunks
         self._lock = threading.Lock()
         if chunks == 0:
@@ -123,25 +129,26 @@ class IMapIterator:
     def __init__(self, ordered: bool) -> None:
         self._ordered = ordered
         self._cond = threading.Condition(threading.Lock())
-        self._items: dict | collections.deque = {} if ordered else collections.deque()
+        self._by_index: dict[int, tuple[bool, Any]] = {}                        # ordered: results by position
+        self._arrived: collections.deque[tuple[bool, Any]] = collections.deque()  # unordered: as they come
         self._index = 0             # next position to yield (ordered) or number yielded (unordered)
-        self._length = None         # known once the input is exhausted
+        self._length: int | None = None     # known once the input is exhausted
         self._in_flight = 0         # chunks submitted and not yet back (the feeder's back-pressure)
         self._job = next(_job_ids)
 
-    def __iter__(self):
+    def __iter__(self) -> IMapIterator:
         return self
 
-    def next(self, timeout: float | None = None):
+    def next(self, timeout: float | None = None) -> Any:
         deadline = None if timeout is None else time.monotonic() + timeout
         with self._cond:
             while True:
                 if self._ordered:
-                    if self._index in self._items:
-                        ok, value = self._items.pop(self._index)
+                    if self._index in self._by_index:
+                        ok, value = self._by_index.pop(self._index)
                         break
-                elif self._items:
-                    ok, value = self._items.popleft()
+                elif self._arrived:
+                    ok, value = self._arrived.popleft()
                     break
                 if self._length is not None and self._index >= self._length:
                     raise StopIteration
@@ -164,9 +171,9 @@ class IMapIterator:
             for i, item in enumerate(data):
                 pair = (True, item) if all_ok else item
                 if self._ordered:
-                    self._items[start + i] = pair
+                    self._by_index[start + i] = pair
                 else:
-                    self._items.append(pair)
+                    self._arrived.append(pair)
             self._in_flight -= 1
             self._cond.notify_all()
 
@@ -188,8 +195,9 @@ class Pool:
     ``join`` and ``with`` (which terminates on exit) work as in multiprocessing.
     """
 
-    def __init__(self, hosts, processes_per_host: int | None = None, initializer: Callable | None = None,
-                 initargs: Iterable = (), maxtasksperchild: int | None = None, **ssh_options: Any) -> None:
+    def __init__(self, hosts: Hosts, processes_per_host: int | None = None,
+                 initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = (),
+                 maxtasksperchild: int | None = None, **ssh_options: Any) -> None:
         self._state = RUN
         self._core = Scheduler(hosts, processes_per_host, initializer, initargs, maxtasksperchild, ssh_options)
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
@@ -209,29 +217,34 @@ class Pool:
             self._core.state, sum(1 for w in self._core.workers if w.alive), self.hosts)
 
     # -- the multiprocessing.Pool API ---------------------------------------------------------------------
-    def apply(self, func: Callable, args: Iterable = (), kwds: Mapping | None = None):
+    def apply(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None) -> Any:
         return self.apply_async(func, args, kwds).get()
 
-    def apply_async(self, func, args=(), kwds=None, callback=None, error_callback=None) -> ApplyResult:
+    def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None,
+                    callback: Callback = None, error_callback: Callback = None) -> ApplyResult:
         self._core.check_running()
         result = ApplyResult(callback, error_callback)
         chunks = self._core.make_chunks(result, func, worker.APPLY, [(tuple(args), dict(kwds or {}))], 1)
         self._core.submit(chunks)
         return result
 
-    def map(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+    def map(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None) -> list[Any]:
         return self._map_async(func, iterable, worker.CALL, chunksize).get()
 
-    def map_async(self, func, iterable, chunksize=None, callback=None, error_callback=None) -> MapResult:
+    def map_async(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int | None = None,
+                  callback: Callback = None, error_callback: Callback = None) -> MapResult:
         return self._map_async(func, iterable, worker.CALL, chunksize, callback, error_callback)
 
-    def starmap(self, func: Callable, iterable: Iterable, chunksize: int | None = None) -> list:
+    def starmap(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]],
+                chunksize: int | None = None) -> list[Any]:
         return self._map_async(func, iterable, worker.STAR, chunksize).get()
 
-    def starmap_async(self, func, iterable, chunksize=None, callback=None, error_callback=None) -> MapResult:
+    def starmap_async(self, func: Callable[..., Any], iterable: Iterable[Iterable[Any]], chunksize: int | None = None,
+                      callback: Callback = None, error_callback: Callback = None) -> MapResult:
         return self._map_async(func, iterable, worker.STAR, chunksize, callback, error_callback)
 
-    def _map_async(self, func, iterable, mode, chunksize, callback=None, error_callback=None) -> MapResult:
+    def _map_async(self, func: Callable[..., Any], iterable: Iterable[Any], mode: int, chunksize: int | None,
+                   callback: Callback = None, error_callback: Callback = None) -> MapResult:
         self._core.check_running()
         items = list(iterable)
         if chunksize is None:
@@ -248,13 +261,13 @@ class Pool:
             self._core.submit(self._core.make_chunks(result, func, mode, items, chunksize))
         return result
 
-    def imap(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> IMapIterator:
+    def imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
         return self._imap(func, iterable, chunksize, ordered=True)
 
-    def imap_unordered(self, func: Callable, iterable: Iterable, chunksize: int = 1) -> IMapIterator:
+    def imap_unordered(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int = 1) -> IMapIterator:
         return self._imap(func, iterable, chunksize, ordered=False)
 
-    def _imap(self, func, iterable, chunksize, ordered) -> IMapIterator:
+    def _imap(self, func: Callable[[Any], Any], iterable: Iterable[Any], chunksize: int, ordered: bool) -> IMapIterator:
         self._core.check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
@@ -286,18 +299,18 @@ class Pool:
         self._core.check_running()
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, *exc: object) -> None:
         self.terminate()
 
-    def __del__(self, _warn=warnings.warn) -> None:
+    def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_state", None) == RUN and getattr(self, "_core", None) is not None:
             _warn("unclosed running remoteproc pool %r" % (self,), ResourceWarning, source=self)
 
-    def __reduce__(self):
+    def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
 
-def _feed(core: Scheduler, result: IMapIterator, fbytes: bytes, it, chunksize: int) -> None:
+def _feed(core: Scheduler, result: IMapIterator, fbytes: bytes, it: Iterator[Any], chunksize: int) -> None:
     """imap's input, consumed lazily in a thread of its own, with back-pressure."""
     index = 0
     limit = max(4, 2 * PREFETCH * core.size)

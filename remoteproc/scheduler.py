@@ -20,9 +20,8 @@ collects results:
 
 The manager writes tasks with non-blocking sends (a worker that is slow to read
 never stalls the others) and blocks in a selector when there is nothing to do.
-A *job* is whatever a chunk's results go to (a Pool result, an Executor future):
-the scheduler calls its ``_dispatching()``, ``_set(start, all_ok, data)`` and
-``_cancel()``.
+A *job* (``Job``) is whatever a chunk's results go to: a Pool result object, an
+Executor future.
 """
 
 from __future__ import annotations
@@ -38,11 +37,13 @@ import struct
 import threading
 import time
 import weakref
-from multiprocessing.pool import RemoteTraceback
+from multiprocessing.connection import Connection
+from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]  # (not in typeshed)
+from typing import Any, Callable, Iterable, Protocol
 
 from .agent import proxies
 from .errors import CONNECTION_LOST, ConnectionLostError, PicklingError, RemoteProcessError
-from .workers import TERMINATE_GRACE, Starter, Worker, parse_hosts
+from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts
 
 log = logging.getLogger("remoteproc.pool")
 
@@ -52,6 +53,16 @@ READ_BATCH = 64         # messages read from one worker before looking at the ot
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 _chunk_ids = itertools.count(1)
+
+
+class Job(Protocol):
+    """What a chunk's results go to: a Pool result object or an Executor future's job."""
+
+    def _dispatching(self) -> bool:
+        """A chunk of this job goes to a worker now; False: the job was cancelled, drop the chunk."""
+
+    def _set(self, start: int, all_ok: bool, data: list) -> None:
+        """Results of calls ``start`` on: the values if ``all_ok``, else ``(ok, value or exception)`` pairs."""
 
 
 def _frame(data: bytes) -> bytes:
@@ -69,7 +80,7 @@ class Chunk:
 
     __slots__ = ("cid", "job", "start", "n", "data")
 
-    def __init__(self, job, start: int, n: int, mode: int, fbytes: bytes, abytes: bytes) -> None:
+    def __init__(self, job: Job, start: int, n: int, mode: int, fbytes: bytes, abytes: bytes) -> None:
         self.cid = next(_chunk_ids)
         self.job = job
         self.start = start
@@ -77,7 +88,7 @@ class Chunk:
         self.data = _frame(pickle.dumps(("task", self.cid, mode, fbytes, abytes), pickle.HIGHEST_PROTOCOL))
 
 
-def _task_error(w: Worker, err) -> BaseException:
+def _task_error(w: Worker, err: tuple[bytes | None, str, str]) -> BaseException:
     """An exception as the worker sent it, with the remote traceback as ``__cause__``."""
     blob, text, summary = err
     exc = None
@@ -96,7 +107,8 @@ def _task_error(w: Worker, err) -> BaseException:
 class Scheduler:
     """The workers and the manager thread of one Pool or Executor (the thread works on this, never on them)."""
 
-    def __init__(self, hosts, processes_per_host, initializer, initargs, maxtasks, ssh_options) -> None:
+    def __init__(self, hosts: Hosts, processes_per_host: int | None, initializer: Callable[..., Any] | None,
+                 initargs: Iterable[Any], maxtasks: int | None, ssh_options: dict[str, Any]) -> None:
         if processes_per_host is not None and (not isinstance(processes_per_host, int) or processes_per_host < 1):
             raise ValueError("processes_per_host must be at least 1")
         if maxtasks is not None and (not isinstance(maxtasks, int) or maxtasks <= 0):
@@ -107,7 +119,7 @@ class Scheduler:
         self.starter = Starter(initializer, tuple(initargs), maxtasks)
         self.maxtasks = maxtasks
         self.lock = threading.Lock()
-        self.pending: collections.deque = collections.deque()
+        self.pending: collections.deque[Chunk] = collections.deque()
         self.chunks: dict[int, Chunk] = {}
         self.workers: list[Worker] = []
         self.lost_hosts: dict[str, str] = {}
@@ -115,7 +127,7 @@ class Scheduler:
         self.feeders = 0
         self.state = RUN
         self.rr = 0
-        self.chunk_time = None      # moving average of a chunk's time on a worker, round trip included
+        self.chunk_time: float | None = None      # moving average of a chunk's time on a worker, round trip included
         # poll(), not epoll: a RemoteProcess sentinel may be swapped for another file under the same
         # fd once its exit was read (by anyone, e.g. multiprocessing's _cleanup() in start()), and an
         # epoll registration would then never fire again.
@@ -124,7 +136,7 @@ class Scheduler:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, (self._on_wake, None))
-        self.thread = None
+        self.thread: threading.Thread | None = None
         self.pid = os.getpid()
         try:
             self.starter.start_all(self.hosts, processes_per_host, self.workers)
@@ -164,7 +176,8 @@ class Scheduler:
     def size(self) -> int:
         return max(1, sum(1 for w in self.workers if w.alive))
 
-    def make_chunks(self, job, func, mode: int, items: list, chunksize: int, start: int = 0) -> list[Chunk]:
+    def make_chunks(self, job: Job, func: Callable[..., Any], mode: int, items: list[Any], chunksize: int,
+                    start: int = 0) -> list[Chunk]:
         """Pickle a job's calls (in the caller's thread, so errors surface there)."""
         fbytes = self.dumps(func, "the function")
         chunks = []
@@ -174,7 +187,7 @@ class Scheduler:
         return chunks
 
     @staticmethod
-    def dumps(obj, what: str) -> bytes:
+    def dumps(obj: object, what: str) -> bytes:
         try:
             return proxies.dumps_item(obj)
         except Exception as exc:
@@ -216,12 +229,11 @@ class Scheduler:
         if self.thread is not None and self.thread is not threading.current_thread():
             self.thread.join(timeout)
 
-    def cancel_pending(self) -> None:
-        """Executor.shutdown(cancel_futures=True): drop what no worker has started."""
+    def cancel_pending(self) -> list[Chunk]:
+        """Executor.shutdown(cancel_futures=True): drop what no worker has started, and return it."""
         with self.lock:
             dropped, self.pending = list(self.pending), collections.deque()
-        for c in dropped:
-            c.job._cancel()
+        return dropped
 
     # -- the manager thread ------------------------------------------------------------------------
     def _run(self) -> None:
@@ -268,7 +280,7 @@ class Scheduler:
             os.close(wake_w)
             os.close(self.wake_r)
 
-    def _on_wake(self, _w, _mask) -> None:
+    def _on_wake(self, _w: None, _mask: int) -> None:
         try:
             while os.read(self.wake_r, 4096):
                 pass
@@ -328,7 +340,7 @@ class Scheduler:
             w.events = want
             self.sel.modify(w.conn.fileno(), want, (self._on_conn, w))
 
-    def _on_conn(self, w: Worker, mask) -> None:
+    def _on_conn(self, w: Worker, mask: int) -> None:
         if mask & selectors.EVENT_WRITE:
             with self.lock:
                 self._flush(w)
@@ -392,8 +404,8 @@ class Scheduler:
         if chunk is None:
             return
         if kind == "failed":
-            exc = _task_error(w, msg[2])
-            chunk.job._set(chunk.start, False, [(False, exc)] * chunk.n)
+            error = _task_error(w, msg[2])
+            chunk.job._set(chunk.start, False, [(False, error)] * chunk.n)
             return
         all_ok, payload = msg[2], msg[3]
         try:
@@ -407,7 +419,7 @@ class Scheduler:
             values = [(True, v) if ok else (False, _task_error(w, v)) for ok, v in values]
         chunk.job._set(chunk.start, all_ok, values)
 
-    def _on_sentinel(self, w: Worker, _mask) -> None:
+    def _on_sentinel(self, w: Worker, _mask: int) -> None:
         """A worker ended: deliver what it sent, fail what it was running, maybe replace it."""
         if w.conn_open and _poll(w.conn):
             self._read(w, None)
@@ -421,6 +433,7 @@ class Scheduler:
         w.alive = False
         w.close()
         state = self.state
+        err: RemoteProcessError
         if code == CONNECTION_LOST:
             reason = "%s" % (w.process.connection_error or "connection lost")
             err = ConnectionLostError("%s: the connection to this host was lost while pool worker pid %s ran "
@@ -495,14 +508,14 @@ class Scheduler:
             w.close()
 
 
-def _poll(conn) -> bool:
+def _poll(conn: Connection) -> bool:
     try:
         return conn.poll(0)
     except (EOFError, OSError):
         return True
 
 
-_schedulers: weakref.WeakSet = weakref.WeakSet()
+_schedulers: weakref.WeakSet[Scheduler] = weakref.WeakSet()
 
 
 def _after_fork_in_child() -> None:

@@ -13,9 +13,9 @@ import os
 import pickle
 import socket
 import threading
-from multiprocessing.connection import Pipe
+from multiprocessing.connection import Connection, Pipe
 from multiprocessing.connection import wait as _wait
-from typing import Any, Mapping
+from typing import Any, Callable, Iterable, Mapping, Tuple, Union, cast
 
 from .agent import worker
 from .errors import CONNECTION_LOST, ConfigError, ConnectionLostError, RemoteProcessError
@@ -23,8 +23,11 @@ from .process import RemoteProcess
 
 TERMINATE_GRACE = 5.0   # seconds between terminate() and kill() of the workers
 
+#: a pool's ``hosts``: one spec, or specs and ``(spec, {ssh options})`` pairs
+Hosts = Union[str, Iterable[Union[str, Tuple[str, Mapping[str, Any]]]]]
 
-def parse_hosts(hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str, dict]]:
+
+def parse_hosts(hosts: Hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
     """``hosts`` as a list of ``(spec, options)``: each entry is a spec or ``(spec, {options})``."""
     if isinstance(hosts, str):
         hosts = [hosts]
@@ -44,20 +47,22 @@ def parse_hosts(hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str, dict]]
 
 
 class Worker:
-    def __init__(self, host: str, options: dict, process: RemoteProcess, conn) -> None:
+    """One started worker: its process, its end of the pipe, and the scheduler's bookkeeping for it."""
+
+    def __init__(self, host: str, options: dict[str, Any], process: RemoteProcess, conn: Connection) -> None:
         self.host = host
         self.options = options
         self.process = process
         self.conn = conn
         self.sock = socket.socket(fileno=os.dup(conn.fileno()))
         self.out = bytearray()
-        self.outstanding: collections.deque = collections.deque()
+        self.outstanding: collections.deque[int] = collections.deque()     # chunk ids in flight
         self.sent = 0
-        self.pid = process.pid
-        self.agent_pid = None
-        self.cpus = None
+        self.pid: int = cast(int, process.pid)     # started: the remote pid is known
+        self.agent_pid: int | None = None
+        self.cpus: int | None = None
         self.hello = False
-        self.init_error = None
+        self.init_error: str | None = None
         self.alive = True
         self.conn_open = True
         self.events = 0
@@ -78,12 +83,12 @@ class Worker:
 class Starter:
     """What every worker of one pool starts with: the initializer, its arguments, the task limit."""
 
-    def __init__(self, initializer, initargs: tuple, maxtasks) -> None:
+    def __init__(self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], maxtasks: int | None) -> None:
         self.initializer = initializer
         self.initargs = initargs
         self.maxtasks = maxtasks
 
-    def spawn(self, host: str, options: dict) -> Worker:
+    def spawn(self, host: str, options: dict[str, Any]) -> Worker:
         parent_end, child_end = Pipe()
         p = RemoteProcess(host, target=worker.main,
                           args=(child_end, self.initializer, self.initargs, self.maxtasks),
@@ -119,7 +124,7 @@ class Starter:
         raise RemoteProcessError("%s: a pool worker ended (exitcode %s) before it was ready; see its "
                                  "stderr above" % (w.host, w.process.exitcode), w.host)
 
-    def _start_host(self, index: int, host: str, options: dict, count, out: list) -> None:
+    def _start_host(self, index: int, host: str, options: dict[str, Any], count: int | None, out: list) -> None:
         started: list[Worker] = []
         try:
             first = self.spawn(host, options)
@@ -134,7 +139,11 @@ class Starter:
         except BaseException as exc:
             out[index] = (exc, started)
 
-    def start_all(self, hosts: list[tuple[str, dict]], count, workers: list[Worker]) -> None:
+    def start_all(self, hosts: list[tuple[str, dict[str, Any]]], count: int | None, workers: list[Worker]) -> None:
+        """Start ``count`` workers per host (default: its CPU count) into ``workers``, in round-robin order.
+
+        On an error, ``workers`` holds those started (for the caller to stop) and the first error is raised.
+        """
         out: list = [None] * len(hosts)
         threads = [threading.Thread(target=self._start_host, args=(i, h, o, count, out),
                                     name="remoteproc-pool-start %s" % h, daemon=True)
