@@ -12,7 +12,6 @@ import sys
 import threading
 
 _fds = {}           # placeholder index -> fd of the child's end
-NOFILE = None       # the open-files limit the agent had before it raised its own
 GRACE = 2.0         # seconds between SIGTERM and SIGKILL when the agent vanishes
 
 
@@ -163,15 +162,16 @@ def _reset_signals():
 
 
 def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_fd=None, modules=None,
-        host="the remote host"):
-    """Set up and run the child; never returns."""
+        host="the remote host", nofile=None):
+    """Set up and run the child; never returns.  ``nofile``: the open-files limit the
+    agent had before it raised its own (the user's code gets the usual limit)."""
     code = 1
     try:
         _reset_signals()
-        if NOFILE is not None:
+        if nofile is not None:
             import resource
 
-            resource.setrlimit(resource.RLIMIT_NOFILE, NOFILE)   # the user's code gets the usual limit
+            resource.setrlimit(resource.RLIMIT_NOFILE, nofile)
         os.setpgid(0, 0)
         for fd in close_fds:
             try:

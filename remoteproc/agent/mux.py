@@ -336,19 +336,3 @@ class Mux:
     def owned_by(self, owner):
         return [s for s in self.streams.values() if s.owner is owner]
 
-
-def raise_fd_limit():
-    """Lift the soft limit on open files to the hard one: every stream is an fd, and a
-    remote process costs the agent about six, the relay about four.  Returns the limits
-    to restore in children, or None."""
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = hard if hard != resource.RLIM_INFINITY else max(soft, 1 << 16)
-        if soft != resource.RLIM_INFINITY and soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-            return soft, hard
-    except (ImportError, ValueError, OSError):
-        pass
-    return None

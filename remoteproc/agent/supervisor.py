@@ -14,7 +14,7 @@ import socket
 import sys
 import time
 
-from . import PROTOCOL_VERSION, child, frames, mux
+from . import PROTOCOL_VERSION, child, fdlimit, frames, mux
 
 GRACE = 2.0     # seconds from SIGTERM to SIGKILL when cleaning up
 MAX_IMPORT_LINE = 64 << 20      # bytes of one message on a child's import socket
@@ -51,8 +51,9 @@ def _try_grow_pipe(fd):
 class Supervisor:
     """Serve one frame channel on (fd_in, fd_out) until it ends."""
 
-    def __init__(self, fd_in, fd_out):
+    def __init__(self, fd_in, fd_out, nofile=None):
         self.fd_in = fd_in
+        self.nofile = nofile    # the open-files limit to restore in children (see fdlimit.py)
         self.fd_out = fd_out
         self.sel = selectors.DefaultSelector()
         self.out = bytearray()
@@ -207,7 +208,7 @@ class Supervisor:
             raise
         if pid == 0:    # pragma: no cover - the child never returns (os._exit)
             child.run(blob, theirs, out_w, err_w, sen_r, close, tty, imp_w, self.modules,
-                      str(msg.get("host") or "the remote host"))
+                      str(msg.get("host") or "the remote host"), self.nofile)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, child.RESET_SIGNALS)
         try:
             os.setpgid(pid, pid)
@@ -411,8 +412,7 @@ def hello():
 
 def main(fd_in, fd_out):
     """Run the agent on the given channel fds; returns the process exit status."""
-    child.NOFILE = mux.raise_fd_limit()
-    sup = Supervisor(fd_in, fd_out)
+    sup = Supervisor(fd_in, fd_out, nofile=fdlimit.raise_fd_limit())
     sup.control(hello())
     # Preload what every child needs, so that a fork is all a start costs.
     import multiprocessing.connection  # noqa: F401

@@ -20,7 +20,7 @@ import threading
 import types
 
 from .. import ssh
-from ..agent.mux import raise_fd_limit
+from ..agent.fdlimit import raise_fd_limit
 from ..errors import RemoteProcessError
 from . import ipc
 from .link import Link
