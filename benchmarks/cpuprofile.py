@@ -104,7 +104,7 @@ def main() -> int:
     ap.add_argument("--py-spy", metavar="DIR", help="also record py-spy stacks of relay, agent and child here")
     args = ap.parse_args()
     from remoteproc import RemoteProcess
-    from remoteproc.relay import client as hubclient
+    from remoteproc.relay import client as relay_client
     from remoteproc.testing import LoopbackSSHServer, current_user
     from remoteproc.testing.proctree import descendants
 
@@ -151,7 +151,7 @@ def main() -> int:
         make = functools.partial(RemoteProcess, srv.spec(user), **srv.options(user))
         server = connbench.Server(make)
         server.rt(100)
-        relay = hubclient._hub.proc.pid
+        relay = relay_client.get().proc.pid
         child = server.proc.pid
         agent = _ppid(child)
         procs = {"parent": [os.getpid()], "relay": [relay], "agent": [agent], "child": [child],

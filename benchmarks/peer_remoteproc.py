@@ -41,11 +41,11 @@ def run(cfg, rec) -> None:
     # the busy-thread figures alternate with a local Pipe (a forked child) run by run: same load for both
     connbench.measure_all(rec, peer, cfg, make, local=multiprocessing.get_context("fork").Process)
     try:
-        from remoteproc.relay import client as hubclient
+        from remoteproc.relay import client as relay_client
 
-        hub = hubclient._hub
-        if hub is not None:
-            rec.data["info"]["relay_pid"] = hub.proc.pid
+        relay = relay_client.current()
+        if relay is not None:
+            rec.data["info"]["relay_pid"] = relay.proc.pid
     except Exception:  # noqa: BLE001 - information only
         pass
 

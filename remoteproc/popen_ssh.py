@@ -17,7 +17,7 @@ from multiprocessing import util
 
 from . import reduction
 from .errors import CONNECTION_LOST, from_wire
-from .relay import client as hubclient
+from .relay import client as relay_client
 from .relay import ipc
 
 
@@ -43,8 +43,8 @@ class Popen:
             "tty": os.isatty(out_fd),
         }
         del payload
-        hub = hubclient.get()
-        self._status = hub.start(request, [b.fd for b in bridged] + [out_fd, err_fd])
+        relay = relay_client.get()
+        self._status = relay.start(request, [b.fd for b in bridged] + [out_fd, err_fd])
         # Closed when this object goes, or at interpreter exit after multiprocessing has
         # joined its children (negative priority), as popen_fork closes its sentinel.
         self._finalizer = util.Finalize(self, self._status.close, exitpriority=-5)

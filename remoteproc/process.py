@@ -5,7 +5,7 @@ from __future__ import annotations
 from multiprocessing import process as mp_process
 from typing import Any, Callable, Iterable, Mapping
 
-from .relay import client as hubclient
+from .relay import client as relay_client
 from .ssh.spec import check_options, parse_spec
 
 
@@ -39,7 +39,7 @@ class RemoteProcess(mp_process.BaseProcess):
         super().__init__(group, target, name, args, kwargs, daemon=daemon)
         self._host = host
         self._ssh_options = options
-        hubclient.prestart()
+        relay_client.prestart()
 
     @staticmethod
     def _Popen(process_obj):

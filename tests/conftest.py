@@ -183,9 +183,9 @@ def _stop_relay_at_the_end() -> Iterator[None]:
     """Stop the relay process before the coverage report, so that its data (and that
     of the agents it leaves) is written first; it also proves a clean shutdown."""
     yield
-    from remoteproc.relay import client as hubclient
+    from remoteproc.relay import client as relay_client
 
-    hubclient.shutdown()
+    relay_client.shutdown()
 
 
 @pytest.fixture

@@ -65,14 +65,14 @@ def test_frames_survive_any_split():
     frames.header(frames.STOP, 4, 9),                       # STOP with a length
 ])
 def test_bad_frames_are_refused(bad):
-    with pytest.raises(frames.ProtocolError):
+    with pytest.raises(frames.FrameError):
         _collect([bad])
 
 
 @pytest.mark.parametrize("payload", [b"", b"\x00\x00\x00\x09{}", struct.pack(">I", 2) + b"[]",
                                      struct.pack(">I", 3) + b"{x}", struct.pack(">I", 2) + b"{}"])
 def test_bad_control_payloads_are_refused(payload):
-    with pytest.raises(frames.ProtocolError):
+    with pytest.raises(frames.FrameError):
         frames.parse_control(payload)
 
 
@@ -82,7 +82,7 @@ def test_random_bytes_never_crash_the_reader_otherwise():
         data = bytes(rng.getrandbits(8) for _ in range(rng.randrange(1, 64)))
         try:
             _collect([data])
-        except frames.ProtocolError:
+        except frames.FrameError:
             pass
 
 
@@ -186,9 +186,9 @@ def test_credit_beyond_the_window_and_unknown_streams_are_refused():
     pair = Pair()
     pair.bridge(1)
     pair.a.on_frame(frames.CREDIT, 1, 0)   # a zero credit is harmless
-    with pytest.raises(frames.ProtocolError):
+    with pytest.raises(frames.FrameError):
         pair.a.on_frame(frames.CREDIT, 1, 1 << 30)
-    with pytest.raises(frames.ProtocolError):
+    with pytest.raises(frames.FrameError):
         pair.a.on_data(5, memoryview(b"x"))
 
 

@@ -13,7 +13,7 @@ import pytest
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
-from remoteproc.relay import client as hubclient
+from remoteproc.relay import client as relay_client
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -122,7 +122,7 @@ def test_garbage_from_a_fake_agent_is_a_typed_error(host, ssh_options, tmp_path,
     fake = tmp_path / ("fake-" + mode)
     fake.write_text(FAKE_AGENT.format(python=sys.executable, mode=mode))
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR | stat.S_IRUSR)
-    relay = hubclient.get().proc.pid
+    relay = relay_client.get().proc.pid
     before = (threading.active_count(), _tasks(relay))
     p = RemoteProcess(host, target=print, python=str(fake), **ssh_options)
     with pytest.raises(error) as info:

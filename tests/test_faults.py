@@ -21,7 +21,7 @@ from proctable import children_of, gone, ppid
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
-from remoteproc.relay import client as hubclient
+from remoteproc.relay import client as relay_client
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -218,7 +218,7 @@ def test_sshd_restart_leaves_running_processes_alone(sshd, host, ssh_options):
 
 def test_relay_killed_ends_processes_and_a_new_relay_starts(host, ssh_options):
     p, conn, pid = _start(host, ssh_options, sleeper)
-    hub = hubclient.get()
+    hub = relay_client.get()
     os.kill(hub.proc.pid, signal.SIGKILL)
     hub.proc.wait(10)
     _assert_lost(p)
@@ -226,7 +226,7 @@ def test_relay_killed_ends_processes_and_a_new_relay_starts(host, ssh_options):
     with pytest.raises(EOFError):
         conn.recv()
     p2, conn2, _ = _start(host, ssh_options, echo)
-    assert hubclient.get() is not hub
+    assert relay_client.get() is not hub
     conn2.close()
     p2.join(30)
     assert p2.exitcode == 0
@@ -236,7 +236,7 @@ def test_no_listening_socket_on_either_side(host, ssh_options):
     """During a run, none of our processes (user, relay, agent, child) listens on anything."""
     p, conn, pid = _start(host, ssh_options, sleeper)
     try:
-        ours = {os.getpid(), hubclient.get().proc.pid, pid, ppid(pid)}
+        ours = {os.getpid(), relay_client.get().proc.pid, pid, ppid(pid)}
         listening = _listening_inodes()
         for proc_pid in ours:
             for fd in os.listdir("/proc/%d/fd" % proc_pid):
@@ -291,7 +291,7 @@ def test_no_leaks_over_many_processes(host, ssh_options):
 
     for i in range(20):                       # warm up: relay, connection, caches
         run_one(i)
-    hub = hubclient.get().proc.pid
+    hub = relay_client.get().proc.pid
     base = (fds(), threading.active_count(), rss(), len(os.listdir("/proc/%d/fd" % hub)))
     for i in range(500):
         run_one(i)
@@ -332,7 +332,7 @@ def test_send_on_a_dead_transport_marks_the_link_lost_once():
 
     from remoteproc.agent import mux
     from remoteproc.errors import ConnectionLostError
-    from remoteproc.relay import link as relay
+    from remoteproc.relay import link as relay_link
 
     class DeadChannel:
         calls = 0
@@ -341,8 +341,8 @@ def test_send_on_a_dead_transport_marks_the_link_lost_once():
             DeadChannel.calls += 1
             raise EOFError()
 
-    link = relay.Link.__new__(relay.Link)      # the loop's state, without its thread or SSH
-    link.display, link.dead, link.lost, link.jobs = "h", False, None, {}
+    link = relay_link.Link.__new__(relay_link.Link)      # the loop's state, without its thread or SSH
+    link.display, link.dead, link.lost, link.children = "h", False, None, {}
     link.out, link.chan = bytearray(), DeadChannel()
     link.mux = mux.Mux(selectors.DefaultSelector(), link.send)
     link.send(b"credit")

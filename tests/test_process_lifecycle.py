@@ -277,7 +277,7 @@ def test_unknown_host_is_a_connect_error():
 
 @pytest.mark.loopback_only
 def test_remote_children_die_with_their_connection(host, ssh_options):
-    from remoteproc.relay import client as hubclient
+    from remoteproc.relay import client as relay_client
 
     parent, child = Pipe()
     p = RemoteProcess(host, target=sleeper, args=(child,), **ssh_options)
@@ -285,7 +285,7 @@ def test_remote_children_die_with_their_connection(host, ssh_options):
     child.close()
     pid = parent.recv()
     assert os.path.exists("/proc/%d" % pid)
-    hub = hubclient.get()
+    hub = relay_client.get()
     os.kill(hub.proc.pid, signal.SIGKILL)   # the relay (and with it the SSH connection) dies
     hub.proc.wait(10)
     p.join(30)

@@ -23,7 +23,7 @@ import pytest
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess, ssh
-from remoteproc.relay import client as hubclient
+from remoteproc.relay import client as relay_client
 from remoteproc.ssh.connect import connect
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -70,7 +70,7 @@ def run_where(spec, **options):
 
 
 def relay_pid() -> int:
-    return hubclient.get().proc.pid
+    return relay_client.get().proc.pid
 
 
 def relay_threads() -> int:

@@ -23,7 +23,7 @@ MAX_CONTROL = (1 << 32) - 1  # a start request carries the pickled target: allow
 _NAMES = {DATA: "DATA", EOF: "EOF", CREDIT: "CREDIT", STOP: "STOP", CONTROL: "CONTROL"}
 
 
-class ProtocolError(Exception):
+class FrameError(Exception):
     """The peer sent bytes that are not a valid frame sequence."""
 
 
@@ -44,16 +44,16 @@ def parse_control(payload) -> "tuple[dict, memoryview]":
     """Split a CONTROL payload into its JSON message and its blob."""
     view = memoryview(payload)
     if len(view) < 4:
-        raise ProtocolError("control frame shorter than its 4-byte header")
+        raise FrameError("control frame shorter than its 4-byte header")
     (n,) = struct.unpack_from(">I", view)
     if 4 + n > len(view):
-        raise ProtocolError("control frame header says %d bytes, frame has %d" % (n, len(view) - 4))
+        raise FrameError("control frame header says %d bytes, frame has %d" % (n, len(view) - 4))
     try:
         msg = json.loads(bytes(view[4:4 + n]))
     except ValueError as exc:
-        raise ProtocolError("control frame is not JSON: %s" % exc) from None
+        raise FrameError("control frame is not JSON: %s" % exc) from None
     if not isinstance(msg, dict) or not isinstance(msg.get("op"), str):
-        raise ProtocolError("control message without an 'op': %r" % (msg,))
+        raise FrameError("control message without an 'op': %r" % (msg,))
     return msg, view[4 + n:]
 
 
@@ -114,19 +114,19 @@ class FrameReader:
     def _start(self, ftype: int, sid: int, length: int) -> None:
         if ftype == DATA:
             if sid == 0 or length == 0 or length > MAX_DATA:
-                raise ProtocolError("bad DATA frame (stream %d, %d bytes)" % (sid, length))
+                raise FrameError("bad DATA frame (stream %d, %d bytes)" % (sid, length))
             self._type, self._sid, self._left = DATA, sid, length
         elif ftype == CONTROL:
             if sid != 0 or length > self._max_control:
-                raise ProtocolError("bad CONTROL frame (stream %d, %d bytes)" % (sid, length))
+                raise FrameError("bad CONTROL frame (stream %d, %d bytes)" % (sid, length))
             if length == 0:
-                raise ProtocolError("empty CONTROL frame")
+                raise FrameError("empty CONTROL frame")
             self._type, self._sid, self._left, self._body = CONTROL, 0, length, bytearray()
         elif ftype in (EOF, STOP, CREDIT):
             if sid == 0:
-                raise ProtocolError("%s frame on stream 0" % _NAMES[ftype])
+                raise FrameError("%s frame on stream 0" % _NAMES[ftype])
             if ftype != CREDIT and length:
-                raise ProtocolError("%s frame with a length of %d" % (_NAMES[ftype], length))
+                raise FrameError("%s frame with a length of %d" % (_NAMES[ftype], length))
             self._on_frame(ftype, sid, length, None)
         else:
-            raise ProtocolError("unknown frame type %d" % ftype)
+            raise FrameError("unknown frame type %d" % ftype)

@@ -97,7 +97,7 @@ class Mux:
     def add(self, sid: int, fd: int, *, reading: bool, writing: bool, owner=None,
             shared: bool = False) -> Stream:
         if sid in self.streams or sid <= 0:
-            raise frames.ProtocolError("stream %d opened twice" % sid)
+            raise frames.FrameError("stream %d opened twice" % sid)
         s = Stream(sid, fd, reading, writing, owner, shared, self.window)
         if not shared and not s.is_socket:
             os.set_blocking(fd, False)
@@ -256,7 +256,7 @@ class Mux:
     def _stream(self, sid: int):
         s = self.streams.get(sid)
         if s is None and sid > self.high_sid:
-            raise frames.ProtocolError("frame for stream %d, which was never opened" % sid)
+            raise frames.FrameError("frame for stream %d, which was never opened" % sid)
         return s  # None: a stream we already closed; late frames for it are dropped
 
     def on_data(self, sid: int, piece) -> None:
@@ -264,10 +264,10 @@ class Mux:
         if s is None or s.write_done:
             return
         if not s.writing or s.peer_eof:
-            raise frames.ProtocolError("DATA on stream %d, which takes none" % sid)
+            raise frames.FrameError("DATA on stream %d, which takes none" % sid)
         s.queued += len(piece)
         if s.queued > self.window:
-            raise frames.ProtocolError("peer overran its credit on stream %d" % sid)
+            raise frames.FrameError("peer overran its credit on stream %d" % sid)
         q = s.outq
         q.append(piece)
         if len(q) == 1 and (not s.shared or s.sock is not None or not s.pollable):
@@ -290,10 +290,10 @@ class Mux:
         if ftype == frames.CREDIT:
             s.credit += value
             if s.credit > self.window:
-                raise frames.ProtocolError("credit on stream %d beyond the window" % sid)
+                raise frames.FrameError("credit on stream %d beyond the window" % sid)
         elif ftype == frames.EOF:
             if not s.writing:
-                raise frames.ProtocolError("EOF on stream %d, which takes no data" % sid)
+                raise frames.FrameError("EOF on stream %d, which takes no data" % sid)
             s.peer_eof = True
             if not s.outq:
                 self._end_write(s)

@@ -14,19 +14,21 @@ import socket
 import sys
 import time
 
-from . import PROTOCOL_VERSION, child, fdlimit, frames, mux
+from . import PROTOCOL_VERSION, fdlimit, frames, mux
+from .child import RESET_SIGNALS
+from .child import run as run_child
 
 GRACE = 2.0     # seconds from SIGTERM to SIGKILL when cleaning up
 MAX_IMPORT_LINE = 64 << 20      # bytes of one message on a child's import socket
 
 
-class Proc:
+class RemoteChild:
     """One child of the agent."""
 
     __slots__ = ("id", "pid", "sentinel", "code")
 
-    def __init__(self, pid_id, pid, sentinel):
-        self.id = pid_id
+    def __init__(self, child_id, pid, sentinel):
+        self.id = child_id
         self.pid = pid
         self.sentinel = sentinel    # write end: its closing tells the child the agent is gone
         self.code = None
@@ -63,7 +65,7 @@ class Supervisor:
         self._in_view = memoryview(bytearray(1 << 20))      # reused: see Mux._scratch
         self.modules = {}       # forwarded modules: name -> entry (None: not found there either)
         self.waiting = {}       # module name -> import sockets of children waiting for it
-        self.procs = {}         # id -> Proc, for children not yet reaped
+        self.children = {}      # id -> RemoteChild, for children not yet reaped
         self.by_pid = {}
         self.import_socks = {}  # a child's import socket -> [process id, partial request]
         self.running = True
@@ -141,19 +143,19 @@ class Supervisor:
         elif op == "exit":
             self._stop("asked to exit")
         else:
-            raise frames.ProtocolError("unknown control operation %r" % op)
+            raise frames.FrameError("unknown control operation %r" % op)
 
     # -- children -------------------------------------------------------------
     def _start(self, msg, blob):
         try:
-            pid_id = int(msg["id"])
+            child_id = int(msg["id"])
             streams = [(int(sid), str(kind), bool(r), bool(w)) for sid, kind, r, w in msg["streams"]]
             out_sid, err_sid = int(msg["stdout"]), int(msg["stderr"])
             tty = bool(msg.get("tty"))
         except (KeyError, TypeError, ValueError) as exc:
-            raise frames.ProtocolError("malformed start request: %r" % (exc,)) from None
-        if pid_id in self.procs:
-            raise frames.ProtocolError("process %d started twice" % pid_id)
+            raise frames.FrameError("malformed start request: %r" % (exc,)) from None
+        if child_id in self.children:
+            raise frames.FrameError("process %d started twice" % child_id)
         made = []           # every fd created here, closed again on failure
         try:
             theirs, mine = {}, []
@@ -182,24 +184,24 @@ class Supervisor:
             mine += [(out_sid, out_r, True, False), (err_sid, err_r, True, False)]
             for sid, _fd, _r, _w in mine:
                 if sid in self.mux.streams or sid <= self.mux.high_sid:
-                    raise frames.ProtocolError("stream %d reused" % sid)
+                    raise frames.FrameError("stream %d reused" % sid)
             close = [self.fd_in, self.fd_out, self.wake_r, self.wake_w, self.sel.fileno()]
             close += list(self.mux.streams_fds())
-            close += [p.sentinel for p in self.procs.values()]
+            close += [p.sentinel for p in self.children.values()]
             close += [fd for _sid, fd, _r, _w in mine] + [sen_w, imp_r]
             close += [sock.fileno() for sock in self.import_socks]
             # A signal sent to the child before it resets its handlers would run the
             # agent's handler there and be lost: keep them pending until it has.
-            signal.pthread_sigmask(signal.SIG_BLOCK, child.RESET_SIGNALS)
+            signal.pthread_sigmask(signal.SIG_BLOCK, RESET_SIGNALS)
             try:
                 pid = os.fork()
             except BaseException:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, child.RESET_SIGNALS)
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, RESET_SIGNALS)
                 raise
         except OSError as exc:
             for fd in made:
                 os.close(fd)
-            self.control({"op": "error", "id": pid_id,
+            self.control({"op": "error", "id": child_id,
                           "message": "could not start the child: %s" % exc})
             return
         except BaseException:
@@ -207,9 +209,9 @@ class Supervisor:
                 os.close(fd)
             raise
         if pid == 0:    # pragma: no cover - the child never returns (os._exit)
-            child.run(blob, theirs, out_w, err_w, sen_r, close, tty, imp_w, self.modules,
+            run_child(blob, theirs, out_w, err_w, sen_r, close, tty, imp_w, self.modules,
                       str(msg.get("host") or "the remote host"), self.nofile)
-        signal.pthread_sigmask(signal.SIG_UNBLOCK, child.RESET_SIGNALS)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, RESET_SIGNALS)
         try:
             os.setpgid(pid, pid)
         except OSError:
@@ -218,14 +220,14 @@ class Supervisor:
             os.close(fd)
         imp = socket.socket(fileno=imp_r)
         imp.setblocking(True)
-        self.import_socks[imp] = [pid_id, b""]
+        self.import_socks[imp] = [child_id, b""]
         self.sel.register(imp, selectors.EVENT_READ, lambda mask, sock=imp: self._on_import(sock))
-        proc = Proc(pid_id, pid, sen_w)
-        self.procs[pid_id] = proc
-        self.by_pid[pid] = proc
+        child = RemoteChild(child_id, pid, sen_w)
+        self.children[child_id] = child
+        self.by_pid[pid] = child
         for sid, fd, reading, writing in mine:
-            self.mux.add(sid, fd, reading=reading, writing=writing, owner=proc)
-        self.control({"op": "started", "id": pid_id, "pid": pid})
+            self.mux.add(sid, fd, reading=reading, writing=writing, owner=child)
+        self.control({"op": "started", "id": child_id, "pid": pid})
 
     # -- module forwarding ----------------------------------------------------
     def _on_import(self, sock):
@@ -289,7 +291,7 @@ class Supervisor:
         name = msg.get("name")
         mods = msg.get("modules")
         if not isinstance(name, str) or not isinstance(mods, dict):
-            raise frames.ProtocolError("malformed modules message")
+            raise frames.FrameError("malformed modules message")
         self.modules.update(mods)
         self.modules.setdefault(name, None)
         for sock in self.waiting.pop(name, []):
@@ -297,12 +299,12 @@ class Supervisor:
                 self._answer(sock, name)
 
     def _signal(self, msg):
-        proc = self.procs.get(msg.get("id"))
+        child = self.children.get(msg.get("id"))
         sig = msg.get("sig")
-        if proc is None or not isinstance(sig, int):
+        if child is None or not isinstance(sig, int):
             return      # already exited: as multiprocessing, a late signal is a no-op
         try:
-            os.kill(proc.pid, sig)
+            os.kill(child.pid, sig)
         except (ProcessLookupError, ValueError):
             pass
 
@@ -322,16 +324,16 @@ class Supervisor:
                 return
             if pid == 0:
                 return
-            proc = self.by_pid.pop(pid, None)
-            if proc is None:
+            child = self.by_pid.pop(pid, None)
+            if child is None:
                 continue
-            del self.procs[proc.id]
-            proc.code = os.waitstatus_to_exitcode(status)
-            os.close(proc.sentinel)
+            del self.children[child.id]
+            child.code = os.waitstatus_to_exitcode(status)
+            os.close(child.sentinel)
             # Whatever the child wrote before it exited goes out before its exit status.
-            for s in self.mux.owned_by(proc):
+            for s in self.mux.owned_by(child):
                 self.mux.drain(s)
-            self.control({"op": "exited", "id": proc.id, "code": proc.code})
+            self.control({"op": "exited", "id": child.id, "code": child.code})
 
     def _on_stop_signal(self, signum, frame):
         self._stop("signal %d" % signum)
@@ -349,7 +351,7 @@ class Supervisor:
                     key.data(mask)
                     if not self.running:
                         break
-        except frames.ProtocolError as exc:
+        except frames.FrameError as exc:
             _log("protocol error, exiting: %s" % exc)
             self.stop_reason = "protocol error"
         finally:
@@ -358,9 +360,9 @@ class Supervisor:
     def cleanup(self):
         """SIGTERM every child's process group, SIGKILL after GRACE seconds, reap all."""
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        procs = list(self.procs.values())
-        for proc in procs:
-            _killpg(proc.pid, signal.SIGTERM)
+        children = list(self.children.values())
+        for child in children:
+            _killpg(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + GRACE
         while self.by_pid and time.monotonic() < deadline:
             self._reap_quietly()

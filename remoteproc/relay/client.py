@@ -23,10 +23,10 @@ from . import ipc
 log = logging.getLogger("remoteproc")
 
 _lock = threading.Lock()
-_hub: "HubClient | None" = None
+_relay: "RelayHandle | None" = None
 
 
-class HubClient:
+class RelayHandle:
     """A running relay process and the socket to it."""
 
     def __init__(self) -> None:
@@ -48,11 +48,11 @@ class HubClient:
         # At interpreter exit, after multiprocessing has terminated and joined the remote
         # children (its finalizers of priority >= 0 and the joins come first): stop the relay.
         util.Finalize(None, shutdown, exitpriority=-10)
-        self.reader = threading.Thread(target=self._read, name="remoteproc-hub-reader", daemon=True)
+        self.reader = threading.Thread(target=self._read, name="remoteproc-relay-reader", daemon=True)
         self.reader.start()
-        self.tell(("level", logging.getLogger("remoteproc").getEffectiveLevel()))
+        self.send_to_relay(("level", logging.getLogger("remoteproc").getEffectiveLevel()))
 
-    def tell(self, msg, fds: Sequence[int] = ()) -> None:
+    def send_to_relay(self, msg, fds: Sequence[int] = ()) -> None:
         with self.send_lock:
             ipc.send(self.sock, msg, fds)
 
@@ -71,7 +71,7 @@ class HubClient:
         request.setdefault("path", [os.path.abspath(p) if p else os.getcwd() for p in sys.path])
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            self.tell(("start", request), [theirs.fileno(), *fds])
+            self.send_to_relay(("start", request), [theirs.fileno(), *fds])
         except OSError as exc:
             ours.close()
             raise ConnectionLostError("the local relay process is gone (%s); start a new RemoteProcess "
@@ -90,45 +90,51 @@ def _package_path() -> list[str]:
 
 def _forget_in_child() -> None:
     """A forked child must not keep its parent's relay socket open, nor use it."""
-    global _hub
-    if _hub is not None:
+    global _relay
+    if _relay is not None:
         try:
-            _hub.sock.close()
+            _relay.sock.close()
         except OSError:
             pass
-    _hub = None
+    _relay = None
 
 
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
-def get() -> HubClient:
+def get() -> RelayHandle:
     """The relay process of this process, started if needed."""
-    global _hub
+    global _relay
     with _lock:
-        if _hub is None or not _hub.alive():
-            _hub = HubClient()
-        return _hub
+        if _relay is None or not _relay.alive():
+            _relay = RelayHandle()
+        return _relay
+
+
+def current() -> "RelayHandle | None":
+    """The relay process of this process if one was started (none is started here)."""
+    relay = _relay
+    return relay if relay is not None and relay.alive() else None
 
 
 def shutdown(timeout: float = 10.0) -> None:
     """Stop the relay process, if it runs: every SSH connection closes and every remote
     agent kills what it started.  The next RemoteProcess starts a new relay."""
-    global _hub
+    global _relay
     with _lock:
-        hub, _hub = _hub, None
-    if hub is None or os.getpid() != hub.pid_owner:
+        relay, _relay = _relay, None
+    if relay is None or os.getpid() != relay.pid_owner:
         return
     try:
-        hub.sock.shutdown(socket.SHUT_RDWR)
+        relay.sock.shutdown(socket.SHUT_RDWR)
     except OSError:
         pass
-    hub.sock.close()
+    relay.sock.close()
     try:
-        hub.proc.wait(timeout)
+        relay.proc.wait(timeout)
     except subprocess.TimeoutExpired:
-        hub.proc.kill()
-        hub.proc.wait(timeout)
+        relay.proc.kill()
+        relay.proc.wait(timeout)
 
 
 def prestart() -> None:

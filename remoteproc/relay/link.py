@@ -30,13 +30,13 @@ SEND_PIECE = 1 << 20
 RECV_ALL = 1 << 24
 
 
-class Job:
+class RemoteChild:
     """One remote process as the relay sees it."""
 
     __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams")
 
-    def __init__(self, job_id, status_sock):
-        self.id = job_id
+    def __init__(self, child_id, status_sock):
+        self.id = child_id
         self.status = status_sock
         self.receiver = ipc.Receiver(status_sock)
         self.pid = None
@@ -61,8 +61,8 @@ class _WakingCondition(threading.Condition):
 class Link:
     """One host connection: resident agent channel plus the relay loop, in a thread."""
 
-    def __init__(self, hub, target) -> None:
-        self.hub = hub
+    def __init__(self, relay, target) -> None:
+        self.relay = relay
         self.target = target
         self.display = target.display
         self.sel = selectors.DefaultSelector()
@@ -72,7 +72,7 @@ class Link:
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
         self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
-        self.jobs: dict[int, Job] = {}
+        self.children: dict[int, RemoteChild] = {}
         self.next_id = 1
         self.next_sid = 1
         self.out = bytearray()
@@ -94,7 +94,7 @@ class Link:
                                        daemon=True)
         self.thread.start()
 
-    # -- requests from the hub's main thread --------------------------------------
+    # -- requests from the relay's main thread --------------------------------------
     def submit(self, request, status_sock, fds) -> bool:
         """Queue a start request; False if this link is shutting down (open a new one)."""
         with self.lock:
@@ -129,7 +129,7 @@ class Link:
     def _run(self) -> None:
         try:
             t0 = time.monotonic()
-            self.conn = self.hub.pool.acquire(self.target)
+            self.conn = self.relay.pool.acquire(self.target)
             t1 = time.monotonic()
             self.chan, hello, extra = bootstrap.start_agent(self.conn.transport, self.target)
             log.debug("%s: connected in %.0f ms; agent %s ready in %.0f ms (Python %s, cipher %s)",
@@ -152,7 +152,7 @@ class Link:
             if extra:
                 self.reader.feed(extra)
             self._loop()
-        except frames.ProtocolError as exc:
+        except frames.FrameError as exc:
             self._lost("the agent broke the protocol (%s)" % exc, ProtocolError)
         except Exception as exc:  # noqa: BLE001
             log.exception("%s: relay failed", self.display)
@@ -163,7 +163,7 @@ class Link:
         interval = self.target.keepalive_interval
         while not self.dead:
             timeout = interval / 2
-            if not self.jobs and not self.mux.streams and not self.pending:
+            if not self.children and not self.mux.streams and not self.pending:
                 left = self.idle_since + self.target.idle_timeout - time.monotonic()
                 timeout = min(timeout, max(0.05, left))
             if self.out:
@@ -181,7 +181,7 @@ class Link:
                 self.send(frames.control({"op": "ping", "t": now}))
             if self.closing:
                 return      # asked to close (the user's process is gone, or idle): the agent cleans up
-            if not self.jobs and not self.mux.streams and not self.pending:
+            if not self.children and not self.mux.streams and not self.pending:
                 if now - self.idle_since > self.target.idle_timeout:
                     with self.lock:
                         if not self.pending:
@@ -263,30 +263,30 @@ class Link:
         for request, status_sock, fds in todo:
             self._start(request, status_sock, fds)
         if interrupted:
-            for job in self.jobs.values():
-                if job.code is None:
-                    self.send(frames.control({"op": "signal", "id": job.id, "sig": int(signal.SIGINT)}))
+            for child in self.children.values():
+                if child.code is None:
+                    self.send(frames.control({"op": "signal", "id": child.id, "sig": int(signal.SIGINT)}))
         if self.out:
             self._flush()
 
     # -- processes ---------------------------------------------------------------------
     def _start(self, request, status_sock, fds) -> None:
-        job = Job(self.next_id, status_sock)
+        child = RemoteChild(self.next_id, status_sock)
         self.next_id += 1
-        self.jobs[job.id] = job
+        self.children[child.id] = child
         status_sock.setblocking(False)
-        self.sel.register(status_sock.fileno(), selectors.EVENT_READ, lambda mask, j=job: self._on_status(j))
+        self.sel.register(status_sock.fileno(), selectors.EVENT_READ, lambda mask, c=child: self._on_status(c))
         conn_fds, out_fd, err_fd = fds[:-2], fds[-2], fds[-1]
         wire = []
         for fd, (kind, child_reads, child_writes) in zip(conn_fds, request["streams"]):
             sid = self._sid()
-            job.streams.append(self.mux.add(sid, fd, reading=child_reads, writing=child_writes, owner=job,
+            child.streams.append(self.mux.add(sid, fd, reading=child_reads, writing=child_writes, owner=child,
                                             shared=True))
             wire.append([sid, kind, child_reads, child_writes])
         out_sid, err_sid = self._sid(), self._sid()
-        job.streams.append(self.mux.add(out_sid, out_fd, reading=False, writing=True, owner=job, shared=True))
-        job.streams.append(self.mux.add(err_sid, err_fd, reading=False, writing=True, owner=job, shared=True))
-        msg = {"op": "start", "id": job.id, "streams": wire, "stdout": out_sid, "stderr": err_sid,
+        child.streams.append(self.mux.add(out_sid, out_fd, reading=False, writing=True, owner=child, shared=True))
+        child.streams.append(self.mux.add(err_sid, err_fd, reading=False, writing=True, owner=child, shared=True))
+        msg = {"op": "start", "id": child.id, "streams": wire, "stdout": out_sid, "stderr": err_sid,
                "tty": bool(request.get("tty")), "host": self.display}
         if request.get("path"):
             self.sys_path = list(request["path"])
@@ -309,27 +309,27 @@ class Link:
         if op == "import":
             self._serve_module(msg.get("name"))
             return
-        job = self.jobs.get(msg.get("id"))
-        if job is None:
-            raise frames.ProtocolError("%s for unknown process %r" % (op, msg.get("id")))
+        child = self.children.get(msg.get("id"))
+        if child is None:
+            raise frames.FrameError("%s for unknown process %r" % (op, msg.get("id")))
         if op == "started":
-            job.pid = int(msg["pid"])
-            self._tell(job, ("started", job.pid))
+            child.pid = int(msg["pid"])
+            self._report(child, ("started", child.pid))
         elif op == "exited":
-            job.code = int(msg["code"])
-            self._deliver(job)
+            child.code = int(msg["code"])
+            self._deliver(child)
         elif op == "error":
-            job.code = CONNECTION_LOST
-            job.error = ("BootstrapError", "%s: %s" % (self.display, msg.get("message")))
-            self._tell(job, ("error",) + job.error)
-            self._forget(job, abort_streams=True)
+            child.code = CONNECTION_LOST
+            child.error = ("BootstrapError", "%s: %s" % (self.display, msg.get("message")))
+            self._report(child, ("error",) + child.error)
+            self._forget(child, abort_streams=True)
         else:
-            raise frames.ProtocolError("unknown control operation %r" % op)
+            raise frames.FrameError("unknown control operation %r" % op)
 
     def _serve_module(self, name) -> None:
         """Module forwarding: the agent lacks ``name``; answer from the user's sys.path."""
         if not isinstance(name, str):
-            raise frames.ProtocolError("import request without a module name")
+            raise frames.FrameError("import request without a module name")
         try:
             mods = modules.find(name, self.sys_path, self.display)
         except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the link
@@ -337,57 +337,57 @@ class Link:
         log.debug("%s: forwarding %s (%d modules)", self.display, name, len(mods))
         self.send(frames.control({"op": "modules", "name": name, "modules": mods}))
 
-    def _tell(self, job: Job, msg) -> None:
+    def _report(self, child: RemoteChild, msg) -> None:
         try:
-            job.status.setblocking(True)
-            ipc.send(job.status, msg)
-            job.status.setblocking(False)
+            child.status.setblocking(True)
+            ipc.send(child.status, msg)
+            child.status.setblocking(False)
         except OSError:
             pass        # the parent dropped this process object; nobody is listening
 
     def _stream_drained(self, s) -> None:
-        job = s.owner
-        if job is not None and job.code is not None and not job.delivered:
-            self._deliver(job)
+        child = s.owner
+        if child is not None and child.code is not None and not child.delivered:
+            self._deliver(child)
 
     def _stream_closed(self, s) -> None:
-        job = s.owner
-        if job is not None and s in job.streams:
-            job.streams.remove(s)
+        child = s.owner
+        if child is not None and s in child.streams:
+            child.streams.remove(s)
 
-    def _deliver(self, job: Job, force: bool = False) -> None:
+    def _deliver(self, child: RemoteChild, force: bool = False) -> None:
         """Report the exit once everything the child wrote is in the parent's sockets."""
-        if job.delivered:
+        if child.delivered:
             return
-        if not force and any(s.outq for s in job.streams):
+        if not force and any(s.outq for s in child.streams):
             return
-        job.delivered = True
-        self._tell(job, ("exited", job.code, job.error))
-        self._forget(job)
+        child.delivered = True
+        self._report(child, ("exited", child.code, child.error))
+        self._forget(child)
 
-    def _forget(self, job: Job, abort_streams: bool = False) -> None:
-        self.jobs.pop(job.id, None)
+    def _forget(self, child: RemoteChild, abort_streams: bool = False) -> None:
+        self.children.pop(child.id, None)
         try:
-            self.sel.unregister(job.status.fileno())
+            self.sel.unregister(child.status.fileno())
         except (KeyError, ValueError):
             pass
-        job.status.close()
+        child.status.close()
         if abort_streams:
-            for s in list(job.streams):
+            for s in list(child.streams):
                 self.mux.close(s)
 
-    def _on_status(self, job: Job) -> None:
+    def _on_status(self, child: RemoteChild) -> None:
         try:
-            msgs, eof = job.receiver.recv_ready()
+            msgs, eof = child.receiver.recv_ready()
         except OSError:
             msgs, eof = [], True
         for (msg, _fds) in msgs:
-            if msg[0] == "signal" and job.code is None:
-                self.send(frames.control({"op": "signal", "id": job.id, "sig": int(msg[1])}))
+            if msg[0] == "signal" and child.code is None:
+                self.send(frames.control({"op": "signal", "id": child.id, "sig": int(msg[1])}))
         if eof:
             # The parent closed (or lost) this process object; the process runs on, unobserved.
             try:
-                self.sel.unregister(job.status.fileno())
+                self.sel.unregister(child.status.fileno())
             except (KeyError, ValueError):
                 pass
 
@@ -398,17 +398,17 @@ class Link:
         self.dead = True
         message = "%s: connection lost: %s" % (self.display, reason)
         self.lost = cls(message, self.display)
-        if self.jobs:
+        if self.children:
             log.warning("%s", message)
-        for job in list(self.jobs.values()):
-            if job.code is None:
-                job.code = CONNECTION_LOST
-                job.error = (cls.__name__, message)
-            if job.pid is None:
-                self._tell(job, ("error",) + job.error)
-                self._forget(job, abort_streams=True)
+        for child in list(self.children.values()):
+            if child.code is None:
+                child.code = CONNECTION_LOST
+                child.error = (cls.__name__, message)
+            if child.pid is None:
+                self._report(child, ("error",) + child.error)
+                self._forget(child, abort_streams=True)
             else:
-                self._deliver(job, force=True)
+                self._deliver(child, force=True)
         self.mux.peer_lost()
 
     def _fail_pending(self, exc: RemoteProcessError) -> None:
@@ -419,10 +419,10 @@ class Link:
             ipc.refuse(status_sock, fds, exc)
 
     def _finish(self) -> None:
-        """Flush what the parent still has to get (bounded), close everything, leave the hub."""
+        """Flush what the parent still has to get (bounded), close everything, leave the relay."""
         with self.lock:
             self.dead = True
-        self.hub.forget(self)
+        self.relay.forget(self)
         deadline = time.monotonic() + 5.0
         while self.mux.streams and time.monotonic() < deadline:
             pending = [s for s in self.mux.streams.values() if s.outq]
@@ -433,16 +433,16 @@ class Link:
                     key.data(mask)
         for s in list(self.mux.streams.values()):
             self.mux.close(s)
-        for job in list(self.jobs.values()):
-            if not job.delivered:
-                job.code = CONNECTION_LOST if job.code is None else job.code
-                job.error = job.error or ("ConnectionLostError", "%s: connection closed" % self.display)
-                self._deliver(job, force=True)
+        for child in list(self.children.values()):
+            if not child.delivered:
+                child.code = CONNECTION_LOST if child.code is None else child.code
+                child.error = child.error or ("ConnectionLostError", "%s: connection closed" % self.display)
+                self._deliver(child, force=True)
         self._fail_pending(self.lost or ConnectionLostError("%s: connection closed" % self.display, self.display))
         if self.chan is not None:
             self.chan.close()
         if self.conn is not None:
-            self.hub.pool.release(self.conn)
+            self.relay.pool.release(self.conn)
         self.sel.close()
         with self.lock:
             os.close(self.wake_r)

@@ -25,27 +25,27 @@ from ..errors import RemoteProcessError
 from . import ipc
 from .link import Link
 
-log = logging.getLogger("remoteproc.hub")
+log = logging.getLogger("remoteproc.relay")
 
 
 class _ForwardHandler(logging.Handler):
     """Sends this process's log records to the user's process, which re-emits them."""
 
-    def __init__(self, hub: "Hub") -> None:
+    def __init__(self, relay: "Relay") -> None:
         super().__init__()
-        self.hub = hub
+        self.relay = relay
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
             msg = record.getMessage()
             if record.exc_info:
                 msg += "\n" + logging.Formatter().formatException(record.exc_info)
-            self.hub.tell(("log", record.name, record.levelno, msg))
+            self.relay.send_to_user(("log", record.name, record.levelno, msg))
         except Exception:   # pragma: no cover - logging must never break the relay
             pass
 
 
-class Hub:
+class Relay:
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.send_lock = threading.Lock()
@@ -54,7 +54,7 @@ class Hub:
         self.links_lock = threading.Lock()
         self.config_cache: dict = {}
 
-    def tell(self, msg) -> None:
+    def send_to_user(self, msg) -> None:
         with self.send_lock:
             ipc.send(self.sock, msg)
 
@@ -163,12 +163,12 @@ def main(fd: int) -> None:
     threading.Thread(target=_preload, name="remoteproc-preload", daemon=True).start()
     raise_fd_limit()        # every remote process costs the relay about four fds
     sock = socket.socket(fileno=fd)
-    hub = Hub(sock)
+    relay = Relay(sock)
     root = logging.getLogger("remoteproc")
-    root.addHandler(_ForwardHandler(hub))
+    root.addHandler(_ForwardHandler(relay))
     root.propagate = False
     root.setLevel(logging.INFO)
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     logging.getLogger("paramiko").propagate = False
-    signal.signal(signal.SIGINT, hub.interrupt)
-    hub.serve()     # returns when the user's process is gone; threads here are daemons
+    signal.signal(signal.SIGINT, relay.interrupt)
+    relay.serve()     # returns when the user's process is gone; threads here are daemons
