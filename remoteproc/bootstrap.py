@@ -23,7 +23,7 @@ from .agent import PROTOCOL_VERSION, frames
 from .errors import BootstrapError, describe
 
 
-def _package_sources(package: str) -> dict[str, tuple[bool, str]]:
+def _package_sources(package: str) -> dict[str, tuple[bool, str, str]]:
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise BootstrapError("cannot find the %s package to ship to the remote host" % package)

@@ -208,7 +208,8 @@ def run_command(args: argparse.Namespace) -> int:
         print("remoteproc run: interrupted; the remote script was terminated", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
-        script.conn.close()
+        if script.conn is not None:     # (start() set it)
+            script.conn.close()
     if script.connection_error is not None:
         print("remoteproc run: %s" % script.connection_error, file=sys.stderr)
     return _exit_status(script.exitcode)
@@ -339,7 +340,7 @@ def demo(host: str | None, options: dict | None = None) -> int:
         p.start()
         child.close()
         t2 = time.perf_counter()
-        print("started %r on %s: remote pid %d (%.0f ms: relay, SSH connection, agent, fork)"
+        print("started %r on %s: remote pid %s (%.0f ms: relay, SSH connection, agent, fork)"
               % (p.name, host, p.pid, (t2 - t1) * 1e3), flush=True)
         answer = parent.recv()
         t3 = time.perf_counter()

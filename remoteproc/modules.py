@@ -40,7 +40,7 @@ def _entry(name: str, spec, host: str) -> dict[str, Any] | None:
 def _dist(name: str) -> str:
     top = name.split(".")[0]
     try:
-        from importlib.metadata import packages_distributions
+        from importlib.metadata import packages_distributions  # type: ignore[attr-defined]  # (3.10+)
 
         return (packages_distributions().get(top) or [top])[0]
     except Exception:   # pragma: no cover - Python 3.9, or broken metadata

@@ -11,12 +11,14 @@ from __future__ import annotations
 import os
 import select
 import signal
+import socket
 import sys
 import threading
 from multiprocessing import util
+from typing import Any
 
 from . import reduction
-from .errors import CONNECTION_LOST, from_wire
+from .errors import CONNECTION_LOST, RemoteProcessError, from_wire
 from .relay import client as relay_client
 from .relay import ipc
 
@@ -24,13 +26,13 @@ from .relay import ipc
 class Popen:
     method = "ssh"
 
-    def __init__(self, process_obj) -> None:
-        util._flush_std_streams()
-        self.returncode = None
-        self.pid = None
-        self.error = None
-        self.host = process_obj._host
-        self._status = None
+    def __init__(self, process_obj: Any) -> None:
+        util._flush_std_streams()  # type: ignore[attr-defined]  # (private; popen_fork does the same)
+        self.returncode: int | None = None
+        self.pid: int | None = None
+        self.error: RemoteProcessError | None = None
+        self.host: str = process_obj._host
+        self._status: socket.socket | None = None
         self._lock = threading.Lock()     # one reader of the status socket at a time
         payload, bridged = reduction.dumps_process(process_obj, self.host)
         out_fd = _fileno(sys.stdout, 1)
@@ -56,7 +58,7 @@ class Popen:
             raise from_wire(reply[1], reply[2], self.host)
         self.pid = reply[1]
 
-    def _next(self):
+    def _next(self) -> tuple[Any, ...]:
         try:
             msg, _fds = self._receiver.recv()
             return msg
@@ -64,7 +66,7 @@ class Popen:
             return ("error", "ConnectionLostError",
                     "%s: the local relay process ended unexpectedly" % self.host)
 
-    def poll(self, flag: int = os.WNOHANG):
+    def poll(self, flag: int = os.WNOHANG) -> int | None:
         """The exit code, or None while the remote process runs (``flag`` 0: wait for it)."""
         if self.returncode is not None or self._status is None:
             return self.returncode
@@ -109,7 +111,7 @@ class Popen:
         except OSError:
             pass
 
-    def wait(self, timeout: float | None = None):
+    def wait(self, timeout: float | None = None) -> int | None:
         if self.returncode is None:
             if timeout is not None:
                 from multiprocessing.connection import wait
@@ -138,7 +140,7 @@ class Popen:
             self._status = None
 
 
-def _fileno(stream, default: int) -> int:
+def _fileno(stream: Any, default: int) -> int:
     """The fd behind sys.stdout/sys.stderr now (they may be redirected), else the default."""
     try:
         return stream.fileno()

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 from multiprocessing import process as mp_process
-from typing import Any, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from .relay import client as relay_client
 from .ssh.spec import check_options, parse_spec
+
+if TYPE_CHECKING:
+    from .errors import RemoteProcessError
+    from .popen_ssh import Popen
 
 
 class RemoteProcess(mp_process.BaseProcess):
@@ -21,6 +25,12 @@ class RemoteProcess(mp_process.BaseProcess):
     """
 
     _start_method = None
+
+    if TYPE_CHECKING:       # BaseProcess internals that typeshed does not declare
+        _popen: Popen | None
+        _kwargs: dict[str, Any]
+
+        def _check_closed(self) -> None: ...
 
     def __init__(
         self,
@@ -53,7 +63,7 @@ class RemoteProcess(mp_process.BaseProcess):
         return self._host
 
     @property
-    def connection_error(self):
+    def connection_error(self) -> RemoteProcessError | None:
         """The error that ended this process if its connection was lost, else None."""
         popen = self._popen
         return popen.error if popen is not None else None

@@ -368,6 +368,7 @@ class _Owned:
         if not isinstance(result, _Waiter):
             return result
         w = result
+        assert w.event is not None      # (a local call's waiter has one)
         try:
             fired = w.event.wait(timeout)
         except BaseException:
@@ -454,27 +455,9 @@ class Queue(_Owned):
 
     def _start(self, op, args, conn, rid):
         if op == P.PUT:
-            item, block, timeout = args
-            if self._room() and not self._putters:
-                self._accept(item)
-                self._dispatch()
-                return P.OK, None
-            if not block or (timeout is not None and timeout <= 0):
-                return P.TIMEOUT, None
-            w = _Waiter(self, self._putters, conn, rid, timeout, item)
-            self._putters.append(w)
-            return w
+            return self._start_put(args, conn, rid)
         if op == P.GET:
-            block, timeout = args
-            if self._items:
-                item = self._items.popleft()
-                self._dispatch()
-                return P.OK, item
-            if not block or (timeout is not None and timeout <= 0):
-                return P.TIMEOUT, None
-            w = _Waiter(self, self._getters, conn, rid, timeout)
-            self._getters.append(w)
-            return w
+            return self._start_get(args, conn, rid)
         if op == P.QSIZE:
             return P.OK, len(self._items)
         if op == P.EMPTY:
@@ -482,13 +465,7 @@ class Queue(_Owned):
         if op == P.FULL:
             return P.OK, not self._room()
         if op == P.TASK_DONE:
-            if self._unfinished <= 0:
-                raise ValueError("task_done() called too many times")
-            self._unfinished -= 1
-            if not self._unfinished:
-                while self._joiners:
-                    self._fulfil(self._joiners.popleft(), P.OK, None)
-            return P.OK, None
+            return self._task_done()
         if op == P.JOIN:
             if not self._unfinished:
                 return P.OK, None
@@ -496,6 +473,39 @@ class Queue(_Owned):
             self._joiners.append(w)
             return w
         raise ValueError("%s: unknown request %r" % (self._kind, op))
+
+    def _start_put(self, args, conn, rid):
+        item, block, timeout = args
+        if self._room() and not self._putters:
+            self._accept(item)
+            self._dispatch()
+            return P.OK, None
+        if not block or (timeout is not None and timeout <= 0):
+            return P.TIMEOUT, None
+        w = _Waiter(self, self._putters, conn, rid, timeout, item)
+        self._putters.append(w)
+        return w
+
+    def _start_get(self, args, conn, rid):
+        block, timeout = args
+        if self._items:
+            item = self._items.popleft()
+            self._dispatch()
+            return P.OK, item
+        if not block or (timeout is not None and timeout <= 0):
+            return P.TIMEOUT, None
+        w = _Waiter(self, self._getters, conn, rid, timeout)
+        self._getters.append(w)
+        return w
+
+    def _task_done(self):
+        if self._unfinished <= 0:
+            raise ValueError("task_done() called too many times")
+        self._unfinished -= 1
+        if not self._unfinished:
+            while self._joiners:
+                self._fulfil(self._joiners.popleft(), P.OK, None)
+        return P.OK, None
 
     def _abandon(self, w) -> None:
         with self._lock:

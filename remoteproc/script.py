@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 import os
 from multiprocessing import Pipe
-from typing import Any, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Iterable, Mapping
 
 from .agent import script as _remote
 from .process import RemoteProcess
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
 
 ENV_FD = _remote.ENV_FD
 ENV_JSON = _remote.ENV_JSON
@@ -94,7 +97,7 @@ class RemoteScript(RemoteProcess):
                          **ssh_options)
         self._path = path
         self._argv = argv
-        self.conn = None
+        self.conn: Connection | None = None
 
     @property
     def path(self) -> str:

@@ -23,7 +23,8 @@ class _ShippedImporter:
             return None
         from importlib.machinery import ModuleSpec  # (importlib.util costs 5 ms more)
 
-        spec = ModuleSpec(name, self, origin=self.modules[name][2], is_package=self.modules[name][0])
+        spec = ModuleSpec(name, self, origin=self.modules[name][2],  # type: ignore[arg-type]  # (exec_module only)
+                          is_package=self.modules[name][0])
         if spec.submodule_search_locations is not None:
             spec.submodule_search_locations = []
         return spec

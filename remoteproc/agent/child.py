@@ -11,7 +11,7 @@ import signal
 import sys
 import threading
 
-_fds = {}           # placeholder index -> fd of the child's end
+_fds = {}  # type: dict[int, int]  # placeholder index -> fd of the child's end
 GRACE = 2.0         # seconds between SIGTERM and SIGKILL when the agent vanishes
 
 
@@ -79,7 +79,8 @@ class ParentImporter:
             raise ImportError(entry["error"], name=name)
         import importlib.util
 
-        return importlib.util.spec_from_loader(name, self, origin=entry["file"], is_package=entry["pkg"])
+        return importlib.util.spec_from_loader(
+            name, self, origin=entry["file"], is_package=entry["pkg"])  # type: ignore[arg-type]  # (exec_module only)
 
     def create_module(self, spec):
         return None
@@ -131,7 +132,7 @@ def _complete_package(importer):
             exec(compile(entry["src"], entry["file"], "exec"), pkg.__dict__)
         return getattr(pkg, name)
 
-    pkg.__getattr__ = __getattr__
+    pkg.__getattr__ = __getattr__  # type: ignore[method-assign]  # (a module's __getattr__, PEP 562)
 
 
 def _watchdog(fd):
@@ -185,7 +186,7 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
         for fd in {devnull, stdout_fd, stderr_fd} - {0, 1, 2}:
             os.close(fd)
         if tty:
-            sys.stdout.reconfigure(line_buffering=True)
+            sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # (a TextIOWrapper)
         for fd in fds.values():
             os.set_blocking(fd, True)
         _fds.update(fds)

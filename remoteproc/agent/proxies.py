@@ -66,7 +66,7 @@ def _item_pickler():
         except ImportError:         # pragma: no cover - cloudpickle is shipped and installed
             base = pickle.Pickler
 
-        class ItemPickler(base):
+        class ItemPickler(base):  # type: ignore[misc,valid-type]  # (a base chosen at run time)
             def reducer_override(self, obj):
                 if isinstance(obj, (_ConnectionBase, socket.socket)):
                     _refuse(obj)

@@ -31,7 +31,7 @@ APPLY = 2       # func(*args, **kwargs) for (args, kwargs)
 _FUNC_CACHE = 8
 
 
-_SHARED = {}     # module name -> the globals that its by-value functions share in this worker
+_SHARED = {}  # type: dict[str, dict[str, object]]  # module name -> the globals that its by-value functions share in this worker
 
 
 def share_globals(func):
@@ -44,7 +44,9 @@ def share_globals(func):
     worker.  Functions of importable modules are left alone.
     """
     g = getattr(func, "__globals__", None)
-    name = g.get("__name__") if isinstance(g, dict) else None
+    if not isinstance(g, dict):
+        return func
+    name = g.get("__name__")
     if name is None:
         return func
     mod = sys.modules.get(name)
@@ -53,7 +55,7 @@ def share_globals(func):
     shared = _SHARED.setdefault(name, g)
     if shared is g:
         return func
-    rebound = {}
+    rebound = {}  # type: dict[int, types.FunctionType]
 
     def rebind(f):
         new = rebound.get(id(f))
@@ -105,7 +107,7 @@ def _encode(cid, results, all_ok):
                 try:
                     _dumps(value)
                 except Exception as exc:
-                    from multiprocessing.pool import MaybeEncodingError
+                    from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 
                     ok, value = False, _error(MaybeEncodingError(exc, value))
             safe.append((ok, value))
@@ -155,7 +157,7 @@ def main(conn, initializer=None, initargs=(), maxtasks=None):
             conn.send_bytes(pickle.dumps(("init-error", traceback.format_exc())))
             raise
     conn.send_bytes(pickle.dumps(("hello", os.getpid(), os.getppid(), os.cpu_count())))
-    funcs = {}
+    funcs = {}  # type: dict[bytes, object]  # the last few functions by their pickle
     done = 0
     while maxtasks is None or done < maxtasks:
         try:
