@@ -32,6 +32,7 @@ from collections import deque
 from multiprocessing import context as mp_context
 from multiprocessing.connection import Pipe
 from multiprocessing.connection import wait as _wait
+from typing import Any
 
 from .agent import proxies as P
 from .errors import PicklingError
@@ -518,7 +519,7 @@ class Queue(_Owned):
                 self._dispatch()
 
     # -- the API, in the owner (or, after fork, through the proxy) ----------------------------------
-    def put(self, obj, block: bool = True, timeout: float | None = None) -> None:
+    def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
         if self._proxy is not None:
             return self._proxy.put(obj, block, timeout)
         self._check_closed()
@@ -526,7 +527,7 @@ class Queue(_Owned):
         if status == P.TIMEOUT:
             raise _queue.Full
 
-    def get(self, block: bool = True, timeout: float | None = None):
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
         if self._proxy is not None:
             return self._proxy.get(block, timeout)
         self._check_closed()
@@ -535,10 +536,10 @@ class Queue(_Owned):
             raise _queue.Empty
         return P.loads_item(item)
 
-    def put_nowait(self, obj) -> None:
+    def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
 
-    def get_nowait(self):
+    def get_nowait(self) -> Any:
         return self.get(False)
 
     def qsize(self) -> int:
@@ -595,10 +596,10 @@ class SimpleQueue(Queue):
     def __init__(self) -> None:
         super().__init__(0)
 
-    def put(self, obj) -> None:         # type: ignore[override]
+    def put(self, obj: Any) -> None:    # type: ignore[override]
         super().put(obj)
 
-    def get(self):                      # type: ignore[override]
+    def get(self) -> Any:               # type: ignore[override]
         return super().get()
 
 

@@ -18,6 +18,7 @@ import types
 from multiprocessing import context as mp_context
 from multiprocessing.connection import _ConnectionBase
 from multiprocessing.process import BaseProcess
+from typing import Any
 
 import cloudpickle
 from cloudpickle.cloudpickle import _code_reduce
@@ -67,7 +68,7 @@ class _Pickler(cloudpickle.Pickler):
         self.files: set[str] = set()
         self._by_fd: dict[int, int] = {}
 
-    def reducer_override(self, obj):
+    def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, types.CodeType):
             return self._code(obj)
         if isinstance(obj, _ConnectionBase):
