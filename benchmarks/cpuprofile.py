@@ -95,6 +95,62 @@ def _hot(path: str, top: int = 12) -> None:
         print("  %5.1f%%  %s" % (100 * n / max(total, 1), frame[:140]))
 
 
+def _raw_workload(client, wl: str, big: bytes):
+    """The workload ``wl`` over a bare paramiko exec channel: a callable returning (ops, bytes)."""
+    if wl == "rt":
+        chan = raw._exec(client, "cat")
+        msg = bytes(100)
+
+        def raw_rt():
+            for _ in range(200):
+                chan.sendall(msg)
+                raw._recv_exact(chan, 100)
+            return 200, 0
+        return raw_rt
+    chan = raw._exec(client, helper_command("python3"))
+    size, count = (MIB, 32) if wl.endswith("1") else (64 * MIB, 1)
+
+    def raw_work():
+        if wl.startswith("up"):
+            chan.sendall(helper_header("u", size * count))
+            for _ in range(count):
+                raw._send_all(chan, big[:size])
+            raw._recv_exact(chan, 1)
+        else:
+            chan.sendall(helper_header("d", size * count))
+            raw._recv_exact(chan, size * count)
+        return count, size * count
+    return raw_work
+
+
+def _rp_workload(server, wl: str, big: bytes):
+    """The workload ``wl`` through remoteproc (a connbench server child): returns (ops, bytes)."""
+    def rp_work():
+        if wl == "rt":
+            server.rt(200)
+            return 200, 0
+        size, count = (MIB, 32) if wl.endswith("1") else (64 * MIB, 1)
+        if wl.startswith("up"):
+            server.up(count, big[:size])
+        else:
+            server.down(count, size)
+        return count, size * count
+    return rp_work
+
+
+def _start_spies(out_dir: str, wl: str, pids: dict, seconds: float) -> list:
+    """py-spy recorders of the given processes, writing raw stacks into ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    spies = []
+    for name, pid in pids.items():
+        spies.append(subprocess.Popen(
+            ["py-spy", "record", "--nonblocking", "--gil", "-r", "250", "-d", str(int(seconds)),
+             "-f", "raw", "-o", os.path.join(out_dir, "%s-%s.txt" % (wl, name)), "--pid", str(pid)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+    time.sleep(0.5)
+    return spies
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], epilog=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -119,29 +175,7 @@ def main() -> int:
                 "known_hosts_files": [srv.known_hosts]}
         client = raw.connect(host)
         sessions = lambda: [p for p, _ in descendants(srv.pid)]  # noqa: E731
-        if wl == "rt":
-            chan = raw._exec(client, "cat")
-            msg = bytes(100)
-
-            def raw_work():
-                for _ in range(200):
-                    chan.sendall(msg)
-                    raw._recv_exact(chan, 100)
-                return 200, 0
-        else:
-            chan = raw._exec(client, helper_command("python3"))
-            size, count = (MIB, 32) if wl.endswith("1") else (64 * MIB, 1)
-
-            def raw_work():
-                if wl.startswith("up"):
-                    chan.sendall(helper_header("u", size * count))
-                    for _ in range(count):
-                        raw._send_all(chan, big[:size])
-                    raw._recv_exact(chan, 1)
-                else:
-                    chan.sendall(helper_header("d", size * count))
-                    raw._recv_exact(chan, size * count)
-                return count, size * count
+        raw_work = _raw_workload(client, wl, big)
         raw_work()
         time.sleep(0.3)
         _print("raw paramiko", *_measure({"self": [os.getpid()], "sshd+remote": sessions()}, raw_work, args.seconds))
@@ -157,26 +191,10 @@ def main() -> int:
         procs = {"parent": [os.getpid()], "relay": [relay], "agent": [agent], "child": [child],
                  "sshd": [p for p in sessions() if p not in (agent, child)]}
 
-        def rp_work():
-            if wl == "rt":
-                server.rt(200)
-                return 200, 0
-            size, count = (MIB, 32) if wl.endswith("1") else (64 * MIB, 1)
-            if wl.startswith("up"):
-                server.up(count, big[:size])
-            else:
-                server.down(count, size)
-            return count, size * count
-
+        rp_work = _rp_workload(server, wl, big)
         rp_work()
         if args.py_spy:
-            os.makedirs(args.py_spy, exist_ok=True)
-            for name, pid in (("relay", relay), ("agent", agent), ("child", child)):
-                spies.append(subprocess.Popen(
-                    ["py-spy", "record", "--nonblocking", "--gil", "-r", "250", "-d", str(int(args.seconds)),
-                     "-f", "raw", "-o", os.path.join(args.py_spy, "%s-%s.txt" % (wl, name)), "--pid", str(pid)],
-                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
-            time.sleep(0.5)
+            spies += _start_spies(args.py_spy, wl, {"relay": relay, "agent": agent, "child": child}, args.seconds)
         _print("remoteproc", *_measure(procs, rp_work, args.seconds))
         for spy in spies:
             spy.wait(args.seconds + 30)
