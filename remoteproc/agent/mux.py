@@ -39,6 +39,19 @@ def _shutdown(fd: int, how: int) -> None:
         sock.close()
 
 
+def _consume(q, n: int) -> None:
+    """Drop the first ``n`` bytes (just written) from the queue of buffers ``q``."""
+    while n:
+        head = q[0]
+        if len(head) <= n:
+            n -= len(head)
+            q.popleft()
+        else:
+            # a view, not a copy of the rest (partial writes of 1 MiB pieces are common)
+            q[0] = (head if type(head) is memoryview else memoryview(head))[n:]
+            n = 0
+
+
 class Stream:
     """One bridged file descriptor and its state in each direction."""
 
@@ -186,15 +199,7 @@ class Mux:
                 return
             s.queued -= n
             s.unacked += n
-            while n:
-                head = q[0]
-                if len(head) <= n:
-                    n -= len(head)
-                    q.popleft()
-                else:
-                    # a view, not a copy of the rest (partial writes of 1 MiB pieces are common)
-                    q[0] = (head if type(head) is memoryview else memoryview(head))[n:]
-                    n = 0
+            _consume(q, n)
             if s.shared and s.pollable and s.sock is None:
                 break  # one small write per wake-up: never block the loop
         if s.unacked >= self.ack_at:
