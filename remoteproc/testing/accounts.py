@@ -91,3 +91,19 @@ def _user_exists(name: str) -> bool:
     except KeyError:
         return False
     return True
+
+
+def check_sshd_can_log_in(name: str) -> None:
+    """RuntimeError, naming the fix, unless sshd (as root, UsePAM=no) can log in account NAME."""
+    try:
+        pwd.getpwnam(name)
+    except KeyError:
+        raise RuntimeError(
+            f"no local user {name!r}; create it with ensure_local_user({name!r})"
+        ) from None
+    if is_locked(shadow_password(name)):
+        raise RuntimeError(
+            f"user {name!r} is locked (password field starts with '!') and "
+            f"sshd with UsePAM=no refuses it; unlock it with "
+            f"ensure_local_user({name!r})"
+        )

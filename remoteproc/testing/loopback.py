@@ -13,36 +13,22 @@ temporary directory that ``stop()`` removes.
 from __future__ import annotations
 
 import atexit
-import contextlib
 import logging
 import os
-import pwd
 import shutil
-import subprocess
 import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional, Union
 
-from .accounts import check_user_name, current_user, is_locked, shadow_password
-from .keys import generate_keypair, public_line, quote, write_text
-from .net import HOST, free_port, ssh_banner
-from .openssh import (
-    BIND_ATTEMPTS,
-    PRIVSEP_DIR,
-    READY_TIMEOUT,
-    PortInUse,
-    find_sshd,
-    pidfile_is,
-    sshd_supports,
-    truncate,
-)
-from .paramiko_server import fallback_server_class
-from .proctree import STOP_TIMEOUT, descendants, die_with_parent, reap_descendants, stop_popen
+from .accounts import check_sshd_can_log_in, check_user_name, current_user
+from .keys import quote, write_text
+from .net import HOST
+from .openssh import OpenSSHServer, find_sshd
 
 if TYPE_CHECKING:
-    from typing import Self
+    from .paramiko_server import ParamikoSSHServer
 
 log = logging.getLogger("remoteproc.testing")
 
@@ -57,20 +43,21 @@ class LoopbackSSHServer:
 
     host: str
     port: int
-    pid: int | None
+    pid: Optional[int]
     workdir: str
     client_key: str
     known_hosts: str
     ssh_config: str
+    log_file: str
     kind: str
     users: list[str]
 
     def __init__(
         self,
-        users: Sequence[str] | None = None,
+        users: Optional[Sequence[str]] = None,
         *,
         prefer_openssh: bool = True,
-        workdir: str | None = None,
+        workdir: Optional[str] = None,
     ) -> None:
         if isinstance(users, str):
             raise TypeError("users must be a sequence of names, not a string")
@@ -87,37 +74,31 @@ class LoopbackSSHServer:
         self.client_key = ""
         self.known_hosts = ""
         self.ssh_config = ""
+        self.log_file = ""
         self._parent_dir = workdir
         self._sshd = find_sshd() if prefer_openssh else None
         self.kind = "openssh" if self._sshd else "paramiko"
-        self.log_file = ""
-        self._host_public = ""
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._fallback: Any = None
+        self._server: Union[OpenSSHServer, ParamikoSSHServer, None] = None
         self._started = False
         self._lock = threading.RLock()
 
     # -- public API --------------------------------------------------------
 
-    def start(self) -> Self:
+    def start(self) -> LoopbackSSHServer:
         """Start the server (no-op if running); RuntimeError says why it failed."""
         with self._lock:
             if self._started:
                 return self
             self._check_users()
-            self.workdir = tempfile.mkdtemp(
-                prefix="remoteproc-sshd-", dir=self._parent_dir
-            )
+            self.workdir = tempfile.mkdtemp(prefix="remoteproc-sshd-", dir=self._parent_dir)
             self.client_key = os.path.join(self.workdir, "client_key")
             self.known_hosts = os.path.join(self.workdir, "known_hosts")
             self.ssh_config = os.path.join(self.workdir, "ssh_config")
             started = time.monotonic()
             try:
-                if self.kind == "openssh":
-                    self._start_openssh()
-                else:
-                    self._start_paramiko()
-                self._write_client_files()
+                self._server = self._start_server()
+                self.port, self.pid = self._server.port, self._server.pid
+                self._write_client_files(self._server.host_public)
             except BaseException:
                 self._teardown()
                 raise
@@ -141,13 +122,13 @@ class LoopbackSSHServer:
             self._teardown()
             self._started = False
 
-    def __enter__(self) -> Self:
+    def __enter__(self) -> LoopbackSSHServer:
         return self.start()
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
 
-    def options(self, user: str | None = None) -> dict[str, Any]:
+    def options(self, user: Optional[str] = None) -> dict[str, Any]:
         """Connection options for USER (default: the first user) as a dict."""
         user = self._user(user)
         return {
@@ -157,7 +138,7 @@ class LoopbackSSHServer:
             "known_hosts": self.known_hosts,
         }
 
-    def spec(self, user: str | None = None) -> str:
+    def spec(self, user: Optional[str] = None) -> str:
         """'user@127.0.0.1:PORT' for USER (default: the first user)."""
         return f"{self._user(user)}@{self.host}:{self.port}"
 
@@ -165,15 +146,13 @@ class LoopbackSSHServer:
         state = "running" if self._started else "stopped"
         return f"<LoopbackSSHServer {self.kind} {state} {self.host}:{self.port} users={self.users}>"
 
-    # -- shared internals --------------------------------------------------
+    # -- internals ---------------------------------------------------------
 
-    def _user(self, user: str | None) -> str:
+    def _user(self, user: Optional[str]) -> str:
         if user is None:
             return self.users[0]
         if user not in self.users:
-            raise ValueError(
-                f"user {user!r} is not served by this server ({self.users})"
-            )
+            raise ValueError(f"user {user!r} is not served by this server ({self.users})")
         return user
 
     def _check_users(self) -> None:
@@ -192,24 +171,25 @@ class LoopbackSSHServer:
             )
         if self.kind == "openssh" and os.geteuid() == 0:
             for name in self.users:
-                try:
-                    pwd.getpwnam(name)
-                except KeyError:
-                    raise RuntimeError(
-                        f"no local user {name!r}; create it with ensure_local_user({name!r})"
-                    ) from None
-                if is_locked(shadow_password(name)):
-                    raise RuntimeError(
-                        f"user {name!r} is locked (password field starts with '!') and "
-                        f"sshd with UsePAM=no refuses it; unlock it with "
-                        f"ensure_local_user({name!r})"
-                    )
+                check_sshd_can_log_in(name)
 
-    def _write_client_files(self) -> None:
+    def _start_server(self) -> Union[OpenSSHServer, ParamikoSSHServer]:
+        """The OpenSSH server if there is an sshd, else the paramiko one; started."""
+        server: Union[OpenSSHServer, ParamikoSSHServer]
+        if self._sshd is not None:
+            server = OpenSSHServer(self._sshd, self.workdir, self.users, self.client_key)
+            self.log_file = server.log_file
+        else:
+            from .paramiko_server import ParamikoSSHServer  # paramiko only when needed
+
+            server = ParamikoSSHServer(user=current_user(), client_key_path=self.client_key)
+        self._server = server       # (stopped by _teardown if start fails half-way)
+        server.start()
+        return server
+
+    def _write_client_files(self, host_public: str) -> None:
         """known_hosts and ssh_config for the chosen port (client key exists already)."""
-        write_text(
-            self.known_hosts, f"[{self.host}]:{self.port} {self._host_public}\n", 0o644
-        )
+        write_text(self.known_hosts, f"[{self.host}]:{self.port} {host_public}\n", 0o644)
         blocks = []
         for user in self.users:
             blocks.append(
@@ -227,172 +207,9 @@ class LoopbackSSHServer:
 
     def _teardown(self) -> None:
         """Stop whatever runs and remove the workdir; safe to call repeatedly."""
-        proc, self._proc = self._proc, None
-        if proc is not None:
-            sessions = descendants(proc.pid)
-            stop_popen(proc, STOP_TIMEOUT)
-            reap_descendants(sessions, STOP_TIMEOUT)
-            log.info(
-                "stopped sshd pid %d (and %d child processes)",
-                proc.pid,
-                len(sessions),
-            )
-        fallback, self._fallback = self._fallback, None
-        if fallback is not None:
-            fallback.close()
+        server, self._server = self._server, None
+        if server is not None:
+            server.stop()
         self.pid = None
         if self.workdir and os.path.isdir(self.workdir):
             shutil.rmtree(self.workdir, ignore_errors=True)
-
-    # -- OpenSSH mode ------------------------------------------------------
-
-    def _start_openssh(self) -> None:
-        assert self._sshd is not None
-        host_key = os.path.join(self.workdir, "ssh_host_key")
-        self._generate_keypair(host_key)
-        self._generate_keypair(self.client_key)
-        self._host_public = public_line(host_key + ".pub")
-        client_public = public_line(self.client_key + ".pub")
-
-        keys_dir = os.path.join(self.workdir, "authorized_keys")
-        os.mkdir(keys_dir)
-        os.chmod(keys_dir, 0o755)
-        for user in self.users:
-            write_text(os.path.join(keys_dir, user), client_public + "\n", 0o644)
-
-        if os.geteuid() == 0:
-            # sshd reads authorized_keys with the target user's uid, so other
-            # users must be able to traverse the workdir (private keys stay 0600).
-            os.chmod(self.workdir, 0o711)
-            if not os.path.isdir(PRIVSEP_DIR):
-                os.makedirs(PRIVSEP_DIR, mode=0o755, exist_ok=True)
-                os.chmod(PRIVSEP_DIR, 0o755)
-
-        config = os.path.join(self.workdir, "sshd_config")
-        self.log_file = os.path.join(self.workdir, "sshd.log")
-        for attempt in range(1, BIND_ATTEMPTS + 1):
-            port = free_port()
-            write_text(config, self._sshd_config(port, host_key, keys_dir), 0o644)
-            try:
-                self._launch_sshd(config, port)
-            except PortInUse:
-                log.debug("sshd could not bind port %d (attempt %d)", port, attempt)
-                continue
-            return
-        raise RuntimeError(
-            f"sshd could not bind a free port in {BIND_ATTEMPTS} attempts; "
-            f"sshd log:\n{self._log_tail()}"
-        )
-
-    def _generate_keypair(self, path: str) -> None:
-        generate_keypair(path)
-
-    def _sshd_config(self, port: int, host_key: str, keys_dir: str) -> str:
-        assert self._sshd is not None
-        lines = [
-            f"Port {port}",
-            f"ListenAddress {HOST}",
-            "AddressFamily inet",
-            f"HostKey {quote(host_key)}",
-            f"PidFile {quote(os.path.join(self.workdir, 'sshd.pid'))}",
-            f"AuthorizedKeysFile {quote(os.path.join(keys_dir, '%u'))}",
-            "StrictModes no",
-            "PubkeyAuthentication yes",
-            "PasswordAuthentication no",
-            "KbdInteractiveAuthentication no",
-            "PermitEmptyPasswords no",
-            "UsePAM no",
-            f"PermitRootLogin {'yes' if 'root' in self.users else 'no'}",
-            f"AllowUsers {' '.join(self.users)}",
-            "MaxSessions 200",
-            "MaxStartups 200:30:300",
-            "LoginGraceTime 60",
-            "LogLevel VERBOSE",
-            "PrintMotd no",
-            "PrintLastLog no",
-            "PermitUserEnvironment no",
-            "X11Forwarding no",
-            "UseDNS no",
-            "ClientAliveInterval 0",
-        ]
-        if sshd_supports(self._sshd, "PerSourcePenalties"):
-            # OpenSSH >= 9.8 would otherwise throttle 127.0.0.1 after probes/failures.
-            lines.append("PerSourcePenalties no")
-        return "\n".join(lines) + "\n"
-
-    def _launch_sshd(self, config: str, port: int) -> None:
-        """Start sshd on PORT and wait until it is ready; raise PortInUse/RuntimeError."""
-        assert self._sshd is not None
-        pidfile = os.path.join(self.workdir, "sshd.pid")
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(pidfile)
-        with open(self.log_file, "ab") as log_fh:
-            proc = subprocess.Popen(
-                [self._sshd, "-D", "-e", "-f", config],
-                stdin=subprocess.DEVNULL,
-                stdout=log_fh,
-                stderr=log_fh,
-                start_new_session=True,
-                close_fds=True,
-                preexec_fn=die_with_parent if threading.current_thread() is threading.main_thread() else None,
-            )
-        started = time.monotonic()
-        deadline = started + READY_TIMEOUT
-        missing = "the process to start"
-        while True:
-            code = proc.poll()
-            if code is not None:
-                text = self._log_tail()
-                if (
-                    "Address already in use" in text
-                    or "Cannot bind any address" in text
-                ):
-                    truncate(self.log_file)
-                    raise PortInUse
-                raise RuntimeError(
-                    f"sshd ({self._sshd}) exited with status {code} before accepting "
-                    f"connections on {HOST}:{port}; sshd log:\n{text}"
-                )
-            if not pidfile_is(pidfile, proc.pid):
-                missing = f"its pid file {pidfile}"
-            else:
-                banner = ssh_banner(
-                    port, timeout=max(0.1, deadline - time.monotonic())
-                )
-                if banner.startswith(b"SSH-"):
-                    break
-                missing = f"an SSH banner on {HOST}:{port} (got {banner[:80]!r})"
-            if time.monotonic() >= deadline:
-                stop_popen(proc, STOP_TIMEOUT)
-                raise RuntimeError(
-                    f"sshd did not become ready within {READY_TIMEOUT:.0f} s "
-                    f"(waiting for {missing}); sshd log:\n{self._log_tail()}"
-                )
-            time.sleep(0.01)
-        self._proc = proc
-        self.pid = proc.pid
-        self.port = port
-        log.debug(
-            "sshd pid %d accepted connections on port %d after %.3f s",
-            proc.pid,
-            port,
-            time.monotonic() - started,
-        )
-
-    def _log_tail(self, limit: int = 4000) -> str:
-        try:
-            with open(self.log_file, encoding="utf-8", errors="replace") as fh:
-                text = fh.read()
-        except OSError:
-            return "(no sshd log)"
-        return text[-limit:].strip() or "(empty sshd log)"
-
-    # -- paramiko fallback -------------------------------------------------
-
-    def _start_paramiko(self) -> None:
-        server_cls = fallback_server_class()
-        server = server_cls(user=current_user(), client_key_path=self.client_key)
-        self._fallback = server
-        self._host_public = server.host_public
-        self.port = server.port
-        self.pid = None
