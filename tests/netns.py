@@ -23,12 +23,15 @@ import contextlib
 import json
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+
+from proctable import running
+
+from remoteproc.testing import proctree
 
 STATE_DIR = "/run/remoteproc-netns"
 PREFIX = "10.213"
@@ -48,14 +51,6 @@ def run(*argv: str, check: bool = True, timeout: float = 20.0) -> subprocess.Com
     return done
 
 
-def _alive(pid: int) -> bool:
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
-    except (OSError, IndexError):
-        return False
-
-
 def _cmdline(pid: int) -> str:
     try:
         with open("/proc/%d/cmdline" % pid, "rb") as f:
@@ -64,40 +59,12 @@ def _cmdline(pid: int) -> str:
         return ""
 
 
-def _children(pid: int) -> list[int]:
-    """All descendants of ``pid`` (from /proc)."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
-
-
 def _kill_tree(pid: int, must_contain: str) -> None:
     """SIGTERM ``pid`` (if its command line contains ``must_contain``) and its descendants; then SIGKILL."""
-    if not _alive(pid) or must_contain not in _cmdline(pid):
+    stat = proctree.proc_stat(pid)
+    if stat is None or not proctree.alive(pid, stat[2]) or must_contain not in _cmdline(pid):
         return
-    procs = [pid] + _children(pid)
-    for p in procs:
-        with contextlib.suppress(OSError):
-            os.kill(p, signal.SIGTERM)
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(_alive(p) for p in procs):
-        time.sleep(0.05)
-    for p in procs:
-        if _alive(p):
-            with contextlib.suppress(OSError):
-                os.kill(p, signal.SIGKILL)
+    proctree.terminate_all([(pid, stat[2])] + proctree.descendants(pid), 5.0)
 
 
 @dataclass
@@ -348,7 +315,7 @@ def cleanup_stale() -> None:
                 state = json.load(f)
         except (OSError, ValueError):
             continue
-        if _alive(int(state.get("owner", 0))):
+        if running(int(state.get("owner", 0))):
             continue
         for pid in state.get("pids", []):
             _kill_tree(int(pid), state.get("workdir") or "\0")

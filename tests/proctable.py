@@ -1,9 +1,13 @@
-"""This machine's process table, for tests whose "remote" host is the loopback sshd."""
+"""This machine's process table, for tests whose "remote" host is the loopback sshd or a
+namespace host (both run here); and the bounded wait the tests poll it with."""
 
 from __future__ import annotations
 
 import os
 import time
+from typing import Callable
+
+from remoteproc.testing import proctree
 
 
 def state(pid: int) -> str | None:
@@ -11,19 +15,28 @@ def state(pid: int) -> str | None:
     try:
         with open("/proc/%d/stat" % pid) as f:
             return f.read().rsplit(")", 1)[-1].split()[0]
-    except (FileNotFoundError, ProcessLookupError):
+    except (OSError, IndexError):
         return None
+
+
+def running(pid: int) -> bool:
+    """True while ``pid`` is a process that has not exited (a zombie has)."""
+    return state(pid) not in (None, "Z", "X")
+
+
+def eventually(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05) -> bool:
+    """True as soon as ``predicate()`` is true; False if it is still false after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(interval)
+    return bool(predicate())
 
 
 def gone(pid: int, timeout: float = 15.0) -> bool:
     """True once ``pid`` has no process, or only a zombie about to be reaped (bounded wait)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        if state(pid) in (None, "Z", "X"):
-            return True
-        if time.monotonic() >= deadline:
-            return False
-        time.sleep(0.05)
+    return eventually(lambda: not running(pid), timeout)
 
 
 def ppid(pid: int) -> int:
@@ -41,3 +54,8 @@ def children_of(pid: int) -> list[int]:
             except (FileNotFoundError, ProcessLookupError, IndexError, ValueError):
                 pass
     return out
+
+
+def descendants(pid: int) -> list[int]:
+    """Children, grandchildren, ... of ``pid``."""
+    return [child for child, _start in proctree.descendants(pid)]

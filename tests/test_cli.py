@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 
@@ -18,6 +17,7 @@ from proctable import gone
 
 from remoteproc import cli
 from remoteproc.testing import current_user
+from remoteproc.testing.net import free_port
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -41,12 +41,6 @@ def flags(sshd):
     """Flags that reach the loopback sshd without any ssh_config."""
     return ["-p", str(sshd.port), "-l", current_user(), "-i", sshd.client_key,
             "--known-hosts", sshd.known_hosts, "-F", "none"]
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # -- help and parsing ---------------------------------------------------------------------
@@ -221,7 +215,7 @@ def _failure(sshd, tmp_path, case):
     elif case == "no such python":
         args += ["--python", "/nonexistent/python3"]
     elif case == "nothing listening":
-        args[1] = str(_free_port())
+        args[1] = str(free_port())
     elif case == "bad host spec":
         host = "user@host:99999"
     return args, host

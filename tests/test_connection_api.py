@@ -416,6 +416,58 @@ def test_eof_and_broken_pipe_after_the_remote_end_closed(host, ssh_options):
     p.join(30)
 
 
+def test_eof_when_the_child_closes_or_exits(host, ssh_options):
+    def close_early(conn):
+        conn.close()
+        time.sleep(0.5)
+
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=close_early, args=(child,), **ssh_options)
+    p.start()
+    child.close()
+    assert wait([parent], 30) == [parent]
+    with pytest.raises(EOFError):
+        parent.recv()
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_eof_reaches_the_child_when_the_parent_closes(host, ssh_options):
+    def wait_eof(conn, report):
+        try:
+            conn.recv()
+        except EOFError:
+            report.send("EOF seen")
+
+    parent, child = Pipe()
+    report_parent, report_child = Pipe()
+    p = RemoteProcess(host, target=wait_eof, args=(child, report_child), **ssh_options)
+    p.start()
+    child.close()
+    report_child.close()
+    parent.close()
+    assert report_parent.recv() == "EOF seen"
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_parent_end_works_with_poll_and_wait(host, ssh_options):
+    def late(conn):
+        time.sleep(0.3)
+        conn.send("late")
+
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=late, args=(child,), **ssh_options)
+    p.start()
+    child.close()
+    assert parent.poll(0) is False
+    ready = wait([parent, p.sentinel], 30)
+    assert parent in ready
+    assert parent.recv() == "late"
+    p.join(30)
+    assert p.sentinel in wait([p.sentinel], 0)
+
+
 def test_handles_inside_messages_from_the_remote_child_raise_type_error(host, ssh_options):
     a, b = Pipe()
     other_parent, other_child = Pipe()

@@ -2,7 +2,8 @@
 
 These go through real SSH connections but not through remoteproc's own API,
 so a failure here points at the rig (sshd setup, keys, accounts), not at the
-library under test.
+library under test; only the last test runs a RemoteProcess, through the paramiko
+fallback (the demo's server where no sshd exists).
 """
 
 from __future__ import annotations
@@ -12,16 +13,22 @@ import pwd
 import shutil
 import socket
 import subprocess
-import time
+import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import cloudpickle
 import paramiko
 import pytest
+from proctable import gone, running
 
+from remoteproc import Pipe, RemoteProcess
 from remoteproc.testing import LoopbackSSHServer, current_user, ensure_local_user
+
+# The target of the last test is shipped by value: this module is not installed on the remote side.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = [pytest.mark.timeout(60), pytest.mark.loopback_only]
 
@@ -105,24 +112,6 @@ def read_line(chan: paramiko.Channel) -> bytes:
     return line
 
 
-def process_gone(pid: int) -> bool:
-    """True once PID has exited (a zombie counts: it runs nothing any more)."""
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat[stat.rfind(")") + 2 :].split()[0] in ("Z", "X")
-
-
-def wait_until(predicate: Any, timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return predicate()
-
-
 # -- OpenSSH server ----------------------------------------------------------
 
 
@@ -147,7 +136,7 @@ def test_options_and_spec(sshd: LoopbackSSHServer, host: str) -> None:
     }
     assert os.stat(sshd.client_key).st_mode & 0o077 == 0
     assert Path(sshd.known_hosts).read_text().startswith(f"[127.0.0.1]:{sshd.port} ")
-    assert sshd.pid is not None and not process_gone(sshd.pid)
+    assert sshd.pid is not None and running(sshd.pid)
     with pytest.raises(ValueError, match="not served"):
         sshd.options("no-such-user-here")
 
@@ -249,11 +238,11 @@ def test_stop_ends_sshd_and_sessions_and_removes_workdir(
         with connect(server.options()) as client:
             chan = open_exec(client, "echo $$; exec sleep 60")
             session_pid = int(read_line(chan))
-            assert not process_gone(session_pid)
+            assert running(session_pid)
             server.stop()
             assert not os.path.exists(f"/proc/{pid}")
             assert not os.path.exists(workdir)
-            assert wait_until(lambda: process_gone(session_pid))
+            assert gone(session_pid)
         assert server.pid is None
         server.stop()  # idempotent
     finally:
@@ -319,9 +308,9 @@ def test_fallback_kills_command_when_channel_closes(
     with connect(fallback.options()) as client:
         chan = open_exec(client, "echo $$; exec sleep 60")
         pid = int(read_line(chan))
-        assert not process_gone(pid)
+        assert running(pid)
         chan.close()
-        assert wait_until(lambda: process_gone(pid))
+        assert gone(pid)
         assert run(client, "echo still-fine") == (0, b"still-fine\n", b"")
 
 
@@ -347,10 +336,28 @@ def test_fallback_stop_closes_everything() -> None:
         chan = open_exec(client, "echo $$; exec sleep 60")
         pid = int(read_line(chan))
         server.stop()
-        assert wait_until(lambda: process_gone(pid))
+        assert gone(pid)
         assert not os.path.exists(workdir)
         with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), 5):
             pass
     finally:
         client.close()
         server.stop()
+
+
+def double(conn: Any, n: int) -> None:
+    conn.send(n * 2)
+    conn.close()
+
+
+def test_round_trip_through_the_paramiko_fallback_server() -> None:
+    """The demo's server where no sshd binary exists: a real SSH server built on paramiko."""
+    with LoopbackSSHServer(prefer_openssh=False) as server:
+        assert server.kind == "paramiko"
+        parent, child = Pipe()
+        p = RemoteProcess(server.spec(), target=double, args=(child, 4), **server.options())
+        p.start()
+        child.close()
+        assert parent.recv() == 8
+        p.join(30)
+        assert p.exitcode == 0

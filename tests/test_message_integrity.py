@@ -1,10 +1,15 @@
-"""Integrity under load: over 1 GiB of messages, 0 B to 64 MiB, both directions, several
-connections per process, several processes on one host, several local threads sending at
-once; every message's SHA-256 and order are checked on arrival."""
+"""Messages over bridged Connections arrive whole and in order: empty to 16 MiB, ten thousand
+in a row, one-way pipes, several connections per process, connections nested in arguments.
+
+And under load: over 1 GiB of messages, 0 B to 64 MiB, both directions, several connections
+per process, several processes on one host, several local threads sending at once; every
+message's SHA-256 and order are checked on arrival.
+"""
 
 from __future__ import annotations
 
 import hashlib
+import os
 import random
 import sys
 import threading
@@ -20,6 +25,103 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 pytestmark = pytest.mark.timeout(300)
 
 BIG = 64 << 20
+
+
+def echo(conn):
+    try:
+        while True:
+            conn.send_bytes(conn.recv_bytes())
+    except EOFError:
+        pass
+
+
+# -- whole and in order ------------------------------------------------------------------
+
+@pytest.mark.parametrize("size", [0, 1, 16 << 20])
+def test_big_messages_each_way(host, ssh_options, size):
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=echo, args=(child,), **ssh_options)
+    p.start()
+    child.close()
+    data = os.urandom(size)
+    parent.send_bytes(data)
+    assert parent.recv_bytes() == data
+    parent.close()
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_ten_thousand_messages_in_order(host, ssh_options):
+    def count(conn, n):
+        for i in range(n):
+            conn.send(i)
+        got = [conn.recv() for _ in range(n)]
+        conn.send(got == list(range(n)))
+
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=count, args=(child, 10_000), **ssh_options)
+    p.start()
+    child.close()
+    sender = threading.Thread(target=lambda: [parent.send(i) for i in range(10_000)])
+    sender.start()
+    received = [parent.recv() for _ in range(10_000)]
+    sender.join(60)
+    assert received == list(range(10_000))
+    assert parent.recv() is True
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_one_way_pipes_both_directions(host, ssh_options):
+    def relay(reader, writer):
+        writer.send(reader.recv() + "!")
+
+    down_r, down_w = Pipe(duplex=False)     # parent -> child
+    up_r, up_w = Pipe(duplex=False)         # child -> parent
+    p = RemoteProcess(host, target=relay, args=(down_r, up_w), **ssh_options)
+    p.start()
+    down_r.close()
+    up_w.close()
+    down_w.send("one way")
+    assert up_r.recv() == "one way!"
+    p.join(30)
+    assert p.exitcode == 0
+    with pytest.raises(EOFError):
+        up_r.recv()
+
+
+def test_three_connections_to_one_process(host, ssh_options):
+    def fan(a, b, c):
+        for conn, tag in ((a, "a"), (b, "b"), (c, "c")):
+            conn.send(tag + str(conn.recv()))
+
+    pairs = [Pipe() for _ in range(3)]
+    p = RemoteProcess(host, target=fan, kwargs=dict(zip("abc", [c for _, c in pairs])), **ssh_options)
+    p.start()
+    for i, (parent, child) in enumerate(pairs):
+        child.close()
+        parent.send(i)
+    assert [parent.recv() for parent, _ in pairs] == ["a0", "b1", "c2"]
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_connections_nested_in_arguments(host, ssh_options):
+    def nested(box):
+        box["conns"][1].send(box["conns"][0].recv() * 3)
+
+    a_parent, a_child = Pipe()
+    b_parent, b_child = Pipe()
+    p = RemoteProcess(host, target=nested, args=({"conns": [a_child, b_child]},), **ssh_options)
+    p.start()
+    a_parent.send(7)
+    assert b_parent.recv() == 21
+    p.join(30)
+    assert p.exitcode == 0
+
+
+# -- under load --------------------------------------------------------------------------
+
 
 
 def plan(seed: int) -> list[int]:

@@ -20,6 +20,7 @@ import time
 
 import cloudpickle
 import pytest
+from proctable import descendants, eventually, gone
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess, ssh
@@ -83,23 +84,6 @@ def relay_connections(address: str, port: int) -> int:
                           capture_output=True, text=True, timeout=10, check=True)
     mark = "pid=%d," % relay_pid()
     return sum(1 for line in done.stdout.splitlines() if mark in line and " %s:%d " % (address, port) in line + " ")
-
-
-def eventually(predicate, timeout=15.0, interval=0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(interval)
-    return predicate()
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        with open("/proc/%d/stat" % pid) as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
 
 
 def keygen(path) -> str:
@@ -442,7 +426,7 @@ def test_failures_leave_nothing_behind(host, ssh_options, is_loopback, sshd, tmp
     target = ssh.resolve(host, ssh_options)
     threads = relay_threads()
     tcp = relay_connections(target.hostname, target.port)
-    sessions = len(_descendants(sshd.pid)) if is_loopback else None
+    sessions = len(descendants(sshd.pid)) if is_loopback else None
     for error, options in cases:
         p = RemoteProcess(host, target=where, args=(None,), **options)
         with pytest.raises(error) as info:
@@ -452,13 +436,7 @@ def test_failures_leave_nothing_behind(host, ssh_options, is_loopback, sshd, tmp
         assert eventually(lambda: relay_connections(target.hostname, target.port) <= tcp, 10), \
             "a connection was left open"
         if is_loopback:
-            assert eventually(lambda: len(_descendants(sshd.pid)) <= sessions, 10), "a remote process was left"
-
-
-def _descendants(pid):
-    from netns import _children
-
-    return _children(pid)
+            assert eventually(lambda: len(descendants(sshd.pid)) <= sessions, 10), "a remote process was left"
 
 
 # -- one connection, idle close, cipher -------------------------------------------------------
@@ -543,5 +521,5 @@ def test_link_cut_fails_the_processes_within_the_keepalive_bound(netns, ns_optio
     finally:
         h4.set_link(True)
     # once the link is back, sshd learns that its client is gone, and the agent kills its child
-    assert eventually(lambda: process_gone(pid), 30), "the remote child outlived its connection"
+    assert gone(pid, 30), "the remote child outlived its connection"
 

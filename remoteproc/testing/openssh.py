@@ -19,7 +19,7 @@ from typing import Optional
 
 from .keys import generate_keypair, public_line, quote, write_text
 from .net import HOST, free_port, ssh_banner
-from .proctree import STOP_TIMEOUT, descendants, die_with_parent, reap_descendants, stop_popen
+from .proctree import STOP_TIMEOUT, descendants, die_with_parent, terminate_all, stop_popen
 
 __all__ = ["OpenSSHServer", "find_sshd"]
 
@@ -163,7 +163,7 @@ class OpenSSHServer:
             return
         sessions = descendants(proc.pid)
         stop_popen(proc, STOP_TIMEOUT)
-        reap_descendants(sessions, STOP_TIMEOUT)
+        terminate_all(sessions, STOP_TIMEOUT)
         log.info("stopped sshd pid %d (and %d child processes)", proc.pid, len(sessions))
 
     def log_tail(self, limit: int = 4000) -> str:

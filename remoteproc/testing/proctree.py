@@ -72,7 +72,7 @@ def signal_all(procs: list[tuple[int, int]], sig: int) -> None:
                 os.kill(pid, sig)
 
 
-def reap_descendants(procs: list[tuple[int, int]], timeout: float) -> None:
+def terminate_all(procs: list[tuple[int, int]], timeout: float) -> None:
     """SIGTERM PROCS, wait up to TIMEOUT, then SIGKILL whatever is left."""
     if not procs:
         return
