@@ -19,7 +19,7 @@ from typing import Optional
 
 from .keys import generate_keypair, public_line, quote, write_text
 from .net import HOST, free_port, ssh_banner
-from .proctree import STOP_TIMEOUT, descendants, die_with_parent, terminate_all, stop_popen
+from .proctree import STOP_TIMEOUT, descendants, die_with_parent, stop_popen, terminate_all
 
 __all__ = ["OpenSSHServer", "find_sshd"]
 
