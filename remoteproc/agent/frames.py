@@ -73,7 +73,7 @@ class FrameReader:
         self._type = 0
         self._sid = 0
         self._left = 0               # payload bytes still expected for the current frame
-        self._body = None            # bytearray for a CONTROL payload in progress
+        self._body = None  # type: bytearray | None  # a CONTROL payload in progress
 
     @property
     def idle(self) -> bool:
@@ -92,6 +92,7 @@ class FrameReader:
                 if self._type == DATA:
                     self._on_data(self._sid, piece)
                 else:
+                    assert self._body is not None       # (a CONTROL frame's, from _start)
                     self._body += piece
                     if not self._left:
                         body, self._body = self._body, None

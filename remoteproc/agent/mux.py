@@ -76,7 +76,7 @@ class Stream:
         self.is_socket = stat.S_ISSOCK(mode)
         self.sock = socket.socket(fileno=fd) if self.is_socket else None
         self.credit = credit
-        self.outq = deque()
+        self.outq = deque()  # type: deque[bytes | memoryview]
         self.queued = 0
         self.unacked = 0
         self.peer_eof = False
@@ -101,7 +101,7 @@ class Mux:
         self._scratch = memoryview(bytearray(READ_CHUNK))
         self.window = window
         self.ack_at = min(ack_at, window)
-        self.streams = {}
+        self.streams = {}  # type: dict[int, Stream]
         self.high_sid = 0
         self.on_closed = None     # callback(stream) once a stream is finished and closed
         self.on_drained = None    # callback(stream) when its write queue becomes empty
