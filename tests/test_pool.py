@@ -260,3 +260,20 @@ def test_unpicklable_task_fails_in_the_caller(host, ssh_options):
         with pytest.raises(remoteproc.PicklingError):
             pool.map(square, [lock])
         assert pool.apply(square, (3,)) == 9
+
+
+@pytest.mark.timeout(60)
+def test_executor_shutdown_cancels_what_no_worker_started(host, ssh_options):
+    ex = Executor(host, processes_per_host=1, **ssh_options)
+    try:
+        running = ex.submit(naps, 3.0)
+        queued = [ex.submit(square, x) for x in range(5)]
+        deadline = time.monotonic() + 30
+        while not running.running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert running.running()
+        ex.shutdown(wait=False, cancel_futures=True)
+        assert all(f.cancelled() for f in queued)
+        assert running.result(timeout=30) == 3.0
+    finally:
+        ex.shutdown(wait=True)
