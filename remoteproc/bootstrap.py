@@ -17,10 +17,10 @@ import shlex
 import sys
 import threading
 import time
-from typing import Any
 
 from .agent import PROTOCOL_VERSION, frames
-from .errors import BootstrapError, describe
+from .errors import BootstrapError
+from .relay.channel import AgentChannel, AgentOpener, send_all, wait_readable
 
 
 def _package_sources(package: str) -> dict[str, tuple[bool, str, str]]:
@@ -134,8 +134,8 @@ def _version_error(display: str, python: str, theirs: str, executable: str) -> B
         display)
 
 
-def start_agent(transport, target) -> tuple[Any, dict, bytes]:
-    """Open a session channel, start the agent, and wait for its hello.
+def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]:
+    """Run the agent's command on ``target`` through ``opener``, and wait for its hello.
 
     Returns ``(channel, hello, extra)`` where ``extra`` is whatever arrived after
     the hello frame.  Raises BootstrapError with the remote's own words on failure;
@@ -143,23 +143,22 @@ def start_agent(transport, target) -> tuple[Any, dict, bytes]:
     """
     display = target.display
     real_paths = bool(coverage_env())
-    # The blob (the first time, 10-20 ms of compiling) is built while the server sets up
-    # the session, which on a new connection takes it tens of milliseconds.
+    # The blob (the first time, 10-20 ms of compiling) is built while the transport
+    # connects and the server sets up the session, which takes it tens of milliseconds.
     builder = threading.Thread(target=_prebuild, args=(real_paths,), name="remoteproc-blob", daemon=True)
     builder.start()
+
+    def agent_command() -> str:
+        builder.join()
+        return command(target.python)
+
     try:
-        chan = transport.open_session(timeout=target.connect_timeout)
-    except Exception as exc:
-        raise BootstrapError("%s: the server refused a session channel: %s. Check MaxSessions in "
-                             "its sshd_config." % (display, describe(exc)), display) from None
+        chan = opener.open(target, agent_command)
     finally:
         builder.join()
     try:
-        chan.exec_command(command(target.python))
-        try:
-            chan.sendall(agent_blob(real_paths))
-        except (OSError, EOFError):
-            pass        # the command ended already: _read_hello reports its status and words
+        # if the command ended already, _read_hello reports its status and words
+        send_all(chan, agent_blob(real_paths), time.monotonic() + max(target.connect_timeout, 10.0))
         hello, extra = _read_hello(chan, target)
         ours = tuple(sys.version_info[:2])
         theirs = tuple(hello.get("python", ())[:2])
@@ -176,12 +175,11 @@ def start_agent(transport, target) -> tuple[Any, dict, bytes]:
     return chan, hello, extra
 
 
-def _read_hello(chan, target) -> tuple[dict, bytes]:
+def _read_hello(chan: AgentChannel, target) -> tuple[dict, bytes]:
     wait = max(target.connect_timeout, 10.0)
     deadline = time.monotonic() + wait
     buf = bytearray()
     err = bytearray()
-    chan.settimeout(0.05)
     while True:
         if len(buf) >= frames.HEADER_SIZE:
             ftype, sid, length = frames.HEADER.unpack_from(buf)
@@ -197,12 +195,11 @@ def _read_hello(chan, target) -> tuple[dict, bytes]:
                     raise BootstrapError("%s: unexpected first message %r" % (target.display, msg),
                                          target.display)
                 return msg, bytes(buf[frames.HEADER_SIZE + length:])
-        while chan.recv_stderr_ready():
-            err += chan.recv_stderr(65536)
-        try:
+        err += chan.recv_stderr()
+        data = chan.recv(65536)
+        if data is None:
+            wait_readable(chan, 0.05)
             data = chan.recv(65536)
-        except TimeoutError:
-            data = None
         if data == b"":
             _failed(chan, target, err, deadline)
         if data:
@@ -214,13 +211,13 @@ def _read_hello(chan, target) -> tuple[dict, bytes]:
                                      target.python, *sys.version_info[:2]), target.display)
 
 
-def _failed(chan, target, err: bytearray, deadline: float) -> None:
+def _failed(chan: AgentChannel, target, err: bytearray, deadline: float) -> None:
     """The command ended before its hello: raise BootstrapError with its status and its words."""
-    while not chan.exit_status_ready() and time.monotonic() < deadline:
+    status = chan.exit_status()
+    while status is None and time.monotonic() < deadline:
         time.sleep(0.01)
-    while chan.recv_stderr_ready():
-        err += chan.recv_stderr(65536)
-    status = chan.exit_status if chan.exit_status_ready() else None
+        status = chan.exit_status()
+    err += chan.recv_stderr()
     said = err.decode("utf-8", "replace").strip()
     m = _VERSION_LINE.search(said)
     if status == WRONG_VERSION and m:

@@ -324,29 +324,49 @@ def test_no_leaks_over_many_processes(host, ssh_options):
     assert not live, "children left under the agent: %s" % live
 
 
-def test_send_on_a_dead_transport_marks_the_link_lost_once():
-    """paramiko raises EOFError (not OSError) from send() once its socket is gone; the
-    relay must take that as the loss, and later sends (credit frames while it flushes the
-    user's streams before closing them) must not try again and kill the relay thread."""
-    import selectors
+def test_paramikos_eof_on_send_is_the_channel_lost():
+    """paramiko raises EOFError (not OSError) from send() once its socket is gone: the
+    channel reports that as lost, with the reason."""
+    from remoteproc.relay.channel import ChannelLost
+    from remoteproc.relay.paramiko_channel import ParamikoChannel
 
-    from remoteproc.agent import mux
+    class DeadParamikoChannel:
+        def settimeout(self, t):
+            pass
+
+        def send(self, data):
+            raise EOFError()
+
+    chan = ParamikoChannel(DeadParamikoChannel(), conn=None, pool=None, connect_ms=0.0)
+    with pytest.raises(ChannelLost, match="sending failed: EOFError"):
+        chan.send(memoryview(b"credit"))
+
+
+def test_send_on_a_lost_channel_marks_the_link_lost_once():
+    """Once the channel is lost, later sends (credit frames while the link flushes the
+    user's streams before closing them) must not try again and kill the link's thread."""
+    from remoteproc import ssh
     from remoteproc.errors import ConnectionLostError
-    from remoteproc.relay import link as relay_link
+    from remoteproc.relay.channel import ChannelLost
+    from remoteproc.relay.link import Link
 
-    class DeadChannel:
+    class LostChannel:
         calls = 0
 
         def send(self, data):
-            DeadChannel.calls += 1
-            raise EOFError()
+            LostChannel.calls += 1
+            raise ChannelLost("sending failed: EOFError")
 
-    link = relay_link.Link.__new__(relay_link.Link)      # the loop's state, without its thread or SSH
-    link.display, link.dead, link.lost, link.children = "h", False, None, {}
-    link.out, link.chan = bytearray(), DeadChannel()
-    link.mux = mux.Mux(selectors.DefaultSelector(), link.send)
+        def close(self):
+            pass
+
+    finished = []
+    link = Link(ssh.resolve("rp@h", {}, ssh.Config([])), opener=None, on_finish=finished.append)
+    link.chan = LostChannel()       # the loop's state, without its thread or a connection
     link.send(b"credit")
     assert link.dead and isinstance(link.lost, ConnectionLostError)
-    assert "sending failed: EOFError" in str(link.lost) and not link.out
+    assert "rp@h: connection lost: sending failed: EOFError" in str(link.lost) and not link.out
     link.send(b"more credit")
-    assert DeadChannel.calls == 1 and not link.out
+    assert LostChannel.calls == 1 and not link.out
+    link._finish()
+    assert finished == [link] and link.thread is None

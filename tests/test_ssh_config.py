@@ -7,6 +7,7 @@ the end-to-end versions against real sshds are in test_ssh_hosts.py.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 import os
@@ -20,6 +21,7 @@ import pytest
 
 from remoteproc import bootstrap, ssh
 from remoteproc.errors import BootstrapError, ConfigError, ConnectError, HostKeyError
+from remoteproc.relay.channel import AgentChannel, AgentOpener, ChannelLost
 from remoteproc.ssh import auth, hostkeys, tokens
 from remoteproc.ssh import pool as ssh_pool
 
@@ -646,8 +648,8 @@ def test_pool_is_thread_safe(home, fake_connect):
 
 # -- bootstrap: interpreter checks --------------------------------------------------------------
 
-class StubChannel:
-    """Just enough of a paramiko Channel for bootstrap.start_agent."""
+class StubChannel(AgentChannel):
+    """An AgentChannel with canned output, for bootstrap.start_agent."""
 
     def __init__(self, stdout=b"", stderr=b"", status=None):
         self.stdout = bytearray(stdout)
@@ -656,51 +658,61 @@ class StubChannel:
         self.closed = False
         self.command = None
 
-    def exec_command(self, command):
-        self.command = command
+    def fileno(self):
+        return _always_readable()
 
-    def sendall(self, data):
-        if self.status is not None:
-            raise OSError("Socket is closed")
-
-    def settimeout(self, t):
+    def on_writable(self, callback):
         pass
 
-    def recv(self, n):
-        data, self.stdout[:] = bytes(self.stdout[:n]), self.stdout[n:]
+    def send(self, data):
+        if self.status is not None:
+            raise ChannelLost("the channel closed")
+        return len(data)
+
+    def recv(self, limit):
+        data, self.stdout[:] = bytes(self.stdout[:limit]), self.stdout[limit:]
         return data
 
-    def recv_stderr_ready(self):
-        return bool(self.stderr)
-
-    def recv_stderr(self, n):
-        data, self.stderr[:] = bytes(self.stderr[:n]), self.stderr[n:]
+    def recv_stderr(self):
+        data, self.stderr[:] = bytes(self.stderr), b""
         return data
 
-    def exit_status_ready(self):
-        return self.status is not None
-
-    @property
     def exit_status(self):
         return self.status
+
+    def describe_loss(self):
+        return "the stub ended"
 
     def close(self):
         self.closed = True
 
 
-class StubTransport:
+@functools.cache
+def _always_readable():
+    """The read end of a pipe with a byte in it: the stubs' output is all there at once."""
+    r, w = os.pipe()
+    os.write(w, b"x")
+    os.close(w)
+    return r
+
+
+class StubOpener(AgentOpener):
     def __init__(self, chan):
         self.chan = chan
 
-    def open_session(self, timeout=None):
+    def open(self, target, command):
+        self.chan.command = command()
         return self.chan
+
+    def close(self):
+        pass
 
 
 def start_with(chan, python="python3"):
     from remoteproc.agent import frames
 
     target = ssh.resolve("rp@h", {"python": python, "connect_timeout": 2}, ssh.Config([]))
-    return bootstrap.start_agent(StubTransport(chan), target), frames
+    return bootstrap.start_agent(StubOpener(chan), target), frames
 
 
 def hello_frame(version):

@@ -22,7 +22,7 @@ import pytest
 import remoteproc
 from remoteproc import bootstrap
 from remoteproc.agent import frames
-from remoteproc.relay import process as relay_process
+from remoteproc.relay import paramiko_shims
 
 
 def _fresh(code: str) -> dict:
@@ -90,8 +90,8 @@ def test_lazy_names_are_the_real_objects():
 def test_relay_imports_neither_multiprocessing_nor_importlib_metadata():
     got = _fresh(
         "import json, sys\n"
-        "from remoteproc.relay import process as relay_process\n"
-        "relay_process._preload()\n"
+        "from remoteproc.relay import paramiko_shims, process\n"
+        "paramiko_shims.preload()\n"
         "import paramiko\n"
         "print(json.dumps({'mp': 'multiprocessing' in sys.modules, 'md': 'importlib.metadata' in sys.modules,\n"
         "                  'version': paramiko.__version__, 'client': paramiko.Transport._CLIENT_ID}))")
@@ -103,7 +103,7 @@ def test_relay_imports_neither_multiprocessing_nor_importlib_metadata():
 @pytest.mark.parametrize("name", ["paramiko", "cryptography", "cloudpickle", "remoteproc"])
 def test_dist_version_agrees_with_importlib_metadata(name):
     # remoteproc is installed editable here: no dist-info beside it, so this takes the long way
-    assert relay_process._dist_version(name) == importlib.metadata.version(name)
+    assert paramiko_shims.dist_version(name) == importlib.metadata.version(name)
 
 
 @pytest.mark.parametrize("layout", ["module", "package"])
@@ -118,15 +118,15 @@ def test_dist_version_of_a_module_or_package_beside_its_dist_info(tmp_path, monk
     info.mkdir()
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: %s\nVersion: 1.2.3\n" % name)
     monkeypatch.syspath_prepend(str(tmp_path))
-    assert relay_process._dist_version(name) == "1.2.3" == importlib.metadata.version(name)
+    assert paramiko_shims.dist_version(name) == "1.2.3" == importlib.metadata.version(name)
 
 
 def test_dist_version_long_way_replaces_the_shim(monkeypatch):
     shim = types.ModuleType("importlib.metadata")
-    shim.version = relay_process._dist_version
+    shim.version = paramiko_shims.dist_version
     monkeypatch.setitem(sys.modules, "importlib.metadata", shim)
     monkeypatch.delattr(importlib, "metadata")
-    assert relay_process._dist_version("remoteproc") == remoteproc.__version__
+    assert paramiko_shims.dist_version("remoteproc") == remoteproc.__version__
     assert sys.modules["importlib.metadata"] is not shim
 
 

@@ -1,6 +1,7 @@
-"""The local I/O loop for one SSH connection (runs in the relay process).
+"""The local I/O loop for one host connection (runs in the relay process).
 
-One ``Link`` per host connection: it owns the exec channel of the resident agent
+One ``Link`` per host connection: it owns the channel of the resident agent (an
+``AgentChannel``, see ``channel.py``: it does not know which transport carries it)
 and, in its own thread, moves bytes between the parent's Connection ends (and its
 stdout/stderr) and that channel, frame by frame, with the same stream engine the
 agent uses.  It reports each process's pid and exit status to the parent over a
@@ -16,17 +17,20 @@ import signal
 import threading
 import time
 from collections import deque
+from typing import Callable, Optional
 
 from .. import bootstrap, modules
 from ..agent import frames, mux
-from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
+from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError
+from ..ssh.target import Target
 from . import ipc
+from .channel import AgentChannel, AgentOpener, ChannelLost
 
 log = logging.getLogger("remoteproc.relay")
 
 SEND_PIECE = 1 << 20
-# Take all paramiko holds at once: its buffer moves what is left after every partial
-# read (an 8 MiB window read in 1 MiB pieces copied up to 7 MiB per piece).
+# Take all the channel holds at once: paramiko's buffer moves what is left after every
+# partial read (an 8 MiB window read in 1 MiB pieces copied up to 7 MiB per piece).
 RECV_ALL = 1 << 24
 
 
@@ -46,24 +50,17 @@ class RemoteChild:
         self.streams = []
 
 
-class _WakingCondition(threading.Condition):
-    """paramiko notifies this when the send window opens: wake our selector too."""
-
-    def __init__(self, lock, wake):
-        super().__init__(lock)
-        self._wake = wake
-
-    def notify_all(self):
-        super().notify_all()
-        self._wake()
-
-
 class Link:
-    """One host connection: resident agent channel plus the relay loop, in a thread."""
+    """One host connection: resident agent channel plus the relay loop, in a thread.
 
-    def __init__(self, relay, target) -> None:
-        self.relay = relay
+    ``opener`` reaches the host (the transport); ``on_finish(link)`` is called from the
+    link's thread once it takes no more work.  ``start()`` starts the thread.
+    """
+
+    def __init__(self, target: Target, opener: AgentOpener, on_finish: Callable[["Link"], None]) -> None:
         self.target = target
+        self.opener = opener
+        self.on_finish = on_finish
         self.display = target.display
         self.sel = selectors.DefaultSelector()
         self.pending: deque = deque()
@@ -80,8 +77,7 @@ class Link:
         self.mux.on_drained = self._stream_drained
         self.mux.on_closed = self._stream_closed
         self.reader = frames.FrameReader(self.mux.on_data, self.on_frame)
-        self.conn = None
-        self.chan = None
+        self.chan: Optional[AgentChannel] = None
         self.sys_path: list = []
         self.lost: RemoteProcessError | None = None
         self.closing = False
@@ -90,9 +86,16 @@ class Link:
         self.last_heard = time.monotonic()
         self.last_ping = 0.0
         self.idle_since = time.monotonic()
-        self.thread = threading.Thread(target=self._run, name="remoteproc-link %s" % self.display,
-                                       daemon=True)
+        self.thread: Optional[threading.Thread] = None
+
+    def start(self) -> None:
+        """Start the link's thread: connect, start the agent, then serve."""
+        self.thread = threading.Thread(target=self._run, name="remoteproc-link %s" % self.display, daemon=True)
         self.thread.start()
+
+    def join(self, timeout: float) -> None:
+        if self.thread is not None:
+            self.thread.join(timeout)
 
     # -- requests from the relay's main thread --------------------------------------
     def submit(self, request, status_sock, fds) -> bool:
@@ -129,12 +132,10 @@ class Link:
     def _run(self) -> None:
         try:
             t0 = time.monotonic()
-            self.conn = self.relay.pool.acquire(self.target)
-            t1 = time.monotonic()
-            self.chan, hello, extra = bootstrap.start_agent(self.conn.transport, self.target)
-            log.debug("%s: connected in %.0f ms; agent %s ready in %.0f ms (Python %s, cipher %s)",
-                      self.display, (t1 - t0) * 1e3, hello.get("pid"), (time.monotonic() - t1) * 1e3,
-                      ".".join(map(str, hello.get("python", ()))), self.conn.transport.remote_cipher)
+            self.chan, hello, extra = bootstrap.start_agent(self.opener, self.target)
+            log.debug("%s: agent %s ready in %.0f ms (Python %s; %s)", self.display, hello.get("pid"),
+                      (time.monotonic() - t0) * 1e3, ".".join(map(str, hello.get("python", ()))),
+                      self.chan.details())
         except RemoteProcessError as exc:
             self._fail_pending(exc)
             self._finish()
@@ -145,8 +146,7 @@ class Link:
             self._finish()
             return
         chan = self.chan
-        chan.settimeout(0.0)
-        chan.out_buffer_cv = _WakingCondition(chan.lock, self.wake)
+        chan.on_writable(self.wake)
         self.sel.register(chan.fileno(), selectors.EVENT_READ, self._on_channel)
         try:
             if extra:
@@ -202,54 +202,41 @@ class Link:
 
     def _flush(self) -> None:
         chan = self.chan
+        assert chan is not None
         while self.out and not self.dead:
             try:
                 with memoryview(self.out) as view:
                     n = chan.send(view[:SEND_PIECE])
-            except TimeoutError:
-                return      # the window is shut; _WakingCondition wakes us when it opens
-            except (OSError, EOFError) as exc:      # (paramiko raises EOFError once its socket is gone)
-                n, reason = 0, "sending failed: %s" % describe(exc)
-            else:
-                reason = "the channel closed"
-            if n == 0:
+            except ChannelLost as exc:
                 self.out = bytearray()  # (not clear(): a view of the old one may outlive the call)
-                self._lost(reason)
+                self._lost(str(exc))
                 return
+            if n == 0:
+                return      # nothing fits now: the channel wakes us when something does
             del self.out[:n]
 
     def _on_channel(self, mask) -> None:
         chan = self.chan
-        # One recv takes all that paramiko holds (RECV_ALL); data arriving later sets the
-        # channel's event again, and the selector brings us back.
-        if chan.recv_ready() or chan.eof_received or chan.closed:
-            try:
-                data = chan.recv(RECV_ALL)
-            except TimeoutError:
-                data = None
-            if data == b"":
-                self._drain_stderr()
-                reason = "the SSH connection closed"
-                status = chan.recv_exit_status() if chan.exit_status_ready() else -1
-                if status != -1:
-                    reason = "the remote agent exited with status %d" % status
-                elif self.conn.transport.is_active():
-                    reason = "the remote agent's channel closed (agent killed?)"
-                self._lost(reason)
+        assert chan is not None
+        # One recv takes all the channel holds (RECV_ALL); data arriving later makes its
+        # fileno readable again, and the selector brings us back.
+        data = chan.recv(RECV_ALL)
+        if data == b"":
+            self._drain_stderr()
+            self._lost(chan.describe_loss())
+            return
+        if data:
+            self.last_heard = time.monotonic()     # (also mid-frame: a big frame on a slow link)
+            self.reader.feed(data)
+            if self.dead:
                 return
-            if data:
-                self.last_heard = time.monotonic()     # (also mid-frame: a big frame on a slow link)
-                self.reader.feed(data)
-                if self.dead:
-                    return
         self._drain_stderr()
 
     def _drain_stderr(self) -> None:
-        chan = self.chan
-        while chan.recv_stderr_ready():
-            text = chan.recv_stderr(65536).decode("utf-8", "replace").rstrip()
-            if text:
-                log.warning("%s: %s", self.display, text)
+        assert self.chan is not None
+        text = self.chan.recv_stderr().decode("utf-8", "replace").rstrip()
+        if text:
+            log.warning("%s: %s", self.display, text)
 
     def _on_wake(self, mask) -> None:
         try:
@@ -309,7 +296,8 @@ class Link:
         if op == "import":
             self._serve_module(msg.get("name"))
             return
-        child = self.children.get(msg.get("id"))
+        child_id = msg.get("id")
+        child = self.children.get(child_id) if isinstance(child_id, int) else None
         if child is None:
             raise frames.FrameError("%s for unknown process %r" % (op, msg.get("id")))
         if op == "started":
@@ -422,7 +410,7 @@ class Link:
         """Flush what the parent still has to get (bounded), close everything, leave the relay."""
         with self.lock:
             self.dead = True
-        self.relay.forget(self)
+        self.on_finish(self)
         deadline = time.monotonic() + 5.0
         while self.mux.streams and time.monotonic() < deadline:
             pending = [s for s in self.mux.streams.values() if s.outq]
@@ -440,9 +428,7 @@ class Link:
                 self._deliver(child, force=True)
         self._fail_pending(self.lost or ConnectionLostError("%s: connection closed" % self.display, self.display))
         if self.chan is not None:
-            self.chan.close()
-        if self.conn is not None:
-            self.relay.pool.release(self.conn)
+            self.chan.close()       # (and with it, the transport lets go of the connection)
         self.sel.close()
         with self.lock:
             os.close(self.wake_r)

@@ -10,20 +10,19 @@ remote agent kills what it started.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 import signal
 import socket
-import sys
 import threading
-import types
 
 from .. import ssh
 from ..agent.fdlimit import raise_fd_limit
 from ..errors import RemoteProcessError
-from . import ipc
+from . import ipc, paramiko_shims
+from .channel import AgentOpener
 from .link import Link
+from .paramiko_channel import ParamikoOpener
 
 log = logging.getLogger("remoteproc.relay")
 
@@ -46,17 +45,22 @@ class _ForwardHandler(logging.Handler):
 
 
 class Relay:
+    """The relay process's state: its socket to the user's process, one ``Link`` per connection."""
+
     def __init__(self, sock: socket.socket) -> None:
         self.sock = sock
         self.send_lock = threading.Lock()
-        self.pool = ssh.ConnectionPool()
+        self.paramiko = ParamikoOpener()
         self.links: dict[tuple, Link] = {}
         self.links_lock = threading.Lock()
-        self.config_cache: dict = {}
 
     def send_to_user(self, msg) -> None:
         with self.send_lock:
             ipc.send(self.sock, msg)
+
+    def opener_for(self, target: ssh.Target) -> AgentOpener:
+        """The transport that reaches ``target`` (the one place where a transport is chosen)."""
+        return self.paramiko
 
     def forget(self, link: Link) -> None:
         with self.links_lock:
@@ -90,7 +94,8 @@ class Relay:
             with self.links_lock:
                 link = self.links.get(target.key)
                 if link is None:
-                    link = self.links[target.key] = Link(self, target)
+                    link = self.links[target.key] = Link(target, self.opener_for(target), self.forget)
+                    link.start()
             if link.submit(request, status, fds):
                 return
             self.forget(link)
@@ -108,59 +113,13 @@ class Relay:
         for link in links:
             link.close()
         for link in links:
-            link.thread.join(10)
-        self.pool.close_all()
-
-
-def _preload() -> None:
-    """Import paramiko while the user's process is still busy elsewhere.
-
-    paramiko imports ``invoke`` (about 100 ms) only for its own ``Match exec`` support,
-    which remoteproc does not use (remoteproc.ssh evaluates the config itself).
-    """
-    if "invoke" not in sys.modules:
-        sys.modules["invoke"] = None    # type: ignore[assignment]
-    if "paramiko" in sys.modules or "importlib.metadata" in sys.modules:
-        import paramiko  # noqa: F401
-        return
-    # paramiko's __init__ asks importlib.metadata for its own version: importing that
-    # (email, zipfile, ...) and scanning sys.path costs 40-55 ms of every cold start.
-    # Answer that one question from the dist-info directory next to the package.
-    shim = types.ModuleType("importlib.metadata")
-    shim.version = _dist_version    # type: ignore[attr-defined]
-    sys.modules["importlib.metadata"] = shim
-    try:
-        import paramiko  # noqa: F401
-    finally:
-        if sys.modules.get("importlib.metadata") is shim:
-            del sys.modules["importlib.metadata"]
-        if getattr(importlib, "metadata", None) is shim:
-            del importlib.metadata
-
-
-def _dist_version(name: str) -> str:
-    """``importlib.metadata.version(name)`` for an installed package, usually without importing it."""
-    spec = importlib.util.find_spec(name)
-    if spec is not None and spec.origin:
-        top = os.path.dirname(spec.origin) if spec.submodule_search_locations is not None else spec.origin
-        prefix = name.lower().replace("-", "_") + "-"
-        try:
-            found = [e for e in os.listdir(os.path.dirname(top))
-                     if e.lower().startswith(prefix) and e.endswith(".dist-info")]
-        except OSError:
-            found = []
-        if len(found) == 1:
-            return found[0][len(prefix):-len(".dist-info")]
-    if getattr(sys.modules.get("importlib.metadata"), "version", None) is _dist_version:
-        del sys.modules["importlib.metadata"]     # not unique or not beside the package: ask properly
-    from importlib import metadata
-
-    return metadata.version(name)
+            link.join(10)
+        self.paramiko.close()
 
 
 def main(fd: int) -> None:
     """Entry point of the relay process; ``fd`` is its end of the socketpair."""
-    threading.Thread(target=_preload, name="remoteproc-preload", daemon=True).start()
+    threading.Thread(target=paramiko_shims.preload, name="remoteproc-preload", daemon=True).start()
     raise_fd_limit()        # every remote process costs the relay about four fds
     sock = socket.socket(fileno=fd)
     relay = Relay(sock)
