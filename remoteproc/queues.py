@@ -35,6 +35,7 @@ from multiprocessing.connection import wait as _wait
 from typing import Any
 
 from .agent import proxies as P
+from .agent.waker import Waker
 from .errors import PicklingError
 
 __all__ = ["Event", "JoinableQueue", "Queue", "SimpleQueue"]
@@ -78,9 +79,7 @@ class _Broker:
         self.objs: dict = {}        # parent end -> owning object
         self.pending: dict = {}     # parent end -> child end, open until the child has attached
         self.timed: list = []       # remote waiters with a deadline (server thread only)
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
+        self.waker = Waker()
         self.thread: threading.Thread | None = None
         self.pid = os.getpid()
 
@@ -103,10 +102,7 @@ class _Broker:
         self.wake()
 
     def wake(self) -> None:
-        try:
-            os.write(self.wake_w, b"\0")
-        except (BlockingIOError, OSError):
-            pass
+        self.waker.wake()
 
     def release(self, conn) -> None:
         """The child has its end (or never will): close the owner's copy so EOF can be seen."""
@@ -140,14 +136,10 @@ class _Broker:
                     self.thread = None
                     return
                 conns = list(self.objs)
-            ready = _wait(conns + [self.wake_r], self._timeout())
+            ready = _wait(conns + [self.waker], self._timeout())
             for conn in ready:
-                if conn is self.wake_r:
-                    try:
-                        while os.read(self.wake_r, 4096):
-                            pass
-                    except (BlockingIOError, OSError):
-                        pass
+                if conn is self.waker:
+                    self.waker.clear()
                 else:
                     self._serve(conn)
             self._expire()
@@ -197,11 +189,7 @@ class _Broker:
                 conn.close()
             except OSError:
                 pass
-        for fd in (self.wake_r, self.wake_w):
-            try:
-                os.close(fd)
-            except OSError:
-                pass
+        self.waker.abandon()
 
 
 _broker: _Broker | None = None

@@ -42,6 +42,7 @@ from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]  
 from typing import Any, Callable, Iterable, Protocol
 
 from .agent import proxies
+from .agent.waker import Waker
 from .errors import CONNECTION_LOST, ConnectionLostError, PicklingError, RemoteProcessError
 from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts
 
@@ -132,10 +133,8 @@ class Scheduler:
         # fd once its exit was read (by anyone, e.g. multiprocessing's _cleanup() in start()), and an
         # epoll registration would then never fire again.
         self.sel = selectors.PollSelector()
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, (self._on_wake, None))
+        self.waker = Waker()
+        self.sel.register(self.waker.fileno(), selectors.EVENT_READ, (self._on_wake, None))
         self.thread: threading.Thread | None = None
         self.pid = os.getpid()
         try:
@@ -147,8 +146,7 @@ class Scheduler:
                 w.process.join(TERMINATE_GRACE)
                 w.close()
             self.sel.close()
-            os.close(self.wake_r)
-            os.close(self.wake_w)
+            self.waker.close()
             raise
         for w in self.workers:
             self._register(w)
@@ -163,10 +161,7 @@ class Scheduler:
 
     # -- from the callers' threads ----------------------------------------------------------------------
     def wake(self) -> None:
-        try:
-            os.write(self.wake_w, b"\0")
-        except OSError:
-            pass
+        self.waker.wake()
 
     def check_running(self) -> None:
         if self.state != RUN:
@@ -276,16 +271,10 @@ class Scheduler:
             for w in self.workers:
                 w.close()
             self.sel.close()
-            wake_w, self.wake_w = self.wake_w, -1
-            os.close(wake_w)
-            os.close(self.wake_r)
+            self.waker.close()
 
     def _on_wake(self, _w: None, _mask: int) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except (BlockingIOError, OSError):
-            pass
+        self.waker.clear()
 
     def _pick(self) -> Worker | None:
         fast = self.chunk_time is not None and self.chunk_time < FAST

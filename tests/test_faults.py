@@ -365,8 +365,8 @@ def test_send_on_a_lost_channel_marks_the_link_lost_once():
     link.chan = LostChannel()       # the loop's state, without its thread or a connection
     link.send(b"credit")
     assert link.dead and isinstance(link.lost, ConnectionLostError)
-    assert "rp@h: connection lost: sending failed: EOFError" in str(link.lost) and not link.out
+    assert "rp@h: connection lost: sending failed: EOFError" in str(link.lost) and not link.endpoint.out
     link.send(b"more credit")
-    assert LostChannel.calls == 1 and not link.out
+    assert LostChannel.calls == 1 and not link.endpoint.out
     link._finish()
     assert finished == [link] and link.thread is None

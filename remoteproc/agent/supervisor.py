@@ -14,9 +14,11 @@ import socket
 import sys
 import time
 
-from . import PROTOCOL_VERSION, fdlimit, frames, mux
+from . import PROTOCOL_VERSION, fdlimit, frames
 from .child import RESET_SIGNALS
 from .child import run as run_child
+from .endpoint import FrameEndpoint
+from .waker import Waker
 
 GRACE = 2.0     # seconds from SIGTERM to SIGKILL when cleaning up
 MAX_IMPORT_LINE = 64 << 20      # bytes of one message on a child's import socket
@@ -58,10 +60,10 @@ class Supervisor:
         self.nofile = nofile    # the open-files limit to restore in children (see fdlimit.py)
         self.fd_out = fd_out
         self.sel = selectors.DefaultSelector()
-        self.out = bytearray()
-        self.out_registered = False
-        self.mux = mux.Mux(self.sel, self.send)
-        self.reader = frames.FrameReader(self.mux.on_data, self.on_frame)
+        self.endpoint = FrameEndpoint(self.sel, lambda view: os.write(fd_out, view), self.on_frame,
+                                      lambda exc: self._stop("the channel's output is closed"), write_fd=fd_out)
+        self.mux = self.endpoint.mux
+        self.reader = self.endpoint.reader
         self._in_view = memoryview(bytearray(1 << 20))      # reused: see Mux._scratch
         self.modules = {}       # forwarded modules: name -> entry (None: not found there either)
         self.waiting = {}       # module name -> import sockets of children waiting for it
@@ -73,43 +75,17 @@ class Supervisor:
         for fd in (fd_in, fd_out):
             os.set_blocking(fd, False)
             _try_grow_pipe(fd)
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        signal.set_wakeup_fd(self.wake_w)
+        self.waker = Waker()
+        signal.set_wakeup_fd(self.waker.write_fd)
         signal.signal(signal.SIGCHLD, lambda *a: None)
         for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
             signal.signal(sig, self._on_stop_signal)
         self.sel.register(fd_in, selectors.EVENT_READ, self._on_input)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+        self.sel.register(self.waker.fileno(), selectors.EVENT_READ, self._on_wake)
 
     # -- output ---------------------------------------------------------------
-    def send(self, *parts):
-        for p in parts:
-            self.out += p
-        self._flush()
-
-    def _flush(self, mask=0):
-        while self.out:
-            try:
-                n = os.write(self.fd_out, self.out)
-            except (BlockingIOError, InterruptedError):
-                break
-            except OSError:
-                self.out.clear()
-                self._stop("the channel's output is closed")
-                break
-            del self.out[:n]
-        want = bool(self.out)
-        if want != self.out_registered:
-            if want:
-                self.sel.register(self.fd_out, selectors.EVENT_WRITE, self._flush)
-            else:
-                self.sel.unregister(self.fd_out)
-            self.out_registered = want
-
     def control(self, msg, blob=b""):
-        self.send(frames.control(msg, blob))
+        self.endpoint.control(msg, blob)
 
     # -- input ----------------------------------------------------------------
     def _on_input(self, mask):
@@ -185,7 +161,7 @@ class Supervisor:
             for sid, _fd, _r, _w in mine:
                 if sid in self.mux.streams or sid <= self.mux.high_sid:
                     raise frames.FrameError("stream %d reused" % sid)
-            close = [self.fd_in, self.fd_out, self.wake_r, self.wake_w, self.sel.fileno()]
+            close = [self.fd_in, self.fd_out, self.sel.fileno()] + self.waker.fds()
             close += list(self.mux.streams_fds())
             close += [p.sentinel for p in self.children.values()]
             close += [fd for _sid, fd, _r, _w in mine] + [sen_w, imp_r]
@@ -309,11 +285,7 @@ class Supervisor:
             pass
 
     def _on_wake(self, mask):
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except (BlockingIOError, InterruptedError):
-            pass
+        self.waker.clear()
         self._reap()
 
     def _reap(self):

@@ -11,9 +11,9 @@ per-process status socket, which doubles as the process's sentinel.
 from __future__ import annotations
 
 import logging
-import os
 import selectors
 import signal
+import socket
 import threading
 import time
 from collections import deque
@@ -21,7 +21,9 @@ from typing import Callable, Optional
 
 from .. import bootstrap, modules
 from ..agent import frames, mux
-from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError
+from ..agent.endpoint import FrameEndpoint
+from ..agent.waker import Waker
+from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
 from ..ssh.target import Target
 from . import ipc
 from .channel import AgentChannel, AgentOpener, ChannelLost
@@ -39,15 +41,15 @@ class RemoteChild:
 
     __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams")
 
-    def __init__(self, child_id, status_sock):
+    def __init__(self, child_id: int, status_sock: socket.socket) -> None:
         self.id = child_id
         self.status = status_sock
         self.receiver = ipc.Receiver(status_sock)
-        self.pid = None
-        self.code = None
-        self.error = None
+        self.pid: Optional[int] = None
+        self.code: Optional[int] = None
+        self.error: Optional[tuple[str, str]] = None    # (exception class name, message) for the parent
         self.delivered = False
-        self.streams = []
+        self.streams: list[mux.Stream] = []
 
 
 class Link:
@@ -65,18 +67,15 @@ class Link:
         self.sel = selectors.DefaultSelector()
         self.pending: deque = deque()
         self.lock = threading.Lock()
-        self.wake_r, self.wake_w = os.pipe()
-        os.set_blocking(self.wake_r, False)
-        os.set_blocking(self.wake_w, False)
-        self.sel.register(self.wake_r, selectors.EVENT_READ, self._on_wake)
+        self.waker = Waker()
+        self.sel.register(self.waker.fileno(), selectors.EVENT_READ, self._on_wake)
         self.children: dict[int, RemoteChild] = {}
         self.next_id = 1
         self.next_sid = 1
-        self.out = bytearray()
-        self.mux = mux.Mux(self.sel, self.send)
-        self.mux.on_drained = self._stream_drained
-        self.mux.on_closed = self._stream_closed
-        self.reader = frames.FrameReader(self.mux.on_data, self.on_frame)
+        self.endpoint = FrameEndpoint(self.sel, self._write_channel, self.on_frame, self._on_send_failed,
+                                      piece=SEND_PIECE, on_stream_drained=self._stream_drained,
+                                      on_stream_closed=self._stream_closed)
+        self.mux = self.endpoint.mux
         self.chan: Optional[AgentChannel] = None
         self.sys_path: list = []
         self.lost: RemoteProcessError | None = None
@@ -108,13 +107,7 @@ class Link:
         return True
 
     def wake(self) -> None:
-        with self.lock:
-            if self.wake_w < 0:
-                return
-            try:
-                os.write(self.wake_w, b"\0")
-            except OSError:
-                pass            # full: a wake-up is already pending
+        self.waker.wake()
 
     def interrupt(self) -> None:
         """Pass a Ctrl-C on to every remote child of this link."""
@@ -146,11 +139,12 @@ class Link:
             self._finish()
             return
         chan = self.chan
-        chan.on_writable(self.wake)
+        chan.on_writable(self.waker.wake)
+        self.endpoint.write_fd = chan.writable_fileno()
         self.sel.register(chan.fileno(), selectors.EVENT_READ, self._on_channel)
         try:
             if extra:
-                self.reader.feed(extra)
+                self.endpoint.feed(extra)
             self._loop()
         except frames.FrameError as exc:
             self._lost("the agent broke the protocol (%s)" % exc, ProtocolError)
@@ -166,8 +160,8 @@ class Link:
             if not self.children and not self.mux.streams and not self.pending:
                 left = self.idle_since + self.target.idle_timeout - time.monotonic()
                 timeout = min(timeout, max(0.05, left))
-            if self.out:
-                self._flush()
+            if self.endpoint.out:
+                self.endpoint.flush()
             for key, mask in self.sel.select(timeout):
                 key.data(mask)
                 if self.dead:
@@ -194,26 +188,15 @@ class Link:
 
     # -- the channel ------------------------------------------------------------------
     def send(self, *parts) -> None:
-        if self.dead:
-            return      # the channel is gone: nothing reaches the agent any more
-        for p in parts:
-            self.out += p
-        self._flush()
+        """Frames for the agent (dropped once the link is lost or closing)."""
+        self.endpoint.send(*parts)
 
-    def _flush(self) -> None:
-        chan = self.chan
-        assert chan is not None
-        while self.out and not self.dead:
-            try:
-                with memoryview(self.out) as view:
-                    n = chan.send(view[:SEND_PIECE])
-            except ChannelLost as exc:
-                self.out = bytearray()  # (not clear(): a view of the old one may outlive the call)
-                self._lost(str(exc))
-                return
-            if n == 0:
-                return      # nothing fits now: the channel wakes us when something does
-            del self.out[:n]
+    def _write_channel(self, view: memoryview) -> int:
+        assert self.chan is not None
+        return self.chan.send(view)     # (0: nothing fits now: the channel wakes us when something does)
+
+    def _on_send_failed(self, exc: OSError) -> None:
+        self._lost(str(exc) if isinstance(exc, ChannelLost) else "sending failed: %s" % describe(exc))
 
     def _on_channel(self, mask) -> None:
         chan = self.chan
@@ -227,7 +210,7 @@ class Link:
             return
         if data:
             self.last_heard = time.monotonic()     # (also mid-frame: a big frame on a slow link)
-            self.reader.feed(data)
+            self.endpoint.feed(data)
             if self.dead:
                 return
         self._drain_stderr()
@@ -239,11 +222,7 @@ class Link:
             log.warning("%s: %s", self.display, text)
 
     def _on_wake(self, mask) -> None:
-        try:
-            while os.read(self.wake_r, 4096):
-                pass
-        except BlockingIOError:
-            pass
+        self.waker.clear()
         with self.lock:
             todo, self.pending = list(self.pending), deque()
             interrupted, self.interrupted = self.interrupted, False
@@ -253,8 +232,8 @@ class Link:
             for child in self.children.values():
                 if child.code is None:
                     self.send(frames.control({"op": "signal", "id": child.id, "sig": int(signal.SIGINT)}))
-        if self.out:
-            self._flush()
+        if self.endpoint.out:
+            self.endpoint.flush()
 
     # -- processes ---------------------------------------------------------------------
     def _start(self, request, status_sock, fds) -> None:
@@ -308,8 +287,8 @@ class Link:
             self._deliver(child)
         elif op == "error":
             child.code = CONNECTION_LOST
-            child.error = ("BootstrapError", "%s: %s" % (self.display, msg.get("message")))
-            self._report(child, ("error",) + child.error)
+            child.error = error = ("BootstrapError", "%s: %s" % (self.display, msg.get("message")))
+            self._report(child, ("error",) + error)
             self._forget(child, abort_streams=True)
         else:
             raise frames.FrameError("unknown control operation %r" % op)
@@ -384,6 +363,7 @@ class Link:
         if self.dead:
             return
         self.dead = True
+        self.endpoint.stop()
         message = "%s: connection lost: %s" % (self.display, reason)
         self.lost = cls(message, self.display)
         if self.children:
@@ -393,7 +373,7 @@ class Link:
                 child.code = CONNECTION_LOST
                 child.error = (cls.__name__, message)
             if child.pid is None:
-                self._report(child, ("error",) + child.error)
+                self._report(child, ("error",) + (child.error or (cls.__name__, message)))
                 self._forget(child, abort_streams=True)
             else:
                 self._deliver(child, force=True)
@@ -410,6 +390,7 @@ class Link:
         """Flush what the parent still has to get (bounded), close everything, leave the relay."""
         with self.lock:
             self.dead = True
+        self.endpoint.stop()        # nothing more reaches the agent: it cleans up when the channel closes
         self.on_finish(self)
         deadline = time.monotonic() + 5.0
         while self.mux.streams and time.monotonic() < deadline:
@@ -417,7 +398,7 @@ class Link:
             if not pending:
                 break
             for key, mask in self.sel.select(0.05):
-                if key.fd != self.wake_r and (self.chan is None or key.fd != self.chan.fileno()):
+                if key.fd != self.waker.fileno() and (self.chan is None or key.fd != self.chan.fileno()):
                     key.data(mask)
         for s in list(self.mux.streams.values()):
             self.mux.close(s)
@@ -430,7 +411,4 @@ class Link:
         if self.chan is not None:
             self.chan.close()       # (and with it, the transport lets go of the connection)
         self.sel.close()
-        with self.lock:
-            os.close(self.wake_r)
-            os.close(self.wake_w)
-            self.wake_w = -1
+        self.waker.close()
