@@ -80,6 +80,7 @@ class _Broker:
         self.pending: dict = {}     # parent end -> child end, open until the child has attached
         self.timed: list = []       # remote waiters with a deadline (server thread only)
         self.waker = Waker()
+        self.tokens: dict = {}      # parent end -> the token of the process at the other end
         self.thread: threading.Thread | None = None
         self.pid = os.getpid()
 
@@ -115,14 +116,20 @@ class _Broker:
         with self.lock:
             obj = self.objs.pop(conn, None)
             child_end = self.pending.pop(conn, None)
+            token = self.tokens.pop(conn, None)
+            gone = token is not None and token not in self.tokens.values()
         if child_end is not None:
             child_end.close()
         if obj is None:
             conn.close()
-            return
-        with obj._lock:         # nobody may be sending on it while it closes
-            obj._forget(conn)
-            conn.close()
+        else:
+            with obj._lock:         # nobody may be sending on it while it closes
+                obj._forget(conn)
+                conn.close()
+        if gone:
+            # The process's last Connection to us: what it held (locks) is given back.
+            for other in list(_live):
+                other._process_gone(token)
 
     def attached(self, obj) -> int:
         with self.lock:
@@ -159,6 +166,9 @@ class _Broker:
                 self.drop(conn)
                 return
             if op == P.ATTACH:
+                if args:
+                    with self.lock:
+                        self.tokens[conn] = args[0]
                 self.release(conn)
             else:
                 waiter = obj._request(conn, rid, op, args)
@@ -168,7 +178,7 @@ class _Broker:
                 return
 
     def _timeout(self):
-        self.timed = [w for w in self.timed if not w.done]
+        self.timed = [w for w in self.timed if not w.done and w.deadline is not None]
         if not self.timed:
             return None
         return max(0.0, min(w.deadline for w in self.timed) - time.monotonic())
@@ -178,7 +188,7 @@ class _Broker:
             return
         now = time.monotonic()
         for w in self.timed:
-            if not w.done and w.deadline <= now:
+            if not w.done and w.deadline is not None and w.deadline <= now:
                 w.obj._time_out(w)
 
     # -- after fork, in the child ------------------------------------------------------------
@@ -268,6 +278,7 @@ class _Owned:
     """What Queue and Event share: ownership, attachment, the local side of waiting."""
 
     _kind = "object"
+    _rebuild = staticmethod(P.rebuild)     # the proxy's module builds it on the other side
 
     def __init__(self) -> None:
         self._owner = os.getpid()
@@ -295,7 +306,7 @@ class _Owned:
             child_end = self._attach("a remote process", mp_context.get_spawning_popen())
         except PicklingError as exc:
             raise PicklingError("%s on %s" % (exc, pickler.host), pickler.host) from None
-        return P.rebuild, (self._kind, child_end, self._config())
+        return self._rebuild, (self._kind, child_end, self._config())
 
     def __reduce__(self):
         spawner = mp_context.get_spawning_popen()
@@ -304,12 +315,15 @@ class _Owned:
                 "remoteproc.%s objects should only be shared between processes as process arguments "
                 "(RemoteProcess or multiprocessing.Process) or through inheritance" % self._kind)
         child_end = self._attach("a child process", spawner)
-        return P.rebuild, (self._kind, child_end, self._config())
+        return self._rebuild, (self._kind, child_end, self._config())
 
     def _become_proxy(self, child_end) -> None:
-        self._proxy = P.rebuild(self._kind, child_end, self._config())
+        self._proxy = self._rebuild(self._kind, child_end, self._config())
 
     # -- the owner's side ------------------------------------------------------------------------
+    def _process_gone(self, token: str) -> None:
+        """Every Connection of the process ``token`` has closed (locks override this)."""
+
     def _forget(self, conn) -> None:
         """A child went away: drop whatever it was waiting for."""
         with self._lock:

@@ -23,7 +23,7 @@ import socket
 import threading
 
 # requests
-ATTACH = 1          # first message of every proxy: the owner may drop its copy of our end
+ATTACH = 1          # first message of every proxy: (token,); the owner may drop its copy of our end
 PUT = 2             # (item, block, timeout)
 GET = 3             # (block, timeout)
 QSIZE = 4
@@ -35,11 +35,13 @@ SET = 9
 CLEAR = 10
 IS_SET = 11
 WAIT = 12           # (timeout,)
+# 13 and up: locks, conditions, barriers and shared values (agent/synchronize.py)
 
 # reply statuses
 OK = 0
 TIMEOUT = 1         # Empty for get, Full for put, False for Event.wait
 ERROR = 2           # value: the exception to raise
+RUN = 3             # Barrier.wait: the caller is the last party and runs the action
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
@@ -86,6 +88,25 @@ def dumps_item(obj):
 
 
 loads_item = pickle.loads
+
+
+# -- who is asking -------------------------------------------------------------------------
+
+_token = None
+_token_pid = None
+
+
+def process_token():
+    """This process's name for the owners it talks to: a lock is held by (token, thread id).
+
+    Pids repeat across hosts and after fork, so the token adds the host name and random
+    bytes; a forked child gets a token of its own."""
+    global _token, _token_pid
+    pid = os.getpid()
+    if _token_pid != pid:
+        _token = "%s:%d:%s" % (socket.gethostname(), pid, os.urandom(6).hex())
+        _token_pid = pid
+    return _token
 
 
 # -- the connection to the owner ------------------------------------------------------------
@@ -186,7 +207,7 @@ class _Proxy:
     def __init__(self, conn, config):
         self._client = _Client(conn, self._what)
         self._config = config
-        self._client.send((0, ATTACH))
+        self._client.send((0, ATTACH, process_token()))
 
     def __reduce__(self):
         raise TypeError(
