@@ -30,6 +30,8 @@ if TYPE_CHECKING:
     from .process import RemoteProcess
     from .queues import Event, JoinableQueue, Queue, SimpleQueue
     from .script import RemoteScript, run
+    from .sharedctypes import Array, RawArray, RawValue, Value
+    from .synchronize import Barrier, BoundedSemaphore, Condition, Lock, RLock, Semaphore
 
 # Imported on first use (PEP 562): the relay process and remote children import this
 # package too, and need none of these; ``import remoteproc`` stays cheap for everyone.
@@ -37,6 +39,9 @@ _LAZY = {
     "Pipe": "multiprocessing", "Executor": ".executor", "Pool": ".pool", "RemoteProcess": ".process",
     "Event": ".queues", "JoinableQueue": ".queues", "Queue": ".queues", "SimpleQueue": ".queues",
     "RemoteScript": ".script", "run": ".script",
+    "Array": ".sharedctypes", "RawArray": ".sharedctypes", "RawValue": ".sharedctypes", "Value": ".sharedctypes",
+    "Barrier": ".synchronize", "BoundedSemaphore": ".synchronize", "Condition": ".synchronize",
+    "Lock": ".synchronize", "RLock": ".synchronize", "Semaphore": ".synchronize",
 }
 
 
@@ -57,6 +62,16 @@ __version__ = "0.1.0"
 
 __all__ = [
     "CONNECTION_LOST",
+    "Array",
+    "Barrier",
+    "BoundedSemaphore",
+    "Condition",
+    "Lock",
+    "RLock",
+    "RawArray",
+    "RawValue",
+    "Semaphore",
+    "Value",
     "AuthenticationError",
     "BootstrapError",
     "ConfigError",

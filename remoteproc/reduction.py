@@ -52,9 +52,9 @@ def _refusal(obj) -> str:
     if mod == "multiprocessing.queues":
         return "Use remoteproc.%s instead." % name
     if mod == "multiprocessing.synchronize":
-        return "Use remoteproc.Event for events, or pass messages over a Pipe()."
-    if mod == "multiprocessing.sharedctypes" or name in ("Synchronized", "SynchronizedArray"):
-        return "Send values over a Pipe() or a remoteproc.Queue instead."
+        return "Use remoteproc.%s instead." % name
+    if mod == "multiprocessing.sharedctypes" or name.startswith("Synchronized"):
+        return "Use remoteproc.Value or remoteproc.Array instead."
     if mod == "multiprocessing.managers":
         return "Manager proxies connect back over a listening socket; use remoteproc.Queue or a Pipe()."
     return ""

@@ -13,7 +13,7 @@ import threading
 import time
 from multiprocessing import process as _mp_process
 
-from .proxies import ERROR, OK, RUN, TIMEOUT, _Proxy
+from .proxies import OK, RUN, _Proxy
 
 # requests (1-12: proxies.py)
 ACQUIRE = 13        # (tid, block, timeout)
