@@ -304,7 +304,7 @@ class Pool:
 
     def __del__(self, _warn: Callable[..., None] = warnings.warn) -> None:
         if getattr(self, "_state", None) == RUN and getattr(self, "_core", None) is not None:
-            _warn("unclosed running remoteproc pool %r" % (self,), ResourceWarning, source=self)
+            _warn("unclosed running multiprocessing pool %r" % (self,), ResourceWarning, source=self)
 
     def __reduce__(self) -> Any:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")

@@ -401,10 +401,6 @@ class _Owned:
         if self._closed:
             raise ValueError("%r is closed" % self)
 
-    def __repr__(self) -> str:
-        role = "proxy to pid %d" % self._owner if self._proxy is not None else "owned by pid %d" % self._owner
-        return "<remoteproc.%s %s>" % (self._kind, role)
-
 
 class Queue(_Owned):
     """``multiprocessing.Queue`` for local and remote processes; the items live in this process.
@@ -662,3 +658,6 @@ class Event(_Owned):
         if self._proxy is not None:
             return self._proxy.wait(timeout)
         return self._call(P.WAIT, timeout, timeout=timeout)[0] == P.OK
+
+    def __repr__(self) -> str:
+        return "<%s at %#x %s>" % (type(self).__qualname__, id(self), "set" if self.is_set() else "unset")

@@ -16,6 +16,7 @@ import pickle
 import stat
 import types
 from multiprocessing import context as mp_context
+from multiprocessing import util as mp_util
 from multiprocessing.connection import _ConnectionBase
 from multiprocessing.process import BaseProcess
 from typing import Any
@@ -140,6 +141,9 @@ def dumps_process(process_obj, host: str) -> tuple[bytes, list[Bridged]]:
     """
     state = {k: v for k, v in process_obj.__dict__.items() if k not in _LOCAL_ONLY}
     state["_popen"] = None      # as in a local child: current_process().exitcode is None
+    mp_logger = getattr(mp_util, "_logger", None)
+    if mp_logger is not None:
+        state["_remoteproc_log_level"] = mp_logger.getEffectiveLevel()
     buf = io.BytesIO()
     pickler = _Pickler(buf, host)
     mp_context.set_spawning_popen(process_obj)     # lets the authkey travel, as with spawn

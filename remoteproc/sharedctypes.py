@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import ctypes
 import threading
-from multiprocessing.sharedctypes import typecode_to_type
+from multiprocessing import sharedctypes as _mp_sharedctypes
 from typing import Any, Optional
 
 from .agent import proxies as P
@@ -23,8 +23,11 @@ from .synchronize import RLock, _SemLock, _Sync, _SyncWaiter
 __all__ = ["Array", "RawArray", "RawValue", "Value"]
 
 
+_TYPECODES: dict = getattr(_mp_sharedctypes, "typecode_to_type")     # 'i' -> c_int, as multiprocessing reads them
+
+
 def _ctype(typecode_or_type):
-    return typecode_to_type.get(typecode_or_type, typecode_or_type)
+    return _TYPECODES.get(typecode_or_type, typecode_or_type)
 
 
 def _new_value(typecode_or_type, *args):
@@ -118,7 +121,7 @@ class _Shared(_Sync):
         return None
 
 
-class _Fields:
+class _Fields(_Shared):
     """``.value``, or the fields of a Structure."""
 
     _raw = False
@@ -145,7 +148,7 @@ class _Fields:
             object.__setattr__(self, name, v)
 
 
-class _Items:
+class _Items(_Shared):
     _raw = False
 
     def __len__(self) -> int:

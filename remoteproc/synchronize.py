@@ -278,7 +278,8 @@ class Lock(_SemLock):
 
     def __repr__(self) -> str:
         try:
-            name = S.lock_name(*self._my_state(), recursive=False)[0]
+            who, count = self._my_state()
+            name = S.lock_name(who, count, False)[0]
         except Exception:
             name = "unknown"
         return "<Lock(owner=%s)>" % name
@@ -295,7 +296,8 @@ class RLock(_SemLock):
 
     def __repr__(self) -> str:
         try:
-            name, count = S.lock_name(*self._my_state(), recursive=True)
+            who, count = self._my_state()
+            name, count = S.lock_name(who, count, True)
         except Exception:
             name, count = "unknown", "unknown"
         return "<RLock(%s, %s)>" % (name, count)
@@ -587,4 +589,4 @@ class Barrier(_Sync):
         self._call(S.RESET)
 
     def __repr__(self) -> str:
-        return "<remoteproc.Barrier parties=%d owned by pid %d>" % (self._parties, self._owner)
+        return S.barrier_repr(self)

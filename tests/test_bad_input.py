@@ -60,8 +60,8 @@ def test_multiprocessing_primitives_name_the_alternative():
 
     for obj, alternative in ((multiprocessing.Queue(), "remoteproc.Queue"),
                              (multiprocessing.Event(), "remoteproc.Event"),
-                             (multiprocessing.Lock(), "Pipe"),
-                             (multiprocessing.Value("i", 1), "Pipe")):
+                             (multiprocessing.Lock(), "remoteproc.Lock"),
+                             (multiprocessing.Value("i", 1), "remoteproc.Value")):
         with pytest.raises(remoteproc.PicklingError) as info:
             RemoteProcess("u@host.invalid", target=print, args=(obj,)).start()
         assert alternative in str(info.value)

@@ -350,3 +350,61 @@ def test_plain_multiprocessing_objects_name_their_remoteproc_kin(factory, altern
     with pytest.raises(remoteproc.PicklingError) as info:
         p.start()
     assert alternative in str(info.value) and "host.invalid" in str(info.value)
+
+
+# -- parity left over from CPython's tests ----------------------------------------------------------------
+
+def report_reprs_and_level(ev, q, barrier, out):
+    import multiprocessing.util
+
+    out.put((repr(ev), repr(q), repr(barrier), multiprocessing.util.get_logger().getEffectiveLevel()))
+
+
+def test_reprs_and_logger_level_as_multiprocessing_writes_them(host, ssh_options):
+    import logging
+    import re
+
+    ev, q, barrier, out = remoteproc.Event(), remoteproc.Queue(), remoteproc.Barrier(2), Queue()
+    assert re.fullmatch(r"<Event at 0x[0-9a-f]+ unset>", repr(ev))
+    ev.set()
+    assert re.fullmatch(r"<Event at 0x[0-9a-f]+ set>", repr(ev))
+    assert re.fullmatch(r"<remoteproc\.queues\.Queue object at 0x[0-9a-f]+>", repr(q))
+    assert re.fullmatch(r"<remoteproc\.synchronize\.Barrier at 0x[0-9a-f]+: waiters=0/2>", repr(barrier))
+    logger = multiprocessing.get_logger()
+    old, root_old = logger.level, logging.getLogger().level
+    try:
+        for mine, root, expected in ((logging.WARNING + 3, logging.INFO, logging.WARNING + 3),
+                                     (logging.NOTSET, logging.INFO + 2, logging.INFO + 2)):
+            logger.setLevel(mine)
+            logging.getLogger().setLevel(root)
+            p = RemoteProcess(host, target=report_reprs_and_level, args=(ev, q, barrier, out), **ssh_options)
+            p.start()
+            ev_repr, q_repr, b_repr, level = out.get(timeout=30)
+            _join_all([p])
+            assert re.fullmatch(r"<Event at 0x[0-9a-f]+ set>", ev_repr)
+            assert re.fullmatch(r"<.*Queue object at 0x[0-9a-f]+>", q_repr)
+            assert re.fullmatch(r"<remoteproc\.synchronize\.Barrier at 0x[0-9a-f]+: waiters=0/2>", b_repr)
+            assert level == expected
+    finally:
+        logger.setLevel(old)
+        logging.getLogger().setLevel(root_old)
+
+
+def test_pool_refuses_no_processes_and_warns_as_multiprocessing(host, ssh_options):
+    import gc
+    import warnings
+
+    for n in (0, -1):
+        with pytest.raises(ValueError):
+            remoteproc.Pool([host], processes_per_host=n, **ssh_options)
+    pool = remoteproc.Pool([host], processes_per_host=1, **ssh_options)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            pool.__del__()
+        assert [str(w.message).startswith("unclosed running multiprocessing pool ") for w in caught] == [True]
+        assert caught[0].category is ResourceWarning
+    finally:
+        pool.terminate()
+        pool.join()
+    gc.collect()

@@ -24,6 +24,13 @@ def rebuild_connection(index, readable, writable):
 
 def rebuild_process(cls, state):
     """Unpickling hook: the process object, without re-running ``__init__``."""
+    level = state.pop("_remoteproc_log_level", None)
+    if level is not None:
+        # multiprocessing's logger level in the parent (or the root logger's, when that
+        # one is unset), as spawn carries it into its children.
+        from multiprocessing import util
+
+        util.get_logger().setLevel(level)
     obj = cls.__new__(cls)
     obj.__dict__.update(state)
     return obj

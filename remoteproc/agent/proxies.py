@@ -214,9 +214,6 @@ class _Proxy:
             "a %s received from its owner cannot be passed on (its owner is process %s); pass the "
             "original object from the process that created it" % (self._what, self._config.get("owner")))
 
-    def __repr__(self):
-        return "<remoteproc %s proxy (owner pid %s)>" % (self._what, self._config.get("owner"))
-
 
 class Queue(_Proxy):
     """``multiprocessing.Queue`` API; the items live in the owner's process."""
@@ -311,6 +308,9 @@ class Event(_Proxy):
 
     def wait(self, timeout=None):
         return self._client.call(WAIT, timeout)[0] == OK
+
+    def __repr__(self):
+        return "<Event at %#x %s>" % (id(self), "set" if self.is_set() else "unset")
 
 
 KINDS = {"Queue": Queue, "JoinableQueue": JoinableQueue, "SimpleQueue": SimpleQueue, "Event": Event}

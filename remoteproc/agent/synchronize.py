@@ -204,6 +204,17 @@ class Barrier(_Proxy):
     def reset(self):
         self._client.call(RESET)
 
+    def __repr__(self):
+        return barrier_repr(self)
+
+
+def barrier_repr(barrier):
+    """threading's (and multiprocessing's) repr of a Barrier."""
+    name = "remoteproc.synchronize.Barrier"
+    if barrier.broken:
+        return "<%s at %#x: broken>" % (name, id(barrier))
+    return "<%s at %#x: waiters=%d/%d>" % (name, id(barrier), barrier.n_waiting, barrier.parties)
+
 
 def run_action(action, done):
     """The last party runs the barrier's action; if it raises, the barrier breaks."""
