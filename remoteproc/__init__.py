@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from multiprocessing import Pipe
 
     from .executor import Executor
+    from .managers import Manager
     from .pool import Pool
     from .process import RemoteProcess
     from .queues import Event, JoinableQueue, Queue, SimpleQueue
@@ -41,7 +42,7 @@ _LAZY = {
     "RemoteScript": ".script", "run": ".script",
     "Array": ".sharedctypes", "RawArray": ".sharedctypes", "RawValue": ".sharedctypes", "Value": ".sharedctypes",
     "Barrier": ".synchronize", "BoundedSemaphore": ".synchronize", "Condition": ".synchronize",
-    "Lock": ".synchronize", "RLock": ".synchronize", "Semaphore": ".synchronize",
+    "Manager": ".managers", "Lock": ".synchronize", "RLock": ".synchronize", "Semaphore": ".synchronize",
 }
 
 
@@ -67,6 +68,7 @@ __all__ = [
     "BoundedSemaphore",
     "Condition",
     "Lock",
+    "Manager",
     "RLock",
     "RawArray",
     "RawValue",

@@ -14,6 +14,7 @@ import linecache
 import os
 import pickle
 import stat
+import sys
 import types
 from multiprocessing import context as mp_context
 from multiprocessing import util as mp_util
@@ -56,8 +57,12 @@ def _refusal(obj) -> str:
         return "Use remoteproc.%s instead." % name
     if mod == "multiprocessing.sharedctypes" or name.startswith("Synchronized"):
         return "Use remoteproc.Value or remoteproc.Array instead."
+    if mod == "multiprocessing.shared_memory":
+        return "No memory is shared between hosts; use remoteproc.Array (one round trip per access) instead."
     if mod == "multiprocessing.managers":
-        return "Manager proxies connect back over a listening socket; use remoteproc.Queue or a Pipe()."
+        if not name.endswith("Manager"):
+            return ""       # tokens, namespaces: plain data
+        return "Pass the manager's proxies (manager.dict(), ...) instead: they are bridged."
     return ""
 
 
@@ -79,6 +84,11 @@ class _Pickler(cloudpickle.Pickler):
             # Objects that know how to cross hosts (Queue, Event, ...): their reduce
             # value may hold Connections, which are then bridged like any other.
             return hook(obj, self)
+        managers = sys.modules.get("multiprocessing.managers")
+        if managers is not None and isinstance(obj, managers.BaseProxy):
+            from .managers import reduce_proxy  # its connections ride a bridged link
+
+            return reduce_proxy(obj, self)
         refused = _refusal(obj)
         if refused:
             raise PicklingError("a %s cannot be passed to a remote process on %s: it rests on shared "

@@ -23,7 +23,7 @@ from .synchronize import RLock, _SemLock, _Sync, _SyncWaiter
 __all__ = ["Array", "RawArray", "RawValue", "Value"]
 
 
-_TYPECODES: dict = getattr(_mp_sharedctypes, "typecode_to_type")     # 'i' -> c_int, as multiprocessing reads them
+_TYPECODES: dict = vars(_mp_sharedctypes)["typecode_to_type"]     # 'i' -> c_int, as multiprocessing reads them
 
 
 def _ctype(typecode_or_type):

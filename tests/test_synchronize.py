@@ -344,6 +344,7 @@ def test_proxies_cannot_be_passed_on_or_pickled(host, ssh_options):
     (lambda: multiprocessing.Barrier(2), "remoteproc.Barrier"),
     (lambda: multiprocessing.Value("i"), "remoteproc.Value"),
     (lambda: multiprocessing.Array("i", 3), "remoteproc.Value or remoteproc.Array"),
+    (lambda: __import__("multiprocessing.shared_memory").shared_memory.ShareableList([1]), "remoteproc.Array"),
 ])
 def test_plain_multiprocessing_objects_name_their_remoteproc_kin(factory, alternative):
     p = RemoteProcess("nobody@host.invalid", target=print, args=(factory(),))

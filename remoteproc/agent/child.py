@@ -219,7 +219,15 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
 
         stream = io.BytesIO(payload)
         del payload
-        process_obj = pickle.load(stream)
+        from multiprocessing import process as mp_process
+
+        # As spawn does: proxies of a manager rebuilt here take no reference of their own
+        # (the parent holds one while the child starts).
+        mp_process.current_process()._inheriting = True
+        try:
+            process_obj = pickle.load(stream)
+        finally:
+            del mp_process.current_process()._inheriting
         for filename, lines in pickle.load(stream).items():
             # mtime None: linecache keeps these lines, the file need not exist here
             linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)

@@ -1,0 +1,152 @@
+"""Manager proxies passed to a RemoteProcess: the parent's side of their connections.
+
+A ``multiprocessing`` manager listens on a Unix socket (or a loopback port) of this
+machine, which a remote host cannot reach.  When the remoteproc pickler meets a proxy
+whose manager listens there, it gives the remote child one *link* per manager address:
+a ``Pipe()`` whose child end is bridged like any other Connection argument.  In the
+child (``agent/managers.py``) every connection the proxy makes to its manager becomes
+a channel of that link; here one thread per link opens a real connection to the
+manager for each channel and copies messages both ways.  The authkey challenge passes
+through unchanged, so the manager checks it as usual; no port is opened on either host.
+
+Managers started with an address another host can reach (``address=("10.0.0.5", 50000)``)
+are not bridged: the remote child connects to them directly, as a local one would.
+"""
+
+from __future__ import annotations
+
+import logging
+import pickle
+import threading
+import weakref
+from multiprocessing import connection
+from multiprocessing import context as mp_context
+from typing import Any
+
+from .agent import managers as M
+
+__all__ = ["Manager", "reduce_proxy"]
+
+log = logging.getLogger("remoteproc")
+
+_LOOPBACK = ("", "localhost", "127.0.0.1", "0.0.0.0", "::", "::1")
+
+
+def bridged(address: Any) -> bool:
+    """True for an address only this machine can connect to (a Unix socket, loopback, any)."""
+    if isinstance(address, str):
+        return True
+    if isinstance(address, (tuple, list)) and address:
+        return str(address[0]) in _LOOPBACK or str(address[0]).startswith("127.")
+    return False
+
+
+def _local(address: Any) -> Any:
+    """Where this process connects for ``address`` (a wildcard bind is reached on loopback)."""
+    if isinstance(address, (tuple, list)) and str(address[0]) in ("", "0.0.0.0"):
+        return ("127.0.0.1",) + tuple(address[1:])
+    if isinstance(address, (tuple, list)) and str(address[0]) == "::":
+        return ("::1",) + tuple(address[1:])
+    return tuple(address) if isinstance(address, list) else address
+
+
+class _Link:
+    """The parent's end of one link: a thread that opens a manager connection per channel."""
+
+    def __init__(self, address: Any, spawner: Any) -> None:
+        self.address = address
+        self.parent_end, self.child_end = connection.Pipe()
+        self.send_lock = threading.Lock()
+        self.conns: dict = {}
+        if spawner is not None:
+            try:
+                weakref.finalize(spawner, self._release)       # a start that failed: stop waiting
+            except TypeError:
+                pass
+        threading.Thread(target=self._serve, name="remoteproc-manager-link", daemon=True).start()
+
+    def __reduce__(self):
+        return M.rebuild_link, (self.child_end, self.address)
+
+    def _release(self) -> None:
+        self.child_end.close()
+
+    def _send(self, chan: int, op: int, payload: Any) -> bool:
+        try:
+            with self.send_lock:
+                self.parent_end.send_bytes(pickle.dumps((chan, op, payload), pickle.HIGHEST_PROTOCOL))
+            return True
+        except (OSError, ValueError):
+            return False
+
+    def _serve(self) -> None:
+        try:
+            while True:
+                try:
+                    chan, op, payload = pickle.loads(self.parent_end.recv_bytes())
+                except (EOFError, OSError):
+                    return
+                self._handle(chan, op, payload)
+        finally:
+            for conn in list(self.conns.values()):
+                conn.close()
+            self.parent_end.close()
+            self._release()
+
+    def _handle(self, chan: int, op: int, payload: Any) -> None:
+        if op == M.ATTACHED:
+            self._release()
+        elif op == M.OPEN:
+            try:
+                conn = connection.Client(_local(self.address))
+            except OSError as exc:
+                self._send(chan, M.FAILED, "cannot connect to the manager at %r: %s" % (self.address, exc))
+                return
+            self.conns[chan] = conn
+            threading.Thread(target=self._pump, args=(chan, conn), name="remoteproc-manager-channel",
+                             daemon=True).start()
+        elif op == M.DATA:
+            conn = self.conns.get(chan)
+            if conn is not None:
+                try:
+                    conn.send_bytes(payload)
+                except OSError:
+                    self._send(chan, M.CLOSE, None)
+        elif op == M.CLOSE:
+            conn = self.conns.pop(chan, None)
+            if conn is not None:
+                conn.close()
+
+    def _pump(self, chan: int, conn: connection.Connection) -> None:
+        """The manager's answers on one channel, to the child."""
+        while True:
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                break
+            if not self._send(chan, M.DATA, data):
+                break
+        self._send(chan, M.CLOSE, None)
+
+
+def reduce_proxy(proxy: Any, pickler: Any):
+    """The remoteproc pickler's reduction of a manager proxy for a remote child."""
+    func, args = proxy.__reduce__()
+    address = args[1].address
+    if not bridged(address):
+        return func, args
+    links = pickler.__dict__.setdefault("_manager_links", {})
+    key = _local(address)
+    link = links.get(key)
+    if link is None:
+        link = links[key] = _Link(address, mp_context.get_spawning_popen())
+    return M.rebuild_proxy, (link,) + tuple(args)
+
+
+def Manager() -> Any:
+    """``multiprocessing.Manager()``: a started SyncManager, whose proxies may be passed to a RemoteProcess."""
+    from multiprocessing.managers import SyncManager
+
+    manager = SyncManager(ctx=mp_context._default_context.get_context())
+    manager.start()
+    return manager

@@ -1,0 +1,134 @@
+"""multiprocessing managers' proxies passed to RemoteProcess: bridged over our SSH connection."""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import sys
+from multiprocessing.managers import BaseManager
+
+import cloudpickle
+import pytest
+
+import remoteproc
+from remoteproc import RemoteProcess
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(120)
+
+
+@pytest.fixture
+def ns(netns):
+    from conftest import PLAIN_USER
+
+    options = {"key_filename": netns.client_key, "known_hosts": netns.known_hosts, "allow_agent": False,
+               "look_for_keys": False}
+    return netns, netns.hosts["h1"].spec(PLAIN_USER), netns.hosts["h2"].spec(PLAIN_USER), options
+
+
+def fill(d, results, ns_, lock, name, n):
+    server_address = os.environ["SSH_CONNECTION"].split()[2]     # which host this is
+
+    for i in range(n):
+        with lock:
+            d["%s-%d" % (name, i)] = server_address
+            ns_.count = ns_.count + 1
+    results.append(name)
+    nested = d["nested"]            # a proxy stored in the dict: connects through the link too
+    nested.append(name)
+
+
+def _run(procs, timeout=60):
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(timeout)
+    assert [p.exitcode for p in procs] == [0] * len(procs)
+
+
+def test_manager_dict_filled_from_both_hosts(ns):
+    rig, h1, h2, options = ns
+    with remoteproc.Manager() as manager:
+        assert isinstance(manager.address, str)         # a Unix socket: no host can reach it directly
+        d, results, ns_, lock = manager.dict(), manager.list(), manager.Namespace(), manager.Lock()
+        ns_.count = 0
+        d["nested"] = manager.list()
+        procs = [RemoteProcess(h, target=fill, args=(d, results, ns_, lock, "p%d" % i, 20), **options)
+                 for i, h in enumerate((h1, h2, h1, h2))]
+        _run(procs)
+        assert sorted(results) == ["p0", "p1", "p2", "p3"]
+        assert ns_.count == 80 and len(d) == 81
+        assert sorted(d["nested"]) == ["p0", "p1", "p2", "p3"]
+        assert len({v for k, v in d.items() if k != "nested"}) == 2        # two hosts
+
+
+class Tally:
+    def __init__(self):
+        self.items = []
+
+    def add(self, x):
+        self.items.append(x)
+        return len(self.items)
+
+    def get(self):
+        return list(self.items)
+
+
+class TallyManager(BaseManager):
+    pass
+
+
+TallyManager.register("Tally", Tally)
+
+
+def use_tally(tally, out):
+    out.put(tally.add(os.getpid()))
+
+
+def test_custom_base_manager_and_local_children_side_by_side(host, ssh_options):
+    with TallyManager() as manager:
+        tally, out = manager.Tally(), remoteproc.Queue()
+        remote = RemoteProcess(host, target=use_tally, args=(tally, out), **ssh_options)
+        local = multiprocessing.get_context("spawn").Process(target=use_tally, args=(tally, out))
+        _run([remote, local])
+        assert sorted([out.get(timeout=10), out.get(timeout=10)]) == [1, 2]
+        assert len(tally.get()) == 2
+
+
+def connect_with(d, out):
+    try:
+        d["x"] = 1
+        out.put("connected")
+    except Exception as exc:
+        out.put(type(exc).__name__)
+
+
+def test_the_managers_authkey_is_still_checked(host, ssh_options):
+    """A child given a wrong authkey is refused by the manager through the bridge, as a local one is."""
+    with remoteproc.Manager() as manager:
+        d, out = manager.dict(), remoteproc.Queue()
+        good = d._authkey
+        d._authkey = multiprocessing.process.AuthenticationString(b"not the key")
+        remote = RemoteProcess(host, target=connect_with, args=(d, out), **ssh_options)
+        local = multiprocessing.get_context("spawn").Process(target=connect_with, args=(d, out))
+        for p in (remote, local):
+            p.start()
+            p.join(60)
+        d._authkey = good
+        assert remote.exitcode == local.exitcode == 0
+        assert [out.get(timeout=10), out.get(timeout=10)] == ["AuthenticationError"] * 2
+        assert "x" not in d.keys()
+
+
+def test_manager_with_a_reachable_address_is_connected_directly(ns):
+    """A manager that listens where the host can reach it is not bridged (as locally)."""
+    rig, h1, _h2, options = ns
+    from remoteproc.managers import bridged
+
+    address = (rig.address(1), 0)           # the root namespace's address on the hosts' bridge
+    with multiprocessing.managers.SyncManager(address=address) as manager:
+        assert not bridged(manager.address)
+        d, out = manager.dict(), remoteproc.Queue()
+        _run([RemoteProcess(h1, target=connect_with, args=(d, out), **options)])
+        assert out.get(timeout=30) == "connected" and d["x"] == 1
