@@ -53,12 +53,33 @@ def lock_name(who, count, recursive):
 
 class _SemLock(_Proxy):
     _what = "Lock"
+    _owned = False      # Lock, RLock: held by a thread
+
+    def __init__(self, conn, config):
+        _Proxy.__init__(self, conn, config)
+        self._held = {}         # thread id -> times it acquired through this proxy, not yet released
 
     def acquire(self, block=True, timeout=None):
-        return self._client.call(ACQUIRE, _tid(), block, timeout)[0] == OK
+        tid = _tid()
+        if self._client.call(ACQUIRE, tid, block, timeout)[0] != OK:
+            return False
+        if self._owned:
+            self._held[tid] = self._held.get(tid, 0) + 1 if self._what == "RLock" else 1
+        return True
 
     def release(self):
-        self._client.call(RELEASE, _tid())
+        tid = _tid()
+        n = self._held.get(tid, 0)
+        if n:
+            # This thread holds it: the release cannot fail, so it is sent without waiting
+            # for the answer (the owner reads this Connection in order).
+            if n == 1:
+                del self._held[tid]
+            else:
+                self._held[tid] = n - 1
+            self._client.send((0, RELEASE, tid))
+            return
+        self._client.call(RELEASE, tid)
 
     def __enter__(self):
         return self.acquire()
@@ -72,6 +93,7 @@ class _SemLock(_Proxy):
 
 class Lock(_SemLock):
     _what = "Lock"
+    _owned = True
 
     def __repr__(self):
         try:
@@ -83,6 +105,7 @@ class Lock(_SemLock):
 
 class RLock(_SemLock):
     _what = "RLock"
+    _owned = True
 
     def __repr__(self):
         try:
