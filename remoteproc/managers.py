@@ -106,16 +106,16 @@ class _Link:
             threading.Thread(target=self._pump, args=(chan, conn), name="remoteproc-manager-channel",
                              daemon=True).start()
         elif op == M.DATA:
-            conn = self.conns.get(chan)
-            if conn is not None:
+            target = self.conns.get(chan)
+            if target is not None:
                 try:
-                    conn.send_bytes(payload)
+                    target.send_bytes(payload)
                 except OSError:
                     self._send(chan, M.CLOSE, None)
         elif op == M.CLOSE:
-            conn = self.conns.pop(chan, None)
-            if conn is not None:
-                conn.close()
+            gone = self.conns.pop(chan, None)
+            if gone is not None:
+                gone.close()
 
     def _pump(self, chan: int, conn: connection.Connection) -> None:
         """The manager's answers on one channel, to the child."""

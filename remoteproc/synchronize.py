@@ -21,7 +21,7 @@ import sys
 import threading
 import time
 from collections import deque
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from .agent import proxies as P
 from .agent import synchronize as S
@@ -38,6 +38,7 @@ class _SyncWaiter(_Waiter):
     """A waiter that names its thread: who gets the lock, how often (RLock), and what it is told."""
 
     __slots__ = ("holder", "count", "result", "access")
+    result: Any         # what the waiter is told when it gets its turn (True, False, an index)
 
     def __init__(self, obj, waitlist, conn, rid, timeout, holder):
         super().__init__(obj, waitlist, conn, rid, timeout)
@@ -66,6 +67,7 @@ class _Sync(_Owned):
             result = self._start(op, args, None, 0)
         if isinstance(result, _Waiter):
             w = result
+            assert w.event is not None          # a waiter of this process
             try:
                 remaining = None if w.deadline is None else max(0.0, w.deadline - time.monotonic())
                 if not w.event.wait(remaining):

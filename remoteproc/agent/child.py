@@ -223,11 +223,11 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
 
         # As spawn does: proxies of a manager rebuilt here take no reference of their own
         # (the parent holds one while the child starts).
-        mp_process.current_process()._inheriting = True
+        mp_process.current_process()._inheriting = True  # type: ignore[attr-defined]
         try:
             process_obj = pickle.load(stream)
         finally:
-            del mp_process.current_process()._inheriting
+            del mp_process.current_process()._inheriting  # type: ignore[attr-defined]
         for filename, lines in pickle.load(stream).items():
             # mtime None: linecache keeps these lines, the file need not exist here
             linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)

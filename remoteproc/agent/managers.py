@@ -22,7 +22,7 @@ CLOSE = 3           # (chan, CLOSE, None) either way; from the parent: the manag
 FAILED = 4          # (chan, FAILED, message): the parent could not connect
 ATTACHED = 5        # (0, ATTACHED, None): first message of a link
 
-_links = {}         # address -> Link, in this process
+_links = {}         # type: dict  # address -> Link, in this process
 _links_lock = threading.Lock()
 
 
@@ -40,7 +40,7 @@ class Link:
 
     def open(self):
         chan = next(self.ids)
-        inbox = queue.Queue()
+        inbox = queue.Queue()  # type: queue.Queue
         with self.lock:
             self.chans[chan] = inbox
             if self.reader is None:
@@ -153,8 +153,8 @@ def Client(address, family=None, authkey=None):
     if authkey is not None:
         if not isinstance(authkey, bytes):
             raise TypeError("authkey should be a byte string")
-        connection.answer_challenge(c, authkey)
-        connection.deliver_challenge(c, authkey)
+        connection.answer_challenge(c, authkey)  # type: ignore[arg-type]
+        connection.deliver_challenge(c, authkey)  # type: ignore[arg-type]
     return c
 
 
@@ -168,8 +168,8 @@ def install(conn, address):
         if link is None:
             link = _links[address] = Link(conn, address)
             link.send(0, ATTACHED, None)        # the parent may close its copy of our end
-        listener = managers.listener_client["pickle"][0]
-        managers.listener_client["pickle"] = (listener, Client)
+        listener_client = vars(managers)["listener_client"]     # serializer -> (Listener, Client)
+        listener_client["pickle"] = (listener_client["pickle"][0], Client)
     return link
 
 
@@ -182,4 +182,4 @@ def rebuild_proxy(link, func, token, serializer, kwds):
     """Unpickling hook for a manager proxy: its connections go through ``link``."""
     from multiprocessing import managers
 
-    return managers.RebuildProxy(func, token, serializer, kwds)
+    return vars(managers)["RebuildProxy"](func, token, serializer, kwds)

@@ -97,7 +97,8 @@ class Lock(_SemLock):
 
     def __repr__(self):
         try:
-            name = lock_name(*self._state(), recursive=False)[0]
+            who, count = self._state()
+            name = lock_name(who, count, False)[0]
         except Exception:
             name = "unknown"
         return "<Lock(owner=%s)>" % name
@@ -109,7 +110,8 @@ class RLock(_SemLock):
 
     def __repr__(self):
         try:
-            name, count = lock_name(*self._state(), recursive=True)
+            who, count = self._state()
+            name, count = lock_name(who, count, True)
         except Exception:
             name, count = "unknown", "unknown"
         return "<RLock(%s, %s)>" % (name, count)
@@ -292,7 +294,7 @@ class _Synchronized(_Shared):
         return "<%s wrapper for %s>" % (self._config["class"], self._obj_repr())
 
 
-class _Value:
+class _Value(_Shared):
     """``.value`` (and the fields of a Structure) of a shared Value."""
 
     @property
@@ -315,7 +317,7 @@ class _Value:
             object.__setattr__(self, name, v)
 
 
-class _Array:
+class _Array(_Shared):
     """Indexing and slicing of a shared Array, each one request; ``len`` is known here."""
 
     def __len__(self):
