@@ -45,8 +45,12 @@ _LAZY = {
     "Manager": ".managers", "Lock": ".synchronize", "RLock": ".synchronize", "Semaphore": ".synchronize",
 }
 
+_SUBMODULES = ("hostlist",)     # ``remoteproc.hostlist.slurm()`` works after a plain ``import remoteproc``
+
 
 def __getattr__(name: str) -> Any:
+    if name in _SUBMODULES:
+        return importlib.import_module("." + name, __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError("module 'remoteproc' has no attribute %r" % name)
@@ -56,7 +60,7 @@ def __getattr__(name: str) -> Any:
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_LAZY))
+    return sorted(set(globals()) | set(_LAZY) | set(_SUBMODULES))
 
 
 __version__ = "0.1.0"

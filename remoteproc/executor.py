@@ -89,7 +89,7 @@ class Executor(futures.Executor):
 
     def __repr__(self) -> str:
         return "<remoteproc.Executor workers=%d hosts=%s>" % (
-            sum(1 for w in self._core.workers if w.alive), [h for h, _ in self._core.hosts])
+            sum(1 for w in self._core.workers if w.alive), [h for h, _, _ in self._core.hosts])
 
 
 def _chunks(it: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:

@@ -206,7 +206,7 @@ class Pool:
     @property
     def hosts(self) -> list[str]:
         """The host specs, as given."""
-        return [h for h, _ in self._core.hosts]
+        return [h for h, _, _ in self._core.hosts]
 
     def workers(self) -> list[tuple[str, int]]:
         """``(host, remote pid)`` of each live worker, in placement order."""

@@ -15,7 +15,7 @@ import socket
 import threading
 from multiprocessing.connection import Connection, Pipe
 from multiprocessing.connection import wait as _wait
-from typing import Any, Callable, Iterable, Mapping, Tuple, Union, cast
+from typing import Any, Callable, Iterable, Mapping, Optional, Tuple, Union, cast
 
 from .agent import worker
 from .errors import CONNECTION_LOST, ConfigError, ConnectionLostError, RemoteProcessError
@@ -23,27 +23,35 @@ from .process import RemoteProcess
 
 TERMINATE_GRACE = 5.0   # seconds between terminate() and kill() of the workers
 
-#: a pool's ``hosts``: one spec, or specs and ``(spec, {ssh options})`` pairs
-Hosts = Union[str, Iterable[Union[str, Tuple[str, Mapping[str, Any]]]]]
+#: a pool's ``hosts``: one spec, or specs, ``(spec, {ssh options})`` pairs and ``(spec, {ssh options}, workers)``
+Hosts = Union[str, Iterable[Union[str, Tuple[str, Mapping[str, Any]], Tuple[str, Mapping[str, Any], Optional[int]]]]]
 
 
-def parse_hosts(hosts: Hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str, dict[str, Any]]]:
-    """``hosts`` as a list of ``(spec, options)``: each entry is a spec or ``(spec, {options})``."""
+def parse_hosts(hosts: Hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str, dict[str, Any], Optional[int]]]:
+    """``hosts`` as a list of ``(spec, options, workers)``.
+
+    Each entry is a spec, ``(spec, {options})``, or ``(spec, {options}, workers)`` (what
+    ``remoteproc.hostlist`` returns; ``workers`` None: ``processes_per_host``).
+    """
     if isinstance(hosts, str):
         hosts = [hosts]
-    out = []
+    out: list[tuple[str, dict, Optional[int]]] = []
     for entry in hosts:
         if isinstance(entry, str):
-            out.append((entry, dict(ssh_options)))
-        elif (isinstance(entry, tuple) and len(entry) == 2 and isinstance(entry[0], str)
-              and isinstance(entry[1], Mapping)):
-            out.append((entry[0], {**ssh_options, **entry[1]}))
+            out.append((entry, dict(ssh_options), None))
+        elif (isinstance(entry, tuple) and len(entry) in (2, 3) and isinstance(entry[0], str)
+              and isinstance(entry[1], Mapping) and _worker_count(entry[2:])):
+            out.append((entry[0], {**ssh_options, **entry[1]}, entry[2] if len(entry) == 3 else None))
         else:
-            raise ConfigError("a pool host is 'user@host[:port]' or ('user@host', {ssh options}), not %r"
-                              % (entry,))
+            raise ConfigError("a pool host is 'user@host[:port]', ('user@host', {ssh options}) or "
+                              "('user@host', {ssh options}, workers), not %r" % (entry,))
     if not out:
         raise ConfigError("a pool needs at least one host")
     return out
+
+
+def _worker_count(rest: tuple) -> bool:
+    return not rest or rest[0] is None or (isinstance(rest[0], int) and not isinstance(rest[0], bool) and rest[0] >= 1)
 
 
 class Worker:
@@ -139,15 +147,16 @@ class Starter:
         except BaseException as exc:
             out[index] = (exc, started)
 
-    def start_all(self, hosts: list[tuple[str, dict[str, Any]]], count: int | None, workers: list[Worker]) -> None:
+    def start_all(self, hosts: list[tuple[str, dict[str, Any], Optional[int]]], count: int | None,
+                  workers: list[Worker]) -> None:
         """Start ``count`` workers per host (default: its CPU count) into ``workers``, in round-robin order.
 
         On an error, ``workers`` holds those started (for the caller to stop) and the first error is raised.
         """
         out: list = [None] * len(hosts)
-        threads = [threading.Thread(target=self._start_host, args=(i, h, o, count, out),
+        threads = [threading.Thread(target=self._start_host, args=(i, h, o, n or count, out),
                                     name="remoteproc-pool-start %s" % h, daemon=True)
-                   for i, (h, o) in enumerate(hosts)]
+                   for i, (h, o, n) in enumerate(hosts)]
         for t in threads:
             t.start()
         for t in threads:

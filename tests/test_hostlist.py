@@ -1,0 +1,185 @@
+"""remoteproc.hostlist: Slurm host lists, task counts, PBS node files, MPI hostfiles, and Pool taking them.
+
+The expected expansions are what ``scontrol show hostnames`` (Slurm 22.05) printed for each list.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from remoteproc import ConfigError, Pool, hostlist
+from remoteproc.hostlist import Host, HostlistError, expand
+
+SCONTROL = [
+    # the examples of Slurm's documentation
+    ("node[01-03,07],gpu[1-2],login", "node01 node02 node03 node07 gpu1 gpu2 login"),
+    ("tux[0-5,12,20-25]", "tux0 tux1 tux2 tux3 tux4 tux5 tux12 tux20 tux21 tux22 tux23 tux24 tux25"),
+    ("linux[1-3,6]", "linux1 linux2 linux3 linux6"),
+    ("node1,node[2-5,12]", "node1 node2 node3 node4 node5 node12"),
+    # zero padding: the width of the lower bound
+    ("node[09-11]", "node09 node10 node11"),
+    ("node[9-11]", "node9 node10 node11"),
+    ("node[1-010]", "node1 node2 node3 node4 node5 node6 node7 node8 node9 node10"),
+    ("node[001-3]", "node001 node002 node003"),
+    ("n[010-12]", "n010 n011 n012"),
+    ("n[00-02]", "n00 n01 n02"),
+    ("n[01-2,5]", "n01 n02 n5"),
+    # several bracket groups: the last innermost, of the others the last-but-one outermost
+    ("rack[1-2]node[1-3]", "rack1node1 rack1node2 rack1node3 rack2node1 rack2node2 rack2node3"),
+    ("a[1-2][3-4]", "a13 a14 a23 a24"),
+    ("[1-2][3-4]", "13 14 23 24"),
+    ("n[1-3]a[1-2]b[4]", "n1a1b4 n2a1b4 n3a1b4 n1a2b4 n2a2b4 n3a2b4"),
+    ("a[1-2]b[3-4]c[5-6]", "a1b3c5 a1b3c6 a2b3c5 a2b3c6 a1b4c5 a1b4c6 a2b4c5 a2b4c6"),
+    ("w[1-2]x[3-4]y[5-6]z[7-8]", "w1x3y5z7 w1x3y5z8 w2x3y5z7 w2x3y5z8 w1x4y5z7 w1x4y5z8 w2x4y5z7 w2x4y5z8 "
+                                 "w1x3y6z7 w1x3y6z8 w2x3y6z7 w2x3y6z8 w1x4y6z7 w1x4y6z8 w2x4y6z7 w2x4y6z8"),
+    ("n[1-2,4-5]m[01-02]", "n1m01 n1m02 n2m01 n2m02 n4m01 n4m02 n5m01 n5m02"),
+    ("n[1-2]y[3-4],z", "n1y3 n1y4 n2y3 n2y4 z"),
+    ("n[1-2],[3-4]x[1]", "n1 n2 3x1 4x1"),
+    ("n[1-2]-x[3]", "n1-x3 n2-x3"),
+    # separators, empty entries, duplicates, other characters
+    ("a,,b", "a b"),
+    ("a b", "a b"),
+    ("a\tb", "a b"),
+    (",a,", "a"),
+    ("node[1-3]  ,  gpu", "node1 node2 node3 gpu"),
+    ("", ""),
+    ("n[1,1]", "n1 n1"),
+    ("[1-3]", "1 2 3"),
+    ("a.b.c[1-2]", "a.b.c1 a.b.c2"),
+    ("user@n[1-2]", "user@n1 user@n2"),
+    ("a-[1-2]", "a-1 a-2"),
+    ("a;b", "a;b"),
+    ("n[4294967295-4294967296]", "n4294967295 n4294967296"),
+]
+
+
+@pytest.mark.parametrize("text,expected", SCONTROL)
+def test_expand_as_scontrol_show_hostnames(text, expected):
+    assert expand(text) == expected.split()
+
+
+def test_a_whole_range_of_65536_names_is_allowed():
+    names = expand("n[0-65535]")
+    assert len(names) == 65536 and names[0] == "n0" and names[-1] == "n65535"
+
+
+MALFORMED = [
+    # Slurm refuses these too ("Invalid hostlist")
+    ("node[3-1]", 5, "goes down"),
+    ("node[a-b]", 5, "not a number"),
+    ("n[1-3,]", 6, "not a number"),
+    ("n[,1]", 2, "not a number"),
+    ("n[]", 2, "not a number"),
+    ("n[-1]", 2, "not a number"),
+    ("n[1--2]", 2, "not a number"),
+    ("n[1-2]]", 6, "without '['"),
+    ("n[[1-2]]", 2, "inside brackets"),
+    ("m[1-2],n[[1-2]]", 9, "inside brackets"),
+    ("a[1-2[3]]", 5, "inside brackets"),
+    ("x[1-2]y", 6, "after the last"),
+    ("a[0-1]x", 6, "after the last"),
+    ("x[1-2]y[3]z", 10, "after the last"),
+    ("node[1-2]-ib", 9, "after the last"),
+    ("n[1-70000]", 2, "65536"),
+    ("n[123x456]", 2, "not a number"),
+    ("n[0x1]", 2, "not a number"),
+    ("n[1-2 ]", 2, "not a number"),
+    ("a b[1-2 3]", 4, "not a number"),
+    # Slurm takes these by accident (node[ -> "node]", n[1-] -> n1, n[ 1-2] -> n01 n02): refused here
+    ("node[", 4, "never closed"),
+    ("node[1-2", 4, "never closed"),
+    ("node]", 4, "without '['"),
+    ("n[1-]", 2, "not a number"),
+    ("n[ 1-2]", 2, "not a number"),
+    ("n[+1]", 2, "not a number"),
+]
+
+
+@pytest.mark.parametrize("text,position,words", MALFORMED)
+def test_a_malformed_list_is_a_value_error_naming_the_position(text, position, words):
+    with pytest.raises(ValueError) as info:
+        expand(text)
+    err = info.value
+    assert isinstance(err, HostlistError) and isinstance(err, ConfigError)
+    assert err.position == position
+    assert words in str(err)
+    assert "position %d" % (position + 1) in str(err)
+    assert str(err).splitlines()[-1] == "  " + " " * position + "^"
+
+
+def test_a_product_of_groups_too_large_is_refused_not_built():
+    with pytest.raises(HostlistError, match="more than"):
+        expand("a[0-65535]b[0-65535]")
+
+
+def test_tasks_per_node():
+    assert hostlist.tasks_per_node("2(x3),1") == [2, 2, 2, 1]
+    assert hostlist.tasks_per_node("4") == [4]
+    assert hostlist.tasks_per_node("1(x2),3(x1),8") == [1, 1, 3, 8]
+    for bad in ("2(x)", "x3", "2(3)", "", "1,,2", "-1"):
+        with pytest.raises(HostlistError):
+            hostlist.tasks_per_node(bad)
+
+
+def test_slurm_from_the_allocation_environment():
+    env = {"SLURM_JOB_NODELIST": "node[01-03],gpu7", "SLURM_TASKS_PER_NODE": "2(x3),1"}
+    assert hostlist.slurm(env) == [Host("node01", {}, 2), Host("node02", {}, 2), Host("node03", {}, 2),
+                                   Host("gpu7", {}, 1)]
+    assert hostlist.slurm({"SLURM_NODELIST": "a[1-2]"}) == [Host("a1", {}, None), Host("a2", {}, None)]
+    with pytest.raises(ConfigError, match="gives 1 counts for the 2 hosts"):
+        hostlist.slurm({"SLURM_JOB_NODELIST": "a[1-2]", "SLURM_TASKS_PER_NODE": "3"})
+    with pytest.raises(ConfigError, match="SLURM_JOB_NODELIST is not set"):
+        hostlist.slurm({})
+
+
+def test_slurm_reads_os_environ(monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_NODELIST", "c[1-2]")
+    monkeypatch.setenv("SLURM_TASKS_PER_NODE", "3(x2)")
+    assert hostlist.slurm() == [Host("c1", {}, 3), Host("c2", {}, 3)]
+
+
+def test_pbs_nodefile_counts_each_host_once_per_slot(tmp_path, monkeypatch):
+    path = tmp_path / "nodes"
+    path.write_text("n1\nn1\nn2\n\nn1\nn3\n")
+    monkeypatch.setenv("PBS_NODEFILE", str(path))
+    assert hostlist.pbs() == [Host("n1", {}, 3), Host("n2", {}, 1), Host("n3", {}, 1)]
+    with pytest.raises(ConfigError, match="PBS_NODEFILE is not set"):
+        hostlist.pbs({})
+    empty = tmp_path / "empty"
+    empty.write_text("\n")
+    with pytest.raises(ConfigError, match="lists no host"):
+        hostlist.pbs({"PBS_NODEFILE": str(empty)})
+
+
+def test_mpi_hostfile(tmp_path):
+    path = tmp_path / "hostfile"
+    path.write_text("# the cluster\n"
+                    "node1 slots=4\n"
+                    "node2 slots=2 max_slots=8   # comment\n"
+                    "node3\n"
+                    "node4:6\n"
+                    "alice@node5:2222\n"
+                    "node1 slots=1\n")
+    assert hostlist.hostfile(path) == [Host("node1", {}, 5), Host("node2", {}, 2), Host("node3", {}, None),
+                                       Host("node4", {}, 6), Host("alice@node5:2222", {}, None)]
+    for bad, words in (("node1 slots=x\n", "line 1"), ("node1 cores=2\n", "cores=2"),
+                       ("a\nnode1 slots=0\n", "line 2: node1 has 0 slots")):
+        path.write_text(bad)
+        with pytest.raises(ConfigError, match=words):
+            hostlist.hostfile(path)
+
+
+def test_pool_rejects_a_bad_worker_count():
+    for entry in (("h", {}, 0), ("h", {}, "2"), ("h", {}, True), ("h", {}, 1, 2)):
+        with pytest.raises(ConfigError, match="workers"):
+            Pool([entry])
+
+
+def test_pool_takes_a_hostfile_with_slots_as_workers(host, ssh_options, tmp_path):
+    path = tmp_path / "hostfile"
+    path.write_text("%s slots=3\n" % host)
+    with Pool(hostlist.hostfile(path), processes_per_host=1, **ssh_options) as pool:
+        assert len(pool.workers()) == 3
+        assert len({pid for _, pid in pool.workers()}) == 3
+        assert pool.hosts == [host]
+        assert pool.map(abs, [-1, -2, -3]) == [1, 2, 3]
