@@ -196,3 +196,15 @@ def process_chunk(fn, chunk):
     """``Executor.map`` with a chunksize: one task computes a list of results."""
     fn = share_globals(fn)
     return [fn(*args) for args in chunk]
+
+
+def run_calls(calls):
+    """One joblib batch (``remoteproc.joblib``): ``[func(*args, **kwargs) for func, args, kwargs in calls]``."""
+    shared = {}
+    out = []
+    for func, args, kwargs in calls:
+        f = shared.get(id(func))
+        if f is None:
+            f = shared[id(func)] = share_globals(func)
+        out.append(f(*args, **kwargs))
+    return out

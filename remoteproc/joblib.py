@@ -1,0 +1,185 @@
+"""A joblib backend named ``"remoteproc"``: ``joblib.Parallel`` (and scikit-learn's ``n_jobs``) on SSH hosts.
+
+::
+
+    import joblib, remoteproc.joblib
+    remoteproc.joblib.register()
+    with joblib.parallel_config(backend="remoteproc", hosts=["alice@node1", "alice@node2"],
+                                processes_per_host=4):
+        results = joblib.Parallel(n_jobs=-1)(joblib.delayed(f)(x) for x in data)
+
+The backend keeps one ``remoteproc.Executor`` for as long as it lives (the
+``parallel_config`` that made it, or a ``Parallel`` holding it): later calls reuse
+its workers.  A joblib batch travels as its list of calls and runs in
+``remoteproc.agent.worker.run_calls``, so the hosts need no joblib.
+"""
+
+from __future__ import annotations
+
+import collections
+import threading
+from concurrent import futures
+from typing import Any, Callable, Iterable, Optional
+
+from joblib import register_parallel_backend
+from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
+
+from .agent import worker
+from .errors import ConfigError
+from .executor import Executor
+
+__all__ = ["RemoteprocBackend", "register"]
+
+NAME = "remoteproc"
+
+
+def register(name: str = NAME, make_default: bool = False) -> None:
+    """Register the backend with joblib under ``name`` (again is harmless)."""
+    register_parallel_backend(name, RemoteprocBackend, make_default=make_default)
+
+
+class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
+    """joblib's batches on the workers of a ``remoteproc.Executor`` over ``hosts``.
+
+    ``hosts``, ``processes_per_host``, ``initializer``, ``initargs`` and any ssh options
+    are those of ``remoteproc.Executor``.  ``n_jobs=-1`` uses every worker (``-2`` all
+    but one, as joblib counts); a positive ``n_jobs`` runs at most that many batches at
+    once.  joblib's own options for local pools (``max_nbytes``, ``temp_folder``,
+    ``mmap_mode``) do not apply and are ignored.
+    """
+
+    supports_retrieve_callback = True       # and so return_as="generator" and timeouts
+    supports_sharedmem = False
+    uses_threads = False
+    default_n_jobs = -1                     # Parallel() without n_jobs: every worker
+
+    def __init__(self, hosts: Any = None, processes_per_host: Optional[int] = None,
+                 initializer: Optional[Callable] = None, initargs: Iterable = (),
+                 nesting_level: Optional[int] = None, inner_max_num_threads: Optional[int] = None,
+                 **ssh_options: Any) -> None:
+        super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        self.hosts = hosts
+        self.processes_per_host = processes_per_host
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self.ssh_options = ssh_options
+        self._executor: Optional[Executor] = None
+        self._lock = threading.Lock()
+        self._limit = 0                          # batches at once; 0: no gate (every worker)
+        self._running = 0
+        self._waiting: collections.deque = collections.deque()
+        self._inner: set = set()                 # the executor's futures not yet done
+
+    # -- the workers ------------------------------------------------------------------------------
+    def executor(self) -> Executor:
+        """The executor, started on first use."""
+        if self._executor is None:
+            if self.hosts is None:
+                raise ConfigError("the joblib backend %r needs hosts: joblib.parallel_config(backend=%r, "
+                                  "hosts=['user@host', ...])" % (NAME, NAME))
+            self._executor = Executor(self.hosts, self.processes_per_host, self.initializer, self.initargs,
+                                      **self.ssh_options)
+        return self._executor
+
+    def workers(self) -> int:
+        """How many workers are alive now (starting them if needed)."""
+        return len(self.executor().workers())
+
+    def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
+        if n_jobs == 0:
+            raise ValueError("n_jobs == 0 in Parallel has no meaning")
+        total = max(self.workers(), 1)
+        if n_jobs is None:
+            return total
+        if n_jobs < 0:
+            return max(total + 1 + n_jobs, 1)
+        return min(n_jobs, total)
+
+    def configure(self, n_jobs: Optional[int] = 1, parallel: Any = None, prefer: Any = None,
+                  require: Any = None, **_joblib_options: Any) -> int:
+        self.parallel = parallel
+        n = self.effective_n_jobs(n_jobs)
+        with self._lock:
+            self._limit = n if n < self.workers() else 0
+        return n
+
+    def shutdown(self) -> None:
+        """Stop the workers now (they are stopped anyway when the backend is garbage collected)."""
+        executor, self._executor = self._executor, None
+        if executor is not None:
+            executor.shutdown(wait=True, cancel_futures=True)
+
+    # -- batches ------------------------------------------------------------------------------------
+    def submit(self, func: Callable, callback: Optional[Callable] = None) -> futures.Future:
+        outer: futures.Future = futures.Future()
+        if callback is not None:
+            outer.add_done_callback(callback)
+        with self._lock:
+            if self._limit and self._running >= self._limit:
+                self._waiting.append((func, outer))
+                return outer
+            self._running += 1
+        self._send(func, outer)
+        return outer
+
+    apply_async = submit                    # joblib < 1.5 calls it that
+
+    def _send(self, func: Callable, outer: futures.Future) -> None:
+        if not outer.set_running_or_notify_cancel():
+            self._done(None)
+            return
+        calls = getattr(func, "items", None)
+        try:
+            if isinstance(calls, list):     # a joblib BatchedCalls: ship its calls, not joblib
+                inner = self.executor().submit(worker.run_calls, calls)
+            else:
+                inner = self.executor().submit(func)
+        except BaseException as exc:
+            outer.set_exception(exc)
+            self._done(None)
+            return
+        with self._lock:
+            self._inner.add(inner)
+        inner.add_done_callback(lambda f: self._finish(f, outer))
+
+    def _finish(self, inner: futures.Future, outer: futures.Future) -> None:
+        if inner.cancelled():
+            outer.cancel()
+        else:
+            exc = inner.exception()
+            if exc is not None:
+                outer.set_exception(exc)
+            else:
+                outer.set_result(inner.result())
+        self._done(inner)
+
+    def _done(self, inner: Optional[futures.Future]) -> None:
+        """A batch ended: let the next waiting one go."""
+        with self._lock:
+            self._inner.discard(inner)
+            if self._waiting:                   # its slot goes to the next one
+                func, outer = self._waiting.popleft()
+            else:
+                self._running -= 1
+                return
+        self._send(func, outer)
+
+    def retrieve_result_callback(self, future: futures.Future) -> Any:
+        return future.result()
+
+    def abort_everything(self, ensure_ready: bool = True) -> None:
+        """A batch failed: drop the batches no worker has started (the workers stay for the next call)."""
+        with self._lock:
+            waiting, self._waiting = list(self._waiting), collections.deque()
+            inner = list(self._inner)
+        for _func, outer in waiting:
+            outer.cancel()
+        for f in inner:
+            f.cancel()
+
+    def terminate(self) -> None:
+        """The end of one Parallel call: keep the workers for the next, forget the batch timings."""
+        self.reset_batch_stats()
+
+    def __reduce__(self):
+        raise TypeError("the remoteproc joblib backend cannot be pickled (it holds live workers)")

@@ -1,0 +1,120 @@
+"""The joblib backend "remoteproc": Parallel on SSH hosts, with joblib's batching, generators and errors."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import joblib  # the test extra installs it
+import pytest
+
+import remoteproc.joblib as rjoblib
+
+rjoblib.register()
+
+
+def where(x):
+    return x * x, os.getpid()
+
+
+def slow_where(x):
+    time.sleep(0.2)
+    return x, os.getpid(), time.monotonic()
+
+
+def fails_on_3(x):
+    if x == 3:
+        raise KeyError("three is right out")
+    return x
+
+
+@pytest.fixture
+def two_accounts(host, ssh_options, plain_user_host, plain_user_options):
+    return [(host, ssh_options), (plain_user_host, plain_user_options)]
+
+
+def test_n_jobs_minus_one_uses_every_worker_of_every_host_and_batches(two_accounts):
+    with joblib.parallel_config(backend="remoteproc", hosts=two_accounts, processes_per_host=2):
+        parallel = joblib.Parallel(n_jobs=-1)
+        assert parallel._effective_n_jobs() == 4
+        out = parallel(joblib.delayed(where)(x) for x in range(2000))
+    assert [v for v, _ in out] == [x * x for x in range(2000)]
+    assert os.getpid() not in {pid for _, pid in out}
+    assert 2 <= len({pid for _, pid in out}) <= 4
+
+
+def test_a_positive_n_jobs_caps_the_batches_at_once(host, ssh_options):
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=4, **ssh_options):
+        out = joblib.Parallel(n_jobs=2, batch_size=1)(joblib.delayed(slow_where)(x) for x in range(8))
+        assert [x for x, _, _ in out] == list(range(8))
+        # the backend ran at most 2 batches at once: at any start time, at most 2 tasks were running
+        starts = sorted(t - 0.2 for _, _, t in out)
+        ends = sorted(t for _, _, t in out)
+        for s in starts:
+            assert sum(1 for a, b in zip(starts, ends) if a <= s + 0.01 < b) <= 2
+        assert joblib.Parallel(n_jobs=2)._effective_n_jobs() == 2
+        assert joblib.Parallel(n_jobs=99)._effective_n_jobs() == 4
+        assert joblib.Parallel(n_jobs=-2)._effective_n_jobs() == 3
+
+
+def test_generator_output_in_order_and_unordered(host, ssh_options):
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        gen = joblib.Parallel(return_as="generator")(joblib.delayed(where)(x) for x in range(50))
+        assert not isinstance(gen, list)
+        assert [v for v, _ in gen] == [x * x for x in range(50)]
+        gen = joblib.Parallel(return_as="generator_unordered")(joblib.delayed(where)(x) for x in range(50))
+        assert sorted(v for v, _ in gen) == [x * x for x in range(50)]
+
+
+def test_an_exception_arrives_with_the_remote_traceback(host, ssh_options):
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        with pytest.raises(KeyError, match="three is right out") as info:
+            joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(fails_on_3)(x) for x in range(20))
+        cause = info.value.__cause__
+        assert cause is not None and "pool worker pid" in str(cause) and "fails_on_3" in str(cause)
+        # the backend is still usable after the failure
+        assert joblib.Parallel()(joblib.delayed(fails_on_3)(x) for x in range(3)) == [0, 1, 2]
+
+
+def test_parallel_is_reused_across_calls_without_restarting_workers(host, ssh_options):
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        parallel = joblib.Parallel(n_jobs=-1, batch_size=1)
+        first = {pid for _, pid in parallel(joblib.delayed(where)(x) for x in range(20))}
+        backend = parallel._backend
+        workers = set(pid for _, pid in backend.executor().workers())
+        second = {pid for _, pid in parallel(joblib.delayed(where)(x) for x in range(20))}
+        third = {pid for _, pid in joblib.Parallel(n_jobs=-1)(joblib.delayed(where)(x) for x in range(20))}
+        assert first | second | third <= workers
+        assert set(pid for _, pid in backend.executor().workers()) == workers
+
+
+def test_lambdas_and_closures_of_main_travel(host, ssh_options):
+    k = 7
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=1, **ssh_options):
+        assert joblib.Parallel()(joblib.delayed(lambda x: x + k)(x) for x in range(5)) == [7, 8, 9, 10, 11]
+
+
+def test_without_hosts_the_backend_says_how_to_give_them():
+    with pytest.raises(ValueError, match="needs hosts"):
+        joblib.Parallel(backend="remoteproc", n_jobs=2)(joblib.delayed(abs)(-1) for _ in range(2))
+
+
+def test_the_hosts_need_no_joblib(plain_user_host, plain_user_options):
+    """rpuser has only the system python3: batches travel as plain calls, not joblib objects."""
+    with joblib.parallel_config(backend="remoteproc", hosts=[plain_user_host], processes_per_host=1,
+                                **plain_user_options):
+        out = joblib.Parallel()(joblib.delayed(where)(x) for x in range(10))
+    assert [v for v, _ in out] == [x * x for x in range(10)]
+
+
+def test_callbacks_come_from_the_pool_thread_and_stay_consistent(host, ssh_options):
+    """Many short batches under a cap: every result arrives once, none is lost in the gate."""
+    seen = []
+    lock = threading.Lock()
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=3, **ssh_options):
+        for v, _ in joblib.Parallel(n_jobs=2, batch_size=1, return_as="generator_unordered")(
+                joblib.delayed(where)(x) for x in range(300)):
+            with lock:
+                seen.append(v)
+    assert sorted(seen) == sorted(x * x for x in range(300))
