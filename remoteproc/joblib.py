@@ -8,9 +8,10 @@
                                 processes_per_host=4):
         results = joblib.Parallel(n_jobs=-1)(joblib.delayed(f)(x) for x in data)
 
-The backend keeps one ``remoteproc.Executor`` for as long as it lives (the
-``parallel_config`` that made it, or a ``Parallel`` holding it): later calls reuse
-its workers.  A joblib batch travels as its list of calls and runs in
+The workers outlive each call, as loky's do: one ``remoteproc.Executor`` per
+configuration (hosts, workers per host, initializer, ssh options), shared by every
+backend with that configuration, until ``shutdown()`` or the end of the program.
+A joblib batch travels as its list of calls and runs in
 ``remoteproc.agent.worker.run_calls``, so the hosts need no joblib.
 """
 
@@ -28,14 +29,26 @@ from .agent import worker
 from .errors import ConfigError
 from .executor import Executor
 
-__all__ = ["RemoteprocBackend", "register"]
+__all__ = ["RemoteprocBackend", "register", "shutdown"]
 
 NAME = "remoteproc"
+
+_executors: dict[str, Executor] = {}        # configuration -> its running executor
+_executors_lock = threading.Lock()
 
 
 def register(name: str = NAME, make_default: bool = False) -> None:
     """Register the backend with joblib under ``name`` (again is harmless)."""
     register_parallel_backend(name, RemoteprocBackend, make_default=make_default)
+
+
+def shutdown() -> None:
+    """Stop the workers of every configuration (the next Parallel call starts new ones)."""
+    with _executors_lock:
+        executors = list(_executors.values())
+        _executors.clear()
+    for executor in executors:
+        executor.shutdown(wait=True, cancel_futures=True)
 
 
 class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
@@ -72,14 +85,21 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
 
     # -- the workers ------------------------------------------------------------------------------
     def executor(self) -> Executor:
-        """The executor, started on first use."""
-        if self._executor is None:
-            if self.hosts is None:
-                raise ConfigError("the joblib backend %r needs hosts: joblib.parallel_config(backend=%r, "
-                                  "hosts=['user@host', ...])" % (NAME, NAME))
-            self._executor = Executor(self.hosts, self.processes_per_host, self.initializer, self.initargs,
-                                      **self.ssh_options)
-        return self._executor
+        """The executor of this configuration, started on first use."""
+        if self._executor is not None:
+            return self._executor
+        if self.hosts is None:
+            raise ConfigError("the joblib backend %r needs hosts: joblib.parallel_config(backend=%r, "
+                              "hosts=['user@host', ...])" % (NAME, NAME))
+        key = repr((self.hosts, self.processes_per_host, self.initializer, self.initargs,
+                    sorted(self.ssh_options.items())))
+        with _executors_lock:
+            executor = _executors.get(key)
+            if executor is None:
+                executor = _executors[key] = Executor(self.hosts, self.processes_per_host, self.initializer,
+                                                      self.initargs, **self.ssh_options)
+        self._executor = executor
+        return executor
 
     def workers(self) -> int:
         """How many workers are alive now (starting them if needed)."""
@@ -103,12 +123,6 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             self._limit = n if n < self.workers() else 0
         return n
 
-    def shutdown(self) -> None:
-        """Stop the workers now (they are stopped anyway when the backend is garbage collected)."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
-
     # -- batches ------------------------------------------------------------------------------------
     def submit(self, func: Callable, callback: Optional[Callable] = None) -> futures.Future:
         outer: futures.Future = futures.Future()
@@ -125,7 +139,7 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
     apply_async = submit                    # joblib < 1.5 calls it that
 
     def _send(self, func: Callable, outer: futures.Future) -> None:
-        if not outer.set_running_or_notify_cancel():
+        if outer.cancelled():
             self._done(None)
             return
         calls = getattr(func, "items", None)
@@ -176,6 +190,10 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             outer.cancel()
         for f in inner:
             f.cancel()
+        if self._executor is not None:
+            # the scheduler drops cancelled calls when it next looks at its queue: now, so that
+            # they (and the joblib objects their callbacks hold) do not wait there for the next call
+            self._executor._core.wake()
 
     def terminate(self) -> None:
         """The end of one Parallel call: keep the workers for the next, forget the batch timings."""

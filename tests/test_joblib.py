@@ -4,29 +4,22 @@ from __future__ import annotations
 
 import os
 import threading
-import time
 
 import joblib  # the test extra installs it
 import pytest
+from jobtasks import fails_on_3, slow_where, where
 
 import remoteproc.joblib as rjoblib
 
 rjoblib.register()
 
 
-def where(x):
-    return x * x, os.getpid()
-
-
-def slow_where(x):
-    time.sleep(0.2)
-    return x, os.getpid(), time.monotonic()
-
-
-def fails_on_3(x):
-    if x == 3:
-        raise KeyError("three is right out")
-    return x
+@pytest.fixture(autouse=True)
+def _workers_end_with_shutdown():
+    """Each test starts its own workers; shutdown() stops them all."""
+    yield
+    rjoblib.shutdown()
+    assert not [t for t in threading.enumerate() if t.name == "remoteproc-pool" and t.is_alive()]
 
 
 @pytest.fixture

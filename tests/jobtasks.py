@@ -1,0 +1,20 @@
+"""Task functions for the joblib and dask tests: standard library only, so a host imports this module
+(through module forwarding) without joblib, dask or remoteproc."""
+
+import os
+import time
+
+
+def where(x):
+    return x * x, os.getpid()
+
+
+def slow_where(x):
+    time.sleep(0.2)
+    return x, os.getpid(), time.monotonic()
+
+
+def fails_on_3(x):
+    if x == 3:
+        raise KeyError("three is right out")
+    return x
