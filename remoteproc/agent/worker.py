@@ -200,7 +200,7 @@ def process_chunk(fn, chunk):
 
 def run_calls(calls):
     """One joblib batch (``remoteproc.joblib``): ``[func(*args, **kwargs) for func, args, kwargs in calls]``."""
-    shared = {}
+    shared = {}  # type: dict[int, types.FunctionType]  # id(func) -> func with its module's shared globals
     out = []
     for func, args, kwargs in calls:
         f = shared.get(id(func))
