@@ -260,7 +260,7 @@ def _stop(script) -> None:
 def check_command(args: argparse.Namespace, rounds: int = 20) -> int:
     from multiprocessing import Pipe
 
-    from .agent.script import probe
+    from .agent.probe import probe
     from .process import RemoteProcess
 
     print("checking %s" % args.host, flush=True)
@@ -321,7 +321,7 @@ def demo(host: str | None, options: dict | None = None) -> int:
     """Run one real RemoteProcess round trip and say how long each step took."""
     from multiprocessing import Pipe
 
-    from .agent.script import demo_target
+    from .agent.probe import demo_target
     from .process import RemoteProcess
 
     server = None

@@ -14,8 +14,6 @@ needs nothing but the standard library::
 
 Arguments that were not strings arrive in ``sys.argv`` as JSON; ``args()`` gives
 them back as values (a dict as a dict), and ``connection()`` is the line above.
-
-This module also holds the targets of the command line's ``demo`` and ``check``.
 """
 
 import json
@@ -154,41 +152,3 @@ def _die_by_sigint():
     signal.signal(signal.SIGINT, signal.SIG_DFL)
     os.kill(os.getpid(), signal.SIGINT)
     sys.exit(1)     # pragma: no cover - not reached
-
-
-# -- targets of the command line -------------------------------------------------------
-
-def demo_target(conn, n):
-    """``remoteproc demo``: say hello, answer with 2n."""
-    import socket
-
-    print("hello from pid %d on %s" % (os.getpid(), socket.gethostname()))
-    conn.send(n * 2)
-    conn.close()
-
-
-def probe(conn):
-    """``remoteproc check``: describe this host, then echo until the parent closes."""
-    import getpass
-    import platform
-    import socket
-
-    try:
-        user = getpass.getuser()
-    except Exception:  # noqa: BLE001 - no user name is not a failure of the check
-        user = str(os.getuid())
-    conn.send({
-        "python": platform.python_version(),
-        "implementation": platform.python_implementation(),
-        "executable": sys.executable,
-        "platform": platform.platform(),
-        "hostname": socket.gethostname(),
-        "user": user,
-        "cpus": os.cpu_count(),
-        "pid": os.getpid(),
-    })
-    try:
-        while True:
-            conn.send_bytes(conn.recv_bytes())
-    except EOFError:
-        pass
