@@ -38,13 +38,27 @@ def _package_sources(package: str) -> dict[str, tuple[bool, str, str]]:
     return out
 
 
-def coverage_env() -> tuple[str, str] | None:
-    """When this process measures coverage (the test suite), the agent can too: the
-    remote host is then this machine. Returns (config file, data file) or None."""
-    config = os.environ.get("COVERAGE_PROCESS_START")
-    if not config:
-        return None
-    return config, os.environ.get("COVERAGE_FILE") or os.path.join(os.getcwd(), ".coverage")
+AGENT_ENV = "REMOTEPROC_AGENT_ENV"
+"""Environment variable of the local process: a JSON object of environment variables for
+the remote agent's interpreter.  Unset in normal use.  When set, the shipped modules also
+keep their local file names, for tools that follow the agent on this same machine:
+``remoteproc.testing.coverage`` sets it so that the test suite measures its agents."""
+
+
+def agent_env() -> dict[str, str]:
+    """The environment that ``AGENT_ENV`` asks for on the agent's command line ({} in normal use)."""
+    text = os.environ.get(AGENT_ENV)
+    if not text:
+        return {}
+    import json
+
+    try:
+        env = json.loads(text)
+    except ValueError:
+        env = None
+    if not isinstance(env, dict) or not all(isinstance(v, str) for v in env.values()):
+        raise BootstrapError("%s must be a JSON object of strings, not %r; unset it" % (AGENT_ENV, text))
+    return env
 
 
 _blob_lock = threading.Lock()
@@ -58,7 +72,7 @@ def agent_blob(real_paths: bool = False) -> bytes:
     of every cold start, for 27 KB less to send (64 KB instead of 37 KB of source).
     The stub has checked that the remote runs this major.minor, whose bytecode this is.
     Shipped modules are named ``<remoteproc>/...`` in remote tracebacks, or by their
-    local paths with ``real_paths`` (for coverage measurement of the agent).
+    local paths with ``real_paths`` (see ``AGENT_ENV``).
     """
     with _blob_lock:        # (built once per process, and possibly from two threads at once)
         return _build_blob(real_paths)
@@ -107,11 +121,10 @@ def command(python: str) -> str:
     on the agent's source), then reads the agent's blob of exactly N bytes.
     ``python`` is a shell word list: ``~/venv/bin/python3`` and ``env X=1 python3`` work.
     """
-    cov = coverage_env()
-    n = len(agent_blob(bool(cov)))
-    if cov:
-        python = "env COVERAGE_PROCESS_START=%s COVERAGE_FILE=%s %s" % (shlex.quote(cov[0]), shlex.quote(cov[1]),
-                                                                        python)
+    env = agent_env()
+    n = len(agent_blob(bool(env)))
+    if env:
+        python = "env %s %s" % (" ".join(shlex.quote("%s=%s" % item) for item in sorted(env.items())), python)
     ours = sys.version_info[:2]
     stub = ('import marshal,os,sys,zlib;v=sys.version_info;v[:2]==(%d,%d) or (sys.stderr.write('
             '"remoteproc: %%s is Python %%d.%%d.%%d at %%s\\n"%%(%r,v[0],v[1],v[2],sys.executable)),'
@@ -142,7 +155,7 @@ def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]
     the channel is closed then (and with it the remote command).
     """
     display = target.display
-    real_paths = bool(coverage_env())
+    real_paths = bool(agent_env())
     # The blob (the first time, 10-20 ms of compiling) is built while the transport
     # connects and the server sets up the session, which takes it tens of milliseconds.
     builder = threading.Thread(target=_prebuild, args=(real_paths,), name="remoteproc-blob", daemon=True)

@@ -18,7 +18,7 @@ class LocalAgent:
     def __init__(self, python: str = sys.executable) -> None:
         self.proc = subprocess.Popen(["/bin/sh", "-c", bootstrap.command(python)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        self.proc.stdin.write(bootstrap.agent_blob(bool(bootstrap.coverage_env())))
+        self.proc.stdin.write(bootstrap.agent_blob(bool(bootstrap.agent_env())))
         self.proc.stdin.flush()
         self.buf = bytearray()
         self.hello = self.read_control(10)

@@ -21,6 +21,7 @@ from remoteproc.testing import (
     ensure_local_user,
     find_sshd,
 )
+from remoteproc.testing.coverage import measure_agents
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))   # tests/netns.py
 
@@ -77,6 +78,7 @@ def sshd() -> Iterator[LoopbackSSHServer]:
 
 
 def pytest_configure(config: pytest.Config) -> None:
+    measure_agents()        # under coverage (scripts/test.sh), the agents are measured too
     config.addinivalue_line(
         "markers",
         "loopback_only: uses host/ssh_options but inspects the loopback sshd or this machine's "

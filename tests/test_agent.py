@@ -305,3 +305,31 @@ def test_agent_raises_its_fd_limit_and_children_get_the_usual_one():
     finally:
         os.kill(started["pid"], signal.SIGKILL)
         agent.finish()
+
+
+# -- the agent's environment (how the suite measures coverage of its agents) ------------------
+
+def test_agent_env_reaches_the_agents_interpreter(monkeypatch):
+    import json
+
+    from remoteproc import BootstrapError, bootstrap
+    from remoteproc.testing.coverage import measure_agents
+
+    monkeypatch.setenv(bootstrap.AGENT_ENV, json.dumps({"RP_MARK": "two words"}))
+    shell_as_python = "/bin/sh -c 'printf %s \"$RP_MARK\"' sh"      # prints the variable, ignores the stub
+    out = subprocess.run(["/bin/sh", "-c", bootstrap.command(shell_as_python)], input=b"", capture_output=True,
+                         timeout=30)
+    assert (out.returncode, out.stdout) == (0, b"two words"), out.stderr
+
+    monkeypatch.setenv(bootstrap.AGENT_ENV, "[1, 2]")
+    with pytest.raises(BootstrapError, match=bootstrap.AGENT_ENV):
+        bootstrap.command("python3")
+
+    monkeypatch.setenv(bootstrap.AGENT_ENV, "")
+    monkeypatch.delenv("COVERAGE_PROCESS_START", raising=False)
+    assert measure_agents() is False and bootstrap.agent_env() == {}
+    monkeypatch.setenv("COVERAGE_PROCESS_START", "/somewhere/pyproject.toml")
+    monkeypatch.setenv("COVERAGE_FILE", "/somewhere/.coverage")
+    assert measure_agents() is True
+    assert bootstrap.agent_env() == {"COVERAGE_PROCESS_START": "/somewhere/pyproject.toml",
+                                     "COVERAGE_FILE": "/somewhere/.coverage"}
