@@ -123,34 +123,12 @@ class Supervisor:
 
     # -- children -------------------------------------------------------------
     def _start(self, msg, blob):
-        try:
-            child_id = int(msg["id"])
-            streams = [(int(sid), str(kind), bool(r), bool(w)) for sid, kind, r, w in msg["streams"]]
-            out_sid, err_sid = int(msg["stdout"]), int(msg["stderr"])
-            tty = bool(msg.get("tty"))
-        except (KeyError, TypeError, ValueError) as exc:
-            raise frames.FrameError("malformed start request: %r" % (exc,)) from None
+        child_id, streams, out_sid, err_sid, tty = _parse_start(msg)
         if child_id in self.children:
             raise frames.FrameError("process %d started twice" % child_id)
-        made = []           # every fd created here, closed again on failure
+        made = []  # type: list[int]  # every fd created here, closed again on failure
         try:
-            theirs, mine = {}, []
-            for index, (sid, kind, child_reads, child_writes) in enumerate(streams):
-                if kind == "socket":
-                    a, b = socket.socketpair()
-                    fa, fb = a.detach(), b.detach()
-                    made += [fa, fb]
-                    mine.append((sid, fa, child_writes, child_reads))
-                    theirs[index] = fb
-                else:
-                    r, w = os.pipe()
-                    made += [r, w]
-                    if child_reads:
-                        mine.append((sid, w, False, True))
-                        theirs[index] = r
-                    else:
-                        mine.append((sid, r, True, False))
-                        theirs[index] = w
+            theirs, mine = _child_streams(streams, made)
             out_r, out_w = os.pipe()
             err_r, err_w = os.pipe()
             sen_r, sen_w = os.pipe()
@@ -161,19 +139,8 @@ class Supervisor:
             for sid, _fd, _r, _w in mine:
                 if sid in self.mux.streams or sid <= self.mux.high_sid:
                     raise frames.FrameError("stream %d reused" % sid)
-            close = [self.fd_in, self.fd_out, self.sel.fileno()] + self.waker.fds()
-            close += list(self.mux.streams_fds())
-            close += [p.sentinel for p in self.children.values()]
-            close += [fd for _sid, fd, _r, _w in mine] + [sen_w, imp_r]
-            close += [sock.fileno() for sock in self.import_socks]
-            # A signal sent to the child before it resets its handlers would run the
-            # agent's handler there and be lost: keep them pending until it has.
-            signal.pthread_sigmask(signal.SIG_BLOCK, RESET_SIGNALS)
-            try:
-                pid = os.fork()
-            except BaseException:
-                signal.pthread_sigmask(signal.SIG_UNBLOCK, RESET_SIGNALS)
-                raise
+            close = self._agent_fds() + [fd for _sid, fd, _r, _w in mine] + [sen_w, imp_r]
+            pid = _fork()
         except OSError as exc:
             for fd in made:
                 os.close(fd)
@@ -194,16 +161,27 @@ class Supervisor:
             pass
         for fd in list(theirs.values()) + [out_w, err_w, sen_r, imp_w]:
             os.close(fd)
+        self._adopt(RemoteChild(child_id, pid, sen_w), mine, imp_r)
+
+    def _agent_fds(self):
+        """The agent's own fds: a forked child closes them."""
+        close = [self.fd_in, self.fd_out, self.sel.fileno()] + self.waker.fds()
+        close += list(self.mux.streams_fds())
+        close += [p.sentinel for p in self.children.values()]
+        close += [sock.fileno() for sock in self.import_socks]
+        return close
+
+    def _adopt(self, child, mine, imp_r):
+        """A child is forked: serve its import socket and its streams, and say so."""
         imp = socket.socket(fileno=imp_r)
         imp.setblocking(True)
-        self.import_socks[imp] = [child_id, b""]
+        self.import_socks[imp] = [child.id, b""]
         self.sel.register(imp, selectors.EVENT_READ, lambda mask, sock=imp: self._on_import(sock))
-        child = RemoteChild(child_id, pid, sen_w)
-        self.children[child_id] = child
-        self.by_pid[pid] = child
+        self.children[child.id] = child
+        self.by_pid[child.pid] = child
         for sid, fd, reading, writing in mine:
             self.mux.add(sid, fd, reading=reading, writing=writing, owner=child)
-        self.control({"op": "started", "id": child_id, "pid": pid})
+        self.control({"op": "started", "id": child.id, "pid": child.pid})
 
     # -- module forwarding ----------------------------------------------------
     def _on_import(self, sock):
@@ -360,6 +338,51 @@ class Supervisor:
             if pid == 0:
                 return
             self.by_pid.pop(pid, None)
+
+
+def _parse_start(msg):
+    """A start request's fields, checked: (id, streams, stdout sid, stderr sid, tty)."""
+    try:
+        child_id = int(msg["id"])
+        streams = [(int(sid), str(kind), bool(r), bool(w)) for sid, kind, r, w in msg["streams"]]
+        return child_id, streams, int(msg["stdout"]), int(msg["stderr"]), bool(msg.get("tty"))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise frames.FrameError("malformed start request: %r" % (exc,)) from None
+
+
+def _child_streams(streams, made):
+    """A socketpair or pipe per bridged stream: returns the child's ends by placeholder
+    index and ours as (sid, fd, reading, writing); every fd made is added to ``made``."""
+    theirs, mine = {}, []
+    for index, (sid, kind, child_reads, child_writes) in enumerate(streams):
+        if kind == "socket":
+            a, b = socket.socketpair()
+            fa, fb = a.detach(), b.detach()
+            made += [fa, fb]
+            mine.append((sid, fa, child_writes, child_reads))
+            theirs[index] = fb
+        else:
+            r, w = os.pipe()
+            made += [r, w]
+            if child_reads:
+                mine.append((sid, w, False, True))
+                theirs[index] = r
+            else:
+                mine.append((sid, r, True, False))
+                theirs[index] = w
+    return theirs, mine
+
+
+def _fork():
+    """fork() with the signals the child resets blocked: one sent to the child before it
+    has reset its handlers would run the agent's handler there and be lost.  The parent
+    unblocks them once it is done with the fork."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, RESET_SIGNALS)
+    try:
+        return os.fork()
+    except BaseException:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, RESET_SIGNALS)
+        raise
 
 
 def _killpg(pid, sig):
