@@ -95,9 +95,16 @@ class AgentOpener(abc.ABC):
 
 # -- blocking helpers for the bootstrap, before the link's loop takes over -------------------------
 
+def _wait(fd: int, events: int, timeout: float) -> None:
+    # poll, not select(): the relay raises its fd limit, and select() fails on fds >= 1024
+    poller = select.poll()
+    poller.register(fd, events)
+    poller.poll(timeout * 1e3)
+
+
 def wait_readable(chan: AgentChannel, timeout: float) -> None:
     """Wait up to ``timeout`` seconds for ``chan`` to have input."""
-    select.select([chan.fileno()], [], [], timeout)
+    _wait(chan.fileno(), select.POLLIN, timeout)
 
 
 def send_all(chan: AgentChannel, data: bytes, deadline: float) -> bool:
@@ -116,7 +123,7 @@ def send_all(chan: AgentChannel, data: bytes, deadline: float) -> bool:
             return False
         fd = chan.writable_fileno()
         if fd is not None:
-            select.select([], [fd], [], 0.05)
+            _wait(fd, select.POLLOUT, 0.05)
         else:
             time.sleep(0.005)
     return True
