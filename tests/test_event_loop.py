@@ -1,0 +1,116 @@
+"""The pieces every event loop shares: the self-pipe waker and the frame endpoint.
+
+No SSH here: the endpoint runs over a socketpair, as the agent's channel is a pair
+of fds, and against a channel object that fills up and is lost.
+"""
+
+from __future__ import annotations
+
+import os
+import selectors
+import socket
+import threading
+
+import pytest
+
+from remoteproc.agent import frames
+from remoteproc.agent.endpoint import FrameEndpoint
+from remoteproc.agent.waker import Waker
+
+
+def _readable(fd: int, timeout: float) -> bool:
+    with selectors.DefaultSelector() as sel:
+        sel.register(fd, selectors.EVENT_READ)
+        return bool(sel.select(timeout))
+
+
+def test_a_wake_from_another_thread_makes_the_loop_readable_until_cleared():
+    waker = Waker()
+    try:
+        assert not _readable(waker.fileno(), 0)
+        t = threading.Thread(target=lambda: [waker.wake() for _ in range(100_000)])
+        t.start()       # (far more wake-ups than the pipe holds: a full pipe is not an error)
+        t.join(30)
+        assert not t.is_alive() and _readable(waker.fileno(), 5)
+        waker.clear()
+        assert not _readable(waker.fileno(), 0)
+    finally:
+        waker.close()
+    assert waker.fds() == []
+    waker.wake()        # after close: a late wake-up (e.g. paramiko's thread) is a no-op
+    waker.clear()
+
+
+def test_a_forked_child_can_let_go_of_a_waker_whose_lock_a_parent_thread_held():
+    waker = Waker()
+    waker._lock.acquire()       # as if another thread was inside wake() at the fork
+    pid = os.fork()
+    if pid == 0:    # pragma: no cover - the child
+        waker.abandon()
+        os._exit(0 if waker.fds() == [] else 1)
+    waker._lock.release()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    waker.close()
+
+
+def _endpoint_pair():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+    sel = selectors.DefaultSelector()
+    got = []
+    lost = []
+    ep = FrameEndpoint(sel, a.send, lambda *f: got.append(f), lost.append, write_fd=a.fileno())
+    return a, b, sel, ep, got, lost
+
+
+def test_output_the_channel_cannot_take_waits_and_goes_out_when_it_can():
+    a, b, sel, ep, _got, lost = _endpoint_pair()
+    try:
+        big = frames.control({"op": "ping"}, b"x" * (8 << 20))      # more than the socket buffers hold
+        ep.send(big)
+        assert ep.out and [k.fd for k in sel.get_map().values()] == [a.fileno()]
+        received = bytearray()
+        for _ in range(10_000):
+            if len(received) == len(big):
+                break
+            for key, mask in sel.select(1):
+                key.data(mask)
+            try:
+                received += b.recv(1 << 20)
+            except BlockingIOError:
+                pass
+        assert bytes(received) == big and not ep.out and not lost
+        assert not sel.get_map()        # nothing waits: the write fd is no longer watched
+    finally:
+        sel.close()
+        a.close()
+        b.close()
+
+
+def test_a_lost_channel_is_reported_once_and_later_frames_are_dropped():
+    a, b, sel, ep, _got, lost = _endpoint_pair()
+    b.close()
+    try:
+        ep.control({"op": "ping"})
+        ep.control({"op": "ping"})
+        assert len(lost) == 1 and isinstance(lost[0], OSError)
+        assert ep.stopped and not ep.out and not sel.get_map()
+    finally:
+        sel.close()
+        a.close()
+
+
+def test_frames_fed_in_pieces_reach_the_owner_whole():
+    a, b, sel, ep, got, _lost = _endpoint_pair()
+    try:
+        wire = frames.control({"op": "hello"}, b"blob") + frames.control({"op": "pong", "t": 1})
+        for i in range(len(wire)):
+            ep.feed(wire[i:i + 1])
+        assert [frames.parse_control(f[3])[0]["op"] for f in got] == ["hello", "pong"]
+        with pytest.raises(frames.FrameError):
+            ep.feed(frames.header(99, 0, 0))
+    finally:
+        sel.close()
+        a.close()
+        b.close()
