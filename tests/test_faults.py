@@ -182,11 +182,11 @@ def test_local_parent_killed(sshd, host, ssh_options, tmp_path):
         ready, _, _ = __import__("select").select([proc.stdout], [], [], 60)
         assert ready, "the parent script did not start its remote process"
         pid = int(proc.stdout.readline())
-        hubs = [c for c in children_of(proc.pid)]
-        assert hubs, "no relay process under the parent"
+        relays = [c for c in children_of(proc.pid)]
+        assert relays, "no relay process under the parent"
         proc.kill()
         proc.wait(10)
-        assert all(gone(h) for h in hubs), "the relay process outlived its parent"
+        assert all(gone(h) for h in relays), "the relay process outlived its parent"
         assert gone(pid), "the remote child outlived the local parent"
     finally:
         if proc.poll() is None:
@@ -218,15 +218,15 @@ def test_sshd_restart_leaves_running_processes_alone(sshd, host, ssh_options):
 
 def test_relay_killed_ends_processes_and_a_new_relay_starts(host, ssh_options):
     p, conn, pid = _start(host, ssh_options, sleeper)
-    hub = relay_client.get()
-    os.kill(hub.proc.pid, signal.SIGKILL)
-    hub.proc.wait(10)
+    relay = relay_client.get()
+    os.kill(relay.proc.pid, signal.SIGKILL)
+    relay.proc.wait(10)
     _assert_lost(p)
     assert gone(pid)
     with pytest.raises(EOFError):
         conn.recv()
     p2, conn2, _ = _start(host, ssh_options, echo)
-    assert relay_client.get() is not hub
+    assert relay_client.get() is not relay
     conn2.close()
     p2.join(30)
     assert p2.exitcode == 0
@@ -291,8 +291,8 @@ def test_no_leaks_over_many_processes(host, ssh_options):
 
     for i in range(20):                       # warm up: relay, connection, caches
         run_one(i)
-    hub = relay_client.get().proc.pid
-    base = (fds(), threading.active_count(), rss(), len(os.listdir("/proc/%d/fd" % hub)))
+    relay = relay_client.get().proc.pid
+    base = (fds(), threading.active_count(), rss(), len(os.listdir("/proc/%d/fd" % relay)))
     for i in range(500):
         run_one(i)
     pairs = [Pipe() for _ in range(100)]
@@ -309,7 +309,7 @@ def test_no_leaks_over_many_processes(host, ssh_options):
         p.close()
     del procs, pairs
     time.sleep(0.5)
-    after = (fds(), threading.active_count(), rss(), len(os.listdir("/proc/%d/fd" % hub)))
+    after = (fds(), threading.active_count(), rss(), len(os.listdir("/proc/%d/fd" % relay)))
     assert after[0] <= base[0], "local fds leaked: %s -> %s" % (base, after)
     assert after[1] <= base[1], "threads leaked: %s -> %s" % (base, after)
     assert after[2] - base[2] < 32 << 20, "memory grew: %s -> %s" % (base, after)

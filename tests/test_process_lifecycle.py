@@ -151,9 +151,9 @@ def test_remote_children_die_with_their_connection(host, ssh_options):
     child.close()
     pid = parent.recv()
     assert os.path.exists("/proc/%d" % pid)
-    hub = relay_client.get()
-    os.kill(hub.proc.pid, signal.SIGKILL)   # the relay (and with it the SSH connection) dies
-    hub.proc.wait(10)
+    relay = relay_client.get()
+    os.kill(relay.proc.pid, signal.SIGKILL)   # the relay (and with it the SSH connection) dies
+    relay.proc.wait(10)
     p.join(30)
     assert p.exitcode == remoteproc.CONNECTION_LOST
     assert isinstance(p.connection_error, remoteproc.ConnectionLostError)
