@@ -87,6 +87,11 @@ class Executor(futures.Executor):
         """``(host, remote pid)`` of each live worker, in placement order."""
         return [(w.host, w.pid) for w in self._core.workers if w.alive]
 
+    @property
+    def _max_workers(self) -> int:
+        """How many calls run at once: ``ProcessPoolExecutor``'s attribute, which dask reads."""
+        return max(1, sum(1 for w in self._core.workers if w.alive))
+
     def __repr__(self) -> str:
         return "<remoteproc.Executor workers=%d hosts=%s>" % (
             sum(1 for w in self._core.workers if w.alive), [h for h, _, _ in self._core.hosts])
