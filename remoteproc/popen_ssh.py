@@ -12,7 +12,6 @@ import os
 import select
 import signal
 import socket
-import sys
 import threading
 from multiprocessing import util
 from typing import Any
@@ -35,8 +34,7 @@ class Popen:
         self._status: socket.socket | None = None
         self._lock = threading.Lock()     # one reader of the status socket at a time
         payload, bridged = reduction.dumps_process(process_obj, self.host)
-        out_fd = _fileno(sys.stdout, 1)
-        err_fd = _fileno(sys.stderr, 2)
+        out_fd, err_fd = _std_fd(1), _std_fd(2)
         request = {
             "host": self.host,
             "options": process_obj._ssh_options,
@@ -140,10 +138,21 @@ class Popen:
             self._status = None
 
 
-def _fileno(stream: Any, default: int) -> int:
-    """The fd behind sys.stdout/sys.stderr now (they may be redirected), else the default."""
-    try:
-        return stream.fileno()
-    except (AttributeError, ValueError, OSError):
-        return default
+_devnull: int | None = None
 
+
+def _std_fd(fd: int) -> int:
+    """Where a remote child's output goes: this process's fd 1 or 2, as a local child's would.
+
+    Not ``sys.stdout.fileno()``: Jupyter's kernel captures fds 1 and 2 into the running
+    cell, while its ``sys.stdout.fileno()`` is a copy of the terminal it was started from.
+    A closed fd (a daemon without stdio) becomes /dev/null.
+    """
+    global _devnull
+    try:
+        os.fstat(fd)
+        return fd
+    except OSError:
+        if _devnull is None:
+            _devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        return _devnull
