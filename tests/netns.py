@@ -29,7 +29,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 
-from proctable import running
+from proctable import cmdline, running
 
 from remoteproc.testing import proctree
 
@@ -51,18 +51,10 @@ def run(*argv: str, check: bool = True, timeout: float = 20.0) -> subprocess.Com
     return done
 
 
-def _cmdline(pid: int) -> str:
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
-
-
 def _kill_tree(pid: int, must_contain: str) -> None:
     """SIGTERM ``pid`` (if its command line contains ``must_contain``) and its descendants; then SIGKILL."""
     stat = proctree.proc_stat(pid)
-    if stat is None or not proctree.alive(pid, stat[2]) or must_contain not in _cmdline(pid):
+    if stat is None or not proctree.alive(pid, stat[2]) or must_contain not in cmdline(pid):
         return
     proctree.terminate_all([(pid, stat[2])] + proctree.descendants(pid), 5.0)
 

@@ -24,6 +24,20 @@ def running(pid: int) -> bool:
     return state(pid) not in (None, "Z", "X")
 
 
+def cmdline(pid: int) -> str:
+    """The command line of ``pid``, words joined by spaces ("" if there is no such process)."""
+    try:
+        with open("/proc/%d/cmdline" % pid, "rb") as f:
+            return f.read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+def threads(pid: int) -> int:
+    """How many threads ``pid`` runs."""
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
 def eventually(predicate: Callable[[], object], timeout: float = 15.0, interval: float = 0.05) -> bool:
     """True as soon as ``predicate()`` is true; False if it is still false after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

@@ -10,6 +10,7 @@ import time
 
 import cloudpickle
 import pytest
+from proctable import threads
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
@@ -94,10 +95,6 @@ def test_use_after_close_and_start_twice(host, ssh_options):
         p.is_alive()
 
 
-def _tasks(pid: int) -> int:
-    return len(os.listdir("/proc/%d/task" % pid))
-
-
 FAKE_AGENT = """\
 #!{python}
 import json, os, struct, sys, time
@@ -123,16 +120,16 @@ def test_garbage_from_a_fake_agent_is_a_typed_error(host, ssh_options, tmp_path,
     fake.write_text(FAKE_AGENT.format(python=sys.executable, mode=mode))
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR | stat.S_IRUSR)
     relay = relay_client.get().proc.pid
-    before = (threading.active_count(), _tasks(relay))
+    before = (threading.active_count(), threads(relay))
     p = RemoteProcess(host, target=print, python=str(fake), **ssh_options)
     with pytest.raises(error) as info:
         p.start()
     assert "127.0.0.1" in str(info.value)
     # Nothing left behind: no thread here, and the relay's link and SSH connection are gone.
     deadline = time.monotonic() + 10
-    while (threading.active_count(), _tasks(relay)) != before and time.monotonic() < deadline:
+    while (threading.active_count(), threads(relay)) != before and time.monotonic() < deadline:
         time.sleep(0.05)
-    assert (threading.active_count(), _tasks(relay)) == before
+    assert (threading.active_count(), threads(relay)) == before
     # The interpreter is intact and the host still works with the real agent.
     parent, child = Pipe()
     q = RemoteProcess(host, target=lambda c: c.send("fine"), args=(child,), **ssh_options)

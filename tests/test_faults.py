@@ -17,7 +17,7 @@ from multiprocessing.connection import wait
 
 import cloudpickle
 import pytest
-from proctable import children_of, gone, ppid
+from proctable import children_of, cmdline, gone, ppid
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
@@ -109,8 +109,7 @@ def test_sshd_session_killed_mid_transfer(host, ssh_options, bystander):
     p, conn, pid = _start(host, ssh_options, streamer)
     agent = ppid(pid)
     session = ppid(agent)          # sshd's process for this connection
-    with open("/proc/%d/cmdline" % session, "rb") as f:
-        assert b"sshd" in f.read()
+    assert "sshd" in cmdline(session)
     conn.recv_bytes()               # the transfer is under way
     os.kill(session, signal.SIGKILL)
     assert _drain_until_eof(conn, LOST_WITHIN) < LOST_WITHIN

@@ -20,7 +20,7 @@ import time
 
 import cloudpickle
 import pytest
-from proctable import descendants, eventually, gone
+from proctable import descendants, eventually, gone, threads
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess, ssh
@@ -75,7 +75,7 @@ def relay_pid() -> int:
 
 
 def relay_threads() -> int:
-    return len(os.listdir("/proc/%d/task" % relay_pid()))
+    return threads(relay_pid())
 
 
 def relay_connections(address: str, port: int) -> int:
