@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import getpass
 import hashlib
 import hmac
 import os
@@ -22,7 +23,7 @@ import pytest
 from remoteproc import bootstrap, ssh
 from remoteproc.errors import BootstrapError, ConfigError, ConnectError, HostKeyError
 from remoteproc.relay.channel import AgentChannel, AgentOpener, ChannelLost
-from remoteproc.ssh import auth, hostkeys, tokens
+from remoteproc.ssh import auth, hostkeys
 from remoteproc.ssh import pool as ssh_pool
 
 pytestmark = pytest.mark.timeout(60)
@@ -113,12 +114,12 @@ def test_the_callers_values_beat_the_config(home):
 
 def test_defaults_without_config(home):
     t = resolve("plain")
-    assert (t.hostname, t.port, t.username) == ("plain", 22, tokens._local_user())
+    assert (t.hostname, t.port, t.username) == ("plain", 22, getpass.getuser())
     assert t.known_hosts == [str(home / ".ssh/known_hosts"), str(home / ".ssh/known_hosts2")]
     assert t.global_known_hosts == list(ssh.SYSTEM_KNOWN_HOSTS)
     assert t.key_filenames == [str(home / ".ssh" / name) for name in ssh.DEFAULT_IDENTITIES]
     assert t.policy == "reject" and t.connect_timeout == ssh.DEFAULT_CONNECT_TIMEOUT
-    assert t.display == "%s@plain" % tokens._local_user()
+    assert t.display == "%s@plain" % getpass.getuser()
 
 
 def test_keywords_are_case_insensitive_and_take_equals_and_quotes(home):
@@ -201,7 +202,7 @@ def test_include_inside_a_host_block_is_conditional(home):
     assert (a.username, a.port) == ("from-inc", 2201)
     b = resolve("b", text)
     # an Include in a block that does not apply is read with nothing in it matching
-    assert (b.username, b.port) == (tokens._local_user(), 22)
+    assert (b.username, b.port) == (getpass.getuser(), 22)
 
 
 def test_include_loop_is_an_error(home):
@@ -229,7 +230,7 @@ def test_match_host_uses_hostname_and_originalhost_the_alias(home):
 
 
 def test_match_user_sees_the_specs_user(home):
-    text = "Match user deploy\n  Port 2022\nMatch localuser %s\n  ConnectTimeout 4\n" % tokens._local_user()
+    text = "Match user deploy\n  Port 2022\nMatch localuser %s\n  ConnectTimeout 4\n" % getpass.getuser()
     assert resolve("deploy@h", text).port == 2022
     assert resolve("other@h", text).port == 22
     assert resolve("h", text).connect_timeout == 4
@@ -772,7 +773,9 @@ def test_the_stub_checks_the_version_before_reading_anything(tmp_path):
     wrapper.chmod(0o755)
     old = subprocess.run(["sh", "-c", bootstrap.command(str(wrapper))], input=b"", capture_output=True, timeout=30)
     assert old.returncode == bootstrap.WRONG_VERSION
-    assert bootstrap._VERSION_LINE.search(old.stderr.decode()).group(2, 3, 4) == ("3", "4", "1")
+    with pytest.raises(BootstrapError) as info:      # what the local side makes of the stub's words
+        start_with(StubChannel(stderr=old.stderr, status=old.returncode), python=str(wrapper))
+    assert "is Python 3.4.1 (" in str(info.value)
     same = subprocess.run(["sh", "-c", bootstrap.command(sys.executable)], input=b"", capture_output=True,
                           timeout=30)
     assert same.returncode == 9, "the right version waits for its blob (and exits 9 at EOF)"
