@@ -78,6 +78,31 @@ def test_options_are_checked_in_the_callers_process():
     assert ssh.check_options("h", {"port": 22, "password": None}) == {"port": 22}
 
 
+
+def test_every_option_is_declared_in_spec_and_documented():
+    from remoteproc.ssh.spec import OPTIONS
+
+    docs = open(os.path.join(os.path.dirname(__file__), "..", "docs", "ssh.md"), encoding="utf-8").read()
+    section = docs.split("## Options and precedence", 1)[1].split("\n## ", 1)[0]
+    documented = set()
+    for row in section.splitlines():
+        if row.startswith("| `"):
+            documented.update(name.strip("` ") for name in row.split("|")[1].split(","))
+    assert documented == set(OPTIONS)
+    assert ssh.OPTION_TYPES == {name: o.types for name, o in OPTIONS.items()}
+    for name, declared in OPTIONS.items():
+        if declared.default is not None:     # a declared default passes its own type and check
+            assert ssh.check_options("h", {name: declared.default}) == {name: declared.default}
+
+
+def test_declared_defaults_reach_the_target(home):
+    from remoteproc.ssh.spec import OPTIONS
+
+    t = resolve("plain")
+    for name in ("connect_timeout", "python", "allow_agent", "look_for_keys", "keepalive_interval",
+                 "keepalive_count", "idle_timeout"):
+        assert getattr(t, name) == OPTIONS[name].default, name
+
 # -- precedence -------------------------------------------------------------------------
 
 WEB = """\

@@ -1,47 +1,96 @@
-"""Host specs and keyword options: checked in the user's process, so bad input fails at once.
+"""Host specs and keyword options: declared and checked here, in the user's process, so bad input fails at once.
 
 Standard library only (no paramiko): ``RemoteProcess`` imports this module and nothing
 else of the ssh package; everything that connects runs in the relay process.
+
+Every keyword option is one line of ``OPTIONS``: its name, the types it takes, its
+default, a check of its value, and whether jump hosts inherit it.  A new option is
+that line plus its use (``target.resolve`` turns options into a ``Target``).
 """
 
 from __future__ import annotations
 
 import os
 import re
-from typing import Any
+from typing import Any, Callable, NamedTuple, Optional
 
 from ..errors import ConfigError
 
-DEFAULT_CONNECT_TIMEOUT = 30.0
-DEFAULT_KEEPALIVE_INTERVAL = 15.0
-DEFAULT_KEEPALIVE_COUNT = 3
-DEFAULT_IDLE_TIMEOUT = 60.0
 POLICIES = ("reject", "accept-new")
 
-#: keyword options RemoteProcess accepts, and the types each takes
-OPTION_TYPES: dict[str, tuple] = {
-    "username": (str,),
-    "port": (int,),
-    "key_filename": (str, os.PathLike, list, tuple),
-    "password": (str,),
-    "passphrase": (str,),
-    "ssh_config": (str, os.PathLike, bool),
-    "known_hosts": (str, os.PathLike, list, tuple),
-    "host_key_policy": (str,),
-    "connect_timeout": (int, float),
-    "python": (str,),
-    "allow_agent": (bool,),
-    "look_for_keys": (bool,),
-    "proxy_jump": (str,),
-    "proxy_command": (str,),
-    "keepalive_interval": (int, float),
-    "keepalive_count": (int,),
-    "idle_timeout": (int, float),
-}
+#: a check of an option's value: what is wrong with it (for the message), or None
+Check = Callable[[str, Any, str], Optional[str]]
 
+
+def _port(name: str, value: Any, spec: str) -> str | None:
+    return None if 0 < value < 65536 else "port %r for host %r is out of range 1-65535" % (value, spec)
+
+
+def _seconds(name: str, value: Any, spec: str) -> str | None:
+    return None if value > 0 else "%s for host %r must be a positive number of seconds" % (name, spec)
+
+
+def _at_least_one(name: str, value: Any, spec: str) -> str | None:
+    return None if value >= 1 else "%s for host %r must be at least 1" % (name, spec)
+
+
+def _policy(name: str, value: Any, spec: str) -> str | None:
+    return None if value in POLICIES else "%s=%r for host %r: use one of %s" % (name, value, spec, POLICIES)
+
+
+class Option(NamedTuple):
+    """One keyword option of ``RemoteProcess`` (and Pool, Executor, the CLI's flags)."""
+
+    name: str
+    #: the types a value may have (``None`` always means "not given")
+    types: tuple[type, ...]
+    #: the value when neither the caller nor the ssh configuration gives one
+    default: Any = None
+    #: a check of the value's range, after its type
+    check: Check | None = None
+    #: jump hosts inherit it from the target (the rest comes from their own config)
+    inherit: bool = False
+
+
+_PATHS = (str, os.PathLike, list, tuple)
+
+#: every keyword option, in the order the docs list them
+OPTIONS: dict[str, Option] = {o.name: o for o in (
+    Option("username", (str,)),
+    Option("port", (int,), check=_port),
+    Option("key_filename", _PATHS, inherit=True),
+    Option("password", (str,)),
+    Option("passphrase", (str,), inherit=True),
+    Option("ssh_config", (str, os.PathLike, bool), inherit=True),
+    Option("known_hosts", _PATHS, inherit=True),
+    Option("host_key_policy", (str,), check=_policy, inherit=True),
+    Option("connect_timeout", (int, float), 30.0, _seconds, inherit=True),
+    Option("python", (str,), "python3"),
+    Option("allow_agent", (bool,), True, inherit=True),
+    Option("look_for_keys", (bool,), True, inherit=True),
+    Option("proxy_jump", (str,)),
+    Option("proxy_command", (str,)),
+    Option("keepalive_interval", (int, float), 15.0, _seconds),
+    Option("keepalive_count", (int,), 3, _at_least_one),
+    Option("idle_timeout", (int, float), 60.0, _seconds),
+)}
+
+#: keyword options RemoteProcess accepts, and the types each takes
+OPTION_TYPES: dict[str, tuple[type, ...]] = {name: o.types for name, o in OPTIONS.items()}
 #: options of a target that its jump hosts inherit (the rest comes from their own config)
-JUMP_INHERITS = ("ssh_config", "known_hosts", "host_key_policy", "connect_timeout", "allow_agent",
-                 "look_for_keys", "key_filename", "passphrase")
+JUMP_INHERITS = tuple(name for name, o in OPTIONS.items() if o.inherit)
+
+DEFAULT_CONNECT_TIMEOUT: float = OPTIONS["connect_timeout"].default
+DEFAULT_KEEPALIVE_INTERVAL: float = OPTIONS["keepalive_interval"].default
+DEFAULT_KEEPALIVE_COUNT: int = OPTIONS["keepalive_count"].default
+DEFAULT_IDLE_TIMEOUT: float = OPTIONS["idle_timeout"].default
+
+
+def option(options: dict[str, Any], name: str) -> Any:
+    """The caller's value of option ``name``, or its default."""
+    value = options.get(name)
+    return OPTIONS[name].default if value is None else value
+
 
 _SPEC = re.compile(r"^(?:ssh://)?(?:(?P<user>[^@/\s]+)@)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:@/\s\[\]]+))"
                    r"(?::(?P<port>\d+))?/?$")
@@ -66,32 +115,31 @@ def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
 
 
 def check_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
-    """Validate keyword options in the caller's process: name, type and range."""
+    """Validate keyword options in the caller's process: name, type and range; drop the ``None`` ones."""
     for name, value in options.items():
-        types = OPTION_TYPES.get(name)
-        if types is None:
-            raise ConfigError("unknown option %r for host %r; the options are: %s"
-                              % (name, spec, ", ".join(sorted(OPTION_TYPES))), spec)
-        if value is None:
-            continue
-        if isinstance(value, bool) and bool not in types:
-            types = ()
-        if not isinstance(value, types):
-            raise ConfigError("option %s=%r for host %r must be %s" % (
-                name, value, spec, " or ".join(t.__name__ for t in types)), spec)
-    if options.get("port") is not None and not 0 < options["port"] < 65536:
-        raise ConfigError("port %r for host %r is out of range 1-65535" % (options["port"], spec), spec)
-    for name in ("connect_timeout", "keepalive_interval", "idle_timeout"):
-        if options.get(name) is not None and not options[name] > 0:
-            raise ConfigError("%s for host %r must be a positive number of seconds" % (name, spec), spec)
-    if options.get("keepalive_count") is not None and options["keepalive_count"] < 1:
-        raise ConfigError("keepalive_count for host %r must be at least 1" % (spec,), spec)
-    policy = options.get("host_key_policy")
-    if policy is not None and policy not in POLICIES:
-        raise ConfigError("host_key_policy=%r for host %r: use one of %s" % (policy, spec, POLICIES), spec)
-    return {k: v for k, v in options.items() if v is not None}
+        _check_type(spec, name, value)
+    given = {k: v for k, v in options.items() if v is not None}
+    for name, value in given.items():
+        check = OPTIONS[name].check
+        problem = check(name, value, spec) if check is not None else None
+        if problem is not None:
+            raise ConfigError(problem, spec)
+    return given
 
 
+def _check_type(spec: str, name: str, value: Any) -> None:
+    declared = OPTIONS.get(name)
+    if declared is None:
+        raise ConfigError("unknown option %r for host %r; the options are: %s"
+                          % (name, spec, ", ".join(sorted(OPTIONS))), spec)
+    types = declared.types
+    if value is None:
+        return
+    if isinstance(value, bool) and bool not in types:
+        types = ()
+    if not isinstance(value, types):
+        raise ConfigError("option %s=%r for host %r must be %s" % (
+            name, value, spec, " or ".join(t.__name__ for t in declared.types)), spec)
 
 
 def parse_jumps(text: str | None) -> list[str]:

@@ -19,6 +19,8 @@ from .spec import (
     DEFAULT_KEEPALIVE_COUNT,
     DEFAULT_KEEPALIVE_INTERVAL,
     JUMP_INHERITS,
+    OPTIONS,
+    option,
     parse_jumps,
     parse_spec,
 )
@@ -51,9 +53,9 @@ class Target:
     keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
     keepalive_count: int = DEFAULT_KEEPALIVE_COUNT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    python: str = "python3"
-    allow_agent: bool = True
-    look_for_keys: bool = True
+    python: str = OPTIONS["python"].default
+    allow_agent: bool = OPTIONS["allow_agent"].default
+    look_for_keys: bool = OPTIONS["look_for_keys"].default
     options: dict = field(default_factory=dict, repr=False)
     #: the host as given (``%n``), before HostName
     original_host: str = ""
@@ -159,7 +161,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
     keys = [os.path.expanduser(os.fspath(k)) for k in keys]
     explicit = list(keys)
     keys += [_path(k, tokens, "IdentityFile") for k in cfg.get("identityfile", []) if k.lower() != "none"]
-    look_for_keys = options.get("look_for_keys", True)
+    look_for_keys = option(options, "look_for_keys")
     if not keys and look_for_keys and "none" not in [k.lower() for k in cfg.get("identityfile", [])]:
         keys = [os.path.expanduser("~/.ssh/" + name) for name in DEFAULT_IDENTITIES]
 
@@ -217,9 +219,9 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         known_hosts=known, policy=policy, connect_timeout=float(timeout),
         proxy_jump=jumps, proxy_command=proxy_command,
         keepalive_interval=float(interval), keepalive_count=max(1, int(count)),
-        idle_timeout=float(options.get("idle_timeout", DEFAULT_IDLE_TIMEOUT)),
-        python=options.get("python", "python3"),
-        allow_agent=options.get("allow_agent", True), look_for_keys=look_for_keys,
+        idle_timeout=float(option(options, "idle_timeout")),
+        python=option(options, "python"),
+        allow_agent=option(options, "allow_agent"), look_for_keys=look_for_keys,
         options=options, original_host=host, jump=jump, global_known_hosts=global_known,
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
         identity_agent=agent, address_family=family if family in ("inet", "inet6") else "any",
