@@ -523,7 +523,7 @@ def test_known_key_types_are_offered_first(tmp_path, keys):
     t = paramiko.Transport(socket_pair()[0])
     try:
         entries = ssh.read_known_hosts([str(target_with(tmp_path, line(keys["c"]) + "h ssh-rsa AAAA\n")[1])])
-        hostkeys._prefer_known_types(t, entries)
+        hostkeys.prefer_known_types(t, entries)
         types = t.get_security_options().key_types
         assert types[0] == "ecdsa-sha2-nistp256" and types[1:3] == ("rsa-sha2-512", "rsa-sha2-256")
     finally:

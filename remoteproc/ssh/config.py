@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..errors import ConfigError
-from .tokens import _expand, _local_user, _tokens
+from .tokens import expand, host_tokens, local_user
 
 log = logging.getLogger("remoteproc.ssh")
 
@@ -225,15 +225,15 @@ class _State:
         patterns = arg.split(",")
         if criterion == "host":
             hostname = self.options.get("hostname")
-            host = _expand(hostname[0], {"h": self.host}, "HostName") if hostname else self.host
+            host = expand(hostname[0], {"h": self.host}, "HostName") if hostname else self.host
             return match_pattern_list(host, patterns, fold=True)
         if criterion == "originalhost":
             return match_pattern_list(self.host, patterns, fold=True)
         if criterion == "user":
             user = self.options.get("user")
-            return match_pattern_list(user[0] if user else _local_user(), patterns)
+            return match_pattern_list(user[0] if user else local_user(), patterns)
         if criterion == "localuser":
-            return match_pattern_list(_local_user(), patterns)
+            return match_pattern_list(local_user(), patterns)
         if criterion == "exec":
             return self.run_exec(arg, where)
         self.config.warn_once("%s: Match %s is not supported by remoteproc; the block is skipped"
@@ -244,10 +244,10 @@ class _State:
         user = self.options.get("user")
         port = self.options.get("port")
         hostname = self.options.get("hostname")
-        host = _expand(hostname[0], {"h": self.host}, "HostName") if hostname else self.host
-        tokens = _tokens(self.host, host, int(port[0]) if port else 22,
-                         user[0] if user else _local_user(), None, None)
-        command = _expand(command, tokens, "Match exec")
+        host = expand(hostname[0], {"h": self.host}, "HostName") if hostname else self.host
+        tokens = host_tokens(self.host, host, int(port[0]) if port else 22,
+                         user[0] if user else local_user(), None, None)
+        command = expand(command, tokens, "Match exec")
         shell = os.environ.get("SHELL") or "/bin/sh"
         try:
             done = subprocess.run([shell, "-c", command], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,

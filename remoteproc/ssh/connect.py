@@ -10,7 +10,7 @@ import time
 
 from ..errors import ConnectError, describe
 from .auth import authenticate
-from .hostkeys import _prefer_known_types, check_host_key, read_known_hosts
+from .hostkeys import check_host_key, prefer_known_types, read_known_hosts
 from .target import Target
 
 WINDOW_SIZE = 8 << 20
@@ -167,7 +167,7 @@ def connect(target: Target, jump: SSHConnection | None = None) -> SSHConnection:
         transport.banner_timeout = transport.handshake_timeout = target.connect_timeout
         transport.auth_timeout = target.connect_timeout
         files = list(target.known_hosts) + list(target.global_known_hosts)
-        _prefer_known_types(transport, [e for e in read_known_hosts(files) if e.matches(target.host_key_name)])
+        prefer_known_types(transport, [e for e in read_known_hosts(files) if e.matches(target.host_key_name)])
         done = threading.Event()
         transport.start_client(event=done)
         done.wait(target.connect_timeout + 1)

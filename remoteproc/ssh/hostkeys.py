@@ -77,7 +77,7 @@ def read_known_hosts(paths: list[str]) -> list[KnownHost]:
 _ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 
 
-def _prefer_known_types(transport, entries: list[KnownHost]) -> None:
+def prefer_known_types(transport, entries: list[KnownHost]) -> None:
     """As ssh does: offer the key types already known for this host first."""
     opts = transport.get_security_options()
     available = [k for k in opts.key_types if "-cert-" not in k]

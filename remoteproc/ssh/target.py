@@ -24,7 +24,7 @@ from .spec import (
     parse_jumps,
     parse_spec,
 )
-from .tokens import _expand, _local_user, _path, _tokens
+from .tokens import expand, expand_path, host_tokens, local_user
 
 MAX_JUMPS = 8
 #: the key files ``ssh`` tries when no IdentityFile is given (OpenSSH 9.x order)
@@ -147,20 +147,20 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         preset["proxycommand"] = options["proxy_command"]
     cfg = config.lookup(host, preset)
 
-    hostname = _expand(_first(cfg, "hostname", "%h"), {"%": "%", "h": host}, "HostName")
+    hostname = expand(_first(cfg, "hostname", "%h"), {"%": "%", "h": host}, "HostName")
     port = _number(cfg, "port", int) or 22
     if not 0 < port < 65536:
         raise ConfigError("%s: port %d is out of range 1-65535" % (spec, port), spec)
-    username = _first(cfg, "user") or _local_user()
+    username = _first(cfg, "user") or local_user()
     alias = _first(cfg, "hostkeyalias")
     jump_text = cfg.get("proxyjump")
-    tokens = _tokens(host, hostname, port, username, alias, jump_text)
+    tokens = host_tokens(host, hostname, port, username, alias, jump_text)
 
     keys = options.get("key_filename")
     keys = [] if keys is None else [keys] if isinstance(keys, (str, os.PathLike)) else list(keys)
     keys = [os.path.expanduser(os.fspath(k)) for k in keys]
     explicit = list(keys)
-    keys += [_path(k, tokens, "IdentityFile") for k in cfg.get("identityfile", []) if k.lower() != "none"]
+    keys += [expand_path(k, tokens, "IdentityFile") for k in cfg.get("identityfile", []) if k.lower() != "none"]
     look_for_keys = option(options, "look_for_keys")
     if not keys and look_for_keys and "none" not in [k.lower() for k in cfg.get("identityfile", [])]:
         keys = [os.path.expanduser("~/.ssh/" + name) for name in DEFAULT_IDENTITIES]
@@ -170,9 +170,9 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         known = [known] if isinstance(known, (str, os.PathLike)) else list(known)
         known = [os.path.expanduser(os.fspath(k)) for k in known]
     else:
-        known = [_path(k, tokens, "UserKnownHostsFile") for k in cfg.get("userknownhostsfile", USER_KNOWN_HOSTS)]
+        known = [expand_path(k, tokens, "UserKnownHostsFile") for k in cfg.get("userknownhostsfile", USER_KNOWN_HOSTS)]
     known = [k for k in known if k.lower() != "none"]
-    global_known = [_path(k, tokens, "GlobalKnownHostsFile")
+    global_known = [expand_path(k, tokens, "GlobalKnownHostsFile")
                     for k in cfg.get("globalknownhostsfile", SYSTEM_KNOWN_HOSTS)]
     global_known = [k for k in global_known if k.lower() != "none"]
 
@@ -190,9 +190,9 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         elif agent.startswith("$") and not agent.startswith("${"):
             agent = os.environ.get(agent[1:], "")
         else:
-            agent = _path(agent, tokens, "IdentityAgent")
+            agent = expand_path(agent, tokens, "IdentityAgent")
 
-    jumps = parse_jumps(_expand(jump_text, tokens, "ProxyJump") if isinstance(jump_text, str) else None)
+    jumps = parse_jumps(expand(jump_text, tokens, "ProxyJump") if isinstance(jump_text, str) else None)
     jump = None
     if jumps:
         if _depth >= MAX_JUMPS:
@@ -205,7 +205,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         jump = resolve(jumps[-1], jump_options, config, _depth + 1)
     proxy_command = cfg.get("proxycommand") if not jumps else None
     if proxy_command is not None:
-        proxy_command = None if proxy_command.strip().lower() == "none" else _expand(
+        proxy_command = None if proxy_command.strip().lower() == "none" else expand(
             proxy_command, tokens, "ProxyCommand")
 
     interval = options.get("keepalive_interval") or _number(cfg, "serveraliveinterval") or DEFAULT_KEEPALIVE_INTERVAL

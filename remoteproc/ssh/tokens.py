@@ -11,26 +11,31 @@ import socket
 from ..errors import ConfigError
 
 
-def _local_user() -> str:
+def local_user() -> str:
+    """The local user name (``%u``, and the default remote user)."""
     try:
         return getpass.getuser()
     except (KeyError, OSError):  # pragma: no cover - no passwd entry
         return str(os.getuid())
 
 
-def _tokens(original: str, hostname: str, port: int, user: str, alias: str | None, jump: str | None) -> dict:
+def host_tokens(original: str, hostname: str, port: int, user: str, alias: str | None,
+                jump: str | None) -> dict[str, str]:
+    """The value of every ``%`` token ssh knows once user, host and port are final."""
     local = socket.gethostname()
     jump = jump or ""
     return {
-        "%": "%", "h": hostname, "p": str(port), "r": user, "n": original, "u": _local_user(),
+        "%": "%", "h": hostname, "p": str(port), "r": user, "n": original, "u": local_user(),
         "l": local, "L": local.split(".")[0], "d": os.path.expanduser("~"), "i": str(os.getuid()),
         "k": alias or original, "j": jump,
         "C": hashlib.sha1(("%s%s%d%s%s" % (local, hostname, port, user, jump)).encode()).hexdigest(),
     }
 
 
-def _expand(text: str, tokens: dict, what: str) -> str:
-    def one(m: re.Match) -> str:
+def expand(text: str, tokens: dict[str, str], what: str) -> str:
+    """``text`` with its ``%`` tokens replaced; ``what`` (the keyword) names it in errors."""
+
+    def one(m: re.Match[str]) -> str:
         key = m.group(1)
         if key not in tokens:
             raise ConfigError("%s %r: unknown token %%%s" % (what, text, key))
@@ -40,8 +45,10 @@ def _expand(text: str, tokens: dict, what: str) -> str:
     return re.sub(r"%(.)", one, text)
 
 
-def _expand_env(text: str, what: str) -> str:
-    def one(m: re.Match) -> str:
+def expand_env(text: str, what: str) -> str:
+    """``text`` with its ``${VAR}`` replaced from the environment (an unset one is an error)."""
+
+    def one(m: re.Match[str]) -> str:
         name = m.group(1)
         if name not in os.environ:
             raise ConfigError("%s %r: environment variable %s is not set" % (what, text, name))
@@ -49,5 +56,6 @@ def _expand_env(text: str, what: str) -> str:
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", one, text)
 
 
-def _path(text: str, tokens: dict, what: str) -> str:
-    return os.path.expanduser(_expand(_expand_env(text, what), tokens, what))
+def expand_path(text: str, tokens: dict[str, str], what: str) -> str:
+    """A file name from the config: ``${VAR}``, then ``%`` tokens, then ``~``."""
+    return os.path.expanduser(expand(expand_env(text, what), tokens, what))
