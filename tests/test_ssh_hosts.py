@@ -297,6 +297,23 @@ def test_accept_new_records_the_key_hashed_as_ssh_does(netns, ns_options, tmp_pa
 
 # -- authentication and reachability ------------------------------------------------------
 
+def test_keys_are_offered_in_turn_and_each_refusal_is_reported(sshd, tmp_path):
+    options = dict(sshd.options(), ssh_config=False, allow_agent=False, look_for_keys=False)
+    wrong = keygen(tmp_path / "wrong_key")
+    missing = str(tmp_path / "no_such_key")
+    with pytest.raises(remoteproc.AuthenticationError) as info:
+        connect(ssh.resolve(sshd.spec(), dict(options, key_filename=[missing, wrong])))
+    text = str(info.value)
+    assert "the server accepts publickey" in text
+    assert "tried: %s (no such file); %s (refused)." % (missing, wrong) in text
+    # the wrong key is refused, then the right one is accepted
+    conn = connect(ssh.resolve(sshd.spec(), dict(options, key_filename=[wrong, sshd.client_key])))
+    try:
+        assert conn.active and conn.transport.is_authenticated()
+    finally:
+        conn.close()
+
+
 def test_wrong_key_is_refused(netns, ns_options, tmp_path):
     h1 = netns.hosts["h1"]
     wrong = keygen(tmp_path / "wrong_key")

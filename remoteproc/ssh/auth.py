@@ -91,68 +91,111 @@ def _identities(target: Target, agent) -> list[tuple[str, Any]]:
     return first + preferred + others + [(path, path) for path, _blob in files]
 
 
-def authenticate(transport, target: Target) -> None:
+def authenticate(transport: Any, target: Target) -> None:
     """Authenticate as ``ssh`` would: keys (agent and files, in its order), then the password."""
-    import paramiko
-
-    user = target.username
-    tried: list[str] = []
-    try:
-        allowed = transport.auth_none(user)
-    except paramiko.BadAuthenticationType as exc:
-        allowed = list(exc.allowed_types)
-    except paramiko.SSHException as exc:
-        raise _auth_failed(target, transport, tried, None, exc) from None
-    if transport.is_authenticated():
+    attempt = _Attempt(transport, target)
+    if attempt.none():
         return
     defaults = {os.path.expanduser("~/.ssh/" + name) for name in DEFAULT_IDENTITIES}
-    tried += ["%s (no such file)" % p for p in target.key_filenames if p not in defaults and not os.path.isfile(p)]
+    attempt.tried += ["%s (no such file)" % p for p in target.key_filenames
+                      if p not in defaults and not os.path.isfile(p)]
     agent = _agent(target)
     try:
-        if "publickey" in allowed:
-            for label, key in _identities(target, agent):
-                if isinstance(key, str):
-                    try:
-                        key = paramiko.PKey.from_path(key, target.passphrase)
-                    except paramiko.PasswordRequiredException:
-                        tried.append("%s (encrypted: pass passphrase= or add it to ssh-agent)" % label)
-                        continue
-                    except (paramiko.SSHException, OSError, ValueError) as exc:
-                        tried.append("%s (unusable: %s)" % (label, exc))
-                        continue
-                try:
-                    remaining = transport.auth_publickey(user, key)
-                except paramiko.BadAuthenticationType as exc:
-                    allowed = list(exc.allowed_types)
-                    break
-                except paramiko.AuthenticationException:
-                    tried.append("%s (refused)" % label)
-                    if not transport.is_active():
-                        break
-                    continue
-                except paramiko.SSHException as exc:
-                    tried.append("%s (%s)" % (label, exc))
-                    break
-                if transport.is_authenticated():
-                    return
-                allowed = list(remaining)      # partial success: the server wants more
-                tried.append("%s (accepted, more needed: %s)" % (label, ",".join(allowed)))
-                if "publickey" not in allowed:
-                    break
-        if target.password is not None and transport.is_active() and (
-                "password" in allowed or "keyboard-interactive" in allowed):
-            try:
-                transport.auth_password(user, target.password)
-            except paramiko.AuthenticationException:
-                tried.append("password (refused)")
-            except paramiko.SSHException as exc:
-                tried.append("password (%s)" % exc)
-            if transport.is_authenticated():
-                return
+        if attempt.keys(agent) or attempt.password():
+            return
     finally:
         if agent is not None:
             agent._close()
-    raise _auth_failed(target, transport, tried, allowed, None)
+    raise _auth_failed(target, transport, attempt.tried, attempt.allowed, None)
+
+
+#: what offering one key leads to
+_DONE, _NEXT, _STOP = "authenticated", "next key", "no more keys"
+
+
+class _Attempt:
+    """One authentication: what the server still allows, and what was tried (for the error message)."""
+
+    def __init__(self, transport: Any, target: Target) -> None:
+        self.transport = transport
+        self.target = target
+        self.tried: list[str] = []
+        self.allowed: list[str] = []
+
+    def none(self) -> bool:
+        """The "none" method: authenticated already (rare), else learn what the server allows."""
+        import paramiko
+
+        try:
+            self.allowed = self.transport.auth_none(self.target.username)
+        except paramiko.BadAuthenticationType as exc:
+            self.allowed = list(exc.allowed_types)
+        except paramiko.SSHException as exc:
+            raise _auth_failed(self.target, self.transport, self.tried, None, exc) from None
+        return bool(self.transport.is_authenticated())
+
+    def keys(self, agent: Any) -> bool:
+        """Offer each identity in turn until one is accepted or the server stops listening."""
+        if "publickey" not in self.allowed:
+            return False
+        for label, key in _identities(self.target, agent):
+            if isinstance(key, str):
+                key = self._load(label, key)
+                if key is None:
+                    continue
+            outcome = self._offer(label, key)
+            if outcome == _DONE:
+                return True
+            if outcome == _STOP:
+                break
+        return False
+
+    def _load(self, label: str, path: str) -> Any:
+        """The private key in ``path`` (a paramiko PKey), or None (noted in ``tried``)."""
+        import paramiko
+
+        try:
+            return paramiko.PKey.from_path(path, self.target.passphrase)
+        except paramiko.PasswordRequiredException:
+            self.tried.append("%s (encrypted: pass passphrase= or add it to ssh-agent)" % label)
+        except (paramiko.SSHException, OSError, ValueError) as exc:
+            self.tried.append("%s (unusable: %s)" % (label, exc))
+        return None
+
+    def _offer(self, label: str, key: Any) -> str:
+        import paramiko
+
+        try:
+            remaining = self.transport.auth_publickey(self.target.username, key)
+        except paramiko.BadAuthenticationType as exc:
+            self.allowed = list(exc.allowed_types)
+            return _STOP
+        except paramiko.AuthenticationException:
+            self.tried.append("%s (refused)" % label)
+            return _NEXT if self.transport.is_active() else _STOP
+        except paramiko.SSHException as exc:
+            self.tried.append("%s (%s)" % (label, exc))
+            return _STOP
+        if self.transport.is_authenticated():
+            return _DONE
+        self.allowed = list(remaining)      # partial success: the server wants more
+        self.tried.append("%s (accepted, more needed: %s)" % (label, ",".join(self.allowed)))
+        return _NEXT if "publickey" in self.allowed else _STOP
+
+    def password(self) -> bool:
+        """The password (or keyboard-interactive with it), if one was given and the server takes it."""
+        import paramiko
+
+        if self.target.password is None or not self.transport.is_active() or (
+                "password" not in self.allowed and "keyboard-interactive" not in self.allowed):
+            return False
+        try:
+            self.transport.auth_password(self.target.username, self.target.password)
+        except paramiko.AuthenticationException:
+            self.tried.append("password (refused)")
+        except paramiko.SSHException as exc:
+            self.tried.append("password (%s)" % exc)
+        return bool(self.transport.is_authenticated())
 
 
 def _auth_failed(target: Target, transport, tried: list[str], allowed, exc) -> AuthenticationError:

@@ -132,20 +132,10 @@ def _number(cfg: dict, key: str, kind=float) -> Any:
 
 def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _depth: int = 0) -> Target:
     """Apply the keyword options and the ssh configuration to a host spec, as ``ssh`` does."""
-    user, host, port = parse_spec(spec)
+    user, host, spec_port = parse_spec(spec)
     if config is None:
         config = load_config(options.get("ssh_config"))
-    # What the caller gave counts as obtained first (ssh's command line): the config cannot override it.
-    preset: dict[str, Any] = {}
-    if options.get("username") or user:
-        preset["user"] = [options.get("username") or user]
-    if options.get("port") or port:
-        preset["port"] = [str(options.get("port") or port)]
-    if options.get("proxy_jump") is not None:
-        preset["proxyjump"] = options["proxy_jump"]
-    elif options.get("proxy_command") is not None:
-        preset["proxycommand"] = options["proxy_command"]
-    cfg = config.lookup(host, preset)
+    cfg = config.lookup(host, _preset(options, user, spec_port))
 
     hostname = expand(_first(cfg, "hostname", "%h"), {"%": "%", "h": host}, "HostName")
     port = _number(cfg, "port", int) or 22
@@ -156,58 +146,10 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
     jump_text = cfg.get("proxyjump")
     tokens = host_tokens(host, hostname, port, username, alias, jump_text)
 
-    keys = options.get("key_filename")
-    keys = [] if keys is None else [keys] if isinstance(keys, (str, os.PathLike)) else list(keys)
-    keys = [os.path.expanduser(os.fspath(k)) for k in keys]
-    explicit = list(keys)
-    keys += [expand_path(k, tokens, "IdentityFile") for k in cfg.get("identityfile", []) if k.lower() != "none"]
-    look_for_keys = option(options, "look_for_keys")
-    if not keys and look_for_keys and "none" not in [k.lower() for k in cfg.get("identityfile", [])]:
-        keys = [os.path.expanduser("~/.ssh/" + name) for name in DEFAULT_IDENTITIES]
-
-    known = options.get("known_hosts")
-    if known is not None:
-        known = [known] if isinstance(known, (str, os.PathLike)) else list(known)
-        known = [os.path.expanduser(os.fspath(k)) for k in known]
-    else:
-        known = [expand_path(k, tokens, "UserKnownHostsFile") for k in cfg.get("userknownhostsfile", USER_KNOWN_HOSTS)]
-    known = [k for k in known if k.lower() != "none"]
-    global_known = [expand_path(k, tokens, "GlobalKnownHostsFile")
-                    for k in cfg.get("globalknownhostsfile", SYSTEM_KNOWN_HOSTS)]
-    global_known = [k for k in global_known if k.lower() != "none"]
-
-    policy = options.get("host_key_policy")
-    if policy is None:
-        strict = str(_first(cfg, "stricthostkeychecking", "ask")).lower()
-        policy = "accept-new" if strict in ("accept-new", "no", "off", "false") else "reject"
-
-    agent = _first(cfg, "identityagent")
-    if agent is not None:
-        if agent.lower() == "none":
-            agent = ""
-        elif agent == "SSH_AUTH_SOCK":
-            agent = None
-        elif agent.startswith("$") and not agent.startswith("${"):
-            agent = os.environ.get(agent[1:], "")
-        else:
-            agent = expand_path(agent, tokens, "IdentityAgent")
-
+    keys, explicit = _identity_files(options, cfg, tokens)
+    known, global_known = _known_hosts_files(options, cfg, tokens)
     jumps = parse_jumps(expand(jump_text, tokens, "ProxyJump") if isinstance(jump_text, str) else None)
-    jump = None
-    if jumps:
-        if _depth >= MAX_JUMPS:
-            raise ConfigError("%s: ProxyJump goes through more than %d hosts; is there a loop in %s?"
-                              % (spec, MAX_JUMPS, ", ".join(jumps)), spec)
-        jump_options = {k: options[k] for k in JUMP_INHERITS if k in options}
-        # like ``ssh -J a,b`` runs ``ssh -J a -W host:port b``: b reached through a, a through its own config
-        if len(jumps) > 1:      # already expanded: keep a literal % literal in the hop's own expansion
-            jump_options["proxy_jump"] = ",".join(jumps[:-1]).replace("%", "%%")
-        jump = resolve(jumps[-1], jump_options, config, _depth + 1)
-    proxy_command = cfg.get("proxycommand") if not jumps else None
-    if proxy_command is not None:
-        proxy_command = None if proxy_command.strip().lower() == "none" else expand(
-            proxy_command, tokens, "ProxyCommand")
-
+    jump = _resolve_jump(spec, jumps, options, config, _depth) if jumps else None
     interval = options.get("keepalive_interval") or _number(cfg, "serveraliveinterval") or DEFAULT_KEEPALIVE_INTERVAL
     count = options.get("keepalive_count") or _number(cfg, "serveralivecountmax", int) or DEFAULT_KEEPALIVE_COUNT
     timeout = options.get("connect_timeout") or _number(cfg, "connecttimeout") or DEFAULT_CONNECT_TIMEOUT
@@ -216,15 +158,99 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         spec=spec, hostname=hostname, port=port, username=username, key_filenames=keys,
         identities_only=_yes(_first(cfg, "identitiesonly", "no")),
         password=options.get("password"), passphrase=options.get("passphrase"),
-        known_hosts=known, policy=policy, connect_timeout=float(timeout),
-        proxy_jump=jumps, proxy_command=proxy_command,
+        known_hosts=known, policy=_host_key_policy(options, cfg), connect_timeout=float(timeout),
+        proxy_jump=jumps, proxy_command=None if jumps else _proxy_command(cfg, tokens),
         keepalive_interval=float(interval), keepalive_count=max(1, int(count)),
         idle_timeout=float(option(options, "idle_timeout")),
         python=option(options, "python"),
-        allow_agent=option(options, "allow_agent"), look_for_keys=look_for_keys,
+        allow_agent=option(options, "allow_agent"), look_for_keys=option(options, "look_for_keys"),
         options=options, original_host=host, jump=jump, global_known_hosts=global_known,
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
-        identity_agent=agent, address_family=family if family in ("inet", "inet6") else "any",
+        identity_agent=_identity_agent(cfg, tokens), address_family=family if family in ("inet", "inet6") else "any",
         explicit_keys=explicit,
     )
 
+
+def _preset(options: dict[str, Any], user: str | None, port: int | None) -> dict[str, Any]:
+    """What the caller gave counts as obtained first (ssh's command line): the config cannot override it."""
+    preset: dict[str, Any] = {}
+    if options.get("username") or user:
+        preset["user"] = [options.get("username") or user]
+    if options.get("port") or port:
+        preset["port"] = [str(options.get("port") or port)]
+    if options.get("proxy_jump") is not None:
+        preset["proxyjump"] = options["proxy_jump"]
+    elif options.get("proxy_command") is not None:
+        preset["proxycommand"] = options["proxy_command"]
+    return preset
+
+
+def _given_files(value: Any) -> list[str]:
+    """A path option (one path or a list of them) as a list of expanded paths."""
+    paths = [value] if isinstance(value, (str, os.PathLike)) else list(value)
+    return [os.path.expanduser(os.fspath(p)) for p in paths]
+
+
+def _identity_files(options: dict[str, Any], cfg: dict[str, Any],
+                    tokens: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(every key file to try, the ones passed as ``key_filename``): given, then IdentityFile, else ssh's defaults."""
+    explicit = _given_files(options["key_filename"]) if options.get("key_filename") is not None else []
+    configured = cfg.get("identityfile", [])
+    keys = explicit + [expand_path(k, tokens, "IdentityFile") for k in configured if k.lower() != "none"]
+    if not keys and option(options, "look_for_keys") and "none" not in [k.lower() for k in configured]:
+        keys = [os.path.expanduser("~/.ssh/" + name) for name in DEFAULT_IDENTITIES]
+    return keys, explicit
+
+
+def _known_hosts_files(options: dict[str, Any], cfg: dict[str, Any],
+                       tokens: dict[str, str]) -> tuple[list[str], list[str]]:
+    """(the user's known_hosts files, the global ones); the option replaces UserKnownHostsFile."""
+    if options.get("known_hosts") is not None:
+        known = _given_files(options["known_hosts"])
+    else:
+        known = [expand_path(k, tokens, "UserKnownHostsFile")
+                 for k in cfg.get("userknownhostsfile", USER_KNOWN_HOSTS)]
+    global_known = [expand_path(k, tokens, "GlobalKnownHostsFile")
+                    for k in cfg.get("globalknownhostsfile", SYSTEM_KNOWN_HOSTS)]
+    return [k for k in known if k.lower() != "none"], [k for k in global_known if k.lower() != "none"]
+
+
+def _host_key_policy(options: dict[str, Any], cfg: dict[str, Any]) -> str:
+    """The option, else StrictHostKeyChecking: "no" and "accept-new" record new keys, the rest refuse them."""
+    policy = options.get("host_key_policy")
+    if policy is not None:
+        return policy
+    strict = str(_first(cfg, "stricthostkeychecking", "ask")).lower()
+    return "accept-new" if strict in ("accept-new", "no", "off", "false") else "reject"
+
+
+def _identity_agent(cfg: dict[str, Any], tokens: dict[str, str]) -> str | None:
+    """IdentityAgent: None for $SSH_AUTH_SOCK, "" for no agent, else the socket's path."""
+    agent = _first(cfg, "identityagent")
+    if agent is None or agent == "SSH_AUTH_SOCK":
+        return None
+    if agent.lower() == "none":
+        return ""
+    if agent.startswith("$") and not agent.startswith("${"):
+        return os.environ.get(agent[1:], "")
+    return expand_path(agent, tokens, "IdentityAgent")
+
+
+def _resolve_jump(spec: str, jumps: list[str], options: dict[str, Any], config: Config, depth: int) -> Target:
+    """The last hop, reached through the hops before it (like ``ssh -J a,b`` runs ``ssh -J a -W host:port b``)."""
+    if depth >= MAX_JUMPS:
+        raise ConfigError("%s: ProxyJump goes through more than %d hosts; is there a loop in %s?"
+                          % (spec, MAX_JUMPS, ", ".join(jumps)), spec)
+    jump_options = {k: options[k] for k in JUMP_INHERITS if k in options}
+    # b reached through a, a through its own config
+    if len(jumps) > 1:      # already expanded: keep a literal % literal in the hop's own expansion
+        jump_options["proxy_jump"] = ",".join(jumps[:-1]).replace("%", "%%")
+    return resolve(jumps[-1], jump_options, config, depth + 1)
+
+
+def _proxy_command(cfg: dict[str, Any], tokens: dict[str, str]) -> str | None:
+    """ProxyCommand with its tokens expanded (None for none; used only without ProxyJump)."""
+    command = cfg.get("proxycommand")
+    if command is None or command.strip().lower() == "none":
+        return None
+    return expand(command, tokens, "ProxyCommand")
