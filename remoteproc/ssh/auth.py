@@ -16,7 +16,7 @@ from .target import DEFAULT_IDENTITIES, Target
 log = logging.getLogger("remoteproc.ssh")
 
 
-def _agent(target: Target):
+def _agent(target: Target) -> Any:
     """The ssh-agent to use (a paramiko AgentSSH), or None."""
     import paramiko
     from paramiko.agent import AgentSSH
@@ -52,7 +52,7 @@ def _public_blob(path: str) -> bytes | None:
     return None
 
 
-def _identities(target: Target, agent) -> list[tuple[str, Any]]:
+def _identities(target: Target, agent: Any) -> list[tuple[str, Any]]:
     """(label, key or path) in the order they are offered.
 
     First the files passed as ``key_filename`` (through the agent if it holds them):
@@ -198,7 +198,8 @@ class _Attempt:
         return bool(self.transport.is_authenticated())
 
 
-def _auth_failed(target: Target, transport, tried: list[str], allowed, exc) -> AuthenticationError:
+def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list[str] | None,
+                 exc: Exception | None) -> AuthenticationError:
     if exc is not None:
         return AuthenticationError("%s: authentication failed: %s" % (target.display, exc), target.display)
     closed = "" if transport.is_active() else (

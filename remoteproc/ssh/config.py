@@ -36,14 +36,14 @@ _LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+)(.*?)\s*$")
 @dataclass
 class _Line:
     keyword: str
-    args: list
+    args: list[str]
     raw: str
     where: str
 
 
 @dataclass
 class _Include:
-    patterns: list
+    patterns: list[str]
     where: str
 
 
@@ -52,7 +52,7 @@ class Config:
 
     def __init__(self, files: list[tuple[str, str]]) -> None:
         self.files = files      # (path, "user" or "system"), in the order ssh reads them
-        self._parsed: dict[str, list] = {}
+        self._parsed: dict[str, list[_Line | _Include]] = {}
         self._warned: set[str] = set()
 
     @classmethod
@@ -61,7 +61,7 @@ class Config:
         config._parsed[name] = _parse(text, name)
         return config
 
-    def _entries(self, path: str) -> list:
+    def _entries(self, path: str) -> list[_Line | _Include]:
         if path not in self._parsed:
             try:
                 with open(path, encoding="utf-8", errors="replace") as f:
@@ -94,8 +94,8 @@ class Config:
             log.warning("%s", text)
 
 
-def _parse(text: str, name: str) -> list:
-    entries: list = []
+def _parse(text: str, name: str) -> list[_Line | _Include]:
+    entries: list[_Line | _Include] = []
     for number, line in enumerate(text.splitlines(), 1):
         stripped = line.strip()
         if not stripped or stripped.startswith("#"):
@@ -121,7 +121,7 @@ def _parse(text: str, name: str) -> list:
     return entries
 
 
-def _pattern_re(pattern: str) -> re.Pattern:
+def _pattern_re(pattern: str) -> re.Pattern[str]:
     return re.compile("".join(".*" if c == "*" else "." if c == "?" else re.escape(c) for c in pattern),
                       re.DOTALL)
 

@@ -7,6 +7,7 @@ import socket
 import subprocess
 import threading
 import time
+from typing import Any
 
 from ..errors import ConnectError, describe
 from .auth import authenticate
@@ -18,7 +19,8 @@ MAX_PACKET = 128 << 10
 PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com")
 
 
-def _transport_factory(sock, **kwargs):
+def _transport_factory(sock: Any, **kwargs: Any) -> Any:
+    """A paramiko client Transport with our window, packet size and cipher preference."""
     import paramiko
 
     t = paramiko.Transport(sock, default_window_size=WINDOW_SIZE,
@@ -62,23 +64,24 @@ def _tcp(target: Target) -> socket.socket:
                                                                   error.strerror or error), target.display)
 
 
-def _proxy_command(target: Target) -> tuple[socket.socket, subprocess.Popen]:
+def _proxy_command(target: Target, command: str) -> tuple[socket.socket, subprocess.Popen[bytes]]:
     """Run ProxyCommand with the user's shell, as ssh does; talk SSH over its stdin/stdout."""
     ours, theirs = socket.socketpair()
     shell = os.environ.get("SHELL") or "/bin/sh"
     try:
-        proc = subprocess.Popen([shell, "-c", "exec " + target.proxy_command], stdin=theirs, stdout=theirs,
+        proc = subprocess.Popen([shell, "-c", "exec " + command], stdin=theirs.fileno(), stdout=theirs.fileno(),
                                 close_fds=True, start_new_session=True)
     except OSError as exc:
         ours.close()
-        raise ConnectError("%s: cannot run ProxyCommand %r: %s" % (target.display, target.proxy_command, exc),
+        raise ConnectError("%s: cannot run ProxyCommand %r: %s" % (target.display, command, exc),
                            target.display) from None
     finally:
         theirs.close()
     return ours, proc
 
 
-def _stop(proc: subprocess.Popen | None) -> None:
+def _stop(proc: subprocess.Popen[bytes] | None) -> None:
+    """End a ProxyCommand: terminate, then kill if it lingers."""
     if proc is None or proc.poll() is not None:
         return
     try:
@@ -94,8 +97,8 @@ def _stop(proc: subprocess.Popen | None) -> None:
 class SSHConnection:
     """One authenticated SSH connection (a paramiko Transport) and what it depends on."""
 
-    def __init__(self, target: Target, transport, jump: "SSHConnection | None" = None,
-                 proc: subprocess.Popen | None = None, owns_jump: bool = False) -> None:
+    def __init__(self, target: Target, transport: Any, jump: SSHConnection | None = None,
+                 proc: subprocess.Popen[bytes] | None = None, owns_jump: bool = False) -> None:
         self.target = target
         self.transport = transport
         self.jump = jump
@@ -118,7 +121,7 @@ class SSHConnection:
             self.jump.close()
 
 
-def _close_transport(transport) -> None:
+def _close_transport(transport: Any) -> None:
     try:
         transport.close()
         if transport.is_alive():
@@ -133,8 +136,6 @@ def connect(target: Target, jump: SSHConnection | None = None) -> SSHConnection:
     ``jump`` is the open connection to ``target.jump``; when it is None and the
     target needs one, the jump chain is opened here and closed with the result.
     """
-    import paramiko
-
     owns_jump = False
     if target.jump is not None and jump is None:
         jump = connect(target.jump)
@@ -142,52 +143,69 @@ def connect(target: Target, jump: SSHConnection | None = None) -> SSHConnection:
     proc = None
     transport = None
     try:
-        if target.jump is not None:
-            try:
-                sock = jump.transport.open_channel("direct-tcpip", (target.hostname, target.port),
-                                                   ("127.0.0.1", 0), timeout=target.connect_timeout)
-            except paramiko.ChannelException as exc:
-                raise ConnectError("%s: the jump host %s could not connect to %s:%d: %s. Check the address "
-                                   "and that sshd runs there." % (target.display, jump.target.display,
-                                                                  target.hostname, target.port, exc.text),
-                                   target.display) from None
-            except (paramiko.SSHException, EOFError, OSError) as exc:
-                raise ConnectError("%s: the jump host %s could not connect to %s:%d within %gs: %s" % (
-                    target.display, jump.target.display, target.hostname, target.port, target.connect_timeout,
-                    describe(exc)), target.display) from None
-        elif target.proxy_command:
-            sock, proc = _proxy_command(target)
-        else:
-            sock = _tcp(target)
+        sock, proc = _open_socket(target, jump)
         try:
             transport = _transport_factory(sock)
         except BaseException:
             sock.close()
             raise
-        transport.banner_timeout = transport.handshake_timeout = target.connect_timeout
-        transport.auth_timeout = target.connect_timeout
-        files = list(target.known_hosts) + list(target.global_known_hosts)
-        prefer_known_types(transport, [e for e in read_known_hosts(files) if e.matches(target.host_key_name)])
-        done = threading.Event()
-        transport.start_client(event=done)
-        done.wait(target.connect_timeout + 1)
-        if not transport.is_active() or not done.is_set() or not transport.initial_kex_done:
-            exc = transport.get_exception()
-            if exc is None and not done.is_set():
-                reason = "no answer within %gs" % target.connect_timeout
-            else:
-                reason = str(exc or "the server closed the connection") or type(exc).__name__
-            raise ConnectError("%s: SSH handshake failed: %s. Check that an SSH server answers on port %d%s."
-                               % (target.display, reason, target.port,
-                                  " and that ProxyCommand works" if proc is not None else ""), target.display)
+        _handshake(transport, target, proxied=proc is not None)
         check_host_key(target, transport.get_remote_server_key())
         authenticate(transport, target)
     except BaseException:
         if transport is not None:
             _close_transport(transport)
         _stop(proc)
-        if owns_jump:
+        if owns_jump and jump is not None:
             jump.close()
         raise
     return SSHConnection(target, transport, jump, proc, owns_jump)
 
+
+def _open_socket(target: Target, jump: SSHConnection | None) -> tuple[Any, subprocess.Popen[bytes] | None]:
+    """The byte stream SSH runs over: a jump host's channel, a ProxyCommand's stdin/stdout, or TCP."""
+    if target.jump is not None:
+        assert jump is not None, "connect() opens the jump connection first"
+        return _jump_channel(target, jump), None
+    if target.proxy_command:
+        return _proxy_command(target, target.proxy_command)
+    return _tcp(target), None
+
+
+def _jump_channel(target: Target, jump: SSHConnection) -> Any:
+    """A direct-tcpip channel from the jump host to the target (``ssh -W host:port``)."""
+    import paramiko
+
+    try:
+        return jump.transport.open_channel("direct-tcpip", (target.hostname, target.port),
+                                           ("127.0.0.1", 0), timeout=target.connect_timeout)
+    except paramiko.ChannelException as exc:
+        raise ConnectError("%s: the jump host %s could not connect to %s:%d: %s. Check the address "
+                           "and that sshd runs there." % (target.display, jump.target.display,
+                                                          target.hostname, target.port, exc.text),
+                           target.display) from None
+    except (paramiko.SSHException, EOFError, OSError) as exc:
+        raise ConnectError("%s: the jump host %s could not connect to %s:%d within %gs: %s" % (
+            target.display, jump.target.display, target.hostname, target.port, target.connect_timeout,
+            describe(exc)), target.display) from None
+
+
+def _handshake(transport: Any, target: Target, proxied: bool) -> None:
+    """Key exchange within the connect timeout, offering the host key types known_hosts has first."""
+    transport.banner_timeout = transport.handshake_timeout = target.connect_timeout
+    transport.auth_timeout = target.connect_timeout
+    files = list(target.known_hosts) + list(target.global_known_hosts)
+    prefer_known_types(transport, [e for e in read_known_hosts(files) if e.matches(target.host_key_name)])
+    done = threading.Event()
+    transport.start_client(event=done)
+    done.wait(target.connect_timeout + 1)
+    if transport.is_active() and done.is_set() and transport.initial_kex_done:
+        return
+    error = transport.get_exception()
+    if error is None and not done.is_set():
+        reason = "no answer within %gs" % target.connect_timeout
+    else:
+        reason = str(error or "the server closed the connection") or type(error).__name__
+    raise ConnectError("%s: SSH handshake failed: %s. Check that an SSH server answers on port %d%s."
+                       % (target.display, reason, target.port,
+                          " and that ProxyCommand works" if proxied else ""), target.display)

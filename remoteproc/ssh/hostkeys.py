@@ -11,6 +11,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass
+from typing import Any
 
 from ..errors import HostKeyError
 from .config import match_pattern_list
@@ -19,7 +20,7 @@ from .target import Target
 log = logging.getLogger("remoteproc.ssh")
 
 
-def fingerprint(key) -> str:
+def fingerprint(key: Any) -> str:
     """OpenSSH's SHA256 fingerprint of a paramiko key."""
     digest = hashlib.sha256(key.asbytes()).digest()
     return "SHA256:" + base64.b64encode(digest).decode().rstrip("=")
@@ -38,8 +39,8 @@ class KnownHost:
     def matches(self, name: str) -> bool:
         if self.hosts.startswith("|1|"):
             try:
-                _, _, salt, digest = self.hosts.split("|", 3)
-                salt, digest = base64.b64decode(salt), base64.b64decode(digest)
+                _, _, salt_text, digest_text = self.hosts.split("|", 3)
+                salt, digest = base64.b64decode(salt_text), base64.b64decode(digest_text)
             except (ValueError, binascii.Error):
                 return False
             return hmac.compare_digest(hmac.new(salt, name.encode(), hashlib.sha1).digest(), digest)
@@ -77,7 +78,7 @@ def read_known_hosts(paths: list[str]) -> list[KnownHost]:
 _ALGORITHMS = {"ssh-rsa": ("rsa-sha2-512", "rsa-sha2-256", "ssh-rsa")}
 
 
-def prefer_known_types(transport, entries: list[KnownHost]) -> None:
+def prefer_known_types(transport: Any, entries: list[KnownHost]) -> None:
     """As ssh does: offer the key types already known for this host first."""
     opts = transport.get_security_options()
     available = [k for k in opts.key_types if "-cert-" not in k]
@@ -94,7 +95,7 @@ def prefer_known_types(transport, entries: list[KnownHost]) -> None:
 _record_lock = threading.Lock()
 
 
-def record_host_key(path: str, name: str, key, hashed: bool) -> None:
+def record_host_key(path: str, name: str, key: Any, hashed: bool) -> None:
     """Append ``name keytype base64`` to a known_hosts file, as ssh does for a new host."""
     if hashed:
         salt = os.urandom(20)
@@ -114,7 +115,7 @@ def record_host_key(path: str, name: str, key, hashed: bool) -> None:
             f.write(line.encode())
 
 
-def check_host_key(target: Target, key) -> None:
+def check_host_key(target: Target, key: Any) -> None:
     """Accept a known key; refuse a changed or revoked one; unknown: refuse or record (accept-new)."""
     name = target.host_key_name
     files = list(target.known_hosts) + list(target.global_known_hosts)

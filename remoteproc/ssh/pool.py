@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from .connect import SSHConnection, connect
 from .target import Target
@@ -27,7 +28,7 @@ class ConnectionPool:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._entries: dict[tuple, _Entry] = {}
+        self._entries: dict[tuple[Any, ...], _Entry] = {}
 
     def acquire(self, target: Target) -> SSHConnection:
         key = target.conn_key
@@ -67,7 +68,7 @@ class ConnectionPool:
             return
         self._unref(key, entry)
 
-    def _unref(self, key: tuple, entry: _Entry) -> None:
+    def _unref(self, key: tuple[Any, ...], entry: _Entry) -> None:
         with self._lock:
             entry.refs -= 1
             if entry.refs > 0 or self._entries.get(key) is not entry:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from ..errors import ConfigError
 from .config import Config, load_config
@@ -56,7 +56,7 @@ class Target:
     python: str = OPTIONS["python"].default
     allow_agent: bool = OPTIONS["allow_agent"].default
     look_for_keys: bool = OPTIONS["look_for_keys"].default
-    options: dict = field(default_factory=dict, repr=False)
+    options: dict[str, Any] = field(default_factory=dict, repr=False)
     #: the host as given (``%n``), before HostName
     original_host: str = ""
     #: the resolved last jump host (itself reached through its own ``jump``), if any
@@ -83,7 +83,7 @@ class Target:
         return text
 
     @property
-    def conn_key(self) -> tuple:
+    def conn_key(self) -> tuple[Any, ...]:
         """Targets with this key share one SSH connection.
 
         (user, host, port, route), and the settings that decide whom we trust and who
@@ -97,7 +97,7 @@ class Target:
         return (self.username, self.hostname, self.port, route, trust)
 
     @property
-    def key(self) -> tuple:
+    def key(self) -> tuple[Any, ...]:
         """Processes whose targets share this key share one remote agent (and its connection)."""
         return self.conn_key + (self.python,)
 
@@ -113,14 +113,14 @@ def _yes(value: Any) -> bool:
     return str(value).lower() in ("yes", "true", "on", "1")
 
 
-def _first(cfg: dict, key: str, default: Any = None) -> Any:
+def _first(cfg: dict[str, Any], key: str, default: Any = None) -> Any:
     value = cfg.get(key)
     if value is None:
         return default
     return value[0] if isinstance(value, list) else value
 
 
-def _number(cfg: dict, key: str, kind=float) -> Any:
+def _number(cfg: dict[str, Any], key: str, kind: Callable[[str], Any] = float) -> Any:
     value = _first(cfg, key)
     if value is None:
         return None
