@@ -314,6 +314,27 @@ def test_keys_are_offered_in_turn_and_each_refusal_is_reported(sshd, tmp_path):
         conn.close()
 
 
+def test_an_encrypted_key_opens_with_its_passphrase_and_says_so_without(sshd, tmp_path):
+    options = dict(sshd.options(), ssh_config=False, allow_agent=False, look_for_keys=False)
+    locked = str(tmp_path / "locked_key")
+    shutil.copyfile(sshd.client_key, locked)
+    os.chmod(locked, 0o600)
+    subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "sesame", "-f", locked], check=True, timeout=30,
+                   capture_output=True)
+    for passphrase, says in [(None, "(encrypted: pass passphrase= or add it to ssh-agent)"),
+                             ("wrong-one", "(encrypted, and the passphrase given does not open it")]:
+        with pytest.raises(remoteproc.AuthenticationError) as info:
+            connect(ssh.resolve(sshd.spec(), dict(options, key_filename=locked, passphrase=passphrase)))
+        assert "tried: %s %s" % (locked, says) in str(info.value)
+    # the passphrase opens it; an unencrypted key given with it still loads (it is not asked for one)
+    for key in (locked, sshd.client_key):
+        conn = connect(ssh.resolve(sshd.spec(), dict(options, key_filename=key, passphrase="sesame")))
+        try:
+            assert conn.transport.is_authenticated()
+        finally:
+            conn.close()
+
+
 def test_wrong_key_is_refused(netns, ns_options, tmp_path):
     h1 = netns.hosts["h1"]
     wrong = keygen(tmp_path / "wrong_key")

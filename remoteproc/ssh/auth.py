@@ -151,15 +151,26 @@ class _Attempt:
         return False
 
     def _load(self, label: str, path: str) -> Any:
-        """The private key in ``path`` (a paramiko PKey), or None (noted in ``tried``)."""
+        """The private key in ``path`` (a paramiko PKey), or None (noted in ``tried``).
+
+        Loaded without the passphrase first: ``cryptography``, under paramiko, refuses a
+        passphrase for a key that has none, and says a key is encrypted with TypeError.
+        """
         import paramiko
 
         try:
-            return paramiko.PKey.from_path(path, self.target.passphrase)
-        except paramiko.PasswordRequiredException:
-            self.tried.append("%s (encrypted: pass passphrase= or add it to ssh-agent)" % label)
+            return paramiko.PKey.from_path(path)
+        except (TypeError, paramiko.PasswordRequiredException):
+            if self.target.passphrase is None:
+                self.tried.append("%s (encrypted: pass passphrase= or add it to ssh-agent)" % label)
+                return None
         except (paramiko.SSHException, OSError, ValueError) as exc:
             self.tried.append("%s (unusable: %s)" % (label, exc))
+            return None
+        try:
+            return paramiko.PKey.from_path(path, self.target.passphrase.encode())
+        except (TypeError, paramiko.SSHException, OSError, ValueError) as exc:
+            self.tried.append("%s (encrypted, and the passphrase given does not open it: %s)" % (label, exc))
         return None
 
     def _offer(self, label: str, key: Any) -> str:
