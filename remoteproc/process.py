@@ -44,6 +44,8 @@ class RemoteProcess(mp_process.BaseProcess):
         daemon: bool | None = None,
         **ssh_options: Any,
     ) -> None:
+        ssh_options = {**getattr(host, "ssh_options", {}), **ssh_options}   # a spec may carry options
+        host = str.__str__(host)                                               # (pytest_plugin.RemoteHost)
         parse_spec(host)
         options = check_options(host, ssh_options)
         super().__init__(group, target, name, args, kwargs, daemon=daemon)

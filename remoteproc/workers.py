@@ -37,8 +37,8 @@ def parse_hosts(hosts: Hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str,
         hosts = [hosts]
     out: list[tuple[str, dict, Optional[int]]] = []
     for entry in hosts:
-        if isinstance(entry, str):
-            out.append((entry, dict(ssh_options), None))
+        if isinstance(entry, str):          # (a spec may carry options: pytest_plugin.RemoteHost)
+            out.append((str.__str__(entry), {**getattr(entry, "ssh_options", {}), **ssh_options}, None))
         elif (isinstance(entry, tuple) and len(entry) in (2, 3) and isinstance(entry[0], str)
               and isinstance(entry[1], Mapping) and _worker_count(entry[2:])):
             out.append((entry[0], {**ssh_options, **entry[1]}, entry[2] if len(entry) == 3 else None))
