@@ -1,7 +1,7 @@
 """remoteproc: run Python on other hosts over SSH, Pipe connections intact.
 
 Commands: run (a script that lives on the host), check (can remoteproc work with
-this host, and how fast), demo (a real round trip).  ``python -m remoteproc`` is the
+this host, and how fast), cache (the host's package cache), demo (a real round trip).  ``python -m remoteproc`` is the
 same command.
 """
 
@@ -37,6 +37,7 @@ TERMINATE_GRACE = 5.0
 MAIN_EPILOG = """examples:
   remoteproc run alice@build01 ~/jobs/train.py --epochs 3
   remoteproc check alice@build01
+  remoteproc cache alice@build01          # packages cached there; --clear empties it
   remoteproc demo                         # through a private loopback SSH server
   python -m remoteproc check -p 2222 -i ~/.ssh/id_ed25519 alice@10.0.0.7
 
@@ -67,6 +68,15 @@ examples:
   remoteproc check alice@build01
   remoteproc check -p 2222 -i ~/.ssh/lab_key --python python3.11 lab01
   remoteproc check --accept-new newhost      # trust (and remember) a new host key
+"""
+
+CACHE_EPILOG = """Compiled packages (numpy, ...) and packages with data files that a remote child
+imports, and the host lacks, are cached on the host by content, in
+$XDG_CACHE_HOME/remoteproc or ~/.cache/remoteproc (see docs/modules.md).
+
+examples:
+  remoteproc cache alice@build01            # what is cached there, least recently used first
+  remoteproc cache --clear alice@build01    # empty it
 """
 
 DEMO_EPILOG = """examples:
@@ -315,6 +325,45 @@ def check_command(args: argparse.Namespace, rounds: int = 20) -> int:
     return 0
 
 
+# -- cache --------------------------------------------------------------------------------
+
+def cache_command(args: argparse.Namespace) -> int:
+    """List (or empty) the package cache on the host, through a remote child."""
+    from multiprocessing import Pipe
+
+    from .agent.pkgcache import report
+    from .process import RemoteProcess
+
+    parent, child = Pipe()
+    p = RemoteProcess(args.host, target=report, args=(child, bool(args.clear)), **ssh_options(args))
+    try:
+        p.start()
+        child.close()
+        if not parent.poll(60):
+            raise ConnectionLostError("%s: no answer from the host within 60 s" % args.host, args.host)
+        facts = parent.recv()
+        p.join(30)
+    except (RemoteProcessError, EOFError, OSError) as exc:
+        error = p.connection_error or exc
+        if not isinstance(error, RemoteProcessError):
+            error = ConnectionLostError("%s: %s: %s" % (args.host, type(error).__name__, error), args.host)
+        _report_failure("cache", error)
+        return 1
+    finally:
+        parent.close()
+    if facts["removed"] is not None:
+        print("%s: removed %d entries from %s" % (args.host, facts["removed"], facts["root"]))
+    entries = sorted(facts["entries"], key=lambda e: e.get("used") or 0)
+    total = sum(int(e.get("size") or 0) for e in entries)
+    print("%s: %d entries, %.1f MB in %s" % (args.host, len(entries), total / 1e6, facts["root"]))
+    for e in entries:
+        print("  %-12s  %-28s %9.1f MB %6s files  used %s" % (
+            e["hash"][:12], ("%s %s" % (e.get("name") or "?", e.get("version") or "")).strip(),
+            int(e.get("size") or 0) / 1e6, e.get("files", "?"),
+            time.strftime("%Y-%m-%d %H:%M", time.localtime(e.get("used") or 0))))
+    return 0
+
+
 # -- demo ---------------------------------------------------------------------------------
 
 def demo(host: str | None, options: dict | None = None) -> int:
@@ -390,6 +439,12 @@ def build_parser() -> argparse.ArgumentParser:
                              description="Check that remoteproc works with HOST.")
     p_check.add_argument("host", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
 
+    p_cache = sub.add_parser("cache", parents=[ssh], formatter_class=raw, epilog=CACHE_EPILOG,
+                             help="list the packages cached on HOST (--clear empties the cache)",
+                             description="List the package cache on HOST.")
+    p_cache.add_argument("--clear", action="store_true", help="remove every entry")
+    p_cache.add_argument("host", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
+
     p_demo = sub.add_parser("demo", parents=[ssh], formatter_class=raw, epilog=DEMO_EPILOG,
                             help="run a real round trip (a private loopback SSH server if no HOST)",
                             description="Run a real RemoteProcess round trip and time each step.")
@@ -410,6 +465,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run_command(args)
     if args.command == "check":
         return check_command(args)
+    if args.command == "cache":
+        return cache_command(args)
     if args.command == "demo":
         options = ssh_options(args)
         if args.host is None and options:

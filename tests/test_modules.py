@@ -67,8 +67,6 @@ def package(tmp_path, monkeypatch):
     }
     for rel, text in files.items():
         (root / rel).write_text(textwrap.dedent(text))
-    # A C extension (by its file name: it is never loaded) that the remote host lacks.
-    (root / ("fastmath" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"\x7fELF not really")
     monkeypatch.syspath_prepend(str(tmp_path))
     importlib.invalidate_caches()
     yield name, importlib.import_module(name + ".jobs"), str(root)
@@ -126,9 +124,14 @@ def test_forwarded_code_keeps_its_file_name(plain_user_host, plain_user_options,
     assert 'raise RuntimeError("raised in a forwarded module")' in err
 
 
-def test_c_extension_fails_clearly(plain_user_host, plain_user_options, package, capfd):
-    name, jobs, _root = package
-    p = RemoteProcess(plain_user_host, target=jobs.needs_extension, **plain_user_options)
+def test_c_extension_fails_clearly_when_the_package_cache_is_off(plain_user_host, plain_user_options, package,
+                                                                 capfd):
+    name, jobs, root = package
+    # A C extension (by its file name: it is never loaded) that the remote host lacks. With the
+    # package cache on, it would go there (tests/test_packages.py); cache_size=0 turns that off.
+    with open(os.path.join(root, "fastmath" + importlib.machinery.EXTENSION_SUFFIXES[0]), "wb") as f:
+        f.write(b"\x7fELF not really")
+    p = RemoteProcess(plain_user_host, target=jobs.needs_extension, **dict(plain_user_options, cache_size=0))
     p.start()
     p.join(30)
     err = capfd.readouterr().err

@@ -84,6 +84,8 @@ class ParentImporter:
             return None
         if "error" in entry:
             raise ImportError(entry["error"], name=name)
+        if "path" in entry:
+            return _from_package_cache(name, entry["path"])
         import importlib.util
 
         return importlib.util.spec_from_loader(
@@ -119,6 +121,15 @@ class ParentImporter:
     def get_source(self, name):
         entry = self.cache.get(name)
         return entry["src"] if entry else None
+
+
+def _from_package_cache(name, path):
+    """A package in the host's package cache: imported from its files, as if installed there."""
+    import importlib.machinery
+
+    if path not in sys.path:
+        sys.path.append(path)       # (appended: the host's own packages still win)
+    return importlib.machinery.PathFinder.find_spec(name, [path])
 
 
 def _complete_package(importer):

@@ -13,8 +13,9 @@ import signal
 import socket
 import sys
 import time
+import zlib
 
-from . import PROTOCOL_VERSION, fdlimit, frames
+from . import PROTOCOL_VERSION, fdlimit, frames, pkgcache
 from .child import RESET_SIGNALS
 from .child import run as run_child
 from .endpoint import FrameEndpoint
@@ -68,6 +69,10 @@ class Supervisor:
         self.modules = {}       # forwarded modules: name -> entry (None: not found there either)
         self.waiting = {}       # module name -> import sockets of children waiting for it
         self.children = {}      # id -> RemoteChild, for children not yet reaped
+        # the host's package cache, once a package needs it
+        self.pkgs = None  # type: pkgcache.Store | None
+        self.fetching = {}      # entry hash -> (module name, cache cap) of packages on their way here
+        self.host = "the remote host"
         self.by_pid = {}
         self.import_socks = {}  # a child's import socket -> [process id, partial request]
         self.running = True
@@ -114,6 +119,8 @@ class Supervisor:
             self._signal(msg)
         elif op == "modules":
             self._modules_arrived(msg)
+        elif op in ("pkg", "pkg-end", "pkg-fail"):
+            self._package_piece(op, msg, blob)
         elif op == "ping":
             self.control({"op": "pong", "t": msg.get("t")})
         elif op == "exit":
@@ -124,6 +131,7 @@ class Supervisor:
     # -- children -------------------------------------------------------------
     def _start(self, msg, blob):
         child_id, streams, out_sid, err_sid, tty = _parse_start(msg)
+        self.host = str(msg.get("host") or self.host)
         if child_id in self.children:
             raise frames.FrameError("process %d started twice" % child_id)
         made = []  # type: list[int]  # every fd created here, closed again on failure
@@ -246,11 +254,62 @@ class Supervisor:
         mods = msg.get("modules")
         if not isinstance(name, str) or not isinstance(mods, dict):
             raise frames.FrameError("malformed modules message")
+        entry = mods.get(name)
+        if isinstance(entry, dict) and isinstance(entry.get("dist"), dict) and self._from_cache(name, mods):
+            return      # the package is on its way into the cache
+        self._modules_ready(name, mods)
+
+    def _modules_ready(self, name, mods):
         self.modules.update(mods)
         self.modules.setdefault(name, None)
         for sock in self.waiting.pop(name, []):
             if sock in self.import_socks:
                 self._answer(sock, name)
+
+    # -- packages through the host's cache (agent/pkgcache.py) -----------------
+    def _from_cache(self, name, mods):
+        """Point ``name`` at its cache entry; True if the entry must be fetched first."""
+        dist = mods[name]["dist"]
+        digest = str(dist.get("hash"))
+        try:
+            if self.pkgs is None:
+                self.pkgs = pkgcache.Store()
+            path = self.pkgs.lookup(digest)
+            if path is None:
+                if digest not in self.fetching:
+                    self.pkgs.begin(digest, {k: dist.get(k) for k in ("name", "version", "top")})
+                    self.fetching[digest] = (name, int(dist.get("cap") or pkgcache.DEFAULT_CAP))
+                    self.control({"op": "fetch", "hash": digest})
+                return True
+            mods[name] = {"path": path}
+        except (OSError, ValueError, pkgcache.CacheError) as exc:
+            mods[name] = {"error": self._cache_error(name, exc)}
+        return False
+
+    def _cache_error(self, name, exc):
+        root = self.pkgs.root if self.pkgs is not None else pkgcache.cache_root()
+        return ("%s: cannot put package %r into the package cache %s: %s. Fix: free space there or repair its "
+                "permissions (or pass cache_size=0 to refuse compiled packages instead)" % (self.host, name, root, exc))
+
+    def _package_piece(self, op, msg, blob):
+        digest = msg.get("hash")
+        if digest not in self.fetching:
+            return      # a transfer this agent gave up on
+        name, cap = self.fetching[digest]
+        store = self.pkgs
+        assert store is not None, "fetching without a cache"
+        try:
+            if op == "pkg":
+                store.add(digest, msg["parts"], blob, bool(msg.get("z")))
+                return
+            if op == "pkg-fail":
+                raise pkgcache.CacheError(str(msg.get("message")))
+            entry = {"path": store.finish(digest, cap)}
+        except (OSError, ValueError, KeyError, TypeError, zlib.error, pkgcache.CacheError) as exc:
+            store.abort(digest)     # a damaged transfer is refused, never used
+            entry = {"error": str(exc) if op == "pkg-fail" else self._cache_error(name, exc)}
+        del self.fetching[digest]
+        self._modules_ready(name, {name: entry})
 
     def _signal(self, msg):
         child = self.children.get(msg.get("id"))
@@ -310,6 +369,8 @@ class Supervisor:
     def cleanup(self):
         """SIGTERM every child's process group, SIGKILL after GRACE seconds, reap all."""
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        if self.pkgs is not None:
+            self.pkgs.close()       # unfinished entries: their temporary directories go
         children = list(self.children.values())
         for child in children:
             _killpg(child.pid, signal.SIGTERM)
@@ -404,6 +465,7 @@ def hello():
         "platform": sys.platform,
         "executable": sys.executable,
         "cpus": os.cpu_count(),
+        "abi": pkgcache.abi(),
     }
 
 

@@ -19,8 +19,8 @@ import time
 from collections import deque
 from typing import Callable, Optional
 
-from .. import bootstrap, modules
-from ..agent import frames, mux
+from .. import bootstrap, modules, pkgtransfer
+from ..agent import frames, mux, pkgcache
 from ..agent.endpoint import FrameEndpoint
 from ..agent.waker import Waker
 from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
@@ -34,6 +34,7 @@ SEND_PIECE = 1 << 20
 # Take all the channel holds at once: paramiko's buffer moves what is left after every
 # partial read (an 8 MiB window read in 1 MiB pieces copied up to 7 MiB per piece).
 RECV_ALL = 1 << 24
+PUMP_LOW = 2 << 20      # a package transfer adds frames while less than this waits to go out
 
 
 class RemoteChild:
@@ -58,6 +59,9 @@ class Link:
     ``opener`` reaches the host (the transport); ``on_finish(link)`` is called from the
     link's thread once it takes no more work.  ``start()`` starts the thread.
     """
+
+    packages: Optional[pkgtransfer.PackageServer] = None    # the host's package cache, after the hello
+    accepted = 0        # bytes the channel has taken (a package transfer paces by it)
 
     def __init__(self, target: Target, opener: AgentOpener, on_finish: Callable[["Link"], None]) -> None:
         self.target = target
@@ -129,6 +133,9 @@ class Link:
             log.debug("%s: agent %s ready in %.0f ms (Python %s; %s)", self.display, hello.get("pid"),
                       (time.monotonic() - t0) * 1e3, ".".join(map(str, hello.get("python", ()))),
                       self.chan.details())
+            cap = self.target.options.get("cache_size", pkgcache.DEFAULT_CAP)
+            self.packages = pkgtransfer.PackageServer(self.display, hello.get("abi"), cap, self.target.python,
+                                                      lambda: self.accepted)
         except RemoteProcessError as exc:
             self._fail_pending(exc)
             self._finish()
@@ -160,8 +167,8 @@ class Link:
             if not self.children and not self.mux.streams and not self.pending:
                 left = self.idle_since + self.target.idle_timeout - time.monotonic()
                 timeout = min(timeout, max(0.05, left))
-            if self.endpoint.out:
-                self.endpoint.flush()
+            if self.endpoint.out or self._sending_packages():
+                self._flush()
             for key, mask in self.sel.select(timeout):
                 key.data(mask)
                 if self.dead:
@@ -193,10 +200,28 @@ class Link:
 
     def _write_channel(self, view: memoryview) -> int:
         assert self.chan is not None
-        return self.chan.send(view)     # (0: nothing fits now: the channel wakes us when something does)
+        n = self.chan.send(view)     # (0: nothing fits now: the channel wakes us when something does)
+        self.accepted += n
+        return n
 
     def _on_send_failed(self, exc: OSError) -> None:
         self._lost(str(exc) if isinstance(exc, ChannelLost) else "sending failed: %s" % describe(exc))
+
+    def _flush(self) -> None:
+        """Write what waits; while a package transfer runs, keep the output topped up with its
+        frames, as fast as the channel takes them (and no faster: other streams go between)."""
+        while True:
+            self.endpoint.flush()
+            if self.dead or self.endpoint.stopped or self.endpoint.out or not self._sending_packages():
+                return      # the channel is full (it wakes us when it is not), or all is sent
+            while len(self.endpoint.out) < PUMP_LOW:
+                piece = self.packages.next_frame() if self.packages is not None else None
+                if piece is None:
+                    break
+                self.endpoint.out += piece
+
+    def _sending_packages(self) -> bool:
+        return self.packages is not None and self.packages.pending()
 
     def _on_channel(self, mask) -> None:
         chan = self.chan
@@ -232,8 +257,8 @@ class Link:
             for child in self.children.values():
                 if child.code is None:
                     self.send(frames.control({"op": "signal", "id": child.id, "sig": int(signal.SIGINT)}))
-        if self.endpoint.out:
-            self.endpoint.flush()
+        if self.endpoint.out or self._sending_packages():
+            self._flush()
 
     # -- processes ---------------------------------------------------------------------
     def _start(self, request, status_sock, fds) -> None:
@@ -275,6 +300,9 @@ class Link:
         if op == "import":
             self._serve_module(msg.get("name"))
             return
+        if op == "fetch" and self.packages is not None:
+            self.send(self.packages.fetch(msg.get("hash")) or b"")
+            return
         child_id = msg.get("id")
         child = self.children.get(child_id) if isinstance(child_id, int) else None
         if child is None:
@@ -298,7 +326,9 @@ class Link:
         if not isinstance(name, str):
             raise frames.FrameError("import request without a module name")
         try:
-            mods = modules.find(name, self.sys_path, self.display)
+            mods = self.packages.answer(name, self.sys_path) if self.packages is not None else None
+            if mods is None:
+                mods = modules.find(name, self.sys_path, self.display)
         except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the link
             mods = {name: {"error": "cannot forward %r to %s: %s" % (name, self.display, exc)}}
         log.debug("%s: forwarding %s (%d modules)", self.display, name, len(mods))

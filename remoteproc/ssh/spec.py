@@ -34,6 +34,11 @@ def _at_least_one(name: str, value: Any, spec: str) -> str | None:
     return None if value >= 1 else "%s for host %r must be at least 1" % (name, spec)
 
 
+def _bytes(name: str, value: Any, spec: str) -> str | None:
+    return None if value >= 0 else "%s for host %r must be a number of bytes (0 turns the package cache off)" % (
+        name, spec)
+
+
 def _policy(name: str, value: Any, spec: str) -> str | None:
     return None if value in POLICIES else "%s=%r for host %r: use one of %s" % (name, value, spec, POLICIES)
 
@@ -73,6 +78,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("keepalive_interval", (int, float), 15.0, _seconds),
     Option("keepalive_count", (int,), 3, _at_least_one),
     Option("idle_timeout", (int, float), 60.0, _seconds),
+    Option("cache_size", (int,), check=_bytes),     # the host's package cache (None: its default size)
 )}
 
 #: keyword options RemoteProcess accepts, and the types each takes

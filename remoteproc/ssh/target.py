@@ -98,8 +98,9 @@ class Target:
 
     @property
     def key(self) -> tuple[Any, ...]:
-        """Processes whose targets share this key share one remote agent (and its connection)."""
-        return self.conn_key + (self.python,)
+        """Processes whose targets share this key share one remote agent (and its connection);
+        the package cache's setting belongs to the agent, so it is part of the key."""
+        return self.conn_key + (self.python, self.options.get("cache_size"))
 
     @property
     def host_key_name(self) -> str:

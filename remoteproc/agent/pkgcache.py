@@ -1,0 +1,497 @@
+"""The package cache on the remote host: distributions stored by the hash of their content.
+
+A package that the host lacks and that needs real files (C extensions, the shared
+libraries wheels vendor beside them, package data) arrives here once per host:
+``$XDG_CACHE_HOME/remoteproc/<hash>/`` (or ``~/.cache/remoteproc/<hash>/``), laid
+out as in the user's site-packages, so a child adds the entry to ``sys.path`` and
+imports it as an installed package.  An entry is written under a temporary name
+and renamed into place (a crash or a second writer never leaves a half entry in
+use), checked against its hash before a connection first uses it (a damaged entry
+is replaced, never used), and evicted least recently used beyond a size cap.
+
+The hash (``Hasher``) is shared with the local side, which computes it over the
+same files: one definition, no drift.  It is a sha256 over one line per file, in
+sorted path order: relative path, mode (executable or not), size, and the file's own
+sha256 -- the form an installed wheel's ``RECORD`` already holds, so the local side
+reads those instead of hashing a large package again in every new program.
+
+Bytecode that the local side had (``__pycache__/*.pyc``, valid for its source and
+for this host's interpreter) comes along as part of the entry, and the sources keep
+their modification times, so the first import here compiles nothing; bytecode that
+Python writes here later is not content (the manifest lists what is).
+"""
+
+import hashlib
+import io
+import json
+import os
+import shutil
+import stat
+import sys
+import threading
+import time
+import zlib
+
+MANIFEST = ".remoteproc-entry.json"     # per entry: what it holds, and (mtime) when it was last used
+DEFAULT_CAP = 4 << 30                   # bytes; the option cache_size changes it
+STALE = 3600.0                          # seconds after which an unfinished temporary entry is litter
+_HEX = frozenset("0123456789abcdef")
+
+
+class CacheError(Exception):
+    """The cache cannot hold or produce an entry (disk full, permissions, damage in transit)."""
+
+
+def cache_root():
+    """Where the cache lives on this host (the XDG base directory spec's cache home)."""
+    base = os.environ.get("XDG_CACHE_HOME") or ""
+    if not os.path.isabs(base):
+        base = os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "remoteproc")
+
+
+def file_mode(mode):
+    """The one bit of a file's mode that the hash covers: executable or not."""
+    return 0o755 if mode & 0o111 else 0o644
+
+
+class Hasher:
+    """The entry hash: sha256 over ``path NUL mode NUL size NUL sha256(file) NL`` per file,
+    in sorted path order.  Feed a file's bytes (``file`` then ``data``), or give its sha256
+    when it is known (``known``)."""
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+        self._head = b""
+        self._file = None  # type: hashlib._Hash | None
+
+    def _line(self, rel, mode, size):
+        return b"%s\0%o\0%d\0" % (rel.encode("utf-8", "surrogateescape"), file_mode(mode), size)
+
+    def file(self, rel, mode, size):
+        self._end()
+        self._head = self._line(rel, mode, size)
+        self._file = hashlib.sha256()
+
+    def data(self, chunk):
+        assert self._file is not None, "data() before file()"
+        self._file.update(chunk)
+
+    def known(self, rel, mode, size, hexdigest):
+        self._end()
+        self._h.update(self._line(rel, mode, size) + hexdigest.encode("ascii") + b"\n")
+
+    def _end(self):
+        if self._file is not None:
+            self._h.update(self._head + self._file.hexdigest().encode("ascii") + b"\n")
+            self._file = None
+
+    def hexdigest(self):
+        self._end()
+        return self._h.hexdigest()
+
+
+def is_digest(name):
+    return len(name) == 64 and set(name) <= _HEX
+
+
+def is_bytecode(rel):
+    parts = rel.split("/")
+    return len(parts) >= 2 and parts[-2] == "__pycache__" and rel.endswith(".pyc")
+
+
+def safe_rel(rel):
+    """A relative path that stays inside its entry (the local side sends only such paths)."""
+    if not isinstance(rel, str) or not rel or rel.startswith("/") or "\0" in rel or "\\" in rel:
+        return False
+    parts = rel.split("/")
+    if any(p in ("", ".", "..") for p in parts) or rel == MANIFEST:
+        return False
+    return "__pycache__" not in parts or (is_bytecode(rel) and parts.count("__pycache__") == 1)
+
+
+def _manifest(root):
+    try:
+        with open(os.path.join(root, MANIFEST)) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def entry_files(root, bytecode=()):
+    """Sorted (relative path, full path) of an entry's files; None if it holds a link or a
+    special file (never ours), or lacks listed bytecode.  ``__pycache__`` is content only
+    for the files listed in ``bytecode`` (what arrived); what Python writes there is not."""
+    out = []
+    listed = set(bytecode)
+    for dirpath, dirnames, filenames in os.walk(root):
+        for name in dirnames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                return None
+        for name in filenames:
+            full = os.path.join(dirpath, name)
+            rel = os.path.relpath(full, root).replace(os.sep, "/")
+            if rel == MANIFEST or ("__pycache__" in rel.split("/") and rel not in listed):
+                continue
+            if not stat.S_ISREG(os.lstat(full).st_mode):
+                return None
+            out.append((rel, full))
+    if len(listed) != sum(1 for rel, _full in out if rel in listed):
+        return None
+    out.sort()
+    return out
+
+
+def _sha256_of(path, size):
+    """A file's sha256 (hex), or None if it is not ``size`` bytes long."""
+    h = hashlib.sha256()
+    left = size
+    with open(path, "rb") as f:
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                return None
+            h.update(chunk)
+            left -= len(chunk)
+        if f.read(1):
+            return None
+    return h.hexdigest()
+
+
+def digest_of(root, workers=None):
+    """The hash of what an entry directory holds now (None if it holds something foreign).
+    Files are hashed by a few threads at once (hashlib and reads release the GIL)."""
+    info = _manifest(root)
+    files = entry_files(root, (info or {}).get("bytecode") or ())
+    if files is None:
+        return None
+    stats = [(rel, full, os.lstat(full)) for rel, full in files]
+    sums = [None] * len(stats)
+    order = sorted(range(len(stats)), key=lambda i: -stats[i][2].st_size)
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            with lock:
+                if not order:
+                    return
+                i = order.pop()
+            try:
+                sums[i] = _sha256_of(stats[i][1], stats[i][2].st_size)
+            except OSError:
+                sums[i] = None
+
+    threads = [threading.Thread(target=work, daemon=True) for _ in range(workers or min(4, os.cpu_count() or 1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    h = Hasher()
+    for (rel, _full, st), hexdigest in zip(stats, sums):
+        if hexdigest is None:
+            return None
+        h.known(rel, st.st_mode, st.st_size, hexdigest)
+    return h.hexdigest()
+
+
+def _remove(path):
+    shutil.rmtree(path, ignore_errors=True)
+
+
+def _trash(root, path):
+    """Move ``path`` out of the way at once (a rename), then delete it."""
+    spot = os.path.join(root, ".trash-%d-%d" % (os.getpid(), time.monotonic_ns()))
+    try:
+        os.rename(path, spot)
+    except OSError:
+        spot = path
+    _remove(spot)
+
+
+class Incoming:
+    """One entry being received: written into a temporary directory, hashed as it lands."""
+
+    def __init__(self, root, digest, info):
+        import tempfile
+
+        self.root = root
+        self.digest = digest
+        self.info = info
+        self.tmp = tempfile.mkdtemp(prefix=".tmp-%s-" % digest[:12], dir=root)    # mode 0700
+        self.hasher = Hasher()
+        self.f = None  # type: io.BufferedWriter | None
+        self.left = 0           # bytes still due for it
+        self.f_offset = 0
+        self.size = 0
+        self.count = 0
+        self.bytecode = []
+        self.mtime = None       # the current file's modification time, kept (its bytecode checks it)
+        self.path = ""
+
+    def add(self, parts, blob, compressed):
+        data = zlib.decompress(blob) if compressed else bytes(blob)
+        pos = 0
+        for part in parts:
+            rel, mode, size, offset, n = part[:5]
+            if offset == 0:
+                self._open(rel, int(mode), int(size), part[5] if len(part) > 5 else None)
+            elif self.f is None or offset != self.f_offset:
+                raise CacheError("pieces of %s arrived out of order" % rel)
+            piece = data[pos:pos + n]
+            pos += n
+            if len(piece) != n or n > self.left:
+                raise CacheError("a piece of %s has the wrong length" % rel)
+            if n:
+                assert self.f is not None
+                self.f.write(piece)
+                self.hasher.data(piece)
+            self.left -= n
+            self.f_offset += n
+            if not self.left:
+                self._close()
+        if pos != len(data):
+            raise CacheError("a piece of %s carries %d bytes too many" % (self.info.get("name"), len(data) - pos))
+
+    def _open(self, rel, mode, size, mtime):
+        if self.f is not None:
+            raise CacheError("%s started before the previous file ended" % rel)
+        if not safe_rel(rel) or size < 0:
+            raise CacheError("refusing the file name %r" % (rel,))
+        full = os.path.join(self.tmp, *rel.split("/"))
+        os.makedirs(os.path.dirname(full), mode=0o700, exist_ok=True)
+        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700 if file_mode(mode) & 0o100 else 0o600)
+        self.f = os.fdopen(fd, "wb")
+        self.f_offset = 0
+        self.path = full
+        self.mtime = mtime
+        if is_bytecode(rel):
+            self.bytecode.append(rel)
+        self.hasher.file(rel, mode, size)
+        self.left = size
+        self.size += size
+        self.count += 1
+
+    def _close(self):
+        if self.f is not None:
+            self.f.close()
+        self.f = None
+        if isinstance(self.mtime, (int, float)):
+            os.utime(self.path, (self.mtime, self.mtime))
+
+    def finish(self):
+        """Check the hash and rename the entry into place; returns its path."""
+        if self.f is not None:
+            raise CacheError("the transfer ended inside a file")
+        got = self.hasher.hexdigest()
+        if got != self.digest:
+            raise CacheError("what arrived hashes to %s, not %s (a file changed while it was sent?)"
+                             % (got[:12], self.digest[:12]))
+        info = dict(self.info, size=self.size, files=self.count, created=time.time(), bytecode=self.bytecode)
+        with open(os.path.join(self.tmp, MANIFEST), "w") as f:
+            json.dump(info, f)
+        final = os.path.join(self.root, self.digest)
+        try:
+            os.rename(self.tmp, final)
+            return final
+        except OSError:
+            pass            # another program put the same entry in place first
+        if digest_of(final) == self.digest:
+            self.abort()
+            return final
+        _trash(self.root, final)
+        os.rename(self.tmp, final)
+        return final
+
+    def abort(self):
+        if self.f is not None:
+            self.f.close()
+            self.f = None
+        _remove(self.tmp)
+
+
+class Store:
+    """The cache as one connection's agent uses it."""
+
+    def __init__(self, root=None):
+        self.root = root or cache_root()
+        self.verified = {}      # digest -> path: checked by this connection, in use by it
+        self.incoming = {}      # digest -> Incoming
+
+    def _ensure_root(self):
+        os.makedirs(self.root, mode=0o700, exist_ok=True)
+        st = os.lstat(self.root)
+        if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
+            raise CacheError("%s is not a directory of this account" % self.root)
+        if stat.S_IMODE(st.st_mode) != 0o700:
+            os.chmod(self.root, 0o700)
+
+    def lookup(self, digest):
+        """The entry's path if it is here and intact; a damaged entry is removed."""
+        if not is_digest(digest):
+            raise CacheError("%r is not an entry name" % (digest,))
+        path = self.verified.get(digest)
+        if path is None:
+            path = os.path.join(self.root, digest)
+            if not os.path.isdir(path):
+                return None
+            if digest_of(path) != digest:
+                _trash(self.root, path)
+                return None
+            self.verified[digest] = path
+        _touch(path)
+        return path
+
+    def begin(self, digest, info):
+        self._ensure_root()
+        self.incoming[digest] = Incoming(self.root, digest, info)
+
+    def add(self, digest, parts, blob, compressed):
+        self.incoming[digest].add(parts, blob, compressed)
+
+    def finish(self, digest, cap):
+        inc = self.incoming.pop(digest)
+        try:
+            path = inc.finish()
+        except BaseException:
+            inc.abort()
+            raise
+        self.verified[digest] = path
+        _touch(path)
+        evict(self.root, cap, keep=set(self.verified))
+        return path
+
+    def abort(self, digest):
+        inc = self.incoming.pop(digest, None)
+        if inc is not None:
+            inc.abort()
+
+    def close(self):
+        for digest in list(self.incoming):
+            self.abort(digest)
+
+
+def _touch(path):
+    try:
+        os.utime(os.path.join(path, MANIFEST))
+    except OSError:
+        pass
+
+
+def entries(root=None):
+    """What the cache holds: one dict per entry (its manifest, plus hash and last use)."""
+    root = root or cache_root()
+    out = []  # type: list[dict]
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return out
+    for name in names:
+        path = os.path.join(root, name)
+        if not is_digest(name) or not os.path.isdir(path):
+            continue
+        try:
+            with open(os.path.join(path, MANIFEST)) as f:
+                info = json.load(f)
+            used = os.stat(os.path.join(path, MANIFEST)).st_mtime
+        except (OSError, ValueError):
+            info, used = {}, os.stat(path).st_mtime
+        info = info if isinstance(info, dict) else {}
+        info.pop("bytecode", None)
+        info.update(hash=name, path=path, used=used)
+        out.append(info)
+    return out
+
+
+def evict(root, cap, keep=()):
+    """Remove least recently used entries until the cache holds at most ``cap`` bytes, and
+    temporary directories left behind by writers that died."""
+    now = time.time()
+    for name in os.listdir(root):
+        if name.startswith((".tmp-", ".trash-")):
+            path = os.path.join(root, name)
+            try:
+                if now - os.stat(path).st_mtime > STALE:
+                    _remove(path)
+            except OSError:
+                pass
+    have = entries(root)
+    total = sum(int(e.get("size") or 0) for e in have)
+    for e in sorted(have, key=lambda e: e["used"]):
+        if total <= cap:
+            break
+        if e["hash"] in keep:
+            continue
+        _trash(root, e["path"])
+        total -= int(e.get("size") or 0)
+
+
+def clear(root=None):
+    """Empty the cache; returns how many entries were removed."""
+    root = root or cache_root()
+    have = entries(root)
+    for e in have:
+        _trash(root, e["path"])
+    try:
+        for name in os.listdir(root):
+            if name.startswith((".tmp-", ".trash-")):
+                _remove(os.path.join(root, name))
+    except OSError:
+        pass
+    return len(have)
+
+
+def report(conn, wipe=False):
+    """Target of ``remoteproc cache HOST``: send back the entries (after clearing them, if asked)."""
+    removed = clear() if wipe else None
+    conn.send({"root": cache_root(), "entries": entries(), "removed": removed})
+    conn.close()
+
+
+def _libc():
+    try:
+        text = os.confstr("CS_GNU_LIBC_VERSION")     # 'glibc 2.36'
+    except (AttributeError, ValueError, OSError):
+        text = None
+    if text and " " in text:
+        family, version = text.split(" ", 1)
+        return [family, version]
+    import glob
+
+    for loader in sorted(glob.glob("/lib/ld-musl-*.so.1")):
+        import subprocess
+
+        try:
+            said = subprocess.run([loader], capture_output=True, timeout=5).stderr
+        except (OSError, subprocess.SubprocessError):
+            said = b""
+        for line in said.decode("ascii", "replace").splitlines():
+            if line.startswith("Version "):
+                return ["musl", line.split()[1]]
+        return ["musl", None]
+    return [None, None]
+
+
+def abi():
+    """What a compiled package must match to load here (sent in the agent's hello)."""
+    import importlib.machinery
+
+    return {
+        "implementation": sys.implementation.name,
+        "version": list(sys.version_info[:2]),
+        "suffixes": list(importlib.machinery.EXTENSION_SUFFIXES),
+        "machine": os.uname().machine,
+        "system": sys.platform,
+        "libc": _libc(),
+        "cache_tag": sys.implementation.cache_tag,
+        "magic": _magic(),
+    }
+
+
+def _magic():
+    """The bytecode magic number of this interpreter (hex), without importing importlib.util."""
+    try:
+        from importlib._bootstrap_external import MAGIC_NUMBER
+    except ImportError:
+        return None
+    return MAGIC_NUMBER.hex()

@@ -1,0 +1,441 @@
+"""Installed distributions, local side: which files make up a package, their hash, and
+whether a remote host can load them.
+
+A remote child that lacks a top-level package asks for it by name.  When our copy
+needs real files on the host (C extensions, the shared libraries wheels vendor in
+``<name>.libs/``, package data), the whole distribution is sent to the host's
+package cache (``agent/pkgcache.py``).  Its files are those its ``RECORD`` lists (or
+the package directory, when no distribution owns it), and only those inside the
+directory of ``sys.path`` it was found in: an entry pointing elsewhere (``../../x``,
+an absolute path, a link leading out) is never read.  Compiled files go only where
+their wheel's tags, and their extension suffixes, say they load.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import functools
+import importlib.machinery
+import os
+import re
+import stat
+import sys
+from dataclasses import dataclass, field
+
+from .agent import pkgcache
+
+MAX_BYTES = 4 << 30     # a distribution larger than this is refused (its host would need the space twice)
+MAX_FILES = 50000
+_CODE = (".py", ".pyi")
+_LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+_PLATFORM = re.compile(r"^(manylinux|musllinux)_(\d+)_(\d+)_(\w+)$")
+
+
+class Unsendable(Exception):
+    """This package cannot go to that host (the message says why and what to do)."""
+
+
+@dataclass
+class Distribution:
+    """The files of one distribution (or one package directory) under its ``sys.path`` entry."""
+
+    top: str                    # the top-level name that was asked for
+    name: str                   # the distribution's name (the package's, with no distribution)
+    version: str
+    site: str                   # the sys.path entry the files are under
+    files: list[tuple[str, int, int, int]] = field(default_factory=list)   # (rel, mode, size, mtime_ns)
+    tags: list[str] = field(default_factory=list)       # the WHEEL's Tag lines ([] without a WHEEL)
+    refused: list[str] = field(default_factory=list)    # RECORD entries not served (outside the site)
+    known: dict[str, str] = field(default_factory=dict)  # rel -> sha256 hex, from RECORD (file unchanged since)
+
+    @property
+    def size(self) -> int:
+        return sum(f[2] for f in self.files)
+
+    @property
+    def label(self) -> str:
+        return "%s %s" % (self.name, self.version) if self.version else self.name
+
+
+def is_extension(rel: str) -> bool:
+    base = rel.rsplit("/", 1)[-1]
+    return base.endswith((".so", ".pyd", ".dylib")) or ".so." in base
+
+
+def _needs_files(dist: Distribution, info: str | None) -> bool:
+    """True when the package cannot live in memory only: compiled code or data files."""
+    for rel, _mode, _size, _mtime in dist.files:
+        if info and rel.startswith(info + "/"):
+            continue
+        if is_extension(rel) or not (rel.endswith(_CODE) or rel.endswith("/py.typed")):
+            return True
+    return False
+
+
+def find(top: str, path: list) -> Distribution | None:
+    """The distribution that provides top-level ``top`` on ``path``, if it needs real files
+    on the host; None when ``top`` is not there or is plain Python (sent from memory)."""
+    if not top.isidentifier():
+        return None
+    _real_dir.cache_clear()     # (links are looked at afresh for every package)
+    search = [p for p in path if isinstance(p, str)]
+    spec = importlib.machinery.PathFinder.find_spec(top, search)
+    if spec is None or not spec.origin or not os.path.isabs(spec.origin):
+        return None         # not found, a namespace package, or not from a file
+    if spec.submodule_search_locations is not None:
+        pkgdir = os.path.dirname(spec.origin)
+        site, key = os.path.dirname(pkgdir), os.path.basename(pkgdir)
+    else:
+        site, key = os.path.dirname(spec.origin), os.path.basename(spec.origin)
+    info = _owner(site, key)
+    if info is not None:
+        name, _, version = info[:-len(".dist-info")].partition("-")
+        dist = Distribution(top, name, version, site, tags=_tags(site, info))
+        _record_files(dist, info)
+    else:
+        dist = Distribution(top, top, "", site)
+        _walk_files(dist, key)
+    if not _needs_files(dist, info):
+        return None
+    dist.files.sort()
+    if len(dist.files) > MAX_FILES or dist.size > MAX_BYTES:
+        raise Unsendable("%s (%s) is too large to send: %d files, %.0f MB (the limits are %d files, %.0f MB); "
+                         "install it on the host instead" % (top, dist.label, len(dist.files), dist.size / 1e6,
+                                                             MAX_FILES, MAX_BYTES / 1e6))
+    return dist
+
+
+_owners: dict[str, tuple[int, dict[str, str]]] = {}
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "_", name).lower()
+
+
+def _owner(site: str, key: str) -> str | None:
+    """The ``*.dist-info`` directory in ``site`` whose RECORD lists ``key`` (a top-level entry).
+    The distribution named like the package is tried first (reading every RECORD of a large
+    site-packages takes a few hundred milliseconds)."""
+    try:
+        mtime = os.stat(site).st_mtime_ns
+        names = os.listdir(site)
+    except OSError:
+        return None
+    stem = _canonical(key.split(".", 1)[0])
+    for info in names:
+        if info.endswith(".dist-info") and _canonical(info.split("-", 1)[0]) == stem:
+            if any(rel.split("/", 1)[0] == key for rel, _h, _s in _record(site, info)):
+                return info
+    known = _owners.get(site)
+    if known is None or known[0] != mtime:
+        index: dict[str, str] = {}
+        try:
+            names = sorted(os.listdir(site))
+        except OSError:
+            names = []
+        for info in names:
+            if info.endswith(".dist-info"):
+                for rel, _hash, _size in _record(site, info):
+                    first = rel.split("/", 1)[0]
+                    if first not in ("", ".", "..", info):
+                        index.setdefault(first, info)
+        known = _owners[site] = (mtime, index)
+    return known[1].get(key)
+
+
+def _record(site: str, info: str) -> list[tuple[str, str, str]]:
+    """RECORD's rows: (path, hash, size), the last two possibly empty."""
+    try:
+        with open(os.path.join(site, info, "RECORD"), newline="", encoding="utf-8") as f:
+            return [(row[0], (row + ["", ""])[1], (row + ["", ""])[2]) for row in csv.reader(f) if row]
+    except (OSError, UnicodeDecodeError, csv.Error):
+        return []
+
+
+def _recorded_sha256(value: str, size: str, entry: tuple[str, int, int, int], written: int) -> str | None:
+    """The file's sha256 as RECORD states it, if the file is as RECORD describes it: the same
+    size, and not modified after RECORD was written (installers write RECORD last)."""
+    if not value.startswith("sha256=") or size != str(entry[2]) or entry[3] > written:
+        return None
+    try:
+        raw = base64.urlsafe_b64decode(value[7:] + "=" * (-len(value[7:]) % 4))
+    except ValueError:
+        return None
+    return raw.hex() if len(raw) == 32 else None
+
+
+def _tags(site: str, info: str) -> list[str]:
+    try:
+        with open(os.path.join(site, info, "WHEEL"), encoding="utf-8") as f:
+            return [line.split(":", 1)[1].strip() for line in f if line.lower().startswith("tag:")]
+    except (OSError, UnicodeDecodeError):
+        return []
+
+
+@functools.lru_cache(maxsize=4096)
+def _real_dir(path: str) -> str:
+    """realpath of a directory, with a separator after it (cached: a package has few)."""
+    return os.path.join(os.path.realpath(path), "")
+
+
+def _file(site_real: str, site: str, rel: str) -> tuple[str, int, int, int] | None:
+    """(rel, mode, size, mtime) of a regular file inside ``site``; None for anything else."""
+    if not rel or os.path.isabs(rel) or "\\" in rel or "\0" in rel:
+        return None
+    norm = os.path.normpath(rel)
+    parts = norm.split(os.sep)
+    if parts[0] in ("..", ".") or "__pycache__" in parts or norm.endswith(".pyc"):
+        return None
+    full = os.path.join(site, norm)
+    if not _real_dir(os.path.dirname(full)).startswith(site_real):
+        return None     # a link that leads out of the site
+    try:
+        st = os.lstat(full)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None     # the file itself a link, or not a file
+    return norm.replace(os.sep, "/"), pkgcache.file_mode(st.st_mode), st.st_size, st.st_mtime_ns
+
+
+def _record_files(dist: Distribution, info: str) -> None:
+    real = _real_dir(dist.site)
+    seen = set()
+    try:
+        written = os.stat(os.path.join(dist.site, info, "RECORD")).st_mtime_ns
+    except OSError:
+        written = -1
+    for rel, value, size in _record(dist.site, info):
+        entry = _file(real, dist.site, rel)
+        if entry is None:
+            if not rel.endswith(".pyc"):
+                dist.refused.append(rel)
+        elif entry[0] not in seen:
+            seen.add(entry[0])
+            dist.files.append(entry)
+            known = _recorded_sha256(value, size, entry, written)
+            if known:
+                dist.known[entry[0]] = known
+
+
+def _walk_files(dist: Distribution, key: str) -> None:
+    """A package directory (or module file) that no distribution owns: all of it but hidden
+    files, bytecode and links."""
+    real = _real_dir(dist.site)
+    root = os.path.join(dist.site, key)
+    if not os.path.isdir(root):
+        entry = _file(real, dist.site, key)
+        dist.files.extend([entry] if entry else [])
+        return
+    for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(".") and d != "__pycache__")
+        for fn in sorted(filenames):
+            if fn.startswith("."):
+                continue
+            entry = _file(real, dist.site, os.path.relpath(os.path.join(dirpath, fn), dist.site))
+            if entry is not None:
+                dist.files.append(entry)
+            if len(dist.files) > MAX_FILES:
+                return
+
+
+# -- the hash ------------------------------------------------------------------------------
+
+_digests: dict[tuple, str] = {}
+
+
+def digest(dist: Distribution) -> str:
+    """The content hash that names the host's cache entry (remembered while files are unchanged)."""
+    key = (dist.site, tuple(dist.files))
+    known = _digests.get(key)
+    if known is not None:
+        return known
+    h = pkgcache.Hasher()
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    for rel, mode, size, _mtime in dist.files:
+        if rel in dist.known:
+            h.known(rel, mode, size, dist.known[rel])
+            continue
+        h.file(rel, mode, size)
+        left = size
+        with open(os.path.join(dist.site, rel), "rb") as f:
+            while left > 0:
+                n = f.readinto(buf)
+                if not n:
+                    raise OSError("%s changed while it was read" % os.path.join(dist.site, rel))
+                h.data(view[:min(n, left)])
+                left -= n
+    if len(_digests) > 256:
+        _digests.clear()
+    known = _digests[key] = h.hexdigest()
+    return known
+
+
+# -- bytecode ---------------------------------------------------------------------------------
+
+def add_bytecode(dist: Distribution, abi: dict) -> None:
+    """Add the ``__pycache__`` files we have that the host's interpreter would take as they
+    are (same cache tag and magic number; compiled from exactly these sources): its first
+    import then compiles nothing."""
+    import importlib.util
+
+    if abi.get("cache_tag") != sys.implementation.cache_tag or abi.get("magic") != importlib.util.MAGIC_NUMBER.hex():
+        return
+    real = _real_dir(dist.site)
+    have = {f[0] for f in dist.files}
+    for rel, _mode, size, mtime in list(dist.files):
+        if not rel.endswith(".py") or rel.split("/", 1)[0].endswith(".dist-info"):
+            continue
+        head, _, base = rel.rpartition("/")
+        pyc = "%s__pycache__/%s.%s.pyc" % (head + "/" if head else "", base[:-3], sys.implementation.cache_tag)
+        if pyc in have:
+            continue
+        entry = _pyc_file(real, dist.site, pyc)
+        if entry is not None and _pyc_matches(os.path.join(dist.site, pyc), size, mtime):
+            dist.files.append(entry)
+    dist.files.sort()
+
+
+def _pyc_file(site_real: str, site: str, rel: str) -> tuple[str, int, int, int] | None:
+    full = os.path.join(site, rel)
+    if not _real_dir(os.path.dirname(full)).startswith(site_real):
+        return None
+    try:
+        st = os.lstat(full)
+    except OSError:
+        return None
+    if not stat.S_ISREG(st.st_mode):
+        return None
+    return rel, pkgcache.file_mode(st.st_mode), st.st_size, st.st_mtime_ns
+
+
+def _pyc_matches(path: str, size: int, mtime_ns: int) -> bool:
+    """A timestamp-based pyc of this interpreter, for a source of this size and time."""
+    import importlib.util
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return False
+    if len(head) < 16 or head[:4] != importlib.util.MAGIC_NUMBER or int.from_bytes(head[4:8], "little") != 0:
+        return False
+    return (int.from_bytes(head[8:12], "little") == (mtime_ns // 1_000_000_000) & 0xFFFFFFFF
+            and int.from_bytes(head[12:16], "little") == size & 0xFFFFFFFF)
+
+
+# -- can the host load it? -------------------------------------------------------------------
+
+def local_abi() -> dict:
+    """This interpreter, described as a host's agent describes its own (``pkgcache.abi``)."""
+    return pkgcache.abi()
+
+
+def describe_abi(abi: dict) -> str:
+    libc = abi.get("libc") or [None, None]
+    return "%s %s on %s%s (extension suffix %s)" % (
+        abi.get("implementation"), ".".join(map(str, abi.get("version") or ())), abi.get("machine"),
+        " with %s %s" % (libc[0], libc[1] or "") if libc[0] else "", (abi.get("suffixes") or ["?"])[0])
+
+
+def _version(text: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.findall(r"\d+", text or "")[:2])
+
+
+def _interpreter_ok(tag: str, abi: dict) -> bool:
+    impl, ver = abi.get("implementation"), tuple(abi.get("version") or ())
+    m = re.match(r"^(py|cp|pp)(\d)(\d*)$", tag)
+    if not m:
+        return False
+    kind, major, minor = m.group(1), int(m.group(2)), m.group(3)
+    if kind == "cp" and impl != "cpython" or kind == "pp" and impl != "pypy":
+        return False
+    if ver[:1] != (major,):
+        return False
+    if not minor:
+        return True
+    return (int(minor),) == ver[1:2] or (kind == "py" and int(minor) <= ver[1])
+
+
+def _abi_ok(tag: str, abi: dict) -> bool:
+    suffixes = abi.get("suffixes") or []
+    if tag == "none":
+        return True
+    if tag == "abi3":
+        return ".abi3.so" in suffixes
+    if tag.startswith("cp"):
+        return any(s.startswith(".cpython-%s-" % tag[2:]) for s in suffixes)
+    return any(tag.replace("_", "-") in s for s in suffixes)
+
+
+def _platform_ok(tag: str, abi: dict) -> bool:
+    if tag == "any":
+        return True
+    machine = abi.get("machine")
+    family, version = (abi.get("libc") or [None, None])[:2]
+    legacy = re.match(r"^(manylinux1|manylinux2010|manylinux2014)_(\w+)$", tag)
+    if legacy:
+        need: tuple[int, ...] = _LEGACY[legacy.group(1)]
+        kind, arch = "manylinux", legacy.group(2)
+    else:
+        m = _PLATFORM.match(tag)
+        if m is None:
+            if tag.startswith("linux_"):
+                return abi.get("system") == "linux" and tag[len("linux_"):] == machine
+            if tag.startswith("macosx_"):
+                return abi.get("system") == "darwin" and tag.rsplit("_", 1)[-1] in (machine, "universal2")
+            return False
+        kind, need, arch = m.group(1), (int(m.group(2)), int(m.group(3))), m.group(4)
+    if arch != machine:
+        return False
+    if kind == "manylinux":
+        return family == "glibc" and _version(version) >= need
+    return family == "musl" and (version is None or _version(version) >= need)
+
+
+def tag_ok(tag: str, abi: dict) -> bool:
+    """Does the host described by ``abi`` accept the (possibly compressed) wheel tag ``tag``?"""
+    try:
+        interp, abi_tag, plat = tag.split("-")
+    except ValueError:
+        return False
+    return (any(_interpreter_ok(t, abi) for t in interp.split("."))
+            and any(_abi_ok(t, abi) for t in abi_tag.split("."))
+            and any(_platform_ok(t, abi) for t in plat.split(".")))
+
+
+def check(dist: Distribution, abi: dict, display: str, python: str = "python3") -> None:
+    """Raise Unsendable (naming the package, both sides' tags and the fix) unless the host
+    can load what ``dist`` holds."""
+    ours = local_abi()
+    exts = [rel for rel, _m, _s, _t in dist.files if is_extension(rel)]
+    reason = None
+    if dist.tags and not any(tag_ok(t, abi) for t in dist.tags):
+        reason = "its wheel's tags are %s" % ", ".join(dist.tags)
+    if reason is None:
+        alien = [rel for rel in exts if _foreign_suffix(rel, abi)]
+        if alien:
+            reason = "its extension %s is built for another interpreter" % alien[0]
+    if reason is None and exts and not dist.tags:
+        same = (abi.get("machine") == ours["machine"] and (abi.get("libc") or [None])[0] == ours["libc"][0])
+        if not same:
+            reason = "it was built here, for %s" % describe_abi(ours)
+    if reason is None:
+        return
+    raise Unsendable(
+        "cannot send package %r (%s) to %s: %s, but the host runs %s, which cannot load it. Fix: install "
+        "%s on the host with its own Python (`%s -m pip install --user %s`), or install here a build of %s "
+        "whose tags that host accepts" % (dist.top, dist.label, display, reason, describe_abi(abi), dist.name,
+                                          python, "%s==%s" % (dist.name, dist.version) if dist.version
+                                          else dist.name, dist.name))
+
+
+def _foreign_suffix(rel: str, abi: dict) -> bool:
+    """An extension whose file name carries an interpreter tag the host does not load."""
+    base = rel.rsplit("/", 1)[-1]
+    if not re.search(r"\.(cpython|pypy|abi3)[^/]*\.so$", base):
+        return False        # untagged (.so, vendored libraries): the wheel tags speak for it
+    return not any(base.endswith(s) for s in abi.get("suffixes") or [] if s != ".so")
+

@@ -1,0 +1,426 @@
+"""Packages follow: compiled extensions and package data reach a host that has only python3,
+through its package cache (~/.cache/remoteproc, addressed by content)."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import os
+import pwd
+import shutil
+import stat
+import subprocess
+import sys
+import sysconfig
+import textwrap
+import time
+import uuid
+
+import pytest
+
+from remoteproc import Pipe, RemoteProcess, distributions
+from remoteproc.agent import pkgcache
+from remoteproc.relay import client
+
+pytestmark = pytest.mark.timeout(600)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+EXT = sysconfig.get_config_var("EXT_SUFFIX")
+
+
+def _cache_root() -> str:
+    return os.path.join(pwd.getpwnam("rpuser").pw_dir, ".cache", "remoteproc")
+
+
+def _entries(name: str | None = None) -> list[dict]:
+    return [e for e in pkgcache.entries(_cache_root()) if name is None or e.get("name") == name]
+
+
+def _entry_of(path: str) -> dict:
+    """The cache entry that holds ``path`` (a module's __file__ on the host)."""
+    (entry,) = [e for e in _entries() if path.startswith(e["path"] + "/")]
+    return entry
+
+
+def _clear_cache() -> None:
+    shutil.rmtree(_cache_root(), ignore_errors=True)
+
+
+@pytest.fixture
+def fresh():
+    """A new relay (so a new SSH connection and agent: nothing known per connection) before and after."""
+    client.shutdown()
+    yield
+    client.shutdown()
+
+
+def _call(host, options, target, *args, timeout=120):
+    """Run target(conn, *args) on the host; returns what it sent back."""
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=target, args=(child, *args), **options)
+    p.start()
+    child.close()
+    try:
+        if not parent.poll(timeout):
+            raise AssertionError("no answer from the remote child within %ds (exit code %s)" % (timeout, p.exitcode))
+        return parent.recv()
+    finally:
+        parent.close()
+        p.join(30)
+        assert p.exitcode == 0
+
+
+# -- targets (run remotely) -----------------------------------------------------------------
+
+def numpy_job(conn):
+    import numpy
+
+    a = numpy.array([[3.0, 1.0], [1.0, 2.0]])
+    x = numpy.linalg.solve(a, numpy.array([9.0, 8.0]))
+    conn.send((numpy.__file__, [float(v) for v in x], numpy.__version__))
+
+
+def requests_job(conn):
+    import importlib.metadata
+    import os
+
+    import certifi
+    import requests
+
+    where = certifi.where()
+    conn.send({"requests": requests.__version__, "where": where, "is_file": os.path.isfile(where),
+               "size": os.path.getsize(where), "dist_version": importlib.metadata.version("certifi")})
+
+
+def import_job(conn, name, expr):
+    import importlib
+
+    try:
+        mod = importlib.import_module(name)
+        conn.send(("ok", eval(expr, {"m": mod})))
+    except ImportError as exc:
+        conn.send(("ImportError", str(exc)))
+
+
+# -- a private package with data files and a C extension, built here -------------------------
+
+C_SOURCE = """
+#include <Python.h>
+static PyObject *answer(PyObject *self, PyObject *args) { return PyLong_FromLong(%d); }
+static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, NULL}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_speed", NULL, -1, methods};
+PyMODINIT_FUNC PyInit__speed(void) { return PyModule_Create(&mod); }
+"""
+
+
+def _build(pkg_dir: str, value: int) -> None:
+    src = os.path.join(pkg_dir, "_speed.c")
+    with open(src, "w") as f:
+        f.write(C_SOURCE % value)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O0", "-I", sysconfig.get_paths()["include"], src, "-o",
+                    os.path.join(pkg_dir, "_speed" + EXT)], check=True, capture_output=True, timeout=120)
+
+
+@pytest.fixture
+def private_package(tmp_path, monkeypatch):
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed to build the test's C extension")
+    name = "rppkg_" + uuid.uuid4().hex[:8]
+    root = tmp_path / name
+    (root / "data").mkdir(parents=True)
+    (root / "__init__.py").write_text(textwrap.dedent("""
+        import importlib.resources
+        import os
+
+        from ._speed import answer
+
+        def report():
+            here = os.path.dirname(__file__)
+            with open(os.path.join(here, "data", "words.txt")) as f:
+                words = f.read()
+            res = importlib.resources.files(__name__).joinpath("data/words.txt").read_text()
+            return answer(), words, res == words, __file__
+    """))
+    (root / "data" / "words.txt").write_text("forty-two\n")
+    _build(str(root), 42)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield name, str(root)
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[mod]
+
+
+# -- tests ------------------------------------------------------------------------------------
+
+def test_numpy_computes_on_a_host_without_numpy(plain_user_host, plain_user_options, fresh):
+    where, x, version = _call(plain_user_host, plain_user_options, numpy_job)
+    assert x == [2.0, 3.0]
+    assert where.startswith(_cache_root() + "/")
+    import numpy
+
+    assert version == numpy.__version__
+    # cache directory: the account's own, mode 0700, the entry too
+    st = os.stat(_cache_root())
+    assert stat.S_IMODE(st.st_mode) == 0o700
+    assert st.st_uid == pwd.getpwnam("rpuser").pw_uid
+    entry = _entry_of(where)
+    assert entry["name"] == "numpy"
+    assert stat.S_IMODE(os.stat(entry["path"]).st_mode) == 0o700
+    assert os.stat(entry["path"]).st_uid == st.st_uid
+    assert os.path.isdir(os.path.join(entry["path"], "numpy.libs"))     # the vendored libraries came too
+
+
+def test_requests_imports_and_certifi_where_is_a_real_file(plain_user_host, plain_user_options, fresh):
+    got = _call(plain_user_host, plain_user_options, requests_job)
+    import certifi
+    import requests
+
+    assert got["requests"] == requests.__version__
+    assert got["is_file"] and got["where"].startswith(_cache_root() + "/")
+    assert got["size"] == os.path.getsize(certifi.where())
+    assert got["dist_version"] == importlib.metadata.version("certifi")      # the dist-info came along: metadata works
+
+
+def test_private_package_with_data_and_extension_then_rebuilt(plain_user_host, plain_user_options,
+                                                              private_package, fresh):
+    name, root = private_package
+    value, words, same, where = _call(plain_user_host, plain_user_options, import_job, name, "m.report()")[1]
+    assert (value, words, same) == (42, "forty-two\n", True)
+    assert where.startswith(_cache_root() + "/")
+    _build(root, 43)        # an edit, rebuilt: a new connection gets the new version
+    client.shutdown()
+    got = _call(plain_user_host, plain_user_options, import_job, name, "m.report()")
+    assert got[1][0] == 43
+    assert len(_entries(name)) == 2     # addressed by content: both builds are entries of their own
+
+
+def test_cached_import_sends_nothing_and_a_truncated_file_is_replaced(plain_user_host, plain_user_options, fresh,
+                                                                      caplog):
+    entry = _entry_of(_call(plain_user_host, plain_user_options, numpy_job)[0])
+    victim = os.path.join(entry["path"], "numpy", "_core", "_multiarray_umath" + EXT)
+    size = os.path.getsize(victim)
+    with open(victim, "r+b") as f:
+        f.truncate(size // 2)
+    client.shutdown()
+    where, x, _version = _call(plain_user_host, plain_user_options, numpy_job)
+    assert x == [2.0, 3.0]
+    assert os.path.getsize(victim) == size       # replaced by a whole copy, never used damaged
+    assert where.startswith(entry["path"] + "/")
+    assert pkgcache.digest_of(entry["path"]) == entry["hash"]
+
+
+def test_incompatible_wheel_is_refused_with_both_tags(plain_user_host, plain_user_options, tmp_path, monkeypatch,
+                                                      fresh):
+    import charset_normalizer
+
+    real_site = os.path.dirname(os.path.dirname(charset_normalizer.__file__))
+    site = tmp_path / "site"
+    site.mkdir()
+    info = next(n for n in os.listdir(real_site) if n.startswith("charset_normalizer-") and n.endswith(".dist-info"))
+    for rel, _hash, _size in distributions._record(real_site, info):
+        src = os.path.join(real_site, rel)
+        if rel.startswith("..") or not os.path.isfile(src):
+            continue
+        os.makedirs(os.path.dirname(os.path.join(site, rel)), exist_ok=True)
+        shutil.copy2(src, os.path.join(site, rel))
+    wheel = site / info / "WHEEL"
+    text = wheel.read_text()
+    wheel.write_text("\n".join(line for line in text.splitlines() if not line.startswith("Tag:"))
+                     + "\nTag: cp311-cp311-manylinux_2_99_x86_64\n")
+    monkeypatch.syspath_prepend(str(site))
+    kind, message = _call(plain_user_host, plain_user_options, import_job, "charset_normalizer", "1")
+    assert kind == "ImportError"
+    assert "charset_normalizer" in message and "manylinux_2_99_x86_64" in message     # our tags
+    assert "glibc 2." in message and ".cpython-311-x86_64-linux-gnu.so" in message      # the host's
+    assert "Fix:" in message and "pip install" in message
+
+
+def test_record_entries_outside_the_distribution_are_never_served(plain_user_host, plain_user_options, tmp_path,
+                                                                  monkeypatch, fresh):
+    name = "rpdist_" + uuid.uuid4().hex[:8]
+    site = tmp_path / "site"
+    (site / name).mkdir(parents=True)
+    (site / name / "__init__.py").write_text("import os\nHERE = os.path.dirname(__file__)\n")
+    (site / name / "table.dat").write_text("data\n")
+    os.symlink("/etc/passwd", site / name / "escape.txt")
+    info = site / (name + "-1.0.dist-info")
+    info.mkdir()
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nTag: py3-none-any\n")
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % name)
+    (info / "RECORD").write_text("\n".join([
+        "%s/__init__.py,," % name, "%s/table.dat,," % name, "%s/escape.txt,," % name,
+        "../../etc/passwd,,", "/etc/hostname,,", "%s/../../../etc/group,," % name,
+        "%s-1.0.dist-info/RECORD,," % name, "%s-1.0.dist-info/WHEEL,," % name,
+    ]) + "\n")
+    monkeypatch.syspath_prepend(str(site))
+    dist = distributions.find(name, [str(site)])
+    assert dist is not None
+    assert sorted(f[0] for f in dist.files) == sorted([
+        name + "/__init__.py", name + "/table.dat", name + "-1.0.dist-info/RECORD", name + "-1.0.dist-info/WHEEL"])
+    assert set(dist.refused) >= {"../../etc/passwd", "/etc/hostname", name + "/escape.txt"}
+    kind, here = _call(plain_user_host, plain_user_options, import_job, name, "m.HERE")
+    assert kind == "ok"
+    entry = os.path.dirname(here)
+    served = sorted(os.path.relpath(os.path.join(d, f), entry) for d, _dn, fs in os.walk(entry) for f in fs
+                    if "__pycache__" not in d)
+    assert served == sorted([pkgcache.MANIFEST, name + "/__init__.py", name + "/table.dat",
+                             name + "-1.0.dist-info/RECORD", name + "-1.0.dist-info/WHEEL"])
+
+
+CONCURRENT = """
+import json, sys
+sys.path.insert(0, %(repo)r)
+from multiprocessing import Pipe
+from remoteproc import RemoteProcess
+
+def job(conn):
+    import numpy
+    conn.send((numpy.__file__, float(numpy.arange(10).sum())))
+
+if __name__ == "__main__":
+    options = json.loads(sys.argv[2])
+    parent, child = Pipe()
+    p = RemoteProcess(sys.argv[1], target=job, args=(child,), **options)
+    p.start()
+    child.close()
+    print(json.dumps(parent.recv() if parent.poll(300) else None))
+    p.join(30)
+    sys.exit(p.exitcode)
+"""
+
+
+def test_eight_programs_import_numpy_at_once_on_an_empty_cache(plain_user_host, plain_user_options, tmp_path):
+    _clear_cache()
+    script = tmp_path / "importer.py"
+    script.write_text(CONCURRENT % {"repo": REPO})
+    procs = [subprocess.Popen([sys.executable, str(script), plain_user_host, json.dumps(plain_user_options)],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=540)
+        assert p.returncode == 0, err
+        results.append(json.loads(out.strip().splitlines()[-1]))
+    (entry,) = _entries("numpy")
+    assert all(r[1] == 45.0 and r[0].startswith(entry["path"] + "/") for r in results)
+    assert not [n for n in os.listdir(_cache_root()) if n.startswith((".tmp-", ".trash-"))]
+
+
+def _snapshot(home: str) -> dict[str, tuple[int, int]]:
+    out = {}
+    skip = os.path.join(home, ".cache", "remoteproc")
+    for dirpath, dirnames, filenames in os.walk(home):
+        if dirpath == skip or dirpath.startswith(skip + os.sep):
+            dirnames[:] = []
+            continue
+        for fn in filenames:
+            full = os.path.join(dirpath, fn)
+            try:
+                st = os.lstat(full)
+            except OSError:
+                continue
+            out[full] = (st.st_size, st.st_mtime_ns)
+    return out
+
+
+def test_nothing_is_written_outside_the_cache(plain_user_host, plain_user_options, private_package, fresh):
+    home = pwd.getpwnam("rpuser").pw_dir
+    before = _snapshot(home)
+    name, _root = private_package
+    assert _call(plain_user_host, plain_user_options, import_job, name, "m.report()[0]")[1] == 42
+    _call(plain_user_host, plain_user_options, numpy_job)
+    client.shutdown()
+    assert _snapshot(home) == before
+
+
+def test_cache_size_zero_turns_the_cache_off(plain_user_host, plain_user_options, fresh):
+    kind, message = _call(plain_user_host, dict(plain_user_options, cache_size=0), import_job, "numpy", "1")
+    assert kind == "ImportError" and "C extension" in message and "install numpy there" in message
+
+
+def test_cache_command_lists_and_clears(plain_user_host, plain_user_options, fresh, capsys):
+    from remoteproc import cli
+
+    _call(plain_user_host, plain_user_options, requests_job)
+    argv = [plain_user_host, "-p", str(plain_user_options["port"]), "-i", plain_user_options["key_filename"],
+            "--known-hosts", plain_user_options["known_hosts"]]
+    assert cli.main(["cache"] + argv) == 0
+    out = capsys.readouterr().out
+    assert "certifi" in out and _cache_root() in out
+    assert cli.main(["cache", "--clear"] + argv) == 0
+    assert "removed" in capsys.readouterr().out
+    assert _entries() == []
+
+
+# -- the pieces, without a host -----------------------------------------------------------------
+
+HOST = {"implementation": "cpython", "version": [3, 11], "machine": "x86_64", "system": "linux",
+        "suffixes": [".cpython-311-x86_64-linux-gnu.so", ".abi3.so", ".so"], "libc": ["glibc", "2.28"]}
+
+
+@pytest.mark.parametrize("tag, ok", [
+    ("cp311-cp311-manylinux_2_17_x86_64", True),
+    ("cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64", True),
+    ("cp311-cp311-manylinux_2_28_x86_64", True),
+    ("cp311-cp311-manylinux_2_34_x86_64", False),       # needs a newer glibc than the host's
+    ("cp311-cp311-manylinux2014_aarch64", False),       # another machine
+    ("cp311-cp311-musllinux_1_2_x86_64", False),        # another libc
+    ("cp312-cp312-manylinux_2_17_x86_64", False),       # another Python
+    ("cp38-abi3-manylinux_2_17_x86_64", False),         # cp38 interpreter tag: not a 3.11
+    ("cp311-abi3-manylinux_2_17_x86_64", True),
+    ("py3-none-any", True),
+    ("py2.py3-none-any", True),
+    ("cp311-cp311-linux_x86_64", True),
+    ("cp311-cp311-win_amd64", False),
+    ("pp39-pypy39_pp73-manylinux_2_17_x86_64", False),
+])
+def test_wheel_tags_against_a_host(tag, ok):
+    assert distributions.tag_ok(tag, HOST) is ok
+
+
+def test_musl_host_takes_musllinux_wheels():
+    musl = dict(HOST, libc=["musl", "1.2.4"])
+    assert distributions.tag_ok("cp311-cp311-musllinux_1_1_x86_64", musl)
+    assert not distributions.tag_ok("cp311-cp311-musllinux_1_3_x86_64", musl)
+    assert not distributions.tag_ok("cp311-cp311-manylinux_2_17_x86_64", musl)
+
+
+def _fake_entry(root, name, size, used):
+    digest = uuid.uuid4().hex * 2
+    path = os.path.join(root, digest)
+    os.makedirs(path)
+    with open(os.path.join(path, pkgcache.MANIFEST), "w") as f:
+        json.dump({"name": name, "size": size}, f)
+    os.utime(os.path.join(path, pkgcache.MANIFEST), (used, used))
+    return digest
+
+
+def test_eviction_removes_the_least_recently_used(tmp_path):
+    now = time.time()
+    _fake_entry(str(tmp_path), "old", 600, now - 300)
+    mid = _fake_entry(str(tmp_path), "mid", 600, now - 200)
+    new = _fake_entry(str(tmp_path), "new", 600, now - 100)
+    pkgcache.evict(str(tmp_path), 1300, keep={mid})
+    assert sorted(os.listdir(tmp_path)) == sorted([mid, new])
+    pkgcache.evict(str(tmp_path), 0, keep={mid})
+    assert os.listdir(tmp_path) == [mid]
+
+
+def test_a_transfer_that_does_not_hash_right_leaves_nothing(tmp_path):
+    store = pkgcache.Store(str(tmp_path / "cache"))
+    h = pkgcache.Hasher()
+    h.file("pkg/__init__.py", 0o644, 3)
+    h.data(b"x=1")
+    digest = h.hexdigest()
+    store.begin(digest, {"name": "pkg"})
+    store.add(digest, [["pkg/__init__.py", 0o644, 3, 0, 3]], b"x=2", False)     # damaged in transit
+    with pytest.raises(pkgcache.CacheError):
+        store.finish(digest, 1 << 30)
+    assert os.listdir(tmp_path / "cache") == []
+    store.begin(digest, {"name": "pkg"})
+    store.add(digest, [["pkg/__init__.py", 0o644, 3, 0, 3]], b"x=1", False)
+    path = store.finish(digest, 1 << 30)
+    assert os.listdir(tmp_path / "cache") == [digest] and pkgcache.digest_of(path) == digest
+    with pytest.raises(pkgcache.CacheError):
+        store.begin("0" * 64, {})
+        store.add("0" * 64, [["../escape", 0o644, 1, 0, 1]], b"x", False)
+    store.close()
+    assert os.listdir(tmp_path / "cache") == [digest]
