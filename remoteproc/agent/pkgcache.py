@@ -22,7 +22,6 @@ Python writes here later is not content (the manifest lists what is).
 """
 
 import hashlib
-import io
 import json
 import os
 import shutil
