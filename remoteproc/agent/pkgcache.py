@@ -22,6 +22,7 @@ Python writes here later is not content (the manifest lists what is).
 """
 
 import hashlib
+import io  # noqa: F401  (named in a type comment)
 import json
 import os
 import shutil
