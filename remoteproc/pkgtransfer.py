@@ -57,9 +57,9 @@ class Squeeze:
         want = link is not None and self.zlib_rate > 0 and link < self.zlib_rate * (1 - self.ratio)
         if not want and self.count % PROBE_EVERY != 1:
             return raw, False
-        t = time.monotonic()
+        t = time.perf_counter()
         packed = zlib.compress(raw, 1)
-        spent = max(time.monotonic() - t, 1e-6)
+        spent = max(time.perf_counter() - t, 1e-6)
         self.zlib_rate = len(raw) / spent
         self.ratio = len(packed) / max(len(raw), 1)
         if want and self.ratio < 0.9:

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import logging
 import os
 import pwd
 import shutil
@@ -201,7 +202,12 @@ def test_cached_import_sends_nothing_and_a_truncated_file_is_replaced(plain_user
     with open(victim, "r+b") as f:
         f.truncate(size // 2)
     client.shutdown()
+    caplog.set_level(logging.INFO, logger="remoteproc")
     where, x, _version = _call(plain_user_host, plain_user_options, numpy_job)
+    # sent again (over 4 MB: the relay says so, with the size), into the same entry
+    said = [r.getMessage() for r in caplog.records if r.name == "remoteproc.packages"]
+    assert any("sending numpy" in m and "MB" in m for m in said), said
+    assert any(m.startswith(plain_user_host + ": sent numpy") for m in said), said
     assert x == [2.0, 3.0]
     assert os.path.getsize(victim) == size       # replaced by a whole copy, never used damaged
     assert where.startswith(entry["path"] + "/")
@@ -424,3 +430,35 @@ def test_a_transfer_that_does_not_hash_right_leaves_nothing(tmp_path):
         store.add("0" * 64, [["../escape", 0o644, 1, 0, 1]], b"x", False)
     store.close()
     assert os.listdir(tmp_path / "cache") == [digest]
+
+
+class _Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_compression_only_when_the_link_is_slower_than_zlib(monkeypatch):
+    from remoteproc import pkgtransfer
+
+    clock = _Clock()
+    monkeypatch.setattr(pkgtransfer.time, "monotonic", clock)
+    raw = (b"def f(x):\n    return x * 2\n" * 40000)[:1 << 20]     # compresses well
+    taken = [0]
+    squeeze = pkgtransfer.Squeeze(lambda: taken[0])
+    assert squeeze.encode(raw) == (raw, False)          # too early to know the link: stored
+    squeeze.zlib_rate, squeeze.ratio = 50e6, 0.2         # (as a probe measures them: 50 MB/s, 5:1)
+    for _ in range(5):                                   # a fast link: 1 GB/s
+        clock.now += 0.2
+        taken[0] += 200_000_000
+        assert squeeze.encode(raw)[1] is False
+    for _ in range(5):                                   # then a slow one: 1 MB/s
+        clock.now += 0.2
+        taken[0] += 200_000
+        blob, packed = squeeze.encode(raw)
+    assert packed and len(blob) < len(raw) // 4
+    import zlib
+
+    assert zlib.decompress(blob) == raw
