@@ -44,13 +44,15 @@ class Executor(futures.Executor):
     ``as_completed`` and ``wait`` work); ``map`` takes ``timeout`` and ``chunksize``.
     A call that raises sets that exception on its future, with the remote traceback
     as ``__cause__``; a worker lost with its host fails only the futures it was
-    running (``ConnectionLostError``), not the whole executor.
+    running (``ConnectionLostError``), not the whole executor; with ``retries`` they run
+    again elsewhere (so a call may run twice) and lost hosts are reconnected.
     """
 
     def __init__(self, hosts: Hosts, processes_per_host: int | None = None, initializer: Callable | None = None,
-                 initargs: Iterable = (), max_tasks_per_child: int | None = None, **ssh_options: Any) -> None:
+                 initargs: Iterable = (), max_tasks_per_child: int | None = None, *, retries: int = 0,
+                 **ssh_options: Any) -> None:
         self._core = Scheduler(hosts, processes_per_host, initializer, initargs, max_tasks_per_child,
-                               ssh_options)
+                               ssh_options, retries)
         self._shutdown = False
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
 
@@ -86,6 +88,10 @@ class Executor(futures.Executor):
     def workers(self) -> list[tuple[str, int]]:
         """``(host, remote pid)`` of each live worker, in placement order."""
         return [(w.host, w.pid) for w in self._core.workers if w.alive]
+
+    def hosts_status(self) -> dict[str, dict[str, Any]]:
+        """Per host: ``up``, live ``workers``, ``down_since``, ``error``, reconnect ``attempts`` and ``next_try``."""
+        return self._core.hosts_status()
 
     @property
     def _max_workers(self) -> int:

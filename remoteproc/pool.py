@@ -193,13 +193,16 @@ class Pool:
     host's CPU count.  ``apply``, ``apply_async``, ``map``, ``map_async``, ``imap``,
     ``imap_unordered``, ``starmap``, ``starmap_async``, ``close``, ``terminate``,
     ``join`` and ``with`` (which terminates on exit) work as in multiprocessing.
+    ``retries``: a chunk whose worker's connection was lost runs again elsewhere, up to
+    that many times (so it may run twice), and lost hosts are reconnected in the background.
     """
 
     def __init__(self, hosts: Hosts, processes_per_host: int | None = None,
                  initializer: Callable[..., object] | None = None, initargs: Iterable[Any] = (),
-                 maxtasksperchild: int | None = None, **ssh_options: Any) -> None:
+                 maxtasksperchild: int | None = None, *, retries: int = 0, **ssh_options: Any) -> None:
         self._state = RUN
-        self._core = Scheduler(hosts, processes_per_host, initializer, initargs, maxtasksperchild, ssh_options)
+        self._core = Scheduler(hosts, processes_per_host, initializer, initargs, maxtasksperchild, ssh_options,
+                               retries)
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
 
     # -- introspection ----------------------------------------------------------------------------
@@ -211,6 +214,10 @@ class Pool:
     def workers(self) -> list[tuple[str, int]]:
         """``(host, remote pid)`` of each live worker, in placement order."""
         return [(w.host, w.pid) for w in self._core.workers if w.alive]
+
+    def hosts_status(self) -> dict[str, dict[str, Any]]:
+        """Per host: ``up``, live ``workers``, ``down_since``, ``error``, reconnect ``attempts`` and ``next_try``."""
+        return self._core.hosts_status()
 
     def __repr__(self) -> str:
         return "<remoteproc.Pool state=%s workers=%d hosts=%s>" % (

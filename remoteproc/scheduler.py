@@ -44,6 +44,7 @@ from typing import Any, Callable, Iterable, Protocol
 from .agent import proxies
 from .agent.waker import Waker
 from .errors import CONNECTION_LOST, ConnectionLostError, PicklingError, RemoteProcessError
+from .reconnect import Reconnector
 from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts
 
 log = logging.getLogger("remoteproc.pool")
@@ -79,7 +80,7 @@ def _frame(data: bytes) -> bytes:
 class Chunk:
     """One task message: calls ``start`` to ``start + n - 1`` of a job, framed for the worker's recv_bytes."""
 
-    __slots__ = ("cid", "job", "start", "n", "data")
+    __slots__ = ("cid", "job", "start", "n", "data", "tries")
 
     def __init__(self, job: Job, start: int, n: int, mode: int, fbytes: bytes, abytes: bytes) -> None:
         self.cid = next(_chunk_ids)
@@ -87,6 +88,7 @@ class Chunk:
         self.start = start
         self.n = n
         self.data = _frame(pickle.dumps(("task", self.cid, mode, fbytes, abytes), pickle.HIGHEST_PROTOCOL))
+        self.tries = 0          # sends so far; a chunk that retries keeps its data until its result
 
 
 def _task_error(w: Worker, err: tuple[bytes | None, str, str]) -> BaseException:
@@ -109,7 +111,10 @@ class Scheduler:
     """The workers and the manager thread of one Pool or Executor (the thread works on this, never on them)."""
 
     def __init__(self, hosts: Hosts, processes_per_host: int | None, initializer: Callable[..., Any] | None,
-                 initargs: Iterable[Any], maxtasks: int | None, ssh_options: dict[str, Any]) -> None:
+                 initargs: Iterable[Any], maxtasks: int | None, ssh_options: dict[str, Any],
+                 retries: int = 0) -> None:
+        if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
+            raise ValueError("retries must be an int >= 0")
         if processes_per_host is not None and (not isinstance(processes_per_host, int) or processes_per_host < 1):
             raise ValueError("processes_per_host must be at least 1")
         if maxtasks is not None and (not isinstance(maxtasks, int) or maxtasks <= 0):
@@ -118,6 +123,9 @@ class Scheduler:
             raise TypeError("initializer must be a callable")
         self.hosts = parse_hosts(hosts, ssh_options)
         self.starter = Starter(initializer, tuple(initargs), maxtasks)
+        self.retries = retries
+        self.reconnector = Reconnector(self.starter, self._rejoin) if retries else None
+        self.rejoined: list[tuple[str, list[Worker]]] = []     # from the reconnector, for the manager
         self.maxtasks = maxtasks
         self.lock = threading.Lock()
         self.pending: collections.deque[Chunk] = collections.deque()
@@ -209,11 +217,15 @@ class Scheduler:
         with self.lock:
             if self.state == RUN:
                 self.state = CLOSE
+        if self.reconnector is not None:
+            self.reconnector.stop()
         self.wake()
 
     def terminate(self, wait: bool = True) -> None:
         with self.lock:
             self.state = TERMINATE
+        if self.reconnector is not None:
+            self.reconnector.stop()
         self.wake()
         if wait:
             self.join()
@@ -227,7 +239,8 @@ class Scheduler:
     def cancel_pending(self) -> list[Chunk]:
         """Executor.shutdown(cancel_futures=True): drop what no worker has started, and return it."""
         with self.lock:
-            dropped, self.pending = list(self.pending), collections.deque()
+            dropped = [c for c in self.pending if not c.tries]     # a retry was started: it runs again
+            self.pending = collections.deque(c for c in self.pending if c.tries)
         return dropped
 
     # -- the manager thread ------------------------------------------------------------------------
@@ -237,6 +250,8 @@ class Scheduler:
             while True:
                 with self.lock:
                     state = self.state
+                    if self.rejoined:
+                        self._take_rejoined()
                     if state != TERMINATE:
                         self._dispatch()
                     idle = not self.pending and not self.chunks and not self.feeders
@@ -282,7 +297,7 @@ class Scheduler:
         n = len(self.workers)
         for k in range(n):
             w = self.workers[(self.rr + k) % n]
-            if not w.alive or w.stopping or not w.conn_open:
+            if not w.alive or w.stopping or not w.conn_open or w.host in self.lost_hosts:
                 continue
             if self.maxtasks is not None and w.sent >= self.maxtasks:
                 continue
@@ -302,15 +317,17 @@ class Scheduler:
             if w is None:
                 return
             chunk = self.pending.popleft()
-            if not chunk.job._dispatching():
+            if not chunk.tries and not chunk.job._dispatching():
                 continue            # a cancelled future
+            chunk.tries += 1
             self.chunks[chunk.cid] = chunk
             if not w.outstanding:
                 w.busy_since = time.monotonic()
             w.outstanding.append(chunk.cid)
             w.sent += 1
             w.out += chunk.data
-            chunk.data = b""
+            if not self.retries:
+                chunk.data = b""
             self._flush(w)
 
     def _flush(self, w: Worker) -> None:
@@ -432,6 +449,9 @@ class Scheduler:
                 if state == RUN:
                     log.warning("%s: pool workers lost with their connection (%s); the other hosts go on",
                                 w.host, reason)
+                    if self.reconnector is not None:
+                        slots = sum(1 for x in self.workers if x.host == w.host)
+                        self.reconnector.lost(w.host, w.options, slots, reason)
         elif w.init_error is not None:
             err = RemoteProcessError("%s: a replacement pool worker's initializer raised:\n%s"
                                      % (w.host, w.init_error), w.host)
@@ -442,6 +462,12 @@ class Scheduler:
         with self.lock:
             lost = [self.chunks.pop(cid) for cid in w.outstanding if cid in self.chunks]
             w.outstanding.clear()
+            if code == CONNECTION_LOST and state != TERMINATE:
+                again = [c for c in lost if c.tries <= self.retries]
+                self.pending.extendleft(reversed(again))        # first, in their order
+                lost = [c for c in lost if c.tries > self.retries]
+                if again:
+                    log.info("%s: %d chunks lost with the connection run again elsewhere", w.host, len(again))
         for chunk in lost:
             chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)
         replace = (state == RUN or (state == CLOSE and (self.pending or self.chunks or self.feeders)))
@@ -456,6 +482,46 @@ class Scheduler:
                 self._register(new)
         if not any(x.alive for x in self.workers):
             self._fail_everything(self._no_workers_error())
+
+    def _rejoin(self, host: str, workers: list[Worker]) -> bool:
+        """From a reconnect thread: the host's workers are up again (False: the pool is closing)."""
+        with self.lock:
+            if self.state != RUN:
+                return False
+            self.rejoined.append((host, workers))
+        self.wake()
+        return True
+
+    def _take_rejoined(self) -> None:
+        """Put rejoined workers in the places of the lost ones (manager thread, lock held)."""
+        for host, new in self.rejoined:
+            self.lost_hosts.pop(host, None)
+            slots = [i for i, x in enumerate(self.workers) if x.host == host and not x.alive]
+            for w in new:
+                if slots:
+                    self.workers[slots.pop(0)] = w
+                else:
+                    self.workers.append(w)
+                self._register(w)
+        self.rejoined.clear()
+
+    def hosts_status(self) -> dict[str, dict[str, Any]]:
+        """Per host spec: ``up``, live ``workers``, ``down_since`` (time.time()), ``error``, reconnect ``attempts``."""
+        out: dict[str, dict[str, Any]] = {}
+        for host, _options, _n in self.hosts:
+            if host in out:
+                continue
+            down = self.reconnector.status(host) if self.reconnector is not None else None
+            error = self.lost_hosts.get(host) or self.broken_hosts.get(host)
+            out[host] = {
+                "up": host not in self.lost_hosts and host not in self.broken_hosts,
+                "workers": sum(1 for w in self.workers if w.host == host and w.alive),
+                "down_since": down["down_since"] if down else None,
+                "error": down["error"] if down else error,
+                "attempts": down["attempts"] if down else 0,
+                "next_try": down["next_try"] if down else None,
+            }
+        return out
 
     def _no_workers_error(self) -> RemoteProcessError:
         why = dict(self.broken_hosts, **self.lost_hosts)

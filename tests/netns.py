@@ -244,6 +244,21 @@ class NetnsRig:
                                                                           self.log_tail(host)))
             time.sleep(0.05)
 
+    def kill_sshd(self, name: str) -> None:
+        """Kill a host's sshd and every session it serves: its clients see their connections lost."""
+        host = self.hosts[name]
+        if host.proc is not None:
+            _kill_tree(host.proc.pid, self.workdir)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                host.proc.wait(5)
+            host.proc = None
+
+    def restart_sshd(self, name: str) -> None:
+        """Start a host's sshd again (after ``kill_sshd``) and wait until it answers."""
+        host = self.hosts[name]
+        self._start_sshd(host)
+        self._wait_ready(host)
+
     def log_tail(self, host: Host, limit: int = 3000) -> str:
         try:
             with open(host.log, errors="replace") as f:
