@@ -1,6 +1,7 @@
 """dask graphs on remoteproc's Executor: dask.compute(x, scheduler=remoteproc.Executor(hosts)).
 
-The hosts need dask (dask's tasks are dask objects); the loopback account has it, as this process does.
+dask's tasks are dask objects: the loopback account has dask, as this process does; the plain account
+has none and gets it through package forwarding.
 """
 
 from __future__ import annotations
@@ -59,3 +60,10 @@ def test_an_error_inside_a_task_arrives_with_the_remote_traceback(executor):
     cause = str(info.value.__cause__)
     assert "pool worker pid" in cause and "fails_on_3" in cause
     assert dask.compute(delayed(fails_on_3)(4), scheduler=executor) == (4,)     # the executor goes on
+
+
+@pytest.mark.timeout(180)
+def test_a_host_without_dask_gets_it_forwarded(plain_user_host, plain_user_options):
+    with remoteproc.Executor([plain_user_host], processes_per_host=2, **plain_user_options) as ex:
+        bag = db.from_sequence(range(100), npartitions=4)
+        assert bag.map(lambda x: x * 2).sum().compute(scheduler=ex) == 9900
