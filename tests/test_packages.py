@@ -272,6 +272,43 @@ def test_record_entries_outside_the_distribution_are_never_served(plain_user_hos
                              name + "-1.0.dist-info/RECORD", name + "-1.0.dist-info/WHEEL"])
 
 
+def test_two_top_level_packages_of_one_distribution_share_its_entry(plain_user_host, plain_user_options, tmp_path,
+                                                                    monkeypatch, fresh):
+    """Two children import the two top-level packages of one distribution at once: one
+    transfer, one entry, both answered."""
+    tag = uuid.uuid4().hex[:8]
+    site = tmp_path / "site"
+    names = ["rptwo_a_" + tag, "rptwo_b_" + tag]
+    info = site / ("rptwo-%s-1.0.dist-info" % tag)
+    info.mkdir(parents=True)
+    record = []
+    for name in names:
+        (site / name).mkdir()
+        (site / name / "__init__.py").write_text("import os\nHERE = os.path.dirname(__file__)\n")
+        (site / name / "blob.bin").write_bytes(os.urandom(1 << 20))
+        record += ["%s/__init__.py,," % name, "%s/blob.bin,," % name]
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nTag: py3-none-any\n")
+    (info / "RECORD").write_text("\n".join(record + [info.name + "/RECORD,,", info.name + "/WHEEL,,"]) + "\n")
+    monkeypatch.syspath_prepend(str(site))
+    pipes = []
+    for name in names:
+        parent, child = Pipe()
+        p = RemoteProcess(plain_user_host, target=import_job, args=(child, name, "m.HERE"), **plain_user_options)
+        p.start()
+        child.close()
+        pipes.append((p, parent))
+    homes = []
+    for p, parent in pipes:
+        assert parent.poll(120)
+        kind, here = parent.recv()
+        assert kind == "ok"
+        homes.append(os.path.dirname(here))
+        p.join(30)
+        assert p.exitcode == 0
+    assert homes[0] == homes[1]
+    assert sorted(n for n in os.listdir(homes[0]) if not n.startswith(".")) == sorted(names + [info.name])
+
+
 CONCURRENT = """
 import json, sys
 sys.path.insert(0, %(repo)r)
@@ -462,3 +499,27 @@ def test_compression_only_when_the_link_is_slower_than_zlib(monkeypatch):
     import zlib
 
     assert zlib.decompress(blob) == raw
+
+
+def test_the_agent_answers_every_name_waiting_for_one_entry(tmp_path):
+    """Two top-level names of one distribution asked while its entry is on its way: one
+    fetch, and both names are answered when it lands."""
+    from remoteproc.agent import supervisor
+
+    sup = supervisor.Supervisor.__new__(supervisor.Supervisor)
+    sup.pkgs = pkgcache.Store(str(tmp_path / "cache"))
+    sup.fetching, sup.modules, sup.waiting, sup.import_socks, sup.host = {}, {}, {}, {}, "h"
+    sent = []
+    sup.control = lambda msg, blob=b"": sent.append(msg)
+    h = pkgcache.Hasher()
+    h.file("a/__init__.py", 0o644, 3)
+    h.data(b"A=1")
+    digest = h.hexdigest()
+    for name in ("a", "b"):
+        dist = {"hash": digest, "name": "ab", "cap": 1 << 30}
+        sup._modules_arrived({"name": name, "modules": {name: {"dist": dist}}})
+    assert sent == [{"op": "fetch", "hash": digest}]
+    assert "a" not in sup.modules and "b" not in sup.modules
+    sup._package_piece("pkg", {"hash": digest, "parts": [["a/__init__.py", 0o644, 3, 0, 3]]}, b"A=1")
+    sup._package_piece("pkg-end", {"hash": digest}, b"")
+    assert sup.modules["a"] == sup.modules["b"] == {"path": str(tmp_path / "cache" / digest)}

@@ -71,7 +71,7 @@ class Supervisor:
         self.children = {}      # id -> RemoteChild, for children not yet reaped
         # the host's package cache, once a package needs it
         self.pkgs = None  # type: pkgcache.Store | None
-        self.fetching = {}      # entry hash -> (module name, cache cap) of packages on their way here
+        self.fetching = {}      # entry hash -> (module names waiting, cache cap) of packages on their way
         self.host = "the remote host"
         self.by_pid = {}
         self.import_socks = {}  # a child's import socket -> [process id, partial request]
@@ -276,9 +276,11 @@ class Supervisor:
                 self.pkgs = pkgcache.Store()
             path = self.pkgs.lookup(digest)
             if path is None:
-                if digest not in self.fetching:
+                if digest in self.fetching:
+                    self.fetching[digest][0].append(name)   # another top-level name of the same one
+                else:
                     self.pkgs.begin(digest, {k: dist.get(k) for k in ("name", "version", "top")})
-                    self.fetching[digest] = (name, int(dist.get("cap") or pkgcache.DEFAULT_CAP))
+                    self.fetching[digest] = ([name], int(dist.get("cap") or pkgcache.DEFAULT_CAP))
                     self.control({"op": "fetch", "hash": digest})
                 return True
             mods[name] = {"path": path}
@@ -295,7 +297,7 @@ class Supervisor:
         digest = msg.get("hash")
         if digest not in self.fetching:
             return      # a transfer this agent gave up on
-        name, cap = self.fetching[digest]
+        names, cap = self.fetching[digest]
         store = self.pkgs
         assert store is not None, "fetching without a cache"
         try:
@@ -307,9 +309,10 @@ class Supervisor:
             entry = {"path": store.finish(digest, cap)}
         except (OSError, ValueError, KeyError, TypeError, zlib.error, pkgcache.CacheError) as exc:
             store.abort(digest)     # a damaged transfer is refused, never used
-            entry = {"error": str(exc) if op == "pkg-fail" else self._cache_error(name, exc)}
+            entry = {"error": str(exc) if op == "pkg-fail" else self._cache_error(names[0], exc)}
         del self.fetching[digest]
-        self._modules_ready(name, {name: entry})
+        for name in names:
+            self._modules_ready(name, {name: entry})
 
     def _signal(self, msg):
         child = self.children.get(msg.get("id"))
