@@ -33,18 +33,29 @@ def _cache_root() -> str:
     return os.path.join(pwd.getpwnam("rpuser").pw_dir, ".cache", "remoteproc")
 
 
-def _entries(name: str | None = None) -> list[dict]:
-    return [e for e in pkgcache.entries(_cache_root()) if name is None or e.get("name") == name]
+def _entries(name: str | None = None, root: str | None = None) -> list[dict]:
+    return [e for e in pkgcache.entries(root or _cache_root()) if name is None or e.get("name") == name]
 
 
-def _entry_of(path: str) -> dict:
+def _entry_of(path: str, root: str | None = None) -> dict:
     """The cache entry that holds ``path`` (a module's __file__ on the host)."""
-    (entry,) = [e for e in _entries() if path.startswith(e["path"] + "/")]
+    (entry,) = [e for e in _entries(root=root) if path.startswith(e["path"] + "/")]
     return entry
 
 
-def _clear_cache() -> None:
-    shutil.rmtree(_cache_root(), ignore_errors=True)
+@pytest.fixture
+def own_cache(plain_user_options):
+    """(options, cache root): a cache of this test's own, through XDG_CACHE_HOME set for the
+    agent with python= (its own agent, too). Tests that empty or damage a cache use one, so
+    that other runs on this machine sharing the account neither disturb them nor suffer."""
+    import tempfile
+
+    pw = pwd.getpwnam("rpuser")
+    base = tempfile.mkdtemp(prefix="rp-xdg-")
+    os.chown(base, pw.pw_uid, pw.pw_gid)
+    options = dict(plain_user_options, python="env XDG_CACHE_HOME=%s python3" % base)
+    yield options, os.path.join(base, "remoteproc")
+    shutil.rmtree(base, ignore_errors=True)
 
 
 @pytest.fixture
@@ -194,16 +205,16 @@ def test_private_package_with_data_and_extension_then_rebuilt(plain_user_host, p
     assert len(_entries(name)) == 2     # addressed by content: both builds are entries of their own
 
 
-def test_cached_import_sends_nothing_and_a_truncated_file_is_replaced(plain_user_host, plain_user_options, fresh,
-                                                                      caplog):
-    entry = _entry_of(_call(plain_user_host, plain_user_options, numpy_job)[0])
+def test_cached_import_sends_nothing_and_a_truncated_file_is_replaced(plain_user_host, own_cache, fresh, caplog):
+    options, root = own_cache
+    entry = _entry_of(_call(plain_user_host, options, numpy_job)[0], root)
     victim = os.path.join(entry["path"], "numpy", "_core", "_multiarray_umath" + EXT)
     size = os.path.getsize(victim)
     with open(victim, "r+b") as f:
         f.truncate(size // 2)
     client.shutdown()
     caplog.set_level(logging.INFO, logger="remoteproc")
-    where, x, _version = _call(plain_user_host, plain_user_options, numpy_job)
+    where, x, _version = _call(plain_user_host, options, numpy_job)
     # sent again (over 4 MB: the relay says so, with the size), into the same entry
     said = [r.getMessage() for r in caplog.records if r.name == "remoteproc.packages"]
     assert any("sending numpy" in m and "MB" in m for m in said), said
@@ -331,20 +342,21 @@ if __name__ == "__main__":
 """
 
 
-def test_eight_programs_import_numpy_at_once_on_an_empty_cache(plain_user_host, plain_user_options, tmp_path):
-    _clear_cache()
+def test_eight_programs_import_numpy_at_once_on_an_empty_cache(plain_user_host, own_cache, tmp_path):
+    options, root = own_cache
     script = tmp_path / "importer.py"
     script.write_text(CONCURRENT % {"repo": REPO})
-    procs = [subprocess.Popen([sys.executable, str(script), plain_user_host, json.dumps(plain_user_options)],
+    procs = [subprocess.Popen([sys.executable, str(script), plain_user_host, json.dumps(options)],
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(8)]
     results = []
     for p in procs:
         out, err = p.communicate(timeout=540)
         assert p.returncode == 0, err
         results.append(json.loads(out.strip().splitlines()[-1]))
-    (entry,) = _entries("numpy")
+    (entry,) = _entries(root=root)
+    assert entry["name"] == "numpy"
     assert all(r[1] == 45.0 and r[0].startswith(entry["path"] + "/") for r in results)
-    assert not [n for n in os.listdir(_cache_root()) if n.startswith((".tmp-", ".trash-"))]
+    assert not [n for n in os.listdir(root) if n.startswith((".tmp-", ".trash-"))]
 
 
 def _snapshot(home: str) -> dict[str, tuple[int, int]]:
@@ -379,18 +391,21 @@ def test_cache_size_zero_turns_the_cache_off(plain_user_host, plain_user_options
     assert kind == "ImportError" and "C extension" in message and "install numpy there" in message
 
 
-def test_cache_command_lists_and_clears(plain_user_host, plain_user_options, fresh, capsys):
+def test_cache_command_lists_and_clears(plain_user_host, own_cache, fresh, capsys):
     from remoteproc import cli
 
-    _call(plain_user_host, plain_user_options, requests_job)
-    argv = [plain_user_host, "-p", str(plain_user_options["port"]), "-i", plain_user_options["key_filename"],
-            "--known-hosts", plain_user_options["known_hosts"]]
+    options, root = own_cache
+    _call(plain_user_host, options, requests_job)
+    argv = [plain_user_host, "-p", str(options["port"]), "-i", options["key_filename"],
+            "--known-hosts", options["known_hosts"], "--python", options["python"]]
     assert cli.main(["cache"] + argv) == 0
     out = capsys.readouterr().out
-    assert "certifi" in out and _cache_root() in out
+    assert "certifi" in out and root in out
+    names = sorted(e["name"] for e in _entries(root=root))
+    assert "certifi" in names and "charset_normalizer" in names     # (compiled with mypyc)
     assert cli.main(["cache", "--clear"] + argv) == 0
-    assert "removed" in capsys.readouterr().out
-    assert _entries() == []
+    assert "removed %d entries" % len(names) in capsys.readouterr().out
+    assert _entries(root=root) == []
 
 
 # -- the pieces, without a host -----------------------------------------------------------------
