@@ -44,8 +44,9 @@ class RemoteProcess(mp_process.BaseProcess):
         daemon: bool | None = None,
         **ssh_options: Any,
     ) -> None:
-        ssh_options = {**getattr(host, "ssh_options", {}), **ssh_options}   # a spec may carry options
-        host = str.__str__(host)                                               # (pytest_plugin.RemoteHost)
+        if isinstance(host, str) and type(host) is not str:     # a spec that carries options
+            ssh_options = {**getattr(host, "ssh_options", {}), **ssh_options}  # (pytest_plugin.RemoteHost)
+            host = str.__str__(host)
         parse_spec(host)
         options = check_options(host, ssh_options)
         super().__init__(group, target, name, args, kwargs, daemon=daemon)
