@@ -6,9 +6,11 @@ The entry point: ``LoopbackSSHServer`` (a started server gives ``spec()`` and
     with LoopbackSSHServer() as server:
         p = RemoteProcess(server.spec(), target=f, **server.options())
 
-Modules: ``loopback`` (the server a caller starts), ``openssh`` (the sshd binary),
-``paramiko_server`` (the in-process fallback), ``accounts`` (local users),
-``proctree`` (ending what a server started), ``keys``, ``net``, ``tools``.
+Modules: ``loopback`` (the server a caller starts), ``openssh`` (sshd as that server),
+``paramiko_server`` (the in-process fallback where there is no sshd), ``accounts``
+(local users sshd will log in), ``proctree`` (ending what a server started), ``keys``
+(key and config files), ``net`` (the loopback address, a free port), ``tools`` (admin
+tools), ``coverage`` (the suite's coverage measurement reaching the remote agents).
 """
 
 from .accounts import current_user, ensure_local_user
