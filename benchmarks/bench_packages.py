@@ -3,6 +3,9 @@
     python3 benchmarks/bench_packages.py            # loopback sshd, account rpuser (needs root)
     python3 benchmarks/bench_packages.py --host u@h # a real host (its cache is cleared first!)
 
+On loopback the cache is one of the benchmark's own (XDG_CACHE_HOME for the agent, set
+through python=), so that nothing else using the account's cache is disturbed.
+
 Each figure is the time of the statement `import numpy` inside the remote child (the
 child's own clock), median of --runs:
 
@@ -50,6 +53,17 @@ def clear_cache(conn):
     conn.send(pkgcache.clear())
 
 
+def own_cache(options: dict, user: str) -> tuple[dict, str]:
+    """Options whose agent keeps its package cache in a new directory of ``user``'s."""
+    import pwd
+    import tempfile
+
+    pw = pwd.getpwnam(user)
+    base = tempfile.mkdtemp(prefix="rp-bench-xdg-")
+    os.chown(base, pw.pw_uid, pw.pw_gid)
+    return dict(options, python="env XDG_CACHE_HOME=%s python3" % base), base
+
+
 def call(host, options, target):
     parent, child = Pipe()
     p = RemoteProcess(host, target=target, args=(child,), **options)
@@ -88,6 +102,7 @@ def main() -> None:
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
     server = None
+    base = None
     if args.host:
         host, options = args.host, {}
     else:
@@ -95,11 +110,16 @@ def main() -> None:
 
         server = LoopbackSSHServer(users=["rpuser"]).start()
         host, options = server.spec(), server.options()
+        options, base = own_cache(options, "rpuser")
     import numpy
 
-    size = sum(os.path.getsize(os.path.join(d, f)) for top in ("numpy", "numpy.libs")
-               for d, _dn, fs in os.walk(os.path.join(os.path.dirname(os.path.dirname(numpy.__file__)), top))
-               if "__pycache__" not in d for f in fs)
+    from remoteproc import distributions
+    from remoteproc.agent import pkgcache
+
+    dist = distributions.find("numpy", sys.path)
+    assert dist is not None
+    plain = dist.size
+    distributions.add_bytecode(dist, pkgcache.abi())
     try:
         t0 = time.perf_counter()
         m = measure(host, options, args.runs)
@@ -108,14 +128,17 @@ def main() -> None:
         client.shutdown()
         if server is not None:
             server.stop()
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
     local = statistics.median(m["local"])
-    print("`import numpy` (numpy %s, %.0f MB of files) | median | min | vs local" % (numpy.__version__, size / 1e6))
+    print("| `import numpy` (numpy %s: %d files, %.0f MB; %.0f MB with bytecode) | median | min | vs local |"
+          % (numpy.__version__, len(dist.files), plain / 1e6, dist.size / 1e6))
     print("|---|---:|---:|---:|")
     for key in m:
         print("| %s | %.0f ms | %.0f ms | x%.1f |" % (key, statistics.median(m[key]) * 1e3, min(m[key]) * 1e3,
                                                    statistics.median(m[key]) / local))
-    print("(%d runs in %.0f s%s)" % (args.runs, took, "" if shutil.which("nproc") is None else
-                                     ", %s CPUs" % os.cpu_count()))
+    print("(%d runs in %.0f s, %s CPUs, load average %.1f at the end)" % (args.runs, took, os.cpu_count(),
+                                                                       os.getloadavg()[0]))
 
 
 if __name__ == "__main__":

@@ -255,6 +255,8 @@ def digest(dist: Distribution) -> str:
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     for rel, mode, size, _mtime in dist.files:
+        if pkgcache.is_bytecode(rel):
+            continue        # derived from the sources, not content (see agent/pkgcache.py)
         if rel in dist.known:
             h.known(rel, mode, size, dist.known[rel])
             continue

@@ -179,6 +179,11 @@ def test_numpy_computes_on_a_host_without_numpy(plain_user_host, plain_user_opti
     assert stat.S_IMODE(os.stat(entry["path"]).st_mode) == 0o700
     assert os.stat(entry["path"]).st_uid == st.st_uid
     assert os.path.isdir(os.path.join(entry["path"], "numpy.libs"))     # the vendored libraries came too
+    # our bytecode came too, and the sources kept their times: the host compiled nothing
+    tag = sys.implementation.cache_tag
+    assert os.path.isfile(os.path.join(entry["path"], "numpy", "__pycache__", "__init__.%s.pyc" % tag))
+    assert int(os.stat(os.path.join(entry["path"], "numpy", "__init__.py")).st_mtime) == int(
+        os.stat(numpy.__file__).st_mtime)
 
 
 def test_requests_imports_and_certifi_where_is_a_real_file(plain_user_host, plain_user_options, fresh):

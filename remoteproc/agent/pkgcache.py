@@ -16,9 +16,10 @@ sha256 -- the form an installed wheel's ``RECORD`` already holds, so the local s
 reads those instead of hashing a large package again in every new program.
 
 Bytecode that the local side had (``__pycache__/*.pyc``, valid for its source and
-for this host's interpreter) comes along as part of the entry, and the sources keep
-their modification times, so the first import here compiles nothing; bytecode that
-Python writes here later is not content (the manifest lists what is).
+for this host's interpreter) comes along, and the sources keep their modification
+times, so the first import here compiles nothing.  Bytecode is not content: it is
+derived from the sources, which are, and Python checks it against them (source time
+and size) before use, as it does the bytecode it writes here itself.
 """
 
 import hashlib
@@ -110,35 +111,23 @@ def safe_rel(rel):
     return "__pycache__" not in parts or (is_bytecode(rel) and parts.count("__pycache__") == 1)
 
 
-def _manifest(root):
-    try:
-        with open(os.path.join(root, MANIFEST)) as f:
-            info = json.load(f)
-    except (OSError, ValueError):
-        return None
-    return info if isinstance(info, dict) else None
-
-
-def entry_files(root, bytecode=()):
+def entry_files(root):
     """Sorted (relative path, full path) of an entry's files; None if it holds a link or a
-    special file (never ours), or lacks listed bytecode.  ``__pycache__`` is content only
-    for the files listed in ``bytecode`` (what arrived); what Python writes there is not."""
+    special file (never ours).  ``__pycache__`` (bytecode) and the manifest are not content."""
     out = []
-    listed = set(bytecode)
     for dirpath, dirnames, filenames in os.walk(root):
+        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         for name in dirnames:
             if os.path.islink(os.path.join(dirpath, name)):
                 return None
         for name in filenames:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
-            if rel == MANIFEST or ("__pycache__" in rel.split("/") and rel not in listed):
+            if rel == MANIFEST:
                 continue
             if not stat.S_ISREG(os.lstat(full).st_mode):
                 return None
             out.append((rel, full))
-    if len(listed) != sum(1 for rel, _full in out if rel in listed):
-        return None
     out.sort()
     return out
 
@@ -162,8 +151,7 @@ def _sha256_of(path, size):
 def digest_of(root, workers=None):
     """The hash of what an entry directory holds now (None if it holds something foreign).
     Files are hashed by a few threads at once (hashlib and reads release the GIL)."""
-    info = _manifest(root)
-    files = entry_files(root, (info or {}).get("bytecode") or ())
+    files = entry_files(root)
     if files is None:
         return None
     stats = [(rel, full, os.lstat(full)) for rel, full in files]
@@ -225,7 +213,7 @@ class Incoming:
         self.f_offset = 0
         self.size = 0
         self.count = 0
-        self.bytecode = []
+        self.hashing = False    # the current file is content (bytecode is not)
         self.mtime = None       # the current file's modification time, kept (its bytecode checks it)
         self.path = ""
 
@@ -245,7 +233,8 @@ class Incoming:
             if n:
                 assert self.f is not None
                 self.f.write(piece)
-                self.hasher.data(piece)
+                if self.hashing:
+                    self.hasher.data(piece)
             self.left -= n
             self.f_offset += n
             if not self.left:
@@ -265,9 +254,9 @@ class Incoming:
         self.f_offset = 0
         self.path = full
         self.mtime = mtime
-        if is_bytecode(rel):
-            self.bytecode.append(rel)
-        self.hasher.file(rel, mode, size)
+        self.hashing = not is_bytecode(rel)
+        if self.hashing:
+            self.hasher.file(rel, mode, size)
         self.left = size
         self.size += size
         self.count += 1
@@ -287,7 +276,7 @@ class Incoming:
         if got != self.digest:
             raise CacheError("what arrived hashes to %s, not %s (a file changed while it was sent?)"
                              % (got[:12], self.digest[:12]))
-        info = dict(self.info, size=self.size, files=self.count, created=time.time(), bytecode=self.bytecode)
+        info = dict(self.info, size=self.size, files=self.count, created=time.time())
         with open(os.path.join(self.tmp, MANIFEST), "w") as f:
             json.dump(info, f)
         final = os.path.join(self.root, self.digest)
@@ -397,7 +386,6 @@ def entries(root=None):
         except (OSError, ValueError):
             info, used = {}, os.stat(path).st_mtime
         info = info if isinstance(info, dict) else {}
-        info.pop("bytecode", None)
         info.update(hash=name, path=path, used=used)
         out.append(info)
     return out
