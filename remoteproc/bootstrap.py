@@ -230,6 +230,9 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float) -> None
     while status is None and time.monotonic() < deadline:
         time.sleep(0.01)
         status = chan.exit_status()
+    transport_failure = chan.startup_error(status)
+    if transport_failure is not None:
+        raise transport_failure
     err += chan.recv_stderr()
     said = err.decode("utf-8", "replace").strip()
     m = _VERSION_LINE.search(said)

@@ -19,6 +19,7 @@ import time
 from typing import TYPE_CHECKING, Callable, Optional
 
 if TYPE_CHECKING:
+    from ..errors import RemoteProcessError
     from ..ssh.target import Target
 
 
@@ -69,6 +70,11 @@ class AgentChannel(abc.ABC):
     def details(self) -> str:
         """A few words about the connection for the debug log (e.g. its cipher)."""
         return ""
+
+    def startup_error(self, status: Optional[int]) -> Optional[RemoteProcessError]:
+        """When the command ended before the agent's hello: the transport's own failure
+        (host key, login, network) as a typed error, or None if the command itself failed."""
+        return None
 
     @abc.abstractmethod
     def close(self) -> None:

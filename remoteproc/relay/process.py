@@ -15,6 +15,7 @@ import os
 import signal
 import socket
 import threading
+from typing import Optional
 
 from .. import ssh
 from ..agent.fdlimit import raise_fd_limit
@@ -51,6 +52,7 @@ class Relay:
         self.sock = sock
         self.send_lock = threading.Lock()
         self.paramiko = ParamikoOpener()
+        self.openssh: Optional[AgentOpener] = None
         self.links: dict[tuple, Link] = {}
         self.links_lock = threading.Lock()
 
@@ -60,6 +62,12 @@ class Relay:
 
     def opener_for(self, target: ssh.Target) -> AgentOpener:
         """The transport that reaches ``target`` (the one place where a transport is chosen)."""
+        if target.transport == "openssh":
+            if self.openssh is None:
+                from .openssh_channel import OpenSSHOpener
+
+                self.openssh = OpenSSHOpener()
+            return self.openssh
         return self.paramiko
 
     def forget(self, link: Link) -> None:
@@ -83,7 +91,7 @@ class Relay:
         status = socket.socket(fileno=fds[0])
         fds = fds[1:]
         try:
-            target = ssh.resolve(request["host"], request["options"])
+            target = _resolve(request["host"], request["options"])
         except RemoteProcessError as exc:
             ipc.refuse(status, fds, exc)
             return
@@ -115,6 +123,17 @@ class Relay:
         for link in links:
             link.join(10)
         self.paramiko.close()
+        if self.openssh is not None:
+            self.openssh.close()
+
+
+def _resolve(spec: str, options: dict) -> ssh.Target:
+    """The target of a start request, as its transport sees it."""
+    if options.get("transport") == "openssh":
+        from ..ssh import openssh
+
+        return openssh.resolve(spec, options)
+    return ssh.resolve(spec, options)
 
 
 def main(fd: int) -> None:

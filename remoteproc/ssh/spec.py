@@ -17,6 +17,9 @@ from typing import Any, Callable, NamedTuple, Optional
 from ..errors import ConfigError
 
 POLICIES = ("reject", "accept-new")
+TRANSPORTS = ("paramiko", "openssh")
+#: the environment variable that sets a program's default transport
+TRANSPORT_ENV = "REMOTEPROC_TRANSPORT"
 
 #: a check of an option's value: what is wrong with it (for the message), or None
 Check = Callable[[str, Any, str], Optional[str]]
@@ -41,6 +44,10 @@ def _bytes(name: str, value: Any, spec: str) -> str | None:
 
 def _policy(name: str, value: Any, spec: str) -> str | None:
     return None if value in POLICIES else "%s=%r for host %r: use one of %s" % (name, value, spec, POLICIES)
+
+
+def _transport(name: str, value: Any, spec: str) -> str | None:
+    return None if value in TRANSPORTS else "%s=%r for host %r: use one of %s" % (name, value, spec, TRANSPORTS)
 
 
 class Option(NamedTuple):
@@ -79,6 +86,8 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("keepalive_count", (int,), 3, _at_least_one),
     Option("idle_timeout", (int, float), 60.0, _seconds),
     Option("cache_size", (int,), check=_bytes),     # the host's package cache (None: its default size)
+    Option("transport", (str,), "paramiko", _transport),
+    Option("allow_prompt", (bool,), False),
 )}
 
 #: keyword options RemoteProcess accepts, and the types each takes
@@ -125,11 +134,21 @@ def check_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     for name, value in options.items():
         _check_type(spec, name, value)
     given = {k: v for k, v in options.items() if v is not None}
+    if "transport" not in given and os.environ.get(TRANSPORT_ENV):
+        given["transport"] = os.environ[TRANSPORT_ENV].strip()
+        problem = _transport(TRANSPORT_ENV, given["transport"], spec)
+        if problem is not None:
+            raise ConfigError(problem, spec)
     for name, value in given.items():
         check = OPTIONS[name].check
         problem = check(name, value, spec) if check is not None else None
         if problem is not None:
             raise ConfigError(problem, spec)
+    if given.get("transport") == "paramiko":
+        del given["transport"]      # (the default: processes with and without it share a connection)
+    if given.get("allow_prompt") and "transport" not in given:
+        raise ConfigError("allow_prompt=True for host %r needs transport='openssh' (paramiko never prompts)"
+                          % spec, spec)
     return given
 
 

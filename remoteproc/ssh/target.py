@@ -69,6 +69,9 @@ class Target:
     address_family: str = "any"
     #: the key files passed as ``key_filename`` (the first of ``key_filenames``), offered first
     explicit_keys: list[str] = field(default_factory=list)
+    #: "paramiko", or "openssh": then ``ssh_args`` (options, ``--``, host) run the user's ssh
+    transport: str = "paramiko"
+    ssh_args: tuple = ()
 
     @property
     def display(self) -> str:
@@ -94,7 +97,7 @@ class Target:
         secret = hashlib.sha256(self.password.encode()).hexdigest() if self.password is not None else None
         trust = (tuple(self.key_filenames), self.identities_only, self.allow_agent, self.identity_agent, secret,
                  tuple(self.known_hosts), tuple(self.global_known_hosts), self.host_key_alias, self.policy)
-        return (self.username, self.hostname, self.port, route, trust)
+        return (self.username, self.hostname, self.port, route, trust, self.transport, self.ssh_args)
 
     @property
     def key(self) -> tuple[Any, ...]:

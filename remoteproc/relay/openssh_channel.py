@@ -1,0 +1,190 @@
+"""The agent's channel over the user's own ``ssh``: one ``ssh`` process per connection.
+
+``ssh`` runs the agent's command with its standard input and output as the channel
+(pipes of our own, non-blocking) and its standard error read by a small thread, so
+that ``ssh`` never blocks on a full stderr pipe.  One ``ssh`` process carries every
+process of its host, as one paramiko connection does: the link multiplexes them.
+Closing the channel closes ``ssh``'s input and then ends ``ssh``: the remote agent sees
+its channel close and kills what it started, exactly as with paramiko.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import subprocess
+import threading
+import time
+from typing import Callable, Optional
+
+from ..errors import ConnectError, RemoteProcessError
+from ..ssh import openssh
+from ..ssh.target import Target
+from .channel import AgentChannel, AgentOpener, ChannelLost
+
+log = logging.getLogger("remoteproc")
+
+STDERR_KEEP = 64 << 10      # what we keep of ssh's stderr between two reads
+CLOSE_GRACE = 1.0           # after closing ssh's input, how long it may take to end by itself
+
+
+def _nonblocking(fd: int) -> None:
+    fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+
+
+class OpenSSHChannel(AgentChannel):
+    """An ``ssh`` child process running the agent's command."""
+
+    def __init__(self, proc: subprocess.Popen, display: str, start_ms: float) -> None:
+        self.proc = proc
+        self.display = display
+        self.start_ms = start_ms
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        self.write_fd = proc.stdin.fileno()
+        self.read_fd = proc.stdout.fileno()
+        _nonblocking(self.write_fd)
+        _nonblocking(self.read_fd)
+        self._err = bytearray()             # not yet taken by recv_stderr
+        self._said = bytearray()            # all of it (the last 64 KiB), for the failure's words
+        self._err_lock = threading.Lock()
+        self._closed = False
+        self._reader = threading.Thread(target=self._read_stderr, name="remoteproc-ssh-stderr", daemon=True)
+        self._reader.start()
+
+    def _read_stderr(self) -> None:
+        stderr = self.proc.stderr
+        assert stderr is not None
+        fd = stderr.fileno()
+        while True:
+            try:
+                data = os.read(fd, 65536)
+            except OSError:
+                return
+            if not data:
+                return
+            with self._err_lock:
+                self._err += data
+                del self._err[:-STDERR_KEEP]
+                self._said += data
+                del self._said[:-STDERR_KEEP]
+
+    def fileno(self) -> int:
+        return self.read_fd
+
+    def writable_fileno(self) -> Optional[int]:
+        return self.write_fd
+
+    def on_writable(self, callback: Callable[[], None]) -> None:
+        pass    # (the link watches writable_fileno())
+
+    def recv(self, limit: int) -> Optional[bytes]:
+        try:
+            return os.read(self.read_fd, limit)
+        except BlockingIOError:
+            return None
+        except OSError:
+            return b""
+
+    def recv_stderr(self) -> bytes:
+        with self._err_lock:
+            got, self._err = bytes(self._err), bytearray()
+        return got
+
+    def send(self, data: memoryview) -> int:
+        if self._closed:
+            raise ChannelLost("the channel closed")
+        try:
+            return os.write(self.write_fd, data)
+        except BlockingIOError:
+            return 0
+        except OSError as exc:
+            raise ChannelLost("ssh stopped reading its input (%s)" % (exc.strerror or exc)) from None
+
+    def exit_status(self) -> Optional[int]:
+        code = self.proc.poll()
+        if code is None:
+            return None
+        return -1 if code < 0 or code == 255 else code
+
+    def said(self) -> str:
+        """Everything ssh wrote on stderr (up to the last 64 KiB), once it has ended."""
+        self._reader.join(2.0)
+        with self._err_lock:
+            return self._said.decode("utf-8", "replace").strip()
+
+    def startup_error(self, status: Optional[int]) -> Optional[RemoteProcessError]:
+        try:
+            self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            return None
+        return openssh.failure(self.display, self.proc.returncode, self.said())
+
+    def describe_loss(self) -> str:
+        try:
+            code = self.proc.wait(2.0)
+        except subprocess.TimeoutExpired:
+            return "ssh closed the agent's output but did not exit"
+        if code < 0:
+            return "the ssh process (pid %d) was killed by signal %d" % (self.proc.pid, -code)
+        if code == 255:
+            last = self.said().splitlines()
+            return "ssh lost the connection (%s)" % (last[-1] if last else "exit status 255")
+        return "the remote agent exited with status %d" % code
+
+    def details(self) -> str:
+        return "through ssh (pid %d), started in %.0f ms" % (self.proc.pid, self.start_ms)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()     # the agent sees its channel close and cleans up
+        except OSError:
+            pass
+        try:
+            self.proc.wait(CLOSE_GRACE)
+        except subprocess.TimeoutExpired:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5.0)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        for stream in (self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+class OpenSSHOpener(AgentOpener):
+    """Runs the user's ``ssh`` for each connection; ``ssh`` itself connects and authenticates."""
+
+    def __init__(self) -> None:
+        self.channels: list[OpenSSHChannel] = []
+        self.lock = threading.Lock()
+
+    def open(self, target: Target, command: Callable[[], str]) -> AgentChannel:
+        argv = [openssh.ssh_binary(), *target.ssh_args, command()]
+        prompt = bool(target.options.get("allow_prompt"))
+        t0 = time.monotonic()
+        try:
+            # Without prompts, ssh gets a session of its own: Ctrl-C on the user's terminal reaches the
+            # relay (which passes it on to the remote children), not ssh, which would drop the connection.
+            proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    bufsize=0, start_new_session=not prompt, close_fds=True)
+        except OSError as exc:
+            raise ConnectError("%s: cannot run ssh (%s). Fix: install OpenSSH's client, set REMOTEPROC_SSH, "
+                               "or use transport='paramiko'." % (target.display, exc), target.display) from None
+        log.debug("%s: ssh started (pid %d): %s", target.display, proc.pid, " ".join(argv[:-1]))
+        chan = OpenSSHChannel(proc, target.display, (time.monotonic() - t0) * 1e3)
+        with self.lock:
+            self.channels = [c for c in self.channels if not c._closed] + [chan]
+        return chan
+
+    def close(self) -> None:
+        with self.lock:
+            channels, self.channels = self.channels, []
+        for chan in channels:
+            chan.close()

@@ -1,0 +1,198 @@
+"""The user's own ``ssh`` as a transport: its command line, its view of a host, its failures.
+
+With ``transport="openssh"`` nothing of ``~/.ssh/config`` is evaluated here: ``ssh``
+reads it itself, with every keyword, ``known_hosts`` with ``@cert-authority`` lines,
+certificates, GSSAPI, FIDO keys and an existing ``ControlMaster``.  This module only
+
+- turns our keyword options into ``ssh`` arguments (``ssh_args``);
+- asks ``ssh -G`` what it will do for a host (``resolve``), so that processes going to
+  the same place share one ``ssh`` process, and errors name the host as ``ssh`` sees it;
+- reads ``ssh``'s words when it fails before the agent says hello (``failure``), and
+  turns them into our typed errors with the way out.
+
+Standard library only; the relay process runs it (``relay/openssh_channel.py``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import shutil
+import subprocess
+from typing import Any, Optional
+
+from ..errors import AuthenticationError, ConfigError, ConnectError, HostKeyError, RemoteProcessError
+from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
+from .target import Target
+
+#: what ``ssh`` always gets: no terminal, no forwarding that would listen anywhere, no local commands
+FIXED_ARGS = ("-T", "-x", "-o", "ClearAllForwardings=yes", "-o", "PermitLocalCommand=no")
+#: our options that a password prompt on ``ssh``'s side replaces
+NO_SECRETS = ("password", "passphrase")
+G_TIMEOUT = 30.0
+
+
+def ssh_binary() -> str:
+    """The ``ssh`` program (``$REMOTEPROC_SSH`` or the first ``ssh`` on PATH)."""
+    found = os.environ.get("REMOTEPROC_SSH") or shutil.which("ssh")
+    if not found:
+        raise ConnectError("transport='openssh' needs the ssh program, and none is on PATH. Fix: install "
+                           "OpenSSH's client (e.g. apt-get install openssh-client), set REMOTEPROC_SSH to its "
+                           "path, or use transport='paramiko'.")
+    return found
+
+
+def _list(value: Any) -> list[str]:
+    if value is None:
+        return []
+    if isinstance(value, (str, os.PathLike)):
+        return [os.path.expanduser(os.fspath(value))]
+    return [os.path.expanduser(os.fspath(v)) for v in value]
+
+
+def _quote_list(paths: list[str]) -> str:
+    return " ".join('"%s"' % p if " " in p else p for p in paths)
+
+
+def option_args(spec: str, options: dict[str, Any]) -> list[str]:
+    """``ssh`` arguments for the keyword options (the destination and command not included).
+
+    What the caller gives wins over ``~/.ssh/config``, as ``ssh``'s own command line does.
+    """
+    for name in NO_SECRETS:
+        if options.get(name) is not None:
+            raise ConfigError("%s: %s= cannot be handed to ssh with transport='openssh'. Fix: use a key or the "
+                              "ssh agent, or allow_prompt=True to let ssh ask on your terminal."
+                              % (spec, name), spec)
+    user, _, port = parse_spec(spec)
+    args = list(FIXED_ARGS)
+    if not options.get("allow_prompt"):
+        args += ["-o", "BatchMode=yes"]
+    user = options.get("username") or user
+    port = options.get("port") or port
+    if user:
+        args += ["-l", user]
+    if port:
+        args += ["-p", str(port)]
+    config = options.get("ssh_config")
+    if config is False:
+        args += ["-F", "/dev/null"]
+    elif config not in (None, True):
+        args += ["-F", os.path.expanduser(os.fspath(config))]
+    for key in _list(options.get("key_filename")):
+        args += ["-i", key]
+    known = _list(options.get("known_hosts"))
+    if known:
+        args += ["-o", "UserKnownHostsFile=" + _quote_list(known)]
+    policy = options.get("host_key_policy")
+    if policy is not None:
+        args += ["-o", "StrictHostKeyChecking=" + ("yes" if policy == "reject" else "accept-new")]
+    if options.get("connect_timeout") is not None:
+        args += ["-o", "ConnectTimeout=%d" % max(1, math.ceil(options["connect_timeout"]))]
+    if options.get("proxy_jump") is not None:
+        args += ["-J", options["proxy_jump"]]
+    elif options.get("proxy_command") is not None:
+        args += ["-o", "ProxyCommand=" + options["proxy_command"]]
+    if options.get("allow_agent") is False:
+        args += ["-o", "IdentityAgent=none"]
+    if options.get("look_for_keys") is False:
+        args += ["-o", "IdentitiesOnly=yes"]
+    if options.get("keepalive_interval") is not None:
+        args += ["-o", "ServerAliveInterval=%d" % max(1, math.ceil(options["keepalive_interval"]))]
+    if options.get("keepalive_count") is not None:
+        args += ["-o", "ServerAliveCountMax=%d" % options["keepalive_count"]]
+    return args
+
+
+def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
+    """What ``ssh -G`` says it will do for ``spec``: keyword (lower case) -> values."""
+    _, host, _ = parse_spec(spec)
+    try:
+        out = subprocess.run([ssh_binary(), "-G", *args, host], stdin=subprocess.DEVNULL, capture_output=True,
+                             timeout=G_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise ConfigError("%s: 'ssh -G' did not answer within %gs (a Match exec in ~/.ssh/config?)"
+                          % (spec, G_TIMEOUT), spec) from None
+    if out.returncode != 0:
+        said = out.stderr.decode("utf-8", "replace").strip()
+        raise ConfigError("%s: ssh refuses this host or its configuration: %s" % (spec, said or "no message"),
+                          spec)
+    view: dict[str, list[str]] = {}
+    for line in out.stdout.decode("utf-8", "replace").splitlines():
+        key, _, value = line.partition(" ")
+        view.setdefault(key.lower(), []).append(value)
+    return view
+
+
+def _seconds(view: dict[str, list[str]], key: str, default: float) -> float:
+    value = (view.get(key) or ["none"])[0]
+    return float(value) if value.isdigit() and int(value) > 0 else default
+
+
+def resolve(spec: str, options: dict[str, Any]) -> Target:
+    """A ``Target`` for ``spec`` as ``ssh`` will reach it; ``target.ssh_args`` runs it."""
+    args = option_args(spec, options)
+    view = ssh_config_view(spec, args)
+    _, host, _ = parse_spec(spec)
+    jump = (view.get("proxyjump") or [""])[0]
+    command = (view.get("proxycommand") or [""])[0]
+    target = Target(
+        spec=spec,
+        hostname=(view.get("hostname") or [host])[0],
+        port=int((view.get("port") or ["22"])[0]),
+        username=(view.get("user") or [""])[0],
+        connect_timeout=_seconds(view, "connecttimeout", options.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT),
+        proxy_jump=[j for j in jump.split(",") if j and jump.lower() != "none"],
+        proxy_command=command if command and command.lower() != "none" else None,
+        idle_timeout=options.get("idle_timeout") or DEFAULT_IDLE_TIMEOUT,
+        python=options.get("python") or "python3",
+        options=dict(options),
+        original_host=host,
+    )
+    if options.get("keepalive_interval") is not None:
+        target.keepalive_interval = options["keepalive_interval"]
+    if options.get("keepalive_count") is not None:
+        target.keepalive_count = options["keepalive_count"]
+    target.transport = "openssh"
+    target.ssh_args = tuple(args) + ("--", host)
+    return target
+
+
+# -- ssh's failures ----------------------------------------------------------------------------
+
+_PATTERNS: list[tuple[re.Pattern, type, str]] = [
+    (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", re.I), HostKeyError,
+     "the host's key has CHANGED since it was recorded in known_hosts: this may be an attack. Fix: if the "
+     "change is expected, remove the old key with ssh-keygen -R HOST, then connect once with ssh"),
+    (re.compile(r"host key .*revoked|REVOKED HOST KEY", re.I), HostKeyError,
+     "the host's key is marked @revoked in known_hosts. Fix: ask the host's administrator"),
+    (re.compile(r"Host key verification failed|No .*host key is known for", re.I), HostKeyError,
+     "ssh does not know this host's key. Fix: connect once with ssh HOST and check the fingerprint, or pass "
+     "host_key_policy='accept-new' to record it on first use"),
+    (re.compile(r"Permission denied|Too many authentication failures|no mutual signature", re.I),
+     AuthenticationError,
+     "the server refused every way ssh tried to log in. Fix: check that 'ssh HOST' logs in without a prompt "
+     "(BatchMode) with this user and key, or pass allow_prompt=True for a login that asks"),
+    (re.compile(r"Could not resolve hostname|Name or service not known|nodename nor servname", re.I),
+     ConnectError, "the host name does not resolve. Fix: check the name, or its HostName in ~/.ssh/config"),
+    (re.compile(r"Connection refused", re.I), ConnectError,
+     "nothing listens on that port. Fix: check the port and that sshd runs there"),
+    (re.compile(r"timed out|Connection timeout", re.I), ConnectError,
+     "the connection timed out. Fix: check that the host is up and reachable, or raise connect_timeout"),
+    (re.compile(r"No route to host|Network is unreachable", re.I), ConnectError,
+     "the host is unreachable. Fix: check the network path (VPN, ProxyJump)"),
+]
+
+
+def failure(display: str, status: Optional[int], said: str) -> Optional[RemoteProcessError]:
+    """The typed error for ``ssh``'s exit before the agent's hello, or None when it was not ssh's
+    own failure (status 255 is ssh's; other statuses are the remote command's)."""
+    if status != 255:
+        return None
+    words = " ".join(line.strip() for line in said.splitlines() if line.strip()) or "no message"
+    for pattern, kind, advice in _PATTERNS:
+        if pattern.search(said):
+            return kind("%s (transport='openssh'): %s: %s" % (display, advice, words), display)
+    return ConnectError("%s (transport='openssh'): ssh failed: %s. Fix: run 'ssh -v HOST' to see why" %
+                        (display, words), display)
