@@ -218,8 +218,9 @@ def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list
         "or pass key_filename= with allow_agent=False).")
     return AuthenticationError(
         "%s: authentication failed; the server accepts %s; tried: %s.%s Fix: add your public key to "
-        "~%s/.ssh/authorized_keys on the host, load the right key into ssh-agent, or pass key_filename=."
-        % (target.display, ", ".join(allowed or ()) or "nothing we offered",
+        "~%s/.ssh/authorized_keys on the host, load the right key into ssh-agent, or pass key_filename=. "
+        "If `ssh` itself logs you in (a certificate, Kerberos/GSSAPI, a FIDO or PKCS#11 key, 2FA), pass "
+        "transport='openssh' to use it." % (target.display, ", ".join(allowed or ()) or "nothing we offered",
            "; ".join(tried) or "no key (no agent, no key file found)", closed, target.username),
         target.display)
 
