@@ -87,34 +87,40 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Every test that uses ``host``/``ssh_options`` runs against the loopback sshd and each --remote-host
-    (unless marked ``loopback_only``)."""
+    """Every test that uses ``host``/``ssh_options`` runs against the loopback sshd under both
+    transports (paramiko, and the user's own ``ssh``), and each --remote-host (unless marked
+    ``loopback_only``)."""
     if "remote_target" in metafunc.fixturenames:
-        hosts = ["loopback"]
+        hosts = list(LOOPBACK_TARGETS)
         if metafunc.definition.get_closest_marker("loopback_only") is None:
             hosts += list(metafunc.config.getoption("remote_hosts"))
         metafunc.parametrize("remote_target", hosts, indirect=True,
-                             ids=["loopback" if h == "loopback" else "remote=" + h for h in hosts])
+                             ids=[h if h in LOOPBACK_TARGETS else "remote=" + h for h in hosts])
+
+
+#: the loopback sshd reached by each transport: param -> extra options
+LOOPBACK_TARGETS = {"loopback": {}, "loopback-openssh": {"transport": "openssh"}}
 
 
 @pytest.fixture
 def remote_target(request: pytest.FixtureRequest) -> tuple[str, dict[str, Any]]:
     """(host spec, options) of the host a host-facing test runs against.
 
-    The loopback sshd with its own key and known_hosts; or a host given with
-    --remote-host, reached with the user's ~/.ssh/config alone (no options).
+    The loopback sshd with its own key and known_hosts (through paramiko, or through
+    the ``ssh`` program); or a host given with --remote-host, reached with the user's
+    ~/.ssh/config alone (no options).
     """
     param = getattr(request, "param", "loopback")
-    if param == "loopback":
+    if param in LOOPBACK_TARGETS:
         server = request.getfixturevalue("sshd")
-        return server.spec(current_user()), server.options(current_user())
+        return server.spec(current_user()), {**server.options(current_user()), **LOOPBACK_TARGETS[param]}
     return param, {}
 
 
 @pytest.fixture
 def is_loopback(remote_target: tuple[str, dict[str, Any]], request: pytest.FixtureRequest) -> bool:
     """True when the test runs against the loopback sshd (on this machine), not a --remote-host."""
-    return request.node.callspec.params.get("remote_target") == "loopback"
+    return request.node.callspec.params.get("remote_target") in LOOPBACK_TARGETS
 
 
 @pytest.fixture

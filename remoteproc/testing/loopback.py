@@ -58,6 +58,7 @@ class LoopbackSSHServer:
         *,
         prefer_openssh: bool = True,
         workdir: Optional[str] = None,
+        certificates: bool = False,
     ) -> None:
         if isinstance(users, str):
             raise TypeError("users must be a sequence of names, not a string")
@@ -76,6 +77,9 @@ class LoopbackSSHServer:
         self.ssh_config = ""
         self.log_file = ""
         self._parent_dir = workdir
+        #: sign the host key and the client key with a test CA: known_hosts then holds only an
+        #: @cert-authority line and logins need the user certificate (OpenSSH only)
+        self.certificates = certificates
         self._sshd = find_sshd() if prefer_openssh else None
         self.kind = "openssh" if self._sshd else "paramiko"
         self._server: Union[OpenSSHServer, ParamikoSSHServer, None] = None
@@ -177,9 +181,11 @@ class LoopbackSSHServer:
         """The OpenSSH server if there is an sshd, else the paramiko one; started."""
         server: Union[OpenSSHServer, ParamikoSSHServer]
         if self._sshd is not None:
-            server = OpenSSHServer(self._sshd, self.workdir, self.users, self.client_key)
+            server = OpenSSHServer(self._sshd, self.workdir, self.users, self.client_key, self.certificates)
             self.log_file = server.log_file
         else:
+            if self.certificates:
+                raise RuntimeError("certificates=True needs OpenSSH's sshd, and none was found")
             from .paramiko_server import ParamikoSSHServer  # paramiko only when needed
 
             server = ParamikoSSHServer(user=current_user(), client_key_path=self.client_key)
@@ -189,7 +195,12 @@ class LoopbackSSHServer:
 
     def _write_client_files(self, host_public: str) -> None:
         """known_hosts and ssh_config for the chosen port (client key exists already)."""
-        write_text(self.known_hosts, f"[{self.host}]:{self.port} {host_public}\n", 0o644)
+        if self.certificates:
+            assert isinstance(self._server, OpenSSHServer)
+            line = f"@cert-authority [{self.host}]:{self.port} {self._server.ca_public}\n"
+        else:
+            line = f"[{self.host}]:{self.port} {host_public}\n"
+        write_text(self.known_hosts, line, 0o644)
         blocks = []
         for user in self.users:
             blocks.append(

@@ -20,6 +20,7 @@ from typing import Optional
 from .keys import generate_keypair, public_line, quote, write_text
 from .net import HOST, free_port, ssh_banner
 from .proctree import STOP_TIMEOUT, descendants, die_with_parent, stop_popen, terminate_all
+from .tools import find_tool, run_tool
 
 __all__ = ["OpenSSHServer", "find_sshd"]
 
@@ -119,8 +120,12 @@ class OpenSSHServer:
     port: int
     pid: Optional[int]
 
-    def __init__(self, sshd: str, workdir: str, users: list[str], client_key: str) -> None:
+    def __init__(self, sshd: str, workdir: str, users: list[str], client_key: str,
+                 certificates: bool = False) -> None:
         self.sshd = sshd
+        self.certificates = certificates
+        #: with ``certificates``: the CA's public key line (it signed the host key and the client key)
+        self.ca_public = ""
         self.workdir = workdir
         self.users = list(users)
         self.client_key = client_key
@@ -137,13 +142,17 @@ class OpenSSHServer:
         generate_keypair(host_key)
         generate_keypair(self.client_key)
         self.host_public = public_line(host_key + ".pub")
-        keys_dir = self._write_authorized_keys(public_line(self.client_key + ".pub"))
+        keys_dir = self._write_authorized_keys("" if self.certificates else public_line(self.client_key + ".pub"))
+        extra: list[str] = []
+        if self.certificates:
+            extra = self._certify(host_key)
         if os.geteuid() == 0:
             self._open_to_other_users()
         config = os.path.join(self.workdir, "sshd_config")
         for attempt in range(1, BIND_ATTEMPTS + 1):
             port = free_port()
-            write_text(config, _sshd_config(self.sshd, self.workdir, self.users, port, host_key, keys_dir), 0o644)
+            text = _sshd_config(self.sshd, self.workdir, self.users, port, host_key, keys_dir)
+            write_text(config, text + "".join(line + "\n" for line in extra), 0o644)
             try:
                 self._launch(config, port)
             except _PortInUse:
@@ -175,12 +184,27 @@ class OpenSSHServer:
             return "(no sshd log)"
         return text[-limit:].strip() or "(empty sshd log)"
 
+    def _certify(self, host_key: str) -> list[str]:
+        """A CA signs the host key and the client key: the server proves itself with a host
+        certificate, users log in with a user certificate only (no authorized key)."""
+        ca = os.path.join(self.workdir, "ca_key")
+        generate_keypair(ca)
+        self.ca_public = public_line(ca + ".pub")
+        keygen = shutil.which("ssh-keygen") or find_tool("ssh-keygen")
+        if keygen is None:
+            raise RuntimeError("certificates need ssh-keygen")
+        run_tool([keygen, "-q", "-s", ca, "-I", "remoteproc-test-host", "-h", "-n", HOST, host_key + ".pub"])
+        run_tool([keygen, "-q", "-s", ca, "-I", "remoteproc-test-user", "-n", ",".join(self.users),
+                  self.client_key + ".pub"])
+        os.chmod(self.client_key + "-cert.pub", 0o644)
+        return [f"HostCertificate {quote(host_key + '-cert.pub')}", f"TrustedUserCAKeys {quote(ca + '.pub')}"]
+
     def _write_authorized_keys(self, client_public: str) -> str:
         keys_dir = os.path.join(self.workdir, "authorized_keys")
         os.mkdir(keys_dir)
         os.chmod(keys_dir, 0o755)
         for user in self.users:
-            write_text(os.path.join(keys_dir, user), client_public + "\n", 0o644)
+            write_text(os.path.join(keys_dir, user), client_public + "\n" if client_public else "", 0o644)
         return keys_dir
 
     def _open_to_other_users(self) -> None:

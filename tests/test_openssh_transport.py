@@ -1,0 +1,244 @@
+"""transport="openssh": the user's own ssh carries the agent, with everything of ssh's honoured.
+
+The shared suite runs every host-facing test under both transports (see conftest's
+``LOOPBACK_TARGETS``); this file holds what is particular to the ``ssh`` program: host
+and user certificates, an existing ControlMaster, ssh's failures as typed errors, a
+killed ``ssh`` process, and how our options become ssh's.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from multiprocessing.connection import wait
+
+import cloudpickle
+import pytest
+from proctable import children_of, gone
+
+import remoteproc
+from remoteproc import Pipe, RemoteProcess
+from remoteproc.errors import AuthenticationError, ConfigError, ConnectError, HostKeyError
+from remoteproc.relay import client as relay_client
+from remoteproc.ssh import openssh
+from remoteproc.testing import LoopbackSSHServer, current_user, find_sshd
+from remoteproc.testing.net import free_port
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(180)
+
+
+def whoami(conn):
+    conn.send((os.getpid(), os.environ.get("SSH_CONNECTION", "")))
+    conn.close()
+
+
+def sleeper(conn):
+    conn.send(os.getpid())
+    time.sleep(120)
+
+
+def _round_trip(host, **options):
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=whoami, args=(child,), **options)
+    p.start()
+    child.close()
+    assert wait([parent], 60), "no message from the remote process"
+    pid, ssh_connection = parent.recv()
+    p.join(30)
+    assert p.exitcode == 0
+    return pid, ssh_connection
+
+
+# -- our options as ssh's -----------------------------------------------------------------------
+
+def _value(args, flag):
+    return [args[i + 1] for i, a in enumerate(args) if a == flag]
+
+
+def test_options_become_ssh_arguments():
+    args = openssh.option_args("alice@node1:2200", {
+        "key_filename": ["~/k1", "/k2"], "known_hosts": "/kh", "host_key_policy": "accept-new",
+        "connect_timeout": 2.5, "proxy_jump": "jump1,jump2", "ssh_config": False, "allow_agent": False,
+        "keepalive_interval": 5, "keepalive_count": 2})
+    assert _value(args, "-l") == ["alice"] and _value(args, "-p") == ["2200"]
+    assert _value(args, "-i") == [os.path.expanduser("~/k1"), "/k2"]
+    assert _value(args, "-F") == ["/dev/null"] and _value(args, "-J") == ["jump1,jump2"]
+    opts = _value(args, "-o")
+    for wanted in ("BatchMode=yes", "UserKnownHostsFile=/kh", "StrictHostKeyChecking=accept-new",
+                   "ConnectTimeout=3", "IdentityAgent=none", "ServerAliveInterval=5", "ServerAliveCountMax=2",
+                   "ClearAllForwardings=yes"):
+        assert wanted in opts
+    assert "-T" in args and "-x" in args
+
+
+def test_options_override_the_spec_and_prompting_drops_batch_mode():
+    args = openssh.option_args("alice@node1:2200", {"username": "bob", "port": 22, "allow_prompt": True,
+                                                    "host_key_policy": "reject", "ssh_config": "/cfg"})
+    assert _value(args, "-l") == ["bob"] and _value(args, "-p") == ["22"] and _value(args, "-F") == ["/cfg"]
+    assert "BatchMode=yes" not in _value(args, "-o")
+    assert "StrictHostKeyChecking=yes" in _value(args, "-o")
+
+
+@pytest.mark.parametrize("name", ["password", "passphrase"])
+def test_secrets_cannot_go_to_ssh(name):
+    with pytest.raises(ConfigError, match="allow_prompt=True"):
+        openssh.option_args("node1", {name: "x"})
+
+
+def test_transport_option_is_checked(monkeypatch):
+    with pytest.raises(ConfigError, match="transport='telnet'"):
+        RemoteProcess("node1", target=print, transport="telnet")
+    with pytest.raises(ConfigError, match="needs transport='openssh'"):
+        RemoteProcess("node1", target=print, allow_prompt=True)
+    monkeypatch.setenv("REMOTEPROC_TRANSPORT", "carrier-pigeon")
+    with pytest.raises(ConfigError, match="REMOTEPROC_TRANSPORT='carrier-pigeon'"):
+        RemoteProcess("node1", target=print)
+
+
+def test_missing_ssh_program_is_named(monkeypatch, tmp_path):
+    monkeypatch.setenv("REMOTEPROC_SSH", "")
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(ConnectError, match="needs the ssh program"):
+        openssh.ssh_binary()
+
+
+SSH_WORDS = [
+    ("Host key verification failed.", HostKeyError, "host_key_policy='accept-new'"),
+    ("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@", HostKeyError, "ssh-keygen -R"),
+    ("alice@node1: Permission denied (publickey).", AuthenticationError, "allow_prompt=True"),
+    ("ssh: Could not resolve hostname nodex: Name or service not known", ConnectError, "does not resolve"),
+    ("ssh: connect to host node1 port 22: Connection refused", ConnectError, "nothing listens"),
+    ("ssh: connect to host node1 port 22: Connection timed out", ConnectError, "connect_timeout"),
+    ("kex_exchange_identification: read: Connection reset by peer", ConnectError, "ssh -v"),
+]
+
+
+@pytest.mark.parametrize("said, kind, advice", SSH_WORDS)
+def test_ssh_failures_become_typed_errors(said, kind, advice):
+    exc = openssh.failure("alice@node1", 255, said)
+    assert type(exc) is kind
+    assert "alice@node1" in str(exc) and advice in str(exc) and said.strip("@ ") in str(exc)
+
+
+def test_a_remote_command_failure_is_not_ssh_s():
+    assert openssh.failure("node1", 127, "python3: not found") is None
+
+
+# -- against real servers -----------------------------------------------------------------------
+
+def _loopback_options(server):
+    return {**server.options(current_user()), "transport": "openssh"}
+
+
+def test_unknown_host_key_is_refused_then_accepted_new(sshd, tmp_path):
+    empty = tmp_path / "known_hosts"
+    empty.write_text("")
+    options = {**_loopback_options(sshd), "known_hosts": str(empty)}
+    with pytest.raises(HostKeyError, match="accept-new") as info:
+        _round_trip(sshd.spec(), **options)
+    assert sshd.spec().split("@")[1].split(":")[0] in str(info.value)
+    _round_trip(sshd.spec(), **options, host_key_policy="accept-new")
+    assert "ssh-ed25519" in empty.read_text()
+
+
+def test_refused_login_is_an_authentication_error(sshd, tmp_path):
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True, timeout=30)
+    options = {**_loopback_options(sshd), "key_filename": str(key), "allow_agent": False, "look_for_keys": False}
+    with pytest.raises(AuthenticationError, match="Permission denied"):
+        _round_trip(sshd.spec(), **options)
+
+
+def test_closed_port_is_a_connect_error(sshd):
+    options = {**_loopback_options(sshd), "port": free_port()}
+    with pytest.raises(ConnectError, match="nothing listens"):
+        _round_trip(sshd.spec().rsplit(":", 1)[0], **options)
+
+
+@pytest.fixture(scope="module")
+def cert_server():
+    """An sshd with a host certificate and user-certificate logins; known_hosts trusts the CA only."""
+    if find_sshd() is None:
+        pytest.fail("no sshd") if os.environ.get("CI") else pytest.skip("no sshd")
+    server = LoopbackSSHServer(users=[current_user()], certificates=True)
+    server.start()
+    yield server
+    server.stop()
+
+
+def test_host_and_user_certificates_work_through_ssh(cert_server):
+    with open(cert_server.known_hosts) as f:
+        assert f.read().startswith("@cert-authority ")
+    with open(os.path.join(cert_server.workdir, "authorized_keys", current_user())) as f:
+        assert f.read().strip() == ""        # the login works by the user certificate alone
+    pid, connection = _round_trip(cert_server.spec(), **_loopback_options(cert_server))
+    assert pid > 0 and connection.split()[2] == "127.0.0.1"
+
+
+def test_paramiko_names_the_openssh_transport_for_a_cert_authority_host(cert_server):
+    with pytest.raises(HostKeyError, match="transport='openssh'") as info:
+        _round_trip(cert_server.spec(), **cert_server.options(current_user()))
+    assert "@cert-authority" in str(info.value)
+
+
+def _accepted_logins(server):
+    with open(server.log_file, encoding="utf-8", errors="replace") as f:
+        return f.read().count("Accepted publickey")
+
+
+def test_an_existing_control_master_is_reused(sshd, tmp_path):
+    sock = str(tmp_path / "cm.sock")
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n    ControlMaster auto\n    ControlPath %s\n" % sock)
+    user, rest = sshd.spec().split("@")
+    master = subprocess.Popen(
+        ["ssh", "-M", "-S", sock, "-N", "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=" + sshd.known_hosts,
+         "-i", sshd.client_key, "-p", str(sshd.port), "-l", user, "127.0.0.1"],
+        stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(sock) and time.monotonic() < deadline and master.poll() is None:
+            time.sleep(0.05)
+        assert os.path.exists(sock), master.stderr.read().decode() if master.poll() is not None else "no socket"
+        before = _accepted_logins(sshd)
+        options = {**_loopback_options(sshd), "ssh_config": str(config), "idle_timeout": 1}
+        _round_trip(sshd.spec(), **options)
+        assert _accepted_logins(sshd) == before      # no new authentication: the master carried it
+        assert master.poll() is None
+    finally:
+        master.terminate()
+        master.wait(10)
+
+
+def _ssh_processes_of_relay():
+    relay = relay_client.current()
+    assert relay is not None
+    return [pid for pid in children_of(relay.proc.pid)
+            if os.path.basename(os.readlink("/proc/%d/exe" % pid)) == "ssh"]
+
+
+@pytest.mark.loopback_only
+def test_a_killed_ssh_is_a_lost_connection_with_nothing_left(sshd):
+    options = {**_loopback_options(sshd), "keepalive_interval": 60}
+    parent, child = Pipe()
+    p = RemoteProcess(sshd.spec(), target=sleeper, args=(child,), **options)
+    p.start()
+    child.close()
+    assert wait([parent], 60)
+    remote_pid = parent.recv()
+    ssh_pids = _ssh_processes_of_relay()
+    assert ssh_pids, "the relay runs no ssh process"
+    for pid in ssh_pids:
+        os.kill(pid, signal.SIGKILL)
+    p.join(30)
+    assert p.exitcode == remoteproc.CONNECTION_LOST
+    assert isinstance(p.connection_error, remoteproc.ConnectionLostError)
+    assert "ssh" in str(p.connection_error)
+    with pytest.raises(EOFError):
+        parent.recv()
+    assert gone(remote_pid, 30), "the remote child outlived its ssh connection"
