@@ -129,7 +129,10 @@ class OpenSSHChannel(AgentChannel):
             return "the ssh process (pid %d) was killed by signal %d" % (self.proc.pid, -code)
         if code == 255:
             last = self.said().splitlines()
-            return "ssh lost the connection (%s)" % (last[-1] if last else "exit status 255")
+            if last:
+                return "ssh lost the connection (%s)" % last[-1]
+            # ssh says nothing when the remote command dies by a signal (it exits 255 then)
+            return "the remote agent's channel closed (agent killed?), ssh exited with status 255"
         return "the remote agent exited with status %d" % code
 
     def details(self) -> str:
