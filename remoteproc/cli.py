@@ -103,6 +103,9 @@ def _ssh_parent() -> argparse.ArgumentParser:
     g.add_argument("--python", metavar="PYTHON",
                    help="remote Python interpreter (default python3; must match this Python's major.minor)")
     g.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting after this")
+    g.add_argument("--transport", choices=("paramiko", "openssh"),
+                   help="paramiko (default) or openssh: run your own ssh program, with everything of its "
+                        "config (certificates, GSSAPI, ControlMaster); $REMOTEPROC_TRANSPORT sets the default")
     return parent
 
 
@@ -125,6 +128,8 @@ def ssh_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["python"] = args.python
     if args.connect_timeout is not None:
         opts["connect_timeout"] = args.connect_timeout
+    if args.transport:
+        opts["transport"] = args.transport
     return opts
 
 

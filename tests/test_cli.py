@@ -188,6 +188,13 @@ def test_check_the_system_python_account(sshd, plain_user_host):
     assert "(/usr/bin/python3)" in out.stdout and "user rpuser" in out.stdout
 
 
+def test_check_through_the_users_own_ssh_and_its_config_alias(sshd):
+    out = remoteproc_cmd("check", "--transport", "openssh", "-F", sshd.ssh_config, "remoteproc-" + sshd.users[0])
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "remote python:   CPython %d.%d." % sys.version_info[:2] in out.stdout
+    assert "round trip:" in out.stdout
+
+
 def test_check_unknown_host_key_then_accept_new(sshd, tmp_path):
     known = tmp_path / "known_hosts"
     known.write_text("")
