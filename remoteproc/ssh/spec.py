@@ -144,9 +144,7 @@ def check_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
         problem = check(name, value, spec) if check is not None else None
         if problem is not None:
             raise ConfigError(problem, spec)
-    if given.get("transport") == "paramiko":
-        del given["transport"]      # (the default: processes with and without it share a connection)
-    if given.get("allow_prompt") and "transport" not in given:
+    if given.get("allow_prompt") and given.get("transport") != "openssh":
         raise ConfigError("allow_prompt=True for host %r needs transport='openssh' (paramiko never prompts)"
                           % spec, spec)
     return given
