@@ -144,8 +144,8 @@ def check_host_key(target: Target, key: Any) -> None:
     authorities = [e for e in entries if e.marker == "@cert-authority"]
     if authorities and target.policy != "accept-new":
         raise HostKeyError(
-            "%s: this host is known only through a certificate authority (@cert-authority in %s), and the "
-            "paramiko transport cannot check host certificates. Fix: pass transport='openssh' (your own ssh "
+            "%s: the host key is unknown: this host is known only through a certificate authority "
+            "(@cert-authority in %s), and the paramiko transport cannot check host certificates. Fix: pass transport='openssh' (your own ssh "
             "checks the certificate), or add the host's own key (%s %s) to known_hosts."
             % (target.display, authorities[0].where, kind, fingerprint(key)), target.display)
     if target.policy == "accept-new":
