@@ -145,8 +145,9 @@ def check_host_key(target: Target, key: Any) -> None:
     if authorities and target.policy != "accept-new":
         raise HostKeyError(
             "%s: the host key is unknown: this host is known only through a certificate authority "
-            "(@cert-authority in %s), and the paramiko transport cannot check host certificates. Fix: pass transport='openssh' (your own ssh "
-            "checks the certificate), or add the host's own key (%s %s) to known_hosts."
+            "(@cert-authority in %s), and the paramiko transport cannot check host certificates. Fix: pass "
+            "transport='openssh' (your own ssh checks the certificate), or add the host's own key "
+            "(%s %s) to known_hosts."
             % (target.display, authorities[0].where, kind, fingerprint(key)), target.display)
     if target.policy == "accept-new":
         if not target.known_hosts:
