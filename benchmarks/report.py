@@ -8,9 +8,11 @@ from typing import Any
 
 from .common import METRICS
 
-PEER_ORDER = ["remoteproc", "paramiko", "ssh", "execnet", "mitogen", "mp-fork", "mp-spawn", "mp-forkserver"]
+PEER_ORDER = ["remoteproc", "remoteproc-openssh", "paramiko", "ssh", "execnet", "mitogen", "mp-fork", "mp-spawn",
+              "mp-forkserver"]
 PEER_TITLES = {
     "remoteproc": "remoteproc",
+    "remoteproc-openssh": "remoteproc (ssh)",
     "paramiko": "raw paramiko",
     "ssh": "OpenSSH ssh",
     "execnet": "execnet",
@@ -88,8 +90,9 @@ def targets(host: dict) -> list[dict[str, Any]]:
     """The issue's targets, as ratios within this run."""
     out = []
 
-    def add(name: str, metric: str, base_peer: str, base_metric: str, limit: float, at_most: bool) -> None:
-        ours = median(host, MAIN, metric)
+    def add(name: str, metric: str, base_peer: str, base_metric: str, limit: float, at_most: bool,
+            peer: str = MAIN) -> None:
+        ours = median(host, peer, metric)
         theirs = median(host, base_peer, base_metric)
         r = ours / theirs if ours is not None and theirs else None
         ok = None if r is None else (r <= limit if at_most else r >= limit)
@@ -111,6 +114,14 @@ def targets(host: dict) -> list[dict[str, Any]]:
     add("round trip, busy thread, vs local Pipe under the same load", "rt100_load", "mp-fork", "rt100_load",
         1.5, True)
     add("1 MiB upload, busy thread, vs idle upload", "up_1m_load", MAIN, "up_1m", 0.5, False)
+    add("1 MiB upload, busy thread, vs local Pipe under the same load", "up_1m_load", "mp-fork", "up_1m_load",
+        0.9, False)
+    ssh = "remoteproc-openssh"
+    add("transport=openssh: 100 B round trip vs ssh HOST cat", "rt100", "ssh", "rt100", 2.5, True, ssh)
+    for m, label in (("up_1m", "upload 1 MiB"), ("down_1m", "download 1 MiB")):
+        add("transport=openssh: %s vs ssh" % label, m, "ssh", m, 0.9, False, ssh)
+    add("transport=openssh: round trip, busy thread, vs local Pipe", "rt100_load", "mp-fork", "rt100_load",
+        1.0, True, ssh)
     return out
 
 
@@ -297,7 +308,8 @@ def write_docs(results: dict, docs_dir: str) -> tuple[str, str]:
 
 
 COLORS = {
-    "remoteproc": "#d62728", "paramiko": "#7f7f7f", "ssh": "#bcbd22", "execnet": "#1f77b4",
+    "remoteproc": "#d62728", "remoteproc-openssh": "#ff9896", "paramiko": "#7f7f7f", "ssh": "#bcbd22",
+    "execnet": "#1f77b4",
     "mitogen": "#9467bd", "mp-fork": "#2ca02c", "mp-spawn": "#98df8a", "mp-forkserver": "#17becf",
 }
 

@@ -38,6 +38,7 @@ LIGHT_USER = "rpuser"
 PEERS = [
     ("peer_local", ["mp-fork", "mp-spawn", "mp-forkserver"], 150),
     ("peer_remoteproc", ["remoteproc"], 200),
+    ("peer_remoteproc_openssh", ["remoteproc-openssh"], 200),
     ("peer_paramiko", ["paramiko"], 150),
     ("peer_openssh", ["ssh", "ssh-curve25519"], 120),
     ("peer_execnet", ["execnet"], 200),
@@ -196,7 +197,8 @@ def main(argv=None) -> int:
                     help="also measure start-up for root's account (its .bashrc runs pyenv init)")
     ap.add_argument("--no-root", dest="root", action="store_false")
     ap.add_argument("--no-loopback", action="store_true", help="measure only the --host hosts")
-    ap.add_argument("--peers", help="comma-separated subset of: local,remoteproc,paramiko,openssh,execnet,mitogen")
+    ap.add_argument("--peers", help="comma-separated subset of: local,remoteproc,remoteproc_openssh,paramiko,openssh,"
+                                    "execnet,mitogen")
     ap.add_argument("--json", metavar="PATH", help="write the raw samples here")
     ap.add_argument("--from-json", metavar="PATH", help="do not measure: report these saved results")
     ap.add_argument("--write-docs", action="store_true", help="rewrite docs/performance.md and docs/performance.png")
@@ -257,7 +259,7 @@ def measure(args, argv) -> dict:
                 if only is not None and module not in only:
                     continue
                 data = run_peer(module, host, p, budget * scale, workdir, metrics=only and only[module],
-                                load_by_remoteproc=any(m == "peer_remoteproc" for m, _n, _b in peers))
+                                load_by_remoteproc=any(m.startswith("peer_remoteproc") for m, _n, _b in peers))
                 for name, pdata in data["peers"].items():      # merge metric by metric
                     mine = entry["peers"].setdefault(name, {"metrics": {}, "skipped": {}, "notes": {}})
                     for part in ("metrics", "skipped", "notes"):

@@ -29,8 +29,17 @@ STDERR_KEEP = 64 << 10      # what we keep of ssh's stderr between two reads
 CLOSE_GRACE = 1.0           # after closing ssh's input, how long it may take to end by itself
 
 
-def _nonblocking(fd: int) -> None:
+PIPE_SIZE = 1 << 20         # bytes a pipe to or from ssh holds (Linux's default is 64 KiB)
+
+
+def _prepare(fd: int) -> None:
+    """Non-blocking, and (where Linux allows) a 1 MiB pipe: one read or write moves up to 16 times
+    as much, which is most of the download throughput of this transport."""
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
+    try:
+        fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
+    except OSError:
+        pass        # (over /proc/sys/fs/pipe-max-size for an unprivileged user, or not Linux)
 
 
 class OpenSSHChannel(AgentChannel):
@@ -43,8 +52,8 @@ class OpenSSHChannel(AgentChannel):
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self.write_fd = proc.stdin.fileno()
         self.read_fd = proc.stdout.fileno()
-        _nonblocking(self.write_fd)
-        _nonblocking(self.read_fd)
+        _prepare(self.write_fd)
+        _prepare(self.read_fd)
         self._err = bytearray()             # not yet taken by recv_stderr
         self._said = bytearray()            # all of it (the last 64 KiB), for the failure's words
         self._err_lock = threading.Lock()

@@ -1,0 +1,48 @@
+"""remoteproc with transport="openssh": the same measurements as ``peer_remoteproc``, over the
+``ssh`` program instead of paramiko (the baseline to compare with is ``ssh HOST cat``)."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from . import peer_remoteproc
+from .common import cold_main, peer_main
+
+NAME = "remoteproc-openssh"
+
+
+def _with_transport(cfg):
+    """The same host as the ``ssh`` peer reaches it (its ssh_config alias, so the same cipher), with
+    transport="openssh"; written to a config file of its own for the cold starts."""
+    host = cfg["host"]
+    options = {"transport": "openssh"}
+    if "-F" in host["ssh_opts"]:
+        options["ssh_config"] = host["ssh_opts"][host["ssh_opts"].index("-F") + 1]
+    if host["options"].get("python"):
+        options["python"] = host["options"]["python"]
+    cfg = dict(cfg, host=dict(host, spec=host["ssh_dest"], options=options))
+    cfg.setdefault("peer_label", NAME)
+    path = cfg["config_path"]
+    if not path.endswith(".openssh.json"):
+        cfg["config_path"] = path[:-len(".json")] + ".openssh.json"
+        with open(cfg["config_path"], "w", encoding="utf-8") as f:
+            json.dump(cfg, f)
+    return cfg
+
+
+def cold_once(cfg) -> float:
+    return peer_remoteproc.cold_once(_with_transport(cfg))
+
+
+def run(cfg, rec) -> None:
+    cfg = _with_transport(cfg)
+    rec.data["info"]["transport"] = "openssh"
+    peer_remoteproc.run(cfg, rec)
+
+
+if __name__ == "__main__":
+    if sys.argv[1] == "--cold":
+        cold_main(cold_once)
+    else:
+        peer_main(run)
