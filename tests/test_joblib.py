@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import threading
+import time
 
 import joblib  # the test extra installs it
 import pytest
@@ -111,3 +113,9 @@ def test_callbacks_come_from_the_pool_thread_and_stay_consistent(host, ssh_optio
             with lock:
                 seen.append(v)
     assert sorted(seen) == sorted(x * x for x in range(300))
+
+
+def test_a_timeout_raises_timeout_error(host, ssh_options):
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        with pytest.raises(multiprocessing.TimeoutError):     # what joblib raises
+            joblib.Parallel(timeout=0.5, batch_size=1)(joblib.delayed(time.sleep)(3) for _ in range(4))
