@@ -13,12 +13,13 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 USER_TESTS = '''
 import os
+import sys
 import remoteproc
 from remoteproc import Pool, RemoteProcess
 
 
 def test_a_remote_process(remoteproc_host):
-    p = RemoteProcess(remoteproc_host, target=os._exit, args=(7,))
+    p = RemoteProcess(remoteproc_host, target=sys.exit, args=(7,))
     p.start()
     p.join(60)
     assert p.exitcode == 7
