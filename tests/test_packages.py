@@ -458,13 +458,14 @@ def _fake_entry(root, name, size, used):
 
 def test_eviction_removes_the_least_recently_used(tmp_path):
     now = time.time()
-    _fake_entry(str(tmp_path), "old", 600, now - 300)
-    mid = _fake_entry(str(tmp_path), "mid", 600, now - 200)
-    new = _fake_entry(str(tmp_path), "new", 600, now - 100)
-    pkgcache.evict(str(tmp_path), 1300, keep={mid})
-    assert sorted(os.listdir(tmp_path)) == sorted([mid, new])
+    _fake_entry(str(tmp_path), "old", 600, now - 3 * 3600)
+    mid = _fake_entry(str(tmp_path), "mid", 600, now - 2 * 3600)
+    new = _fake_entry(str(tmp_path), "new", 600, now - 3600)
+    recent = _fake_entry(str(tmp_path), "recent", 600, now - 60)
+    pkgcache.evict(str(tmp_path), 1900, keep={mid})
+    assert sorted(os.listdir(tmp_path)) == sorted([mid, new, recent])
     pkgcache.evict(str(tmp_path), 0, keep={mid})
-    assert os.listdir(tmp_path) == [mid]
+    assert sorted(os.listdir(tmp_path)) == sorted([mid, recent])     # in use here, or used a minute ago
 
 
 def test_a_transfer_that_does_not_hash_right_leaves_nothing(tmp_path):

@@ -36,6 +36,7 @@ import zlib
 MANIFEST = ".remoteproc-entry.json"     # per entry: what it holds, and (mtime) when it was last used
 DEFAULT_CAP = 4 << 30                   # bytes; the option cache_size changes it
 STALE = 3600.0                          # seconds after which an unfinished temporary entry is litter
+RECENT = 600.0                          # entries used this recently are not evicted (others may be using them)
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -393,7 +394,8 @@ def entries(root=None):
 
 def evict(root, cap, keep=()):
     """Remove least recently used entries until the cache holds at most ``cap`` bytes, and
-    temporary directories left behind by writers that died."""
+    temporary directories left behind by writers that died.  Entries used in the last
+    RECENT seconds stay (another program may be importing from them), even over the cap."""
     now = time.time()
     for name in os.listdir(root):
         if name.startswith((".tmp-", ".trash-")):
@@ -408,7 +410,7 @@ def evict(root, cap, keep=()):
     for e in sorted(have, key=lambda e: e["used"]):
         if total <= cap:
             break
-        if e["hash"] in keep:
+        if e["hash"] in keep or now - e["used"] < RECENT:
             continue
         _trash(root, e["path"])
         total -= int(e.get("size") or 0)
