@@ -50,7 +50,7 @@ class Squeeze:
             return None                 # too early to tell (the SSH window hides the link at first)
         return (taken - a0) / (now - t0)
 
-    def encode(self, raw: bytes) -> tuple[bytes, bool]:
+    def encode(self, raw: bytes | bytearray) -> tuple[bytes | bytearray, bool]:
         now = time.monotonic()
         link = self._link_rate(now)
         self.count += 1
@@ -115,7 +115,7 @@ class Sending:
         yield frames.control({"op": "pkg-end", "hash": self.digest})
 
     def _frame(self, parts: list, buf: bytearray) -> bytes:
-        blob, packed = self.squeeze.encode(bytes(buf))
+        blob, packed = self.squeeze.encode(buf)
         self.raw += len(buf)
         self.wire += len(blob)
         now = time.monotonic()

@@ -219,7 +219,7 @@ class Incoming:
         self.path = ""
 
     def add(self, parts, blob, compressed):
-        data = zlib.decompress(blob) if compressed else bytes(blob)
+        data = memoryview(zlib.decompress(blob) if compressed else blob)    # (pieces are views: no copies)
         pos = 0
         for part in parts:
             rel, mode, size, offset, n = part[:5]
