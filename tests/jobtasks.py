@@ -10,8 +10,9 @@ def where(x):
 
 
 def slow_where(x):
+    start = time.monotonic()
     time.sleep(0.2)
-    return x, os.getpid(), time.monotonic()
+    return x, os.getpid(), start, time.monotonic()
 
 
 def fails_on_3(x):
