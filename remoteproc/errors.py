@@ -5,6 +5,8 @@ Each message names the host it concerns and says what to do about it.
 
 from __future__ import annotations
 
+import pickle
+
 
 class RemoteProcessError(Exception):
     """Base class of every remoteproc error; ``host`` names the host concerned."""
@@ -45,8 +47,9 @@ class ConnectionLostError(RemoteProcessError, EOFError):
     """The SSH connection (or the local relay) carrying a remote process went away."""
 
 
-class PicklingError(RemoteProcessError, TypeError):
-    """The target or its arguments cannot be shipped to the remote host."""
+class PicklingError(RemoteProcessError, TypeError, pickle.PicklingError):
+    """The target or its arguments cannot be shipped to the remote host (also a
+    ``pickle.PicklingError``, as multiprocessing and concurrent.futures report it)."""
 
 
 #: ``exitcode`` of a remote process whose connection was lost before it exited

@@ -219,6 +219,11 @@ class Pool:
         """Per host: ``up``, live ``workers``, ``down_since``, ``error``, reconnect ``attempts`` and ``next_try``."""
         return self._core.hosts_status()
 
+    @property
+    def _pool(self) -> list[Any]:
+        """The live workers' processes (multiprocessing.Pool's attribute of that name)."""
+        return [w.process for w in self._core.workers if w.alive]
+
     def __repr__(self) -> str:
         return "<remoteproc.Pool state=%s workers=%d hosts=%s>" % (
             self._core.state, sum(1 for w in self._core.workers if w.alive), self.hosts)

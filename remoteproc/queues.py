@@ -311,7 +311,7 @@ class _Owned:
     def __reduce__(self):
         spawner = mp_context.get_spawning_popen()
         if spawner is None:
-            raise RuntimeError(
+            raise P.RefusedObject(
                 "remoteproc.%s objects should only be shared between processes as process arguments "
                 "(RemoteProcess or multiprocessing.Process) or through inheritance" % self._kind)
         child_end = self._attach("a child process", spawner)
@@ -521,7 +521,10 @@ class Queue(_Owned):
         if self._proxy is not None:
             return self._proxy.put(obj, block, timeout)
         self._check_closed()
-        status, _ = self._call(P.PUT, P.dumps_item(obj), block, timeout, timeout=timeout)
+        item = P.dumps_queued(self, obj)
+        if item is None:
+            return None
+        status, _ = self._call(P.PUT, item, block, timeout, timeout=timeout)
         if status == P.TIMEOUT:
             raise _queue.Full
 
@@ -561,6 +564,8 @@ class Queue(_Owned):
         if self._proxy is not None:
             return self._proxy.close()
         self._closed = True
+
+    _on_queue_feeder_error = staticmethod(P.on_queue_feeder_error)
 
     def join_thread(self) -> None:
         """For API parity: there is no feeder thread (a ``put`` has left when it returns)."""

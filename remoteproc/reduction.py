@@ -66,6 +66,40 @@ def _refusal(obj) -> str:
     return ""
 
 
+def _keep_filename(code: types.CodeType):
+    """cloudpickle renames shipped code to "<dynamic-code>": keep the real file name,
+    so remote tracebacks point at the user's files and lines."""
+    func, args = _code_reduce(code)
+    try:
+        i = args.index(_DYNAMIC)
+    except ValueError:  # pragma: no cover - a cloudpickle that keeps file names
+        return func, args
+    return func, args[:i] + (code.co_filename,) + args[i + 1:]
+
+
+_function_pickler: Any = None
+
+
+def dumps_function(func: Any) -> bytes:
+    """A Pool or Executor task's function, pickled as queue items are, but with the real file
+    names in its code (the worker's tracebacks then name them, and show their lines where the
+    file exists on that host)."""
+    global _function_pickler
+    if _function_pickler is None:
+        from .agent import proxies
+
+        class FunctionPickler(proxies._item_pickler()):   # type: ignore[misc]
+            def reducer_override(self, obj):
+                if isinstance(obj, types.CodeType):
+                    return _keep_filename(obj)
+                return super().reducer_override(obj)
+
+        _function_pickler = FunctionPickler
+    buf = io.BytesIO()
+    _function_pickler(buf, protocol=pickle.HIGHEST_PROTOCOL).dump(func)
+    return buf.getvalue()
+
+
 class _Pickler(cloudpickle.Pickler):
     def __init__(self, file, host: str) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -101,15 +135,8 @@ class _Pickler(cloudpickle.Pickler):
         return super().reducer_override(obj)
 
     def _code(self, code: types.CodeType):
-        """cloudpickle renames shipped code to "<dynamic-code>": keep the real file name,
-        so remote tracebacks point at the user's files and lines."""
-        func, args = _code_reduce(code)
-        try:
-            i = args.index(_DYNAMIC)
-        except ValueError:  # pragma: no cover - a cloudpickle that keeps file names
-            return func, args
         self.files.add(code.co_filename)
-        return func, args[:i] + (code.co_filename,) + args[i + 1:]
+        return _keep_filename(code)
 
     def _connection(self, conn: _ConnectionBase):
         if conn.closed:

@@ -41,6 +41,7 @@ from multiprocessing.connection import Connection
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]  # (not in typeshed)
 from typing import Any, Callable, Iterable, Protocol
 
+from . import reduction
 from .agent import proxies
 from .agent.waker import Waker
 from .errors import CONNECTION_LOST, ConnectionLostError, PicklingError, RemoteProcessError
@@ -182,7 +183,7 @@ class Scheduler:
     def make_chunks(self, job: Job, func: Callable[..., Any], mode: int, items: list[Any], chunksize: int,
                     start: int = 0) -> list[Chunk]:
         """Pickle a job's calls (in the caller's thread, so errors surface there)."""
-        fbytes = self.dumps(func, "the function")
+        fbytes = self.dumps(func, "the function", reduction.dumps_function)
         chunks = []
         for i in range(0, len(items), chunksize):
             part = items[i:i + chunksize]
@@ -190,11 +191,12 @@ class Scheduler:
         return chunks
 
     @staticmethod
-    def dumps(obj: object, what: str) -> bytes:
+    def dumps(obj: object, what: str, dumps: Callable[[Any], bytes] = proxies.dumps_item) -> bytes:
         try:
-            return proxies.dumps_item(obj)
-        except Exception as exc:
+            return dumps(obj)
+        except (pickle.PicklingError, TypeError) as exc:
             raise PicklingError("cannot send %s to the pool's workers: %s: %s" % (what, type(exc).__name__, exc))
+        # anything else (an object's own __reduce__ raised it) goes on as it is, as multiprocessing's
 
     def submit(self, chunks: list[Chunk]) -> None:
         failed = None

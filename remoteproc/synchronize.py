@@ -203,6 +203,16 @@ class _SemLock(_Sync):
             if not self._fulfil(w, P.OK, w.result):
                 self._untake(w.holder, w.count)         # that child is gone: not held by it
 
+    def _abandon(self, w) -> None:
+        """An owner's acquire interrupted (KeyboardInterrupt): not waiting any more, not holding."""
+        with self._lock:
+            if not w.done:
+                w.done = True
+                w.waitlist.remove(w)
+            elif w.status == P.OK and w.access is None:
+                self._untake(w.holder, w.count)
+                self._grant()
+
     def _process_gone(self, token: str) -> None:
         with self._lock:
             self._drop_waiters(self._waiters, token)
@@ -400,9 +410,38 @@ class Condition(_Sync):
             w.deadline = None
             self._lockobj._enqueue(w)
 
+    def _abandon(self, w) -> None:
+        """An owner's wait interrupted (KeyboardInterrupt): as multiprocessing's ``finally``, it
+        holds the lock again before the exception goes on."""
+        with self._lock:
+            if w.waitlist is self._sleepers and w in self._sleepers:
+                self._expire(w)
+        assert w.event is not None
+        w.event.wait()
+
     def _process_gone(self, token: str) -> None:
         with self._lock:
             self._drop_waiters(self._sleepers, token)
+
+    # multiprocessing's Condition counts its sleepers in three semaphores, which code (CPython's
+    # tests among it) reads: the same numbers, read-only.
+    @property
+    def _sleeping_count(self) -> "_Count":
+        return _Count(lambda: self._sleepers_now())
+
+    @property
+    def _woken_count(self) -> "_Count":
+        return _Count(lambda: 0)
+
+    @property
+    def _wait_semaphore(self) -> "_Count":
+        return _Count(lambda: 0)
+
+    def _sleepers_now(self) -> int:
+        if self._proxy is not None:
+            return self._proxy._client.call(S.STATE, threading.get_ident())[1]
+        with self._lock:
+            return len(self._sleepers)
 
     # -- the API --------------------------------------------------------------------------------
     def acquire(self, block: bool = True, timeout: Optional[float] = None) -> bool:
@@ -439,6 +478,13 @@ class Condition(_Sync):
         with self._lock:
             sleepers = len(self._sleepers)
         return "<Condition(%r, %s)>" % (self._lockobj, sleepers)
+
+
+class _Count:
+    """``get_value()`` of a number kept elsewhere."""
+
+    def __init__(self, get: Callable[[], int]) -> None:
+        self.get_value = get
 
 
 # -- barrier ----------------------------------------------------------------------------------

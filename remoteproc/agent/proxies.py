@@ -48,8 +48,24 @@ PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 # -- items --------------------------------------------------------------------------------
 
+class Refused(Exception):
+    """An object remoteproc will not put into a message on purpose (it cannot cross hosts)."""
+
+
+class RefusedHandle(Refused, TypeError):
+    """A Connection, socket or fd inside an item."""
+
+
+class RefusedObject(Refused, RuntimeError):
+    """A remoteproc Queue, Lock, ... inside an item (pass them as process arguments)."""
+
+
+class RefusedProxy(Refused, TypeError):
+    """A proxy received from the owner, passed on (only the owner can attach processes)."""
+
+
 def _refuse(obj):
-    raise TypeError(
+    raise RefusedHandle(
         "cannot put a %s into a remoteproc queue: it holds a file descriptor of one process. "
         "Pass Connections as process arguments instead." % type(obj).__name__)
 
@@ -85,6 +101,26 @@ def dumps_item(obj):
     buf = io.BytesIO()
     _item_pickler()(buf, protocol=PROTOCOL).dump(obj)
     return buf.getvalue()
+
+
+def dumps_queued(queue, obj):
+    """An item for ``queue.put``, or None: as multiprocessing's feeder thread does, an item that
+    cannot be pickled is reported (``_on_queue_feeder_error``) and dropped; only what remoteproc
+    refuses on purpose (fds, its own objects) raises in the caller."""
+    try:
+        return dumps_item(obj)
+    except Refused:
+        raise
+    except Exception as exc:
+        queue._on_queue_feeder_error(exc, obj)
+        return None
+
+
+def on_queue_feeder_error(e, obj):
+    """multiprocessing.Queue's hook of that name: prints the traceback."""
+    import traceback
+
+    traceback.print_exc()
 
 
 loads_item = pickle.loads
@@ -210,7 +246,7 @@ class _Proxy:
         self._client.send((0, ATTACH, process_token()))
 
     def __reduce__(self):
-        raise TypeError(
+        raise RefusedProxy(
             "a %s received from its owner cannot be passed on (its owner is process %s); pass the "
             "original object from the process that created it" % (self._what, self._config.get("owner")))
 
@@ -224,8 +260,12 @@ class Queue(_Proxy):
     def _maxsize(self):
         return self._config["maxsize"]
 
+    _on_queue_feeder_error = staticmethod(on_queue_feeder_error)
+
     def put(self, obj, block=True, timeout=None):
-        item = dumps_item(obj)
+        item = dumps_queued(self, obj)
+        if item is None:
+            return
         if self._config["maxsize"] <= 0:
             # Unbounded: never Full, so nothing to wait for (as multiprocessing's feeder thread).
             self._client.send((0, PUT, item, False, None))
@@ -279,8 +319,12 @@ class JoinableQueue(Queue):
 class SimpleQueue(_Proxy):
     _what = "SimpleQueue"
 
+    _on_queue_feeder_error = staticmethod(on_queue_feeder_error)
+
     def put(self, obj):
-        self._client.send((0, PUT, dumps_item(obj), False, None))
+        item = dumps_queued(self, obj)
+        if item is not None:
+            self._client.send((0, PUT, item, False, None))
 
     def get(self):
         return loads_item(self._client.call(GET, True, None)[1])
