@@ -8,7 +8,7 @@ from concurrent import futures
 from typing import Any, Callable, Iterable, Iterator
 
 from .agent import worker
-from .scheduler import Scheduler
+from .scheduler import ExecutorTraceback, Scheduler
 from .workers import Hosts
 
 __all__ = ["Executor"]
@@ -18,6 +18,7 @@ class _FutureJob:
     """One submitted call, as the pool's manager sees it."""
 
     __slots__ = ("future",)
+    traceback_class = ExecutorTraceback     # the remote traceback, as ProcessPoolExecutor attaches it
 
     def __init__(self, future: futures.Future) -> None:
         self.future = future
@@ -61,7 +62,13 @@ class Executor(futures.Executor):
             raise RuntimeError("cannot schedule new futures after shutdown")
         future: futures.Future = futures.Future()
         job = _FutureJob(future)
-        self._core.submit(self._core.make_chunks(job, fn, worker.APPLY, [(args, kwargs)], 1))
+        try:
+            chunks = self._core.make_chunks(job, fn, worker.SUBMIT, [(args, kwargs)], 1)
+        except Exception as exc:
+            # Cannot be pickled: the future fails with it, as ProcessPoolExecutor's does.
+            future.set_exception(exc)
+            return future
+        self._core.submit(chunks)
         return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,

@@ -13,10 +13,14 @@ collects results:
 * a worker whose connection is lost fails the chunks it was running with a
   ``ConnectionLostError`` naming its host; its host gets no new workers, and the
   other workers go on.  A worker that dies otherwise fails its chunks with a
-  ``RemoteProcessError`` and is replaced (so is one that reached ``maxtasksperchild``).
+  ``WorkerDiedError`` and is replaced (so is one that reached ``maxtasksperchild``).
+  Both errors are also ``concurrent.futures.process.BrokenProcessPool``, as
+  ProcessPoolExecutor reports a dead worker (which breaks it whole; here, only the
+  chunks of that worker fail).
 * an exception raised by a task is re-raised in the caller with the remote
   traceback attached as ``__cause__`` (a ``multiprocessing.pool.RemoteTraceback``,
-  as ``multiprocessing`` does).
+  as ``multiprocessing`` does; for the Executor, one that is also
+  ProcessPoolExecutor's ``_RemoteTraceback``).
 
 The manager writes tasks with non-blocking sends (a worker that is slow to read
 never stalls the others) and blocks in a selector when there is nothing to do.
@@ -37,6 +41,8 @@ import struct
 import threading
 import time
 import weakref
+from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures.process import _RemoteTraceback as _FuturesRemoteTraceback
 from multiprocessing.connection import Connection
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]  # (not in typeshed)
 from typing import Any, Callable, Iterable, Protocol
@@ -92,7 +98,23 @@ class Chunk:
         self.tries = 0          # sends so far; a chunk that retries keeps its data until its result
 
 
-def _task_error(w: Worker, err: tuple[bytes | None, str, str]) -> BaseException:
+class WorkerDiedError(RemoteProcessError, BrokenProcessPool):
+    """A pool worker died (killed, crashed, ``os._exit``) while it ran this task."""
+
+
+class WorkerLostError(ConnectionLostError, BrokenProcessPool):
+    """The connection to a pool worker's host was lost while the worker ran this task."""
+
+
+class ResultUnpicklingError(RemoteProcessError, BrokenProcessPool):
+    """A task's result arrived but cannot be unpickled here."""
+
+
+class ExecutorTraceback(RemoteTraceback, _FuturesRemoteTraceback):
+    """The remote traceback of an Executor task: both multiprocessing's and concurrent.futures' kind."""
+
+
+def _task_error(w: Worker, err: tuple[bytes | None, str, str], tb_class: type = RemoteTraceback) -> BaseException:
     """An exception as the worker sent it, with the remote traceback as ``__cause__``."""
     blob, text, summary = err
     exc = None
@@ -104,7 +126,7 @@ def _task_error(w: Worker, err: tuple[bytes | None, str, str]) -> BaseException:
     if not isinstance(exc, BaseException):
         exc = RemoteProcessError("a task on %s raised %s (the exception could not be sent back as "
                                  "an object)" % (w.host, summary), w.host)
-    exc.__cause__ = RemoteTraceback('\n"""\nOn host %s, pool worker pid %s:\n%s"""' % (w.host, w.pid, text))
+    exc.__cause__ = tb_class('\n"""\nOn host %s, pool worker pid %s:\n%s"""' % (w.host, w.pid, text))
     return exc
 
 
@@ -411,20 +433,21 @@ class Scheduler:
                 self._dispatch()
         if chunk is None:
             return
+        tb_class = getattr(chunk.job, "traceback_class", RemoteTraceback)
         if kind == "failed":
-            error = _task_error(w, msg[2])
+            error = _task_error(w, msg[2], tb_class)
             chunk.job._set(chunk.start, False, [(False, error)] * chunk.n)
             return
         all_ok, payload = msg[2], msg[3]
         try:
             values = pickle.loads(payload)
         except Exception as exc:
-            err = RemoteProcessError("cannot unpickle the results of a task from %s: %s: %s"
-                                     % (w.host, type(exc).__name__, exc), w.host)
+            err = ResultUnpicklingError("cannot unpickle the results of a task from %s: %s: %s"
+                                        % (w.host, type(exc).__name__, exc), w.host)
             chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)
             return
         if not all_ok:
-            values = [(True, v) if ok else (False, _task_error(w, v)) for ok, v in values]
+            values = [(True, v) if ok else (False, _task_error(w, v, tb_class)) for ok, v in values]
         chunk.job._set(chunk.start, all_ok, values)
 
     def _on_sentinel(self, w: Worker, _mask: int) -> None:
@@ -444,8 +467,8 @@ class Scheduler:
         err: RemoteProcessError
         if code == CONNECTION_LOST:
             reason = "%s" % (w.process.connection_error or "connection lost")
-            err = ConnectionLostError("%s: the connection to this host was lost while pool worker pid %s ran "
-                                      "this task (%s)" % (w.host, w.pid, reason), w.host)
+            err = WorkerLostError("%s: the connection to this host was lost while pool worker pid %s ran "
+                                  "this task (%s)" % (w.host, w.pid, reason), w.host)
             if w.host not in self.lost_hosts:
                 self.lost_hosts[w.host] = reason
                 if state == RUN:
@@ -459,8 +482,8 @@ class Scheduler:
                                      % (w.host, w.init_error), w.host)
             self.broken_hosts[w.host] = "its initializer raised"
         else:
-            err = RemoteProcessError("%s: pool worker pid %s exited with exitcode %s while running this task"
-                                     % (w.host, w.pid, code), w.host)
+            err = WorkerDiedError("%s: pool worker pid %s exited with exitcode %s while running this task"
+                                  % (w.host, w.pid, code), w.host)
         with self.lock:
             lost = [self.chunks.pop(cid) for cid in w.outstanding if cid in self.chunks]
             w.outstanding.clear()
@@ -470,8 +493,6 @@ class Scheduler:
                 lost = [c for c in lost if c.tries > self.retries]
                 if again:
                     log.info("%s: %d chunks lost with the connection run again elsewhere", w.host, len(again))
-        for chunk in lost:
-            chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)
         replace = (state == RUN or (state == CLOSE and (self.pending or self.chunks or self.feeders)))
         if replace and not w.stopping and w.host not in self.lost_hosts and w.host not in self.broken_hosts:
             try:
@@ -482,6 +503,10 @@ class Scheduler:
             else:
                 self.workers[self.workers.index(w)] = new
                 self._register(new)
+        # Told only now, with the replacement in place: a caller that submits again at once
+        # (as soon as its future fails) finds a worker.
+        for chunk in lost:
+            chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)
         if not any(x.alive for x in self.workers):
             self._fail_everything(self._no_workers_error())
 

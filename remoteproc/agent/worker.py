@@ -16,6 +16,10 @@ The payload is pickled apart from the envelope, so that a result the pool's
 process cannot unpickle fails that chunk only (it always learns the chunk id).
 A chunk is one pool task: ``mode`` says how to call ``func`` on each element of
 the argument list (``func(x)``, ``func(*x)`` or ``func(*args, **kwargs)``).
+``SUBMIT`` is ``APPLY`` under ProcessPoolExecutor's rules: whatever the call raises, even
+``SystemExit``, is its outcome and the worker goes on; a result that cannot be pickled fails
+with the error that pickling raised; a task that cannot be unpickled fails with
+``BrokenProcessPool``.
 """
 
 import os
@@ -27,6 +31,7 @@ import types
 CALL = 0        # func(x)
 STAR = 1        # func(*x)
 APPLY = 2       # func(*args, **kwargs) for (args, kwargs)
+SUBMIT = 3      # the same, for the Executor (ProcessPoolExecutor's rules, above)
 
 _FUNC_CACHE = 8
 
@@ -96,20 +101,23 @@ def _dumps(obj):
         return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
 
 
-def _encode(cid, results, all_ok):
+def _encode(cid, results, all_ok, mode=CALL):
+    catch = BaseException if mode == SUBMIT else Exception
     try:
         payload = _dumps(results)
-    except Exception:
+    except catch:
         pairs = results if not all_ok else [(True, v) for v in results]
         safe = []
         for ok, value in pairs:
             if ok:
                 try:
                     _dumps(value)
-                except Exception as exc:
-                    from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
+                except catch as exc:
+                    if mode != SUBMIT:
+                        from multiprocessing.pool import MaybeEncodingError  # type: ignore[attr-defined]
 
-                    ok, value = False, _error(MaybeEncodingError(exc, value))
+                        exc = MaybeEncodingError(exc, value)
+                    ok, value = False, _error(exc)
             safe.append((ok, value))
         all_ok, payload = False, _dumps(safe)
     return pickle.dumps(("result", cid, all_ok, payload), pickle.HIGHEST_PROTOCOL)
@@ -117,6 +125,7 @@ def _encode(cid, results, all_ok):
 
 def run_chunk(func, mode, items):
     """Call ``func`` on each element; returns ``(all_ok, results)`` as the message wants them."""
+    catch = BaseException if mode == SUBMIT else Exception
     values = []
     for x in items:
         try:
@@ -126,7 +135,7 @@ def run_chunk(func, mode, items):
                 values.append(func(*x))
             else:
                 values.append(func(*x[0], **x[1]))
-        except Exception as exc:
+        except catch as exc:
             failed = exc
             break
     else:
@@ -143,7 +152,7 @@ def run_chunk(func, mode, items):
                 pairs.append((True, func(*x)))
             else:
                 pairs.append((True, func(*x[0], **x[1])))
-        except Exception as exc:
+        except catch as exc:
             pairs.append((False, _error(exc)))
     return False, pairs
 
@@ -167,6 +176,7 @@ def main(conn, initializer=None, initargs=(), maxtasks=None):
         if msg[0] != "task":
             break
         _, cid, mode, fbytes, abytes = msg
+        catch = BaseException if mode == SUBMIT else Exception
         del msg
         try:
             func = funcs.get(fbytes)
@@ -176,20 +186,33 @@ def main(conn, initializer=None, initargs=(), maxtasks=None):
                     funcs.pop(next(iter(funcs)))
                 funcs[fbytes] = func
             items = pickle.loads(abytes)
-        except Exception as exc:
+        except catch as exc:
             # cannot even unpickle the task: every element fails with that error
-            conn.send_bytes(pickle.dumps(("failed", cid, _error(exc)), pickle.HIGHEST_PROTOCOL))
+            conn.send_bytes(pickle.dumps(("failed", cid, _error(_unpickling_failed(exc, mode))),
+                                         pickle.HIGHEST_PROTOCOL))
             done += 1
             continue
         del abytes
         all_ok, results = run_chunk(func, mode, items)
         del items, func
-        data = _encode(cid, results, all_ok)
+        data = _encode(cid, results, all_ok, mode)
         del results
         conn.send_bytes(data)
         del data
         done += 1
     conn.close()
+
+
+def _unpickling_failed(exc, mode):
+    """The Executor's task that cannot be unpickled here: ProcessPoolExecutor's worker dies of
+    it and the future fails with BrokenProcessPool; this worker lives on, the future fails alike."""
+    if mode != SUBMIT:
+        return exc
+    from concurrent.futures.process import BrokenProcessPool
+
+    broken = BrokenProcessPool("the task could not be unpickled on the worker: %s: %s" % (type(exc).__name__, exc))
+    broken.__cause__ = exc
+    return broken
 
 
 def process_chunk(fn, chunk):

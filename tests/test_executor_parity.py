@@ -1,0 +1,111 @@
+"""remoteproc.Executor reports failures as concurrent.futures.ProcessPoolExecutor does.
+
+Each case runs against a local ProcessPoolExecutor first, so the expected exception type is
+the one CPython gives; remoteproc differs only where documented (a dead worker fails its own
+futures, the executor goes on).
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import sys
+from concurrent import futures
+from concurrent.futures.process import BrokenProcessPool
+
+import cloudpickle
+import pytest
+
+import remoteproc
+from remoteproc import Executor
+
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def die():
+    os._exit(3)
+
+
+def exit_task():
+    sys.exit(5)
+
+
+def pid():
+    return os.getpid()
+
+
+def boom():
+    raise RuntimeError(123)  # the marker line
+
+
+class ErrorAtPickle:
+    def __reduce__(self):
+        raise pickle.PicklingError("Error in pickle")
+
+
+class ExitAtPickle:
+    def __reduce__(self):
+        sys.exit(7)
+
+
+def _raise_unpickling():
+    raise pickle.UnpicklingError("cannot be unpickled here")
+
+
+class ErrorAtUnpickle:
+    def __reduce__(self):
+        return _raise_unpickling, ()
+
+
+def make(cls):
+    return cls()
+
+
+def identity(x):
+    return x
+
+
+CASES = [
+    ("worker dies", die, (), BrokenProcessPool),
+    ("task raises SystemExit", exit_task, (), SystemExit),
+    ("argument cannot be pickled", identity, (ErrorAtPickle(),), pickle.PicklingError),
+    ("result cannot be pickled", make, (ErrorAtPickle,), pickle.PicklingError),
+    ("result pickling exits", make, (ExitAtPickle,), SystemExit),
+    ("argument cannot be unpickled on the worker", identity, (ErrorAtUnpickle(),), BrokenProcessPool),
+    ("result cannot be unpickled here", make, (ErrorAtUnpickle,), BrokenProcessPool),
+]
+
+
+@pytest.mark.parametrize("name,fn,args,expected", CASES, ids=[c[0] for c in CASES])
+def test_failures_have_process_pool_executors_types(host, ssh_options, name, fn, args, expected):
+    with futures.ProcessPoolExecutor(1) as local:
+        with pytest.raises(expected):
+            local.submit(fn, *args).result(timeout=60)
+    with Executor(host, processes_per_host=1, **ssh_options) as ex:
+        before = ex.submit(pid).result(timeout=60)
+        with pytest.raises(expected) as info:
+            ex.submit(fn, *args).result(timeout=60)
+        if expected is BrokenProcessPool and name == "worker dies":
+            assert isinstance(info.value, remoteproc.RemoteProcessError)
+            assert str(before) in str(info.value) and info.value.host == host   # names the worker
+        after = ex.submit(pid).result(timeout=60)       # the executor goes on
+        if expected is SystemExit:
+            assert after == before                      # and that worker lives on
+
+
+def test_remote_traceback_attached_as_process_pool_executor_does(host, ssh_options):
+    with futures.ProcessPoolExecutor(1) as local:
+        local_exc = local.submit(boom).exception(timeout=60)
+    with Executor(host, processes_per_host=1, **ssh_options) as ex:
+        exc = ex.submit(boom).exception(timeout=60)
+    assert type(exc) is type(local_exc) is RuntimeError and exc.args == local_exc.args == (123,)
+    assert isinstance(exc.__cause__, type(local_exc.__cause__))     # futures.process._RemoteTraceback
+    assert "raise RuntimeError(123)  # the marker line" in exc.__cause__.tb
+    assert host in exc.__cause__.tb
+
+
+def test_pickling_error_is_the_standard_one():
+    assert issubclass(remoteproc.PicklingError, pickle.PicklingError)
+    assert issubclass(remoteproc.PicklingError, TypeError)
