@@ -12,6 +12,9 @@ command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \
     || need_apt+=(python3-dev)
+# CPython's own multiprocessing tests (tests/test_cpython_multiprocessing.py): Debian ships them apart
+python3 -c "import test._test_multiprocessing" >/dev/null 2>&1 ||
+    need_apt+=("libpython$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')-testsuite")
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         export DEBIAN_FRONTEND=noninteractive

@@ -164,6 +164,7 @@ def main(argv=None) -> int:
     ap.add_argument("--only", default="", help="run only classes whose name contains this")
     ap.add_argument("--local", action="store_true", help="plain multiprocessing (the baseline)")
     ap.add_argument("-v", "--verbose", action="count", default=0)
+    ap.add_argument("--json", action="store_true", help="print the result as one JSON object")
     args = ap.parse_args(argv)
     server = None
     host, options = None, {}
@@ -179,6 +180,11 @@ def main(argv=None) -> int:
     finally:
         if server is not None:
             server.stop()
+    if args.json:
+        import json
+
+        print(json.dumps({"run": n, "passed": passed, "not_passed": dict((t.split(".", 1)[1], o) for t, o in failed)}))
+        return 0
     for test_id, outcome in failed:
         print("%-110s %s" % (test_id.split(".", 1)[1], outcome))
     print("%s, type %s: %d of %d passed in %.0f s" % ("local multiprocessing" if args.local else "remote processes",
