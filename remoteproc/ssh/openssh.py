@@ -65,12 +65,18 @@ def option_args(spec: str, options: dict[str, Any]) -> list[str]:
             raise ConfigError("%s: %s= cannot be handed to ssh with transport='openssh'. Fix: use a key or the "
                               "ssh agent, or allow_prompt=True to let ssh ask on your terminal."
                               % (spec, name), spec)
-    user, _, port = parse_spec(spec)
     args = list(FIXED_ARGS)
     if not options.get("allow_prompt"):
         args += ["-o", "BatchMode=yes"]
+    return args + _login_args(spec, options) + _route_args(options)
+
+
+def _login_args(spec: str, options: dict[str, Any]) -> list[str]:
+    """Who logs in where, with which config, keys and known hosts."""
+    user, _, port = parse_spec(spec)
     user = options.get("username") or user
     port = options.get("port") or port
+    args = []
     if user:
         args += ["-l", user]
     if port:
@@ -78,7 +84,7 @@ def option_args(spec: str, options: dict[str, Any]) -> list[str]:
     config = options.get("ssh_config")
     if config is False:
         args += ["-F", "/dev/null"]
-    elif config not in (None, True):
+    elif isinstance(config, (str, os.PathLike)):
         args += ["-F", os.path.expanduser(os.fspath(config))]
     for key in _list(options.get("key_filename")):
         args += ["-i", key]
@@ -88,6 +94,12 @@ def option_args(spec: str, options: dict[str, Any]) -> list[str]:
     policy = options.get("host_key_policy")
     if policy is not None:
         args += ["-o", "StrictHostKeyChecking=" + ("yes" if policy == "reject" else "accept-new")]
+    return args
+
+
+def _route_args(options: dict[str, Any]) -> list[str]:
+    """How the connection is made and kept: timeouts, jumps, agent and keys offered, keepalives."""
+    args = []
     if options.get("connect_timeout") is not None:
         args += ["-o", "ConnectTimeout=%d" % max(1, math.ceil(options["connect_timeout"]))]
     if options.get("proxy_jump") is not None:
