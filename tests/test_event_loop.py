@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import selectors
+import signal
 import socket
 import threading
 
@@ -43,15 +44,44 @@ def test_a_wake_from_another_thread_makes_the_loop_readable_until_cleared():
 
 def test_a_forked_child_can_let_go_of_a_waker_whose_lock_a_parent_thread_held():
     waker = Waker()
-    waker._lock.acquire()       # as if another thread was inside wake() at the fork
+    held, done = threading.Event(), threading.Event()
+
+    def inside_wake():
+        with waker._lock:       # as if this thread was inside wake() at the fork
+            held.set()
+            done.wait(30)
+    t = threading.Thread(target=inside_wake)
+    t.start()
+    assert held.wait(10)
     pid = os.fork()
     if pid == 0:    # pragma: no cover - the child
+        signal.alarm(10)        # a child stuck on the lock dies instead of hanging the test
         waker.abandon()
         os._exit(0 if waker.fds() == [] else 1)
-    waker._lock.release()
+    done.set()
+    t.join(10)
     _, status = os.waitpid(pid, 0)
     assert os.waitstatus_to_exitcode(status) == 0
     waker.close()
+
+
+def test_a_finalizer_may_wake_the_loop_from_a_thread_inside_wake():
+    """The garbage collector runs finalizers in whichever thread allocates: that thread
+    may be inside wake() already."""
+    waker = Waker()
+    woke = threading.Event()
+
+    def reentered():
+        with waker._lock:       # inside wake() (or close()), when a finalizer calls wake()
+            waker.wake()
+        woke.set()
+    t = threading.Thread(target=reentered, daemon=True)
+    t.start()
+    t.join(10)
+    try:
+        assert woke.is_set() and _readable(waker.fileno(), 5)
+    finally:
+        waker.close()
 
 
 def _endpoint_pair():

@@ -17,7 +17,9 @@ class Waker:
         self._r, self._w = os.pipe()
         os.set_blocking(self._r, False)
         os.set_blocking(self._w, False)
-        self._lock = threading.Lock()       # wake() never writes to a closed (maybe reused) fd
+        # wake() never writes to a closed (maybe reused) fd.  Reentrant: a garbage collector's
+        # callback (a finalizer) may wake the loop from a thread that is inside wake() already.
+        self._lock = threading.RLock()
 
     def fileno(self):
         # type: () -> int
@@ -63,7 +65,7 @@ class Waker:
         # type: () -> None
         """``close()`` in a forked child: without the lock, which a thread of the parent
         may have held at the fork."""
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._close_fds()
 
     def _close_fds(self):
