@@ -241,7 +241,10 @@ def _relay_messages(script) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return False
-        print(format_message(data), flush=True)
+        # one write: the script's own stdout reaches the same fd from the relay at any moment
+        # (print() writes the newline separately when stdout is unbuffered)
+        sys.stdout.write(format_message(data) + "\n")
+        sys.stdout.flush()
         return True
 
     while True:
