@@ -57,6 +57,10 @@ class Reconnector:
         """No more attempts (the pool is closing); threads in an attempt finish it and let go."""
         self.stopping.set()
 
+    def active(self) -> bool:
+        """Some host is down and being tried again."""
+        return bool(self.down) and not self.stopping.is_set()
+
     def status(self, host: str) -> Optional[dict[str, Any]]:
         with self.lock:
             d = self.down.get(host)
@@ -73,12 +77,12 @@ class Reconnector:
                 return
             workers = self._attempt(host, options, count)
             if workers is not None:
-                with self.lock:
-                    del self.down[host]
-                if self.deliver(host, workers):
+                if self.deliver(host, workers):      # (still "down" until delivered: tasks keep waiting)
                     log.warning("%s: reconnected; its %d pool workers are back", host, len(workers))
                 else:
                     _stop(workers)
+                with self.lock:
+                    del self.down[host]
                 return
             delay = min(delay * 2, MAX_DELAY)
 

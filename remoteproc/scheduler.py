@@ -227,7 +227,7 @@ class Scheduler:
                 raise ValueError("Pool not running")
             if self.state == TERMINATE:
                 failed = RemoteProcessError("the pool was terminated before this task was sent")
-            elif not any(w.alive for w in self.workers):
+            elif not any(w.alive for w in self.workers) and not self._reconnecting():
                 failed = self._no_workers_error()
             else:
                 self.pending.extend(chunks)
@@ -241,8 +241,6 @@ class Scheduler:
         with self.lock:
             if self.state == RUN:
                 self.state = CLOSE
-        if self.reconnector is not None:
-            self.reconnector.stop()
         self.wake()
 
     def terminate(self, wait: bool = True) -> None:
@@ -284,8 +282,10 @@ class Scheduler:
                     self._terminate_workers()
                 if state == CLOSE and idle:
                     self._stop_workers()
+                    if self.reconnector is not None:
+                        self.reconnector.stop()
                 live = [w for w in self.workers if w.alive]
-                if state != RUN and not live:
+                if state != RUN and not live and (state == TERMINATE or idle or not self._reconnecting()):
                     return
                 timeout = None
                 if terminating_since is not None:
@@ -474,9 +474,9 @@ class Scheduler:
                 if state == RUN:
                     log.warning("%s: pool workers lost with their connection (%s); the other hosts go on",
                                 w.host, reason)
-                    if self.reconnector is not None:
-                        slots = sum(1 for x in self.workers if x.host == w.host)
-                        self.reconnector.lost(w.host, w.options, slots, reason)
+                if state != TERMINATE and self.reconnector is not None:
+                    slots = sum(1 for x in self.workers if x.host == w.host)
+                    self.reconnector.lost(w.host, w.options, slots, reason)
         elif w.init_error is not None:
             err = RemoteProcessError("%s: a replacement pool worker's initializer raised:\n%s"
                                      % (w.host, w.init_error), w.host)
@@ -507,13 +507,17 @@ class Scheduler:
         # (as soon as its future fails) finds a worker.
         for chunk in lost:
             chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)
-        if not any(x.alive for x in self.workers):
+        if not any(x.alive for x in self.workers) and not self._reconnecting():
             self._fail_everything(self._no_workers_error())
 
+    def _reconnecting(self) -> bool:
+        """Some lost host is being reconnected: with no worker left, tasks wait for it instead of failing."""
+        return self.reconnector is not None and self.reconnector.active()
+
     def _rejoin(self, host: str, workers: list[Worker]) -> bool:
-        """From a reconnect thread: the host's workers are up again (False: the pool is closing)."""
+        """From a reconnect thread: the host's workers are up again (False: the pool is ending)."""
         with self.lock:
-            if self.state != RUN:
+            if self.state == TERMINATE or self.reconnector is None or self.reconnector.stopping.is_set():
                 return False
             self.rejoined.append((host, workers))
         self.wake()

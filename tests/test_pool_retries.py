@@ -86,6 +86,26 @@ def test_pool_retries_lost_chunks_and_takes_the_host_back(pair, caplog):
         assert {r[2] for r in pool.map(where, range(200))} == {h1.address, h2.address}
 
 
+def test_a_pool_whose_only_host_goes_away_waits_for_it(pair, caplog):
+    """Nothing is lost: with no worker left, the tasks wait for the host to come back, then finish."""
+    caplog.set_level(logging.INFO, logger="remoteproc.pool")
+    rig, h1, _h2, options = pair
+    with Pool([h1.spec("rpuser")], processes_per_host=2, retries=1, **options) as pool:
+        n = 200
+        results = []
+        restart = None
+        for i, value in enumerate(pool.imap(where, range(n))):
+            results.append(value)
+            if i == 30:
+                restart = _outage(rig, "h1", down_for=3.0)
+        assert [r[0] for r in results] == list(range(n))
+        assert _retried(caplog) >= 1
+        restart.join(60)
+        assert pool.hosts_status()[h1.spec("rpuser")]["workers"] == 2
+        late = pool.map_async(where, range(10))         # submitted while up: no waiting needed
+        assert [r[0] for r in late.get(60)] == list(range(10))
+
+
 def test_a_host_down_reports_since_when_and_why(pair):
     rig, h1, h2, options = pair
     spec1, spec2 = h1.spec("rpuser"), h2.spec("rpuser")
