@@ -137,7 +137,7 @@ class PackageServer:
         self.python = python
         self.offered: dict[str, distributions.Distribution] = {}
         self.queue: deque = deque()     # frame iterators of transfers under way
-        self.squeeze = Squeeze(accepted)
+        self.accepted = accepted
 
     def answer(self, name: str, path: list) -> dict | None:
         """The ``modules`` entries for top-level ``name`` when it goes through the cache, else None."""
@@ -165,7 +165,8 @@ class PackageServer:
         if dist is None:
             return frames.control({"op": "pkg-fail", "hash": key,
                                    "message": "%s: asked for a package that was not offered" % self.display})
-        self.queue.append((key, Sending(dist, key, self.display, self.squeeze).frames()))
+        # (a Squeeze of its own: the link's rate is measured afresh for every transfer)
+        self.queue.append((key, Sending(dist, key, self.display, Squeeze(self.accepted)).frames()))
         return None
 
     def pending(self) -> bool:
