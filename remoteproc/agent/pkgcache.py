@@ -215,6 +215,7 @@ class Incoming:
         self.size = 0
         self.count = 0
         self.hashing = False    # the current file is content (bytecode is not)
+        self.dirs = set()       # directories made so far
         self.mtime = None       # the current file's modification time, kept (its bytecode checks it)
         self.path = ""
 
@@ -243,18 +244,30 @@ class Incoming:
         if pos != len(data):
             raise CacheError("a piece of %s carries %d bytes too many" % (self.info.get("name"), len(data) - pos))
 
+    def _path(self, rel):
+        """The file's path in the temporary entry, its directory made."""
+        if not safe_rel(rel):
+            raise CacheError("refusing the file name %r" % (rel,))
+        full = os.path.join(self.tmp, *rel.split("/"))
+        parent = os.path.dirname(full)
+        if parent not in self.dirs:
+            os.makedirs(parent, mode=0o700, exist_ok=True)
+            self.dirs.add(parent)
+        return full
+
+    def _create(self, full, mode):
+        return os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700 if file_mode(mode) & 0o100 else 0o600)
+
     def _open(self, rel, mode, size, mtime):
         if self.f is not None:
             raise CacheError("%s started before the previous file ended" % rel)
-        if not safe_rel(rel) or size < 0:
-            raise CacheError("refusing the file name %r" % (rel,))
-        full = os.path.join(self.tmp, *rel.split("/"))
-        os.makedirs(os.path.dirname(full), mode=0o700, exist_ok=True)
-        fd = os.open(full, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o700 if file_mode(mode) & 0o100 else 0o600)
-        self.f = os.fdopen(fd, "wb")
+        if size < 0:
+            raise CacheError("refusing a size of %r for %r" % (size, rel))
+        full = self._path(rel)
+        self.f = os.fdopen(self._create(full, mode), "wb")
         self.f_offset = 0
         self.path = full
-        self.mtime = mtime
+        self.mtime = mtime if rel.endswith(".py") else None     # (only a source's time is checked)
         self.hashing = not is_bytecode(rel)
         if self.hashing:
             self.hasher.file(rel, mode, size)
