@@ -101,6 +101,27 @@ def _build_blob(real_paths: bool) -> bytes:
     return zlib.compress(marshal.dumps((boot, modules)), 6)     # 9 costs 10 ms more for the same size
 
 
+@functools.cache
+def source_blob() -> bytes:
+    """The blob for another Python (spawn mode): the same modules as *source*, which the
+    remote compiles (``boot._ShippedImporter``), in a ``marshal`` format every Python 3 reads."""
+    import marshal
+    import zlib
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    modules = {}
+    for package in ("remoteproc.agent", "cloudpickle"):
+        for mod, (is_pkg, text, _path) in _package_sources(package).items():
+            if mod != "remoteproc.agent.boot":
+                modules[mod] = (is_pkg, text, "<remoteproc>/%s%s" % (mod.replace(".", "/"),
+                                                                     "/__init__.py" if is_pkg else ".py"))
+    modules["remoteproc"] = (True, "", "<remoteproc>/remoteproc/__init__.py")
+    with open(os.path.join(here, "agent", "boot.py"), encoding="utf-8") as f:
+        boot = f.read() + "\n_boot(m)\n"
+    data = zlib.compress(marshal.dumps((boot, modules), 4), 6)
+    return b"%010d" % len(data) + data
+
+
 def _prebuild(real_paths: bool) -> None:
     try:
         agent_blob(real_paths)
@@ -110,49 +131,148 @@ def _prebuild(real_paths: bool) -> None:
 
 #: exit status of the stub when the interpreter is not the local major.minor version
 WRONG_VERSION = 86
-_VERSION_LINE = re.compile(r"remoteproc: (.+?) is Python (\d+)\.(\d+)\.?(\S*) at (.*)")
+#: exit status of the login shell when a ``setup=`` line failed
+SETUP_FAILED = 85
+#: what the stub prints on stdout when it needs the agent as source (another Python)
+SOURCE_REQUEST = b"remoteproc:source\n"
+_VERSION_LINE = re.compile(r"remoteproc: (.+?) is (?:(\w+) )?Python (\d+)\.(\d+)\.?(\S*) at (.*)")
+_SETUP_LINE = re.compile(r"remoteproc: setup line (\d+) failed with status (\d+)")
+_PROBE_LINE = re.compile(r"remoteproc: no (\S+) found in: (.*)")
+SPAWN_MINIMUM = (3, 8)
 
 
-def command(python: str) -> str:
-    """The exec command: ``python -c <stub>``, readable by any POSIX shell or fish.
+def implementation() -> str:
+    """This interpreter's implementation name as the stub reports it: cpython, pypy, ..."""
+    return sys.implementation.name
 
-    The stub first checks the interpreter's major.minor version (in syntax that
-    Python 2 runs too, so that an old interpreter reports itself instead of failing
-    on the agent's source), then reads the agent's blob of exactly N bytes.
-    ``python`` is a shell word list: ``~/venv/bin/python3`` and ``env X=1 python3`` work.
+
+def _stub(n: int) -> str:
+    """The Python one-liner every candidate interpreter runs (``-c STUB MODE LABEL``).
+
+    In syntax Python 2 runs too, so that an old interpreter reports itself.  MODE
+    ``strict``: refuse (exit 86, before reading anything) unless this is our
+    implementation and major.minor; ``any``: also run another Python 3.8+, which
+    reads and drops the compiled blob, asks for the agent as source and runs that.
+    (No single quotes inside: it travels in two levels of shell quoting.)
+    """
+    ours = sys.version_info[:2]
+    return ('import marshal,os,sys,zlib;v=sys.version_info;i=getattr(sys,"implementation",None);'
+            'i=i and i.name or "cpython";a=sys.argv[1:]+["",""];ok=(i,v[0],v[1])==("%s",%d,%d);'
+            'ok or (a[0]=="any" and v>=(3,8)) or (sys.stderr.write('
+            '"remoteproc: %%s is %%s Python %%d.%%d.%%d at %%s\\n"%%(a[1],i,v[0],v[1],v[2],sys.executable)),'
+            'sys.stderr.flush(),os._exit(%d));'
+            'exec("def r(n):\\n b=bytes()\\n while len(b)<n:b+=os.read(0,n-len(b)) or os._exit(9)\\n return b");'
+            'b=r(%d);ok or os.write(1,b"%s\\n");b=ok and b or r(int(r(10)));'
+            'b,m=marshal.loads(zlib.decompress(b));exec(b)'
+            % (implementation(), ours[0], ours[1], WRONG_VERSION, n, SOURCE_REQUEST.decode().strip()))
+
+
+#: where to look for a Python of our major.minor, in order (docs/python-versions.md)
+CONDA_ROOTS = ("~/miniconda3", "~/anaconda3", "~/miniforge3", "~/mambaforge", "/opt/conda")
+
+
+def _names() -> list[tuple[str, str]]:
+    """(executable name, implementation) of our major.minor; our implementation first."""
+    ver = "%d.%d" % sys.version_info[:2]
+    names = [("python" + ver, "cpython"), ("pypy" + ver, "pypy")]
+    return names[::-1] if implementation() == "pypy" else names
+
+
+def looked_in() -> str:
+    """The places ``command`` searches, for messages."""
+    ver = "%d.%d" % sys.version_info[:2]
+    return ("python%s on the login PATH, /usr/bin, /usr/local/bin, ~/.pyenv/versions/%s*, "
+            "~/.local/share/uv/python/cpython-%s*, conda (%s: base and envs/*)"
+            % (ver, ver, ver, ", ".join(CONDA_ROOTS)))
+
+
+def _search() -> list[str]:
+    """sh lines that exec the first interpreter of our major.minor found in the usual places."""
+    ver = "%d.%d" % sys.version_info[:2]
+    roots = " ".join(r.replace("~", "$HOME") for r in CONDA_ROOTS)
+    lines = []
+    for exe, impl in _names():
+        pyenv = ver if impl == "cpython" else "pypy" + ver
+        lines += [
+            # (pyenv's shims are on PATH for every installed version, and fail for the unselected ones)
+            'p=$(command -v %s 2>/dev/null) && case "$p" in */shims/*) ;; /*) f "$p" PATH;; esac' % exe,
+            'f /usr/bin/%s /usr/bin; f /usr/local/bin/%s /usr/local/bin' % (exe, exe),
+            'for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/%s*/bin/%s; do f "$p" pyenv; done' % (pyenv, exe),
+            'for p in "${XDG_DATA_HOME:-$HOME/.local/share}"/uv/python/%s-%s*/bin/%s; do f "$p" uv; done'
+            % (impl, ver, exe),
+            'for b in %s; do for p in "$b"/bin/%s "$b"/envs/*/bin/%s; do f "$p" conda; done; done' % (roots, exe, exe),
+        ]
+    return lines
+
+
+def command(python=None, setup=None) -> str:
+    """The exec command: the ``setup`` lines in the login shell, then an sh script that
+    finds the interpreter and runs the stub with it.
+
+    ``python`` None: ``python3`` if it is our implementation and major.minor, else the
+    first one of those found in the usual places (``_places``), else ``python3`` (in
+    spawn mode).  A str (shell words: ``~/venv/bin/python3``, ``env X=1 python3``): that
+    one, whatever its version.  A list: the first of them that is our version, else the
+    first that runs.  Each try of a non-matching interpreter costs its start-up.
     """
     env = agent_env()
     n = len(agent_blob(bool(env)))
+    script = ["S=%s" % shlex.quote(_stub(n))]
     if env:
-        python = "env %s %s" % (" ".join(shlex.quote("%s=%s" % item) for item in sorted(env.items())), python)
-    ours = sys.version_info[:2]
-    stub = ('import marshal,os,sys,zlib;v=sys.version_info;v[:2]==(%d,%d) or (sys.stderr.write('
-            '"remoteproc: %%s is Python %%d.%%d.%%d at %%s\\n"%%(%r,v[0],v[1],v[2],sys.executable)),'
-            'sys.stderr.flush(),os._exit(%d));b=b"";'
-            'exec("while len(b)<%d:b+=os.read(0,%d-len(b)) or os._exit(9)");'
-            'b,m=marshal.loads(zlib.decompress(b));exec(b)'
-            % (ours[0], ours[1], python, WRONG_VERSION, n, n))
-    return "exec %s -c %s" % (python, shlex.quote(stub))
+        script.append("export %s" % " ".join(shlex.quote("%s=%s" % item) for item in sorted(env.items())))
+    # t: try one interpreter strictly (it becomes the agent if it is our version); f: exec a found one
+    script.append('t() { "$@" -c "$S" strict "$L"; s=$?; case $s in 86|126|127) ;; *) exit $s;; esac; }')
+    script.append('f() { [ -x "$1" ] && exec "$1" -c "$S" any "$2"; }')
+    if python is None:
+        script += ["L=python3", "t python3", "s3=$s"]
+        script += _search()
+        script.append('[ "$s3" = 86 ] && exec python3 -c "$S" any python3')
+        script.append('echo "remoteproc: no python3 found in: $PATH" >&2; exit 127')
+    elif isinstance(python, str):
+        script.append("exec %s -c \"$S\" any %s" % (python, shlex.quote("python=" + python)))
+    else:
+        for word in python:
+            script += ["L=%s" % shlex.quote("python=" + word), "t %s" % word]
+        for word in python:
+            script.append('%s -c "$S" any %s; s=$?; case $s in 126|127) ;; *) exit $s;; esac'
+                          % (word, shlex.quote("python=" + word)))
+        script.append('echo "remoteproc: no python= candidate found in: $PATH" >&2; exit 127')
+    head = ""
+    for i, line in enumerate(_setup_lines(setup), 1):
+        head += ("{ %s\n} >&2 || { s=$?; echo \"remoteproc: setup line %d failed with status $s\" >&2; exit %d; }; "
+                 % (line, i, SETUP_FAILED))
+    return head + "exec /bin/sh -c %s" % shlex.quote("; ".join(script))
 
 
-def _version_error(display: str, python: str, theirs: str, executable: str) -> BootstrapError:
+def _setup_lines(setup) -> list[str]:
+    if setup is None:
+        return []
+    return [setup] if isinstance(setup, str) else [str(line) for line in setup]
+
+
+def _old_python_error(display: str, label: str, impl: str, theirs: str, executable: str) -> BootstrapError:
     ours = "%d.%d" % sys.version_info[:2]
-    their_minor = ".".join(theirs.split(".")[:2])
-    other_way = (", or run this program with Python %s" % their_minor) if theirs.startswith("3.") else ""
     return BootstrapError(
-        "%s: python=%r is Python %s (%s), but this program runs Python %s; cloudpickle needs the same "
-        "major.minor version on both sides. Fix: pass python='python%s' (or the full path of a Python %s "
-        "on the host)%s." % (display, python, theirs, executable, "%d.%d.%d" % sys.version_info[:3], ours, ours,
-                             other_way),
-        display)
+        "%s: %s is %s Python %s (%s): too old to run remoteproc (another version runs in spawn mode, "
+        "which needs Python %d.%d or later), and no Python %s was found in the usual places (%s). Fix: "
+        "install Python %s on the host, or pass python= with the path of a Python 3.8+ there."
+        % (display, label, impl, theirs, executable, *SPAWN_MINIMUM, ours, looked_in(), ours), display)
+
+
+def mode_of(hello: dict) -> str:
+    """"same": the remote runs our implementation and major.minor (cloudpickle by value
+    works); "spawn": another Python, which gets everything by reference (docs/python-versions.md)."""
+    theirs = (hello.get("implementation", "cpython"), *tuple(hello.get("python", ()))[:2])
+    return "same" if theirs == (implementation(), *sys.version_info[:2]) else "spawn"
 
 
 def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]:
     """Run the agent's command on ``target`` through ``opener``, and wait for its hello.
 
     Returns ``(channel, hello, extra)`` where ``extra`` is whatever arrived after
-    the hello frame.  Raises BootstrapError with the remote's own words on failure;
-    the channel is closed then (and with it the remote command).
+    the hello frame; ``hello["mode"]`` is ``mode_of(hello)``.  Raises BootstrapError
+    with the remote's own words on failure; the channel is closed then (and with it
+    the remote command).
     """
     display = target.display
     real_paths = bool(agent_env())
@@ -163,7 +283,7 @@ def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]
 
     def agent_command() -> str:
         builder.join()
-        return command(target.python)
+        return command(target.python, target.setup)
 
     try:
         chan = opener.open(target, agent_command)
@@ -173,15 +293,11 @@ def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]
         # if the command ended already, _read_hello reports its status and words
         send_all(chan, agent_blob(real_paths), time.monotonic() + max(target.connect_timeout, 10.0))
         hello, extra = _read_hello(chan, target)
-        ours = tuple(sys.version_info[:2])
-        theirs = tuple(hello.get("python", ())[:2])
         if hello.get("version") != PROTOCOL_VERSION:
             raise BootstrapError("%s: the remote agent speaks protocol %r, this side %d; this is a bug in "
                                  "remoteproc, please report it" % (display, hello.get("version"),
                                                                    PROTOCOL_VERSION), display)
-        if theirs != ours:
-            raise _version_error(display, target.python, ".".join(map(str, hello.get("python", ()))),
-                                 hello.get("executable", "?"))
+        hello["mode"] = mode_of(hello)
     except BaseException:
         chan.close()
         raise
@@ -194,7 +310,12 @@ def _read_hello(chan: AgentChannel, target) -> tuple[dict, bytes]:
     buf = bytearray()
     err = bytearray()
     while True:
-        if len(buf) >= frames.HEADER_SIZE:
+        if buf[:len(SOURCE_REQUEST)] == SOURCE_REQUEST:
+            del buf[:len(SOURCE_REQUEST)]
+            # another Python: the agent as source
+            send_all(chan, source_blob(), time.monotonic() + max(target.connect_timeout, 10.0))
+            continue
+        if len(buf) >= frames.HEADER_SIZE and not SOURCE_REQUEST.startswith(bytes(buf)):
             ftype, sid, length = frames.HEADER.unpack_from(buf)
             if ftype != frames.CONTROL or length > 1 << 20:
                 raise BootstrapError(
@@ -219,9 +340,9 @@ def _read_hello(chan: AgentChannel, target) -> tuple[dict, bytes]:
             buf += data
         if time.monotonic() > deadline:
             raise BootstrapError("%s: the agent did not answer within %gs (remote stderr: %s). Check that "
-                                 "python=%r starts a Python %d.%d on the host." % (
+                                 "python=%r starts a Python 3.8+ on the host." % (
                                      target.display, wait, err.decode("utf-8", "replace").strip() or "empty",
-                                     target.python, *sys.version_info[:2]), target.display)
+                                     target.python), target.display)
 
 
 def _failed(chan: AgentChannel, target, err: bytearray, deadline: float) -> None:
@@ -235,16 +356,34 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float) -> None
         raise transport_failure
     err += chan.recv_stderr()
     said = err.decode("utf-8", "replace").strip()
+    display = target.display
     m = _VERSION_LINE.search(said)
     if status == WRONG_VERSION and m:
-        raise _version_error(target.display, target.python, "%s.%s%s" % (
-            m.group(2), m.group(3), "." + m.group(4) if m.group(4) else ""), m.group(5).strip())
+        raise _old_python_error(display, m.group(1), m.group(2) or "", "%s.%s%s" % (
+            m.group(3), m.group(4), "." + m.group(5) if m.group(5) else ""), m.group(6).strip())
+    m = _SETUP_LINE.search(said)
+    if status == SETUP_FAILED and m:
+        _setup_failed(target, said, m)
+    ver = "%d.%d" % sys.version_info[:2]
     if status in (126, 127):
-        hint = ("the host has no %r it can run: install Python %d.%d there, or pass python= with the "
-                "full path of a Python %d.%d on the host (for example python='/usr/bin/python3')"
-                % (target.python, *sys.version_info[:2], *sys.version_info[:2]))
+        if target.python is None:
+            hint = ("the host has no python3 and no Python %s in the usual places (%s): install one there, "
+                    "or pass python= with the full path of a Python 3.8+ on the host" % (ver, looked_in()))
+        else:
+            hint = ("the host has no %r it can run: install Python %s there, or pass python= with the "
+                    "full path of a Python 3.8+ on the host (for example python='/usr/bin/python3')"
+                    % (target.python, ver))
     else:
-        hint = "pass python= with a working Python %d.%d interpreter on the host" % sys.version_info[:2]
+        hint = "pass python= with a working Python 3.8+ interpreter on the host (Python %s is best)" % ver
     raise BootstrapError("%s: could not start the agent with python=%r (exit status %s): %s. Fix: %s."
-                         % (target.display, target.python, status, said or "no message", hint),
-                         target.display)
+                         % (display, target.python, status, said or "no message", hint), display)
+
+
+def _setup_failed(target, said: str, m: re.Match) -> None:
+    lines = _setup_lines(target.setup)
+    i = int(m.group(1))
+    line = lines[i - 1] if 0 < i <= len(lines) else "?"
+    output = said[:m.start()].strip()
+    raise BootstrapError("%s: setup line %d %r failed with exit status %s; its output: %s. Fix the line "
+                         "(it runs in the login shell before the interpreter), or drop it from setup=."
+                         % (target.display, i, line, m.group(2), output[-2000:] or "(none)"), target.display)

@@ -21,9 +21,14 @@ from .errors import CONNECTION_LOST, RemoteProcessError, from_wire
 from .relay import client as relay_client
 from .relay import ipc
 
+#: (host, options) -> "same" or "spawn", as the relay last reported for that host
+_modes: dict[tuple, str] = {}
+
 
 class Popen:
     method = "ssh"
+    found: str | None = None        # where the host's interpreter was found (docs/python-versions.md)
+    executable: str | None = None
 
     def __init__(self, process_obj: Any) -> None:
         util._flush_std_streams()  # type: ignore[attr-defined]  # (private; popen_fork does the same)
@@ -33,7 +38,30 @@ class Popen:
         self.host: str = process_obj._host
         self._status: socket.socket | None = None
         self._lock = threading.Lock()     # one reader of the status socket at a time
-        payload, bridged = reduction.dumps_process(process_obj, self.host)
+        key = (self.host, repr(sorted(process_obj._ssh_options.items())))
+        self.mode = _modes.get(key, "same")     # the host's mode, once a start there told us
+        for _attempt in range(3):
+            reply = self._request(process_obj)
+            if reply[0] != "mode":
+                break
+            # The host runs another Python than we assumed: pickle again for it (docs/python-versions.md).
+            self.close()
+            self.mode = _modes[key] = reply[1]
+        if reply[0] != "started":
+            self.close()
+            raise from_wire(reply[1], reply[2], self.host)
+        self.pid = reply[1]
+        _modes[key] = self.mode = reply[2]
+        self.found, self.executable = reply[3], reply[4]
+
+    def _request(self, process_obj):
+        """Pickle for ``self.mode``, send the start request, return the relay's first reply."""
+        looked = ""
+        if self.mode == "spawn":
+            from .bootstrap import looked_in
+
+            looked = looked_in()
+        payload, bridged = reduction.dumps_process(process_obj, self.host, self.mode, looked)
         out_fd, err_fd = _std_fd(1), _std_fd(2)
         request = {
             "host": self.host,
@@ -41,6 +69,7 @@ class Popen:
             "payload": payload,
             "streams": [(b.kind, b.readable, b.writable) for b in bridged],
             "tty": os.isatty(out_fd),
+            "mode": self.mode,
         }
         del payload
         relay = relay_client.get()
@@ -50,11 +79,7 @@ class Popen:
         self._finalizer = util.Finalize(self, self._status.close, exitpriority=-5)
         self._receiver = ipc.Receiver(self._status)
         self.sentinel = self._status.fileno()
-        reply = self._next()
-        if reply[0] == "error":
-            self.close()
-            raise from_wire(reply[1], reply[2], self.host)
-        self.pid = reply[1]
+        return self._next()
 
     def _next(self) -> tuple[Any, ...]:
         try:

@@ -9,6 +9,7 @@ fd itself is handed to the relay), and the RemoteProcess class becomes the plain
 
 from __future__ import annotations
 
+import copy
 import io
 import linecache
 import os
@@ -104,6 +105,7 @@ class _Pickler(cloudpickle.Pickler):
     def __init__(self, file, host: str) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
         self.host = host
+        self.mode = "same"
         self.bridged: list[Bridged] = []
         self.files: set[str] = set()
         self._by_fd: dict[int, int] = {}
@@ -156,6 +158,126 @@ class _Pickler(cloudpickle.Pickler):
         return child.rebuild_connection, (index, conn.readable, conn.writable)
 
 
+#: the pickle protocol of spawn mode: the highest every supported remote Python (3.8+) reads
+SPAWN_PROTOCOL = min(pickle.HIGHEST_PROTOCOL, 5)
+
+
+def _not_importable(obj) -> str:
+    """Why a function or class cannot be pickled by reference ("" if it can)."""
+    import sys
+
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "")
+    if "<lambda>" in qualname:
+        return "a lambda"
+    if "<locals>" in qualname:
+        return "defined inside a function (a closure or local %s)" % ("class" if isinstance(obj, type) else "function")
+    mod = sys.modules.get(module or "")
+    if mod is None:
+        return "its module %r is not importable" % module
+    if module == "__main__" and not getattr(mod, "__file__", None):
+        return "defined interactively (in a notebook cell or at the >>> prompt)"
+    if module == "__main__" and getattr(mod, "__spec__", None) is not None:
+        return "defined in a main module run with python -m (only a script run by its path is shipped)"
+    found = mod
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if found is not obj:
+        return "%s.%s is not this object (redefined, or made at run time)" % (module, qualname)
+    return ""
+
+
+class _SpawnPickler(pickle.Pickler):
+    """For another Python on the host: functions and classes go by reference only."""
+
+    def __init__(self, file, host: str, looked: str) -> None:
+        super().__init__(file, protocol=SPAWN_PROTOCOL)
+        self.host = host
+        self.mode = "spawn"
+        self.looked = looked
+        self.bridged: list[Bridged] = []
+        self.files: set[str] = set()
+        self._by_fd: dict[int, int] = {}
+
+    _connection = _Pickler._connection
+
+    def reducer_override(self, obj):
+        if isinstance(obj, _ConnectionBase):
+            return self._connection(obj)
+        hook = getattr(type(obj), "__remoteproc_reduce__", None)
+        if hook is not None:
+            return hook(obj, self)
+        refused = _refusal(obj)
+        if refused:
+            raise PicklingError("a %s cannot be passed to a remote process on %s: it rests on shared "
+                                "memory or semaphores of this host. %s" % (type(obj).__name__, self.host, refused),
+                                self.host)
+        if isinstance(obj, type) and obj.__module__.startswith("remoteproc.") and issubclass(obj, BaseProcess):
+            return copy.copy, (mp_context.Process,)     # (a class's copy is itself; a module cannot go)
+        if isinstance(obj, (types.FunctionType, type)):
+            why = _not_importable(obj)
+            if why:
+                raise spawn_refusal(obj, why, self.host, self.looked)
+        return NotImplemented
+
+
+def spawn_refusal(obj, why: str, host: str, looked: str) -> PicklingError:
+    """The PicklingError for an object that cannot go to another Python version."""
+    import sys
+
+    ver = "%d.%d" % sys.version_info[:2]
+    name = "%s.%s" % (getattr(obj, "__module__", "?"), getattr(obj, "__qualname__", repr(obj)))
+    return PicklingError(
+        "%s: cannot send %s (%s) to a Python of another version: %s runs another Python than this one "
+        "(%s), so functions and classes travel by reference, as with multiprocessing's spawn start method. "
+        "Fix: define it at the top level of a module or of your script, or give %s a Python %s (we looked "
+        "for it in: %s; or pass python= with its path)." % (host, name, why, host, ver, host, ver, looked), host)
+
+
+def main_info() -> dict | None:
+    """The user's main script for a spawn-mode child: its path, its source, remoteproc's names."""
+    import sys
+
+    import remoteproc
+
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    info: dict = {"names": list(getattr(remoteproc, "__all__", ())), "path": None, "source": None}
+    if path and getattr(main, "__spec__", None) is None:     # a script run by its path, as spawn ships
+        try:
+            with open(path, encoding="utf-8") as f:
+                info["source"] = f.read()
+            info["path"] = os.path.abspath(path)
+        except (OSError, UnicodeDecodeError):
+            pass
+    sys.modules.setdefault("__mp_main__", main)     # what the remote's results refer to
+    return info
+
+
+class _Prepare:
+    """Unpickles first, on the remote side, as ``spawn.prepare(main)``: imports ``__mp_main__``."""
+
+    def __init__(self, main: dict | None) -> None:
+        self.main = main
+
+    def __reduce__(self):
+        from .agent import spawn
+
+        return spawn.prepare, (self.main,)
+
+
+class _SpawnShipped:
+    def __init__(self, cls: type, state: dict, main: dict | None) -> None:
+        self.cls = cls
+        self.state = state
+        self.main = main
+
+    def __reduce__(self):
+        from .agent import spawn
+
+        return spawn.rebuild_process, (_Prepare(self.main), self.cls, self.state)
+
+
 class _Shipped:
     """Unpickles on the remote side as the process object itself."""
 
@@ -170,9 +292,12 @@ class _Shipped:
 _LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error")
 
 
-def dumps_process(process_obj, host: str) -> tuple[bytes, list[Bridged]]:
+def dumps_process(process_obj, host: str, mode: str = "same", looked: str = "") -> tuple[bytes, list[Bridged]]:
     """Pickle ``process_obj`` for ``rebuild_process`` on the remote side.
 
+    ``mode`` "same": the host runs this Python (cloudpickle ships by value what is not
+    importable); "spawn": another Python (everything by reference, ``__main__`` as
+    ``__mp_main__``; ``looked`` says where a Python of ours was looked for).
     Returns the payload and the Connections to bridge, in placeholder order.
     Raises PicklingError naming the host for anything that cannot be shipped.
     """
@@ -182,10 +307,16 @@ def dumps_process(process_obj, host: str) -> tuple[bytes, list[Bridged]]:
     if mp_logger is not None:
         state["_remoteproc_log_level"] = mp_logger.getEffectiveLevel()
     buf = io.BytesIO()
-    pickler = _Pickler(buf, host)
+    pickler: _Pickler | _SpawnPickler
+    if mode == "spawn":
+        pickler = _SpawnPickler(buf, host, looked)
+        shipped: object = _SpawnShipped(type(process_obj), state, main_info())
+    else:
+        pickler = _Pickler(buf, host)
+        shipped = _Shipped(type(process_obj), state)
     mp_context.set_spawning_popen(process_obj)     # lets the authkey travel, as with spawn
     try:
-        pickler.dump(_Shipped(type(process_obj), state))
+        pickler.dump(shipped)
     except PicklingError:
         raise
     except Exception as exc:

@@ -2,8 +2,9 @@
 
 The exec'd one-line stub reads a blob from stdin: this module's code (ending in a
 call of ``_boot``) and the shipped modules, compiled by the local side for this
-major.minor version.  It moves the channel off fds 0/1 so that nothing a child or
-the agent prints can corrupt the protocol, installs an importer that serves the
+major.minor version, or as source for another version (spawn mode).  It moves
+the channel off fds 0/1 so that nothing a child or the agent prints can corrupt
+the protocol, installs an importer that serves the
 shipped modules (the agent and cloudpickle) from memory, and starts the
 supervisor.  Nothing is written to disk.
 """
@@ -33,7 +34,10 @@ class _ShippedImporter:
         return None
 
     def exec_module(self, module):
-        _is_pkg, code, module.__file__ = self.modules[module.__name__]
+        is_pkg, code, module.__file__ = self.modules[module.__name__]
+        if isinstance(code, str):   # another Python than the local one: shipped as source
+            code = compile(code, module.__file__, "exec", dont_inherit=True, optimize=2)
+            self.modules[module.__name__] = (is_pkg, code, module.__file__)
         exec(code, module.__dict__)
 
     def get_source(self, name):
@@ -41,6 +45,8 @@ class _ShippedImporter:
 
 
 def _boot(modules):
+    found = sys.argv[2] if len(sys.argv) > 2 else ""     # where the exec script found this interpreter
+    sys.argv[1:] = []
     fd_in = os.dup(0)
     fd_out = os.dup(1)
     null = os.open(os.devnull, os.O_RDWR)
@@ -52,4 +58,4 @@ def _boot(modules):
     sys.meta_path.insert(0, _ShippedImporter(modules))
     from remoteproc.agent import supervisor
 
-    os._exit(supervisor.main(fd_in, fd_out))
+    os._exit(supervisor.main(fd_in, fd_out, found))

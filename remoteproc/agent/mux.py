@@ -52,6 +52,20 @@ def _consume(q, n: int) -> None:
             n = 0
 
 
+def _read_copy(fd, view):
+    data = os.read(fd, len(view))
+    view[:len(data)] = data
+    return len(data)
+
+
+def _readv(fd, view):
+    return os.readv(fd, [view])
+
+
+#: read from fd into a writable view, without a copy where the platform has os.readv (PyPy has not)
+readinto = _readv if hasattr(os, "readv") else _read_copy
+
+
 class Stream:
     """One bridged file descriptor and its state in each direction."""
 
@@ -161,7 +175,7 @@ class Mux:
             if s.sock is not None:
                 n = s.sock.recv_into(view, len(view), _DONTWAIT)
             else:
-                n = os.readv(s.fd, [view])
+                n = readinto(s.fd, view)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:

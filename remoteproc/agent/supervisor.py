@@ -15,7 +15,7 @@ import sys
 import time
 import zlib
 
-from . import PROTOCOL_VERSION, fdlimit, frames, pkgcache
+from . import PROTOCOL_VERSION, fdlimit, frames, mux, pkgcache
 from .child import RESET_SIGNALS
 from .child import run as run_child
 from .endpoint import FrameEndpoint
@@ -95,7 +95,7 @@ class Supervisor:
     # -- input ----------------------------------------------------------------
     def _on_input(self, mask):
         try:
-            n = os.readv(self.fd_in, [self._in_view])
+            n = mux.readinto(self.fd_in, self._in_view)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -340,7 +340,7 @@ class Supervisor:
             if child is None:
                 continue
             del self.children[child.id]
-            child.code = os.waitstatus_to_exitcode(status)
+            child.code = _exitcode(status)
             os.close(child.sentinel)
             # Whatever the child wrote before it exited goes out before its exit status.
             for s in self.mux.owned_by(child):
@@ -449,6 +449,11 @@ def _fork():
         raise
 
 
+def _exitcode(status):
+    """``os.waitstatus_to_exitcode`` (Python 3.9+)."""
+    return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
 def _killpg(pid, sig):
     try:
         os.killpg(pid, sig)
@@ -459,8 +464,10 @@ def _killpg(pid, sig):
             pass
 
 
-def hello():
+def hello(found=""):
     return {
+        "implementation": sys.implementation.name,
+        "found": found,
         "op": "hello",
         "version": PROTOCOL_VERSION,
         "python": list(sys.version_info[:3]),
@@ -472,10 +479,10 @@ def hello():
     }
 
 
-def main(fd_in, fd_out):
+def main(fd_in, fd_out, found=""):
     """Run the agent on the given channel fds; returns the process exit status."""
     sup = Supervisor(fd_in, fd_out, nofile=fdlimit.raise_fd_limit())
-    sup.control(hello())
+    sup.control(hello(found))
     # Preload what every child needs, so that a fork is all a start costs.
     import multiprocessing.connection  # noqa: F401
     import multiprocessing.context  # noqa: F401
@@ -489,6 +496,8 @@ def main(fd_in, fd_out):
 
     # What is loaded now lives as long as the agent: keep the garbage collector from
     # touching it, so that forked children do not copy those pages when they collect.
-    __import__("gc").freeze()
+    gc = __import__("gc")
+    if hasattr(gc, "freeze"):   # (not in PyPy)
+        gc.freeze()
     sup.serve()
     return 0 if sup.stop_reason != "protocol error" else 2

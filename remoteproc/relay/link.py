@@ -11,6 +11,7 @@ per-process status socket, which doubles as the process's sentinel.
 from __future__ import annotations
 
 import logging
+import os
 import selectors
 import signal
 import socket
@@ -81,6 +82,7 @@ class Link:
                                       on_stream_closed=self._stream_closed)
         self.mux = self.endpoint.mux
         self.chan: Optional[AgentChannel] = None
+        self.hello: dict = {}
         self.sys_path: list = []
         self.lost: RemoteProcessError | None = None
         self.closing = False
@@ -130,6 +132,7 @@ class Link:
         try:
             t0 = time.monotonic()
             self.chan, hello, extra = bootstrap.start_agent(self.opener, self.target)
+            self.hello = hello
             log.debug("%s: agent %s ready in %.0f ms (Python %s; %s)", self.display, hello.get("pid"),
                       (time.monotonic() - t0) * 1e3, ".".join(map(str, hello.get("python", ()))),
                       self.chan.details())
@@ -262,6 +265,17 @@ class Link:
 
     # -- processes ---------------------------------------------------------------------
     def _start(self, request, status_sock, fds) -> None:
+        mode = self.hello.get("mode", "same")
+        if request.get("mode", "same") != mode:
+            # pickled for another Python than this host runs: the user's process pickles again
+            try:
+                ipc.send(status_sock, ("mode", mode))
+            except OSError:
+                pass
+            status_sock.close()
+            for fd in fds:
+                os.close(fd)
+            return
         child = RemoteChild(self.next_id, status_sock)
         self.next_id += 1
         self.children[child.id] = child
@@ -309,7 +323,8 @@ class Link:
             raise frames.FrameError("%s for unknown process %r" % (op, msg.get("id")))
         if op == "started":
             child.pid = int(msg["pid"])
-            self._report(child, ("started", child.pid))
+            self._report(child, ("started", child.pid, self.hello.get("mode", "same"), self.hello.get("found"),
+                                 self.hello.get("executable")))
         elif op == "exited":
             child.code = int(msg["code"])
             self._deliver(child)

@@ -42,6 +42,12 @@ def _bytes(name: str, value: Any, spec: str) -> str | None:
         name, spec)
 
 
+def _words(name: str, value: Any, spec: str) -> str | None:
+    if isinstance(value, str) or (value and all(isinstance(v, str) and v for v in value)):
+        return None
+    return "option %s=%r for host %r must be a str or a non-empty list of non-empty str" % (name, value, spec)
+
+
 def _policy(name: str, value: Any, spec: str) -> str | None:
     return None if value in POLICIES else "%s=%r for host %r: use one of %s" % (name, value, spec, POLICIES)
 
@@ -77,7 +83,10 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("known_hosts", _PATHS, inherit=True),
     Option("host_key_policy", (str,), check=_policy, inherit=True),
     Option("connect_timeout", (int, float), 30.0, _seconds, inherit=True),
-    Option("python", (str,), "python3"),
+    # None: find one (docs/python-versions.md); shell words; or a list of them, tried in order
+    Option("python", (str, list, tuple), None, _words),
+    # shell lines run in the login shell before the interpreter starts
+    Option("setup", (str, list, tuple), None, _words),
     Option("allow_agent", (bool,), True, inherit=True),
     Option("look_for_keys", (bool,), True, inherit=True),
     Option("proxy_jump", (str,)),

@@ -53,7 +53,10 @@ class Target:
     keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
     keepalive_count: int = DEFAULT_KEEPALIVE_COUNT
     idle_timeout: float = DEFAULT_IDLE_TIMEOUT
-    python: str = OPTIONS["python"].default
+    #: None: find one (docs/python-versions.md); a str of shell words; a tuple tried in order
+    python: str | tuple | None = OPTIONS["python"].default
+    #: shell lines run in the login shell before the interpreter starts
+    setup: tuple = ()
     allow_agent: bool = OPTIONS["allow_agent"].default
     look_for_keys: bool = OPTIONS["look_for_keys"].default
     options: dict[str, Any] = field(default_factory=dict, repr=False)
@@ -102,8 +105,8 @@ class Target:
     @property
     def key(self) -> tuple[Any, ...]:
         """Processes whose targets share this key share one remote agent (and its connection);
-        the package cache's setting belongs to the agent, so it is part of the key."""
-        return self.conn_key + (self.python, self.options.get("cache_size"))
+        the package cache's setting and the setup lines belong to the agent, so they are part of the key."""
+        return self.conn_key + (self.python, self.setup, self.options.get("cache_size"))
 
     @property
     def host_key_name(self) -> str:
@@ -166,7 +169,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         proxy_jump=jumps, proxy_command=None if jumps else _proxy_command(cfg, tokens),
         keepalive_interval=float(interval), keepalive_count=max(1, int(count)),
         idle_timeout=float(option(options, "idle_timeout")),
-        python=option(options, "python"),
+        python=_python_option(options.get("python")), setup=_setup_option(options.get("setup")),
         allow_agent=option(options, "allow_agent"), look_for_keys=option(options, "look_for_keys"),
         options=options, original_host=host, jump=jump, global_known_hosts=global_known,
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
@@ -258,3 +261,13 @@ def _proxy_command(cfg: dict[str, Any], tokens: dict[str, str]) -> str | None:
     if command is None or command.strip().lower() == "none":
         return None
     return expand(command, tokens, "ProxyCommand")
+
+
+def _python_option(value: Any) -> str | tuple | None:
+    return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def _setup_option(value: Any) -> tuple:
+    if value is None:
+        return ()
+    return (value,) if isinstance(value, str) else tuple(str(v) for v in value)

@@ -1,0 +1,92 @@
+"""Spawn mode, remote side: a child on another Python than the user's.
+
+When the host runs another Python version (or implementation) than the user's,
+nothing can travel by value: the process object and everything sent to it are
+pickled by reference, as ``multiprocessing``'s *spawn* start method does.  Like
+spawn, the child first imports the user's main script as ``__mp_main__`` (so
+its ``if __name__ == "__main__":`` block does not run) and makes it
+``sys.modules["__main__"]`` too, so that references to ``__main__.func`` resolve.
+
+The pickled process object calls ``prepare`` while it is being unpickled, before
+its target and arguments are loaded (see ``remoteproc/reduction.py``).  Shipped
+with the agent: standard library only, and Python 3.8 syntax.
+"""
+
+import sys
+import types
+
+#: True in a child that runs in spawn mode: its items (Queue, Pool results) go by reference
+ACTIVE = False
+_imported = []      # the user's main module, once imported here
+
+
+class StandIn:
+    """What ``from remoteproc import X`` gives a spawn-mode child: a name that exists.
+
+    The user's script imports remoteproc at its top; here (another Python, where
+    remoteproc itself does not run) those names only have to exist.
+    """
+
+    def __init__(self, *args, **kwargs):
+        raise RuntimeError("remoteproc.%s cannot be used inside a remote process that runs another Python "
+                           "version than the caller's (spawn mode): start remote processes from the "
+                           "caller's side" % type(self).__name__)
+
+
+def _install_stand_in(names):
+    pkg = sys.modules.get("remoteproc")
+    if pkg is None:     # pragma: no cover - the agent is the remoteproc package here
+        return
+    made = {}
+
+    def __getattr__(name):
+        if name.startswith("__") or name not in names:
+            raise AttributeError("module 'remoteproc' has no attribute %r" % name)
+        if name not in made:
+            made[name] = type(name, (StandIn,), {"__module__": "remoteproc"})
+        return made[name]
+
+    pkg.__getattr__ = __getattr__
+
+
+def prepare(main):
+    """Unpickling hook, called before the process object's state is loaded.
+
+    ``main``: None, or a dict with the user's main script (``path``, ``source``) and
+    the public names of ``remoteproc`` (``names``).
+    """
+    global ACTIVE
+    ACTIVE = True
+    if main is None:
+        return None
+    _install_stand_in(frozenset(main.get("names", ())))
+    # (multiprocessing's __init__ makes __mp_main__ the running __main__, the agent's here)
+    if not _imported and main.get("source") is not None:
+        module = types.ModuleType("__mp_main__")
+        module.__file__ = main["path"]
+        sys.modules["__mp_main__"] = module
+        try:
+            code = compile(main["source"], main["path"], "exec", dont_inherit=True)
+            exec(code, module.__dict__)
+        except BaseException:
+            del sys.modules["__mp_main__"]
+            raise
+        _remember_lines(main["path"], main["source"])
+        _imported.append(module)
+        sys.modules["__main__"] = module
+    return None
+
+
+def _remember_lines(path, source):
+    """The script exists only on the caller's host: keep its lines for tracebacks."""
+    import linecache
+
+    lines = source.splitlines(True)
+    linecache.cache[path] = (len(source), None, lines, path)
+
+
+def rebuild_process(_prepared, cls, state):
+    """Unpickling hook: the process object (``_prepared`` is ``prepare``'s result, loaded first)."""
+    obj = cls.__new__(cls)
+    obj.__dict__.update(state)
+    return obj
