@@ -144,12 +144,14 @@ def test_agent_blob_is_compiled_code_without_docstrings():
     assert "remoteproc.agent.boot" not in modules
 
 
-def test_stub_refuses_another_python_version_before_reading_the_blob():
-    other = "%d.%d" % (sys.version_info[0], sys.version_info[1] + 1)
-    stub = bootstrap.command("python3").replace("==(%d,%d)" % sys.version_info[:2], "==(%s)" % other.replace(".", ","))
-    proc = subprocess.run(["/bin/sh", "-c", stub], input=b"", capture_output=True, timeout=30)
+def test_stub_in_strict_mode_refuses_another_python_version_before_reading_the_blob():
+    other = "%d,%d" % (sys.version_info[0], sys.version_info[1] + 1)
+    stub = bootstrap._stub(10).replace(",%d,%d)" % sys.version_info[:2], ",%s)" % other)
+    proc = subprocess.run([sys.executable, "-c", stub, "strict", "python3"], input=b"x" * 10,
+                          capture_output=True, timeout=30)
     assert proc.returncode == bootstrap.WRONG_VERSION
-    assert b"is Python %d.%d" % sys.version_info[:2] in proc.stderr
+    assert b"python3 is cpython Python %d.%d" % sys.version_info[:2] in proc.stderr
+    assert proc.stdout == b""
 
 
 def test_blob_failure_in_the_builder_thread_is_raised_where_the_blob_is_used(monkeypatch):
