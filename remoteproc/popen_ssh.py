@@ -70,6 +70,8 @@ class Popen:
             "streams": [(b.kind, b.readable, b.writable) for b in bridged],
             "tty": os.isatty(out_fd),
             "mode": self.mode,
+            "cwd": getattr(process_obj, "_cwd", None),
+            "env": getattr(process_obj, "_env", None),
         }
         del payload
         relay = relay_client.get()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from multiprocessing import process as mp_process
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
@@ -42,6 +43,8 @@ class RemoteProcess(mp_process.BaseProcess):
         kwargs: Mapping[str, Any] = {},
         *,
         daemon: bool | None = None,
+        cwd: str | os.PathLike | None = None,
+        env: Mapping[str, str] | None = None,
         **ssh_options: Any,
     ) -> None:
         if isinstance(host, str) and type(host) is not str:     # a spec that carries options
@@ -52,6 +55,7 @@ class RemoteProcess(mp_process.BaseProcess):
         super().__init__(group, target, name, args, kwargs, daemon=daemon)
         self._host = host
         self._ssh_options = options
+        self._cwd, self._env = check_cwd_env(cwd, env)
         relay_client.prestart()
 
     @staticmethod
@@ -74,3 +78,17 @@ class RemoteProcess(mp_process.BaseProcess):
     def __repr__(self) -> str:
         text = super().__repr__()
         return text[:-1] + " host=%r>" % self._host
+
+
+def check_cwd_env(cwd: Any, env: Any) -> tuple[str | None, dict[str, str] | None]:
+    """``cwd`` (a directory on the host, ``~`` expanded there) and ``env`` (variables added)."""
+    if cwd is not None:
+        cwd = os.fspath(cwd)
+        if not isinstance(cwd, str) or not cwd:
+            raise TypeError("cwd must be a str path on the remote host, not %r" % (cwd,))
+    if env is not None:
+        env = dict(env)
+        for key, value in env.items():
+            if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key:
+                raise TypeError("env must map variable names (str, no '=') to str; got %r: %r" % (key, value))
+    return cwd, env

@@ -285,6 +285,7 @@ class _Owned:
         self._lock = threading.RLock()
         self._proxy = None          # set in a forked child: then every call goes to the owner
         self._closed = False
+        self._spawn_to: tuple[str, str] | None = None     # (host, looked): given to another Python
         _live.add(self)
 
     def _config(self) -> dict:
@@ -306,7 +307,26 @@ class _Owned:
             child_end = self._attach("a remote process", mp_context.get_spawning_popen())
         except PicklingError as exc:
             raise PicklingError("%s on %s" % (exc, pickler.host), pickler.host) from None
+        if getattr(pickler, "mode", "same") == "spawn":
+            # a process on another Python gets items: from now on they go by reference
+            self._spawn_to = (pickler.host, pickler.looked)
         return self._rebuild, (self._kind, child_end, self._config())
+
+    def _dumps_spawn(self, obj: Any) -> bytes | None:
+        """An item for a queue that a process on another Python shares: by reference; what
+        cannot cross raises PicklingError here, anything else unpicklable is dropped (as queued)."""
+        from .reduction import dumps_item
+
+        assert self._spawn_to is not None
+        try:
+            return dumps_item(obj, "spawn", *self._spawn_to)
+        except (PicklingError, P.Refused):
+            raise
+        except Exception as exc:
+            self._on_queue_feeder_error(exc, obj)
+            return None
+
+        return dumps_item(obj, "spawn", *self._spawn_to)
 
     def __reduce__(self):
         spawner = mp_context.get_spawning_popen()
@@ -521,7 +541,7 @@ class Queue(_Owned):
         if self._proxy is not None:
             return self._proxy.put(obj, block, timeout)
         self._check_closed()
-        item = P.dumps_queued(self, obj)
+        item = P.dumps_queued(self, obj) if self._spawn_to is None else self._dumps_spawn(obj)
         if item is None:
             return None
         status, _ = self._call(P.PUT, item, block, timeout, timeout=timeout)

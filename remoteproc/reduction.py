@@ -14,6 +14,7 @@ import io
 import linecache
 import os
 import pickle
+import socket
 import stat
 import sys
 import types
@@ -26,7 +27,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle.cloudpickle import _code_reduce
 
-from .agent import child
+from .agent import child, proxies
 from .errors import PicklingError
 
 _DYNAMIC = "<dynamic-code>"
@@ -234,6 +235,37 @@ def spawn_refusal(obj, why: str, host: str, looked: str) -> PicklingError:
         "for it in: %s; or pass python= with its path)." % (host, name, why, host, ver, host, ver, looked), host)
 
 
+class _ItemSpawnPickler(pickle.Pickler):
+    """Items and Pool tasks for a spawn-mode host: by reference; fds refused as in same mode."""
+
+    def __init__(self, file, host: str, looked: str) -> None:
+        super().__init__(file, protocol=SPAWN_PROTOCOL)
+        self.host = host
+        self.looked = looked
+
+    def reducer_override(self, obj):
+        if isinstance(obj, (_ConnectionBase, socket.socket)):
+            proxies._refuse(obj)
+        if isinstance(obj, (types.FunctionType, type)):
+            why = _not_importable(obj)
+            if why:
+                raise spawn_refusal(obj, why, self.host, self.looked)
+        return NotImplemented
+
+
+def dumps_item(obj, mode: str = "same", host: str = "", looked: str = "") -> bytes:
+    """Pickle a Queue item or Pool task for a process in ``mode`` (by reference for "spawn")."""
+    if mode != "spawn":
+        return proxies.dumps_item(obj)
+    import sys
+
+    if "__main__" in sys.modules:
+        sys.modules.setdefault("__mp_main__", sys.modules["__main__"])     # what spawn children refer to
+    buf = io.BytesIO()
+    _ItemSpawnPickler(buf, host, looked).dump(obj)
+    return buf.getvalue()
+
+
 def main_info() -> dict | None:
     """The user's main script for a spawn-mode child: its path, its source, remoteproc's names."""
     import sys
@@ -289,7 +321,7 @@ class _Shipped:
         return child.rebuild_process, (self.cls, self.state)
 
 
-_LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error")
+_LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error", "_cwd", "_env")
 
 
 def dumps_process(process_obj, host: str, mode: str = "same", looked: str = "") -> tuple[bytes, list[Bridged]]:

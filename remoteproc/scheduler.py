@@ -50,6 +50,7 @@ from typing import Any, Callable, Iterable, Protocol
 from . import reduction
 from .agent import proxies
 from .agent.waker import Waker
+from .bootstrap import looked_in
 from .errors import CONNECTION_LOST, ConnectionLostError, PicklingError, RemoteProcessError
 from .reconnect import Reconnector
 from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts
@@ -89,12 +90,15 @@ class Chunk:
 
     __slots__ = ("cid", "job", "start", "n", "data", "tries")
 
-    def __init__(self, job: Job, start: int, n: int, mode: int, fbytes: bytes, abytes: bytes) -> None:
+    def __init__(self, job: Job, start: int, n: int, mode: int, fbytes: dict[str, bytes],
+                 abytes: dict[str, bytes]) -> None:
         self.cid = next(_chunk_ids)
         self.job = job
         self.start = start
         self.n = n
-        self.data = _frame(pickle.dumps(("task", self.cid, mode, fbytes, abytes), pickle.HIGHEST_PROTOCOL))
+        # one message per Python mode of the pool's workers (docs/python-versions.md)
+        self.data = {m: _frame(pickle.dumps(("task", self.cid, mode, fbytes[m], abytes[m]), pickle.HIGHEST_PROTOCOL))
+                     for m in fbytes}
         self.tries = 0          # sends so far; a chunk that retries keeps its data until its result
 
 
@@ -212,13 +216,26 @@ class Scheduler:
             chunks.append(Chunk(job, start + i, len(part), mode, fbytes, self.dumps(part, "the arguments")))
         return chunks
 
-    @staticmethod
-    def dumps(obj: object, what: str, dumps: Callable[[Any], bytes] = proxies.dumps_item) -> bytes:
-        try:
-            return dumps(obj)
-        except (pickle.PicklingError, TypeError) as exc:
-            raise PicklingError("cannot send %s to the pool's workers: %s: %s" % (what, type(exc).__name__, exc))
-        # anything else (an object's own __reduce__ raised it) goes on as it is, as multiprocessing's
+    def dumps(self, obj: object, what: str, dumps: Callable[[Any], bytes] = proxies.dumps_item) -> dict[str, bytes]:
+        """``obj`` pickled for each Python mode among the workers: "same" with ``dumps`` (by
+        value where needed), "spawn" by reference, for hosts with another Python."""
+        modes: dict[str, str] = {}
+        for w in self.workers:
+            modes.setdefault(w.mode, w.host)
+        out = {}
+        for mode, host in (modes or {"same": ""}).items():
+            try:
+                if mode == "spawn":
+                    out[mode] = reduction.dumps_item(obj, mode, host, looked_in())
+                else:
+                    out[mode] = dumps(obj)
+            except PicklingError:
+                raise
+            except (pickle.PicklingError, TypeError) as exc:
+                raise PicklingError("cannot send %s to the pool's workers: %s: %s"
+                                    % (what, type(exc).__name__, exc))
+            # anything else (an object's own __reduce__ raised it) goes on as it is, as multiprocessing's
+        return out
 
     def submit(self, chunks: list[Chunk]) -> None:
         failed = None
@@ -349,9 +366,9 @@ class Scheduler:
                 w.busy_since = time.monotonic()
             w.outstanding.append(chunk.cid)
             w.sent += 1
-            w.out += chunk.data
+            w.out += chunk.data.get(w.mode) or next(iter(chunk.data.values()))
             if not self.retries:
-                chunk.data = b""
+                chunk.data = {}
             self._flush(w)
 
     def _flush(self, w: Worker) -> None:

@@ -76,6 +76,8 @@ class Worker:
         self.events = 0
         self.stopping = False
         self.busy_since = 0.0
+        #: "same", or "spawn" on a host with another Python: tasks are pickled for it (docs/python-versions.md)
+        self.mode: str = getattr(process._popen, "mode", "same")
 
     def close(self) -> None:
         for c in (self.conn, self.sock):

@@ -78,10 +78,14 @@ def _item_pickler():
     global _pickler_class
     if _pickler_class is None:
         from multiprocessing.connection import _ConnectionBase
+
+        from . import spawn
         try:
             import cloudpickle
             base = cloudpickle.Pickler
         except ImportError:         # pragma: no cover - cloudpickle is shipped and installed
+            base = pickle.Pickler
+        if spawn.ACTIVE:    # another Python than the user's: by reference only (docs/python-versions.md)
             base = pickle.Pickler
 
         class ItemPickler(base):  # type: ignore[misc,valid-type]  # (a base chosen at run time)

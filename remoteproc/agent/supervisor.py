@@ -134,6 +134,10 @@ class Supervisor:
         self.host = str(msg.get("host") or self.host)
         if child_id in self.children:
             raise frames.FrameError("process %d started twice" % child_id)
+        cwd = _check_cwd(msg.get("cwd"))
+        if cwd is not None and cwd.startswith("!"):
+            self.control({"op": "error", "id": child_id, "message": cwd[1:]})
+            return
         made = []  # type: list[int]  # every fd created here, closed again on failure
         try:
             theirs, mine = _child_streams(streams, made)
@@ -160,6 +164,7 @@ class Supervisor:
                 os.close(fd)
             raise
         if pid == 0:    # pragma: no cover - the child never returns (os._exit)
+            _enter(cwd, msg.get("env"))
             run_child(blob, theirs, out_w, err_w, sen_r, close, tty, imp_w, self.modules,
                       str(msg.get("host") or "the remote host"), self.nofile)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, RESET_SIGNALS)
@@ -447,6 +452,31 @@ def _fork():
     except BaseException:
         signal.pthread_sigmask(signal.SIG_UNBLOCK, RESET_SIGNALS)
         raise
+
+
+def _check_cwd(cwd):
+    """The child's directory, ``~`` expanded; "!message" if it cannot go there."""
+    if cwd is None:
+        return None
+    path = os.path.expanduser(str(cwd))
+    if not os.path.isdir(path):
+        return "!cannot start the process in directory %r: %s" % (
+            cwd, "it does not exist" if not os.path.exists(path) else "it is not a directory")
+    if not os.access(path, os.X_OK):
+        return "!cannot start the process in directory %r: permission denied" % (cwd,)
+    return path
+
+
+def _enter(cwd, env):
+    """In the forked child, before anything else: its directory and its added variables."""
+    if env:
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+    if cwd is not None:
+        try:
+            os.chdir(cwd)
+        except OSError as exc:
+            os.write(2, ("remoteproc: cannot change to directory %r: %s\n" % (cwd, exc)).encode())
+            os._exit(2)
 
 
 def _exitcode(status):

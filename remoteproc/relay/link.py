@@ -293,6 +293,10 @@ class Link:
         child.streams.append(self.mux.add(err_sid, err_fd, reading=False, writing=True, owner=child, shared=True))
         msg = {"op": "start", "id": child.id, "streams": wire, "stdout": out_sid, "stderr": err_sid,
                "tty": bool(request.get("tty")), "host": self.display}
+        if request.get("cwd") is not None:
+            msg["cwd"] = request["cwd"]
+        if request.get("env"):
+            msg["env"] = request["env"]
         if request.get("path"):
             self.sys_path = list(request["path"])
         self.send(frames.control(msg, request["payload"]))
