@@ -101,7 +101,8 @@ def _ssh_parent() -> argparse.ArgumentParser:
                         "(a changed key is still refused)")
     g.add_argument("-F", "--ssh-config", metavar="FILE", help="ssh_config file instead of ~/.ssh/config")
     g.add_argument("--python", metavar="PYTHON",
-                   help="remote Python interpreter (default python3; must match this Python's major.minor)")
+                   help="remote Python interpreter (default: python3 if it is this Python's major.minor, else one "
+                        "found in the usual places, else python3 in spawn mode; docs/python-versions.md)")
     g.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting after this")
     g.add_argument("--transport", choices=("paramiko", "openssh"),
                    help="paramiko (default) or openssh: run your own ssh program, with everything of its "
@@ -275,6 +276,25 @@ def _stop(script) -> None:
 
 # -- check --------------------------------------------------------------------------------
 
+def _found_text(found: str | None) -> str:
+    if not found:
+        return "?"
+    if found.startswith("python="):
+        return "as given (%s)" % found
+    if found == "python3":
+        return "python3 on the login PATH"
+    return {"PATH": "on the login PATH", "pyenv": "under ~/.pyenv/versions", "uv": "among uv's managed Pythons",
+            "conda": "in a conda installation"}.get(found, "in " + found)
+
+
+def _mode_text(mode: str) -> str:
+    if mode == "same":
+        return "same version (Python %d.%d): everything works as with a local fork" % sys.version_info[:2]
+    return ("spawn mode (another Python than this %d.%d): functions and classes go by reference, as with "
+            "multiprocessing's spawn; lambdas, closures and interactive definitions are refused "
+            "(docs/python-versions.md)" % sys.version_info[:2])
+
+
 def check_command(args: argparse.Namespace, rounds: int = 20) -> int:
     from multiprocessing import Pipe
 
@@ -296,6 +316,8 @@ def check_command(args: argparse.Namespace, rounds: int = 20) -> int:
         t1 = time.perf_counter()
         print("  connect, agent start-up and first answer: %.0f ms" % ((t1 - t0) * 1e3))
         print("  remote python:   %s %s (%s)" % (facts["implementation"], facts["python"], facts["executable"]))
+        print("  found:           %s" % _found_text(getattr(p._popen, "found", None)))
+        print("  mode:            %s" % _mode_text(getattr(p._popen, "mode", "same")))
         print("  remote platform: %s" % facts["platform"])
         print("  remote host:     %s, user %s, %s CPUs" % (facts["hostname"], facts["user"], facts["cpus"]))
         times = []

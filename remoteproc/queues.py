@@ -97,9 +97,13 @@ class _Broker:
                         weakref.finalize(spawner, self.release, conn)
                     except TypeError:
                         pass
-            if self.thread is None:
+            start = self.thread is None
+            if start:
                 self.thread = threading.Thread(target=self._run, name="remoteproc-queues", daemon=True)
-                self.thread.start()
+        if start:
+            # (outside the lock: a finalizer run by the garbage collector in the new thread may
+            # call release(), which takes it, while this thread waits for the start)
+            self.thread.start()
         self.wake()
 
     def wake(self) -> None:

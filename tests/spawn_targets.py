@@ -1,0 +1,49 @@
+"""Targets for the spawn-mode tests: they run on another Python (PyPy 3.9), so standard library
+only and Python 3.8 syntax; the remote side imports this module by module forwarding."""
+
+import os
+import platform
+import sys
+import time
+
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+
+def describe(conn, point):
+    conn.send((platform.python_implementation(), tuple(sys.version_info[:2]), point.x, __name__))
+    conn.send(Point(point.x * 2))
+    conn.close()
+
+
+def square(x):
+    return x * x
+
+
+def exit_with(code):
+    sys.exit(code)
+
+
+def fail(message):
+    raise ValueError(message)
+
+
+def sleep_then_say(conn):
+    conn.send("sleeping")
+    time.sleep(60)
+
+
+def put_items(q, items):
+    for item in items:
+        q.put(item)
+
+
+def echo_from_queue(q_in, q_out):
+    q_out.put(q_in.get(timeout=30))
+
+
+def where(conn):
+    conn.send((os.getcwd(), os.environ.get("RP_TEST_VAR"), os.environ.get("RP_FROM_SETUP"),
+               sys.executable, platform.python_implementation()))
