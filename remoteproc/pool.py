@@ -322,7 +322,7 @@ class Pool:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
 
-def _feed(core: Scheduler, result: IMapIterator, fbytes: bytes, it: Iterator[Any], chunksize: int) -> None:
+def _feed(core: Scheduler, result: IMapIterator, fbytes: dict[str, bytes], it: Iterator[Any], chunksize: int) -> None:
     """imap's input, consumed lazily in a thread of its own, with back-pressure."""
     index = 0
     limit = max(4, 2 * PREFETCH * core.size)

@@ -100,7 +100,7 @@ class _Broker:
             start = self.thread is None
             if start:
                 self.thread = threading.Thread(target=self._run, name="remoteproc-queues", daemon=True)
-        if start:
+        if start and self.thread is not None:
             # (outside the lock: a finalizer run by the garbage collector in the new thread may
             # call release(), which takes it, while this thread waits for the start)
             self.thread.start()

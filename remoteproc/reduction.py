@@ -167,20 +167,20 @@ def _not_importable(obj) -> str:
     """Why a function or class cannot be pickled by reference ("" if it can)."""
     import sys
 
-    module = getattr(obj, "__module__", None)
-    qualname = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", "")
+    module: str = getattr(obj, "__module__", None) or ""
+    qualname: str = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or ""
     if "<lambda>" in qualname:
         return "a lambda"
     if "<locals>" in qualname:
         return "defined inside a function (a closure or local %s)" % ("class" if isinstance(obj, type) else "function")
-    mod = sys.modules.get(module or "")
+    mod = sys.modules.get(module)
     if mod is None:
         return "its module %r is not importable" % module
     if module == "__main__" and not getattr(mod, "__file__", None):
         return "defined interactively (in a notebook cell or at the >>> prompt)"
     if module == "__main__" and getattr(mod, "__spec__", None) is not None:
         return "defined in a main module run with python -m (only a script run by its path is shipped)"
-    found = mod
+    found: object = mod
     for part in qualname.split("."):
         found = getattr(found, part, None)
     if found is not obj:
@@ -200,7 +200,8 @@ class _SpawnPickler(pickle.Pickler):
         self.files: set[str] = set()
         self._by_fd: dict[int, int] = {}
 
-    _connection = _Pickler._connection
+    def _connection(self, conn: _ConnectionBase):
+        return _Pickler._connection(self, conn)     # type: ignore[arg-type]  # (the same attributes)
 
     def reducer_override(self, obj):
         if isinstance(obj, _ConnectionBase):
@@ -282,7 +283,8 @@ def main_info() -> dict | None:
             info["path"] = os.path.abspath(path)
         except (OSError, UnicodeDecodeError):
             pass
-    sys.modules.setdefault("__mp_main__", main)     # what the remote's results refer to
+    if main is not None:
+        sys.modules.setdefault("__mp_main__", main)     # what the remote's results refer to
     return info
 
 

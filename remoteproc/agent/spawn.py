@@ -17,7 +17,7 @@ import types
 
 #: True in a child that runs in spawn mode: its items (Queue, Pool results) go by reference
 ACTIVE = False
-_imported = []      # the user's main module, once imported here
+_imported: list = []      # the user's main module, once imported here
 
 
 class StandIn:
@@ -46,7 +46,7 @@ def _install_stand_in(names):
             made[name] = type(name, (StandIn,), {"__module__": "remoteproc"})
         return made[name]
 
-    pkg.__getattr__ = __getattr__
+    pkg.__getattr__ = __getattr__     # type: ignore[method-assign]  # (a module's own __getattr__)
 
 
 def prepare(main):
