@@ -44,7 +44,7 @@ def _hello_of(command: str, home: str, path: str, timeout: float = 60) -> tuple[
     proc = subprocess.Popen(["unshare", "-m", "/bin/sh", "-c", inner], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     try:
-        proc.stdin.write(bootstrap.agent_blob(bool(bootstrap.coverage_env())))
+        proc.stdin.write(bootstrap.agent_blob(bool(bootstrap.agent_env())))
         proc.stdin.flush()
     except BrokenPipeError:
         pass            # the script ended before reading its blob
