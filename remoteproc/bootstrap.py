@@ -146,25 +146,32 @@ def implementation() -> str:
     return sys.implementation.name
 
 
-def _stub(n: int) -> str:
-    """The Python one-liner every candidate interpreter runs (``-c STUB MODE LABEL``).
+#: environment variable holding the stub, so that it can exec the next candidate with itself
+STUB_ENV = "REMOTEPROC_STUB"
 
-    In syntax Python 2 runs too, so that an old interpreter reports itself.  MODE
-    ``strict``: refuse (exit 86, before reading anything) unless this is our
-    implementation and major.minor; ``any``: also run another Python 3.8+, which
-    reads and drops the compiled blob, asks for the agent as source and runs that.
+
+def _stub(n: int) -> str:
+    """The Python one-liner every candidate interpreter runs: ``-c STUB MODE LABEL [LABEL PATH]...``.
+
+    In syntax Python 2 runs too, so that an old interpreter reports itself.  If this is
+    not our implementation and major.minor and (LABEL, PATH) candidates follow, it
+    execs the first of them (with the rest), before reading anything.  Else MODE
+    ``strict`` refuses (exit 86); ``any`` also runs another Python 3.8+, which reads
+    and drops the compiled blob, asks for the agent as source and runs that.
     (No single quotes inside: it travels in two levels of shell quoting.)
     """
     ours = sys.version_info[:2]
     return ('import marshal,os,sys,zlib;v=sys.version_info;i=getattr(sys,"implementation",None);'
             'i=i and i.name or "cpython";a=sys.argv[1:]+["",""];ok=(i,v[0],v[1])==("%s",%d,%d);'
+            'ok or len(a)<6 or os.execv(a[3],[a[3],"-c",os.environ.get("%s",""),a[0],a[2]]+a[4:-2]);'
             'ok or (a[0]=="any" and v>=(3,8)) or (sys.stderr.write('
             '"remoteproc: %%s is %%s Python %%d.%%d.%%d at %%s\\n"%%(a[1],i,v[0],v[1],v[2],sys.executable)),'
-            'sys.stderr.flush(),os._exit(%d));'
+            'sys.stderr.flush(),os._exit(%d));os.environ.pop("%s",0);'
             'exec("def r(n):\\n b=bytes()\\n while len(b)<n:b+=os.read(0,n-len(b)) or os._exit(9)\\n return b");'
             'b=r(%d);ok or os.write(1,b"%s\\n");b=ok and b or r(int(r(10)));'
             'b,m=marshal.loads(zlib.decompress(b));exec(b)'
-            % (implementation(), ours[0], ours[1], WRONG_VERSION, n, SOURCE_REQUEST.decode().strip()))
+            % (implementation(), ours[0], ours[1], STUB_ENV, WRONG_VERSION, STUB_ENV, n,
+               SOURCE_REQUEST.decode().strip()))
 
 
 #: where to look for a Python of our major.minor, in order (docs/python-versions.md)
@@ -187,20 +194,24 @@ def looked_in() -> str:
 
 
 def _search() -> list[str]:
-    """sh lines that exec the first interpreter of our major.minor found in the usual places."""
+    """sh lines that collect the interpreters of our major.minor found in the usual places,
+    in order, as "LABEL PATH" pairs of positional parameters (nothing is run here)."""
     ver = "%d.%d" % sys.version_info[:2]
     roots = " ".join(r.replace("~", "$HOME") for r in CONDA_ROOTS)
-    lines = []
+    lines = ["set --"]
     for exe, impl in _names():
         pyenv = ver if impl == "cpython" else "pypy" + ver
         lines += [
             # (pyenv's shims are on PATH for every installed version, and fail for the unselected ones)
-            'p=$(command -v %s 2>/dev/null) && case "$p" in */shims/*) ;; /*) f "$p" PATH;; esac' % exe,
-            'f /usr/bin/%s /usr/bin; f /usr/local/bin/%s /usr/local/bin' % (exe, exe),
-            'for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/%s*/bin/%s; do f "$p" pyenv; done' % (pyenv, exe),
-            'for p in "${XDG_DATA_HOME:-$HOME/.local/share}"/uv/python/%s-%s*/bin/%s; do f "$p" uv; done'
-            % (impl, ver, exe),
-            'for b in %s; do for p in "$b"/bin/%s "$b"/envs/*/bin/%s; do f "$p" conda; done; done' % (roots, exe, exe),
+            'p=$(command -v %s 2>/dev/null) && case "$p" in */shims/*) ;; /*) set -- "$@" PATH "$p";; esac' % exe,
+            'for p in /usr/bin/%s /usr/local/bin/%s; do [ -x "$p" ] && set -- "$@" "${p%%/*}" "$p"; done'
+            % (exe, exe),
+            'for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/%s*/bin/%s; do [ -x "$p" ] && set -- "$@" pyenv "$p"; '
+            'done' % (pyenv, exe),
+            'for p in "${XDG_DATA_HOME:-$HOME/.local/share}"/uv/python/%s-%s*/bin/%s; do [ -x "$p" ] && '
+            'set -- "$@" uv "$p"; done' % (impl, ver, exe),
+            'for b in %s; do for p in "$b"/bin/%s "$b"/envs/*/bin/%s; do [ -x "$p" ] && set -- "$@" conda "$p"; '
+            'done; done' % (roots, exe, exe),
         ]
     return lines
 
@@ -210,32 +221,34 @@ def command(python=None, setup=None) -> str:
     finds the interpreter and runs the stub with it.
 
     ``python`` None: ``python3`` if it is our implementation and major.minor, else the
-    first one of those found in the usual places (``_places``), else ``python3`` (in
-    spawn mode).  A str (shell words: ``~/venv/bin/python3``, ``env X=1 python3``): that
-    one, whatever its version.  A list: the first of them that is our version, else the
-    first that runs.  Each try of a non-matching interpreter costs its start-up.
+    first of ours found in the usual places (``_search``: the script lists them, and
+    ``python3``'s stub execs the first), else ``python3`` in spawn mode; every step is
+    an ``exec``, so the agent is the session's own process.  A str (shell words:
+    ``~/venv/bin/python3``, ``env X=1 python3``): that one, whatever its version.  A
+    list: the first of them that is our version, else the first that runs (each try
+    costs an interpreter start-up, and the script stays as the agent's parent).
     """
     env = agent_env()
     n = len(agent_blob(bool(env)))
-    script = ["S=%s" % shlex.quote(_stub(n))]
+    script = ["export %s=%s" % (STUB_ENV, shlex.quote(_stub(n)))]
     if env:
         script.append("export %s" % " ".join(shlex.quote("%s=%s" % item) for item in sorted(env.items())))
-    # t: try one interpreter strictly (it becomes the agent if it is our version); f: exec a found one
-    script.append('t() { "$@" -c "$S" strict "$L"; s=$?; case $s in 86|126|127) ;; *) exit $s;; esac; }')
-    script.append('f() { [ -x "$1" ] && exec "$1" -c "$S" any "$2"; }')
+    stub = '-c "$%s"' % STUB_ENV
     if python is None:
-        script += ["L=python3", "t python3", "s3=$s"]
         script += _search()
-        script.append('[ "$s3" = 86 ] && exec python3 -c "$S" any python3')
+        script.append('command -v python3 >/dev/null 2>&1 && exec python3 %s any python3 "$@"' % stub)
+        script.append('[ $# -ge 2 ] && { l=$1; p=$2; shift 2; exec "$p" %s any "$l" "$@"; }' % stub)
         script.append('echo "remoteproc: no python3 found in: $PATH" >&2; exit 127')
     elif isinstance(python, str):
-        script.append("exec %s -c \"$S\" any %s" % (python, shlex.quote("python=" + python)))
+        script.append("exec %s %s any %s" % (python, stub, shlex.quote("python=" + python)))
     else:
+        # t: try one interpreter strictly (it becomes the agent if it is our version)
+        script.append('t() { "$@" %s strict "$L"; s=$?; case $s in 86|126|127) ;; *) exit $s;; esac; }' % stub)
         for word in python:
             script += ["L=%s" % shlex.quote("python=" + word), "t %s" % word]
         for word in python:
-            script.append('%s -c "$S" any %s; s=$?; case $s in 126|127) ;; *) exit $s;; esac'
-                          % (word, shlex.quote("python=" + word)))
+            script.append('%s %s any %s; s=$?; case $s in 126|127) ;; *) exit $s;; esac'
+                          % (word, stub, shlex.quote("python=" + word)))
         script.append('echo "remoteproc: no python= candidate found in: $PATH" >&2; exit 127')
     head = ""
     for i, line in enumerate(_setup_lines(setup), 1):

@@ -794,8 +794,8 @@ def test_interpreter_not_found_carries_the_shells_words():
 
 def test_the_stub_checks_the_version_before_reading_anything(tmp_path):
     wrapper = tmp_path / "python3.4"
-    wrapper.write_text("#!%s\nimport sys\nsys.version_info = (3, 4, 1, 'final', 0)\nexec(sys.argv[2])\n"
-                       % sys.executable)
+    wrapper.write_text("#!%s\nimport sys\nsys.version_info = (3, 4, 1, 'final', 0)\nstub = sys.argv[2]\n"
+                       "sys.argv = ['-c'] + sys.argv[3:]\nexec(stub)\n" % sys.executable)
     wrapper.chmod(0o755)
     old = subprocess.run(["sh", "-c", bootstrap.command(str(wrapper))], input=b"", capture_output=True, timeout=30)
     assert old.returncode == bootstrap.WRONG_VERSION
