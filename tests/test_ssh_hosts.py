@@ -416,33 +416,38 @@ def _other_minor_python():
     return None
 
 
-def test_python_of_another_minor_version(sshd):
+def test_python_of_another_minor_version_runs_in_spawn_mode(sshd):
+    import spawn_targets
+
     found = _other_minor_python()
     if found is None:
-        pytest.skip("no Python 3.x of another minor version on this machine (the stub test covers the logic)")
+        pytest.skip("no Python 3.x of another minor version on this machine (tests/test_python_versions.py "
+                    "covers spawn mode with pypy3)")
     path, version = found
     me = sshd.users[0]
-    p = RemoteProcess(sshd.spec(me), target=where, args=(None,), python=path, **sshd.options(me))
-    with pytest.raises(remoteproc.BootstrapError) as info:
-        p.start()
-    text = str(info.value)
-    assert "is Python %s" % version in text
-    assert "python='python%d.%d'" % sys.version_info[:2] in text
+    parent, child = remoteproc.Pipe()
+    p = RemoteProcess(sshd.spec(me), target=spawn_targets.where, args=(child,), python=path, **sshd.options(me))
+    p.start()
+    child.close()
+    got = parent.recv()
+    p.join(30)
+    assert p.exitcode == 0 and p._popen.mode == "spawn" and got[3] == path
 
 
 def test_python_too_old(netns, ns_options):
     """A wrapper that makes the host's python3 report 3.6: the stub refuses it with its own words."""
     fake = os.path.join(netns.workdir, "oldpython")
     with open(fake, "w") as f:
-        f.write("#!/usr/bin/python3\nimport sys\nsys.version_info = (3, 6, 15, 'final', 0)\nexec(sys.argv[2])\n")
+        f.write("#!/usr/bin/python3\nimport sys\nsys.version_info = (3, 6, 15, 'final', 0)\nstub = sys.argv[2]\n"
+                "sys.argv = ['-c'] + sys.argv[3:]\nexec(stub)\n")
     os.chmod(fake, 0o755)
     h1 = netns.hosts["h1"]
     p = RemoteProcess(h1.spec(PLAIN_USER), target=where, args=(None,), python=fake, **ns_options)
     with pytest.raises(remoteproc.BootstrapError) as info:
         p.start()
     text = str(info.value)
-    assert "is Python 3.6.15" in text and "cloudpickle" in text
-    assert "python='python%d.%d'" % sys.version_info[:2] in text
+    assert "is cpython Python 3.6.15" in text and "too old" in text and "3.8" in text
+    assert "no Python %d.%d was found" % sys.version_info[:2] in text
 
 
 # -- typed errors leave nothing behind ------------------------------------------------------
