@@ -137,7 +137,8 @@ class Link:
                       (time.monotonic() - t0) * 1e3, ".".join(map(str, hello.get("python", ()))),
                       self.chan.details())
             cap = self.target.options.get("cache_size", pkgcache.DEFAULT_CAP)
-            self.packages = pkgtransfer.PackageServer(self.display, hello.get("abi"), cap, self.target.python,
+            self.packages = pkgtransfer.PackageServer(self.display, hello.get("abi"), cap,
+                                                      hello.get("executable") or "python3",
                                                       lambda: self.accepted)
         except RemoteProcessError as exc:
             self._fail_pending(exc)
