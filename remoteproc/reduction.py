@@ -267,6 +267,9 @@ def dumps_item(obj, mode: str = "same", host: str = "", looked: str = "") -> byt
     return buf.getvalue()
 
 
+_main_cache: dict[tuple, str] = {}
+
+
 def main_info() -> dict | None:
     """The user's main script for a spawn-mode child: its path, its source, remoteproc's names."""
     import sys
@@ -277,10 +280,14 @@ def main_info() -> dict | None:
     path = getattr(main, "__file__", None)
     info: dict = {"names": list(getattr(remoteproc, "__all__", ())), "path": None, "source": None}
     if path and getattr(main, "__spec__", None) is None:     # a script run by its path, as spawn ships
+        path = os.path.abspath(path)
         try:
-            with open(path, encoding="utf-8") as f:
-                info["source"] = f.read()
-            info["path"] = os.path.abspath(path)
+            key = (path, os.stat(path).st_mtime_ns)
+            if key not in _main_cache:
+                with open(path, encoding="utf-8") as f:
+                    _main_cache.clear()
+                    _main_cache[key] = f.read()
+            info["source"], info["path"] = _main_cache[key], path
         except (OSError, UnicodeDecodeError):
             pass
     if main is not None:
