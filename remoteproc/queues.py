@@ -316,22 +316,6 @@ class _Owned:
             self._spawn_to = (pickler.host, pickler.looked)
         return self._rebuild, (self._kind, child_end, self._config())
 
-    def _dumps_spawn(self, obj: Any) -> bytes | None:
-        """An item for a queue that a process on another Python shares: by reference; what
-        cannot cross raises PicklingError here, anything else unpicklable is dropped (as queued)."""
-        from .reduction import dumps_item
-
-        assert self._spawn_to is not None
-        try:
-            return dumps_item(obj, "spawn", *self._spawn_to)
-        except (PicklingError, P.Refused):
-            raise
-        except Exception as exc:
-            self._on_queue_feeder_error(exc, obj)
-            return None
-
-        return dumps_item(obj, "spawn", *self._spawn_to)
-
     def __reduce__(self):
         spawner = mp_context.get_spawning_popen()
         if spawner is None:
@@ -539,6 +523,20 @@ class Queue(_Owned):
                 # interrupted just after an item was handed to us: put it back, in front
                 self._items.appendleft(w.value)
                 self._dispatch()
+
+    def _dumps_spawn(self, obj: Any) -> bytes | None:
+        """An item for a queue that a process on another Python shares: by reference; what
+        cannot cross raises PicklingError here, anything else unpicklable is dropped (as queued)."""
+        from .reduction import dumps_item
+
+        assert self._spawn_to is not None
+        try:
+            return dumps_item(obj, "spawn", *self._spawn_to)
+        except (PicklingError, P.Refused):
+            raise
+        except Exception as exc:
+            self._on_queue_feeder_error(exc, obj)
+            return None
 
     # -- the API, in the owner (or, after fork, through the proxy) ----------------------------------
     def put(self, obj: Any, block: bool = True, timeout: float | None = None) -> None:
