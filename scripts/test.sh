@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, from a fresh clone: install, then pytest with coverage.
+# The whole test suite, from a fresh clone: install, lint (ruff, with C901), type-check (mypy), then pytest with coverage.
 # This is the README's second quick-start command and what .ci/run calls.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -29,5 +29,6 @@ fi
 python3 -m pip install -q --disable-pip-version-check -e ".[test]" </dev/null
 
 ruff check .
+python3 -m mypy           # configured in pyproject.toml: the remoteproc package
 export COVERAGE_PROCESS_START="$PWD/pyproject.toml"
 python3 -m pytest -p no:cacheprovider --cov=remoteproc --cov-branch --cov-report=term-missing "$@" </dev/null
