@@ -423,3 +423,47 @@ def test_spawn_payload_is_plain_pickle_by_reference():
     assert "spawn_targets" in data.decode("latin-1") and not bridged
     assert data[1] <= pickle.HIGHEST_PROTOCOL and data[1] == 5
     assert "STACK_GLOBAL" in ops
+
+
+def test_the_openssh_transport_finds_runs_spawn_mode_and_setup(plain_user_host, plain_user_options, pypy):
+    if shutil.which("ssh") is None:
+        _unavailable("no ssh client for transport='openssh'")
+    options = dict(plain_user_options, transport="openssh")
+    parent, child = Pipe()
+    p = RemoteProcess(plain_user_host, target=spawn_targets.where, args=(child,), setup="export RP_FROM_SETUP=ssh",
+                      **options)
+    p.start()
+    child.close()
+    got = parent.recv()
+    p.join(30)
+    assert got[2] == "ssh" and p._popen.mode == "same" and p._popen.found == "python3"
+    parent, child = Pipe()
+    p = RemoteProcess(plain_user_host, target=spawn_targets.describe, args=(child, spawn_targets.Point(2)),
+                      python=pypy, **options)
+    p.start()
+    child.close()
+    assert parent.recv()[:3] == ("PyPy", (3, 9), 2)
+    p.join(30)
+    assert p.exitcode == 0 and p._popen.mode == "spawn"
+
+
+INTERACTIVE = '''
+import json, sys
+from remoteproc import RemoteProcess, PicklingError
+def typed_at_the_prompt():
+    pass
+host, options = json.loads(sys.argv[1])
+try:
+    RemoteProcess(host, target=typed_at_the_prompt, python="pypy3", **options).start()
+except PicklingError as exc:
+    print(exc)
+'''
+
+
+def test_a_function_defined_interactively_is_refused_in_spawn_mode(plain_user_host, plain_user_options, pypy):
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__))))
+    out = subprocess.run([sys.executable, "-c", INTERACTIVE, json.dumps([plain_user_host, plain_user_options])],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "__main__.typed_at_the_prompt" in out.stdout and "defined interactively" in out.stdout
+    assert "another version" in out.stdout

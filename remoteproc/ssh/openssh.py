@@ -24,7 +24,7 @@ from typing import Any, Optional
 
 from ..errors import AuthenticationError, ConfigError, ConnectError, HostKeyError, RemoteProcessError
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
-from .target import Target
+from .target import Target, python_option, setup_option
 
 #: what ``ssh`` always gets: no terminal, no forwarding that would listen anywhere, no local commands
 FIXED_ARGS = ("-T", "-x", "-o", "ClearAllForwardings=yes", "-o", "PermitLocalCommand=no")
@@ -158,7 +158,7 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         proxy_jump=[j for j in jump.split(",") if j and jump.lower() != "none"],
         proxy_command=command if command and command.lower() != "none" else None,
         idle_timeout=options.get("idle_timeout") or DEFAULT_IDLE_TIMEOUT,
-        python=options.get("python") or "python3",
+        python=python_option(options.get("python")), setup=setup_option(options.get("setup")),
         options=dict(options),
         original_host=host,
     )

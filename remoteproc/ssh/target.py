@@ -169,7 +169,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         proxy_jump=jumps, proxy_command=None if jumps else _proxy_command(cfg, tokens),
         keepalive_interval=float(interval), keepalive_count=max(1, int(count)),
         idle_timeout=float(option(options, "idle_timeout")),
-        python=_python_option(options.get("python")), setup=_setup_option(options.get("setup")),
+        python=python_option(options.get("python")), setup=setup_option(options.get("setup")),
         allow_agent=option(options, "allow_agent"), look_for_keys=option(options, "look_for_keys"),
         options=options, original_host=host, jump=jump, global_known_hosts=global_known,
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
@@ -263,11 +263,13 @@ def _proxy_command(cfg: dict[str, Any], tokens: dict[str, str]) -> str | None:
     return expand(command, tokens, "ProxyCommand")
 
 
-def _python_option(value: Any) -> str | tuple | None:
+def python_option(value: Any) -> str | tuple | None:
+    """``python=`` as a Target holds it: None (find one), shell words, or a tuple tried in order."""
     return tuple(str(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
-def _setup_option(value: Any) -> tuple:
+def setup_option(value: Any) -> tuple:
+    """``setup=`` as a Target holds it: a tuple of shell lines."""
     if value is None:
         return ()
     return (value,) if isinstance(value, str) else tuple(str(v) for v in value)
