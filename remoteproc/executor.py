@@ -96,6 +96,11 @@ class Executor(futures.Executor):
         """``(host, remote pid)`` of each live worker, in placement order."""
         return [(w.host, w.pid) for w in self._core.workers if w.alive]
 
+    @property
+    def _processes(self) -> dict[int, Any]:
+        """Remote pid -> worker process (ProcessPoolExecutor's attribute of that name)."""
+        return {w.pid: w.process for w in self._core.workers if w.alive}
+
     def hosts_status(self) -> dict[str, dict[str, Any]]:
         """Per host: ``up``, live ``workers``, ``down_since``, ``error``, reconnect ``attempts`` and ``next_try``."""
         return self._core.hosts_status()

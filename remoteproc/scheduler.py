@@ -19,8 +19,8 @@ collects results:
   chunks of that worker fail).
 * an exception raised by a task is re-raised in the caller with the remote
   traceback attached as ``__cause__`` (a ``multiprocessing.pool.RemoteTraceback``,
-  as ``multiprocessing`` does; for the Executor, one that is also
-  ProcessPoolExecutor's ``_RemoteTraceback``).
+  as ``multiprocessing`` does; for the Executor, ProcessPoolExecutor's
+  ``concurrent.futures.process._RemoteTraceback``).
 
 The manager writes tasks with non-blocking sends (a worker that is slow to read
 never stalls the others) and blocks in a selector when there is nothing to do.
@@ -114,8 +114,7 @@ class ResultUnpicklingError(RemoteProcessError, BrokenProcessPool):
     """A task's result arrived but cannot be unpickled here."""
 
 
-class ExecutorTraceback(RemoteTraceback, _FuturesRemoteTraceback):
-    """The remote traceback of an Executor task: both multiprocessing's and concurrent.futures' kind."""
+ExecutorTraceback = _FuturesRemoteTraceback     # the Executor's remote traceback, as ProcessPoolExecutor's
 
 
 def _task_error(w: Worker, err: tuple[bytes | None, str, str], tb_class: type = RemoteTraceback) -> BaseException:
@@ -155,6 +154,8 @@ class Scheduler:
         self.rejoined: list[tuple[str, list[Worker]]] = []     # from the reconnector, for the manager
         self.maxtasks = maxtasks
         self.lock = threading.Lock()
+        self.dispatched = threading.Condition(self.lock)    # notified after each dispatch pass
+        self.passes = 0
         self.pending: collections.deque[Chunk] = collections.deque()
         self.chunks: dict[int, Chunk] = {}
         self.workers: list[Worker] = []
@@ -276,8 +277,15 @@ class Scheduler:
             self.thread.join(timeout)
 
     def cancel_pending(self) -> list[Chunk]:
-        """Executor.shutdown(cancel_futures=True): drop what no worker has started, and return it."""
+        """Executor.shutdown(cancel_futures=True): drop what no worker has started, and return it.
+
+        First one dispatch pass of the manager thread, so that what a free worker can start now
+        runs (as ProcessPoolExecutor keeps a call per worker queued), and only the rest is dropped."""
         with self.lock:
+            target = self.passes + 1
+            if self.thread is not None and self.thread.is_alive() and self.state != TERMINATE:
+                self.waker.wake()
+                self.dispatched.wait_for(lambda: self.passes >= target, timeout=5.0)
             dropped = [c for c in self.pending if not c.tries]     # a retry was started: it runs again
             self.pending = collections.deque(c for c in self.pending if c.tries)
         return dropped
@@ -293,6 +301,8 @@ class Scheduler:
                         self._take_rejoined()
                     if state != TERMINATE:
                         self._dispatch()
+                    self.passes += 1
+                    self.dispatched.notify_all()
                     idle = not self.pending and not self.chunks and not self.feeders
                 if state == TERMINATE and terminating_since is None:
                     terminating_since = time.monotonic()
@@ -458,7 +468,7 @@ class Scheduler:
         all_ok, payload = msg[2], msg[3]
         try:
             values = pickle.loads(payload)
-        except Exception as exc:
+        except BaseException as exc:       # even SystemExit: that result's, not the manager thread's
             err = ResultUnpicklingError("cannot unpickle the results of a task from %s: %s: %s"
                                         % (w.host, type(exc).__name__, exc), w.host)
             chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)

@@ -59,6 +59,15 @@ class ErrorAtUnpickle:
         return _raise_unpickling, ()
 
 
+def _exit_unpickling():
+    sys.exit(9)
+
+
+class ExitAtUnpickle:
+    def __reduce__(self):
+        return _exit_unpickling, ()
+
+
 def make(cls):
     return cls()
 
@@ -75,6 +84,7 @@ CASES = [
     ("result pickling exits", make, (ExitAtPickle,), SystemExit),
     ("argument cannot be unpickled on the worker", identity, (ErrorAtUnpickle(),), BrokenProcessPool),
     ("result cannot be unpickled here", make, (ErrorAtUnpickle,), BrokenProcessPool),
+    ("result unpickling exits here", make, (ExitAtUnpickle,), BrokenProcessPool),
 ]
 
 
@@ -109,3 +119,21 @@ def test_remote_traceback_attached_as_process_pool_executor_does(host, ssh_optio
 def test_pickling_error_is_the_standard_one():
     assert issubclass(remoteproc.PicklingError, pickle.PicklingError)
     assert issubclass(remoteproc.PicklingError, TypeError)
+
+
+def nap():
+    import time
+
+    time.sleep(0.1)
+
+
+def test_shutdown_cancel_futures_runs_what_workers_can_start_and_cancels_the_rest(host, ssh_options):
+    for make in (lambda: futures.ProcessPoolExecutor(2),
+                 lambda: Executor(host, processes_per_host=2, **ssh_options)):
+        ex = make()
+        fs = [ex.submit(nap) for _ in range(50)]
+        ex.shutdown(cancel_futures=True)
+        cancelled = [f for f in fs if f.cancelled()]
+        others = [f for f in fs if not f.cancelled()]
+        assert len(cancelled) > 20 and others
+        assert all(f.done() and f.exception() is None for f in others)
