@@ -81,6 +81,7 @@ class _Broker:
         self.timed: list = []       # remote waiters with a deadline (server thread only)
         self.waker = Waker()
         self.tokens: dict = {}      # parent end -> the token of the process at the other end
+        self.released: _queue.SimpleQueue = _queue.SimpleQueue()     # from finalizers, for the thread
         self.thread: threading.Thread | None = None
         self.pid = os.getpid()
 
@@ -94,7 +95,7 @@ class _Broker:
                     # The process (or Popen) that carries the child end: if it goes away without
                     # the child ever attaching (a failed start), stop keeping the end open.
                     try:
-                        weakref.finalize(spawner, self.release, conn)
+                        weakref.finalize(spawner, self.release_soon, conn)
                     except TypeError:
                         pass
             start = self.thread is None
@@ -108,6 +109,13 @@ class _Broker:
 
     def wake(self) -> None:
         self.waker.wake()
+
+    def release_soon(self, conn) -> None:
+        """``release`` from a finalizer: the garbage collector may run it in any thread, even
+        one that holds ``self.lock``, so it only queues the work (``SimpleQueue.put`` is safe
+        there) and wakes the server thread, which releases."""
+        self.released.put(conn)
+        self.wake()
 
     def release(self, conn) -> None:
         """The child has its end (or never will): close the owner's copy so EOF can be seen."""
@@ -151,6 +159,8 @@ class _Broker:
             for conn in ready:
                 if conn is self.waker:
                     self.waker.clear()
+                    while not self.released.empty():
+                        self.release(self.released.get_nowait())
                 else:
                     self._serve(conn)
             self._expire()

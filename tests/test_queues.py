@@ -407,3 +407,41 @@ def test_a_proxy_cannot_be_passed_on(host, ssh_options):
     p.start()
     assert "cannot be passed on" in out.get(timeout=20)
     _join_all([p])
+
+
+def test_a_spawner_collected_while_its_thread_holds_the_broker_lock_does_not_deadlock():
+    """The garbage collector may run the spawner's finalizer in any thread, even one inside the
+    broker's lock (which is not reentrant): the release is handed to the broker's thread."""
+    import gc
+    from multiprocessing import Pipe
+
+    from remoteproc import queues
+
+    broker = queues._Broker()       # (private: no public way to hold the broker's lock)
+    ours, theirs = Pipe()
+
+    class Spawner:
+        pass
+
+    spawner = Spawner()
+    broker.add(ours, object(), child_end=theirs, spawner=spawner)
+    done = threading.Event()
+
+    def collect_inside_the_lock():
+        nonlocal spawner
+        with broker.lock:
+            del spawner
+            gc.collect()        # the finalizer runs here, in a thread that holds the lock
+        done.set()
+
+    worker = threading.Thread(target=collect_inside_the_lock, daemon=True)
+    worker.start()
+    assert done.wait(10), "the finalizer deadlocked on the broker's lock"
+    deadline = time.monotonic() + 10
+    while not theirs.closed and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert theirs.closed, "the broker's thread never released the child's end"
+    with broker.lock:
+        broker.objs.clear()
+    broker.wake()
+    ours.close()
