@@ -242,3 +242,45 @@ def test_a_killed_ssh_is_a_lost_connection_with_nothing_left(sshd):
     with pytest.raises(EOFError):
         parent.recv()
     assert gone(remote_pid, 30), "the remote child outlived its ssh connection"
+
+
+# -- ssh -G: what ssh will do, read back ---------------------------------------------------------
+
+def test_connect_timeout_from_option_config_or_default(tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text("Host slow\n    ConnectTimeout 7\n")
+    by_config = openssh.resolve("slow", {"ssh_config": str(config), "transport": "openssh"})
+    assert by_config.connect_timeout == 7 and not [a for a in by_config.ssh_args if "ConnectTimeout" in a]
+    by_option = openssh.resolve("slow", {"ssh_config": str(config), "connect_timeout": 5, "transport": "openssh"})
+    assert by_option.connect_timeout == 5 and "ConnectTimeout=5" in by_option.ssh_args
+    # neither: paramiko's default bound, not the kernel's minutes
+    unbounded = openssh.resolve("fast", {"ssh_config": str(config), "transport": "openssh"})
+    assert unbounded.connect_timeout == 30 and "ConnectTimeout=30" in unbounded.ssh_args
+
+
+def test_ipv6_spec_and_no_config():
+    target = openssh.resolve("alice@[::1]:2200", {"ssh_config": "none", "transport": "openssh"})
+    assert (target.hostname, target.port, target.username) == ("::1", 2200, "alice")
+    assert target.display == "alice@[::1]:2200"
+    assert target.ssh_args[-2:] == ("--", "::1") and _value(list(target.ssh_args), "-F") == ["none"]
+
+
+def test_jump_hosts_get_our_options_through_a_config_file_of_ours(tmp_path):
+    config = tmp_path / "ssh_config"
+    config.write_text("Host target\n    ProxyJump jumphost\n")
+    options = {"ssh_config": str(config), "key_filename": "/k1", "known_hosts": "/kh", "allow_agent": False,
+               "host_key_policy": "accept-new", "transport": "openssh"}
+    target = openssh.resolve("bob@target", options)
+    assert target.proxy_jump == ["jumphost"]
+    args = list(target.ssh_args)
+    (path,) = _value(args, "-F")
+    with open(path) as f:
+        text = f.read().splitlines()
+    assert sorted(text[1:-1]) == ["BatchMode yes", "ConnectTimeout 30", "IdentityAgent none",
+                                  'IdentityFile "/k1"', "StrictHostKeyChecking accept-new",
+                                  "UserKnownHostsFile /kh"]
+    assert text[-1] == 'Include "%s"' % config
+    assert "-i" not in args and _value(args, "-l") == ["bob"]
+    assert openssh.resolve("bob@target", options).ssh_args == target.ssh_args, "equal options, one connection"
+    plain = openssh.resolve("bob@other", options)
+    assert _value(list(plain.ssh_args), "-F") == [str(config)], "no jump, no file of ours"

@@ -200,3 +200,4 @@ class OpenSSHOpener(AgentOpener):
             channels, self.channels = self.channels, []
         for chan in channels:
             chan.close()
+        openssh.remove_configs()

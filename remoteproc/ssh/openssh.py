@@ -8,18 +8,27 @@ certificates, GSSAPI, FIDO keys and an existing ``ControlMaster``.  This module 
 - asks ``ssh -G`` what it will do for a host (``resolve``), so that processes going to
   the same place share one ``ssh`` process, and errors name the host as ``ssh`` sees it;
 - reads ``ssh``'s words when it fails before the agent says hello (``failure``), and
-  turns them into our typed errors with the way out.
+  turns them into our typed errors with the way out;
+- when a jump host is in play, writes our options into a config file of ours that
+  includes the user's (``jump_config``): ``ssh`` hands ``-F`` (and nothing else of its
+  command line) on to the ``ssh -W`` it runs for each jump host, and our options (keys,
+  known_hosts, host key policy, timeout, BatchMode) hold for jump hosts too, as they do
+  with paramiko.
 
 Standard library only; the relay process runs it (``relay/openssh_channel.py``).
 """
 
 from __future__ import annotations
 
+import atexit
+import hashlib
 import math
 import os
 import re
 import shutil
 import subprocess
+import tempfile
+import threading
 from typing import Any, Optional
 
 from ..errors import AuthenticationError, ConfigError, ConnectError, HostKeyError, RemoteProcessError
@@ -31,6 +40,8 @@ FIXED_ARGS = ("-T", "-x", "-o", "ClearAllForwardings=yes", "-o", "PermitLocalCom
 #: our options that a password prompt on ``ssh``'s side replaces
 NO_SECRETS = ("password", "passphrase")
 G_TIMEOUT = 30.0
+#: the configuration ssh reads when it is given no -F (user's first, then the system's)
+DEFAULT_CONFIGS = ("~/.ssh/config", "/etc/ssh/ssh_config")
 
 
 def ssh_binary() -> str:
@@ -149,6 +160,10 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
     _, host, _ = parse_spec(spec)
     jump = (view.get("proxyjump") or [""])[0]
     command = (view.get("proxycommand") or [""])[0]
+    if options.get("connect_timeout") is None and _seconds(view, "connecttimeout", 0) == 0:
+        # neither we nor the config bound it: ssh would wait for the kernel (minutes); paramiko's default
+        options = dict(options, connect_timeout=DEFAULT_CONNECT_TIMEOUT)
+        args += ["-o", "ConnectTimeout=%d" % DEFAULT_CONNECT_TIMEOUT]
     target = Target(
         spec=spec,
         hostname=(view.get("hostname") or [host])[0],
@@ -166,9 +181,77 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         target.keepalive_interval = options["keepalive_interval"]
     if options.get("keepalive_count") is not None:
         target.keepalive_count = options["keepalive_count"]
+    if target.proxy_jump:
+        args = _with_jump_config(args, options)
     target.transport = "openssh"
     target.ssh_args = tuple(args) + ("--", host)
     return target
+
+
+# -- jump hosts ----------------------------------------------------------------------------------
+
+#: the options of ours that jump hosts inherit (as with paramiko), as ssh_config keywords
+_INHERITED = {"-i": "IdentityFile", "UserKnownHostsFile": "UserKnownHostsFile",
+              "StrictHostKeyChecking": "StrictHostKeyChecking", "ConnectTimeout": "ConnectTimeout",
+              "IdentityAgent": "IdentityAgent", "IdentitiesOnly": "IdentitiesOnly", "BatchMode": "BatchMode"}
+
+
+def jump_config(args: list[str]) -> tuple[str, list[str]]:
+    """For ``option_args``' ``args``: the text of a config file that sets our inherited options for
+    every host (jump hosts too) and then includes the user's configuration, and the arguments that
+    remain on the command line (``-F`` and the inherited ones moved into the file).
+
+    Settings before any ``Host`` line hold for every host, and the first value ssh obtains wins: the
+    file ranks our options above the user's configuration, as the command line did.
+    """
+    lines = ["# written by remoteproc: our options for the target and its jump hosts, then yours"]
+    rest: list[str] = []
+    configs: list[str] = list(DEFAULT_CONFIGS)
+    i = 0
+    while i < len(args):
+        flag = args[i]
+        value = args[i + 1] if flag in ("-i", "-o", "-F", "-l", "-p", "-J") else None
+        name, _, setting = (value or "").partition("=")
+        if flag == "-F":
+            configs = [] if value in ("none", "/dev/null") else [os.path.abspath(value or "")]
+        elif flag == "-i":
+            lines.append('IdentityFile "%s"' % value)
+        elif flag == "-o" and name in _INHERITED:
+            lines.append("%s %s" % (_INHERITED[name], setting))
+        else:
+            rest += [flag] if value is None else [flag, value]
+        i += 1 if value is None else 2
+    lines += ['Include "%s"' % os.path.expanduser(c) for c in configs]
+    return "\n".join(lines) + "\n", rest
+
+
+_configs_lock = threading.Lock()
+_configs_dir: Optional[str] = None
+
+
+def _with_jump_config(args: list[str], options: dict[str, Any]) -> list[str]:
+    """``args`` with our inherited options in a config file of this process (see ``jump_config``)."""
+    global _configs_dir
+    text, rest = jump_config(args)
+    with _configs_lock:
+        if _configs_dir is None:
+            _configs_dir = tempfile.mkdtemp(prefix="remoteproc-ssh-")
+            atexit.register(remove_configs)
+        path = os.path.join(_configs_dir, hashlib.sha256(text.encode()).hexdigest()[:16] + ".conf")
+        if not os.path.exists(path):
+            with open(path + ".tmp", "w") as f:
+                f.write(text)
+            os.replace(path + ".tmp", path)
+    return rest + ["-F", path]
+
+
+def remove_configs() -> None:
+    """Remove the config files of this process (when its ssh processes are gone)."""
+    global _configs_dir
+    with _configs_lock:
+        if _configs_dir is not None:
+            shutil.rmtree(_configs_dir, ignore_errors=True)
+            _configs_dir = None
 
 
 # -- ssh's failures ----------------------------------------------------------------------------
