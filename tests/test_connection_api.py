@@ -8,10 +8,12 @@ child's end (the child runs the check and reports).
 from __future__ import annotations
 
 import array
+import fcntl
 import hashlib
 import os
 import socket
 import sys
+import termios
 import time
 from multiprocessing import BufferTooShort
 from multiprocessing.connection import wait
@@ -549,3 +551,57 @@ def test_one_end_read_by_parent_and_remote_child_is_not_supported(host, ssh_opti
         except EOFError:
             got = "EOF"
     assert got in (None, "EOF"), "the parent read %r: update docs/api.md, the limitation is gone" % (got,)
+
+
+def send_one_mib(conn, report):
+    """Send a 1 MiB message; report the send buffer of the child's end and that send() returned."""
+    import socket as socket_module
+
+    sock = socket_module.socket(fileno=os.dup(conn.fileno()))
+    report.send(sock.getsockopt(socket_module.SOL_SOCKET, socket_module.SO_SNDBUF))
+    sock.close()
+    conn.send_bytes(b"x" * (1 << 20))
+    report.send("sent")
+    conn.recv()             # until the parent says done
+
+
+def _whole_message_fits() -> bool:
+    """Linux gives twice what is asked, up to net.core.wmem_max: 4 MiB asked, 1 MiB + framing must fit."""
+    try:
+        with open("/proc/sys/net/core/wmem_max") as f:
+            return 2 * min(4 << 20, int(f.read())) > (1 << 20) + 65536
+    except OSError:
+        return False
+
+
+def test_a_one_mib_message_is_sent_whole_before_the_parent_reads(host, ssh_options):
+    """The bridged sockets' writers ask for a send buffer that holds a whole 1 MiB message: the remote
+    child's send() returns, and the relay puts the message into the parent's end, before the parent
+    reads anything (so a parent with a busy thread gets it in one read, not five)."""
+    parent, child = Pipe()
+    report_r, report_w = Pipe(duplex=False)
+    p = start(host, ssh_options, send_one_mib, child, report_w)
+    report_w.close()
+    try:
+        assert report_r.poll(60)
+        remote_sndbuf = report_r.recv()
+        if not _whole_message_fits():
+            pytest.skip("net.core.wmem_max is too small for a 1 MiB socket buffer here")
+        assert remote_sndbuf > (1 << 20), "the remote child's end has the default send buffer"
+        assert report_r.poll(60) and report_r.recv() == "sent", "the child's send() waited for a reader"
+        queued = array.array("i", [0])
+
+        def whole():
+            fcntl.ioctl(parent.fileno(), termios.FIONREAD, queued)
+            return queued[0] >= (1 << 20) + 4
+
+        deadline = time.monotonic() + 60
+        while not whole() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert whole(), "only %d bytes wait in the parent's end" % queued[0]
+        assert len(parent.recv_bytes()) == 1 << 20
+        parent.send("done")
+    finally:
+        parent.close()
+        p.join(30)
+    assert p.exitcode == 0

@@ -26,6 +26,26 @@ READ_CHUNK = frames.MAX_DATA
 SMALL_WRITE = 4096         # per wake-up on an fd we may not make non-blocking
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN)
+SEND_BUFFER = 4 << 20      # asked of a bridged socket's writer (Linux caps it at net.core.wmem_max)
+
+
+def widen_send_buffer(fd):
+    """Ask for a send buffer on the socket ``fd`` that holds a 1 MiB message whole.
+
+    With the default (about 200 KiB on Linux) a 1 MiB send() sleeps in the kernel until
+    the reader has taken most of it; the writer then finishes while the reader still
+    works, and a Python reader with a busy thread gets the whole message in one read()
+    (one wait for the GIL, not five).  Harmless where the kernel gives less."""
+    try:
+        sock = socket.socket(fileno=fd)
+    except OSError:
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
+    except OSError:
+        pass
+    finally:
+        sock.detach()
 
 
 def _shutdown(fd: int, how: int) -> None:

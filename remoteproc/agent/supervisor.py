@@ -428,6 +428,10 @@ def _child_streams(streams, made):
             a, b = socket.socketpair()
             fa, fb = a.detach(), b.detach()
             made += [fa, fb]
+            if child_reads:
+                mux.widen_send_buffer(fa)       # we write what the parent sent
+            if child_writes:
+                mux.widen_send_buffer(fb)       # the child's sends complete before we read
             mine.append((sid, fa, child_writes, child_reads))
             theirs[index] = fb
         else:

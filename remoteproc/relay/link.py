@@ -286,6 +286,8 @@ class Link:
         wire = []
         for fd, (kind, child_reads, child_writes) in zip(conn_fds, request["streams"]):
             sid = self._sid()
+            if kind == "socket" and child_writes:
+                mux.widen_send_buffer(fd)       # the parent's recv() finds a whole message at once
             child.streams.append(self.mux.add(sid, fd, reading=child_reads, writing=child_writes, owner=child,
                                             shared=True))
             wire.append([sid, kind, child_reads, child_writes])
