@@ -158,6 +158,8 @@ def main() -> int:
     ap.add_argument("--seconds", type=float, default=6.0)
     ap.add_argument("--user", default="rpuser" if os.geteuid() == 0 else None)
     ap.add_argument("--py-spy", metavar="DIR", help="also record py-spy stacks of relay, agent and child here")
+    ap.add_argument("--transport", default="paramiko", choices=("paramiko", "openssh"),
+                    help="remoteproc's transport (openssh: the relay's ssh process is listed as 'ssh')")
     args = ap.parse_args()
     from remoteproc import RemoteProcess
     from remoteproc.relay import client as relay_client
@@ -182,7 +184,7 @@ def main() -> int:
         client.close()
         time.sleep(0.5)
 
-        make = functools.partial(RemoteProcess, srv.spec(user), **srv.options(user))
+        make = functools.partial(RemoteProcess, srv.spec(user), **srv.options(user), transport=args.transport)
         server = connbench.Server(make)
         server.rt(100)
         relay = relay_client.get().proc.pid
@@ -190,6 +192,8 @@ def main() -> int:
         agent = _ppid(child)
         procs = {"parent": [os.getpid()], "relay": [relay], "agent": [agent], "child": [child],
                  "sshd": [p for p in sessions() if p not in (agent, child)]}
+        if args.transport == "openssh":
+            procs["ssh"] = [p for p, _ in descendants(relay)]
 
         rp_work = _rp_workload(server, wl, big)
         rp_work()

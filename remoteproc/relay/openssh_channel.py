@@ -32,14 +32,19 @@ CLOSE_GRACE = 1.0           # after closing ssh's input, how long it may take to
 PIPE_SIZE = 1 << 20         # bytes a pipe to or from ssh holds (Linux's default is 64 KiB)
 
 
-def _prepare(fd: int) -> None:
+def _prepare(fd: int) -> int:
     """Non-blocking, and (where Linux allows) a 1 MiB pipe: one read or write moves up to 16 times
-    as much, which is most of the download throughput of this transport."""
+    as much, which is most of the download throughput of this transport.  Returns what the pipe
+    holds (64 KiB where its size cannot be read)."""
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) | os.O_NONBLOCK)
     try:
         fcntl.fcntl(fd, getattr(fcntl, "F_SETPIPE_SZ", 1031), PIPE_SIZE)
     except OSError:
         pass        # (over /proc/sys/fs/pipe-max-size for an unprivileged user, or not Linux)
+    try:
+        return max(fcntl.fcntl(fd, getattr(fcntl, "F_GETPIPE_SZ", 1032)), 1 << 16)
+    except OSError:
+        return 1 << 16
 
 
 class OpenSSHChannel(AgentChannel):
@@ -53,7 +58,9 @@ class OpenSSHChannel(AgentChannel):
         self.write_fd = proc.stdin.fileno()
         self.read_fd = proc.stdout.fileno()
         _prepare(self.write_fd)
-        _prepare(self.read_fd)
+        # One read never returns more than the pipe holds: a buffer of that size, reused, takes all
+        # of it, where os.read(fd, limit) would allocate (mmap) and free limit bytes per call.
+        self._scratch = memoryview(bytearray(_prepare(self.read_fd)))
         self._err = bytearray()             # not yet taken by recv_stderr
         self._said = bytearray()            # all of it (the last 64 KiB), for the failure's words
         self._err_lock = threading.Lock()
@@ -88,12 +95,14 @@ class OpenSSHChannel(AgentChannel):
         pass    # (the link watches writable_fileno())
 
     def recv(self, limit: int) -> Optional[bytes]:
+        view = self._scratch[:limit]
         try:
-            return os.read(self.read_fd, limit)
+            n = os.readv(self.read_fd, [view])
         except BlockingIOError:
             return None
         except OSError:
             return b""
+        return bytes(view[:n])
 
     def recv_stderr(self) -> bytes:
         with self._err_lock:
