@@ -1,4 +1,4 @@
-"""The remote agent: standard library only, shipped as source over the SSH channel.
+"""The remote agent: standard library only, shipped over the SSH channel (compiled locally, see bootstrap.py).
 
 Every module in this package must import nothing outside the standard library and
 this package, because the remote host has nothing but ``python3``.  The local side
