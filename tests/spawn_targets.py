@@ -47,3 +47,12 @@ def echo_from_queue(q_in, q_out):
 def where(conn):
     conn.send((os.getcwd(), os.environ.get("RP_TEST_VAR"), os.environ.get("RP_FROM_SETUP"),
                sys.executable, platform.python_implementation()))
+
+
+def set_event(ev, conn):
+    ev.set()
+    conn.send(ev.is_set())
+
+
+def cwd_and_var(_):
+    return os.getcwd(), os.environ.get("RP_TEST_VAR")

@@ -467,3 +467,29 @@ def test_a_function_defined_interactively_is_refused_in_spawn_mode(plain_user_ho
     assert out.returncode == 0, out.stderr
     assert "__main__.typed_at_the_prompt" in out.stdout and "defined interactively" in out.stdout
     assert "another version" in out.stdout
+
+
+def test_spawn_mode_event(plain_user_host, plain_user_options, pypy):
+    from remoteproc import Event
+
+    ev = Event()
+    parent, child = Pipe()
+    p = RemoteProcess(plain_user_host, target=spawn_targets.set_event, args=(ev, child), python=pypy,
+                      **plain_user_options)
+    p.start()
+    child.close()
+    assert parent.recv() is True and ev.wait(30)
+    p.join(30)
+    assert p.exitcode == 0
+
+
+def test_pool_and_executor_take_cwd_and_env(plain_user_host, plain_user_options, scripts):
+    from remoteproc import Executor
+
+    directory = os.path.dirname(scripts("y.txt", ""))
+    with Pool([plain_user_host], processes_per_host=1, cwd=directory, env={"RP_TEST_VAR": "pool"},
+              **plain_user_options) as pool:
+        assert pool.map(spawn_targets.cwd_and_var, [0, 1]) == [(directory, "pool")] * 2
+    with Executor([(plain_user_host, {"env": {"RP_TEST_VAR": "per host"}})], processes_per_host=1,
+                  cwd=directory, **plain_user_options) as ex:
+        assert ex.submit(spawn_targets.cwd_and_var, 0).result(60) == (directory, "per host")
