@@ -47,6 +47,9 @@ class Popen:
             # The host runs another Python than we assumed: pickle again for it (docs/python-versions.md).
             self.close()
             self.mode = _modes[key] = reply[1]
+        if reply[0] == "mode":      # (the host changed its Python between every try: a reconnect loop)
+            reply = ("error", "BootstrapError", "%s: the host's Python changed while starting; try again"
+                     % self.host)
         if reply[0] != "started":
             self.close()
             raise from_wire(reply[1], reply[2], self.host)
