@@ -528,6 +528,8 @@ def main(fd_in, fd_out, found=""):
 
     import cloudpickle  # noqa: F401
 
+    from . import spawn  # noqa: F401  (a spawn-mode child's first import: compiled once, here)
+
     # What is loaded now lives as long as the agent: keep the garbage collector from
     # touching it, so that forked children do not copy those pages when they collect.
     gc = __import__("gc")
