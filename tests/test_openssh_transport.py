@@ -284,3 +284,28 @@ def test_jump_hosts_get_our_options_through_a_config_file_of_ours(tmp_path):
     assert openssh.resolve("bob@target", options).ssh_args == target.ssh_args, "equal options, one connection"
     plain = openssh.resolve("bob@other", options)
     assert _value(list(plain.ssh_args), "-F") == [str(config)], "no jump, no file of ours"
+
+
+def test_a_live_connection_s_resolution_is_reused(sshd, tmp_path):
+    """'ssh -G' runs once per connection: a second process with equal options on a live connection
+    is a fork, not another ssh process (here a Match exec line counts ssh's config passes)."""
+    counter = tmp_path / "passes"
+    config = tmp_path / "ssh_config"
+    config.write_text('Match exec "echo pass >> %s"\n' % counter)
+    options = {**_loopback_options(sshd), "ssh_config": str(config)}
+    parent, child = Pipe()
+    first = RemoteProcess(sshd.spec(), target=sleeper, args=(child,), **options)
+    first.start()
+    child.close()
+    try:
+        assert wait([parent], 60)
+        passes = len(counter.read_text().splitlines())
+        assert passes >= 2, "ssh -G and ssh itself each read the config"
+        _round_trip(sshd.spec(), **options)
+        assert len(counter.read_text().splitlines()) == passes, "the second start ran ssh again"
+        other = dict(options, keepalive_interval=9)        # other options: resolved anew
+        _round_trip(sshd.spec(), **other)
+        assert len(counter.read_text().splitlines()) > passes
+    finally:
+        first.terminate()
+        first.join(30)

@@ -55,6 +55,8 @@ class Relay:
         self.openssh: Optional[AgentOpener] = None
         self.links: dict[tuple, Link] = {}
         self.links_lock = threading.Lock()
+        # transport="openssh": (spec, options) -> the Target 'ssh -G' gave, while its link lives
+        self.resolved: dict[str, ssh.Target] = {}
 
     def send_to_user(self, msg) -> None:
         with self.send_lock:
@@ -74,6 +76,7 @@ class Relay:
         with self.links_lock:
             if self.links.get(link.target.key) is link:
                 del self.links[link.target.key]
+            self.resolved = {k: t for k, t in self.resolved.items() if t.key != link.target.key}
 
     def serve(self) -> None:
         for msg, fds in ipc.Receiver(self.sock):
@@ -91,7 +94,7 @@ class Relay:
         status = socket.socket(fileno=fds[0])
         fds = fds[1:]
         try:
-            target = _resolve(request["host"], request["options"])
+            target = self.resolve(request["host"], request["options"])
         except RemoteProcessError as exc:
             ipc.refuse(status, fds, exc)
             return
@@ -107,6 +110,22 @@ class Relay:
             if link.submit(request, status, fds):
                 return
             self.forget(link)
+
+    def resolve(self, spec: str, options: dict) -> ssh.Target:
+        """The request's target.  With transport="openssh", 'ssh -G' (a process, 5-12 ms) runs once
+        per connection: while a link to what it said is alive, equal requests reuse its answer, so
+        a warm start stays a fork.  (A config edit applies from the next connection on.)"""
+        if options.get("transport") != "openssh":
+            return _resolve(spec, options)
+        memo = repr((spec, sorted(options.items())))
+        with self.links_lock:
+            known = self.resolved.get(memo)
+            if known is not None and known.key in self.links:
+                return known
+        target = _resolve(spec, options)
+        with self.links_lock:
+            self.resolved[memo] = target
+        return target
 
     def interrupt(self, signum, frame) -> None:
         """Ctrl-C reaches the whole foreground process group: pass it on to the remote children."""
