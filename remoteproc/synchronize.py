@@ -25,7 +25,7 @@ from typing import Any, Callable, Optional
 
 from .agent import proxies as P
 from .agent import synchronize as S
-from .queues import _get_broker, _Owned, _Waiter
+from .owned import _get_broker, _Owned, _Waiter
 
 __all__ = ["Barrier", "BoundedSemaphore", "Condition", "Lock", "RLock", "Semaphore"]
 

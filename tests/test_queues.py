@@ -15,7 +15,8 @@ import pytest
 
 import remoteproc
 from remoteproc import RemoteProcess
-from remoteproc.queues import Event, JoinableQueue, Queue, SimpleQueue, _broker_running
+from remoteproc.owned import _broker_running
+from remoteproc.queues import Event, JoinableQueue, Queue, SimpleQueue
 
 # Targets below are shipped by value: this test module is not installed on the remote side.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -415,16 +416,22 @@ def test_a_spawner_collected_while_its_thread_holds_the_broker_lock_does_not_dea
     import gc
     from multiprocessing import Pipe
 
-    from remoteproc import queues
+    from remoteproc import owned
 
-    broker = queues._Broker()       # (private: no public way to hold the broker's lock)
+    broker = owned._Broker()        # (private: no public way to hold the broker's lock)
     ours, theirs = Pipe()
 
     class Spawner:
         pass
 
+    class Owned:        # what the broker needs of an owned object when a connection ends
+        _lock = threading.Lock()
+
+        def _forget(self, conn):
+            pass
+
     spawner = Spawner()
-    broker.add(ours, object(), child_end=theirs, spawner=spawner)
+    broker.add(ours, Owned(), child_end=theirs, spawner=spawner)
     done = threading.Event()
 
     def collect_inside_the_lock():

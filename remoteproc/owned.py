@@ -1,0 +1,417 @@
+"""Objects owned by the process that creates them, served to every other process by one broker.
+
+The owner keeps the state (a Queue's items, an Event's flag, a Lock's holder); every
+process the object is handed to gets a Connection of its own to one server thread in
+the owner (the "broker"), and a proxy (``remoteproc.agent.proxies``) that turns method
+calls into requests on it:
+
+* a ``RemoteProcess`` argument: ``__remoteproc_reduce__`` makes a fresh ``Pipe()``
+  whose child end the remoteproc pickler bridges to the remote host like any
+  other Connection;
+* a local ``multiprocessing`` child started with *spawn* or *forkserver*:
+  ``__reduce__`` does the same and multiprocessing passes the end as an fd;
+* a local child started with *fork* (nothing is pickled): an ``os.register_at_fork``
+  hook gives every live object a fresh ``Pipe()`` just before the fork; the child
+  keeps one end, the owner's broker the other.
+
+No listening socket, no extra SSH connection: the child ends ride the
+connections every RemoteProcess already has.  The broker is one daemon thread
+per owning process that blocks in ``multiprocessing.connection.wait`` and exits
+when the last child has gone; it never runs while nothing is attached.
+``queues.py`` and ``synchronize.py`` build their objects on ``_Owned``.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import queue as _queue
+import threading
+import time
+import weakref
+from multiprocessing import context as mp_context
+from multiprocessing.connection import Pipe
+from multiprocessing.connection import wait as _wait
+
+from .agent import proxies as P
+from .agent.waker import Waker
+from .errors import PicklingError
+
+_READ_BATCH = 64        # requests served from one connection before looking at the others
+
+
+class _Waiter:
+    """One blocked call: remote (conn, rid) or local (an Event the caller waits on)."""
+
+    __slots__ = ("conn", "rid", "deadline", "item", "event", "status", "value", "done", "waitlist", "obj")
+
+    def __init__(self, obj, waitlist, conn=None, rid=0, timeout=None, item=None):
+        self.obj = obj
+        self.waitlist = waitlist
+        self.conn = conn
+        self.rid = rid
+        self.deadline = None if timeout is None else time.monotonic() + timeout
+        self.item = item
+        self.event = threading.Event() if conn is None else None
+        self.status = None
+        self.value = None
+        self.done = False
+
+
+def _send(conn, rid, status, value) -> bool:
+    if not rid:
+        return True
+    try:
+        conn.send_bytes(pickle.dumps((rid, status, value), P.PROTOCOL))
+        return True
+    except (OSError, ValueError):
+        return False        # the child went away: the broker sees its EOF next
+
+
+class _Broker:
+    """The owner's server thread: every attached Connection of every object."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.objs: dict = {}        # parent end -> owning object
+        self.pending: dict = {}     # parent end -> child end, open until the child has attached
+        self.timed: list = []       # remote waiters with a deadline (server thread only)
+        self.waker = Waker()
+        self.tokens: dict = {}      # parent end -> the token of the process at the other end
+        self.released: _queue.SimpleQueue = _queue.SimpleQueue()     # from finalizers, for the thread
+        self.thread: threading.Thread | None = None
+        self.pid = os.getpid()
+
+    # -- any thread ----------------------------------------------------------------------
+    def add(self, conn, obj, child_end=None, spawner=None) -> None:
+        with self.lock:
+            self.objs[conn] = obj
+            if child_end is not None:
+                self.pending[conn] = child_end
+                if spawner is not None:
+                    # The process (or Popen) that carries the child end: if it goes away without
+                    # the child ever attaching (a failed start), stop keeping the end open.
+                    try:
+                        weakref.finalize(spawner, self.release_soon, conn)
+                    except TypeError:
+                        pass
+            start = self.thread is None
+            if start:
+                self.thread = threading.Thread(target=self._run, name="remoteproc-queues", daemon=True)
+        if start and self.thread is not None:
+            # (outside the lock: a finalizer run by the garbage collector in the new thread may
+            # call release(), which takes it, while this thread waits for the start)
+            self.thread.start()
+        self.wake()
+
+    def wake(self) -> None:
+        self.waker.wake()
+
+    def release_soon(self, conn) -> None:
+        """``release`` from a finalizer: the garbage collector may run it in any thread, even
+        one that holds ``self.lock``, so it only queues the work (``SimpleQueue.put`` is safe
+        there) and wakes the server thread, which releases."""
+        self.released.put(conn)
+        self.wake()
+
+    def release(self, conn) -> None:
+        """The child has its end (or never will): close the owner's copy so EOF can be seen."""
+        with self.lock:
+            child_end = self.pending.pop(conn, None)
+        if child_end is not None:
+            child_end.close()
+
+    def drop(self, conn) -> None:
+        with self.lock:
+            obj = self.objs.pop(conn, None)
+            child_end = self.pending.pop(conn, None)
+            token = self.tokens.pop(conn, None)
+            gone = token is not None and token not in self.tokens.values()
+        if child_end is not None:
+            child_end.close()
+        if obj is None:
+            conn.close()
+        else:
+            with obj._lock:         # nobody may be sending on it while it closes
+                obj._forget(conn)
+                conn.close()
+        if gone:
+            # The process's last Connection to us: what it held (locks) is given back.
+            for other in list(_live):
+                other._process_gone(token)
+
+    def attached(self, obj) -> int:
+        with self.lock:
+            return sum(1 for o in self.objs.values() if o is obj)
+
+    # -- the server thread ---------------------------------------------------------------
+    def _run(self) -> None:
+        while True:
+            with self.lock:
+                if not self.objs:
+                    self.thread = None
+                    return
+                conns = list(self.objs)
+            ready = _wait(conns + [self.waker], self._timeout())
+            for conn in ready:
+                if conn is self.waker:
+                    self.waker.clear()
+                    while not self.released.empty():
+                        self.release(self.released.get_nowait())
+                else:
+                    self._serve(conn)
+            self._expire()
+
+    def _serve(self, conn) -> None:
+        obj = self.objs.get(conn)
+        if obj is None:
+            return
+        for _ in range(_READ_BATCH):
+            try:
+                msg = pickle.loads(conn.recv_bytes())
+                rid, op, args = msg[0], msg[1], msg[2:]
+            except (EOFError, OSError):
+                self.drop(conn)
+                return
+            except Exception:       # not our protocol: whoever it is, stop listening to it
+                self.drop(conn)
+                return
+            if op == P.ATTACH:
+                if args:
+                    with self.lock:
+                        self.tokens[conn] = args[0]
+                self.release(conn)
+            else:
+                waiter = obj._request(conn, rid, op, args)
+                if waiter is not None and waiter.deadline is not None:
+                    self.timed.append(waiter)
+            if conn.closed or not conn.poll(0):
+                return
+
+    def _timeout(self):
+        self.timed = [w for w in self.timed if not w.done and w.deadline is not None]
+        if not self.timed:
+            return None
+        return max(0.0, min(w.deadline for w in self.timed) - time.monotonic())
+
+    def _expire(self) -> None:
+        if not self.timed:
+            return
+        now = time.monotonic()
+        for w in self.timed:
+            if not w.done and w.deadline is not None and w.deadline <= now:
+                w.obj._time_out(w)
+
+    # -- after fork, in the child ------------------------------------------------------------
+    def abandon(self) -> None:
+        """The owner's Connections are of no use in a forked child: close our copies."""
+        for conn in list(self.objs) + list(self.pending.values()):
+            try:
+                conn.close()
+            except OSError:
+                pass
+        self.waker.abandon()
+
+
+_broker: _Broker | None = None
+_broker_lock = threading.Lock()
+_live: weakref.WeakSet = weakref.WeakSet()
+
+
+def _get_broker() -> _Broker:
+    global _broker
+    with _broker_lock:
+        if _broker is None:
+            _broker = _Broker()
+        return _broker
+
+
+def _broker_running() -> bool:
+    """True while the owner's server thread runs (for tests and diagnostics)."""
+    b = _broker
+    return b is not None and b.thread is not None and b.thread.is_alive()
+
+
+# -- fork: each live object gets a fresh Pipe, the child keeps one end ---------------------------
+
+def _before_fork() -> None:
+    for obj in list(_live):
+        if obj._proxy is None and obj._owner == os.getpid():
+            try:
+                obj._fork_pair = Pipe()
+            except OSError:
+                obj._fork_pair = None
+
+
+def _after_fork_in_parent() -> None:
+    for obj in list(_live):
+        pair = obj.__dict__.pop("_fork_pair", None)
+        if pair is not None:
+            parent_end, child_end = pair
+            child_end.close()
+            _get_broker().add(parent_end, obj)
+
+
+def _after_fork_in_child() -> None:
+    global _broker, _broker_lock
+    old, _broker = _broker, None
+    _broker_lock = threading.Lock()
+    if old is not None:
+        old.abandon()
+    for obj in list(_live):
+        pair = obj.__dict__.pop("_fork_pair", None)
+        if pair is not None:
+            parent_end, child_end = pair
+            parent_end.close()
+            obj._become_proxy(child_end)
+        elif obj._proxy is None and obj._owner != os.getpid():
+            obj._proxy = _Unusable(obj._kind, obj._owner)
+
+
+class _Unusable:
+    """In a forked child that could not be given a Connection (no fds left at fork time)."""
+
+    def __init__(self, kind: str, owner: int) -> None:
+        self._why = ("this %s could not be connected to its owner (process %d) when process %d was forked "
+                     "from it; pass it to the child as a process argument instead" % (kind, owner, os.getpid()))
+
+    def __getattr__(self, name):
+        raise RuntimeError(self._why)
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork_in_parent,
+                    after_in_child=_after_fork_in_child)
+
+
+# -- the objects ---------------------------------------------------------------------------------
+
+class _Owned:
+    """What Queue and Event share: ownership, attachment, the local side of waiting."""
+
+    _kind = "object"
+    _rebuild = staticmethod(P.rebuild)     # the proxy's module builds it on the other side
+
+    def __init__(self) -> None:
+        self._owner = os.getpid()
+        self._lock = threading.RLock()
+        self._proxy = None          # set in a forked child: then every call goes to the owner
+        self._closed = False
+        self._spawn_to: tuple[str, str] | None = None     # (host, looked): given to another Python
+        _live.add(self)
+
+    def _config(self) -> dict:
+        return {"owner": self._owner}
+
+    # -- crossing process boundaries ---------------------------------------------------------
+    def _attach(self, where: str, spawner):
+        if self._proxy is not None or self._owner != os.getpid():
+            raise PicklingError(
+                "this %s belongs to process %d; only that process can pass it to %s (this is process "
+                "%d, which inherited it)" % (self._kind, self._owner, where, os.getpid()), None)
+        parent_end, child_end = Pipe()
+        _get_broker().add(parent_end, self, child_end, spawner)
+        return child_end
+
+    def __remoteproc_reduce__(self, pickler):
+        """Called by remoteproc's pickler for a RemoteProcess argument: a Connection of its own."""
+        try:
+            child_end = self._attach("a remote process", mp_context.get_spawning_popen())
+        except PicklingError as exc:
+            raise PicklingError("%s on %s" % (exc, pickler.host), pickler.host) from None
+        if getattr(pickler, "mode", "same") == "spawn":
+            # a process on another Python gets items: from now on they go by reference
+            self._spawn_to = (pickler.host, pickler.looked)
+        return self._rebuild, (self._kind, child_end, self._config())
+
+    def __reduce__(self):
+        spawner = mp_context.get_spawning_popen()
+        if spawner is None:
+            raise P.RefusedObject(
+                "remoteproc.%s objects should only be shared between processes as process arguments "
+                "(RemoteProcess or multiprocessing.Process) or through inheritance" % self._kind)
+        child_end = self._attach("a child process", spawner)
+        return self._rebuild, (self._kind, child_end, self._config())
+
+    def _become_proxy(self, child_end) -> None:
+        self._proxy = self._rebuild(self._kind, child_end, self._config())
+
+    # -- the owner's side ------------------------------------------------------------------------
+    def _process_gone(self, token: str) -> None:
+        """Every Connection of the process ``token`` has closed (locks override this)."""
+
+    def _forget(self, conn) -> None:
+        """A child went away: drop whatever it was waiting for."""
+        with self._lock:
+            for waitlist in self._waitlists():
+                gone = [w for w in waitlist if w.conn is conn]
+                for w in gone:
+                    w.done = True
+                    waitlist.remove(w)
+
+    def _time_out(self, w) -> None:
+        with self._lock:
+            if not w.done:
+                w.done = True
+                w.waitlist.remove(w)
+                _send(w.conn, w.rid, P.TIMEOUT, self._timeout_value())
+
+    def _timeout_value(self):
+        return None
+
+    def _fulfil(self, w, status, value) -> bool:
+        w.done = True
+        if w.conn is None:
+            w.status, w.value = status, value
+            w.event.set()
+            return True
+        return _send(w.conn, w.rid, status, value)
+
+    def _request(self, conn, rid, op, args):
+        """Serve one request from a child (broker thread); returns its waiter if it must wait."""
+        with self._lock:
+            try:
+                result = self._start(op, args, conn, rid)
+            except Exception as exc:        # a bad request, or task_done() too often: the child raises
+                _send(conn, rid, P.ERROR, exc)
+                return None
+            if isinstance(result, _Waiter):
+                return result
+            _send(conn, rid, *result)
+            return None
+
+    def _call(self, op, *args, timeout=None):
+        """The owner's own calls: same code path as a child's request, waiting on an Event."""
+        with self._lock:
+            result = self._start(op, args, None, 0)
+        if not isinstance(result, _Waiter):
+            return result
+        w = result
+        assert w.event is not None      # (a local call's waiter has one)
+        try:
+            fired = w.event.wait(timeout)
+        except BaseException:
+            self._abandon(w)
+            raise
+        if not fired:
+            with self._lock:
+                if not w.done:
+                    w.done = True
+                    w.waitlist.remove(w)
+                    return P.TIMEOUT, self._timeout_value()
+        return w.status, w.value
+
+    def _abandon(self, w) -> None:
+        with self._lock:
+            if not w.done:
+                w.done = True
+                w.waitlist.remove(w)
+
+    def _waitlists(self):
+        return ()
+
+    def _start(self, op, args, conn, rid):
+        raise NotImplementedError
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise ValueError("%r is closed" % self)
