@@ -144,13 +144,11 @@ class BoundedSemaphore(Semaphore):
 
 # -- condition ------------------------------------------------------------------------------
 
-class Condition(_Proxy):
-    """``multiprocessing.Condition``: its lock is a proxy of its own (config["lock"])."""
+class _Guarded:
+    """An object whose acquire/release and ``with`` are those of its lock, a proxy of its own
+    (config["lock"]): a Condition, a synchronized Value or Array."""
 
-    _what = "Condition"
-
-    def __init__(self, conn, config):
-        _Proxy.__init__(self, conn, config)
+    def _guard(self, config):
         self._lock = config["lock"]
         self.acquire = self._lock.acquire
         self.release = self._lock.release
@@ -160,6 +158,16 @@ class Condition(_Proxy):
 
     def __exit__(self, *args):
         return self._lock.__exit__(*args)
+
+
+class Condition(_Guarded, _Proxy):
+    """``multiprocessing.Condition``: its lock is a proxy of its own (config["lock"])."""
+
+    _what = "Condition"
+
+    def __init__(self, conn, config):
+        _Proxy.__init__(self, conn, config)
+        self._guard(config)
 
     def wait(self, timeout=None):
         return self._client.call(COND_WAIT, _tid(), timeout)[1]
@@ -269,20 +277,12 @@ class _Shared(_Proxy):
         return self._client.call(REPR)[1]
 
 
-class _Synchronized(_Shared):
+class _Synchronized(_Guarded, _Shared):
     """Synchronized, SynchronizedArray, SynchronizedString: the wrapper with a lock."""
 
     def __init__(self, conn, config):
         _Shared.__init__(self, conn, config)
-        self._lock = config["lock"]
-        self.acquire = self._lock.acquire
-        self.release = self._lock.release
-
-    def __enter__(self):
-        return self._lock.__enter__()
-
-    def __exit__(self, *args):
-        return self._lock.__exit__(*args)
+        self._guard(config)
 
     def get_lock(self):
         return self._lock
