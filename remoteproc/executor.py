@@ -8,7 +8,8 @@ from concurrent import futures
 from typing import Any, Callable, Iterable, Iterator
 
 from .agent import worker
-from .scheduler import ExecutorTraceback, Scheduler
+from .scheduler import Scheduler
+from .tasks import ExecutorTraceback
 from .workers import Hosts
 
 __all__ = ["Executor"]

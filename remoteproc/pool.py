@@ -19,7 +19,8 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
 from .agent import worker
 from .errors import RemoteProcessError
-from .scheduler import CLOSE, PREFETCH, RUN, TERMINATE, Chunk, Scheduler
+from .scheduler import CLOSE, PREFETCH, RUN, TERMINATE, Scheduler
+from .tasks import Chunk
 from .workers import Hosts
 
 __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]

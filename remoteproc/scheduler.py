@@ -24,35 +24,31 @@ collects results:
 
 The manager writes tasks with non-blocking sends (a worker that is slow to read
 never stalls the others) and blocks in a selector when there is nothing to do.
-A *job* (``Job``) is whatever a chunk's results go to: a Pool result object, an
-Executor future.
+Chunks, jobs and the errors a task fails with are ``remoteproc.tasks``.
 """
 
 from __future__ import annotations
 
 import collections
-import itertools
 import logging
 import os
 import pickle
 import selectors
 import socket
-import struct
 import threading
 import time
 import weakref
-from concurrent.futures.process import BrokenProcessPool
-from concurrent.futures.process import _RemoteTraceback as _FuturesRemoteTraceback
 from multiprocessing.connection import Connection
 from multiprocessing.pool import RemoteTraceback  # type: ignore[attr-defined]  # (not in typeshed)
-from typing import Any, Callable, Iterable, Protocol
+from typing import Any, Callable, Iterable
 
 from . import reduction
 from .agent import proxies
 from .agent.waker import Waker
 from .bootstrap import looked_in
-from .errors import CONNECTION_LOST, ConnectionLostError, PicklingError, RemoteProcessError
+from .errors import CONNECTION_LOST, PicklingError, RemoteProcessError
 from .reconnect import Reconnector
+from .tasks import Chunk, Job, ResultUnpicklingError, WorkerDiedError, WorkerLostError, frame, task_error
 from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts
 
 log = logging.getLogger("remoteproc.pool")
@@ -62,75 +58,6 @@ FAST = 0.05             # ...while a chunk takes less than this (seconds, moving
 READ_BATCH = 64         # messages read from one worker before looking at the others
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
-_chunk_ids = itertools.count(1)
-
-
-class Job(Protocol):
-    """What a chunk's results go to: a Pool result object or an Executor future's job."""
-
-    def _dispatching(self) -> bool:
-        """A chunk of this job goes to a worker now; False: the job was cancelled, drop the chunk."""
-
-    def _set(self, start: int, all_ok: bool, data: list) -> None:
-        """Results of calls ``start`` on: the values if ``all_ok``, else ``(ok, value or exception)`` pairs."""
-
-
-def _frame(data: bytes) -> bytes:
-    """The bytes ``Connection.send_bytes(data)`` writes: the worker reads them with recv_bytes."""
-    n = len(data)
-    if n > 0x7FFFFFFF:
-        return struct.pack("!iQ", -1, n) + data
-    return struct.pack("!i", n) + data
-
-
-# -- the machinery ------------------------------------------------------------------------------------
-
-class Chunk:
-    """One task message: calls ``start`` to ``start + n - 1`` of a job, framed for the worker's recv_bytes."""
-
-    __slots__ = ("cid", "job", "start", "n", "data", "tries")
-
-    def __init__(self, job: Job, start: int, n: int, mode: int, fbytes: dict[str, bytes],
-                 abytes: dict[str, bytes]) -> None:
-        self.cid = next(_chunk_ids)
-        self.job = job
-        self.start = start
-        self.n = n
-        # one message per Python mode of the pool's workers (docs/python-versions.md)
-        self.data = {m: _frame(pickle.dumps(("task", self.cid, mode, fbytes[m], abytes[m]), pickle.HIGHEST_PROTOCOL))
-                     for m in fbytes}
-        self.tries = 0          # sends so far; a chunk that retries keeps its data until its result
-
-
-class WorkerDiedError(RemoteProcessError, BrokenProcessPool):
-    """A pool worker died (killed, crashed, ``os._exit``) while it ran this task."""
-
-
-class WorkerLostError(ConnectionLostError, BrokenProcessPool):
-    """The connection to a pool worker's host was lost while the worker ran this task."""
-
-
-class ResultUnpicklingError(RemoteProcessError, BrokenProcessPool):
-    """A task's result arrived but cannot be unpickled here."""
-
-
-ExecutorTraceback = _FuturesRemoteTraceback     # the Executor's remote traceback, as ProcessPoolExecutor's
-
-
-def _task_error(w: Worker, err: tuple[bytes | None, str, str], tb_class: type = RemoteTraceback) -> BaseException:
-    """An exception as the worker sent it, with the remote traceback as ``__cause__``."""
-    blob, text, summary = err
-    exc = None
-    if blob is not None:
-        try:
-            exc = pickle.loads(blob)
-        except Exception:
-            exc = None
-    if not isinstance(exc, BaseException):
-        exc = RemoteProcessError("a task on %s raised %s (the exception could not be sent back as "
-                                 "an object)" % (w.host, summary), w.host)
-    exc.__cause__ = tb_class('\n"""\nOn host %s, pool worker pid %s:\n%s"""' % (w.host, w.pid, text))
-    return exc
 
 
 class Scheduler:
@@ -462,7 +389,7 @@ class Scheduler:
             return
         tb_class = getattr(chunk.job, "traceback_class", RemoteTraceback)
         if kind == "failed":
-            error = _task_error(w, msg[2], tb_class)
+            error = task_error(w, msg[2], tb_class)
             chunk.job._set(chunk.start, False, [(False, error)] * chunk.n)
             return
         all_ok, payload = msg[2], msg[3]
@@ -474,7 +401,7 @@ class Scheduler:
             chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)
             return
         if not all_ok:
-            values = [(True, v) if ok else (False, _task_error(w, v, tb_class)) for ok, v in values]
+            values = [(True, v) if ok else (False, task_error(w, v, tb_class)) for ok, v in values]
         chunk.job._set(chunk.start, all_ok, values)
 
     def _on_sentinel(self, w: Worker, _mask: int) -> None:
@@ -601,7 +528,7 @@ class Scheduler:
             for w in self.workers:
                 if w.alive and not w.stopping:
                     w.stopping = True
-                    w.out += _frame(pickle.dumps(("stop",)))
+                    w.out += frame(pickle.dumps(("stop",)))
                     self._flush(w)
 
     def _terminate_workers(self) -> None:
