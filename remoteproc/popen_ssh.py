@@ -16,7 +16,7 @@ import threading
 from multiprocessing import util
 from typing import Any
 
-from . import reduction
+from . import reduction, spill
 from .errors import CONNECTION_LOST, RemoteProcessError, from_wire
 from .relay import client as relay_client
 from .relay import ipc
@@ -66,6 +66,7 @@ class Popen:
             looked = looked_in()
         payload, bridged = reduction.dumps_process(process_obj, self.host, self.mode, looked)
         out_fd, err_fd = _std_fd(1), _std_fd(2)
+        fds = [b.fd for b in bridged] + [out_fd, err_fd]
         request = {
             "host": self.host,
             "options": process_obj._ssh_options,
@@ -76,9 +77,17 @@ class Popen:
             "cwd": getattr(process_obj, "_cwd", None),
             "env": getattr(process_obj, "_env", None),
         }
-        del payload
-        relay = relay_client.get()
-        self._status = relay.start(request, [b.fd for b in bridged] + [out_fd, err_fd])
+        if isinstance(payload, spill.Streamed):
+            # A big pickle: the relay streams it from its file, as it streams messages.
+            request["payload"], request["streamed"] = b"", payload.size
+            fds.append(payload.fd)
+        try:
+            relay = relay_client.get()
+            self._status = relay.start(request, fds)
+        finally:
+            if isinstance(payload, spill.Streamed):
+                payload.close()     # (the relay has its own copy of the fd)
+            del payload
         # Closed when this object goes, or at interpreter exit after multiprocessing has
         # joined its children (negative priority), as popen_fork closes its sentinel.
         self._finalizer = util.Finalize(self, self._status.close, exitpriority=-5)

@@ -29,6 +29,7 @@ from cloudpickle.cloudpickle import _code_reduce
 
 from .agent import child, proxies
 from .errors import PicklingError
+from .spill import Spill, Streamed
 
 _DYNAMIC = "<dynamic-code>"
 MAX_SOURCE = 4 << 20     # bytes of source lines shipped for remote tracebacks
@@ -333,13 +334,15 @@ class _Shipped:
 _LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error", "_cwd", "_env")
 
 
-def dumps_process(process_obj, host: str, mode: str = "same", looked: str = "") -> tuple[bytes, list[Bridged]]:
+def dumps_process(process_obj, host: str, mode: str = "same",
+                  looked: str = "") -> tuple[bytes | Streamed, list[Bridged]]:
     """Pickle ``process_obj`` for ``rebuild_process`` on the remote side.
 
     ``mode`` "same": the host runs this Python (cloudpickle ships by value what is not
     importable); "spawn": another Python (everything by reference, ``__main__`` as
     ``__mp_main__``; ``looked`` says where a Python of ours was looked for).
-    Returns the payload and the Connections to bridge, in placeholder order.
+    Returns the payload (bytes; a big one as a ``spill.Streamed`` file, which the
+    caller closes) and the Connections to bridge, in placeholder order.
     Raises PicklingError naming the host for anything that cannot be shipped.
     """
     state = {k: v for k, v in process_obj.__dict__.items() if k not in _LOCAL_ONLY}
@@ -347,7 +350,7 @@ def dumps_process(process_obj, host: str, mode: str = "same", looked: str = "") 
     mp_logger = getattr(mp_util, "_logger", None)
     if mp_logger is not None:
         state["_remoteproc_log_level"] = mp_logger.getEffectiveLevel()
-    buf = io.BytesIO()
+    buf = Spill()
     pickler: _Pickler | _SpawnPickler
     if mode == "spawn":
         pickler = _SpawnPickler(buf, host, looked)
@@ -359,8 +362,10 @@ def dumps_process(process_obj, host: str, mode: str = "same", looked: str = "") 
     try:
         pickler.dump(shipped)
     except PicklingError:
+        buf.discard()
         raise
     except Exception as exc:
+        buf.discard()
         raise PicklingError("cannot send the target or its arguments to %s: %s: %s"
                             % (host, type(exc).__name__, exc), host) from exc
     finally:
@@ -375,4 +380,4 @@ def dumps_process(process_obj, host: str, mode: str = "same", looked: str = "") 
         if got and total <= MAX_SOURCE:
             lines[filename] = got
     pickle.dump(lines, buf, protocol=pickle.HIGHEST_PROTOCOL)
-    return buf.getvalue(), pickler.bridged
+    return buf.result(), pickler.bridged

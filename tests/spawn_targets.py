@@ -56,3 +56,9 @@ def set_event(ev, conn):
 
 def cwd_and_var(_):
     return os.getcwd(), os.environ.get("RP_TEST_VAR")
+
+
+def digest(conn, data):
+    import hashlib
+
+    conn.send((len(data), hashlib.sha256(data).hexdigest()))

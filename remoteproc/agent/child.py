@@ -182,8 +182,9 @@ def _reset_signals():
 
 def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_fd=None, modules=None,
         host="the remote host", nofile=None):
-    """Set up and run the child; never returns.  ``nofile``: the open-files limit the
-    agent had before it raised its own (the user's code gets the usual limit)."""
+    """Set up and run the child; never returns.  ``payload``: the pickled process, or the
+    fd of the pipe it streams in on.  ``nofile``: the open-files limit the agent had
+    before it raised its own (the user's code gets the usual limit)."""
     code = 1
     try:
         _reset_signals()
@@ -228,7 +229,8 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
 
         import cloudpickle  # noqa: F401  (registers what the payload refers to)
 
-        stream = io.BytesIO(payload)
+        # a big payload is read from the agent's pipe as it streams in: never held twice
+        stream = open(payload, "rb", buffering=1 << 16) if isinstance(payload, int) else io.BytesIO(payload)
         del payload
         from multiprocessing import process as mp_process
 
@@ -242,6 +244,7 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
         for filename, lines in pickle.load(stream).items():
             # mtime None: linecache keeps these lines, the file need not exist here
             linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
+        stream.close()
         del stream
         code = process_obj._bootstrap(parent_sentinel=sentinel_fd)
     except SystemExit as exc:

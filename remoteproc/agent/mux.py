@@ -86,6 +86,14 @@ def _readv(fd, view):
 readinto = _readv if hasattr(os, "readv") else _read_copy
 
 
+def _write_first(fd, bufs):
+    return os.write(fd, bufs[0])
+
+
+#: write several buffers to fd in one call where the platform has os.writev (PyPy has not)
+writev = os.writev if hasattr(os, "writev") else _write_first
+
+
 class Stream:
     """One bridged file descriptor and its state in each direction."""
 
@@ -157,12 +165,15 @@ class Mux:
     def _update(self, s: Stream) -> None:
         if s.fd < 0:
             return
+        if not s.pollable:
+            self._unpolled(s)
+            return
         ev = 0
         if not s.read_done and s.credit > 0:
             ev |= selectors.EVENT_READ
         if s.outq:
             ev |= selectors.EVENT_WRITE
-        if ev == s.events or not s.pollable:
+        if ev == s.events:
             return
         try:
             if not s.events:
@@ -175,10 +186,18 @@ class Mux:
             # a regular file or /dev/null: epoll refuses it; it never blocks anyway
             s.pollable = False
             s.events = 0
-            if s.outq:
-                self._write(s)
+            self._unpolled(s)
             return
         s.events = ev
+
+    def _unpolled(self, s: Stream) -> None:
+        """A regular file (a large start payload, see the relay's link) or /dev/null never
+        blocks: write what waits, and read as far as the credit allows."""
+        if s.outq:
+            self._write(s)
+        while not s.read_done and s.credit > 0 and s.fd >= 0:
+            self._read(s)
+        self._maybe_finish(s)
 
     # -- events from the selector ------------------------------------------
     def _ready(self, s: Stream, mask: int) -> None:
@@ -223,7 +242,7 @@ class Mux:
                 elif len(q) == 1:
                     n = os.write(s.fd, q[0])
                 else:
-                    n = os.writev(s.fd, list(islice(q, 0, 128)))
+                    n = writev(s.fd, list(islice(q, 0, 128)))
             except (BlockingIOError, InterruptedError):
                 break
             except OSError as exc:
@@ -263,8 +282,11 @@ class Mux:
             # The user holds this socket too: shutting it down would end it for them.
             # A Connection never half-closes, so the peer's EOF means its end is gone:
             # stop reading and close our copy, and the user sees EOF once every copy
-            # is closed, as with a local child.
-            s.read_done = True
+            # is closed, as with a local child.  The peer hears that we stop reading too
+            # (EOF), so that it lets go of its end (the agent, of a dead child's socket).
+            if not s.read_done:
+                s.read_done = True
+                self.send(frames.header(frames.EOF, s.sid, 0))
         elif s.reading and not s.read_done and s.is_socket:
             _shutdown(s.fd, socket.SHUT_WR)
 

@@ -131,12 +131,14 @@ class Supervisor:
     # -- children -------------------------------------------------------------
     def _start(self, msg, blob):
         child_id, streams, out_sid, err_sid, tty = _parse_start(msg)
+        payload_sid = _payload_sid(msg)
+        source = blob       # the pickled process: the start's blob, or a pipe's read end
         self.host = str(msg.get("host") or self.host)
         if child_id in self.children:
             raise frames.FrameError("process %d started twice" % child_id)
         cwd = _check_cwd(msg.get("cwd"))
         if cwd is not None and cwd.startswith("!"):
-            self.control({"op": "error", "id": child_id, "message": cwd[1:]})
+            self._refuse(msg, child_id, cwd[1:])
             return
         made = []  # type: list[int]  # every fd created here, closed again on failure
         try:
@@ -148,6 +150,13 @@ class Supervisor:
             imp_r, imp_w = imp_a.detach(), imp_b.detach()
             made += [out_r, out_w, err_r, err_w, sen_r, sen_w, imp_r, imp_w]
             mine += [(out_sid, out_r, True, False), (err_sid, err_r, True, False)]
+            if payload_sid is not None:
+                # A big payload streams in after the start: the child reads it from a pipe.
+                pay_r, pay_w = os.pipe()
+                made += [pay_r, pay_w]
+                _try_grow_pipe(pay_w)
+                mine.append((payload_sid, pay_w, False, True))
+                source = pay_r
             for sid, _fd, _r, _w in mine:
                 if sid in self.mux.streams or sid <= self.mux.high_sid:
                     raise frames.FrameError("stream %d reused" % sid)
@@ -156,8 +165,7 @@ class Supervisor:
         except OSError as exc:
             for fd in made:
                 os.close(fd)
-            self.control({"op": "error", "id": child_id,
-                          "message": "could not start the child: %s" % exc})
+            self._refuse(msg, child_id, "could not start the child: %s" % exc)
             return
         except BaseException:
             for fd in made:
@@ -165,7 +173,7 @@ class Supervisor:
             raise
         if pid == 0:    # pragma: no cover - the child never returns (os._exit)
             _enter(cwd, msg.get("env"))
-            run_child(blob, theirs, out_w, err_w, sen_r, close, tty, imp_w, self.modules,
+            run_child(source, theirs, out_w, err_w, sen_r, close, tty, imp_w, self.modules,
                       str(msg.get("host") or "the remote host"), self.nofile)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, RESET_SIGNALS)
         try:
@@ -174,7 +182,16 @@ class Supervisor:
             pass
         for fd in list(theirs.values()) + [out_w, err_w, sen_r, imp_w]:
             os.close(fd)
+        if isinstance(source, int):
+            os.close(source)
         self._adopt(RemoteChild(child_id, pid, sen_w), mine, imp_r)
+
+    def _refuse(self, msg, child_id, message):
+        """Answer a start with an error.  Frames the relay sent on the start's streams
+        before it hears of it are then dropped as late ones, not taken for a protocol error."""
+        sids = [sid for sid, _kind, _r, _w in _parse_start(msg)[1]] + [int(msg["stdout"]), int(msg["stderr"])]
+        self.mux.high_sid = max([self.mux.high_sid, _payload_sid(msg) or 0] + sids)
+        self.control({"op": "error", "id": child_id, "message": message})
 
     def _agent_fds(self):
         """The agent's own fds: a forked child closes them."""
@@ -417,6 +434,17 @@ def _parse_start(msg):
         return child_id, streams, int(msg["stdout"]), int(msg["stderr"]), bool(msg.get("tty"))
     except (KeyError, TypeError, ValueError) as exc:
         raise frames.FrameError("malformed start request: %r" % (exc,)) from None
+
+
+def _payload_sid(msg):
+    """The stream a big start payload follows on, or None: it came in the start's blob."""
+    payload = msg.get("payload")
+    if payload is None:
+        return None
+    try:
+        return int(payload["sid"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise frames.FrameError("malformed start payload: %r" % (exc,)) from None
 
 
 def _child_streams(streams, made):

@@ -41,7 +41,7 @@ PUMP_LOW = 2 << 20      # a package transfer adds frames while less than this wa
 class RemoteChild:
     """One remote process as the relay sees it."""
 
-    __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams")
+    __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams", "payload")
 
     def __init__(self, child_id: int, status_sock: socket.socket) -> None:
         self.id = child_id
@@ -52,6 +52,7 @@ class RemoteChild:
         self.error: Optional[tuple[str, str]] = None    # (exception class name, message) for the parent
         self.delivered = False
         self.streams: list[mux.Stream] = []
+        self.payload: Optional[mux.Stream] = None   # a big start payload, streamed from its file
 
 
 class Link:
@@ -282,6 +283,7 @@ class Link:
         self.children[child.id] = child
         status_sock.setblocking(False)
         self.sel.register(status_sock.fileno(), selectors.EVENT_READ, lambda mask, c=child: self._on_status(c))
+        payload_fd = fds.pop() if request.get("streamed") is not None else None
         conn_fds, out_fd, err_fd = fds[:-2], fds[-2], fds[-1]
         wire = []
         for fd, (kind, child_reads, child_writes) in zip(conn_fds, request["streams"]):
@@ -302,7 +304,15 @@ class Link:
             msg["env"] = request["env"]
         if request.get("path"):
             self.sys_path = list(request["path"])
-        self.send(frames.control(msg, request["payload"]))
+        if payload_fd is None:
+            self.send(frames.control(msg, request["payload"]))
+            return
+        # A big payload follows the start as a stream of its own, with the credit of any
+        # other: the agent hands it to the child through a pipe (docs/how-it-works.md).
+        sid = self._sid()
+        msg["payload"] = {"sid": sid, "size": request["streamed"]}
+        self.send(frames.control(msg))
+        child.payload = self.mux.add(sid, payload_fd, reading=True, writing=False, owner=child, shared=True)
 
     def _sid(self) -> int:
         sid = self.next_sid
@@ -391,6 +401,8 @@ class Link:
         except (KeyError, ValueError):
             pass
         child.status.close()
+        if child.payload is not None:
+            self.mux.close(child.payload)       # (what the child did not read is of no use now)
         if abort_streams:
             for s in list(child.streams):
                 self.mux.close(s)
