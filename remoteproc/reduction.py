@@ -69,6 +69,14 @@ def _refusal(obj) -> str:
     return ""
 
 
+def _refuse_local_only(obj, host: str) -> None:
+    """Raise PicklingError for an object that rests on this host's shared memory or semaphores."""
+    refused = _refusal(obj)
+    if refused:
+        raise PicklingError("a %s cannot be passed to a remote process on %s: it rests on shared "
+                            "memory or semaphores of this host. %s" % (type(obj).__name__, host, refused), host)
+
+
 def _keep_filename(code: types.CodeType):
     """cloudpickle renames shipped code to "<dynamic-code>": keep the real file name,
     so remote tracebacks point at the user's files and lines."""
@@ -127,11 +135,7 @@ class _Pickler(cloudpickle.Pickler):
             from .managers import reduce_proxy  # its connections ride a bridged link
 
             return reduce_proxy(obj, self)
-        refused = _refusal(obj)
-        if refused:
-            raise PicklingError("a %s cannot be passed to a remote process on %s: it rests on shared "
-                                "memory or semaphores of this host. %s" % (type(obj).__name__, self.host, refused),
-                                self.host)
+        _refuse_local_only(obj, self.host)
         if isinstance(obj, type) and obj.__module__.startswith("remoteproc.") and issubclass(obj, BaseProcess):
             # RemoteProcess, RemoteScript (as a class of the object or a base of the user's
             # subclass): the remote host has multiprocessing, so it runs as a plain Process.
@@ -210,11 +214,7 @@ class _SpawnPickler(pickle.Pickler):
         hook = getattr(type(obj), "__remoteproc_reduce__", None)
         if hook is not None:
             return hook(obj, self)
-        refused = _refusal(obj)
-        if refused:
-            raise PicklingError("a %s cannot be passed to a remote process on %s: it rests on shared "
-                                "memory or semaphores of this host. %s" % (type(obj).__name__, self.host, refused),
-                                self.host)
+        _refuse_local_only(obj, self.host)
         if isinstance(obj, type) and obj.__module__.startswith("remoteproc.") and issubclass(obj, BaseProcess):
             return copy.copy, (mp_context.Process,)     # (a class's copy is itself; a module cannot go)
         if isinstance(obj, (types.FunctionType, type)):
