@@ -12,11 +12,11 @@ import os
 import shutil
 import subprocess
 import sys
-import textwrap
 import time
 
 import cloudpickle
 import pytest
+from hostjobs import report_and_wait, run_where, write_config
 from proctable import children_of, cmdline, eventually, gone
 
 import remoteproc
@@ -32,19 +32,8 @@ PLAIN_USER = "rpuser"
 OPENSSH = {"transport": "openssh"}
 
 
-def where(conn):
-    import pwd
-
-    conn.send((os.environ.get("SSH_CONNECTION", ""), pwd.getpwuid(os.getuid()).pw_name))
-    conn.close()
 
 
-def report_and_wait(conn):
-    conn.send(os.getpid())
-    try:
-        conn.recv()
-    except EOFError:
-        pass
 
 
 def server_address(_item=None):
@@ -52,16 +41,6 @@ def server_address(_item=None):
     return os.environ["SSH_CONNECTION"].split()[2]
 
 
-def run_where(spec, **options):
-    parent, child = Pipe()
-    p = RemoteProcess(spec, target=where, args=(child,), **options)
-    p.start()
-    child.close()
-    assert parent.poll(60), "no answer from %s" % spec
-    got = parent.recv()
-    p.join(30)
-    assert p.exitcode == 0
-    return got
 
 
 def ssh_processes():
@@ -90,10 +69,6 @@ def ns_options(netns):
             "look_for_keys": False, "ssh_config": "none", **OPENSSH}
 
 
-def write_config(tmp_path, text, name="ssh_config") -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
 
 
 # -- jump hosts and aliases ----------------------------------------------------------------------

@@ -20,6 +20,7 @@ import time
 
 import cloudpickle
 import pytest
+from hostjobs import report_and_wait, run_where, where, write_config
 from proctable import descendants, eventually, gone, threads
 
 import remoteproc
@@ -36,19 +37,8 @@ PLAIN_USER = "rpuser"
 
 # -- targets (shipped by value) -------------------------------------------------------
 
-def where(conn):
-    import pwd
-
-    conn.send((os.environ.get("SSH_CONNECTION", ""), pwd.getpwuid(os.getuid()).pw_name))
-    conn.close()
 
 
-def report_and_wait(conn):
-    conn.send(os.getpid())
-    try:
-        conn.recv()
-    except EOFError:
-        pass
 
 
 def sleeper(conn):
@@ -58,16 +48,6 @@ def sleeper(conn):
 
 # -- helpers ---------------------------------------------------------------------------
 
-def run_where(spec, **options):
-    parent, child = Pipe()
-    p = RemoteProcess(spec, target=where, args=(child,), **options)
-    p.start()
-    child.close()
-    assert parent.poll(30), "no answer from %s" % spec
-    got = parent.recv()
-    p.join(30)
-    assert p.exitcode == 0
-    return got
 
 
 def relay_pid() -> int:
@@ -107,10 +87,6 @@ def ns_options(netns):
             "look_for_keys": False, "ssh_config": False}
 
 
-def write_config(tmp_path, text, name="ssh_config") -> str:
-    path = tmp_path / name
-    path.write_text(textwrap.dedent(text))
-    return str(path)
 
 
 # -- config ---------------------------------------------------------------------------
