@@ -30,6 +30,8 @@ import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
+from benchmarks.common import host_or_loopback  # noqa: E402
+
 MIB = 1 << 20
 
 
@@ -125,21 +127,7 @@ def main() -> None:
     ap.add_argument("--kinds", default="remoteproc,send,spawn")
     ap.add_argument("--transport", choices=("paramiko", "openssh"), default="paramiko")
     args = ap.parse_args()
-    server = None
-    if args.host:
-        host, options = args.host, {}
-    else:
-        import pwd
-
-        from remoteproc.testing import LoopbackSSHServer
-
-        try:
-            pwd.getpwnam("rpuser")
-            users = ["rpuser"] if os.geteuid() == 0 else None
-        except KeyError:
-            users = None
-        server = LoopbackSSHServer(users=users).start()
-        host, options = server.spec(), server.options()
+    host, options, server = host_or_loopback(args.host)
     if args.transport != "paramiko":
         options = dict(options, transport=args.transport)
     kinds = args.kinds.split(",")

@@ -26,6 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cloudpickle  # noqa: E402
 
+from benchmarks.common import host_or_loopback  # noqa: E402
 from remoteproc import Pipe, RemoteProcess  # noqa: E402
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -90,21 +91,7 @@ def main() -> None:
     ap.add_argument("--host", help="user@host (default: a private loopback sshd, account rpuser if it exists)")
     ap.add_argument("--runs", type=int, default=5)
     args = ap.parse_args()
-    server = None
-    if args.host:
-        host, options = args.host, {}
-    else:
-        import pwd
-
-        from remoteproc.testing import LoopbackSSHServer
-
-        try:
-            pwd.getpwnam("rpuser")
-            users = ["rpuser"] if os.geteuid() == 0 else None
-        except KeyError:
-            users = None
-        server = LoopbackSSHServer(users=users).start()
-        host, options = server.spec(), server.options()
+    host, options, server = host_or_loopback(args.host)
     try:
         m = measure(host, options, args.runs)
     finally:

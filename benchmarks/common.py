@@ -206,6 +206,25 @@ ALIAS = "rp-bench"
 CIPHER = "aes128-gcm@openssh.com"
 
 
+def host_or_loopback(spec: str | None) -> tuple[str, dict[str, Any], Any]:
+    """(host, options, server) for a benchmark script's ``--host``: SPEC as the user's ssh config has
+    it, or a private loopback sshd (account rpuser when it exists and we are root). The caller
+    stops ``server`` (None for a real host) when done."""
+    if spec:
+        return spec, {}, None
+    import pwd
+
+    from remoteproc.testing import LoopbackSSHServer
+
+    try:
+        pwd.getpwnam("rpuser")
+        users = ["rpuser"] if os.geteuid() == 0 else None
+    except KeyError:
+        users = None
+    server = LoopbackSSHServer(users=users).start()
+    return server.spec(), server.options(), server
+
+
 def write_ssh_config(path: str, host: dict[str, Any]) -> None:
     """An ssh_config with one alias for the host, with the same cipher as the paramiko peers."""
     lines = ["Host %s" % ALIAS, "    HostName %s" % host["hostname"]]
