@@ -51,3 +51,21 @@ def write_config(tmp_path, text, name="ssh_config") -> str:
     path = tmp_path / name
     path.write_text(textwrap.dedent(text))
     return str(path)
+
+
+def jump_alias_config(tmp_path, netns, user) -> str:
+    """An ssh_config where ``target2`` (namespace host h2) is reached through ``jump1`` (h1) as USER,
+    with the namespace hosts' key and known_hosts: the alias file users write for a jump host."""
+    h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
+    return write_config(tmp_path, f"""\
+        Host jump1
+            HostName {h1.address}
+        Host target2
+            HostName {h2.address}
+            ProxyJump jump1
+        Host *
+            User {user}
+            IdentityFile {netns.client_key}
+            IdentitiesOnly yes
+            UserKnownHostsFile {netns.known_hosts}
+        """)

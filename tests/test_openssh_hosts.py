@@ -16,7 +16,7 @@ import time
 
 import cloudpickle
 import pytest
-from hostjobs import report_and_wait, run_where, write_config
+from hostjobs import jump_alias_config, report_and_wait, run_where, write_config
 from proctable import children_of, cmdline, eventually, gone
 
 import remoteproc
@@ -91,18 +91,7 @@ def test_proxy_jump_chain_from_options(netns, ns_options):
 
 def test_proxy_jump_from_an_alias_file(netns, tmp_path):
     h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
-    config = write_config(tmp_path, f"""\
-        Host jump1
-            HostName {h1.address}
-        Host target2
-            HostName {h2.address}
-            ProxyJump jump1
-        Host *
-            User {PLAIN_USER}
-            IdentityFile {netns.client_key}
-            IdentitiesOnly yes
-            UserKnownHostsFile {netns.known_hosts}
-        """)
+    config = jump_alias_config(tmp_path, netns, PLAIN_USER)
     target = openssh.resolve("target2", {"ssh_config": config, **OPENSSH})
     assert (target.hostname, target.username, target.proxy_jump) == (h2.address, PLAIN_USER, ["jump1"])
     assert target.display == "%s@%s via jump1" % (PLAIN_USER, h2.address)

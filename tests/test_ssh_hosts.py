@@ -20,7 +20,7 @@ import time
 
 import cloudpickle
 import pytest
-from hostjobs import report_and_wait, run_where, where, write_config
+from hostjobs import jump_alias_config, report_and_wait, run_where, where, write_config
 from proctable import descendants, eventually, gone, threads
 
 import remoteproc
@@ -109,18 +109,7 @@ def test_config_alias_with_user_port_and_identity_file(netns, tmp_path):
 
 def test_proxy_jump_goes_through_the_jump_host(netns, tmp_path):
     h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
-    config = write_config(tmp_path, f"""\
-        Host jump1
-            HostName {h1.address}
-        Host target2
-            HostName {h2.address}
-            ProxyJump jump1
-        Host *
-            User {PLAIN_USER}
-            IdentityFile {netns.client_key}
-            IdentitiesOnly yes
-            UserKnownHostsFile {netns.known_hosts}
-        """)
+    config = jump_alias_config(tmp_path, netns, PLAIN_USER)
     connection, _user = run_where("target2", ssh_config=config, allow_agent=False)
     client, _port, server, _sport = connection.split()
     assert (client, server) == (h1.address, h2.address), "host 2 must see host 1 as its client"
