@@ -8,7 +8,8 @@ Workloads: rt, up1, down1, up64, down64.  For each process (the parent, the rela
 the remote agent, the remote child, sshd) it prints CPU microseconds per round trip or CPU
 milliseconds per MB, from /proc/PID/task/*/schedstat: a figure that other work on a shared
 machine disturbs far less than wall-clock time.  The same workload through a raw paramiko
-channel (``cat`` or the sink/source helper) is measured first for comparison.
+channel (``cat`` or the sink/source helper) is measured first for comparison; with
+``--transport openssh``, through ``ssh`` itself, with the benchmarks' cipher on both.
 With ``--py-spy DIR`` it also records ``py-spy record --gil --format raw`` of the relay
 process, the agent and the child (``pip install py-spy``), and prints their hottest lines
 (``--gil``: only samples of the thread that runs Python code, not of threads waiting).
@@ -33,7 +34,8 @@ import cloudpickle  # noqa: E402
 
 from benchmarks import connbench, targets  # noqa: E402
 from benchmarks import peer_paramiko as raw  # noqa: E402
-from benchmarks.common import MIB, helper_command, helper_header  # noqa: E402
+from benchmarks import peer_openssh  # noqa: E402
+from benchmarks.common import ALIAS, MIB, helper_command, helper_header, write_ssh_config  # noqa: E402
 
 cloudpickle.register_pickle_by_value(targets)
 
@@ -123,6 +125,33 @@ def _raw_workload(client, wl: str, big: bytes):
     return raw_work
 
 
+def _ssh_workload(host: dict, wl: str, big: bytes):
+    """The workload ``wl`` through the ``ssh`` program (``cat`` or the sink/source helper)."""
+    pipe = peer_openssh.Pipe(host, "cat" if wl == "rt" else helper_command("python3"))
+    if wl == "rt":
+        msg = bytes(100)
+
+        def ssh_rt():
+            for _ in range(200):
+                pipe.write(msg)
+                pipe.read_exact(100)
+            return 200, 0
+        return pipe, ssh_rt
+    size, count = (MIB, 32) if wl.endswith("1") else (64 * MIB, 1)
+
+    def ssh_work():
+        if wl.startswith("up"):
+            pipe.write(helper_header("u", size * count))
+            for _ in range(count):
+                pipe.write(big[:size])
+            pipe.read_exact(1)
+        else:
+            pipe.write(helper_header("d", size * count))
+            pipe.read_exact(size * count)
+        return count, size * count
+    return pipe, ssh_work
+
+
 def _rp_workload(server, wl: str, big: bytes):
     """The workload ``wl`` through remoteproc (a connbench server child): returns (ops, bytes)."""
     def rp_work():
@@ -175,16 +204,30 @@ def main() -> int:
     try:
         host = {"hostname": srv.host, "port": srv.port, "user": user, "key": srv.client_key,
                 "known_hosts_files": [srv.known_hosts]}
-        client = raw.connect(host)
         sessions = lambda: [p for p, _ in descendants(srv.pid)]  # noqa: E731
-        raw_work = _raw_workload(client, wl, big)
-        raw_work()
-        time.sleep(0.3)
-        _print("raw paramiko", *_measure({"self": [os.getpid()], "sshd+remote": sessions()}, raw_work, args.seconds))
-        client.close()
+        options = dict(srv.options(user), transport=args.transport)
+        spec = srv.spec(user)
+        if args.transport == "openssh":
+            config = os.path.join(srv.workdir, "cpuprofile_ssh_config")
+            write_ssh_config(config, dict(host, known_hosts=srv.known_hosts))
+            pipe, ssh_work = _ssh_workload({"ssh_opts": ["-F", config], "ssh_dest": ALIAS}, wl, big)
+            ssh_work()
+            time.sleep(0.3)
+            _print("ssh", *_measure({"self": [os.getpid()], "ssh": [pipe.proc.pid], "sshd+remote": sessions()},
+                                    ssh_work, args.seconds))
+            pipe.close()
+            spec, options = ALIAS, {"transport": "openssh", "ssh_config": config}
+        else:
+            client = raw.connect(host)
+            raw_work = _raw_workload(client, wl, big)
+            raw_work()
+            time.sleep(0.3)
+            _print("raw paramiko", *_measure({"self": [os.getpid()], "sshd+remote": sessions()}, raw_work,
+                                             args.seconds))
+            client.close()
         time.sleep(0.5)
 
-        make = functools.partial(RemoteProcess, srv.spec(user), **srv.options(user), transport=args.transport)
+        make = functools.partial(RemoteProcess, spec, **options)
         server = connbench.Server(make)
         server.rt(100)
         relay = relay_client.get().proc.pid

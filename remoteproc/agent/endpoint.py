@@ -5,9 +5,13 @@ and both hold one of these: frames go out through ``send`` (buffered, flushed as
 as the channel takes them without blocking), bytes that come in go to ``feed``.
 """
 
+import errno
+import os
 import selectors
 
-from . import frames, mux
+from . import frames, mux, splice
+
+PULL_CHUNK = 64 << 10       # a read of the channel while payloads may splice: leave them in the pipe
 
 
 class FrameEndpoint:
@@ -18,6 +22,11 @@ class FrameEndpoint:
     means the channel is lost: ``on_lost(exc)`` is called once, and later frames are
     dropped.  When ``write_fd`` is set the endpoint watches it while output waits;
     otherwise the owner calls ``flush()`` when the channel can take more.
+
+    ``enable_splice(read_fd, write_fd)`` says the channel is a pair of pipes: big DATA
+    payloads then move between them and their streams in the kernel (``splice.py``).
+    Frames keep their order: while a spliced payload is on its way out, later frames
+    wait in ``out`` behind it.
     """
 
     def __init__(self, sel, write, on_frame, on_lost, write_fd=None, piece=None, on_stream_drained=None,
@@ -28,12 +37,37 @@ class FrameEndpoint:
         self.write_fd = write_fd
         self.piece = piece          # at most this many bytes per write (None: all there is)
         self.out = bytearray()
+        self.written = 0            # bytes the channel has taken, for pacing (a package transfer)
         self.stopped = False
         self._watching = False
         self.mux = mux.Mux(sel, self.send)
         self.mux.on_drained = on_stream_drained     # callback(stream): its write queue is empty
         self.mux.on_closed = on_stream_closed       # callback(stream): it is finished and closed
         self.reader = frames.FrameReader(self.mux.on_data, on_frame)
+        self._spool = None          # type: splice.Spool | None  # a payload on its way out
+        self._spool_head = b""      # its DATA header, not yet written
+        self.pull_fd = None         # the channel's read pipe, when payloads splice in
+        self._headers_first = False     # read the next frame's header alone (see pull)
+
+    @property
+    def pending(self):
+        """True while frames wait for the channel to take them."""
+        return bool(self.out) or (self._spool is not None and self._spool.held > 0)
+
+    def enable_splice(self, read_fd, write_fd):
+        """The channel reads from ``read_fd`` and writes to ``write_fd``: where either is a pipe
+        and the kernel can splice, payloads move in the kernel from then on.  (Call it before
+        any stream is added.)"""
+        if not splice.AVAILABLE:
+            return
+        if read_fd is not None and splice.is_pipe(read_fd):
+            self.pull_fd = read_fd
+        if write_fd is not None and write_fd == self.write_fd and splice.is_pipe(write_fd):
+            try:
+                self._spool = splice.Spool()
+            except OSError:
+                return      # (out of fds: the plain path works too)
+            self.mux.splice_out = self._splice_out
 
     def send(self, *parts):
         """Queue bytes for the peer and write what the channel takes now."""
@@ -46,11 +80,112 @@ class FrameEndpoint:
     def control(self, msg, blob=b""):
         self.send(frames.control(msg, blob))
 
+    def fds(self):
+        """The fds of the endpoint's own (its spool pipe): a forked child closes them."""
+        return [self._spool.r, self._spool.w] if self._spool is not None else []
+
     def feed(self, data):
         """Bytes from the peer: frames are parsed and dispatched as they complete."""
         self.reader.feed(data)
 
+    def pull(self, fd, scratch):
+        """Take what the channel ``fd`` holds now; return the bytes taken, 0 at its end.
+
+        Inside a big DATA payload, what its stream takes now moves there directly
+        (``enable_splice``); other bytes are read into ``scratch`` and fed, a piece at a
+        time so that the next payload stays in the pipe.  BlockingIOError: nothing there."""
+        if fd != self.pull_fd:
+            n = mux.readinto(fd, scratch)
+            if n:
+                self.reader.feed(scratch[:n])
+            return n
+        reader = self.reader
+        n = 0
+        if self._headers_first:
+            # After a big payload the next frame is likely one too: read its header alone, so
+            # that its payload is still in the pipe to splice.
+            missing = reader.header_missing()
+            if missing:
+                n = mux.readinto(fd, scratch[:missing])
+                if not n:
+                    return 0
+                reader.feed(scratch[:n])
+        sid, left = reader.data_left()
+        if left >= splice.MIN_MOVE:
+            self._headers_first = True
+            moved = self.mux.splice_in(sid, fd, left)
+            if moved:
+                reader.skip(moved)
+                return n + moved
+        elif n:
+            self._headers_first = reader.header_missing() != 0
+            if self._headers_first:
+                return n        # (the pipe held part of a header: wait for the rest)
+        try:
+            k = mux.readinto(fd, scratch[:PULL_CHUNK])
+        except (BlockingIOError, InterruptedError):
+            if n:
+                return n
+            raise
+        if k:
+            reader.feed(scratch[:k])
+            self._headers_first = reader.data_left()[1] >= splice.MIN_MOVE
+        return n + k if k else n
+
+    def _splice_out(self, s, limit):
+        """Move up to ``limit`` bytes of stream ``s`` into the spool, to go out as one DATA frame
+        at the next flush; the count (0: the stream ended), or None: read them the usual way."""
+        spool = self._spool
+        if self.out or spool.held or self.stopped:
+            return None     # frames wait: this payload would overtake them
+        try:
+            n = splice.move(s.fd, spool.w, min(limit, spool.size))
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            if exc.errno in mux._GONE:
+                return 0
+            if exc.errno == errno.EINVAL:       # (this kind of fd cannot splice)
+                return None
+            raise
+        cap = min(limit, spool.size)
+        while 0 < n < cap:      # what came in meanwhile goes in the same frame
+            try:
+                more = splice.move(s.fd, spool.w, cap - n)
+            except OSError:
+                break       # (EAGAIN, or an error the next read reports)
+            if not more:
+                break
+            n += more
+        if n:
+            spool.held = n
+            self._spool_head = frames.header(frames.DATA, s.sid, n)
+        return n
+
+    def _flush_spool(self):
+        """Write the spooled payload's header, then move the payload on; False while some waits."""
+        spool = self._spool
+        try:
+            if self._spool_head:
+                # (9 bytes into a pipe: written whole or not at all)
+                self.written += os.write(self.write_fd, self._spool_head)
+                self._spool_head = b""
+            while spool.held:
+                n = splice.move(spool.r, self.write_fd, spool.held)
+                spool.held -= n
+                self.written += n
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            self.stop()
+            self.on_lost(exc)
+            return False
+        return True
+
     def flush(self, mask=0):
+        if self._spool is not None and self._spool.held and not self.stopped and not self._flush_spool():
+            self._watch(not self.stopped)
+            return
         while self.out and not self.stopped:
             try:
                 with memoryview(self.out) as view:
@@ -63,6 +198,7 @@ class FrameEndpoint:
                 return
             if not n:
                 break
+            self.written += n
             del self.out[:n]
         self._watch(bool(self.out) and not self.stopped)
 
@@ -70,6 +206,10 @@ class FrameEndpoint:
         """Drop what waits and every later frame (the channel is gone)."""
         self.stopped = True
         self.out = bytearray()  # (not clear(): a view of the old one may outlive the write)
+        if self._spool is not None:
+            self._spool.close()
+            self._spool = None
+            self.mux.splice_out = None
         self._watch(False)
 
     def _watch(self, want):

@@ -80,6 +80,23 @@ class FrameReader:
         """True when no frame is partly read (a clean place for the stream to end)."""
         return not self._head and not self._left and self._body is None
 
+    def data_left(self) -> "tuple[int, int]":
+        """(stream, payload bytes still to come) inside a DATA frame, else (0, 0)."""
+        if self._left and self._type == DATA:
+            return self._sid, self._left
+        return 0, 0
+
+    def header_missing(self) -> int:
+        """Bytes of the next frame's header still to come (0 inside a frame's payload)."""
+        if self._left or self._body is not None:
+            return 0
+        return HEADER_SIZE - len(self._head)
+
+    def skip(self, n: int) -> None:
+        """``n`` bytes of the current DATA payload went to their stream another way (splice)."""
+        assert self._type == DATA and 0 < n <= self._left
+        self._left -= n
+
     def feed(self, chunk) -> None:
         view = memoryview(chunk)
         pos, end = 0, len(view)

@@ -18,12 +18,13 @@ import stat
 from collections import deque
 from itertools import islice
 
-from . import frames
+from . import frames, splice
 
 WINDOW = 4 << 20           # bytes in flight per stream and direction
 ACK_AT = 1 << 20           # return credit in pieces of at least this much
 READ_CHUNK = frames.MAX_DATA
 SMALL_WRITE = 4096         # per wake-up on an fd we may not make non-blocking
+BULK = 32 << 10            # a read this big says more is coming: the stream's next reads splice
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN)
 SEND_BUFFER = 4 << 20      # asked of a bridged socket's writer (Linux caps it at net.core.wmem_max)
@@ -100,7 +101,7 @@ class Stream:
     __slots__ = (
         "sid", "fd", "sock", "owner", "reading", "writing", "shared", "pollable", "is_socket",
         "credit", "outq", "queued", "unacked", "peer_eof", "read_done", "write_done",
-        "events", "handler",
+        "events", "handler", "bulk",
     )
 
     def __init__(self, sid, fd, reading, writing, owner, shared, credit):
@@ -126,6 +127,7 @@ class Stream:
         self.write_done = not writing
         self.events = 0
         self.handler = None
+        self.bulk = False           # recent reads were big: move the next ones with splice
 
 
 class Mux:
@@ -147,6 +149,10 @@ class Mux:
         self.high_sid = 0
         self.on_closed = None     # callback(stream) once a stream is finished and closed
         self.on_drained = None    # callback(stream) when its write queue becomes empty
+        # splice_out(stream, limit): the endpoint moves up to limit bytes of the stream into its
+        # spool, to go out at the next send(), and returns how many (0: the stream ended; None:
+        # read them here instead)
+        self.splice_out = None
 
     # -- set-up -------------------------------------------------------------
     def add(self, sid: int, fd: int, *, reading: bool, writing: bool, owner=None,
@@ -209,20 +215,29 @@ class Mux:
         self._maybe_finish(s)
 
     def _read(self, s: Stream) -> None:
-        view = self._scratch[:min(READ_CHUNK, s.credit)]
-        try:
-            if s.sock is not None:
-                n = s.sock.recv_into(view, len(view), _DONTWAIT)
-            else:
-                n = readinto(s.fd, view)
-        except (BlockingIOError, InterruptedError):
-            return
-        except OSError as exc:
-            if exc.errno not in _GONE:
-                raise
-            n = 0
+        limit = min(READ_CHUNK, s.credit)
+        n = self.splice_out(s, limit) if s.bulk and self.splice_out is not None else None
         if n:
             s.credit -= n
+            s.bulk = n >= BULK
+            self.send()         # (the spooled payload and its header go out)
+            return
+        if n is None:
+            view = self._scratch[:limit]
+            try:
+                if s.sock is not None:
+                    n = s.sock.recv_into(view, len(view), _DONTWAIT)
+                else:
+                    n = readinto(s.fd, view)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+                n = 0
+        if n:
+            s.credit -= n
+            s.bulk = n >= BULK
             self.send(frames.header(frames.DATA, s.sid, n), view[:n])
         else:
             s.read_done = True
@@ -255,14 +270,44 @@ class Mux:
             _consume(q, n)
             if s.shared and s.pollable and s.sock is None:
                 break  # one small write per wake-up: never block the loop
-        if s.unacked >= self.ack_at:
-            self.send(frames.header(frames.CREDIT, s.sid, s.unacked))
-            s.unacked = 0
+        self._ack(s)
         if not q:
             if s.peer_eof:
                 self._end_write(s)
             if self.on_drained is not None:
                 self.on_drained(s)
+
+    def _ack(self, s: Stream) -> None:
+        if s.unacked >= self.ack_at:
+            self.send(frames.header(frames.CREDIT, s.sid, s.unacked))
+            s.unacked = 0
+
+    def splice_in(self, sid: int, fd: int, count: int):
+        """Move up to ``count`` bytes of a DATA payload from the channel pipe ``fd`` straight to
+        stream ``sid``; how many moved, or None: read them the usual way (nothing waits in the
+        stream's queue to go first, it takes nothing now, or it cannot be spliced)."""
+        s = self.streams.get(sid)
+        if s is None or s.outq or s.write_done or s.peer_eof or not s.writing or s.fd < 0:
+            return None
+        if s.sock is not None:
+            count = min(count, splice.socket_room(s.sock))
+        elif s.shared or not s.pollable:
+            return None     # (a blocking pipe of the user's, or a file: read and write)
+        if count < splice.MIN_MOVE:
+            return None
+        try:
+            n = splice.move(fd, s.fd, count)
+        except (BlockingIOError, InterruptedError):
+            return None
+        except OSError as exc:
+            if exc.errno in _GONE:
+                self._reader_gone(s)
+            elif exc.errno != errno.EINVAL:     # (EINVAL: this kind of fd cannot splice)
+                raise
+            return None
+        s.unacked += n
+        self._ack(s)
+        return n or None
 
     def _reader_gone(self, s: Stream) -> None:
         """Our fd's reader went away: drop what is queued and tell the peer to stop."""

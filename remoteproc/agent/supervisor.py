@@ -80,6 +80,7 @@ class Supervisor:
         for fd in (fd_in, fd_out):
             os.set_blocking(fd, False)
             _try_grow_pipe(fd)
+        self.endpoint.enable_splice(fd_in, fd_out)      # (where they are pipes: see splice.py)
         self.waker = Waker()
         signal.set_wakeup_fd(self.waker.write_fd)
         signal.signal(signal.SIGCHLD, lambda *a: None)
@@ -95,7 +96,7 @@ class Supervisor:
     # -- input ----------------------------------------------------------------
     def _on_input(self, mask):
         try:
-            n = mux.readinto(self.fd_in, self._in_view)
+            n = self.endpoint.pull(self.fd_in, self._in_view)
         except (BlockingIOError, InterruptedError):
             return
         except OSError:
@@ -104,8 +105,6 @@ class Supervisor:
             if not self.reader.idle:
                 _log("the channel ended in the middle of a frame")
             self._stop("the channel closed")
-            return
-        self.reader.feed(self._in_view[:n])
 
     def on_frame(self, ftype, sid, value, payload):
         if ftype != frames.CONTROL:
@@ -195,7 +194,7 @@ class Supervisor:
 
     def _agent_fds(self):
         """The agent's own fds: a forked child closes them."""
-        close = [self.fd_in, self.fd_out, self.sel.fileno()] + self.waker.fds()
+        close = [self.fd_in, self.fd_out, self.sel.fileno()] + self.waker.fds() + self.endpoint.fds()
         close += list(self.mux.streams_fds())
         close += [p.sentinel for p in self.children.values()]
         close += [sock.fileno() for sock in self.import_socks]

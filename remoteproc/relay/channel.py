@@ -39,6 +39,12 @@ class AgentChannel(abc.ABC):
         channel calls the ``on_writable`` callback instead."""
         return None
 
+    def pipe_fds(self) -> "tuple[Optional[int], Optional[int]]":
+        """(read fd, write fd) when ``recv`` and ``send`` read and write local pipes: the link
+        then reads and writes them itself, and moves bulk payloads with splice.  (None, None):
+        go through ``recv`` and ``send``."""
+        return None, None
+
     @abc.abstractmethod
     def on_writable(self, callback: Callable[[], None]) -> None:
         """Call ``callback()``, from any thread, whenever ``send`` can take more after it

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from .. import bootstrap, modules, pkgtransfer
 from ..agent import frames, mux, pkgcache
-from ..agent.endpoint import FrameEndpoint
+from ..agent.endpoint import PULL_CHUNK, FrameEndpoint
 from ..agent.waker import Waker
 from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
 from ..ssh.target import Target
@@ -63,7 +63,6 @@ class Link:
     """
 
     packages: Optional[pkgtransfer.PackageServer] = None    # the host's package cache, after the hello
-    accepted = 0        # bytes the channel has taken (a package transfer paces by it)
 
     def __init__(self, target: Target, opener: AgentOpener, on_finish: Callable[["Link"], None]) -> None:
         self.target = target
@@ -82,6 +81,7 @@ class Link:
                                       piece=SEND_PIECE, on_stream_drained=self._stream_drained,
                                       on_stream_closed=self._stream_closed)
         self.mux = self.endpoint.mux
+        self.scratch = memoryview(bytearray(PULL_CHUNK))    # reused: see Mux._scratch
         self.chan: Optional[AgentChannel] = None
         self.hello: dict = {}
         self.sys_path: list = []
@@ -140,7 +140,7 @@ class Link:
             cap = self.target.options.get("cache_size", pkgcache.DEFAULT_CAP)
             self.packages = pkgtransfer.PackageServer(self.display, hello.get("abi"), cap,
                                                       hello.get("executable") or "python3",
-                                                      lambda: self.accepted)
+                                                      lambda: self.endpoint.written)
         except RemoteProcessError as exc:
             self._fail_pending(exc)
             self._finish()
@@ -153,6 +153,7 @@ class Link:
         chan = self.chan
         chan.on_writable(self.waker.wake)
         self.endpoint.write_fd = chan.writable_fileno()
+        self.endpoint.enable_splice(*chan.pipe_fds())
         self.sel.register(chan.fileno(), selectors.EVENT_READ, self._on_channel)
         try:
             if extra:
@@ -172,7 +173,7 @@ class Link:
             if not self.children and not self.mux.streams and not self.pending:
                 left = self.idle_since + self.target.idle_timeout - time.monotonic()
                 timeout = min(timeout, max(0.05, left))
-            if self.endpoint.out or self._sending_packages():
+            if self.endpoint.pending or self._sending_packages():
                 self._flush()
             for key, mask in self.sel.select(timeout):
                 key.data(mask)
@@ -205,9 +206,7 @@ class Link:
 
     def _write_channel(self, view: memoryview) -> int:
         assert self.chan is not None
-        n = self.chan.send(view)     # (0: nothing fits now: the channel wakes us when something does)
-        self.accepted += n
-        return n
+        return self.chan.send(view)     # (0: nothing fits now: the channel wakes us when something does)
 
     def _on_send_failed(self, exc: OSError) -> None:
         self._lost(str(exc) if isinstance(exc, ChannelLost) else "sending failed: %s" % describe(exc))
@@ -217,7 +216,7 @@ class Link:
         frames, as fast as the channel takes them (and no faster: other streams go between)."""
         while True:
             self.endpoint.flush()
-            if self.dead or self.endpoint.stopped or self.endpoint.out or not self._sending_packages():
+            if self.dead or self.endpoint.stopped or self.endpoint.pending or not self._sending_packages():
                 return      # the channel is full (it wakes us when it is not), or all is sent
             while len(self.endpoint.out) < PUMP_LOW:
                 piece = self.packages.next_frame() if self.packages is not None else None
@@ -231,19 +230,33 @@ class Link:
     def _on_channel(self, mask) -> None:
         chan = self.chan
         assert chan is not None
-        # One recv takes all the channel holds (RECV_ALL); data arriving later makes its
-        # fileno readable again, and the selector brings us back.
-        data = chan.recv(RECV_ALL)
-        if data == b"":
+        n = self._take(chan)
+        if n == 0:
             self._drain_stderr()
             self._lost(chan.describe_loss())
             return
-        if data:
+        if n:
             self.last_heard = time.monotonic()     # (also mid-frame: a big frame on a slow link)
-            self.endpoint.feed(data)
             if self.dead:
                 return
         self._drain_stderr()
+
+    def _take(self, chan: AgentChannel) -> Optional[int]:
+        """Bytes taken from the channel and fed to the endpoint; 0 at its end, None: none now."""
+        fd = self.endpoint.pull_fd
+        if fd is not None:      # a pipe (see AgentChannel.pipe_fds): the endpoint reads it itself
+            try:
+                return self.endpoint.pull(fd, self.scratch)
+            except (BlockingIOError, InterruptedError):
+                return None
+            except OSError:
+                return 0
+        # One recv takes all the channel holds (RECV_ALL); data arriving later makes its
+        # fileno readable again, and the selector brings us back.
+        data = chan.recv(RECV_ALL)
+        if data:
+            self.endpoint.feed(data)
+        return None if data is None else len(data)
 
     def _drain_stderr(self) -> None:
         assert self.chan is not None
@@ -262,7 +275,7 @@ class Link:
             for child in self.children.values():
                 if child.code is None:
                     self.send(frames.control({"op": "signal", "id": child.id, "sig": int(signal.SIGINT)}))
-        if self.endpoint.out or self._sending_packages():
+        if self.endpoint.pending or self._sending_packages():
             self._flush()
 
     # -- processes ---------------------------------------------------------------------

@@ -91,6 +91,9 @@ class OpenSSHChannel(AgentChannel):
     def writable_fileno(self) -> Optional[int]:
         return self.write_fd
 
+    def pipe_fds(self) -> tuple[Optional[int], Optional[int]]:
+        return self.read_fd, self.write_fd
+
     def on_writable(self, callback: Callable[[], None]) -> None:
         pass    # (the link watches writable_fileno())
 
