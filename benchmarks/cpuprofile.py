@@ -32,9 +32,8 @@ if __package__ in (None, ""):
 
 import cloudpickle  # noqa: E402
 
-from benchmarks import connbench, targets  # noqa: E402
+from benchmarks import connbench, peer_openssh, targets  # noqa: E402
 from benchmarks import peer_paramiko as raw  # noqa: E402
-from benchmarks import peer_openssh  # noqa: E402
 from benchmarks.common import ALIAS, MIB, helper_command, helper_header, write_ssh_config  # noqa: E402
 
 cloudpickle.register_pickle_by_value(targets)

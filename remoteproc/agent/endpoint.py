@@ -136,7 +136,7 @@ class FrameEndpoint:
         """Move up to ``limit`` bytes of stream ``s`` into the spool, to go out as one DATA frame
         at the next flush; the count (0: the stream ended), or None: read them the usual way."""
         spool = self._spool
-        if self.out or spool.held or self.stopped:
+        if spool is None or self.out or spool.held or self.stopped:
             return None     # frames wait: this payload would overtake them
         try:
             n = splice.move(s.fd, spool.w, min(limit, spool.size))
@@ -165,6 +165,7 @@ class FrameEndpoint:
     def _flush_spool(self):
         """Write the spooled payload's header, then move the payload on; False while some waits."""
         spool = self._spool
+        assert spool is not None
         try:
             if self._spool_head:
                 # (9 bytes into a pipe: written whole or not at all)

@@ -17,6 +17,7 @@ import socket
 import stat
 from collections import deque
 from itertools import islice
+from typing import Callable, Optional
 
 from . import frames, splice
 
@@ -152,7 +153,7 @@ class Mux:
         # splice_out(stream, limit): the endpoint moves up to limit bytes of the stream into its
         # spool, to go out at the next send(), and returns how many (0: the stream ended; None:
         # read them here instead)
-        self.splice_out = None
+        self.splice_out: Optional[Callable[[Stream, int], Optional[int]]] = None
 
     # -- set-up -------------------------------------------------------------
     def add(self, sid: int, fd: int, *, reading: bool, writing: bool, owner=None,

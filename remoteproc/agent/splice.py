@@ -24,7 +24,8 @@ except ImportError:     # (not a Unix: nothing here is used)
     fcntl = None  # type: ignore[assignment]
 
 #: os.splice exists (Linux, Python 3.10+); elsewhere every move takes the read/write path
-AVAILABLE = hasattr(os, "splice") and fcntl is not None
+_splice = getattr(os, "splice", None)
+AVAILABLE = _splice is not None and fcntl is not None
 NONBLOCK = getattr(os, "SPLICE_F_NONBLOCK", 2)
 SIOCOUTQ = 0x5411           # bytes a socket has sent and its peer not yet read (Linux's TIOCOUTQ)
 SPOOL_SIZE = 1 << 20        # what the spool pipe holds (Linux's default is 64 KiB)
@@ -41,7 +42,7 @@ def is_pipe(fd) -> bool:
 def move(src: int, dst: int, count: int) -> int:
     """Move up to ``count`` bytes from ``src`` to ``dst`` (one of them a pipe); 0 at the end of
     ``src``.  BlockingIOError when a pipe side cannot go on now."""
-    return os.splice(src, dst, count, flags=NONBLOCK)
+    return _splice(src, dst, count, flags=NONBLOCK)  # type: ignore[misc]
 
 
 def socket_room(sock) -> int:
