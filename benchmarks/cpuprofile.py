@@ -172,7 +172,7 @@ def _start_spies(out_dir: str, wl: str, pids: dict, seconds: float) -> list:
     spies = []
     for name, pid in pids.items():
         spies.append(subprocess.Popen(
-            ["py-spy", "record", "--nonblocking", "--gil", "-r", "250", "-d", str(int(seconds)),
+            ["py-spy", "record", "--nonblocking", "--gil", "-r", "1000", "-d", str(int(seconds)),
              "-f", "raw", "-o", os.path.join(out_dir, "%s-%s.txt" % (wl, name)), "--pid", str(pid)],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
     time.sleep(0.5)

@@ -9,6 +9,7 @@ the same, in order, and only the share moved in the kernel differs.
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import selectors
@@ -331,3 +332,78 @@ def test_the_spool_closes_with_the_endpoint():
         sel.close()
         os.close(r)
         os.close(w)
+
+
+def test_a_kernel_that_refuses_splice_leaves_the_read_and_write_path(monkeypatch):
+    """EINVAL (an fd kind that cannot splice, or an old kernel): bytes take the usual path."""
+    if not splice.AVAILABLE:
+        pytest.skip("os.splice: Linux and Python 3.10+")
+    refused = []
+
+    def refuse(src, dst, count):
+        refused.append(count)
+        raise OSError(errno.EINVAL, "Invalid argument")
+
+    wire = Wire(True)
+    monkeypatch.setattr(splice, "move", refuse)
+    try:
+        ua, ub = wire.bridge(1, a_shared=True)
+        va, vb = wire.bridge(2)
+        up, down = os.urandom(4 * MIB), os.urandom(4 * MIB)
+        got = _pump(wire, {ua: up, vb: down}, {ub: len(up), va: len(down)})
+        assert got[ub] == up and got[va] == down and refused
+    finally:
+        wire.close()
+
+
+@needs_splice
+def test_the_channel_closing_under_a_spooled_payload_is_a_lost_channel():
+    wire = Wire(True, pipe_size=4096)
+    lost = []
+    wire.a.on_lost = lost.append
+    try:
+        ua, _ub = wire.bridge(1)
+        data = os.urandom(2 * MIB)
+        sent = 0
+        for _ in range(50):                 # bulk, so that the relay side spools it
+            try:
+                sent += ua.send(data[sent:sent + MIB])
+            except BlockingIOError:
+                pass
+            wire.a.mux._ready(wire.a.mux.streams[1], selectors.EVENT_READ)
+            if wire.a.pending and any(type(x) is list for x in wire.a._ahead):
+                break
+        assert any(type(x) is list for x in wire.a._ahead), "nothing was spooled"
+        os.close(wire.fds[0])               # the agent's side of the channel goes away
+        wire.fds[0] = os.open(os.devnull, os.O_RDONLY)      # (for close())
+        wire.a.flush()
+        assert len(lost) == 1 and isinstance(lost[0], OSError)
+        assert wire.a.stopped and not wire.a.pending and wire.a.fds() == []
+        wire.a.send(b"more")                # later frames are dropped, not an error
+        assert len(lost) == 1
+    finally:
+        wire.close()
+
+
+@needs_splice
+def test_a_channel_that_ends_inside_a_payload_ends_the_pull():
+    r, w = os.pipe()
+    sel = selectors.DefaultSelector()
+    try:
+        ep = FrameEndpoint(sel, lambda v: os.write(w, v), lambda *f: None, lambda exc: None)
+        ep.enable_splice(r, None)
+        ua, ma = socket.socketpair()
+        ep.mux.add(1, ma.detach(), reading=False, writing=True)
+        os.write(w, frames.header(frames.DATA, 1, MIB) + b"x" * 20000)
+        os.close(w)
+        w = -1
+        scratch = memoryview(bytearray(MIB))
+        taken = [ep.pull(r, scratch) for _ in range(3)]
+        assert taken[0] > 0 and 0 in taken and sum(taken) == frames.HEADER_SIZE + 20000
+        assert ua.recv(MIB) == b"x" * 20000
+        ua.close()
+    finally:
+        sel.close()
+        os.close(r)
+        if w >= 0:
+            os.close(w)

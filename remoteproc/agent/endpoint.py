@@ -8,6 +8,7 @@ as the channel takes them without blocking), bytes that come in go to ``feed``.
 import errno
 import os
 import selectors
+from collections import deque
 
 from . import frames, mux, splice
 
@@ -25,8 +26,8 @@ class FrameEndpoint:
 
     ``enable_splice(read_fd, write_fd)`` says the channel is a pair of pipes: big DATA
     payloads then move between them and their streams in the kernel (``splice.py``).
-    Frames keep their order: while a spliced payload is on its way out, later frames
-    wait in ``out`` behind it.
+    Frames keep their order: output is a queue (``_ahead``) of byte buffers and
+    spooled payloads, then ``out``, which takes what is sent after them.
     """
 
     def __init__(self, sel, write, on_frame, on_lost, write_fd=None, piece=None, on_stream_drained=None,
@@ -44,15 +45,16 @@ class FrameEndpoint:
         self.mux.on_drained = on_stream_drained     # callback(stream): its write queue is empty
         self.mux.on_closed = on_stream_closed       # callback(stream): it is finished and closed
         self.reader = frames.FrameReader(self.mux.on_data, on_frame)
-        self._spool = None          # type: splice.Spool | None  # a payload on its way out
-        self._spool_head = b""      # its DATA header, not yet written
+        self._spool = None          # type: splice.Spool | None  # payloads on their way out
+        # what goes out before ``out``: bytearrays, and [DATA header, count] of spooled payloads
+        self._ahead = deque()  # type: deque
         self.pull_fd = None         # the channel's read pipe, when payloads splice in
         self._headers_first = False     # read the next frame's header alone (see pull)
 
     @property
     def pending(self):
         """True while frames wait for the channel to take them."""
-        return bool(self.out) or (self._spool is not None and self._spool.held > 0)
+        return bool(self.out or self._ahead)
 
     def enable_splice(self, read_fd, write_fd):
         """The channel reads from ``read_fd`` and writes to ``write_fd``: where either is a pipe
@@ -134,12 +136,16 @@ class FrameEndpoint:
 
     def _splice_out(self, s, limit):
         """Move up to ``limit`` bytes of stream ``s`` into the spool, to go out as one DATA frame
-        at the next flush; the count (0: the stream ended), or None: read them the usual way."""
+        after what waits now; the count (0: the stream ended), or None: read them the usual
+        way (the spool is full: the channel is that far behind)."""
         spool = self._spool
-        if spool is None or self.out or spool.held or self.stopped:
-            return None     # frames wait: this payload would overtake them
+        if spool is None or self.stopped:
+            return None
+        cap = min(limit, spool.size - spool.held)
+        if cap < splice.MIN_MOVE:
+            return None
         try:
-            n = splice.move(s.fd, spool.w, min(limit, spool.size))
+            n = splice.move(s.fd, spool.w, cap)
         except (BlockingIOError, InterruptedError):
             return None
         except OSError as exc:
@@ -148,7 +154,6 @@ class FrameEndpoint:
             if exc.errno == errno.EINVAL:       # (this kind of fd cannot splice)
                 return None
             raise
-        cap = min(limit, spool.size)
         while 0 < n < cap:      # what came in meanwhile goes in the same frame
             try:
                 more = splice.move(s.fd, spool.w, cap - n)
@@ -158,21 +163,27 @@ class FrameEndpoint:
                 break
             n += more
         if n:
-            spool.held = n
-            self._spool_head = frames.header(frames.DATA, s.sid, n)
+            spool.held += n
+            if self.out:
+                self._ahead.append(self.out)
+                self.out = bytearray()
+            self._ahead.append([frames.header(frames.DATA, s.sid, n), n])
         return n
 
-    def _flush_spool(self):
-        """Write the spooled payload's header, then move the payload on; False while some waits."""
+    def _write_spooled(self, item):
+        """Write a spooled payload's header, then move the payload on; False while some waits."""
         spool = self._spool
         assert spool is not None
         try:
-            if self._spool_head:
+            if item[0]:
                 # (9 bytes into a pipe: written whole or not at all)
-                self.written += os.write(self.write_fd, self._spool_head)
-                self._spool_head = b""
-            while spool.held:
-                n = splice.move(spool.r, self.write_fd, spool.held)
+                self.written += os.write(self.write_fd, item[0])
+                item[0] = b""
+            while item[1]:
+                n = splice.move(spool.r, self.write_fd, item[1])
+                if not n:
+                    raise OSError(errno.EIO, "the spool pipe ran dry")
+                item[1] -= n
                 spool.held -= n
                 self.written += n
         except (BlockingIOError, InterruptedError):
@@ -184,12 +195,21 @@ class FrameEndpoint:
         return True
 
     def flush(self, mask=0):
-        if self._spool is not None and self._spool.held and not self.stopped and not self._flush_spool():
-            self._watch(not self.stopped)
-            return
-        while self.out and not self.stopped:
+        ahead = self._ahead
+        while not self.stopped:
+            if ahead:
+                buf = ahead[0]
+                if type(buf) is list:
+                    if not self._write_spooled(buf):
+                        break
+                    ahead.popleft()
+                    continue
+            elif self.out:
+                buf = self.out
+            else:
+                break
             try:
-                with memoryview(self.out) as view:
+                with memoryview(buf) as view:
                     n = self.write(view if self.piece is None else view[:self.piece])
             except (BlockingIOError, InterruptedError):
                 n = 0
@@ -200,13 +220,16 @@ class FrameEndpoint:
             if not n:
                 break
             self.written += n
-            del self.out[:n]
-        self._watch(bool(self.out) and not self.stopped)
+            del buf[:n]
+            if not buf and buf is not self.out:
+                ahead.popleft()
+        self._watch(self.pending and not self.stopped)
 
     def stop(self):
         """Drop what waits and every later frame (the channel is gone)."""
         self.stopped = True
         self.out = bytearray()  # (not clear(): a view of the old one may outlive the write)
+        self._ahead = deque()
         if self._spool is not None:
             self._spool.close()
             self._spool = None

@@ -102,7 +102,7 @@ class Stream:
     __slots__ = (
         "sid", "fd", "sock", "owner", "reading", "writing", "shared", "pollable", "is_socket",
         "credit", "outq", "queued", "unacked", "peer_eof", "read_done", "write_done",
-        "events", "handler", "bulk",
+        "events", "handler", "bulk", "room",
     )
 
     def __init__(self, sid, fd, reading, writing, owner, shared, credit):
@@ -129,6 +129,7 @@ class Stream:
         self.events = 0
         self.handler = None
         self.bulk = False           # recent reads were big: move the next ones with splice
+        self.room = 0               # what a splice may give the socket without blocking, at least
 
 
 class Mux:
@@ -291,7 +292,11 @@ class Mux:
         if s is None or s.outq or s.write_done or s.peer_eof or not s.writing or s.fd < 0:
             return None
         if s.sock is not None:
-            count = min(count, splice.socket_room(s.sock))
+            # (the room only grows as the reader takes bytes: ask the kernel again only when
+            # what we know of is not enough)
+            if s.room < count:
+                s.room = splice.socket_room(s.sock)
+            count = min(count, s.room)
         elif s.shared or not s.pollable:
             return None     # (a blocking pipe of the user's, or a file: read and write)
         if count < splice.MIN_MOVE:
@@ -306,6 +311,7 @@ class Mux:
             elif exc.errno != errno.EINVAL:     # (EINVAL: this kind of fd cannot splice)
                 raise
             return None
+        s.room -= n
         s.unacked += n
         self._ack(s)
         return n or None

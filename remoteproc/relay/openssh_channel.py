@@ -108,6 +108,8 @@ class OpenSSHChannel(AgentChannel):
         return bytes(view[:n])
 
     def recv_stderr(self) -> bytes:
+        if not self._err:
+            return b""      # (the common case, without the lock: a stale answer is caught next time)
         with self._err_lock:
             got, self._err = bytes(self._err), bytearray()
         return got
