@@ -13,6 +13,7 @@ from collections import deque
 from . import frames, mux, splice
 
 PULL_CHUNK = 64 << 10       # a read of the channel while payloads may splice: leave them in the pipe
+DIRECT = 64 << 10           # a part this big, with nothing queued, is written without a copy into out
 
 
 class FrameEndpoint:
@@ -76,8 +77,27 @@ class FrameEndpoint:
         if self.stopped:
             return      # the channel is gone: nothing reaches the peer any more
         for p in parts:
+            if len(p) >= DIRECT and not self._ahead:
+                self.flush()            # (what came before goes first)
+                if not self.out and not self.stopped:
+                    p = p[self._write_now(p):]
+                if self.stopped:
+                    return
             self.out += p
         self.flush()
+
+    def _write_now(self, view):
+        """Write a prefix of ``view`` to the channel now; its length."""
+        try:
+            n = self.write(view if self.piece is None else view[:self.piece])
+        except (BlockingIOError, InterruptedError):
+            return 0
+        except OSError as exc:
+            self.stop()
+            self.on_lost(exc)
+            return 0
+        self.written += n
+        return n
 
     def control(self, msg, blob=b""):
         self.send(frames.control(msg, blob))

@@ -3,12 +3,19 @@
 The relay's first transport.  ``ParamikoOpener`` owns the relay's connection pool
 (``ssh/pool.py``); each ``ParamikoChannel`` holds one reference to its connection and
 gives it back when closed, so the connection closes with its last channel.
+
+paramiko encrypts in the thread that sends, in Python: about 2 ms per MB.  Done in the
+link's thread, that would keep the link from reading the user's sockets meanwhile, and a
+parent's 1 MiB ``send()`` would take as long as its encryption.  So a big send is handed to
+a sender thread of the channel's own (``_Sender``) and the link goes on; small ones, with
+nothing waiting before them, are sent at once, so a round trip costs no thread switch.
 """
 
 from __future__ import annotations
 
 import threading
 import time
+from collections import deque
 from typing import Any, Callable, Optional
 
 from ..errors import BootstrapError, describe
@@ -29,6 +36,83 @@ class _WakingCondition(threading.Condition):
         self._wake()
 
 
+INLINE_MAX = 64 << 10       # a send this small, with nothing queued, goes out in the caller's thread
+QUEUE_MAX = 4 << 20         # what the sender thread may hold (the link's flow control beyond that)
+WINDOW_WAIT = 1.0           # the sender's wait for the SSH window before it looks again
+
+
+class _Sender(threading.Thread):
+    """Sends what the link queued, in order, blocking on the SSH window as paramiko does."""
+
+    def __init__(self, chan: Any, wake: Callable[[], None]) -> None:
+        super().__init__(name="remoteproc-paramiko-send", daemon=True)
+        self.chan = chan
+        self.wake = wake            # the link's: the queue has room again, or sending failed
+        self.cv = threading.Condition()
+        self.queue: deque[bytes] = deque()
+        self.queued = 0             # bytes in the queue
+        self.busy = False           # a piece taken from the queue is still being sent
+        self.window = threading.Event()     # paramiko says its send window opened
+        self.error: Optional[str] = None
+        self.closed = False
+
+    def put(self, data: memoryview) -> int:
+        """Queue a prefix of ``data``; its length (0: the queue is full)."""
+        with self.cv:
+            n = min(len(data), QUEUE_MAX - self.queued)
+            if n > 0:
+                self.queue.append(bytes(data[:n]))      # (data views the link's buffer: copy it)
+                self.queued += n
+                self.cv.notify()
+            return max(n, 0)
+
+    def idle(self) -> bool:
+        return not self.queued and not self.busy
+
+    def run(self) -> None:
+        while True:
+            with self.cv:
+                while not self.queue and not self.closed:
+                    self.cv.wait()
+                if self.closed:
+                    return
+                piece = self.queue.popleft()
+                self.busy = True
+                full = self.queued >= QUEUE_MAX // 2
+                self.queued -= len(piece)
+            try:
+                self._send_all(memoryview(piece))
+            except (OSError, EOFError) as exc:     # (paramiko raises EOFError once its socket is gone)
+                self.error = "sending failed: %s" % describe(exc)
+            with self.cv:
+                self.busy = False
+                if self.error is not None:
+                    self.closed = True
+            if self.error is not None or (full and self.queued < QUEUE_MAX // 2):
+                self.wake()
+            if self.error is not None:
+                return
+
+    def _send_all(self, view: memoryview) -> None:
+        while view:
+            self.window.clear()
+            try:
+                n = self.chan.send(view)
+            except TimeoutError:
+                self.window.wait(WINDOW_WAIT)
+                if self.closed:
+                    return
+                continue
+            if n == 0:
+                raise EOFError("the channel closed")
+            view = view[n:]
+
+    def stop(self) -> None:
+        with self.cv:
+            self.closed = True
+            self.cv.notify()
+
+
 class ParamikoChannel(AgentChannel):
     """A paramiko ``Channel`` running the agent's command, made non-blocking."""
 
@@ -38,12 +122,22 @@ class ParamikoChannel(AgentChannel):
         self.pool: Optional[ConnectionPool] = pool
         self.connect_ms = connect_ms
         chan.settimeout(0.0)
+        self._sender: Optional[_Sender] = None
+        self._wake: Callable[[], None] = lambda: None
 
     def fileno(self) -> int:
         return self.chan.fileno()
 
     def on_writable(self, callback: Callable[[], None]) -> None:
-        self.chan.out_buffer_cv = _WakingCondition(self.chan.lock, callback)
+        self._wake = callback
+        self.chan.out_buffer_cv = _WakingCondition(self.chan.lock, self._window_opened)
+
+    def _window_opened(self) -> None:
+        sender = self._sender
+        if sender is not None and not sender.idle():
+            sender.window.set()     # (the sender sends what waits; it wakes the link when it may)
+        else:
+            self._wake()
 
     def recv(self, limit: int) -> Optional[bytes]:
         chan = self.chan
@@ -61,6 +155,17 @@ class ParamikoChannel(AgentChannel):
         return got
 
     def send(self, data: memoryview) -> int:
+        sender = self._sender
+        if sender is not None:
+            if sender.error is not None:
+                raise ChannelLost(sender.error)
+            if not sender.idle() or len(data) > INLINE_MAX:
+                return sender.put(data)
+        elif len(data) > INLINE_MAX:
+            # (the bootstrap sends before the link gives its wake-up: look it up when needed)
+            self._sender = sender = _Sender(self.chan, lambda: self._wake())
+            sender.start()
+            return sender.put(data)
         try:
             n = self.chan.send(data)
         except TimeoutError:
@@ -86,6 +191,9 @@ class ParamikoChannel(AgentChannel):
         return "connected in %.0f ms, cipher %s" % (self.connect_ms, self.conn.transport.remote_cipher)
 
     def close(self) -> None:
+        if self._sender is not None:
+            self._sender.stop()
+            self._sender.window.set()
         self.chan.close()
         pool, self.pool = self.pool, None
         if pool is not None:
