@@ -12,6 +12,7 @@ import getpass
 import hashlib
 import hmac
 import os
+import struct
 import subprocess
 import sys
 import textwrap
@@ -592,6 +593,135 @@ def test_key_filename_is_offered_first(tmp_path, home):
     assert labels == [files["explicit"][0], files["inagent"][0] + " (from ssh-agent)",
                       labels[2], files["config"][0]]
     assert labels[2].startswith("ssh-agent key ")
+
+
+# -- what the paramiko transport cannot do ------------------------------------------------------
+
+def ssh_string(data):
+    data = data.encode() if isinstance(data, str) else data
+    return struct.pack(">I", len(data)) + data
+
+
+def write_sk_key(path, kind="sk-ssh-ed25519@openssh.com", public=True):
+    """A FIDO key file as ssh-keygen -t ed25519-sk writes it (openssh-key-v1, unencrypted), and its .pub."""
+    blob = ssh_string(kind) + ssh_string(os.urandom(32)) + ssh_string("ssh:")
+    private = (struct.pack(">II", 7, 7) + blob + b"\x01" + ssh_string(os.urandom(64)) + ssh_string(b"")
+               + ssh_string("me@laptop"))
+    private += bytes(range(1, 1 + (-len(private)) % 8))
+    body = (b"openssh-key-v1\0" + ssh_string("none") + ssh_string("none") + ssh_string(b"")
+            + struct.pack(">I", 1) + ssh_string(blob) + ssh_string(private))
+    text = base64.b64encode(body).decode()
+    path.write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n%s\n-----END OPENSSH PRIVATE KEY-----\n"
+                    % "\n".join(text[i:i + 70] for i in range(0, len(text), 70)))
+    path.chmod(0o600)
+    if public:
+        (path.parent / (path.name + ".pub")).write_text("%s %s me@laptop\n" % (kind, base64.b64encode(blob).decode()))
+    return str(path)
+
+
+class StandInTransport:
+    """What _auth_failed asks of a paramiko Transport."""
+
+    def __init__(self, active=True):
+        self.active = active
+
+    def is_active(self):
+        return self.active
+
+
+GENERIC = "If `ssh` itself logs you in (a certificate, Kerberos/GSSAPI, a FIDO or PKCS#11 key, 2FA), pass " \
+          "transport='openssh' to use it."
+
+
+def test_gssapi_and_pkcs11_are_named(home):
+    text = "Host krb\n  GSSAPIAuthentication yes\nHost token\n  PKCS11Provider /usr/lib/opensc-pkcs11.so\n"
+    assert resolve("krb", text).paramiko_cannot == ("GSSAPIAuthentication (Kerberos)",)
+    assert resolve("token", text).paramiko_cannot == ("PKCS11Provider /usr/lib/opensc-pkcs11.so (a PKCS#11 token)",)
+
+
+def test_settings_that_turn_them_off_name_nothing(home):
+    text = "GSSAPIAuthentication no\nPKCS11Provider none\nSecurityKeyProvider internal\nIdentityFile none\n"
+    assert resolve("h", text).paramiko_cannot == ()
+    assert resolve("h").paramiko_cannot == (), "no config at all"
+    # the first value wins, as for every keyword: a later 'yes' does not count
+    assert resolve("h", "Host h\n  GSSAPIAuthentication no\nHost *\n  GSSAPIAuthentication yes\n").paramiko_cannot == ()
+
+
+def test_fido_keys_and_their_provider_are_named(home, tmp_path):
+    sk = write_sk_key(tmp_path / "id_ed25519_sk")
+    ecdsa_sk = write_sk_key(tmp_path / "id_ecdsa_sk", "sk-ecdsa-sha2-nistp256@openssh.com")
+    plain = make_identities(tmp_path, ("plain",))["plain"][0]
+    text = "".join("IdentityFile %s\n" % p for p in (plain, sk, tmp_path / "missing_sk", ecdsa_sk + ".pub"))
+    assert resolve("h", text).paramiko_cannot == (
+        "the FIDO security key %s (sk-ssh-ed25519@openssh.com)" % sk,
+        "the FIDO security key %s.pub (sk-ecdsa-sha2-nistp256@openssh.com)" % ecdsa_sk)
+    assert resolve("h", "SecurityKeyProvider /usr/lib/libsk-libfido2.so\n").paramiko_cannot == (
+        "SecurityKeyProvider /usr/lib/libsk-libfido2.so (FIDO security keys)",)
+
+
+def test_a_default_fido_key_file_is_named(home):
+    sk = write_sk_key(home / ".ssh" / "id_ed25519_sk")
+    assert resolve("h").paramiko_cannot == ("the FIDO security key %s (sk-ssh-ed25519@openssh.com)" % sk,)
+    assert resolve("h", look_for_keys=False).paramiko_cannot == ()
+
+
+def test_certificate_files_paramiko_does_not_load_are_named(home, tmp_path):
+    key = make_identities(tmp_path, ("id",))["id"][0]
+    beside = tmp_path / "id-cert.pub"          # paramiko loads this one with the key
+    elsewhere = tmp_path / "certs" / "h-cert.pub"
+    elsewhere.parent.mkdir()
+    for cert in (beside, elsewhere):
+        cert.write_text("ssh-ed25519-cert-v01@openssh.com AAAA c\n")
+    text = "IdentityFile %s\nCertificateFile %s\nCertificateFile %s/certs/%%n-cert.pub\nCertificateFile /no/such\n" \
+           % (key, beside, tmp_path)
+    assert resolve("h", text).paramiko_cannot == ("CertificateFile %s (a user certificate)" % elsewhere,)
+    # an unknown token in a keyword this transport ignores does not fail the connection
+    assert resolve("h", "CertificateFile ~/%Z\n").paramiko_cannot == ()
+
+
+def test_each_hop_has_its_own(home):
+    text = "Host bastion\n  GSSAPIAuthentication yes\n"
+    t = resolve("build01", text, proxy_jump="bastion")
+    assert t.paramiko_cannot == () and t.jump.paramiko_cannot == ("GSSAPIAuthentication (Kerberos)",)
+
+
+def test_the_authentication_error_names_the_settings_and_the_openssh_transport_first(home):
+    text = "GSSAPIAuthentication yes\nPKCS11Provider /usr/lib/opensc-pkcs11.so\n"
+    t = resolve("alice@h", text, look_for_keys=False)
+    message = str(auth._auth_failed(t, StandInTransport(), ["/k/id (refused)"], ["publickey", "gssapi-with-mic"],
+                                    None))
+    assert message.startswith("alice@h: authentication failed; the server accepts publickey, gssapi-with-mic; "
+                              "tried: /k/id (refused). ")
+    assert ("This host's ssh config asks for GSSAPIAuthentication (Kerberos) and PKCS11Provider "
+            "/usr/lib/opensc-pkcs11.so (a PKCS#11 token), which the paramiko transport cannot use. "
+            "Fix: pass transport='openssh' (your own ssh logs in with them), or add your public key to "
+            "~alice/.ssh/authorized_keys") in message
+    assert GENERIC not in message
+
+
+def test_the_authentication_error_keeps_the_generic_way_out_when_nothing_specific(home):
+    t = resolve("alice@h", look_for_keys=False)
+    message = str(auth._auth_failed(t, StandInTransport(active=False), [], ["publickey"], None))
+    assert "tried: no key (no agent, no key file found). The server closed the connection" in message
+    assert message.endswith("Fix: add your public key to ~alice/.ssh/authorized_keys on the host, load the right "
+                            "key into ssh-agent, or pass key_filename=. " + GENERIC)
+
+
+def test_a_fido_key_file_is_left_out_with_the_reason_not_a_crash(home, tmp_path):
+    sk = write_sk_key(tmp_path / "id_ed25519_sk")
+    bare = write_sk_key(tmp_path / "bare_sk", public=False)    # no .pub: cryptography's words
+    t = resolve("alice@h", "IdentityFile %s\nIdentityFile %s\n" % (sk, bare), look_for_keys=False,
+                allow_agent=False)
+    attempt = auth._Attempt(StandInTransport(), t)
+    attempt.allowed = ["publickey"]
+    assert attempt.keys(None) is False
+    assert attempt.tried[0] == "%s (a FIDO security key (sk-ssh-ed25519@openssh.com), which the paramiko " \
+                               "transport cannot use)" % sk
+    assert attempt.tried[1].startswith("%s (unusable: paramiko cannot use this kind of key: " % bare)
+    assert "sk-ssh-ed25519" in attempt.tried[1]
+    message = str(auth._auth_failed(t, StandInTransport(), attempt.tried, attempt.allowed, None))
+    assert "asks for the FIDO security key %s (sk-ssh-ed25519@openssh.com), which the paramiko " \
+           "transport cannot use. Fix: pass transport='openssh'" % sk in message
 
 
 # -- the pool ---------------------------------------------------------------------------------------

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import base64
-import binascii
 import logging
 import os
 import socket
@@ -11,7 +9,7 @@ from typing import Any
 
 from ..errors import AuthenticationError
 from .hostkeys import fingerprint
-from .target import DEFAULT_IDENTITIES, Target
+from .target import DEFAULT_IDENTITIES, Target, public_key
 
 log = logging.getLogger("remoteproc.ssh")
 
@@ -41,15 +39,8 @@ def _agent(target: Target) -> Any:
 
 def _public_blob(path: str) -> bytes | None:
     """The public key of an identity file: ``path.pub``, or ``path`` itself if it is a public key."""
-    for candidate in (path + ".pub", path):
-        try:
-            with open(candidate, encoding="ascii", errors="replace") as f:
-                fields = f.read(16384).split()
-            if len(fields) >= 2 and fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
-                return base64.b64decode(fields[1], validate=True)
-        except (OSError, ValueError, binascii.Error):
-            pass
-    return None
+    found = public_key(path)
+    return found[1] if found is not None else None
 
 
 def _identities(target: Target, agent: Any) -> list[tuple[str, Any]]:
@@ -155,8 +146,13 @@ class _Attempt:
 
         Loaded without the passphrase first: ``cryptography``, under paramiko, refuses a
         passphrase for a key that has none, and says a key is encrypted with TypeError.
+        A kind of key paramiko cannot use (a FIDO ``sk-`` key, DSA) is noted, not raised:
+        ``cryptography`` says so with UnsupportedAlgorithm, paramiko with UnknownKeyType,
+        neither of them an SSHException.
         """
         import paramiko
+        from cryptography.exceptions import UnsupportedAlgorithm
+        from paramiko.pkey import UnknownKeyType
 
         try:
             return paramiko.PKey.from_path(path)
@@ -164,11 +160,16 @@ class _Attempt:
             if self.target.passphrase is None:
                 self.tried.append("%s (encrypted: pass passphrase= or add it to ssh-agent)" % label)
                 return None
+        except (UnsupportedAlgorithm, UnknownKeyType) as exc:
+            self.tried.append("%s (%s)" % (label, _unsupported(path, exc)))
+            return None
         except (paramiko.SSHException, OSError, ValueError) as exc:
             self.tried.append("%s (unusable: %s)" % (label, exc))
             return None
         try:
             return paramiko.PKey.from_path(path, self.target.passphrase.encode())
+        except (UnsupportedAlgorithm, UnknownKeyType) as exc:
+            self.tried.append("%s (%s)" % (label, _unsupported(path, exc)))
         except (TypeError, paramiko.SSHException, OSError, ValueError) as exc:
             self.tried.append("%s (encrypted, and the passphrase given does not open it: %s)" % (label, exc))
         return None
@@ -209,18 +210,44 @@ class _Attempt:
         return bool(self.transport.is_authenticated())
 
 
+def _unsupported(path: str, exc: Exception) -> str:
+    """Why a key file paramiko cannot load is left out, for ``tried``."""
+    public = public_key(path)
+    if public is not None and public[0].startswith("sk-"):
+        return "a FIDO security key (%s), which the paramiko transport cannot use" % public[0]
+    return "unusable: paramiko cannot use this kind of key: %s" % (str(exc) or type(exc).__name__)
+
+
+def _words(phrases: tuple | list) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return phrases[0] if len(phrases) == 1 else "%s and %s" % (", ".join(phrases[:-1]), phrases[-1])
+
+
 def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list[str] | None,
                  exc: Exception | None) -> AuthenticationError:
+    """The error for a refused login: what the server accepts, what was tried, and the way out.
+
+    When the host's config asks for what the paramiko transport cannot do
+    (``Target.paramiko_cannot``), those settings are named and transport='openssh' is
+    the first fix: no key of ours will help then.
+    """
     if exc is not None:
         return AuthenticationError("%s: authentication failed: %s" % (target.display, exc), target.display)
     closed = "" if transport.is_active() else (
         " The server closed the connection (too many keys offered? set IdentitiesOnly yes for this host, "
         "or pass key_filename= with allow_agent=False).")
+    keys = ("add your public key to ~%s/.ssh/authorized_keys on the host, load the right key into ssh-agent, "
+            "or pass key_filename=" % target.username)
+    if target.paramiko_cannot:
+        fix = (" This host's ssh config asks for %s, which the paramiko transport cannot use. Fix: pass "
+               "transport='openssh' (your own ssh logs in with them), or %s."
+               % (_words(target.paramiko_cannot), keys))
+    else:
+        fix = (" Fix: %s. If `ssh` itself logs you in (a certificate, Kerberos/GSSAPI, a FIDO or PKCS#11 key, "
+               "2FA), pass transport='openssh' to use it." % keys)
     return AuthenticationError(
-        "%s: authentication failed; the server accepts %s; tried: %s.%s Fix: add your public key to "
-        "~%s/.ssh/authorized_keys on the host, load the right key into ssh-agent, or pass key_filename=. "
-        "If `ssh` itself logs you in (a certificate, Kerberos/GSSAPI, a FIDO or PKCS#11 key, 2FA), pass "
-        "transport='openssh' to use it." % (target.display, ", ".join(allowed or ()) or "nothing we offered",
-           "; ".join(tried) or "no key (no agent, no key file found)", closed, target.username),
+        "%s: authentication failed; the server accepts %s; tried: %s.%s%s"
+        % (target.display, ", ".join(allowed or ()) or "nothing we offered",
+           "; ".join(tried) or "no key (no agent, no key file found)", closed, fix),
         target.display)
 

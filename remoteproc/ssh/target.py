@@ -6,6 +6,8 @@ then ssh's defaults) and resolves a ProxyJump chain into nested targets.
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -75,6 +77,9 @@ class Target:
     #: "paramiko", or "openssh": then ``ssh_args`` (options, ``--``, host) run the user's ssh
     transport: str = "paramiko"
     ssh_args: tuple = ()
+    #: what this host's ssh config asks for that the paramiko transport cannot do, as short
+    #: phrases ("GSSAPIAuthentication (Kerberos)"): a failed login names them and transport='openssh'
+    paramiko_cannot: tuple = ()
 
     @property
     def display(self) -> str:
@@ -161,6 +166,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
     count = options.get("keepalive_count") or _number(cfg, "serveralivecountmax", int) or DEFAULT_KEEPALIVE_COUNT
     timeout = options.get("connect_timeout") or _number(cfg, "connecttimeout") or DEFAULT_CONNECT_TIMEOUT
     family = str(_first(cfg, "addressfamily", "any")).lower()
+    cannot = _paramiko_cannot(cfg, tokens, keys)
     return Target(
         spec=spec, hostname=hostname, port=port, username=username, key_filenames=keys,
         identities_only=_yes(_first(cfg, "identitiesonly", "no")),
@@ -174,7 +180,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         options=options, original_host=host, jump=jump, global_known_hosts=global_known,
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
         identity_agent=_identity_agent(cfg, tokens), address_family=family if family in ("inet", "inet6") else "any",
-        explicit_keys=explicit,
+        explicit_keys=explicit, paramiko_cannot=cannot,
     )
 
 
@@ -207,6 +213,51 @@ def _identity_files(options: dict[str, Any], cfg: dict[str, Any],
     if not keys and option(options, "look_for_keys") and "none" not in [k.lower() for k in configured]:
         keys = [os.path.expanduser("~/.ssh/" + name) for name in DEFAULT_IDENTITIES]
     return keys, explicit
+
+
+def public_key(path: str) -> tuple[str, bytes] | None:
+    """(key type, blob) of an identity file's public key: ``path.pub``, or ``path`` itself if it is one."""
+    for candidate in (path + ".pub", path):
+        try:
+            with open(candidate, encoding="ascii", errors="replace") as f:
+                fields = f.read(16384).split()
+            if len(fields) >= 2 and fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
+                return fields[0], base64.b64decode(fields[1], validate=True)
+        except (OSError, ValueError, binascii.Error):
+            pass
+    return None
+
+
+def _paramiko_cannot(cfg: dict[str, Any], tokens: dict[str, str], keys: list[str]) -> tuple[str, ...]:
+    """What the config asks for that the paramiko transport cannot do, as phrases for the error.
+
+    A refused login then says which setting stands in the way and that ``transport='openssh'``
+    (the user's own ssh) can do it, instead of a guess (issue #17).  Only files that exist are
+    named: ssh itself skips the others.
+    """
+    found = []
+    if _yes(_first(cfg, "gssapiauthentication", "no")):
+        found.append("GSSAPIAuthentication (Kerberos)")
+    provider = _first(cfg, "pkcs11provider")
+    if provider is not None and provider.lower() != "none":
+        found.append("PKCS11Provider %s (a PKCS#11 token)" % provider)
+    sk_provider = _first(cfg, "securitykeyprovider")
+    if sk_provider is not None and sk_provider.lower() != "internal":
+        found.append("SecurityKeyProvider %s (FIDO security keys)" % sk_provider)
+    for path in dict.fromkeys(keys):
+        public = public_key(path) if os.path.isfile(path) else None
+        if public is not None and public[0].startswith("sk-"):
+            found.append("the FIDO security key %s (%s)" % (path, public[0]))
+    # paramiko loads KEY-cert.pub beside a key file it loads, and no other certificate
+    loaded = {k + "-cert.pub" for k in keys}
+    for name in cfg.get("certificatefile", []):
+        try:
+            path = expand_path(name, tokens, "CertificateFile")
+        except ConfigError:     # a keyword the paramiko transport ignores must not fail the connection
+            path = os.path.expanduser(name)
+        if path not in loaded and os.path.isfile(path):
+            found.append("CertificateFile %s (a user certificate)" % path)
+    return tuple(dict.fromkeys(found))
 
 
 def _known_hosts_files(options: dict[str, Any], cfg: dict[str, Any],
