@@ -407,3 +407,24 @@ def test_a_channel_that_ends_inside_a_payload_ends_the_pull():
         os.close(r)
         if w >= 0:
             os.close(w)
+
+
+def test_what_cannot_be_asked_of_the_kernel_is_taken_as_no_room_and_no_pipe():
+    """A socket closed under us has no room (the caller then reads and writes), a closed fd
+    is no pipe, and a spool closes once even if asked twice."""
+    a, b = socket.socketpair()
+    assert splice.socket_room(a) > 0
+    a.close()
+    assert splice.socket_room(a) == 0
+    r, w = os.pipe()
+    assert splice.is_pipe(r) and not splice.is_pipe(b.fileno())
+    os.close(r)
+    os.close(w)
+    assert not splice.is_pipe(r)
+    b.close()
+    if splice.AVAILABLE:
+        spool = splice.Spool()
+        assert spool.size >= 1 << 16 and spool.held == 0
+        spool.close()
+        spool.close()
+        assert spool.r == spool.w == -1
