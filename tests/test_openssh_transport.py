@@ -286,6 +286,34 @@ def test_jump_hosts_get_our_options_through_a_config_file_of_ours(tmp_path):
     assert _value(list(plain.ssh_args), "-F") == [str(config)], "no jump, no file of ours"
 
 
+def test_a_killed_relay_s_config_files_are_swept_by_the_next(tmp_path, monkeypatch):
+    """SIGKILL runs no atexit: the next process that writes a jump config removes our directories
+    whose process is gone, and leaves the live ones and anything not named after a pid alone."""
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    monkeypatch.setattr(openssh, "_configs_dir", None)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait(30)
+    stale = tmp_path / ("%s%d-abc" % (openssh.CONFIGS_PREFIX, dead.pid))
+    stale.mkdir()
+    (stale / "0123.conf").write_text("Host *\n")
+    live = tmp_path / ("%s%d-def" % (openssh.CONFIGS_PREFIX, os.getppid()))
+    live.mkdir()
+    other = tmp_path / (openssh.CONFIGS_PREFIX + "notapid")
+    other.mkdir()
+    config = tmp_path / "ssh_config"
+    config.write_text("Host target\n    ProxyJump jumphost\n")
+    try:
+        target = openssh.resolve("bob@target", {"ssh_config": str(config), "transport": "openssh"})
+        (path,) = _value(list(target.ssh_args), "-F")
+        assert os.path.basename(os.path.dirname(path)).startswith("%s%d-" % (openssh.CONFIGS_PREFIX, os.getpid()))
+        assert not stale.exists() and live.exists() and other.exists()
+    finally:
+        openssh.remove_configs()
+    assert not os.path.exists(path)
+
+
 def test_a_live_connection_s_resolution_is_reused(sshd, tmp_path):
     """'ssh -G' runs once per connection: a second process with equal options on a live connection
     is a fork, not another ssh process (here a Match exec line counts ssh's config passes)."""

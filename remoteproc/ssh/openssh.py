@@ -26,6 +26,7 @@ import math
 import os
 import re
 import shutil
+import stat
 import subprocess
 import tempfile
 import threading
@@ -227,6 +228,7 @@ def jump_config(args: list[str]) -> tuple[str, list[str]]:
 
 _configs_lock = threading.Lock()
 _configs_dir: Optional[str] = None
+CONFIGS_PREFIX = "remoteproc-ssh-"      # then the relay's pid: a killed relay's files are found by it
 
 
 def _with_jump_config(args: list[str], options: dict[str, Any]) -> list[str]:
@@ -235,7 +237,8 @@ def _with_jump_config(args: list[str], options: dict[str, Any]) -> list[str]:
     text, rest = jump_config(args)
     with _configs_lock:
         if _configs_dir is None:
-            _configs_dir = tempfile.mkdtemp(prefix="remoteproc-ssh-")
+            _sweep_stale_configs(tempfile.gettempdir())
+            _configs_dir = tempfile.mkdtemp(prefix="%s%d-" % (CONFIGS_PREFIX, os.getpid()))
             atexit.register(remove_configs)
         path = os.path.join(_configs_dir, hashlib.sha256(text.encode()).hexdigest()[:16] + ".conf")
         if not os.path.exists(path):
@@ -243,6 +246,30 @@ def _with_jump_config(args: list[str], options: dict[str, Any]) -> list[str]:
                 f.write(text)
             os.replace(path + ".tmp", path)
     return rest + ["-F", path]
+
+
+def _sweep_stale_configs(tmp: str) -> None:
+    """Remove the config directories of our relays that were killed: SIGKILL runs no atexit.
+
+    Only directories of this user, named after a process that no longer exists."""
+    try:
+        names = os.listdir(tmp)
+    except OSError:
+        return
+    for name in names:
+        pid = name[len(CONFIGS_PREFIX):].split("-", 1)[0] if name.startswith(CONFIGS_PREFIX) else ""
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        path = os.path.join(tmp, name)
+        try:
+            st = os.lstat(path)
+            if st.st_uid != os.getuid() or not stat.S_ISDIR(st.st_mode):
+                continue
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass        # (alive under another user, or gone meanwhile)
 
 
 def remove_configs() -> None:
