@@ -286,8 +286,8 @@ class Mux:
 
     def splice_in(self, sid: int, fd: int, count: int):
         """Move up to ``count`` bytes of a DATA payload from the channel pipe ``fd`` straight to
-        stream ``sid``; how many moved, or None: read them the usual way (nothing waits in the
-        stream's queue to go first, it takes nothing now, or it cannot be spliced)."""
+        stream ``sid``; how many moved, or None: read them the usual way (bytes already queued
+        for the stream must go first, it takes nothing now, or it cannot be spliced)."""
         s = self.streams.get(sid)
         if s is None or s.outq or s.write_done or s.peer_eof or not s.writing or s.fd < 0:
             return None

@@ -82,7 +82,8 @@ class _Sender(threading.Thread):
                 self.queued -= len(piece)
             try:
                 self._send_all(memoryview(piece))
-            except (OSError, EOFError) as exc:     # (paramiko raises EOFError once its socket is gone)
+            except Exception as exc:  # noqa: BLE001 - (EOFError once paramiko's socket is gone, or
+                # any other failure): the channel is lost either way, and the link must hear of it
                 self.error = "sending failed: %s" % describe(exc)
             with self.cv:
                 self.busy = False
