@@ -33,6 +33,7 @@ class Wire:
     def __init__(self, use_splice: bool, window: int = mux.WINDOW, pipe_size: int = MIB) -> None:
         self.sel = selectors.DefaultSelector()
         self.controls: list = []
+        self.blobs: list[bytes] = []
         self.fds: list[int] = []
         ab_r, ab_w = os.pipe()
         ba_r, ba_w = os.pipe()
@@ -64,7 +65,9 @@ class Wire:
 
     def _frame(self, ep, name, ftype, sid, value, payload) -> None:
         if ftype == frames.CONTROL:
-            self.controls.append((name, frames.parse_control(payload)[0]))
+            msg, blob = frames.parse_control(payload)
+            self.controls.append((name, msg))
+            self.blobs.append(bytes(blob))
         else:
             ep.mux.on_frame(ftype, sid, value)
 
@@ -428,3 +431,36 @@ def test_what_cannot_be_asked_of_the_kernel_is_taken_as_no_room_and_no_pipe():
         spool.close()
         spool.close()
         assert spool.r == spool.w == -1
+
+
+def test_big_control_frames_between_payloads_arrive_whole(wire_kind):
+    """A package's frames are CONTROL frames of about 1 MiB: read whole, between spliced payloads."""
+    kind, _moved = wire_kind
+    wire = Wire(kind == "splice")
+    try:
+        ua, ub = wire.bridge(1)
+        blobs = [os.urandom((1 << 20) + i) for i in range(3)]
+        data = os.urandom(8 * MIB)
+        view = memoryview(data)
+        got = bytearray()
+        sent = 0
+        deadline = time.monotonic() + 60
+        while len(got) < len(data) or len(wire.blobs) < len(blobs):
+            assert time.monotonic() < deadline
+            if view:
+                try:
+                    view = view[ua.send(view[:MIB]):]
+                except BlockingIOError:
+                    pass
+            wire.spin(0.001)
+            if sent < len(blobs) and len(data) - len(view) >= (sent + 1) * 2 * MIB:
+                wire.a.control({"op": "pkg", "n": sent}, blobs[sent])     # while payloads flow
+                sent += 1
+            try:
+                got += ub.recv(4 * MIB)
+            except BlockingIOError:
+                pass
+        assert bytes(got) == data
+        assert [msg["n"] for _name, msg in wire.controls] == [0, 1, 2] and wire.blobs == blobs
+    finally:
+        wire.close()

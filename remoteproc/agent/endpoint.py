@@ -144,7 +144,8 @@ class FrameEndpoint:
             if self._headers_first:
                 return n        # (the pipe held part of a header: wait for the rest)
         try:
-            k = mux.readinto(fd, scratch[:PULL_CHUNK])
+            # (a CONTROL payload, a package's say, is read in pieces as big as the scratch)
+            k = mux.readinto(fd, scratch if reader.in_control else scratch[:PULL_CHUNK])
         except (BlockingIOError, InterruptedError):
             if n:
                 return n

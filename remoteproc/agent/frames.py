@@ -86,6 +86,11 @@ class FrameReader:
             return self._sid, self._left
         return 0, 0
 
+    @property
+    def in_control(self) -> bool:
+        """True inside a CONTROL frame's payload (which is parsed whole, never spliced)."""
+        return self._body is not None
+
     def header_missing(self) -> int:
         """Bytes of the next frame's header still to come (0 inside a frame's payload)."""
         if self._left or self._body is not None:

@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from .. import bootstrap, modules, pkgtransfer
 from ..agent import frames, mux, pkgcache
-from ..agent.endpoint import PULL_CHUNK, FrameEndpoint
+from ..agent.endpoint import FrameEndpoint
 from ..agent.waker import Waker
 from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
 from ..ssh.target import Target
@@ -35,6 +35,7 @@ SEND_PIECE = 1 << 20
 # Take all the channel holds at once: paramiko's buffer moves what is left after every
 # partial read (an 8 MiB window read in 1 MiB pieces copied up to 7 MiB per piece).
 RECV_ALL = 1 << 24
+RECV_SCRATCH = 1 << 20  # what one read of a pipe channel takes at most (the pipe's size)
 PUMP_LOW = 2 << 20      # a package transfer adds frames while less than this waits to go out
 
 
@@ -81,7 +82,7 @@ class Link:
                                       piece=SEND_PIECE, on_stream_drained=self._stream_drained,
                                       on_stream_closed=self._stream_closed)
         self.mux = self.endpoint.mux
-        self.scratch = memoryview(bytearray(PULL_CHUNK))    # reused: see Mux._scratch
+        self.scratch = memoryview(bytearray(RECV_SCRATCH))  # reused: see Mux._scratch
         self.chan: Optional[AgentChannel] = None
         self.hello: dict = {}
         self.sys_path: list = []
