@@ -288,18 +288,23 @@ def test_jump_hosts_get_our_options_through_a_config_file_of_ours(tmp_path):
 
 def test_a_killed_relay_s_config_files_are_swept_by_the_next(tmp_path, monkeypatch):
     """SIGKILL runs no atexit: the next process that writes a jump config removes our directories
-    whose process is gone, and leaves the live ones and anything not named after a pid alone."""
+    whose process is gone, and leaves alone the live ones, those of another pid namespace (a
+    container sharing /tmp) and anything not named after a pid."""
     import tempfile
 
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     monkeypatch.setattr(openssh, "_configs_dir", None)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait(30)
-    stale = tmp_path / ("%s%d-abc" % (openssh.CONFIGS_PREFIX, dead.pid))
+    ns = openssh._pid_namespace()
+    assert ns, "/proc/self/ns/pid"
+    stale = tmp_path / ("%s%d-%s-abc" % (openssh.CONFIGS_PREFIX, dead.pid, ns))
     stale.mkdir()
     (stale / "0123.conf").write_text("Host *\n")
-    live = tmp_path / ("%s%d-def" % (openssh.CONFIGS_PREFIX, os.getppid()))
+    live = tmp_path / ("%s%d-%s-def" % (openssh.CONFIGS_PREFIX, os.getppid(), ns))
     live.mkdir()
+    elsewhere = tmp_path / ("%s%d-1-ghi" % (openssh.CONFIGS_PREFIX, dead.pid))     # another pid namespace
+    elsewhere.mkdir()
     other = tmp_path / (openssh.CONFIGS_PREFIX + "notapid")
     other.mkdir()
     config = tmp_path / "ssh_config"
@@ -307,8 +312,9 @@ def test_a_killed_relay_s_config_files_are_swept_by_the_next(tmp_path, monkeypat
     try:
         target = openssh.resolve("bob@target", {"ssh_config": str(config), "transport": "openssh"})
         (path,) = _value(list(target.ssh_args), "-F")
-        assert os.path.basename(os.path.dirname(path)).startswith("%s%d-" % (openssh.CONFIGS_PREFIX, os.getpid()))
-        assert not stale.exists() and live.exists() and other.exists()
+        assert os.path.basename(os.path.dirname(path)).startswith("%s%d-%s-" % (openssh.CONFIGS_PREFIX,
+                                                                                 os.getpid(), ns))
+        assert not stale.exists() and live.exists() and other.exists() and elsewhere.exists()
     finally:
         openssh.remove_configs()
     assert not os.path.exists(path)

@@ -228,7 +228,7 @@ def jump_config(args: list[str]) -> tuple[str, list[str]]:
 
 _configs_lock = threading.Lock()
 _configs_dir: Optional[str] = None
-CONFIGS_PREFIX = "remoteproc-ssh-"      # then the relay's pid: a killed relay's files are found by it
+CONFIGS_PREFIX = "remoteproc-ssh-"      # then pid and pid namespace: a killed relay's files are found by them
 
 
 def _with_jump_config(args: list[str], options: dict[str, Any]) -> list[str]:
@@ -238,7 +238,7 @@ def _with_jump_config(args: list[str], options: dict[str, Any]) -> list[str]:
     with _configs_lock:
         if _configs_dir is None:
             _sweep_stale_configs(tempfile.gettempdir())
-            _configs_dir = tempfile.mkdtemp(prefix="%s%d-" % (CONFIGS_PREFIX, os.getpid()))
+            _configs_dir = tempfile.mkdtemp(prefix="%s%d-%s-" % (CONFIGS_PREFIX, os.getpid(), _pid_namespace()))
             atexit.register(remove_configs)
         path = os.path.join(_configs_dir, hashlib.sha256(text.encode()).hexdigest()[:16] + ".conf")
         if not os.path.exists(path):
@@ -248,17 +248,30 @@ def _with_jump_config(args: list[str], options: dict[str, Any]) -> list[str]:
     return rest + ["-F", path]
 
 
+def _pid_namespace() -> str:
+    """The inode of this process's pid namespace ("" where /proc does not say): a pid means
+    something only within its namespace, and containers may share /tmp with their host."""
+    try:
+        return str(os.stat("/proc/self/ns/pid").st_ino)
+    except OSError:
+        return ""
+
+
 def _sweep_stale_configs(tmp: str) -> None:
     """Remove the config directories of our relays that were killed: SIGKILL runs no atexit.
 
-    Only directories of this user, named after a process that no longer exists."""
+    Only directories of this user, named after a process of our pid namespace that no
+    longer exists."""
+    ns = _pid_namespace()
     try:
-        names = os.listdir(tmp)
+        names = os.listdir(tmp) if ns else []
     except OSError:
         return
     for name in names:
-        pid = name[len(CONFIGS_PREFIX):].split("-", 1)[0] if name.startswith(CONFIGS_PREFIX) else ""
-        if not pid.isdigit() or int(pid) == os.getpid():
+        if not name.startswith(CONFIGS_PREFIX):
+            continue
+        pid, _, rest = name[len(CONFIGS_PREFIX):].partition("-")
+        if not pid.isdigit() or rest.partition("-")[0] != ns or int(pid) == os.getpid():
             continue
         path = os.path.join(tmp, name)
         try:
