@@ -311,7 +311,8 @@ class Mux:
             elif exc.errno != errno.EINVAL:     # (EINVAL: this kind of fd cannot splice)
                 raise
             return None
-        s.room -= n
+        if s.sock is not None:
+            s.room -= n
         s.unacked += n
         self._ack(s)
         return n or None

@@ -77,9 +77,16 @@ class Target:
     #: "paramiko", or "openssh": then ``ssh_args`` (options, ``--``, host) run the user's ssh
     transport: str = "paramiko"
     ssh_args: tuple = ()
-    #: what this host's ssh config asks for that the paramiko transport cannot do, as short
-    #: phrases ("GSSAPIAuthentication (Kerberos)"): a failed login names them and transport='openssh'
-    paramiko_cannot: tuple = ()
+    #: (keyword, value) of the ssh config settings the paramiko transport cannot honour (see
+    #: ``paramiko_cannot``), as the config gave them: no file is looked at until a login fails
+    config_asks: tuple = ()
+
+    @property
+    def paramiko_cannot(self) -> tuple[str, ...]:
+        """What this host's ssh config asks for that the paramiko transport cannot do, as short
+        phrases ("GSSAPIAuthentication (Kerberos)"): a failed login names them and
+        transport='openssh'.  It reads key files, so it is worked out only when asked."""
+        return _paramiko_cannot(self.config_asks, self.key_filenames)
 
     @property
     def display(self) -> str:
@@ -166,7 +173,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
     count = options.get("keepalive_count") or _number(cfg, "serveralivecountmax", int) or DEFAULT_KEEPALIVE_COUNT
     timeout = options.get("connect_timeout") or _number(cfg, "connecttimeout") or DEFAULT_CONNECT_TIMEOUT
     family = str(_first(cfg, "addressfamily", "any")).lower()
-    cannot = _paramiko_cannot(cfg, tokens, keys)
+    asks = _config_asks(cfg, tokens)
     return Target(
         spec=spec, hostname=hostname, port=port, username=username, key_filenames=keys,
         identities_only=_yes(_first(cfg, "identitiesonly", "no")),
@@ -180,7 +187,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         options=options, original_host=host, jump=jump, global_known_hosts=global_known,
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
         identity_agent=_identity_agent(cfg, tokens), address_family=family if family in ("inet", "inet6") else "any",
-        explicit_keys=explicit, paramiko_cannot=cannot,
+        explicit_keys=explicit, config_asks=asks,
     )
 
 
@@ -228,34 +235,49 @@ def public_key(path: str) -> tuple[str, bytes] | None:
     return None
 
 
-def _paramiko_cannot(cfg: dict[str, Any], tokens: dict[str, str], keys: list[str]) -> tuple[str, ...]:
-    """What the config asks for that the paramiko transport cannot do, as phrases for the error.
+def _config_asks(cfg: dict[str, Any], tokens: dict[str, str]) -> tuple[tuple[str, str], ...]:
+    """The settings of ``cfg`` the paramiko transport cannot honour, with their values."""
+    asks = []
+    if _yes(_first(cfg, "gssapiauthentication", "no")):
+        asks.append(("gssapiauthentication", "yes"))
+    provider = _first(cfg, "pkcs11provider")
+    if provider is not None and provider.lower() != "none":
+        asks.append(("pkcs11provider", provider))
+    sk_provider = _first(cfg, "securitykeyprovider")
+    if sk_provider is not None and sk_provider.lower() != "internal":
+        asks.append(("securitykeyprovider", sk_provider))
+    for name in cfg.get("certificatefile", []):
+        try:
+            path = expand_path(name, tokens, "CertificateFile")
+        except ConfigError:     # a keyword the paramiko transport ignores must not fail the connection
+            path = os.path.expanduser(name)
+        asks.append(("certificatefile", path))
+    return tuple(asks)
+
+
+def _paramiko_cannot(asks: tuple, keys: list[str]) -> tuple[str, ...]:
+    """Phrases for the error of a refused login, from ``_config_asks`` and the key files.
 
     A refused login then says which setting stands in the way and that ``transport='openssh'``
     (the user's own ssh) can do it, instead of a guess (issue #17).  Only files that exist are
     named: ssh itself skips the others.
     """
     found = []
-    if _yes(_first(cfg, "gssapiauthentication", "no")):
-        found.append("GSSAPIAuthentication (Kerberos)")
-    provider = _first(cfg, "pkcs11provider")
-    if provider is not None and provider.lower() != "none":
-        found.append("PKCS11Provider %s (a PKCS#11 token)" % provider)
-    sk_provider = _first(cfg, "securitykeyprovider")
-    if sk_provider is not None and sk_provider.lower() != "internal":
-        found.append("SecurityKeyProvider %s (FIDO security keys)" % sk_provider)
+    # paramiko loads KEY-cert.pub beside a key file it loads, and no other certificate
+    loaded = {k + "-cert.pub" for k in keys}
+    for keyword, value in asks:
+        if keyword == "gssapiauthentication":
+            found.append("GSSAPIAuthentication (Kerberos)")
+        elif keyword == "pkcs11provider":
+            found.append("PKCS11Provider %s (a PKCS#11 token)" % value)
+        elif keyword == "securitykeyprovider":
+            found.append("SecurityKeyProvider %s (FIDO security keys)" % value)
     for path in dict.fromkeys(keys):
         public = public_key(path) if os.path.isfile(path) else None
         if public is not None and public[0].startswith("sk-"):
             found.append("the FIDO security key %s (%s)" % (path, public[0]))
-    # paramiko loads KEY-cert.pub beside a key file it loads, and no other certificate
-    loaded = {k + "-cert.pub" for k in keys}
-    for name in cfg.get("certificatefile", []):
-        try:
-            path = expand_path(name, tokens, "CertificateFile")
-        except ConfigError:     # a keyword the paramiko transport ignores must not fail the connection
-            path = os.path.expanduser(name)
-        if path not in loaded and os.path.isfile(path):
+    for keyword, path in asks:
+        if keyword == "certificatefile" and path not in loaded and os.path.isfile(path):
             found.append("CertificateFile %s (a user certificate)" % path)
     return tuple(dict.fromkeys(found))
 
