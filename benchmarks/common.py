@@ -40,6 +40,10 @@ METRICS: dict[str, tuple[str, bool]] = {
     "seq100": ("s", False),
     "rt100_load": ("s", False),
     "up_1m_load": ("MB/s", True),
+    # measured run by run alternately with ``ssh HOST cat`` and the sink/source helper
+    "rt100_pair": ("s", False),
+    "up_1m_pair": ("MB/s", True),
+    "down_1m_pair": ("MB/s", True),
 }
 
 

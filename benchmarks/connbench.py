@@ -134,17 +134,20 @@ class Server:
 
 
 def measure_all(rec, peer: str, cfg: dict[str, Any], make: Callable[..., Any], local: Callable[..., Any] | None = None,
-                local_peer: str = "mp-fork", load: bool = True) -> None:
+                local_peer: str = "mp-fork", load: bool = True, pair: tuple[str, dict[str, Any]] | None = None) -> None:
     """Round trip, throughput (idle and loaded), 100 at once vs 100 in a row, over Connections.
 
     With ``local`` (a local Process factory), the busy-thread figures are measured run by run
-    alternately for this peer and for a local Pipe, so that both see the same load."""
+    alternately for this peer and for a local Pipe, so that both see the same load.  With
+    ``pair`` (a baseline's name and its ``rt``, ``up`` and ``down`` functions), the round trip
+    and the 1 MiB figures are measured once more, alternately with that baseline (``*_pair``)."""
     from .common import MIB, payload, random_block
 
     p = cfg["plan"]
     runs = p["runs"]
     if not any(rec.wanted(m) for m in ("rt100", "up_1m", "down_1m", "up_64m", "down_64m", "rt100_load",
-                                       "up_1m_load", "conc100", "seq100")):
+                                       "up_1m_load", "conc100", "seq100", "rt100_pair", "up_1m_pair",
+                                       "down_1m_pair")):
         return
     block = random_block()
     data_1m = block
@@ -157,6 +160,14 @@ def measure_all(rec, peer: str, cfg: dict[str, Any], make: Callable[..., Any], l
         rec.measure(peer, "down_1m", lambda: server.down(p["k_1m"], MIB), runs, warmup=1)
         rec.measure(peer, "up_64m", lambda: server.up(p["k_64m"], data_64m), p["runs_64m"], warmup=1)
         rec.measure(peer, "down_64m", lambda: server.down(p["k_64m"], 64 * MIB), p["runs_64m"], warmup=1)
+        if pair is not None:
+            base, fns = pair
+            rec.measure_interleaved("rt100_pair", [(peer, lambda: server.rt(p["rt_batch"])),
+                                                   (base, lambda: fns["rt"](p["rt_batch"]))], runs, warmup=1)
+            rec.measure_interleaved("up_1m_pair", [(peer, lambda: server.up(p["k_1m"], data_1m)),
+                                                   (base, lambda: fns["up"](p["k_1m"], data_1m))], runs, warmup=1)
+            rec.measure_interleaved("down_1m_pair", [(peer, lambda: server.down(p["k_1m"], MIB)),
+                                                     (base, lambda: fns["down"](p["k_1m"], MIB))], runs, warmup=1)
         if not load:
             pass
         elif local is not None and (rec.wanted("rt100_load") or rec.wanted("up_1m_load")):

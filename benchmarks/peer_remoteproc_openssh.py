@@ -6,8 +6,8 @@ from __future__ import annotations
 import json
 import sys
 
-from . import peer_remoteproc
-from .common import cold_main, peer_main
+from . import peer_openssh, peer_remoteproc
+from .common import cold_main, echo_round_trip, helper_command, peer_main, stream_throughput
 
 NAME = "remoteproc-openssh"
 
@@ -36,9 +36,20 @@ def cold_once(cfg) -> float:
 
 
 def run(cfg, rec) -> None:
+    host = cfg["host"]
     cfg = _with_transport(cfg)
     rec.data["info"]["transport"] = "openssh"
-    peer_remoteproc.run(cfg, rec)
+    # ``ssh HOST cat`` and the sink/source helper, run by run alternately with ours (the targets'
+    # baseline): measured minutes apart in the ssh peer, the two see different phases of the machine
+    cat = peer_openssh.Pipe(host, "cat")
+    helper = peer_openssh.Pipe(host, helper_command(host["python"]))
+    try:
+        up, down = stream_throughput(helper.write, helper.read_exact)
+        pair = (peer_openssh.NAME, {"rt": echo_round_trip(cat.write, cat.read_exact), "up": up, "down": down})
+        peer_remoteproc.run(cfg, rec, pair=pair)
+    finally:
+        cat.close()
+        helper.close()
 
 
 if __name__ == "__main__":
