@@ -100,6 +100,25 @@ def test_relay_imports_neither_multiprocessing_nor_importlib_metadata():
     assert got["client"] == "paramiko_" + got["version"]
 
 
+def test_relay_waits_for_its_paramiko_import_before_it_exits():
+    """A program that ends before its first connection stops the relay while its preload
+    thread may still be inside cryptography's compiled code; a daemon thread there when the
+    interpreter finalizes aborts the process (SIGABRT, "FATAL: exception not rethrown" on the
+    user's stderr).  The relay's main returns only once the import is done."""
+    code = ("import json, socket, threading, time\n"
+            "from remoteproc.relay import paramiko_shims, process\n"
+            "done = threading.Event()\n"
+            "def slow_preload():\n"
+            "    time.sleep(0.5)\n"
+            "    done.set()\n"
+            "paramiko_shims.preload = slow_preload\n"
+            "mine, theirs = socket.socketpair()\n"
+            "theirs.close()      # the user's process is gone at once\n"
+            "process.main(mine.detach())\n"
+            "print(json.dumps(done.is_set()))")
+    assert _fresh(code) is True
+
+
 @pytest.mark.parametrize("name", ["paramiko", "cryptography", "cloudpickle", "remoteproc"])
 def test_dist_version_agrees_with_importlib_metadata(name):
     # remoteproc is installed editable here: no dist-info beside it, so this takes the long way

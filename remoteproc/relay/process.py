@@ -45,6 +45,9 @@ class _ForwardHandler(logging.Handler):
             pass
 
 
+PRELOAD_WAIT = 30.0     # seconds the paramiko import may still take when the user's process is gone
+
+
 class Relay:
     """The relay process's state: its socket to the user's process, one ``Link`` per connection."""
 
@@ -157,7 +160,8 @@ def _resolve(spec: str, options: dict) -> ssh.Target:
 
 def main(fd: int) -> None:
     """Entry point of the relay process; ``fd`` is its end of the socketpair."""
-    threading.Thread(target=paramiko_shims.preload, name="remoteproc-preload", daemon=True).start()
+    preload = threading.Thread(target=paramiko_shims.preload, name="remoteproc-preload", daemon=True)
+    preload.start()
     raise_fd_limit()        # every remote process costs the relay about four fds
     sock = socket.socket(fileno=fd)
     relay = Relay(sock)
@@ -169,3 +173,7 @@ def main(fd: int) -> None:
     logging.getLogger("paramiko").propagate = False
     signal.signal(signal.SIGINT, relay.interrupt)
     relay.serve()     # returns when the user's process is gone; threads here are daemons
+    # ... but one still importing paramiko (cryptography's compiled code) when the interpreter
+    # finalizes aborts the process ("FATAL: exception not rethrown") in a user whose program
+    # ended at once (an error before the first connection): let the import finish first.
+    preload.join(PRELOAD_WAIT)
