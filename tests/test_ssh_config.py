@@ -448,9 +448,46 @@ def test_hashed_wildcard_and_port_entries(tmp_path, keys):
     t, _ = target_with(tmp_path, line(keys["a"], "*.example,!bad.example"), spec="bad.example")
     with pytest.raises(HostKeyError, match="unknown"):
         ssh.check_host_key(t, keys["a"])
+
+
+def test_a_host_on_another_port_is_also_known_by_its_bare_name_as_ssh_has_it(tmp_path, keys):
+    """ssh looks a host on port 2222 up as [host]:2222 and then, if that does not know the key,
+    by its bare name, where only the same key counts; a HostKeyAlias turns that off."""
+    t, kh = target_with(tmp_path, line(keys["a"], "host.example"), spec="host.example:2222")
+    ssh.check_host_key(t, keys["a"])
+    with pytest.raises(HostKeyError, match="unknown"):     # another key under the bare name: new, not changed
+        ssh.check_host_key(t, keys["b"])
+    t, _ = target_with(tmp_path, line(keys["b"], "[host.example]:2222") + line(keys["a"], "host.example"),
+                       spec="host.example:2222")
+    with pytest.raises(HostKeyError, match="CHANGED"):     # [host]:port decides first
+        ssh.check_host_key(t, keys["a"])
+    t, _ = target_with(tmp_path, "@revoked host.example %s %s\n" % (keys["a"].get_name(), keys["a"].get_base64())
+                       + line(keys["a"], "host.example"), spec="host.example:2222")
+    with pytest.raises(HostKeyError, match="revoked"):
+        ssh.check_host_key(t, keys["a"])
     t, _ = target_with(tmp_path, line(keys["a"], "host.example"), spec="host.example:2222")
+    t.host_key_alias = "other-name"
     with pytest.raises(HostKeyError, match="unknown"):
         ssh.check_host_key(t, keys["a"])
+    t, kh = target_with(tmp_path, line(keys["b"], "host.example"), spec="host.example:2222",
+                        host_key_policy="accept-new")
+    ssh.check_host_key(t, keys["a"])
+    assert kh.read_text().splitlines()[-1] == line(keys["a"], "[host.example]:2222").strip()
+
+
+def test_unknown_key_under_a_host_key_alias_suggests_what_records_it_there(tmp_path, keys):
+    """ssh-keyscan would write the host's name, which a HostKeyAlias never looks up: the fix
+    is a first ssh login, with the config file the program uses."""
+    config = tmp_path / "config"
+    config.write_text("Host aliased\n  HostName host.example\n  Port 2222\n  HostKeyAlias pinned\n")
+    kh = tmp_path / "known_hosts"
+    kh.write_text("")
+    t = ssh.resolve("rp@aliased", {"known_hosts": str(kh), "ssh_config": str(config)})
+    t.global_known_hosts = []
+    with pytest.raises(HostKeyError) as info:
+        ssh.check_host_key(t, keys["a"])
+    text = str(info.value)
+    assert "ssh -F %s -p 2222 rp@aliased" % config in text and "ssh-keyscan" not in text
 
 
 def test_unknown_key_message_names_host_type_fingerprint_and_fix(tmp_path, keys):

@@ -341,6 +341,21 @@ def test_jump_host_that_cannot_reach_the_target(netns, ns_options):
     assert pool.count() == 0 and pool._entries == {}
 
 
+def test_a_failure_at_the_jump_host_says_so_and_names_the_target(netns, ns_options):
+    """The jump's own message names only the jump: the error says where it happened and for
+    which host, whether the jump comes from the pool or from a direct connect()."""
+    h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
+    target = ssh.resolve(h2.spec(PLAIN_USER), dict(ns_options, proxy_jump=h1.spec("nosuchuser")))
+    pool = ssh.ConnectionPool()
+    for opener in (pool.acquire, connect):
+        with pytest.raises(remoteproc.AuthenticationError) as info:
+            opener(target)
+        text = str(info.value)
+        assert text.startswith(target.display + ": at the jump host: nosuchuser@"), text
+        assert info.value.host == target.display
+    assert pool.count() == 0 and pool._entries == {}
+
+
 def test_pool_shares_and_closes_connections(netns, ns_options):
     h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
     pool = ssh.ConnectionPool()

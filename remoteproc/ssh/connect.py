@@ -7,9 +7,9 @@ import socket
 import subprocess
 import threading
 import time
-from typing import Any
+from typing import Any, Callable
 
-from ..errors import ConnectError, describe
+from ..errors import ConnectError, RemoteProcessError, describe
 from .auth import authenticate
 from .hostkeys import check_host_key, prefer_known_types, read_known_hosts
 from .target import Target
@@ -138,7 +138,7 @@ def connect(target: Target, jump: SSHConnection | None = None) -> SSHConnection:
     """
     owns_jump = False
     if target.jump is not None and jump is None:
-        jump = connect(target.jump)
+        jump = open_jump(target, connect)
         owns_jump = True
     proc = None
     transport = None
@@ -160,6 +160,16 @@ def connect(target: Target, jump: SSHConnection | None = None) -> SSHConnection:
             jump.close()
         raise
     return SSHConnection(target, transport, jump, proc, owns_jump)
+
+
+def open_jump(target: Target, opener: Callable[[Target], SSHConnection]) -> SSHConnection:
+    """``opener(target.jump)``; its failure says that it happened at the jump host, not at the
+    host the user asked for (a jump's own messages name only the jump)."""
+    assert target.jump is not None
+    try:
+        return opener(target.jump)
+    except RemoteProcessError as exc:
+        raise type(exc)("%s: at the jump host: %s" % (target.display, exc), target.display) from exc
 
 
 def _open_socket(target: Target, jump: SSHConnection | None) -> tuple[Any, subprocess.Popen[bytes] | None]:

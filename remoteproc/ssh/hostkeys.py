@@ -119,10 +119,15 @@ def check_host_key(target: Target, key: Any) -> None:
     """Accept a known key; refuse a changed or revoked one; unknown: refuse or record (accept-new)."""
     name = target.host_key_name
     files = list(target.known_hosts) + list(target.global_known_hosts)
-    entries = [e for e in read_known_hosts(files) if e.matches(name)]
+    known = read_known_hosts(files)
+    entries = [e for e in known if e.matches(name)]
+    # As ssh does: a host on a port other than 22 whose [host]:port entries do not know this key
+    # is looked up by its bare name too, where only the same key counts (another key there is
+    # no change, and accept-new records the key under [host]:port).  Not with a HostKeyAlias.
+    bare = [] if target.host_key_alias or target.port == 22 else [e for e in known if e.matches(target.hostname)]
     blob = key.asbytes()
     kind = key.get_name()
-    for e in entries:
+    for e in entries + bare:
         if e.marker == "@revoked" and e.blob == blob:
             raise HostKeyError(
                 "%s: the host key %s %s is marked @revoked in %s; it is always refused. Ask the host's "
@@ -132,6 +137,8 @@ def check_host_key(target: Target, key: Any) -> None:
     if any(e.blob == blob for e in plain):
         return
     same = [e for e in plain if e.keytype == kind]
+    if not same and any(e.marker is None and e.blob == blob for e in bare):
+        return
     if same:
         raise HostKeyError(
             "%s: the host key has CHANGED: the host sent %s %s, but %s holds another %s key for %s. "
@@ -165,14 +172,16 @@ def check_host_key(target: Target, key: Any) -> None:
         return
     checked = ", ".join(f for f in files if os.path.exists(f)) or "no known_hosts file exists"
     login = "%s@%s" % (target.username, target.original_host)
-    if target.jump is not None or target.proxy_command:
-        how = "connect once with `ssh %s%s%s` and answer yes" % (
-            "-J %s " % ",".join(target.proxy_jump) if target.proxy_jump else "",
-            "-p %d " % target.port if target.port != 22 else "", login)
+    config = target.options.get("ssh_config")
+    ssh = "ssh %s%s%s" % ("-F %s " % config if isinstance(config, str) else "",
+                          "-J %s " % ",".join(target.proxy_jump) if target.proxy_jump else "",
+                          "-p %d " % target.port if target.port != 22 else "")
+    if target.jump is not None or target.proxy_command or target.host_key_alias:
+        # (ssh-keyscan would record the key under the host's name, not under its HostKeyAlias)
+        how = "connect once with `%s%s` and answer yes" % (ssh, login)
     else:
-        how = "connect once with `ssh %s%s` and answer yes, or run `ssh-keyscan %s-t %s %s >> %s`" % (
-            "-p %d " % target.port if target.port != 22 else "", login,
-            "-p %d " % target.port if target.port != 22 else "", kind.replace("ssh-", "").split("-")[0],
+        how = "connect once with `%s%s` and answer yes, or run `ssh-keyscan %s-t %s %s >> %s`" % (
+            ssh, login, "-p %d " % target.port if target.port != 22 else "", kind.replace("ssh-", "").split("-")[0],
             target.hostname, target.known_hosts[0] if target.known_hosts else "~/.ssh/known_hosts")
     raise HostKeyError(
         "%s: the host key is unknown (%s %s; checked %s). Check that fingerprint with the host's "

@@ -5,7 +5,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from .connect import SSHConnection, connect
+from .connect import SSHConnection, connect, open_jump
 from .target import Target
 
 
@@ -51,7 +51,7 @@ class ConnectionPool:
             raise
 
     def _open(self, target: Target) -> SSHConnection:
-        jump = self.acquire(target.jump) if target.jump is not None else None
+        jump = open_jump(target, self.acquire) if target.jump is not None else None
         try:
             return connect(target, jump)
         except BaseException:
