@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import importlib.util
+import logging
 import os
 import re
 import shlex
@@ -21,6 +22,8 @@ import time
 from .agent import PROTOCOL_VERSION, frames
 from .errors import BootstrapError
 from .relay.channel import AgentChannel, AgentOpener, send_all, wait_readable
+
+log = logging.getLogger("remoteproc.relay")
 
 
 def _package_sources(package: str) -> dict[str, tuple[bool, str, str]]:
@@ -341,6 +344,9 @@ def _read_hello(chan: AgentChannel, target) -> tuple[dict, bytes]:
                 if msg.get("op") != "hello":
                     raise BootstrapError("%s: unexpected first message %r" % (target.display, msg),
                                          target.display)
+                said = (err + chan.recv_stderr()).decode("utf-8", "replace").rstrip()
+                if said:    # (ssh's own words: a key recorded, or one it could not record)
+                    log.warning("%s: %s", target.display, said)
                 return msg, bytes(buf[frames.HEADER_SIZE + length:])
         err += chan.recv_stderr()
         data = chan.recv(65536)

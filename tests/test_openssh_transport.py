@@ -8,6 +8,7 @@ killed ``ssh`` process, and how our options become ssh's.
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import subprocess
@@ -103,8 +104,9 @@ def test_transport_option_is_checked(monkeypatch):
 def test_missing_ssh_program_is_named(monkeypatch, tmp_path):
     monkeypatch.setenv("REMOTEPROC_SSH", "")
     monkeypatch.setenv("PATH", str(tmp_path))
-    with pytest.raises(ConnectError, match="needs the ssh program"):
-        openssh.ssh_binary()
+    with pytest.raises(ConnectError, match="needs the ssh program") as info:
+        openssh.ssh_binary("alice@node1")
+    assert str(info.value).startswith("alice@node1: ") and info.value.host == "alice@node1"
 
 
 SSH_WORDS = [
@@ -118,15 +120,69 @@ SSH_WORDS = [
 ]
 
 
+def _target(spec="alice@node1", **options):
+    """What resolve() gives, without asking ssh -G."""
+    from remoteproc.ssh.spec import parse_spec
+    from remoteproc.ssh.target import Target
+
+    user, host, port = parse_spec(spec)
+    jumps = options.get("proxy_jump")
+    return Target(spec=spec, hostname=host, port=port or 22, username=user or "", original_host=host,
+                  proxy_jump=jumps.split(",") if jumps else [], options=options, transport="openssh")
+
+
 @pytest.mark.parametrize("said, kind, advice", SSH_WORDS)
 def test_ssh_failures_become_typed_errors(said, kind, advice):
-    exc = openssh.failure("alice@node1", 255, said)
+    exc = openssh.failure(_target(), 255, said)
     assert type(exc) is kind
     assert "alice@node1" in str(exc) and advice in str(exc) and said.strip("@ ") in str(exc)
+    assert "ssh HOST" not in str(exc) and "ssh alice@node1" in str(exc) or kind is ConnectError
+
+
+def test_a_failure_s_fix_is_the_ssh_command_that_does_what_we_asked(tmp_path):
+    config = tmp_path / "my config"
+    target = _target("alice@node1:2222", ssh_config=str(config), key_filename="~/k", known_hosts="/kh")
+    exc = openssh.failure(target, 255, "Host key verification failed.")
+    expected = "ssh -F '%s' -i %s -o UserKnownHostsFile=/kh -p 2222 alice@node1" % (
+        config, os.path.expanduser("~/k"))
+    assert "connect once with `%s`" % expected in str(exc)
+    exc = openssh.failure(_target(ssh_config=False), 255, "alice@node1: Permission denied (publickey).")
+    assert "check that `ssh -F /dev/null alice@node1` logs in" in str(exc)
+
+
+JUMP_ENDED = "kex_exchange_identification: Connection closed by remote host\nConnection closed by UNKNOWN port 65535"
+
+
+@pytest.mark.parametrize("said, kind", [
+    ("Host key verification failed.", HostKeyError),
+    ("bob@gw: Permission denied (publickey).", AuthenticationError),
+    ("ssh: Could not resolve hostname gw: Name or service not known", ConnectError),
+])
+def test_a_failure_at_a_jump_host_says_so_and_names_it(said, kind):
+    target = _target(proxy_jump="bob@gw,bob@[gw2]:2200")
+    exc = openssh.failure(target, 255, said + "\n" + JUMP_ENDED)
+    assert type(exc) is kind
+    assert str(exc).startswith("alice@node1 via bob@gw,bob@[gw2]:2200 (transport='openssh'): "
+                               "at the jump host (bob@gw,bob@[gw2]:2200)")
+    if kind is not ConnectError:
+        assert "`ssh bob@gw`, then `ssh -J bob@gw -p 2200 bob@gw2`" in str(exc)
+    # the same words without the jump's end are the target's own
+    exc = openssh.failure(target, 255, said)
+    assert type(exc) is kind and "jump host" not in str(exc)
 
 
 def test_a_remote_command_failure_is_not_ssh_s():
-    assert openssh.failure("node1", 127, "python3: not found") is None
+    assert openssh.failure(_target(), 127, "python3: not found") is None
+
+
+def test_accept_new_makes_the_known_hosts_directory_ssh_would_not(tmp_path):
+    """ssh only warns when it cannot write the file (and the key is then never pinned)."""
+    known = tmp_path / "new" / "dir" / "known_hosts"
+    openssh._make_known_hosts_dir("alice@node1", [str(known)])
+    assert known.parent.is_dir() and (known.parent.stat().st_mode & 0o777) == 0o700
+    (tmp_path / "file").write_text("")
+    with pytest.raises(ConfigError, match="cannot create .* known_hosts="):
+        openssh._make_known_hosts_dir("alice@node1", [str(tmp_path / "file" / "sub" / "known_hosts")])
 
 
 # -- against real servers -----------------------------------------------------------------------
@@ -135,15 +191,18 @@ def _loopback_options(server):
     return {**server.options(current_user()), "transport": "openssh"}
 
 
-def test_unknown_host_key_is_refused_then_accepted_new(sshd, tmp_path):
-    empty = tmp_path / "known_hosts"
-    empty.write_text("")
-    options = {**_loopback_options(sshd), "known_hosts": str(empty)}
+def test_unknown_host_key_is_refused_then_accepted_new(sshd, tmp_path, caplog):
+    """accept-new records the key, in a directory that does not exist yet too, and what ssh
+    says about it reaches the program's log."""
+    known = tmp_path / "not" / "yet" / "known_hosts"
+    options = {**_loopback_options(sshd), "known_hosts": str(known)}
     with pytest.raises(HostKeyError, match="accept-new") as info:
         _round_trip(sshd.spec(), **options)
     assert sshd.spec().split("@")[1].split(":")[0] in str(info.value)
-    _round_trip(sshd.spec(), **options, host_key_policy="accept-new")
-    assert "ssh-ed25519" in empty.read_text()
+    with caplog.at_level(logging.WARNING, logger="remoteproc"):
+        _round_trip(sshd.spec(), **options, host_key_policy="accept-new")
+    assert "ssh-ed25519" in known.read_text()
+    assert any("Permanently added" in r.getMessage() for r in caplog.records), caplog.text
 
 
 def test_refused_login_is_an_authentication_error(sshd, tmp_path):

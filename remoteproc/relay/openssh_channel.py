@@ -50,9 +50,10 @@ def _prepare(fd: int) -> int:
 class OpenSSHChannel(AgentChannel):
     """An ``ssh`` child process running the agent's command."""
 
-    def __init__(self, proc: subprocess.Popen, display: str, start_ms: float) -> None:
+    def __init__(self, proc: subprocess.Popen, target: Target, start_ms: float) -> None:
         self.proc = proc
-        self.display = display
+        self.target = target
+        self.display = target.display
         self.start_ms = start_ms
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
         self.write_fd = proc.stdin.fileno()
@@ -141,7 +142,7 @@ class OpenSSHChannel(AgentChannel):
             self.proc.wait(2.0)
         except subprocess.TimeoutExpired:
             return None
-        return openssh.failure(self.display, self.proc.returncode, self.said())
+        return openssh.failure(self.target, self.proc.returncode, self.said())
 
     def describe_loss(self) -> str:
         try:
@@ -192,7 +193,7 @@ class OpenSSHOpener(AgentOpener):
         self.lock = threading.Lock()
 
     def open(self, target: Target, command: Callable[[], str]) -> AgentChannel:
-        argv = [openssh.ssh_binary(), *target.ssh_args, command()]
+        argv = [openssh.ssh_binary(target.display), *target.ssh_args, command()]
         prompt = bool(target.options.get("allow_prompt"))
         t0 = time.monotonic()
         try:
@@ -204,7 +205,7 @@ class OpenSSHOpener(AgentOpener):
             raise ConnectError("%s: cannot run ssh (%s). Fix: install OpenSSH's client, set REMOTEPROC_SSH, "
                                "or use transport='paramiko'." % (target.display, exc), target.display) from None
         log.debug("%s: ssh started (pid %d): %s", target.display, proc.pid, " ".join(argv[:-1]))
-        chan = OpenSSHChannel(proc, target.display, (time.monotonic() - t0) * 1e3)
+        chan = OpenSSHChannel(proc, target, (time.monotonic() - t0) * 1e3)
         with self.lock:
             self.channels = [c for c in self.channels if not c._closed] + [chan]
         return chan

@@ -45,13 +45,13 @@ G_TIMEOUT = 30.0
 DEFAULT_CONFIGS = ("~/.ssh/config", "/etc/ssh/ssh_config")
 
 
-def ssh_binary() -> str:
-    """The ``ssh`` program (``$REMOTEPROC_SSH`` or the first ``ssh`` on PATH)."""
+def ssh_binary(host: str) -> str:
+    """The ``ssh`` program (``$REMOTEPROC_SSH`` or the first ``ssh`` on PATH) to reach ``host``."""
     found = os.environ.get("REMOTEPROC_SSH") or shutil.which("ssh")
     if not found:
-        raise ConnectError("transport='openssh' needs the ssh program, and none is on PATH. Fix: install "
+        raise ConnectError("%s: transport='openssh' needs the ssh program, and none is on PATH. Fix: install "
                            "OpenSSH's client (e.g. apt-get install openssh-client), set REMOTEPROC_SSH to its "
-                           "path, or use transport='paramiko'.")
+                           "path, or use transport='paramiko'." % host, host)
     return found
 
 
@@ -133,7 +133,7 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
     """What ``ssh -G`` says it will do for ``spec``: keyword (lower case) -> values."""
     _, host, _ = parse_spec(spec)
     try:
-        out = subprocess.run([ssh_binary(), "-G", *args, host], stdin=subprocess.DEVNULL, capture_output=True,
+        out = subprocess.run([ssh_binary(spec), "-G", *args, host], stdin=subprocess.DEVNULL, capture_output=True,
                              timeout=G_TIMEOUT, check=False)
     except subprocess.TimeoutExpired:
         raise ConfigError("%s: 'ssh -G' did not answer within %gs (a Match exec in ~/.ssh/config?)"
@@ -157,6 +157,8 @@ def _seconds(view: dict[str, list[str]], key: str, default: float) -> float:
 def resolve(spec: str, options: dict[str, Any]) -> Target:
     """A ``Target`` for ``spec`` as ``ssh`` will reach it; ``target.ssh_args`` runs it."""
     args = option_args(spec, options)
+    if options.get("host_key_policy") == "accept-new":
+        _make_known_hosts_dir(spec, _list(options.get("known_hosts")))
     view = ssh_config_view(spec, args)
     _, host, _ = parse_spec(spec)
     jump = (view.get("proxyjump") or [""])[0]
@@ -187,6 +189,52 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
     target.transport = "openssh"
     target.ssh_args = tuple(args) + ("--", host)
     return target
+
+
+def _make_known_hosts_dir(spec: str, known: list[str]) -> None:
+    """ssh records a new key in the first known_hosts file but does not create its directory (it
+    says so on stderr and goes on: the key would never be pinned); the paramiko transport does."""
+    directory = os.path.dirname(known[0]) if known else ""
+    if directory and not os.path.isdir(directory):
+        try:
+            os.makedirs(directory, mode=0o700, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError("%s: cannot create %s for the known_hosts file %s (%s). Fix: pass a "
+                              "known_hosts= path in a directory you can write." % (spec, directory, known[0],
+                                                                                   exc.strerror or exc), spec) from None
+
+
+def user_command(target: Target, host: Optional[str] = None, jumps: Optional[list[str]] = None) -> str:
+    """The ``ssh`` command line a user runs to do by hand what we asked of ssh for ``target`` (or
+    for ``host`` through ``jumps``): the same config, keys and known_hosts, with its prompts."""
+    import shlex
+
+    options = target.options
+    user, name, port = parse_spec(target.spec)
+    args = ["ssh"]
+    config = options.get("ssh_config")
+    if config is False:
+        args += ["-F", "/dev/null"]
+    elif isinstance(config, (str, os.PathLike)):
+        args += ["-F", os.fspath(config)]
+    for key in _list(options.get("key_filename")):
+        args += ["-i", key]
+    known = _list(options.get("known_hosts"))
+    if known:
+        args += ["-o", "UserKnownHostsFile=" + _quote_list(known)]
+    if host is not None:        # (a jump spec: ssh takes [host]:port after -J only)
+        user, name, port = parse_spec(host)
+        args += (["-J", ",".join(jumps)] if jumps else []) + (["-p", str(port)] if port else [])
+        return " ".join(shlex.quote(a) for a in args + ["%s@%s" % (user, name) if user else name])
+    if options.get("proxy_jump") is not None:
+        args += ["-J", options["proxy_jump"]]
+    elif options.get("proxy_command") is not None:
+        args += ["-o", "ProxyCommand=" + options["proxy_command"]]
+    port = options.get("port") or port
+    if port:
+        args += ["-p", str(port)]
+    user = options.get("username") or user
+    return " ".join(shlex.quote(a) for a in args + ["%s@%s" % (user, name) if user else name])
 
 
 # -- jump hosts ----------------------------------------------------------------------------------
@@ -299,15 +347,16 @@ def remove_configs() -> None:
 _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", re.I), HostKeyError,
      "the host's key has CHANGED since it was recorded in known_hosts: this may be an attack. Fix: if the "
-     "change is expected, remove the old key with ssh-keygen -R HOST, then connect once with ssh"),
+     "change is expected, remove the old key (ssh-keygen -R, with the name ssh printed below), then connect "
+     "once with `{ssh}`"),
     (re.compile(r"host key .*revoked|REVOKED HOST KEY", re.I), HostKeyError,
      "the host's key is marked @revoked in known_hosts. Fix: ask the host's administrator"),
     (re.compile(r"Host key verification failed|No .*host key is known for", re.I), HostKeyError,
-     "ssh does not know this host's key. Fix: connect once with ssh HOST and check the fingerprint, or pass "
+     "ssh does not know the host's key. Fix: connect once with `{ssh}` and check the fingerprint, or pass "
      "host_key_policy='accept-new' to record it on first use"),
     (re.compile(r"Permission denied|Too many authentication failures|no mutual signature", re.I),
      AuthenticationError,
-     "the server refused every way ssh tried to log in. Fix: check that 'ssh HOST' logs in without a prompt "
+     "the server refused every way ssh tried to log in. Fix: check that `{ssh}` logs in without a prompt "
      "(BatchMode) with this user and key, or pass allow_prompt=True for a login that asks"),
     (re.compile(r"Could not resolve hostname|Name or service not known|nodename nor servname", re.I),
      ConnectError, "the host name does not resolve. Fix: check the name, or its HostName in ~/.ssh/config"),
@@ -318,16 +367,32 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"No route to host|Network is unreachable", re.I), ConnectError,
      "the host is unreachable. Fix: check the network path (VPN, ProxyJump)"),
 ]
+#: what ssh says when the ``ssh -W`` it ran for a jump host ended before the target's banner
+_JUMP_ENDED = re.compile(r"kex_exchange_identification|Connection closed by UNKNOWN port 65535", re.I)
 
 
-def failure(display: str, status: Optional[int], said: str) -> Optional[RemoteProcessError]:
+def failure(target: Target, status: Optional[int], said: str) -> Optional[RemoteProcessError]:
     """The typed error for ``ssh``'s exit before the agent's hello, or None when it was not ssh's
-    own failure (status 255 is ssh's; other statuses are the remote command's)."""
+    own failure (status 255 is ssh's; other statuses are the remote command's).
+
+    Through jump hosts, a failure that ends with the jump's ``ssh -W`` gone before the target
+    said a word happened at a jump host: the message says so and its fix names the jump."""
     if status != 255:
         return None
+    display = target.display
     words = " ".join(line.strip() for line in said.splitlines() if line.strip()) or "no message"
+    ended = _JUMP_ENDED.search(said)
+    at_jump = bool(target.proxy_jump) and ended is not None
+    head = said[:ended.start()] if at_jump and ended is not None else said
+    if at_jump:
+        hops = target.proxy_jump
+        ssh = "`, then `".join(user_command(target, hop, hops[:i]) for i, hop in enumerate(hops))
+        where = "at the jump host (%s): " % ",".join(hops)
+    else:
+        ssh, where = user_command(target), ""
     for pattern, kind, advice in _PATTERNS:
-        if pattern.search(said):
-            return kind("%s (transport='openssh'): %s: %s" % (display, advice, words), display)
-    return ConnectError("%s (transport='openssh'): ssh failed: %s. Fix: run 'ssh -v HOST' to see why" %
-                        (display, words), display)
+        if pattern.search(head):
+            return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh), words),
+                        display)
+    return ConnectError("%s (transport='openssh'): %sssh failed: %s. Fix: run `%s` to see why" %
+                        (display, where, words, "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
