@@ -171,6 +171,19 @@ def test_a_failure_at_a_jump_host_says_so_and_names_it(said, kind):
     assert type(exc) is kind and "jump host" not in str(exc)
 
 
+def test_a_home_that_is_not_the_account_s_is_pointed_out(tmp_path, monkeypatch):
+    """ssh ignores $HOME: an alias in $HOME/.ssh/config does not resolve, and the error says why."""
+    (tmp_path / ".ssh").mkdir()
+    (tmp_path / ".ssh" / "config").write_text("Host myalias\n  HostName 127.0.0.1\n")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    said = "ssh: Could not resolve hostname myalias: Name or service not known"
+    exc = openssh.failure(_target("myalias"), 255, said)
+    assert "not $HOME=%s; pass ssh_config='%s/.ssh/config'" % (tmp_path, tmp_path) in str(exc)
+    assert "$HOME" not in str(openssh.failure(_target("myalias", ssh_config=False), 255, said))
+    monkeypatch.setenv("HOME", os.path.expanduser("~" + current_user()))
+    assert "$HOME" not in str(openssh.failure(_target("myalias"), 255, said))
+
+
 def test_a_remote_command_failure_is_not_ssh_s():
     assert openssh.failure(_target(), 127, "python3: not found") is None
 

@@ -390,9 +390,29 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
         where = "at the jump host (%s): " % ",".join(hops)
     else:
         ssh, where = user_command(target), ""
+    words += _home_hint(target.options)
     for pattern, kind, advice in _PATTERNS:
         if pattern.search(head):
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh), words),
                         display)
     return ConnectError("%s (transport='openssh'): %sssh failed: %s. Fix: run `%s` to see why" %
                         (display, where, words, "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
+
+
+def _home_hint(options: dict[str, Any]) -> str:
+    """ssh finds ~/.ssh in the account's home directory, never in $HOME (Python's ``~``, and the
+    paramiko transport's): where the two differ and $HOME has an ssh config, say so."""
+    import pwd
+
+    home = os.environ.get("HOME")
+    try:
+        account = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return ""
+    if options.get("ssh_config") is not None or not home or os.path.realpath(home) == os.path.realpath(account):
+        return ""
+    mine = os.path.join(home, ".ssh", "config")
+    if not os.path.exists(mine):
+        return ""
+    return (" (note: ssh reads %s/.ssh, not $HOME=%s; pass ssh_config=%r to use the config there)"
+            % (account, home, mine))
