@@ -293,6 +293,11 @@ METHOD = """## What each figure measures
   run by run alternately with remoteproc so that both see the same conditions. The figures are
   bimodal on a busy machine: when other work starves the busy thread of CPU it rarely holds the
   GIL, and the figures come out close to the idle ones (a run in that mode proves nothing).
+- **alternating with ssh**: the round trip and the 1 MiB figures of remoteproc with
+  `transport="openssh"`, measured once more run by run alternately with `ssh HOST cat` and the
+  sink/source helper over `ssh`, in the same peer process: the openssh targets use these, since
+  the two peers' own rows are taken minutes apart, and this machine's speed drifts by 2x and more
+  within minutes.
 - Raw paramiko and OpenSSH use the cipher remoteproc negotiates (aes128-gcm@openssh.com);
   paramiko also the same window (8 MiB), packet size (128 KiB) and TCP_NODELAY. OpenSSH,
   execnet and mitogen keep OpenSSH's default key exchange (sntrup761x25519, about 150 ms slower
