@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from remoteproc.agent import frames, mux, splice
+from remoteproc.agent import frames, mux, poller, splice
 from remoteproc.agent.endpoint import FrameEndpoint
 
 MIB = 1 << 20
@@ -31,7 +31,7 @@ class Wire:
     """Endpoint ``a`` (the relay's side) and ``b`` (the agent's), a pipe each way."""
 
     def __init__(self, use_splice: bool, window: int = mux.WINDOW, pipe_size: int = MIB) -> None:
-        self.sel = selectors.DefaultSelector()
+        self.sel = poller.make()      # (the relay's and the agent's own)
         self.controls: list = []
         self.blobs: list[bytes] = []
         self.fds: list[int] = []

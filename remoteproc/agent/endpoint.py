@@ -76,6 +76,15 @@ class FrameEndpoint:
         """Queue bytes for the peer and write what the channel takes now."""
         if self.stopped:
             return      # the channel is gone: nothing reaches the peer any more
+        if len(parts) == 2 and not self.out and not self._ahead and len(parts[1]) < DIRECT:
+            # A header and a small payload with nothing waiting (a message's hop): one write of
+            # their join, with no trip through ``out`` unless the channel takes only part of it.
+            frame = b"".join(parts)
+            n = self._write_now(frame)
+            if n < len(frame) and not self.stopped:
+                self.out += frame[n:]
+                self._watch(True)
+            return
         for p in parts:
             if len(p) >= DIRECT and not self._ahead:
                 self.flush()            # (what came before goes first)

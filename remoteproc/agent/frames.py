@@ -105,6 +105,13 @@ class FrameReader:
     def feed(self, chunk) -> None:
         view = memoryview(chunk)
         pos, end = 0, len(view)
+        if end > HEADER_SIZE and not self._left and not self._head:
+            # the common case first: the chunk is one whole DATA frame (a message's hop)
+            ftype, sid, length = HEADER.unpack_from(view)
+            if ftype == DATA and length == end - HEADER_SIZE and sid and length <= MAX_DATA:
+                self._type, self._sid = DATA, sid
+                self._on_data(sid, view[HEADER_SIZE:])
+                return
         while pos < end:
             if self._left:
                 n = min(self._left, end - pos)

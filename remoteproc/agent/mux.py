@@ -11,6 +11,7 @@ has written out, so a child that stops reading stalls its own stream and nothing
 """
 
 import errno
+import functools
 import os
 import selectors
 import socket
@@ -164,7 +165,7 @@ class Mux:
         s = Stream(sid, fd, reading, writing, owner, shared, self.window)
         if not shared and not s.is_socket:
             os.set_blocking(fd, False)
-        s.handler = lambda mask, s=s: self._ready(s, mask)
+        s.handler = functools.partial(self._ready, s)     # (called with the event mask)
         self.streams[sid] = s
         self.high_sid = max(self.high_sid, sid)
         self._update(s)
@@ -379,6 +380,27 @@ class Mux:
             return
         if not s.writing or s.peer_eof:
             raise frames.FrameError("DATA on stream %d, which takes none" % sid)
+        if not s.outq and s.sock is not None and s.fd >= 0:
+            # the common case first: a socket with nothing queued takes the piece whole now
+            try:
+                n = s.sock.send(piece, _DONTWAIT)
+            except (BlockingIOError, InterruptedError):
+                n = 0
+            except OSError as exc:
+                if exc.errno not in _GONE:
+                    raise
+                self._reader_gone(s)
+                self._update(s)
+                self._maybe_finish(s)
+                return
+            if n:
+                s.unacked += n
+                if n == len(piece):
+                    self._ack(s)
+                    if self.on_drained is not None:
+                        self.on_drained(s)
+                    return
+                piece = piece[n:]
         s.queued += len(piece)
         if s.queued > self.window:
             raise frames.FrameError("peer overran its credit on stream %d" % sid)

@@ -15,7 +15,7 @@ import sys
 import time
 import zlib
 
-from . import PROTOCOL_VERSION, fdlimit, frames, mux, pkgcache
+from . import PROTOCOL_VERSION, fdlimit, frames, mux, pkgcache, poller
 from .child import RESET_SIGNALS
 from .child import run as run_child
 from .endpoint import FrameEndpoint
@@ -60,7 +60,7 @@ class Supervisor:
         self.fd_in = fd_in
         self.nofile = nofile    # the open-files limit to restore in children (see fdlimit.py)
         self.fd_out = fd_out
-        self.sel = selectors.DefaultSelector()
+        self.sel = poller.make()
         self.endpoint = FrameEndpoint(self.sel, lambda view: os.write(fd_out, view), self.on_frame,
                                       lambda exc: self._stop("the channel's output is closed"), write_fd=fd_out)
         self.mux = self.endpoint.mux

@@ -21,7 +21,7 @@ from collections import deque
 from typing import Callable, Optional
 
 from .. import bootstrap, modules, pkgtransfer
-from ..agent import frames, mux, pkgcache
+from ..agent import frames, mux, pkgcache, poller
 from ..agent.endpoint import FrameEndpoint
 from ..agent.waker import Waker
 from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
@@ -70,7 +70,7 @@ class Link:
         self.opener = opener
         self.on_finish = on_finish
         self.display = target.display
-        self.sel = selectors.DefaultSelector()
+        self.sel = poller.make()
         self.pending: deque = deque()
         self.lock = threading.Lock()
         self.waker = Waker()
@@ -261,7 +261,8 @@ class Link:
 
     def _drain_stderr(self) -> None:
         assert self.chan is not None
-        text = self.chan.recv_stderr().decode("utf-8", "replace").rstrip()
+        said = self.chan.recv_stderr()
+        text = said.decode("utf-8", "replace").rstrip() if said else ""
         if text:
             log.warning("%s: %s", self.display, text)
 
