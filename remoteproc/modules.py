@@ -10,7 +10,9 @@ that importing it costs one round trip, not one per submodule.
 from __future__ import annotations
 
 import importlib.machinery
+import importlib.util
 import os
+import sys
 from typing import Any
 
 MAX_FILES = 400
@@ -47,23 +49,51 @@ def _dist(name: str) -> str:
         return top
 
 
-def find(name: str, path: list[str], host: str) -> dict[str, Any]:
+def editable_roots() -> dict[str, str]:
+    """Top-level name -> directory (or file) of the projects installed in editable mode in this
+    process (``pip install -e`` with setuptools): they are on no sys.path entry, a finder in
+    ``sys.meta_path`` maps them, and the relay (started without site) has no such finder."""
+    roots: dict[str, str] = {}
+    for finder in sys.meta_path:
+        mapping = getattr(sys.modules.get(getattr(finder, "__module__", "") or ""), "MAPPING", None)
+        if isinstance(mapping, dict) and finder not in _STANDARD_FINDERS:
+            roots.update((k, v) for k, v in mapping.items() if isinstance(k, str) and isinstance(v, str))
+    return roots
+
+
+_STANDARD_FINDERS = (importlib.machinery.PathFinder, importlib.machinery.BuiltinImporter,
+                     importlib.machinery.FrozenImporter)
+
+
+def _find_top(name: str, path: list[str], editable: dict[str, str]):
+    """The spec of the top-level module ``name``, as the user's process finds it: on ``path``, or
+    in a project installed in editable mode (see ``editable_roots``)."""
+    spec = importlib.machinery.PathFinder.find_spec(name, path)
+    where = editable.get(name)
+    if spec is not None or not isinstance(where, str):
+        return spec
+    if os.path.isfile(os.path.join(where, "__init__.py")):
+        return importlib.util.spec_from_file_location(name, os.path.join(where, "__init__.py"),
+                                                      submodule_search_locations=[where])
+    if where.endswith(".py") and os.path.isfile(where):
+        return importlib.util.spec_from_file_location(name, where)
+    return None
+
+
+def find(name: str, path: list[str], host: str, editable: dict[str, str] | None = None) -> dict[str, Any]:
     """Entries for ``name`` (None if it is not found) and, for a package, its other modules."""
     if not _valid(name):
         return {name: {"error": "%r is not a module name" % (name,)}}
     parts = name.split(".")
-    spec = None
     search = [p for p in path if isinstance(p, str)]
-    for i in range(len(parts)):
-        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), search)
-        if spec is None:
+    top = spec = _find_top(parts[0], search, editable or {})
+    for i in range(1, len(parts)):
+        if spec is None or spec.submodule_search_locations is None:
             return {name: None}
-        if i < len(parts) - 1:
-            if spec.submodule_search_locations is None:
-                return {name: None}
-            search = list(spec.submodule_search_locations)
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), list(spec.submodule_search_locations))
+    if spec is None:
+        return {name: None}
     out: dict[str, Any] = {name: _entry(name, spec, host)}
-    top = importlib.machinery.PathFinder.find_spec(parts[0], [p for p in path if isinstance(p, str)])
     if top is not None and top.origin and top.submodule_search_locations is not None:
         _bundle(parts[0], os.path.dirname(top.origin), out, host)
     return out

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 import sys
 import textwrap
+import types
 import uuid
 
 import pytest
@@ -184,6 +186,55 @@ def test_find_bundles_a_package(tmp_path):
     found = modules.find("bundled.a", [str(tmp_path)], "h")
     assert set(found) == {"bundled", "bundled.a", "bundled.inner", "bundled.inner.b"}
     assert found["bundled"]["pkg"] is True and found["bundled.a"]["pkg"] is False
+
+
+@pytest.fixture
+def editable(tmp_path, monkeypatch):
+    """A package installed as ``pip install -e`` (setuptools) installs one: on no sys.path entry,
+    found through a finder in sys.meta_path whose module holds a MAPPING of name -> directory."""
+    name = "rpedit_" + uuid.uuid4().hex[:8]
+    root = tmp_path / "src" / name
+    root.mkdir(parents=True)
+    (root / "__init__.py").write_text("from remoteproc import Pipe  # (the package imports ours too)\n")
+    (root / "work.py").write_text("def double(conn, n):\n    conn.send((n * 2, __name__))\n")
+    finder_module = types.ModuleType("__editable___%s_0_1_finder" % name)
+    finder_module.MAPPING = {name: str(root)}     # type: ignore[attr-defined]
+
+    class EditableFinder:
+        @classmethod
+        def find_spec(cls, fullname, path=None, target=None):
+            if fullname != name:
+                return None
+            return importlib.util.spec_from_file_location(name, root / "__init__.py",
+                                                          submodule_search_locations=[str(root)])
+
+    EditableFinder.__module__ = finder_module.__name__
+    monkeypatch.setitem(sys.modules, finder_module.__name__, finder_module)
+    monkeypatch.setattr(sys, "meta_path", sys.meta_path + [EditableFinder])
+    yield name, root
+    for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
+        del sys.modules[mod]
+
+
+def test_find_serves_a_package_installed_in_editable_mode(editable):
+    name, root = editable
+    roots = modules.editable_roots()
+    assert roots[name] == str(root)
+    assert modules.find(name + ".work", [], "h") == {name + ".work": None}      # on no path entry
+    found = modules.find(name + ".work", [], "h", roots)
+    assert set(found) == {name, name + ".work"} and found[name]["pkg"] is True
+    assert found[name + ".work"]["file"] == str(root / "work.py")
+
+
+def test_a_target_from_a_package_installed_in_editable_mode(plain_user_host, plain_user_options, editable):
+    """pip install -e puts a project on no sys.path entry: its modules (and ours, which it
+    imports, installed the same way on a developer's machine) are forwarded all the same."""
+    name, _root = editable
+    work = importlib.import_module(name + ".work")
+    p, conn = _run(plain_user_host, plain_user_options, work.double, 21)
+    assert conn.recv() == (42, name + ".work")
+    p.join(60)
+    assert p.exitcode == 0
 
 
 def test_a_test_module_that_imports_pytest_and_remoteproc(plain_user_host, plain_user_options, tmp_path,

@@ -8,6 +8,7 @@ gets a relay of its own.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -24,6 +25,18 @@ log = logging.getLogger("remoteproc")
 
 _lock = threading.Lock()
 _relay: "RelayHandle | None" = None
+
+
+def _editable_roots() -> dict[str, str]:
+    """``modules.editable_roots()``, worked out again only when ``sys.meta_path`` changed."""
+    return _editable_roots_of(tuple(map(id, sys.meta_path)))
+
+
+@functools.lru_cache(maxsize=4)
+def _editable_roots_of(_finders: tuple) -> dict[str, str]:
+    from .. import modules
+
+    return modules.editable_roots()
 
 
 class RelayHandle:
@@ -69,6 +82,7 @@ class RelayHandle:
     def start(self, request: dict[str, Any], fds: Sequence[int]) -> socket.socket:
         """Send a start request; returns the process's status socket."""
         request.setdefault("path", [os.path.abspath(p) if p else os.getcwd() for p in sys.path])
+        request.setdefault("editable", _editable_roots())
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
             self.send_to_relay(("start", request), [theirs.fileno(), *fds])

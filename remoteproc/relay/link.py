@@ -86,6 +86,7 @@ class Link:
         self.chan: Optional[AgentChannel] = None
         self.hello: dict = {}
         self.sys_path: list = []
+        self.editable: dict = {}        # projects installed in editable mode (modules.editable_roots)
         self.lost: RemoteProcessError | None = None
         self.closing = False
         self.interrupted = False
@@ -319,6 +320,8 @@ class Link:
             msg["env"] = request["env"]
         if request.get("path"):
             self.sys_path = list(request["path"])
+        if isinstance(request.get("editable"), dict):
+            self.editable = dict(request["editable"])
         if payload_fd is None:
             self.send(frames.control(msg, request["payload"]))
             return
@@ -375,7 +378,7 @@ class Link:
         try:
             mods = self.packages.answer(name, self.sys_path) if self.packages is not None else None
             if mods is None:
-                mods = modules.find(name, self.sys_path, self.display)
+                mods = modules.find(name, self.sys_path, self.display, self.editable)
         except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the link
             mods = {name: {"error": "cannot forward %r to %s: %s" % (name, self.display, exc)}}
         log.debug("%s: forwarding %s (%d modules)", self.display, name, len(mods))
