@@ -181,8 +181,8 @@ def _not_importable(obj) -> str:
     mod = sys.modules.get(module)
     if mod is None:
         return "its module %r is not importable" % module
-    if module == "__main__" and not getattr(mod, "__file__", None):
-        return "defined interactively (in a notebook cell or at the >>> prompt)"
+    if module == "__main__" and not os.path.isfile(getattr(mod, "__file__", None) or ""):
+        return "defined interactively (in a notebook cell, at the >>> prompt, or in a script read from stdin)"
     if module == "__main__" and getattr(mod, "__spec__", None) is not None:
         return "defined in a main module run with python -m (only a script run by its path is shipped)"
     found: object = mod
@@ -279,7 +279,8 @@ def main_info() -> dict | None:
 
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
-    info: dict = {"names": list(getattr(remoteproc, "__all__", ())), "path": None, "source": None}
+    info: dict = {"names": list(getattr(remoteproc, "__all__", ())), "path": None, "source": None,
+                  "argv": list(sys.argv)}
     if path and getattr(main, "__spec__", None) is None:     # a script run by its path, as spawn ships
         path = os.path.abspath(path)
         try:
@@ -323,12 +324,50 @@ class _SpawnShipped:
 class _Shipped:
     """Unpickles on the remote side as the process object itself."""
 
-    def __init__(self, cls: type, state: dict) -> None:
+    def __init__(self, cls: type, state: dict, main: dict) -> None:
         self.cls = cls
         self.state = state
+        self.main = main
 
     def __reduce__(self):
-        return child.rebuild_process, (self.cls, self.state)
+        return child.rebuild_process, (self.cls, self.state, self.main)
+
+
+#: a class of the main script bigger than this, pickled, does not go with every start (its
+#: methods' globals may hold big data); its instances then cannot cross a Pipe by reference
+MAIN_CLASS_MAX = 256 << 10
+_main_class_blobs: dict[int, tuple[type, bytes | None]] = {}
+
+
+def main_classes() -> dict[str, bytes]:
+    """The classes defined at the top of the user's main script (or notebook), each pickled by
+    value, for a same-mode child's ``__main__``.
+
+    Messages over a Pipe are plain pickles, which name a class by reference: ``__main__.Item``.
+    A forked child has the parent's ``__main__``; a remote one gets its classes here, loaded
+    only when a message names them (cloudpickle rebuilds a class once per process, so they are
+    the very classes the target's own code uses)."""
+    import sys
+
+    main = sys.modules.get("__main__")
+    if main is None:
+        return {}
+    out: dict[str, bytes] = {}
+    for name, obj in list(vars(main).items()):
+        if not isinstance(obj, type) or obj.__module__ != "__main__" or getattr(obj, "__qualname__", "") != name:
+            continue
+        known = _main_class_blobs.get(id(obj))
+        if known is None or known[0] is not obj:
+            try:
+                blob: bytes | None = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+            except Exception:  # noqa: BLE001 - a class that cannot go by value stays here
+                blob = None
+            if blob is not None and len(blob) > MAIN_CLASS_MAX:
+                blob = None
+            known = _main_class_blobs[id(obj)] = (obj, blob)
+        if known[1] is not None:
+            out[name] = known[1]
+    return out
 
 
 _LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error", "_cwd", "_env")
@@ -357,7 +396,7 @@ def dumps_process(process_obj, host: str, mode: str = "same",
         shipped: object = _SpawnShipped(type(process_obj), state, main_info())
     else:
         pickler = _Pickler(buf, host)
-        shipped = _Shipped(type(process_obj), state)
+        shipped = _Shipped(type(process_obj), state, {"classes": main_classes(), "argv": list(sys.argv)})
     mp_context.set_spawning_popen(process_obj)     # lets the authkey travel, as with spawn
     try:
         pickler.dump(shipped)

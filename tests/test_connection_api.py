@@ -10,8 +10,10 @@ from __future__ import annotations
 import array
 import fcntl
 import hashlib
+import json
 import os
 import socket
+import subprocess
 import sys
 import termios
 import time
@@ -605,3 +607,79 @@ def test_a_one_mib_message_is_sent_whole_before_the_parent_reads(host, ssh_optio
         parent.close()
         p.join(30)
     assert p.exitcode == 0
+
+
+MAIN_CLASSES_SCRIPT = '''
+import collections, dataclasses, enum, json, sys
+from remoteproc import Pipe, Queue, RemoteProcess
+
+@dataclasses.dataclass
+class Item:
+    v: int
+
+class Color(enum.Enum):
+    RED = 1
+
+Point = collections.namedtuple("Point", "x y")
+
+class Oops(Exception):
+    pass
+
+def echo(conn):                      # names none of the classes: they come with the message
+    got = conn.recv()
+    conn.send(got)
+    conn.send(sys.argv)
+
+def make(conn):                      # made here, sent by reference to the parent's classes
+    conn.send([Item(7), Color.RED, Point(1, 2), Oops("made remotely")])
+
+def from_queue(q, conn):
+    conn.send(q.get(timeout=30))
+
+if __name__ == "__main__":
+    host, options = json.loads(sys.argv[1])
+    out = []
+    for target, payload in ((echo, [Item(5), Color.RED, Point(3, 4)]), (make, None)):
+        a, b = Pipe()
+        p = RemoteProcess(host, target=target, args=(b,), **options)
+        p.start()
+        b.close()
+        if payload is not None:
+            a.send(payload)
+        got = a.recv()
+        out.append([type(x).__name__ for x in got] + [repr(got) if target is echo else str(got[3])])
+        if target is echo:
+            out.append(a.recv())
+        p.join(30)
+        out.append(p.exitcode)
+    q = Queue()
+    a, b = Pipe()
+    p = RemoteProcess(host, target=from_queue, args=(q, b), **options)
+    p.start()
+    q.put(Item(9))
+    out.append(repr(a.recv()))
+    p.join(30)
+    out.append(p.exitcode)
+    print(json.dumps(out))
+'''
+
+
+def test_instances_of_the_main_script_s_classes_cross_a_pipe_both_ways(host, ssh_options, scripts):
+    """A message is a plain pickle, which names a class of the script by reference
+    (``__main__.Item``): as in a forked child, the remote child resolves it, whether its own
+    code names the class or not, and so does the parent for instances made remotely.  The child
+    also gets the parent's sys.argv, as a forked one has it."""
+    path = scripts("main_classes.py", MAIN_CLASSES_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(cloudpickle.__file__)))
+               + os.pathsep + os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    argv1 = json.dumps([host, ssh_options])
+    out = subprocess.run([sys.executable, path, argv1, "--flag", "x"], capture_output=True, text=True,
+                         timeout=180, env=env)
+    assert out.returncode == 0, out.stderr
+    got = json.loads(out.stdout.strip().splitlines()[-1])
+    assert got == [
+        ["Item", "Color", "Point", "[Item(v=5), <Color.RED: 1>, Point(x=3, y=4)]"],
+        [path, argv1, "--flag", "x"], 0,
+        ["Item", "Color", "Point", "Oops", "made remotely"], 0,
+        "Item(v=9)", 0,
+    ]

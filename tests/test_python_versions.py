@@ -370,7 +370,7 @@ class Box:
 
 def work(conn, box):
     import sys
-    conn.send((__name__, box.v, sys.version_info[:2]))
+    conn.send((__name__, box.v, sys.version_info[:2], sys.argv[2:]))
     conn.send(Box(box.v + 1))
 
 def double(x):
@@ -381,22 +381,23 @@ if __name__ == "__main__":
     a, b = Pipe()
     p = RemoteProcess(host, target=work, args=(b, Box(1)), python="pypy3", **options)
     p.start()
-    name, v, ver = a.recv()
+    name, v, ver, argv = a.recv()
     back = a.recv()
     p.join(30)
     with Pool([host], processes_per_host=1, python="pypy3", **options) as pool:
         doubled = pool.map(double, [1, 2, 3])
-    print(json.dumps([name, v, list(ver), type(back).__name__, back.v, p.exitcode, doubled]))
+    print(json.dumps([name, v, list(ver), argv, type(back).__name__, back.v, p.exitcode, doubled]))
 '''
 
 
 def test_spawn_mode_imports_main_as_mp_main(plain_user_host, plain_user_options, pypy, scripts):
     path = scripts("spawn_main.py", MAIN_SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__))))
-    out = subprocess.run([sys.executable, path, json.dumps([plain_user_host, plain_user_options])],
+    out = subprocess.run([sys.executable, path, json.dumps([plain_user_host, plain_user_options]), "-v", "x"],
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["__mp_main__", 1, [3, 9], "Box", 2, 0, [2, 4, 6]]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["__mp_main__", 1, [3, 9], ["-v", "x"], "Box", 2, 0,
+                                                               [2, 4, 6]]
 
 
 def test_the_agent_parses_on_python_3_8_syntax():
@@ -460,10 +461,15 @@ except PicklingError as exc:
 '''
 
 
-def test_a_function_defined_interactively_is_refused_in_spawn_mode(plain_user_host, plain_user_options, pypy):
+@pytest.mark.parametrize("how", ["-c", "stdin"])
+def test_a_function_defined_interactively_is_refused_in_spawn_mode(plain_user_host, plain_user_options, pypy, how):
+    """``python -c`` and a script read from stdin (``python - < script.py``: its ``__file__`` is
+    "<stdin>") leave nothing for the host to import: refused at start(), not remotely."""
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__))))
-    out = subprocess.run([sys.executable, "-c", INTERACTIVE, json.dumps([plain_user_host, plain_user_options])],
-                         capture_output=True, text=True, timeout=120, env=env)
+    argv = [sys.executable, "-c", INTERACTIVE] if how == "-c" else [sys.executable, "-"]
+    out = subprocess.run(argv + [json.dumps([plain_user_host, plain_user_options])],
+                         input=None if how == "-c" else INTERACTIVE, capture_output=True, text=True, timeout=120,
+                         env=env)
     assert out.returncode == 0, out.stderr
     assert "__main__.typed_at_the_prompt" in out.stdout and "defined interactively" in out.stdout
     assert "another version" in out.stdout

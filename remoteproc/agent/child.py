@@ -22,8 +22,14 @@ def rebuild_connection(index, readable, writable):
     return Connection(_fds[index], readable=readable, writable=writable)
 
 
-def rebuild_process(cls, state):
-    """Unpickling hook: the process object, without re-running ``__init__``."""
+def rebuild_process(cls, state, main=None):
+    """Unpickling hook: the process object, without re-running ``__init__``.  ``main``: the
+    parent's ``sys.argv`` (a forked child has it) and the classes of its main script, pickled
+    by value (see ``reduction.main_classes``)."""
+    if main:
+        sys.argv[:] = main.get("argv") or [""]
+        if main.get("classes"):
+            _serve_main_classes(main["classes"])
     level = state.pop("_remoteproc_log_level", None)
     if level is not None:
         # multiprocessing's logger level in the parent (or the root logger's, when that
@@ -34,6 +40,26 @@ def rebuild_process(cls, state):
     obj = cls.__new__(cls)
     obj.__dict__.update(state)
     return obj
+
+
+def _serve_main_classes(blobs):
+    """Let ``__main__.Item`` resolve here as in the user's script: a message over a Pipe names a
+    class of the script by reference.  Each class is loaded when first named."""
+    main = sys.modules.get("__main__")
+    if main is None or hasattr(main, "__getattr__"):
+        return
+
+    def __getattr__(name):
+        blob = blobs.pop(name, None)
+        if blob is None:
+            raise AttributeError("module '__main__' has no attribute %r" % name)
+        import pickle
+
+        obj = pickle.loads(blob)
+        setattr(main, name, obj)
+        return obj
+
+    main.__getattr__ = __getattr__  # type: ignore[method-assign]  # (a module's __getattr__, PEP 562)
 
 
 def refuse_handle(obj):

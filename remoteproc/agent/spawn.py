@@ -52,13 +52,15 @@ def _install_stand_in(names):
 def prepare(main):
     """Unpickling hook, called before the process object's state is loaded.
 
-    ``main``: None, or a dict with the user's main script (``path``, ``source``) and
-    the public names of ``remoteproc`` (``names``).
+    ``main``: None, or a dict with the user's main script (``path``, ``source``), the
+    public names of ``remoteproc`` (``names``) and the parent's ``sys.argv`` (``argv``).
     """
     global ACTIVE
     ACTIVE = True
     if main is None:
         return None
+    if main.get("argv"):
+        sys.argv[:] = main["argv"]      # (as multiprocessing's spawn: the script may parse them)
     _install_stand_in(frozenset(main.get("names", ())))
     # (multiprocessing's __init__ makes __mp_main__ the running __main__, the agent's here)
     if not _imported and main.get("source") is not None:
