@@ -11,6 +11,7 @@ import argparse
 import json
 import os
 import pickle
+import re
 import signal
 import statistics
 import sys
@@ -150,6 +151,11 @@ def explain(exc: BaseException) -> tuple[str, str]:
         return ("no SSH connection could be made",
                 "check the host name, that sshd runs there, the port (-p PORT) and the network; "
                 "--connect-timeout gives a slow host more time")
+    if isinstance(exc, BootstrapError) and "cannot start the process in directory" in str(exc):
+        return ("the directory to run in (--cwd) does not exist on the host, is not a directory, or "
+                "cannot be entered",
+                "give --cwd a directory that exists on the host (a relative one starts from the remote "
+                "login directory; ~ is the remote home), or leave --cwd out")
     if isinstance(exc, BootstrapError):
         return ("the remote agent could not be started with the remote Python",
                 "install Python %d.%d on the host, or name its interpreter with --python PATH"
@@ -445,12 +451,92 @@ def demo(host: str | None, options: dict | None = None) -> int:
 
 # -- the parser -----------------------------------------------------------------------------
 
+_NEGATIVE_NUMBER = re.compile(r"^-\d+$|^-\d*\.\d+$")
+"""A token argparse takes for a positional although it starts with "-" (as it does for ours)."""
+
+
+def _option_arity(parser: argparse.ArgumentParser, token: str) -> bool | None:
+    """How ``parser`` reads ``token``: None for a positional, else whether the next token is its value.
+
+    argparse's own rules: an option by its name, NAME=VALUE, -XVALUE, an unambiguous
+    abbreviation of a long name; "-" and negative numbers are positionals.  A token argparse
+    would refuse (an unknown option) counts as an option without a value: parsing says so.
+    """
+    if not token.startswith("-") or token == "-":
+        return None
+    takes_value = {name: action.nargs != 0 for action in parser._actions for name in action.option_strings}
+    if token in takes_value:
+        return takes_value[token]
+    name, equals, _value = token.partition("=")
+    if equals and name in takes_value:
+        return False
+    if token.startswith("--"):
+        matches = [option for option in takes_value if option.startswith(name)] if parser.allow_abbrev else []
+    else:
+        matches = [option for option in takes_value if option == token[:2]]      # -XVALUE
+    if len(matches) == 1:
+        return takes_value[matches[0]] and token.startswith("--") and not equals
+    if _NEGATIVE_NUMBER.match(token) or " " in token:
+        return None
+    return False
+
+
+def _positional_index(parser: argparse.ArgumentParser, tokens: Sequence[str], nth: int) -> int | None:
+    """The index in ``tokens`` of the positional number ``nth`` (from 0) of ``parser``, or None."""
+    seen = 0
+    options_ended = False
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        arity = None if options_ended else _option_arity(parser, token)
+        if not options_ended and token == "--":
+            options_ended = True
+        elif arity is None:
+            if seen == nth:
+                return i
+            seen += 1
+        elif arity:
+            i += 1      # the option's value
+        i += 1
+    return None
+
+
+class _Parser(argparse.ArgumentParser):
+    """The command line's parser: a command's trailing arguments never go through argparse.
+
+    ``tails`` maps a command to (its parser, the number of its positionals before the tail,
+    the attribute for the tail): everything after the last of those positionals (``run``'s
+    SCRIPT) is taken exactly as given, a first ``--`` and what looks like an option
+    included, as ``python3 SCRIPT ARGS...`` takes them.  (``nargs=REMAINDER`` let SCRIPT
+    swallow a ``--`` that follows it, and called the optional ARGS required.)
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.tails: dict[str, tuple[argparse.ArgumentParser, int, str]] = {}
+
+    def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
+        argv = list(sys.argv[1:] if args is None else args)
+        at = _positional_index(self, argv, 0)       # the command
+        tail = None
+        if at is not None and argv[at] in self.tails:
+            command, count, dest = self.tails[argv[at]]
+            last = _positional_index(command, argv[at + 1:], count - 1)
+            if last is not None:
+                end = at + 1 + last + 1
+                argv, tail = argv[:end], argv[end:]
+        namespace, extras = super().parse_known_args(argv, namespace)
+        if tail is not None:
+            setattr(namespace, dest, tail)
+        return namespace, extras
+
+
 def build_parser() -> argparse.ArgumentParser:
     raw = argparse.RawDescriptionHelpFormatter
-    parser = argparse.ArgumentParser(prog="remoteproc", description=__doc__, epilog=MAIN_EPILOG,
-                                     formatter_class=raw)
+    parser = _Parser(prog="remoteproc", description=__doc__, epilog=MAIN_EPILOG, formatter_class=raw)
     parser.add_argument("--version", action="version", version="%(prog)s " + _version())
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                parser_class=argparse.ArgumentParser)
     ssh = _ssh_parent()
 
     p_run = sub.add_parser("run", parents=[ssh], formatter_class=raw, epilog=RUN_EPILOG,
@@ -461,8 +547,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="set an environment variable for the script (repeatable)")
     p_run.add_argument("host", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
     p_run.add_argument("script", metavar="SCRIPT", help="path of the script on HOST")
-    p_run.add_argument("args", metavar="ARGS", nargs=argparse.REMAINDER,
-                       help="arguments for the script (everything after SCRIPT, options included)")
+    p_run.add_argument("args", metavar="ARGS", nargs="*", default=[],
+                       help="arguments for the script: everything after SCRIPT, exactly as given "
+                            "(options and -- included)")
+    parser.tails = {"run": (p_run, 2, "args")}     # HOST SCRIPT, then ARGS as given
 
     p_check = sub.add_parser("check", parents=[ssh], formatter_class=raw, epilog=CHECK_EPILOG,
                              help="check that remoteproc works with HOST; report its Python and round trip",

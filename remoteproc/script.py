@@ -59,7 +59,8 @@ class RemoteScript(RemoteProcess):
     A ``RemoteProcess`` in every other way.  After ``start()``, ``conn`` is this side's
     end of a duplex Pipe; the script's end is the fd in its ``REMOTEPROC_FD``.
     ``cwd`` (default: the remote login directory, where relative paths start) and
-    ``env`` (extra environment variables) apply to the script only.
+    ``env`` (extra environment variables) apply to the script only, as to any
+    RemoteProcess: a ``cwd`` that does not exist is a BootstrapError from ``start()``.
     """
 
     def __init__(
@@ -82,19 +83,12 @@ class RemoteScript(RemoteProcess):
         if isinstance(args, (str, bytes)):
             raise TypeError("args must be a sequence of arguments, not a single %s" % type(args).__name__)
         argv, positions = encode_args(args)
-        if cwd is not None:
-            cwd = os.fspath(cwd)
-            if not isinstance(cwd, str):
-                raise TypeError("cwd must be a str path on the remote host, not %r" % (cwd,))
-        if env is not None:
-            env = dict(env)
-            for key, value in env.items():
-                if not isinstance(key, str) or not isinstance(value, str):
-                    raise TypeError("env must map str to str; got %r: %r" % (key, value))
+        # cwd and env are the process's own, as for any RemoteProcess: the agent checks the
+        # directory before it forks (a missing one is a BootstrapError from start()), and the
+        # child enters it before the script's path is resolved there.
         super().__init__(host, target=_remote.run_script, name=name, daemon=daemon,
-                         kwargs={"path": path, "argv": argv, "json_positions": positions,
-                                 "cwd": cwd, "env": env},
-                         **ssh_options)
+                         kwargs={"path": path, "argv": argv, "json_positions": positions},
+                         cwd=cwd, env=env, **ssh_options)
         self._path = path
         self._argv = argv
         self.conn: Connection | None = None

@@ -69,6 +69,34 @@ def test_everything_after_the_script_goes_to_the_script():
     assert cli.ssh_options(args) == {"port": 2222}
 
 
+
+@pytest.mark.parametrize("argv,options,script,rest", [
+    (["h", "s.py", "--", "-x", "--", "y"], {}, "s.py", ["--", "-x", "--", "y"]),   # a first "--" too
+    (["h", "s.py", "--"], {}, "s.py", ["--"]),
+    (["h", "s.py", "-h", "--version", "--cwd", "d"], {}, "s.py", ["-h", "--version", "--cwd", "d"]),
+    (["--cwd", "/srv", "-e", "A=1", "--env=B=2", "--transport", "openssh", "-p2222", "h", "s.py", "--", "x"],
+     {"cwd": "/srv", "env": ["A=1", "B=2"], "transport": "openssh", "port": 2222}, "s.py", ["--", "x"]),
+    (["h", "--cw", "/srv", "-F", "cfg", "s.py", "-F", "x"], {"cwd": "/srv", "ssh_config": "cfg"}, "s.py",
+     ["-F", "x"]),
+    (["-i", "k1", "--identity=k2", "--accept-new", "h", "s.py", "a b", "", "-"],
+     {"key_filename": ["k1", "k2"], "accept_new": True}, "s.py", ["a b", "", "-"]),
+    (["h", "--", "-odd.py", "--", "-x"], {}, "-odd.py", ["--", "-x"]),      # "--" before SCRIPT ends options
+    (["--", "h", "s.py", "-5"], {}, "s.py", ["-5"]),
+])
+def test_run_gives_the_script_every_argument_after_it_as_given(argv, options, script, rest):
+    args = cli.build_parser().parse_args(["run", *argv])
+    assert (args.host, args.script, args.args) == ("h", script, rest)
+    for name, value in options.items():
+        assert getattr(args, name) == value
+
+
+@pytest.mark.parametrize("argv,required", [(["run", "h"], "SCRIPT"), (["run", "-p", "22", "h"], "SCRIPT"),
+                                           (["run"], "HOST, SCRIPT"), (["run", "--cwd", "d"], "HOST, SCRIPT")])
+def test_run_without_a_script_is_a_usage_error_naming_it(argv, required):
+    out = remoteproc_cmd(*argv)
+    assert out.returncode == 2 and "usage: remoteproc run" in out.stderr
+    assert out.stderr.rstrip().endswith("the following arguments are required: " + required), out.stderr
+
 def test_console_script_is_declared():
     import tomllib
 
@@ -128,6 +156,26 @@ def test_run_exit_status_for_a_signal_and_a_missing_script(alias, scripts):
     out = remoteproc_cmd("run", "-F", config, host, "/nonexistent/script.py")
     assert out.returncode == 2 and "can't open file" in out.stderr
 
+
+
+def test_run_passes_dashes_and_options_to_the_script_as_python3_does(alias, scripts):
+    config, host = alias
+    path = scripts("argv.py", "import json, sys\nprint(json.dumps(sys.argv[1:]))\n")
+    given = ["--", "-x", "--", "y", "--cwd", "/nowhere", "-h"]
+    local = subprocess.run([sys.executable, path, *given], capture_output=True, text=True, timeout=30)
+    out = remoteproc_cmd("run", "-F", config, host, path, *given)
+    assert out.returncode == local.returncode == 0, out.stderr
+    assert out.stdout == local.stdout == '["--", "-x", "--", "y", "--cwd", "/nowhere", "-h"]\n'
+
+
+def test_run_a_missing_cwd_exits_255_saying_so(alias, scripts):
+    config, host = alias
+    path = scripts("chatty.py", CHATTY)
+    out = remoteproc_cmd("run", "-F", config, "--cwd", "/no/such/dir", host, path)
+    assert out.returncode == cli.EXIT_FAILURE, out.stdout + out.stderr
+    assert "/no/such/dir" in out.stderr and "cause:" in out.stderr and "fix:" in out.stderr
+    assert "--cwd" in out.stderr and "install Python" not in out.stderr
+    assert "stdout of the script" not in out.stdout and "Traceback" not in out.stderr
 
 @pytest.mark.parametrize("whole_group", [True, False], ids=["terminal-ctrl-c", "sigint-to-cli-only"])
 def test_run_ctrl_c_terminates_the_remote_script(alias, scripts, whole_group):

@@ -6,6 +6,7 @@ loopback sshd directly; the comparisons run the same script with the local pytho
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -165,6 +166,39 @@ def test_cwd_env_and_relative_paths(loopback, scripts):
     assert p.exitcode == 0
     assert got["cwd"] == directory and got["x"] == "from env" and got["argv"] == [name]
 
+
+def test_a_missing_cwd_is_a_bootstrap_error_from_start(loopback, scripts, capfd):
+    host, options = loopback
+    path = scripts("never.py", "open('ran', 'w').close()\n")
+    with pytest.raises(remoteproc.BootstrapError) as info:
+        run(host, path, cwd="/no/such/dir", **options)        # as RemoteProcess(..., cwd=...) does
+    assert "/no/such/dir" in str(info.value) and "127.0.0.1" in str(info.value)
+    p = RemoteScript(host, path, cwd=path, **options)             # not a directory
+    with pytest.raises(remoteproc.BootstrapError, match="not a directory"):
+        p.start()
+    assert p.conn is None and "cannot change to directory" not in capfd.readouterr().err
+    assert not os.path.exists(os.path.join(os.path.dirname(path), "ran"))
+
+
+def test_cwd_and_a_relative_script_path_as_python3_in_that_directory(loopback, scripts, capfd):
+    host, options = loopback
+    path = scripts("where.py", """
+        import json, os, sys
+        print(json.dumps({"argv": sys.argv, "file": __file__, "path0": sys.path[0], "cwd": os.getcwd()}))
+    """)
+    directory, name = os.path.split(path)
+    for given in (name, os.path.join(".", name)):
+        local = subprocess.run([sys.executable, given], capture_output=True, text=True, timeout=30,
+                               cwd=directory)
+        capfd.readouterr()
+        p = run(host, given, cwd=directory, **options)
+        p.join(30)
+        assert p.exitcode == local.returncode == 0
+        got, expected = json.loads(capfd.readouterr().out), json.loads(local.stdout)
+        assert got["cwd"] == expected["cwd"] == directory
+        assert got["argv"] == expected["argv"] == [given]
+        assert got["path0"] == expected["path0"] == directory        # the script's directory first
+        assert os.path.join(got["cwd"], got["file"]) in (path, os.path.join(directory, given))
 
 def test_threads_and_atexit_run_before_the_script_ends(loopback, scripts):
     host, options = loopback

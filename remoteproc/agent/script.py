@@ -61,22 +61,16 @@ def _json_positions():
 
 # -- the target of remoteproc.run ----------------------------------------------------
 
-def run_script(path, argv=(), json_positions=(), cwd=None, env=None, conn=None):
+def run_script(path, argv=(), json_positions=(), conn=None):
     """Run the script at ``path`` as ``__main__`` with ``sys.argv = [path, *argv]``.
 
     ``conn`` (the child's end of the script's Pipe) is moved to a plain fd named by
-    REMOTEPROC_FD, so that the script builds its own Connection on it.
+    REMOTEPROC_FD, so that the script builds its own Connection on it.  The process's
+    ``cwd`` and ``env`` are already in effect (the agent checked the directory before
+    it forked, and the child entered it first): a relative ``path`` starts there.
     """
     import runpy
 
-    if cwd:
-        try:
-            os.chdir(os.path.expanduser(cwd))
-        except OSError as exc:
-            sys.stderr.write("remoteproc: cannot change to directory %r: %s\n" % (cwd, exc))
-            sys.exit(2)
-    if env:
-        os.environ.update({str(k): str(v) for k, v in env.items()})
     if conn is not None:
         # A second Connection object on the same fd would close it when collected:
         # hand the script a duplicate and close ours.
