@@ -270,6 +270,7 @@ class Mux:
                 return
             s.queued -= n
             s.unacked += n
+            s.room -= n
             _consume(q, n)
             if s.shared and s.pollable and s.sock is None:
                 break  # one small write per wake-up: never block the loop
@@ -395,6 +396,7 @@ class Mux:
                 return
             if n:
                 s.unacked += n
+                s.room -= n         # (what a splice may still give it: see splice_in)
                 if n == len(piece):
                     self._ack(s)
                     if self.on_drained is not None:
