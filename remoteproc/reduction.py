@@ -339,6 +339,15 @@ MAIN_CLASS_MAX = 256 << 10
 _main_class_blobs: dict[int, tuple[type, bytes | None]] = {}
 
 
+class _Capped(io.BytesIO):
+    """A pickle's output that gives up past MAIN_CLASS_MAX (a big class costs no more than that)."""
+
+    def write(self, data) -> int:
+        if self.tell() + len(memoryview(data).cast("B")) > MAIN_CLASS_MAX:
+            raise ValueError("over %d bytes" % MAIN_CLASS_MAX)
+        return super().write(data)
+
+
 def main_classes() -> dict[str, bytes]:
     """The classes defined at the top of the user's main script (or notebook), each pickled by
     value, for a same-mode child's ``__main__``.
@@ -358,11 +367,11 @@ def main_classes() -> dict[str, bytes]:
             continue
         known = _main_class_blobs.get(id(obj))
         if known is None or known[0] is not obj:
+            out_file = _Capped()
             try:
-                blob: bytes | None = cloudpickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-            except Exception:  # noqa: BLE001 - a class that cannot go by value stays here
-                blob = None
-            if blob is not None and len(blob) > MAIN_CLASS_MAX:
+                cloudpickle.Pickler(out_file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+                blob: bytes | None = out_file.getvalue()
+            except Exception:  # noqa: BLE001 - too big, or cannot go by value: it stays here
                 blob = None
             known = _main_class_blobs[id(obj)] = (obj, blob)
         if known[1] is not None:

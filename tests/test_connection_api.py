@@ -683,3 +683,29 @@ def test_instances_of_the_main_script_s_classes_cross_a_pipe_both_ways(host, ssh
         ["Item", "Color", "Point", "Oops", "made remotely"], 0,
         "Item(v=9)", 0,
     ]
+
+
+def test_which_classes_of_the_main_script_go_with_a_start(monkeypatch):
+    """Classes defined at the top of __main__, each pickled by value alone; not those it imports,
+    not one too big to go with every start (given up on early, not pickled whole), not one that
+    cannot be pickled."""
+    import pickle
+    import threading
+    import types
+
+    from remoteproc import reduction
+
+    main = types.ModuleType("__main__")
+    exec("class Small:\n    x = 1\n"
+         "class Huge:\n    table = b'x' * (1 << 24)\n"
+         "class Locked:\n    lock = LOCK\n"
+         "class Nested:\n    class Inner:\n        pass\n"
+         "Alias = Small\n",
+         {"__name__": "__main__", "LOCK": threading.Lock(), "__builtins__": __builtins__}, main.__dict__)
+    main.Imported = BufferTooShort
+    monkeypatch.setitem(sys.modules, "__main__", main)
+    blobs = reduction.main_classes()
+    assert sorted(blobs) == ["Nested", "Small"]
+    assert pickle.loads(blobs["Small"]).x == 1
+    assert all(len(b) < reduction.MAIN_CLASS_MAX for b in blobs.values())
+    assert reduction.main_classes()["Small"] is blobs["Small"]         # pickled once per class
