@@ -224,6 +224,11 @@ def test_find_serves_a_package_installed_in_editable_mode(editable):
     found = modules.find(name + ".work", [], "h", roots)
     assert set(found) == {name, name + ".work"} and found[name]["pkg"] is True
     assert found[name + ".work"]["file"] == str(root / "work.py")
+    single = root.parent / "rpsingle.py"        # a one-module project, and a mapping to nothing
+    single.write_text("X = 1\n")
+    mapping = {"rpsingle": str(single), "rpgone": str(root.parent / "gone")}
+    assert modules.find("rpsingle", [], "h", mapping)["rpsingle"]["src"] == "X = 1\n"
+    assert modules.find("rpgone", [], "h", mapping) == {"rpgone": None}
 
 
 def test_a_target_from_a_package_installed_in_editable_mode(plain_user_host, plain_user_options, editable):
