@@ -165,6 +165,36 @@ def test_semantics_match_multiprocessing_in_a_remote_child(host, ssh_options):
     assert expected["sem"][-1] == got["sem"][-1] == "<Semaphore(value=0)>"
 
 
+def release_then_put(q, lock, go, n):
+    for i in range(n):
+        lock.acquire()
+        lock.release()
+        q.put(i)
+        go.recv()       # (the parent has looked at the lock)
+
+
+def test_a_release_has_happened_before_what_the_child_does_next(host, ssh_options):
+    """The owner serves each object's Connection on its own: a release sent without waiting
+    could reach it after the child's next put, and the owner, seeing the item, would find the
+    lock still held.  With multiprocessing a release is done when release() returns."""
+    lock, q = remoteproc.Lock(), Queue()
+    go, child_go = remoteproc.Pipe()
+    # (the queue's Connection first: the owner's broker serves ready Connections in that order)
+    p = RemoteProcess(host, target=release_then_put, args=(q, lock, child_go, 200), **ssh_options)
+    p.start()
+    child_go.close()
+    failed = 0
+    for i in range(200):
+        assert q.get(timeout=30) == i
+        if lock.acquire(False):
+            lock.release()
+        else:
+            failed += 1
+        go.send(None)
+    _join_all([p])
+    assert failed == 0
+
+
 def test_owner_reprs_match_multiprocessing():
     for make in (multiprocessing, remoteproc):
         lock, rlock, sem, bsem = semantics_of("x", make)

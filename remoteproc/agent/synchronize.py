@@ -53,33 +53,15 @@ def lock_name(who, count, recursive):
 
 class _SemLock(_Proxy):
     _what = "Lock"
-    _owned = False      # Lock, RLock: held by a thread
-
-    def __init__(self, conn, config):
-        _Proxy.__init__(self, conn, config)
-        self._held = {}         # thread id -> times it acquired through this proxy, not yet released
 
     def acquire(self, block=True, timeout=None):
-        tid = _tid()
-        if self._client.call(ACQUIRE, tid, block, timeout)[0] != OK:
-            return False
-        if self._owned:
-            self._held[tid] = self._held.get(tid, 0) + 1 if self._what == "RLock" else 1
-        return True
+        return self._client.call(ACQUIRE, _tid(), block, timeout)[0] == OK
 
     def release(self):
-        tid = _tid()
-        n = self._held.get(tid, 0)
-        if n:
-            # This thread holds it: the release cannot fail, so it is sent without waiting
-            # for the answer (the owner reads this Connection in order).
-            if n == 1:
-                del self._held[tid]
-            else:
-                self._held[tid] = n - 1
-            self._client.send((0, RELEASE, tid))
-            return
-        self._client.call(RELEASE, tid)
+        # One round trip even where it cannot fail: the release must have happened in the owner
+        # before anything this process does next (a put on a Queue, a message on a Pipe), and
+        # the owner serves every object's Connection on its own, in no order between them.
+        self._client.call(RELEASE, _tid())
 
     def __enter__(self):
         return self.acquire()
@@ -93,7 +75,6 @@ class _SemLock(_Proxy):
 
 class Lock(_SemLock):
     _what = "Lock"
-    _owned = True
 
     def __repr__(self):
         try:
@@ -106,7 +87,6 @@ class Lock(_SemLock):
 
 class RLock(_SemLock):
     _what = "RLock"
-    _owned = True
 
     def __repr__(self):
         try:
