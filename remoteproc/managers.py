@@ -16,7 +16,9 @@ are not bridged: the remote child connects to them directly, as a local one woul
 from __future__ import annotations
 
 import logging
+import os
 import pickle
+import socket
 import threading
 import weakref
 from multiprocessing import connection
@@ -89,7 +91,7 @@ class _Link:
                 self._handle(chan, op, payload)
         finally:
             for conn in list(self.conns.values()):
-                conn.close()
+                _hang_up(conn)
             self.parent_end.close()
             self._release()
 
@@ -115,18 +117,38 @@ class _Link:
         elif op == M.CLOSE:
             gone = self.conns.pop(chan, None)
             if gone is not None:
-                gone.close()
+                _hang_up(gone)
 
     def _pump(self, chan: int, conn: connection.Connection) -> None:
-        """The manager's answers on one channel, to the child."""
-        while True:
-            try:
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                break
-            if not self._send(chan, M.DATA, data):
-                break
-        self._send(chan, M.CLOSE, None)
+        """The manager's answers on one channel, to the child; the channel's Connection is
+        closed here, by its reader (see ``_hang_up``)."""
+        try:
+            while True:
+                try:
+                    data = conn.recv_bytes()
+                except (EOFError, OSError):
+                    break
+                if not self._send(chan, M.DATA, data):
+                    break
+            self._send(chan, M.CLOSE, None)
+        finally:
+            conn.close()
+
+
+def _hang_up(conn: connection.Connection) -> None:
+    """End a channel whose pump thread may be blocked reading it: shut its socket down, so that
+    the reader sees EOF and closes it.  Closed from here, the reader would go on with a closed
+    fd (a TypeError deep in multiprocessing), or with whatever socket got that fd number next."""
+    try:
+        sock = socket.socket(fileno=os.dup(conn.fileno()))
+    except (OSError, ValueError):
+        return      # (closed already)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    finally:
+        sock.close()
 
 
 def reduce_proxy(proxy: Any, pickler: Any):

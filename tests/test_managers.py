@@ -132,3 +132,36 @@ def test_manager_with_a_reachable_address_is_connected_directly(ns):
         d, out = manager.dict(), remoteproc.Queue()
         _run([RemoteProcess(h1, target=connect_with, args=(d, out), **options)])
         assert out.get(timeout=30) == "connected" and d["x"] == 1
+
+
+def blocked_in_get(conn, q):
+    conn.send(os.getpid())
+    q.get()
+
+
+def test_a_child_killed_inside_a_proxy_call_leaves_no_thread_error(host, ssh_options, monkeypatch):
+    """The link ends the dead child's manager channel while its reading thread is blocked in it:
+    that thread must see the end (EOF) and finish, not stay blocked on a Connection closed under
+    it (then a TypeError deep in multiprocessing on the user's stderr, or a read of a reused fd)."""
+    import signal
+    import threading
+    import time
+
+    errors = []
+    monkeypatch.setattr(threading, "excepthook", lambda args: errors.append(args.exc_value))
+    with remoteproc.Manager() as manager:
+        q = manager.Queue()
+        a, b = remoteproc.Pipe()
+        p = RemoteProcess(host, target=blocked_in_get, args=(b, q), **ssh_options)
+        p.start()
+        b.close()
+        os.kill(a.recv(), signal.SIGKILL)
+        p.join(30)
+        assert p.exitcode == -signal.SIGKILL
+        q.put("x")      # the dead child's manager thread takes it and answers on the gone channel
+        deadline = time.monotonic() + 10
+        while not errors and time.monotonic() < deadline and any(
+                t.name == "remoteproc-manager-channel" for t in threading.enumerate()):
+            time.sleep(0.05)
+        assert errors == []
+        assert not any(t.name == "remoteproc-manager-channel" for t in threading.enumerate())  # none left reading
