@@ -129,6 +129,14 @@ def arrays(arr, s, raw, out):
     with arr.get_lock():
         arr[4] += 1
     res["obj"] = arr.get_obj()[0]
+    res["str keys"] = []
+    for key in ("value", "raw", "x"):      # an index is no attribute name, as with ctypes
+        for act in (lambda k=key: s[k], lambda k=key: s.__setitem__(k, b"z")):
+            try:
+                act()
+                res["str keys"].append("no error")
+            except TypeError as exc:
+                res["str keys"].append(str(exc))
     out.put(res)
 
 
@@ -336,6 +344,10 @@ def test_arrays_and_strings_remotely(host, ssh_options):
     assert res["s"] == b"hello" and res["raw"] == 1.0 and res["obj"] == 100
     assert res["repr"].startswith("<SynchronizedArray wrapper for <")
     assert arr[:] == [100, 11, 12, 3, 5] and s.value == b"bye" and raw.value == 2.5
+    assert res["str keys"] == ["indices must be integers"] * 6
+    for key in ("value", "x"):
+        with pytest.raises(TypeError, match="indices must be integers"):
+            s[key]          # (the owner's own)
 
 
 def pool_init(lock, value):

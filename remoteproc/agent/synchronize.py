@@ -304,9 +304,13 @@ class _Array(_Shared):
         return self._config["length"]
 
     def __getitem__(self, i):
+        if isinstance(i, str):      # (a str in a request names an attribute: see sharedctypes._index)
+            raise TypeError("indices must be integers")
         return self._get(i)
 
     def __setitem__(self, i, v):
+        if isinstance(i, str):
+            raise TypeError("indices must be integers")
         self._set(i, v)
 
     def __iter__(self):
