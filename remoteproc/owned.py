@@ -38,6 +38,7 @@ from .agent.waker import Waker
 from .errors import PicklingError
 
 _READ_BATCH = 64        # requests served from one connection before looking at the others
+SETTLE_WAIT = 1.0       # seconds join() waits for the owner to drop an ended process's Connections
 
 
 class _Waiter:
@@ -81,6 +82,8 @@ class _Broker:
         self.released: _queue.SimpleQueue = _queue.SimpleQueue()     # from finalizers, for the thread
         self.thread: threading.Thread | None = None
         self.pid = os.getpid()
+        self.carriers: dict = {}    # parent end -> weak reference to the process its child end went to
+        self.dropped = threading.Condition(self.lock)   # notified when a Connection is dropped
 
     # -- any thread ----------------------------------------------------------------------
     def add(self, conn, obj, child_end=None, spawner=None) -> None:
@@ -89,6 +92,10 @@ class _Broker:
             if child_end is not None:
                 self.pending[conn] = child_end
                 if spawner is not None:
+                    try:
+                        self.carriers[conn] = weakref.ref(spawner)
+                    except TypeError:
+                        pass
                     # The process (or Popen) that carries the child end: if it goes away without
                     # the child ever attaching (a failed start), stop keeping the end open.
                     try:
@@ -139,6 +146,21 @@ class _Broker:
             # The process's last Connection to us: what it held (locks) is given back.
             for other in list(_live):
                 other._process_gone(token)
+        with self.lock:
+            self.carriers.pop(conn, None)
+            self.dropped.notify_all()
+
+    def settle(self, process, timeout: float) -> bool:
+        """Wait until every Connection made for ``process``'s arguments is dropped, with what its
+        process held or waited for; False if that takes longer than ``timeout``."""
+        deadline = time.monotonic() + timeout
+        with self.lock:
+            while any(ref() is process for ref in self.carriers.values()):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.dropped.wait(left)
+        return True
 
     def attached(self, obj) -> int:
         with self.lock:
@@ -224,6 +246,17 @@ def _get_broker() -> _Broker:
         if _broker is None:
             _broker = _Broker()
         return _broker
+
+
+def settle(process, timeout: float = SETTLE_WAIT) -> None:
+    """``process`` has ended (its exit is known): before ``join()`` returns, let the owner drop
+    its Connections, so that what it held is released and its waits are gone (a ``notify()``
+    right after the ``join()`` then wakes a live waiter, never the dead one).  Their EOF comes
+    a few milliseconds after the exit report; ``timeout`` bounds the wait (a grandchild that
+    kept a copy of the Connection open delays the EOF for as long as it lives)."""
+    broker = _broker
+    if broker is not None and broker.carriers:
+        broker.settle(process, timeout)
 
 
 def _broker_running() -> bool:

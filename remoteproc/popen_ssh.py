@@ -12,7 +12,9 @@ import os
 import select
 import signal
 import socket
+import sys
 import threading
+import weakref
 from multiprocessing import util
 from typing import Any
 
@@ -38,6 +40,7 @@ class Popen:
         self.host: str = process_obj._host
         self._status: socket.socket | None = None
         self._lock = threading.Lock()     # one reader of the status socket at a time
+        self._process = weakref.ref(process_obj)
         key = (self.host, repr(sorted(process_obj._ssh_options.items())))
         self.mode = _modes.get(key, "same")     # the host's mode, once a start there told us
         for _attempt in range(3):
@@ -127,6 +130,9 @@ class Popen:
                     self.error = from_wire(msg[1], msg[2], self.host)
                     self.returncode = CONNECTION_LOST
                 self._keep_sentinel_ready()
+                owned = sys.modules.get("remoteproc.owned")
+                if owned is not None:       # (its queues, locks, ...: their owner lets go of it first)
+                    owned.settle(self._process())
         finally:
             self._lock.release()
         return self.returncode

@@ -203,6 +203,41 @@ def test_a_release_has_happened_before_what_the_child_does_next(host, ssh_option
     assert failed == 0
 
 
+def wait_on(cond, conn):
+    conn.send(os.getpid())
+    with cond:
+        woke = cond.wait(30)
+    conn.send(woke)
+
+
+def test_after_join_a_dead_waiter_s_wait_is_gone(host, ssh_options):
+    """join() returns once the owner has dropped the dead process's Connections: a notify()
+    right after it wakes the live waiter, never the dead one (with multiprocessing the notify
+    would be lost on the dead sleeper)."""
+    cond = remoteproc.Condition()
+    procs, conns = [], []
+    for _ in range(2):
+        a, b = remoteproc.Pipe()
+        p = RemoteProcess(host, target=wait_on, args=(cond, b), **ssh_options)
+        p.start()
+        b.close()
+        a.recv()
+        procs.append(p)
+        conns.append(a)
+        deadline = time.monotonic() + 10
+        while repr(cond).endswith(", %d)>" % (len(procs) - 1)) and time.monotonic() < deadline:
+            time.sleep(0.01)        # (until it sleeps on the condition)
+    assert repr(cond).endswith(", 2)>"), repr(cond)
+    dead, live = procs
+    os.kill(dead.pid, signal.SIGKILL)
+    dead.join(30)
+    with cond:
+        cond.notify()
+    assert conns[1].poll(10), "the notify went to the dead waiter"
+    assert conns[1].recv() is True
+    _join_all([live])
+
+
 def test_owner_reprs_match_multiprocessing():
     for make in (multiprocessing, remoteproc):
         lock, rlock, sem, bsem = semantics_of("x", make)
