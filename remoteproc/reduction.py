@@ -18,6 +18,7 @@ import socket
 import stat
 import sys
 import types
+import weakref
 from multiprocessing import context as mp_context
 from multiprocessing import util as mp_util
 from multiprocessing.connection import _ConnectionBase
@@ -336,7 +337,7 @@ class _Shipped:
 #: a class of the main script bigger than this, pickled, does not go with every start (its
 #: methods' globals may hold big data); its instances then cannot cross a Pipe by reference
 MAIN_CLASS_MAX = 256 << 10
-_main_class_blobs: dict[int, tuple[type, bytes | None]] = {}
+_main_class_blobs: "weakref.WeakKeyDictionary[type, bytes | None]" = weakref.WeakKeyDictionary()
 
 
 class _Capped(io.BytesIO):
@@ -356,8 +357,6 @@ def main_classes() -> dict[str, bytes]:
     A forked child has the parent's ``__main__``; a remote one gets its classes here, loaded
     only when a message names them (cloudpickle rebuilds a class once per process, so they are
     the very classes the target's own code uses)."""
-    import sys
-
     main = sys.modules.get("__main__")
     if main is None:
         return {}
@@ -365,17 +364,21 @@ def main_classes() -> dict[str, bytes]:
     for name, obj in list(vars(main).items()):
         if not isinstance(obj, type) or obj.__module__ != "__main__" or getattr(obj, "__qualname__", "") != name:
             continue
-        known = _main_class_blobs.get(id(obj))
-        if known is None or known[0] is not obj:
+        try:
+            blob = _main_class_blobs[obj]
+        except KeyError:
             out_file = _Capped()
             try:
                 cloudpickle.Pickler(out_file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
-                blob: bytes | None = out_file.getvalue()
+                blob = out_file.getvalue()
             except Exception:  # noqa: BLE001 - too big, or cannot go by value: it stays here
                 blob = None
-            known = _main_class_blobs[id(obj)] = (obj, blob)
-        if known[1] is not None:
-            out[name] = known[1]
+            try:
+                _main_class_blobs[obj] = blob
+            except TypeError:
+                pass        # (a class that takes no weak reference: pickled again next time)
+        if blob is not None:
+            out[name] = blob
     return out
 
 

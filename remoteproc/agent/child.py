@@ -50,7 +50,7 @@ def _serve_main_classes(blobs):
         return
 
     def __getattr__(name):
-        blob = blobs.pop(name, None)
+        blob = blobs.get(name)
         if blob is None:
             raise AttributeError("module '__main__' has no attribute %r" % name)
         import pickle
