@@ -42,13 +42,6 @@ def _new_array(typecode_or_type, size_or_initializer):
     return (type_ * len(init))(*init)
 
 
-def _index(i):
-    """An item's key, as ctypes takes it: a str is no index (the requests name attributes so)."""
-    if isinstance(i, str):
-        raise TypeError("indices must be integers")
-    return i
-
-
 class _Shared(_Sync):
     """The owner of one ctypes object; ``_kind`` names the proxy a child gets."""
 
@@ -162,10 +155,10 @@ class _Items(_Shared):
         return len(self._obj)
 
     def __getitem__(self, i):
-        return self._get(_index(i), self._raw)
+        return self._get(S.item_key(i), self._raw)
 
     def __setitem__(self, i, v) -> None:
-        self._set(_index(i), v, self._raw)
+        self._set(S.item_key(i), v, self._raw)
 
     def __iter__(self):
         return iter(self._get(slice(None), self._raw))

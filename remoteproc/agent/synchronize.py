@@ -51,6 +51,14 @@ def lock_name(who, count, recursive):
 
 # -- locks and semaphores ---------------------------------------------------------------------
 
+def item_key(i):
+    """An item's key as ctypes takes it (the owner's Array and a child's proxy both check it): a
+    str is no index, and in a GET or SET request a str key names an attribute (``value``, ``raw``)."""
+    if isinstance(i, str):
+        raise TypeError("indices must be integers")
+    return i
+
+
 class _SemLock(_Proxy):
     _what = "Lock"
 
@@ -304,14 +312,10 @@ class _Array(_Shared):
         return self._config["length"]
 
     def __getitem__(self, i):
-        if isinstance(i, str):      # (a str in a request names an attribute: see sharedctypes._index)
-            raise TypeError("indices must be integers")
-        return self._get(i)
+        return self._get(item_key(i))
 
     def __setitem__(self, i, v):
-        if isinstance(i, str):
-            raise TypeError("indices must be integers")
-        self._set(i, v)
+        self._set(item_key(i), v)
 
     def __iter__(self):
         return iter(self._get(slice(None)))      # one request for the whole array
