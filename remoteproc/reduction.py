@@ -334,38 +334,44 @@ class _Shipped:
         return child.rebuild_process, (self.cls, self.state, self.main)
 
 
-#: a class of the main script bigger than this, pickled, does not go with every start (its
-#: methods' globals may hold big data); its instances then cannot cross a Pipe by reference
-MAIN_CLASS_MAX = 256 << 10
-_main_class_blobs: "weakref.WeakKeyDictionary[type, bytes | None]" = weakref.WeakKeyDictionary()
+#: a class or function of the main script bigger than this, pickled, does not go with every
+#: start (its globals may hold big data); it then cannot cross a Pipe by reference
+MAIN_DEF_MAX = 256 << 10
+_main_def_blobs: "weakref.WeakKeyDictionary[Any, bytes | None]" = weakref.WeakKeyDictionary()
 
 
 class _Capped(io.BytesIO):
-    """A pickle's output that gives up past MAIN_CLASS_MAX (a big class costs no more than that)."""
+    """A pickle's output that gives up past MAIN_DEF_MAX (a big one costs no more than that)."""
 
     def write(self, data) -> int:
-        if self.tell() + len(memoryview(data).cast("B")) > MAIN_CLASS_MAX:
-            raise ValueError("over %d bytes" % MAIN_CLASS_MAX)
+        if self.tell() + len(memoryview(data).cast("B")) > MAIN_DEF_MAX:
+            raise ValueError("over %d bytes" % MAIN_DEF_MAX)
         return super().write(data)
 
 
-def main_classes() -> dict[str, bytes]:
-    """The classes defined at the top of the user's main script (or notebook), each pickled by
-    value, for a same-mode child's ``__main__``.
+def _defined_at_top(name: str, obj: Any) -> bool:
+    """A class or function that the main script's own top level defines under this name."""
+    return (isinstance(obj, (type, types.FunctionType)) and obj.__module__ == "__main__"
+            and getattr(obj, "__qualname__", "") == name)
 
-    Messages over a Pipe are plain pickles, which name a class by reference: ``__main__.Item``.
-    A forked child has the parent's ``__main__``; a remote one gets its classes here, loaded
-    only when a message names them (cloudpickle rebuilds a class once per process, so they are
-    the very classes the target's own code uses)."""
+
+def main_definitions() -> dict[str, bytes]:
+    """The classes and functions defined at the top of the user's main script (or notebook),
+    each pickled by value, for a same-mode child's ``__main__``.
+
+    Messages over a Pipe are plain pickles, which name a class or a function by reference:
+    ``__main__.Item``. A forked child has the parent's ``__main__``; a remote one gets its
+    definitions here, loaded only when a message names them (cloudpickle rebuilds a class once
+    per process, so they are the very classes the target's own code uses)."""
     main = sys.modules.get("__main__")
     if main is None:
         return {}
     out: dict[str, bytes] = {}
     for name, obj in list(vars(main).items()):
-        if not isinstance(obj, type) or obj.__module__ != "__main__" or getattr(obj, "__qualname__", "") != name:
+        if not _defined_at_top(name, obj):
             continue
         try:
-            blob = _main_class_blobs[obj]
+            blob = _main_def_blobs[obj]
         except KeyError:
             out_file = _Capped()
             try:
@@ -374,7 +380,7 @@ def main_classes() -> dict[str, bytes]:
             except Exception:  # noqa: BLE001 - too big, or cannot go by value: it stays here
                 blob = None
             try:
-                _main_class_blobs[obj] = blob
+                _main_def_blobs[obj] = blob
             except TypeError:
                 pass        # (a class that takes no weak reference: pickled again next time)
         if blob is not None:
@@ -408,7 +414,7 @@ def dumps_process(process_obj, host: str, mode: str = "same",
         shipped: object = _SpawnShipped(type(process_obj), state, main_info())
     else:
         pickler = _Pickler(buf, host)
-        shipped = _Shipped(type(process_obj), state, {"classes": main_classes(), "argv": list(sys.argv)})
+        shipped = _Shipped(type(process_obj), state, {"definitions": main_definitions(), "argv": list(sys.argv)})
     mp_context.set_spawning_popen(process_obj)     # lets the authkey travel, as with spawn
     try:
         pickler.dump(shipped)

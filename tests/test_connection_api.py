@@ -636,6 +636,13 @@ def make(conn):                      # made here, sent by reference to the paren
 def from_queue(q, conn):
     conn.send(q.get(timeout=30))
 
+def r(x):                            # a name the agent's own stub also has
+    return x * x
+
+def apply(conn):                     # functions by reference, both ways; the target is __main__'s own
+    f, x = conn.recv()
+    conn.send((f(x), r, apply))
+
 if __name__ == "__main__":
     host, options = json.loads(sys.argv[1])
     out = []
@@ -660,14 +667,23 @@ if __name__ == "__main__":
     out.append(repr(a.recv()))
     p.join(30)
     out.append(p.exitcode)
+    a, b = Pipe()
+    p = RemoteProcess(host, target=apply, args=(b,), **options)
+    p.start()
+    a.send((r, 7))
+    value, f, g = a.recv()
+    out.append([value, f is r, g is apply])
+    p.join(30)
+    out.append(p.exitcode)
     print(json.dumps(out))
 '''
 
 
-def test_instances_of_the_main_script_s_classes_cross_a_pipe_both_ways(host, ssh_options, scripts):
-    """A message is a plain pickle, which names a class of the script by reference
+def test_the_main_script_s_classes_and_functions_cross_a_pipe_both_ways(host, ssh_options, scripts):
+    """A message is a plain pickle, which names a class or function of the script by reference
     (``__main__.Item``): as in a forked child, the remote child resolves it, whether its own
-    code names the class or not, and so does the parent for instances made remotely.  The child
+    code names it or not, and so does the parent for instances made remotely; the target is
+    the child's ``__main__.apply``, and the agent's own names do not shadow the script's.  The child
     also gets the parent's sys.argv, as a forked one has it."""
     path = scripts("main_classes.py", MAIN_CLASSES_SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(cloudpickle.__file__)))
@@ -682,13 +698,14 @@ def test_instances_of_the_main_script_s_classes_cross_a_pipe_both_ways(host, ssh
         [path, argv1, "--flag", "x"], 0,
         ["Item", "Color", "Point", "Oops", "made remotely"], 0,
         "Item(v=9)", 0,
+        [49, True, True], 0,
     ]
 
 
-def test_which_classes_of_the_main_script_go_with_a_start(monkeypatch):
-    """Classes defined at the top of __main__, each pickled by value alone; not those it imports,
-    not one too big to go with every start (given up on early, not pickled whole), not one that
-    cannot be pickled."""
+def test_which_definitions_of_the_main_script_go_with_a_start(monkeypatch):
+    """Classes and functions defined at the top of __main__, each pickled by value alone; not
+    those it imports, not a lambda or an alias, not one too big to go with every start (given
+    up on early, not pickled whole), not one that cannot be pickled."""
     import pickle
     import threading
     import types
@@ -700,12 +717,19 @@ def test_which_classes_of_the_main_script_go_with_a_start(monkeypatch):
          "class Huge:\n    table = b'x' * (1 << 24)\n"
          "class Locked:\n    lock = LOCK\n"
          "class Nested:\n    class Inner:\n        pass\n"
-         "Alias = Small\n",
-         {"__name__": "__main__", "LOCK": threading.Lock(), "__builtins__": __builtins__}, main.__dict__)
+         "Alias = Small\n"
+         "def f(x):\n    return x + 1\n"
+         "def g():\n    return BIG\n"
+         "h = lambda: 1\n",
+         {"__name__": "__main__", "LOCK": threading.Lock(), "BIG": b"x" * (1 << 24),
+          "__builtins__": __builtins__}, main.__dict__)
     main.Imported = BufferTooShort
     monkeypatch.setitem(sys.modules, "__main__", main)
-    blobs = reduction.main_classes()
-    assert sorted(blobs) == ["Nested", "Small"]
+    main.imported_function = os.getcwd
+    blobs = reduction.main_definitions()
+    assert sorted(blobs) == ["Nested", "Small", "f"]
     assert pickle.loads(blobs["Small"]).x == 1
-    assert all(len(b) < reduction.MAIN_CLASS_MAX for b in blobs.values())
-    assert reduction.main_classes()["Small"] is blobs["Small"]         # pickled once per class
+    assert pickle.loads(blobs["f"])(1) == 2
+    assert all(len(b) < reduction.MAIN_DEF_MAX for b in blobs.values())
+    assert reduction.main_definitions()["Small"] is blobs["Small"]         # pickled once each
+    assert reduction.main_definitions()["f"] is blobs["f"]

@@ -24,12 +24,11 @@ def rebuild_connection(index, readable, writable):
 
 def rebuild_process(cls, state, main=None):
     """Unpickling hook: the process object, without re-running ``__init__``.  ``main``: the
-    parent's ``sys.argv`` (a forked child has it) and the classes of its main script, pickled
-    by value (see ``reduction.main_classes``)."""
+    parent's ``sys.argv`` (a forked child has it) and the classes and functions of its main
+    script, pickled by value (see ``reduction.main_definitions``)."""
     if main:
         sys.argv[:] = main.get("argv") or [""]
-        if main.get("classes"):
-            _serve_main_classes(main["classes"])
+        _serve_main_definitions(main.get("definitions") or {}, state)
     level = state.pop("_remoteproc_log_level", None)
     if level is not None:
         # multiprocessing's logger level in the parent (or the root logger's, when that
@@ -42,12 +41,26 @@ def rebuild_process(cls, state, main=None):
     return obj
 
 
-def _serve_main_classes(blobs):
+def _serve_main_definitions(blobs, state):
     """Let ``__main__.Item`` resolve here as in the user's script: a message over a Pipe names a
-    class of the script by reference.  Each class is loaded when first named."""
-    main = sys.modules.get("__main__")
-    if main is None or hasattr(main, "__getattr__"):
-        return
+    class or function of the script by reference.  Each is loaded when first named.
+
+    ``__main__`` becomes a module of its own: the agent's stub runs as ``python3 -c``, whose
+    namespace holds names of its own (``r``, ``b``, ``m``) that must not shadow the user's.
+    What the start payload already brought (the target, its arguments, and every script global
+    their code names: cloudpickle gives them one globals dict) is ``__main__``'s own, so a
+    function sent back by reference is the very one the child's code uses."""
+    import types
+
+    main = types.ModuleType("__main__")
+    target = state.get("_target")
+    brought = list(getattr(target, "__globals__", {}).items())
+    brought += [(getattr(obj, "__qualname__", None), obj)
+                for obj in (target, *(state.get("_args") or ()), *(state.get("_kwargs") or {}).values())]
+    for name, obj in brought:
+        if name in blobs and isinstance(obj, (type, types.FunctionType)) \
+                and getattr(obj, "__module__", None) == "__main__" and obj.__qualname__ == name:
+            setattr(main, name, obj)
 
     def __getattr__(name):
         blob = blobs.get(name)
@@ -60,6 +73,7 @@ def _serve_main_classes(blobs):
         return obj
 
     main.__getattr__ = __getattr__  # type: ignore[method-assign]  # (a module's __getattr__, PEP 562)
+    sys.modules["__main__"] = main
 
 
 def refuse_handle(obj):
