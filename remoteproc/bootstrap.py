@@ -233,7 +233,10 @@ def command(python=None, setup=None) -> str:
     """
     env = agent_env()
     n = len(agent_blob(bool(env)))
-    script = ["export %s=%s" % (STUB_ENV, shlex.quote(_stub(n)))]
+    script = ["export %s=%s" % (STUB_ENV, shlex.quote(_stub(n))),
+              # as CPython coerces the C locale (PEP 538), for every Python: a session with no
+              # locale (paramiko sends none) leaves PyPy unable to name a non-ASCII path
+              '[ -n "$LC_ALL$LC_CTYPE$LANG" ] || export LC_CTYPE=C.UTF-8']
     if env:
         script.append("export %s" % " ".join(shlex.quote("%s=%s" % item) for item in sorted(env.items())))
     stub = '-c "$%s"' % STUB_ENV
@@ -245,13 +248,13 @@ def command(python=None, setup=None) -> str:
     elif isinstance(python, str):
         script.append("exec %s %s any %s" % (python, stub, shlex.quote("python=" + python)))
     else:
-        # t: try one interpreter strictly (it becomes the agent if it is our version)
-        script.append('t() { "$@" %s strict "$L"; s=$?; case $s in 86|126|127) ;; *) exit $s;; esac; }' % stub)
-        for word in python:
-            script += ["L=%s" % shlex.quote("python=" + word), "t %s" % word]
-        for word in python:
-            script.append('%s %s any %s; s=$?; case $s in 126|127) ;; *) exit $s;; esac'
-                          % (word, stub, shlex.quote("python=" + word)))
+        # t MODE WORDS: try one interpreter (strict: only if it is our version, and then it becomes
+        # the agent); one the host lacks is passed over without the shell's "not found" (twice)
+        script.append('t() { m=$1; shift; command -v "$1" >/dev/null 2>&1 || return 0; "$@" %s $m "$L"; s=$?; '
+                      'case $m$s in strict86|*126|*127) ;; *) exit $s;; esac; }' % stub)
+        for mode in ("strict", "any"):
+            for word in python:
+                script += ["L=%s" % shlex.quote("python=" + word), "t %s %s" % (mode, word)]
         script.append('echo "remoteproc: no python= candidate found in: $PATH" >&2; exit 127')
     head = ""
     for i, line in enumerate(_setup_lines(setup), 1):
@@ -268,11 +271,15 @@ def _setup_lines(setup) -> list[str]:
 
 def _old_python_error(display: str, label: str, impl: str, theirs: str, executable: str) -> BootstrapError:
     ours = "%d.%d" % sys.version_info[:2]
+    if label.startswith("python="):     # the user's choice: nothing else was looked for
+        where = ". Fix: pass python= with the path of a Python 3.8+ on the host (Python %s runs fastest)" % ours
+    else:
+        where = (", and no Python %s was found in the usual places (%s). Fix: install Python %s on the host, "
+                 "or pass python= with the path of a Python 3.8+ there" % (ours, looked_in(), ours))
     return BootstrapError(
         "%s: %s is %s Python %s (%s): too old to run remoteproc (another version runs in spawn mode, "
-        "which needs Python %d.%d or later), and no Python %s was found in the usual places (%s). Fix: "
-        "install Python %s on the host, or pass python= with the path of a Python 3.8+ there."
-        % (display, label, impl, theirs, executable, *SPAWN_MINIMUM, ours, looked_in(), ours), display)
+        "which needs Python %d.%d or later)%s." % (display, label, impl, theirs, executable, *SPAWN_MINIMUM, where),
+        display)
 
 
 def mode_of(hello: dict) -> str:
@@ -335,9 +342,9 @@ def _read_hello(chan: AgentChannel, target) -> tuple[dict, bytes]:
             ftype, sid, length = frames.HEADER.unpack_from(buf)
             if ftype != frames.CONTROL or length > 1 << 20:
                 raise BootstrapError(
-                    "%s: the remote %s printed %r instead of starting the agent. Fix: make the shell "
+                    "%s: the remote login shell printed %r instead of starting the agent. Fix: make the shell "
                     "startup files of %s on the host (~/.bashrc, ...) print nothing when the session "
-                    "is not interactive." % (target.display, target.python, bytes(buf[:200]),
+                    "is not interactive." % (target.display, bytes(buf[:200]),
                                              target.username), target.display)
             if len(buf) >= frames.HEADER_SIZE + length:
                 msg, _ = frames.parse_control(buf[frames.HEADER_SIZE:frames.HEADER_SIZE + length])

@@ -333,3 +333,18 @@ def test_agent_env_reaches_the_agents_interpreter(monkeypatch):
     assert measure_agents() is True
     assert bootstrap.agent_env() == {"COVERAGE_PROCESS_START": "/somewhere/pyproject.toml",
                                      "COVERAGE_FILE": "/somewhere/.coverage"}
+
+
+@pytest.mark.parametrize("code, expected", [(None, 0), (0, 0), (3, 3), ("bye", "bye")])
+def test_sys_exit_with_no_code_is_success_on_a_3_8_host(code, expected):
+    """A 3.8 host's ``_bootstrap`` reports ``sys.exit()`` as 1; the user's multiprocessing (3.9+)
+    as 0, and so must the remote child (the other codes pass through unchanged)."""
+    import multiprocessing
+
+    from remoteproc.agent import child
+
+    process = multiprocessing.Process(target=sys.exit, args=(code,))
+    child._exit_none_is_success(process)
+    with pytest.raises(SystemExit) as info:
+        process.run()
+    assert info.value.code == expected

@@ -141,6 +141,7 @@ def test_a_list_of_pythons_prefers_ours_then_takes_the_first_that_runs(layout_ho
     hello, err, _ = _hello_of(bootstrap.command(["nonexistent-python", "python3"]), layout_home, path)
     assert hello is not None, err
     assert hello["found"] == "python=python3" and bootstrap.mode_of(hello) == "spawn"
+    assert b"not found" not in err, "a candidate the host lacks is passed over quietly"
 
 
 def test_no_python_at_all_says_where_we_looked(layout_home):
@@ -390,8 +391,11 @@ if __name__ == "__main__":
 '''
 
 
-def test_spawn_mode_imports_main_as_mp_main(plain_user_host, plain_user_options, pypy, scripts):
-    path = scripts("spawn_main.py", MAIN_SCRIPT)
+@pytest.mark.parametrize("name", ["spawn_main.py", "spawn_m\u00e4in.py"])
+def test_spawn_mode_imports_main_as_mp_main(plain_user_host, plain_user_options, pypy, scripts, name):
+    """(A non-ASCII script name too: a session without a locale, as paramiko's, must not leave the
+    host's PyPy unable to name it; CPython coerces the C locale, PyPy does not.)"""
+    path = scripts(name, MAIN_SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__))))
     out = subprocess.run([sys.executable, path, json.dumps([plain_user_host, plain_user_options]), "-v", "x"],
                          capture_output=True, text=True, timeout=120, env=env)

@@ -940,6 +940,11 @@ def test_stub_refusal_of_an_old_python_carries_its_words():
     assert "no Python %d.%d was found in the usual places (python%d.%d on the login PATH" % (
         sys.version_info[:2] * 2) in text
     assert chan.closed
+    said = b"remoteproc: python=python is cpython Python 2.7.18 at /usr/bin/python2.7\n"
+    with pytest.raises(BootstrapError) as info:      # python= chose it: nothing else was looked for
+        start_with(StubChannel(stderr=said, status=bootstrap.WRONG_VERSION), python="python")
+    assert "was found" not in str(info.value) and "Fix: pass python= with the path of a Python 3.8+" in str(
+        info.value)
 
 
 def test_a_chatty_shell_startup_file_is_named():
@@ -947,6 +952,7 @@ def test_a_chatty_shell_startup_file_is_named():
     with pytest.raises(BootstrapError) as info:
         start_with(chan)
     assert "printed b'Welcome to build01" in str(info.value) and "not interactive" in str(info.value)
+    assert "the remote login shell printed" in str(info.value)
     assert chan.closed
 
 

@@ -76,6 +76,22 @@ def _serve_main_definitions(blobs, state):
     sys.modules["__main__"] = main
 
 
+def _exit_none_is_success(process_obj):
+    """``sys.exit()`` in the target is exit code 0, as in the user's multiprocessing (3.9+):
+    a 3.8 host's ``_bootstrap`` would report 1."""
+    run = process_obj.run
+
+    def run_exit_none_is_success():
+        try:
+            run()
+        except SystemExit as exc:
+            if exc.code is None:
+                raise SystemExit(0) from None
+            raise
+
+    process_obj.run = run_exit_none_is_success
+
+
 def refuse_handle(obj):
     """Reducer for Connections and sockets inside a message: they cannot cross hosts."""
     raise TypeError(
@@ -246,6 +262,8 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
             os.close(fd)
         if tty:
             sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # (a TextIOWrapper)
+        # as CPython's own stderr: a traceback naming a path its encoding lacks is still written (PyPy)
+        sys.stderr.reconfigure(errors="backslashreplace")  # type: ignore[union-attr]
         for fd in fds.values():
             os.set_blocking(fd, True)
         _fds.update(fds)
@@ -286,6 +304,8 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
             linecache.cache[filename] = (sum(map(len, lines)), None, lines, filename)
         stream.close()
         del stream
+        if sys.version_info < (3, 9):  # noqa: UP036 - the agent runs on 3.8 hosts too
+            _exit_none_is_success(process_obj)
         code = process_obj._bootstrap(parent_sentinel=sentinel_fd)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
