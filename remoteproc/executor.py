@@ -29,6 +29,7 @@ class _FutureJob:
 
     def _set(self, start: int, all_ok: bool, data: list) -> None:
         ok, value = (True, data[0]) if all_ok else data[0]
+        self.future._remoteproc_executor = None  # type: ignore[attr-defined]
         if self.future.done():
             return
         if ok:
@@ -62,11 +63,15 @@ class Executor(futures.Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         future: futures.Future = futures.Future()
+        # the Executor lives while a future of its runs, as ProcessPoolExecutor finishes its
+        # pending calls when collected: ``Executor(h).submit(f, 3).result()`` must not end its call
+        future._remoteproc_executor = self  # type: ignore[attr-defined]
         job = _FutureJob(future)
         try:
             chunks = self._core.make_chunks(job, fn, worker.SUBMIT, [(args, kwargs)], 1)
         except Exception as exc:
             # Cannot be pickled: the future fails with it, as ProcessPoolExecutor's does.
+            future._remoteproc_executor = None  # type: ignore[attr-defined]
             future.set_exception(exc)
             return future
         self._core.submit(chunks)

@@ -35,7 +35,10 @@ Callback = Optional[Callable[[Any], object]]        # a result's callback or err
 class ApplyResult:
     """What ``apply_async`` returns: ``get``, ``wait``, ``ready``, ``successful``."""
 
-    def __init__(self, callback: Callback = None, error_callback: Callback = None) -> None:
+    def __init__(self, callback: Callback = None, error_callback: Callback = None, pool: Any = None) -> None:
+        #: the Pool, kept alive until this is ready, as multiprocessing's results do: a Pool
+        #: that nothing else names (``Pool(h).map_async(f, xs).get()``) must not end its own tasks
+        self._pool = pool
         self._event = threading.Event()
         self._callback = callback
         self._error_callback = error_callback
@@ -75,6 +78,7 @@ class ApplyResult:
                 self._error_callback(value)
         finally:
             self._event.set()
+            self._pool = None
 
     @classmethod
     def __class_getitem__(cls, item: Any) -> types.GenericAlias:
@@ -88,8 +92,9 @@ AsyncResult = ApplyResult
 class MapResult(ApplyResult):
     """What ``map_async``/``starmap_async`` return; ready when every chunk is back (as multiprocessing)."""
 
-    def __init__(self, length: int, chunks: int, callback: Callback = None, error_callback: Callback = None) -> None:
-        super().__init__(callback, error_callback)
+    def __init__(self, length: int, chunks: int, callback: Callback = None, error_callback: Callback = None,
+                 pool: Any = None) -> None:
+        super().__init__(callback, error_callback, pool)
         self._success = True
         self._value: Any = [None] * length       # the results, or the first exception
         self._left = chunks
@@ -122,12 +127,14 @@ class MapResult(ApplyResult):
                 self._error_callback(self._value)
         finally:
             self._event.set()
+            self._pool = None
 
 
 class IMapIterator:
     """What ``imap``/``imap_unordered`` return; ``next(timeout)`` raises ``multiprocessing.TimeoutError``."""
 
-    def __init__(self, ordered: bool) -> None:
+    def __init__(self, ordered: bool, pool: Any = None) -> None:
+        self._pool = pool           # kept alive until the last item is yielded (see ApplyResult)
         self._ordered = ordered
         self._cond = threading.Condition(threading.Lock())
         self._by_index: dict[int, tuple[bool, Any]] = {}                        # ordered: results by position
@@ -152,6 +159,7 @@ class IMapIterator:
                     ok, value = self._arrived.popleft()
                     break
                 if self._length is not None and self._index >= self._length:
+                    self._pool = None
                     raise StopIteration
                 left = None if deadline is None else deadline - time.monotonic()
                 if left is not None and left <= 0:
@@ -236,7 +244,7 @@ class Pool:
     def apply_async(self, func: Callable[..., Any], args: Iterable[Any] = (), kwds: Mapping[str, Any] | None = None,
                     callback: Callback = None, error_callback: Callback = None) -> ApplyResult:
         self._core.check_running()
-        result = ApplyResult(callback, error_callback)
+        result = ApplyResult(callback, error_callback, self)
         chunks = self._core.make_chunks(result, func, worker.APPLY, [(tuple(args), dict(kwds or {}))], 1)
         self._core.submit(chunks)
         return result
@@ -269,7 +277,7 @@ class Pool:
         elif chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         nchunks = (len(items) + chunksize - 1) // chunksize if items else 0
-        result = MapResult(len(items), nchunks, callback, error_callback)
+        result = MapResult(len(items), nchunks, callback, error_callback, self)
         if items:
             self._core.submit(self._core.make_chunks(result, func, mode, items, chunksize))
         return result
@@ -284,7 +292,7 @@ class Pool:
         self._core.check_running()
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
-        result = IMapIterator(ordered)
+        result = IMapIterator(ordered, self)
         fbytes = self._core.dumps(func, "the function")   # fails here, in the caller, if it cannot go
         core = self._core
         with core.lock:

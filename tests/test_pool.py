@@ -279,3 +279,35 @@ def test_executor_shutdown_cancels_what_no_worker_started(host, ssh_options):
         assert running.result(timeout=30) == 3.0
     finally:
         ex.shutdown(wait=True)
+
+
+def slow_square(x):
+    time.sleep(0.1)
+    return x * x
+
+
+def test_a_pool_or_executor_nothing_names_finishes_its_tasks(host, ssh_options):
+    """``Pool(h).map_async(f, xs).get()``: the results keep the pool alive until they are ready, as
+    multiprocessing's do, and ``Executor(h).submit(f, x).result()`` as ProcessPoolExecutor; once
+    the results are done with, the pool is collected and its workers end."""
+    import gc
+    import weakref
+
+    # (not inside the asserts: pytest's assertion rewriting would keep the pools alive)
+    got = [list(Pool(host, 1, **ssh_options).imap(slow_square, range(5))),
+           sorted(Pool(host, 1, **ssh_options).imap_unordered(slow_square, range(4))),
+           Pool(host, 1, **ssh_options).map_async(slow_square, range(5)).get(60),
+           Pool(host, 1, **ssh_options).apply_async(slow_square, (6,)).get(60),
+           Executor(host, 1, **ssh_options).submit(slow_square, 3).result(60),
+           list(Executor(host, 1, **ssh_options).map(slow_square, range(3), timeout=60))]
+    assert got == [[0, 1, 4, 9, 16], [0, 1, 4, 9], [0, 1, 4, 9, 16], 36, 9, [0, 1, 4]]
+    result = Pool(host, 1, **ssh_options).apply_async(slow_square, (2,))
+    pool = weakref.ref(result._pool)
+    assert result.get(60) == 4
+    gc.collect()
+    assert pool() is None, "a pool whose results are done must be collected (its finalizer ends the workers)"
+    future = Executor(host, 1, **ssh_options).submit(slow_square, 2)
+    executor = weakref.ref(future._remoteproc_executor)
+    assert future.result(60) == 4
+    gc.collect()
+    assert executor() is None
