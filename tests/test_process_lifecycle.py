@@ -232,3 +232,16 @@ def test_high_file_descriptors(host, ssh_options):
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def test_a_slow_setup_is_not_silence(host, ssh_options):
+    """The keepalive bound counts silence once the agent said hello, as ssh's ServerAliveInterval:
+    a setup= line (a module load, a conda activation) slower than the bound is not a lost host."""
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=double, args=(child, 4), setup="sleep 3", keepalive_interval=1,
+                      keepalive_count=1, **ssh_options)
+    p.start()
+    child.close()
+    assert parent.poll(60) and parent.recv() == 8
+    p.join(30)
+    assert p.exitcode == 0

@@ -136,6 +136,9 @@ class Link:
             t0 = time.monotonic()
             self.chan, hello, extra = bootstrap.start_agent(self.opener, self.target)
             self.hello = hello
+            # silence counts from the hello: connecting, a jump host and setup= lines may take
+            # longer than the keepalive bound (as ssh's ServerAliveInterval starts once it is up)
+            self.last_heard = self.idle_since = time.monotonic()
             log.debug("%s: agent %s ready in %.0f ms (Python %s; %s)", self.display, hello.get("pid"),
                       (time.monotonic() - t0) * 1e3, ".".join(map(str, hello.get("python", ()))),
                       self.chan.details())
