@@ -88,6 +88,7 @@ class Scheduler:
         self.workers: list[Worker] = []
         self.lost_hosts: dict[str, str] = {}
         self.broken_hosts: dict[str, str] = {}
+        self.down_since: dict[str, float] = {}     # time.time() a host was lost or broken, until it rejoins
         self.feeders = 0
         self.state = RUN
         self.rr = 0
@@ -425,6 +426,7 @@ class Scheduler:
                                   "this task (%s)" % (w.host, w.pid, reason), w.host)
             if w.host not in self.lost_hosts:
                 self.lost_hosts[w.host] = reason
+                self.down_since.setdefault(w.host, time.time())
                 if state == RUN:
                     log.warning("%s: pool workers lost with their connection (%s); the other hosts go on",
                                 w.host, reason)
@@ -435,6 +437,7 @@ class Scheduler:
             err = RemoteProcessError("%s: a replacement pool worker's initializer raised:\n%s"
                                      % (w.host, w.init_error), w.host)
             self.broken_hosts[w.host] = "its initializer raised"
+            self.down_since.setdefault(w.host, time.time())
         else:
             err = WorkerDiedError("%s: pool worker pid %s exited with exitcode %s while running this task"
                                   % (w.host, w.pid, code), w.host)
@@ -454,6 +457,7 @@ class Scheduler:
             except Exception as exc:
                 log.warning("%s: cannot replace a pool worker: %s", w.host, exc)
                 self.broken_hosts[w.host] = str(exc)
+                self.down_since.setdefault(w.host, time.time())
             else:
                 self.workers[self.workers.index(w)] = new
                 self._register(new)
@@ -481,6 +485,7 @@ class Scheduler:
         """Put rejoined workers in the places of the lost ones (manager thread, lock held)."""
         for host, new in self.rejoined:
             self.lost_hosts.pop(host, None)
+            self.down_since.pop(host, None)
             slots = [i for i, x in enumerate(self.workers) if x.host == host and not x.alive]
             for w in new:
                 if slots:
@@ -501,7 +506,7 @@ class Scheduler:
             out[host] = {
                 "up": host not in self.lost_hosts and host not in self.broken_hosts,
                 "workers": sum(1 for w in self.workers if w.host == host and w.alive),
-                "down_since": down["down_since"] if down else None,
+                "down_since": down["down_since"] if down else self.down_since.get(host),
                 "error": down["error"] if down else error,
                 "attempts": down["attempts"] if down else 0,
                 "next_try": down["next_try"] if down else None,

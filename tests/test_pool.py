@@ -171,6 +171,7 @@ def test_a_host_that_dies_mid_map_fails_only_its_tasks(host, ssh_options, plain_
             except remoteproc.ConnectionLostError as exc:
                 outcome.append(("lost", exc))
             if i == 30:
+                killed_at = time.time()
                 os.kill(agent, signal.SIGKILL)      # the host's agent (and with it its workers) dies
         lost = [(i, o[1]) for i, o in enumerate(outcome) if o[0] == "lost"]
         ok = [(i, o[1]) for i, o in enumerate(outcome) if o[0] == "ok"]
@@ -184,6 +185,11 @@ def test_a_host_that_dies_mid_map_fails_only_its_tasks(host, ssh_options, plain_
         assert after and all(uid != plain_uid for _, uid, _ in after)
         assert {h for h, _ in pool.workers()} == {host}
         assert pool.map(square, range(20)) == [x * x for x in range(20)]
+        status = pool.hosts_status()         # (no retries: down for good, since the loss)
+        assert status[host]["up"] and status[host]["down_since"] is None
+        down = status[plain_user_host]
+        assert not down["up"] and down["workers"] == 0 and "connection" in down["error"]
+        assert killed_at - 1 <= down["down_since"] <= time.time()
 
 
 @pytest.mark.timeout(60)
