@@ -107,6 +107,14 @@ def test_a_malformed_list_is_a_value_error_naming_the_position(text, position, w
     assert str(err).splitlines()[-1] == "  " + " " * position + "^"
 
 
+def test_the_documented_example_position_from_0_message_from_1():
+    """docs/integrations.md: ``position`` is 0-based, the message counts from 1."""
+    with pytest.raises(HostlistError) as info:
+        expand("node[")
+    assert info.value.position == 4
+    assert str(info.value) == "'[' is never closed at position 5 of 'node['\n  node[\n      ^"
+
+
 def test_a_product_of_groups_too_large_is_refused_not_built():
     with pytest.raises(HostlistError, match="more than"):
         expand("a[0-65535]b[0-65535]")

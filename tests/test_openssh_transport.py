@@ -109,6 +109,55 @@ def test_missing_ssh_program_is_named(monkeypatch, tmp_path):
     assert str(info.value).startswith("alice@node1: ") and info.value.host == "alice@node1"
 
 
+def _wrong_ssh_programs(tmp_path):
+    """(REMOTEPROC_SSH value, the OS's words) for programs that cannot be run."""
+    text = tmp_path / "ssh-not-executable"
+    text.write_text("#!/bin/sh\n")
+    garbage = tmp_path / "ssh-garbage"
+    garbage.write_bytes(b"\x7fNOT-AN-ELF")
+    garbage.chmod(0o755)
+    return [(str(tmp_path / "nonexistent" / "ssh"), "No such file or directory"), (str(text), "Permission denied"),
+            (str(tmp_path), "Is a directory"), (str(garbage), "Exec format error")]
+
+
+def test_a_wrong_remoteproc_ssh_is_a_connect_error_with_the_fix(monkeypatch, tmp_path):
+    """Where ssh is run for a host (ssh -G first, then the connection's own ssh), a
+    $REMOTEPROC_SSH that cannot run names itself, the variable and the way out."""
+    for program, words in _wrong_ssh_programs(tmp_path):
+        monkeypatch.setenv("REMOTEPROC_SSH", program)
+        with pytest.raises(ConnectError) as info:
+            openssh.resolve("alice@node1", {"ssh_config": False})
+        text = str(info.value)
+        assert text.startswith("alice@node1: ") and info.value.host == "alice@node1", text
+        assert program in text and "REMOTEPROC_SSH" in text and words in text, text
+        assert "Fix: set REMOTEPROC_SSH to an ssh program" in text and "transport='paramiko'" in text, text
+
+
+def test_a_wrong_remoteproc_ssh_from_a_remote_process(sshd, tmp_path):
+    """The same error reaches the program from start(), through the relay (a fresh one: it
+    inherits $REMOTEPROC_SSH when it starts)."""
+    code = (
+        "import sys\n"
+        "from remoteproc import RemoteProcess\n"
+        "from remoteproc.errors import ConnectError\n"
+        "p = RemoteProcess(sys.argv[1], target=print, transport='openssh', known_hosts=sys.argv[2])\n"
+        "try:\n"
+        "    p.start()\n"
+        "except ConnectError as exc:\n"
+        "    print('ConnectError:', exc)\n"
+        "except Exception as exc:\n"
+        "    print('other:', type(exc).__name__, exc)\n"
+    )
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    for program, words in _wrong_ssh_programs(tmp_path)[:2]:
+        env = dict(os.environ, REMOTEPROC_SSH=program, PYTHONPATH=repo)
+        out = subprocess.run([sys.executable, "-c", code, sshd.spec(), sshd.known_hosts], capture_output=True,
+                             text=True, timeout=120, env=env, stdin=subprocess.DEVNULL)
+        said = out.stdout.strip()
+        assert said.startswith("ConnectError: " + sshd.spec() + ": "), said + out.stderr
+        assert program in said and words in said and "Fix: set REMOTEPROC_SSH" in said, said
+
+
 SSH_WORDS = [
     ("Host key verification failed.", HostKeyError, "host_key_policy='accept-new'"),
     ("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@", HostKeyError, "ssh-keygen -R"),
@@ -147,7 +196,9 @@ def test_a_failure_s_fix_is_the_ssh_command_that_does_what_we_asked(tmp_path):
         config, os.path.expanduser("~/k"))
     assert "connect once with `%s`" % expected in str(exc)
     exc = openssh.failure(_target(ssh_config=False), 255, "alice@node1: Permission denied (publickey).")
-    assert "check that `ssh -F /dev/null alice@node1` logs in" in str(exc)
+    assert "check that `ssh -F none alice@node1` logs in" in str(exc)
+    exc = openssh.failure(_target(ssh_config="~/cfg"), 255, "Host key verification failed.")
+    assert "`ssh -F %s alice@node1`" % os.path.expanduser("~/cfg") in str(exc)     # (~ in quotes stays ~)
 
 
 JUMP_ENDED = "kex_exchange_identification: Connection closed by remote host\nConnection closed by UNKNOWN port 65535"

@@ -142,6 +142,13 @@ def test_missing_script(loopback, capfd):
     assert p.exitcode == 2                  # as python3 exits for a file it cannot open
     err = capfd.readouterr().err
     assert "can't open file '/nonexistent/script.py'" in err and "No such file or directory" in err
+    assert "relative paths" not in err          # (an absolute path starts nowhere)
+    p = run(host, "no/such/script.py", cwd="/tmp", **options)
+    p.join(30)
+    assert p.exitcode == 2
+    err = capfd.readouterr().err
+    assert "can't open file 'no/such/script.py'" in err
+    assert "(relative paths start from %s)" % os.path.realpath("/tmp") in err
 
 
 def test_terminate_and_kill(loopback, scripts):

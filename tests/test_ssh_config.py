@@ -487,7 +487,7 @@ def test_unknown_key_under_a_host_key_alias_suggests_what_records_it_there(tmp_p
     with pytest.raises(HostKeyError) as info:
         ssh.check_host_key(t, keys["a"])
     text = str(info.value)
-    assert "ssh -F %s -p 2222 rp@aliased" % config in text and "ssh-keyscan" not in text
+    assert "`ssh -F %s -o UserKnownHostsFile=%s rp@aliased`" % (config, kh) in text and "ssh-keyscan" not in text
 
 
 def test_unknown_key_message_names_host_type_fingerprint_and_fix(tmp_path, keys):
@@ -499,6 +499,30 @@ def test_unknown_key_message_names_host_type_fingerprint_and_fix(tmp_path, keys)
     assert "ssh-keyscan -p 2222 -t ed25519 host.example >> %s" % kh in text
     assert "host_key_policy='accept-new'" in text
     assert info.value.host == "rp@host.example:2222"
+
+
+def test_unknown_key_fix_records_it_where_we_look(tmp_path, keys):
+    """With known_hosts= of the caller's, ssh must be told of that file (quoted for the shell),
+    else it records the key in ~/.ssh/known_hosts, which this program then does not read."""
+    kh = tmp_path / "my hosts" / "known_hosts"
+    kh.parent.mkdir()
+    kh.write_text("")
+    for no_config in (False, "none", "NONE"):
+        t = ssh.resolve("rp@host.example:2222", {"known_hosts": str(kh), "ssh_config": no_config})
+        t.global_known_hosts = []
+        with pytest.raises(HostKeyError) as info:
+            ssh.check_host_key(t, keys["a"])
+        text = str(info.value)
+        assert ("connect once with `ssh -F none -o 'UserKnownHostsFile=\"%s\"' -p 2222 rp@host.example` and "
+                "answer yes, or run `ssh-keyscan -p 2222 -t ed25519 host.example >> '%s'`" % (kh, kh)) in text
+    # several files: ssh records in the first, the one ours reads first (and accept-new writes)
+    other = tmp_path / "other"
+    t = ssh.resolve("rp@host.example", {"known_hosts": [str(tmp_path / "first"), str(other)], "ssh_config": False})
+    t.global_known_hosts = []
+    with pytest.raises(HostKeyError) as info:
+        ssh.check_host_key(t, keys["a"])
+    assert ("`ssh -F none -o 'UserKnownHostsFile=%s %s' rp@host.example` and answer yes (ssh records it in the "
+            "first of those files, %s)" % (tmp_path / "first", other, tmp_path / "first")) in str(info.value)
 
 
 def test_fingerprint_is_openssh_s(tmp_path, keys):

@@ -82,8 +82,10 @@ def run_script(path, argv=(), json_positions=(), conn=None):
     os.environ[ENV_JSON] = ",".join(str(int(i)) for i in json_positions)
     path = os.path.expanduser(path)
     if not os.path.exists(path):
-        sys.stderr.write("remoteproc: can't open file %r on this host: [Errno 2] No such file or directory "
-                         "(relative paths start from %s)\n" % (path, os.getcwd()))
+        # (where a relative path starts is worth saying only for one)
+        hint = "" if os.path.isabs(path) else " (relative paths start from %s)" % os.getcwd()
+        sys.stderr.write("remoteproc: can't open file %r on this host: [Errno 2] No such file or directory%s\n"
+                         % (path, hint))
         sys.exit(2)
     sys.argv = [path] + [str(a) for a in argv]
     # As "python3 path": the script's directory comes first on sys.path.

@@ -171,20 +171,31 @@ def check_host_key(target: Target, key: Any) -> None:
                             "'accept-new')", target.display, kind, fingerprint(key), name, path)
         return
     checked = ", ".join(f for f in files if os.path.exists(f)) or "no known_hosts file exists"
-    login = "%s@%s" % (target.username, target.original_host)
-    config = target.options.get("ssh_config")
-    ssh = "ssh %s%s%s" % ("-F %s " % config if isinstance(config, str) else "",
-                          "-J %s " % ",".join(target.proxy_jump) if target.proxy_jump else "",
-                          "-p %d " % target.port if target.port != 22 else "")
-    if target.jump is not None or target.proxy_command or target.host_key_alias:
-        # (ssh-keyscan would record the key under the host's name, not under its HostKeyAlias)
-        how = "connect once with `%s%s` and answer yes" % (ssh, login)
-    else:
-        how = "connect once with `%s%s` and answer yes, or run `ssh-keyscan %s-t %s %s >> %s`" % (
-            ssh, login, "-p %d " % target.port if target.port != 22 else "", kind.replace("ssh-", "").split("-")[0],
-            target.hostname, target.known_hosts[0] if target.known_hosts else "~/.ssh/known_hosts")
     raise HostKeyError(
         "%s: the host key is unknown (%s %s; checked %s). Check that fingerprint with the host's "
         "administrator, then trust it: %s; or pass host_key_policy='accept-new' to record it on first "
-        "use." % (target.display, kind, fingerprint(key), checked, how), target.display)
+        "use." % (target.display, kind, fingerprint(key), checked, _how_to_trust(target, kind)), target.display)
+
+
+def _how_to_trust(target: Target, kind: str) -> str:
+    """The commands that record an unknown key where this program will look for it.
+
+    The ssh line is the openssh transport's (the caller's config, keys and known_hosts files):
+    ssh records the key in the first ``UserKnownHostsFile``, which is ours (with a
+    ``known_hosts=`` of the caller's, ``~/.ssh/known_hosts`` would never be read)."""
+    import shlex
+
+    from .openssh import user_command
+
+    ssh = user_command(target)
+    where = ""
+    if target.options.get("known_hosts") is not None and len(target.known_hosts) > 1:
+        where = " (ssh records it in the first of those files, %s)" % target.known_hosts[0]
+    if target.jump is not None or target.proxy_command or target.host_key_alias:
+        # (ssh-keyscan would record the key under the host's name, not under its HostKeyAlias)
+        return "connect once with `%s` and answer yes%s" % (ssh, where)
+    return "connect once with `%s` and answer yes%s, or run `ssh-keyscan %s-t %s %s >> %s`" % (
+        ssh, where, "-p %d " % target.port if target.port != 22 else "", kind.replace("ssh-", "").split("-")[0],
+        shlex.quote(target.hostname), shlex.quote(target.known_hosts[0]) if target.known_hosts
+        else "~/.ssh/known_hosts")
 

@@ -21,6 +21,7 @@ Standard library only; the relay process runs it (``relay/openssh_channel.py``).
 from __future__ import annotations
 
 import atexit
+import errno
 import hashlib
 import math
 import os
@@ -46,13 +47,50 @@ DEFAULT_CONFIGS = ("~/.ssh/config", "/etc/ssh/ssh_config")
 
 
 def ssh_binary(host: str) -> str:
-    """The ``ssh`` program (``$REMOTEPROC_SSH`` or the first ``ssh`` on PATH) to reach ``host``."""
-    found = os.environ.get("REMOTEPROC_SSH") or shutil.which("ssh")
+    """The ``ssh`` program (``$REMOTEPROC_SSH`` or the first ``ssh`` on PATH) to reach ``host``.
+
+    ``$REMOTEPROC_SSH`` is checked here, before anything runs it: a wrong one is a
+    ``ConnectError`` that names it and the way out, not an OSError from deep inside."""
+    given = os.environ.get("REMOTEPROC_SSH")
+    if given:
+        found = shutil.which(given)     # (a path: that file, if executable; a bare name: looked up on PATH)
+        if not found:
+            raise cannot_run(host, given, _why_not(given))
+        return found
+    found = shutil.which("ssh")
     if not found:
         raise ConnectError("%s: transport='openssh' needs the ssh program, and none is on PATH. Fix: install "
                            "OpenSSH's client (e.g. apt-get install openssh-client), set REMOTEPROC_SSH to its "
                            "path, or use transport='paramiko'." % host, host)
     return found
+
+
+def _why_not(program: str) -> str:
+    """Why ``shutil.which`` did not take ``program``, in the words of an OSError."""
+    if os.sep not in program:
+        return "no such program on PATH"
+    if not os.path.exists(program):
+        return os.strerror(errno.ENOENT)
+    if os.path.isdir(program):
+        return os.strerror(errno.EISDIR)
+    return os.strerror(errno.EACCES) + " (not executable)"
+
+
+def cannot_run(host: str, program: str, why: Any) -> ConnectError:
+    """The error for an ssh program that cannot be run (``why``: an OSError or its words)."""
+    if isinstance(why, OSError):
+        why = why.strerror or str(why)
+    on_path = shutil.which("ssh")
+    given = os.environ.get("REMOTEPROC_SSH")
+    if given:
+        origin = "$REMOTEPROC_SSH" if given == program else "$REMOTEPROC_SSH=%s" % given
+        fix = "set REMOTEPROC_SSH to an ssh program%s" % (
+            " (or unset it to use %s from PATH)" % on_path if on_path and on_path != program else "")
+    else:
+        origin = "from PATH"
+        fix = "install OpenSSH's client, or set REMOTEPROC_SSH to an ssh program"
+    return ConnectError("%s: transport='openssh' cannot run the ssh program %s (%s): %s. Fix: %s, or use "
+                        "transport='paramiko'." % (host, program, origin, why, fix), host)
 
 
 def _list(value: Any) -> list[str]:
@@ -132,9 +170,12 @@ def _route_args(options: dict[str, Any]) -> list[str]:
 def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
     """What ``ssh -G`` says it will do for ``spec``: keyword (lower case) -> values."""
     _, host, _ = parse_spec(spec)
+    program = ssh_binary(spec)
     try:
-        out = subprocess.run([ssh_binary(spec), "-G", *args, host], stdin=subprocess.DEVNULL, capture_output=True,
+        out = subprocess.run([program, "-G", *args, host], stdin=subprocess.DEVNULL, capture_output=True,
                              timeout=G_TIMEOUT, check=False)
+    except OSError as exc:      # (gone since, or not a program: ENOEXEC)
+        raise cannot_run(spec, program, exc) from None
     except subprocess.TimeoutExpired:
         raise ConfigError("%s: 'ssh -G' did not answer within %gs (a Match exec in ~/.ssh/config?)"
                           % (spec, G_TIMEOUT), spec) from None
@@ -206,17 +247,20 @@ def _make_known_hosts_dir(spec: str, known: list[str]) -> None:
 
 def user_command(target: Target, host: Optional[str] = None, jumps: Optional[list[str]] = None) -> str:
     """The ``ssh`` command line a user runs to do by hand what we asked of ssh for ``target`` (or
-    for ``host`` through ``jumps``): the same config, keys and known_hosts, with its prompts."""
+    for ``host`` through ``jumps``): the same config, keys and known_hosts, with its prompts.
+
+    Either transport's ``target`` (its ``options`` are the caller's): ssh records a host key it
+    is told to trust in the first ``UserKnownHostsFile``, the file both transports read first."""
     import shlex
 
     options = target.options
     user, name, port = parse_spec(target.spec)
     args = ["ssh"]
     config = options.get("ssh_config")
-    if config is False:
-        args += ["-F", "/dev/null"]
+    if config is False or (isinstance(config, str) and config.lower() == "none"):
+        args += ["-F", "none"]
     elif isinstance(config, (str, os.PathLike)):
-        args += ["-F", os.fspath(config)]
+        args += ["-F", os.path.expanduser(os.fspath(config))]     # (a quoted ~ is not expanded by the shell)
     for key in _list(options.get("key_filename")):
         args += ["-i", key]
     known = _list(options.get("known_hosts"))
