@@ -48,9 +48,19 @@ def timed_import(conn):
 
 
 def clear_cache(conn):
+    """Empty the cache for a cold first import: recent entries too (no other program uses this
+    one), once the previous connection's agent has let go of its entries (bounded)."""
+    import time
+
     from remoteproc.agent import pkgcache
 
-    conn.send(pkgcache.clear())
+    deadline = time.monotonic() + 15
+    removed, kept = pkgcache.clear(recent=0)
+    while kept and time.monotonic() < deadline:
+        time.sleep(0.2)
+        more, kept = pkgcache.clear(recent=0)
+        removed += more
+    conn.send((removed, kept))
 
 
 def own_cache(options: dict, user: str) -> tuple[dict, str]:

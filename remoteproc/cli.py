@@ -38,7 +38,7 @@ TERMINATE_GRACE = 5.0
 MAIN_EPILOG = """examples:
   remoteproc run alice@build01 ~/jobs/train.py --epochs 3
   remoteproc check alice@build01
-  remoteproc cache alice@build01          # packages cached there; --clear empties it
+  remoteproc cache alice@build01          # packages cached there; --clear removes those not in use
   remoteproc demo                         # through a private loopback SSH server
   python -m remoteproc check -p 2222 -i ~/.ssh/id_ed25519 alice@10.0.0.7
 
@@ -77,7 +77,7 @@ $XDG_CACHE_HOME/remoteproc or ~/.cache/remoteproc (see docs/modules.md).
 
 examples:
   remoteproc cache alice@build01            # what is cached there, least recently used first
-  remoteproc cache --clear alice@build01    # empty it
+  remoteproc cache --clear alice@build01    # remove the entries not in use
 """
 
 DEMO_EPILOG = """examples:
@@ -142,7 +142,8 @@ def explain(exc: BaseException) -> tuple[str, str]:
             return ("the host's key differs from the one recorded in known_hosts",
                     "if the change is expected, remove the old key with ssh-keygen -R HOST, then run again")
         return ("the host's key is not in known_hosts, and unknown keys are refused",
-                "check the fingerprint, then connect once with ssh, or pass --accept-new to record it")
+                "check the fingerprint, then trust the key with the command above (it records the key in the "
+                "known_hosts file remoteproc reads), or pass --accept-new to record it")
     if isinstance(exc, AuthenticationError):
         return ("the SSH server refused every key (and password) offered",
                 "pass the right key with -i KEY, load it into ssh-agent, or add its public key to "
@@ -388,16 +389,23 @@ def cache_command(args: argparse.Namespace) -> int:
     finally:
         parent.close()
     if facts["removed"] is not None:
-        print("%s: removed %d entries from %s" % (args.host, facts["removed"], facts["root"]))
+        print("%s: removed %s from %s" % (args.host, _entries(facts["removed"]), facts["root"]))
+        for e in facts.get("kept") or ():
+            print("  kept %-12s  %-28s %s" % (e["hash"][:12], ("%s %s" % (e.get("name") or "", e.get("version") or ""))
+                                              .strip() or "(download)", e.get("why") or ""))
     entries = sorted(facts["entries"], key=lambda e: e.get("used") or 0)
     total = sum(int(e.get("size") or 0) for e in entries)
-    print("%s: %d entries, %.1f MB in %s" % (args.host, len(entries), total / 1e6, facts["root"]))
+    print("%s: %s, %.1f MB in %s" % (args.host, _entries(len(entries)), total / 1e6, facts["root"]))
     for e in entries:
         print("  %-12s  %-28s %9.1f MB %6s files  used %s" % (
             e["hash"][:12], ("%s %s" % (e.get("name") or "?", e.get("version") or "")).strip(),
             int(e.get("size") or 0) / 1e6, e.get("files", "?"),
             time.strftime("%Y-%m-%d %H:%M", time.localtime(e.get("used") or 0))))
     return 0
+
+
+def _entries(count: int) -> str:
+    return "%d %s" % (count, "entry" if count == 1 else "entries")
 
 
 # -- demo ---------------------------------------------------------------------------------
@@ -558,9 +566,9 @@ def build_parser() -> argparse.ArgumentParser:
     p_check.add_argument("host", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
 
     p_cache = sub.add_parser("cache", parents=[ssh], formatter_class=raw, epilog=CACHE_EPILOG,
-                             help="list the packages cached on HOST (--clear empties the cache)",
+                             help="list the packages cached on HOST (--clear removes those not in use)",
                              description="List the package cache on HOST.")
-    p_cache.add_argument("--clear", action="store_true", help="remove every entry")
+    p_cache.add_argument("--clear", action="store_true", help="remove the entries no running program uses")
     p_cache.add_argument("host", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
 
     p_demo = sub.add_parser("demo", parents=[ssh], formatter_class=raw, epilog=DEMO_EPILOG,

@@ -8,7 +8,8 @@ package cache (``agent/pkgcache.py``).  Its files are those its ``RECORD`` lists
 the package directory, when no distribution owns it), and only those inside the
 directory of ``sys.path`` it was found in: an entry pointing elsewhere (``../../x``,
 an absolute path, a link leading out) is never read.  Compiled files go only where
-their wheel's tags, and their extension suffixes, say they load.
+their wheel's tags, and their extension suffixes, say they load, and no distribution
+(pure ones included) goes to a Python its ``Requires-Python`` excludes.
 """
 
 from __future__ import annotations
@@ -17,18 +18,23 @@ import base64
 import csv
 import functools
 import importlib.machinery
+import logging
 import os
 import re
 import stat
 import sys
 from dataclasses import dataclass, field
 
+from . import requires_python
 from .agent import pkgcache
+
+log = logging.getLogger("remoteproc.packages")
 
 MAX_BYTES = 4 << 30     # a distribution larger than this is refused (its host would need the space twice)
 MAX_FILES = 50000
 _CODE = (".py", ".pyi")
 _LEGACY = {"manylinux1": (2, 5), "manylinux2010": (2, 12), "manylinux2014": (2, 17)}
+_EXTENSION_MODULE = re.compile(r"\.(cpython-|abi3|pypy)[^/]*\.so$|\.pyd$")
 _PLATFORM = re.compile(r"^(manylinux|musllinux)_(\d+)_(\d+)_(\w+)$")
 
 
@@ -48,6 +54,7 @@ class Distribution:
     tags: list[str] = field(default_factory=list)       # the WHEEL's Tag lines ([] without a WHEEL)
     refused: list[str] = field(default_factory=list)    # RECORD entries not served (outside the site)
     known: dict[str, str] = field(default_factory=dict)  # rel -> sha256 hex, from RECORD (file unchanged since)
+    info: str = ""              # its *.dist-info directory ("" with no distribution)
 
     @property
     def size(self) -> int:
@@ -63,14 +70,64 @@ def is_extension(rel: str) -> bool:
     return base.endswith((".so", ".pyd", ".dylib")) or ".so." in base
 
 
-def _needs_files(dist: Distribution, info: str | None) -> bool:
-    """True when the package cannot live in memory only: compiled code or data files."""
+def need(dist: Distribution) -> str | None:
+    """Why ``dist`` needs real files on the host ("a C extension (x/y.cpython-311-...so)",
+    "compiled code (x.libs/z.so.1)", "data files (x/z.pem)"), or None when it is plain Python (and ``py.typed``)."""
+    compiled = data = None
     for rel, _mode, _size, _mtime in dist.files:
-        if info and rel.startswith(info + "/"):
+        if dist.info and rel.startswith(dist.info + "/"):
             continue
-        if is_extension(rel) or not (rel.endswith(_CODE) or rel.endswith("/py.typed")):
-            return True
-    return False
+        if is_extension(rel):
+            if _EXTENSION_MODULE.search(rel):
+                return "a C extension (%s)" % rel       # (an extension module: the best example)
+            compiled = compiled or "compiled code (%s)" % rel
+        elif data is None and not (rel.endswith(_CODE) or rel.endswith("/py.typed")):
+            data = "data files (%s)" % rel
+    return compiled or data
+
+
+@dataclass
+class Unit:
+    """What a requested module is part of, as a unit that is sent or refused whole: its
+    top-level module or package, or, inside a namespace package (no ``__init__.py``), the
+    first regular package or module below it (``acme.fast`` for ``acme.fast.x``)."""
+
+    name: str                   # 'requests', 'acme.fast'
+    site: str                   # the sys.path entry it is under
+    rel: str                    # its path under site: 'requests', 'six.py', 'acme/fast'
+    namespace: str = ""         # the namespace package it is inside ('acme'), if any
+    info: str | None = None     # the *.dist-info in site whose RECORD lists it
+
+    @property
+    def dist_name(self) -> str | None:
+        return self.info[:-len(".dist-info")].partition("-")[0] if self.info else None
+
+
+def locate(name: str, path: list) -> Unit | None:
+    """The unit that module ``name`` belongs to on ``path`` (the user's sys.path), with the
+    distribution that owns it; None when it is not there, not from a file, or a namespace
+    package itself."""
+    parts = name.split(".")
+    if not all(p.isidentifier() for p in parts):
+        return None
+    search = [p for p in path if isinstance(p, str)]
+    spec = importlib.machinery.PathFinder.find_spec(parts[0], search)
+    depth = 0
+    while spec is not None and spec.origin is None and spec.submodule_search_locations is not None:
+        depth += 1          # a namespace package: the unit is what it holds
+        if depth >= len(parts):
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth + 1]),
+                                                        list(spec.submodule_search_locations))
+    if spec is None or not spec.origin or not os.path.isabs(spec.origin):
+        return None
+    base = os.path.dirname(spec.origin) if spec.submodule_search_locations is not None else spec.origin
+    site = base
+    for _ in range(depth + 1):
+        site = os.path.dirname(site)
+    rel = os.path.relpath(base, site).replace(os.sep, "/")
+    _real_dir.cache_clear()     # (links are looked at afresh for every package)
+    return Unit(".".join(parts[:depth + 1]), site, rel, ".".join(parts[:depth]), _owner(site, rel))
 
 
 def find(top: str, path: list) -> Distribution | None:
@@ -78,70 +135,89 @@ def find(top: str, path: list) -> Distribution | None:
     on the host; None when ``top`` is not there or is plain Python (sent from memory)."""
     if not top.isidentifier():
         return None
-    _real_dir.cache_clear()     # (links are looked at afresh for every package)
-    search = [p for p in path if isinstance(p, str)]
-    spec = importlib.machinery.PathFinder.find_spec(top, search)
-    if spec is None or not spec.origin or not os.path.isabs(spec.origin):
+    unit = locate(top, path)
+    if unit is None or unit.namespace:
         return None         # not found, a namespace package, or not from a file
-    if spec.submodule_search_locations is not None:
-        pkgdir = os.path.dirname(spec.origin)
-        site, key = os.path.dirname(pkgdir), os.path.basename(pkgdir)
+    return gather(unit)
+
+
+def gather(unit: Unit) -> Distribution | None:
+    """The files of the distribution that ``unit`` comes from (or of its directory, when no
+    distribution owns it), if it needs real files on the host; None for plain Python."""
+    if unit.info is not None:
+        name, _, version = unit.info[:-len(".dist-info")].partition("-")
+        dist = Distribution(unit.name, name, version, unit.site, tags=_tags(unit.site, unit.info), info=unit.info)
+        _record_files(dist, unit.info)
     else:
-        site, key = os.path.dirname(spec.origin), os.path.basename(spec.origin)
-    info = _owner(site, key)
-    if info is not None:
-        name, _, version = info[:-len(".dist-info")].partition("-")
-        dist = Distribution(top, name, version, site, tags=_tags(site, info))
-        _record_files(dist, info)
-    else:
-        dist = Distribution(top, top, "", site)
-        _walk_files(dist, key)
-    if not _needs_files(dist, info):
+        dist = Distribution(unit.name, unit.name, "", unit.site)
+        _walk_files(dist, unit.rel)
+    if need(dist) is None:
         return None
     dist.files.sort()
     if len(dist.files) > MAX_FILES or dist.size > MAX_BYTES:
         raise Unsendable("%s (%s) is too large to send: %d files, %.0f MB (the limits are %d files, %.0f MB); "
-                         "install it on the host instead" % (top, dist.label, len(dist.files), dist.size / 1e6,
-                                                             MAX_FILES, MAX_BYTES / 1e6))
+                         "install it on the host instead" % (unit.name, dist.label, len(dist.files),
+                                                             dist.size / 1e6, MAX_FILES, MAX_BYTES / 1e6))
     return dist
 
 
-_owners: dict[str, tuple[int, dict[str, str]]] = {}
+def owner_name(origin: str, path: list) -> str | None:
+    """The distribution whose RECORD lists the file ``origin`` (found on ``path``), by name."""
+    for site in path:
+        if isinstance(site, str) and site and origin.startswith(os.path.join(site, "")):
+            info = _owner(site, os.path.relpath(origin, site).replace(os.sep, "/"))
+            if info is not None:
+                return info[:-len(".dist-info")].partition("-")[0]
+    return None
+
+
+_owners: dict[str, tuple[int, dict[str, list[str]]]] = {}
 
 
 def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "_", name).lower()
 
 
-def _owner(site: str, key: str) -> str | None:
-    """The ``*.dist-info`` directory in ``site`` whose RECORD lists ``key`` (a top-level entry).
-    The distribution named like the package is tried first (reading every RECORD of a large
-    site-packages takes a few hundred milliseconds)."""
+def _owner(site: str, rel: str) -> str | None:
+    """The ``*.dist-info`` directory in ``site`` whose RECORD lists ``rel`` (a module file or a
+    package directory: a file under it).  The distribution named like the package is tried
+    first (reading every RECORD of a large site-packages takes a few hundred milliseconds);
+    inside a namespace package several distributions share the first directory, so the
+    candidates' RECORDs are read for the whole path."""
     try:
         mtime = os.stat(site).st_mtime_ns
         names = os.listdir(site)
     except OSError:
         return None
-    stem = _canonical(key.split(".", 1)[0])
+    first = rel.split("/", 1)[0]
+    stems = {_canonical(first.split(".", 1)[0]), _canonical(rel.replace("/", "_")),
+             _canonical(rel.rsplit("/", 1)[-1].split(".", 1)[0])}
     for info in names:
-        if info.endswith(".dist-info") and _canonical(info.split("-", 1)[0]) == stem:
-            if any(rel.split("/", 1)[0] == key for rel, _h, _s in _record(site, info)):
-                return info
+        if info.endswith(".dist-info") and _canonical(info.split("-", 1)[0]) in stems and _lists(site, info, rel):
+            return info
     known = _owners.get(site)
     if known is None or known[0] != mtime:
-        index: dict[str, str] = {}
+        index: dict[str, list[str]] = {}
         try:
             names = sorted(os.listdir(site))
         except OSError:
             names = []
         for info in names:
             if info.endswith(".dist-info"):
-                for rel, _hash, _size in _record(site, info):
-                    first = rel.split("/", 1)[0]
-                    if first not in ("", ".", "..", info):
-                        index.setdefault(first, info)
+                for top in {row[0].split("/", 1)[0] for row in _record(site, info)}:
+                    if top not in ("", ".", "..", info):
+                        index.setdefault(top, []).append(info)
         known = _owners[site] = (mtime, index)
-    return known[1].get(key)
+    candidates = known[1].get(first, [])
+    if "/" not in rel:
+        return candidates[0] if candidates else None
+    return next((info for info in candidates if _lists(site, info, rel)), None)
+
+
+def _lists(site: str, info: str, rel: str) -> bool:
+    """Does ``info``'s RECORD list ``rel``, or a file under it?"""
+    under = rel + "/"
+    return any(row == rel or row.startswith(under) for row, _h, _s in _record(site, info))
 
 
 def _record(site: str, info: str) -> list[tuple[str, str, str]]:
@@ -441,3 +517,93 @@ def _foreign_suffix(rel: str, abi: dict) -> bool:
         return False        # untagged (.so, vendored libraries): the wheel tags speak for it
     return not any(base.endswith(s) for s in abi.get("suffixes") or [] if s != ".so")
 
+
+
+def _install(dist_name: str, version: str, python: str) -> str:
+    return "`%s -m pip install --user %s`" % (python, "%s==%s" % (dist_name, version) if version else dist_name)
+
+
+def refuse_cache_off(dist: Distribution, display: str, python: str = "python3") -> Unsendable:
+    """The error for a package that needs files on a host whose package cache is off."""
+    return Unsendable(
+        "cannot send package %r (%s) to %s: it holds %s, which must be real files there, and the host's package "
+        "cache is turned off (cache_size=0). Fix: install %s there with the host's own Python (%s), or leave "
+        "cache_size at its default so that it goes to the host's package cache"
+        % (dist.top, dist.label, display, need(dist), dist.name, _install(dist.name, dist.version, python)))
+
+
+def refuse_in_namespace(unit: Unit, dist: Distribution, display: str, python: str = "python3") -> Unsendable:
+    """The error for a package that needs files but sits inside a namespace package: the
+    host's cache serves top-level packages only (a remote child imports an entry by its
+    top-level name), so it is not sent, and the message names the distribution to install."""
+    if unit.info:
+        fix = "install the distribution %s (%s) on the host with its own Python (%s)" % (
+            dist.name, dist.label, _install(dist.name, dist.version, python))
+    else:
+        fix = "install the project that provides %s (%s; no installed distribution here owns it) on the host " \
+              "with its own Python (`%s -m pip install --user <project>`)" % (unit.name, unit.site, python)
+    return Unsendable(
+        "cannot send package %r to %s: it holds %s, which must be real files there, and it is inside the namespace "
+        "package %r, which the host's package cache does not take (only top-level packages). Fix: %s"
+        % (unit.name, display, need(dist), unit.namespace, fix))
+
+
+# -- Requires-Python ----------------------------------------------------------------------------
+
+_metadata: dict[tuple[str, int], dict[str, str]] = {}
+
+
+def metadata(site: str, info: str) -> dict[str, str]:
+    """The header fields of a distribution's METADATA (lower-case names; the first of each)."""
+    path = os.path.join(site, info, "METADATA")
+    try:
+        key = (path, os.stat(path).st_mtime_ns)
+    except OSError:
+        return {}
+    fields = _metadata.get(key)
+    if fields is None:
+        fields = {}
+        try:
+            with open(path, encoding="utf-8", errors="replace") as f:
+                for line in f:
+                    if not line.strip():
+                        break       # the headers end at the first empty line
+                    name, colon, value = line.partition(":")
+                    if colon and not line[0].isspace():
+                        fields.setdefault(name.strip().lower(), value.strip())
+        except OSError:
+            return {}
+        if len(_metadata) > 1024:
+            _metadata.clear()
+        fields = _metadata[key] = fields
+    return fields
+
+
+def check_python(unit: Unit, abi: dict, display: str, python: str = "python3") -> None:
+    """Raise Unsendable (naming the distribution, its Requires-Python, the host's Python and
+    the fix) when the distribution that ``unit`` comes from excludes the host's Python.  A
+    specifier that our own Python does not meet either is not enforced here (the package was
+    installed regardless, and runs), nor is one we cannot parse."""
+    if unit.info is None:
+        return
+    spec = metadata(unit.site, unit.info).get("requires-python")
+    if not spec:
+        return
+    have = tuple(abi.get("python") or tuple(abi.get("version") or ()) + (0,))[:3]
+    if len(have) < 2:
+        return
+    verdict = requires_python.allows(spec, have)
+    if verdict is None:
+        log.debug("%s: %s: cannot parse Requires-Python %r; sending it anyway", display, unit.info, spec)
+        return
+    if verdict or requires_python.allows(spec, tuple(sys.version_info[:3])) is False:
+        return
+    fields = metadata(unit.site, unit.info)
+    name = fields.get("name") or unit.dist_name or unit.name
+    version = fields.get("version") or unit.info[:-len(".dist-info")].partition("-")[2]
+    host = "%s %s" % (abi.get("implementation") or "Python", ".".join(map(str, have)))
+    raise Unsendable(
+        "cannot send %r (%s %s) to %s: it requires Python %s (its Requires-Python), but the host runs %s. Fix: "
+        "install a release of %s that supports Python %s on the host with its own Python (`%s -m pip install "
+        "--user %s` there picks one), or run on that host a Python that matches (the python= option)"
+        % (unit.name, name, version, display, spec, host, name, ".".join(map(str, have[:2])), python, name))

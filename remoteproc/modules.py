@@ -24,7 +24,7 @@ def _valid(name: str) -> bool:
     return 0 < len(name) <= 512 and all(part.isidentifier() for part in name.split("."))
 
 
-def _entry(name: str, spec, host: str) -> dict[str, Any] | None:
+def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None:
     loader = spec.loader
     if spec.origin is None or loader is None:
         if spec.submodule_search_locations is not None:
@@ -35,11 +35,20 @@ def _entry(name: str, spec, host: str) -> dict[str, Any] | None:
             src = f.read().decode("utf-8", "surrogateescape")
         return {"pkg": spec.submodule_search_locations is not None, "src": src, "file": spec.origin}
     what = "a C extension" if isinstance(loader, importlib.machinery.ExtensionFileLoader) else "not Python source"
+    dist = _dist(name, spec.origin, path)
     return {"error": "module %r is %s (%s) and cannot be forwarded to %s; install %s there (e.g. `pip install "
-                     "%s` with the host's python3)" % (name, what, spec.origin, host, _dist(name), _dist(name))}
+                     "%s` with the host's python3)" % (name, what, spec.origin, host, dist, dist)}
 
 
-def _dist(name: str) -> str:
+def _dist(name: str, origin: str, path: list[str]) -> str:
+    """The distribution to install for module ``name``: the one whose RECORD lists its file
+    (exact, also inside a namespace package that several distributions share), else the
+    first that importlib.metadata says provides its top-level name."""
+    from . import distributions
+
+    owner = distributions.owner_name(origin, path)
+    if owner:
+        return owner
     top = name.split(".")[0]
     try:
         from importlib.metadata import packages_distributions  # type: ignore[attr-defined]  # (3.10+)
@@ -93,13 +102,13 @@ def find(name: str, path: list[str], host: str, editable: dict[str, str] | None 
         spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), list(spec.submodule_search_locations))
     if spec is None:
         return {name: None}
-    out: dict[str, Any] = {name: _entry(name, spec, host)}
+    out: dict[str, Any] = {name: _entry(name, spec, host, search)}
     if top is not None and top.origin and top.submodule_search_locations is not None:
-        _bundle(parts[0], os.path.dirname(top.origin), out, host)
+        _bundle(parts[0], os.path.dirname(top.origin), out, host, search)
     return out
 
 
-def _bundle(top: str, root: str, out: dict[str, Any], host: str) -> None:
+def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]) -> None:
     """Add every module of the package at ``root`` (regular packages only), within the caps."""
     files = 0
     size = 0
@@ -123,6 +132,7 @@ def _bundle(top: str, root: str, out: dict[str, Any], host: str) -> None:
                                 "file": full}
             elif fn.endswith(_EXT):
                 mod = prefix + "." + fn.split(".")[0]
+                full = os.path.join(dirpath, fn)
                 if mod not in out and _valid(mod):
                     out[mod] = {"error": "module %r is a C extension (%s) and cannot be forwarded to %s; install "
-                                         "%s there" % (mod, os.path.join(dirpath, fn), host, _dist(mod))}
+                                         "%s there" % (mod, full, host, _dist(mod, full, path))}

@@ -140,13 +140,25 @@ class PackageServer:
         self.accepted = accepted
 
     def answer(self, name: str, path: list) -> dict | None:
-        """The ``modules`` entries for top-level ``name`` when it goes through the cache, else None."""
-        if "." in name or not self.cap or self.abi is None:
+        """The ``modules`` entries for ``name`` when it goes through the cache or is refused
+        here; None when it is sent from memory (``modules.find``).  Asked for every module a
+        child's host lacks, before ``modules.find``: so a distribution whose Requires-Python
+        excludes the host's Python is refused whether it is pure or not, and a package that
+        needs files is refused, with what to install, where the cache cannot take it."""
+        if self.abi is None:
             return None
         try:
-            dist = distributions.find(name, path)
+            unit = distributions.locate(name, path)
+            if unit is None or unit.name != name:
+                return None     # not ours, a namespace package itself, or inside a unit asked for before
+            distributions.check_python(unit, self.abi, self.display, self.python)
+            dist = distributions.gather(unit)
             if dist is None:
-                return None
+                return None     # plain Python: from memory
+            if unit.namespace:
+                raise distributions.refuse_in_namespace(unit, dist, self.display, self.python)
+            if not self.cap:
+                raise distributions.refuse_cache_off(dist, self.display, self.python)
             distributions.check(dist, self.abi, self.display, self.python)
             distributions.add_bytecode(dist, self.abi)
             digest = distributions.digest(dist)

@@ -7,6 +7,7 @@ its ``remoteproc-USER`` aliases) or from flags (``-p``, ``-l``, ``-i``, ``--know
 from __future__ import annotations
 
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -45,7 +46,7 @@ def flags(sshd):
 
 # -- help and parsing ---------------------------------------------------------------------
 
-@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["demo"]])
+@pytest.mark.parametrize("command", [[], ["run"], ["check"], ["cache"], ["demo"]])
 def test_help_has_examples(command):
     out = remoteproc_cmd(*command, "--help")
     assert out.returncode == 0, out.stderr
@@ -258,6 +259,31 @@ def test_check_unknown_host_key_then_accept_new(sshd, tmp_path):
     assert out.returncode == 0, out.stderr
 
 
+def test_check_unknown_host_key_the_suggested_ssh_records_it_where_we_look(sshd, tmp_path):
+    """The ssh line of the message, answered yes, records the key in the --known-hosts file
+    (a path with a space: quoted for the shell), so that the next check passes."""
+    known = tmp_path / "my hosts" / "known_hosts"
+    known.parent.mkdir()
+    known.write_text("")
+    base = ["check", "-p", str(sshd.port), "-i", sshd.client_key, "--known-hosts", str(known), "-F", "none",
+            "127.0.0.1"]
+    out = remoteproc_cmd(*base)
+    assert out.returncode == 1 and "host key is unknown" in out.stderr, out.stdout + out.stderr
+    suggested = out.stderr.split("connect once with `", 1)[1].split("`", 1)[0]
+    argv = shlex.split(suggested)
+    assert argv[:3] == ["ssh", "-F", "none"], suggested
+    # "answer yes", without a terminal; a decoy file (ssh takes the first value given) is where ssh
+    # would record the key if the suggestion did not name ours (and ~/.ssh/known_hosts is never touched)
+    decoy = tmp_path / "decoy_known_hosts"
+    answered = argv[:-1] + ["-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes",
+                            "-o", "UserKnownHostsFile=" + str(decoy), argv[-1], "true"]
+    done = subprocess.run(answered, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+    assert "[127.0.0.1]:%d" % sshd.port in known.read_text() and not decoy.exists(), (suggested, done.stderr)
+    assert done.returncode == 0, done.stderr
+    out = remoteproc_cmd(*base)
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
 def _failure(sshd, tmp_path, case):
     args = ["-p", str(sshd.port), "-i", sshd.client_key, "--known-hosts", sshd.known_hosts, "-F", "none",
             "--connect-timeout", "10"]
@@ -289,6 +315,51 @@ def test_check_failures_say_cause_and_fix(sshd, tmp_path, case, error, fix):
     assert "FAILED" in out.stdout
     assert error in out.stderr and "cause:" in out.stderr and "fix:" in out.stderr and fix in out.stderr
     assert "Traceback" not in out.stderr
+
+
+# -- cache -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("count,removed,said", [
+    (1, 1, ["h: removed 1 entry from /c", "h: 1 entry, 0.0 MB in /c"]),
+    (2, 0, ["h: removed 0 entries from /c", "h: 2 entries, 0.0 MB in /c"]),
+    (0, None, ["h: 0 entries, 0.0 MB in /c"]),
+])
+def test_cache_counts_entries_in_english(monkeypatch, capsys, count, removed, said):
+    """What the host's cache reported, as the command prints it (a stand-in for the remote child)."""
+    _cache_says(monkeypatch, capsys, count, removed, said, [])
+
+
+def test_cache_clear_says_what_stayed_and_why(monkeypatch, capsys):
+    kept = [{"hash": "ab" * 32, "name": "numpy", "version": "2.4", "why": "in use by a running program"},
+            {"hash": "cd" * 6, "name": None, "why": "a download under way"}]
+    _cache_says(monkeypatch, capsys, 0, 3, [
+        "h: removed 3 entries from /c",
+        "  kept abababababab  numpy 2.4                    in use by a running program",
+        "  kept cdcdcdcdcdcd  (download)                   a download under way",
+        "h: 0 entries, 0.0 MB in /c"], kept)
+
+
+def _cache_says(monkeypatch, capsys, count, removed, said, kept):
+    from remoteproc import process
+
+    facts = {"root": "/c", "removed": removed, "kept": kept,
+             "entries": [{"hash": "%064d" % i, "name": "p%d" % i, "size": 1, "used": i} for i in range(count)]}
+
+    class Reporter:
+        def __init__(self, host, target, args, **options):
+            self.conn, self.connection_error = args[0], None
+
+        def start(self):
+            self.conn.send(facts)
+
+        def join(self, timeout=None):
+            pass
+
+    monkeypatch.setattr(process, "RemoteProcess", Reporter)
+    argv = ["cache", "--clear", "h"] if removed is not None else ["cache", "h"]
+    assert cli.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[:len(said)] == said and len(lines) == len(said) + count
 
 
 # -- demo --------------------------------------------------------------------------------

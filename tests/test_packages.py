@@ -3,6 +3,7 @@ through its package cache (~/.cache/remoteproc, addressed by content)."""
 
 from __future__ import annotations
 
+import fcntl
 import importlib.metadata
 import json
 import logging
@@ -325,6 +326,68 @@ def test_two_top_level_packages_of_one_distribution_share_its_entry(plain_user_h
     assert sorted(n for n in os.listdir(homes[0]) if not n.startswith(".")) == sorted(names + [info.name])
 
 
+@pytest.fixture
+def namespace_site(tmp_path, monkeypatch):
+    """A namespace package (no __init__.py) of three distributions: ``<ns>.fast`` (a C
+    extension), ``<ns>.data_tools`` (a data file read next to __file__) and ``<ns>.plain``
+    (Python only).  Returns (namespace, site, fast's and data_tools' distribution names)."""
+    if shutil.which("gcc") is None:
+        pytest.fail("gcc is needed to build the test's C extension")
+    tag = uuid.uuid4().hex[:8]
+    ns, site = "rpns_" + tag, tmp_path / "site"
+    parts = {"fast": ("from ._speed import answer\n", {}), "data_tools": (
+        "import os\n\ndef words():\n    with open(os.path.join(os.path.dirname(__file__), 'words.txt')) as f:\n"
+        "        return f.read()\n", {"words.txt": "forty-two\n"}), "plain": ("VALUE = 42\n", {})}
+    dists = {}
+    for sub, (init, extra) in parts.items():
+        pkg = site / ns / sub
+        pkg.mkdir(parents=True)
+        (pkg / "__init__.py").write_text(init)
+        for fn, text in extra.items():
+            (pkg / fn).write_text(text)
+        if sub == "fast":
+            _build(str(pkg), 42)
+            os.unlink(pkg / "_speed.c")
+        dist = dists[sub] = "rpns_%s_%s" % (sub.replace("_", ""), tag)
+        info = site / ("%s-1.0.dist-info" % dist)
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % dist)
+        files = ["%s/%s/%s" % (ns, sub, fn) for fn in sorted(os.listdir(pkg))]
+        (info / "RECORD").write_text("\n".join(["%s,," % f for f in files] + [info.name + "/RECORD,,"]) + "\n")
+    monkeypatch.syspath_prepend(str(site))
+    yield ns, str(site), dists["fast"], dists["data_tools"]
+    for mod in [m for m in sys.modules if m == ns or m.startswith(ns + ".")]:
+        del sys.modules[mod]
+
+
+def test_packages_inside_a_namespace_package_that_need_files_name_their_distribution(
+        plain_user_host, plain_user_options, namespace_site, fresh):
+    """The host's cache takes top-level packages only: a subpackage of a namespace package that
+    needs files is refused at its import, by an ImportError naming its own distribution (from
+    RECORD, not the namespace's name), never imported with its local file names."""
+    ns, _site, fast, data_tools = namespace_site
+    kind, message = _call(plain_user_host, plain_user_options, import_job, ns + ".fast", "m.answer()")
+    assert kind == "ImportError", message
+    assert "%s.fast" % ns in message and "a C extension (%s/fast/_speed" % ns in message
+    assert "namespace package %r" % ns in message and "pip install --user %s==1.0" % fast in message
+    kind, message = _call(plain_user_host, plain_user_options, import_job, ns + ".data_tools", "m.words()")
+    assert kind == "ImportError", message
+    assert "data files (%s/data_tools/words.txt)" % ns in message and "pip install --user %s==1.0" % data_tools \
+        in message
+    assert _call(plain_user_host, plain_user_options, import_job, ns + ".plain", "m.VALUE") == ("ok", 42)
+
+
+def test_the_owner_of_a_file_inside_a_namespace_package_is_found_by_record(namespace_site):
+    ns, site, fast, data_tools = namespace_site
+    speed = next(f for f in os.listdir(os.path.join(site, ns, "fast")) if f.startswith("_speed"))
+    assert distributions.owner_name(os.path.join(site, ns, "fast", speed), [site]) == fast
+    assert distributions.owner_name(os.path.join(site, ns, "data_tools", "words.txt"), [site]) == data_tools
+    unit = distributions.locate(ns + ".data_tools.x", [site])
+    assert unit is not None and (unit.name, unit.rel, unit.namespace) == (ns + ".data_tools", ns + "/data_tools", ns)
+    assert unit.dist_name == data_tools
+    assert distributions.locate(ns, [site]) is None     # the namespace package itself: nothing of its own
+
+
 CONCURRENT = """
 import json, sys
 sys.path.insert(0, %(repo)r)
@@ -391,9 +454,26 @@ def test_nothing_is_written_outside_the_cache(plain_user_host, plain_user_option
     assert _snapshot(home) == before
 
 
-def test_cache_size_zero_turns_the_cache_off(plain_user_host, plain_user_options, fresh):
-    kind, message = _call(plain_user_host, dict(plain_user_options, cache_size=0), import_job, "numpy", "1")
-    assert kind == "ImportError" and "C extension" in message and "install numpy there" in message
+def test_cache_size_zero_turns_the_cache_off(plain_user_host, plain_user_options, private_package, tmp_path,
+                                             monkeypatch, fresh):
+    """Compiled packages and packages with data files alike are refused, by an ImportError
+    that says the cache is off and what to install; never imported with local file names."""
+    off = dict(plain_user_options, cache_size=0)
+    kind, message = _call(plain_user_host, off, import_job, "numpy", "1")
+    assert kind == "ImportError" and "a C extension (numpy/" in message and "cache_size=0" in message
+    assert "install numpy there" in message and "pip install --user numpy==" in message
+    name, _root = private_package
+    kind, message = _call(plain_user_host, off, import_job, name, "m.report()")
+    assert kind == "ImportError" and "cache_size=0" in message and "install %s there" % name in message
+    data = "rpdata_" + uuid.uuid4().hex[:8]      # data files only: no compiled code at all
+    (tmp_path / "site" / data).mkdir(parents=True)
+    (tmp_path / "site" / data / "__init__.py").write_text("import os\nHERE = os.path.dirname(__file__)\n")
+    (tmp_path / "site" / data / "table.dat").write_text("data\n")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    kind, message = _call(plain_user_host, off, import_job, data, "m.HERE")
+    assert kind == "ImportError", message
+    assert "data files (%s/table.dat)" % data in message and "cache_size=0" in message
+    assert "install %s there" % data in message and plain_user_host in message
 
 
 def test_cache_command_lists_and_clears(plain_user_host, own_cache, fresh, capsys):
@@ -408,9 +488,73 @@ def test_cache_command_lists_and_clears(plain_user_host, own_cache, fresh, capsy
     assert "certifi" in out and root in out
     names = sorted(e["name"] for e in _entries(root=root))
     assert "certifi" in names and "charset_normalizer" in names     # (compiled with mypyc)
+    client.shutdown()       # (that program ends: its connection no longer holds its entries)
+    _wait_unlocked(root)
+    _age(root, 3600)        # (and used them an hour ago)
     assert cli.main(["cache", "--clear"] + argv) == 0
     assert "removed %d entries" % len(names) in capsys.readouterr().out
     assert _entries(root=root) == []
+
+
+def _age(root: str, seconds: float) -> None:
+    """Make every entry look last used ``seconds`` ago."""
+    for e in _entries(root=root):
+        then = time.time() - seconds
+        os.utime(os.path.join(e["path"], pkgcache.MANIFEST), (then, then))
+
+
+def _wait_unlocked(root: str, timeout: float = 60) -> None:
+    """Wait until no agent (of a closed connection) holds an entry any more."""
+    deadline = time.monotonic() + timeout
+    while True:
+        held = []
+        for e in _entries(root=root):
+            fd = os.open(os.path.join(e["path"], pkgcache.MANIFEST), os.O_RDONLY)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                held.append(e["name"])
+            finally:
+                os.close(fd)
+        if not held:
+            return
+        assert time.monotonic() < deadline, "entries still held after the connection closed: %s" % held
+        time.sleep(0.2)
+
+
+CLEAR = """
+import sys
+sys.path.insert(0, %(repo)r)
+from remoteproc import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_clearing_spares_what_a_running_program_uses(plain_user_host, own_cache, private_package, tmp_path, fresh):
+    """`remoteproc cache --clear` from another program, while this one runs: the entry it
+    imported from stays (even when last used long ago), unused ones go, and a new child of
+    the running program still imports the package."""
+    options, root = own_cache
+    name, _root = private_package
+    _call(plain_user_host, options, requests_job)       # (certifi, charset_normalizer: then unused)
+    client.shutdown()
+    _wait_unlocked(root)
+    assert _call(plain_user_host, options, import_job, name, "m.report()[0]")[1] == 42
+    (ours,) = _entries(name, root)
+    others = len(_entries(root=root)) - 1
+    assert others >= 2
+    _age(root, 3600)            # all of them last used an hour ago: only the lock tells ours is in use
+    script = tmp_path / "clear.py"
+    script.write_text(CLEAR % {"repo": REPO})
+    argv = [plain_user_host, "-p", str(options["port"]), "-i", options["key_filename"],
+            "--known-hosts", options["known_hosts"], "--python", options["python"]]
+    done = subprocess.run([sys.executable, str(script), "cache", "--clear"] + argv, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert [e["hash"] for e in _entries(root=root)] == [ours["hash"]], done.stdout
+    assert "removed %d entries" % others in done.stdout
+    value, _words, same, where = _call(plain_user_host, options, import_job, name, "m.report()")[1]
+    assert (value, same) == (42, True) and where.startswith(ours["path"] + "/")
 
 
 # -- the pieces, without a host -----------------------------------------------------------------
@@ -466,6 +610,40 @@ def test_eviction_removes_the_least_recently_used(tmp_path):
     assert sorted(os.listdir(tmp_path)) == sorted([mid, new, recent])
     pkgcache.evict(str(tmp_path), 0, keep={mid})
     assert sorted(os.listdir(tmp_path)) == sorted([mid, recent])     # in use here, or used a minute ago
+
+
+def test_clear_keeps_entries_in_use_and_downloads_under_way(tmp_path):
+    root = str(tmp_path)
+    now = time.time()
+    _fake_entry(root, "old", 600, now - 3 * 3600)
+    recent = _fake_entry(root, "recent", 600, now - 30)     # (clear spares the last minute's)
+    store = pkgcache.Store(root)        # a live connection's: it holds the entry it received
+    h = pkgcache.Hasher()
+    h.file("held/__init__.py", 0o644, 3)
+    h.data(b"x=1")
+    held = h.hexdigest()
+    store.begin(held, {"name": "held"})
+    store.add(held, [["held/__init__.py", 0o644, 3, 0, 3]], b"x=1", False)
+    store.finish(held, 1 << 30)
+    os.utime(os.path.join(root, held, pkgcache.MANIFEST), (now - 2 * 3600, now - 2 * 3600))   # used long ago
+    store.begin("ab" * 32, {"name": "coming"})          # a download under way
+    live = [n for n in os.listdir(root) if n.startswith(".tmp-")]
+    dead = os.path.join(root, ".tmp-cdcdcdcdcdcd-x")    # one whose writer died, long ago
+    os.mkdir(dead)
+    os.utime(dead, (now - 2 * 3600, now - 2 * 3600))
+    try:
+        result = pkgcache.clear(root)
+        assert sorted(os.listdir(root)) == sorted([recent, held] + live)
+        removed, kept = result
+        why = {k.get("name") or k["hash"]: k["why"] for k in kept}
+        assert removed == 1 and sorted(why) == ["abababababab", "held", "recent"]
+        assert "in use" in why["held"] and "used 30 s ago" in why["recent"] and "under way" in why["abababababab"]
+        pkgcache.evict(root, 0)     # the cap spares what a connection holds too, whatever its age
+        assert held in os.listdir(root)
+    finally:
+        store.close()
+    pkgcache.evict(root, 0)     # (closed: nothing held, the download abandoned)
+    assert sorted(os.listdir(root)) == [recent]
 
 
 def test_a_transfer_that_does_not_hash_right_leaves_nothing(tmp_path):

@@ -9,6 +9,12 @@ and renamed into place (a crash or a second writer never leaves a half entry in
 use), checked against its hash before a connection first uses it (a damaged entry
 is replaced, never used), and evicted least recently used beyond a size cap.
 
+What is in use is never removed, by the cap or by ``remoteproc cache --clear``: an
+agent holds a shared ``flock`` on the manifest of every entry its connection uses
+(its children inherit it, so it lasts while any of them runs), and one on the
+temporary directory of each download under way; entries used in the last RECENT
+seconds stay too (a program may be between finding an entry and locking it).
+
 The hash (``Hasher``) is shared with the local side, which computes it over the
 same files: one definition, no drift.  It is a sha256 over one line per file, in
 sorted path order: relative path, mode (executable or not), size, and the file's own
@@ -22,6 +28,7 @@ derived from the sources, which are, and Python checks it against them (source t
 and size) before use, as it does the bytecode it writes here itself.
 """
 
+import fcntl
 import hashlib
 import io  # noqa: F401  (named in a type comment)
 import json
@@ -37,6 +44,7 @@ MANIFEST = ".remoteproc-entry.json"     # per entry: what it holds, and (mtime) 
 DEFAULT_CAP = 4 << 30                   # bytes; the option cache_size changes it
 STALE = 3600.0                          # seconds after which an unfinished temporary entry is litter
 RECENT = 600.0                          # entries used this recently are not evicted (others may be using them)
+CLEAR_RECENT = 60.0                     # ... nor cleared: a program between finding an entry and locking it
 _HEX = frozenset("0123456789abcdef")
 
 
@@ -208,6 +216,7 @@ class Incoming:
         self.digest = digest
         self.info = info
         self.tmp = tempfile.mkdtemp(prefix=".tmp-%s-" % digest[:12], dir=root)    # mode 0700
+        self.lock = _hold(self.tmp)     # (a download under way: --clear and the cap leave it)
         self.hasher = Hasher()
         self.f = None  # type: io.BufferedWriter | None
         self.left = 0           # bytes still due for it
@@ -296,6 +305,7 @@ class Incoming:
         final = os.path.join(self.root, self.digest)
         try:
             os.rename(self.tmp, final)
+            self._unlock()
             return final
         except OSError:
             pass            # another program put the same entry in place first
@@ -304,6 +314,7 @@ class Incoming:
             return final
         _trash(self.root, final)
         os.rename(self.tmp, final)
+        self._unlock()
         return final
 
     def abort(self):
@@ -311,6 +322,12 @@ class Incoming:
             self.f.close()
             self.f = None
         _remove(self.tmp)
+        self._unlock()
+
+    def _unlock(self):
+        if self.lock is not None:
+            os.close(self.lock)
+            self.lock = None
 
 
 class Store:
@@ -320,6 +337,7 @@ class Store:
         self.root = root or cache_root()
         self.verified = {}      # digest -> path: checked by this connection, in use by it
         self.incoming = {}      # digest -> Incoming
+        self.held = {}          # digest -> fd holding a shared lock on the entry's manifest (in use)
 
     def _ensure_root(self):
         os.makedirs(self.root, mode=0o700, exist_ok=True)
@@ -342,8 +360,15 @@ class Store:
                 _trash(self.root, path)
                 return None
             self.verified[digest] = path
+        self._hold(digest, path)
         _touch(path)
         return path
+
+    def _hold(self, digest, path):
+        if digest not in self.held:
+            fd = _hold(os.path.join(path, MANIFEST))
+            if fd is not None:
+                self.held[digest] = fd
 
     def begin(self, digest, info):
         self._ensure_root()
@@ -360,6 +385,7 @@ class Store:
             inc.abort()
             raise
         self.verified[digest] = path
+        self._hold(digest, path)
         _touch(path)
         evict(self.root, cap, keep=set(self.verified))
         return path
@@ -372,6 +398,44 @@ class Store:
     def close(self):
         for digest in list(self.incoming):
             self.abort(digest)
+        for fd in self.held.values():
+            os.close(fd)
+        self.held.clear()
+
+
+def _hold(target):
+    """A shared lock on ``target`` (an entry's manifest, a download's directory), held by the
+    returned fd for as long as it is open: "in use".  None if it cannot be taken."""
+    try:
+        fd = os.open(target, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _claim(target):
+    """An fd with an exclusive lock on ``target``, to hold while it is removed (-1 when there
+    is nothing to lock); None when someone holds a lock on it: it is in use."""
+    try:
+        fd = os.open(target, os.O_RDONLY)
+    except OSError:
+        return -1
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _release(fd):
+    if fd is not None and fd >= 0:
+        os.close(fd)
 
 
 def _touch(path):
@@ -407,15 +471,16 @@ def entries(root=None):
 
 def evict(root, cap, keep=()):
     """Remove least recently used entries until the cache holds at most ``cap`` bytes, and
-    temporary directories left behind by writers that died.  Entries used in the last
-    RECENT seconds stay (another program may be importing from them), even over the cap."""
+    temporary directories left behind by writers that died.  Entries in use stay, even over
+    the cap: this connection's (``keep``), those a live agent holds a lock on, and those
+    used in the last RECENT seconds (another program may be importing from them)."""
     now = time.time()
     for name in os.listdir(root):
         if name.startswith((".tmp-", ".trash-")):
             path = os.path.join(root, name)
             try:
                 if now - os.stat(path).st_mtime > STALE:
-                    _remove(path)
+                    _remove_unlocked(path)
             except OSError:
                 pass
     have = entries(root)
@@ -425,29 +490,84 @@ def evict(root, cap, keep=()):
             break
         if e["hash"] in keep or now - e["used"] < RECENT:
             continue
-        _trash(root, e["path"])
+        claim = _claim(os.path.join(e["path"], MANIFEST))
+        if claim is None:
+            continue        # a live connection uses it
+        try:
+            _trash(root, e["path"])
+        finally:
+            _release(claim)
         total -= int(e.get("size") or 0)
 
 
-def clear(root=None):
-    """Empty the cache; returns how many entries were removed."""
-    root = root or cache_root()
-    have = entries(root)
-    for e in have:
-        _trash(root, e["path"])
+def _remove_unlocked(path):
+    """Remove a temporary directory unless a live download holds it."""
+    claim = _claim(path)
+    if claim is None:
+        return False
     try:
-        for name in os.listdir(root):
-            if name.startswith((".tmp-", ".trash-")):
-                _remove(os.path.join(root, name))
+        _remove(path)
+    finally:
+        _release(claim)
+    return True
+
+
+def clear(root=None, recent=CLEAR_RECENT):
+    """Empty the cache, but for what is in use (as the size cap spares it): entries that a
+    live connection holds or that were used in the last ``recent`` seconds, and the temporary
+    directories of downloads under way (those of writers that died go).  Returns (how many
+    entries were removed, what was kept: entry facts and ``why``).  ``recent=0`` is for a
+    caller that knows no other program uses the cache (a benchmark's cold start)."""
+    root = root or cache_root()
+    now = time.time()
+    removed = 0
+    kept = []
+    for e in entries(root):
+        claim = _claim(os.path.join(e["path"], MANIFEST))
+        try:
+            if claim is None:
+                kept.append(dict(e, why="in use by a running program"))
+            elif now - e["used"] < recent:
+                kept.append(dict(e, why="used %d s ago: it may be in use (the last %d s count)"
+                                 % (now - e["used"], recent)))
+            else:
+                _trash(root, e["path"])
+                removed += 1
+        finally:
+            _release(claim)
+    try:
+        names = os.listdir(root)
     except OSError:
-        pass
-    return len(have)
+        names = []
+    for name in names:
+        path = os.path.join(root, name)
+        if name.startswith(".trash-"):
+            _remove(path)       # (being deleted already)
+        elif name.startswith(".tmp-"):
+            try:
+                fresh = now - os.stat(path).st_mtime < recent
+            except OSError:
+                continue
+            claim = _claim(path)
+            try:
+                if claim is None:
+                    why = "a download under way"
+                elif fresh:     # (a writer that takes no lock: an older remoteproc)
+                    why = "written in the last %d s: maybe a download under way" % recent
+                else:
+                    _remove(path)
+                    continue
+            finally:
+                _release(claim)
+            kept.append({"hash": name[len(".tmp-"):].split("-")[0], "path": path, "name": None, "why": why})
+    return removed, kept
 
 
 def report(conn, wipe=False):
-    """Target of ``remoteproc cache HOST``: send back the entries (after clearing them, if asked)."""
-    removed = clear() if wipe else None
-    conn.send({"root": cache_root(), "entries": entries(), "removed": removed})
+    """Target of ``remoteproc cache HOST``: send back the entries (after clearing them, if asked:
+    ``removed`` is how many went, ``kept`` what stayed because it is in use, each with ``why``)."""
+    removed, kept = clear() if wipe else (None, [])
+    conn.send({"root": cache_root(), "entries": entries(), "removed": removed, "kept": kept})
     conn.close()
 
 
@@ -482,6 +602,7 @@ def abi():
     return {
         "implementation": sys.implementation.name,
         "version": list(sys.version_info[:2]),
+        "python": list(sys.version_info[:3]),     # (Requires-Python is checked against it)
         "suffixes": list(importlib.machinery.EXTENSION_SUFFIXES),
         "machine": os.uname().machine,
         "system": sys.platform,
