@@ -532,22 +532,6 @@ def refuse_cache_off(dist: Distribution, display: str, python: str = "python3") 
         % (dist.top, dist.label, display, need(dist), dist.name, _install(dist.name, dist.version, python)))
 
 
-def refuse_in_namespace(unit: Unit, dist: Distribution, display: str, python: str = "python3") -> Unsendable:
-    """The error for a package that needs files but sits inside a namespace package: the
-    host's cache serves top-level packages only (a remote child imports an entry by its
-    top-level name), so it is not sent, and the message names the distribution to install."""
-    if unit.info:
-        fix = "install the distribution %s (%s) on the host with its own Python (%s)" % (
-            dist.name, dist.label, _install(dist.name, dist.version, python))
-    else:
-        fix = "install the project that provides %s (%s; no installed distribution here owns it) on the host " \
-              "with its own Python (`%s -m pip install --user <project>`)" % (unit.name, unit.site, python)
-    return Unsendable(
-        "cannot send package %r to %s: it holds %s, which must be real files there, and it is inside the namespace "
-        "package %r, which the host's package cache does not take (only top-level packages). Fix: %s"
-        % (unit.name, display, need(dist), unit.namespace, fix))
-
-
 # -- Requires-Python ----------------------------------------------------------------------------
 
 _metadata: dict[tuple[str, int], dict[str, str]] = {}

@@ -155,8 +155,6 @@ class PackageServer:
             dist = distributions.gather(unit)
             if dist is None:
                 return None     # plain Python: from memory
-            if unit.namespace:
-                raise distributions.refuse_in_namespace(unit, dist, self.display, self.python)
             if not self.cap:
                 raise distributions.refuse_cache_off(dist, self.display, self.python)
             distributions.check(dist, self.abi, self.display, self.python)

@@ -180,12 +180,16 @@ class ParentImporter:
 
 
 def _from_package_cache(name, path):
-    """A package in the host's package cache: imported from its files, as if installed there."""
+    """A package in the host's package cache: imported from its files, as if installed there.
+
+    The entry holds the distribution's files as its site-packages did, so a package inside a
+    namespace package (``google.protobuf``) is under ``<entry>/google/``: that is where it is
+    looked for (the namespace's own ``__path__`` on this host need not include the entry)."""
     import importlib.machinery
 
     if path not in sys.path:
         sys.path.append(path)       # (appended: the host's own packages still win)
-    return importlib.machinery.PathFinder.find_spec(name, [path])
+    return importlib.machinery.PathFinder.find_spec(name, [os.path.join(path, *name.split(".")[:-1])])
 
 
 def _complete_package(importer):
