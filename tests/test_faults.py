@@ -154,6 +154,32 @@ def test_remote_agent_killed(host, ssh_options, bystander):
     assert p2.exitcode == 0
 
 
+def test_a_start_on_a_connection_that_died_unseen_moves_to_a_new_one(host, ssh_options):
+    """After a network blip, the host's cached connection may be dead without a sign (here: its
+    agent stopped, so nothing answers).  A link that was silent proves it is alive before a start
+    goes on it; this one cannot, so once the keepalive declares it lost, the start (never sent)
+    runs on a new connection, as a fresh ``ssh`` would, instead of failing."""
+    options = dict(ssh_options, keepalive_interval=1, keepalive_count=1, idle_timeout=60)
+    p, conn, pid = _start(host, options, echo)
+    agent = ppid(pid)
+    conn.close()
+    p.join(30)
+    assert p.exitcode == 0
+    time.sleep(2.5)                         # silent for longer than the link's PROVE_AFTER
+    os.kill(agent, signal.SIGSTOP)
+    try:
+        p2, conn2, pid2 = _start(host, options, echo)
+        assert ppid(pid2) != agent, "the start must have gone to a new connection's agent"
+        conn2.send("still here")
+        assert conn2.recv() == "still here"
+        conn2.close()
+        p2.join(30)
+        assert p2.exitcode == 0
+    finally:
+        os.kill(agent, signal.SIGKILL)      # (the agent this test's first process started)
+        os.kill(agent, signal.SIGCONT)
+
+
 def test_local_parent_killed(sshd, host, ssh_options, tmp_path):
     script = tmp_path / "parent.py"
     script.write_text(textwrap.dedent("""

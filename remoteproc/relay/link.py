@@ -37,6 +37,10 @@ SEND_PIECE = 1 << 20
 RECV_ALL = 1 << 24
 RECV_SCRATCH = 1 << 20  # what one read of a pipe channel takes at most (the pipe's size)
 PUMP_LOW = 2 << 20      # a package transfer adds frames while less than this waits to go out
+#: a link idle this long first proves it is alive (a ping's answer) before starts go on it:
+#: after a network blip, a connection that died unseen fails the start that finds it, where a
+#: new connection works; a start that a lost link never sent moves to a new link instead
+PROVE_AFTER = 2.0
 
 
 class RemoteChild:
@@ -60,15 +64,19 @@ class Link:
     """One host connection: resident agent channel plus the relay loop, in a thread.
 
     ``opener`` reaches the host (the transport); ``on_finish(link)`` is called from the
-    link's thread once it takes no more work.  ``start()`` starts the thread.
+    link's thread once it takes no more work; ``move(request, status, fds)`` takes a start this
+    link accepted but never sent (to a new link).  ``start()`` starts the thread.
     """
 
     packages: Optional[pkgtransfer.PackageServer] = None    # the host's package cache, after the hello
 
-    def __init__(self, target: Target, opener: AgentOpener, on_finish: Callable[["Link"], None]) -> None:
+    def __init__(self, target: Target, opener: AgentOpener, on_finish: Callable[["Link"], None],
+                 move: Optional[Callable[[dict, socket.socket, list], None]] = None) -> None:
         self.target = target
         self.opener = opener
         self.on_finish = on_finish
+        self.move = move
+        self.held: list = []        # starts waiting for the silent link's proof of life (PROVE_AFTER)
         self.display = target.display
         self.sel = poller.make()
         self.pending: deque = deque()
@@ -276,13 +284,24 @@ class Link:
             todo, self.pending = list(self.pending), deque()
             interrupted, self.interrupted = self.interrupted, False
         for request, status_sock, fds in todo:
-            self._start(request, status_sock, fds)
+            if self.held or (self.move is not None and not request.get("moved") and not self.children
+                             and not self.mux.streams and time.monotonic() - self.idle_since > PROVE_AFTER):
+                self._hold(request, status_sock, fds)
+            else:
+                self._start(request, status_sock, fds)
         if interrupted:
             for child in self.children.values():
                 if child.code is None:
                     self.send(frames.control({"op": "signal", "id": child.id, "sig": int(signal.SIGINT)}))
         if self.endpoint.pending or self._sending_packages():
             self._flush()
+
+    def _hold(self, request, status_sock, fds) -> None:
+        """Keep a start until the link answers a ping (the first held one sends it)."""
+        if not self.held:
+            self.last_ping = time.monotonic()
+            self.send(frames.control({"op": "ping", "t": self.last_ping}))
+        self.held.append((request, status_sock, fds))
 
     # -- processes ---------------------------------------------------------------------
     def _start(self, request, status_sock, fds) -> None:
@@ -348,6 +367,9 @@ class Link:
         msg, _blob = frames.parse_control(payload)
         op = msg["op"]
         if op == "pong":
+            held, self.held = self.held, []
+            for request, status_sock, fds in held:      # alive: they go on this link, in order
+                self._start(request, status_sock, fds)
             return
         if op == "import":
             self._serve_module(msg.get("name"))
@@ -464,6 +486,23 @@ class Link:
                 self._deliver(child, force=True)
         self.mux.peer_lost()
 
+    def _move_unsent(self) -> None:
+        """Starts this link took but never sent (held for its proof of life, or not yet taken
+        from ``pending``) go to a new link, once: the host is not known to be down, only this
+        connection is.  A link that never came up fails them instead (with why)."""
+        with self.lock:
+            unsent, self.held = self.held + list(self.pending), []
+            self.pending.clear()
+        for request, status_sock, fds in unsent:
+            if self.move is not None and self.hello and not request.get("moved"):
+                log.info("%s: a start moves to a new connection (%s)", self.display,
+                         self.lost or "this one closed")
+                request["moved"] = True
+                self.move(request, status_sock, fds)
+            else:
+                ipc.refuse(status_sock, fds, self.lost or ConnectionLostError(
+                    "%s: connection closed" % self.display, self.display))
+
     def _fail_pending(self, exc: RemoteProcessError) -> None:
         with self.lock:
             self.dead = True
@@ -492,6 +531,7 @@ class Link:
                 child.code = CONNECTION_LOST if child.code is None else child.code
                 child.error = child.error or ("ConnectionLostError", "%s: connection closed" % self.display)
                 self._deliver(child, force=True)
+        self._move_unsent()
         self._fail_pending(self.lost or ConnectionLostError("%s: connection closed" % self.display, self.display))
         if self.chan is not None:
             self.chan.close()       # (and with it, the transport lets go of the connection)

@@ -10,6 +10,7 @@ remote agent kills what it started.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import signal
@@ -104,11 +105,17 @@ class Relay:
         except Exception as exc:  # noqa: BLE001
             ipc.refuse(status, fds, RemoteProcessError("%s: %s" % (request["host"], exc), request["host"]))
             return
+        self.submit(target, request, status, fds)
+
+    def submit(self, target: ssh.Target, request: dict, status: socket.socket, fds: list[int]) -> None:
+        """Hand a start to the host's link, opening one if there is none (also from a link's
+        thread: a start that a lost link never sent)."""
         while True:
             with self.links_lock:
                 link = self.links.get(target.key)
                 if link is None:
-                    link = self.links[target.key] = Link(target, self.opener_for(target), self.forget)
+                    link = self.links[target.key] = Link(target, self.opener_for(target), self.forget,
+                                                         functools.partial(self.submit, target))
                     link.start()
             if link.submit(request, status, fds):
                 return
