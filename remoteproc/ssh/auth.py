@@ -177,13 +177,17 @@ class _Attempt:
     def _offer(self, label: str, key: Any) -> str:
         import paramiko
 
+        if isinstance(key, paramiko.AgentKey):
+            key = _Declinable(key)
         try:
             remaining = self.transport.auth_publickey(self.target.username, key)
         except paramiko.BadAuthenticationType as exc:
             self.allowed = list(exc.allowed_types)
             return _STOP
         except paramiko.AuthenticationException:
-            self.tried.append("%s (refused)" % label)
+            declined = getattr(key, "declined", None)
+            self.tried.append("%s (%s)" % (label, "ssh-agent declined to sign: %s" % declined if declined
+                                                   else "refused"))
             return _NEXT if self.transport.is_active() else _STOP
         except paramiko.SSHException as exc:
             self.tried.append("%s (%s)" % (label, exc))
@@ -208,6 +212,32 @@ class _Attempt:
         except paramiko.SSHException as exc:
             self.tried.append("password (%s)" % exc)
         return bool(self.transport.is_authenticated())
+
+
+class _Declinable:
+    """An ssh-agent key whose agent may decline to sign (``ssh-add -c`` unconfirmed, a token
+    that is locked).  paramiko signs in its transport thread, where the agent's refusal would
+    end the connection; ``ssh`` goes on to the next key.  A declined signature goes out as an
+    empty one, which the server refuses, and the login goes on."""
+
+    def __init__(self, key: Any) -> None:
+        self.key = key
+        self.declined: str | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.key, name)
+
+    def sign_ssh_data(self, data: bytes, algorithm: str | None = None) -> bytes:
+        import paramiko
+
+        try:
+            return self.key.sign_ssh_data(data, algorithm)
+        except paramiko.SSHException as exc:
+            self.declined = str(exc)
+            empty = paramiko.Message()
+            empty.add_string(algorithm or self.key.get_name())
+            empty.add_string(b"")
+            return empty.asbytes()
 
 
 def _unsupported(path: str, exc: Exception) -> str:
@@ -236,8 +266,17 @@ def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list
     closed = "" if transport.is_active() else (
         " The server closed the connection (too many keys offered? set IdentitiesOnly yes for this host, "
         "or pass key_filename= with allow_agent=False).")
-    keys = ("add your public key to ~%s/.ssh/authorized_keys on the host, load the right key into ssh-agent, "
-            "or pass key_filename=" % target.username)
+    allowed = list(allowed or ())
+    ways = []
+    if not allowed or "publickey" in allowed:
+        ways.append("add your public key to ~%s/.ssh/authorized_keys on the host, load the right key into "
+                    "ssh-agent, or pass key_filename=" % target.username)
+    if target.password is None and ("password" in allowed or "keyboard-interactive" in allowed):
+        ways.append("pass password= (or transport='openssh' with allow_prompt=True, and ssh asks for it)")
+    keys = "; or ".join(ways) or "ask the host's administrator which login it takes"
+    if not tried:
+        tried = (["no key: the server takes none"] if allowed and "publickey" not in allowed
+                 else ["no key (no agent, no key file found)"])
     if target.paramiko_cannot:
         fix = (" This host's ssh config asks for %s, which the paramiko transport cannot use. Fix: pass "
                "transport='openssh' (your own ssh logs in with them), or %s."
@@ -247,7 +286,6 @@ def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list
                "2FA), pass transport='openssh' to use it." % keys)
     return AuthenticationError(
         "%s: authentication failed; the server accepts %s; tried: %s.%s%s"
-        % (target.display, ", ".join(allowed or ()) or "nothing we offered",
-           "; ".join(tried) or "no key (no agent, no key file found)", closed, fix),
+        % (target.display, ", ".join(allowed) or "nothing we offered", "; ".join(tried), closed, fix),
         target.display)
 

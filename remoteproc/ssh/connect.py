@@ -207,15 +207,20 @@ def _handshake(transport: Any, target: Target, proxied: bool) -> None:
     files = list(target.known_hosts) + list(target.global_known_hosts)
     prefer_known_types(transport, [e for e in read_known_hosts(files) if e.matches(target.host_key_name)])
     done = threading.Event()
+    started = time.monotonic()
     transport.start_client(event=done)
     done.wait(target.connect_timeout + 1)
     if transport.is_active() and done.is_set() and transport.initial_kex_done:
         return
     error = transport.get_exception()
-    if error is None and not done.is_set():
+    if (error is None and not done.is_set()) or (
+            isinstance(error, EOFError) and time.monotonic() - started >= target.connect_timeout):
+        # (paramiko's handshake timeout is a bare EOFError, as is a hang-up: the clock tells them apart)
         reason = "no answer within %gs" % target.connect_timeout
+    elif error is None or isinstance(error, EOFError) and not str(error):
+        reason = "the server closed the connection"
     else:
-        reason = str(error or "the server closed the connection") or type(error).__name__
+        reason = str(error) or type(error).__name__
     raise ConnectError("%s: SSH handshake failed: %s. Check that an SSH server answers on port %d%s."
                        % (target.display, reason, target.port,
                           " and that ProxyCommand works" if proxied else ""), target.display)

@@ -15,6 +15,7 @@ import shutil
 import subprocess
 import threading
 import time
+from collections.abc import Sequence
 from typing import Optional
 
 from .keys import generate_keypair, public_line, quote, write_text
@@ -121,9 +122,11 @@ class OpenSSHServer:
     pid: Optional[int]
 
     def __init__(self, sshd: str, workdir: str, users: list[str], client_key: str,
-                 certificates: bool = False) -> None:
+                 certificates: bool = False, config_first: Sequence[str] = ()) -> None:
         self.sshd = sshd
         self.certificates = certificates
+        #: sshd_config lines that come first (sshd takes a keyword's first value): a test's own setting
+        self.config_first = list(config_first)
         #: with ``certificates``: the CA's public key line (it signed the host key and the client key)
         self.ca_public = ""
         self.workdir = workdir
@@ -151,7 +154,8 @@ class OpenSSHServer:
         config = os.path.join(self.workdir, "sshd_config")
         for attempt in range(1, BIND_ATTEMPTS + 1):
             port = free_port()
-            text = _sshd_config(self.sshd, self.workdir, self.users, port, host_key, keys_dir)
+            text = "".join(line + "\n" for line in self.config_first) + _sshd_config(
+                self.sshd, self.workdir, self.users, port, host_key, keys_dir)
             write_text(config, text + "".join(line + "\n" for line in extra), 0o644)
             try:
                 self._launch(config, port)
