@@ -161,8 +161,12 @@ class Scheduler:
             except PicklingError:
                 raise
             except (pickle.PicklingError, TypeError) as exc:
-                raise PicklingError("cannot send %s to the pool's workers: %s: %s"
-                                    % (what, type(exc).__name__, exc))
+                hosts = list(dict.fromkeys(h for h, _options, _n in self.hosts))
+                raise PicklingError(
+                    "cannot send %s to the pool's workers on %s: %s: %s. Fix: pass only what pickles (the "
+                    "function and its arguments go to each host: locks, open files and sockets cannot)"
+                    % (what, ", ".join(hosts[:3]) + (", ..." if len(hosts) > 3 else ""), type(exc).__name__, exc),
+                    hosts[0] if len(hosts) == 1 else None) from exc
             # anything else (an object's own __reduce__ raised it) goes on as it is, as multiprocessing's
         return out
 

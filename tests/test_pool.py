@@ -263,8 +263,10 @@ def test_a_worker_that_dies_fails_its_task_and_is_replaced(host, ssh_options):
 def test_unpicklable_task_fails_in_the_caller(host, ssh_options):
     with Pool(host, processes_per_host=1, **ssh_options) as pool:
         lock = threading.Lock()
-        with pytest.raises(remoteproc.PicklingError):
+        with pytest.raises(remoteproc.PicklingError) as info:
             pool.apply_async(print, (lock,))
+        assert "cannot send the arguments to the pool's workers on %s: TypeError: " % host in str(info.value)
+        assert "Fix: pass only what pickles" in str(info.value) and info.value.host == host
         with pytest.raises(remoteproc.PicklingError):
             pool.map(square, [lock])
         assert pool.apply(square, (3,)) == 9
