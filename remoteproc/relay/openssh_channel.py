@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from ..errors import ConnectError, RemoteProcessError
+from ..errors import RemoteProcessError
 from ..ssh import openssh
 from ..ssh.target import Target
 from .channel import AgentChannel, AgentOpener, ChannelLost
@@ -201,9 +201,8 @@ class OpenSSHOpener(AgentOpener):
             # relay (which passes it on to the remote children), not ssh, which would drop the connection.
             proc = subprocess.Popen(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                     bufsize=0, start_new_session=not prompt, close_fds=True)
-        except OSError as exc:
-            raise ConnectError("%s: cannot run ssh (%s). Fix: install OpenSSH's client, set REMOTEPROC_SSH, "
-                               "or use transport='paramiko'." % (target.display, exc), target.display) from None
+        except OSError as exc:      # (gone since ssh_binary() found it, or not a program: ENOEXEC)
+            raise openssh.cannot_run(target.display, argv[0], exc) from None
         log.debug("%s: ssh started (pid %d): %s", target.display, proc.pid, " ".join(argv[:-1]))
         chan = OpenSSHChannel(proc, target, (time.monotonic() - t0) * 1e3)
         with self.lock:
