@@ -228,11 +228,27 @@ class SimpleQueue(Queue):
     def __init__(self) -> None:
         super().__init__(0)
 
+    @staticmethod
+    def _on_queue_feeder_error(e: BaseException, obj: Any) -> None:
+        raise e     # no feeder thread: an item that cannot be pickled raises in put(), as multiprocessing's
+
+    def _check_closed(self) -> None:
+        if self._closed:
+            raise OSError("handle is closed")      # (multiprocessing's closed its pipe)
+
     def put(self, obj: Any) -> None:    # type: ignore[override]
+        if self._proxy is not None:
+            return self._proxy.put(obj)
         super().put(obj)
 
     def get(self) -> Any:               # type: ignore[override]
+        if self._proxy is not None:
+            return self._proxy.get()
         return super().get()
+
+    def empty(self) -> bool:
+        self._check_closed()
+        return super().empty()
 
 
 class Event(_Owned):

@@ -96,7 +96,12 @@ class VirtualConnection:
             raise OSError("handle is closed")
         op, payload = self._inbox.get()
         if op == FAILED:
-            raise ConnectionRefusedError(payload)
+            # the parent's own connect error, by its errno, as a local child would get it
+            # (FileNotFoundError for a Unix socket that is gone, ConnectionRefusedError, ...)
+            import re
+
+            found = re.search(r"\[Errno (\d+)\]", payload)
+            raise OSError(int(found.group(1)), payload) if found else ConnectionRefusedError(payload)
         if op != DATA:
             self._inbox.put((op, payload))      # stays closed for later calls
             raise EOFError

@@ -323,17 +323,26 @@ class JoinableQueue(Queue):
 class SimpleQueue(_Proxy):
     _what = "SimpleQueue"
 
-    _on_queue_feeder_error = staticmethod(on_queue_feeder_error)
+    @staticmethod
+    def _on_queue_feeder_error(e, obj):
+        raise e     # no feeder thread: an item that cannot be pickled raises in put(), as multiprocessing's
+
+    def _check_closed(self):
+        if self._client.conn is None:
+            raise OSError("handle is closed")      # (multiprocessing's closed its pipe)
 
     def put(self, obj):
+        self._check_closed()
         item = dumps_queued(self, obj)
         if item is not None:
             self._client.send((0, PUT, item, False, None))
 
     def get(self):
+        self._check_closed()
         return loads_item(self._client.call(GET, True, None)[1])
 
     def empty(self):
+        self._check_closed()
         return self._client.call(EMPTY)[1]
 
     def close(self):
