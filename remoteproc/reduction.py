@@ -49,30 +49,9 @@ class Bridged:
         self.writable = writable
 
 
-def _refusal(obj) -> str:
-    """For multiprocessing objects that cannot cross hosts: what to use instead."""
-    mod = type(obj).__module__ or ""
-    if not mod.startswith("multiprocessing."):
-        return ""
-    name = type(obj).__name__
-    if mod == "multiprocessing.queues":
-        return "Use remoteproc.%s instead." % name
-    if mod == "multiprocessing.synchronize":
-        return "Use remoteproc.%s instead." % name
-    if mod == "multiprocessing.sharedctypes" or name.startswith("Synchronized"):
-        return "Use remoteproc.Value or remoteproc.Array instead."
-    if mod == "multiprocessing.shared_memory":
-        return "No memory is shared between hosts; use remoteproc.Array (one round trip per access) instead."
-    if mod == "multiprocessing.managers":
-        if not name.endswith("Manager"):
-            return ""       # tokens, namespaces: plain data
-        return "Pass the manager's proxies (manager.dict(), ...) instead: they are bridged."
-    return ""
-
-
 def _refuse_local_only(obj, host: str) -> None:
     """Raise PicklingError for an object that rests on this host's shared memory or semaphores."""
-    refused = _refusal(obj)
+    refused = proxies.local_only(obj)
     if refused:
         raise PicklingError("a %s cannot be passed to a remote process on %s: it rests on shared "
                             "memory or semaphores of this host. %s" % (type(obj).__name__, host, refused), host)

@@ -46,7 +46,7 @@ from . import reduction
 from .agent import proxies
 from .agent.waker import Waker
 from .bootstrap import looked_in
-from .errors import CONNECTION_LOST, PicklingError, RemoteProcessError
+from .errors import CONNECTION_LOST, ConnectError, ConnectionLostError, PicklingError, RemoteProcessError
 from .reconnect import Reconnector
 from .tasks import Chunk, Job, ResultUnpicklingError, WorkerDiedError, WorkerLostError, frame, task_error
 from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts
@@ -162,10 +162,13 @@ class Scheduler:
                 raise
             except (pickle.PicklingError, TypeError) as exc:
                 hosts = list(dict.fromkeys(h for h, _options, _n in self.hosts))
+                refused = isinstance(exc, proxies.Refused)      # (its words name the way out)
                 raise PicklingError(
-                    "cannot send %s to the pool's workers on %s: %s: %s. Fix: pass only what pickles (the "
-                    "function and its arguments go to each host: locks, open files and sockets cannot)"
-                    % (what, ", ".join(hosts[:3]) + (", ..." if len(hosts) > 3 else ""), type(exc).__name__, exc),
+                    "cannot send %s to the pool's workers on %s: %s%s" % (
+                        what, ", ".join(hosts[:3]) + (", ..." if len(hosts) > 3 else ""),
+                        "" if refused else "%s: " % type(exc).__name__, exc)
+                    + ("" if refused else ". Fix: pass only what pickles (the function and its arguments go "
+                                          "to each host: locks, open files and sockets cannot)"),
                     hosts[0] if len(hosts) == 1 else None) from exc
             # anything else (an object's own __reduce__ raised it) goes on as it is, as multiprocessing's
         return out
@@ -428,15 +431,7 @@ class Scheduler:
             reason = "%s" % (w.process.connection_error or "connection lost")
             err = WorkerLostError("%s: the connection to this host was lost while pool worker pid %s ran "
                                   "this task (%s)" % (w.host, w.pid, reason), w.host)
-            if w.host not in self.lost_hosts:
-                self.lost_hosts[w.host] = reason
-                self.down_since.setdefault(w.host, time.time())
-                if state == RUN:
-                    log.warning("%s: pool workers lost with their connection (%s); the other hosts go on",
-                                w.host, reason)
-                if state != TERMINATE and self.reconnector is not None:
-                    slots = sum(1 for x in self.workers if x.host == w.host)
-                    self.reconnector.lost(w.host, w.options, slots, reason)
+            self._host_lost(w, reason, state)
         elif w.init_error is not None:
             err = RemoteProcessError("%s: a replacement pool worker's initializer raised:\n%s"
                                      % (w.host, w.init_error), w.host)
@@ -458,6 +453,10 @@ class Scheduler:
         if replace and not w.stopping and w.host not in self.lost_hosts and w.host not in self.broken_hosts:
             try:
                 new = self.starter.spawn(w.host, w.options)
+            except (ConnectError, ConnectionLostError) as exc:
+                # the connection, not the host's setup: lost like its workers' (reconnected with retries)
+                log.warning("%s: cannot replace a pool worker: %s", w.host, exc)
+                self._host_lost(w, str(exc), state)
             except Exception as exc:
                 log.warning("%s: cannot replace a pool worker: %s", w.host, exc)
                 self.broken_hosts[w.host] = str(exc)
@@ -484,6 +483,18 @@ class Scheduler:
             self.rejoined.append((host, workers))
         self.wake()
         return True
+
+    def _host_lost(self, w: Worker, reason: str, state: str) -> None:
+        """``w``'s host lost its connection: down until it rejoins (tried again with retries)."""
+        if w.host in self.lost_hosts:
+            return
+        self.lost_hosts[w.host] = reason
+        self.down_since.setdefault(w.host, time.time())
+        if state == RUN:
+            log.warning("%s: pool workers lost with their connection (%s); the other hosts go on", w.host, reason)
+        if state != TERMINATE and self.reconnector is not None:
+            slots = sum(1 for x in self.workers if x.host == w.host)
+            self.reconnector.lost(w.host, w.options, slots, reason)
 
     def _take_rejoined(self) -> None:
         """Put rejoined workers in the places of the lost ones (manager thread, lock held)."""

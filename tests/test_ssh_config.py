@@ -213,7 +213,12 @@ def test_ssh_config_option_is_like_dash_F(home, tmp_path):
     assert t.username == "from-dot-ssh"
     with pytest.raises(ConfigError, match="does not exist"):
         ssh.resolve("h", {"ssh_config": str(tmp_path / "nope")})
+    with pytest.raises(ConfigError, match="is a directory"):
+        ssh.resolve("h", {"ssh_config": str(tmp_path)})
     assert ssh.load_config(False).files == []
+    # ssh -F /dev/null: an empty config, as ssh reads it (not "does not exist")
+    t = ssh.resolve("carol@h", {"ssh_config": os.devnull})
+    assert (t.username, t.hostname, t.port) == ("carol", "h", 22)
 
 
 def test_include_inside_a_host_block_is_conditional(home):

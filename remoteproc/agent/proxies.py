@@ -64,6 +64,30 @@ class RefusedProxy(Refused, TypeError):
     """A proxy received from the owner, passed on (only the owner can attach processes)."""
 
 
+class RefusedLocal(Refused, TypeError):
+    """A multiprocessing Queue, Lock, Value, ... inside an item: it rests on one host's shared memory."""
+
+
+def local_only(obj):
+    """For a multiprocessing object that rests on this host's shared memory or semaphores (and so
+    cannot reach another process but by fork): what to use instead; "" for any other object."""
+    mod = type(obj).__module__ or ""
+    if not mod.startswith("multiprocessing."):
+        return ""
+    name = type(obj).__name__
+    if mod in ("multiprocessing.queues", "multiprocessing.synchronize"):
+        return "Use remoteproc.%s instead." % name
+    if mod == "multiprocessing.sharedctypes" or name.startswith("Synchronized"):
+        return "Use remoteproc.Value or remoteproc.Array instead."
+    if mod == "multiprocessing.shared_memory":
+        return "No memory is shared between hosts; use remoteproc.Array (one round trip per access) instead."
+    if mod == "multiprocessing.managers":
+        if not name.endswith("Manager"):
+            return ""       # tokens, namespaces: plain data
+        return "Pass the manager's proxies (manager.dict(), ...) instead: they are bridged."
+    return ""
+
+
 def _refuse(obj):
     raise RefusedHandle(
         "cannot put a %s into a remoteproc queue: it holds a file descriptor of one process. "
@@ -92,6 +116,11 @@ def _item_pickler():
             def reducer_override(self, obj):
                 if isinstance(obj, (_ConnectionBase, socket.socket)):
                     _refuse(obj)
+                instead = local_only(obj)
+                if instead:
+                    raise RefusedLocal("a multiprocessing %s cannot be sent to another process, maybe on another "
+                                       "host: it rests on shared memory or semaphores of one host. %s"
+                                       % (type(obj).__name__, instead))
                 if base is pickle.Pickler:
                     return NotImplemented
                 return super().reducer_override(obj)

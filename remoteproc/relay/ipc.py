@@ -20,14 +20,17 @@ MAX_FDS = 253           # SCM_MAX_FD on Linux
 
 
 def send(sock: socket.socket, obj: Any, fds: Sequence[int] = ()) -> None:
-    """Send one message (blocking); the caller serialises concurrent senders."""
+    """Send one message (blocking); the caller serialises concurrent senders.
+
+    The fds ride on the message's first bytes, at most MAX_FDS on each (a process may carry
+    more Connections than one sendmsg can: the receiver waits until all of them are there)."""
     body = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
-    head = _HEAD.pack(len(body), len(fds))
-    if fds:
-        socket.send_fds(sock, [head], list(fds))
-        sock.sendall(body)
-    else:
-        sock.sendall(head + body)
+    data = _HEAD.pack(len(body), len(fds)) + body
+    fds = list(fds)
+    sent = 0
+    for i in range(0, len(fds), MAX_FDS):
+        sent += socket.send_fds(sock, [data[sent:sent + 1]], fds[i:i + MAX_FDS])
+    sock.sendall(data[sent:])
 
 
 class Receiver:

@@ -267,7 +267,10 @@ def load_config(ssh_config: Any = None) -> Config:
         path = os.path.expanduser(os.fspath(ssh_config))
         if str(ssh_config).lower() == "none":
             return Config([])
-        if not os.path.isfile(path):
+        if not os.path.exists(path):
             raise ConfigError("ssh_config file %s does not exist" % path)
+        if os.path.isdir(path):
+            raise ConfigError("ssh_config %s is a directory, not a file" % path)
+        # (another kind of file is read as ssh reads it: -F /dev/null is a common way to say "none")
         return Config([(path, "user")])
     return Config([(os.path.expanduser("~/.ssh/config"), "user"), ("/etc/ssh/ssh_config", "system")])
