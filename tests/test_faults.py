@@ -156,10 +156,11 @@ def test_remote_agent_killed(host, ssh_options, bystander):
 
 def test_a_start_on_a_connection_that_died_unseen_moves_to_a_new_one(host, ssh_options):
     """After a network blip, the host's cached connection may be dead without a sign (here: its
-    agent stopped, so nothing answers).  A link that was silent proves it is alive before a start
-    goes on it; this one cannot, so once the keepalive declares it lost, the start (never sent)
-    runs on a new connection, as a fresh ``ssh`` would, instead of failing."""
-    options = dict(ssh_options, keepalive_interval=1, keepalive_count=1, idle_timeout=60)
+    agent stopped, so nothing answers).  A link that was idle proves it is alive before a start
+    goes on it; this one does not answer its ping within the connect timeout (not the keepalive's
+    minute), so the start (never sent) runs on a new connection, as a fresh ``ssh`` would."""
+    # (a python path of its own: a link, and an agent, nobody else uses)
+    options = dict(ssh_options, keepalive_interval=15, connect_timeout=2, idle_timeout=60, python="/usr/bin/python3")
     p, conn, pid = _start(host, options, echo)
     agent = ppid(pid)
     conn.close()

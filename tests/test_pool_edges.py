@@ -343,7 +343,8 @@ def agent_pid(_x=None):
 
 
 def test_a_replacement_started_as_the_connection_dies_does_not_break_the_host_for_good(host, ssh_options):
-    options = dict(ssh_options, keepalive_interval=1, keepalive_count=1)
+    # (a python path of its own: a link, with these keepalive options, and an agent nobody else uses)
+    options = dict(ssh_options, keepalive_interval=1, keepalive_count=1, python="/usr/bin/python3")
     pool = Pool(host, processes_per_host=2, maxtasksperchild=1, retries=1, **options)
     agent = None
     try:

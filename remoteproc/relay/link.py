@@ -76,7 +76,8 @@ class Link:
         self.opener = opener
         self.on_finish = on_finish
         self.move = move
-        self.held: list = []        # starts waiting for the silent link's proof of life (PROVE_AFTER)
+        self.held: list = []        # starts waiting for the idle link's proof of life (PROVE_AFTER)
+        self.held_since = 0.0
         self.display = target.display
         self.sel = poller.make()
         self.pending: deque = deque()
@@ -186,6 +187,8 @@ class Link:
             if not self.children and not self.mux.streams and not self.pending:
                 left = self.idle_since + self.target.idle_timeout - time.monotonic()
                 timeout = min(timeout, max(0.05, left))
+            if self.held:
+                timeout = min(timeout, max(0.05, self.held_since + self._prove_within() - time.monotonic()))
             if self.endpoint.pending or self._sending_packages():
                 self._flush()
             for key, mask in self.sel.select(timeout):
@@ -193,6 +196,10 @@ class Link:
                 if self.dead:
                     return
             now = time.monotonic()
+            if self.held and now - self.held_since > self._prove_within():
+                # (an idle link, so nothing runs on it: its starts go to a new one)
+                self._lost("no answer to a ping within %gs" % self._prove_within())
+                return
             if now - self.last_heard > interval * (self.target.keepalive_count + 1):
                 self._lost("no answer from the host for %.0fs (keepalive)" % (now - self.last_heard))
                 return
@@ -222,7 +229,12 @@ class Link:
         return self.chan.send(view)     # (0: nothing fits now: the channel wakes us when something does)
 
     def _on_send_failed(self, exc: OSError) -> None:
-        self._lost(str(exc) if isinstance(exc, ChannelLost) else "sending failed: %s" % describe(exc))
+        if isinstance(exc, ChannelLost):
+            self._lost(str(exc))
+        elif isinstance(exc, (BrokenPipeError, ConnectionResetError)) and self.chan is not None:
+            self._lost(self.chan.describe_loss())   # the other end is gone: say who (ssh killed, ...)
+        else:
+            self._lost("sending failed: %s" % describe(exc))
 
     def _flush(self) -> None:
         """Write what waits; while a package transfer runs, keep the output topped up with its
@@ -299,9 +311,15 @@ class Link:
     def _hold(self, request, status_sock, fds) -> None:
         """Keep a start until the link answers a ping (the first held one sends it)."""
         if not self.held:
-            self.last_ping = time.monotonic()
+            self.last_ping = self.held_since = time.monotonic()
             self.send(frames.control({"op": "ping", "t": self.last_ping}))
         self.held.append((request, status_sock, fds))
+
+    def _prove_within(self) -> float:
+        """How long a held start waits for the ping's answer: the connect timeout (a new
+        connection would take as long), and never longer than the keepalive bound."""
+        return min(self.target.connect_timeout,
+                   self.target.keepalive_interval * (self.target.keepalive_count + 1))
 
     # -- processes ---------------------------------------------------------------------
     def _start(self, request, status_sock, fds) -> None:
