@@ -447,4 +447,4 @@ class _Owned:
 
     def _check_closed(self) -> None:
         if self._closed:
-            raise ValueError("%r is closed" % self)
+            raise ValueError("Queue %r is closed" % self)      # (queues only: multiprocessing's words)

@@ -143,8 +143,14 @@ def every_call(q, jq, sq, ev, out):
     try:
         q.put(4)
         res["put_after_close"] = "no error"
-    except ValueError:
-        res["put_after_close"] = "ValueError"
+    except ValueError as exc:
+        words = str(exc)
+        res["put_after_close"] = "ValueError" if words.startswith("Queue <") and "is closed" in words else words
+    q2 = jq                         # closed, a queue still answers qsize and full (multiprocessing's
+    q2.put("x")                     # empty() then answers or not, depending on its feeder thread)
+    _until(lambda: not q2.empty(), 5)
+    q2.close()
+    res["after_close"] = [q2.qsize(), q2.full()]
     out.put(res)
 
 
@@ -223,6 +229,7 @@ def test_every_call_in_forked_and_remote_children_matches_multiprocessing(host, 
         _join_all([p])
         assert got == expected, where
         q, jq, sq, ev = objs
+        assert jq.get(timeout=5) == "x"     # (what the child left behind its close())
         assert q.empty() and jq.empty() and sq.empty() and not ev.is_set()
     err = capfd.readouterr().err
     assert err.count("cannot pickle '_thread.lock' object") >= 3, err    # each run reported it, as multiprocessing does

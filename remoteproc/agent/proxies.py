@@ -294,8 +294,14 @@ class Queue(_Proxy):
         return self._config["maxsize"]
 
     _on_queue_feeder_error = staticmethod(on_queue_feeder_error)
+    _closed = False
+
+    def _check_closed(self):
+        if self._closed:
+            raise ValueError("Queue %r is closed" % self)
 
     def put(self, obj, block=True, timeout=None):
+        self._check_closed()
         item = dumps_queued(self, obj)
         if item is None:
             return
@@ -311,6 +317,7 @@ class Queue(_Proxy):
         self.put(obj, False)
 
     def get(self, block=True, timeout=None):
+        self._check_closed()
         status, value = self._client.call(GET, block, timeout)
         if status == TIMEOUT:
             raise _queue.Empty
@@ -329,8 +336,9 @@ class Queue(_Proxy):
         return self._client.call(FULL)[1]
 
     def close(self):
-        """No more use of the queue from this process (the queue itself lives on)."""
-        self._client.close()
+        """No more put/get from this process; as multiprocessing's, qsize/empty/full still answer
+        (the queue itself lives on, and this process's line to its owner until the process ends)."""
+        self._closed = True
 
     def join_thread(self):
         """For API parity: there is no feeder thread; a put is on its way when it returns."""
