@@ -23,6 +23,7 @@ when the last child has gone; it never runs while nothing is attached.
 
 from __future__ import annotations
 
+import logging
 import os
 import pickle
 import queue as _queue
@@ -145,7 +146,10 @@ class _Broker:
         if gone:
             # The process's last Connection to us: what it held (locks) is given back.
             for other in list(_live):
-                other._process_gone(token)
+                try:
+                    other._process_gone(token)
+                except Exception:  # noqa: BLE001 - one object's failure must not end the broker for all
+                    log.exception("a %s: dropping a process that went away failed", type(other).__name__)
         with self.lock:
             self.carriers.pop(conn, None)
             self.dropped.notify_all()
@@ -237,6 +241,7 @@ class _Broker:
 
 _broker: _Broker | None = None
 _broker_lock = threading.Lock()
+log = logging.getLogger("remoteproc")
 _live: weakref.WeakSet = weakref.WeakSet()
 
 

@@ -6,6 +6,7 @@ there, and other processes reach them through the broker of ``owned.py``.
 
 from __future__ import annotations
 
+import operator
 import queue as _queue
 from collections import deque
 from typing import Any
@@ -28,6 +29,7 @@ class Queue(_Owned):
     _kind = "Queue"
 
     def __init__(self, maxsize: int = 0) -> None:
+        maxsize = operator.index(maxsize)     # (a float is a TypeError, as multiprocessing's semaphore makes it)
         super().__init__()
         self._maxsize = maxsize if maxsize > 0 else 0
         self._items: deque = deque()

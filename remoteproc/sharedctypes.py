@@ -27,7 +27,10 @@ _TYPECODES: dict = vars(_mp_sharedctypes)["typecode_to_type"]     # 'i' -> c_int
 
 
 def _ctype(typecode_or_type):
-    return _TYPECODES.get(typecode_or_type, typecode_or_type)
+    type_ = _TYPECODES.get(typecode_or_type, typecode_or_type)
+    if not isinstance(type_, type):
+        raise TypeError("this type has no size")        # (multiprocessing's words for a bad typecode)
+    return type_
 
 
 def _new_value(typecode_or_type, *args):

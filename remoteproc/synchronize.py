@@ -16,7 +16,9 @@ the waiter, and answers only once it holds the lock again.
 
 from __future__ import annotations
 
+import errno
 import logging
+import os
 import sys
 import threading
 import time
@@ -110,9 +112,9 @@ class _SemLock(_Sync):
     _mode = "sem"       # "lock", "rlock" or "sem"
 
     def __init__(self, value: int = 1, maxvalue: Optional[int] = None) -> None:
+        if value < 0:       # (multiprocessing's sem_open refuses it: EINVAL), before anything is registered
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
         super().__init__()
-        if value < 0:
-            raise ValueError("semaphore initial value must be >= 0")
         self._value = value
         self._maxvalue = maxvalue
         self._holder_: Optional[Holder] = None

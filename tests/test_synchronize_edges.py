@@ -4,7 +4,8 @@ them, next to what multiprocessing (or threading) does with the same code where 
 Covered: every primitive used through its proxy in a forked local child and in a remote child (reprs,
 ``get_value``, ``acquire(False)``/timeouts, ``Condition.wait``/``notify`` without the lock, ``wait(0)``,
 ``wait_for``, Barrier ``parties``/``n_waiting``/``broken``/``abort``/``reset``, ``get_obj``); reprs naming
-another thread; ``Semaphore(-1)``; ``Condition`` over an explicit ``Lock``, over a foreign lock, and made
+another thread; bad constructor arguments (``Semaphore(-1)``, ``Queue(maxsize=1.5)``,
+``Value("z")``); ``Condition`` over an explicit ``Lock``, over a foreign lock, and made
 in a forked child; a notified waiter that times out while the lock is still held; an owner's
 ``acquire``/``Condition.wait`` interrupted by an exception (before and after the grant); a waiter that dies
 while queued for the lock; a Value guarded by a Semaphore, with a waiting access that fails; Barrier
@@ -293,15 +294,22 @@ def test_reprs_name_another_thread_of_the_same_process():
         assert repr(lock) == "<Lock(owner=None)>" and repr(rlock) == "<RLock(None, 0)>"
 
 
-def test_negative_semaphore_values_are_refused_with_threading_s_value_error():
-    """multiprocessing passes -1 to sem_open, which fails with OSError(EINVAL) on Linux; remoteproc refuses
-    it as threading.Semaphore does (ValueError, same text): an error either way, nothing is created."""
-    for factory in (threading.Semaphore, threading.BoundedSemaphore, remoteproc.Semaphore,
-                    remoteproc.BoundedSemaphore):
-        with pytest.raises(ValueError, match="semaphore initial value must be >= 0"):
-            factory(-1)
-    with pytest.raises((OSError, ValueError)):
-        multiprocessing.Semaphore(-1)
+def test_bad_constructor_arguments_fail_as_multiprocessing_s():
+    """A negative semaphore value (sem_open's EINVAL), a float queue size, a typecode ctypes lacks:
+    the same error types (and words) as multiprocessing's, and nothing is created."""
+    import errno
+
+    for lib in (multiprocessing, remoteproc):
+        for factory in (lib.Semaphore, lib.BoundedSemaphore):
+            with pytest.raises(OSError) as info:
+                factory(-1)
+            assert info.value.errno == errno.EINVAL, lib
+        with pytest.raises(TypeError, match="cannot be interpreted as an integer"):
+            lib.Queue(maxsize=1.5)
+        with pytest.raises(TypeError, match="this type has no size"):
+            lib.Value("z", 1)
+        with pytest.raises(TypeError, match="this type has no size"):
+            lib.Array("z", 3)
     assert remoteproc.Semaphore(0).acquire(timeout=0.01) is False
 
 
