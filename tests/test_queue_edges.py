@@ -20,14 +20,15 @@ import multiprocessing
 import os
 import queue
 import shutil
-import signal
 import subprocess
 import sys
 import threading
 import time
 
 import cloudpickle
+import owner_calls
 import pytest
+from owner_calls import Interrupted, interrupt_main_once_blocked, join_all, until
 
 import remoteproc
 from remoteproc import RemoteProcess
@@ -35,60 +36,12 @@ from remoteproc.queues import Event, JoinableQueue, Queue, SimpleQueue
 
 # Targets below are shipped by value: this test module is not installed on the remote side.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+cloudpickle.register_pickle_by_value(owner_calls)     # (its helpers run in remote targets too)
 
 pytestmark = pytest.mark.timeout(90)
 
 FORK = multiprocessing.get_context("fork")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _join_all(procs, timeout=60):
-    for p in procs:
-        p.join(timeout)
-    assert [p.exitcode for p in procs] == [0] * len(procs), [p.exitcode for p in procs]
-
-
-def _until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-class Interrupted(Exception):
-    """What the signal handler raises in the main thread, as KeyboardInterrupt would."""
-
-
-def _main_thread_blocked():
-    """The main thread sleeps in a threading wait inside one of remoteproc's owner calls."""
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    if frame is None or frame.f_code.co_name != "wait" or not frame.f_code.co_filename.endswith("threading.py"):
-        return False
-    while frame is not None:
-        if frame.f_code.co_name == "_call" and os.sep + "remoteproc" + os.sep in frame.f_code.co_filename:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _interrupt_main_once_blocked(before_raise=None):
-    """Once the main thread sleeps in an owner call, interrupt it (SIGUSR1; the handler runs ``before_raise``
-    in the main thread, then raises Interrupted).  Returns a function restoring the handler."""
-    def handler(signum, frame):
-        if before_raise is not None:
-            before_raise()
-        raise Interrupted
-
-    old = signal.signal(signal.SIGUSR1, handler)
-
-    def fire():
-        if _until(_main_thread_blocked, 20):
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    threading.Thread(target=fire, daemon=True).start()
-    return lambda: signal.signal(signal.SIGUSR1, old)
 
 
 # -- targets --------------------------------------------------------------------------------------------
@@ -98,7 +51,7 @@ def every_call(q, jq, sq, ev, out):
     res["q"] = [q.empty(), q.qsize(), q.full()]
     q.put_nowait(1)
     q.put(2, timeout=5)
-    res["q"] += [_until(lambda: not q.empty(), 5), q.qsize(), q.full()]    # (multiprocessing's empty() lags)
+    res["q"] += [until(lambda: not q.empty(), 5), q.qsize(), q.full()]    # (multiprocessing's empty() lags)
     for name, call in (("put_nowait", lambda: q.put_nowait(3)), ("put_timeout", lambda: q.put(3, timeout=0.05)),
                        ("put_noblock", lambda: q.put(3, False))):
         try:
@@ -126,7 +79,7 @@ def every_call(q, jq, sq, ev, out):
     if sq is not None:
         res["sq"] = [sq.empty()]
         sq.put("s")
-        res["sq"] += [_until(lambda: not sq.empty(), 5), sq.get(), sq.empty()]
+        res["sq"] += [until(lambda: not sq.empty(), 5), sq.get(), sq.empty()]
         try:
             sq.put(threading.Lock())    # (no feeder thread: it raises here, as multiprocessing's)
         except TypeError:
@@ -148,7 +101,7 @@ def every_call(q, jq, sq, ev, out):
         res["put_after_close"] = "ValueError" if words.startswith("Queue <") and "is closed" in words else words
     q2 = jq                         # closed, a queue still answers qsize and full (multiprocessing's
     q2.put("x")                     # empty() then answers or not, depending on its feeder thread)
-    _until(lambda: not q2.empty(), 5)
+    until(lambda: not q2.empty(), 5)
     q2.close()
     res["after_close"] = [q2.qsize(), q2.full()]
     out.put(res)
@@ -215,7 +168,7 @@ def test_every_call_in_forked_and_remote_children_matches_multiprocessing(host, 
     p = FORK.Process(target=every_call, args=make_all(multiprocessing) + (expected_out,))
     p.start()
     expected = expected_out.get(timeout=30)
-    _join_all([p])
+    join_all([p])
     assert expected["jq"] == ["job", None, None, True]
     assert expected["task_done_too_often"] == "task_done() called too many times"
     for where in ("fork", "remote"):
@@ -226,7 +179,7 @@ def test_every_call_in_forked_and_remote_children_matches_multiprocessing(host, 
             p = RemoteProcess(host, target=every_call, args=objs + (out,), **ssh_options)
         p.start()
         got = out.get(timeout=30)
-        _join_all([p])
+        join_all([p])
         assert got == expected, where
         q, jq, sq, ev = objs
         assert jq.get(timeout=5) == "x"     # (what the child left behind its close())
@@ -239,7 +192,7 @@ def test_every_call_in_forked_and_remote_children_matches_multiprocessing(host, 
 
 def test_an_owner_get_interrupted_just_after_an_item_was_handed_over_puts_it_back_in_front():
     q = Queue()
-    restore = _interrupt_main_once_blocked(lambda: q.put("handed over"))
+    restore = interrupt_main_once_blocked(lambda: q.put("handed over"))
     try:
         with pytest.raises(Interrupted):
             q.get(timeout=30)
@@ -253,7 +206,7 @@ def test_owner_calls_interrupted_while_waiting_leave_no_ghost_waiter():
     q, ev, jq = Queue(), Event(), JoinableQueue()
     jq.put(1)
     for call in (lambda: q.get(timeout=30), lambda: ev.wait(30), jq.join):
-        restore = _interrupt_main_once_blocked()
+        restore = interrupt_main_once_blocked()
         try:
             with pytest.raises(Interrupted):
                 call()
@@ -288,7 +241,7 @@ def test_when_the_owner_goes_away_a_blocked_call_and_the_later_ones_raise_owner_
     p = FORK.Process(target=owner_that_leaves, args=(report,))
     p.start()
     got = report.get(timeout=30)
-    _join_all([p])
+    join_all([p])
     names = [r[0] for r in got]
     assert names == ["get", "qsize", "put"]
     for name, kind, is_eof, text in got:
@@ -302,7 +255,7 @@ def test_a_child_cannot_pass_an_inherited_queue_on():
     p = FORK.Process(target=pass_it_on, args=(q, "nobody@host.invalid", report))
     p.start()
     to_remote, to_spawned = report.get(timeout=30)
-    _join_all([p])
+    join_all([p])
     assert "belongs to process %d" % os.getpid() in to_remote and "host.invalid" in to_remote
     assert "a remote process" in to_remote
     assert "belongs to process %d" % os.getpid() in to_spawned and "a child process" in to_spawned
@@ -315,7 +268,7 @@ def test_join_is_bounded_when_a_grandchild_keeps_the_connection_open(host, ssh_o
     p = RemoteProcess(host, target=leave_a_grandchild, args=(q, 4), **ssh_options)
     p.start()
     assert q.get(timeout=30) == "hello"
-    assert _until(lambda: not p.is_alive(), 30)
+    assert until(lambda: not p.is_alive(), 30)
     t0 = time.monotonic()
     p.join(30)
     took = time.monotonic() - t0
@@ -393,7 +346,7 @@ def test_a_queue_shared_with_another_python_drops_an_item_that_cannot_be_pickled
     q_in.put(RefusesToBePickled())          # reported and dropped, as multiprocessing's feeder does
     q_in.put(spawn_targets.Point(3))
     got = q_out.get(timeout=60)
-    _join_all([p])
+    join_all([p])
     assert isinstance(got, spawn_targets.Point) and got.x == 3
     assert "ValueError: not today" in capfd.readouterr().err
     assert p._popen.mode == "spawn"
@@ -417,7 +370,7 @@ def test_simple_queue_in_a_forked_child_works_as_multiprocessing_s():
         p = FORK.Process(target=simple_queue_calls, args=(sq, out))
         p.start()
         got = out.get(timeout=30)
-        _join_all([p])
+        join_all([p])
         results.append(got)
         assert sq.get() == "from the child" if got[0] == ("put", None) else True
     assert results[1] == results[0] == [("put", None), ("empty", False), ("get", "from the parent")]

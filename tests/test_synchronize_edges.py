@@ -26,7 +26,9 @@ import threading
 import time
 
 import cloudpickle
+import owner_calls
 import pytest
+from owner_calls import Interrupted, interrupt_main_once_blocked, join_all, until
 
 import remoteproc
 from remoteproc import RemoteProcess
@@ -34,59 +36,11 @@ from remoteproc.queues import Queue
 
 # Targets below are shipped by value: this test module is not installed on the remote side.
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
+cloudpickle.register_pickle_by_value(owner_calls)     # (its helpers run in remote targets too)
 
 pytestmark = pytest.mark.timeout(90)
 
 FORK = multiprocessing.get_context("fork")
-
-
-def _join_all(procs, timeout=60):
-    for p in procs:
-        p.join(timeout)
-    assert [p.exitcode for p in procs] == [0] * len(procs), [p.exitcode for p in procs]
-
-
-def _until(predicate, timeout=20.0):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
-
-
-class Interrupted(Exception):
-    """What the signal handler raises in the main thread, as KeyboardInterrupt would."""
-
-
-def _main_thread_blocked():
-    """The main thread sleeps in a threading wait inside one of remoteproc's owner calls."""
-    frame = sys._current_frames().get(threading.main_thread().ident)
-    if frame is None or frame.f_code.co_name != "wait" or not frame.f_code.co_filename.endswith("threading.py"):
-        return False
-    while frame is not None:
-        if frame.f_code.co_name == "_call" and os.sep + "remoteproc" + os.sep in frame.f_code.co_filename:
-            return True
-        frame = frame.f_back
-    return False
-
-
-def _interrupt_main_once_blocked(before_raise=None):
-    """Once the main thread sleeps in a threading wait, interrupt it (SIGUSR1; the handler first runs
-    ``before_raise`` in the main thread, then raises Interrupted).  Returns a function restoring the handler."""
-    def handler(signum, frame):
-        if before_raise is not None:
-            before_raise()
-        raise Interrupted
-
-    old = signal.signal(signal.SIGUSR1, handler)
-
-    def fire():
-        if _until(_main_thread_blocked, 20):
-            os.kill(os.getpid(), signal.SIGUSR1)
-
-    threading.Thread(target=fire, daemon=True).start()
-    return lambda: signal.signal(signal.SIGUSR1, old)
 
 
 # -- targets --------------------------------------------------------------------------------------------
@@ -246,7 +200,7 @@ def test_every_call_in_forked_and_remote_children_matches_multiprocessing(host, 
     p = FORK.Process(target=every_call, args=make_all(multiprocessing) + (expected_out,))
     p.start()
     expected = expected_out.get(timeout=30)
-    _join_all([p])
+    join_all([p])
 
     for where in ("fork", "remote"):
         objs, out = make_all(remoteproc), Queue()
@@ -256,7 +210,7 @@ def test_every_call_in_forked_and_remote_children_matches_multiprocessing(host, 
             p = RemoteProcess(host, target=every_call, args=objs + (out,), **ssh_options)
         p.start()
         got = out.get(timeout=30)
-        _join_all([p])
+        join_all([p])
         assert got["value"] == expected["value"] == [5, "<Synchronized wrapper for c_int(5)>", 5, "c_double(2.5)", 2.5]
         arr_got, arr_expected = got.pop("arr"), expected["arr"]
         assert arr_got[:6] == arr_expected[:6] == [3, 2, 3, [1, 3], [1, 2, 3], 3], where
@@ -328,11 +282,11 @@ def test_condition_over_an_explicit_lock_across_hosts(host, ssh_options):
     p = RemoteProcess(host, target=cond_with_lock_waiter, args=(cond, out), **ssh_options)
     p.start()
     assert out.get(timeout=30) == ("waiting", "False")     # a Lock is not recursive: its holder cannot take it again
-    assert _until(lambda: repr(cond).endswith(", 1)>"))
+    assert until(lambda: repr(cond).endswith(", 1)>"))
     with lock:                      # the lock itself is the condition's
         cond.notify()
     assert out.get(timeout=30) == ("woken", True)
-    _join_all([p])
+    join_all([p])
 
 
 def test_condition_needs_a_remoteproc_lock_of_its_own_process():
@@ -344,7 +298,7 @@ def test_condition_needs_a_remoteproc_lock_of_its_own_process():
     p = FORK.Process(target=condition_in_child, args=(lock, out))
     p.start()
     assert "must be created in the process that owns its lock" in out.get(timeout=30)
-    _join_all([p])
+    join_all([p])
 
 
 def test_a_notified_waiter_whose_timeout_passes_before_it_has_the_lock_returns_true():
@@ -381,7 +335,7 @@ def test_an_owner_acquire_interrupted_before_its_turn_leaves_no_waiter():
     t = threading.Thread(target=holder)
     t.start()
     assert holding.wait(10)
-    restore = _interrupt_main_once_blocked()
+    restore = interrupt_main_once_blocked()
     try:
         with pytest.raises(Interrupted):
             lock.acquire(timeout=30)
@@ -409,7 +363,7 @@ def test_an_owner_acquire_interrupted_just_after_the_grant_gives_the_lock_back()
         t = threading.Thread(target=holder)
         t.start()
         assert holding.wait(10)
-        restore = _interrupt_main_once_blocked(lambda r=release_it, d=done: (r.set(), d.wait(10)))
+        restore = interrupt_main_once_blocked(lambda r=release_it, d=done: (r.set(), d.wait(10)))
         try:
             with pytest.raises(Interrupted):
                 lock.acquire(timeout=30)
@@ -427,7 +381,7 @@ def test_an_owner_condition_wait_interrupted_holds_the_lock_again_as_multiproces
     it was still asleep or already notified."""
     for notified in (False, True):
         cond, helper_done = remoteproc.Condition(), threading.Event()
-        restore = _interrupt_main_once_blocked(_notify_from_a_thread(cond, helper_done) if notified else None)
+        restore = interrupt_main_once_blocked(_notify_from_a_thread(cond, helper_done) if notified else None)
         try:
             with cond:
                 with pytest.raises(Interrupted):
@@ -452,7 +406,7 @@ def _notify_from_a_thread(cond, done):
 
     def before():
         threading.Thread(target=notify_and_hold).start()
-        _until(lambda: not _sleeping(cond), 10)
+        until(lambda: not _sleeping(cond), 10)
     return before
 
 
@@ -486,7 +440,7 @@ def test_a_notified_waiter_killed_before_it_has_the_lock_again_does_not_keep_it(
     p.start()
     b.close()
     assert a.poll(30) and a.recv() == "waiting"
-    assert _until(lambda: _sleeping(cond) == 1)
+    assert until(lambda: _sleeping(cond) == 1)
     with cond:
         cond.notify()               # it now waits for the lock, which we hold
         assert _sleeping(cond) == 0
@@ -515,7 +469,7 @@ def test_a_value_guarded_by_a_semaphore_waits_for_it_and_a_failing_access_raises
     sem.release()
     assert out.get(timeout=30) == ("IndexError", str(local.value))
     assert out.get(timeout=30) == ("value", 7)
-    _join_all([p])
+    join_all([p])
     assert sem.get_value() == 1
 
 
@@ -537,7 +491,7 @@ def test_a_child_s_access_waits_until_the_owner_has_released_the_rlock_entirely(
         value.get_obj().value = 2
         lock.acquire()
     assert out.get(timeout=30) == 2
-    _join_all([p])
+    join_all([p])
 
 
 # -- Barrier --------------------------------------------------------------------------------------------------
@@ -580,19 +534,19 @@ def test_a_barrier_action_that_raises_breaks_the_barrier_as_threading_does(host,
     expected = []
     local = threading.Barrier(2, action=failing_action)
     t = _owner_party(local, expected)
-    assert _until(lambda: local.n_waiting == 1)
+    assert until(lambda: local.n_waiting == 1)
     with pytest.raises(ValueError, match="the action failed"):
         local.wait(10)
     t.join(10)
 
     barrier, results, out = remoteproc.Barrier(2, action=failing_action), [], Queue()
     t = _owner_party(barrier, results)
-    assert _until(lambda: barrier.n_waiting == 1)
+    assert until(lambda: barrier.n_waiting == 1)
     p = RemoteProcess(host, target=barrier_last_party, args=(barrier, remoteproc.Event(), out), **ssh_options)
     p.start()
     assert out.get(timeout=30) == ("ValueError", "the action failed")
     t.join(30)
-    _join_all([p])
+    join_all([p])
     assert results == expected == [("BrokenBarrierError", "")]
     assert barrier.broken == local.broken is True
 
@@ -600,7 +554,7 @@ def test_a_barrier_action_that_raises_breaks_the_barrier_as_threading_does(host,
 def test_arrivals_while_the_action_runs_make_the_next_round(host, ssh_options):
     barrier, started, out, results = remoteproc.Barrier(2, action=slow_action), remoteproc.Event(), Queue(), []
     first = _owner_party(barrier, results)
-    assert _until(lambda: barrier.n_waiting == 1)
+    assert until(lambda: barrier.n_waiting == 1)
     p = RemoteProcess(host, target=barrier_twice, args=(barrier, started, out), **ssh_options)
     p.start()
     assert started.wait(30)         # the child is the last party: its action runs now, for a second
@@ -613,7 +567,7 @@ def test_arrivals_while_the_action_runs_make_the_next_round(host, ssh_options):
     second.join(30)
     assert results == [("index", 0), ("index", 0)]
     assert started.is_set()
-    _join_all([p])
+    join_all([p])
     assert not barrier.broken and barrier.n_waiting == 0
 
 
@@ -622,7 +576,7 @@ def test_abort_while_the_action_runs(host, ssh_options):
     returns its index once the action is done (as with threading, where abort waits for the action)."""
     barrier, started, out, results = remoteproc.Barrier(2, action=slow_action), remoteproc.Event(), Queue(), []
     t = _owner_party(barrier, results)
-    assert _until(lambda: barrier.n_waiting == 1)
+    assert until(lambda: barrier.n_waiting == 1)
     p = RemoteProcess(host, target=barrier_last_party, args=(barrier, started, out), **ssh_options)
     p.start()
     assert started.wait(30)
@@ -630,7 +584,7 @@ def test_abort_while_the_action_runs(host, ssh_options):
     t.join(30)
     assert results == [("BrokenBarrierError", "")]
     assert out.get(timeout=30) == ("index", 1)
-    _join_all([p])
+    join_all([p])
     assert barrier.broken
     barrier.reset()
     assert not barrier.broken and barrier.n_waiting == 0
@@ -639,7 +593,7 @@ def test_abort_while_the_action_runs(host, ssh_options):
 def test_the_process_running_the_action_dies_breaks_the_barrier(host, ssh_options):
     barrier, started, out, results = remoteproc.Barrier(2, action=dying_action), remoteproc.Event(), Queue(), []
     t = _owner_party(barrier, results)
-    assert _until(lambda: barrier.n_waiting == 1)
+    assert until(lambda: barrier.n_waiting == 1)
     p = RemoteProcess(host, target=barrier_last_party, args=(barrier, started, out), **ssh_options)
     p.start()
     p.join(30)
@@ -661,7 +615,7 @@ def test_a_process_forked_from_a_child_cannot_use_the_child_s_proxies():
     p.start()
     assert r.poll(30)
     got = r.recv()
-    _join_all([p])
+    join_all([p])
     assert got[:4] == ["<Lock(owner=unknown)>", "<RLock(unknown, unknown)>", "<Semaphore(value=unknown)>",
                        "<BoundedSemaphore(value=unknown, maxvalue=2)>"]
     assert "a process forked from it" in got[4] and "as an argument" in got[4]
@@ -715,7 +669,7 @@ def test_structure_fields_raw_strings_and_the_wrapper_s_lock_api(host, ssh_optio
     p = RemoteProcess(host, target=structure_child, args=(pt, s, out), **ssh_options)
     p.start()
     x, y, rep, first, raw = out.get(timeout=30)
-    _join_all([p])
+    join_all([p])
     assert (x, y, pt.x, pt.y) == (11, 0.5, 11, 0.5)
     assert (first, raw, s.value) == (b"AB", b"z\0\0", b"z")
     assert rep.startswith("<Synchronized wrapper for <") and "Point" in rep

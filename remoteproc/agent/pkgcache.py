@@ -403,34 +403,31 @@ class Store:
         self.held.clear()
 
 
-def _hold(target):
-    """A shared lock on ``target`` (an entry's manifest, a download's directory), held by the
-    returned fd for as long as it is open: "in use".  None if it cannot be taken."""
+def _lock(target, how, missing):
+    """An fd holding a ``how`` flock on ``target``; ``missing`` when it cannot be opened, None
+    when someone else's lock is in the way."""
     try:
         fd = os.open(target, os.O_RDONLY)
     except OSError:
-        return None
+        return missing
     try:
-        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        fcntl.flock(fd, how | fcntl.LOCK_NB)
     except OSError:
         os.close(fd)
         return None
     return fd
+
+
+def _hold(target):
+    """A shared lock on ``target`` (an entry's manifest, a download's directory), held by the
+    returned fd for as long as it is open: "in use".  None if it cannot be taken."""
+    return _lock(target, fcntl.LOCK_SH, None)
 
 
 def _claim(target):
     """An fd with an exclusive lock on ``target``, to hold while it is removed (-1 when there
     is nothing to lock); None when someone holds a lock on it: it is in use."""
-    try:
-        fd = os.open(target, os.O_RDONLY)
-    except OSError:
-        return -1
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
-        os.close(fd)
-        return None
-    return fd
+    return _lock(target, fcntl.LOCK_EX, -1)
 
 
 def _release(fd):
