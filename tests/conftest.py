@@ -84,6 +84,11 @@ def pytest_configure(config: pytest.Config) -> None:
         "loopback_only: uses host/ssh_options but inspects the loopback sshd or this machine's "
         "processes, so it does not run against --remote-host hosts",
     )
+    config.addinivalue_line(
+        "markers",
+        "one_transport: checks logic above the transport (an owner's primitives, the pool's "
+        "scheduler), which both transports carry alike: the default transport only",
+    )
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
@@ -92,6 +97,8 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     ``loopback_only``)."""
     if "remote_target" in metafunc.fixturenames:
         hosts = list(LOOPBACK_TARGETS)
+        if metafunc.definition.get_closest_marker("one_transport") is not None:
+            hosts = hosts[:1]
         if metafunc.definition.get_closest_marker("loopback_only") is None:
             hosts += list(metafunc.config.getoption("remote_hosts"))
         metafunc.parametrize("remote_target", hosts, indirect=True,

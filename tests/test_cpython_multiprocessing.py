@@ -15,6 +15,8 @@ import sys
 
 import pytest
 
+from remoteproc import bootstrap
+
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 FD_IN_MESSAGE = "a file descriptor sent inside a message cannot cross hosts"
@@ -56,6 +58,10 @@ def test_cpython_test_classes_pass_with_remote_processes(type_, sshd):
 
         _unavailable("CPython's test package (test._test_multiprocessing) is not installed")
     env = dict(os.environ, PYTHONPATH=os.path.dirname(HERE))
+    # not measured: under coverage every remote child writes a data file (a minute of the suite),
+    # and what these classes reach, the suite's own tests reach too
+    for name in ("COVERAGE_PROCESS_START", bootstrap.AGENT_ENV):
+        env.pop(name, None)
     done = subprocess.run([sys.executable, os.path.join(HERE, "cpython_mp.py"), "--type", type_, "--json"],
                           capture_output=True, text=True, timeout=1400, env=env)
     assert done.returncode == 0, done.stderr[-3000:]

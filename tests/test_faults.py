@@ -319,7 +319,7 @@ def test_no_leaks_over_many_processes(host, ssh_options):
     # fewer of them then, or this one test takes two minutes.  (The leaks it looks for grow with
     # each process: a few hundred show them as well as five.)
     measured = bool(os.environ.get("COVERAGE_PROCESS_START"))
-    one_by_one, at_once = (200, 50) if measured else (500, 100)
+    one_by_one, at_once = (100, 30) if measured else (500, 100)
     for i in range(20):                       # warm up: relay, connection, caches
         run_one(i)
     relay = relay_client.get().proc.pid

@@ -24,7 +24,7 @@ from remoteproc.managers import _local, bridged
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
-pytestmark = pytest.mark.timeout(120)
+pytestmark = [pytest.mark.timeout(120), pytest.mark.one_transport]     # (the link carries it alike on both transports)
 
 
 def _run(procs, timeout=60):

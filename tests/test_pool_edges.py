@@ -188,6 +188,7 @@ def test_hosts_a_pool_cannot_use_are_refused(hosts):
 
 # -- what cannot travel ----------------------------------------------------------------------------
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_what_cannot_be_unpickled_on_one_side_fails_that_task_only(host, ssh_options):
     with Pool(host, processes_per_host=1, **ssh_options) as pool:
         with pytest.raises(ValueError, match="cannot be rebuilt on the host") as info:
@@ -203,6 +204,7 @@ def test_what_cannot_be_unpickled_on_one_side_fails_that_task_only(host, ssh_opt
         assert ex.submit(square, 7).result(60) == 49
 
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_a_multiprocessing_queue_as_a_task_argument_names_the_alternative(host, ssh_options):
     with Pool(host, processes_per_host=1, **ssh_options) as pool:
         with pytest.raises(remoteproc.PicklingError, match="remoteproc.Queue") as info:
@@ -216,6 +218,7 @@ def test_a_multiprocessing_queue_as_a_task_argument_names_the_alternative(host, 
         q.put(multiprocessing.Event())
 
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_arguments_bigger_than_the_worker_s_socket_buffer(host, ssh_options):
     blobs = [bytes([i]) * (8 << 20) for i in range(3)]
     with Pool(host, processes_per_host=1, **ssh_options) as pool:
@@ -224,6 +227,7 @@ def test_arguments_bigger_than_the_worker_s_socket_buffer(host, ssh_options):
 
 # -- workers that die while starting ---------------------------------------------------------------------
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_a_worker_that_exits_in_its_initializer(host, ssh_options):
     with pytest.raises(remoteproc.RemoteProcessError, match=r"ended \(exitcode 3\) before it was ready") as info:
         Pool(host, processes_per_host=1, initializer=init_exits, initargs=(3,), **ssh_options)
@@ -236,6 +240,7 @@ def test_a_worker_whose_connection_is_lost_in_its_initializer(host, ssh_options)
     assert info.value.host == host
 
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_a_replacement_whose_initializer_raises_breaks_its_host(host, ssh_options, tmp_path):
     marker = str(tmp_path / "fail-now")
     with Pool(host, processes_per_host=1, initializer=init_fails_once_marked, initargs=(marker,),
@@ -253,6 +258,7 @@ def test_a_replacement_whose_initializer_raises_breaks_its_host(host, ssh_option
             pool.apply(square, (5,))
 
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_a_replacement_that_cannot_be_started_breaks_its_host(host, ssh_options):
     """The initializer's arguments are pickled again for every replacement worker."""
     state = {"tag": "fine"}
@@ -377,6 +383,7 @@ def test_a_replacement_started_as_the_connection_dies_does_not_break_the_host_fo
 
 # -- ending --------------------------------------------------------------------------------------------
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_terminate_kills_a_worker_that_ignores_sigterm_and_drops_its_late_result(host, ssh_options, tmp_path):
     marker = str(tmp_path / "running")
     pool = Pool(host, processes_per_host=1, **ssh_options)
@@ -390,6 +397,7 @@ def test_terminate_kills_a_worker_that_ignores_sigterm_and_drops_its_late_result
     assert pool.workers() == []
 
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_a_callback_that_raises_does_not_hang_the_pool_s_users(host, ssh_options, caplog):
     def bad_callback(value):
         raise RuntimeError("callback failed on purpose")
@@ -406,6 +414,7 @@ def test_a_callback_that_raises_does_not_hang_the_pool_s_users(host, ssh_options
         pool.terminate()
 
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_a_callback_that_closes_and_joins_its_pool(host, ssh_options):
     pool = Pool(host, processes_per_host=1, **ssh_options)
     done = threading.Event()
@@ -424,6 +433,7 @@ def test_a_callback_that_closes_and_joins_its_pool(host, ssh_options):
         pool.terminate()
 
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_executor_cancelled_futures_never_run_and_shutdown_without_waiting(host, ssh_options, tmp_path):
     ex = Executor(host, processes_per_host=1, **ssh_options)
     try:
@@ -441,6 +451,7 @@ def test_executor_cancelled_futures_never_run_and_shutdown_without_waiting(host,
     assert ex.workers() == []
 
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_the_same_host_twice(host, ssh_options):
     with Pool([host, host], processes_per_host=1, **ssh_options) as pool:
         status = pool.hosts_status()
@@ -448,6 +459,7 @@ def test_the_same_host_twice(host, ssh_options):
         assert sorted(pool.map(square, range(4))) == [0, 1, 4, 9]
 
 
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_a_forked_child_leaves_its_parent_s_pool_alone(host, ssh_options):
     with Pool(host, processes_per_host=1, **ssh_options) as pool:
         pid = os.fork()

@@ -38,7 +38,7 @@ from remoteproc.queues import Queue
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 cloudpickle.register_pickle_by_value(owner_calls)     # (its helpers run in remote targets too)
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.one_transport]     # (owner-side logic, alike on both)
 
 FORK = multiprocessing.get_context("fork")
 
