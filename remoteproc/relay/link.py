@@ -184,7 +184,7 @@ class Link:
         interval = self.target.keepalive_interval
         while not self.dead:
             timeout = interval / 2
-            if not self.children and not self.mux.streams and not self.pending:
+            if not self.children and not self.mux.streams and not self.pending and not self.held:
                 left = self.idle_since + self.target.idle_timeout - time.monotonic()
                 timeout = min(timeout, max(0.05, left))
             if self.held:
@@ -208,7 +208,7 @@ class Link:
                 self.send(frames.control({"op": "ping", "t": now}))
             if self.closing:
                 return      # asked to close (the user's process is gone, or idle): the agent cleans up
-            if not self.children and not self.mux.streams and not self.pending:
+            if not self.children and not self.mux.streams and not self.pending and not self.held:
                 if now - self.idle_since > self.target.idle_timeout:
                     with self.lock:
                         if not self.pending:
@@ -506,13 +506,14 @@ class Link:
 
     def _move_unsent(self) -> None:
         """Starts this link took but never sent (held for its proof of life, or not yet taken
-        from ``pending``) go to a new link, once: the host is not known to be down, only this
-        connection is.  A link that never came up fails them instead (with why)."""
+        from ``pending``) go to a new link, once, when this one was lost: the host is not known
+        to be down, only this connection is.  A link that never came up, or that was closed
+        (idle, or the user's process went away), fails them instead (with why)."""
         with self.lock:
             unsent, self.held = self.held + list(self.pending), []
             self.pending.clear()
         for request, status_sock, fds in unsent:
-            if self.move is not None and self.hello and not request.get("moved"):
+            if self.move is not None and self.hello and self.lost is not None and not request.get("moved"):
                 log.info("%s: a start moves to a new connection (%s)", self.display,
                          self.lost or "this one closed")
                 request["moved"] = True
