@@ -4,11 +4,14 @@ remoteproc's owner calls (as a Ctrl-C would), to check what such an interruption
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import signal
 import sys
 import threading
 import time
+
+FORK = multiprocessing.get_context("fork")
 
 
 def join_all(procs, timeout=60):
@@ -58,3 +61,20 @@ def interrupt_main_once_blocked(before_raise=None):
 
     threading.Thread(target=fire, daemon=True).start()
     return lambda: signal.signal(signal.SIGUSR1, old)
+
+
+def every_call_in(where, target, objs, host, ssh_options):
+    """Run ``target(*objs, out)`` in a forked local child (``where`` "fork") or a RemoteProcess
+    ("remote"), wait for it to end well, and return what it put on ``out``."""
+    from remoteproc import RemoteProcess
+    from remoteproc.queues import Queue
+
+    out = Queue()
+    if where == "fork":
+        p = FORK.Process(target=target, args=tuple(objs) + (out,))
+    else:
+        p = RemoteProcess(host, target=target, args=tuple(objs) + (out,), **ssh_options)
+    p.start()
+    got = out.get(timeout=30)
+    join_all([p])
+    return got

@@ -28,7 +28,7 @@ import time
 import cloudpickle
 import owner_calls
 import pytest
-from owner_calls import Interrupted, interrupt_main_once_blocked, join_all, until
+from owner_calls import Interrupted, every_call_in, interrupt_main_once_blocked, join_all, until
 
 import remoteproc
 from remoteproc import RemoteProcess
@@ -172,14 +172,8 @@ def test_every_call_in_forked_and_remote_children_matches_multiprocessing(host, 
     assert expected["jq"] == ["job", None, None, True]
     assert expected["task_done_too_often"] == "task_done() called too many times"
     for where in ("fork", "remote"):
-        objs, out = make_all(remoteproc), Queue()
-        if where == "fork":
-            p = FORK.Process(target=every_call, args=objs + (out,))
-        else:
-            p = RemoteProcess(host, target=every_call, args=objs + (out,), **ssh_options)
-        p.start()
-        got = out.get(timeout=30)
-        join_all([p])
+        objs = make_all(remoteproc)
+        got = every_call_in(where, every_call, objs, host, ssh_options)
         assert got == expected, where
         q, jq, sq, ev = objs
         assert jq.get(timeout=5) == "x"     # (what the child left behind its close())

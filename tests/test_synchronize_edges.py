@@ -28,7 +28,7 @@ import time
 import cloudpickle
 import owner_calls
 import pytest
-from owner_calls import Interrupted, interrupt_main_once_blocked, join_all, until
+from owner_calls import Interrupted, every_call_in, interrupt_main_once_blocked, join_all, until
 
 import remoteproc
 from remoteproc import RemoteProcess
@@ -203,14 +203,8 @@ def test_every_call_in_forked_and_remote_children_matches_multiprocessing(host, 
     join_all([p])
 
     for where in ("fork", "remote"):
-        objs, out = make_all(remoteproc), Queue()
-        if where == "fork":
-            p = FORK.Process(target=every_call, args=objs + (out,))
-        else:
-            p = RemoteProcess(host, target=every_call, args=objs + (out,), **ssh_options)
-        p.start()
-        got = out.get(timeout=30)
-        join_all([p])
+        objs = make_all(remoteproc)
+        got = every_call_in(where, every_call, objs, host, ssh_options)
         assert got["value"] == expected["value"] == [5, "<Synchronized wrapper for c_int(5)>", 5, "c_double(2.5)", 2.5]
         arr_got, arr_expected = got.pop("arr"), expected["arr"]
         assert arr_got[:6] == arr_expected[:6] == [3, 2, 3, [1, 3], [1, 2, 3], 3], where
