@@ -6,6 +6,7 @@ process table is /proc.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -177,8 +178,9 @@ def test_a_start_on_a_connection_that_died_unseen_moves_to_a_new_one(host, ssh_o
         p2.join(30)
         assert p2.exitcode == 0
     finally:
-        os.kill(agent, signal.SIGKILL)      # (the agent this test's first process started)
-        os.kill(agent, signal.SIGCONT)
+        with contextlib.suppress(ProcessLookupError):     # (gone already once its session closed)
+            os.kill(agent, signal.SIGKILL)      # (the agent this test's first process started)
+            os.kill(agent, signal.SIGCONT)
 
 
 def test_local_parent_killed(sshd, host, ssh_options, tmp_path):

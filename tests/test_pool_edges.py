@@ -33,6 +33,7 @@ Behaviours covered here:
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -376,8 +377,9 @@ def test_a_replacement_started_as_the_connection_dies_does_not_break_the_host_fo
         assert pool.map(square, range(6), chunksize=1) == [x * x for x in range(6)]
     finally:
         if agent is not None:
-            os.kill(agent, signal.SIGKILL)
-            os.kill(agent, signal.SIGCONT)
+            with contextlib.suppress(ProcessLookupError):     # (gone already once its session closed)
+                os.kill(agent, signal.SIGKILL)
+                os.kill(agent, signal.SIGCONT)
         pool.terminate()
 
 
