@@ -253,6 +253,19 @@ def _words(phrases: tuple | list) -> str:
     return phrases[0] if len(phrases) == 1 else "%s and %s" % (", ".join(phrases[:-1]), phrases[-1])
 
 
+def _the_server_takes(cannot: tuple[str, ...], allowed: list[str]) -> tuple[str, ...]:
+    """Of the settings the paramiko transport cannot honour, those the server could use: Kerberos
+    needs a ``gssapi-*`` method, the rest (tokens, FIDO keys, certificates) ``publickey``.
+
+    Debian's ``/etc/ssh/ssh_config`` says ``GSSAPIAuthentication yes`` for every host: naming it
+    for a server that takes no GSSAPI would send every refused login to transport='openssh',
+    where ``ssh`` is refused just the same.  With nothing known of the server, all count."""
+    if not allowed:
+        return cannot
+    gssapi = any(method.startswith("gssapi") for method in allowed)
+    return tuple(p for p in cannot if (gssapi if p.startswith("GSSAPI") else "publickey" in allowed))
+
+
 def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list[str] | None,
                  exc: Exception | None) -> AuthenticationError:
     """The error for a refused login: what the server accepts, what was tried, and the way out.
@@ -277,10 +290,11 @@ def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list
     if not tried:
         tried = (["no key: the server takes none"] if allowed and "publickey" not in allowed
                  else ["no key (no agent, no key file found)"])
-    if target.paramiko_cannot:
+    cannot = _the_server_takes(target.paramiko_cannot, allowed)
+    if cannot:
         fix = (" This host's ssh config asks for %s, which the paramiko transport cannot use. Fix: pass "
                "transport='openssh' (your own ssh logs in with them), or %s."
-               % (_words(target.paramiko_cannot), keys))
+               % (_words(cannot), keys))
     else:
         fix = (" Fix: %s. If `ssh` itself logs you in (a certificate, Kerberos/GSSAPI, a FIDO or PKCS#11 key, "
                "2FA), pass transport='openssh' to use it." % keys)

@@ -221,6 +221,12 @@ def _handshake(transport: Any, target: Target, proxied: bool) -> None:
         reason = "the server closed the connection"
     else:
         reason = str(error) or type(error).__name__
+    if "Incompatible ssh" in reason:
+        # an SSH server answered, but it allows only algorithms that paramiko lacks (chacha20-poly1305
+        # alone, sntrup761 key exchange alone, ...): the user's own ssh has them
+        raise ConnectError("%s: SSH handshake failed: %s: the server allows only algorithms that paramiko does "
+                           "not have. Fix: pass transport='openssh' (your own ssh has them), or ask the host's "
+                           "administrator to allow one that paramiko has." % (target.display, reason), target.display)
     raise ConnectError("%s: SSH handshake failed: %s. Check that an SSH server answers on port %d%s."
                        % (target.display, reason, target.port,
                           " and that ProxyCommand works" if proxied else ""), target.display)

@@ -148,7 +148,8 @@ def check_host_key(target: Target, key: Any) -> None:
                 "" if same[0].where.startswith(os.path.expanduser("~/.ssh/known_hosts:"))
                 else " -f %s" % same[0].where.rsplit(":", 1)[0]),
             target.display)
-    authorities = [e for e in entries if e.marker == "@cert-authority"]
+    # (ssh trusts a host certificate through a CA line of the bare name too, on any port)
+    authorities = [e for e in entries + bare if e.marker == "@cert-authority"]
     if authorities and target.policy != "accept-new":
         raise HostKeyError(
             "%s: the host key is unknown: this host is known only through a certificate authority "

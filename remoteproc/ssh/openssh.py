@@ -220,7 +220,10 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         python=python_option(options.get("python")), setup=setup_option(options.get("setup")),
         options=dict(options),
         original_host=host,
+        # (with host_key_policy given, -G shows ours, not the config's)
+        strict_config=options.get("host_key_policy") is None and view.get("stricthostkeychecking") == ["true"],
     )
+    args += _session_args(view)
     if options.get("keepalive_interval") is not None:
         target.keepalive_interval = options["keepalive_interval"]
     if options.get("keepalive_count") is not None:
@@ -230,6 +233,25 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
     target.transport = "openssh"
     target.ssh_args = tuple(args) + ("--", host)
     return target
+
+
+#: session settings of an alias made for a terminal or a tunnel (``ssh -G`` name, the value that suits
+#: us): ssh runs our command, with its standard input and output, in the foreground
+_SESSION = (("remotecommand", "none"), ("sessiontype", "default"), ("stdinnull", "no"),
+            ("forkafterauthentication", "no"))
+
+
+def _session_args(view: dict[str, list[str]]) -> list[str]:
+    """``-o`` arguments that set back what the config sets for the host's sessions: a ``RemoteCommand``
+    (ssh refuses it with a command of ours), ``SessionType none``, ``StdinNull`` or
+    ``ForkAfterAuthentication`` (the agent would get no input).  Only keywords that ``ssh -G``
+    shows, so only those this ssh knows."""
+    args = []
+    for keyword, value in _SESSION:
+        given = (view.get(keyword) or [value])[0]
+        if given.lower() != value:
+            args += ["-o", "%s=%s" % (keyword, value)]
+    return args
 
 
 def _make_known_hosts_dir(spec: str, known: list[str]) -> None:
@@ -266,6 +288,8 @@ def user_command(target: Target, host: Optional[str] = None, jumps: Optional[lis
     known = _list(options.get("known_hosts"))
     if known:
         args += ["-o", "UserKnownHostsFile=" + _quote_list(known)]
+    if target.strict_config:    # (else ssh would refuse a new key without asking)
+        args += ["-o", "StrictHostKeyChecking=ask"]
     if host is not None:        # (a jump spec: ssh takes [host]:port after -J only)
         user, name, port = parse_spec(host)
         args += (["-J", ",".join(jumps)] if jumps else []) + (["-p", str(port)] if port else [])
@@ -401,7 +425,8 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"Permission denied|Too many authentication failures|no mutual signature", re.I),
      AuthenticationError,
      "the server refused every way ssh tried to log in. Fix: check that `{ssh}` logs in without a prompt "
-     "(BatchMode) with this user and key, or pass allow_prompt=True for a login that asks"),
+     "(BatchMode) with this user and key (a key with a passphrase: load it into ssh-agent with ssh-add), or "
+     "pass allow_prompt=True for a login that asks"),
     (re.compile(r"Could not resolve hostname|Name or service not known|nodename nor servname", re.I),
      ConnectError, "the host name does not resolve. Fix: check the name, or its HostName in ~/.ssh/config"),
     (re.compile(r"Connection refused", re.I), ConnectError,
@@ -440,7 +465,7 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh), words),
                         display)
     return ConnectError("%s (transport='openssh'): %sssh failed: %s. Fix: run `%s` to see why" %
-                        (display, where, words, "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
+                        (display, where, words.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
 
 
 def _home_hint(options: dict[str, Any]) -> str:

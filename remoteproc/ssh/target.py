@@ -80,6 +80,9 @@ class Target:
     #: (keyword, value) of the ssh config settings the paramiko transport cannot honour (see
     #: ``paramiko_cannot``), as the config gave them: no file is looked at until a login fails
     config_asks: tuple = ()
+    #: the ssh config says ``StrictHostKeyChecking yes``: a bare ``ssh`` to the host never asks to
+    #: trust a new key, so the command an error suggests needs ``-o StrictHostKeyChecking=ask``
+    strict_config: bool = False
 
     @property
     def paramiko_cannot(self) -> tuple[str, ...]:
@@ -188,6 +191,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
         identity_agent=_identity_agent(cfg, tokens), address_family=family if family in ("inet", "inet6") else "any",
         explicit_keys=explicit, config_asks=asks,
+        strict_config=str(_first(cfg, "stricthostkeychecking", "ask")).lower() in ("yes", "true", "on"),
     )
 
 
@@ -223,16 +227,51 @@ def _identity_files(options: dict[str, Any], cfg: dict[str, Any],
 
 
 def public_key(path: str) -> tuple[str, bytes] | None:
-    """(key type, blob) of an identity file's public key: ``path.pub``, or ``path`` itself if it is one."""
+    """(key type, blob) of an identity file's public key: ``path.pub``, or ``path`` itself if it is
+    one, or (as ssh reads it) the public half that an OpenSSH private key file holds in the clear,
+    encrypted or not: an agent's key then matches an ``IdentityFile`` without a ``.pub`` beside it."""
     for candidate in (path + ".pub", path):
         try:
             with open(candidate, encoding="ascii", errors="replace") as f:
-                fields = f.read(16384).split()
+                text = f.read(16384)
+            fields = text.split()
             if len(fields) >= 2 and fields[0].startswith(("ssh-", "ecdsa-", "sk-")):
                 return fields[0], base64.b64decode(fields[1], validate=True)
+            if candidate == path:
+                return _openssh_private_public(text)
         except (OSError, ValueError, binascii.Error):
             pass
     return None
+
+
+_OPENSSH_BEGIN, _OPENSSH_END = "-----BEGIN OPENSSH PRIVATE KEY-----", "-----END OPENSSH PRIVATE KEY-----"
+_OPENSSH_MAGIC = b"openssh-key-v1\0"
+
+
+def _openssh_private_public(text: str) -> tuple[str, bytes] | None:
+    """The first public key of an ``openssh-key-v1`` private key file: magic, cipher name, KDF name,
+    KDF options, number of keys, then the public key blobs (all before the encrypted part)."""
+    if _OPENSSH_BEGIN not in text or _OPENSSH_END not in text:
+        return None
+    data = base64.b64decode("".join(text.split(_OPENSSH_BEGIN, 1)[1].split(_OPENSSH_END, 1)[0].split()))
+    if not data.startswith(_OPENSSH_MAGIC):
+        return None
+    pos = len(_OPENSSH_MAGIC)
+    fields = []
+    for length_only in (False, False, False, True, False):      # cipher, kdf, kdf options, count, key
+        if pos + 4 > len(data):
+            return None
+        size = int.from_bytes(data[pos:pos + 4], "big")
+        pos += 4
+        if not length_only:
+            if pos + size > len(data):
+                return None
+            fields.append(data[pos:pos + size])
+            pos += size
+    blob = fields[-1]
+    size = int.from_bytes(blob[:4], "big")
+    kind = blob[4:4 + size].decode("ascii", "replace")
+    return (kind, blob) if 0 < size < len(blob) else None
 
 
 def _config_asks(cfg: dict[str, Any], tokens: dict[str, str]) -> tuple[tuple[str, str], ...]:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import getpass
 import hashlib
 import os
+import pwd
 import re
 import socket
 
@@ -12,11 +12,13 @@ from ..errors import ConfigError
 
 
 def local_user() -> str:
-    """The local user name (``%u``, and the default remote user)."""
+    """The local user name (``%u``, ``Match localuser``, and the default remote user): as ssh has
+    it, the account of this process's uid, whatever ``$USER`` or ``$LOGNAME`` say (``su`` to
+    root keeps them)."""
     try:
-        return getpass.getuser()
-    except (KeyError, OSError):  # pragma: no cover - no passwd entry
-        return str(os.getuid())
+        return pwd.getpwuid(os.getuid()).pw_name
+    except KeyError:  # pragma: no cover - no passwd entry (a container's bare uid)
+        return os.environ.get("USER") or str(os.getuid())
 
 
 def host_tokens(original: str, hostname: str, port: int, user: str, alias: str | None,
