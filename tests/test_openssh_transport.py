@@ -399,14 +399,34 @@ def test_jump_hosts_get_our_options_through_a_config_file_of_ours(tmp_path):
     (path,) = _value(args, "-F")
     with open(path) as f:
         text = f.read().splitlines()
-    assert sorted(text[1:-1]) == ["BatchMode yes", "ConnectTimeout 30", "IdentityAgent none",
+    assert sorted(text[1:-3]) == ["BatchMode yes", "IdentityAgent none",
                                   'IdentityFile "/k1"', "StrictHostKeyChecking accept-new",
                                   "UserKnownHostsFile /kh"]
-    assert text[-1] == 'Include "%s"' % config
+    # our default timeout comes after the user's config: it holds only where that config is silent
+    assert text[-3:] == ['Include "%s"' % config, "Host *", "ConnectTimeout 30"]
     assert "-i" not in args and _value(args, "-l") == ["bob"]
     assert openssh.resolve("bob@target", options).ssh_args == target.ssh_args, "equal options, one connection"
     plain = openssh.resolve("bob@other", options)
     assert _value(list(plain.ssh_args), "-F") == [str(config)], "no jump, no file of ours"
+
+
+def test_a_jump_host_keeps_its_own_connect_timeout_from_the_users_config(tmp_path):
+    """Our 30 s default bounds the target and any hop the config leaves unbounded; a jump host's
+    own ConnectTimeout stays its own (as ssh -G reads the file the jump's ssh gets)."""
+    config = tmp_path / "ssh_config"
+    config.write_text("Host target\n    ProxyJump jumphost,slowjump\nHost jumphost\n    ConnectTimeout 5\n")
+    target = openssh.resolve("bob@target", {"ssh_config": str(config), "transport": "openssh"})
+    assert target.connect_timeout == 30
+    (path,) = _value(list(target.ssh_args), "-F")
+
+    def timeout_of(host):
+        view = openssh.ssh_config_view(host, ["-F", path])
+        return view["connecttimeout"]
+
+    assert (timeout_of("jumphost"), timeout_of("slowjump"), timeout_of("target")) == (["5"], ["30"], ["30"])
+    given = openssh.resolve("bob@target", {"ssh_config": str(config), "transport": "openssh", "connect_timeout": 7})
+    (path,) = _value(list(given.ssh_args), "-F")
+    assert (timeout_of("jumphost"), timeout_of("target")) == (["7"], ["7"]), "an option beats every config"
 
 
 def test_a_killed_relay_s_config_files_are_swept_by_the_next(tmp_path, monkeypatch):

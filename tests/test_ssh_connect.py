@@ -514,12 +514,17 @@ def test_include_skips_directories_its_pattern_matches(tmp_path):
 @pytest.mark.parametrize("text,says", [
     ("Host box\n  ConnectTimeout soon\n", "ConnectTimeout 'soon' is not a number"),
     ("Host box\n  Port 70000\n", "port 70000 is out of range 1-65535"),
+    ("Host box\n  Port nosuchservice\n", "box: ssh_config: port 'nosuchservice' is not a number"),
     ("Host box\n  ProxyCommand nc %h %p 100%\n", "a lone % at the end"),
 ])
 def test_bad_values_in_the_ssh_config_are_config_errors(tmp_path, text, says):
     with pytest.raises(ConfigError) as info:
         resolve_with(tmp_path, text)
     assert says.lower() in str(info.value).lower()
+
+
+def test_a_port_may_be_a_service_name_as_ssh_takes_it(tmp_path):
+    assert resolve_with(tmp_path, "Host box\n  Port ssh\n").port == 22
 
 
 def test_proxy_command_option_beats_the_config_and_identity_agent_takes_a_variable(tmp_path, monkeypatch):

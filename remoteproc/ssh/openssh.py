@@ -31,7 +31,7 @@ import stat
 import subprocess
 import tempfile
 import threading
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..errors import AuthenticationError, ConfigError, ConnectError, HostKeyError, RemoteProcessError
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
@@ -204,10 +204,11 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
     _, host, _ = parse_spec(spec)
     jump = (view.get("proxyjump") or [""])[0]
     command = (view.get("proxycommand") or [""])[0]
+    defaults: list[str] = []
     if options.get("connect_timeout") is None and _seconds(view, "connecttimeout", 0) == 0:
         # neither we nor the config bound it: ssh would wait for the kernel (minutes); paramiko's default
         options = dict(options, connect_timeout=DEFAULT_CONNECT_TIMEOUT)
-        args += ["-o", "ConnectTimeout=%d" % DEFAULT_CONNECT_TIMEOUT]
+        defaults.append("ConnectTimeout %d" % DEFAULT_CONNECT_TIMEOUT)
     target = Target(
         spec=spec,
         hostname=(view.get("hostname") or [host])[0],
@@ -229,7 +230,10 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
     if options.get("keepalive_count") is not None:
         target.keepalive_count = options["keepalive_count"]
     if target.proxy_jump:
-        args = _with_jump_config(args, options)
+        # (our defaults come after the user's config there: a jump host keeps its own ConnectTimeout)
+        args = _with_jump_config(args, defaults)
+    else:
+        args += [a for line in defaults for a in ("-o", line.replace(" ", "=", 1))]
     target.transport = "openssh"
     target.ssh_args = tuple(args) + ("--", host)
     return target
@@ -313,13 +317,14 @@ _INHERITED = {"-i": "IdentityFile", "UserKnownHostsFile": "UserKnownHostsFile",
               "IdentityAgent": "IdentityAgent", "IdentitiesOnly": "IdentitiesOnly", "BatchMode": "BatchMode"}
 
 
-def jump_config(args: list[str]) -> tuple[str, list[str]]:
+def jump_config(args: list[str], defaults: Sequence[str] = ()) -> tuple[str, list[str]]:
     """For ``option_args``' ``args``: the text of a config file that sets our inherited options for
     every host (jump hosts too) and then includes the user's configuration, and the arguments that
     remain on the command line (``-F`` and the inherited ones moved into the file).
 
     Settings before any ``Host`` line hold for every host, and the first value ssh obtains wins: the
-    file ranks our options above the user's configuration, as the command line did.
+    file ranks our options above the user's configuration, as the command line did.  ``defaults``
+    (config lines) come after it, under ``Host *``: they hold where the user's configuration is silent.
     """
     lines = ["# written by remoteproc: our options for the target and its jump hosts, then yours"]
     rest: list[str] = []
@@ -339,6 +344,8 @@ def jump_config(args: list[str]) -> tuple[str, list[str]]:
             rest += [flag] if value is None else [flag, value]
         i += 1 if value is None else 2
     lines += ['Include "%s"' % os.path.expanduser(c) for c in configs]
+    if defaults:
+        lines += ["Host *", *defaults]
     return "\n".join(lines) + "\n", rest
 
 
@@ -347,10 +354,10 @@ _configs_dir: Optional[str] = None
 CONFIGS_PREFIX = "remoteproc-ssh-"      # then pid and pid namespace: a killed relay's files are found by them
 
 
-def _with_jump_config(args: list[str], options: dict[str, Any]) -> list[str]:
+def _with_jump_config(args: list[str], defaults: Sequence[str]) -> list[str]:
     """``args`` with our inherited options in a config file of this process (see ``jump_config``)."""
     global _configs_dir
-    text, rest = jump_config(args)
+    text, rest = jump_config(args, defaults)
     with _configs_lock:
         if _configs_dir is None:
             _sweep_stale_configs(tempfile.gettempdir())

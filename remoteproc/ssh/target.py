@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import os
+import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
@@ -142,14 +143,21 @@ def _first(cfg: dict[str, Any], key: str, default: Any = None) -> Any:
     return value[0] if isinstance(value, list) else value
 
 
-def _number(cfg: dict[str, Any], key: str, kind: Callable[[str], Any] = float) -> Any:
+def _number(cfg: dict[str, Any], key: str, spec: str, kind: Callable[[str], Any] = float) -> Any:
     value = _first(cfg, key)
     if value is None:
         return None
     try:
         return kind(value)
     except ValueError:
-        raise ConfigError("ssh_config: %s %r is not a number" % (key, value)) from None
+        pass
+    if key == "port":
+        try:
+            return socket.getservbyname(value, "tcp")     # (ssh takes a service name: Port ssh)
+        except OSError:
+            pass
+    raise ConfigError("%s: ssh_config: %s %r is not a number. Fix: correct it in the ssh config"
+                      % (spec, key, value), spec)
 
 
 def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _depth: int = 0) -> Target:
@@ -160,7 +168,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
     cfg = config.lookup(host, _preset(options, user, spec_port))
 
     hostname = expand(_first(cfg, "hostname", "%h"), {"%": "%", "h": host}, "HostName")
-    port = _number(cfg, "port", int) or 22
+    port = _number(cfg, "port", spec, int) or 22
     if not 0 < port < 65536:
         raise ConfigError("%s: port %d is out of range 1-65535" % (spec, port), spec)
     username = _first(cfg, "user") or local_user()
@@ -172,9 +180,10 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
     known, global_known = _known_hosts_files(options, cfg, tokens)
     jumps = parse_jumps(expand(jump_text, tokens, "ProxyJump") if isinstance(jump_text, str) else None)
     jump = _resolve_jump(spec, jumps, options, config, _depth) if jumps else None
-    interval = options.get("keepalive_interval") or _number(cfg, "serveraliveinterval") or DEFAULT_KEEPALIVE_INTERVAL
-    count = options.get("keepalive_count") or _number(cfg, "serveralivecountmax", int) or DEFAULT_KEEPALIVE_COUNT
-    timeout = options.get("connect_timeout") or _number(cfg, "connecttimeout") or DEFAULT_CONNECT_TIMEOUT
+    interval = (options.get("keepalive_interval") or _number(cfg, "serveraliveinterval", spec)
+                or DEFAULT_KEEPALIVE_INTERVAL)
+    count = options.get("keepalive_count") or _number(cfg, "serveralivecountmax", spec, int) or DEFAULT_KEEPALIVE_COUNT
+    timeout = options.get("connect_timeout") or _number(cfg, "connecttimeout", spec) or DEFAULT_CONNECT_TIMEOUT
     family = str(_first(cfg, "addressfamily", "any")).lower()
     asks = _config_asks(cfg, tokens)
     return Target(
