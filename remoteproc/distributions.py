@@ -422,7 +422,9 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", text or "")[:2])
 
 
-def _interpreter_ok(tag: str, abi: dict) -> bool:
+def _interpreter_ok(tag: str, abi: dict, stable_abi: bool = False) -> bool:
+    """``stable_abi``: the wheel's ABI tag is ``abi3``, whose ``cpXY`` means CPython X.Y *or later*
+    (PEP 384, PEP 425; pip installs a ``cp39-abi3`` wheel on CPython 3.9 to 3.13)."""
     impl, ver = abi.get("implementation"), tuple(abi.get("version") or ())
     m = re.match(r"^(py|cp|pp)(\d)(\d*)$", tag)
     if not m:
@@ -434,7 +436,7 @@ def _interpreter_ok(tag: str, abi: dict) -> bool:
         return False
     if not minor:
         return True
-    return (int(minor),) == ver[1:2] or (kind == "py" and int(minor) <= ver[1])
+    return (int(minor),) == ver[1:2] or ((kind == "py" or kind == "cp" and stable_abi) and int(minor) <= ver[1])
 
 
 def _abi_ok(tag: str, abi: dict) -> bool:
@@ -479,8 +481,8 @@ def tag_ok(tag: str, abi: dict) -> bool:
         interp, abi_tag, plat = tag.split("-")
     except ValueError:
         return False
-    return (any(_interpreter_ok(t, abi) for t in interp.split("."))
-            and any(_abi_ok(t, abi) for t in abi_tag.split("."))
+    return (any(_interpreter_ok(i, abi, a == "abi3") and _abi_ok(a, abi)
+                for i in interp.split(".") for a in abi_tag.split("."))
             and any(_platform_ok(t, abi) for t in plat.split(".")))
 
 

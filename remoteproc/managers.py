@@ -59,6 +59,7 @@ class _Link:
         self.address = address
         self.parent_end, self.child_end = connection.Pipe()
         self.send_lock = threading.Lock()
+        self.release_lock = threading.Lock()
         self.conns: dict = {}
         if spawner is not None:
             try:
@@ -71,7 +72,11 @@ class _Link:
         return M.rebuild_link, (self.child_end, self.address)
 
     def _release(self) -> None:
-        self.child_end.close()
+        # From the finalizer (a start that failed, or was pickled again for another Python) and
+        # from the serving thread, which sees EOF as soon as the first close is under way: one at
+        # a time, else both close the fd (EBADF, or the fd of whatever was opened in between).
+        with self.release_lock:
+            self.child_end.close()
 
     def _send(self, chan: int, op: int, payload: Any) -> bool:
         try:

@@ -89,6 +89,45 @@ def _find_top(name: str, path: list[str], editable: dict[str, str]):
     return None
 
 
+def _stdlib_dirs() -> tuple[list[str], list[str]]:
+    """(this Python's standard library directories, its site directories inside them)."""
+    import sysconfig
+
+    paths = sysconfig.get_paths()
+    lib = {os.path.realpath(paths[k]) for k in ("stdlib", "platstdlib") if paths.get(k)}
+    site = {os.path.realpath(paths[k]) for k in ("purelib", "platlib") if paths.get(k)}
+    return sorted(lib), sorted(site)
+
+
+def from_stdlib(name: str, path: list[str]) -> bool:
+    """True if the top-level module of ``name``, as the user's process finds it on ``path``, is
+    part of this Python's standard library (not a site-packages distribution, not the user's).
+
+    A host that runs another Python lacks it because its own version has no such module (a new
+    one, ``tomllib``, or a removed one, ``imp``): this version's code is not for that Python.
+    """
+    if not _valid(name):
+        return False
+    top = name.split(".")[0]
+    if top in sys.builtin_module_names:
+        return True
+    spec = importlib.machinery.PathFinder.find_spec(top, [p for p in path if isinstance(p, str)])
+    where = spec.origin if spec is not None and spec.has_location else None
+    if not where and spec is not None and spec.submodule_search_locations:
+        where = list(spec.submodule_search_locations)[0]
+    if not where:
+        return False
+    where = os.path.realpath(where)
+    lib, site = _stdlib_dirs()
+
+    def inside(d: str) -> bool:
+        return where == d or where.startswith(d.rstrip(os.sep) + os.sep)
+
+    parts = where.split(os.sep)
+    return (any(inside(d) for d in lib) and not any(inside(d) for d in site)
+            and "site-packages" not in parts and "dist-packages" not in parts)
+
+
 def find(name: str, path: list[str], host: str, editable: dict[str, str] | None = None) -> dict[str, Any]:
     """Entries for ``name`` (None if it is not found) and, for a package, its other modules."""
     if not _valid(name):

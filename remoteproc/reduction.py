@@ -194,6 +194,11 @@ class _SpawnPickler(pickle.Pickler):
         hook = getattr(type(obj), "__remoteproc_reduce__", None)
         if hook is not None:
             return hook(obj, self)
+        managers = sys.modules.get("multiprocessing.managers")
+        if managers is not None and isinstance(obj, managers.BaseProxy):
+            from .managers import reduce_proxy  # its connections ride a bridged link, as in same mode
+
+            return reduce_proxy(obj, self)
         _refuse_local_only(obj, self.host)
         if isinstance(obj, type) and obj.__module__.startswith("remoteproc.") and issubclass(obj, BaseProcess):
             return copy.copy, (mp_context.Process,)     # (a class's copy is itself; a module cannot go)

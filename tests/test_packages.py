@@ -568,7 +568,9 @@ HOST = {"implementation": "cpython", "version": [3, 11], "machine": "x86_64", "s
     ("cp311-cp311-manylinux2014_aarch64", False),       # another machine
     ("cp311-cp311-musllinux_1_2_x86_64", False),        # another libc
     ("cp312-cp312-manylinux_2_17_x86_64", False),       # another Python
-    ("cp38-abi3-manylinux_2_17_x86_64", False),         # cp38 interpreter tag: not a 3.11
+    ("cp38-abi3-manylinux_2_17_x86_64", True),          # abi3: cp38 means CPython 3.8 or later
+    ("cp312-abi3-manylinux_2_17_x86_64", False),        # abi3 of a later CPython than the host's
+    ("cp38-cp38-manylinux_2_17_x86_64", False),         # not abi3: exactly CPython 3.8
     ("cp311-abi3-manylinux_2_17_x86_64", True),
     ("py3-none-any", True),
     ("py2.py3-none-any", True),

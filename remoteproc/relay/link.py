@@ -418,8 +418,16 @@ class Link:
         """Module forwarding: the agent lacks ``name``; answer from the user's sys.path."""
         if not isinstance(name, str):
             raise frames.FrameError("import request without a module name")
+        mods: dict | None
         try:
-            mods = self.packages.answer(name, self.sys_path) if self.packages is not None else None
+            if self.hello.get("mode") == "spawn" and modules.from_stdlib(name, self.sys_path):
+                # the host's Python has no such module in its own standard library (tomllib on
+                # 3.10, imp on 3.12): as multiprocessing's spawn under that Python, none is found
+                log.debug("%s: not forwarding %s: a module of this Python's standard library", self.display,
+                          name)
+                mods = {name: None}
+            else:
+                mods = self.packages.answer(name, self.sys_path) if self.packages is not None else None
             if mods is None:
                 mods = modules.find(name, self.sys_path, self.display, self.editable)
         except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the link

@@ -1,0 +1,18 @@
+"""Targets for tests/test_host_pythons.py: they run on CPython 3.8 ... 3.13 hosts in spawn mode, so
+standard library only and Python 3.8 syntax; the remote side imports this module by forwarding."""
+
+import importlib
+import sys
+
+
+def try_import(conn, name):
+    try:
+        mod = importlib.import_module(name)
+        conn.send(("imported", getattr(mod, "__file__", None)))
+    except Exception as exc:  # noqa: BLE001 - reported to the test
+        conn.send((type(exc).__name__, str(exc)))
+
+
+def fill_manager(d, items):
+    d["python"] = tuple(sys.version_info[:2])
+    items.append("from the child")

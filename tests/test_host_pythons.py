@@ -1,0 +1,599 @@
+"""Hosts that are not twins of this machine: the account's only Python is another CPython.
+
+The interpreters are pyenv's CPython 3.8 ... 3.13 (and 2.7, 3.6, 3.7, which must be refused),
+copied by the ``host_pythons`` fixture to a directory every account can read (pyenv's own tree
+under /root is not), each behind a small ``python3`` script that finds its shared libpython
+there. The hosts are the suite's loopback sshd (``rpuser``), named with ``python=``, and
+one account (``rphostpy``) whose login PATH puts such a ``python3`` first, as a user would
+set it up. Spawn mode is what runs there (docs/python-versions.md); the user programs are
+script files with ``if __name__ == "__main__":``, run as their own processes.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import re
+import shutil
+import subprocess
+import sys
+import sysconfig
+import tempfile
+import textwrap
+
+import pytest
+from conftest import _unavailable
+from host_python_targets import fill_manager, try_import
+
+from remoteproc import Pipe, RemoteProcess, bootstrap
+from remoteproc.errors import BootstrapError
+from remoteproc.testing import LoopbackSSHServer, ensure_local_user
+
+PYENV = os.path.join(os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv"), "versions")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__)))
+OURS = "%d.%d" % sys.version_info[:2]
+#: not copied: what no test here runs, to keep the copies small (about 60 MB a version)
+_SKIP = {"test", "tests", "idlelib", "tkinter", "turtledemo", "ensurepip", "site-packages", "lib2to3",
+         "pydoc_data", "__phello__"}
+
+
+class HostPythons:
+    """Copies of pyenv's interpreters in one directory readable by every account, made on demand."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+        self.made: dict[str, tuple[str, str]] = {}
+
+    def source(self, ver: str) -> str | None:
+        """pyenv's newest X.Y.* with its interpreter, or None."""
+        found = [d for d in glob.glob(os.path.join(PYENV, ver + ".*"))
+                 if re.fullmatch(re.escape(ver) + r"\.\d+", os.path.basename(d))
+                 and os.path.isfile(os.path.join(d, "bin", "python" + ver))]
+        found.sort(key=lambda d: int(os.path.basename(d).rsplit(".", 1)[1]))
+        return found[-1] if found else None
+
+    def get(self, ver: str) -> tuple[str, str]:
+        """(path of a ``python3`` that runs CPython ``ver`` for any account, its full version)."""
+        if ver == OURS:
+            pytest.skip("CPython %s is this Python, not another version" % ver)
+        if ver not in self.made:
+            src = self.source(ver)
+            if src is None:     # (a machine without pyenv's versions: test_python_versions.py has pypy3)
+                pytest.skip("no CPython %s under %s (pyenv install %s)" % (ver, PYENV, ver))
+            dst = os.path.join(self.root, ver)
+            if os.path.isdir(dst):          # (a copy that failed half-way: again)
+                shutil.rmtree(dst)
+            os.makedirs(os.path.join(dst, "bin"))
+            shutil.copy2(os.path.join(src, "bin", "python" + ver), os.path.join(dst, "bin"))
+            shutil.copytree(os.path.join(src, "lib"), os.path.join(dst, "lib"), symlinks=True,
+                            ignore=lambda _d, names: [n for n in names if n in _SKIP or n.startswith("config-")
+                                                      or n.endswith(".a")])
+            # pyenv links its interpreters to libpython by an absolute RUNPATH under /root: the copy
+            # finds its own (a module system's LD_LIBRARY_PATH, as users have them)
+            wrapper = os.path.join(dst, "python3")
+            with open(wrapper, "w") as f:
+                f.write('#!/bin/sh\nLD_LIBRARY_PATH=%s/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH} '
+                        'exec %s/bin/python%s "$@"\n' % (dst, dst, ver))
+            os.chmod(wrapper, 0o755)
+            self.made[ver] = (wrapper, os.path.basename(src))
+        return self.made[ver]
+
+
+@pytest.fixture(scope="module")
+def host_pythons():
+    if os.geteuid() != 0:
+        _unavailable("the copied interpreters must be readable by other accounts: this needs root")
+    root = tempfile.mkdtemp(prefix="remoteproc-pythons-")
+    os.chmod(root, 0o755)
+    try:
+        yield HostPythons(root)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+ACCOUNT = "rphostpy"
+
+
+@pytest.fixture(scope="module")
+def account_313(host_pythons):
+    """(server, user): an account whose login PATH finds CPython 3.13 first as ``python3``."""
+    wrapper, full = host_pythons.get("3.13")
+    try:
+        existed = bool(pwd.getpwnam(ACCOUNT))
+    except KeyError:
+        existed = False
+    try:
+        home = ensure_local_user(ACCOUNT)
+    except RuntimeError as exc:
+        _unavailable("cannot set up the account %s: %s" % (ACCOUNT, exc))
+    pw = pwd.getpwnam(ACCOUNT)
+    bindir, link, rc = os.path.join(home, "bin"), os.path.join(home, "bin", "python3"), os.path.join(home, ".bashrc")
+    os.makedirs(bindir, exist_ok=True)
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(wrapper, link)
+    line = 'export PATH="$HOME/bin:$PATH"\n'
+    old = open(rc).read() if os.path.exists(rc) else ""
+    if line not in old:
+        with open(rc, "w") as f:
+            f.write(line + old)         # first: Debian's ~/.bashrc returns early when not interactive
+    for p in (bindir, link, rc):
+        os.lchown(p, pw.pw_uid, pw.pw_gid)
+    server = LoopbackSSHServer(users=[ACCOUNT])
+    try:
+        server.start()
+    except (RuntimeError, OSError) as exc:
+        _unavailable("cannot start a loopback sshd for %s: %s" % (ACCOUNT, exc))
+    try:
+        yield server, ACCOUNT, full
+    finally:
+        server.stop()
+        if not existed:
+            subprocess.run(["userdel", "-r", ACCOUNT], capture_output=True, timeout=30)
+        elif os.path.islink(link):
+            os.unlink(link)
+
+
+# -- a user's program, from a script file: everything a multiprocessing user does ------------------
+
+USER_MODULE = '''
+class Point:
+    def __init__(self, x, y):
+        self.x, self.y = x, y
+
+    def __eq__(self, other):
+        return type(other) is Point and (self.x, self.y) == (other.x, other.y)
+
+
+class MyError(Exception):
+    def __init__(self, code, detail):
+        super().__init__(code, detail)
+        self.code = code
+'''
+
+USER_PACKAGE = '''
+import sys
+from hp_usermod import Point
+
+
+def scale(conn, p, k):
+    conn.send((Point(p.x * k, p.y * k), tuple(sys.version_info[:2])))
+'''
+
+USER_PROGRAM = r'''
+import collections, decimal, fractions, json, os, signal, sys, time
+import remoteproc
+from remoteproc import Event, Executor, JoinableQueue, Lock, Pipe, Pool, Queue, RemoteProcess, Value
+import hp_usermod
+import hp_userpkg
+
+
+class Box:
+    def __init__(self, v):
+        self.v = v
+
+    def __eq__(self, other):
+        return type(other).__name__ == "Box" and other.v == self.v
+
+
+def echo(conn):
+    for obj in iter(conn.recv, "stop"):
+        conn.send(obj)
+    conn.send((Box(1), hp_usermod.Point(1, 2), hp_usermod.MyError(5, "remote"), tuple(sys.version_info[:2])))
+
+
+def exit3():
+    sys.exit(3)
+
+
+def fail():
+    raise hp_usermod.MyError(7, "boom")
+
+
+def hard_exit():
+    os._exit(7)
+
+
+def exit_none():
+    sys.exit()
+
+
+def sleeper(conn):
+    conn.send(os.getpid())
+    time.sleep(60)
+
+
+def relay(qin, qout, ev_in, ev_out, jq):
+    for item in iter(qin.get, None):
+        qout.put(item)
+    if ev_in.wait(30):
+        ev_out.set()
+    jq.get()
+    jq.task_done()
+
+
+def count(lock, val, n):
+    for _ in range(n):
+        with lock:
+            val.value += 1
+
+
+def fill(d, l):
+    d["v"] = tuple(sys.version_info[:2])
+    l.append(Box(3))
+
+
+def square(x):
+    return x * x
+
+
+def maybe_fail(x):
+    if x == 3:
+        raise hp_usermod.MyError(3, "three")
+    return x
+
+
+def toml_or_not(conn):
+    try:
+        import tomllib
+        conn.send("tomllib")
+    except ModuleNotFoundError:
+        conn.send("fallback")
+
+
+def use_idna(conn):
+    import idna
+    conn.send(idna.encode("bücher.example"))
+
+
+if __name__ == "__main__":
+    host, opts = json.loads(sys.argv[1])
+    bad = {}
+
+    def start(target, *args):
+        p = RemoteProcess(host, target=target, args=args, **opts)
+        p.start()
+        return p
+
+    a, b = Pipe()
+    p = start(echo, b)
+    b.close()
+    values = [0, -1, 2 ** 100, 1.5, 3 + 4j, "h\u00e9llo \u2713", b"\x00\xff", bytearray(b"ab"), None, [1, [2]],
+              (1, "a"), {"k": {"n": [1]}}, {1, 2}, frozenset({3}), hp_usermod.Point(3, 4), Box({"x": 1}),
+              decimal.Decimal("2.5"), fractions.Fraction(2, 3), collections.OrderedDict(b=2), range(3),
+              b"x" * 200000]
+    for v in values:
+        a.send(v)
+        got = a.recv()
+        if got != v or type(got).__name__ != type(v).__name__:
+            bad.setdefault("roundtrip", []).append(repr(v)[:40])
+    for e in (ValueError("x", 1), hp_usermod.MyError(1, "d")):
+        a.send(e)
+        got = a.recv()
+        if type(got) is not type(e) or got.args != e.args:
+            bad.setdefault("roundtrip", []).append(repr(e))
+    a.send("stop")
+    box, point, err, remote_version = a.recv()
+    if not (isinstance(box, Box) and point == hp_usermod.Point(1, 2) and isinstance(err, hp_usermod.MyError)
+            and err.code == 5):
+        bad["from the child"] = repr((box, point, err))
+    p.join(30)
+    if p.exitcode != 0:
+        bad["echo exit"] = p.exitcode
+
+    codes = {}
+    for f in (exit3, fail, hard_exit, exit_none):
+        q = start(f)
+        q.join(30)
+        codes[f.__name__] = q.exitcode
+    for how in ("terminate", "kill"):
+        a, b = Pipe()
+        q = start(sleeper, b)
+        if a.recv() != q.pid:
+            bad["pid"] = q.pid
+        getattr(q, how)()
+        q.join(30)
+        codes[how] = q.exitcode
+    if codes != {"exit3": 3, "fail": 1, "hard_exit": 7, "exit_none": 0, "terminate": -15, "kill": -9}:
+        bad["exit codes"] = codes
+
+    qin, qout, e1, e2, jq = Queue(), Queue(), Event(), Event(), JoinableQueue()
+    q = start(relay, qin, qout, e1, e2, jq)
+    items = [1, "s", hp_usermod.Point(1, 1), Box(2)]
+    for item in items + [None]:
+        qin.put(item)
+    got = [qout.get(timeout=30) for _ in items]
+    e1.set()
+    jq.put("job")
+    jq.join()
+    if got != items or not e2.wait(30):
+        bad["queue, event"] = repr(got)
+    q.join(30)
+
+    lock, val = Lock(), Value("i", 0)
+    ps = [start(count, lock, val, 20) for _ in range(2)]
+    for q in ps:
+        q.join(60)
+    if val.value != 40:
+        bad["lock"] = val.value
+
+    with remoteproc.Manager() as manager:
+        d, lst = manager.dict(), manager.list()
+        q = start(fill, d, lst)
+        q.join(30)
+        if q.exitcode != 0 or d.get("v") != remote_version or list(lst) != [Box(3)]:
+            bad["manager"] = (q.exitcode, dict(d), list(lst))
+
+    with Pool([host], processes_per_host=2, **opts) as pool:
+        if pool.map(square, range(20)) != [x * x for x in range(20)]:
+            bad["pool.map"] = True
+        if sorted(pool.imap_unordered(square, range(8))) != [x * x for x in range(8)]:
+            bad["imap_unordered"] = True
+        oks, errs = [], []
+        r = pool.apply_async(maybe_fail, (3,), callback=oks.append, error_callback=errs.append)
+        try:
+            r.get(30)
+            bad["apply_async"] = "no error"
+        except hp_usermod.MyError as exc:
+            if exc.code != 3:
+                bad["apply_async"] = repr(exc)
+        pool.apply_async(maybe_fail, (2,), callback=oks.append, error_callback=errs.append).get(30)
+        time.sleep(0.2)
+        if oks != [2] or [type(e).__name__ for e in errs] != ["MyError"]:
+            bad["callbacks"] = (oks, repr(errs))
+    with Executor([host], processes_per_host=1, **opts) as ex:
+        if list(ex.map(square, range(5))) != [0, 1, 4, 9, 16] or ex.submit(Box, 5).result(30) != Box(5):
+            bad["executor"] = True
+        try:
+            ex.submit(maybe_fail, 3).result(30)
+            bad["executor error"] = "none"
+        except hp_usermod.MyError:
+            pass
+
+    a, b = Pipe()
+    q = start(hp_userpkg.scale, b, hp_usermod.Point(1, 2), 3)
+    if a.recv()[0] != hp_usermod.Point(3, 6):
+        bad["module forwarding"] = True
+    q.join(30)
+    a, b = Pipe()
+    q = start(toml_or_not, b)
+    expected = "tomllib" if tuple(remote_version) >= (3, 11) else "fallback"
+    if a.recv() != expected:
+        bad["tomllib"] = expected
+    q.join(30)
+    try:
+        import idna     # (a pure-Python PyPI package, installed here only)
+    except ImportError:
+        idna = None
+    if idna is not None:
+        a, b = Pipe()
+        q = start(use_idna, b)
+        if a.recv() != b"xn--bcher-kva.example":
+            bad["idna"] = True
+        q.join(30)
+    print(json.dumps({"bad": bad, "version": list(remote_version)}))
+'''
+
+
+def _write_program(scripts) -> str:
+    directory = os.path.dirname(scripts("hp_usermod.py", USER_MODULE))
+    pkg = os.path.join(directory, "hp_userpkg")         # the user's own package, installed nowhere
+    os.makedirs(pkg, exist_ok=True)
+    with open(os.path.join(pkg, "__init__.py"), "w") as f:
+        f.write(textwrap.dedent(USER_PACKAGE))
+    return scripts("hp_program.py", USER_PROGRAM)
+
+
+#: (version, transport): each version's program runs once, the transports shared among them
+PROGRAMS = [("3.8", "paramiko"), ("3.12", "openssh"), ("3.13", "paramiko")]
+
+
+def test_a_user_program_runs_on_other_cpythons_as_under_multiprocessing(host_pythons, plain_user_host,
+                                                                         plain_user_options, scripts):
+    """Pipe round trips (numbers, str, bytes, containers, the user's classes from their module and from
+    the script, exceptions), exit codes, terminate/kill, Queue, JoinableQueue, Event, Lock + Value, a
+    Manager's dict and list, Pool (map, imap_unordered, apply_async with error_callback), Executor, the
+    user's own package and a PyPI package installed only here: all as a local run gives them. The
+    programs run at once, each its own process (and relay), as three users would."""
+    if shutil.which("ssh") is None:
+        _unavailable("no ssh client for transport='openssh'")
+    program = _write_program(scripts)
+    env = dict(os.environ, PYTHONPATH=REPO)
+    runs = {}
+    for ver, transport in PROGRAMS:
+        wrapper, full = host_pythons.get(ver)
+        options = dict(plain_user_options, python=wrapper)
+        if transport == "openssh":
+            options["transport"] = "openssh"
+        runs[ver] = (full, subprocess.Popen([sys.executable, program, json.dumps([plain_user_host, options])],
+                                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                                            cwd=os.path.dirname(program)))
+    got, want = {}, {}
+    try:
+        for ver, (full, proc) in runs.items():
+            out, err = proc.communicate(timeout=150)
+            assert proc.returncode == 0, "Python %s: %s" % (ver, err[-4000:])
+            got[ver] = json.loads(out.strip().splitlines()[-1])
+            want[ver] = {"bad": {}, "version": [int(x) for x in full.split(".")[:2]]}
+    finally:
+        for _full, proc in runs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait(30)
+    assert got == want
+
+
+# -- what was broken: each test names the fix ------------------------------------------------------------
+
+@pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+def test_manager_proxies_work_in_spawn_mode(host_pythons, plain_user_host, plain_user_options):
+    """The spawn pickler bridged Connections but not manager proxies: the child connected to the
+    manager's Unix socket of *this* machine itself (PermissionError on loopback, FileNotFoundError
+    on a real host). Fixed in reduction._SpawnPickler, as the same-version pickler does it.
+    The first start on a host pickles for the same version, then again for spawn mode: the link of
+    that first pickling is released by the finalizer while its thread sees EOF and released it too,
+    both closing one fd (an "Exception in thread remoteproc-manager-link": EBADF). Fixed in
+    managers._Link._release."""
+    import remoteproc
+
+    wrapper, _full = host_pythons.get("3.13")
+    with remoteproc.Manager() as manager:
+        d, items = manager.dict(), manager.list()
+        p = RemoteProcess(plain_user_host, target=fill_manager, args=(d, items), python=wrapper, **plain_user_options)
+        p.start()
+        p.join(30)
+        assert p.exitcode == 0 and p._popen.mode == "spawn"
+        assert dict(d) == {"python": (3, 13)} and list(items) == ["from the child"]
+
+
+def _call(host, options, target, *args):
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=target, args=(child, *args), **options)
+    p.start()
+    child.close()
+    try:
+        assert parent.poll(60), "no answer from the remote child (exit code %s)" % p.exitcode
+        return parent.recv()
+    finally:
+        parent.close()
+        p.join(30)
+
+
+@pytest.mark.parametrize("ver,name", [("3.8", "zoneinfo"), ("3.10", "tomllib"), ("3.13", "imp")])
+def test_this_pythons_stdlib_is_not_forwarded_to_another_version(host_pythons, plain_user_host, plain_user_options,
+                                                                 ver, name):
+    """A standard-library module this Python has and the host's Python has not (new in a later version,
+    or removed) was forwarded from *this* version's stdlib: 3.11's ``zoneinfo`` then failed on 3.8 at
+    its first use, ``imp`` ran 3.11's code on 3.13, and ``try: import tomllib / except
+    ModuleNotFoundError`` never took its fallback. As spawn under that Python: ModuleNotFoundError."""
+    wrapper, _full = host_pythons.get(ver)
+    got = _call(plain_user_host, dict(plain_user_options, python=wrapper), try_import, name)
+    assert got == ("ModuleNotFoundError", "No module named %r" % name)
+
+
+def test_the_same_version_still_gets_what_its_host_lacks(plain_user_host, plain_user_options):
+    """(Forwarding of the user's own modules is untouched, and the stdlib rule is spawn mode's only.)"""
+    got = _call(plain_user_host, plain_user_options, try_import, "json")
+    assert got[0] == "imported"
+
+
+ABI3_SOURCE = """
+#define Py_LIMITED_API 0x03080000
+#include <Python.h>
+static PyObject *answer(PyObject *self, PyObject *args) { return PyLong_FromLong(38); }
+static PyMethodDef methods[] = {{"answer", answer, METH_NOARGS, NULL}, {NULL, NULL, 0, NULL}};
+static struct PyModuleDef mod = {PyModuleDef_HEAD_INIT, "_stable", NULL, -1, methods};
+PyMODINIT_FUNC PyInit__stable(void) { return PyModule_Create(&mod); }
+"""
+
+
+@pytest.fixture(scope="module")
+def abi3_wheel_site():
+    """A site directory holding ``hp_stable`` 1.0, installed from a ``cp38-abi3`` wheel (as bcrypt,
+    pynacl, cryptography, ... are): a C extension for CPython 3.8 *and later*."""
+    if shutil.which("gcc") is None or not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")):
+        _unavailable("gcc and Python.h are needed to build the test's C extension")
+    import platform
+
+    site = tempfile.mkdtemp(prefix="remoteproc-abi3-")
+    os.chmod(site, 0o755)
+    pkg = os.path.join(site, "hp_stable")
+    info = os.path.join(site, "hp_stable-1.0.dist-info")
+    os.makedirs(pkg)
+    os.makedirs(info)
+    with open(os.path.join(pkg, "__init__.py"), "w") as f:
+        f.write("from ._stable import answer\n")
+    src = os.path.join(site, "stable.c")
+    with open(src, "w") as f:
+        f.write(ABI3_SOURCE)
+    subprocess.run(["gcc", "-shared", "-fPIC", "-O0", "-I", sysconfig.get_paths()["include"], src, "-o",
+                    os.path.join(pkg, "_stable.abi3.so")], check=True, capture_output=True, timeout=120)
+    os.unlink(src)
+    with open(os.path.join(info, "METADATA"), "w") as f:
+        f.write("Metadata-Version: 2.1\nName: hp_stable\nVersion: 1.0\nRequires-Python: >=3.8\n")
+    with open(os.path.join(info, "WHEEL"), "w") as f:
+        f.write("Wheel-Version: 1.0\nTag: cp38-abi3-linux_%s\n" % platform.machine())
+    files = ["hp_stable/__init__.py", "hp_stable/_stable.abi3.so", "hp_stable-1.0.dist-info/METADATA",
+             "hp_stable-1.0.dist-info/WHEEL", "hp_stable-1.0.dist-info/RECORD"]
+    with open(os.path.join(info, "RECORD"), "w") as f:
+        f.write("".join("%s,,\n" % name for name in files))
+    try:
+        yield site
+    finally:
+        shutil.rmtree(site, ignore_errors=True)
+
+
+@pytest.mark.parametrize("ver", [OURS, "3.13"])
+def test_an_abi3_wheel_for_an_older_cpython_goes_to_a_newer_one(host_pythons, abi3_wheel_site, plain_user_host,
+                                                                plain_user_options, monkeypatch, ver):
+    """``cp38-abi3`` means CPython 3.8 or later (PEP 384/425; pip installs it on 3.8 ... 3.13), but the tags
+    check took ``cp38`` for exactly 3.8 and refused it with "which cannot load it" on every other
+    host, the same version included. Fixed in distributions.tag_ok."""
+    options = dict(plain_user_options)
+    if ver != OURS:
+        options["python"] = host_pythons.get(ver)[0]
+    monkeypatch.syspath_prepend(abi3_wheel_site)
+    got = _call(plain_user_host, options, try_import, "hp_stable")
+    assert got[0] == "imported", got
+    assert got[1].endswith("/hp_stable/__init__.py") and "/.cache/remoteproc/" in got[1]
+
+
+# -- refused, and said so ----------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("ver", ["2.7", "3.6", "3.7"])
+def test_a_python_older_than_3_8_is_a_bootstrap_error_naming_host_version_and_fix(host_pythons, plain_user_host,
+                                                                                  plain_user_options, ver):
+    wrapper, full = host_pythons.get(ver)
+    p = RemoteProcess(plain_user_host, target=print, python=wrapper, **plain_user_options)
+    with pytest.raises(BootstrapError) as info:
+        p.start()
+    text = str(info.value)
+    assert info.value.host and info.value.host in text and "127.0.0.1" in text
+    assert "Python %s" % full in text and "3.8 or later" in text
+    assert "Fix: pass python= with the path of a Python 3.8+" in text
+    assert p.pid is None and not p.is_alive()
+
+
+# -- an account whose login PATH finds another version first -----------------------------------------------------
+
+def test_check_on_an_account_whose_python3_is_3_13(account_313, capsys):
+    from remoteproc import cli
+
+    server, user, full = account_313
+    opts = server.options(user)
+    args = ["check", "-p", str(opts["port"]), "-i", opts["key_filename"], "--known-hosts", opts["known_hosts"],
+            "--python", "python3", "%s@%s" % (user, server.host)]
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr().out
+    assert code == 0, out
+    assert "CPython %s" % full in out and "python=python3" in out and "spawn mode" in out and "OK" in out
+
+
+SCRIPT = '''
+import sys
+from remoteproc.agent.script import args, connection
+
+conn = connection()
+conn.send((args(), tuple(sys.version_info[:2]), __name__))
+sys.exit(3)
+'''
+
+
+def test_script_mode_on_an_account_whose_python3_is_3_13(account_313, scripts):
+    import remoteproc
+
+    server, user, _full = account_313
+    path = scripts("hp_remote_script.py", SCRIPT)
+    job = remoteproc.run(server.spec(user), path, 42, {"a": 1}, "x", python="python3", **server.options(user))
+    try:
+        assert job.conn.poll(60)
+        assert job.conn.recv() == ([42, {"a": 1}, "x"], (3, 13), "__main__")
+        job.join(30)
+        assert job.exitcode == 3 and job._popen.mode == "spawn"
+    finally:
+        job.conn.close()
