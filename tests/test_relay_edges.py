@@ -65,8 +65,8 @@ def sleeper(conn):
 
 
 def waits_for_ctrl_c(conn):
-    conn.send(os.getpid())
-    try:
+    try:    # (from before the first message: the Ctrl-C may come as soon as the parent has it)
+        conn.send(os.getpid())
         time.sleep(60)
     except KeyboardInterrupt:
         conn.send("KeyboardInterrupt")
