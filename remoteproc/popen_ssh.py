@@ -8,6 +8,7 @@ exactly when the remote process has ended).
 
 from __future__ import annotations
 
+import io
 import os
 import select
 import signal
@@ -67,7 +68,13 @@ class Popen:
             from .bootstrap import looked_in
 
             looked = looked_in()
-        payload, bridged = reduction.dumps_process(process_obj, self.host, self.mode, looked)
+        # What a forked child would inherit from this interpreter travels with the process
+        # object, for the child to apply (agent/child.py: inherit).
+        process_obj.__dict__["_remoteproc_parent"] = _parent_state()
+        try:
+            payload, bridged = reduction.dumps_process(process_obj, self.host, self.mode, looked)
+        finally:
+            process_obj.__dict__.pop("_remoteproc_parent", None)
         out_fd, err_fd = _std_fd(1), _std_fd(2)
         fds = [b.fd for b in bridged] + [out_fd, err_fd]
         request = {
@@ -96,7 +103,15 @@ class Popen:
         self._finalizer = util.Finalize(self, self._status.close, exitpriority=-5)
         self._receiver = ipc.Receiver(self._status)
         self.sentinel = self._status.fileno()
-        return self._next()
+        try:
+            return self._next()
+        except BaseException:
+            # Interrupted (Ctrl-C) while the start was under way: start() raises, so nothing
+            # here can join or stop that process; it must not run on behind the user's back.
+            # The kill follows the start on its way to the agent (or finds it already ended).
+            self._send_signal(signal.SIGKILL)
+            self.close()
+            raise
 
     def _next(self) -> tuple[Any, ...]:
         try:
@@ -181,6 +196,21 @@ class Popen:
         if self._status is not None:
             self._finalizer()
             self._status = None
+
+
+def _parent_state() -> dict[str, Any]:
+    """What a child forked here would inherit from this interpreter, beyond the process object:
+    ``multiprocessing.log_to_stderr()``, ``-u``, ``-W`` options, an ignored SIGINT."""
+    state: dict[str, Any] = {}
+    if getattr(util, "_log_to_stderr", False):
+        state["log_to_stderr"] = True
+    if isinstance(getattr(sys.__stdout__, "buffer", None), io.RawIOBase):
+        state["unbuffered"] = True      # (-u or PYTHONUNBUFFERED: stdio has no buffer)
+    if sys.warnoptions:
+        state["warnoptions"] = list(sys.warnoptions)
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        state["sigint_ignored"] = True
+    return state
 
 
 _devnull: int | None = None

@@ -31,4 +31,4 @@ python3 -m pip install -q --disable-pip-version-check -e ".[test]" </dev/null
 ruff check .
 python3 -m mypy           # configured in pyproject.toml: the remoteproc package
 export COVERAGE_PROCESS_START="$PWD/pyproject.toml"
-python3 -m pytest -p no:cacheprovider --cov=remoteproc --cov-branch --cov-report=term-missing "$@" </dev/null
+python3 -m pytest -p no:cacheprovider --cov=remoteproc --cov-branch --cov-report=term-missing --durations=25 "$@" </dev/null

@@ -29,16 +29,58 @@ def rebuild_process(cls, state, main=None):
     if main:
         sys.argv[:] = main.get("argv") or [""]
         _serve_main_definitions(main.get("definitions") or {}, state)
-    level = state.pop("_remoteproc_log_level", None)
-    if level is not None:
-        # multiprocessing's logger level in the parent (or the root logger's, when that
-        # one is unset), as spawn carries it into its children.
-        from multiprocessing import util
-
-        util.get_logger().setLevel(level)
+    inherit(state)
     obj = cls.__new__(cls)
     obj.__dict__.update(state)
     return obj
+
+
+def inherit(state):
+    """Take what the parent's start said about itself out of the process object's ``state``
+    and apply it here, as a forked child inherits it (and as spawn carries it): multiprocessing's
+    logger level and ``log_to_stderr()``, ``python -u`` (unbuffered stdout and stderr), ``-W``
+    options, and a SIGINT the parent ignores (``nohup``, ``prog &`` in a script)."""
+    level = state.pop("_remoteproc_log_level", None)
+    parent = state.pop("_remoteproc_parent", None) or {}
+    if level is not None or parent.get("log_to_stderr"):
+        from multiprocessing import util
+
+        if parent.get("log_to_stderr"):
+            util.log_to_stderr()
+        if level is not None:
+            # multiprocessing's logger level in the parent (or the root logger's, when that
+            # one is unset), as spawn carries it into its children.
+            util.get_logger().setLevel(level)
+    if parent.get("unbuffered"):
+        _unbuffered_stdio()
+    options = parent.get("warnoptions")
+    if options:
+        import warnings
+
+        sys.warnoptions[:] = list(options)
+        process = getattr(warnings, "_processoptions", None)   # (what the interpreter does with -W)
+        if process is not None:
+            process(list(options))
+    if parent.get("sigint_ignored"):
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _unbuffered_stdio():
+    """``python -u``'s stdout and stderr: every write goes to the fd at once."""
+    import io
+
+    for name, fd in (("stdout", 1), ("stderr", 2)):
+        old = getattr(sys, name)
+        if old is None:
+            continue
+        try:
+            old.flush()
+        except (OSError, ValueError):
+            pass
+        new = io.TextIOWrapper(io.FileIO(fd, "w", closefd=False), encoding=old.encoding, errors=old.errors,
+                               line_buffering=old.line_buffering, write_through=True)
+        setattr(sys, name, new)
+        setattr(sys, "__%s__" % name, new)
 
 
 def _serve_main_definitions(blobs, state):
@@ -313,6 +355,16 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
         code = process_obj._bootstrap(parent_sentinel=sentinel_fd)
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
+    except KeyboardInterrupt:
+        # Ctrl-C before the target ran (it reached the child while it started): end by SIGINT,
+        # as python3 does on an uncaught KeyboardInterrupt, with no traceback of this module.
+        try:
+            sys.stdout.flush()
+            sys.stderr.flush()
+        finally:
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+            os.kill(os.getpid(), signal.SIGINT)
     except BaseException:
         import traceback
 

@@ -75,6 +75,22 @@ def _consume(q, n: int) -> None:
             n = 0
 
 
+def _next_lines(q) -> bytes:
+    """The next write to a shared output fd (the user's stdout or stderr, which the outputs
+    of all remote children share): at most SMALL_WRITE bytes, ending after the last newline
+    in them if there is one.  A local child's line is one write, which a pipe or terminal
+    takes whole; cut anywhere else, another child's output could land inside the line."""
+    parts, size = [], 0
+    for piece in q:
+        parts.append(piece[:SMALL_WRITE - size])
+        size += len(parts[-1])
+        if size >= SMALL_WRITE:
+            break
+    chunk = b"".join(parts)
+    cut = chunk.rfind(b"\n") + 1
+    return chunk[:cut] if cut else chunk
+
+
 def _read_copy(fd, view):
     data = os.read(fd, len(view))
     view[:len(data)] = data
@@ -256,7 +272,7 @@ class Mux:
                     else:
                         n = s.sock.sendmsg(list(islice(q, 0, 128)), (), _DONTWAIT)
                 elif s.shared:
-                    n = os.write(s.fd, q[0][:SMALL_WRITE])
+                    n = os.write(s.fd, _next_lines(q))
                 elif len(q) == 1:
                     n = os.write(s.fd, q[0])
                 else:

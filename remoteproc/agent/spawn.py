@@ -89,6 +89,9 @@ def _remember_lines(path, source):
 
 def rebuild_process(_prepared, cls, state):
     """Unpickling hook: the process object (``_prepared`` is ``prepare``'s result, loaded first)."""
+    from .child import inherit
+
+    inherit(state)
     obj = cls.__new__(cls)
     obj.__dict__.update(state)
     return obj

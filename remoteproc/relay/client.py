@@ -11,6 +11,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -51,10 +52,18 @@ class RelayHandle:
         # -S: the relay gets this process's sys.path as it is, so the site module (and the
         # .pth files it runs, 5-40 ms) is not needed; coverage measurement needs its .pth.
         flags = [] if os.environ.get("COVERAGE_PROCESS_START") else ["-S"]
-        self.proc = subprocess.Popen(
-            [sys.executable, *flags, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
-            close_fds=True,
-        )
+        # SIGINT blocked until the relay has its handler (relay/process.py): a Ctrl-C while it
+        # starts up is then passed on to the remote children, not a traceback of its imports.
+        # (In this thread only, for the few ms of the spawn: a Ctrl-C meanwhile waits, then lands.)
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [signal.SIGINT])
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, *flags, "-c", code], pass_fds=[theirs.fileno()], stdin=subprocess.DEVNULL,
+                close_fds=True,
+            )
+        finally:
+            if signal.SIGINT not in blocked:
+                signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
         theirs.close()
         self.sock = ours
         self.send_lock = threading.Lock()

@@ -179,6 +179,7 @@ def main(fd: int) -> None:
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     logging.getLogger("paramiko").propagate = False
     signal.signal(signal.SIGINT, relay.interrupt)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])     # (blocked by relay/client.py until now)
     relay.serve()     # returns when the user's process is gone; threads here are daemons
     # ... but one still importing paramiko (cryptography's compiled code) when the interpreter
     # finalizes aborts the process ("FATAL: exception not rethrown") in a user whose program
