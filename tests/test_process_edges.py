@@ -359,6 +359,9 @@ INTERRUPTED_START_SCRIPT = """
 
     if __name__ == "__main__":
         options = ast.literal_eval(sys.argv[2])
+        if sys.argv[5] == "relay-only":     # (the relay's own guard: the program sends no kill)
+            from remoteproc import popen_ssh
+            popen_ssh.Popen._send_signal = lambda self, sig: None
         setup = "touch %s; sleep 0.5" % sys.argv[4]    # (the start waits for it)
         p = RemoteProcess(sys.argv[1], target=work, args=(sys.argv[3],), setup=setup, **options)
         try:
@@ -371,14 +374,17 @@ INTERRUPTED_START_SCRIPT = """
 """
 
 
-@pytest.mark.parametrize("to", ["program", "group"])
+@pytest.mark.parametrize("to", ["program", "group", "relay-only"])
 def test_ctrl_c_during_start_leaves_no_remote_process(sshd, tmp_path, to):
     """Ctrl-C while ``start()`` waits for its connection (here held up by a ``setup`` line):
     ``start()`` raises KeyboardInterrupt, so the program has no handle to join or stop the
     process it was starting: that process must not run on behind its back, and (Ctrl-C to the
-    whole group, which the relay passes on) must not print a traceback of remoteproc's own."""
+    whole group, which the relay passes on) must not print a traceback of remoteproc's own.
+    ``relay-only``: the program's kill is left out; the relay, seeing the status socket of a
+    process whose start never returned close, kills it by itself."""
     marker, connecting = tmp_path / "marker", tmp_path / "connecting"
-    proc = run_script(tmp_path, INTERRUPTED_START_SCRIPT, sshd.spec(), repr(sshd.options()), marker, connecting)
+    proc = run_script(tmp_path, INTERRUPTED_START_SCRIPT, sshd.spec(), repr(sshd.options()), marker, connecting,
+                      to)
     deadline = time.monotonic() + 20
     while not connecting.exists() and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.02)

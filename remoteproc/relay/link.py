@@ -485,7 +485,11 @@ class Link:
             if msg[0] == "signal" and child.code is None:
                 self.send(frames.control({"op": "signal", "id": child.id, "sig": int(msg[1])}))
         if eof:
-            # The parent closed (or lost) this process object; the process runs on, unobserved.
+            # The parent closed (or lost) this process object; a started process runs on, unobserved.
+            # One whose start() never returned (interrupted, or the parent died meanwhile) has no
+            # handle anywhere to join or stop it: it must not run.
+            if child.pid is None and child.code is None:
+                self.send(frames.control({"op": "signal", "id": child.id, "sig": int(signal.SIGKILL)}))
             try:
                 self.sel.unregister(child.status.fileno())
             except (KeyError, ValueError):
