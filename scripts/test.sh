@@ -31,4 +31,11 @@ python3 -m pip install -q --disable-pip-version-check -e ".[test]" </dev/null
 ruff check .
 python3 -m mypy           # configured in pyproject.toml: the remoteproc package
 export COVERAGE_PROCESS_START="$PWD/pyproject.toml"
-python3 -m pytest -p no:cacheprovider --cov=remoteproc --cov-branch --cov-report=term-missing --durations=25 "$@" </dev/null
+# Two workers (REMOTEPROC_TEST_WORKERS; 0: none), each taking whole test files: most of a test's time
+# is waiting on sshds, agents and children, so two share the 2 CPUs of CI well.  Every worker has its
+# own sshd, namespace hosts and relay; accounts and the machine are shared, as by two runs at once.
+workers="${REMOTEPROC_TEST_WORKERS:-2}"
+parallel=()
+[ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
+python3 -m pytest -p no:cacheprovider "${parallel[@]}" --cov=remoteproc --cov-branch --cov-report=term-missing \
+    --durations=25 "$@" </dev/null

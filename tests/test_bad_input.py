@@ -10,11 +10,13 @@ import time
 
 import cloudpickle
 import pytest
+from conftest import _unavailable
 from proctable import threads
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
 from remoteproc.relay import client as relay_client
+from remoteproc.testing import LoopbackSSHServer, ensure_local_user
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -149,10 +151,36 @@ def test_python_that_does_not_exist(host, ssh_options):
     assert "/nonexistent/python3" in text and "127.0.0.1" in text and "python=" in text
 
 
-def test_agent_source_is_written_nowhere(plain_user_host, plain_user_options):
+QUIET_USER = "rpquiet"
+"""An account that only the test below logs in as: the suite's other tests (in this process or
+another worker) write files as rpuser meanwhile (package caches, scripts)."""
+
+
+@pytest.fixture
+def quiet_account():
+    """(host, options) of QUIET_USER on a loopback sshd of its own."""
+    if os.geteuid() != 0:
+        _unavailable("the %r account needs the tests to run as root" % QUIET_USER)
+    try:
+        ensure_local_user(QUIET_USER)
+    except RuntimeError as exc:
+        _unavailable("cannot set up local user %r: %s" % (QUIET_USER, exc))
+    server = LoopbackSSHServer(users=[QUIET_USER])
+    try:
+        server.start()
+    except (RuntimeError, OSError) as exc:
+        _unavailable("cannot start a loopback sshd: %s" % exc)
+    try:
+        yield server.spec(QUIET_USER), server.options(QUIET_USER)
+    finally:
+        server.stop()
+
+
+def test_agent_source_is_written_nowhere(quiet_account):
     """Nothing is installed or cached on the remote host: its home and /tmp gain no files."""
     import pwd
 
+    plain_user_host, plain_user_options = quiet_account
     home = pwd.getpwnam(plain_user_options["username"]).pw_dir
 
     def snapshot():
