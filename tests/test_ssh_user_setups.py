@@ -127,8 +127,14 @@ def client() -> Iterator[dict[str, Any]]:
         with open(program, "w") as f:
             f.write(PROGRAM)
         os.chmod(program, 0o644)
+        # remoteproc itself, copied where CLIENT can read it: the checkout may sit under a directory
+        # only root may enter (CI's, a mktemp -d)
+        ours = os.path.join(scratch, "ours")
+        shutil.copytree(os.path.join(REPO, "remoteproc"), os.path.join(ours, "remoteproc"),
+                        ignore=shutil.ignore_patterns("__pycache__"))
+        subprocess.run(["chmod", "-R", "a+rX", ours], check=True, timeout=30)
         env = {"HOME": home, "USER": CLIENT, "LOGNAME": CLIENT, "SHELL": "/bin/sh", "LANG": "C.UTF-8",
-               "PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": REPO, "PYTHONDONTWRITEBYTECODE": "1"}
+               "PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": ours, "PYTHONDONTWRITEBYTECODE": "1"}
         python = sys.executable
         probe = ["-c", "import paramiko, cloudpickle, remoteproc"]
         if _as_client([python, *probe], env).returncode != 0:
@@ -136,7 +142,7 @@ def client() -> Iterator[dict[str, Any]]:
             site = os.path.join(scratch, "site")
             _copy_packages(site)
             subprocess.run(["chmod", "-R", "a+rX", site], check=True, timeout=30)
-            env["PYTHONPATH"] = REPO + os.pathsep + site
+            env["PYTHONPATH"] = ours + os.pathsep + site
             done = _as_client([python, "-c", "import sys; assert sys.version_info[:2] == %r; %s"
                                % (tuple(sys.version_info[:2]), probe[1])], env)
             if done.returncode != 0:
