@@ -1,15 +1,18 @@
 """An OpenSSH sshd of a test's own: 127.0.0.1, a free port, the test's temp dir, and the
-``sshd_config`` lines the test puts first (sshd takes a keyword's first value)."""
+``sshd_config`` lines the test puts first (sshd takes a keyword's first value); and an account
+of a test's own whose login finds another Python first as ``python3``."""
 
 from __future__ import annotations
 
 import contextlib
 import os
+import pwd
 from collections.abc import Iterator
 
 from conftest import _unavailable
 
-from remoteproc.testing.accounts import current_user
+from remoteproc.testing import LoopbackSSHServer
+from remoteproc.testing.accounts import current_user, ensure_local_user
 from remoteproc.testing.net import HOST
 from remoteproc.testing.openssh import OpenSSHServer, find_sshd
 
@@ -33,3 +36,41 @@ def own_sshd(workdir: str, *lines: str) -> Iterator[OpenSSHServer]:
         yield server
     finally:
         server.stop()
+
+
+@contextlib.contextmanager
+def account_whose_python3_is(name: str, interpreter: str) -> Iterator[LoopbackSSHServer]:
+    """Account ``name`` (created if missing; kept, as rpuser is) whose login shell puts ``~/bin``,
+    holding ``python3 -> interpreter``, first on its PATH, as users set it up; and a loopback sshd
+    that logs it in.  The link goes at the end."""
+    if os.geteuid() != 0:
+        _unavailable("the %r account needs the tests to run as root" % name)
+    try:
+        home = ensure_local_user(name)
+    except RuntimeError as exc:
+        _unavailable("cannot set up local user %r: %s" % (name, exc))
+    pw = pwd.getpwnam(name)
+    bindir, rc = os.path.join(home, "bin"), os.path.join(home, ".bashrc")
+    link = os.path.join(bindir, "python3")
+    os.makedirs(bindir, exist_ok=True)
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink(interpreter, link)
+    line = 'export PATH="$HOME/bin:$PATH"\n'
+    old = open(rc).read() if os.path.exists(rc) else ""
+    if line not in old:
+        with open(rc, "w") as f:
+            f.write(line + old)         # first: Debian's ~/.bashrc returns early when not interactive
+    for path in (bindir, link, rc):
+        os.lchown(path, pw.pw_uid, pw.pw_gid)
+    server = LoopbackSSHServer(users=[name])
+    try:
+        server.start()
+    except (RuntimeError, OSError) as exc:
+        _unavailable("cannot start a loopback sshd for %s: %s" % (name, exc))
+    try:
+        yield server
+    finally:
+        server.stop()
+        with contextlib.suppress(OSError):
+            os.unlink(link)

@@ -14,7 +14,6 @@ from __future__ import annotations
 import glob
 import json
 import os
-import pwd
 import re
 import shutil
 import subprocess
@@ -26,10 +25,10 @@ import textwrap
 import pytest
 from conftest import _unavailable
 from host_python_targets import fill_manager, try_import
+from own_sshd import account_whose_python3_is
 
 from remoteproc import Pipe, RemoteProcess, bootstrap
 from remoteproc.errors import BootstrapError
-from remoteproc.testing import LoopbackSSHServer, ensure_local_user
 
 PYENV = os.path.join(os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv"), "versions")
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__)))
@@ -98,42 +97,10 @@ ACCOUNT = "rphostpy"
 
 @pytest.fixture(scope="module")
 def account_313(host_pythons):
-    """(server, user): an account whose login PATH finds CPython 3.13 first as ``python3``."""
+    """(server, user, version): an account whose login PATH finds CPython 3.13 first as ``python3``."""
     wrapper, full = host_pythons.get("3.13")
-    try:
-        existed = bool(pwd.getpwnam(ACCOUNT))
-    except KeyError:
-        existed = False
-    try:
-        home = ensure_local_user(ACCOUNT)
-    except RuntimeError as exc:
-        _unavailable("cannot set up the account %s: %s" % (ACCOUNT, exc))
-    pw = pwd.getpwnam(ACCOUNT)
-    bindir, link, rc = os.path.join(home, "bin"), os.path.join(home, "bin", "python3"), os.path.join(home, ".bashrc")
-    os.makedirs(bindir, exist_ok=True)
-    if os.path.lexists(link):
-        os.unlink(link)
-    os.symlink(wrapper, link)
-    line = 'export PATH="$HOME/bin:$PATH"\n'
-    old = open(rc).read() if os.path.exists(rc) else ""
-    if line not in old:
-        with open(rc, "w") as f:
-            f.write(line + old)         # first: Debian's ~/.bashrc returns early when not interactive
-    for p in (bindir, link, rc):
-        os.lchown(p, pw.pw_uid, pw.pw_gid)
-    server = LoopbackSSHServer(users=[ACCOUNT])
-    try:
-        server.start()
-    except (RuntimeError, OSError) as exc:
-        _unavailable("cannot start a loopback sshd for %s: %s" % (ACCOUNT, exc))
-    try:
+    with account_whose_python3_is(ACCOUNT, wrapper) as server:
         yield server, ACCOUNT, full
-    finally:
-        server.stop()
-        if not existed:
-            subprocess.run(["userdel", "-r", ACCOUNT], capture_output=True, timeout=30)
-        elif os.path.islink(link):
-            os.unlink(link)
 
 
 # -- a user's program, from a script file: everything a multiprocessing user does ------------------

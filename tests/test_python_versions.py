@@ -17,6 +17,7 @@ import time
 import pytest
 import spawn_targets
 from conftest import _unavailable
+from own_sshd import account_whose_python3_is
 
 from remoteproc import Pipe, Pool, Queue, RemoteProcess, bootstrap
 from remoteproc.agent import frames
@@ -158,31 +159,10 @@ OTHER_USER = "rpother"
 @pytest.fixture(scope="module")
 def other_account():
     """An account whose login shell puts ~/bin (python3 -> pypy3) first on its PATH."""
-    if os.geteuid() != 0:
-        _unavailable("a second test account needs root")
     if PYPY is None:
         _unavailable("pypy3 is not installed; scripts/test.sh installs it")
-    from remoteproc.testing import LoopbackSSHServer, ensure_local_user
-
-    home = ensure_local_user(OTHER_USER)
-    import pwd
-
-    pw = pwd.getpwnam(OTHER_USER)
-    os.makedirs(os.path.join(home, "bin"), exist_ok=True)
-    link = os.path.join(home, "bin", "python3")
-    if not os.path.islink(link):
-        os.symlink(PYPY, link)
-    with open(os.path.join(home, ".bashrc"), "w") as f:
-        f.write('export PATH="$HOME/bin:$PATH"\n')
-    for p in (home, os.path.join(home, "bin"), os.path.join(home, ".bashrc")):
-        os.lchown(p, pw.pw_uid, pw.pw_gid)
-    server = LoopbackSSHServer(users=[OTHER_USER])
-    try:
-        server.start()
-    except (RuntimeError, OSError) as exc:
-        _unavailable("cannot start a loopback sshd for %s: %s" % (OTHER_USER, exc))
-    yield server
-    server.stop()
+    with account_whose_python3_is(OTHER_USER, PYPY) as server:
+        yield server
 
 
 def test_the_path_python3_of_another_version_is_passed_over_for_ours(other_account):
