@@ -49,7 +49,8 @@ RUN_EPILOG = """The script runs on HOST as "python3 SCRIPT ARGS..." would (a rel
 from the remote login directory, or --cwd).  Its stdout and stderr appear here; every
 message it sends on its Connection is printed on stdout, one a line, as JSON (repr()
 for what JSON cannot show).  The exit status is the script's (128+N if signal N ended
-it, 255 if remoteproc could not run it).  Ctrl-C terminates the remote script.
+it, 255 if remoteproc could not run it).  Ctrl-C terminates the remote script.  Its
+stdin is /dev/null: this command's stdin is not forwarded (give input as ARGS).
 
 In the script, one line of standard library code gets the Connection:
   from multiprocessing.connection import Connection; import os

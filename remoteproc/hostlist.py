@@ -44,6 +44,7 @@ class HostlistError(ConfigError):
     """A host list, task count or host file that cannot be read; ``position`` is the 0-based offset."""
 
     def __init__(self, message: str, text: str = "", position: int = -1) -> None:
+        self.reason = message           # the fault alone, without the position and the pointer
         if position >= 0:
             message = "%s at position %d of %r\n  %s\n  %s^" % (message, position + 1, text, text, " " * position)
         super().__init__(message)
@@ -58,6 +59,11 @@ def _rebuild_error(message: str, text: str, position: int) -> HostlistError:
     err = HostlistError(message)
     err.text, err.position = text, position
     return err
+
+
+def _in_variable(name: str, exc: HostlistError) -> HostlistError:
+    """``exc`` saying which environment variable held the text (the caller read it, not wrote it)."""
+    return HostlistError("%s: %s" % (name, exc.reason), exc.text, exc.position)
 
 
 # -- expand -------------------------------------------------------------------------------------------
@@ -160,15 +166,22 @@ def slurm(environ: Optional[Mapping[str, str]] = None) -> list[Host]:
     (``SLURM_TASKS_PER_NODE``), each host gets the pool's ``processes_per_host``.
     """
     env = os.environ if environ is None else environ
-    nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST")
+    variable = "SLURM_JOB_NODELIST" if env.get("SLURM_JOB_NODELIST") else "SLURM_NODELIST"
+    nodelist = env.get(variable)
     if not nodelist:
         raise ConfigError("SLURM_JOB_NODELIST is not set: hostlist.slurm() reads the allocation of the Slurm "
                           "job it runs in (inside sbatch, salloc or srun)")
-    hosts = expand(nodelist)
+    try:
+        hosts = expand(nodelist)
+    except HostlistError as exc:
+        raise _in_variable(variable, exc) from None
     tasks = env.get("SLURM_TASKS_PER_NODE")
     if not tasks:
         return [Host(h, {}, None) for h in hosts]
-    counts = tasks_per_node(tasks)
+    try:
+        counts = tasks_per_node(tasks)
+    except HostlistError as exc:
+        raise _in_variable("SLURM_TASKS_PER_NODE", exc) from None
     if len(counts) != len(hosts):
         raise ConfigError("SLURM_TASKS_PER_NODE=%r gives %d counts for the %d hosts of SLURM_JOB_NODELIST=%r"
                           % (tasks, len(counts), len(hosts), nodelist))

@@ -23,7 +23,7 @@ from concurrent import futures
 from typing import Any, Callable, Iterable, Optional
 
 from joblib import register_parallel_backend
-from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase
+from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, SequentialBackend, ThreadingBackend
 
 from .agent import worker
 from .errors import ConfigError
@@ -49,6 +49,22 @@ def shutdown() -> None:
         _executors.clear()
     for executor in executors:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _nested(batch: Any) -> Optional[tuple]:
+    """The backend joblib's ``BatchedCalls`` would set around its calls, as plain data for the worker.
+
+    ``(name, nesting_level, n_jobs)``: a ``Parallel`` inside a task then runs in threads (deeper
+    down, sequentially) as it does under loky, rather than with loky in a daemonic worker.
+    """
+    backend = getattr(batch, "_backend", None)
+    if isinstance(backend, ThreadingBackend):
+        name = "threading"
+    elif isinstance(backend, SequentialBackend):
+        name = "sequential"
+    else:
+        return None
+    return (name, getattr(backend, "nesting_level", None), getattr(batch, "_n_jobs", None))
 
 
 class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
@@ -145,7 +161,7 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         calls = getattr(func, "items", None)
         try:
             if isinstance(calls, list):     # a joblib BatchedCalls: ship its calls, not joblib
-                inner = self.executor().submit(worker.run_calls, calls)
+                inner = self.executor().submit(worker.run_calls, calls, _nested(func))
             else:
                 inner = self.executor().submit(func)
         except BaseException as exc:

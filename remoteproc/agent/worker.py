@@ -22,6 +22,7 @@ with the error that pickling raised; a task that cannot be unpickled fails with
 ``BrokenProcessPool``.
 """
 
+import contextlib
 import os
 import pickle
 import sys
@@ -221,13 +222,40 @@ def process_chunk(fn, chunk):
     return [fn(*args) for args in chunk]
 
 
-def run_calls(calls):
-    """One joblib batch (``remoteproc.joblib``): ``[func(*args, **kwargs) for func, args, kwargs in calls]``."""
+def run_calls(calls, nested=None):
+    """One joblib batch (``remoteproc.joblib``): ``[func(*args, **kwargs) for func, args, kwargs in calls]``.
+
+    ``nested`` is joblib's backend for a ``Parallel`` inside one of the calls, as joblib's
+    ``BatchedCalls`` sets it around them (threads, or sequential deeper down), given as plain
+    data ``(name, nesting_level, n_jobs)`` so that a host needs no joblib to take it.  It is
+    set only when joblib is already imported here (unpickling calls that refer to it imports
+    it); otherwise joblib's default there would be loky, which in this daemonic worker warns
+    and runs the inner loop serially.
+    """
     shared = {}  # type: dict[int, types.FunctionType]  # id(func) -> func with its module's shared globals
     out = []
-    for func, args, kwargs in calls:
-        f = shared.get(id(func))
-        if f is None:
-            f = shared[id(func)] = share_globals(func)
-        out.append(f(*args, **kwargs))
+    with _joblib_nested(nested):
+        for func, args, kwargs in calls:
+            f = shared.get(id(func))
+            if f is None:
+                f = shared[id(func)] = share_globals(func)
+            out.append(f(*args, **kwargs))
     return out
+
+
+def _joblib_nested(nested):
+    """joblib's ``parallel_config`` for the nested backend ``(name, nesting_level, n_jobs)``, if joblib is loaded."""
+    joblib = sys.modules.get("joblib")
+    if nested is None or joblib is None:
+        return contextlib.nullcontext()
+    try:
+        from joblib import _parallel_backends as backends
+
+        name, level, n_jobs = nested
+        cls = backends.ThreadingBackend if name == "threading" else backends.SequentialBackend
+        config = getattr(joblib, "parallel_config", None)
+        if config is not None:
+            return config(backend=cls(nesting_level=level), n_jobs=n_jobs)
+        return joblib.parallel_backend(cls(nesting_level=level), n_jobs=n_jobs)
+    except Exception:       # another joblib than the caller's: its own default, as before
+        return contextlib.nullcontext()
