@@ -49,8 +49,8 @@ RUN_EPILOG = """The script runs on HOST as "python3 SCRIPT ARGS..." would (a rel
 from the remote login directory, or --cwd).  Its stdout and stderr appear here; every
 message it sends on its Connection is printed on stdout, one a line, as JSON (repr()
 for what JSON cannot show).  The exit status is the script's (128+N if signal N ended
-it, 255 if remoteproc could not run it).  Ctrl-C terminates the remote script.  Its
-stdin is /dev/null: this command's stdin is not forwarded (give input as ARGS).
+it, 255 if remoteproc could not run it).  Ctrl-C terminates the remote script.  This
+command's stdin is the script's, as with "ssh HOST python3 SCRIPT" (-n: /dev/null).
 
 In the script, one line of standard library code gets the Connection:
   from multiprocessing.connection import Connection; import os
@@ -211,7 +211,9 @@ def run_command(args: argparse.Namespace) -> int:
             return 2
         env[key] = value
     try:
-        script = RemoteScript(args.host, args.script, args.args, cwd=args.cwd, env=env or None,
+        # (as ssh: this command's stdin is the script's, unless -n)
+        stdin: Any = None if args.no_stdin or sys.stdin is None else getattr(sys.stdin, "buffer", sys.stdin)
+        script = RemoteScript(args.host, args.script, args.args, cwd=args.cwd, env=env or None, stdin=stdin,
                               **ssh_options(args))
     except (RemoteProcessError, TypeError) as exc:
         _report_failure("run", exc)
@@ -552,6 +554,8 @@ def build_parser() -> argparse.ArgumentParser:
                            help="run a Python script that lives on HOST, with a Connection to it",
                            description="Run the Python script SCRIPT on HOST with ARGS as its sys.argv[1:].")
     p_run.add_argument("--cwd", metavar="DIR", help="remote directory to run the script in")
+    p_run.add_argument("-n", dest="no_stdin", action="store_true",
+                       help="give the script /dev/null as stdin (as ssh -n), not this command's")
     p_run.add_argument("-e", "--env", action="append", metavar="NAME=VALUE",
                        help="set an environment variable for the script (repeatable)")
     p_run.add_argument("host", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")

@@ -372,7 +372,8 @@ def main_definitions() -> dict[str, bytes]:
     return out
 
 
-_LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error", "_cwd", "_env")
+#: the process object's attributes that stay here (a RemoteScript's ``_stdin`` is fed by a thread of ours)
+_LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error", "_cwd", "_env", "_stdin")
 
 
 def dumps_process(process_obj, host: str, mode: str = "same",

@@ -11,9 +11,12 @@ library code (see ``remoteproc/agent/script.py``, which is the remote side).
 from __future__ import annotations
 
 import json
+import logging
 import os
+import threading
 from multiprocessing import Pipe
-from typing import TYPE_CHECKING, Any, Iterable, Mapping
+from multiprocessing.connection import Connection as _Connection
+from typing import IO, TYPE_CHECKING, Any, Iterable, Mapping, Union
 
 from .agent import script as _remote
 from .process import RemoteProcess
@@ -23,6 +26,10 @@ if TYPE_CHECKING:
 
 ENV_FD = _remote.ENV_FD
 ENV_JSON = _remote.ENV_JSON
+
+log = logging.getLogger("remoteproc")
+
+FEED_CHUNK = 1 << 16       # what the stdin feeder reads and writes at a time
 
 ONE_LINER = ('from multiprocessing.connection import Connection; import os; '
              'conn = Connection(int(os.environ["REMOTEPROC_FD"]))')
@@ -61,6 +68,10 @@ class RemoteScript(RemoteProcess):
     ``cwd`` (default: the remote login directory, where relative paths start) and
     ``env`` (extra environment variables) apply to the script only, as to any
     RemoteProcess: a ``cwd`` that does not exist is a BootstrapError from ``start()``.
+    ``stdin`` (a binary file object or an fd, such as ``sys.stdin.buffer``) is the
+    script's standard input, as ``ssh HOST python3 path`` forwards its own: a thread
+    here copies it to the script until its end.  Without it, the script's stdin is
+    ``/dev/null``, as every remote child's.
     """
 
     def __init__(
@@ -73,8 +84,11 @@ class RemoteScript(RemoteProcess):
         daemon: bool | None = None,
         cwd: str | os.PathLike | None = None,
         env: Mapping[str, str] | None = None,
+        stdin: Union[IO[bytes], int, None] = None,
         **ssh_options: Any,
     ) -> None:
+        if stdin is not None and not isinstance(stdin, int) and not hasattr(stdin, "read"):
+            raise TypeError("stdin must be a binary file object or a file descriptor, not %r" % (stdin,))
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
         if not isinstance(path, str) or not path:
@@ -91,6 +105,7 @@ class RemoteScript(RemoteProcess):
                          cwd=cwd, env=env, **ssh_options)
         self._path = path
         self._argv = argv
+        self._stdin = stdin
         self.conn: Connection | None = None
 
     @property
@@ -109,18 +124,49 @@ class RemoteScript(RemoteProcess):
         assert self._popen is None, "cannot start a process twice"
         parent, child = Pipe()
         self._kwargs["conn"] = child
+        feed = script_end = None
+        if self._stdin is not None:
+            # a one-way pipe, bridged as any Connection: the script reads its end as fd 0
+            r, feed = os.pipe()
+            script_end = self._kwargs["stdin"] = _Connection(r, writable=False)
         try:
             super().start()
         except BaseException:
             parent.close()
             self._kwargs.pop("conn", None)
+            self._kwargs.pop("stdin", None)
+            if feed is not None:
+                os.close(feed)
             raise
         finally:
             child.close()
+            if script_end is not None:
+                script_end.close()     # (the relay has its own copy)
         self.conn = parent
+        if feed is not None:
+            threading.Thread(target=_feed, args=(self._stdin, feed, self.host), name="remoteproc-stdin",
+                             daemon=True).start()
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + " path=%r>" % self._path
+
+
+def _feed(source: Union[IO[bytes], int], fd: int, host: str) -> None:
+    """Copy ``source`` to the pipe ``fd`` until its end (or the script's: the pipe breaks), then close it."""
+    read = (lambda: os.read(source, FEED_CHUNK)) if isinstance(source, int) else (
+        lambda: source.read1(FEED_CHUNK) if hasattr(source, "read1") else source.read(FEED_CHUNK))
+    try:
+        while True:
+            data = read()
+            if not data:
+                break
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+    except (OSError, ValueError) as exc:     # the script is gone, or the source was closed here
+        log.debug("%s: stdin for the script ends: %s", host, exc)
+    finally:
+        os.close(fd)
 
 
 def run(host: str, path: str | os.PathLike, *args: Any, **options: Any) -> RemoteScript:
@@ -128,7 +174,7 @@ def run(host: str, path: str | os.PathLike, *args: Any, **options: Any) -> Remot
 
     Strings are passed as given, other values as JSON (the script decodes them with
     ``remoteproc.agent.script.args()``, or ``json.loads``).  ``options`` are
-    ``name``, ``daemon``, ``cwd``, ``env`` and the SSH options of ``RemoteProcess``.
+    ``name``, ``daemon``, ``cwd``, ``env``, ``stdin`` and the SSH options of ``RemoteProcess``.
     Returns the started ``RemoteScript``: ``.conn``, ``join()``, ``exitcode``,
     ``terminate()``, ``pid`` ...
     """

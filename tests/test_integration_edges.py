@@ -225,15 +225,62 @@ def test_cli_run_a_script_that_imports_a_module_of_its_directory(sshd, scripts, 
 
 STDIN_SCRIPT = """
     import sys
-    print("read:", sys.stdin.read().strip())
+    first = input()
+    print("read:", (first + " " + sys.stdin.read()).strip())
 """
 
 
-@pytest.mark.xfail(strict=True, reason="remoteproc run does not forward its stdin: the remote script's stdin is "
-                                       "/dev/null (agent child), unlike `python3 script.py` or `ssh host python3 ...`")
 def test_cli_run_forwards_stdin_to_the_script(sshd, scripts):
+    """As ``ssh HOST python3 script.py``: this command's stdin is the script's; ``-n``: /dev/null."""
     path = scripts("reader.py", STDIN_SCRIPT)
     out = remoteproc_cmd("run", "-F", sshd.ssh_config, "remoteproc-" + current_user(), path,
-                         stdin_text="lines from a pipe\n")
+                         stdin_text="lines from\na pipe\n")
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "read: lines from a pipe"
+    out = remoteproc_cmd("run", "-n", "-F", sshd.ssh_config, "remoteproc-" + current_user(), path,
+                         stdin_text="not for the script\n")
+    assert out.returncode == 1 and "EOFError" in out.stderr, out.stderr     # input() at once: /dev/null
+
+
+BIG_STDIN_SCRIPT = """
+    import hashlib, sys
+    from multiprocessing.connection import Connection
+    import os
+    conn = Connection(int(os.environ["REMOTEPROC_FD"]))
+    first = sys.stdin.buffer.readline().decode().strip()
+    rest = sys.stdin.buffer.read()
+    conn.send((first, len(rest), hashlib.sha256(rest).hexdigest()))
+"""
+
+
+@pytest.mark.one_transport
+def test_run_with_stdin_passes_megabytes_intact_and_a_script_that_reads_none_still_ends(host, ssh_options, scripts,
+                                                                                      tmp_path):
+    import hashlib
+
+    import remoteproc
+
+    blob = os.urandom(3 << 20)
+    source = tmp_path / "input.bin"
+    source.write_bytes(b"first line\n" + blob)
+    path = scripts("big_reader.py", BIG_STDIN_SCRIPT)
+    with open(source, "rb") as f:                 # a file object
+        job = remoteproc.run(host, path, stdin=f, **ssh_options)
+        try:
+            assert job.conn.poll(60)
+            assert job.conn.recv() == ("first line", len(blob), hashlib.sha256(blob).hexdigest())
+            job.join(30)
+            assert job.exitcode == 0
+        finally:
+            job.conn.close()
+    r, w = os.pipe()                              # an fd that never ends: the script ignores it
+    try:
+        job = remoteproc.run(host, scripts("quiet.py", "print('no reading')\n"), stdin=r, **ssh_options)
+        job.join(30)
+        assert job.exitcode == 0
+        job.conn.close()
+    finally:
+        os.close(w)
+        os.close(r)
+    with pytest.raises(TypeError, match="stdin must be"):
+        remoteproc.run(host, path, stdin="not a file", **ssh_options)

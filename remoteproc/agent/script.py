@@ -61,16 +61,20 @@ def _json_positions():
 
 # -- the target of remoteproc.run ----------------------------------------------------
 
-def run_script(path, argv=(), json_positions=(), conn=None):
+def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
     """Run the script at ``path`` as ``__main__`` with ``sys.argv = [path, *argv]``.
 
     ``conn`` (the child's end of the script's Pipe) is moved to a plain fd named by
-    REMOTEPROC_FD, so that the script builds its own Connection on it.  The process's
+    REMOTEPROC_FD, so that the script builds its own Connection on it.  ``stdin`` (the
+    read end of a one-way pipe that the caller feeds, or None: /dev/null) becomes fd 0
+    and ``sys.stdin``, as ``ssh HOST python3 path`` forwards its input.  The process's
     ``cwd`` and ``env`` are already in effect (the agent checked the directory before
     it forked, and the child entered it first): a relative ``path`` starts there.
     """
     import runpy
 
+    if stdin is not None:
+        _take_stdin(stdin)
     if conn is not None:
         # A second Connection object on the same fd would close it when collected:
         # hand the script a duplicate and close ours.
@@ -111,6 +115,20 @@ def run_script(path, argv=(), json_positions=(), conn=None):
         _die_by_sigint()
     if failed:
         sys.exit(1)
+
+
+def _take_stdin(stdin):
+    """Put the pipe behind the one-way Connection ``stdin`` on fd 0, and ``sys.stdin`` over it."""
+    import io
+
+    os.dup2(stdin.fileno(), 0)
+    stdin.close()
+    old = sys.stdin
+    encoding = getattr(old, "encoding", None) or "utf-8"
+    errors = getattr(old, "errors", None) or "strict"
+    sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding=encoding,
+                                 errors=errors)
+    setattr(sys, "__stdin__", sys.stdin)    # (as the interpreter sets both)
 
 
 def _interpreter_exit():
