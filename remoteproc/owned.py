@@ -16,7 +16,7 @@ calls into requests on it:
 
 No listening socket, no extra SSH connection: the child ends ride the
 connections every RemoteProcess already has.  The broker is one daemon thread
-per owning process that blocks in ``multiprocessing.connection.wait`` and exits
+per owning process that blocks in one selector holding every attached Connection and exits
 when the last child has gone; it never runs while nothing is attached.
 ``queues.py`` and ``synchronize.py`` build their objects on ``_Owned``.
 """
@@ -25,14 +25,14 @@ from __future__ import annotations
 
 import logging
 import os
-import pickle
 import queue as _queue
+import selectors
 import threading
 import time
 import weakref
 from multiprocessing import context as mp_context
 from multiprocessing.connection import Pipe
-from multiprocessing.connection import wait as _wait
+from typing import Any
 
 from .agent import proxies as P
 from .agent.waker import Waker
@@ -64,7 +64,7 @@ def _send(conn, rid, status, value) -> bool:
     if not rid:
         return True
     try:
-        conn.send_bytes(pickle.dumps((rid, status, value), P.PROTOCOL))
+        P.send_msg(conn, (rid, status, value))
         return True
     except (OSError, ValueError):
         return False        # the child went away: the broker sees its EOF next
@@ -79,6 +79,13 @@ class _Broker:
         self.pending: dict = {}     # parent end -> child end, open until the child has attached
         self.timed: list = []       # remote waiters with a deadline (server thread only)
         self.waker = Waker()
+        # The server thread's selector keeps its registrations from one wait to the next: a
+        # wait costs the same with 1 or 1,000 Connections attached (multiprocessing.connection.
+        # wait registered every one of them again on each call, so each request cost O(N)).
+        # Only the server thread registers and unregisters; ``add`` queues new ends in ``added``.
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.waker, selectors.EVENT_READ)
+        self.added: list = []       # parent ends not yet registered (any thread -> server thread)
         self.tokens: dict = {}      # parent end -> the token of the process at the other end
         self.released: _queue.SimpleQueue = _queue.SimpleQueue()     # from finalizers, for the thread
         self.thread: threading.Thread | None = None
@@ -90,6 +97,7 @@ class _Broker:
     def add(self, conn, obj, child_end=None, spawner=None) -> None:
         with self.lock:
             self.objs[conn] = obj
+            self.added.append(conn)
             if child_end is not None:
                 self.pending[conn] = child_end
                 if spawner is not None:
@@ -130,6 +138,7 @@ class _Broker:
             child_end.close()
 
     def drop(self, conn) -> None:
+        self._unregister(conn)
         with self.lock:
             obj = self.objs.pop(conn, None)
             child_end = self.pending.pop(conn, None)
@@ -177,9 +186,12 @@ class _Broker:
                 if not self.objs:
                     self.thread = None
                     return
-                conns = list(self.objs)
-            ready = _wait(conns + [self.waker], self._timeout())
-            for conn in ready:
+                added, self.added = self.added, []
+                added = [c for c in added if c in self.objs]
+            for new in added:
+                self._register(new)
+            for key, _events in self.sel.select(self._timeout()):
+                conn: Any = key.fileobj
                 if conn is self.waker:
                     self.waker.clear()
                     while not self.released.empty():
@@ -188,13 +200,32 @@ class _Broker:
                     self._serve(conn)
             self._expire()
 
+    def _register(self, conn) -> None:
+        if conn.closed:
+            return
+        fd = conn.fileno()
+        stale = self.sel.get_map().get(fd)
+        if stale is not None:
+            if stale.fileobj is conn:
+                return
+            self.sel.unregister(fd)     # (an fd number closed without drop, now reused)
+        self.sel.register(conn, selectors.EVENT_READ)
+
+    def _unregister(self, conn) -> None:
+        if conn.closed:
+            return
+        fd = conn.fileno()
+        key = self.sel.get_map().get(fd)
+        if key is not None and key.fileobj is conn:
+            self.sel.unregister(fd)
+
     def _serve(self, conn) -> None:
         obj = self.objs.get(conn)
         if obj is None:
             return
         for _ in range(_READ_BATCH):
             try:
-                msg = pickle.loads(conn.recv_bytes())
+                msg = P.recv_msg(conn)
                 rid, op, args = msg[0], msg[1], msg[2:]
             except (EOFError, OSError):
                 self.drop(conn)
@@ -237,6 +268,12 @@ class _Broker:
             except OSError:
                 pass
         self.waker.abandon()
+        # (the epoll set is shared with the owner: close() closes our fd of it and unregisters
+        # nothing from it)
+        try:
+            self.sel.close()
+        except OSError:
+            pass
 
 
 _broker: _Broker | None = None

@@ -44,6 +44,36 @@ ERROR = 2           # value: the exception to raise
 RUN = 3             # Barrier.wait: the caller is the last party and runs the action
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
+OUT_OF_BAND = 64 * 1024     # bytes values this big travel as messages of their own (send_msg)
+
+
+# -- one message: a pickled tuple, big items after it --------------------------------------
+
+def send_msg(conn, msg):
+    """Send one request or reply (a tuple).  A ``bytes`` value of ``OUT_OF_BAND`` bytes or
+    more (a pickled item) is not copied into the tuple's pickle: it goes as pickle protocol
+    5's out-of-band buffer, a message of its own right after the tuple's, so that a big item
+    is held once, not twice, while it is sent.  The caller serializes the sends of one
+    Connection, so the two messages are never separated."""
+    if not any(type(v) is bytes and len(v) >= OUT_OF_BAND for v in msg):
+        conn.send_bytes(pickle.dumps(msg, PROTOCOL))
+        return
+    msg = tuple(pickle.PickleBuffer(v) if type(v) is bytes and len(v) >= OUT_OF_BAND else v for v in msg)
+    buffers = []  # type: list  # (in the pickle's order: exactly the buffers recv_msg will ask for)
+    conn.send_bytes(pickle.dumps(msg, PROTOCOL, buffer_callback=buffers.append))
+    for buf in buffers:
+        conn.send_bytes(buf)
+
+
+def _following(conn):
+    while True:
+        yield conn.recv_bytes()
+
+
+def recv_msg(conn):
+    """Receive what ``send_msg`` sent: the tuple, with its out-of-band values read from the
+    messages after it (each one the very ``bytes`` object ``recv_bytes`` returned)."""
+    return pickle.loads(conn.recv_bytes(), buffers=_following(conn))
 
 
 # -- items --------------------------------------------------------------------------------
@@ -214,10 +244,9 @@ class _Client:
 
     def send(self, msg):
         self.check()
-        data = pickle.dumps(msg, PROTOCOL)
         try:
             with self.send_lock:
-                self.conn.send_bytes(data)
+                send_msg(self.conn, msg)
         except OSError as exc:
             raise self._gone(exc) from None
 
@@ -250,7 +279,7 @@ class _Client:
                 cond.release()
                 try:
                     try:
-                        got = pickle.loads(self.conn.recv_bytes())
+                        got = recv_msg(self.conn)
                     except (EOFError, OSError) as exc:
                         got = exc
                 finally:

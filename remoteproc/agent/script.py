@@ -128,7 +128,7 @@ def _take_stdin(stdin):
     errors = getattr(old, "errors", None) or "strict"
     sys.stdin = io.TextIOWrapper(io.BufferedReader(io.FileIO(0, "r", closefd=False)), encoding=encoding,
                                  errors=errors)
-    setattr(sys, "__stdin__", sys.stdin)    # (as the interpreter sets both)
+    sys.__stdin__ = sys.stdin  # type: ignore[misc]  # (as the interpreter sets both)
 
 
 def _interpreter_exit():
