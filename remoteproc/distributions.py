@@ -103,15 +103,19 @@ class Unit:
         return self.info[:-len(".dist-info")].partition("-")[0] if self.info else None
 
 
-def locate(name: str, path: list) -> Unit | None:
+def locate(name: str, path: list, editable: dict | None = None) -> Unit | None:
     """The unit that module ``name`` belongs to on ``path`` (the user's sys.path), with the
     distribution that owns it; None when it is not there, not from a file, or a namespace
-    package itself."""
+    package itself.  ``editable``: top-level name -> directory of the projects installed in
+    editable mode (``modules.editable_roots``), looked in when ``path`` has no such top-level
+    name: such a package is a unit of its own, its directory, owned by no distribution."""
     parts = name.split(".")
     if not all(p.isidentifier() for p in parts):
         return None
     search = [p for p in path if isinstance(p, str)]
     spec = importlib.machinery.PathFinder.find_spec(parts[0], search)
+    if spec is None and editable:
+        return _editable_unit(parts[0], editable.get(parts[0]))
     depth = 0
     while spec is not None and spec.origin is None and spec.submodule_search_locations is not None:
         depth += 1          # a namespace package: the unit is what it holds
@@ -128,6 +132,17 @@ def locate(name: str, path: list) -> Unit | None:
     rel = os.path.relpath(base, site).replace(os.sep, "/")
     _real_dir.cache_clear()     # (links are looked at afresh for every package)
     return Unit(".".join(parts[:depth + 1]), site, rel, ".".join(parts[:depth]), _owner(site, rel))
+
+
+def _editable_unit(top: str, where: object) -> Unit | None:
+    """The unit of top-level package ``top`` installed in editable mode at directory ``where``
+    (its name must be the directory's: the host's entry holds it under that name)."""
+    if not isinstance(where, str) or not os.path.isabs(where):
+        return None
+    where = os.path.normpath(where)
+    if os.path.basename(where) != top or not os.path.isfile(os.path.join(where, "__init__.py")):
+        return None     # (a module file, or a package under another name: from memory, if pure)
+    return Unit(top, os.path.dirname(where), top)
 
 
 def find(top: str, path: list) -> Distribution | None:
@@ -159,6 +174,67 @@ def gather(unit: Unit) -> Distribution | None:
                          "install it on the host instead" % (unit.name, dist.label, len(dist.files),
                                                              dist.size / 1e6, MAX_FILES, MAX_BYTES / 1e6))
     return dist
+
+
+MAX_INFO_FILE = 4 << 20    # a dist-info file larger than this is not served as metadata
+
+
+def find_info(name: str, path: list) -> tuple[str, str] | None:
+    """(site, ``*.dist-info``) of the distribution named ``name`` (any spelling: compared in
+    canonical form) on ``path``, the first one found, as importlib.metadata finds it."""
+    want = _canonical(name)
+    for site in path:
+        if not isinstance(site, str) or not os.path.isabs(site):
+            continue
+        try:
+            names = sorted(os.listdir(site))
+        except OSError:
+            continue
+        for info in names:
+            if info.endswith(".dist-info") and _canonical(info.split("-", 1)[0]) == want \
+                    and os.path.isfile(os.path.join(site, info, "METADATA")):
+                return site, info
+    return None
+
+
+def info_files(site: str, info: str) -> dict[str, str]:
+    """The regular files directly in ``site/info`` (METADATA, RECORD, entry_points.txt,
+    top_level.txt...), as text: what importlib.metadata reads of a distribution."""
+    out: dict[str, str] = {}
+    root = os.path.join(site, info)
+    try:
+        names = sorted(os.listdir(root))
+    except OSError:
+        return out
+    for fn in names:
+        full = os.path.join(root, fn)
+        try:
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_INFO_FILE:
+                continue
+            with open(full, "rb") as f:
+                out[fn] = f.read().decode("utf-8", "surrogateescape")
+        except OSError:
+            continue
+    return out
+
+
+def top_names(site: str, info: str) -> list[str]:
+    """The top-level modules and packages of a distribution: its ``top_level.txt``, else the
+    first components of what its RECORD lists."""
+    names: list[str] = []
+    try:
+        with open(os.path.join(site, info, "top_level.txt"), encoding="utf-8") as f:
+            names = [line.strip().replace("/", ".").split(".")[0] for line in f]
+    except (OSError, UnicodeDecodeError):
+        for row, _h, _s in _record(site, info):
+            first = row.split("/", 1)[0]
+            names.append(first[:-3] if first.endswith(".py") and "/" not in row else first)
+    seen: list[str] = []
+    for n in names:
+        if n.isidentifier() and n != "__pycache__" and n not in seen:
+            seen.append(n)
+    return seen
 
 
 def owner_name(origin: str, path: list) -> str | None:

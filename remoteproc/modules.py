@@ -33,11 +33,35 @@ def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None
     if isinstance(loader, importlib.machinery.SourceFileLoader):
         with open(spec.origin, "rb") as f:
             src = f.read().decode("utf-8", "surrogateescape")
-        return {"pkg": spec.submodule_search_locations is not None, "src": src, "file": spec.origin}
+        if spec.submodule_search_locations is None:
+            return {"pkg": False, "src": src, "file": spec.origin}
+        return {"pkg": True, "src": src, "file": spec.origin, "children": _children(os.path.dirname(spec.origin))}
     what = "a C extension" if isinstance(loader, importlib.machinery.ExtensionFileLoader) else "not Python source"
     dist = _dist(name, spec.origin, path)
     return {"error": "module %r is %s (%s) and cannot be forwarded to %s; install %s there (e.g. `pip install "
                      "%s` with the host's python3)" % (name, what, spec.origin, host, dist, dist)}
+
+
+def _children(directory: str) -> list[list]:
+    """The modules directly in package directory ``directory``, as ``pkgutil.iter_modules``
+    lists them there: [[name, is a package], ...] (the child lists a package sent from memory
+    from these)."""
+    out: dict[str, bool] = {}
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return []
+    for fn in names:
+        full = os.path.join(directory, fn)
+        if fn.isidentifier() and fn != "__pycache__":
+            if os.path.isfile(os.path.join(full, "__init__.py")):
+                out[fn] = True
+            continue
+        mod = fn.split(".", 1)[0]
+        if (fn.endswith(".py") or fn.endswith(_EXT)) and mod != "__init__" and mod.isidentifier() \
+                and mod not in out and os.path.isfile(full):
+            out[mod] = False
+    return [[k, v] for k, v in out.items()]
 
 
 def _dist(name: str, origin: str, path: list[str]) -> str:
@@ -144,7 +168,21 @@ def find(name: str, path: list[str], host: str, editable: dict[str, str] | None 
     out: dict[str, Any] = {name: _entry(name, spec, host, search)}
     if top is not None and top.origin and top.submodule_search_locations is not None:
         _bundle(parts[0], os.path.dirname(top.origin), out, host, search)
+    first = out.get(parts[0])
+    if first and first.get("file"):
+        owner = _owner(first["file"], search)
+        if owner:
+            first["owner"] = owner      # (its metadata is asked for by that name: see agent/child.py)
     return out
+
+
+def _owner(origin: str, path: list[str]) -> str | None:
+    from . import distributions
+
+    try:
+        return distributions.owner_name(origin, path)
+    except Exception:   # noqa: BLE001 - a broken RECORD must not stop the module itself
+        return None
 
 
 def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]) -> None:
@@ -169,6 +207,8 @@ def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]
                 with open(full, "rb") as f:
                     out[mod] = {"pkg": fn == "__init__.py", "src": f.read().decode("utf-8", "surrogateescape"),
                                 "file": full}
+                if fn == "__init__.py":
+                    out[mod]["children"] = _children(dirpath)
             elif fn.endswith(_EXT):
                 mod = prefix + "." + fn.split(".")[0]
                 full = os.path.join(dirpath, fn)

@@ -139,16 +139,18 @@ class PackageServer:
         self.queue: deque = deque()     # frame iterators of transfers under way
         self.accepted = accepted
 
-    def answer(self, name: str, path: list) -> dict | None:
+    def answer(self, name: str, path: list, editable: dict | None = None) -> dict | None:
         """The ``modules`` entries for ``name`` when it goes through the cache or is refused
         here; None when it is sent from memory (``modules.find``).  Asked for every module a
         child's host lacks, before ``modules.find``: so a distribution whose Requires-Python
         excludes the host's Python is refused whether it is pure or not, and a package that
-        needs files is refused, with what to install, where the cache cannot take it."""
+        needs files is refused, with what to install, where the cache cannot take it.
+        ``editable``: the user's projects installed in editable mode (``modules.editable_roots``),
+        whose packages are sent as their directory."""
         if self.abi is None:
             return None
         try:
-            unit = distributions.locate(name, path)
+            unit = distributions.locate(name, path, editable)
             if unit is None or unit.name != name:
                 return None     # not ours, a namespace package itself, or inside a unit asked for before
             distributions.check_python(unit, self.abi, self.display, self.python)

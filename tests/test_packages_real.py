@@ -156,10 +156,6 @@ def _build_extension(pkg_dir: str) -> None:
 
 # -- pure distributions: their metadata --------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="a pure-Python distribution is forwarded from memory without its "
-                   "dist-info: importlib.metadata.version() of it raises PackageNotFoundError on the host "
-                   "(paramiko, prompt_toolkit, invoke... read their version so at import), and its entry "
-                   "points are not there")
 def test_a_pure_package_that_reads_its_own_version_at_import(plain_user_host, own_cache, tmp_path, monkeypatch,
                                                              names, fresh):
     name = names("rpmeta")
@@ -173,8 +169,6 @@ def test_a_pure_package_that_reads_its_own_version_at_import(plain_user_host, ow
                  "[e.name for e in md.entry_points(group='rpmeta.plugins')]") == ("ok", [name])
 
 
-@pytest.mark.xfail(strict=True, reason="paramiko (pure, forwarded from memory) does `__version__ = "
-                   "metadata.version('paramiko')` at import: PackageNotFoundError on a host without paramiko")
 def test_paramiko_imports_on_a_host_without_it(plain_user_host, own_cache, fresh):
     import paramiko
 
@@ -187,10 +181,6 @@ def test_paramiko_imports_on_a_host_without_it(plain_user_host, own_cache, fresh
         "ok", paramiko.__version__)
 
 
-@pytest.mark.xfail(strict=True, reason="importlib.metadata looks for distributions on sys.path only, and "
-                   "the child asks for a package (and appends its cache entry to sys.path) only when it is "
-                   "imported: version() of a distribution not imported yet raises PackageNotFoundError on the host "
-                   "(a version check before the import, as libraries check their dependencies)")
 def test_metadata_of_a_package_not_imported_yet(plain_user_host, own_cache, tmp_path, monkeypatch, names, fresh):
     name = names("rpmetadata")
     site = _dist(tmp_path / "site", name, {name + "/__init__.py": "X = 1\n", name + "/table.dat": "data\n"},
@@ -201,10 +191,6 @@ def test_metadata_of_a_package_not_imported_yet(plain_user_host, own_cache, tmp_
                  "md.version(%r)" % name) == ("ok", "4.2")
 
 
-@pytest.mark.xfail(strict=True, reason="a package forwarded from memory gets __path__ == [] on the host "
-                   "(agent/child.py ParentImporter.find_spec: spec_from_loader(is_package=True)): "
-                   "pkgutil.iter_modules(__path__) finds none of its modules, so plugin discovery by scanning "
-                   "the package finds nothing there")
 def test_a_pure_package_that_discovers_its_plugins_with_pkgutil(plain_user_host, own_cache, tmp_path, monkeypatch,
                                                                 names, fresh):
     name = names("rpplugins")
@@ -229,9 +215,6 @@ def test_a_pure_package_that_discovers_its_plugins_with_pkgutil(plain_user_host,
 
 # -- packages through the host's cache --------------------------------------------------------------
 
-@pytest.mark.xfail(strict=True, reason="an entry of the package cache is appended to sys.path at import "
-                   "(agent/child.py _from_package_cache) without telling pkg_resources, whose working set "
-                   "was built when it was imported: get_distribution() of the package fails on the host")
 def test_pkg_resources_imported_first_sees_a_package_from_the_cache(plain_user_host, own_cache, tmp_path,
                                                                     monkeypatch, names, fresh):
     name = names("rppkgres")
@@ -244,10 +227,6 @@ def test_pkg_resources_imported_first_sees_a_package_from_the_cache(plain_user_h
         "ok", "2.5")
 
 
-@pytest.mark.xfail(strict=True, reason="the modules of one distribution are split between the cache entry "
-                   "and the host: the entry is appended to sys.path, so a top-level module of the same "
-                   "distribution that the host has from elsewhere (Debian's _cffi_backend for pip's cffi) wins "
-                   "over the entry's own, and the package fails its version check")
 def test_a_distributions_sibling_module_comes_from_its_own_entry(plain_user_host, own_cache, tmp_path,
                                                                  monkeypatch, names, fresh):
     """cffi's case: the distribution has a package (``cffi``, with data files) and a top-level
@@ -310,10 +289,6 @@ def editable_extension(tmp_path, monkeypatch, names):
     return name
 
 
-@pytest.mark.xfail(strict=True, reason="pkgtransfer.PackageServer.answer looks packages up on sys.path only "
-                   "(distributions.locate), not among the editable installs the relay knows (link.py "
-                   "self.editable): a compiled editable project is forwarded from memory and its extension "
-                   "refused, though docs/modules.md says it is sent as its package directory")
 def test_an_editable_project_with_a_c_extension(plain_user_host, own_cache, editable_extension, fresh):
     name = editable_extension
     options, root = own_cache
@@ -370,3 +345,30 @@ def test_cryptography_and_cffi_on_a_host_with_only_the_standard_library(plain_us
     version, where, plain, cffi_version, value = _call(plain_user_host, options, crypto_job)
     assert (version, plain, cffi_version, value) == (cryptography.__version__, b"secret", cffi.__version__, 7)
     assert where.startswith(root + "/")
+
+
+# -- the relay's side, without a host -------------------------------------------------------------
+
+def test_the_relay_finds_a_distributions_metadata_and_an_editable_package(tmp_path):
+    from remoteproc import distributions, modules
+
+    site = _dist(tmp_path / "site", "Rp.Meta_Dist", {"rp_meta/__init__.py": "", "rp_meta/sub.py": "",
+                                                     "rp_meta/inner/__init__.py": "", "rp_solo.py": ""},
+                 version="1.5", extra_info={"entry_points.txt": "[g]\nx = rp_meta:f\n"})
+    assert distributions.find_info("rp-meta.dist", ["relative", site]) == (site, "Rp.Meta_Dist-1.5.dist-info")
+    assert distributions.find_info("rp_meta_dis", [site]) is None
+    info = "Rp.Meta_Dist-1.5.dist-info"
+    assert sorted(distributions.top_names(site, info)) == ["rp_meta", "rp_solo"]
+    files = distributions.info_files(site, info)
+    assert files["entry_points.txt"] == "[g]\nx = rp_meta:f\n" and "Version: 1.5" in files["METADATA"]
+    assert modules._children(os.path.join(site, "rp_meta")) == [["inner", True], ["sub", False]]
+    assert modules.find("rp_meta", [site], "host")["rp_meta"]["owner"] == "Rp.Meta_Dist"
+
+    root = tmp_path / "proj" / "rp_edit"
+    root.mkdir(parents=True)
+    (root / "__init__.py").write_text("")
+    unit = distributions.locate("rp_edit", [site], {"rp_edit": str(root)})
+    assert unit is not None and (unit.name, unit.site, unit.rel, unit.info) == ("rp_edit", str(root.parent),
+                                                                               "rp_edit", None)
+    assert distributions.locate("rp_edit", [site]) is None
+    assert distributions.locate("rp_other", [site], {"rp_other": str(root)}) is None    # (not under its name)

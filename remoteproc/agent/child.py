@@ -12,6 +12,7 @@ import sys
 import threading
 
 _fds = {}  # type: dict[int, int]  # placeholder index -> fd of the child's end
+METADATA_PREFIX = "dist-info:"  # a request for a distribution's metadata, by canonical name (not a module)
 GRACE = 2.0         # seconds between SIGTERM and SIGKILL when the agent vanishes
 
 
@@ -160,6 +161,7 @@ class ParentImporter:
         self.cache = cache
         self.host = host
         self.lock = threading.Lock()
+        self.dirs = {}      # type: dict[str, str]  # directory standing for a forwarded package -> its name
 
     def _ask(self, name):
         import json
@@ -186,8 +188,77 @@ class ParentImporter:
             return _from_package_cache(name, entry["path"])
         import importlib.util
 
-        return importlib.util.spec_from_loader(
+        spec = importlib.util.spec_from_loader(
             name, self, origin=entry["file"], is_package=entry["pkg"])  # type: ignore[arg-type]  # (exec_module only)
+        if spec is not None and entry["pkg"] and entry["file"]:
+            # __path__: the package's own directory (as __file__ names it) stands for the package,
+            # so that pkgutil.iter_modules(__path__) lists its modules (see _ForwardedPackage)
+            where = os.path.dirname(entry["file"])
+            self._package_dir(where, name)
+            spec.submodule_search_locations = [where]
+        return spec
+
+    def _package_dir(self, where, name):
+        """Make ``where`` (a package's directory on the user's machine) stand for package ``name``
+        on ``sys.path_hooks``: a path entry of ours, whatever this host has at that path."""
+        if not self.dirs:
+            sys.path_hooks.insert(0, self._path_hook)
+        self.dirs[where] = name
+        if not isinstance(sys.path_importer_cache.get(where), _ForwardedPackage):
+            sys.path_importer_cache.pop(where, None)
+
+    def _path_hook(self, entry):
+        name = self.dirs.get(entry) if isinstance(entry, str) else None
+        if name is None:
+            raise ImportError("not a package forwarded from the user's machine")
+        return _ForwardedPackage(self, name)
+
+    def find_distributions(self, context=None):
+        """importlib.metadata: the distributions of the user's machine that this host lacks (the
+        host's own come first: this importer is last on ``sys.meta_path``).  One asked for by name
+        is looked up there (once per connection, as a module is); a listing (no name) holds those
+        whose top-level modules were forwarded from memory.  A distribution that goes through the
+        package cache is fetched, and its entry appended to ``sys.path``, as its import would."""
+        if context is not None and "path" in vars(context):
+            return      # a search of given directories, not of sys.path
+        name = getattr(context, "name", None)
+        if name:
+            keys = [METADATA_PREFIX + _canonical(name)]
+        else:
+            keys = []
+            for mod, entry in list(self.cache.items()):
+                if entry and "." not in mod and isinstance(entry.get("owner"), str):
+                    keys.append(METADATA_PREFIX + _canonical(entry["owner"]))
+                elif mod.startswith(METADATA_PREFIX) and entry and "info" in entry:
+                    keys.append(mod)
+        for key in sorted(set(keys), key=keys.index):
+            if key not in self.cache:
+                try:
+                    self._ask(key)
+                except (ImportError, OSError):
+                    return
+            entry = self.cache.get(key)
+            if not entry or "error" in entry:
+                continue
+            if "info" in entry:
+                yield _forwarded_distribution(entry)
+            elif "path" in entry and name and entry["path"] not in sys.path:
+                # (on sys.path already: the host's own lookup, before this one, found it there)
+                import importlib.metadata
+
+                _add_entry(entry["path"])
+                yield from importlib.metadata.MetadataPathFinder.find_distributions(
+                    importlib.metadata.DistributionFinder.Context(name=name, path=[entry["path"]]))
+
+    def children(self, package):
+        """[(name, is a package)] of the modules directly in forwarded ``package``."""
+        entry = self.cache.get(package)
+        listed = entry.get("children") if entry else None
+        if listed is None:      # (none sent: what the bundle holds)
+            prefix = package + "."
+            listed = sorted([m[len(prefix):], bool(e.get("pkg"))] for m, e in list(self.cache.items())
+                            if m.startswith(prefix) and "." not in m[len(prefix):] and e is not None)
+        return [(str(n), bool(p)) for n, p in listed]
 
     def create_module(self, spec):
         return None
@@ -221,6 +292,25 @@ class ParentImporter:
         return entry["src"] if entry else None
 
 
+class _ForwardedPackage:
+    """The path entry finder of a package forwarded from memory (its ``__path__``): it finds
+    the package's modules through the ``ParentImporter``, and lists them for ``pkgutil``."""
+
+    def __init__(self, importer, package):
+        self.importer = importer
+        self.package = package
+
+    def find_spec(self, fullname, target=None):
+        return self.importer.find_spec(fullname)
+
+    def iter_modules(self, prefix=""):
+        for name, ispkg in self.importer.children(self.package):
+            yield prefix + name, ispkg
+
+    def invalidate_caches(self):
+        pass
+
+
 def _from_package_cache(name, path):
     """A package in the host's package cache: imported from its files, as if installed there.
 
@@ -229,9 +319,115 @@ def _from_package_cache(name, path):
     looked for (the namespace's own ``__path__`` on this host need not include the entry)."""
     import importlib.machinery
 
-    if path not in sys.path:
-        sys.path.append(path)       # (appended: the host's own packages still win)
+    _add_entry(path)
+    _pin_siblings(path)
     return importlib.machinery.PathFinder.find_spec(name, [os.path.join(path, *name.split(".")[:-1])])
+
+
+def _add_entry(path):
+    """Put the package cache's entry ``path`` on ``sys.path`` (once)."""
+    if path in sys.path:
+        return
+    sys.path.append(path)       # (appended: the host's own packages still win)
+    # pkg_resources built its working set when it was imported: tell it (nothing is
+    # imported here that the user's code has not imported already)
+    working_set = getattr(sys.modules.get("pkg_resources"), "working_set", None)
+    if working_set is not None:
+        try:
+            working_set.add_entry(path)
+        except Exception:   # noqa: BLE001 - pkg_resources' own trouble must not fail the import
+            pass
+
+
+def _canonical(name):
+    """A distribution's name as its dist-info directory's is compared (PEP 503, with ``_``)."""
+    import re
+
+    return re.sub(r"[-_.]+", "_", str(name)).lower()
+
+
+_Forwarded = None
+
+
+def _forwarded_distribution(entry):
+    """An ``importlib.metadata.Distribution`` of a distribution forwarded from memory: its
+    dist-info files as the relay sent them (``entry["info"]``), under its local directory."""
+    global _Forwarded
+    if _Forwarded is None:
+        import importlib.metadata
+        import pathlib
+
+        class ForwardedDistribution(importlib.metadata.Distribution):
+            def __init__(self, files, site):
+                self._files = files
+                self._site = site
+
+            def read_text(self, filename):
+                return self._files.get(str(filename))
+
+            def locate_file(self, path):
+                return pathlib.Path(self._site, str(path))
+
+        _Forwarded = ForwardedDistribution
+    return _Forwarded(entry["info"], entry.get("site") or "/")
+
+
+class _EntryPins:
+    """Keeps one distribution whole: once a package was imported from an entry of the package
+    cache, the entry's other top-level modules and packages that are not imported yet come
+    from that entry too, not from the host (cffi's ``_cffi_backend`` beside ``cffi``: a host
+    that has another release of it alone would otherwise split the distribution).  It sits
+    before ``PathFinder`` on ``sys.meta_path``."""
+
+    def __init__(self):
+        self.pins = {}      # type: dict[str, str]  # top-level name -> entry directory
+
+    def find_spec(self, name, path=None, target=None):
+        entry = self.pins.get(name) if path is None else None
+        if entry is None:
+            return None
+        import importlib.machinery
+
+        return importlib.machinery.PathFinder.find_spec(name, [entry])
+
+    def invalidate_caches(self):
+        pass
+
+
+_pins = None    # type: _EntryPins | None
+
+
+def _pin_siblings(path):
+    """Pin the top-level modules and regular packages of entry ``path`` that are not imported
+    yet to that entry (see ``_EntryPins``)."""
+    global _pins
+    import importlib.machinery
+
+    try:
+        names = os.listdir(path)
+    except OSError:
+        return
+    suffixes = tuple(importlib.machinery.all_suffixes())
+    found = {}
+    for fn in names:
+        full = os.path.join(path, fn)
+        if fn.isidentifier():
+            if os.path.isfile(os.path.join(full, "__init__.py")):
+                found[fn] = path        # (a namespace package's directory is not the entry's alone)
+        elif fn.endswith(suffixes):
+            mod = fn.split(".", 1)[0]
+            if mod.isidentifier() and os.path.isfile(full):
+                found[mod] = path
+    found = {k: v for k, v in found.items() if k not in sys.modules}
+    if not found:
+        return
+    if _pins is None:
+        _pins = _EntryPins()
+        finders = [type(f) if not isinstance(f, type) else f for f in sys.meta_path]
+        at = finders.index(importlib.machinery.PathFinder) if importlib.machinery.PathFinder in finders else 0
+        sys.meta_path.insert(at, _pins)
+    for mod, entry in found.items():
+        _pins.pins.setdefault(mod, entry)
 
 
 def _complete_package(importer):

@@ -20,8 +20,9 @@ import time
 from collections import deque
 from typing import Callable, Optional
 
-from .. import bootstrap, modules, pkgtransfer
+from .. import bootstrap, distributions, modules, pkgtransfer
 from ..agent import frames, mux, pkgcache, poller
+from ..agent.child import METADATA_PREFIX
 from ..agent.endpoint import FrameEndpoint
 from ..agent.waker import Waker
 from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
@@ -418,6 +419,9 @@ class Link:
         """Module forwarding: the agent lacks ``name``; answer from the user's sys.path."""
         if not isinstance(name, str):
             raise frames.FrameError("import request without a module name")
+        if name.startswith(METADATA_PREFIX):
+            self._serve_metadata(name)
+            return
         mods: dict | None
         try:
             if self.hello.get("mode") == "spawn" and modules.from_stdlib(name, self.sys_path):
@@ -427,13 +431,55 @@ class Link:
                           name)
                 mods = {name: None}
             else:
-                mods = self.packages.answer(name, self.sys_path) if self.packages is not None else None
+                mods = (self.packages.answer(name, self.sys_path, self.editable) if self.packages is not None
+                        else None)
             if mods is None:
                 mods = modules.find(name, self.sys_path, self.display, self.editable)
         except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the link
             mods = {name: {"error": "cannot forward %r to %s: %s" % (name, self.display, exc)}}
         log.debug("%s: forwarding %s (%d modules)", self.display, name, len(mods))
         self.send(frames.control({"op": "modules", "name": name, "modules": mods}))
+
+    def _serve_metadata(self, key: str) -> None:
+        """importlib.metadata in a child: the distribution ``key`` names (after METADATA_PREFIX,
+        in canonical form) is not on the host.  The answer is None when we have none (or the host
+        could not load it); the entry of its package cache (``dist``, as for an import) when it goes
+        there, so its own dist-info lands with it; else its dist-info's files (``info``), a pure
+        distribution's, whose modules come from memory."""
+        name = key[len(METADATA_PREFIX):]
+        entry: dict | None = None
+        try:
+            if 0 < len(name) <= 256 and name.replace("_", "a").isalnum() and name.isascii():
+                entry = self._metadata_entry(name)
+        except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the link
+            log.debug("%s: no metadata of %s: %s", self.display, name, exc)
+            entry = None
+        log.debug("%s: metadata of %s: %s", self.display, name,
+                  "none" if entry is None else "from memory" if "info" in entry else "through the cache")
+        self.send(frames.control({"op": "modules", "name": key, "modules": {key: entry}}))
+
+    def _metadata_entry(self, name: str) -> dict | None:
+        found = distributions.find_info(name, self.sys_path)
+        if found is None:
+            return None
+        site, info = found
+        for top in distributions.top_names(site, info):
+            unit = distributions.locate(top, self.sys_path, self.editable)
+            if unit is None or unit.name != top:
+                continue
+            if unit.info != info or unit.site != site:
+                return None     # (that name is another distribution's here: not this one's to describe)
+            mods = self.packages.answer(top, self.sys_path, self.editable) if self.packages is not None else None
+            if mods is not None:
+                got = mods.get(top) or {}
+                return {"dist": got["dist"]} if "dist" in got else None     # (refused there: no metadata either)
+            break
+        abi = (self.packages.abi if self.packages is not None else None) or {}
+        try:
+            distributions.check_python(distributions.Unit(name, site, "", info=info), abi, self.display)
+        except distributions.Unsendable:
+            return None
+        return {"info": distributions.info_files(site, info), "site": site}
 
     def _report(self, child: RemoteChild, msg) -> None:
         try:
