@@ -160,6 +160,33 @@ def plain_user_host(sshd: LoopbackSSHServer) -> str:
     return sshd.spec(_plain_user(sshd))
 
 
+@pytest.fixture
+def own_cache(plain_user_options: dict[str, Any]) -> Iterator[tuple[dict[str, Any], str]]:
+    """(options, cache root): a package cache of this test's own, through XDG_CACHE_HOME set for the
+    agent with python= (its own agent, too). Tests that empty or damage a cache use one, so
+    that other runs (and workers) on this machine sharing the account neither disturb them nor suffer."""
+    import pwd
+    import shutil
+    import tempfile
+
+    pw = pwd.getpwnam(PLAIN_USER)
+    base = tempfile.mkdtemp(prefix="rp-xdg-")
+    os.chown(base, pw.pw_uid, pw.pw_gid)
+    options = dict(plain_user_options, python="env XDG_CACHE_HOME=%s python3" % base)
+    yield options, os.path.join(base, "remoteproc")
+    shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.fixture
+def fresh() -> Iterator[None]:
+    """A new relay (so a new SSH connection and agent: nothing known per connection) before and after."""
+    from remoteproc.relay import client
+
+    client.shutdown()
+    yield
+    client.shutdown()
+
+
 # -- hosts of their own: network namespaces -------------------------------------------
 
 NETNS_HOSTS = ["h1", "h2", "h3", "h4"]

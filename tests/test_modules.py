@@ -7,10 +7,10 @@ import importlib.util
 import os
 import sys
 import textwrap
-import types
 import uuid
 
 import pytest
+from editable import install_editable
 
 from remoteproc import Pipe, RemoteProcess, modules
 
@@ -198,20 +198,7 @@ def editable(tmp_path, monkeypatch):
     root.mkdir(parents=True)
     (root / "__init__.py").write_text("from remoteproc import Pipe  # (the package imports ours too)\n")
     (root / "work.py").write_text("def double(conn, n):\n    conn.send((n * 2, __name__))\n")
-    finder_module = types.ModuleType("__editable___%s_0_1_finder" % name)
-    finder_module.MAPPING = {name: str(root)}     # type: ignore[attr-defined]
-
-    class EditableFinder:
-        @classmethod
-        def find_spec(cls, fullname, path=None, target=None):
-            if fullname != name:
-                return None
-            return importlib.util.spec_from_file_location(name, root / "__init__.py",
-                                                          submodule_search_locations=[str(root)])
-
-    EditableFinder.__module__ = finder_module.__name__
-    monkeypatch.setitem(sys.modules, finder_module.__name__, finder_module)
-    monkeypatch.setattr(sys, "meta_path", sys.meta_path + [EditableFinder])
+    install_editable(monkeypatch, name, root)
     yield name, root
     for mod in [m for m in sys.modules if m == name or m.startswith(name + ".")]:
         del sys.modules[mod]

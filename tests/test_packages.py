@@ -44,29 +44,6 @@ def _entry_of(path: str, root: str | None = None) -> dict:
     return entry
 
 
-@pytest.fixture
-def own_cache(plain_user_options):
-    """(options, cache root): a cache of this test's own, through XDG_CACHE_HOME set for the
-    agent with python= (its own agent, too). Tests that empty or damage a cache use one, so
-    that other runs on this machine sharing the account neither disturb them nor suffer."""
-    import tempfile
-
-    pw = pwd.getpwnam("rpuser")
-    base = tempfile.mkdtemp(prefix="rp-xdg-")
-    os.chown(base, pw.pw_uid, pw.pw_gid)
-    options = dict(plain_user_options, python="env XDG_CACHE_HOME=%s python3" % base)
-    yield options, os.path.join(base, "remoteproc")
-    shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def fresh():
-    """A new relay (so a new SSH connection and agent: nothing known per connection) before and after."""
-    client.shutdown()
-    yield
-    client.shutdown()
-
-
 def _call(host, options, target, *args, timeout=120):
     """Run target(conn, *args) on the host; returns what it sent back."""
     parent, child = Pipe()

@@ -12,61 +12,24 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import pwd
 import shutil
 import subprocess
 import sys
 import sysconfig
 import tempfile
 import textwrap
-import types
 import uuid
 
 import pytest
 from conftest import _unavailable
+from editable import install_editable
+from test_packages import _call
 
-from remoteproc import Pipe, RemoteProcess
 from remoteproc.relay import client
 
 pytestmark = [pytest.mark.timeout(300), pytest.mark.one_transport]
 
 EXT = sysconfig.get_config_var("EXT_SUFFIX")
-
-
-@pytest.fixture
-def own_cache(plain_user_options):
-    """(options, cache root): a package cache of this test's own (XDG_CACHE_HOME for the agent,
-    through python=, so its own agent too), which no other run on this machine shares."""
-    pw = pwd.getpwnam("rpuser")
-    base = tempfile.mkdtemp(prefix="rp-xdg-")
-    os.chown(base, pw.pw_uid, pw.pw_gid)
-    options = dict(plain_user_options, python="env XDG_CACHE_HOME=%s python3" % base)
-    yield options, os.path.join(base, "remoteproc")
-    shutil.rmtree(base, ignore_errors=True)
-
-
-@pytest.fixture
-def fresh():
-    """A new relay (so a new SSH connection and agent) before and after."""
-    client.shutdown()
-    yield
-    client.shutdown()
-
-
-def _call(host, options, target, *args, timeout=120):
-    """Run target(conn, *args) on the host; returns what it sent back."""
-    parent, child = Pipe()
-    p = RemoteProcess(host, target=target, args=(child, *args), **options)
-    p.start()
-    child.close()
-    try:
-        if not parent.poll(timeout):
-            raise AssertionError("no answer from the remote child within %ds (exit code %s)" % (timeout, p.exitcode))
-        return parent.recv()
-    finally:
-        parent.close()
-        p.join(30)
-        assert p.exitcode == 0
 
 
 # -- targets (run remotely) -----------------------------------------------------------------
@@ -272,20 +235,7 @@ def editable_extension(tmp_path, monkeypatch, names):
     """))
     (root / "data" / "words.txt").write_text("forty-two\n")
     _build_extension(str(root))
-    finder_module = types.ModuleType("__editable___%s_0_1_finder" % name)
-    finder_module.MAPPING = {name: str(root)}     # type: ignore[attr-defined]
-
-    class EditableFinder:
-        @classmethod
-        def find_spec(cls, fullname, path=None, target=None):
-            if fullname != name:
-                return None
-            return importlib.util.spec_from_file_location(name, root / "__init__.py",
-                                                          submodule_search_locations=[str(root)])
-
-    EditableFinder.__module__ = finder_module.__name__
-    monkeypatch.setitem(sys.modules, finder_module.__name__, finder_module)
-    monkeypatch.setattr(sys, "meta_path", sys.meta_path + [EditableFinder])
+    install_editable(monkeypatch, name, root)
     return name
 
 
