@@ -4,7 +4,22 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# The Python that runs everything: python3 on PATH (pyenv, uv, conda, a virtualenv, the official
+# images), or, where that is a distribution's own Python whose pip is missing or refuses to install
+# outside a virtualenv (PEP 668: Debian 12, Ubuntu 23.04+), a virtualenv of this checkout (.venv).
+PY=python3
+use_venv=
+if [ -n "${VIRTUAL_ENV:-}" ]; then
+    :
+elif ! python3 -m pip --version >/dev/null 2>&1 ||
+        python3 -c 'import os, sys, sysconfig; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("stdlib"), "EXTERNALLY-MANAGED")))'; then
+    use_venv=1
+fi
+
 need_apt=()
+if [ -n "$use_venv" ] && ! python3 -m ensurepip --version >/dev/null 2>&1; then   # (Debian: python3-venv)
+    need_apt+=("python3-venv")
+fi
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
@@ -26,10 +41,14 @@ if [ "${#need_apt[@]}" -gt 0 ]; then
     fi
 fi
 
-python3 -m pip install -q --disable-pip-version-check -e ".[test]" </dev/null
+if [ -n "$use_venv" ]; then
+    [ -x .venv/bin/python3 ] || python3 -m venv .venv </dev/null
+    PY="$PWD/.venv/bin/python3"
+fi
+"$PY" -m pip install -q --disable-pip-version-check -e ".[test]" </dev/null
 
-ruff check .
-python3 -m mypy           # configured in pyproject.toml: the remoteproc package
+"$PY" -m ruff check .
+"$PY" -m mypy             # configured in pyproject.toml: the remoteproc package
 export COVERAGE_PROCESS_START="$PWD/pyproject.toml"
 # Two workers (REMOTEPROC_TEST_WORKERS; 0: none), each taking whole test files: most of a test's time
 # is waiting on sshds, agents and children, so two share the 2 CPUs of CI well.  Every worker has its
@@ -37,5 +56,5 @@ export COVERAGE_PROCESS_START="$PWD/pyproject.toml"
 workers="${REMOTEPROC_TEST_WORKERS:-2}"
 parallel=()
 [ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)
-python3 -m pytest -p no:cacheprovider "${parallel[@]}" --cov=remoteproc --cov-branch --cov-report=term-missing \
+"$PY" -m pytest -p no:cacheprovider "${parallel[@]}" --cov=remoteproc --cov-branch --cov-report=term-missing \
     --durations=25 "$@" </dev/null
