@@ -341,6 +341,11 @@ class Store:
 
     def _ensure_root(self):
         os.makedirs(self.root, mode=0o700, exist_ok=True)
+        self._check_root()
+
+    def _check_root(self):
+        """The root must be a real directory (not a link) of this account, private: another
+        account that could write there could swap an entry's files after they were checked."""
         st = os.lstat(self.root)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             raise CacheError("%s is not a directory of this account" % self.root)
@@ -353,6 +358,10 @@ class Store:
             raise CacheError("%r is not an entry name" % (digest,))
         path = self.verified.get(digest)
         if path is None:
+            try:
+                self._check_root()
+            except FileNotFoundError:
+                return None
             path = os.path.join(self.root, digest)
             if not os.path.isdir(path):
                 return None

@@ -121,8 +121,23 @@ def option_args(spec: str, options: dict[str, Any]) -> list[str]:
     return args + _login_args(spec, options) + _route_args(options)
 
 
+def _check_paths(spec: str, options: dict[str, Any]) -> None:
+    """File names that become ssh_config text (``-o``, the jump hosts' config file) must stay one
+    value there: a newline or a double quote would end it and start a line of the caller's making."""
+    for name in ("key_filename", "known_hosts", "ssh_config"):
+        value = options.get(name)
+        if isinstance(value, bool):
+            continue
+        for path in _list(value):
+            if '"' in path or any(not c.isprintable() for c in path):
+                raise ConfigError("%s: %s=%r holds a double quote or a control character (a newline), which "
+                                  "ssh's configuration cannot hold in a file name. Fix: rename the file, or "
+                                  "pass transport='paramiko'" % (spec, name, path), spec)
+
+
 def _login_args(spec: str, options: dict[str, Any]) -> list[str]:
     """Who logs in where, with which config, keys and known hosts."""
+    _check_paths(spec, options)
     user, _, port = parse_spec(spec)
     user = options.get("username") or user
     port = options.get("port") or port
@@ -172,7 +187,7 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
     _, host, _ = parse_spec(spec)
     program = ssh_binary(spec)
     try:
-        out = subprocess.run([program, "-G", *args, host], stdin=subprocess.DEVNULL, capture_output=True,
+        out = subprocess.run([program, "-G", *args, "--", host], stdin=subprocess.DEVNULL, capture_output=True,
                              timeout=G_TIMEOUT, check=False)
     except OSError as exc:      # (gone since, or not a program: ENOEXEC)
         raise cannot_run(spec, program, exc) from None

@@ -130,6 +130,9 @@ def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
     if not m or (text.endswith("/") and not text.startswith("ssh://")):
         raise ConfigError("%r is not a host: write 'host', 'user@host' or 'user@host:port'"
                           % (spec,), spec)
+    check_name(m.group("v6") or m.group("host"), "host name", spec)
+    if m.group("user"):
+        check_name(m.group("user"), "user name", spec)
     port = None
     if m.group("port"):
         port = int(m.group("port"))
@@ -138,11 +141,31 @@ def parse_spec(spec: str) -> tuple[str | None, str, int | None]:
     return m.group("user"), m.group("v6") or m.group("host"), port
 
 
+#: characters a host or user name given by the caller may not hold: ssh_config puts names into
+#: shell commands (``%h``, ``%r``, ``%n`` in ProxyCommand and ``Match exec``), so, as OpenSSH 9.6+
+#: refuses them on its command line, they are refused here (for both transports)
+_SHELL_CHARS = frozenset("'`\"$\\;&<>|(){}")
+
+
+def check_name(name: str, what: str, spec: str) -> None:
+    """Refuse a host or user name that a shell would not take literally, or that ``ssh`` would take for
+    an option (a leading ``-``).  A ``$`` may end a user name (Windows machine accounts)."""
+    body = name[:-1] if what == "user name" and name.endswith("$") else name
+    bad = sorted({c for c in body if c in _SHELL_CHARS or c.isspace() or not c.isprintable()})
+    if name.startswith("-") or bad:
+        raise ConfigError("%r: the %s %r %s: such a name would reach a shell (ProxyCommand, Match exec) "
+                          "or ssh's options. Fix: use the real name (an alias of ~/.ssh/config may map to it)"
+                          % (spec, what, name, "starts with '-'" if name.startswith("-")
+                             else "holds %s" % " ".join(repr(c) for c in bad)), spec)
+
+
 def check_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     """Validate keyword options in the caller's process: name, type and range; drop the ``None`` ones."""
     for name, value in options.items():
         _check_type(spec, name, value)
     given = {k: v for k, v in options.items() if v is not None}
+    if "username" in given:
+        check_name(given["username"], "user name", spec)
     if "transport" not in given and os.environ.get(TRANSPORT_ENV):
         given["transport"] = os.environ[TRANSPORT_ENV].strip()
         problem = _transport(TRANSPORT_ENV, given["transport"], spec)
