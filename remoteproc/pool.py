@@ -245,7 +245,7 @@ class Pool:
                     callback: Callback = None, error_callback: Callback = None) -> ApplyResult:
         self._core.check_running()
         result = ApplyResult(callback, error_callback, self)
-        chunks = self._core.make_chunks(result, func, worker.APPLY, [(tuple(args), dict(kwds or {}))], 1)
+        chunks = self._core.make_chunks(result, func, worker.APPLY, [_call_args(args, kwds)], 1)
         self._core.submit(chunks)
         return result
 
@@ -361,3 +361,18 @@ def _feed(core: Scheduler, result: IMapIterator, fbytes: dict[str, bytes], it: I
         with core.lock:
             core.feeders -= 1
         core.wake()
+
+
+def _call_args(args: Any, kwds: Any) -> tuple[Any, Any]:
+    """``(args, kwds)`` for ``func(*args, **kwds)`` in the worker.  Arguments that are no sequence or
+    mapping travel as given, so the call fails in the worker and the error reaches the result (and
+    ``error_callback``), as with multiprocessing, instead of raising from ``apply_async``."""
+    try:
+        args = tuple(args)
+    except TypeError:
+        pass
+    try:
+        kwds = dict(kwds or {})
+    except (TypeError, ValueError):
+        pass
+    return args, kwds

@@ -56,7 +56,8 @@ class RemoteProcess(mp_process.BaseProcess):
         self._host = host
         self._ssh_options = options
         self._cwd, self._env = check_cwd_env(cwd, env)
-        relay_client.prestart()
+        if not mp_process.current_process().daemon:
+            relay_client.prestart()     # (a daemonic process may not start children: no relay for it)
 
     @staticmethod
     def _Popen(process_obj):

@@ -199,7 +199,12 @@ class Queue(_Owned):
     _on_queue_feeder_error = staticmethod(P.on_queue_feeder_error)
 
     def join_thread(self) -> None:
-        """For API parity: there is no feeder thread (a ``put`` has left when it returns)."""
+        """For API parity: there is no feeder thread (a ``put`` has left when it returns); as
+        multiprocessing's, only a closed queue may be joined (``AssertionError`` otherwise)."""
+        if self._proxy is not None:
+            return self._proxy.join_thread()
+        if not self._closed:        # (multiprocessing asserts; raised here as in the agent, whose code is optimized)
+            raise AssertionError(f"Queue {self!r} not closed")
 
     def cancel_join_thread(self) -> None:
         """For API parity: there is no feeder thread to wait for."""

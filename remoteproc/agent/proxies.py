@@ -370,7 +370,11 @@ class Queue(_Proxy):
         self._closed = True
 
     def join_thread(self):
-        """For API parity: there is no feeder thread; a put is on its way when it returns."""
+        """For API parity: there is no feeder thread; a put is on its way when it returns. As
+        multiprocessing's, only a closed queue may be joined (raised, not asserted: the agent's code
+        is compiled with optimize=2)."""
+        if not self._closed:
+            raise AssertionError(f"Queue {self!r} not closed")
 
     def cancel_join_thread(self):
         """For API parity: there is no feeder thread to wait for."""
