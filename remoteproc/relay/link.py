@@ -551,6 +551,9 @@ class Link:
         self.lost = cls(message, self.display)
         if self.children:
             log.warning("%s", message)
+        for s in list(self.mux.streams.values()):
+            if s.reading and s.sock is not None and s.fd >= 0:
+                _discard_unread(s.sock)     # (recv() then ends with EOFError, never a reset)
         for child in list(self.children.values()):
             if child.code is None:
                 child.code = CONNECTION_LOST
@@ -602,6 +605,8 @@ class Link:
                 if key.fd != self.waker.fileno() and (self.chan is None or key.fd != self.chan.fileno()):
                     key.data(mask)
         for s in list(self.mux.streams.values()):
+            if s.reading and s.sock is not None and s.fd >= 0:
+                _discard_unread(s.sock)
             self.mux.close(s)
         for child in list(self.children.values()):
             if not child.delivered:
@@ -614,3 +619,21 @@ class Link:
             self.chan.close()       # (and with it, the transport lets go of the connection)
         self.sel.close()
         self.waker.close()
+
+
+def _discard_unread(sock: socket.socket) -> None:
+    """Drop what the user sent on a Connection of a lost process and nobody will read, before
+    its socket is closed: Linux resets the peer of a Unix socket closed with unread data, and
+    the user's ``recv()`` would raise ``ConnectionResetError`` instead of ``EOFError``. Reading
+    is shut down first (the remote child is gone, so no one reads this end any more), so
+    nothing can arrive between the last read and the close."""
+    try:
+        sock.shutdown(socket.SHUT_RD)
+    except OSError:
+        return
+    while True:
+        try:
+            if not sock.recv(1 << 16, socket.MSG_DONTWAIT):
+                return
+        except OSError:
+            return

@@ -13,6 +13,7 @@ nothing waiting before them, are sent at once, so a round trip costs no thread s
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections import deque
@@ -22,6 +23,8 @@ from ..errors import BootstrapError, describe
 from ..ssh.pool import ConnectionPool
 from ..ssh.target import Target
 from .channel import AgentChannel, AgentOpener, ChannelLost
+
+log = logging.getLogger("remoteproc")
 
 
 class _WakingCondition(threading.Condition):
@@ -34,6 +37,11 @@ class _WakingCondition(threading.Condition):
     def notify_all(self) -> None:
         super().notify_all()
         self._wake()
+
+
+def _send_failed(exc: BaseException) -> str:
+    """Why a send failed: paramiko's socket is gone (a killed sshd, a jump host's connection lost)."""
+    return "the SSH connection closed (sending failed: %s)" % describe(exc)
 
 
 INLINE_MAX = 64 << 10       # a send this small, with nothing queued, goes out in the caller's thread
@@ -84,7 +92,7 @@ class _Sender(threading.Thread):
                 self._send_all(memoryview(piece))
             except Exception as exc:  # noqa: BLE001 - (EOFError once paramiko's socket is gone, or
                 # any other failure): the channel is lost either way, and the link must hear of it
-                self.error = "sending failed: %s" % describe(exc)
+                self.error = _send_failed(exc)
             with self.cv:
                 self.busy = False
                 if self.error is not None:
@@ -172,7 +180,7 @@ class ParamikoChannel(AgentChannel):
         except TimeoutError:
             return 0        # the window is shut; _WakingCondition calls back when it opens
         except (OSError, EOFError) as exc:      # (paramiko raises EOFError once its socket is gone)
-            raise ChannelLost("sending failed: %s" % describe(exc)) from None
+            raise ChannelLost(_send_failed(exc)) from None
         if n == 0:
             raise ChannelLost("the channel closed")
         return n
@@ -195,7 +203,10 @@ class ParamikoChannel(AgentChannel):
         if self._sender is not None:
             self._sender.stop()
             self._sender.window.set()
-        self.chan.close()
+        try:
+            self.chan.close()
+        except Exception as exc:  # noqa: BLE001 - a dead transport (a jump host's socket closed) cannot send CLOSE
+            log.debug("closing a channel of a lost connection: %s", describe(exc))
         pool, self.pool = self.pool, None
         if pool is not None:
             pool.release(self.conn)
