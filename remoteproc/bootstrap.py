@@ -341,6 +341,8 @@ def _read_hello(chan: AgentChannel, target) -> tuple[dict, bytes]:
         if len(buf) >= frames.HEADER_SIZE and not SOURCE_REQUEST.startswith(bytes(buf)):
             ftype, sid, length = frames.HEADER.unpack_from(buf)
             if ftype != frames.CONTROL or length > 1 << 20:
+                if NOLOGIN_WORDS in bytes(buf):
+                    raise _no_login_shell(target, "nologin", bytes(buf).decode("utf-8", "replace").strip())
                 raise BootstrapError(
                     "%s: the remote login shell printed %r instead of starting the agent. Fix: make the shell "
                     "startup files of %s on the host (~/.bashrc, ...) print nothing when the session "
@@ -361,17 +363,31 @@ def _read_hello(chan: AgentChannel, target) -> tuple[dict, bytes]:
             wait_readable(chan, 0.05)
             data = chan.recv(65536)
         if data == b"":
-            _failed(chan, target, err, deadline)
+            _failed(chan, target, err, deadline, bytes(buf))
         if data:
             buf += data
         if time.monotonic() > deadline:
             raise BootstrapError("%s: the agent did not answer within %gs (remote stderr: %s). Check that "
-                                 "python=%r starts a Python 3.8+ on the host." % (
+                                 "python=%r starts a Python 3.8+ on the host, and that the shell startup files "
+                                 "of %s there (~/.bashrc, ...) neither read from stdin (read, an exec'd shell) nor "
+                                 "wait when the session is not interactive." % (
                                      target.display, wait, err.decode("utf-8", "replace").strip() or "empty",
-                                     target.python), target.display)
+                                     target.python, target.username), target.display)
 
 
-def _failed(chan: AgentChannel, target, err: bytearray, deadline: float) -> None:
+#: what nologin(8) prints
+NOLOGIN_WORDS = b"This account is currently not available"
+
+
+def _no_login_shell(target, shell: str, said: str) -> BootstrapError:
+    """BootstrapError for an account whose login shell cannot run our command."""
+    return BootstrapError(
+        "%s: the login shell of %s is %s (%s), which runs no command over SSH (ssh HOST CMD fails too). "
+        "Fix: give the account a shell on the host (usermod -s /bin/bash %s), or use another account."
+        % (target.display, target.username, shell, said or "no message", target.username), target.display)
+
+
+def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: bytes = b"") -> None:
     """The command ended before its hello: raise BootstrapError with its status and its words."""
     status = chan.exit_status()
     while status is None and time.monotonic() < deadline:
@@ -390,6 +406,33 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float) -> None
     m = _SETUP_LINE.search(said)
     if status == SETUP_FAILED and m:
         _setup_failed(target, said, m)
+    shown = out.decode("utf-8", "replace").strip()
+    if NOLOGIN_WORDS.decode() in said + shown:
+        raise _no_login_shell(target, "nologin", (said + " " + shown).strip())
+    if status == 1 and not said and not shown:
+        raise _no_login_shell(target, "/bin/false or a shell that exits at once (or a startup file of it "
+                              "runs exit 1)", "exit status 1, no message")
+    if ": restricted" in said:
+        raise BootstrapError(
+            "%s: the login shell of %s is a restricted shell (rbash, rksh: %s), which refuses the exec and the "
+            "/bin/sh our command needs. Fix: give the account an unrestricted shell on the host "
+            "(usermod -s /bin/bash %s)." % (display, target.username, said, target.username), display)
+    if target.setup is not None and ("fish:" in said or "Command not found." in said
+                                     or "Undefined variable." in said):
+        shell = "fish" if "fish:" in said else "csh or tcsh"
+        raise BootstrapError(
+            "%s: the login shell of %s is %s, which cannot run setup= lines: they run in the login shell "
+            "with sh syntax (sh, bash, zsh, ksh) (its words: %s). Fix: give the account an sh-compatible "
+            "shell (usermod -s /bin/bash %s), or put the lines in an sh script on the host and pass "
+            "python= with a wrapper that sources it and execs python3." % (
+                display, target.username, shell, said[:500], target.username), display)
+    if status == 0:
+        raise BootstrapError(
+            "%s: the server ran something other than remoteproc's command, which ended with status 0 before "
+            "the agent started (its output: %s; stderr: %s): a ForceCommand in sshd_config, a command= "
+            "option of the key in authorized_keys, or a shell startup file that execs another shell or "
+            "program. Fix: allow the account to run commands over SSH (ssh HOST python3 -V must work)."
+            % (display, shown[:500] or "none", said[:500] or "none"), display)
     ver = "%d.%d" % sys.version_info[:2]
     if status in (126, 127):
         if target.python is None:

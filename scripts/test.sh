@@ -30,6 +30,7 @@ python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(
 # CPython's own multiprocessing tests (tests/test_cpython_multiprocessing.py): Debian ships them apart
 python3 -c "import test._test_multiprocessing" >/dev/null 2>&1 ||
     need_apt+=("libpython$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')-testsuite")
+for sh in fish tcsh zsh ksh; do command -v $sh >/dev/null 2>&1 || need_apt+=($sh); done   # login shells: tests/test_remote_accounts.py
 command -v pypy3 >/dev/null 2>&1 || need_apt+=(pypy3)     # a second Python (3.9): spawn-mode tests
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
