@@ -46,6 +46,7 @@ class FrameEndpoint:
         self.mux.on_drained = on_stream_drained     # callback(stream): its write queue is empty
         self.mux.on_closed = on_stream_closed       # callback(stream): it is finished and closed
         self.reader = frames.FrameReader(self.mux.on_data, on_frame)
+        self.mux.incoming = self.reader.data_left
         self._spool = None          # type: splice.Spool | None  # payloads on their way out
         # what goes out before ``out``: bytearrays, and [DATA header, count] of spooled payloads
         self._ahead = deque()  # type: deque

@@ -119,7 +119,7 @@ class Stream:
     __slots__ = (
         "sid", "fd", "sock", "owner", "reading", "writing", "shared", "pollable", "is_socket",
         "credit", "outq", "queued", "unacked", "peer_eof", "read_done", "write_done",
-        "events", "handler", "bulk", "room",
+        "events", "handler", "bulk", "room", "held",
     )
 
     def __init__(self, sid, fd, reading, writing, owner, shared, credit):
@@ -132,6 +132,7 @@ class Stream:
         # the user's Connection ends and stdout): never change its flags (no O_NONBLOCK:
         # sockets get MSG_DONTWAIT per call) and never shut it down.
         self.shared = shared
+        self.held = False           # a shared fd's partial line waits for the rest of its frame
         self.pollable = True
         mode = os.fstat(fd).st_mode
         self.is_socket = stat.S_ISSOCK(mode)
@@ -167,6 +168,9 @@ class Mux:
         self.streams = {}  # type: dict[int, Stream]
         self.high_sid = 0
         self.on_closed = None     # callback(stream) once a stream is finished and closed
+        #: () -> (stream, payload bytes still to come) of the DATA frame being read, else (0, 0):
+        #: the endpoint's frame reader (a shared fd's line cut by a network read waits for the rest)
+        self.incoming = None  # type: Callable[[], tuple[int, int]] | None
         self.on_drained = None    # callback(stream) when its write queue becomes empty
         # splice_out(stream, limit): the endpoint moves up to limit bytes of the stream into its
         # spool, to go out at the next send(), and returns how many (0: the stream ended; None:
@@ -196,7 +200,7 @@ class Mux:
         ev = 0
         if not s.read_done and s.credit > 0:
             ev |= selectors.EVENT_READ
-        if s.outq:
+        if s.outq and not s.held:
             ev |= selectors.EVENT_WRITE
         if ev == s.events:
             return
@@ -272,7 +276,13 @@ class Mux:
                     else:
                         n = s.sock.sendmsg(list(islice(q, 0, 128)), (), _DONTWAIT)
                 elif s.shared:
-                    n = os.write(s.fd, _next_lines(q))
+                    chunk = _next_lines(q)
+                    if chunk[-1:] != b"\n" and self.incoming is not None and self.incoming()[0] == s.sid:
+                        # the line goes on in the frame still arriving (a network read cut it):
+                        # written whole with the rest, as a local child's line is one write
+                        s.held = True
+                        break
+                    n = os.write(s.fd, chunk)
                 elif len(q) == 1:
                     n = os.write(s.fd, q[0])
                 else:
@@ -395,6 +405,7 @@ class Mux:
         s = self._stream(sid)
         if s is None or s.write_done:
             return
+        s.held = False
         if not s.writing or s.peer_eof:
             raise frames.FrameError("DATA on stream %d, which takes none" % sid)
         if not s.outq and s.sock is not None and s.fd >= 0:
