@@ -9,6 +9,7 @@ import os
 import pwd
 from collections.abc import Iterator
 
+import pytest
 from conftest import _unavailable
 
 from remoteproc.testing import LoopbackSSHServer
@@ -74,3 +75,20 @@ def account_whose_python3_is(name: str, interpreter: str) -> Iterator[LoopbackSS
         server.stop()
         with contextlib.suppress(OSError):
             os.unlink(link)
+
+
+def run_check(server: LoopbackSSHServer, user: str, python: str, capsys: pytest.CaptureFixture) -> str:
+    """``remoteproc check`` of ``user`` on ``server`` with ``--python``, as a user types it: its output
+    (the command must succeed)."""
+    from remoteproc import cli
+
+    opts = server.options(user)
+    args = ["check", "-p", str(opts["port"]), "-i", opts["key_filename"], "--known-hosts", opts["known_hosts"],
+            "--python", python, "%s@%s" % (user, server.host)]
+    try:
+        code = cli.main(args)
+    except SystemExit as exc:
+        code = exc.code
+    out = capsys.readouterr().out
+    assert code == 0, out
+    return out

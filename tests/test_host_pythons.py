@@ -25,7 +25,7 @@ import textwrap
 import pytest
 from conftest import _unavailable
 from host_python_targets import fill_manager, try_import
-from own_sshd import account_whose_python3_is
+from own_sshd import account_whose_python3_is, run_check
 
 from remoteproc import Pipe, RemoteProcess, bootstrap
 from remoteproc.errors import BootstrapError
@@ -526,18 +526,8 @@ def test_a_python_older_than_3_8_is_a_bootstrap_error_naming_host_version_and_fi
 # -- an account whose login PATH finds another version first -----------------------------------------------------
 
 def test_check_on_an_account_whose_python3_is_3_13(account_313, capsys):
-    from remoteproc import cli
-
     server, user, full = account_313
-    opts = server.options(user)
-    args = ["check", "-p", str(opts["port"]), "-i", opts["key_filename"], "--known-hosts", opts["known_hosts"],
-            "--python", "python3", "%s@%s" % (user, server.host)]
-    try:
-        code = cli.main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr().out
-    assert code == 0, out
+    out = run_check(server, user, "python3", capsys)
     assert "CPython %s" % full in out and "python=python3" in out and "spawn mode" in out and "OK" in out
 
 

@@ -17,7 +17,7 @@ import time
 import pytest
 import spawn_targets
 from conftest import _unavailable
-from own_sshd import account_whose_python3_is
+from own_sshd import account_whose_python3_is, run_check
 
 from remoteproc import Pipe, Pool, Queue, RemoteProcess, bootstrap
 from remoteproc.agent import frames
@@ -179,17 +179,7 @@ def test_the_path_python3_of_another_version_is_passed_over_for_ours(other_accou
 
 
 def test_check_shows_the_interpreter_where_found_and_the_mode(other_account, capsys):
-    from remoteproc import cli
-
-    opts = other_account.options(OTHER_USER)
-    args = ["check", "-p", str(opts["port"]), "-i", opts["key_filename"], "--known-hosts", opts["known_hosts"],
-            "--python", "pypy3", other_account.spec(OTHER_USER).split(":")[0]]
-    try:
-        code = cli.main(args)
-    except SystemExit as exc:
-        code = exc.code
-    out = capsys.readouterr().out
-    assert code == 0, out
+    out = run_check(other_account, OTHER_USER, "pypy3", capsys)
     assert "pypy3" in out and "spawn mode" in out and "python=pypy3" in out
 
 
