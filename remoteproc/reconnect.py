@@ -70,12 +70,14 @@ class Reconnector:
 
     def _run(self, host: str, options: dict[str, Any], count: int) -> None:
         delay = FIRST_DELAY
+        with self.lock:
+            self.down[host].next_try = time.time() + delay
         while True:
-            with self.lock:
-                self.down[host].next_try = time.time() + delay
             if self.stopping.wait(delay):
                 return
-            workers = self._attempt(host, options, count)
+            with self.lock:
+                self.down[host].next_try = None     # (an attempt is under way: it may take the connect timeout)
+            workers = self._attempt(host, options, count, min(delay * 2, MAX_DELAY))
             if workers is not None:
                 if self.deliver(host, workers):      # (still "down" until delivered: tasks keep waiting)
                     log.warning("%s: reconnected; its %d pool workers are back", host, len(workers))
@@ -86,7 +88,8 @@ class Reconnector:
                 return
             delay = min(delay * 2, MAX_DELAY)
 
-    def _attempt(self, host: str, options: dict[str, Any], count: int) -> Optional[list[Worker]]:
+    def _attempt(self, host: str, options: dict[str, Any], count: int, then: float) -> Optional[list[Worker]]:
+        """Start the host's workers again; None if that failed (the next attempt in ``then`` seconds)."""
         out: list[Any] = [None]
         self.starter._start_host(0, host, options, count, out)
         result = out[0]
@@ -98,6 +101,7 @@ class Reconnector:
             d = self.down[host]
             d.attempts += 1
             d.error = "%s: %s" % (type(exc).__name__, exc)
+            d.next_try = time.time() + then     # (with the count, so a reader sees both or neither)
         log.info("%s: reconnect attempt failed: %s", host, exc)
         return None
 

@@ -471,3 +471,40 @@ def test_a_forked_child_leaves_its_parent_s_pool_alone(host, ssh_options):
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert pool.apply(square, (6,)) == 36
+
+
+def test_hosts_status_while_a_reconnect_attempt_is_under_way():
+    """A reconnect attempt may take the connect timeout (a cut link): meanwhile ``next_try`` is None,
+    not a time already past; a failed attempt counts, and sets the next try, at once (a reader never
+    sees one without the other).  (The reconnector's bookkeeping alone: its starter is a stand-in whose
+    attempts the test releases.)"""
+    from remoteproc import reconnect
+
+    class Starter:
+        def __init__(self):
+            self.entered, self.release = threading.Semaphore(0), threading.Semaphore(0)
+
+        def _start_host(self, index, host, options, count, out):
+            self.entered.release()
+            self.release.acquire(timeout=30)
+            out[index] = (ConnectionRefusedError("refused"), [])
+
+    starter = Starter()
+    r = reconnect.Reconnector(starter, lambda host, workers: True)   # type: ignore[arg-type]
+    old = reconnect.FIRST_DELAY
+    reconnect.FIRST_DELAY = 0.05
+    try:
+        r.lost("h", {}, 1, "connection lost")
+        first = r.status("h")
+        assert first["attempts"] == 0 and first["next_try"] > first["down_since"]
+        assert starter.entered.acquire(timeout=10)              # the first attempt is under way
+        during = r.status("h")
+        assert during["attempts"] == 0 and during["next_try"] is None
+        starter.release.release()                                # ... and fails
+        assert eventually(lambda: r.status("h")["attempts"] == 1, 10)
+        after = r.status("h")
+        assert "refused" in after["error"] and after["next_try"] > time.time() - 1
+    finally:
+        r.stop()
+        reconnect.FIRST_DELAY = old
+        starter.release.release()
