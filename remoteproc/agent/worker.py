@@ -47,7 +47,9 @@ def share_globals(func):
     initializer set would not be seen by the tasks.  Here the first function of a
     module to arrive provides the module's globals; later ones are rebound to them
     (adding the names they bring), as if the module had been imported once per
-    worker.  Functions of importable modules are left alone.
+    worker.  A function of the module that comes with a later one replaces the
+    worker's (the sender redefined it); other values already there are kept (the
+    initializer may have set them).  Functions of importable modules are left alone.
     """
     g = getattr(func, "__globals__", None)
     if not isinstance(g, dict):
@@ -76,9 +78,11 @@ def share_globals(func):
         return new
 
     for key, value in list(g.items()):
-        if key not in shared:
-            if isinstance(value, types.FunctionType) and value.__globals__ is g:
-                value = rebind(value)
+        if isinstance(value, types.FunctionType) and value.__globals__ is g:
+            # a function of the module that came by value with this one: the sender's current
+            # definition (a helper redefined in a notebook cell) replaces the one seen before
+            shared[key] = rebind(value)
+        elif key not in shared:
             shared[key] = value
     return rebind(func) if isinstance(func, types.FunctionType) else func
 
