@@ -91,6 +91,29 @@ def dumps_function(func: Any) -> bytes:
     return buf.getvalue()
 
 
+def _crossing(pickler: Any, obj: Any) -> Any:
+    """What both process picklers do alike: a Connection becomes a bridged stream, an object that
+    knows how to cross hosts (Queue, Event, a manager's proxy) reduces itself (its reduce value may
+    hold Connections, bridged like any other), and one resting on this host's shared memory is
+    refused.  None where the pickler's own rules decide."""
+    if isinstance(obj, _ConnectionBase):
+        return pickler._connection(obj)
+    hook = getattr(type(obj), "__remoteproc_reduce__", None)
+    if hook is not None:
+        return hook(obj, pickler)
+    managers = sys.modules.get("multiprocessing.managers")
+    if managers is not None and isinstance(obj, managers.BaseProxy):
+        from .managers import reduce_proxy  # its connections ride a bridged link
+
+        return reduce_proxy(obj, pickler)
+    _refuse_local_only(obj, pickler.host)
+    return None
+
+
+def _is_our_process_class(obj: Any) -> bool:
+    return isinstance(obj, type) and obj.__module__.startswith("remoteproc.") and issubclass(obj, BaseProcess)
+
+
 class _Pickler(cloudpickle.Pickler):
     def __init__(self, file, host: str) -> None:
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
@@ -103,20 +126,10 @@ class _Pickler(cloudpickle.Pickler):
     def reducer_override(self, obj: Any) -> Any:
         if isinstance(obj, types.CodeType):
             return self._code(obj)
-        if isinstance(obj, _ConnectionBase):
-            return self._connection(obj)
-        hook = getattr(type(obj), "__remoteproc_reduce__", None)
-        if hook is not None:
-            # Objects that know how to cross hosts (Queue, Event, ...): their reduce
-            # value may hold Connections, which are then bridged like any other.
-            return hook(obj, self)
-        managers = sys.modules.get("multiprocessing.managers")
-        if managers is not None and isinstance(obj, managers.BaseProxy):
-            from .managers import reduce_proxy  # its connections ride a bridged link
-
-            return reduce_proxy(obj, self)
-        _refuse_local_only(obj, self.host)
-        if isinstance(obj, type) and obj.__module__.startswith("remoteproc.") and issubclass(obj, BaseProcess):
+        reduced = _crossing(self, obj)
+        if reduced is not None:
+            return reduced
+        if _is_our_process_class(obj):
             # RemoteProcess, RemoteScript (as a class of the object or a base of the user's
             # subclass): the remote host has multiprocessing, so it runs as a plain Process.
             return getattr, (mp_context, "Process")
@@ -189,18 +202,10 @@ class _SpawnPickler(pickle.Pickler):
         return _Pickler._connection(self, conn)     # type: ignore[arg-type]  # (the same attributes)
 
     def reducer_override(self, obj):
-        if isinstance(obj, _ConnectionBase):
-            return self._connection(obj)
-        hook = getattr(type(obj), "__remoteproc_reduce__", None)
-        if hook is not None:
-            return hook(obj, self)
-        managers = sys.modules.get("multiprocessing.managers")
-        if managers is not None and isinstance(obj, managers.BaseProxy):
-            from .managers import reduce_proxy  # its connections ride a bridged link, as in same mode
-
-            return reduce_proxy(obj, self)
-        _refuse_local_only(obj, self.host)
-        if isinstance(obj, type) and obj.__module__.startswith("remoteproc.") and issubclass(obj, BaseProcess):
+        reduced = _crossing(self, obj)
+        if reduced is not None:
+            return reduced
+        if _is_our_process_class(obj):
             return copy.copy, (mp_context.Process,)     # (a class's copy is itself; a module cannot go)
         if isinstance(obj, (types.FunctionType, type)):
             why = _not_importable(obj)
