@@ -44,6 +44,9 @@ METRICS: dict[str, tuple[str, bool]] = {
     "rt100_pair": ("s", False),
     "up_1m_pair": ("MB/s", True),
     "down_1m_pair": ("MB/s", True),
+    # the same, against ``ssh`` with multiprocessing's Connection framing the messages at both ends
+    "up_1m_msgpair": ("MB/s", True),
+    "down_1m_msgpair": ("MB/s", True),
 }
 
 
@@ -109,7 +112,8 @@ def payload(size: int, block: bytes) -> bytes:
 
 # Runs under the remote python3 (any 3.x): a command loop on stdin/stdout.  A command is one
 # op byte and an 8-byte length: 'u' reads that many bytes and answers b"k"; 'd' writes that
-# many bytes; 'e' echoes that many bytes.  Reads and writes use 1 MiB pieces.
+# many bytes; 'e' echoes that many bytes.  Reads and writes use 1 MiB pieces.  'U' and 'D' take
+# a count of 1 MiB messages framed by multiprocessing's Connection (``message_throughput``).
 HELPER = r"""
 import os
 blk = os.urandom(1 << 20)
@@ -145,6 +149,21 @@ while True:
             n -= k
     elif op == 101:
         writeall(readn(n))
+    elif op in (85, 68):
+        # 'U' / 'D': n messages of 1 MiB through multiprocessing's own Connection on this end
+        # (what a user framing messages over ssh would use, and what remoteproc's child uses)
+        from multiprocessing.connection import Connection
+        if op == 85:
+            c = Connection(os.dup(0), writable=False)
+            for _ in range(n):
+                c.recv_bytes_into(buf)
+            c.close()
+            writeall(b"k")
+        else:
+            c = Connection(os.dup(1), readable=False)
+            for _ in range(n):
+                c.send_bytes(blk)
+            c.close()
     else:
         break
 """
@@ -194,6 +213,41 @@ def stream_throughput(write: Callable[[Any], Any], read_exact: Callable[[int], A
         return count * size / (time.perf_counter() - t0) / MB
 
     return up, down
+
+
+def message_throughput(write_fd: int, read_fd: int, write: Callable[[Any], Any], read_exact: Callable[[int], Any]):
+    """up(count, data) and down(count, size) like ``stream_throughput``, but as 1 MiB messages
+    framed by ``multiprocessing.connection.Connection`` at both ends of ``ssh``: the same framing
+    and reading code as remoteproc's ends, so that what differs is only what carries the bytes."""
+    from multiprocessing.connection import Connection
+
+    out = Connection(os.dup(write_fd), readable=False)
+    into = Connection(os.dup(read_fd), writable=False)
+    buf = bytearray(MIB)
+
+    def up(count: int, data: bytes) -> float:
+        t0 = time.perf_counter()
+        write(helper_header("U", count))
+        for _ in range(count):
+            out.send_bytes(data)
+        read_exact(1)
+        return count * len(data) / (time.perf_counter() - t0) / MB
+
+    def down(count: int, size: int) -> float:
+        if size != MIB:
+            raise ValueError("the helper sends 1 MiB messages")
+        t0 = time.perf_counter()
+        write(helper_header("D", count))
+        for _ in range(count):
+            if into.recv_bytes_into(buf) != size:
+                raise RuntimeError("short message")
+        return count * size / (time.perf_counter() - t0) / MB
+
+    def close() -> None:
+        out.close()
+        into.close()
+
+    return up, down, close
 
 
 def measure_streams(rec, peer: str, p: dict[str, Any], up, down, block: bytes, data_64m: bytes) -> None:

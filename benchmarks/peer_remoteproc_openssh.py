@@ -7,7 +7,7 @@ import json
 import sys
 
 from . import peer_openssh, peer_remoteproc
-from .common import cold_main, echo_round_trip, helper_command, peer_main, stream_throughput
+from .common import cold_main, echo_round_trip, helper_command, message_throughput, peer_main, stream_throughput
 
 NAME = "remoteproc-openssh"
 
@@ -43,11 +43,16 @@ def run(cfg, rec) -> None:
     # baseline): measured minutes apart in the ssh peer, the two see different phases of the machine
     cat = peer_openssh.Pipe(host, "cat")
     helper = peer_openssh.Pipe(host, helper_command(host["python"]))
+    framed = None
     try:
         up, down = stream_throughput(helper.write, helper.read_exact)
-        pair = (peer_openssh.NAME, {"rt": echo_round_trip(cat.write, cat.read_exact), "up": up, "down": down})
+        up_msg, down_msg, framed = message_throughput(helper.w, helper.r, helper.write, helper.read_exact)
+        pair = (peer_openssh.NAME, {"rt": echo_round_trip(cat.write, cat.read_exact), "up": up, "down": down,
+                                    "up_msg": up_msg, "down_msg": down_msg})
         peer_remoteproc.run(cfg, rec, pair=pair)
     finally:
+        if framed is not None:
+            framed()
         cat.close()
         helper.close()
 
