@@ -140,6 +140,9 @@ SETUP_FAILED = 85
 SOURCE_REQUEST = b"remoteproc:source\n"
 _VERSION_LINE = re.compile(r"remoteproc: (.+?) is (?:(\w+) )?Python (\d+)\.(\d+)\.?(\S*) at (.*)")
 _SETUP_LINE = re.compile(r"remoteproc: setup line (\d+) failed with status (\d+)")
+#: what the shell, the dynamic loader or Python say when ``ulimit -u`` or ``ulimit -v`` stops them
+_LIMIT_WORDS = re.compile(r"Cannot fork|fork: retry|Resource temporarily unavailable|failed to map segment|"
+                          r"Cannot allocate memory|MemoryError|can't start new thread")
 _PROBE_LINE = re.compile(r"remoteproc: no (\S+) found in: (.*)")
 SPAWN_MINIMUM = (3, 8)
 
@@ -177,6 +180,9 @@ def _stub(n: int) -> str:
                SOURCE_REQUEST.decode().strip()))
 
 
+#: directories of the home that the default ~/.profile (Debian, Ubuntu) puts on PATH, for login shells
+#: only: a python3 there (a user's own build, uv's ``python install``) is not on an ssh command's PATH
+HOME_BINS = ".local/bin bin"
 #: where to look for a Python of our major.minor, in order (docs/python-versions.md)
 CONDA_ROOTS = ("~/miniconda3", "~/anaconda3", "~/miniforge3", "~/mambaforge", "/opt/conda")
 
@@ -191,7 +197,7 @@ def _names() -> list[tuple[str, str]]:
 def looked_in() -> str:
     """The places ``command`` searches, for messages."""
     ver = "%d.%d" % sys.version_info[:2]
-    return ("python%s on the login PATH, /usr/bin, /usr/local/bin, ~/.pyenv/versions/%s*, "
+    return ("python%s on the login PATH, /usr/bin, /usr/local/bin, ~/.local/bin, ~/bin, ~/.pyenv/versions/%s*, "
             "~/.local/share/uv/python/cpython-%s*, conda (%s: base and envs/*)"
             % (ver, ver, ver, ", ".join(CONDA_ROOTS)))
 
@@ -209,6 +215,8 @@ def _search() -> list[str]:
             'p=$(command -v %s 2>/dev/null) && case "$p" in */shims/*) ;; /*) set -- "$@" PATH "$p";; esac' % exe,
             'for p in /usr/bin/%s /usr/local/bin/%s; do [ -x "$p" ] && set -- "$@" "${p%%/*}" "$p"; done'
             % (exe, exe),
+            # (what the default ~/.profile puts on PATH, for login shells only: not for an ssh command)
+            'for d in %s; do p=$HOME/$d/%s; [ -x "$p" ] && set -- "$@" "~/$d" "$p"; done' % (HOME_BINS, exe),
             'for p in "${PYENV_ROOT:-$HOME/.pyenv}"/versions/%s*/bin/%s; do [ -x "$p" ] && set -- "$@" pyenv "$p"; '
             'done' % (pyenv, exe),
             'for p in "${XDG_DATA_HOME:-$HOME/.local/share}"/uv/python/%s-%s*/bin/%s; do [ -x "$p" ] && '
@@ -244,6 +252,8 @@ def command(python=None, setup=None) -> str:
         script += _search()
         script.append('command -v python3 >/dev/null 2>&1 && exec python3 %s any python3 "$@"' % stub)
         script.append('[ $# -ge 2 ] && { l=$1; p=$2; shift 2; exec "$p" %s any "$l" "$@"; }' % stub)
+        script.append('for d in %s; do [ -x "$HOME/$d/python3" ] && exec "$HOME/$d/python3" %s any "~/$d/python3"; '
+                      'done' % (HOME_BINS, stub))
         script.append('echo "remoteproc: no python3 found in: $PATH" >&2; exit 127')
     elif isinstance(python, str):
         script.append("exec %s %s any %s" % (python, stub, shlex.quote("python=" + python)))
@@ -426,6 +436,12 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
             "shell (usermod -s /bin/bash %s), or put the lines in an sh script on the host and pass "
             "python= with a wrapper that sources it and execs python3." % (
                 display, target.username, shell, said[:500], target.username), display)
+    if _LIMIT_WORDS.search(said):
+        raise BootstrapError(
+            "%s: the agent could not start: the account's limit on processes or memory is reached on the host "
+            "(its words: %s). Fix: raise the limit where it is set (ulimit -u or ulimit -v in the account's shell "
+            "startup files, /etc/security/limits.conf, a batch system's job limits), or end other processes of "
+            "the account there." % (display, said[-500:]), display)
     if status == 0:
         raise BootstrapError(
             "%s: the server ran something other than remoteproc's command, which ended with status 0 before "
@@ -437,7 +453,10 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
     if status in (126, 127):
         if target.python is None:
             hint = ("the host has no python3 and no Python %s in the usual places (%s): install one there, "
-                    "or pass python= with the full path of a Python 3.8+ on the host" % (ver, looked_in()))
+                    "or pass python= with the full path of a Python 3.8+ on the host. A PATH or a virtualenv "
+                    "activation in ~/.profile or ~/.bash_profile is not seen: those files run for login shells "
+                    "only, not for an ssh command (in ~/.bashrc, put it before the line that returns when the "
+                    "shell is not interactive)" % (ver, looked_in()))
         else:
             hint = ("the host has no %r it can run: install Python %s there, or pass python= with the "
                     "full path of a Python 3.8+ on the host (for example python='/usr/bin/python3')"

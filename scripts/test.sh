@@ -32,6 +32,10 @@ python3 -c "import test._test_multiprocessing" >/dev/null 2>&1 ||
     need_apt+=("libpython$(python3 -c 'import sys; print("%d.%d" % sys.version_info[:2])')-testsuite")
 for sh in fish tcsh zsh ksh; do command -v $sh >/dev/null 2>&1 || need_apt+=($sh); done   # login shells: tests/test_remote_accounts.py
 command -v pypy3 >/dev/null 2>&1 || need_apt+=(pypy3)     # a second Python (3.9): spawn-mode tests
+# tests/test_host_environments.py: an account whose only python3 is a venv of the system Python
+if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c 'import ensurepip' >/dev/null 2>&1; then
+    [[ " ${need_apt[*]} " == *" python3-venv "* ]] || need_apt+=(python3-venv)
+fi
 if [ "${#need_apt[@]}" -gt 0 ]; then
     if [ "$(id -u)" = 0 ]; then
         export DEBIAN_FRONTEND=noninteractive

@@ -11,6 +11,8 @@ import signal
 import sys
 import threading
 
+from . import limits
+
 _fds = {}  # type: dict[int, int]  # placeholder index -> fd of the child's end
 METADATA_PREFIX = "dist-info:"  # a request for a distribution's metadata, by canonical name (not a module)
 GRACE = 2.0         # seconds between SIGTERM and SIGKILL when the agent vanishes
@@ -561,11 +563,13 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
             signal.signal(signal.SIGINT, signal.SIG_DFL)
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
             os.kill(os.getpid(), signal.SIGINT)
-    except BaseException:
+    except BaseException as exc:
         import traceback
 
         sys.stderr.write("remoteproc: the remote child could not start:\n")
         traceback.print_exc()
+        if limits.reached(exc):
+            sys.stderr.write("remoteproc: %s: %s\n" % (host, limits.hint()))
     finally:
         try:
             sys.stdout.flush()

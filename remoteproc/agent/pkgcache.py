@@ -53,11 +53,34 @@ class CacheError(Exception):
 
 
 def cache_root():
-    """Where the cache lives on this host (the XDG base directory spec's cache home)."""
+    """Where the cache lives on this host: the XDG base directory spec's cache home, or, for an
+    account that cannot write in its home (read-only or missing, as service accounts have them)
+    and has not set XDG_CACHE_HOME, a private directory of the account in the temp directory,
+    so that packages still travel (docs/modules.md)."""
     base = os.environ.get("XDG_CACHE_HOME") or ""
-    if not os.path.isabs(base):
-        base = os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "remoteproc")
+    if os.path.isabs(base):
+        return os.path.join(base, "remoteproc")     # (the user's choice: its errors name it)
+    home = os.path.join(os.path.expanduser("~"), ".cache", "remoteproc")
+    if _can_make(home):
+        return home
+    try:
+        import tempfile
+
+        spare = os.path.join(tempfile.gettempdir(), "remoteproc-cache-%d" % os.getuid())
+    except OSError:         # (no writable temp directory either: the error names the home one)
+        return home
+    return spare if _can_make(spare) else home
+
+
+def _can_make(path):
+    """True if ``path`` is a directory this account can write in, or its nearest existing
+    ancestor is (so it can be made).  Ownership and mode are checked later (``_check_root``)."""
+    while not os.path.lexists(path):
+        parent = os.path.dirname(path)
+        if parent == path:
+            return False
+        path = parent
+    return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
 
 
 def file_mode(mode):

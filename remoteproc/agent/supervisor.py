@@ -6,6 +6,7 @@ frames on its own stdin/stdout, reports pids and exit statuses, and kills every
 child it started when the channel goes away: no orphans.
 """
 
+import errno
 import json
 import os
 import selectors
@@ -15,7 +16,7 @@ import sys
 import time
 import zlib
 
-from . import PROTOCOL_VERSION, fdlimit, frames, mux, pkgcache, poller
+from . import PROTOCOL_VERSION, fdlimit, frames, limits, mux, pkgcache, poller
 from .child import RESET_SIGNALS
 from .child import run as run_child
 from .endpoint import FrameEndpoint
@@ -164,7 +165,8 @@ class Supervisor:
         except OSError as exc:
             for fd in made:
                 os.close(fd)
-            self._refuse(msg, child_id, "could not start the child: %s" % exc)
+            self._refuse(msg, child_id, "could not start the child: %s%s" % (
+                exc, ": " + limits.hint() if limits.reached(exc) else ""))
             return
         except BaseException:
             for fd in made:
@@ -311,8 +313,13 @@ class Supervisor:
 
     def _cache_error(self, name, exc):
         root = self.pkgs.root if self.pkgs is not None else pkgcache.cache_root()
-        return ("%s: cannot put package %r into the package cache %s: %s. Fix: free space there or repair its "
-                "permissions (or pass cache_size=0 to refuse compiled packages instead)" % (self.host, name, root, exc))
+        if getattr(exc, "errno", None) in (errno.ENOSPC, errno.EDQUOT):
+            fix = "free space there (df -h %s), or put the cache on a larger disk" % root
+        else:
+            fix = "repair its permissions, or put the cache in a directory of the account's"
+        return ("%s: cannot put package %r into the package cache %s: %s. Fix: %s (python='env XDG_CACHE_HOME=DIR "
+                "python3' puts it in DIR/remoteproc), or pass cache_size=0 to refuse packages that need files "
+                "instead" % (self.host, name, root, exc, fix))
 
     def _package_piece(self, op, msg, blob):
         digest = msg.get("hash")
@@ -541,7 +548,16 @@ def hello(found=""):
 
 
 def main(fd_in, fd_out, found=""):
-    """Run the agent on the given channel fds; returns the process exit status."""
+    """Run the agent on the given channel fds; returns the process exit status.  Out of
+    memory (a low ``ulimit -v``), it says which limit before it goes."""
+    try:
+        return _main(fd_in, fd_out, found)
+    except MemoryError:
+        sys.stderr.write("remoteproc: the agent ran out of memory: %s\n" % limits.hint())
+        raise
+
+
+def _main(fd_in, fd_out, found):
     sup = Supervisor(fd_in, fd_out, nofile=fdlimit.raise_fd_limit())
     sup.control(hello(found))
     # Preload what every child needs, so that a fork is all a start costs.

@@ -80,6 +80,8 @@ class Link:
         self.held: list = []        # starts waiting for the idle link's proof of life (PROVE_AFTER)
         self.held_since = 0.0
         self.display = target.display
+        #: the agent's last words about itself on stderr ("remoteproc: the agent ..."): why it went
+        self.last_words = ""
         self.sel = poller.make()
         self.pending: deque = deque()
         self.lock = threading.Lock()
@@ -259,7 +261,8 @@ class Link:
         n = self._take(chan)
         if n == 0:
             self._drain_stderr()
-            self._lost(chan.describe_loss())
+            self._lost(chan.describe_loss() + ("; before it went, the agent said: " + self.last_words
+                                               if self.last_words else ""))
             return
         if n:
             self.last_heard = time.monotonic()     # (also mid-frame: a big frame on a slow link)
@@ -290,6 +293,9 @@ class Link:
         text = said.decode("utf-8", "replace").rstrip() if said else ""
         if text:
             log.warning("%s: %s", self.display, text)
+            for line in text.splitlines():
+                if line.startswith("remoteproc: the agent "):   # (agent/supervisor.py main)
+                    self.last_words = line[len("remoteproc: "):][:1000]
 
     def _on_wake(self, mask) -> None:
         self.waker.clear()
