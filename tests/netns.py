@@ -219,13 +219,18 @@ class NetnsRig:
             # notices a client that vanished (the link-cut test), so its sessions end
             "ClientAliveInterval 2",
             "ClientAliveCountMax 3",
-        ]
+        ] + self.sshd_lines(host)
         with open(host.config, "w") as f:
             f.write("\n".join(lines) + "\n")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)
         with open(host.log, "ab") as log:
             host.proc = subprocess.Popen([IP, "netns", "exec", host.netns, self.sshd, "-D", "-e", "-f", host.config],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True)
+
+    def sshd_lines(self, host: Host) -> list[str]:
+        """More ``sshd_config`` lines for ``host`` (after the rig's own): a subclass's hook, for
+        example a ``HostCertificate``."""
+        return []
 
     def _wait_ready(self, host: Host) -> None:
         deadline = time.monotonic() + READY_TIMEOUT

@@ -80,10 +80,17 @@ PROGRAM = textwrap.dedent("""\
 # -- the client account ----------------------------------------------------------------------
 
 
-def _as_client(argv: list[str], env: dict[str, str], timeout: float = RUN_TIMEOUT) -> subprocess.CompletedProcess:
-    """Run ARGV as CLIENT with exactly ENV (nothing of ours leaks in: no SSH_AUTH_SOCK, no HOME)."""
-    return subprocess.run(["runuser", "-u", CLIENT, "--", "env", "-i", *("%s=%s" % kv for kv in env.items()), *argv],
-                          stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, cwd="/")
+def as_account(account: str, argv: list[str], env: dict[str, str]) -> list[str]:
+    """The command line that runs ARGV as ACCOUNT with exactly ENV (nothing of ours leaks in: no
+    SSH_AUTH_SOCK, no HOME)."""
+    return ["runuser", "-u", account, "--", "env", "-i", *("%s=%s" % kv for kv in env.items()), *argv]
+
+
+def _as_client(argv: list[str], env: dict[str, str], timeout: float = RUN_TIMEOUT,
+               account: str = CLIENT) -> subprocess.CompletedProcess:
+    """Run ARGV as ACCOUNT (CLIENT) with exactly ENV."""
+    return subprocess.run(as_account(account, argv, env), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout, cwd="/")
 
 
 def _copy_packages(into: str) -> None:
@@ -109,23 +116,31 @@ def _copy_packages(into: str) -> None:
 
 @pytest.fixture(scope="module")
 def client() -> Iterator[dict[str, Any]]:
-    """CLIENT's account, a python it can run remoteproc with, and the program above; removed at the end
-    (but the account).  This python is ours if CLIENT can run it, else the system's with copies of our
-    packages (it must then be our major.minor, since compiled packages are copied)."""
+    """CLIENT's account, a python it can run remoteproc with, and the program above."""
+    with client_account(CLIENT) as found:
+        yield found
+
+
+@contextlib.contextmanager
+def client_account(account: str, program_text: str = PROGRAM) -> Iterator[dict[str, Any]]:
+    """ACCOUNT (created if missing, kept), a python it can run remoteproc with, and a program;
+    removed at the end (but the account).  This python is ours if ACCOUNT can run it, else the
+    system's with copies of our packages (it must then be our major.minor, since compiled packages
+    are copied).  Each test module uses an account of its own: modules run in parallel."""
     if os.geteuid() != 0:
         _unavailable("a client account of its own needs root")
     if find_sshd() is None or shutil.which("runuser") is None:
         _unavailable("needs sshd and runuser")
     try:
-        home = ensure_local_user(CLIENT)
+        home = ensure_local_user(account)
     except RuntimeError as exc:
-        _unavailable("cannot set up local user %r: %s" % (CLIENT, exc))
+        _unavailable("cannot set up local user %r: %s" % (account, exc))
     scratch = tempfile.mkdtemp(prefix="remoteproc-client-")
     os.chmod(scratch, 0o755)
     try:
         program = os.path.join(scratch, "program.py")
         with open(program, "w") as f:
-            f.write(PROGRAM)
+            f.write(program_text)
         os.chmod(program, 0o644)
         # remoteproc itself, copied where CLIENT can read it: the checkout may sit under a directory
         # only root may enter (CI's, a mktemp -d)
@@ -133,21 +148,22 @@ def client() -> Iterator[dict[str, Any]]:
         shutil.copytree(os.path.join(REPO, "remoteproc"), os.path.join(ours, "remoteproc"),
                         ignore=shutil.ignore_patterns("__pycache__"))
         subprocess.run(["chmod", "-R", "a+rX", ours], check=True, timeout=30)
-        env = {"HOME": home, "USER": CLIENT, "LOGNAME": CLIENT, "SHELL": "/bin/sh", "LANG": "C.UTF-8",
+        env = {"HOME": home, "USER": account, "LOGNAME": account, "SHELL": "/bin/sh", "LANG": "C.UTF-8",
                "PATH": "/usr/local/bin:/usr/bin:/bin", "PYTHONPATH": ours, "PYTHONDONTWRITEBYTECODE": "1"}
         python = sys.executable
         probe = ["-c", "import paramiko, cloudpickle, remoteproc"]
-        if _as_client([python, *probe], env).returncode != 0:
+        if _as_client([python, *probe], env, account=account).returncode != 0:
             python = "/usr/bin/python3"
             site = os.path.join(scratch, "site")
             _copy_packages(site)
             subprocess.run(["chmod", "-R", "a+rX", site], check=True, timeout=30)
             env["PYTHONPATH"] = ours + os.pathsep + site
             done = _as_client([python, "-c", "import sys; assert sys.version_info[:2] == %r; %s"
-                               % (tuple(sys.version_info[:2]), probe[1])], env)
+                               % (tuple(sys.version_info[:2]), probe[1])], env, account=account)
             if done.returncode != 0:
-                _unavailable("no python that %s can run remoteproc with: %s" % (CLIENT, done.stderr[-500:]))
-        yield {"home": home, "python": python, "program": program, "env": env, "scratch": scratch}
+                _unavailable("no python that %s can run remoteproc with: %s" % (account, done.stderr[-500:]))
+        yield {"home": home, "python": python, "program": program, "env": env, "scratch": scratch,
+               "account": account}
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -158,8 +174,9 @@ class User:
     def __init__(self, client: dict[str, Any]) -> None:
         self.client = client
         self.home = client["home"]
+        self.account = client.get("account", CLIENT)
         self.dot = os.path.join(self.home, ".ssh")
-        entry = pwd.getpwnam(CLIENT)
+        entry = pwd.getpwnam(self.account)
         self.uid, self.gid = entry.pw_uid, entry.pw_gid
 
     def reset(self) -> None:
@@ -181,7 +198,7 @@ class User:
             return self.put(name, f.read(), mode)
 
     def run_as(self, argv: list[str], env: dict[str, str] | None = None) -> subprocess.CompletedProcess:
-        return _as_client(argv, {**self.client["env"], **(env or {})})
+        return _as_client(argv, {**self.client["env"], **(env or {})}, account=self.account)
 
     def program(self, mode: str, transport: str, hosts: list[str], env: dict[str, str] | None = None) -> dict:
         done = self.run_as([self.client["python"], self.client["program"], mode, transport, *hosts], env)

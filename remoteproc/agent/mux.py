@@ -239,6 +239,10 @@ class Mux:
 
     def _read(self, s: Stream) -> None:
         limit = min(READ_CHUNK, s.credit)
+        if limit <= 0:
+            # A readiness event selected before the credit ran out (the agent's drain of a reaped
+            # child spends it): a read of 0 bytes here would be taken for the end of the stream.
+            return
         n = self.splice_out(s, limit) if s.bulk and self.splice_out is not None else None
         if n:
             s.credit -= n
