@@ -103,7 +103,7 @@ class Starter:
         p = RemoteProcess(host, target=worker.main,
                           args=(child_end, self.initializer, self.initargs, self.maxtasks),
                           daemon=True, **options)
-        p.name = "remoteproc-pool-worker-%s" % p.name.split("-")[-1]
+        p.name = p.name.replace("Process", "PoolWorker")     # (as multiprocessing names its workers)
         try:
             p.start()
         except BaseException:
