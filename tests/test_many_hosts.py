@@ -461,8 +461,9 @@ def test_eight_hosts_from_the_users_ssh_dir_alone(scale_user, rig, transport):
     """Everything a program does over eight hosts at once, with two of them lost on the way."""
     addr = {alias: rig.hosts[n].address for alias, n in zip(ALIASES, NODES)}
     def named(alias):
-        """How every message names a host: user@HostName:port and the route (``.host``: the alias)."""
-        return "%s@%s:2222%s" % (PLAIN_USER, addr[alias], " via bastion" if alias in JUMPED else "")
+        """How every message names a host: the alias the user wrote, then user@HostName:port and the
+        route (``.host``: the alias)."""
+        return "%s (%s@%s:2222%s)" % (alias, PLAIN_USER, addr[alias], " via bastion" if alias in JUMPED else "")
 
     ok = ALIASES if transport == "openssh" else [a for a in ALIASES if a not in CERT_ONLY]
     dead = ["node3", "node5"]                     # sshd killed by pid; link cut (behind the bastion)

@@ -94,7 +94,7 @@ def test_proxy_jump_from_an_alias_file(netns, tmp_path):
     config = jump_alias_config(tmp_path, netns, PLAIN_USER)
     target = openssh.resolve("target2", {"ssh_config": config, **OPENSSH})
     assert (target.hostname, target.username, target.proxy_jump) == (h2.address, PLAIN_USER, ["jump1"])
-    assert target.display == "%s@%s via jump1" % (PLAIN_USER, h2.address)
+    assert target.display == "target2 (%s@%s via jump1)" % (PLAIN_USER, h2.address)
     connection, user = run_where("target2", ssh_config=config, allow_agent=False, **OPENSSH)
     client, _port, server, _sport = connection.split()
     assert (client, server) == (h1.address, h2.address)

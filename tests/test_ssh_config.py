@@ -321,7 +321,7 @@ def test_proxy_jump_chain_is_resolved_with_each_hops_config(home):
     assert (t.jump.hostname, t.jump.port) == ("192.0.2.2", 2222)
     assert (t.jump.jump.hostname, t.jump.jump.username) == ("192.0.2.1", "jumper")
     assert t.jump.jump.jump is None
-    assert t.display.endswith(" via j2")
+    assert t.display == "behind (root@10.9.9.9 via j2)", "the alias first, then what it resolves to"
 
 
 def test_proxy_jump_list_and_options(home):

@@ -102,6 +102,11 @@ class Target:
             text += " via " + ",".join(self.proxy_jump)
         elif self.proxy_command:
             text += " via ProxyCommand"
+        alias = self.original_host
+        if alias and alias not in (self.hostname, host):
+            # an ssh_config alias ("node6"): the name the user wrote comes first, so that with many
+            # hosts a message says which one without mapping addresses back to names
+            text = "%s (%s)" % (alias, text)
         return text
 
     @property
