@@ -202,8 +202,8 @@ def test_the_connect_timeout_is_for_all_of_a_hosts_addresses(monkeypatch):
 
 
 @pytest.mark.parametrize("behaviour,reason", [
-    ("silent", "Error reading SSH protocol banner"),
-    ("hang-up", "Error reading SSH protocol banner"),
+    ("silent", "no SSH banner within 1s (Error reading SSH protocol banner"),
+    ("hang-up", "the server closed the connection before its SSH banner (Error reading SSH protocol banner"),
     ("http", "Error reading SSH protocol banner"),
 ])
 def test_a_port_without_an_ssh_server_fails_the_handshake(behaviour, reason):

@@ -221,6 +221,12 @@ def _handshake(transport: Any, target: Target, proxied: bool) -> None:
         reason = "the server closed the connection"
     else:
         reason = str(error) or type(error).__name__
+    if reason.startswith("Error reading SSH protocol banner"):
+        # (paramiko's words for both a silence and a hang-up before the banner: the clock tells them apart)
+        if time.monotonic() - started >= target.connect_timeout * 0.9:
+            reason = "no SSH banner within %gs (%s)" % (target.connect_timeout, reason)
+        else:
+            reason = "the server closed the connection before its SSH banner (%s)" % reason
     if "Incompatible ssh" in reason:
         # an SSH server answered, but it allows only algorithms that paramiko lacks (chacha20-poly1305
         # alone, sntrup761 key exchange alone, ...): the user's own ssh has them
