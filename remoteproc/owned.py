@@ -301,6 +301,20 @@ def settle(process, timeout: float = SETTLE_WAIT) -> None:
         broker.settle(process, timeout)
 
 
+def release_unstarted(spawner) -> None:
+    """The pickling made for ``spawner`` will never reach a child: its start was pickled again
+    (the host runs another Python) or failed.  The ends made for it are closed now, so their EOF
+    drops them; otherwise they would stay open, and the server thread with them, for as long as
+    the process object lives."""
+    broker = _broker
+    if broker is None:
+        return
+    with broker.lock:
+        ends = [c for c, ref in broker.carriers.items() if ref() is spawner and c in broker.pending]
+    for conn in ends:
+        broker.release_soon(conn)
+
+
 def _broker_running() -> bool:
     """True while the owner's server thread runs (for tests and diagnostics)."""
     b = _broker

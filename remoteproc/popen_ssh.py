@@ -19,7 +19,7 @@ import weakref
 from multiprocessing import util
 from typing import Any
 
-from . import reduction, spill
+from . import owned, reduction, spill
 from .errors import CONNECTION_LOST, RemoteProcessError, from_wire
 from .relay import client as relay_client
 from .relay import ipc
@@ -50,12 +50,14 @@ class Popen:
                 break
             # The host runs another Python than we assumed: pickle again for it (docs/python-versions.md).
             self.close()
+            owned.release_unstarted(process_obj)    # (the Queues, Locks ... pickled for the first try)
             self.mode = _modes[key] = reply[1]
         if reply[0] == "mode":      # (the host changed its Python between every try: a reconnect loop)
             reply = ("error", "BootstrapError", "%s: the host's Python changed while starting; try again"
                      % self.host)
         if reply[0] != "started":
             self.close()
+            owned.release_unstarted(process_obj)
             raise from_wire(reply[1], reply[2], self.host)
         self.pid = reply[1]
         _modes[key] = self.mode = reply[2]
@@ -73,6 +75,9 @@ class Popen:
         process_obj.__dict__["_remoteproc_parent"] = _parent_state()
         try:
             payload, bridged = reduction.dumps_process(process_obj, self.host, self.mode, looked)
+        except BaseException:
+            owned.release_unstarted(process_obj)    # (what it pickled before the refusal)
+            raise
         finally:
             process_obj.__dict__.pop("_remoteproc_parent", None)
         out_fd, err_fd = _std_fd(1), _std_fd(2)

@@ -146,6 +146,22 @@ def refuse_handle(obj):
     )
 
 
+def _refuse_in_messages(reduction, cls):
+    """Refuse ``cls`` in messages, but keep multiprocessing's own reducer for a local child that
+    this process starts with *spawn* or *forkserver* (the default on Python 3.14): its Pool
+    passes the Connections of its queues to its workers that way."""
+    from multiprocessing import context
+
+    theirs = getattr(reduction.ForkingPickler, "_extra_reducers", {}).get(cls)
+
+    def reduce(obj):
+        if theirs is not None and context.get_spawning_popen() is not None:
+            return theirs(obj)
+        return refuse_handle(obj)
+
+    reduction.register(cls, reduce)
+
+
 class ParentImporter:
     """Imports what this host lacks from the user's machine (module forwarding).
 
@@ -468,6 +484,42 @@ def _watchdog(fd):
         pass
 
 
+def _os_threads():
+    """The number of threads of this process, as CPython 3.12+ counts them for its fork() warning."""
+    try:
+        with open("/proc/self/stat", "rb") as f:
+            return int(f.read().rsplit(b")", 1)[1].split()[17])
+    except (OSError, IndexError, ValueError):
+        return threading.active_count()
+
+
+_FORK_WARNING = r"This process .*is multi-threaded, use of fork"
+
+
+def _quiet_fork_warning(watchdog):
+    """CPython 3.12+ warns at fork() in a process with more than one thread (a DeprecationWarning,
+    which a target of ``__main__`` shows).  The watchdog thread is ours: a forked child has no such
+    thread locally, and it holds no lock.  Before each fork, a filter that ignores that warning is
+    put first when the watchdog is the only other thread, and taken away when the user has threads
+    of their own (the warning is theirs then).  (Before each fork: 3.13 warns after the hooks that
+    run after it.)"""
+    if sys.version_info < (3, 12) or not hasattr(os, "register_at_fork"):
+        return
+    import warnings
+
+    def before():
+        if watchdog.is_alive() and _os_threads() == 2:
+            warnings.filterwarnings("ignore", message=_FORK_WARNING, category=DeprecationWarning)  # (to the front)
+            return
+        ours = [f for f in warnings.filters if f[1] is not None and f[1].pattern == _FORK_WARNING]
+        for f in ours:
+            warnings.filters.remove(f)
+        if ours and hasattr(warnings, "_filters_mutated"):
+            warnings._filters_mutated()     # (what filterwarnings calls)
+
+    os.register_at_fork(before=before)
+
+
 #: signals the agent handles itself; blocked across fork until the child has reset them
 RESET_SIGNALS = (signal.SIGCHLD, signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGINT)
 
@@ -515,15 +567,16 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
             importer = ParentImporter(import_fd, modules if modules is not None else {}, host)
             sys.meta_path.append(importer)
             _complete_package(importer)
-        threading.Thread(target=_watchdog, args=(sentinel_fd,), daemon=True,
-                         name="remoteproc-watchdog").start()
+        watchdog = threading.Thread(target=_watchdog, args=(sentinel_fd,), daemon=True, name="remoteproc-watchdog")
+        watchdog.start()
+        _quiet_fork_warning(watchdog)
 
         import socket
         from multiprocessing import reduction
         from multiprocessing.connection import Connection
 
-        reduction.register(Connection, refuse_handle)
-        reduction.register(socket.socket, refuse_handle)
+        _refuse_in_messages(reduction, Connection)
+        _refuse_in_messages(reduction, socket.socket)
 
         import io
         import linecache

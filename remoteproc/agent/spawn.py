@@ -66,6 +66,12 @@ def prepare(main):
     if not _imported and main.get("source") is not None:
         module = types.ModuleType("__mp_main__")
         module.__file__ = main["path"]
+        # A spec named "__main__": this child's own spawn and forkserver children (forkserver is
+        # 3.14's default) then leave their __main__ alone, as for ``python -m pkg``, instead of
+        # running the script from its path, which is the user's and not on this host.
+        from importlib.machinery import ModuleSpec
+
+        module.__spec__ = ModuleSpec("__main__", None)
         sys.modules["__mp_main__"] = module
         try:
             code = compile(main["source"], main["path"], "exec", dont_inherit=True)

@@ -14,6 +14,7 @@ nothing waiting before them, are sent at once, so a round trip costs no thread s
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 import time
 from collections import deque
@@ -107,7 +108,7 @@ class _Sender(threading.Thread):
             self.window.clear()
             try:
                 n = self.chan.send(view)
-            except TimeoutError:
+            except socket.timeout:     # (TimeoutError from 3.10 on; on 3.9 an OSError, not a TimeoutError)
                 self.window.wait(WINDOW_WAIT)
                 if self.closed:
                     return
@@ -154,7 +155,7 @@ class ParamikoChannel(AgentChannel):
             return None
         try:
             return chan.recv(limit)
-        except TimeoutError:
+        except socket.timeout:
             return None
 
     def recv_stderr(self) -> bytes:
@@ -177,7 +178,7 @@ class ParamikoChannel(AgentChannel):
             return sender.put(data)
         try:
             n = self.chan.send(data)
-        except TimeoutError:
+        except socket.timeout:
             return 0        # the window is shut; _WakingCondition calls back when it opens
         except (OSError, EOFError) as exc:      # (paramiko raises EOFError once its socket is gone)
             raise ChannelLost(_send_failed(exc)) from None

@@ -97,7 +97,7 @@ class ParamikoSSHServer:
         while not self.stopping.is_set():
             try:
                 sock, _ = listener.accept()
-            except TimeoutError:
+            except socket.timeout:     # (on 3.9 not a TimeoutError: an OSError)
                 continue
             except OSError:
                 break
