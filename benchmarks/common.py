@@ -45,6 +45,7 @@ METRICS: dict[str, tuple[str, bool]] = {
     "up_1m_pair": ("MB/s", True),
     "down_1m_pair": ("MB/s", True),
     # the same, against ``ssh`` with multiprocessing's Connection framing the messages at both ends
+    "rt100_msgpair": ("s", False),
     "up_1m_msgpair": ("MB/s", True),
     "down_1m_msgpair": ("MB/s", True),
 }
@@ -149,6 +150,15 @@ while True:
             n -= k
     elif op == 101:
         writeall(readn(n))
+    elif op == 82:
+        # 'R': n echoes of a message, read and written by multiprocessing's Connection (what
+        # remoteproc's child does), for the framed round trip (``message_round_trip``)
+        from multiprocessing.connection import Connection
+        ci, co = Connection(os.dup(0), writable=False), Connection(os.dup(1), readable=False)
+        for _ in range(n):
+            co.send_bytes(ci.recv_bytes())
+        ci.close()
+        co.close()
     elif op in (85, 68):
         # 'U' / 'D': n messages of 1 MiB through multiprocessing's own Connection on this end
         # (what a user framing messages over ssh would use, and what remoteproc's child uses)
@@ -216,9 +226,10 @@ def stream_throughput(write: Callable[[Any], Any], read_exact: Callable[[int], A
 
 
 def message_throughput(write_fd: int, read_fd: int, write: Callable[[Any], Any], read_exact: Callable[[int], Any]):
-    """up(count, data) and down(count, size) like ``stream_throughput``, but as 1 MiB messages
-    framed by ``multiprocessing.connection.Connection`` at both ends of ``ssh``: the same framing
-    and reading code as remoteproc's ends, so that what differs is only what carries the bytes."""
+    """up(count, data), down(count, size) and rt(batch) like ``stream_throughput`` and
+    ``echo_round_trip``, but as messages framed by ``multiprocessing.connection.Connection`` at
+    both ends of ``ssh`` (the echo a Python loop, not ``cat``): the same framing and reading code
+    as remoteproc's ends, so that what differs is only what carries the bytes."""
     from multiprocessing.connection import Connection
 
     out = Connection(os.dup(write_fd), readable=False)
@@ -243,11 +254,21 @@ def message_throughput(write_fd: int, read_fd: int, write: Callable[[Any], Any],
                 raise RuntimeError("short message")
         return count * size / (time.perf_counter() - t0) / MB
 
+    def rt(batch: int) -> float:
+        msg = bytes(range(100))
+        t0 = time.perf_counter()
+        write(helper_header("R", batch))
+        for _ in range(batch):
+            out.send_bytes(msg)
+            if len(into.recv_bytes()) != 100:
+                raise RuntimeError("short echo")
+        return (time.perf_counter() - t0) / batch
+
     def close() -> None:
         out.close()
         into.close()
 
-    return up, down, close
+    return up, down, rt, close
 
 
 def measure_streams(rec, peer: str, p: dict[str, Any], up, down, block: bytes, data_64m: bytes) -> None:

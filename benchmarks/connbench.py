@@ -147,7 +147,8 @@ def measure_all(rec, peer: str, cfg: dict[str, Any], make: Callable[..., Any], l
     runs = p["runs"]
     if not any(rec.wanted(m) for m in ("rt100", "up_1m", "down_1m", "up_64m", "down_64m", "rt100_load",
                                        "up_1m_load", "conc100", "seq100", "rt100_pair", "up_1m_pair",
-                                       "down_1m_pair", "up_1m_msgpair", "down_1m_msgpair")):
+                                       "down_1m_pair", "rt100_msgpair", "up_1m_msgpair",
+                                       "down_1m_msgpair")):
         return
     block = random_block()
     data_1m = block
@@ -169,6 +170,9 @@ def measure_all(rec, peer: str, cfg: dict[str, Any], make: Callable[..., Any], l
             rec.measure_interleaved("down_1m_pair", [(peer, lambda: server.down(p["k_1m"], MIB)),
                                                      (base, lambda: fns["down"](p["k_1m"], MIB))], runs, warmup=1)
             if "down_msg" in fns:
+                rec.measure_interleaved("rt100_msgpair", [(peer, lambda: server.rt(p["rt_batch"])),
+                                                          (base, lambda: fns["rt_msg"](p["rt_batch"]))],
+                                        runs, warmup=1)
                 rec.measure_interleaved("up_1m_msgpair", [(peer, lambda: server.up(p["k_1m"], data_1m)),
                                                           (base, lambda: fns["up_msg"](p["k_1m"], data_1m))],
                                         runs, warmup=1)

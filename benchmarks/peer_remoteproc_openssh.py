@@ -46,9 +46,9 @@ def run(cfg, rec) -> None:
     framed = None
     try:
         up, down = stream_throughput(helper.write, helper.read_exact)
-        up_msg, down_msg, framed = message_throughput(helper.w, helper.r, helper.write, helper.read_exact)
+        up_msg, down_msg, rt_msg, framed = message_throughput(helper.w, helper.r, helper.write, helper.read_exact)
         pair = (peer_openssh.NAME, {"rt": echo_round_trip(cat.write, cat.read_exact), "up": up, "down": down,
-                                    "up_msg": up_msg, "down_msg": down_msg})
+                                    "rt_msg": rt_msg, "up_msg": up_msg, "down_msg": down_msg})
         peer_remoteproc.run(cfg, rec, pair=pair)
     finally:
         if framed is not None:

@@ -37,6 +37,7 @@ ROWS = [
     ("rt100_pair", "round trip, 100 B, alternating with ssh"),
     ("up_1m_pair", "upload, 1 MiB msgs, alternating with ssh"),
     ("down_1m_pair", "download, 1 MiB msgs, alternating with ssh"),
+    ("rt100_msgpair", "round trip, 100 B, alternating with ssh + Connection echo"),
     ("up_1m_msgpair", "upload, 1 MiB msgs, alternating with ssh + Connection"),
     ("down_1m_msgpair", "download, 1 MiB msgs, alternating with ssh + Connection"),
 ]
@@ -132,11 +133,12 @@ def targets(host: dict) -> list[dict[str, Any]]:
                 at_most, ssh)
         else:
             add("transport=openssh: %s" % label, m, "ssh", m, limit, at_most, ssh)
-    for m, label in (("up_1m", "upload 1 MiB"), ("down_1m", "download 1 MiB")):
+    for m, label, limit, at_most in (("rt100", "100 B round trip", 2.5, True), ("up_1m", "upload 1 MiB", 0.9, False),
+                                     ("down_1m", "download 1 MiB", 0.9, False)):
         # the same target against ssh carrying messages framed as ours are (Connection at both ends)
         if median(host, ssh, m + "_msgpair") is not None:
             add("transport=openssh: %s vs ssh, both framed by Connection (alternating runs)" % label,
-                m + "_msgpair", "ssh", m + "_msgpair", 0.9, False, ssh)
+                m + "_msgpair", "ssh", m + "_msgpair", limit, at_most, ssh)
     add("transport=openssh: round trip, busy thread, vs local Pipe", "rt100_load", "mp-fork", "rt100_load",
         1.0, True, ssh)
     return out
