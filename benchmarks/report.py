@@ -307,6 +307,9 @@ METHOD = """## What each figure measures
   sink/source helper over `ssh`, in the same peer process: the openssh targets use these, since
   the two peers' own rows are taken minutes apart, and this machine's speed drifts by 2x and more
   within minutes.
+- **alternating with ssh + Connection**: the same, against `ssh` carrying messages framed as
+  remoteproc's are: `multiprocessing`'s `Connection` reads and writes at both ends of `ssh` (the
+  remote helper's echo is a Python loop then, not `cat`), so only what carries the bytes differs.
 - Raw paramiko and OpenSSH use the cipher remoteproc negotiates (aes128-gcm@openssh.com);
   paramiko also the same window (8 MiB), packet size (128 KiB) and TCP_NODELAY. OpenSSH,
   execnet and mitogen keep OpenSSH's default key exchange (sntrup761x25519, about 150 ms slower
