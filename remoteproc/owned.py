@@ -92,12 +92,20 @@ class _Broker:
         self.pid = os.getpid()
         self.carriers: dict = {}    # parent end -> weak reference to the process its child end went to
         self.dropped = threading.Condition(self.lock)   # notified when a Connection is dropped
+        # Connection -> (st_dev, st_ino) of its socket when we got it.  Another library that closes
+        # an fd twice may close one of ours; its number is then reused by whatever is opened next.
+        # An end is closed only while its fd is still the socket we got: else it is let go unclosed,
+        # and the server thread lives on (an EBADF here ended it; a close would hit that other file).
+        self.idents: dict = {}
 
     # -- any thread ----------------------------------------------------------------------
     def add(self, conn, obj, child_end=None, spawner=None) -> None:
+        idents = [(c, _ident(c)) for c in (conn, child_end) if c is not None]
         with self.lock:
             self.objs[conn] = obj
             self.added.append(conn)
+            for c, ident in idents:
+                self.idents[c] = ident
             if child_end is not None:
                 self.pending[conn] = child_end
                 if spawner is not None:
@@ -135,7 +143,27 @@ class _Broker:
         with self.lock:
             child_end = self.pending.pop(conn, None)
         if child_end is not None:
-            child_end.close()
+            self._close(child_end)
+
+    def _close(self, conn) -> None:
+        """Close one of our ends, unless its fd was closed under us (see ``idents``)."""
+        with self.lock:
+            ident = self.idents.pop(conn, None)
+        if conn.closed:
+            return
+        fd = conn.fileno()
+        now = _ident(conn)
+        if ident is not None and now != ident:
+            log.warning("remoteproc: fd %d of a Queue/Lock/Event Connection was closed by other code of this "
+                        "process (a library that closes an fd twice?)%s", fd,
+                        "" if now is None else "; the fd now belongs to another file, which is left open")
+            _let_go(conn)
+            return
+        try:
+            conn.close()
+        except OSError as exc:      # (closed under us between the check and here)
+            log.warning("remoteproc: closing fd %d of a Queue/Lock/Event Connection: %s", fd, exc)
+            _let_go(conn)
 
     def drop(self, conn) -> None:
         self._unregister(conn)
@@ -145,13 +173,15 @@ class _Broker:
             token = self.tokens.pop(conn, None)
             gone = token is not None and token not in self.tokens.values()
         if child_end is not None:
-            child_end.close()
+            self._close(child_end)
         if obj is None:
-            conn.close()
+            self._close(conn)
         else:
             with obj._lock:         # nobody may be sending on it while it closes
-                obj._forget(conn)
-                conn.close()
+                try:
+                    obj._forget(conn)
+                finally:
+                    self._close(conn)
         if gone:
             # The process's last Connection to us: what it held (locks) is given back.
             for other in list(_live):
@@ -181,24 +211,92 @@ class _Broker:
 
     # -- the server thread ---------------------------------------------------------------
     def _run(self) -> None:
+        failures = 0
         while True:
-            with self.lock:
-                if not self.objs:
-                    self.thread = None
+            try:
+                if not self._turn():
                     return
-                added, self.added = self.added, []
-                added = [c for c in added if c in self.objs]
-            for new in added:
-                self._register(new)
-            for key, _events in self.sel.select(self._timeout()):
-                conn: Any = key.fileobj
-                if conn is self.waker:
-                    self.waker.clear()
-                    while not self.released.empty():
-                        self.release(self.released.get_nowait())
-                else:
-                    self._serve(conn)
-            self._expire()
+                failures = 0
+            except Exception:  # noqa: BLE001 - the thread serves every object of the program: it must not die
+                failures += 1
+                log.exception("remoteproc: the Queue/Lock/Event server thread (remoteproc-queues) failed")
+                if failures >= 3:
+                    self._fail_all()
+                    return
+                self._new_selector()
+
+    def _turn(self) -> bool:
+        """One wait and what it found; False once nothing is attached (the thread ends)."""
+        with self.lock:
+            if not self.objs:
+                self.thread = None
+                return False
+            added, self.added = self.added, []
+            added = [c for c in added if c in self.objs]
+        for new in added:
+            self._guarded(self._register, new)
+        for key, _events in self.sel.select(self._timeout()):
+            conn: Any = key.fileobj
+            if conn is self.waker:
+                self.waker.clear()
+                while not self.released.empty():
+                    self._guarded(self.release, self.released.get_nowait())
+            else:
+                self._guarded(self._serve, conn)
+        self._expire()
+        return True
+
+    def _guarded(self, step, conn) -> None:
+        """``step(conn)``; if it raises, that Connection is dropped and the others are served on."""
+        try:
+            step(conn)
+        except Exception:  # noqa: BLE001 - one Connection's failure must not stop the others
+            log.exception("remoteproc: serving a Queue/Lock/Event Connection failed; it is dropped")
+            try:
+                self.drop(conn)
+            except Exception:  # noqa: BLE001
+                log.exception("remoteproc: dropping that Connection failed too")
+                with self.lock:
+                    self.objs.pop(conn, None)
+                    self.pending.pop(conn, None)
+                    self.carriers.pop(conn, None)
+                    self.dropped.notify_all()
+
+    def _new_selector(self) -> None:
+        """After an unexpected failure: a fresh selector holding every attached Connection."""
+        old = self.sel
+        try:
+            old.close()
+        except (OSError, ValueError):
+            pass
+        self.sel = selectors.DefaultSelector()
+        self.sel.register(self.waker, selectors.EVENT_READ)
+        with self.lock:
+            conns = list(self.objs)
+            self.added = []
+        for conn in conns:
+            self._guarded(self._register, conn)
+
+    def _fail_all(self) -> None:
+        """The thread cannot go on: close every Connection, so every process attached gets EOF
+        (its calls raise ``OwnerGone``) instead of waiting for ever; new ones start a new thread."""
+        log.error("remoteproc: the Queue/Lock/Event server thread keeps failing; every process attached "
+                  "to them is disconnected (their calls raise OwnerGone)")
+        with self.lock:
+            conns = list(self.objs)
+        for conn in conns:
+            try:
+                self.drop(conn)
+            except Exception:  # noqa: BLE001
+                log.exception("remoteproc: dropping a Connection failed")
+        with self.lock:
+            self.objs.clear()
+            self.pending.clear()
+            self.carriers.clear()
+            self.added = []
+            self.thread = None
+            self.dropped.notify_all()
+        self._new_selector()
 
     def _register(self, conn) -> None:
         if conn.closed:
@@ -208,7 +306,14 @@ class _Broker:
         if stale is not None:
             if stale.fileobj is conn:
                 return
-            self.sel.unregister(fd)     # (an fd number closed without drop, now reused)
+            # An fd number closed without drop (by other code), now reused: the Connection that had
+            # it is let go (its _close leaves the new owner's fd open).
+            self.sel.unregister(fd)
+            if stale.fileobj in self.objs:
+                self.drop(stale.fileobj)
+        if self.idents.get(conn, _ident(conn)) != _ident(conn):
+            self.drop(conn)         # closed under us before it was registered
+            return
         self.sel.register(conn, selectors.EVENT_READ)
 
     def _unregister(self, conn) -> None:
@@ -276,6 +381,20 @@ class _Broker:
             pass
 
 
+def _ident(conn) -> tuple[int, int] | None:
+    """What file ``conn``'s fd is now (None: the fd is closed)."""
+    try:
+        st = os.fstat(conn.fileno())
+    except (OSError, ValueError):
+        return None
+    return (st.st_dev, st.st_ino)
+
+
+def _let_go(conn) -> None:
+    """Forget a Connection's fd without closing it: it is not ours any more."""
+    conn._handle = None     # (multiprocessing's attribute; its __del__ then closes nothing)
+
+
 _broker: _Broker | None = None
 _broker_lock = threading.Lock()
 log = logging.getLogger("remoteproc")
@@ -324,17 +443,27 @@ def _broker_running() -> bool:
 # -- fork: each live object gets a fresh Pipe, the child keeps one end ---------------------------
 
 def _before_fork() -> None:
+    # One Pipe per object *per forking thread*: two threads that fork at once each give their own
+    # child its own Pipe (with a single slot, the second overwrote the first: one child got an end
+    # that the garbage collector closed, the other shared its Pipe with it).
+    me = threading.get_ident()
     for obj in list(_live):
         if obj._proxy is None and obj._owner == os.getpid():
             try:
-                obj._fork_pair = Pipe()
+                pair = Pipe()
             except OSError:
-                obj._fork_pair = None
+                pair = None
+            obj.__dict__.setdefault("_fork_pairs", {})[me] = pair
+
+
+def _take_fork_pair(obj):
+    pairs = obj.__dict__.get("_fork_pairs")
+    return None if not pairs else pairs.pop(threading.get_ident(), None)
 
 
 def _after_fork_in_parent() -> None:
     for obj in list(_live):
-        pair = obj.__dict__.pop("_fork_pair", None)
+        pair = _take_fork_pair(obj)
         if pair is not None:
             parent_end, child_end = pair
             child_end.close()
@@ -348,7 +477,11 @@ def _after_fork_in_child() -> None:
     if old is not None:
         old.abandon()
     for obj in list(_live):
-        pair = obj.__dict__.pop("_fork_pair", None)
+        pair = _take_fork_pair(obj)
+        for others in obj.__dict__.pop("_fork_pairs", {}).values():
+            if others is not None:      # (another thread's fork, under way at ours: not this child's)
+                for end in others:
+                    end.close()
         if pair is not None:
             parent_end, child_end = pair
             parent_end.close()
