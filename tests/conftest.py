@@ -192,16 +192,15 @@ def fresh() -> Iterator[None]:
 NETNS_HOSTS = ["h1", "h2", "h3", "h4"]
 
 
-@pytest.fixture(scope="session")
-def netns() -> Iterator[Any]:
-    """Four hosts in network namespaces of their own (see tests/netns.py), each running an sshd
-    that logs in PLAIN_USER with ``netns.client_key``.  Needs root: skipped otherwise, failed in CI."""
+def netns_prerequisites() -> str:
+    """What namespace hosts need (root, sshd, ip, the PLAIN_USER account): the sshd binary's path;
+    skipped without them, failed in CI."""
     if os.geteuid() != 0:
         _unavailable("network namespace hosts need root")
     sshd_path = find_sshd()
     if sshd_path is None:
         _unavailable("no OpenSSH server binary (sshd) found")
-    from netns import IP, NetnsRig
+    from netns import IP
 
     if not os.path.exists(IP):
         _unavailable("the ip command (iproute2) is missing")
@@ -209,6 +208,16 @@ def netns() -> Iterator[Any]:
         ensure_local_user(PLAIN_USER)
     except RuntimeError as exc:
         _unavailable(f"cannot set up local user {PLAIN_USER!r}: {exc}")
+    return sshd_path
+
+
+@pytest.fixture(scope="session")
+def netns() -> Iterator[Any]:
+    """Four hosts in network namespaces of their own (see tests/netns.py), each running an sshd
+    that logs in PLAIN_USER with ``netns.client_key``.  Needs root: skipped otherwise, failed in CI."""
+    sshd_path = netns_prerequisites()
+    from netns import NetnsRig
+
     rig = NetnsRig(NETNS_HOSTS, [PLAIN_USER], sshd_path)
     try:
         rig.start()

@@ -39,11 +39,9 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PLAIN_USER, _unavailable
+from conftest import PLAIN_USER, _unavailable, netns_prerequisites
 from proctable import cmdline, descendants, eventually
 from test_ssh_user_setups import User, as_account, client_account
-
-from remoteproc.testing import ensure_local_user, find_sshd
 
 pytestmark = [pytest.mark.timeout(120), pytest.mark.loopback_only]
 
@@ -307,19 +305,8 @@ def hashed(name: str) -> str:
 @pytest.fixture(scope="module")
 def rig() -> Iterator[Any]:
     """n1..n8 and the bastion, the certificate hosts signed by a CA of the rig's own."""
-    if os.geteuid() != 0:
-        _unavailable("network namespace hosts need root")
-    sshd_path = find_sshd()
-    if sshd_path is None:
-        _unavailable("no OpenSSH server binary (sshd) found")
-    from netns import IP, KEYGEN, NetnsRig, run
-
-    if not os.path.exists(IP):
-        _unavailable("the ip command (iproute2) is missing")
-    try:
-        ensure_local_user(PLAIN_USER)
-    except RuntimeError as exc:
-        _unavailable(f"cannot set up local user {PLAIN_USER!r}: {exc}")
+    sshd_path = netns_prerequisites()
+    from netns import KEYGEN, NetnsRig, run
 
     class CertRig(NetnsRig):
         """Hosts n6..n8 present a certificate for node6.cluster, node7.cluster, node8."""
