@@ -69,7 +69,7 @@ class RelayHandle:
         self.send_lock = threading.Lock()
         # At interpreter exit, after multiprocessing has terminated and joined the remote
         # children (its finalizers of priority >= 0 and the joins come first): stop the relay.
-        util.Finalize(None, shutdown, exitpriority=-10)
+        util.Finalize(None, _shutdown_at_exit, exitpriority=-10)
         self.reader = threading.Thread(target=self._read, name="remoteproc-relay-reader", daemon=True)
         self.reader.start()
         self.send_to_relay(("level", logging.getLogger("remoteproc").getEffectiveLevel()))
@@ -125,11 +125,23 @@ def _forget_in_child() -> None:
 os.register_at_fork(after_in_child=_forget_in_child)
 
 
+#: set once the interpreter's exit has stopped the relay (pid of the process that exits)
+_exited_in: int | None = None
+
+
 def get() -> RelayHandle:
-    """The relay process of this process, started if needed."""
+    """The relay process of this process, started if needed (but not once the program exits)."""
     global _relay
     with _lock:
         if _relay is None or not _relay.alive():
+            if _exited_in == os.getpid():
+                # A thread still starting processes while the program exits (a Pool whose
+                # start-up a Ctrl-C interrupted) would start a relay that nothing stops: it
+                # would outlive the program, holding its stdout and stderr (``prog | cat``
+                # and ``subprocess.run(capture_output=True)`` would wait for it).
+                raise ConnectionLostError("the program is exiting: its relay process is stopped and no "
+                                          "new one starts. Fix: start remote processes before the "
+                                          "interpreter exits (join the threads that start them)")
             _relay = RelayHandle()
         return _relay
 
@@ -160,6 +172,15 @@ def shutdown(timeout: float = 10.0) -> None:
         relay.proc.wait(timeout)
 
 
+def _shutdown_at_exit() -> None:
+    """The interpreter exits: stop the relay, and start none after it."""
+    global _exited_in
+    _exited_in = os.getpid()
+    shutdown()
+
+
 def prestart() -> None:
-    """Start the relay process now, if it isn't running yet (cheap when it is)."""
-    get()
+    """Start the relay process now, if it isn't running yet (cheap when it is; a no-op once
+    the program exits: ``start()`` then says why)."""
+    if _exited_in != os.getpid():
+        get()

@@ -142,6 +142,17 @@ class Link:
             self.closing = True
         self.wake()
 
+    def drop_pending(self) -> None:
+        """The user's process is gone: refuse now the starts this link's thread has not taken
+        (each holds the user's stdout and stderr), rather than once a connection still being
+        made answers (or times out)."""
+        with self.lock:
+            self.closing = True
+            todo, self.pending = list(self.pending), deque()
+        for _request, status_sock, fds in todo:
+            ipc.refuse(status_sock, fds, ConnectionLostError("%s: connection closed" % self.display, self.display))
+        self.wake()
+
     # -- the thread -----------------------------------------------------------------
     def _run(self) -> None:
         try:

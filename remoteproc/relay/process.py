@@ -61,6 +61,7 @@ class Relay:
         self.links_lock = threading.Lock()
         # transport="openssh": (spec, options) -> the Target 'ssh -G' gave, while its link lives
         self.resolved: dict[str, ssh.Target] = {}
+        self._interrupt_r = self._interrupt_w = -1     # (watch_interrupts: the Ctrl-C pipe)
 
     def send_to_user(self, msg) -> None:
         with self.send_lock:
@@ -92,7 +93,29 @@ class Relay:
             else:
                 for fd in fds:
                     os.close(fd)
+        self.let_go_of_user_stdio()
         self.shutdown()
+
+    def let_go_of_user_stdio(self) -> None:
+        """The user's process is gone: stop holding its stdout and stderr (this process's fds 1
+        and 2, inherited, and those that starts not yet sent brought), so that a reader of its
+        output (``prog | cat``, ``subprocess.run(capture_output=True)``) sees the end now, not
+        after the bounded waits of the shutdown. Remote children's output already on its way
+        is still written (``Link._finish``: bounded)."""
+        try:
+            devnull = os.open(os.devnull, os.O_RDWR)
+        except OSError:     # pragma: no cover - (no /dev/null: keep them)
+            return
+        for fd in (1, 2):
+            try:
+                os.dup2(devnull, fd)
+            except OSError:
+                pass
+        os.close(devnull)
+        with self.links_lock:
+            links = list(self.links.values())
+        for link in links:
+            link.drop_pending()
 
     def start(self, request: dict, fds: list[int]) -> None:
         status = socket.socket(fileno=fds[0])
@@ -138,11 +161,41 @@ class Relay:
         return target
 
     def interrupt(self, signum, frame) -> None:
-        """Ctrl-C reaches the whole foreground process group: pass it on to the remote children."""
-        with self.links_lock:
-            links = list(self.links.values())
-        for link in links:
-            link.interrupt()
+        """The SIGINT handler: Ctrl-C reaches the whole foreground process group, so pass it on
+        to the remote children.
+
+        A Python signal handler runs in the main thread between two of its bytecodes, possibly
+        while that thread holds ``links_lock`` or a link's lock (``submit`` of a start): taking
+        either here would deadlock the relay for good (no start served any more, the user's
+        exit waits for it). So the handler only writes a byte (no lock), and the interrupter
+        thread does the rest.
+        """
+        try:
+            os.write(self._interrupt_w, b"\0")
+        except OSError:     # (full: a Ctrl-C is already on its way; closed: shutting down)
+            pass
+
+    def _interrupter(self) -> None:
+        """Thread: each Ctrl-C the handler noted goes to every link (see ``interrupt``)."""
+        while True:
+            try:
+                if not os.read(self._interrupt_r, 64):
+                    return
+            except InterruptedError:    # pragma: no cover - (PEP 475 retries)
+                continue
+            except OSError:
+                return
+            with self.links_lock:
+                links = list(self.links.values())
+            for link in links:
+                link.interrupt()
+
+    def watch_interrupts(self) -> None:
+        """Start the interrupter thread, and the handler that feeds it."""
+        self._interrupt_r, self._interrupt_w = os.pipe()
+        os.set_blocking(self._interrupt_w, False)
+        threading.Thread(target=self._interrupter, name="remoteproc-interrupt", daemon=True).start()
+        signal.signal(signal.SIGINT, self.interrupt)
 
     def shutdown(self) -> None:
         with self.links_lock:
@@ -178,7 +231,7 @@ def main(fd: int) -> None:
     root.setLevel(logging.INFO)
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     logging.getLogger("paramiko").propagate = False
-    signal.signal(signal.SIGINT, relay.interrupt)
+    relay.watch_interrupts()
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])     # (blocked by relay/client.py until now)
     relay.serve()     # returns when the user's process is gone; threads here are daemons
     # ... but one still importing paramiko (cryptography's compiled code) when the interpreter
