@@ -406,9 +406,11 @@ def test_a_callback_that_raises_does_not_hang_the_pool_s_users(host, ssh_options
 
     pool = Pool(host, processes_per_host=1, **ssh_options)
     try:
-        first = pool.apply_async(square, (2,), callback=bad_callback)
+        # (the first task naps, so that the second is queued before the callback ends the pool, even
+        # when this thread is descheduled on a loaded machine: a fast first task raced the submit)
+        first = pool.apply_async(naps, (0.5,), callback=bad_callback)
         waiting = pool.apply_async(naps, (0.1,))        # (one worker: this one waits its turn)
-        assert first.get(60) == 4
+        assert first.get(60) == 0.5
         with pytest.raises(remoteproc.RemoteProcessError, match="terminated"):     # not a hang: the pool ended
             waiting.get(60)
         assert any("manager thread failed" in r.getMessage() for r in caplog.records)
