@@ -105,8 +105,9 @@ def test_relay_waits_for_its_paramiko_import_before_it_exits():
     thread may still be inside cryptography's compiled code; a daemon thread there when the
     interpreter finalizes aborts the process (SIGABRT, "FATAL: exception not rethrown" on the
     user's stderr).  The relay's main returns only once the import is done."""
-    code = ("import json, socket, threading, time\n"
+    code = ("import json, os, socket, threading, time\n"
             "from remoteproc.relay import paramiko_shims, process\n"
+            "out = os.dup(1)     # (the relay points its own stdout at /dev/null once the user is gone)\n"
             "done = threading.Event()\n"
             "def slow_preload():\n"
             "    time.sleep(0.5)\n"
@@ -115,7 +116,7 @@ def test_relay_waits_for_its_paramiko_import_before_it_exits():
             "mine, theirs = socket.socketpair()\n"
             "theirs.close()      # the user's process is gone at once\n"
             "process.main(mine.detach())\n"
-            "print(json.dumps(done.is_set()))")
+            "os.write(out, json.dumps(done.is_set()).encode() + b'\\n')")
     assert _fresh(code) is True
 
 
