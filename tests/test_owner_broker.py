@@ -71,20 +71,13 @@ def _broker_errors(caplog) -> list[str]:
             if r.name == "remoteproc" and r.levelno >= logging.ERROR and "Queue/Lock/Event" in r.getMessage()]
 
 
-@pytest.fixture
-def keeper(plain_user_host, plain_user_options):
-    """A long-lived child on a connection of its own (another account: the faults below do not
-    reach it) echoing a long-lived Queue under a long-lived Lock, and a thread of ours using them."""
-    q_in, q_out, lock = Queue(), Queue(), Lock()
-    p = RemoteProcess(plain_user_host, target=T.echo_under_lock, args=(q_in, q_out, lock), **plain_user_options)
-    p.start()
-    stop = threading.Event()
-    state = {"done": 0, "errors": []}
-
+def _keep_using(q_in, q_out, lock, stop: threading.Event, state: dict) -> threading.Thread:
+    """A thread of ours that puts under the long-lived Lock and reads the echo, round after round
+    (at most 100,000) until ``stop``; ``state`` counts the rounds and records the first error."""
     def use():
-        i = 0
-        while not stop.is_set() and i < 100_000:
-            i += 1
+        for i in range(1, 100_001):
+            if stop.is_set():
+                return
             try:
                 with lock:          # the owner's own acquire, against the child's
                     q_in.put(i)
@@ -99,6 +92,19 @@ def keeper(plain_user_host, plain_user_options):
 
     t = threading.Thread(target=use, daemon=True)
     t.start()
+    return t
+
+
+@pytest.fixture
+def keeper(plain_user_host, plain_user_options):
+    """A long-lived child on a connection of its own (another account: the faults below do not
+    reach it) echoing a long-lived Queue under a long-lived Lock, and a thread of ours using them."""
+    q_in, q_out, lock = Queue(), Queue(), Lock()
+    p = RemoteProcess(plain_user_host, target=T.echo_under_lock, args=(q_in, q_out, lock), **plain_user_options)
+    p.start()
+    stop = threading.Event()
+    state: dict = {"done": 0, "errors": []}
+    t = _keep_using(q_in, q_out, lock, stop, state)
     yield state
     stop.set()
     t.join(WAIT + 5)
@@ -206,24 +212,8 @@ def test_churn_of_short_lived_processes_leaves_the_long_lived_objects_working(
                            **plain_user_options)
     keeper.start()
     stop = threading.Event()
-    state = {"done": 0, "errors": []}
-
-    def use():
-        for i in range(100_000):
-            if stop.is_set():
-                return
-            try:
-                with keep_lock:
-                    q_in.put(i)
-                got = q_out.get(timeout=WAIT)
-                assert got == i, (got, i)
-                state["done"] += 1
-            except Exception as exc:  # noqa: BLE001 - reported by the test
-                state["errors"].append(repr(exc))
-                return
-
-    user = threading.Thread(target=use, daemon=True)
-    user.start()
+    state: dict = {"done": 0, "errors": []}
+    user = _keep_using(q_in, q_out, keep_lock, stop, state)
 
     def objects():
         return Queue(), Lock(), Event()
