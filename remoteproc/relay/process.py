@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import queue
 import signal
 import socket
 import threading
@@ -61,7 +62,8 @@ class Relay:
         self.links_lock = threading.Lock()
         # transport="openssh": (spec, options) -> the Target 'ssh -G' gave, while its link lives
         self.resolved: dict[str, ssh.Target] = {}
-        self._interrupt_r = self._interrupt_w = -1     # (watch_interrupts: the Ctrl-C pipe)
+        #: each Ctrl-C's links, from the SIGINT handler to the interrupter thread (watch_interrupts)
+        self._interrupts: queue.SimpleQueue = queue.SimpleQueue()
 
     def send_to_user(self, msg) -> None:
         with self.send_lock:
@@ -167,37 +169,29 @@ class Relay:
         A Python signal handler runs in the main thread between two of its bytecodes, possibly
         while that thread holds ``links_lock`` or a link's lock (``submit`` of a start): taking
         either here would deadlock the relay for good (no start served any more, the user's
-        exit waits for it). So the handler only writes a byte (no lock), and the interrupter
-        thread does the rest.
+        exit waits for it). So the handler takes no lock: it notes the links there are now (a
+        copy of the dict is one step under the GIL) on a queue whose ``put`` may run in a signal
+        handler, and the interrupter thread interrupts them. A link made after the Ctrl-C (a
+        start the program makes once it has handled it) is not interrupted, as it was not there.
         """
-        try:
-            os.write(self._interrupt_w, b"\0")
-        except OSError:     # (full: a Ctrl-C is already on its way; closed: shutting down)
-            pass
+        self._interrupts.put(list(self.links.values()))
 
     def _interrupter(self) -> None:
-        """Thread: each Ctrl-C the handler noted goes to every link (see ``interrupt``)."""
+        """Thread: each Ctrl-C the handler noted goes to the links it found (see ``interrupt``)."""
         while True:
-            try:
-                if not os.read(self._interrupt_r, 64):
-                    return
-            except InterruptedError:    # pragma: no cover - (PEP 475 retries)
-                continue
-            except OSError:
+            links = self._interrupts.get()
+            if links is None:
                 return
-            with self.links_lock:
-                links = list(self.links.values())
             for link in links:
                 link.interrupt()
 
     def watch_interrupts(self) -> None:
         """Start the interrupter thread, and the handler that feeds it."""
-        self._interrupt_r, self._interrupt_w = os.pipe()
-        os.set_blocking(self._interrupt_w, False)
         threading.Thread(target=self._interrupter, name="remoteproc-interrupt", daemon=True).start()
         signal.signal(signal.SIGINT, self.interrupt)
 
     def shutdown(self) -> None:
+        self._interrupts.put(None)      # (the interrupter thread ends)
         with self.links_lock:
             links = list(self.links.values())
         for link in links:
