@@ -88,9 +88,8 @@ def _build_blob(real_paths: bool) -> bytes:
 
     here = os.path.dirname(os.path.abspath(__file__))
     sources: dict[str, tuple[bool, str, str]] = {"remoteproc": (True, "", "")}
-    for mod, entry in _package_sources("remoteproc.agent").items():
-        if mod != "remoteproc.agent.boot":
-            sources[mod] = entry
+    # (boot.py runs first, below; shipped as a module too for a child's spawn children: grandchild.py)
+    sources.update(_package_sources("remoteproc.agent"))
     sources.update(_package_sources("cloudpickle"))
     modules = {}
     for mod, (is_pkg, text, path) in sources.items():
@@ -115,9 +114,8 @@ def source_blob() -> bytes:
     modules = {}
     for package in ("remoteproc.agent", "cloudpickle"):
         for mod, (is_pkg, text, _path) in _package_sources(package).items():
-            if mod != "remoteproc.agent.boot":
-                modules[mod] = (is_pkg, text, "<remoteproc>/%s%s" % (mod.replace(".", "/"),
-                                                                     "/__init__.py" if is_pkg else ".py"))
+            path = "<remoteproc>/%s%s" % (mod.replace(".", "/"), "/__init__.py" if is_pkg else ".py")
+            modules[mod] = (is_pkg, text, path)
     modules["remoteproc"] = (True, "", "<remoteproc>/remoteproc/__init__.py")
     with open(os.path.join(here, "agent", "boot.py"), encoding="utf-8") as f:
         boot = f.read() + "\n_boot(m)\n"

@@ -161,7 +161,10 @@ def test_agent_blob_is_compiled_code_without_docstrings():
     exec(modules["remoteproc.agent.frames"][1], namespace)      # (frames imports only the stdlib)
     assert namespace["FrameReader"].__doc__ is None and namespace.get("__doc__") is None
     assert namespace["header"](namespace["DATA"], 7, 3) == frames.header(frames.DATA, 7, 3)
-    assert "remoteproc.agent.boot" not in modules
+    # boot runs first (as ``boot``), and is a module too, for a remote child's spawn children
+    booted: dict = {"__name__": "shipped_boot"}
+    exec(modules["remoteproc.agent.boot"][1], booted)      # (calling _boot(m) would be a NameError)
+    assert callable(booted["_boot"]) and isinstance(booted["_ShippedImporter"], type)
 
 
 def test_stub_in_strict_mode_refuses_another_python_version_before_reading_the_blob():

@@ -106,6 +106,16 @@ def _serve_main_definitions(blobs, state):
         if name in blobs and isinstance(obj, (type, types.FunctionType)) \
                 and getattr(obj, "__module__", None) == "__main__" and obj.__qualname__ == name:
             setattr(main, name, obj)
+    main.__getattr__ = lazy_definitions(blobs, lambda: main)  # type: ignore[method-assign]  # (PEP 562)
+    sys.modules["__main__"] = main
+    from . import grandchild
+
+    grandchild.remember_definitions(blobs)
+
+
+def lazy_definitions(blobs, home):
+    """A module ``__getattr__`` (PEP 562) that loads the script's definition ``name`` from its
+    blob when first named, and keeps it on the module ``home()`` returns."""
 
     def __getattr__(name):
         blob = blobs.get(name)
@@ -114,11 +124,10 @@ def _serve_main_definitions(blobs, state):
         import pickle
 
         obj = pickle.loads(blob)
-        setattr(main, name, obj)
+        setattr(home(), name, obj)
         return obj
 
-    main.__getattr__ = __getattr__  # type: ignore[method-assign]  # (a module's __getattr__, PEP 562)
-    sys.modules["__main__"] = main
+    return __getattr__
 
 
 def _exit_none_is_success(process_obj):
@@ -171,11 +180,14 @@ class ParentImporter:
     """
 
     def __init__(self, fd, cache, host):
+        """``fd`` None: answer from ``cache`` alone (a spawn/forkserver child of a remote child,
+        see grandchild.py)."""
         import socket
 
-        self.sock = socket.socket(fileno=fd)
-        self.sock.setblocking(True)
-        self.file = self.sock.makefile("rb")
+        self.sock = socket.socket(fileno=fd) if fd is not None else None
+        self.file = self.sock.makefile("rb") if self.sock is not None else None
+        if self.sock is not None:
+            self.sock.setblocking(True)
         self.cache = cache
         self.host = host
         self.lock = threading.Lock()
@@ -187,8 +199,11 @@ class ParentImporter:
         with self.lock:
             if name in self.cache:
                 return
+            if self.sock is None:
+                self.cache[name] = None
+                return
             self.sock.sendall(json.dumps({"name": name}).encode() + b"\n")
-            line = self.file.readline()
+            line = self.file.readline()  # type: ignore[union-attr]  # (a sock, a file)
             if not line:
                 raise ImportError("no module named %r on %s (the agent is gone)" % (name, self.host), name=name)
             self.cache.update(json.loads(line))
@@ -298,6 +313,8 @@ class ParentImporter:
         import json
         import marshal
 
+        if self.sock is None:
+            return
         line = json.dumps({"compiled": name, "code": base64.b64encode(marshal.dumps(code)).decode()})
         with self.lock:
             try:
@@ -567,6 +584,9 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
             importer = ParentImporter(import_fd, modules if modules is not None else {}, host)
             sys.meta_path.append(importer)
             _complete_package(importer)
+        from . import grandchild
+
+        grandchild.enable(importer if import_fd is not None else None)
         watchdog = threading.Thread(target=_watchdog, args=(sentinel_fd,), daemon=True, name="remoteproc-watchdog")
         watchdog.start()
         _quiet_fork_warning(watchdog)

@@ -80,6 +80,9 @@ def prepare(main):
             del sys.modules["__mp_main__"]
             raise
         _remember_lines(main["path"], main["source"])
+        from . import grandchild
+
+        grandchild.remember_script(main)
         _imported.append(module)
         sys.modules["__main__"] = module
     return None

@@ -16,7 +16,7 @@ import sys
 import time
 import zlib
 
-from . import PROTOCOL_VERSION, fdlimit, frames, limits, mux, pkgcache, poller
+from . import PROTOCOL_VERSION, fdlimit, frames, grandchild, limits, mux, pkgcache, poller
 from .child import RESET_SIGNALS
 from .child import run as run_child
 from .endpoint import FrameEndpoint
@@ -370,6 +370,7 @@ class Supervisor:
             del self.children[child.id]
             child.code = _exitcode(status)
             os.close(child.sentinel)
+            grandchild.remove_for(pid)
             # Whatever the child wrote before it exited goes out before its exit status.
             for s in self.mux.owned_by(child):
                 self.mux.drain(s)
@@ -419,6 +420,8 @@ class Supervisor:
                 except ChildProcessError:
                     pass
                 self.by_pid.pop(pid, None)
+        for child in children:
+            grandchild.remove_for(child.pid)
 
     def _reap_quietly(self):
         while self.by_pid:
@@ -565,6 +568,7 @@ def _main(fd_in, fd_out, found):
     import multiprocessing.context  # noqa: F401
     import multiprocessing.process  # noqa: F401
     import multiprocessing.reduction  # noqa: F401
+    import multiprocessing.spawn  # noqa: F401  (grandchild.enable wraps it in every child)
     import pickle  # noqa: F401
     import threading  # noqa: F401
     import traceback  # noqa: F401

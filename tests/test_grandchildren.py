@@ -1,0 +1,196 @@
+"""A remote child's own spawn and forkserver children (forkserver is Python 3.14's default).
+
+A target that runs ``ProcessPoolExecutor()`` or ``Pool()`` on a 3.14 host gets forkserver
+workers: new interpreters, which import what they run by reference. They must find the user's
+script definitions and forwarded modules as the child does (remoteproc/agent/grandchild.py).
+Each program runs as a user's script of its own against the loopback sshd's system-Python
+account, in same-version mode and, with another CPython as the host's, in spawn mode.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import pwd
+import subprocess
+import sys
+
+import pytest
+
+from remoteproc import RemoteProcess
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+pytestmark = [pytest.mark.timeout(300), pytest.mark.loopback_only]
+
+USER_MODULE = '''
+import os
+import sys
+
+
+def triple(x):
+    return 3 * x
+
+
+def main_name(_=None):
+    return sys.modules["__main__"].__name__
+
+
+def pid(_=None):
+    return os.getpid()
+'''
+
+PROGRAM = '''
+import json
+import multiprocessing as mp
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import gc_usermod
+from remoteproc import Pipe, RemoteProcess
+
+
+def double(x):
+    return 2 * x
+
+
+class Scaled:
+    def __init__(self, k):
+        self.k = k
+
+    def __call__(self, x):
+        return self.k * x
+
+
+def work(conn, method):
+    ctx = mp.get_context(method)
+    out = {}
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        out["main"] = list(ex.map(double, [1, -2]))
+        out["module"] = list(ex.map(gc_usermod.triple, [1, -2]))
+        out["class"] = list(ex.map(Scaled(5), [1, 2]))
+        out["main_name"] = ex.submit(gc_usermod.main_name).result(60)
+        out["other_pid"] = ex.submit(gc_usermod.pid).result(60) != gc_usermod.pid()
+    with ctx.Pool(2) as pool:
+        out["pool"] = pool.map(gc_usermod.triple, range(3))
+        out["pool_main"] = pool.apply(double, (21,))
+    conn.send(out)
+
+
+if __name__ == "__main__":
+    host, options, method = json.loads(sys.argv[1])
+    a, b = Pipe()
+    p = RemoteProcess(host, target=work, args=(b, method), **options)
+    p.start()
+    b.close()
+    print(json.dumps(a.recv() if a.poll(150) else "no answer"))
+    p.join(60)
+    print(json.dumps(p.exitcode))
+'''
+
+
+def _run(scripts, host: str, options: dict, method: str) -> tuple[object, object]:
+    scripts("gc_usermod.py", USER_MODULE)       # beside the script: the host has it nowhere
+    program = scripts("gc_program.py", PROGRAM)
+    proc = subprocess.run([sys.executable, program, json.dumps([host, options, method])],
+                          capture_output=True, text=True, timeout=240, cwd=os.path.dirname(program),
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = proc.stdout.strip().splitlines()
+    return json.loads(lines[-2]), json.loads(lines[-1])
+
+
+def _expected(method: str) -> dict:
+    return {"main": [2, -4], "module": [3, -6], "class": [5, 10], "other_pid": True, "pool": [0, 3, 6],
+            "pool_main": 42,
+            # what multiprocessing's own children call the main module: spawn runs it as __mp_main__
+            "main_name": "__main__" if method == "fork" else "__mp_main__"}
+
+
+def _left_dirs(user: str) -> list[str]:
+    import tempfile
+
+    return glob.glob(os.path.join(tempfile.gettempdir(), "remoteproc-mp-%d-*" % pwd.getpwnam(user).pw_uid))
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver", "fork"])
+def test_a_targets_own_process_pool_finds_the_scripts_functions_and_forwarded_modules(
+        scripts, plain_user_host, plain_user_options, method):
+    user = plain_user_host.split("@")[0]
+    got, code = _run(scripts, plain_user_host, plain_user_options, method)
+    assert got == _expected(method)
+    assert code == 0
+    assert _left_dirs(user) == []
+
+
+def test_in_spawn_mode_the_script_runs_as_mp_main_in_the_childs_children(scripts, plain_user_host,
+                                                                         plain_user_options):
+    import shutil
+    import tempfile
+
+    from test_host_pythons import HostPythons
+
+    root = tempfile.mkdtemp(prefix="remoteproc-pythons-")
+    os.chmod(root, 0o755)
+    try:
+        wrapper, _full = HostPythons(root).get("3.12" if sys.version_info[:2] != (3, 12) else "3.13")
+        options = dict(plain_user_options, python=wrapper)
+        for method in ("forkserver", "spawn"):
+            got, code = _run(scripts, plain_user_host, options, method)
+            assert got == _expected(method), method
+            assert code == 0
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _start_pool_and_wait(conn):
+    import multiprocessing as mp
+    import time
+
+    pool = mp.get_context("forkserver").Pool(1)
+    conn.send(pool.apply(os.getpid))
+    time.sleep(120)
+
+
+def test_a_killed_childs_directory_is_removed_by_the_agent(plain_user_host, plain_user_options):
+    from remoteproc import Pipe
+
+    user = plain_user_host.split("@")[0]
+    a, b = Pipe()
+    p = RemoteProcess(plain_user_host, target=_start_pool_and_wait, args=(b,), **plain_user_options)
+    p.start()
+    b.close()
+    assert a.poll(60) and isinstance(a.recv(), int)
+    assert len(_left_dirs(user)) == 1       # the running child's
+    p.kill()
+    p.join(30)
+    assert p.exitcode == -9
+    assert _left_dirs(user) == []
+
+
+def _pool_in_read_only_tmp(conn):
+    import multiprocessing as mp
+    import tempfile
+
+    tempfile.tempdir = "/proc"      # (a temp dir nobody can write)
+    try:
+        with mp.get_context("spawn").Pool(1) as pool:
+            conn.send(("ran", pool.apply(abs, (-3,))))
+    except Exception as exc:     # noqa: BLE001
+        conn.send(("failed", repr(exc)))
+
+
+def test_an_unwritable_temp_dir_leaves_spawn_children_as_multiprocessing_has_them(plain_user_host,
+                                                                                    plain_user_options):
+    """Functions the host has (``abs``) still run; only the hand-over is missing, with a warning."""
+    from remoteproc import Pipe
+
+    a, b = Pipe()
+    p = RemoteProcess(plain_user_host, target=_pool_in_read_only_tmp, args=(b,), **plain_user_options)
+    p.start()
+    b.close()
+    assert a.poll(90)
+    assert a.recv() == ("ran", 3)
+    p.join(30)
+    assert p.exitcode == 0
