@@ -124,8 +124,9 @@ def test_a_targets_own_process_pool_finds_the_scripts_functions_and_forwarded_mo
     assert _left_dirs(user) == []
 
 
-def test_in_spawn_mode_the_script_runs_as_mp_main_in_the_childs_children(scripts, plain_user_host,
-                                                                         plain_user_options):
+@pytest.fixture(scope="module")
+def other_python():
+    """A CPython of another version than this one, runnable by every account."""
     import shutil
     import tempfile
 
@@ -134,14 +135,18 @@ def test_in_spawn_mode_the_script_runs_as_mp_main_in_the_childs_children(scripts
     root = tempfile.mkdtemp(prefix="remoteproc-pythons-")
     os.chmod(root, 0o755)
     try:
-        wrapper, _full = HostPythons(root).get("3.12" if sys.version_info[:2] != (3, 12) else "3.13")
-        options = dict(plain_user_options, python=wrapper)
-        for method in ("forkserver", "spawn"):
-            got, code = _run(scripts, plain_user_host, options, method)
-            assert got == _expected(method), method
-            assert code == 0
+        yield HostPythons(root).get("3.12" if sys.version_info[:2] != (3, 12) else "3.13")[0]
     finally:
         shutil.rmtree(root, ignore_errors=True)
+
+
+def test_in_spawn_mode_the_script_runs_as_mp_main_in_the_childs_children(scripts, plain_user_host,
+                                                                         plain_user_options, other_python):
+    options = dict(plain_user_options, python=other_python)
+    for method in ("forkserver", "spawn"):
+        got, code = _run(scripts, plain_user_host, options, method)
+        assert got == _expected(method), method
+        assert code == 0
 
 
 def _start_pool_and_wait(conn):

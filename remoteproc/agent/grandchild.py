@@ -18,6 +18,7 @@ runs as ``__mp_main__``, as local spawn runs it.  The directory goes when the ch
 
 import os
 import sys
+import threading
 
 #: the loader's module name: the main module of a remote child's spawn/forkserver children
 LOADER = "_remoteproc_mp_main"
@@ -27,19 +28,24 @@ PREFIX = "remoteproc-mp-"
 _LOADER_SOURCE = '''\
 """remoteproc: sets up a remote child's spawn/forkserver child (remoteproc/agent/grandchild.py)."""
 import marshal, os, sys, types
-with open(os.path.join(os.path.dirname(__file__), "handoff"), "rb") as _f:
-    _h = marshal.load(_f)
-_boot = types.ModuleType("remoteproc.agent.boot")
-_boot_code = _h["shipped"]["remoteproc.agent.boot"][1]
-exec(compile(_boot_code, "<remoteproc>/boot.py", "exec") if isinstance(_boot_code, str) else _boot_code,
-     _boot.__dict__)
-sys.meta_path.insert(0, _boot._ShippedImporter(_h["shipped"]))
-del _f, _boot, _boot_code
-from remoteproc.agent.grandchild import graft as _graft
-_graft(_h, globals())
-del _h, _graft
+_name = "handoff-%s-%d%d" % (sys.implementation.name, sys.version_info[0], sys.version_info[1])
+try:
+    with open(os.path.join(os.path.dirname(__file__), _name), "rb") as _f:
+        _h = marshal.load(_f)
+except OSError:
+    _h = None   # (another Python than the child's, set by set_executable: it imports as it can)
+if _h is not None:
+    _boot = types.ModuleType("remoteproc.agent.boot")
+    _code = _h["shipped"]["remoteproc.agent.boot"][1]
+    exec(compile(_code, "<remoteproc>/boot.py", "exec") if isinstance(_code, str) else _code, _boot.__dict__)
+    sys.meta_path.insert(0, _boot._ShippedImporter(_h["shipped"]))
+    from remoteproc.agent.grandchild import graft as _graft
+    _graft(_h, globals())
+    del _f, _boot, _code, _graft
+del _h, _name
 '''
 
+_lock = threading.Lock()
 _state = {"importer": None, "definitions": None, "script": None, "dir": None,
           "written": None}  # type: dict
 
@@ -50,7 +56,7 @@ def remember_definitions(blobs) -> None:
 
 
 def remember_script(main) -> None:
-    """The user's script (a spawn-mode child runs it as ``__mp_main__``): path, source, argv."""
+    """The user's script (a spawn-mode child runs it as ``__mp_main__``): path, source, remoteproc names."""
     _state["script"] = {"path": main["path"], "source": main["source"], "names": list(main.get("names", ()))}
 
 
@@ -64,7 +70,8 @@ def enable(importer) -> None:
     def get_preparation_data(name):
         data = original(name)
         try:
-            where = _write()
+            with _lock:         # (two threads of the child starting processes at once)
+                where = _write()
         except OSError as exc:  # (a read-only or full temp dir: they start as multiprocessing has it)
             import logging
 
@@ -120,10 +127,11 @@ def _write():
     importer = _state["importer"]
     known = (len(importer.cache) if importer is not None else 0, len(_state["definitions"] or ()))
     if _state["written"] != known:
-        temp = os.path.join(where, "handoff.%d" % os.getpid())
+        name = "handoff-%s-%d%d" % (sys.implementation.name, sys.version_info[0], sys.version_info[1])
+        temp = os.path.join(where, name + ".new")
         with open(temp, "wb") as f:
             marshal.dump(_handoff(), f)
-        os.replace(temp, os.path.join(where, "handoff"))   # (a process starting now reads a whole one)
+        os.replace(temp, os.path.join(where, name))   # (a process starting now reads a whole one)
         _state["written"] = known
     return where
 
