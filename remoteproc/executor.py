@@ -55,7 +55,7 @@ class Executor(futures.Executor):
                  initargs: Iterable = (), max_tasks_per_child: int | None = None, *, retries: int = 0,
                  **ssh_options: Any) -> None:
         self._core = Scheduler(hosts, processes_per_host, initializer, initargs, max_tasks_per_child,
-                               ssh_options, retries)
+                               ssh_options, retries, may_have_children=True)
         self._shutdown = False
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
 

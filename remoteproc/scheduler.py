@@ -65,7 +65,7 @@ class Scheduler:
 
     def __init__(self, hosts: Hosts, processes_per_host: int | None, initializer: Callable[..., Any] | None,
                  initargs: Iterable[Any], maxtasks: int | None, ssh_options: dict[str, Any],
-                 retries: int = 0) -> None:
+                 retries: int = 0, may_have_children: bool = False) -> None:
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError("retries must be an int >= 0")
         if processes_per_host is not None and (not isinstance(processes_per_host, int) or processes_per_host < 1):
@@ -75,7 +75,7 @@ class Scheduler:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self.hosts = parse_hosts(hosts, ssh_options)
-        self.starter = Starter(initializer, tuple(initargs), maxtasks)
+        self.starter = Starter(initializer, tuple(initargs), maxtasks, may_have_children)
         self.retries = retries
         self.reconnector = Reconnector(self.starter, self._rejoin) if retries else None
         self.rejoined: list[tuple[str, list[Worker]]] = []     # from the reconnector, for the manager

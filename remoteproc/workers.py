@@ -91,17 +91,21 @@ class Worker:
 
 
 class Starter:
-    """What every worker of one pool starts with: the initializer, its arguments, the task limit."""
+    """What every worker of one pool starts with: the initializer, its arguments, the task limit,
+    and whether its tasks may start processes (an Executor's: ProcessPoolExecutor's workers are
+    not daemonic; a Pool's are, as multiprocessing's)."""
 
-    def __init__(self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], maxtasks: int | None) -> None:
+    def __init__(self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], maxtasks: int | None,
+                 may_have_children: bool = False) -> None:
         self.initializer = initializer
         self.initargs = initargs
         self.maxtasks = maxtasks
+        self.may_have_children = may_have_children
 
     def spawn(self, host: str, options: dict[str, Any]) -> Worker:
         parent_end, child_end = Pipe()
         p = RemoteProcess(host, target=worker.main,
-                          args=(child_end, self.initializer, self.initargs, self.maxtasks),
+                          args=(child_end, self.initializer, self.initargs, self.maxtasks, self.may_have_children),
                           daemon=True, **options)
         p.name = p.name.replace("Process", "PoolWorker")     # (as multiprocessing names its workers)
         try:

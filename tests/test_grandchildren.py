@@ -48,7 +48,7 @@ import sys
 from concurrent.futures import ProcessPoolExecutor
 
 import gc_usermod
-from remoteproc import Pipe, RemoteProcess
+from remoteproc import Executor, Pipe, Pool, RemoteProcess
 
 
 def double(x):
@@ -78,6 +78,23 @@ def work(conn, method):
     conn.send(out)
 
 
+def task(method):
+    """An Executor's call that runs a pool of its own, as ProcessPoolExecutor's calls may."""
+    with ProcessPoolExecutor(2, mp_context=mp.get_context(method)) as ex:
+        return list(ex.map(double, [1, 2])) + list(ex.map(gc_usermod.triple, [1, 2]))
+
+
+def pool_task(method):
+    """A Pool's task may not: multiprocessing's Pool workers are daemonic."""
+    try:
+        p = mp.get_context(method).Process(target=abs, args=(1,))
+        p.start()
+        p.join()
+        return "started"
+    except AssertionError as exc:
+        return str(exc)
+
+
 if __name__ == "__main__":
     host, options, method = json.loads(sys.argv[1])
     a, b = Pipe()
@@ -86,6 +103,11 @@ if __name__ == "__main__":
     b.close()
     print(json.dumps(a.recv() if a.poll(150) else "no answer"))
     p.join(60)
+    if method == "forkserver":
+        with Executor([host], 1, **options) as ex:
+            print(json.dumps(["executor", ex.submit(task, method).result(120)]))
+        with Pool([host], 1, **options) as pool:
+            print(json.dumps(["pool", pool.apply(pool_task, (method,))]))
     print(json.dumps(p.exitcode))
 '''
 
@@ -97,8 +119,13 @@ def _run(scripts, host: str, options: dict, method: str) -> tuple[object, object
                           capture_output=True, text=True, timeout=240, cwd=os.path.dirname(program),
                           env=dict(os.environ, PYTHONPATH=REPO))
     assert proc.returncode == 0, proc.stderr[-4000:]
-    lines = proc.stdout.strip().splitlines()
-    return json.loads(lines[-2]), json.loads(lines[-1])
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    if method == "forkserver":
+        # an Executor's calls may start processes, which find the script's functions and forwarded
+        # modules; a Pool's tasks may not, as locally
+        assert lines[1:3] == [["executor", [2, 4, 3, 6]],
+                              ["pool", "daemonic processes are not allowed to have children"]]
+    return lines[0], lines[-1]
 
 
 def _expected(method: str) -> dict:

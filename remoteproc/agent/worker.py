@@ -60,7 +60,11 @@ def share_globals(func):
     mod = sys.modules.get(name)
     if mod is not None and getattr(mod, "__dict__", None) is g:
         return func
-    shared = _SHARED.setdefault(name, g)
+    # ``__main__``'s are the child's __main__ module's own (child._serve_main_definitions): a
+    # function that a task passes on by reference (to its own spawn children, in a message) is
+    # then the very one ``__main__.f`` names
+    home = vars(mod) if name == "__main__" and mod is not None else g
+    shared = _SHARED.setdefault(name, home)
     if shared is g:
         return func
     rebound = {}  # type: dict[int, types.FunctionType]
@@ -162,8 +166,17 @@ def run_chunk(func, mode, items):
     return False, pairs
 
 
-def main(conn, initializer=None, initargs=(), maxtasks=None):
-    """The worker process's target: serve chunks until told to stop, EOF, or ``maxtasks``."""
+def main(conn, initializer=None, initargs=(), maxtasks=None, may_have_children=False):
+    """The worker process's target: serve chunks until told to stop, EOF, or ``maxtasks``.
+
+    ``may_have_children``: an Executor's worker, whose calls may start processes of their own,
+    as ProcessPoolExecutor's workers are not daemonic.  (Locally the worker stays daemonic: it
+    ends with the program.  Here it only ceases to refuse children, which multiprocessing joins
+    when the worker ends, and which the agent's kill of its process group takes along.)"""
+    if may_have_children:
+        import multiprocessing
+
+        multiprocessing.current_process()._config["daemon"] = False  # type: ignore[attr-defined]
     if initializer is not None:
         try:
             share_globals(initializer)(*initargs)
