@@ -152,8 +152,8 @@ def test_a_targets_own_process_pool_finds_the_scripts_functions_and_forwarded_mo
 
 
 @pytest.fixture(scope="module")
-def other_python():
-    """A CPython of another version than this one, runnable by every account."""
+def host_pythons():
+    """Copies of other CPythons than this one, runnable by every account."""
     import shutil
     import tempfile
 
@@ -162,14 +162,15 @@ def other_python():
     root = tempfile.mkdtemp(prefix="remoteproc-pythons-")
     os.chmod(root, 0o755)
     try:
-        yield HostPythons(root).get("3.12" if sys.version_info[:2] != (3, 12) else "3.13")[0]
+        yield HostPythons(root)
     finally:
         shutil.rmtree(root, ignore_errors=True)
 
 
+@pytest.mark.parametrize("version", ["3.8", "3.13"])
 def test_in_spawn_mode_the_script_runs_as_mp_main_in_the_childs_children(scripts, plain_user_host,
-                                                                         plain_user_options, other_python):
-    options = dict(plain_user_options, python=other_python)
+                                                                         plain_user_options, host_pythons, version):
+    options = dict(plain_user_options, python=host_pythons.get(version)[0])
     for method in ("forkserver", "spawn"):
         got, code = _run(scripts, plain_user_host, options, method)
         assert got == _expected(method), method
