@@ -171,6 +171,31 @@ def _refuse_in_messages(reduction, cls):
     reduction.register(cls, reduce)
 
 
+def _explain_foreign_handles(host):
+    """A Connection or socket inside a message from the user's machine arrives as a ticket for the
+    sender's resource sharer, a Unix socket of *that* machine, which is not here: say so, rather
+    than multiprocessing's ``FileNotFoundError``.  (One of this host's, from the child's own
+    processes, is fetched as before.)"""
+    from multiprocessing import resource_sharer
+
+    dupfd = resource_sharer.DupFd
+    fetch = dupfd.detach
+
+    def detach(self):
+        try:
+            return fetch(self)
+        except OSError as exc:
+            address = self._id[0] if isinstance(getattr(self, "_id", None), tuple) else None
+            if isinstance(address, str) and os.path.exists(address):
+                raise
+            raise ConnectionError(
+                "%s: a Connection or socket sent inside a message from another host cannot be "
+                "received here (%s): a file descriptor cannot cross hosts. Fix: pass Connections "
+                "as arguments of the RemoteProcess, where they are bridged" % (host, exc)) from exc
+
+    dupfd.detach = detach  # type: ignore[method-assign]
+
+
 class ParentImporter:
     """Imports what this host lacks from the user's machine (module forwarding).
 
@@ -597,6 +622,7 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
 
         _refuse_in_messages(reduction, Connection)
         _refuse_in_messages(reduction, socket.socket)
+        _explain_foreign_handles(host)
 
         import io
         import linecache

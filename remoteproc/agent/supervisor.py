@@ -568,6 +568,7 @@ def _main(fd_in, fd_out, found):
     import multiprocessing.context  # noqa: F401
     import multiprocessing.process  # noqa: F401
     import multiprocessing.reduction  # noqa: F401
+    import multiprocessing.resource_sharer  # noqa: F401  (child._explain_foreign_handles)
     import multiprocessing.spawn  # noqa: F401  (grandchild.enable wraps it in every child)
     import pickle  # noqa: F401
     import threading  # noqa: F401
