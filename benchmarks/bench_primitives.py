@@ -5,7 +5,8 @@
 
 Rows (each the median of ``--runs`` runs of ``--n`` operations, per operation):
 ``lock``: an uncontended ``acquire()`` + ``release()``; ``value``: ``with v.get_lock():
-v.value += 1`` (acquire, read, write, release); ``read``: ``v.value``.  multiprocessing's
+v.value += 1`` (acquire, read, write, release); ``read``: ``v.value``; ``jq``: a JoinableQueue
+consumer's ``get()`` + ``task_done()`` (the items put beforehand by the parent).  multiprocessing's
 run in a local forked child (shared memory and a semaphore, no round trip), remoteproc's
 in a RemoteProcess (each call a round trip to the owner, through SSH on loopback).
 """
@@ -29,10 +30,10 @@ from remoteproc import RemoteProcess  # noqa: E402
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 
-def measure(lock, value, n, runs, out):
+def measure(lock, value, jq, n, runs, out):
     """In the child: seconds per operation of each kind, median of the runs."""
     rows = {}
-    for name in ("lock", "value", "read"):
+    for name in ("lock", "value", "read", "jq"):
         samples = []
         for _ in range(runs):
             t0 = time.perf_counter()
@@ -44,18 +45,25 @@ def measure(lock, value, n, runs, out):
                 for _ in range(n):
                     with value.get_lock():
                         value.value += 1
-            else:
+            elif name == "read":
                 for _ in range(n):
                     _ = value.value
+            else:
+                for _ in range(n):
+                    jq.get()
+                    jq.task_done()
             samples.append((time.perf_counter() - t0) / n)
         rows[name] = statistics.median(samples)
     out.put(rows)
 
 
 def run(make, start, n, runs):
-    lock, value, out = make.Lock(), make.Value("i", 0), make.Queue()
-    p = start(measure, (lock, value, n, runs, out))
+    lock, value, jq, out = make.Lock(), make.Value("i", 0), make.JoinableQueue(), make.Queue()
+    for i in range(n * runs):
+        jq.put(i)
+    p = start(measure, (lock, value, jq, n, runs, out))
     rows = out.get(timeout=600)
+    jq.join()                   # (every task_done() counted)
     p.join(60)
     assert value.value == n * runs, (value.value, n * runs)
     return rows
@@ -98,7 +106,8 @@ def main(argv=None) -> int:
     print("%-44s %18s %18s" % ("operation", "multiprocessing", "remoteproc"))
     names = {"lock": "Lock acquire + release, uncontended",
              "value": "with v.get_lock(): v.value += 1",
-             "read": "v.value"}
+             "read": "v.value",
+             "jq": "JoinableQueue get() + task_done()"}
     for key, name in names.items():
         print("%-44s %15.2f us %15.1f us" % (name, local[key] * 1e6, remote[key] * 1e6))
     return 0

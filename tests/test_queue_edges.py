@@ -392,3 +392,56 @@ def test_a_closed_simple_queue_raises_what_multiprocessing_s_raises():
         except Exception as exc:
             errors.append(type(exc))
     assert errors == [OSError, OSError]
+
+
+# -- task_done(): without waiting for an item of one's own, with the owner's answer otherwise ----------------
+
+def get_some(jq, n, out):
+    out.put([jq.get(timeout=20) for _ in range(n)])
+
+
+def done_for_others(jq, n, out):
+    """task_done() for items another process got: each one waits for the owner, which may say too many."""
+    res = []
+    for _ in range(n + 1):
+        try:
+            jq.task_done()
+            res.append("ok")
+        except ValueError as exc:
+            res.append(str(exc))
+    out.put(res)
+
+
+def get_done_join(jq, n, out):
+    for _ in range(n):
+        jq.get(timeout=20)
+        jq.task_done()
+    jq.join()                       # this process's task_done()s reach the owner before its join()
+    out.put("joined")
+
+
+def test_task_done_for_items_of_another_process_is_counted_and_one_too_many_raises(host, ssh_options):
+    jq, out = JoinableQueue(), Queue()
+    for i in range(3):
+        jq.put(i)
+    getter = RemoteProcess(host, target=get_some, args=(jq, 3, out), **ssh_options)
+    getter.start()
+    assert sorted(out.get(timeout=30)) == [0, 1, 2]
+    join_all([getter])
+    doer = RemoteProcess(host, target=done_for_others, args=(jq, 3, out), **ssh_options)
+    doer.start()
+    assert out.get(timeout=30) == ["ok", "ok", "ok", "task_done() called too many times"]
+    join_all([doer])
+    jq.join()                       # returns: the three were counted
+
+
+def test_a_childs_own_task_done_calls_are_counted_before_its_join(host, ssh_options):
+    jq, out = JoinableQueue(), Queue()
+    for i in range(200):
+        jq.put(i)
+    p = RemoteProcess(host, target=get_done_join, args=(jq, 200, out), **ssh_options)
+    p.start()
+    assert out.get(timeout=60) == "joined"
+    join_all([p])
+    with pytest.raises(ValueError, match="too many times"):
+        jq.task_done()

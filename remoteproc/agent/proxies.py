@@ -381,10 +381,33 @@ class Queue(_Proxy):
 
 
 class JoinableQueue(Queue):
+    """``task_done()`` for an item this process got is sent without waiting: the owner's count
+    cannot be below this process's own unfinished gets, so it cannot be one too many (and a later
+    ``join()`` or other call of this process reaches the owner after it).  One this process has
+    no item for waits for the owner's answer, which may be its ``ValueError``."""
+
     _what = "JoinableQueue"
+    _got = 0            # items this process got and has not yet called task_done() for
+
+    def __init__(self, conn, config):
+        super().__init__(conn, config)
+        self._got_lock = threading.Lock()
+
+    def get(self, block=True, timeout=None):
+        item = super().get(block, timeout)
+        with self._got_lock:
+            self._got += 1
+        return item
 
     def task_done(self):
-        self._client.call(TASK_DONE)
+        with self._got_lock:
+            mine = self._got > 0
+            if mine:
+                self._got -= 1
+        if mine:
+            self._client.send((0, TASK_DONE))
+        else:
+            self._client.call(TASK_DONE)
 
     def join(self):
         self._client.call(JOIN)
