@@ -381,10 +381,10 @@ class Queue(_Proxy):
 
 
 class JoinableQueue(Queue):
-    """``task_done()`` for an item this process got is sent without waiting: the owner's count
-    cannot be below this process's own unfinished gets, so it cannot be one too many (and a later
-    ``join()`` or other call of this process reaches the owner after it).  One this process has
-    no item for waits for the owner's answer, which may be its ``ValueError``."""
+    """``task_done()`` for an item this process got is sent without waiting: unless another
+    process marked that item done already, it cannot be one too many (and a later ``join()`` or
+    other call of this process reaches the owner after it).  One this process has no item for
+    waits for the owner's answer, which may be its ``ValueError`` (docs/queues-and-pool.md)."""
 
     _what = "JoinableQueue"
     _got = 0            # items this process got and has not yet called task_done() for
