@@ -227,3 +227,31 @@ def test_an_unwritable_temp_dir_leaves_spawn_children_as_multiprocessing_has_the
     assert a.recv() == ("ran", 3)
     p.join(30)
     assert p.exitcode == 0
+
+
+SCRIPT_ON_THE_HOST = '''
+import multiprocessing as mp
+import sys
+
+
+def double(x):
+    return 2 * x
+
+
+if __name__ == "__main__":
+    with mp.get_context(sys.argv[1]).Pool(2) as pool:
+        print("script result", pool.map(double, [1, 2, 3]), flush=True)
+'''
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_script_mode_spawn_children_run_the_hosts_script_as_locally(scripts, plain_user_host, plain_user_options,
+                                                                    method, capfd):
+    """A script that is a file of the host's (``remoteproc.run``): its children run it from its path."""
+    import remoteproc
+
+    path = scripts("gc_script.py", SCRIPT_ON_THE_HOST)
+    job = remoteproc.run(plain_user_host, path, method, **plain_user_options)
+    job.join(90)
+    assert job.exitcode == 0
+    assert "script result [2, 4, 6]" in capfd.readouterr().out

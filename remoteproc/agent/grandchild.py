@@ -46,7 +46,7 @@ del _h, _name
 '''
 
 _lock = threading.Lock()
-_state = {"importer": None, "definitions": None, "script": None, "dir": None,
+_state = {"importer": None, "definitions": None, "script": None, "dir": None, "host_script": False,
           "written": None}  # type: dict
 
 
@@ -60,6 +60,12 @@ def remember_script(main) -> None:
     _state["script"] = {"path": main["path"], "source": main["source"], "names": list(main.get("names", ()))}
 
 
+def host_script() -> None:
+    """Script mode: ``__main__`` is a file of this host's, which multiprocessing's children run
+    from its path themselves (and the user's machine has no script to hand over)."""
+    _state["host_script"] = True
+
+
 def enable(importer) -> None:
     """In a remote child: hand what it has to the spawn/forkserver processes it starts."""
     from multiprocessing import spawn
@@ -69,6 +75,8 @@ def enable(importer) -> None:
 
     def get_preparation_data(name):
         data = original(name)
+        if _state["host_script"]:
+            return data         # a script of this host's (script mode): they run it from its path, as locally
         try:
             with _lock:         # (two threads of the child starting processes at once)
                 where = _write()
@@ -86,6 +94,12 @@ def enable(importer) -> None:
         return data
 
     spawn.get_preparation_data = get_preparation_data
+
+
+#: shipped modules that only the agent itself runs: a new process needs none of them (half the size)
+_AGENT_ONLY = frozenset("remoteproc.agent." + name for name in (
+    "endpoint", "fdlimit", "frames", "mux", "pkgcache", "poller", "probe", "script", "splice",
+    "supervisor", "waker", "worker"))
 
 
 def _shipped():
@@ -107,7 +121,8 @@ def _handoff():
         except ValueError:
             continue
         forwarded[name] = entry
-    return {"shipped": _shipped(), "forwarded": forwarded, "definitions": _state["definitions"],
+    shipped = {name: entry for name, entry in _shipped().items() if name not in _AGENT_ONLY}
+    return {"shipped": shipped, "forwarded": forwarded, "definitions": _state["definitions"],
             "script": _state["script"], "host": _host()}
 
 

@@ -92,6 +92,9 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
                          % (path, hint))
         sys.exit(2)
     sys.argv = [path] + [str(a) for a in argv]
+    from . import grandchild
+
+    grandchild.host_script()
     # As "python3 path": the script's directory comes first on sys.path.
     if sys.path and sys.path[0] in ("", os.getcwd()):
         sys.path[0] = os.path.dirname(os.path.abspath(path))
