@@ -250,7 +250,7 @@ from multiprocessing.connection import Connection
 
 conn = Connection(int(os.environ["REMOTEPROC_FD"]))
 conn.send({"argv": sys.argv[1:], "python": "%d.%d" % sys.version_info[:2]})
-sys.stdout.write("script stdout line\n")     # (one write: print() writes the newline apart when unbuffered,
+sys.stdout.write("script stdout line\\n")     # (one write: print() writes the newline apart when unbuffered,
 sys.stdout.flush()                          # and the command line's own message line may then land between)
 sys.exit(3)
 '''
