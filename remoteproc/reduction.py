@@ -394,6 +394,11 @@ def dumps_process(process_obj, host: str, mode: str = "same",
     """
     state = {k: v for k, v in process_obj.__dict__.items() if k not in _LOCAL_ONLY}
     state["_popen"] = None      # as in a local child: current_process().exitcode is None
+    config = state.get("_config")
+    if isinstance(config, dict) and "tempdir" in config:
+        # multiprocessing's temp dir (pymp-*) of this process, once made: a path of this machine,
+        # which the host lacks (or another account owns); the child makes its own there
+        state["_config"] = {k: v for k, v in config.items() if k != "tempdir"}
     mp_logger = getattr(mp_util, "_logger", None)
     if mp_logger is not None:
         state["_remoteproc_log_level"] = mp_logger.getEffectiveLevel()

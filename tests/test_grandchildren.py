@@ -255,3 +255,32 @@ def test_script_mode_spawn_children_run_the_hosts_script_as_locally(scripts, pla
     job.join(90)
     assert job.exitcode == 0
     assert "script result [2, 4, 6]" in capfd.readouterr().out
+
+
+def _temp_dir_and_forkserver(conn):
+    import multiprocessing as mp
+    from multiprocessing import util
+
+    made = util.get_temp_dir()
+    with mp.get_context("forkserver").Pool(1) as pool:
+        conn.send((made, os.stat(made).st_uid == os.getuid(), pool.apply(abs, (-2,))))
+
+
+def test_the_childs_multiprocessing_temp_dir_is_its_own_not_the_parents(plain_user_host, plain_user_options):
+    """The parent made its pymp-* dir (a Manager, a forkserver, a listener did): a path of this
+    machine, which a forked child shares. A remote child makes its own on its host (the forkserver's
+    socket goes there), as the parent's path is not there, or belongs to another account."""
+    from multiprocessing import util
+
+    from remoteproc import Pipe
+
+    ours = util.get_temp_dir()
+    a, b = Pipe()
+    p = RemoteProcess(plain_user_host, target=_temp_dir_and_forkserver, args=(b,), **plain_user_options)
+    p.start()
+    b.close()
+    assert a.poll(90)
+    made, owned, value = a.recv()
+    p.join(30)
+    assert made != ours and owned and value == 2
+    assert p.exitcode == 0
