@@ -2,9 +2,10 @@
 
 The remote host needs nothing but a Python interpreter: the command is a one-line
 stub that reads a zlib-compressed blob of exactly N bytes from stdin and executes
-it; the blob holds the agent's modules and cloudpickle's, compiled here.  The local
-side sends nothing more until the agent's hello, so the stub can never read past
-its blob.
+it; the blob holds the agent's modules and cloudpickle's, compiled here.  The blob
+goes once the command says ``READY`` (the login shell's startup files have run by
+then, so none of them can read it); the local side sends nothing more until the
+agent's hello, so the stub can never read past its blob.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import shlex
 import sys
 import threading
 import time
+from typing import Any, Optional
 
 from .agent import PROTOCOL_VERSION, frames
 from .errors import BootstrapError
@@ -136,6 +138,20 @@ WRONG_VERSION = 86
 SETUP_FAILED = 85
 #: what the stub prints on stdout when it needs the agent as source (another Python)
 SOURCE_REQUEST = b"remoteproc:source\n"
+#: what the command prints on stdout once the login shell has run its startup files and the setup=
+#: lines: only then is the blob sent, so that no startup file can read it (what came before is theirs)
+READY = b"remoteproc:ready\n"
+#: sent at once, before READY: a startup file's ``read`` takes an empty line and goes on (the stub
+#: drops what is left of them) instead of waiting for input that would come only after READY
+PADDING = b"\n" * 16
+#: what csh prints on stdout before each setup= line (it ends the shell at some errors, before any
+#: status of ours): the last one names the line
+SETUP_STARTED = "remoteproc: setup line"
+#: environment variable holding the sh script while fish or csh run the setup= lines
+SCRIPT_ENV = "REMOTEPROC_SCRIPT"
+#: seconds: the least each step of the start-up waits (for READY, for the hello), whatever
+#: connect_timeout says: a slow host's startup files, interpreter or disk
+MIN_WAIT = 10.0
 _VERSION_LINE = re.compile(r"remoteproc: (.+?) is (?:(\w+) )?Python (\d+)\.(\d+)\.?(\S*) at (.*)")
 _SETUP_LINE = re.compile(r"remoteproc: setup line (\d+) failed with status (\d+)")
 #: what the shell, the dynamic loader or Python say when ``ulimit -u`` or ``ulimit -v`` stops them
@@ -171,8 +187,9 @@ def _stub(n: int) -> str:
             'ok or (a[0]=="any" and v>=(3,8)) or (sys.stderr.write('
             '"remoteproc: %%s is %%s Python %%d.%%d.%%d at %%s\\n"%%(a[1],i,v[0],v[1],v[2],sys.executable)),'
             'sys.stderr.flush(),os._exit(%d));os.environ.pop("%s",0);'
-            'exec("def r(n):\\n b=bytes()\\n while len(b)<n:b+=os.read(0,n-len(b)) or os._exit(9)\\n return b");'
-            'b=r(%d);ok or os.write(1,b"%s\\n");b=ok and b or r(int(r(10)));'
+            'exec("def r(n,s=0):\\n b=bytes()\\n while len(b)<n:\\n  b+=os.read(0,n-len(b)) or os._exit(9)\\n'
+            '  if s:b=b.lstrip(bytes([10]))\\n return b");'
+            'b=r(%d,1);ok or os.write(1,b"%s\\n");b=ok and b or r(int(r(10)));'
             'b,m=marshal.loads(zlib.decompress(b));exec(b)'
             % (implementation(), ours[0], ours[1], STUB_ENV, WRONG_VERSION, STUB_ENV, n,
                SOURCE_REQUEST.decode().strip()))
@@ -226,8 +243,9 @@ def _search() -> list[str]:
 
 
 def command(python=None, setup=None) -> str:
-    """The exec command: the ``setup`` lines in the login shell, then an sh script that
-    finds the interpreter and runs the stub with it.
+    """The exec command, which the account's login shell runs (``$SHELL -c``): the ``setup``
+    lines in that shell, then an sh script that says ``READY`` on stdout, finds the
+    interpreter and runs the stub with it.
 
     ``python`` None: ``python3`` if it is our implementation and major.minor, else the
     first of ours found in the usual places (``_search``: the script lists them, and
@@ -236,10 +254,29 @@ def command(python=None, setup=None) -> str:
     ``~/venv/bin/python3``, ``env X=1 python3``): that one, whatever its version.  A
     list: the first of them that is our version, else the first that runs (each try
     costs an interpreter start-up, and the script stays as the agent's parent).
+
+    Every login shell parses the command (sh, bash, dash, zsh, ksh, fish, tcsh; ``_setup``
+    says how the lines reach each).  With ``python`` None, a restricted shell (rbash,
+    rksh), which refuses ``exec`` and ``/bin/sh``, runs ``python3 -c STUB`` instead, as
+    ``ssh HOST python3 -c ...`` does there.
     """
+    script = _script(python)
+    main = "exec /bin/sh -c %s" % shlex.quote(script)
+    if python is None:      # (what a restricted shell reaches, once its exec was refused)
+        main += "; echo %s; python3 -c %s any python3" % (READY.decode().strip(), shlex.quote(_stub(_blob_size())))
+    lines = _setup_lines(setup)
+    return _setup(lines, script) + main if lines else main
+
+
+def _blob_size() -> int:
+    return len(agent_blob(bool(agent_env())))
+
+
+def _script(python) -> str:
+    """The sh script: READY, then find the interpreter and exec it with the stub."""
     env = agent_env()
-    n = len(agent_blob(bool(env)))
-    script = ["export %s=%s" % (STUB_ENV, shlex.quote(_stub(n))),
+    script = ["echo %s" % READY.decode().strip(),
+              "export %s=%s" % (STUB_ENV, shlex.quote(_stub(_blob_size()))),
               # as CPython coerces the C locale (PEP 538), for every Python: a session with no
               # locale (paramiko sends none) leaves PyPy unable to name a non-ASCII path
               '[ -n "$LC_ALL$LC_CTYPE$LANG" ] || export LC_CTYPE=C.UTF-8']
@@ -264,11 +301,55 @@ def command(python=None, setup=None) -> str:
             for word in python:
                 script += ["L=%s" % shlex.quote("python=" + word), "t %s %s" % (mode, word)]
         script.append('echo "remoteproc: no python= candidate found in: $PATH" >&2; exit 127')
-    head = ""
-    for i, line in enumerate(_setup_lines(setup), 1):
-        head += ("{ %s\n} >&2 || { s=$?; echo \"remoteproc: setup line %d failed with status $s\" >&2; exit %d; }; "
-                 % (line, i, SETUP_FAILED))
-    return head + "exec /bin/sh -c %s" % shlex.quote("; ".join(script))
+    return "; ".join(script)
+
+
+#: bytes that may stand as themselves in ``_printf_word``: the same in a single-quoted word of every
+#: login shell (fish: no backslash; csh: no ``!``, no newline), in sh's double quotes around a
+#: backquoted command, and in printf's format (no ``%``)
+_PLAIN = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,.:;=+-_/@#&|<>(){}[]*?~")
+
+
+def _printf_word(text: str) -> str:
+    """``text`` as a single-quoted printf format that prints it, in octal escapes but for ``_PLAIN``
+    bytes: a word every login shell reads alike, whatever the text holds (quotes, ``!``, newlines)."""
+    return "'%s'" % "".join(chr(b) if b in _PLAIN else "\\%03o" % b for b in text.encode("utf-8"))
+
+
+#: what the re-run login shell (fish, csh) ends with: the sh script, handed over in the environment
+_RUN_SCRIPT = "exec /bin/sh -c 's=$%s; unset %s; eval \"$s\"'" % ((SCRIPT_ENV,) * 2)
+
+
+def _setup(lines: list[str], script: str) -> str:
+    """The command's head that runs the ``setup=`` lines in the login shell, in its own syntax.
+
+    Only sh-like shells take their lines in place (``{ LINE }``: a ``module`` or ``conda``
+    function that a startup file defined is there).  Every login shell parses the whole
+    command: fish reads all of it before running any, so each shell's part hides in a
+    printf format (``_printf_word``).  fish and tcsh, which set ``$version`` (sh shells do
+    not), take the first line: ``/bin/sh`` runs that shell again (``$SHELL -c``: the same
+    startup files run) with the lines in its syntax, which ends with the sh script.
+    A line's stdout goes to stderr (csh's cannot: it goes to stdout, before ``READY``).
+    """
+    sh = "".join("{ %s\n} >&2 || { s=$?; echo \"remoteproc: setup line %d failed with status $s\" >&2; exit %d; }\n"
+                 % (line, i, SETUP_FAILED) for i, line in enumerate(lines, 1))
+    fish = "".join("eval %s >&2; or begin; echo \"remoteproc: setup line %d failed with status $status\" >&2; "
+                   "exit %d; end\n" % (_fish_quote(line), i, SETUP_FAILED) for i, line in enumerate(lines, 1))
+    # (tcsh -c goes on after an exit, or an error, to the next line: an exec ends it)
+    csh = "".join("echo \"%s %d\"\n%s\nset remoteproc_st=$status\nif ($remoteproc_st != 0) exec /bin/sh -c "
+                  "'echo \"remoteproc: setup line %d failed with status $0\" >&2; exit %d' $remoteproc_st\n"
+                  % (SETUP_STARTED, i, line, i, SETUP_FAILED) for i, line in enumerate(lines, 1))
+    rerun = ('case ${SHELL##*/} in *csh) w=$(printf %s);; *fish*) w=$(printf %s);; *) w=$(printf %s);; esac; '
+             'export %s="$1"; exec "$SHELL" -c "$w"'
+             % (_printf_word(csh + _RUN_SCRIPT), _printf_word(fish + _RUN_SCRIPT), _printf_word(sh + _RUN_SCRIPT),
+                SCRIPT_ENV))
+    return ('test -n "$version" && exec /bin/sh -c %s remoteproc %s\neval "`printf %s`"\n'
+            % (shlex.quote(rerun), shlex.quote(script), _printf_word(sh)))
+
+
+def _fish_quote(text: str) -> str:
+    """``text`` as one word in fish (single quotes: only ``\\`` and ``'`` are escaped there)."""
+    return "'%s'" % text.replace("\\", "\\\\").replace("'", "\\'")
 
 
 def _setup_lines(setup) -> list[str]:
@@ -321,9 +402,12 @@ def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]
     finally:
         builder.join()
     try:
-        # if the command ended already, _read_hello reports its status and words
-        send_all(chan, agent_blob(real_paths), time.monotonic() + max(target.connect_timeout, 10.0))
-        hello, extra = _read_hello(chan, target)
+        # newlines at once, for a startup file's read; the blob once the shell says READY (or,
+        # if the command ended already, its status and words)
+        send_all(chan, PADDING, time.monotonic() + max(target.connect_timeout, MIN_WAIT))
+        buf, err = _await_ready(chan, target)
+        send_all(chan, agent_blob(real_paths), time.monotonic() + max(target.connect_timeout, MIN_WAIT))
+        hello, extra = _read_hello(chan, target, buf, err)
         if hello.get("version") != PROTOCOL_VERSION:
             raise BootstrapError("%s: the remote agent speaks protocol %r, this side %d; this is a bug in "
                                  "remoteproc, please report it" % (display, hello.get("version"),
@@ -335,33 +419,77 @@ def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]
     return chan, hello, extra
 
 
-def _read_hello(chan: AgentChannel, target) -> tuple[dict, bytes]:
-    wait = max(target.connect_timeout, 10.0)
+def _await_ready(chan: AgentChannel, target) -> tuple[bytearray, bytearray]:
+    """Read stdout until the command's ``READY``: returns (what came after it, stderr so far).
+
+    What came before it was printed by a shell startup file or a ``setup=`` line (and csh's
+    ``SETUP_STARTED`` lines): logged, not taken for the protocol.  Bounded as the hello is, by
+    ``connect_timeout`` but at least 10 s (with ``transport="openssh"`` the connection is made in
+    this time too; a slow startup file): without ``READY`` the shell has not reached our command."""
+    wait = max(target.connect_timeout, MIN_WAIT)
     deadline = time.monotonic() + wait
     buf = bytearray()
     err = bytearray()
     while True:
+        at = buf.find(READY)
+        if at >= 0:
+            noise = _without_markers(bytes(buf[:at]))
+            if noise.strip():
+                log.warning("%s: the login shell printed %r before running remoteproc's command (a shell startup "
+                            "file or a setup= line); ignored", target.display, noise[:500])
+            return buf[at + len(READY):], err
+        err += chan.recv_stderr()
+        data = chan.recv(65536)
+        if data is None:
+            wait_readable(chan, 0.05)
+            data = chan.recv(65536)
+        if data == b"":
+            _failed(chan, target, err, time.monotonic() + max(target.connect_timeout, MIN_WAIT), bytes(buf))
+        if data:
+            buf += data
+        if time.monotonic() > deadline:
+            said = (err + chan.recv_stderr()).decode("utf-8", "replace").strip()
+            shown = _without_markers(bytes(buf)).decode("utf-8", "replace").strip()
+            raise BootstrapError(
+                "%s: the login shell of %s did not run remoteproc's command within %gs: a shell "
+                "startup file there (~/.bashrc, ~/.zshenv, ~/.cshrc, ~/.config/fish/config.fish, ...)%s waits, "
+                "most likely for input on stdin (read, cat, a program that reads its input), which ssh HOST CMD "
+                "leaves open (ssh HOST true hangs the same way) (stderr: %s; stdout: %s). Fix: make that file "
+                "skip it when the shell is not interactive ([ -t 0 ] || ..., or case $- in *i*) in sh), or "
+                "give it no input (< /dev/null); a slow one: raise connect_timeout."
+                % (target.display, target.username, wait, " or a setup= line" if target.setup else "",
+                   said[-500:] or "empty", shown[-500:] or "empty"),
+                target.display)
+
+
+def _without_markers(out: bytes) -> bytes:
+    """``out`` without csh's ``SETUP_STARTED`` lines."""
+    marker = SETUP_STARTED.encode()
+    return b"".join(line for line in out.splitlines(True) if not line.startswith(marker))
+
+
+def _read_hello(chan: AgentChannel, target, buf: bytearray, err: bytearray) -> tuple[dict, bytes]:
+    wait = max(target.connect_timeout, MIN_WAIT)
+    deadline = time.monotonic() + wait
+    while True:
         if buf[:len(SOURCE_REQUEST)] == SOURCE_REQUEST:
             del buf[:len(SOURCE_REQUEST)]
             # another Python: the agent as source
-            send_all(chan, source_blob(), time.monotonic() + max(target.connect_timeout, 10.0))
+            send_all(chan, source_blob(), time.monotonic() + max(target.connect_timeout, MIN_WAIT))
             continue
         if len(buf) >= frames.HEADER_SIZE and not SOURCE_REQUEST.startswith(bytes(buf)):
             ftype, sid, length = frames.HEADER.unpack_from(buf)
             if ftype != frames.CONTROL or length > 1 << 20:
-                if NOLOGIN_WORDS in bytes(buf):
-                    raise _no_login_shell(target, "nologin", bytes(buf).decode("utf-8", "replace").strip())
                 raise BootstrapError(
-                    "%s: the remote login shell printed %r instead of starting the agent. Fix: make the shell "
-                    "startup files of %s on the host (~/.bashrc, ...) print nothing when the session "
-                    "is not interactive." % (target.display, bytes(buf[:200]),
-                                             target.username), target.display)
+                    "%s: the remote command printed %r instead of starting the agent; this is a bug in remoteproc "
+                    "(or the python= given prints on stdout), please report it" % (target.display, bytes(buf[:200])),
+                    target.display)
             if len(buf) >= frames.HEADER_SIZE + length:
                 msg, _ = frames.parse_control(buf[frames.HEADER_SIZE:frames.HEADER_SIZE + length])
                 if msg.get("op") != "hello":
                     raise BootstrapError("%s: unexpected first message %r" % (target.display, msg),
                                          target.display)
-                said = (err + chan.recv_stderr()).decode("utf-8", "replace").rstrip()
+                said = _quiet(err + chan.recv_stderr()).decode("utf-8", "replace").rstrip()
                 if said:    # (ssh's own words: a key recorded, or one it could not record)
                     log.warning("%s: %s", target.display, said)
                 return msg, bytes(buf[frames.HEADER_SIZE + length:])
@@ -376,11 +504,22 @@ def _read_hello(chan: AgentChannel, target) -> tuple[dict, bytes]:
             buf += data
         if time.monotonic() > deadline:
             raise BootstrapError("%s: the agent did not answer within %gs (remote stderr: %s). Check that "
-                                 "python=%r starts a Python 3.8+ on the host, and that the shell startup files "
-                                 "of %s there (~/.bashrc, ...) neither read from stdin (read, an exec'd shell) nor "
-                                 "wait when the session is not interactive." % (
+                                 "python=%r starts a Python 3.8+ on the host, and that nothing there reads "
+                                 "its stdin before it (a wrapper given as python=)." % (
                                      target.display, wait, err.decode("utf-8", "replace").strip() or "empty",
-                                     target.python, target.username), target.display)
+                                     target.python), target.display)
+
+
+#: what a restricted shell says when it refuses our ``exec /bin/sh`` (and then runs ``python3`` itself)
+_RESTRICTED_EXEC = re.compile(rb"^[^\n]*: exec: restricted\n?", re.M)
+
+
+def _quiet(err: bytes) -> bytes:
+    """stderr before the hello, without what is expected there: a restricted shell refusing our exec."""
+    found = _RESTRICTED_EXEC.search(err)
+    if found:
+        log.debug("restricted login shell: %s", found.group(0).decode("utf-8", "replace").strip())
+    return _RESTRICTED_EXEC.sub(b"", err)
 
 
 #: what nologin(8) prints
@@ -411,29 +550,36 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
     if status == WRONG_VERSION and m:
         raise _old_python_error(display, m.group(1), m.group(2) or "", "%s.%s%s" % (
             m.group(3), m.group(4), "." + m.group(5) if m.group(5) else ""), m.group(6).strip())
+    shown = _without_markers(out).decode("utf-8", "replace").strip()
     m = _SETUP_LINE.search(said)
     if status == SETUP_FAILED and m:
-        _setup_failed(target, said, m)
-    shown = out.decode("utf-8", "replace").strip()
+        _setup_failed(target, said, m, shown)
+    started = re.findall(r"^%s (\d+)$" % SETUP_STARTED, out.decode("utf-8", "replace"), re.M)
+    if started and status:      # (a csh that ends itself at an error, before our status check)
+        _setup_failed(target, said, None, shown, int(started[-1]), status)
     if NOLOGIN_WORDS.decode() in said + shown:
         raise _no_login_shell(target, "nologin", (said + " " + shown).strip())
     if status == 1 and not said and not shown:
         raise _no_login_shell(target, "/bin/false or a shell that exits at once (or a startup file of it "
                               "runs exit 1)", "exit status 1, no message")
     if ": restricted" in said:
+        if target.python is None:
+            why = "and has no python3 on its PATH, which it would run instead (as ssh HOST python3 does)"
+            fix = "put python3 on the account's PATH (a link in its own bin directory), or"
+        else:
+            why = "which python= needs (without python=, python3 from its PATH runs instead)"
+            fix = "leave python= unset (python3 must be on the account's PATH), or"
         raise BootstrapError(
             "%s: the login shell of %s is a restricted shell (rbash, rksh: %s), which refuses the exec and the "
-            "/bin/sh our command needs. Fix: give the account an unrestricted shell on the host "
-            "(usermod -s /bin/bash %s)." % (display, target.username, said, target.username), display)
-    if target.setup is not None and ("fish:" in said or "Command not found." in said
-                                     or "Undefined variable." in said):
-        shell = "fish" if "fish:" in said else "csh or tcsh"
+            "/bin/sh our command needs, %s. Fix: %s give the account an unrestricted shell on the host "
+            "(usermod -s /bin/bash %s)." % (display, target.username, said, why, fix, target.username), display)
+    if target.setup and ("version: Undefined variable." in said or ("fish:" in said and "&&" in said)):
+        shell = "a fish older than 3.0" if "fish:" in said else "a csh other than tcsh (no $version)"
         raise BootstrapError(
-            "%s: the login shell of %s is %s, which cannot run setup= lines: they run in the login shell "
-            "with sh syntax (sh, bash, zsh, ksh) (its words: %s). Fix: give the account an sh-compatible "
-            "shell (usermod -s /bin/bash %s), or put the lines in an sh script on the host and pass "
-            "python= with a wrapper that sources it and execs python3." % (
-                display, target.username, shell, said[:500], target.username), display)
+            "%s: the login shell of %s is %s, where remoteproc cannot run setup= lines (its words: %s). Fix: "
+            "give the account a newer shell (fish 3, tcsh) or an sh-compatible one (usermod -s /bin/bash %s), "
+            "or put the lines in an sh script on the host and pass python= with a wrapper that sources it and "
+            "execs python3." % (display, target.username, shell, said[:500], target.username), display)
     if _LIMIT_WORDS.search(said):
         raise BootstrapError(
             "%s: the agent could not start: the account's limit on processes or memory is reached on the host "
@@ -465,11 +611,14 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
                          % (display, target.python, status, said or "no message", hint), display)
 
 
-def _setup_failed(target, said: str, m: re.Match) -> None:
+def _setup_failed(target, said: str, m: Optional[re.Match], shown: str, i: int = 0, status: Any = None) -> None:
+    """Raise the error for a failed ``setup=`` line: ``m`` matched its status line on stderr, or
+    else it is line ``i`` after which the shell ended with ``status``."""
     lines = _setup_lines(target.setup)
-    i = int(m.group(1))
+    if m is not None:
+        i, status, said = int(m.group(1)), m.group(2), said[:m.start()]
     line = lines[i - 1] if 0 < i <= len(lines) else "?"
-    output = said[:m.start()].strip()
+    output = "\n".join(part for part in (shown, said.strip()) if part)     # (csh's stdout comes first)
     raise BootstrapError("%s: setup line %d %r failed with exit status %s; its output: %s. Fix the line "
                          "(it runs in the login shell before the interpreter), or drop it from setup=."
-                         % (target.display, i, line, m.group(2), output[-2000:] or "(none)"), target.display)
+                         % (target.display, i, line, status, output[-2000:] or "(none)"), target.display)

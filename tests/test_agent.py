@@ -319,7 +319,7 @@ def test_agent_env_reaches_the_agents_interpreter(monkeypatch):
     shell_as_python = "/bin/sh -c 'printf %s \"$RP_MARK\"' sh"      # prints the variable, ignores the stub
     out = subprocess.run(["/bin/sh", "-c", bootstrap.command(shell_as_python)], input=b"", capture_output=True,
                          timeout=30)
-    assert (out.returncode, out.stdout) == (0, b"two words"), out.stderr
+    assert (out.returncode, out.stdout) == (0, bootstrap.READY + b"two words"), out.stderr
 
     monkeypatch.setenv(bootstrap.AGENT_ENV, "[1, 2]")
     with pytest.raises(BootstrapError, match=bootstrap.AGENT_ENV):

@@ -11,6 +11,7 @@ import functools
 import getpass
 import hashlib
 import hmac
+import logging
 import os
 import struct
 import subprocess
@@ -930,10 +931,10 @@ class StubOpener(AgentOpener):
         pass
 
 
-def start_with(chan, python="python3"):
+def start_with(chan, python="python3", **options):
     from remoteproc.agent import frames
 
-    target = ssh.resolve("rp@h", {"python": python, "connect_timeout": 2}, ssh.Config([]))
+    target = ssh.resolve("rp@h", dict({"python": python, "connect_timeout": 2}, **options), ssh.Config([]))
     return bootstrap.start_agent(StubOpener(chan), target), frames
 
 
@@ -945,16 +946,16 @@ def hello_frame(version):
 
 
 def test_same_minor_version_is_accepted():
-    chan = StubChannel(stdout=hello_frame(sys.version_info[:2] + (99,)) + b"extra")
+    chan = StubChannel(stdout=bootstrap.READY + hello_frame(sys.version_info[:2] + (99,)) + b"extra")
     (got, hello, extra), _ = start_with(chan)
     assert got is chan and extra == b"extra" and not chan.closed
 
 
 def test_hello_of_another_minor_version_means_spawn_mode():
-    chan = StubChannel(stdout=hello_frame(sys.version_info[:2] + (99,)))
+    chan = StubChannel(stdout=bootstrap.READY + hello_frame(sys.version_info[:2] + (99,)))
     (_got, hello, _extra), _ = start_with(chan)
     assert hello["mode"] == "same"
-    chan = StubChannel(stdout=hello_frame((3, sys.version_info[1] + 1, 0)))
+    chan = StubChannel(stdout=bootstrap.READY + hello_frame((3, sys.version_info[1] + 1, 0)))
     (_got, hello, _extra), _ = start_with(chan)
     assert hello["mode"] == "spawn" and not chan.closed
 
@@ -976,13 +977,69 @@ def test_stub_refusal_of_an_old_python_carries_its_words():
         info.value)
 
 
-def test_a_chatty_shell_startup_file_is_named():
-    chan = StubChannel(stdout=b"Welcome to build01! Have a nice day.\n")
+def test_a_chatty_shell_startup_file_is_logged_and_passed_over(caplog):
+    """What a startup file prints comes before the command's READY: it is not the protocol."""
+    chan = StubChannel(stdout=b"Welcome to build01! Have a nice day.\n" + bootstrap.READY
+                       + hello_frame(sys.version_info[:2] + (99,)))
+    with caplog.at_level(logging.WARNING, logger="remoteproc"):
+        (got, hello, _extra), _ = start_with(chan)
+    assert got is chan and hello["op"] == "hello" and not chan.closed
+    assert "printed b'Welcome to build01! Have a nice day.\\n' before running remoteproc's command" in caplog.text
+
+
+def test_output_after_ready_that_is_no_frame_is_named():
+    chan = StubChannel(stdout=bootstrap.READY + b"Welcome to build01! Have a nice day.\n")
     with pytest.raises(BootstrapError) as info:
         start_with(chan)
-    assert "printed b'Welcome to build01" in str(info.value) and "not interactive" in str(info.value)
-    assert "the remote login shell printed" in str(info.value)
+    assert "printed b'Welcome to build01" in str(info.value) and "instead of starting the agent" in str(info.value)
     assert chan.closed
+
+
+def test_a_csh_that_ends_itself_at_a_setup_line_is_named():
+    """csh prints a line on stdout before each setup= line: if the shell ends at an error of its own
+    (before our status check), the last one names the line."""
+    out = b"remoteproc: setup line 1\nremoteproc: setup line 2\nsome output\n"
+    chan = StubChannel(stdout=out, stderr=b"nosuch: Undefined variable.\n", status=1)
+    with pytest.raises(BootstrapError) as info:
+        start_with(chan, setup=["true", "echo $nosuch"])
+    assert "setup line 2 'echo $nosuch' failed with exit status 1; its output: some output\nnosuch: Undefined " \
+           "variable." in str(info.value)
+
+
+class WaitingChannel(StubChannel):
+    """A command that is still running: its output so far, then nothing (not EOF)."""
+
+    def __init__(self, stdout):
+        super().__init__(stdout=stdout)
+        self.idle, self.keep = os.pipe()       # (never readable: waits are waits)
+
+    def fileno(self):
+        return self.idle if not self.stdout else _always_readable()
+
+    def recv(self, limit):
+        return super().recv(limit) or None
+
+    def close(self):
+        super().close()
+        os.close(self.idle)
+        os.close(self.keep)
+
+
+def test_a_timeout_before_ready_names_the_startup_files(monkeypatch):
+    monkeypatch.setattr(bootstrap, "MIN_WAIT", 0.3)
+    chan = WaitingChannel(stdout=b"Welcome\n")
+    with pytest.raises(BootstrapError) as info:
+        start_with(chan, connect_timeout=0.2)
+    text = str(info.value)
+    assert "did not run remoteproc's command within 0.3s" in text and "~/.bashrc" in text and "stdout: Welcome" in text
+    assert chan.closed
+
+
+def test_a_restricted_shell_with_python_given_says_what_to_do():
+    said = b"rbash: line 1: exec: restricted\n"
+    with pytest.raises(BootstrapError) as info:
+        start_with(StubChannel(stderr=said, status=1), python="/opt/py/bin/python3")
+    assert "restricted shell" in str(info.value) and "leave python= unset" in str(info.value)
 
 
 def test_interpreter_not_found_carries_the_shells_words():
