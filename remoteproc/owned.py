@@ -18,15 +18,24 @@ No listening socket, no extra SSH connection: the child ends ride the
 connections every RemoteProcess already has.  The broker is one daemon thread
 per owning process that blocks in one selector holding every attached Connection and exits
 when the last child has gone; it never runs while nothing is attached.
+
+The broker never blocks on one Connection: the owner's ends are non-blocking, requests are
+read as bytes arrive and served once whole (``_Chan``), and a reply the peer does not take at
+once waits in the owner until its socket takes it.  So a process that stops in the middle of
+a message (SIGSTOP, a link that stalls mid-frame) or stops reading its answers stalls only
+itself, never the other processes and objects of the program.
 ``queues.py`` and ``synchronize.py`` build their objects on ``_Owned``.
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import os
+import pickle
 import queue as _queue
 import selectors
+import struct
 import threading
 import time
 import weakref
@@ -39,6 +48,11 @@ from .agent.waker import Waker
 from .errors import PicklingError
 
 _READ_BATCH = 64        # requests served from one connection before looking at the others
+_READ_SIZE = 256 << 10  # bytes of one read (into the server thread's one buffer)
+_READS_PER_TURN = 8     # reads of one connection before looking at the others
+_HEADER = struct.Struct("!i")   # multiprocessing's frame: a signed 4-byte big-endian length, or
+_LONG = struct.Struct("!Q")     # -1 and an unsigned 8-byte length (2 GiB and more; CPython 3.8-3.13)
+_MINUS_ONE = _HEADER.pack(-1)
 SETTLE_WAIT = 1.0       # seconds join() waits for the owner to drop an ended process's Connections
 
 
@@ -61,13 +75,193 @@ class _Waiter:
 
 
 def _send(conn, rid, status, value) -> bool:
+    """Send a reply without ever blocking: what the peer's socket does not take now is written
+    by the server thread when it can (a peer that stops reading stalls only itself).  False if
+    the peer is already gone (the caller then gives back what the reply handed over)."""
     if not rid:
         return True
-    try:
-        P.send_msg(conn, (rid, status, value))
-        return True
-    except (OSError, ValueError):
-        return False        # the child went away: the broker sees its EOF next
+    broker = _broker
+    chan = None if broker is None else broker.chans.get(conn)
+    if broker is None or chan is None:
+        return False        # dropped (the child went away)
+    collect = _Collect()
+    P.send_msg(collect, (rid, status, value))
+    ok, later = chan.send(collect.pieces)
+    if later:
+        broker.flush_soon(conn)
+    return ok
+
+
+class _Collect:
+    """Stands for a Connection in ``P.send_msg``: keeps its messages, framed as
+    ``Connection.send_bytes`` frames them, for one non-blocking write."""
+
+    __slots__ = ("pieces",)
+
+    def __init__(self) -> None:
+        self.pieces: list = []
+
+    def send_bytes(self, buf) -> None:
+        view = memoryview(buf)
+        if view.itemsize != 1 or not view.c_contiguous:
+            view = memoryview(view.tobytes())
+        n = view.nbytes
+        self.pieces.append(_HEADER.pack(n) if n <= 0x7FFFFFFF else _MINUS_ONE + _LONG.pack(n))
+        self.pieces.append(view)
+
+
+class _BadFrame(ValueError):
+    """Bytes that are not multiprocessing's framing (a length below -1)."""
+
+
+class _Short(Exception):
+    """A message's out-of-band frames have not all arrived yet."""
+
+
+def _rest(pieces: list, n: int) -> list:
+    """``pieces`` (memoryviews) without their first ``n`` bytes (a partial write)."""
+    i = 0
+    while i < len(pieces) and n >= len(pieces[i]):
+        n -= len(pieces[i])
+        i += 1
+    rest = [memoryview(p) for p in pieces[i:]]
+    if n:
+        rest[0] = rest[0][n:]
+    return rest
+
+
+class _Chan:
+    """The owner's end of one attached Connection, both directions, without blocking.
+
+    In: the bytes read so far, cut into multiprocessing's frames (``feed``); a message is served
+    once its frames are all here (``take``): a peer that stops in the middle of one (SIGSTOP, a
+    link that stalls mid-frame) holds up nothing but itself.  Out: ``send`` writes what the
+    socket takes now and keeps the rest, in order, for the server thread (``flush``)."""
+
+    __slots__ = ("fd", "head", "body", "need", "frames", "eof", "out", "lock", "broken")
+
+    def __init__(self, conn) -> None:
+        self.fd = conn.fileno()
+        self.head = b""         # a frame header split between reads
+        self.body: io.BytesIO | None = None     # the frame being read, when it spans reads
+        self.need = 0           # bytes of it still to come
+        self.frames: list = []  # whole frames, not yet a whole message
+        self.eof = False
+        self.out: list = []     # memoryviews of replies the socket has not taken yet
+        self.lock = threading.Lock()    # (sends come from any thread, flushes from the server thread)
+        self.broken = False     # dropped, or a write failed: nothing more is written
+
+    # -- in (server thread) --------------------------------------------------------------------
+    def feed(self, data: memoryview) -> None:
+        pos, end = 0, len(data)
+        frames = self.frames
+        while pos < end:
+            if self.body is not None:
+                take = min(self.need, end - pos)
+                self.body.write(data[pos:pos + take])
+                pos += take
+                self.need -= take
+                if not self.need:
+                    frames.append(self.body.getvalue())     # (no copy: the buffer is exactly full)
+                    self.body = None
+                continue
+            if not self.head and end - pos >= 4:
+                size = _HEADER.unpack_from(data, pos)[0]
+                if size >= 0:
+                    pos += 4
+                elif size == -1 and end - pos >= 12:
+                    size = _LONG.unpack_from(data, pos + 4)[0]
+                    pos += 12
+                elif size == -1:
+                    self.head = bytes(data[pos:])
+                    return
+                else:
+                    raise _BadFrame("frame length %d" % size)
+            else:
+                # a header split between reads: gather it (at most 12 bytes)
+                want = 12 if self.head[:4] == _MINUS_ONE else 4
+                take = min(want - len(self.head), end - pos)
+                self.head += bytes(data[pos:pos + take])
+                pos += take
+                if len(self.head) < 4 or (len(self.head) < 12 and self.head[:4] == _MINUS_ONE):
+                    continue
+                if len(self.head) == 4:
+                    size = _HEADER.unpack(self.head)[0]
+                    if size < 0:
+                        raise _BadFrame("frame length %d" % size)
+                else:
+                    size = _LONG.unpack_from(self.head, 4)[0]
+                self.head = b""
+            if end - pos >= size:
+                frames.append(bytes(data[pos:pos + size]))
+                pos += size
+            else:
+                self.body = io.BytesIO()
+                self.body.write(data[pos:])
+                self.need = size - (end - pos)
+                pos = end
+
+    def take(self):
+        """The next whole message (``P.recv_msg``'s tuple), or None until its frames are here."""
+        frames = self.frames
+        if not frames:
+            return None
+        used = 1
+
+        def following():
+            nonlocal used
+            while used < len(frames):
+                used += 1
+                yield frames[used - 1]
+            raise _Short
+
+        try:
+            msg = pickle.loads(frames[0], buffers=following())
+        except _Short:
+            return None
+        del frames[:used]
+        return msg
+
+    # -- out -------------------------------------------------------------------------------------
+    def send(self, pieces: list) -> tuple[bool, bool]:
+        """(sent or kept, the server thread must finish it)."""
+        with self.lock:
+            if self.broken:
+                return False, False
+            if self.out:                # earlier replies wait: this one goes after them
+                self.out.extend(pieces)
+                return True, False
+            try:
+                n = os.writev(self.fd, pieces)
+            except BlockingIOError:
+                n = 0
+            except (OSError, ValueError):
+                self.broken = True
+                return False, False     # the child went away: the broker sees its EOF next
+            if n == sum(len(p) for p in pieces):
+                return True, False
+            self.out = _rest(pieces, n)
+            return True, True
+
+    def flush(self) -> bool:
+        """Write what the socket takes now (server thread); True once nothing is left."""
+        with self.lock:
+            while self.out and not self.broken:
+                try:
+                    n = os.writev(self.fd, self.out[:64])
+                except BlockingIOError:
+                    return False
+                except (OSError, ValueError):
+                    self.broken = True
+                    break
+                self.out = _rest(self.out, n)
+            self.out = [] if self.broken else self.out
+            return True
+
+    def close(self) -> None:
+        with self.lock:
+            self.broken = True
+            self.out = []
 
 
 class _Broker:
@@ -97,11 +291,20 @@ class _Broker:
         # An end is closed only while its fd is still the socket we got: else it is let go unclosed,
         # and the server thread lives on (an EBADF here ended it; a close would hit that other file).
         self.idents: dict = {}
+        self.chans: dict = {}       # parent end -> its _Chan (bytes read but not served, replies not sent)
+        self.backlog: set = set()   # parent ends with whole requests left over from the last turn
+        self.flushes: _queue.SimpleQueue = _queue.SimpleQueue()  # parent ends with replies to finish
+        self.rbuf = bytearray(_READ_SIZE)
+        self.rview = memoryview(self.rbuf)
 
     # -- any thread ----------------------------------------------------------------------
     def add(self, conn, obj, child_end=None, spawner=None) -> None:
         idents = [(c, _ident(c)) for c in (conn, child_end) if c is not None]
+        # (the owner's end only: the child's end keeps its blocking reads and writes)
+        os.set_blocking(conn.fileno(), False)
+        chan = _Chan(conn)
         with self.lock:
+            self.chans[conn] = chan
             self.objs[conn] = obj
             self.added.append(conn)
             for c, ident in idents:
@@ -130,6 +333,12 @@ class _Broker:
 
     def wake(self) -> None:
         self.waker.wake()
+
+    def flush_soon(self, conn) -> None:
+        """A reply the peer's socket did not take whole: the server thread writes the rest when it
+        can (only that thread touches the selector)."""
+        self.flushes.put(conn)
+        self.wake()
 
     def release_soon(self, conn) -> None:
         """``release`` from a finalizer: the garbage collector may run it in any thread, even
@@ -168,10 +377,14 @@ class _Broker:
     def drop(self, conn) -> None:
         self._unregister(conn)
         with self.lock:
+            chan = self.chans.pop(conn, None)
             obj = self.objs.pop(conn, None)
             child_end = self.pending.pop(conn, None)
             token = self.tokens.pop(conn, None)
             gone = token is not None and token not in self.tokens.values()
+        if chan is not None:
+            chan.close()            # (no write after this: the fd may be closed and reused)
+        self.backlog.discard(conn)
         if child_end is not None:
             self._close(child_end)
         if obj is None:
@@ -235,14 +448,25 @@ class _Broker:
             added = [c for c in added if c in self.objs]
         for new in added:
             self._guarded(self._register, new)
-        for key, _events in self.sel.select(self._timeout()):
+        # whole requests left over from the last turn (the batch limit) are served without waiting
+        ready = self.sel.select(0 if self.backlog else self._timeout())
+        backlog, self.backlog = self.backlog, set()
+        for key, events in ready:
             conn: Any = key.fileobj
             if conn is self.waker:
                 self.waker.clear()
                 while not self.released.empty():
                     self._guarded(self.release, self.released.get_nowait())
-            else:
+                while not self.flushes.empty():
+                    self._guarded(self._want_write, self.flushes.get_nowait())
+                continue
+            if events & selectors.EVENT_WRITE:
+                self._guarded(self._flush, conn)
+            if events & selectors.EVENT_READ:
+                backlog.discard(conn)
                 self._guarded(self._serve, conn)
+        for conn in backlog:
+            self._guarded(self._serve_buffered, conn)
         self._expire()
         return True
 
@@ -260,7 +484,10 @@ class _Broker:
                     self.objs.pop(conn, None)
                     self.pending.pop(conn, None)
                     self.carriers.pop(conn, None)
+                    chan = self.chans.pop(conn, None)
                     self.dropped.notify_all()
+                if chan is not None:
+                    chan.close()
 
     def _new_selector(self) -> None:
         """After an unexpected failure: a fresh selector holding every attached Connection."""
@@ -276,6 +503,7 @@ class _Broker:
             self.added = []
         for conn in conns:
             self._guarded(self._register, conn)
+            self._guarded(self._want_write, conn)   # (replies still waiting for their socket)
 
     def _fail_all(self) -> None:
         """The thread cannot go on: close every Connection, so every process attached gets EOF
@@ -293,9 +521,13 @@ class _Broker:
             self.objs.clear()
             self.pending.clear()
             self.carriers.clear()
+            chans, self.chans = list(self.chans.values()), {}
             self.added = []
             self.thread = None
             self.dropped.notify_all()
+        for chan in chans:
+            chan.close()
+        self.backlog = set()
         self._new_selector()
 
     def _register(self, conn) -> None:
@@ -324,17 +556,60 @@ class _Broker:
         if key is not None and key.fileobj is conn:
             self.sel.unregister(fd)
 
-    def _serve(self, conn) -> None:
+    def _want_write(self, conn) -> None:
+        """Watch ``conn`` for room while replies wait for its socket."""
+        chan = self.chans.get(conn)
+        if chan is None or conn.closed or not chan.out:
+            return
+        key = self.sel.get_map().get(chan.fd)
+        if key is not None and key.fileobj is conn and not key.events & selectors.EVENT_WRITE:
+            self.sel.modify(conn, selectors.EVENT_READ | selectors.EVENT_WRITE)
+
+    def _flush(self, conn) -> None:
+        chan = self.chans.get(conn)
+        if (chan is None or chan.flush()) and not conn.closed:
+            key = self.sel.get_map().get(conn.fileno())
+            if key is not None and key.fileobj is conn and key.events & selectors.EVENT_WRITE:
+                self.sel.modify(conn, selectors.EVENT_READ)
+
+    def _read(self, chan: _Chan) -> None:
+        """What has arrived, without blocking: at most ``_READS_PER_TURN`` reads."""
+        size = len(self.rbuf)
+        for _ in range(_READS_PER_TURN):
+            try:
+                n = os.readv(chan.fd, [self.rbuf])
+            except BlockingIOError:
+                return
+            except OSError:
+                chan.eof = True         # (a reset: as an EOF, after what came before it)
+                return
+            if not n:
+                chan.eof = True
+                return
+            chan.feed(self.rview[:n])
+            if n < size:                # (the socket is empty: another read would only say so)
+                return
+
+    def _serve_buffered(self, conn) -> None:
+        self._serve(conn, readable=False)
+
+    def _serve(self, conn, readable: bool = True) -> None:
         obj = self.objs.get(conn)
-        if obj is None:
+        chan = self.chans.get(conn)
+        if obj is None or chan is None:
+            return
+        try:
+            if readable:
+                self._read(chan)
+        except Exception:       # not our protocol (a bad frame length): stop listening to it
+            self.drop(conn)
             return
         for _ in range(_READ_BATCH):
             try:
-                msg = P.recv_msg(conn)
+                msg = chan.take()
+                if msg is None:
+                    break
                 rid, op, args = msg[0], msg[1], msg[2:]
-            except (EOFError, OSError):
-                self.drop(conn)
-                return
             except Exception:       # not our protocol: whoever it is, stop listening to it
                 self.drop(conn)
                 return
@@ -347,8 +622,13 @@ class _Broker:
                 waiter = obj._request(conn, rid, op, args)
                 if waiter is not None and waiter.deadline is not None:
                     self.timed.append(waiter)
-            if conn.closed or not conn.poll(0):
+            if conn not in self.objs:
                 return
+        else:
+            self.backlog.add(conn)      # more may be whole: next turn, after the others
+            return
+        if chan.eof:
+            self.drop(conn)             # (every whole request before the EOF was served)
 
     def _timeout(self):
         self.timed = [w for w in self.timed if not w.done and w.deadline is not None]
@@ -447,6 +727,7 @@ def _before_fork() -> None:
     # child its own Pipe (with a single slot, the second overwrote the first: one child got an end
     # that the garbage collector closed, the other shared its Pipe with it).
     me = threading.get_ident()
+    paired = []
     for obj in list(_live):
         if obj._proxy is None and obj._owner == os.getpid():
             try:
@@ -454,6 +735,14 @@ def _before_fork() -> None:
             except OSError:
                 pair = None
             obj.__dict__.setdefault("_fork_pairs", {})[me] = pair
+            paired.append(obj)
+    # Held until the after-fork hooks: an object that is already garbage (a cycle not yet
+    # collected) could otherwise be collected in the parent between the hooks (by any thread's
+    # allocation) with its Pipe, while the child, which still has it, attaches on that Pipe (EPIPE).
+    _forking[me] = paired
+
+
+_forking: dict = {}     # forking thread -> the objects given a Pipe for its fork
 
 
 def _take_fork_pair(obj):
@@ -462,7 +751,7 @@ def _take_fork_pair(obj):
 
 
 def _after_fork_in_parent() -> None:
-    for obj in list(_live):
+    for obj in _forking.pop(threading.get_ident(), []):
         pair = _take_fork_pair(obj)
         if pair is not None:
             parent_end, child_end = pair
@@ -476,26 +765,42 @@ def _after_fork_in_child() -> None:
     _broker_lock = threading.Lock()
     if old is not None:
         old.abandon()
+    kept = _forking.pop(threading.get_ident(), None)    # (alive until the loop is done)
+    _forking.clear()            # (other threads' forks: they do not go on in this child)
     for obj in list(_live):
-        pair = _take_fork_pair(obj)
-        for others in obj.__dict__.pop("_fork_pairs", {}).values():
-            if others is not None:      # (another thread's fork, under way at ours: not this child's)
-                for end in others:
-                    end.close()
-        if pair is not None:
-            parent_end, child_end = pair
-            parent_end.close()
-            obj._become_proxy(child_end)
-        elif obj._proxy is None and obj._owner != os.getpid():
-            obj._proxy = _Unusable(obj._kind, obj._owner)
+        try:
+            _adopt_in_child(obj)
+        except Exception as exc:  # noqa: BLE001 - one object must not leave the others owned by the child
+            try:
+                obj._proxy = _Unusable(obj._kind, obj._owner, exc)
+            except Exception:  # noqa: BLE001 - (an object another thread was building at the fork)
+                pass
+    del kept
+
+
+def _adopt_in_child(obj) -> None:
+    """The child's side of one object: a proxy on its end of the Pipe made for this fork."""
+    pair = _take_fork_pair(obj)
+    for others in obj.__dict__.pop("_fork_pairs", {}).values():
+        if others is not None:      # (another thread's fork, under way at ours: not this child's)
+            for end in others:
+                end.close()
+    if pair is not None:
+        parent_end, child_end = pair
+        parent_end.close()
+        obj._become_proxy(child_end)
+    elif obj._proxy is None and obj._owner != os.getpid():
+        obj._proxy = _Unusable(obj._kind, obj._owner)
 
 
 class _Unusable:
-    """In a forked child that could not be given a Connection (no fds left at fork time)."""
+    """In a forked child that could not be given a Connection (no fds left at fork time, or its
+    attach failed)."""
 
-    def __init__(self, kind: str, owner: int) -> None:
+    def __init__(self, kind: str, owner: int, error: BaseException | None = None) -> None:
         self._why = ("this %s could not be connected to its owner (process %d) when process %d was forked "
-                     "from it; pass it to the child as a process argument instead" % (kind, owner, os.getpid()))
+                     "from it%s; pass it to the child as a process argument instead"
+                     % (kind, owner, os.getpid(), "" if error is None else " (%s)" % error))
 
     def __getattr__(self, name):
         raise RuntimeError(self._why)
