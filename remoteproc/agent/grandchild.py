@@ -201,13 +201,17 @@ def _on_exit(where):
 
 
 def remove_for(pid) -> None:
-    """In the agent, after reaping child ``pid``: remove the directory it left if it was killed
-    (one ``lstat`` when there is none)."""
-    path = _path(pid)
-    if _ours(path):
-        import shutil
+    """In the agent, after reaping child ``pid``: remove the directory it left if it was killed.
+    A few ``lstat`` calls when there is none: the temp dirs the child may have chosen are looked
+    at, not probed as ``tempfile.gettempdir()`` probes them (by writing a file)."""
+    name = "%s%d-%d" % (PREFIX, os.getuid(), pid)
+    tops = [os.environ.get(v) for v in ("TMPDIR", "TEMP", "TMP")] + ["/tmp", "/var/tmp", "/usr/tmp"]
+    for top in dict.fromkeys(t for t in tops if t):
+        path = os.path.join(top, name)
+        if _ours(path):
+            import shutil
 
-        shutil.rmtree(path, True)
+            shutil.rmtree(path, True)
 
 
 def graft(handoff, namespace) -> None:
