@@ -172,7 +172,8 @@ def main(conn, initializer=None, initargs=(), maxtasks=None, may_have_children=F
     ``may_have_children``: an Executor's worker, whose calls may start processes of their own,
     as ProcessPoolExecutor's workers are not daemonic.  (Locally the worker stays daemonic: it
     ends with the program.  Here it only ceases to refuse children, which multiprocessing joins
-    when the worker ends, and which the agent's kill of its process group takes along.)"""
+    when the worker ends; a worker that is killed leaves them, as locally, until the agent ends
+    its process group with the connection.)"""
     if may_have_children:
         import multiprocessing
 
