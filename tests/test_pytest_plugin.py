@@ -105,7 +105,7 @@ def test_pyproject_declares_the_entry_point():
         pytest.skip("tomllib needs Python 3.11")
     with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
         meta = tomllib.load(f)
-    assert meta["project"]["entry-points"]["pytest11"] == {"remoteproc": "remoteproc.pytest_plugin"}
+    assert meta["project"]["entry-points"]["pytest11"] == {"remoteproc.pytest_plugin": "remoteproc.pytest_plugin"}
     import remoteproc.pytest_plugin as plugin
 
     assert callable(plugin.pytest_addoption) and hasattr(plugin, "remoteproc_host")
@@ -122,3 +122,22 @@ def test_a_remote_host_spec_carries_its_options():
     import pickle
 
     assert type(pickle.loads(pickle.dumps(h))) is str
+
+
+def test_dash_p_with_the_package_installed_is_not_a_second_registration(project):
+    """The entry point is named as the module: ``-p remoteproc.pytest_plugin`` in a project's
+    addopts (for a checkout on PYTHONPATH) keeps working once the package is installed. (It
+    stopped pytest with "Plugin already registered under a different name" when the entry
+    point was named ``remoteproc``.)"""
+    from importlib import metadata
+
+    names = [ep.name for ep in metadata.entry_points(group="pytest11") if ep.value == "remoteproc.pytest_plugin"]
+    if names != ["remoteproc.pytest_plugin"]:
+        pytest.fail("the installed remoteproc's metadata is not this tree's (pip install -e .): %s" % names)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    for name in ("PYTEST_CURRENT_TEST", "PYTEST_ADDOPTS", "PYTEST_DISABLE_PLUGIN_AUTOLOAD"):
+        env.pop(name, None)
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "remoteproc.pytest_plugin", "-p", "no:cacheprovider",
+                          "-q", "test_unused.py"], cwd=project, env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "1 passed" in run.stdout
