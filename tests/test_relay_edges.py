@@ -145,7 +145,10 @@ def control(msg):
     return struct.pack(">BII", 5, 0, len(body)) + body
 
 
-read(int(re.search(r"b=r\((\d+)\)", os.environ["REMOTEPROC_STUB"]).group(1)))    # the compiled agent
+first = read(1)
+while first == b"\n":              # the newlines sent before the blob, for a startup file's read
+    first = read(1)
+read(int(re.search(r"b=r\((\d+)", os.environ["REMOTEPROC_STUB"]).group(1)) - 1)    # the compiled agent
 hello = {{"op": "hello", "version": {version}, "python": list(sys.version_info[:3]),
          "implementation": sys.implementation.name, "pid": os.getpid()}}
 if mode == "bad-hello":
