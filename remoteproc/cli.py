@@ -375,8 +375,10 @@ def cache_command(args: argparse.Namespace) -> int:
     from .process import RemoteProcess
 
     parent, child = Pipe()
-    p = RemoteProcess(args.host, target=report, args=(child, bool(args.clear)), **ssh_options(args))
+    p = None
     try:
+        # (in the try: a HOST or option that cannot be used is reported as any other failure)
+        p = RemoteProcess(args.host, target=report, args=(child, bool(args.clear)), **ssh_options(args))
         p.start()
         child.close()
         if not parent.poll(60):
@@ -384,13 +386,14 @@ def cache_command(args: argparse.Namespace) -> int:
         facts = parent.recv()
         p.join(30)
     except (RemoteProcessError, EOFError, OSError) as exc:
-        error = p.connection_error or exc
+        error = (p.connection_error if p is not None else None) or exc
         if not isinstance(error, RemoteProcessError):
             error = ConnectionLostError("%s: %s: %s" % (args.host, type(error).__name__, error), args.host)
         _report_failure("cache", error)
         return 1
     finally:
         parent.close()
+        child.close()
     if facts["removed"] is not None:
         print("%s: removed %s from %s" % (args.host, _entries(facts["removed"]), facts["root"]))
         for e in facts.get("kept") or ():
@@ -594,19 +597,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.command == "run":
         return run_command(args)
-    if args.command == "check":
-        return check_command(args)
-    if args.command == "cache":
-        return cache_command(args)
-    if args.command == "demo":
-        options = ssh_options(args)
-        if args.host is None and options:
-            parser.error("demo: SSH options need a HOST")
-        try:
-            return demo(args.host, options)
-        except RemoteProcessError as exc:
-            _report_failure("demo", exc)
-            return 1
+    try:
+        # Ctrl-C (while connecting to a slow host, say) ends the command with the shell's status
+        # for it, not a traceback; what it started ends with the relay (an interrupted start is killed)
+        if args.command == "check":
+            return check_command(args)
+        if args.command == "cache":
+            return cache_command(args)
+        if args.command == "demo":
+            options = ssh_options(args)
+            if args.host is None and options:
+                parser.error("demo: SSH options need a HOST")
+            try:
+                return demo(args.host, options)
+            except RemoteProcessError as exc:
+                _report_failure("demo", exc)
+                return 1
+    except KeyboardInterrupt:
+        print("remoteproc %s: interrupted" % args.command, file=sys.stderr)
+        return EXIT_INTERRUPTED
     return 2  # pragma: no cover - argparse requires a command
 
 

@@ -6,6 +6,7 @@ import os
 from multiprocessing import process as mp_process
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
+from .errors import ConfigError
 from .relay import client as relay_client
 from .ssh.spec import check_options, parse_spec
 
@@ -55,7 +56,7 @@ class RemoteProcess(mp_process.BaseProcess):
         super().__init__(group, target, name, args, kwargs, daemon=daemon)
         self._host = host
         self._ssh_options = options
-        self._cwd, self._env = check_cwd_env(cwd, env)
+        self._cwd, self._env = check_cwd_env(cwd, env, host)
         if not mp_process.current_process().daemon:
             relay_client.prestart()     # (a daemonic process may not start children: no relay for it)
 
@@ -81,15 +82,23 @@ class RemoteProcess(mp_process.BaseProcess):
         return text[:-1] + " host=%r>" % self._host
 
 
-def check_cwd_env(cwd: Any, env: Any) -> tuple[str | None, dict[str, str] | None]:
-    """``cwd`` (a directory on the host, ``~`` expanded there) and ``env`` (variables added)."""
+def check_cwd_env(cwd: Any, env: Any, host: str | None = None) -> tuple[str | None, dict[str, str] | None]:
+    """``cwd`` (a directory on the host, ``~`` expanded there) and ``env`` (variables added),
+    checked here: what the remote child could not use would fail there, after its fork."""
     if cwd is not None:
-        cwd = os.fspath(cwd)
-        if not isinstance(cwd, str) or not cwd:
+        path = os.fspath(cwd) if isinstance(cwd, (str, os.PathLike)) else cwd
+        if not isinstance(path, str) or not path:
             raise TypeError("cwd must be a str path on the remote host, not %r" % (cwd,))
+        if "\0" in path:
+            raise ConfigError("%s: cwd %r has an embedded null byte: no path can hold one; remove it"
+                              % (host, path), host)
+        cwd = path
     if env is not None:
         env = dict(env)
         for key, value in env.items():
             if not isinstance(key, str) or not isinstance(value, str) or not key or "=" in key:
                 raise TypeError("env must map variable names (str, no '=') to str; got %r: %r" % (key, value))
+            if "\0" in key or "\0" in value:
+                raise ConfigError("%s: env %r: %r has an embedded null byte: an environment variable cannot "
+                                  "hold one; remove it" % (host, key, value), host)
     return cwd, env

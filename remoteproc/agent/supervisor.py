@@ -12,6 +12,7 @@ import os
 import selectors
 import signal
 import socket
+import stat
 import sys
 import time
 import zlib
@@ -500,9 +501,15 @@ def _check_cwd(cwd):
     if cwd is None:
         return None
     path = os.path.expanduser(str(cwd))
-    if not os.path.isdir(path):
-        return "!cannot start the process in directory %r: %s" % (
-            cwd, "it does not exist" if not os.path.exists(path) else "it is not a directory")
+    try:
+        st = os.stat(path)
+    except (OSError, ValueError) as exc:
+        # (a directory above it that this account cannot enter is EACCES: it may well exist)
+        why = {errno.ENOENT: "it does not exist", errno.EACCES: "permission denied (on it or a directory above it)",
+               errno.ENOTDIR: "a part of the path is not a directory"}.get(getattr(exc, "errno", None) or 0, str(exc))
+        return "!cannot start the process in directory %r: %s" % (cwd, why)
+    if not stat.S_ISDIR(st.st_mode):
+        return "!cannot start the process in directory %r: it is not a directory" % (cwd,)
     if not os.access(path, os.X_OK):
         return "!cannot start the process in directory %r: permission denied" % (cwd,)
     return path

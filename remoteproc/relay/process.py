@@ -197,7 +197,11 @@ class Relay:
         for link in links:
             link.close()
         for link in links:
-            link.join(10)
+            # A link still connecting (no agent channel yet: a host that does not answer, a slow
+            # jump host) has no output to flush, and its thread may wait out the connect timeout:
+            # the user's Ctrl-C or exit must not wait for it.  Nothing of it runs on the host yet
+            # (the connection goes with this process; an ssh of transport="openssh" is ended below).
+            link.join(10 if link.chan is not None else 0.2)
         self.paramiko.close()
         if self.openssh is not None:
             self.openssh.close()

@@ -1,0 +1,297 @@
+"""The command line when something goes wrong, as a user meets it: a changed host key, a host
+spec or option that cannot be used, a connection that dies under a running script, a script
+that leaves a process behind, ignores SIGTERM or raises KeyboardInterrupt.  Each failure exits
+with the documented status and says the cause and the fix, never with a traceback of ours; no
+remote process outlives the command.
+
+(The successful paths and the common failures are in test_cli.py.)
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from proctable import gone, running
+
+from remoteproc import cli
+from remoteproc.errors import (
+    BootstrapError,
+    ConfigError,
+    ConnectionLostError,
+    HostKeyError,
+    RemoteProcessError,
+)
+from remoteproc.testing import current_user
+
+pytestmark = pytest.mark.timeout(90)
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def remoteproc_cmd(*args, timeout=60):
+    return subprocess.run([sys.executable, "-m", "remoteproc", *args], capture_output=True, text=True,
+                          timeout=timeout, env=ENV, stdin=subprocess.DEVNULL)
+
+
+@pytest.fixture
+def alias(sshd):
+    """(ssh_config path, alias) for the current user on the loopback sshd."""
+    return sshd.ssh_config, "remoteproc-" + current_user()
+
+
+def _says_cause_and_fix(out, *words):
+    text = out.stdout + out.stderr
+    assert "cause:" in out.stderr and "fix:" in out.stderr, text
+    assert "Traceback" not in out.stderr, text
+    for word in words:
+        assert word in out.stderr, (word, text)
+
+
+# -- a changed host key ----------------------------------------------------------------------
+
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+def test_check_a_host_whose_key_changed_says_so_and_how_to_forget_the_old_key(sshd, tmp_path, transport):
+    """known_hosts holds another key of the same type for the host (a reinstalled host, or an
+    attack): check refuses, and the fix is ssh-keygen -R, not --accept-new (which would not help)."""
+    with open(sshd.known_hosts) as f:
+        recorded = f.read().split()
+    keytype = next(word for word in recorded if word.startswith(("ssh-", "ecdsa-")))
+    other = tmp_path / "other"
+    algorithm = {"ssh-ed25519": "ed25519", "ssh-rsa": "rsa"}.get(keytype, "ecdsa")
+    subprocess.run(["ssh-keygen", "-q", "-t", algorithm, "-N", "", "-f", str(other)], check=True, timeout=30)
+    other_type, other_key = (tmp_path / "other.pub").read_text().split()[:2]
+    known = tmp_path / "known_hosts"
+    known.write_text("[127.0.0.1]:%d %s %s\n" % (sshd.port, other_type, other_key))
+    out = remoteproc_cmd("check", "--transport", transport, "-p", str(sshd.port), "-i", sshd.client_key,
+                         "-l", current_user(), "--known-hosts", str(known), "-F", "none", "127.0.0.1")
+    assert out.returncode == 1, out.stdout + out.stderr
+    assert "FAILED" in out.stdout
+    _says_cause_and_fix(out, "CHANGED", "differs from the one recorded", "ssh-keygen -R")
+    assert "--accept-new" not in out.stderr.split("fix:", 1)[1]
+
+
+# -- host specs and options that cannot be used -------------------------------------------------
+
+@pytest.mark.parametrize("command", ["run", "check", "cache"])
+@pytest.mark.parametrize("given,said", [
+    (["user@host:99999"], "out of range"),
+    (["--connect-timeout", "-1", "h"], "connect_timeout"),
+    (["-F", "/nonexistent/ssh_config", "h"], "/nonexistent/ssh_config"),
+])
+def test_a_host_spec_or_option_that_cannot_be_used_says_cause_and_fix(command, given, said):
+    """Every command refuses a bad HOST or option up front, in its own words (no traceback)."""
+    argv = [command, *given[:-1], "-F", "none", given[-1]] if "-F" not in given else [command, *given]
+    if command == "run":
+        argv.append("script.py")
+    out = remoteproc_cmd(*argv)
+    assert out.returncode == (cli.EXIT_FAILURE if command == "run" else 1), out.stdout + out.stderr
+    _says_cause_and_fix(out, said, "remoteproc %s:" % command)
+
+
+def test_run_env_without_an_equals_sign_is_a_usage_error():
+    out = remoteproc_cmd("run", "-e", "JUSTANAME", "-F", "none", "h", "script.py")
+    assert out.returncode == 2
+    assert "--env wants NAME=VALUE, not 'JUSTANAME'" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_demo_with_ssh_options_but_no_host_is_a_usage_error():
+    out = remoteproc_cmd("demo", "-p", "2222")
+    assert out.returncode == 2 and "SSH options need a HOST" in out.stderr
+
+
+def test_demo_against_a_host_that_refuses_says_cause_and_fix(sshd):
+    from remoteproc.testing.net import free_port
+
+    out = remoteproc_cmd("demo", "-F", "none", "--connect-timeout", "10", "nobody@127.0.0.1:%d" % free_port())
+    assert out.returncode == 1, out.stdout + out.stderr
+    _says_cause_and_fix(out, "remoteproc demo:", "-p PORT")
+
+
+# -- a running script and its host ----------------------------------------------------------
+
+def test_run_a_script_whose_connection_dies_exits_255_and_says_the_connection_was_lost(alias, scripts, tmp_path):
+    """The agent on the host dies under a running script (killed, OOM, a reboot): the command
+    exits 255, as ssh does, with the lost connection in its words, and the script is not left
+    running on the host."""
+    config, host = alias
+    pidfile = tmp_path / "pid"
+    path = scripts("killagent.py", """
+        import os, signal, time
+        with open(os.environ["PIDFILE"], "w") as f:
+            f.write(str(os.getpid()))
+        os.kill(os.getppid(), signal.SIGKILL)      # the agent that forked this script
+        time.sleep(60)
+    """)
+    out = remoteproc_cmd("run", "-F", config, "-e", "PIDFILE=%s" % pidfile, host, path)
+    assert out.returncode == cli.EXIT_FAILURE, out.stdout + out.stderr
+    assert "connection lost" in out.stderr and host in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    assert gone(int(pidfile.read_text())), "the script outlived its agent"
+
+
+def test_run_a_script_that_leaves_a_process_holding_its_connection(alias, scripts):
+    """The script ends, but a process it started in the background still holds its Connection:
+    the command prints every message the script sent, and exits with the script's status when
+    the script ends, not when the background process lets go."""
+    config, host = alias
+    path = scripts("background.py", """
+        import os, sys, time
+        from multiprocessing.connection import Connection
+        conn = Connection(int(os.environ["REMOTEPROC_FD"]))
+        conn.send("before")
+        if os.fork() == 0:                  # holds the Connection's fd for a while
+            os.setsid()
+            conn.send(os.getpid())
+            time.sleep(20)
+            os._exit(0)
+        for i in range(3):
+            conn.send(i)
+        sys.exit(5)
+    """)
+    proc = subprocess.Popen([sys.executable, "-m", "remoteproc", "run", "-F", config, host, path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            env=ENV)
+    try:
+        stdout, stderr = proc.communicate(timeout=15)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        stdout, stderr = proc.communicate(timeout=10)
+        raise AssertionError("the command waited for the script's background process: %r %r" % (stdout, stderr))
+    lines = stdout.splitlines()
+    background = [int(line) for line in lines if line.isdigit() and int(line) > 2]
+    try:
+        assert proc.returncode == 5, stdout + stderr
+        assert [line for line in lines if not (line.isdigit() and int(line) > 2)] == ['"before"', "0", "1", "2"]
+    finally:
+        for pid in background:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
+
+
+def test_run_ctrl_c_kills_a_script_that_ignores_sigterm(alias, scripts):
+    """Ctrl-C terminates the script; one that ignores SIGTERM is killed after the grace
+    period: the command still ends with 130 and nothing is left on the host."""
+    config, host = alias
+    path = scripts("stubborn.py", """
+        import os, signal, time
+        from multiprocessing.connection import Connection
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        conn = Connection(int(os.environ["REMOTEPROC_FD"]))
+        conn.send(os.getpid())
+        time.sleep(120)
+    """)
+    proc = subprocess.Popen([sys.executable, "-m", "remoteproc", "run", "-F", config, host, path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, env=ENV, start_new_session=True)
+    try:
+        pid = int(proc.stdout.readline())
+        os.kill(proc.pid, signal.SIGINT)
+        assert proc.wait(cli.TERMINATE_GRACE + 30) == cli.EXIT_INTERRUPTED
+        assert "the remote script was terminated" in proc.stderr.read()
+        assert gone(pid), "a script that ignores SIGTERM outlived Ctrl-C"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
+
+
+def test_run_a_script_that_raises_keyboardinterrupt_exits_as_python3_does(alias, scripts):
+    """An uncaught KeyboardInterrupt in the script: its traceback, and the status a shell shows
+    for python3 killed by SIGINT (130)."""
+    config, host = alias
+    path = scripts("interrupted.py", "def main():\n    raise KeyboardInterrupt\n\nmain()\n")
+    local = subprocess.run([sys.executable, path], capture_output=True, text=True, timeout=30)
+    out = remoteproc_cmd("run", "-F", config, host, path)
+    assert local.returncode == -signal.SIGINT
+    assert out.returncode == 128 + signal.SIGINT, out.stdout + out.stderr
+    assert "KeyboardInterrupt" in out.stderr and 'interrupted.py", line 2, in main' in out.stderr
+    assert "remoteproc/agent" not in out.stderr
+
+
+# -- what the messages say -------------------------------------------------------------------
+
+@pytest.mark.parametrize("error,cause", [
+    (HostKeyError("h: the host key has CHANGED", "h"), "differs"),
+    (HostKeyError("h: the host key is unknown", "h"), "not in known_hosts"),
+    (ConfigError("h: bad", "h"), "not usable as given"),
+    (ConnectionLostError("h: connection lost", "h"), "went away"),
+    (BootstrapError("h: cannot start the process in directory '/x'", "h"), "--cwd"),
+    (BootstrapError("h: no python", "h"), "remote Python"),
+    (RemoteProcessError("h: odd", "h"), "remoteproc failed"),
+])
+def test_each_error_has_its_own_cause(error, cause):
+    said, fix = cli.explain(error)
+    assert cause in said and fix
+
+
+def test_exit_status_as_a_shell_shows_it():
+    assert [cli._exit_status(c) for c in (None, 0, 3, -9, 256 + 7)] == [255, 0, 3, 137, 7]
+
+
+@pytest.mark.parametrize("found,said", [
+    (None, "?"), ("python=python3.11", "as given (python=python3.11)"), ("python3", "python3 on the login PATH"),
+    ("pyenv", "under ~/.pyenv/versions"), ("/opt/py/bin/python3", "in /opt/py/bin/python3"),
+])
+def test_check_says_where_the_remote_python_was_found(found, said):
+    assert cli._found_text(found) == said
+
+
+# -- Ctrl-C while connecting --------------------------------------------------------------------
+
+@pytest.mark.parametrize("command,transport", [("run", "paramiko"), ("run", "openssh"), ("check", "paramiko"),
+                                               ("cache", "paramiko"), ("demo", "paramiko")])
+def test_ctrl_c_while_connecting_to_a_silent_host_exits_130_at_once_without_a_traceback(command, transport):
+    """The host accepts the TCP connection but never answers (a hung sshd, a firewall that
+    swallows the banner): Ctrl-C ends every command with 130 and one line, at once (not after
+    the relay's 10 s bound for flushing output: a connection still being made has none), and
+    nothing it started (its relay, its ssh) is left behind."""
+    import socket
+    import time
+
+    from proctable import eventually
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(60)
+    port = listener.getsockname()[1]
+    argv = [sys.executable, "-m", "remoteproc", command, "-F", "none", "--connect-timeout", "600", "-p", str(port),
+            "--transport", transport, "nobody@127.0.0.1"] + (["script.py"] if command == "run" else [])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            env=ENV, start_new_session=True)
+    conn = None
+    try:
+        conn, _ = listener.accept()         # it is connecting now
+        interrupted = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _stdout, stderr = proc.communicate(timeout=30)
+        took = time.monotonic() - interrupted
+        assert proc.returncode == cli.EXIT_INTERRUPTED, stderr
+        # (the one bound here: the relay waited 10 s for a link still connecting before it let go;
+        # an interrupted command ends in well under a second, 8 s leaves room for a busy machine)
+        assert took < 8, "Ctrl-C took %.1f s to end the command" % took
+        assert "remoteproc %s: interrupted" % command in stderr and "Traceback" not in stderr, stderr
+
+        def group_gone():
+            try:
+                os.killpg(proc.pid, 0)
+            except ProcessLookupError:
+                return True
+            return False
+
+        assert eventually(group_gone, 15), "a process of the command outlived it"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=10)
+        if conn is not None:
+            conn.close()
+        listener.close()
