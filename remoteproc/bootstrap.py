@@ -438,15 +438,7 @@ def _await_ready(chan: AgentChannel, target) -> tuple[bytearray, bytearray]:
                 log.warning("%s: the login shell printed %r before running remoteproc's command (a shell startup "
                             "file or a setup= line); ignored", target.display, noise[:500])
             return buf[at + len(READY):], err
-        err += chan.recv_stderr()
-        data = chan.recv(65536)
-        if data is None:
-            wait_readable(chan, 0.05)
-            data = chan.recv(65536)
-        if data == b"":
-            _failed(chan, target, err, time.monotonic() + max(target.connect_timeout, MIN_WAIT), bytes(buf))
-        if data:
-            buf += data
+        _take(chan, target, buf, err, time.monotonic() + max(target.connect_timeout, MIN_WAIT))
         if time.monotonic() > deadline:
             said = (err + chan.recv_stderr()).decode("utf-8", "replace").strip()
             shown = _without_markers(bytes(buf)).decode("utf-8", "replace").strip()
@@ -460,6 +452,20 @@ def _await_ready(chan: AgentChannel, target) -> tuple[bytearray, bytearray]:
                 % (target.display, target.username, wait, " or a setup= line" if target.setup else "",
                    said[-500:] or "empty", shown[-500:] or "empty"),
                 target.display)
+
+
+def _take(chan: AgentChannel, target, buf: bytearray, err: bytearray, deadline: float) -> None:
+    """Add what the command has written by now (or within 50 ms) to ``buf`` and ``err``; its
+    end raises ``_failed``'s error (waiting for its exit status until ``deadline``)."""
+    err += chan.recv_stderr()
+    data = chan.recv(65536)
+    if data is None:
+        wait_readable(chan, 0.05)
+        data = chan.recv(65536)
+    if data == b"":
+        _failed(chan, target, err, deadline, bytes(buf))
+    if data:
+        buf += data
 
 
 def _without_markers(out: bytes) -> bytes:
@@ -493,15 +499,7 @@ def _read_hello(chan: AgentChannel, target, buf: bytearray, err: bytearray) -> t
                 if said:    # (ssh's own words: a key recorded, or one it could not record)
                     log.warning("%s: %s", target.display, said)
                 return msg, bytes(buf[frames.HEADER_SIZE + length:])
-        err += chan.recv_stderr()
-        data = chan.recv(65536)
-        if data is None:
-            wait_readable(chan, 0.05)
-            data = chan.recv(65536)
-        if data == b"":
-            _failed(chan, target, err, deadline, bytes(buf))
-        if data:
-            buf += data
+        _take(chan, target, buf, err, deadline)
         if time.monotonic() > deadline:
             raise BootstrapError("%s: the agent did not answer within %gs (remote stderr: %s). Check that "
                                  "python=%r starts a Python 3.8+ on the host, and that nothing there reads "

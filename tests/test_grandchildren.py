@@ -17,6 +17,7 @@ import subprocess
 import sys
 
 import pytest
+from test_host_pythons import host_pythons  # noqa: F401  (the fixture: copies of other CPythons)
 
 from remoteproc import RemoteProcess
 
@@ -151,25 +152,10 @@ def test_a_targets_own_process_pool_finds_the_scripts_functions_and_forwarded_mo
     assert _left_dirs(user) == []
 
 
-@pytest.fixture(scope="module")
-def host_pythons():
-    """Copies of other CPythons than this one, runnable by every account."""
-    import shutil
-    import tempfile
-
-    from test_host_pythons import HostPythons
-
-    root = tempfile.mkdtemp(prefix="remoteproc-pythons-")
-    os.chmod(root, 0o755)
-    try:
-        yield HostPythons(root)
-    finally:
-        shutil.rmtree(root, ignore_errors=True)
-
-
 @pytest.mark.parametrize("version", ["3.8", "3.13"])
 def test_in_spawn_mode_the_script_runs_as_mp_main_in_the_childs_children(scripts, plain_user_host,
-                                                                         plain_user_options, host_pythons, version):
+                                                                         plain_user_options, host_pythons,  # noqa: F811
+                                                                         version):
     options = dict(plain_user_options, python=host_pythons.get(version)[0])
     for method in ("forkserver", "spawn"):
         got, code = _run(scripts, plain_user_host, options, method)
