@@ -13,8 +13,7 @@ import sys
 import uuid
 
 import pytest
-
-from remoteproc import Pipe, RemoteProcess
+from remote_call import call as _call
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -46,20 +45,6 @@ def _distribution(site, name: str, version: str, files: dict[str, str], requires
             os.chmod(os.path.join(root, n), 0o755 if n in dirs else 0o644)
     os.chmod(site, 0o755)
     return site
-
-
-def _call(host, options, target, *args):
-    parent, child = Pipe()
-    p = RemoteProcess(host, target=target, args=(child, *args), **options)
-    p.start()
-    child.close()
-    try:
-        assert parent.poll(90), "no answer from the remote child (exit code %s)" % p.exitcode
-        return parent.recv()
-    finally:
-        parent.close()
-        p.join(30)
-        assert p.exitcode == 0
 
 
 # -- targets (run remotely) ---------------------------------------------------------------------

@@ -26,8 +26,9 @@ import pytest
 from conftest import _unavailable
 from host_python_targets import fill_manager, try_import
 from own_sshd import account_whose_python3_is, run_check
+from remote_call import call as _call
 
-from remoteproc import Pipe, RemoteProcess, bootstrap
+from remoteproc import RemoteProcess, bootstrap
 from remoteproc.errors import BootstrapError
 
 PYENV = os.path.join(os.environ.get("PYENV_ROOT") or os.path.expanduser("~/.pyenv"), "versions")
@@ -413,19 +414,6 @@ def test_manager_proxies_work_in_spawn_mode(host_pythons, plain_user_host, plain
         p.join(30)
         assert p.exitcode == 0 and p._popen.mode == "spawn"
         assert dict(d) == {"python": (3, 13)} and list(items) == ["from the child"]
-
-
-def _call(host, options, target, *args):
-    parent, child = Pipe()
-    p = RemoteProcess(host, target=target, args=(child, *args), **options)
-    p.start()
-    child.close()
-    try:
-        assert parent.poll(60), "no answer from the remote child (exit code %s)" % p.exitcode
-        return parent.recv()
-    finally:
-        parent.close()
-        p.join(30)
 
 
 @pytest.mark.parametrize("ver,name", [("3.8", "zoneinfo"), ("3.10", "tomllib"), ("3.13", "imp")])
