@@ -255,7 +255,10 @@ while True:
     data = s.recv(65536)
     if not data:
         break
-    os.write(1, data)
+    try:
+        os.write(1, data)
+    except OSError:     # (the connection closed its end first: it lingers all the same)
+        break
 time.sleep(60)
 """
 
