@@ -117,7 +117,10 @@ CHATTY = """
     import os, sys
     from multiprocessing.connection import Connection
     conn = Connection(int(os.environ["REMOTEPROC_FD"]))
-    print("stdout of the script", flush=True)
+    # one write each: under PYTHONUNBUFFERED (CI's), print() writes the newline apart, and a message
+    # line printed meanwhile can land between them (docs/api.md, the run command)
+    sys.stdout.write("stdout of the script\\n")
+    sys.stdout.flush()
     print("stderr of the script", file=sys.stderr, flush=True)
     conn.send("text")
     conn.send(42)
