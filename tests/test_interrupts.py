@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 import pytest
-from proctable import running
+from proctable import eventually, running
 
 from remoteproc.testing import current_user
 
@@ -222,15 +222,16 @@ def test_the_pipe_of_a_program_closes_when_it_ends(sshd: Any, tmp_path: Any, how
             holders = _session_pids(proc.pid)
             pytest.fail("cat still reads %.0f s after the program ended; its session: %s"
                         % (time.monotonic() - ended, holders))
+        # and nothing of the program is left, by itself (its relay, first of all: it lets go of the
+        # pipe at once, then ends its links, which may take it a moment more)
+        assert eventually(lambda: not [pid for pid in _session_pids(proc.pid) if running(pid)], 20), \
+            _session_pids(proc.pid)
     finally:
         _kill_session(proc.pid)
         if cat.poll() is None:
             cat.kill()
         cat.communicate()
     assert "READY" in out
-    # and nothing of the program is left (its relay, first of all)
-    left = [pid for pid in _session_pids(proc.pid) if running(pid)]
-    assert left == []
 
 
 # -- no relay after the program's exit has stopped it -----------------------------------------

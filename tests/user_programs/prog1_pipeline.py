@@ -14,15 +14,18 @@ class Summary:
     total: int
 
 
-def producer(tasks, n, nworkers):
+def producer(tasks, n, nworkers, ready):
+    for _ in range(nworkers):
+        ready.get()                          # every worker waits for items: each gets its share
     for i in range(n):
         tasks.put(i)
     for _ in range(nworkers):
         tasks.put(None)                      # one sentinel per worker
 
 
-def worker(wid, tasks, results, fail_after):
+def worker(wid, tasks, results, fail_after, ready):
     done = 0
+    ready.put(wid)
     while True:
         item = tasks.get()
         try:
@@ -51,9 +54,9 @@ def collector(results, nworkers, out):
 
 
 if __name__ == "__main__":
-    tasks, results, out = JoinableQueue(), JoinableQueue(), JoinableQueue()
-    prod = Process(target=producer, args=(tasks, N, WORKERS))
-    workers = [Process(target=worker, args=(w, tasks, results, 10 if w == 1 else -1)) for w in range(WORKERS)]
+    tasks, results, out, ready = JoinableQueue(), JoinableQueue(), JoinableQueue(), JoinableQueue()
+    prod = Process(target=producer, args=(tasks, N, WORKERS, ready))
+    workers = [Process(target=worker, args=(w, tasks, results, 2 if w == 1 else -1, ready)) for w in range(WORKERS)]
     coll = Process(target=collector, args=(results, WORKERS, out))
     for p in [prod, *workers, coll]:
         p.start()
