@@ -83,8 +83,13 @@ class Outcome:
     shape: dict[str, float]            # timings, written to user_programs_timings.json (never asserted)
 
 
+#: this process's environment when the file was collected: the programs start from threads, and
+#: pytest sets and unsets PYTEST_CURRENT_TEST meanwhile (reading os.environ then raced: KeyError)
+_BASE_ENV = {k: v for k, v in os.environ.items() if k != "PYTEST_CURRENT_TEST"}
+
+
 def _environment(hosts: Optional[list[Any]]) -> dict[str, str]:
-    env = dict(os.environ)
+    env = dict(_BASE_ENV)
     env.pop("PYTHONUNBUFFERED", None)          # as a user's shell has it: buffered output when piped
     env["PYTHONPATH"] = os.pathsep.join([ROOT] + [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p])
     env["UP_HOSTS"] = json.dumps(hosts) if hosts else ""
