@@ -22,7 +22,7 @@ from collections.abc import Iterator
 import pytest
 from conftest import _unavailable
 from own_sshd import own_sshd
-from proctable import eventually, gone, ppid, running
+from proctable import cmdline, eventually, gone, ppid, running
 
 from remoteproc import BootstrapError, Pipe, Queue, RemoteProcess
 from remoteproc.testing import LoopbackSSHServer, ensure_local_user, find_sshd
@@ -229,9 +229,9 @@ def test_restricted_bash_runs_a_process_and_leaves_nothing(server, name, transpo
     assert parent.poll(15)
     pid = parent.recv()
     chain = [ppid(pid)]                 # the agent, then its parents up to sshd's process for the session
-    while "sshd" not in _cmdline(chain[-1]) and len(chain) < 5:
+    while "sshd" not in cmdline(chain[-1]) and len(chain) < 5:
         chain.append(ppid(chain[-1]))
-    assert "sshd" in _cmdline(chain[-1]), [_cmdline(x) for x in chain]
+    assert "sshd" in cmdline(chain[-1]), [cmdline(x) for x in chain]
     os.kill(chain[-1], signal.SIGKILL)
     p.join(30)
     assert p.exitcode is not None
@@ -241,14 +241,6 @@ def test_restricted_bash_runs_a_process_and_leaves_nothing(server, name, transpo
 def _sleeper(conn):
     conn.send(os.getpid())
     time.sleep(60)
-
-
-def _cmdline(pid: int) -> str:
-    try:
-        with open("/proc/%d/cmdline" % pid, "rb") as f:
-            return f.read().replace(b"\0", b" ").decode(errors="replace")
-    except OSError:
-        return ""
 
 
 @pytest.mark.parametrize("name,transport", [("rpbread", "paramiko"), ("rpbread", "openssh"), ("rpbhead", "paramiko"),
@@ -278,7 +270,7 @@ def test_a_startup_file_that_waits_for_input_is_a_clear_error(server):
         assert "did not run remoteproc's command within 10s" in text and "~/.bashrc" in text, text
         assert "stdin" in text and "[ -t 0 ]" in text and "raise connect_timeout" in text, text
     uid = pwd.getpwnam("rpbwait").pw_uid
-    assert eventually(lambda: not _processes_of(uid)), [_cmdline(x) for x in _processes_of(uid)]
+    assert eventually(lambda: not _processes_of(uid)), [cmdline(x) for x in _processes_of(uid)]
 
 
 def _processes_of(uid: int) -> list[int]:
