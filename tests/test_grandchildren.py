@@ -201,7 +201,7 @@ def _pool_in_read_only_tmp(conn):
 
 
 def test_an_unwritable_temp_dir_leaves_spawn_children_as_multiprocessing_has_them(plain_user_host,
-                                                                                    plain_user_options):
+                                                                                    plain_user_options, capfd):
     """Functions the host has (``abs``) still run; only the hand-over is missing, with a warning."""
     from remoteproc import Pipe
 
@@ -213,6 +213,8 @@ def test_an_unwritable_temp_dir_leaves_spawn_children_as_multiprocessing_has_the
     assert a.recv() == ("ran", 3)
     p.join(30)
     assert p.exitcode == 0
+    err = capfd.readouterr().err        # (the child's stderr comes out on this process's)
+    assert "cannot write" in err and "for a spawn/forkserver child" in err, err
 
 
 SCRIPT_ON_THE_HOST = '''
