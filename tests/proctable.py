@@ -33,6 +33,21 @@ def cmdline(pid: int) -> str:
         return ""
 
 
+def fd_table(pid: int | str = "self") -> dict[str, str]:
+    """What each open fd of ``pid`` points to (``readlink`` of /proc/PID/fd/N); {} if it is gone."""
+    out = {}
+    try:
+        fds = os.listdir("/proc/%s/fd" % pid)
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            out[fd] = os.readlink("/proc/%s/fd/%s" % (pid, fd))
+        except OSError:
+            pass
+    return out
+
+
 def threads(pid: int) -> int:
     """How many threads ``pid`` runs."""
     return len(os.listdir("/proc/%d/task" % pid))

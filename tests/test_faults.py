@@ -18,7 +18,7 @@ from multiprocessing.connection import wait
 
 import cloudpickle
 import pytest
-from proctable import children_of, cmdline, gone, ppid
+from proctable import children_of, cmdline, fd_table, gone, ppid
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
@@ -267,11 +267,7 @@ def test_no_listening_socket_on_either_side(host, ssh_options):
         ours = {os.getpid(), relay_client.get().proc.pid, pid, ppid(pid)}
         listening = _listening_inodes()
         for proc_pid in ours:
-            for fd in os.listdir("/proc/%d/fd" % proc_pid):
-                try:
-                    target = os.readlink("/proc/%d/fd/%s" % (proc_pid, fd))
-                except FileNotFoundError:
-                    continue
+            for target in fd_table(proc_pid).values():
                 if target.startswith("socket:["):
                     assert int(target[8:-1]) not in listening, "pid %d listens on %s" % (proc_pid, target)
     finally:

@@ -18,7 +18,7 @@ import sys
 
 import cloudpickle
 import pytest
-from proctable import descendants
+from proctable import descendants, fd_table
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
@@ -77,19 +77,7 @@ def _listening_inodes() -> set[int]:
 
 
 def _sockets(pid: int) -> set[int]:
-    out = set()
-    try:
-        fds = os.listdir("/proc/%d/fd" % pid)
-    except OSError:
-        return out
-    for fd in fds:
-        try:
-            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            out.add(int(target[8:-1]))
-    return out
+    return {int(target[8:-1]) for target in fd_table(pid).values() if target.startswith("socket:[")}
 
 
 @pytest.mark.loopback_only

@@ -24,7 +24,7 @@ import cloudpickle
 import pytest
 import spawn_targets
 from conftest import _unavailable
-from proctable import eventually, gone, ppid
+from proctable import eventually, fd_table, gone, ppid
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess, reduction, spill
@@ -201,15 +201,7 @@ def _stalled(host, options, tmp_path):
 
 def _payload_files(pid: int) -> list[str]:
     """The memfds of start payloads that process ``pid`` holds."""
-    out = []
-    for fd in os.listdir("/proc/%d/fd" % pid):
-        try:
-            target = os.readlink("/proc/%d/fd/%s" % (pid, fd))
-        except OSError:
-            continue
-        if "remoteproc-payload" in target:
-            out.append(target)
-    return out
+    return [target for target in fd_table(pid).values() if "remoteproc-payload" in target]
 
 
 @pytest.mark.loopback_only      # kills the loopback sshd's session; reads /proc
@@ -268,6 +260,7 @@ def test_child_dies_before_reading_its_payload(host, ssh_options, tmp_path):
     parent.close()
     warm.join(30)
     idle_fds = _settled_fd_count(agent)
+    idle_table = fd_table(agent)
     p, conn = _stalled(host, ssh_options, tmp_path)
     assert ppid(p.pid) == agent
     os.kill(p.pid, signal.SIGKILL)
@@ -279,7 +272,9 @@ def test_child_dies_before_reading_its_payload(host, ssh_options, tmp_path):
     relay = relay_client.current()
     assert relay is not None
     assert eventually(lambda: not _payload_files(relay.proc.pid), 15), "the relay kept the payload open"
-    assert eventually(lambda: _fd_count(agent) == idle_fds, 15), "the agent kept fds of the dead child"
+    # (<=: under load the idle count can be taken while the warm-up child's fds still close)
+    assert eventually(lambda: _fd_count(agent) <= idle_fds, 15), "the agent kept fds of the dead child: %s" % (
+        {fd: link for fd, link in fd_table(agent).items() if idle_table.get(fd) != link})
     # The connection carries on, big payloads included.
     data = _data(3 * MIB)
     assert _run(host, ssh_options, data) == _expected(data)

@@ -22,7 +22,7 @@ import uuid
 
 import broker_targets as T
 import pytest
-from proctable import eventually, ppid
+from proctable import eventually, fd_table, ppid
 
 from remoteproc import Event, Lock, Queue, RemoteProcess, RemoteProcessError, owned
 
@@ -35,16 +35,6 @@ WAIT = 30.0
 
 def _fds() -> int:
     return len(os.listdir("/proc/self/fd"))
-
-
-def _fd_table() -> dict[str, str]:
-    out = {}
-    for fd in os.listdir("/proc/self/fd"):
-        try:
-            out[fd] = os.readlink("/proc/self/fd/" + fd)
-        except OSError:
-            pass
-    return out
 
 
 def _other_python() -> str:
@@ -205,7 +195,7 @@ def test_churn_of_short_lived_processes_leaves_the_long_lived_objects_working(
     gc.collect()
     assert eventually(lambda: not owned._broker_running(), 10)
     base = _fds()
-    table = _fd_table()
+    table = fd_table()
 
     q_in, q_out, keep_lock = Queue(), Queue(), Lock()
     keeper = RemoteProcess(plain_user_host, target=T.echo_under_lock, args=(q_in, q_out, keep_lock),
@@ -295,7 +285,7 @@ def test_churn_of_short_lived_processes_leaves_the_long_lived_objects_working(
 
     assert eventually(lambda: not owned._broker_running(), 15), "the server thread outlived every child"
     assert eventually(reaped, 15), "fds: %d at the start, %d now; new: %s" % (
-        base, _fds(), {k: v for k, v in _fd_table().items() if table.get(k) != v})
+        base, _fds(), {k: v for k, v in fd_table().items() if table.get(k) != v})
 
 
 # -- fork from two threads at once --------------------------------------------------------------------
