@@ -7,6 +7,7 @@ import importlib.util
 import os
 import sys
 import textwrap
+import types
 import uuid
 
 import pytest
@@ -217,6 +218,40 @@ def test_find_serves_a_package_installed_in_editable_mode(editable):
     mapping = {"rpsingle": str(single), "rpgone": str(root.parent / "gone")}
     assert modules.find("rpsingle", [], "h", mapping)["rpsingle"]["src"] == "X = 1\n"
     assert modules.find("rpgone", [], "h", mapping) == {"rpgone": None}
+
+
+def test_the_roots_sent_follow_a_finder_that_took_a_collected_ones_place(monkeypatch):
+    """A project's finder can leave ``sys.meta_path`` (a monkeypatch undone, a plugin unloaded)
+    and another take its place, even at the same address once the first is collected.  The
+    roots sent with a start are the new ones: a cache keyed by the finders' ids sent the old
+    mapping, and the new project was not found on the host (ModuleNotFoundError)."""
+    from remoteproc.relay import client
+
+    def finder_class(name: str) -> type:
+        module = types.ModuleType("__editable___%s_0_1_finder" % name)
+        module.MAPPING = {name: "/src/" + name}      # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, module.__name__, module)
+        return type("Finder", (), {"__module__": module.__name__})
+
+    base = list(sys.meta_path)
+    monkeypatch.setattr(sys, "meta_path", list(base))     # (put back at the end; changed in place)
+    old_class, new_class = finder_class("rpold"), finder_class("rpnew")
+    reused = False
+    for _attempt in range(20):      # (the new finder usually gets the old one's address at once)
+        old = old_class()
+        old_id = id(old)
+        sys.meta_path[:] = base + [old]
+        assert client._editable_roots().get("rpold") == "/src/rpold"
+        sys.meta_path[:] = base
+        del old
+        new = new_class()
+        sys.meta_path[:] = base + [new]
+        roots = client._editable_roots()
+        assert roots.get("rpnew") == "/src/rpnew" and "rpold" not in roots, roots
+        reused = reused or id(new) == old_id
+        sys.meta_path[:] = base
+        del new
+    assert reused, "the case was not made: no new finder took a collected one's address"
 
 
 def test_a_target_from_a_package_installed_in_editable_mode(plain_user_host, plain_user_options, editable):
