@@ -12,9 +12,11 @@ import json
 import os
 import pickle
 import re
+import select
 import signal
 import statistics
 import sys
+import threading
 import time
 from typing import Any, Sequence
 
@@ -34,6 +36,12 @@ EXIT_INTERRUPTED = 130
 """Exit status after Ctrl-C, as a shell reports a command ended by SIGINT."""
 TERMINATE_GRACE = 5.0
 """Seconds the remote script has to exit after terminate() before kill()."""
+LINE_HOLD = 0.05
+"""Seconds a partial line of the script's stdout waits for its end before it is written as is."""
+LINE_MAX = 64 << 10
+"""A partial line this long is written at once: the script writes data, not lines."""
+OUTPUT_DRAIN = 5.0
+"""Seconds run waits, after the script's end, for the rest of its stdout."""
 
 MAIN_EPILOG = """examples:
   remoteproc run alice@build01 ~/jobs/train.py --epochs 3
@@ -218,22 +226,28 @@ def run_command(args: argparse.Namespace) -> int:
     except (RemoteProcessError, TypeError) as exc:
         _report_failure("run", exc)
         return EXIT_FAILURE
+    out = _Stdout()
+    script._stdout_fd = out.write_fd     # type: ignore[attr-defined]  # (popen_ssh looks for it)
     try:
         script.start()
     except RemoteProcessError as exc:
+        out.close()
         _report_failure("run", exc)
         return EXIT_FAILURE
     except KeyboardInterrupt:
+        out.close()
         print("remoteproc run: interrupted while starting", file=sys.stderr)
         return EXIT_INTERRUPTED
+    out.started()
     try:
-        _relay_messages(script)
+        _relay_messages(script, out)
         script.join()
     except KeyboardInterrupt:
         _stop(script)
         print("remoteproc run: interrupted; the remote script was terminated", file=sys.stderr)
         return EXIT_INTERRUPTED
     finally:
+        out.close()
         if script.conn is not None:     # (start() set it)
             script.conn.close()
     if script.connection_error is not None:
@@ -241,7 +255,100 @@ def run_command(args: argparse.Namespace) -> int:
     return _exit_status(script.exitcode)
 
 
-def _relay_messages(script) -> None:
+class _Stdout:
+    """The script's stdout and its message lines on this process's stdout, each line whole.
+
+    The script's output comes through a pipe that a thread here copies to fd 1.  A message
+    line goes out between two of its lines, after the output already in the pipe: the order
+    the relay got them in, as when the relay wrote to fd 1 itself.  Under -u or PYTHONUNBUFFERED
+    the script's print() writes its text and its newline apart: a partial line waits for its
+    end (up to LINE_HOLD), so that a message printed meanwhile goes before that line, not
+    inside it.  Once stdout is gone (``run ... | head``), message lines are dropped and the
+    pipe is closed: the script's next write fails as it would under ssh.
+    """
+
+    def __init__(self) -> None:
+        self.read_fd, self.write_fd = os.pipe()
+        os.set_blocking(self.read_fd, False)
+        self.lock = threading.Lock()
+        self.tail = b""             # a partial line, held since self.since
+        self.since = 0.0
+        self.ended = False          # the pipe's end was read (or stdout broke): nothing more comes
+        self.broken = False
+        self.encoding = getattr(sys.stdout, "encoding", None) or "utf-8"
+        self.thread = threading.Thread(target=self._copy, name="remoteproc-run-stdout", daemon=True)
+        self.thread.start()
+
+    def started(self) -> None:
+        """The relay has its own copy of the pipe's write end: ours goes, so that its end shows."""
+        os.close(self.write_fd)
+        self.write_fd = -1
+
+    def message(self, line: str) -> None:
+        data = (line + "\n").encode(self.encoding, "backslashreplace")
+        with self.lock:
+            self._pull()
+            self._write(data)
+
+    def close(self) -> None:
+        """Wait (bounded) for the rest of the script's output, then write what is held."""
+        if self.write_fd >= 0:
+            self.started()
+        self.thread.join(OUTPUT_DRAIN)
+        with self.lock:
+            self._write(self.tail)
+            self.tail = b""
+
+    def _copy(self) -> None:
+        poller = select.poll()
+        poller.register(self.read_fd, select.POLLIN)
+        try:
+            while True:
+                wait = -1 if not self.tail else max(0, int((self.since + LINE_HOLD - time.monotonic()) * 1000) + 1)
+                poller.poll(wait)
+                with self.lock:
+                    self._pull()
+                    if self.tail and time.monotonic() >= self.since + LINE_HOLD:
+                        self._write(self.tail)
+                        self.tail = b""
+                    if self.ended or self.broken:
+                        return
+        finally:
+            with self.lock:
+                self.ended = True
+                os.close(self.read_fd)
+
+    def _pull(self) -> None:      # (self.lock held)
+        """Write out the complete lines of what the pipe holds now; keep a partial one."""
+        while not self.ended:
+            try:
+                data = os.read(self.read_fd, 1 << 16)
+            except BlockingIOError:
+                return
+            except OSError:
+                data = b""
+            if not data:
+                self.ended = True
+                return
+            chunk = self.tail + data
+            cut = len(chunk) if len(chunk) >= LINE_MAX else chunk.rfind(b"\n") + 1
+            if cut or not self.tail:
+                self.since = time.monotonic()    # (what stays held is a new partial line)
+            self._write(chunk[:cut])
+            self.tail = chunk[cut:]
+
+    def _write(self, data: bytes) -> None:     # (self.lock held)
+        view = memoryview(data)
+        try:
+            if sys.stdout is not None:
+                sys.stdout.flush()
+            while view and not self.broken:
+                view = view[os.write(1, view):]
+        except (OSError, ValueError):
+            self.broken = True      # (stdout closed: nothing more can be shown)
+
+
+def _relay_messages(script, out: _Stdout) -> None:
     """Print each message of the script until it ends (and what it sent has been read)."""
     from multiprocessing.connection import wait
 
@@ -252,10 +359,7 @@ def _relay_messages(script) -> None:
             data = conn.recv_bytes()
         except (EOFError, OSError):
             return False
-        # one write: the script's own stdout reaches the same fd from the relay at any moment
-        # (print() writes the newline separately when stdout is unbuffered)
-        sys.stdout.write(format_message(data) + "\n")
-        sys.stdout.flush()
+        out.message(format_message(data))
         return True
 
     while True:

@@ -81,13 +81,17 @@ class Popen:
         finally:
             process_obj.__dict__.pop("_remoteproc_parent", None)
         out_fd, err_fd = _std_fd(1), _std_fd(2)
+        tty = os.isatty(out_fd)
+        # (the CLI's run passes the script's stdout through a pipe of its own, to keep each of
+        # the script's lines whole beside its message lines: the terminal is still fd 1's)
+        out_fd = getattr(process_obj, "_stdout_fd", None) or out_fd
         fds = [b.fd for b in bridged] + [out_fd, err_fd]
         request = {
             "host": self.host,
             "options": process_obj._ssh_options,
             "payload": payload,
             "streams": [(b.kind, b.readable, b.writable) for b in bridged],
-            "tty": os.isatty(out_fd),
+            "tty": tty,
             "mode": self.mode,
             "cwd": getattr(process_obj, "_cwd", None),
             "env": getattr(process_obj, "_env", None),

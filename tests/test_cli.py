@@ -7,6 +7,7 @@ its ``remoteproc-USER`` aliases) or from flags (``-p``, ``-l``, ``-i``, ``--know
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import shutil
 import signal
@@ -26,9 +27,9 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def remoteproc_cmd(*args, timeout=60, **kwargs):
+def remoteproc_cmd(*args, timeout=60, env=ENV, **kwargs):
     return subprocess.run([sys.executable, "-m", "remoteproc", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV, stdin=subprocess.DEVNULL, **kwargs)
+                          timeout=timeout, env=env, stdin=subprocess.DEVNULL, **kwargs)
 
 
 @pytest.fixture
@@ -117,10 +118,7 @@ CHATTY = """
     import os, sys
     from multiprocessing.connection import Connection
     conn = Connection(int(os.environ["REMOTEPROC_FD"]))
-    # one write each: under PYTHONUNBUFFERED (CI's), print() writes the newline apart, and a message
-    # line printed meanwhile can land between them (docs/api.md, the run command)
-    sys.stdout.write("stdout of the script\\n")
-    sys.stdout.flush()
+    print("stdout of the script")
     print("stderr of the script", file=sys.stderr, flush=True)
     conn.send("text")
     conn.send(42)
@@ -142,6 +140,38 @@ def test_run_forwards_output_prints_messages_and_exits_with_the_scripts_code(ali
     assert messages == ['"text"', "42", '{"argv": ["--flag", "{\\"a\\": 1}", "two words"]}', "{1, 2}",
                         "b'raw bytes'"]
     assert "stderr of the script" in out.stderr
+
+
+UNBUFFERED = """
+    import os, sys, time
+    from multiprocessing.connection import Connection
+    conn = Connection(int(os.environ["REMOTEPROC_FD"]))
+    for i in range(int(sys.argv[1])):
+        print("line", i, "of the script")     # (unbuffered: "line", " ", ..., "\\n" each a write)
+        conn.send(i)
+    sys.stdout.write("half a line, ")       # a message while a line is half written
+    sys.stdout.flush()
+    conn.send("in between")
+    time.sleep(0.01)
+    print("and its end")
+    sys.stdout.write("a prompt: ")         # a line that stays partial is shown all the same
+"""
+
+
+def test_run_keeps_the_scripts_lines_whole_beside_its_messages_when_unbuffered(alias, scripts):
+    """Under -u or PYTHONUNBUFFERED (CI's, many containers'), print() writes each of its parts
+    apart, and the message lines are printed by another process than the script's output:
+    each line still arrives whole."""
+    config, host = alias
+    path = scripts("unbuffered.py", UNBUFFERED)
+    out = remoteproc_cmd("run", "-F", config, host, path, "50", env=dict(ENV, PYTHONUNBUFFERED="1"))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.split("\n")
+    script_lines = [line for line in lines if not re.fullmatch(r'\d+|"in between"|', line)]
+    assert script_lines == ["line %d of the script" % i for i in range(50)] + [
+        "half a line, and its end", "a prompt: "], out.stdout
+    assert [line for line in lines if re.fullmatch(r'\d+|"in between"', line)] == [
+        str(i) for i in range(50)] + ['"in between"']
 
 
 def test_run_with_flags_env_and_cwd(flags, scripts):
