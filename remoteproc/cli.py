@@ -263,8 +263,8 @@ class _Stdout:
     the relay got them in, as when the relay wrote to fd 1 itself.  Under -u or PYTHONUNBUFFERED
     the script's print() writes its text and its newline apart: a partial line waits for its
     end (up to LINE_HOLD), so that a message printed meanwhile goes before that line, not
-    inside it.  Once stdout is gone (``run ... | head``), message lines are dropped and the
-    pipe is closed: the script's next write fails as it would under ssh.
+    inside it.  Once stdout is gone (``run ... | head``), message lines are dropped, and the
+    pipe closes at the script's next output: its writes then fail, as they would under ssh.
     """
 
     def __init__(self) -> None:

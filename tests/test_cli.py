@@ -174,6 +174,56 @@ def test_run_keeps_the_scripts_lines_whole_beside_its_messages_when_unbuffered(a
         str(i) for i in range(50)] + ['"in between"']
 
 
+def _through(out: cli._Stdout, *steps) -> None:
+    """Bytes written to the script's end of ``out``'s pipe, and message lines, in this order."""
+    write_fd = os.dup(out.write_fd)     # (the relay's copy)
+    out.started()
+    try:
+        for step in steps:
+            if isinstance(step, bytes):
+                os.write(write_fd, step)
+            else:
+                out.message(step)
+    finally:
+        os.close(write_fd)
+    out.close()
+
+
+def test_run_output_a_message_goes_before_a_partial_line_and_after_a_long_one(capfd):
+    _through(cli._Stdout(), b"first line\nhalf ", "m1", b"of a line\n", b"x" * 70000, "m2", b"y\n")
+    got = capfd.readouterr().out
+    head = "first line\nm1\nhalf of a line\n"
+    assert got.startswith(head), got[:100]
+    rest = got[len(head):]
+    at = rest.index("m2\n")        # a partial line this long is data: written, not held
+    assert at >= cli.LINE_MAX and rest[:at] + rest[at + 3:] == "x" * 70000 + "y\n"
+
+
+def test_run_output_once_stdout_is_closed_messages_are_dropped_and_the_scripts_writes_fail():
+    r, w = os.pipe()
+    saved = os.dup(1)
+    os.dup2(w, 1)
+    os.close(w)
+    os.close(r)         # (| head has ended)
+    try:
+        out = cli._Stdout()
+        out.message("dropped")              # no error: nobody reads it
+        write_fd = os.dup(out.write_fd)
+        out.started()
+        try:
+            os.write(write_fd, b"the script's next line\n")    # (finds stdout gone)
+            out.thread.join(10)
+            assert not out.thread.is_alive()
+            with pytest.raises(BrokenPipeError):
+                os.write(write_fd, b"and the one after\n")
+        finally:
+            os.close(write_fd)
+        out.close()
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
 def test_run_with_flags_env_and_cwd(flags, scripts):
     path = scripts("chatty.py", CHATTY)
     directory, name = os.path.split(path)
