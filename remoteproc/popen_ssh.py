@@ -230,13 +230,18 @@ def _std_fd(fd: int) -> int:
 
     Not ``sys.stdout.fileno()``: Jupyter's kernel captures fds 1 and 2 into the running
     cell, while its ``sys.stdout.fileno()`` is a copy of the terminal it was started from.
-    A closed fd (a daemon without stdio) becomes /dev/null.
+    A closed fd (a daemon without stdio), or one this interpreter started without, becomes
+    /dev/null.
     """
     global _devnull
     try:
+        # (a Python started with the fd closed has no sys.__stdout__: its own print()s go
+        # nowhere, and a local child's too; the fd's number may be taken by a Pipe since)
+        if getattr(sys, "__stdout__" if fd == 1 else "__stderr__") is None:
+            raise OSError("no std stream")
         os.fstat(fd)
         return fd
     except OSError:
         if _devnull is None:
-            _devnull = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+            _devnull = relay_client.above_stdio(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
         return _devnull

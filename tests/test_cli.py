@@ -224,6 +224,23 @@ def test_run_output_once_stdout_is_closed_messages_are_dropped_and_the_scripts_w
         os.close(saved)
 
 
+def test_run_with_its_stdout_closed_gives_the_scripts_output_to_no_one(alias, scripts):
+    """``remoteproc run ... >&-``: the script writes as to /dev/null (a local child would get
+    EBADF, ssh's remote command writes on), and its exit status is its own."""
+    config, host = alias
+    path = scripts("noisy.py", """
+        import sys
+        for i in range(5000):
+            print("line %d of a script whose reader is gone" % i)
+        sys.exit(7)
+    """)
+    command = " ".join(shlex.quote(word) for word in [sys.executable, "-m", "remoteproc", "run", "-F", config,
+                                                        host, path])
+    out = subprocess.run(["bash", "-c", command + " >&-"], capture_output=True, text=True, timeout=60, env=ENV,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 7, out.stderr
+
+
 def test_run_with_flags_env_and_cwd(flags, scripts):
     path = scripts("chatty.py", CHATTY)
     directory, name = os.path.split(path)

@@ -210,6 +210,66 @@ def test_a_stdout_pipe_closed_by_its_reader_is_a_broken_pipe_in_the_child(sshd, 
     assert "child saw BrokenPipeError exit 0" in err, err
 
 
+CLOSED_STDOUT_SCRIPT = """
+    import ast, os, sys, time
+    from remoteproc import Pipe, RemoteProcess
+
+    def chatty(conn, n):
+        for i in range(n):
+            print("line %d of a child whose parent has no stdout" % i)
+        sys.stdout.flush()
+        conn.send("printed")
+        conn.send(conn.recv())
+
+    def chatty_alone(n):
+        for i in range(n):
+            print("line %d of a child whose parent has no stdout" % i)
+        sys.exit(3)
+
+    if __name__ == "__main__":
+        target, options = sys.argv[1], ast.literal_eval(sys.argv[2])
+        if sys.argv[3] == "by-the-program":
+            os.close(1)         # (then the relay's socket was the first fd made, and took its number)
+            for n in (3000, 10):
+                p = RemoteProcess(target, target=chatty_alone, args=(n,), **options)
+                p.start()
+                p.join(30)
+                print(n, "exit", p.exitcode, file=sys.stderr)
+            sys.exit()
+        for n in (3000, 10):         # (a second start: the relay still works)
+            a, b = Pipe()           # (fd 1: Python started without it)
+            p = RemoteProcess(target, target=chatty, args=(b, n), **options)
+            p.start()
+            b.close()
+            got = a.recv() if a.poll(30) else "nothing"
+            time.sleep(1)       # (the output has arrived wherever it goes)
+            a.send("ping")
+            got += " " + (a.recv() if a.poll(30) else "nothing")
+            p.join(30)
+            print(n, "got", got, "exit", p.exitcode, file=sys.stderr)
+"""
+
+
+@pytest.mark.parametrize("closed", ["at-its-start", "by-the-program"])
+def test_a_parent_without_stdout_gives_its_childs_output_to_no_one(sshd, tmp_path, closed):
+    """``prog >&-`` (Python's sys.stdout is then None), or fd 1 closed before the first start: the
+    child's output goes nowhere, as a local child's does.  It went to whatever took fd 1: the
+    Pipe made next (the child read its own output as messages) or the relay's socket (read as
+    its requests: the program hung)."""
+    proc = run_script(tmp_path, CLOSED_STDOUT_SCRIPT, sshd.spec(), repr(sshd.options()), closed,
+                      stdout=subprocess.DEVNULL, preexec_fn=(lambda: os.close(1)) if closed == "at-its-start" else None)
+    try:
+        _out, err = proc.communicate(timeout=45)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        _out, err = proc.communicate(timeout=15)
+        pytest.fail("the program hung: %s" % err)
+    if closed == "at-its-start":
+        assert "3000 got printed ping exit 0" in err and "10 got printed ping exit 0" in err, err
+    else:
+        assert "3000 exit 3" in err and "10 exit 3" in err, err
+
+
 # -- the parent's set-up, as a forked child inherits it ------------------------------------------
 
 @pytest.mark.one_transport

@@ -8,6 +8,7 @@ gets a relay of its own.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -38,12 +39,32 @@ def _editable_roots() -> dict[str, str]:
     return modules.editable_roots()
 
 
+def above_stdio(fd: int) -> int:
+    """``fd``, or a copy of it numbered 3 or more if it took the place of a closed fd 0-2.
+
+    In a process whose stdout is closed the first new fd is 1, and a remote child's output,
+    sent to this process's fd 1 as a local child's is, would go into it: into the relay's own
+    socket, say, which then read it as requests.
+    """
+    if fd > 2:
+        return fd
+    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
+    os.close(fd)
+    return moved
+
+
+def _socketpair() -> tuple[socket.socket, socket.socket]:
+    """A Unix socketpair whose fds are above 0-2 (``above_stdio``)."""
+    a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    return (socket.socket(fileno=above_stdio(a.detach())), socket.socket(fileno=above_stdio(b.detach())))
+
+
 class RelayHandle:
     """A running relay process and the socket to it."""
 
     def __init__(self) -> None:
         self.pid_owner = os.getpid()
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = _socketpair()
         path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
         code = ("import sys; sys.path[:0] = %r; from remoteproc.relay.process import main; main(%d)"
                 % (_package_path() + path, theirs.fileno()))
@@ -90,7 +111,7 @@ class RelayHandle:
         """Send a start request; returns the process's status socket."""
         request.setdefault("path", [os.path.abspath(p) if p else os.getcwd() for p in sys.path])
         request.setdefault("editable", _editable_roots())
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = _socketpair()
         try:
             self.send_to_relay(("start", request), [theirs.fileno(), *fds])
         except OSError as exc:
