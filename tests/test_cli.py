@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 from proctable import gone
@@ -197,6 +198,24 @@ def test_run_output_a_message_goes_before_a_partial_line_and_after_a_long_one(ca
     rest = got[len(head):]
     at = rest.index("m2\n")        # a partial line this long is data: written, not held
     assert at >= cli.LINE_MAX and rest[:at] + rest[at + 3:] == "x" * 70000 + "y\n"
+
+
+def test_run_output_a_partial_line_that_stays_partial_shows_while_the_script_runs(capfd):
+    """A prompt (``input("name: ")``) waits for its end only LINE_HOLD, not until the script ends."""
+    out = cli._Stdout()
+    write_fd = os.dup(out.write_fd)
+    out.started()
+    try:
+        os.write(write_fd, b"line\nname: ")
+        seen = ""
+        deadline = time.monotonic() + 10
+        while "name: " not in seen and time.monotonic() < deadline:
+            time.sleep(0.02)
+            seen += capfd.readouterr().out
+        assert seen == "line\nname: "
+    finally:
+        os.close(write_fd)
+        out.close()
 
 
 def test_run_output_once_stdout_is_closed_messages_are_dropped_and_the_scripts_writes_fail():
