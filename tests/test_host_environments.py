@@ -333,7 +333,8 @@ def test_limits_that_stop_a_start_are_named(plain_host, user_code, transport, ca
         p.start()
         p.join(20)
         assert p.exitcode == 1
-        assert eventually(lambda: "limit on processes" in capfd.readouterr().err, 10)
+        err: list[str] = []     # (what each read takes is gone from the next: keep it all)
+        assert eventually(lambda: err.append(capfd.readouterr().err) or "limit on processes" in "".join(err), 10), err
     finally:
         _nothing_left(accounts["rphelimits"])
 
