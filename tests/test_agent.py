@@ -14,6 +14,7 @@ import time
 
 import pytest
 from agentproc import LocalAgent
+from proctable import eventually, fd_table
 
 from remoteproc.agent import PROTOCOL_VERSION, frames, mux
 
@@ -275,6 +276,31 @@ def test_agent_kills_its_children_when_the_channel_closes():
     else:
         os.kill(pid, signal.SIGKILL)
         raise AssertionError("the agent left its child running")
+
+
+def test_a_child_killed_before_its_payload_ended_leaves_no_pipe_in_the_agent():
+    """A big start payload streams into a pipe that only the child reads.  A child killed before
+    the payload's end, while the agent has nothing queued for it (no write to fail with EPIPE),
+    leaves no fd in the agent: the agent's fds are those it had before the start."""
+    from multiprocessing import context
+
+    from remoteproc import reduction
+
+    agent = LocalAgent()
+    try:
+        idle = fd_table(agent.proc.pid)
+        payload, _bridged = reduction.dumps_process(context.Process(target=time.sleep, args=(60,)), "local")
+        agent.send(frames.control({"op": "start", "id": 1, "streams": [], "stdout": 1, "stderr": 2,
+                                   "payload": {"sid": 3}}, b""))
+        agent.send(frames.header(frames.DATA, 3, 10) + payload[:10])      # then nothing more
+        started = agent.read_control(10)
+        assert started["op"] == "started"
+        assert len(fd_table(agent.proc.pid)) > len(idle)
+        os.kill(started["pid"], signal.SIGKILL)
+        assert agent.read_control(10) == {"op": "exited", "id": 1, "code": -signal.SIGKILL}
+        assert eventually(lambda: fd_table(agent.proc.pid) == idle, 10), (idle, fd_table(agent.proc.pid))
+    finally:
+        agent.finish()
 
 
 def _limits(pid: int) -> tuple[int, int]:
