@@ -30,13 +30,14 @@ MAX_IMPORT_LINE = 64 << 20      # bytes of one message on a child's import socke
 class RemoteChild:
     """One child of the agent."""
 
-    __slots__ = ("id", "pid", "sentinel", "code")
+    __slots__ = ("id", "pid", "sentinel", "code", "payload_sid")
 
-    def __init__(self, child_id, pid, sentinel):
+    def __init__(self, child_id, pid, sentinel, payload_sid=None):
         self.id = child_id
         self.pid = pid
         self.sentinel = sentinel    # write end: its closing tells the child the agent is gone
         self.code = None
+        self.payload_sid = payload_sid  # the stream of a big start payload (the child reads it alone)
 
 
 def _log(msg):
@@ -186,7 +187,7 @@ class Supervisor:
             os.close(fd)
         if isinstance(source, int):
             os.close(source)
-        self._adopt(RemoteChild(child_id, pid, sen_w), mine, imp_r)
+        self._adopt(RemoteChild(child_id, pid, sen_w, payload_sid), mine, imp_r)
 
     def _refuse(self, msg, child_id, message):
         """Answer a start with an error.  Frames the relay sent on the start's streams
@@ -375,6 +376,11 @@ class Supervisor:
             # Whatever the child wrote before it exited goes out before its exit status.
             for s in self.mux.owned_by(child):
                 self.mux.drain(s)
+            # A start payload the child did not read to its end: nobody else reads that pipe,
+            # and with nothing queued for it no write would ever find out (EPIPE).
+            payload = self.mux.streams.get(child.payload_sid)
+            if payload is not None:
+                self.mux.close(payload)
             self.control({"op": "exited", "id": child.id, "code": child.code})
 
     def _on_stop_signal(self, signum, frame):
