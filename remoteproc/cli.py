@@ -20,6 +20,7 @@ import threading
 import time
 from typing import Any, Sequence
 
+from . import stdio
 from .errors import (
     AuthenticationError,
     BootstrapError,
@@ -696,21 +697,8 @@ def _version() -> str:
     return __version__
 
 
-def _sanitise_stdio() -> None:
-    """Closed fds 0-2 (``remoteproc run ... >&-``) become /dev/null, as ssh makes them: else the
-    first fds opened here take their places, and output meant for stdout goes into them."""
-    for fd in (0, 1, 2):
-        try:
-            os.fstat(fd)
-        except OSError:
-            null = os.open(os.devnull, os.O_RDWR)
-            if null != fd:
-                os.dup2(null, fd)
-                os.close(null)
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    _sanitise_stdio()
+    stdio.sanitise()        # (run ... >&-: the script's output goes nowhere, not into our pipe)
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":

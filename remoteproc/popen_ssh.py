@@ -19,7 +19,7 @@ import weakref
 from multiprocessing import util
 from typing import Any
 
-from . import owned, reduction, spill
+from . import owned, reduction, spill, stdio
 from .errors import CONNECTION_LOST, RemoteProcessError, from_wire
 from .relay import client as relay_client
 from .relay import ipc
@@ -243,5 +243,5 @@ def _std_fd(fd: int) -> int:
         return fd
     except OSError:
         if _devnull is None:
-            _devnull = relay_client.above_stdio(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
+            _devnull = stdio.above(os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC))
         return _devnull

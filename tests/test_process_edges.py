@@ -24,6 +24,7 @@ files and processes can be checked.
 
 from __future__ import annotations
 
+import ast
 import logging
 import multiprocessing
 import os
@@ -268,6 +269,49 @@ def test_a_parent_without_stdout_gives_its_childs_output_to_no_one(sshd, tmp_pat
         assert "3000 got printed ping exit 0" in err and "10 got printed ping exit 0" in err, err
     else:
         assert "3000 exit 3" in err and "10 exit 3" in err, err
+
+
+RELAY_STDIO_SCRIPT = """
+    import ast, os, sys
+    from remoteproc import Pipe, RemoteProcess
+    from remoteproc.relay import client
+
+    def echo(conn):
+        print("to a stdout nobody has")
+        conn.send(conn.recv())
+
+    if __name__ == "__main__":
+        a, b = Pipe()
+        p = RemoteProcess(sys.argv[1], target=echo, args=(b,), **ast.literal_eval(sys.argv[2]))
+        p.start()
+        b.close()
+        a.send("ping")
+        got = a.recv() if a.poll(30) else "nothing"
+        relay = client.current().proc.pid
+        links = [os.readlink("/proc/%d/fd/%d" % (relay, fd)) for fd in (0, 1, 2)]
+        p.join(30)
+        with open(sys.argv[3], "w") as f:
+            f.write(repr((got, p.exitcode, links)))
+"""
+
+
+def test_the_relay_of_a_parent_without_stdio_keeps_its_connections_off_fds_0_to_2(sshd, tmp_path):
+    """A program started with fds 0-2 closed passes them on to its relay.  Its connections took
+    those numbers there, where a ProxyCommand's stderr is written and where the relay's exit
+    points fds 1 and 2 at /dev/null (cutting a connection that still flushed output)."""
+    report = tmp_path / "report"
+
+    def close_stdio() -> None:
+        for fd in (0, 1, 2):
+            os.close(fd)
+
+    proc = run_script(tmp_path, RELAY_STDIO_SCRIPT, sshd.spec(), repr(sshd.options()), report,
+                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                      preexec_fn=close_stdio)
+    assert proc.wait(45) == 0
+    got, code, links = ast.literal_eval(report.read_text())
+    assert (got, code) == ("ping", 0)
+    assert links == ["/dev/null"] * 3, links
 
 
 # -- the parent's set-up, as a forked child inherits it ------------------------------------------

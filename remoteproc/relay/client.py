@@ -8,7 +8,6 @@ gets a relay of its own.
 
 from __future__ import annotations
 
-import fcntl
 import logging
 import os
 import signal
@@ -19,6 +18,7 @@ import threading
 from multiprocessing import util
 from typing import Any, Sequence
 
+from .. import stdio
 from ..errors import ConnectionLostError
 from . import ipc
 
@@ -39,24 +39,11 @@ def _editable_roots() -> dict[str, str]:
     return modules.editable_roots()
 
 
-def above_stdio(fd: int) -> int:
-    """``fd``, or a copy of it numbered 3 or more if it took the place of a closed fd 0-2.
-
-    In a process whose stdout is closed the first new fd is 1, and a remote child's output,
-    sent to this process's fd 1 as a local child's is, would go into it: into the relay's own
-    socket, say, which then read it as requests.
-    """
-    if fd > 2:
-        return fd
-    moved = fcntl.fcntl(fd, fcntl.F_DUPFD_CLOEXEC, 3)
-    os.close(fd)
-    return moved
-
-
 def _socketpair() -> tuple[socket.socket, socket.socket]:
-    """A Unix socketpair whose fds are above 0-2 (``above_stdio``)."""
+    """A Unix socketpair whose fds are above 0-2: in a process whose stdout is closed, a remote
+    child's output (sent to fd 1, as a local child's) went into the relay's own socket."""
     a, b = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-    return (socket.socket(fileno=above_stdio(a.detach())), socket.socket(fileno=above_stdio(b.detach())))
+    return socket.socket(fileno=stdio.above(a.detach())), socket.socket(fileno=stdio.above(b.detach()))
 
 
 class RelayHandle:

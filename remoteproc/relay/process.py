@@ -19,7 +19,7 @@ import socket
 import threading
 from typing import Optional
 
-from .. import ssh
+from .. import ssh, stdio
 from ..agent.fdlimit import raise_fd_limit
 from ..errors import RemoteProcessError
 from . import ipc, paramiko_shims
@@ -218,6 +218,10 @@ def _resolve(spec: str, options: dict) -> ssh.Target:
 
 def main(fd: int) -> None:
     """Entry point of the relay process; ``fd`` is its end of the socketpair."""
+    # A user's process started without stdout or stderr passes that on: the connections made
+    # here must not take fds 1 and 2 (a ProxyCommand's stderr goes there, and the shutdown
+    # points them at /dev/null).
+    stdio.sanitise()
     preload = threading.Thread(target=paramiko_shims.preload, name="remoteproc-preload", daemon=True)
     preload.start()
     raise_fd_limit()        # every remote process costs the relay about four fds
