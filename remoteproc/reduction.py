@@ -377,8 +377,10 @@ def main_definitions() -> dict[str, bytes]:
     return out
 
 
-#: the process object's attributes that stay here (a RemoteScript's ``_stdin`` is fed by a thread of ours)
-_LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error", "_cwd", "_env", "_stdin")
+#: the process object's attributes that stay here (a RemoteScript's ``_stdin`` is fed by a thread of ours;
+#: ``_stdout_fd`` is the CLI's pipe for the script's output, cli.py)
+_LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error", "_cwd", "_env", "_stdin",
+               "_stdout_fd")
 
 
 def dumps_process(process_obj, host: str, mode: str = "same",
