@@ -41,8 +41,8 @@ LINE_HOLD = 0.05
 """Seconds a partial line of the script's stdout waits for its end before it is written as is."""
 LINE_MAX = 64 << 10
 """A partial line this long is written at once: the script writes data, not lines."""
-OUTPUT_DRAIN = 5.0
-"""Seconds run waits, after the script's end, for the rest of its stdout."""
+CLOSE_DRAIN = 1.0
+"""At most this many seconds of copying what the pipe holds once the script has ended."""
 
 MAIN_EPILOG = """examples:
   remoteproc run alice@build01 ~/jobs/train.py --epochs 3
@@ -292,20 +292,29 @@ class _Stdout:
             self._write(data)
 
     def close(self) -> None:
-        """Wait (bounded) for the rest of the script's output, then write what is held."""
+        """Write what the pipe holds now, and a partial line; then stop.
+
+        Everything the script wrote before it exited is in the pipe by then: the relay reports
+        an exit only once the child's output is written.  A process the script left running
+        may hold its stdout on (``Popen(["sleep", "60"])``): its later output is not waited
+        for, as it was not when the relay wrote to fd 1 itself.
+        """
         if self.write_fd >= 0:
             self.started()
-        self.thread.join(OUTPUT_DRAIN)
         with self.lock:
+            self._pull(time.monotonic() + CLOSE_DRAIN)
             self._write(self.tail)
             self.tail = b""
+            self.ended = True
+        self.thread.join(1.0)
 
     def _copy(self) -> None:
         poller = select.poll()
         poller.register(self.read_fd, select.POLLIN)
         try:
             while True:
-                wait = -1 if not self.tail else max(0, int((self.since + LINE_HOLD - time.monotonic()) * 1000) + 1)
+                # (woken now and then while idle, to see close())
+                wait = 200 if not self.tail else max(0, int((self.since + LINE_HOLD - time.monotonic()) * 1000) + 1)
                 poller.poll(wait)
                 with self.lock:
                     self._pull()
@@ -319,9 +328,9 @@ class _Stdout:
                 self.ended = True
                 os.close(self.read_fd)
 
-    def _pull(self) -> None:      # (self.lock held)
+    def _pull(self, deadline: float | None = None) -> None:      # (self.lock held)
         """Write out the complete lines of what the pipe holds now; keep a partial one."""
-        while not self.ended:
+        while not self.ended and (deadline is None or time.monotonic() < deadline):
             try:
                 data = os.read(self.read_fd, 1 << 16)
             except BlockingIOError:

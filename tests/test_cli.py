@@ -260,6 +260,22 @@ def test_run_with_its_stdout_closed_gives_the_scripts_output_to_no_one(alias, sc
     assert out.returncode == 7, out.stderr
 
 
+def test_run_ends_with_the_script_not_with_a_process_it_left_holding_stdout(alias, scripts):
+    """A script that leaves a process running with its stdout: run prints what the script wrote
+    and exits with its code when the script ends, as when the relay wrote to fd 1 itself (ssh
+    would wait for the process; a local parent's reader would too)."""
+    config, host = alias
+    path = scripts("leaves_one.py", """
+        import subprocess, sys
+        subprocess.Popen([sys.executable, "-c", "import time; time.sleep(2); print('late'); time.sleep(60)"])
+        print("the script's line")
+        sys.exit(4)
+    """)
+    out = remoteproc_cmd("run", "-F", config, host, path, timeout=40)
+    assert out.returncode == 4, out.stderr
+    assert out.stdout == "the script's line\n"
+
+
 def test_run_with_flags_env_and_cwd(flags, scripts):
     path = scripts("chatty.py", CHATTY)
     directory, name = os.path.split(path)
