@@ -240,6 +240,12 @@ def _stop_relay_at_the_end() -> Iterator[None]:
 
 
 @pytest.fixture
+def alias(sshd: LoopbackSSHServer) -> tuple[str, str]:
+    """(ssh_config path, alias) for the current user on the loopback sshd."""
+    return sshd.ssh_config, "remoteproc-" + current_user()
+
+
+@pytest.fixture
 def scripts() -> Iterator[Any]:
     """write(name, source) -> path of a script file readable by every account (rpuser too)."""
     import shutil

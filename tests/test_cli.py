@@ -6,6 +6,7 @@ its ``remoteproc-USER`` aliases) or from flags (``-p``, ``-l``, ``-i``, ``--know
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shlex
@@ -14,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import pytest
 from proctable import gone
@@ -33,10 +35,21 @@ def remoteproc_cmd(*args, timeout=60, env=ENV, **kwargs):
                           timeout=timeout, env=env, stdin=subprocess.DEVNULL, **kwargs)
 
 
-@pytest.fixture
-def alias(sshd):
-    """(ssh_config path, alias) for the current user on the loopback sshd."""
-    return sshd.ssh_config, "remoteproc-" + current_user()
+@contextlib.contextmanager
+def cli_run(config: str, host: str, path: str) -> Iterator[subprocess.Popen]:
+    """``remoteproc run -F CONFIG HOST PATH`` in a session of its own, its output ours to read;
+    killed (its whole group) if it still runs at the end."""
+    proc = subprocess.Popen([sys.executable, "-m", "remoteproc", "run", "-F", config, host, path],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
+                            text=True, env=ENV, start_new_session=True)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+        proc.stdout.close()
+        proc.stderr.close()
 
 
 @pytest.fixture
@@ -323,10 +336,7 @@ def test_run_ctrl_c_terminates_the_remote_script(alias, scripts, whole_group):
         conn.send(os.getpid())
         time.sleep(300)
     """)
-    proc = subprocess.Popen([sys.executable, "-m", "remoteproc", "run", "-F", config, host, path],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, env=ENV, start_new_session=True)
-    try:
+    with cli_run(config, host, path) as proc:
         line = proc.stdout.readline()       # the script's first message: its pid
         pid = int(line)
         assert not gone(pid, 0)
@@ -337,12 +347,6 @@ def test_run_ctrl_c_terminates_the_remote_script(alias, scripts, whole_group):
         assert proc.wait(30) == cli.EXIT_INTERRUPTED
         assert "interrupted" in proc.stderr.read()
         assert gone(pid), "the remote script outlived Ctrl-C"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def test_run_reports_a_connection_failure_with_cause_and_fix(sshd, scripts, tmp_path):

@@ -16,6 +16,7 @@ import sys
 
 import pytest
 from proctable import gone, running
+from test_cli import ENV, cli_run, remoteproc_cmd
 
 from remoteproc import cli
 from remoteproc.errors import (
@@ -29,19 +30,6 @@ from remoteproc.testing import current_user
 
 pytestmark = pytest.mark.timeout(90)
 
-REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-ENV = dict(os.environ, PYTHONPATH=REPO + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
-def remoteproc_cmd(*args, timeout=60):
-    return subprocess.run([sys.executable, "-m", "remoteproc", *args], capture_output=True, text=True,
-                          timeout=timeout, env=ENV, stdin=subprocess.DEVNULL)
-
-
-@pytest.fixture
-def alias(sshd):
-    """(ssh_config path, alias) for the current user on the loopback sshd."""
-    return sshd.ssh_config, "remoteproc-" + current_user()
 
 
 def _says_cause_and_fix(out, *words):
@@ -186,21 +174,12 @@ def test_run_ctrl_c_kills_a_script_that_ignores_sigterm(alias, scripts):
         conn.send(os.getpid())
         time.sleep(120)
     """)
-    proc = subprocess.Popen([sys.executable, "-m", "remoteproc", "run", "-F", config, host, path],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
-                            text=True, env=ENV, start_new_session=True)
-    try:
+    with cli_run(config, host, path) as proc:
         pid = int(proc.stdout.readline())
         os.kill(proc.pid, signal.SIGINT)
         assert proc.wait(cli.TERMINATE_GRACE + 30) == cli.EXIT_INTERRUPTED
         assert "the remote script was terminated" in proc.stderr.read()
         assert gone(pid), "a script that ignores SIGTERM outlived Ctrl-C"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(10)
-        proc.stdout.close()
-        proc.stderr.close()
 
 
 def test_run_a_script_that_raises_keyboardinterrupt_exits_as_python3_does(alias, scripts):

@@ -151,15 +151,20 @@ def _round_trip(srv: LoopbackSSHServer, name: str, transport: str, **kw) -> None
     assert p.exitcode == 0
 
 
-def _one_message(srv: LoopbackSSHServer, name: str, transport: str, **kw):
-    """What ``_setup_env`` says from a process on ``name``'s account."""
+def _first_message(srv: LoopbackSSHServer, name: str, transport: str, target, **kw):
+    """A process running ``target(conn)`` on ``name``'s account, and the first thing it sent."""
     parent, child = Pipe()
-    p = RemoteProcess(srv.spec(name), target=_setup_env, args=(child,),
+    p = RemoteProcess(srv.spec(name), target=target, args=(child,),
                       **dict(srv.options(name), transport=transport, connect_timeout=5, **kw))
     p.start()
     child.close()
     assert parent.poll(15)
-    got = parent.recv()
+    return p, parent.recv()
+
+
+def _one_message(srv: LoopbackSSHServer, name: str, transport: str, **kw):
+    """What ``_setup_env`` says from a process on ``name``'s account."""
+    p, got = _first_message(srv, name, transport, _setup_env, **kw)
     p.join(15)
     assert p.exitcode == 0
     return got
@@ -221,13 +226,7 @@ def test_restricted_bash_runs_a_process_and_leaves_nothing(server, name, transpo
     """rbash refuses exec and /bin/sh: it runs python3 from its PATH itself, as for ssh HOST python3 -c.
     (bash 5.1+ execs that last command; an older one stays as the agent's parent.)  When the sshd
     session dies, nothing of it outlives it."""
-    parent, child = Pipe()
-    p = RemoteProcess(server.spec(name), target=_sleeper, args=(child,),
-                      **dict(server.options(name), transport=transport, connect_timeout=5))
-    p.start()
-    child.close()
-    assert parent.poll(15)
-    pid = parent.recv()
+    p, pid = _first_message(server, name, transport, _sleeper)
     chain = [ppid(pid)]                 # the agent, then its parents up to sshd's process for the session
     while "sshd" not in cmdline(chain[-1]) and len(chain) < 5:
         chain.append(ppid(chain[-1]))
