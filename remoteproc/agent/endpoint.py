@@ -132,16 +132,18 @@ class FrameEndpoint:
                 self.reader.feed(scratch[:n])
             return n
         reader = self.reader
+        if not self._headers_first:
+            # (the common case, a message's hop: the last read left no big payload to splice)
+            return self._read_some(fd, scratch)
+        # After a big payload the next frame is likely one too: read its header alone, so
+        # that its payload is still in the pipe to splice.
         n = 0
-        if self._headers_first:
-            # After a big payload the next frame is likely one too: read its header alone, so
-            # that its payload is still in the pipe to splice.
-            missing = reader.header_missing()
-            if missing:
-                n = mux.readinto(fd, scratch[:missing])
-                if not n:
-                    return 0
-                reader.feed(scratch[:n])
+        missing = reader.header_missing()
+        if missing:
+            n = mux.readinto(fd, scratch[:missing])
+            if not n:
+                return 0
+            reader.feed(scratch[:n])
         sid, left = reader.data_left()
         if left >= splice.MIN_MOVE:
             self._headers_first = True
@@ -154,16 +156,21 @@ class FrameEndpoint:
             if self._headers_first:
                 return n        # (the pipe held part of a header: wait for the rest)
         try:
-            # (a CONTROL payload, a package's say, is read in pieces as big as the scratch)
-            k = mux.readinto(fd, scratch if reader.in_control else scratch[:PULL_CHUNK])
+            return n + self._read_some(fd, scratch)
         except (BlockingIOError, InterruptedError):
             if n:
                 return n
             raise
+
+    def _read_some(self, fd, scratch):
+        """One read of the channel, fed to the reader; the bytes read (0 at its end)."""
+        reader = self.reader
+        # (a CONTROL payload, a package's say, is read in pieces as big as the scratch)
+        k = mux.readinto(fd, scratch if reader.in_control else scratch[:PULL_CHUNK])
         if k:
             reader.feed(scratch[:k])
             self._headers_first = reader.data_left()[1] >= splice.MIN_MOVE
-        return n + k if k else n
+        return k
 
     def _splice_out(self, s, limit):
         """Move up to ``limit`` bytes of stream ``s`` into the spool, to go out as one DATA frame

@@ -29,6 +29,10 @@ SMALL_WRITE = 4096         # per wake-up on an fd we may not make non-blocking
 BULK = 32 << 10            # a read this big says more is coming: the stream's next reads splice
 _DONTWAIT = getattr(socket, "MSG_DONTWAIT", 0)
 _GONE = (errno.EPIPE, errno.ECONNRESET, errno.EBADF, errno.ENOTCONN)
+_header = frames.HEADER.pack    # (type, stream, length): frames.header() without its call
+_DATA = frames.DATA
+_READ = selectors.EVENT_READ
+_WRITE = selectors.EVENT_WRITE
 SEND_BUFFER = 4 << 20      # asked of a bridged socket's writer (Linux caps it at net.core.wmem_max)
 
 
@@ -230,15 +234,17 @@ class Mux:
 
     # -- events from the selector ------------------------------------------
     def _ready(self, s: Stream, mask: int) -> None:
-        if mask & selectors.EVENT_WRITE and s.outq:
+        if mask & _WRITE and s.outq:
             self._write(s)
-        if mask & selectors.EVENT_READ and not s.read_done and s.fd >= 0:
+        if mask & _READ and not s.read_done and s.fd >= 0:
             self._read(s)
+            if s.events == _READ and s.credit > 0 and not s.read_done and not s.outq:
+                return      # (a message's hop: still reading only, so _update would change nothing)
         self._update(s)
         self._maybe_finish(s)
 
     def _read(self, s: Stream) -> None:
-        limit = min(READ_CHUNK, s.credit)
+        limit = s.credit if s.credit < READ_CHUNK else READ_CHUNK
         if limit <= 0:
             # A readiness event selected before the credit ran out (the agent's drain of a reaped
             # child spends it): a read of 0 bytes here would be taken for the end of the stream.
@@ -250,10 +256,10 @@ class Mux:
             self.send()         # (the spooled payload and its header go out)
             return
         if n is None:
-            view = self._scratch[:limit]
+            view = self._scratch if limit == READ_CHUNK else self._scratch[:limit]
             try:
                 if s.sock is not None:
-                    n = s.sock.recv_into(view, len(view), _DONTWAIT)
+                    n = s.sock.recv_into(view, limit, _DONTWAIT)
                 else:
                     n = readinto(s.fd, view)
             except (BlockingIOError, InterruptedError):
@@ -265,10 +271,10 @@ class Mux:
         if n:
             s.credit -= n
             s.bulk = n >= BULK
-            self.send(frames.header(frames.DATA, s.sid, n), view[:n])
+            self.send(_header(_DATA, s.sid, n), view[:n])
         else:
             s.read_done = True
-            self.send(frames.header(frames.EOF, s.sid, 0))
+            self.send(_header(frames.EOF, s.sid, 0))
 
     def _write(self, s: Stream) -> None:
         q = s.outq

@@ -27,6 +27,27 @@ class Key:
         self.data = data
 
 
+def _mask(ev):
+    """selectors' mask for an epoll answer (as selectors: an error or hang-up wakes readers and
+    writers both)."""
+    return (EVENT_READ if ev & ~select.EPOLLOUT else 0) | (EVENT_WRITE if ev & ~select.EPOLLIN else 0)
+
+
+def _mask_table():
+    """_mask() of every answer made of epoll's usual bits: looked up, not worked out per event."""
+    if not hasattr(select, "epoll"):
+        return {}
+    bits = [select.EPOLLIN, select.EPOLLPRI, select.EPOLLOUT, select.EPOLLERR, select.EPOLLHUP,
+            getattr(select, "EPOLLRDHUP", 0)]
+    answers = [0]
+    for bit in bits:
+        answers += [ev | bit for ev in answers]
+    return {ev: _mask(ev) for ev in answers}
+
+
+_MASKS = _mask_table()
+
+
 def _fd(fileobj):
     return fileobj if isinstance(fileobj, int) else fileobj.fileno()
 
@@ -86,8 +107,10 @@ class Poller:
         for fd, ev in ready:
             key = keys.get(fd)
             if key is not None:
-                # (as selectors: an error or hang-up wakes readers and writers both)
-                mask = (EVENT_READ if ev & ~select.EPOLLOUT else 0) | (EVENT_WRITE if ev & ~select.EPOLLIN else 0)
+                try:
+                    mask = _MASKS[ev]
+                except KeyError:
+                    mask = _mask(ev)
                 out.append((key, mask & key.events))
         return out
 

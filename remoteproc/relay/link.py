@@ -42,6 +42,10 @@ PUMP_LOW = 2 << 20      # a package transfer adds frames while less than this wa
 #: after a network blip, a connection that died unseen fails the start that finds it, where a
 #: new connection works; a start that a lost link never sent moves to a new link instead
 PROVE_AFTER = 2.0
+#: while messages flow, the loop's timers (keepalive, ping, idle) and the ssh stderr it logs are
+#: looked at once per TICK, not after every wake-up: a message's hop is then one wait, one read
+#: and one write, with no clock reads or bookkeeping between them
+TICK = 0.05
 
 
 class RemoteChild:
@@ -104,6 +108,7 @@ class Link:
         self.interrupted = False
         self.dead = False
         self.last_heard = time.monotonic()
+        self.heard = False          # the channel gave us bytes since the loop last read the clock
         self.last_ping = 0.0
         self.idle_since = time.monotonic()
         self.thread: Optional[threading.Thread] = None
@@ -180,6 +185,7 @@ class Link:
             return
         chan = self.chan
         chan.on_writable(self.waker.wake)
+        self.endpoint.write = chan.send     # (what _write_channel does, one call less per frame)
         self.endpoint.write_fd = chan.writable_fileno()
         self.endpoint.enable_splice(*chan.pipe_fds())
         self.sel.register(chan.fileno(), selectors.EVENT_READ, self._on_channel)
@@ -195,43 +201,68 @@ class Link:
         self._finish()
 
     def _loop(self) -> None:
-        interval = self.target.keepalive_interval
+        endpoint = self.endpoint
+        select = self.sel.select
+        sending_packages = self.packages.pending if self.packages is not None else bool
+        timeout = 0.0
+        next_tick = 0.0
         while not self.dead:
-            timeout = interval / 2
-            if not self.children and not self.mux.streams and not self.pending and not self.held:
-                left = self.idle_since + self.target.idle_timeout - time.monotonic()
-                timeout = min(timeout, max(0.05, left))
-            if self.held:
-                timeout = min(timeout, max(0.05, self.held_since + self._prove_within() - time.monotonic()))
-            if self.endpoint.pending or self._sending_packages():
+            if endpoint.pending or sending_packages():
                 self._flush()
-            for key, mask in self.sel.select(timeout):
+            ready = select(timeout)
+            for key, mask in ready:
                 key.data(mask)
                 if self.dead:
                     return
             now = time.monotonic()
-            if self.held and now - self.held_since > self._prove_within():
-                # (an idle link, so nothing runs on it: its starts go to a new one)
-                self._lost("no answer to a ping within %gs" % self._prove_within())
+            if ready and now < next_tick and not self.closing:
+                # A message's hop: the timers are looked at once a TICK, and the next wait lasts
+                # at most a TICK, so that none of them is ever late by more than that.
+                timeout = TICK
+                continue
+            next_tick = now + TICK
+            if not self._tick(now):
                 return
-            if now - self.last_heard > interval * (self.target.keepalive_count + 1):
-                self._lost("no answer from the host for %.0fs (keepalive)" % (now - self.last_heard))
-                return
-            if now - self.last_ping >= interval and now - self.last_heard >= interval:
-                self.last_ping = now
-                self.send(frames.control({"op": "ping", "t": now}))
+            timeout = self._timeout(now)
+
+    def _timeout(self, now: float) -> float:
+        """How long the loop may wait for an event: until the next ping, idle close or proof of life."""
+        timeout = self.target.keepalive_interval / 2
+        if not self.children and not self.mux.streams and not self.pending and not self.held:
+            timeout = min(timeout, max(TICK, self.idle_since + self.target.idle_timeout - now))
+        if self.held:
+            timeout = min(timeout, max(TICK, self.held_since + self._prove_within() - now))
+        return timeout
+
+    def _tick(self, now: float) -> bool:
+        """The loop's timers and the ssh stderr it logs; False when the link is to end."""
+        interval = self.target.keepalive_interval
+        if self.heard:
+            self.heard = False
+            self.last_heard = now
+        self._drain_stderr()
+        if self.held and now - self.held_since > self._prove_within():
+            # (an idle link, so nothing runs on it: its starts go to a new one)
+            self._lost("no answer to a ping within %gs" % self._prove_within())
+            return False
+        if now - self.last_heard > interval * (self.target.keepalive_count + 1):
+            self._lost("no answer from the host for %.0fs (keepalive)" % (now - self.last_heard))
+            return False
+        if now - self.last_ping >= interval and now - self.last_heard >= interval:
+            self.last_ping = now
+            self.send(frames.control({"op": "ping", "t": now}))
+        if self.closing:
+            return False    # asked to close (the user's process is gone, or idle): the agent cleans up
+        if self.children or self.mux.streams or self.pending or self.held:
+            self.idle_since = now
+        elif now - self.idle_since > self.target.idle_timeout:
+            with self.lock:
+                if not self.pending:
+                    self.closing = True
             if self.closing:
-                return      # asked to close (the user's process is gone, or idle): the agent cleans up
-            if not self.children and not self.mux.streams and not self.pending and not self.held:
-                if now - self.idle_since > self.target.idle_timeout:
-                    with self.lock:
-                        if not self.pending:
-                            self.closing = True
-                    if self.closing:
-                        log.debug("%s: idle for %.0fs, closing", self.display, self.target.idle_timeout)
-                        return
-            else:
-                self.idle_since = now
+                log.debug("%s: idle for %.0fs, closing", self.display, self.target.idle_timeout)
+                return False
+        return True
 
     # -- the channel ------------------------------------------------------------------
     def send(self, *parts) -> None:
@@ -276,10 +307,7 @@ class Link:
                                                if self.last_words else ""))
             return
         if n:
-            self.last_heard = time.monotonic()     # (also mid-frame: a big frame on a slow link)
-            if self.dead:
-                return
-        self._drain_stderr()
+            self.heard = True       # (also mid-frame: a big frame on a slow link); the loop reads the clock
 
     def _take(self, chan: AgentChannel) -> Optional[int]:
         """Bytes taken from the channel and fed to the endpoint; 0 at its end, None: none now."""
