@@ -182,6 +182,16 @@ def test_tokens_use_the_final_user_host_and_port(home):
     assert t.proxy_command == "nc real.alias.internal 2222"
 
 
+def test_the_host_name_is_lowercased_as_ssh_does(home):
+    """ssh connects to, looks up in known_hosts (hashed entries too) and expands %h as the lowercased
+    name; %n and %k keep the name as given (and Host patterns match it as given, case and all)."""
+    t = resolve("BUILD01", "Host BUILD01\n  IdentityFile /keys/%h-%n-%k\n")
+    assert t.hostname == "build01" and t.key_filenames == ["/keys/build01-BUILD01-BUILD01"]
+    assert t.host_key_name == "build01" and t.display == "%s@build01" % t.username
+    t = resolve("box", "Host box\n  HostName BuildServer.Example\n  Port 2222\n")
+    assert t.hostname == "buildserver.example" and t.host_key_name == "[buildserver.example]:2222"
+
+
 def test_tilde_env_and_unknown_tokens(home, monkeypatch):
     monkeypatch.setenv("RP_KEYS", "/keys")
     t = resolve("h", "Host h\n  IdentityFile ${RP_KEYS}/id\n  UserKnownHostsFile ~/kh %d/kh2\n")

@@ -469,6 +469,22 @@ def test_the_fix_for_an_unknown_key_works_under_strict_host_key_checking_yes(use
     assert user.works("strict", transport)["user"] == PLAIN_USER
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_host_name_with_capitals_is_found_in_the_known_hosts_ssh_wrote(user, sshd, transport):
+    """``HostName LocalHost`` (and a spec typed in capitals): ssh lowercases the name, so the hashed
+    entry it recorded on first use is of ``[localhost]:PORT``; paramiko must look that up, not
+    refuse the key as unknown and send the user to an ``ssh`` that no longer asks anything."""
+    user.copy(sshd.client_key, "id_ed25519")
+    user.put("config", "Host box\n    HostName LocalHost\n    Port %d\n    User %s\n    HashKnownHosts yes\n"
+             % (sshd.port, PLAIN_USER))
+    first = user.run_as(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", "box", "true"])
+    assert first.returncode == 0, first.stderr
+    with open(os.path.join(user.dot, "known_hosts")) as f:
+        assert f.read().startswith("|1|"), "ssh did not record a hashed entry"
+    assert user.works("box", transport)["user"] == PLAIN_USER
+    assert user.works("%s@LOCALHOST:%d" % (PLAIN_USER, sshd.port), transport)["user"] == PLAIN_USER
+
+
 def test_a_refused_login_through_ssh_leaves_no_process_behind(user, sshd):
     """A failed start with transport='openssh' ends its ssh (no process of CLIENT's is left)."""
     user.put("known_hosts", loopback_line(sshd) + "\n")
