@@ -59,6 +59,9 @@ def resolve(spec, text="", **options):
     ("bob@[fe80::1]", ("bob", "fe80::1", None)),
     ("ssh://carol@example.org:2200", ("carol", "example.org", 2200)),
     ("ssh://example.org/", (None, "example.org", None)),
+    # a domain account: ssh takes the user up to the last @
+    ("alice@corp.example@host:2222", ("alice@corp.example", "host", 2222)),
+    ("ssh://alice@corp.example@host", ("alice@corp.example", "host", None)),
 ])
 def test_parse_spec(spec, parts):
     assert ssh.parse_spec(spec) == parts
