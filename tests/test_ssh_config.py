@@ -281,6 +281,13 @@ def test_match_user_sees_the_specs_user(home):
     assert resolve("h", text).connect_timeout == 4
 
 
+def test_match_criteria_may_be_written_with_an_equals_sign_as_ssh_takes_them(home):
+    text = 'Match host=web,db !user=bob\n  Port 2022\nMatch exec="test %h = db"\n  ConnectTimeout 4\n'
+    assert resolve("alice@web", text).port == 2022
+    assert resolve("bob@web", text).port == 22 and resolve("alice@other", text).port == 22
+    assert resolve("db", text).connect_timeout == 4 and resolve("web", text).connect_timeout == 30
+
+
 def test_match_exec_with_tokens_and_all_and_final(home):
     text = """\
         Match exec "test %h = h1 && test %p = 2200"
