@@ -167,6 +167,8 @@ SSH_WORDS = [
     ("Host key verification failed.", HostKeyError, "host_key_policy='accept-new'"),
     ("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@", HostKeyError, "ssh-keygen -R"),
     ("alice@node1: Permission denied (publickey).", AuthenticationError, "allow_prompt=True"),
+    ("Received disconnect from 10.0.0.1 port 22:2: Too many authentication failures", AuthenticationError,
+     "IdentitiesOnly yes"),
     ("ssh: Could not resolve hostname nodex: Name or service not known", ConnectError, "does not resolve"),
     ("ssh: connect to host node1 port 22: Connection refused", ConnectError, "nothing listens"),
     ("ssh: connect to host node1 port 22: Connection timed out", ConnectError, "connect_timeout"),

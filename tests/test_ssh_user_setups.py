@@ -485,6 +485,27 @@ def test_a_host_name_with_capitals_is_found_in_the_known_hosts_ssh_wrote(user, s
     assert user.works("%s@LOCALHOST:%d" % (PLAIN_USER, sshd.port), transport)["user"] == PLAIN_USER
 
 
+def test_many_agent_keys_that_exhaust_max_auth_tries_point_to_identities_only(user, sshd):
+    """Seven other keys in ssh-agent are offered before the IdentityFile (ssh's order), and sshd hangs
+    up after six: both transports must say IdentitiesOnly, which then logs in."""
+    user.copy(sshd.client_key, "id_right")
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    common = "Host lo\n    HostName 127.0.0.1\n    Port %d\n    User %s\n    IdentityFile ~/.ssh/id_right\n" % (
+        sshd.port, PLAIN_USER)
+    user.put("config", common)
+    with ssh_agent(user) as env:
+        for i in range(7):
+            other = os.path.join(user.dot, "other%d" % i)
+            assert user.run_as(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other]).returncode == 0
+            assert user.run_as(["ssh-add", "-q", other], env).returncode == 0
+        for transport in TRANSPORTS:
+            got = user.start("lo", transport, env)
+            assert got.get("error") == "AuthenticationError" and "IdentitiesOnly yes" in got["message"], got
+        user.put("config", common + "    IdentitiesOnly yes\n")
+        for transport in TRANSPORTS:
+            assert user.works("lo", transport, env)["user"] == PLAIN_USER
+
+
 def test_a_refused_login_through_ssh_leaves_no_process_behind(user, sshd):
     """A failed start with transport='openssh' ends its ssh (no process of CLIENT's is left)."""
     user.put("known_hosts", loopback_line(sshd) + "\n")
