@@ -23,7 +23,7 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 pytestmark = pytest.mark.timeout(120)
 
 
-@pytest.mark.parametrize("host", [123, None, b"host", "", "user@", "host:99999", "a b", "user@host:port", "x@y@z"])
+@pytest.mark.parametrize("host", [123, None, b"host", "", "user@", "host:99999", "a b", "user@host:port", "@host"])
 def test_bad_host_specs(host):
     with pytest.raises(remoteproc.ConfigError) as info:
         RemoteProcess(host, target=print)

@@ -85,6 +85,11 @@ def test_options_override_the_spec_and_prompting_drops_batch_mode():
     assert "StrictHostKeyChecking=yes" in _value(args, "-o")
 
 
+def test_a_domain_account_s_user_name_goes_to_ssh_whole():
+    args = openssh.option_args("alice@corp.example@node1:2200", {})
+    assert _value(args, "-l") == ["alice@corp.example"] and _value(args, "-p") == ["2200"]
+
+
 @pytest.mark.parametrize("name", ["password", "passphrase"])
 def test_secrets_cannot_go_to_ssh(name):
     with pytest.raises(ConfigError, match="allow_prompt=True"):
@@ -162,6 +167,8 @@ SSH_WORDS = [
     ("Host key verification failed.", HostKeyError, "host_key_policy='accept-new'"),
     ("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@", HostKeyError, "ssh-keygen -R"),
     ("alice@node1: Permission denied (publickey).", AuthenticationError, "allow_prompt=True"),
+    ("Received disconnect from 10.0.0.1 port 22:2: Too many authentication failures", AuthenticationError,
+     "IdentitiesOnly yes"),
     ("ssh: Could not resolve hostname nodex: Name or service not known", ConnectError, "does not resolve"),
     ("ssh: connect to host node1 port 22: Connection refused", ConnectError, "nothing listens"),
     ("ssh: connect to host node1 port 22: Connection timed out", ConnectError, "connect_timeout"),

@@ -59,6 +59,9 @@ def resolve(spec, text="", **options):
     ("bob@[fe80::1]", ("bob", "fe80::1", None)),
     ("ssh://carol@example.org:2200", ("carol", "example.org", 2200)),
     ("ssh://example.org/", (None, "example.org", None)),
+    # a domain account: ssh takes the user up to the last @
+    ("alice@corp.example@host:2222", ("alice@corp.example", "host", 2222)),
+    ("ssh://alice@corp.example@host", ("alice@corp.example", "host", None)),
 ])
 def test_parse_spec(spec, parts):
     assert ssh.parse_spec(spec) == parts
@@ -182,6 +185,16 @@ def test_tokens_use_the_final_user_host_and_port(home):
     assert t.proxy_command == "nc real.alias.internal 2222"
 
 
+def test_the_host_name_is_lowercased_as_ssh_does(home):
+    """ssh connects to, looks up in known_hosts (hashed entries too) and expands %h as the lowercased
+    name; %n and %k keep the name as given (and Host patterns match it as given, case and all)."""
+    t = resolve("BUILD01", "Host BUILD01\n  IdentityFile /keys/%h-%n-%k\n")
+    assert t.hostname == "build01" and t.key_filenames == ["/keys/build01-BUILD01-BUILD01"]
+    assert t.host_key_name == "build01" and t.display == "%s@build01" % t.username
+    t = resolve("box", "Host box\n  HostName BuildServer.Example\n  Port 2222\n")
+    assert t.hostname == "buildserver.example" and t.host_key_name == "[buildserver.example]:2222"
+
+
 def test_tilde_env_and_unknown_tokens(home, monkeypatch):
     monkeypatch.setenv("RP_KEYS", "/keys")
     t = resolve("h", "Host h\n  IdentityFile ${RP_KEYS}/id\n  UserKnownHostsFile ~/kh %d/kh2\n")
@@ -266,6 +279,13 @@ def test_match_user_sees_the_specs_user(home):
     assert resolve("deploy@h", text).port == 2022
     assert resolve("other@h", text).port == 22
     assert resolve("h", text).connect_timeout == 4
+
+
+def test_match_criteria_may_be_written_with_an_equals_sign_as_ssh_takes_them(home):
+    text = 'Match host=web,db !user=bob\n  Port 2022\nMatch exec="test %h = db"\n  ConnectTimeout 4\n'
+    assert resolve("alice@web", text).port == 2022
+    assert resolve("bob@web", text).port == 22 and resolve("alice@other", text).port == 22
+    assert resolve("db", text).connect_timeout == 4 and resolve("web", text).connect_timeout == 30
 
 
 def test_match_exec_with_tokens_and_all_and_final(home):

@@ -469,6 +469,43 @@ def test_the_fix_for_an_unknown_key_works_under_strict_host_key_checking_yes(use
     assert user.works("strict", transport)["user"] == PLAIN_USER
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_host_name_with_capitals_is_found_in_the_known_hosts_ssh_wrote(user, sshd, transport):
+    """``HostName LocalHost`` (and a spec typed in capitals): ssh lowercases the name, so the hashed
+    entry it recorded on first use is of ``[localhost]:PORT``; paramiko must look that up, not
+    refuse the key as unknown and send the user to an ``ssh`` that no longer asks anything."""
+    user.copy(sshd.client_key, "id_ed25519")
+    user.put("config", "Host box\n    HostName LocalHost\n    Port %d\n    User %s\n    HashKnownHosts yes\n"
+             % (sshd.port, PLAIN_USER))
+    first = user.run_as(["ssh", "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=accept-new", "box", "true"])
+    assert first.returncode == 0, first.stderr
+    with open(os.path.join(user.dot, "known_hosts")) as f:
+        assert f.read().startswith("|1|"), "ssh did not record a hashed entry"
+    assert user.works("box", transport)["user"] == PLAIN_USER
+    assert user.works("%s@LOCALHOST:%d" % (PLAIN_USER, sshd.port), transport)["user"] == PLAIN_USER
+
+
+def test_many_agent_keys_that_exhaust_max_auth_tries_point_to_identities_only(user, sshd):
+    """Seven other keys in ssh-agent are offered before the IdentityFile (ssh's order), and sshd hangs
+    up after six: both transports must say IdentitiesOnly, which then logs in."""
+    user.copy(sshd.client_key, "id_right")
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    common = "Host lo\n    HostName 127.0.0.1\n    Port %d\n    User %s\n    IdentityFile ~/.ssh/id_right\n" % (
+        sshd.port, PLAIN_USER)
+    user.put("config", common)
+    with ssh_agent(user) as env:
+        for i in range(7):
+            other = os.path.join(user.dot, "other%d" % i)
+            assert user.run_as(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", other]).returncode == 0
+            assert user.run_as(["ssh-add", "-q", other], env).returncode == 0
+        for transport in TRANSPORTS:
+            got = user.start("lo", transport, env)
+            assert got.get("error") == "AuthenticationError" and "IdentitiesOnly yes" in got["message"], got
+        user.put("config", common + "    IdentitiesOnly yes\n")
+        for transport in TRANSPORTS:
+            assert user.works("lo", transport, env)["user"] == PLAIN_USER
+
+
 def test_a_refused_login_through_ssh_leaves_no_process_behind(user, sshd):
     """A failed start with transport='openssh' ends its ssh (no process of CLIENT's is left)."""
     user.put("known_hosts", loopback_line(sshd) + "\n")

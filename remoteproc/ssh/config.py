@@ -197,9 +197,12 @@ class _State:
         i = 0
         while i < len(args):
             word = args[i]
+            i += 1
+            if "=" in word:         # (ssh takes ``host=web`` for ``host web``)
+                word, value = word.split("=", 1)
+                args.insert(i, value)
             negate = word.startswith("!")
             criterion = word[1:].lower() if negate else word.lower()
-            i += 1
             if criterion == "all":
                 this = True
             elif criterion in ("canonical", "final"):

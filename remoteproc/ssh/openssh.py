@@ -444,7 +444,11 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"Host key verification failed|No .*host key is known for", re.I), HostKeyError,
      "ssh does not know the host's key. Fix: connect once with `{ssh}` and check the fingerprint, or pass "
      "host_key_policy='accept-new' to record it on first use"),
-    (re.compile(r"Permission denied|Too many authentication failures|no mutual signature", re.I),
+    (re.compile(r"Too many authentication failures", re.I), AuthenticationError,
+     "the server hung up after too many keys were offered (every ssh-agent key counts against its "
+     "MaxAuthTries). Fix: set IdentitiesOnly yes with the right IdentityFile for this host in your ssh "
+     "config, or pass key_filename= with allow_agent=False; then check that `{ssh}` logs in"),
+    (re.compile(r"Permission denied|no mutual signature", re.I),
      AuthenticationError,
      "the server refused every way ssh tried to log in. Fix: check that `{ssh}` logs in without a prompt "
      "(BatchMode) with this user and key (a key with a passphrase: load it into ssh-agent with ssh-add), or "

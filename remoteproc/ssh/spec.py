@@ -116,7 +116,9 @@ def option(options: dict[str, Any], name: str) -> Any:
     return OPTIONS[name].default if value is None else value
 
 
-_SPEC = re.compile(r"^(?:ssh://)?(?:(?P<user>[^@/\s]+)@)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:@/\s\[\]]+))"
+#: the user is everything before the last ``@``, as ssh splits it (``alice@corp.example@build01``: a
+#: domain account's name holds one)
+_SPEC = re.compile(r"^(?:ssh://)?(?:(?P<user>[^/\s]+)@)?(?:\[(?P<v6>[^\]]+)\]|(?P<host>[^:@/\s\[\]]+))"
                    r"(?::(?P<port>\d+))?/?$")
 
 

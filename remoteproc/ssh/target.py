@@ -103,7 +103,7 @@ class Target:
         elif self.proxy_command:
             text += " via ProxyCommand"
         alias = self.original_host
-        if alias and alias not in (self.hostname, host):
+        if alias and alias.lower() not in (self.hostname, host):
             # an ssh_config alias ("node6"): the name the user wrote comes first, so that with many
             # hosts a message says which one without mapping addresses back to names
             text = "%s (%s)" % (alias, text)
@@ -172,7 +172,8 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         config = load_config(options.get("ssh_config"))
     cfg = config.lookup(host, _preset(options, user, spec_port))
 
-    hostname = expand(_first(cfg, "hostname", "%h"), {"%": "%", "h": host}, "HostName")
+    # (ssh lowercases the name it connects to: known_hosts entries, hashed ones too, and %h hold it so)
+    hostname = expand(_first(cfg, "hostname", "%h"), {"%": "%", "h": host}, "HostName").lower()
     port = _number(cfg, "port", spec, int) or 22
     if not 0 < port < 65536:
         raise ConfigError("%s: port %d is out of range 1-65535" % (spec, port), spec)
