@@ -24,7 +24,7 @@ import textwrap
 
 import pytest
 from conftest import _unavailable
-from host_python_targets import fill_manager, try_import
+from host_python_targets import fill_manager, path_of, paths_back, try_import
 from own_sshd import account_whose_python3_is, run_check
 from remote_call import call as _call
 
@@ -493,6 +493,31 @@ def test_an_abi3_wheel_for_an_older_cpython_goes_to_a_newer_one(host_pythons, ab
     got = _call(plain_user_host, options, try_import, "hp_stable")
     assert got[0] == "imported", got
     assert got[1].endswith("/hp_stable/__init__.py") and "/.cache/remoteproc/" in got[1]
+
+
+def test_paths_from_a_3_13_child_load_here(host_pythons, plain_user_host, plain_user_options):
+    """Python 3.13 moved pathlib's classes to ``pathlib._local``, and pickles name them there: a
+    ``Path`` that a 3.13 child sent back (a Pipe, a Queue, a Pool's result) failed here with
+    ``No module named 'pathlib._local'; 'pathlib' is not a package``. Fixed in agent/spawn.py
+    (``accept_newer_pickles``: on both sides, the older Python takes that name for ``pathlib``)."""
+    import pathlib
+
+    from remoteproc import Pipe, Pool, Queue
+
+    options = dict(plain_user_options, python=host_pythons.get("3.13")[0])
+    a, b = Pipe()
+    q = Queue()
+    p = RemoteProcess(plain_user_host, target=paths_back, args=(b, q), **options)
+    p.start()
+    b.close()
+    a.send(pathlib.PurePosixPath("/etc/hosts"))
+    assert a.poll(60)
+    assert a.recv() == (pathlib.PurePosixPath("/etc/hosts"), "pathlib._local", pathlib.PurePosixPath("/srv"))
+    assert q.get(timeout=30) == pathlib.Path("/tmp")
+    p.join(30)
+    assert p.exitcode == 0
+    with Pool([plain_user_host], processes_per_host=1, **options) as pool:
+        assert pool.map(path_of, range(2)) == [pathlib.PurePosixPath("/srv/0"), pathlib.PurePosixPath("/srv/1")]
 
 
 # -- refused, and said so ----------------------------------------------------------------------------------------

@@ -49,6 +49,41 @@ def _install_stand_in(names):
     pkg.__getattr__ = __getattr__     # type: ignore[method-assign]  # (a module's own __getattr__)
 
 
+#: modules that a newer Python's pickles name and an older one lacks: name -> (the older
+#: Python's module that holds the same names, the first version that has the name itself).
+#: Python 3.13 moved pathlib's classes to ``pathlib._local``: its ``Path`` pickles as
+#: ``pathlib._local.PosixPath``, which 3.12 and older cannot import.
+RENAMED = {"pathlib._local": ("pathlib", (3, 13))}
+
+
+class _Renamed(types.ModuleType):
+    """A newer Python's module name, standing for the module that holds its names here
+    (imported at the first look-up: nothing is imported until a pickle names it)."""
+
+    def __init__(self, name, target):
+        super().__init__(name)
+        self._target = target
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        import importlib
+
+        return getattr(importlib.import_module(self._target), attr)
+
+
+def accept_newer_pickles():
+    """Let objects pickled by a newer Python load here: a spawn-mode child, and the user's process
+    that talks to one, may run different versions (docs/python-versions.md, "Spawn mode")."""
+    from importlib.machinery import ModuleSpec
+
+    for name, (target, since) in RENAMED.items():
+        if sys.version_info[:2] < since and name not in sys.modules:
+            module = _Renamed(name, target)
+            module.__spec__ = ModuleSpec(name, None)
+            sys.modules[name] = module
+
+
 def prepare(main):
     """Unpickling hook, called before the process object's state is loaded.
 
@@ -57,6 +92,7 @@ def prepare(main):
     """
     global ACTIVE
     ACTIVE = True
+    accept_newer_pickles()
     if main is None:
         return None
     if main.get("argv"):
