@@ -536,6 +536,29 @@ def test_a_python_older_than_3_8_is_a_bootstrap_error_naming_host_version_and_fi
     assert p.pid is None and not p.is_alive()
 
 
+def test_a_python_list_passes_over_the_old_and_the_other_ones_quietly(host_pythons, plain_user_host,
+                                                                     plain_user_options, caplog):
+    """``python=[...]``: "if none is ours, the first that runs, in spawn mode". A 2.7 or 3.7 before a
+    3.9 in the list ended the search with "too old" (3.9 never tried), and every candidate passed over
+    was logged as a warning at each new connection ("remoteproc: python=... is cpython Python 3.9.18
+    at ..."). Fixed in bootstrap._script (the list goes on past one too old) and bootstrap._quiet."""
+    old27, old37 = host_pythons.get("2.7")[0], host_pythons.get("3.7")[0]
+    py39, py313 = host_pythons.get("3.9")[0], host_pythons.get("3.13")[0]
+    caplog.set_level("WARNING", logger="remoteproc")
+    p = RemoteProcess(plain_user_host, target=print, python=[old27, old37, py39, py313], **plain_user_options)
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0 and p._popen.mode == "spawn" and p._popen.found == "python=" + py39
+    assert p._popen.executable.endswith("/python3.9")
+    assert not [r for r in caplog.records if "Python" in r.getMessage()], caplog.text
+    p = RemoteProcess(plain_user_host, target=print, python=[old37, "no-such-python", old27], **plain_user_options)
+    with pytest.raises(BootstrapError) as info:
+        p.start()
+    text = str(info.value)
+    assert "python=%s is cpython Python 3.7.16" % old37 in text and "python=%s is cpython Python 2.7.18" % old27 in text
+    assert "too old" in text and "3.8 or later" in text and plain_user_host.split("@")[1] in text
+
+
 # -- an account whose login PATH finds another version first -----------------------------------------------------
 
 def test_check_on_an_account_whose_python3_is_3_13(account_313, capsys):
