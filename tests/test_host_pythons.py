@@ -520,6 +520,46 @@ def test_paths_from_a_3_13_child_load_here(host_pythons, plain_user_host, plain_
         assert pool.map(path_of, range(2)) == [pathlib.PurePosixPath("/srv/0"), pathlib.PurePosixPath("/srv/1")]
 
 
+NEWER_SCRIPT = '''
+import json, sys
+from remoteproc import RemoteProcess
+%s
+
+def work():
+    pass
+
+
+if __name__ == "__main__":
+    host, opts = json.loads(sys.argv[1])
+    p = RemoteProcess(host, target=work, **opts)
+    p.start()
+    p.join(60)
+    print("exitcode", p.exitcode)
+'''
+
+
+@pytest.mark.parametrize("newer,said", [
+    ("def kind(x):\n    match x:\n        case 1:\n            return 1", "cannot compile it: its syntax is newer"),
+    ("Maybe = int | None", "its top level failed here"),
+])
+def test_a_script_newer_than_the_hosts_python_is_explained(host_pythons, plain_user_host, plain_user_options,
+                                                          scripts, newer, said):
+    """A spawn-mode child imports the user's script first: one with 3.10 syntax (``match``), or a top
+    level that needs 3.10 (``int | None``), failed on a 3.9 host with the bare SyntaxError or TypeError
+    among the agent's frames, nothing saying that the host runs another Python nor what to do. Now a
+    line after the traceback names the host, both versions, the script and the fix (agent/spawn.py)."""
+    wrapper, full = host_pythons.get("3.9")
+    path = scripts("hp_newer.py", NEWER_SCRIPT % newer)
+    options = dict(plain_user_options, python=wrapper)
+    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options])], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    assert "exitcode 1" in proc.stdout, proc.stderr
+    line = [x for x in proc.stderr.splitlines() if "this host runs" in x]
+    assert line, proc.stderr
+    assert plain_user_host in line[0] and "Python %s, not Python %s as you do" % (full, OURS) in line[0]
+    assert path in line[0] and said in line[0] and "Fix:" in line[0] and "python=" in line[0]
+
+
 # -- refused, and said so ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ver", ["2.7", "3.6", "3.7"])

@@ -112,8 +112,10 @@ def prepare(main):
         try:
             code = compile(main["source"], main["path"], "exec", dont_inherit=True)
             exec(code, module.__dict__)
-        except BaseException:
+        except BaseException as exc:
             del sys.modules["__mp_main__"]
+            if isinstance(exc, Exception):
+                exc._remoteproc_hint = _script_failed(main, exc)  # type: ignore[attr-defined]  # (child.py prints it)
             raise
         _remember_lines(main["path"], main["source"])
         from . import grandchild
@@ -122,6 +124,22 @@ def prepare(main):
         _imported.append(module)
         sys.modules["__main__"] = module
     return None
+
+
+def _script_failed(main, exc):
+    """What to tell the user whose script failed here, under another Python than theirs."""
+    ours = "Python %d.%d.%d" % sys.version_info[:3]
+    if sys.implementation.name != "cpython":
+        ours = "%s (%s)" % (ours, sys.implementation.name)
+    if isinstance(exc, SyntaxError):
+        what = "cannot compile it: its syntax is newer (match needs 3.10, except* 3.11, type statements 3.12)"
+        keep = "keep the script to the syntax of %s (newer code can go into a module the target does not import)" % ours
+    else:
+        what = "its top level failed here"
+        keep = "keep the script's top level to what %s runs" % ours
+    return ("this host runs %s, not %s as you do (spawn mode): the child imports your script %s first, as "
+            "multiprocessing's spawn does, and %s. Fix: %s, or pass python= with a Python like yours on the "
+            "host (docs/python-versions.md)" % (ours, main.get("python") or "the same", main.get("path"), what, keep))
 
 
 def _remember_lines(path, source):
