@@ -622,13 +622,15 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
                     "only, not for an ssh command (in ~/.bashrc, put it before the line that returns when the "
                     "shell is not interactive)" % (ver, looked_in()))
         else:
-            hint = ("the host has no %r it can run: install Python %s there, or pass python= with the "
+            hint = ("the host has %s it can run: install Python %s there, or pass python= with the "
                     "full path of a Python 3.8+ on the host (for example python='/usr/bin/python3')"
-                    % (target.python, ver))
+                    % ("no %r" % target.python if isinstance(target.python, str)
+                       else "none of %s" % ", ".join(map(repr, target.python)), ver))
     else:
         hint = "pass python= with a working Python 3.8+ interpreter on the host (Python %s is best)" % ver
+    given = target.python if target.python is None or isinstance(target.python, str) else list(target.python)
     raise BootstrapError("%s: could not start the agent with python=%r (exit status %s): %s. Fix: %s."
-                         % (display, target.python, status, said or "no message", hint), display)
+                         % (display, given, status, said or "no message", hint), display)
 
 
 def _setup_failed(target, said: str, m: Optional[re.Match], shown: str, i: int = 0, status: Any = None) -> None:

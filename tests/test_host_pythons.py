@@ -597,6 +597,11 @@ def test_a_python_list_passes_over_the_old_and_the_other_ones_quietly(host_pytho
     text = str(info.value)
     assert "python=%s is cpython Python 3.7.16" % old37 in text and "python=%s is cpython Python 2.7.18" % old27 in text
     assert "too old" in text and "3.8 or later" in text and plain_user_host.split("@")[1] in text
+    p = RemoteProcess(plain_user_host, target=print, python=["no-such-python", "nor-this"], **plain_user_options)
+    with pytest.raises(BootstrapError) as info:     # (it said python=('no-such-python', 'nor-this'), a tuple)
+        p.start()
+    assert "python=['no-such-python', 'nor-this']" in str(info.value)
+    assert "the host has none of 'no-such-python', 'nor-this' it can run" in str(info.value)
 
 
 # -- an account whose login PATH finds another version first -----------------------------------------------------
