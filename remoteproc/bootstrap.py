@@ -294,12 +294,15 @@ def _script(python) -> str:
         script.append("exec %s %s any %s" % (python, stub, shlex.quote("python=" + python)))
     else:
         # t MODE WORDS: try one interpreter (strict: only if it is our version, and then it becomes
-        # the agent); one the host lacks is passed over without the shell's "not found" (twice)
+        # the agent); one the host lacks is passed over without the shell's "not found" (twice),
+        # and so is one older than 3.8 (o: the list ends with its "too old" if none other runs)
         script.append('t() { m=$1; shift; command -v "$1" >/dev/null 2>&1 || return 0; "$@" %s $m "$L"; s=$?; '
-                      'case $m$s in strict86|*126|*127) ;; *) exit $s;; esac; }' % stub)
+                      'case $m$s in strict86|*126|*127) ;; any86) o=86;; *) exit $s;; esac; }' % stub)
+        script.append("o=")
         for mode in ("strict", "any"):
             for word in python:
                 script += ["L=%s" % shlex.quote("python=" + word), "t %s %s" % (mode, word)]
+        script.append('[ -n "$o" ] && exit $o')
         script.append('echo "remoteproc: no python= candidate found in: $PATH" >&2; exit 127')
     return "; ".join(script)
 
@@ -358,17 +361,31 @@ def _setup_lines(setup) -> list[str]:
     return [setup] if isinstance(setup, str) else [str(line) for line in setup]
 
 
-def _old_python_error(display: str, label: str, impl: str, theirs: str, executable: str) -> BootstrapError:
+def _old_python_error(display: str, found: list[re.Match]) -> BootstrapError:
+    """The error for interpreters that are all too old: ``found``, their stub's ``_VERSION_LINE``s
+    (a python= list names each of its candidates that ran)."""
     ours = "%d.%d" % sys.version_info[:2]
+    label = found[0].group(1)
     if label.startswith("python="):     # the user's choice: nothing else was looked for
         where = ". Fix: pass python= with the path of a Python 3.8+ on the host (Python %s runs fastest)" % ours
     else:
         where = (", and no Python %s was found in the usual places (%s). Fix: install Python %s on the host, "
                  "or pass python= with the path of a Python 3.8+ there" % (ours, looked_in(), ours))
+    said = ", ".join("%s is %s Python %s.%s%s (%s)" % (m.group(1), m.group(2) or "", m.group(3), m.group(4),
+                                                        "." + m.group(5) if m.group(5) else "", m.group(6).strip())
+                     for m in found)
     return BootstrapError(
-        "%s: %s is %s Python %s (%s): too old to run remoteproc (another version runs in spawn mode, "
-        "which needs Python %d.%d or later)%s." % (display, label, impl, theirs, executable, *SPAWN_MINIMUM, where),
-        display)
+        "%s: %s: too old to run remoteproc (another version runs in spawn mode, "
+        "which needs Python %d.%d or later)%s." % (display, said, *SPAWN_MINIMUM, where), display)
+
+
+def _too_old(said: str) -> list[re.Match]:
+    """The stub's ``_VERSION_LINE``s in ``said`` of interpreters older than 3.8, one per label."""
+    found: dict[str, re.Match] = {}
+    for m in _VERSION_LINE.finditer(said):
+        if (int(m.group(3)), int(m.group(4))) < SPAWN_MINIMUM:
+            found.setdefault(m.group(1), m)
+    return list(found.values())
 
 
 def mode_of(hello: dict) -> str:
@@ -512,12 +529,18 @@ def _read_hello(chan: AgentChannel, target, buf: bytearray, err: bytearray) -> t
 _RESTRICTED_EXEC = re.compile(rb"^[^\n]*: exec: restricted\n?", re.M)
 
 
+#: what the stub says of a python= candidate it passed over (another version, or one too old)
+_PASSED_OVER = re.compile(rb"^remoteproc: python=[^\n]* is [^\n]*Python [^\n]* at [^\n]*\n?", re.M)
+
+
 def _quiet(err: bytes) -> bytes:
-    """stderr before the hello, without what is expected there: a restricted shell refusing our exec."""
-    found = _RESTRICTED_EXEC.search(err)
-    if found:
-        log.debug("restricted login shell: %s", found.group(0).decode("utf-8", "replace").strip())
-    return _RESTRICTED_EXEC.sub(b"", err)
+    """stderr before the hello, without what is expected there: a restricted shell refusing our exec,
+    the candidates of a python= list that were passed over."""
+    for expected in (_RESTRICTED_EXEC, _PASSED_OVER):
+        for found in expected.finditer(err):
+            log.debug("before the agent: %s", found.group(0).decode("utf-8", "replace").strip())
+        err = expected.sub(b"", err)
+    return err
 
 
 #: what nologin(8) prints
@@ -544,10 +567,9 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
     err += chan.recv_stderr()
     said = err.decode("utf-8", "replace").strip()
     display = target.display
-    m = _VERSION_LINE.search(said)
-    if status == WRONG_VERSION and m:
-        raise _old_python_error(display, m.group(1), m.group(2) or "", "%s.%s%s" % (
-            m.group(3), m.group(4), "." + m.group(5) if m.group(5) else ""), m.group(6).strip())
+    old = _too_old(said)
+    if status == WRONG_VERSION and old:
+        raise _old_python_error(display, old)
     shown = _without_markers(out).decode("utf-8", "replace").strip()
     m = _SETUP_LINE.search(said)
     if status == SETUP_FAILED and m:
@@ -600,13 +622,15 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
                     "only, not for an ssh command (in ~/.bashrc, put it before the line that returns when the "
                     "shell is not interactive)" % (ver, looked_in()))
         else:
-            hint = ("the host has no %r it can run: install Python %s there, or pass python= with the "
+            hint = ("the host has %s it can run: install Python %s there, or pass python= with the "
                     "full path of a Python 3.8+ on the host (for example python='/usr/bin/python3')"
-                    % (target.python, ver))
+                    % ("no %r" % target.python if isinstance(target.python, str)
+                       else "none of %s" % ", ".join(map(repr, target.python)), ver))
     else:
         hint = "pass python= with a working Python 3.8+ interpreter on the host (Python %s is best)" % ver
+    given = target.python if target.python is None or isinstance(target.python, str) else list(target.python)
     raise BootstrapError("%s: could not start the agent with python=%r (exit status %s): %s. Fix: %s."
-                         % (display, target.python, status, said or "no message", hint), display)
+                         % (display, given, status, said or "no message", hint), display)
 
 
 def _setup_failed(target, said: str, m: Optional[re.Match], shown: str, i: int = 0, status: Any = None) -> None:

@@ -61,6 +61,10 @@ class Popen:
             raise from_wire(reply[1], reply[2], self.host)
         self.pid = reply[1]
         _modes[key] = self.mode = reply[2]
+        if self.mode == "spawn":    # (its messages may name modules of a newer Python's)
+            from .agent import spawn
+
+            spawn.accept_newer_pickles()
         self.found, self.executable = reply[3], reply[4]
 
     def _request(self, process_obj):

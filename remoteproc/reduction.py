@@ -269,8 +269,9 @@ def main_info() -> dict | None:
 
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
+    impl = "Python" if sys.implementation.name == "cpython" else sys.implementation.name
     info: dict = {"names": list(getattr(remoteproc, "__all__", ())), "path": None, "source": None,
-                  "argv": list(sys.argv)}
+                  "argv": list(sys.argv), "python": "%s %d.%d" % (impl, *sys.version_info[:2])}
     if path and getattr(main, "__spec__", None) is None:     # a script run by its path, as spawn ships
         path = os.path.abspath(path)
         try:

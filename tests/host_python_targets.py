@@ -16,3 +16,17 @@ def try_import(conn, name):
 def fill_manager(d, items):
     d["python"] = tuple(sys.version_info[:2])
     items.append("from the child")
+
+
+def paths_back(conn, q):
+    import pathlib
+
+    got = conn.recv()
+    conn.send((got, type(got).__module__, pathlib.PurePosixPath("/srv")))
+    q.put(pathlib.Path("/tmp"))
+
+
+def path_of(x):
+    import pathlib
+
+    return pathlib.PurePosixPath("/srv", str(x))

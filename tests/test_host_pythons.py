@@ -24,7 +24,7 @@ import textwrap
 
 import pytest
 from conftest import _unavailable
-from host_python_targets import fill_manager, try_import
+from host_python_targets import fill_manager, path_of, paths_back, try_import
 from own_sshd import account_whose_python3_is, run_check
 from remote_call import call as _call
 
@@ -495,6 +495,71 @@ def test_an_abi3_wheel_for_an_older_cpython_goes_to_a_newer_one(host_pythons, ab
     assert got[1].endswith("/hp_stable/__init__.py") and "/.cache/remoteproc/" in got[1]
 
 
+def test_paths_from_a_3_13_child_load_here(host_pythons, plain_user_host, plain_user_options):
+    """Python 3.13 moved pathlib's classes to ``pathlib._local``, and pickles name them there: a
+    ``Path`` that a 3.13 child sent back (a Pipe, a Queue, a Pool's result) failed here with
+    ``No module named 'pathlib._local'; 'pathlib' is not a package``. Fixed in agent/spawn.py
+    (``accept_newer_pickles``: on both sides, the older Python takes that name for ``pathlib``)."""
+    import pathlib
+
+    from remoteproc import Pipe, Pool, Queue
+
+    options = dict(plain_user_options, python=host_pythons.get("3.13")[0])
+    a, b = Pipe()
+    q = Queue()
+    p = RemoteProcess(plain_user_host, target=paths_back, args=(b, q), **options)
+    p.start()
+    b.close()
+    a.send(pathlib.PurePosixPath("/etc/hosts"))
+    assert a.poll(60)
+    assert a.recv() == (pathlib.PurePosixPath("/etc/hosts"), "pathlib._local", pathlib.PurePosixPath("/srv"))
+    assert q.get(timeout=30) == pathlib.Path("/tmp")
+    p.join(30)
+    assert p.exitcode == 0
+    with Pool([plain_user_host], processes_per_host=1, **options) as pool:
+        assert pool.map(path_of, range(2)) == [pathlib.PurePosixPath("/srv/0"), pathlib.PurePosixPath("/srv/1")]
+
+
+NEWER_SCRIPT = '''
+import json, sys
+from remoteproc import RemoteProcess
+%s
+
+def work():
+    pass
+
+
+if __name__ == "__main__":
+    host, opts = json.loads(sys.argv[1])
+    p = RemoteProcess(host, target=work, **opts)
+    p.start()
+    p.join(60)
+    print("exitcode", p.exitcode)
+'''
+
+
+@pytest.mark.parametrize("newer,said", [
+    ("def kind(x):\n    match x:\n        case 1:\n            return 1", "cannot compile it: its syntax is newer"),
+    ("Maybe = int | None", "its top level failed here"),
+])
+def test_a_script_newer_than_the_hosts_python_is_explained(host_pythons, plain_user_host, plain_user_options,
+                                                          scripts, newer, said):
+    """A spawn-mode child imports the user's script first: one with 3.10 syntax (``match``), or a top
+    level that needs 3.10 (``int | None``), failed on a 3.9 host with the bare SyntaxError or TypeError
+    among the agent's frames, nothing saying that the host runs another Python nor what to do. Now a
+    line after the traceback names the host, both versions, the script and the fix (agent/spawn.py)."""
+    wrapper, full = host_pythons.get("3.9")
+    path = scripts("hp_newer.py", NEWER_SCRIPT % newer)
+    options = dict(plain_user_options, python=wrapper)
+    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options])], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    assert "exitcode 1" in proc.stdout, proc.stderr
+    line = [x for x in proc.stderr.splitlines() if "this host runs" in x]
+    assert line, proc.stderr
+    assert plain_user_host in line[0] and "Python %s, not Python %s as you do" % (full, OURS) in line[0]
+    assert path in line[0] and said in line[0] and "Fix:" in line[0] and "python=" in line[0]
+
+
 # -- refused, and said so ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ver", ["2.7", "3.6", "3.7"])
@@ -509,6 +574,34 @@ def test_a_python_older_than_3_8_is_a_bootstrap_error_naming_host_version_and_fi
     assert "Python %s" % full in text and "3.8 or later" in text
     assert "Fix: pass python= with the path of a Python 3.8+" in text
     assert p.pid is None and not p.is_alive()
+
+
+def test_a_python_list_passes_over_the_old_and_the_other_ones_quietly(host_pythons, plain_user_host,
+                                                                     plain_user_options, caplog):
+    """``python=[...]``: "if none is ours, the first that runs, in spawn mode". A 2.7 or 3.7 before a
+    3.9 in the list ended the search with "too old" (3.9 never tried), and every candidate passed over
+    was logged as a warning at each new connection ("remoteproc: python=... is cpython Python 3.9.18
+    at ..."). Fixed in bootstrap._script (the list goes on past one too old) and bootstrap._quiet."""
+    old27, old37 = host_pythons.get("2.7")[0], host_pythons.get("3.7")[0]
+    py39, py313 = host_pythons.get("3.9")[0], host_pythons.get("3.13")[0]
+    caplog.set_level("WARNING", logger="remoteproc")
+    p = RemoteProcess(plain_user_host, target=print, python=[old27, old37, py39, py313], **plain_user_options)
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0 and p._popen.mode == "spawn" and p._popen.found == "python=" + py39
+    assert p._popen.executable.endswith("/python3.9")
+    assert not [r for r in caplog.records if "Python" in r.getMessage()], caplog.text
+    p = RemoteProcess(plain_user_host, target=print, python=[old37, "no-such-python", old27], **plain_user_options)
+    with pytest.raises(BootstrapError) as info:
+        p.start()
+    text = str(info.value)
+    assert "python=%s is cpython Python 3.7.16" % old37 in text and "python=%s is cpython Python 2.7.18" % old27 in text
+    assert "too old" in text and "3.8 or later" in text and plain_user_host.split("@")[1] in text
+    p = RemoteProcess(plain_user_host, target=print, python=["no-such-python", "nor-this"], **plain_user_options)
+    with pytest.raises(BootstrapError) as info:     # (it said python=('no-such-python', 'nor-this'), a tuple)
+        p.start()
+    assert "python=['no-such-python', 'nor-this']" in str(info.value)
+    assert "the host has none of 'no-such-python', 'nor-this' it can run" in str(info.value)
 
 
 # -- an account whose login PATH finds another version first -----------------------------------------------------

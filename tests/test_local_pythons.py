@@ -138,6 +138,7 @@ def where(conn):
 PROGRAM = '''\
 import json
 import os
+import pathlib
 import sys
 
 import lp_pkg
@@ -168,6 +169,13 @@ def echo(conn):
 
 def boom():
     raise ValueError("boom in the child")
+
+
+def paths(conn):
+    # (3.13 pickles pathlib's classes as pathlib._local.*, which older Pythons lack)
+    p = conn.recv()
+    conn.send([type(p).__name__ + ":" + str(p), pathlib.PurePosixPath("/srv")])
+    conn.close()
 
 
 def big(conn):
@@ -205,6 +213,14 @@ def one(spec, opts):
     p.start()
     p.join(60)
     r["boom_exit"] = p.exitcode
+    a, b = Pipe()
+    p = RemoteProcess(spec, target=paths, args=(b,), **opts)
+    p.start()
+    b.close()
+    a.send(pathlib.PurePosixPath("/etc/hosts"))
+    sent, back = a.recv()
+    r["paths"] = [sent, type(back).__name__, str(back)]
+    p.join(60)
     q, ev, lock, counter = Queue(), Event(), Lock(), Value("i", 0)
     p = RemoteProcess(spec, target=producer, args=(q, ev, lock, counter), **opts)
     p.start()
@@ -280,6 +296,7 @@ def _expected(local_py: str, hostpy: str, package_dir: str) -> dict:
         "echo_exit": 0,
         "big": 8 << 20,
         "boom_exit": 1,
+        "paths": ["PurePosixPath:/etc/hosts", "PurePosixPath", "/srv"],
         "queue": [0, 1, 2, [1, 2]],
         "counter": 3,
         "producer_exit": 0,

@@ -667,6 +667,9 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
 
         sys.stderr.write("remoteproc: the remote child could not start:\n")
         traceback.print_exc()
+        hint = getattr(exc, "_remoteproc_hint", None)
+        if hint:
+            sys.stderr.write("remoteproc: %s: %s\n" % (host, hint))
         if limits.reached(exc):
             sys.stderr.write("remoteproc: %s: %s\n" % (host, limits.hint()))
     finally:

@@ -49,6 +49,41 @@ def _install_stand_in(names):
     pkg.__getattr__ = __getattr__     # type: ignore[method-assign]  # (a module's own __getattr__)
 
 
+#: modules that a newer Python's pickles name and an older one lacks: name -> (the older
+#: Python's module that holds the same names, the first version that has the name itself).
+#: Python 3.13 moved pathlib's classes to ``pathlib._local``: its ``Path`` pickles as
+#: ``pathlib._local.PosixPath``, which 3.12 and older cannot import.
+RENAMED = {"pathlib._local": ("pathlib", (3, 13))}
+
+
+class _Renamed(types.ModuleType):
+    """A newer Python's module name, standing for the module that holds its names here
+    (imported at the first look-up: nothing is imported until a pickle names it)."""
+
+    def __init__(self, name, target):
+        super().__init__(name)
+        self._target = target
+
+    def __getattr__(self, attr):
+        if attr.startswith("__"):
+            raise AttributeError(attr)
+        import importlib
+
+        return getattr(importlib.import_module(self._target), attr)
+
+
+def accept_newer_pickles():
+    """Let objects pickled by a newer Python load here: a spawn-mode child, and the user's process
+    that talks to one, may run different versions (docs/python-versions.md, "Spawn mode")."""
+    from importlib.machinery import ModuleSpec
+
+    for name, (target, since) in RENAMED.items():
+        if sys.version_info[:2] < since and name not in sys.modules:
+            module = _Renamed(name, target)
+            module.__spec__ = ModuleSpec(name, None)
+            sys.modules[name] = module
+
+
 def prepare(main):
     """Unpickling hook, called before the process object's state is loaded.
 
@@ -57,6 +92,7 @@ def prepare(main):
     """
     global ACTIVE
     ACTIVE = True
+    accept_newer_pickles()
     if main is None:
         return None
     if main.get("argv"):
@@ -76,8 +112,10 @@ def prepare(main):
         try:
             code = compile(main["source"], main["path"], "exec", dont_inherit=True)
             exec(code, module.__dict__)
-        except BaseException:
+        except BaseException as exc:
             del sys.modules["__mp_main__"]
+            if isinstance(exc, Exception):
+                exc._remoteproc_hint = _script_failed(main, exc)  # type: ignore[attr-defined]  # (child.py prints it)
             raise
         _remember_lines(main["path"], main["source"])
         from . import grandchild
@@ -86,6 +124,22 @@ def prepare(main):
         _imported.append(module)
         sys.modules["__main__"] = module
     return None
+
+
+def _script_failed(main, exc):
+    """What to tell the user whose script failed here, under another Python than theirs."""
+    ours = "Python %d.%d.%d" % sys.version_info[:3]
+    if sys.implementation.name != "cpython":
+        ours = "%s (%s)" % (ours, sys.implementation.name)
+    if isinstance(exc, SyntaxError):
+        what = "cannot compile it: its syntax is newer (match needs 3.10, except* 3.11, type statements 3.12)"
+        keep = "keep the script to the syntax of %s (newer code can go into a module the target does not import)" % ours
+    else:
+        what = "its top level failed here"
+        keep = "keep the script's top level to what %s runs" % ours
+    return ("this host runs %s, not %s as you do (spawn mode): the child imports your script %s first, as "
+            "multiprocessing's spawn does, and %s. Fix: %s, or pass python= with a Python like yours on the "
+            "host (docs/python-versions.md)" % (ours, main.get("python") or "the same", main.get("path"), what, keep))
 
 
 def _remember_lines(path, source):
