@@ -13,6 +13,7 @@ import sys
 import uuid
 
 import pytest
+from editable import install_editable
 from remote_call import call as _call
 
 pytestmark = pytest.mark.timeout(120)
@@ -123,6 +124,24 @@ def test_a_distribution_with_data_files_has_its_metadata_before_its_import(plain
     assert got["file"].startswith(cache_root + "/"), got["file"]
     assert name + "/v.txt" in got["files"]
     assert got["listed"] == ["2.0"]
+
+
+def test_a_project_installed_in_editable_mode_has_its_metadata(plain_user_host, plain_user_options, tmp_path,
+                                                                monkeypatch):
+    """``pip install -e``: the dist-info is in site-packages, the package in the project's own
+    directory, found through setuptools' finder.  version() answers there as here (a package that
+    sets ``__version__`` from its metadata at import time needs it)."""
+    name = "mdedit_" + uuid.uuid4().hex[:8]
+    site = _distribution(str(tmp_path / "site"), name, "0.4.dev0", {})
+    root = tmp_path / "proj" / name
+    root.mkdir(parents=True)
+    (root / "__init__.py").write_text("import importlib.metadata\nVALUE = importlib.metadata.version(%r)\n"
+                                      % name.replace("_", "-"))
+    monkeypatch.syspath_prepend(site)
+    install_editable(monkeypatch, name, root)
+    got = _call(plain_user_host, plain_user_options, metadata_of, name.replace("_", "-"), name)
+    assert got["before"] == got["after"] == got["value"] == "0.4.dev0"
+    assert got["listed"] == ["0.4.dev0"]
 
 
 def test_a_distribution_the_hosts_python_cannot_run_is_not_there_and_its_import_says_why(
