@@ -111,6 +111,8 @@ def _ssh_parent() -> argparse.ArgumentParser:
                    help="trust an unknown host key and record it in the first known_hosts file "
                         "(a changed key is still refused)")
     g.add_argument("-F", "--ssh-config", metavar="FILE", help="ssh_config file instead of ~/.ssh/config")
+    g.add_argument("-J", "--proxy-jump", metavar="[USER@]JUMP[:PORT][,...]",
+                   help="reach HOST through these jump hosts, as ssh -J (none: not even the config's)")
     g.add_argument("--python", metavar="PYTHON",
                    help="remote Python interpreter (default: python3 if it is this Python's major.minor, else one "
                         "found in the usual places, else python3 in spawn mode; docs/python-versions.md)")
@@ -136,6 +138,8 @@ def ssh_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["host_key_policy"] = "accept-new"
     if args.ssh_config:
         opts["ssh_config"] = os.path.expanduser(args.ssh_config)
+    if args.proxy_jump:
+        opts["proxy_jump"] = args.proxy_jump
     if args.python:
         opts["python"] = args.python
     if args.connect_timeout is not None:

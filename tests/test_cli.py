@@ -69,7 +69,8 @@ def test_help_has_examples(command):
     if command == ["run"]:
         assert 'Connection(int(os.environ["REMOTEPROC_FD"]))' in out.stdout
     if command in (["run"], ["check"]):
-        for flag in ("--port", "--identity", "--python", "--known-hosts", "--accept-new", "--ssh-config"):
+        for flag in ("--port", "--identity", "--python", "--known-hosts", "--accept-new", "--ssh-config",
+                     "--proxy-jump"):
             assert flag in out.stdout
 
 
@@ -83,6 +84,8 @@ def test_everything_after_the_script_goes_to_the_script():
     assert (args.port, args.host, args.script) == (2222, "h", "s.py")
     assert args.args == ["--port", "5", "-i", "x", "--", "y"]
     assert cli.ssh_options(args) == {"port": 2222}
+    args = cli.build_parser().parse_args(["check", "-J", "a@j1,j2:2200", "h"])
+    assert cli.ssh_options(args) == {"proxy_jump": "a@j1,j2:2200"}
 
 
 
@@ -96,6 +99,8 @@ def test_everything_after_the_script_goes_to_the_script():
      ["-F", "x"]),
     (["-i", "k1", "--identity=k2", "--accept-new", "h", "s.py", "a b", "", "-"],
      {"key_filename": ["k1", "k2"], "accept_new": True}, "s.py", ["a b", "", "-"]),
+    (["-J", "me@jump:2222,jump2", "h", "s.py", "-J", "x"], {"proxy_jump": "me@jump:2222,jump2"}, "s.py",
+     ["-J", "x"]),
     (["h", "--", "-odd.py", "--", "-x"], {}, "-odd.py", ["--", "-x"]),      # "--" before SCRIPT ends options
     (["--", "h", "s.py", "-5"], {}, "s.py", ["-5"]),
 ])

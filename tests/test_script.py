@@ -151,6 +151,18 @@ def test_missing_script(loopback, capfd):
     assert "(relative paths start from %s)" % os.path.realpath("/tmp") in err
 
 
+def test_a_script_the_account_may_not_read_is_named_so(plain_user_host, plain_user_options, tmp_path, capfd):
+    """Not "No such file": the file is there, in a directory the account cannot enter (as python3 says)."""
+    path = tmp_path / "private" / "script.py"
+    path.parent.mkdir(mode=0o700)
+    path.write_text("print('never')\n")
+    p = run(plain_user_host, str(path), **plain_user_options)
+    p.join(30)
+    assert p.exitcode == 2
+    err = capfd.readouterr().err
+    assert "can't open file %r on this host: [Errno 13] Permission denied" % str(path) in err, err
+
+
 def test_terminate_and_kill(loopback, scripts):
     host, options = loopback
     path = scripts("sleeper.py", ONE_LINER + "\nimport time\nconn.send(os.getpid())\ntime.sleep(300)\n")

@@ -141,6 +141,21 @@ def test_proxy_jump_chain_from_options(netns, ns_options):
     assert (client, server) == (h2.address, h3.address), "the last hop is the client of host 3"
 
 
+def test_the_cli_reaches_a_host_through_the_jump_hosts_of_its_j_option(netns, scripts):
+    """``remoteproc run -J JUMP HOST SCRIPT``, as ``ssh -J``: host 3 sees host 2 as its client."""
+    h1, h2, h3 = (netns.hosts[n] for n in ("h1", "h2", "h3"))
+    script = scripts("where.py", "import os\nprint(os.environ['SSH_CONNECTION'])\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
+    env.pop("SSH_AUTH_SOCK", None)
+    out = subprocess.run([sys.executable, "-m", "remoteproc", "run", "-J", "%s,%s" % (h1.spec(PLAIN_USER),
+                          h2.spec(PLAIN_USER)), "-i", netns.client_key, "--known-hosts", netns.known_hosts,
+                          h3.spec(PLAIN_USER), script], capture_output=True, text=True, timeout=60, env=env,
+                         stdin=subprocess.DEVNULL)
+    assert out.returncode == 0, out.stderr
+    client, _port, server, _sport = out.stdout.split()
+    assert (client, server) == (h2.address, h3.address)
+
+
 def test_default_config_include_match_default_key_and_hashed_known_hosts(netns, tmp_path):
     """A user's own ~/.ssh as ssh reads it (HOME points at a directory of ours, in a subprocess)."""
     h1 = netns.hosts["h1"]

@@ -85,11 +85,15 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
         os.environ.pop(ENV_FD, None)
     os.environ[ENV_JSON] = ",".join(str(int(i)) for i in json_positions)
     path = os.path.expanduser(path)
-    if not os.path.exists(path):
-        # (where a relative path starts is worth saying only for one)
-        hint = "" if os.path.isabs(path) else " (relative paths start from %s)" % os.getcwd()
-        sys.stderr.write("remoteproc: can't open file %r on this host: [Errno 2] No such file or directory%s\n"
-                         % (path, hint))
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        # (as python3 says it; where a relative path starts is worth saying only for a missing one)
+        hint = ("" if os.path.isabs(path) or not isinstance(exc, FileNotFoundError)
+                else " (relative paths start from %s)" % os.getcwd())
+        sys.stderr.write("remoteproc: can't open file %r on this host: [Errno %d] %s%s\n"
+                         % (path, exc.errno, exc.strerror, hint))
         sys.exit(2)
     sys.argv = [path] + [str(a) for a in argv]
     from . import grandchild
