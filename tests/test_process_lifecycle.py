@@ -5,6 +5,7 @@ dies with its connection, and fails early and clearly when it cannot start."""
 from __future__ import annotations
 
 import os
+import pickle
 import signal
 import sys
 import threading
@@ -232,6 +233,38 @@ def test_high_file_descriptors(host, ssh_options):
         for fd in filler:
             os.close(fd)
         resource.setrlimit(resource.RLIMIT_NOFILE, (soft, hard))
+
+
+def stream_for(conn, seconds):
+    """Send small messages without a pause for ``seconds``, then their count."""
+    import time
+
+    n, end = 0, time.monotonic() + seconds
+    while time.monotonic() < end:
+        conn.send_bytes(b"m" * 100)
+        n += 1
+    conn.send(n)
+
+
+def test_messages_that_keep_flowing_are_not_silence(host, ssh_options):
+    """A host that talks without a pause for many keepalive bounds in a row is never taken for a
+    silent one, and nothing it says is lost (the bound here: 0.6 s; the child talks for 2 s; the
+    relay's loop reads its clocks once a tick while messages flow)."""
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=stream_for, args=(child, 2.0), keepalive_interval=0.3, keepalive_count=1,
+                      **ssh_options)
+    p.start()
+    child.close()
+    got = 0
+    while True:
+        assert parent.poll(30), "the stream stopped after %d messages" % got
+        msg = parent.recv_bytes()
+        if msg != b"m" * 100:
+            break
+        got += 1
+    assert pickle.loads(msg) == got > 100
+    p.join(30)
+    assert p.exitcode == 0
 
 
 def test_a_slow_setup_is_not_silence(host, ssh_options):
