@@ -149,6 +149,12 @@ def ssh_options(args: argparse.Namespace) -> dict[str, Any]:
     return opts
 
 
+#: the SSH flags whose values only the command line gives (not the HOST), by their option's name
+_FLAGS = {"connect_timeout": "--connect-timeout", "ssh_config": "-F/--ssh-config", "python": "--python",
+          "key_filename": "-i/--identity", "known_hosts": "--known-hosts"}
+_OPTION_FLAG = re.compile(r"^(?:option )?(%s)\b" % "|".join(_FLAGS))
+
+
 def explain(exc: BaseException) -> tuple[str, str]:
     """(cause, fix) for an error, in the command line's terms."""
     if isinstance(exc, HostKeyError):
@@ -176,6 +182,10 @@ def explain(exc: BaseException) -> tuple[str, str]:
                 "install Python %d.%d on the host, or name its interpreter with --python PATH"
                 % sys.version_info[:2])
     if isinstance(exc, ConfigError):
+        flag = _OPTION_FLAG.match(str(exc))
+        if flag:        # (an option only a flag gives: its fix is that flag, not the host's form)
+            return ("the value given to %s is not usable" % _FLAGS[flag.group(1)],
+                    "give %s a value as the message above says, or leave it out" % _FLAGS[flag.group(1)])
         return ("the host or an option is not usable as given",
                 "write the host as HOST, USER@HOST or USER@HOST:PORT, or fix the ssh_config entry")
     if isinstance(exc, ConnectionLostError):

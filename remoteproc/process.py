@@ -74,6 +74,7 @@ class RemoteProcess(mp_process.BaseProcess):
     @property
     def connection_error(self) -> RemoteProcessError | None:
         """The error that ended this process if its connection was lost, else None."""
+        self._check_closed()        # (as exitcode: after close() there is no answer, not a None)
         popen = self._popen
         return popen.error if popen is not None else None
 

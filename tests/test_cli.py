@@ -443,6 +443,10 @@ def _failure(sshd, tmp_path, case):
         args[1] = str(free_port())
     elif case == "bad host spec":
         host = "user@host:99999"
+    elif case == "negative timeout":
+        args[-1] = "-1"
+    elif case == "missing -F file":
+        args[args.index("none")] = str(tmp_path / "no_such_config")
     return args, host
 
 
@@ -451,6 +455,8 @@ def _failure(sshd, tmp_path, case):
     ("no such python", "could not start the agent", "--python"),
     ("nothing listening", "cannot connect", "-p PORT"),
     ("bad host spec", "out of range", "USER@HOST:PORT"),
+    ("negative timeout", "must be a positive number of seconds", "give --connect-timeout a value"),
+    ("missing -F file", "does not exist", "give -F/--ssh-config a value"),
 ])
 def test_check_failures_say_cause_and_fix(sshd, tmp_path, case, error, fix):
     args, host = _failure(sshd, tmp_path, case)

@@ -15,6 +15,7 @@ import logging
 import multiprocessing
 import os
 import re
+import shutil
 import signal
 import sys
 import threading
@@ -22,6 +23,7 @@ import uuid
 
 import broker_targets as T
 import pytest
+from conftest import _unavailable
 from proctable import eventually, fd_table, ppid
 
 from remoteproc import Event, Lock, Queue, RemoteProcess, RemoteProcessError, owned
@@ -38,7 +40,8 @@ def _fds() -> int:
 
 
 def _other_python() -> str:
-    """A pyenv CPython 3.9+ of another version than ours: its host is in spawn mode."""
+    """A Python its host runs in spawn mode: a pyenv CPython 3.9+ of another version than ours, else
+    pypy3 (another implementation; scripts/test.sh installs it where pyenv has no other version)."""
     ours = "%d.%d" % sys.version_info[:2]
     found = []
     for name in sorted(os.listdir(PYENV)) if os.path.isdir(PYENV) else []:
@@ -46,9 +49,11 @@ def _other_python() -> str:
         exe = os.path.join(PYENV, name, "bin", "python3")
         if m and int(m.group(1)) >= 9 and not name.startswith(ours + ".") and os.access(exe, os.X_OK):
             found.append(exe)
+    if not found and sys.implementation.name != "pypy" and shutil.which("pypy3"):
+        found.append(shutil.which("pypy3"))
     if not found:
-        pytest.fail("no pyenv CPython 3.9+ other than %s under %s (scripts/test.sh installs them)" % (ours, PYENV),
-                    pytrace=False)
+        _unavailable("no pyenv CPython 3.9+ other than %s under %s, and no pypy3 (scripts/test.sh installs it)"
+                     % (ours, PYENV))
     return found[0]
 
 

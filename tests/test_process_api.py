@@ -334,7 +334,8 @@ def test_close_and_errors_after_close(host, ssh_options):
     p.close()
     with pytest.raises(OSError):
         os.fstat(sentinel)                   # close() released it
-    for name in ("is_alive", "join", "terminate", "kill", "start", "exitcode", "pid", "ident", "sentinel"):
+    for name in ("is_alive", "join", "terminate", "kill", "start", "exitcode", "pid", "ident", "sentinel",
+                 "connection_error"):
         with pytest.raises(ValueError, match="process object is closed"):
             attr = getattr(p, name)
             if callable(attr):

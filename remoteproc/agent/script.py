@@ -92,7 +92,7 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
         # (as python3 says it; where a relative path starts is worth saying only for a missing one)
         hint = ("" if os.path.isabs(path) or not isinstance(exc, FileNotFoundError)
                 else " (relative paths start from %s)" % os.getcwd())
-        sys.stderr.write("remoteproc: can't open file %r on this host: [Errno %d] %s%s\n"
+        sys.stderr.write("remoteproc: can't open file %r on this host: [Errno %s] %s%s\n"
                          % (path, exc.errno, exc.strerror, hint))
         sys.exit(2)
     sys.argv = [path] + [str(a) for a in argv]
