@@ -286,6 +286,7 @@ def test_keys_are_offered_in_turn_and_each_refusal_is_reported(sshd, tmp_path):
     text = str(info.value)
     assert "the server accepts publickey" in text
     assert "tried: %s (no such file); %s (refused)." % (missing, wrong) in text
+    assert "Fix: check key_filename: %s does not exist" % missing in text      # (a mistyped path, likeliest)
     # the wrong key is refused, then the right one is accepted
     conn = connect(ssh.resolve(sshd.spec(), dict(options, key_filename=[wrong, sshd.client_key])))
     try:

@@ -88,7 +88,7 @@ def authenticate(transport: Any, target: Target) -> None:
     if attempt.none():
         return
     defaults = {os.path.expanduser("~/.ssh/" + name) for name in DEFAULT_IDENTITIES}
-    attempt.tried += ["%s (no such file)" % p for p in target.key_filenames
+    attempt.tried += [p + _NO_FILE for p in target.key_filenames
                       if p not in defaults and not os.path.isfile(p)]
     agent = _agent(target)
     try:
@@ -266,6 +266,9 @@ def _the_server_takes(cannot: tuple[str, ...], allowed: list[str]) -> tuple[str,
     return tuple(p for p in cannot if (gssapi if p.startswith("GSSAPI") else "publickey" in allowed))
 
 
+_NO_FILE = " (no such file)"     # how a key_filename that does not exist shows among the keys tried
+
+
 def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list[str] | None,
                  exc: Exception | None) -> AuthenticationError:
     """The error for a refused login: what the server accepts, what was tried, and the way out.
@@ -287,6 +290,11 @@ def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list
     if target.password is None and ("password" in allowed or "keyboard-interactive" in allowed):
         ways.append("pass password= (or transport='openssh' with allow_prompt=True, and ssh asks for it)")
     keys = "; or ".join(ways) or "ask the host's administrator which login it takes"
+    missing = [t[:-len(_NO_FILE)] for t in tried if t.endswith(_NO_FILE)]
+    if missing and (not allowed or "publickey" in allowed):
+        # (a mistyped path is the likeliest cause: say it first)
+        keys = "check key_filename: %s does not exist (give the path of your private key); or %s" % (
+            ", ".join(missing), keys)
     if not tried:
         tried = (["no key: the server takes none"] if allowed and "publickey" not in allowed
                  else ["no key (no agent, no key file found)"])
