@@ -343,6 +343,11 @@ def test_a_jump_host_whose_connection_hangs_gives_up_within_the_timeout(server):
 
 # -- known_hosts -------------------------------------------------------------------------------
 
+def test_an_unknown_host_whose_known_hosts_file_is_missing_names_that_file(server, tmp_path):
+    missing = tmp_path / "not_there"
+    text = connect_error(spec(server.port), options(server, known_hosts=str(missing)), HostKeyError)
+    assert "; no known_hosts file: %s" % missing in text and " not exist)" in text    # (the global ones too)
+
 def test_broken_known_hosts_lines_are_skipped(server, tmp_path):
     name = "[%s]:%d" % (HOST, server.port)
     key_type, blob = server.host_public.split()
@@ -354,7 +359,7 @@ def test_broken_known_hosts_lines_are_skipped(server, tmp_path):
     broken = tmp_path / "broken_known_hosts"
     broken.write_text("\n".join(junk) + "\n")
     text = connect_error(spec(server.port), options(server, known_hosts=str(broken)), HostKeyError)
-    assert "the host key is unknown" in text
+    assert "the host key is unknown" in text and "; checked %s)" % broken in text
     broken.write_text("\n".join(junk + ["%s %s" % (name, server.host_public)]) + "\n")
     conn = connect(ssh.resolve(spec(server.port), options(server, known_hosts=str(broken))))
     conn.close()

@@ -171,9 +171,15 @@ def check_host_key(target: Target, key: Any) -> None:
                 log.warning("%s: permanently added the %s host key %s for %s to %s (host_key_policy="
                             "'accept-new')", target.display, kind, fingerprint(key), name, path)
         return
-    checked = ", ".join(f for f in files if os.path.exists(f)) or "no known_hosts file exists"
+    found = [f for f in files if os.path.exists(f)]
+    if found:
+        checked = "checked " + ", ".join(found)
+    elif files:
+        checked = "no known_hosts file: %s %s not exist" % (", ".join(files), "does" if len(files) == 1 else "do")
+    else:
+        checked = "no known_hosts file given"
     raise HostKeyError(
-        "%s: the host key is unknown (%s %s; checked %s). Check that fingerprint with the host's "
+        "%s: the host key is unknown (%s %s; %s). Check that fingerprint with the host's "
         "administrator, then trust it: %s; or pass host_key_policy='accept-new' to record it on first "
         "use." % (target.display, kind, fingerprint(key), checked, _how_to_trust(target, kind)), target.display)
 
