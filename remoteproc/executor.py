@@ -60,7 +60,7 @@ class Executor(futures.Executor):
                                ssh_options, retries, may_have_children=True)
         self._shutdown = False
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
-        _live.add(self)
+        _wait_at_exit.add(self)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
         if self._shutdown:
@@ -124,8 +124,9 @@ class Executor(futures.Executor):
             sum(1 for w in self._core.workers if w.alive), [h for h, _, _ in self._core.hosts])
 
 
-#: every Executor not yet collected: the program's exit finishes their pending calls
-_live: weakref.WeakSet[Executor] = weakref.WeakSet()
+#: the Executors whose pending calls the program's exit runs first: every one not yet collected,
+#: but the joblib backend's (its workers end with the program as loky's do, late tasks dropped)
+_wait_at_exit: weakref.WeakSet[Executor] = weakref.WeakSet()
 
 
 def _finish_at_exit() -> None:
@@ -135,7 +136,7 @@ def _finish_at_exit() -> None:
     handlers (the finalizer, multiprocessing's for daemonic workers) would stop the workers and
     drop what was submitted. Runs before those, and before non-daemon threads are joined, as
     ProcessPoolExecutor's own hook does; an executor inherited by a forked child is not its own."""
-    for executor in list(_live):
+    for executor in list(_wait_at_exit):
         core = executor._core
         if core.pid != os.getpid():
             continue
