@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import itertools
+import os
+import threading
 import weakref
 from concurrent import futures
 from typing import Any, Callable, Iterable, Iterator
@@ -58,6 +60,7 @@ class Executor(futures.Executor):
                                ssh_options, retries, may_have_children=True)
         self._shutdown = False
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
+        _wait_at_exit.add(self)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
         if self._shutdown:
@@ -119,6 +122,31 @@ class Executor(futures.Executor):
     def __repr__(self) -> str:
         return "<remoteproc.Executor workers=%d hosts=%s>" % (
             sum(1 for w in self._core.workers if w.alive), [h for h, _, _ in self._core.hosts])
+
+
+#: the Executors whose pending calls the program's exit runs first: every one not yet collected,
+#: but the joblib backend's (its workers end with the program as loky's do, late tasks dropped)
+_wait_at_exit: weakref.WeakSet[Executor] = weakref.WeakSet()
+
+
+def _finish_at_exit() -> None:
+    """The program is ending: run every pending call first, as concurrent.futures promises
+    ("the entire Python program will not exit until all pending futures are done executing",
+    whatever ``shutdown(wait=...)`` said) and ProcessPoolExecutor does. Without this the exit
+    handlers (the finalizer, multiprocessing's for daemonic workers) would stop the workers and
+    drop what was submitted. Runs before those, and before non-daemon threads are joined, as
+    ProcessPoolExecutor's own hook does; an executor inherited by a forked child is not its own."""
+    for executor in list(_wait_at_exit):
+        core = executor._core
+        if core.pid != os.getpid():
+            continue
+        executor._shutdown = True
+        core.close()
+        core.join()
+
+
+# (private, and what concurrent.futures itself uses: it runs before the atexit handlers)
+threading._register_atexit(_finish_at_exit)  # type: ignore[attr-defined]
 
 
 def _chunks(it: Iterable[Any], size: int) -> Iterator[tuple[Any, ...]]:

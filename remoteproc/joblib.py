@@ -27,7 +27,7 @@ from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, Se
 
 from .agent import worker
 from .errors import ConfigError
-from .executor import Executor
+from .executor import Executor, _wait_at_exit
 
 __all__ = ["RemoteprocBackend", "register", "shutdown"]
 
@@ -114,6 +114,9 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             if executor is None:
                 executor = _executors[key] = Executor(self.hosts, self.processes_per_host, self.initializer,
                                                       self.initargs, **self.ssh_options)
+                # as loky's reusable executor: the program's end stops the workers, whatever
+                # they still run (a timed-out or failed Parallel's batches), rather than wait for it
+                _wait_at_exit.discard(executor)
         self._executor = executor
         return executor
 

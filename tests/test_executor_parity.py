@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import subprocess
 import sys
 from concurrent import futures
 from concurrent.futures.process import BrokenProcessPool
@@ -137,3 +138,47 @@ def test_shutdown_cancel_futures_runs_what_workers_can_start_and_cancels_the_res
         others = [f for f in fs if not f.cancelled()]
         assert len(cancelled) > 20 and others
         assert all(f.done() and f.exception() is None for f in others)
+
+
+EXIT_SCRIPT = r'''
+import os, sys, time
+from concurrent.futures import ProcessPoolExecutor
+
+def record(path, i):
+    time.sleep(0.3)
+    with open(path, "a") as f:
+        f.write("%d\n" % i)
+
+if __name__ == "__main__":
+    path, how, host = sys.argv[1], sys.argv[2], sys.argv[3]
+    if host == "local":
+        ex = ProcessPoolExecutor(1)
+    else:
+        import remoteproc
+        ex = remoteproc.Executor(host, processes_per_host=1, **eval(sys.argv[4]))
+    fs = [ex.submit(record, path, i) for i in range(3)]
+    if how == "shutdown-nowait":
+        ex.shutdown(wait=False)
+    elif how == "dropped":
+        del ex, fs
+    print("main ends", flush=True)
+'''
+
+
+@pytest.mark.parametrize("how", ["shutdown-nowait", "no-shutdown", "dropped"])
+def test_the_program_waits_at_exit_for_pending_calls_as_with_process_pool_executor(sshd, tmp_path, how):
+    """concurrent.futures: "Regardless of the value of wait, the entire Python program will not
+    exit until all pending futures are done executing." A program that submits calls and ends
+    (after shutdown(wait=False), without shutdown, or having dropped the executor) runs them all
+    first, with ProcessPoolExecutor and with remoteproc's Executor."""
+    script = tmp_path / "prog.py"
+    script.write_text(EXIT_SCRIPT)
+    repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=repo)
+    for run in (["local"], [sshd.spec(), repr(sshd.options())]):
+        out_file = tmp_path / ("out-%s" % run[0].replace("@", "-").replace(":", "-"))
+        out = subprocess.run([sys.executable, str(script), str(out_file), how] + run, capture_output=True,
+                             text=True, timeout=60, env=env)
+        assert out.returncode == 0 and out.stdout == "main ends\n", out.stderr
+        assert "Traceback" not in out.stderr, out.stderr
+        assert out_file.exists() and sorted(out_file.read_text().split()) == ["0", "1", "2"], (run[0], out.stderr)

@@ -118,3 +118,34 @@ def test_a_timeout_raises_timeout_error(host, ssh_options):
     with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
         with pytest.raises(multiprocessing.TimeoutError):     # what joblib raises
             joblib.Parallel(timeout=0.5, batch_size=1)(joblib.delayed(time.sleep)(3) for _ in range(4))
+
+
+TIMED_OUT_PROGRAM = r'''
+import sys, time
+import joblib
+import remoteproc.joblib
+remoteproc.joblib.register()
+backend, cfg = "loky", {}
+if sys.argv[1] != "local":
+    backend, cfg = "remoteproc", dict(hosts=[sys.argv[1]], processes_per_host=2, **eval(sys.argv[2]))
+with joblib.parallel_config(backend=backend, **cfg):
+    try:
+        joblib.Parallel(n_jobs=2, batch_size=1, timeout=1.0)(joblib.delayed(time.sleep)(25) for _ in range(4))
+    except Exception as e:
+        print("raised", type(e).__name__, flush=True)
+'''
+
+
+def test_the_program_ends_without_waiting_for_the_batches_of_a_timed_out_parallel(sshd, tmp_path):
+    """As with loky: the backend's workers end with the program, late batches and all (a user's own
+    remoteproc.Executor is waited for at exit, as ProcessPoolExecutor is; joblib's is not its user's)."""
+    import subprocess
+    import sys
+    script = tmp_path / "prog.py"
+    script.write_text(TIMED_OUT_PROGRAM)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    for run in (["local"], [sshd.spec(), repr(sshd.options())]):
+        t = time.monotonic()
+        out = subprocess.run([sys.executable, str(script)] + run, capture_output=True, text=True, timeout=60, env=env)
+        assert out.stdout == "raised TimeoutError\n", (run[0], out.stdout, out.stderr)
+        assert time.monotonic() - t < 15, run[0]        # not the 25 s the batches would take
