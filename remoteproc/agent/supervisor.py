@@ -350,7 +350,12 @@ class Supervisor:
         if child is None or not isinstance(sig, int):
             return      # already exited: as multiprocessing, a late signal is a no-op
         try:
-            os.kill(child.pid, sig)
+            if msg.get("group"):
+                # A Ctrl-C reaches the whole foreground process group, locally: the child's own
+                # children too (its multiprocessing children, which it joins as it exits).
+                _killpg(child.pid, sig)
+            else:
+                os.kill(child.pid, sig)     # terminate() and kill(): the child alone, as locally
         except (ProcessLookupError, ValueError):
             pass
 

@@ -350,7 +350,8 @@ class Link:
         if interrupted:
             for child in self.children.values():
                 if child.code is None:
-                    self.send(frames.control({"op": "signal", "id": child.id, "sig": int(signal.SIGINT)}))
+                    self.send(frames.control({"op": "signal", "id": child.id, "sig": int(signal.SIGINT),
+                                              "group": True}))     # (as a terminal's Ctrl-C: the child's group)
         if self.endpoint.pending or self._sending_packages():
             self._flush()
 
