@@ -17,6 +17,7 @@ from multiprocessing.connection import wait
 
 import cloudpickle
 import pytest
+from proctable import cmdline, eventually, ppid
 
 from remoteproc import Pipe, RemoteProcess
 from remoteproc.relay import client as relay_client
@@ -78,3 +79,112 @@ def test_ctrl_c_reaches_the_remote_childs_own_children(host, ssh_options):
     assert time.monotonic() - t0 < 8
     p.join(30)
     assert p.exitcode == 0
+
+
+def _hang():
+    time.sleep(120)
+
+
+def _hang_ignoring_sigterm():
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    time.sleep(120)
+
+
+def tree(conn):
+    """A child with a tree as users' children have one: multiprocessing children (fork, one that
+    ignores SIGTERM, spawn: its temp dir), subprocesses (one that ignores SIGTERM), a daemon thread.
+    Sends its pid and its temp dir once all of them run."""
+    import multiprocessing
+    import subprocess
+    import threading
+
+    from remoteproc.agent import grandchild
+
+    for target in (_hang, _hang_ignoring_sigterm):
+        multiprocessing.get_context("fork").Process(target=target).start()
+    # (a stdlib target: a spawn child imports it by reference, and this module travels by value)
+    multiprocessing.get_context("spawn").Process(target=time.sleep, args=(120,)).start()
+    subprocess.Popen(["sleep", "120"])
+    ignores = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; "
+                                "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(120)"],
+                               stdout=subprocess.PIPE)
+    ignores.stdout.readline()           # (its SIGTERM is ignored from here on)
+    threading.Thread(target=time.sleep, args=(120,), daemon=True).start()
+    conn.send((os.getpid(), grandchild._state["dir"]))
+    time.sleep(120)
+
+
+def group(pgid: int) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid`` on this machine."""
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
+                out.append(int(entry))
+    return out
+
+
+def _nothing_left(pid: int, where: str, bound: float) -> None:
+    assert eventually(lambda: not group(pid), bound), \
+        "left on the host: %s" % [(p, cmdline(p)[:60]) for p in group(pid)]
+    assert eventually(lambda: not os.path.exists(where), 2), "the spawn children's temp dir was left: %s" % where
+
+
+# -- the agent killed -------------------------------------------------------------------------------------------
+
+def test_an_agent_killed_leaves_nothing_of_its_childs_tree(host, ssh_options):
+    """Fixed: the child's watchdog sent SIGTERM to its group, which ended the child itself (the default
+    action) before its SIGKILL 2 s later: the child's own children that ignore SIGTERM stayed for ever,
+    and so did the temp dir of its spawn children (the agent, which removes it, was dead). A process of
+    its own group now sends both, and removes the directory."""
+    p, conn, (pid, where) = _start(host, ssh_options, tree)
+    assert len(group(pid)) >= 6 and os.path.isdir(where)
+    os.kill(ppid(pid), signal.SIGKILL)
+    p.join(30)
+    _nothing_left(pid, where, 8)        # (SIGKILL 2 s after SIGTERM)
+
+
+# -- the user's program killed -------------------------------------------------------------------------------
+
+PROGRAM = """
+import json, os, sys, time
+sys.path.insert(0, %(tests)r)
+import test_fault_trees
+from remoteproc import Pipe, RemoteProcess
+
+spec, options = json.loads(os.environ["UP_HOST"])
+parent, child = Pipe()
+p = RemoteProcess(spec, target=test_fault_trees.tree, args=(child,), **options)
+p.start()
+print(json.dumps(parent.recv()), flush=True)
+time.sleep(120)
+"""
+
+
+@pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
+def test_a_killed_program_leaves_nothing_of_a_childs_tree(host, ssh_options, tmp_path, how):
+    """Fixed: when its channel closed, the agent sent SIGKILL 2 s after SIGTERM only to the groups of
+    children still running: a child that SIGTERM ended left its own children that ignore SIGTERM."""
+    import json
+    import subprocess
+
+    script = tmp_path / "prog.py"
+    script.write_text(PROGRAM % {"tests": os.path.dirname(os.path.abspath(__file__))})
+    env = dict(os.environ, UP_HOST=json.dumps([host, ssh_options]),
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    prog = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
+    try:
+        pid, where = json.loads(prog.stdout.readline())
+        assert len(group(pid)) >= 6 and os.path.isdir(where)
+        prog.send_signal(getattr(signal, how))
+        prog.wait(30)
+    finally:
+        if prog.poll() is None:
+            prog.kill()
+            prog.wait(10)
+    _nothing_left(pid, where, 8)

@@ -511,6 +511,39 @@ def _complete_package(importer):
     pkg.__getattr__ = __getattr__  # type: ignore[method-assign]  # (a module's __getattr__, PEP 562)
 
 
+#: run by a process of its own group: SIGTERM a group, SIGKILL what is left of it after GRACE,
+#: then remove the directories named (``python -I -c`` it: no site, no user code)
+_GROUP_KILLER = (
+    "import os,shutil,signal,sys,time\n"
+    "g,end=int(sys.argv[1]),time.monotonic()+float(sys.argv[2])\n"
+    "def kill(s):\n"
+    " try:\n  os.killpg(g,s);return True\n"
+    " except OSError:\n  return False\n"
+    "kill(signal.SIGTERM)\n"
+    "while kill(0) and time.monotonic()<end:\n time.sleep(0.02)\n"
+    "kill(signal.SIGKILL)\n"
+    "for d in sys.argv[3:]:\n shutil.rmtree(d,True)\n")
+
+
+def _kill_group_from_outside():
+    """Have a process outside this child's group kill it: the group's SIGTERM ends this child (its
+    default action) before it could send the SIGKILL to its own children that ignore SIGTERM, and
+    with the agent gone nobody else would; the directory of its spawn children goes too, which the
+    agent removes when it reaps a killed child.  False if no such process could start."""
+    spawn = getattr(os, "posix_spawn", None)        # (not a fork: no at-fork hooks of the user's run)
+    if spawn is None or not sys.executable:
+        return False
+    from . import grandchild
+
+    where = grandchild._state.get("dir")
+    argv = [sys.executable, "-I", "-c", _GROUP_KILLER, str(os.getpgid(0)), str(GRACE)] + ([where] if where else [])
+    try:
+        spawn(sys.executable, argv, os.environ, setpgroup=0)
+    except (OSError, TypeError):
+        return False
+    return True
+
+
 def _watchdog(fd):
     """Kill this child's process group if the agent dies without doing it."""
     try:
@@ -518,6 +551,8 @@ def _watchdog(fd):
             pass
     except OSError:
         return          # the user closed the fd: not a sign of the agent's death
+    if _kill_group_from_outside():
+        return
     try:
         os.killpg(0, signal.SIGTERM)
         threading.Event().wait(GRACE)

@@ -419,12 +419,18 @@ class Supervisor:
         for child in children:
             _killpg(child.pid, signal.SIGTERM)
         deadline = time.monotonic() + GRACE
-        while self.by_pid and time.monotonic() < deadline:
+        while (self.by_pid or _any_group(children)) and time.monotonic() < deadline:
             self._reap_quietly()
-            if self.by_pid:
-                time.sleep(0.02)
+            time.sleep(0.02)
         for pid in list(self.by_pid):
             _killpg(pid, signal.SIGKILL)
+        # A child may be gone while its group is not: its own children that ignore SIGTERM.
+        for child in children:
+            if child.pid not in self.by_pid:
+                try:
+                    os.killpg(child.pid, signal.SIGKILL)
+                except OSError:
+                    pass
         while self.by_pid:
             for pid in list(self.by_pid):
                 try:
@@ -541,6 +547,17 @@ def _enter(cwd, env):
 def _exitcode(status):
     """``os.waitstatus_to_exitcode`` (Python 3.9+)."""
     return -os.WTERMSIG(status) if os.WIFSIGNALED(status) else os.WEXITSTATUS(status)
+
+
+def _any_group(children):
+    """Whether a process is left in the process group of one of ``children`` (the child or its own)."""
+    for child in children:
+        try:
+            os.killpg(child.pid, 0)
+            return True
+        except OSError:
+            pass
+    return False
 
 
 def _killpg(pid, sig):
