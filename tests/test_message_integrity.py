@@ -1,5 +1,6 @@
 """Messages over bridged Connections arrive whole and in order: empty to 16 MiB, ten thousand
-in a row, one-way pipes, several connections per process, connections nested in arguments.
+in a row, one-way pipes, several connections per process, connections nested in arguments;
+24 connections at once with a slow reader on each side.
 
 And under load: over 1 GiB of messages, 0 B to 64 MiB, both directions, several connections
 per process, several processes on one host, several local threads sending at once; every
@@ -207,6 +208,84 @@ def test_a_gigabyte_both_ways_checked(host, ssh_options):
     received = sum(totals)
     assert sent + received >= 1 << 30
     for conn in all_conns[::2]:
+        assert wait([conn], 120)
+        assert conn.recv() == []                          # the remote side's own checks
+    for p in procs:
+        p.join(60)
+        assert p.exitcode == 0
+
+
+def small_plan(seed: int, count: int) -> list[int]:
+    """``count`` message sizes, 0 B to 8 MiB, most of them small."""
+    rng = random.Random(seed)
+    return [rng.choice([0, rng.randrange(1, 1000), rng.randrange(1000, 1 << 20), rng.randrange(1 << 20, 8 << 20)])
+            for _ in range(count)]
+
+
+def check_slowly(conn, sizes, errors, pause):
+    """As check_all, taking ``pause`` seconds before each message (a reader that falls behind)."""
+    import time
+
+    for seq, size in enumerate(sizes):
+        time.sleep(pause)
+        if not wait([conn], 120):
+            errors.append("message %d: nothing within 120 s" % seq)
+            return
+        head = conn.recv_bytes()
+        body = conn.recv_bytes()
+        if int.from_bytes(head[:8], "big") != seq:
+            errors.append("message %d arrived as %d" % (seq, int.from_bytes(head[:8], "big")))
+        if len(body) != size or hashlib.sha256(body).digest() != head[8:]:
+            errors.append("message %d (%d bytes) corrupted" % (seq, size))
+
+
+def many_side(conns, seeds, count, pause):
+    import threading as th
+
+    errors = []
+    base = body_source(0)
+    threads = []
+    for conn, seed in zip(conns, seeds):
+        threads.append(th.Thread(target=send_all, args=(conn, small_plan(seed + 1, count), base)))
+        threads.append(th.Thread(target=check_slowly, args=(conn, small_plan(seed, count), errors, pause)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    conns[0].send(errors)
+
+
+def test_many_connections_at_once_with_slow_readers_on_both_sides(host, ssh_options):
+    """24 connections (8 processes, 3 each) streaming both ways at once, 0 B to 8 MiB a message;
+    one process reads slowly on the host, the parent reads another's slowly here: the others'
+    streams are not held up past the bound, and nothing is lost, reordered or corrupted."""
+    base = body_source(0)
+    count = 12
+    procs, conns, seeds, pauses = [], [], [], []
+    for n in range(8):
+        pairs = [Pipe() for _ in range(3)]
+        mine = [1000 + 100 * n + 10 * i for i in range(3)]
+        p = RemoteProcess(host, target=many_side, args=([c for _, c in pairs], mine, count, 0.1 if n == 0 else 0),
+                          **ssh_options)
+        p.start()
+        for _, child in pairs:
+            child.close()
+        procs.append(p)
+        conns += [parent for parent, _ in pairs]
+        seeds += mine
+        pauses += [0.1 if n == 1 else 0] * 3
+    errors: list[str] = []
+    threads = []
+    for conn, seed, pause in zip(conns, seeds, pauses):
+        threads.append(threading.Thread(target=send_all, args=(conn, small_plan(seed, count), base)))
+        threads.append(threading.Thread(target=check_slowly, args=(conn, small_plan(seed + 1, count), errors, pause)))
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(240)
+    assert not any(t.is_alive() for t in threads), "a sender or checker hung"
+    assert errors == []
+    for conn in conns[::3]:
         assert wait([conn], 120)
         assert conn.recv() == []                          # the remote side's own checks
     for p in procs:
