@@ -512,9 +512,12 @@ def _complete_package(importer):
 
 
 #: run by a process of its own group: SIGTERM a group, SIGKILL what is left of it after GRACE,
-#: then remove the directories named (``python -I -c`` it: no site, no user code)
+#: then remove the directories named (``python -E -s -c`` it, and not from the cwd's modules:
+#: no user code; ``-I`` is not every host Python's)
 _GROUP_KILLER = (
-    "import os,shutil,signal,sys,time\n"
+    "import sys\n"
+    "sys.path[:]=[p for p in sys.path if p not in ('','.')]\n"
+    "import os,shutil,signal,time\n"
     "g,end=int(sys.argv[1]),time.monotonic()+float(sys.argv[2])\n"
     "def kill(s):\n"
     " try:\n  os.killpg(g,s);return True\n"
@@ -536,7 +539,8 @@ def _kill_group_from_outside():
     from . import grandchild
 
     where = grandchild._state.get("dir")
-    argv = [sys.executable, "-I", "-c", _GROUP_KILLER, str(os.getpgid(0)), str(GRACE)] + ([where] if where else [])
+    argv = [sys.executable, "-E", "-s", "-c", _GROUP_KILLER, str(os.getpgid(0)), str(GRACE)]
+    argv += [where] if where else []
     try:
         spawn(sys.executable, argv, os.environ, setpgroup=0)
     except (OSError, TypeError):
