@@ -550,13 +550,30 @@ def _exitcode(status):
 
 
 def _any_group(children):
-    """Whether a process is left in the process group of one of ``children`` (the child or its own)."""
-    for child in children:
+    """Whether a process is left in the process group of one of ``children`` (the child or its own).
+    Zombies do not count where /proc tells them (Linux): a killed child's children are reaped by
+    init, which may take its time, and ``killpg(g, 0)`` counts them until then."""
+    groups = {str(child.pid) for child in children}
+    try:
+        pids = [name for name in os.listdir("/proc") if name.isdigit()]
+    except OSError:
+        pids = None
+    if pids is None:
+        for child in children:
+            try:
+                os.killpg(child.pid, 0)
+                return True
+            except OSError:
+                pass
+        return False
+    for pid in pids:
         try:
-            os.killpg(child.pid, 0)
+            with open("/proc/%s/stat" % pid, "rb") as f:
+                fields = f.read().rsplit(b")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if len(fields) > 2 and fields[2].decode() in groups and fields[0] not in (b"Z", b"X"):
             return True
-        except OSError:
-            pass
     return False
 
 
