@@ -88,3 +88,19 @@ def children_of(pid: int) -> list[int]:
 def descendants(pid: int) -> list[int]:
     """Children, grandchildren, ... of ``pid``."""
     return [child for child, _start in proctree.descendants(pid)]
+
+
+def live_members(pgid: int | None = None, sid: int | None = None) -> list[int]:
+    """The live (not zombie) processes of process group ``pgid`` or of session ``sid`` on this machine."""
+    field, value = (2, pgid) if pgid is not None else (3, sid)
+    out = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open("/proc/%s/stat" % entry) as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue
+            if fields[field] == str(value) and fields[0] not in ("Z", "X"):
+                out.append(int(entry))
+    return out

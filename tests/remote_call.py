@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from multiprocessing.connection import wait
 from typing import Any, Callable
 
 from remoteproc import Pipe, RemoteProcess
@@ -21,3 +22,13 @@ def call(host: str, options: dict[str, Any], target: Callable[..., Any], *args: 
         parent.close()
         p.join(30)
         assert p.exitcode == 0, "the remote child's exit code: %s" % p.exitcode
+
+
+def start(host: str, options: dict[str, Any], target: Callable[..., Any], *args: Any) -> tuple[Any, Any, Any]:
+    """Start ``target(conn, *args)`` in a RemoteProcess: (process, our end of conn, its first message)."""
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=target, args=(child, *args), **options)
+    p.start()
+    child.close()
+    assert wait([parent], 60), "no first message from the remote process"
+    return p, parent, parent.recv()

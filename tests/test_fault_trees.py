@@ -17,9 +17,9 @@ from multiprocessing.connection import wait
 
 import cloudpickle
 import pytest
-from proctable import cmdline, eventually, ppid
+from proctable import cmdline, eventually, live_members, ppid
+from remote_call import start
 
-from remoteproc import Pipe, RemoteProcess
 from remoteproc.relay import client as relay_client
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
@@ -55,15 +55,6 @@ def tree_waits_for_ctrl_c(conn):
 
 # -- helpers -----------------------------------------------------------------------------------------------
 
-def _start(host, options, target, *args):
-    parent, child = Pipe()
-    p = RemoteProcess(host, target=target, args=(child, *args), **options)
-    p.start()
-    child.close()
-    assert wait([parent], 60), "no first message from the remote process"
-    return p, parent, parent.recv()
-
-
 # -- Ctrl-C ----------------------------------------------------------------------------------------------------
 
 def test_ctrl_c_reaches_the_remote_childs_own_children(host, ssh_options):
@@ -71,7 +62,7 @@ def test_ctrl_c_reaches_the_remote_childs_own_children(host, ssh_options):
     never saw it and the child, joining them as it exits, hung, and the user's program with it (its
     exit joins the child). Locally the terminal's SIGINT reaches the whole foreground group: the
     grandchild ends at once. Now the agent sends it to the child's process group."""
-    p, conn, _pid = _start(host, ssh_options, tree_waits_for_ctrl_c)
+    p, conn, _pid = start(host, ssh_options, tree_waits_for_ctrl_c)
     t0 = time.monotonic()
     os.kill(relay_client.get().proc.pid, signal.SIGINT)       # (what the terminal does to the relay)
     assert wait([conn], 30), "the remote child never answered the Ctrl-C"
@@ -114,24 +105,9 @@ def tree(conn):
     time.sleep(120)
 
 
-def group(pgid: int) -> list[int]:
-    """The live (not zombie) processes of process group ``pgid`` on this machine."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[2] == str(pgid) and fields[0] not in ("Z", "X"):
-                out.append(int(entry))
-    return out
-
-
 def _nothing_left(pid: int, where: str, bound: float) -> None:
-    assert eventually(lambda: not group(pid), bound), \
-        "left on the host: %s" % [(p, cmdline(p)[:60]) for p in group(pid)]
+    assert eventually(lambda: not live_members(pgid=pid), bound), \
+        "left on the host: %s" % [(p, cmdline(p)[:60]) for p in live_members(pgid=pid)]
     assert eventually(lambda: not os.path.exists(where), 2), "the spawn children's temp dir was left: %s" % where
 
 
@@ -142,8 +118,8 @@ def test_an_agent_killed_leaves_nothing_of_its_childs_tree(host, ssh_options):
     action) before its SIGKILL 2 s later: the child's own children that ignore SIGTERM stayed for ever,
     and so did the temp dir of its spawn children (the agent, which removes it, was dead). A process of
     its own group now sends both, and removes the directory."""
-    p, conn, (pid, where) = _start(host, ssh_options, tree)
-    assert len(group(pid)) >= 6 and os.path.isdir(where)
+    p, conn, (pid, where) = start(host, ssh_options, tree)
+    assert len(live_members(pgid=pid)) >= 6 and os.path.isdir(where)
     os.kill(ppid(pid), signal.SIGKILL)
     p.join(30)
     _nothing_left(pid, where, 8)        # (SIGKILL 2 s after SIGTERM)
@@ -180,7 +156,7 @@ def test_a_killed_program_leaves_nothing_of_a_childs_tree(host, ssh_options, tmp
     prog = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
     try:
         pid, where = json.loads(prog.stdout.readline())
-        assert len(group(pid)) >= 6 and os.path.isdir(where)
+        assert len(live_members(pgid=pid)) >= 6 and os.path.isdir(where)
         prog.send_signal(getattr(signal, how))
         prog.wait(30)
     finally:

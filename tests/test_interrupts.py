@@ -30,7 +30,7 @@ import time
 from typing import Any
 
 import pytest
-from proctable import eventually, running
+from proctable import eventually, live_members, running
 
 from remoteproc.testing import current_user
 
@@ -52,23 +52,8 @@ def _write(path: Any, text: str) -> str:
     return str(path)
 
 
-def _session_pids(sid: int) -> list[int]:
-    """The live processes of session ``sid`` (a program started with start_new_session)."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                with open("/proc/%s/stat" % entry) as f:
-                    fields = f.read().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
-                continue
-            if fields[3] == str(sid) and fields[0] not in ("Z", "X"):
-                out.append(int(entry))
-    return out
-
-
 def _kill_session(sid: int) -> None:
-    for pid in _session_pids(sid):
+    for pid in live_members(sid=sid):
         try:
             os.kill(pid, signal.SIGKILL)
         except OSError:
@@ -219,13 +204,13 @@ def test_the_pipe_of_a_program_closes_when_it_ends(sshd: Any, tmp_path: Any, how
         try:
             out, _ = cat.communicate(timeout=WAIT)
         except subprocess.TimeoutExpired:
-            holders = _session_pids(proc.pid)
+            holders = live_members(sid=proc.pid)
             pytest.fail("cat still reads %.0f s after the program ended; its session: %s"
                         % (time.monotonic() - ended, holders))
         # and nothing of the program is left, by itself (its relay, first of all: it lets go of the
         # pipe at once, then ends its links, which may take it a moment more)
-        assert eventually(lambda: not [pid for pid in _session_pids(proc.pid) if running(pid)], 20), \
-            _session_pids(proc.pid)
+        assert eventually(lambda: not [pid for pid in live_members(sid=proc.pid) if running(pid)], 20), \
+            live_members(sid=proc.pid)
     finally:
         _kill_session(proc.pid)
         if cat.poll() is None:

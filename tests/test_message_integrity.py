@@ -148,8 +148,13 @@ def send_all(conn, sizes, base):
         conn.send_bytes(body)
 
 
-def check_all(conn, sizes, errors, timeout=120):
+def check_all(conn, sizes, errors, timeout=120, pause=0.0):
+    """Receive the messages ``sizes`` says, in order, each checked; ``pause`` seconds before each one
+    (a reader that falls behind).  Returns the bytes expected."""
+    import time
+
     for seq, size in enumerate(sizes):
+        time.sleep(pause)
         if not wait([conn], timeout):
             errors.append("message %d: nothing within %ss" % (seq, timeout))
             return 0
@@ -162,6 +167,15 @@ def check_all(conn, sizes, errors, timeout=120):
     return sum(sizes)
 
 
+def run_threads(threads, bound=None):
+    """Start every thread, then join each (within ``bound`` seconds); True if all ended."""
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(bound)
+    return not any(t.is_alive() for t in threads)
+
+
 def remote_side(conns, seeds):
     """In the remote child: for each connection, send one plan and check the other."""
     import threading as th
@@ -172,42 +186,30 @@ def remote_side(conns, seeds):
     for conn, seed in zip(conns, seeds):
         threads.append(th.Thread(target=send_all, args=(conn, plan(seed + 1), base)))
         threads.append(th.Thread(target=check_all, args=(conn, plan(seed), errors)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    run_threads(threads)
     conns[0].send(errors)
 
 
-def test_a_gigabyte_both_ways_checked(host, ssh_options):
-    base = body_source(0)
-    procs, all_conns, seeds_of = [], [], []
-    for n in range(2):                                   # two processes on one host
-        pairs = [Pipe() for _ in range(2)]               # two connections each
-        seeds = [100 * n + 10 * i for i in range(2)]
-        p = RemoteProcess(host, target=remote_side, args=([c for _, c in pairs], seeds), **ssh_options)
+def start_processes(host, ssh_options, count, per, target, args_of, first_seed=0):
+    """``count`` remote processes of ``per`` connections each, ``target(their ends, *args_of(n, seeds))``;
+    (processes, our ends, the seed of each end)."""
+    procs, conns, seeds = [], [], []
+    for n in range(count):
+        pairs = [Pipe() for _ in range(per)]
+        mine = [first_seed + 100 * n + 10 * i for i in range(per)]
+        p = RemoteProcess(host, target=target, args=([c for _, c in pairs], *args_of(n, mine)), **ssh_options)
         p.start()
         for _, child in pairs:
             child.close()
         procs.append(p)
-        all_conns += [parent for parent, _ in pairs]
-        seeds_of += seeds
-    errors: list[str] = []
-    totals = []
-    threads = []
-    for conn, seed in zip(all_conns, seeds_of):
-        threads.append(threading.Thread(target=send_all, args=(conn, plan(seed), base)))
-        threads.append(threading.Thread(target=lambda c=conn, s=seed: totals.append(check_all(c, plan(s + 1), errors))))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(280)
-    assert not any(t.is_alive() for t in threads), "a sender or checker hung"
-    assert errors == []
-    sent = sum(sum(plan(s)) for s in seeds_of)
-    received = sum(totals)
-    assert sent + received >= 1 << 30
-    for conn in all_conns[::2]:
+        conns += [parent for parent, _ in pairs]
+        seeds += mine
+    return procs, conns, seeds
+
+
+def remote_checks_and_exits(procs, first_conns):
+    """Each remote process found nothing wrong in what it received, and exited with 0."""
+    for conn in first_conns:
         assert wait([conn], 120)
         assert conn.recv() == []                          # the remote side's own checks
     for p in procs:
@@ -215,28 +217,29 @@ def test_a_gigabyte_both_ways_checked(host, ssh_options):
         assert p.exitcode == 0
 
 
+def test_a_gigabyte_both_ways_checked(host, ssh_options):
+    base = body_source(0)
+    # two processes on one host, two connections each
+    procs, all_conns, seeds_of = start_processes(host, ssh_options, 2, 2, remote_side, lambda n, seeds: (seeds,))
+    errors: list[str] = []
+    totals = []
+    threads = []
+    for conn, seed in zip(all_conns, seeds_of):
+        threads.append(threading.Thread(target=send_all, args=(conn, plan(seed), base)))
+        threads.append(threading.Thread(target=lambda c=conn, s=seed: totals.append(check_all(c, plan(s + 1), errors))))
+    assert run_threads(threads, 280), "a sender or checker hung"
+    assert errors == []
+    sent = sum(sum(plan(s)) for s in seeds_of)
+    received = sum(totals)
+    assert sent + received >= 1 << 30
+    remote_checks_and_exits(procs, all_conns[::2])
+
+
 def small_plan(seed: int, count: int) -> list[int]:
     """``count`` message sizes, 0 B to 8 MiB, most of them small."""
     rng = random.Random(seed)
     return [rng.choice([0, rng.randrange(1, 1000), rng.randrange(1000, 1 << 20), rng.randrange(1 << 20, 8 << 20)])
             for _ in range(count)]
-
-
-def check_slowly(conn, sizes, errors, pause):
-    """As check_all, taking ``pause`` seconds before each message (a reader that falls behind)."""
-    import time
-
-    for seq, size in enumerate(sizes):
-        time.sleep(pause)
-        if not wait([conn], 120):
-            errors.append("message %d: nothing within 120 s" % seq)
-            return
-        head = conn.recv_bytes()
-        body = conn.recv_bytes()
-        if int.from_bytes(head[:8], "big") != seq:
-            errors.append("message %d arrived as %d" % (seq, int.from_bytes(head[:8], "big")))
-        if len(body) != size or hashlib.sha256(body).digest() != head[8:]:
-            errors.append("message %d (%d bytes) corrupted" % (seq, size))
 
 
 def many_side(conns, seeds, count, pause):
@@ -247,11 +250,8 @@ def many_side(conns, seeds, count, pause):
     threads = []
     for conn, seed in zip(conns, seeds):
         threads.append(th.Thread(target=send_all, args=(conn, small_plan(seed + 1, count), base)))
-        threads.append(th.Thread(target=check_slowly, args=(conn, small_plan(seed, count), errors, pause)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+        threads.append(th.Thread(target=check_all, args=(conn, small_plan(seed, count), errors, 120, pause)))
+    run_threads(threads)
     conns[0].send(errors)
 
 
@@ -261,33 +261,14 @@ def test_many_connections_at_once_with_slow_readers_on_both_sides(host, ssh_opti
     streams are not held up past the bound, and nothing is lost, reordered or corrupted."""
     base = body_source(0)
     count = 12
-    procs, conns, seeds, pauses = [], [], [], []
-    for n in range(8):
-        pairs = [Pipe() for _ in range(3)]
-        mine = [1000 + 100 * n + 10 * i for i in range(3)]
-        p = RemoteProcess(host, target=many_side, args=([c for _, c in pairs], mine, count, 0.1 if n == 0 else 0),
-                          **ssh_options)
-        p.start()
-        for _, child in pairs:
-            child.close()
-        procs.append(p)
-        conns += [parent for parent, _ in pairs]
-        seeds += mine
-        pauses += [0.1 if n == 1 else 0] * 3
+    procs, conns, seeds = start_processes(host, ssh_options, 8, 3, many_side,
+                                          lambda n, mine: (mine, count, 0.1 if n == 0 else 0), first_seed=1000)
+    pauses = [0.1 if i // 3 == 1 else 0 for i in range(len(conns))]
     errors: list[str] = []
     threads = []
     for conn, seed, pause in zip(conns, seeds, pauses):
         threads.append(threading.Thread(target=send_all, args=(conn, small_plan(seed, count), base)))
-        threads.append(threading.Thread(target=check_slowly, args=(conn, small_plan(seed + 1, count), errors, pause)))
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(240)
-    assert not any(t.is_alive() for t in threads), "a sender or checker hung"
+        threads.append(threading.Thread(target=check_all, args=(conn, small_plan(seed + 1, count), errors, 120, pause)))
+    assert run_threads(threads, 240), "a sender or checker hung"
     assert errors == []
-    for conn in conns[::3]:
-        assert wait([conn], 120)
-        assert conn.recv() == []                          # the remote side's own checks
-    for p in procs:
-        p.join(60)
-        assert p.exitcode == 0
+    remote_checks_and_exits(procs, conns[::3])

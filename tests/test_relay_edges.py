@@ -37,6 +37,7 @@ from multiprocessing.connection import wait
 import cloudpickle
 import pytest
 from proctable import children_of, eventually, gone, running
+from remote_call import start
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
@@ -103,17 +104,8 @@ def count_connections(*conns):
     conns[0].send(len(conns))
 
 
-def _start(host, options, target, *args):
-    parent, child = Pipe()
-    p = RemoteProcess(host, target=target, args=(child, *args), **options)
-    p.start()
-    child.close()
-    assert wait([parent], 60), "no first message from the remote process"
-    return p, parent, parent.recv()
-
-
 def _host_still_works(host, options):
-    p, conn, _pid = _start(host, options, echo)
+    p, conn, _pid = start(host, options, echo)
     conn.send("still here")
     assert conn.recv() == "still here"
     conn.close()
@@ -237,7 +229,7 @@ def test_a_misbehaving_agent_is_a_typed_error_and_the_host_stays_usable(host, ss
 
 def test_ctrl_c_reaches_the_remote_children(host, ssh_options):
     """The terminal sends SIGINT to the whole foreground group, the relay included: it passes it on."""
-    p, conn, _pid = _start(host, ssh_options, waits_for_ctrl_c)
+    p, conn, _pid = start(host, ssh_options, waits_for_ctrl_c)
     os.kill(relay_client.get().proc.pid, signal.SIGINT)
     assert wait([conn], 30), "the remote child never saw the Ctrl-C"
     assert conn.recv() == "KeyboardInterrupt"
@@ -249,7 +241,7 @@ def test_ctrl_c_reaches_the_remote_children(host, ssh_options):
 # -- the relay's own end ---------------------------------------------------------------------------------
 
 def test_relay_shutdown_with_a_process_running_ends_it_and_the_next_start_gets_a_new_relay(host, ssh_options):
-    p, conn, pid = _start(host, ssh_options, sleeper)
+    p, conn, pid = start(host, ssh_options, sleeper)
     old = relay_client.get()
     relay_client.shutdown()
     p.join(30)
@@ -264,7 +256,7 @@ def test_relay_shutdown_with_a_process_running_ends_it_and_the_next_start_gets_a
 
 
 def test_a_relay_that_does_not_stop_is_killed_at_shutdown(host, ssh_options):
-    p, conn, pid = _start(host, ssh_options, sleeper)
+    p, conn, pid = start(host, ssh_options, sleeper)
     relay = relay_client.get()
     os.kill(relay.proc.pid, signal.SIGSTOP)
     try:
@@ -287,7 +279,7 @@ def test_a_message_bigger_than_every_buffer_reaches_a_slow_reader(host, ssh_opti
     import hashlib
 
     data = os.urandom(24 << 20)
-    p, conn, _pid = _start(host, ssh_options, slow_reader)
+    p, conn, _pid = start(host, ssh_options, slow_reader)
     conn.send_bytes(data)
     assert wait([conn], 60)
     assert conn.recv() == (len(data), hashlib.sha256(data).hexdigest())
@@ -306,7 +298,7 @@ def test_the_ssh_process_killed_while_the_link_writes_to_it(host, ssh_options):
     if ssh_options.get("transport") != "openssh":
         pytest.skip("the ssh process is transport='openssh''s")
     options = dict(ssh_options, keepalive_interval=60)
-    p, conn, pid = _start(host, options, reads_forever)
+    p, conn, pid = start(host, options, reads_forever)
     block = b"x" * (4 << 20)
     stop = threading.Event()
 
@@ -360,7 +352,7 @@ def test_a_parent_without_stdout_and_stderr_still_starts_processes(host, ssh_opt
 
 
 def test_is_alive_and_join_from_several_threads(host, ssh_options):
-    p, conn, _pid = _start(host, ssh_options, echo)
+    p, conn, _pid = start(host, ssh_options, echo)
     codes = []
 
     def join():
