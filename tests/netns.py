@@ -28,6 +28,7 @@ import subprocess
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from proctable import cmdline, running
 
@@ -122,6 +123,12 @@ class NetnsRig:
     def unused_address(self) -> str:
         """An address of this rig's subnet that no namespace holds."""
         return self.address(250)
+
+    def options(self, **extra: Any) -> dict[str, Any]:
+        """RemoteProcess options that reach the namespace hosts with this rig's key and known_hosts
+        only (no agent, no default keys, no ssh_config), and ``extra``."""
+        return {"key_filename": self.client_key, "known_hosts": self.known_hosts, "allow_agent": False,
+                "look_for_keys": False, "ssh_config": False, **extra}
 
     # -- life cycle ------------------------------------------------------------
     def start(self) -> "NetnsRig":

@@ -399,3 +399,39 @@ def test_send_on_a_lost_channel_marks_the_link_lost_once():
     assert LostChannel.calls == 1 and not link.endpoint.out
     link._finish()
     assert finished == [link] and link.thread is None
+
+
+def test_the_links_tick_counts_bytes_heard_as_life_and_pings_only_a_silent_host():
+    """While messages flow the loop reads its clock once a tick: bytes read since the last tick
+    (``heard``) count as the host's answer then, so a talking host gets no ping and is never
+    taken for a silent one; a silent one is pinged after the interval and lost after the bound."""
+    import time
+
+    from remoteproc import ssh
+    from remoteproc.relay.link import Link
+
+    class Channel:
+        sent: list = []
+
+        def send(self, data):
+            Channel.sent.append(bytes(data))
+            return len(data)
+
+        def close(self):
+            pass
+
+        def recv_stderr(self):
+            return b""
+
+    link = Link(ssh.resolve("rp@h", {"keepalive_interval": 10, "keepalive_count": 2}, ssh.Config([])),
+                opener=None, on_finish=lambda link: None)
+    link.chan = Channel()
+    link.endpoint.write = link.chan.send
+    now = time.monotonic()
+    link.idle_since = link.last_ping = now
+    link.last_heard, link.heard = now - 29, True        # (bytes came in since the last tick)
+    assert link._tick(now) and link.last_heard == now and not link.heard
+    assert Channel.sent == []                           # a host that talks is not pinged
+    assert link._tick(now + 10) and b'"op":"ping"' in b"".join(Channel.sent)     # silent for the interval
+    assert not link._tick(now + 31) and link.dead       # silent past 10 s * (2 + 1)
+    assert "no answer from the host for 31s (keepalive)" in str(link.lost)

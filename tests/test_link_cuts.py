@@ -58,9 +58,7 @@ def ours(host) -> list[int]:
 @pytest.mark.parametrize("outage", [1.5, 9.0])
 def test_a_link_cut_mid_message(netns, fresh, transport, outage):
     host = netns.hosts["h2"]
-    options = {"key_filename": netns.client_key, "known_hosts": netns.known_hosts, "allow_agent": False,
-               "look_for_keys": False, "ssh_config": False, "transport": transport,
-               "keepalive_interval": 1, "keepalive_count": 5}
+    options = netns.options(transport=transport, keepalive_interval=1, keepalive_count=5)
     parent, child = Pipe()
     p = RemoteProcess(host.spec(PLAIN_USER), target=echo_checked, args=(child,), **options)
     p.start()

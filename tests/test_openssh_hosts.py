@@ -65,8 +65,7 @@ def ssh_processes_to(address):
 @pytest.fixture
 def ns_options(netns):
     """Options that reach the namespace hosts as PLAIN_USER through ssh, without any ssh_config."""
-    return {"key_filename": netns.client_key, "known_hosts": netns.known_hosts, "allow_agent": False,
-            "look_for_keys": False, "ssh_config": "none", **OPENSSH}
+    return netns.options(ssh_config="none", **OPENSSH)
 
 
 

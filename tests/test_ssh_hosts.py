@@ -83,8 +83,7 @@ def ssh_fingerprint(public_line: str, tmp_path) -> str:
 @pytest.fixture
 def ns_options(netns):
     """Options that reach the namespace hosts as PLAIN_USER, without any ssh_config."""
-    return {"key_filename": netns.client_key, "known_hosts": netns.known_hosts, "allow_agent": False,
-            "look_for_keys": False, "ssh_config": False}
+    return netns.options()
 
 
 
