@@ -22,8 +22,7 @@ pytestmark = pytest.mark.timeout(120)
 def ns(netns):
     from conftest import PLAIN_USER
 
-    options = {"key_filename": netns.client_key, "known_hosts": netns.known_hosts, "allow_agent": False,
-               "look_for_keys": False}
+    options = netns.options()
     return netns, netns.hosts["h1"].spec(PLAIN_USER), netns.hosts["h2"].spec(PLAIN_USER), options
 
 

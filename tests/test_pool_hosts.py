@@ -21,8 +21,7 @@ pytestmark = [pytest.mark.timeout(120), pytest.mark.loopback_only]
 @pytest.fixture
 def ns(netns):
     """(h3 spec, h4 spec, options) for the plain account on two namespace hosts."""
-    options = {"key_filename": netns.client_key, "known_hosts": netns.known_hosts, "allow_agent": False,
-               "look_for_keys": False, "ssh_config": False, "keepalive_interval": 1, "keepalive_count": 2}
+    options = netns.options(keepalive_interval=1, keepalive_count=2)
     return netns.hosts["h3"], netns.hosts["h4"], options
 
 

@@ -23,8 +23,7 @@ pytestmark = [pytest.mark.timeout(240), pytest.mark.loopback_only]
 @pytest.fixture
 def pair(netns):
     """(rig, 'h1', 'h2', options): the plain account on two namespace hosts."""
-    options = {"key_filename": netns.client_key, "known_hosts": netns.known_hosts, "allow_agent": False,
-               "look_for_keys": False, "ssh_config": False, "keepalive_interval": 1, "keepalive_count": 2}
+    options = netns.options(keepalive_interval=1, keepalive_count=2)
     return netns, netns.hosts["h1"], netns.hosts["h2"], options
 
 

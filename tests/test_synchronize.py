@@ -32,8 +32,7 @@ def _join_all(procs, timeout=60):
 @pytest.fixture
 def ns(netns):
     """Two namespace hosts and the options that log in to them."""
-    options = {"key_filename": netns.client_key, "known_hosts": netns.known_hosts, "allow_agent": False,
-               "look_for_keys": False}
+    options = netns.options()
     from conftest import PLAIN_USER
 
     return netns.hosts["h1"].spec(PLAIN_USER), netns.hosts["h2"].spec(PLAIN_USER), options
