@@ -29,7 +29,7 @@ def enable(names) -> None:
     from multiprocessing.reduction import ForkingPickler
 
     if vars(ForkingPickler).get("reducer_override") is not _reducer_override:
-        ForkingPickler.reducer_override = _reducer_override  # type: ignore[attr-defined]
+        ForkingPickler.reducer_override = _reducer_override  # type: ignore[assignment]  # (a method of ours)
 
 
 def names() -> list:
