@@ -315,13 +315,20 @@ from concurrent.futures import ProcessPoolExecutor
 import cloudpickle
 
 import bv_usermod
-from remoteproc import Executor, Pipe, RemoteProcess
+from remoteproc import Executor, Pipe, Queue, RemoteProcess
 
 cloudpickle.register_pickle_by_value(bv_usermod)      # the user's code goes by value, not the host's
 
 
 def double(x):
     return 2 * x
+
+
+TABLE = list(range(100000))     # (lookup pickled is over reduction.MAIN_DEF_MAX: it is not among the definitions)
+
+
+def lookup(i):
+    return TABLE[i] + 1
 
 
 class MainScaler:
@@ -339,9 +346,10 @@ def attempt(out, key, fn):
         out[key] = "%s: %s" % (type(exc).__name__, re.sub(" at 0x[0-9a-f]+", "", str(exc)))
 
 
-def work(conn, method):
+def work(conn, method, queue):
     ctx = mp.get_context(method)
     out = {}
+    queued = queue.get(timeout=60)       # (a script's function, by value through a remoteproc Queue)
     with ctx.Pool(2) as pool:
         attempt(out, "module", lambda: pool.map(bv_usermod.work, [1, 2]))
         attempt(out, "method", lambda: pool.map(bv_usermod.Scaler(3).scale, [1, 2]))
@@ -349,6 +357,8 @@ def work(conn, method):
                                        for p in pool.map(bv_usermod.make_point, [4])])
         attempt(out, "main", lambda: pool.map(double, [1, 2]))
         attempt(out, "main_method", lambda: pool.map(MainScaler(5).scale, [1, 2]))
+        attempt(out, "main_big", lambda: pool.map(lookup, [1, 2]))
+        attempt(out, "main_queued", lambda: pool.map(queued, [1, 2]))
         attempt(out, "lambda", lambda: pool.map(bv_usermod.square, [1, 2]))
         attempt(out, "closure", lambda: pool.map(bv_usermod.make_closure(2), [1, 2]))
     with ProcessPoolExecutor(2, mp_context=ctx) as ex:
@@ -375,11 +385,15 @@ def received(conn):
 if __name__ == "__main__":
     host, options, method = json.loads(sys.argv[1])
     a, b = mp.Pipe()
-    work(b, method)                       # locally, as multiprocessing runs it
+    q = mp.Queue()
+    q.put(double)
+    work(b, method, q)                    # locally, as multiprocessing runs it
     print(json.dumps(received(a)))
     a, b = Pipe()
-    p = RemoteProcess(host, target=work, args=(b, method), **options)
+    q = Queue()
+    p = RemoteProcess(host, target=work, args=(b, method, q), **options)
     p.start()
+    q.put(double)
     b.close()
     print(json.dumps(received(a)))
     p.join(60)
@@ -408,6 +422,7 @@ def test_a_by_value_modules_functions_run_in_the_targets_own_processes_as_locall
     lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
     local, remote = lines[0], lines[1]
     assert local[0]["module"] == [10, 20] and local[0]["class"] == [[True, 4]], local   # (the program is right)
+    assert local[0]["main_big"] == [2, 3] and local[0]["main_queued"] == [2, 4], local
     assert isinstance(local[0]["lambda"], str) and isinstance(local[0]["closure"], str)    # (errors, locally)
     assert remote == local
     assert lines[2] == 0

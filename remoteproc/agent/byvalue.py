@@ -1,12 +1,15 @@
-"""Modules the user ships by value (``cloudpickle.register_pickle_by_value``), on the remote side.
+"""Code that came by value, passed on by value: ``__main__`` and the modules the user registered
+with ``cloudpickle.register_pickle_by_value``, on the remote side.
 
 A remote child gets their functions and classes rebuilt from the user's code, while the
 module of that name that it imports here (forwarded from the user's machine, or the host's
-own) holds other objects.  ``multiprocessing`` pickles a function or a class by reference and
-checks that its name gives the very object, so the child's own ``Pool``,
-``ProcessPoolExecutor``, spawn/forkserver/fork children and its messages over a Pipe failed
-with "Can't pickle <function work>: it's not the same object as mymod.work", where the user's
-code works locally.
+own) holds other objects; its ``__main__`` holds the script's definitions up to a size (see
+``reduction.main_definitions``), and a function that came later (in a Queue item) is a copy.
+
+``multiprocessing`` pickles a function or a class by reference and checks that its name gives
+the very object, so the child's own ``Pool``, ``ProcessPoolExecutor``, spawn/forkserver/fork
+children and its messages over a Pipe failed with "Can't pickle <function work>: it's not the
+same object as mymod.work", where the user's code works locally.
 
 So in a remote child (and in its spawn/forkserver children, see grandchild.py),
 ``ForkingPickler`` sends such an object by value, as cloudpickle brought it: only when its
@@ -18,7 +21,7 @@ itself, as by reference.  Standard library only (cloudpickle is shipped with the
 import sys
 import types
 
-_names = set()  # type: set[str]  # the modules the user ships by value, in this process
+_names = set()  # type: set[str]  # modules whose code came by value, in this process
 
 
 def enable(names) -> None:

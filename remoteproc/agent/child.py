@@ -34,7 +34,7 @@ def rebuild_process(cls, state, main=None):
         _serve_main_definitions(main.get("definitions") or {}, state)
         from . import byvalue
 
-        byvalue.enable(main.get("by_value"))
+        byvalue.enable(["__main__"] + list(main.get("by_value") or ()))     # (cloudpickle's by-value modules)
     inherit(state)
     obj = cls.__new__(cls)
     obj.__dict__.update(state)
