@@ -71,7 +71,16 @@ def _reducer_override(self, obj):
 
     import cloudpickle
 
-    return load, (module, qualname, cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+    try:
+        blob = cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        from .grandchild import _host
+
+        raise pickle.PicklingError(
+            "%s: can't pickle %r: it came by value from the user's machine (module %s here does not hold "
+            "it), and passing it on by value failed: %s: %s. Fix: keep the globals it uses picklable"
+            % (_host(), obj, module, type(exc).__name__, exc)) from exc
+    return load, (module, qualname, blob)
 
 
 def load(module, qualname, blob):
