@@ -378,6 +378,13 @@ def main_definitions() -> dict[str, bytes]:
     return out
 
 
+def by_value_modules() -> list[str]:
+    """The modules registered with ``cloudpickle.register_pickle_by_value``: a same-version child
+    passes their functions and classes on by value too (remoteproc/agent/byvalue.py)."""
+    listed = getattr(cloudpickle, "list_registry_pickle_by_value", None)
+    return sorted(listed()) if listed is not None else []
+
+
 #: the process object's attributes that stay here (a RemoteScript's ``_stdin`` is fed by a thread of ours;
 #: ``_stdout_fd`` is the CLI's pipe for the script's output, cli.py)
 _LOCAL_ONLY = ("_popen", "_host", "_ssh_options", "_sentinel", "_remote_error", "_cwd", "_env", "_stdin",
@@ -412,7 +419,8 @@ def dumps_process(process_obj, host: str, mode: str = "same",
         shipped: object = _SpawnShipped(type(process_obj), state, main_info())
     else:
         pickler = _Pickler(buf, host)
-        shipped = _Shipped(type(process_obj), state, {"definitions": main_definitions(), "argv": list(sys.argv)})
+        shipped = _Shipped(type(process_obj), state, {"definitions": main_definitions(), "argv": list(sys.argv),
+                                                      "by_value": by_value_modules()})
     mp_context.set_spawning_popen(process_obj)     # lets the authkey travel, as with spawn
     try:
         pickler.dump(shipped)

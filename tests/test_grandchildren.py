@@ -272,3 +272,159 @@ def test_the_childs_multiprocessing_temp_dir_is_its_own_not_the_parents(plain_us
     p.join(30)
     assert made != ours and owned and value == 2
     assert p.exitcode == 0
+
+
+BY_VALUE_MODULE = '''
+def work(x):
+    return 10 * x
+
+
+class Scaler:
+    def __init__(self, k):
+        self.k = k
+
+    def scale(self, x):
+        return self.k * x
+
+
+class Point:
+    def __init__(self, x):
+        self.x = x
+
+
+def make_point(x):
+    return Point(x)
+
+
+def make_closure(k):
+    def inner(x):
+        return k * x
+    return inner
+
+
+square = lambda x: x * x  # noqa: E731
+'''
+
+BY_VALUE_PROGRAM = '''
+import json
+import multiprocessing as mp
+import re
+import sys
+from concurrent.futures import ProcessPoolExecutor
+
+import cloudpickle
+
+import bv_usermod
+from remoteproc import Executor, Pipe, Queue, RemoteProcess
+
+cloudpickle.register_pickle_by_value(bv_usermod)      # the user's code goes by value, not the host's
+
+
+def double(x):
+    return 2 * x
+
+
+TABLE = list(range(100000))     # (lookup pickled is over reduction.MAIN_DEF_MAX: it is not among the definitions)
+
+
+def lookup(i):
+    return TABLE[i] + 1
+
+
+class MainScaler:
+    def __init__(self, k):
+        self.k = k
+
+    def scale(self, x):
+        return self.k * x
+
+
+def attempt(out, key, fn):
+    try:
+        out[key] = fn()
+    except Exception as exc:     # (what fails locally must fail the same way)
+        out[key] = "%s: %s" % (type(exc).__name__, re.sub(" at 0x[0-9a-f]+", "", str(exc)))
+
+
+def work(conn, method, queue):
+    ctx = mp.get_context(method)
+    out = {}
+    queued = queue.get(timeout=60)       # (a script's function, by value through a remoteproc Queue)
+    with ctx.Pool(2) as pool:
+        attempt(out, "module", lambda: pool.map(bv_usermod.work, [1, 2]))
+        attempt(out, "method", lambda: pool.map(bv_usermod.Scaler(3).scale, [1, 2]))
+        attempt(out, "class", lambda: [(type(p) is bv_usermod.Point, p.x)
+                                       for p in pool.map(bv_usermod.make_point, [4])])
+        attempt(out, "main", lambda: pool.map(double, [1, 2]))
+        attempt(out, "main_method", lambda: pool.map(MainScaler(5).scale, [1, 2]))
+        attempt(out, "main_big", lambda: pool.map(lookup, [1, 2]))
+        attempt(out, "main_queued", lambda: pool.map(queued, [1, 2]))
+        attempt(out, "lambda", lambda: pool.map(bv_usermod.square, [1, 2]))
+        attempt(out, "closure", lambda: pool.map(bv_usermod.make_closure(2), [1, 2]))
+    with ProcessPoolExecutor(2, mp_context=ctx) as ex:
+        attempt(out, "executor", lambda: list(ex.map(bv_usermod.work, [3]))
+                + list(ex.map(bv_usermod.Scaler(2).scale, [3])))
+    conn.send(out)
+    conn.send(bv_usermod.Point(7))
+    conn.send(bv_usermod.work)
+
+
+def task(method):
+    """An Executor's call that runs a pool of its own with the by-value module's function."""
+    with ProcessPoolExecutor(2, mp_context=mp.get_context(method)) as ex:
+        return list(ex.map(bv_usermod.work, [1, 2]))
+
+
+def received(conn):
+    out = conn.recv() if conn.poll(150) else "no answer"
+    point = conn.recv() if conn.poll(30) else None
+    func = conn.recv() if conn.poll(30) else None
+    return [out, isinstance(point, bv_usermod.Point) and point.x, func is bv_usermod.work]
+
+
+if __name__ == "__main__":
+    host, options, method = json.loads(sys.argv[1])
+    a, b = mp.Pipe()
+    q = mp.Queue()
+    q.put(double)
+    work(b, method, q)                    # locally, as multiprocessing runs it
+    print(json.dumps(received(a)))
+    a, b = Pipe()
+    q = Queue()
+    p = RemoteProcess(host, target=work, args=(b, method, q), **options)
+    p.start()
+    q.put(double)
+    b.close()
+    print(json.dumps(received(a)))
+    p.join(60)
+    print(json.dumps(p.exitcode))
+    if method == "forkserver":
+        with Executor([host], 1, **options) as ex:
+            print(json.dumps(ex.submit(task, method).result(120)))
+'''
+
+
+@pytest.mark.parametrize("method,transport", [("spawn", None), ("forkserver", None), ("fork", None),
+                                              ("forkserver", "openssh")])
+def test_a_by_value_modules_functions_run_in_the_targets_own_processes_as_locally(
+        scripts, plain_user_host, plain_user_options, method, transport):
+    """The user registered a module with ``cloudpickle.register_pickle_by_value``: the child has its
+    functions and classes rebuilt by value, and the module imported there (forwarded) holds other
+    objects. Its Pool, ProcessPoolExecutor and Pipe messages pass them on as the user's code does
+    locally; a lambda or a closure fails as locally."""
+    options = dict(plain_user_options, **({"transport": transport} if transport else {}))
+    scripts("bv_usermod.py", BY_VALUE_MODULE)
+    program = scripts("bv_program.py", BY_VALUE_PROGRAM)
+    proc = subprocess.run([sys.executable, program, json.dumps([plain_user_host, options, method])],
+                          capture_output=True, text=True, timeout=240, cwd=os.path.dirname(program),
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    lines = [json.loads(line) for line in proc.stdout.strip().splitlines()]
+    local, remote = lines[0], lines[1]
+    assert local[0]["module"] == [10, 20] and local[0]["class"] == [[True, 4]], local   # (the program is right)
+    assert local[0]["main_big"] == [2, 3] and local[0]["main_queued"] == [2, 4], local
+    assert isinstance(local[0]["lambda"], str) and isinstance(local[0]["closure"], str)    # (errors, locally)
+    assert remote == local
+    assert lines[2] == 0
+    if method == "forkserver":
+        assert lines[3] == [10, 20]

@@ -32,6 +32,9 @@ def rebuild_process(cls, state, main=None):
     if main:
         sys.argv[:] = main.get("argv") or [""]
         _serve_main_definitions(main.get("definitions") or {}, state)
+        from . import byvalue
+
+        byvalue.enable(["__main__"] + list(main.get("by_value") or ()))     # (cloudpickle's by-value modules)
     inherit(state)
     obj = cls.__new__(cls)
     obj.__dict__.update(state)

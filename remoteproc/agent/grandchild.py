@@ -122,8 +122,10 @@ def _handoff():
             continue
         forwarded[name] = entry
     shipped = {name: entry for name, entry in _shipped().items() if name not in _AGENT_ONLY}
+    from . import byvalue
+
     return {"shipped": shipped, "forwarded": forwarded, "definitions": _state["definitions"],
-            "script": _state["script"], "host": _host()}
+            "script": _state["script"], "host": _host(), "by_value": byvalue.names()}
 
 
 def _write():
@@ -233,3 +235,6 @@ def graft(handoff, namespace) -> None:
     elif handoff.get("definitions"):
         namespace["__getattr__"] = child.lazy_definitions(handoff["definitions"],
                                                           lambda: sys.modules.get("__main__"))
+    from . import byvalue
+
+    byvalue.enable(handoff.get("by_value"))     # (its results and its own children: by value too)

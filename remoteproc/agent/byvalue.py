@@ -1,0 +1,99 @@
+"""Code that came by value, passed on by value: ``__main__`` and the modules the user registered
+with ``cloudpickle.register_pickle_by_value``, on the remote side.
+
+A remote child gets their functions and classes rebuilt from the user's code, while the
+module of that name that it imports here (forwarded from the user's machine, or the host's
+own) holds other objects; its ``__main__`` holds the script's definitions up to a size (see
+``reduction.main_definitions``), and a function that came later (in a Queue item) is a copy.
+
+``multiprocessing`` pickles a function or a class by reference and checks that its name gives
+the very object, so the child's own ``Pool``, ``ProcessPoolExecutor``, spawn/forkserver/fork
+children and its messages over a Pipe failed with "Can't pickle <function work>: it's not the
+same object as mymod.work", where the user's code works locally.
+
+So in a remote child (and in its spawn/forkserver children, see grandchild.py),
+``ForkingPickler`` sends such an object by value, as cloudpickle brought it: only when its
+name does not give it here, and never a lambda or a local function (those fail as they do
+locally).  Where it arrives in the user's own process, its name gives the user's object
+itself, as by reference.  Standard library only (cloudpickle is shipped with the agent).
+"""
+
+import sys
+import types
+
+_names = set()  # type: set[str]  # modules whose code came by value, in this process
+
+
+def enable(names) -> None:
+    """Send the objects of modules ``names`` (and of their submodules) by value when needed."""
+    if not names:
+        return
+    _names.update(names)
+    from multiprocessing.reduction import ForkingPickler
+
+    if vars(ForkingPickler).get("reducer_override") is not _reducer_override:
+        ForkingPickler.reducer_override = _reducer_override  # type: ignore[assignment]  # (a method of ours)
+
+
+def names() -> list:
+    """The by-value modules of this process (for its spawn/forkserver children)."""
+    return sorted(_names)
+
+
+def _shipped(module) -> bool:
+    return isinstance(module, str) and any(module == n or module.startswith(n + ".") for n in _names)
+
+
+def _lookup(module, qualname):
+    """What ``module.qualname`` gives in this process, without importing anything (None if nothing)."""
+    found = sys.modules.get(module)
+    for part in qualname.split("."):
+        if found is None:
+            return None
+        found = getattr(found, part, None)
+    return found
+
+
+def _reducer_override(self, obj):
+    """ForkingPickler's hook: a by-value function or class that its name would not give back."""
+    if not isinstance(obj, (types.FunctionType, type)):
+        return NotImplemented
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not _shipped(module) or not isinstance(qualname, str) or "<" in qualname:
+        return NotImplemented       # (a lambda, a local function: by reference, which fails as locally)
+    try:
+        if _lookup(module, qualname) is obj:
+            return NotImplemented
+    except Exception:   # noqa: BLE001 - a module whose attributes raise: by value then
+        pass
+    import pickle
+
+    import cloudpickle
+
+    try:
+        blob = cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+    except Exception as exc:
+        from .grandchild import _host
+
+        raise pickle.PicklingError(
+            "%s: can't pickle %r: it came by value from the user's machine (module %s here does not hold "
+            "it), and passing it on by value failed: %s: %s. Fix: keep the globals it uses picklable"
+            % (_host(), obj, module, type(exc).__name__, exc)) from exc
+    return load, (module, qualname, blob)
+
+
+def load(module, qualname, blob):
+    """Unpickling hook: the object from its by-value pickle; in a process where the module did not
+    come by value (the user's own), what its name gives there, as multiprocessing's by-reference
+    pickles give it."""
+    if not _shipped(module):
+        try:
+            found = _lookup(module, qualname)
+        except Exception:   # noqa: BLE001
+            found = None
+        if isinstance(found, (types.FunctionType, type)):
+            return found
+    import pickle
+
+    return pickle.loads(blob)
