@@ -163,7 +163,10 @@ def slurm(environ: Optional[Mapping[str, str]] = None) -> list[Host]:
     """The hosts of the current Slurm allocation, ``SLURM_TASKS_PER_NODE`` tasks each as workers.
 
     Reads ``SLURM_JOB_NODELIST`` (or the older ``SLURM_NODELIST``); without a task count
-    (``SLURM_TASKS_PER_NODE``), each host gets the pool's ``processes_per_host``.
+    (``SLURM_TASKS_PER_NODE``), each host gets the pool's ``processes_per_host``.  Inside an
+    ``srun`` step (``srun python3 main.py``, ``srun --pty bash``) srun has replaced
+    ``SLURM_TASKS_PER_NODE`` with the step's layout (one task on one node, say) while the node
+    list stays the job's: each host then gets the job's CPUs on it, ``SLURM_JOB_CPUS_PER_NODE``.
     """
     env = os.environ if environ is None else environ
     variable = "SLURM_JOB_NODELIST" if env.get("SLURM_JOB_NODELIST") else "SLURM_NODELIST"
@@ -175,16 +178,19 @@ def slurm(environ: Optional[Mapping[str, str]] = None) -> list[Host]:
         hosts = expand(nodelist)
     except HostlistError as exc:
         raise _in_variable(variable, exc) from None
-    tasks = env.get("SLURM_TASKS_PER_NODE")
+    counts_variable = "SLURM_TASKS_PER_NODE"
+    if env.get("SLURM_STEP_TASKS_PER_NODE") and env.get("SLURM_JOB_CPUS_PER_NODE"):
+        counts_variable = "SLURM_JOB_CPUS_PER_NODE"     # (the step's tasks are not the job's)
+    tasks = env.get(counts_variable)
     if not tasks:
         return [Host(h, {}, None) for h in hosts]
     try:
         counts = tasks_per_node(tasks)
     except HostlistError as exc:
-        raise _in_variable("SLURM_TASKS_PER_NODE", exc) from None
+        raise _in_variable(counts_variable, exc) from None
     if len(counts) != len(hosts):
-        raise ConfigError("SLURM_TASKS_PER_NODE=%r gives %d counts for the %d hosts of SLURM_JOB_NODELIST=%r"
-                          % (tasks, len(counts), len(hosts), nodelist))
+        raise ConfigError("%s=%r gives %d counts for the %d hosts of %s=%r"
+                          % (counts_variable, tasks, len(counts), len(hosts), variable, nodelist))
     return [Host(h, {}, n) for h, n in zip(hosts, counts) if n > 0]
 
 

@@ -94,7 +94,7 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         self.ssh_options = ssh_options
         self._executor: Optional[Executor] = None
         self._lock = threading.Lock()
-        self._limit = 0                          # batches at once; 0: no gate (every worker)
+        self._limit = 0                          # batches at once (0: no gate, before configure())
         self._running = 0
         self._waiting: collections.deque = collections.deque()
         self._inner: set = set()                 # the executor's futures not yet done
@@ -139,7 +139,11 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         self.parallel = parallel
         n = self.effective_n_jobs(n_jobs)
         with self._lock:
-            self._limit = n if n < self.workers() else 0
+            # one batch per worker at a time, even with every worker: a batch the executor has
+            # handed to a worker cannot be cancelled (it may wait in the worker's pipe behind the
+            # running one), and joblib pre-dispatches 2 * n_jobs; the others wait here, where an
+            # error, a timeout or Ctrl-C (abort_everything) drops them
+            self._limit = n
         return n
 
     # -- batches ------------------------------------------------------------------------------------

@@ -140,6 +140,24 @@ def test_slurm_from_the_allocation_environment():
         hostlist.slurm({})
 
 
+def test_slurm_inside_an_srun_step_counts_the_jobs_cpus():
+    """srun overwrites SLURM_TASKS_PER_NODE with its step's layout and keeps the job's SLURM_JOB_NODELIST
+    (Slurm's env_array_for_step): a program started with "srun -N1 -n1" in a 4-node job, or a shell of
+    "srun --pty bash", saw 1 count for 4 hosts (a ConfigError), or 1 task where the job has 8."""
+    step = {"SLURM_JOB_NODELIST": "node[1-4]", "SLURM_NODELIST": "node[1-4]", "SLURM_JOB_CPUS_PER_NODE": "8,4(x3)",
+            "SLURM_TASKS_PER_NODE": "1", "SLURM_STEP_TASKS_PER_NODE": "1", "SLURM_STEP_NODELIST": "node1"}
+    assert hostlist.slurm(step) == [Host("node1", {}, 8), Host("node2", {}, 4), Host("node3", {}, 4),
+                                    Host("node4", {}, 4)]
+    one_node = {"SLURM_JOB_NODELIST": "n7", "SLURM_JOB_CPUS_PER_NODE": "8", "SLURM_TASKS_PER_NODE": "1",
+                "SLURM_STEP_TASKS_PER_NODE": "1"}
+    assert hostlist.slurm(one_node) == [Host("n7", {}, 8)]
+    with pytest.raises(hostlist.HostlistError, match="^SLURM_JOB_CPUS_PER_NODE: "):
+        hostlist.slurm(dict(step, SLURM_JOB_CPUS_PER_NODE="4(x"))
+    # the batch script itself (no step variables): the job's tasks, as before
+    batch = {"SLURM_JOB_NODELIST": "node[1-2]", "SLURM_TASKS_PER_NODE": "2(x2)", "SLURM_JOB_CPUS_PER_NODE": "8(x2)"}
+    assert hostlist.slurm(batch) == [Host("node1", {}, 2), Host("node2", {}, 2)]
+
+
 def test_slurm_reads_os_environ(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_NODELIST", "c[1-2]")
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "3(x2)")

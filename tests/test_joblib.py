@@ -9,7 +9,7 @@ import time
 
 import joblib  # the test extra installs it
 import pytest
-from jobtasks import fails_on_3, slow_where, where
+from jobtasks import fails_on_3, mark_then_fail_first, slow_where, where
 
 import remoteproc.joblib as rjoblib
 
@@ -69,6 +69,23 @@ def test_an_exception_arrives_with_the_remote_traceback(host, ssh_options):
         assert cause is not None and "pool worker pid" in str(cause) and "fails_on_3" in str(cause)
         # the backend is still usable after the failure
         assert joblib.Parallel()(joblib.delayed(fails_on_3)(x) for x in range(3)) == [0, 1, 2]
+
+
+def test_a_failure_drops_the_batches_no_worker_has_started(sshd, tmp_path):
+    """joblib pre-dispatches 2 * n_jobs batches; after a fast call the executor would queue a second
+    batch in each worker's pipe, out of abort_everything's reach: those ran after the failure (the
+    next call waited for them). (A loopback host: the batches leave files in tmp_path.)"""
+    with joblib.parallel_config(backend="remoteproc", hosts=[sshd.spec()], processes_per_host=2,
+                                **sshd.options()):
+        joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(where)(x) for x in range(20))   # fast
+        with pytest.raises(KeyError, match="the first batch fails"):
+            joblib.Parallel(n_jobs=-1, batch_size=1)(
+                joblib.delayed(mark_then_fail_first)(str(tmp_path), x, 3) for x in range(8))
+        # this call waits for the batches still running (1, and maybe 2, handed to the worker of 0
+        # as 0 failed): once it returns, a batch queued behind 1 would have started
+        assert joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(abs)(-x) for x in range(2)) == [0, 1]
+    started = sorted(int(name) for name in os.listdir(tmp_path))
+    assert started in ([0, 1], [0, 1, 2]), started
 
 
 def test_parallel_is_reused_across_calls_without_restarting_workers(host, ssh_options):

@@ -195,6 +195,15 @@ def test_ssh_failures_become_typed_errors(said, kind, advice):
     assert "ssh HOST" not in str(exc) and "ssh alice@node1" in str(exc) or kind is ConnectError
 
 
+def test_a_name_that_does_not_resolve_sends_the_user_to_the_config_ssh_read(tmp_path):
+    """-F/ssh_config= was the file ssh read, not ~/.ssh/config (the fix named the wrong file)."""
+    said = "ssh: Could not resolve hostname nodex: Name or service not known"
+    assert "its HostName in ~/.ssh/config:" in str(openssh.failure(_target(), 255, said))
+    config = str(tmp_path / "lab_config")
+    text = str(openssh.failure(_target(ssh_config=config), 255, said))
+    assert "Fix: check the name, or its HostName in %s:" % config in text and "~/.ssh" not in text
+
+
 def test_a_failure_s_fix_is_the_ssh_command_that_does_what_we_asked(tmp_path):
     config = tmp_path / "my config"
     target = _target("alice@node1:2222", ssh_config=str(config), key_filename="~/k", known_hosts="/kh")

@@ -135,6 +135,34 @@ def test_exit_codes_and_tracebacks_as_python3_path(loopback, scripts, capfd, cas
     assert err == local.stderr             # the same text: no "Process ..." header, no runpy frames
 
 
+def test_a_directory_or_zip_file_runs_its_main_module_as_python3_path(loopback, tmp_path, capfd):
+    """python3 DIR (and python3 APP.zip) runs DIR/__main__.py with DIR first on sys.path; run() said
+    "[Errno 21] Is a directory" (exit 2) for a directory."""
+    import zipfile
+
+    host, options = loopback
+    app = tmp_path / "app"
+    app.mkdir()
+    (app / "__main__.py").write_text("import sys\nprint(__name__, sys.argv[1:], sys.path[0] == sys.argv[0])\n"
+                                     "import helper\nhelper.fail()\n")
+    (app / "helper.py").write_text("def fail():\n    raise ValueError('from the app')\n")
+    archive = str(tmp_path / "app.zip")
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(app / "__main__.py", "__main__.py")
+        z.write(app / "helper.py", "helper.py")
+    for path in (str(app), archive):
+        local, p, out, err = _compare_with_local_python(host, options, path, ["a", "1"], capfd)
+        assert p.exitcode == local.returncode == 1, (path, err)
+        assert out == local.stdout == "__main__ ['a', '1'] True\n"
+        assert err.splitlines()[-1] == local.stderr.splitlines()[-1] == "ValueError: from the app"
+        assert "helper.py" in err and "runpy" not in err
+    (tmp_path / "empty").mkdir()
+    p = run(host, str(tmp_path / "empty"), **options)
+    p.join(30)
+    assert p.exitcode == 1                  # as python3 exits for a directory without __main__
+    assert "can't find '__main__' module in %r" % str(tmp_path / "empty") in capfd.readouterr().err
+
+
 def test_missing_script(loopback, capfd):
     host, options = loopback
     p = run(host, "/nonexistent/script.py", **options)

@@ -164,7 +164,19 @@ def fake_server(behaviour: str) -> Iterator[int]:
 def test_a_name_that_does_not_resolve_says_so():
     text = connect_error("%s@no-such-host.invalid" % USER, options(connect_timeout=5))
     assert "cannot resolve host name 'no-such-host.invalid'" in text
-    assert "Check the name or your ~/.ssh/config" in text
+    assert "Check the name." in text        # (ssh_config=False: no config file was read)
+
+
+def test_a_name_that_does_not_resolve_names_the_ssh_config_read(tmp_path):
+    """ssh_config= (the CLI's -F) was read, not ~/.ssh/config: the message sent the user to the wrong file."""
+    from remoteproc.ssh.target import config_read
+
+    config = tmp_path / "ssh_config"
+    config.write_text("Host lab\n    HostName no-such-host.invalid\n")
+    text = connect_error("%s@lab" % USER, options(connect_timeout=5, ssh_config=str(config)))
+    assert "cannot resolve host name 'no-such-host.invalid'" in text
+    assert "Check the name or its HostName in %s." % config in text and "~/.ssh/config" not in text
+    assert config_read({}) == "~/.ssh/config" and config_read({"ssh_config": "none"}) is None
 
 
 def test_a_port_nobody_listens_on_is_refused_at_once():

@@ -86,8 +86,12 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
     os.environ[ENV_JSON] = ",".join(str(int(i)) for i in json_positions)
     path = os.path.expanduser(path)
     try:
-        with open(path, "rb"):
-            pass
+        if os.path.isdir(path):
+            # as python3 runs a directory (or a zip file) by its __main__ module, so does runpy
+            _check_main_module(path)
+        else:
+            with open(path, "rb"):
+                pass
     except OSError as exc:
         # (as python3 says it; where a relative path starts is worth saying only for a missing one)
         hint = ("" if os.path.isabs(path) or not isinstance(exc, FileNotFoundError)
@@ -99,11 +103,13 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
     from . import grandchild
 
     grandchild.host_script()
-    # As "python3 path": the script's directory comes first on sys.path.
+    # As "python3 path": the script's directory comes first on sys.path (a directory or a zip
+    # file is that entry itself, which runpy puts there while it runs)
+    own = None if _runs_main_module(path) else os.path.dirname(os.path.abspath(path))
     if sys.path and sys.path[0] in ("", os.getcwd()):
-        sys.path[0] = os.path.dirname(os.path.abspath(path))
-    else:
-        sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+        del sys.path[0]
+    if own is not None:
+        sys.path.insert(0, own)
     interrupted = failed = False
     try:
         try:
@@ -121,6 +127,28 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
     if interrupted:
         _die_by_sigint()
     if failed:
+        sys.exit(1)
+
+
+def _runs_main_module(path):
+    """Whether ``path`` runs as python3 runs a directory or a zip file: by its ``__main__`` module."""
+    import pkgutil
+
+    if os.path.isdir(path):
+        return True
+    try:
+        return pkgutil.get_importer(path) is not None     # (a zip file: zipimport takes it)
+    except (ImportError, OSError):
+        return False
+
+
+def _check_main_module(path):
+    """Exit as python3 does for a directory that has no ``__main__`` module."""
+    import pkgutil
+
+    importer = pkgutil.get_importer(path)
+    if importer is None or importer.find_spec("__main__") is None:
+        sys.stderr.write("remoteproc: can't find '__main__' module in %r on this host\n" % path)
         sys.exit(1)
 
 
@@ -155,7 +183,9 @@ def _print_script_traceback(exc, path):
 
     tb = exc.__traceback__
     first = tb
-    while tb is not None and tb.tb_frame.f_code.co_filename != path:
+    inside = os.path.join(path, "")     # (the frames of a directory's or a zip file's __main__)
+    while tb is not None and tb.tb_frame.f_code.co_filename != path and \
+            not tb.tb_frame.f_code.co_filename.startswith(inside):
         tb = tb.tb_next
     if tb is None:
         # The script never ran (a SyntaxError, say): the exception says where.

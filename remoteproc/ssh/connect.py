@@ -12,7 +12,7 @@ from typing import Any, Callable
 from ..errors import ConnectError, RemoteProcessError, describe
 from .auth import authenticate
 from .hostkeys import check_host_key, prefer_known_types, read_known_hosts
-from .target import Target
+from .target import Target, config_read
 
 WINDOW_SIZE = 8 << 20
 MAX_PACKET = 128 << 10
@@ -37,8 +37,11 @@ def _tcp(target: Target) -> socket.socket:
     try:
         infos = socket.getaddrinfo(target.hostname, target.port, family, socket.SOCK_STREAM)
     except socket.gaierror as exc:
-        raise ConnectError("%s: cannot resolve host name %r (%s). Check the name or your ~/.ssh/config."
-                           % (target.display, target.hostname, exc.strerror), target.display) from None
+        config = config_read(target.options)
+        raise ConnectError("%s: cannot resolve host name %r (%s). Check the name%s."
+                           % (target.display, target.hostname, exc.strerror,
+                              "" if config is None else " or its HostName in %s" % config),
+                           target.display) from None
     deadline = time.monotonic() + target.connect_timeout
     error: OSError | None = None
     for af, kind, proto, _name, address in infos:

@@ -35,7 +35,7 @@ from typing import Any, Optional, Sequence
 
 from ..errors import AuthenticationError, ConfigError, ConnectError, HostKeyError, RemoteProcessError
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
-from .target import Target, python_option, setup_option
+from .target import Target, config_read, python_option, setup_option
 
 #: what ``ssh`` always gets: no terminal, no forwarding that would listen anywhere, no local commands
 FIXED_ARGS = ("-T", "-x", "-o", "ClearAllForwardings=yes", "-o", "PermitLocalCommand=no")
@@ -454,7 +454,7 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
      "(BatchMode) with this user and key (a key with a passphrase: load it into ssh-agent with ssh-add), or "
      "pass allow_prompt=True for a login that asks"),
     (re.compile(r"Could not resolve hostname|Name or service not known|nodename nor servname", re.I),
-     ConnectError, "the host name does not resolve. Fix: check the name, or its HostName in ~/.ssh/config"),
+     ConnectError, "the host name does not resolve. Fix: check the name{config}"),
     (re.compile(r"Connection refused", re.I), ConnectError,
      "nothing listens on that port. Fix: check the port and that sshd runs there"),
     (re.compile(r"timed out|Connection timeout", re.I), ConnectError,
@@ -486,10 +486,12 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
     else:
         ssh, where = user_command(target), ""
     words += _home_hint(target.options)
+    config = config_read(target.options)
+    config = "" if config is None else ", or its HostName in %s" % config
     for pattern, kind, advice in _PATTERNS:
         if pattern.search(head):
-            return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh), words),
-                        display)
+            return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh, config=config),
+                                                                 words), display)
     return ConnectError("%s (transport='openssh'): %sssh failed: %s. Fix: run `%s` to see why" %
                         (display, where, words.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
 

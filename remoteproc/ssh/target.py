@@ -210,6 +210,17 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
     )
 
 
+def config_read(options: dict[str, Any]) -> str | None:
+    """The ssh_config file a host's settings came from, as a message names it: the one given
+    (``ssh_config=``, the CLI's ``-F``), else ``~/.ssh/config``; None when none is read."""
+    given = options.get("ssh_config")
+    if given is None or given is True:
+        return "~/.ssh/config"
+    if given is False or str(given).lower() == "none":
+        return None
+    return os.path.expanduser(os.fspath(given))
+
+
 def _preset(options: dict[str, Any], user: str | None, port: int | None) -> dict[str, Any]:
     """What the caller gave counts as obtained first (ssh's command line): the config cannot override it."""
     preset: dict[str, Any] = {}
