@@ -57,6 +57,12 @@ HOST_PYTHON = "/usr/bin/python3"        # the plain account's python3 (3.11.2 he
     (">=3.6.*", (3, 9, 0), None),                           # not PEP 440: cannot tell
     ("python>=3", (3, 9, 0), None),
     ("~=3", (3, 9, 0), None),
+    ("===3.9.1", (3, 9, 1), True),                          # arbitrary equality: the string itself
+    ("===3.9", (3, 9, 1), False),
+    (">3.9-1", (3, 9, 0), False),                           # 3.9-1 is the post-release 3.9.post1
+    ("<3.9-1", (3, 9, 0), True),
+    ("==3.x.*", (3, 9, 0), None),
+    (">=three", (3, 9, 0), None),
 ])
 def test_requires_python_specifiers(spec, version, ok):
     assert requires_python.allows(spec, version) is ok

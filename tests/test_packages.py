@@ -554,6 +554,9 @@ HOST = {"implementation": "cpython", "version": [3, 11], "machine": "x86_64", "s
     ("cp311-cp311-linux_x86_64", True),
     ("cp311-cp311-win_amd64", False),
     ("pp39-pypy39_pp73-manylinux_2_17_x86_64", False),
+    ("cp311-abi3-macosx_11_0_x86_64", False),             # another system
+    ("py3-none", False),                                  # not a wheel tag (two parts)
+    ("xx3-none-any", False),                              # no such interpreter
 ])
 def test_wheel_tags_against_a_host(tag, ok):
     assert distributions.tag_ok(tag, HOST) is ok
@@ -564,6 +567,49 @@ def test_musl_host_takes_musllinux_wheels():
     assert distributions.tag_ok("cp311-cp311-musllinux_1_1_x86_64", musl)
     assert not distributions.tag_ok("cp311-cp311-musllinux_1_3_x86_64", musl)
     assert not distributions.tag_ok("cp311-cp311-manylinux_2_17_x86_64", musl)
+
+
+def test_macos_and_pypy_hosts_take_their_own_wheels():
+    mac = dict(HOST, system="darwin", machine="arm64", libc=[None, None],
+               suffixes=[".cpython-311-darwin.so", ".abi3.so", ".so"])
+    assert distributions.tag_ok("cp311-cp311-macosx_11_0_arm64", mac)
+    assert distributions.tag_ok("cp311-abi3-macosx_10_9_universal2", mac)
+    assert not distributions.tag_ok("cp311-cp311-macosx_11_0_x86_64", mac)
+    assert not distributions.tag_ok("cp311-cp311-manylinux_2_17_x86_64", mac)
+    pypy = dict(HOST, implementation="pypy", version=[3, 9], suffixes=[".pypy39-pp73-x86_64-linux-gnu.so", ".so"])
+    assert distributions.tag_ok("pp39-pypy39_pp73-manylinux_2_17_x86_64", pypy)
+    assert not distributions.tag_ok("pp310-pypy310_pp73-manylinux_2_17_x86_64", pypy)
+    assert not distributions.tag_ok("cp39-abi3-manylinux_2_17_x86_64", pypy)
+
+
+def _built(*files, tags=()):
+    """A distribution holding ``files`` (no WHEEL tags: built here, e.g. an editable install)."""
+    return distributions.Distribution(top="fast", name="fast", version="1.0", site="/site",
+                                      files=[(f, 0o644, 10, 0) for f in files], tags=list(tags))
+
+
+def test_an_extension_the_host_cannot_load_is_refused_with_the_reason():
+    # its file name says another interpreter (with no wheel tags to speak for it)
+    with pytest.raises(distributions.Unsendable) as info:
+        distributions.check(_built("fast/_x.cpython-312-x86_64-linux-gnu.so"), HOST, "rp@h")
+    said = str(info.value)
+    assert "'fast' (fast 1.0) to rp@h" in said and "fast/_x.cpython-312-x86_64-linux-gnu.so is built for another " \
+        "interpreter" in said and "cpython 3.11 on x86_64 with glibc 2.28" in said
+    assert "Fix:" in said and "pip install --user fast==1.0" in said
+    pypy = dict(HOST, implementation="pypy", version=[3, 9], suffixes=[".pypy39-pp73-x86_64-linux-gnu.so", ".so"])
+    with pytest.raises(distributions.Unsendable, match="_x.abi3.so is built for another interpreter"):
+        distributions.check(_built("fast/_x.abi3.so"), pypy, "rp@h")
+    # built here, untagged or abi3: fine for a host like this one, refused for another machine
+    ours = distributions.local_abi()
+    like_us = dict(ours, libc=list(ours["libc"]))
+    distributions.check(_built("fast/_x.abi3.so", "fast/_y.so"), like_us, "rp@h")
+    other = dict(like_us, machine="aarch64" if ours["machine"] != "aarch64" else "x86_64")
+    for dist in (_built("fast/_x.abi3.so"), _built("fast/_y.so")):
+        with pytest.raises(distributions.Unsendable) as info:
+            distributions.check(dist, other, "rp@h")
+        assert "it was built here, for %s" % distributions.describe_abi(ours) in str(info.value)
+    # a wheel's tags speak for its untagged files
+    distributions.check(_built("fast/_x.abi3.so", tags=["cp38-abi3-manylinux_2_17_x86_64"]), HOST, "rp@h")
 
 
 def _fake_entry(root, name, size, used):
