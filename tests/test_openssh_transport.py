@@ -293,6 +293,50 @@ def test_refused_login_is_an_authentication_error(sshd, tmp_path):
         _round_trip(sshd.spec(), **options)
 
 
+PROXY = """\
+import os, socket, sys, threading
+with open(sys.argv[1], "w") as f:
+    f.write(" ".join(sys.argv[2:]))
+s = socket.create_connection(("127.0.0.1", int(sys.argv[3])), 10)
+def up():
+    while True:
+        data = os.read(0, 65536)
+        if not data:
+            break
+        s.sendall(data)
+    s.shutdown(socket.SHUT_WR)
+threading.Thread(target=up, daemon=True).start()
+while True:
+    data = s.recv(65536)
+    if not data:
+        break
+    os.write(1, data)
+"""
+
+
+def test_the_proxy_command_option_reaches_the_host_through_the_command(sshd, tmp_path):
+    """proxy_command= with transport='openssh' is ssh's ProxyCommand (%h and %p expanded)."""
+    script, said = tmp_path / "proxy.py", tmp_path / "proxy-args"
+    script.write_text(PROXY)
+    host, port = sshd.spec().split("@")[1].rsplit(":", 1)
+    _pid, ssh_connection = _round_trip(sshd.spec(), **_loopback_options(sshd),
+                                       proxy_command="%s %s %s %%h %%p" % (sys.executable, script, said))
+    assert said.read_text() == "%s %s" % (host, port)
+    assert ssh_connection.split()[2:] == ["127.0.0.1", port]
+
+
+def test_a_config_ssh_refuses_is_a_config_error_naming_the_host_and_ssh_s_words(tmp_path):
+    config = tmp_path / "config"
+    config.write_text("Host *\n    NoSuchKeyword yes\n")
+    p = RemoteProcess("alice@node1", target=print, transport="openssh", ssh_config=str(config))
+    with pytest.raises(ConfigError) as info:
+        p.start()
+    said = str(info.value)
+    assert said.startswith("alice@node1: ssh refuses this host or its configuration: ") and info.value.host == \
+        "alice@node1"
+    assert "bad configuration option: nosuchkeyword" in said.lower() and str(config) in said, said
+
+
 def test_closed_port_is_a_connect_error(sshd):
     options = {**_loopback_options(sshd), "port": free_port()}
     with pytest.raises(ConnectError, match="nothing listens"):
