@@ -111,6 +111,13 @@ def test_without_hosts_the_backend_says_how_to_give_them():
         joblib.Parallel(backend="remoteproc", n_jobs=2)(joblib.delayed(abs)(-1) for _ in range(2))
 
 
+def test_n_jobs_zero_is_refused_before_any_host_is_reached():
+    """As joblib's own backends: a ValueError, and no connection tried (the host does not exist)."""
+    with joblib.parallel_config(backend="remoteproc", hosts=["nobody@no-such-host.invalid"]):
+        with pytest.raises(ValueError, match="n_jobs == 0"):
+            joblib.Parallel(n_jobs=0)(joblib.delayed(abs)(-1) for _ in range(2))
+
+
 def test_the_hosts_need_no_joblib(plain_user_host, plain_user_options):
     """rpuser has only the system python3: batches travel as plain calls, not joblib objects."""
     with joblib.parallel_config(backend="remoteproc", hosts=[plain_user_host], processes_per_host=1,
