@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import py_compile
 import sys
 import textwrap
 import types
@@ -174,6 +175,19 @@ def test_find_serves_only_modules_on_the_given_path(tmp_path):
         entry = modules.find(bad, [str(tmp_path)], "h")[bad]
         assert "error" in entry
     assert modules.find("etc.passwd", ["/"], "h") == {"etc.passwd": None}
+
+
+def test_a_module_that_is_not_python_source_is_refused_with_what_to_install(tmp_path):
+    """A compiled-only module (a legacy ``mod.pyc``) or a lone C extension cannot go from memory:
+    its entry is the ImportError the child raises, naming the file, the host and what to install."""
+    (tmp_path / "compiledonly.py").write_text("X = 1\n")
+    py_compile.compile(str(tmp_path / "compiledonly.py"), str(tmp_path / "compiledonly.pyc"))
+    (tmp_path / "compiledonly.py").unlink()
+    (tmp_path / ("fastext" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"\x7fELF not really")
+    for name, what in (("compiledonly", "not Python source"), ("fastext", "a C extension")):
+        error = modules.find(name, [str(tmp_path)], "u@h")[name]["error"]
+        assert error.startswith("module %r is %s (%s/%s" % (name, what, tmp_path, name)), error
+        assert "cannot be forwarded to u@h; install %s there" % name in error
 
 
 def test_find_bundles_a_package(tmp_path):
