@@ -52,12 +52,14 @@ class HostlistError(ConfigError):
         self.position = position
 
     def __reduce__(self):
-        return (_rebuild_error, (str(self), self.text, self.position))
+        return (_rebuild_error, (str(self), self.text, self.position, self.reason))
 
 
-def _rebuild_error(message: str, text: str, position: int) -> HostlistError:
+def _rebuild_error(message: str, text: str, position: int, reason: Optional[str] = None) -> HostlistError:
     err = HostlistError(message)
     err.text, err.position = text, position
+    if reason is not None:      # (None: pickled by an older version)
+        err.reason = reason
     return err
 
 

@@ -5,6 +5,8 @@ The expected expansions are what ``scontrol show hostnames`` (Slurm 22.05) print
 
 from __future__ import annotations
 
+import pickle
+
 import pytest
 
 from remoteproc import ConfigError, Pool, hostlist
@@ -113,6 +115,17 @@ def test_the_documented_example_position_from_0_message_from_1():
         expand("node[")
     assert info.value.position == 4
     assert str(info.value) == "'[' is never closed at position 5 of 'node['\n  node[\n      ^"
+
+
+def test_the_error_crosses_processes_whole():
+    """Raised in a remote target or a Pool task, it reaches the caller pickled: same type, message,
+    text, position, and the fault alone (``reason``, which ``slurm()`` prefixes with a variable's name)."""
+    with pytest.raises(HostlistError) as info:
+        expand("node[1-")
+    err = info.value
+    copy = pickle.loads(pickle.dumps(err))
+    assert type(copy) is HostlistError and str(copy) == str(err)
+    assert (copy.text, copy.position, copy.reason) == ("node[1-", 4, "'[' is never closed")
 
 
 def test_a_product_of_groups_too_large_is_refused_not_built():
