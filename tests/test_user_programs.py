@@ -456,8 +456,25 @@ def test_ctrl_c_during_executor_map(runs: Runs, config: str) -> None:
     _pids_reported(remote, 2)
     assert remote.returncode == local.returncode
     assert "parent: map interrupted" in remote.stdout
-    assert errors(remote.stderr) == errors(local.stderr), remote.stderr
+    assert _without_idle_workers(errors(remote.stderr), 2) == _without_idle_workers(errors(local.stderr), 2), \
+        remote.stderr
     assert remote.left == []
+
+
+def _without_idle_workers(said: list[str], workers: int) -> list[str]:
+    """``errors()`` less the tracebacks of Executor workers the Ctrl-C found between two calls:
+    a ProcessPoolExecutor worker waiting for its next call dies of the KeyboardInterrupt with
+    "Process ForkProcess-N:" and a traceback, and so does a remote one ("Process
+    RemotePoolWorker-N:"). Which worker is waiting then is a race, locally too (the remote
+    worker waits a round trip for each 0.2 s call: PREFETCH is for quick calls only); at most
+    one such traceback per worker."""
+    headers = [line for line in said if re.fullmatch(r"Process [\w-]+:", line)]
+    assert len(headers) <= workers, said
+    rest = [line for line in said if line not in headers]
+    for line in ["Traceback (most recent call last):", "KeyboardInterrupt"] * len(headers):
+        assert line in rest, said
+        rest.remove(line)
+    return rest
 
 
 @program("prog7_sigint.py", "queue")
