@@ -315,14 +315,13 @@ def local_ok(local: Outcome) -> None:
 def test_pipeline_with_a_failing_worker(runs: Runs, config: str) -> None:
     local = runs.get("prog1_pipeline.py", "", "local")
     assert local.returncode == 0 and "collected 999 items; lost 1" in local.stdout, local.stderr
+    # the failing worker takes items 0, 1, 2 alone and fails on the third (the program's docstring)
     assert errors(local.stderr) == ["Process Process-3:", "Traceback (most recent call last):",
-                                    "ValueError: worker 1 cannot handle item %s" % local.stderr.split()[-1]]
+                                    "ValueError: worker 1 cannot handle item 2"]
     remote = runs.get("prog1_pipeline.py", "", config)
-    # which item the failing worker got is a race, locally and remotely
-    fix = re.compile(r"cannot handle item \d+")
-    assert fix.sub("item N", normal(remote.stdout)) == fix.sub("item N", local.stdout)
+    assert normal(remote.stdout) == local.stdout, remote.stderr
     assert remote.returncode == 0
-    assert [fix.sub("item N", e) for e in errors(remote.stderr)] == [fix.sub("item N", e) for e in errors(local.stderr)]
+    assert errors(remote.stderr) == errors(local.stderr)
 
 
 @program("prog2_wordcount.py")
@@ -457,8 +456,25 @@ def test_ctrl_c_during_executor_map(runs: Runs, config: str) -> None:
     _pids_reported(remote, 2)
     assert remote.returncode == local.returncode
     assert "parent: map interrupted" in remote.stdout
-    assert errors(remote.stderr) == errors(local.stderr), remote.stderr
+    assert _without_idle_workers(errors(remote.stderr), 2) == _without_idle_workers(errors(local.stderr), 2), \
+        remote.stderr
     assert remote.left == []
+
+
+def _without_idle_workers(said: list[str], workers: int) -> list[str]:
+    """``errors()`` less the tracebacks of Executor workers the Ctrl-C found between two calls:
+    a ProcessPoolExecutor worker waiting for its next call dies of the KeyboardInterrupt with
+    "Process ForkProcess-N:" and a traceback, and so does a remote one ("Process
+    RemotePoolWorker-N:"). Which worker is waiting then is a race, locally too (the remote
+    worker waits a round trip for each 0.2 s call: PREFETCH is for quick calls only); at most
+    one such traceback per worker."""
+    headers = [line for line in said if re.fullmatch(r"Process [\w-]+:", line)]
+    assert len(headers) <= workers, said
+    rest = [line for line in said if line not in headers]
+    for line in ["Traceback (most recent call last):", "KeyboardInterrupt"] * len(headers):
+        assert line in rest, said
+        rest.remove(line)
+    return rest
 
 
 @program("prog7_sigint.py", "queue")

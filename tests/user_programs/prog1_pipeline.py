@@ -1,8 +1,13 @@
-"""Producer -> 3 workers -> collector over JoinableQueues; one worker raises mid-way."""
+"""Producer -> 3 workers -> collector over JoinableQueues; one worker raises mid-way.
+
+The failing worker takes the first items alone (the others wait for ``go``, which it sets as
+it fails): a queue does not share items out fairly (multiprocessing's least of all: a worker
+once had its third item only as item 445, and another never had three), so a worker that had
+to win three items in a race now and then never failed."""
 import sys
 from dataclasses import dataclass
 
-from _mp import JoinableQueue, Process
+from _mp import Event, JoinableQueue, Process
 
 N = 1000
 WORKERS = 3
@@ -23,9 +28,11 @@ def producer(tasks, n, nworkers, ready):
         tasks.put(None)                      # one sentinel per worker
 
 
-def worker(wid, tasks, results, fail_after, ready):
+def worker(wid, tasks, results, fail_after, ready, go):
     done = 0
     ready.put(wid)
+    if fail_after < 0 and not go.wait(60):
+        raise RuntimeError("worker %d: the failing worker never failed" % wid)
     while True:
         item = tasks.get()
         try:
@@ -33,6 +40,7 @@ def worker(wid, tasks, results, fail_after, ready):
                 results.put(("done", wid))
                 return
             if done == fail_after:
+                go.set()
                 raise ValueError("worker %d cannot handle item %d" % (wid, item))
             results.put(("item", item * item))
             done += 1
@@ -55,8 +63,9 @@ def collector(results, nworkers, out):
 
 if __name__ == "__main__":
     tasks, results, out, ready = JoinableQueue(), JoinableQueue(), JoinableQueue(), JoinableQueue()
+    go = Event()
     prod = Process(target=producer, args=(tasks, N, WORKERS, ready))
-    workers = [Process(target=worker, args=(w, tasks, results, 2 if w == 1 else -1, ready)) for w in range(WORKERS)]
+    workers = [Process(target=worker, args=(w, tasks, results, 2 if w == 1 else -1, ready, go)) for w in range(WORKERS)]
     coll = Process(target=collector, args=(results, WORKERS, out))
     for p in [prod, *workers, coll]:
         p.start()
