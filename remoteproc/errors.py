@@ -36,7 +36,7 @@ class ConnectError(RemoteProcessError):
 TURNED_AWAY = ("sshd closes a connection at once when more connections than its MaxStartups allows "
                "(default 10) have not logged in yet (many programs, or many hosts behind one jump host with "
                "transport='openssh', connecting at the same moment), or when it refuses the client's address "
-               "(hosts.deny, PerSourceMaxStartups)")
+               "(hosts.deny, PerSourceMaxStartups, PerSourcePenalties)")
 TURNED_AWAY_FIX = "Fix: raise MaxStartups in that host's sshd_config, or start fewer connections at once"
 
 
