@@ -200,7 +200,15 @@ def test_what_ssh_says_when_turned_away_and_when_the_jump_cannot_forward():
                        "stdio forwarding failed\r\n"
                        "kex_exchange_identification: Connection closed by remote host\r\n"
                        "Connection closed by UNKNOWN port 65535")
+    dropped_behind_bastion = "kex_exchange_identification: Connection closed by remote host\r\n" \
+                             "Connection closed by UNKNOWN port 65535"
+    error = openssh.failure(jumped, 255, dropped_at_bastion)
+    assert "at the jump host (bob@bast): the server closed the connection before its SSH banner" in str(error)
+    error = openssh.failure(jumped, 255, dropped_behind_bastion)
+    assert "at the jump host" not in str(error) and "the server closed the connection before" in str(error), str(error)
+    assert "`ssh -v -F none -J bob@bast alice@node1` shows more" in str(error), str(error)
     for target, said, turned_away in ((jumped, dropped_at_bastion, True), (jumped, refused_forward, False),
+                                      (jumped, dropped_behind_bastion, True),
                                       (direct, "kex_exchange_identification: Connection closed by remote host", True),
                                       (direct, "ssh_exchange_identification: read: Connection reset by peer", True)):
         error = openssh.failure(target, 255, said)

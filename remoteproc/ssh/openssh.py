@@ -505,7 +505,12 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
         if pattern.search(head):
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh, config=config),
                                                                  words), display)
-    if _TURNED_AWAY.search(said) and not _FORWARD_FAILED.search(said):
+    turned = _TURNED_AWAY.findall(said)
+    if turned and not _FORWARD_FAILED.search(said):
+        # through a jump, a drop by the jump host's sshd shows twice (its ``ssh -W``'s words, then
+        # ssh's own); one by the target's, once: that is not the jump host's doing
+        if at_jump and len(turned) < 2:
+            ssh, where = user_command(target), ""
         verbose = "ssh -v" + ssh.split("`")[0][len("ssh"):]
         error = ConnectError("%s (transport='openssh'): %sthe server closed the connection before its SSH banner: "
                              "%s: %s. %s; `%s` shows more." % (display, where, TURNED_AWAY, words.rstrip("."),
