@@ -14,6 +14,7 @@ import functools
 import importlib.util
 import logging
 import os
+import random
 import re
 import shlex
 import sys
@@ -22,7 +23,7 @@ import time
 from typing import Any, Optional
 
 from .agent import PROTOCOL_VERSION, frames
-from .errors import BootstrapError
+from .errors import BootstrapError, ConnectError
 from .relay.channel import AgentChannel, AgentOpener, send_all, wait_readable
 
 log = logging.getLogger("remoteproc.relay")
@@ -395,6 +396,13 @@ def mode_of(hello: dict) -> str:
     return "same" if theirs == (implementation(), *sys.version_info[:2]) else "spawn"
 
 
+#: how often a connection that the server closed before its banner is tried again, and the first pause
+#: (doubled each time, +-50 %): sshd past its MaxStartups drops a share of new connections until
+#: those ahead of them have logged in, which takes them a fraction of a second
+TURNED_AWAY_RETRIES = 5
+TURNED_AWAY_PAUSE = 0.25
+
+
 def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]:
     """Run the agent's command on ``target`` through ``opener``, and wait for its hello.
 
@@ -402,7 +410,33 @@ def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]
     the hello frame; ``hello["mode"]`` is ``mode_of(hello)``.  Raises BootstrapError
     with the remote's own words on failure; the channel is closed then (and with it
     the remote command).
+
+    A connection the server turned away before its banner (``ConnectError.turned_away``: sshd
+    past its MaxStartups, when many programs or many ``ssh -W`` jumps connect at once) is tried
+    again after a growing, jittered pause, up to TURNED_AWAY_RETRIES times within
+    ``connect_timeout``, as a user would retry by hand; the last error says how often.
     """
+    started = time.monotonic()
+    pause = TURNED_AWAY_PAUSE
+    for attempt in range(1, TURNED_AWAY_RETRIES + 2):
+        try:
+            return _start_agent_once(opener, target)
+        except ConnectError as exc:
+            if not exc.turned_away:
+                raise
+            wait = pause * random.uniform(0.5, 1.5)
+            spent = time.monotonic() - started
+            if attempt > TURNED_AWAY_RETRIES or spent + wait > target.connect_timeout:
+                raise ConnectError("%s Tried %d times in %.1fs." % (exc, attempt, spent), exc.host) from None
+            log.warning("%s: the server closed the connection before its SSH banner (sshd's MaxStartups?); "
+                        "trying again in %.2fs (attempt %d)", target.display, wait, attempt + 1)
+            time.sleep(wait)
+            pause *= 2
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _start_agent_once(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]:
+    """One attempt of ``start_agent``."""
     display = target.display
     real_paths = bool(agent_env())
     # The blob (the first time, 10-20 ms of compiling) is built while the transport

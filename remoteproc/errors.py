@@ -26,6 +26,19 @@ class ConfigError(RemoteProcessError, ValueError):
 class ConnectError(RemoteProcessError):
     """The host could not be reached: unknown name, refused, unreachable or timed out."""
 
+    #: set on an error whose server accepted the TCP connection and closed it before its SSH
+    #: banner, as sshd does past its ``MaxStartups`` limit: the relay tries such a connection again
+    #: a moment later (``bootstrap.start_agent``); not sent over the wire
+    turned_away = False
+
+
+#: why a server closes a connection before its SSH banner (``ConnectError.turned_away``)
+TURNED_AWAY = ("sshd closes a connection at once when more connections than its MaxStartups allows "
+               "(default 10) have not logged in yet (many programs, or many hosts behind one jump host with "
+               "transport='openssh', connecting at the same moment), or when it refuses the client's address "
+               "(hosts.deny, PerSourceMaxStartups, PerSourcePenalties)")
+TURNED_AWAY_FIX = "Fix: raise MaxStartups in that host's sshd_config, or start fewer connections at once"
+
 
 class AuthenticationError(RemoteProcessError):
     """The SSH server refused every credential that was offered."""

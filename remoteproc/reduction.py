@@ -76,6 +76,7 @@ def dumps_function(func: Any) -> bytes:
     names in its code (the worker's tracebacks then name them, and show their lines where the
     file exists on that host)."""
     global _function_pickler
+    spawned_main_by_value()
     if _function_pickler is None:
         from .agent import proxies
 
@@ -248,6 +249,7 @@ class _ItemSpawnPickler(pickle.Pickler):
 def dumps_item(obj, mode: str = "same", host: str = "", looked: str = "") -> bytes:
     """Pickle a Queue item or Pool task for a process in ``mode`` (by reference for "spawn")."""
     if mode != "spawn":
+        spawned_main_by_value()
         return proxies.dumps_item(obj)
     import sys
 
@@ -339,9 +341,10 @@ class _Capped(io.BytesIO):
         return super().write(data)
 
 
-def _defined_at_top(name: str, obj: Any) -> bool:
-    """A class or function that the main script's own top level defines under this name."""
-    return (isinstance(obj, (type, types.FunctionType)) and obj.__module__ == "__main__"
+def _defined_at_top(name: str, obj: Any, main_name: str = "__main__") -> bool:
+    """A class or function that the main script's own top level defines under this name
+    (``main_name``: the script's module name, ``__mp_main__`` in a spawn or forkserver child)."""
+    return (isinstance(obj, (type, types.FunctionType)) and obj.__module__ == main_name
             and getattr(obj, "__qualname__", "") == name)
 
 
@@ -357,8 +360,9 @@ def main_definitions() -> dict[str, bytes]:
     if main is None:
         return {}
     out: dict[str, bytes] = {}
+    main_name = getattr(main, "__name__", "__main__")
     for name, obj in list(vars(main).items()):
-        if not _defined_at_top(name, obj):
+        if not _defined_at_top(name, obj, main_name):
             continue
         try:
             blob = _main_def_blobs[obj]
@@ -376,6 +380,20 @@ def main_definitions() -> dict[str, bytes]:
         if blob is not None:
             out[name] = blob
     return out
+
+
+def spawned_main_by_value() -> None:
+    """In a spawn or forkserver child of the user's program (multiprocessing runs the script there
+    as ``__mp_main__``), its functions and classes go by value, as ``__main__``'s do: cloudpickle
+    would name them ``__mp_main__.work``, which a remote child cannot import (its own
+    ``__mp_main__`` is not the script).  Registered with cloudpickle once, so the process payload,
+    Pool tasks and Queue items all carry them."""
+    main = sys.modules.get("__main__")
+    if main is None or getattr(main, "__name__", None) != "__mp_main__" or sys.modules.get("__mp_main__") is not main:
+        return
+    listed = getattr(cloudpickle, "list_registry_pickle_by_value", None)
+    if listed is None or "__mp_main__" not in listed():
+        cloudpickle.register_pickle_by_value(main)
 
 
 def by_value_modules() -> list[str]:
@@ -414,6 +432,7 @@ def dumps_process(process_obj, host: str, mode: str = "same",
         state["_remoteproc_log_level"] = mp_logger.getEffectiveLevel()
     buf = Spill()
     pickler: _Pickler | _SpawnPickler
+    spawned_main_by_value()
     if mode == "spawn":
         pickler = _SpawnPickler(buf, host, looked)
         shipped: object = _SpawnShipped(type(process_obj), state, main_info())

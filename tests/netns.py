@@ -94,6 +94,11 @@ class Host:
 class NetnsRig:
     """A bridge, namespaces and sshds for ``names``; ``start()`` then ``stop()``."""
 
+    #: sshd_config lines that raise sshd's limits on sessions per connection and on unauthenticated
+    #: connections; a subclass with ``limits = []`` gets sshd's defaults (MaxSessions 10,
+    #: MaxStartups 10:30:100)
+    limits = ["MaxSessions 200", "MaxStartups 200:30:300"]
+
     def __init__(self, names: list[str], users: list[str], sshd: str) -> None:
         self.names = names
         self.users = users
@@ -218,8 +223,7 @@ class NetnsRig:
             "PermitRootLogin %s" % ("yes" if "root" in self.users else "no"),
             "AllowUsers %s" % " ".join(self.users),
             "AllowTcpForwarding yes",
-            "MaxSessions 200",
-            "MaxStartups 200:30:300",
+        ] + self.limits + [
             "LogLevel VERBOSE",
             "PrintMotd no",
             "UseDNS no",

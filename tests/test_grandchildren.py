@@ -428,3 +428,73 @@ def test_a_by_value_modules_functions_run_in_the_targets_own_processes_as_locall
     assert lines[2] == 0
     if method == "forkserver":
         assert lines[3] == [10, 20]
+
+
+# -- the user's program itself a spawn or forkserver child -----------------------------------------------
+
+LOCAL_CHILD_PROGRAM = '''
+import json, sys
+import multiprocessing as mp
+from remoteproc import Pipe, Pool, Queue, RemoteProcess
+
+
+class Item:
+    def __init__(self, n):
+        self.n = n
+
+
+def square(x):
+    return x * x
+
+
+def hello(conn, item, q):
+    msg = conn.recv()
+    conn.send((item.n, type(msg).__name__, msg.n, Item(7)))
+    q.put(Item(8))
+
+
+def in_local_child(host, options, method, out):
+    a, b = Pipe()
+    q = Queue()
+    q.put(Item(0))      # (a Queue item pickled before any process started)
+    p = RemoteProcess(host, target=hello, args=(b, Item(5), q), **options)
+    p.start()
+    b.close()
+    a.send(Item(6))
+    got = a.recv() if a.poll(60) else None
+    p.join(60)
+    queued = [q.get(timeout=30).n for _ in range(2)]
+    with Pool([host], processes_per_host=1, **options) as pool:
+        squares = pool.map(square, range(4))
+    out.put({"exitcode": p.exitcode, "got": got and list(got[:3]) + [got[3].n],
+             "ours": got is not None and type(got[3]) is Item, "queued": queued, "squares": squares})
+
+
+if __name__ == "__main__":
+    host, options, method = json.loads(sys.argv[1])
+    ctx = mp.get_context(method)
+    out = ctx.Queue()
+    c = ctx.Process(target=in_local_child, args=(host, options, method, out))
+    c.start()
+    print(json.dumps(out.get(timeout=120)))
+    c.join(30)
+'''
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_a_program_that_is_itself_a_spawn_child_ships_its_scripts_code(scripts, plain_user_host,
+                                                                        plain_user_options, method):
+    """Fixed: in a local spawn or forkserver child (a ProcessPoolExecutor's worker on macOS, or
+    any on Python 3.14, whose default is forkserver), the script runs as ``__mp_main__``, and
+    cloudpickle named its functions ``__mp_main__.hello``, which the remote child could not find:
+    "AttributeError: Can't get attribute 'hello' on <module '__main__' (built-in)>".  A forked
+    child worked.  Now the script's code goes by value as ``__main__``'s does, and a Pipe message
+    naming ``__mp_main__.Item`` resolves on the remote side."""
+    program = scripts("lc_program.py", LOCAL_CHILD_PROGRAM)
+    proc = subprocess.run([sys.executable, program, json.dumps([plain_user_host, plain_user_options, method])],
+                          capture_output=True, text=True, timeout=200, cwd=os.path.dirname(program),
+                          env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got == {"exitcode": 0, "got": [5, "Item", 6, 7], "ours": True, "queued": [0, 8],
+                   "squares": [0, 1, 4, 9]}, proc.stderr[-3000:]

@@ -172,6 +172,7 @@ SSH_WORDS = [
     ("ssh: Could not resolve hostname nodex: Name or service not known", ConnectError, "does not resolve"),
     ("ssh: connect to host node1 port 22: Connection refused", ConnectError, "nothing listens"),
     ("ssh: connect to host node1 port 22: Connection timed out", ConnectError, "connect_timeout"),
+    ("kex_exchange_identification: read: Connection reset by peer", ConnectError, "raise MaxStartups"),
     ("kex_exchange_identification: read: Connection reset by peer", ConnectError, "ssh -v"),
 ]
 
@@ -185,6 +186,34 @@ def _target(spec="alice@node1", **options):
     jumps = options.get("proxy_jump")
     return Target(spec=spec, hostname=host, port=port or 22, username=user or "", original_host=host,
                   proxy_jump=jumps.split(",") if jumps else [], options=options, transport="openssh")
+
+
+def test_what_ssh_says_when_turned_away_and_when_the_jump_cannot_forward():
+    """openssh's words: a drop (directly, or the bastion's during ``ssh -W``) is retried; a jump host
+    that refused to forward ends with the same ``kex_exchange_identification`` line, but is not."""
+    jumped, direct = _target(proxy_jump="bob@bast", ssh_config=False), _target(ssh_config=False)
+    dropped_at_bastion = ("kex_exchange_identification: read: Connection reset by peer\r\n"
+                          "Connection reset by 10.0.0.1 port 22\r\n"
+                          "kex_exchange_identification: Connection closed by remote host\r\n"
+                          "Connection closed by UNKNOWN port 65535")
+    refused_forward = ("channel 0: open failed: administratively prohibited: open failed\r\n"
+                       "stdio forwarding failed\r\n"
+                       "kex_exchange_identification: Connection closed by remote host\r\n"
+                       "Connection closed by UNKNOWN port 65535")
+    dropped_behind_bastion = "kex_exchange_identification: Connection closed by remote host\r\n" \
+                             "Connection closed by UNKNOWN port 65535"
+    error = openssh.failure(jumped, 255, dropped_at_bastion)
+    assert "at the jump host (bob@bast): the server closed the connection before its SSH banner" in str(error)
+    error = openssh.failure(jumped, 255, dropped_behind_bastion)
+    assert "at the jump host" not in str(error) and "the server closed the connection before" in str(error), str(error)
+    assert "`ssh -v -F none -J bob@bast alice@node1` shows more" in str(error), str(error)
+    for target, said, turned_away in ((jumped, dropped_at_bastion, True), (jumped, refused_forward, False),
+                                      (jumped, dropped_behind_bastion, True),
+                                      (direct, "kex_exchange_identification: Connection closed by remote host", True),
+                                      (direct, "ssh_exchange_identification: read: Connection reset by peer", True)):
+        error = openssh.failure(target, 255, said)
+        assert isinstance(error, ConnectError) and error.turned_away is turned_away, (said, str(error))
+        assert ("MaxStartups" in str(error)) is turned_away, str(error)
 
 
 @pytest.mark.parametrize("said, kind, advice", SSH_WORDS)

@@ -107,10 +107,13 @@ def _serve_main_definitions(blobs, state):
                 for obj in (target, *(state.get("_args") or ()), *(state.get("_kwargs") or {}).values())]
     for name, obj in brought:
         if name in blobs and isinstance(obj, (type, types.FunctionType)) \
-                and getattr(obj, "__module__", None) == "__main__" and obj.__qualname__ == name:
+                and getattr(obj, "__module__", None) in ("__main__", "__mp_main__") and obj.__qualname__ == name:
             setattr(main, name, obj)
     main.__getattr__ = lazy_definitions(blobs, lambda: main)  # type: ignore[method-assign]  # (PEP 562)
     sys.modules["__main__"] = main
+    # (the user's program may itself be a spawn or forkserver child, whose script is __mp_main__:
+    # what it sends names __mp_main__.Item, which multiprocessing had made the agent's __main__)
+    sys.modules["__mp_main__"] = main
     from . import grandchild
 
     grandchild.remember_definitions(blobs)

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..errors import ConnectError, RemoteProcessError, describe
+from ..errors import TURNED_AWAY, TURNED_AWAY_FIX, ConnectError, RemoteProcessError, describe
 from .auth import authenticate
 from .hostkeys import check_host_key, prefer_known_types, read_known_hosts
 from .target import Target, config_read
@@ -172,7 +172,10 @@ def open_jump(target: Target, opener: Callable[[Target], SSHConnection]) -> SSHC
     try:
         return opener(target.jump)
     except RemoteProcessError as exc:
-        raise type(exc)("%s: at the jump host: %s" % (target.display, exc), target.display) from exc
+        error = type(exc)("%s: at the jump host: %s" % (target.display, exc), target.display)
+        if isinstance(exc, ConnectError) and isinstance(error, ConnectError):
+            error.turned_away = exc.turned_away
+        raise error from exc
 
 
 def _open_socket(target: Target, jump: SSHConnection | None) -> tuple[Any, subprocess.Popen[bytes] | None]:
@@ -229,7 +232,12 @@ def _handshake(transport: Any, target: Target, proxied: bool) -> None:
         if time.monotonic() - started >= target.connect_timeout * 0.9:
             reason = "no SSH banner within %gs (%s)" % (target.connect_timeout, reason)
         else:
-            reason = "the server closed the connection before its SSH banner (%s)" % reason
+            error = ConnectError("%s: SSH handshake failed: the server closed the connection before its SSH banner "
+                                 "(%s): %s. %s. Check that an SSH server answers on port %d%s."
+                                 % (target.display, reason, TURNED_AWAY, TURNED_AWAY_FIX, target.port,
+                                    " and that ProxyCommand works" if proxied else ""), target.display)
+            error.turned_away = True
+            raise error
     if "Incompatible ssh" in reason:
         # an SSH server answered, but it allows only algorithms that paramiko lacks (chacha20-poly1305
         # alone, sntrup761 key exchange alone, ...): the user's own ssh has them

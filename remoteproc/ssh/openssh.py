@@ -33,7 +33,15 @@ import tempfile
 import threading
 from typing import Any, Optional, Sequence
 
-from ..errors import AuthenticationError, ConfigError, ConnectError, HostKeyError, RemoteProcessError
+from ..errors import (
+    TURNED_AWAY,
+    TURNED_AWAY_FIX,
+    AuthenticationError,
+    ConfigError,
+    ConnectError,
+    HostKeyError,
+    RemoteProcessError,
+)
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
 from .target import Target, config_read, python_option, setup_option
 
@@ -464,6 +472,11 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
 ]
 #: what ssh says when the ``ssh -W`` it ran for a jump host ended before the target's banner
 _JUMP_ENDED = re.compile(r"kex_exchange_identification|Connection closed by UNKNOWN port 65535", re.I)
+#: what ssh says when a server closed the connection before its banner (sshd past MaxStartups) ...
+_TURNED_AWAY = re.compile(r"(kex|ssh)_exchange_identification: (read: )?Connection (closed by remote host|reset "
+                          r"by peer)", re.I)
+#: ... and what it says first when the jump host's ``ssh -W`` could not reach the next hop (not that)
+_FORWARD_FAILED = re.compile(r"open failed|forwarding failed", re.I)
 
 
 def failure(target: Target, status: Optional[int], said: str) -> Optional[RemoteProcessError]:
@@ -492,6 +505,18 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
         if pattern.search(head):
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh, config=config),
                                                                  words), display)
+    turned = _TURNED_AWAY.findall(said)
+    if turned and not _FORWARD_FAILED.search(said):
+        # through a jump, a drop by the jump host's sshd shows twice (its ``ssh -W``'s words, then
+        # ssh's own); one by the target's, once: that is not the jump host's doing
+        if at_jump and len(turned) < 2:
+            ssh, where = user_command(target), ""
+        verbose = "ssh -v" + ssh.split("`")[0][len("ssh"):]
+        error = ConnectError("%s (transport='openssh'): %sthe server closed the connection before its SSH banner: "
+                             "%s: %s. %s; `%s` shows more." % (display, where, TURNED_AWAY, words.rstrip("."),
+                                                              TURNED_AWAY_FIX, verbose), display)
+        error.turned_away = True
+        return error
     return ConnectError("%s (transport='openssh'): %sssh failed: %s. Fix: run `%s` to see why" %
                         (display, where, words.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
 
