@@ -428,8 +428,10 @@ def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]
             spent = time.monotonic() - started
             if attempt > TURNED_AWAY_RETRIES or spent + wait > target.connect_timeout:
                 raise ConnectError("%s Tried %d times in %.1fs." % (exc, attempt, spent), exc.host) from None
-            log.warning("%s: the server closed the connection before its SSH banner (sshd's MaxStartups?); "
-                        "trying again in %.2fs (attempt %d)", target.display, wait, attempt + 1)
+            # (INFO: a start that gets through on a later attempt works as the user asked; only
+            # the last failure, which names MaxStartups, is theirs to act on)
+            log.info("%s: the server closed the connection before its SSH banner (sshd's MaxStartups?); "
+                     "trying again in %.2fs (attempt %d)", target.display, wait, attempt + 1)
             time.sleep(wait)
             pause *= 2
     raise AssertionError("unreachable")  # pragma: no cover
