@@ -614,6 +614,32 @@ def test_script_mode_runs_a_directory_or_zip_file_on_another_python(host_pythons
             assert "helper.py" in got_err and "runpy" not in got_err and "remoteproc/agent" not in got_err
 
 
+UNGUARDED_DRIVER = """
+import json, sys
+import remoteproc
+Maybe = int | None      # (3.10 at the top level, and no if __name__ == "__main__": the user's, run here)
+host, options, path = json.loads(sys.argv[1])
+job = remoteproc.run(host, path, "x", **options)
+job.join(60)
+print("exitcode", job.exitcode)
+"""
+
+
+def test_script_mode_does_not_import_the_callers_own_script_on_another_python(host_pythons, plain_user_host,
+                                                                              plain_user_options, scripts):
+    """remoteproc.run(HOST, path) from a program with no main guard, or whose top level needs a newer
+    Python, runs the host's script on a 3.9 host as on a same-version one: the spawn-mode child ran the
+    caller's script first (remoteproc.run there: 'cannot be used inside a remote process'; int | None:
+    TypeError), so the host's script never ran. The child needs nothing of it (script mode)."""
+    wrapper, _full = host_pythons.get("3.9")
+    target = scripts("hp_host_side.py", "import sys\nprint('host script', sys.argv[1:], sys.version_info[:2])\n")
+    driver = scripts("hp_unguarded_driver.py", UNGUARDED_DRIVER)
+    arg = json.dumps([plain_user_host, dict(plain_user_options, python=wrapper), target])
+    proc = subprocess.run([sys.executable, driver, arg], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(driver), env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.stdout == "host script ['x'] (3, 9)\nexitcode 0\n", proc.stderr
+
+
 # -- refused, and said so ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ver", ["2.7", "3.6", "3.7"])
