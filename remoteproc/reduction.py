@@ -435,7 +435,12 @@ def dumps_process(process_obj, host: str, mode: str = "same",
     spawned_main_by_value()
     if mode == "spawn":
         pickler = _SpawnPickler(buf, host, looked)
-        shipped: object = _SpawnShipped(type(process_obj), state, main_info())
+        main = main_info()
+        if main is not None and not getattr(process_obj, "_ships_main", True):
+            # (script mode: the child runs a script of the host's, and the caller's own script, whose
+            # top level may not run there nor be guarded, has nothing it needs, as for the same version)
+            main = dict(main, source=None, path=None)
+        shipped: object = _SpawnShipped(type(process_obj), state, main)
     else:
         pickler = _Pickler(buf, host)
         shipped = _Shipped(type(process_obj), state, {"definitions": main_definitions(), "argv": list(sys.argv),

@@ -74,6 +74,9 @@ class RemoteScript(RemoteProcess):
     ``/dev/null``, as every remote child's.
     """
 
+    #: a spawn-mode child does not import the caller's main script first (reduction.dumps_process)
+    _ships_main = False
+
     def __init__(
         self,
         host: str,

@@ -560,6 +560,86 @@ def test_a_script_newer_than_the_hosts_python_is_explained(host_pythons, plain_u
     assert path in line[0] and said in line[0] and "Fix:" in line[0] and "python=" in line[0]
 
 
+APP_MAIN = """
+import sys
+import helper
+print(__name__, sys.argv[1:], sys.path[0] == sys.argv[0], sys.version_info[:2])
+helper.fail()
+"""
+
+
+@pytest.mark.parametrize("ver", ["3.9", "3.13"])
+def test_script_mode_runs_a_directory_or_zip_file_on_another_python(host_pythons, plain_user_host,
+                                                                    plain_user_options, scripts, capfd, ver):
+    """remoteproc.run(HOST, DIR or APP.zip) on a host whose Python is another version runs its
+    __main__.py as that python3 runs it; one without __main__ exits 1 with python3's one line. A zip
+    file without one said runpy's chained ImportError among the agent's frames, and zipimport before
+    3.10 has no find_spec (agent/script.py)."""
+    import zipfile
+
+    import remoteproc
+
+    wrapper, _full = host_pythons.get(ver)
+    options = dict(plain_user_options, python=wrapper)
+    helper = "def fail():\n    raise ValueError('from the app')\n"
+    top = os.path.dirname(scripts("hp_app_helper.py", helper))     # (a directory every account reads)
+    app = os.path.join(top, "app")
+    os.mkdir(app)
+    for name, source in (("__main__.py", APP_MAIN), ("helper.py", helper)):
+        with open(os.path.join(app, name), "w") as f:
+            f.write(source)
+    os.chmod(app, 0o755)
+    archive, no_main = os.path.join(top, "app.zip"), os.path.join(top, "lib.zip")
+    with zipfile.ZipFile(archive, "w") as z:
+        z.write(os.path.join(app, "__main__.py"), "__main__.py")
+        z.write(os.path.join(app, "helper.py"), "helper.py")
+    with zipfile.ZipFile(no_main, "w") as z:
+        z.write(os.path.join(app, "helper.py"), "helper.py")
+    for path in (archive, no_main):
+        os.chmod(path, 0o644)
+    said = "__main__ ['a', '1'] True %r\n" % (tuple(int(x) for x in ver.split(".")),)
+    for path, out in ((app, said), (archive, said), (no_main, "")):
+        local = subprocess.run([wrapper, path, "a", "1"], capture_output=True, text=True, timeout=60)
+        capfd.readouterr()
+        job = remoteproc.run(plain_user_host, path, "a", 1, **options)
+        job.join(60)
+        got_out, got_err = capfd.readouterr()
+        assert job.exitcode == local.returncode == 1, (path, got_err)
+        assert got_out == local.stdout == out, path
+        if path == no_main:
+            assert got_err == "remoteproc: can't find '__main__' module in %r on this host\n" % path
+            assert local.stderr.endswith(": can't find '__main__' module in %r\n" % path)
+        else:
+            assert got_err.splitlines()[-1] == local.stderr.splitlines()[-1] == "ValueError: from the app"
+            assert "helper.py" in got_err and "runpy" not in got_err and "remoteproc/agent" not in got_err
+
+
+UNGUARDED_DRIVER = """
+import json, sys
+import remoteproc
+Maybe = int | None      # (3.10 at the top level, and no if __name__ == "__main__": the user's, run here)
+host, options, path = json.loads(sys.argv[1])
+job = remoteproc.run(host, path, "x", **options)
+job.join(60)
+print("exitcode", job.exitcode)
+"""
+
+
+def test_script_mode_does_not_import_the_callers_own_script_on_another_python(host_pythons, plain_user_host,
+                                                                              plain_user_options, scripts):
+    """remoteproc.run(HOST, path) from a program with no main guard, or whose top level needs a newer
+    Python, runs the host's script on a 3.9 host as on a same-version one: the spawn-mode child ran the
+    caller's script first (remoteproc.run there: 'cannot be used inside a remote process'; int | None:
+    TypeError), so the host's script never ran. The child needs nothing of it (script mode)."""
+    wrapper, _full = host_pythons.get("3.9")
+    target = scripts("hp_host_side.py", "import sys\nprint('host script', sys.argv[1:], sys.version_info[:2])\n")
+    driver = scripts("hp_unguarded_driver.py", UNGUARDED_DRIVER)
+    arg = json.dumps([plain_user_host, dict(plain_user_options, python=wrapper), target])
+    proc = subprocess.run([sys.executable, driver, arg], capture_output=True, text=True, timeout=120,
+                          cwd=os.path.dirname(driver), env=dict(os.environ, PYTHONPATH=REPO))
+    assert proc.stdout == "host script ['x'] (3, 9)\nexitcode 0\n", proc.stderr
+
+
 # -- refused, and said so ----------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("ver", ["2.7", "3.6", "3.7"])

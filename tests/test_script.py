@@ -157,10 +157,14 @@ def test_a_directory_or_zip_file_runs_its_main_module_as_python3_path(loopback, 
         assert err.splitlines()[-1] == local.stderr.splitlines()[-1] == "ValueError: from the app"
         assert "helper.py" in err and "runpy" not in err
     (tmp_path / "empty").mkdir()
-    p = run(host, str(tmp_path / "empty"), **options)
-    p.join(30)
-    assert p.exitcode == 1                  # as python3 exits for a directory without __main__
-    assert "can't find '__main__' module in %r" % str(tmp_path / "empty") in capfd.readouterr().err
+    no_main = str(tmp_path / "lib.zip")     # (a zip file without one said runpy's chained ImportError,
+    with zipfile.ZipFile(no_main, "w") as z:    # with the agent's frames)
+        z.write(app / "helper.py", "helper.py")
+    for path in (str(tmp_path / "empty"), no_main):
+        local, p, out, err = _compare_with_local_python(host, options, path, [], capfd)
+        assert p.exitcode == local.returncode == 1, err     # as python3 exits for one without __main__
+        assert err == "remoteproc: can't find '__main__' module in %r on this host\n" % path
+        assert local.stderr == "%s: can't find '__main__' module in %r\n" % (sys.executable, path)
 
 
 def test_missing_script(loopback, capfd):

@@ -86,12 +86,12 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
     os.environ[ENV_JSON] = ",".join(str(int(i)) for i in json_positions)
     path = os.path.expanduser(path)
     try:
-        if os.path.isdir(path):
-            # as python3 runs a directory (or a zip file) by its __main__ module, so does runpy
-            _check_main_module(path)
-        else:
+        if not os.path.isdir(path):
             with open(path, "rb"):
                 pass
+        if _runs_main_module(path):
+            # as python3 runs a directory (or a zip file) by its __main__ module, so does runpy
+            _check_main_module(path)
     except OSError as exc:
         # (as python3 says it; where a relative path starts is worth saying only for a missing one)
         hint = ("" if os.path.isabs(path) or not isinstance(exc, FileNotFoundError)
@@ -143,11 +143,17 @@ def _runs_main_module(path):
 
 
 def _check_main_module(path):
-    """Exit as python3 does for a directory that has no ``__main__`` module."""
+    """Exit as python3 does for a directory or a zip file that has no ``__main__`` module (not
+    runpy's ImportError traceback among the agent's frames)."""
     import pkgutil
 
     importer = pkgutil.get_importer(path)
-    if importer is None or importer.find_spec("__main__") is None:
+    find_spec = getattr(importer, "find_spec", None)
+    if find_spec is not None:
+        found = find_spec("__main__") is not None
+    else:   # (zipimport before Python 3.10 has find_module only)
+        found = importer is not None and importer.find_module("__main__") is not None  # type: ignore[attr-defined]
+    if not found:
         sys.stderr.write("remoteproc: can't find '__main__' module in %r on this host\n" % path)
         sys.exit(1)
 
