@@ -215,10 +215,15 @@ def netns_prerequisites() -> str:
 def netns() -> Iterator[Any]:
     """Four hosts in network namespaces of their own (see tests/netns.py), each running an sshd
     that logs in PLAIN_USER with ``netns.client_key``.  Needs root: skipped otherwise, failed in CI."""
-    sshd_path = netns_prerequisites()
     from netns import NetnsRig
 
-    rig = NetnsRig(NETNS_HOSTS, [PLAIN_USER], sshd_path)
+    yield from running_rig(NetnsRig, NETNS_HOSTS)
+
+
+def running_rig(rig_class: Any, names: list[str]) -> Iterator[Any]:
+    """A fixture's body: a started ``rig_class`` (tests/netns.py) of hosts ``names`` that log in
+    PLAIN_USER, stopped after its last test."""
+    rig = rig_class(names, [PLAIN_USER], netns_prerequisites())
     try:
         rig.start()
     except (RuntimeError, OSError, subprocess.SubprocessError) as exc:

@@ -19,7 +19,6 @@ import os
 import re
 import shutil
 import socket
-import subprocess
 import textwrap
 import threading
 import time
@@ -27,7 +26,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from conftest import PLAIN_USER, _unavailable, netns_prerequisites
+from conftest import PLAIN_USER, running_rig
 from proctable import cmdline, descendants, eventually
 
 from remoteproc import ConnectError, Pipe, RemoteProcess, RemoteProcessError
@@ -40,21 +39,12 @@ PER_TEST = 4
 @pytest.fixture(scope="module")
 def strict() -> Iterator[Any]:
     """Hosts ``s1``, ``s2`` and a bastion ``sb`` whose sshds take one unauthenticated connection at a time."""
-    sshd_path = netns_prerequisites()
     from netns import NetnsRig
 
     class StrictRig(NetnsRig):
         limits = ["MaxStartups 1"]
 
-    rig = StrictRig(["s1", "s2", "sb"], [PLAIN_USER], sshd_path)
-    try:
-        rig.start()
-    except (RuntimeError, OSError, subprocess.SubprocessError) as exc:
-        _unavailable(f"cannot build the network namespace hosts: {exc}")
-    try:
-        yield rig
-    finally:
-        rig.stop()
+    yield from running_rig(StrictRig, ["s1", "s2", "sb"])
 
 
 def hello(conn):
