@@ -26,9 +26,9 @@ from multiprocessing.connection import wait
 import cloudpickle
 import pytest
 from proctable import cmdline, descendants, eventually
+from remote_call import start
 
 import remoteproc
-from remoteproc import Pipe, RemoteProcess
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -59,12 +59,7 @@ def ours(host) -> list[int]:
 def test_a_link_cut_mid_message(netns, fresh, transport, outage):
     host = netns.hosts["h2"]
     options = netns.options(transport=transport, keepalive_interval=1, keepalive_count=5)
-    parent, child = Pipe()
-    p = RemoteProcess(host.spec(PLAIN_USER), target=echo_checked, args=(child,), **options)
-    p.start()
-    child.close()
-    assert parent.poll(30)
-    parent.recv()
+    p, parent, _pid = start(host.spec(PLAIN_USER), options, echo_checked)
     data = os.urandom(50 << 20)
     sent: dict = {}
 

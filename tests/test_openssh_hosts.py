@@ -18,6 +18,7 @@ import cloudpickle
 import pytest
 from hostjobs import jump_alias_config, report_and_wait, run_where, write_config
 from proctable import children_of, cmdline, eventually, gone
+from remote_call import start
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
@@ -210,12 +211,7 @@ def test_idle_connection_ends_its_ssh_process(netns, ns_options, tmp_path):
     known = str(tmp_path / "known_hosts")
     shutil.copy(netns.known_hosts, known)           # settings of this test only: a fresh connection
     options = dict(ns_options, idle_timeout=1, known_hosts=known)
-    parent, child = Pipe()
-    p = RemoteProcess(h3.spec(PLAIN_USER), target=report_and_wait, args=(child,), **options)
-    p.start()
-    child.close()
-    assert parent.poll(60)
-    parent.recv()
+    p, parent, _first = start(h3.spec(PLAIN_USER), options, report_and_wait)
     pids = [pid for pid, line in ssh_processes().items() if known in line]
     assert len(pids) == 1, "not one ssh process for this connection: %s" % ssh_processes()
     parent.close()
