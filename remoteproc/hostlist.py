@@ -168,7 +168,9 @@ def slurm(environ: Optional[Mapping[str, str]] = None) -> list[Host]:
     (``SLURM_TASKS_PER_NODE``), each host gets the pool's ``processes_per_host``.  Inside an
     ``srun`` step (``srun python3 main.py``, ``srun --pty bash``) srun has replaced
     ``SLURM_TASKS_PER_NODE`` with the step's layout (one task on one node, say) while the node
-    list stays the job's: each host then gets the job's CPUs on it, ``SLURM_JOB_CPUS_PER_NODE``.
+    list stays the job's: each host then gets the job's CPUs on it, ``SLURM_JOB_CPUS_PER_NODE``,
+    divided by ``SLURM_CPUS_PER_TASK`` (``-c``), so that ``sbatch -c 2`` gives the same workers
+    inside a step as in the batch script.
     """
     env = os.environ if environ is None else environ
     variable = "SLURM_JOB_NODELIST" if env.get("SLURM_JOB_NODELIST") else "SLURM_NODELIST"
@@ -193,7 +195,20 @@ def slurm(environ: Optional[Mapping[str, str]] = None) -> list[Host]:
     if len(counts) != len(hosts):
         raise ConfigError("%s=%r gives %d counts for the %d hosts of %s=%r"
                           % (counts_variable, tasks, len(counts), len(hosts), variable, nodelist))
+    if counts_variable == "SLURM_JOB_CPUS_PER_NODE":
+        per_task = _cpus_per_task(env)
+        counts = [max(1, n // per_task) if n else 0 for n in counts]
     return [Host(h, {}, n) for h, n in zip(hosts, counts) if n > 0]
+
+
+def _cpus_per_task(env: Mapping[str, str]) -> int:
+    """``SLURM_CPUS_PER_TASK`` (set by ``-c``/``--cpus-per-task``), 1 when unset."""
+    text = env.get("SLURM_CPUS_PER_TASK", "").strip()
+    if not text:
+        return 1
+    if not text.isdigit() or int(text) < 1:
+        raise ConfigError("SLURM_CPUS_PER_TASK=%r is not a positive whole number" % text)
+    return int(text)
 
 
 _TASKS = re.compile(r"([0-9]+)(?:\(x([0-9]+)\))?\Z")

@@ -171,6 +171,19 @@ def test_slurm_inside_an_srun_step_counts_the_jobs_cpus():
     assert hostlist.slurm(batch) == [Host("node1", {}, 2), Host("node2", {}, 2)]
 
 
+def test_slurm_with_cpus_per_task_counts_tasks_inside_and_outside_a_step():
+    """sbatch -N2 --ntasks-per-node=2 -c 4: the batch script saw 2 workers per node, and the same
+    program under "srun -n1 python3 main.py" saw the job's 8 CPUs, so 8."""
+    job = {"SLURM_JOB_NODELIST": "node[1-2]", "SLURM_JOB_CPUS_PER_NODE": "8(x2)", "SLURM_CPUS_PER_TASK": "4"}
+    batch = dict(job, SLURM_TASKS_PER_NODE="2(x2)")
+    step = dict(job, SLURM_TASKS_PER_NODE="1,0", SLURM_STEP_TASKS_PER_NODE="1", SLURM_STEP_NODELIST="node1")
+    assert hostlist.slurm(batch) == hostlist.slurm(step) == [Host("node1", {}, 2), Host("node2", {}, 2)]
+    # a node with fewer CPUs than a task asks for still gets one worker
+    assert hostlist.slurm(dict(step, SLURM_JOB_CPUS_PER_NODE="8,2")) == [Host("node1", {}, 2), Host("node2", {}, 1)]
+    with pytest.raises(ConfigError, match="SLURM_CPUS_PER_TASK='0' is not a positive"):
+        hostlist.slurm(dict(step, SLURM_CPUS_PER_TASK="0"))
+
+
 def test_slurm_reads_os_environ(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_NODELIST", "c[1-2]")
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "3(x2)")
