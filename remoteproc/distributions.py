@@ -18,11 +18,13 @@ import base64
 import csv
 import functools
 import importlib.machinery
+import json
 import logging
 import os
 import re
 import stat
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 
 from . import requires_python
@@ -217,6 +219,32 @@ def info_files(site: str, info: str) -> dict[str, str]:
         except OSError:
             continue
     return out
+
+
+def installed_editable(site: str, info: str, unit: Unit, editable: dict | None = None) -> bool:
+    """Is ``site/info`` the dist-info of a project installed in editable mode, whose package
+    ``unit`` lives apart from it, in the project's own directory?  Either setuptools' finder
+    maps the name (``editable``, see ``modules.editable_roots``), or the installer put the
+    project's directory on sys.path with a ``.pth`` file (hatchling, flit, pdm, setuptools with
+    a ``src/`` layout): its ``direct_url.json`` (PEP 610) says editable, and names the project
+    directory that holds the package."""
+    if unit.info is not None:
+        return False
+    if editable and unit.name in editable:
+        return True
+    try:
+        with open(os.path.join(site, info, "direct_url.json"), encoding="utf-8") as f:
+            said = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(said, dict) or not isinstance(said.get("dir_info"), dict) \
+            or said["dir_info"].get("editable") is not True or not isinstance(said.get("url"), str):
+        return False
+    url = urllib.parse.urlsplit(said["url"])
+    if url.scheme != "file" or url.netloc not in ("", "localhost"):
+        return False
+    project = os.path.join(os.path.realpath(urllib.parse.unquote(url.path)), "")
+    return os.path.realpath(os.path.join(unit.site, unit.rel)).startswith(project)
 
 
 def top_names(site: str, info: str) -> list[str]:

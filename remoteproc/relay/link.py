@@ -513,7 +513,7 @@ class Link:
             unit = distributions.locate(top, self.sys_path, self.editable)
             if unit is None or unit.name != top:
                 continue
-            if unit.info is None and top in self.editable:
+            if distributions.installed_editable(site, info, unit, self.editable):
                 break           # (installed in editable mode: its dist-info is where pip put it, apart)
             if unit.info != info or unit.site != site:
                 return None     # (that name is another distribution's here: not this one's to describe)
