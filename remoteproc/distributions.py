@@ -18,11 +18,13 @@ import base64
 import csv
 import functools
 import importlib.machinery
+import json
 import logging
 import os
 import re
 import stat
 import sys
+import urllib.parse
 from dataclasses import dataclass, field
 
 from . import requires_python
@@ -217,6 +219,32 @@ def info_files(site: str, info: str) -> dict[str, str]:
         except OSError:
             continue
     return out
+
+
+def installed_editable(site: str, info: str, unit: Unit, editable: dict | None = None) -> bool:
+    """Is ``site/info`` the dist-info of a project installed in editable mode, whose package
+    ``unit`` lives apart from it, in the project's own directory?  Either setuptools' finder
+    maps the name (``editable``, see ``modules.editable_roots``), or the installer put the
+    project's directory on sys.path with a ``.pth`` file (hatchling, flit, pdm, setuptools with
+    a ``src/`` layout): its ``direct_url.json`` (PEP 610) says editable, and names the project
+    directory that holds the package."""
+    if unit.info is not None:
+        return False
+    if editable and unit.name in editable:
+        return True
+    try:
+        with open(os.path.join(site, info, "direct_url.json"), encoding="utf-8") as f:
+            said = json.load(f)
+    except (OSError, ValueError):
+        return False
+    if not isinstance(said, dict) or not isinstance(said.get("dir_info"), dict) \
+            or said["dir_info"].get("editable") is not True or not isinstance(said.get("url"), str):
+        return False
+    url = urllib.parse.urlsplit(said["url"])
+    if url.scheme != "file" or url.netloc not in ("", "localhost"):
+        return False
+    project = os.path.join(os.path.realpath(urllib.parse.unquote(url.path)), "")
+    return os.path.realpath(os.path.join(unit.site, unit.rel)).startswith(project)
 
 
 def top_names(site: str, info: str) -> list[str]:
@@ -580,12 +608,16 @@ def check(dist: Distribution, abi: dict, display: str, python: str = "python3") 
             reason = "it was built here, for %s" % describe_abi(ours)
     if reason is None:
         return
+    if _same_python(abi, ours):
+        other = "install here a build of %s whose tags that host accepts" % dist.name
+    else:   # (no build installed here can be for both: the host's Python must be ours, or have its own)
+        other = "run on that host a %s %s, as here (the python= option)" % (
+            _IMPLEMENTATIONS.get(ours["implementation"], ours["implementation"]), ".".join(map(str, ours["version"])))
     raise Unsendable(
         "cannot send package %r (%s) to %s: %s, but the host runs %s, which cannot load it. Fix: install "
-        "%s on the host with its own Python (`%s -m pip install --user %s`), or install here a build of %s "
-        "whose tags that host accepts" % (dist.top, dist.label, display, reason, describe_abi(abi), dist.name,
-                                          python, "%s==%s" % (dist.name, dist.version) if dist.version
-                                          else dist.name, dist.name))
+        "%s on the host with its own Python (%s), or %s" % (dist.top, dist.label, display, reason, describe_abi(abi),
+                                                           dist.name, _install(dist.name, dist.version, python, abi),
+                                                           other))
 
 
 def _foreign_suffix(rel: str, abi: dict) -> bool:
@@ -597,17 +629,34 @@ def _foreign_suffix(rel: str, abi: dict) -> bool:
 
 
 
-def _install(dist_name: str, version: str, python: str) -> str:
-    return "`%s -m pip install --user %s`" % (python, "%s==%s" % (dist_name, version) if version else dist_name)
+_IMPLEMENTATIONS = {"cpython": "CPython", "pypy": "PyPy"}
 
 
-def refuse_cache_off(dist: Distribution, display: str, python: str = "python3") -> Unsendable:
+def _same_python(abi: dict, ours: dict) -> bool:
+    return abi.get("implementation") == ours["implementation"] and list(abi.get("version") or ())[:2] == \
+        list(ours["version"])[:2]
+
+
+def _install(dist_name: str, version: str, python: str, abi: dict | None = None, note: str = "") -> str:
+    """The command that installs ``dist_name`` (``version``, if given) with the host's ``python``:
+    pip's ``--user``; or, where that Python is externally managed (PEP 668: Debian 12, Ubuntu
+    23.04 and later ..., whose pip refuses even ``--user``), a virtual environment, and python=
+    naming it.  ``note``: said after the command ("there picks one")."""
+    want = "%s==%s" % (dist_name, version) if version else dist_name
+    if abi and abi.get("managed"):
+        return ("`%s -m venv ~/venv && ~/venv/bin/pip install %s`%s, then python='~/venv/bin/python3': that "
+                "Python is externally managed, its pip installs nothing outside a virtual environment"
+                % (python, want, note))
+    return "`%s -m pip install --user %s`%s" % (python, want, note)
+
+
+def refuse_cache_off(dist: Distribution, display: str, python: str = "python3", abi: dict | None = None) -> Unsendable:
     """The error for a package that needs files on a host whose package cache is off."""
     return Unsendable(
         "cannot send package %r (%s) to %s: it holds %s, which must be real files there, and the host's package "
         "cache is turned off (cache_size=0). Fix: install %s there with the host's own Python (%s), or leave "
         "cache_size at its default so that it goes to the host's package cache"
-        % (dist.top, dist.label, display, need(dist), dist.name, _install(dist.name, dist.version, python)))
+        % (dist.top, dist.label, display, need(dist), dist.name, _install(dist.name, dist.version, python, abi)))
 
 
 # -- Requires-Python ----------------------------------------------------------------------------
@@ -666,6 +715,7 @@ def check_python(unit: Unit, abi: dict, display: str, python: str = "python3") -
     host = "%s %s" % (abi.get("implementation") or "Python", ".".join(map(str, have)))
     raise Unsendable(
         "cannot send %r (%s %s) to %s: it requires Python %s (its Requires-Python), but the host runs %s. Fix: "
-        "install a release of %s that supports Python %s on the host with its own Python (`%s -m pip install "
-        "--user %s` there picks one), or run on that host a Python that matches (the python= option)"
-        % (unit.name, name, version, display, spec, host, name, ".".join(map(str, have[:2])), python, name))
+        "install a release of %s that supports Python %s on the host with its own Python (%s), or run on that "
+        "host a Python that matches (the python= option)"
+        % (unit.name, name, version, display, spec, host, name, ".".join(map(str, have[:2])),
+           _install(name, "", python, abi, " there picks one")))

@@ -113,6 +113,20 @@ def _find_top(name: str, path: list[str], editable: dict[str, str]):
     return None
 
 
+def path_state(path: list, editable: dict[str, str] | None = None) -> tuple:
+    """What looking up a top-level module on ``path`` depends on, cheaply (a stat per entry):
+    the entries, the editable roots, and each entry's modification time, which a module or
+    package added there (or removed) changes.  When it changes between two starts, the names
+    the host's agent remembers as found nowhere are looked up again (``recheck``)."""
+    times = []
+    for entry in path:
+        try:
+            times.append(os.stat(entry).st_mtime_ns if isinstance(entry, str) else None)
+        except OSError:
+            times.append(None)
+    return tuple(path), tuple(sorted((editable or {}).items())), tuple(times)
+
+
 def _stdlib_dirs() -> tuple[list[str], list[str]]:
     """(this Python's standard library directories, its site directories inside them)."""
     import sysconfig

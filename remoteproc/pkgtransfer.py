@@ -158,7 +158,7 @@ class PackageServer:
             if dist is None:
                 return None     # plain Python: from memory
             if not self.cap:
-                raise distributions.refuse_cache_off(dist, self.display, self.python)
+                raise distributions.refuse_cache_off(dist, self.display, self.python, self.abi)
             distributions.check(dist, self.abi, self.display, self.python)
             distributions.add_bytecode(dist, self.abi)
             digest = distributions.digest(dist)

@@ -144,6 +144,35 @@ def test_a_project_installed_in_editable_mode_has_its_metadata(plain_user_host, 
     assert got["listed"] == ["0.4.dev0"]
 
 
+@pytest.mark.parametrize("data", [False, True])
+def test_a_project_installed_in_editable_mode_through_a_pth_file_has_its_metadata(
+        plain_user_host, plain_user_options, tmp_path, monkeypatch, data):
+    """``pip install -e`` of a ``src/`` layout (setuptools), or of any hatchling, flit or pdm project:
+    the installer puts the project's directory on sys.path with a ``.pth`` file, and the dist-info in
+    site-packages says so in its ``direct_url.json`` (PEP 610).  The relay took the package, which no
+    dist-info beside it owns, for another distribution's: ``version()`` there raised
+    PackageNotFoundError, so a package that sets ``__version__`` from its metadata failed to import.
+    Fixed in distributions.installed_editable."""
+    name = "mdsrc_" + uuid.uuid4().hex[:8]
+    site = _distribution(str(tmp_path / "site"), name, "1.5", {})
+    info = os.path.join(site, "%s-1.5.dist-info" % name)
+    project = tmp_path / "proj"
+    with open(os.path.join(info, "direct_url.json"), "w") as f:
+        f.write('{"dir_info": {"editable": true}, "url": "%s"}' % project.as_uri())
+    root = project / "src" / name
+    root.mkdir(parents=True)
+    (root / "__init__.py").write_text("import importlib.metadata\nVALUE = importlib.metadata.version(%r)\n"
+                                      % name.replace("_", "-"))
+    if data:        # (through the host's package cache)
+        (root / "table.csv").write_text("a,b\n")
+    monkeypatch.syspath_prepend(site)
+    monkeypatch.syspath_prepend(str(project / "src"))
+    got = _call(plain_user_host, plain_user_options, metadata_of, name.replace("_", "-"), name)
+    assert got["before"] == got["after"] == got["value"] == "1.5"
+    assert got["listed"] == ["1.5"]
+    assert ("/.cache/remoteproc/" in got["file"]) == data, got["file"]
+
+
 def test_a_distribution_the_hosts_python_cannot_run_is_not_there_and_its_import_says_why(
         plain_user_host, plain_user_options, tmp_path, monkeypatch):
     """Its Requires-Python excludes the host's Python (but not ours): no metadata, and the

@@ -428,6 +428,37 @@ def test_this_pythons_stdlib_is_not_forwarded_to_another_version(host_pythons, p
     assert got == ("ModuleNotFoundError", "No module named %r" % name)
 
 
+@pytest.mark.parametrize("ver", [OURS, "3.9"])
+def test_a_module_of_the_users_that_the_host_has_another_of_is_explained(host_pythons, plain_user_host,
+                                                                        plain_user_options, scripts, tmp_path,
+                                                                        monkeypatch, capfd, ver):
+    """The user's target in ``test.py`` beside their script, on a host whose standard library has a
+    ``test`` package: the host's module wins (forwarded ones come last), and the child said only
+    ``AttributeError: Can't get attribute 'work' on <module 'test' from '/usr/lib/python3.11/test/...'>``.
+    Now a line names the host, both modules and the fix (agent/child.py, ``_shadowed``)."""
+    import uuid
+
+    name = "rpshadow_" + uuid.uuid4().hex[:8]
+    theirs = scripts(name + ".py", "SOMETHING_ELSE = 1\n")          # the host's own module of that name
+    python = host_pythons.get(ver)[0] if ver != OURS else "python3"
+    options = dict(plain_user_options, python="env PYTHONPATH=%s %s" % (os.path.dirname(theirs), python))
+    (tmp_path / (name + ".py")).write_text("def work():\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    user_module = __import__(name)
+    try:
+        p = RemoteProcess(plain_user_host, target=user_module.work, **options)
+        p.start()
+        p.join(60)
+    finally:
+        sys.modules.pop(name, None)
+    err = capfd.readouterr().err
+    assert p.exitcode == 1, err
+    line = [x for x in err.splitlines() if "of its own" in x]
+    assert line, err
+    assert plain_user_host in line[0] and "module %r of its own (%s)" % (name, theirs) in line[0]
+    assert "instead of yours (%s)" % (tmp_path / (name + ".py")) in line[0] and "Fix: rename your module" in line[0]
+
+
 def test_the_same_version_still_gets_what_its_host_lacks(plain_user_host, plain_user_options):
     """(Forwarding of the user's own modules is untouched, and the stdlib rule is spawn mode's only.)"""
     got = _call(plain_user_host, plain_user_options, try_import, "json")

@@ -164,6 +164,34 @@ def test_unknown_module_is_not_found(plain_user_host, plain_user_options):
     assert p.exitcode == 0
 
 
+def test_a_module_found_nowhere_is_found_once_the_program_adds_it_to_sys_path(plain_user_host,
+                                                                              plain_user_options, tmp_path,
+                                                                              monkeypatch):
+    """A name found nowhere was remembered so by the host's agent for as long as the connection
+    lasted: a program (a notebook) that then added the missing directory to ``sys.path``, or wrote
+    the missing module into a directory already there, still got ModuleNotFoundError in every
+    new process on that host, where a new process of multiprocessing finds it.  Fixed in
+    relay/link.py and agent/supervisor.py (``recheck``: when the user's sys.path or a directory
+    on it changed since the last start, the agent forgets what was found nowhere)."""
+    from host_python_targets import try_import
+    from remote_call import call
+
+    late, written = "rplate_" + uuid.uuid4().hex[:8], "rpwritten_" + uuid.uuid4().hex[:8]
+    later, here = tmp_path / "later", tmp_path / "here"
+    later.mkdir()
+    here.mkdir()
+    (later / (late + ".py")).write_text("X = 1\n")
+    monkeypatch.syspath_prepend(str(here))
+    for name in (late, written):
+        assert call(plain_user_host, plain_user_options, try_import, name)[0] == "ModuleNotFoundError"
+    (here / written).mkdir()
+    (here / written / "__init__.py").write_text("X = 2\n")
+    got = call(plain_user_host, plain_user_options, try_import, written)
+    assert got == ("imported", str(here / written / "__init__.py"))
+    monkeypatch.syspath_prepend(str(later))
+    assert call(plain_user_host, plain_user_options, try_import, late) == ("imported", str(later / (late + ".py")))
+
+
 def test_find_serves_only_modules_on_the_given_path(tmp_path):
     (tmp_path / "onpath.py").write_text("X = 1\n")
     found = modules.find("onpath", [str(tmp_path)], "h")

@@ -139,7 +139,7 @@ def test_a_package_whose_requires_python_excludes_the_host_is_refused(plain_user
     host = "%d.%d.%d" % host_python
     assert "%s 1.0" % name in message and "Requires-Python" in message and ">=%s" % ours in message
     assert "cpython %s" % host in message and plain_user_host in message
-    assert "Fix:" in message and "pip install --user %s" % name in message and "python=" in message
+    assert "Fix:" in message and "pip install" in message and "python=" in message
 
 
 def test_a_package_that_supports_the_host_or_an_unparseable_one_is_sent(plain_user_host, plain_user_options,
@@ -189,4 +189,6 @@ def test_requests_on_a_pypy_3_9_host_is_refused_by_name(plain_user_host, plain_u
         client.shutdown()
     assert kind == "ImportError", (kind, message)
     assert "requests %s" % importlib.metadata.version("requests") in message and spec in message
-    assert "pypy 3.9." in message and "Fix:" in message and "pypy3 -m pip install --user requests" in message
+    assert "pypy 3.9." in message and "Fix:" in message
+    assert "pypy3 -m pip install --user requests" in message or "pypy3 -m venv ~/venv && ~/venv/bin/pip install " \
+        "requests` there picks one" in message      # (Debian's pypy3 is externally managed)

@@ -435,7 +435,7 @@ def test_cache_size_zero_turns_the_cache_off(plain_user_host, plain_user_options
     off = dict(plain_user_options, cache_size=0)
     kind, message = _call(plain_user_host, off, import_job, "numpy", "1")
     assert kind == "ImportError" and "a C extension (numpy/" in message and "cache_size=0" in message
-    assert "install numpy there" in message and "pip install --user numpy==" in message
+    assert "install numpy there" in message and "pip install" in message and "numpy==" in message
     name, _root = private_package
     kind, message = _call(plain_user_host, off, import_job, name, "m.report()")
     assert kind == "ImportError" and "cache_size=0" in message and "install %s there" % name in message
@@ -610,6 +610,74 @@ def test_an_extension_the_host_cannot_load_is_refused_with_the_reason():
         assert "it was built here, for %s" % distributions.describe_abi(ours) in str(info.value)
     # a wheel's tags speak for its untagged files
     distributions.check(_built("fast/_x.abi3.so", tags=["cp38-abi3-manylinux_2_17_x86_64"]), HOST, "rp@h")
+
+
+def test_the_fix_suits_the_hosts_python():
+    """The fix named ``pip install --user``, which the host's Python refuses where it is externally
+    managed (PEP 668: Debian 12, Ubuntu 23.04 and later; this machine's /usr/bin/python3): there it
+    installs into a virtual environment and names it with python=.  And a host that runs another
+    Python was told to "install here a build whose tags that host accepts", which no build for this
+    Python is: it is told to run ours there (python=).  Fixed in distributions._install and check."""
+    managed = dict(HOST, managed=True)
+    wheel = _built("fast/_x.cpython-310-x86_64-linux-gnu.so", tags=["cp310-cp310-manylinux_2_17_x86_64"])
+    with pytest.raises(distributions.Unsendable) as info:
+        distributions.check(wheel, managed, "rp@h", "/usr/bin/python3.11")
+    said = str(info.value)
+    assert "`/usr/bin/python3.11 -m venv ~/venv && ~/venv/bin/pip install fast==1.0`" in said
+    assert "python='~/venv/bin/python3'" in said and "externally managed" in said and "--user" not in said
+    said = str(distributions.refuse_cache_off(wheel, "rp@h", "/usr/bin/python3.11", managed))
+    assert "~/venv/bin/pip install fast==1.0" in said and "--user" not in said
+    unit = distributions.Unit("fast", "/site", "fast", info="fast-1.0.dist-info")
+    old = dict(managed, version=[3, 8], python=[3, 8, 10])
+    import unittest.mock
+
+    with unittest.mock.patch.object(distributions, "metadata", lambda site, info: {
+            "requires-python": ">=3.9", "name": "fast", "version": "1.0"}):
+        with pytest.raises(distributions.Unsendable) as info:
+            distributions.check_python(unit, old, "rp@h", "/usr/bin/python3.8")
+        assert "`/usr/bin/python3.8 -m venv ~/venv && ~/venv/bin/pip install fast` there picks one" in str(info.value)
+        with pytest.raises(distributions.Unsendable) as info:
+            distributions.check_python(unit, dict(old, managed=False), "rp@h", "/usr/bin/python3.8")
+        assert "`/usr/bin/python3.8 -m pip install --user fast` there picks one" in str(info.value)
+    # the host runs another Python: no build installed here is for it
+    ours = distributions.local_abi()
+    other = dict(ours, libc=list(ours["libc"]), version=[3, 99], python=[3, 99, 0],
+                 suffixes=[".cpython-399-x86_64-linux-gnu.so", ".abi3.so", ".so"])
+    here = _built("fast/_x%s" % ours["suffixes"][0], tags=["cp3%d-cp3%d-manylinux_2_17_%s" % (
+        sys.version_info[1], sys.version_info[1], ours["machine"])])
+    with pytest.raises(distributions.Unsendable) as info:
+        distributions.check(here, other, "rp@h")
+    said = str(info.value)
+    assert "install here a build" not in said
+    assert "run on that host a CPython %d.%d, as here (the python= option)" % sys.version_info[:2] in said
+    with pytest.raises(distributions.Unsendable) as info:
+        distributions.check(here, dict(ours, libc=["glibc", "2.5"]), "rp@h")
+    assert "install here a build of fast whose tags that host accepts" in str(info.value)
+
+
+def pip_user_install(conn):
+    """What the host's Python says to ``pip install --user`` (of nothing that exists, from no index)."""
+    import subprocess
+    import sys
+
+    done = subprocess.run([sys.executable, "-m", "pip", "install", "--user", "--no-index", "rp-nothing-such"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=60)
+    conn.send(done.stdout)
+
+
+def test_the_fix_for_a_package_the_host_cannot_take_is_one_its_python_accepts(plain_user_host, plain_user_options,
+                                                                              fresh):
+    """The agent says whether its Python is externally managed; the fix is the one its pip accepts."""
+    kind, message = _call(plain_user_host, dict(plain_user_options, cache_size=0), import_job, "numpy", "1")
+    assert kind == "ImportError" and "Fix:" in message
+    pip = _call(plain_user_host, plain_user_options, pip_user_install)
+    if "No module named pip" in pip:
+        pytest.skip("the host's python3 has no pip")
+    if "externally-managed-environment" in pip:
+        assert "-m venv ~/venv && ~/venv/bin/pip install numpy==" in message
+        assert "python='~/venv/bin/python3'" in message
+    else:
+        assert "-m pip install --user numpy==" in message, (pip, message)
 
 
 def _fake_entry(root, name, size, used):

@@ -496,6 +496,34 @@ def _pin_siblings(path):
         _pins.pins.setdefault(mod, entry)
 
 
+def _shadowed(exc):
+    """Why the payload names something the module of that name here lacks, when that module is
+    the host's own and the user's machine has another of that name (a ``test.py`` beside the
+    user's script, and the host's standard library ``test`` package): the host's modules win,
+    as forwarded ones come last.  None if that is not the case (a round trip, only on failure)."""
+    import re
+
+    m = re.search(r"on <module '([A-Za-z_][\w.]*)'", str(exc)) if isinstance(exc, AttributeError) else None
+    name = m.group(1) if m else ""
+    mod = sys.modules.get(name)
+    importer = next((f for f in sys.meta_path if isinstance(f, ParentImporter)), None)
+    if mod is None or importer is None or isinstance(getattr(mod, "__loader__", None), ParentImporter):
+        return None
+    try:
+        if name not in importer.cache:
+            importer._ask(name)
+    except (ImportError, OSError):
+        return None
+    entry = importer.cache.get(name)
+    if not entry or "error" in entry:
+        return None
+    here = getattr(mod, "__file__", None) or "built in"
+    yours = entry.get("file") or "on your sys.path"
+    return ("this host has a module %r of its own (%s), which is imported instead of yours (%s): the host's "
+            "modules come before those forwarded from your machine. Fix: rename your module to a name the "
+            "host's Python does not have" % (name, here, yours))
+
+
 def _complete_package(importer):
     """The agent's ``remoteproc`` package holds only the agent. User code that runs
     here may ``import remoteproc`` (a test module, say): the first missing attribute
@@ -712,7 +740,7 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
 
         sys.stderr.write("remoteproc: the remote child could not start:\n")
         traceback.print_exc()
-        hint = getattr(exc, "_remoteproc_hint", None)
+        hint = getattr(exc, "_remoteproc_hint", None) or _shadowed(exc)
         if hint:
             sys.stderr.write("remoteproc: %s: %s\n" % (host, hint))
         if limits.reached(exc):

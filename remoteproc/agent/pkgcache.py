@@ -638,7 +638,17 @@ def abi():
         "libc": _libc(),
         "cache_tag": sys.implementation.cache_tag,
         "magic": _magic(),
+        "managed": _externally_managed(),
     }
+
+
+def _externally_managed():
+    """Does this Python refuse ``pip install`` (``--user`` too): PEP 668's marker file beside its
+    standard library (Debian 12, Ubuntu 23.04, Arch, Alpine ... mark their python3 so), outside a
+    virtual environment?  The fixes our errors give then install into a virtual environment."""
+    if sys.prefix != getattr(sys, "base_prefix", sys.prefix):
+        return False
+    return os.path.isfile(os.path.join(os.path.dirname(os.__file__), "EXTERNALLY-MANAGED"))
 
 
 def _magic():

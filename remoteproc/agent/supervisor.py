@@ -142,6 +142,8 @@ class Supervisor:
         if cwd is not None and cwd.startswith("!"):
             self._refuse(msg, child_id, cwd[1:])
             return
+        if msg.get("recheck"):
+            self._forget_missing()
         made = []  # type: list[int]  # every fd created here, closed again on failure
         try:
             theirs, mine = _child_streams(streams, made)
@@ -252,6 +254,13 @@ class Supervisor:
                 self.waiting.setdefault(name, []).append(sock)
                 if first:
                     self.control({"op": "import", "id": state[0], "name": name})
+
+    def _forget_missing(self):
+        """The user's sys.path, or a directory on it, changed since the last start: a module (or
+        distribution) found nowhere before may be there now, as a new process of multiprocessing
+        would find it.  What was found stays (forwarded code lives as long as the connection)."""
+        for name in [n for n, e in self.modules.items() if e is None]:
+            del self.modules[name]
 
     def _learn(self, name, encoded):
         """A child compiled a forwarded module: keep the code for children forked later."""

@@ -103,6 +103,7 @@ class Link:
         self.hello: dict = {}
         self.sys_path: list = []
         self.editable: dict = {}        # projects installed in editable mode (modules.editable_roots)
+        self.path_state: tuple | None = None    # modules.path_state of the last start's sys.path
         self.lost: RemoteProcessError | None = None
         self.closing = False
         self.interrupted = False
@@ -409,6 +410,11 @@ class Link:
             self.sys_path = list(request["path"])
         if isinstance(request.get("editable"), dict):
             self.editable = dict(request["editable"])
+        state = modules.path_state(self.sys_path, self.editable)
+        if state != self.path_state:
+            if self.path_state is not None:
+                msg["recheck"] = True   # (the agent forgets what was found nowhere: it may be there now)
+            self.path_state = state
         if payload_fd is None:
             self.send(frames.control(msg, request["payload"]))
             return
@@ -513,7 +519,7 @@ class Link:
             unit = distributions.locate(top, self.sys_path, self.editable)
             if unit is None or unit.name != top:
                 continue
-            if unit.info is None and top in self.editable:
+            if distributions.installed_editable(site, info, unit, self.editable):
                 break           # (installed in editable mode: its dist-info is where pip put it, apart)
             if unit.info != info or unit.site != site:
                 return None     # (that name is another distribution's here: not this one's to describe)
