@@ -136,11 +136,11 @@ class Queue(_Owned):
     def _dumps_spawn(self, obj: Any) -> bytes | None:
         """An item for a queue that a process on another Python shares: by reference; what
         cannot cross raises PicklingError here, anything else unpicklable is dropped (as queued)."""
-        from .reduction import dumps_item
+        from .reduction import dumps_spawn_item
 
         assert self._spawn_to is not None
         try:
-            return dumps_item(obj, "spawn", *self._spawn_to)
+            return dumps_spawn_item(obj, *self._spawn_to)
         except (PicklingError, P.Refused):
             raise
         except Exception as exc:

@@ -246,11 +246,9 @@ class _ItemSpawnPickler(pickle.Pickler):
         return NotImplemented
 
 
-def dumps_item(obj, mode: str = "same", host: str = "", looked: str = "") -> bytes:
-    """Pickle a Queue item or Pool task for a process in ``mode`` (by reference for "spawn")."""
-    if mode != "spawn":
-        spawned_main_by_value()
-        return proxies.dumps_item(obj)
+def dumps_spawn_item(obj, host: str = "", looked: str = "") -> bytes:
+    """Pickle a Queue item or Pool task for a spawn-mode process: by reference (a same-mode one's
+    go through ``agent.proxies.dumps_item``)."""
     import sys
 
     if "__main__" in sys.modules:

@@ -155,7 +155,7 @@ class Scheduler:
         for mode, host in (modes or {"same": ""}).items():
             try:
                 if mode == "spawn":
-                    out[mode] = reduction.dumps_item(obj, mode, host, looked_in())
+                    out[mode] = reduction.dumps_spawn_item(obj, host, looked_in())
                 else:
                     out[mode] = dumps(obj)
             except PicklingError:

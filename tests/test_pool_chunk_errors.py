@@ -2,20 +2,26 @@
 element of a chunk raises, or returns a result that cannot be pickled.  Each element's outcome
 arrives at its own position (what multiprocessing gives with ``chunksize=1``); a ``map``
 fails with the first error, as multiprocessing's; a ``chunksize`` below 1 is refused as by
-multiprocessing and concurrent.futures.
+multiprocessing and concurrent.futures.  An exception that cannot come back as an object (its
+class cannot be rebuilt from its arguments, or exists only on the host) arrives as a
+``RemoteProcessError`` naming it, with the remote traceback as its cause.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import importlib
 import multiprocessing
+import os
+import shutil
 import sys
+import tempfile
 import threading
 
 import cloudpickle
 import pytest
 
-from remoteproc import Executor, Pool
+from remoteproc import Executor, Pool, RemoteProcessError
 
 cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
@@ -30,6 +36,31 @@ def tenfold_but_two_and_seven(x):
 
 def a_lock_for_three(x):
     return threading.Lock() if x == 3 else x
+
+
+class NeedsTwo(Exception):
+    """An exception that pickles but cannot be rebuilt: unpickling calls ``NeedsTwo(message)``."""
+
+    def __init__(self, what, code):
+        super().__init__("%s (code %d)" % (what, code))
+
+
+def raise_needs_two(_x):
+    raise NeedsTwo("disk full", 28)
+
+
+def raise_an_exception_only_the_host_has(_x):
+    """Raise an exception whose class is in a module that only the host can import."""
+    directory = tempfile.mkdtemp()
+    try:
+        with open(os.path.join(directory, "only_on_the_host.py"), "w") as f:
+            f.write("class QuotaExceeded(Exception):\n    pass\n")
+        sys.path.insert(0, directory)
+        module = importlib.import_module("only_on_the_host")
+    finally:
+        sys.path.remove(directory)
+        shutil.rmtree(directory)
+    raise module.QuotaExceeded("over quota")
 
 
 def _outcomes(iterator):
@@ -85,3 +116,23 @@ def test_executor_map_with_chunks_yields_up_to_the_first_error(host, ssh_options
         exc = future.exception(60)
     assert got == expected, (got, expected)
     assert isinstance(exc, ValueError) and host.split("@")[-1].split(":")[0] in str(exc.__cause__)
+
+
+@pytest.mark.parametrize("func, summary", [(raise_needs_two, "NeedsTwo: disk full (code 28)"),
+                                           (raise_an_exception_only_the_host_has, "QuotaExceeded: over quota")])
+def test_an_exception_that_cannot_come_back_as_an_object_arrives_as_its_text(host, ssh_options, func, summary):
+    """Pool and Executor: the task's exception cannot be rebuilt on the worker (NeedsTwo) or here
+    (its module is the host's alone): a RemoteProcessError names the task's exception and the host,
+    with the remote traceback as its cause; the pool goes on with the next task."""
+    hostname = host.split("@")[-1].split(":")[0]
+    with Pool([host], processes_per_host=1, **ssh_options) as pool:
+        with pytest.raises(RemoteProcessError) as info:
+            pool.apply(func, (0,))
+        assert pool.apply(tenfold_but_two_and_seven, (3,)) == 30
+    with Executor([host], 1, **ssh_options) as ex:
+        exc = ex.submit(func, 0).exception(60)
+    for err in (info.value, exc):
+        assert isinstance(err, RemoteProcessError), repr(err)
+        text = str(err)
+        assert summary in text and "could not be sent back as an object" in text and hostname in text, text
+        assert func.__name__ in str(err.__cause__) and hostname in str(err.__cause__)

@@ -331,6 +331,34 @@ def test_spawn_mode_refuses_what_cannot_cross_before_anything_starts(plain_user_
     p.join(30)
     with pytest.raises(PicklingError):
         q.put(lambda: 1)
+    a, b = Pipe()
+    with pytest.raises(TypeError, match="cannot put a Connection into a remoteproc queue"):
+        q.put({"conn": a})      # (as in same mode: pass Connections as process arguments)
+    a.close()
+    b.close()
+
+
+def test_spawn_mode_names_why_a_module_level_function_cannot_go_by_reference(plain_user_host, plain_user_options,
+                                                                             pypy, monkeypatch):
+    """A function made by code generation (its module is not importable) and one whose module name now
+    holds another object (monkeypatched, or redefined): the host could not find them by name."""
+    generated: dict = {"__name__": "generated_at_run_time"}
+    exec("def work(x):\n    return x\n", generated)
+    square = spawn_targets.square
+    monkeypatch.setattr(spawn_targets, "square", lambda x: x * x)
+    first = RemoteProcess(plain_user_host, target=spawn_targets.exit_with, args=(0,), python=pypy,
+                          **plain_user_options)
+    first.start()           # (the host's mode is known from here on)
+    first.join(30)
+    for target, name, why in [(generated["work"], "generated_at_run_time.work", "its module 'generated_at_run_time' "
+                                                                                "is not importable"),
+                              (square, "spawn_targets.square", "spawn_targets.square is not this object")]:
+        p = RemoteProcess(plain_user_host, target=target, args=(1,), python=pypy, **plain_user_options)
+        with pytest.raises(PicklingError) as info:
+            p.start()
+        text = str(info.value)
+        assert name in text and why in text and "another version" in text, text
+        assert p.pid is None
 
 
 MAIN_SCRIPT = '''
@@ -448,6 +476,20 @@ def test_a_function_defined_interactively_is_refused_in_spawn_mode(plain_user_ho
                          env=env)
     assert out.returncode == 0, out.stderr
     assert "__main__.typed_at_the_prompt" in out.stdout and "defined interactively" in out.stdout
+    assert "another version" in out.stdout
+
+
+def test_a_function_of_a_main_module_run_with_python_m_is_refused_in_spawn_mode(plain_user_host, plain_user_options,
+                                                                             pypy, tmp_path):
+    """``python -m pkg.mod``: only a script run by its path is shipped to a spawn-mode child, so the
+    refusal says so, at start()."""
+    (tmp_path / "as_module.py").write_text(INTERACTIVE)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [str(tmp_path), os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__)))]))
+    out = subprocess.run([sys.executable, "-m", "as_module", json.dumps([plain_user_host, plain_user_options])],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert "__main__.typed_at_the_prompt" in out.stdout and "run with python -m" in out.stdout, out.stdout
     assert "another version" in out.stdout
 
 

@@ -4,7 +4,9 @@ Every agent the suite starts runs on this machine (the loopback sshd, the namesp
 hosts), under an sshd that passes no environment on.  ``measure_agents()`` hands the
 coverage settings of this process to the agents' interpreters through
 ``remoteproc.bootstrap.AGENT_ENV``, which also keeps the shipped modules' local file
-names so that coverage finds their source.  The relay process inherits the setting.
+names so that coverage finds their source.  The relay process inherits the setting, and
+local subprocesses (a user's program run by a test, in a directory of its own) get the
+data file's absolute path, so that their data is combined with the rest.
 """
 
 from __future__ import annotations
@@ -23,6 +25,9 @@ def measure_agents() -> bool:
     config = os.environ.get("COVERAGE_PROCESS_START")
     if not config:
         return False
-    data = os.environ.get("COVERAGE_FILE") or os.path.join(os.getcwd(), ".coverage")
+    data = os.path.abspath(os.environ.get("COVERAGE_FILE") or ".coverage")
+    # (and local subprocesses: a user's program that a test runs in a directory of its own
+    # would write its data there, and that directory is removed with the test)
+    os.environ["COVERAGE_FILE"] = data
     os.environ[AGENT_ENV] = json.dumps({"COVERAGE_PROCESS_START": config, "COVERAGE_FILE": data})
     return True
