@@ -548,7 +548,7 @@ def _read_hello(chan: AgentChannel, target, buf: bytearray, err: bytearray) -> t
                 if msg.get("op") != "hello":
                     raise BootstrapError("%s: unexpected first message %r" % (target.display, msg),
                                          target.display)
-                said = _quiet(err + chan.recv_stderr()).decode("utf-8", "replace").rstrip()
+                said = _quiet(err + chan.recv_stderr(), target.display).decode("utf-8", "replace").rstrip()
                 if said:    # (ssh's own words: a key recorded, or one it could not record)
                     log.warning("%s: %s", target.display, said)
                 return msg, bytes(buf[frames.HEADER_SIZE + length:])
@@ -569,13 +569,24 @@ _RESTRICTED_EXEC = re.compile(rb"^[^\n]*: exec: restricted\n?", re.M)
 _PASSED_OVER = re.compile(rb"^remoteproc: python=[^\n]* is [^\n]*Python [^\n]* at [^\n]*\n?", re.M)
 
 
-def _quiet(err: bytes) -> bytes:
+#: what ``ssh`` says when the server refused its session on a ControlMaster's connection (sshd's
+#: MaxSessions): it then connects on its own (with ``ControlMaster auto``, saying that it does)
+_MUX_REFUSED = re.compile(rb"^[^\n]*session request failed: Session open refused by peer\r?\n?"
+                          rb"(ControlSocket [^\n]* already exists, disabling multiplexing\r?\n?)?", re.M)
+
+
+def _quiet(err: bytes, display: str) -> bytes:
     """stderr before the hello, without what is expected there: a restricted shell refusing our exec,
-    the candidates of a python= list that were passed over."""
+    the candidates of a python= list that were passed over, ``ssh`` going on without the master
+    connection that had no session left for it."""
     for expected in (_RESTRICTED_EXEC, _PASSED_OVER):
         for found in expected.finditer(err):
             log.debug("before the agent: %s", found.group(0).decode("utf-8", "replace").strip())
         err = expected.sub(b"", err)
+    if _MUX_REFUSED.search(err):
+        log.info("%s: the ControlMaster connection had no session left for this agent (sshd's MaxSessions, 10 by "
+                 "default): ssh made a connection of its own", display)
+        err = _MUX_REFUSED.sub(b"", err)
     return err
 
 

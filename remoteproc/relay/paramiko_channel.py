@@ -9,6 +9,15 @@ link's thread, that would keep the link from reading the user's sockets meanwhil
 parent's 1 MiB ``send()`` would take as long as its encryption.  So a big send is handed to
 a sender thread of the channel's own (``_Sender``) and the link goes on; small ones, with
 nothing waiting before them, are sent at once, so a round trip costs no thread switch.
+
+Each agent is a session channel, and a server caps them per connection (OpenSSH's
+``MaxSessions``, 10 by default): more agents on one host than that (other ``setup=``,
+``python=`` or ``cache_size=`` values) would be refused.  When the server refuses a
+session on a connection where agents of ours run, ``ParamikoOpener`` goes on with
+another connection of the same key (``ssh/pool.py``'s slots), as separate ``ssh``
+commands would; it learns the limit, so later agents go straight to a connection with
+room.  A refusal on a connection with none of ours is the server's answer for the host:
+an error that names ``MaxSessions``.
 """
 
 from __future__ import annotations
@@ -126,11 +135,13 @@ class _Sender(threading.Thread):
 class ParamikoChannel(AgentChannel):
     """A paramiko ``Channel`` running the agent's command, made non-blocking."""
 
-    def __init__(self, chan: Any, conn: Any, pool: ConnectionPool, connect_ms: float) -> None:
+    def __init__(self, chan: Any, conn: Any, pool: ConnectionPool, connect_ms: float,
+                 on_close: Callable[[Any], None] = lambda conn: None) -> None:
         self.chan = chan
         self.conn = conn
         self.pool: Optional[ConnectionPool] = pool
         self.connect_ms = connect_ms
+        self._on_close = on_close
         chan.settimeout(0.0)
         self._sender: Optional[_Sender] = None
         self._wake: Callable[[], None] = lambda: None
@@ -198,7 +209,8 @@ class ParamikoChannel(AgentChannel):
         return "the SSH connection closed"
 
     def details(self) -> str:
-        return "connected in %.0f ms, cipher %s" % (self.connect_ms, self.conn.transport.remote_cipher)
+        extra = ", connection %d of this host" % (self.conn.slot + 1) if self.conn.slot else ""
+        return "connected in %.0f ms, cipher %s%s" % (self.connect_ms, self.conn.transport.remote_cipher, extra)
 
     def close(self) -> None:
         if self._sender is not None:
@@ -210,7 +222,16 @@ class ParamikoChannel(AgentChannel):
             log.debug("closing a channel of a lost connection: %s", describe(exc))
         pool, self.pool = self.pool, None
         if pool is not None:
+            self._on_close(self.conn)
             pool.release(self.conn)
+
+
+#: how long after one of our sessions closed sshd may still count it (until its agent has exited:
+#: up to 2 s of cleaning up), so that a refusal then is the limit too
+SESSION_LINGER = 5.0
+#: at most this many connections per key (a bound on the search; sshd's default of 10 sessions
+#: each makes that 640 agents on one host)
+MAX_SLOTS = 64
 
 
 class ParamikoOpener(AgentOpener):
@@ -218,24 +239,87 @@ class ParamikoOpener(AgentOpener):
 
     def __init__(self) -> None:
         self.pool = ConnectionPool()
+        #: guards every connection's ``sessions``, ``opening`` and ``session_closed_at``, and ``limits``
+        self.cond = threading.Condition()
+        #: ``Target.conn_key`` -> the most session channels its server was seen to allow on one connection
+        self.limits: dict[tuple[Any, ...], int] = {}
 
     def open(self, target: Target, command: Callable[[], str]) -> AgentChannel:
         t0 = time.monotonic()
-        conn = self.pool.acquire(target)
-        connect_ms = (time.monotonic() - t0) * 1e3
-        try:
-            chan = conn.transport.open_session(timeout=target.connect_timeout)
-        except Exception as exc:
+        slot = 0
+        while True:
+            conn = self.pool.acquire(target, slot)
+            with self.cond:
+                limit = self.limits.get(target.conn_key)
+                full = limit is not None and conn.sessions + conn.opening >= limit and slot + 1 < MAX_SLOTS
+                if not full:
+                    conn.opening += 1
+            if full:
+                self.pool.release(conn)
+                slot += 1
+                continue
+            connect_ms = (time.monotonic() - t0) * 1e3
+            if slot and not conn.sessions:
+                log.debug("%s: agent on connection %d of this host (the others have as many sessions as the "
+                          "server allows)", target.display, slot + 1)
+            chan = self._open_session(conn, target)
+            if chan is not None:
+                break
             self.pool.release(conn)
-            raise BootstrapError("%s: the server refused a session channel: %s. Check MaxSessions in "
-                                 "its sshd_config." % (target.display, describe(exc)), target.display) from None
+            slot += 1
         try:
             chan.exec_command(command())
         except BaseException:
             chan.close()
+            self._closed(conn)
             self.pool.release(conn)
             raise
-        return ParamikoChannel(chan, conn, self.pool, connect_ms)
+        return ParamikoChannel(chan, conn, self.pool, connect_ms, self._closed)
+
+    def _open_session(self, conn: Any, target: Target) -> Any:
+        """A session channel on ``conn``; None when the server refused it there but another
+        connection may have room (``conn`` holds other sessions of ours: MaxSessions)."""
+        import paramiko
+
+        try:
+            chan = conn.transport.open_session(timeout=target.connect_timeout)
+        except Exception as exc:
+            # The server's CHANNEL_OPEN_FAILURE.  paramiko keeps it in one place per transport, so when
+            # two opens fail at once one of them may get "Unable to open channel." (its connection
+            # still up) instead of the ChannelException.
+            refused = isinstance(exc, paramiko.ChannelException) or (
+                isinstance(exc, paramiko.SSHException) and str(exc) == "Unable to open channel."
+                and conn.transport.is_active())
+            with self.cond:
+                conn.opening -= 1
+                self.cond.notify_all()
+                if refused:
+                    # Sessions opened at the same moment count: wait until the server has answered
+                    # them too (it answers in order, within the timeout), then see what is open.
+                    self.cond.wait_for(lambda: conn.opening == 0, target.connect_timeout)
+                others = conn.sessions
+                lingering = time.monotonic() - conn.session_closed_at < SESSION_LINGER
+                if refused and others:
+                    self.limits[target.conn_key] = max(self.limits.get(target.conn_key, 0), others)
+            if refused and (others or lingering) and conn.slot + 1 < MAX_SLOTS:
+                log.info("%s: the server refused another session channel on a connection with %d of ours (sshd's "
+                         "MaxSessions, 10 by default); going on with connection %d to the host", target.display,
+                         others, conn.slot + 2)
+                return None
+            self.pool.release(conn)
+            raise BootstrapError("%s: the server refused a session channel: %s. Check MaxSessions in "
+                                 "its sshd_config." % (target.display, describe(exc)), target.display) from None
+        with self.cond:
+            conn.opening -= 1
+            conn.sessions += 1
+            self.cond.notify_all()
+        return chan
+
+    def _closed(self, conn: Any) -> None:
+        """One of ``conn``'s sessions closed (called before the channel lets go of the connection)."""
+        with self.cond:
+            conn.sessions -= 1
+            conn.session_closed_at = time.monotonic()
 
     def close(self) -> None:
         self.pool.close_all()

@@ -108,6 +108,13 @@ class SSHConnection:
         self.proc = proc
         self.owns_jump = owns_jump
         self.closed = False
+        #: which of its key's connections this is in the relay's pool (0: the shared one; ``pool.py``)
+        self.slot = 0
+        #: the relay's agents on it (open session channels) and those being opened (``paramiko_channel.py``)
+        self.sessions = 0
+        self.opening = 0
+        #: when one of those sessions last closed (monotonic): sshd counts it until the agent has exited
+        self.session_closed_at = 0.0
 
     @property
     def active(self) -> bool:

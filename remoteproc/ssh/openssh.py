@@ -247,14 +247,17 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         # (with host_key_policy given, -G shows ours, not the config's)
         strict_config=options.get("host_key_policy") is None and view.get("stricthostkeychecking") == ["true"],
     )
-    args += _session_args(view)
+    args += _session_args(view) + _master_args(view)
     if options.get("keepalive_interval") is not None:
         target.keepalive_interval = options["keepalive_interval"]
     if options.get("keepalive_count") is not None:
         target.keepalive_count = options["keepalive_count"]
     if target.proxy_jump:
         # (our defaults come after the user's config there: a jump host keeps its own ConnectTimeout)
-        args = _with_jump_config(args, defaults)
+        jumped = _with_jump_config(args, defaults)
+        if "ControlMaster=no" not in args and _hop_would_master(jumped, target.proxy_jump):
+            jumped = _with_jump_config(args + ["-o", "ControlMaster=no"], defaults)
+        args = jumped
     else:
         args += [a for line in defaults for a in ("-o", line.replace(" ", "=", 1))]
     target.transport = "openssh"
@@ -279,6 +282,37 @@ def _session_args(view: dict[str, list[str]]) -> list[str]:
         if given.lower() != value:
             args += ["-o", "%s=%s" % (keyword, value)]
     return args
+
+
+def _master_args(view: dict[str, list[str]]) -> list[str]:
+    """``-o ControlMaster=no`` where the config would make our ``ssh`` the master of a connection that
+    ends with it (``ControlMaster`` on, ``ControlPersist no``): the ``ssh`` of another connection of
+    ours (another ``setup=``), or one the user types, would ride it, and closing ours (idle, or the
+    program's end) would cut theirs.  ``ssh`` still uses a master that is already open, and with
+    ``ControlPersist`` the master is a process of its own, which outlives the ``ssh`` that started it."""
+    master = (view.get("controlmaster") or ["false"])[0].lower()
+    path = (view.get("controlpath") or ["none"])[0]
+    persist = (view.get("controlpersist") or ["no"])[0].lower()
+    if master in ("false", "no") or path.lower() == "none" or persist not in ("no", "0"):
+        return []
+    return ["-o", "ControlMaster=no"]
+
+
+def _hop_would_master(args: list[str], hops: list[str]) -> bool:
+    """Whether the ``ssh -W`` of a jump host (which gets only ``-F`` from ``args``) would become the
+    master of its connection, as ``_master_args`` says: that ``ssh`` ends with our connection, and
+    the jump of another one of ours would ride it."""
+    config = args[args.index("-F") + 1]
+    for hop in hops:
+        try:
+            user, _host, port = parse_spec(hop)
+            view = ssh_config_view(hop, ["-F", config] + (["-l", user] if user else []) +
+                                   (["-p", str(port)] if port else []))
+        except RemoteProcessError:
+            continue        # (ssh itself will say what is wrong with it)
+        if _master_args(view):
+            return True
+    return False
 
 
 def _make_known_hosts_dir(spec: str, known: list[str]) -> None:
@@ -337,7 +371,8 @@ def user_command(target: Target, host: Optional[str] = None, jumps: Optional[lis
 #: the options of ours that jump hosts inherit (as with paramiko), as ssh_config keywords
 _INHERITED = {"-i": "IdentityFile", "UserKnownHostsFile": "UserKnownHostsFile",
               "StrictHostKeyChecking": "StrictHostKeyChecking", "ConnectTimeout": "ConnectTimeout",
-              "IdentityAgent": "IdentityAgent", "IdentitiesOnly": "IdentitiesOnly", "BatchMode": "BatchMode"}
+              "IdentityAgent": "IdentityAgent", "IdentitiesOnly": "IdentitiesOnly", "BatchMode": "BatchMode",
+              "ControlMaster": "ControlMaster"}
 
 
 def jump_config(args: list[str], defaults: Sequence[str] = ()) -> tuple[str, list[str]]:

@@ -1,4 +1,10 @@
-"""The connection pool: one shared, reference-counted SSH connection per ``Target.conn_key``."""
+"""The connection pool: shared, reference-counted SSH connections per ``Target.conn_key``.
+
+Usually one connection per key.  A server caps the session channels of one connection
+(OpenSSH's ``MaxSessions``, 10 by default), and each agent is a session: the relay then
+asks for the key's next *slot*, another connection to the same place with the same
+credentials and route (``relay/paramiko_channel.py`` decides when).
+"""
 
 from __future__ import annotations
 
@@ -19,19 +25,21 @@ class _Entry:
 
 
 class ConnectionPool:
-    """Shared, reference-counted connections, one per ``Target.conn_key`` (thread-safe).
+    """Shared, reference-counted connections per ``Target.conn_key`` and slot (thread-safe).
 
     ``acquire`` and ``release`` pair up; a connection closes when its last user
     releases it, and a jump host's connection when the last connection through it
-    closes.  A connection found dead is replaced for the next user.
+    closes.  A connection found dead is replaced for the next user.  Slot 0 is the
+    connection everyone shares; slot N > 0 is an N-th connection of the same key, for
+    sessions the first ones' server refused (jump hosts: always slot 0).
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._entries: dict[tuple[Any, ...], _Entry] = {}
 
-    def acquire(self, target: Target) -> SSHConnection:
-        key = target.conn_key
+    def acquire(self, target: Target, slot: int = 0) -> SSHConnection:
+        key = target.conn_key + (slot,)
         with self._lock:
             entry = self._entries.get(key)
             if entry is None:
@@ -45,6 +53,7 @@ class ConnectionPool:
                     if conn is not None:
                         self._close(conn)
                     conn = entry.conn = self._open(target)
+                    conn.slot = slot
                 return conn
         except BaseException:
             self._unref(key, entry)
@@ -60,7 +69,7 @@ class ConnectionPool:
             raise
 
     def release(self, conn: SSHConnection) -> None:
-        key = conn.target.conn_key
+        key = conn.target.conn_key + (conn.slot,)
         with self._lock:
             entry = self._entries.get(key)
         if entry is None:       # pragma: no cover - released twice, or after close_all
