@@ -355,10 +355,11 @@ class ParentImporter:
             if not isinstance(key, str) or key in host:
                 continue
             known = self.cache.get(METADATA_PREFIX + key, item)
-            if known is item:
-                yield _listed_distribution(self, item)
-            elif known and "info" in known:
+            if known and "info" in known:
                 yield _forwarded_distribution(known)      # (all its files are here already)
+            elif known is item or known and "path" in known:
+                # (in the host's package cache, for another child: its entry is not on this one's sys.path)
+                yield _listed_distribution(self, item)
 
     def listed_files(self, key):
         """The metadata files of the user's distribution ``key`` (canonical name), from memory."""
