@@ -102,7 +102,7 @@ class Unit:
 
     @property
     def dist_name(self) -> str | None:
-        return self.info[:-len(".dist-info")].partition("-")[0] if self.info else None
+        return info_stem(self.info)[0] if self.info else None
 
 
 def locate(name: str, path: list, editable: dict | None = None) -> Unit | None:
@@ -181,10 +181,40 @@ def gather(unit: Unit) -> Distribution | None:
 MAX_INFO_FILE = 4 << 20    # a dist-info file larger than this is not served as metadata
 
 
-def find_info(name: str, path: list) -> tuple[str, str] | None:
-    """(site, ``*.dist-info``) of the distribution named ``name`` (any spelling: compared in
-    canonical form) on ``path``, the first one found, as importlib.metadata finds it."""
-    want = _canonical(name)
+def info_stem(info: str) -> tuple[str, str]:
+    """(name, version) of a metadata directory or file by its name: ``name-1.0.dist-info``,
+    ``name-1.0-py3.11.egg-info``, ``name.egg-info`` (``setup.py develop``: no version)."""
+    stem = info
+    for suffix in _INFO_SUFFIXES:
+        if stem.endswith(suffix):
+            stem = stem[:-len(suffix)]
+            break
+    name, _, rest = stem.partition("-")
+    return name, rest.split("-", 1)[0]
+
+
+_INFO_SUFFIXES = (".dist-info", ".egg-info")
+
+
+def _is_info(site: str, info: str) -> bool:
+    """Is ``site/info`` a distribution's metadata, as importlib.metadata reads it: a ``*.dist-info``
+    directory with METADATA, an ``*.egg-info`` directory with PKG-INFO (``setup.py develop``,
+    ``setup.py install``), or an ``*.egg-info`` file, the PKG-INFO itself (what distutils
+    installed: Debian's and Fedora's packages of old projects)."""
+    full = os.path.join(site, info)
+    if info.endswith(".dist-info"):
+        return os.path.isfile(os.path.join(full, "METADATA"))
+    if not info.endswith(".egg-info"):
+        return False
+    return os.path.isfile(os.path.join(full, "PKG-INFO")) or os.path.isfile(full)
+
+
+def installed(path: list, want: str | None = None) -> list[tuple[str, str]]:
+    """(site, metadata directory or file) of the distributions on ``path`` (the user's sys.path),
+    in its order, the first of each name (compared in canonical form), as importlib.metadata
+    finds them by name; only the one named ``want`` (any spelling), if given."""
+    seen: set[str] = set()
+    out: list[tuple[str, str]] = []
     for site in path:
         if not isinstance(site, str) or not os.path.isabs(site):
             continue
@@ -193,32 +223,129 @@ def find_info(name: str, path: list) -> tuple[str, str] | None:
         except OSError:
             continue
         for info in names:
-            if info.endswith(".dist-info") and _canonical(info.split("-", 1)[0]) == want \
-                    and os.path.isfile(os.path.join(site, info, "METADATA")):
-                return site, info
-    return None
+            if not info.endswith(_INFO_SUFFIXES):
+                continue
+            key = _canonical(info_stem(info)[0])
+            if key in seen or (want is not None and key != want) or not _is_info(site, info):
+                continue
+            seen.add(key)
+            out.append((site, info))
+            if want is not None:
+                return out
+    return out
+
+
+def find_info(name: str, path: list) -> tuple[str, str] | None:
+    """(site, ``*.dist-info`` or ``*.egg-info``) of the distribution named ``name`` (any spelling:
+    compared in canonical form) on ``path``, the first one found, as importlib.metadata finds it."""
+    found = installed(path, _canonical(name))
+    return found[0] if found else None
 
 
 def info_files(site: str, info: str) -> dict[str, str]:
     """The regular files directly in ``site/info`` (METADATA, RECORD, entry_points.txt,
-    top_level.txt...), as text: what importlib.metadata reads of a distribution."""
+    top_level.txt...), as text: what importlib.metadata reads of a distribution.  An egg-info
+    file is its own PKG-INFO: importlib.metadata reads it as ``read_text("")``, so it is served
+    under that name."""
     out: dict[str, str] = {}
     root = os.path.join(site, info)
+    if os.path.isfile(root):
+        text = _small_text(root)
+        return {"": text} if text is not None else out
     try:
         names = sorted(os.listdir(root))
     except OSError:
         return out
     for fn in names:
-        full = os.path.join(root, fn)
-        try:
-            st = os.lstat(full)
-            if not stat.S_ISREG(st.st_mode) or st.st_size > MAX_INFO_FILE:
-                continue
-            with open(full, "rb") as f:
-                out[fn] = f.read().decode("utf-8", "surrogateescape")
-        except OSError:
-            continue
+        text = _small_text(os.path.join(root, fn))
+        if text is not None:
+            out[fn] = text
     return out
+
+
+def _small_text(full: str, limit: int = 0) -> str | None:
+    """The text of regular file ``full`` (not a link), if it is at most ``limit`` bytes
+    (MAX_INFO_FILE by default)."""
+    try:
+        st = os.lstat(full)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > (limit or MAX_INFO_FILE):
+            return None
+        with open(full, "rb") as f:
+            return f.read().decode("utf-8", "surrogateescape")
+    except OSError:
+        return None
+
+
+#: what a listing (``distributions()``, ``entry_points()`` on the host) carries of each
+#: distribution besides its name and version: the rest is fetched when read
+LISTED_FILES = ("entry_points.txt", "top_level.txt")
+MAX_LISTED_FILE = 256 << 10
+
+
+def listing(path: list, abi: dict | None, cache_on: bool) -> list[dict]:
+    """The user's distributions on ``path`` for a listing on a host whose Python is ``abi``
+    (None: not known) and whose package cache is on or off (``cache_on``): each one's canonical
+    name (``key``), Name and Version, its site, and the small files a plugin registry reads
+    (``entry_points.txt``, ``top_level.txt``).  Left out, as a lookup by name leaves them out:
+    those whose Requires-Python excludes the host's Python, and those that need files on the
+    host (compiled code, data) when its cache is off or their wheel's tags do not fit it.
+    Remembered while the directories on ``path`` are unchanged (``key``: what else it depends
+    on, say ``modules.path_state``): connections to many hosts of one kind list once."""
+    key = (tuple(p for p in path if isinstance(p, str)), _state(path), json.dumps(abi, sort_keys=True), cache_on)
+    known = _listings.get(key)
+    if known is not None:
+        return known
+    out = []
+    for site, info in installed(path):
+        fields = metadata(site, info)
+        name, version = info_stem(info)
+        if abi:
+            try:
+                check_python(Unit(name, site, "", info=info), abi, "")
+            except Unsendable:
+                continue
+            tags = _tags(site, info)
+            if (not cache_on or tags and not any(tag_ok(t, abi) for t in tags)) and _needs_files(site, info):
+                continue
+        files = {}
+        listed = []     # (the files looked for: one of these not in files, the distribution has none)
+        for fn in LISTED_FILES:
+            full = os.path.join(site, info, fn)
+            text = _small_text(full, MAX_LISTED_FILE)
+            if text is not None:
+                files[fn] = text
+            if text is not None or not os.path.lexists(full):
+                listed.append(fn)
+        out.append({"key": _canonical(name), "name": fields.get("name") or name,
+                    "version": fields.get("version") or version, "site": site, "files": files, "listed": listed})
+    if len(_listings) > 16:
+        _listings.clear()
+    _listings[key] = out
+    return out
+
+
+_listings: dict[tuple, list[dict]] = {}
+
+
+def _state(path: list) -> tuple:
+    """The modification times of the directories on ``path``: a distribution installed or removed
+    there changes its directory's."""
+    times = []
+    for entry in path:
+        try:
+            times.append(os.stat(entry).st_mtime_ns if isinstance(entry, str) else None)
+        except OSError:
+            times.append(None)
+    return tuple(times)
+
+
+def _needs_files(site: str, info: str) -> bool:
+    """Does the distribution need real files on a host (compiled code, data files), by what its
+    RECORD lists (``need``, without looking at the files themselves)?"""
+    dist = Distribution(info, info, "", site, info=info)
+    dist.files = [(row, 0, 0, 0) for row, _h, _s in _record(site, info) if not row.endswith(".pyc")
+                  and not row.startswith(("../", "/")) and "__pycache__/" not in row]
+    return need(dist) is not None
 
 
 def installed_editable(site: str, info: str, unit: Unit, editable: dict | None = None) -> bool:
@@ -665,8 +792,13 @@ _metadata: dict[tuple[str, int], dict[str, str]] = {}
 
 
 def metadata(site: str, info: str) -> dict[str, str]:
-    """The header fields of a distribution's METADATA (lower-case names; the first of each)."""
-    path = os.path.join(site, info, "METADATA")
+    """The header fields of a distribution's METADATA (lower-case names; the first of each); an
+    egg-info's PKG-INFO (or the egg-info file itself)."""
+    path = os.path.join(site, info)
+    if info.endswith(".dist-info"):
+        path = os.path.join(path, "METADATA")
+    elif not os.path.isfile(path):
+        path = os.path.join(path, "PKG-INFO")
     try:
         key = (path, os.stat(path).st_mtime_ns)
     except OSError:
@@ -711,7 +843,7 @@ def check_python(unit: Unit, abi: dict, display: str, python: str = "python3") -
         return
     fields = metadata(unit.site, unit.info)
     name = fields.get("name") or unit.dist_name or unit.name
-    version = fields.get("version") or unit.info[:-len(".dist-info")].partition("-")[2]
+    version = fields.get("version") or info_stem(unit.info)[1]
     host = "%s %s" % (abi.get("implementation") or "Python", ".".join(map(str, have)))
     raise Unsendable(
         "cannot send %r (%s %s) to %s: it requires Python %s (its Requires-Python), but the host runs %s. Fix: "

@@ -27,8 +27,14 @@ def _valid(name: str) -> bool:
 def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None:
     loader = spec.loader
     if spec.origin is None or loader is None:
-        if spec.submodule_search_locations is not None:
-            return {"pkg": True, "src": "", "file": None}     # a namespace package
+        if spec.submodule_search_locations is not None:     # a namespace package: its parts, and what they hold
+            portions = [p for p in spec.submodule_search_locations if isinstance(p, str)]
+            children: dict[str, bool] = {}
+            for portion in portions:
+                for child, ispkg in _children(portion):
+                    children.setdefault(child, ispkg)
+            return {"pkg": True, "src": "", "file": None, "portions": portions,
+                    "children": [[k, v] for k, v in children.items()]}
         return None
     if isinstance(loader, importlib.machinery.SourceFileLoader):
         with open(spec.origin, "rb") as f:
@@ -182,21 +188,7 @@ def find(name: str, path: list[str], host: str, editable: dict[str, str] | None 
     out: dict[str, Any] = {name: _entry(name, spec, host, search)}
     if top is not None and top.origin and top.submodule_search_locations is not None:
         _bundle(parts[0], os.path.dirname(top.origin), out, host, search)
-    first = out.get(parts[0])
-    if first and first.get("file"):
-        owner = _owner(first["file"], search)
-        if owner:
-            first["owner"] = owner      # (its metadata is asked for by that name: see agent/child.py)
     return out
-
-
-def _owner(origin: str, path: list[str]) -> str | None:
-    from . import distributions
-
-    try:
-        return distributions.owner_name(origin, path)
-    except Exception:   # noqa: BLE001 - a broken RECORD must not stop the module itself
-        return None
 
 
 def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]) -> None:

@@ -15,6 +15,8 @@ from . import limits
 
 _fds = {}  # type: dict[int, int]  # placeholder index -> fd of the child's end
 METADATA_PREFIX = "dist-info:"  # a request for a distribution's metadata, by canonical name (not a module)
+METADATA_LISTING = METADATA_PREFIX + "*"    # ... for the user's distributions, for a listing
+METADATA_FILES = METADATA_PREFIX + "="      # ... for the files of one a listing named (from memory)
 GRACE = 2.0         # seconds between SIGTERM and SIGKILL when the agent vanishes
 
 
@@ -254,13 +256,35 @@ class ParentImporter:
 
         spec = importlib.util.spec_from_loader(
             name, self, origin=entry["file"], is_package=entry["pkg"])  # type: ignore[arg-type]  # (exec_module only)
-        if spec is not None and entry["pkg"] and entry["file"]:
+        if spec is not None and entry["pkg"]:
             # __path__: the package's own directory (as __file__ names it) stands for the package,
-            # so that pkgutil.iter_modules(__path__) lists its modules (see _ForwardedPackage)
-            where = os.path.dirname(entry["file"])
-            self._package_dir(where, name)
-            spec.submodule_search_locations = [where]
+            # so that pkgutil.iter_modules(__path__) lists its modules (see _ForwardedPackage); a
+            # namespace package's: its parts' directories
+            where = [os.path.dirname(entry["file"])] if entry["file"] else \
+                [p for p in entry.get("portions") or () if isinstance(p, str)]
+            for directory in where:
+                self._package_dir(directory, name)
+            spec.submodule_search_locations = where
         return spec
+
+    def portions(self, name, have):
+        """The directories of the parts of namespace package ``name`` on the user's machine that
+        are not in ``have`` (its ``__path__`` here), each standing for the user's part (see
+        ``_package_dir``); [] when the user has no such namespace package."""
+        try:
+            if name not in self.cache:
+                self._ask(name)
+        except (ImportError, OSError):
+            return []
+        entry = self.cache.get(name)
+        if not entry or entry.get("file") or not entry.get("pkg"):
+            return []
+        out = []
+        for directory in entry.get("portions") or ():
+            if isinstance(directory, str) and directory not in have:
+                self._package_dir(directory, name)
+                out.append(directory)
+        return out
 
     def _package_dir(self, where, name):
         """Make ``where`` (a package's directory on the user's machine) stand for package ``name``
@@ -280,39 +304,73 @@ class ParentImporter:
     def find_distributions(self, context=None):
         """importlib.metadata: the distributions of the user's machine that this host lacks (the
         host's own come first: this importer is last on ``sys.meta_path``).  One asked for by name
-        is looked up there (once per connection, as a module is); a listing (no name) holds those
-        whose top-level modules were forwarded from memory.  A distribution that goes through the
-        package cache is fetched, and its entry appended to ``sys.path``, as its import would."""
+        is looked up there (once per connection, as a module is); a distribution that goes through
+        the package cache is then fetched, and its entry appended to ``sys.path``, as its import
+        would.  A listing (no name: ``entry_points()``, ``distributions()``) holds the user's
+        distributions whose names the host has none of (``_listed``)."""
         if context is not None and "path" in vars(context):
             return      # a search of given directories, not of sys.path
         name = getattr(context, "name", None)
-        if name:
-            keys = [METADATA_PREFIX + _canonical(name)]
-        else:
-            keys = []
-            for mod, entry in list(self.cache.items()):
-                if entry and "." not in mod and isinstance(entry.get("owner"), str):
-                    keys.append(METADATA_PREFIX + _canonical(entry["owner"]))
-                elif mod.startswith(METADATA_PREFIX) and entry and "info" in entry:
-                    keys.append(mod)
-        for key in sorted(set(keys), key=keys.index):
-            if key not in self.cache:
-                try:
-                    self._ask(key)
-                except (ImportError, OSError):
-                    return
-            entry = self.cache.get(key)
-            if not entry or "error" in entry:
-                continue
-            if "info" in entry:
-                yield _forwarded_distribution(entry)
-            elif "path" in entry and name and entry["path"] not in sys.path:
-                # (on sys.path already: the host's own lookup, before this one, found it there)
-                import importlib.metadata
+        if not name:
+            yield from self._listed()
+            return
+        key = METADATA_PREFIX + _canonical(name)
+        if key not in self.cache:
+            try:
+                self._ask(key)
+            except (ImportError, OSError):
+                return
+        entry = self.cache.get(key)
+        if not entry or "error" in entry:
+            return
+        if "info" in entry:
+            yield _forwarded_distribution(entry)
+        elif "path" in entry and entry["path"] not in sys.path:
+            # (on sys.path already: the host's own lookup, before this one, found it there)
+            import importlib.metadata
 
-                _add_entry(entry["path"])
-                yield from importlib.metadata.MetadataPathFinder.find_distributions(
-                    importlib.metadata.DistributionFinder.Context(name=name, path=[entry["path"]]))
+            _add_entry(entry["path"])
+            yield from importlib.metadata.MetadataPathFinder.find_distributions(
+                importlib.metadata.DistributionFinder.Context(name=name, path=[entry["path"]]))
+
+    def _listed(self):
+        """The user's distributions for a listing: one round trip per connection (the agent keeps
+        the list, for later children too, until the user's sys.path changes), which brings each
+        one's name, version and the files a plugin registry reads (``entry_points.txt``); the
+        rest of a distribution's files are fetched when read.  Left out: those whose names the
+        host has a distribution of (the host's wins, as its modules do), and those a lookup by
+        name found nothing of (or refused)."""
+        try:
+            if METADATA_LISTING not in self.cache:
+                self._ask(METADATA_LISTING)
+        except (ImportError, OSError):
+            return
+        listing = self.cache.get(METADATA_LISTING)
+        dists = listing.get("dists") if isinstance(listing, dict) else None
+        if not isinstance(dists, list):
+            return
+        host = _host_distributions()
+        for item in dists:
+            key = item.get("key") if isinstance(item, dict) else None
+            if not isinstance(key, str) or key in host:
+                continue
+            known = self.cache.get(METADATA_PREFIX + key, item)
+            if known and "info" in known:
+                yield _forwarded_distribution(known)      # (all its files are here already)
+            elif known is item or known and "path" in known:
+                # (in the host's package cache, for another child: its entry is not on this one's sys.path)
+                yield _listed_distribution(self, item)
+
+    def listed_files(self, key):
+        """The metadata files of the user's distribution ``key`` (canonical name), from memory."""
+        name = METADATA_FILES + key
+        try:
+            if name not in self.cache:
+                self._ask(name)
+        except (ImportError, OSError):
+            return None
+        entry = self.cache.get(name)
+        return entry.get("info") if entry else None
 
     def children(self, package):
         """[(name, is a package)] of the modules directly in forwarded ``package``."""
@@ -377,6 +435,33 @@ class _ForwardedPackage:
         pass
 
 
+def _list_users_namespace_parts():
+    """``pkgutil.iter_modules(ns.__path__)`` (and ``walk_packages``) of a namespace package this host
+    has a part of lists the user's parts too, as it would on the user's machine: the packaging
+    guide's way of discovering plugins.  The host's ``__path__`` itself stays as it is (its parts
+    are the host's directories, which ``importlib.resources`` and ``os.listdir`` read); the user's
+    parts are asked for (once per connection) only when such a path is listed."""
+    import pkgutil
+
+    original = pkgutil.iter_modules
+    if getattr(original, "_remoteproc", False):
+        return
+
+    def iter_modules(path=None, prefix=""):
+        name = getattr(path, "_name", None)
+        if isinstance(name, str) and type(path).__name__ == "_NamespacePath":
+            importer = next((f for f in sys.meta_path if isinstance(f, ParentImporter)), None)
+            have = list(path)
+            extra = importer.portions(name, have) if importer is not None else []
+            if extra:
+                path = have + extra
+        yield from original(path, prefix)
+
+    iter_modules.__doc__ = original.__doc__
+    iter_modules._remoteproc = True  # type: ignore[attr-defined]
+    pkgutil.iter_modules = iter_modules
+
+
 def _from_package_cache(name, path):
     """A package in the host's package cache: imported from its files, as if installed there.
 
@@ -405,6 +490,39 @@ def _add_entry(path):
             pass
 
 
+_host_dirs = {}     # type: dict[str, tuple[int, frozenset]]  # sys.path entry -> (mtime, distributions there)
+
+
+def _host_distributions():
+    """The canonical names of the distributions this host's ``sys.path`` holds (as importlib.metadata
+    finds them there: ``*.dist-info``, ``*.egg-info``), each directory listed again only when it
+    changed."""
+    names = set()  # type: set[str]
+    for entry in sys.path:
+        if not isinstance(entry, str):
+            continue
+        where = entry or "."
+        try:
+            mtime = os.stat(where).st_mtime_ns
+        except OSError:
+            continue
+        known = _host_dirs.get(where)
+        if known is None or known[0] != mtime:
+            try:
+                listed = os.listdir(where)
+            except OSError:
+                listed = []
+            found = frozenset(_canonical(_info_name(fn)) for fn in listed if fn.endswith((".dist-info", ".egg-info")))
+            known = _host_dirs[where] = (mtime, found)
+        names |= known[1]
+    return names
+
+
+def _info_name(info):
+    """The distribution's name in a metadata directory's name (``name-1.0.dist-info``, ``name.egg-info``)."""
+    return info.rsplit(".", 1)[0].partition("-")[0]
+
+
 def _canonical(name):
     """A distribution's name as its dist-info directory's is compared (PEP 503, with ``_``)."""
     import re
@@ -413,6 +531,48 @@ def _canonical(name):
 
 
 _Forwarded = None
+
+
+_Listed = None
+
+
+def _listed_distribution(importer, item):
+    """An ``importlib.metadata.Distribution`` of one of the user's distributions, as a listing
+    brought it: its name and version, and ``entry_points.txt`` and ``top_level.txt``; any
+    other file (METADATA, RECORD) is fetched when first read, once (``listed_files``)."""
+    global _Listed
+    if _Listed is None:
+        import importlib.metadata
+        import pathlib
+
+        class ListedDistribution(importlib.metadata.Distribution):
+            def __init__(self, importer, item):
+                self._importer = importer
+                self._item = item
+
+            @property
+            def name(self):     # (3.10+: entry_points() tells distributions apart by name)
+                return self._item.get("name")
+
+            @property
+            def version(self):
+                return self._item.get("version")
+
+            def read_text(self, filename):
+                filename = str(filename)
+                files = self._item.get("files") or {}
+                if filename in files:
+                    return files[filename]
+                if filename in self._item.get("listed", ()):
+                    return None     # (it has none)
+                full = self._importer.listed_files(self._item["key"])
+                return full.get(filename) if full else None
+
+            def locate_file(self, path):
+                return pathlib.Path(self._item.get("site") or "/", str(path))
+
+        _Listed = ListedDistribution
+    return _Listed(importer, item)
 
 
 def _forwarded_distribution(entry):
@@ -682,6 +842,7 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
             importer = ParentImporter(import_fd, modules if modules is not None else {}, host)
             sys.meta_path.append(importer)
             _complete_package(importer)
+            _list_users_namespace_parts()
         from . import grandchild
 
         grandchild.enable(importer if import_fd is not None else None)

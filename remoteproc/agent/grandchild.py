@@ -224,6 +224,7 @@ def graft(handoff, namespace) -> None:
     importer = child.ParentImporter(None, handoff["forwarded"], host)
     sys.meta_path.append(importer)
     child._complete_package(importer)
+    child._list_users_namespace_parts()
     script = handoff.get("script")
     if script is not None:
         namespace["__file__"] = script["path"]

@@ -18,7 +18,7 @@ import time
 import zlib
 
 from . import PROTOCOL_VERSION, fdlimit, frames, grandchild, limits, mux, pkgcache, poller
-from .child import RESET_SIGNALS
+from .child import METADATA_LISTING, RESET_SIGNALS
 from .child import run as run_child
 from .endpoint import FrameEndpoint
 from .waker import Waker
@@ -258,8 +258,9 @@ class Supervisor:
     def _forget_missing(self):
         """The user's sys.path, or a directory on it, changed since the last start: a module (or
         distribution) found nowhere before may be there now, as a new process of multiprocessing
-        would find it.  What was found stays (forwarded code lives as long as the connection)."""
-        for name in [n for n, e in self.modules.items() if e is None]:
+        would find it.  What was found stays (forwarded code lives as long as the connection); the
+        list of the user's distributions goes too (one may have been installed meanwhile)."""
+        for name in [n for n, e in self.modules.items() if e is None or n == METADATA_LISTING]:
             del self.modules[name]
 
     def _learn(self, name, encoded):
@@ -632,6 +633,7 @@ def _main(fd_in, fd_out, found):
     import multiprocessing.resource_sharer  # noqa: F401  (child._explain_foreign_handles)
     import multiprocessing.spawn  # noqa: F401  (grandchild.enable wraps it in every child)
     import pickle  # noqa: F401
+    import pkgutil  # noqa: F401  (child._list_users_namespace_parts wraps it in every child)
     import threading  # noqa: F401
     import traceback  # noqa: F401
 

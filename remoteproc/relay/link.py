@@ -22,7 +22,7 @@ from typing import Callable, Optional
 
 from .. import bootstrap, distributions, modules, pkgtransfer
 from ..agent import frames, mux, pkgcache, poller
-from ..agent.child import METADATA_PREFIX
+from ..agent.child import METADATA_FILES, METADATA_LISTING, METADATA_PREFIX
 from ..agent.endpoint import FrameEndpoint
 from ..agent.waker import Waker
 from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
@@ -497,36 +497,55 @@ class Link:
         in canonical form) is not on the host.  The answer is None when we have none (or the host
         could not load it); the entry of its package cache (``dist``, as for an import) when it goes
         there, so its own dist-info lands with it; else its dist-info's files (``info``), a pure
-        distribution's, whose modules come from memory."""
-        name = key[len(METADATA_PREFIX):]
+        distribution's, whose modules come from memory.  ``METADATA_LISTING``: the distributions
+        on the user's sys.path, for a listing (``entry_points()``, ``distributions()``); after
+        ``METADATA_FILES``, the files of one listed there, from memory (reading a listed
+        distribution's METADATA sends no package to the host's cache)."""
+        files_only = key.startswith(METADATA_FILES)
+        name = key[len(METADATA_FILES if files_only else METADATA_PREFIX):]
         entry: dict | None = None
         try:
-            if 0 < len(name) <= 256 and name.replace("_", "a").isalnum() and name.isascii():
-                entry = self._metadata_entry(name)
+            if key == METADATA_LISTING:
+                abi = self.packages.abi if self.packages is not None else None
+                entry = {"dists": distributions.listing(self.sys_path, abi,
+                                                        bool(self.packages is None or self.packages.cap))}
+            elif 0 < len(name) <= 256 and name.replace("_", "a").isalnum() and name.isascii():
+                entry = self._metadata_entry(name) if not files_only else self._metadata_files(name)
         except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the link
             log.debug("%s: no metadata of %s: %s", self.display, name, exc)
             entry = None
-        log.debug("%s: metadata of %s: %s", self.display, name,
-                  "none" if entry is None else "from memory" if "info" in entry else "through the cache")
+        log.debug("%s: metadata of %s: %s", self.display, name or "every distribution",
+                  "none" if entry is None else "from memory" if "dist" not in entry else "through the cache")
         self.send(frames.control({"op": "modules", "name": key, "modules": {key: entry}}))
+
+    def _metadata_files(self, name: str) -> dict | None:
+        """The dist-info (or egg-info) files of a distribution a listing named (``_serve_metadata``)."""
+        found = distributions.find_info(name, self.sys_path)
+        return {"info": distributions.info_files(*found), "site": found[0]} if found is not None else None
 
     def _metadata_entry(self, name: str) -> dict | None:
         found = distributions.find_info(name, self.sys_path)
         if found is None:
             return None
         site, info = found
+        egg = info.endswith(".egg-info")
         for top in distributions.top_names(site, info):
             unit = distributions.locate(top, self.sys_path, self.editable)
             if unit is None or unit.name != top:
                 continue
             if distributions.installed_editable(site, info, unit, self.editable):
                 break           # (installed in editable mode: its dist-info is where pip put it, apart)
-            if unit.info != info or unit.site != site:
-                return None     # (that name is another distribution's here: not this one's to describe)
+            if (unit.info, unit.site) != ((None if egg else info), site):
+                # (that name is another distribution's here: not this one's to describe; an egg-info
+                # has no RECORD, the package beside it with no dist-info of its own is its own)
+                return None
             mods = self.packages.answer(top, self.sys_path, self.editable) if self.packages is not None else None
             if mods is not None:
                 got = mods.get(top) or {}
-                return {"dist": got["dist"]} if "dist" in got else None     # (refused there: no metadata either)
+                if "dist" in got and not egg:
+                    return {"dist": got["dist"]}
+                if "dist" not in got:
+                    return None     # (refused there: no metadata either)
             break
         abi = (self.packages.abi if self.packages is not None else None) or {}
         try:
