@@ -314,6 +314,91 @@ def test_unsupported_match_criteria_skip_the_block(home, caplog):
         resolve("h", "Match sometimes\n  User never\n")
 
 
+# -- CanonicalizeHostname ------------------------------------------------------------------
+
+@pytest.fixture
+def dns(monkeypatch):
+    """A resolver of our own: name (as ssh asks for it, with the trailing dot) -> canonical name.
+    Addresses are still parsed by the real one; other names do not resolve."""
+    import socket
+
+    table: dict[str, str] = {}
+    asked: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, family=0, type=0, proto=0, flags=0):
+        if flags & socket.AI_NUMERICHOST:
+            return real(host, port, family, type, proto, flags)
+        asked.append(host)
+        if host not in table:
+            raise socket.gaierror(socket.EAI_NONAME, "Name or service not known")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, table[host], ("192.0.2.80", 0))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    table.update({"web.example.com.": "web.example.com", "db.corp.test.": "db.corp.test",
+                  "web2.example.com.": "real.example.com", "a.b.example.com.": "a.b.example.com",
+                  "bare": "bare.cname.test"})
+    return asked
+
+
+def canon(extra: str = "", mode: str = "yes") -> str:
+    """A config that canonicalises into two domains, ``extra`` among its global settings."""
+    return ("CanonicalizeHostname %s\nCanonicalDomains example.com corp.test\n%sHost *.example.com\n  User alice\n"
+            "  Port 2200\nMatch canonical host db.corp.test\n  User dbadmin\n" % (mode, extra))
+
+
+CANON = canon()
+
+
+def test_hostnames_are_canonicalised_and_the_config_read_again_as_ssh_does(home, dns):
+    """As ssh 9.2 does with CanonicalizeHostname yes (checked with ssh -G against names in /etc/hosts):
+    each CanonicalDomains suffix is tried, the name found is the host name, and the second pass
+    matches Host lines and Match canonical against it."""
+    t = resolve("web", CANON)
+    assert (t.hostname, t.username, t.port, t.original_host) == ("web.example.com", "alice", 2200, "web")
+    assert dns == ["web.example.com."]
+    assert (resolve("db", CANON).hostname, resolve("db", CANON).username) == ("db.corp.test", "dbadmin")
+    assert resolve("WEB", CANON).hostname == "web.example.com", "lowercased first"
+    assert resolve("a.b", CANON).hostname == "a.b.example.com", "one dot is CanonicalizeMaxDots' default"
+    assert resolve("a.b", canon("CanonicalizeMaxDots 0\n")).hostname == "a.b"
+    t = resolve("web.example.com.", CANON)
+    assert (t.hostname, t.username) == ("web.example.com", "alice"), "a trailing dot: that name, without the dot"
+    # an alias's HostName is what is canonicalised
+    assert resolve("w", "Host w\n  HostName Web\n" + CANON).hostname == "web.example.com"
+    # not found: the name as it is, unless CanonicalizeFallbackLocal no
+    assert resolve("nothere", CANON).hostname == "nothere"
+    with pytest.raises(ConnectError, match="CanonicalizeFallbackLocal"):
+        resolve("nothere", canon("CanonicalizeFallbackLocal no\n"))
+    # addresses are not looked up, but written in their numeric form
+    del dns[:]
+    assert resolve("127.1", CANON).hostname == "127.0.0.1" and dns == []
+
+
+def test_canonicalisation_follows_permitted_cnames_only(home, dns):
+    assert resolve("web2", CANON).hostname == "web2.example.com"
+    rule = "CanonicalizePermittedCNAMEs *.example.com:real.example.com,*.other\n"
+    assert resolve("web2", canon(rule)).hostname == "real.example.com"
+    assert resolve("web2", canon("CanonicalizePermittedCNAMEs *.example.com:*.other\n")).hostname == \
+        "web2.example.com"
+    # not found in any domain: the bare name, resolved as it is, may still follow a permitted CNAME
+    assert resolve("bare", canon("CanonicalizePermittedCNAMEs bare:*.cname.test\n")).hostname == "bare.cname.test"
+
+
+def test_proxied_hosts_are_canonicalised_only_with_always(home, dns):
+    """As ssh: not through a ProxyJump or ProxyCommand (ProxyJump none counts as one, ProxyCommand none
+    does not) unless CanonicalizeHostname always; the second pass happens all the same."""
+    for proxy in ("ProxyJump j1", "ProxyCommand nc %h %p", "ProxyJump none"):
+        t = resolve("web", canon("Host web\n  %s\nHost *\n" % proxy))
+        assert t.hostname == "web", proxy
+    assert resolve("web", canon("Host web\n  ProxyCommand none\nHost *\n")).hostname == "web.example.com"
+    assert resolve("web", CANON, proxy_jump="j1").hostname == "web"
+    t = resolve("web", canon("Host web\n  ProxyJump j1\nHost *\n", "always"))
+    assert (t.hostname, t.username, t.proxy_jump) == ("web.example.com", "alice", ["j1"])
+    assert resolve("web", canon(mode="no")).hostname == "web"
+    t = resolve("alias", "CanonicalizeHostname yes\nHost alias\n  HostName Real\nHost real\n  User second-pass\n")
+    assert (t.hostname, t.username) == ("real", "second-pass"), "CanonicalizeHostname alone asks for the second pass"
+
+
 # -- jumps and proxies --------------------------------------------------------------------
 
 JUMPS = """\
@@ -575,6 +660,12 @@ def test_revoked_key_is_refused(tmp_path, keys):
         ssh.check_host_key(t, keys["a"])
 
 
+def test_a_line_whose_key_is_not_of_the_type_it_names_is_skipped_as_ssh_does(tmp_path, keys):
+    t, _ = target_with(tmp_path, "host.example ecdsa-sha2-nistp256 %s\n" % keys["a"].get_base64())
+    with pytest.raises(HostKeyError, match="unknown"):
+        ssh.check_host_key(t, keys["a"])
+
+
 def test_a_key_of_another_type_is_new_not_changed(tmp_path, keys):
     t, kh = target_with(tmp_path, line(keys["c"]) + "@cert-authority *.example %s %s\n"
                         % (keys["b"].get_name(), keys["b"].get_base64()))
@@ -610,7 +701,8 @@ def test_accept_new_creates_the_directory(tmp_path, keys):
 def test_known_key_types_are_offered_first(tmp_path, keys):
     t = paramiko.Transport(socket_pair()[0])
     try:
-        entries = ssh.read_known_hosts([str(target_with(tmp_path, line(keys["c"]) + "h ssh-rsa AAAA\n")[1])])
+        rsa = base64.b64encode(struct.pack(">I", 7) + b"ssh-rsa" + struct.pack(">I", 1) + b"\x03").decode()
+        entries = ssh.read_known_hosts([str(target_with(tmp_path, line(keys["c"]) + "h ssh-rsa %s\n" % rsa)[1])])
         hostkeys.prefer_known_types(t, entries)
         types = t.get_security_options().key_types
         assert types[0] == "ecdsa-sha2-nistp256" and types[1:3] == ("rsa-sha2-512", "rsa-sha2-256")

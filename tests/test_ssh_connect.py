@@ -400,16 +400,23 @@ def test_a_revoked_host_key_is_refused_and_another_revoked_key_is_not_in_the_way
     assert "is marked @revoked in %s:1; it is always refused" % known in text
 
 
-def test_accept_new_without_a_known_hosts_file_accepts_for_this_connection_only(server, tmp_path, caplog):
+def test_accept_new_without_a_known_hosts_file_refuses_a_new_key_as_ssh_does(server, tmp_path):
+    """UserKnownHostsFile none: ssh has nowhere to record a new key and refuses it, even under
+    StrictHostKeyChecking accept-new or no; so does remoteproc (it once accepted it for the connection)."""
     config = tmp_path / "config"
-    config.write_text("UserKnownHostsFile none\nGlobalKnownHostsFile none\n")
-    t = ssh.resolve(spec(server.port), dict(options(server), known_hosts=None, ssh_config=str(config),
-                                            host_key_policy="accept-new"))
-    assert t.known_hosts == []
-    with caplog.at_level(logging.WARNING, logger="remoteproc.ssh"):
-        connect(t).close()
-    assert any("for this connection only: there is no user known_hosts file" in r.getMessage()
-               for r in caplog.records)
+    config.write_text("UserKnownHostsFile none\nGlobalKnownHostsFile none\nStrictHostKeyChecking no\n")
+    for policy in ("accept-new", None):
+        t = ssh.resolve(spec(server.port), dict(options(server), known_hosts=None, ssh_config=str(config),
+                                                host_key_policy=policy))
+        assert t.known_hosts == [] and t.policy == "accept-new"
+        with pytest.raises(HostKeyError) as info:
+            connect(t).close()
+        assert "no user known_hosts file to record it in" in str(info.value)
+        assert "known_hosts=" in str(info.value)
+    global_file = tmp_path / "global_known_hosts"
+    global_file.write_text("[%s]:%d %s\n" % (HOST, server.port, server.host_public))
+    config.write_text("UserKnownHostsFile none\nGlobalKnownHostsFile %s\n" % global_file)
+    connect(ssh.resolve(spec(server.port), dict(options(server), known_hosts=None, ssh_config=str(config)))).close()
 
 
 def test_accept_new_that_cannot_record_the_key_still_connects_and_warns(server, tmp_path, caplog):
@@ -532,7 +539,8 @@ def test_include_skips_directories_its_pattern_matches(tmp_path):
 
 
 @pytest.mark.parametrize("text,says", [
-    ("Host box\n  ConnectTimeout soon\n", "ConnectTimeout 'soon' is not a number"),
+    ("Host box\n  ConnectTimeout soon\n", "ConnectTimeout 'soon' is not a time"),
+    ("Host box\n  ServerAliveInterval 1.5\n", "ServerAliveInterval '1.5' is not a time"),
     ("Host box\n  Port 70000\n", "port 70000 is out of range 1-65535"),
     ("Host box\n  Port nosuchservice\n", "box: ssh_config: port 'nosuchservice' is not a number"),
     ("Host box\n  ProxyCommand nc %h %p 100%\n", "a lone % at the end"),

@@ -3,6 +3,8 @@
 Options given by the caller (the spec's user and port, keyword options) are set before
 the files are read, the first value obtained for each keyword wins, ``Include`` is
 followed where it stands (inside a ``Host`` or ``Match`` block it is conditional).
+Between the two passes ssh makes, the host name is settled (``HostName``, lowercasing,
+``CanonicalizeHostname``), and the second pass matches ``Host`` lines against it.
 See ``docs/ssh.md`` for what is honoured.
 """
 
@@ -12,12 +14,12 @@ import glob
 import logging
 import os
 import re
-import shlex
+import socket
 import subprocess
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import ConfigError
+from ..errors import ConfigError, ConnectError
 from .tokens import expand, host_tokens, local_user
 
 log = logging.getLogger("remoteproc.ssh")
@@ -28,6 +30,8 @@ MATCH_EXEC_TIMEOUT = 30.0
 #: keywords whose every occurrence adds a value (the others: the first value wins)
 _MULTI = frozenset({"identityfile", "certificatefile", "localforward", "remoteforward", "dynamicforward",
                     "sendenv"})
+#: of those, the ones where ssh skips a value it has already (a second pass reads the same lines again)
+_UNIQUE = frozenset({"identityfile", "certificatefile"})
 #: keywords whose argument is the rest of the line, unsplit
 _RAW = frozenset({"proxycommand", "localcommand", "remotecommand", "knownhostscommand"})
 _LINE = re.compile(r"^\s*([A-Za-z][A-Za-z0-9]*)(?:\s*=\s*|\s+)(.*?)\s*$")
@@ -78,15 +82,26 @@ class Config:
 
         Returns lower-case keywords; multi-valued keywords map to lists, others to
         their first value (a list of words, or the raw text for commands).
+        ``hostname`` is the final name, as ssh settles it after its first pass: ``HostName``
+        with ``%h`` expanded (else the host as given), lowercased, canonicalised when
+        ``CanonicalizeHostname`` asks.  A second pass follows when a ``Match final`` asked for
+        one or canonicalisation is enabled; its ``Host`` lines and ``Match host`` see that name.
         """
         state = _State(self, host, dict(preset or {}))
-        for path, kind in self.files:
-            state.read(path, kind, active=True, depth=0, never_match=False)
-        if state.want_final:
+        state.read_all()
+        options = state.options
+        name = state.match_host().lower()
+        mode = canonicalize_mode(options)
+        numeric = numeric_address(name, options)
+        if numeric is not None:
+            name = numeric         # (an address in ssh's numeric form, canonicalisation or not: 127.1 is 127.0.0.1)
+        elif mode != "no":
+            name = canonicalize(name, options, mode, host)
+        options["hostname"] = [name]
+        if state.want_final or mode != "no":
             state.final = True
-            for path, kind in self.files:
-                state.read(path, kind, active=True, depth=0, never_match=False)
-        return state.options
+            state.read_all()
+        return options
 
     def warn_once(self, text: str) -> None:
         if text not in self._warned:
@@ -109,7 +124,7 @@ def _parse(text: str, name: str) -> list[_Line | _Include]:
             entries.append(_Line(keyword, [rest], rest, where))
             continue
         try:
-            args = shlex.split(rest, comments=True)
+            args = split_args(rest)
         except ValueError as exc:
             raise ConfigError("%s: %s in %r" % (where, exc, stripped)) from None
         if not args:
@@ -119,6 +134,41 @@ def _parse(text: str, name: str) -> list[_Line | _Include]:
         else:
             entries.append(_Line(keyword, args, rest, where))
     return entries
+
+
+def split_args(text: str) -> list[str]:
+    """A config line's arguments as ssh splits them (``argv_split``): blanks separate words, single or
+    double quotes group them, a backslash escapes only a quote, a backslash or (unquoted) a blank,
+    and ``#`` starts a comment only where a word would start (``/keys/a#b`` is one word)."""
+    args: list[str] = []
+    i, n = 0, len(text)
+    while i < n:
+        if text[i] in " \t":
+            i += 1
+            continue
+        if text[i] == "#":
+            break
+        word: list[str] = []
+        quote = ""
+        while i < n:
+            c = text[i]
+            if c == "\\" and i + 1 < n and (text[i + 1] in "'\"\\" or (not quote and text[i + 1] == " ")):
+                word.append(text[i + 1])
+                i += 2
+                continue
+            if not quote and c in " \t":
+                break
+            if not quote and c in "'\"":
+                quote = c
+            elif quote and c == quote:
+                quote = ""
+            else:
+                word.append(c)
+            i += 1
+        if quote:
+            raise ValueError("No closing quotation")
+        args.append("".join(word))
+    return args
 
 
 def _pattern_re(pattern: str) -> re.Pattern[str]:
@@ -155,12 +205,27 @@ class _State:
         self.final = False
         self.want_final = False
 
+    def read_all(self) -> None:
+        """One pass over the files."""
+        for path, kind in self.config.files:
+            self.read(path, kind, active=True, depth=0, never_match=False)
+
+    def match_host(self) -> str:
+        """The name ``Match host`` (and ``%h`` in ``Match exec``) sees: in the second pass the final
+        name; before, ``HostName`` so far with ``%h`` the host as given, else the host as given."""
+        hostname = self.options.get("hostname")
+        if self.final or not hostname:
+            return hostname[0] if hostname else self.host
+        return expand(hostname[0], {"%": "%", "h": self.host}, "HostName")
+
     def read(self, path: str, kind: str, active: bool, depth: int, never_match: bool) -> None:
+        # (ssh's second pass matches Host lines against the final host name, the first the host as given)
+        name = self.options["hostname"][0] if self.final else self.host
         for entry in self.config._entries(path):
             if isinstance(entry, _Include):
                 self.include(entry, kind, active, depth)
             elif entry.keyword == "host":
-                active = not never_match and match_pattern_list(self.host, entry.args)
+                active = not never_match and match_pattern_list(name, entry.args)
             elif entry.keyword == "match":
                 active = not never_match and self.match(entry)
             elif active:
@@ -182,18 +247,27 @@ class _State:
 
     def set(self, entry: _Line) -> None:
         key = entry.keyword
+        options = self.options
         if key in _MULTI:
-            self.options.setdefault(key, []).extend([entry.args[0]] if key == "identityfile" else entry.args)
-        elif key in ("proxyjump", "proxycommand"):
-            # whichever of the two comes first is used
-            if "proxyjump" not in self.options and "proxycommand" not in self.options:
-                self.options[key] = entry.raw if key in _RAW else entry.args[0]
-        elif key not in self.options:
-            self.options[key] = entry.raw if key in _RAW else list(entry.args)
+            values = options.setdefault(key, [])
+            for value in [entry.args[0]] if key in _UNIQUE else entry.args:
+                if key not in _UNIQUE or value not in values:
+                    values.append(value)
+        elif key == "proxyjump":
+            # ssh 9.2: a ProxyJump counts only while neither it nor ProxyCommand has a value; a
+            # jump host also settles ProxyCommand (to none), "ProxyJump none" does not, so a
+            # ProxyCommand of a later block still applies after it
+            if "proxyjump" not in options and "proxycommand" not in options:
+                options["proxyjump"] = entry.args[0]
+                if entry.args[0].lower() != "none":
+                    options["proxycommand"] = "none"
+        elif key not in options:
+            options[key] = entry.raw if key in _RAW else list(entry.args)
 
     def match(self, entry: _Line) -> bool:
         args = list(entry.args)
         result = True
+        criteria = 0
         i = 0
         while i < len(args):
             word = args[i]
@@ -204,8 +278,12 @@ class _State:
             negate = word.startswith("!")
             criterion = word[1:].lower() if negate else word.lower()
             if criterion == "all":
-                this = True
-            elif criterion in ("canonical", "final"):
+                if criteria > 1 or i < len(args):
+                    raise ConfigError("%s: Match all cannot be combined with other criteria (ssh refuses it too)"
+                                      % entry.where)
+                return result and not negate
+            criteria += 1
+            if criterion in ("canonical", "final"):
                 if criterion == "final" and not negate:
                     self.want_final = True
                 this = self.final
@@ -227,9 +305,7 @@ class _State:
     def criterion(self, criterion: str, arg: str, where: str) -> bool:
         patterns = arg.split(",")
         if criterion == "host":
-            hostname = self.options.get("hostname")
-            host = expand(hostname[0], {"h": self.host}, "HostName") if hostname else self.host
-            return match_pattern_list(host, patterns, fold=True)
+            return match_pattern_list(self.match_host(), patterns, fold=True)
         if criterion == "originalhost":
             return match_pattern_list(self.host, patterns, fold=True)
         if criterion == "user":
@@ -246,10 +322,8 @@ class _State:
     def run_exec(self, command: str, where: str) -> bool:
         user = self.options.get("user")
         port = self.options.get("port")
-        hostname = self.options.get("hostname")
-        host = expand(hostname[0], {"h": self.host}, "HostName") if hostname else self.host
-        tokens = host_tokens(self.host, host, int(port[0]) if port else 22,
-                         user[0] if user else local_user(), None, None)
+        tokens = host_tokens(self.host, self.match_host(), int(port[0]) if port and port[0].isdigit() else 22,
+                             user[0] if user else local_user(), None, None)
         command = expand(command, tokens, "Match exec")
         shell = os.environ.get("SHELL") or "/bin/sh"
         try:
@@ -260,6 +334,121 @@ class _State:
         except OSError as exc:
             raise ConfigError("%s: Match exec %r: %s" % (where, command, exc)) from None
         return done.returncode == 0
+
+
+def canonicalize_mode(options: dict[str, Any]) -> str:
+    """``CanonicalizeHostname``: "no", "yes" or "always"."""
+    value = options.get("canonicalizehostname")
+    word = value[0].lower() if value else "no"
+    return {"yes": "yes", "true": "yes", "always": "always"}.get(word, "no")
+
+
+def _looks_numeric(host: str) -> bool:
+    """ssh's quick test for an address (one that did not parse as one is not canonicalised either)."""
+    return "%" in host or ":" in host or all(c in "0123456789." for c in host)
+
+
+def _resolve(name: str, family: int) -> str | None:
+    """The canonical name the resolver gives for ``name`` ("" if none), or None when it does not resolve."""
+    try:
+        infos = socket.getaddrinfo(name, None, family, socket.SOCK_STREAM, 0, socket.AI_CANONNAME)
+    except (OSError, UnicodeError):
+        return None
+    return (infos[0][3] or "").lower() if infos else None
+
+
+def _family(options: dict[str, Any]) -> int:
+    return {"inet": socket.AF_INET, "inet6": socket.AF_INET6}.get(
+        (options.get("addressfamily") or ["any"])[0].lower(), socket.AF_UNSPEC)
+
+
+def numeric_address(host: str, options: dict[str, Any]) -> str | None:
+    """``host`` in its numeric form if it is an IP address, else None."""
+    try:
+        infos = socket.getaddrinfo(host, None, _family(options), socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
+        return socket.getnameinfo(infos[0][4], socket.NI_NUMERICHOST)[0].lower() if infos else None
+    except (OSError, UnicodeError):
+        return None
+
+
+def canonicalize(host: str, options: dict[str, Any], mode: str, original: str) -> str:
+    """``CanonicalizeHostname`` as ssh does it: the host name (lowercased, after ``HostName``) with each of
+    ``CanonicalDomains`` appended, the first that resolves (a name ending in a dot: that name), CNAMEs
+    followed where ``CanonicalizePermittedCNAMEs`` allows.  Only without ProxyCommand or ProxyJump
+    (``ProxyJump none`` included), unless ``always``; not for names with more dots than
+    ``CanonicalizeMaxDots`` (1), nor addresses (``numeric_address`` has taken those already).
+    Not found: the name as it is (``CanonicalizeFallbackLocal``), or, with
+    ``CanonicalizeFallbackLocal no``, a ConnectError, as ssh fails then."""
+    family = _family(options)
+    if _looks_numeric(host):
+        return host
+    command = options.get("proxycommand")
+    direct = (command is None or command.strip().lower() == "none") and "proxyjump" not in options
+    if not direct and mode != "always":
+        return host
+    rules = _cname_rules(options)
+    if host.endswith("."):
+        candidates = [host]
+    else:
+        dots = (options.get("canonicalizemaxdots") or ["1"])[0]
+        try:
+            max_dots = int(dots)
+        except ValueError:
+            raise ConfigError("%s: CanonicalizeMaxDots %r is not a number. Fix: correct it in the ssh config"
+                              % (original, dots), original) from None
+        if host.count(".") > max_dots:
+            return _bare_cname(host, rules, family, direct, original)
+        candidates = []
+        for domain in options.get("canonicaldomains") or []:
+            if domain.lower() == "none":
+                break
+            candidates.append("%s.%s." % (host, domain.lower()))
+    for name in candidates:
+        cname = _resolve(name, family)
+        if cname is not None:
+            return _follow_cname(name[:-1], cname, rules)
+    fallback = options.get("canonicalizefallbacklocal")
+    if fallback and fallback[0].lower() in ("no", "false"):
+        raise ConnectError("%s: cannot resolve host name %r in any of the CanonicalDomains (%s), and "
+                           "CanonicalizeFallbackLocal is no. Check the name, or the CanonicalDomains of your ssh "
+                           "config." % (original, host, " ".join(options.get("canonicaldomains") or []) or "none"),
+                           original)
+    return _bare_cname(host, rules, family, direct, original)
+
+
+def _cname_rules(options: dict[str, Any]) -> list[tuple[list[str], list[str]]]:
+    """``CanonicalizePermittedCNAMEs``: (source patterns, target patterns) of each rule."""
+    rules = []
+    for rule in options.get("canonicalizepermittedcnames") or []:
+        if rule.lower() == "none":
+            return []
+        source, _, target = rule.lower().partition(":")
+        rules.append((source.split(","), target.split(",")))
+    return rules
+
+
+def _bare_cname(host: str, rules: list[tuple[list[str], list[str]]], family: int, direct: bool,
+                original: str) -> str:
+    """Not canonicalised: with ``CanonicalizePermittedCNAMEs``, ssh still resolves the name as it is and
+    follows a permitted CNAME (a direct connection to a name that does not resolve fails there)."""
+    if not rules:
+        return host
+    cname = _resolve(host, family)
+    if cname is None:
+        if direct:
+            raise ConnectError("%s: cannot resolve host name %r. Check the name or its HostName in your ssh "
+                               "config." % (original, host), original)
+        return host
+    return _follow_cname(host, cname, rules)
+
+
+def _follow_cname(name: str, cname: str, rules: list[tuple[list[str], list[str]]]) -> str:
+    if not cname or cname == name:
+        return name
+    for source, target in rules:
+        if match_pattern_list(name, source, fold=True) and match_pattern_list(cname, target, fold=True):
+            return cname
+    return name
 
 
 def load_config(ssh_config: Any = None) -> Config:

@@ -70,8 +70,16 @@ def read_known_hosts(paths: list[str]) -> list[KnownHost]:
                 blob = base64.b64decode(fields[2], validate=True)
             except (ValueError, binascii.Error):
                 continue
+            if _blob_type(blob) != fields[1]:
+                continue        # (ssh skips a line whose key is not of the type it names)
             out.append(KnownHost(marker, fields[0], fields[1], blob, "%s:%d" % (path, number)))
     return out
+
+
+def _blob_type(blob: bytes) -> str:
+    """The key type a public key blob names (its first string)."""
+    size = int.from_bytes(blob[:4], "big")
+    return blob[4:4 + size].decode("ascii", "replace") if 0 < size <= len(blob) - 4 else ""
 
 
 #: host key algorithms negotiated for each known_hosts key type
@@ -157,19 +165,24 @@ def check_host_key(target: Target, key: Any) -> None:
             "transport='openssh' (your own ssh checks the certificate), or add the host's own key "
             "(%s %s) to known_hosts."
             % (target.display, authorities[0].where, kind, fingerprint(key)), target.display)
+    if target.policy == "accept-new" and not target.known_hosts:
+        # (ssh refuses a new key it has no user known_hosts file to record in, whatever StrictHostKeyChecking says)
+        raise HostKeyError(
+            "%s: the host key is unknown (%s %s), and there is no user known_hosts file to record it in "
+            "(UserKnownHostsFile none, or known_hosts=[]), so it is refused under host_key_policy='accept-new' "
+            "too, as ssh refuses it. Fix: name a file to record keys in (known_hosts= or UserKnownHostsFile), "
+            "or add the key to %s." % (target.display, kind, fingerprint(key),
+                                       " or ".join(target.global_known_hosts) or "a GlobalKnownHostsFile"),
+            target.display)
     if target.policy == "accept-new":
-        if not target.known_hosts:
-            log.warning("%s: accepted the %s host key %s for this connection only: there is no user "
-                        "known_hosts file to record it in", target.display, kind, fingerprint(key))
+        path = target.known_hosts[0]
+        try:
+            record_host_key(path, name, key, target.hash_known_hosts)
+        except OSError as exc:
+            log.warning("%s: could not record the host key in %s: %s", target.display, path, exc)
         else:
-            path = target.known_hosts[0]
-            try:
-                record_host_key(path, name, key, target.hash_known_hosts)
-            except OSError as exc:
-                log.warning("%s: could not record the host key in %s: %s", target.display, path, exc)
-            else:
-                log.warning("%s: permanently added the %s host key %s for %s to %s (host_key_policy="
-                            "'accept-new')", target.display, kind, fingerprint(key), name, path)
+            log.warning("%s: permanently added the %s host key %s for %s to %s (host_key_policy="
+                        "'accept-new')", target.display, kind, fingerprint(key), name, path)
         return
     found = [f for f in files if os.path.exists(f)]
     if found:

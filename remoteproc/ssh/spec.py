@@ -153,7 +153,9 @@ def check_name(name: str, what: str, spec: str) -> None:
     """Refuse a host or user name that a shell would not take literally, or that ``ssh`` would take for
     an option (a leading ``-``).  A ``$`` may end a user name (Windows machine accounts)."""
     body = name[:-1] if what == "user name" and name.endswith("$") else name
-    bad = sorted({c for c in body if c in _SHELL_CHARS or c.isspace() or not c.isprintable()})
+    # (a comma too in a host name: ssh refuses it, and it separates jump hosts)
+    bad = sorted({c for c in body if c in _SHELL_CHARS or c.isspace() or not c.isprintable()
+                  or (c == "," and what == "host name")})
     if name.startswith("-") or bad:
         raise ConfigError("%r: the %s %r %s: such a name would reach a shell (ProxyCommand, Match exec) "
                           "or ssh's options. Fix: use the real name (an alias of ~/.ssh/config may map to it)"

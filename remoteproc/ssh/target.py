@@ -10,6 +10,7 @@ import base64
 import binascii
 import hashlib
 import os
+import re
 import socket
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -165,6 +166,29 @@ def _number(cfg: dict[str, Any], key: str, spec: str, kind: Callable[[str], Any]
                       % (spec, key, value), spec)
 
 
+_TIME_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_TIME = re.compile(r"(\d+)([smhdw]?)", re.IGNORECASE)
+
+
+def _seconds(cfg: dict[str, Any], key: str, spec: str) -> int | None:
+    """A time value of the config as ssh reads one (``convtime``): ``30``, ``1m30s``, ``2h``, ``1w``;
+    ``none`` (like ``0``) is no value.  Anything else is a ConfigError, as ssh refuses it too."""
+    value = _first(cfg, key)
+    if value is None or value == "none":
+        return None
+    total, pos = 0, 0
+    while pos < len(value):
+        m = _TIME.match(value, pos)
+        if not m:
+            break
+        total += int(m.group(1)) * _TIME_UNITS[m.group(2).lower()]
+        pos = m.end()
+    if not value or pos < len(value) or total > 2 ** 31 - 1:
+        raise ConfigError("%s: ssh_config: %s %r is not a time (seconds, or a time such as 90, 1m30s, 2h). Fix: "
+                          "correct it in the ssh config" % (spec, key, value), spec)
+    return total
+
+
 def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _depth: int = 0) -> Target:
     """Apply the keyword options and the ssh configuration to a host spec, as ``ssh`` does."""
     user, host, spec_port = parse_spec(spec)
@@ -172,13 +196,15 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         config = load_config(options.get("ssh_config"))
     cfg = config.lookup(host, _preset(options, user, spec_port))
 
-    # (ssh lowercases the name it connects to: known_hosts entries, hashed ones too, and %h hold it so)
-    hostname = expand(_first(cfg, "hostname", "%h"), {"%": "%", "h": host}, "HostName").lower()
+    # (HostName expanded, lowercased as ssh connects to it and known_hosts hold it, canonicalised)
+    hostname = cfg["hostname"][0]
     port = _number(cfg, "port", spec, int) or 22
     if not 0 < port < 65536:
         raise ConfigError("%s: port %d is out of range 1-65535" % (spec, port), spec)
     username = _first(cfg, "user") or local_user()
     alias = _first(cfg, "hostkeyalias")
+    if alias is not None:
+        alias = alias.lower()       # (as ssh records and looks it up: a hashed entry holds the lowercased name)
     jump_text = cfg.get("proxyjump")
     tokens = host_tokens(host, hostname, port, username, alias, jump_text)
 
@@ -186,10 +212,10 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
     known, global_known = _known_hosts_files(options, cfg, tokens)
     jumps = parse_jumps(expand(jump_text, tokens, "ProxyJump") if isinstance(jump_text, str) else None)
     jump = _resolve_jump(spec, jumps, options, config, _depth) if jumps else None
-    interval = (options.get("keepalive_interval") or _number(cfg, "serveraliveinterval", spec)
+    interval = (options.get("keepalive_interval") or _seconds(cfg, "serveraliveinterval", spec)
                 or DEFAULT_KEEPALIVE_INTERVAL)
     count = options.get("keepalive_count") or _number(cfg, "serveralivecountmax", spec, int) or DEFAULT_KEEPALIVE_COUNT
-    timeout = options.get("connect_timeout") or _number(cfg, "connecttimeout", spec) or DEFAULT_CONNECT_TIMEOUT
+    timeout = options.get("connect_timeout") or _seconds(cfg, "connecttimeout", spec) or DEFAULT_CONNECT_TIMEOUT
     family = str(_first(cfg, "addressfamily", "any")).lower()
     asks = _config_asks(cfg, tokens)
     return Target(
@@ -229,7 +255,10 @@ def _preset(options: dict[str, Any], user: str | None, port: int | None) -> dict
     if options.get("port") or port:
         preset["port"] = [str(options.get("port") or port)]
     if options.get("proxy_jump") is not None:
+        # as ssh -J: a jump host settles ProxyCommand too, "none" does not (a config's ProxyCommand then applies)
         preset["proxyjump"] = options["proxy_jump"]
+        if options["proxy_jump"].strip().lower() != "none":
+            preset["proxycommand"] = "none"
     elif options.get("proxy_command") is not None:
         preset["proxycommand"] = options["proxy_command"]
     return preset
@@ -355,8 +384,8 @@ def _known_hosts_files(options: dict[str, Any], cfg: dict[str, Any],
     else:
         known = [expand_path(k, tokens, "UserKnownHostsFile")
                  for k in cfg.get("userknownhostsfile", USER_KNOWN_HOSTS)]
-    global_known = [expand_path(k, tokens, "GlobalKnownHostsFile")
-                    for k in cfg.get("globalknownhostsfile", SYSTEM_KNOWN_HOSTS)]
+    # (ssh takes GlobalKnownHostsFile as written: no ~, no tokens, no ${VAR})
+    global_known = list(cfg.get("globalknownhostsfile", SYSTEM_KNOWN_HOSTS))
     return [k for k in known if k.lower() != "none"], [k for k in global_known if k.lower() != "none"]
 
 
