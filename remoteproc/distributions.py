@@ -27,7 +27,7 @@ import sys
 import urllib.parse
 from dataclasses import dataclass, field
 
-from . import requires_python
+from . import modules, requires_python
 from .agent import pkgcache
 
 log = logging.getLogger("remoteproc.packages")
@@ -291,7 +291,8 @@ def listing(path: list, abi: dict | None, cache_on: bool) -> list[dict]:
     host (compiled code, data) when its cache is off or their wheel's tags do not fit it.
     Remembered while the directories on ``path`` are unchanged (``key``: what else it depends
     on, say ``modules.path_state``): connections to many hosts of one kind list once."""
-    key = (tuple(p for p in path if isinstance(p, str)), _state(path), json.dumps(abi, sort_keys=True), cache_on)
+    key = (tuple(p for p in path if isinstance(p, str)), modules.dir_times(path), json.dumps(abi, sort_keys=True),
+           cache_on)
     known = _listings.get(key)
     if known is not None:
         return known
@@ -325,18 +326,6 @@ def listing(path: list, abi: dict | None, cache_on: bool) -> list[dict]:
 
 
 _listings: dict[tuple, list[dict]] = {}
-
-
-def _state(path: list) -> tuple:
-    """The modification times of the directories on ``path``: a distribution installed or removed
-    there changes its directory's."""
-    times = []
-    for entry in path:
-        try:
-            times.append(os.stat(entry).st_mtime_ns if isinstance(entry, str) else None)
-        except OSError:
-            times.append(None)
-    return tuple(times)
 
 
 def _needs_files(site: str, info: str) -> bool:

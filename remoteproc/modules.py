@@ -124,13 +124,19 @@ def path_state(path: list, editable: dict[str, str] | None = None) -> tuple:
     the entries, the editable roots, and each entry's modification time, which a module or
     package added there (or removed) changes.  When it changes between two starts, the names
     the host's agent remembers as found nowhere are looked up again (``recheck``)."""
+    return tuple(path), tuple(sorted((editable or {}).items())), dir_times(path)
+
+
+def dir_times(path: list) -> tuple:
+    """The modification times of the directories on ``path`` (None for one that is missing): a
+    module, package or distribution added there, or removed, changes its directory's."""
     times = []
     for entry in path:
         try:
             times.append(os.stat(entry).st_mtime_ns if isinstance(entry, str) else None)
         except OSError:
             times.append(None)
-    return tuple(path), tuple(sorted((editable or {}).items())), tuple(times)
+    return tuple(times)
 
 
 def _stdlib_dirs() -> tuple[list[str], list[str]]:
