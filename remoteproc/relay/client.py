@@ -78,7 +78,8 @@ class RelayHandle:
         util.Finalize(None, _shutdown_at_exit, exitpriority=-10)
         self.reader = threading.Thread(target=self._read, name="remoteproc-relay-reader", daemon=True)
         self.reader.start()
-        self.send_to_relay(("level", logging.getLogger("remoteproc").getEffectiveLevel()))
+        self.level = logging.getLogger("remoteproc").getEffectiveLevel()
+        self.send_to_relay(("level", self.level))
 
     def send_to_relay(self, msg, fds: Sequence[int] = ()) -> None:
         with self.send_lock:
@@ -99,7 +100,11 @@ class RelayHandle:
         request.setdefault("path", [os.path.abspath(p) if p else os.getcwd() for p in sys.path])
         request.setdefault("editable", _editable_roots())
         ours, theirs = _socketpair()
+        level = logging.getLogger("remoteproc").getEffectiveLevel()
         try:
+            if level != self.level:     # (the program changed its logging since: the relay logs as asked now)
+                self.level = level
+                self.send_to_relay(("level", level))
             self.send_to_relay(("start", request), [theirs.fileno(), *fds])
         except OSError as exc:
             ours.close()
