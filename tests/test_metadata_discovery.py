@@ -7,11 +7,11 @@ the local one, except where the host has something of its own, which wins, as fo
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import tempfile
 import uuid
-from multiprocessing import Pipe
 
 import pytest
 from metadata_targets import described, plugins, submodules
@@ -51,10 +51,19 @@ def dist_info(site: str, name: str, version: str, modules: dict[str, str], entry
 
 
 def local(target, *args):
-    """What ``target`` finds in this process."""
-    ours, theirs = Pipe()
-    target(theirs, *args)
-    return ours.recv()
+    """What ``target`` finds locally, in a fresh process of this sys.path (as the remote child is
+    one): not in the test worker, whose importlib.metadata state earlier test files have touched."""
+    ctx = multiprocessing.get_context("spawn")
+    ours, theirs = ctx.Pipe()
+    p = ctx.Process(target=target, args=(theirs, *args))
+    p.start()
+    theirs.close()
+    try:
+        if not ours.poll(60):
+            raise AssertionError("the local process gave no answer in 60 s")
+        return ours.recv()
+    finally:
+        p.join(10)
 
 
 @pytest.fixture
