@@ -322,31 +322,12 @@ def test_refused_login_is_an_authentication_error(sshd, tmp_path):
         _round_trip(sshd.spec(), **options)
 
 
-PROXY = """\
-import os, socket, sys, threading
-with open(sys.argv[1], "w") as f:
-    f.write(" ".join(sys.argv[2:]))
-s = socket.create_connection(("127.0.0.1", int(sys.argv[3])), 10)
-def up():
-    while True:
-        data = os.read(0, 65536)
-        if not data:
-            break
-        s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-threading.Thread(target=up, daemon=True).start()
-while True:
-    data = s.recv(65536)
-    if not data:
-        break
-    os.write(1, data)
-"""
+PROXY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "proxy_command.py")   # (a ProxyCommand)
 
 
 def test_the_proxy_command_option_reaches_the_host_through_the_command(sshd, tmp_path):
     """proxy_command= with transport='openssh' is ssh's ProxyCommand (%h and %p expanded)."""
-    script, said = tmp_path / "proxy.py", tmp_path / "proxy-args"
-    script.write_text(PROXY)
+    script, said = PROXY, tmp_path / "proxy-args"
     host, port = sshd.spec().split("@")[1].rsplit(":", 1)
     _pid, ssh_connection = _round_trip(sshd.spec(), **_loopback_options(sshd),
                                        proxy_command="%s %s %s %%h %%p" % (sys.executable, script, said))

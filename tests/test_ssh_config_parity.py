@@ -182,24 +182,7 @@ def server(tmp_path) -> Iterator:
         yield s
 
 
-PROXY = """\
-import os, socket, sys, threading
-open(sys.argv[1], "w").write(" ".join(sys.argv[2:]))
-s = socket.create_connection((sys.argv[2], int(sys.argv[3])), 10)
-def up():
-    while True:
-        data = os.read(0, 65536)
-        if not data:
-            break
-        s.sendall(data)
-    s.shutdown(socket.SHUT_WR)
-threading.Thread(target=up, daemon=True).start()
-while True:
-    data = s.recv(65536)
-    if not data:
-        break
-    os.write(1, data)
-"""
+PROXY = os.path.join(os.path.dirname(os.path.abspath(__file__)), "proxy_command.py")   # (a ProxyCommand)
 
 
 def test_proxy_jump_none_then_a_proxy_command_of_host_star_goes_through_the_command(server, tmp_path, monkeypatch):
@@ -207,8 +190,7 @@ def test_proxy_jump_none_then_a_proxy_command_of_host_star_goes_through_the_comm
     order: ssh 9.2 runs the ProxyCommand for the host (its ProxyJump none settles only ProxyJump);
     the paramiko transport connected directly."""
     monkeypatch.setenv("SHELL", "/bin/sh")
-    script, said = tmp_path / "proxy.py", tmp_path / "proxy-args"
-    script.write_text(PROXY)
+    script, said = PROXY, tmp_path / "proxy-args"
     config = tmp_path / "config"
     config.write_text(textwrap.dedent("""\
         Host target
