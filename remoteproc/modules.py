@@ -37,8 +37,7 @@ def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None
                     "children": [[k, v] for k, v in children.items()]}
         return None
     if isinstance(loader, importlib.machinery.SourceFileLoader):
-        with open(spec.origin, "rb") as f:
-            src = f.read().decode("utf-8", "surrogateescape")
+        src = read_source(spec.origin)
         if spec.submodule_search_locations is None:
             return {"pkg": False, "src": src, "file": spec.origin}
         return {"pkg": True, "src": src, "file": spec.origin, "children": _children(os.path.dirname(spec.origin))}
@@ -46,6 +45,18 @@ def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None
     dist = _dist(name, spec.origin, path)
     return {"error": "module %r is %s (%s) and cannot be forwarded to %s; install %s there (e.g. `pip install "
                      "%s` with the host's python3)" % (name, what, spec.origin, host, dist, dist)}
+
+
+def read_source(path: str) -> str:
+    """The text of Python source file ``path`` as the interpreter reads it: its PEP 263 coding
+    line or BOM decides, not UTF-8 (the host compiles the text, where a coding line no longer
+    counts). Undecodable bytes stay as surrogates: the host's compile names the file then."""
+    with open(path, "rb") as f:
+        data = f.read()
+    try:
+        return importlib.util.decode_source(data)
+    except (SyntaxError, UnicodeDecodeError, LookupError):
+        return data.decode("utf-8", "surrogateescape")
 
 
 def _children(directory: str) -> list[list]:
@@ -216,9 +227,7 @@ def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]
                 files += 1
                 if files > MAX_FILES or size > MAX_BYTES:
                     return
-                with open(full, "rb") as f:
-                    out[mod] = {"pkg": fn == "__init__.py", "src": f.read().decode("utf-8", "surrogateescape"),
-                                "file": full}
+                out[mod] = {"pkg": fn == "__init__.py", "src": read_source(full), "file": full}
                 if fn == "__init__.py":
                     out[mod]["children"] = _children(dirpath)
             elif fn.endswith(_EXT):

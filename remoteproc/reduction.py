@@ -267,6 +267,8 @@ def main_info() -> dict | None:
 
     import remoteproc
 
+    from . import modules
+
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     impl = "Python" if sys.implementation.name == "cpython" else sys.implementation.name
@@ -277,11 +279,11 @@ def main_info() -> dict | None:
         try:
             key = (path, os.stat(path).st_mtime_ns)
             if key not in _main_cache:
-                with open(path, encoding="utf-8") as f:
-                    _main_cache.clear()
-                    _main_cache[key] = f.read()
+                source = modules.read_source(path)
+                _main_cache.clear()
+                _main_cache[key] = source
             info["source"], info["path"] = _main_cache[key], path
-        except (OSError, UnicodeDecodeError):
+        except OSError:
             pass
     if main is not None:
         sys.modules.setdefault("__mp_main__", main)     # what the remote's results refer to

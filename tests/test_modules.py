@@ -342,3 +342,21 @@ def test_later_children_inherit_compiled_modules(plain_user_host, plain_user_opt
     assert conn.recv() is True
     p.join(30)
     assert p.exitcode == 0
+
+
+def test_a_module_in_another_source_encoding_keeps_its_text(plain_user_host, plain_user_options, package):
+    """Source is decoded as Python decodes it (PEP 263 coding line, BOM), not as UTF-8: a Latin-1
+    module's "café" arrived as "caf\\udce9"."""
+    name, _jobs, root = package
+    with open(os.path.join(root, "latin.py"), "wb") as f:
+        f.write("# -*- coding: latin-1 -*-\nWORD = 'café'\n\ndef word(conn):\n    conn.send(WORD)\n"
+                .encode("latin-1"))
+    with open(os.path.join(root, "bom.py"), "wb") as f:
+        f.write(b"\xef\xbb\xbfWORD = '\xc3\xa9t\xc3\xa9'\r\n\r\ndef word(conn):\r\n    conn.send(WORD)\r\n")
+    importlib.invalidate_caches()
+    for module, expected in (("latin", "café"), ("bom", "été")):
+        target = importlib.import_module("%s.%s" % (name, module)).word
+        p, conn = _run(plain_user_host, plain_user_options, target)
+        assert conn.recv() == expected
+        p.join(30)
+        assert p.exitcode == 0

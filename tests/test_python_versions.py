@@ -404,6 +404,23 @@ def test_spawn_mode_imports_main_as_mp_main(plain_user_host, plain_user_options,
                                                                [2, 4, 6]]
 
 
+def test_spawn_mode_reads_a_main_script_in_its_own_encoding(plain_user_host, plain_user_options, pypy, scripts):
+    """A script with a PEP 263 coding line is sent as the text Python reads from it (it was read as
+    UTF-8, failed, and was not sent: the host could not import ``__mp_main__``)."""
+    path = scripts("spawn_latin1.py", "")
+    source = ("# -*- coding: latin-1 -*-\n" + MAIN_SCRIPT.replace("class Box:", "WORD = 'caf\u00e9'\n\nclass Box:")
+              .replace("conn.send(Box(box.v + 1))", "conn.send(Box(WORD))")
+              .replace("back.v, p.exitcode", "back.v, p.exitcode"))
+    with open(path, "wb") as f:
+        f.write(source.encode("latin-1"))
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__))))
+    out = subprocess.run([sys.executable, path, json.dumps([plain_user_host, plain_user_options]), "-v", "x"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1])[:6] == ["__mp_main__", 1, [3, 9], ["-v", "x"], "Box",
+                                                                   "caf\u00e9"]
+
+
 def test_the_agent_parses_on_python_3_8_syntax():
     """The agent and cloudpickle travel as source to other Pythons: no syntax newer than 3.8."""
     import ast
