@@ -480,6 +480,25 @@ def test_jump_hosts_get_our_options_through_a_config_file_of_ours(tmp_path):
     assert _value(list(plain.ssh_args), "-F") == [str(config)], "no jump, no file of ours"
 
 
+@pytest.mark.parametrize("text,chain", [
+    ("Host target\n    ProxyJump a\nHost a\n    ProxyJump b\nHost b\n    ProxyJump a\n", "a -> b -> a"),
+    ("Host target\n    ProxyJump a,c\nHost a\n    ProxyJump target\n", "target -> a -> target"),
+    ("Host target\n    ProxyJump h1\n" + "".join("Host h%d\n    ProxyJump h%d\n" % (i, i + 1) for i in range(1, 12)),
+     "more than 8 hosts"),
+], ids=["hops-loop", "back-to-target", "too-long"])
+def test_a_proxy_jump_loop_is_refused_before_any_ssh_runs(tmp_path, text, chain):
+    """ssh follows a first hop's own ProxyJump without a loop check, one process per step, until the
+    machine has no processes left. (Only resolution runs here: ``ssh -G``, which connects nowhere.)"""
+    config = tmp_path / "ssh_config"
+    config.write_text(text)
+    with pytest.raises(ConfigError) as err:
+        openssh.resolve("target", {"ssh_config": str(config), "transport": "openssh"})
+    assert chain in str(err.value) and str(err.value).startswith("target: ProxyJump")
+    config.write_text("Host target\n    ProxyJump a,b\nHost a\n    ProxyJump c\nHost b\n    ProxyJump target\n")
+    assert openssh.resolve("target", {"ssh_config": str(config), "transport": "openssh"}).proxy_jump == ["a", "b"], \
+        "b's own ProxyJump does not count (-J on its command line)"
+
+
 def test_a_jump_host_keeps_its_own_connect_timeout_from_the_users_config(tmp_path):
     """Our 30 s default bounds the target and any hop the config leaves unbounded; a jump host's
     own ConnectTimeout stays its own (as ssh -G reads the file the jump's ssh gets)."""

@@ -43,7 +43,7 @@ from ..errors import (
     RemoteProcessError,
 )
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
-from .target import Target, config_read, python_option, setup_option
+from .target import MAX_JUMPS, Target, config_read, python_option, setup_option
 
 #: what ``ssh`` always gets: no terminal, no forwarding that would listen anywhere, no local commands
 FIXED_ARGS = ("-T", "-x", "-o", "ClearAllForwardings=yes", "-o", "PermitLocalCommand=no")
@@ -255,6 +255,7 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
     if target.proxy_jump:
         # (our defaults come after the user's config there: a jump host keeps its own ConnectTimeout)
         jumped = _with_jump_config(args, defaults)
+        _check_jump_chain(spec, jumped, target.proxy_jump)
         if "ControlMaster=no" not in args and _hop_would_master(jumped, target.proxy_jump):
             jumped = _with_jump_config(args + ["-o", "ControlMaster=no"], defaults)
         args = jumped
@@ -313,6 +314,34 @@ def _hop_would_master(args: list[str], hops: list[str]) -> bool:
         if _master_args(view):
             return True
     return False
+
+
+def _check_jump_chain(spec: str, args: list[str], hops: list[str]) -> None:
+    """Refuse a ProxyJump chain that comes back to a host on it, before any ``ssh`` runs.
+
+    ``ssh -J a,b`` reaches ``b`` through ``a`` with ``-J`` on the command line (``b``'s own ProxyJump
+    no longer counts), but ``a`` through the ProxyJump of ``a``'s own configuration, and so on: ssh
+    follows that chain with no loop check, one ``ssh`` process per step, until the machine runs out of
+    processes. Only the first hop's chain can loop; each step is an ``ssh -G``, once per connection."""
+    config = args[args.index("-F") + 1]
+    user, host, port = parse_spec(spec)
+    seen = [(user, host, port)]
+    hop = hops[0]
+    for _ in range(MAX_JUMPS):
+        user, host, port = parse_spec(hop)
+        if (user, host, port) in seen:
+            raise ConfigError("%s: ProxyJump loops: %s -> %s (ssh would start ssh processes without end). Fix "
+                              "the ProxyJump lines of these hosts in your ssh configuration." % (
+                                  spec, " -> ".join(h for _, h, _ in seen), host), spec)
+        seen.append((user, host, port))
+        view = ssh_config_view(hop, ["-F", config] + (["-l", user] if user else []) +
+                               (["-p", str(port)] if port else []))
+        jump = (view.get("proxyjump") or ["none"])[0]
+        if jump.lower() == "none" or not jump:
+            return
+        hop = jump.split(",")[0]
+    raise ConfigError("%s: ProxyJump goes through more than %d hosts (%s ...); is there a loop in your ssh "
+                      "configuration?" % (spec, MAX_JUMPS, " -> ".join(h for _, h, _ in seen)), spec)
 
 
 def _make_known_hosts_dir(spec: str, known: list[str]) -> None:
