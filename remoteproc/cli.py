@@ -119,7 +119,7 @@ def _ssh_parent() -> argparse.ArgumentParser:
     g.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting after this")
     g.add_argument("--transport", choices=("paramiko", "openssh"),
                    help="paramiko (default) or openssh: run your own ssh program, with everything of its "
-                        "config (certificates, GSSAPI, ControlMaster); $REMOTEPROC_TRANSPORT sets the default")
+                        "config (host certificates, GSSAPI, ControlMaster); $REMOTEPROC_TRANSPORT sets the default")
     return parent
 
 

@@ -374,3 +374,96 @@ def test_a_server_that_stops_taking_keys_gets_the_password_next(tmp_path):
     # the second key is not offered once the server said it takes only a password
     assert seen == ["none", "publickey", "password"]
 
+
+
+# -- user certificates -------------------------------------------------------------------------
+# (an sshd that trusts a user CA; known_hosts holds its plain host key, as own_sshd writes it)
+
+def user_ca(tmp_path) -> str:
+    return keygen(tmp_path / "user_ca")
+
+
+def certify(ca: str, key: str, principal: str = USER) -> str:
+    """Sign ``key``'s public half with ``ca`` for ``principal``: ``key-cert.pub``, as ssh-keygen -s writes it."""
+    subprocess.run(["ssh-keygen", "-q", "-s", ca, "-I", "remoteproc-test", "-n", principal, key + ".pub"],
+                   check=True, timeout=30, capture_output=True)
+    return key + "-cert.pub"
+
+
+def accepted_certificates(server: OpenSSHServer) -> int:
+    with open(server.log_file, errors="replace") as f:
+        return f.read().count("Accepted certificate ID")
+
+
+def config_file(tmp_path, server: OpenSSHServer, *lines: str) -> str:
+    path = tmp_path / "ssh_config"
+    path.write_text("Host box\n  HostName %s\n  Port %d\n  User %s\n  UserKnownHostsFile %s\n%s"
+                    % (HOST, server.port, USER, server.known_hosts, "".join("  %s\n" % ln for ln in lines)))
+    return str(path)
+
+
+def test_a_certificate_file_elsewhere_than_its_key_logs_in(tmp_path):
+    """``CertificateFile`` names a certificate that is not ``KEY-cert.pub``: offered with its key."""
+    ca, key = user_ca(tmp_path), keygen(tmp_path / "id_user")
+    cert = str(tmp_path / "issued.pub")
+    os.rename(certify(ca, key), cert)
+    with own_sshd(str(tmp_path / "sshd"), "TrustedUserCAKeys %s.pub" % ca) as server:
+        t = ssh.resolve("box", {"ssh_config": config_file(tmp_path, server, "IdentityFile %s" % key,
+                                                          "CertificateFile %s" % cert), "allow_agent": False})
+        logs_in(t)
+        assert accepted_certificates(server) == 1
+
+
+def test_a_certificate_whose_key_is_in_the_agent_logs_in(tmp_path):
+    """The key only in ssh-agent (no key file at hand), its certificate in a file: the agent signs."""
+    ca, key = user_ca(tmp_path), keygen(tmp_path / "id_user")
+    cert = str(tmp_path / "issued.pub")
+    os.rename(certify(ca, key), cert)
+    with own_sshd(str(tmp_path / "sshd"), "TrustedUserCAKeys %s.pub" % ca) as server, ssh_agent(tmp_path) as sock:
+        ssh_add(sock, key)
+        os.unlink(key)
+        logs_in(ssh.resolve("box", {"ssh_config": config_file(tmp_path, server, "IdentityAgent %s" % sock,
+                                                              "CertificateFile %s" % cert)}))
+        assert accepted_certificates(server) == 1
+
+
+def test_identities_only_offers_the_agents_certificate_of_an_identity_file(tmp_path):
+    """ssh-add adds KEY and KEY-cert.pub; ``IdentitiesOnly`` with ``IdentityFile KEY`` offers both."""
+    ca, key = user_ca(tmp_path), keygen(tmp_path / "id_user")
+    certify(ca, key)
+    with own_sshd(str(tmp_path / "sshd"), "TrustedUserCAKeys %s.pub" % ca) as server, ssh_agent(tmp_path) as sock:
+        ssh_add(sock, key)
+        logs_in(ssh.resolve("box", {"ssh_config": config_file(
+            tmp_path, server, "IdentityAgent %s" % sock, "IdentityFile %s" % key, "IdentitiesOnly yes")}))
+        assert accepted_certificates(server) == 1
+
+
+def test_a_key_is_offered_before_its_certificate(tmp_path):
+    """As ssh: ``KEY``, then ``KEY-cert.pub``.  A server that takes the key (authorized_keys) lets
+    the user in even where the certificate is not good for this account."""
+    ca, key = user_ca(tmp_path), keygen(tmp_path / "id_user")
+    certify(ca, key, principal="someone-else")
+    with own_sshd(str(tmp_path / "sshd"), "TrustedUserCAKeys %s.pub" % ca) as server:
+        authorize(server, key)
+        logs_in(target(server, key_filename=key))
+        assert accepted_keys(server) == [key_fingerprint(key)] and accepted_certificates(server) == 0
+
+
+def test_a_certificate_that_cannot_be_offered_is_named(tmp_path):
+    ca, key = user_ca(tmp_path), keygen(tmp_path / "id_user")
+    cert = str(tmp_path / "issued.pub")
+    os.rename(certify(ca, key), cert)
+    os.unlink(key)
+    host_cert = tmp_path / "host-cert.pub"
+    subprocess.run(["ssh-keygen", "-q", "-s", ca, "-I", "h", "-h", "-n", HOST, keygen(tmp_path / "hk") + ".pub"],
+                   check=True, timeout=30, capture_output=True)
+    os.rename(str(tmp_path / "hk-cert.pub"), host_cert)
+    with own_sshd(str(tmp_path / "sshd"), "TrustedUserCAKeys %s.pub" % ca) as server:
+        t = ssh.resolve("box", {"ssh_config": config_file(tmp_path, server, "CertificateFile %s" % cert,
+                                                          "CertificateFile %s" % host_cert, "IdentityFile none"),
+                                "allow_agent": False})
+        with pytest.raises(AuthenticationError) as info:
+            connect(t).close()
+    text = str(info.value)
+    assert "CertificateFile %s (its private key is neither in ssh-agent nor an IdentityFile)" % cert in text, text
+    assert "CertificateFile %s (a host certificate, not a user certificate)" % host_cert in text, text

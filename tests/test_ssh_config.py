@@ -774,6 +774,32 @@ def test_key_filename_is_offered_first(tmp_path, home):
     assert labels[2].startswith("ssh-agent key ")
 
 
+def test_certificates_are_offered_in_ssh_s_order(tmp_path, home):
+    """A key file's KEY-cert.pub right after the key; CertificateFiles after the key_filename files and
+    before the agent's keys (ssh's order), each once; a host certificate is named, not offered."""
+    def keygen(name, *sign):
+        path = str(tmp_path / name)
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", name, "-f", path], check=True,
+                       capture_output=True, timeout=30)
+        if sign:
+            subprocess.run(["ssh-keygen", "-q", "-s", str(tmp_path / "ca"), "-I", name, *sign, path + ".pub"],
+                           check=True, capture_output=True, timeout=30)
+        return path
+    keygen("ca")
+    explicit, configured, host = keygen("k1", "-n", "me"), keygen("k2", "-n", "me"), keygen("hk", "-h")
+    elsewhere = str(tmp_path / "k2-issued.pub")
+    os.rename(configured + "-cert.pub", elsewhere)
+    text = "IdentityFile %s\nCertificateFile %s\nCertificateFile %s-cert.pub\nCertificateFile %s\n" % (
+        configured, elsewhere, host, elsewhere)
+    t = resolve("h", text, key_filename=explicit)
+    labels = [label for label, _key in auth._identities(t, FakeAgent([FakeAgentKey(b"other-agent-key")]))]
+    assert labels[:4] == [explicit, explicit + "-cert.pub", elsewhere,
+                          "CertificateFile %s-cert.pub (a host certificate, not a user certificate)" % host]
+    assert labels[4].startswith("ssh-agent key ") and labels[5:] == [configured]
+    offer = dict(auth._identities(t, None))[elsewhere]
+    assert offer.signer == configured and offer.cert.public == auth._public_blob(configured)
+
+
 # -- what the paramiko transport cannot do ------------------------------------------------------
 
 def ssh_string(data):
@@ -808,7 +834,7 @@ class StandInTransport:
         return self.active
 
 
-GENERIC = "If `ssh` itself logs you in (a certificate, Kerberos/GSSAPI, a FIDO or PKCS#11 key, 2FA), pass " \
+GENERIC = "If `ssh` itself logs you in (Kerberos/GSSAPI, a FIDO or PKCS#11 key, 2FA), pass " \
           "transport='openssh' to use it."
 
 
@@ -844,18 +870,16 @@ def test_a_default_fido_key_file_is_named(home):
     assert resolve("h", look_for_keys=False).paramiko_cannot == ()
 
 
-def test_certificate_files_paramiko_does_not_load_are_named(home, tmp_path):
+def test_certificate_files_are_used_not_named_as_what_paramiko_cannot_do(home, tmp_path):
+    """CertificateFile is honoured (auth.py offers each with its key): a refused login no longer
+    sends the user to transport='openssh' for it; its tokens expand as IdentityFile's do."""
     key = make_identities(tmp_path, ("id",))["id"][0]
-    beside = tmp_path / "id-cert.pub"          # paramiko loads this one with the key
-    elsewhere = tmp_path / "certs" / "h-cert.pub"
-    elsewhere.parent.mkdir()
-    for cert in (beside, elsewhere):
-        cert.write_text("ssh-ed25519-cert-v01@openssh.com AAAA c\n")
-    text = "IdentityFile %s\nCertificateFile %s\nCertificateFile %s/certs/%%n-cert.pub\nCertificateFile /no/such\n" \
-           % (key, beside, tmp_path)
-    assert resolve("h", text).paramiko_cannot == ("CertificateFile %s (a user certificate)" % elsewhere,)
-    # an unknown token in a keyword this transport ignores does not fail the connection
-    assert resolve("h", "CertificateFile ~/%Z\n").paramiko_cannot == ()
+    text = "IdentityFile %s\nCertificateFile %s/certs/%%n-cert.pub\nCertificateFile /no/such\n" % (key, tmp_path)
+    t = resolve("h", text)
+    assert t.paramiko_cannot == ()
+    assert t.certificate_files == ["%s/certs/h-cert.pub" % tmp_path, "/no/such"]
+    with pytest.raises(ConfigError, match="%Z"):         # (as ssh: an unknown token is an error)
+        resolve("h", "CertificateFile ~/%Z\n")
 
 
 def test_each_hop_has_its_own(home):

@@ -30,6 +30,7 @@ from collections import deque
 from typing import Any, Callable, Optional
 
 from ..errors import BootstrapError, describe
+from ..ssh.auth import forward_agent
 from ..ssh.pool import ConnectionPool
 from ..ssh.target import Target
 from .channel import AgentChannel, AgentOpener, ChannelLost
@@ -268,6 +269,8 @@ class ParamikoOpener(AgentOpener):
             self.pool.release(conn)
             slot += 1
         try:
+            if target.forward_agent:
+                forward_agent(chan, target)
             chan.exec_command(command())
         except BaseException:
             chan.close()

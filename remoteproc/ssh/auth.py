@@ -1,11 +1,18 @@
-"""Authentication as ``ssh`` does it: ssh-agent and identity files in its order, then the password."""
+"""Authentication as ``ssh`` does it: ssh-agent, identity files and user certificates in its order,
+then the password; and ``ForwardAgent``: the host's use of that agent."""
 
 from __future__ import annotations
 
+import base64
+import binascii
 import logging
 import os
+import select
 import socket
-from typing import Any
+import struct
+import threading
+from dataclasses import dataclass
+from typing import Any, NamedTuple
 
 from ..errors import AuthenticationError
 from .hostkeys import fingerprint
@@ -43,43 +50,166 @@ def _public_blob(path: str) -> bytes | None:
     return found[1] if found is not None else None
 
 
+CERT_SUFFIX = "-cert-v01@openssh.com"
+#: how many length-prefixed public fields follow the name in each kind of key's blob (in a
+#: certificate they follow the nonce, in the same order)
+_PUBLIC_FIELDS = {"ssh-ed25519": 1, "ssh-rsa": 2, "ssh-dss": 4, "ecdsa-sha2-nistp256": 2, "ecdsa-sha2-nistp384": 2,
+                  "ecdsa-sha2-nistp521": 2, "sk-ssh-ed25519@openssh.com": 2, "sk-ecdsa-sha2-nistp256@openssh.com": 3}
+_USER_CERT = 1
+
+
+@dataclass(frozen=True)
+class Certificate:
+    """A user certificate (``ssh-keygen -s`` writes it as ``KEY-cert.pub``) and the key it certifies."""
+
+    path: str
+    kind: str           # "ssh-ed25519-cert-v01@openssh.com"
+    blob: bytes         # the certificate as the server gets it
+    public: bytes       # the certified public key's blob: the private key that signs has it
+
+
+def _ssh_string(data: bytes, pos: int) -> tuple[bytes, int]:
+    if pos + 4 > len(data):
+        raise ValueError("truncated")
+    size = int.from_bytes(data[pos:pos + 4], "big")
+    if pos + 4 + size > len(data):
+        raise ValueError("truncated")
+    return data[pos + 4:pos + 4 + size], pos + 4 + size
+
+
+def blob_kind(blob: bytes) -> str:
+    """The key type a public key (or certificate) blob names; "" if it is not one."""
+    try:
+        return _ssh_string(blob, 0)[0].decode("ascii")
+    except (ValueError, UnicodeDecodeError):
+        return ""
+
+
+def read_certificate(path: str) -> Certificate | str:
+    """The user certificate in ``path``, or why it cannot be offered."""
+    try:
+        with open(path, encoding="ascii", errors="replace") as f:
+            fields = f.read(65536).split()
+    except OSError as exc:
+        return "unreadable: %s" % (exc.strerror or exc)
+    try:
+        blob = base64.b64decode(fields[1], validate=True) if len(fields) >= 2 else b""
+        kind = blob_kind(blob)
+        base = kind[:-len(CERT_SUFFIX)] + ("@openssh.com" if kind.startswith("sk-") else "")
+        if not kind.endswith(CERT_SUFFIX) or kind != fields[0] or base not in _PUBLIC_FIELDS:
+            return "not a certificate"
+        pos = _ssh_string(blob, _ssh_string(blob, 0)[1])[1]        # (past the name and the nonce)
+        start = pos
+        for _ in range(_PUBLIC_FIELDS[base]):
+            pos = _ssh_string(blob, pos)[1]
+        if pos + 12 > len(blob):
+            return "not a certificate"
+        if struct.unpack(">QI", blob[pos:pos + 12])[1] != _USER_CERT:
+            return "a host certificate, not a user certificate"
+    except (ValueError, binascii.Error):
+        return "not a certificate"
+    name = base.encode()
+    return Certificate(path, kind, blob, len(name).to_bytes(4, "big") + name + blob[start:pos])
+
+
+class _CertOffer(NamedTuple):
+    """A certificate to offer, and what signs for it: a key file's path or an ssh-agent key."""
+
+    signer: Any
+    cert: Certificate
+
+
 def _identities(target: Target, agent: Any) -> list[tuple[str, Any]]:
-    """(label, key or path) in the order they are offered.
+    """(label, key) in the order they are offered: the key is an agent key, a key file's path, a
+    ``_CertOffer``, or None for a certificate that cannot be offered (the label says why).
 
     First the files passed as ``key_filename`` (through the agent if it holds them):
     an explicit key is meant to be used, and trying the agent's keys before it could
-    exhaust the server's MaxAuthTries.  Then ssh's own order: agent keys that an
-    IdentityFile names (in the agent's order), the other agent keys (unless
-    IdentitiesOnly), and the remaining IdentityFiles (or default key files).
+    exhaust the server's MaxAuthTries.  Then ssh's own order: the ``CertificateFile``s,
+    agent keys that an IdentityFile names (in the agent's order), the other agent keys
+    (unless IdentitiesOnly), and the remaining IdentityFiles (or default key files).
+    A key file's certificate (``KEY-cert.pub``, which ssh loads with it) comes right after
+    the key, signed by whichever holds the key (the agent, else the file).
     """
-    agent_keys = list(agent.get_keys()) if agent is not None else []
-    by_blob = {key.asbytes(): key for key in agent_keys}
-    used: set[bytes] = set()
-    first: list[tuple[str, Any]] = []
-    explicit = [p for p in dict.fromkeys(target.explicit_keys) if os.path.isfile(p)]
-    for path in explicit:
-        blob = _public_blob(path)
-        if blob is not None and blob in by_blob:
-            used.add(blob)
-            first.append(("%s (from ssh-agent)" % path, by_blob[blob]))
-        else:
-            first.append((path, path))
+    order = _Order(list(agent.get_keys()) if agent is not None else [])
+    explicit = [(p, _public_blob(p)) for p in dict.fromkeys(target.explicit_keys) if os.path.isfile(p)]
+    for path, blob in explicit:
+        order.add_key(path, blob)
     files = [(path, _public_blob(path)) for path in dict.fromkeys(target.key_filenames)
-             if path not in explicit and os.path.isfile(path)]
-    preferred: list[tuple[str, Any]] = []
+             if path not in dict(explicit) and os.path.isfile(path)]
+    for path in dict.fromkeys(target.certificate_files):
+        cert = read_certificate(path) if os.path.isfile(path) else None     # (ssh skips a missing one)
+        if isinstance(cert, str):
+            order.found.append(("CertificateFile %s (%s)" % (path, cert), None))
+        elif cert is not None and not order.add_cert(cert, next((f for f, b in explicit + files
+                                                                 if b == cert.public), None)):
+            order.found.append(("CertificateFile %s (its private key is neither in ssh-agent nor an IdentityFile)"
+                                % path, None))
+    preferred: list[tuple[str, bytes | None]] = []
     others: list[tuple[str, Any]] = []
-    for key in agent_keys:
+    for key in order.agent_keys:
         blob = key.asbytes()
-        if blob in used:
+        if blob in order.offered:
             continue
         match = next((f for f in files if f[1] == blob), None)
         if match is not None:
             files.remove(match)
-            preferred.append(("%s (from ssh-agent)" % match[0], key))
+            preferred.append(match)
         elif not target.identities_only:
             comment = key.comment if isinstance(getattr(key, "comment", None), str) else ""
-            others.append(("ssh-agent key %s %s" % (fingerprint(key), comment), key))
-    return first + preferred + others + [(path, path) for path, _blob in files]
+            what = "certificate" if blob in order.held else "key %s" % fingerprint(key)
+            others.append(("ssh-agent %s %s" % (what, comment), key))
+    for path, blob in preferred:
+        order.add_key(path, blob)
+    for label, key in others:
+        order.add(label, key, key.asbytes())
+    for path, blob in files:
+        order.add_key(path, blob)
+    return order.found
+
+
+class _Order:
+    """The identities of one login as ``_identities`` lists them, each offered once."""
+
+    def __init__(self, agent_keys: list[Any]) -> None:
+        self.agent_keys = agent_keys
+        self.plain: dict[bytes, Any] = {}       # public key blob -> the agent's key
+        self.held: dict[bytes, Any] = {}        # certificate blob -> the agent's certificate (ssh-add adds both)
+        for key in agent_keys:
+            blob = key.asbytes()
+            (self.held if blob_kind(blob).endswith(CERT_SUFFIX) else self.plain).setdefault(blob, key)
+        self.found: list[tuple[str, Any]] = []
+        self.offered: set[bytes] = set()
+
+    def add(self, label: str, key: Any, blob: bytes | None) -> None:
+        if blob is None or blob not in self.offered:
+            self.found.append((label, key))
+            if blob is not None:
+                self.offered.add(blob)
+
+    def add_cert(self, cert: Certificate, file: str | None) -> bool:
+        """Offer ``cert`` signed by the agent's key, else by ``file``; False when neither holds it."""
+        if cert.blob in self.held:
+            self.add("%s (from ssh-agent)" % cert.path, self.held[cert.blob], cert.blob)
+        elif cert.public in self.plain:
+            self.add("%s (with its key from ssh-agent)" % cert.path, _CertOffer(self.plain[cert.public], cert),
+                     cert.blob)
+        elif file is not None:
+            self.add(cert.path, _CertOffer(file, cert), cert.blob)
+        else:
+            return False
+        return True
+
+    def add_key(self, path: str, blob: bytes | None) -> None:
+        """A key file: through the agent when it holds the key; then its certificate."""
+        if blob is not None and blob in self.plain:
+            self.add("%s (from ssh-agent)" % path, self.plain[blob], blob)
+        else:
+            self.add(path, path, blob)
+        beside = path + "-cert.pub"
+        cert = read_certificate(beside) if os.path.isfile(beside) else None
+        if isinstance(cert, Certificate) and (blob is None or cert.public == blob):
+            self.add_cert(cert, path)
 
 
 def authenticate(transport: Any, target: Target) -> None:
@@ -112,6 +242,7 @@ class _Attempt:
         self.target = target
         self.tried: list[str] = []
         self.allowed: list[str] = []
+        self.loaded: dict[str, Any] = {}       # key file -> its key (None: unusable, noted in tried)
 
     def none(self) -> bool:
         """The "none" method: authenticated already (rare), else learn what the server allows."""
@@ -127,13 +258,26 @@ class _Attempt:
 
     def keys(self, agent: Any) -> bool:
         """Offer each identity in turn until one is accepted or the server stops listening."""
+        import paramiko
+
         if "publickey" not in self.allowed:
             return False
         for label, key in _identities(self.target, agent):
+            if key is None:             # (a certificate that cannot be offered: noted for the error)
+                self.tried.append(label)
+                continue
+            cert = None
+            if isinstance(key, _CertOffer):
+                key, cert = key
             if isinstance(key, str):
-                key = self._load(label, key)
+                key = self._load(key, key)
                 if key is None:
                     continue
+            if cert is not None:
+                if key.asbytes() != cert.public:
+                    self.tried.append("%s (a certificate for another key)" % label)
+                    continue
+                key = _Certified(_Declinable(key) if isinstance(key, paramiko.AgentKey) else key, cert)
             outcome = self._offer(label, key)
             if outcome == _DONE:
                 return True
@@ -142,7 +286,8 @@ class _Attempt:
         return False
 
     def _load(self, label: str, path: str) -> Any:
-        """The private key in ``path`` (a paramiko PKey), or None (noted in ``tried``).
+        """The private key in ``path`` (a paramiko PKey), or None (noted in ``tried``, once: a key
+        and its certificate share one load).
 
         Loaded without the passphrase first: ``cryptography``, under paramiko, refuses a
         passphrase for a key that has none, and says a key is encrypted with TypeError.
@@ -150,6 +295,13 @@ class _Attempt:
         ``cryptography`` says so with UnsupportedAlgorithm, paramiko with UnknownKeyType,
         neither of them an SSHException.
         """
+        if path not in self.loaded:
+            self.loaded[path] = key = self._read_key(label, path)
+            if key is not None:
+                key.public_blob = None      # (paramiko loads KEY-cert.pub onto it: ssh offers the key, then that)
+        return self.loaded[path]
+
+    def _read_key(self, label: str, path: str) -> Any:
         import paramiko
         from cryptography.exceptions import UnsupportedAlgorithm
         from paramiko.pkey import UnknownKeyType
@@ -240,6 +392,29 @@ class _Declinable:
             return empty.asbytes()
 
 
+class _Certified:
+    """A key offered with its certificate: the server checks the certificate, the key (a file's, or
+    the agent's) signs.  paramiko offers what ``public_blob`` holds."""
+
+    def __init__(self, key: Any, cert: Certificate) -> None:
+        from paramiko.pkey import PublicBlob
+
+        self.key = key
+        self.public_blob = PublicBlob(cert.kind, cert.blob)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.key, name)
+
+    def get_name(self) -> str:
+        return str(self.public_blob.key_type)
+
+    def asbytes(self) -> bytes:
+        return bytes(self.public_blob.key_blob)
+
+    def sign_ssh_data(self, data: bytes, algorithm: str | None = None) -> Any:
+        return self.key.sign_ssh_data(data, algorithm)
+
+
 def _unsupported(path: str, exc: Exception) -> str:
     """Why a key file paramiko cannot load is left out, for ``tried``."""
     public = public_key(path)
@@ -255,7 +430,7 @@ def _words(phrases: tuple | list) -> str:
 
 def _the_server_takes(cannot: tuple[str, ...], allowed: list[str]) -> tuple[str, ...]:
     """Of the settings the paramiko transport cannot honour, those the server could use: Kerberos
-    needs a ``gssapi-*`` method, the rest (tokens, FIDO keys, certificates) ``publickey``.
+    needs a ``gssapi-*`` method, the rest (tokens, FIDO keys) ``publickey``.
 
     Debian's ``/etc/ssh/ssh_config`` says ``GSSAPIAuthentication yes`` for every host: naming it
     for a server that takes no GSSAPI would send every refused login to transport='openssh',
@@ -304,10 +479,125 @@ def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list
                "transport='openssh' (your own ssh logs in with them), or %s."
                % (_words(cannot), keys))
     else:
-        fix = (" Fix: %s. If `ssh` itself logs you in (a certificate, Kerberos/GSSAPI, a FIDO or PKCS#11 key, "
-               "2FA), pass transport='openssh' to use it." % keys)
+        fix = (" Fix: %s. If `ssh` itself logs you in (Kerberos/GSSAPI, a FIDO or PKCS#11 key, 2FA), pass "
+               "transport='openssh' to use it." % keys)
     return AuthenticationError(
         "%s: authentication failed; the server accepts %s; tried: %s.%s%s"
         % (target.display, ", ".join(allowed) or "nothing we offered", "; ".join(tried), closed, fix),
         target.display)
+
+
+
+# -- ForwardAgent ------------------------------------------------------------------------------
+
+#: bound on connecting to the local agent and on one write to it or to the channel
+AGENT_IO_TIMEOUT = 10.0
+#: how often an idle forwarded connection looks whether its channel closed
+AGENT_POLL = 1.0
+
+
+def agent_to_forward(target: Target) -> str | None:
+    """The socket that ``ForwardAgent`` hands the host, or None.
+
+    ``ForwardAgent yes`` forwards the agent we authenticate with (``IdentityAgent``, else
+    ``$SSH_AUTH_SOCK``), as ssh does (it sets ``$SSH_AUTH_SOCK`` from ``IdentityAgent``);
+    ``ForwardAgent PATH`` that socket.  ``allow_agent=False`` means no ssh-agent at all: the
+    openssh transport passes ``IdentityAgent=none`` for it, with which ssh forwards nothing.
+    """
+    if not target.forward_agent or not target.allow_agent:
+        return None
+    if target.forward_agent_path is not None:
+        return target.forward_agent_path
+    if target.identity_agent == "":
+        return None
+    return target.identity_agent or os.environ.get("SSH_AUTH_SOCK") or None
+
+
+def _agent_answers(path: str) -> bool:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        sock.settimeout(AGENT_IO_TIMEOUT)
+        sock.connect(path)
+        return True
+    except OSError:
+        return False
+    finally:
+        sock.close()
+
+
+def forward_agent(chan: Any, target: Target) -> None:
+    """Ask for agent forwarding on the session channel ``chan`` (before its command runs), as ssh
+    does for ``ForwardAgent``: its processes then find ``$SSH_AUTH_SOCK``, and each connection one
+    of them makes to it reaches the local agent through the SSH connection.
+
+    As ssh: ``ForwardAgent yes`` with no agent answering is no forwarding, silently (logged at
+    INFO here); a named socket that does not exist is warned about and forwarded all the same
+    (the host's requests then fail, and succeed once an agent listens there).
+    """
+    path = agent_to_forward(target)
+    if path is None:
+        if target.forward_agent:
+            log.info("%s: ForwardAgent: no ssh-agent to forward (allow_agent=False or IdentityAgent none)",
+                     target.display)
+        return
+    if target.forward_agent_path is None and not _agent_answers(path):
+        log.info("%s: ForwardAgent yes, but no ssh-agent answers at %s: not forwarded", target.display, path)
+        return
+    if target.forward_agent_path is not None and not os.path.exists(path):
+        log.warning("%s: ForwardAgent: cannot forward the agent socket %s: no such file (the host's requests "
+                    "to the agent fail until an agent listens there)", target.display, path)
+    display = target.display
+
+    def opened(remote: Any) -> None:
+        # (called in paramiko's transport thread: connecting and copying happen in a thread of their own)
+        _AgentPipe(remote, path, display).start()
+
+    chan.request_forward_agent(opened)
+
+
+class _AgentPipe(threading.Thread):
+    """One connection of the host to the forwarded agent: its channel, copied to and from a new
+    connection to the local agent's socket until either side closes (or the SSH connection does)."""
+
+    def __init__(self, chan: Any, path: str, display: str) -> None:
+        super().__init__(name="remoteproc-agent-forward", daemon=True)
+        self.chan = chan
+        self.path = path
+        self.display = display
+
+    def run(self) -> None:
+        import paramiko
+
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.settimeout(AGENT_IO_TIMEOUT)
+            sock.connect(self.path)
+        except OSError as exc:
+            log.debug("%s: a forwarded agent request could not reach %s: %s", self.display, self.path, exc)
+            sock.close()
+            self.chan.close()
+            return
+        self.chan.settimeout(AGENT_IO_TIMEOUT)
+        try:
+            self._copy(sock)
+        except (OSError, EOFError, paramiko.SSHException) as exc:
+            log.debug("%s: a forwarded agent connection ended: %s", self.display, exc)
+        finally:
+            sock.close()
+            self.chan.close()
+
+    def _copy(self, sock: socket.socket) -> None:
+        chan = self.chan
+        while not chan.closed:
+            ready, _, _ = select.select([chan, sock], [], [], AGENT_POLL)
+            if chan in ready:
+                data = chan.recv(32768)
+                if not data:
+                    return
+                sock.sendall(data)
+            if sock in ready:
+                data = sock.recv(32768)
+                if not data:
+                    return
+                chan.sendall(data)
 

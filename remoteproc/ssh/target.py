@@ -73,6 +73,12 @@ class Target:
     hash_known_hosts: bool = False
     #: None: $SSH_AUTH_SOCK; "": no agent; else the agent socket's path
     identity_agent: str | None = None
+    #: ``CertificateFile``s: user certificates offered with their keys (``auth.py``)
+    certificate_files: list[str] = field(default_factory=list)
+    #: ``ForwardAgent``: the host's processes may use an ssh-agent of ours (``auth.forward_agent``)
+    forward_agent: bool = False
+    #: the socket ``ForwardAgent PATH`` (or ``$VAR``) names; None: the agent we authenticate with
+    forward_agent_path: str | None = None
     address_family: str = "any"
     #: the key files passed as ``key_filename`` (the first of ``key_filenames``), offered first
     explicit_keys: list[str] = field(default_factory=list)
@@ -121,7 +127,8 @@ class Target:
         route = self.jump.conn_key if self.jump is not None else self.proxy_command
         secret = hashlib.sha256(self.password.encode()).hexdigest() if self.password is not None else None
         trust = (tuple(self.key_filenames), self.identities_only, self.allow_agent, self.identity_agent, secret,
-                 tuple(self.known_hosts), tuple(self.global_known_hosts), self.host_key_alias, self.policy)
+                 tuple(self.known_hosts), tuple(self.global_known_hosts), self.host_key_alias, self.policy,
+                 tuple(self.certificate_files), self.forward_agent, self.forward_agent_path)
         return (self.username, self.hostname, self.port, route, trust, self.transport, self.ssh_args)
 
     @property
@@ -217,7 +224,8 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
     count = options.get("keepalive_count") or _number(cfg, "serveralivecountmax", spec, int) or DEFAULT_KEEPALIVE_COUNT
     timeout = options.get("connect_timeout") or _seconds(cfg, "connecttimeout", spec) or DEFAULT_CONNECT_TIMEOUT
     family = str(_first(cfg, "addressfamily", "any")).lower()
-    asks = _config_asks(cfg, tokens)
+    asks = _config_asks(cfg)
+    forward, forward_path = _forward_agent(cfg, tokens, spec)
     return Target(
         spec=spec, hostname=hostname, port=port, username=username, key_filenames=keys,
         identities_only=_yes(_first(cfg, "identitiesonly", "no")),
@@ -231,6 +239,9 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         options=options, original_host=host, jump=jump, global_known_hosts=global_known,
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
         identity_agent=_identity_agent(cfg, tokens), address_family=family if family in ("inet", "inet6") else "any",
+        certificate_files=[expand_path(c, tokens, "CertificateFile") for c in cfg.get("certificatefile", [])
+                           if c.lower() != "none"],
+        forward_agent=forward, forward_agent_path=forward_path,
         explicit_keys=explicit, config_asks=asks,
         strict_config=str(_first(cfg, "stricthostkeychecking", "ask")).lower() in ("yes", "true", "on"),
     )
@@ -329,7 +340,7 @@ def _openssh_private_public(text: str) -> tuple[str, bytes] | None:
     return (kind, blob) if 0 < size < len(blob) else None
 
 
-def _config_asks(cfg: dict[str, Any], tokens: dict[str, str]) -> tuple[tuple[str, str], ...]:
+def _config_asks(cfg: dict[str, Any]) -> tuple[tuple[str, str], ...]:
     """The settings of ``cfg`` the paramiko transport cannot honour, with their values."""
     asks = []
     if _yes(_first(cfg, "gssapiauthentication", "no")):
@@ -340,12 +351,6 @@ def _config_asks(cfg: dict[str, Any], tokens: dict[str, str]) -> tuple[tuple[str
     sk_provider = _first(cfg, "securitykeyprovider")
     if sk_provider is not None and sk_provider.lower() != "internal":
         asks.append(("securitykeyprovider", sk_provider))
-    for name in cfg.get("certificatefile", []):
-        try:
-            path = expand_path(name, tokens, "CertificateFile")
-        except ConfigError:     # a keyword the paramiko transport ignores must not fail the connection
-            path = os.path.expanduser(name)
-        asks.append(("certificatefile", path))
     return tuple(asks)
 
 
@@ -357,8 +362,6 @@ def _paramiko_cannot(asks: tuple, keys: list[str]) -> tuple[str, ...]:
     named: ssh itself skips the others.
     """
     found = []
-    # paramiko loads KEY-cert.pub beside a key file it loads, and no other certificate
-    loaded = {k + "-cert.pub" for k in keys}
     for keyword, value in asks:
         if keyword == "gssapiauthentication":
             found.append("GSSAPIAuthentication (Kerberos)")
@@ -370,9 +373,6 @@ def _paramiko_cannot(asks: tuple, keys: list[str]) -> tuple[str, ...]:
         public = public_key(path) if os.path.isfile(path) else None
         if public is not None and public[0].startswith("sk-"):
             found.append("the FIDO security key %s (%s)" % (path, public[0]))
-    for keyword, path in asks:
-        if keyword == "certificatefile" and path not in loaded and os.path.isfile(path):
-            found.append("CertificateFile %s (a user certificate)" % path)
     return tuple(dict.fromkeys(found))
 
 
@@ -408,6 +408,24 @@ def _identity_agent(cfg: dict[str, Any], tokens: dict[str, str]) -> str | None:
     if agent.startswith("$") and not agent.startswith("${"):
         return os.environ.get(agent[1:], "")
     return expand_path(agent, tokens, "IdentityAgent")
+
+
+def _forward_agent(cfg: dict[str, Any], tokens: dict[str, str], spec: str) -> tuple[bool, str | None]:
+    """``ForwardAgent`` as ssh 9.2 reads it: (on, the socket to forward or None for the agent we
+    authenticate with).  ``yes``/``no``, else a path (tokens, ``~``, ``${VAR}``) or ``$VAR``, whose
+    variable being unset turns forwarding off, as in ssh."""
+    value = _first(cfg, "forwardagent")
+    if value is None or value.lower() in ("no", "false"):
+        return False, None
+    if value.lower() in ("yes", "true"):
+        return True, None
+    if value.startswith("$") and not value.startswith("${"):
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value[1:]):
+            raise ConfigError("%s: ssh_config: ForwardAgent %r is not a valid environment variable name. Fix: "
+                              "correct it in the ssh config" % (spec, value), spec)
+        path = os.environ.get(value[1:])
+        return (True, path) if path else (False, None)
+    return True, expand_path(value, tokens, "ForwardAgent")
 
 
 def _resolve_jump(spec: str, jumps: list[str], options: dict[str, Any], config: Config, depth: int) -> Target:
