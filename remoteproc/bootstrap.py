@@ -407,7 +407,9 @@ def start_agent(opener: AgentOpener, target) -> tuple[AgentChannel, dict, bytes]
     """Run the agent's command on ``target`` through ``opener``, and wait for its hello.
 
     Returns ``(channel, hello, extra)`` where ``extra`` is whatever arrived after
-    the hello frame; ``hello["mode"]`` is ``mode_of(hello)``.  Raises BootstrapError
+    the hello frame; ``hello["mode"]`` is ``mode_of(hello)``, ``hello["stderr"]`` what came on
+    stderr up to then (not logged yet: the link does, and finds the agent's last words in it,
+    when it went at once after its hello).  Raises BootstrapError
     with the remote's own words on failure; the channel is closed then (and with it
     the remote command).
 
@@ -548,9 +550,9 @@ def _read_hello(chan: AgentChannel, target, buf: bytearray, err: bytearray) -> t
                 if msg.get("op") != "hello":
                     raise BootstrapError("%s: unexpected first message %r" % (target.display, msg),
                                          target.display)
-                said = _quiet(err + chan.recv_stderr(), target.display).decode("utf-8", "replace").rstrip()
-                if said:    # (ssh's own words: a key recorded, or one it could not record)
-                    log.warning("%s: %s", target.display, said)
+                # stderr so far (ssh's own words: a key recorded, or one it could not record; and the
+                # agent's last words, if it went right after its hello): the link logs it and keeps them
+                msg["stderr"] = _quiet(err + chan.recv_stderr(), target.display)
                 return msg, bytes(buf[frames.HEADER_SIZE + length:])
         _take(chan, target, buf, err, deadline)
         if time.monotonic() > deadline:

@@ -401,6 +401,54 @@ def test_send_on_a_lost_channel_marks_the_link_lost_once():
     assert finished == [link] and link.thread is None
 
 
+def test_a_send_refused_because_the_agent_went_says_why_it_went():
+    """An agent that runs out of memory right after its hello is gone by the time the first start is
+    sent: the send fails on the closed channel.  The error is the agent's end (its exit status and its
+    last words, which name the limit and the fix), not "the SSH connection closed"."""
+    import types
+
+    from remoteproc import ssh
+    from remoteproc.relay.channel import ChannelLost
+    from remoteproc.relay.link import Link
+    from remoteproc.relay.paramiko_channel import ParamikoChannel
+
+    class ClosedParamikoChannel:        # paramiko's Channel once the agent's EOF and close came
+        eof_received = closed = True
+
+        def settimeout(self, t):
+            pass
+
+        def send(self, data):
+            raise OSError("Socket is closed")
+
+    live = types.SimpleNamespace(transport=types.SimpleNamespace(is_active=lambda: True))
+    chan = ParamikoChannel(ClosedParamikoChannel(), conn=live, pool=None, connect_ms=0.0)
+    with pytest.raises(ChannelLost) as info:
+        chan.send(memoryview(b"start"))
+    assert info.value.ended
+
+    class EndedChannel:
+        def send(self, data):
+            raise ChannelLost("the SSH connection closed (sending failed: Socket is closed)", ended=True)
+
+        def describe_loss(self):
+            return "the remote agent exited with status 1"
+
+        def recv_stderr(self):
+            return b"remoteproc: the agent ran out of memory: (ulimit -v 20000 KiB). Fix: raise it\n"
+
+        def close(self):
+            pass
+
+    link = Link(ssh.resolve("rp@h", {}, ssh.Config([])), opener=None, on_finish=lambda link: None)
+    link.chan = EndedChannel()
+    link.send(b"start")
+    assert link.dead and str(link.lost) == (
+        "rp@h: connection lost: the remote agent exited with status 1; before it went, the agent said: "
+        "the agent ran out of memory: (ulimit -v 20000 KiB). Fix: raise it")
+    link._finish()
+
+
 def test_the_links_tick_counts_bytes_heard_as_life_and_pings_only_a_silent_host():
     """While messages flow the loop reads its clock once a tick: bytes read since the last tick
     (``heard``) count as the host's answer then, so a talking host gets no ping and is never

@@ -24,7 +24,14 @@ if TYPE_CHECKING:
 
 
 class ChannelLost(OSError):
-    """The channel can carry nothing more; ``str()`` says why, in words for the user."""
+    """The channel can carry nothing more; ``str()`` says why, in words for the user.
+
+    ``ended``: the remote command's side ended it (the agent exited, or was killed), so
+    ``describe_loss()`` and its stderr say why, better than the failed send does."""
+
+    def __init__(self, message: str, ended: bool = False) -> None:
+        super().__init__(message)
+        self.ended = ended
 
 
 class AgentChannel(abc.ABC):
@@ -71,7 +78,9 @@ class AgentChannel(abc.ABC):
 
     @abc.abstractmethod
     def describe_loss(self) -> str:
-        """Why the stream ended, for the error users see (called after ``recv`` gave ``b""``)."""
+        """Why the stream ended, for the error users see (called after ``recv`` gave ``b""``, or a
+        send raised ``ChannelLost`` with ``ended``).  It waits (bounded) for the command's exit
+        status, after which ``recv_stderr`` has all it wrote."""
 
     def details(self) -> str:
         """A few words about the connection for the debug log (e.g. its cipher)."""

@@ -164,6 +164,9 @@ class Link:
         try:
             t0 = time.monotonic()
             self.chan, hello, extra = bootstrap.start_agent(self.opener, self.target)
+            # (what came on stderr with the hello: the agent's last words may be in it already, when
+            # it ran out of memory right after its hello and both arrived before we looked)
+            self._note_stderr(hello.pop("stderr", b""))
             self.hello = hello
             # silence counts from the hello: connecting, a jump host and setup= lines may take
             # longer than the keepalive bound (as ssh's ServerAliveInterval starts once it is up)
@@ -275,10 +278,10 @@ class Link:
         return self.chan.send(view)     # (0: nothing fits now: the channel wakes us when something does)
 
     def _on_send_failed(self, exc: OSError) -> None:
-        if isinstance(exc, ChannelLost):
+        if isinstance(exc, ChannelLost) and not exc.ended:
             self._lost(str(exc))
-        elif isinstance(exc, (BrokenPipeError, ConnectionResetError)) and self.chan is not None:
-            self._lost(self.chan.describe_loss())   # the other end is gone: say who (ssh killed, ...)
+        elif isinstance(exc, (ChannelLost, BrokenPipeError, ConnectionResetError)) and self.chan is not None:
+            self._lost(self._why_ended())   # the other end is gone: say who (the agent exited, ssh killed, ...)
         else:
             self._lost("sending failed: %s" % describe(exc))
 
@@ -303,9 +306,7 @@ class Link:
         assert chan is not None
         n = self._take(chan)
         if n == 0:
-            self._drain_stderr()
-            self._lost(chan.describe_loss() + ("; before it went, the agent said: " + self.last_words
-                                               if self.last_words else ""))
+            self._lost(self._why_ended())
             return
         if n:
             self.heard = True       # (also mid-frame: a big frame on a slow link); the loop reads the clock
@@ -327,9 +328,21 @@ class Link:
             self.endpoint.feed(data)
         return None if data is None else len(data)
 
+    def _why_ended(self) -> str:
+        """Why the agent's channel ended, with the agent's last words if it left some."""
+        assert self.chan is not None
+        why = self.chan.describe_loss()     # (first: it waits for the exit, and with it all of stderr)
+        self._drain_stderr()
+        if self.last_words:
+            why += "; before it went, the agent said: " + self.last_words
+        return why
+
     def _drain_stderr(self) -> None:
         assert self.chan is not None
-        said = self.chan.recv_stderr()
+        self._note_stderr(self.chan.recv_stderr())
+
+    def _note_stderr(self, said: bytes) -> None:
+        """Log what came on the channel's stderr, and keep the agent's last words from it."""
         text = said.decode("utf-8", "replace").rstrip() if said else ""
         if text:
             log.warning("%s: %s", self.display, text)

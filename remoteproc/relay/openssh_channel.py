@@ -123,7 +123,8 @@ class OpenSSHChannel(AgentChannel):
         except BlockingIOError:
             return 0
         except OSError as exc:
-            raise ChannelLost("ssh stopped reading its input (%s)" % (exc.strerror or exc)) from None
+            # (ssh exited, or closed its input: describe_loss says which, and why)
+            raise ChannelLost("ssh stopped reading its input (%s)" % (exc.strerror or exc), True) from None
 
     def exit_status(self) -> Optional[int]:
         code = self.proc.poll()
@@ -149,6 +150,7 @@ class OpenSSHChannel(AgentChannel):
             code = self.proc.wait(2.0)
         except subprocess.TimeoutExpired:
             return "ssh closed the agent's output but did not exit"
+        self._reader.join(2.0)      # (ssh has exited: the rest of its stderr is for recv_stderr now)
         if code < 0:
             return "the ssh process (pid %d) was killed by signal %d" % (self.proc.pid, -code)
         if code == 255:

@@ -58,6 +58,7 @@ def _send_failed(exc: BaseException) -> str:
 INLINE_MAX = 64 << 10       # a send this small, with nothing queued, goes out in the caller's thread
 QUEUE_MAX = 4 << 20         # what the sender thread may hold (the link's flow control beyond that)
 WINDOW_WAIT = 1.0           # the sender's wait for the SSH window before it looks again
+STATUS_WAIT = 2.0           # after the channel's end, the wait for the agent's exit status
 
 
 class _Sender(threading.Thread):
@@ -180,7 +181,7 @@ class ParamikoChannel(AgentChannel):
         sender = self._sender
         if sender is not None:
             if sender.error is not None:
-                raise ChannelLost(sender.error)
+                raise ChannelLost(sender.error, self._ended())
             if not sender.idle() or len(data) > INLINE_MAX:
                 return sender.put(data)
         elif len(data) > INLINE_MAX:
@@ -193,15 +194,26 @@ class ParamikoChannel(AgentChannel):
         except socket.timeout:
             return 0        # the window is shut; _WakingCondition calls back when it opens
         except (OSError, EOFError) as exc:      # (paramiko raises EOFError once its socket is gone)
-            raise ChannelLost(_send_failed(exc)) from None
+            raise ChannelLost(_send_failed(exc), self._ended()) from None
         if n == 0:
-            raise ChannelLost("the channel closed")
+            raise ChannelLost("the channel closed", True)
         return n
+
+    def _ended(self) -> bool:
+        """The agent's side ended the channel (its EOF or close came) on a live connection: a send
+        that fails then fails because the agent went, which its exit status and stderr explain."""
+        chan = self.chan
+        return bool(getattr(chan, "eof_received", False) or getattr(chan, "closed", False)) and \
+            self.conn is not None and self.conn.transport.is_active()
 
     def exit_status(self) -> Optional[int]:
         return self.chan.exit_status if self.chan.exit_status_ready() else None
 
     def describe_loss(self) -> str:
+        if self.conn.transport.is_active():
+            # sshd sends the exit status after the output's EOF: wait for it (bounded, as the
+            # openssh transport waits for ssh to exit), or the end is taken for a killed agent
+            self.chan.status_event.wait(STATUS_WAIT)
         status = self.exit_status()
         if status is not None and status != -1:
             return "the remote agent exited with status %d" % status
