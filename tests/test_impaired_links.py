@@ -338,6 +338,25 @@ def test_a_black_hole_ends_the_process_here_and_everything_on_the_host(quiet, fr
         parent.recv()
 
 
+def test_a_black_holed_host_at_start_is_a_connect_error_with_openssh(quiet, fresh):
+    """``start()`` to a host that drops every packet, ``transport="openssh"``, ``connect_timeout=10``
+    (the least the start-up's own waits take): ssh's ConnectTimeout ends it with a ``ConnectError``
+    naming the host and the fix, not a ``BootstrapError`` blaming the host's shell startup files
+    for a login that never happened (the wait for the shell, as long, used to run out first)."""
+    host = quiet.hosts["q1"]
+    p = RemoteProcess(host.spec(PLAIN_USER), target=sha_of, args=(b"",),
+                      **quiet.options(transport="openssh", connect_timeout=10))
+    with black_hole(host):
+        t0 = time.monotonic()
+        with pytest.raises(remoteproc.RemoteProcessError) as info:
+            p.start()
+        took = time.monotonic() - t0
+    assert isinstance(info.value, remoteproc.ConnectError), repr(info.value)
+    assert host.address in str(info.value) and "timed out" in str(info.value), str(info.value)
+    assert "startup file" not in str(info.value)
+    assert took < 10 + 2 + 2, took
+
+
 CTRL_Z_PROGRAM = """
 import os, sys
 import remoteproc
