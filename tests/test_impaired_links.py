@@ -338,6 +338,28 @@ def test_a_black_hole_ends_the_process_here_and_everything_on_the_host(quiet, fr
         parent.recv()
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_ssh_configs_server_alive_settings_bound_the_host_side_too(quiet, fresh, transport, tmp_path):
+    """``ServerAliveInterval 1`` and ``ServerAliveCountMax 2`` in the ssh config, no keepalive options:
+    behind a black hole, the agent ends the child within 1 s * (2 + 2) (+ the SIGTERM grace) on
+    both transports (with ``ssh``, the relay and the agent used 15 s and 3 whatever the config said)."""
+    host = quiet.hosts["q1"]
+    config = tmp_path / "ssh_config"
+    config.write_text("Host impaired\n    HostName %s\n    User %s\n    ServerAliveInterval 1\n"
+                      "    ServerAliveCountMax 2\n" % (host.address, PLAIN_USER))
+    opts = dict(quiet.options(transport=transport), ssh_config=str(config))
+    p, parent, (pid, sub) = start("impaired", opts, with_a_child_of_its_own)
+    assert {pid, sub} <= set(ours(host))
+    with black_hole(host):
+        cut = time.monotonic()
+        assert wait([p.sentinel], 10), "no end within 10 s of a black hole (bound 3 s)"
+        assert eventually(lambda: not ours(host), 15), [cmdline(q)[:60] for q in ours(host)]
+        cleaned_after = time.monotonic() - cut
+    assert cleaned_after < 4.0 + 2.0 + 3.0, cleaned_after
+    p.join(5)
+    assert p.exitcode == remoteproc.CONNECTION_LOST
+
+
 def test_a_black_holed_host_at_start_is_a_connect_error_with_openssh(quiet, fresh):
     """``start()`` to a host that drops every packet, ``transport="openssh"``, ``connect_timeout=10``
     (the least the start-up's own waits take): ssh's ConnectTimeout ends it with a ``ConnectError``
