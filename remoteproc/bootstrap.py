@@ -153,6 +153,11 @@ SCRIPT_ENV = "REMOTEPROC_SCRIPT"
 #: seconds: the least each step of the start-up waits (for READY, for the hello), whatever
 #: connect_timeout says: a slow host's startup files, interpreter or disk
 MIN_WAIT = 10.0
+#: seconds more the wait for ``READY`` takes with ``transport="openssh"``: ssh's own
+#: ConnectTimeout (the same number) started before that wait did, so past it the ssh that could
+#: not connect (a host that drops every packet) gets this long to exit and say so, rather than
+#: the wait blaming the host's startup files for a login that never happened
+SSH_VERDICT = 2.0
 _VERSION_LINE = re.compile(r"remoteproc: (.+?) is (?:(\w+) )?Python (\d+)\.(\d+)\.?(\S*) at (.*)")
 _SETUP_LINE = re.compile(r"remoteproc: setup line (\d+) failed with status (\d+)")
 #: what the shell, the dynamic loader or Python say when ``ulimit -u`` or ``ulimit -v`` stops them
@@ -482,7 +487,7 @@ def _await_ready(chan: AgentChannel, target) -> tuple[bytearray, bytearray]:
     ``connect_timeout`` but at least 10 s (with ``transport="openssh"`` the connection is made in
     this time too; a slow startup file): without ``READY`` the shell has not reached our command."""
     wait = max(target.connect_timeout, MIN_WAIT)
-    deadline = time.monotonic() + wait
+    deadline = time.monotonic() + wait + (SSH_VERDICT if target.transport == "openssh" else 0.0)
     buf = bytearray()
     err = bytearray()
     while True:

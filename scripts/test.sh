@@ -23,6 +23,8 @@ fi
 command -v sshd >/dev/null 2>&1 || [ -x /usr/sbin/sshd ] || need_apt+=(openssh-server)
 command -v ssh-keygen >/dev/null 2>&1 || need_apt+=(openssh-client)
 command -v ip >/dev/null 2>&1 || need_apt+=(iproute2)
+# tests/test_impaired_links.py: packet loss and black holes inside a namespace host
+command -v nft >/dev/null 2>&1 || [ -x /usr/sbin/nft ] || need_apt+=(nftables)
 # tests/test_packages.py builds a C extension: a compiler and Python's headers
 command -v gcc >/dev/null 2>&1 || need_apt+=(gcc libc6-dev)
 python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_paths()["include"], "Python.h")))' \

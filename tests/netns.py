@@ -98,6 +98,10 @@ class NetnsRig:
     #: connections; a subclass with ``limits = []`` gets sshd's defaults (MaxSessions 10,
     #: MaxStartups 10:30:100)
     limits = ["MaxSessions 200", "MaxStartups 200:30:300"]
+    #: sshd_config lines by which sshd notices a client that vanished (the link-cut tests), so its
+    #: sessions end; a subclass with ``client_alive = []`` gets sshd's default (``ClientAliveInterval
+    #: 0``: a client behind a black-holed link is never noticed), as most servers run
+    client_alive = ["ClientAliveInterval 2", "ClientAliveCountMax 3"]
 
     def __init__(self, names: list[str], users: list[str], sshd: str) -> None:
         self.names = names
@@ -227,10 +231,7 @@ class NetnsRig:
             "LogLevel VERBOSE",
             "PrintMotd no",
             "UseDNS no",
-            # notices a client that vanished (the link-cut test), so its sessions end
-            "ClientAliveInterval 2",
-            "ClientAliveCountMax 3",
-        ] + self.sshd_lines(host)
+        ] + self.client_alive + self.sshd_lines(host)
         with open(host.config, "w") as f:
             f.write("\n".join(lines) + "\n")
         os.makedirs("/run/sshd", mode=0o755, exist_ok=True)

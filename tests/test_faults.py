@@ -451,8 +451,9 @@ def test_a_send_refused_because_the_agent_went_says_why_it_went():
 
 def test_the_links_tick_counts_bytes_heard_as_life_and_pings_only_a_silent_host():
     """While messages flow the loop reads its clock once a tick: bytes read since the last tick
-    (``heard``) count as the host's answer then, so a talking host gets no ping and is never
-    taken for a silent one; a silent one is pinged after the interval and lost after the bound."""
+    (``heard``) count as the host's answer then, so a talking host gets no ping (unless we have
+    sent it nothing for the interval: the agent's own keepalive) and is never taken for a silent
+    one; a silent one is pinged after the interval and lost after the bound."""
     import time
 
     from remoteproc import ssh

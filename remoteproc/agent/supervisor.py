@@ -80,6 +80,20 @@ class Supervisor:
         self.import_socks = {}  # a child's import socket -> [process id, partial request]
         self.running = True
         self.stop_reason = None
+        # The keepalive, both ways, once the relay's "keepalive" op says its interval (None
+        # before).  The relay sends something at least every ``interval`` while the link lives
+        # (a ping when it has nothing else to say), so silence past ``silence`` seconds means the
+        # link is gone even though no end of the channel ever comes: a black-holed link (a NAT or
+        # firewall that forgot the connection, a route gone) leaves sshd's session open for
+        # hours (its ClientAliveInterval is off by default), and every child with it.  And this
+        # side says something at least every ``interval`` while bytes come in: the relay's ping
+        # waits behind what it sends, which a slow link takes longer than its bound to carry.
+        self.silence = None
+        self.interval = None
+        self.last_heard = time.monotonic()
+        self.heard = False          # bytes came in since the loop last read the clock
+        self.said_mark = 0          # endpoint.written when the loop last saw it move
+        self.last_said = time.monotonic()
         for fd in (fd_in, fd_out):
             os.set_blocking(fd, False)
             _try_grow_pipe(fd)
@@ -104,10 +118,12 @@ class Supervisor:
             return
         except OSError:
             n = 0
-        if not n:
-            if not self.reader.idle:
-                _log("the channel ended in the middle of a frame")
-            self._stop("the channel closed")
+        if n:
+            self.heard = True       # (see _check_silence)
+            return
+        if not self.reader.idle:
+            _log("the channel ended in the middle of a frame")
+        self._stop("the channel closed")
 
     def on_frame(self, ftype, sid, value, payload):
         if ftype != frames.CONTROL:
@@ -125,6 +141,8 @@ class Supervisor:
             self._package_piece(op, msg, blob)
         elif op == "ping":
             self.control({"op": "pong", "t": msg.get("t")})
+        elif op == "keepalive":
+            self._keepalive(msg)
         elif op == "exit":
             self._stop("asked to exit")
         else:
@@ -398,6 +416,41 @@ class Supervisor:
                 self.mux.close(payload)
             self.control({"op": "exited", "id": child.id, "code": child.code})
 
+    def _keepalive(self, msg):
+        """The relay's keepalive settings: it is silent for at most ``interval`` seconds while the
+        link lives; give it ``count + 2`` of them (one more than the relay gives this side, so
+        that the relay, which tells the user, is first)."""
+        try:
+            interval, count = float(msg["interval"]), int(msg["count"])
+        except (KeyError, TypeError, ValueError):
+            raise frames.FrameError("bad keepalive request %r" % (msg,))
+        if not interval > 0 or count < 1:
+            raise frames.FrameError("bad keepalive request %r" % (msg,))
+        self.interval = interval
+        self.silence = interval * (count + 2)
+        self.last_heard = self.last_said = time.monotonic()
+
+    def _check_silence(self):
+        """Stop when the relay has been silent past ``silence``; say we are here when bytes
+        come in and we have said nothing for ``interval``."""
+        interval, silence = self.interval, self.silence
+        if interval is None or silence is None:
+            return
+        now = time.monotonic()
+        if self.endpoint.written != self.said_mark:
+            self.said_mark = self.endpoint.written
+            self.last_said = now
+        if self.heard:
+            self.heard = False
+            self.last_heard = now
+            if now - self.last_said >= interval:
+                self.last_said = now
+                self.control({"op": "alive"})
+        elif now - self.last_heard > silence:
+            _log("no word from the relay for %.0fs (keepalive): the link is lost; ending every child"
+                 % (now - self.last_heard))
+            self._stop("the link is lost (keepalive)")
+
     def _on_stop_signal(self, signum, frame):
         self._stop("signal %d" % signum)
 
@@ -410,10 +463,14 @@ class Supervisor:
     def serve(self):
         try:
             while self.running:
-                for key, mask in self.sel.select():
+                ready = self.sel.select(None if self.interval is None else self.interval / 2)
+                for key, mask in ready:
                     key.data(mask)
                     if not self.running:
                         break
+                if self.running:
+                    # (after the events: input that waited while this process was stopped counts)
+                    self._check_silence()
         except frames.FrameError as exc:
             _log("protocol error, exiting: %s" % exc)
             self.stop_reason = "protocol error"

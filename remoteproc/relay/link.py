@@ -111,6 +111,8 @@ class Link:
         self.last_heard = time.monotonic()
         self.heard = False          # the channel gave us bytes since the loop last read the clock
         self.last_ping = 0.0
+        self.sent_mark = 0          # endpoint.written at the last tick that saw it move
+        self.last_sent = time.monotonic()
         self.idle_since = time.monotonic()
         self.thread: Optional[threading.Thread] = None
 
@@ -193,6 +195,11 @@ class Link:
         self.endpoint.write_fd = chan.writable_fileno()
         self.endpoint.enable_splice(*chan.pipe_fds())
         self.sel.register(chan.fileno(), selectors.EVENT_READ, self._on_channel)
+        # The agent ends its children when it hears nothing from us for longer than this allows:
+        # a black-holed link never brings it an end of the channel (see _tick's pings)
+        self.send(frames.control({"op": "keepalive", "interval": self.target.keepalive_interval,
+                                  "count": self.target.keepalive_count}))
+        self.last_sent = time.monotonic()
         try:
             if extra:
                 self.endpoint.feed(extra)
@@ -250,9 +257,16 @@ class Link:
             self._lost("no answer to a ping within %gs" % self._prove_within())
             return False
         if now - self.last_heard > interval * (self.target.keepalive_count + 1):
-            self._lost("no answer from the host for %.0fs (keepalive)" % (now - self.last_heard))
+            self._lost("no answer from the host for %.0fs (keepalive)%s" % (now - self.last_heard,
+                                                                           self._keepalive_hint()))
             return False
-        if now - self.last_ping >= interval and now - self.last_heard >= interval:
+        if self.endpoint.written != self.sent_mark:
+            self.sent_mark = self.endpoint.written
+            self.last_sent = now
+        if now - self.last_ping >= interval and (now - self.last_heard >= interval
+                                                 or now - self.last_sent >= interval):
+            # a silent host is asked for an answer; a host we have said nothing to for the
+            # interval hears from us (the agent's own keepalive: see supervisor._keepalive)
             self.last_ping = now
             self.send(frames.control({"op": "ping", "t": now}))
         if self.closing:
@@ -332,6 +346,8 @@ class Link:
         """Why the agent's channel ended, with the agent's last words if it left some."""
         assert self.chan is not None
         why = self.chan.describe_loss()     # (first: it waits for the exit, and with it all of stderr)
+        if "not responding" in why:     # (ssh's own keepalive: "Timeout, server H not responding.")
+            why += self._keepalive_hint()
         self._drain_stderr()
         if self.last_words:
             why += "; before it went, the agent said: " + self.last_words
@@ -375,6 +391,13 @@ class Link:
             self.last_ping = self.held_since = time.monotonic()
             self.send(frames.control({"op": "ping", "t": self.last_ping}))
         self.held.append((request, status_sock, fds))
+
+    def _keepalive_hint(self) -> str:
+        """What a silent link means and what to do about it, for a keepalive's verdict."""
+        return (": the network path to the host is down or stalled (keepalive_interval=%g, keepalive_count=%d); "
+                "check it, or raise keepalive_interval or keepalive_count (ssh_config: ServerAliveInterval, "
+                "ServerAliveCountMax) to outlast longer outages" % (self.target.keepalive_interval,
+                                                                   self.target.keepalive_count))
 
     def _prove_within(self) -> float:
         """How long a held start waits for the ping's answer: the connect timeout (a new
@@ -455,6 +478,8 @@ class Link:
             for request, status_sock, fds in held:      # alive: they go on this link, in order
                 self._start(request, status_sock, fds)
             return
+        if op == "alive":
+            return      # (the agent hears us and we heard it: a big message to it is on its way)
         if op == "import":
             self._serve_module(msg.get("name"))
             return

@@ -234,6 +234,10 @@ def main(fd: int) -> None:
     logging.getLogger("paramiko").addHandler(logging.NullHandler())
     logging.getLogger("paramiko").propagate = False
     relay.watch_interrupts()
+    # Ctrl-Z stops the user's program, not the relay: a stopped relay would answer no keepalive,
+    # and every agent, hearing nothing past its bound, would end the remote processes (as on a
+    # lost link); a stopped local program's remote children keep running, as ssh's do
+    signal.signal(signal.SIGTSTP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])     # (blocked by relay/client.py until now)
     relay.serve()     # returns when the user's process is gone; threads here are daemons
     # ... but one still importing paramiko (cryptography's compiled code) when the interpreter

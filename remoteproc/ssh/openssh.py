@@ -248,10 +248,16 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         strict_config=options.get("host_key_policy") is None and view.get("stricthostkeychecking") == ["true"],
     )
     args += _session_args(view) + _master_args(view)
+    # the relay's keepalive (and the agent's, see agent/supervisor.py) as ssh's: the options, else
+    # the config's ServerAliveInterval / ServerAliveCountMax, as the paramiko transport reads them
     if options.get("keepalive_interval") is not None:
         target.keepalive_interval = options["keepalive_interval"]
+    elif _seconds(view, "serveraliveinterval", 0):
+        target.keepalive_interval = _seconds(view, "serveraliveinterval", 0)
     if options.get("keepalive_count") is not None:
         target.keepalive_count = options["keepalive_count"]
+    elif _seconds(view, "serveralivecountmax", 0):
+        target.keepalive_count = int(_seconds(view, "serveralivecountmax", 0))
     if target.proxy_jump:
         # (our defaults come after the user's config there: a jump host keeps its own ConnectTimeout)
         jumped = _with_jump_config(args, defaults)
