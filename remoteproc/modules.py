@@ -48,6 +48,49 @@ def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None
                      "%s` with the host's python3)" % (name, what, spec.origin, host, dist, dist)}
 
 
+def find_spec(name: str, locations: list[str]):
+    """``PathFinder.find_spec(name, locations)`` for module ``name`` in the directories
+    ``locations`` (a package's ``__path__``), without importing its parent package here.
+
+    Why not PathFinder itself: for a namespace package inside a package (a subdirectory without
+    ``__init__.py``, which Python 3 imports as one) it builds a ``_NamespacePath`` that looks up
+    the parent in ``sys.modules``, and the parent is imported on the host, not in the relay: a
+    ``KeyError``.  Here, as PathFinder does, the first location whose finder has a module or
+    regular package wins, and otherwise the namespace portions of all locations are gathered."""
+    if "." not in name:
+        return importlib.machinery.PathFinder.find_spec(name, locations)
+    portions: list[str] = []
+    for entry in locations:
+        finder = _path_finder(entry)
+        find = getattr(finder, "find_spec", None)
+        spec = find(name) if find is not None else None
+        if spec is None:
+            continue
+        if spec.loader is not None:
+            return spec
+        portions.extend(spec.submodule_search_locations or [])
+    if not portions:
+        return None
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = portions
+    return spec
+
+
+def _path_finder(entry: str):
+    """The finder of ``sys.path_hooks`` for path entry ``entry`` (cached as PathFinder caches it)."""
+    if entry in sys.path_importer_cache:
+        return sys.path_importer_cache[entry]
+    finder = None
+    for hook in sys.path_hooks:
+        try:
+            finder = hook(entry)
+            break
+        except ImportError:
+            continue
+    sys.path_importer_cache[entry] = finder
+    return finder
+
+
 def _children(directory: str) -> list[list]:
     """The modules directly in package directory ``directory``, as ``pkgutil.iter_modules``
     lists them there: [[name, is a package], ...] (the child lists a package sent from memory
@@ -188,7 +231,7 @@ def find(name: str, path: list[str], host: str, editable: dict[str, str] | None 
     for i in range(1, len(parts)):
         if spec is None or spec.submodule_search_locations is None:
             return {name: None}
-        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), list(spec.submodule_search_locations))
+        spec = find_spec(".".join(parts[:i + 1]), list(spec.submodule_search_locations))
     if spec is None:
         return {name: None}
     out: dict[str, Any] = {name: _entry(name, spec, host, search)}

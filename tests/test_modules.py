@@ -232,6 +232,35 @@ def test_find_bundles_a_package(tmp_path):
     assert found["bundled"]["pkg"] is True and found["bundled.a"]["pkg"] is False
 
 
+def _import_value(conn, module):
+    conn.send(importlib.import_module(module).VALUE)
+
+
+def test_a_subdirectory_without_init_py_is_imported_as_locally(plain_user_host, plain_user_options, tmp_path,
+                                                                 monkeypatch):
+    """A directory without ``__init__.py`` inside a package (``proj/utils/``, a common slip that
+    Python 3 imports as a namespace package), and one namespace package inside another: the
+    relay, which never imports the parent package, finds them (PathFinder raised a KeyError
+    for the parent missing from its ``sys.modules``: "cannot forward 'proj.utils'")."""
+    tag = uuid.uuid4().hex[:8]
+    regular, namespace = "rpreg_" + tag, "rpns_" + tag
+    (tmp_path / regular / "utils").mkdir(parents=True)
+    (tmp_path / regular / "__init__.py").write_text("")
+    (tmp_path / regular / "utils" / "helpers.py").write_text("VALUE = 'in a plain directory'\n")
+    (tmp_path / namespace / "inner").mkdir(parents=True)
+    (tmp_path / namespace / "inner" / "mod.py").write_text("VALUE = 'two namespace levels down'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    for module, value in ((regular + ".utils.helpers", "in a plain directory"),
+                          (namespace + ".inner.mod", "two namespace levels down")):
+        p, conn = _run(plain_user_host, plain_user_options, _import_value, module)
+        assert conn.recv() == value
+        p.join(30)
+        assert p.exitcode == 0
+    assert modules.find(regular + ".utils", [str(tmp_path)], "h")[regular + ".utils"]["portions"] == \
+        [str(tmp_path / regular / "utils")]
+
+
 @pytest.fixture
 def editable(tmp_path, monkeypatch):
     """A package installed as ``pip install -e`` (setuptools) installs one: on no sys.path entry,
