@@ -296,6 +296,35 @@ def test_an_alias_from_includes_tokens_and_match_blocks_in_the_users_own_ssh_dir
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_config_file_others_can_write_is_refused_as_ssh_refuses_it(user, sshd, transport):
+    """ssh stops at a ~/.ssh/config, or a file it Includes, that another user could write (whoever
+    can write it can make it run any command: ProxyCommand, Match exec), and reads a group-writable
+    one whose group has no other member (Debian's user private groups).  The paramiko transport
+    read every such file and ran its commands; now both transports do as ``ssh -G`` does, and a
+    refusal names the host, the file and the chmod that fixes it."""
+    user.copy(sshd.client_key, "id_ed25519")
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    user.put("config", "Include conf.d/*.conf\nHost box\n    HostName 127.0.0.1\n    Port %d\n    User %s\n"
+             % (sshd.port, PLAIN_USER))
+    user.put("conf.d/10-empty.conf", "# nothing here\n")
+    refused = 0
+    for name in ("config", "conf.d/10-empty.conf"):
+        path = os.path.join(user.dot, name)
+        for mode in (0o666, 0o664, 0o602, 0o644):
+            os.chmod(path, mode)
+            ssh_reads_it = user.run_as(["ssh", "-G", "box"]).returncode == 0
+            got = user.start("box", transport)
+            if ssh_reads_it:
+                assert "error" not in got and got["exitcode"] == 0, (oct(mode), name, got)
+            else:
+                refused += 1
+                assert got.get("error") == "ConfigError", (oct(mode), name, got)
+                assert got["message"].startswith("box: ") and "chmod go-w %s" % path in got["message"], got
+        os.chmod(path, 0o644)
+    assert refused >= 4        # (0o666 and 0o602 of each file, whatever the account's groups)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_pool_over_four_aliases_one_of_them_two_jumps_away(user, netns, transport):
     """``Pool(["n1", "n2", "n3", "n4"])``: n3 is reached through n1 and n2 (ProxyJump), n4 through a
     ProxyCommand running ``ssh -W``; all of it from ~/.ssh alone."""

@@ -26,6 +26,7 @@ import hashlib
 import math
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -204,8 +205,12 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
                           % (spec, G_TIMEOUT), spec) from None
     if out.returncode != 0:
         said = out.stderr.decode("utf-8", "replace").strip()
-        raise ConfigError("%s: ssh refuses this host or its configuration: %s" % (spec, said or "no message"),
-                          spec)
+        unsafe = re.search(r"Bad owner or permissions on (\S+)", said)
+        fix = ("make it yours and not writable by others: chmod go-w %s (ssh refuses a configuration file that "
+               "another user could write)" % unsafe.group(1) if unsafe else
+               "correct what it names (`ssh -G %s` shows the same)" % shlex.quote(host))
+        raise ConfigError("%s: ssh refuses this host or its configuration: %s. Fix: %s"
+                          % (spec, said.rstrip(".") or "no message", fix), spec)
     view: dict[str, list[str]] = {}
     for line in out.stdout.decode("utf-8", "replace").splitlines():
         key, _, value = line.partition(" ")
@@ -334,8 +339,6 @@ def user_command(target: Target, host: Optional[str] = None, jumps: Optional[lis
 
     Either transport's ``target`` (its ``options`` are the caller's): ssh records a host key it
     is told to trust in the first ``UserKnownHostsFile``, the file both transports read first."""
-    import shlex
-
     options = target.options
     user, name, port = parse_spec(target.spec)
     args = ["ssh"]
