@@ -481,6 +481,64 @@ def test_the_default_user_is_the_accounts_not_logname(user, sshd):
         assert user.works("lo", transport, env)["user"] == PLAIN_USER, transport
 
 
+FOLLOW_THE_HINT = textwrap.dedent("""\
+    import ast, json, os, re, sys
+    from remoteproc import Pipe, RemoteProcess, RemoteProcessError
+
+    def who(conn):
+        conn.send(os.environ["SSH_CONNECTION"])
+
+    def start(host, **options):
+        parent, child = Pipe()
+        p = RemoteProcess(host, target=who, args=(child,), transport="openssh", **options)
+        p.start()
+        got = parent.recv()
+        p.join(30)
+        return got
+
+    try:
+        start(sys.argv[1])
+    except RemoteProcessError as exc:
+        said = str(exc)
+    named = re.findall(r"(ssh_config|known_hosts|key_filename)=('[^']*')", said)
+    hint = dict((k, ast.literal_eval(v)) for k, v in named)
+    print("RESULT " + json.dumps({"said": said, "hint": hint, "then": start(sys.argv[1], **hint).split()}), flush=True)
+    """)
+
+
+def test_a_home_that_is_not_the_accounts_names_every_file_ssh_needs(user, sshd, client):
+    """$HOME elsewhere than the account's home directory (``sudo`` without ``-H``, some containers):
+    ssh reads the account's ~/.ssh, the paramiko transport $HOME's.  The openssh transport's failure
+    says so and names the config, known_hosts and key of $HOME/.ssh to pass (the config alone was
+    not enough: ssh expands ``~`` in it to the account's home, where its key and known_hosts are
+    not), and passing them works."""
+    home = tempfile.mkdtemp(prefix="home-", dir=client["scratch"])
+    dot = os.path.join(home, ".ssh")
+    os.mkdir(dot, 0o700)
+    shutil.copy(sshd.client_key, os.path.join(dot, "id_ed25519"))
+    with open(os.path.join(dot, "known_hosts"), "w") as f:
+        f.write(loopback_line(sshd) + "\n")
+    with open(os.path.join(dot, "config"), "w") as f:
+        f.write("Host elsewhere\n    HostName 127.0.0.1\n    Port %d\n    User %s\n    IdentityFile ~/.ssh/id_ed25519\n"
+                % (sshd.port, PLAIN_USER))
+    program = os.path.join(client["scratch"], "follow_the_hint.py")
+    with open(program, "w") as f:
+        f.write(FOLLOW_THE_HINT)
+    subprocess.run(["chown", "-R", "%d:%d" % (user.uid, user.gid), home], check=True, timeout=30)
+    os.chmod(program, 0o644)
+    os.chmod(home, 0o755)
+    env = {"HOME": home}
+    assert user.works("elsewhere", "paramiko", env)["connection"][2:] == ["127.0.0.1", str(sshd.port)]
+    done = user.run_as([client["python"], program, "elsewhere"], env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    got = json.loads(lines[-1][len("RESULT "):])
+    assert "ssh reads %s/.ssh, not $HOME=%s" % (user.home, home) in got["said"], got["said"]
+    assert got["hint"] == {"ssh_config": os.path.join(dot, "config"), "known_hosts": os.path.join(dot, "known_hosts"),
+                           "key_filename": os.path.join(dot, "id_ed25519")}, got["said"]
+    assert got["then"][2:] == ["127.0.0.1", str(sshd.port)]
+
+
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_the_fix_for_an_unknown_key_works_under_strict_host_key_checking_yes(user, sshd, transport):
     """With ``StrictHostKeyChecking yes`` in the config, plain ``ssh alias`` never asks: the command the

@@ -559,6 +559,10 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
                         (display, where, words.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
 
 
+#: the key files ssh tries when none is named (ssh_config(5), IdentityFile)
+DEFAULT_KEYS = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_xmss", "id_dsa")
+
+
 def _home_hint(options: dict[str, Any]) -> str:
     """ssh finds ~/.ssh in the account's home directory, never in $HOME (Python's ``~``, and the
     paramiko transport's): where the two differ and $HOME has an ssh config, say so."""
@@ -574,5 +578,15 @@ def _home_hint(options: dict[str, Any]) -> str:
     mine = os.path.join(home, ".ssh", "config")
     if not os.path.exists(mine):
         return ""
-    return (" (note: ssh reads %s/.ssh, not $HOME=%s; pass ssh_config=%r to use the config there)"
-            % (account, home, mine))
+    dot = os.path.dirname(mine)
+    extra = []
+    known = os.path.join(dot, "known_hosts")
+    if os.path.exists(known) and options.get("known_hosts") is None:
+        extra.append("known_hosts=%r" % known)
+    keys = [os.path.join(dot, name) for name in DEFAULT_KEYS if os.path.exists(os.path.join(dot, name))]
+    if keys and options.get("key_filename") is None:
+        extra.append("key_filename=%r" % (keys[0] if len(keys) == 1 else keys))
+    # (ssh expands ~ in that config to the account's home too: the files of $HOME/.ssh go by name)
+    return (" (note: ssh reads %s/.ssh, not $HOME=%s: the paramiko transport, which follows $HOME, uses "
+            "the files there (transport='paramiko'); for ssh, pass %s)"
+            % (account, home, ", ".join(["ssh_config=%r" % mine] + extra)))
