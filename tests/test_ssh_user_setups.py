@@ -481,6 +481,20 @@ def test_the_default_user_is_the_accounts_not_logname(user, sshd):
         assert user.works("lo", transport, env)["user"] == PLAIN_USER, transport
 
 
+def test_a_key_file_others_can_read_is_named_with_its_chmod_by_the_openssh_transport(user, sshd):
+    """ssh ignores a private key file whose permissions are too open (``UNPROTECTED PRIVATE KEY
+    FILE!``); when the login then fails, the error names the key and ``chmod 600`` as the fix, not
+    only the generic advice of a refused login."""
+    key = user.copy(sshd.client_key, "id_ed25519", mode=0o644)
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    user.put("config", "Host lo\n    HostName 127.0.0.1\n    Port %d\n    User %s\n" % (sshd.port, PLAIN_USER))
+    said = user.fails("lo", "openssh", "AuthenticationError")
+    assert said.startswith("lo (%s@127.0.0.1:%d) (transport='openssh'): ssh ignored the private key %s"
+                           % (PLAIN_USER, sshd.port, key)) and "Fix: chmod 600 %s: " % key in said, said
+    os.chmod(key, 0o600)
+    assert user.works("lo", "openssh")["user"] == PLAIN_USER
+
+
 FOLLOW_THE_HINT = textwrap.dedent("""\
     import ast, json, os, re, sys
     from remoteproc import Pipe, RemoteProcess, RemoteProcessError

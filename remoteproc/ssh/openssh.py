@@ -508,6 +508,9 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"No route to host|Network is unreachable", re.I), ConnectError,
      "the host is unreachable. Fix: check the network path (VPN, ProxyJump)"),
 ]
+#: what ssh says of a key file it ignores (``UNPROTECTED PRIVATE KEY FILE!``), and of a refused login
+_UNPROTECTED = re.compile(r"Permissions 0?[0-7]+ for '([^']+)' are too open")
+_DENIED = re.compile(r"Permission denied", re.I)
 #: what ssh says when the ``ssh -W`` it ran for a jump host ended before the target's banner
 _JUMP_ENDED = re.compile(r"kex_exchange_identification|Connection closed by UNKNOWN port 65535", re.I)
 #: what ssh says when a server closed the connection before its banner (sshd past MaxStartups) ...
@@ -539,6 +542,13 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
     words += _home_hint(target.options)
     config = config_read(target.options)
     config = "" if config is None else ", or its HostName in %s" % config
+    unprotected = _UNPROTECTED.findall(head)
+    if unprotected and _DENIED.search(head):
+        keys = list(dict.fromkeys(unprotected))
+        return AuthenticationError(
+            "%s (transport='openssh'): %sssh ignored the private key %s: others can read it (ssh uses no key file "
+            "whose permissions are too open). Fix: chmod 600 %s: %s"
+            % (display, where, ", ".join(keys), " ".join(shlex.quote(k) for k in keys), words), display)
     for pattern, kind, advice in _PATTERNS:
         if pattern.search(head):
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh, config=config),
