@@ -24,6 +24,18 @@ def _valid(name: str) -> bool:
     return 0 < len(name) <= 512 and all(part.isidentifier() for part in name.split("."))
 
 
+def source_text(data: bytes) -> str:
+    """Python source bytes as the import system reads them: a PEP 263 coding declaration
+    (``# -*- coding: latin-1 -*-``) or a UTF-8 byte order mark honoured, newlines universal.  The
+    child compiles the text it gets, where neither would count any more (the mark would be a
+    SyntaxError, a Latin-1 byte an undecodable surrogate).  Source that does not decode (it fails
+    to import here too) keeps its bytes as surrogate escapes: the host's import reports it."""
+    try:
+        return importlib.util.decode_source(data)
+    except (SyntaxError, UnicodeDecodeError, LookupError):
+        return data.decode("utf-8", "surrogateescape")
+
+
 def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None:
     loader = spec.loader
     if spec.origin is None or loader is None:
@@ -38,7 +50,7 @@ def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None
         return None
     if isinstance(loader, importlib.machinery.SourceFileLoader):
         with open(spec.origin, "rb") as f:
-            src = f.read().decode("utf-8", "surrogateescape")
+            src = source_text(f.read())
         if spec.submodule_search_locations is None:
             return {"pkg": False, "src": src, "file": spec.origin}
         return {"pkg": True, "src": src, "file": spec.origin, "children": _children(os.path.dirname(spec.origin))}
@@ -260,7 +272,7 @@ def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]
                 if files > MAX_FILES or size > MAX_BYTES:
                     return
                 with open(full, "rb") as f:
-                    out[mod] = {"pkg": fn == "__init__.py", "src": f.read().decode("utf-8", "surrogateescape"),
+                    out[mod] = {"pkg": fn == "__init__.py", "src": source_text(f.read()),
                                 "file": full}
                 if fn == "__init__.py":
                     out[mod]["children"] = _children(dirpath)

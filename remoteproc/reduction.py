@@ -277,9 +277,11 @@ def main_info() -> dict | None:
         try:
             key = (path, os.stat(path).st_mtime_ns)
             if key not in _main_cache:
-                with open(path, encoding="utf-8") as f:
+                from .modules import source_text
+
+                with open(path, "rb") as f:
                     _main_cache.clear()
-                    _main_cache[key] = f.read()
+                    _main_cache[key] = source_text(f.read())     # (its coding declaration or BOM honoured)
             info["source"], info["path"] = _main_cache[key], path
         except (OSError, UnicodeDecodeError):
             pass

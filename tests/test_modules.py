@@ -261,6 +261,26 @@ def test_a_subdirectory_without_init_py_is_imported_as_locally(plain_user_host, 
         [str(tmp_path / regular / "utils")]
 
 
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "latin-1", "cp1252"])
+def test_a_module_is_decoded_as_python_decodes_it(plain_user_host, plain_user_options, tmp_path, monkeypatch,
+                                                   encoding):
+    """A module saved with a UTF-8 byte order mark, or in another encoding named by its PEP 263
+    coding line, imports on the host as here (the mark was a SyntaxError there, a Latin-1 byte
+    an undecodable surrogate: "surrogates not allowed")."""
+    name = "rpenc_" + uuid.uuid4().hex[:8]
+    cookie = "utf-8" if encoding == "utf-8-sig" else encoding
+    text = "# -*- coding: %s -*-\r\nVALUE = 'caf\u00e9 \u00bd'\r\n" % cookie
+    (tmp_path / (name + ".py")).write_bytes(text.encode(encoding))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert importlib.import_module(name).VALUE == "caf\u00e9 \u00bd"
+    p, conn = _run(plain_user_host, plain_user_options, _import_value, name)
+    assert conn.recv() == "caf\u00e9 \u00bd"
+    p.join(30)
+    assert p.exitcode == 0
+    del sys.modules[name]
+
+
 @pytest.fixture
 def editable(tmp_path, monkeypatch):
     """A package installed as ``pip install -e`` (setuptools) installs one: on no sys.path entry,
