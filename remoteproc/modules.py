@@ -75,7 +75,15 @@ def find_spec(name: str, locations: list[str]):
     for entry in locations:
         finder = _path_finder(entry)
         find = getattr(finder, "find_spec", None)
-        spec = find(name) if find is not None else None
+        if find is not None:
+            spec = find(name)
+        elif finder is not None:    # (Python 3.9's zipimporter has only the legacy API, which PathFinder speaks)
+            try:
+                spec = importlib.machinery.PathFinder.find_spec(name, [entry])
+            except KeyError:        # (a namespace portion in a zip file: not forwarded there)
+                spec = None
+        else:
+            spec = None
         if spec is None:
             continue
         if spec.loader is not None:
