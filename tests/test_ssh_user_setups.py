@@ -495,6 +495,23 @@ def test_a_key_file_others_can_read_is_named_with_its_chmod_by_the_openssh_trans
     assert user.works("lo", "openssh")["user"] == PLAIN_USER
 
 
+def test_a_config_file_the_user_cannot_read_is_named_with_the_fix(user, sshd):
+    """A ~/.ssh/config the account cannot read (left owned by root by ``sudo vim``): the paramiko
+    transport's ConfigError names the host, the file and the fix; ssh goes on without the file,
+    silently, and its failure (the alias does not resolve) now says why."""
+    user.copy(sshd.client_key, "id_ed25519")
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    config = user.put("config", "Host lo\n    HostName 127.0.0.1\n    Port %d\n    User %s\n"
+                      % (sshd.port, PLAIN_USER), mode=0o600)
+    os.chown(config, 0, 0)
+    said = user.fails("lo", "paramiko", "ConfigError")
+    assert said.startswith("lo: cannot read ssh config file %s: Permission denied. Fix: " % config), said
+    said = user.fails("lo", "openssh", "ConnectError")
+    assert "(note: ssh could not read %s and went on without it" % config in said, said
+    os.chown(config, user.uid, user.gid)
+    assert user.works("lo", "openssh")["user"] == PLAIN_USER
+
+
 FOLLOW_THE_HINT = textwrap.dedent("""\
     import ast, json, os, re, sys
     from remoteproc import Pipe, RemoteProcess, RemoteProcessError

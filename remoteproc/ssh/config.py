@@ -85,7 +85,9 @@ class Config:
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 text = ""
             except OSError as exc:
-                raise ConfigError("cannot read ssh config file %s: %s" % (path, exc.strerror or exc)) from None
+                raise ConfigError("%s: cannot read ssh config file %s: %s. Fix: make it readable by you (its owner "
+                                  "and mode: ls -l %s), or pass ssh_config= another file"
+                                  % (host, path, exc.strerror or exc, path), host) from None
             if check:
                 self._secure.add(path)
             self._parsed[path] = _parse(text, path)

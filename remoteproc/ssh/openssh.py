@@ -574,8 +574,10 @@ DEFAULT_KEYS = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_s
 
 
 def _home_hint(options: dict[str, Any]) -> str:
-    """ssh finds ~/.ssh in the account's home directory, never in $HOME (Python's ``~``, and the
-    paramiko transport's): where the two differ and $HOME has an ssh config, say so."""
+    """What ssh did with the user's config that the failure may come from: it goes on without a
+    ~/.ssh/config it cannot read, silently; and it finds ~/.ssh in the account's home directory,
+    never in $HOME (Python's ``~``, and the paramiko transport's): where the two differ and $HOME
+    has an ssh config, say so."""
     import pwd
 
     home = os.environ.get("HOME")
@@ -583,6 +585,12 @@ def _home_hint(options: dict[str, Any]) -> str:
         account = pwd.getpwuid(os.getuid()).pw_dir
     except KeyError:
         return ""
+    if options.get("ssh_config") is None:
+        theirs = os.path.join(account, ".ssh", "config")
+        if os.path.exists(theirs) and not os.access(theirs, os.R_OK):
+            # (ssh goes on without a ~/.ssh/config it cannot open, and says nothing)
+            return " (note: ssh could not read %s and went on without it: make it readable by you, ls -l shows its " \
+                   "owner and mode)" % theirs
     if options.get("ssh_config") is not None or not home or os.path.realpath(home) == os.path.realpath(account):
         return ""
     mine = os.path.join(home, ".ssh", "config")
