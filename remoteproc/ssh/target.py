@@ -191,6 +191,20 @@ def _seconds(cfg: dict[str, Any], key: str, spec: str) -> int | None:
 
 def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _depth: int = 0) -> Target:
     """Apply the keyword options and the ssh configuration to a host spec, as ``ssh`` does."""
+    if _depth:
+        return _resolve(spec, options, config, _depth)
+    try:
+        return _resolve(spec, options, config, _depth)
+    except ConfigError as exc:
+        if exc.host is not None:
+            raise
+        # (what the config files and tokens say knows no host: a line, a keyword, a value)
+        said = str(exc).rstrip(".")
+        fix = "" if "Fix:" in said else ". Fix: correct it where it is written (your ssh config, or the option)"
+        raise ConfigError("%s: %s%s" % (spec, said, fix), spec) from None
+
+
+def _resolve(spec: str, options: dict[str, Any], config: Config | None, _depth: int) -> Target:
     user, host, spec_port = parse_spec(spec)
     if config is None:
         config = load_config(options.get("ssh_config"))
