@@ -512,6 +512,21 @@ def test_a_config_file_the_user_cannot_read_is_named_with_the_fix(user, sshd):
     assert user.works("lo", "openssh")["user"] == PLAIN_USER
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_lab_alias_that_records_keys_nowhere_is_quiet_under_log_level_error(user, sshd, transport):
+    """The lab idiom ``StrictHostKeyChecking no`` + ``UserKnownHostsFile /dev/null`` + ``LogLevel
+    ERROR``: ssh says nothing of the key it "records"; the paramiko transport warned on every
+    connection ("permanently added ... to /dev/null").  Without the LogLevel both say it."""
+    user.copy(sshd.client_key, "id_ed25519")
+    lab = "Host lab\n    HostName 127.0.0.1\n    Port %d\n    User %s\n    StrictHostKeyChecking no\n" \
+          "    UserKnownHostsFile /dev/null\n" % (sshd.port, PLAIN_USER)
+    for level, said in (("    LogLevel ERROR\n", False), ("", True)):
+        user.put("config", lab + level)
+        done = user.run_as([user.client["python"], user.client["program"], "process", transport, "lab"])
+        assert '"exitcode": 0' in done.stdout, done.stdout + done.stderr[-2000:]
+        assert ("ermanently added" in done.stderr) == said, (level, done.stderr[-2000:])
+
+
 FOLLOW_THE_HINT = textwrap.dedent("""\
     import ast, json, os, re, sys
     from remoteproc import Pipe, RemoteProcess, RemoteProcessError

@@ -71,6 +71,9 @@ class Target:
     global_known_hosts: list[str] = field(default_factory=lambda: list(SYSTEM_KNOWN_HOSTS))
     host_key_alias: str | None = None
     hash_known_hosts: bool = False
+    #: ``LogLevel QUIET``, ``FATAL`` or ``ERROR``: ssh then says nothing of a host key it recorded
+    #: (its "Permanently added" is an INFO line): neither does accept-new here, but at INFO
+    quiet: bool = False
     #: None: $SSH_AUTH_SOCK; "": no agent; else the agent socket's path
     identity_agent: str | None = None
     address_family: str = "any"
@@ -244,6 +247,7 @@ def _resolve(spec: str, options: dict[str, Any], config: Config | None, _depth: 
         allow_agent=option(options, "allow_agent"), look_for_keys=option(options, "look_for_keys"),
         options=options, original_host=host, jump=jump, global_known_hosts=global_known,
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
+        quiet=str(_first(cfg, "loglevel", "INFO")).upper() in ("QUIET", "FATAL", "ERROR"),
         identity_agent=_identity_agent(cfg, tokens), address_family=family if family in ("inet", "inet6") else "any",
         explicit_keys=explicit, config_asks=asks,
         strict_config=str(_first(cfg, "stricthostkeychecking", "ask")).lower() in ("yes", "true", "on"),
