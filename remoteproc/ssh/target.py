@@ -196,6 +196,8 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
     """Apply the keyword options and the ssh configuration to a host spec, as ``ssh`` does."""
     if _depth:
         return _resolve(spec, options, config, _depth)
+    if config is None:
+        config = load_config(options.get("ssh_config"))     # (an ssh_config= that is no file: the option's error)
     try:
         return _resolve(spec, options, config, _depth)
     except ConfigError as exc:
