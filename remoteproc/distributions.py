@@ -123,8 +123,7 @@ def locate(name: str, path: list, editable: dict | None = None) -> Unit | None:
         depth += 1          # a namespace package: the unit is what it holds
         if depth >= len(parts):
             return None
-        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:depth + 1]),
-                                                        list(spec.submodule_search_locations))
+        spec = modules.find_spec(".".join(parts[:depth + 1]), list(spec.submodule_search_locations))
     if spec is None or not spec.origin or not os.path.isabs(spec.origin):
         return None
     base = os.path.dirname(spec.origin) if spec.submodule_search_locations is not None else spec.origin

@@ -24,6 +24,18 @@ def _valid(name: str) -> bool:
     return 0 < len(name) <= 512 and all(part.isidentifier() for part in name.split("."))
 
 
+def source_text(data: bytes) -> str:
+    """Python source bytes as the import system reads them: a PEP 263 coding declaration
+    (``# -*- coding: latin-1 -*-``) or a UTF-8 byte order mark honoured, newlines universal.  The
+    child compiles the text it gets, where neither would count any more (the mark would be a
+    SyntaxError, a Latin-1 byte an undecodable surrogate).  Source that does not decode (it fails
+    to import here too) keeps its bytes as surrogate escapes: the host's import reports it."""
+    try:
+        return importlib.util.decode_source(data)
+    except (SyntaxError, UnicodeDecodeError, LookupError):
+        return data.decode("utf-8", "surrogateescape")
+
+
 def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None:
     loader = spec.loader
     if spec.origin is None or loader is None:
@@ -37,7 +49,8 @@ def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None
                     "children": [[k, v] for k, v in children.items()]}
         return None
     if isinstance(loader, importlib.machinery.SourceFileLoader):
-        src = read_source(spec.origin)
+        with open(spec.origin, "rb") as f:
+            src = source_text(f.read())
         if spec.submodule_search_locations is None:
             return {"pkg": False, "src": src, "file": spec.origin}
         return {"pkg": True, "src": src, "file": spec.origin, "children": _children(os.path.dirname(spec.origin))}
@@ -47,16 +60,55 @@ def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None
                      "%s` with the host's python3)" % (name, what, spec.origin, host, dist, dist)}
 
 
-def read_source(path: str) -> str:
-    """The text of Python source file ``path`` as the interpreter reads it: its PEP 263 coding
-    line or BOM decides, not UTF-8 (the host compiles the text, where a coding line no longer
-    counts). Undecodable bytes stay as surrogates: the host's compile names the file then."""
-    with open(path, "rb") as f:
-        data = f.read()
-    try:
-        return importlib.util.decode_source(data)
-    except (SyntaxError, UnicodeDecodeError, LookupError):
-        return data.decode("utf-8", "surrogateescape")
+def find_spec(name: str, locations: list[str]):
+    """``PathFinder.find_spec(name, locations)`` for module ``name`` in the directories
+    ``locations`` (a package's ``__path__``), without importing its parent package here.
+
+    Why not PathFinder itself: for a namespace package inside a package (a subdirectory without
+    ``__init__.py``, which Python 3 imports as one) it builds a ``_NamespacePath`` that looks up
+    the parent in ``sys.modules``, and the parent is imported on the host, not in the relay: a
+    ``KeyError``.  Here, as PathFinder does, the first location whose finder has a module or
+    regular package wins, and otherwise the namespace portions of all locations are gathered."""
+    if "." not in name:
+        return importlib.machinery.PathFinder.find_spec(name, locations)
+    portions: list[str] = []
+    for entry in locations:
+        finder = _path_finder(entry)
+        find = getattr(finder, "find_spec", None)
+        if find is not None:
+            spec = find(name)
+        elif finder is not None:    # (Python 3.9's zipimporter has only the legacy API, which PathFinder speaks)
+            try:
+                spec = importlib.machinery.PathFinder.find_spec(name, [entry])
+            except KeyError:        # (a namespace portion in a zip file: not forwarded there)
+                spec = None
+        else:
+            spec = None
+        if spec is None:
+            continue
+        if spec.loader is not None:
+            return spec
+        portions.extend(spec.submodule_search_locations or [])
+    if not portions:
+        return None
+    spec = importlib.machinery.ModuleSpec(name, None, is_package=True)
+    spec.submodule_search_locations = portions
+    return spec
+
+
+def _path_finder(entry: str):
+    """The finder of ``sys.path_hooks`` for path entry ``entry`` (cached as PathFinder caches it)."""
+    if entry in sys.path_importer_cache:
+        return sys.path_importer_cache[entry]
+    finder = None
+    for hook in sys.path_hooks:
+        try:
+            finder = hook(entry)
+            break
+        except ImportError:
+            continue
+    sys.path_importer_cache[entry] = finder
+    return finder
 
 
 def _children(directory: str) -> list[list]:
@@ -199,7 +251,7 @@ def find(name: str, path: list[str], host: str, editable: dict[str, str] | None 
     for i in range(1, len(parts)):
         if spec is None or spec.submodule_search_locations is None:
             return {name: None}
-        spec = importlib.machinery.PathFinder.find_spec(".".join(parts[:i + 1]), list(spec.submodule_search_locations))
+        spec = find_spec(".".join(parts[:i + 1]), list(spec.submodule_search_locations))
     if spec is None:
         return {name: None}
     out: dict[str, Any] = {name: _entry(name, spec, host, search)}
@@ -227,7 +279,9 @@ def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]
                 files += 1
                 if files > MAX_FILES or size > MAX_BYTES:
                     return
-                out[mod] = {"pkg": fn == "__init__.py", "src": read_source(full), "file": full}
+                with open(full, "rb") as f:
+                    out[mod] = {"pkg": fn == "__init__.py", "src": source_text(f.read()),
+                                "file": full}
                 if fn == "__init__.py":
                     out[mod]["children"] = _children(dirpath)
             elif fn.endswith(_EXT):

@@ -267,8 +267,6 @@ def main_info() -> dict | None:
 
     import remoteproc
 
-    from . import modules
-
     main = sys.modules.get("__main__")
     path = getattr(main, "__file__", None)
     impl = "Python" if sys.implementation.name == "cpython" else sys.implementation.name
@@ -279,11 +277,13 @@ def main_info() -> dict | None:
         try:
             key = (path, os.stat(path).st_mtime_ns)
             if key not in _main_cache:
-                source = modules.read_source(path)
-                _main_cache.clear()
-                _main_cache[key] = source
+                from .modules import source_text
+
+                with open(path, "rb") as f:
+                    _main_cache.clear()
+                    _main_cache[key] = source_text(f.read())     # (its coding declaration or BOM honoured)
             info["source"], info["path"] = _main_cache[key], path
-        except OSError:
+        except (OSError, UnicodeDecodeError):
             pass
     if main is not None:
         sys.modules.setdefault("__mp_main__", main)     # what the remote's results refer to

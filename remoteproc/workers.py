@@ -35,6 +35,12 @@ def parse_hosts(hosts: Hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str,
     """
     if isinstance(hosts, str):
         hosts = [hosts]
+    if hosts is None or isinstance(hosts, int):
+        # (``Pool(4)``, ``Pool()`` or ``ProcessPoolExecutor(None)`` as multiprocessing takes them: a
+        # count of local workers; here the first argument says where they run)
+        raise ConfigError("the first argument of Pool and Executor is the hosts ('user@host' or a list of them), "
+                          "not %r: multiprocessing's number of processes is processes_per_host= here, for example "
+                          "Pool(['alice@node1', 'alice@node2'], processes_per_host=4)" % (hosts,))
     out: list[tuple[str, dict, Optional[int]]] = []
     for entry in hosts:
         if isinstance(entry, str):          # (a spec may carry options: pytest_plugin.RemoteHost)

@@ -46,6 +46,23 @@ def test_bad_options(options, words):
     assert "example.invalid" in str(info.value)
 
 
+@pytest.mark.parametrize("make", [remoteproc.Pool, remoteproc.Executor])
+@pytest.mark.parametrize("args,kwargs,words", [
+    ((4,), {}, "not 4: multiprocessing's number of processes is processes_per_host= here"),
+    ((None,), {}, "not None: multiprocessing's number of processes is processes_per_host= here"),
+    (("someone@example.invalid",), {"processes": 4}, "Fix: Pool(hosts, processes_per_host=N)"),
+    (("someone@example.invalid",), {"max_workers": 4}, "Fix: Executor(hosts, processes_per_host=N)"),
+    (("someone@example.invalid",), {"mp_context": None}, "Fix: drop it: remote processes have no start method"),
+])
+def test_a_pool_written_as_multiprocessing_s_says_what_to_write_instead(make, args, kwargs, words):
+    """``Pool(4)``, ``Pool(hosts, processes=4)``, ``Executor(hosts, max_workers=4, mp_context=...)``:
+    what code written for multiprocessing passes is refused at once, naming remoteproc's way (it was
+    "'int' object is not iterable", or an unknown SSH option with the list of SSH options)."""
+    with pytest.raises(remoteproc.ConfigError) as info:
+        make(*args, **kwargs)
+    assert words in str(info.value), str(info.value)
+
+
 def test_unpicklable_target_and_closed_connection():
     lock = threading.Lock()
     with pytest.raises(remoteproc.PicklingError) as info:

@@ -232,6 +232,55 @@ def test_find_bundles_a_package(tmp_path):
     assert found["bundled"]["pkg"] is True and found["bundled.a"]["pkg"] is False
 
 
+def _import_value(conn, module):
+    conn.send(importlib.import_module(module).VALUE)
+
+
+def test_a_subdirectory_without_init_py_is_imported_as_locally(plain_user_host, plain_user_options, tmp_path,
+                                                                 monkeypatch):
+    """A directory without ``__init__.py`` inside a package (``proj/utils/``, a common slip that
+    Python 3 imports as a namespace package), and one namespace package inside another: the
+    relay, which never imports the parent package, finds them (PathFinder raised a KeyError
+    for the parent missing from its ``sys.modules``: "cannot forward 'proj.utils'")."""
+    tag = uuid.uuid4().hex[:8]
+    regular, namespace = "rpreg_" + tag, "rpns_" + tag
+    (tmp_path / regular / "utils").mkdir(parents=True)
+    (tmp_path / regular / "__init__.py").write_text("")
+    (tmp_path / regular / "utils" / "helpers.py").write_text("VALUE = 'in a plain directory'\n")
+    (tmp_path / namespace / "inner").mkdir(parents=True)
+    (tmp_path / namespace / "inner" / "mod.py").write_text("VALUE = 'two namespace levels down'\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    for module, value in ((regular + ".utils.helpers", "in a plain directory"),
+                          (namespace + ".inner.mod", "two namespace levels down")):
+        p, conn = _run(plain_user_host, plain_user_options, _import_value, module)
+        assert conn.recv() == value
+        p.join(30)
+        assert p.exitcode == 0
+    assert modules.find(regular + ".utils", [str(tmp_path)], "h")[regular + ".utils"]["portions"] == \
+        [str(tmp_path / regular / "utils")]
+
+
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "latin-1", "cp1252"])
+def test_a_module_is_decoded_as_python_decodes_it(plain_user_host, plain_user_options, tmp_path, monkeypatch,
+                                                   encoding):
+    """A module saved with a UTF-8 byte order mark, or in another encoding named by its PEP 263
+    coding line, imports on the host as here (the mark was a SyntaxError there, a Latin-1 byte
+    an undecodable surrogate: "surrogates not allowed")."""
+    name = "rpenc_" + uuid.uuid4().hex[:8]
+    cookie = "utf-8" if encoding == "utf-8-sig" else encoding
+    text = "# -*- coding: %s -*-\r\nVALUE = 'caf\u00e9 \u00bd'\r\n" % cookie
+    (tmp_path / (name + ".py")).write_bytes(text.encode(encoding))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    assert importlib.import_module(name).VALUE == "caf\u00e9 \u00bd"
+    p, conn = _run(plain_user_host, plain_user_options, _import_value, name)
+    assert conn.recv() == "caf\u00e9 \u00bd"
+    p.join(30)
+    assert p.exitcode == 0
+    del sys.modules[name]
+
+
 @pytest.fixture
 def editable(tmp_path, monkeypatch):
     """A package installed as ``pip install -e`` (setuptools) installs one: on no sys.path entry,
@@ -343,20 +392,3 @@ def test_later_children_inherit_compiled_modules(plain_user_host, plain_user_opt
     p.join(30)
     assert p.exitcode == 0
 
-
-def test_a_module_in_another_source_encoding_keeps_its_text(plain_user_host, plain_user_options, package):
-    """Source is decoded as Python decodes it (PEP 263 coding line, BOM), not as UTF-8: a Latin-1
-    module's "café" arrived as "caf\\udce9"."""
-    name, _jobs, root = package
-    with open(os.path.join(root, "latin.py"), "wb") as f:
-        f.write("# -*- coding: latin-1 -*-\nWORD = 'café'\n\ndef word(conn):\n    conn.send(WORD)\n"
-                .encode("latin-1"))
-    with open(os.path.join(root, "bom.py"), "wb") as f:
-        f.write(b"\xef\xbb\xbfWORD = '\xc3\xa9t\xc3\xa9'\r\n\r\ndef word(conn):\r\n    conn.send(WORD)\r\n")
-    importlib.invalidate_caches()
-    for module, expected in (("latin", "café"), ("bom", "été")):
-        target = importlib.import_module("%s.%s" % (name, module)).word
-        p, conn = _run(plain_user_host, plain_user_options, target)
-        assert conn.recv() == expected
-        p.join(30)
-        assert p.exitcode == 0

@@ -404,21 +404,22 @@ def test_spawn_mode_imports_main_as_mp_main(plain_user_host, plain_user_options,
                                                                [2, 4, 6]]
 
 
-def test_spawn_mode_reads_a_main_script_in_its_own_encoding(plain_user_host, plain_user_options, pypy, scripts):
-    """A script with a PEP 263 coding line is sent as the text Python reads from it (it was read as
-    UTF-8, failed, and was not sent: the host could not import ``__mp_main__``)."""
-    path = scripts("spawn_latin1.py", "")
-    source = ("# -*- coding: latin-1 -*-\n" + MAIN_SCRIPT.replace("class Box:", "WORD = 'caf\u00e9'\n\nclass Box:")
-              .replace("conn.send(Box(box.v + 1))", "conn.send(Box(WORD))")
-              .replace("back.v, p.exitcode", "back.v, p.exitcode"))
+@pytest.mark.parametrize("encoding", ["utf-8-sig", "latin-1"])
+def test_spawn_mode_reads_a_main_script_as_python_does(plain_user_host, plain_user_options, pypy, scripts, encoding):
+    """A script saved with a UTF-8 byte order mark (Windows editors), or in Latin-1 with its PEP 263
+    coding line, runs as ``__mp_main__`` on the host: its text is decoded as Python decodes it
+    (the mark was a SyntaxError there, the Latin-1 text was not sent at all)."""
+    path = scripts("spawn_encoded.py", "")
+    text = "# -*- coding: %s -*-\nACCENT = 'caf\u00e9'\n%s" % ("utf-8" if encoding == "utf-8-sig" else encoding,
+                                                            MAIN_SCRIPT)
     with open(path, "wb") as f:
-        f.write(source.encode("latin-1"))
+        f.write(text.encode(encoding))
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__))))
     out = subprocess.run([sys.executable, path, json.dumps([plain_user_host, plain_user_options]), "-v", "x"],
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1])[:6] == ["__mp_main__", 1, [3, 9], ["-v", "x"], "Box",
-                                                                   "caf\u00e9"]
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["__mp_main__", 1, [3, 9], ["-v", "x"], "Box", 2, 0,
+                                                               [2, 4, 6]]
 
 
 def test_the_agent_parses_on_python_3_8_syntax():

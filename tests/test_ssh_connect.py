@@ -493,9 +493,20 @@ def test_a_user_ssh_config_that_cannot_be_read_is_an_error_not_ignored(tmp_path,
     ("Match host", "line 2: Match host needs an argument"),
 ])
 def test_a_broken_ssh_config_line_is_named(tmp_path, line, says):
+    """... with the host first and the fix last, as every error (``.host`` too)."""
     with pytest.raises(ConfigError) as info:
         resolve_with(tmp_path, "Host box\n%s\n" % line)
     assert says in str(info.value) and str(tmp_path / "ssh_config") in str(info.value)
+    assert str(info.value).startswith("box: ") and "Fix: " in str(info.value) and info.value.host == "box"
+
+
+def test_a_bad_token_in_the_config_or_a_jump_hosts_config_names_the_host(tmp_path):
+    with pytest.raises(ConfigError) as info:
+        resolve_with(tmp_path, "Host box\n  IdentityFile ~/.ssh/%z\n")
+    assert str(info.value).startswith("box: IdentityFile '~/.ssh/%z': unknown token %z. Fix: "), str(info.value)
+    with pytest.raises(ConfigError) as info:
+        resolve_with(tmp_path, "Host box\n  ProxyJump jump\nHost jump\n  IdentityFile %z\n")
+    assert str(info.value).startswith("box: IdentityFile '%z': unknown token %z. Fix: "), str(info.value)
 
 
 def test_match_exec_runs_only_when_the_criteria_before_it_hold(tmp_path):

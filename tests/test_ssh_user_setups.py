@@ -296,6 +296,35 @@ def test_an_alias_from_includes_tokens_and_match_blocks_in_the_users_own_ssh_dir
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_config_file_others_can_write_is_refused_as_ssh_refuses_it(user, sshd, transport):
+    """ssh stops at a ~/.ssh/config, or a file it Includes, that another user could write (whoever
+    can write it can make it run any command: ProxyCommand, Match exec), and reads a group-writable
+    one whose group has no other member (Debian's user private groups).  The paramiko transport
+    read every such file and ran its commands; now both transports do as ``ssh -G`` does, and a
+    refusal names the host, the file and the chmod that fixes it."""
+    user.copy(sshd.client_key, "id_ed25519")
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    user.put("config", "Include conf.d/*.conf\nHost box\n    HostName 127.0.0.1\n    Port %d\n    User %s\n"
+             % (sshd.port, PLAIN_USER))
+    user.put("conf.d/10-empty.conf", "# nothing here\n")
+    refused = 0
+    for name in ("config", "conf.d/10-empty.conf"):
+        path = os.path.join(user.dot, name)
+        for mode in (0o666, 0o664, 0o602, 0o644):
+            os.chmod(path, mode)
+            ssh_reads_it = user.run_as(["ssh", "-G", "box"]).returncode == 0
+            got = user.start("box", transport)
+            if ssh_reads_it:
+                assert "error" not in got and got["exitcode"] == 0, (oct(mode), name, got)
+            else:
+                refused += 1
+                assert got.get("error") == "ConfigError", (oct(mode), name, got)
+                assert got["message"].startswith("box: ") and "chmod go-w %s" % path in got["message"], got
+        os.chmod(path, 0o644)
+    assert refused >= 4        # (0o666 and 0o602 of each file, whatever the account's groups)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_pool_over_four_aliases_one_of_them_two_jumps_away(user, netns, transport):
     """``Pool(["n1", "n2", "n3", "n4"])``: n3 is reached through n1 and n2 (ProxyJump), n4 through a
     ProxyCommand running ``ssh -W``; all of it from ~/.ssh alone."""
@@ -450,6 +479,110 @@ def test_the_default_user_is_the_accounts_not_logname(user, sshd):
     env = {"USER": "root", "LOGNAME": "root"}
     for transport in TRANSPORTS:
         assert user.works("lo", transport, env)["user"] == PLAIN_USER, transport
+
+
+def test_a_key_file_others_can_read_is_named_with_its_chmod_by_the_openssh_transport(user, sshd):
+    """ssh ignores a private key file whose permissions are too open (``UNPROTECTED PRIVATE KEY
+    FILE!``); when the login then fails, the error names the key and ``chmod 600`` as the fix, not
+    only the generic advice of a refused login."""
+    key = user.copy(sshd.client_key, "id_ed25519", mode=0o644)
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    user.put("config", "Host lo\n    HostName 127.0.0.1\n    Port %d\n    User %s\n" % (sshd.port, PLAIN_USER))
+    said = user.fails("lo", "openssh", "AuthenticationError")
+    assert said.startswith("lo (%s@127.0.0.1:%d) (transport='openssh'): ssh ignored the private key %s"
+                           % (PLAIN_USER, sshd.port, key)) and "Fix: chmod 600 %s: " % key in said, said
+    os.chmod(key, 0o600)
+    assert user.works("lo", "openssh")["user"] == PLAIN_USER
+
+
+def test_a_config_file_the_user_cannot_read_is_named_with_the_fix(user, sshd):
+    """A ~/.ssh/config the account cannot read (left owned by root by ``sudo vim``): the paramiko
+    transport's ConfigError names the host, the file and the fix; ssh goes on without the file,
+    silently, and its failure (the alias does not resolve) now says why."""
+    user.copy(sshd.client_key, "id_ed25519")
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    config = user.put("config", "Host lo\n    HostName 127.0.0.1\n    Port %d\n    User %s\n"
+                      % (sshd.port, PLAIN_USER), mode=0o600)
+    os.chown(config, 0, 0)
+    said = user.fails("lo", "paramiko", "ConfigError")
+    assert said.startswith("lo: cannot read ssh config file %s: Permission denied. Fix: " % config), said
+    said = user.fails("lo", "openssh", "ConnectError")
+    assert "(note: ssh could not read %s and went on without it" % config in said, said
+    os.chown(config, user.uid, user.gid)
+    assert user.works("lo", "openssh")["user"] == PLAIN_USER
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_lab_alias_that_records_keys_nowhere_is_quiet_under_log_level_error(user, sshd, transport):
+    """The lab idiom ``StrictHostKeyChecking no`` + ``UserKnownHostsFile /dev/null`` + ``LogLevel
+    ERROR``: ssh says nothing of the key it "records"; the paramiko transport warned on every
+    connection ("permanently added ... to /dev/null").  Without the LogLevel both say it."""
+    user.copy(sshd.client_key, "id_ed25519")
+    lab = "Host lab\n    HostName 127.0.0.1\n    Port %d\n    User %s\n    StrictHostKeyChecking no\n" \
+          "    UserKnownHostsFile /dev/null\n" % (sshd.port, PLAIN_USER)
+    for level, said in (("    LogLevel ERROR\n", False), ("", True)):
+        user.put("config", lab + level)
+        done = user.run_as([user.client["python"], user.client["program"], "process", transport, "lab"])
+        assert '"exitcode": 0' in done.stdout, done.stdout + done.stderr[-2000:]
+        assert ("ermanently added" in done.stderr) == said, (level, done.stderr[-2000:])
+
+
+FOLLOW_THE_HINT = textwrap.dedent("""\
+    import ast, json, os, re, sys
+    from remoteproc import Pipe, RemoteProcess, RemoteProcessError
+
+    def who(conn):
+        conn.send(os.environ["SSH_CONNECTION"])
+
+    def start(host, **options):
+        parent, child = Pipe()
+        p = RemoteProcess(host, target=who, args=(child,), transport="openssh", **options)
+        p.start()
+        got = parent.recv()
+        p.join(30)
+        return got
+
+    try:
+        start(sys.argv[1])
+    except RemoteProcessError as exc:
+        said = str(exc)
+    named = re.findall(r"(ssh_config|known_hosts|key_filename)=('[^']*')", said)
+    hint = dict((k, ast.literal_eval(v)) for k, v in named)
+    print("RESULT " + json.dumps({"said": said, "hint": hint, "then": start(sys.argv[1], **hint).split()}), flush=True)
+    """)
+
+
+def test_a_home_that_is_not_the_accounts_names_every_file_ssh_needs(user, sshd, client):
+    """$HOME elsewhere than the account's home directory (``sudo`` without ``-H``, some containers):
+    ssh reads the account's ~/.ssh, the paramiko transport $HOME's.  The openssh transport's failure
+    says so and names the config, known_hosts and key of $HOME/.ssh to pass (the config alone was
+    not enough: ssh expands ``~`` in it to the account's home, where its key and known_hosts are
+    not), and passing them works."""
+    home = tempfile.mkdtemp(prefix="home-", dir=client["scratch"])
+    dot = os.path.join(home, ".ssh")
+    os.mkdir(dot, 0o700)
+    shutil.copy(sshd.client_key, os.path.join(dot, "id_ed25519"))
+    with open(os.path.join(dot, "known_hosts"), "w") as f:
+        f.write(loopback_line(sshd) + "\n")
+    with open(os.path.join(dot, "config"), "w") as f:
+        f.write("Host elsewhere\n    HostName 127.0.0.1\n    Port %d\n    User %s\n    IdentityFile ~/.ssh/id_ed25519\n"
+                % (sshd.port, PLAIN_USER))
+    program = os.path.join(client["scratch"], "follow_the_hint.py")
+    with open(program, "w") as f:
+        f.write(FOLLOW_THE_HINT)
+    subprocess.run(["chown", "-R", "%d:%d" % (user.uid, user.gid), home], check=True, timeout=30)
+    os.chmod(program, 0o644)
+    os.chmod(home, 0o755)
+    env = {"HOME": home}
+    assert user.works("elsewhere", "paramiko", env)["connection"][2:] == ["127.0.0.1", str(sshd.port)]
+    done = user.run_as([client["python"], program, "elsewhere"], env)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, done.stderr[-3000:]
+    got = json.loads(lines[-1][len("RESULT "):])
+    assert "ssh reads %s/.ssh, not $HOME=%s" % (user.home, home) in got["said"], got["said"]
+    assert got["hint"] == {"ssh_config": os.path.join(dot, "config"), "known_hosts": os.path.join(dot, "known_hosts"),
+                           "key_filename": os.path.join(dot, "id_ed25519")}, got["said"]
+    assert got["then"][2:] == ["127.0.0.1", str(sshd.port)]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS)

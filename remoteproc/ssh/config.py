@@ -11,8 +11,10 @@ See ``docs/ssh.md`` for what is honoured.
 from __future__ import annotations
 
 import glob
+import grp
 import logging
 import os
+import pwd
 import re
 import socket
 import subprocess
@@ -54,9 +56,12 @@ class _Include:
 class Config:
     """ssh configuration files, read once, evaluated per host as OpenSSH does."""
 
-    def __init__(self, files: list[tuple[str, str]]) -> None:
+    def __init__(self, files: list[tuple[str, str]], checked: tuple[str, ...] = ()) -> None:
         self.files = files      # (path, "user" or "system"), in the order ssh reads them
+        #: files whose owner and mode are checked as ssh checks them (~/.ssh/config; Includes always)
+        self.checked = set(checked)
         self._parsed: dict[str, list[_Line | _Include]] = {}
+        self._secure: set[str] = set()
         self._warned: set[str] = set()
 
     @classmethod
@@ -65,15 +70,26 @@ class Config:
         config._parsed[name] = _parse(text, name)
         return config
 
-    def _entries(self, path: str) -> list[_Line | _Include]:
-        if path not in self._parsed:
+    def _entries(self, path: str, host: str, check: bool = False) -> list[_Line | _Include]:
+        if path not in self._parsed or (check and path not in self._secure):
             try:
                 with open(path, encoding="utf-8", errors="replace") as f:
+                    if check and not secure_permissions(os.fstat(f.fileno())):
+                        # (ssh: "Bad owner or permissions on FILE", and it stops: whoever can write the
+                        # file could make it run any command, through ProxyCommand or Match exec)
+                        raise ConfigError(
+                            "%s: bad owner or permissions on %s: ssh refuses a configuration file that another "
+                            "user could write (and so does remoteproc). Fix: make it yours and not writable by "
+                            "others: chmod go-w %s" % (host, path, path), host)
                     text = f.read()
             except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
                 text = ""
             except OSError as exc:
-                raise ConfigError("cannot read ssh config file %s: %s" % (path, exc.strerror or exc)) from None
+                raise ConfigError("%s: cannot read ssh config file %s: %s. Fix: make it readable by you (its owner "
+                                  "and mode: ls -l %s), or pass ssh_config= another file"
+                                  % (host, path, exc.strerror or exc, path), host) from None
+            if check:
+                self._secure.add(path)
             self._parsed[path] = _parse(text, path)
         return self._parsed[path]
 
@@ -107,6 +123,33 @@ class Config:
         if text not in self._warned:
             self._warned.add(text)
             log.warning("%s", text)
+
+
+def secure_permissions(st: os.stat_result) -> bool:
+    """Whether ssh reads a configuration file of this owner and mode (its ``secure_permissions``,
+    as Debian and Ubuntu build it): owned by root or this user, not writable by others, and
+    writable by its group only when that group's one member is this user (a user private group)."""
+    uid = os.getuid()
+    if st.st_uid not in (0, uid) or st.st_mode & 0o002:
+        return False
+    if not st.st_mode & 0o020:
+        return True
+    try:
+        group = grp.getgrgid(st.st_gid)
+        owner = pwd.getpwuid(st.st_uid).pw_name
+    except KeyError:
+        return False
+    members = 0
+    for entry in pwd.getpwall():
+        if entry.pw_gid == group.gr_gid:
+            members += 1
+            if entry.pw_uid != uid:
+                return False
+    if group.gr_mem:
+        members += 1
+        if group.gr_mem != [owner]:
+            return False
+    return members > 0
 
 
 def _parse(text: str, name: str) -> list[_Line | _Include]:
@@ -208,7 +251,7 @@ class _State:
     def read_all(self) -> None:
         """One pass over the files."""
         for path, kind in self.config.files:
-            self.read(path, kind, active=True, depth=0, never_match=False)
+            self.read(path, kind, active=True, depth=0, never_match=False, check=path in self.config.checked)
 
     def match_host(self) -> str:
         """The name ``Match host`` (and ``%h`` in ``Match exec``) sees: in the second pass the final
@@ -218,10 +261,10 @@ class _State:
             return hostname[0] if hostname else self.host
         return expand(hostname[0], {"%": "%", "h": self.host}, "HostName")
 
-    def read(self, path: str, kind: str, active: bool, depth: int, never_match: bool) -> None:
+    def read(self, path: str, kind: str, active: bool, depth: int, never_match: bool, check: bool = False) -> None:
         # (ssh's second pass matches Host lines against the final host name, the first the host as given)
         name = self.options["hostname"][0] if self.final else self.host
-        for entry in self.config._entries(path):
+        for entry in self.config._entries(path, self.host, check):
             if isinstance(entry, _Include):
                 self.include(entry, kind, active, depth)
             elif entry.keyword == "host":
@@ -243,7 +286,7 @@ class _State:
                 if os.path.isfile(path):
                     # Host and Match lines inside the file change its own state only;
                     # inside an inactive block nothing in it ever matches.
-                    self.read(path, kind, active, depth + 1, never_match=not active)
+                    self.read(path, kind, active, depth + 1, never_match=not active, check=True)
 
     def set(self, entry: _Line) -> None:
         key = entry.keyword
@@ -465,4 +508,5 @@ def load_config(ssh_config: Any = None) -> Config:
             raise ConfigError("ssh_config %s is a directory, not a file" % path)
         # (another kind of file is read as ssh reads it: -F /dev/null is a common way to say "none")
         return Config([(path, "user")])
-    return Config([(os.path.expanduser("~/.ssh/config"), "user"), ("/etc/ssh/ssh_config", "system")])
+    user = os.path.expanduser("~/.ssh/config")
+    return Config([(user, "user"), ("/etc/ssh/ssh_config", "system")], checked=(user,))

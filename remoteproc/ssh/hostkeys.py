@@ -181,8 +181,9 @@ def check_host_key(target: Target, key: Any) -> None:
         except OSError as exc:
             log.warning("%s: could not record the host key in %s: %s", target.display, path, exc)
         else:
-            log.warning("%s: permanently added the %s host key %s for %s to %s (host_key_policy="
-                        "'accept-new')", target.display, kind, fingerprint(key), name, path)
+            log.log(logging.INFO if target.quiet else logging.WARNING,
+                    "%s: permanently added the %s host key %s for %s to %s (host_key_policy='accept-new')",
+                    target.display, kind, fingerprint(key), name, path)
         return
     found = [f for f in files if os.path.exists(f)]
     if found:

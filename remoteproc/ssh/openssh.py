@@ -26,6 +26,7 @@ import hashlib
 import math
 import os
 import re
+import shlex
 import shutil
 import stat
 import subprocess
@@ -204,8 +205,12 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
                           % (spec, G_TIMEOUT), spec) from None
     if out.returncode != 0:
         said = out.stderr.decode("utf-8", "replace").strip()
-        raise ConfigError("%s: ssh refuses this host or its configuration: %s" % (spec, said or "no message"),
-                          spec)
+        unsafe = re.search(r"Bad owner or permissions on (\S+)", said)
+        fix = ("make it yours and not writable by others: chmod go-w %s (ssh refuses a configuration file that "
+               "another user could write)" % unsafe.group(1) if unsafe else
+               "correct what it names (`ssh -G %s` shows the same)" % shlex.quote(host))
+        raise ConfigError("%s: ssh refuses this host or its configuration: %s. Fix: %s"
+                          % (spec, said.rstrip(".") or "no message", fix), spec)
     view: dict[str, list[str]] = {}
     for line in out.stdout.decode("utf-8", "replace").splitlines():
         key, _, value = line.partition(" ")
@@ -369,8 +374,6 @@ def user_command(target: Target, host: Optional[str] = None, jumps: Optional[lis
 
     Either transport's ``target`` (its ``options`` are the caller's): ssh records a host key it
     is told to trust in the first ``UserKnownHostsFile``, the file both transports read first."""
-    import shlex
-
     options = target.options
     user, name, port = parse_spec(target.spec)
     args = ["ssh"]
@@ -540,6 +543,9 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"No route to host|Network is unreachable", re.I), ConnectError,
      "the host is unreachable. Fix: check the network path (VPN, ProxyJump)"),
 ]
+#: what ssh says of a key file it ignores (``UNPROTECTED PRIVATE KEY FILE!``), and of a refused login
+_UNPROTECTED = re.compile(r"Permissions 0?[0-7]+ for '([^']+)' are too open")
+_DENIED = re.compile(r"Permission denied", re.I)
 #: what ssh says when the ``ssh -W`` it ran for a jump host ended before the target's banner
 _JUMP_ENDED = re.compile(r"kex_exchange_identification|Connection closed by UNKNOWN port 65535", re.I)
 #: what ssh says when a server closed the connection before its banner (sshd past MaxStartups) ...
@@ -571,6 +577,13 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
     words += _home_hint(target.options)
     config = config_read(target.options)
     config = "" if config is None else ", or its HostName in %s" % config
+    unprotected = _UNPROTECTED.findall(head)
+    if unprotected and _DENIED.search(head):
+        keys = list(dict.fromkeys(unprotected))
+        return AuthenticationError(
+            "%s (transport='openssh'): %sssh ignored the private key %s: others can read it (ssh uses no key file "
+            "whose permissions are too open). Fix: chmod 600 %s: %s"
+            % (display, where, ", ".join(keys), " ".join(shlex.quote(k) for k in keys), words), display)
     for pattern, kind, advice in _PATTERNS:
         if pattern.search(head):
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh, config=config),
@@ -591,9 +604,15 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
                         (display, where, words.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
 
 
+#: the key files ssh tries when none is named (ssh_config(5), IdentityFile)
+DEFAULT_KEYS = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_xmss", "id_dsa")
+
+
 def _home_hint(options: dict[str, Any]) -> str:
-    """ssh finds ~/.ssh in the account's home directory, never in $HOME (Python's ``~``, and the
-    paramiko transport's): where the two differ and $HOME has an ssh config, say so."""
+    """What ssh did with the user's config that the failure may come from: it goes on without a
+    ~/.ssh/config it cannot read, silently; and it finds ~/.ssh in the account's home directory,
+    never in $HOME (Python's ``~``, and the paramiko transport's): where the two differ and $HOME
+    has an ssh config, say so."""
     import pwd
 
     home = os.environ.get("HOME")
@@ -601,10 +620,26 @@ def _home_hint(options: dict[str, Any]) -> str:
         account = pwd.getpwuid(os.getuid()).pw_dir
     except KeyError:
         return ""
+    if options.get("ssh_config") is None:
+        theirs = os.path.join(account, ".ssh", "config")
+        if os.path.exists(theirs) and not os.access(theirs, os.R_OK):
+            # (ssh goes on without a ~/.ssh/config it cannot open, and says nothing)
+            return " (note: ssh could not read %s and went on without it: make it readable by you, ls -l shows its " \
+                   "owner and mode)" % theirs
     if options.get("ssh_config") is not None or not home or os.path.realpath(home) == os.path.realpath(account):
         return ""
     mine = os.path.join(home, ".ssh", "config")
     if not os.path.exists(mine):
         return ""
-    return (" (note: ssh reads %s/.ssh, not $HOME=%s; pass ssh_config=%r to use the config there)"
-            % (account, home, mine))
+    dot = os.path.dirname(mine)
+    extra = []
+    known = os.path.join(dot, "known_hosts")
+    if os.path.exists(known) and options.get("known_hosts") is None:
+        extra.append("known_hosts=%r" % known)
+    keys = [os.path.join(dot, name) for name in DEFAULT_KEYS if os.path.exists(os.path.join(dot, name))]
+    if keys and options.get("key_filename") is None:
+        extra.append("key_filename=%r" % (keys[0] if len(keys) == 1 else keys))
+    # (ssh expands ~ in that config to the account's home too: the files of $HOME/.ssh go by name)
+    return (" (note: ssh reads %s/.ssh, not $HOME=%s: the paramiko transport, which follows $HOME, uses "
+            "the files there (transport='paramiko'); for ssh, pass %s)"
+            % (account, home, ", ".join(["ssh_config=%r" % mine] + extra)))

@@ -186,11 +186,28 @@ def check_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     return given
 
 
+#: keyword arguments of multiprocessing's Pool and Process and of ProcessPoolExecutor that are not
+#: options here (they end up among the SSH options): what to write instead
+_NO_START_METHOD = ("drop it: remote processes have no start method to choose (the host's agent forks them, "
+                    "and runs them in spawn mode by itself on another Python version)")
+_MULTIPROCESSING_NAMES = {
+    "processes": "Pool(hosts, processes_per_host=N): workers are counted per host (multiprocessing's "
+                 "processes= counts those of one machine)",
+    "max_workers": "Executor(hosts, processes_per_host=N): workers are counted per host (ProcessPoolExecutor's "
+                   "max_workers= counts those of one machine)",
+    "mp_context": _NO_START_METHOD,
+    "context": _NO_START_METHOD,
+    "max_tasks_per_child": "Pool's is maxtasksperchild=, as multiprocessing's",
+    "maxtasksperchild": "Executor's is max_tasks_per_child=, as ProcessPoolExecutor's",
+}
+
+
 def _check_type(spec: str, name: str, value: Any) -> None:
     declared = OPTIONS.get(name)
     if declared is None:
-        raise ConfigError("unknown option %r for host %r; the options are: %s"
-                          % (name, spec, ", ".join(sorted(OPTIONS))), spec)
+        instead = _MULTIPROCESSING_NAMES.get(name)
+        raise ConfigError("unknown option %r for host %r; %sthe options are: %s"
+                          % (name, spec, "Fix: %s; " % instead if instead else "", ", ".join(sorted(OPTIONS))), spec)
     types = declared.types
     if value is None:
         return

@@ -71,6 +71,9 @@ class Target:
     global_known_hosts: list[str] = field(default_factory=lambda: list(SYSTEM_KNOWN_HOSTS))
     host_key_alias: str | None = None
     hash_known_hosts: bool = False
+    #: ``LogLevel QUIET``, ``FATAL`` or ``ERROR``: ssh then says nothing of a host key it recorded
+    #: (its "Permanently added" is an INFO line): neither does accept-new here, but at INFO
+    quiet: bool = False
     #: None: $SSH_AUTH_SOCK; "": no agent; else the agent socket's path
     identity_agent: str | None = None
     #: ``CertificateFile``s: user certificates offered with their keys (``auth.py``)
@@ -198,6 +201,22 @@ def _seconds(cfg: dict[str, Any], key: str, spec: str) -> int | None:
 
 def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _depth: int = 0) -> Target:
     """Apply the keyword options and the ssh configuration to a host spec, as ``ssh`` does."""
+    if _depth:
+        return _resolve(spec, options, config, _depth)
+    if config is None:
+        config = load_config(options.get("ssh_config"))     # (an ssh_config= that is no file: the option's error)
+    try:
+        return _resolve(spec, options, config, _depth)
+    except ConfigError as exc:
+        if exc.host is not None:
+            raise
+        # (what the config files and tokens say knows no host: a line, a keyword, a value)
+        said = str(exc).rstrip(".")
+        fix = "" if "Fix:" in said else ". Fix: correct it where it is written (your ssh config, or the option)"
+        raise ConfigError("%s: %s%s" % (spec, said, fix), spec) from None
+
+
+def _resolve(spec: str, options: dict[str, Any], config: Config | None, _depth: int) -> Target:
     user, host, spec_port = parse_spec(spec)
     if config is None:
         config = load_config(options.get("ssh_config"))
@@ -238,6 +257,7 @@ def resolve(spec: str, options: dict[str, Any], config: Config | None = None, _d
         allow_agent=option(options, "allow_agent"), look_for_keys=option(options, "look_for_keys"),
         options=options, original_host=host, jump=jump, global_known_hosts=global_known,
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
+        quiet=str(_first(cfg, "loglevel", "INFO")).upper() in ("QUIET", "FATAL", "ERROR"),
         identity_agent=_identity_agent(cfg, tokens), address_family=family if family in ("inet", "inet6") else "any",
         certificate_files=[expand_path(c, tokens, "CertificateFile") for c in cfg.get("certificatefile", [])
                            if c.lower() != "none"],
