@@ -147,11 +147,11 @@ class Relay:
             self.forget(link)
 
     def resolve(self, spec: str, options: dict) -> ssh.Target:
-        """The request's target.  With transport="openssh", 'ssh -G' (a process, 5-12 ms) runs once
-        per connection: while a link to what it said is alive, equal requests reuse its answer, so
-        a warm start stays a fork.  (A config edit applies from the next connection on.)"""
-        if options.get("transport") != "openssh":
-            return _resolve(spec, options)
+        """The request's target, read from the ssh configuration once per connection: while a link
+        to what it said is alive, equal requests reuse its answer.  So a warm start stays a fork:
+        'ssh -G' is a process (5-12 ms, transport="openssh"), and a ``Match exec`` of the user's
+        config runs a command (the starts of a Pool waited for it one after another).  (A config
+        edit applies from the next connection on, as to an ssh that rides a ControlMaster.)"""
         memo = repr((spec, sorted(options.items())))
         with self.links_lock:
             known = self.resolved.get(memo)
