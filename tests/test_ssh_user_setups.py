@@ -481,18 +481,21 @@ def test_the_default_user_is_the_accounts_not_logname(user, sshd):
         assert user.works("lo", transport, env)["user"] == PLAIN_USER, transport
 
 
-def test_a_key_file_others_can_read_is_named_with_its_chmod_by_the_openssh_transport(user, sshd):
+def test_a_key_file_others_can_read_is_ignored_and_named_with_its_chmod(user, sshd):
     """ssh ignores a private key file whose permissions are too open (``UNPROTECTED PRIVATE KEY
     FILE!``); when the login then fails, the error names the key and ``chmod 600`` as the fix, not
-    only the generic advice of a refused login."""
+    only the generic advice of a refused login. The paramiko transport ignores it too (it used it)."""
     key = user.copy(sshd.client_key, "id_ed25519", mode=0o644)
     user.put("known_hosts", loopback_line(sshd) + "\n")
     user.put("config", "Host lo\n    HostName 127.0.0.1\n    Port %d\n    User %s\n" % (sshd.port, PLAIN_USER))
     said = user.fails("lo", "openssh", "AuthenticationError")
     assert said.startswith("lo (%s@127.0.0.1:%d) (transport='openssh'): ssh ignored the private key %s"
                            % (PLAIN_USER, sshd.port, key)) and "Fix: chmod 600 %s: " % key in said, said
+    said = user.fails("lo", "paramiko", "AuthenticationError")
+    assert "%s (ignored, as ssh ignores it: others may read it; fix: chmod 600 %s)" % (key, key) in said, said
     os.chmod(key, 0o600)
-    assert user.works("lo", "openssh")["user"] == PLAIN_USER
+    for transport in TRANSPORTS:
+        assert user.works("lo", transport)["user"] == PLAIN_USER, transport
 
 
 def test_a_config_file_the_user_cannot_read_is_named_with_the_fix(user, sshd):

@@ -296,7 +296,14 @@ class _Attempt:
         neither of them an SSHException.
         """
         if path not in self.loaded:
-            self.loaded[path] = key = self._read_key(label, path)
+            key = self._read_key(label, path)
+            if key is not None and _open_to_others(path):
+                # as ssh ("UNPROTECTED PRIVATE KEY FILE! ... This private key will be ignored."): a
+                # key that others may read is not yours alone, and the openssh transport would not use it
+                self.tried.append("%s (ignored, as ssh ignores it: others may read it; fix: chmod 600 %s)"
+                                  % (label, path))
+                key = None
+            self.loaded[path] = key
             if key is not None:
                 key.public_blob = None      # (paramiko loads KEY-cert.pub onto it: ssh offers the key, then that)
         return self.loaded[path]
@@ -413,6 +420,15 @@ class _Certified:
 
     def sign_ssh_data(self, data: bytes, algorithm: str | None = None) -> Any:
         return self.key.sign_ssh_data(data, algorithm)
+
+
+def _open_to_others(path: str) -> bool:
+    """Whether ssh would ignore private key file ``path``: yours, with any permission for others."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return st.st_uid == os.getuid() and bool(st.st_mode & 0o077)
 
 
 def _unsupported(path: str, exc: Exception) -> str:
