@@ -21,7 +21,7 @@ import time
 import cloudpickle
 import pytest
 from hostjobs import jump_alias_config, report_and_wait, run_where, where, write_config
-from proctable import descendants, eventually, gone, threads
+from proctable import cmdline, descendants, eventually, gone, threads
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess, ssh
@@ -130,6 +130,53 @@ def test_proxy_command_runs_with_the_shell(netns, tmp_path):
     connection, _user = run_where("via-command", ssh_config=config, allow_agent=False)
     client, _port, server, _sport = connection.split()
     assert (client, server) == (h1.address, h2.address)
+
+
+NC_LIKE = """\
+import os, select, socket, sys
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])), 5)
+reading = [0, s]
+while True:
+    ready = select.select(reading, [], [], 30)[0]
+    if not ready:
+        sys.exit(1)
+    for r in ready:
+        data = os.read(0, 65536) if r == 0 else s.recv(65536)
+        if r == 0 and not data:
+            reading.remove(0)          # as nc without -N or -q: the end of its input does not end it
+        elif not data:
+            sys.exit(0)
+        elif r == 0:
+            s.sendall(data)
+        else:
+            os.write(1, data)
+"""
+
+
+def test_a_proxy_command_whose_nc_outlives_its_input_leaves_nothing_behind(sshd, alias, scripts, tmp_path):
+    """``ProxyCommand ssh bastion nc %h %p``: ``nc`` does not end when its input does, so the target
+    learns of our leaving only from SSH_MSG_DISCONNECT, as ``ssh`` sends it; without it the target's
+    sshd session and the bastion's ``nc`` stayed for as long as the target lived (with sshd's default
+    ``ClientAliveInterval 0``, as the loopback sshd, both bastion and target here, runs)."""
+    config_file, bastion = alias
+    nc = scripts("nc_like.py", NC_LIKE)
+    proxy = "ssh -F %s %s /usr/bin/python3 %s %%h %%p" % (config_file, bastion, nc)
+    config = write_config(tmp_path, f"""\
+        Host via-nc
+            HostName {sshd.host}
+            Port {sshd.port}
+            ProxyCommand {proxy}
+        """)
+
+    def bastion_nc():
+        return [pid for pid in map(int, filter(str.isdigit, os.listdir("/proc"))) if nc in cmdline(pid)]
+
+    options = dict(sshd.options(), ssh_config=config, allow_agent=False, idle_timeout=1, keepalive_interval=1)
+    connection, _user = run_where("via-nc", **options)
+    assert connection.split()[2] == sshd.host
+    assert bastion_nc(), "the nc on the bastion should carry the connection"
+    # the connection closes when idle (1 s): the target then ends its session, and so the nc ends
+    assert eventually(lambda: not bastion_nc(), 10), "the bastion's nc (and the target's session) stayed"
 
 
 def test_proxy_jump_chain_from_options(netns, ns_options):

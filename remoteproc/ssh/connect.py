@@ -83,11 +83,27 @@ def _proxy_command(target: Target, command: str) -> tuple[socket.socket, subproc
     return ours, proc
 
 
-def _stop(proc: subprocess.Popen[bytes] | None) -> None:
-    """End a ProxyCommand: terminate, then kill if it lingers."""
+#: seconds a ProxyCommand gets to end by itself once its connection is closed (see ``_stop``)
+PROXY_GRACE = 1.0
+
+
+def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 0.0) -> None:
+    """End a ProxyCommand: wait ``grace`` seconds for it to end by itself, then terminate, then
+    kill if it lingers.
+
+    Why the grace: the goodbye ``_close_transport`` sent may still be in the command's buffers; a
+    ``ssh bastion nc %h %p`` killed at once drops it, and its ``nc``, which does not end when its
+    input does, then stays on the bastion with the target's sshd session, as long as the target lives.
+    """
     if proc is None or proc.poll() is not None:
         return
     try:
+        if grace > 0:
+            try:
+                proc.wait(grace)
+                return
+            except subprocess.TimeoutExpired:
+                pass
         proc.terminate()
         proc.wait(2)
     except subprocess.TimeoutExpired:
@@ -126,13 +142,44 @@ class SSHConnection:
             return
         self.closed = True
         _close_transport(self.transport)
-        _stop(self.proc)
+        _stop(self.proc, PROXY_GRACE)
         if self.owns_jump and self.jump is not None:
             self.jump.close()
 
 
+def _say_goodbye(transport: Any) -> None:
+    """Send SSH_MSG_DISCONNECT, as ``ssh`` does at its end, so the server ends the connection now.
+
+    Why: without it a server learns of our leaving only from the stream's end, which a
+    ProxyCommand such as ``ssh bastion nc %h %p`` never passes on (``nc`` does not end when its
+    input does): the target's sshd session and the bastion's ``nc`` would stay. Sent from a thread
+    of its own, waited for 1 s at most: a stuck link must not hold up the close.
+    """
+    if not transport.is_active():
+        return
+
+    def send() -> None:
+        try:
+            from paramiko.common import cMSG_DISCONNECT
+            from paramiko.message import Message
+
+            m = Message()
+            m.add_byte(cMSG_DISCONNECT)
+            m.add_int(11)                       # SSH_DISCONNECT_BY_APPLICATION
+            m.add_string("disconnected by user")
+            m.add_string("")
+            transport._send_message(m)
+        except Exception:   # pragma: no cover - a link already gone: nothing to tell
+            pass
+
+    sender = threading.Thread(target=send, name="remoteproc-ssh-goodbye", daemon=True)
+    sender.start()
+    sender.join(1.0)
+
+
 def _close_transport(transport: Any) -> None:
     try:
+        _say_goodbye(transport)
         transport.close()
         if transport.is_alive():
             transport.join(5)
