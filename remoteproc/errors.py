@@ -40,6 +40,18 @@ TURNED_AWAY = ("sshd closes a connection at once when more connections than its 
 TURNED_AWAY_FIX = "Fix: raise MaxStartups in that host's sshd_config, or start fewer connections at once"
 
 
+def jump_open_failed(jump: str, to: str, reason: str) -> str:
+    """Why a jump host did not open the way to the next hop (its sshd's answer to our forwarding
+    request, ``reason``), and the fix: a refusal by its own sshd's rules is no matter of the target."""
+    if "prohibited" in reason.lower():
+        return ("the jump host %s refused to forward to %s (%s): its sshd does not allow it "
+                "(AllowTcpForwarding, PermitOpen, or a Match block in its sshd_config, or a restricted key in its "
+                "authorized_keys). Fix: ask its administrator to allow forwarding to %s, or reach the host "
+                "another way" % (jump, to, reason, to))
+    return ("the jump host %s could not connect to %s: %s. Fix: check the address and port, and that sshd runs "
+            "there and is reachable from the jump host" % (jump, to, reason))
+
+
 class AuthenticationError(RemoteProcessError):
     """The SSH server refused every credential that was offered."""
 

@@ -216,6 +216,21 @@ def test_what_ssh_says_when_turned_away_and_when_the_jump_cannot_forward():
         assert ("MaxStartups" in str(error)) is turned_away, str(error)
 
 
+def test_a_jump_host_that_cannot_reach_the_target_is_named_with_the_targets_address():
+    """``channel 0: open failed: connect failed: Connection refused`` is the jump host's answer for
+    the target's port: it once read ``at the jump host (bob@bast): nothing listens on that port``,
+    which sends the user to check the jump host's own sshd."""
+    said = ("channel 0: open failed: connect failed: Connection refused\r\n"
+            "stdio forwarding failed\r\n"
+            "kex_exchange_identification: Connection closed by remote host\r\n"
+            "Connection closed by UNKNOWN port 65535")
+    error = str(openssh.failure(_target(proxy_jump="bob@bast", ssh_config=False), 255, said))
+    assert "the jump host (bob@bast) could not connect to node1:22: connect failed: Connection refused" in error, error
+    assert "nothing listens" not in error
+    error = str(openssh.failure(_target(proxy_jump="bob@bast,gw", ssh_config=False), 255, said))
+    assert "(one of bob@bast,gw) could not connect to the next hop on the way to node1:22" in error, error
+
+
 @pytest.mark.parametrize("said, kind, advice", SSH_WORDS)
 def test_ssh_failures_become_typed_errors(said, kind, advice):
     exc = openssh.failure(_target(), 255, said)

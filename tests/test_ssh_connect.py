@@ -339,7 +339,7 @@ def test_a_jump_host_that_cannot_reach_the_target_says_so(server):
     port = free_port()
     text = connect_error(spec(port), dict(options(server, proxy_jump=spec(server.port)), port=None))
     assert "the jump host %s could not connect to %s:%d: " % (spec(server.port), HOST, port) in text
-    assert "Connect failed. Check the address and that sshd runs there." in text
+    assert "Connect failed. Fix: check the address and port, and that sshd runs there and is reachable" in text
     assert eventually(lambda: sessions(server) == 0, 15)
 
 

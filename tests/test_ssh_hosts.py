@@ -403,6 +403,36 @@ def test_jump_host_that_cannot_reach_the_target(netns, ns_options):
     assert pool.count() == 0 and pool._entries == {}
 
 
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+def test_a_jump_host_that_may_not_forward_says_so_and_names_its_sshd_rules(sshd, tmp_path, transport):
+    """A jump host whose sshd refuses to forward (here a ``restrict`` key in its authorized_keys; as
+    well ``AllowTcpForwarding no`` or ``PermitOpen``) is no matter of the target's address or sshd,
+    which the message used to send the user to check; with openssh its words were ``ssh failed``, or
+    for a refused connection ``nothing listens on that port``, read as the jump host's own port."""
+    me = sshd.users[0]
+    key = keygen(tmp_path / "restricted")
+    keys = os.path.join(sshd.workdir, "authorized_keys", me)
+    with open(keys) as f:
+        before = f.read()
+    with open(key + ".pub") as f:
+        restricted = "restrict " + f.read()
+    try:
+        with open(keys, "w") as f:
+            f.write(restricted + before)
+        target = "%s@127.0.0.9:2299" % me           # never reached: the jump host refuses first
+        p = RemoteProcess(target, target=os.getpid, proxy_jump=sshd.spec(), key_filename=key, ssh_config=False,
+                          known_hosts=sshd.known_hosts, allow_agent=False, look_for_keys=False, transport=transport)
+        with pytest.raises(remoteproc.ConnectError) as info:
+            p.start()
+    finally:
+        with open(keys, "w") as f:
+            f.write(before)
+    message = str(info.value)
+    assert message.startswith(target), message
+    assert "refused to forward to 127.0.0.9:2299" in message and "AllowTcpForwarding" in message, message
+    assert "sshd runs there" not in message and "nothing listens" not in message, message
+
+
 def test_a_failure_at_the_jump_host_says_so_and_names_the_target(netns, ns_options):
     """The jump's own message names only the jump: the error says where it happened and for
     which host, whether the jump comes from the pool or from a direct connect()."""

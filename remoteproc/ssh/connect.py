@@ -9,7 +9,7 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..errors import TURNED_AWAY, TURNED_AWAY_FIX, ConnectError, RemoteProcessError, describe
+from ..errors import TURNED_AWAY, TURNED_AWAY_FIX, ConnectError, RemoteProcessError, describe, jump_open_failed
 from .auth import authenticate
 from .hostkeys import check_host_key, prefer_known_types, read_known_hosts
 from .target import Target, config_read
@@ -250,9 +250,8 @@ def _jump_channel(target: Target, jump: SSHConnection) -> Any:
         return jump.transport.open_channel("direct-tcpip", (target.hostname, target.port),
                                            ("127.0.0.1", 0), timeout=target.connect_timeout)
     except paramiko.ChannelException as exc:
-        raise ConnectError("%s: the jump host %s could not connect to %s:%d: %s. Check the address "
-                           "and that sshd runs there." % (target.display, jump.target.display,
-                                                          target.hostname, target.port, exc.text),
+        to = "%s:%d" % (target.hostname, target.port)
+        raise ConnectError("%s: %s." % (target.display, jump_open_failed(jump.target.display, to, exc.text)),
                            target.display) from None
     except (paramiko.SSHException, EOFError, OSError) as exc:
         raise ConnectError("%s: the jump host %s could not connect to %s:%d within %gs: %s" % (

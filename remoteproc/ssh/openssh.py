@@ -42,6 +42,7 @@ from ..errors import (
     ConnectError,
     HostKeyError,
     RemoteProcessError,
+    jump_open_failed,
 )
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
 from .target import MAX_JUMPS, Target, config_read, python_option, setup_option
@@ -553,6 +554,8 @@ _TURNED_AWAY = re.compile(r"(kex|ssh)_exchange_identification: (read: )?Connecti
                           r"by peer)", re.I)
 #: ... and what it says first when the jump host's ``ssh -W`` could not reach the next hop (not that)
 _FORWARD_FAILED = re.compile(r"open failed|forwarding failed", re.I)
+#: the jump host's sshd's answer when it did not open the way on (``channel 0: open failed: REASON``)
+_OPEN_FAILED = re.compile(r"open failed: (.*?)\s*$", re.I | re.M)
 
 
 def failure(target: Target, status: Optional[int], said: str) -> Optional[RemoteProcessError]:
@@ -577,6 +580,16 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
     words += _home_hint(target.options)
     config = config_read(target.options)
     config = "" if config is None else ", or its HostName in %s" % config
+    opened = _OPEN_FAILED.search(head) if at_jump else None
+    if opened is not None:
+        # a jump host could not reach the next hop: its words, not ssh's ("Connection refused"
+        # would read as the jump host's own port)
+        hops = target.proxy_jump
+        to = "%s:%d" % (target.hostname, target.port)
+        jump, to = (hops[0], to) if len(hops) == 1 else (",".join(hops), "the next hop on the way to " + to)
+        return ConnectError("%s (transport='openssh'): %s: %s" % (
+            display, jump_open_failed("(%s)" % jump if len(hops) == 1 else "(one of %s)" % jump, to,
+                                      opened.group(1).rstrip(".")), words), display)
     unprotected = _UNPROTECTED.findall(head)
     if unprotected and _DENIED.search(head):
         keys = list(dict.fromkeys(unprotected))
