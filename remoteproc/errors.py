@@ -40,6 +40,15 @@ TURNED_AWAY = ("sshd closes a connection at once when more connections than its 
 TURNED_AWAY_FIX = "Fix: raise MaxStartups in that host's sshd_config, or start fewer connections at once"
 
 
+def jump_lost(jump: str, said: str = "") -> str:
+    """Why a connection through a jump host was lost when the jump host's own connection went
+    first (its sshd ended or restarted, or the network to it failed), and the fix: the jump host,
+    not the target, is what to check; every process on a host behind it ends with it."""
+    return ("the connection to the jump host %s closed%s (its sshd ended or restarted, or the network to it "
+            "failed); every process on a host behind it ended with it. Check the jump host"
+            % (jump, " (%s)" % said if said else ""))
+
+
 def jump_open_failed(jump: str, to: str, reason: str) -> str:
     """Why a jump host did not open the way to the next hop (its sshd's answer to our forwarding
     request, ``reason``), and the fix: a refusal by its own sshd's rules is no matter of the target."""

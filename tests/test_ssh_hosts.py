@@ -11,8 +11,10 @@ uses (h2:2222, h3:2222, h4) or settings of its own (a known_hosts file of its ow
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -431,6 +433,29 @@ def test_a_jump_host_that_may_not_forward_says_so_and_names_its_sshd_rules(sshd,
     assert message.startswith(target), message
     assert "refused to forward to 127.0.0.9:2299" in message and "AllowTcpForwarding" in message, message
     assert "sshd runs there" not in message and "nothing listens" not in message, message
+
+
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+def test_a_lost_jump_host_is_named_as_the_cause(netns, ns_options, fresh, transport):
+    """The jump host's sshd gone: the process behind it ends with an error that names the jump
+    host as what to check; it said ``the SSH connection closed`` (paramiko) or ssh's last words,
+    ``client_loop: send disconnect: Broken pipe`` (openssh), as if the target had gone."""
+    h1, h2 = netns.hosts["h1"], netns.hosts["h2"]
+    parent, child = Pipe()
+    p = RemoteProcess(h2.spec(PLAIN_USER, 2222), target=sleeper, args=(child,), proxy_jump=h1.spec(PLAIN_USER),
+                      transport=transport, **ns_options)
+    p.start()
+    assert parent.poll(20)
+    parent.recv()
+    for pid in descendants(h1.proc.pid):        # the jump host's sessions (a fresh relay: only ours)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    p.join(20)
+    assert p.exitcode == remoteproc.CONNECTION_LOST
+    message = str(p.connection_error)
+    assert message.startswith(h2.spec(PLAIN_USER, 2222)), message
+    assert "the connection to the jump host" in message and "Check the jump host" in message, message
+    assert h1.address in message or "(%s)" % h1.spec(PLAIN_USER) in message, message
 
 
 def test_a_failure_at_the_jump_host_says_so_and_names_the_target(netns, ns_options):

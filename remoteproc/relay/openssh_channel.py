@@ -13,15 +13,19 @@ from __future__ import annotations
 import fcntl
 import logging
 import os
+import re
 import subprocess
 import threading
 import time
 from typing import Callable, Optional
 
-from ..errors import RemoteProcessError
+from ..errors import RemoteProcessError, jump_lost
 from ..ssh import openssh
 from ..ssh.target import Target
 from .channel import AgentChannel, AgentOpener, ChannelLost
+
+#: what ``ssh`` says when it lost its connection to the server it names
+_LOST_AT = re.compile(r"^(?:Connection to (\S+) closed|Timeout, server (\S+) not responding)")
 
 log = logging.getLogger("remoteproc")
 
@@ -155,11 +159,27 @@ class OpenSSHChannel(AgentChannel):
             return "the ssh process (pid %d) was killed by signal %d" % (self.proc.pid, -code)
         if code == 255:
             last = self.said().splitlines()
+            jump = self._jump_lost(last)
+            if jump is not None:
+                return jump
             if last:
                 return "ssh lost the connection (%s)" % last[-1]
             # ssh says nothing when the remote command dies by a signal (it exits 255 then)
             return "the remote agent's channel closed (agent killed?), ssh exited with status 255"
         return "the remote agent exited with status %d" % code
+
+    def _jump_lost(self, lines: list[str]) -> Optional[str]:
+        """Through jump hosts, a jump's ``ssh -W`` that lost its own connection says so first
+        (``Connection to BASTION closed by remote host.``, ``Timeout, server BASTION not
+        responding.``) before ssh's last words (``client_loop: send disconnect: Broken pipe``),
+        which alone blamed the target."""
+        if not self.target.proxy_jump:
+            return None
+        for line in lines:
+            found = _LOST_AT.search(line)
+            if found and (found.group(1) or found.group(2)).strip("[]") != self.target.hostname:
+                return jump_lost("(%s)" % ",".join(self.target.proxy_jump), line.strip())
+        return None
 
     def details(self) -> str:
         return "through ssh (pid %d), started in %.0f ms" % (self.proc.pid, self.start_ms)

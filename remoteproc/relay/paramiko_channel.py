@@ -29,7 +29,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
-from ..errors import BootstrapError, describe
+from ..errors import BootstrapError, describe, jump_lost
 from ..ssh.auth import forward_agent
 from ..ssh.pool import ConnectionPool
 from ..ssh.target import Target
@@ -48,6 +48,18 @@ class _WakingCondition(threading.Condition):
     def notify_all(self) -> None:
         super().notify_all()
         self._wake()
+
+
+def lost_jump(conn: Any) -> Any:
+    """The jump host connection of ``conn``'s route that closed, the one nearest to us (where a
+    chain broke first), or None: a connection through a jump host ends when the jump's does."""
+    found = None
+    jump = getattr(conn, "jump", None)
+    while jump is not None:
+        if not jump.active:
+            found = jump
+        jump = jump.jump
+    return found
 
 
 def _send_failed(exc: BaseException) -> str:
@@ -219,6 +231,9 @@ class ParamikoChannel(AgentChannel):
             return "the remote agent exited with status %d" % status
         if self.conn.transport.is_active():
             return "the remote agent's channel closed (agent killed?)"
+        jump = lost_jump(self.conn)
+        if jump is not None:
+            return jump_lost(jump.target.display)
         return "the SSH connection closed"
 
     def details(self) -> str:
