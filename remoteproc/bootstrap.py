@@ -582,6 +582,12 @@ _MUX_REFUSED = re.compile(rb"^[^\n]*session request failed: Session open refused
                           rb"(ControlSocket [^\n]* already exists, disabling multiplexing\r?\n?)?", re.M)
 
 
+#: what ``ssh`` says (with ``ControlMaster auto``, for the host or a jump host's ``ssh -W``) when
+#: another ``ssh`` made the master's socket first, at the same moment (a Pool's hosts behind one
+#: bastion): it goes on with a connection of its own, as it does past MaxSessions
+_MUX_RACE = re.compile(rb"^ControlSocket [^\n]* already exists, disabling multiplexing\r?\n?", re.M)
+
+
 def _quiet(err: bytes, display: str) -> bytes:
     """stderr before the hello, without what is expected there: a restricted shell refusing our exec,
     the candidates of a python= list that were passed over, ``ssh`` going on without the master
@@ -594,6 +600,10 @@ def _quiet(err: bytes, display: str) -> bytes:
         log.info("%s: the ControlMaster connection had no session left for this agent (sshd's MaxSessions, 10 by "
                  "default): ssh made a connection of its own", display)
         err = _MUX_REFUSED.sub(b"", err)
+    if _MUX_RACE.search(err):
+        log.info("%s: another ssh was making the ControlMaster connection at the same moment: ssh made a "
+                 "connection of its own", display)
+        err = _MUX_RACE.sub(b"", err)
     return err
 
 

@@ -593,3 +593,17 @@ def test_a_live_connection_s_resolution_is_reused(sshd, tmp_path, transport):
     finally:
         first.terminate()
         first.join(30)
+
+
+def test_a_control_master_made_by_another_ssh_at_the_same_moment_is_no_warning(caplog):
+    """Seen with a Pool over 8 hosts behind a bastion with ``ControlMaster auto`` and
+    ``ControlPersist`` in the user's config: hosts' ``ssh -W`` start at once, and those that find the
+    master's socket being made say ``ControlSocket ... already exists, disabling multiplexing`` and
+    go on with a connection of their own, which the user saw as a warning of the relay."""
+    from remoteproc import bootstrap
+
+    said = b"ControlSocket /home/u/.ssh/cm-03476e4b713e already exists, disabling multiplexing\r\nother words\n"
+    with caplog.at_level(logging.INFO, logger="remoteproc"):
+        left = bootstrap._quiet(said, "node5 (u@10.0.0.5 via bastion)")
+    assert left == b"other words\n"
+    assert any(r.levelno == logging.INFO and "ControlMaster" in r.getMessage() for r in caplog.records)
