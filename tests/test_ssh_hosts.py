@@ -458,6 +458,38 @@ def test_a_lost_jump_host_is_named_as_the_cause(netns, ns_options, fresh, transp
     assert h1.address in message or "(%s)" % h1.spec(PLAIN_USER) in message, message
 
 
+def test_hosts_behind_a_jump_host_that_does_not_answer_fail_together(netns, ns_options):
+    """Eight hosts behind one unreachable jump host, started at once: each waited for the shared jump
+    connection being tried, then tried it again itself, so the last failed after 8 x the connect
+    timeout (24.7 s for a Pool of eight through a bastion whose link was down, 3 s each); those
+    waiting now take that attempt's error."""
+    import threading
+
+    jump = "%s@%s" % (PLAIN_USER, netns.unused_address)
+    targets = [h.spec(PLAIN_USER, port) for h in netns.hosts.values() for port in (22, 2222)]
+    errors: dict[str, BaseException] = {}
+
+    def start(spec):
+        p = RemoteProcess(spec, target=os.getpid, **dict(ns_options, proxy_jump=jump, connect_timeout=1))
+        try:
+            p.start()
+        except remoteproc.RemoteProcessError as exc:
+            errors[spec] = exc
+
+    t0 = time.monotonic()
+    threads = [threading.Thread(target=start, args=(spec,)) for spec in targets]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    took = time.monotonic() - t0
+    assert sorted(errors) == sorted(targets)
+    for spec, exc in errors.items():
+        assert isinstance(exc, remoteproc.ConnectError), exc
+        assert str(exc).startswith(spec) and "at the jump host" in str(exc) and netns.unused_address in str(exc), exc
+    assert took < 0.5 * len(targets), "%d hosts behind the jump host failed in %.1fs" % (len(targets), took)
+
+
 def test_a_failure_at_the_jump_host_says_so_and_names_the_target(netns, ns_options):
     """The jump's own message names only the jump: the error says where it happened and for
     which host, whether the jump comes from the pool or from a direct connect()."""

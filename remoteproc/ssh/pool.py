@@ -8,20 +8,25 @@ credentials and route (``relay/paramiko_channel.py`` decides when).
 
 from __future__ import annotations
 
+import copy
 import threading
 from typing import Any
 
+from ..errors import RemoteProcessError
 from .connect import SSHConnection, connect, open_jump
 from .target import Target
 
 
 class _Entry:
-    __slots__ = ("lock", "conn", "refs")
+    __slots__ = ("lock", "conn", "refs", "attempts", "failure")
 
     def __init__(self) -> None:
         self.lock = threading.Lock()
         self.conn: SSHConnection | None = None
         self.refs = 0
+        #: connection attempts ended, and the last one's error (None: it succeeded)
+        self.attempts = 0
+        self.failure: RemoteProcessError | None = None
 
 
 class ConnectionPool:
@@ -45,14 +50,28 @@ class ConnectionPool:
             if entry is None:
                 entry = self._entries[key] = _Entry()
             entry.refs += 1
+            ended = entry.attempts
         try:
             with entry.lock:
                 conn = entry.conn
                 if conn is None or not conn.active:
+                    if entry.attempts != ended and entry.failure is not None:
+                        # An attempt that ended while we waited for it failed: that is our answer
+                        # too.  Trying again ourselves, one waiter after another, made eight hosts
+                        # behind a bastion that does not answer fail in 8 x connect_timeout.
+                        raise copy.copy(entry.failure)
                     entry.conn = None
                     if conn is not None:
                         self._close(conn)
-                    conn = entry.conn = self._open(target)
+                    try:
+                        conn = entry.conn = self._open(target)
+                    except RemoteProcessError as exc:
+                        entry.failure = exc
+                        raise
+                    else:
+                        entry.failure = None
+                    finally:
+                        entry.attempts += 1
                     conn.slot = slot
                 return conn
         except BaseException:
