@@ -8,6 +8,7 @@ copy), because processes with equal settings share one ``ssh`` process.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -238,3 +239,48 @@ def test_cli_run_with_transport_openssh(netns, scripts):
     assert out.returncode == 0, out.stderr
     assert "on %s" % h2.address in out.stdout.splitlines()
     assert '"hello"' in out.stdout
+
+
+def test_ending_while_hosts_behind_a_silent_jump_host_connect_is_prompt_and_leaves_no_ssh(sshd, fresh):
+    """The program ends (Ctrl-C, or its exit) while four hosts behind a jump host that takes the TCP
+    connection but never says a word are still connecting: each ``ssh``'s close waited its own grace,
+    one after another (a Pool of eight through a black-holed bastion exited 9.7 s after Ctrl-C), and the
+    ``ssh -W`` each ran for the jump host stayed after the program, until its 30 s connect timeout."""
+    import socket
+    import threading
+
+    me = sshd.users[0]
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    jump = "%s@127.0.0.1:%d" % (me, silent.getsockname()[1])
+    targets = ["%s@127.0.0.%d" % (me, i) for i in range(2, 6)]
+    options = dict(sshd.options(), port=None, proxy_jump=jump, transport="openssh", ssh_config=False)
+
+    def start_one(spec):
+        with contextlib.suppress(remoteproc.RemoteProcessError):
+            RemoteProcess(spec, target=os.getpid, **options).start()
+
+    def forwarders():
+        found = []
+        for pid in filter(str.isdigit, os.listdir("/proc")):
+            line = cmdline(int(pid))
+            if " -W " in line and any("127.0.0.%d]:22" % i in line or " 127.0.0.%d:22" % i in line
+                                      for i in range(2, 6)):
+                found.append(int(pid))
+        return found
+
+    threads = [threading.Thread(target=start_one, args=(spec,), daemon=True) for spec in targets]
+    try:
+        for t in threads:
+            t.start()
+        assert eventually(lambda: len(forwarders()) == len(targets), 15), forwarders()
+        t0 = time.monotonic()
+        relay_client.shutdown()
+        took = time.monotonic() - t0
+        for t in threads:
+            t.join(15)
+        assert took < 3.0, "the relay took %.1fs to end" % took
+        assert eventually(lambda: not forwarders(), 3), "ssh -W left: %s" % forwarders()
+    finally:
+        silent.close()

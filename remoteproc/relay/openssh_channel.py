@@ -14,6 +14,7 @@ import fcntl
 import logging
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -54,7 +55,7 @@ def _prepare(fd: int) -> int:
 class OpenSSHChannel(AgentChannel):
     """An ``ssh`` child process running the agent's command."""
 
-    def __init__(self, proc: subprocess.Popen, target: Target, start_ms: float) -> None:
+    def __init__(self, proc: subprocess.Popen, target: Target, start_ms: float, own_group: bool = False) -> None:
         self.proc = proc
         self.target = target
         self.display = target.display
@@ -70,6 +71,8 @@ class OpenSSHChannel(AgentChannel):
         self._said = bytearray()            # all of it (the last 64 KiB), for the failure's words
         self._err_lock = threading.Lock()
         self._closed = False
+        #: ssh was started in a session of its own (no prompts), so its process group is its own
+        self.own_group = own_group
         self._reader = threading.Thread(target=self._read_stderr, name="remoteproc-ssh-stderr", daemon=True)
         self._reader.start()
 
@@ -168,6 +171,18 @@ class OpenSSHChannel(AgentChannel):
             return "the remote agent's channel closed (agent killed?), ssh exited with status 255"
         return "the remote agent exited with status %d" % code
 
+    def _terminate(self) -> None:
+        """SIGTERM ssh and, when it runs in a session of its own, its process group: an ``ssh`` still
+        connecting dies at once, leaving the ``ssh -W`` of its jump hosts (or its ProxyCommand)
+        running until their own connect timeout, after the program's end."""
+        if self.own_group:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+                return
+            except OSError:
+                pass
+        self.proc.terminate()
+
     def _jump_lost(self, lines: list[str]) -> Optional[str]:
         """Through jump hosts, a jump's ``ssh -W`` that lost its own connection says so first
         (``Connection to BASTION closed by remote host.``, ``Timeout, server BASTION not
@@ -184,19 +199,23 @@ class OpenSSHChannel(AgentChannel):
     def details(self) -> str:
         return "through ssh (pid %d), started in %.0f ms" % (self.proc.pid, self.start_ms)
 
-    def close(self) -> None:
+    def close_input(self) -> None:
+        """Close ssh's input: the agent sees its channel close and cleans up, and ssh then ends."""
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.close()
+        except OSError:
+            pass
+
+    def close(self, grace: float = CLOSE_GRACE) -> None:
         if self._closed:
             return
         self._closed = True
-        assert self.proc.stdin is not None
+        self.close_input()
         try:
-            self.proc.stdin.close()     # the agent sees its channel close and cleans up
-        except OSError:
-            pass
-        try:
-            self.proc.wait(CLOSE_GRACE)
+            self.proc.wait(grace)
         except subprocess.TimeoutExpired:
-            self.proc.terminate()
+            self._terminate()
             try:
                 self.proc.wait(5.0)
             except subprocess.TimeoutExpired:
@@ -226,7 +245,7 @@ class OpenSSHOpener(AgentOpener):
         except OSError as exc:      # (gone since ssh_binary() found it, or not a program: ENOEXEC)
             raise openssh.cannot_run(target.display, argv[0], exc) from None
         log.debug("%s: ssh started (pid %d): %s", target.display, proc.pid, " ".join(argv[:-1]))
-        chan = OpenSSHChannel(proc, target, (time.monotonic() - t0) * 1e3)
+        chan = OpenSSHChannel(proc, target, (time.monotonic() - t0) * 1e3, own_group=not prompt)
         with self.lock:
             self.channels = [c for c in self.channels if not c._closed] + [chan]
         return chan
@@ -234,6 +253,12 @@ class OpenSSHOpener(AgentOpener):
     def close(self) -> None:
         with self.lock:
             channels, self.channels = self.channels, []
+        # Every ssh's input closes first, then each gets what is left of one grace period: one after
+        # another, eight hosts behind a bastion that did not answer took 8 x CLOSE_GRACE to end (a
+        # program interrupted with Ctrl-C while connecting exited 9.7 s later)
         for chan in channels:
-            chan.close()
+            chan.close_input()
+        deadline = time.monotonic() + CLOSE_GRACE
+        for chan in channels:
+            chan.close(max(0.0, deadline - time.monotonic()))
         openssh.remove_configs()
