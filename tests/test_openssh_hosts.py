@@ -284,3 +284,26 @@ def test_ending_while_hosts_behind_a_silent_jump_host_connect_is_prompt_and_leav
         assert eventually(lambda: not forwarders(), 3), "ssh -W left: %s" % forwarders()
     finally:
         silent.close()
+
+
+def test_a_jump_host_that_never_answers_is_named_not_the_host_behind_it(sshd):
+    """ssh's own connect timeout runs out first, waiting for a banner through the jump host's
+    ``ssh -W`` (``Connection to UNKNOWN port 65535 timed out``): that read ``the connection timed
+    out. Fix: check that the host is up``, naming neither the jump host nor a command to check it."""
+    import socket
+
+    me = sshd.users[0]
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    try:
+        jump = "%s@127.0.0.1:%d" % (me, silent.getsockname()[1])
+        p = RemoteProcess("%s@127.0.0.2" % me, target=os.getpid, **dict(
+            sshd.options(), port=None, proxy_jump=jump, transport="openssh", ssh_config=False, connect_timeout=2))
+        with pytest.raises(remoteproc.ConnectError) as info:
+            p.start()
+    finally:
+        silent.close()
+    message = str(info.value)
+    assert "no SSH banner came through the jump host" in message, message
+    assert "@127.0.0.1` logs in" in message, message

@@ -554,6 +554,8 @@ _TURNED_AWAY = re.compile(r"(kex|ssh)_exchange_identification: (read: )?Connecti
                           r"by peer)", re.I)
 #: ... and what it says first when the jump host's ``ssh -W`` could not reach the next hop (not that)
 _FORWARD_FAILED = re.compile(r"open failed|forwarding failed", re.I)
+#: what ssh says when no banner came through its ProxyCommand (the jump hosts' ``ssh -W``) in time
+_PROXY_SILENT = re.compile(r"Connection to UNKNOWN port 65535 timed out", re.I)
 #: the jump host's sshd's answer when it did not open the way on (``channel 0: open failed: REASON``)
 _OPEN_FAILED = re.compile(r"open failed: (.*?)\s*$", re.I | re.M)
 
@@ -580,6 +582,18 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
     words += _home_hint(target.options)
     config = config_read(target.options)
     config = "" if config is None else ", or its HostName in %s" % config
+    if target.proxy_jump and _PROXY_SILENT.search(said):
+        # ssh's own timeout ran out waiting for a banner through the jump hosts' ``ssh -W``: their
+        # connect timeout is no shorter, so ssh's comes first and names no host ("UNKNOWN port
+        # 65535" is the ``ssh -W``); it read as the target's fault, while most often the jump host
+        # is the one that does not answer
+        hops = target.proxy_jump
+        ssh = "`, then `".join(user_command(target, hop, hops[:i]) for i, hop in enumerate(hops))
+        return ConnectError(
+            "%s (transport='openssh'): no SSH banner came through the jump host (%s) within the connect timeout: "
+            "the jump host does not answer, or the host behind it does not. Fix: check that `%s` logs in "
+            "(ssh -v shows where it stops), then the host, or raise connect_timeout: %s"
+            % (display, ",".join(hops), ssh, words), display)
     opened = _OPEN_FAILED.search(head) if at_jump else None
     if opened is not None:
         # a jump host could not reach the next hop: its words, not ssh's ("Connection refused"
