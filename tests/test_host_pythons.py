@@ -805,3 +805,38 @@ def test_a_module_newer_than_the_hosts_python_is_explained(host_pythons, plain_u
         executor = [x for x in proc.stdout.splitlines() if x.startswith("executor ")]
         assert executor and "BrokenProcessPool" in executor[0] and said in executor[0] and top in executor[0], \
             proc.stdout
+
+
+UNGUARDED_START = '''
+import json, sys
+from remoteproc import RemoteProcess
+
+
+def work():
+    pass
+
+
+host, opts = json.loads(sys.argv[1])          # (no if __name__ == "__main__": the child runs this too)
+p = RemoteProcess(host, target=work, **opts)
+p.start()
+p.join(60)
+print("exitcode", p.exitcode)
+'''
+
+
+def test_a_script_that_starts_processes_without_a_main_guard_is_explained(host_pythons, plain_user_host,
+                                                                         plain_user_options, scripts):
+    """multiprocessing's spawn says "An attempt has been made to start a new process before ... use
+    if __name__ == '__main__'" for a script that starts processes at its top level. Spawn mode said
+    "its top level failed here. Fix: keep the script's top level to what Python 3.9.18 runs", which
+    sends the user after a version problem there is not. Now the line names the missing guard."""
+    wrapper, full = host_pythons.get("3.9")
+    path = scripts("hp_unguarded_start.py", UNGUARDED_START)
+    options = dict(plain_user_options, python=wrapper)
+    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options])], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    assert "exitcode 1" in proc.stdout, proc.stderr
+    line = [x for x in proc.stderr.splitlines() if "this host runs" in x]
+    assert line and plain_user_host in line[0] and path in line[0], proc.stderr
+    assert 'no `if __name__ == "__main__":`' in line[0] and "Fix: put the code that starts processes" in line[0]
+    assert "what Python %s runs" % full not in line[0]

@@ -22,6 +22,10 @@ _imported: list = []      # the user's main module, once imported here
 USER_PYTHON = None
 
 
+class StandInUsed(RuntimeError):
+    """A stand-in of remoteproc used in a spawn-mode child (``_script_failed`` tells it apart)."""
+
+
 class StandIn:
     """What ``from remoteproc import X`` gives a spawn-mode child: a name that exists.
 
@@ -30,7 +34,7 @@ class StandIn:
     """
 
     def __init__(self, *args, **kwargs):
-        raise RuntimeError("remoteproc.%s cannot be used inside a remote process that runs another Python "
+        raise StandInUsed("remoteproc.%s cannot be used inside a remote process that runs another Python "
                            "version than the caller's (spawn mode): start remote processes from the "
                            "caller's side" % type(self).__name__)
 
@@ -136,6 +140,15 @@ def _script_failed(main, exc):
     module = module_failed(exc, main.get("path"))
     if module is not None:      # (the script compiled: a module it imports did not)
         return module
+    if isinstance(exc, StandInUsed):
+        # (a script without ``if __name__ == "__main__":`` starts processes at its top level; under
+        # multiprocessing's spawn that is its "bootstrapping phase" RuntimeError)
+        return ("this host runs %s, not %s as you do (spawn mode): the child imports your script %s first, as "
+                "multiprocessing's spawn does, and its top level starts remote processes itself: the script has "
+                "no `if __name__ == \"__main__\":` around that code. Fix: put the code that starts processes "
+                "under `if __name__ == \"__main__\":` (as multiprocessing requires with spawn), or pass python= "
+                "with a Python like yours on the host (then the script's top level does not run there; "
+                "docs/python-versions.md)" % (ours, main.get("python") or "the same", main.get("path")))
     if isinstance(exc, SyntaxError):
         what = "cannot compile it: its syntax is newer (match needs 3.10, except* 3.11, type statements 3.12)"
         keep = "keep the script to the syntax of %s (newer code can go into a module the target does not import)" % ours
