@@ -572,6 +572,9 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("newer,said", [
     ("def kind(x):\n    match x:\n        case 1:\n            return 1", "cannot compile it: its syntax is newer"),
     ("Maybe = int | None", "its top level failed here"),
+    # (an import the host cannot satisfy: the line said "keep the script's top level to what 3.9 runs"
+    # beside the ImportError's own fix; now it names the import and points at that fix)
+    ("import tomllib", "its top level's import of 'tomllib' failed here (above: why). Fix: install it on the host"),
 ])
 def test_a_script_newer_than_the_hosts_python_is_explained(host_pythons, plain_user_host, plain_user_options,
                                                           scripts, newer, said):

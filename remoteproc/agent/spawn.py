@@ -152,6 +152,11 @@ def _script_failed(main, exc):
     if isinstance(exc, SyntaxError):
         what = "cannot compile it: its syntax is newer (match needs 3.10, except* 3.11, type statements 3.12)"
         keep = "keep the script to the syntax of %s (newer code can go into a module the target does not import)" % ours
+    elif isinstance(exc, ImportError):
+        # (the error above says what is missing and, for a package of the user's, how to install it)
+        what = "its top level's import of %r failed here (above: why)" % (exc.name or "a module")
+        keep = ("install it on the host for %s as the error above says, or move that import under "
+                "`if __name__ == \"__main__\":` or into the functions that use it" % ours)
     else:
         what = "its top level failed here"
         keep = "keep the script's top level to what %s runs" % ours
