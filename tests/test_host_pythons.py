@@ -575,6 +575,11 @@ if __name__ == "__main__":
     # (an import the host cannot satisfy: the line said "keep the script's top level to what 3.9 runs"
     # beside the ImportError's own fix; now it names the import and points at that fix)
     ("import tomllib", "its top level's import of 'tomllib' failed here (above: why). Fix: install it on the host"),
+    # (a file of the user's machine, read at the script's top: "keep the script's top level to what 3.9
+    # runs" sent the user after versions; the top level runs on the host, and that is what to change)
+    ("CONFIG = open('/nonexistent/hp_config.json').read() if __name__ == '__mp_main__' else ''",
+     "where it runs as in every spawn child (FileNotFoundError: [Errno 2] No such file or directory: "
+     "'/nonexistent/hp_config.json'). Fix: move what needs your machine"),
 ])
 def test_a_script_newer_than_the_hosts_python_is_explained(host_pythons, plain_user_host, plain_user_options,
                                                           scripts, newer, said):

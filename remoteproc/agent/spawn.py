@@ -157,9 +157,15 @@ def _script_failed(main, exc):
         what = "its top level's import of %r failed here (above: why)" % (exc.name or "a module")
         keep = ("install it on the host for %s as the error above says, or move that import under "
                 "`if __name__ == \"__main__\":` or into the functions that use it" % ours)
-    else:
+    elif isinstance(exc, (TypeError, AttributeError, NameError)):
         what = "its top level failed here"
         keep = "keep the script's top level to what %s runs" % ours
+    else:
+        # (not a matter of versions: a file of the user's machine that the top level opens, ...)
+        what = ("its top level failed here, on the host, where it runs as in every spawn child (%s: %s)"
+                % (type(exc).__name__, exc))
+        keep = ("move what needs your machine (its files, its devices, ...) under `if __name__ == "
+                "\"__main__\":` or into the functions that use it")
     return ("this host runs %s, not %s as you do (spawn mode): the child imports your script %s first, as "
             "multiprocessing's spawn does, and %s. Fix: %s, or pass python= with a Python like yours on the "
             "host (docs/python-versions.md)" % (ours, main.get("python") or "the same", main.get("path"), what, keep))
