@@ -168,11 +168,17 @@ def _not_importable(obj) -> str:
 
     module: str = getattr(obj, "__module__", None) or ""
     qualname: str = getattr(obj, "__qualname__", None) or getattr(obj, "__name__", None) or ""
-    if "<lambda>" in qualname:
-        return "a lambda"
-    if "<locals>" in qualname:
-        return "defined inside a function (a closure or local %s)" % ("class" if isinstance(obj, type) else "function")
     mod = sys.modules.get(module)
+    if "<lambda>" in qualname:
+        return "a lambda, which has no name to be imported by: write it as a def"
+    if "<locals>" in qualname:
+        # (a decorator that returns its own inner function: the module's name for it is not its name)
+        alias = next((k for k, v in list(vars(mod).items()) if v is obj), None) if mod is not None else None
+        if alias is not None and isinstance(obj, types.FunctionType):
+            return ("the inner function of a decorator (%s.%s is %s): decorate that inner function with "
+                    "functools.wraps(func) in the decorator, so that its name is the one it has in %s"
+                    % (module, alias, qualname, module))
+        return "defined inside a function (a closure or local %s)" % ("class" if isinstance(obj, type) else "function")
     if mod is None:
         return "its module %r is not importable" % module
     if module == "__main__" and not os.path.isfile(getattr(mod, "__file__", None) or ""):

@@ -62,3 +62,18 @@ def digest(conn, data):
     import hashlib
 
     conn.send((len(data), hashlib.sha256(data).hexdigest()))
+
+
+#: what a module has at its top level and still cannot go by reference (test_python_versions.py)
+module_lambda = lambda x: x  # noqa: E731
+
+
+def _plain_decorator(func):
+    def inner(*args):
+        return func(*args)
+    return inner
+
+
+@_plain_decorator
+def decorated(x):
+    return x

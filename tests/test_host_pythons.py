@@ -572,6 +572,14 @@ if __name__ == "__main__":
 @pytest.mark.parametrize("newer,said", [
     ("def kind(x):\n    match x:\n        case 1:\n            return 1", "cannot compile it: its syntax is newer"),
     ("Maybe = int | None", "its top level failed here"),
+    # (an import the host cannot satisfy: the line said "keep the script's top level to what 3.9 runs"
+    # beside the ImportError's own fix; now it names the import and points at that fix)
+    ("import tomllib", "its top level's import of 'tomllib' failed here (above: why). Fix: install it on the host"),
+    # (a file of the user's machine, read at the script's top: "keep the script's top level to what 3.9
+    # runs" sent the user after versions; the top level runs on the host, and that is what to change)
+    ("CONFIG = open('/nonexistent/hp_config.json').read() if __name__ == '__mp_main__' else ''",
+     "where it runs as in every spawn child (FileNotFoundError: [Errno 2] No such file or directory: "
+     "'/nonexistent/hp_config.json'). Fix: move what needs your machine"),
 ])
 def test_a_script_newer_than_the_hosts_python_is_explained(host_pythons, plain_user_host, plain_user_options,
                                                           scripts, newer, said):
@@ -746,3 +754,97 @@ def test_script_mode_on_an_account_whose_python3_is_3_13(account_313, scripts):
         assert job.exitcode == 3 and job._popen.mode == "spawn"
     finally:
         job.conn.close()
+
+
+NEWER_MODULE_SCRIPT = '''
+import json, sys
+from remoteproc import Executor, Pool, RemoteProcess
+if sys.argv[2] == "at the top":     # (the child gets this argv too: its import of the script imports it)
+    import hp_newer_syntax
+
+
+def work():
+    pass
+
+
+if __name__ == "__main__":
+    host, opts = json.loads(sys.argv[1])
+    import hp_newer_syntax, hp_newer_top
+    p = RemoteProcess(host, target=hp_newer_syntax.work if sys.argv[2] == "in main" else work, **opts)
+    p.start()
+    p.join(60)
+    print("exitcode", p.exitcode)
+    if sys.argv[2] == "in main":
+        with Pool([host], processes_per_host=1, **opts) as pool:
+            try:
+                pool.map(hp_newer_syntax.work, [1])
+            except SyntaxError as exc:
+                print("pool", exc)
+        with Executor([host], processes_per_host=1, **opts) as ex:
+            print("executor", repr(ex.submit(hp_newer_top.work).exception(60)))
+'''
+
+
+@pytest.mark.parametrize("where", ["in main", "at the top"])
+def test_a_module_newer_than_the_hosts_python_is_explained(host_pythons, plain_user_host, plain_user_options,
+                                                          scripts, where):
+    """A module of the user's (not the script) with 3.10 syntax, or a top level that needs 3.10, sent
+    to a 3.9 host: RemoteProcess printed only the bare SyntaxError, Pool raised ``invalid syntax
+    (hp_newer_syntax.py, line 2)``, Executor ``BrokenProcessPool: ... TypeError: unsupported operand
+    type(s) for |``, none saying that the host runs another Python nor what to do; imported at the
+    script's top, the line blamed the script ("cannot compile it"), which compiles. Now each names
+    the host, both versions, the module's path and the fix (agent/spawn.py, ``module_failed``)."""
+    wrapper, full = host_pythons.get("3.9")
+    syntax = scripts("hp_newer_syntax.py", "def work(x=0):\n    match x:\n        case 1:\n            return 1\n")
+    top = scripts("hp_newer_top.py", "Maybe = int | None\n\n\ndef work():\n    pass\n")
+    path = scripts("hp_newer_modules.py", NEWER_MODULE_SCRIPT)
+    options = dict(plain_user_options, python=wrapper)
+    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options]), where], capture_output=True,
+                          text=True, timeout=150, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    said = "this host runs Python %s, not Python %s as you do (spawn mode): the child imports your module" % (full,
+                                                                                                             OURS)
+    assert "exitcode 1" in proc.stdout, proc.stderr
+    line = [x for x in proc.stderr.splitlines() if said in x]
+    assert line and plain_user_host in line[0] and syntax in line[0] and "syntax is newer" in line[0], proc.stderr
+    assert "Fix:" in line[0] and "python=" in line[0] and "your script" not in proc.stderr
+    if where == "in main":
+        pool = [x for x in proc.stdout.splitlines() if x.startswith("pool ")]
+        assert pool and said in pool[0] and syntax in pool[0] and plain_user_host in pool[0], proc.stdout
+        executor = [x for x in proc.stdout.splitlines() if x.startswith("executor ")]
+        assert executor and "BrokenProcessPool" in executor[0] and said in executor[0] and top in executor[0], \
+            proc.stdout
+
+
+UNGUARDED_START = '''
+import json, sys
+from remoteproc import RemoteProcess
+
+
+def work():
+    pass
+
+
+host, opts = json.loads(sys.argv[1])          # (no if __name__ == "__main__": the child runs this too)
+p = RemoteProcess(host, target=work, **opts)
+p.start()
+p.join(60)
+print("exitcode", p.exitcode)
+'''
+
+
+def test_a_script_that_starts_processes_without_a_main_guard_is_explained(host_pythons, plain_user_host,
+                                                                         plain_user_options, scripts):
+    """multiprocessing's spawn says "An attempt has been made to start a new process before ... use
+    if __name__ == '__main__'" for a script that starts processes at its top level. Spawn mode said
+    "its top level failed here. Fix: keep the script's top level to what Python 3.9.18 runs", which
+    sends the user after a version problem there is not. Now the line names the missing guard."""
+    wrapper, full = host_pythons.get("3.9")
+    path = scripts("hp_unguarded_start.py", UNGUARDED_START)
+    options = dict(plain_user_options, python=wrapper)
+    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options])], capture_output=True,
+                          text=True, timeout=120, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    assert "exitcode 1" in proc.stdout, proc.stderr
+    line = [x for x in proc.stderr.splitlines() if "this host runs" in x]
+    assert line and plain_user_host in line[0] and path in line[0], proc.stderr
+    assert 'no `if __name__ == "__main__":`' in line[0] and "Fix: put the code that starts processes" in line[0]
+    assert "what Python %s runs" % full not in line[0]

@@ -314,8 +314,15 @@ def test_spawn_mode_refuses_what_cannot_cross_before_anything_starts(plain_user_
                           **plain_user_options)
     first.start()           # (the host's mode is known from here on)
     first.join(30)
+    # (a lambda at a module's top level is still a lambda, and a decorator's inner function is not
+    # found by the name the module gives it: the message said "define it at the top level" of both,
+    # where they were; now it says what to change: a def, functools.wraps)
     for target, args, what in [(lambda: 1, (), "<lambda>"), (closure, (None,), "closure"),
-                               (spawn_targets.square, (Local(),), "Local")]:
+                               (spawn_targets.square, (Local(),), "Local"),
+                               (spawn_targets.module_lambda, (1,), "write it as a def"),
+                               (spawn_targets.decorated, (1,), "spawn_targets.decorated is "
+                                "_plain_decorator.<locals>.inner): decorate that inner function with "
+                                "functools.wraps(func)")]:
         p = RemoteProcess(plain_user_host, target=target, args=args, python=pypy, **plain_user_options)
         with pytest.raises(PicklingError) as info:
             p.start()

@@ -901,7 +901,9 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
 
         sys.stderr.write("remoteproc: the remote child could not start:\n")
         traceback.print_exc()
-        hint = getattr(exc, "_remoteproc_hint", None) or _shadowed(exc)
+        from . import spawn
+
+        hint = getattr(exc, "_remoteproc_hint", None) or _shadowed(exc) or spawn.module_failed(exc)
         if hint:
             sys.stderr.write("remoteproc: %s: %s\n" % (host, hint))
         if limits.reached(exc):

@@ -18,6 +18,12 @@ import types
 #: True in a child that runs in spawn mode: its items (Queue, Pool results) go by reference
 ACTIVE = False
 _imported: list = []      # the user's main module, once imported here
+#: the user's Python ("cpython 3.11"), from the main script's record; None until known
+USER_PYTHON = None
+
+
+class StandInUsed(RuntimeError):
+    """A stand-in of remoteproc used in a spawn-mode child (``_script_failed`` tells it apart)."""
 
 
 class StandIn:
@@ -28,7 +34,7 @@ class StandIn:
     """
 
     def __init__(self, *args, **kwargs):
-        raise RuntimeError("remoteproc.%s cannot be used inside a remote process that runs another Python "
+        raise StandInUsed("remoteproc.%s cannot be used inside a remote process that runs another Python "
                            "version than the caller's (spawn mode): start remote processes from the "
                            "caller's side" % type(self).__name__)
 
@@ -95,6 +101,8 @@ def prepare(main):
     accept_newer_pickles()
     if main is None:
         return None
+    global USER_PYTHON
+    USER_PYTHON = main.get("python") or USER_PYTHON
     if main.get("argv"):
         sys.argv[:] = main["argv"]      # (as multiprocessing's spawn: the script may parse them)
     _install_stand_in(frozenset(main.get("names", ())))
@@ -128,18 +136,120 @@ def prepare(main):
 
 def _script_failed(main, exc):
     """What to tell the user whose script failed here, under another Python than theirs."""
-    ours = "Python %d.%d.%d" % sys.version_info[:3]
-    if sys.implementation.name != "cpython":
-        ours = "%s (%s)" % (ours, sys.implementation.name)
+    ours = _this_python()
+    module = module_failed(exc, main.get("path"))
+    if module is not None:      # (the script compiled: a module it imports did not)
+        return module
+    if isinstance(exc, StandInUsed):
+        # (a script without ``if __name__ == "__main__":`` starts processes at its top level; under
+        # multiprocessing's spawn that is its "bootstrapping phase" RuntimeError)
+        return ("this host runs %s, not %s as you do (spawn mode): the child imports your script %s first, as "
+                "multiprocessing's spawn does, and its top level starts remote processes itself: the script has "
+                "no `if __name__ == \"__main__\":` around that code. Fix: put the code that starts processes "
+                "under `if __name__ == \"__main__\":` (as multiprocessing requires with spawn), or pass python= "
+                "with a Python like yours on the host (then the script's top level does not run there; "
+                "docs/python-versions.md)" % (ours, main.get("python") or "the same", main.get("path")))
     if isinstance(exc, SyntaxError):
         what = "cannot compile it: its syntax is newer (match needs 3.10, except* 3.11, type statements 3.12)"
         keep = "keep the script to the syntax of %s (newer code can go into a module the target does not import)" % ours
-    else:
+    elif isinstance(exc, ImportError):
+        # (the error above says what is missing and, for a package of the user's, how to install it)
+        what = "its top level's import of %r failed here (above: why)" % (exc.name or "a module")
+        keep = ("install it on the host for %s as the error above says, or move that import under "
+                "`if __name__ == \"__main__\":` or into the functions that use it" % ours)
+    elif isinstance(exc, (TypeError, AttributeError, NameError)):
         what = "its top level failed here"
         keep = "keep the script's top level to what %s runs" % ours
+    else:
+        # (not a matter of versions: a file of the user's machine that the top level opens, ...)
+        what = ("its top level failed here, on the host, where it runs as in every spawn child (%s: %s)"
+                % (type(exc).__name__, exc))
+        keep = ("move what needs your machine (its files, its devices, ...) under `if __name__ == "
+                "\"__main__\":` or into the functions that use it")
     return ("this host runs %s, not %s as you do (spawn mode): the child imports your script %s first, as "
             "multiprocessing's spawn does, and %s. Fix: %s, or pass python= with a Python like yours on the "
             "host (docs/python-versions.md)" % (ours, main.get("python") or "the same", main.get("path"), what, keep))
+
+
+def _this_python():
+    ours = "Python %d.%d.%d" % sys.version_info[:3]
+    if sys.implementation.name != "cpython":
+        ours = "%s (%s)" % (ours, sys.implementation.name)
+    return ours
+
+
+def _hosts_own(path):
+    """True for a file of this host's Python (its standard library, its site-packages)."""
+    import os
+    import site
+
+    roots = {sys.prefix, sys.base_prefix, sys.exec_prefix, sys.base_exec_prefix}
+    try:
+        roots.update(site.getsitepackages())
+        roots.add(site.getusersitepackages())
+    except (AttributeError, OSError):
+        pass
+    real = os.path.realpath(path)
+    return any(r and (path.startswith(r + os.sep) or real.startswith(os.path.realpath(r) + os.sep))
+               for r in roots)
+
+
+def module_failed(exc, script=None):
+    """Why one of the user's modules failed to import in a spawn-mode child, or None.
+
+    A module of the user's that uses syntax newer than the host's Python (``match`` on 3.9),
+    or whose top level needs a newer Python (``int | None`` on 3.9), failed with the bare
+    SyntaxError or TypeError: nothing said that the host runs another Python, nor what to do
+    (the main script has its own words, ``_script_failed``).  Only a SyntaxError of a user's
+    file, or a TypeError, AttributeError or NameError raised at a user's module top level,
+    get them; the host's own files never do."""
+    if not ACTIVE or getattr(exc, "_remoteproc_hint", None):
+        return None
+    script = script or (_imported[0].__file__ if _imported else None)
+    if isinstance(exc, SyntaxError):
+        path = exc.filename
+        what = "cannot compile it: its syntax is newer (match needs 3.10, except* 3.11, type statements 3.12)"
+        keep = "keep that module to the syntax of %s" % _this_python()
+    elif isinstance(exc, (TypeError, AttributeError, NameError)):
+        tb, last = exc.__traceback__, None
+        while tb is not None:
+            last, tb = tb, tb.tb_next
+        if last is None or last.tb_frame.f_code.co_name != "<module>":
+            return None
+        path = last.tb_frame.f_code.co_filename
+        what = "its top level failed here (it may use what only a newer Python has: X | None, ...)"
+        keep = "keep that module's top level to what %s runs" % _this_python()
+    else:
+        return None
+    if not path or path.startswith("<") or path == script or _hosts_own(path):
+        return None
+    return ("this host runs %s, not %s as you do (spawn mode): the child imports your module %s, and %s. "
+            "Fix: %s, or pass python= with a Python like yours on the host (docs/python-versions.md)"
+            % (_this_python(), USER_PYTHON or "another Python", path, what, keep))
+
+
+def explain(exc):
+    """Add ``module_failed``'s words, with the host's name, to ``exc``'s message (it travels
+    back to the user as it is: a Pool's or Executor's task that could not be unpickled)."""
+    hint = module_failed(exc)
+    if hint is None:
+        return None
+    from .child import ParentImporter
+
+    host = next((f.host for f in sys.meta_path if isinstance(f, ParentImporter)), None)
+    text = "%s: %s" % (host, hint) if host else hint
+    try:
+        if isinstance(exc, SyntaxError):
+            exc.msg = "%s (%s)" % (exc.msg, text)
+            exc.args = (exc.msg,) + tuple(exc.args[1:])
+        elif len(exc.args) == 1 and isinstance(exc.args[0], str):
+            exc.args = ("%s (%s)" % (exc.args[0], text),)
+        else:
+            return hint
+        exc._remoteproc_hint = hint  # (said once)
+    except (AttributeError, TypeError):
+        pass
+    return hint
 
 
 def _remember_lines(path, source):

@@ -225,6 +225,9 @@ def main(conn, initializer=None, initargs=(), maxtasks=None, may_have_children=F
 def _unpickling_failed(exc, mode):
     """The Executor's task that cannot be unpickled here: ProcessPoolExecutor's worker dies of
     it and the future fails with BrokenProcessPool; this worker lives on, the future fails alike."""
+    from . import spawn
+
+    spawn.explain(exc)      # (one of the user's modules is newer than this host's Python: say so)
     if mode != SUBMIT:
         return exc
     from concurrent.futures.process import BrokenProcessPool
