@@ -398,17 +398,22 @@ if __name__ == "__main__":
 '''
 
 
+def _runs_main_script_as_mp_main(path, host, options):
+    """Run MAIN_SCRIPT (as written to ``path``) against a pypy3 host: its child saw itself as ``__mp_main__``."""
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__))))
+    out = subprocess.run([sys.executable, path, json.dumps([host, options]), "-v", "x"],
+                         capture_output=True, text=True, timeout=120, env=env)
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["__mp_main__", 1, [3, 9], ["-v", "x"], "Box", 2, 0,
+                                                               [2, 4, 6]]
+
+
 @pytest.mark.parametrize("name", ["spawn_main.py", "spawn_m\u00e4in.py"])
 def test_spawn_mode_imports_main_as_mp_main(plain_user_host, plain_user_options, pypy, scripts, name):
     """(A non-ASCII script name too: a session without a locale, as paramiko's, must not leave the
     host's PyPy unable to name it; CPython coerces the C locale, PyPy does not.)"""
     path = scripts(name, MAIN_SCRIPT)
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__))))
-    out = subprocess.run([sys.executable, path, json.dumps([plain_user_host, plain_user_options]), "-v", "x"],
-                         capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["__mp_main__", 1, [3, 9], ["-v", "x"], "Box", 2, 0,
-                                                               [2, 4, 6]]
+    _runs_main_script_as_mp_main(path, plain_user_host, plain_user_options)
 
 
 @pytest.mark.parametrize("encoding", ["utf-8-sig", "latin-1"])
@@ -421,12 +426,7 @@ def test_spawn_mode_reads_a_main_script_as_python_does(plain_user_host, plain_us
                                                             MAIN_SCRIPT)
     with open(path, "wb") as f:
         f.write(text.encode(encoding))
-    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__))))
-    out = subprocess.run([sys.executable, path, json.dumps([plain_user_host, plain_user_options]), "-v", "x"],
-                         capture_output=True, text=True, timeout=120, env=env)
-    assert out.returncode == 0, out.stderr
-    assert json.loads(out.stdout.strip().splitlines()[-1]) == ["__mp_main__", 1, [3, 9], ["-v", "x"], "Box", 2, 0,
-                                                               [2, 4, 6]]
+    _runs_main_script_as_mp_main(path, plain_user_host, plain_user_options)
 
 
 def test_the_agent_parses_on_python_3_8_syntax():
