@@ -55,7 +55,8 @@ Run "remoteproc COMMAND --help" for a command's options.
 """
 
 RUN_EPILOG = """The script runs on HOST as "python3 SCRIPT ARGS..." would (a relative SCRIPT starts
-from the remote login directory, or --cwd).  Its stdout and stderr appear here; every
+from the remote login directory, or --cwd); -m MODULE and -c CODE, after HOST, run as
+"python3 -m MODULE ARGS..." and "python3 -c CODE ARGS..." would.  Its stdout and stderr appear here; every
 message it sends on its Connection is printed on stdout, one a line, as JSON (repr()
 for what JSON cannot show).  The exit status is the script's (128+N if signal N ended
 it, 255 if remoteproc could not run it).  Ctrl-C terminates the remote script.  This
@@ -68,6 +69,8 @@ In the script, one line of standard library code gets the Connection:
 examples:
   remoteproc run alice@build01 ~/jobs/report.py 2024-05 --verbose
   remoteproc run --cwd /srv/app -e MODE=test build01 manage.py check
+  remoteproc run build01 -m pip list --user
+  remoteproc run build01 -c 'import sys; print(sys.version)'
   remoteproc run --ssh-config ./ssh_config lab-gpu train.py
 """
 
@@ -237,7 +240,7 @@ def run_command(args: argparse.Namespace) -> int:
         # (as ssh: this command's stdin is the script's, unless -n)
         stdin: Any = None if args.no_stdin or sys.stdin is None else getattr(sys.stdin, "buffer", sys.stdin)
         script = RemoteScript(args.host, args.script, args.args, cwd=args.cwd, env=env or None, stdin=stdin,
-                              **ssh_options(args))
+                              kind=getattr(args, "kind", "path"), **ssh_options(args))
     except (RemoteProcessError, TypeError) as exc:
         _report_failure("run", exc)
         return EXIT_FAILURE
@@ -643,6 +646,33 @@ def _positional_index(parser: argparse.ArgumentParser, tokens: Sequence[str], nt
     return None
 
 
+def _tail_start(parser: argparse.ArgumentParser, tokens: Sequence[str], count: int,
+                enders: dict[str, str]) -> tuple[int, str | None] | None:
+    """Where the tail of ``tokens`` starts, after ``count`` positionals of ``parser``, or after an
+    option of ``enders`` (``-m MODULE``, ``-c CODE``) that follows the first ``count - 1`` of them,
+    as python3's own -m and -c end its options; with that option's name (None: after positionals)."""
+    seen = 0
+    options_ended = False
+    i = 0
+    while i < len(tokens):
+        token = tokens[i]
+        arity = None if options_ended else _option_arity(parser, token)
+        if not options_ended and token == "--":
+            options_ended = True
+        elif arity is None:
+            seen += 1
+            if seen == count:
+                return i + 1, None
+        elif seen == count - 1 and not token.startswith("--") and token[:2] in enders:
+            if token in enders:
+                return (i + 2, token) if i + 1 < len(tokens) else (i + 1, token)
+            return i + 1, token[:2]      # -mMODULE
+        elif arity:
+            i += 1      # the option's value
+        i += 1
+    return None
+
+
 class _Parser(argparse.ArgumentParser):
     """The command line's parser: a command's trailing arguments never go through argparse.
 
@@ -650,26 +680,39 @@ class _Parser(argparse.ArgumentParser):
     the attribute for the tail): everything after the last of those positionals (``run``'s
     SCRIPT) is taken exactly as given, a first ``--`` and what looks like an option
     included, as ``python3 SCRIPT ARGS...`` takes them.  (``nargs=REMAINDER`` let SCRIPT
-    swallow a ``--`` that follows it, and called the optional ARGS required.)
+    swallow a ``--`` that follows it, and called the optional ARGS required.)  An option of
+    the command's ``enders`` (``run``'s -m MODULE, -c CODE) may stand in for that last
+    positional, as python3's -m and -c do: the tail then starts after its value, and the
+    namespace's ``kind`` says which it was ("path" for the positional).
     """
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        self.tails: dict[str, tuple[argparse.ArgumentParser, int, str]] = {}
+        self.tails: dict[str, tuple[argparse.ArgumentParser, int, str, dict[str, str]]] = {}
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
         argv = list(sys.argv[1:] if args is None else args)
         at = _positional_index(self, argv, 0)       # the command
         tail = None
+        ender = None
         if at is not None and argv[at] in self.tails:
-            command, count, dest = self.tails[argv[at]]
-            last = _positional_index(command, argv[at + 1:], count - 1)
-            if last is not None:
-                end = at + 1 + last + 1
+            command, count, dest, enders = self.tails[argv[at]]
+            found = _tail_start(command, argv[at + 1:], count, enders)
+            if found is not None:
+                end, ender = at + 1 + found[0], found[1]
                 argv, tail = argv[:end], argv[end:]
+                if ender is not None:
+                    # -m MODULE / -c CODE stands where the last positional (SCRIPT) goes
+                    if argv[-1] == ender:       # (-m at the very end: argparse says it wants a value)
+                        pass
+                    elif len(argv) >= 2 and argv[-2] == ender:
+                        argv = argv[:-2] + ["--", argv[-1]]
+                    else:                       # -mMODULE
+                        argv = argv[:-1] + ["--", argv[-1][2:]]
         namespace, extras = super().parse_known_args(argv, namespace)
         if tail is not None:
             setattr(namespace, dest, tail)
+            namespace.kind = enders[ender] if ender else "path"
         return namespace, extras
 
 
@@ -682,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     ssh = _ssh_parent()
 
     p_run = sub.add_parser("run", parents=[ssh], formatter_class=raw, epilog=RUN_EPILOG,
+                           usage="%(prog)s [options] HOST (SCRIPT | -m MODULE | -c CODE) [ARGS ...]",
                            help="run a Python script that lives on HOST, with a Connection to it",
                            description="Run the Python script SCRIPT on HOST with ARGS as its sys.argv[1:].")
     p_run.add_argument("--cwd", metavar="DIR", help="remote directory to run the script in")
@@ -689,12 +733,16 @@ def build_parser() -> argparse.ArgumentParser:
                        help="give the script /dev/null as stdin (as ssh -n), not this command's")
     p_run.add_argument("-e", "--env", action="append", metavar="NAME=VALUE",
                        help="set an environment variable for the script (repeatable)")
+    p_run.add_argument("-m", dest="module", metavar="MODULE",
+                       help="in place of SCRIPT: run the module MODULE as a script, as python3 -m MODULE")
+    p_run.add_argument("-c", dest="code", metavar="CODE",
+                       help="in place of SCRIPT: run the program CODE, as python3 -c CODE")
     p_run.add_argument("host", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
     p_run.add_argument("script", metavar="SCRIPT", help="path of the script on HOST")
     p_run.add_argument("args", metavar="ARGS", nargs="*", default=[],
                        help="arguments for the script: everything after SCRIPT, exactly as given "
                             "(options and -- included)")
-    parser.tails = {"run": (p_run, 2, "args")}     # HOST SCRIPT, then ARGS as given
+    parser.tails = {"run": (p_run, 2, "args", {"-m": "module", "-c": "code"})}   # HOST SCRIPT, then ARGS
 
     p_check = sub.add_parser("check", parents=[ssh], formatter_class=raw, epilog=CHECK_EPILOG,
                              help="check that remoteproc works with HOST; report its Python and round trip",
@@ -725,6 +773,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command == "run":
+        if args.module is not None or args.code is not None:     # (given before HOST: parsed as options)
+            run_parser = parser.tails["run"][0] if isinstance(parser, _Parser) else parser
+            run_parser.error("-m MODULE and -c CODE go after HOST, in place of SCRIPT "
+                             "(remoteproc run HOST -m MODULE ARGS...)")
         return run_command(args)
     try:
         # Ctrl-C (while connecting to a slow host, say) ends the command with the shell's status

@@ -31,6 +31,9 @@ log = logging.getLogger("remoteproc")
 
 FEED_CHUNK = 1 << 16       # what the stdin feeder reads and writes at a time
 
+KINDS = ("path", "module", "code")
+"""What a RemoteScript's ``path`` names: a script's path, a module (python3 -m), a program (python3 -c)."""
+
 ONE_LINER = ('from multiprocessing.connection import Connection; import os; '
              'conn = Connection(int(os.environ["REMOTEPROC_FD"]))')
 """The line a script runs to get its Connection to the parent (standard library only)."""
@@ -71,7 +74,9 @@ class RemoteScript(RemoteProcess):
     ``stdin`` (a binary file object or an fd, such as ``sys.stdin.buffer``) is the
     script's standard input, as ``ssh HOST python3 path`` forwards its own: a thread
     here copies it to the script until its end.  Without it, the script's stdin is
-    ``/dev/null``, as every remote child's.
+    ``/dev/null``, as every remote child's.  ``kind="module"`` runs the module named
+    ``path`` as ``python3 -m path`` would, ``kind="code"`` the program text ``path`` as
+    ``python3 -c path`` would.
     """
 
     #: a spawn-mode child does not import the caller's main script first (reduction.dumps_process)
@@ -88,15 +93,19 @@ class RemoteScript(RemoteProcess):
         cwd: str | os.PathLike | None = None,
         env: Mapping[str, str] | None = None,
         stdin: Union[IO[bytes], int, None] = None,
+        kind: str = "path",
         **ssh_options: Any,
     ) -> None:
+        if kind not in KINDS:
+            raise ValueError("kind must be one of %s, not %r" % (", ".join(map(repr, KINDS)), kind))
         if stdin is not None and not isinstance(stdin, int) and not hasattr(stdin, "read"):
             raise TypeError("stdin must be a binary file object or a file descriptor, not %r" % (stdin,))
         if isinstance(path, os.PathLike):
             path = os.fspath(path)
         if not isinstance(path, str) or not path:
             raise TypeError("path must be the script's path on the remote host (a non-empty str), not %r"
-                            % (path,))
+                            % (path,) if kind == "path" else "the %s to run must be a non-empty str, not %r"
+                            % (kind, path))
         if isinstance(args, (str, bytes)):
             raise TypeError("args must be a sequence of arguments, not a single %s" % type(args).__name__)
         argv, positions = encode_args(args)
@@ -104,9 +113,10 @@ class RemoteScript(RemoteProcess):
         # directory before it forks (a missing one is a BootstrapError from start()), and the
         # child enters it before the script's path is resolved there.
         super().__init__(host, target=_remote.run_script, name=name, daemon=daemon,
-                         kwargs={"path": path, "argv": argv, "json_positions": positions},
+                         kwargs={"path": path, "argv": argv, "json_positions": positions, "kind": kind},
                          cwd=cwd, env=env, **ssh_options)
         self._path = path
+        self._kind = kind
         self._argv = argv
         self._stdin = stdin
         self.conn: Connection | None = None
@@ -115,6 +125,11 @@ class RemoteScript(RemoteProcess):
     def path(self) -> str:
         """The script's path on the remote host, as given."""
         return self._path
+
+    @property
+    def kind(self) -> str:
+        """What ``path`` is: "path" (a script's path), "module" (python3 -m) or "code" (python3 -c)."""
+        return self._kind
 
     @property
     def argv(self) -> list[str]:
@@ -151,7 +166,7 @@ class RemoteScript(RemoteProcess):
                              daemon=True).start()
 
     def __repr__(self) -> str:
-        return super().__repr__()[:-1] + " path=%r>" % self._path
+        return super().__repr__()[:-1] + " %s=%r>" % (self._kind, self._path)
 
 
 def _feed(source: Union[IO[bytes], int], fd: int, host: str) -> None:
@@ -177,7 +192,7 @@ def run(host: str, path: str | os.PathLike, *args: Any, **options: Any) -> Remot
 
     Strings are passed as given, other values as JSON (the script decodes them with
     ``remoteproc.agent.script.args()``, or ``json.loads``).  ``options`` are
-    ``name``, ``daemon``, ``cwd``, ``env``, ``stdin`` and the SSH options of ``RemoteProcess``.
+    ``name``, ``daemon``, ``cwd``, ``env``, ``stdin``, ``kind`` and the SSH options of ``RemoteProcess``.
     Returns the started ``RemoteScript``: ``.conn``, ``join()``, ``exitcode``,
     ``terminate()``, ``pid`` ...
     """

@@ -7,6 +7,7 @@ its ``remoteproc-USER`` aliases) or from flags (``-p``, ``-l``, ``-i``, ``--know
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shlex
@@ -320,6 +321,44 @@ def test_run_passes_dashes_and_options_to_the_script_as_python3_does(alias, scri
     out = remoteproc_cmd("run", "-F", config, host, path, *given)
     assert out.returncode == local.returncode == 0, out.stderr
     assert out.stdout == local.stdout == '["--", "-x", "--", "y", "--cwd", "/nowhere", "-h"]\n'
+
+
+@pytest.mark.parametrize("argv,kind,script,rest", [
+    (["h", "-m", "json.tool", "-c", "x", "--", "y"], "module", "json.tool", ["-c", "x", "--", "y"]),
+    (["--cwd", "/srv", "h", "-mpkg.mod", "-m"], "module", "pkg.mod", ["-m"]),
+    (["h", "-c", "-1", "a"], "code", "-1", ["a"]),
+    (["-p", "22", "h", "--cwd", "d", "-c", "print(1)"], "code", "print(1)", []),
+    (["h", "s.py", "-m", "x"], "path", "s.py", ["-m", "x"]),
+])
+def test_run_takes_dash_m_and_dash_c_in_place_of_the_script_as_python3_does(argv, kind, script, rest):
+    args = cli.build_parser().parse_args(["run", *argv])
+    assert (args.host, args.kind, args.script, args.args) == ("h", kind, script, rest)
+
+
+@pytest.mark.parametrize("argv,said", [(["run", "h", "-m"], "argument -m: expected one argument"),
+                                       (["run", "-m", "json.tool", "h", "s.py"], "go after HOST")])
+def test_run_dash_m_misplaced_is_a_usage_error(argv, said):
+    out = remoteproc_cmd(*argv)
+    assert out.returncode == 2 and "usage: remoteproc run" in out.stderr and said in out.stderr, out.stderr
+
+
+def test_run_dash_m_and_dash_c_run_on_the_host_as_python3_does(alias, scripts):
+    config, host = alias
+    directory = os.path.dirname(scripts("argmod.py", "import json, sys\nprint(json.dumps([__name__, sys.argv]))\n"))
+    out = remoteproc_cmd("run", "-F", config, "--cwd", directory, host, "-m", "argmod", "-x", "--", "y")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout) == ["__main__", [os.path.join(directory, "argmod.py"), "-x", "--", "y"]]
+    code = "import argmod, json, os, sys; from multiprocessing.connection import Connection as C\n" \
+           "C(int(os.environ['REMOTEPROC_FD'])).send(sys.argv); sys.exit(sys.stdin.read().count('a'))"
+    out = subprocess.run([sys.executable, "-m", "remoteproc", "run", "-F", config, "--cwd", directory, host,
+                          "-c", code, "-m", "z"], input="aaa", capture_output=True, text=True, timeout=60, env=ENV)
+    assert out.returncode == 3, out.stderr
+    # (the import's print is block-buffered, so after the message: compare as a set)
+    assert sorted(out.stdout.splitlines()) == ['["-c", "-m", "z"]', '["argmod", ["-c", "-m", "z"]]']
+    out = remoteproc_cmd("run", "-F", config, host, "-m", "no_such_module_here")
+    assert out.returncode == 1 and "No module named no_such_module_here" in out.stderr, out.stderr
+    out = remoteproc_cmd("run", "-F", config, host, "-c", "1/0")
+    assert out.returncode == 1 and out.stderr.startswith("Traceback") and "ZeroDivisionError" in out.stderr
 
 
 def test_run_a_missing_cwd_exits_255_saying_so(alias, scripts):

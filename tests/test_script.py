@@ -167,6 +167,30 @@ def test_a_directory_or_zip_file_runs_its_main_module_as_python3_path(loopback, 
         assert local.stderr == "%s: can't find '__main__' module in %r\n" % (sys.executable, path)
 
 
+def test_a_module_or_code_runs_as_python3_dash_m_or_dash_c(loopback, scripts, capfd):
+    host, options = loopback
+    directory = os.path.dirname(scripts("mymain.py", REPORT))
+    p = run(host, "mymain", "one", 2, cwd=directory, kind="module", **options)
+    got = p.conn.recv()
+    p.join(30)
+    assert p.exitcode == 0 and p.kind == "module" and "module='mymain'" in repr(p)
+    path = os.path.join(directory, "mymain.py")
+    assert got["argv"] == [path, "one", "2"] and got["name"] == "__main__" and got["file"] == path
+    assert got["path0"] == os.path.realpath(directory)       # as python3 -m: the working directory
+    p = run(host, REPORT.replace('"file": __file__, ', ""), "x", kind="code", **options)   # (-c: no __file__)
+    got = p.conn.recv()
+    p.join(30)
+    assert p.exitcode == 0 and got["argv"] == ["-c", "x"] and got["name"] == "__main__" and got["path0"] == ""
+    for kind, source, said in [("module", "no_such_module_at_all", "No module named no_such_module_at_all"),
+                               ("module", "email", "'email' is a package and cannot be directly executed"),
+                               ("code", "1/0", "ZeroDivisionError")]:
+        p = run(host, source, kind=kind, **options)
+        p.join(30)
+        assert p.exitcode == 1 and said in capfd.readouterr().err, (kind, source)
+    with pytest.raises(ValueError, match="kind must be one of"):
+        RemoteScript(host, "x", kind="modul", **options)
+
+
 def test_missing_script(loopback, capfd):
     host, options = loopback
     p = run(host, "/nonexistent/script.py", **options)

@@ -61,8 +61,11 @@ def _json_positions():
 
 # -- the target of remoteproc.run ----------------------------------------------------
 
-def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
+def run_script(path, argv=(), json_positions=(), conn=None, stdin=None, kind="path"):
     """Run the script at ``path`` as ``__main__`` with ``sys.argv = [path, *argv]``.
+
+    ``kind`` "module" runs the module named ``path`` as ``python3 -m path`` would, "code" the
+    program text ``path`` as ``python3 -c path`` would.
 
     ``conn`` (the child's end of the script's Pipe) is moved to a plain fd named by
     REMOTEPROC_FD, so that the script builds its own Connection on it.  ``stdin`` (the
@@ -84,6 +87,9 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
     else:
         os.environ.pop(ENV_FD, None)
     os.environ[ENV_JSON] = ",".join(str(int(i)) for i in json_positions)
+    if kind != "path":
+        _run_module_or_code(path, argv, kind)
+        return
     path = os.path.expanduser(path)
     try:
         if not os.path.isdir(path):
@@ -128,6 +134,75 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None):
         _die_by_sigint()
     if failed:
         sys.exit(1)
+
+
+def _run_module_or_code(name, argv, kind):
+    """``python3 -m name argv...`` (kind "module") or ``python3 -c name argv...`` (kind "code")."""
+    import runpy
+    import types
+
+    from . import grandchild
+
+    # as python3 -m and -c: the working directory comes first on sys.path
+    if sys.path and sys.path[0] in ("", os.getcwd()):
+        del sys.path[0]
+    sys.path.insert(0, os.getcwd() if kind == "module" else "")
+    origin = "<string>"
+    if kind == "module":
+        origin = _module_origin(name)
+        sys.argv = [origin] + [str(a) for a in argv]
+    else:
+        sys.argv = ["-c"] + [str(a) for a in argv]
+    grandchild.host_script()
+    interrupted = failed = False
+    try:
+        try:
+            if kind == "module":
+                runpy.run_module(name, run_name="__main__", alter_sys=True)
+            else:
+                main = types.ModuleType("__main__")
+                main.__dict__["__builtins__"] = __builtins__
+                sys.modules["__main__"] = main
+                exec(compile(name, "<string>", "exec"), main.__dict__)
+        except SystemExit:
+            raise
+        except KeyboardInterrupt as exc:
+            _print_script_traceback(exc, origin)
+            interrupted = True
+        except BaseException as exc:
+            _print_script_traceback(exc, origin)
+            failed = True
+    finally:
+        _interpreter_exit()
+    if interrupted:
+        _die_by_sigint()
+    if failed:
+        sys.exit(1)
+
+
+def _module_origin(name):
+    """The file of the module ``name`` runs (its ``__main__`` for a package); exit 1 with
+    python3's one line when there is none, as ``python3 -m`` does."""
+    import importlib.util
+
+    main = name
+    try:
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.submodule_search_locations is not None:
+            main = name + ".__main__"
+            spec = importlib.util.find_spec(main)
+            if spec is None:
+                sys.stderr.write("remoteproc: No module named %s on this host; %r is a package and cannot "
+                                 "be directly executed\n" % (main, name))
+                sys.exit(1)
+    except (ImportError, ValueError) as exc:
+        sys.stderr.write("remoteproc: Error while finding module specification for %r on this host (%s: %s)\n"
+                         % (name, type(exc).__name__, exc))
+        sys.exit(1)
+    if spec is None:
+        sys.stderr.write("remoteproc: No module named %s on this host\n" % main)
+        sys.exit(1)
+    return spec.origin or name
 
 
 def _runs_main_module(path):
