@@ -768,10 +768,39 @@ def _version() -> str:
     return __version__
 
 
+def _interrupt_once(signum: int, frame: Any) -> None:
+    """SIGINT: KeyboardInterrupt the first time; further Ctrl-C are ignored while the command
+    winds down (its bounded clean-up, then the interpreter's exit), so that an impatient
+    second Ctrl-C does not turn the one-line report into a traceback."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    raise KeyboardInterrupt
+
+
+def _install_interrupt_once() -> Any:
+    """Put _interrupt_once in place of Python's default SIGINT handler; the handler it replaced
+    (None: left as it was: ignored, as in a background job, or another's, or not the main thread)."""
+    try:
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            return signal.signal(signal.SIGINT, _interrupt_once)
+    except ValueError:      # (not the main thread)
+        pass
+    return None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     stdio.sanitise()        # (run ... >&-: the script's output goes nowhere, not into our pipe)
     parser = build_parser()
     args = parser.parse_args(argv)
+    previous = _install_interrupt_once()
+    try:
+        return _main(parser, args)
+    finally:
+        # (after a Ctrl-C SIGINT stays ignored: the interpreter's exit comes next)
+        if previous is not None and signal.getsignal(signal.SIGINT) is _interrupt_once:
+            signal.signal(signal.SIGINT, previous)
+
+
+def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "run":
         if args.module is not None or args.code is not None:     # (given before HOST: parsed as options)
             run_parser = parser.tails["run"][0] if isinstance(parser, _Parser) else parser

@@ -274,3 +274,42 @@ def test_ctrl_c_while_connecting_to_a_silent_host_exits_130_at_once_without_a_tr
         if conn is not None:
             conn.close()
         listener.close()
+
+
+@pytest.mark.parametrize("command,transport", [("run", "paramiko"), ("run", "openssh"), ("check", "paramiko")])
+def test_ctrl_c_pressed_again_while_the_command_winds_down_adds_no_traceback(command, transport):
+    """An impatient user presses Ctrl-C three times while the command connects to a silent
+    host: the first interrupts it, the others land in its clean-up (joining its output thread,
+    multiprocessing's atexit): still 130 and one line, no traceback, no "Exception ignored"."""
+    import socket
+    import time
+
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(4)
+    listener.settimeout(60)
+    port = listener.getsockname()[1]
+    argv = [sys.executable, "-m", "remoteproc", command, "-F", "none", "--connect-timeout", "600", "-p", str(port),
+            "--transport", transport, "nobody@127.0.0.1"] + (["script.py"] if command == "run" else [])
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
+                            env=ENV, start_new_session=True)
+    conn = None
+    try:
+        conn, _ = listener.accept()         # it is connecting now
+        for _ in range(3):
+            try:
+                os.killpg(proc.pid, signal.SIGINT)
+            except ProcessLookupError:
+                break
+            time.sleep(0.04)
+        _stdout, stderr = proc.communicate(timeout=30)
+        assert proc.returncode == cli.EXIT_INTERRUPTED, stderr
+        assert "remoteproc %s: interrupted" % command in stderr, stderr
+        assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=10)
+        if conn is not None:
+            conn.close()
+        listener.close()
