@@ -101,10 +101,21 @@ DEMO_EPILOG = """examples:
 
 # -- options shared by the commands ------------------------------------------------------
 
+def _port(text: str) -> int:
+    """-p's value: a TCP port, checked here so that the error names -p (not the HOST's form)."""
+    try:
+        port = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a port number" % text) from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError("%d is not a port number (1-65535)" % port)
+    return port
+
+
 def _ssh_parent() -> argparse.ArgumentParser:
     parent = argparse.ArgumentParser(add_help=False)
     g = parent.add_argument_group("SSH options (default: what ~/.ssh/config says)")
-    g.add_argument("-p", "--port", type=int, help="SSH port")
+    g.add_argument("-p", "--port", type=_port, help="SSH port")
     g.add_argument("-l", "--user", dest="username", metavar="USER", help="remote user name")
     g.add_argument("-i", "--identity", dest="key_filename", action="append", metavar="KEY",
                    help="private key file (repeatable)")

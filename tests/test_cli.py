@@ -335,6 +335,13 @@ def test_run_takes_dash_m_and_dash_c_in_place_of_the_script_as_python3_does(argv
     assert (args.host, args.kind, args.script, args.args) == ("h", kind, script, rest)
 
 
+@pytest.mark.parametrize("value,said", [("99999", "99999 is not a port number (1-65535)"),
+                                        ("0", "0 is not a port number"), ("ssh", "'ssh' is not a port number")])
+def test_a_port_flag_out_of_range_is_a_usage_error_naming_the_flag(value, said):
+    out = remoteproc_cmd("check", "-p", value, "127.0.0.1")
+    assert out.returncode == 2 and "argument -p/--port: " + said in out.stderr, out.stderr
+
+
 @pytest.mark.parametrize("argv,said", [(["run", "h", "-m"], "argument -m: expected one argument"),
                                        (["run", "-m", "json.tool", "h", "s.py"], "go after HOST")])
 def test_run_dash_m_misplaced_is_a_usage_error(argv, said):
