@@ -280,7 +280,7 @@ def run_command(args: argparse.Namespace) -> int:
         if script.conn is not None:     # (start() set it)
             script.conn.close()
     if script.connection_error is not None:
-        print("remoteproc run: %s" % script.connection_error, file=sys.stderr)
+        _report_failure("run", script.connection_error)
     return _exit_status(script.exitcode)
 
 
