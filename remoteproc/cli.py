@@ -738,7 +738,8 @@ def build_parser() -> argparse.ArgumentParser:
     p_run = sub.add_parser("run", parents=[ssh], formatter_class=raw, epilog=RUN_EPILOG,
                            usage="%(prog)s [options] HOST (SCRIPT | -m MODULE | -c CODE) [ARGS ...]",
                            help="run a Python script that lives on HOST, with a Connection to it",
-                           description="Run the Python script SCRIPT on HOST with ARGS as its sys.argv[1:].")
+                           description="Run the Python script SCRIPT (or -m MODULE, -c CODE) on HOST with ARGS as its "
+                                       "sys.argv[1:].")
     p_run.add_argument("--cwd", metavar="DIR", help="remote directory to run the script in")
     p_run.add_argument("-n", dest="no_stdin", action="store_true",
                        help="give the script /dev/null as stdin (as ssh -n), not this command's")
