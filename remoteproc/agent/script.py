@@ -160,8 +160,10 @@ def _run_module_or_code(name, argv, kind):
             if kind == "module":
                 runpy.run_module(name, run_name="__main__", alter_sys=True)
             else:
+                import builtins
+
                 main = types.ModuleType("__main__")
-                main.__dict__["__builtins__"] = __builtins__
+                main.__dict__["__builtins__"] = builtins       # (the module, as in python3's __main__)
                 sys.modules["__main__"] = main
                 exec(compile(name, "<string>", "exec"), main.__dict__)
         except SystemExit:
