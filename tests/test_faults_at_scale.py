@@ -461,3 +461,48 @@ def test_a_relay_out_of_open_files_refuses_the_start_by_name_and_the_rest_go_on(
     assert host in out["error"] and "ulimit -Hn" in out["error"], out
     assert out["old_echo"] and out["new_echo"], out
     assert out["stopped"] == [0] * 8 and set(out["rest"]) == {0}, out
+
+
+IDLE_CLOSE = textwrap.dedent('''\
+    import sys, time
+    from remoteproc import RemoteProcess
+    from remoteproc.testing.loopback import LoopbackSSHServer
+
+    def nap(seconds):
+        time.sleep(seconds)
+
+    idle, busy = LoopbackSSHServer().start(), LoopbackSSHServer().start()
+    done = RemoteProcess(idle.spec(), target=nap, args=(0,), transport=sys.argv[1], **idle.options())
+    done.start()
+    done.join(20)
+    running = RemoteProcess(busy.spec(), target=nap, args=(30,), transport=sys.argv[1], **busy.options())
+    running.start()
+    print(idle.spec(), busy.spec(), flush=True)
+    idle.stop()
+    busy.stop()
+    running.join(20)
+    time.sleep(0.5)
+    print(done.exitcode, running.exitcode, flush=True)
+''')
+
+
+def test_a_server_closing_an_idle_connection_is_no_warning(transport_name, tmp_path):
+    """A host's sshd goes down (restarted, or a test server stopped at the program's exit) after
+    the work on it ended: with ``ssh``, its ``Connection to HOST closed by remote host.`` was a
+    WARNING on the user's stderr (one per host: 14 lines for 14 LoopbackSSHServers stopped at
+    exit), while paramiko said nothing.  Only a host with a process still running says its loss."""
+    program = tmp_path / "idle.py"
+    program.write_text(IDLE_CLOSE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, str(program), transport_name], env=env, capture_output=True,
+                          text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (idle, busy), codes = (line.split() for line in proc.stdout.strip().splitlines()[-2:])
+    assert codes == ["0", str(remoteproc.CONNECTION_LOST)], proc.stdout
+    assert idle not in proc.stderr, proc.stderr
+    assert busy + ": connection lost" in proc.stderr or "%s: Connection to" % busy in proc.stderr, proc.stderr
+
+
+@pytest.fixture(params=["paramiko", "openssh"])
+def transport_name(request) -> str:
+    return request.param
