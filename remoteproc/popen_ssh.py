@@ -28,6 +28,10 @@ from .relay import ipc
 _modes: dict[tuple, str] = {}
 
 
+#: seconds a start whose status socket ended at once waits for the relay's word on why
+REFUSAL_WAIT = 2.0
+
+
 class Popen:
     method = "ssh"
     found: str | None = None        # where the host's interpreter was found (docs/python-versions.md)
@@ -117,7 +121,13 @@ class Popen:
         self._receiver = ipc.Receiver(self._status)
         self.sentinel = self._status.fileno()
         try:
-            return self._next()
+            reply = self._next()
+            if reply[0] == "error" and reply[1] == "ConnectionLostError" and relay.alive():
+                # (the relay lives: it could not take the start, and said why on its own socket)
+                refused = relay.refusal(request["id"], REFUSAL_WAIT)
+                if refused is not None:
+                    return ("error", *refused)
+            return reply
         except BaseException:
             # Interrupted (Ctrl-C) while the start was under way: start() raises, so nothing
             # here can join or stop that process; it must not run on behind the user's back.

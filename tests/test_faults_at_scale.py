@@ -387,3 +387,122 @@ def test_pool_over_four_aliases_survives_a_host_and_takes_it_back(netns, tmp_pat
         assert eventually(lambda: pool.hosts_status()["ah2"]["workers"] == 1, 15), pool.hosts_status()
         assert pool.hosts_status()["ah2"]["up"] and pool.hosts_status()["ah2"]["down_since"] is None
         assert {r[1] for r in pool.map(slow_where, range(80))} == {netns.hosts[h].address for h in HOST_OF.values()}
+
+
+OUT_OF_FILES = textwrap.dedent('''\
+    import json, os, resource, sys
+    from remoteproc import Pipe, RemoteProcess, RemoteProcessError
+
+    def echo(conn):
+        while True:
+            msg = conn.recv()
+            if msg is None:
+                return
+            conn.send(msg)
+
+    def start(tag):
+        a, b = Pipe()
+        p = RemoteProcess(sys.argv[1], target=echo, args=(b,), **json.loads(sys.argv[2]))
+        try:
+            p.start()
+        finally:
+            b.close()
+        return p, a, tag
+
+    def ask(procs):
+        for p, a, tag in procs:
+            a.send(tag)
+        return all(a.poll(20) and a.recv() == tag for p, a, tag in procs)
+
+    def stop(procs):
+        for p, a, tag in procs:
+            a.send(None)
+        for p, a, tag in procs:
+            p.join(20)
+        return [p.exitcode for p, a, tag in procs]
+
+    procs, error = [], None
+    for i in range(200):
+        try:
+            procs.append(start("old%d" % i))
+        except RemoteProcessError as exc:
+            error = exc
+            break
+    out = {"started": len(procs), "error": repr(error), "old_echo": ask(procs)}
+    codes = stop(procs[:8])
+    new = [start("new%d" % i) for i in range(4)]      # (fds freed: starts work again, wired right)
+    out.update(stopped=codes, new_echo=ask(new + procs[8:]), rest=stop(new + procs[8:]))
+    print(json.dumps(out))
+''')
+
+
+def test_a_relay_out_of_open_files_refuses_the_start_by_name_and_the_rest_go_on(host, ssh_options, tmp_path):
+    """``ulimit -n 128`` (soft and hard, as bash's ``ulimit -n`` sets both): the relay reaches the
+    limit first (about four fds per remote process).  The start that finds it full is a
+    RemoteProcessError naming the limit and the fix (not a vanished relay); the kernel dropped that
+    start's fds, and no later start gets another's (each echo answers its own tag); the running
+    processes go on, and once some end, new starts work."""
+    import json
+    import resource
+
+    program = tmp_path / "fds.py"
+    program.write_text(OUT_OF_FILES)
+
+    def limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (128, 128))
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, str(program), host, json.dumps(ssh_options)], preexec_fn=limit,
+                          env=env, capture_output=True, text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert 8 < out["started"] < 200, out
+    assert "RemoteProcessError" in out["error"] and "out of open files (limit 128" in out["error"], out
+    assert host in out["error"] and "ulimit -Hn" in out["error"], out
+    assert out["old_echo"] and out["new_echo"], out
+    assert out["stopped"] == [0] * 8 and set(out["rest"]) == {0}, out
+
+
+IDLE_CLOSE = textwrap.dedent('''\
+    import sys, time
+    from remoteproc import RemoteProcess
+    from remoteproc.testing.loopback import LoopbackSSHServer
+
+    def nap(seconds):
+        time.sleep(seconds)
+
+    idle, busy = LoopbackSSHServer().start(), LoopbackSSHServer().start()
+    done = RemoteProcess(idle.spec(), target=nap, args=(0,), transport=sys.argv[1], **idle.options())
+    done.start()
+    done.join(20)
+    running = RemoteProcess(busy.spec(), target=nap, args=(30,), transport=sys.argv[1], **busy.options())
+    running.start()
+    print(idle.spec(), busy.spec(), flush=True)
+    idle.stop()
+    busy.stop()
+    running.join(20)
+    time.sleep(0.5)
+    print(done.exitcode, running.exitcode, flush=True)
+''')
+
+
+def test_a_server_closing_an_idle_connection_is_no_warning(transport_name, tmp_path):
+    """A host's sshd goes down (restarted, or a test server stopped at the program's exit) after
+    the work on it ended: with ``ssh``, its ``Connection to HOST closed by remote host.`` was a
+    WARNING on the user's stderr (one per host: 14 lines for 14 LoopbackSSHServers stopped at
+    exit), while paramiko said nothing.  Only a host with a process still running says its loss."""
+    program = tmp_path / "idle.py"
+    program.write_text(IDLE_CLOSE)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.run([sys.executable, str(program), transport_name], env=env, capture_output=True,
+                          text=True, timeout=50)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (idle, busy), codes = (line.split() for line in proc.stdout.strip().splitlines()[-2:])
+    assert codes == ["0", str(remoteproc.CONNECTION_LOST)], proc.stdout
+    assert idle not in proc.stderr, proc.stderr
+    assert busy + ": connection lost" in proc.stderr or "%s: Connection to" % busy in proc.stderr, proc.stderr
+
+
+@pytest.fixture(params=["paramiko", "openssh"])
+def transport_name(request) -> str:
+    return request.param

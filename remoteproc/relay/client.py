@@ -8,6 +8,7 @@ gets a relay of its own.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 import signal
@@ -15,6 +16,7 @@ import socket
 import subprocess
 import sys
 import threading
+import time
 from multiprocessing import util
 from typing import Any, Sequence
 
@@ -73,6 +75,11 @@ class RelayHandle:
         theirs.close()
         self.sock = ours
         self.send_lock = threading.Lock()
+        #: request id -> (error class name, message): starts the relay could not take, said on
+        #: this socket because their status socket never reached it (out of open files)
+        self.refused: dict[int, tuple[str, str]] = {}
+        self.refused_cond = threading.Condition()
+        self.next_id = itertools.count(1)
         # At interpreter exit, after multiprocessing has terminated and joined the remote
         # children (its finalizers of priority >= 0 and the joins come first): stop the relay.
         util.Finalize(None, _shutdown_at_exit, exitpriority=-10)
@@ -87,9 +94,13 @@ class RelayHandle:
 
     def _read(self) -> None:
         for msg, fds in ipc.Receiver(self.sock):
-            for fd in fds:
+            for fd in fds or ():
                 os.close(fd)
-            if msg[0] == "log":
+            if msg[0] == "refused":
+                with self.refused_cond:
+                    self.refused[msg[1]] = (msg[2], msg[3])
+                    self.refused_cond.notify_all()
+            elif msg[0] == "log":
                 _name, level, text = msg[1:]
                 logging.getLogger(_name).log(level, "%s", text)
         if os.getpid() == self.pid_owner:
@@ -99,6 +110,7 @@ class RelayHandle:
         """Send a start request; returns the process's status socket."""
         request.setdefault("path", [os.path.abspath(p) if p else os.getcwd() for p in sys.path])
         request.setdefault("editable", _editable_roots())
+        request["id"] = next(self.next_id)
         ours, theirs = _socketpair()
         level = logging.getLogger("remoteproc").getEffectiveLevel()
         try:
@@ -113,6 +125,18 @@ class RelayHandle:
         finally:
             theirs.close()
         return ours
+
+    def refusal(self, request_id: int, timeout: float) -> tuple[str, str] | None:
+        """Why the relay refused start ``request_id`` without answering on its status socket
+        (waits up to ``timeout`` for the word, which may trail the socket's end), or None."""
+        deadline = time.monotonic() + timeout
+        with self.refused_cond:
+            while request_id not in self.refused and self.alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return None
+                self.refused_cond.wait(min(left, 0.1))
+            return self.refused.pop(request_id, None)
 
     def alive(self) -> bool:
         return os.getpid() == self.pid_owner and self.proc.poll() is None

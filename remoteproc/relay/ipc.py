@@ -40,28 +40,53 @@ class Receiver:
         self.sock = sock
         self.buf = bytearray()
         self.fds: deque = deque()
+        self.start = 0              # stream offset of buf[0]
+        #: stream offsets of the bytes whose fds the kernel dropped (this process was out of
+        #: open files: MSG_CTRUNC); the message holding one is returned with fds None
+        self.truncated: list[int] = []
 
     def _parse(self):
         if len(self.buf) < _HEAD.size:
             return None
         n, nfds = _HEAD.unpack_from(self.buf)
-        if len(self.buf) < _HEAD.size + n or len(self.fds) < nfds:
+        end = self.start + _HEAD.size + n
+        if len(self.buf) < _HEAD.size + n:
+            return None
+        lost = [t for t in self.truncated if t < end]
+        if not lost and len(self.fds) < nfds:
             return None
         obj = pickle.loads(self.buf[_HEAD.size:_HEAD.size + n])
         del self.buf[:_HEAD.size + n]
+        self.start = end
+        if lost:
+            # Some of its fds never arrived; those of its chunks that did are its alone: close
+            # them, never hand them to the next message.
+            begin = end - _HEAD.size - n
+            self.truncated = [t for t in self.truncated if t >= end]
+            for i in range(0, nfds, MAX_FDS):   # (chunk i // MAX_FDS rides on byte begin + i // MAX_FDS)
+                if begin + i // MAX_FDS not in lost:
+                    for _ in range(min(MAX_FDS, nfds - i)):
+                        os.close(self.fds.popleft())
+            return obj, None
         return obj, [self.fds.popleft() for _ in range(nfds)]
 
     def _fill(self) -> bool:
         """One recvmsg; False at end of stream.  Raises BlockingIOError if nothing is there."""
-        data, fds, _flags, _addr = socket.recv_fds(self.sock, 1 << 16, MAX_FDS)
-        self.fds.extend(fds)
+        data, fds, flags, _addr = socket.recv_fds(self.sock, 1 << 16, MAX_FDS)
+        if flags & socket.MSG_CTRUNC:
+            for fd in fds:          # (a chunk arrives whole or not at all for its message)
+                os.close(fd)
+            self.truncated.append(self.start + len(self.buf))
+        else:
+            self.fds.extend(fds)
         if not data:
             return False
         self.buf += data
         return True
 
     def recv(self):
-        """Block until a whole message arrived: ``(obj, fds)``; EOFError at the end."""
+        """Block until a whole message arrived: ``(obj, fds)``; EOFError at the end.  ``fds`` is
+        None when the kernel could not pass them (this process is out of open files)."""
         while True:
             msg = self._parse()
             if msg is not None:

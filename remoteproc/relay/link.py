@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import selectors
 import signal
 import socket
@@ -42,6 +43,8 @@ PUMP_LOW = 2 << 20      # a package transfer adds frames while less than this wa
 #: after a network blip, a connection that died unseen fails the start that finds it, where a
 #: new connection works; a start that a lost link never sent moves to a new link instead
 PROVE_AFTER = 2.0
+#: ssh's last words when the server closes the connection
+_CLOSED_BY_HOST = re.compile(r"Connection to \S+ closed by remote host\.?\s*$")
 #: while messages flow, the loop's timers (keepalive, ping, idle) and the ssh stderr it logs are
 #: looked at once per TICK, not after every wake-up: a message's hop is then one wait, one read
 #: and one write, with no clock reads or bookkeeping between them
@@ -361,7 +364,12 @@ class Link:
         """Log what came on the channel's stderr, and keep the agent's last words from it."""
         text = said.decode("utf-8", "replace").rstrip() if said else ""
         if text:
-            log.warning("%s: %s", self.display, text)
+            # ssh's word that the server closed a connection nothing of ours used any more (the
+            # host's sshd restarted, a test server stopped) is no warning: with paramiko that
+            # end is silent too.  With processes on it, it is the loss, and said as one.
+            idle = not self.children and not self.pending and not self.held
+            quiet = idle and all(_CLOSED_BY_HOST.match(line) for line in text.splitlines())
+            log.log(logging.INFO if quiet else logging.WARNING, "%s: %s", self.display, text)
             for line in text.splitlines():
                 if line.startswith("remoteproc: the agent "):   # (agent/supervisor.py main)
                     self.last_words = line[len("remoteproc: "):][:1000]

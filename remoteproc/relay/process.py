@@ -88,12 +88,14 @@ class Relay:
     def serve(self) -> None:
         for msg, fds in ipc.Receiver(self.sock):
             op = msg[0]
-            if op == "start":
+            if op == "start" and fds is None:
+                self.out_of_files(msg[1])
+            elif op == "start":
                 self.start(msg[1], fds)
             elif op == "level":
                 logging.getLogger("remoteproc").setLevel(msg[1])
             else:
-                for fd in fds:
+                for fd in fds or ():
                     os.close(fd)
         self.let_go_of_user_stdio()
         self.shutdown()
@@ -118,6 +120,22 @@ class Relay:
             links = list(self.links.values())
         for link in links:
             link.drop_pending()
+
+    def out_of_files(self, request: dict) -> None:
+        """A start whose fds the kernel could not pass: this process is at its open-files limit.
+        Its status socket never arrived, so the answer goes to the user's process by name; the
+        processes already running go on."""
+        try:
+            import resource
+
+            limit = "%d" % resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+        except (ImportError, OSError, ValueError):     # pragma: no cover
+            limit = "?"
+        host = request.get("host")
+        text = ("%s: the local relay process is out of open files (limit %s, the hard limit of `ulimit -n`; "
+                "each running remote process costs it about four): raise the hard limit "
+                "(`ulimit -Hn`, /etc/security/limits.conf) or run fewer processes at once" % (host, limit))
+        self.send_to_user(("refused", request.get("id"), "RemoteProcessError", text))
 
     def start(self, request: dict, fds: list[int]) -> None:
         status = socket.socket(fileno=fds[0])
