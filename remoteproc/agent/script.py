@@ -116,17 +116,24 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None, kind="pa
         del sys.path[0]
     if own is not None:
         sys.path.insert(0, own)
+    _run_as_main(lambda: runpy.run_path(path, run_name="__main__"), path)
+
+
+def _run_as_main(run, origin):
+    """``run()`` the user's code as python3 runs ``__main__``: its traceback printed as python3
+    prints it (``origin`` names the script), then the interpreter's exit steps, then the exit
+    status: 1 after an exception, death by SIGINT after a KeyboardInterrupt."""
     interrupted = failed = False
     try:
         try:
-            runpy.run_path(path, run_name="__main__")
+            run()
         except SystemExit:
             raise
         except KeyboardInterrupt as exc:
-            _print_script_traceback(exc, path)
+            _print_script_traceback(exc, origin)
             interrupted = True
         except BaseException as exc:
-            _print_script_traceback(exc, path)
+            _print_script_traceback(exc, origin)
             failed = True
     finally:
         _interpreter_exit()
@@ -154,32 +161,19 @@ def _run_module_or_code(name, argv, kind):
     else:
         sys.argv = ["-c"] + [str(a) for a in argv]
     grandchild.host_script()
-    interrupted = failed = False
-    try:
-        try:
-            if kind == "module":
-                runpy.run_module(name, run_name="__main__", alter_sys=True)
-            else:
-                import builtins
 
-                main = types.ModuleType("__main__")
-                main.__dict__["__builtins__"] = builtins       # (the module, as in python3's __main__)
-                sys.modules["__main__"] = main
-                exec(compile(name, "<string>", "exec"), main.__dict__)
-        except SystemExit:
-            raise
-        except KeyboardInterrupt as exc:
-            _print_script_traceback(exc, origin)
-            interrupted = True
-        except BaseException as exc:
-            _print_script_traceback(exc, origin)
-            failed = True
-    finally:
-        _interpreter_exit()
-    if interrupted:
-        _die_by_sigint()
-    if failed:
-        sys.exit(1)
+    def run():
+        if kind == "module":
+            runpy.run_module(name, run_name="__main__", alter_sys=True)
+        else:
+            import builtins
+
+            main = types.ModuleType("__main__")
+            main.__dict__["__builtins__"] = builtins       # (the module, as in python3's __main__)
+            sys.modules["__main__"] = main
+            exec(compile(name, "<string>", "exec"), main.__dict__)
+
+    _run_as_main(run, origin)
 
 
 def _module_origin(name):
