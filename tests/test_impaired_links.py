@@ -271,9 +271,12 @@ def test_a_lossy_slow_link_delivers_every_message_whole_and_in_order(quiet, fres
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_black_hole_shorter_than_the_bound_loses_nothing(quiet, fresh, transport):
     """A 1.5 s black hole (every packet dropped, no reset) with messages flowing both ways, the
-    bound 4 s here and 5 s on the host: the process goes on, every message arrives, in order."""
+    bound 7 s here and 8 s on the host: the process goes on, every message arrives, in order.
+    (Not a tighter bound: TCP's retransmission timer backs off during the hole, so the link may
+    stay silent for a second or two after it; with 1 s x 3, ssh's own ServerAliveCountMax gave up
+    once in a full run under load.)"""
     host = quiet.hosts["q1"]
-    p, parent, _pid = start(host.spec(PLAIN_USER), options(quiet, transport, 1, 3), checked_echo, 0, 0)
+    p, parent, _pid = start(host.spec(PLAIN_USER), options(quiet, transport, 1, 6), checked_echo, 0, 0)
     stop = threading.Event()
     sent: list = []
 
