@@ -18,7 +18,7 @@ import statistics
 import sys
 import threading
 import time
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 from . import stdio
 from .errors import (
@@ -637,9 +637,9 @@ def _option_arity(parser: argparse.ArgumentParser, token: str) -> bool | None:
     return False
 
 
-def _positional_index(parser: argparse.ArgumentParser, tokens: Sequence[str], nth: int) -> int | None:
-    """The index in ``tokens`` of the positional number ``nth`` (from 0) of ``parser``, or None."""
-    seen = 0
+def _scan(parser: argparse.ArgumentParser, tokens: Sequence[str]) -> Iterator[tuple[int, str, bool]]:
+    """(index, token, whether a positional) of each token of ``tokens`` that is no option's value
+    and no first ``--``, as argparse reads them with ``parser``."""
     options_ended = False
     i = 0
     while i < len(tokens):
@@ -647,13 +647,21 @@ def _positional_index(parser: argparse.ArgumentParser, tokens: Sequence[str], nt
         arity = None if options_ended else _option_arity(parser, token)
         if not options_ended and token == "--":
             options_ended = True
-        elif arity is None:
+        else:
+            yield i, token, arity is None
+            if arity:
+                i += 1      # the option's value
+        i += 1
+
+
+def _positional_index(parser: argparse.ArgumentParser, tokens: Sequence[str], nth: int) -> int | None:
+    """The index in ``tokens`` of the positional number ``nth`` (from 0) of ``parser``, or None."""
+    seen = 0
+    for i, _token, positional in _scan(parser, tokens):
+        if positional:
             if seen == nth:
                 return i
             seen += 1
-        elif arity:
-            i += 1      # the option's value
-        i += 1
     return None
 
 
@@ -663,14 +671,8 @@ def _tail_start(parser: argparse.ArgumentParser, tokens: Sequence[str], count: i
     option of ``enders`` (``-m MODULE``, ``-c CODE``) that follows the first ``count - 1`` of them,
     as python3's own -m and -c end its options; with that option's name (None: after positionals)."""
     seen = 0
-    options_ended = False
-    i = 0
-    while i < len(tokens):
-        token = tokens[i]
-        arity = None if options_ended else _option_arity(parser, token)
-        if not options_ended and token == "--":
-            options_ended = True
-        elif arity is None:
+    for i, token, positional in _scan(parser, tokens):
+        if positional:
             seen += 1
             if seen == count:
                 return i + 1, None
@@ -678,9 +680,6 @@ def _tail_start(parser: argparse.ArgumentParser, tokens: Sequence[str], count: i
             if token in enders:
                 return (i + 2, token) if i + 1 < len(tokens) else (i + 1, token)
             return i + 1, token[:2]      # -mMODULE
-        elif arity:
-            i += 1      # the option's value
-        i += 1
     return None
 
 

@@ -9,10 +9,12 @@ remote process outlives the command.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 
 import pytest
 from proctable import gone, running
@@ -226,17 +228,11 @@ def test_check_says_where_the_remote_python_was_found(found, said):
 
 # -- Ctrl-C while connecting --------------------------------------------------------------------
 
-@pytest.mark.parametrize("command,transport", [("run", "paramiko"), ("run", "openssh"), ("check", "paramiko"),
-                                               ("cache", "paramiko"), ("demo", "paramiko")])
-def test_ctrl_c_while_connecting_to_a_silent_host_exits_130_at_once_without_a_traceback(command, transport):
-    """The host accepts the TCP connection but never answers (a hung sshd, a firewall that
-    swallows the banner): Ctrl-C ends every command with 130 and one line, at once (not after
-    the relay's 10 s bound for flushing output: a connection still being made has none), and
-    nothing it started (its relay, its ssh) is left behind."""
+@contextlib.contextmanager
+def _connecting_to_a_silent_host(command: str, transport: str) -> Iterator[subprocess.Popen]:
+    """``remoteproc COMMAND`` (in a session of its own) connecting to a host that accepts the TCP
+    connection and never answers; ended by its group (SIGKILL) if the test leaves it running."""
     import socket
-    import time
-
-    from proctable import eventually
 
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
@@ -250,6 +246,28 @@ def test_ctrl_c_while_connecting_to_a_silent_host_exits_130_at_once_without_a_tr
     conn = None
     try:
         conn, _ = listener.accept()         # it is connecting now
+        yield proc
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.communicate(timeout=10)
+        if conn is not None:
+            conn.close()
+        listener.close()
+
+
+@pytest.mark.parametrize("command,transport", [("run", "paramiko"), ("run", "openssh"), ("check", "paramiko"),
+                                               ("cache", "paramiko"), ("demo", "paramiko")])
+def test_ctrl_c_while_connecting_to_a_silent_host_exits_130_at_once_without_a_traceback(command, transport):
+    """The host accepts the TCP connection but never answers (a hung sshd, a firewall that
+    swallows the banner): Ctrl-C ends every command with 130 and one line, at once (not after
+    the relay's 10 s bound for flushing output: a connection still being made has none), and
+    nothing it started (its relay, its ssh) is left behind."""
+    import time
+
+    from proctable import eventually
+
+    with _connecting_to_a_silent_host(command, transport) as proc:
         interrupted = time.monotonic()
         proc.send_signal(signal.SIGINT)
         _stdout, stderr = proc.communicate(timeout=30)
@@ -268,13 +286,6 @@ def test_ctrl_c_while_connecting_to_a_silent_host_exits_130_at_once_without_a_tr
             return False
 
         assert eventually(group_gone, 15), "a process of the command outlived it"
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=10)
-        if conn is not None:
-            conn.close()
-        listener.close()
 
 
 @pytest.mark.parametrize("command,transport", [("run", "paramiko"), ("run", "openssh"), ("check", "paramiko")])
@@ -282,21 +293,9 @@ def test_ctrl_c_pressed_again_while_the_command_winds_down_adds_no_traceback(com
     """An impatient user presses Ctrl-C three times while the command connects to a silent
     host: the first interrupts it, the others land in its clean-up (joining its output thread,
     multiprocessing's atexit): still 130 and one line, no traceback, no "Exception ignored"."""
-    import socket
     import time
 
-    listener = socket.socket()
-    listener.bind(("127.0.0.1", 0))
-    listener.listen(4)
-    listener.settimeout(60)
-    port = listener.getsockname()[1]
-    argv = [sys.executable, "-m", "remoteproc", command, "-F", "none", "--connect-timeout", "600", "-p", str(port),
-            "--transport", transport, "nobody@127.0.0.1"] + (["script.py"] if command == "run" else [])
-    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL, text=True,
-                            env=ENV, start_new_session=True)
-    conn = None
-    try:
-        conn, _ = listener.accept()         # it is connecting now
+    with _connecting_to_a_silent_host(command, transport) as proc:
         for _ in range(3):
             try:
                 os.killpg(proc.pid, signal.SIGINT)
@@ -307,10 +306,3 @@ def test_ctrl_c_pressed_again_while_the_command_winds_down_adds_no_traceback(com
         assert proc.returncode == cli.EXIT_INTERRUPTED, stderr
         assert "remoteproc %s: interrupted" % command in stderr, stderr
         assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.communicate(timeout=10)
-        if conn is not None:
-            conn.close()
-        listener.close()
