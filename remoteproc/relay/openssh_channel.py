@@ -183,6 +183,17 @@ class OpenSSHChannel(AgentChannel):
                 pass
         self.proc.terminate()
 
+    def _end_hops(self) -> None:
+        """End what ``ssh`` left in its process group: the ``ssh -W`` of its jump hosts (or its
+        ProxyCommand).  ssh ends them itself with SIGHUP, but the relay has SIGHUP ignored, and so
+        have they (relay/process.py says why), so that a hop that lost its own connection still
+        says so; this SIGTERM is the end that SIGHUP was, once ``ssh`` itself has ended."""
+        if self.own_group:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except OSError:
+                pass        # (none left: the group is gone)
+
     def _jump_lost(self, lines: list[str]) -> Optional[str]:
         """Through jump hosts, a jump's ``ssh -W`` that lost its own connection says so first
         (``Connection to BASTION closed by remote host.``, ``Timeout, server BASTION not
@@ -221,6 +232,7 @@ class OpenSSHChannel(AgentChannel):
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
+        self._end_hops()
         for stream in (self.proc.stdout, self.proc.stderr):
             if stream is not None:
                 stream.close()

@@ -256,6 +256,11 @@ def main(fd: int) -> None:
     # and every agent, hearing nothing past its bound, would end the remote processes (as on a
     # lost link); a stopped local program's remote children keep running, as ssh's do
     signal.signal(signal.SIGTSTP, signal.SIG_IGN)
+    # A hangup neither: the relay ends when the user's process does (its socket closes), cleaning up
+    # the hosts first.  The ``ssh`` processes it starts inherit the ignored SIGHUP, and ssh keeps it
+    # ignored: a jump host's ``ssh -W`` that lost its own connection is then not ended by ssh's
+    # SIGHUP before it says so, and the error names the jump host rather than the target.
+    signal.signal(signal.SIGHUP, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])     # (blocked by relay/client.py until now)
     relay.serve()     # returns when the user's process is gone; threads here are daemons
     # ... but one still importing paramiko (cryptography's compiled code) when the interpreter
