@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import pickle
 import re
@@ -798,14 +799,28 @@ def _install_interrupt_once() -> Any:
     return None
 
 
+def _log_to_stderr(command: str) -> logging.Handler:
+    """The library's warnings as this command's own lines on stderr (Python's last-resort handler
+    printed them bare), but for a lost connection's: the command reports that one itself, with
+    its cause and fix, and it said the same twice."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setLevel(logging.WARNING)
+    handler.setFormatter(logging.Formatter("remoteproc %s: %%(message)s" % command))
+    handler.addFilter(lambda record: ": connection lost: " not in record.getMessage())
+    logging.getLogger("remoteproc").addHandler(handler)
+    return handler
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     stdio.sanitise()        # (run ... >&-: the script's output goes nowhere, not into our pipe)
     parser = build_parser()
     args = parser.parse_args(argv)
     previous = _install_interrupt_once()
+    handler = _log_to_stderr(args.command)
     try:
         return _main(parser, args)
     finally:
+        logging.getLogger("remoteproc").removeHandler(handler)
         # (after a Ctrl-C SIGINT stays ignored: the interpreter's exit comes next)
         if previous is not None and signal.getsignal(signal.SIGINT) is _interrupt_once:
             signal.signal(signal.SIGINT, previous)

@@ -120,6 +120,8 @@ def test_run_a_script_whose_connection_dies_exits_255_and_says_the_connection_wa
     out = remoteproc_cmd("run", "-F", config, "-e", "PIDFILE=%s" % pidfile, host, path)
     assert out.returncode == cli.EXIT_FAILURE, out.stdout + out.stderr
     assert "connection lost" in out.stderr and host in out.stderr, out.stderr
+    # once, as the command's report: the relay's warning of it was printed bare before that
+    assert out.stderr.count("connection lost") == 1, out.stderr
     _says_cause_and_fix(out, "remoteproc run:", "check the network and the host")     # as every failure
     assert "Traceback" not in out.stderr
     assert gone(int(pidfile.read_text())), "the script outlived its agent"
