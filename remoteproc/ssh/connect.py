@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import subprocess
 import threading
@@ -95,22 +96,28 @@ def _stop(proc: subprocess.Popen[bytes] | None, grace: float = 0.0) -> None:
     ``ssh bastion nc %h %p`` killed at once drops it, and its ``nc``, which does not end when its
     input does, then stays on the bastion with the target's sshd session, as long as the target lives.
     """
-    if proc is None or proc.poll() is not None:
+    if proc is None:
         return
     try:
-        if grace > 0:
+        if proc.poll() is None and grace > 0:
             try:
                 proc.wait(grace)
-                return
             except subprocess.TimeoutExpired:
                 pass
-        proc.terminate()
-        proc.wait(2)
+        if proc.poll() is None:
+            proc.terminate()
+            proc.wait(2)
     except subprocess.TimeoutExpired:
         proc.kill()
         proc.wait(5)
     except OSError:
         pass
+    # What it started and left in its session's group (the ``ssh -W`` of an ``ssh -J`` in it): the
+    # relay ignores SIGHUP, and so do they, so an ``ssh`` ending does not end them (relay/process.py)
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+    except OSError:
+        pass        # (none left)
 
 
 class SSHConnection:
