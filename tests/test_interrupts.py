@@ -326,3 +326,55 @@ def test_a_relay_still_connecting_lets_go_of_the_programs_stdout(sshd: Any, tmp_
         time.sleep(0.1)
     assert not running(relay), "the relay outlived its program by %.0f s" % WAIT
     _kill_session(proc.pid)
+
+
+# -- a hangup the program handles ---------------------------------------------------------------
+
+HANGUP = """
+    import json, os, signal, sys
+
+    import remoteproc
+
+    spec, options = json.loads(os.environ["UP_HOST"])
+
+
+    def echo(conn):
+        conn.send(conn.recv() + " pong")
+
+
+    if __name__ == "__main__":
+        signal.signal(signal.SIGHUP, lambda *_: print("reloaded", flush=True))     # (a daemon's reload)
+        parent, child = remoteproc.Pipe()
+        p = remoteproc.RemoteProcess(spec, target=echo, args=(child,), **options)
+        p.start()
+        child.close()
+        print("ready", flush=True)
+        sys.stdin.readline()
+        parent.send("ping")
+        print(parent.recv() if parent.poll(20) else "no answer", flush=True)
+        p.join(20)
+        print("exit", p.exitcode, flush=True)
+"""
+
+
+def test_a_hangup_the_program_handles_leaves_its_remote_processes_alone(sshd: Any, tmp_path: Any) -> None:
+    """SIGHUP to the program's process group (a daemon told to reload, ``kill -HUP -PGID``, or its
+    terminal closed under ``nohup``-like handling): the relay, in that group, died of it, and every
+    remote process with it (``EOFError`` at the next ``recv``); it ignores SIGHUP now and ends when
+    the program does, as after Ctrl-Z."""
+    prog = _write(tmp_path / "prog.py", HANGUP)
+    proc = subprocess.Popen([sys.executable, prog], cwd=str(tmp_path), env=_env(sshd), stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert proc.stdout.readline().strip() == "ready"
+        os.killpg(proc.pid, signal.SIGHUP)
+        assert proc.stdout.readline().strip() == "reloaded"
+        time.sleep(0.5)     # (what SIGHUP would do to the relay, done by now)
+        proc.stdin.write("go\n")
+        proc.stdin.flush()
+        out, err = proc.communicate(timeout=WAIT)
+        assert proc.returncode == 0, err
+        assert out.split("\n")[:2] == ["ping pong", "exit 0"], (out, err)
+    finally:
+        _kill_session(proc.pid)
