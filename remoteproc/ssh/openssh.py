@@ -253,7 +253,7 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         # (with host_key_policy given, -G shows ours, not the config's)
         strict_config=options.get("host_key_policy") is None and view.get("stricthostkeychecking") == ["true"],
     )
-    args += _session_args(view) + _master_args(view)
+    args += _session_args(view) + _master_args(view) + _log_args(view)
     # the relay's keepalive (and the agent's, see agent/supervisor.py) as ssh's: the options, else
     # the config's ServerAliveInterval / ServerAliveCountMax, as the paramiko transport reads them
     if options.get("keepalive_interval") is not None:
@@ -295,6 +295,14 @@ def _session_args(view: dict[str, list[str]]) -> list[str]:
         if given.lower() != value:
             args += ["-o", "%s=%s" % (keyword, value)]
     return args
+
+
+def _log_args(view: dict[str, list[str]]) -> list[str]:
+    """``-o LogLevel=ERROR`` where the config says ``LogLevel QUIET`` for the host: a quiet ssh fails
+    without a word (a refused login, a changed host key), and its failure could only be "ssh failed".
+    ERROR still keeps what QUIET is mostly written for quiet (``Warning: Permanently added``, banners)."""
+    quiet = (view.get("loglevel") or [""])[0].upper() in ("QUIET", "SILENT")   # (ssh -G says SILENT)
+    return ["-o", "LogLevel=ERROR"] if quiet else []
 
 
 def _master_args(view: dict[str, list[str]]) -> list[str]:
@@ -516,8 +524,10 @@ def remove_configs() -> None:
 
 # -- ssh's failures ----------------------------------------------------------------------------
 
+#: a changed host key: ssh's words
+_CHANGED = re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", re.I)
 _PATTERNS: list[tuple[re.Pattern, type, str]] = [
-    (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", re.I), HostKeyError,
+    (_CHANGED, HostKeyError,
      "the host's key has CHANGED since it was recorded in known_hosts: this may be an attack. Fix: if the "
      "change is expected, remove the old key (ssh-keygen -R, with the name ssh printed below), then connect "
      "once with `{ssh}`"),
@@ -544,6 +554,12 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"No route to host|Network is unreachable", re.I), ConnectError,
      "the host is unreachable. Fix: check the network path (VPN, ProxyJump)"),
 ]
+#: where ssh found the old key of a changed one, and the command it gives to remove it
+_OFFENDING = re.compile(r"Offending (?:\S+ )?key (?:for IP )?in (\S+):(\d+)")
+_REMOVE_WITH = re.compile(r"remove with:\s*(ssh-keygen -f .* -R .*?)\s*$", re.M)
+#: ssh's own diagnostics (``LogLevel DEBUG1``..``DEBUG3`` in the config, ``-v`` in an ssh wrapper) and
+#: the frame of its warnings (``@@@@``): never the failure itself
+_NOISE = re.compile(r"^(?:debug[1-3]: .*|@+\s*|@ .*@\s*)$\n?", re.M)
 #: what ssh says of a key file it ignores (``UNPROTECTED PRIVATE KEY FILE!``), and of a refused login
 _UNPROTECTED = re.compile(r"Permissions 0?[0-7]+ for '([^']+)' are too open")
 _DENIED = re.compile(r"Permission denied", re.I)
@@ -569,7 +585,8 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
     if status != 255:
         return None
     display = target.display
-    words = " ".join(line.strip() for line in said.splitlines() if line.strip()) or "no message"
+    said = ssh_words(said)
+    words = " ".join(line.strip() for line in said.splitlines() if line.strip()) or _said_nothing(target)
     ended = _JUMP_ENDED.search(said)
     at_jump = bool(target.proxy_jump) and ended is not None
     head = said[:ended.start()] if at_jump and ended is not None else said
@@ -611,6 +628,10 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
             "%s (transport='openssh'): %sssh ignored the private key %s: others can read it (ssh uses no key file "
             "whose permissions are too open). Fix: chmod 600 %s: %s"
             % (display, where, ", ".join(keys), " ".join(shlex.quote(k) for k in keys), words), display)
+    changed = _changed_key(head)
+    if changed is not None:
+        return HostKeyError("%s (transport='openssh'): %s%s, then connect once with `%s` and check the new key's "
+                            "fingerprint: %s" % (display, where, changed, ssh, words), display)
     for pattern, kind, advice in _PATTERNS:
         if pattern.search(head):
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh, config=config),
@@ -629,6 +650,34 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
         return error
     return ConnectError("%s (transport='openssh'): %sssh failed: %s. Fix: run `%s` to see why" %
                         (display, where, words.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
+
+
+def ssh_words(said: str) -> str:
+    """What ssh said on stderr without its debug lines (``LogLevel DEBUG3`` in the config: thousands of
+    them) and the ``@@@`` frame of its warnings: the words an error or a log line carries."""
+    return _NOISE.sub("", said)
+
+
+def _said_nothing(target: Target) -> str:
+    """The words of an ssh that failed without a word: ``LogLevel QUIET`` (which we raise to ERROR for
+    our own ``ssh``, see ``resolve``) or ``-q`` in an ssh wrapper that we cannot overrule."""
+    program = os.environ.get("REMOTEPROC_SSH") or shutil.which("ssh") or "ssh"
+    return ("ssh said nothing (is it told to be quiet? -q or LogLevel QUIET in the ssh program %s or in the "
+            "ssh configuration)" % program)
+
+
+def _changed_key(said: str) -> Optional[str]:
+    """For a changed host key: what happened and the fix, with the known_hosts file and line of the old
+    key and the ``ssh-keygen -R`` command that removes it, as ssh names them (None if it did not)."""
+    if not _CHANGED.search(said):
+        return None
+    where = _OFFENDING.search(said)
+    remove = _REMOVE_WITH.search(said)
+    if where is None or remove is None:
+        return None
+    return ("the host's key has CHANGED since it was recorded in %s:%s: this may be an attack. Fix: if the change "
+            "is expected (the host was reinstalled), remove the old key with `%s`" % (
+                where.group(1), where.group(2), remove.group(1)))
 
 
 #: the key files ssh tries when none is named (ssh_config(5), IdentityFile)
