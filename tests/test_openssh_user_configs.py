@@ -28,7 +28,7 @@ ACCOUNT = "rpsshcfg"
 """The account whose ~/.ssh these tests write (created if missing and kept, like rpuser)."""
 
 PROGRAM = textwrap.dedent("""\
-    import json, os, pwd, sys
+    import json, os, sys, time
     from remoteproc import Pipe, RemoteProcess, RemoteProcessError
 
     def echo(conn):
@@ -39,9 +39,27 @@ PROGRAM = textwrap.dedent("""\
                 break
         conn.close()
 
+    def lose_the_connection():
+        # kill the sshd process of this session (the first sshd above us), then wait for the end
+        pid = os.getppid()
+        for _ in range(20):
+            with open("/proc/%d/stat" % pid) as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            with open("/proc/%d/comm" % pid) as f:
+                if f.read().strip() == "sshd":
+                    os.kill(pid, 15)
+                    break
+            pid = int(fields[1])
+        time.sleep(30)
+
     def main():
         host, size = sys.argv[1], int(sys.argv[2])
         try:
+            if size < 0:
+                p = RemoteProcess(host, target=lose_the_connection, transport="openssh")
+                p.start()
+                p.join(30)
+                return {"exitcode": p.exitcode, "connection_error": str(p.connection_error)}
             parent, child = Pipe()
             p = RemoteProcess(host, target=echo, args=(child,), transport="openssh")
             p.start()
@@ -144,6 +162,11 @@ def test_ssh_debug_output_and_terminal_settings_of_the_config_leave_the_channel_
     assert got.get("error") == "AuthenticationError", got
     assert "debug1:" not in got["message"] and len(got["message"]) < 1000, got["message"]
     assert got["message"].endswith("Permission denied (publickey)."), got["message"]
+    # a connection lost later: its error gives ssh's last words, not its last debug line ("Exit status -1")
+    got, stderr = run(user, "lo", -1)
+    assert got["exitcode"] == 255, (got, stderr[-2000:])
+    assert got["connection_error"].endswith("ssh lost the connection (Connection to 127.0.0.1 closed by remote "
+                                            "host.)"), got
 
 
 def test_a_quiet_config_still_says_why_a_login_failed(user, sshd):

@@ -27,6 +27,7 @@ from ..agent.child import METADATA_FILES, METADATA_LISTING, METADATA_PREFIX
 from ..agent.endpoint import FrameEndpoint
 from ..agent.waker import Waker
 from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
+from ..ssh import openssh
 from ..ssh.target import Target
 from . import ipc
 from .channel import AgentChannel, AgentOpener, ChannelLost
@@ -47,7 +48,7 @@ PROVE_AFTER = 2.0
 _CLOSED_BY_HOST = re.compile(r"Connection to \S+ closed by remote host\.?\s*$")
 #: ssh's debug lines (``LogLevel DEBUG3`` in the user's config, ``-v`` in an ssh wrapper) and what it says
 #: only from ``LogLevel VERBOSE`` on: logged at DEBUG
-_SSH_DEBUG = re.compile(r"debug[1-3]: |Authenticated to .* using |Transferred: sent |Bytes per second: ")
+_SSH_DEBUG = openssh.CHATTER
 #: while messages flow, the loop's timers (keepalive, ping, idle) and the ssh stderr it logs are
 #: looked at once per TICK, not after every wake-up: a message's hop is then one wait, one read
 #: and one write, with no clock reads or bookkeeping between them

@@ -557,9 +557,11 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
 #: where ssh found the old key of a changed one, and the command it gives to remove it
 _OFFENDING = re.compile(r"Offending (?:\S+ )?key (?:for IP )?in (\S+):(\d+)")
 _REMOVE_WITH = re.compile(r"remove with:\s*(ssh-keygen -f .* -R .*?)\s*$", re.M)
-#: ssh's own diagnostics (``LogLevel DEBUG1``..``DEBUG3`` in the config, ``-v`` in an ssh wrapper) and
-#: the frame of its warnings (``@@@@``): never the failure itself
-_NOISE = re.compile(r"^(?:debug[1-3]: .*|@+\s*|@ .*@\s*)$\n?", re.M)
+#: how the lines start that ssh writes only from ``LogLevel VERBOSE`` on (``DEBUG1``..``DEBUG3`` in the
+#: config, ``-v`` in an ssh wrapper): its debug lines, the channel list of one of them, its statistics
+CHATTER = re.compile(r"debug[1-3]: |  #\d+ |Authenticated to .* using |Transferred: sent |Bytes per second: ")
+#: those lines and the frame of ssh's warnings (``@@@@``): never the failure itself
+_NOISE = re.compile(r"^(?:(?:%s).*|@+\s*|@ .*@\s*)$\n?" % CHATTER.pattern, re.M)
 #: what ssh says of a key file it ignores (``UNPROTECTED PRIVATE KEY FILE!``), and of a refused login
 _UNPROTECTED = re.compile(r"Permissions 0?[0-7]+ for '([^']+)' are too open")
 _DENIED = re.compile(r"Permission denied", re.I)
@@ -654,7 +656,7 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
 
 def ssh_words(said: str) -> str:
     """What ssh said on stderr without its debug lines (``LogLevel DEBUG3`` in the config: thousands of
-    them) and the ``@@@`` frame of its warnings: the words an error or a log line carries."""
+    them, see ``CHATTER``) and the ``@@@`` frame of its warnings: the words an error carries."""
     return _NOISE.sub("", said)
 
 
