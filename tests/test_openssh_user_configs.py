@@ -14,6 +14,7 @@ import json
 import os
 import shutil
 import subprocess
+import tempfile
 import textwrap
 from collections.abc import Iterator
 from typing import Any
@@ -99,9 +100,9 @@ def user(account: dict[str, Any]) -> Iterator[User]:
         shutil.rmtree(u.dot, ignore_errors=True)
 
 
-def run(user: User, host: str, size: int = 0) -> tuple[dict[str, Any], str]:
+def run(user: User, host: str, size: int = 0, env: dict[str, str] | None = None) -> tuple[dict[str, Any], str]:
     """The program as the user: (its result, its stderr, where the library's log goes)."""
-    done = user.run_as([user.client["python"], user.client["program"], host, str(size)])
+    done = user.run_as([user.client["python"], user.client["program"], host, str(size)], env)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     assert lines, "the program said nothing (status %s): %s" % (done.returncode, done.stderr[-3000:])
     return json.loads(lines[-1][len("RESULT "):]), done.stderr
@@ -185,3 +186,40 @@ def test_a_quiet_config_still_says_why_a_login_failed(user, sshd):
     got, stderr = run(user, "new", 1000)
     assert got == {"identical": True, "exitcode": 0}, got
     assert "Permanently added" not in stderr, stderr
+
+
+@pytest.fixture
+def wrappers() -> Iterator[Any]:
+    """write(name, body) -> path of an executable ``sh`` script that every account can run."""
+    directory = tempfile.mkdtemp(prefix="remoteproc-wrappers-")
+    os.chmod(directory, 0o755)
+
+    def write(name: str, body: str) -> str:
+        path = os.path.join(directory, name)
+        with open(path, "w") as f:
+            f.write("#!/bin/sh\n" + body)
+        os.chmod(path, 0o755)
+        return path
+
+    yield write
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def test_ssh_wrapper_scripts(user, sshd, wrappers):
+    """An ``ssh`` wrapper (``$REMOTEPROC_SSH``) that adds ``-v -t``: the channel stays binary and clean,
+    its debug lines and version line are no warnings.  One whose ssh is gone (status 127) is a
+    ConnectError naming the wrapper and $REMOTEPROC_SSH (it was a ConfigError saying that ssh refused
+    the host's configuration, with ``ssh -G box`` as the fix, which works)."""
+    user.copy(sshd.client_key, "id_ed25519")
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    user.put("config", alias(sshd, "lo"))
+    verbose = wrappers("verbose-ssh", 'exec ssh -v -t "$@"\n')
+    got, stderr = run(user, "lo", 1 << 20, {"REMOTEPROC_SSH": verbose})
+    assert got == {"identical": True, "exitcode": 0}, (got, stderr[-2000:])
+    assert "debug1:" not in stderr and "OpenSSH_" not in stderr, stderr[-2000:]
+    gone = wrappers("gone-ssh", 'exec /nonexistent/bin/ssh "$@"\n')
+    got, _ = run(user, "lo", 0, {"REMOTEPROC_SSH": gone})
+    assert got.get("error") == "ConnectError", got
+    assert got["message"].startswith("lo: transport='openssh' cannot run the ssh program %s ($REMOTEPROC_SSH): it "
+                                     "exited with status 127" % gone), got
+    assert "Fix: set REMOTEPROC_SSH to an ssh program" in got["message"], got

@@ -206,6 +206,11 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
                           % (spec, G_TIMEOUT), spec) from None
     if out.returncode != 0:
         said = out.stderr.decode("utf-8", "replace").strip()
+        if out.returncode != 255:
+            # ssh refuses a configuration with 255; anything else is a program that did not run ssh: a
+            # wrapper script whose ssh is gone (127: "not found"), or not ssh at all
+            raise cannot_run(spec, program, "it exited with status %d (%s)" % (out.returncode, said.rstrip(".")
+                                                                                 or "no message"))
         unsafe = re.search(r"Bad owner or permissions on (\S+)", said)
         fix = ("make it yours and not writable by others: chmod go-w %s (ssh refuses a configuration file that "
                "another user could write)" % unsafe.group(1) if unsafe else
@@ -559,7 +564,8 @@ _OFFENDING = re.compile(r"Offending (?:\S+ )?key (?:for IP )?in (\S+):(\d+)")
 _REMOVE_WITH = re.compile(r"remove with:\s*(ssh-keygen -f .* -R .*?)\s*$", re.M)
 #: how the lines start that ssh writes only from ``LogLevel VERBOSE`` on (``DEBUG1``..``DEBUG3`` in the
 #: config, ``-v`` in an ssh wrapper): its debug lines, the channel list of one of them, its statistics
-CHATTER = re.compile(r"debug[1-3]: |  #\d+ |Authenticated to .* using |Transferred: sent |Bytes per second: ")
+CHATTER = re.compile(r"debug[1-3]: |  #\d+ |Authenticated to .* using |Transferred: sent |Bytes per second: |"
+                     r"OpenSSH_[0-9][^ ]*,? ")
 #: those lines and the frame of ssh's warnings (``@@@@``): never the failure itself
 _NOISE = re.compile(r"^(?:(?:%s).*|@+\s*|@ .*@\s*)$\n?" % CHATTER.pattern, re.M)
 #: what ssh says of a key file it ignores (``UNPROTECTED PRIVATE KEY FILE!``), and of a refused login
