@@ -223,3 +223,20 @@ def test_ssh_wrapper_scripts(user, sshd, wrappers):
     assert got["message"].startswith("lo: transport='openssh' cannot run the ssh program %s ($REMOTEPROC_SSH): it "
                                      "exited with status 127" % gone), got
     assert "Fix: set REMOTEPROC_SSH to an ssh program" in got["message"], got
+
+
+def test_a_quiet_jump_host_that_refuses_the_login_is_named(user, sshd):
+    """A jump host whose alias says ``LogLevel QUIET`` refuses our key: its ``ssh -W`` said nothing, and
+    the failure read as the target's sshd closing before its banner (MaxStartups as the fix, tried again
+    for 6 s).  The jump hosts' config file of ours gives it ``LogLevel ERROR``: an AuthenticationError at
+    the jump host, at once."""
+    user.copy(sshd.client_key, "id_ed25519")
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    wrong = other_key(user, "wrong_key")
+    user.put("config", alias(sshd, "hop", "LogLevel QUIET", "IdentityFile %s" % wrong, "IdentitiesOnly yes") +
+             alias(sshd, "lo", "ProxyJump hop"))
+    got, _ = run(user, "lo")
+    assert got.get("error") == "AuthenticationError", got
+    assert got["message"].startswith("lo (%s@127.0.0.1:%d via hop) (transport='openssh'): at the jump host (hop): "
+                                     % (PLAIN_USER, sshd.port)), got
+    assert "Permission denied (publickey)" in got["message"], got

@@ -273,8 +273,11 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         # (our defaults come after the user's config there: a jump host keeps its own ConnectTimeout)
         jumped = _with_jump_config(args, defaults)
         _check_jump_chain(spec, jumped, target.proxy_jump)
-        if "ControlMaster=no" not in args and _hop_would_master(jumped, target.proxy_jump):
-            jumped = _with_jump_config(args + ["-o", "ControlMaster=no"], defaults)
+        views = _hop_views(jumped, target.proxy_jump)
+        master = "ControlMaster=no" not in args and any(_master_args(view) for view in views.values())
+        quiet = [hop for hop, view in views.items() if _log_args(view)]
+        if master or quiet:
+            jumped = _with_jump_config(args + (["-o", "ControlMaster=no"] if master else []), defaults, quiet)
         args = jumped
     else:
         args += [a for line in defaults for a in ("-o", line.replace(" ", "=", 1))]
@@ -324,21 +327,22 @@ def _master_args(view: dict[str, list[str]]) -> list[str]:
     return ["-o", "ControlMaster=no"]
 
 
-def _hop_would_master(args: list[str], hops: list[str]) -> bool:
-    """Whether the ``ssh -W`` of a jump host (which gets only ``-F`` from ``args``) would become the
-    master of its connection, as ``_master_args`` says: that ``ssh`` ends with our connection, and
-    the jump of another one of ours would ride it."""
+def _hop_views(args: list[str], hops: list[str]) -> dict[str, dict[str, list[str]]]:
+    """What ``ssh -G`` says of each jump host (its name -> its view) under ``args``' ``-F``, which is all
+    that its ``ssh -W`` gets: whether it would become the master of its connection (``_master_args``:
+    that ``ssh`` ends with our connection, and the jump of another one of ours would ride it), or be
+    quiet (``_log_args``: a jump host refusing our login said nothing, and the failure read as the
+    target's sshd turning us away, tried again for seconds, with MaxStartups as the fix)."""
     config = args[args.index("-F") + 1]
+    views = {}
     for hop in hops:
         try:
-            user, _host, port = parse_spec(hop)
-            view = ssh_config_view(hop, ["-F", config] + (["-l", user] if user else []) +
-                                   (["-p", str(port)] if port else []))
+            user, host, port = parse_spec(hop)
+            views[host] = ssh_config_view(hop, ["-F", config] + (["-l", user] if user else []) +
+                                          (["-p", str(port)] if port else []))
         except RemoteProcessError:
             continue        # (ssh itself will say what is wrong with it)
-        if _master_args(view):
-            return True
-    return False
+    return views
 
 
 def _check_jump_chain(spec: str, args: list[str], hops: list[str]) -> None:
@@ -427,7 +431,7 @@ _INHERITED = {"-i": "IdentityFile", "UserKnownHostsFile": "UserKnownHostsFile",
               "ControlMaster": "ControlMaster"}
 
 
-def jump_config(args: list[str], defaults: Sequence[str] = ()) -> tuple[str, list[str]]:
+def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[str] = ()) -> tuple[str, list[str]]:
     """For ``option_args``' ``args``: the text of a config file that sets our inherited options for
     every host (jump hosts too) and then includes the user's configuration, and the arguments that
     remain on the command line (``-F`` and the inherited ones moved into the file).
@@ -435,6 +439,7 @@ def jump_config(args: list[str], defaults: Sequence[str] = ()) -> tuple[str, lis
     Settings before any ``Host`` line hold for every host, and the first value ssh obtains wins: the
     file ranks our options above the user's configuration, as the command line did.  ``defaults``
     (config lines) come after it, under ``Host *``: they hold where the user's configuration is silent.
+    ``quiet``: jump hosts that get ``LogLevel ERROR`` for the ``LogLevel QUIET`` of their configuration.
     """
     lines = ["# written by remoteproc: our options for the target and its jump hosts, then yours"]
     rest: list[str] = []
@@ -453,6 +458,8 @@ def jump_config(args: list[str], defaults: Sequence[str] = ()) -> tuple[str, lis
         else:
             rest += [flag] if value is None else [flag, value]
         i += 1 if value is None else 2
+    if quiet:       # (jump hosts whose config says LogLevel QUIET: see _log_args; then back to every host)
+        lines += ["Host %s" % " ".join(quiet), "LogLevel ERROR", "Host *"]
     lines += ['Include "%s"' % os.path.expanduser(c) for c in configs]
     if defaults:
         lines += ["Host *", *defaults]
@@ -464,10 +471,10 @@ _configs_dir: Optional[str] = None
 CONFIGS_PREFIX = "remoteproc-ssh-"      # then pid and pid namespace: a killed relay's files are found by them
 
 
-def _with_jump_config(args: list[str], defaults: Sequence[str]) -> list[str]:
+def _with_jump_config(args: list[str], defaults: Sequence[str], quiet: Sequence[str] = ()) -> list[str]:
     """``args`` with our inherited options in a config file of this process (see ``jump_config``)."""
     global _configs_dir
-    text, rest = jump_config(args, defaults)
+    text, rest = jump_config(args, defaults, quiet)
     with _configs_lock:
         if _configs_dir is None:
             _sweep_stale_configs(tempfile.gettempdir())
