@@ -460,10 +460,25 @@ def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[s
         i += 1 if value is None else 2
     if quiet:       # (jump hosts whose config says LogLevel QUIET: see _log_args; then back to every host)
         lines += ["Host %s" % " ".join(quiet), "LogLevel ERROR", "Host *"]
-    lines += ['Include "%s"' % os.path.expanduser(c) for c in configs]
+    lines += ['Include "%s"' % _account_path(c) for c in configs]
     if defaults:
         lines += ["Host *", *defaults]
     return "\n".join(lines) + "\n", rest
+
+
+def _account_path(path: str) -> str:
+    """``path`` with ``~`` as ssh reads ``~/.ssh/config`` when given no ``-F``: the home directory of the
+    account (password database), not ``$HOME`` (Python's ``~``, and also what ``~`` in an ``Include``
+    means to ssh), which sudo without -H and some containers set elsewhere: the jump hosts' config
+    file then included another ``~/.ssh/config`` than the one the target was resolved with."""
+    if path.startswith("~/"):
+        import pwd
+
+        try:
+            return os.path.join(pwd.getpwuid(os.getuid()).pw_dir, path[2:])
+        except KeyError:
+            pass
+    return os.path.expanduser(path)
 
 
 _configs_lock = threading.Lock()
