@@ -616,7 +616,7 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
         return None
     display = target.display
     said = ssh_words(said)
-    words = " ".join(line.strip() for line in said.splitlines() if line.strip()) or _said_nothing(target)
+    words = " ".join(line.strip() for line in said.splitlines() if line.strip()) or _said_nothing()
     ended = _JUMP_ENDED.search(said)
     at_jump = bool(target.proxy_jump) and ended is not None
     head = said[:ended.start()] if at_jump and ended is not None else said
@@ -688,7 +688,7 @@ def ssh_words(said: str) -> str:
     return _NOISE.sub("", said)
 
 
-def _said_nothing(target: Target) -> str:
+def _said_nothing() -> str:
     """The words of an ssh that failed without a word: ``LogLevel QUIET`` (which we raise to ERROR for
     our own ``ssh``, see ``resolve``) or ``-q`` in an ssh wrapper that we cannot overrule."""
     program = os.environ.get("REMOTEPROC_SSH") or shutil.which("ssh") or "ssh"
