@@ -196,7 +196,6 @@ def wrappers() -> Iterator[Any]:
 
     def write(name: str, body: str) -> str:
         path = os.path.join(directory, name)
-        os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
         with open(path, "w") as f:
             f.write("#!/bin/sh\n" + body)
         os.chmod(path, 0o755)
@@ -243,7 +242,7 @@ def test_a_quiet_jump_host_that_refuses_the_login_is_named(user, sshd):
     assert "Permission denied (publickey)" in got["message"], got
 
 
-def test_a_jump_host_from_the_accounts_config_when_home_is_elsewhere(user, sshd, wrappers):
+def test_a_jump_host_from_the_accounts_config_when_home_is_elsewhere(user, sshd):
     """$HOME elsewhere than the account's home (sudo without -H, some containers), holding an ssh config
     of its own: ``ssh lo`` reads the account's ~/.ssh/config, and so must the config file of ours that
     carries our options to the jump host (it included $HOME's, whose ``Port 1`` then applied to the
@@ -251,7 +250,14 @@ def test_a_jump_host_from_the_accounts_config_when_home_is_elsewhere(user, sshd,
     user.copy(sshd.client_key, "id_ed25519")
     user.put("known_hosts", loopback_line(sshd) + "\n")
     user.put("config", alias(sshd, "hop") + alias(sshd, "lo", "ProxyJump hop"))
-    elsewhere = os.path.dirname(os.path.dirname(wrappers(".ssh/config", "Host *\n    Port 1\n")))
-    assert user.run_as(["ssh", "-o", "BatchMode=yes", "lo", "true"], {"HOME": elsewhere}).returncode == 0
-    got, stderr = run(user, "lo", 1000, {"HOME": elsewhere})
-    assert got == {"identical": True, "exitcode": 0}, (got, stderr[-2000:])
+    elsewhere = tempfile.mkdtemp(prefix="remoteproc-home-")
+    try:
+        os.mkdir(os.path.join(elsewhere, ".ssh"))
+        with open(os.path.join(elsewhere, ".ssh", "config"), "w") as f:
+            f.write("Host *\n    Port 1\n")
+        subprocess.run(["chmod", "-R", "a+rX", elsewhere], check=True, timeout=30)
+        assert user.run_as(["ssh", "-o", "BatchMode=yes", "lo", "true"], {"HOME": elsewhere}).returncode == 0
+        got, stderr = run(user, "lo", 1000, {"HOME": elsewhere})
+        assert got == {"identical": True, "exitcode": 0}, (got, stderr[-2000:])
+    finally:
+        shutil.rmtree(elsewhere, ignore_errors=True)
