@@ -27,6 +27,7 @@ from ..agent.child import METADATA_FILES, METADATA_LISTING, METADATA_PREFIX
 from ..agent.endpoint import FrameEndpoint
 from ..agent.waker import Waker
 from ..errors import CONNECTION_LOST, ConnectionLostError, ProtocolError, RemoteProcessError, describe
+from ..ssh import openssh
 from ..ssh.target import Target
 from . import ipc
 from .channel import AgentChannel, AgentOpener, ChannelLost
@@ -45,6 +46,9 @@ PUMP_LOW = 2 << 20      # a package transfer adds frames while less than this wa
 PROVE_AFTER = 2.0
 #: ssh's last words when the server closes the connection
 _CLOSED_BY_HOST = re.compile(r"Connection to \S+ closed by remote host\.?\s*$")
+#: ssh's debug lines (``LogLevel DEBUG3`` in the user's config, ``-v`` in an ssh wrapper) and what it says
+#: only from ``LogLevel VERBOSE`` on: logged at DEBUG
+_SSH_DEBUG = openssh.CHATTER
 #: while messages flow, the loop's timers (keepalive, ping, idle) and the ssh stderr it logs are
 #: looked at once per TICK, not after every wake-up: a message's hop is then one wait, one read
 #: and one write, with no clock reads or bookkeeping between them
@@ -89,6 +93,8 @@ class Link:
         self.display = target.display
         #: the agent's last words about itself on stderr ("remoteproc: the agent ..."): why it went
         self.last_words = ""
+        #: an ssh debug line not yet complete when its stderr was last read (transport='openssh')
+        self._debug_tail = ""
         self.sel = poller.make()
         self.pending: deque = deque()
         self.lock = threading.Lock()
@@ -358,11 +364,14 @@ class Link:
 
     def _drain_stderr(self) -> None:
         assert self.chan is not None
-        self._note_stderr(self.chan.recv_stderr())
+        self._note_stderr(self.chan.recv_stderr(), final=True)
 
-    def _note_stderr(self, said: bytes) -> None:
+    def _note_stderr(self, said: bytes, final: bool = False) -> None:
         """Log what came on the channel's stderr, and keep the agent's last words from it."""
-        text = said.decode("utf-8", "replace").rstrip() if said else ""
+        text = said.decode("utf-8", "replace") if said else ""
+        if self.target.transport == "openssh" and (text or self._debug_tail):
+            text = self._without_debug(text, final)
+        text = text.rstrip()
         if text:
             # ssh's word that the server closed a connection nothing of ours used any more (the
             # host's sshd restarted, a test server stopped) is no warning: with paramiko that
@@ -373,6 +382,20 @@ class Link:
             for line in text.splitlines():
                 if line.startswith("remoteproc: the agent "):   # (agent/supervisor.py main)
                     self.last_words = line[len("remoteproc: "):][:1000]
+
+    def _without_debug(self, text: str, final: bool) -> str:
+        """``text`` without ssh's debug lines, which go to the log at DEBUG: a config's ``LogLevel DEBUG3``
+        made every connection log a warning of hundreds of lines, and more while data flowed.  A debug
+        line that one read of stderr cut in two waits for its end (the next read, or the last)."""
+        text, self._debug_tail = self._debug_tail + text, ""
+        lines = text.splitlines(keepends=True)
+        last = lines[-1] if lines and not final and not lines[-1].endswith("\n") else ""
+        if last and (_SSH_DEBUG.match(last) or (len(last) < 8 and _SSH_DEBUG.match(last + "debug1: "[len(last):]))):
+            self._debug_tail = lines.pop()      # (a start of "debug1: " too short to tell is kept as well)
+        debug = [line for line in lines if _SSH_DEBUG.match(line)]
+        if debug:
+            log.debug("%s: ssh: %s", self.display, "".join(debug).rstrip())
+        return "".join(line for line in lines if not _SSH_DEBUG.match(line))
 
     def _on_wake(self, mask) -> None:
         self.waker.clear()

@@ -140,10 +140,10 @@ class OpenSSHChannel(AgentChannel):
         return -1 if code < 0 or code == 255 else code
 
     def said(self) -> str:
-        """Everything ssh wrote on stderr (up to the last 64 KiB), once it has ended."""
+        """Everything ssh wrote on stderr (up to the last 64 KiB), once it has ended, but its debug lines."""
         self._reader.join(2.0)
         with self._err_lock:
-            return self._said.decode("utf-8", "replace").strip()
+            return openssh.ssh_words(self._said.decode("utf-8", "replace")).strip()
 
     def startup_error(self, status: Optional[int]) -> Optional[RemoteProcessError]:
         try:

@@ -206,6 +206,11 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
                           % (spec, G_TIMEOUT), spec) from None
     if out.returncode != 0:
         said = out.stderr.decode("utf-8", "replace").strip()
+        if out.returncode != 255:
+            # ssh refuses a configuration with 255; anything else is a program that did not run ssh: a
+            # wrapper script whose ssh is gone (127: "not found"), or not ssh at all
+            raise cannot_run(spec, program, "it exited with status %d (%s)" % (out.returncode, said.rstrip(".")
+                                                                                 or "no message"))
         unsafe = re.search(r"Bad owner or permissions on (\S+)", said)
         fix = ("make it yours and not writable by others: chmod go-w %s (ssh refuses a configuration file that "
                "another user could write)" % unsafe.group(1) if unsafe else
@@ -253,7 +258,7 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         # (with host_key_policy given, -G shows ours, not the config's)
         strict_config=options.get("host_key_policy") is None and view.get("stricthostkeychecking") == ["true"],
     )
-    args += _session_args(view) + _master_args(view)
+    args += _session_args(view) + _master_args(view) + _log_args(view)
     # the relay's keepalive (and the agent's, see agent/supervisor.py) as ssh's: the options, else
     # the config's ServerAliveInterval / ServerAliveCountMax, as the paramiko transport reads them
     if options.get("keepalive_interval") is not None:
@@ -268,8 +273,11 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         # (our defaults come after the user's config there: a jump host keeps its own ConnectTimeout)
         jumped = _with_jump_config(args, defaults)
         _check_jump_chain(spec, jumped, target.proxy_jump)
-        if "ControlMaster=no" not in args and _hop_would_master(jumped, target.proxy_jump):
-            jumped = _with_jump_config(args + ["-o", "ControlMaster=no"], defaults)
+        views = _hop_views(jumped, target.proxy_jump)
+        master = "ControlMaster=no" not in args and any(_master_args(view) for view in views.values())
+        quiet = [hop for hop, view in views.items() if _log_args(view)]
+        if master or quiet:
+            jumped = _with_jump_config(args + (["-o", "ControlMaster=no"] if master else []), defaults, quiet)
         args = jumped
     else:
         args += [a for line in defaults for a in ("-o", line.replace(" ", "=", 1))]
@@ -297,6 +305,14 @@ def _session_args(view: dict[str, list[str]]) -> list[str]:
     return args
 
 
+def _log_args(view: dict[str, list[str]]) -> list[str]:
+    """``-o LogLevel=ERROR`` where the config says ``LogLevel QUIET`` for the host: a quiet ssh fails
+    without a word (a refused login, a changed host key), and its failure could only be "ssh failed".
+    ERROR still keeps what QUIET is mostly written for quiet (``Warning: Permanently added``, banners)."""
+    quiet = (view.get("loglevel") or [""])[0].upper() in ("QUIET", "SILENT")   # (ssh -G says SILENT)
+    return ["-o", "LogLevel=ERROR"] if quiet else []
+
+
 def _master_args(view: dict[str, list[str]]) -> list[str]:
     """``-o ControlMaster=no`` where the config would make our ``ssh`` the master of a connection that
     ends with it (``ControlMaster`` on, ``ControlPersist no``): the ``ssh`` of another connection of
@@ -311,21 +327,22 @@ def _master_args(view: dict[str, list[str]]) -> list[str]:
     return ["-o", "ControlMaster=no"]
 
 
-def _hop_would_master(args: list[str], hops: list[str]) -> bool:
-    """Whether the ``ssh -W`` of a jump host (which gets only ``-F`` from ``args``) would become the
-    master of its connection, as ``_master_args`` says: that ``ssh`` ends with our connection, and
-    the jump of another one of ours would ride it."""
+def _hop_views(args: list[str], hops: list[str]) -> dict[str, dict[str, list[str]]]:
+    """What ``ssh -G`` says of each jump host (its name -> its view) under ``args``' ``-F``, which is all
+    that its ``ssh -W`` gets: whether it would become the master of its connection (``_master_args``:
+    that ``ssh`` ends with our connection, and the jump of another one of ours would ride it), or be
+    quiet (``_log_args``: a jump host refusing our login said nothing, and the failure read as the
+    target's sshd turning us away, tried again for seconds, with MaxStartups as the fix)."""
     config = args[args.index("-F") + 1]
+    views = {}
     for hop in hops:
         try:
-            user, _host, port = parse_spec(hop)
-            view = ssh_config_view(hop, ["-F", config] + (["-l", user] if user else []) +
-                                   (["-p", str(port)] if port else []))
+            user, host, port = parse_spec(hop)
+            views[host] = ssh_config_view(hop, ["-F", config] + (["-l", user] if user else []) +
+                                          (["-p", str(port)] if port else []))
         except RemoteProcessError:
             continue        # (ssh itself will say what is wrong with it)
-        if _master_args(view):
-            return True
-    return False
+    return views
 
 
 def _check_jump_chain(spec: str, args: list[str], hops: list[str]) -> None:
@@ -414,7 +431,7 @@ _INHERITED = {"-i": "IdentityFile", "UserKnownHostsFile": "UserKnownHostsFile",
               "ControlMaster": "ControlMaster"}
 
 
-def jump_config(args: list[str], defaults: Sequence[str] = ()) -> tuple[str, list[str]]:
+def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[str] = ()) -> tuple[str, list[str]]:
     """For ``option_args``' ``args``: the text of a config file that sets our inherited options for
     every host (jump hosts too) and then includes the user's configuration, and the arguments that
     remain on the command line (``-F`` and the inherited ones moved into the file).
@@ -422,6 +439,7 @@ def jump_config(args: list[str], defaults: Sequence[str] = ()) -> tuple[str, lis
     Settings before any ``Host`` line hold for every host, and the first value ssh obtains wins: the
     file ranks our options above the user's configuration, as the command line did.  ``defaults``
     (config lines) come after it, under ``Host *``: they hold where the user's configuration is silent.
+    ``quiet``: jump hosts that get ``LogLevel ERROR`` for the ``LogLevel QUIET`` of their configuration.
     """
     lines = ["# written by remoteproc: our options for the target and its jump hosts, then yours"]
     rest: list[str] = []
@@ -440,10 +458,27 @@ def jump_config(args: list[str], defaults: Sequence[str] = ()) -> tuple[str, lis
         else:
             rest += [flag] if value is None else [flag, value]
         i += 1 if value is None else 2
-    lines += ['Include "%s"' % os.path.expanduser(c) for c in configs]
+    if quiet:       # (jump hosts whose config says LogLevel QUIET: see _log_args; then back to every host)
+        lines += ["Host %s" % " ".join(quiet), "LogLevel ERROR", "Host *"]
+    lines += ['Include "%s"' % _account_path(c) for c in configs]
     if defaults:
         lines += ["Host *", *defaults]
     return "\n".join(lines) + "\n", rest
+
+
+def _account_path(path: str) -> str:
+    """``path`` with ``~`` as ssh reads ``~/.ssh/config`` when given no ``-F``: the home directory of the
+    account (password database), not ``$HOME`` (Python's ``~``, and also what ``~`` in an ``Include``
+    means to ssh), which sudo without -H and some containers set elsewhere: the jump hosts' config
+    file then included another ``~/.ssh/config`` than the one the target was resolved with."""
+    if path.startswith("~/"):
+        import pwd
+
+        try:
+            return os.path.join(pwd.getpwuid(os.getuid()).pw_dir, path[2:])
+        except KeyError:
+            pass
+    return os.path.expanduser(path)
 
 
 _configs_lock = threading.Lock()
@@ -451,10 +486,10 @@ _configs_dir: Optional[str] = None
 CONFIGS_PREFIX = "remoteproc-ssh-"      # then pid and pid namespace: a killed relay's files are found by them
 
 
-def _with_jump_config(args: list[str], defaults: Sequence[str]) -> list[str]:
+def _with_jump_config(args: list[str], defaults: Sequence[str], quiet: Sequence[str] = ()) -> list[str]:
     """``args`` with our inherited options in a config file of this process (see ``jump_config``)."""
     global _configs_dir
-    text, rest = jump_config(args, defaults)
+    text, rest = jump_config(args, defaults, quiet)
     with _configs_lock:
         if _configs_dir is None:
             _sweep_stale_configs(tempfile.gettempdir())
@@ -516,8 +551,10 @@ def remove_configs() -> None:
 
 # -- ssh's failures ----------------------------------------------------------------------------
 
+#: a changed host key: ssh's words
+_CHANGED = re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", re.I)
 _PATTERNS: list[tuple[re.Pattern, type, str]] = [
-    (re.compile(r"REMOTE HOST IDENTIFICATION HAS CHANGED|Host key for .* has changed", re.I), HostKeyError,
+    (_CHANGED, HostKeyError,
      "the host's key has CHANGED since it was recorded in known_hosts: this may be an attack. Fix: if the "
      "change is expected, remove the old key (ssh-keygen -R, with the name ssh printed below), then connect "
      "once with `{ssh}`"),
@@ -544,6 +581,15 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"No route to host|Network is unreachable", re.I), ConnectError,
      "the host is unreachable. Fix: check the network path (VPN, ProxyJump)"),
 ]
+#: where ssh found the old key of a changed one, and the command it gives to remove it
+_OFFENDING = re.compile(r"Offending (?:\S+ )?key (?:for IP )?in (\S+):(\d+)")
+_REMOVE_WITH = re.compile(r"remove with:\s*(ssh-keygen -f .* -R .*?)\s*$", re.M)
+#: how the lines start that ssh writes only from ``LogLevel VERBOSE`` on (``DEBUG1``..``DEBUG3`` in the
+#: config, ``-v`` in an ssh wrapper): its debug lines, the channel list of one of them, its statistics
+CHATTER = re.compile(r"debug[1-3]: |  #\d+ |Authenticated to .* using |Transferred: sent |Bytes per second: |"
+                     r"OpenSSH_[0-9][^ ]*,? ")
+#: those lines and the frame of ssh's warnings (``@@@@``): never the failure itself
+_NOISE = re.compile(r"^(?:(?:%s).*|@+\s*|@ .*@\s*)$\n?" % CHATTER.pattern, re.M)
 #: what ssh says of a key file it ignores (``UNPROTECTED PRIVATE KEY FILE!``), and of a refused login
 _UNPROTECTED = re.compile(r"Permissions 0?[0-7]+ for '([^']+)' are too open")
 _DENIED = re.compile(r"Permission denied", re.I)
@@ -569,7 +615,8 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
     if status != 255:
         return None
     display = target.display
-    words = " ".join(line.strip() for line in said.splitlines() if line.strip()) or "no message"
+    said = ssh_words(said)
+    words = " ".join(line.strip() for line in said.splitlines() if line.strip()) or _said_nothing()
     ended = _JUMP_ENDED.search(said)
     at_jump = bool(target.proxy_jump) and ended is not None
     head = said[:ended.start()] if at_jump and ended is not None else said
@@ -611,6 +658,10 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
             "%s (transport='openssh'): %sssh ignored the private key %s: others can read it (ssh uses no key file "
             "whose permissions are too open). Fix: chmod 600 %s: %s"
             % (display, where, ", ".join(keys), " ".join(shlex.quote(k) for k in keys), words), display)
+    changed = _changed_key(head)
+    if changed is not None:
+        return HostKeyError("%s (transport='openssh'): %s%s, then connect once with `%s` and check the new key's "
+                            "fingerprint: %s" % (display, where, changed, ssh, words), display)
     for pattern, kind, advice in _PATTERNS:
         if pattern.search(head):
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh, config=config),
@@ -629,6 +680,34 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
         return error
     return ConnectError("%s (transport='openssh'): %sssh failed: %s. Fix: run `%s` to see why" %
                         (display, where, words.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
+
+
+def ssh_words(said: str) -> str:
+    """What ssh said on stderr without its debug lines (``LogLevel DEBUG3`` in the config: thousands of
+    them, see ``CHATTER``) and the ``@@@`` frame of its warnings: the words an error carries."""
+    return _NOISE.sub("", said)
+
+
+def _said_nothing() -> str:
+    """The words of an ssh that failed without a word: ``LogLevel QUIET`` (which we raise to ERROR for
+    our own ``ssh``, see ``resolve``) or ``-q`` in an ssh wrapper that we cannot overrule."""
+    program = os.environ.get("REMOTEPROC_SSH") or shutil.which("ssh") or "ssh"
+    return ("ssh said nothing (is it told to be quiet? -q or LogLevel QUIET in the ssh program %s or in the "
+            "ssh configuration)" % program)
+
+
+def _changed_key(said: str) -> Optional[str]:
+    """For a changed host key: what happened and the fix, with the known_hosts file and line of the old
+    key and the ``ssh-keygen -R`` command that removes it, as ssh names them (None if it did not)."""
+    if not _CHANGED.search(said):
+        return None
+    where = _OFFENDING.search(said)
+    remove = _REMOVE_WITH.search(said)
+    if where is None or remove is None:
+        return None
+    return ("the host's key has CHANGED since it was recorded in %s:%s: this may be an attack. Fix: if the change "
+            "is expected (the host was reinstalled), remove the old key with `%s`" % (
+                where.group(1), where.group(2), remove.group(1)))
 
 
 #: the key files ssh tries when none is named (ssh_config(5), IdentityFile)
