@@ -113,11 +113,15 @@ def full_listener() -> Iterator[int]:
         listener.close()
 
 
+TLS_ALERT = b"\x15\x03\x01\x00\x02\x02\x32"     # (a TLS server's answer to what is not TLS)
+
+
 @contextlib.contextmanager
 def fake_server(behaviour: str) -> Iterator[int]:
     """A listener on 127.0.0.1 that, for each connection: says nothing ("silent"), sends an SSH
     banner and then nothing ("banner-only"), or the banner and hangs up ("banner-then-close"),
-    hangs up at once ("hang-up"), or answers as a web server does ("http")."""
+    hangs up at once ("hang-up"), or answers as a web server ("http"), a mail server ("smtp") or
+    a TLS server ("tls") does."""
     listener = socket.socket()
     listener.bind((HOST, 0))
     listener.listen(8)
@@ -146,6 +150,11 @@ def fake_server(behaviour: str) -> Iterator[int]:
             if behaviour == "http":
                 with contextlib.suppress(OSError):
                     conn.sendall(b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n")
+            if behaviour in ("smtp", "tls"):    # (a mail server speaks first; TLS answers with an alert)
+                with contextlib.suppress(OSError):
+                    conn.sendall(b"220 mail.example ESMTP\r\n" if behaviour == "smtp" else TLS_ALERT)
+                    conn.settimeout(0.3)
+                    conn.recv(65536)
             conn.close()
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
@@ -216,7 +225,6 @@ def test_the_connect_timeout_is_for_all_of_a_hosts_addresses(monkeypatch):
 @pytest.mark.parametrize("behaviour,reason", [
     ("silent", "no SSH banner within 1s (Error reading SSH protocol banner"),
     ("hang-up", "the server closed the connection before its SSH banner (Error reading SSH protocol banner"),
-    ("http", "Error reading SSH protocol banner"),
 ])
 def test_a_port_without_an_ssh_server_fails_the_handshake(behaviour, reason):
     with fake_server(behaviour) as port:
@@ -225,6 +233,31 @@ def test_a_port_without_an_ssh_server_fails_the_handshake(behaviour, reason):
         assert time.monotonic() - started < 6
     assert "SSH handshake failed: " in text and reason in text, text
     assert "Check that an SSH server answers on port %d." % port in text
+
+
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+@pytest.mark.parametrize("behaviour,said", [
+    ("http", "it said 'HTTP/1.1 400 Bad Request'"),
+    ("smtp", "it said '220 mail.example ESMTP'"),
+    ("tls", ""),     # (ssh's own words for it differ: "banner line contains invalid characters")
+])
+def test_a_port_whose_server_is_not_sshd_is_named_at_once(behaviour, said, transport):
+    """A web, mail or TLS server on the port (a wrong port, by mistake) closed the connection
+    before an SSH banner, and that read as sshd turning us away: ``MaxStartups`` as the fix, tried
+    again for 3 to 10 s.  What the server says now names the mistake, at once and not retried."""
+    from remoteproc import RemoteProcess
+
+    with fake_server(behaviour) as port:
+        started = time.monotonic()
+        with pytest.raises(ConnectError) as info:
+            RemoteProcess(spec(port), target=os.getpid, ssh_config=False, connect_timeout=3, transport=transport,
+                          allow_agent=False, look_for_keys=False).start()
+        elapsed = time.monotonic() - started
+    text = str(info.value)
+    assert "what answers on port %d is not an SSH server: %s" % (port, said) in text, text
+    assert "Fix: give the port sshd listens on" in text and "MaxStartups" not in text, text
+    assert text.startswith(spec(port)), text
+    assert elapsed < 2.5, "%.1fs: the failure was retried as a turned-away connection" % elapsed
 
 
 @pytest.mark.parametrize("behaviour,reason", [

@@ -20,8 +20,8 @@ import threading
 import time
 from typing import Callable, Optional
 
-from ..errors import RemoteProcessError, jump_lost
-from ..ssh import openssh
+from ..errors import ConnectError, RemoteProcessError, jump_lost
+from ..ssh import openssh, probe
 from ..ssh.target import Target
 from .channel import AgentChannel, AgentOpener, ChannelLost
 
@@ -150,7 +150,10 @@ class OpenSSHChannel(AgentChannel):
             self.proc.wait(2.0)
         except subprocess.TimeoutExpired:
             return None
-        return openssh.failure(self.target, self.proc.returncode, self.said())
+        error = openssh.failure(self.target, self.proc.returncode, self.said())
+        if isinstance(error, ConnectError) and error.turned_away:
+            return probe.unless_not_ssh(self.target, error)
+        return error
 
     def describe_loss(self) -> str:
         try:

@@ -11,6 +11,7 @@ import time
 from typing import Any, Callable
 
 from ..errors import TURNED_AWAY, TURNED_AWAY_FIX, ConnectError, RemoteProcessError, describe, jump_open_failed
+from . import probe
 from .auth import authenticate
 from .hostkeys import check_host_key, prefer_known_types, read_known_hosts
 from .target import Target, config_read
@@ -297,7 +298,7 @@ def _handshake(transport: Any, target: Target, proxied: bool) -> None:
                                  % (target.display, reason, TURNED_AWAY, TURNED_AWAY_FIX, target.port,
                                     " and that ProxyCommand works" if proxied else ""), target.display)
             error.turned_away = True
-            raise error
+            raise probe.unless_not_ssh(target, error)
     if "Incompatible ssh" in reason:
         # an SSH server answered, but it allows only algorithms that paramiko lacks (chacha20-poly1305
         # alone, sntrup761 key exchange alone, ...): the user's own ssh has them

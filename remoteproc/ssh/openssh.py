@@ -44,6 +44,7 @@ from ..errors import (
     RemoteProcessError,
     jump_open_failed,
 )
+from . import probe
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
 from .target import MAX_JUMPS, Target, config_read, python_option, setup_option
 
@@ -596,6 +597,8 @@ _DENIED = re.compile(r"Permission denied", re.I)
 #: what ssh says when the ``ssh -W`` it ran for a jump host ended before the target's banner
 _JUMP_ENDED = re.compile(r"kex_exchange_identification|Connection closed by UNKNOWN port 65535", re.I)
 #: what ssh says when a server closed the connection before its banner (sshd past MaxStartups) ...
+#: what ssh says of a server whose first words are not an SSH identification (binary: TLS, ...)
+_GARBLED = re.compile(r"banner line contains invalid characters|banner exchange: .*invalid format")
 _TURNED_AWAY = re.compile(r"(kex|ssh)_exchange_identification: (read: )?Connection (closed by remote host|reset "
                           r"by peer)", re.I)
 #: ... and what it says first when the jump host's ``ssh -W`` could not reach the next hop (not that)
@@ -678,6 +681,8 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
                                                               TURNED_AWAY_FIX, verbose), display)
         error.turned_away = True
         return error
+    if _GARBLED.search(said) and not target.proxy_jump and not target.proxy_command:
+        return probe.not_ssh_error(target, "ssh read %s" % words.rstrip("."))
     return ConnectError("%s (transport='openssh'): %sssh failed: %s. Fix: run `%s` to see why" %
                         (display, where, words.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
 
