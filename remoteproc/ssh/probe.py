@@ -22,6 +22,8 @@ PROBE_TIMEOUT = 1.0
 #: what sshd itself writes before closing a connection it turns away (MaxStartups, PerSourceMaxStartups,
 #: PerSourcePenalties): an sshd, busy
 _SSHD_DROP = re.compile(rb"Exceeded \w*MaxStartups|Not allowed at this time")
+#: ports whose server answered the probe as an sshd does (the process's life long)
+_SSHD_SEEN: set[tuple[str, int]] = set()
 #: what the probe sends first: an SSH client's identification (a web server answers it with an error)
 _HELLO = b"SSH-2.0-remoteproc_probe\r\n"
 
@@ -51,9 +53,11 @@ def not_ssh(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> Optional[st
 def unless_not_ssh(target: Target, error: ConnectError) -> ConnectError:
     """``error`` (a connection closed before the SSH banner, retried as a turned-away one), or,
     when the target's port answers as no SSH server does, the error that says so (not retried)."""
-    if target.proxy_jump or target.proxy_command:
+    if target.proxy_jump or target.proxy_command or (target.hostname, target.port) in _SSHD_SEEN:
         return error
     said = not_ssh(target.hostname, target.port)
+    if said is None:
+        _SSHD_SEEN.add((target.hostname, target.port))     # (each retry of a busy sshd need not ask again)
     return error if said is None else not_ssh_error(target, "it said " + said)
 
 
