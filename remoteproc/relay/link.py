@@ -106,6 +106,8 @@ class Link:
         self.hello: dict = {}
         self.sys_path: list = []
         self.editable: dict = {}        # projects installed in editable mode (modules.editable_roots)
+        #: modules sent to the agent as source, which it keeps for the connection (modules.find)
+        self.sent_modules: set[str] = set()
         self.path_state: tuple | None = None    # modules.path_state of the last start's sys.path
         self.lost: RemoteProcessError | None = None
         self.closing = False
@@ -532,7 +534,8 @@ class Link:
                 mods = (self.packages.answer(name, self.sys_path, self.editable) if self.packages is not None
                         else None)
             if mods is None:
-                mods = modules.find(name, self.sys_path, self.display, self.editable)
+                mods = modules.find(name, self.sys_path, self.display, self.editable, self.sent_modules)
+                self.sent_modules.update(n for n, e in mods.items() if isinstance(e, dict) and "src" in e)
         except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the link
             mods = {name: {"error": "cannot forward %r to %s: %s" % (name, self.display, exc)}}
         log.debug("%s: forwarding %s (%d modules)", self.display, name, len(mods))
