@@ -731,7 +731,9 @@ def check(dist: Distribution, abi: dict, display: str, python: str = "python3") 
     raise Unsendable(
         "cannot send package %r (%s) to %s: %s, but the host runs %s, which cannot load it. Fix: install "
         "%s on the host with its own Python (%s), or %s" % (dist.top, dist.label, display, reason, describe_abi(abi),
-                                                           dist.name, _install(dist.name, dist.version, python, abi),
+                                                           dist.name, _install(dist.name, dist.version, python, abi,
+                                                                               origin=installed_from(dist.site,
+                                                                                                     dist.info)),
                                                            other))
 
 
@@ -752,17 +754,60 @@ def _same_python(abi: dict, ours: dict) -> bool:
         list(ours["version"])[:2]
 
 
-def _install(dist_name: str, version: str, python: str, abi: dict | None = None, note: str = "") -> str:
+def _install(dist_name: str, version: str, python: str, abi: dict | None = None, note: str = "",
+             origin: tuple[str, str] | None = None) -> str:
     """The command that installs ``dist_name`` (``version``, if given) with the host's ``python``:
     pip's ``--user``; or, where that Python is externally managed (PEP 668: Debian 12, Ubuntu
     23.04 and later ..., whose pip refuses even ``--user``), a virtual environment, and python=
-    naming it.  ``note``: said after the command ("there picks one")."""
+    naming it.  ``note``: said after the command ("there picks one").  ``origin``: where it came
+    from when not from a package index (``installed_from``): pip installs that instead of the
+    name, which on an index may be nothing, another release or another project altogether."""
     want = "%s==%s" % (dist_name, version) if version else dist_name
+    where = ""
+    if origin is not None:
+        kind, url = origin
+        if kind == "url":
+            want = "'%s'" % url
+        elif kind == "file" and not url.endswith(".whl"):   # a project directory or sdist of this machine
+            want = "./%s" % (os.path.basename(url.rstrip("/")) or dist_name)
+            where = (" beside a copy of %s there: %s was installed here from that path, not from a package index"
+                     % (url, dist_name))
+            note = ""
+        else:       # built in place, or from a wheel file built for this Python: its source is what helps
+            want = "."
+            where = (" in a copy of its project there: %s was %s here, not installed from a package index"
+                     % (dist_name, "built in place in %s" % url if kind == "built" else "installed from " + url))
+            note = ""
     if abi and abi.get("managed"):
-        return ("`%s -m venv ~/venv && ~/venv/bin/pip install %s`%s, then python='~/venv/bin/python3': that "
+        return ("`%s -m venv ~/venv && ~/venv/bin/pip install %s`%s%s, then python='~/venv/bin/python3': that "
                 "Python is externally managed, its pip installs nothing outside a virtual environment"
-                % (python, want, note))
-    return "`%s -m pip install --user %s`%s" % (python, want, note)
+                % (python, want, where, note))
+    return "`%s -m pip install --user %s`%s%s" % (python, want, where, note)
+
+
+def installed_from(site: str, info: str | None) -> tuple[str, str] | None:
+    """Where a distribution was installed from when that was not a package index, as pip's
+    ``direct_url.json`` (PEP 610) records it: ("file", a local directory or archive), ("url", a
+    VCS checkout at its commit or a remote archive, as pip takes it); ("built", ``site``) for a
+    package no distribution owns (built in place); None for an index (or nothing recorded)."""
+    if not info:
+        return ("built", site)
+    try:
+        with open(os.path.join(site, info, "direct_url.json"), encoding="utf-8") as f:
+            said = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(said, dict) or not isinstance(said.get("url"), str):
+        return None
+    url = said["url"]
+    vcs = said.get("vcs_info")
+    if isinstance(vcs, dict) and isinstance(vcs.get("vcs"), str):
+        commit = vcs.get("commit_id")
+        return ("url", "%s+%s%s" % (vcs["vcs"], url, "@" + commit if isinstance(commit, str) else ""))
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        return ("file", urllib.parse.unquote(parts.path))
+    return ("url", url)
 
 
 def refuse_cache_off(dist: Distribution, display: str, python: str = "python3", abi: dict | None = None) -> Unsendable:
@@ -771,7 +816,8 @@ def refuse_cache_off(dist: Distribution, display: str, python: str = "python3", 
         "cannot send package %r (%s) to %s: it holds %s, which must be real files there, and the host's package "
         "cache is turned off (cache_size=0). Fix: install %s there with the host's own Python (%s), or leave "
         "cache_size at its default so that it goes to the host's package cache"
-        % (dist.top, dist.label, display, need(dist), dist.name, _install(dist.name, dist.version, python, abi)))
+        % (dist.top, dist.label, display, need(dist), dist.name,
+           _install(dist.name, dist.version, python, abi, origin=installed_from(dist.site, dist.info))))
 
 
 # -- Requires-Python ----------------------------------------------------------------------------
@@ -838,4 +884,4 @@ def check_python(unit: Unit, abi: dict, display: str, python: str = "python3") -
         "install a release of %s that supports Python %s on the host with its own Python (%s), or run on that "
         "host a Python that matches (the python= option)"
         % (unit.name, name, version, display, spec, host, name, ".".join(map(str, have[:2])),
-           _install(name, "", python, abi, " there picks one")))
+           _install(name, "", python, abi, " there picks one", installed_from(unit.site, unit.info))))

@@ -60,3 +60,96 @@ def test_a_package_over_the_bundle_cap_arrives_in_a_few_answers(plain_user_host,
     # 1000 modules at 400 an answer: 3 answers (the cap counts files, so the package's own
     # __init__ makes it 1 + 400 + 400 + 199)
     assert 1 <= len(answers) <= 4, answers
+
+
+# -- the fix an unsendable package's error names, for a package no index has ----------------------
+
+def _site_with(tmp_path, direct_url):
+    """A site-packages holding distribution ``fast`` 1.0 (a C extension, wheel tags for CPython
+    3.11), with the ``direct_url.json`` pip writes when it installs from a path or a VCS."""
+    import json
+
+    site = tmp_path / "site"
+    (site / "fast").mkdir(parents=True)
+    info = site / "fast-1.0.dist-info"
+    info.mkdir()
+    (info / "WHEEL").write_text("Wheel-Version: 1.0\nTag: cp311-cp311-linux_x86_64\n")
+    if direct_url is not None:
+        (info / "direct_url.json").write_text(json.dumps(direct_url))
+    from remoteproc import distributions
+
+    return distributions.Distribution(top="fast", name="fast", version="1.0", site=str(site),
+                                      files=[("fast/_x.cpython-311-x86_64-linux-gnu.so", 0o755, 10, 0)],
+                                      tags=["cp311-cp311-linux_x86_64"], info=info.name)
+
+
+OTHER_HOST = {"implementation": "cpython", "version": [3, 12], "python": [3, 12, 1], "machine": "x86_64",
+              "system": "linux", "libc": ["glibc", "2.36"],
+              "suffixes": [".cpython-312-x86_64-linux-gnu.so", ".abi3.so", ".so"]}
+
+
+def _refusal(dist, abi=OTHER_HOST):
+    from remoteproc import distributions
+
+    with pytest.raises(distributions.Unsendable) as info:
+        distributions.check(dist, abi, "rp@h", "/usr/bin/python3.12")
+    return str(info.value)
+
+
+def test_a_distribution_installed_from_a_local_directory_is_not_sent_to_an_index(tmp_path):
+    """A package the user built and installed from its own source directory (``pip install
+    ./fast``) was refused with the fix ``pip install --user fast==1.0`` on the host: no index has
+    it, or one has another project by that name, which the fix then installed.  The fix names
+    the directory it came from."""
+    said = _refusal(_site_with(tmp_path, {"url": "file:///home/me/src/fast", "dir_info": {}}))
+    assert "`/usr/bin/python3.12 -m pip install --user ./fast` beside a copy of /home/me/src/fast there" in said
+    assert "not from a package index" in said and "fast==1.0" not in said
+    # an sdist of this machine: its copy, by name; a wheel built for this Python: its source
+    said = _refusal(_site_with(tmp_path / "a", {"url": "file:///tmp/fast-1.0.tar.gz", "archive_info": {}}))
+    assert "pip install --user ./fast-1.0.tar.gz` beside a copy of /tmp/fast-1.0.tar.gz there" in said
+    said = _refusal(_site_with(tmp_path / "b", {"url": "file:///tmp/dist/fast-1.0-cp311-cp311-linux_x86_64.whl",
+                                                "archive_info": {}}))
+    assert "pip install --user .` in a copy of its project there" in said
+    assert "installed from /tmp/dist/fast-1.0-cp311-cp311-linux_x86_64.whl" in said and "==1.0" not in said
+
+
+def test_a_distribution_installed_from_git_is_named_by_its_commit(tmp_path):
+    said = _refusal(_site_with(tmp_path, {"url": "https://example.org/me/fast.git",
+                                          "vcs_info": {"vcs": "git", "commit_id": "0123abcd"}}))
+    assert "pip install --user 'git+https://example.org/me/fast.git@0123abcd'`" in said
+    # from an index (no direct_url.json): by name and version, as before
+    said = _refusal(_site_with(tmp_path / "a", None))
+    assert "pip install --user fast==1.0`" in said
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_package_built_in_place_is_not_looked_up_on_an_index(plain_user_host, plain_user_options, tmp_path,
+                                                               monkeypatch, transport, capfd):
+    """A package of the user's own with a C extension built in place (``setup.py build_ext
+    --inplace``), refused (here: the cache is off) was told ``pip install --user NAME`` on the
+    host, which installs whatever an index has under that name, if anything."""
+    import importlib.machinery
+
+    from remoteproc import RemoteProcess
+
+    name = "rpinplace_" + uuid.uuid4().hex[:8]
+    root = tmp_path / name
+    root.mkdir()
+    (root / "__init__.py").write_text("def job():\n    from . import fast  # noqa: F401\n")
+    (root / ("fast" + importlib.machinery.EXTENSION_SUFFIXES[0])).write_bytes(b"\x7fELF not really")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+    try:
+        job = importlib.import_module(name).job
+        p = RemoteProcess(plain_user_host, target=job, **dict(plain_user_options, cache_size=0, transport=transport))
+        p.start()
+        p.join(60)
+    finally:
+        _forget(name)
+    err = capfd.readouterr().err
+    assert p.exitcode == 1, err
+    assert "ImportError" in err and "cache_size=0" in err
+    assert "pip install --user %s" % name not in err and "pip install %s" % name not in err, err
+    assert "pip install --user .` in a copy of its project there" in err or "pip install .` in a copy of its " \
+        "project there" in err, err
+    assert "built in place in %s" % tmp_path in err, err

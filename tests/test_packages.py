@@ -585,7 +585,8 @@ def test_macos_and_pypy_hosts_take_their_own_wheels():
 def _built(*files, tags=()):
     """A distribution holding ``files`` (no WHEEL tags: built here, e.g. an editable install)."""
     return distributions.Distribution(top="fast", name="fast", version="1.0", site="/site",
-                                      files=[(f, 0o644, 10, 0) for f in files], tags=list(tags))
+                                      files=[(f, 0o644, 10, 0) for f in files], tags=list(tags),
+                                      info="fast-1.0.dist-info")
 
 
 def test_an_extension_the_host_cannot_load_is_refused_with_the_reason():
