@@ -88,6 +88,28 @@ def need(dist: Distribution) -> str | None:
     return compiled or data
 
 
+#: sources of compiled modules, which a package ships beside them but never reads at run time
+_COMPILED_SOURCES = (".c", ".h", ".cpp", ".hpp", ".pyx", ".pxd", ".pxi")
+
+
+def pure_but_compiled(dist: Distribution, unit: "Unit") -> bool:
+    """Is package ``unit`` of ``dist`` plain Python once its compiled files are left out (Python
+    source, stubs, ``py.typed``, and the C or Cython sources of its extensions)?  Such a package
+    can go from memory to a host that cannot load its extensions: many import them in a ``try``
+    and fall back to Python code of their own (markupsafe, PyYAML, msgpack, mypyc-compiled
+    charset_normalizer), and the others fail at the extension's import, with the refusal."""
+    prefix = unit.rel + "/"
+    python = False
+    for rel, _mode, _size, _mtime in dist.files:
+        if not rel.startswith(prefix) or is_extension(rel):
+            continue
+        if rel.endswith(".py"):
+            python = True
+        elif not (rel.endswith(_CODE) or rel.endswith("/py.typed") or rel.endswith(_COMPILED_SOURCES)):
+            return False        # a data file: the package needs the cache (or the host's own copy)
+    return python
+
+
 @dataclass
 class Unit:
     """What a requested module is part of, as a unit that is sent or refused whole: its
@@ -305,7 +327,8 @@ def listing(path: list, abi: dict | None, cache_on: bool) -> list[dict]:
             except Unsendable:
                 continue
             tags = _tags(site, info)
-            if (not cache_on or tags and not any(tag_ok(t, abi) for t in tags)) and _needs_files(site, info):
+            if (not cache_on or tags and not any(tag_ok(t, abi) for t in tags)) and _needs_files(site, info) \
+                    and not _pure_but_compiled_rows(site, info):
                 continue
         files = {}
         listed = []     # (the files looked for: one of these not in files, the distribution has none)
@@ -334,6 +357,22 @@ def _needs_files(site: str, info: str) -> bool:
     dist.files = [(row, 0, 0, 0) for row, _h, _s in _record(site, info) if not row.endswith(".pyc")
                   and not row.startswith(("../", "/")) and "__pycache__/" not in row]
     return need(dist) is not None
+
+
+def _pure_but_compiled_rows(site: str, info: str) -> bool:
+    """Does every top-level name of the distribution go from memory, its compiled modules left
+    out, where the host cannot load them (``pure_but_compiled``, by what its RECORD lists)?"""
+    dist = Distribution(info, info, "", site, info=info)
+    dist.files = [(row, 0, 0, 0) for row, _h, _s in _record(site, info) if not row.endswith(".pyc")
+                  and not row.startswith(("../", "/")) and "__pycache__/" not in row]
+    tops = top_names(site, info)
+    for top in tops:
+        if any(rel.startswith(top + "/") for rel, _m, _s, _t in dist.files):
+            if not pure_but_compiled(dist, Unit(top, site, top, info=info)):
+                return False
+        elif not any(rel == top + ".py" for rel, _m, _s, _t in dist.files):
+            return False        # (a top-level extension module, or nothing of it here)
+    return bool(tops)
 
 
 def installed_editable(site: str, info: str, unit: Unit, editable: dict | None = None) -> bool:

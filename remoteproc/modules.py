@@ -294,6 +294,8 @@ def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]
             elif fn.endswith(_EXT):
                 mod = prefix + "." + fn.split(".")[0]
                 full = os.path.join(dirpath, fn)
+                if fn.split(".")[0] + ".py" in filenames:
+                    continue    # (its source beside it, as mypyc leaves it: that goes, and runs there)
                 if mod not in out and _valid(mod):
                     out[mod] = {"error": "module %r is a C extension (%s) and cannot be forwarded to %s; install "
                                          "%s there" % (mod, full, host, _dist(mod, full, path))}

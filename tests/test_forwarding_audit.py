@@ -7,6 +7,7 @@ there), over both transports.
 from __future__ import annotations
 
 import importlib
+import importlib.machinery
 import logging
 import sys
 import uuid
@@ -153,3 +154,88 @@ def test_a_package_built_in_place_is_not_looked_up_on_an_index(plain_user_host, 
     assert "pip install --user .` in a copy of its project there" in err or "pip install .` in a copy of its " \
         "project there" in err, err
     assert "built in place in %s" % tmp_path in err, err
+
+
+# -- a package whose compiled modules the host cannot load, but which does without them ----------
+
+def _wheel_site(site, name, files, tag):
+    """Distribution ``name`` 1.0 installed in ``site`` from a wheel tagged ``tag``."""
+    info = "%s-1.0.dist-info" % name
+    files = dict(files)
+    files[info + "/METADATA"] = "Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % name
+    files[info + "/WHEEL"] = "Wheel-Version: 1.0\nRoot-Is-Purelib: false\nTag: %s\n" % tag
+    files[info + "/top_level.txt"] = name + "\n"
+    files[info + "/entry_points.txt"] = "[%s.plugins]\nslow = %s._slow:add\n" % (name, name)
+    files[info + "/RECORD"] = "".join("%s,,\n" % rel for rel in sorted(files) + [info + "/RECORD"])
+    for rel, data in files.items():
+        path = site / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data if isinstance(data, bytes) else data.encode())
+
+
+FALLBACK_INIT = '''
+try:
+    from ._speed import add
+    FAST, WHY = True, ""
+except ImportError as exc:      # (as markupsafe, PyYAML, msgpack do)
+    from ._slow import add
+    FAST, WHY = False, str(exc)
+'''
+
+
+def fallback_job(conn, name):
+    import importlib
+    import importlib.metadata
+
+    out = {}
+    try:
+        pkg = importlib.import_module(name)
+        twin = importlib.import_module(name + ".twin")
+        out["ok"] = (pkg.add(2, 3), pkg.FAST, pkg.WHY, twin.KIND, importlib.metadata.version(name),
+                     [ep.name for ep in importlib.metadata.entry_points().select(group=name + ".plugins")])
+    except ImportError as exc:
+        out["ImportError"] = str(exc)
+    conn.send(out)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_package_that_falls_back_to_python_runs_where_its_extension_cannot_load(plain_user_host,
+                                                                                 plain_user_options, tmp_path,
+                                                                                 monkeypatch, transport, fresh):
+    """markupsafe (so jinja2 and Flask), PyYAML, msgpack, charset_normalizer (compiled by mypyc,
+    each .py beside its .so) were refused whole on a host whose Python cannot load their
+    wheel's extensions (another Python version, an older glibc), though each runs without them:
+    ``import jinja2`` failed on a 3.12 host.  The package now goes from memory, its extension's
+    import raising the refusal (which the package's fallback catches)."""
+    ext = importlib.machinery.EXTENSION_SUFFIXES[0]
+    name = "rpfb_" + uuid.uuid4().hex[:8]
+    site = tmp_path / "site"
+    _wheel_site(site, name, {
+        name + "/__init__.py": FALLBACK_INIT,
+        name + "/_slow.py": "def add(a, b):\n    return a + b\n",
+        name + "/_speed" + ext: b"\x7fELF never loaded",
+        name + "/_speed.c": "/* its source */\n",
+        name + "/twin.py": "KIND = 'python'\n",
+        name + "/twin" + ext: b"\x7fELF never loaded",
+        name + "/py.typed": "",
+    }, "cp311-cp311-manylinux_2_99_x86_64")        # (a glibc no host has)
+    data = "rpfbd_" + uuid.uuid4().hex[:8]      # the same, with a data file: needs the cache, refused whole
+    _wheel_site(site, data, {data + "/__init__.py": FALLBACK_INIT, data + "/_slow.py": "add = max\n",
+                             data + "/table.json": "{}\n", data + "/_speed" + ext: b"\x7fELF"},
+                "cp311-cp311-manylinux_2_99_x86_64")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    options = dict(plain_user_options, transport=transport)
+    try:
+        got = _call(plain_user_host, options, fallback_job, name)
+        assert "ok" in got, got
+        added, fast, why, kind, version, plugins = got["ok"]
+        assert (added, fast, kind, version, plugins) == (5, False, "python", "1.0", ["slow"])
+        # the extension's import said why, as the refusal of the whole package did
+        assert "cannot send '%s._speed' (%s 1.0)" % (name, name) in why and "manylinux_2_99_x86_64" in why
+        assert "Fix:" in why and "Python modules were sent" in why
+        got = _call(plain_user_host, options, fallback_job, data)
+        assert "cannot send package '%s'" % data in got.get("ImportError", ""), got
+    finally:
+        _forget(name)
+        _forget(data)
