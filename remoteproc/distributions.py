@@ -487,11 +487,22 @@ def _record(site: str, info: str) -> list[tuple[str, str, str]]:
         return []
 
 
-def _recorded_sha256(value: str, size: str, entry: tuple[str, int, int, int], written: int) -> str | None:
+def _recorded_sha256(value: str, size: str, entry: tuple[str, int, int, int], written: int,
+                     full: str = "") -> str | None:
     """The file's sha256 as RECORD states it, if the file is as RECORD describes it: the same
-    size, and not modified after RECORD was written (installers write RECORD last)."""
+    size, and neither modified nor its times set after RECORD was written (installers write
+    RECORD last).  The status-change time counts too: a file rewritten in place and given back
+    an old modification time (``cp -p``, ``rsync -a``, ``tar x`` of a backup, ``touch -d``) has a
+    new one, which no program can set back; trusting RECORD then sent the old file's hash, and
+    the host used the old entry."""
     if not value.startswith("sha256=") or size != str(entry[2]) or entry[3] > written:
         return None
+    if full:
+        try:
+            if os.lstat(full).st_ctime_ns > written:
+                return None
+        except OSError:
+            return None
     try:
         raw = base64.urlsafe_b64decode(value[7:] + "=" * (-len(value[7:]) % 4))
     except ValueError:
@@ -537,7 +548,8 @@ def _record_files(dist: Distribution, info: str) -> None:
     real = _real_dir(dist.site)
     seen = set()
     try:
-        written = os.stat(os.path.join(dist.site, info, "RECORD")).st_mtime_ns
+        st = os.stat(os.path.join(dist.site, info, "RECORD"))
+        written = max(st.st_mtime_ns, st.st_ctime_ns)
     except OSError:
         written = -1
     for rel, value, size in _record(dist.site, info):
@@ -548,7 +560,7 @@ def _record_files(dist: Distribution, info: str) -> None:
         elif entry[0] not in seen:
             seen.add(entry[0])
             dist.files.append(entry)
-            known = _recorded_sha256(value, size, entry, written)
+            known = _recorded_sha256(value, size, entry, written, os.path.join(dist.site, entry[0]))
             if known:
                 dist.known[entry[0]] = known
 

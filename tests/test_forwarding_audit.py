@@ -239,3 +239,69 @@ def test_a_package_that_falls_back_to_python_runs_where_its_extension_cannot_loa
     finally:
         _forget(name)
         _forget(data)
+
+
+# -- a package changed in place after it was installed ---------------------------------------------
+
+def data_job(conn, name):
+    import importlib
+
+    pkg = importlib.import_module(name)
+    with open(pkg.__file__.replace("__init__.py", "table.txt")) as f:
+        conn.send((f.read(), pkg.__file__))
+
+
+def _installed_with_record(site, name, text):
+    """``name`` 1.0 (a package with a data file) installed in ``site`` as pip installs a wheel:
+    RECORD, with each file's sha256, written last."""
+    import base64
+    import hashlib
+
+    files = {name + "/__init__.py": "", name + "/table.txt": text}
+    info = "%s-1.0.dist-info" % name
+    files[info + "/METADATA"] = "Metadata-Version: 2.1\nName: %s\nVersion: 1.0\n" % name
+    files[info + "/WHEEL"] = "Wheel-Version: 1.0\nRoot-Is-Purelib: true\nTag: py3-none-any\n"
+    rows = []
+    for rel, data in sorted(files.items()):
+        path = site / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(data)
+        digest = base64.urlsafe_b64encode(hashlib.sha256(data.encode()).digest()).rstrip(b"=").decode()
+        rows.append("%s,sha256=%s,%d\n" % (rel, digest, len(data.encode())))
+    (site / info / "RECORD").write_text("".join(rows) + info + "/RECORD,,\n")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_file_changed_in_place_with_its_old_time_is_not_served_stale(plain_user_host, own_cache, tmp_path,
+                                                                       monkeypatch, transport):
+    """A package's file rewritten after its install, same size, with its modification time set
+    back before RECORD's (``cp -p``/``rsync -a``/``tar x`` of another copy, ``touch -d``): its
+    sha256 was taken from RECORD, so the distribution kept its old hash and the host imported
+    the entry it had cached for the old content."""
+    import os
+    import time
+
+    options, _root = own_cache
+    options = dict(options, transport=transport)
+    name = "rpstale_" + uuid.uuid4().hex[:8]
+    site = tmp_path / "site"
+    _installed_with_record(site, name, "old table\n")
+    monkeypatch.syspath_prepend(str(site))
+    importlib.invalidate_caches()
+    try:
+        assert _call(plain_user_host, options, data_job, name)[0] == "old table\n"
+        from remoteproc.relay import client
+
+        client.shutdown()       # (the next program: a new connection, which hashes it again)
+        table = site / name / "table.txt"
+        old = os.stat(table)
+        time.sleep(0.05)
+        table.write_text("new table\n")                     # (the same size)
+        os.utime(table, ns=(old.st_atime_ns, old.st_mtime_ns))
+        text, where = _call(plain_user_host, options, data_job, name)
+        assert text == "new table\n", where
+    finally:
+        _forget(name)
+        from remoteproc.relay import client
+
+        client.shutdown()
