@@ -183,7 +183,8 @@ class PackageServer:
         import of one raises ImportError with ``refusal`` (what the host cannot load, and the
         fix), which a package that falls back to its Python code catches."""
         mods = modules.find(name, path, self.display, editable, sent)
-        log.debug("%s: sending %s from memory without its compiled modules: %s", self.display, name, refusal)
+        log.info("%s: sending %s from memory without its compiled modules (the host cannot load them: they are "
+                 "refused at their import, and %s runs there only if it does without them)", self.display, name, name)
         note = (" (%s's Python modules were sent: a package that does without this compiled module when its "
                 "import fails runs there)" % name)
         for mod, entry in mods.items():

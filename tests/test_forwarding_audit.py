@@ -201,7 +201,8 @@ def fallback_job(conn, name):
 @pytest.mark.parametrize("transport", TRANSPORTS)
 def test_a_package_that_falls_back_to_python_runs_where_its_extension_cannot_load(plain_user_host,
                                                                                  plain_user_options, tmp_path,
-                                                                                 monkeypatch, transport, fresh):
+                                                                                 monkeypatch, transport, fresh,
+                                                                                 caplog):
     """markupsafe (so jinja2 and Flask), PyYAML, msgpack, charset_normalizer (compiled by mypyc,
     each .py beside its .so) were refused whole on a host whose Python cannot load their
     wheel's extensions (another Python version, an older glibc), though each runs without them:
@@ -226,6 +227,7 @@ def test_a_package_that_falls_back_to_python_runs_where_its_extension_cannot_loa
     monkeypatch.syspath_prepend(str(site))
     importlib.invalidate_caches()
     options = dict(plain_user_options, transport=transport)
+    caplog.set_level(logging.INFO, logger="remoteproc")
     try:
         got = _call(plain_user_host, options, fallback_job, name)
         assert "ok" in got, got
@@ -234,6 +236,9 @@ def test_a_package_that_falls_back_to_python_runs_where_its_extension_cannot_loa
         # the extension's import said why, as the refusal of the whole package did
         assert "cannot send '%s._speed' (%s 1.0)" % (name, name) in why and "manylinux_2_99_x86_64" in why
         assert "Fix:" in why and "Python modules were sent" in why
+        # (and the user's log says so: a fallback may be slower)
+        assert any("sending %s from memory without its compiled modules" % name in r.getMessage()
+                   for r in caplog.records if r.name == "remoteproc.packages"), caplog.records
         got = _call(plain_user_host, options, fallback_job, data)
         assert "cannot send package '%s'" % data in got.get("ImportError", ""), got
     finally:
