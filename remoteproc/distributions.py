@@ -88,6 +88,28 @@ def need(dist: Distribution) -> str | None:
     return compiled or data
 
 
+#: sources of compiled modules, which a package ships beside them but never reads at run time
+_COMPILED_SOURCES = (".c", ".h", ".cpp", ".hpp", ".pyx", ".pxd", ".pxi")
+
+
+def pure_but_compiled(dist: Distribution, unit: "Unit") -> bool:
+    """Is package ``unit`` of ``dist`` plain Python once its compiled files are left out (Python
+    source, stubs, ``py.typed``, and the C or Cython sources of its extensions)?  Such a package
+    can go from memory to a host that cannot load its extensions: many import them in a ``try``
+    and fall back to Python code of their own (markupsafe, PyYAML, msgpack, mypyc-compiled
+    charset_normalizer), and the others fail at the extension's import, with the refusal."""
+    prefix = unit.rel + "/"
+    python = False
+    for rel, _mode, _size, _mtime in dist.files:
+        if not rel.startswith(prefix) or is_extension(rel):
+            continue
+        if rel.endswith(".py"):
+            python = True
+        elif not (rel.endswith(_CODE) or rel.endswith("/py.typed") or rel.endswith(_COMPILED_SOURCES)):
+            return False        # a data file: the package needs the cache (or the host's own copy)
+    return python
+
+
 @dataclass
 class Unit:
     """What a requested module is part of, as a unit that is sent or refused whole: its
@@ -305,7 +327,8 @@ def listing(path: list, abi: dict | None, cache_on: bool) -> list[dict]:
             except Unsendable:
                 continue
             tags = _tags(site, info)
-            if (not cache_on or tags and not any(tag_ok(t, abi) for t in tags)) and _needs_files(site, info):
+            if (not cache_on or tags and not any(tag_ok(t, abi) for t in tags)) and _needs_files(site, info) \
+                    and not _pure_but_compiled_rows(site, info):
                 continue
         files = {}
         listed = []     # (the files looked for: one of these not in files, the distribution has none)
@@ -334,6 +357,22 @@ def _needs_files(site: str, info: str) -> bool:
     dist.files = [(row, 0, 0, 0) for row, _h, _s in _record(site, info) if not row.endswith(".pyc")
                   and not row.startswith(("../", "/")) and "__pycache__/" not in row]
     return need(dist) is not None
+
+
+def _pure_but_compiled_rows(site: str, info: str) -> bool:
+    """Does every top-level name of the distribution go from memory, its compiled modules left
+    out, where the host cannot load them (``pure_but_compiled``, by what its RECORD lists)?"""
+    dist = Distribution(info, info, "", site, info=info)
+    dist.files = [(row, 0, 0, 0) for row, _h, _s in _record(site, info) if not row.endswith(".pyc")
+                  and not row.startswith(("../", "/")) and "__pycache__/" not in row]
+    tops = top_names(site, info)
+    for top in tops:
+        if any(rel.startswith(top + "/") for rel, _m, _s, _t in dist.files):
+            if not pure_but_compiled(dist, Unit(top, site, top, info=info)):
+                return False
+        elif not any(rel == top + ".py" for rel, _m, _s, _t in dist.files):
+            return False        # (a top-level extension module, or nothing of it here)
+    return bool(tops)
 
 
 def installed_editable(site: str, info: str, unit: Unit, editable: dict | None = None) -> bool:
@@ -448,11 +487,22 @@ def _record(site: str, info: str) -> list[tuple[str, str, str]]:
         return []
 
 
-def _recorded_sha256(value: str, size: str, entry: tuple[str, int, int, int], written: int) -> str | None:
+def _recorded_sha256(value: str, size: str, entry: tuple[str, int, int, int], written: int,
+                     full: str = "") -> str | None:
     """The file's sha256 as RECORD states it, if the file is as RECORD describes it: the same
-    size, and not modified after RECORD was written (installers write RECORD last)."""
+    size, and neither modified nor its times set after RECORD was written (installers write
+    RECORD last).  The status-change time counts too: a file rewritten in place and given back
+    an old modification time (``cp -p``, ``rsync -a``, ``tar x`` of a backup, ``touch -d``) has a
+    new one, which no program can set back; trusting RECORD then sent the old file's hash, and
+    the host used the old entry."""
     if not value.startswith("sha256=") or size != str(entry[2]) or entry[3] > written:
         return None
+    if full:
+        try:
+            if os.lstat(full).st_ctime_ns > written:
+                return None
+        except OSError:
+            return None
     try:
         raw = base64.urlsafe_b64decode(value[7:] + "=" * (-len(value[7:]) % 4))
     except ValueError:
@@ -498,7 +548,8 @@ def _record_files(dist: Distribution, info: str) -> None:
     real = _real_dir(dist.site)
     seen = set()
     try:
-        written = os.stat(os.path.join(dist.site, info, "RECORD")).st_mtime_ns
+        st = os.stat(os.path.join(dist.site, info, "RECORD"))
+        written = max(st.st_mtime_ns, st.st_ctime_ns)
     except OSError:
         written = -1
     for rel, value, size in _record(dist.site, info):
@@ -509,7 +560,7 @@ def _record_files(dist: Distribution, info: str) -> None:
         elif entry[0] not in seen:
             seen.add(entry[0])
             dist.files.append(entry)
-            known = _recorded_sha256(value, size, entry, written)
+            known = _recorded_sha256(value, size, entry, written, os.path.join(dist.site, entry[0]))
             if known:
                 dist.known[entry[0]] = known
 
@@ -731,7 +782,9 @@ def check(dist: Distribution, abi: dict, display: str, python: str = "python3") 
     raise Unsendable(
         "cannot send package %r (%s) to %s: %s, but the host runs %s, which cannot load it. Fix: install "
         "%s on the host with its own Python (%s), or %s" % (dist.top, dist.label, display, reason, describe_abi(abi),
-                                                           dist.name, _install(dist.name, dist.version, python, abi),
+                                                           dist.name, _install(dist.name, dist.version, python, abi,
+                                                                               origin=installed_from(dist.site,
+                                                                                                     dist.info)),
                                                            other))
 
 
@@ -752,17 +805,60 @@ def _same_python(abi: dict, ours: dict) -> bool:
         list(ours["version"])[:2]
 
 
-def _install(dist_name: str, version: str, python: str, abi: dict | None = None, note: str = "") -> str:
+def _install(dist_name: str, version: str, python: str, abi: dict | None = None, note: str = "",
+             origin: tuple[str, str] | None = None) -> str:
     """The command that installs ``dist_name`` (``version``, if given) with the host's ``python``:
     pip's ``--user``; or, where that Python is externally managed (PEP 668: Debian 12, Ubuntu
     23.04 and later ..., whose pip refuses even ``--user``), a virtual environment, and python=
-    naming it.  ``note``: said after the command ("there picks one")."""
+    naming it.  ``note``: said after the command ("there picks one").  ``origin``: where it came
+    from when not from a package index (``installed_from``): pip installs that instead of the
+    name, which on an index may be nothing, another release or another project altogether."""
     want = "%s==%s" % (dist_name, version) if version else dist_name
+    where = ""
+    if origin is not None:
+        kind, url = origin
+        if kind == "url":
+            want = "'%s'" % url
+        elif kind == "file" and not url.endswith(".whl"):   # a project directory or sdist of this machine
+            want = "./%s" % (os.path.basename(url.rstrip("/")) or dist_name)
+            where = (" beside a copy of %s there: %s was installed here from that path, not from a package index"
+                     % (url, dist_name))
+            note = ""
+        else:       # built in place, or from a wheel file built for this Python: its source is what helps
+            want = "."
+            where = (" in a copy of its project there: %s was %s here, not installed from a package index"
+                     % (dist_name, "built in place in %s" % url if kind == "built" else "installed from " + url))
+            note = ""
     if abi and abi.get("managed"):
-        return ("`%s -m venv ~/venv && ~/venv/bin/pip install %s`%s, then python='~/venv/bin/python3': that "
+        return ("`%s -m venv ~/venv && ~/venv/bin/pip install %s`%s%s, then python='~/venv/bin/python3': that "
                 "Python is externally managed, its pip installs nothing outside a virtual environment"
-                % (python, want, note))
-    return "`%s -m pip install --user %s`%s" % (python, want, note)
+                % (python, want, where, note))
+    return "`%s -m pip install --user %s`%s%s" % (python, want, where, note)
+
+
+def installed_from(site: str, info: str | None) -> tuple[str, str] | None:
+    """Where a distribution was installed from when that was not a package index, as pip's
+    ``direct_url.json`` (PEP 610) records it: ("file", a local directory or archive), ("url", a
+    VCS checkout at its commit or a remote archive, as pip takes it); ("built", ``site``) for a
+    package no distribution owns (built in place); None for an index (or nothing recorded)."""
+    if not info:
+        return ("built", site)
+    try:
+        with open(os.path.join(site, info, "direct_url.json"), encoding="utf-8") as f:
+            said = json.load(f)
+    except (OSError, ValueError):
+        return None
+    if not isinstance(said, dict) or not isinstance(said.get("url"), str):
+        return None
+    url = said["url"]
+    vcs = said.get("vcs_info")
+    if isinstance(vcs, dict) and isinstance(vcs.get("vcs"), str):
+        commit = vcs.get("commit_id")
+        return ("url", "%s+%s%s" % (vcs["vcs"], url, "@" + commit if isinstance(commit, str) else ""))
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        return ("file", urllib.parse.unquote(parts.path))
+    return ("url", url)
 
 
 def refuse_cache_off(dist: Distribution, display: str, python: str = "python3", abi: dict | None = None) -> Unsendable:
@@ -771,7 +867,8 @@ def refuse_cache_off(dist: Distribution, display: str, python: str = "python3", 
         "cannot send package %r (%s) to %s: it holds %s, which must be real files there, and the host's package "
         "cache is turned off (cache_size=0). Fix: install %s there with the host's own Python (%s), or leave "
         "cache_size at its default so that it goes to the host's package cache"
-        % (dist.top, dist.label, display, need(dist), dist.name, _install(dist.name, dist.version, python, abi)))
+        % (dist.top, dist.label, display, need(dist), dist.name,
+           _install(dist.name, dist.version, python, abi, origin=installed_from(dist.site, dist.info))))
 
 
 # -- Requires-Python ----------------------------------------------------------------------------
@@ -838,4 +935,4 @@ def check_python(unit: Unit, abi: dict, display: str, python: str = "python3") -
         "install a release of %s that supports Python %s on the host with its own Python (%s), or run on that "
         "host a Python that matches (the python= option)"
         % (unit.name, name, version, display, spec, host, name, ".".join(map(str, have[:2])),
-           _install(name, "", python, abi, " there picks one")))
+           _install(name, "", python, abi, " there picks one", installed_from(unit.site, unit.info))))

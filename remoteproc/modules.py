@@ -241,8 +241,13 @@ def from_stdlib(name: str, path: list[str]) -> bool:
             and "site-packages" not in parts and "dist-packages" not in parts)
 
 
-def find(name: str, path: list[str], host: str, editable: dict[str, str] | None = None) -> dict[str, Any]:
-    """Entries for ``name`` (None if it is not found) and, for a package, its other modules."""
+def find(name: str, path: list[str], host: str, editable: dict[str, str] | None = None,
+         sent: set[str] | frozenset[str] = frozenset()) -> dict[str, Any]:
+    """Entries for ``name`` (None if it is not found) and, for a package, its other modules.
+
+    ``sent``: modules this connection's agent holds already (sent with an earlier answer).  The
+    bundle leaves them out, so a package over the caps arrives in a few answers of new modules,
+    not in one answer per module past the cap, each repeating the first ``MAX_FILES``."""
     if not _valid(name):
         return {name: {"error": "%r is not a module name" % (name,)}}
     parts = name.split(".")
@@ -256,12 +261,14 @@ def find(name: str, path: list[str], host: str, editable: dict[str, str] | None 
         return {name: None}
     out: dict[str, Any] = {name: _entry(name, spec, host, search)}
     if top is not None and top.origin and top.submodule_search_locations is not None:
-        _bundle(parts[0], os.path.dirname(top.origin), out, host, search)
+        _bundle(parts[0], os.path.dirname(top.origin), out, host, search, sent)
     return out
 
 
-def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]) -> None:
-    """Add every module of the package at ``root`` (regular packages only), within the caps."""
+def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str],
+            sent: set[str] | frozenset[str] = frozenset()) -> None:
+    """Add every module of the package at ``root`` (regular packages only) but those ``sent``
+    already, within the caps."""
     files = 0
     size = 0
     for dirpath, dirnames, filenames in os.walk(root):
@@ -273,7 +280,7 @@ def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]
             if fn.endswith(".py"):
                 mod = prefix if fn == "__init__.py" else prefix + "." + fn[:-3]
                 full = os.path.join(dirpath, fn)
-                if mod in out or not _valid(mod):
+                if mod in out or mod in sent or not _valid(mod):
                     continue
                 size += os.path.getsize(full)
                 files += 1
@@ -287,6 +294,8 @@ def _bundle(top: str, root: str, out: dict[str, Any], host: str, path: list[str]
             elif fn.endswith(_EXT):
                 mod = prefix + "." + fn.split(".")[0]
                 full = os.path.join(dirpath, fn)
+                if fn.split(".")[0] + ".py" in filenames:
+                    continue    # (its source beside it, as mypyc leaves it: that goes, and runs there)
                 if mod not in out and _valid(mod):
                     out[mod] = {"error": "module %r is a C extension (%s) and cannot be forwarded to %s; install "
                                          "%s there" % (mod, full, host, _dist(mod, full, path))}

@@ -18,7 +18,7 @@ import zlib
 from collections import deque
 from typing import Callable, Iterator
 
-from . import distributions
+from . import distributions, modules
 from .agent import frames
 
 log = logging.getLogger("remoteproc.packages")
@@ -139,14 +139,16 @@ class PackageServer:
         self.queue: deque = deque()     # frame iterators of transfers under way
         self.accepted = accepted
 
-    def answer(self, name: str, path: list, editable: dict | None = None) -> dict | None:
+    def answer(self, name: str, path: list, editable: dict | None = None,
+               sent: set[str] | frozenset[str] = frozenset()) -> dict | None:
         """The ``modules`` entries for ``name`` when it goes through the cache or is refused
         here; None when it is sent from memory (``modules.find``).  Asked for every module a
         child's host lacks, before ``modules.find``: so a distribution whose Requires-Python
         excludes the host's Python is refused whether it is pure or not, and a package that
         needs files is refused, with what to install, where the cache cannot take it.
         ``editable``: the user's projects installed in editable mode (``modules.editable_roots``),
-        whose packages are sent as their directory."""
+        whose packages are sent as their directory.  ``sent``: modules this connection was sent
+        from memory before (``modules.find``)."""
         if self.abi is None:
             return None
         try:
@@ -157,9 +159,14 @@ class PackageServer:
             dist = distributions.gather(unit)
             if dist is None:
                 return None     # plain Python: from memory
-            if not self.cap:
-                raise distributions.refuse_cache_off(dist, self.display, self.python, self.abi)
-            distributions.check(dist, self.abi, self.display, self.python)
+            try:
+                if not self.cap:
+                    raise distributions.refuse_cache_off(dist, self.display, self.python, self.abi)
+                distributions.check(dist, self.abi, self.display, self.python)
+            except distributions.Unsendable as exc:
+                if not distributions.pure_but_compiled(dist, unit):
+                    raise
+                return self._without_compiled(name, path, editable, sent, str(exc))
             distributions.add_bytecode(dist, self.abi)
             digest = distributions.digest(dist)
         except distributions.Unsendable as exc:
@@ -169,6 +176,21 @@ class PackageServer:
         self.offered[digest] = dist
         return {name: {"dist": {"hash": digest, "name": dist.name, "version": dist.version, "top": name,
                                 "size": dist.size, "files": len(dist.files), "cap": self.cap}}}
+
+    def _without_compiled(self, name: str, path: list, editable: dict | None, sent: set[str] | frozenset[str],
+                          refusal: str) -> dict:
+        """Package ``name`` from memory, its compiled modules refused (``pure_but_compiled``): an
+        import of one raises ImportError with ``refusal`` (what the host cannot load, and the
+        fix), which a package that falls back to its Python code catches."""
+        mods = modules.find(name, path, self.display, editable, sent)
+        log.info("%s: sending %s from memory without its compiled modules (the host cannot load them: they are "
+                 "refused at their import, and %s runs there only if it does without them)", self.display, name, name)
+        note = (" (%s's Python modules were sent: a package that does without this compiled module when its "
+                "import fails runs there)" % name)
+        for mod, entry in mods.items():
+            if isinstance(entry, dict) and "error" in entry:
+                entry["error"] = refusal.replace("cannot send package %r" % name, "cannot send %r" % mod, 1) + note
+        return mods
 
     def fetch(self, digest: object) -> bytes | None:
         """The agent misses an entry we offered: queue its files (or say why not at once)."""

@@ -147,7 +147,9 @@ def test_the_relays_listing_leaves_out_what_the_host_could_not_load(tmp_path):
     with open(meta, "w") as f:
         f.write(text.replace("Requires-Dist:", "Requires-Python: >=3.9\nRequires-Dist:"))
     dist_info(site, "rp_data", "1.0", {"rp_data/__init__.py": "", "rp_data/table.csv": "a,b\n"})
-    dist_info(site, "rp_ext", "1.0", {"rp_ext/__init__.py": "", "rp_ext/_x.cpython-399-x86_64-linux-gnu.so": ""})
+    # (an extension module alone: a package with Python code beside its extension goes from memory
+    # without it, and is listed: tests/test_forwarding_audit.py)
+    dist_info(site, "rp_ext", "1.0", {"rp_ext.cpython-399-x86_64-linux-gnu.so": ""})
     with open(os.path.join(site, "rp_ext-1.0.dist-info", "WHEEL"), "w") as f:
         f.write("Wheel-Version: 1.0\nTag: cp399-cp399-manylinux_2_17_x86_64\n")
     _write(site, {"Rp.Egg-2.0-py3.8.egg-info": "Metadata-Version: 1.1\nName: Rp.Egg\nVersion: 2.0\n"})

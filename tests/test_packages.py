@@ -210,12 +210,14 @@ def test_cached_import_sends_nothing_and_a_truncated_file_is_replaced(plain_user
 
 def test_incompatible_wheel_is_refused_with_both_tags(plain_user_host, plain_user_options, tmp_path, monkeypatch,
                                                       fresh):
-    import charset_normalizer
+    # (orjson: its package is nothing without its extension; one that falls back to Python code of
+    # its own, charset_normalizer, runs there: tests/test_forwarding_audit.py)
+    import orjson
 
-    real_site = os.path.dirname(os.path.dirname(charset_normalizer.__file__))
+    real_site = os.path.dirname(os.path.dirname(orjson.__file__))
     site = tmp_path / "site"
     site.mkdir()
-    info = next(n for n in os.listdir(real_site) if n.startswith("charset_normalizer-") and n.endswith(".dist-info"))
+    info = next(n for n in os.listdir(real_site) if n.startswith("orjson-") and n.endswith(".dist-info"))
     for rel, _hash, _size in distributions._record(real_site, info):
         src = os.path.join(real_site, rel)
         if rel.startswith("..") or not os.path.isfile(src):
@@ -227,9 +229,9 @@ def test_incompatible_wheel_is_refused_with_both_tags(plain_user_host, plain_use
     wheel.write_text("\n".join(line for line in text.splitlines() if not line.startswith("Tag:"))
                      + "\nTag: cp311-cp311-manylinux_2_99_x86_64\n")
     monkeypatch.syspath_prepend(str(site))
-    kind, message = _call(plain_user_host, plain_user_options, import_job, "charset_normalizer", "1")
+    kind, message = _call(plain_user_host, plain_user_options, import_job, "orjson", "1")
     assert kind == "ImportError"
-    assert "charset_normalizer" in message and "manylinux_2_99_x86_64" in message     # our tags
+    assert "orjson" in message and "manylinux_2_99_x86_64" in message     # our tags
     assert "glibc 2." in message and ".cpython-311-x86_64-linux-gnu.so" in message      # the host's
     assert "Fix:" in message and "pip install" in message
 
@@ -585,7 +587,8 @@ def test_macos_and_pypy_hosts_take_their_own_wheels():
 def _built(*files, tags=()):
     """A distribution holding ``files`` (no WHEEL tags: built here, e.g. an editable install)."""
     return distributions.Distribution(top="fast", name="fast", version="1.0", site="/site",
-                                      files=[(f, 0o644, 10, 0) for f in files], tags=list(tags))
+                                      files=[(f, 0o644, 10, 0) for f in files], tags=list(tags),
+                                      info="fast-1.0.dist-info")
 
 
 def test_an_extension_the_host_cannot_load_is_refused_with_the_reason():

@@ -112,6 +112,8 @@ class Link:
         self.hello: dict = {}
         self.sys_path: list = []
         self.editable: dict = {}        # projects installed in editable mode (modules.editable_roots)
+        #: modules sent to the agent as source, which it keeps for the connection (modules.find)
+        self.sent_modules: set[str] = set()
         self.path_state: tuple | None = None    # modules.path_state of the last start's sys.path
         self.lost: RemoteProcessError | None = None
         self.closing = False
@@ -552,10 +554,11 @@ class Link:
                           name)
                 mods = {name: None}
             else:
-                mods = (self.packages.answer(name, self.sys_path, self.editable) if self.packages is not None
-                        else None)
+                mods = (self.packages.answer(name, self.sys_path, self.editable, self.sent_modules)
+                        if self.packages is not None else None)
             if mods is None:
-                mods = modules.find(name, self.sys_path, self.display, self.editable)
+                mods = modules.find(name, self.sys_path, self.display, self.editable, self.sent_modules)
+            self.sent_modules.update(n for n, e in mods.items() if isinstance(e, dict) and "src" in e)
         except Exception as exc:  # noqa: BLE001 - an unreadable file must not kill the link
             mods = {name: {"error": "cannot forward %r to %s: %s" % (name, self.display, exc)}}
         log.debug("%s: forwarding %s (%d modules)", self.display, name, len(mods))
@@ -613,8 +616,9 @@ class Link:
                 got = mods.get(top) or {}
                 if "dist" in got and not egg:
                     return {"dist": got["dist"]}
-                if "dist" not in got:
-                    return None     # (refused there: no metadata either)
+                if "dist" not in got and "src" not in got:
+                    return None     # (refused there: no metadata either; "src": from memory, its
+                    #                  compiled modules left out, pkgtransfer.PackageServer._without_compiled)
             break
         abi = (self.packages.abi if self.packages is not None else None) or {}
         try:
