@@ -189,20 +189,13 @@ def test_a_quiet_config_still_says_why_a_login_failed(user, sshd):
 
 
 @pytest.fixture
-def wrappers() -> Iterator[Any]:
+def wrappers(scripts: Any) -> Any:
     """write(name, body) -> path of an executable ``sh`` script that every account can run."""
-    directory = tempfile.mkdtemp(prefix="remoteproc-wrappers-")
-    os.chmod(directory, 0o755)
-
     def write(name: str, body: str) -> str:
-        path = os.path.join(directory, name)
-        with open(path, "w") as f:
-            f.write("#!/bin/sh\n" + body)
+        path = scripts(name, "#!/bin/sh\n" + body)
         os.chmod(path, 0o755)
         return path
-
-    yield write
-    shutil.rmtree(directory, ignore_errors=True)
+    return write
 
 
 def test_ssh_wrapper_scripts(user, sshd, wrappers):
