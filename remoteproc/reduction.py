@@ -102,6 +102,11 @@ def _crossing(pickler: Any, obj: Any) -> Any:
     hook = getattr(type(obj), "__remoteproc_reduce__", None)
     if hook is not None:
         return hook(obj, pickler)
+    if isinstance(obj, types.MethodType) and hasattr(type(obj.__self__), "__remoteproc_reduce__"):
+        # ``target=q.put``, ``target=ev.set``: the object arrives as its proxy, a class of its own
+        # there, so the method is looked up on it by name (as multiprocessing reduces methods);
+        # cloudpickle's (function, self) would call the owner's function on the proxy
+        return getattr, (obj.__self__, obj.__func__.__name__)
     managers = sys.modules.get("multiprocessing.managers")
     if managers is not None and isinstance(obj, managers.BaseProxy):
         from .managers import reduce_proxy  # its connections ride a bridged link
