@@ -139,6 +139,9 @@ class _Pickler(cloudpickle.Pickler):
             # RemoteProcess, RemoteScript (as a class of the object or a base of the user's
             # subclass): the remote host has multiprocessing, so it runs as a plain Process.
             return getattr, (mp_context, "Process")
+        reduced = proxies.ctypes_type_reduce(obj)
+        if reduced is not None:
+            return reduced
         return super().reducer_override(obj)
 
     def _code(self, code: types.CodeType):

@@ -33,6 +33,23 @@ def _ctype(typecode_or_type):
     return type_
 
 
+def _shape(type_) -> Any:
+    """How a child reaches the parts of a ctypes type: ``("struct", name, ((field, shape), ...))``,
+    ``("array", name, length, element shape)``, or None for a type whose reads give a Python value
+    (a field that is an array of chars reads as ``bytes``/``str``, so it is None there)."""
+    name = getattr(type_, "__qualname__", type_.__name__)
+    if issubclass(type_, (ctypes.Structure, ctypes.Union)):
+        fields = []
+        for field in type_._fields_:
+            ftype = field[1]
+            chars = issubclass(ftype, ctypes.Array) and ftype._type_ in (ctypes.c_char, ctypes.c_wchar)
+            fields.append((field[0], None if chars else _shape(ftype)))
+        return ("struct", name, tuple(fields))
+    if issubclass(type_, ctypes.Array):
+        return ("array", name, type_._length_, _shape(type_._type_))
+    return None
+
+
 def _new_value(typecode_or_type, *args):
     return _ctype(typecode_or_type)(*args)
 
@@ -72,6 +89,7 @@ class _Shared(_Sync):
         fields = getattr(type(obj), "_fields_", None)
         if fields:
             config["fields"] = tuple(f[0] for f in fields)
+        config["shape"] = _shape(type(obj))
         return config
 
     def _waitlists(self):
@@ -79,7 +97,9 @@ class _Shared(_Sync):
         return (lock._waiters,) if lock is not None else ()
 
     def _access(self, op, key, value=None):
-        obj = self._obj
+        obj, key = S.resolve(self._obj, key)        # (a child's path to a part: ``A[0].x``)
+        if key is S.PLAIN:
+            return S.plain(obj)
         if op == S.GET:
             return getattr(obj, key) if isinstance(key, str) else obj[key]
         if isinstance(key, str):
@@ -115,7 +135,7 @@ class _Shared(_Sync):
 
     def _set(self, key, value, raw: bool = False) -> None:
         if self._proxy is not None:
-            return self._proxy._set(key, value)
+            return self._proxy._set(key, S.plain(value))
         if not raw and self._lockobj is not None and self._our_lock() is None:
             with self._lockobj:
                 self._access(S.SET, key, value)
@@ -140,6 +160,9 @@ class _Fields(_Shared):
     def __getattr__(self, name: str):
         obj = self.__dict__.get("_obj")
         if obj is not None and name in dict(getattr(type(obj), "_fields_", ())):
+            proxy = self.__dict__.get("_proxy")
+            if proxy is not None:           # a forked child: the proxy's view of a nested part
+                return getattr(proxy, name)
             return self._get(name, self._raw)
         raise AttributeError("%r object has no attribute %r" % (type(self).__name__, name))
 
@@ -158,12 +181,19 @@ class _Items(_Shared):
         return len(self._obj)
 
     def __getitem__(self, i):
+        if self._proxy is not None:     # a forked child: the proxy's views of Structure elements
+            return self._proxy[i]
         return self._get(S.item_key(i), self._raw)
 
     def __setitem__(self, i, v) -> None:
+        if self._proxy is not None:
+            self._proxy[i] = v
+            return
         self._set(S.item_key(i), v, self._raw)
 
     def __iter__(self):
+        if self._proxy is not None:
+            return iter(self._proxy)
         return iter(self._get(slice(None), self._raw))
 
 
