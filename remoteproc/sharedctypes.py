@@ -97,9 +97,11 @@ class _Shared(_Sync):
         return (lock._waiters,) if lock is not None else ()
 
     def _access(self, op, key, value=None):
-        obj, key = S.resolve(self._obj, key)        # (a child's path to a part: ``A[0].x``)
-        if key is S.PLAIN:
-            return S.plain(obj)
+        obj = self._obj
+        if isinstance(key, tuple):          # a child's path to a part: ``A[0].x``
+            obj, key = S.resolve(obj, key)
+            if key is S.PLAIN:
+                return S.plain(obj)
         if op == S.GET:
             return getattr(obj, key) if isinstance(key, str) else obj[key]
         if isinstance(key, str):
@@ -290,31 +292,43 @@ def _lock_for(lock: Any):
     return lock
 
 
-def RawValue(typecode_or_type, *args) -> SharedRawValue:
+def RawValue(typecode_or_type, *args) -> Any:
     """A ctypes value owned by this process, shared with its children (no lock)."""
-    return SharedRawValue(_new_value(typecode_or_type, *args), None, "RawValue")
+    obj = _new_value(typecode_or_type, *args)
+    if isinstance(obj, ctypes.Array):       # ``RawValue(c_int * 3)``: an array, as multiprocessing's
+        return _raw_array(obj)
+    return SharedRawValue(obj, None, "RawValue")
+
+
+def _raw_array(obj):
+    if obj._type_ is ctypes.c_char:
+        return SharedRawString(obj, None, "RawString")
+    return SharedRawArray(obj, None, "RawArray")
+
+
+def _synchronized_array(obj, lock):
+    if obj._type_ is ctypes.c_char:
+        return SynchronizedString(obj, lock, "SynchronizedString")
+    return SynchronizedArray(obj, lock, "SynchronizedArray")
 
 
 def RawArray(typecode_or_type, size_or_initializer):
     """A ctypes array owned by this process, shared with its children (no lock)."""
-    obj = _new_array(typecode_or_type, size_or_initializer)
-    if obj._type_ is ctypes.c_char:
-        return SharedRawString(obj, None, "RawString")
-    return SharedRawArray(obj, None, "RawArray")
+    return _raw_array(_new_array(typecode_or_type, size_or_initializer))
 
 
 def Value(typecode_or_type, *args, lock: Any = True):
     """``multiprocessing.Value``: a synchronized ctypes value (``lock=False``: a RawValue)."""
     if lock is False:
         return RawValue(typecode_or_type, *args)
-    return Synchronized(_new_value(typecode_or_type, *args), _lock_for(lock), "Synchronized")
+    obj = _new_value(typecode_or_type, *args)
+    if isinstance(obj, ctypes.Array):       # ``Value(c_int * 3)``: a SynchronizedArray, as multiprocessing's
+        return _synchronized_array(obj, _lock_for(lock))
+    return Synchronized(obj, _lock_for(lock), "Synchronized")
 
 
 def Array(typecode_or_type, size_or_initializer, *, lock: Any = True):
     """``multiprocessing.Array``: a synchronized ctypes array (``lock=False``: a RawArray)."""
     if lock is False:
         return RawArray(typecode_or_type, size_or_initializer)
-    obj = _new_array(typecode_or_type, size_or_initializer)
-    if obj._type_ is ctypes.c_char:
-        return SynchronizedString(obj, _lock_for(lock), "SynchronizedString")
-    return SynchronizedArray(obj, _lock_for(lock), "SynchronizedArray")
+    return _synchronized_array(_new_array(typecode_or_type, size_or_initializer), _lock_for(lock))

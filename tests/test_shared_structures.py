@@ -151,3 +151,23 @@ def test_structure_classes_of_a_shipped_module_travel(host, ssh_options):
         results = pool.map(swap, [Point(i, -i) for i in range(3)])
     assert all(type(r) is Point for r in results)
     assert [(r.x, r.y) for r in results] == [(0.0, 0.0), (-1.0, 1.0), (-2.0, 2.0)]
+
+
+def array_values(v, s, r):
+    v[1] = v[0] + 5
+    s.value = s.value.upper()
+    r[:] = [7, 8]
+
+
+def test_a_value_of_an_array_type_is_an_array(host, ssh_options):
+    """``Value(c_int * 3)`` is multiprocessing's SynchronizedArray (it was a Synchronized without
+    indexing: ``TypeError: 'Synchronized' object is not subscriptable``)."""
+    results = []
+    for lib, start in ((multiprocessing, lambda f, a: _started(FORK.Process(target=f, args=a))),
+                       (remoteproc, lambda f, a: _started(RemoteProcess(host, target=f, args=a, **ssh_options)))):
+        v, s, r = lib.Value(ctypes.c_int * 3, 1, 2, 3), lib.Value(ctypes.c_char * 4), lib.RawValue(Row)
+        s.value = b"ab"
+        p = start(array_values, (v, s, r))
+        p.join(60)
+        results.append((p.exitcode, v[:], len(v), s.value, s.raw, list(r[:])))
+    assert results[0] == results[1] == (0, [1, 6, 3], 3, b"AB", b"AB\0\0", [7.0, 8.0])

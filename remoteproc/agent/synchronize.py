@@ -276,10 +276,8 @@ def plain(value):
 
 
 def resolve(obj, key):
-    """The owner's side of a path key: ``(obj, key)`` with ``obj`` the part the path leads to and
-    ``key`` its last step (``PLAIN`` for the part itself)."""
-    if not isinstance(key, tuple):
-        return obj, key
+    """The owner's side of a path (a tuple key): ``(obj, key)`` with ``obj`` the part the path
+    leads to and ``key`` its last step (``PLAIN`` for the part itself)."""
     for step in key[:-1]:
         obj = getattr(obj, step) if isinstance(step, str) else obj[step]
     return obj, key[-1]
