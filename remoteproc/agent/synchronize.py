@@ -331,8 +331,9 @@ class _View:
         return "<view of a %s in a shared object>" % self._shape[1]
 
     def __reduce__(self):
-        raise TypeError("a view of a part of a shared %s cannot be pickled: pass the shared object itself, "
-                        "or the part's value (a tuple)" % self._root._what)
+        raise TypeError("%r is a view of a part of a shared Value or Array (A[i], v.field), which cannot be "
+                        "pickled here: send a copy built from its fields (Point(a.x, a.y)), or pass the shared "
+                        "object itself as a process argument" % self)
 
 
 class _StructView(_View):
