@@ -134,7 +134,7 @@ def ctypes_type_reduce(obj, by_value=True):
     cannot be pickled (``TypeError: cannot pickle '_ctypes.CField' object``): ``_fields_`` makes
     them again, set last, after ``_pack_`` and ``_anonymous_``.  None for anything else."""
     global _cfield
-    if not isinstance(obj, type) or "_ctypes" not in (obj.__module__, type(obj).__module__):
+    if not isinstance(obj, type) or "_ctypes" not in (getattr(obj, "__module__", None), type(obj).__module__):
         return None
     import ctypes
     import operator
