@@ -171,3 +171,49 @@ def test_a_value_of_an_array_type_is_an_array(host, ssh_options):
         p.join(60)
         results.append((p.exitcode, v[:], len(v), s.value, s.raw, list(r[:])))
     assert results[0] == results[1] == (0, [1, 6, 3], 3, b"AB", b"AB\0\0", [7.0, 8.0])
+
+
+class Base(ctypes.Structure):
+    _fields_ = [("a", ctypes.c_int)]
+    KIND = "base"
+
+    def twice(self):
+        return self.a * 2
+
+
+class Derived(Base):
+    _fields_ = [("b", ctypes.c_short)]
+
+
+class Either(ctypes.Union):
+    _fields_ = [("i", ctypes.c_uint32), ("f", ctypes.c_float)]
+
+
+class Wire(ctypes.BigEndianStructure):
+    _pack_ = 1
+    _fields_ = [("x", ctypes.c_uint16), ("flag", ctypes.c_uint8, 3)]
+
+
+class Tagged(ctypes.Structure):
+    _anonymous_ = ("u",)
+    _fields_ = [("u", Either), ("tag", ctypes.c_int)]
+
+
+def kinds_of_structures(out):
+    d, e, w, t = Derived(1, 2), Either(), Wire(0x1234, 5), Tagged()
+    e.f = 1.0
+    t.i, t.tag = 7, 3
+    out.put((d.twice(), Derived.KIND, ctypes.sizeof(Derived), e.i, bytes(w), w.flag, t.i, ctypes.sizeof(Tagged)))
+    out.put((d, w, t))
+
+
+def test_subclassed_union_big_endian_and_anonymous_structures_travel(host, ssh_options):
+    out = remoteproc.Queue()
+    p = RemoteProcess(host, target=kinds_of_structures, args=(out,), **ssh_options)
+    p.start()
+    assert out.get(timeout=60) == (2, "base", 8, 1065353216, b"\x12\x34\xa0", 5, 7, 8)
+    d, w, t = out.get(timeout=30)
+    p.join(60)
+    assert p.exitcode == 0
+    assert (type(d), d.a, d.b, type(w), w.x, w.flag, type(t), t.i, t.tag) == (Derived, 1, 2, Wire, 0x1234, 5,
+                                                                                Tagged, 7, 3)

@@ -20,6 +20,7 @@ import os
 import pickle
 import queue as _queue
 import socket
+import sys
 import threading
 
 # requests
@@ -134,21 +135,31 @@ def ctypes_type_reduce(obj, by_value=True):
     cannot be pickled (``TypeError: cannot pickle '_ctypes.CField' object``): ``_fields_`` makes
     them again, set last, after ``_pack_`` and ``_anonymous_``.  None for anything else."""
     global _cfield
-    if not isinstance(obj, type) or "_ctypes" not in (getattr(obj, "__module__", None), type(obj).__module__):
+    if not isinstance(obj, type) or "ctypes" not in sys.modules:    # (no ctypes type before ctypes)
         return None
     import ctypes
     import operator
 
     if type(obj) is type:
-        # a metaclass (PyCStructType, ...): not reachable by name in _ctypes, so by a class of it
-        for example in (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes.c_int):
-            if type(example) is obj:
-                return type, (example,)
-        return None
-    if type(obj).__module__ != "_ctypes":
+        # a metaclass: PyCStructType and its kin are not reachable by name in _ctypes, so by a class of it
+        if getattr(obj, "__module__", None) == "_ctypes":
+            for example in (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes.c_int):
+                if type(example) is obj:
+                    return type, (example,)
         return None
     if issubclass(obj, ctypes.Array):
-        return operator.mul, (obj._type_, obj._length_)
+        element, length = vars(obj).get("_type_"), vars(obj).get("_length_")
+        if element is not None and obj.__name__ == "%s_Array_%s" % (getattr(element, "__name__", ""), length):
+            return operator.mul, (element, length)        # what ``c_int * 3`` made
+        return None
+    if issubclass(obj, ctypes._SimpleCData):
+        # the other byte order's twin of a simple type (a BigEndianStructure's fields): same name, other class
+        for name in (obj.__qualname__, obj.__name__):       # (the twin's __name__ has a _be or _le suffix)
+            native = getattr(ctypes, name, None)
+            for twin in ("__ctype_be__", "__ctype_le__"):
+                if native is not None and native is not obj and getattr(native, twin, None) is obj:
+                    return getattr, (native, twin)
+        return None
     if not by_value or not issubclass(obj, (ctypes.Structure, ctypes.Union)) or "_fields_" not in vars(obj):
         return None
     from cloudpickle import cloudpickle as cp
