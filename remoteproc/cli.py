@@ -233,7 +233,8 @@ def format_message(data: bytes) -> str:
     except Exception:  # noqa: BLE001 - raw send_bytes() data, or a class only the host has
         return repr(data)
     try:
-        return json.dumps(obj, ensure_ascii=False)
+        # (NaN and the infinities are no JSON: json.dumps would write NaN, which JSON readers refuse)
+        return json.dumps(obj, ensure_ascii=False, allow_nan=False)
     except (TypeError, ValueError):
         return repr(obj)
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import collections
 import itertools
+import logging
 import threading
 import time
 import types
@@ -28,6 +29,17 @@ __all__ = ["ApplyResult", "AsyncResult", "IMapIterator", "MapResult", "Pool"]
 _job_ids = itertools.count()
 
 Callback = Optional[Callable[[Any], object]]        # a result's callback or error_callback
+log = logging.getLogger("remoteproc.pool")
+
+
+def _call_back(result: Any, which: str, callback: Callable[[Any], object], value: Any) -> None:
+    """Run a result's ``callback`` or ``error_callback`` in the manager thread.  One that raises is
+    logged and the pool goes on (as ``concurrent.futures`` treats a done-callback that raises):
+    multiprocessing's result thread dies of it and its pool hangs; ours ended every task."""
+    try:
+        callback(value)
+    except Exception:
+        log.exception("the %s of %r raised (the pool goes on)", which, result)
 
 
 # -- results ----------------------------------------------------------------------------------------
@@ -73,9 +85,9 @@ class ApplyResult:
         self._success, self._value = ok, value
         try:
             if ok and self._callback is not None:
-                self._callback(value)
+                _call_back(self, "callback", self._callback, value)
             elif not ok and self._error_callback is not None:
-                self._error_callback(value)
+                _call_back(self, "error_callback", self._error_callback, value)
         finally:
             self._event.set()
             self._pool = None
@@ -122,9 +134,9 @@ class MapResult(ApplyResult):
     def _finish(self) -> None:
         try:
             if self._success and self._callback is not None:
-                self._callback(self._value)
+                _call_back(self, "callback", self._callback, self._value)
             elif not self._success and self._error_callback is not None:
-                self._error_callback(self._value)
+                _call_back(self, "error_callback", self._error_callback, self._value)
         finally:
             self._event.set()
             self._pool = None
@@ -342,14 +354,22 @@ def _feed(core: Scheduler, result: IMapIterator, fbytes: dict[str, bytes], it: I
                     result._cond.wait(1.0)
             if core.state == TERMINATE:
                 raise RemoteProcessError("the pool was terminated before this task was sent")
-            part = list(itertools.islice(it, chunksize))
+            part: list[Any] = []
+            failed: BaseException | None = None
+            try:
+                part.extend(itertools.islice(it, chunksize))
+            except BaseException as exc:
+                failed = exc        # (after the elements read before it: they run, as with chunksize=1)
+            if part:
+                chunk = Chunk(result, index, len(part), worker.CALL, fbytes, core.dumps(part, "the arguments"))
+                with result._cond:
+                    result._in_flight += 1
+                index += len(part)
+                core.submit([chunk])
+            if failed is not None:
+                raise failed
             if not part:
                 break
-            chunk = Chunk(result, index, len(part), worker.CALL, fbytes, core.dumps(part, "the arguments"))
-            with result._cond:
-                result._in_flight += 1
-            index += len(part)
-            core.submit([chunk])
         result._set_length(index)
     except BaseException as exc:
         # the input raised (or could not be pickled): that is the next result, and the last

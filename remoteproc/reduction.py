@@ -102,6 +102,11 @@ def _crossing(pickler: Any, obj: Any) -> Any:
     hook = getattr(type(obj), "__remoteproc_reduce__", None)
     if hook is not None:
         return hook(obj, pickler)
+    if isinstance(obj, types.MethodType) and hasattr(type(obj.__self__), "__remoteproc_reduce__"):
+        # ``target=q.put``, ``target=ev.set``: the object arrives as its proxy, a class of its own
+        # there, so the method is looked up on it by name (as multiprocessing reduces methods);
+        # cloudpickle's (function, self) would call the owner's function on the proxy
+        return getattr, (obj.__self__, obj.__func__.__name__)
     managers = sys.modules.get("multiprocessing.managers")
     if managers is not None and isinstance(obj, managers.BaseProxy):
         from .managers import reduce_proxy  # its connections ride a bridged link
@@ -134,6 +139,9 @@ class _Pickler(cloudpickle.Pickler):
             # RemoteProcess, RemoteScript (as a class of the object or a base of the user's
             # subclass): the remote host has multiprocessing, so it runs as a plain Process.
             return getattr, (mp_context, "Process")
+        reduced = proxies.ctypes_type_reduce(obj)
+        if reduced is not None:
+            return reduced
         return super().reducer_override(obj)
 
     def _code(self, code: types.CodeType):

@@ -33,6 +33,23 @@ def _ctype(typecode_or_type):
     return type_
 
 
+def _shape(type_) -> Any:
+    """How a child reaches the parts of a ctypes type: ``("struct", name, ((field, shape), ...))``,
+    ``("array", name, length, element shape)``, or None for a type whose reads give a Python value
+    (a field that is an array of chars reads as ``bytes``/``str``, so it is None there)."""
+    name = getattr(type_, "__qualname__", type_.__name__)
+    if issubclass(type_, (ctypes.Structure, ctypes.Union)):
+        fields = []
+        for field in type_._fields_:
+            ftype = field[1]
+            chars = issubclass(ftype, ctypes.Array) and ftype._type_ in (ctypes.c_char, ctypes.c_wchar)
+            fields.append((field[0], None if chars else _shape(ftype)))
+        return ("struct", name, tuple(fields))
+    if issubclass(type_, ctypes.Array):
+        return ("array", name, type_._length_, _shape(type_._type_))
+    return None
+
+
 def _new_value(typecode_or_type, *args):
     return _ctype(typecode_or_type)(*args)
 
@@ -72,6 +89,7 @@ class _Shared(_Sync):
         fields = getattr(type(obj), "_fields_", None)
         if fields:
             config["fields"] = tuple(f[0] for f in fields)
+        config["shape"] = _shape(type(obj))
         return config
 
     def _waitlists(self):
@@ -80,6 +98,10 @@ class _Shared(_Sync):
 
     def _access(self, op, key, value=None):
         obj = self._obj
+        if isinstance(key, tuple):          # a child's path to a part: ``A[0].x``
+            obj, key = S.resolve(obj, key)
+            if key is S.PLAIN:
+                return S.plain(obj)
         if op == S.GET:
             return getattr(obj, key) if isinstance(key, str) else obj[key]
         if isinstance(key, str):
@@ -115,7 +137,7 @@ class _Shared(_Sync):
 
     def _set(self, key, value, raw: bool = False) -> None:
         if self._proxy is not None:
-            return self._proxy._set(key, value)
+            return self._proxy._set(key, S.plain(value))
         if not raw and self._lockobj is not None and self._our_lock() is None:
             with self._lockobj:
                 self._access(S.SET, key, value)
@@ -140,6 +162,9 @@ class _Fields(_Shared):
     def __getattr__(self, name: str):
         obj = self.__dict__.get("_obj")
         if obj is not None and name in dict(getattr(type(obj), "_fields_", ())):
+            proxy = self.__dict__.get("_proxy")
+            if proxy is not None:           # a forked child: the proxy's view of a nested part
+                return getattr(proxy, name)
             return self._get(name, self._raw)
         raise AttributeError("%r object has no attribute %r" % (type(self).__name__, name))
 
@@ -158,12 +183,19 @@ class _Items(_Shared):
         return len(self._obj)
 
     def __getitem__(self, i):
+        if self._proxy is not None:     # a forked child: the proxy's views of Structure elements
+            return self._proxy[i]
         return self._get(S.item_key(i), self._raw)
 
     def __setitem__(self, i, v) -> None:
+        if self._proxy is not None:
+            self._proxy[i] = v
+            return
         self._set(S.item_key(i), v, self._raw)
 
     def __iter__(self):
+        if self._proxy is not None:
+            return iter(self._proxy)
         return iter(self._get(slice(None), self._raw))
 
 
@@ -260,31 +292,43 @@ def _lock_for(lock: Any):
     return lock
 
 
-def RawValue(typecode_or_type, *args) -> SharedRawValue:
+def RawValue(typecode_or_type, *args) -> Any:
     """A ctypes value owned by this process, shared with its children (no lock)."""
-    return SharedRawValue(_new_value(typecode_or_type, *args), None, "RawValue")
+    obj = _new_value(typecode_or_type, *args)
+    if isinstance(obj, ctypes.Array):       # ``RawValue(c_int * 3)``: an array, as multiprocessing's
+        return _raw_array(obj)
+    return SharedRawValue(obj, None, "RawValue")
+
+
+def _raw_array(obj):
+    if obj._type_ is ctypes.c_char:
+        return SharedRawString(obj, None, "RawString")
+    return SharedRawArray(obj, None, "RawArray")
+
+
+def _synchronized_array(obj, lock):
+    if obj._type_ is ctypes.c_char:
+        return SynchronizedString(obj, lock, "SynchronizedString")
+    return SynchronizedArray(obj, lock, "SynchronizedArray")
 
 
 def RawArray(typecode_or_type, size_or_initializer):
     """A ctypes array owned by this process, shared with its children (no lock)."""
-    obj = _new_array(typecode_or_type, size_or_initializer)
-    if obj._type_ is ctypes.c_char:
-        return SharedRawString(obj, None, "RawString")
-    return SharedRawArray(obj, None, "RawArray")
+    return _raw_array(_new_array(typecode_or_type, size_or_initializer))
 
 
 def Value(typecode_or_type, *args, lock: Any = True):
     """``multiprocessing.Value``: a synchronized ctypes value (``lock=False``: a RawValue)."""
     if lock is False:
         return RawValue(typecode_or_type, *args)
-    return Synchronized(_new_value(typecode_or_type, *args), _lock_for(lock), "Synchronized")
+    obj = _new_value(typecode_or_type, *args)
+    if isinstance(obj, ctypes.Array):       # ``Value(c_int * 3)``: a SynchronizedArray, as multiprocessing's
+        return _synchronized_array(obj, _lock_for(lock))
+    return Synchronized(obj, _lock_for(lock), "Synchronized")
 
 
 def Array(typecode_or_type, size_or_initializer, *, lock: Any = True):
     """``multiprocessing.Array``: a synchronized ctypes array (``lock=False``: a RawArray)."""
     if lock is False:
         return RawArray(typecode_or_type, size_or_initializer)
-    obj = _new_array(typecode_or_type, size_or_initializer)
-    if obj._type_ is ctypes.c_char:
-        return SynchronizedString(obj, _lock_for(lock), "SynchronizedString")
-    return SynchronizedArray(obj, _lock_for(lock), "SynchronizedArray")
+    return _synchronized_array(_new_array(typecode_or_type, size_or_initializer), _lock_for(lock))

@@ -19,7 +19,7 @@ Behaviours covered here:
   being started again leaves none of them behind;
 * ``terminate()`` kills a worker that ignores SIGTERM after the grace, and drops the result it
   sends meanwhile;
-* a callback that raises does not hang the pool's users; a callback that closes and joins the
+* a callback that raises is logged and the pool goes on; a callback that closes and joins the
   pool does not deadlock;
 * the Executor: a cancelled future never runs; ``shutdown(wait=False)`` returns at once and the
   work finishes; shutting down twice;
@@ -71,6 +71,12 @@ def size(data):
 def naps(seconds):
     time.sleep(seconds)
     return seconds
+
+
+def no_positive(x):
+    if x > 0:
+        raise ValueError("positive")
+    return x
 
 
 def worker_pid(_x=None):
@@ -400,20 +406,25 @@ def test_terminate_kills_a_worker_that_ignores_sigterm_and_drops_its_late_result
 
 
 @pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
-def test_a_callback_that_raises_does_not_hang_the_pool_s_users(host, ssh_options, caplog):
+def test_a_callback_that_raises_is_logged_and_the_pool_goes_on(host, ssh_options, caplog):
+    """multiprocessing's result thread dies of it (its pool then hangs); ours once ended the whole
+    pool, failing every queued task with "the pool was terminated".  Now the callback's error is
+    logged, as concurrent.futures logs a done-callback's, and the other tasks run."""
     def bad_callback(value):
         raise RuntimeError("callback failed on purpose")
 
     pool = Pool(host, processes_per_host=1, **ssh_options)
     try:
-        # (the first task naps, so that the second is queued before the callback ends the pool, even
-        # when this thread is descheduled on a loaded machine: a fast first task raced the submit)
         first = pool.apply_async(naps, (0.5,), callback=bad_callback)
         waiting = pool.apply_async(naps, (0.1,))        # (one worker: this one waits its turn)
+        failing = pool.map_async(no_positive, [1], error_callback=bad_callback)
         assert first.get(60) == 0.5
-        with pytest.raises(remoteproc.RemoteProcessError, match="terminated"):     # not a hang: the pool ended
-            waiting.get(60)
-        assert any("manager thread failed" in r.getMessage() for r in caplog.records)
+        assert waiting.get(60) == 0.1
+        with pytest.raises(ValueError):
+            failing.get(60)
+        assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        logged = [r for r in caplog.records if "raised (the pool goes on)" in r.getMessage()]
+        assert len(logged) == 2 and "callback failed on purpose" in str(logged[0].exc_info[1])
     finally:
         pool.terminate()
 

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from multiprocessing import process as _mp_process
+from typing import Any
 
 from .proxies import OK, RUN, _Proxy
 
@@ -25,7 +26,7 @@ BARRIER_WAIT = 18   # (tid, timeout) -> index; status RUN: run the action, then 
 ACTION_DONE = 19    # (ok,)
 ABORT = 20
 RESET = 21
-GET = 22            # (tid, raw, key): key an attribute name, an index or a slice
+GET = 22            # (tid, raw, key): key an attribute name, an index, a slice, or a path (see PLAIN)
 SET = 23            # (tid, raw, key, value)
 REPR = 24           # () -> repr of the shared ctypes object
 
@@ -249,6 +250,136 @@ def run_action(action, done):
 
 # -- shared values --------------------------------------------------------------------------
 
+#: the last step of a GET path that asks for the part's value as plain tuples (``plain``)
+PLAIN = None
+
+
+def plain(value):
+    """A ctypes Structure, Union or Array (or a child's view of one) as the nested tuples that
+    ctypes takes back on assignment; anything else as it is.  What a child sends in a SET: its
+    own Structure class need not be the owner's (it may have come by value), tuples always are."""
+    if isinstance(value, _View):
+        return value._root._get(value._path + (PLAIN,))
+    cls = type(value)
+    if type(cls).__module__ != "_ctypes":
+        return value
+    fields = getattr(cls, "_fields_", None)
+    if fields is not None and hasattr(value, "_b_base_"):
+        return tuple(plain(getattr(value, f[0])) for f in fields)
+    if hasattr(cls, "_length_") and hasattr(cls, "_type_"):
+        if getattr(cls._type_, "_type_", None) == "c":
+            return value.raw
+        if getattr(cls._type_, "_type_", None) == "u":
+            return value.value
+        return tuple(plain(v) for v in value)
+    return value
+
+
+def resolve(obj, key):
+    """The owner's side of a path (a tuple key): ``(obj, key)`` with ``obj`` the part the path
+    leads to and ``key`` its last step (``PLAIN`` for the part itself)."""
+    for step in key[:-1]:
+        obj = getattr(obj, step) if isinstance(step, str) else obj[step]
+    return obj, key[-1]
+
+
+def _index(i, n):
+    """``i`` as an index of a sequence of ``n`` (ctypes' rules and message)."""
+    if isinstance(i, str):
+        raise TypeError("indices must be integers")
+    i = i.__index__()
+    if i < 0:
+        i += n
+    if not 0 <= i < n:
+        raise IndexError("invalid index")
+    return i
+
+
+def _part(root, path, shape):
+    """A part of a shared object: a view for a Structure or an Array, else its value."""
+    if shape is None:
+        return root._get(path)
+    return (_StructView if shape[0] == "struct" else _ArrayView)(root, path, shape)
+
+
+def _items(root, path, shape, i):
+    """``view[i]`` of an array whose elements are Structures or Arrays: views, as ctypes's items
+    are in place (a slice: a list of them)."""
+    n, element = shape[2], shape[3]
+    if isinstance(i, slice):
+        return [_part(root, path + (j,), element) for j in range(*i.indices(n))]
+    return _part(root, path + (_index(i, n),), element)
+
+
+class _View:
+    """A Structure or Array inside a shared value, in a child: ``A[0].x = 1``, ``for p in A:
+    p.y += 1``, ``v.inner.a`` read and write the owner's object in place, one request each, as
+    multiprocessing's (in place in shared memory) do; each access takes the lock as the
+    wrapper's own accesses do."""
+
+    __slots__ = ("_root", "_path", "_shape")
+    _root: Any          # the proxy of the shared object
+    _path: tuple        # the steps from it to this part: indices and field names
+    _shape: tuple       # this part's shape (sharedctypes._shape)
+
+    def __init__(self, root, path, shape):
+        object.__setattr__(self, "_root", root)
+        object.__setattr__(self, "_path", path)
+        object.__setattr__(self, "_shape", shape)
+
+    def __repr__(self):
+        return "<view of a %s in a shared object>" % self._shape[1]
+
+    def __reduce__(self):
+        raise TypeError("%r is a view of a part of a shared Value or Array (A[i], v.field), which cannot be "
+                        "pickled here: send a copy built from its fields (Point(a.x, a.y)), or pass the shared "
+                        "object itself as a process argument" % self)
+
+
+class _StructView(_View):
+    __slots__ = ()
+
+    def __getattr__(self, name):
+        fields = dict(self._shape[2])
+        if name not in fields:
+            raise AttributeError("%r object has no attribute %r" % (self._shape[1], name))
+        return _part(self._root, self._path + (name,), fields[name])
+
+    def __setattr__(self, name, value):
+        if name not in dict(self._shape[2]):
+            raise AttributeError("%r object has no attribute %r" % (self._shape[1], name))
+        self._root._set(self._path + (name,), plain(value))
+
+
+class _ArrayView(_View):
+    __slots__ = ()
+
+    def __len__(self):
+        return self._shape[2]
+
+    def __getitem__(self, i):
+        if self._shape[3] is None:
+            if not isinstance(i, slice):
+                i = _index(i, self._shape[2])
+            return self._root._get(self._path + (i,))
+        return _items(self._root, self._path, self._shape, i)
+
+    def __setitem__(self, i, value):
+        if isinstance(i, slice):
+            value = [plain(v) for v in value]
+        else:
+            i, value = _index(i, self._shape[2]), plain(value)
+        self._root._set(self._path + (i,), value)
+
+    def __iter__(self):
+        return iter(self[:])
+
+    def __getattr__(self, name):
+        if name in ("value", "raw"):            # (an array of chars)
+            return self._root._get(self._path + (name,))
+        raise AttributeError("%r object has no attribute %r" % (self._shape[1], name))
+
+
 class _Shared(_Proxy):
     """A ctypes object of the owner: every access is one request."""
 
@@ -294,13 +425,17 @@ class _Value(_Shared):
         self._set("value", v)
 
     def __getattr__(self, name):
-        if name in self.__dict__.get("_config", {}).get("fields", ()):
-            return self._get(name)
+        config = self.__dict__.get("_config", {})
+        if name in config.get("fields", ()):
+            shape = config.get("shape")
+            if shape is None:           # (an owner of a remoteproc before shapes)
+                return self._get(name)
+            return _part(self, (name,), dict(shape[2])[name])
         raise AttributeError("%r object has no attribute %r" % (type(self).__name__, name))
 
     def __setattr__(self, name, v):
         if name in self.__dict__.get("_config", {}).get("fields", ()):
-            self._set(name, v)
+            self._set(name, plain(v))
         else:
             object.__setattr__(self, name, v)
 
@@ -312,12 +447,18 @@ class _Array(_Shared):
         return self._config["length"]
 
     def __getitem__(self, i):
+        shape = self._config.get("shape")
+        if shape is not None and shape[3] is not None:      # Structures or Arrays: views
+            return _items(self, (), shape, i)
         return self._get(item_key(i))
 
     def __setitem__(self, i, v):
-        self._set(item_key(i), v)
+        self._set(item_key(i), [plain(x) for x in v] if isinstance(i, slice) else plain(v))
 
     def __iter__(self):
+        shape = self._config.get("shape")
+        if shape is not None and shape[3] is not None:
+            return iter(self[:])
         return iter(self._get(slice(None)))      # one request for the whole array
 
 

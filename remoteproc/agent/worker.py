@@ -105,9 +105,9 @@ def _dumps(obj):
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:
-        import cloudpickle  # shipped with the agent: lambdas, local classes, ...
+        from .proxies import dumps_by_value  # cloudpickle, shipped with the agent: lambdas, local classes, ...
 
-        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return dumps_by_value(obj)
 
 
 def _encode(cid, results, all_ok, mode=CALL):
