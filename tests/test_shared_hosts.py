@@ -264,6 +264,22 @@ def test_an_entry_that_is_a_link_is_never_used(tmp_path):
     assert os.path.isdir(os.path.join(elsewhere, digest))     # (a link removed: what it led to stays)
 
 
+def test_an_entry_whose_bytecode_directory_is_a_link_is_never_used(tmp_path):
+    """Bytecode is not content (not hashed), but Python loads it, checking only its source's time and
+    size: a ``__pycache__`` that is a link, or a ``.pyc`` of another account's, makes the entry
+    refused as any other link would (before: not looked at)."""
+    root = str(tmp_path / "remoteproc")
+    os.mkdir(root, 0o700)
+    digest = _entry(root, FILES)
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    os.symlink(str(elsewhere), os.path.join(root, digest, "pkg", "__pycache__"))
+    assert pkgcache.Store(root).lookup(digest) is None
+    assert not os.path.exists(os.path.join(root, digest))
+    digest = _entry(root, dict(FILES, **{"pkg/__pycache__/__init__.cpython-311.pyc": b"bytecode"}))
+    assert pkgcache.Store(root).lookup(digest) == os.path.join(root, digest)     # (bytecode of ours: fine)
+
+
 def test_an_entry_holding_another_accounts_file_is_never_used(shared_host, tmp_path):
     """A file of another account inside an entry (a cache that was once open to it) is refused and
     the entry fetched again: that account could still change the file (before: used)."""
@@ -276,6 +292,10 @@ def test_an_entry_holding_another_accounts_file_is_never_used(shared_host, tmp_p
     assert not os.path.exists(os.path.join(root, digest))
     digest = _entry(root, FILES)
     os.chown(os.path.join(root, digest, "pkg"), other.pw_uid, other.pw_gid)
+    assert pkgcache.Store(root).lookup(digest) is None
+    pyc = "pkg/__pycache__/__init__.cpython-311.pyc"
+    digest = _entry(root, dict(FILES, **{pyc: b"bytecode"}))
+    os.chown(os.path.join(root, digest, pyc), other.pw_uid, other.pw_gid)
     assert pkgcache.Store(root).lookup(digest) is None
 
 

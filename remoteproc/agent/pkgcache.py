@@ -214,20 +214,19 @@ def entry_files(root):
         return None
     uid = top.st_uid    # (the entry's owner: checked to be this account before a connection uses it)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         for name in dirnames:
             st = os.lstat(os.path.join(dirpath, name))
             if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
                 return None
+        bytecode = "__pycache__" in os.path.relpath(dirpath, root).split(os.sep)
         for name in filenames:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
-            if rel == MANIFEST:
-                continue
             st = os.lstat(full)
             if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
-                return None
-            out.append((rel, full))
+                return None     # (bytecode too: Python would load it, checking only its source's time and size)
+            if rel != MANIFEST and not bytecode:
+                out.append((rel, full))
     out.sort()
     return out
 
