@@ -66,10 +66,13 @@ def cache_root():
     try:
         import tempfile
 
-        spare = os.path.join(tempfile.gettempdir(), "remoteproc-cache-%d" % os.getuid())
+        tmp = tempfile.gettempdir()
     except OSError:         # (no writable temp directory either: the error names the home one)
         return home
-    return spare if _can_make(spare) else home
+    spare = os.path.join(tmp, "remoteproc-cache-%d" % os.getuid())
+    if not os.path.lexists(spare) or _private(spare):
+        return spare if _can_make(spare) else home
+    return _spare_of_ours(tmp, spare) or home
 
 
 def _can_make(path):
@@ -81,6 +84,64 @@ def _can_make(path):
             return False
         path = parent
     return os.path.isdir(path) and os.access(path, os.W_OK | os.X_OK)
+
+
+def _private(path):
+    """Is ``path`` a real directory (not a link) of this account?"""
+    try:
+        st = os.lstat(path)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid()
+
+
+def _listable(root):
+    """May ``remoteproc cache`` list and clear ``root``: a real directory of this account (root's
+    look at any)?  Another account's directory, named by XDG_CACHE_HOME, is not our cache."""
+    try:
+        st = os.lstat(root)
+    except OSError:
+        return False
+    return stat.S_ISDIR(st.st_mode) and os.getuid() in (0, st.st_uid)
+
+
+def _spare_of_ours(tmp, taken):
+    """The temp directory's cache name ``taken`` is another account's (it made it first, in a
+    shared /tmp, or put a link there): a directory of a random name of ours instead, the one an
+    earlier agent made (found by its prefix, ours and private) or a new one, so that another
+    account can neither refuse us the cache nor have us use its files."""
+    import tempfile
+
+    prefix = os.path.basename(taken) + "-"
+    try:
+        names = sorted(n for n in os.listdir(tmp) if n.startswith(prefix))
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.join(tmp, name)
+        try:
+            st = os.lstat(path)
+        except OSError:
+            continue
+        if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and stat.S_IMODE(st.st_mode) == 0o700:
+            return path
+    try:
+        return tempfile.mkdtemp(prefix=prefix, dir=tmp)     # (0700, a name nobody could make first)
+    except OSError:
+        return None
+
+
+def _makedirs(path):
+    """``os.makedirs`` that makes every missing directory 0700, not only the last (``~/.cache``
+    too, as the XDG base directory spec asks): a parent that others could write would let them
+    move the cache away and put theirs in its place."""
+    parent = os.path.dirname(path)
+    if parent != path and not os.path.isdir(parent):
+        _makedirs(parent)
+    try:
+        os.mkdir(path, 0o700)
+    except FileExistsError:
+        pass
 
 
 def file_mode(mode):
@@ -144,22 +205,28 @@ def safe_rel(rel):
 
 
 def entry_files(root):
-    """Sorted (relative path, full path) of an entry's files; None if it holds a link or a
-    special file (never ours).  ``__pycache__`` (bytecode) and the manifest are not content."""
+    """Sorted (relative path, full path) of an entry's files; None if it is or holds a link, a
+    special file or anything of another account than the entry's owner (never ours).
+    ``__pycache__`` (bytecode) and the manifest are not content."""
     out = []
+    top = os.lstat(root)
+    if not stat.S_ISDIR(top.st_mode):
+        return None
+    uid = top.st_uid    # (the entry's owner: checked to be this account before a connection uses it)
     for dirpath, dirnames, filenames in os.walk(root):
-        dirnames[:] = [d for d in dirnames if d != "__pycache__"]
         for name in dirnames:
-            if os.path.islink(os.path.join(dirpath, name)):
+            st = os.lstat(os.path.join(dirpath, name))
+            if not stat.S_ISDIR(st.st_mode) or st.st_uid != uid:
                 return None
+        bytecode = "__pycache__" in os.path.relpath(dirpath, root).split(os.sep)
         for name in filenames:
             full = os.path.join(dirpath, name)
             rel = os.path.relpath(full, root).replace(os.sep, "/")
-            if rel == MANIFEST:
-                continue
-            if not stat.S_ISREG(os.lstat(full).st_mode):
-                return None
-            out.append((rel, full))
+            st = os.lstat(full)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != uid:
+                return None     # (bytecode too: Python would load it, checking only its source's time and size)
+            if rel != MANIFEST and not bytecode:
+                out.append((rel, full))
     out.sort()
     return out
 
@@ -221,6 +288,12 @@ def _remove(path):
 
 def _trash(root, path):
     """Move ``path`` out of the way at once (a rename), then delete it."""
+    if os.path.islink(path):
+        try:
+            os.unlink(path)     # (rmtree refuses a link: it would stay as litter)
+        except OSError:
+            pass
+        return
     spot = os.path.join(root, ".trash-%d-%d" % (os.getpid(), time.monotonic_ns()))
     try:
         os.rename(path, spot)
@@ -357,21 +430,43 @@ class Store:
     """The cache as one connection's agent uses it."""
 
     def __init__(self, root=None):
+        self.chosen = root is not None     # (None: where cache_root() says, chosen again if taken meanwhile)
         self.root = root or cache_root()
         self.verified = {}      # digest -> path: checked by this connection, in use by it
         self.incoming = {}      # digest -> Incoming
         self.held = {}          # digest -> fd holding a shared lock on the entry's manifest (in use)
 
     def _ensure_root(self):
-        os.makedirs(self.root, mode=0o700, exist_ok=True)
-        self._check_root()
+        self._usable_root(make=True)
+
+    def _usable_root(self, make):
+        """Check the root (made first if ``make``); one chosen by ``cache_root`` that another
+        account took meanwhile (the spare one in /tmp, made first or after a tmp cleaner removed
+        ours) is chosen again: a private one, never theirs."""
+        for again in (False, True):
+            try:
+                if make:
+                    _makedirs(self.root)
+                self._check_root()
+                return
+            except CacheError:
+                if self.chosen or again:
+                    raise
+                self.root = cache_root()
 
     def _check_root(self):
-        """The root must be a real directory (not a link) of this account, private: another
-        account that could write there could swap an entry's files after they were checked."""
+        """The root must be a real directory (not a link) of this account, private, in a
+        directory that only its owner (this account or root) can change, or a sticky one such
+        as /tmp: another account that could write there could swap an entry's files after
+        they were checked, or the whole cache."""
         st = os.lstat(self.root)
         if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid():
             raise CacheError("%s is not a directory of this account" % self.root)
+        parent = os.path.dirname(os.path.abspath(self.root))
+        up = os.stat(parent)
+        if up.st_uid not in (0, os.getuid()) or (up.st_mode & stat.S_IWOTH and not up.st_mode & stat.S_ISVTX):
+            raise CacheError("%s is in %s, which another account can change (its owner, or writable by all "
+                             "without the sticky bit)" % (self.root, parent))
         if stat.S_IMODE(st.st_mode) != 0o700:
             os.chmod(self.root, 0o700)
 
@@ -382,11 +477,14 @@ class Store:
         path = self.verified.get(digest)
         if path is None:
             try:
-                self._check_root()
+                self._usable_root(make=False)
             except FileNotFoundError:
                 return None
             path = os.path.join(self.root, digest)
             if not os.path.isdir(path):
+                return None
+            if not _private(path):      # (a link, or another account's: never ours)
+                _trash(self.root, path)
                 return None
             if digest_of(path) != digest:
                 _trash(self.root, path)
@@ -478,6 +576,8 @@ def entries(root=None):
     """What the cache holds: one dict per entry (its manifest, plus hash and last use)."""
     root = root or cache_root()
     out = []  # type: list[dict]
+    if not _listable(root):
+        return out      # (a link, or another account's directory: not our cache, never listed as ours)
     try:
         names = sorted(os.listdir(root))
     except OSError:
@@ -550,7 +650,9 @@ def clear(root=None, recent=CLEAR_RECENT):
     root = root or cache_root()
     now = time.time()
     removed = 0
-    kept = []
+    kept = []  # type: list[dict]
+    if not _listable(root):
+        return removed, kept    # (a link, or another account's directory: nothing of ours to remove)
     for e in entries(root):
         claim = _claim(os.path.join(e["path"], MANIFEST))
         try:

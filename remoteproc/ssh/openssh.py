@@ -260,6 +260,8 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         strict_config=options.get("host_key_policy") is None and view.get("stricthostkeychecking") == ["true"],
     )
     args += _session_args(view) + _master_args(view) + _log_args(view)
+    # (the target's alone: on the command line, which ssh does not pass on to a jump host's ssh -W)
+    strict = _strict_args(view) if options.get("host_key_policy") is None else []
     # the relay's keepalive (and the agent's, see agent/supervisor.py) as ssh's: the options, else
     # the config's ServerAliveInterval / ServerAliveCountMax, as the paramiko transport reads them
     if options.get("keepalive_interval") is not None:
@@ -277,11 +279,14 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         views = _hop_views(jumped, target.proxy_jump)
         master = "ControlMaster=no" not in args and any(_master_args(view) for view in views.values())
         quiet = [hop for hop, view in views.items() if _log_args(view)]
-        if master or quiet:
-            jumped = _with_jump_config(args + (["-o", "ControlMaster=no"] if master else []), defaults, quiet)
+        lax = ([hop for hop, view in views.items() if _strict_args(view)]
+               if options.get("host_key_policy") is None else [])
+        if master or quiet or lax:
+            jumped = _with_jump_config(args + (["-o", "ControlMaster=no"] if master else []), defaults, quiet, lax)
         args = jumped
     else:
         args += [a for line in defaults for a in ("-o", line.replace(" ", "=", 1))]
+    args += strict
     target.transport = "openssh"
     target.ssh_args = tuple(args) + ("--", host)
     return target
@@ -312,6 +317,15 @@ def _log_args(view: dict[str, list[str]]) -> list[str]:
     ERROR still keeps what QUIET is mostly written for quiet (``Warning: Permanently added``, banners)."""
     quiet = (view.get("loglevel") or [""])[0].upper() in ("QUIET", "SILENT")   # (ssh -G says SILENT)
     return ["-o", "LogLevel=ERROR"] if quiet else []
+
+
+def _strict_args(view: dict[str, list[str]]) -> list[str]:
+    """``-o StrictHostKeyChecking=accept-new`` where the config says ``StrictHostKeyChecking no`` for
+    the host (and no ``host_key_policy`` was given): with ``no``, ssh connects to a host whose key
+    CHANGED (it only turns password logins off), and our agent would run the user's code there and
+    send its pickles back; as the paramiko transport reads ``no``, a new key is recorded and a
+    changed one refused."""
+    return ["-o", "StrictHostKeyChecking=accept-new"] if view.get("stricthostkeychecking") == ["false"] else []
 
 
 def _master_args(view: dict[str, list[str]]) -> list[str]:
@@ -432,7 +446,8 @@ _INHERITED = {"-i": "IdentityFile", "UserKnownHostsFile": "UserKnownHostsFile",
               "ControlMaster": "ControlMaster"}
 
 
-def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[str] = ()) -> tuple[str, list[str]]:
+def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[str] = (),
+                lax: Sequence[str] = ()) -> tuple[str, list[str]]:
     """For ``option_args``' ``args``: the text of a config file that sets our inherited options for
     every host (jump hosts too) and then includes the user's configuration, and the arguments that
     remain on the command line (``-F`` and the inherited ones moved into the file).
@@ -440,7 +455,8 @@ def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[s
     Settings before any ``Host`` line hold for every host, and the first value ssh obtains wins: the
     file ranks our options above the user's configuration, as the command line did.  ``defaults``
     (config lines) come after it, under ``Host *``: they hold where the user's configuration is silent.
-    ``quiet``: jump hosts that get ``LogLevel ERROR`` for the ``LogLevel QUIET`` of their configuration.
+    ``quiet``: jump hosts that get ``LogLevel ERROR`` for the ``LogLevel QUIET`` of their configuration;
+    ``lax``: those that get ``StrictHostKeyChecking accept-new`` for its ``no`` (``_strict_args``).
     """
     lines = ["# written by remoteproc: our options for the target and its jump hosts, then yours"]
     rest: list[str] = []
@@ -461,6 +477,8 @@ def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[s
         i += 1 if value is None else 2
     if quiet:       # (jump hosts whose config says LogLevel QUIET: see _log_args; then back to every host)
         lines += ["Host %s" % " ".join(quiet), "LogLevel ERROR", "Host *"]
+    if lax:         # (jump hosts whose config says StrictHostKeyChecking no: see _strict_args)
+        lines += ["Host %s" % " ".join(lax), "StrictHostKeyChecking accept-new", "Host *"]
     lines += ['Include "%s"' % _account_path(c) for c in configs]
     if defaults:
         lines += ["Host *", *defaults]
@@ -487,10 +505,11 @@ _configs_dir: Optional[str] = None
 CONFIGS_PREFIX = "remoteproc-ssh-"      # then pid and pid namespace: a killed relay's files are found by them
 
 
-def _with_jump_config(args: list[str], defaults: Sequence[str], quiet: Sequence[str] = ()) -> list[str]:
+def _with_jump_config(args: list[str], defaults: Sequence[str], quiet: Sequence[str] = (),
+                      lax: Sequence[str] = ()) -> list[str]:
     """``args`` with our inherited options in a config file of this process (see ``jump_config``)."""
     global _configs_dir
-    text, rest = jump_config(args, defaults, quiet)
+    text, rest = jump_config(args, defaults, quiet, lax)
     with _configs_lock:
         if _configs_dir is None:
             _sweep_stale_configs(tempfile.gettempdir())
