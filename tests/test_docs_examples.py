@@ -1,9 +1,10 @@
 """The documentation's examples, run as written against the loopback sshd.
 
 Only the host is replaced: each doc names a host such as ``"user@host"``; here it is the
-suite's loopback sshd with its options. One example per major doc (README.md, docs/api.md,
-docs/queues-and-pool.md, docs/primitives.md, docs/integrations.md, docs/ssh.md), kept small
-so that the file runs in a few seconds.
+suite's loopback sshd with its options. The examples of README.md, docs/api.md,
+docs/queues-and-pool.md, docs/primitives.md, docs/python-versions.md, docs/integrations.md
+(its host list; joblib, dask and the pytest fixture have test_joblib.py, test_dask.py and
+test_pytest_plugin.py) and docs/ssh.md, kept small so that the file runs in seconds.
 """
 
 from __future__ import annotations
@@ -134,3 +135,68 @@ def test_ssh_failing_setup_line_message(host, ssh_options):
     with pytest.raises(remoteproc.BootstrapError) as info:
         RemoteProcess(host, target=noop, setup="false", **ssh_options).start()
     assert "setup line 1 'false' failed with exit status 1; its output: (none). Fix the line" in str(info.value)
+
+
+# docs/api.md: a subclass that overrides run() and keeps the child's end on self
+class Accumulator(RemoteProcess):
+    def __init__(self, host, conn):
+        super().__init__(host)
+        self.conn = conn                      # the child's end
+        self.total = 0
+
+    def run(self):
+        for n in iter(self.conn.recv, None):
+            self.total += n
+            self.conn.send(self.total)
+
+
+def test_api_subclass_example(host, ssh_options):
+    parent, child = Pipe()
+    acc = Accumulator(RemoteHost(host, ssh_options), child)
+    acc.start()
+    child.close()
+    sums = []
+    for n in (1, 2, 3):
+        parent.send(n)
+        sums.append(parent.recv())
+    parent.send(None)
+    acc.join(30)
+    assert sums == [1, 3, 6] and acc.exitcode == 0
+    assert acc.total == 0                     # the remote copy is a copy
+
+
+# docs/primitives.md: a manager's proxy passed to remote processes
+def record(results):
+    import os
+    results[os.getpid()] = os.environ.get("DOCS_EXAMPLE")
+
+
+def test_primitives_manager_example(host, ssh_options):
+    hosts = [RemoteHost(host, ssh_options)] * 2
+    with remoteproc.Manager() as manager:
+        results = manager.dict()
+        procs = [RemoteProcess(h, target=record, args=(results,), env={"DOCS_EXAMPLE": "yes"}) for h in hosts]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join(30)
+        assert [p.exitcode for p in procs] == [0, 0]
+        assert sorted(results.keys()) == sorted(p.pid for p in procs)
+        assert set(results.values()) == {"yes"}
+
+
+# docs/queues-and-pool.md: retries and hosts_status(); docs/python-versions.md: setup= lines
+def read_env(_):
+    import os
+    return os.environ.get("OMP_NUM_THREADS")
+
+
+def test_pool_retries_and_setup_examples(host, ssh_options):
+    hosts = [RemoteHost(host, ssh_options)] * 2
+    with Pool(hosts, retries=2) as pool:
+        assert pool.map(pow2, range(10)) == [x ** 2 for x in range(10)]
+        status = pool.hosts_status()
+    assert list(status) == [host] and status[host]["up"] and status[host]["down_since"] is None
+    assert set(status[host]) == {"up", "workers", "down_since", "error", "attempts", "next_try"}
+    with Pool(hosts, processes_per_host=1, setup=["true", "export OMP_NUM_THREADS=4"]) as pool:
+        assert pool.map(read_env, range(2)) == ["4", "4"]
