@@ -60,6 +60,9 @@ class _Link:
         self.parent_end, self.child_end = connection.Pipe()
         self.send_lock = threading.Lock()
         self.release_lock = threading.Lock()
+        #: held by a channel's reader closing its Connection, and by ``_hang_up`` between reading
+        #: its fd number and shutting it down: else that number may be another socket's by then
+        self.close_lock = threading.Lock()
         self.conns: dict = {}
         if spawner is not None:
             try:
@@ -96,7 +99,7 @@ class _Link:
                 self._handle(chan, op, payload)
         finally:
             for conn in list(self.conns.values()):
-                _hang_up(conn)
+                self._hang_up(conn)
             self.parent_end.close()
             self._release()
 
@@ -122,7 +125,7 @@ class _Link:
         elif op == M.CLOSE:
             gone = self.conns.pop(chan, None)
             if gone is not None:
-                _hang_up(gone)
+                self._hang_up(gone)
 
     def _pump(self, chan: int, conn: connection.Connection) -> None:
         """The manager's answers on one channel, to the child; the channel's Connection is
@@ -137,23 +140,27 @@ class _Link:
                     break
             self._send(chan, M.CLOSE, None)
         finally:
-            conn.close()
+            with self.close_lock:
+                conn.close()
 
-
-def _hang_up(conn: connection.Connection) -> None:
-    """End a channel whose pump thread may be blocked reading it: shut its socket down, so that
-    the reader sees EOF and closes it.  Closed from here, the reader would go on with a closed
-    fd (a TypeError deep in multiprocessing), or with whatever socket got that fd number next."""
-    try:
-        sock = socket.socket(fileno=os.dup(conn.fileno()))
-    except (OSError, ValueError):
-        return      # (closed already)
-    try:
-        sock.shutdown(socket.SHUT_RDWR)
-    except OSError:
-        pass
-    finally:
-        sock.close()
+    def _hang_up(self, conn: connection.Connection) -> None:
+        """End a channel whose pump thread may be blocked reading it: shut its socket down, so that
+        the reader sees EOF and closes it.  Closed from here, the reader would go on with a closed
+        fd (a TypeError deep in multiprocessing), or with whatever socket got that fd number next.
+        Under ``close_lock``: a reader closing the Connection between ``fileno()`` and ``dup()``
+        freed the number, and the program's next socket (a proxy's new connection to its manager)
+        could take it, and be shut down here (``BrokenPipeError`` in its authentication)."""
+        with self.close_lock:
+            try:
+                sock = socket.socket(fileno=os.dup(conn.fileno()))
+            except (OSError, ValueError):
+                return      # (closed already)
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        finally:
+            sock.close()
 
 
 def reduce_proxy(proxy: Any, pickler: Any):
