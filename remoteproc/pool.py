@@ -354,22 +354,14 @@ def _feed(core: Scheduler, result: IMapIterator, fbytes: dict[str, bytes], it: I
                     result._cond.wait(1.0)
             if core.state == TERMINATE:
                 raise RemoteProcessError("the pool was terminated before this task was sent")
-            part: list[Any] = []
-            failed: BaseException | None = None
-            try:
-                part.extend(itertools.islice(it, chunksize))
-            except BaseException as exc:
-                failed = exc        # (after the elements read before it: they run, as with chunksize=1)
-            if part:
-                chunk = Chunk(result, index, len(part), worker.CALL, fbytes, core.dumps(part, "the arguments"))
-                with result._cond:
-                    result._in_flight += 1
-                index += len(part)
-                core.submit([chunk])
-            if failed is not None:
-                raise failed
+            part = list(itertools.islice(it, chunksize))
             if not part:
                 break
+            chunk = Chunk(result, index, len(part), worker.CALL, fbytes, core.dumps(part, "the arguments"))
+            with result._cond:
+                result._in_flight += 1
+            index += len(part)
+            core.submit([chunk])
         result._set_length(index)
     except BaseException as exc:
         # the input raised (or could not be pickled): that is the next result, and the last
