@@ -615,9 +615,9 @@ _UNPROTECTED = re.compile(r"Permissions 0?[0-7]+ for '([^']+)' are too open")
 _DENIED = re.compile(r"Permission denied", re.I)
 #: what ssh says when the ``ssh -W`` it ran for a jump host ended before the target's banner
 _JUMP_ENDED = re.compile(r"kex_exchange_identification|Connection closed by UNKNOWN port 65535", re.I)
-#: what ssh says when a server closed the connection before its banner (sshd past MaxStartups) ...
 #: what ssh says of a server whose first words are not an SSH identification (binary: TLS, ...)
 _GARBLED = re.compile(r"banner line contains invalid characters|banner exchange: .*invalid format")
+#: what ssh says when a server closed the connection before its banner (sshd past MaxStartups) ...
 _TURNED_AWAY = re.compile(r"(kex|ssh)_exchange_identification: (read: )?Connection (closed by remote host|reset "
                           r"by peer)", re.I)
 #: ... and what it says first when the jump host's ``ssh -W`` could not reach the next hop (not that)
