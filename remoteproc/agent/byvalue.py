@@ -54,6 +54,26 @@ def _lookup(module, qualname):
     return found
 
 
+def named_here(obj) -> bool:
+    """Whether ``obj`` is a function or class of a by-value module that its name gives in this
+    process (``__main__.Item`` is the script's ``Item``): such an object goes by reference.
+
+    A Queue item travels as bytes to whichever process gets it, maybe one of another Python
+    (spawn mode, which cannot load by-value bytecode: a 3.12 child segfaults on 3.11's) or the
+    user's own; every one of them resolves the name to its own copy of the script's definition
+    (docs/python-versions.md)."""
+    if not _names or not isinstance(obj, (types.FunctionType, type)):
+        return False
+    module = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not _shipped(module) or not isinstance(qualname, str) or "<" in qualname:
+        return False
+    try:
+        return _lookup(module, qualname) is obj
+    except Exception:   # noqa: BLE001 - a module whose attributes raise: by value then
+        return False
+
+
 def _reducer_override(self, obj):
     """ForkingPickler's hook: a by-value function or class that its name would not give back."""
     if not isinstance(obj, (types.FunctionType, type)):
@@ -62,11 +82,8 @@ def _reducer_override(self, obj):
     qualname = getattr(obj, "__qualname__", None)
     if not _shipped(module) or not isinstance(qualname, str) or "<" in qualname:
         return NotImplemented       # (a lambda, a local function: by reference, which fails as locally)
-    try:
-        if _lookup(module, qualname) is obj:
-            return NotImplemented
-    except Exception:   # noqa: BLE001 - a module whose attributes raise: by value then
-        pass
+    if named_here(obj):
+        return NotImplemented
     import pickle
 
     import cloudpickle

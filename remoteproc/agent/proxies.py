@@ -133,7 +133,7 @@ def _item_pickler():
     if _pickler_class is None:
         from multiprocessing.connection import _ConnectionBase
 
-        from . import spawn
+        from . import byvalue, spawn
         try:
             import cloudpickle
             base = cloudpickle.Pickler
@@ -151,8 +151,8 @@ def _item_pickler():
                     raise RefusedLocal("a multiprocessing %s cannot be sent to another process, maybe on another "
                                        "host: it rests on shared memory or semaphores of one host. %s"
                                        % (type(obj).__name__, instead))
-                if base is pickle.Pickler:
-                    return NotImplemented
+                if base is pickle.Pickler or byvalue.named_here(obj):
+                    return NotImplemented   # (by reference: any process that gets the item resolves it)
                 return super().reducer_override(obj)
 
         _pickler_class = ItemPickler

@@ -1,0 +1,95 @@
+"""One program, several hosts that are not twins: each with its own Python at once.
+
+A real fleet mixes a host of this Python (same-version mode: the script's code travels by value)
+with hosts of other CPythons (spawn mode: everything by reference), and the processes on them
+share one Queue, one Pipe, one Pool. What one process sends, another of another Python must
+read, as between local spawn children. The hosts are the suite's ``rpuser`` account (Debian's
+python3, this Python's version) and the same account with ``python=`` one of pyenv's other
+CPythons (copied by the ``host_pythons`` fixture): two connections, two agents, two Pythons.
+The user programs are script files run as their own processes, as users run them.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from test_host_pythons import REPO, host_pythons  # noqa: F401 - the fixture: copies of other CPythons
+
+
+def _run(path: str, *args: object, timeout: float = 180) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, path, *(json.dumps(a) for a in args)], capture_output=True, text=True,
+                          timeout=timeout, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+
+
+QUEUE_BETWEEN_PYTHONS = """
+import dataclasses, enum, json, platform, sys
+from remoteproc import Queue, RemoteProcess
+
+class Color(enum.Enum):
+    RED = 1
+    BLUE = 2
+
+@dataclasses.dataclass
+class Item:
+    n: int
+    color: Color
+
+class Box:
+    def __init__(self, v):
+        self.v = v
+
+def helper(x):
+    return x + 1
+
+def producer(q, n):
+    for _ in range(n):
+        q.put(Item(1, Color.RED))
+        q.put(Box(Color.BLUE))
+        q.put(helper)
+
+def consumer(q, out):
+    got = []
+    for _ in range(3):
+        x = q.get(timeout=60)
+        got.append(type(x).__name__ if not callable(x) or isinstance(x, type) else "helper:%d" % x(1))
+    got.append(platform.python_version())
+    out.put(got)
+
+if __name__ == "__main__":
+    same, other = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    q, out = Queue(), Queue()
+    consumer_proc = RemoteProcess(other[0], target=consumer, args=(q, out), **other[1])
+    consumer_proc.start()
+    producer_proc = RemoteProcess(same[0], target=producer, args=(q, 2), **same[1])
+    producer_proc.start()
+    producer_proc.join(60)
+    consumer_proc.join(60)
+    print("exitcodes", producer_proc.exitcode, consumer_proc.exitcode)
+    print("consumer", out.get(timeout=10))
+    mine = [q.get(timeout=10) for _ in range(3)]      # (the same-version child's items, got here)
+    print("owner", type(mine[0]) is Item, mine[0].color is Color.RED, type(mine[1]) is Box,
+          mine[1].v is Color.BLUE, mine[2] is helper)
+"""
+
+
+@pytest.mark.parametrize("ver", ["3.8", "3.12"])
+def test_queue_items_of_a_same_version_child_reach_a_child_of_another_python(
+        host_pythons, plain_user_host, plain_user_options, scripts, ver):  # noqa: F811
+    """A child on a host of this Python puts the script's dataclass, class instance, enum and
+    function into a Queue; a child on a host of another Python gets them. Locally (spawn) that works;
+    here the same-version child pickled them by value (cloudpickle: bytecode, 3.11's ``Field``s), so
+    the 3.8 child failed to load them (``'Field' object has no attribute 'kw_only'``, ``code() takes
+    at most 16 arguments``), a 3.12 child of a 3.11.7 producer died of a segfault, and the owner got
+    a copy of its function, not the function. Now what the child's ``__main__`` names goes by
+    reference, as multiprocessing sends it, and the owner gets its own objects back."""
+    wrapper, full = host_pythons.get(ver)
+    path = scripts("mf_queue.py", QUEUE_BETWEEN_PYTHONS)
+    other = dict(plain_user_options, python=wrapper)
+    proc = _run(path, [plain_user_host, plain_user_options], [plain_user_host, other])
+    assert "exitcodes 0 0" in proc.stdout, proc.stdout + proc.stderr
+    assert "consumer ['Item', 'Box', 'helper:2', '%s']" % full in proc.stdout, proc.stdout + proc.stderr
+    assert "owner True True True True True" in proc.stdout, proc.stdout + proc.stderr
