@@ -28,7 +28,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle.cloudpickle import _code_reduce
 
-from .agent import child, proxies
+from .agent import byvalue, child, proxies
 from .errors import PicklingError
 from .spill import Spill, Streamed
 
@@ -134,7 +134,7 @@ class _Pickler(cloudpickle.Pickler):
             # RemoteProcess, RemoteScript (as a class of the object or a base of the user's
             # subclass): the remote host has multiprocessing, so it runs as a plain Process.
             return getattr, (mp_context, "Process")
-        return super().reducer_override(obj)
+        return byvalue.keep_slots(obj, super().reducer_override(obj))
 
     def _code(self, code: types.CodeType):
         self.files.add(code.co_filename)
@@ -375,7 +375,7 @@ def main_definitions() -> dict[str, bytes]:
         except KeyError:
             out_file = _Capped()
             try:
-                cloudpickle.Pickler(out_file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+                byvalue.pickler()(out_file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
                 blob = out_file.getvalue()
             except Exception:  # noqa: BLE001 - too big, or cannot go by value: it stays here
                 blob = None

@@ -93,3 +93,61 @@ def test_queue_items_of_a_same_version_child_reach_a_child_of_another_python(
     assert "exitcodes 0 0" in proc.stdout, proc.stdout + proc.stderr
     assert "consumer ['Item', 'Box', 'helper:2', '%s']" % full in proc.stdout, proc.stdout + proc.stderr
     assert "owner True True True True True" in proc.stdout, proc.stdout + proc.stderr
+
+
+SLOTTED = """
+import dataclasses, json, sys
+from remoteproc import Pipe, Pool, Queue, RemoteProcess
+
+@dataclasses.dataclass(slots=True)
+class P:
+    x: int
+    y: int = 0
+
+class S:
+    __slots__ = ("a", "b")
+
+    def __init__(self, a, b):
+        self.a, self.b = a, b
+
+def bump(p):
+    return P(p.x + 1, p.y), S(p.x, hasattr(p, "__dict__"))
+
+def child(conn, q):
+    p = conn.recv()
+    conn.send(bump(p))
+    q.put(S(3, hasattr(S(0, 0), "__dict__")))
+
+if __name__ == "__main__":
+    spec, options = json.loads(sys.argv[1])
+    with Pool([(spec, options)], 1) as pool:
+        p, s = pool.apply(bump, (P(1, 2),))
+        print("pool", p, s.a, s.b, type(p) is P, type(s) is S)
+    here, there = Pipe()
+    q = Queue()
+    proc = RemoteProcess(spec, target=child, args=(there, q), **options)
+    proc.start()
+    here.send(P(5, 6))
+    p, s = here.recv()
+    print("pipe", p, s.a, s.b)
+    s = q.get(timeout=60)
+    print("queue", s.a, s.b)
+    proc.join(60)
+    print("exitcode", proc.exitcode)
+"""
+
+
+def test_classes_with_slots_of_the_script_come_back_from_a_same_version_host(plain_user_host, plain_user_options,
+                                                                               scripts):
+    """``@dataclass(slots=True)`` (or ``__slots__``) in the user's script: a Pool task's result, a Pipe
+    message and a Queue item of such a class from a host of this Python raised ``AttributeError: 'P'
+    object has no attribute '__dict__'`` here (``ResultUnpicklingError`` from the Pool), where
+    multiprocessing works: cloudpickle rebuilt the class there without its slots, so its instances had
+    a ``__dict__`` and came back as one. The class now keeps its slots there (agent/byvalue.py)."""
+    path = scripts("mf_slots.py", SLOTTED)
+    proc = _run(path, [plain_user_host, plain_user_options])
+    out = proc.stdout + proc.stderr
+    assert "pool P(x=2, y=2) 1 False True True" in proc.stdout, out
+    assert "pipe P(x=6, y=6) 5 False" in proc.stdout, out
+    assert "queue 3 False" in proc.stdout, out
+    assert "exitcode 0" in proc.stdout, out

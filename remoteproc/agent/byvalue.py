@@ -35,6 +35,53 @@ def enable(names) -> None:
         ForkingPickler.reducer_override = _reducer_override  # type: ignore[assignment]  # (a method of ours)
 
 
+def keep_slots(obj, reduced):
+    """cloudpickle's reduction of ``obj`` (``reduced``), with a by-value class's ``__slots__`` given to
+    the class it rebuilds.
+
+    cloudpickle (3.1) rebuilds a class it pickles by value without its ``__slots__`` (it drops the
+    slots' descriptors and expects new ones that nothing makes), so there its instances have a
+    ``__dict__`` instead: one sent back (a Pool result, a Queue item, a Pipe message) carries its
+    attributes as a dict, which the user's real class, that has no ``__dict__``, refuses
+    (``AttributeError: 'P' object has no attribute '__dict__'``) where multiprocessing works.
+    ``@dataclass(slots=True)`` in a script is enough."""
+    if not isinstance(obj, type) or "__slots__" not in vars(obj) or not isinstance(reduced, tuple) \
+            or len(reduced) < 2 or getattr(reduced[0], "__name__", None) != "_make_skeleton_class":
+        return reduced
+    args = list(reduced[1])
+    if len(args) < 4 or not isinstance(args[3], dict) or "__slots__" in args[3]:
+        return reduced
+    args[3] = dict(args[3], __slots__=vars(obj)["__slots__"])
+    return (reduced[0], tuple(args)) + tuple(reduced[2:])
+
+
+_slots_pickler = None
+
+
+def pickler():
+    """``cloudpickle.Pickler`` that keeps a by-value class's ``__slots__`` (``keep_slots``)."""
+    global _slots_pickler
+    if _slots_pickler is None:
+        import cloudpickle
+
+        class SlotsPickler(cloudpickle.Pickler):
+            def reducer_override(self, obj):
+                return keep_slots(obj, super().reducer_override(obj))
+
+        _slots_pickler = SlotsPickler
+    return _slots_pickler
+
+
+def dumps(obj, protocol=None) -> bytes:
+    """``cloudpickle.dumps`` with ``pickler()``."""
+    import io
+    import pickle
+
+    buf = io.BytesIO()
+    pickler()(buf, protocol=pickle.HIGHEST_PROTOCOL if protocol is None else protocol).dump(obj)
+    return buf.getvalue()
+
+
 def names() -> list:
     """The by-value modules of this process (for its spawn/forkserver children)."""
     return sorted(_names)
@@ -86,10 +133,8 @@ def _reducer_override(self, obj):
         return NotImplemented
     import pickle
 
-    import cloudpickle
-
     try:
-        blob = cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        blob = dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception as exc:
         from .grandchild import _host
 

@@ -153,7 +153,7 @@ def _item_pickler():
                                        % (type(obj).__name__, instead))
                 if base is pickle.Pickler or byvalue.named_here(obj):
                     return NotImplemented   # (by reference: any process that gets the item resolves it)
-                return super().reducer_override(obj)
+                return byvalue.keep_slots(obj, super().reducer_override(obj))
 
         _pickler_class = ItemPickler
     return _pickler_class

@@ -105,9 +105,9 @@ def _dumps(obj):
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:
-        import cloudpickle  # shipped with the agent: lambdas, local classes, ...
+        from . import byvalue  # cloudpickle, shipped with the agent: lambdas, local classes, ...
 
-        return cloudpickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
+        return byvalue.dumps(obj, pickle.HIGHEST_PROTOCOL)
 
 
 def _encode(cid, results, all_ok, mode=CALL):
