@@ -151,3 +151,62 @@ def test_classes_with_slots_of_the_script_come_back_from_a_same_version_host(pla
     assert "pipe P(x=6, y=6) 5 False" in proc.stdout, out
     assert "queue 3 False" in proc.stdout, out
     assert "exitcode 0" in proc.stdout, out
+
+
+PUT_BEFORE = """
+import dataclasses, enum, json, sys
+from remoteproc import JoinableQueue, Queue, RemoteProcess
+
+class Color(enum.Enum):
+    RED = 1
+
+@dataclasses.dataclass
+class Item:
+    n: int
+    color: Color
+
+def helper(x):
+    return x + 1
+
+def consumer(q, out):
+    got = []
+    for _ in range(3):
+        try:
+            x = q.get(timeout=30)
+            got.append("helper:%d" % x(1) if callable(x) and not isinstance(x, type) else repr(x))
+        except Exception as exc:
+            got.append("%s: %s" % (type(exc).__name__, exc))
+        if hasattr(q, "task_done"):
+            q.task_done()
+    out.put(got)
+
+if __name__ == "__main__":
+    spec, options = json.loads(sys.argv[1])
+    for kind in (Queue, JoinableQueue):
+        q, out = kind(), Queue()
+        q.put(Item(1, Color.RED))       # (before any process of another Python has the queue)
+        q.put(helper)
+        q.put([Color.RED, 2])
+        proc = RemoteProcess(spec, target=consumer, args=(q, out), **options)
+        proc.start()
+        print(kind.__name__, out.get(timeout=60))
+        proc.join(60)
+        print("exitcode", proc.exitcode)
+"""
+
+
+@pytest.mark.parametrize("ver", ["3.8", "3.12"])
+def test_items_put_before_a_child_of_another_python_got_the_queue(
+        host_pythons, plain_user_host, plain_user_options, scripts, ver):  # noqa: F811
+    """The owner puts the script's dataclass and function into a Queue, then starts a consumer on a host
+    of another Python. Locally that works; here those items had been pickled by value for this Python
+    (the queue had no spawn-mode process yet): on 3.8 ``'Field' object has no attribute 'kw_only'`` and
+    ``code() takes at most 16 arguments``, on 3.12 a segfault (exit code -11). Now the items already
+    waiting are pickled again by reference when the queue first goes to another Python."""
+    wrapper, _full = host_pythons.get(ver)
+    path = scripts("mf_before.py", PUT_BEFORE)
+    proc = _run(path, [plain_user_host, dict(plain_user_options, python=wrapper)])
+    out = proc.stdout + proc.stderr
+    for kind in ("Queue", "JoinableQueue"):
+        assert "%s ['Item(n=1, color=<Color.RED: 1>)', 'helper:2', '[<Color.RED: 1>, 2]']" % kind in proc.stdout, out
+    assert proc.stdout.count("exitcode 0") == 2, out
