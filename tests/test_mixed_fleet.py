@@ -210,3 +210,53 @@ def test_items_put_before_a_child_of_another_python_got_the_queue(
     for kind in ("Queue", "JoinableQueue"):
         assert "%s ['Item(n=1, color=<Color.RED: 1>)', 'helper:2', '[<Color.RED: 1>, 2]']" % kind in proc.stdout, out
     assert proc.stdout.count("exitcode 0") == 2, out
+
+
+LAMBDA_ITEM = """
+import json, sys
+from remoteproc import Queue, RemoteProcess
+
+def producer(q):
+    k = 3
+    q.put(lambda x: x + k)      # (a same-version child may: it goes by value)
+    q.put("next")
+
+def consumer(q, out):
+    for _ in range(2):
+        try:
+            out.put(repr(q.get(timeout=30)))
+        except Exception as exc:
+            out.put("%s: %s" % (type(exc).__name__, exc))
+
+if __name__ == "__main__":
+    same, other = json.loads(sys.argv[1]), json.loads(sys.argv[2])
+    q, out = Queue(), Queue()
+    consumer_proc = RemoteProcess(other[0], target=consumer, args=(q, out), **other[1])
+    consumer_proc.start()
+    producer_proc = RemoteProcess(same[0], target=producer, args=(q,), **same[1])
+    producer_proc.start()
+    print("got", out.get(timeout=60))
+    print("got", out.get(timeout=60))
+    producer_proc.join(60)
+    consumer_proc.join(60)
+    print("exitcodes", producer_proc.exitcode, consumer_proc.exitcode)
+"""
+
+
+@pytest.mark.parametrize("ver", ["3.8", "3.13"])
+def test_code_by_value_in_an_item_is_refused_by_a_child_of_another_python(
+        host_pythons, plain_user_host, plain_user_options, scripts, ver):  # noqa: F811
+    """A same-version child puts a lambda (by value: this Python's bytecode) into a Queue that a child
+    on a host of another Python reads: on 3.8 ``get()`` raised ``TypeError: code() takes at most 16
+    arguments (18 given)``, on 3.13 the child died of a segfault. Now ``get()`` raises an
+    ``UnpicklingError`` naming the host, both Pythons and the fix, and the queue goes on."""
+    wrapper, full = host_pythons.get(ver)
+    path = scripts("mf_lambda.py", LAMBDA_ITEM)
+    other = dict(plain_user_options, python=wrapper)
+    proc = _run(path, [plain_user_host, plain_user_options], [plain_user_host, other])
+    out = proc.stdout + proc.stderr
+    line = [x for x in proc.stdout.splitlines() if x.startswith("got UnpicklingError")]
+    assert line, out
+    assert plain_user_host in line[0] and "Python %s" % full in line[0] and "by value" in line[0], out
+    assert "Fix: put functions and classes defined at the top level" in line[0], out
+    assert "got 'next'" in proc.stdout and "exitcodes 0 0" in proc.stdout, out

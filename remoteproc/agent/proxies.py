@@ -186,7 +186,40 @@ def on_queue_feeder_error(e, obj):
     traceback.print_exc()
 
 
-loads_item = pickle.loads
+def loads_item(data):
+    """Unpickle one item (or a task's arguments) that another process pickled."""
+    from . import spawn
+
+    if not spawn.ACTIVE:
+        return pickle.loads(data)
+    return _SpawnUnpickler(io.BytesIO(data)).load()
+
+
+class _SpawnUnpickler(pickle.Unpickler):
+    """A spawn-mode child's: refuses bytecode that a process of the user's Python put by value.
+
+    A same-version child may put a lambda (or a function made at run time) into a Queue: it goes
+    by value, as bytecode of its Python, which another version cannot run (3.8 fails to load it,
+    3.13 dies of a segfault, 3.12 may run it wrongly). An exception naming the cause is better."""
+
+    def find_class(self, module, name):
+        found = super().find_class(module, name)
+        if module.startswith("cloudpickle") and name == "_builtin_type":
+            def builtin_type(type_name):
+                if type_name == "CodeType":
+                    from .grandchild import _host
+                    from .spawn import USER_PYTHON, _this_python
+
+                    raise pickle.UnpicklingError(
+                        "%s: this item holds code pickled by value by a process of %s (a lambda, or a function "
+                        "or class made at run time or not named by its module): this host runs %s, which cannot "
+                        "run another version's bytecode. Fix: put functions and classes defined at the top level "
+                        "of a module or of your script (they go by reference), or give every process that uses "
+                        "the queue the same Python (docs/python-versions.md)"
+                        % (_host(), USER_PYTHON or "another Python", _this_python()))
+                return found(type_name)
+            return builtin_type
+        return found
 
 
 # -- who is asking -------------------------------------------------------------------------
