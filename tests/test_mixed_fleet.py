@@ -260,3 +260,98 @@ def test_code_by_value_in_an_item_is_refused_by_a_child_of_another_python(
     assert plain_user_host in line[0] and "Python %s" % full in line[0] and "by value" in line[0], out
     assert "Fix: put functions and classes defined at the top level" in line[0], out
     assert "got 'next'" in proc.stdout and "exitcodes 0 0" in proc.stdout, out
+
+
+FLEET = """
+import dataclasses, enum, json, platform, sys
+from remoteproc import Barrier, Executor, Lock, Pool, Queue, RemoteProcess, Value
+
+class Color(enum.Enum):
+    RED = 1
+
+@dataclasses.dataclass(frozen=True)
+class Result:
+    x: int
+    python: str
+    tag: str
+
+class TaskFailed(Exception):
+    def __init__(self, x, why):
+        super().__init__(x, why)
+        self.x = x
+
+TAG = {}
+
+def init(tag):
+    TAG["tag"] = tag
+
+def task(x):
+    if x % 7 == 3:
+        raise TaskFailed(x, "multiple of seven plus three")
+    return Result(x, platform.python_version(), TAG.get("tag"))
+
+def producer(q, barrier, n):
+    barrier.wait(60)
+    for i in range(n):
+        q.put(Result(i, platform.python_version(), Color.RED.name))
+    for _ in range(2):
+        q.put(None)
+
+def consumer(q, barrier, lock, count, out):
+    barrier.wait(60)
+    got = []
+    for item in iter(lambda: q.get(timeout=60), None):
+        got.append(item.x)
+        with lock:
+            count.value += 1
+    out.put((platform.python_version(), got))
+
+if __name__ == "__main__":
+    hosts = json.loads(sys.argv[1])
+    with Pool([tuple(h) for h in hosts], 1, initializer=init, initargs=("set",)) as pool:
+        results = pool.map(task, [x for x in range(30) if x % 7 != 3])
+        pythons = {r.python for r in results}
+        print("map", len(results), sorted({r.tag for r in results}), len(pythons))
+        outcomes = []
+        it = pool.imap_unordered(task, range(14))
+        for _ in range(14):
+            try:
+                outcomes.append(next(it).x)
+            except TaskFailed as exc:
+                outcomes.append(("failed", exc.x, type(exc.__cause__).__name__))
+        print("imap", sorted(o for o in outcomes if isinstance(o, int)) == [0, 1, 2, 4, 5, 6, 7, 8, 9, 11, 12, 13],
+              sorted(o for o in outcomes if not isinstance(o, int)))
+    with Executor([tuple(h) for h in hosts], 1, initializer=init, initargs=("ex",)) as ex:
+        futures = [ex.submit(task, x) for x in range(6)]
+        print("executor", [type(f.exception(60)).__name__ if f.exception(60) else f.result().tag for f in futures])
+    q, out, lock, count, barrier = Queue(), Queue(), Lock(), Value("i", 0), Barrier(3)
+    (s0, o0), (s1, o1), (s2, o2) = hosts
+    procs = [RemoteProcess(s0, target=producer, args=(q, barrier, 40), **o0),
+             RemoteProcess(s1, target=consumer, args=(q, barrier, lock, count, out), **o1),
+             RemoteProcess(s2, target=consumer, args=(q, barrier, lock, count, out), **o2)]
+    for p in procs:
+        p.start()
+    got = [out.get(timeout=60) for _ in range(2)]
+    for p in procs:
+        p.join(60)
+    print("queue", sorted(x for _, xs in got for x in xs) == list(range(40)), count.value,
+          sorted(v for v, _ in got) == sorted(json.loads(sys.argv[2])),
+          [p.exitcode for p in procs])
+"""
+
+
+def test_one_program_across_hosts_of_three_pythons(
+        host_pythons, plain_user_host, plain_user_options, scripts):  # noqa: F811
+    """One Pool, one Executor, one Queue with a Lock, a Value and a Barrier over three hosts at once:
+    this Python (same-version mode), CPython 3.8 and CPython 3.12 through ``transport="openssh"``
+    (spawn mode), as a real fleet has them: results, the script's exception class with its remote
+    traceback, the initializer's globals, the script's frozen dataclass going between the hosts."""
+    (py38, v38), (py312, v312) = host_pythons.get("3.8"), host_pythons.get("3.12")
+    hosts = [[plain_user_host, plain_user_options], [plain_user_host, dict(plain_user_options, python=py38)],
+             [plain_user_host, dict(plain_user_options, python=py312, transport="openssh")]]
+    proc = _run(scripts("mf_fleet.py", FLEET), hosts, [v38, v312])
+    out = proc.stdout + proc.stderr
+    assert "map 26 ['set'] 3" in proc.stdout, out
+    assert "imap True [('failed', 3, 'RemoteTraceback'), ('failed', 10, 'RemoteTraceback')]" in proc.stdout, out
+    assert "executor ['ex', 'ex', 'ex', 'TaskFailed', 'ex', 'ex']" in proc.stdout, out
+    assert "queue True 40 True [0, 0, 0]" in proc.stdout, out
