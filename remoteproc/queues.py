@@ -174,8 +174,9 @@ class Queue(_Owned):
         if self._proxy is not None:
             return self._proxy.put(obj, block, timeout)
         self._check_closed()
-        item = P.dumps_queued(self, obj) if self._spawn_to is None else self._dumps_spawn(obj)
-        if item is not None and self._spawn_to is not None and b"cloudpickle" in item:
+        by_value = self._spawn_to is None
+        item = P.dumps_queued(self, obj) if by_value else self._dumps_spawn(obj)
+        if by_value and item is not None and self._spawn_to is not None and b"cloudpickle" in item:
             item = self._dumps_spawn(obj)   # (given to another Python while it was pickled)
         if item is None:
             return None
