@@ -355,3 +355,48 @@ def test_one_program_across_hosts_of_three_pythons(
     assert "imap True [('failed', 3, 'RemoteTraceback'), ('failed', 10, 'RemoteTraceback')]" in proc.stdout, out
     assert "executor ['ex', 'ex', 'ex', 'TaskFailed', 'ex', 'ex']" in proc.stdout, out
     assert "queue True 40 True [0, 0, 0]" in proc.stdout, out
+
+
+CTYPES_STRUCT = """
+import ctypes, json, sys
+from remoteproc import Array, RemoteProcess, Value
+
+class Point(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("x", ctypes.c_double), ("y", ctypes.c_int)]
+
+    def total(self):
+        return self.x + self.y
+
+def work(v, a, k):
+    with v.get_lock():
+        v.x += k
+        v.y += 1
+    a[k] = Point(k, k * 2)
+    print("child", k, a[k].total(), flush=True)
+
+if __name__ == "__main__":
+    hosts = json.loads(sys.argv[1])
+    v, a = Value(Point, 0.0, 0), Array(Point, len(hosts) + 1)
+    procs = [RemoteProcess(spec, target=work, args=(v, a, k + 1), **options) for k, (spec, options) in enumerate(hosts)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    print("exitcodes", [p.exitcode for p in procs], v.x, v.y, [(p.x, p.y) for p in a])
+"""
+
+
+def test_a_ctypes_structure_of_the_script_goes_to_hosts_of_this_and_another_python(
+        host_pythons, plain_user_host, plain_user_options, scripts):  # noqa: F811
+    """``Value(Point)`` and ``Array(Point, n)`` with a ``ctypes.Structure`` defined in the user's script:
+    multiprocessing passes them to its children; here ``start()`` to a host of this Python raised
+    ``PicklingError: ... TypeError: cannot pickle '_ctypes.CField' object`` (cloudpickle rebuilds the
+    script's classes by value, and neither a Structure's fields nor its metaclass pickle). The
+    Structure is now made there from its ``_fields_`` (agent/byvalue.py); a 3.8 host imports it."""
+    hosts = [[plain_user_host, plain_user_options],
+             [plain_user_host, dict(plain_user_options, python=host_pythons.get("3.8")[0])]]
+    proc = _run(scripts("mf_ctypes.py", CTYPES_STRUCT), hosts)
+    out = proc.stdout + proc.stderr
+    assert "exitcodes [0, 0] 3.0 2 [(0.0, 0), (1.0, 2), (2.0, 4)]" in proc.stdout, out
+    assert "child 1 3.0" in proc.stdout and "child 2 6.0" in proc.stdout, out

@@ -36,23 +36,49 @@ def enable(names) -> None:
 
 
 def keep_slots(obj, reduced):
-    """cloudpickle's reduction of ``obj`` (``reduced``), with a by-value class's ``__slots__`` given to
-    the class it rebuilds.
+    """cloudpickle's reduction of ``obj`` (``reduced``), made to rebuild a by-value class whole where
+    cloudpickle alone does not:
 
-    cloudpickle (3.1) rebuilds a class it pickles by value without its ``__slots__`` (it drops the
-    slots' descriptors and expects new ones that nothing makes), so there its instances have a
-    ``__dict__`` instead: one sent back (a Pool result, a Queue item, a Pipe message) carries its
-    attributes as a dict, which the user's real class, that has no ``__dict__``, refuses
-    (``AttributeError: 'P' object has no attribute '__dict__'``) where multiprocessing works.
-    ``@dataclass(slots=True)`` in a script is enough."""
-    if not isinstance(obj, type) or "__slots__" not in vars(obj) or not isinstance(reduced, tuple) \
-            or len(reduced) < 2 or getattr(reduced[0], "__name__", None) != "_make_skeleton_class":
+    - ``__slots__``: cloudpickle (3.1) rebuilds the class without them (it drops the slots'
+      descriptors and expects new ones that nothing makes), so there its instances have a
+      ``__dict__`` instead: one sent back (a Pool result, a Queue item, a Pipe message) carries its
+      attributes as a dict, which the user's real class, that has no ``__dict__``, refuses
+      (``AttributeError: 'P' object has no attribute '__dict__'``) where multiprocessing works.
+      ``@dataclass(slots=True)`` in a script is enough.
+    - a ctypes ``Structure`` or ``Union`` (``Value(Point)``): its fields' descriptors cannot be
+      pickled (``TypeError: cannot pickle '_ctypes.CField' object``), and ``_fields_`` cannot be
+      set on a class once made. The class is made with ``_fields_`` (and ``_pack_`` ...) instead,
+      by its metaclass, which ``_ctypes`` does not name (cloudpickle would rebuild it by value, and
+      fail): ``type(ctypes.Structure)`` gives it.
+    """
+    if isinstance(obj, type) and issubclass(obj, type) and obj.__module__ == "_ctypes":
+        import ctypes
+
+        for base in (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes.c_int, ctypes._Pointer):
+            if type(base) is obj:
+                return type, (base,)
+        return reduced
+    if not isinstance(obj, type) or not isinstance(reduced, tuple) or len(reduced) < 3 \
+            or getattr(reduced[0], "__name__", None) != "_make_skeleton_class":
         return reduced
     args = list(reduced[1])
-    if len(args) < 4 or not isinstance(args[3], dict) or "__slots__" in args[3]:
+    if len(args) < 4 or not isinstance(args[3], dict):
         return reduced
-    args[3] = dict(args[3], __slots__=vars(obj)["__slots__"])
-    return (reduced[0], tuple(args)) + tuple(reduced[2:])
+    own = vars(obj)
+    kwargs = dict(args[3])
+    state = reduced[2]
+    if "__slots__" in own and "__slots__" not in kwargs:
+        kwargs["__slots__"] = own["__slots__"]
+    if "_fields_" in own and type(obj).__module__ == "_ctypes" and isinstance(state, tuple) and state \
+            and isinstance(state[0], dict):
+        names = {f[0] for f in own["_fields_"] if isinstance(f, tuple) and f}
+        layout = ("_pack_", "_align_", "_anonymous_", "_swappedbytes_", "_layout_", "_fields_")
+        kwargs.update((k, own[k]) for k in layout if k in own)
+        state = ({k: v for k, v in state[0].items() if k not in names and k not in layout},) + tuple(state[1:])
+    if kwargs == args[3] and state is reduced[2]:
+        return reduced
+    args[3] = kwargs
+    return (reduced[0], tuple(args), state) + tuple(reduced[3:])
 
 
 _slots_pickler = None
