@@ -363,7 +363,7 @@ from remoteproc import Array, RemoteProcess, Value
 
 class Point(ctypes.Structure):
     _pack_ = 1
-    _fields_ = [("x", ctypes.c_double), ("y", ctypes.c_int)]
+    _fields_ = [("x", ctypes.c_double), ("y", ctypes.c_int), ("pad", ctypes.c_char * 3)]
 
     def total(self):
         return self.x + self.y

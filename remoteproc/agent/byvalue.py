@@ -47,7 +47,8 @@ def keep_slots(obj, reduced):
       ``@dataclass(slots=True)`` in a script is enough.
     - a ctypes ``Structure`` or ``Union`` (``Value(Point)``): its fields' descriptors cannot be
       pickled (``TypeError: cannot pickle '_ctypes.CField' object``), and ``_fields_`` cannot be
-      set on a class once made. The class is made with ``_fields_`` (and ``_pack_`` ...) instead,
+      set on a class once made. The class is made with ``_fields_`` (and ``_pack_`` ...; an array
+      type ``Point * 4`` with ``_length_`` and ``_type_``) instead,
       by its metaclass, which ``_ctypes`` does not name (cloudpickle would rebuild it by value, and
       fail): ``type(ctypes.Structure)`` gives it.
     """
@@ -69,10 +70,10 @@ def keep_slots(obj, reduced):
     state = reduced[2]
     if "__slots__" in own and "__slots__" not in kwargs:
         kwargs["__slots__"] = own["__slots__"]
-    if "_fields_" in own and type(obj).__module__ == "_ctypes" and isinstance(state, tuple) and state \
+    layout = ("_pack_", "_align_", "_anonymous_", "_swappedbytes_", "_layout_", "_fields_", "_length_", "_type_")
+    if type(obj).__module__ == "_ctypes" and any(k in own for k in layout) and isinstance(state, tuple) and state \
             and isinstance(state[0], dict):
-        names = {f[0] for f in own["_fields_"] if isinstance(f, tuple) and f}
-        layout = ("_pack_", "_align_", "_anonymous_", "_swappedbytes_", "_layout_", "_fields_")
+        names = {f[0] for f in own.get("_fields_", ()) if isinstance(f, tuple) and f}
         kwargs.update((k, own[k]) for k in layout if k in own)
         state = ({k: v for k, v in state[0].items() if k not in names and k not in layout},) + tuple(state[1:])
     if kwargs == args[3] and state is reduced[2]:
