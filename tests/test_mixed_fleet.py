@@ -96,8 +96,12 @@ def test_queue_items_of_a_same_version_child_reach_a_child_of_another_python(
 
 
 SLOTTED = """
-import dataclasses, json, sys
+import dataclasses, json, sys, typing
 from remoteproc import Pipe, Pool, Queue, RemoteProcess
+
+class Pair(typing.NamedTuple):     # (slots of its own: __slots__ = () made by typing)
+    a: int
+    b: str = "b"
 
 @dataclasses.dataclass(slots=True)
 class P:
@@ -123,6 +127,7 @@ if __name__ == "__main__":
     with Pool([(spec, options)], 1) as pool:
         p, s = pool.apply(bump, (P(1, 2),))
         print("pool", p, s.a, s.b, type(p) is P, type(s) is S)
+        print("pair", pool.apply(Pair, (1,)) == Pair(1, "b"))
     here, there = Pipe()
     q = Queue()
     proc = RemoteProcess(spec, target=child, args=(there, q), **options)
@@ -150,6 +155,7 @@ def test_classes_with_slots_of_the_script_come_back_from_a_same_version_host(pla
     assert "pool P(x=2, y=2) 1 False True True" in proc.stdout, out
     assert "pipe P(x=6, y=6) 5 False" in proc.stdout, out
     assert "queue 3 False" in proc.stdout, out
+    assert "pair True" in proc.stdout, out
     assert "exitcode 0" in proc.stdout, out
 
 

@@ -68,7 +68,10 @@ def keep_slots(obj, reduced):
     own = vars(obj)
     kwargs = dict(args[3])
     state = reduced[2]
-    if "__slots__" in own and "__slots__" not in kwargs:
+    if "__slots__" in own and "__slots__" not in kwargs and isinstance(args[2], tuple) \
+            and all(isinstance(b, type) for b in args[2]):
+        # (not where a base makes the class itself, typing.NamedTuple's: it refuses __slots__ and
+        # gives the class its own)
         kwargs["__slots__"] = own["__slots__"]
     layout = ("_pack_", "_align_", "_anonymous_", "_swappedbytes_", "_layout_", "_fields_", "_length_", "_type_")
     if type(obj).__module__ == "_ctypes" and any(k in own for k in layout) and isinstance(state, tuple) and state \
