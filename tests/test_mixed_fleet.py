@@ -406,3 +406,49 @@ def test_a_ctypes_structure_of_the_script_goes_to_hosts_of_this_and_another_pyth
     out = proc.stdout + proc.stderr
     assert "exitcodes [0, 0] 3.0 2 [(0.0, 0), (1.0, 2), (2.0, 4)]" in proc.stdout, out
     assert "child 1 3.0" in proc.stdout and "child 2 6.0" in proc.stdout, out
+
+
+SUBCLASS = """
+import json, platform, sys
+from remoteproc import Pipe, RemoteProcess
+
+class Accumulator(RemoteProcess):
+    def __init__(self, host, conn, **options):
+        super().__init__(host, **options)
+        self.conn = conn
+        self.total = 0
+
+    def run(self):
+        for n in iter(self.conn.recv, None):
+            self.total += n
+            self.conn.send((self.total, platform.python_version(), type(self).__mro__[1].__name__))
+
+if __name__ == "__main__":
+    spec, options = json.loads(sys.argv[1])
+    here, there = Pipe()
+    acc = Accumulator(spec, there, **options)
+    acc.start()
+    there.close()
+    for n in (1, 2, 3):
+        here.send(n)
+        print("got", here.recv())
+    here.send(None)
+    acc.join(60)
+    print("exitcode", acc.exitcode)
+"""
+
+
+@pytest.mark.parametrize("ver", ["3.8", "3.12"])
+def test_a_subclass_of_remoteprocess_runs_on_a_host_of_another_python(
+        host_pythons, plain_user_host, plain_user_options, scripts, ver):  # noqa: F811
+    """``class Accumulator(RemoteProcess)`` with ``run()`` and state on ``self`` (api.md's example), as
+    one subclasses ``multiprocessing.Process`` and runs it with spawn: on a host of another Python the
+    child failed at once with ``AttributeError: 'Accumulator' object has no attribute '_bootstrap'``
+    (its base was a stand-in there), nothing naming the host or why. The stand-in of
+    ``RemoteProcess`` is now a ``multiprocessing.Process`` there, as in a same-version child."""
+    wrapper, full = host_pythons.get(ver)
+    proc = _run(scripts("mf_subclass.py", SUBCLASS), [plain_user_host, dict(plain_user_options, python=wrapper)])
+    out = proc.stdout + proc.stderr
+    for total in (1, 3, 6):
+        assert "got (%d, '%s', 'RemoteProcess')" % (total, full) in proc.stdout, out
+    assert "exitcode 0" in proc.stdout, out
