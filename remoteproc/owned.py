@@ -847,8 +847,16 @@ class _Owned:
             raise PicklingError("%s on %s" % (exc, pickler.host), pickler.host) from None
         if getattr(pickler, "mode", "same") == "spawn":
             # a process on another Python gets items: from now on they go by reference
-            self._spawn_to = (pickler.host, pickler.looked)
+            with self._lock:
+                first = self._spawn_to is None
+                self._spawn_to = (pickler.host, pickler.looked)
+                if first:
+                    self._items_by_reference()
         return self._rebuild, (self._kind, child_end, self._config())
+
+    def _items_by_reference(self) -> None:
+        """The object is given to a process on another Python for the first time: what it already
+        holds must become readable there (a Queue's items; under the lock)."""
 
     def __reduce__(self):
         spawner = mp_context.get_spawning_popen()

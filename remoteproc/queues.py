@@ -133,6 +133,28 @@ class Queue(_Owned):
                 self._items.appendleft(w.value)
                 self._dispatch()
 
+    def _items_by_reference(self) -> None:
+        """Items put here before a process on another Python got the queue were pickled for this
+        Python: by value (cloudpickle: bytecode, this version's dataclass ``Field``s), which that
+        process cannot load (3.8: ``code() takes at most 16 arguments``; 3.12: a segfault). Those
+        that hold anything by value are pickled again, by reference, as later ones are; one that
+        cannot be is left as it was (only processes of this Python can get it)."""
+        spawn_to = self._spawn_to
+        assert spawn_to is not None
+        from .reduction import respawn_item
+
+        def again(item):
+            if not isinstance(item, (bytes, bytearray)) or b"cloudpickle" not in item:
+                return item     # (plain data and by-reference pickles: every Python reads them)
+            try:
+                return respawn_item(item, *spawn_to)
+            except Exception:   # noqa: BLE001 - it stays as it was
+                return item
+
+        self._items = deque(again(item) for item in self._items)
+        for w in self._putters:
+            w.item = again(w.item)
+
     def _dumps_spawn(self, obj: Any) -> bytes | None:
         """An item for a queue that a process on another Python shares: by reference; what
         cannot cross raises PicklingError here, anything else unpicklable is dropped (as queued)."""
@@ -152,7 +174,10 @@ class Queue(_Owned):
         if self._proxy is not None:
             return self._proxy.put(obj, block, timeout)
         self._check_closed()
-        item = P.dumps_queued(self, obj) if self._spawn_to is None else self._dumps_spawn(obj)
+        by_value = self._spawn_to is None
+        item = P.dumps_queued(self, obj) if by_value else self._dumps_spawn(obj)
+        if by_value and item is not None and self._spawn_to is not None and b"cloudpickle" in item:
+            item = self._dumps_spawn(obj)   # (given to another Python while it was pickled)
         if item is None:
             return None
         status, _ = self._call(P.PUT, item, block, timeout, timeout=timeout)

@@ -28,7 +28,7 @@ from typing import Any
 import cloudpickle
 from cloudpickle.cloudpickle import _code_reduce
 
-from .agent import child, proxies
+from .agent import byvalue, child, proxies
 from .errors import PicklingError
 from .spill import Spill, Streamed
 
@@ -139,10 +139,10 @@ class _Pickler(cloudpickle.Pickler):
             # RemoteProcess, RemoteScript (as a class of the object or a base of the user's
             # subclass): the remote host has multiprocessing, so it runs as a plain Process.
             return getattr, (mp_context, "Process")
-        reduced = proxies.ctypes_type_reduce(obj)
+        reduced = byvalue.ctypes_type_reduce(obj)
         if reduced is not None:
             return reduced
-        return super().reducer_override(obj)
+        return byvalue.keep_slots(obj, super().reducer_override(obj))
 
     def _code(self, code: types.CodeType):
         self.files.add(code.co_filename)
@@ -258,6 +258,47 @@ class _ItemSpawnPickler(pickle.Pickler):
             if why:
                 raise spawn_refusal(obj, why, self.host, self.looked)
         return NotImplemented
+
+
+class _RespawnPickler(_ItemSpawnPickler):
+    """An item this process pickled by value, loaded again to go to another Python: a function
+    that cloudpickle rebuilt from one of the script's goes by the original's name (classes come
+    back as the originals already: cloudpickle tracks them)."""
+
+    def reducer_override(self, obj):
+        if isinstance(obj, types.FunctionType):
+            original = _original_function(obj)
+            if original is not None:
+                return copy.copy, (original,)   # (a function's copy is itself: by reference)
+        return super().reducer_override(obj)
+
+
+def _original_function(fn: types.FunctionType) -> types.FunctionType | None:
+    """The function its module and qualified name give here, if it is another with the same code."""
+    import sys
+
+    module = sys.modules.get(getattr(fn, "__module__", None) or "")
+    qualname = getattr(fn, "__qualname__", "") or ""
+    if module is None or "<" in qualname:
+        return None
+    found: object = module
+    for part in qualname.split("."):
+        found = getattr(found, part, None)
+    if isinstance(found, types.FunctionType) and found is not fn and found.__code__ == fn.__code__:
+        return found
+    return None
+
+
+def respawn_item(blob: bytes, host: str = "", looked: str = "") -> bytes:
+    """A Queue item that this process pickled for a same-version process (by value), pickled again
+    by reference for a spawn-mode one (``queues.Queue._items_by_reference``)."""
+    import sys
+
+    if "__main__" in sys.modules:
+        sys.modules.setdefault("__mp_main__", sys.modules["__main__"])
+    buf = io.BytesIO()
+    _RespawnPickler(buf, host, looked).dump(pickle.loads(blob))
+    return buf.getvalue()
 
 
 def dumps_spawn_item(obj, host: str = "", looked: str = "") -> bytes:
@@ -383,7 +424,7 @@ def main_definitions() -> dict[str, bytes]:
         except KeyError:
             out_file = _Capped()
             try:
-                cloudpickle.Pickler(out_file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
+                byvalue.pickler()(out_file, protocol=pickle.HIGHEST_PROTOCOL).dump(obj)
                 blob = out_file.getvalue()
             except Exception:  # noqa: BLE001 - too big, or cannot go by value: it stays here
                 blob = None

@@ -20,7 +20,6 @@ import os
 import pickle
 import queue as _queue
 import socket
-import sys
 import threading
 
 # requests
@@ -126,69 +125,6 @@ def _refuse(obj):
 
 
 _pickler_class = None
-_cfield = None
-
-
-def ctypes_type_reduce(obj, by_value=True):
-    """A ctypes Array type (``c_int * 3``, ``Point * 4``) as ``element * length``, and a Structure or
-    Union class that travels by value (one of ``__main__``) without its field descriptors, which
-    cannot be pickled (``TypeError: cannot pickle '_ctypes.CField' object``): ``_fields_`` makes
-    them again, set last, after ``_pack_`` and ``_anonymous_``.  None for anything else."""
-    global _cfield
-    if not isinstance(obj, type) or "ctypes" not in sys.modules:    # (no ctypes type before ctypes)
-        return None
-    import ctypes
-    import operator
-
-    if type(obj) is type:
-        # a metaclass: PyCStructType and its kin are not reachable by name in _ctypes, so by a class of it
-        if getattr(obj, "__module__", None) == "_ctypes":
-            for example in (ctypes.Structure, ctypes.Union, ctypes.Array, ctypes.c_int):
-                if type(example) is obj:
-                    return type, (example,)
-        return None
-    if issubclass(obj, ctypes.Array):
-        element, length = vars(obj).get("_type_"), vars(obj).get("_length_")
-        if element is not None and obj.__name__ == "%s_Array_%s" % (getattr(element, "__name__", ""), length):
-            return operator.mul, (element, length)        # what ``c_int * 3`` made
-        return None
-    if issubclass(obj, ctypes._SimpleCData):
-        # the other byte order's twin of a simple type (a BigEndianStructure's fields): same name, other class
-        for name in (obj.__qualname__, obj.__name__):       # (the twin's __name__ has a _be or _le suffix)
-            native = getattr(ctypes, name, None)
-            for twin in ("__ctype_be__", "__ctype_le__"):
-                if native is not None and native is not obj and getattr(native, twin, None) is obj:
-                    return getattr, (native, twin)
-        return None
-    if not by_value or not issubclass(obj, (ctypes.Structure, ctypes.Union)) or "_fields_" not in vars(obj):
-        return None
-    from cloudpickle import cloudpickle as cp
-
-    if cp._should_pickle_by_reference(obj):
-        return None
-    if _cfield is None:
-        class Probe(ctypes.Structure):
-            _fields_ = [("a", ctypes.c_int)]
-        _cfield = type(vars(Probe)["a"])
-    reduced = list(cp._dynamic_class_reduce(obj))
-    clsdict, slotstate = reduced[2]
-    clsdict = {k: v for k, v in clsdict.items() if k != "_fields_" and not isinstance(v, _cfield)}
-    clsdict["_fields_"] = vars(obj)["_fields_"]
-    reduced[2] = (clsdict, slotstate)
-    reduced[5] = ctypes_class_setstate
-    return tuple(reduced)
-
-
-def ctypes_class_setstate(cls, state):
-    """cloudpickle's class state for a Structure that came by value.  The same class comes
-    again with each message that holds it (cloudpickle then updates the one it made first),
-    but its ``_fields_`` can be set only once (``AttributeError: _fields_ is final``)."""
-    from cloudpickle import cloudpickle as cp
-
-    clsdict, slotstate = state
-    if "_fields_" in vars(cls):
-        clsdict = {k: v for k, v in clsdict.items() if k not in ("_fields_", "_pack_", "_anonymous_")}
-    return cp._class_setstate(cls, (clsdict, slotstate))
 
 
 def _item_pickler():
@@ -197,7 +133,7 @@ def _item_pickler():
     if _pickler_class is None:
         from multiprocessing.connection import _ConnectionBase
 
-        from . import spawn
+        from . import byvalue, spawn
         try:
             import cloudpickle
             base = cloudpickle.Pickler
@@ -215,36 +151,17 @@ def _item_pickler():
                     raise RefusedLocal("a multiprocessing %s cannot be sent to another process, maybe on another "
                                        "host: it rests on shared memory or semaphores of one host. %s"
                                        % (type(obj).__name__, instead))
-                reduced = ctypes_type_reduce(obj, base is not pickle.Pickler)
+                if base is not pickle.Pickler and byvalue.named_here(obj):
+                    return NotImplemented   # (by reference: any process that gets the item resolves it)
+                reduced = byvalue.ctypes_type_reduce(obj, base is not pickle.Pickler)
                 if reduced is not None:
                     return reduced
                 if base is pickle.Pickler:
                     return NotImplemented
-                return super().reducer_override(obj)
+                return byvalue.keep_slots(obj, super().reducer_override(obj))
 
         _pickler_class = ItemPickler
     return _pickler_class
-
-
-_by_value_class = None
-
-
-def dumps_by_value(obj):
-    """``cloudpickle.dumps``, with the ctypes classes of ``ctypes_type_reduce`` (a Pool worker's
-    result that plain pickle refused)."""
-    global _by_value_class
-    if _by_value_class is None:
-        import cloudpickle
-
-        class ByValue(cloudpickle.Pickler):
-            def reducer_override(self, obj):
-                reduced = ctypes_type_reduce(obj)
-                return reduced if reduced is not None else super().reducer_override(obj)
-
-        _by_value_class = ByValue
-    buf = io.BytesIO()
-    _by_value_class(buf, protocol=PROTOCOL).dump(obj)
-    return buf.getvalue()
 
 
 def dumps_item(obj):
@@ -274,7 +191,40 @@ def on_queue_feeder_error(e, obj):
     traceback.print_exc()
 
 
-loads_item = pickle.loads
+def loads_item(data):
+    """Unpickle one item (or a task's arguments) that another process pickled."""
+    from . import spawn
+
+    if not spawn.ACTIVE:
+        return pickle.loads(data)
+    return _SpawnUnpickler(io.BytesIO(data)).load()
+
+
+class _SpawnUnpickler(pickle.Unpickler):
+    """A spawn-mode child's: refuses bytecode that a process of the user's Python put by value.
+
+    A same-version child may put a lambda (or a function made at run time) into a Queue: it goes
+    by value, as bytecode of its Python, which another version cannot run (3.8 fails to load it,
+    3.13 dies of a segfault, 3.12 may run it wrongly). An exception naming the cause is better."""
+
+    def find_class(self, module, name):
+        found = super().find_class(module, name)
+        if module.startswith("cloudpickle") and name == "_builtin_type":
+            def builtin_type(type_name):
+                if type_name == "CodeType":
+                    from .grandchild import _host
+                    from .spawn import USER_PYTHON, _this_python
+
+                    raise pickle.UnpicklingError(
+                        "%s: this item holds code pickled by value by a process of %s (a lambda, or a function "
+                        "or class made at run time or not named by its module): this host runs %s, which cannot "
+                        "run another version's bytecode. Fix: put functions and classes defined at the top level "
+                        "of a module or of your script (they go by reference), or give every process that uses "
+                        "the queue the same Python (docs/python-versions.md)"
+                        % (_host(), USER_PYTHON or "another Python", _this_python()))
+                return found(type_name)
+            return builtin_type
+        return found
 
 
 # -- who is asking -------------------------------------------------------------------------

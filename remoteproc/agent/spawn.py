@@ -34,9 +34,32 @@ class StandIn:
     """
 
     def __init__(self, *args, **kwargs):
-        raise StandInUsed("remoteproc.%s cannot be used inside a remote process that runs another Python "
-                           "version than the caller's (spawn mode): start remote processes from the "
-                           "caller's side" % type(self).__name__)
+        raise _stand_in_used(self)
+
+
+def _stand_in_used(obj):
+    return StandInUsed("remoteproc.%s cannot be used inside a remote process that runs another Python "
+                       "version than the caller's (spawn mode): start remote processes from the "
+                       "caller's side" % type(obj).__name__)
+
+
+#: remoteproc's process classes: their stand-ins are ``multiprocessing.Process`` classes, so that the
+#: user's subclass (``class Worker(RemoteProcess)`` in the script) is one here, and runs as in a
+#: same-version child (where its class comes by value with ``multiprocessing.Process`` as its base)
+PROCESS_CLASSES = ("RemoteProcess", "RemoteScript")
+
+
+def _process_stand_in():
+    import multiprocessing
+
+    class ProcessStandIn(multiprocessing.Process):
+        """A process class of remoteproc here: the user's subclass of it runs (its object comes
+        pickled, without ``__init__``); making a new one is refused as every stand-in is."""
+
+        def __init__(self, *args, **kwargs):
+            raise _stand_in_used(self)
+
+    return ProcessStandIn
 
 
 def _install_stand_in(names):
@@ -49,7 +72,8 @@ def _install_stand_in(names):
         if name.startswith("__") or name not in names:
             raise AttributeError("module 'remoteproc' has no attribute %r" % name)
         if name not in made:
-            made[name] = type(name, (StandIn,), {"__module__": "remoteproc"})
+            base = _process_stand_in() if name in PROCESS_CLASSES else StandIn
+            made[name] = type(name, (base,), {"__module__": "remoteproc"})
         return made[name]
 
     pkg.__getattr__ = __getattr__     # type: ignore[method-assign]  # (a module's own __getattr__)

@@ -105,9 +105,9 @@ def _dumps(obj):
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:
-        from .proxies import dumps_by_value  # cloudpickle, shipped with the agent: lambdas, local classes, ...
+        from . import byvalue  # cloudpickle, shipped with the agent: lambdas, local classes, ...
 
-        return dumps_by_value(obj)
+        return byvalue.dumps(obj, pickle.HIGHEST_PROTOCOL)
 
 
 def _encode(cid, results, all_ok, mode=CALL):
