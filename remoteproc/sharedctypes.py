@@ -34,9 +34,10 @@ def _ctype(typecode_or_type):
 
 
 def _shape(type_) -> Any:
-    """How a child reaches the parts of a ctypes type: ``("struct", name, ((field, shape), ...))``,
-    ``("array", name, length, element shape)``, or None for a type whose reads give a Python value
-    (a field that is an array of chars reads as ``bytes``/``str``, so it is None there)."""
+    """How a child reaches the parts of a ctypes type: ``("struct", name, ((field, shape), ...),
+    class)`` (the class for its methods and properties, on the child's view), ``("array", name,
+    length, element shape)``, or None for a type whose reads give a Python value (a field that is
+    an array of chars reads as ``bytes``/``str``, so it is None there)."""
     name = getattr(type_, "__qualname__", type_.__name__)
     if issubclass(type_, (ctypes.Structure, ctypes.Union)):
         fields = []
@@ -44,7 +45,7 @@ def _shape(type_) -> Any:
             ftype = field[1]
             chars = issubclass(ftype, ctypes.Array) and ftype._type_ in (ctypes.c_char, ctypes.c_wchar)
             fields.append((field[0], None if chars else _shape(ftype)))
-        return ("struct", name, tuple(fields))
+        return ("struct", name, tuple(fields), type_)
     if issubclass(type_, ctypes.Array):
         return ("array", name, type_._length_, _shape(type_._type_))
     return None

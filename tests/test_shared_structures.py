@@ -79,6 +79,56 @@ def _started(p):
     return p
 
 
+class Vec(ctypes.Structure):
+    _fields_ = [("x", ctypes.c_double), ("y", ctypes.c_double)]
+    UNIT = 1.0
+
+    def scale(self, k):
+        self.x *= k
+        self.y *= k
+        return self.norm2
+
+    @property
+    def norm2(self):
+        return self.x * self.x + self.y * self.y
+
+    @property
+    def first(self):
+        return self.x
+
+    @first.setter
+    def first(self, value):
+        self.x = value
+
+    @staticmethod
+    def kind():
+        return "vec"
+
+
+def use_methods(A, out):
+    got = [A[0].scale(2), A[1].norm2, A[0].UNIT, A[0].kind()]
+    A[1].first = 7.0
+    out.put(got)
+
+
+def run_methods(lib, start):
+    A, out = lib.Array(Vec, [(1.0, 2.0), (3.0, 4.0)]), lib.Queue()
+    p = start(use_methods, (A, out))
+    got = out.get(timeout=60)
+    p.join(60)
+    return p.exitcode, got, [(e.x, e.y) for e in A]
+
+
+def test_a_structures_methods_and_properties_work_on_a_childs_element(host, ssh_options):
+    """``A[0].scale(2)`` in a child: a method of the user's Structure class, on the child's view of the
+    element, reads and writes the owner's object, as on multiprocessing's element in shared memory
+    (the view had only the fields: ``AttributeError``)."""
+    expected = run_methods(multiprocessing, lambda f, a: _started(FORK.Process(target=f, args=a)))
+    assert expected == (0, [20.0, 25.0, 1.0, "vec"], [(2.0, 4.0), (7.0, 4.0)])
+    remote = run_methods(remoteproc, lambda f, a: _started(RemoteProcess(host, target=f, args=a, **ssh_options)))
+    assert remote == expected
+
+
 def parts(v, A, R, M, out):
     v.n = 5
     v.inner.a = 7

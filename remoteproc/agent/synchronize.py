@@ -11,6 +11,7 @@ Shipped to remote hosts: standard library only.
 import sys
 import threading
 import time
+import types
 from multiprocessing import process as _mp_process
 from typing import Any
 
@@ -341,14 +342,40 @@ class _StructView(_View):
 
     def __getattr__(self, name):
         fields = dict(self._shape[2])
-        if name not in fields:
+        if name in fields:
+            return _part(self._root, self._path + (name,), fields[name])
+        raw = _declared(self._shape[3] if len(self._shape) > 3 else None, name)
+        if raw is None:
             raise AttributeError("%r object has no attribute %r" % (self._shape[1], name))
-        return _part(self._root, self._path + (name,), fields[name])
+        # the Structure class's own methods and properties, on the view: ``self.x`` in them
+        # reads and writes the owner's object, as a method of multiprocessing's element does
+        if isinstance(raw, property) and raw.fget is not None:
+            return raw.fget(self)
+        if isinstance(raw, types.FunctionType):
+            return types.MethodType(raw, self)
+        return getattr(self._shape[3], name)        # (a constant, a staticmethod, a classmethod)
 
     def __setattr__(self, name, value):
         if name not in dict(self._shape[2]):
+            raw = _declared(self._shape[3] if len(self._shape) > 3 else None, name)
+            if isinstance(raw, property) and raw.fset is not None:
+                raw.fset(self, value)
+                return
             raise AttributeError("%r object has no attribute %r" % (self._shape[1], name))
         self._root._set(self._path + (name,), plain(value))
+
+
+def _declared(cls, name):
+    """What the user's Structure (or Union) class ``cls`` itself, or a base of it of the user's, says
+    ``name`` is (its ``__dict__`` entry), or None: never ctypes' own attributes."""
+    if not isinstance(cls, type) or name.startswith("__"):
+        return None
+    for klass in cls.__mro__:
+        if klass.__module__ == "_ctypes" or klass.__module__ == "ctypes":
+            return None
+        if name in vars(klass) and name not in ("_fields_", "_pack_", "_anonymous_"):
+            return vars(klass)[name]
+    return None
 
 
 class _ArrayView(_View):
