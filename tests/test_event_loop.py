@@ -144,3 +144,40 @@ def test_frames_fed_in_pieces_reach_the_owner_whole():
         sel.close()
         a.close()
         b.close()
+
+
+def test_frames_sent_while_corked_go_out_in_one_write_in_order():
+    """The agent's (and the relay's) loop corks the endpoint while it handles several events of one
+    pass: a child's messages on two streams then leave in one write, so the host's sshd sends them
+    in one TCP segment (two segments from an sshd without TCP_NODELAY waited 40 ms for a delayed
+    ACK through a jump host).  A payload big enough to be written without a copy is not held."""
+    sel = selectors.DefaultSelector()
+    writes: list[bytes] = []
+
+    def write(view):
+        writes.append(bytes(view))
+        return len(view)
+
+    ep = FrameEndpoint(sel, write, lambda *f: None, lambda exc: None)
+    try:
+        first = (frames.header(frames.DATA, 1, 5), b"hello")
+        second = (frames.header(frames.DATA, 3, 5), b"world")
+        ep.send(*first)
+        assert writes == [b"".join(first)], "uncorked: at once"
+        writes.clear()
+        ep.cork()
+        ep.send(*first)
+        ep.send(*second)
+        assert writes == [] and ep.pending
+        ep.uncork()
+        assert writes == [b"".join(first + second)] and not ep.pending
+        writes.clear()
+        big = b"x" * (1 << 20)
+        ep.cork()
+        ep.send(*first)
+        ep.send(frames.header(frames.DATA, 5, len(big)), big)
+        assert b"".join(writes) == b"".join(first) + frames.header(frames.DATA, 5, len(big)) + big
+        ep.uncork()
+        assert not ep.pending
+    finally:
+        sel.close()

@@ -464,10 +464,15 @@ class Supervisor:
         try:
             while self.running:
                 ready = self.sel.select(None if self.interval is None else self.interval / 2)
-                for key, mask in ready:
-                    key.data(mask)
-                    if not self.running:
-                        break
+                if len(ready) > 1:
+                    self.endpoint.cork()    # (what this pass sends goes in one write: FrameEndpoint.cork)
+                try:
+                    for key, mask in ready:
+                        key.data(mask)
+                        if not self.running:
+                            break
+                finally:
+                    self.endpoint.uncork()
                 if self.running:
                     # (after the events: input that waited while this process was stopped counts)
                     self._check_silence()

@@ -232,10 +232,15 @@ class Link:
             if endpoint.pending or sending_packages():
                 self._flush()
             ready = select(timeout)
-            for key, mask in ready:
-                key.data(mask)
-                if self.dead:
-                    return
+            if len(ready) > 1:
+                endpoint.cork()     # (what this pass sends goes in one write: FrameEndpoint.cork)
+            try:
+                for key, mask in ready:
+                    key.data(mask)
+                    if self.dead:
+                        return
+            finally:
+                endpoint.uncork()
             now = time.monotonic()
             if ready and now < next_tick and not self.closing:
                 # A message's hop: the timers are looked at once a TICK, and the next wait lasts
