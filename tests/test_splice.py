@@ -167,6 +167,39 @@ def test_bulk_both_ways_with_small_messages_between_arrives_intact(wire_kind):
         wire.close()
 
 
+@needs_splice
+def test_a_payload_spooled_while_corked_goes_out_at_uncork():
+    """The agent's loop corks its endpoint while it handles several events of one wait
+    (``FrameEndpoint.cork``); a stream's payload spooled then (its ``send()``, with no parts, comes
+    while corked) waited in the output queue for a flush that nothing asked for: a 16 MiB echo over
+    ``ssh`` hung once in a full run.  ``uncork`` writes it."""
+    sel = poller.make()
+    src_r, src_w = os.pipe()
+    chan_r, chan_w = os.pipe()
+    try:
+        for fd in (src_r, chan_r, chan_w):
+            os.set_blocking(fd, False)
+        ep = FrameEndpoint(sel, lambda view: os.write(chan_w, view), lambda *f: None,
+                           lambda exc: None, write_fd=chan_w)
+        ep.enable_splice(None, chan_w)
+        payload = os.urandom(32 << 10)
+        os.write(src_w, payload)
+        stream = ep.mux.add(7, src_r, reading=True, writing=False)
+        ep.cork()
+        assert ep._splice_out(stream, len(payload)) == len(payload)
+        ep.send()                   # (what the stream's read does next: nothing goes out, corked)
+        ep.uncork()
+        out = os.read(chan_r, 1 << 20)
+        assert out == frames.header(frames.DATA, 7, len(payload)) + payload
+        assert not ep.pending
+        ep.mux.close(stream)
+        ep.stop()
+    finally:
+        sel.close()
+        for fd in (src_w, chan_r, chan_w):
+            os.close(fd)
+
+
 def test_a_stream_whose_reader_stalls_does_not_stall_the_others(wire_kind):
     kind, _moved = wire_kind
     wire = Wire(kind == "splice", window=1 * MIB)

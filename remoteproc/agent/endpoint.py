@@ -84,7 +84,7 @@ class FrameEndpoint:
 
     def uncork(self):
         self.corked = False
-        if self.out:
+        if self.out or self._ahead:     # (a spooled payload waits in _ahead: its send() came while corked)
             self.flush()
 
     def send(self, *parts):
