@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import socket
+import time
 from typing import Optional
 
 from ..errors import ConnectError
@@ -22,7 +23,7 @@ PROBE_TIMEOUT = 1.0
 #: what sshd itself writes before closing a connection it turns away (MaxStartups, PerSourceMaxStartups,
 #: PerSourcePenalties): an sshd, busy
 _SSHD_DROP = re.compile(rb"Exceeded \w*MaxStartups|Not allowed at this time")
-#: ports whose server answered the probe as an sshd does (the process's life long)
+#: ports the probe found no other server on (an sshd, or one that said nothing): not asked again
 _SSHD_SEEN: set[tuple[str, int]] = set()
 #: what the probe sends first: an SSH client's identification (a web server answers it with an error)
 _HELLO = b"SSH-2.0-remoteproc_probe\r\n"
@@ -31,9 +32,10 @@ _HELLO = b"SSH-2.0-remoteproc_probe\r\n"
 def not_ssh(host: str, port: int, timeout: float = PROBE_TIMEOUT) -> Optional[str]:
     """The first words of the server on ``host:port`` when it is not an SSH server, else None
     (an SSH banner, a silence, a refusal or a close: nothing to tell from a turned-away sshd)."""
+    deadline = time.monotonic() + timeout
     try:
         with socket.create_connection((host, port), timeout) as sock:
-            sock.settimeout(timeout)
+            sock.settimeout(max(0.05, deadline - time.monotonic()))
             try:
                 sock.sendall(_HELLO)
             except OSError:
