@@ -278,6 +278,11 @@ PROGRAM = textwrap.dedent('''\
         from multiprocessing import resource_tracker
         resource_tracker.ensure_running()       # (the local pair's spawn starts it; it stays, by design)
         report = {"baseline": state()}
+        for _ in range(100):    # (the tracker between its fork and exec has no command line yet)
+            if all(report["baseline"]["child_names"]):
+                break
+            time.sleep(0.05)
+            report["baseline"] = state()
         work(spec, report)                      # (its objects are gone when it returns)
         import gc
         gc.collect()
