@@ -364,14 +364,16 @@ class Link:
         why = self.chan.describe_loss()     # (first: it waits for the exit, and with it all of stderr)
         if "not responding" in why:     # (ssh's own keepalive: "Timeout, server H not responding.")
             why += self._keepalive_hint()
-        self._drain_stderr()
+        self._drain_stderr(final=True)
         if self.last_words:
             why += "; before it went, the agent said: " + self.last_words
         return why
 
-    def _drain_stderr(self) -> None:
+    def _drain_stderr(self, final: bool = False) -> None:
+        """Log what ssh or the agent said on stderr since the last look; ``final``: the channel
+        has ended, so a line cut off at the end of this read is all there will be of it."""
         assert self.chan is not None
-        self._note_stderr(self.chan.recv_stderr(), final=True)
+        self._note_stderr(self.chan.recv_stderr(), final)
 
     def _note_stderr(self, said: bytes, final: bool = False) -> None:
         """Log what came on the channel's stderr, and keep the agent's last words from it."""
