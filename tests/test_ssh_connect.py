@@ -43,7 +43,7 @@ import remoteproc
 from remoteproc import ssh
 from remoteproc.errors import AuthenticationError, BootstrapError, ConfigError, ConnectError, HostKeyError
 from remoteproc.ssh import config as ssh_config_module
-from remoteproc.ssh.connect import connect
+from remoteproc.ssh.connect import TCPSocket, connect
 from remoteproc.testing.net import HOST, free_port
 from remoteproc.testing.openssh import OpenSSHServer
 from remoteproc.testing.proctree import descendants
@@ -336,6 +336,54 @@ def test_a_jump_opened_by_connect_closes_with_the_connection(server):
         conn.close()
     assert not conn.jump.active
     assert eventually(lambda: sessions(server) == 0, 15), "the jump connection stayed open"
+
+
+def _quick_ack_after_exchange(sock) -> int:
+    """Whether ``sock`` (a connection's socket, or one end of a pair) acknowledges at once after reading an answer."""
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_QUICKACK)
+
+
+@pytest.mark.skipif(not hasattr(socket, "TCP_QUICKACK"), reason="TCP_QUICKACK is Linux's")
+def test_a_socket_that_acks_quickly_stays_so_across_request_and_answer():
+    """Linux leaves quick-ACK mode once a socket answers what it read (it then delays ACKs to ride on
+    its answers); a ``quick_acks`` socket re-enters it at every read, so the peer's next packet,
+    held by Nagle until our ACK, is not held 40 ms."""
+    with socket.socket() as listener:
+        listener.bind((HOST, 0))
+        listener.listen()
+        with TCPSocket() as ours:
+            ours.connect(listener.getsockname())
+            theirs, _ = listener.accept()
+            with theirs:
+                def exchanges(quick: bool) -> list:
+                    ours.quick_acks = quick
+                    seen = []
+                    for _ in range(3):
+                        ours.sendall(b"?")
+                        assert theirs.recv(1) == b"?"
+                        theirs.sendall(b"!")
+                        assert ours.recv(1) == b"!"
+                        seen.append(_quick_ack_after_exchange(ours))
+                    return seen
+                assert exchanges(False)[-1] == 0, "Linux kept quick ACKs by itself: the test shows nothing"
+                assert exchanges(True) == [1, 1, 1]
+
+
+def test_a_jump_hosts_socket_acks_quickly_and_a_direct_one_does_not(server):
+    """Through a jump host, the TCP socket to it acknowledges at once (the jump's sshd sends packets
+    back to back without TCP_NODELAY); a direct connection keeps Linux's delayed ACKs."""
+    direct = connect(ssh.resolve(spec(server.port), options(server)))
+    try:
+        assert isinstance(direct.transport.sock, TCPSocket) and not direct.transport.sock.quick_acks
+    finally:
+        direct.close()
+    conn = connect(ssh.resolve(spec(server.port), options(server, proxy_jump=spec(server.port))))
+    try:
+        assert conn.jump is not None
+        assert not isinstance(conn.transport.sock, TCPSocket)      # (a channel of the jump's connection)
+        assert conn.jump.transport.sock.quick_acks == hasattr(socket, "TCP_QUICKACK")
+    finally:
+        conn.close()
 
 
 def test_a_failed_login_behind_a_jump_closes_the_jump(server):
