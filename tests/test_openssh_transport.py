@@ -21,7 +21,7 @@ import pytest
 from proctable import children_of, gone
 
 import remoteproc
-from remoteproc import Pipe, RemoteProcess
+from remoteproc import Pipe, RemoteProcess, ssh
 from remoteproc.errors import AuthenticationError, ConfigError, ConnectError, HostKeyError
 from remoteproc.relay import client as relay_client
 from remoteproc.ssh import openssh
@@ -471,6 +471,17 @@ def test_ipv6_spec_and_no_config():
     assert (target.hostname, target.port, target.username) == ("::1", 2200, "alice")
     assert target.display == "alice@[::1]:2200"
     assert target.ssh_args[-2:] == ("--", "::1") and _value(list(target.ssh_args), "-F") == ["none"]
+
+
+def test_jump_hosts_are_named_as_written_and_as_paramiko_names_them():
+    """``ssh -G`` brackets every jump host given with a port; messages name it as the user wrote it
+    (paramiko's way), keeping the brackets only where an IPv6 address needs them."""
+    for jumps in ("bob@10.1.2.3:2200", "bob@10.1.2.3:2200,gw,[fe80::1]:2201", "[fe80::1]:2201"):
+        options = {"ssh_config": "none", "transport": "openssh", "proxy_jump": jumps}
+        target = openssh.resolve("alice@node1", options)     # (ssh -G brackets a single hop with a port)
+        assert target.proxy_jump == jumps.split(",")
+        assert target.display == "alice@node1 via " + jumps
+        assert ssh.resolve("alice@node1", dict(options, transport="paramiko")).display == target.display
 
 
 def test_jump_hosts_get_our_options_through_a_config_file_of_ours(tmp_path):

@@ -250,7 +250,7 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         port=int((view.get("port") or ["22"])[0]),
         username=(view.get("user") or [""])[0],
         connect_timeout=_seconds(view, "connecttimeout", options.get("connect_timeout") or DEFAULT_CONNECT_TIMEOUT),
-        proxy_jump=[j for j in jump.split(",") if j and jump.lower() != "none"],
+        proxy_jump=[_hop_text(j) for j in jump.split(",") if j and jump.lower() != "none"],
         proxy_command=command if command and command.lower() != "none" else None,
         idle_timeout=options.get("idle_timeout") or DEFAULT_IDLE_TIMEOUT,
         python=python_option(options.get("python")), setup=setup_option(options.get("setup")),
@@ -340,6 +340,15 @@ def _master_args(view: dict[str, list[str]]) -> list[str]:
     if master in ("false", "no") or path.lower() == "none" or persist not in ("no", "0"):
         return []
     return ["-o", "ControlMaster=no"]
+
+
+def _hop_text(hop: str) -> str:
+    """A jump host as the user writes it: ``ssh -G`` brackets every host given with a port
+    (``root@[10.0.0.1]:2222``); only an IPv6 address needs that, and paramiko's messages have none."""
+    return _BRACKETED.sub(r"\1", hop)
+
+
+_BRACKETED = re.compile(r"\[([^\]:]+)\]")
 
 
 def _hop_views(args: list[str], hops: list[str]) -> dict[str, dict[str, list[str]]]:
