@@ -3,12 +3,13 @@
     python3 benchmarks/bench_jump.py                 # a target and a jump host: two loopback sshds
     python3 benchmarks/bench_jump.py --n 2000
 
-Rows: a ``Queue`` round trip (the parent ``put``s, a remote child ``get``s and ``put``s it on a
-second Queue, the parent ``get``s it: several frames each way through the owner) and a Pipe round
-trip whose answer comes on two Connections at once.  Each as median and mean per round trip and
-the count of round trips over 20 ms: a delayed ACK (40 ms) shows there, not in the median
-(docs/performance.md, "Two messages at once through a jump host").  Direct is the baseline,
-measured in the same run, right before.
+Routes: direct, ``proxy_jump`` to a jump host, and ``ProxyCommand ssh -W %h:%p`` to the same
+jump host (the older way many configs still have).  Rows: a ``Queue`` round trip (the parent
+``put``s, a remote child ``get``s and ``put``s it on a second Queue, the parent ``get``s it:
+several frames each way through the owner) and a Pipe round trip whose answer comes on two
+Connections at once.  Each as median and mean per round trip and the count of round trips over
+20 ms: a delayed ACK (40 ms) shows there, not in the median (docs/performance.md, "Two messages
+at once through a jump host").  Direct is the baseline, measured in the same run.
 """
 
 from __future__ import annotations
@@ -97,6 +98,9 @@ def jump_config(target, jump, user, workdir):
     with open(path, "w") as f:
         f.write("Host bench-jump\n  HostName 127.0.0.1\n  User %s\n  Port %d\n  IdentityFile %s\n"
                 "  UserKnownHostsFile %s\n  LogLevel ERROR\n" % (user, jump.port, o["key_filename"], known))
+        # the older way to the same jump host, still in many configs: a ProxyCommand running ``ssh -W``
+        f.write("Host bench-target-pc\n  HostName 127.0.0.1\n  Port %d\n"
+                "  ProxyCommand ssh -F %s -W %%h:%%p bench-jump\n" % (target.port, path))
     os.chmod(path, 0o600)
     return path, known
 
@@ -117,11 +121,14 @@ def main(argv=None) -> int:
             config, known = jump_config(target, jump, user, workdir)
             for transport in ("paramiko", "openssh"):
                 for kind, measure in (("Queue round trip", queue_rt), ("Pipe round trip, two answers", pair_rt)):
-                    for route in ("direct", "jump"):
+                    for route in ("direct", "jump", "proxycmd"):
                         options = dict(target.options(user), ssh_config=config, known_hosts=known, transport=transport)
+                        host = target.spec(user)
                         if route == "jump":
                             options["proxy_jump"] = "bench-jump"
-                        t = measure(target.spec(user), options, args.n)
+                        elif route == "proxycmd":
+                            host, options["port"] = "%s@bench-target-pc" % user, None
+                        t = measure(host, options, args.n)
                         rows.append((transport, kind, route, statistics.median(t), statistics.mean(t),
                                      sum(x > STALL for x in t)))
     finally:
@@ -129,9 +136,9 @@ def main(argv=None) -> int:
         target.stop()
     print("%d round trips per row, loopback sshds, Python %s, %d CPUs"
           % (args.n, sys.version.split()[0], os.cpu_count()))
-    print("%-9s %-30s %-7s %10s %10s %12s" % ("transport", "operation", "route", "median", "mean", "over 20 ms"))
+    print("%-9s %-30s %-8s %10s %10s %12s" % ("transport", "operation", "route", "median", "mean", "over 20 ms"))
     for transport, kind, route, med, mean, stalls in rows:
-        print("%-9s %-30s %-7s %7.2f ms %7.2f ms %12d" % (transport, kind, route, med * 1e3, mean * 1e3, stalls))
+        print("%-9s %-30s %-8s %7.2f ms %7.2f ms %12d" % (transport, kind, route, med * 1e3, mean * 1e3, stalls))
     return 0
 
 
