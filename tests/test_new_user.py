@@ -6,6 +6,7 @@ subclass of it and of ``RemoteProcessError``), naming the host and the fix, on e
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import re
 import shutil
@@ -13,12 +14,91 @@ import subprocess
 import sys
 import tarfile
 import zipfile
+from collections.abc import Iterator
+from typing import Any
 
 import pytest
+
+import remoteproc
+from remoteproc import RemoteProcess
 
 pytestmark = pytest.mark.timeout(180)
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def show(obj: Any) -> None:
+    print("got %s" % type(obj).__name__)
+
+
+def open_files(tmp_path: Any) -> Iterator[tuple[str, Any]]:
+    """One file object of each kind a user may pass: (label, file)."""
+    path = tmp_path / "data.txt"
+    path.write_text("line one\nline two\n")
+    closed = open(path)
+    closed.close()
+    with open(path) as text, open(path, "rb") as binary, open(tmp_path / "out.txt", "w") as written:
+        yield from [("text, read", text), ("binary, read", binary), ("text, written", written), ("closed", closed)]
+
+
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+def test_an_open_file_argument_is_refused_by_name_as_multiprocessing_spawn_refuses_it(sshd, tmp_path, transport):
+    """An open file cannot cross hosts (its fd is of this one).  cloudpickle sent a text file opened
+    for reading as a StringIO copy of what was left in it, read whole here (so the child wrote to a
+    copy, or read a stale one), yet refused the same file opened in binary mode or for writing, and
+    so did a host of another Python: the same program did three different things."""
+    for label, f in open_files(tmp_path):
+        with pytest.raises(TypeError) as local:
+            multiprocessing.get_context("spawn").Process(target=show, args=(f,)).start()
+        p = RemoteProcess(sshd.spec(), target=show, args=(f,), transport=transport, **sshd.options())
+        with pytest.raises(remoteproc.PicklingError) as remote:
+            p.start()
+        assert isinstance(remote.value, TypeError), label
+        message = str(remote.value)
+        assert sshd.spec() in message and "open file" in message and "path" in message, (label, message, local)
+        assert p.pid is None and not p.is_alive()
+
+
+def test_an_open_file_inside_a_task_or_a_queue_item_is_refused(sshd, tmp_path):
+    with open(tmp_path / "data.txt", "w+") as f:
+        q = remoteproc.Queue()
+        try:
+            with pytest.raises(TypeError, match="open file"):
+                q.put(f)
+        finally:
+            q.close()
+        with remoteproc.Pool([sshd.spec()], processes_per_host=1, **sshd.options()) as pool:
+            with pytest.raises(TypeError, match="open file"):
+                pool.apply(show, (f,))
+            assert pool.apply(len, ("still works",)) == len("still works")
+
+
+STREAMS = """
+import sys
+from remoteproc import RemoteProcess
+
+def to_stream(stream):
+    print("written to the child's own", stream.name, file=stream, flush=True)
+
+if __name__ == "__main__":
+    for stream in (sys.stdout, sys.stderr):
+        p = RemoteProcess(sys.argv[1], target=to_stream, args=(stream,), **eval(sys.argv[2]))
+        p.start()
+        p.join(60)
+        print("exitcode", p.exitcode)
+"""
+
+
+def test_the_interpreters_own_streams_still_arrive_as_the_childs(sshd, tmp_path):
+    """sys.stdout as an argument (``print(..., file=stream)``) is not an open file of ours to refuse:
+    it arrives as the child's own stdout, which comes back here."""
+    program = tmp_path / "streams.py"
+    program.write_text(STREAMS)
+    done = subprocess.run([sys.executable, str(program), sshd.spec(), repr(sshd.options())], capture_output=True,
+                          text=True, timeout=120)
+    assert done.stdout.count("exitcode 0") == 2, (done.stdout, done.stderr[-3000:])
+    assert "written to the child's own <stdout>" in done.stdout
+    assert "written to the child's own <stderr>" in done.stderr
 
 
 # -- the package as pip builds it -------------------------------------------------------------------------
