@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tarfile
+import time
 import zipfile
 from collections.abc import Iterator
 from typing import Any
@@ -167,3 +168,34 @@ def test_the_wheel_built_from_the_sdist_holds_every_file_of_the_package(built):
     assert sorted(package - names) == []
     assert "remoteproc = remoteproc.cli:main" in entry_points
     assert re.search(r"\[pytest11\]\s*\nremoteproc.pytest_plugin = remoteproc.pytest_plugin", entry_points)
+
+
+# -- a typo in a host alias -------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+def test_a_typo_of_a_config_alias_names_the_alias(sshd, tmp_path, transport):
+    """A name that does not resolve said "check the name": a typo of an alias of the user's config
+    (``lba`` for ``lab``) now names that alias, on both transports; another name names none."""
+    config = tmp_path / "ssh_config"
+    config.write_text("Host rpnewuser-lab\n    HostName 127.0.0.1\n    Port %d\n\nHost *\n"
+                      "    ServerAliveInterval 30\n" % sshd.port)
+    options = {k: v for k, v in sshd.options().items() if k != "port"}
+    works = RemoteProcess("rpnewuser-lab", target=show, args=(1,), ssh_config=str(config),
+                          transport=transport, **options)
+    works.start()
+    works.join(60)
+    assert works.exitcode == 0
+    for name, hint in [("rpnewuser-lba", "did you mean 'rpnewuser-lab'?"),
+                       ("elsewhere.invalid", None)]:
+        p = RemoteProcess(name, target=show, ssh_config=str(config), transport=transport, **options)
+        started = time.monotonic()
+        with pytest.raises(remoteproc.ConnectError) as raised:
+            p.start()
+        assert time.monotonic() - started < 20
+        message = str(raised.value)
+        assert name in message and str(config) in message, message
+        if hint:
+            assert hint in message, message
+        else:
+            assert "did you mean" not in message, message

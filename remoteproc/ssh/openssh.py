@@ -46,7 +46,7 @@ from ..errors import (
 )
 from . import probe
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
-from .target import MAX_JUMPS, Target, config_read, python_option, setup_option
+from .target import MAX_JUMPS, Target, config_read, python_option, setup_option, typo_hint
 
 #: what ``ssh`` always gets: no terminal, no forwarding that would listen anywhere, no local commands
 FIXED_ARGS = ("-T", "-x", "-o", "ClearAllForwardings=yes", "-o", "PermitLocalCommand=no")
@@ -593,7 +593,7 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
      "(BatchMode) with this user and key (a key with a passphrase: load it into ssh-agent with ssh-add), or "
      "pass allow_prompt=True for a login that asks"),
     (re.compile(r"Could not resolve hostname|Name or service not known|nodename nor servname", re.I),
-     ConnectError, "the host name does not resolve. Fix: check the name{config}"),
+     ConnectError, "the host name does not resolve. Fix: check the name{typo}{config}"),
     (re.compile(r"Connection refused", re.I), ConnectError,
      "nothing listens on that port. Fix: check the port and that sshd runs there"),
     (re.compile(r"timed out|Connection timeout", re.I), ConnectError,
@@ -686,8 +686,8 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
                             "fingerprint: %s" % (display, where, changed, ssh, words), display)
     for pattern, kind, advice in _PATTERNS:
         if pattern.search(head):
-            return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh, config=config),
-                                                                 words), display)
+            fix = advice.format(ssh=ssh, config=config, typo=typo_hint(target) if "{typo}" in advice else "")
+            return kind("%s (transport='openssh'): %s%s: %s" % (display, where, fix, words), display)
     turned = _TURNED_AWAY.findall(said)
     if turned and not _FORWARD_FAILED.search(said):
         # through a jump, a drop by the jump host's sshd shows twice (its ``ssh -W``'s words, then
