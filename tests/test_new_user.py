@@ -199,3 +199,51 @@ def test_a_typo_of_a_config_alias_names_the_alias(sshd, tmp_path, transport):
             assert hint in message, message
         else:
             assert "did you mean" not in message, message
+
+
+# -- the user's own ~/.ssh, as an account of its own -----------------------------------------------------
+
+ACCOUNT = "rpnewuser"
+"""The account whose ~/.ssh these tests write (created if missing and kept, like rpuser)."""
+
+
+@pytest.fixture(scope="module")
+def account() -> Iterator[dict[str, Any]]:
+    from test_ssh_user_setups import client_account
+
+    with client_account(ACCOUNT) as found:
+        yield found
+
+
+@pytest.fixture
+def user(account: dict[str, Any]) -> Iterator[Any]:
+    """ACCOUNT with an empty ~/.ssh, removed at the end."""
+    from test_ssh_user_setups import User
+
+    u = User(account)
+    u.reset()
+    try:
+        yield u
+    finally:
+        shutil.rmtree(u.dot, ignore_errors=True)
+
+
+def test_a_key_file_the_user_cannot_read_is_named_with_its_fix(user, sshd):
+    """A private key the account cannot read (left owned by root by a `sudo cp`, or mode 0000): the
+    paramiko transport said "unusable: [Errno 13] ...", ssh's failure only the generic advice of a
+    refused login; both now name the key and the commands that make it the user's."""
+    from conftest import PLAIN_USER
+    from test_ssh_user_setups import loopback_line
+
+    key = user.copy(sshd.client_key, "id_ed25519", mode=0o000)
+    user.put("known_hosts", loopback_line(sshd) + "\n")
+    user.put("config", "Host lo\n    HostName 127.0.0.1\n    Port %d\n    User %s\n" % (sshd.port, PLAIN_USER))
+    fix = "chown %s %s; chmod 600 %s" % (ACCOUNT, key, key)
+    for transport in ("paramiko", "openssh"):
+        said = user.fails("lo", transport, "AuthenticationError")
+        assert said.startswith("lo (%s@127.0.0.1:%d)" % (PLAIN_USER, sshd.port)) and fix in said, said
+        assert ("unreadable: permission denied" if transport == "paramiko" else "could not read the private key") \
+            in said, said
+    os.chmod(key, 0o600)
+    for transport in ("paramiko", "openssh"):
+        assert user.works("lo", transport)["user"] == PLAIN_USER, transport

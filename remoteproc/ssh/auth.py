@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from ..errors import AuthenticationError
 from .hostkeys import fingerprint
-from .target import DEFAULT_IDENTITIES, Target, public_key
+from .target import DEFAULT_IDENTITIES, Target, own_key_fix, public_key
 
 log = logging.getLogger("remoteproc.ssh")
 
@@ -321,6 +321,10 @@ class _Attempt:
                 return None
         except (UnsupportedAlgorithm, UnknownKeyType) as exc:
             self.tried.append("%s (%s)" % (label, _unsupported(path, exc)))
+            return None
+        except PermissionError:
+            self.tried.append("%s (unreadable: permission denied; fix: make it yours, readable by you only: %s)"
+                              % (label, own_key_fix(path)))
             return None
         except (paramiko.SSHException, OSError, ValueError) as exc:
             self.tried.append("%s (unusable: %s)" % (label, exc))

@@ -46,7 +46,15 @@ from ..errors import (
 )
 from . import probe
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
-from .target import MAX_JUMPS, Target, config_read, python_option, setup_option, typo_hint
+from .target import (
+    MAX_JUMPS,
+    Target,
+    config_read,
+    own_key_fix,
+    python_option,
+    setup_option,
+    typo_hint,
+)
 
 #: what ``ssh`` always gets: no terminal, no forwarding that would listen anywhere, no local commands
 FIXED_ARGS = ("-T", "-x", "-o", "ClearAllForwardings=yes", "-o", "PermitLocalCommand=no")
@@ -613,6 +621,10 @@ _NOISE = re.compile(r"^(?:(?:%s).*|@+\s*|@ .*@\s*)$\n?" % CHATTER.pattern, re.M)
 #: what ssh says of a key file it ignores (``UNPROTECTED PRIVATE KEY FILE!``), and of a refused login
 _UNPROTECTED = re.compile(r"Permissions 0?[0-7]+ for '([^']+)' are too open")
 _DENIED = re.compile(r"Permission denied", re.I)
+#: what ssh says of a key file it cannot read (another owner, mode 0000): it goes on without it
+_UNREADABLE = re.compile(r'Load key "([^"]+)": Permission denied')
+#: ... and of the login the server refused (not the key file)
+_LOGIN_DENIED = re.compile(r"Permission denied \(")
 #: what ssh says when the ``ssh -W`` it ran for a jump host ended before the target's banner
 _JUMP_ENDED = re.compile(r"kex_exchange_identification|Connection closed by UNKNOWN port 65535", re.I)
 #: what ssh says of a server whose first words are not an SSH identification (binary: TLS, ...)
@@ -680,6 +692,13 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
             "%s (transport='openssh'): %sssh ignored the private key %s: others can read it (ssh uses no key file "
             "whose permissions are too open). Fix: chmod 600 %s: %s"
             % (display, where, ", ".join(keys), " ".join(shlex.quote(k) for k in keys), words), display)
+    unreadable = _UNREADABLE.findall(head)
+    if unreadable and _LOGIN_DENIED.search(head):
+        keys = list(dict.fromkeys(unreadable))
+        return AuthenticationError(
+            "%s (transport='openssh'): %sssh could not read the private key %s (permission denied), and no other "
+            "way to log in worked. Fix: make it yours, readable by you only: %s: %s"
+            % (display, where, ", ".join(keys), "; ".join(own_key_fix(k) for k in keys), words), display)
     changed = _changed_key(head)
     if changed is not None:
         return HostKeyError("%s (transport='openssh'): %s%s, then connect once with `%s` and check the new key's "

@@ -278,6 +278,15 @@ def config_read(options: dict[str, Any]) -> str | None:
     return os.path.expanduser(os.fspath(given))
 
 
+def own_key_fix(path: str) -> str:
+    """The commands that make a private key file the user's and readable by them only."""
+    import pwd
+    import shlex
+
+    quoted = shlex.quote(path)
+    return "chown %s %s; chmod 600 %s" % (shlex.quote(pwd.getpwuid(os.geteuid()).pw_name), quoted, quoted)
+
+
 def typo_hint(target: Target) -> str:
     """`` (did you mean 'lab'?)`` when the host as given went to the resolver unchanged (no alias of
     the config, no HostName) and the config has an alias like it: a typo of an alias; else ""."""
