@@ -247,3 +247,26 @@ def test_a_key_file_the_user_cannot_read_is_named_with_its_fix(user, sshd):
     os.chmod(key, 0o600)
     for transport in ("paramiko", "openssh"):
         assert user.works("lo", transport)["user"] == PLAIN_USER, transport
+
+
+@pytest.mark.parametrize("hashed", [True, False], ids=["ssh-keyscan -H", "[127.0.0.1]:PORT"])
+def test_a_host_key_that_ssh_keyscan_wrote_to_another_file_is_named(user, sshd, hashed):
+    """``ssh-keyscan -H -p PORT 127.0.0.1 > ~/.ssh/lab_keys``: ssh reads only its known_hosts files, so
+    the key is unknown; the error said where it looked, not that the key was right beside it."""
+    from conftest import PLAIN_USER
+
+    if shutil.which("ssh-keyscan") is None:
+        pytest.skip("no ssh-keyscan")
+    user.copy(sshd.client_key, "id_ed25519")
+    user.put("config", "Host lab\n    HostName 127.0.0.1\n    Port %d\n    User %s\n" % (sshd.port, PLAIN_USER))
+    scanned = subprocess.run(["ssh-keyscan", *(["-H"] if hashed else []), "-p", str(sshd.port), "127.0.0.1"],
+                             capture_output=True, text=True, timeout=30, check=True).stdout
+    assert scanned.startswith("|1|" if hashed else "[127.0.0.1]:%d " % sshd.port), scanned
+    stray = user.put("lab_keys", scanned)
+    for transport in ("paramiko", "openssh"):
+        said = user.fails("lab", transport, "HostKeyError")
+        assert said.startswith("lab (%s@127.0.0.1:%d)" % (PLAIN_USER, sshd.port)), said
+        assert "a key for this host is in %s" % stray in said and "known_hosts=%r" % stray in said, said
+    user.put("known_hosts", scanned)        # (the fix it names: cat lab_keys >> ~/.ssh/known_hosts)
+    for transport in ("paramiko", "openssh"):
+        assert user.works("lab", transport)["user"] == PLAIN_USER, transport

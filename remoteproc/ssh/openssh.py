@@ -590,7 +590,7 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
      "the host's key is marked @revoked in known_hosts. Fix: ask the host's administrator"),
     (re.compile(r"Host key verification failed|No .*host key is known for", re.I), HostKeyError,
      "ssh does not know the host's key. Fix: connect once with `{ssh}` and check the fingerprint, or pass "
-     "host_key_policy='accept-new' to record it on first use"),
+     "host_key_policy='accept-new' to record it on first use{stray}"),
     (re.compile(r"Too many authentication failures", re.I), AuthenticationError,
      "the server hung up after too many keys were offered (every ssh-agent key counts against its "
      "MaxAuthTries). Fix: set IdentitiesOnly yes with the right IdentityFile for this host in your ssh "
@@ -638,6 +638,14 @@ _FORWARD_FAILED = re.compile(r"open failed|forwarding failed", re.I)
 _PROXY_SILENT = re.compile(r"Connection to UNKNOWN port 65535 timed out", re.I)
 #: the jump host's sshd's answer when it did not open the way on (``channel 0: open failed: REASON``)
 _OPEN_FAILED = re.compile(r"open failed: (.*?)\s*$", re.I | re.M)
+
+
+def _stray(target: Target) -> str:
+    """``; note: a key for this host is in FILE ...`` (``hostkeys.stray_hint``), or ""."""
+    from .hostkeys import stray_hint
+
+    clause = stray_hint(target)
+    return "; note: " + clause if clause else ""
 
 
 def failure(target: Target, status: Optional[int], said: str) -> Optional[RemoteProcessError]:
@@ -705,7 +713,8 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
                             "fingerprint: %s" % (display, where, changed, ssh, words), display)
     for pattern, kind, advice in _PATTERNS:
         if pattern.search(head):
-            fix = advice.format(ssh=ssh, config=config, typo=typo_hint(target) if "{typo}" in advice else "")
+            fix = advice.format(ssh=ssh, config=config, typo=typo_hint(target) if "{typo}" in advice else "",
+                                stray=_stray(target) if "{stray}" in advice else "")
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, fix, words), display)
     turned = _TURNED_AWAY.findall(said)
     if turned and not _FORWARD_FAILED.search(said):
