@@ -270,3 +270,21 @@ def test_a_host_key_that_ssh_keyscan_wrote_to_another_file_is_named(user, sshd, 
     user.put("known_hosts", scanned)        # (the fix it names: cat lab_keys >> ~/.ssh/known_hosts)
     for transport in ("paramiko", "openssh"):
         assert user.works("lab", transport)["user"] == PLAIN_USER, transport
+
+
+@pytest.mark.parametrize("form", ["openssh", "PEM"])
+def test_a_wrong_passphrase_is_said_as_such(sshd, tmp_path, form):
+    """``passphrase=`` that does not open the key: paramiko's error was that of the last key class it
+    tried ("Valid PEM but no BEGIN/END delimiters for a private key found. Are you sure this is a
+    private key?"), which sent the user looking at the key file instead of the passphrase."""
+    key = str(tmp_path / "id_work")
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "right", "-f", key,
+                    *(["-m", "PEM"] if form == "PEM" else [])], check=True, timeout=60, capture_output=True)
+    options = dict(sshd.options(), key_filename=key, passphrase="wrong", allow_agent=False, look_for_keys=False)
+    p = RemoteProcess(sshd.spec(), target=show, args=(1,), **options)
+    with pytest.raises(remoteproc.AuthenticationError) as raised:
+        p.start()
+    message = str(raised.value)
+    assert "%s (encrypted, and the passphrase given is not its passphrase: check passphrase=" % key in message, \
+        message
+    assert "BEGIN/END" not in message
