@@ -118,8 +118,8 @@ def local_only(obj):
     return ""
 
 
-_FILE_TYPES = (io.FileIO, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.BufferedRWPair,
-               io.TextIOWrapper)
+FILE_TYPES = (io.FileIO, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.BufferedRWPair,
+              io.TextIOWrapper)
 _STD_STREAMS = ("stdin", "stdout", "stderr")
 
 
@@ -131,7 +131,7 @@ def open_file(obj):
     refuses them all.  Such a file is therefore refused in every case, as multiprocessing's spawn
     refuses it, so that a program does the same whatever the host's Python.  The interpreter's own
     streams (``sys.stdout``, ...) are not refused: they arrive as the receiver's own."""
-    if not isinstance(obj, _FILE_TYPES):
+    if not isinstance(obj, FILE_TYPES):
         return None
     import sys
 
@@ -183,7 +183,8 @@ def _item_pickler():
             def reducer_override(self, obj):
                 if isinstance(obj, (_ConnectionBase, socket.socket)):
                     _refuse(obj)
-                refuse_open_file(obj)
+                if isinstance(obj, FILE_TYPES):
+                    refuse_open_file(obj)
                 instead = local_only(obj)
                 if instead:
                     raise RefusedLocal("a multiprocessing %s cannot be sent to another process, maybe on another "
