@@ -113,6 +113,12 @@ def _crossing(pickler: Any, obj: Any) -> Any:
 
         return reduce_proxy(obj, pickler)
     _refuse_local_only(obj, pickler.host)
+    name = proxies.open_file(obj) if isinstance(obj, proxies.FILE_TYPES) else None
+    if name is not None:
+        raise PicklingError("an open file (%s) cannot be passed to a remote process on %s: its file descriptor "
+                            "is of this host. Fix: pass its path and open it in the target (the file must exist "
+                            "on %s), or pass its content (f.read())" % (name, pickler.host, pickler.host),
+                            pickler.host)
     return None
 
 
@@ -253,6 +259,8 @@ class _ItemSpawnPickler(pickle.Pickler):
     def reducer_override(self, obj):
         if isinstance(obj, (_ConnectionBase, socket.socket)):
             proxies._refuse(obj)
+        if isinstance(obj, proxies.FILE_TYPES):
+            proxies.refuse_open_file(obj)
         if isinstance(obj, (types.FunctionType, type)):
             why = _not_importable(obj)
             if why:

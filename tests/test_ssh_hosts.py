@@ -351,7 +351,7 @@ def test_an_encrypted_key_opens_with_its_passphrase_and_says_so_without(sshd, tm
     subprocess.run(["ssh-keygen", "-q", "-p", "-P", "", "-N", "sesame", "-f", locked], check=True, timeout=30,
                    capture_output=True)
     for passphrase, says in [(None, "(encrypted: pass passphrase= or add it to ssh-agent)"),
-                             ("wrong-one", "(encrypted, and the passphrase given does not open it")]:
+                             ("wrong-one", "(encrypted, and the passphrase given is not its passphrase")]:
         with pytest.raises(remoteproc.AuthenticationError) as info:
             connect(ssh.resolve(sshd.spec(), dict(options, key_filename=locked, passphrase=passphrase)))
         assert "tried: %s %s" % (locked, says) in str(info.value)

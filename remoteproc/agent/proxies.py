@@ -118,6 +118,43 @@ def local_only(obj):
     return ""
 
 
+FILE_TYPES = (io.FileIO, io.BufferedReader, io.BufferedWriter, io.BufferedRandom, io.BufferedRWPair,
+              io.TextIOWrapper)
+_STD_STREAMS = ("stdin", "stdout", "stderr")
+
+
+def open_file(obj):
+    """For a file object of this process's (``open()``'s, closed or not): its name; else None.
+
+    cloudpickle sends a text file opened for reading as a ``StringIO`` of what is left in it, read
+    whole here, and refuses one opened for writing or in binary mode; another Python (spawn mode)
+    refuses them all.  Such a file is therefore refused in every case, as multiprocessing's spawn
+    refuses it, so that a program does the same whatever the host's Python.  The interpreter's own
+    streams (``sys.stdout``, ...) are not refused: they arrive as the receiver's own."""
+    if not isinstance(obj, FILE_TYPES):
+        return None
+    import sys
+
+    if any(obj is getattr(sys, name, None) for name in _STD_STREAMS):
+        return None
+    if not obj.closed:
+        try:
+            obj.fileno()
+        except (OSError, ValueError):
+            return None         # (over an in-memory buffer: no descriptor)
+    name = getattr(obj, "name", None)
+    return repr(name) if name is not None else type(obj).__name__
+
+
+def refuse_open_file(obj):
+    """RefusedHandle for an item that is an open file (``open_file``); nothing for another object."""
+    name = open_file(obj)
+    if name is not None:
+        raise RefusedHandle(
+            "cannot put an open file (%s) into a remoteproc queue or task: its file descriptor is of this "
+            "process, maybe of another host. Send its path or its content instead." % name)
+
+
 def _refuse(obj):
     raise RefusedHandle(
         "cannot put a %s into a remoteproc queue: it holds a file descriptor of one process. "
@@ -146,6 +183,8 @@ def _item_pickler():
             def reducer_override(self, obj):
                 if isinstance(obj, (_ConnectionBase, socket.socket)):
                     _refuse(obj)
+                if isinstance(obj, FILE_TYPES):
+                    refuse_open_file(obj)
                 instead = local_only(obj)
                 if instead:
                     raise RefusedLocal("a multiprocessing %s cannot be sent to another process, maybe on another "

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from ..errors import AuthenticationError
 from .hostkeys import fingerprint
-from .target import DEFAULT_IDENTITIES, Target, public_key
+from .target import DEFAULT_IDENTITIES, Target, own_key_fix, public_key
 
 log = logging.getLogger("remoteproc.ssh")
 
@@ -322,6 +322,10 @@ class _Attempt:
         except (UnsupportedAlgorithm, UnknownKeyType) as exc:
             self.tried.append("%s (%s)" % (label, _unsupported(path, exc)))
             return None
+        except PermissionError:
+            self.tried.append("%s (unreadable: permission denied; fix: make it yours, readable by you only: %s)"
+                              % (label, own_key_fix(path)))
+            return None
         except (paramiko.SSHException, OSError, ValueError) as exc:
             self.tried.append("%s (unusable: %s)" % (label, exc))
             return None
@@ -330,7 +334,11 @@ class _Attempt:
         except (UnsupportedAlgorithm, UnknownKeyType) as exc:
             self.tried.append("%s (%s)" % (label, _unsupported(path, exc)))
         except (TypeError, paramiko.SSHException, OSError, ValueError) as exc:
-            self.tried.append("%s (encrypted, and the passphrase given does not open it: %s)" % (label, exc))
+            if _wrong_passphrase(path, self.target.passphrase):
+                self.tried.append("%s (encrypted, and the passphrase given is not its passphrase: check "
+                                  "passphrase=, or load the key into ssh-agent with ssh-add)" % label)
+            else:
+                self.tried.append("%s (encrypted, and the passphrase given does not open it: %s)" % (label, exc))
         return None
 
     def _offer(self, label: str, key: Any) -> str:
@@ -429,6 +437,26 @@ def _open_to_others(path: str) -> bool:
     except OSError:
         return False
     return st.st_uid == os.getuid() and bool(st.st_mode & 0o077)
+
+
+def _wrong_passphrase(path: str, passphrase: str) -> bool:
+    """Whether ``cryptography`` says the key file is one it reads, but not with this passphrase
+    (paramiko's own error is that of the last key class it tried: "no BEGIN/END delimiters", ...)."""
+    from cryptography.hazmat.primitives import serialization
+
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+        if b"-----BEGIN OPENSSH PRIVATE KEY-----" in data:
+            serialization.load_ssh_private_key(data, passphrase.encode())
+        else:
+            serialization.load_pem_private_key(data, passphrase.encode())
+    except ValueError as exc:
+        text = str(exc).lower()
+        return "checksum" in text or "password" in text or "decrypt" in text
+    except Exception:  # noqa: BLE001 - any other failure: not known to be the passphrase
+        return False
+    return False
 
 
 def _unsupported(path: str, exc: Exception) -> str:

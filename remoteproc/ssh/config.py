@@ -10,6 +10,7 @@ See ``docs/ssh.md`` for what is honoured.
 
 from __future__ import annotations
 
+import difflib
 import glob
 import grp
 import logging
@@ -492,6 +493,28 @@ def _follow_cname(name: str, cname: str, rules: list[tuple[list[str], list[str]]
         if match_pattern_list(name, source, fold=True) and match_pattern_list(cname, target, fold=True):
             return cname
     return name
+
+
+def close_aliases(name: str, ssh_config: Any = None) -> list[str]:
+    """The ``Host`` aliases of the ssh config (``ssh_config=`` as for ``load_config``; its top files,
+    not their Includes) that look like ``name``: a name that does not resolve is most often a typo of
+    one, which the error then names.  Never raises: it only adds to another error."""
+    try:
+        config = load_config(ssh_config)
+        aliases: list[str] = []
+        for path, _kind in config.files:
+            for entry in config._entries(path, name):
+                if isinstance(entry, _Line) and entry.keyword == "host":
+                    aliases.extend(a for a in entry.args if not any(c in a for c in "*?!") and a != name)
+    except (ConfigError, OSError, ValueError):
+        return []
+    return difflib.get_close_matches(name, list(dict.fromkeys(aliases)), n=3, cutoff=0.6)
+
+
+def did_you_mean(name: str, ssh_config: Any = None) -> str:
+    """`` (did you mean 'lab'?)`` for the close aliases of ``name``, or ""."""
+    close = close_aliases(name, ssh_config)
+    return " (did you mean %s?)" % " or ".join(repr(a) for a in close) if close else ""
 
 
 def load_config(ssh_config: Any = None) -> Config:

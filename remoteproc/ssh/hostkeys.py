@@ -195,7 +195,65 @@ def check_host_key(target: Target, key: Any) -> None:
     raise HostKeyError(
         "%s: the host key is unknown (%s %s; %s). Check that fingerprint with the host's "
         "administrator, then trust it: %s; or pass host_key_policy='accept-new' to record it on first "
-        "use." % (target.display, kind, fingerprint(key), checked, _how_to_trust(target, kind)), target.display)
+        "use.%s" % (target.display, kind, fingerprint(key), checked, _how_to_trust(target, kind),
+                     _note(stray_hint(target, blob))), target.display)
+
+
+def _note(clause: str) -> str:
+    return " Note: %s." % clause if clause else ""
+
+
+#: files of ~/.ssh that hold no host keys: never read for a stray one
+_NOT_HOST_KEYS = ("config", "authorized_keys", "authorized_keys2", "environment", "rc")
+_STRAY_MAX = 1 << 20
+
+
+def stray_known_hosts(target: Target, blob: bytes | None = None) -> list[str]:
+    """Files beside the known_hosts files (in ~/.ssh, or the directory of the first one) that hold a
+    key for this host, with ``blob`` that key, although no known_hosts setting names them: where
+    ``ssh-keyscan HOST > ~/.ssh/FILE`` put it.  Private keys and ``*.pub`` files are not read."""
+    named = set(os.path.abspath(f) for f in list(target.known_hosts) + list(target.global_known_hosts))
+    directories = [os.path.expanduser("~/.ssh")]
+    if target.known_hosts:
+        directories.insert(0, os.path.dirname(os.path.abspath(target.known_hosts[0])))
+    names = [target.host_key_name] + ([target.hostname] if not target.host_key_alias else [])
+    found: list[str] = []
+    for directory in dict.fromkeys(directories):
+        try:
+            entries = sorted(os.scandir(directory), key=lambda e: e.name)
+        except OSError:
+            continue
+        for entry in entries:
+            path = os.path.abspath(entry.path)
+            if path in named or entry.name in _NOT_HOST_KEYS or entry.name.endswith(".pub") \
+                    or entry.name.startswith("id_") or path in found:
+                continue
+            try:
+                if not entry.is_file() or entry.stat().st_size > _STRAY_MAX:
+                    continue
+                with open(path, "rb") as f:
+                    if f.read(64).lstrip().startswith(b"-----BEGIN"):
+                        continue        # (a private key, by another name)
+            except OSError:
+                continue
+            lines = read_known_hosts([path])
+            if any(e.marker is None and (blob is None or e.blob == blob) and any(e.matches(n) for n in names)
+                   for e in lines):
+                found.append(path)
+    return found
+
+
+def stray_hint(target: Target, blob: bytes | None = None) -> str:
+    """The clause that names ``stray_known_hosts`` files and their fix, or ""."""
+    import shlex
+
+    stray = stray_known_hosts(target, blob)
+    if not stray:
+        return ""
+    first = shlex.quote(target.known_hosts[0]) if target.known_hosts else "~/.ssh/known_hosts"
+    return ("a key for this host is in %s, which no known_hosts setting names (ssh reads only its "
+            "UserKnownHostsFile and GlobalKnownHostsFile): if you trust it, `cat %s >> %s`, or pass "
+            "known_hosts=%r" % (", ".join(stray), shlex.quote(stray[0]), first, stray[0]))
 
 
 def _how_to_trust(target: Target, kind: str) -> str:

@@ -46,7 +46,15 @@ from ..errors import (
 )
 from . import probe
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
-from .target import MAX_JUMPS, Target, config_read, python_option, setup_option
+from .target import (
+    MAX_JUMPS,
+    Target,
+    config_read,
+    own_key_fix,
+    python_option,
+    setup_option,
+    typo_hint,
+)
 
 #: what ``ssh`` always gets: no terminal, no forwarding that would listen anywhere, no local commands
 FIXED_ARGS = ("-T", "-x", "-o", "ClearAllForwardings=yes", "-o", "PermitLocalCommand=no")
@@ -591,7 +599,7 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
      "the host's key is marked @revoked in known_hosts. Fix: ask the host's administrator"),
     (re.compile(r"Host key verification failed|No .*host key is known for", re.I), HostKeyError,
      "ssh does not know the host's key. Fix: connect once with `{ssh}` and check the fingerprint, or pass "
-     "host_key_policy='accept-new' to record it on first use"),
+     "host_key_policy='accept-new' to record it on first use{stray}"),
     (re.compile(r"Too many authentication failures", re.I), AuthenticationError,
      "the server hung up after too many keys were offered (every ssh-agent key counts against its "
      "MaxAuthTries). Fix: set IdentitiesOnly yes with the right IdentityFile for this host in your ssh "
@@ -602,7 +610,7 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
      "(BatchMode) with this user and key (a key with a passphrase: load it into ssh-agent with ssh-add), or "
      "pass allow_prompt=True for a login that asks"),
     (re.compile(r"Could not resolve hostname|Name or service not known|nodename nor servname", re.I),
-     ConnectError, "the host name does not resolve. Fix: check the name{config}"),
+     ConnectError, "the host name does not resolve. Fix: check the name{typo}{config}"),
     (re.compile(r"Connection refused", re.I), ConnectError,
      "nothing listens on that port. Fix: check the port and that sshd runs there"),
     (re.compile(r"timed out|Connection timeout", re.I), ConnectError,
@@ -622,6 +630,10 @@ _NOISE = re.compile(r"^(?:(?:%s).*|@+\s*|@ .*@\s*)$\n?" % CHATTER.pattern, re.M)
 #: what ssh says of a key file it ignores (``UNPROTECTED PRIVATE KEY FILE!``), and of a refused login
 _UNPROTECTED = re.compile(r"Permissions 0?[0-7]+ for '([^']+)' are too open")
 _DENIED = re.compile(r"Permission denied", re.I)
+#: what ssh says of a key file it cannot read (another owner, mode 0000): it goes on without it
+_UNREADABLE = re.compile(r'Load key "([^"]+)": Permission denied')
+#: ... and of the login the server refused (not the key file)
+_LOGIN_DENIED = re.compile(r"Permission denied \(")
 #: what ssh says when the ``ssh -W`` it ran for a jump host ended before the target's banner
 _JUMP_ENDED = re.compile(r"kex_exchange_identification|Connection closed by UNKNOWN port 65535", re.I)
 #: what ssh says of a server whose first words are not an SSH identification (binary: TLS, ...)
@@ -635,6 +647,14 @@ _FORWARD_FAILED = re.compile(r"open failed|forwarding failed", re.I)
 _PROXY_SILENT = re.compile(r"Connection to UNKNOWN port 65535 timed out", re.I)
 #: the jump host's sshd's answer when it did not open the way on (``channel 0: open failed: REASON``)
 _OPEN_FAILED = re.compile(r"open failed: (.*?)\s*$", re.I | re.M)
+
+
+def _stray(target: Target) -> str:
+    """``; note: a key for this host is in FILE ...`` (``hostkeys.stray_hint``), or ""."""
+    from .hostkeys import stray_hint
+
+    clause = stray_hint(target)
+    return "; note: " + clause if clause else ""
 
 
 def failure(target: Target, status: Optional[int], said: str) -> Optional[RemoteProcessError]:
@@ -689,14 +709,22 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
             "%s (transport='openssh'): %sssh ignored the private key %s: others can read it (ssh uses no key file "
             "whose permissions are too open). Fix: chmod 600 %s: %s"
             % (display, where, ", ".join(keys), " ".join(shlex.quote(k) for k in keys), words), display)
+    unreadable = _UNREADABLE.findall(head)
+    if unreadable and _LOGIN_DENIED.search(head):
+        keys = list(dict.fromkeys(unreadable))
+        return AuthenticationError(
+            "%s (transport='openssh'): %sssh could not read the private key %s (permission denied), and no other "
+            "way to log in worked. Fix: make it yours, readable by you only: %s: %s"
+            % (display, where, ", ".join(keys), "; ".join(own_key_fix(k) for k in keys), words), display)
     changed = _changed_key(head)
     if changed is not None:
         return HostKeyError("%s (transport='openssh'): %s%s, then connect once with `%s` and check the new key's "
                             "fingerprint: %s" % (display, where, changed, ssh, words), display)
     for pattern, kind, advice in _PATTERNS:
         if pattern.search(head):
-            return kind("%s (transport='openssh'): %s%s: %s" % (display, where, advice.format(ssh=ssh, config=config),
-                                                                 words), display)
+            fix = advice.format(ssh=ssh, config=config, typo=typo_hint(target) if "{typo}" in advice else "",
+                                stray=_stray(target) if "{stray}" in advice else "")
+            return kind("%s (transport='openssh'): %s%s: %s" % (display, where, fix, words), display)
     turned = _TURNED_AWAY.findall(said)
     if turned and not _FORWARD_FAILED.search(said):
         # through a jump, a drop by the jump host's sshd shows twice (its ``ssh -W``'s words, then

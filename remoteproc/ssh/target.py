@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from ..errors import ConfigError
-from .config import Config, load_config
+from .config import Config, did_you_mean, load_config
 from .spec import (
     DEFAULT_CONNECT_TIMEOUT,
     DEFAULT_IDLE_TIMEOUT,
@@ -276,6 +276,24 @@ def config_read(options: dict[str, Any]) -> str | None:
     if given is False or str(given).lower() == "none":
         return None
     return os.path.expanduser(os.fspath(given))
+
+
+def own_key_fix(path: str) -> str:
+    """The commands that make a private key file the user's and readable by them only."""
+    import pwd
+    import shlex
+
+    quoted = shlex.quote(path)
+    return "chown %s %s; chmod 600 %s" % (shlex.quote(pwd.getpwuid(os.geteuid()).pw_name), quoted, quoted)
+
+
+def typo_hint(target: Target) -> str:
+    """`` (did you mean 'lab'?)`` when the host as given went to the resolver unchanged (no alias of
+    the config, no HostName) and the config has an alias like it: a typo of an alias; else ""."""
+    given = target.original_host
+    if not given or given.lower() != target.hostname.lower():
+        return ""
+    return did_you_mean(given, target.options.get("ssh_config"))
 
 
 def _preset(options: dict[str, Any], user: str | None, port: int | None) -> dict[str, Any]:
