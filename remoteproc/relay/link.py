@@ -536,7 +536,10 @@ class Link:
                                  self.hello.get("executable")))
         elif op == "exited":
             child.code = int(msg["code"])
-            self._deliver(child)
+            # A child a signal ended (terminate(), kill(), a crash) was not waiting in a send for
+            # the parent to read, as a local one is gone at once: its exit does not wait behind
+            # output the parent may never read (what it sent still follows, in order).
+            self._deliver(child, force=child.code < 0)
         elif op == "error":
             child.code = CONNECTION_LOST
             child.error = error = ("BootstrapError", "%s: %s" % (self.display, msg.get("message")))
@@ -681,8 +684,15 @@ class Link:
         except OSError:
             msgs, eof = [], True
         for (msg, _fds) in msgs:
-            if msg[0] == "signal" and child.code is None:
+            if msg[0] != "signal":
+                continue
+            if child.code is None:
                 self.send(frames.control({"op": "signal", "id": child.id, "sig": int(msg[1])}))
+            elif not child.delivered:
+                # It exited, and its exit waits behind output the parent has not read: a local child
+                # would still be blocked in that send, and the signal would end the wait.
+                self._deliver(child, force=True)
+                return
         if eof:
             # The parent closed (or lost) this process object; a started process runs on, unobserved.
             # One whose start() never returned (interrupted, or the parent died meanwhile) has no
