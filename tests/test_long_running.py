@@ -329,3 +329,20 @@ def test_a_start_while_sshd_is_down_says_so_and_the_next_one_after_its_restart_w
     assert str(own_server.port) in str(info.value) and "sshd" in str(info.value), info.value
     own_server._launch(os.path.join(own_server.workdir, "sshd_config"), own_server.port)
     assert agent_of(host, opts) not in (agent, None)
+
+
+def test_a_pool_without_retries_whose_host_was_lost_says_how_to_survive_that(own_server):
+    """A service's pool outlives a blip of its host's connection only with ``retries``: without, the
+    host's workers are gone for good, and every later task fails.  The error says so and names
+    the fix (before: only the cause, its host named twice)."""
+    host, opts = own_target(own_server, "paramiko")
+    with remoteproc.Pool([host], 2, **opts) as pool:
+        assert pool.map(square, range(4)) == [0, 1, 4, 9]
+        for pid in descendants(own_server.pid):           # the sessions go; sshd still listens
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        assert eventually(lambda: not pool.hosts_status()[host]["up"], 10)
+        with pytest.raises(remoteproc.RemoteProcessError, match="no pool worker is left") as info:
+            pool.apply(square, (3,))
+        text = str(info.value)
+        assert "retries=N" in text and text.count(host) == 1, text
