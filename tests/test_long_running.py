@@ -137,6 +137,45 @@ def test_terminate_of_a_child_whose_exit_waits_behind_unread_output(target):
     p.close()
 
 
+def flood_until_broken(conn: Any) -> None:
+    """Sends 64 KiB messages until the other end is gone; exits 3 on that error."""
+    conn.send(os.getppid())
+    block = b"x" * MESSAGE
+    try:
+        while True:
+            conn.send_bytes(block)
+    except OSError:         # BrokenPipeError, as from a local parent that closed its end
+        sys.exit(3)
+
+
+def test_a_connection_the_program_drops_unclosed_ends_the_childs_sends(target):
+    """The program drops its end of a Pipe without close() while the child floods it: the child's
+    send() fails (as with a local parent that closed its end) instead of blocking for ever, and
+    what the relay held for the stream is let go: round after round, its memory does not grow."""
+    host, opts = target
+
+    def one_round() -> None:
+        parent, child = Pipe()
+        p = RemoteProcess(host, target=flood_until_broken, args=(child,), **opts)
+        p.start()
+        child.close()
+        parent.recv()
+        time.sleep(0.6)         # the buffers fill; the child blocks in send
+        del parent
+        gc.collect()
+        p.join(10)
+        assert p.exitcode == 3
+        p.close()
+
+    one_round()
+    one_round()                 # (the relay's allocator keeps what one round freed, for the next)
+    relay = relay_client.get().proc.pid
+    before = rss_kib(relay)
+    for _ in range(4):
+        one_round()
+    assert rss_kib(relay) - before < 4 << 10, (before, rss_kib(relay))
+
+
 # -- many cycles: nothing grows ----------------------------------------------------------------
 
 def rss_kib(pid: int) -> int:
