@@ -87,12 +87,12 @@ def test_join_after_terminate_returns_though_the_parent_read_nothing(target, how
     it) is terminated: join() returns at once with -15 (-9), as for a local process, and what it
     sent before is still read in order, then EOF.  Before, the relay held the exit until the
     parent had read every byte in flight (about 20 MB here), so join() waited for ever."""
-    parent, child = Pipe()
     host, opts = target
-    p = RemoteProcess(host, target=flood, args=(child,), **opts)
     agent_of(host, opts)        # (the relay and the connection up: their start-up is not measured)
     relay = relay_client.get().proc.pid
     before = rss_kib(relay)
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=flood, args=(child,), **opts)
     p.start()
     child.close()
     agent = parent.recv()
@@ -116,11 +116,10 @@ def test_join_after_terminate_returns_though_the_parent_read_nothing(target, how
 
 def test_terminate_of_a_child_whose_exit_waits_behind_unread_output(target):
     """A child that sent more than the parent's socket holds and returned: its exit waits until the
-    parent has read that (as a local child waits in send(): join() blocks, is_alive() is true, though
-    the child is gone on the host).
-    terminate() then must end the wait, as it ends a local child blocked in send(), instead of
-    being dropped as a late signal (the child is gone on the host) while join() waits for ever;
-    the exit code is the child's own (0), and its output is all still there."""
+    parent has read that (as a local child waits in send(): join() blocks, is_alive() is true), though
+    the child is gone on the host.  terminate() must end the wait, as it ends a local child blocked
+    in send(), instead of being dropped as a late signal while join() waits for ever; the exit code
+    is the child's own (0), and its output is all still there."""
     parent, child = Pipe()
     host, opts = target
     p = RemoteProcess(host, target=send_until_full, args=(child,), **opts)
