@@ -491,7 +491,8 @@ class Scheduler:
         self.lost_hosts[w.host] = reason
         self.down_since.setdefault(w.host, time.time())
         if state == RUN:
-            log.warning("%s: pool workers lost with their connection (%s); the other hosts go on", w.host, reason)
+            log.warning("%s: pool workers lost with their connection (%s); the other hosts go on%s", w.host, reason,
+                        "" if self.reconnector is not None else " (this one is not connected again: retries=0)")
         if state != TERMINATE and self.reconnector is not None:
             slots = sum(1 for x in self.workers if x.host == w.host)
             self.reconnector.lost(w.host, w.options, slots, reason)
@@ -530,8 +531,16 @@ class Scheduler:
 
     def _no_workers_error(self) -> RemoteProcessError:
         why = dict(self.broken_hosts, **self.lost_hosts)
-        detail = "; ".join("%s: %s" % kv for kv in why.items()) or "the pool was shut down"
-        return RemoteProcessError("no pool worker is left to run this task (%s)" % detail)
+        # (a lost connection's reason names its host already)
+        detail = "; ".join(reason if reason.startswith(host + ":") else "%s: %s" % (host, reason)
+                           for host, reason in why.items()) or "the pool was shut down"
+        fix = ""
+        if self.lost_hosts and self.reconnector is None:
+            # A long-running program's pool is broken for good by one network blip: say how not to be.
+            fix = (". Without retries a host whose connection was lost is not connected again: make the pool "
+                   "with retries=N (N > 0) to have it reconnected in the background while tasks wait, or make "
+                   "a new pool")
+        return RemoteProcessError("no pool worker is left to run this task (%s)%s" % (detail, fix))
 
     def _fail_everything(self, err: BaseException) -> None:
         with self.lock:

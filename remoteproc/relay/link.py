@@ -58,7 +58,7 @@ TICK = 0.05
 class RemoteChild:
     """One remote process as the relay sees it."""
 
-    __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams", "payload")
+    __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams", "payload", "signalled")
 
     def __init__(self, child_id: int, status_sock: socket.socket) -> None:
         self.id = child_id
@@ -70,6 +70,7 @@ class RemoteChild:
         self.delivered = False
         self.streams: list[mux.Stream] = []
         self.payload: Optional[mux.Stream] = None   # a big start payload, streamed from its file
+        self.signalled = False      # the parent sent it a signal (terminate(), kill())
 
 
 class Link:
@@ -536,7 +537,10 @@ class Link:
                                  self.hello.get("executable")))
         elif op == "exited":
             child.code = int(msg["code"])
-            self._deliver(child)
+            # A child the parent signalled (terminate(), kill(): it may have given up reading) has
+            # its exit reported at once, as a local one is gone at once, not behind output the parent
+            # may never read; what it sent still follows, in order.
+            self._deliver(child, force=child.signalled)
         elif op == "error":
             child.code = CONNECTION_LOST
             child.error = error = ("BootstrapError", "%s: %s" % (self.display, msg.get("message")))
@@ -681,8 +685,16 @@ class Link:
         except OSError:
             msgs, eof = [], True
         for (msg, _fds) in msgs:
-            if msg[0] == "signal" and child.code is None:
+            if msg[0] != "signal":
+                continue
+            child.signalled = True
+            if child.code is None:
                 self.send(frames.control({"op": "signal", "id": child.id, "sig": int(msg[1])}))
+            elif not child.delivered:
+                # It exited, and its exit waits behind output the parent has not read: a local child
+                # would still be blocked in that send, and the signal would end the wait.
+                self._deliver(child, force=True)
+                return
         if eof:
             # The parent closed (or lost) this process object; a started process runs on, unobserved.
             # One whose start() never returned (interrupted, or the parent died meanwhile) has no
