@@ -143,8 +143,10 @@ def flood_until_broken(conn: Any) -> None:
     try:
         while True:
             conn.send_bytes(block)
-    except OSError:         # BrokenPipeError, as from a local parent that closed its end
+    except BrokenPipeError:     # as from a local parent that closed its end
         sys.exit(3)
+    except ConnectionResetError:    # (what a socket closed with unread bytes in it says instead)
+        sys.exit(4)
 
 
 def test_a_connection_the_program_drops_unclosed_ends_the_childs_sends(target):
@@ -170,9 +172,11 @@ def test_a_connection_the_program_drops_unclosed_ends_the_childs_sends(target):
     one_round()                 # (the relay's allocator keeps what one round freed, for the next)
     relay = relay_client.get().proc.pid
     before = rss_kib(relay)
-    for _ in range(4):
+    for _ in range(8):
         one_round()
-    assert rss_kib(relay) - before < 4 << 10, (before, rss_kib(relay))
+    # A stream the relay held on to would keep its credit's worth (4 MiB and more) each round:
+    # 32 MiB over these rounds. The allocator's own swings, seen up to 8 MiB, stay under half that.
+    assert rss_kib(relay) - before < 16 << 10, (before, rss_kib(relay))
 
 
 # -- many cycles: nothing grows ----------------------------------------------------------------

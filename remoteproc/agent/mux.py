@@ -66,6 +66,20 @@ def _shutdown(fd: int, how: int) -> None:
         sock.close()
 
 
+def _discard_unread(sock) -> None:
+    """Read and drop what ``sock`` still holds: a Unix socket closed with unread bytes makes its
+    peer's next send fail with ECONNRESET, where a local reader that went away gives the writer
+    EPIPE (BrokenPipeError, which programs catch).  Its read side is shut down (STOP) or at its
+    end, so nothing more comes in: what the writer's send buffer held (megabytes: ``SEND_BUFFER``)."""
+    scratch = bytearray(1 << 20)
+    for _ in range(1024):
+        try:
+            if not sock.recv_into(scratch, 0, _DONTWAIT):
+                return
+        except OSError:
+            return
+
+
 def _consume(q, n: int) -> None:
     """Drop the first ``n`` bytes (just written) from the queue of buffers ``q``."""
     while n:
@@ -393,6 +407,8 @@ class Mux:
             self.sel.unregister(s.fd)
             s.events = 0
         if s.sock is not None:
+            if s.reading and s.read_done and not s.shared:
+                _discard_unread(s.sock)
             s.sock.close()
         else:
             os.close(s.fd)
