@@ -32,6 +32,7 @@ from .executor import Executor, _wait_at_exit
 __all__ = ["RemoteprocBackend", "register", "shutdown"]
 
 NAME = "remoteproc"
+ABORT_WAIT = 10.0       # seconds an abort waits for the killed workers' replacements
 
 _executors: dict[str, Executor] = {}        # configuration -> its running executor
 _executors_lock = threading.Lock()
@@ -205,7 +206,13 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         return future.result()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """A batch failed: drop the batches no worker has started (the workers stay for the next call)."""
+        """A batch failed, a ``timeout=`` expired or Ctrl-C came: drop the batches no worker has
+        started and stop those that run, as loky kills its workers.
+
+        The workers running this call's batches are killed and replaced (the executor and the other
+        workers stay for the next call): left running, a long batch nobody waits for would hold
+        its worker, and the next ``Parallel`` call would wait for it to end.
+        """
         with self._lock:
             waiting, self._waiting = list(self._waiting), collections.deque()
             inner = list(self._inner)
@@ -213,10 +220,16 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             outer.cancel()
         for f in inner:
             f.cancel()
-        if self._executor is not None:
-            # the scheduler drops cancelled calls when it next looks at its queue: now, so that
-            # they (and the joblib objects their callbacks hold) do not wait there for the next call
-            self._executor._core.wake()
+        executor = self._executor
+        if executor is None:
+            return
+        # the scheduler drops cancelled calls when it next looks at its queue: now, so that
+        # they (and the joblib objects their callbacks hold) do not wait there for the next call
+        executor._core.wake()
+        running = [f for f in inner if not f.done()]
+        if running and executor._kill_running(running) and threading.current_thread() is not executor._core.thread:
+            # their futures fail once new workers have taken their places: the next call finds them
+            futures.wait(running, timeout=ABORT_WAIT)
 
     def terminate(self) -> None:
         """The end of one Parallel call: keep the workers for the next, forget the batch timings."""

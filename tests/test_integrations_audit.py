@@ -1,0 +1,80 @@
+"""What users of joblib, dask, Slurm, pytest and concurrent.futures do, against remoteproc's
+integrations, compared with what those tools do with their own local backends."""
+
+from __future__ import annotations
+
+import _thread
+import multiprocessing
+import os
+import threading
+import time
+
+import joblib  # the test extra installs it
+import pytest
+from audittasks import mark_and_sleep, pids_in
+
+import remoteproc.joblib as rjoblib
+
+rjoblib.register()
+
+
+@pytest.fixture(autouse=True)
+def _joblib_workers_end():
+    yield
+    rjoblib.shutdown()
+
+
+def _gone(pids, within: float = 10.0) -> bool:
+    """Every pid of this machine's (loopback) host ended within ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        if not [p for p in pids if os.path.exists("/proc/%d" % p)]:
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def _interrupt_after(seconds: float) -> threading.Timer:
+    """Ctrl-C in the main thread after ``seconds`` (as the terminal or Jupyter's stop button does)."""
+    t = threading.Timer(seconds, _thread.interrupt_main)
+    t.start()
+    return t
+
+
+# -- joblib: an aborted call stops its running batches, as loky does ---------------------------------------
+
+@pytest.mark.loopback_only
+@pytest.mark.parametrize("how", ["timeout", "error", "ctrl-c"])
+def test_joblib_an_aborted_call_stops_its_running_batches_and_the_next_call_does_not_wait(
+        host, ssh_options, tmp_path, how):
+    """loky kills its workers when a call is aborted (a task raised, ``timeout=`` expired, Ctrl-C), so
+    the next call starts at once. The backend left the running batches to run to their end: the
+    next Parallel call waited behind them (30 s here), and the hosts computed what nobody wanted."""
+    d = str(tmp_path)
+    os.chmod(d, 0o777)
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-x) for x in range(4))      # the workers are up
+        args = [(d, x, 30) for x in range(6)]
+        if how == "error":
+            args[1] = (d, -1, 0)
+            with pytest.raises(KeyError, match="this batch fails"):
+                joblib.Parallel(n_jobs=2, batch_size=1)(joblib.delayed(mark_and_sleep)(*a) for a in args)
+        elif how == "timeout":
+            with pytest.raises(multiprocessing.TimeoutError):
+                joblib.Parallel(n_jobs=2, batch_size=1, timeout=1.5)(
+                    joblib.delayed(mark_and_sleep)(*a) for a in args)
+        else:
+            timer = _interrupt_after(1.5)
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    joblib.Parallel(n_jobs=2, batch_size=1)(joblib.delayed(mark_and_sleep)(*a) for a in args)
+            finally:
+                timer.cancel()
+        started = pids_in(d)
+        assert started, "no batch started"
+        t = time.monotonic()
+        assert joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-x) for x in range(4)) == [0, 1, 2, 3]
+        took = time.monotonic() - t
+        assert took < 10, "the next call waited %.1f s for the aborted batches" % took
+        assert _gone(started), "the aborted batches still run on the host"
+        assert len(joblib.Parallel(n_jobs=-1)._backend.executor().workers()) == 2       # replaced
