@@ -125,7 +125,8 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         """How many workers are alive now (starting them if needed)."""
         return len(self.executor().workers())
 
-    def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
+    def _at_once(self, n_jobs: Optional[int]) -> int:
+        """How many batches run at once for ``n_jobs`` (joblib's counting, with workers for CPUs)."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         total = max(self.workers(), 1)
@@ -134,6 +135,16 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         if n_jobs < 0:
             return max(total + 1 + n_jobs, 1)
         return min(n_jobs, total)
+
+    def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
+        n = self._at_once(n_jobs)
+        if n == 1 and n_jobs != 1:
+            # joblib runs a call whose n_jobs comes out as 1 in the calling process, as a plain
+            # loop: with a single worker (one host, processes_per_host=1) the tasks would run
+            # here rather than on the host. 2 makes joblib use the backend; the gate of
+            # configure() still runs one batch at a time. (n_jobs=1 itself stays joblib's local loop.)
+            return 2
+        return n
 
     def configure(self, n_jobs: Optional[int] = 1, parallel: Any = None, prefer: Any = None,
                   require: Any = None, **_joblib_options: Any) -> int:
@@ -144,7 +155,7 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             # handed to a worker cannot be cancelled (it may wait in the worker's pipe behind the
             # running one), and joblib pre-dispatches 2 * n_jobs; the others wait here, where an
             # error, a timeout or Ctrl-C (abort_everything) drops them
-            self._limit = n
+            self._limit = self._at_once(n_jobs)
         return n
 
     # -- batches ------------------------------------------------------------------------------------

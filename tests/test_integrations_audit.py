@@ -78,3 +78,20 @@ def test_joblib_an_aborted_call_stops_its_running_batches_and_the_next_call_does
         assert took < 10, "the next call waited %.1f s for the aborted batches" % took
         assert _gone(started), "the aborted batches still run on the host"
         assert len(joblib.Parallel(n_jobs=-1)._backend.executor().workers()) == 2       # replaced
+
+
+@pytest.mark.one_transport
+def test_joblib_a_single_worker_runs_the_tasks_on_its_host_not_here(host, ssh_options):
+    """joblib runs a call whose effective n_jobs is 1 as a plain loop in the calling process: with
+    one host and processes_per_host=1, Parallel(n_jobs=-1), Parallel() and Parallel(n_jobs=4) ran
+    every task here, on the user's machine, instead of on the host. n_jobs=1 itself is joblib's
+    local loop, as with every backend."""
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=1, **ssh_options):
+        for n_jobs in (-1, None, 4):
+            pids = set(joblib.Parallel(n_jobs=n_jobs)(joblib.delayed(os.getpid)() for _ in range(6)))
+            assert len(pids) == 1 and os.getpid() not in pids, n_jobs
+        with joblib.Parallel(n_jobs=-1) as parallel:       # (a managed backend: the same)
+            assert os.getpid() not in set(parallel(joblib.delayed(os.getpid)() for _ in range(3)))
+        assert set(joblib.Parallel(n_jobs=1)(joblib.delayed(os.getpid)() for _ in range(3))) == {os.getpid()}
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        assert os.getpid() not in set(joblib.Parallel(n_jobs=-2)(joblib.delayed(os.getpid)() for _ in range(4)))
