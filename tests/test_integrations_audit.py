@@ -35,7 +35,9 @@ def _gone(pids, within: float = 10.0) -> bool:
 
 
 def _interrupt_after(seconds: float) -> threading.Timer:
-    """Ctrl-C in the main thread after ``seconds`` (as the terminal or Jupyter's stop button does)."""
+    """KeyboardInterrupt in the main thread after ``seconds``, as a SIGINT to this process alone gives
+    (``kill -INT``, an IDE's stop button). (A terminal's Ctrl-C signals the whole process group, and
+    remoteproc forwards that SIGINT to the remote children, which interrupts the batches there.)"""
     t = threading.Timer(seconds, _thread.interrupt_main)
     t.start()
     return t
@@ -44,12 +46,13 @@ def _interrupt_after(seconds: float) -> threading.Timer:
 # -- joblib: an aborted call stops its running batches, as loky does ---------------------------------------
 
 @pytest.mark.loopback_only
-@pytest.mark.parametrize("how", ["timeout", "error", "ctrl-c"])
+@pytest.mark.parametrize("how", ["timeout", "error", "interrupt"])
 def test_joblib_an_aborted_call_stops_its_running_batches_and_the_next_call_does_not_wait(
         host, ssh_options, tmp_path, how):
-    """loky kills its workers when a call is aborted (a task raised, ``timeout=`` expired, Ctrl-C), so
-    the next call starts at once. The backend left the running batches to run to their end: the
-    next Parallel call waited behind them (30 s here), and the hosts computed what nobody wanted."""
+    """loky kills its workers when a call is aborted (a task raised, ``timeout=`` expired, a
+    KeyboardInterrupt), so the next call starts at once. The backend left the running batches to
+    run to their end: the next Parallel call waited behind them (30 s here), and the hosts
+    computed what nobody wanted."""
     d = str(tmp_path)
     os.chmod(d, 0o777)
     with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
