@@ -142,7 +142,10 @@ class Scheduler:
         chunks = []
         for i in range(0, len(items), chunksize):
             part = items[i:i + chunksize]
-            chunks.append(Chunk(job, start + i, len(part), mode, fbytes, self.dumps(part, "the arguments")))
+            # (functions among the arguments keep their file names too: joblib's and dask's calls
+            # travel there, and their tracebacks then name the user's files and lines)
+            chunks.append(Chunk(job, start + i, len(part), mode, fbytes,
+                                self.dumps(part, "the arguments", reduction.dumps_function)))
         return chunks
 
     def dumps(self, obj: object, what: str, dumps: Callable[[Any], bytes] = proxies.dumps_item) -> dict[str, bytes]:

@@ -98,3 +98,40 @@ def test_joblib_a_single_worker_runs_the_tasks_on_its_host_not_here(host, ssh_op
         assert set(joblib.Parallel(n_jobs=1)(joblib.delayed(os.getpid)() for _ in range(3))) == {os.getpid()}
     with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
         assert os.getpid() not in set(joblib.Parallel(n_jobs=-2)(joblib.delayed(os.getpid)() for _ in range(4)))
+
+
+# -- tracebacks name the user's files, as loky's do ------------------------------------------------------------
+
+def _call(fn, x):
+    return fn(x)
+
+
+@pytest.mark.one_transport
+@pytest.mark.loopback_only      # (the source line: the test's file is on the host)
+def test_a_failing_call_of_joblib_dask_or_an_argument_names_its_file_and_line(host, ssh_options):
+    """loky's remote traceback shows the user's file, line and source for a function of the script.
+    A function shipped by value kept its file name only as the task's own function: joblib's calls and
+    dask's tasks travel among the arguments, and their frames said ``File "<dynamic-code>"``."""
+    import dask
+
+    import remoteproc
+
+    def fails(x):                   # (by value: a function of no importable module)
+        return 1 // (x - 2)
+
+    def check(exc: BaseException) -> None:
+        text = str(exc.__cause__)
+        assert "<dynamic-code>" not in text and '"%s", line' % __file__ in text, text
+        assert "return 1 // (x - 2)" in text, text          # the source line, as the file is on the host
+
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        with pytest.raises(ZeroDivisionError) as info:
+            joblib.Parallel()(joblib.delayed(fails)(x) for x in range(4))
+    check(info.value)
+    with remoteproc.Executor([host], 1, **ssh_options) as executor:
+        with pytest.raises(ZeroDivisionError) as info:
+            executor.submit(_call, fails, 2).result(timeout=60)
+        check(info.value)
+        with pytest.raises(ZeroDivisionError) as info:
+            dask.compute(dask.delayed(fails)(2), scheduler=executor)
+        check(info.value)
