@@ -28,6 +28,7 @@ from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, Se
 from .agent import worker
 from .errors import ConfigError
 from .executor import Executor, _wait_at_exit
+from .scheduler import RUN
 
 __all__ = ["RemoteprocBackend", "register", "shutdown"]
 
@@ -50,6 +51,14 @@ def shutdown() -> None:
         _executors.clear()
     for executor in executors:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _usable(executor: Executor) -> bool:
+    """The executor can still run a call: not shut down, and a worker alive (or a lost host being
+    reconnected, with ``retries``)."""
+    core = executor._core
+    return (not executor._shutdown and core.state == RUN
+            and (any(w.alive for w in core.workers) or core._reconnecting()))
 
 
 def _nested(batch: Any) -> Optional[tuple]:
@@ -102,22 +111,29 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
 
     # -- the workers ------------------------------------------------------------------------------
     def executor(self) -> Executor:
-        """The executor of this configuration, started on first use."""
-        if self._executor is not None:
+        """The executor of this configuration: started on first use, and again when the one there
+        was can run nothing more (``shutdown()`` stopped it, or every worker was lost with its
+        host), as loky replaces a broken executor at the next call."""
+        if self._executor is not None and _usable(self._executor):
             return self._executor
         if self.hosts is None:
             raise ConfigError("the joblib backend %r needs hosts: joblib.parallel_config(backend=%r, "
                               "hosts=['user@host', ...])" % (NAME, NAME))
         key = repr((self.hosts, self.processes_per_host, self.initializer, self.initargs,
                     sorted(self.ssh_options.items())))
+        stale = None
         with _executors_lock:
             executor = _executors.get(key)
+            if executor is not None and not _usable(executor):
+                stale, executor = _executors.pop(key), None
             if executor is None:
                 executor = _executors[key] = Executor(self.hosts, self.processes_per_host, self.initializer,
                                                       self.initargs, **self.ssh_options)
                 # as loky's reusable executor: the program's end stops the workers, whatever
                 # they still run (a timed-out or failed Parallel's batches), rather than wait for it
                 _wait_at_exit.discard(executor)
+        if stale is not None:
+            stale.shutdown(wait=False, cancel_futures=True)
         self._executor = executor
         return executor
 
@@ -179,10 +195,12 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             return
         calls = getattr(func, "items", None)
         try:
+            # (the executor configure() found or started: a call does not change it half-way)
+            executor = self._executor or self.executor()
             if isinstance(calls, list):     # a joblib BatchedCalls: ship its calls, not joblib
-                inner = self.executor().submit(worker.run_calls, calls, _nested(func))
+                inner = executor.submit(worker.run_calls, calls, _nested(func))
             else:
-                inner = self.executor().submit(func)
+                inner = executor.submit(func)
         except BaseException as exc:
             outer.set_exception(exc)
             self._done(None)

@@ -135,3 +135,42 @@ def test_a_failing_call_of_joblib_dask_or_an_argument_names_its_file_and_line(ho
         with pytest.raises(ZeroDivisionError) as info:
             dask.compute(dask.delayed(fails)(2), scheduler=executor)
         check(info.value)
+
+
+# -- joblib: a configuration's workers come back after shutdown() or the loss of every host -------------------
+
+@pytest.mark.one_transport
+def test_joblib_shutdown_inside_a_parallel_config_block_then_another_call(host, ssh_options):
+    """The docs: shutdown() stops the workers and the next call starts new ones. Inside the same
+    parallel_config block the backend kept the executor it had: the next call raised
+    RuntimeError("cannot schedule new futures after shutdown")."""
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        first = set(joblib.Parallel()(joblib.delayed(os.getpid)() for _ in range(4)))
+        rjoblib.shutdown()
+        second = set(joblib.Parallel()(joblib.delayed(os.getpid)() for _ in range(4)))
+    assert os.getpid() not in first | second and not first & second
+
+
+@pytest.mark.loopback_only
+def test_joblib_a_configuration_whose_hosts_were_all_lost_gets_new_workers_at_the_next_call(host, ssh_options):
+    """loky replaces a broken executor at the next call. The backend kept its executor with no worker
+    left: every later Parallel call of that configuration failed with "no pool worker is left"
+    until the program called remoteproc.joblib.shutdown() or ended."""
+    import signal
+    from concurrent.futures.process import BrokenProcessPool
+
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        backend = joblib.Parallel()._backend
+        assert joblib.Parallel()(joblib.delayed(abs)(-x) for x in range(4)) == [0, 1, 2, 3]
+        agents = {w.agent_pid for w in backend.executor()._core.workers}
+        assert agents and None not in agents
+        killer = threading.Timer(1.0, lambda: [os.kill(a, signal.SIGKILL) for a in agents])
+        killer.start()
+        try:
+            with pytest.raises(BrokenProcessPool, match="lost"):
+                joblib.Parallel(batch_size=1)(joblib.delayed(time.sleep)(5) for _ in range(4))
+        finally:
+            killer.join()
+        for _ in range(2):
+            assert joblib.Parallel()(joblib.delayed(abs)(-x) for x in range(4)) == [0, 1, 2, 3]
+        assert len(backend.executor().workers()) == 2
