@@ -117,6 +117,8 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         if self._executor is not None and _usable(self._executor):
             return self._executor
         if self.hosts is None:
+            self._take_active_configuration()
+        if self.hosts is None:
             raise ConfigError("the joblib backend %r needs hosts: joblib.parallel_config(backend=%r, "
                               "hosts=['user@host', ...])" % (NAME, NAME))
         key = repr((self.hosts, self.processes_per_host, self.initializer, self.initargs,
@@ -136,6 +138,20 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             stale.shutdown(wait=False, cancel_futures=True)
         self._executor = executor
         return executor
+
+    def _take_active_configuration(self) -> None:
+        """``Parallel(backend="remoteproc")`` makes a backend of its own, without arguments: inside
+        a ``parallel_config(backend="remoteproc", hosts=...)`` block it takes that block's hosts
+        and options, as it would have by naming no backend."""
+        try:
+            from joblib.parallel import get_active_backend
+            active, _n_jobs = get_active_backend()
+        except Exception:       # (a joblib without it: the error below says what to do)
+            return
+        if isinstance(active, RemoteprocBackend) and active is not self and active.hosts is not None:
+            self.hosts, self.processes_per_host = active.hosts, active.processes_per_host
+            self.initializer, self.initargs = active.initializer, active.initargs
+            self.ssh_options = dict(active.ssh_options)
 
     def workers(self) -> int:
         """How many workers are alive now (starting them if needed)."""

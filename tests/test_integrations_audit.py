@@ -174,3 +174,16 @@ def test_joblib_a_configuration_whose_hosts_were_all_lost_gets_new_workers_at_th
         for _ in range(2):
             assert joblib.Parallel()(joblib.delayed(abs)(-x) for x in range(4)) == [0, 1, 2, 3]
         assert len(backend.executor().workers()) == 2
+
+
+@pytest.mark.one_transport
+def test_joblib_parallel_naming_the_backend_inside_its_parallel_config_block_takes_the_block_s_hosts(
+        host, ssh_options):
+    """joblib makes a backend of its own, without arguments, for Parallel(backend="remoteproc"): inside
+    parallel_config(backend="remoteproc", hosts=...) that raised "the joblib backend 'remoteproc'
+    needs hosts", where naming no backend works."""
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        pids = set(joblib.Parallel(n_jobs=2, backend="remoteproc")(joblib.delayed(os.getpid)() for _ in range(4)))
+    assert pids and os.getpid() not in pids
+    with pytest.raises(ValueError, match="needs hosts"):        # (outside a block: still the error that says how)
+        joblib.Parallel(n_jobs=2, backend="remoteproc")(joblib.delayed(abs)(-1) for _ in range(2))
