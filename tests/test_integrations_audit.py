@@ -110,8 +110,9 @@ def _call(fn, x):
 @pytest.mark.loopback_only      # (the source line: the test's file is on the host)
 def test_a_failing_call_of_joblib_dask_or_an_argument_names_its_file_and_line(host, ssh_options):
     """loky's remote traceback shows the user's file, line and source for a function of the script.
-    A function shipped by value kept its file name only as the task's own function: joblib's calls and
-    dask's tasks travel among the arguments, and their frames said ``File "<dynamic-code>"``."""
+    A function shipped by value kept its file name only as the task's own function: joblib's calls,
+    dask's tasks and the function of Executor.map(chunksize>1) travel among the arguments, and their
+    frames said ``File "<dynamic-code>"``."""
     import dask
 
     import remoteproc
@@ -131,6 +132,9 @@ def test_a_failing_call_of_joblib_dask_or_an_argument_names_its_file_and_line(ho
     with remoteproc.Executor([host], 1, **ssh_options) as executor:
         with pytest.raises(ZeroDivisionError) as info:
             executor.submit(_call, fails, 2).result(timeout=60)
+        check(info.value)
+        with pytest.raises(ZeroDivisionError) as info:      # (map's chunks carry the function as an argument)
+            list(executor.map(fails, [1, 2, 3], chunksize=2))
         check(info.value)
         with pytest.raises(ZeroDivisionError) as info:
             dask.compute(dask.delayed(fails)(2), scheduler=executor)
