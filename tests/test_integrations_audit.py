@@ -191,3 +191,34 @@ def test_joblib_parallel_naming_the_backend_inside_its_parallel_config_block_tak
     assert pids and os.getpid() not in pids
     with pytest.raises(ValueError, match="needs hosts"):        # (outside a block: still the error that says how)
         joblib.Parallel(n_jobs=2, backend="remoteproc")(joblib.delayed(abs)(-1) for _ in range(2))
+
+
+@pytest.mark.one_transport
+def test_joblib_an_aborted_call_leaves_the_batches_of_another_call_on_the_same_workers_alone(
+        host, ssh_options, tmp_path):
+    """Two threads share one configuration's executor: the abort of one call kills only the workers
+    running that call's batches; the other call's batches end with their results."""
+    d = str(tmp_path)
+    os.chmod(d, 0o777)
+    config = dict(backend="remoteproc", hosts=[host], processes_per_host=4, **ssh_options)
+    out: dict = {}
+
+    def other_call() -> None:
+        with joblib.parallel_config(**config):
+            try:
+                out["values"] = joblib.Parallel(n_jobs=2, batch_size=1)(
+                    joblib.delayed(mark_and_sleep)(d, x, 3) for x in (100, 101))
+            except BaseException as exc:        # (reported below, in the test's thread)
+                out["error"] = exc
+
+    with joblib.parallel_config(**config):
+        joblib.Parallel(n_jobs=-1)(joblib.delayed(abs)(-x) for x in range(8))     # the workers are up
+        thread = threading.Thread(target=other_call)
+        thread.start()
+        time.sleep(1.0)         # (the other call's batches run)
+        with pytest.raises(KeyError, match="this batch fails"):
+            joblib.Parallel(n_jobs=2, batch_size=1)(
+                joblib.delayed(mark_and_sleep)(d, x, 30 if x != 2 else 0) for x in (1, -1, 2, 3))
+        thread.join(60)
+    assert not thread.is_alive()
+    assert out.get("values") == [100, 101], out
