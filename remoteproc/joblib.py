@@ -39,9 +39,31 @@ _executors: dict[str, Executor] = {}        # configuration -> its running execu
 _executors_lock = threading.Lock()
 
 
-def register(name: str = NAME, make_default: bool = False) -> None:
-    """Register the backend with joblib under ``name`` (again is harmless)."""
-    register_parallel_backend(name, RemoteprocBackend, make_default=make_default)
+def register(name: str = NAME, make_default: bool = False, **config: Any) -> None:
+    """Register the backend with joblib under ``name`` (again is harmless).
+
+    ``config`` (``hosts=``, ``processes_per_host=``, ``initializer=``, ``initargs=``, ssh
+    options: what ``parallel_config(backend=name, ...)`` takes) is where every backend of that
+    name starts from, a ``parallel_config`` block's own arguments winning. ``make_default=True``
+    needs ``hosts``: joblib's default backend is made without arguments (every ``Parallel``
+    outside a block, scikit-learn's too), and would have nowhere to run.
+    """
+    if make_default and config.get("hosts") is None:
+        raise ConfigError("remoteproc.joblib.register(make_default=True) needs hosts=['user@host', ...]: "
+                          "joblib makes its default backend without arguments, so the hosts must come "
+                          "from here (or use joblib.parallel_config(backend=%r, hosts=[...]) blocks "
+                          "without make_default)" % name)
+    factory: type[RemoteprocBackend] = RemoteprocBackend
+    if config:
+        defaults = dict(config)
+
+        def __init__(self: RemoteprocBackend, *args: Any, **kwargs: Any) -> None:
+            RemoteprocBackend.__init__(self, *args, **{**defaults, **kwargs})
+
+        # (a class, as joblib's backends are, named as the plain one in joblib's messages)
+        factory = type("RemoteprocBackend", (RemoteprocBackend,), {"__init__": __init__, "__module__": __name__,
+                                                                   "__qualname__": "RemoteprocBackend"})
+    register_parallel_backend(name, factory, make_default=make_default)
 
 
 def shutdown() -> None:

@@ -222,3 +222,25 @@ def test_joblib_an_aborted_call_leaves_the_batches_of_another_call_on_the_same_w
         thread.join(60)
     assert not thread.is_alive()
     assert out.get("values") == [100, 101], out
+
+
+@pytest.mark.one_transport
+def test_joblib_register_as_the_default_backend_with_hosts(host, ssh_options):
+    """register(make_default=True) made joblib's default a backend it builds without arguments: every
+    Parallel() outside a parallel_config block then raised "needs hosts", and nothing could give them.
+    register() now takes the configuration, and refuses make_default=True without hosts."""
+    import joblib.parallel
+
+    saved = joblib.parallel.DEFAULT_BACKEND
+    try:
+        with pytest.raises(ValueError, match="needs hosts"):
+            rjoblib.register("remoteproc-audit", make_default=True)
+        assert joblib.parallel.DEFAULT_BACKEND == saved
+        rjoblib.register("remoteproc-audit", make_default=True, hosts=[host], processes_per_host=2, **ssh_options)
+        pids = set(joblib.Parallel(n_jobs=-1)(joblib.delayed(os.getpid)() for _ in range(6)))
+        assert pids and os.getpid() not in pids
+        with joblib.parallel_config(backend="remoteproc-audit", processes_per_host=1):     # a block's own win
+            assert len(set(joblib.Parallel(n_jobs=-1)(joblib.delayed(os.getpid)() for _ in range(6)))) == 1
+    finally:
+        joblib.parallel.DEFAULT_BACKEND = saved
+        joblib.parallel.BACKENDS.pop("remoteproc-audit", None)
