@@ -6,15 +6,17 @@ import time
 
 
 def mark_and_sleep(directory, x, seconds):
-    """Leave a file named after this process and x in directory, then sleep; x == -1 raises at once."""
+    """Leave a file named after this process and x in directory, then sleep; x == -1 then raises."""
     with open(os.path.join(directory, "%d-%d" % (os.getpid(), x)), "w"):
         pass
+    time.sleep(seconds)
     if x == -1:
         raise KeyError("this batch fails")
-    time.sleep(seconds)
     return x
 
 
 def pids_in(directory):
-    """The pids that left a file in directory (mark_and_sleep's)."""
-    return sorted({int(name.split("-")[0]) for name in os.listdir(directory)})
+    """The pids that left a file in directory for a batch that sleeps (mark_and_sleep's x >= 0; the
+    worker of a batch that raised lives on)."""
+    marks = [name.split("-", 1) for name in os.listdir(directory)]
+    return sorted({int(pid) for pid, x in marks if int(x) >= 0})

@@ -59,7 +59,7 @@ def test_joblib_an_aborted_call_stops_its_running_batches_and_the_next_call_does
         joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-x) for x in range(4))      # the workers are up
         args = [(d, x, 30) for x in range(6)]
         if how == "error":
-            args[1] = (d, -1, 0)
+            args[1] = (d, -1, 1.0)         # (by then the batch of 0 runs)
             with pytest.raises(KeyError, match="this batch fails"):
                 joblib.Parallel(n_jobs=2, batch_size=1)(joblib.delayed(mark_and_sleep)(*a) for a in args)
         elif how == "timeout":
@@ -218,7 +218,7 @@ def test_joblib_an_aborted_call_leaves_the_batches_of_another_call_on_the_same_w
         time.sleep(1.0)         # (the other call's batches run)
         with pytest.raises(KeyError, match="this batch fails"):
             joblib.Parallel(n_jobs=2, batch_size=1)(
-                joblib.delayed(mark_and_sleep)(d, x, 30 if x != 2 else 0) for x in (1, -1, 2, 3))
+                joblib.delayed(mark_and_sleep)(d, x, 0.5 if x == -1 else 30) for x in (1, -1, 2, 3))
         thread.join(60)
     assert not thread.is_alive()
     assert out.get("values") == [100, 101], out
@@ -244,3 +244,19 @@ def test_joblib_register_as_the_default_backend_with_hosts(host, ssh_options):
     finally:
         joblib.parallel.DEFAULT_BACKEND = saved
         joblib.parallel.BACKENDS.pop("remoteproc-audit", None)
+
+
+@pytest.mark.one_transport
+@pytest.mark.loopback_only      # (the batches leave files in tmp_path)
+def test_joblib_no_batch_starts_after_one_failed(host, ssh_options, tmp_path):
+    """The docs: batches not yet started when a task raises are dropped. The slot of the failed batch
+    went to the next waiting batch (in the callback that reported the failure), which started on
+    the host before the caller's abort came."""
+    d = str(tmp_path)
+    os.chmod(d, 0o777)
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-x) for x in range(4))      # the workers are up
+        with pytest.raises(KeyError, match="this batch fails"):
+            joblib.Parallel(n_jobs=2, batch_size=1)(
+                joblib.delayed(mark_and_sleep)(d, x, 0.5 if x == -1 else 3) for x in (-1, 1, 2, 3, 4, 5))
+    assert sorted(int(name.split("-", 1)[1]) for name in os.listdir(d)) == [-1, 1]
