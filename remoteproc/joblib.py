@@ -259,10 +259,13 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         self._done(inner)
 
     def _done(self, inner: Optional[futures.Future]) -> None:
-        """A batch ended: let the next waiting one go."""
+        """A batch ended: let the next waiting one go, unless joblib is aborting the call (a batch
+        failed: its callback, just before this, told joblib so), whose abort_everything() drops
+        the waiting ones: none of them starts after the failure."""
+        aborting = getattr(getattr(self, "parallel", None), "_aborting", False)
         with self._lock:
             self._inner.discard(inner)
-            if self._waiting:                   # its slot goes to the next one
+            if self._waiting and not aborting:  # its slot goes to the next one
                 func, outer = self._waiting.popleft()
             else:
                 self._running -= 1
