@@ -101,6 +101,12 @@ class Executor(futures.Executor):
             self._finalizer.detach()
             self._core.join()
 
+    def _kill_running(self, fs: Iterable[futures.Future]) -> int:
+        """Kill the workers that run only calls of ``fs`` (those calls fail with ``WorkerDiedError``;
+        new workers replace them): the joblib backend's abort."""
+        mine = set(fs)
+        return self._core.kill_running(lambda job: isinstance(job, _FutureJob) and job.future in mine)
+
     def workers(self) -> list[tuple[str, int]]:
         """``(host, remote pid)`` of each live worker, in placement order."""
         return [(w.host, w.pid) for w in self._core.workers if w.alive]

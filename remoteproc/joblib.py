@@ -28,18 +28,42 @@ from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, Se
 from .agent import worker
 from .errors import ConfigError
 from .executor import Executor, _wait_at_exit
+from .scheduler import RUN
 
 __all__ = ["RemoteprocBackend", "register", "shutdown"]
 
 NAME = "remoteproc"
+ABORT_WAIT = 10.0       # seconds an abort waits for the killed workers' replacements
 
 _executors: dict[str, Executor] = {}        # configuration -> its running executor
 _executors_lock = threading.Lock()
 
 
-def register(name: str = NAME, make_default: bool = False) -> None:
-    """Register the backend with joblib under ``name`` (again is harmless)."""
-    register_parallel_backend(name, RemoteprocBackend, make_default=make_default)
+def register(name: str = NAME, make_default: bool = False, **config: Any) -> None:
+    """Register the backend with joblib under ``name`` (again is harmless).
+
+    ``config`` (``hosts=``, ``processes_per_host=``, ``initializer=``, ``initargs=``, ssh
+    options: what ``parallel_config(backend=name, ...)`` takes) is where every backend of that
+    name starts from, a ``parallel_config`` block's own arguments winning. ``make_default=True``
+    needs ``hosts``: joblib's default backend is made without arguments (every ``Parallel``
+    outside a block, scikit-learn's too), and would have nowhere to run.
+    """
+    if make_default and config.get("hosts") is None:
+        raise ConfigError("remoteproc.joblib.register(make_default=True) needs hosts=['user@host', ...]: "
+                          "joblib makes its default backend without arguments, so the hosts must come "
+                          "from here (or use joblib.parallel_config(backend=%r, hosts=[...]) blocks "
+                          "without make_default)" % name)
+    factory: type[RemoteprocBackend] = RemoteprocBackend
+    if config:
+        defaults = dict(config)
+
+        def __init__(self: RemoteprocBackend, *args: Any, **kwargs: Any) -> None:
+            RemoteprocBackend.__init__(self, *args, **{**defaults, **kwargs})
+
+        # (a class, as joblib's backends are, named as the plain one in joblib's messages)
+        factory = type("RemoteprocBackend", (RemoteprocBackend,), {"__init__": __init__, "__module__": __name__,
+                                                                   "__qualname__": "RemoteprocBackend"})
+    register_parallel_backend(name, factory, make_default=make_default)
 
 
 def shutdown() -> None:
@@ -49,6 +73,14 @@ def shutdown() -> None:
         _executors.clear()
     for executor in executors:
         executor.shutdown(wait=True, cancel_futures=True)
+
+
+def _usable(executor: Executor) -> bool:
+    """The executor can still run a call: not shut down, and a worker alive (or a lost host being
+    reconnected, with ``retries``)."""
+    core = executor._core
+    return (not executor._shutdown and core.state == RUN
+            and (any(w.alive for w in core.workers) or core._reconnecting()))
 
 
 def _nested(batch: Any) -> Optional[tuple]:
@@ -101,30 +133,54 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
 
     # -- the workers ------------------------------------------------------------------------------
     def executor(self) -> Executor:
-        """The executor of this configuration, started on first use."""
-        if self._executor is not None:
+        """The executor of this configuration: started on first use, and again when the one there
+        was can run nothing more (``shutdown()`` stopped it, or every worker was lost with its
+        host), as loky replaces a broken executor at the next call."""
+        if self._executor is not None and _usable(self._executor):
             return self._executor
+        if self.hosts is None:
+            self._take_active_configuration()
         if self.hosts is None:
             raise ConfigError("the joblib backend %r needs hosts: joblib.parallel_config(backend=%r, "
                               "hosts=['user@host', ...])" % (NAME, NAME))
         key = repr((self.hosts, self.processes_per_host, self.initializer, self.initargs,
                     sorted(self.ssh_options.items())))
+        stale = None
         with _executors_lock:
             executor = _executors.get(key)
+            if executor is not None and not _usable(executor):
+                stale, executor = _executors.pop(key), None
             if executor is None:
                 executor = _executors[key] = Executor(self.hosts, self.processes_per_host, self.initializer,
                                                       self.initargs, **self.ssh_options)
                 # as loky's reusable executor: the program's end stops the workers, whatever
                 # they still run (a timed-out or failed Parallel's batches), rather than wait for it
                 _wait_at_exit.discard(executor)
+        if stale is not None:
+            stale.shutdown(wait=False, cancel_futures=True)
         self._executor = executor
         return executor
+
+    def _take_active_configuration(self) -> None:
+        """``Parallel(backend="remoteproc")`` makes a backend of its own, without arguments: inside
+        a ``parallel_config(backend="remoteproc", hosts=...)`` block it takes that block's hosts
+        and options, as it would have by naming no backend."""
+        try:
+            from joblib.parallel import get_active_backend
+            active, _n_jobs = get_active_backend()
+        except Exception:       # (a joblib without it: the error below says what to do)
+            return
+        if isinstance(active, RemoteprocBackend) and active is not self and active.hosts is not None:
+            self.hosts, self.processes_per_host = active.hosts, active.processes_per_host
+            self.initializer, self.initargs = active.initializer, active.initargs
+            self.ssh_options = dict(active.ssh_options)
 
     def workers(self) -> int:
         """How many workers are alive now (starting them if needed)."""
         return len(self.executor().workers())
 
-    def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
+    def _at_once(self, n_jobs: Optional[int]) -> int:
+        """How many batches run at once for ``n_jobs`` (joblib's counting, with workers for CPUs)."""
         if n_jobs == 0:
             raise ValueError("n_jobs == 0 in Parallel has no meaning")
         total = max(self.workers(), 1)
@@ -133,6 +189,16 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         if n_jobs < 0:
             return max(total + 1 + n_jobs, 1)
         return min(n_jobs, total)
+
+    def effective_n_jobs(self, n_jobs: Optional[int]) -> int:
+        n = self._at_once(n_jobs)
+        if n == 1 and n_jobs != 1:
+            # joblib runs a call whose n_jobs comes out as 1 in the calling process, as a plain
+            # loop: with a single worker (one host, processes_per_host=1) the tasks would run
+            # here rather than on the host. 2 makes joblib use the backend; the gate of
+            # configure() still runs one batch at a time. (n_jobs=1 itself stays joblib's local loop.)
+            return 2
+        return n
 
     def configure(self, n_jobs: Optional[int] = 1, parallel: Any = None, prefer: Any = None,
                   require: Any = None, **_joblib_options: Any) -> int:
@@ -143,7 +209,7 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             # handed to a worker cannot be cancelled (it may wait in the worker's pipe behind the
             # running one), and joblib pre-dispatches 2 * n_jobs; the others wait here, where an
             # error, a timeout or Ctrl-C (abort_everything) drops them
-            self._limit = n
+            self._limit = self._at_once(n_jobs)
         return n
 
     # -- batches ------------------------------------------------------------------------------------
@@ -167,10 +233,12 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             return
         calls = getattr(func, "items", None)
         try:
+            # (the executor configure() found or started: a call does not change it half-way)
+            executor = self._executor or self.executor()
             if isinstance(calls, list):     # a joblib BatchedCalls: ship its calls, not joblib
-                inner = self.executor().submit(worker.run_calls, calls, _nested(func))
+                inner = executor.submit(worker.run_calls, calls, _nested(func))
             else:
-                inner = self.executor().submit(func)
+                inner = executor.submit(func)
         except BaseException as exc:
             outer.set_exception(exc)
             self._done(None)
@@ -191,10 +259,13 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         self._done(inner)
 
     def _done(self, inner: Optional[futures.Future]) -> None:
-        """A batch ended: let the next waiting one go."""
+        """A batch ended: let the next waiting one go, unless joblib is aborting the call (a batch
+        failed: its callback, just before this, told joblib so), whose abort_everything() drops
+        the waiting ones: none of them starts after the failure."""
+        aborting = getattr(getattr(self, "parallel", None), "_aborting", False)
         with self._lock:
             self._inner.discard(inner)
-            if self._waiting:                   # its slot goes to the next one
+            if self._waiting and not aborting:  # its slot goes to the next one
                 func, outer = self._waiting.popleft()
             else:
                 self._running -= 1
@@ -205,7 +276,13 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         return future.result()
 
     def abort_everything(self, ensure_ready: bool = True) -> None:
-        """A batch failed: drop the batches no worker has started (the workers stay for the next call)."""
+        """A batch failed, a ``timeout=`` expired or Ctrl-C came: drop the batches no worker has
+        started and stop those that run, as loky kills its workers.
+
+        The workers running this call's batches are killed and replaced (the executor and the other
+        workers stay for the next call): left running, a long batch nobody waits for would hold
+        its worker, and the next ``Parallel`` call would wait for it to end.
+        """
         with self._lock:
             waiting, self._waiting = list(self._waiting), collections.deque()
             inner = list(self._inner)
@@ -213,10 +290,16 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             outer.cancel()
         for f in inner:
             f.cancel()
-        if self._executor is not None:
-            # the scheduler drops cancelled calls when it next looks at its queue: now, so that
-            # they (and the joblib objects their callbacks hold) do not wait there for the next call
-            self._executor._core.wake()
+        executor = self._executor
+        if executor is None:
+            return
+        # the scheduler drops cancelled calls when it next looks at its queue: now, so that
+        # they (and the joblib objects their callbacks hold) do not wait there for the next call
+        executor._core.wake()
+        running = [f for f in inner if not f.done()]
+        if running and executor._kill_running(running) and threading.current_thread() is not executor._core.thread:
+            # their futures fail once new workers have taken their places: the next call finds them
+            futures.wait(running, timeout=ABORT_WAIT)
 
     def terminate(self) -> None:
         """The end of one Parallel call: keep the workers for the next, forget the batch timings."""

@@ -72,9 +72,9 @@ _function_pickler: Any = None
 
 
 def dumps_function(func: Any) -> bytes:
-    """A Pool or Executor task's function, pickled as queue items are, but with the real file
-    names in its code (the worker's tracebacks then name them, and show their lines where the
-    file exists on that host)."""
+    """A Pool or Executor task's function (and its arguments), pickled as queue items are, but
+    with the real file names in its code (the worker's tracebacks then name them, and show their
+    lines where the file exists on that host)."""
     global _function_pickler
     spawned_main_by_value()
     if _function_pickler is None:

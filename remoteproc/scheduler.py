@@ -142,7 +142,10 @@ class Scheduler:
         chunks = []
         for i in range(0, len(items), chunksize):
             part = items[i:i + chunksize]
-            chunks.append(Chunk(job, start + i, len(part), mode, fbytes, self.dumps(part, "the arguments")))
+            # (functions among the arguments keep their file names too: joblib's and dask's calls
+            # travel there, and their tracebacks then name the user's files and lines)
+            chunks.append(Chunk(job, start + i, len(part), mode, fbytes,
+                                self.dumps(part, "the arguments", reduction.dumps_function)))
         return chunks
 
     def dumps(self, obj: object, what: str, dumps: Callable[[Any], bytes] = proxies.dumps_item) -> dict[str, bytes]:
@@ -225,6 +228,26 @@ class Scheduler:
             self.pending = collections.deque(c for c in self.pending if c.tries)
         return dropped
 
+    def kill_running(self, owned: Callable[[Job], bool]) -> int:
+        """Kill (SIGKILL) each worker whose chunks in flight all belong to jobs that ``owned`` accepts,
+        and return how many: the joblib backend's abort after an error, a timeout or Ctrl-C, as
+        loky kills its workers, so that no host goes on with work nobody waits for. They end as
+        workers that died: their chunks fail with ``WorkerDiedError`` and new workers replace
+        them. A worker that also holds another job's chunk is left alone."""
+        killed = 0
+        with self.lock:         # (held: no chunk of another job is handed to a worker being killed)
+            if self.state == TERMINATE:
+                return 0
+            for w in self.workers:
+                if not w.alive or w.stopping or w.aborted or not w.outstanding:
+                    continue
+                chunks = [self.chunks.get(cid) for cid in w.outstanding]
+                if all(c is not None and owned(c.job) for c in chunks):
+                    w.aborted = True
+                    w.process.kill()
+                    killed += 1
+        return killed
+
     # -- the manager thread ------------------------------------------------------------------------
     def _run(self) -> None:
         terminating_since = None
@@ -283,7 +306,7 @@ class Scheduler:
         n = len(self.workers)
         for k in range(n):
             w = self.workers[(self.rr + k) % n]
-            if not w.alive or w.stopping or not w.conn_open or w.host in self.lost_hosts:
+            if not w.alive or w.stopping or w.aborted or not w.conn_open or w.host in self.lost_hosts:
                 continue
             if self.maxtasks is not None and w.sent >= self.maxtasks:
                 continue

@@ -81,6 +81,7 @@ class Worker:
         self.conn_open = True
         self.events = 0
         self.stopping = False
+        self.aborted = False        # killed by Scheduler.kill_running(): no new chunks, replaced when it ends
         self.busy_since = 0.0
         #: "same", or "spawn" on a host with another Python: tasks are pickled for it (docs/python-versions.md)
         self.mode: str = getattr(process._popen, "mode", "same")
