@@ -1,0 +1,154 @@
+"""Version skew between the user's machine and the host, as real hosts have it.
+
+The host account ``rpskew1`` has packages of its own in its user site-packages (what
+``pip install --user`` leaves there): another cloudpickle, an older remoteproc, another release of
+a package the user has too, and startup code (``usercustomize.py``, a ``.pth`` file) that prints on
+stdout.  Its Python is this machine's ``/usr/bin/python3`` (the same major.minor as the suite's, so
+the same-version mode).  The account is created once and kept, as the suite's other accounts are;
+its user site-packages is written by each test and removed after it.  Needs root: skipped without
+it, failed in CI.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import pwd
+import shutil
+import sys
+import textwrap
+from collections.abc import Iterator
+
+import pytest
+from conftest import _unavailable
+
+from remoteproc import Pipe, RemoteProcess
+from remoteproc.relay import client
+from remoteproc.testing import LoopbackSSHServer, ensure_local_user, find_sshd
+
+pytestmark = pytest.mark.timeout(90)
+
+USER = "rpskew1"
+TRANSPORTS = ["paramiko", "openssh"]
+VERSION = "%d.%d" % sys.version_info[:2]
+
+
+class HostSite:
+    """The account's user site-packages: files written as the account's own."""
+
+    def __init__(self, pw: pwd.struct_passwd) -> None:
+        self.pw = pw
+        self.local = os.path.join(pw.pw_dir, ".local")
+        self.path = os.path.join(self.local, "lib", "python" + VERSION, "site-packages")
+
+    def write(self, rel: str, text: str) -> str:
+        path = os.path.join(self.path, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write(textwrap.dedent(text))
+        for root, dirs, files in os.walk(self.local):
+            os.lchown(root, self.pw.pw_uid, self.pw.pw_gid)
+            for name in dirs + files:
+                os.lchown(os.path.join(root, name), self.pw.pw_uid, self.pw.pw_gid)
+        return path
+
+    def clear(self) -> None:
+        shutil.rmtree(self.local, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def skew_host() -> Iterator[tuple[LoopbackSSHServer, HostSite]]:
+    if os.geteuid() != 0:
+        _unavailable("an account of its own needs the tests to run as root")
+    if not os.path.exists("/usr/bin/python" + VERSION):
+        pytest.skip("the host account's Python is /usr/bin/python%s, which this machine lacks" % VERSION)
+    try:
+        ensure_local_user(USER)
+    except RuntimeError as exc:
+        _unavailable("cannot set up the account %s: %s" % (USER, exc))
+    if find_sshd() is None:
+        _unavailable("no sshd binary (scripts/test.sh installs openssh-server)")
+    site = HostSite(pwd.getpwnam(USER))
+    site.clear()
+    srv = LoopbackSSHServer(users=[USER])
+    try:
+        try:
+            srv.start()
+        except (RuntimeError, OSError) as exc:
+            _unavailable("cannot start a loopback sshd: %s" % exc)
+        yield srv, site
+    finally:
+        client.shutdown()
+        srv.stop()
+        site.clear()
+
+
+@pytest.fixture
+def host(skew_host) -> Iterator[tuple[LoopbackSSHServer, HostSite]]:
+    """The server and the account's site-packages, empty again after the test (and a new connection
+    for the next test: the agent is started once per connection, with the site as it was then)."""
+    srv, site = skew_host
+    site.clear()
+    client.shutdown()
+    try:
+        yield srv, site
+    finally:
+        client.shutdown()
+        site.clear()
+
+
+def _run(srv: LoopbackSSHServer, transport: str, target, *args) -> tuple[int | None, object]:
+    parent, child = Pipe()
+    p = RemoteProcess(srv.spec(USER), target=target, args=(child, *args), transport=transport, **srv.options(USER))
+    p.start()
+    child.close()
+    got = parent.recv() if parent.poll(30) else None
+    p.join(30)
+    return p.exitcode, got
+
+
+# -- the host's Python prints on stdout as it starts ------------------------------------------------
+
+def _shipped_and_said(conn):
+    import cloudpickle
+
+    import remoteproc.queues
+
+    print("the child's own line", flush=True)
+    conn.send((cloudpickle.__file__, cloudpickle.__version__, remoteproc.queues.__file__,
+               remoteproc.Queue.__module__))
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_startup_code_of_the_hosts_python_that_prints_on_stdout(host, transport, caplog, capfd):
+    """Fixed: a ``usercustomize.py`` (or ``sitecustomize.py``, or a ``.pth`` file's import line) that
+    printed on stdout made every start fail with "the remote command printed b'...' instead of
+    starting the agent; this is a bug in remoteproc", and what it printed without a flush was
+    printed again by every remote child at its exit (the agent's ``sys.stdout`` buffer, forked).
+    Now the stub flushes that buffer and says where its own output starts: what came before is
+    logged as a warning naming the host, and the children's stdout is theirs alone."""
+    import cloudpickle
+
+    srv, site = host
+    site.write("usercustomize.py", """\
+        import sys
+        print("flushed by usercustomize", flush=True)
+        print("left in the buffer by usercustomize")
+    """)
+    site.write("zz_skew.pth", "import os; os.write(1, b'written by a pth file\\n')\n")
+    # another cloudpickle and an older remoteproc of the host's: the child has the user's all the same
+    for name in ("cloudpickle/__init__.py", "remoteproc/__init__.py", "remoteproc/queues.py"):
+        site.write(name, "__version__ = '0.1'\nraise ImportError('the host copy')\n")
+    with caplog.at_level(logging.WARNING, logger="remoteproc"):
+        code, got = _run(srv, transport, _shipped_and_said)
+    import remoteproc.queues
+
+    assert code == 0 and got == ("<remoteproc>/cloudpickle/__init__.py", cloudpickle.__version__,
+                                 remoteproc.queues.__file__, "remoteproc.queues"), (code, got)
+    out = capfd.readouterr().out
+    assert "the child's own line" in out and "usercustomize" not in out and "pth" not in out, out
+    said = " ".join(r.getMessage() for r in caplog.records if r.levelno == logging.WARNING)
+    assert srv.spec(USER).split("@")[0] in said and "printed" in said, said
+    for words in ("flushed by usercustomize", "left in the buffer by usercustomize", "written by a pth file"):
+        assert words in said, said
+    assert "sitecustomize.py, usercustomize.py or .pth" in said, said
