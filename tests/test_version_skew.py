@@ -152,3 +152,56 @@ def test_startup_code_of_the_hosts_python_that_prints_on_stdout(host, transport,
     for words in ("flushed by usercustomize", "left in the buffer by usercustomize", "written by a pth file"):
         assert words in said, said
     assert "sitecustomize.py, usercustomize.py or .pth" in said, said
+
+
+# -- a package of the host's own, and the user's release of it --------------------------------------
+
+def _import_submodule(conn, name):
+    import importlib
+
+    try:
+        mod = importlib.import_module(name)
+        conn.send(("imported", mod.__file__, getattr(sys.modules[name.split(".")[0]], "__version__", None)))
+    except ImportError as exc:
+        conn.send(("refused", type(exc).__name__, str(exc)))
+
+
+@pytest.fixture
+def users_release(tmp_path) -> Iterator[str]:
+    """The user's ``skewpkg`` 2.0, which has a module ``skewpkg.newer`` that the host's 1.0 lacks, and
+    an old-style namespace package ``skewns`` (``pkgutil.extend_path``) with a plugin module."""
+    root = tmp_path / "code"
+    (root / "skewpkg").mkdir(parents=True)
+    (root / "skewpkg" / "__init__.py").write_text("__version__ = '2.0'\n")
+    (root / "skewpkg" / "newer.py").write_text("from . import __version__ as BUILT_FOR\n")
+    (root / "skewns").mkdir()
+    (root / "skewns" / "__init__.py").write_text("__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n")
+    (root / "skewns" / "plugin.py").write_text("WHO = 'the user'\n")
+    sys.path.insert(0, str(root))
+    try:
+        yield str(root)
+    finally:
+        sys.path.remove(str(root))
+        for name in [m for m in sys.modules if m.split(".")[0] in ("skewpkg", "skewns")]:
+            del sys.modules[name]
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_module_the_hosts_own_release_of_a_package_lacks(host, users_release, transport):
+    """Fixed: the host's own package wins (docs/modules.md), but a submodule that its release lacks
+    was forwarded from the user's release into it: two releases mixed in one package.  numpy 1.26
+    on the host given a numpy 2 array (its pickle names ``numpy._core.numeric``) ran numpy 2's
+    ``_core`` inside numpy 1 and failed deep inside it (``module 'numpy.core.multiarray' has no
+    attribute 'generic'``).  Now such an import raises ``ModuleNotFoundError`` naming the host,
+    the host's package and the fix; a namespace package's parts still come from the user."""
+    srv, site = host
+    site.write("skewpkg/__init__.py", "__version__ = '1.0'\n")
+    site.write("skewns/__init__.py", "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n")
+    code, got = _run(srv, transport, _import_submodule, "skewpkg.newer")
+    assert code == 0 and isinstance(got, tuple) and got[:2] == ("refused", "ModuleNotFoundError"), (code, got)
+    text = got[2]
+    assert "No module named 'skewpkg.newer'" in text and srv.spec(USER).split("@")[0] in text, text
+    assert os.path.join(site.path, "skewpkg", "__init__.py") in text and "version 1.0" in text, text
+    assert "Fix: install there the release of skewpkg you have here" in text, text
+    code, got = _run(srv, transport, _import_submodule, "skewns.plugin")
+    assert code == 0 and got == ("imported", os.path.join(users_release, "skewns", "plugin.py"), None), got

@@ -243,6 +243,9 @@ class ParentImporter:
             self.cache.setdefault(name, None)
 
     def find_spec(self, name, path=None, target=None):
+        refused = _host_package_lacks(name, self.host)
+        if refused:
+            raise ModuleNotFoundError(refused, name=name)
         if name not in self.cache:
             self._ask(name)
         entry = self.cache.get(name)
@@ -682,6 +685,46 @@ def _shadowed(exc):
     return ("this host has a module %r of its own (%s), which is imported instead of yours (%s): the host's "
             "modules come before those forwarded from your machine. Fix: rename your module to a name the "
             "host's Python does not have" % (name, here, yours))
+
+
+def _host_package_lacks(name, host):
+    """Why submodule ``name`` is not forwarded: its package is this host's own (another release of
+    it, or another package of that name), and modules of the user's machine added to it would mix
+    two versions (a numpy 2 pickle names ``numpy._core``, which numpy 1 lacks: numpy 2's source of
+    it, run inside numpy 1, fails deep inside).  None when the package is not the host's: forwarded,
+    in the package cache, the agent's own ``remoteproc``, or a namespace package (PEP 420, or one
+    made with ``pkgutil.extend_path`` / ``pkg_resources.declare_namespace``, whose parts may come
+    from anywhere)."""
+    package, _, _ = name.rpartition(".")
+    parent = sys.modules.get(package) if package else None
+    origin = getattr(parent, "__file__", None)
+    if parent is None or not isinstance(origin, str) or getattr(parent, "__path__", None) is None:
+        return None
+    loader = getattr(getattr(parent, "__spec__", None), "loader", None)
+    if isinstance(loader, ParentImporter) or type(loader).__name__ == "_ShippedImporter":
+        return None
+    from .pkgcache import MANIFEST
+
+    where = os.path.dirname(origin)
+    for _ in range(package.count(".") + 2):
+        if os.path.isfile(os.path.join(where, MANIFEST)):
+            return None     # (a package of the user's, in the package cache: one release, whole)
+        where = os.path.dirname(where)
+    try:
+        with open(origin, "rb") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        text = b""
+    if b"extend_path" in text or b"declare_namespace" in text:
+        return None
+    top = name.split(".")[0]
+    version = getattr(sys.modules.get(top), "__version__", None)
+    return ("No module named %r: %s has a package %r of its own (%s%s), which is imported instead of yours "
+            "and has no such module; remoteproc adds no module of your machine to a package of the host's "
+            "(two releases mixed fail in obscure ways). Fix: install there the release of %s you have here "
+            "(with the host's own Python and pip), or take the host's copy off that Python's path (its user "
+            "site-packages, a PYTHONPATH), or rename your package if it is your own"
+            % (name, host, package, origin, ", version %s" % version if isinstance(version, str) else "", top))
 
 
 def _complete_package(importer):
