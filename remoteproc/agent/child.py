@@ -245,6 +245,13 @@ class ParentImporter:
     def find_spec(self, name, path=None, target=None):
         refused = _host_package_lacks(name, self.host)
         if refused:
+            # finders put after this one (pkg_resources' VendorImporter for pkg_resources.extern.*)
+            # may still have it: theirs, else the reason
+            later = sys.meta_path[sys.meta_path.index(self) + 1:] if self in sys.meta_path else []
+            for finder in later:
+                spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+                if spec is not None:
+                    return spec
             raise ModuleNotFoundError(refused, name=name)
         if name not in self.cache:
             self._ask(name)
