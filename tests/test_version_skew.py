@@ -15,13 +15,17 @@ import logging
 import os
 import pwd
 import shutil
+import signal
 import sys
+import tempfile
 import textwrap
+import time
 from collections.abc import Iterator
 
 import pytest
 from conftest import _unavailable
 
+import remoteproc
 from remoteproc import Pipe, RemoteProcess
 from remoteproc.relay import client
 from remoteproc.testing import LoopbackSSHServer, ensure_local_user, find_sshd
@@ -205,3 +209,90 @@ def test_a_module_the_hosts_own_release_of_a_package_lacks(host, users_release, 
     assert "Fix: install there the release of skewpkg you have here" in text, text
     code, got = _run(srv, transport, _import_submodule, "skewns.plugin")
     assert code == 0 and got == ("imported", os.path.join(users_release, "skewns", "plugin.py"), None), got
+
+
+# -- the host's Python replaced while a program runs ------------------------------------------------
+
+@pytest.fixture(scope="module")
+def other_python() -> Iterator[tuple[str, str]]:
+    """(path, version) of a CPython of another minor version that every account can run: a copy of
+    pyenv's (as tests/test_host_pythons.py makes them)."""
+    from test_host_pythons import HostPythons
+
+    if os.geteuid() != 0:
+        _unavailable("the copied interpreter must be readable by other accounts: this needs root")
+    root = tempfile.mkdtemp(prefix="remoteproc-skew-python-")
+    os.chmod(root, 0o755)
+    try:
+        pythons = HostPythons(root)
+        for ver in ("3.12", "3.10", "3.13"):
+            if ver != VERSION and pythons.source(ver) is not None:
+                yield pythons.get(ver)
+                break
+        else:
+            pytest.skip("no CPython of another minor version under pyenv")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _end_agents_of(uid: int) -> int:
+    """SIGKILL the account's Python processes (the agent and its children, started by this module's
+    sshd for the account): their connection is lost.  Returns how many."""
+    n = 0
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat("/proc/" + pid).st_uid == uid and "python" in os.readlink("/proc/%s/exe" % pid):
+                os.kill(int(pid), signal.SIGKILL)
+                n += 1
+        except OSError:
+            continue
+    return n
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_pool_whose_host_comes_back_with_another_python(host, other_python, tmp_path, transport):
+    """Fixed: a Pool (``retries``) whose host's connection was lost and whose Python was replaced
+    meanwhile (another minor version: an upgrade, a module switch) sent the chunk it ran again, and
+    those made before, as they had been pickled for the old Python: cloudpickle's bytecode by value,
+    which the new one cannot run (the worker died of SIGSEGV: ``WorkerDiedError ... exitcode -11``).
+    Now a chunk is pickled again for a worker of a Python mode it has no message for (by reference,
+    as for spawn mode), or fails with the ``PicklingError`` its submission would have raised."""
+    import cloudpickle
+
+    srv, site = host
+    pw = site.pw
+    link = os.path.join(pw.pw_dir, "skewpy")
+    if os.path.lexists(link):
+        os.unlink(link)
+    os.symlink("/usr/bin/python" + VERSION, link)
+    os.lchown(link, pw.pw_uid, pw.pw_gid)
+    (tmp_path / "skewtasks.py").write_text(textwrap.dedent("""\
+        import sys
+        import time
+
+        def where(seconds):
+            time.sleep(seconds)
+            return "%d.%d" % sys.version_info[:2]
+    """))
+    sys.path.insert(0, str(tmp_path))
+    import skewtasks
+
+    cloudpickle.register_pickle_by_value(skewtasks)     # (by value: bytecode, for a host of this Python)
+    pool = remoteproc.Pool([srv.spec(USER)], 1, retries=2, python="~/skewpy", transport=transport,
+                           **srv.options(USER))
+    try:
+        assert pool.apply(skewtasks.where, (0,)) == VERSION
+        result = pool.map_async(skewtasks.where, [2, 0, 0], chunksize=1)
+        time.sleep(0.7)
+        os.unlink(link)
+        os.symlink(other_python[0], link)
+        os.lchown(link, pw.pw_uid, pw.pw_gid)
+        assert _end_agents_of(pw.pw_uid) > 0
+        other = ".".join(other_python[1].split(".")[:2])
+        assert result.get(timeout=40) == [other] * 3
+    finally:
+        pool.terminate()
+        cloudpickle.unregister_pickle_by_value(skewtasks)
+        sys.path.remove(str(tmp_path))
+        del sys.modules["skewtasks"]
+        os.unlink(link)
