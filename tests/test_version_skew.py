@@ -130,7 +130,8 @@ def test_startup_code_of_the_hosts_python_that_prints_on_stdout(host, transport,
     starting the agent; this is a bug in remoteproc", and what it printed without a flush was
     printed again by every remote child at its exit (the agent's ``sys.stdout`` buffer, forked).
     Now the stub flushes that buffer and says where its own output starts: what came before is
-    logged as a warning naming the host, and the children's stdout is theirs alone."""
+    logged as a warning naming the host, and the children's stdout is theirs alone.  Startup code
+    that fails is Python's own warning on stderr, logged, and the agent starts."""
     import cloudpickle
 
     srv, site = host
@@ -138,6 +139,7 @@ def test_startup_code_of_the_hosts_python_that_prints_on_stdout(host, transport,
         import sys
         print("flushed by usercustomize", flush=True)
         print("left in the buffer by usercustomize")
+        raise RuntimeError("a broken usercustomize")
     """)
     site.write("zz_skew.pth", "import os; os.write(1, b'written by a pth file\\n')\n")
     # another cloudpickle and an older remoteproc of the host's: the child has the user's all the same
@@ -156,6 +158,7 @@ def test_startup_code_of_the_hosts_python_that_prints_on_stdout(host, transport,
     for words in ("flushed by usercustomize", "left in the buffer by usercustomize", "written by a pth file"):
         assert words in said, said
     assert "sitecustomize.py, usercustomize.py or .pth" in said, said
+    assert "Error in usercustomize" in said and "a broken usercustomize" in said, said     # (its stderr)
 
 
 # -- a package of the host's own, and the user's release of it --------------------------------------
