@@ -106,7 +106,10 @@ def _run(srv: LoopbackSSHServer, transport: str, target, *args) -> tuple[int | N
     p = RemoteProcess(srv.spec(USER), target=target, args=(child, *args), transport=transport, **srv.options(USER))
     p.start()
     child.close()
-    got = parent.recv() if parent.poll(30) else None
+    try:
+        got = parent.recv() if parent.poll(30) else None
+    except EOFError:        # (the child ended without sending)
+        got = None
     p.join(30)
     return p.exitcode, got
 
@@ -212,6 +215,37 @@ def test_a_module_the_hosts_own_release_of_a_package_lacks(host, users_release, 
     assert "Fix: install there the release of skewpkg you have here" in text, text
     code, got = _run(srv, transport, _import_submodule, "skewns.plugin")
     assert code == 0 and got == ("imported", os.path.join(users_release, "skewns", "plugin.py"), None), got
+
+
+def _takes(conn, obj):
+    conn.send(type(obj).__name__)
+
+
+def test_an_object_of_a_class_the_hosts_release_lacks(host, tmp_path, capfd):
+    """Fixed: an argument whose class the host's own release of an installed package lacks failed
+    the start with pickle's ``Can't get attribute 'Newer' on <module 'skewrel' ...>`` and a line
+    whose fix was "rename your module", which is no fix for a package installed with pip.  For a
+    module of the user's site-packages the line names the host's version and says to install the
+    user's release there (or to take the host's copy off its path)."""
+    srv, site = host
+    site.write("skewrel/__init__.py", "__version__ = '1.0'\n")
+    installed = tmp_path / "venv" / "lib" / ("python" + VERSION) / "site-packages"
+    (installed / "skewrel").mkdir(parents=True)
+    (installed / "skewrel" / "__init__.py").write_text("__version__ = '2.0'\n\nclass Newer:\n    pass\n")
+    sys.path.insert(0, str(installed))
+    try:
+        import skewrel
+
+        code, got = _run(srv, "paramiko", _takes, skewrel.Newer())
+    finally:
+        sys.path.remove(str(installed))
+        sys.modules.pop("skewrel", None)
+    err = capfd.readouterr().err
+    assert (code, got) == (1, None), (code, got, err)
+    assert "Can't get attribute 'Newer' on <module 'skewrel'" in err, err
+    line = next(x for x in err.splitlines() if "has a module 'skewrel' of its own" in x)
+    assert "rpskew1@" in line and "version 1.0" in line and str(installed / "skewrel" / "__init__.py") in line, line
+    assert "Fix: install there the release of skewrel you have here" in line and "rename" not in line, line
 
 
 # -- the host's Python replaced while a program runs ------------------------------------------------

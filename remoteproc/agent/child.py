@@ -688,10 +688,19 @@ def _shadowed(exc):
     if not entry or "error" in entry:
         return None
     here = getattr(mod, "__file__", None) or "built in"
-    yours = entry.get("file") or "on your sys.path"
+    yours = entry.get("file") or entry.get("path") or "on your sys.path"
+    version = getattr(sys.modules.get(name.split(".")[0]), "__version__", None)
+    if isinstance(version, str):
+        here += ", version %s" % version
+    parts = os.path.normpath(yours).split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        # (an installed package: the host has another release of it, which renaming would not help)
+        fix = ("install there the release of %s you have here (with the host's own Python and pip), or take the "
+               "host's copy off that Python's path (its user site-packages, a PYTHONPATH)" % name.split(".")[0])
+    else:
+        fix = "rename your module to a name the host's Python does not have"
     return ("this host has a module %r of its own (%s), which is imported instead of yours (%s): the host's "
-            "modules come before those forwarded from your machine. Fix: rename your module to a name the "
-            "host's Python does not have" % (name, here, yours))
+            "modules come before those forwarded from your machine. Fix: %s" % (name, here, yours, fix))
 
 
 def _host_package_lacks(name, host):
