@@ -248,6 +248,29 @@ def test_an_object_of_a_class_the_hosts_release_lacks(host, tmp_path, capfd):
     assert "Fix: install there the release of skewrel you have here" in line and "rename" not in line, line
 
 
+def test_a_pool_task_of_a_class_the_hosts_release_lacks(host, tmp_path):
+    """Fixed: the same in a Pool's task failed with pickle's words alone (the worker unpickles the
+    task); now its error carries the line above too."""
+    srv, site = host
+    site.write("skewrel/__init__.py", "__version__ = '1.0'\n")
+    installed = tmp_path / "venv" / "lib" / ("python" + VERSION) / "site-packages"
+    (installed / "skewrel").mkdir(parents=True)
+    (installed / "skewrel" / "__init__.py").write_text("__version__ = '2.0'\n\nclass Newer:\n    pass\n")
+    sys.path.insert(0, str(installed))
+    try:
+        import skewrel
+
+        with remoteproc.Pool([srv.spec(USER)], 1, **srv.options(USER)) as pool:
+            with pytest.raises(AttributeError) as info:
+                pool.apply(repr, (skewrel.Newer(),))
+    finally:
+        sys.path.remove(str(installed))
+        sys.modules.pop("skewrel", None)
+    text = str(info.value)
+    assert "Can't get attribute 'Newer' on <module 'skewrel'" in text and "rpskew1@" in text, text
+    assert "version 1.0" in text and "Fix: install there the release of skewrel you have here" in text, text
+
+
 # -- the host's Python replaced while a program runs ------------------------------------------------
 
 @pytest.fixture(scope="module")
