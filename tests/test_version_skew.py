@@ -187,6 +187,9 @@ def users_release(tmp_path) -> Iterator[str]:
     (root / "skewns").mkdir()
     (root / "skewns" / "__init__.py").write_text("__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n")
     (root / "skewns" / "plugin.py").write_text("WHO = 'the user'\n")
+    (root / "test").mkdir()       # (a package of tests, named as the standard library's test package)
+    (root / "test" / "__init__.py").write_text("")
+    (root / "test" / "test_skewcase.py").write_text("WHO = 'the user'\n")
     sys.path.insert(0, str(root))
     try:
         yield str(root)
@@ -203,7 +206,8 @@ def test_a_module_the_hosts_own_release_of_a_package_lacks(host, users_release, 
     on the host given a numpy 2 array (its pickle names ``numpy._core.numeric``) ran numpy 2's
     ``_core`` inside numpy 1 and failed deep inside it (``module 'numpy.core.multiarray' has no
     attribute 'generic'``).  Now such an import raises ``ModuleNotFoundError`` naming the host,
-    the host's package and the fix; a namespace package's parts still come from the user."""
+    the host's package and the fix; a namespace package's parts still come from the user, and so
+    do the modules of a package named as one of the host's standard library (``test``)."""
     srv, site = host
     site.write("skewpkg/__init__.py", "__version__ = '1.0'\n")
     site.write("skewns/__init__.py", "__path__ = __import__('pkgutil').extend_path(__path__, __name__)\n")
@@ -215,6 +219,9 @@ def test_a_module_the_hosts_own_release_of_a_package_lacks(host, users_release, 
     assert "Fix: install there the release of skewpkg you have here" in text, text
     code, got = _run(srv, transport, _import_submodule, "skewns.plugin")
     assert code == 0 and got == ("imported", os.path.join(users_release, "skewns", "plugin.py"), None), got
+    # a clash with the host's standard library (its test package) is no other release: as before
+    code, got = _run(srv, transport, _import_submodule, "test.test_skewcase")
+    assert code == 0 and got == ("imported", os.path.join(users_release, "test", "test_skewcase.py"), None), got
 
 
 def _takes(conn, obj):

@@ -710,7 +710,9 @@ def _host_package_lacks(name, host):
     it, run inside numpy 1, fails deep inside).  None when the package is not the host's: forwarded,
     in the package cache, the agent's own ``remoteproc``, or a namespace package (PEP 420, or one
     made with ``pkgutil.extend_path`` / ``pkg_resources.declare_namespace``, whose parts may come
-    from anywhere)."""
+    from anywhere); and for a package of the host's standard library (the user's ``test/``
+    package of tests and the standard ``test``: a clash of names, whose submodules were forwarded
+    into it before, and run)."""
     package, _, _ = name.rpartition(".")
     parent = sys.modules.get(package) if package else None
     origin = getattr(parent, "__file__", None)
@@ -719,6 +721,10 @@ def _host_package_lacks(name, host):
     loader = getattr(getattr(parent, "__spec__", None), "loader", None)
     if isinstance(loader, ParentImporter) or type(loader).__name__ == "_ShippedImporter":
         return None
+    stdlib = os.path.dirname(os.__file__)
+    parts = os.path.normpath(origin).split(os.sep)
+    if origin.startswith(stdlib + os.sep) and "site-packages" not in parts and "dist-packages" not in parts:
+        return None     # (a name clash with the standard library, not another release: as before)
     from .pkgcache import MANIFEST
 
     where = os.path.dirname(origin)
