@@ -139,6 +139,10 @@ WRONG_VERSION = 86
 SETUP_FAILED = 85
 #: what the stub prints on stdout when it needs the agent as source (another Python)
 SOURCE_REQUEST = b"remoteproc:source\n"
+#: what the stub prints on stdout (after flushing ``sys.stdout``) just before it reads its blob: what came
+#: on stdout between READY and this was printed by the host's Python as it started (a sitecustomize.py,
+#: usercustomize.py or .pth file, a python= wrapper), not by the agent, and is logged, not taken for frames
+STUB_STARTED = b"remoteproc:stub\n"
 #: what the command prints on stdout once the login shell has run its startup files and the setup=
 #: lines: only then is the blob sent, so that no startup file can read it (what came before is theirs)
 READY = b"remoteproc:ready\n"
@@ -183,7 +187,9 @@ def _stub(n: int) -> str:
     not our implementation and major.minor and (LABEL, PATH) candidates follow, it
     execs the first of them (with the rest), before reading anything.  Else MODE
     ``strict`` refuses (exit 86); ``any`` also runs another Python 3.8+, which reads
-    and drops the compiled blob, asks for the agent as source and runs that.
+    and drops the compiled blob, asks for the agent as source and runs that.  Before it
+    reads, it flushes what the host's startup code left in ``sys.stdout`` and says
+    ``STUB_STARTED``: the local side passes over what came before that.
     (No single quotes inside: it travels in two levels of shell quoting.)
     """
     ours = sys.version_info[:2]
@@ -195,10 +201,11 @@ def _stub(n: int) -> str:
             'sys.stderr.flush(),os._exit(%d));os.environ.pop("%s",0);'
             'exec("def r(n,s=0):\\n b=bytes()\\n while len(b)<n:\\n  b+=os.read(0,n-len(b)) or os._exit(9)\\n'
             '  if s:b=b.lstrip(bytes([10]))\\n return b");'
+            'getattr(sys.stdout,"flush",int)();os.write(1,b"%s\\n");'
             'b=r(%d,1);ok or os.write(1,b"%s\\n");b=ok and b or r(int(r(10)));'
             'b,m=marshal.loads(zlib.decompress(b));exec(b)'
-            % (implementation(), ours[0], ours[1], STUB_ENV, WRONG_VERSION, STUB_ENV, n,
-               SOURCE_REQUEST.decode().strip()))
+            % (implementation(), ours[0], ours[1], STUB_ENV, WRONG_VERSION, STUB_ENV,
+               STUB_STARTED.decode().strip(), n, SOURCE_REQUEST.decode().strip()))
 
 
 #: directories of the home that the default ~/.profile (Debian, Ubuntu) puts on PATH, for login shells
@@ -514,16 +521,18 @@ def _await_ready(chan: AgentChannel, target) -> tuple[bytearray, bytearray]:
                 target.display)
 
 
-def _take(chan: AgentChannel, target, buf: bytearray, err: bytearray, deadline: float) -> None:
+def _take(chan: AgentChannel, target, buf: bytearray, err: bytearray, deadline: float,
+          out: Optional[bytes] = None) -> None:
     """Add what the command has written by now (or within 50 ms) to ``buf`` and ``err``; its
-    end raises ``_failed``'s error (waiting for its exit status until ``deadline``)."""
+    end raises ``_failed``'s error (waiting for its exit status until ``deadline``), with ``out``
+    (else ``buf``) as what it printed."""
     err += chan.recv_stderr()
     data = chan.recv(65536)
     if data is None:
         wait_readable(chan, 0.05)
         data = chan.recv(65536)
     if data == b"":
-        _failed(chan, target, err, deadline, bytes(buf))
+        _failed(chan, target, err, deadline, bytes(buf) if out is None else out)
     if data:
         buf += data
 
@@ -537,13 +546,31 @@ def _without_markers(out: bytes) -> bytes:
 def _read_hello(chan: AgentChannel, target, buf: bytearray, err: bytearray) -> tuple[dict, bytes]:
     wait = max(target.connect_timeout, MIN_WAIT)
     deadline = time.monotonic() + wait
+    noise = b""     # what the host's Python printed as it started, before the stub said STUB_STARTED
+    started = False
     while True:
-        if buf[:len(SOURCE_REQUEST)] == SOURCE_REQUEST:
+        if not started:
+            at = buf.find(STUB_STARTED)
+            if at < 0:
+                keep = len(STUB_STARTED) - 1        # (a partial STUB_STARTED stays in buf)
+                if len(buf) > keep:
+                    noise += bytes(buf[:len(buf) - keep])[:max(0, 2000 - len(noise))]
+                    del buf[:len(buf) - keep]
+            else:
+                noise += bytes(buf[:at])[:max(0, 2000 - len(noise))]
+                del buf[:at + len(STUB_STARTED)]
+                started = True
+                if noise.strip():
+                    log.warning("%s: the host's Python printed %r on stdout as it started, before remoteproc's "
+                                "agent (a sitecustomize.py, usercustomize.py or .pth file in its site-packages, "
+                                "or the python= given); ignored. Fix: make it print on stderr, or nothing",
+                                target.display, noise[:500])
+        if started and buf[:len(SOURCE_REQUEST)] == SOURCE_REQUEST:
             del buf[:len(SOURCE_REQUEST)]
             # another Python: the agent as source
             send_all(chan, source_blob(), time.monotonic() + max(target.connect_timeout, MIN_WAIT))
             continue
-        if len(buf) >= frames.HEADER_SIZE and not SOURCE_REQUEST.startswith(bytes(buf)):
+        if started and len(buf) >= frames.HEADER_SIZE and not SOURCE_REQUEST.startswith(bytes(buf)):
             ftype, sid, length = frames.HEADER.unpack_from(buf)
             if ftype != frames.CONTROL or length > 1 << 20:
                 raise BootstrapError(
@@ -559,12 +586,14 @@ def _read_hello(chan: AgentChannel, target, buf: bytearray, err: bytearray) -> t
                 # agent's last words, if it went right after its hello): the link logs it and keeps them
                 msg["stderr"] = _quiet(err + chan.recv_stderr(), target.display)
                 return msg, bytes(buf[frames.HEADER_SIZE + length:])
-        _take(chan, target, buf, err, deadline)
+        _take(chan, target, buf, err, deadline, noise + bytes(buf))
         if time.monotonic() > deadline:
-            raise BootstrapError("%s: the agent did not answer within %gs (remote stderr: %s). Check that "
-                                 "python=%r starts a Python 3.8+ on the host, and that nothing there reads "
-                                 "its stdin before it (a wrapper given as python=)." % (
+            raise BootstrapError("%s: the agent did not answer within %gs (remote stderr: %s; stdout: %s). Check "
+                                 "that python=%r starts a Python 3.8+ on the host, and that nothing there reads "
+                                 "its stdin before it (a wrapper given as python=; a sitecustomize.py, "
+                                 "usercustomize.py or .pth file of that Python)." % (
                                      target.display, wait, err.decode("utf-8", "replace").strip() or "empty",
+                                     (noise + bytes(buf)).decode("utf-8", "replace").strip()[-500:] or "empty",
                                      target.python), target.display)
 
 

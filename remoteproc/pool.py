@@ -18,6 +18,7 @@ import weakref
 from multiprocessing import TimeoutError
 from typing import Any, Callable, Iterable, Iterator, Mapping, Optional
 
+from . import reduction
 from .agent import worker
 from .errors import RemoteProcessError
 from .scheduler import CLOSE, PREFETCH, RUN, TERMINATE, Scheduler
@@ -305,11 +306,12 @@ class Pool:
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         result = IMapIterator(ordered, self)
-        fbytes = self._core.dumps(func, "the function")   # fails here, in the caller, if it cannot go
+        # (fails here, in the caller, if it cannot go; file names kept, as Pool.map's: see make_chunks)
+        fbytes = self._core.dumps(func, "the function", reduction.dumps_function)
         core = self._core
         with core.lock:
             core.feeders += 1
-        threading.Thread(target=_feed, args=(core, result, fbytes, iter(iterable), chunksize),
+        threading.Thread(target=_feed, args=(core, result, func, fbytes, iter(iterable), chunksize),
                          name="remoteproc-pool-feeder", daemon=True).start()
         return result
 
@@ -343,7 +345,8 @@ class Pool:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
 
-def _feed(core: Scheduler, result: IMapIterator, fbytes: dict[str, bytes], it: Iterator[Any], chunksize: int) -> None:
+def _feed(core: Scheduler, result: IMapIterator, func: Callable[[Any], Any], fbytes: dict[str, bytes],
+          it: Iterator[Any], chunksize: int) -> None:
     """imap's input, consumed lazily in a thread of its own, with back-pressure."""
     index = 0
     limit = max(4, 2 * PREFETCH * core.size)
@@ -357,7 +360,8 @@ def _feed(core: Scheduler, result: IMapIterator, fbytes: dict[str, bytes], it: I
             part = list(itertools.islice(it, chunksize))
             if not part:
                 break
-            chunk = Chunk(result, index, len(part), worker.CALL, fbytes, core.dumps(part, "the arguments"))
+            chunk = Chunk(result, index, len(part), worker.CALL, fbytes,
+                          core.dumps(part, "the arguments", reduction.dumps_function), (func, part))
             with result._cond:
                 result._in_flight += 1
             index += len(part)

@@ -79,6 +79,7 @@ class Scheduler:
         self.retries = retries
         self.reconnector = Reconnector(self.starter, self._rejoin) if retries else None
         self.rejoined: list[tuple[str, list[Worker]]] = []     # from the reconnector, for the manager
+        self.refused: list[tuple[Chunk, BaseException]] = []   # chunks that cannot go to a rejoined worker
         self.maxtasks = maxtasks
         self.lock = threading.Lock()
         self.dispatched = threading.Condition(self.lock)    # notified after each dispatch pass
@@ -145,7 +146,7 @@ class Scheduler:
             # (functions among the arguments keep their file names too: joblib's and dask's calls
             # travel there, and their tracebacks then name the user's files and lines)
             chunks.append(Chunk(job, start + i, len(part), mode, fbytes,
-                                self.dumps(part, "the arguments", reduction.dumps_function)))
+                                self.dumps(part, "the arguments", reduction.dumps_function), (func, part)))
         return chunks
 
     def dumps(self, obj: object, what: str, dumps: Callable[[Any], bytes] = proxies.dumps_item) -> dict[str, bytes]:
@@ -154,27 +155,57 @@ class Scheduler:
         modes: dict[str, str] = {}
         for w in self.workers:
             modes.setdefault(w.mode, w.host)
-        out = {}
-        for mode, host in (modes or {"same": ""}).items():
-            try:
-                if mode == "spawn":
-                    out[mode] = reduction.dumps_spawn_item(obj, host, looked_in())
-                else:
-                    out[mode] = dumps(obj)
-            except PicklingError:
-                raise
-            except (pickle.PicklingError, TypeError) as exc:
-                hosts = list(dict.fromkeys(h for h, _options, _n in self.hosts))
-                refused = isinstance(exc, proxies.Refused)      # (its words name the way out)
-                raise PicklingError(
-                    "cannot send %s to the pool's workers on %s: %s%s" % (
-                        what, ", ".join(hosts[:3]) + (", ..." if len(hosts) > 3 else ""),
-                        "" if refused else "%s: " % type(exc).__name__, exc)
-                    + ("" if refused else ". Fix: pass only what pickles (the function and its arguments go "
-                                          "to each host: locks, open files and sockets cannot)"),
-                    hosts[0] if len(hosts) == 1 else None) from exc
-            # anything else (an object's own __reduce__ raised it) goes on as it is, as multiprocessing's
-        return out
+        return {mode: self._dumps_for(obj, what, dumps, mode, host) for mode, host in (modes or {"same": ""}).items()}
+
+    def _dumps_for(self, obj: object, what: str, dumps: Callable[[Any], bytes], mode: str, host: str) -> bytes:
+        """``obj`` pickled for the workers of Python mode ``mode`` (``host`` is one of theirs)."""
+        try:
+            if mode == "spawn":
+                return reduction.dumps_spawn_item(obj, host, looked_in())
+            return dumps(obj)
+        except PicklingError:
+            raise
+        except (pickle.PicklingError, TypeError) as exc:
+            hosts = list(dict.fromkeys(h for h, _options, _n in self.hosts))
+            refused = isinstance(exc, proxies.Refused)      # (its words name the way out)
+            raise PicklingError(
+                "cannot send %s to the pool's workers on %s: %s%s" % (
+                    what, ", ".join(hosts[:3]) + (", ..." if len(hosts) > 3 else ""),
+                    "" if refused else "%s: " % type(exc).__name__, exc)
+                + ("" if refused else ". Fix: pass only what pickles (the function and its arguments go "
+                                      "to each host: locks, open files and sockets cannot)"),
+                hosts[0] if len(hosts) == 1 else None) from exc
+        # anything else (an object's own __reduce__ raised it) goes on as it is, as multiprocessing's
+
+    def _message_for(self, chunk: Chunk, w: Worker) -> bytes | None:
+        """The chunk's message for ``w``'s Python mode: pickled now if the chunk was made before any
+        worker had that mode (a host whose connection was lost came back running another Python, and
+        cloudpickle's bytecode for ours would crash it); None, and the chunk refused (told outside the
+        lock, ``_tell_refused``), if its function or arguments cannot go there."""
+        data = chunk.data.get(w.mode)
+        if data is not None:
+            return data
+        if chunk.source is None:        # (made by hand, without its source: as before)
+            return next(iter(chunk.data.values()))
+        func, part = chunk.source
+        try:
+            fbytes = self._dumps_for(func, "the function", reduction.dumps_function, w.mode, w.host)
+            abytes = self._dumps_for(part, "the arguments", reduction.dumps_function, w.mode, w.host)
+        except Exception as exc:  # noqa: BLE001 - the chunk's error, as at its submission
+            self.refused.append((chunk, exc))
+            return None
+        log.info("%s: a chunk made for the pool's other workers was pickled again for this host's Python (%s "
+                 "mode)", w.host, w.mode)
+        return chunk.add(w.mode, fbytes, abytes)
+
+    def _tell_refused(self) -> None:
+        """Fail the chunks ``_message_for`` refused (outside the lock: a callback may submit)."""
+        if not self.refused:
+            return
+        with self.lock:
+            refused, self.refused = self.refused, []
+        for chunk, exc in refused:
+            chunk.job._set(chunk.start, False, [(False, exc)] * chunk.n)
 
     def submit(self, chunks: list[Chunk]) -> None:
         failed = None
@@ -262,6 +293,7 @@ class Scheduler:
                     self.passes += 1
                     self.dispatched.notify_all()
                     idle = not self.pending and not self.chunks and not self.feeders
+                self._tell_refused()
                 if state == TERMINATE and terminating_since is None:
                     terminating_since = time.monotonic()
                     self._terminate_workers()
@@ -328,15 +360,19 @@ class Scheduler:
             chunk = self.pending.popleft()
             if not chunk.tries and not chunk.job._dispatching():
                 continue            # a cancelled future
+            data = self._message_for(chunk, w)
+            if data is None:
+                continue
             chunk.tries += 1
             self.chunks[chunk.cid] = chunk
             if not w.outstanding:
                 w.busy_since = time.monotonic()
             w.outstanding.append(chunk.cid)
             w.sent += 1
-            w.out += chunk.data.get(w.mode) or next(iter(chunk.data.values()))
+            w.out += data
             if not self.retries:
                 chunk.data = {}
+                chunk.source = None
             self._flush(w)
 
     def _flush(self, w: Worker) -> None:
@@ -416,6 +452,7 @@ class Scheduler:
             w.busy_since = now
             if self.pending:
                 self._dispatch()
+        self._tell_refused()
         if chunk is None:
             return
         tb_class = getattr(chunk.job, "traceback_class", RemoteTraceback)

@@ -46,18 +46,31 @@ def frame(data: bytes) -> bytes:
 class Chunk:
     """One task message: calls ``start`` to ``start + n - 1`` of a job, framed for the worker's recv_bytes."""
 
-    __slots__ = ("cid", "job", "start", "n", "data", "tries")
+    __slots__ = ("cid", "job", "start", "n", "mode", "data", "source", "tries")
 
     def __init__(self, job: Job, start: int, n: int, mode: int, fbytes: dict[str, bytes],
-                 abytes: dict[str, bytes]) -> None:
+                 abytes: dict[str, bytes], source: tuple[object, list[object]] | None = None) -> None:
         self.cid = next(_chunk_ids)
         self.job = job
         self.start = start
         self.n = n
+        self.mode = mode
         # one message per Python mode of the pool's workers (docs/python-versions.md)
-        self.data = {m: frame(pickle.dumps(("task", self.cid, mode, fbytes[m], abytes[m]), pickle.HIGHEST_PROTOCOL))
-                     for m in fbytes}
+        self.data: dict[str, bytes] = {}
+        for m in fbytes:
+            if m in abytes:     # (imap's function was pickled before its workers' modes changed)
+                self.add(m, fbytes[m], abytes[m])
+        #: (function, arguments) as given, for a worker of a Python mode the chunk has no message for
+        #: yet (a host that came back from a lost connection running another Python); None once sent
+        #: without retries
+        self.source = source
         self.tries = 0          # sends so far; a chunk that retries keeps its data until its result
+
+    def add(self, m: str, fbytes: bytes, abytes: bytes) -> bytes:
+        """Add (and return) the message for workers of Python mode ``m``."""
+        data = self.data[m] = frame(pickle.dumps(("task", self.cid, self.mode, fbytes, abytes),
+                                                 pickle.HIGHEST_PROTOCOL))
+        return data
 
 
 class WorkerDiedError(RemoteProcessError, BrokenProcessPool):

@@ -25,16 +25,17 @@ class LocalAgent:
         self.hello = self.read_control(10)
 
     def _skip_ready(self, timeout: float) -> None:
-        """Read past the command's READY line (no startup file runs here: the blob went at once)."""
+        """Read past the command's READY line and the stub's STUB_STARTED (no startup file runs here: the
+        blob went at once)."""
         deadline = time.monotonic() + timeout
-        while bootstrap.READY not in self.buf:
+        while bootstrap.READY not in self.buf or bootstrap.STUB_STARTED not in self.buf:
             left = deadline - time.monotonic()
             ready, _, _ = select.select([self.proc.stdout], [], [], max(left, 0))
             data = os.read(self.proc.stdout.fileno(), 1 << 20) if ready else b""
             if not data:
                 raise AssertionError("no READY from the agent's command within %ss: %r" % (timeout, bytes(self.buf)))
             self.buf += data
-        del self.buf[:self.buf.index(bootstrap.READY) + len(bootstrap.READY)]
+        del self.buf[:self.buf.index(bootstrap.STUB_STARTED) + len(bootstrap.STUB_STARTED)]
 
     def send(self, data: bytes) -> None:
         self.proc.stdin.write(data)

@@ -62,6 +62,8 @@ def _hello_of(command: str, home: str, path: str, timeout: float = 60) -> tuple[
         buf += data
         if buf.startswith(bootstrap.READY):
             buf = buf[len(bootstrap.READY):]
+        if buf.startswith(bootstrap.STUB_STARTED):
+            buf = buf[len(bootstrap.STUB_STARTED):]
         if buf.startswith(bootstrap.SOURCE_REQUEST):
             buf = buf[len(bootstrap.SOURCE_REQUEST):]
             proc.stdin.write(bootstrap.source_blob())

@@ -1077,8 +1077,9 @@ def start_with(chan, python="python3", **options):
 def hello_frame(version):
     from remoteproc.agent import PROTOCOL_VERSION, frames
 
-    return frames.control({"op": "hello", "version": PROTOCOL_VERSION, "python": list(version),
-                           "executable": "/opt/py/bin/python3", "pid": 1})
+    # (the stub says STUB_STARTED before it reads its blob, and so before the agent's hello)
+    return bootstrap.STUB_STARTED + frames.control({"op": "hello", "version": PROTOCOL_VERSION, "python": list(version),
+                                                    "executable": "/opt/py/bin/python3", "pid": 1})
 
 
 def test_same_minor_version_is_accepted():
@@ -1124,7 +1125,7 @@ def test_a_chatty_shell_startup_file_is_logged_and_passed_over(caplog):
 
 
 def test_output_after_ready_that_is_no_frame_is_named():
-    chan = StubChannel(stdout=bootstrap.READY + b"Welcome to build01! Have a nice day.\n")
+    chan = StubChannel(stdout=bootstrap.READY + bootstrap.STUB_STARTED + b"Welcome to build01! Have a nice day.\n")
     with pytest.raises(BootstrapError) as info:
         start_with(chan)
     assert "printed b'Welcome to build01" in str(info.value) and "instead of starting the agent" in str(info.value)

@@ -243,6 +243,16 @@ class ParentImporter:
             self.cache.setdefault(name, None)
 
     def find_spec(self, name, path=None, target=None):
+        refused = _host_package_lacks(name, self.host)
+        if refused:
+            # finders put after this one (pkg_resources' VendorImporter for pkg_resources.extern.*)
+            # may still have it: theirs, else the reason
+            later = sys.meta_path[sys.meta_path.index(self) + 1:] if self in sys.meta_path else []
+            for finder in later:
+                spec = finder.find_spec(name, path, target) if hasattr(finder, "find_spec") else None
+                if spec is not None:
+                    return spec
+            raise ModuleNotFoundError(refused, name=name)
         if name not in self.cache:
             self._ask(name)
         entry = self.cache.get(name)
@@ -678,10 +688,65 @@ def _shadowed(exc):
     if not entry or "error" in entry:
         return None
     here = getattr(mod, "__file__", None) or "built in"
-    yours = entry.get("file") or "on your sys.path"
+    yours = entry.get("file") or entry.get("path") or "on your sys.path"
+    version = getattr(sys.modules.get(name.split(".")[0]), "__version__", None)
+    if isinstance(version, str):
+        here += ", version %s" % version
+    parts = os.path.normpath(yours).split(os.sep)
+    if "site-packages" in parts or "dist-packages" in parts:
+        # (an installed package: the host has another release of it, which renaming would not help)
+        fix = ("install there the release of %s you have here (with the host's own Python and pip), or take the "
+               "host's copy off that Python's path (its user site-packages, a PYTHONPATH)" % name.split(".")[0])
+    else:
+        fix = "rename your module to a name the host's Python does not have"
     return ("this host has a module %r of its own (%s), which is imported instead of yours (%s): the host's "
-            "modules come before those forwarded from your machine. Fix: rename your module to a name the "
-            "host's Python does not have" % (name, here, yours))
+            "modules come before those forwarded from your machine. Fix: %s" % (name, here, yours, fix))
+
+
+def _host_package_lacks(name, host):
+    """Why submodule ``name`` is not forwarded: its package is this host's own (another release of
+    it, or another package of that name), and modules of the user's machine added to it would mix
+    two versions (a numpy 2 pickle names ``numpy._core``, which numpy 1 lacks: numpy 2's source of
+    it, run inside numpy 1, fails deep inside).  None when the package is not the host's: forwarded,
+    in the package cache, the agent's own ``remoteproc``, or a namespace package (PEP 420, or one
+    made with ``pkgutil.extend_path`` / ``pkg_resources.declare_namespace``, whose parts may come
+    from anywhere); and for a package of the host's standard library (the user's ``test/``
+    package of tests and the standard ``test``: a clash of names, whose submodules were forwarded
+    into it before, and run)."""
+    package, _, _ = name.rpartition(".")
+    parent = sys.modules.get(package) if package else None
+    origin = getattr(parent, "__file__", None)
+    if parent is None or not isinstance(origin, str) or getattr(parent, "__path__", None) is None:
+        return None
+    loader = getattr(getattr(parent, "__spec__", None), "loader", None)
+    if isinstance(loader, ParentImporter) or type(loader).__name__ == "_ShippedImporter":
+        return None
+    stdlib = os.path.dirname(os.__file__)
+    parts = os.path.normpath(origin).split(os.sep)
+    if origin.startswith(stdlib + os.sep) and "site-packages" not in parts and "dist-packages" not in parts:
+        return None     # (a name clash with the standard library, not another release: as before)
+    from .pkgcache import MANIFEST
+
+    where = os.path.dirname(origin)
+    for _ in range(package.count(".") + 2):
+        if os.path.isfile(os.path.join(where, MANIFEST)):
+            return None     # (a package of the user's, in the package cache: one release, whole)
+        where = os.path.dirname(where)
+    try:
+        with open(origin, "rb") as f:
+            text = f.read(1 << 20)
+    except OSError:
+        text = b""
+    if b"extend_path" in text or b"declare_namespace" in text:
+        return None
+    top = name.split(".")[0]
+    version = getattr(sys.modules.get(top), "__version__", None)
+    return ("No module named %r: %s has a package %r of its own (%s%s), which is imported instead of yours "
+            "and has no such module; remoteproc adds no module of your machine to a package of the host's "
+            "(two releases mixed fail in obscure ways). Fix: install there the release of %s you have here "
+            "(with the host's own Python and pip), or take the host's copy off that Python's path (its user "
+            "site-packages, a PYTHONPATH), or rename your package if it is your own"
+            % (name, host, package, origin, ", version %s" % version if isinstance(version, str) else "", top))
 
 
 def _complete_package(importer):

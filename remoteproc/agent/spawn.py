@@ -253,12 +253,14 @@ def module_failed(exc, script=None):
 
 
 def explain(exc):
-    """Add ``module_failed``'s words, with the host's name, to ``exc``'s message (it travels
-    back to the user as it is: a Pool's or Executor's task that could not be unpickled)."""
-    hint = module_failed(exc)
+    """Add ``module_failed``'s words (or ``child._shadowed``'s: a module of the host's own lacks
+    what the task names), with the host's name, to ``exc``'s message (it travels back to the user
+    as it is: a Pool's or Executor's task that could not be unpickled)."""
+    from .child import ParentImporter, _shadowed
+
+    hint = module_failed(exc) or _shadowed(exc)
     if hint is None:
         return None
-    from .child import ParentImporter
 
     host = next((f.host for f in sys.meta_path if isinstance(f, ParentImporter)), None)
     text = "%s: %s" % (host, hint) if host else hint

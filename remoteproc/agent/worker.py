@@ -227,7 +227,7 @@ def _unpickling_failed(exc, mode):
     it and the future fails with BrokenProcessPool; this worker lives on, the future fails alike."""
     from . import spawn
 
-    spawn.explain(exc)      # (one of the user's modules is newer than this host's Python: say so)
+    spawn.explain(exc)      # (a module of the user's is newer than this host's Python, or the host has its own: say so)
     if mode != SUBMIT:
         return exc
     from concurrent.futures.process import BrokenProcessPool
