@@ -689,7 +689,7 @@ def _shadowed(exc):
         return None
     here = getattr(mod, "__file__", None) or "built in"
     yours = entry.get("file") or entry.get("path") or "on your sys.path"
-    version = getattr(sys.modules.get(name.split(".")[0]), "__version__", None)
+    version = _version(sys.modules.get(name.split(".")[0]))
     if isinstance(version, str):
         here += ", version %s" % version
     parts = os.path.normpath(yours).split(os.sep)
@@ -701,6 +701,13 @@ def _shadowed(exc):
         fix = "rename your module to a name the host's Python does not have"
     return ("this host has a module %r of its own (%s), which is imported instead of yours (%s): the host's "
             "modules come before those forwarded from your machine. Fix: %s" % (name, here, yours, fix))
+
+
+def _version(module):
+    """A module's ``__version__`` if it has one already, read without running anything: a module
+    ``__getattr__`` may make it (toolz's does, into its globals, which tlz is iterating while it
+    imports: "dictionary changed size during iteration" for every ``import dask``)."""
+    return getattr(module, "__dict__", {}).get("__version__")
 
 
 def _host_package_lacks(name, host):
@@ -740,7 +747,7 @@ def _host_package_lacks(name, host):
     if b"extend_path" in text or b"declare_namespace" in text:
         return None
     top = name.split(".")[0]
-    version = getattr(sys.modules.get(top), "__version__", None)
+    version = _version(sys.modules.get(top))
     return ("No module named %r: %s has a package %r of its own (%s%s), which is imported instead of yours "
             "and has no such module; remoteproc adds no module of your machine to a package of the host's "
             "(two releases mixed fail in obscure ways). Fix: install there the release of %s you have here "
