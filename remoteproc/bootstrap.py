@@ -532,7 +532,8 @@ def _take(chan: AgentChannel, target, buf: bytearray, err: bytearray, deadline: 
         wait_readable(chan, 0.05)
         data = chan.recv(65536)
     if data == b"":
-        _failed(chan, target, err, deadline, bytes(buf) if out is None else out)
+        # (``out`` is given once READY has come: our command ran, and so did the Python it started)
+        _failed(chan, target, err, deadline, bytes(buf) if out is None else out, python_ran=out is not None)
     if data:
         buf += data
 
@@ -648,8 +649,10 @@ def _no_login_shell(target, shell: str, said: str) -> BootstrapError:
         % (target.display, target.username, shell, said or "no message", target.username), target.display)
 
 
-def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: bytes = b"") -> None:
-    """The command ended before its hello: raise BootstrapError with its status and its words."""
+def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: bytes = b"",
+            python_ran: bool = False) -> None:
+    """The command ended before its hello: raise BootstrapError with its status and its words
+    (``python_ran``: after READY, so the login shell ran our command and exec'd the Python)."""
     status = chan.exit_status()
     while status is None and time.monotonic() < deadline:
         time.sleep(0.01)
@@ -700,12 +703,7 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
             "startup files, /etc/security/limits.conf, a batch system's job limits), or end other processes of "
             "the account there." % (display, said[-500:]), display)
     if status == 0:
-        raise BootstrapError(
-            "%s: the server ran something other than remoteproc's command, which ended with status 0 before "
-            "the agent started (its output: %s; stderr: %s): a ForceCommand in sshd_config, a command= "
-            "option of the key in authorized_keys, or a shell startup file that execs another shell or "
-            "program. Fix: allow the account to run commands over SSH (ssh HOST python3 -V must work)."
-            % (display, shown[:500] or "none", said[:500] or "none"), display)
+        raise _ended_at_once(target, shown, said, python_ran)
     ver = "%d.%d" % sys.version_info[:2]
     if status in (126, 127):
         if target.python is None:
@@ -724,6 +722,26 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
     given = target.python if target.python is None or isinstance(target.python, str) else list(target.python)
     raise BootstrapError("%s: could not start the agent with python=%r (exit status %s): %s. Fix: %s."
                          % (display, given, status, said or "no message", hint), display)
+
+
+def _ended_at_once(target, shown: str, said: str, python_ran: bool) -> BootstrapError:
+    """The command ended with status 0 before the agent's hello: after READY, the Python (or a
+    python= wrapper) ended by itself; before it, something else ran instead of our command."""
+    display = target.display
+    if python_ran:
+        return BootstrapError(
+            "%s: %s ended with status 0 before remoteproc's agent started (its output: %s; stderr: %s). Fix: "
+            "python= must run a Python 3.8+ with the arguments it is given (a wrapper script ends with "
+            "exec python3 \"$@\"), and nothing the host's Python runs as it starts (a sitecustomize.py, "
+            "usercustomize.py or .pth file) may end it." % (
+                display, "python=%r" % (target.python,) if target.python else "python3",
+                shown[:500] or "none", said[:500] or "none"), display)
+    return BootstrapError(
+        "%s: the server ran something other than remoteproc's command, which ended with status 0 before "
+        "the agent started (its output: %s; stderr: %s): a ForceCommand in sshd_config, a command= "
+        "option of the key in authorized_keys, or a shell startup file that execs another shell or "
+        "program. Fix: allow the account to run commands over SSH (ssh HOST python3 -V must work)."
+        % (display, shown[:500] or "none", said[:500] or "none"), display)
 
 
 def _setup_failed(target, said: str, m: Optional[re.Match], shown: str, i: int = 0, status: Any = None) -> None:

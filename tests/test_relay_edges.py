@@ -137,6 +137,7 @@ def control(msg):
     return struct.pack(">BII", 5, 0, len(body)) + body
 
 
+os.write(1, b"remoteproc:stub\n")   # (bootstrap.STUB_STARTED: what the real stub says before it reads)
 first = read(1)
 while first == b"\n":              # the newlines sent before the blob, for a startup file's read
     first = read(1)
