@@ -71,11 +71,10 @@ def _discard_unread(sock) -> None:
     peer's next send fail with ECONNRESET, where a local reader that went away gives the writer
     EPIPE (BrokenPipeError, which programs catch).  Its read side is shut down (STOP) or at its
     end, so nothing more comes in: what the writer's send buffer held (megabytes: ``SEND_BUFFER``)."""
-    scratch = bytearray(1 << 20)
-    for _ in range(1024):
+    for _ in range(4096):
         try:
-            if not sock.recv_into(scratch, 0, _DONTWAIT):
-                return
+            if not sock.recv(1 << 16, _DONTWAIT):
+                return      # (the common case, at once: the child closed its end, nothing unread)
         except OSError:
             return
 
