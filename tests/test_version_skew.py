@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
+import pathlib
 import pwd
 import shutil
 import signal
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import textwrap
 import time
+import types
 from collections.abc import Iterator
 
 import pytest
@@ -231,25 +233,34 @@ def _takes(conn, obj):
     conn.send(type(obj).__name__)
 
 
-def test_an_object_of_a_class_the_hosts_release_lacks(host, tmp_path, capfd):
-    """Fixed: an argument whose class the host's own release of an installed package lacks failed
-    the start with pickle's ``Can't get attribute 'Newer' on <module 'skewrel' ...>`` and a line
-    whose fix was "rename your module", which is no fix for a package installed with pip.  For a
-    module of the user's site-packages the line names the host's version and says to install the
-    user's release there (or to take the host's copy off its path)."""
-    srv, site = host
+@pytest.fixture
+def skewrel(host, tmp_path) -> Iterator[tuple[types.ModuleType, pathlib.Path]]:
+    """The host's ``skewrel`` 1.0 in its user site, and the user's 2.0, which has a class ``Newer``,
+    in a site-packages of this side: (the imported user's module, its site-packages directory)."""
+    _srv, site = host
     site.write("skewrel/__init__.py", "__version__ = '1.0'\n")
     installed = tmp_path / "venv" / "lib" / ("python" + VERSION) / "site-packages"
     (installed / "skewrel").mkdir(parents=True)
     (installed / "skewrel" / "__init__.py").write_text("__version__ = '2.0'\n\nclass Newer:\n    pass\n")
     sys.path.insert(0, str(installed))
     try:
-        import skewrel
+        import skewrel as module
 
-        code, got = _run(srv, "paramiko", _takes, skewrel.Newer())
+        yield module, installed
     finally:
         sys.path.remove(str(installed))
         sys.modules.pop("skewrel", None)
+
+
+def test_an_object_of_a_class_the_hosts_release_lacks(host, skewrel, capfd):
+    """Fixed: an argument whose class the host's own release of an installed package lacks failed
+    the start with pickle's ``Can't get attribute 'Newer' on <module 'skewrel' ...>`` and a line
+    whose fix was "rename your module", which is no fix for a package installed with pip.  For a
+    module of the user's site-packages the line names the host's version and says to install the
+    user's release there (or to take the host's copy off its path)."""
+    srv, _site = host
+    module, installed = skewrel
+    code, got = _run(srv, "paramiko", _takes, module.Newer())
     err = capfd.readouterr().err
     assert (code, got) == (1, None), (code, got, err)
     assert "Can't get attribute 'Newer' on <module 'skewrel'" in err, err
@@ -258,24 +269,14 @@ def test_an_object_of_a_class_the_hosts_release_lacks(host, tmp_path, capfd):
     assert "Fix: install there the release of skewrel you have here" in line and "rename" not in line, line
 
 
-def test_a_pool_task_of_a_class_the_hosts_release_lacks(host, tmp_path):
+def test_a_pool_task_of_a_class_the_hosts_release_lacks(host, skewrel):
     """Fixed: the same in a Pool's task failed with pickle's words alone (the worker unpickles the
     task); now its error carries the line above too."""
-    srv, site = host
-    site.write("skewrel/__init__.py", "__version__ = '1.0'\n")
-    installed = tmp_path / "venv" / "lib" / ("python" + VERSION) / "site-packages"
-    (installed / "skewrel").mkdir(parents=True)
-    (installed / "skewrel" / "__init__.py").write_text("__version__ = '2.0'\n\nclass Newer:\n    pass\n")
-    sys.path.insert(0, str(installed))
-    try:
-        import skewrel
-
-        with remoteproc.Pool([srv.spec(USER)], 1, **srv.options(USER)) as pool:
-            with pytest.raises(AttributeError) as info:
-                pool.apply(repr, (skewrel.Newer(),))
-    finally:
-        sys.path.remove(str(installed))
-        sys.modules.pop("skewrel", None)
+    srv, _site = host
+    module, _installed = skewrel
+    with remoteproc.Pool([srv.spec(USER)], 1, **srv.options(USER)) as pool:
+        with pytest.raises(AttributeError) as info:
+            pool.apply(repr, (module.Newer(),))
     text = str(info.value)
     assert "Can't get attribute 'Newer' on <module 'skewrel'" in text and "rpskew1@" in text, text
     assert "version 1.0" in text and "Fix: install there the release of skewrel you have here" in text, text

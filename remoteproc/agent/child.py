@@ -710,6 +710,38 @@ def _version(module):
     return getattr(module, "__dict__", {}).get("__version__")
 
 
+#: package file -> whether it is one release, whole (``_one_release``): read once per package
+_ONE_RELEASE = {}  # type: dict[str, bool]
+
+
+def _one_release(package, origin):
+    """Whether the package whose ``__init__`` is ``origin`` is a release of its own, to which no
+    module may be added: not one of the package cache's (the user's, whole) nor a namespace
+    package made with ``pkgutil.extend_path`` / ``pkg_resources.declare_namespace``.  (A package
+    may be asked about for each of its missing submodules: the files are read once.)"""
+    known = _ONE_RELEASE.get(origin)
+    if known is not None:
+        return known
+    from .pkgcache import MANIFEST
+
+    whole = True
+    where = os.path.dirname(origin)
+    for _ in range(package.count(".") + 2):
+        if os.path.isfile(os.path.join(where, MANIFEST)):
+            whole = False
+            break
+        where = os.path.dirname(where)
+    if whole:
+        try:
+            with open(origin, "rb") as f:
+                text = f.read(1 << 20)
+        except OSError:
+            text = b""
+        whole = b"extend_path" not in text and b"declare_namespace" not in text
+    _ONE_RELEASE[origin] = whole
+    return whole
+
+
 def _host_package_lacks(name, host):
     """Why submodule ``name`` is not forwarded: its package is this host's own (another release of
     it, or another package of that name), and modules of the user's machine added to it would mix
@@ -732,19 +764,7 @@ def _host_package_lacks(name, host):
     parts = os.path.normpath(origin).split(os.sep)
     if origin.startswith(stdlib + os.sep) and "site-packages" not in parts and "dist-packages" not in parts:
         return None     # (a name clash with the standard library, not another release: as before)
-    from .pkgcache import MANIFEST
-
-    where = os.path.dirname(origin)
-    for _ in range(package.count(".") + 2):
-        if os.path.isfile(os.path.join(where, MANIFEST)):
-            return None     # (a package of the user's, in the package cache: one release, whole)
-        where = os.path.dirname(where)
-    try:
-        with open(origin, "rb") as f:
-            text = f.read(1 << 20)
-    except OSError:
-        text = b""
-    if b"extend_path" in text or b"declare_namespace" in text:
+    if not _one_release(package, origin):
         return None
     top = name.split(".")[0]
     version = _version(sys.modules.get(top))
