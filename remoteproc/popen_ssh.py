@@ -109,7 +109,7 @@ class Popen:
             request["payload"], request["streamed"] = b"", payload.size
             fds.append(payload.fd)
         try:
-            relay = relay_client.get()
+            relay = self._relay = relay_client.get()
             self._status = relay.start(request, fds)
         finally:
             if isinstance(payload, spill.Streamed):
@@ -141,8 +141,9 @@ class Popen:
             msg, _fds = self._receiver.recv()
             return msg
         except (EOFError, OSError):
-            return ("error", "ConnectionLostError",
-                    "%s: the local relay process ended unexpectedly" % self.host)
+            relay = getattr(self, "_relay", None)
+            return ("error", "ConnectionLostError", "%s: the local relay process ended unexpectedly%s"
+                    % (self.host, "" if relay is None else relay.ended_how(1.0 if self.pid is None else 0.0)))
 
     def poll(self, flag: int = os.WNOHANG) -> int | None:
         """The exit code, or None while the remote process runs (``flag`` 0: wait for it)."""

@@ -48,18 +48,55 @@ def _socketpair() -> tuple[socket.socket, socket.socket]:
     return socket.socket(fileno=stdio.above(a.detach())), socket.socket(fileno=stdio.above(b.detach()))
 
 
+def user_path() -> list[str]:
+    """This process's ``sys.path`` with every entry absolute, for the relay's own imports and for
+    module forwarding.  ``''`` (``python -c``, ``python -``, the REPL) and relative entries are the
+    current directory; where it is gone (deleted, or a parent made unreadable, after the program
+    started: ``os.getcwd()`` fails) they are the directory the program started in, as
+    multiprocessing's spawn has them, or left out when even that is unknown."""
+    try:
+        cwd: str | None = os.getcwd()
+    except OSError:
+        from multiprocessing import process
+
+        cwd = getattr(process, "ORIGINAL_DIR", None)     # (private: the cwd when multiprocessing was imported)
+    path = []
+    for entry in sys.path:
+        if os.path.isabs(entry):
+            path.append(os.path.normpath(entry))
+        elif cwd is not None:
+            path.append(os.path.normpath(os.path.join(cwd, entry)) if entry else cwd)
+    return path
+
+
+def _interpreter_flags() -> list[str]:
+    """The flags that keep this interpreter from its environment, for the relay as multiprocessing's
+    spawn passes them on: a program run with ``-E`` or ``-I`` (a service's ``python3 -I``) ignores
+    ``PYTHONHOME`` and ``PYTHONPATH``, and a relay that read them failed to start (``PYTHONHOME`` of
+    another Python: no ``encodings``) or imported other modules than the program's."""
+    if sys.flags.isolated:
+        return ["-I"]
+    flags = []
+    if sys.flags.ignore_environment:
+        flags.append("-E")
+    if sys.flags.no_user_site:
+        flags.append("-s")
+    if getattr(sys.flags, "safe_path", False):     # (Python 3.11+)
+        flags.append("-P")
+    return flags
+
+
 class RelayHandle:
     """A running relay process and the socket to it."""
 
     def __init__(self) -> None:
         self.pid_owner = os.getpid()
         ours, theirs = _socketpair()
-        path = [os.path.abspath(p) if p else os.getcwd() for p in sys.path]
         code = ("import sys; sys.path[:0] = %r; from remoteproc.relay.process import main; main(%d)"
-                % (_package_path() + path, theirs.fileno()))
+                % (_package_path() + user_path(), theirs.fileno()))
         # -S: the relay gets this process's sys.path as it is, so the site module (and the
         # .pth files it runs, 5-40 ms) is not needed; coverage measurement needs its .pth.
-        flags = [] if os.environ.get("COVERAGE_PROCESS_START") else ["-S"]
+        flags = _interpreter_flags() + ([] if os.environ.get("COVERAGE_PROCESS_START") else ["-S"])
         # SIGINT blocked until the relay has its handler (relay/process.py): a Ctrl-C while it
         # starts up is then passed on to the remote children, not a traceback of its imports.
         # (In this thread only, for the few ms of the spawn: a Ctrl-C meanwhile waits, then lands.)
@@ -86,7 +123,13 @@ class RelayHandle:
         self.reader = threading.Thread(target=self._read, name="remoteproc-relay-reader", daemon=True)
         self.reader.start()
         self.level = logging.getLogger("remoteproc").getEffectiveLevel()
-        self.send_to_relay(("level", self.level))
+        try:
+            self.send_to_relay(("level", self.level))
+        except OSError:
+            # The relay ended at once (it could not start: its own words are on stderr).  The
+            # constructor of a RemoteProcess raised a bare BrokenPipeError here; start() now
+            # says it, as a ConnectionLostError with the relay's exit status.
+            pass
 
     def send_to_relay(self, msg, fds: Sequence[int] = ()) -> None:
         with self.send_lock:
@@ -108,7 +151,7 @@ class RelayHandle:
 
     def start(self, request: dict[str, Any], fds: Sequence[int]) -> socket.socket:
         """Send a start request; returns the process's status socket."""
-        request.setdefault("path", [os.path.abspath(p) if p else os.getcwd() for p in sys.path])
+        request.setdefault("path", user_path())
         request.setdefault("editable", _editable_roots())
         request["id"] = next(self.next_id)
         ours, theirs = _socketpair()
@@ -140,6 +183,19 @@ class RelayHandle:
 
     def alive(self) -> bool:
         return os.getpid() == self.pid_owner and self.proc.poll() is None
+
+    def ended_how(self, wait: float = 1.0) -> str:
+        """How the relay process ended, for a message: `` (exit status 1: ...)``, or ""."""
+        if os.getpid() != self.pid_owner:
+            return ""
+        try:
+            code = self.proc.wait(wait)
+        except subprocess.TimeoutExpired:
+            return ""
+        if code < 0:
+            return " (killed by signal %d)" % -code
+        return (" (exit status %d: what it said is on this program's standard error; it runs %s with this "
+                "program's environment and flags)" % (code, sys.executable)) if code else ""
 
 
 def _package_path() -> list[str]:
