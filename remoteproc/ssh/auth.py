@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from ..errors import AuthenticationError
 from .hostkeys import fingerprint
-from .target import DEFAULT_IDENTITIES, Target, own_key_fix, public_key
+from .target import DEFAULT_IDENTITIES, Target, home_hint, own_key_fix, public_key
 
 log = logging.getLogger("remoteproc.ssh")
 
@@ -526,8 +526,9 @@ def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list
         fix = (" Fix: %s. If `ssh` itself logs you in (Kerberos/GSSAPI, a FIDO or PKCS#11 key, 2FA), pass "
                "transport='openssh' to use it." % keys)
     return AuthenticationError(
-        "%s: authentication failed; the server accepts %s; tried: %s.%s%s"
-        % (target.display, ", ".join(allowed) or "nothing we offered", "; ".join(tried), closed, fix),
+        "%s: authentication failed; the server accepts %s; tried: %s.%s%s%s"
+        % (target.display, ", ".join(allowed) or "nothing we offered", "; ".join(tried), closed, fix,
+           home_hint(target.options)),
         target.display)
 
 

@@ -14,7 +14,7 @@ from ..errors import TURNED_AWAY, TURNED_AWAY_FIX, ConnectError, RemoteProcessEr
 from . import probe
 from .auth import authenticate
 from .hostkeys import check_host_key, prefer_known_types, read_known_hosts
-from .target import Target, config_read, typo_hint
+from .target import Target, config_read, home_hint, typo_hint
 
 WINDOW_SIZE = 8 << 20
 MAX_PACKET = 128 << 10
@@ -73,9 +73,10 @@ def _tcp(target: Target) -> socket.socket:
         infos = socket.getaddrinfo(target.hostname, target.port, family, socket.SOCK_STREAM)
     except socket.gaierror as exc:
         config = config_read(target.options)
-        raise ConnectError("%s: cannot resolve host name %r (%s). Check the name%s%s."
+        raise ConnectError("%s: cannot resolve host name %r (%s). Check the name%s%s.%s"
                            % (target.display, target.hostname, exc.strerror, typo_hint(target),
-                              "" if config is None else " or its HostName in %s" % config),
+                              "" if config is None else " or its HostName in %s" % config,
+                              home_hint(target.options)),
                            target.display) from None
     deadline = time.monotonic() + target.connect_timeout
     error: OSError | None = None

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import HostKeyError
 from .config import match_pattern_list
-from .target import Target
+from .target import Target, home_hint
 
 log = logging.getLogger("remoteproc.ssh")
 
@@ -195,8 +195,8 @@ def check_host_key(target: Target, key: Any) -> None:
     raise HostKeyError(
         "%s: the host key is unknown (%s %s; %s). Check that fingerprint with the host's "
         "administrator, then trust it: %s; or pass host_key_policy='accept-new' to record it on first "
-        "use.%s" % (target.display, kind, fingerprint(key), checked, _how_to_trust(target, kind),
-                     _note(stray_hint(target, blob))), target.display)
+        "use.%s%s" % (target.display, kind, fingerprint(key), checked, _how_to_trust(target, kind),
+                       _note(stray_hint(target, blob)), home_hint(target.options)), target.display)
 
 
 def _note(clause: str) -> str:

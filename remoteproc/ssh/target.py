@@ -278,6 +278,50 @@ def config_read(options: dict[str, Any]) -> str | None:
     return os.path.expanduser(os.fspath(given))
 
 
+def home_hint(options: dict[str, Any]) -> str:
+    """The paramiko transport finds ``~/.ssh`` in ``$HOME`` (Python's ``~``), ``ssh`` in the account's
+    home directory whatever ``$HOME`` says.  A program started with ``$HOME`` elsewhere (a service's
+    ``Environment=HOME=/var/lib/app``, cron's ``HOME=``, ``env HOME=/tmp``) found none of the account's
+    config, keys and known_hosts, and its error said to check the name or the key, which ``ssh`` finds.
+    Where ``$HOME/.ssh`` lacks a file of the account's ``~/.ssh`` that this start would have read: a
+    clause naming both and the ways out; else ""."""
+    import pwd
+    import shlex
+
+    home = os.environ.get("HOME")
+    if not home:
+        return ""       # (Python's ~ is then the account's home, as ssh's)
+    try:
+        account = pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return ""
+    if os.path.realpath(home) == os.path.realpath(account):
+        return ""
+    theirs = os.path.join(account, ".ssh")
+    mine = os.path.join(home, ".ssh")
+    wanted: list[tuple[str, tuple[str, ...]]] = []     # (option, file names of ~/.ssh it stands for)
+    if options.get("ssh_config") is None:
+        wanted.append(("ssh_config", ("config",)))
+    if options.get("known_hosts") is None:
+        wanted.append(("known_hosts", ("known_hosts",)))
+    if options.get("key_filename") is None and option(options, "look_for_keys"):
+        wanted.append(("key_filename", DEFAULT_IDENTITIES))
+    missing: list[tuple[str, str]] = []
+    for name, files in wanted:
+        for base in files:
+            path = os.path.join(theirs, base)
+            if os.path.isfile(path) and not os.path.exists(os.path.join(mine, base)):
+                missing.append((name, path))
+                break
+    if not missing:
+        return ""
+    named = ", ".join("%s=%r" % kv for kv in missing)
+    return (" (note: the paramiko transport reads ~/.ssh in $HOME=%s, which has no %s; the account's home %s has. "
+            "Fix: start the program with HOME=%s, or pass transport='openssh' (ssh reads %s whatever $HOME says), "
+            "or %s)" % (home, ", ".join(os.path.basename(p) for _, p in missing), account, shlex.quote(account),
+                        theirs, named))
+
+
 def own_key_fix(path: str) -> str:
     """The commands that make a private key file the user's and readable by them only."""
     import pwd
