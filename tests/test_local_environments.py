@@ -181,6 +181,30 @@ def test_a_relay_that_cannot_start_is_a_typed_error_with_its_exit_status(sshd, t
         assert "exit status 1" in message and "standard error" in message, message
 
 
+# -- no terminal ---------------------------------------------------------------------------------
+
+
+def test_allow_prompt_without_a_terminal_says_so_not_to_pass_allow_prompt(sshd, program, tmp_path):
+    """``allow_prompt=True`` in a program that has no terminal (cron, a service, ``setsid``, a daemon)
+    with a key that needs its passphrase: ``ssh`` cannot ask, says nothing of it, and the login is
+    refused.  The error's fix was "pass allow_prompt=True", which the program had done; it now says
+    that there is no terminal to ask on, and what works without one."""
+    key = str(tmp_path / "locked_key")
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "a passphrase", "-f", key], check=True,
+                   stdin=subprocess.DEVNULL, capture_output=True, timeout=30)
+    options = {"port": sshd.port, "username": sshd.users[0], "transport": "openssh", "allow_prompt": True,
+               "key_filename": key, "allow_agent": False, "look_for_keys": False, "ssh_config": False,
+               "known_hosts": sshd.known_hosts}
+    env = _bare_env(HOME=os.environ.get("HOME", "/root"), PYTHONPATH=REPO)
+    got = _run([sys.executable, program, sshd.host, json.dumps(options)], env, str(tmp_path / "result.json"),
+               start_new_session=True)      # (no controlling terminal, as under cron or a service)
+    assert got.get("error") == "AuthenticationError", got
+    message = got["message"]
+    assert message.startswith("%s@%s:%d" % (sshd.users[0], sshd.host, sshd.port)), message
+    assert "this program has no terminal" in message and "ssh-add" in message, message
+    assert "pass allow_prompt=True" not in message, message
+
+
 # -- an account of its own: its ~/.ssh, a venv, a service's environment ---------------------------
 
 

@@ -618,6 +618,24 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"No route to host|Network is unreachable", re.I), ConnectError,
      "the host is unreachable. Fix: check the network path (VPN, ProxyJump)"),
 ]
+#: a login refused with allow_prompt=True where ssh had no terminal to ask on: it asks nothing, says nothing
+#: of it, and the usual advice (pass allow_prompt=True) was given to a program that had
+_NO_TERMINAL = ("the server refused every way ssh tried to log in, and ssh could not ask for a passphrase or "
+                "password: allow_prompt=True, but this program has no terminal (started by cron, a service, setsid, "
+                "or as a daemon). Fix: load the key into ssh-agent (ssh-add) and give the program its SSH_AUTH_SOCK, "
+                "or use a key without a passphrase; then check that `{ssh}` logs in with BatchMode=yes")
+
+
+def _has_terminal() -> bool:
+    """Whether this process has a controlling terminal, on which ``ssh`` would ask (``/dev/tty``)."""
+    try:
+        fd = os.open("/dev/tty", os.O_RDWR | os.O_NOCTTY)
+    except OSError:
+        return False
+    os.close(fd)
+    return True
+
+
 #: where ssh found the old key of a changed one, and the command it gives to remove it
 _OFFENDING = re.compile(r"Offending (?:\S+ )?key (?:for IP )?in (\S+):(\d+)")
 _REMOVE_WITH = re.compile(r"remove with:\s*(ssh-keygen -f .* -R .*?)\s*$", re.M)
@@ -722,6 +740,8 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
                             "fingerprint: %s" % (display, where, changed, ssh, words), display)
     for pattern, kind, advice in _PATTERNS:
         if pattern.search(head):
+            if kind is AuthenticationError and target.options.get("allow_prompt") and not _has_terminal():
+                advice = _NO_TERMINAL
             fix = advice.format(ssh=ssh, config=config, typo=typo_hint(target) if "{typo}" in advice else "",
                                 stray=_stray(target) if "{stray}" in advice else "")
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, fix, words), display)
