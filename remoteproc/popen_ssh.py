@@ -109,7 +109,7 @@ class Popen:
             request["payload"], request["streamed"] = b"", payload.size
             fds.append(payload.fd)
         try:
-            relay = self._relay = relay_client.get()
+            relay = self._relay = relay_client.get(self.host)
             self._status = relay.start(request, fds)
         finally:
             if isinstance(payload, spill.Streamed):

@@ -263,7 +263,8 @@ def test_no_relay_starts_once_the_program_exits(sshd: Any, tmp_path: Any) -> Non
     finally:
         _kill_session(proc.pid)
     assert "exitcode 0" in out, (out, err)
-    assert re.search(r"^refused ConnectionLostError the program is exiting", out, re.M), (out, err)
+    said = r"^refused ConnectionLostError %s: the program is exiting" % re.escape(sshd.spec(current_user()))
+    assert re.search(said, out, re.M), (out, err)
     assert "relay none" in out, (out, err)
 
 

@@ -181,6 +181,56 @@ def test_a_relay_that_cannot_start_is_a_typed_error_with_its_exit_status(sshd, t
         assert "exit status 1" in message and "standard error" in message, message
 
 
+# -- atexit ----------------------------------------------------------------------------------------
+
+AT_EXIT = textwrap.dedent("""\
+    import atexit, json, os, sys
+
+    def at_exit():
+        import remoteproc
+        from remoteproc import Pipe, RemoteProcess
+        try:
+            a, b = Pipe()
+            p = RemoteProcess(sys.argv[1], target=os.getpid, **json.loads(sys.argv[2]))
+            p.start()
+            p.join(30)
+            out = {"exitcode": p.exitcode}
+        except remoteproc.RemoteProcessError as exc:
+            out = {"error": type(exc).__name__, "message": str(exc)}
+        with open(os.environ["RESULT"], "w") as f:
+            json.dump(out, f)
+
+    if sys.argv[3] == "before":
+        atexit.register(at_exit)
+    import remoteproc
+    first = remoteproc.RemoteProcess(sys.argv[1], target=os.getpid, **json.loads(sys.argv[2]))
+    first.start()       # (the program's own work: its relay runs)
+    first.join(30)
+    if sys.argv[3] == "after":
+        atexit.register(at_exit)
+    """)
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_start_in_an_atexit_handler(sshd, tmp_path, transport):
+    """A handler registered after the program's first RemoteProcess runs before multiprocessing's exit
+    function (atexit runs the last registered first), and its start works.  One registered before
+    (at the program's top) runs after the relay was stopped: its start is refused (no relay that
+    nothing would stop), and the error said neither the host nor that the handler's place in
+    atexit's order is the fix.  (A local ``Process`` started there runs, unjoined by
+    multiprocessing.)"""
+    prog = tmp_path / "at_exit.py"
+    prog.write_text(AT_EXIT)
+    options = dict(sshd.options(), transport=transport)
+    env = _bare_env(HOME=os.environ.get("HOME", "/root"), PYTHONPATH=REPO)
+    argv = [sys.executable, str(prog), sshd.spec(), json.dumps(options)]
+    assert _run(argv + ["after"], env, str(tmp_path / "after.json")) == {"exitcode": 0}
+    got = _run(argv + ["before"], env, str(tmp_path / "before.json"))
+    assert got.get("error") == "ConnectionLostError", got
+    assert got["message"].startswith(sshd.spec() + ": the program is exiting"), got
+    assert "registered after the program's first RemoteProcess" in got["message"], got
+
+
 # -- no terminal ---------------------------------------------------------------------------------
 
 

@@ -220,8 +220,9 @@ os.register_at_fork(after_in_child=_forget_in_child)
 _exited_in: int | None = None
 
 
-def get() -> RelayHandle:
-    """The relay process of this process, started if needed (but not once the program exits)."""
+def get(host: str | None = None) -> RelayHandle:
+    """The relay process of this process, started if needed (but not once the program exits:
+    ``host``, the start's, is then named in the error)."""
     global _relay
     with _lock:
         if _relay is None or not _relay.alive():
@@ -230,9 +231,15 @@ def get() -> RelayHandle:
                 # start-up a Ctrl-C interrupted) would start a relay that nothing stops: it
                 # would outlive the program, holding its stdout and stderr (``prog | cat``
                 # and ``subprocess.run(capture_output=True)`` would wait for it).
-                raise ConnectionLostError("the program is exiting: its relay process is stopped and no "
+                # (An atexit handler registered before the program's first RemoteProcess runs after
+                # this stop too: atexit runs the last registered first, and multiprocessing's exit
+                # function, which stops the relay, is registered when that process is made.)
+                raise ConnectionLostError("%sthe program is exiting: its relay process is stopped and no "
                                           "new one starts. Fix: start remote processes before the "
-                                          "interpreter exits (join the threads that start them)")
+                                          "interpreter exits (join the threads that start them); an atexit "
+                                          "handler that starts them must be registered after the program's "
+                                          "first RemoteProcess is made (atexit runs the last registered first)"
+                                          % ("%s: " % host if host else ""), host)
             _relay = RelayHandle()
         return _relay
 
