@@ -359,6 +359,9 @@ def test_home_without_ssh_names_the_accounts_ssh_with_the_paramiko_transport(use
     assert "key_filename=%r" % named["key_filename"] in got["message"], got
     # and the way out it names works
     assert _as_account(user, [venv, program, "lab", json.dumps(named)], env) == WORKED
+    # an empty $HOME (systemd's Environment=HOME=) is Python's "/": said too
+    got = _as_account(user, [venv, program, "lab", "{}"], dict(env, HOME=""))
+    assert got.get("error") == "ConnectError" and "$HOME='' (empty)" in got["message"], got
 
 
 def _port(u: User) -> int:

@@ -288,17 +288,18 @@ def home_hint(options: dict[str, Any]) -> str:
     import pwd
     import shlex
 
-    home = os.environ.get("HOME")
-    if not home:
+    if "HOME" not in os.environ:
         return ""       # (Python's ~ is then the account's home, as ssh's)
+    home = os.environ["HOME"]
+    expanded = os.path.expanduser("~")      # (an empty $HOME, systemd's Environment=HOME=, is "/")
     try:
         account = pwd.getpwuid(os.getuid()).pw_dir
     except KeyError:
         return ""
-    if os.path.realpath(home) == os.path.realpath(account):
+    if os.path.realpath(expanded) == os.path.realpath(account):
         return ""
     theirs = os.path.join(account, ".ssh")
-    mine = os.path.join(home, ".ssh")
+    mine = os.path.join(expanded, ".ssh")
     wanted: list[tuple[str, tuple[str, ...]]] = []     # (option, file names of ~/.ssh it stands for)
     if options.get("ssh_config") is None:
         wanted.append(("ssh_config", ("config",)))
@@ -318,8 +319,8 @@ def home_hint(options: dict[str, Any]) -> str:
     named = ", ".join("%s=%r" % kv for kv in missing)
     return (" (note: the paramiko transport reads ~/.ssh in $HOME=%s, which has no %s; the account's home %s has. "
             "Fix: start the program with HOME=%s, or pass transport='openssh' (ssh reads %s whatever $HOME says), "
-            "or %s)" % (home, ", ".join(os.path.basename(p) for _, p in missing), account, shlex.quote(account),
-                        theirs, named))
+            "or %s)" % (home or "'' (empty)", ", ".join(os.path.basename(p) for _, p in missing), account,
+                        shlex.quote(account), theirs, named))
 
 
 def own_key_fix(path: str) -> str:
