@@ -193,9 +193,10 @@ def explain(exc: BaseException) -> tuple[str, str]:
                 "give --cwd a directory that exists on the host (a relative one starts from the remote "
                 "login directory; ~ is the remote home), or leave --cwd out")
     if isinstance(exc, BootstrapError):
-        return ("the remote agent could not be started with the remote Python",
-                "install Python %d.%d on the host, or name its interpreter with --python PATH"
-                % sys.version_info[:2])
+        # (its causes are many: no Python 3.8+, a login shell that runs no command, a ForceCommand,
+        # a startup file waiting for input ...; the message names the one and its fix)
+        return ("the remote agent could not be started on the host",
+                "as the message above says; --python PATH names the host's interpreter (any Python 3.8+)")
     if isinstance(exc, ConfigError):
         flag = _OPTION_FLAG.match(str(exc))
         if flag:        # (an option only a flag gives: its fix is that flag, not the host's form)
@@ -203,6 +204,10 @@ def explain(exc: BaseException) -> tuple[str, str]:
                     "give %s a value as the message above says, or leave it out" % _FLAGS[flag.group(1)])
         return ("the host or an option is not usable as given",
                 "write the host as HOST, USER@HOST or USER@HOST:PORT, or fix the ssh_config entry")
+    if isinstance(exc, ConnectionLostError) and "local relay process" in str(exc):
+        return ("remoteproc's relay process on this machine ended",
+                "see what it printed above; check that this Python starts with its environment (PYTHONHOME, "
+                "PYTHONPATH) as it is")
     if isinstance(exc, ConnectionLostError):
         return ("the SSH connection went away", "check the network and the host, then run again")
     return ("remoteproc failed", "see the message above")

@@ -208,7 +208,8 @@ def test_run_a_script_that_raises_keyboardinterrupt_exits_as_python3_does(alias,
     (ConfigError("h: bad", "h"), "not usable as given"),
     (ConnectionLostError("h: connection lost", "h"), "went away"),
     (BootstrapError("h: cannot start the process in directory '/x'", "h"), "--cwd"),
-    (BootstrapError("h: no python", "h"), "remote Python"),
+    (BootstrapError("h: no python", "h"), "could not be started on the host"),
+    (ConnectionLostError("h: the local relay process ended unexpectedly", "h"), "relay process on this machine"),
     (RemoteProcessError("h: odd", "h"), "remoteproc failed"),
 ])
 def test_each_error_has_its_own_cause(error, cause):
