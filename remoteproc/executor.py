@@ -55,9 +55,11 @@ class Executor(futures.Executor):
 
     def __init__(self, hosts: Hosts, processes_per_host: int | None = None, initializer: Callable | None = None,
                  initargs: Iterable = (), max_tasks_per_child: int | None = None, *, retries: int = 0,
-                 **ssh_options: Any) -> None:
+                 _reconnect: bool = False, _threads: tuple | None = None, **ssh_options: Any) -> None:
+        # (``_reconnect``, ``_threads``: the joblib backend's; see Scheduler and worker.limit_threads)
         self._core = Scheduler(hosts, processes_per_host, initializer, initargs, max_tasks_per_child,
-                               ssh_options, retries, may_have_children=True)
+                               ssh_options, retries, may_have_children=True, reconnect=_reconnect,
+                               threads=_threads)
         self._shutdown = False
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
         _wait_at_exit.add(self)

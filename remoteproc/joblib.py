@@ -18,6 +18,7 @@ A joblib batch travels as its list of calls and runs in
 from __future__ import annotations
 
 import collections
+import os
 import threading
 from concurrent import futures
 from typing import Any, Callable, Iterable, Optional
@@ -29,11 +30,18 @@ from .agent import worker
 from .errors import ConfigError
 from .executor import Executor, _wait_at_exit
 from .scheduler import RUN
+from .tasks import WorkerLostError
 
 __all__ = ["RemoteprocBackend", "register", "shutdown"]
 
 NAME = "remoteproc"
 ABORT_WAIT = 10.0       # seconds an abort waits for the killed workers' replacements
+#: the variables that cap native thread pools in a worker (joblib's own list, as loky sets them)
+THREAD_VARS: tuple = tuple(getattr(ParallelBackendBase, "MAX_NUM_THREADS_VARS", ()) or (
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS"))
+RETRIES_FIX = ("; joblib.parallel_config(backend=%r, hosts=..., retries=N) runs the batches of a host lost "
+               "mid-call again on the other hosts, and the call goes on")
 
 _executors: dict[str, Executor] = {}        # configuration -> its running executor
 _executors_lock = threading.Lock()
@@ -106,10 +114,14 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
     are those of ``remoteproc.Executor``.  ``n_jobs=-1`` uses every worker (``-2`` all
     but one, as joblib counts); a positive ``n_jobs`` runs at most that many batches at
     once.  joblib's own options for local pools (``max_nbytes``, ``temp_folder``,
-    ``mmap_mode``) do not apply and are ignored.
+    ``mmap_mode``) do not apply and are ignored.  Each worker's native thread pools (OpenMP,
+    OpenBLAS, MKL, ...) are capped as loky caps its workers', per host: that host's CPUs // its
+    workers, or ``inner_max_num_threads``.  A host lost mid-call is connected again in the
+    background for the next calls; with ``retries`` its batches also run again elsewhere.
     """
 
     supports_retrieve_callback = True       # and so return_as="generator" and timeouts
+    supports_inner_max_num_threads = True   # the workers' BLAS/OpenMP threads: worker.limit_threads
     supports_sharedmem = False
     uses_threads = False
     default_n_jobs = -1                     # Parallel() without n_jobs: every worker
@@ -119,6 +131,8 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
                  nesting_level: Optional[int] = None, inner_max_num_threads: Optional[int] = None,
                  **ssh_options: Any) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        # (joblib's parallel_config may set it again after this: read when the workers start)
+        self.inner_max_num_threads: Optional[int] = inner_max_num_threads
         self.hosts = hosts
         self.processes_per_host = processes_per_host
         self.initializer = initializer
@@ -143,16 +157,20 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         if self.hosts is None:
             raise ConfigError("the joblib backend %r needs hosts: joblib.parallel_config(backend=%r, "
                               "hosts=['user@host', ...])" % (NAME, NAME))
+        threads = self._thread_limits()
         key = repr((self.hosts, self.processes_per_host, self.initializer, self.initargs,
-                    sorted(self.ssh_options.items())))
+                    sorted(self.ssh_options.items()), threads))
         stale = None
         with _executors_lock:
             executor = _executors.get(key)
             if executor is not None and not _usable(executor):
                 stale, executor = _executors.pop(key), None
             if executor is None:
+                # (lost hosts are connected again in the background, retries or not: a later call
+                # finds them back, as loky's next call has every CPU of its machine)
                 executor = _executors[key] = Executor(self.hosts, self.processes_per_host, self.initializer,
-                                                      self.initargs, **self.ssh_options)
+                                                      self.initargs, _reconnect=True, _threads=threads,
+                                                      **self.ssh_options)
                 # as loky's reusable executor: the program's end stops the workers, whatever
                 # they still run (a timed-out or failed Parallel's batches), rather than wait for it
                 _wait_at_exit.discard(executor)
@@ -160,6 +178,16 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             stale.shutdown(wait=False, cancel_futures=True)
         self._executor = executor
         return executor
+
+    def _thread_limits(self) -> tuple:
+        """``(inner_max_num_threads, {variable: value} set in this process, variable names)`` for
+        ``worker.limit_threads``: what joblib's ``_prepare_worker_env`` gives loky's workers, the
+        default worked out on each host (its CPUs // its workers) rather than here."""
+        explicit = self.inner_max_num_threads
+        if explicit is not None and (not isinstance(explicit, int) or isinstance(explicit, bool) or explicit < 1):
+            raise ConfigError("inner_max_num_threads must be a positive int or None, not %r" % (explicit,))
+        given = {name: os.environ[name] for name in THREAD_VARS if name in os.environ}
+        return explicit, given, THREAD_VARS
 
     def _take_active_configuration(self) -> None:
         """``Parallel(backend="remoteproc")`` makes a backend of its own, without arguments: inside
@@ -174,6 +202,8 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             self.hosts, self.processes_per_host = active.hosts, active.processes_per_host
             self.initializer, self.initargs = active.initializer, active.initargs
             self.ssh_options = dict(active.ssh_options)
+            if self.inner_max_num_threads is None:
+                self.inner_max_num_threads = active.inner_max_num_threads
 
     def workers(self) -> int:
         """How many workers are alive now (starting them if needed)."""
@@ -253,6 +283,9 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         else:
             exc = inner.exception()
             if exc is not None:
+                if isinstance(exc, WorkerLostError) and not self.ssh_options.get("retries"):
+                    # (joblib aborts the call on it: say how to have the call go on instead)
+                    exc.args = (str(exc) + RETRIES_FIX % NAME,) + exc.args[1:]
                 outer.set_exception(exc)
             else:
                 outer.set_result(inner.result())

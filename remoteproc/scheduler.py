@@ -49,7 +49,7 @@ from .bootstrap import looked_in
 from .errors import CONNECTION_LOST, ConnectError, ConnectionLostError, PicklingError, RemoteProcessError
 from .reconnect import Reconnector
 from .tasks import Chunk, Job, ResultUnpicklingError, WorkerDiedError, WorkerLostError, frame, task_error
-from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts
+from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts, workers_per_host
 
 log = logging.getLogger("remoteproc.pool")
 
@@ -65,7 +65,8 @@ class Scheduler:
 
     def __init__(self, hosts: Hosts, processes_per_host: int | None, initializer: Callable[..., Any] | None,
                  initargs: Iterable[Any], maxtasks: int | None, ssh_options: dict[str, Any],
-                 retries: int = 0, may_have_children: bool = False) -> None:
+                 retries: int = 0, may_have_children: bool = False, reconnect: bool = False,
+                 threads: tuple[Any, ...] | None = None) -> None:
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError("retries must be an int >= 0")
         if processes_per_host is not None and (not isinstance(processes_per_host, int) or processes_per_host < 1):
@@ -75,9 +76,12 @@ class Scheduler:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self.hosts = parse_hosts(hosts, ssh_options)
-        self.starter = Starter(initializer, tuple(initargs), maxtasks, may_have_children)
+        self.starter = Starter(initializer, tuple(initargs), maxtasks, may_have_children, threads)
+        self.starter.per_host = workers_per_host(self.hosts, processes_per_host)
         self.retries = retries
-        self.reconnector = Reconnector(self.starter, self._rejoin) if retries else None
+        # (``reconnect``: lost hosts come back in the background even without retries, for the
+        # joblib backend's next call; tasks then fail at once when no worker is left, not wait)
+        self.reconnector = Reconnector(self.starter, self._rejoin) if retries or reconnect else None
         self.rejoined: list[tuple[str, list[Worker]]] = []     # from the reconnector, for the manager
         self.refused: list[tuple[Chunk, BaseException]] = []   # chunks that cannot go to a rejoined worker
         self.maxtasks = maxtasks
@@ -532,8 +536,9 @@ class Scheduler:
             self._fail_everything(self._no_workers_error())
 
     def _reconnecting(self) -> bool:
-        """Some lost host is being reconnected: with no worker left, tasks wait for it instead of failing."""
-        return self.reconnector is not None and self.reconnector.active()
+        """Some lost host is being reconnected and tasks may wait for it (``retries``): with no worker
+        left, they wait instead of failing."""
+        return bool(self.retries) and self.reconnector is not None and self.reconnector.active()
 
     def _rejoin(self, host: str, workers: list[Worker]) -> bool:
         """From a reconnect thread: the host's workers are up again (False: the pool is ending)."""

@@ -56,6 +56,17 @@ def parse_hosts(hosts: Hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str,
     return out
 
 
+def workers_per_host(hosts: list[tuple[str, dict[str, Any], Optional[int]]],
+                     processes_per_host: Optional[int]) -> dict[str, Optional[int]]:
+    """How many workers each host spec gets (a spec given twice: the sum); None: its CPU count."""
+    out: dict[str, Optional[int]] = {}
+    for spec, _options, n in hosts:
+        count = n or processes_per_host
+        before = out.get(spec, 0)
+        out[spec] = None if count is None or before is None else before + count
+    return out
+
+
 def _worker_count(rest: tuple) -> bool:
     return not rest or rest[0] is None or (isinstance(rest[0], int) and not isinstance(rest[0], bool) and rest[0] >= 1)
 
@@ -103,17 +114,23 @@ class Starter:
     not daemonic; a Pool's are, as multiprocessing's)."""
 
     def __init__(self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], maxtasks: int | None,
-                 may_have_children: bool = False) -> None:
+                 may_have_children: bool = False, threads: Optional[tuple[Any, ...]] = None) -> None:
         self.initializer = initializer
         self.initargs = initargs
         self.maxtasks = maxtasks
         self.may_have_children = may_have_children
+        #: the joblib backend's limits of native thread pools, ``(explicit, {variable: value given
+        #: here}, variable names)`` (``worker.limit_threads``), or None: the workers' own environment
+        self.threads = threads
+        #: host spec -> how many workers the pool gives it (None: its CPU count), for ``threads``
+        self.per_host: dict[str, Optional[int]] = {}
 
     def spawn(self, host: str, options: dict[str, Any]) -> Worker:
         parent_end, child_end = Pipe()
-        p = RemoteProcess(host, target=worker.main,
-                          args=(child_end, self.initializer, self.initargs, self.maxtasks, self.may_have_children),
-                          daemon=True, **options)
+        args: tuple[Any, ...] = (child_end, self.initializer, self.initargs, self.maxtasks, self.may_have_children)
+        if self.threads is not None:
+            args += ((self.per_host.get(host),) + self.threads,)
+        p = RemoteProcess(host, target=worker.main, args=args, daemon=True, **options)
         p.name = p.name.replace("Process", "PoolWorker")     # (as multiprocessing names its workers)
         try:
             p.start()

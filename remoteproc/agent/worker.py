@@ -166,14 +166,44 @@ def run_chunk(func, mode, items):
     return False, pairs
 
 
-def main(conn, initializer=None, initargs=(), maxtasks=None, may_have_children=False):
+def limit_threads(here, explicit, given, names):
+    """Cap the native thread pools (OpenMP, OpenBLAS, MKL, ...) of this worker, as loky caps its
+    workers': without it each of the ``here`` workers on this host would start one thread per core
+    in its BLAS calls, and they would oversubscribe the host's cores.
+
+    Sets the variables ``names`` before anything (the initializer, a task's ``import numpy``)
+    loads those libraries: to ``explicit`` (joblib's ``inner_max_num_threads``) if given; else a
+    value this worker's environment has already (the host's login environment, ``env=``,
+    ``setup=``) stays; else the value of the caller's own environment (``given``), as loky's
+    workers inherit theirs; else this host's usable CPUs // ``here`` (None: one worker per CPU), at
+    least 1.  ``ENABLE_IPC=1`` (TBB's schedulers coordinate across processes) unless set.
+    """
+    total = os.cpu_count() or 1
+    try:
+        usable = min(total, len(os.sched_getaffinity(0)))      # (a batch job's share of the node)
+    except (AttributeError, OSError):
+        usable = total
+    default = max(usable // (here or total), 1)
+    for name in names:
+        if explicit is not None:
+            os.environ[name] = str(explicit)
+        elif name not in os.environ:
+            os.environ[name] = str(given.get(name, default))
+    os.environ.setdefault("ENABLE_IPC", "1")
+
+
+def main(conn, initializer=None, initargs=(), maxtasks=None, may_have_children=False, threads=None):
     """The worker process's target: serve chunks until told to stop, EOF, or ``maxtasks``.
+
+    ``threads``: ``limit_threads``'s arguments (the joblib backend's workers), or None.
 
     ``may_have_children``: an Executor's worker, whose calls may start processes of their own,
     as ProcessPoolExecutor's workers are not daemonic.  (Locally the worker stays daemonic: it
     ends with the program.  Here it only ceases to refuse children, which multiprocessing joins
     when the worker ends; a worker that is killed leaves them, as locally, until the agent ends
     its process group with the connection.)"""
+    if threads is not None:
+        limit_threads(*threads)
     if may_have_children:
         import multiprocessing
 
