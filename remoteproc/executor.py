@@ -65,6 +65,12 @@ class Executor(futures.Executor):
         _wait_at_exit.add(self)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
+        return self._submit(fn, args, kwargs)
+
+    def _submit(self, fn: Callable, args: tuple, kwargs: dict, blobs: dict[str, memoryview] | None = None
+                ) -> futures.Future:
+        """``submit``; ``blobs``: the large buffers the arguments refer to by key (``Chunk.blobs``,
+        the joblib backend's shared arguments)."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         future: futures.Future = futures.Future()
@@ -79,6 +85,8 @@ class Executor(futures.Executor):
             future._remoteproc_executor = None  # type: ignore[attr-defined]
             future.set_exception(exc)
             return future
+        if blobs:
+            chunks[0].blobs = blobs
         self._core.submit(chunks)
         return future
 

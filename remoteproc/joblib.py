@@ -18,7 +18,10 @@ A joblib batch travels as its list of calls and runs in
 from __future__ import annotations
 
 import collections
+import hashlib
+import logging
 import os
+import sys
 import threading
 from concurrent import futures
 from typing import Any, Callable, Iterable, Optional
@@ -34,6 +37,8 @@ from .tasks import WorkerLostError
 
 __all__ = ["RemoteprocBackend", "register", "shutdown"]
 
+log = logging.getLogger("remoteproc.joblib")
+
 NAME = "remoteproc"
 ABORT_WAIT = 10.0       # seconds an abort waits for the killed workers' replacements
 #: the variables that cap native thread pools in a worker (joblib's own list, as loky sets them)
@@ -42,6 +47,10 @@ THREAD_VARS: tuple = tuple(getattr(ParallelBackendBase, "MAX_NUM_THREADS_VARS", 
     "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS"))
 RETRIES_FIX = ("; joblib.parallel_config(backend=%r, hosts=..., retries=N) runs the batches of a host lost "
                "mid-call again on the other hosts, and the call goes on")
+
+MAX_NBYTES = 1 << 20    # joblib's default max_nbytes ("1M"): larger arrays are shared, as loky memory-maps them
+WALK_DEPTH = 3          # containers (tuple, list, dict) looked into for large arguments, nested this deep...
+WALK_ITEMS = 1000       # ...and at most this long
 
 _executors: dict[str, Executor] = {}        # configuration -> its running executor
 _executors_lock = threading.Lock()
@@ -91,6 +100,14 @@ def _usable(executor: Executor) -> bool:
             and (any(w.alive for w in core.workers) or core._reconnecting()))
 
 
+def _nbytes(value: Any) -> Optional[int]:
+    """joblib's ``max_nbytes``: None, a number of bytes, or a string such as "1M" (joblib < 1.4 passes it so)."""
+    if value is None or isinstance(value, int):
+        return value
+    from joblib.disk import memstr_to_bytes
+    return int(memstr_to_bytes(value))
+
+
 def _nested(batch: Any) -> Optional[tuple]:
     """The backend joblib's ``BatchedCalls`` would set around its calls, as plain data for the worker.
 
@@ -107,14 +124,112 @@ def _nested(batch: Any) -> Optional[tuple]:
     return (name, getattr(backend, "nesting_level", None), getattr(batch, "_n_jobs", None))
 
 
+class _Shared:
+    """A large argument of a batch in its pickle: the key of its bytes, which each worker gets once
+    (``worker.blob``) and keeps for the batches after, and how to make the object again from them."""
+
+    __slots__ = ("rebuild",)
+
+    def __init__(self, rebuild: tuple) -> None:
+        self.rebuild = rebuild
+
+    def __reduce__(self) -> tuple:
+        return self.rebuild
+
+
+class _BlobRef:
+    """Unpickled on the worker as the bytes of a shared argument (a private copy if ``writable``)."""
+
+    __slots__ = ("key", "writable")
+
+    def __init__(self, key: str, writable: bool) -> None:
+        self.key, self.writable = key, writable
+
+    def __reduce__(self) -> tuple:
+        return worker.blob, (self.key, self.writable)
+
+
+class _Sharing:
+    """Finds the large arguments of one batch, as loky memory-maps them: a numpy array (not of
+    objects) or ``bytes``/``bytearray`` over ``max_nbytes``, among the calls' arguments and in the
+    tuples, lists and dicts they hold (``WALK_DEPTH`` deep). Each becomes a ``_Shared`` in the
+    calls, and its bytes a blob of the batch, keyed by their hash: the pool sends a blob to a
+    worker once, and every later batch with the same bytes finds it there. The task gets a
+    read-only array, as under loky's ``mmap_mode="r"`` (``writable``: a copy of its own)."""
+
+    def __init__(self, max_nbytes: int, writable: bool) -> None:
+        self.max_nbytes = max_nbytes
+        self.writable = writable
+        self.blobs: dict[str, memoryview] = {}
+        self.memo: dict[int, Any] = {}      # id -> its _Shared (the calls hold the objects meanwhile)
+        self.np = sys.modules.get("numpy")  # (an array in the calls has imported it)
+
+    def calls(self, calls: list) -> list:
+        out = []
+        changed = False
+        for call in calls:
+            try:
+                func, args, kwargs = call
+            except (TypeError, ValueError):
+                out.append(call)
+                continue
+            new_args, new_kwargs = self.walk(args, 0), self.walk(kwargs, 0)
+            if new_args is not args or new_kwargs is not kwargs:
+                call, changed = (func, new_args, new_kwargs), True
+            out.append(call)
+        return out if changed else calls
+
+    def walk(self, obj: Any, depth: int) -> Any:
+        kind = type(obj)
+        if kind is tuple or kind is list:
+            if depth >= WALK_DEPTH or len(obj) > WALK_ITEMS:
+                return obj
+            items = [self.walk(x, depth + 1) for x in obj]
+            if all(a is b for a, b in zip(items, obj)):
+                return obj
+            return tuple(items) if kind is tuple else items
+        if kind is dict:
+            if depth >= WALK_DEPTH or len(obj) > WALK_ITEMS:
+                return obj
+            values = {k: self.walk(v, depth + 1) for k, v in obj.items()}
+            if all(values[k] is v for k, v in obj.items()):
+                return obj
+            return values
+        if kind is bytes or kind is bytearray:
+            if len(obj) <= self.max_nbytes:
+                return obj
+            return self._share(obj, memoryview(obj), lambda ref: (worker.blob, (ref.key, kind is bytearray)))
+        np = self.np
+        if np is not None and (kind is np.ndarray or kind is np.memmap):
+            if obj.nbytes <= self.max_nbytes or obj.dtype.hasobject:
+                return obj
+            order = "C" if obj.flags.c_contiguous else "F" if obj.flags.f_contiguous else None
+            data = obj if order else np.ascontiguousarray(obj)
+            flat = data.reshape(-1, order=order or "C").view(np.uint8)
+            shape, dtype = obj.shape, obj.dtype
+            return self._share(obj, memoryview(flat),
+                               lambda ref: (np.ndarray, (shape, dtype, ref, 0, None, order or "C")))
+        return obj
+
+    def _share(self, obj: Any, view: memoryview, rebuild: Callable[[_BlobRef], tuple]) -> _Shared:
+        shared = self.memo.get(id(obj))
+        if shared is None:
+            # (the hash of the bytes, not the object's id: an array changed between batches is new)
+            key = "%s-%d" % (hashlib.sha256(view).hexdigest()[:32], view.nbytes)     # (SHA-NI: the fastest here)
+            self.blobs[key] = view
+            shared = self.memo[id(obj)] = _Shared(rebuild(_BlobRef(key, self.writable)))
+        return shared
+
+
 class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
     """joblib's batches on the workers of a ``remoteproc.Executor`` over ``hosts``.
 
     ``hosts``, ``processes_per_host``, ``initializer``, ``initargs`` and any ssh options
     are those of ``remoteproc.Executor``.  ``n_jobs=-1`` uses every worker (``-2`` all
     but one, as joblib counts); a positive ``n_jobs`` runs at most that many batches at
-    once.  joblib's own options for local pools (``max_nbytes``, ``temp_folder``,
-    ``mmap_mode``) do not apply and are ignored.  Each worker's native thread pools (OpenMP,
+    once.  A numpy array (or bytes) over joblib's ``max_nbytes`` in a batch's arguments goes to
+    each worker once and stays there for the later batches (``_Sharing``); ``temp_folder`` does
+    not apply.  Each worker's native thread pools (OpenMP,
     OpenBLAS, MKL, ...) are capped as loky caps its workers', per host: that host's CPUs // its
     workers, or ``inner_max_num_threads``.  A host lost mid-call is connected again in the
     background for the next calls; with ``retries`` its batches also run again elsewhere.
@@ -144,6 +259,8 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         self._running = 0
         self._waiting: collections.deque = collections.deque()
         self._inner: set = set()                 # the executor's futures not yet done
+        self._max_nbytes: Optional[int] = MAX_NBYTES     # joblib's max_nbytes and mmap_mode, of configure()
+        self._mmap_mode: Optional[str] = "r"
 
     # -- the workers ------------------------------------------------------------------------------
     def executor(self) -> Executor:
@@ -231,8 +348,10 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         return n
 
     def configure(self, n_jobs: Optional[int] = 1, parallel: Any = None, prefer: Any = None,
-                  require: Any = None, **_joblib_options: Any) -> int:
+                  require: Any = None, **joblib_options: Any) -> int:
         self.parallel = parallel
+        self._max_nbytes = _nbytes(joblib_options.get("max_nbytes", MAX_NBYTES))
+        self._mmap_mode = joblib_options.get("mmap_mode", "r")
         n = self.effective_n_jobs(n_jobs)
         with self._lock:
             # one batch per worker at a time, even with every worker: a batch the executor has
@@ -266,7 +385,15 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             # (the executor configure() found or started: a call does not change it half-way)
             executor = self._executor or self.executor()
             if isinstance(calls, list):     # a joblib BatchedCalls: ship its calls, not joblib
-                inner = executor.submit(worker.run_calls, calls, _nested(func))
+                blobs = None
+                if self._max_nbytes is not None and self._mmap_mode is not None:
+                    sharing = _Sharing(self._max_nbytes, self._mmap_mode != "r")
+                    calls = sharing.calls(calls)
+                    blobs = sharing.blobs
+                    if blobs:
+                        log.debug("a batch shares %d large arguments (%d bytes) with its worker", len(blobs),
+                                  sum(v.nbytes for v in blobs.values()))
+                inner = executor._submit(worker.run_calls, (calls, _nested(func)), {}, blobs)
             else:
                 inner = executor.submit(func)
         except BaseException as exc:

@@ -34,7 +34,6 @@ import logging
 import os
 import pickle
 import selectors
-import socket
 import threading
 import time
 import weakref
@@ -48,7 +47,7 @@ from .agent.waker import Waker
 from .bootstrap import looked_in
 from .errors import CONNECTION_LOST, ConnectError, ConnectionLostError, PicklingError, RemoteProcessError
 from .reconnect import Reconnector
-from .tasks import Chunk, Job, ResultUnpicklingError, WorkerDiedError, WorkerLostError, frame, task_error
+from .tasks import Chunk, Job, ResultUnpicklingError, WorkerDiedError, WorkerLostError, frame, frame_header, task_error
 from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts, workers_per_host
 
 log = logging.getLogger("remoteproc.pool")
@@ -56,6 +55,7 @@ log = logging.getLogger("remoteproc.pool")
 PREFETCH = 2            # chunks in flight per worker: one running, one waiting in its pipe...
 FAST = 0.05             # ...while a chunk takes less than this (seconds, moving average), else one
 READ_BATCH = 64         # messages read from one worker before looking at the others
+SHARED_CACHE = 1 << 30  # bytes of shared arguments (Chunk.blobs) a worker keeps, at most (but the current chunk's)
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
@@ -373,23 +373,45 @@ class Scheduler:
                 w.busy_since = time.monotonic()
             w.outstanding.append(chunk.cid)
             w.sent += 1
+            if chunk.blobs:
+                self._send_blobs(w, chunk.blobs)
             w.out += data
             if not self.retries:
                 chunk.data = {}
                 chunk.source = None
+                chunk.blobs = None
             self._flush(w)
+
+    def _send_blobs(self, w: Worker, blobs: dict[str, memoryview]) -> None:
+        """Before a chunk: the shared arguments it refers to that ``w`` does not hold yet, each sent
+        once per worker (a message, then its bytes straight from the caller's buffer). The worker
+        keeps them, up to ``SHARED_CACHE`` bytes: the least recently used others are dropped first."""
+        for key, view in blobs.items():
+            if key in w.blobs:
+                w.blobs.move_to_end(key)
+                continue
+            drops = []
+            for old in list(w.blobs):
+                if w.blob_bytes + view.nbytes <= SHARED_CACHE:
+                    break
+                if old not in blobs:
+                    w.blob_bytes -= w.blobs.pop(old)
+                    drops.append(old)
+            w.out += frame(pickle.dumps(("blob", key, drops), pickle.HIGHEST_PROTOCOL))
+            w.out += frame_header(view.nbytes)
+            w.out.add_view(view)
+            w.blobs[key] = view.nbytes
+            w.blob_bytes += view.nbytes
 
     def _flush(self, w: Worker) -> None:
         while w.out:
             try:
-                with memoryview(w.out) as view:
-                    n = w.sock.send(view, socket.MSG_DONTWAIT)
+                w.out.send(w.sock)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 w.out.clear()       # the worker is gone; its sentinel says how
                 break
-            del w.out[:n]
         want = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.out else 0)
         if w.conn_open and want != w.events:
             w.events = want

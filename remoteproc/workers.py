@@ -80,7 +80,10 @@ class Worker:
         self.process = process
         self.conn = conn
         self.sock = socket.socket(fileno=os.dup(conn.fileno()))
-        self.out = bytearray()
+        self.out = Outbox()
+        #: the shared arguments this worker holds (key -> bytes), least recently used first
+        self.blobs: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.blob_bytes = 0
         self.outstanding: collections.deque[int] = collections.deque()     # chunk ids in flight
         self.sent = 0
         self.pid: int = cast(int, process.pid)     # started: the remote pid is known
@@ -106,6 +109,45 @@ class Worker:
 
     def __repr__(self) -> str:
         return "<pool worker pid %s on %s>" % (self.pid, self.host)
+
+
+class Outbox:
+    """What the pool has yet to write to a worker, in order: messages copied together, and large
+    buffers (the joblib backend's shared arguments) as views of the caller's data, not copies."""
+
+    def __init__(self) -> None:
+        self.parts: collections.deque[Union[bytearray, memoryview]] = collections.deque()
+
+    def __iadd__(self, data: bytes) -> "Outbox":
+        if self.parts and isinstance(self.parts[-1], bytearray):
+            self.parts[-1] += data
+        else:
+            self.parts.append(bytearray(data))
+        return self
+
+    def add_view(self, view: memoryview) -> None:
+        """Send the bytes of ``view`` (a 1-D view of bytes) without copying them."""
+        if view.nbytes:
+            self.parts.append(view)
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
+
+    def clear(self) -> None:
+        self.parts.clear()
+
+    def send(self, sock: socket.socket) -> None:
+        """One non-blocking send of the first part (raises what ``send`` raises)."""
+        head = self.parts[0]
+        with memoryview(head) as view:
+            n = sock.send(view, socket.MSG_DONTWAIT)
+            whole = n >= view.nbytes
+        if whole:
+            self.parts.popleft()
+        elif isinstance(head, bytearray):
+            del head[:n]
+        else:
+            self.parts[0] = head[n:]
 
 
 class Starter:

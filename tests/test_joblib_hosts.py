@@ -93,8 +93,9 @@ def test_inner_max_num_threads_and_the_user_s_own_variables_win(host, ssh_option
 
 # -- 2. a host lost mid-call ------------------------------------------------------------------------------
 
-def sleepy(x):
+def sleepy(x, data=b""):
     time.sleep(0.3)
+    assert len(data) in (0, 2 << 20)        # (a shared argument: sent again to the workers that need it)
     return x, os.environ.get("SSH_CONNECTION", "").split()[2]
 
 
@@ -124,7 +125,8 @@ def _lose_h2_during_a_call(rig, h1, h2, config):
         killer.start()
         t = time.monotonic()
         try:
-            outcome = joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(sleepy)(x) for x in range(24))
+            data = bytes(2 << 20)
+            outcome = joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(sleepy)(x, data) for x in range(24))
         except Exception as exc:
             outcome = exc
         took = time.monotonic() - t
@@ -139,7 +141,7 @@ def _h2_comes_back(rig, h1, h2, config, backend):
     assert _wait_for(lambda: backend.executor().hosts_status()[spec2]["workers"] == 2, 60), \
         backend.executor().hosts_status()
     with joblib.parallel_config(**config):
-        out = joblib.Parallel(batch_size=1)(joblib.delayed(sleepy)(x) for x in range(12))
+        out = joblib.Parallel(batch_size=1)(joblib.delayed(sleepy)(x, bytes(2 << 20)) for x in range(12))
     assert [x for x, _ in out] == list(range(12)) and {a for _, a in out} == {h1.address, h2.address}
 
 
@@ -172,3 +174,88 @@ def test_without_retries_the_error_names_the_host_and_the_fix_and_the_host_comes
         assert {a for _, a in joblib.Parallel(batch_size=1)(joblib.delayed(sleepy)(x) for x in range(4))} == {
             h1.address}
     _h2_comes_back(rig, h1, h2, config, backend)
+
+
+# -- 3. a large argument given to every task goes to each worker once ----------------------------------------
+
+def array_task(a, i, extra=None):
+    """Where the array came from: the worker's shared copy (read-only), or a pickle of its own."""
+    from remoteproc.agent import worker
+    base = a.base
+    while getattr(base, "base", None) is not None and not isinstance(base, (bytes, bytearray)):
+        base = base.base
+    blobs = getattr(worker, "_BLOBS", {})
+    shared = any(base is b for b in blobs.values())
+    if a.flags.writeable:
+        a[0] += 1           # (a task's own copy: the next task does not see it)
+    return float(a.sum()), a.flags.writeable, shared, len(blobs), os.getpid(), extra
+
+
+def _workers(backend):
+    return [w for w in backend.executor()._core.workers if w.alive]
+
+
+@pytest.mark.one_transport
+def test_a_large_array_goes_to_each_worker_once_and_tasks_get_it_read_only(host, ssh_options):
+    """loky memory-maps an array over max_nbytes once; the backend pickled it with every batch (a 256 MB
+    array given to 8 tasks took 18 s and 1.5 GB here, loky 1.7 s). Now each worker gets its bytes once and
+    its tasks get a read-only array on them, across calls too."""
+    np = pytest.importorskip("numpy")       # (the test extra installs it)
+    big = np.arange(512 * 1024, dtype=np.float64)          # 4 MB
+    total = float(big.sum())
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        backend = joblib.Parallel()._backend
+        for _ in range(2):          # the second call finds the array on the workers
+            out = joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(array_task)(big, i) for i in range(12))
+            assert {(s, w, shared, n) for s, w, shared, n, _, _ in out} == {(total, False, True, 1)}, out
+            assert {len(w.blobs) for w in _workers(backend)} == {1}
+        # in containers, Fortran-ordered, a strided view, bytes and bytearray: the same values arrive
+        fortran, strided = np.asfortranarray(big.reshape(1024, 512)), big[::2]
+        blob, mutable = bytes(2 << 20), bytearray(b"x" * (2 << 20))
+        out = joblib.Parallel(n_jobs=-1, batch_size=1)(
+            joblib.delayed(lambda d, b, m: (float(d["f"].sum()), float(d["f"][3, 5]), float(d["s"][0][1].sum()),
+                                            d["f"].flags.f_contiguous, len(b), type(m).__name__, bytes(m[:1])))(
+                {"f": fortran, "s": [(0, strided)]}, blob, mutable) for _ in range(4))
+        assert set(out) == {(total, float(fortran[3, 5]), float(strided.sum()), True, len(blob), "bytearray", b"x")}
+        # an array changed between calls is new content, not the workers' old copy
+        big += 1
+        out = joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(array_task)(big, i) for i in range(4))
+        assert {s for s, *_ in out} == {total + big.size}
+
+
+@pytest.mark.one_transport
+def test_max_nbytes_none_and_mmap_mode_are_honoured(host, ssh_options):
+    np = pytest.importorskip("numpy")
+    big = np.zeros(512 * 1024)
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=2, **ssh_options):
+        backend = joblib.Parallel()._backend
+        out = joblib.Parallel(n_jobs=-1, batch_size=1, max_nbytes=None)(
+            joblib.delayed(array_task)(big, i) for i in range(4))
+        assert {(s, w, shared) for s, w, shared, *_ in out} == {(1.0, True, False)}     # pickled, a copy of its own
+        assert {len(w.blobs) for w in _workers(backend)} == {0}
+        out = joblib.Parallel(n_jobs=-1, batch_size=1, max_nbytes="8M")(     # under the limit: pickled
+            joblib.delayed(array_task)(big, i) for i in range(4))
+        assert {(w, shared) for _, w, shared, *_ in out} == {(True, False)}
+        # mmap_mode="c" (copy on write under loky): shared, and each task writes to a copy of its own
+        out = joblib.Parallel(n_jobs=-1, batch_size=1, mmap_mode="c")(
+            joblib.delayed(array_task)(big, i) for i in range(6))
+        assert {(s, w) for s, w, *_ in out} == {(1.0, True)}
+        assert {len(w.blobs) for w in _workers(backend)} == {1}
+
+
+@pytest.mark.one_transport
+def test_each_worker_keeps_a_bounded_set_of_shared_arguments(host, ssh_options, monkeypatch):
+    """The least recently used arrays are dropped from a worker beyond SHARED_CACHE (the pool and the
+    worker agree on what it holds); an array dropped and needed again is sent again."""
+    np = pytest.importorskip("numpy")
+    from remoteproc import scheduler
+    monkeypatch.setattr(scheduler, "SHARED_CACHE", 10 << 20)
+    arrays = [np.full(512 * 1024, float(k)) for k in range(4)]      # 4 MB each: two fit
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=1, **ssh_options):
+        backend = joblib.Parallel()._backend
+        for k in [0, 1, 2, 3, 0]:
+            out = joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(array_task)(arrays[k], i) for i in range(2))
+            assert {(s, shared) for s, _, shared, *_ in out} == {(k * arrays[k].size, True)}
+            assert {n for _, _, _, n, _, _ in out} <= {1, 2}
+        [w] = _workers(backend)
+        assert len(w.blobs) == 2 and w.blob_bytes == 8 << 20

@@ -4,7 +4,9 @@ It runs in a remote child (this module is shipped with the agent), on the
 Connection the pool gave it.  Standard library only.
 
 Messages (each a pickled tuple on the Connection):
-    pool -> worker  ``("task", chunk_id, mode, func_bytes, args_bytes)`` or ``("stop",)``
+    pool -> worker  ``("task", chunk_id, mode, func_bytes, args_bytes)`` or ``("stop",)``, or
+                    ``("blob", key, [keys to drop])`` followed by the blob's raw bytes: a large
+                    argument that later tasks refer to by key (``blob``; the joblib backend's)
     worker -> pool  ``("hello", pid, ppid, cpu_count)`` once, after the initializer;
                     ``("init-error", traceback_text)`` if the initializer raised;
                     ``("result", chunk_id, all_ok, payload)``: ``payload`` is the pickled list
@@ -35,6 +37,19 @@ APPLY = 2       # func(*args, **kwargs) for (args, kwargs)
 SUBMIT = 3      # the same, for the Executor (ProcessPoolExecutor's rules, above)
 
 _FUNC_CACHE = 8
+
+_BLOBS = {}  # type: dict[str, bytes]  # the shared arguments this worker holds, by key (the pool says which to drop)
+
+
+def blob(key, writable=False):
+    """A shared argument, as a task's arguments refer to it (the pool sent it before the task):
+    the worker's one read-only copy, or a private writable one (``writable``)."""
+    try:
+        data = _BLOBS[key]
+    except KeyError:
+        raise RuntimeError("this pool worker does not hold the shared argument %s that the task refers to "
+                           "(the pool sends it before the task)" % key) from None
+    return bytearray(data) if writable else data
 
 
 _SHARED = {}  # type: dict[str, dict[str, object]]  # module name -> the globals that its by-value functions share in this worker
@@ -222,6 +237,11 @@ def main(conn, initializer=None, initargs=(), maxtasks=None, may_have_children=F
             msg = pickle.loads(conn.recv_bytes())
         except EOFError:
             break
+        if msg[0] == "blob":
+            for old in msg[2]:
+                _BLOBS.pop(old, None)
+            _BLOBS[msg[1]] = conn.recv_bytes()
+            continue
         if msg[0] != "task":
             break
         _, cid, mode, fbytes, abytes = msg
