@@ -23,6 +23,7 @@ import logging
 import os
 import sys
 import threading
+import weakref
 from concurrent import futures
 from typing import Any, Callable, Iterable, Optional
 
@@ -157,9 +158,10 @@ class _Sharing:
     worker once, and every later batch with the same bytes finds it there. The task gets a
     read-only array, as under loky's ``mmap_mode="r"`` (``writable``: a copy of its own)."""
 
-    def __init__(self, max_nbytes: int, writable: bool) -> None:
+    def __init__(self, max_nbytes: int, writable: bool, known: dict[int, tuple[Any, str]]) -> None:
         self.max_nbytes = max_nbytes
         self.writable = writable
+        self.known = known                  # the call's arrays seen so far: id -> (weak reference, key)
         self.blobs: dict[str, memoryview] = {}
         self.memo: dict[int, Any] = {}      # id -> its _Shared (the calls hold the objects meanwhile)
         self.np = sys.modules.get("numpy")  # (an array in the calls has imported it)
@@ -208,14 +210,24 @@ class _Sharing:
             flat = data.reshape(-1, order=order or "C").view(np.uint8)
             shape, dtype = obj.shape, obj.dtype
             return self._share(obj, memoryview(flat),
-                               lambda ref: (np.ndarray, (shape, dtype, ref, 0, None, order or "C")))
+                               lambda ref: (np.ndarray, (shape, dtype, ref, 0, None, order or "C")), True)
         return obj
 
-    def _share(self, obj: Any, view: memoryview, rebuild: Callable[[_BlobRef], tuple]) -> _Shared:
+    def _share(self, obj: Any, view: memoryview, rebuild: Callable[[_BlobRef], tuple], weak: bool = False
+               ) -> _Shared:
         shared = self.memo.get(id(obj))
         if shared is None:
-            # (the hash of the bytes, not the object's id: an array changed between batches is new)
-            key = "%s-%d" % (hashlib.sha256(view).hexdigest()[:32], view.nbytes)     # (SHA-NI: the fastest here)
+            # The hash of the bytes, not the object's id, across calls: an array changed between
+            # calls is new content. Within a call an array is hashed once (its later batches go
+            # from the same bytes: the call must not change it meanwhile, as its bytes are sent
+            # from it, not from a copy); bytes and bytearray (no weak references) every batch.
+            seen = self.known.get(id(obj)) if weak else None
+            if seen is not None and seen[0]() is obj:
+                key = seen[1]
+            else:
+                key = "%s-%d" % (hashlib.sha256(view).hexdigest()[:32], view.nbytes)     # (SHA-NI: the fastest here)
+                if weak:
+                    self.known[id(obj)] = (weakref.ref(obj), key)
             self.blobs[key] = view
             shared = self.memo[id(obj)] = _Shared(rebuild(_BlobRef(key, self.writable)))
         return shared
@@ -261,6 +273,7 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         self._inner: set = set()                 # the executor's futures not yet done
         self._max_nbytes: Optional[int] = MAX_NBYTES     # joblib's max_nbytes and mmap_mode, of configure()
         self._mmap_mode: Optional[str] = "r"
+        self._known: dict[int, tuple[Any, str]] = {}    # this call's shared arrays (_Sharing.known)
 
     # -- the workers ------------------------------------------------------------------------------
     def executor(self) -> Executor:
@@ -352,6 +365,7 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         self.parallel = parallel
         self._max_nbytes = _nbytes(joblib_options.get("max_nbytes", MAX_NBYTES))
         self._mmap_mode = joblib_options.get("mmap_mode", "r")
+        self._known = {}
         n = self.effective_n_jobs(n_jobs)
         with self._lock:
             # one batch per worker at a time, even with every worker: a batch the executor has
@@ -387,7 +401,7 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             if isinstance(calls, list):     # a joblib BatchedCalls: ship its calls, not joblib
                 blobs = None
                 if self._max_nbytes is not None and self._mmap_mode is not None:
-                    sharing = _Sharing(self._max_nbytes, self._mmap_mode != "r")
+                    sharing = _Sharing(self._max_nbytes, self._mmap_mode != "r", self._known)
                     calls = sharing.calls(calls)
                     blobs = sharing.blobs
                     if blobs:
@@ -462,8 +476,10 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             futures.wait(running, timeout=ABORT_WAIT)
 
     def terminate(self) -> None:
-        """The end of one Parallel call: keep the workers for the next, forget the batch timings."""
+        """The end of one Parallel call: keep the workers for the next, forget the batch timings
+        and the call's arrays (the next call hashes them again: they may have changed)."""
         self.reset_batch_stats()
+        self._known = {}
 
     def __reduce__(self):
         raise TypeError("the remoteproc joblib backend cannot be pickled (it holds live workers)")

@@ -221,6 +221,10 @@ def test_a_large_array_goes_to_each_worker_once_and_tasks_get_it_read_only(host,
         big += 1
         out = joblib.Parallel(n_jobs=-1, batch_size=1)(joblib.delayed(array_task)(big, i) for i in range(4))
         assert {s for s, *_ in out} == {total + big.size}
+        # a new array for each task (one freed may leave its id to the next): each its own content
+        out = joblib.Parallel(n_jobs=-1, batch_size=1)(
+            joblib.delayed(array_task)(np.full(big.size, float(k)), k) for k in range(10))
+        assert [s for s, *_ in out] == [k * big.size for k in range(10)]
 
 
 @pytest.mark.one_transport
