@@ -55,14 +55,22 @@ class Executor(futures.Executor):
 
     def __init__(self, hosts: Hosts, processes_per_host: int | None = None, initializer: Callable | None = None,
                  initargs: Iterable = (), max_tasks_per_child: int | None = None, *, retries: int = 0,
-                 **ssh_options: Any) -> None:
+                 _reconnect: bool = False, _threads: tuple | None = None, **ssh_options: Any) -> None:
+        # (``_reconnect``, ``_threads``: the joblib backend's; see Scheduler and worker.limit_threads)
         self._core = Scheduler(hosts, processes_per_host, initializer, initargs, max_tasks_per_child,
-                               ssh_options, retries, may_have_children=True)
+                               ssh_options, retries, may_have_children=True, reconnect=_reconnect,
+                               threads=_threads)
         self._shutdown = False
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
         _wait_at_exit.add(self)
 
     def submit(self, fn: Callable, /, *args: Any, **kwargs: Any) -> futures.Future:
+        return self._submit(fn, args, kwargs)
+
+    def _submit(self, fn: Callable, args: tuple, kwargs: dict, blobs: dict[str, memoryview] | None = None
+                ) -> futures.Future:
+        """``submit``; ``blobs``: the large buffers the arguments refer to by key (``Chunk.blobs``,
+        the joblib backend's shared arguments)."""
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         future: futures.Future = futures.Future()
@@ -77,6 +85,8 @@ class Executor(futures.Executor):
             future._remoteproc_executor = None  # type: ignore[attr-defined]
             future.set_exception(exc)
             return future
+        if blobs:
+            chunks[0].blobs = blobs
         self._core.submit(chunks)
         return future
 

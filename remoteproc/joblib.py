@@ -18,7 +18,12 @@ A joblib batch travels as its list of calls and runs in
 from __future__ import annotations
 
 import collections
+import hashlib
+import logging
+import os
+import sys
 import threading
+import weakref
 from concurrent import futures
 from typing import Any, Callable, Iterable, Optional
 
@@ -29,11 +34,24 @@ from .agent import worker
 from .errors import ConfigError
 from .executor import Executor, _wait_at_exit
 from .scheduler import RUN
+from .tasks import WorkerLostError
 
 __all__ = ["RemoteprocBackend", "register", "shutdown"]
 
+log = logging.getLogger("remoteproc.joblib")
+
 NAME = "remoteproc"
 ABORT_WAIT = 10.0       # seconds an abort waits for the killed workers' replacements
+#: the variables that cap native thread pools in a worker (joblib's own list, as loky sets them)
+THREAD_VARS: tuple = tuple(getattr(ParallelBackendBase, "MAX_NUM_THREADS_VARS", ()) or (
+    "OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "BLIS_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS", "NUMBA_NUM_THREADS", "NUMEXPR_NUM_THREADS"))
+RETRIES_FIX = ("; joblib.parallel_config(backend=%r, hosts=..., retries=N) runs the batches of a host lost "
+               "mid-call again on the other hosts, and the call goes on")
+
+MAX_NBYTES = 1 << 20    # joblib's default max_nbytes ("1M"): larger arrays are shared, as loky memory-maps them
+WALK_DEPTH = 3          # containers (tuple, list, dict) looked into for large arguments, nested this deep...
+WALK_ITEMS = 1000       # ...and at most this long
 
 _executors: dict[str, Executor] = {}        # configuration -> its running executor
 _executors_lock = threading.Lock()
@@ -83,6 +101,14 @@ def _usable(executor: Executor) -> bool:
             and (any(w.alive for w in core.workers) or core._reconnecting()))
 
 
+def _nbytes(value: Any) -> Optional[int]:
+    """joblib's ``max_nbytes``: None, a number of bytes, or a string such as "1M" (joblib < 1.4 passes it so)."""
+    if value is None or isinstance(value, int):
+        return value
+    from joblib.disk import memstr_to_bytes
+    return int(memstr_to_bytes(value))
+
+
 def _nested(batch: Any) -> Optional[tuple]:
     """The backend joblib's ``BatchedCalls`` would set around its calls, as plain data for the worker.
 
@@ -99,17 +125,130 @@ def _nested(batch: Any) -> Optional[tuple]:
     return (name, getattr(backend, "nesting_level", None), getattr(batch, "_n_jobs", None))
 
 
+class _Shared:
+    """A large argument of a batch in its pickle: the key of its bytes, which each worker gets once
+    (``worker.blob``) and keeps for the batches after, and how to make the object again from them."""
+
+    __slots__ = ("rebuild",)
+
+    def __init__(self, rebuild: tuple) -> None:
+        self.rebuild = rebuild
+
+    def __reduce__(self) -> tuple:
+        return self.rebuild
+
+
+class _BlobRef:
+    """Unpickled on the worker as the bytes of a shared argument (a private copy if ``writable``)."""
+
+    __slots__ = ("key", "writable")
+
+    def __init__(self, key: str, writable: bool) -> None:
+        self.key, self.writable = key, writable
+
+    def __reduce__(self) -> tuple:
+        return worker.blob, (self.key, self.writable)
+
+
+class _Sharing:
+    """Finds the large arguments of one batch, as loky memory-maps them: a numpy array (not of
+    objects) or ``bytes``/``bytearray`` over ``max_nbytes``, among the calls' arguments and in the
+    tuples, lists and dicts they hold (``WALK_DEPTH`` deep). Each becomes a ``_Shared`` in the
+    calls, and its bytes a blob of the batch, keyed by their hash: the pool sends a blob to a
+    worker once, and every later batch with the same bytes finds it there. The task gets a
+    read-only array, as under loky's ``mmap_mode="r"`` (``writable``: a copy of its own)."""
+
+    def __init__(self, max_nbytes: int, writable: bool, known: dict[int, tuple[Any, str]]) -> None:
+        self.max_nbytes = max_nbytes
+        self.writable = writable
+        self.known = known                  # the call's arrays seen so far: id -> (weak reference, key)
+        self.blobs: dict[str, memoryview] = {}
+        self.memo: dict[int, Any] = {}      # id -> its _Shared (the calls hold the objects meanwhile)
+        self.np = sys.modules.get("numpy")  # (an array in the calls has imported it)
+
+    def calls(self, calls: list) -> list:
+        out = []
+        changed = False
+        for call in calls:
+            try:
+                func, args, kwargs = call
+            except (TypeError, ValueError):
+                out.append(call)
+                continue
+            new_args, new_kwargs = self.walk(args, 0), self.walk(kwargs, 0)
+            if new_args is not args or new_kwargs is not kwargs:
+                call, changed = (func, new_args, new_kwargs), True
+            out.append(call)
+        return out if changed else calls
+
+    def walk(self, obj: Any, depth: int) -> Any:
+        kind = type(obj)
+        if kind is tuple or kind is list:
+            if depth >= WALK_DEPTH or len(obj) > WALK_ITEMS:
+                return obj
+            items = [self.walk(x, depth + 1) for x in obj]
+            if all(a is b for a, b in zip(items, obj)):
+                return obj
+            return tuple(items) if kind is tuple else items
+        if kind is dict:
+            if depth >= WALK_DEPTH or len(obj) > WALK_ITEMS:
+                return obj
+            values = {k: self.walk(v, depth + 1) for k, v in obj.items()}
+            if all(values[k] is v for k, v in obj.items()):
+                return obj
+            return values
+        if kind is bytes or kind is bytearray:
+            if len(obj) <= self.max_nbytes:
+                return obj
+            return self._share(obj, memoryview(obj), lambda ref: (worker.blob, (ref.key, kind is bytearray)))
+        np = self.np
+        if np is not None and (kind is np.ndarray or kind is np.memmap):
+            if obj.nbytes <= self.max_nbytes or obj.dtype.hasobject:
+                return obj
+            order = "C" if obj.flags.c_contiguous else "F" if obj.flags.f_contiguous else None
+            data = obj if order else np.ascontiguousarray(obj)
+            flat = data.reshape(-1, order=order or "C").view(np.uint8)
+            shape, dtype = obj.shape, obj.dtype
+            return self._share(obj, memoryview(flat),
+                               lambda ref: (np.ndarray, (shape, dtype, ref, 0, None, order or "C")), True)
+        return obj
+
+    def _share(self, obj: Any, view: memoryview, rebuild: Callable[[_BlobRef], tuple], weak: bool = False
+               ) -> _Shared:
+        shared = self.memo.get(id(obj))
+        if shared is None:
+            # The hash of the bytes, not the object's id, across calls: an array changed between
+            # calls is new content. Within a call an array is hashed once (its later batches go
+            # from the same bytes: the call must not change it meanwhile, as its bytes are sent
+            # from it, not from a copy); bytes and bytearray (no weak references) every batch.
+            seen = self.known.get(id(obj)) if weak else None
+            if seen is not None and seen[0]() is obj:
+                key = seen[1]
+            else:
+                key = "%s-%d" % (hashlib.sha256(view).hexdigest()[:32], view.nbytes)     # (SHA-NI: the fastest here)
+                if weak:
+                    self.known[id(obj)] = (weakref.ref(obj), key)
+            self.blobs[key] = view
+            shared = self.memo[id(obj)] = _Shared(rebuild(_BlobRef(key, self.writable)))
+        return shared
+
+
 class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
     """joblib's batches on the workers of a ``remoteproc.Executor`` over ``hosts``.
 
     ``hosts``, ``processes_per_host``, ``initializer``, ``initargs`` and any ssh options
     are those of ``remoteproc.Executor``.  ``n_jobs=-1`` uses every worker (``-2`` all
     but one, as joblib counts); a positive ``n_jobs`` runs at most that many batches at
-    once.  joblib's own options for local pools (``max_nbytes``, ``temp_folder``,
-    ``mmap_mode``) do not apply and are ignored.
+    once.  A numpy array (or bytes) over joblib's ``max_nbytes`` in a batch's arguments goes to
+    each worker once and stays there for the later batches (``_Sharing``); ``temp_folder`` does
+    not apply.  Each worker's native thread pools (OpenMP,
+    OpenBLAS, MKL, ...) are capped as loky caps its workers', per host: that host's CPUs // its
+    workers, or ``inner_max_num_threads``.  A host lost mid-call is connected again in the
+    background for the next calls; with ``retries`` its batches also run again elsewhere.
     """
 
     supports_retrieve_callback = True       # and so return_as="generator" and timeouts
+    supports_inner_max_num_threads = True   # the workers' BLAS/OpenMP threads: worker.limit_threads
     supports_sharedmem = False
     uses_threads = False
     default_n_jobs = -1                     # Parallel() without n_jobs: every worker
@@ -119,6 +258,8 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
                  nesting_level: Optional[int] = None, inner_max_num_threads: Optional[int] = None,
                  **ssh_options: Any) -> None:
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
+        # (joblib's parallel_config may set it again after this: read when the workers start)
+        self.inner_max_num_threads: Optional[int] = inner_max_num_threads
         self.hosts = hosts
         self.processes_per_host = processes_per_host
         self.initializer = initializer
@@ -130,6 +271,9 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         self._running = 0
         self._waiting: collections.deque = collections.deque()
         self._inner: set = set()                 # the executor's futures not yet done
+        self._max_nbytes: Optional[int] = MAX_NBYTES     # joblib's max_nbytes and mmap_mode, of configure()
+        self._mmap_mode: Optional[str] = "r"
+        self._known: dict[int, tuple[Any, str]] = {}    # this call's shared arrays (_Sharing.known)
 
     # -- the workers ------------------------------------------------------------------------------
     def executor(self) -> Executor:
@@ -143,16 +287,20 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         if self.hosts is None:
             raise ConfigError("the joblib backend %r needs hosts: joblib.parallel_config(backend=%r, "
                               "hosts=['user@host', ...])" % (NAME, NAME))
+        threads = self._thread_limits()
         key = repr((self.hosts, self.processes_per_host, self.initializer, self.initargs,
-                    sorted(self.ssh_options.items())))
+                    sorted(self.ssh_options.items()), threads))
         stale = None
         with _executors_lock:
             executor = _executors.get(key)
             if executor is not None and not _usable(executor):
                 stale, executor = _executors.pop(key), None
             if executor is None:
+                # (lost hosts are connected again in the background, retries or not: a later call
+                # finds them back, as loky's next call has every CPU of its machine)
                 executor = _executors[key] = Executor(self.hosts, self.processes_per_host, self.initializer,
-                                                      self.initargs, **self.ssh_options)
+                                                      self.initargs, _reconnect=True, _threads=threads,
+                                                      **self.ssh_options)
                 # as loky's reusable executor: the program's end stops the workers, whatever
                 # they still run (a timed-out or failed Parallel's batches), rather than wait for it
                 _wait_at_exit.discard(executor)
@@ -160,6 +308,16 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             stale.shutdown(wait=False, cancel_futures=True)
         self._executor = executor
         return executor
+
+    def _thread_limits(self) -> tuple:
+        """``(inner_max_num_threads, {variable: value} set in this process, variable names)`` for
+        ``worker.limit_threads``: what joblib's ``_prepare_worker_env`` gives loky's workers, the
+        default worked out on each host (its CPUs // its workers) rather than here."""
+        explicit = self.inner_max_num_threads
+        if explicit is not None and (not isinstance(explicit, int) or isinstance(explicit, bool) or explicit < 1):
+            raise ConfigError("inner_max_num_threads must be a positive int or None, not %r" % (explicit,))
+        given = {name: os.environ[name] for name in THREAD_VARS if name in os.environ}
+        return explicit, given, THREAD_VARS
 
     def _take_active_configuration(self) -> None:
         """``Parallel(backend="remoteproc")`` makes a backend of its own, without arguments: inside
@@ -174,6 +332,8 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             self.hosts, self.processes_per_host = active.hosts, active.processes_per_host
             self.initializer, self.initargs = active.initializer, active.initargs
             self.ssh_options = dict(active.ssh_options)
+            if self.inner_max_num_threads is None:
+                self.inner_max_num_threads = active.inner_max_num_threads
 
     def workers(self) -> int:
         """How many workers are alive now (starting them if needed)."""
@@ -201,8 +361,11 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         return n
 
     def configure(self, n_jobs: Optional[int] = 1, parallel: Any = None, prefer: Any = None,
-                  require: Any = None, **_joblib_options: Any) -> int:
+                  require: Any = None, **joblib_options: Any) -> int:
         self.parallel = parallel
+        self._max_nbytes = _nbytes(joblib_options.get("max_nbytes", MAX_NBYTES))
+        self._mmap_mode = joblib_options.get("mmap_mode", "r")
+        self._known = {}
         n = self.effective_n_jobs(n_jobs)
         with self._lock:
             # one batch per worker at a time, even with every worker: a batch the executor has
@@ -236,7 +399,15 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             # (the executor configure() found or started: a call does not change it half-way)
             executor = self._executor or self.executor()
             if isinstance(calls, list):     # a joblib BatchedCalls: ship its calls, not joblib
-                inner = executor.submit(worker.run_calls, calls, _nested(func))
+                blobs = None
+                if self._max_nbytes is not None and self._mmap_mode is not None:
+                    sharing = _Sharing(self._max_nbytes, self._mmap_mode != "r", self._known)
+                    calls = sharing.calls(calls)
+                    blobs = sharing.blobs
+                    if blobs:
+                        log.debug("a batch shares %d large arguments (%d bytes) with its worker", len(blobs),
+                                  sum(v.nbytes for v in blobs.values()))
+                inner = executor._submit(worker.run_calls, (calls, _nested(func)), {}, blobs)
             else:
                 inner = executor.submit(func)
         except BaseException as exc:
@@ -253,6 +424,9 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         else:
             exc = inner.exception()
             if exc is not None:
+                if isinstance(exc, WorkerLostError) and not self.ssh_options.get("retries"):
+                    # (joblib aborts the call on it: say how to have the call go on instead)
+                    exc.args = (str(exc) + RETRIES_FIX % NAME,) + exc.args[1:]
                 outer.set_exception(exc)
             else:
                 outer.set_result(inner.result())
@@ -302,8 +476,10 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             futures.wait(running, timeout=ABORT_WAIT)
 
     def terminate(self) -> None:
-        """The end of one Parallel call: keep the workers for the next, forget the batch timings."""
+        """The end of one Parallel call: keep the workers for the next, forget the batch timings
+        and the call's arrays (the next call hashes them again: they may have changed)."""
         self.reset_batch_stats()
+        self._known = {}
 
     def __reduce__(self):
         raise TypeError("the remoteproc joblib backend cannot be pickled (it holds live workers)")

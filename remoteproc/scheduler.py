@@ -34,7 +34,6 @@ import logging
 import os
 import pickle
 import selectors
-import socket
 import threading
 import time
 import weakref
@@ -48,14 +47,15 @@ from .agent.waker import Waker
 from .bootstrap import looked_in
 from .errors import CONNECTION_LOST, ConnectError, ConnectionLostError, PicklingError, RemoteProcessError
 from .reconnect import Reconnector
-from .tasks import Chunk, Job, ResultUnpicklingError, WorkerDiedError, WorkerLostError, frame, task_error
-from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts
+from .tasks import Chunk, Job, ResultUnpicklingError, WorkerDiedError, WorkerLostError, frame, frame_header, task_error
+from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts, workers_per_host
 
 log = logging.getLogger("remoteproc.pool")
 
 PREFETCH = 2            # chunks in flight per worker: one running, one waiting in its pipe...
 FAST = 0.05             # ...while a chunk takes less than this (seconds, moving average), else one
 READ_BATCH = 64         # messages read from one worker before looking at the others
+SHARED_CACHE = 1 << 30  # bytes of shared arguments (Chunk.blobs) a worker keeps, at most (but the current chunk's)
 
 RUN, CLOSE, TERMINATE = "RUN", "CLOSE", "TERMINATE"
 
@@ -65,7 +65,8 @@ class Scheduler:
 
     def __init__(self, hosts: Hosts, processes_per_host: int | None, initializer: Callable[..., Any] | None,
                  initargs: Iterable[Any], maxtasks: int | None, ssh_options: dict[str, Any],
-                 retries: int = 0, may_have_children: bool = False) -> None:
+                 retries: int = 0, may_have_children: bool = False, reconnect: bool = False,
+                 threads: tuple[Any, ...] | None = None) -> None:
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError("retries must be an int >= 0")
         if processes_per_host is not None and (not isinstance(processes_per_host, int) or processes_per_host < 1):
@@ -75,9 +76,12 @@ class Scheduler:
         if initializer is not None and not callable(initializer):
             raise TypeError("initializer must be a callable")
         self.hosts = parse_hosts(hosts, ssh_options)
-        self.starter = Starter(initializer, tuple(initargs), maxtasks, may_have_children)
+        self.starter = Starter(initializer, tuple(initargs), maxtasks, may_have_children, threads)
+        self.starter.per_host = workers_per_host(self.hosts, processes_per_host)
         self.retries = retries
-        self.reconnector = Reconnector(self.starter, self._rejoin) if retries else None
+        # (``reconnect``: lost hosts come back in the background even without retries, for the
+        # joblib backend's next call; tasks then fail at once when no worker is left, not wait)
+        self.reconnector = Reconnector(self.starter, self._rejoin) if retries or reconnect else None
         self.rejoined: list[tuple[str, list[Worker]]] = []     # from the reconnector, for the manager
         self.refused: list[tuple[Chunk, BaseException]] = []   # chunks that cannot go to a rejoined worker
         self.maxtasks = maxtasks
@@ -369,23 +373,45 @@ class Scheduler:
                 w.busy_since = time.monotonic()
             w.outstanding.append(chunk.cid)
             w.sent += 1
+            if chunk.blobs:
+                self._send_blobs(w, chunk.blobs)
             w.out += data
             if not self.retries:
                 chunk.data = {}
                 chunk.source = None
+                chunk.blobs = None
             self._flush(w)
+
+    def _send_blobs(self, w: Worker, blobs: dict[str, memoryview]) -> None:
+        """Before a chunk: the shared arguments it refers to that ``w`` does not hold yet, each sent
+        once per worker (a message, then its bytes straight from the caller's buffer). The worker
+        keeps them, up to ``SHARED_CACHE`` bytes: the least recently used others are dropped first."""
+        for key, view in blobs.items():
+            if key in w.blobs:
+                w.blobs.move_to_end(key)
+                continue
+            drops = []
+            for old in list(w.blobs):
+                if w.blob_bytes + view.nbytes <= SHARED_CACHE:
+                    break
+                if old not in blobs:
+                    w.blob_bytes -= w.blobs.pop(old)
+                    drops.append(old)
+            w.out += frame(pickle.dumps(("blob", key, drops), pickle.HIGHEST_PROTOCOL))
+            w.out += frame_header(view.nbytes)
+            w.out.add_view(view)
+            w.blobs[key] = view.nbytes
+            w.blob_bytes += view.nbytes
 
     def _flush(self, w: Worker) -> None:
         while w.out:
             try:
-                with memoryview(w.out) as view:
-                    n = w.sock.send(view, socket.MSG_DONTWAIT)
+                w.out.send(w.sock)
             except (BlockingIOError, InterruptedError):
                 break
             except OSError:
                 w.out.clear()       # the worker is gone; its sentinel says how
                 break
-            del w.out[:n]
         want = selectors.EVENT_READ | (selectors.EVENT_WRITE if w.out else 0)
         if w.conn_open and want != w.events:
             w.events = want
@@ -532,8 +558,9 @@ class Scheduler:
             self._fail_everything(self._no_workers_error())
 
     def _reconnecting(self) -> bool:
-        """Some lost host is being reconnected: with no worker left, tasks wait for it instead of failing."""
-        return self.reconnector is not None and self.reconnector.active()
+        """Some lost host is being reconnected and tasks may wait for it (``retries``): with no worker
+        left, they wait instead of failing."""
+        return bool(self.retries) and self.reconnector is not None and self.reconnector.active()
 
     def _rejoin(self, host: str, workers: list[Worker]) -> bool:
         """From a reconnect thread: the host's workers are up again (False: the pool is ending)."""

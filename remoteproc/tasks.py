@@ -37,16 +37,20 @@ class Job(Protocol):
 
 def frame(data: bytes) -> bytes:
     """The bytes ``Connection.send_bytes(data)`` writes: the worker reads them with recv_bytes."""
-    n = len(data)
+    return frame_header(len(data)) + data
+
+
+def frame_header(n: int) -> bytes:
+    """What ``Connection.send_bytes`` writes before ``n`` bytes of data."""
     if n > 0x7FFFFFFF:
-        return struct.pack("!iQ", -1, n) + data
-    return struct.pack("!i", n) + data
+        return struct.pack("!iQ", -1, n)
+    return struct.pack("!i", n)
 
 
 class Chunk:
     """One task message: calls ``start`` to ``start + n - 1`` of a job, framed for the worker's recv_bytes."""
 
-    __slots__ = ("cid", "job", "start", "n", "mode", "data", "source", "tries")
+    __slots__ = ("cid", "job", "start", "n", "mode", "data", "source", "tries", "blobs")
 
     def __init__(self, job: Job, start: int, n: int, mode: int, fbytes: dict[str, bytes],
                  abytes: dict[str, bytes], source: tuple[object, list[object]] | None = None) -> None:
@@ -65,6 +69,9 @@ class Chunk:
         #: without retries
         self.source = source
         self.tries = 0          # sends so far; a chunk that retries keeps its data until its result
+        #: large buffers its arguments refer to by key (the joblib backend's shared arguments): each
+        #: goes to a worker before its first chunk that needs it, and stays there (``Worker.blobs``)
+        self.blobs: dict[str, memoryview] | None = None
 
     def add(self, m: str, fbytes: bytes, abytes: bytes) -> bytes:
         """Add (and return) the message for workers of Python mode ``m``."""

@@ -56,6 +56,17 @@ def parse_hosts(hosts: Hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str,
     return out
 
 
+def workers_per_host(hosts: list[tuple[str, dict[str, Any], Optional[int]]],
+                     processes_per_host: Optional[int]) -> dict[str, Optional[int]]:
+    """How many workers each host spec gets (a spec given twice: the sum); None: its CPU count."""
+    out: dict[str, Optional[int]] = {}
+    for spec, _options, n in hosts:
+        count = n or processes_per_host
+        before = out.get(spec, 0)
+        out[spec] = None if count is None or before is None else before + count
+    return out
+
+
 def _worker_count(rest: tuple) -> bool:
     return not rest or rest[0] is None or (isinstance(rest[0], int) and not isinstance(rest[0], bool) and rest[0] >= 1)
 
@@ -69,7 +80,10 @@ class Worker:
         self.process = process
         self.conn = conn
         self.sock = socket.socket(fileno=os.dup(conn.fileno()))
-        self.out = bytearray()
+        self.out = Outbox()
+        #: the shared arguments this worker holds (key -> bytes), least recently used first
+        self.blobs: collections.OrderedDict[str, int] = collections.OrderedDict()
+        self.blob_bytes = 0
         self.outstanding: collections.deque[int] = collections.deque()     # chunk ids in flight
         self.sent = 0
         self.pid: int = cast(int, process.pid)     # started: the remote pid is known
@@ -97,23 +111,68 @@ class Worker:
         return "<pool worker pid %s on %s>" % (self.pid, self.host)
 
 
+class Outbox:
+    """What the pool has yet to write to a worker, in order: messages copied together, and large
+    buffers (the joblib backend's shared arguments) as views of the caller's data, not copies."""
+
+    def __init__(self) -> None:
+        self.parts: collections.deque[Union[bytearray, memoryview]] = collections.deque()
+
+    def __iadd__(self, data: bytes) -> "Outbox":
+        if self.parts and isinstance(self.parts[-1], bytearray):
+            self.parts[-1] += data
+        else:
+            self.parts.append(bytearray(data))
+        return self
+
+    def add_view(self, view: memoryview) -> None:
+        """Send the bytes of ``view`` (a 1-D view of bytes) without copying them."""
+        if view.nbytes:
+            self.parts.append(view)
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
+
+    def clear(self) -> None:
+        self.parts.clear()
+
+    def send(self, sock: socket.socket) -> None:
+        """One non-blocking send of the first part (raises what ``send`` raises)."""
+        head = self.parts[0]
+        with memoryview(head) as view:
+            n = sock.send(view, socket.MSG_DONTWAIT)
+            whole = n >= view.nbytes
+        if whole:
+            self.parts.popleft()
+        elif isinstance(head, bytearray):
+            del head[:n]
+        else:
+            self.parts[0] = head[n:]
+
+
 class Starter:
     """What every worker of one pool starts with: the initializer, its arguments, the task limit,
     and whether its tasks may start processes (an Executor's: ProcessPoolExecutor's workers are
     not daemonic; a Pool's are, as multiprocessing's)."""
 
     def __init__(self, initializer: Callable[..., Any] | None, initargs: tuple[Any, ...], maxtasks: int | None,
-                 may_have_children: bool = False) -> None:
+                 may_have_children: bool = False, threads: Optional[tuple[Any, ...]] = None) -> None:
         self.initializer = initializer
         self.initargs = initargs
         self.maxtasks = maxtasks
         self.may_have_children = may_have_children
+        #: the joblib backend's limits of native thread pools, ``(explicit, {variable: value given
+        #: here}, variable names)`` (``worker.limit_threads``), or None: the workers' own environment
+        self.threads = threads
+        #: host spec -> how many workers the pool gives it (None: its CPU count), for ``threads``
+        self.per_host: dict[str, Optional[int]] = {}
 
     def spawn(self, host: str, options: dict[str, Any]) -> Worker:
         parent_end, child_end = Pipe()
-        p = RemoteProcess(host, target=worker.main,
-                          args=(child_end, self.initializer, self.initargs, self.maxtasks, self.may_have_children),
-                          daemon=True, **options)
+        args: tuple[Any, ...] = (child_end, self.initializer, self.initargs, self.maxtasks, self.may_have_children)
+        if self.threads is not None:
+            args += ((self.per_host.get(host),) + self.threads,)
+        p = RemoteProcess(host, target=worker.main, args=args, daemon=True, **options)
         p.name = p.name.replace("Process", "PoolWorker")     # (as multiprocessing names its workers)
         try:
             p.start()

@@ -4,7 +4,9 @@ It runs in a remote child (this module is shipped with the agent), on the
 Connection the pool gave it.  Standard library only.
 
 Messages (each a pickled tuple on the Connection):
-    pool -> worker  ``("task", chunk_id, mode, func_bytes, args_bytes)`` or ``("stop",)``
+    pool -> worker  ``("task", chunk_id, mode, func_bytes, args_bytes)`` or ``("stop",)``, or
+                    ``("blob", key, [keys to drop])`` followed by the blob's raw bytes: a large
+                    argument that later tasks refer to by key (``blob``; the joblib backend's)
     worker -> pool  ``("hello", pid, ppid, cpu_count)`` once, after the initializer;
                     ``("init-error", traceback_text)`` if the initializer raised;
                     ``("result", chunk_id, all_ok, payload)``: ``payload`` is the pickled list
@@ -35,6 +37,19 @@ APPLY = 2       # func(*args, **kwargs) for (args, kwargs)
 SUBMIT = 3      # the same, for the Executor (ProcessPoolExecutor's rules, above)
 
 _FUNC_CACHE = 8
+
+_BLOBS = {}  # type: dict[str, bytes]  # the shared arguments this worker holds, by key (the pool says which to drop)
+
+
+def blob(key, writable=False):
+    """A shared argument, as a task's arguments refer to it (the pool sent it before the task):
+    the worker's one read-only copy, or a private writable one (``writable``)."""
+    try:
+        data = _BLOBS[key]
+    except KeyError:
+        raise RuntimeError("this pool worker does not hold the shared argument %s that the task refers to "
+                           "(the pool sends it before the task)" % key) from None
+    return bytearray(data) if writable else data
 
 
 _SHARED = {}  # type: dict[str, dict[str, object]]  # module name -> the globals that its by-value functions share in this worker
@@ -166,14 +181,44 @@ def run_chunk(func, mode, items):
     return False, pairs
 
 
-def main(conn, initializer=None, initargs=(), maxtasks=None, may_have_children=False):
+def limit_threads(here, explicit, given, names):
+    """Cap the native thread pools (OpenMP, OpenBLAS, MKL, ...) of this worker, as loky caps its
+    workers': without it each of the ``here`` workers on this host would start one thread per core
+    in its BLAS calls, and they would oversubscribe the host's cores.
+
+    Sets the variables ``names`` before anything (the initializer, a task's ``import numpy``)
+    loads those libraries: to ``explicit`` (joblib's ``inner_max_num_threads``) if given; else a
+    value this worker's environment has already (the host's login environment, ``env=``,
+    ``setup=``) stays; else the value of the caller's own environment (``given``), as loky's
+    workers inherit theirs; else this host's usable CPUs // ``here`` (None: one worker per CPU), at
+    least 1.  ``ENABLE_IPC=1`` (TBB's schedulers coordinate across processes) unless set.
+    """
+    total = os.cpu_count() or 1
+    try:
+        usable = min(total, len(os.sched_getaffinity(0)))      # (a batch job's share of the node)
+    except (AttributeError, OSError):
+        usable = total
+    default = max(usable // (here or total), 1)
+    for name in names:
+        if explicit is not None:
+            os.environ[name] = str(explicit)
+        elif name not in os.environ:
+            os.environ[name] = str(given.get(name, default))
+    os.environ.setdefault("ENABLE_IPC", "1")
+
+
+def main(conn, initializer=None, initargs=(), maxtasks=None, may_have_children=False, threads=None):
     """The worker process's target: serve chunks until told to stop, EOF, or ``maxtasks``.
+
+    ``threads``: ``limit_threads``'s arguments (the joblib backend's workers), or None.
 
     ``may_have_children``: an Executor's worker, whose calls may start processes of their own,
     as ProcessPoolExecutor's workers are not daemonic.  (Locally the worker stays daemonic: it
     ends with the program.  Here it only ceases to refuse children, which multiprocessing joins
     when the worker ends; a worker that is killed leaves them, as locally, until the agent ends
     its process group with the connection.)"""
+    if threads is not None:
+        limit_threads(*threads)
     if may_have_children:
         import multiprocessing
 
@@ -192,6 +237,11 @@ def main(conn, initializer=None, initargs=(), maxtasks=None, may_have_children=F
             msg = pickle.loads(conn.recv_bytes())
         except EOFError:
             break
+        if msg[0] == "blob":
+            for old in msg[2]:
+                _BLOBS.pop(old, None)
+            _BLOBS[msg[1]] = conn.recv_bytes()
+            continue
         if msg[0] != "task":
             break
         _, cid, mode, fbytes, abytes = msg
