@@ -232,6 +232,25 @@ def test_arguments_bigger_than_the_worker_s_socket_buffer(host, ssh_options):
         assert pool.map(size, blobs, chunksize=1) == [8 << 20] * 3
 
 
+def affinity(_):
+    return sorted(os.sched_getaffinity(0)), os.getpid()
+
+
+@pytest.mark.one_transport     # (the worker's count: alike on both transports)
+@pytest.mark.loopback_only     # (taskset, and a host of 2 CPUs or more: this machine)
+def test_a_host_s_workers_are_as_many_as_the_cpus_a_process_may_use_there(host, ssh_options):
+    """A batch job's share of a node (Slurm, a cpuset, taskset) is the CPUs the host's processes may
+    use, not the machine's count: one worker per usable CPU, as Python 3.13's Pool counts."""
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs a host of 2 CPUs or more to narrow")
+    # (the login shell narrows itself to CPU 0, and the agent it execs inherits that)
+    with Pool(host, setup="taskset -pc 0 $$ >/dev/null", **ssh_options) as pool:
+        assert len(pool.workers()) == 1, pool.workers()
+        assert {tuple(cpus) for cpus, _ in pool.map(affinity, range(4))} == {(0,)}
+    with Pool(host, **ssh_options) as pool:          # (the same host without it: every CPU)
+        assert len(pool.workers()) == os.cpu_count()
+
+
 # -- workers that die while starting ---------------------------------------------------------------------
 
 @pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)

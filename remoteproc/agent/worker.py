@@ -7,7 +7,7 @@ Messages (each a pickled tuple on the Connection):
     pool -> worker  ``("task", chunk_id, mode, func_bytes, args_bytes)`` or ``("stop",)``, or
                     ``("blob", key, [keys to drop])`` followed by the blob's raw bytes: a large
                     argument that later tasks refer to by key (``blob``; the joblib backend's)
-    worker -> pool  ``("hello", pid, ppid, cpu_count)`` once, after the initializer;
+    worker -> pool  ``("hello", pid, ppid, cpus)`` once, after the initializer (``usable_cpus``);
                     ``("init-error", traceback_text)`` if the initializer raised;
                     ``("result", chunk_id, all_ok, payload)``: ``payload`` is the pickled list
                     ``[value, ...]`` if every call returned (``all_ok``), else
@@ -181,6 +181,17 @@ def run_chunk(func, mode, items):
     return False, pairs
 
 
+def usable_cpus():
+    """The CPUs this process may run on: its affinity (a batch job's share of a node, ``taskset``,
+    a container's cpuset), not the machine's count; as Python 3.13's ``os.process_cpu_count()``,
+    which its own Pool counts workers by."""
+    total = os.cpu_count() or 1
+    try:
+        return max(1, min(total, len(os.sched_getaffinity(0))))
+    except (AttributeError, OSError):
+        return total
+
+
 def limit_threads(here, explicit, given, names):
     """Cap the native thread pools (OpenMP, OpenBLAS, MKL, ...) of this worker, as loky caps its
     workers': without it each of the ``here`` workers on this host would start one thread per core
@@ -193,12 +204,8 @@ def limit_threads(here, explicit, given, names):
     workers inherit theirs; else this host's usable CPUs // ``here`` (None: one worker per CPU), at
     least 1.  ``ENABLE_IPC=1`` (TBB's schedulers coordinate across processes) unless set.
     """
-    total = os.cpu_count() or 1
-    try:
-        usable = min(total, len(os.sched_getaffinity(0)))      # (a batch job's share of the node)
-    except (AttributeError, OSError):
-        usable = total
-    default = max(usable // (here or total), 1)
+    usable = usable_cpus()
+    default = max(usable // (here or usable), 1)
     for name in names:
         if explicit is not None:
             os.environ[name] = str(explicit)
@@ -229,7 +236,7 @@ def main(conn, initializer=None, initargs=(), maxtasks=None, may_have_children=F
         except BaseException:
             conn.send_bytes(pickle.dumps(("init-error", traceback.format_exc())))
             raise
-    conn.send_bytes(pickle.dumps(("hello", os.getpid(), os.getppid(), os.cpu_count())))
+    conn.send_bytes(pickle.dumps(("hello", os.getpid(), os.getppid(), usable_cpus())))
     funcs = {}  # type: dict[bytes, object]  # the last few functions by their pickle
     done = 0
     while maxtasks is None or done < maxtasks:
