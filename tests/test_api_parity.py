@@ -1,7 +1,7 @@
 """Side-by-side parity with multiprocessing (fork) in the less-travelled corners: what a daemonic
-child may start, ``join()`` of oneself, ``Queue.join_thread()`` on an open queue, and a Pool task whose
-``args``/``kwds`` are no sequence or mapping. Each case runs the same code with multiprocessing and
-with remoteproc and compares types and messages."""
+child may start, ``join()`` of oneself, ``Queue.join_thread()`` on an open queue, a Pool task whose
+``args``/``kwds`` are no sequence or mapping, and a name the child's ``__main__`` lacks. Each case runs
+the same code with multiprocessing and with remoteproc and compares types and messages."""
 
 from __future__ import annotations
 
@@ -48,6 +48,31 @@ def test_a_daemonic_child_cannot_start_children_and_cannot_join_itself(host, ssh
     assert results[1] == results[0]
     assert results[0] == ([("AssertionError", "daemonic processes are not allowed to have children")] * 2
                           + [("AssertionError", "can only join a child process")], 0)
+
+
+# -- __main__ --------------------------------------------------------------------------------------------------
+
+def _main_lookups(report):
+    """In the child: a name the program's ``__main__`` does not define, asked of its ``__main__``."""
+    main = sys.modules["__main__"]
+    report.send([_outcome(lambda: main.no_such_definition), hasattr(main, "no_such_definition")])
+
+
+def test_a_name_the_program_does_not_define_is_missing_from_the_childs_main(host, ssh_options):
+    """The remote child's ``__main__`` loads the script's definitions when first named; any other name
+    is an AttributeError with the message a local child's ``__main__`` gives (pickle, multiprocessing
+    and plugins probe ``__main__`` with getattr and hasattr)."""
+    results = []
+    for make in (FORK.Process, lambda **kw: remoteproc.RemoteProcess(host, **kw, **ssh_options)):
+        a, b = multiprocessing.Pipe()
+        p = make(target=_main_lookups, args=(b,))
+        p.start()
+        assert a.poll(30)
+        results.append(a.recv())
+        p.join(30)
+        assert p.exitcode == 0
+    assert results[1] == results[0]
+    assert results[0] == [("AttributeError", "module '__main__' has no attribute 'no_such_definition'"), False]
 
 
 # -- Queue.join_thread() -----------------------------------------------------------------------------------------

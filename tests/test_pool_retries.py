@@ -70,7 +70,7 @@ def test_pool_retries_lost_chunks_and_takes_the_host_back(pair, caplog):
         for i, value in enumerate(pool.imap(where, range(n), chunksize=2)):
             results.append(value)
             if i == 60:
-                restart = _outage(rig, "h2", down_for=3.0)
+                restart = _outage(rig, "h2", down_for=2.0)     # (back before the second try, 3 s on)
         assert [r[0] for r in results] == list(range(n))             # every result, in order, none failed
         assert _retried(caplog) >= 1                                   # and some did run twice
         status = pool.hosts_status()
@@ -96,7 +96,7 @@ def test_a_pool_whose_only_host_goes_away_waits_for_it(pair, caplog):
         for i, value in enumerate(pool.imap(where, range(n))):
             results.append(value)
             if i == 30:
-                restart = _outage(rig, "h1", down_for=3.0)
+                restart = _outage(rig, "h1", down_for=2.0)     # (back before the second try, 3 s on)
         assert [r[0] for r in results] == list(range(n))
         assert _retried(caplog) >= 1
         restart.join(60)
