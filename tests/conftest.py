@@ -124,12 +124,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> Any:
 
     class LongFilesFirst(LoadFileScheduling):
         def _assign_work_unit(self, node: Any) -> None:
-            if not getattr(self, "_long_first", False):     # (the queue is complete by the first call)
-                self._long_first = True
-                first = sorted((scope for scope in self.workqueue if scope in LONG_FILES),
-                               key=lambda scope: -LONG_FILES[scope])
+            queue = getattr(self, "workqueue", None)       # (xdist's own: only reordered if it is as known)
+            if not getattr(self, "_long_first", False) and hasattr(queue, "move_to_end"):
+                self._long_first = True                     # (the queue is complete by the first call)
+                first = sorted((scope for scope in queue if scope in LONG_FILES), key=lambda scope: -LONG_FILES[scope])
                 for scope in reversed(first):
-                    self.workqueue.move_to_end(scope, last=False)
+                    queue.move_to_end(scope, last=False)
             super()._assign_work_unit(node)
 
     return LongFilesFirst(config, log)
