@@ -37,6 +37,14 @@ class LocalAgent:
             self.buf += data
         del self.buf[:self.buf.index(bootstrap.STUB_STARTED) + len(bootstrap.STUB_STARTED)]
 
+    def settle(self, timeout: float = 10.0) -> None:
+        """Wait until the agent serves its channel: it says hello before it preloads the modules every
+        child needs, and a file of those imports may still be open then; its first pong comes after.
+        (A baseline of the agent's fds taken right after the hello can hold such a file.)"""
+        self.send(frames.control({"op": "ping", "t": "settle"}))
+        reply = self.read_control(timeout)
+        assert reply == {"op": "pong", "t": "settle"}, reply
+
     def send(self, data: bytes) -> None:
         self.proc.stdin.write(data)
         self.proc.stdin.flush()

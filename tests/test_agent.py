@@ -288,6 +288,7 @@ def test_a_child_killed_before_its_payload_ended_leaves_no_pipe_in_the_agent():
 
     agent = LocalAgent()
     try:
+        agent.settle()      # (its fds once the preload after its hello is done)
         idle = fd_table(agent.proc.pid)
         payload, _bridged = reduction.dumps_process(context.Process(target=time.sleep, args=(60,)), "local")
         agent.send(frames.control({"op": "start", "id": 1, "streams": [], "stdout": 1, "stderr": 2,
