@@ -71,7 +71,7 @@ def test_options_become_ssh_arguments():
     assert _value(args, "-F") == ["/dev/null"] and _value(args, "-J") == ["jump1,jump2"]
     opts = _value(args, "-o")
     for wanted in ("BatchMode=yes", "UserKnownHostsFile=/kh", "StrictHostKeyChecking=accept-new",
-                   "ConnectTimeout=3", "IdentityAgent=none", "ServerAliveInterval=5", "ServerAliveCountMax=2",
+                   "ConnectTimeout=3", "IdentityAgent=none", "ServerAliveInterval=5", "ServerAliveCountMax=6",
                    "ClearAllForwardings=yes"):
         assert wanted in opts
     assert "-T" in args and "-x" in args
@@ -464,6 +464,32 @@ def test_connect_timeout_from_option_config_or_default(tmp_path):
     # neither: paramiko's default bound, not the kernel's minutes
     unbounded = openssh.resolve("fast", {"ssh_config": str(config), "transport": "openssh"})
     assert unbounded.connect_timeout == 30 and "ConnectTimeout=30" in unbounded.ssh_args
+
+
+def _first(args, keyword):
+    """The value ssh takes for ``keyword``: the first ``-o KEYWORD=...`` on its command line."""
+    return next((a.split("=", 1)[1] for a in args if a.startswith(keyword + "=")), None)
+
+
+def test_ssh_s_own_keepalive_is_a_backstop_wider_than_the_relays(tmp_path):
+    """The relay decides when a link is lost (it hears the agent's alive frames while a big message
+    goes out); ssh's own check, whose requests queue behind that message, gets a wider count, from
+    the options or the config alike (with the same count, a slow upload under a 1 s x 2 keepalive
+    was taken for lost now and then: ssh's 'Timeout, server not responding')."""
+    config = tmp_path / "ssh_config"
+    config.write_text("Host alive\n    ServerAliveInterval 1\n    ServerAliveCountMax 2\n")
+    by_config = openssh.resolve("alive", {"ssh_config": str(config), "transport": "openssh"})
+    assert (by_config.keepalive_interval, by_config.keepalive_count) == (1, 2)
+    assert _first(by_config.ssh_args, "ServerAliveInterval") == "1"
+    assert _first(by_config.ssh_args, "ServerAliveCountMax") == "6"
+    by_option = openssh.resolve("alive", {"ssh_config": str(config), "transport": "openssh",
+                                          "keepalive_interval": 2, "keepalive_count": 3})
+    assert (by_option.keepalive_interval, by_option.keepalive_count) == (2, 3)
+    assert _first(by_option.ssh_args, "ServerAliveInterval") == "2"
+    assert _first(by_option.ssh_args, "ServerAliveCountMax") == "8"
+    default = openssh.resolve("other", {"ssh_config": str(config), "transport": "openssh"})
+    assert _first(default.ssh_args, "ServerAliveInterval") == "%d" % default.keepalive_interval
+    assert _first(default.ssh_args, "ServerAliveCountMax") == "%d" % (2 * default.keepalive_count + 2)
 
 
 def test_ipv6_spec_and_no_config():

@@ -197,8 +197,17 @@ def _route_args(options: dict[str, Any]) -> list[str]:
     if options.get("keepalive_interval") is not None:
         args += ["-o", "ServerAliveInterval=%d" % max(1, math.ceil(options["keepalive_interval"]))]
     if options.get("keepalive_count") is not None:
-        args += ["-o", "ServerAliveCountMax=%d" % options["keepalive_count"]]
+        args += ["-o", "ServerAliveCountMax=%d" % ssh_alive_count(options["keepalive_count"])]
     return args
+
+
+def ssh_alive_count(count: int) -> int:
+    """``ServerAliveCountMax`` for ``ssh`` under a keepalive count of ``count``: wider than the relay's
+    bound, so that the relay decides (ssh's check is a backstop).  ssh counts only answers to its
+    own keepalive requests, which queue behind a big message going out over a slow link, while the
+    relay hears the agent's ``alive`` frames on the way back: with ssh's count as tight as the
+    relay's, a slow upload under a short keepalive was taken for a lost link now and then."""
+    return 2 * count + 2
 
 
 def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
@@ -295,6 +304,12 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
     else:
         args += [a for line in defaults for a in ("-o", line.replace(" ", "=", 1))]
     args += strict
+    # (ssh's own keepalive from the same settings, as a backstop behind the relay's: ssh_alive_count;
+    # the options', if given, are in args already, and ssh takes an option's first value)
+    if options.get("keepalive_interval") is None:
+        args += ["-o", "ServerAliveInterval=%d" % max(1, math.ceil(target.keepalive_interval))]
+    if options.get("keepalive_count") is None:
+        args += ["-o", "ServerAliveCountMax=%d" % ssh_alive_count(target.keepalive_count)]
     target.transport = "openssh"
     target.ssh_args = tuple(args) + ("--", host)
     return target
