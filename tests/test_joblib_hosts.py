@@ -14,6 +14,7 @@ import cloudpickle
 import joblib  # the test extra installs it
 import pytest
 from joblib._parallel_backends import ParallelBackendBase
+from proctable import eventually
 
 import remoteproc.joblib as rjoblib
 from remoteproc import ConnectionLostError
@@ -99,15 +100,6 @@ def sleepy(x, data=b""):
     return x, os.environ.get("SSH_CONNECTION", "").split()[2]
 
 
-def _wait_for(predicate, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.2)
-    return predicate()
-
-
 @pytest.fixture
 def pair(netns):
     """(rig, h1, h2, options): the plain account on two namespace hosts."""
@@ -138,7 +130,7 @@ def _h2_comes_back(rig, h1, h2, config, backend):
     """h2's sshd starts again: the configuration's workers there come back, and a call uses both hosts."""
     rig.restart_sshd("h2")
     spec2 = h2.spec("rpuser")
-    assert _wait_for(lambda: backend.executor().hosts_status()[spec2]["workers"] == 2, 60), \
+    assert eventually(lambda: backend.executor().hosts_status()[spec2]["workers"] == 2, 60, 0.2), \
         backend.executor().hosts_status()
     with joblib.parallel_config(**config):
         out = joblib.Parallel(batch_size=1)(joblib.delayed(sleepy)(x, bytes(2 << 20)) for x in range(12))
