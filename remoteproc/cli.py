@@ -478,7 +478,11 @@ def check_command(args: argparse.Namespace, rounds: int = 20) -> int:
         print("  found:           %s" % _found_text(getattr(p._popen, "found", None)))
         print("  mode:            %s" % _mode_text(getattr(p._popen, "mode", "same")))
         print("  remote platform: %s" % facts["platform"])
-        print("  remote host:     %s, user %s, %s CPUs" % (facts["hostname"], facts["user"], facts["cpus"]))
+        usable = facts.get("usable")
+        print("  remote host:     %s, user %s, %s CPUs%s" % (
+            facts["hostname"], facts["user"], facts["cpus"],
+            ", %d usable by its processes (CPU affinity: a batch job's share, taskset, a cpuset; a Pool's workers "
+            "per host)" % usable if usable and facts["cpus"] and usable < facts["cpus"] else ""))
         times = []
         payload = b"x" * 64
         for _ in range(rounds):

@@ -427,6 +427,18 @@ def test_check_the_system_python_account(sshd, plain_user_host):
     assert "(/usr/bin/python3)" in out.stdout and "user rpuser" in out.stdout
 
 
+def test_check_says_how_many_cpus_its_processes_may_use(alias):
+    """A host's CPUs as a Pool counts them (its processes' affinity), where they are fewer than the machine's."""
+    config, host = alias
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("needs a host of 2 CPUs or more to narrow")
+    out = remoteproc_cmd("check", "-F", config, "--python", "taskset -c 0 python3", host)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "%d CPUs, 1 usable by its processes" % os.cpu_count() in out.stdout, out.stdout
+    out = remoteproc_cmd("check", "-F", config, host)
+    assert "%d CPUs\n" % os.cpu_count() in out.stdout, out.stdout
+
+
 def test_check_through_the_users_own_ssh_and_its_config_alias(sshd):
     out = remoteproc_cmd("check", "--transport", "openssh", "-F", sshd.ssh_config, "remoteproc-" + sshd.users[0])
     assert out.returncode == 0, out.stdout + out.stderr

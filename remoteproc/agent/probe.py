@@ -17,6 +17,14 @@ def demo_target(conn, n):
     conn.close()
 
 
+def _usable_cpus():
+    """The CPUs the probe may run on (its affinity: a batch job's share, taskset), or None if unknown."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return None
+
+
 def probe(conn):
     """``remoteproc check``: describe this host, then echo until the parent closes."""
     import getpass
@@ -35,6 +43,7 @@ def probe(conn):
         "hostname": socket.gethostname(),
         "user": user,
         "cpus": os.cpu_count(),
+        "usable": _usable_cpus(),
         "pid": os.getpid(),
     })
     try:
