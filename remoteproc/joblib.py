@@ -30,6 +30,7 @@ from typing import Any, Callable, Iterable, Optional
 from joblib import register_parallel_backend
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, SequentialBackend, ThreadingBackend
 
+from . import reduction
 from .agent import worker
 from .errors import ConfigError
 from .executor import Executor, _wait_at_exit
@@ -153,8 +154,9 @@ class _BlobRef:
 class _Sharing:
     """Finds the large arguments of one batch, as loky memory-maps them: a numpy array (not of
     objects) or ``bytes``/``bytearray`` over ``max_nbytes``, among the calls' arguments and in the
-    tuples, lists and dicts they hold (``WALK_DEPTH`` deep). Each becomes a ``_Shared`` in the
-    calls, and its bytes a blob of the batch, keyed by their hash: the pool sends a blob to a
+    tuples, lists and dicts they hold (``WALK_DEPTH`` deep), and an array anywhere else in the
+    batch as it is pickled (``reduce``). Each becomes a ``_Shared`` in the calls (or its
+    reduction in the pickle), and its bytes a blob of the batch, keyed by their hash: the pool sends a blob to a
     worker once, and every later batch with the same bytes finds it there. The task gets a
     read-only array, as under loky's ``mmap_mode="r"`` (``writable``: a copy of its own)."""
 
@@ -212,6 +214,16 @@ class _Sharing:
             return self._share(obj, memoryview(flat),
                                lambda ref: (np.ndarray, (shape, dtype, ref, 0, None, order or "C")), True)
         return obj
+
+    def reduce(self, obj: Any) -> Optional[tuple]:
+        """For the pickler (``reduction.sharing``): a large array held anywhere in the batch (a
+        DataFrame's blocks, an estimator's attribute, a closure) as a shared argument; None for
+        anything else, which pickles as it would."""
+        np = self.np
+        if np is None or (type(obj) is not np.ndarray and type(obj) is not np.memmap):
+            return None
+        shared = self.walk(obj, WALK_DEPTH)
+        return shared.rebuild if isinstance(shared, _Shared) else None
 
     def _share(self, obj: Any, view: memoryview, rebuild: Callable[[_BlobRef], tuple], weak: bool = False
                ) -> _Shared:
@@ -399,15 +411,17 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             # (the executor configure() found or started: a call does not change it half-way)
             executor = self._executor or self.executor()
             if isinstance(calls, list):     # a joblib BatchedCalls: ship its calls, not joblib
-                blobs = None
                 if self._max_nbytes is not None and self._mmap_mode is not None:
                     sharing = _Sharing(self._max_nbytes, self._mmap_mode != "r", self._known)
                     calls = sharing.calls(calls)
-                    blobs = sharing.blobs
-                    if blobs:
-                        log.debug("a batch shares %d large arguments (%d bytes) with its worker", len(blobs),
-                                  sum(v.nbytes for v in blobs.values()))
-                inner = executor._submit(worker.run_calls, (calls, _nested(func)), {}, blobs)
+                    # (the arrays held deeper are found as the batch is pickled, into the same blobs)
+                    with reduction.sharing(sharing.reduce):
+                        inner = executor._submit(worker.run_calls, (calls, _nested(func)), {}, sharing.blobs)
+                    if sharing.blobs:
+                        log.debug("a batch shares %d large arguments (%d bytes) with its worker", len(sharing.blobs),
+                                  sum(v.nbytes for v in sharing.blobs.values()))
+                else:
+                    inner = executor._submit(worker.run_calls, (calls, _nested(func)), {}, None)
             else:
                 inner = executor.submit(func)
         except BaseException as exc:

@@ -9,6 +9,7 @@ fd itself is handed to the relay), and the RemoteProcess class becomes the plain
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import io
 import linecache
@@ -17,8 +18,10 @@ import pickle
 import socket
 import stat
 import sys
+import threading
 import types
 import weakref
+from collections.abc import Iterator
 from multiprocessing import context as mp_context
 from multiprocessing import util as mp_util
 from multiprocessing.connection import _ConnectionBase
@@ -71,6 +74,27 @@ def _keep_filename(code: types.CodeType):
 _function_pickler: Any = None
 
 
+#: this thread's reducer of large arrays while a joblib batch is pickled (``sharing``)
+_large = threading.local()
+
+
+@contextlib.contextmanager
+def sharing(reduce: Any) -> Iterator[None]:
+    """While a Pool or Executor task is pickled in this thread, ``reduce(obj)`` may give an object's
+    reduction instead (not None): the joblib backend sends large arrays once per worker, wherever
+    the task holds them (an argument, a DataFrame's blocks, an estimator's attribute)."""
+    _large.reduce = reduce
+    try:
+        yield
+    finally:
+        _large.reduce = None
+
+
+def _shared(obj: Any) -> Any:
+    reduce = getattr(_large, "reduce", None)
+    return None if reduce is None else reduce(obj)
+
+
 def dumps_function(func: Any) -> bytes:
     """A Pool or Executor task's function (and its arguments), pickled as queue items are, but
     with the real file names in its code (the worker's tracebacks then name them, and show their
@@ -84,6 +108,9 @@ def dumps_function(func: Any) -> bytes:
             def reducer_override(self, obj):
                 if isinstance(obj, types.CodeType):
                     return _keep_filename(obj)
+                shared = _shared(obj)
+                if shared is not None:
+                    return shared
                 return super().reducer_override(obj)
 
         _function_pickler = FunctionPickler
@@ -265,7 +292,8 @@ class _ItemSpawnPickler(pickle.Pickler):
             why = _not_importable(obj)
             if why:
                 raise spawn_refusal(obj, why, self.host, self.looked)
-        return NotImplemented
+        shared = _shared(obj)
+        return NotImplemented if shared is None else shared
 
 
 class _RespawnPickler(_ItemSpawnPickler):

@@ -219,6 +219,35 @@ def test_a_large_array_goes_to_each_worker_once_and_tasks_get_it_read_only(host,
         assert [s for s, *_ in out] == [k * big.size for k in range(10)]
 
 
+class Holder:
+    """A user's object that holds an array (as a DataFrame holds its blocks, an estimator its fitted
+    attributes): loky's reducer finds such arrays anywhere in a batch, and so must ours."""
+
+    def __init__(self, data):
+        self.data = data
+
+
+def held_task(holder, nested, i):
+    deep = nested["a"][0]["b"][0]
+    return array_task(holder.data, i)[:4] + array_task(deep, i)[1:3]
+
+
+@pytest.mark.one_transport
+def test_an_array_held_by_an_object_or_nested_deeply_is_shared_too(host, ssh_options):
+    np = pytest.importorskip("numpy")
+    big = np.arange(512 * 1024, dtype=np.float64)          # 4 MB
+    other = np.ones(256 * 1024)                             # 2 MB, 5 levels deep (past the argument walk)
+    total = float(big.sum())
+    with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=1, **ssh_options):
+        backend = joblib.Parallel()._backend
+        out = joblib.Parallel(n_jobs=-1, batch_size=1)(
+            joblib.delayed(held_task)(Holder(big), {"a": [{"b": [other]}]}, i) for i in range(4))
+        # read-only copies the worker holds, as a top-level argument's: not a pickle per batch
+        assert set(out) == {(total, False, True, 2, False, True)}, out
+        [w] = _workers(backend)
+        assert len(w.blobs) == 2 and w.blob_bytes == big.nbytes + other.nbytes
+
+
 @pytest.mark.one_transport
 def test_max_nbytes_none_and_mmap_mode_are_honoured(host, ssh_options):
     np = pytest.importorskip("numpy")
