@@ -7,6 +7,8 @@ but Python is installed; ``remoteproc/cli.py`` starts them as RemoteProcess targ
 import os
 import sys
 
+from .worker import usable_cpus
+
 
 def demo_target(conn, n):
     """``remoteproc demo``: say hello, answer with 2n."""
@@ -15,14 +17,6 @@ def demo_target(conn, n):
     print("hello from pid %d on %s" % (os.getpid(), socket.gethostname()))
     conn.send(n * 2)
     conn.close()
-
-
-def _usable_cpus():
-    """The CPUs the probe may run on (its affinity: a batch job's share, taskset), or None if unknown."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return None
 
 
 def probe(conn):
@@ -43,7 +37,7 @@ def probe(conn):
         "hostname": socket.gethostname(),
         "user": user,
         "cpus": os.cpu_count(),
-        "usable": _usable_cpus(),
+        "usable": usable_cpus(),      # (what a Pool's workers per host follow)
         "pid": os.getpid(),
     })
     try:
