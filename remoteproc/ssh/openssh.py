@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import atexit
 import errno
+import functools
 import hashlib
 import math
 import os
@@ -63,6 +64,9 @@ NO_SECRETS = ("password", "passphrase")
 G_TIMEOUT = 30.0
 #: the configuration ssh reads when it is given no -F (user's first, then the system's)
 DEFAULT_CONFIGS = ("~/.ssh/config", "/etc/ssh/ssh_config")
+#: the first OpenSSH whose ``StrictHostKeyChecking`` takes ``accept-new`` (2017); an older one (7.4 on
+#: RHEL and CentOS 7) refuses the word, and with it every connection that carried it
+ACCEPT_NEW_SINCE = (7, 6)
 
 
 def ssh_binary(host: str) -> str:
@@ -177,8 +181,53 @@ def _login_args(spec: str, options: dict[str, Any]) -> list[str]:
         args += ["-o", "UserKnownHostsFile=" + _quote_list(known)]
     policy = options.get("host_key_policy")
     if policy is not None:
+        if policy != "reject":
+            _refuse_accept_new(spec)
         args += ["-o", "StrictHostKeyChecking=" + ("yes" if policy == "reject" else "accept-new")]
     return args
+
+
+def old_ssh(spec: str) -> Optional[str]:
+    """The version of the ``ssh`` that reaches ``spec`` (``OpenSSH_7.4p1``) when it predates
+    ``accept-new`` (``ACCEPT_NEW_SINCE``), else None: a newer one, or a program whose ``ssh -V``
+    names no OpenSSH version (taken for a newer one, and its own words tell if it is not)."""
+    try:
+        program = ssh_binary(spec)
+    except RemoteProcessError:
+        return None     # (said where the program runs)
+    return _old_version(program)
+
+
+@functools.cache
+def _old_version(program: str) -> Optional[str]:
+    try:
+        out = subprocess.run([program, "-V"], stdin=subprocess.DEVNULL, capture_output=True, timeout=G_TIMEOUT,
+                             check=False)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"OpenSSH_(\d+)\.(\d+)\S*?(?=[\s,]|$)", (out.stderr + out.stdout).decode("ascii", "replace"))
+    if found is None or (int(found.group(1)), int(found.group(2))) >= ACCEPT_NEW_SINCE:
+        return None
+    return found.group(0)
+
+
+def _refuse_accept_new(spec: str) -> None:
+    """host_key_policy='accept-new' with an ssh that has no such policy: say so before ssh refuses
+    the option with words that blame the user's configuration."""
+    version = old_ssh(spec)
+    if version is not None:
+        raise ConfigError("%s (transport='openssh'): host_key_policy='accept-new' needs ssh's StrictHostKeyChecking "
+                          "accept-new, which this ssh (%s) does not have (OpenSSH %d.%d and later do). Fix: record "
+                          "the host's key once with `ssh %s` (check the fingerprint, answer yes) and connect "
+                          "without host_key_policy, or use transport='paramiko', which records it"
+                          % ((spec, version) + ACCEPT_NEW_SINCE + (spec,)), spec)
+
+
+def _lax_word(spec: str) -> str:
+    """What a config's ``StrictHostKeyChecking no`` becomes (``_strict_args``): ``accept-new``, or, for
+    an ssh without it, ``yes``: a host whose key is not recorded is refused (with the way out, see
+    ``failure``), never one whose key changed accepted."""
+    return "yes" if old_ssh(spec) else "accept-new"
 
 
 def _route_args(options: dict[str, Any]) -> list[str]:
@@ -278,7 +327,8 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
     )
     args += _session_args(view) + _master_args(view) + _log_args(view)
     # (the target's alone: on the command line, which ssh does not pass on to a jump host's ssh -W)
-    strict = _strict_args(view) if options.get("host_key_policy") is None else []
+    lax_word = _lax_word(spec) if view.get("stricthostkeychecking") == ["false"] else "accept-new"
+    strict = _strict_args(view, lax_word) if options.get("host_key_policy") is None else []
     # the relay's keepalive (and the agent's, see agent/supervisor.py) as ssh's: the options, else
     # the config's ServerAliveInterval / ServerAliveCountMax, as the paramiko transport reads them
     if options.get("keepalive_interval") is not None:
@@ -299,7 +349,8 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         lax = ([hop for hop, view in views.items() if _strict_args(view)]
                if options.get("host_key_policy") is None else [])
         if master or quiet or lax:
-            jumped = _with_jump_config(args + (["-o", "ControlMaster=no"] if master else []), defaults, quiet, lax)
+            jumped = _with_jump_config(args + (["-o", "ControlMaster=no"] if master else []), defaults, quiet, lax,
+                                       _lax_word(spec) if lax else "accept-new")
         args = jumped
     else:
         args += [a for line in defaults for a in ("-o", line.replace(" ", "=", 1))]
@@ -342,13 +393,13 @@ def _log_args(view: dict[str, list[str]]) -> list[str]:
     return ["-o", "LogLevel=ERROR"] if quiet else []
 
 
-def _strict_args(view: dict[str, list[str]]) -> list[str]:
+def _strict_args(view: dict[str, list[str]], word: str = "accept-new") -> list[str]:
     """``-o StrictHostKeyChecking=accept-new`` where the config says ``StrictHostKeyChecking no`` for
     the host (and no ``host_key_policy`` was given): with ``no``, ssh connects to a host whose key
     CHANGED (it only turns password logins off), and our agent would run the user's code there and
     send its pickles back; as the paramiko transport reads ``no``, a new key is recorded and a
     changed one refused."""
-    return ["-o", "StrictHostKeyChecking=accept-new"] if view.get("stricthostkeychecking") == ["false"] else []
+    return ["-o", "StrictHostKeyChecking=" + word] if view.get("stricthostkeychecking") == ["false"] else []
 
 
 def _master_args(view: dict[str, list[str]]) -> list[str]:
@@ -479,7 +530,7 @@ _INHERITED = {"-i": "IdentityFile", "UserKnownHostsFile": "UserKnownHostsFile",
 
 
 def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[str] = (),
-                lax: Sequence[str] = ()) -> tuple[str, list[str]]:
+                lax: Sequence[str] = (), lax_word: str = "accept-new") -> tuple[str, list[str]]:
     """For ``option_args``' ``args``: the text of a config file that sets our inherited options for
     every host (jump hosts too) and then includes the user's configuration, and the arguments that
     remain on the command line (``-F`` and the inherited ones moved into the file).
@@ -488,7 +539,7 @@ def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[s
     file ranks our options above the user's configuration, as the command line did.  ``defaults``
     (config lines) come after it, under ``Host *``: they hold where the user's configuration is silent.
     ``quiet``: jump hosts that get ``LogLevel ERROR`` for the ``LogLevel QUIET`` of their configuration;
-    ``lax``: those that get ``StrictHostKeyChecking accept-new`` for its ``no`` (``_strict_args``).
+    ``lax``: those that get ``StrictHostKeyChecking accept-new`` (``lax_word``) for its ``no`` (``_strict_args``).
     """
     lines = ["# written by remoteproc: our options for the target and its jump hosts, then yours"]
     rest: list[str] = []
@@ -510,7 +561,7 @@ def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[s
     if quiet:       # (jump hosts whose config says LogLevel QUIET: see _log_args; then back to every host)
         lines += ["Host %s" % " ".join(quiet), "LogLevel ERROR", "Host *"]
     if lax:         # (jump hosts whose config says StrictHostKeyChecking no: see _strict_args)
-        lines += ["Host %s" % " ".join(lax), "StrictHostKeyChecking accept-new", "Host *"]
+        lines += ["Host %s" % " ".join(lax), "StrictHostKeyChecking " + lax_word, "Host *"]
     lines += ['Include "%s"' % _account_path(c) for c in configs]
     if defaults:
         lines += ["Host *", *defaults]
@@ -538,10 +589,10 @@ CONFIGS_PREFIX = "remoteproc-ssh-"      # then pid and pid namespace: a killed r
 
 
 def _with_jump_config(args: list[str], defaults: Sequence[str], quiet: Sequence[str] = (),
-                      lax: Sequence[str] = ()) -> list[str]:
+                      lax: Sequence[str] = (), lax_word: str = "accept-new") -> list[str]:
     """``args`` with our inherited options in a config file of this process (see ``jump_config``)."""
     global _configs_dir
-    text, rest = jump_config(args, defaults, quiet, lax)
+    text, rest = jump_config(args, defaults, quiet, lax, lax_word)
     with _configs_lock:
         if _configs_dir is None:
             _sweep_stale_configs(tempfile.gettempdir())
@@ -633,6 +684,12 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"No route to host|Network is unreachable", re.I), ConnectError,
      "the host is unreachable. Fix: check the network path (VPN, ProxyJump)"),
 ]
+#: an unknown host key with an ssh that cannot record one on first use (``ACCEPT_NEW_SINCE``)
+_UNKNOWN_TO_OLD_SSH = ("ssh does not know the host's key, and this ssh ({version}) cannot record it on first use "
+                       "(StrictHostKeyChecking accept-new came with OpenSSH {since}; a config's "
+                       "StrictHostKeyChecking no is taken as yes, never as accepting a changed key). Fix: connect "
+                       "once with `{ssh}`, check the fingerprint and answer yes, or use transport='paramiko', which "
+                       "records it{stray}")
 #: a login refused with allow_prompt=True where ssh had no terminal to ask on: it asks nothing, says nothing
 #: of it, and the usual advice (pass allow_prompt=True) was given to a program that had
 _NO_TERMINAL = ("the server refused every way ssh tried to log in, and ssh could not ask for a passphrase or "
@@ -757,6 +814,9 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
         if pattern.search(head):
             if kind is AuthenticationError and target.options.get("allow_prompt") and not _has_terminal():
                 advice = _NO_TERMINAL
+            if "{stray}" in advice and old_ssh(target.spec):
+                advice = _UNKNOWN_TO_OLD_SSH.format(version=old_ssh(target.spec), since="%d.%d" % ACCEPT_NEW_SINCE,
+                                                    ssh="{ssh}", stray="{stray}")
             fix = advice.format(ssh=ssh, config=config, typo=typo_hint(target) if "{typo}" in advice else "",
                                 stray=_stray(target) if "{stray}" in advice else "")
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, fix, words), display)
