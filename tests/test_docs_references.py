@@ -131,6 +131,11 @@ def test_the_module_map_lists_every_module():
     listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", section, re.M))
     assert sorted(modules - listed) == [], "modules missing from docs/how-it-works.md's module map"
     assert sorted(listed - modules) == [], "docs/how-it-works.md's module map names modules that do not exist"
+    others = {str(p.relative_to(package)) for p in package.rglob("*")
+              if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    assert others, "the package's other files (py.typed) were not found"
+    assert sorted(name for name in others if "`%s`" % name not in section) == [], \
+        "files of the package that docs/how-it-works.md's module section does not name"
 
 
 def test_every_link_between_the_docs_resolves():
