@@ -211,8 +211,8 @@ class Pool:
     """``multiprocessing.Pool`` whose workers are RemoteProcesses spread over ``hosts``.
 
     ``hosts`` is a host spec, or a list of specs and ``(spec, {ssh options})`` pairs;
-    ``**ssh_options`` apply to every host.  ``processes_per_host`` defaults to each
-    host's CPU count.  ``apply``, ``apply_async``, ``map``, ``map_async``, ``imap``,
+    ``**ssh_options`` apply to every host.  ``processes_per_host`` defaults to the CPUs a
+    process may use on each host (its CPU affinity).  ``apply``, ``apply_async``, ``map``, ``map_async``, ``imap``,
     ``imap_unordered``, ``starmap``, ``starmap_async``, ``close``, ``terminate``,
     ``join`` and ``with`` (which terminates on exit) work as in multiprocessing.
     ``retries``: a chunk whose worker's connection was lost runs again elsewhere, up to

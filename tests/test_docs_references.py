@@ -4,7 +4,10 @@ docs/reliability.md (and the other docs) hold each promise by naming the test th
 as ``tests/test_x.py::test_name``, ``test_x.py::test_name`` or, later in the same table cell, a
 bare ``test_other`` of the same file. A test renamed or moved leaves the promise pointing at
 nothing; these checks make that a failure instead. docs/how-it-works.md's module map must list
-every module of the package, so that a new module cannot go undescribed.
+every module of the package, so that a new module cannot go undescribed. Every relative link
+between the docs (``[x](ssh.md#host-keys)``) must reach a file and, with an anchor, a heading of
+it as GitHub names headings; so must a section named in quotes after a doc (``performance.md,
+"Other rows"``).
 """
 
 from __future__ import annotations
@@ -19,6 +22,10 @@ TEST_REF = re.compile(r"(?:tests/)?((?:\w+/)*\w+\.py)(?:::(\w+)(?:::(\w+))?(?:\[
 BARE_TEST = re.compile(r"(test_\w+)(?:\[[^\]]*\])?")
 #: names the docs give as what a test was called before (history, not a reference)
 HISTORY = re.compile(r"then named|was named|formerly")
+#: ``[text](target)`` outside code; ``target`` without a scheme is a relative link
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+#: ``[x.md](x.md), "Section"`` or ``docs/x.md, "Section"``: a section of another doc named in prose
+NAMED_SECTION = re.compile(r"([\w/-]+\.md)\)?,\s+\"([^\"]+)\"")
 
 
 def defines(path: Path, name: str) -> bool:
@@ -44,6 +51,52 @@ def find_test_references(text: str) -> list[tuple[int, str, Path, list[str]]]:
     return refs
 
 
+def prose(text: str) -> str:
+    """``text`` without its fenced code blocks (lines kept, so that line numbers still count)."""
+    return re.sub(r"^```.*?^```", lambda m: "\n" * m.group(0).count("\n"), text, flags=re.S | re.M)
+
+
+def headings(text: str) -> tuple[list[str], set[str]]:
+    """The headings' texts, and the anchors GitHub gives them (``## Host keys`` -> ``host-keys``;
+    a repeated heading's second anchor ends in ``-1``)."""
+    titles, anchors, seen = [], set(), {}
+    for match in re.finditer(r"^#{1,6}\s+(.*?)\s*#*\s*$", prose(text), re.M):
+        title = match.group(1)
+        slug = re.sub(r"[^\w\- ]", "", title.replace("`", "").strip().lower()).replace(" ", "-")
+        count = seen.get(slug, 0)
+        seen[slug] = count + 1
+        titles.append(title.replace("`", ""))
+        anchors.add(slug if count == 0 else "%s-%d" % (slug, count))
+    return titles, anchors
+
+
+def broken_links(doc: Path, text: str) -> list[str]:
+    """Each relative link of ``doc`` whose file or anchor does not exist, and each section
+    named in quotes after a doc that has no heading of that name."""
+    broken = []
+    body = prose(text)
+    for match in LINK.finditer(body):
+        link = match.group(1)
+        if re.match(r"[a-z][a-z0-9+.-]*:", link):
+            continue                                    # https:, mailto:
+        number = body.count("\n", 0, match.start()) + 1
+        path, _, anchor = link.partition("#")
+        target = (doc.parent / path).resolve() if path else doc
+        if not target.exists():
+            broken.append("%s:%d: %s: no file %s" % (doc.name, number, link, path))
+        elif anchor and target.suffix == ".md" and anchor not in headings(target.read_text())[1]:
+            broken.append("%s:%d: %s: %s has no heading with the anchor #%s" % (
+                doc.name, number, link, target.name, anchor))
+    for match in NAMED_SECTION.finditer(body):
+        number = body.count("\n", 0, match.start()) + 1
+        target = (ROOT / "docs" / match.group(1).rsplit("/", 1)[-1])
+        section = " ".join(match.group(2).split())
+        if not target.is_file():
+            broken.append("%s:%d: %s: no file" % (doc.name, number, match.group(1)))
+        elif not any(title == section or title.startswith(section + " (")
+                     for title in headings(target.read_text())[0]):
+            broken.append('%s:%d: %s has no section "%s"' % (doc.name, number, target.name, section))
+    return broken
 
 
 def test_every_test_the_docs_name_exists():
@@ -78,3 +131,35 @@ def test_the_module_map_lists_every_module():
     listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", section, re.M))
     assert sorted(modules - listed) == [], "modules missing from docs/how-it-works.md's module map"
     assert sorted(listed - modules) == [], "docs/how-it-works.md's module map names modules that do not exist"
+    others = {str(p.relative_to(package)) for p in package.rglob("*")
+              if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts}
+    assert others, "the package's other files (py.typed) were not found"
+    assert sorted(name for name in others if "`%s`" % name not in section) == [], \
+        "files of the package that docs/how-it-works.md's module section does not name"
+
+
+def test_every_link_between_the_docs_resolves():
+    broken = []
+    count = 0
+    for doc in DOCS:
+        text = doc.read_text()
+        count += len(LINK.findall(prose(text)))
+        broken += broken_links(doc, text)
+    assert count > 100, "the link pattern found almost nothing: %d links" % count
+    assert not broken, "\n".join(broken)
+
+
+def test_the_link_checker_sees_a_broken_link():
+    doc = ROOT / "docs" / "api.md"
+    text = "\n".join([
+        "See [ssh](ssh.md#host-keys), [here](#remoteprocess) and [the web](https://example.org/x.md).",
+        "```", "[not a link in code](nowhere.md)", "```",
+        "Also [gone](gone.md), [a lost anchor](ssh.md#no-such-heading), [a local one](#nor-this).",
+        'As [performance.md](performance.md), "Other rows" says, and docs/ssh.md, "No such section".',
+    ])
+    assert broken_links(doc, text) == [
+        "api.md:5: gone.md: no file gone.md",
+        "api.md:5: ssh.md#no-such-heading: ssh.md has no heading with the anchor #no-such-heading",
+        "api.md:5: #nor-this: api.md has no heading with the anchor #nor-this",
+        'api.md:6: ssh.md has no section "No such section"',
+    ]
