@@ -143,8 +143,6 @@ class Supervisor:
             self.control({"op": "pong", "t": msg.get("t")})
         elif op == "keepalive":
             self._keepalive(msg)
-        elif op == "exit":
-            self._stop("asked to exit")
         else:
             raise frames.FrameError("unknown control operation %r" % op)
 
