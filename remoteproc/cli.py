@@ -821,6 +821,16 @@ def _log_to_stderr(command: str) -> logging.Handler:
     return handler
 
 
+def _hear_the_relay_out() -> None:
+    """Before the command's log handler goes: the warnings the relay sent until now, through it
+    (one of a lost connection, which the command has reported already, had come after the
+    report, printed bare by Python's last-resort handler)."""
+    client = sys.modules.get("remoteproc.relay.client")
+    relay = client.current() if client is not None else None
+    if relay is not None:
+        relay.sync(timeout=2.0)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     stdio.sanitise()        # (run ... >&-: the script's output goes nowhere, not into our pipe)
     parser = build_parser()
@@ -830,6 +840,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return _main(parser, args)
     finally:
+        _hear_the_relay_out()
         logging.getLogger("remoteproc").removeHandler(handler)
         # (after a Ctrl-C SIGINT stays ignored: the interpreter's exit comes next)
         if previous is not None and signal.getsignal(signal.SIGINT) is _interrupt_once:

@@ -127,6 +127,39 @@ def test_run_a_script_whose_connection_dies_exits_255_and_says_the_connection_wa
     assert gone(int(pidfile.read_text())), "the script outlived its agent"
 
 
+_SLOW_WARNING = """
+import logging, sys, time
+emit = logging.Logger.log
+def late(self, level, msg, *args, **kwargs):     # (the relay's warning of the loss: heard 0.5 s late)
+    if args and "connection lost" in str(args[0]):
+        time.sleep(0.5)
+    return emit(self, level, msg, *args, **kwargs)
+logging.Logger.log = late
+from remoteproc import cli
+code = cli.main(sys.argv[1:])
+print("-- main returned", file=sys.stderr, flush=True)
+time.sleep(1.5)
+sys.exit(code)
+"""
+
+
+def test_run_a_lost_connection_is_said_once_however_late_the_relays_warning_comes(alias, scripts, tmp_path):
+    """The relay's warning of a lost connection and the script's end come on different sockets:
+    when the warning came second, it was printed bare after the command's own report (seen in
+    CI).  The command waits for what the relay said before it lets go of its log handler."""
+    config, host = alias
+    path = scripts("killagent.py", """
+        import os, signal
+        os.kill(os.getppid(), signal.SIGKILL)      # the agent that forked this script
+    """)
+    out = subprocess.run([sys.executable, "-c", _SLOW_WARNING, "run", "-F", config, host, path],
+                         capture_output=True, text=True, timeout=60, env=ENV, stdin=subprocess.DEVNULL)
+    assert out.returncode == cli.EXIT_FAILURE, out.stdout + out.stderr
+    report, _, after = out.stderr.partition("-- main returned")
+    assert report.count("connection lost") == 1 and "remoteproc run:" in report, out.stderr
+    assert after.strip() == "", out.stderr
+
+
 def test_run_a_script_that_leaves_a_process_holding_its_connection(alias, scripts):
     """The script ends, but a process it started in the background still holds its Connection:
     the command prints every message the script sent, and exits with the script's status when

@@ -282,6 +282,22 @@ def test_a_relay_that_does_not_stop_is_killed_at_shutdown(host, ssh_options):
     _host_still_works(host, ssh_options)
 
 
+def test_a_sync_with_the_relay_is_answered_and_bounded():
+    """``RelayHandle.sync`` (the command line's wait for the relay's last warnings) returns True
+    once the relay answered, False after its timeout when the relay does not, and False at once
+    when the relay is gone."""
+    relay = relay_client.get()
+    assert relay.sync(10.0) is True
+    os.kill(relay.proc.pid, signal.SIGSTOP)
+    try:
+        assert relay.sync(0.3) is False
+    finally:
+        os.kill(relay.proc.pid, signal.SIGCONT)
+    assert relay.sync(10.0) is True        # (the stopped one's late answer counts for nothing more)
+    relay_client.shutdown()
+    assert relay.sync(10.0) is False
+
+
 # -- a full channel ----------------------------------------------------------------------------------
 
 def test_a_message_bigger_than_every_buffer_reaches_a_slow_reader(host, ssh_options):

@@ -117,6 +117,7 @@ class RelayHandle:
         self.refused: dict[int, tuple[str, str]] = {}
         self.refused_cond = threading.Condition()
         self.next_id = itertools.count(1)
+        self.synced = 0             # the last sync() the relay answered (under refused_cond)
         # At interpreter exit, after multiprocessing has terminated and joined the remote
         # children (its finalizers of priority >= 0 and the joins come first): stop the relay.
         util.Finalize(None, _shutdown_at_exit, exitpriority=-10)
@@ -146,6 +147,10 @@ class RelayHandle:
             elif msg[0] == "log":
                 _name, level, text = msg[1:]
                 logging.getLogger(_name).log(level, "%s", text)
+            elif msg[0] == "synced":
+                with self.refused_cond:
+                    self.synced = msg[1]
+                    self.refused_cond.notify_all()
         if os.getpid() == self.pid_owner:
             log.debug("the relay process ended")
 
@@ -180,6 +185,28 @@ class RelayHandle:
                     return None
                 self.refused_cond.wait(min(left, 0.1))
             return self.refused.pop(request_id, None)
+
+    def sync(self, timeout: float) -> bool:
+        """Wait (up to ``timeout``) until every log record the relay sent before now has been
+        re-emitted here; False if it did not answer in time.
+
+        A record and a process's status travel on different sockets, so a program can hear of
+        an end (a lost connection) before the relay's warning of it: a command that reports the
+        end itself and then removes its log handler had the warning printed bare after its report.
+        """
+        token = next(self.next_id)
+        try:
+            self.send_to_relay(("sync", token))
+        except OSError:
+            return False
+        deadline = time.monotonic() + timeout
+        with self.refused_cond:
+            while self.synced < token and self.alive():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self.refused_cond.wait(min(left, 0.1))
+            return self.synced >= token
 
     def alive(self) -> bool:
         return os.getpid() == self.pid_owner and self.proc.poll() is None

@@ -94,6 +94,8 @@ class Relay:
                 self.start(msg[1], fds)
             elif op == "level":
                 logging.getLogger("remoteproc").setLevel(msg[1])
+            elif op == "sync":      # (what this process logged before it has been sent: the answer follows it)
+                self.send_to_user(("synced", msg[1]))
             else:
                 for fd in fds or ():
                     os.close(fd)
