@@ -293,7 +293,8 @@ def errors(stderr: str) -> list[str]:
     exception lines and log lines, sorted (the order between children, and between stdout and
     stderr, is not preserved across hosts: docs/api.md, differences)."""
     keep = [line for line in normal(stderr).splitlines()
-            if line and not line.startswith((" ", "\t", "TIME ")) and not HOST_NOISE.match(line) and not set(line) <= set("~^ ")]
+            if line and not line.startswith((" ", "\t", "TIME ")) and not HOST_NOISE.match(line)
+            and not set(line) <= set("~^ ")]
     return sorted(keep)
 
 
