@@ -362,48 +362,6 @@ def test_agent_env_reaches_the_agents_interpreter(monkeypatch):
                                      "COVERAGE_FILE": "/somewhere/.coverage"}
 
 
-FORKING_PROGRAM = """
-import os, sys
-if sys.argv[1:] == ["fix"]:
-    from remoteproc.testing.coverage import FORK_FIX
-    exec(FORK_FIX, {})
-def in_the_parent():
-    return 1
-def in_the_children():
-    return 2
-in_the_parent()
-for _ in range(3):
-    pid = os.fork()
-    if pid == 0:
-        in_the_children()
-        os._exit(0)
-    os.waitpid(pid, 0)
-"""
-
-
-def test_a_forked_child_under_coverage_saves_only_its_own_data(tmp_path):
-    """``remoteproc.testing.coverage.FORK_FIX``: each child that leaves through ``os._exit``
-    writes its own data, not its parent's again (which made every remote child of a long-lived
-    agent, and every local fork Process, write the agent's or pytest's whole data)."""
-    coverage = pytest.importorskip("coverage")
-    (tmp_path / "prog.py").write_text(FORKING_PROGRAM)
-    (tmp_path / "rc").write_text("[run]\nparallel = true\npatch = fork\n    _exit\n")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("COVERAGE_")}    # (not the suite's own)
-    out = subprocess.run([sys.executable, "-m", "coverage", "run", "--rcfile=rc", "prog.py", "fix"], cwd=tmp_path,
-                         env=env, capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
-    files = [str(f) for f in tmp_path.glob(".coverage.*")]
-    lines = []
-    for name in files:
-        data = coverage.CoverageData(basename=name)
-        data.read()
-        lines.append(set(data.lines(str(tmp_path / "prog.py")) or ()))
-    parent_line, children_line = 7, 9       # the bodies of in_the_parent and in_the_children
-    assert len(files) == 4, files
-    assert sum(parent_line in found for found in lines) == 1, lines
-    assert sum(children_line in found for found in lines) == 3, lines
-
-
 @pytest.mark.parametrize("code, expected", [(None, 0), (0, 0), (3, 3), ("bye", "bye")])
 def test_sys_exit_with_no_code_is_success_on_a_3_8_host(code, expected):
     """A 3.8 host's ``_bootstrap`` reports ``sys.exit()`` as 1; the user's multiprocessing (3.9+)
