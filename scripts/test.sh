@@ -73,7 +73,7 @@ export COVERAGE_PROCESS_START="$PWD/pyproject.toml"
 # Two workers (REMOTEPROC_TEST_WORKERS; 0: none), each taking whole test files: most of a test's time
 # is waiting on sshds, agents and children, so two share the 2 CPUs of CI well.  Every worker has its
 # own sshd, namespace hosts and relay; accounts and the machine are shared, as by two runs at once.
-# (tests/conftest.py hands out the long files of few tests first: LONG_FILES.)
+# (tests/conftest.py hands out the longest files first: LONG_FILES.)
 workers="${REMOTEPROC_TEST_WORKERS:-2}"
 parallel=()
 [ "$workers" != 0 ] && parallel=(-n "$workers" --dist loadfile)

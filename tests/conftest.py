@@ -91,27 +91,44 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
-#: Test files that take long for their number of tests: seconds on one worker (measured without
-#: coverage on 2 CPUs, 2026-12-01).  ``--dist loadfile`` hands out files by their number of tests,
-#: most first, so a few long files of few tests (CPython's whole multiprocessing suite is two)
-#: started last, and one worker ran them alone at the end while the other had nothing left (about
-#: 40 s of the suite's wall time).  They start first instead, longest first, and the many short
-#: files fill in at the end (scripts/test.sh).  Only the order changes: a file missing here (or
-#: renamed) keeps xdist's own place.
+#: The test files that take longest: seconds on one of two workers, under coverage as in CI (the
+#: mean of two fresh-clone runs of scripts/test.sh on 2 CPUs, 2026-12-02).  ``--dist loadfile``
+#: hands out files by their number of tests, most first, so a long file of few tests (CPython's
+#: whole multiprocessing suite is two) started last, and one worker ran it alone at the end while
+#: the other had nothing left.  These start first instead, longest first, and the many short files
+#: fill in at the end (scripts/test.sh).  Only the order changes: a file missing here (or renamed)
+#: keeps xdist's own place.
 LONG_FILES = {
-    "tests/test_impaired_links.py": 70,
-    "tests/test_cpython_multiprocessing.py": 69,
-    "tests/test_long_running.py": 67,
-    "tests/test_max_sessions.py": 52,
-    "tests/test_host_environments.py": 52,
-    "tests/test_message_integrity.py": 42,
-    "tests/test_many_hosts.py": 37,
-    "tests/test_faults_at_scale.py": 36,
-    "tests/test_local_pythons.py": 26,
-    "tests/test_pool_retries.py": 24,
-    "tests/test_link_cuts.py": 23,
-    "tests/test_fault_trees.py": 22,
-    "tests/test_owner_broker.py": 21,
+    "tests/test_cpython_multiprocessing.py": 96,
+    "tests/test_user_programs.py": 84,
+    "tests/test_ssh_user_setups.py": 83,
+    "tests/test_max_sessions.py": 80,
+    "tests/test_long_running.py": 80,
+    "tests/test_impaired_links.py": 79,
+    "tests/test_host_environments.py": 73,
+    "tests/test_cli.py": 72,
+    "tests/test_packages.py": 64,
+    "tests/test_faults_at_scale.py": 59,
+    "tests/test_cli_errors.py": 57,
+    "tests/test_relay_edges.py": 55,
+    "tests/test_pool_edges.py": 55,
+    "tests/test_remote_accounts.py": 51,
+    "tests/test_message_integrity.py": 50,
+    "tests/test_faults.py": 47,
+    "tests/test_new_user.py": 41,
+    "tests/test_grandchildren.py": 40,
+    "tests/test_ssh_hosts.py": 40,
+    "tests/test_process_edges.py": 38,
+    "tests/test_host_pythons.py": 38,
+    "tests/test_synchronize.py": 34,
+    "tests/test_many_hosts.py": 33,
+    "tests/test_fault_trees.py": 32,
+    "tests/test_python_versions.py": 31,
+    "tests/test_joblib_hosts.py": 31,
+    "tests/test_connection_api.py": 30,
+    "tests/test_executor_parity.py": 30,
+    "tests/test_local_pythons.py": 29,
+    "tests/test_process_lifecycle.py": 28,
 }
 
 
