@@ -25,10 +25,10 @@ from typing import Any, Dict, Iterable, Mapping, NamedTuple, Optional
 
 from .errors import ConfigError
 
-__all__ = ["Host", "HostlistError", "expand", "hostfile", "pbs", "slurm"]
+__all__ = ["Host", "HostlistError", "expand", "hostfile", "pbs", "slurm", "tasks_per_node"]
 
 MAX_RANGE = 65536           # names in one range, as Slurm's limit
-MAX_NAMES = 1_000_000       # names from one entry (several groups multiply): a typo, not a cluster
+MAX_NAMES = 1_000_000       # names from one list (groups multiply): a typo, not a cluster
 _SEPARATORS = ", \t\n"
 
 
@@ -74,9 +74,17 @@ def expand(hostlist: str) -> list[str]:
     """The host names of a Slurm host list, in ``scontrol show hostnames`` order (duplicates kept)."""
     if not isinstance(hostlist, str):
         raise TypeError("a host list is a str, not %s" % type(hostlist).__name__)
+    entries = [_parse_entry(hostlist, start, entry) for start, entry in _entries(hostlist)]
+    # counted before any name is built: several large groups multiplied, one group of many ranges
+    # (n[0-65535,0-65535,...]) and many large entries are all typos, not a cluster
+    total = 0
+    for start, _literals, groups in entries:
+        total += _count(groups)
+        if total > MAX_NAMES:
+            raise HostlistError("more than %d names in the list" % MAX_NAMES, hostlist, start)
     names: list[str] = []
-    for start, entry in _entries(hostlist):
-        names.extend(_expand_entry(hostlist, start, entry))
+    for _start, literals, groups in entries:
+        names.extend(_names(literals, groups))
     return names
 
 
@@ -102,10 +110,11 @@ def _entries(text: str) -> Iterable[tuple[int, str]]:
         yield start, text[start:]
 
 
-def _expand_entry(text: str, offset: int, entry: str) -> list[str]:
-    """One entry: literal parts and bracket groups, in Slurm's order of iteration."""
+def _parse_entry(text: str, offset: int, entry: str) -> tuple[int, list[str], list[list[tuple[int, int, int]]]]:
+    """One entry as ``(offset, literals, groups)``: the literal parts, and each bracket group's ranges
+    (an entry without brackets is one literal and no group)."""
     literals: list[str] = []
-    groups: list[list[str]] = []
+    groups: list[list[tuple[int, int, int]]] = []
     pos = 0
     while True:
         left = entry.find("[", pos)
@@ -116,19 +125,29 @@ def _expand_entry(text: str, offset: int, entry: str) -> list[str]:
         groups.append(_group(text, offset + left + 1, entry[left + 1:right]))
         pos = right + 1
     if not groups:
-        return [entry]
+        return offset, [entry], []
     if pos < len(entry):
         raise HostlistError("text after the last ']' (Slurm allows none)", text, offset + pos)
+    return offset, literals, groups
+
+
+def _count(groups: list[list[tuple[int, int, int]]]) -> int:
     total = 1
     for g in groups:
-        total *= len(g)
-    if total > MAX_NAMES:
-        raise HostlistError("more than %d names in one entry" % MAX_NAMES, text, offset)
+        total *= sum(hi - lo + 1 for lo, hi, _width in g)
+    return total
+
+
+def _names(literals: list[str], groups: list[list[tuple[int, int, int]]]) -> list[str]:
+    """An entry's names, in Slurm's order of iteration."""
+    if not groups:
+        return literals
+    numbers = [["%0*d" % (width, n) for lo, hi, width in g for n in range(lo, hi + 1)] for g in groups]
     # Slurm expands the last group innermost and, of the others, the last-but-one outermost:
     # a[1-2]b[3-4] gives a1b3 a1b4 a2b3 a2b4; n[1-3]a[1-2]b[4] gives n1a1b4 n2a1b4 n3a1b4 n1a2b4 ...
     order = list(range(len(groups) - 2, -1, -1)) + [len(groups) - 1]
     names = []
-    for combo in itertools.product(*(groups[k] for k in order)):
+    for combo in itertools.product(*(numbers[k] for k in order)):
         value = dict(zip(order, combo))
         names.append("".join(lit + value[k] for k, lit in enumerate(literals)))
     return names
@@ -137,9 +156,10 @@ def _expand_entry(text: str, offset: int, entry: str) -> list[str]:
 _RANGE = re.compile(r"([0-9]+)(?:-([0-9]+))?\Z")
 
 
-def _group(text: str, offset: int, body: str) -> list[str]:
-    """The numbers of one bracket group (``01-03,07``), zero-padded to each lower bound's width."""
-    out: list[str] = []
+def _group(text: str, offset: int, body: str) -> list[tuple[int, int, int]]:
+    """The ranges of one bracket group (``01-03,07``) as (low, high, width): each number is
+    zero-padded to its lower bound's width."""
+    out: list[tuple[int, int, int]] = []
     pos = 0
     for part in body.split(","):
         m = _RANGE.match(part)
@@ -153,8 +173,7 @@ def _group(text: str, offset: int, body: str) -> list[str]:
         if hi - lo + 1 > MAX_RANGE:
             raise HostlistError("range %r has more than %d names (Slurm's limit)" % (part, MAX_RANGE),
                                 text, offset + pos)
-        width = len(lo_text)
-        out.extend("%0*d" % (width, n) for n in range(lo, hi + 1))
+        out.append((lo, hi, len(lo_text)))
         pos += len(part) + 1
     return out
 
@@ -235,11 +254,15 @@ def pbs(environ: Optional[Mapping[str, str]] = None) -> list[Host]:
         raise ConfigError("PBS_NODEFILE is not set: hostlist.pbs() reads the node file of the PBS job it runs in "
                           "(inside qsub)")
     counts: dict[str, int] = {}
-    with open(path, encoding="utf-8") as f:
-        for line in f:
-            name = line.strip()
-            if name and not name.startswith("#"):
-                counts[name] = counts.get(name, 0) + 1
+    try:
+        with open(path, encoding="utf-8") as f:
+            for line in f:
+                name = line.strip()
+                if name and not name.startswith("#"):
+                    counts[name] = counts.get(name, 0) + 1
+    except OSError as exc:
+        raise ConfigError("PBS_NODEFILE %s cannot be read (%s): hostlist.pbs() reads the node file of the PBS "
+                          "job it runs in, on the job's first node" % (path, exc.strerror or exc)) from None
     if not counts:
         raise ConfigError("PBS_NODEFILE %s lists no host" % path)
     return [Host(h, {}, n) for h, n in counts.items()]
@@ -252,7 +275,7 @@ def hostfile(path: str | os.PathLike) -> list[Host]:
     """An MPI hostfile: one host a line, ``host slots=N`` (Open MPI) or ``host:N`` (MPICH); ``#`` comments.
 
     A host without a count gets the pool's ``processes_per_host``; a host listed
-    twice gets the sum of its slots.
+    twice gets the sum of the counts its lines give (a line without one adds none).
     """
     order: dict[str, Optional[int]] = {}
     with open(path, encoding="utf-8") as f:

@@ -6,6 +6,7 @@ The expected expansions are what ``scontrol show hostnames`` (Slurm 22.05) print
 from __future__ import annotations
 
 import pickle
+import tracemalloc
 
 import pytest
 
@@ -128,9 +129,35 @@ def test_the_error_crosses_processes_whole():
     assert (copy.text, copy.position, copy.reason) == ("node[1-", 4, "'[' is never closed")
 
 
-def test_a_product_of_groups_too_large_is_refused_not_built():
-    with pytest.raises(HostlistError, match="more than"):
-        expand("a[0-65535]b[0-65535]")
+@pytest.mark.parametrize("text", [
+    "a[0-65535]b[0-65535]",                             # groups multiplied
+    "n[%s]" % ",".join(["0-65535"] * 100),              # one group of many ranges, each within Slurm's limit
+    ",".join("x%d[0-65535]b[0-14]" % i for i in range(100)),    # many entries just under the limit each
+])
+def test_a_list_of_more_than_a_million_names_is_refused_before_any_is_built(text):
+    """Found by a new user's audit: a group of many ranges was built whole (465 MB for 100 ranges)
+    before its size was looked at."""
+    tracemalloc.start()
+    try:
+        with pytest.raises(HostlistError, match="more than 1000000 names in the list"):
+            expand(text)
+        _now, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 20 << 20, "%d MB allocated before the refusal" % (peak >> 20)
+
+
+def test_a_million_names_is_the_limit_not_over_it():
+    names = expand("a[0-9999]b[0-49],c[0-9999]b[0-49]")
+    assert len(names) == 1_000_000
+    assert (names[0], names[-1]) == ("a0b0", "c9999b49")
+
+
+def test_every_reader_of_the_docs_table_is_exported():
+    namespace: dict = {}
+    exec("from remoteproc.hostlist import *", namespace)
+    for name in ("expand", "slurm", "pbs", "hostfile", "tasks_per_node", "Host", "HostlistError"):
+        assert name in namespace, name
 
 
 def test_tasks_per_node():
@@ -201,6 +228,8 @@ def test_pbs_nodefile_counts_each_host_once_per_slot(tmp_path, monkeypatch):
     empty.write_text("\n")
     with pytest.raises(ConfigError, match="lists no host"):
         hostlist.pbs({"PBS_NODEFILE": str(empty)})
+    with pytest.raises(ConfigError, match=r"PBS_NODEFILE .*/gone cannot be read \(No such file or directory\)"):
+        hostlist.pbs({"PBS_NODEFILE": str(tmp_path / "gone")})
 
 
 def test_mpi_hostfile(tmp_path):
