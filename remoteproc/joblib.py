@@ -73,15 +73,17 @@ def register(name: str = NAME, make_default: bool = False, **config: Any) -> Non
                           "from here (or use joblib.parallel_config(backend=%r, hosts=[...]) blocks "
                           "without make_default)" % name)
     factory: type[RemoteprocBackend] = RemoteprocBackend
-    if config:
+    if config or name != NAME:
         defaults = dict(config)
 
         def __init__(self: RemoteprocBackend, *args: Any, **kwargs: Any) -> None:
             RemoteprocBackend.__init__(self, *args, **{**defaults, **kwargs})
 
-        # (a class, as joblib's backends are, named as the plain one in joblib's messages)
-        factory = type("RemoteprocBackend", (RemoteprocBackend,), {"__init__": __init__, "__module__": __name__,
-                                                                   "__qualname__": "RemoteprocBackend"})
+        # (a class, as joblib's backends are, named as the plain one in joblib's messages; its
+        # errors name the backend as the program registered it)
+        factory = type("RemoteprocBackend", (RemoteprocBackend,), {
+            "__init__": __init__, "__module__": __name__, "__qualname__": "RemoteprocBackend",
+            "registered_as": name})
     register_parallel_backend(name, factory, make_default=make_default)
 
 
@@ -264,6 +266,7 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
     supports_sharedmem = False
     uses_threads = False
     default_n_jobs = -1                     # Parallel() without n_jobs: every worker
+    registered_as = NAME                    # the backend's name with joblib (register(name=...))
 
     def __init__(self, hosts: Any = None, processes_per_host: Optional[int] = None,
                  initializer: Optional[Callable] = None, initargs: Iterable = (),
@@ -298,7 +301,7 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
             self._take_active_configuration()
         if self.hosts is None:
             raise ConfigError("the joblib backend %r needs hosts: joblib.parallel_config(backend=%r, "
-                              "hosts=['user@host', ...])" % (NAME, NAME))
+                              "hosts=['user@host', ...])" % (self.registered_as, self.registered_as))
         threads = self._thread_limits()
         key = repr((self.hosts, self.processes_per_host, self.initializer, self.initargs,
                     sorted(self.ssh_options.items()), threads))

@@ -107,8 +107,15 @@ def test_lambdas_and_closures_of_main_travel(host, ssh_options):
 
 
 def test_without_hosts_the_backend_says_how_to_give_them():
-    with pytest.raises(ValueError, match="needs hosts"):
+    with pytest.raises(ValueError, match=r"'remoteproc' needs hosts: joblib.parallel_config\(backend='remoteproc'"):
         joblib.Parallel(backend="remoteproc", n_jobs=2)(joblib.delayed(abs)(-1) for _ in range(2))
+
+
+def test_a_backend_registered_under_another_name_is_named_so_in_its_errors():
+    """Found by a new user's audit: register(name="cluster") said to use backend='remoteproc'."""
+    rjoblib.register(name="cluster")
+    with pytest.raises(ValueError, match=r"'cluster' needs hosts: joblib.parallel_config\(backend='cluster'"):
+        joblib.Parallel(backend="cluster", n_jobs=2)(joblib.delayed(abs)(-1) for _ in range(2))
 
 
 def test_n_jobs_zero_is_refused_before_any_host_is_reached():
