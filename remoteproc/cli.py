@@ -197,6 +197,9 @@ def explain(exc: BaseException) -> tuple[str, str]:
         # a startup file waiting for input ...; the message names the one and its fix)
         return ("the remote agent could not be started on the host",
                 "as the message above says; --python PATH names the host's interpreter (any Python 3.8+)")
+    if isinstance(exc, ConfigError) and str(exc).startswith("REMOTEPROC_TRANSPORT="):
+        return ("the environment variable REMOTEPROC_TRANSPORT names no transport",
+                "set it to paramiko or openssh, or unset it; --transport chooses for one command")
     if isinstance(exc, ConfigError):
         flag = _OPTION_FLAG.match(str(exc))
         if flag:        # (an option only a flag gives: its fix is that flag, not the host's form)

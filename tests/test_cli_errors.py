@@ -89,6 +89,17 @@ def test_run_env_without_an_equals_sign_is_a_usage_error():
     assert "--env wants NAME=VALUE, not 'JUSTANAME'" in out.stderr and "Traceback" not in out.stderr
 
 
+@pytest.mark.parametrize("command", ["run", "check"])
+def test_a_wrong_transport_in_the_environment_names_the_variable_not_the_hosts_form(command):
+    """Found by a new user's audit: the fix said to write the host as USER@HOST."""
+    argv = [command, "-F", "none", "nobody@127.0.0.1"] + (["script.py"] if command == "run" else [])
+    out = remoteproc_cmd(*argv, env={**ENV, "REMOTEPROC_TRANSPORT": "bogus"})
+    assert out.returncode == (cli.EXIT_FAILURE if command == "run" else 1), out.stdout + out.stderr
+    _says_cause_and_fix(out, "REMOTEPROC_TRANSPORT='bogus' for host 'nobody@127.0.0.1'", "remoteproc %s:" % command)
+    assert "cause: the environment variable REMOTEPROC_TRANSPORT names no transport" in out.stderr
+    assert "fix:   set it to paramiko or openssh" in out.stderr and "USER@HOST" not in out.stderr
+
+
 def test_demo_with_ssh_options_but_no_host_is_a_usage_error():
     out = remoteproc_cmd("demo", "-p", "2222")
     assert out.returncode == 2 and "SSH options need a HOST" in out.stderr
