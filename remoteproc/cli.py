@@ -234,11 +234,25 @@ def _exit_status(code: int | None) -> int:
 
 # -- run ----------------------------------------------------------------------------------
 
+#: the causes already said of messages that could not be loaded here (each is said once)
+_UNLOADABLE: set[str] = set()
+
+
 def format_message(data: bytes) -> str:
     """One line for a message the script sent: JSON if it can be, else repr()."""
     try:
         obj = pickle.loads(data)
-    except Exception:  # noqa: BLE001 - raw send_bytes() data, or a class only the host has
+    except (AttributeError, ImportError) as exc:
+        # An object of a class only the script has (its __main__, a module of the host): printed as its
+        # pickle, which would pass for send_bytes() data unless the command says so
+        cause = "%s: %s" % (type(exc).__name__, exc)
+        if cause not in _UNLOADABLE:
+            _UNLOADABLE.add(cause)
+            print("remoteproc run: a message holds an object that cannot be loaded here (%s): printed as its "
+                  "pickled bytes; send built-in types (str, numbers, lists, dicts, ...) to print them"
+                  % cause, file=sys.stderr)
+        return repr(data)
+    except Exception:  # noqa: BLE001 - raw send_bytes() data
         return repr(data)
     try:
         # (NaN and the infinities are no JSON: json.dumps would write NaN, which JSON readers refuse)

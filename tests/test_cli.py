@@ -162,6 +162,34 @@ def test_run_forwards_output_prints_messages_and_exits_with_the_scripts_code(ali
     assert "stderr of the script" in out.stderr
 
 
+OWN_CLASS = """
+    import os
+    from multiprocessing.connection import Connection
+    class Point:
+        pass
+    conn = Connection(int(os.environ["REMOTEPROC_FD"]))
+    conn.send(Point())
+    conn.send(Point())
+    conn.send_bytes(b"raw bytes")
+    conn.send("after")
+"""
+
+
+def test_run_says_once_that_a_message_of_the_scripts_own_class_is_printed_as_its_pickle(alias, scripts):
+    """Found by a new user's audit: such a message was printed as bytes with nothing said, as if the
+    script had sent them with send_bytes()."""
+    config, host = alias
+    out = remoteproc_cmd("run", "-F", config, host, scripts("own_class.py", OWN_CLASS))
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert len(lines) == 4 and lines[0] == lines[1] and lines[0].startswith("b'\\x80")
+    assert lines[2:] == ["b'raw bytes'", '"after"']
+    said = [line for line in out.stderr.splitlines() if "cannot be loaded here" in line]
+    assert len(said) == 1, out.stderr
+    assert said[0].startswith("remoteproc run: a message holds an object that cannot be loaded here "
+                              "(AttributeError: ") and "'Point'" in said[0], said
+
+
 UNBUFFERED = """
     import os, sys, time
     from multiprocessing.connection import Connection
