@@ -132,7 +132,8 @@ class Executor(futures.Executor):
 
     @property
     def _max_workers(self) -> int:
-        """How many calls run at once: ``ProcessPoolExecutor``'s attribute, which dask reads."""
+        """How many calls run at once: ``ProcessPoolExecutor``'s attribute, which dask reads (at least
+        1, which dask asserts: with no worker left, what it submits fails with this executor's error)."""
         return max(1, sum(1 for w in self._core.workers if w.alive))
 
     def __repr__(self) -> str:
