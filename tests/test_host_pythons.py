@@ -815,6 +815,96 @@ def test_a_module_newer_than_the_hosts_python_is_explained(host_pythons, plain_u
             proc.stdout
 
 
+LAZY_IMPORT_SCRIPT = '''
+import json, sys
+from remoteproc import Executor, Pool, RemoteProcess
+
+
+def lazy(x=0):
+    import hp_lazy_newer       # (imported when the target runs, not when it is unpickled)
+    return hp_lazy_newer.work(x)
+
+
+if __name__ == "__main__":
+    host, opts = json.loads(sys.argv[1])
+    p = RemoteProcess(host, target=lazy, **opts)
+    p.start()
+    p.join(60)
+    print("exitcode", p.exitcode)
+    with Pool([host], processes_per_host=1, **opts) as pool:
+        try:
+            pool.map(lazy, [1])
+        except SyntaxError as exc:
+            print("pool", exc)
+    with Executor([host], processes_per_host=1, **opts) as ex:
+        print("executor", repr(ex.submit(lazy).exception(60)))
+'''
+
+
+def test_a_newer_module_the_target_imports_as_it_runs_is_explained(host_pythons, plain_user_host,
+                                                                  plain_user_options, scripts):
+    """Found by a new user's audit: a module imported inside the target's body (a lazy import), newer
+    than the host's Python, failed with the bare SyntaxError in the RemoteProcess, the Pool and the
+    Executor alike: the hint came only for modules imported while the target was unpickled."""
+    wrapper, full = host_pythons.get("3.9")
+    newer = scripts("hp_lazy_newer.py", "def work(x=0):\n    match x:\n        case 1:\n            return 1\n")
+    path = scripts("hp_lazy_import.py", LAZY_IMPORT_SCRIPT)
+    options = dict(plain_user_options, python=wrapper)
+    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options])], capture_output=True,
+                          text=True, timeout=150, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    said = "this host runs Python %s, not Python %s as you do (spawn mode): the child imports your module %s" % (
+        full, OURS, newer)
+    assert "exitcode 1" in proc.stdout, proc.stderr
+    traceback_at = proc.stderr.find("SyntaxError")
+    line = [x for x in proc.stderr.splitlines() if said in x]
+    assert line and plain_user_host in line[0] and "syntax is newer" in line[0], proc.stderr
+    assert 0 <= traceback_at < proc.stderr.find(said), "the hint comes after the traceback"
+    pool = [x for x in proc.stdout.splitlines() if x.startswith("pool ")]
+    assert pool and said in pool[0] and plain_user_host in pool[0], proc.stdout
+    executor = [x for x in proc.stdout.splitlines() if x.startswith("executor ")]
+    assert executor and "SyntaxError" in executor[0] and said in executor[0], proc.stdout
+
+
+GUARDED_TARGET = '''
+import json, sys
+from remoteproc import Pool, RemoteProcess
+
+if __name__ == "__main__":
+    def work(x=0):             # (defined only when the script runs as the main program)
+        return x
+
+    host, opts = json.loads(sys.argv[1])
+    p = RemoteProcess(host, target=work, **opts)
+    p.start()
+    p.join(60)
+    print("exitcode", p.exitcode)
+    with Pool([host], processes_per_host=1, **opts) as pool:
+        try:
+            pool.map(work, [1])
+        except AttributeError as exc:
+            print("pool", exc)
+'''
+
+
+def test_a_target_defined_in_the_main_block_is_explained_in_spawn_mode(host_pythons, plain_user_host,
+                                                                       plain_user_options, scripts):
+    """Found by a new user's audit: a target defined under ``if __name__ == "__main__":`` works on a
+    host of the user's Python and failed on another with only ``Can't get attribute 'work' on
+    <module '__main__'>`` (the child imports the script as __mp_main__, without that block)."""
+    wrapper, full = host_pythons.get("3.9")
+    path = scripts("hp_guarded_target.py", GUARDED_TARGET)
+    options = dict(plain_user_options, python=wrapper)
+    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options])], capture_output=True,
+                          text=True, timeout=150, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    said = "the child imports your script as __mp_main__, as multiprocessing's spawn does"
+    assert "exitcode 1" in proc.stdout, proc.stderr
+    line = [x for x in proc.stderr.splitlines() if said in x]
+    assert line and plain_user_host in line[0] and "Python %s, not Python %s" % (full, OURS) in line[0], proc.stderr
+    assert "Fix: define work at the script's top level" in line[0]
+    pool = [x for x in proc.stdout.splitlines() if x.startswith("pool ")]
+    assert pool and said in pool[0] and "define work" in pool[0], proc.stdout
+
+
 UNGUARDED_START = '''
 import json, sys
 from remoteproc import RemoteProcess

@@ -666,6 +666,45 @@ def _pin_siblings(path):
         _pins.pins.setdefault(mod, entry)
 
 
+def _could_not_start(exc, host):
+    """The traceback of what stopped the child before its target ran, and the hint that names why."""
+    import traceback
+
+    from . import spawn
+
+    sys.stderr.write("remoteproc: the remote child could not start:\n")
+    traceback.print_exc()
+    hint = (getattr(exc, "_remoteproc_hint", None) or _shadowed(exc) or spawn.module_failed(exc)
+            or spawn.main_lacks(exc))
+    if hint:
+        sys.stderr.write("remoteproc: %s: %s\n" % (host, hint))
+    if limits.reached(exc):
+        sys.stderr.write("remoteproc: %s: %s\n" % (host, limits.hint()))
+
+
+def _explain_run(process_obj):
+    """In spawn mode, the hint for what the target raised (a module of the user's that it imports
+    and that this host's Python cannot run: ``spawn.module_failed``), collected as it propagates;
+    multiprocessing prints the traceback, the caller the hint after it."""
+    spawn = sys.modules.get(__package__ + ".spawn")
+    if spawn is None or not spawn.ACTIVE:
+        return []
+    hints = []
+    run = process_obj.run
+
+    def run_and_explain():
+        try:
+            return run()
+        except BaseException as exc:
+            hint = spawn.module_failed(exc)
+            if hint:
+                hints.append(hint)
+            raise
+
+    process_obj.run = run_and_explain
+    return hints
+
+
 def _shadowed(exc):
     """Why the payload names something the module of that name here lacks, when that module is
     the host's own and the user's machine has another of that name (a ``test.py`` beside the
@@ -975,7 +1014,10 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
         del stream
         if sys.version_info < (3, 9):  # noqa: UP036 - the agent runs on 3.8 hosts too
             _exit_none_is_success(process_obj)
+        hints = _explain_run(process_obj)
         code = process_obj._bootstrap(parent_sentinel=sentinel_fd)
+        if hints:       # (after the traceback that _bootstrap printed, as the start's hints are)
+            sys.stderr.write("remoteproc: %s: %s\n" % (host, hints[0]))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
     except KeyboardInterrupt:
@@ -989,17 +1031,7 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
             signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
             os.kill(os.getpid(), signal.SIGINT)
     except BaseException as exc:
-        import traceback
-
-        sys.stderr.write("remoteproc: the remote child could not start:\n")
-        traceback.print_exc()
-        from . import spawn
-
-        hint = getattr(exc, "_remoteproc_hint", None) or _shadowed(exc) or spawn.module_failed(exc)
-        if hint:
-            sys.stderr.write("remoteproc: %s: %s\n" % (host, hint))
-        if limits.reached(exc):
-            sys.stderr.write("remoteproc: %s: %s\n" % (host, limits.hint()))
+        _could_not_start(exc, host)
     finally:
         try:
             sys.stdout.flush()

@@ -12,6 +12,7 @@ its target and arguments are loaded (see ``remoteproc/reduction.py``).  Shipped
 with the agent: standard library only, and Python 3.8 syntax.
 """
 
+import re
 import sys
 import types
 
@@ -252,13 +253,34 @@ def module_failed(exc, script=None):
             % (_this_python(), USER_PYTHON or "another Python", path, what, keep))
 
 
+_MAIN_LACKS = re.compile(r"Can't get attribute '([^']+)' on <module '__main__'|"
+                         r"module '__main__' has no attribute '([^']+)'")
+
+
+def main_lacks(exc):
+    """Why the script's ``__main__`` lacks what the payload names, in a spawn-mode child, or None:
+    the host imports the script as ``__mp_main__`` (as multiprocessing's spawn does), so what only
+    its ``if __name__ == "__main__":`` block defines does not exist here, though it did at home."""
+    if not ACTIVE or not isinstance(exc, AttributeError):
+        return None
+    found = _MAIN_LACKS.search(str(exc))
+    if found is None:
+        return None
+    name = found.group(1) or found.group(2)
+    return ("this host runs %s, not %s as you do (spawn mode): the child imports your script as "
+            "__mp_main__, as multiprocessing's spawn does, so what only its if __name__ == '__main__': block "
+            "(or code run from there) defines, as %s, does not exist here. Fix: define %s at the script's top "
+            "level, outside that block, or in a module of yours; or pass python= with a Python like yours on "
+            "the host (docs/python-versions.md)" % (_this_python(), USER_PYTHON or "another Python", name, name))
+
+
 def explain(exc):
     """Add ``module_failed``'s words (or ``child._shadowed``'s: a module of the host's own lacks
     what the task names), with the host's name, to ``exc``'s message (it travels back to the user
     as it is: a Pool's or Executor's task that could not be unpickled)."""
     from .child import ParentImporter, _shadowed
 
-    hint = module_failed(exc) or _shadowed(exc)
+    hint = module_failed(exc) or _shadowed(exc) or main_lacks(exc)
     if hint is None:
         return None
 

@@ -107,6 +107,9 @@ def share_globals(func):
 
 
 def _error(exc):
+    spawn = sys.modules.get(__package__ + ".spawn")
+    if spawn is not None and spawn.ACTIVE:
+        spawn.explain(exc)      # (a module of the user's that the task imports is newer than this host's Python)
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
         blob = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
