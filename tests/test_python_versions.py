@@ -230,6 +230,10 @@ def test_options_are_checked_in_the_caller(plain_user_host):
         RemoteProcess(plain_user_host, target=print, setup=[])
     with pytest.raises(ConfigError):
         RemoteProcess(plain_user_host, target=print, python=["python3", 3])
+    # (found by a new user's audit: a blank name went to the host, which said "exec: -c: not found")
+    for blank in ("", "   ", ["python3", " "]):
+        with pytest.raises(ConfigError, match="names no interpreter: give the host's one"):
+            RemoteProcess(plain_user_host, target=print, python=blank)
 
 
 # -- 2. spawn mode: PyPy 3.9 through the real sshd ------------------------------------------------------

@@ -48,6 +48,15 @@ def _words(name: str, value: Any, spec: str) -> str | None:
     return "option %s=%r for host %r must be a str or a non-empty list of non-empty str" % (name, value, spec)
 
 
+def _interpreters(name: str, value: Any, spec: str) -> str | None:
+    """``python=``: as ``_words``, and no blank name (it reached the host as ``exec -c``)."""
+    problem = _words(name, value, spec)
+    if problem is None and any(not v.strip() for v in ([value] if isinstance(value, str) else value)):
+        problem = ("option %s=%r for host %r names no interpreter: give the host's one (python='python3.12', "
+                   "a path, or a list of them), or leave it out to search the usual places" % (name, value, spec))
+    return problem
+
+
 def _policy(name: str, value: Any, spec: str) -> str | None:
     return None if value in POLICIES else "%s=%r for host %r: use one of %s" % (name, value, spec, POLICIES)
 
@@ -84,7 +93,7 @@ OPTIONS: dict[str, Option] = {o.name: o for o in (
     Option("host_key_policy", (str,), check=_policy, inherit=True),
     Option("connect_timeout", (int, float), 30.0, _seconds, inherit=True),
     # None: find one (docs/python-versions.md); shell words; or a list of them, tried in order
-    Option("python", (str, list, tuple), None, _words),
+    Option("python", (str, list, tuple), None, _interpreters),
     # shell lines run in the login shell before the interpreter starts
     Option("setup", (str, list, tuple), None, _words),
     Option("allow_agent", (bool,), True, inherit=True),
