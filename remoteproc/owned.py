@@ -54,6 +54,9 @@ _HEADER = struct.Struct("!i")   # multiprocessing's frame: a signed 4-byte big-e
 _LONG = struct.Struct("!Q")     # -1 and an unsigned 8-byte length (2 GiB and more; CPython 3.8-3.13)
 _MINUS_ONE = _HEADER.pack(-1)
 SETTLE_WAIT = 1.0       # seconds join() waits for the owner to drop an ended process's Connections
+#: the broker's longest sleep: a deadline further away (a child's get(timeout=30 days), inf) is looked
+#: at again then; epoll refuses a wait past 2**31 ms, and the broker serves every Queue and Lock
+MAX_SLEEP = 3600.0
 
 
 class _Waiter:
@@ -66,6 +69,8 @@ class _Waiter:
         self.waitlist = waitlist
         self.conn = conn
         self.rid = rid
+        if timeout is not None and timeout != timeout:    # (local Queue, Lock and Event refuse it too)
+            raise ValueError("timeout is NaN: give a number of seconds, or None to wait without one")
         self.deadline = None if timeout is None else time.monotonic() + timeout
         self.item = item
         self.event = threading.Event() if conn is None else None
@@ -634,7 +639,7 @@ class _Broker:
         self.timed = [w for w in self.timed if not w.done and w.deadline is not None]
         if not self.timed:
             return None
-        return max(0.0, min(w.deadline for w in self.timed) - time.monotonic())
+        return min(MAX_SLEEP, max(0.0, min(w.deadline for w in self.timed) - time.monotonic()))
 
     def _expire(self) -> None:
         if not self.timed:

@@ -182,6 +182,44 @@ def test_every_call_in_forked_and_remote_children_matches_multiprocessing(host, 
     assert err.count("cannot pickle '_thread.lock' object") >= 3, err    # each run reported it, as multiprocessing does
 
 
+def wait_long(ev, lock, out):
+    out.put(("event", ev.wait(30 * 86400)))                  # (past epoll's 2**31 ms)
+    out.put(("lock", lock.acquire(timeout=float("inf"))))
+    ev.clear()                      # (a set Event answers wait() at once, whatever its timeout, as threading's)
+    for call in (lambda: ev.wait(float("nan")), lambda: lock.acquire(timeout=float("nan"))):
+        try:
+            call()
+        except ValueError as exc:
+            out.put(("nan", str(exc)))
+
+
+def bystander(q, out):
+    out.put(("bystander", q.get(timeout=60)))
+
+
+def test_a_child_s_wait_of_30_days_leaves_the_owner_serving_every_other_child(host, ssh_options):
+    """Found by a new user's audit: ``ev.wait(30 days)`` in a remote child made the owner's server
+    thread wait that long in epoll, which refuses it (OverflowError): the thread failed and every
+    Queue, Lock and Event of the program disconnected its children. A NaN timeout hung."""
+    ev, lock, q, out = remoteproc.Event(), remoteproc.Lock(), remoteproc.Queue(), remoteproc.Queue()
+    lock.acquire()
+    waiter = RemoteProcess(host, target=wait_long, args=(ev, lock, out), **ssh_options)
+    other = RemoteProcess(host, target=bystander, args=(q, out), **ssh_options)
+    waiter.start()
+    other.start()
+    time.sleep(0.5)                 # (both blocked at the owner; the bound below holds either way)
+    q.put("for the bystander")
+    assert out.get(timeout=30) == ("bystander", "for the bystander")
+    ev.set()
+    assert out.get(timeout=30) == ("event", True)
+    lock.release()
+    assert out.get(timeout=30) == ("lock", True)
+    nan = [out.get(timeout=30), out.get(timeout=30)]
+    assert nan == [("nan", "timeout is NaN: give a number of seconds, or None to wait without one")] * 2
+    join_all([waiter, other])
+    assert (waiter.exitcode, other.exitcode) == (0, 0)
+
+
 # -- an owner's call interrupted (KeyboardInterrupt) ---------------------------------------------------------------
 
 def test_an_owner_get_interrupted_just_after_an_item_was_handed_over_puts_it_back_in_front():
