@@ -307,9 +307,13 @@ def _script(python) -> str:
         script.append("exec %s %s any %s" % (python, stub, shlex.quote("python=" + python)))
     else:
         # t MODE WORDS: try one interpreter (strict: only if it is our version, and then it becomes
-        # the agent); one the host lacks is passed over without the shell's "not found" (twice),
-        # and so is one older than 3.8 (o: the list ends with its "too old" if none other runs)
-        script.append('t() { m=$1; shift; command -v "$1" >/dev/null 2>&1 || return 0; "$@" %s $m "$L"; s=$?; '
+        # the agent); one the host lacks is passed over without the shell's "not found" (twice), as
+        # is a pyenv shim of a version not selected there (it says "pyenv: ... command not found"
+        # and more at each try: tried quietly first), and one older than 3.8 (o: the list ends
+        # with its "too old" if none other runs)
+        script.append('t() { m=$1; shift; p=$(command -v "$1" 2>/dev/null) || return 0; '
+                      'case $p in */shims/*) "$@" -c "" >/dev/null 2>&1 || return 0;; esac; '
+                      '"$@" %s $m "$L"; s=$?; '
                       'case $m$s in strict86|*126|*127) ;; any86) o=86;; *) exit $s;; esac; }' % stub)
         script.append("o=")
         for mode in ("strict", "any"):

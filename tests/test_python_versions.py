@@ -149,6 +149,36 @@ def test_a_list_of_pythons_prefers_ours_then_takes_the_first_that_runs(layout_ho
     assert b"not found" not in err, "a candidate the host lacks is passed over quietly"
 
 
+SHIM = """#!/bin/sh
+echo "pyenv: $(basename "$0"): command not found" >&2
+echo "The \\`$(basename "$0")' command exists in these Python versions:" >&2
+exit 127
+"""
+
+
+def test_a_list_passes_over_a_pyenv_shim_of_a_version_not_selected_quietly(layout_home):
+    """Found by a new user's audit: python=["python3.9", ...] where python3.9 is a pyenv shim of a
+    version not selected on the host printed pyenv's words at every connection (logged as a
+    warning), though the list went on to one that runs; the docs say such candidates are passed
+    over quietly."""
+    shim = os.path.join(layout_home, ".pyenv/shims/python3.9")
+    os.makedirs(os.path.dirname(shim))
+    with open(shim, "w") as f:
+        f.write(SHIM)
+    os.chmod(shim, 0o755)
+    _link(layout_home, "opt/py/bin/python3", REAL)
+    path = "%s/.pyenv/shims:%s/bin:/usr/bin:/bin" % (layout_home, layout_home)
+    hello, err, _ = _hello_of(bootstrap.command(["python3.9", "~/opt/py/bin/python3"]), layout_home, path)
+    assert hello is not None, err
+    assert hello["found"] == "python=~/opt/py/bin/python3" and bootstrap.mode_of(hello) == "same"
+    assert b"pyenv" not in err, err
+    # a shim that runs is taken as any interpreter is
+    _link(layout_home, ".pyenv/shims/python3", REAL)
+    hello, err, _ = _hello_of(bootstrap.command(["python3.9", "python3"]), layout_home, path)
+    assert hello is not None, err
+    assert hello["found"] == "python=python3" and bootstrap.mode_of(hello) == "same"
+
+
 def test_no_python_at_all_says_where_we_looked(layout_home):
     os.unlink(os.path.join(layout_home, "bin/python3"))
     hello, err, status = _hello_of(bootstrap.command(), layout_home, "%s/bin:/bin" % layout_home)
