@@ -125,6 +125,32 @@ def test_an_agent_killed_leaves_nothing_of_its_childs_tree(host, ssh_options):
     _nothing_left(pid, where, 8)        # (SIGKILL 2 s after SIGTERM)
 
 
+def subprocesses_then_recv(conn):
+    """A child with subprocesses only (one ignores SIGTERM), then waiting in ``conn.recv()``."""
+    import subprocess
+
+    subprocess.Popen(["sleep", "120"])
+    ignores = subprocess.Popen([sys.executable, "-c", "import signal, sys, time; "
+                                "signal.signal(signal.SIGTERM, signal.SIG_IGN); print(1, flush=True); time.sleep(120)"],
+                               stdout=subprocess.PIPE)
+    ignores.stdout.readline()
+    conn.send(os.getpid())
+    conn.recv()             # (EOFError at once when the agent dies: the child ends then)
+
+
+def test_an_agent_killed_while_its_child_waits_in_recv_leaves_nothing_of_the_childs_tree(host, ssh_options):
+    """Found by a new user's audit: a child waiting in ``conn.recv()`` (the usual case) ended at the
+    agent's death with EOFError before its watchdog thread had its turn, and its subprocesses stayed
+    on the host for good (a multiprocessing child kept the child waiting in its exit, and so the
+    test above saw nothing). Its exit now has the group ended when the agent is gone."""
+    p, conn, pid = start(host, ssh_options, subprocesses_then_recv)
+    assert len(live_members(pgid=pid)) >= 3
+    os.kill(ppid(pid), signal.SIGKILL)
+    p.join(30)
+    assert eventually(lambda: not live_members(pgid=pid), 8), \
+        "left on the host: %s" % [(q, cmdline(q)[:60]) for q in live_members(pgid=pid)]
+
+
 # -- the user's program killed -------------------------------------------------------------------------------
 
 PROGRAM = """
@@ -164,3 +190,52 @@ def test_a_killed_program_leaves_nothing_of_a_childs_tree(host, ssh_options, tmp
             prog.kill()
             prog.wait(10)
     _nothing_left(pid, where, 8)
+
+
+# -- a child that died first -----------------------------------------------------------------------------------
+
+KILLED_FIRST = """
+import json, os, signal, sys
+sys.path.insert(0, %(tests)r)
+import test_fault_trees
+from remoteproc import Pipe, RemoteProcess
+
+spec, options = json.loads(os.environ["UP_HOST"])
+parent, child = Pipe()
+p = RemoteProcess(spec, target=test_fault_trees.subprocesses_then_recv, args=(child,), **options)
+p.start()
+pid = parent.recv()
+os.kill(pid, signal.SIGKILL)
+p.join(30)
+print(json.dumps([pid, p.exitcode]), flush=True)
+sys.stdin.readline()            # (the test looks at the host, then lets the program end)
+"""
+
+
+def test_a_killed_childs_own_children_end_with_the_program(host, ssh_options, tmp_path):
+    """Found by a new user's audit: a remote child killed by a signal left its subprocesses on the
+    host for good, even after the program ended and its connection closed (the agent ended only the
+    groups of children still running). Local multiprocessing leaves them while the program runs,
+    and so does remoteproc; when the channel closes they go, as reliability.md says."""
+    import json
+    import subprocess
+
+    script = tmp_path / "prog.py"
+    script.write_text(KILLED_FIRST % {"tests": os.path.dirname(os.path.abspath(__file__))})
+    env = dict(os.environ, UP_HOST=json.dumps([host, ssh_options]),
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    prog = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        pid, exitcode = json.loads(prog.stdout.readline())
+        assert exitcode == -signal.SIGKILL
+        assert len(live_members(pgid=pid)) >= 2, "its subprocesses outlive it while the program runs"
+        prog.stdin.write("\n")
+        prog.stdin.flush()
+        assert prog.wait(30) == 0
+    finally:
+        if prog.poll() is None:
+            prog.kill()
+            prog.wait(10)
+    assert eventually(lambda: not live_members(pgid=pid), 8), \
+        "left on the host: %s" % [(q, cmdline(q)[:60]) for q in live_members(pgid=pid)]

@@ -873,6 +873,9 @@ def _kill_group_from_outside():
     return True
 
 
+_group_ending = threading.Lock()     # held by whoever ends this child's group once the agent is gone
+
+
 def _watchdog(fd):
     """Kill this child's process group if the agent dies without doing it."""
     try:
@@ -880,7 +883,7 @@ def _watchdog(fd):
             pass
     except OSError:
         return          # the user closed the fd: not a sign of the agent's death
-    if _kill_group_from_outside():
+    if not _group_ending.acquire(blocking=False) or _kill_group_from_outside():
         return
     try:
         os.killpg(0, signal.SIGTERM)
@@ -888,6 +891,23 @@ def _watchdog(fd):
         os.killpg(0, signal.SIGKILL)
     except OSError:
         pass
+
+
+def _end_group_if_agent_gone(fd):
+    """At this child's exit: if the agent is gone, have the group killed now.  A target blocked in
+    ``conn.recv()`` ends as soon as the agent dies (EOFError), before the watchdog thread has
+    had its turn, and the exit would leave the child's own children running for good."""
+    import select
+
+    try:
+        ready = select.select([fd], [], [], 0)[0] and os.read(fd, 1) == b""
+    except (OSError, ValueError):
+        return          # (the fd closed or replaced by the user's code: not a sign of the agent's death)
+    if ready and _group_ending.acquire(blocking=False) and not _kill_group_from_outside():
+        try:
+            os.killpg(0, signal.SIGTERM)    # (this child too: it was ending)
+        except OSError:
+            pass
 
 
 def _os_threads():
@@ -1037,4 +1057,5 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
             sys.stdout.flush()
             sys.stderr.flush()
         finally:
+            _end_group_if_agent_gone(sentinel_fd)
             os._exit(code)

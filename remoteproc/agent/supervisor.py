@@ -72,6 +72,8 @@ class Supervisor:
         self.modules = {}       # forwarded modules: name -> entry (None: not found there either)
         self.waiting = {}       # module name -> import sockets of children waiting for it
         self.children = {}      # id -> RemoteChild, for children not yet reaped
+        #: reaped children whose own children live on in their process group: ended with the channel
+        self.left_behind = []
         # the host's package cache, once a package needs it
         self.pkgs = None  # type: pkgcache.Store | None
         self.fetching = {}      # entry hash -> (module names waiting, cache cap) of packages on their way
@@ -402,6 +404,8 @@ class Supervisor:
                 continue
             del self.children[child.id]
             child.code = _exitcode(status)
+            if _group_lives(pid):       # (a killed child's subprocesses, say: init adopts them)
+                self.left_behind = [c for c in self.left_behind if _group_lives(c.pid)] + [child]
             os.close(child.sentinel)
             grandchild.remove_for(pid)
             # Whatever the child wrote before it exited goes out before its exit status.
@@ -488,6 +492,9 @@ class Supervisor:
         children = list(self.children.values())
         for child in children:
             _killpg(child.pid, signal.SIGTERM)
+        # (killpg only: the pid of a reaped child is no longer ours, its group while a member lives)
+        left = [c for c in self.left_behind if _group_lives(c.pid, signal.SIGTERM)]
+        children += left
         deadline = time.monotonic() + GRACE
         while (self.by_pid or _any_group(children)) and time.monotonic() < deadline:
             self._reap_quietly()
@@ -645,6 +652,15 @@ def _any_group(children):
         if len(fields) > 2 and fields[2].decode() in groups and fields[0] not in (b"Z", b"X"):
             return True
     return False
+
+
+def _group_lives(pgid, sig=0):
+    """Whether the process group ``pgid`` has a member (sending it ``sig``, 0: none)."""
+    try:
+        os.killpg(pgid, sig)
+        return True
+    except OSError:
+        return False
 
 
 def _killpg(pid, sig):
