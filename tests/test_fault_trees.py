@@ -9,8 +9,11 @@ temp dir of ours is left, on both transports.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from multiprocessing.connection import wait
@@ -153,57 +156,58 @@ def test_an_agent_killed_while_its_child_waits_in_recv_leaves_nothing_of_the_chi
 
 # -- the user's program killed -------------------------------------------------------------------------------
 
-PROGRAM = """
-import json, os, sys, time
+#: a user's program: starts the target named by ``%(target)s`` on UP_HOST; what it does then follows
+START = """
+import json, os, signal, sys, time
 sys.path.insert(0, %(tests)r)
 import test_fault_trees
 from remoteproc import Pipe, RemoteProcess
 
 spec, options = json.loads(os.environ["UP_HOST"])
 parent, child = Pipe()
-p = RemoteProcess(spec, target=test_fault_trees.tree, args=(child,), **options)
+p = RemoteProcess(spec, target=test_fault_trees.%(target)s, args=(child,), **options)
 p.start()
+"""
+
+PROGRAM = START + """
 print(json.dumps(parent.recv()), flush=True)
 time.sleep(120)
 """
+
+
+@contextlib.contextmanager
+def program(text, target, host, ssh_options, tmp_path):
+    """A user's program (``text``, from START, with ``target``) run as a process of its own, its
+    stdin and stdout ours; killed at the end if it still runs."""
+    script = tmp_path / "prog.py"
+    script.write_text(text % {"tests": os.path.dirname(os.path.abspath(__file__)), "target": target})
+    env = dict(os.environ, UP_HOST=json.dumps([host, ssh_options]),
+               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    prog = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                            env=env)
+    try:
+        yield prog
+    finally:
+        if prog.poll() is None:
+            prog.kill()
+            prog.wait(10)
 
 
 @pytest.mark.parametrize("how", ["SIGKILL", "SIGTERM"])
 def test_a_killed_program_leaves_nothing_of_a_childs_tree(host, ssh_options, tmp_path, how):
     """Fixed: when its channel closed, the agent sent SIGKILL 2 s after SIGTERM only to the groups of
     children still running: a child that SIGTERM ended left its own children that ignore SIGTERM."""
-    import json
-    import subprocess
-
-    script = tmp_path / "prog.py"
-    script.write_text(PROGRAM % {"tests": os.path.dirname(os.path.abspath(__file__))})
-    env = dict(os.environ, UP_HOST=json.dumps([host, ssh_options]),
-               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    prog = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, env=env)
-    try:
+    with program(PROGRAM, "tree", host, ssh_options, tmp_path) as prog:
         pid, where = json.loads(prog.stdout.readline())
         assert len(live_members(pgid=pid)) >= 6 and os.path.isdir(where)
         prog.send_signal(getattr(signal, how))
         prog.wait(30)
-    finally:
-        if prog.poll() is None:
-            prog.kill()
-            prog.wait(10)
     _nothing_left(pid, where, 8)
 
 
 # -- a child that died first -----------------------------------------------------------------------------------
 
-KILLED_FIRST = """
-import json, os, signal, sys
-sys.path.insert(0, %(tests)r)
-import test_fault_trees
-from remoteproc import Pipe, RemoteProcess
-
-spec, options = json.loads(os.environ["UP_HOST"])
-parent, child = Pipe()
-p = RemoteProcess(spec, target=test_fault_trees.subprocesses_then_recv, args=(child,), **options)
-p.start()
+KILLED_FIRST = START + """
 pid = parent.recv()
 os.kill(pid, signal.SIGKILL)
 p.join(30)
@@ -217,25 +221,12 @@ def test_a_killed_childs_own_children_end_with_the_program(host, ssh_options, tm
     host for good, even after the program ended and its connection closed (the agent ended only the
     groups of children still running). Local multiprocessing leaves them while the program runs,
     and so does remoteproc; when the channel closes they go, as reliability.md says."""
-    import json
-    import subprocess
-
-    script = tmp_path / "prog.py"
-    script.write_text(KILLED_FIRST % {"tests": os.path.dirname(os.path.abspath(__file__))})
-    env = dict(os.environ, UP_HOST=json.dumps([host, ssh_options]),
-               PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    prog = subprocess.Popen([sys.executable, str(script)], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            env=env)
-    try:
+    with program(KILLED_FIRST, "subprocesses_then_recv", host, ssh_options, tmp_path) as prog:
         pid, exitcode = json.loads(prog.stdout.readline())
         assert exitcode == -signal.SIGKILL
         assert len(live_members(pgid=pid)) >= 2, "its subprocesses outlive it while the program runs"
         prog.stdin.write("\n")
         prog.stdin.flush()
         assert prog.wait(30) == 0
-    finally:
-        if prog.poll() is None:
-            prog.kill()
-            prog.wait(10)
     assert eventually(lambda: not live_members(pgid=pid), 8), \
         "left on the host: %s" % [(q, cmdline(q)[:60]) for q in live_members(pgid=pid)]
