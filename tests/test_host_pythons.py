@@ -569,6 +569,14 @@ if __name__ == "__main__":
 '''
 
 
+def _run_script(path, host, host_options, python, *args):
+    """Run the user's script ``path`` here, with the host (its options and ``python=``) as its first
+    argument and ``args`` after it, as a user runs a program: its own process, from its directory."""
+    options = dict(host_options, python=python)
+    return subprocess.run([sys.executable, path, json.dumps([host, options]), *args], capture_output=True, text=True,
+                          timeout=150, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+
+
 @pytest.mark.parametrize("newer,said", [
     ("def kind(x):\n    match x:\n        case 1:\n            return 1", "cannot compile it: its syntax is newer"),
     ("Maybe = int | None", "its top level failed here"),
@@ -589,9 +597,7 @@ def test_a_script_newer_than_the_hosts_python_is_explained(host_pythons, plain_u
     line after the traceback names the host, both versions, the script and the fix (agent/spawn.py)."""
     wrapper, full = host_pythons.get("3.9")
     path = scripts("hp_newer.py", NEWER_SCRIPT % newer)
-    options = dict(plain_user_options, python=wrapper)
-    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options])], capture_output=True,
-                          text=True, timeout=120, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    proc = _run_script(path, plain_user_host, plain_user_options, wrapper)
     assert "exitcode 1" in proc.stdout, proc.stderr
     line = [x for x in proc.stderr.splitlines() if "this host runs" in x]
     assert line, proc.stderr
@@ -798,9 +804,7 @@ def test_a_module_newer_than_the_hosts_python_is_explained(host_pythons, plain_u
     syntax = scripts("hp_newer_syntax.py", "def work(x=0):\n    match x:\n        case 1:\n            return 1\n")
     top = scripts("hp_newer_top.py", "Maybe = int | None\n\n\ndef work():\n    pass\n")
     path = scripts("hp_newer_modules.py", NEWER_MODULE_SCRIPT)
-    options = dict(plain_user_options, python=wrapper)
-    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options]), where], capture_output=True,
-                          text=True, timeout=150, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    proc = _run_script(path, plain_user_host, plain_user_options, wrapper, where)
     said = "this host runs Python %s, not Python %s as you do (spawn mode): the child imports your module" % (full,
                                                                                                              OURS)
     assert "exitcode 1" in proc.stdout, proc.stderr
@@ -849,9 +853,7 @@ def test_a_newer_module_the_target_imports_as_it_runs_is_explained(host_pythons,
     wrapper, full = host_pythons.get("3.9")
     newer = scripts("hp_lazy_newer.py", "def work(x=0):\n    match x:\n        case 1:\n            return 1\n")
     path = scripts("hp_lazy_import.py", LAZY_IMPORT_SCRIPT)
-    options = dict(plain_user_options, python=wrapper)
-    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options])], capture_output=True,
-                          text=True, timeout=150, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    proc = _run_script(path, plain_user_host, plain_user_options, wrapper)
     said = "this host runs Python %s, not Python %s as you do (spawn mode): the child imports your module %s" % (
         full, OURS, newer)
     assert "exitcode 1" in proc.stdout, proc.stderr
@@ -893,9 +895,7 @@ def test_a_target_defined_in_the_main_block_is_explained_in_spawn_mode(host_pyth
     <module '__main__'>`` (the child imports the script as __mp_main__, without that block)."""
     wrapper, full = host_pythons.get("3.9")
     path = scripts("hp_guarded_target.py", GUARDED_TARGET)
-    options = dict(plain_user_options, python=wrapper)
-    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options])], capture_output=True,
-                          text=True, timeout=150, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    proc = _run_script(path, plain_user_host, plain_user_options, wrapper)
     said = "the child imports your script as __mp_main__, as multiprocessing's spawn does"
     assert "exitcode 1" in proc.stdout, proc.stderr
     line = [x for x in proc.stderr.splitlines() if said in x]
@@ -930,9 +930,7 @@ def test_a_script_that_starts_processes_without_a_main_guard_is_explained(host_p
     sends the user after a version problem there is not. Now the line names the missing guard."""
     wrapper, full = host_pythons.get("3.9")
     path = scripts("hp_unguarded_start.py", UNGUARDED_START)
-    options = dict(plain_user_options, python=wrapper)
-    proc = subprocess.run([sys.executable, path, json.dumps([plain_user_host, options])], capture_output=True,
-                          text=True, timeout=120, cwd=os.path.dirname(path), env=dict(os.environ, PYTHONPATH=REPO))
+    proc = _run_script(path, plain_user_host, plain_user_options, wrapper)
     assert "exitcode 1" in proc.stdout, proc.stderr
     line = [x for x in proc.stderr.splitlines() if "this host runs" in x]
     assert line and plain_user_host in line[0] and path in line[0], proc.stderr

@@ -876,13 +876,9 @@ def _kill_group_from_outside():
 _group_ending = threading.Lock()     # held by whoever ends this child's group once the agent is gone
 
 
-def _watchdog(fd):
-    """Kill this child's process group if the agent dies without doing it."""
-    try:
-        while os.read(fd, 1):
-            pass
-    except OSError:
-        return          # the user closed the fd: not a sign of the agent's death
+def _end_group():
+    """The agent is gone: have this child's process group killed, once (by the watchdog thread or
+    by the child's exit, whichever comes first)."""
     if not _group_ending.acquire(blocking=False) or _kill_group_from_outside():
         return
     try:
@@ -891,6 +887,16 @@ def _watchdog(fd):
         os.killpg(0, signal.SIGKILL)
     except OSError:
         pass
+
+
+def _watchdog(fd):
+    """Kill this child's process group if the agent dies without doing it."""
+    try:
+        while os.read(fd, 1):
+            pass
+    except OSError:
+        return          # the user closed the fd: not a sign of the agent's death
+    _end_group()
 
 
 def _end_group_if_agent_gone(fd):
@@ -903,11 +909,8 @@ def _end_group_if_agent_gone(fd):
         ready = select.select([fd], [], [], 0)[0] and os.read(fd, 1) == b""
     except (OSError, ValueError):
         return          # (the fd closed or replaced by the user's code: not a sign of the agent's death)
-    if ready and _group_ending.acquire(blocking=False) and not _kill_group_from_outside():
-        try:
-            os.killpg(0, signal.SIGTERM)    # (this child too: it was ending)
-        except OSError:
-            pass
+    if ready:
+        _end_group()
 
 
 def _os_threads():
