@@ -100,7 +100,12 @@ class _Link:
         finally:
             for conn in list(self.conns.values()):
                 self._hang_up(conn)
-            self.parent_end.close()
+            # Under the send lock: a channel's reader may be inside send_bytes, past its closed
+            # check; closed now, its write would go to whatever socket takes the fd number next
+            # (seen: the program's new connection to its manager, whose challenge got our frame
+            # as its digest, and the proxy call failed "digest sent was rejected").
+            with self.send_lock:
+                self.parent_end.close()
             self._release()
 
     def _handle(self, chan: int, op: int, payload: Any) -> None:

@@ -4,7 +4,11 @@ from __future__ import annotations
 
 import multiprocessing
 import os
+import pickle
 import sys
+import threading
+import time
+from multiprocessing import connection
 from multiprocessing.managers import BaseManager
 
 import cloudpickle
@@ -164,3 +168,65 @@ def test_a_child_killed_inside_a_proxy_call_leaves_no_thread_error(host, ssh_opt
             time.sleep(0.05)
         assert errors == []
         assert not any(t.name == "remoteproc-manager-channel" for t in threading.enumerate())  # none left reading
+
+
+class _WatchedEnd:
+    """The link's end of its Pipe, saying whether it was closed while a send was on its way."""
+
+    def __init__(self, conn):
+        self.conn = conn
+        self.sending = threading.Event()
+        self.in_send = 0
+        self.closed_mid_send = False
+
+    def send_bytes(self, data):
+        self.in_send += 1
+        self.sending.set()
+        time.sleep(0.3)         # (a thread taken off the CPU between the closed check and the write)
+        try:
+            self.conn.send_bytes(data)
+        finally:
+            self.in_send -= 1
+
+    def recv_bytes(self):
+        return self.conn.recv_bytes()
+
+    def close(self):
+        self.closed_mid_send = self.closed_mid_send or self.in_send > 0
+        self.conn.close()
+
+
+def test_the_link_never_closes_its_end_under_a_channel_still_sending(tmp_path):
+    """Found in CI: when the child ended, the link's thread closed its end of the Pipe while a channel's
+    thread was inside send_bytes (past its closed check); the write went to the fd number's next owner,
+    the program's new connection to its manager, which took the frame for its digest ("digest sent was
+    rejected" in the parent's next proxy call)."""
+    from remoteproc import managers as parent_side
+    from remoteproc.agent import managers as M
+
+    listener = connection.Listener(str(tmp_path / "manager"))
+    accepted = []
+
+    def manager():                  # says one thing to each connection, as a manager's challenge
+        c = listener.accept()
+        accepted.append(c)
+        c.send_bytes(b"#CHALLENGE#")
+
+    server = threading.Thread(target=manager, daemon=True)
+    server.start()
+    link = parent_side._Link(listener.address, None)
+    watched = link.parent_end = _WatchedEnd(link.parent_end)
+    try:
+        link.child_end.send_bytes(pickle.dumps((1, M.OPEN, None)))
+        assert watched.sending.wait(10), "the manager's first message was never forwarded"
+        link._release()             # the child's end closes (its process ended) mid-send
+        deadline = time.monotonic() + 10
+        while not watched.conn.closed and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert watched.conn.closed, "the link did not close its end after the child's went"
+        assert not watched.closed_mid_send
+    finally:
+        server.join(10)
+        for c in accepted:
+            c.close()
+        listener.close()
