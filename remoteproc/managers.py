@@ -60,9 +60,9 @@ class _Link:
         self.parent_end, self.child_end = connection.Pipe()
         self.send_lock = threading.Lock()
         self.release_lock = threading.Lock()
-        #: held by a channel's reader closing its Connection, and by ``_hang_up`` between reading
-        #: its fd number and shutting it down: else that number may be another socket's by then
-        self.close_lock = threading.Lock()
+        #: chan -> (its Connection to the manager, its lock): the lock is held by the channel's
+        #: reader closing the Connection, and by this thread writing to it or shutting it down
+        #: (``_hang_up``): past the close, the fd number may be another socket's
         self.conns: dict = {}
         if spawner is not None:
             try:
@@ -98,8 +98,8 @@ class _Link:
                     return
                 self._handle(chan, op, payload)
         finally:
-            for conn in list(self.conns.values()):
-                self._hang_up(conn)
+            for conn, lock in list(self.conns.values()):
+                self._hang_up(conn, lock)
             # Under the send lock: a channel's reader may be inside send_bytes, past its closed
             # check; closed now, its write would go to whatever socket takes the fd number next
             # (seen: the program's new connection to its manager, whose challenge got our frame
@@ -117,22 +117,24 @@ class _Link:
             except OSError as exc:
                 self._send(chan, M.FAILED, "cannot connect to the manager at %r: %s" % (self.address, exc))
                 return
-            self.conns[chan] = conn
-            threading.Thread(target=self._pump, args=(chan, conn), name="remoteproc-manager-channel",
+            lock = threading.Lock()
+            self.conns[chan] = conn, lock
+            threading.Thread(target=self._pump, args=(chan, conn, lock), name="remoteproc-manager-channel",
                              daemon=True).start()
         elif op == M.DATA:
-            target = self.conns.get(chan)
+            target, lock = self.conns.get(chan, (None, None))
             if target is not None:
-                try:
-                    target.send_bytes(payload)
-                except OSError:
-                    self._send(chan, M.CLOSE, None)
+                with lock:      # (a channel the manager ended may be closing: its number is not ours)
+                    try:
+                        target.send_bytes(payload)      # (OSError once closed)
+                    except OSError:
+                        self._send(chan, M.CLOSE, None)
         elif op == M.CLOSE:
-            gone = self.conns.pop(chan, None)
+            gone, lock = self.conns.pop(chan, (None, None))
             if gone is not None:
-                self._hang_up(gone)
+                self._hang_up(gone, lock)
 
-    def _pump(self, chan: int, conn: connection.Connection) -> None:
+    def _pump(self, chan: int, conn: connection.Connection, lock: threading.Lock) -> None:
         """The manager's answers on one channel, to the child; the channel's Connection is
         closed here, by its reader (see ``_hang_up``)."""
         try:
@@ -145,17 +147,17 @@ class _Link:
                     break
             self._send(chan, M.CLOSE, None)
         finally:
-            with self.close_lock:
+            with lock:
                 conn.close()
 
-    def _hang_up(self, conn: connection.Connection) -> None:
+    def _hang_up(self, conn: connection.Connection, lock: threading.Lock) -> None:
         """End a channel whose pump thread may be blocked reading it: shut its socket down, so that
         the reader sees EOF and closes it.  Closed from here, the reader would go on with a closed
         fd (a TypeError deep in multiprocessing), or with whatever socket got that fd number next.
-        Under ``close_lock``: a reader closing the Connection between ``fileno()`` and ``dup()``
+        Under the channel's lock: a reader closing the Connection between ``fileno()`` and ``dup()``
         freed the number, and the program's next socket (a proxy's new connection to its manager)
         could take it, and be shut down here (``BrokenPipeError`` in its authentication)."""
-        with self.close_lock:
+        with lock:
             try:
                 sock = socket.socket(fileno=os.dup(conn.fileno()))
             except (OSError, ValueError):

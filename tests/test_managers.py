@@ -5,6 +5,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import socket
 import sys
 import threading
 import time
@@ -229,4 +230,54 @@ def test_the_link_never_closes_its_end_under_a_channel_still_sending(tmp_path):
         server.join(10)
         for c in accepted:
             c.close()
+        listener.close()
+
+
+def test_a_request_for_a_channel_the_manager_just_ended_goes_nowhere_else(tmp_path):
+    """Found by an audit: the manager ended a channel (as it does after a one-shot request) and its reader
+    thread was closing the Connection when the child's next request for it arrived: the link's thread,
+    past the closed check, wrote the frame to the fd number's next owner (any socket of the program),
+    or died of a TypeError, cutting every channel of the child."""
+    from remoteproc import managers as parent_side
+    from remoteproc.agent import managers as M
+
+    listener = connection.Listener(str(tmp_path / "manager"))
+    link = parent_side._Link(listener.address, None)
+    others = []
+    try:
+        link.child_end.send_bytes(pickle.dumps((1, M.OPEN, None)))
+        manager_side = listener.accept()
+        deadline = time.monotonic() + 10
+        while 1 not in link.conns and time.monotonic() < deadline:
+            time.sleep(0.01)
+        conn = link.conns[1][0]
+        fd, closed = conn.fileno(), threading.Event()
+
+        def close_slowly():         # the reader's close, taken off the CPU before it marks the Connection closed
+            os.close(fd)
+            closed.set()
+            time.sleep(0.5)
+
+        conn._close = close_slowly
+        manager_side.close()
+        assert closed.wait(10), "the channel's reader did not close it after the manager did"
+        for _ in range(20):         # the program's next socket takes the number
+            a, b = socket.socketpair()
+            others += [a, b]
+            if fd in (a.fileno(), b.fileno()):
+                break
+        assert fd in [s.fileno() for s in others]
+        link.child_end.send_bytes(pickle.dumps((1, M.DATA, b"late request")))
+        for s in others:
+            s.settimeout(0.3)
+            with pytest.raises(socket.timeout):
+                print(s.recv(100))
+        told = []           # (the reader's close at EOF, and the refused request's)
+        while link.child_end.poll(0.5) and len(told) < 5:
+            told.append(pickle.loads(link.child_end.recv_bytes()))
+        assert told and set(told) == {(1, M.CLOSE, None)}
+    finally:
+        for s in others:
+            s.close()
+        link._release()
         listener.close()

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing.connection import wait
 
@@ -644,3 +645,48 @@ def test_a_control_master_made_by_another_ssh_at_the_same_moment_is_no_warning(c
         left = bootstrap._quiet(said, "node5 (u@10.0.0.5 via bastion)")
     assert left == b"other words\n"
     assert any(r.levelno == logging.INFO and "ControlMaster" in r.getMessage() for r in caplog.records)
+
+
+def test_a_closed_channel_s_stderr_reader_never_reads_a_file_that_took_its_number():
+    """Found by an audit: close() closed ssh's stderr while its reader thread was between two reads;
+    the relay's next pipe (another channel's, or a start's fds) took the number, and the old reader
+    took that file's bytes."""
+    from types import SimpleNamespace
+
+    from remoteproc.relay import openssh_channel
+
+    class HeldAfterItsFirstRead:        # the reader takes this lock after each read: hold it there once
+        def __init__(self):
+            self.lock, self.first = threading.Lock(), True
+
+        def __enter__(self):
+            if self.first and threading.current_thread().name == "remoteproc-ssh-stderr":
+                self.first = False
+                time.sleep(0.5)
+            self.lock.acquire()
+
+        def __exit__(self, *exc):
+            self.lock.release()
+
+    proc = subprocess.Popen(["sh", "-c", "cat >/dev/null; echo 'ssh: last words' >&2"], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
+    chan = openssh_channel.OpenSSHChannel(proc, SimpleNamespace(display="h"), 0.0)
+    chan._err_lock = HeldAfterItsFirstRead()
+    err_fd = proc.stderr.fileno()
+    chan.close()
+    fds = []
+    try:
+        for _ in range(20):             # the relay's next pipe, taking the number if it is free
+            r, w = os.pipe()
+            fds += [r, w]
+            if r == err_fd:
+                break
+        os.write(fds[-1], b"another channel's bytes")
+        chan._reader.join(10)
+        assert not chan._reader.is_alive()
+        os.set_blocking(fds[-2], False)
+        assert os.read(fds[-2], 100) == b"another channel's bytes"
+        assert chan.said().strip() == "ssh: last words"
+    finally:
+        for fd in fds:
+            os.close(fd)

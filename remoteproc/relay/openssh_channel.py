@@ -77,21 +77,25 @@ class OpenSSHChannel(AgentChannel):
         self._reader.start()
 
     def _read_stderr(self) -> None:
+        """ssh's stderr until its end; this thread closes it (see ``close``)."""
         stderr = self.proc.stderr
         assert stderr is not None
         fd = stderr.fileno()
-        while True:
-            try:
-                data = os.read(fd, 65536)
-            except OSError:
-                return
-            if not data:
-                return
-            with self._err_lock:
-                self._err += data
-                del self._err[:-STDERR_KEEP]
-                self._said += data
-                del self._said[:-STDERR_KEEP]
+        try:
+            while True:
+                try:
+                    data = os.read(fd, 65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                with self._err_lock:
+                    self._err += data
+                    del self._err[:-STDERR_KEEP]
+                    self._said += data
+                    del self._said[:-STDERR_KEEP]
+        finally:
+            stderr.close()
 
     def fileno(self) -> int:
         return self.read_fd
@@ -236,9 +240,11 @@ class OpenSSHChannel(AgentChannel):
                 self.proc.kill()
                 self.proc.wait()
         self._end_hops()
-        for stream in (self.proc.stdout, self.proc.stderr):
-            if stream is not None:
-                stream.close()
+        # stdout only: stderr is its reader thread's to close, when it has read to the end. Closed
+        # here, its number could go to the relay's next pipe or socket while that thread, between
+        # two reads, still reads from it (and takes what another channel or a start was sent).
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
 
 
 class OpenSSHOpener(AgentOpener):
