@@ -40,6 +40,13 @@ TURNED_AWAY = ("sshd closes a connection at once when more connections than its 
 TURNED_AWAY_FIX = "Fix: raise MaxStartups in that host's sshd_config, or start fewer connections at once"
 
 
+def proxy_command_ended(command: str, hostname: str, port: int) -> str:
+    """Why no SSH banner came through a ProxyCommand that ended by itself, and the fix (not a server
+    turning the connection away: tried again, it fails again)."""
+    return ("the ProxyCommand ended before the server's SSH banner came through it. Fix: run it by hand "
+            "(%s): it must connect to %s:%d and print a line starting with SSH-" % (command, hostname, port))
+
+
 def jump_lost(jump: str, said: str = "") -> str:
     """Why a connection through a jump host was lost when the jump host's own connection went
     first (its sshd ended or restarted, or the network to it failed), and the fix: the jump host,

@@ -232,6 +232,22 @@ def test_a_jump_host_that_cannot_reach_the_target_is_named_with_the_targets_addr
     assert "(one of bob@bast,gw) could not connect to the next hop on the way to node1:22" in error, error
 
 
+@pytest.mark.parametrize("its_words", ["/bin/bash: line 1: exec: no-such-nc: not found",
+                                       "ssh: connect to host 127.0.0.1 port 1: Connection refused"])
+def test_a_proxy_command_that_ended_saying_why_is_named_not_taken_for_a_busy_server(its_words):
+    """Found by an audit: a ProxyCommand that could not run read as sshd's MaxStartups (tried again
+    for 8 s), and one whose own ssh found its jump host's port closed as the target's port."""
+    target = _target(ssh_config=False)
+    target.proxy_command = "ssh -W %h:%p jdead"
+    error = openssh.failure(target, 255, its_words + "\r\n" + JUMP_ENDED)
+    assert type(error) is ConnectError and not error.turned_away, str(error)
+    assert "the ProxyCommand ended before the server's SSH banner came through it. Fix: run it by hand " \
+           "(ssh -W %h:%p jdead): it must connect to node1:22" in str(error)
+    assert its_words in str(error) and "MaxStartups" not in str(error) and "nothing listens" not in str(error)
+    error = openssh.failure(target, 255, JUMP_ENDED)       # (said nothing: a server that hung up, as ever)
+    assert error.turned_away, str(error)
+
+
 @pytest.mark.parametrize("said, kind, advice", SSH_WORDS)
 def test_ssh_failures_become_typed_errors(said, kind, advice):
     exc = openssh.failure(_target(), 255, said)

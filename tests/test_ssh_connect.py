@@ -285,6 +285,25 @@ def test_a_proxy_command_that_is_no_ssh_server(monkeypatch):
     assert "and that ProxyCommand works." in text
 
 
+def test_a_proxy_command_that_fails_by_itself_is_named_not_taken_for_a_busy_server(monkeypatch):
+    """Found by an audit: a ProxyCommand that could not run (or whose own ssh could not reach its
+    jump host) read as sshd's MaxStartups, and the start was tried again for 8 s; its exit status
+    tells the two apart (``nc`` or ``ssh -W`` whose server hung up end with 0)."""
+    monkeypatch.setenv("SHELL", "/bin/sh")
+    t = ssh.resolve(spec(), options(proxy_command="no-such-proxy-command %h %p"))
+    with pytest.raises(ConnectError) as info:
+        connect(t).close()
+    text = str(info.value)
+    assert info.value.turned_away is False and "MaxStartups" not in text, text
+    assert "the ProxyCommand ended before the server's SSH banner came through it" in text, text
+    assert "(no-such-proxy-command 127.0.0.1 22): it must connect to 127.0.0.1:22" in text, text
+    assert "exit status 127" in text, text
+    t = ssh.resolve(spec(), options(proxy_command="true"))      # (ended well: the server's doing)
+    with pytest.raises(ConnectError) as info:
+        connect(t).close()
+    assert info.value.turned_away is True and "ProxyCommand ended" not in str(info.value)
+
+
 PROXY = """
 import os, signal, socket, sys, threading, time
 signal.signal(signal.SIGTERM, signal.SIG_IGN)

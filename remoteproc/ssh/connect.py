@@ -10,7 +10,15 @@ import threading
 import time
 from typing import Any, Callable
 
-from ..errors import TURNED_AWAY, TURNED_AWAY_FIX, ConnectError, RemoteProcessError, describe, jump_open_failed
+from ..errors import (
+    TURNED_AWAY,
+    TURNED_AWAY_FIX,
+    ConnectError,
+    RemoteProcessError,
+    describe,
+    jump_open_failed,
+    proxy_command_ended,
+)
 from . import probe
 from .auth import authenticate
 from .hostkeys import check_host_key, prefer_known_types, read_known_hosts
@@ -117,6 +125,16 @@ def _proxy_command(target: Target, command: str) -> tuple[socket.socket, subproc
     finally:
         theirs.close()
     return ours, proc
+
+
+def _failed(proc: subprocess.Popen[bytes]) -> bool:
+    """Whether a ProxyCommand whose stream closed before the banner failed by itself (``nc`` or
+    ``ssh -W`` whose server hung up end with status 0; a command not found, or an ``ssh`` that
+    could not reach its jump host, with another)."""
+    try:
+        return proc.wait(1.0) != 0
+    except subprocess.TimeoutExpired:
+        return False
 
 
 #: seconds a ProxyCommand gets to end by itself once its connection is closed (see ``_stop``)
@@ -248,7 +266,7 @@ def connect(target: Target, jump: SSHConnection | None = None) -> SSHConnection:
         except BaseException:
             sock.close()
             raise
-        _handshake(transport, target, proxied=proc is not None)
+        _handshake(transport, target, proc)
         check_host_key(target, transport.get_remote_server_key())
         authenticate(transport, target)
     except BaseException:
@@ -303,8 +321,10 @@ def _jump_channel(target: Target, jump: SSHConnection) -> Any:
     return channel
 
 
-def _handshake(transport: Any, target: Target, proxied: bool) -> None:
-    """Key exchange within the connect timeout, offering the host key types known_hosts has first."""
+def _handshake(transport: Any, target: Target, proc: subprocess.Popen[bytes] | None) -> None:
+    """Key exchange within the connect timeout, offering the host key types known_hosts has first
+    (``proc``: the ProxyCommand the connection runs through)."""
+    proxied = proc is not None
     transport.banner_timeout = transport.handshake_timeout = target.connect_timeout
     transport.auth_timeout = target.connect_timeout
     files = list(target.known_hosts) + list(target.global_known_hosts)
@@ -328,6 +348,12 @@ def _handshake(transport: Any, target: Target, proxied: bool) -> None:
         # (paramiko's words for both a silence and a hang-up before the banner: the clock tells them apart)
         if time.monotonic() - started >= target.connect_timeout * 0.9:
             reason = "no SSH banner within %gs (%s)" % (target.connect_timeout, reason)
+        elif proc is not None and _failed(proc):
+            # (the command's own words went to this program's stderr, as ssh leaves them)
+            raise ConnectError("%s: SSH handshake failed: %s (exit status %d; its own words are on this program's "
+                               "stderr)" % (target.display, proxy_command_ended(
+                                   target.proxy_command or "", target.hostname, target.port), proc.returncode),
+                               target.display)
         else:
             error = ConnectError("%s: SSH handshake failed: the server closed the connection before its SSH banner "
                                  "(%s): %s. %s. Check that an SSH server answers on port %d%s."

@@ -44,6 +44,7 @@ from ..errors import (
     HostKeyError,
     RemoteProcessError,
     jump_open_failed,
+    proxy_command_ended,
 )
 from . import probe
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
@@ -731,6 +732,9 @@ _GARBLED = re.compile(r"banner line contains invalid characters|banner exchange:
 #: what ssh says when a server closed the connection before its banner (sshd past MaxStartups) ...
 _TURNED_AWAY = re.compile(r"(kex|ssh)_exchange_identification: (read: )?Connection (closed by remote host|reset "
                           r"by peer)", re.I)
+#: ssh's own lines when the stream ended before a banner (what else it printed came from its ProxyCommand)
+_ENDED_BEFORE_BANNER = re.compile(r"^\s*((kex|ssh)_exchange_identification: .*|Connection (closed|reset) by .*)$",
+                                  re.I | re.M)
 #: ... and what it says first when the jump host's ``ssh -W`` could not reach the next hop (not that)
 _FORWARD_FAILED = re.compile(r"open failed|forwarding failed", re.I)
 #: what ssh says when no banner came through its ProxyCommand (the jump hosts' ``ssh -W``) in time
@@ -745,6 +749,39 @@ def _stray(target: Target) -> str:
 
     clause = stray_hint(target)
     return "; note: " + clause if clause else ""
+
+
+def _on_the_way(target: Target, said: str, head: Optional[str], words: str) -> Optional[ConnectError]:
+    """A failure of what carries the connection (the jump hosts, whose part of ``said`` is ``head``
+    when the jump's ``ssh -W`` ended first; the ProxyCommand), or None."""
+    if target.proxy_jump and _PROXY_SILENT.search(said):
+        # ssh's own timeout ran out waiting for a banner through the jump hosts' ``ssh -W``: their
+        # connect timeout is no shorter, so ssh's comes first and names no host ("UNKNOWN port
+        # 65535" is the ``ssh -W``); it read as the target's fault, while most often the jump host
+        # is the one that does not answer
+        hops = target.proxy_jump
+        ssh = "`, then `".join(user_command(target, hop, hops[:i]) for i, hop in enumerate(hops))
+        return ConnectError(
+            "%s (transport='openssh'): no SSH banner came through the jump host (%s) within the connect timeout: "
+            "the jump host does not answer, or the host behind it does not. Fix: check that `%s` logs in "
+            "(ssh -v shows where it stops), then the host, or raise connect_timeout: %s"
+            % (target.display, ",".join(hops), ssh, words), target.display)
+    opened = _OPEN_FAILED.search(head) if head is not None else None
+    if opened is not None:
+        # a jump host could not reach the next hop: its words, not ssh's ("Connection refused"
+        # would read as the jump host's own port)
+        hops = target.proxy_jump
+        to = "%s:%d" % (target.hostname, target.port)
+        jump, to = (hops[0], to) if len(hops) == 1 else (",".join(hops), "the next hop on the way to " + to)
+        return ConnectError("%s (transport='openssh'): %s: %s" % (
+            target.display, jump_open_failed("(%s)" % jump if len(hops) == 1 else "(one of %s)" % jump, to,
+                                      opened.group(1).rstrip(".")), words), target.display)
+    if target.proxy_command and _TURNED_AWAY.search(said) and _ENDED_BEFORE_BANNER.sub("", said).strip():
+        # the ProxyCommand ended, saying why ("Connection refused" there is its own connection's, perhaps
+        # to a jump host of its own, not the target's port); not a server turning us away
+        ended = proxy_command_ended(target.proxy_command, target.hostname, target.port)
+        return ConnectError("%s (transport='openssh'): %s: %s" % (target.display, ended, words), target.display)
+    return None
 
 
 def failure(target: Target, status: Optional[int], said: str) -> Optional[RemoteProcessError]:
@@ -770,28 +807,9 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
     words += _home_hint(target.options)
     config = config_read(target.options)
     config = "" if config is None else ", or its HostName in %s" % config
-    if target.proxy_jump and _PROXY_SILENT.search(said):
-        # ssh's own timeout ran out waiting for a banner through the jump hosts' ``ssh -W``: their
-        # connect timeout is no shorter, so ssh's comes first and names no host ("UNKNOWN port
-        # 65535" is the ``ssh -W``); it read as the target's fault, while most often the jump host
-        # is the one that does not answer
-        hops = target.proxy_jump
-        ssh = "`, then `".join(user_command(target, hop, hops[:i]) for i, hop in enumerate(hops))
-        return ConnectError(
-            "%s (transport='openssh'): no SSH banner came through the jump host (%s) within the connect timeout: "
-            "the jump host does not answer, or the host behind it does not. Fix: check that `%s` logs in "
-            "(ssh -v shows where it stops), then the host, or raise connect_timeout: %s"
-            % (display, ",".join(hops), ssh, words), display)
-    opened = _OPEN_FAILED.search(head) if at_jump else None
-    if opened is not None:
-        # a jump host could not reach the next hop: its words, not ssh's ("Connection refused"
-        # would read as the jump host's own port)
-        hops = target.proxy_jump
-        to = "%s:%d" % (target.hostname, target.port)
-        jump, to = (hops[0], to) if len(hops) == 1 else (",".join(hops), "the next hop on the way to " + to)
-        return ConnectError("%s (transport='openssh'): %s: %s" % (
-            display, jump_open_failed("(%s)" % jump if len(hops) == 1 else "(one of %s)" % jump, to,
-                                      opened.group(1).rstrip(".")), words), display)
+    on_the_way = _on_the_way(target, said, head if at_jump else None, words)
+    if on_the_way is not None:
+        return on_the_way
     unprotected = _UNPROTECTED.findall(head)
     if unprotected and _DENIED.search(head):
         keys = list(dict.fromkeys(unprotected))
