@@ -11,6 +11,7 @@ streams are intact, that nothing of ours is left on any host, and that new start
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import signal
 import subprocess
@@ -501,6 +502,22 @@ def test_a_server_closing_an_idle_connection_is_no_warning(transport_name, tmp_p
     assert codes == ["0", str(remoteproc.CONNECTION_LOST)], proc.stdout
     assert idle not in proc.stderr, proc.stderr
     assert busy + ": connection lost" in proc.stderr or "%s: Connection to" % busy in proc.stderr, proc.stderr
+
+
+@pytest.mark.parametrize("said, level", [
+    ("Connection to 127.0.0.1 closed by remote host.", "INFO"),
+    # through a jump host, stopped first: its ssh -W's goodbye to the ssh that had gone (found by an audit)
+    ("Connection to 127.0.0.1 closed by remote host.\nclient_loop: send disconnect: Broken pipe", "INFO"),
+    ("Connection to 127.0.0.1 closed by remote host.\nbash: line 1: kill: (12) - No such process", "WARNING"),
+])
+def test_what_ssh_says_of_an_idle_connection_s_end_is_a_warning_only_beside_other_words(said, level, caplog):
+    from remoteproc import ssh
+    from remoteproc.relay.link import Link
+
+    link = Link(ssh.resolve("rp@h", {"transport": "openssh"}, ssh.Config([])), opener=None, on_finish=None)
+    with caplog.at_level(logging.INFO, logger="remoteproc"):
+        link._note_stderr(said.encode(), final=True)
+    assert [(r.levelname, r.getMessage()) for r in caplog.records] == [(level, "rp@h: " + said)]
 
 
 @pytest.fixture(params=["paramiko", "openssh"])

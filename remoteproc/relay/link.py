@@ -44,8 +44,10 @@ PUMP_LOW = 2 << 20      # a package transfer adds frames while less than this wa
 #: after a network blip, a connection that died unseen fails the start that finds it, where a
 #: new connection works; a start that a lost link never sent moves to a new link instead
 PROVE_AFTER = 2.0
-#: ssh's last words when the server closes the connection
-_CLOSED_BY_HOST = re.compile(r"Connection to \S+ closed by remote host\.?\s*$")
+#: ssh's last words when the server closes the connection (through a jump host, the jump's ``ssh -W``
+#: may add its own: its write of a goodbye to the ssh that had gone first)
+_CLOSED_BY_HOST = re.compile(r"(Connection to \S+ closed by remote host\.?|client_loop: send disconnect: "
+                             r"Broken pipe)\s*$")
 #: ssh's debug lines (``LogLevel DEBUG3`` in the user's config, ``-v`` in an ssh wrapper) and what it says
 #: only from ``LogLevel VERBOSE`` on: logged at DEBUG
 _SSH_DEBUG = openssh.CHATTER
