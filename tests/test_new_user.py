@@ -288,3 +288,28 @@ def test_a_wrong_passphrase_is_said_as_such(sshd, tmp_path, form):
     assert "%s (encrypted, and the passphrase given is not its passphrase: check passphrase=" % key in message, \
         message
     assert "BEGIN/END" not in message
+
+
+@pytest.mark.parametrize("named_by", ["config", "option"])
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+def test_a_host_key_beside_a_known_hosts_file_outside_dot_ssh_is_named(sshd, tmp_path, named_by, transport):
+    """A lab's own known_hosts (``UserKnownHostsFile`` of the config, or ``known_hosts=``) with the
+    scanned key in a file beside it: paramiko pointed at that file; with ``ssh`` (found by an audit)
+    only files of ~/.ssh were looked at, as the target did not know which files ssh reads."""
+    from conftest import PLAIN_USER
+
+    lab = tmp_path / "lab"
+    lab.mkdir()
+    stray = lab / "lab_keys"
+    stray.write_text(open(sshd.known_hosts).read())
+    known = lab / "known_hosts"
+    known.write_text("")
+    config = tmp_path / "config"
+    config.write_text("Host lab\n    HostName 127.0.0.1\n    Port %d\n    User %s\n    GlobalKnownHostsFile /dev/null\n%s"
+                      % (sshd.port, PLAIN_USER, "    UserKnownHostsFile %s\n" % known if named_by == "config" else ""))
+    options = dict(key_filename=sshd.client_key, ssh_config=str(config), transport=transport)
+    if named_by == "option":
+        options["known_hosts"] = str(known)
+    with pytest.raises(remoteproc.HostKeyError) as info:
+        remoteproc.RemoteProcess("lab", target=os.getpid, **options).start()
+    assert "a key for this host is in %s" % stray in str(info.value), str(info.value)

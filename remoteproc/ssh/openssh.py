@@ -297,6 +297,14 @@ def _seconds(view: dict[str, list[str]], key: str, default: float) -> float:
     return float(value) if value.isdigit() and int(value) > 0 else default
 
 
+def _known_files(ours: Any, shown: Optional[list[str]]) -> list[str]:
+    """known_hosts files: the caller's option, else what ``ssh -G`` shows (a list it prints unquoted,
+    split at blanks)."""
+    if ours is not None:
+        return _list(ours)
+    return [os.path.expanduser(f) for f in (shown or [""])[0].split()]
+
+
 def resolve(spec: str, options: dict[str, Any]) -> Target:
     """A ``Target`` for ``spec`` as ``ssh`` will reach it; ``target.ssh_args`` runs it."""
     args = option_args(spec, options)
@@ -325,6 +333,10 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         original_host=host,
         # (with host_key_policy given, -G shows ours, not the config's)
         strict_config=options.get("host_key_policy") is None and view.get("stricthostkeychecking") == ["true"],
+        # the files ssh reads host keys from, for our hints (a key in a file beside them, ``_stray``)
+        known_hosts=_known_files(options.get("known_hosts"), view.get("userknownhostsfile")),
+        global_known_hosts=_known_files(None, view.get("globalknownhostsfile")),
+        host_key_alias=(view.get("hostkeyalias") or [""])[0] or None,
     )
     args += _session_args(view) + _master_args(view) + _log_args(view)
     # (the target's alone: on the command line, which ssh does not pass on to a jump host's ssh -W)
