@@ -909,6 +909,9 @@ class _Owned:
     def _request(self, conn, rid, op, args):
         """Serve one request from a child (broker thread); returns its waiter if it must wait."""
         with self._lock:
+            if op == P.CANCEL:
+                self._cancel(conn, args[0])
+                return None
             try:
                 result = self._start(op, args, conn, rid)
             except Exception as exc:        # a bad request, or task_done() too often: the child raises
@@ -945,6 +948,20 @@ class _Owned:
             if not w.done:
                 w.done = True
                 w.waitlist.remove(w)
+
+    def _cancel(self, conn, rid) -> None:
+        """A child's call ``rid`` was interrupted while it waited (``_Client._withdraw``): withdraw
+        it if it still waits; one answered already is undone by the child (under ``self._lock``)."""
+        for w in [w for waitlist in self._waitlists() for w in waitlist]:
+            if w.conn is conn and w.rid == rid and not w.done:
+                self._withdraw(w)
+                return
+
+    def _withdraw(self, w) -> None:
+        """Withdraw a child's waiting request: it did nothing, and its reply says so."""
+        w.done = True
+        w.waitlist.remove(w)
+        _send(w.conn, w.rid, P.CANCELLED, None)
 
     def _waitlists(self):
         return ()

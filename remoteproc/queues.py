@@ -82,6 +82,10 @@ class Queue(_Owned):
             return P.OK, not self._room()
         if op == P.TASK_DONE:
             return self._task_done()
+        if op == P.PUT_BACK:            # (a child's get() interrupted as the item came: see _abandon)
+            self._items.appendleft(args[0])
+            self._dispatch()
+            return P.OK, None
         if op == P.JOIN:
             if not self._unfinished:
                 return P.OK, None

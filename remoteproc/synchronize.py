@@ -215,6 +215,10 @@ class _SemLock(_Sync):
                 self._untake(w.holder, w.count)
                 self._grant()
 
+    def _withdraw(self, w) -> None:
+        super()._withdraw(w)
+        self._grant()           # (those behind it may go on: a shared value's access of the holder's)
+
     def _process_gone(self, token: str) -> None:
         with self._lock:
             self._drop_waiters(self._waiters, token)
@@ -420,6 +424,14 @@ class Condition(_Sync):
                 self._expire(w)
         assert w.event is not None
         w.event.wait()
+
+    def _cancel(self, conn, rid) -> None:
+        """A child's wait interrupted: as multiprocessing's ``finally``, it answers once it holds the
+        lock again (asleep: woken now; notified: already in the lock's line, it stays there)."""
+        for w in list(self._sleepers):
+            if w.conn is conn and w.rid == rid and not w.done:
+                self._expire(w)
+                return
 
     def _process_gone(self, token: str) -> None:
         with self._lock:

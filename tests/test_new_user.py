@@ -305,8 +305,9 @@ def test_a_host_key_beside_a_known_hosts_file_outside_dot_ssh_is_named(sshd, tmp
     known = lab / "known_hosts"
     known.write_text("")
     config = tmp_path / "config"
-    config.write_text("Host lab\n    HostName 127.0.0.1\n    Port %d\n    User %s\n    GlobalKnownHostsFile /dev/null\n%s"
-                      % (sshd.port, PLAIN_USER, "    UserKnownHostsFile %s\n" % known if named_by == "config" else ""))
+    own_file = "    UserKnownHostsFile %s\n" % known if named_by == "config" else ""
+    config.write_text("Host lab\n    HostName 127.0.0.1\n    Port %d\n    User %s\n" % (sshd.port, PLAIN_USER)
+                      + "    GlobalKnownHostsFile /dev/null\n" + own_file)
     options = dict(key_filename=sshd.client_key, ssh_config=str(config), transport=transport)
     if named_by == "option":
         options["known_hosts"] = str(known)

@@ -390,6 +390,108 @@ def test_an_owner_condition_wait_interrupted_holds_the_lock_again_as_multiproces
         assert repr(cond) == "<Condition(<RLock(None, 0)>, 0)>"
 
 
+# -- a child's call interrupted (KeyboardInterrupt) -----------------------------------------------------------
+
+def _condition_wait(cond):
+    with cond:          # (its exit releases the lock: it must be held again, as multiprocessing's finally makes it)
+        cond.wait()
+
+
+CHILD_CALLS = {"Lock": lambda obj: obj.acquire(), "Semaphore": lambda obj: obj.acquire(),
+               "Queue": lambda obj: obj.get(), "Barrier": lambda obj: obj.wait(), "Condition": _condition_wait}
+
+
+def interrupted_child(kind, obj, conn, cancel_late):
+    """``kind``'s blocking call, interrupted 0.5 s in; says how it ended, then lives on a while (what it
+    would still hold stays held).  ``cancel_late``: its withdrawal reaches the owner that much later, after
+    the parent has given it its turn (the lock, the item, the notify, the last party)."""
+    from remoteproc.agent import proxies
+
+    if cancel_late:
+        send = proxies._Client.send
+
+        def late(self, msg, send=send):
+            if msg[1] == proxies.CANCEL:
+                time.sleep(cancel_late)
+            send(self, msg)
+
+        proxies._Client.send = late
+
+    def interrupt(*_):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGALRM, interrupt)
+    conn.send("blocking")
+    signal.setitimer(signal.ITIMER_REAL, 0.5)
+    try:
+        CHILD_CALLS[kind](obj)
+        conn.send("returned")
+    except BaseException as exc:
+        conn.send(type(exc).__name__)
+    time.sleep(2)
+
+
+def _give_the_turn(kind, obj):
+    if kind in ("Lock", "Semaphore"):
+        obj.release()
+    elif kind == "Queue":
+        obj.put("item")
+    elif kind == "Condition":
+        with obj:
+            obj.notify()
+    else:
+        with pytest.raises(threading.BrokenBarrierError):   # (alone: the interrupted party has gone)
+            obj.wait(0.5)
+
+
+@pytest.mark.parametrize("kind", list(CHILD_CALLS))
+@pytest.mark.parametrize("turn", ["before", "after"], ids=["turn after the interruption", "turn before the withdrawal"])
+def test_a_child_s_call_interrupted_while_it_waits_has_done_nothing(host, ssh_options, kind, turn):
+    """Found by an audit: a remote child's blocked call, interrupted (Ctrl-C), stayed with the owner: its
+    lock granted later was held by the interrupted thread, a Semaphore unit or a Queue item went to it and
+    was lost, a Barrier counted it as a party, a Condition's ``with`` ended on a lock given up
+    (AssertionError).  As with multiprocessing, it did nothing; a turn that came before the owner
+    withdrew it is given back."""
+    made = {"Lock": remoteproc.Lock, "Semaphore": lambda: remoteproc.Semaphore(0), "Queue": Queue,
+            "Barrier": lambda: remoteproc.Barrier(2), "Condition": remoteproc.Condition}
+    obj = made[kind]()
+    if kind == "Lock":
+        obj.acquire()
+    parent, child = remoteproc.Pipe()
+    p = RemoteProcess(host, target=interrupted_child, args=(kind, obj, child, 1.5 if turn == "after" else 0),
+                      **ssh_options)
+    p.start()
+    try:
+        assert parent.poll(60) and parent.recv() == "blocking"
+        if turn == "after":
+            if kind == "Barrier":
+                time.sleep(1.0)
+                assert obj.wait(5) in (0, 1)        # (the last party: the child's wait had not gone yet)
+            else:
+                time.sleep(1.0)
+                _give_the_turn(kind, obj)
+        assert parent.poll(30), "the interrupted call never ended"
+        assert parent.recv() == "KeyboardInterrupt"
+        if turn == "before" and kind != "Barrier":
+            _give_the_turn(kind, obj)
+        # the child lives on: nothing of the call is its
+        if kind == "Lock":
+            assert obj.acquire(False) is True
+        elif kind == "Semaphore":
+            assert obj.get_value() == 1
+        elif kind == "Queue":
+            assert obj.get(timeout=5) == "item"
+        elif kind == "Condition":
+            assert obj.acquire(timeout=5) is True
+        elif turn == "before":
+            assert obj.n_waiting == 0
+            _give_the_turn(kind, obj)
+        assert p.is_alive()
+    finally:
+        p.join(30)
+    assert p.exitcode == 0
+
+
 def _notify_from_a_thread(cond, done):
     """For the signal handler: a thread notifies the main thread and keeps the lock a while."""
     def notify_and_hold():

@@ -35,13 +35,16 @@ SET = 9
 CLEAR = 10
 IS_SET = 11
 WAIT = 12           # (timeout,)
-# 13 and up: locks, conditions, barriers and shared values (agent/synchronize.py)
+# 13-24: locks, conditions, barriers and shared values (agent/synchronize.py)
+CANCEL = 25         # (rid,): the call rid was interrupted while it waited (Ctrl-C): withdraw it
+PUT_BACK = 26       # (item,): the item an interrupted get() was handed after all: first in line again
 
 # reply statuses
 OK = 0
 TIMEOUT = 1         # Empty for get, Full for put, False for Event.wait
 ERROR = 2           # value: the exception to raise
 RUN = 3             # Barrier.wait: the caller is the last party and runs the action
+CANCELLED = 4       # the request was withdrawn (CANCEL) before it did anything
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 OUT_OF_BAND = 64 * 1024     # bytes values this big travel as messages of their own (send_msg)
@@ -327,13 +330,36 @@ class _Client:
         except OSError as exc:
             raise self._gone(exc) from None
 
-    def call(self, op, *args):
+    def call(self, op, *args, undo=None):
+        """One request and its reply.  Interrupted while it waits (KeyboardInterrupt, an exception
+        a signal handler raised), the call has done nothing, as a local one: see ``_withdraw``."""
         rid = next(self.rids)
         self.send((rid, op) + args)
-        status, value = self._wait(rid)
+        try:
+            status, value = self._wait(rid)
+        except OwnerGone:
+            raise
+        except BaseException:
+            self._withdraw(rid, undo)
+            raise
         if status == ERROR:
             raise value
         return status, value
+
+    def _withdraw(self, rid, undo):
+        """The owner withdraws request ``rid`` and says so (CANCELLED) in its reply; a request it had
+        answered already is undone here by ``undo(status, value)`` (a lock granted is released, an
+        item handed over goes back first in line).  Otherwise it would still take effect for a
+        thread that has gone on: a lock held for good, an item or a semaphore unit lost, a Barrier
+        party that never comes, a Condition's lock not held again when its wait's ``with`` ends.
+        (A Condition's wait answers once its lock is held again, as multiprocessing's re-acquires it.)"""
+        try:
+            self.send((0, CANCEL, rid))
+            status, value = self._wait(rid)
+            if status != CANCELLED and undo is not None:
+                undo(status, value)
+        except Exception:
+            pass    # (the owner is gone, or the undo failed: the owner cleans up when this process ends)
 
     def _gone(self, exc=None):
         detail = (str(exc) or type(exc).__name__) if exc is not None else ""
@@ -424,10 +450,14 @@ class Queue(_Proxy):
 
     def get(self, block=True, timeout=None):
         self._check_closed()
-        status, value = self._client.call(GET, block, timeout)
+        status, value = self._client.call(GET, block, timeout, undo=self._put_back)
         if status == TIMEOUT:
             raise _queue.Empty
         return loads_item(value)
+
+    def _put_back(self, status, value):
+        if status == OK:
+            self._client.call(PUT_BACK, value)
 
     def get_nowait(self):
         return self.get(False)
@@ -509,7 +539,11 @@ class SimpleQueue(_Proxy):
 
     def get(self):
         self._check_closed()
-        return loads_item(self._client.call(GET, True, None)[1])
+        return loads_item(self._client.call(GET, True, None, undo=self._put_back)[1])
+
+    def _put_back(self, status, value):
+        if status == OK:
+            self._client.call(PUT_BACK, value)
 
     def empty(self):
         self._check_closed()

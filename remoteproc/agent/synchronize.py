@@ -65,7 +65,12 @@ class _SemLock(_Proxy):
     _what = "Lock"
 
     def acquire(self, block=True, timeout=None):
-        return self._client.call(ACQUIRE, _tid(), block, timeout)[0] == OK
+        tid = _tid()
+        return self._client.call(ACQUIRE, tid, block, timeout, undo=lambda status, _: self._undo(status, tid))[0] == OK
+
+    def _undo(self, status, tid):
+        if status == OK:        # (granted as the acquire was interrupted: not held, as locally)
+            self._client.call(RELEASE, tid)
 
     def release(self):
         # One round trip even where it cannot fail: the release must have happened in the owner
@@ -216,10 +221,14 @@ class Barrier(_Proxy):
         return self._client.call(STATE, _tid())[1][1]
 
     def wait(self, timeout=None):
-        status, index = self._client.call(BARRIER_WAIT, _tid(), timeout)
+        status, index = self._client.call(BARRIER_WAIT, _tid(), timeout, undo=self._undo)
         if status == RUN:
             run_action(self._config["action"], lambda ok: self._client.call(ACTION_DONE, ok))
         return index
+
+    def _undo(self, status, _index):
+        if status == RUN:       # (the last party, interrupted: its action does not run, and the barrier breaks)
+            self._client.call(ACTION_DONE, False)
 
     def abort(self):
         self._client.call(ABORT)
