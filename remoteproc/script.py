@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import sys
 import threading
 from multiprocessing import Pipe
 from multiprocessing.connection import Connection as _Connection
@@ -118,7 +119,7 @@ class RemoteScript(RemoteProcess):
         self._path = path
         self._kind = kind
         self._argv = argv
-        self._stdin = stdin
+        self._stdin = _raw_stdin(stdin)
         self.conn: Connection | None = None
 
     @property
@@ -167,6 +168,20 @@ class RemoteScript(RemoteProcess):
 
     def __repr__(self) -> str:
         return super().__repr__()[:-1] + " %s=%r>" % (self._kind, self._path)
+
+
+def _raw_stdin(stdin: Union[IO[bytes], int, None]) -> Union[IO[bytes], int, None]:
+    """This program's own stdin (``sys.stdin`` or its ``buffer``) as its fd, which the feeder reads as
+    ``ssh`` reads fd 0.  Read through the buffered object, a feeder blocked in ``read1()`` at the
+    program's exit holds the object's lock as the interpreter closes it: "Fatal Python error:
+    _enter_buffered_busy" and SIGABRT, whenever the terminal or a pipe still had no end."""
+    stdin_file = sys.stdin
+    if stdin is not None and stdin_file is not None and stdin in (stdin_file, getattr(stdin_file, "buffer", None)):
+        try:
+            return stdin_file.fileno()
+        except (OSError, ValueError, AttributeError):    # (replaced by an object without an fd: read it)
+            return stdin
+    return stdin
 
 
 def _feed(source: Union[IO[bytes], int], fd: int, host: str) -> None:

@@ -396,6 +396,34 @@ def test_run_dash_m_and_dash_c_run_on_the_host_as_python3_does(alias, scripts):
     assert out.returncode == 1 and out.stderr.startswith("Traceback") and "ZeroDivisionError" in out.stderr
 
 
+@pytest.mark.parametrize("library", [False, True], ids=["remoteproc run", "run(stdin=sys.stdin.buffer)"])
+def test_run_whose_stdin_has_no_end_exits_with_the_script_s_code(alias, library):
+    """Found by an audit: from a terminal (or a pipe still open), the thread copying stdin was blocked in
+    ``sys.stdin.buffer.read1()`` at exit, holding its lock as the interpreter closed it: "Fatal Python
+    error: _enter_buffered_busy" and SIGABRT (134) instead of the script's exit code.  It reads fd 0 now."""
+    config, host = alias
+    script = "import sys; print('ran'); sys.exit(3)"
+    if library:
+        argv = ["-c", "import sys, remoteproc\ns = remoteproc.run(%r, %r, stdin=sys.stdin.buffer, ssh_config=%r, "
+                      "kind='code')\ns.join(60)\nsys.exit(s.exitcode)" % (host, script, config)]
+    else:
+        argv = ["-m", "remoteproc", "run", "-F", config, host, "-c", script]
+    proc = subprocess.Popen([sys.executable, *argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=ENV)
+    try:
+        code = proc.wait(60)            # (its stdin still open: no end)
+        out, err = proc.stdout.read(), proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        proc.stdin.close()
+        proc.stdout.close()
+        proc.stderr.close()
+    assert code == 3 and "Fatal Python error" not in err, (code, err)
+    assert out.startswith("ran\n"), out
+
+
 def test_run_a_missing_cwd_exits_255_saying_so(alias, scripts):
     config, host = alias
     path = scripts("chatty.py", CHATTY)
