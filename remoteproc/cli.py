@@ -599,7 +599,9 @@ def demo(host: str | None, options: dict | None = None) -> int:
         from .testing import LoopbackSSHServer
 
         server = LoopbackSSHServer().start()
-        host, options = server.spec(), server.options()
+        # (the private server's own options; of the caller's only the transport has a meaning here)
+        host, options = server.spec(), dict(server.options(), **{k: v for k, v in (options or {}).items()
+                                                                   if k == "transport"})
         print("started a private %s SSH server on %s:%d (%.0f ms)"
               % (server.kind, server.host, server.port, (time.perf_counter() - t0) * 1e3))
     try:
@@ -609,8 +611,11 @@ def demo(host: str | None, options: dict | None = None) -> int:
         p.start()
         child.close()
         t2 = time.perf_counter()
-        print("started %r on %s: remote pid %s (%.0f ms: relay, SSH connection, agent, fork)"
-              % (p.name, host, p.pid, (t2 - t1) * 1e3), flush=True)
+        from .ssh.spec import TRANSPORT_ENV
+
+        transport = (options or {}).get("transport") or os.environ.get(TRANSPORT_ENV, "").strip() or "paramiko"
+        print("started %r on %s: remote pid %s (%.0f ms: relay, SSH connection with %s, agent, fork)"
+              % (p.name, host, p.pid, (t2 - t1) * 1e3, transport), flush=True)
         answer = parent.recv()
         t3 = time.perf_counter()
         print("parent.recv() -> %r (%.1f ms after start)" % (answer, (t3 - t2) * 1e3), flush=True)
@@ -711,6 +716,9 @@ def _tail_start(parser: argparse.ArgumentParser, tokens: Sequence[str], count: i
     return None
 
 
+ENDERS_MISPLACED = "-m MODULE and -c CODE go after HOST, in place of SCRIPT (remoteproc run HOST -m MODULE ARGS...)"
+
+
 class _Parser(argparse.ArgumentParser):
     """The command line's parser: a command's trailing arguments never go through argparse.
 
@@ -727,6 +735,7 @@ class _Parser(argparse.ArgumentParser):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.tails: dict[str, tuple[argparse.ArgumentParser, int, str, dict[str, str]]] = {}
+        self.demo: argparse.ArgumentParser = self       # (demo's own, for its usage errors)
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
         argv = list(sys.argv[1:] if args is None else args)
@@ -736,6 +745,8 @@ class _Parser(argparse.ArgumentParser):
         if at is not None and argv[at] in self.tails:
             command, count, dest, enders = self.tails[argv[at]]
             found = _tail_start(command, argv[at + 1:], count, enders)
+            if found is None and any(a[:2] in enders for a in argv[at + 1:]):
+                command.error(ENDERS_MISPLACED)     # (-m before HOST, and no SCRIPT: not "SCRIPT is required")
             if found is not None:
                 end, ender = at + 1 + found[0], found[1]
                 argv, tail = argv[:end], argv[end:]
@@ -798,6 +809,7 @@ def build_parser() -> argparse.ArgumentParser:
                             help="run a real round trip (a private loopback SSH server if no HOST)",
                             description="Run a real RemoteProcess round trip and time each step.")
     p_demo.add_argument("host", nargs="?", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
+    parser.demo = p_demo
     return parser
 
 
@@ -868,8 +880,7 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
     if args.command == "run":
         if args.module is not None or args.code is not None:     # (given before HOST: parsed as options)
             run_parser = parser.tails["run"][0] if isinstance(parser, _Parser) else parser
-            run_parser.error("-m MODULE and -c CODE go after HOST, in place of SCRIPT "
-                             "(remoteproc run HOST -m MODULE ARGS...)")
+            run_parser.error(ENDERS_MISPLACED)
         return run_command(args)
     try:
         # Ctrl-C (while connecting to a slow host, say) ends the command with the shell's status
@@ -880,8 +891,9 @@ def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
             return cache_command(args)
         if args.command == "demo":
             options = ssh_options(args)
-            if args.host is None and options:
-                parser.error("demo: SSH options need a HOST")
+            if args.host is None and set(options) - {"transport"}:
+                demo_parser = parser.demo if isinstance(parser, _Parser) else parser
+                demo_parser.error("SSH options need a HOST (only --transport goes with the private server)")
             try:
                 return demo(args.host, options)
             except RemoteProcessError as exc:

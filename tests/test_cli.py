@@ -640,3 +640,22 @@ def test_demo_with_its_own_loopback_server():
     out = remoteproc_cmd("demo")
     assert out.returncode == 0, out.stdout + out.stderr
     assert "started a private" in out.stdout and "round trip OK" in out.stdout
+    assert "SSH connection with paramiko" in out.stdout
+
+
+def test_demo_s_own_server_takes_the_transport_option_and_no_other():
+    """Found by an audit: ``demo --transport openssh`` was refused ("SSH options need a HOST", with the
+    top-level usage) while REMOTEPROC_TRANSPORT=openssh worked."""
+    out = remoteproc_cmd("demo", "--transport", "openssh")
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "SSH connection with openssh" in out.stdout and "round trip OK" in out.stdout, out.stdout
+    out = remoteproc_cmd("demo", "-p", "22")
+    assert out.returncode == 2 and "usage: remoteproc demo" in out.stderr, out.stderr
+    assert "SSH options need a HOST (only --transport goes with the private server)" in out.stderr
+
+
+@pytest.mark.parametrize("argv", [["-m", "json.tool", "HOST"], ["-c", "1", "HOST"], ["-mjson.tool", "HOST"]])
+def test_run_dash_m_before_host_without_script_is_the_same_usage_error(argv):
+    """Found by an audit: with nothing after HOST, argparse said only that SCRIPT is required."""
+    out = remoteproc_cmd("run", *argv)
+    assert out.returncode == 2 and "-m MODULE and -c CODE go after HOST, in place of SCRIPT" in out.stderr, out.stderr
