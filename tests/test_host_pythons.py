@@ -16,6 +16,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import sysconfig
@@ -652,7 +653,8 @@ def test_script_mode_runs_a_directory_or_zip_file_on_another_python(host_pythons
         assert job.exitcode == local.returncode == 1, (path, got_err)
         assert got_out == local.stdout == out, path
         if path == no_main:
-            assert got_err == "remoteproc: can't find '__main__' module in %r on this host\n" % path
+            said = "remoteproc: can't find '__main__' module in %r on host %s\n" % (path, socket.gethostname())
+            assert got_err == said
             assert local.stderr.endswith(": can't find '__main__' module in %r\n" % path)
         else:
             assert got_err.splitlines()[-1] == local.stderr.splitlines()[-1] == "ValueError: from the app"

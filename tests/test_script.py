@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 
@@ -163,7 +164,7 @@ def test_a_directory_or_zip_file_runs_its_main_module_as_python3_path(loopback, 
     for path in (str(tmp_path / "empty"), no_main):
         local, p, out, err = _compare_with_local_python(host, options, path, [], capfd)
         assert p.exitcode == local.returncode == 1, err     # as python3 exits for one without __main__
-        assert err == "remoteproc: can't find '__main__' module in %r on this host\n" % path
+        assert err == "remoteproc: can't find '__main__' module in %r on host %s\n" % (path, socket.gethostname())
         assert local.stderr == "%s: can't find '__main__' module in %r\n" % (sys.executable, path)
 
 
@@ -216,7 +217,7 @@ def test_a_script_the_account_may_not_read_is_named_so(plain_user_host, plain_us
     p.join(30)
     assert p.exitcode == 2
     err = capfd.readouterr().err
-    assert "can't open file %r on this host: [Errno 13] Permission denied" % str(path) in err, err
+    assert "can't open file %r on host %s: [Errno 13] Permission denied" % (str(path), socket.gethostname()) in err, err
 
 
 def test_terminate_and_kill(loopback, scripts):

@@ -102,8 +102,8 @@ def run_script(path, argv=(), json_positions=(), conn=None, stdin=None, kind="pa
         # (as python3 says it; where a relative path starts is worth saying only for a missing one)
         hint = ("" if os.path.isabs(path) or not isinstance(exc, FileNotFoundError)
                 else " (relative paths start from %s)" % os.getcwd())
-        sys.stderr.write("remoteproc: can't open file %r on this host: [Errno %s] %s%s\n"
-                         % (path, exc.errno, exc.strerror, hint))
+        sys.stderr.write("remoteproc: can't open file %r %s: [Errno %s] %s%s\n"
+                         % (path, _here(), exc.errno, exc.strerror, hint))
         sys.exit(2)
     sys.argv = [path] + [str(a) for a in argv]
     from . import grandchild
@@ -188,17 +188,24 @@ def _module_origin(name):
             main = name + ".__main__"
             spec = importlib.util.find_spec(main)
             if spec is None:
-                sys.stderr.write("remoteproc: No module named %s on this host; %r is a package and cannot "
-                                 "be directly executed\n" % (main, name))
+                sys.stderr.write("remoteproc: No module named %s %s; %r is a package and cannot "
+                                 "be directly executed\n" % (main, _here(), name))
                 sys.exit(1)
     except (ImportError, ValueError) as exc:
-        sys.stderr.write("remoteproc: Error while finding module specification for %r on this host (%s: %s)\n"
-                         % (name, type(exc).__name__, exc))
+        sys.stderr.write("remoteproc: Error while finding module specification for %r %s (%s: %s)\n"
+                         % (name, _here(), type(exc).__name__, exc))
         sys.exit(1)
     if spec is None:
-        sys.stderr.write("remoteproc: No module named %s on this host\n" % main)
+        sys.stderr.write("remoteproc: No module named %s %s\n" % (main, _here()))
         sys.exit(1)
     return spec.origin or name
+
+
+def _here():
+    """Where python3's words happened, for a reader of the program's stderr on another machine."""
+    import socket
+
+    return "on host %s" % socket.gethostname()
 
 
 def _runs_main_module(path):
@@ -225,7 +232,7 @@ def _check_main_module(path):
     else:   # (zipimport before Python 3.10 has find_module only)
         found = importer is not None and importer.find_module("__main__") is not None  # type: ignore[attr-defined]
     if not found:
-        sys.stderr.write("remoteproc: can't find '__main__' module in %r on this host\n" % path)
+        sys.stderr.write("remoteproc: can't find '__main__' module in %r %s\n" % (path, _here()))
         sys.exit(1)
 
 
