@@ -39,7 +39,7 @@ def _call_back(result: Any, which: str, callback: Callable[[Any], object], value
     multiprocessing's result thread dies of it and its pool hangs; ours ended every task."""
     try:
         callback(value)
-    except Exception:
+    except BaseException:       # (SystemExit too: it would end the manager thread, and the pool with it)
         log.exception("the %s of %r raised (the pool goes on)", which, result)
 
 

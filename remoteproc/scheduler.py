@@ -321,7 +321,7 @@ class Scheduler:
                 for key, mask in self.sel.select(timeout):
                     handler, w = key.data
                     handler(w, mask)
-        except Exception:
+        except BaseException:      # (a SystemExit of ours must not leave a pool taking tasks nobody runs)
             log.exception("the pool's manager thread failed")
             with self.lock:
                 self.state = TERMINATE

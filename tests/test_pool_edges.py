@@ -449,6 +449,22 @@ def test_a_callback_that_raises_is_logged_and_the_pool_goes_on(host, ssh_options
 
 
 @pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
+def test_a_callback_that_raises_system_exit_is_logged_too(host, ssh_options, caplog):
+    """Found by an audit: SystemExit passed the ``except Exception`` and silently ended the manager thread;
+    the pool still took tasks, which nothing ran (map hung, join returned at once)."""
+    def exits(value):
+        raise SystemExit("bye")
+
+    pool = Pool(host, processes_per_host=1, **ssh_options)
+    try:
+        assert pool.apply_async(square, (3,), callback=exits).get(60) == 9
+        assert pool.map_async(square, range(4)).get(60) == [0, 1, 4, 9]
+        assert any("raised (the pool goes on)" in r.getMessage() for r in caplog.records)
+    finally:
+        pool.terminate()
+
+
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
 def test_a_callback_that_closes_and_joins_its_pool(host, ssh_options):
     pool = Pool(host, processes_per_host=1, **ssh_options)
     done = threading.Event()

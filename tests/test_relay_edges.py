@@ -431,3 +431,27 @@ def test_a_process_with_three_hundred_connections(host, ssh_options):
     assert relay is not None and running(relay.proc.pid)
     _host_still_works(host, ssh_options)
 
+
+
+@pytest.mark.one_transport      # (this program's side of the relay: alike on both transports)
+def test_a_logging_filter_of_the_program_that_raises_does_not_stop_the_relay_s_reader(host, ssh_options, capfd):
+    """Found by an audit: the thread that logs the relay's records here died of a filter's exception; the
+    relay's next records then filled the socket and its threads blocked on it: every start hung."""
+    class Raises(logging.Filter):
+        def filter(self, record):
+            raise RuntimeError("the program's own filter fails")
+
+    relay_log, failing = logging.getLogger("remoteproc.relay"), Raises()
+    relay_log.addFilter(failing)
+    try:
+        for i in range(2):      # (a setup= line on stderr is a WARNING of the relay's)
+            p = RemoteProcess(host, target=os.getpid, setup=["echo said-%d-%d >&2" % (os.getpid(), i)], **ssh_options)
+            p.start()
+            p.join(60)
+            assert p.exitcode == 0
+        relay_client.get(host).sync(10)      # (the records are in before the sync's answer)
+        readers = [t for t in threading.enumerate() if t.name == "remoteproc-relay-reader"]
+        assert readers and all(t.is_alive() for t in readers)
+    finally:
+        relay_log.removeFilter(failing)
+    assert "the program's own filter fails" in capfd.readouterr().err

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 from multiprocessing import util
 from typing import Any, Sequence
 
@@ -145,8 +146,7 @@ class RelayHandle:
                     self.refused[msg[1]] = (msg[2], msg[3])
                     self.refused_cond.notify_all()
             elif msg[0] == "log":
-                _name, level, text = msg[1:]
-                logging.getLogger(_name).log(level, "%s", text)
+                _log_here(*msg[1:])
             elif msg[0] == "synced":
                 with self.refused_cond:
                     self.synced = msg[1]
@@ -223,6 +223,18 @@ class RelayHandle:
             return " (killed by signal %d)" % -code
         return (" (exit status %d: what it said is on this program's standard error; it runs %s with this "
                 "program's environment and flags)" % (code, sys.executable)) if code else ""
+
+
+def _log_here(name: str, level: int, text: str) -> None:
+    """Log a record of the relay's with this program's logging.  A filter or handler of the program's
+    that raises must not end the thread reading the relay: the relay's next records would fill the
+    socket, and its threads (every start) block on it for good.  Said as logging says a handler's
+    own failure (``Handler.handleError``)."""
+    try:
+        logging.getLogger(name).log(level, "%s", text)
+    except Exception:
+        if logging.raiseExceptions:
+            traceback.print_exc()
 
 
 def _package_path() -> list[str]:
