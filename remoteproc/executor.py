@@ -34,10 +34,13 @@ class _FutureJob:
         self.future._remoteproc_executor = None  # type: ignore[attr-defined]
         if self.future.done():
             return
-        if ok:
-            self.future.set_result(value)
-        else:
-            self.future.set_exception(value)
+        try:
+            if ok:
+                self.future.set_result(value)
+            else:
+                self.future.set_exception(value)
+        except futures.InvalidStateError:
+            pass        # (cancelled by the user since done(): when the pool fails them all, the rest go on)
 
 
 class Executor(futures.Executor):

@@ -182,3 +182,19 @@ def test_the_program_waits_at_exit_for_pending_calls_as_with_process_pool_execut
         assert out.returncode == 0 and out.stdout == "main ends\n", out.stderr
         assert "Traceback" not in out.stderr, out.stderr
         assert out_file.exists() and sorted(out_file.read_text().split()) == ["0", "1", "2"], (run[0], out.stderr)
+
+
+def test_a_future_cancelled_as_its_result_is_set_stops_nothing():
+    """Found by an audit: cancelled between the job's done() check and its set_exception (the pool failing
+    every pending call as the user cancels one), the InvalidStateError ended the loop failing the rest."""
+    from remoteproc.executor import _FutureJob
+
+    class CancelledJustAfterTheCheck(futures.Future):
+        def done(self):
+            was = super().done()
+            self.cancel()
+            return was
+
+    job = _FutureJob(CancelledJustAfterTheCheck())
+    job._set(0, False, [(False, RuntimeError("the pool was terminated"))])
+    assert job.future.cancelled()
