@@ -180,7 +180,16 @@ def implementation() -> str:
 STUB_ENV = "REMOTEPROC_STUB"
 
 
-def _stub(n: int) -> str:
+def stub_bound(connect_timeout: float) -> int:
+    """Seconds the stub waits for the agent it reads: the local side's own waits for it (the blob's
+    send and the hello, each ``connect_timeout`` but at least ``MIN_WAIT``) and some slack.  A
+    connection that goes dark while the agent is on its way gives the stub no end of input (sshd
+    notices nothing), and no agent yet keeps it alive (its keepalive starts once it runs): without
+    a bound it stayed on the host for minutes after the link came back."""
+    return int(2 * max(connect_timeout, MIN_WAIT) + SSH_VERDICT + 5)
+
+
+def _stub(n: int, bound: int) -> str:
     """The Python one-liner every candidate interpreter runs: ``-c STUB MODE LABEL [LABEL PATH]...``.
 
     In syntax Python 2 runs too, so that an old interpreter reports itself.  If this is
@@ -189,11 +198,12 @@ def _stub(n: int) -> str:
     ``strict`` refuses (exit 86); ``any`` also runs another Python 3.8+, which reads
     and drops the compiled blob, asks for the agent as source and runs that.  Before it
     reads, it flushes what the host's startup code left in ``sys.stdout`` and says
-    ``STUB_STARTED``: the local side passes over what came before that.
+    ``STUB_STARTED``: the local side passes over what came before that.  Reading the agent is
+    bounded by ``bound`` seconds (SIGALRM ends it; cancelled as the agent starts).
     (No single quotes inside: it travels in two levels of shell quoting.)
     """
     ours = sys.version_info[:2]
-    return ('import marshal,os,sys,zlib;v=sys.version_info;i=getattr(sys,"implementation",None);'
+    return ('import marshal,os,signal,sys,zlib;v=sys.version_info;i=getattr(sys,"implementation",None);'
             'i=i and i.name or "cpython";a=sys.argv[1:]+["",""];ok=(i,v[0],v[1])==("%s",%d,%d);'
             'ok or len(a)<6 or os.execv(a[3],[a[3],"-c",os.environ.get("%s",""),a[0],a[2]]+a[4:-2]);'
             'ok or (a[0]=="any" and v>=(3,8)) or (sys.stderr.write('
@@ -201,11 +211,11 @@ def _stub(n: int) -> str:
             'sys.stderr.flush(),os._exit(%d));os.environ.pop("%s",0);'
             'exec("def r(n,s=0):\\n b=bytes()\\n while len(b)<n:\\n  b+=os.read(0,n-len(b)) or os._exit(9)\\n'
             '  if s:b=b.lstrip(bytes([10]))\\n return b");'
-            'getattr(sys.stdout,"flush",int)();os.write(1,b"%s\\n");'
+            'getattr(sys.stdout,"flush",int)();signal.alarm(%d);os.write(1,b"%s\\n");'
             'b=r(%d,1);ok or os.write(1,b"%s\\n");b=ok and b or r(int(r(10)));'
-            'b,m=marshal.loads(zlib.decompress(b));exec(b)'
+            'b,m=marshal.loads(zlib.decompress(b));signal.alarm(0);exec(b)'
             % (implementation(), ours[0], ours[1], STUB_ENV, WRONG_VERSION, STUB_ENV,
-               STUB_STARTED.decode().strip(), n, SOURCE_REQUEST.decode().strip()))
+               bound, STUB_STARTED.decode().strip(), n, SOURCE_REQUEST.decode().strip()))
 
 
 #: directories of the home that the default ~/.profile (Debian, Ubuntu) puts on PATH, for login shells
@@ -255,7 +265,7 @@ def _search() -> list[str]:
     return lines
 
 
-def command(python=None, setup=None) -> str:
+def command(python=None, setup=None, connect_timeout: float = MIN_WAIT) -> str:
     """The exec command, which the account's login shell runs (``$SHELL -c``): the ``setup``
     lines in that shell, then an sh script that says ``READY`` on stdout, finds the
     interpreter and runs the stub with it.
@@ -273,10 +283,12 @@ def command(python=None, setup=None) -> str:
     rksh), which refuses ``exec`` and ``/bin/sh``, runs ``python3 -c STUB`` instead, as
     ``ssh HOST python3 -c ...`` does there.
     """
-    script = _script(python)
+    bound = stub_bound(connect_timeout)
+    script = _script(python, bound)
     main = "exec /bin/sh -c %s" % shlex.quote(script)
     if python is None:      # (what a restricted shell reaches, once its exec was refused)
-        main += "; echo %s; python3 -c %s any python3" % (READY.decode().strip(), shlex.quote(_stub(_blob_size())))
+        main += "; echo %s; python3 -c %s any python3" % (READY.decode().strip(),
+                                                        shlex.quote(_stub(_blob_size(), bound)))
     lines = _setup_lines(setup)
     return _setup(lines, script) + main if lines else main
 
@@ -285,11 +297,11 @@ def _blob_size() -> int:
     return len(agent_blob(bool(agent_env())))
 
 
-def _script(python) -> str:
+def _script(python, bound: int) -> str:
     """The sh script: READY, then find the interpreter and exec it with the stub."""
     env = agent_env()
     script = ["echo %s" % READY.decode().strip(),
-              "export %s=%s" % (STUB_ENV, shlex.quote(_stub(_blob_size()))),
+              "export %s=%s" % (STUB_ENV, shlex.quote(_stub(_blob_size(), bound))),
               # as CPython coerces the C locale (PEP 538), for every Python: a session with no
               # locale (paramiko sends none) leaves PyPy unable to name a non-ASCII path
               '[ -n "$LC_ALL$LC_CTYPE$LANG" ] || export LC_CTYPE=C.UTF-8']
@@ -466,7 +478,7 @@ def _start_agent_once(opener: AgentOpener, target) -> tuple[AgentChannel, dict, 
 
     def agent_command() -> str:
         builder.join()
-        return command(target.python, target.setup)
+        return command(target.python, target.setup, target.connect_timeout)
 
     try:
         chan = opener.open(target, agent_command)
@@ -511,6 +523,12 @@ def _await_ready(chan: AgentChannel, target) -> tuple[bytearray, bytearray]:
             return buf[at + len(READY):], err
         _take(chan, target, buf, err, time.monotonic() + max(target.connect_timeout, MIN_WAIT))
         if time.monotonic() > deadline:
+            if not chan.answers(target.answer_wait):
+                # (not the host's startup files: the network went quiet under the connection)
+                raise ConnectError(
+                    "%s: the connection stopped answering while the agent's command started (no answer to a "
+                    "keepalive within %gs): the network path to the host is down or stalled. Fix: check it, "
+                    "and try again" % (target.display, target.answer_wait), target.display)
             said = (err + chan.recv_stderr()).decode("utf-8", "replace").strip()
             shown = _without_markers(bytes(buf)).decode("utf-8", "replace").strip()
             raise BootstrapError(

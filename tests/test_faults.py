@@ -472,6 +472,9 @@ def test_the_links_tick_counts_bytes_heard_as_life_and_pings_only_a_silent_host(
         def recv_stderr(self):
             return b""
 
+        def suspect(self):
+            Channel.suspected = True
+
     link = Link(ssh.resolve("rp@h", {"keepalive_interval": 10, "keepalive_count": 2}, ssh.Config([])),
                 opener=None, on_finish=lambda link: None)
     link.chan = Channel()
@@ -484,3 +487,4 @@ def test_the_links_tick_counts_bytes_heard_as_life_and_pings_only_a_silent_host(
     assert link._tick(now + 10) and b'"op":"ping"' in b"".join(Channel.sent)     # silent for the interval
     assert not link._tick(now + 31) and link.dead       # silent past 10 s * (2 + 1)
     assert "no answer from the host for 31s (keepalive)" in str(link.lost)
+    assert Channel.suspected        # (its connection must answer before it is used again)

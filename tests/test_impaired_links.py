@@ -384,6 +384,67 @@ def test_a_black_holed_host_at_start_is_a_connect_error_with_openssh(quiet, fres
     assert took < 10 + 2 + 2, took
 
 
+@contextlib.contextmanager
+def forgotten(host: Any) -> Iterator[None]:
+    """The connections open to the host now are dropped silently (a NAT or firewall that forgot them);
+    new ones get through."""
+    ports = [line.split()[-1].rsplit(":", 1)[1] for line in host.established()]
+    assert ports, "no connection to the host to forget"
+    rules = "; ".join("add rule inet forgot in tcp sport %s drop; add rule inet forgot out tcp dport %s drop"
+                      % (port, port) for port in ports)
+    _nft(host, "add table inet forgot; add chain inet forgot in { type filter hook input priority 0; }; "
+               "add chain inet forgot out { type filter hook output priority 0; }; " + rules)
+    try:
+        yield
+    finally:
+        _nft(host, "delete table inet forgot")
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_start_moved_off_a_connection_the_network_forgot_lands_on_a_new_one(quiet, fresh, transport):
+    """Found by an audit: the idle link was lost (no answer to its keepalive) and the next start's new link,
+    with paramiko, took the same pooled connection (its transport looks active until a write fails):
+    it failed as "the server refused a session channel ... MaxSessions" instead of connecting anew."""
+    host = quiet.hosts["q1"]
+    opts = options(quiet, transport, 2, 2)
+    p = RemoteProcess(host.spec(PLAIN_USER), target=sha_of, args=(b"",), **opts)
+    p.start()
+    p.join(30)
+    assert p.exitcode == 0
+    with forgotten(host):
+        # (idle past PROVE_AFTER, 2 s, within the keepalive bound, 6 s: the start waits for the idle link's
+        # proof of life, gets none, and moves to a new link while the lost one still holds its connection)
+        time.sleep(3.0)
+        q = RemoteProcess(host.spec(PLAIN_USER), target=sha_of, args=(b"abc",), **opts)
+        q.start()
+        q.join(30)
+    assert q.exitcode == 0
+
+
+@pytest.mark.parametrize("transport", TRANSPORTS)
+def test_a_link_going_dark_while_the_agent_starts_is_a_connect_error(quiet, fresh, transport):
+    """Found by an audit: cut while the login shell ran a setup= line, paramiko's start said a shell
+    startup file of the host waited for input (a fix that does not apply); now the connection is asked
+    whether it still answers first.  (``ssh`` says so itself: ServerAliveInterval.)"""
+    host = quiet.hosts["q2"]
+    opts = dict(options(quiet, transport, 1, 2), connect_timeout=3)
+    warm = RemoteProcess(host.spec(PLAIN_USER), target=sha_of, args=(b"",), **opts)
+    warm.start()            # (the connection is up: the cut comes while a new agent starts on it)
+    warm.join(30)
+    p = RemoteProcess(host.spec(PLAIN_USER), target=sha_of, args=(b"",), setup=["sleep 2"], **opts)
+    hole = black_hole(host)
+    timer = threading.Timer(1.0, hole.__enter__)
+    timer.start()
+    try:
+        with pytest.raises(remoteproc.RemoteProcessError) as info:
+            p.start()
+    finally:
+        timer.join(10)
+        hole.__exit__(None, None, None)
+    assert isinstance(info.value, remoteproc.ConnectError), repr(info.value)
+    assert host.address in str(info.value) and "startup file" not in str(info.value), str(info.value)
+
+
 CTRL_Z_PROGRAM = """
 import os, sys
 import remoteproc

@@ -12,8 +12,10 @@ import importlib.metadata
 import json
 import marshal
 import os
+import signal
 import subprocess
 import sys
+import time
 import types
 import zlib
 
@@ -169,12 +171,47 @@ def test_agent_blob_is_compiled_code_without_docstrings():
 
 def test_stub_in_strict_mode_refuses_another_python_version_before_reading_the_blob():
     other = "%d,%d" % (sys.version_info[0], sys.version_info[1] + 1)
-    stub = bootstrap._stub(10).replace(",%d,%d)" % sys.version_info[:2], ",%s)" % other)
+    stub = bootstrap._stub(10, 30).replace(",%d,%d)" % sys.version_info[:2], ",%s)" % other)
     proc = subprocess.run([sys.executable, "-c", stub, "strict", "python3"], input=b"x" * 10,
                           capture_output=True, timeout=30)
     assert proc.returncode == bootstrap.WRONG_VERSION
     assert b"python3 is cpython Python %d.%d" % sys.version_info[:2] in proc.stderr
     assert proc.stdout == b""
+
+
+def test_the_stub_waits_for_the_agent_within_its_bound_and_the_agent_runs_on_past_it():
+    """Found by an audit: a connection that went dark while the agent was on its way (sshd notices
+    nothing, no keepalive runs before the agent does) left the stub reading stdin on the host for
+    minutes, even after the link came back."""
+    silent = subprocess.Popen([sys.executable, "-c", bootstrap._stub(10, 1), "any", "python3"],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        assert silent.wait(20) == -signal.SIGALRM        # (its input open, and nothing on it)
+        assert bootstrap.STUB_STARTED in silent.stdout.read()
+    finally:
+        if silent.poll() is None:
+            silent.kill()
+            silent.wait(10)
+        for stream in (silent.stdin, silent.stdout, silent.stderr):
+            stream.close()
+    blob = bootstrap.agent_blob(bool(bootstrap.agent_env()))
+    agent = subprocess.Popen([sys.executable, "-c", bootstrap._stub(len(blob), 1), "any", "python3"],
+                             stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             env=dict(os.environ, **bootstrap.agent_env()))
+    try:
+        agent.stdin.write(blob)
+        agent.stdin.flush()
+        time.sleep(2.5)
+        assert agent.poll() is None, "the agent was ended by the stub's bound"
+    finally:
+        agent.stdin.close()         # (its channel's end: the agent exits)
+        try:
+            agent.wait(20)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+                agent.wait(10)
+    assert agent.returncode == 0
 
 
 def test_blob_failure_in_the_builder_thread_is_raised_where_the_blob_is_used(monkeypatch):

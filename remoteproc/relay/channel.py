@@ -86,6 +86,17 @@ class AgentChannel(abc.ABC):
         """A few words about the connection for the debug log (e.g. its cipher)."""
         return ""
 
+    def answers(self, timeout: float) -> bool:
+        """Whether the connection under the channel still carries anything (asked within ``timeout``),
+        for a command that has said nothing for long: the network, or the host's startup files?
+        (``ssh`` watches its own connection: ``ServerAliveInterval``.)"""
+        return True
+
+    def suspect(self) -> None:
+        """The agent stopped answering: the connection is to prove it lives before it is used again
+        (``ssh`` needs nothing: each agent is an ``ssh`` of its own, or a session of a master it checks)."""
+        return None
+
     def startup_error(self, status: Optional[int]) -> Optional[RemoteProcessError]:
         """When the command ended before the agent's hello: the transport's own failure
         (host key, login, network) as a typed error, or None if the command itself failed."""

@@ -273,9 +273,11 @@ class Link:
         self._drain_stderr()
         if self.held and now - self.held_since > self._prove_within():
             # (an idle link, so nothing runs on it: its starts go to a new one)
+            self._silent()
             self._lost("no answer to a ping within %gs" % self._prove_within())
             return False
         if now - self.last_heard > interval * (self.target.keepalive_count + 1):
+            self._silent()
             self._lost("no answer from the host for %.0fs (keepalive)%s" % (now - self.last_heard,
                                                                            self._keepalive_hint()))
             return False
@@ -709,6 +711,11 @@ class Link:
                 pass
 
     # -- endings -------------------------------------------------------------------------
+    def _silent(self) -> None:
+        """The agent stopped answering: its connection (shared with other agents) is suspect."""
+        if self.chan is not None:
+            self.chan.suspect()
+
     def _lost(self, reason: str, cls=ConnectionLostError) -> None:
         if self.dead:
             return

@@ -236,6 +236,12 @@ class ParamikoChannel(AgentChannel):
             return jump_lost(jump.target.display)
         return "the SSH connection closed"
 
+    def answers(self, timeout: float) -> bool:
+        return self.conn.answers(timeout)
+
+    def suspect(self) -> None:
+        self.conn.suspect = True
+
     def details(self) -> str:
         extra = ", connection %d of this host" % (self.conn.slot + 1) if self.conn.slot else ""
         return "connected in %.0f ms, cipher %s%s" % (self.connect_ms, self.conn.transport.remote_cipher, extra)

@@ -191,10 +191,31 @@ class SSHConnection:
         self.opening = 0
         #: when one of those sessions last closed (monotonic): sshd counts it until the agent has exited
         self.session_closed_at = 0.0
+        #: an agent on it stopped answering: it is asked for an answer before it is used again (``pool.py``)
+        self.suspect = False
 
     @property
     def active(self) -> bool:
         return not self.closed and self.transport.is_active()
+
+    def answers(self, timeout: float) -> bool:
+        """Whether the server answers a request on this connection within ``timeout`` seconds (a
+        ``keepalive@openssh.com`` global request, which sshd refuses: any reply will do).  A TCP
+        connection the network dropped unseen stays "active" for paramiko until a write fails."""
+        if not self.active:
+            return False
+        done = threading.Event()
+
+        def ask() -> None:
+            try:
+                self.transport.global_request("keepalive@openssh.com", wait=True)
+            except Exception:       # (the transport ended meanwhile: no answer)
+                return
+            done.set()
+
+        # (paramiko's wait has no bound: the asking thread ends when the reply comes or the transport does)
+        threading.Thread(target=ask, name="remoteproc-ssh-probe", daemon=True).start()
+        return done.wait(timeout) and self.transport.is_active()
 
     def close(self) -> None:
         """Close the transport (and its thread), the ProxyCommand, and a jump this connection owns."""

@@ -54,6 +54,12 @@ class ConnectionPool:
         try:
             with entry.lock:
                 conn = entry.conn
+                if conn is not None and conn.suspect:
+                    # a link on it was lost for want of an answer: the network may have dropped it
+                    # unseen, and a start moved off that link must not land on it again
+                    conn.suspect = not conn.answers(target.answer_wait)
+                    if conn.suspect:
+                        conn.close()        # (its other agents are as unreachable)
                 if conn is None or not conn.active:
                     if entry.attempts != ended and entry.failure is not None:
                         # An attempt that ended while we waited for it failed: that is our answer

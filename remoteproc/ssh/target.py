@@ -141,6 +141,11 @@ class Target:
         return self.conn_key + (self.python, self.setup, self.options.get("cache_size"))
 
     @property
+    def answer_wait(self) -> float:
+        """How long a connection gets to answer when asked whether it lives: a keepalive interval, 2-10 s."""
+        return min(10.0, max(2.0, self.keepalive_interval))
+
+    @property
     def host_key_name(self) -> str:
         """The name under which known_hosts holds this host's key."""
         if self.host_key_alias:
