@@ -416,7 +416,15 @@ class _Proxy:
             "original object from the process that created it" % (self._what, self._config.get("owner")))
 
 
-class Queue(_Proxy):
+class _Queued(_Proxy):
+    """What the queues share: an item an interrupted ``get()`` was handed goes back (``_Client._withdraw``)."""
+
+    def _put_back(self, status, value):
+        if status == OK:
+            self._client.call(PUT_BACK, value)
+
+
+class Queue(_Queued):
     """``multiprocessing.Queue`` API; the items live in the owner's process."""
 
     _what = "Queue"
@@ -454,10 +462,6 @@ class Queue(_Proxy):
         if status == TIMEOUT:
             raise _queue.Empty
         return loads_item(value)
-
-    def _put_back(self, status, value):
-        if status == OK:
-            self._client.call(PUT_BACK, value)
 
     def get_nowait(self):
         return self.get(False)
@@ -520,7 +524,7 @@ class JoinableQueue(Queue):
         self._client.call(JOIN)
 
 
-class SimpleQueue(_Proxy):
+class SimpleQueue(_Queued):
     _what = "SimpleQueue"
 
     @staticmethod
@@ -540,10 +544,6 @@ class SimpleQueue(_Proxy):
     def get(self):
         self._check_closed()
         return loads_item(self._client.call(GET, True, None, undo=self._put_back)[1])
-
-    def _put_back(self, status, value):
-        if status == OK:
-            self._client.call(PUT_BACK, value)
 
     def empty(self):
         self._check_closed()
