@@ -13,6 +13,7 @@ import contextlib
 import copy
 import io
 import linecache
+import logging
 import os
 import pickle
 import socket
@@ -34,6 +35,8 @@ from cloudpickle.cloudpickle import _code_reduce
 from .agent import byvalue, child, proxies
 from .errors import PicklingError
 from .spill import Spill, Streamed
+
+log = logging.getLogger("remoteproc")
 
 _DYNAMIC = "<dynamic-code>"
 MAX_SOURCE = 4 << 20     # bytes of source lines shipped for remote tracebacks
@@ -101,6 +104,7 @@ def dumps_function(func: Any) -> bytes:
     lines where the file exists on that host)."""
     global _function_pickler
     spawned_main_by_value()
+    unimportable_by_value()
     if _function_pickler is None:
         from .agent import proxies
 
@@ -222,6 +226,9 @@ def _not_importable(obj) -> str:
         return "defined inside a function (a closure or local %s)" % ("class" if isinstance(obj, type) else "function")
     if mod is None:
         return "its module %r is not importable" % module
+    where = unimportable(module, mod)
+    if where:
+        return "its module %r was %s: the host cannot import it; put its directory on sys.path" % (module, where)
     if module == "__main__" and not os.path.isfile(getattr(mod, "__file__", None) or ""):
         return "defined interactively (in a notebook cell, at the >>> prompt, or in a script read from stdin)"
     if module == "__main__" and getattr(mod, "__spec__", None) is not None:
@@ -487,6 +494,66 @@ def spawned_main_by_value() -> None:
         cloudpickle.register_pickle_by_value(main)
 
 
+#: module name -> the module object found importable or not (``unimportable_by_value``), once each
+_checked: dict[str, Any] = {}
+
+
+def _path_roots() -> tuple[str, ...]:
+    return tuple(os.path.join(os.path.abspath(p), "") for p in sys.path if isinstance(p, str) and p)
+
+
+def unimportable(name: str, module: Any, roots: tuple[str, ...] | None = None) -> str:
+    """Where ``module`` came from if a fresh interpreter with this ``sys.path`` could not import it by
+    name (so neither can a remote child, whose imports of our modules follow ``sys.path``), else "":
+    a plugin loaded from its file (``spec_from_file_location``) or a module made at run time
+    (``types.ModuleType``) and put into ``sys.modules``.  A local fork inherits such modules."""
+    spec = getattr(module, "__spec__", None)
+    origin = getattr(spec, "origin", None) if spec is not None else getattr(module, "__file__", None)
+    if spec is None and origin is None:
+        made = name not in sys.builtin_module_names and "." not in name and not name.startswith("_")
+        # (with functions or classes of its own: not a library's placeholder, such as Cython's cython_runtime)
+        own = made and isinstance(module, types.ModuleType) and any(
+            isinstance(v, (types.FunctionType, type)) and getattr(v, "__module__", None) == name
+            for v in list(vars(module).values()))
+        return "made at run time" if own else ""
+    if not isinstance(origin, str) or not origin.endswith(".py"):
+        return ""
+    rel = name.replace(".", os.sep)
+    for ending in (rel + ".py", os.path.join(rel, "__init__.py")):
+        if origin.endswith(ending) and origin[:-len(ending)] in (_path_roots() if roots is None else roots):
+            return ""   # (the common case, told apart without a search: where its name leads on sys.path)
+    parent_path = None
+    if "." in name:
+        parent_path = getattr(sys.modules.get(name.rpartition(".")[0]), "__path__", None)
+        if parent_path is None:
+            return ""
+    for finder in sys.meta_path:        # (an editable install's finder too)
+        find = getattr(finder, "find_spec", None)
+        try:
+            if find is not None and find(name, parent_path) is not None:
+                return ""
+        except Exception:
+            return ""       # (a finder that fails here: leave the module to the usual import)
+    return "loaded from %s, on no sys.path entry" % origin
+
+
+def unimportable_by_value() -> None:
+    """Modules the remote side could not import by name (``unimportable``) go by value, as if
+    registered with ``cloudpickle.register_pickle_by_value``: their functions and classes then
+    reach a same-version child whole (the child's import failed with a bare ModuleNotFoundError).
+    Each module is looked at once."""
+    roots = None
+    for name, module in list(sys.modules.items()):
+        if module is None or name.startswith("__") or _checked.get(name) is module:
+            continue
+        _checked[name] = module
+        roots = _path_roots() if roots is None else roots
+        where = unimportable(name, module, roots)
+        if where:
+            log.debug("module %s (%s) goes to remote children by value", name, where)
+            cloudpickle.register_pickle_by_value(module)
+
+
 def by_value_modules() -> list[str]:
     """The modules registered with ``cloudpickle.register_pickle_by_value``: a same-version child
     passes their functions and classes on by value too (remoteproc/agent/byvalue.py)."""
@@ -524,6 +591,7 @@ def dumps_process(process_obj, host: str, mode: str = "same",
     buf = Spill()
     pickler: _Pickler | _SpawnPickler
     spawned_main_by_value()
+    unimportable_by_value()
     if mode == "spawn":
         pickler = _SpawnPickler(buf, host, looked)
         main = main_info()

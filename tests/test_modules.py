@@ -392,3 +392,65 @@ def test_later_children_inherit_compiled_modules(plain_user_host, plain_user_opt
     p.join(30)
     assert p.exitcode == 0
 
+
+
+PLUGIN_PROGRAM = """
+import importlib.util, json, sys, types
+from remoteproc import Executor, Pipe, RemoteProcess
+
+# a plugin loaded from its file (on no sys.path entry), and a module made at run time
+spec = importlib.util.spec_from_file_location("rp_plugin_mod", sys.argv[2])
+plugin = importlib.util.module_from_spec(spec)
+sys.modules["rp_plugin_mod"] = plugin
+spec.loader.exec_module(plugin)
+made = types.ModuleType("rp_made_mod")
+exec("def twice(x):\\n    return 2 * x\\n", made.__dict__)
+sys.modules["rp_made_mod"] = made
+
+if __name__ == "__main__":
+    host, options = json.loads(sys.argv[1])
+    parent, child = Pipe()
+    p = RemoteProcess(host, target=plugin.send_hello, args=(child,), **options)
+    p.start()
+    got = [parent.recv()]
+    p.join(60)
+    with Executor([host], 1, **options) as ex:
+        got += [ex.submit(plugin.hello).result(60), ex.submit(made.twice, 21).result(60)]
+    print(json.dumps([p.exitcode] + got))
+"""
+
+
+def test_a_plugin_loaded_from_its_file_and_a_module_made_at_run_time_reach_the_host(plain_user_host,
+                                                                                     plain_user_options, tmp_path):
+    """Found by an audit: their functions went by reference, and the host's import failed with a bare
+    ModuleNotFoundError (a local fork inherits them); they go by value now, as registered modules do."""
+    import json
+    import subprocess
+
+    (tmp_path / "plugins").mkdir()
+    plugin = tmp_path / "plugins" / "rp_plugin_mod.py"
+    plugin.write_text("def hello():\n    return 'plugin-hello'\n\n\ndef send_hello(conn):\n    conn.send(hello())\n")
+    program = tmp_path / "plugin_program.py"
+    program.write_text(PLUGIN_PROGRAM)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(modules.__file__))))
+    out = subprocess.run([sys.executable, str(program), json.dumps([plain_user_host, plain_user_options]),
+                          str(plugin)], capture_output=True, text=True, timeout=120, env=env, cwd=str(tmp_path))
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert json.loads(out.stdout.splitlines()[-1]) == [0, "plugin-hello", "plugin-hello", 42]
+
+
+def test_a_plugin_loaded_from_its_file_is_named_for_a_host_on_another_python(tmp_path):
+    """Another Python takes everything by reference (spawn): the refusal says why the host cannot import it."""
+    from remoteproc import reduction
+
+    (tmp_path / "rp_plugin_two.py").write_text("def hello():\n    return 1\n")
+    spec = importlib.util.spec_from_file_location("rp_plugin_two", str(tmp_path / "rp_plugin_two.py"))
+    plugin = importlib.util.module_from_spec(spec)
+    sys.modules["rp_plugin_two"] = plugin
+    try:
+        spec.loader.exec_module(plugin)
+        why = reduction._not_importable(plugin.hello)
+        assert "was loaded from %s, on no sys.path entry" % (tmp_path / "rp_plugin_two.py") in why, why
+        assert reduction._not_importable(modules.find) == ""
+    finally:
+        del sys.modules["rp_plugin_two"]

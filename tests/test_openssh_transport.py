@@ -706,3 +706,17 @@ def test_a_closed_channel_s_stderr_reader_never_reads_a_file_that_took_its_numbe
     finally:
         for fd in fds:
             os.close(fd)
+
+
+def test_the_keepalive_is_ours_unless_the_config_sets_server_alive(tmp_path):
+    """Found by an audit: Debian's ssh makes ServerAliveInterval 300 its default in batch mode, and ssh -G,
+    asked with our BatchMode=yes, showed 300 as if the config had said so: a stalled host went unnoticed
+    for 20 minutes instead of 60 s."""
+    from remoteproc.ssh.spec import DEFAULT_KEEPALIVE_INTERVAL
+
+    silent = tmp_path / "silent"
+    silent.write_text("Host node1\n    User alice\n")
+    assert openssh.resolve("node1", {"ssh_config": str(silent)}).keepalive_interval == DEFAULT_KEEPALIVE_INTERVAL
+    said = tmp_path / "said"
+    said.write_text("Host node1\n    ServerAliveInterval 7\n    BatchMode yes\n")
+    assert openssh.resolve("node1", {"ssh_config": str(said)}).keepalive_interval == 7

@@ -264,6 +264,10 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
     """What ``ssh -G`` says it will do for ``spec``: keyword (lower case) -> values."""
     _, host, _ = parse_spec(spec)
     program = ssh_binary(spec)
+    # (asked without our BatchMode: Debian's ssh makes ServerAliveInterval 300 its default in batch mode,
+    # and -G then shows 300 where the config says nothing: our keepalive bound became 20 minutes, where
+    # the documented default is 15 s * 4; the command line still runs ssh with BatchMode=yes)
+    args = ["BatchMode=no" if a == "BatchMode=yes" else a for a in args]
     try:
         out = subprocess.run([program, "-G", *args, "--", host], stdin=subprocess.DEVNULL, capture_output=True,
                              timeout=G_TIMEOUT, check=False)
