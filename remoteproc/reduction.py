@@ -226,7 +226,7 @@ def _not_importable(obj) -> str:
         return "defined inside a function (a closure or local %s)" % ("class" if isinstance(obj, type) else "function")
     if mod is None:
         return "its module %r is not importable" % module
-    where = unimportable(module, mod)
+    where = "" if module.startswith("__") else unimportable(module, mod)     # (the script: as __mp_main__)
     if where:
         return "its module %r was %s: the host cannot import it; put its directory on sys.path" % (module, where)
     if module == "__main__" and not os.path.isfile(getattr(mod, "__file__", None) or ""):

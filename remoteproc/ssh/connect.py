@@ -365,16 +365,17 @@ def _handshake(transport: Any, target: Target, proc: subprocess.Popen[bytes] | N
         reason = "the server closed the connection"
     else:
         reason = str(error) or type(error).__name__
+    if proc is not None and not reason.startswith("no answer") and _failed(proc):
+        # a ProxyCommand that ended by itself, whatever paramiko made of its end (a hang-up before the
+        # banner, or a closed stream); its own words went to this program's stderr, as ssh leaves them
+        raise ConnectError("%s: SSH handshake failed: %s (exit status %d; its own words are on this program's "
+                           "stderr)" % (target.display, proxy_command_ended(target.proxy_command or "", target.hostname,
+                                                                            target.port), proc.returncode),
+                           target.display)
     if reason.startswith("Error reading SSH protocol banner"):
         # (paramiko's words for both a silence and a hang-up before the banner: the clock tells them apart)
         if time.monotonic() - started >= target.connect_timeout * 0.9:
             reason = "no SSH banner within %gs (%s)" % (target.connect_timeout, reason)
-        elif proc is not None and _failed(proc):
-            # (the command's own words went to this program's stderr, as ssh leaves them)
-            raise ConnectError("%s: SSH handshake failed: %s (exit status %d; its own words are on this program's "
-                               "stderr)" % (target.display, proxy_command_ended(
-                                   target.proxy_command or "", target.hostname, target.port), proc.returncode),
-                               target.display)
         else:
             error = ConnectError("%s: SSH handshake failed: the server closed the connection before its SSH banner "
                                  "(%s): %s. %s. Check that an SSH server answers on port %d%s."
