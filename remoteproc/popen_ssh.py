@@ -9,6 +9,7 @@ exactly when the remote process has ended).
 from __future__ import annotations
 
 import io
+import logging
 import os
 import select
 import signal
@@ -30,6 +31,11 @@ _modes: dict[tuple, str] = {}
 
 #: seconds a start whose status socket ended at once waits for the relay's word on why
 REFUSAL_WAIT = 2.0
+#: seconds the program's exit waits for a process it signalled (multiprocessing terminates daemonic
+#: children, then joins every child without a timeout) to report its end
+EXIT_WAIT = 5.0
+
+log = logging.getLogger("remoteproc")
 
 
 class Popen:
@@ -45,6 +51,7 @@ class Popen:
         self.host: str = process_obj._host
         self._status: socket.socket | None = None
         self._lock = threading.Lock()     # one reader of the status socket at a time
+        self._signalled = False
         self._process = weakref.ref(process_obj)
         key = (self.host, repr(sorted(process_obj._ssh_options.items())))
         self.mode = _modes.get(key, "same")     # the host's mode, once a start there told us
@@ -194,6 +201,15 @@ class Popen:
             pass
 
     def wait(self, timeout: float | None = None) -> int | None:
+        if self.returncode is None and timeout is None and self._signalled and getattr(util, "_exiting", False):
+            # The program exits: a local child signalled dies at once (stopped or not), while a remote
+            # one whose host stalled reports nothing until the keepalive's verdict (60 s by default).
+            # The host's agent ends it by itself once it hears nothing from us (keepalive).
+            if self.wait(EXIT_WAIT) is None:
+                log.warning("%s: process %s did not report its end within %gs of its signal; the program exits "
+                            "without it (if the host is unreachable, its agent ends it within the keepalive "
+                            "bound)", self.host, self.pid, EXIT_WAIT)
+            return self.returncode
         if self.returncode is None:
             if timeout is not None:
                 from multiprocessing.connection import wait
@@ -204,6 +220,7 @@ class Popen:
         return self.returncode
 
     def _send_signal(self, sig: int) -> None:
+        self._signalled = True
         if self.returncode is None and self._status is not None:
             try:
                 ipc.send(self._status, ("signal", int(sig)))

@@ -11,6 +11,7 @@ streams are intact, that nothing of ours is left on any host, and that new start
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import signal
@@ -523,3 +524,56 @@ def test_what_ssh_says_of_an_idle_connection_s_end_is_a_warning_only_beside_othe
 @pytest.fixture(params=["paramiko", "openssh"])
 def transport_name(request) -> str:
     return request.param
+
+
+STALLED_AT_EXIT = textwrap.dedent('''\
+    import json, sys, time
+    from remoteproc import RemoteProcess
+
+    def nap():
+        time.sleep(600)
+
+    if __name__ == "__main__":
+        spec, options = json.loads(sys.argv[1])
+        p = RemoteProcess(spec, target=nap, daemon=True, transport=sys.argv[2], **options)
+        p.start()
+        print("started", flush=True)
+        sys.stdin.readline()        # (the host stalls meanwhile); then the program ends
+''')
+
+
+def test_the_program_s_exit_does_not_wait_for_a_stalled_host_s_daemon(transport_name, tmp_path):
+    """Found by an audit: multiprocessing's exit terminates daemonic children, then joins them without a
+    timeout; a remote one on a host that stalled (its sshd and agent stopped) reported its end only at the
+    keepalive's verdict: 60 s, where a local child dies of SIGTERM at once.  The exit now waits 5 s."""
+    from remoteproc.testing import LoopbackSSHServer
+
+    program = tmp_path / "stalled.py"
+    program.write_text(STALLED_AT_EXIT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    server = LoopbackSSHServer().start()
+    stopped: list = []
+    proc = subprocess.Popen([sys.executable, str(program), json.dumps([server.spec(), server.options()]),
+                             transport_name], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline() == "started\n"
+        stopped = [server.pid] + descendants(server.pid)
+        for pid in stopped:
+            os.kill(pid, signal.SIGSTOP)
+        proc.stdin.write("exit\n")
+        proc.stdin.flush()
+        assert proc.wait(40) == 0       # (the keepalive bound, 60 s, would be past it)
+        assert "did not report its end within 5s of its signal" in proc.stderr.read()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+        for pid in stopped:
+            try:
+                os.kill(pid, signal.SIGCONT)
+            except OSError:
+                pass
+        server.stop()
+        for stream in (proc.stdin, proc.stdout, proc.stderr):
+            stream.close()
