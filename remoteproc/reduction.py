@@ -516,8 +516,8 @@ def unimportable(name: str, module: Any, roots: tuple[str, ...] | None = None) -
             isinstance(v, (types.FunctionType, type)) and getattr(v, "__module__", None) == name
             for v in list(vars(module).values()))
         return "made at run time" if own else ""
-    if not isinstance(origin, str) or not origin.endswith(".py"):
-        return ""
+    if not isinstance(origin, str) or not origin.endswith(".py") or getattr(spec, "name", name) != name:
+        return ""       # (not source, or a module known under another name too: an alias of a library's)
     rel = name.replace(".", os.sep)
     for ending in (rel + ".py", os.path.join(rel, "__init__.py")):
         if origin.endswith(ending) and origin[:-len(ending)] in (_path_roots() if roots is None else roots):
