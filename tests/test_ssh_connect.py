@@ -298,6 +298,10 @@ def test_a_proxy_command_that_fails_by_itself_is_named_not_taken_for_a_busy_serv
     assert "the ProxyCommand ended before the server's SSH banner came through it" in text, text
     assert "(no-such-proxy-command 127.0.0.1 22): it must connect to 127.0.0.1:22" in text, text
     assert "exit status 127" in text, text
+    t = ssh.resolve(spec(), options(proxy_command="true"))      # (ended well: whatever went wrong, not it)
+    with pytest.raises(ConnectError) as info:
+        connect(t).close()
+    assert "ProxyCommand ended" not in str(info.value), str(info.value)
 
 
 PROXY = """
