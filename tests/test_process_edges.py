@@ -184,7 +184,7 @@ BROKEN_PIPE_SCRIPT = """
 
     def chatty(conn):
         try:
-            for i in range(200000):
+            for i in range(3000000):     # (40 MB: more than every buffer on the way holds, on a slow reader too)
                 print("line", i)
             sys.stdout.flush()
             conn.send("printed everything")
