@@ -14,6 +14,7 @@ import os
 import pickle
 import re
 import select
+import shlex
 import signal
 import statistics
 import sys
@@ -170,6 +171,31 @@ _FLAGS = {"connect_timeout": "--connect-timeout", "ssh_config": "-F/--ssh-config
 _OPTION_FLAG = re.compile(r"^(?:option )?(%s)\b" % "|".join(_FLAGS))
 
 
+#: the library's options as an error's message names them, and the command line's flag for each
+#: (``python='X'``, ``python=%r`` of a value, or a bare ``python=``); options with no flag
+#: (password=, allow_agent=, allow_prompt=) and ``known_hosts=[]`` are left as they are
+_IN_API_TERMS = re.compile(
+    r"\b(host_key_policy|transport|key_filename|known_hosts|ssh_config|python|connect_timeout|proxy_jump)="
+    r"(?:'([^'\[\]]*)'|(?![\[(\w'\"%]))")
+_BARE_FLAG = {"key_filename": "-i KEY", "known_hosts": "--known-hosts FILE", "ssh_config": "-F FILE",
+              "python": "--python", "connect_timeout": "--connect-timeout", "proxy_jump": "-J",
+              "transport": "--transport"}
+
+
+def in_cli_terms(text: str) -> str:
+    """An error's message with the library's options (``transport='openssh'``) said as the command
+    line's flags (``--transport openssh``): what a user of the command can type."""
+    def flag(m: re.Match[str]) -> str:
+        name, value = m.group(1), m.group(2)
+        if value is None:
+            return _BARE_FLAG[name]
+        if name == "host_key_policy":
+            return "--accept-new" if value == "accept-new" else m.group(0)
+        short = {"key_filename": "-i", "ssh_config": "-F", "proxy_jump": "-J"}.get(name)
+        return "%s %s" % (short or "--" + name.replace("_", "-"), shlex.quote(value))
+    return _IN_API_TERMS.sub(flag, text)
+
+
 def explain(exc: BaseException) -> tuple[str, str]:
     """(cause, fix) for an error, in the command line's terms."""
     if isinstance(exc, HostKeyError):
@@ -218,7 +244,7 @@ def explain(exc: BaseException) -> tuple[str, str]:
 
 def _report_failure(command: str, exc: BaseException) -> None:
     cause, fix = explain(exc)
-    print("remoteproc %s: %s" % (command, exc), file=sys.stderr)
+    print("remoteproc %s: %s" % (command, in_cli_terms(str(exc))), file=sys.stderr)
     print("  cause: %s" % cause, file=sys.stderr)
     print("  fix:   %s" % fix, file=sys.stderr)
 

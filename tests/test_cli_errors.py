@@ -65,6 +65,34 @@ def test_check_a_host_whose_key_changed_says_so_and_how_to_forget_the_old_key(ss
     assert "--accept-new" not in out.stderr.split("fix:", 1)[1]
 
 
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+def test_an_unknown_host_key_is_refused_with_the_fix_in_flags_not_in_api_terms(sshd, tmp_path, transport):
+    """The library's message names host_key_policy='accept-new'; the command's says --accept-new."""
+    known = tmp_path / "known_hosts"
+    known.write_text("")
+    out = remoteproc_cmd("check", "--transport", transport, "-p", str(sshd.port), "-i", sshd.client_key,
+                         "-l", current_user(), "--known-hosts", str(known), "-F", "none", "127.0.0.1")
+    assert out.returncode == 1, out.stdout + out.stderr
+    message = out.stderr.split("cause:", 1)[0]
+    assert "--accept-new" in message and "host_key_policy" not in message, out.stderr
+    _says_cause_and_fix(out, "not in known_hosts")
+
+
+@pytest.mark.parametrize("said,typed", [
+    ("Fix: pass transport='openssh' (your own ssh has them)", "Fix: pass --transport openssh (your own ssh has them)"),
+    ("or pass host_key_policy='accept-new' to record it", "or pass --accept-new to record it"),
+    ("pass key_filename= with allow_agent=False", "pass -i KEY with allow_agent=False"),
+    ("the agent with python='/opt/my py/bin/python3' (exit", "the agent with --python '/opt/my py/bin/python3' (exit"),
+    ("pass python= with the path", "pass --python with the path"),
+    ("known_hosts='/k' and ssh_config='/c'", "--known-hosts /k and -F /c"),
+    ("or known_hosts=[])", "or known_hosts=[])"),                   # (no flag gives an empty list)
+    ("host_key_policy='reject'", "host_key_policy='reject'"),       # (no flag for it)
+    ("key_filename=['/a', '/b']", "key_filename=['/a', '/b']"),
+])
+def test_messages_name_the_flags_the_command_line_has(said, typed):
+    assert cli.in_cli_terms(said) == typed
+
+
 # -- host specs and options that cannot be used -------------------------------------------------
 
 @pytest.mark.parametrize("command", ["run", "check", "cache"])
