@@ -201,6 +201,8 @@ def slurm(environ: Optional[Mapping[str, str]] = None) -> list[Host]:
         hosts = expand(nodelist)
     except HostlistError as exc:
         raise _in_variable(variable, exc) from None
+    if not hosts:       # (blank, or only commas: as an empty PBS_NODEFILE, not a pool of no host later)
+        raise ConfigError("%s=%r lists no host" % (variable, nodelist))
     counts_variable = "SLURM_TASKS_PER_NODE"
     if env.get("SLURM_STEP_TASKS_PER_NODE") and env.get("SLURM_JOB_CPUS_PER_NODE"):
         counts_variable = "SLURM_JOB_CPUS_PER_NODE"     # (the step's tasks are not the job's)

@@ -275,7 +275,9 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         super().__init__(nesting_level=nesting_level, inner_max_num_threads=inner_max_num_threads)
         # (joblib's parallel_config may set it again after this: read when the workers start)
         self.inner_max_num_threads: Optional[int] = inner_max_num_threads
-        self.hosts = hosts
+        # (a generator of hosts would be used up by the first executor: the next one, after a
+        # shutdown() or the loss of every worker, needs them again; a spec or RemoteHost stays itself)
+        self.hosts = hosts if hosts is None or isinstance(hosts, str) else list(hosts)
         self.processes_per_host = processes_per_host
         self.initializer = initializer
         self.initargs = tuple(initargs)

@@ -150,6 +150,34 @@ class Outbox:
             self.parts[0] = head[n:]
 
 
+class _Handover:
+    """The workers the hosts' start threads have started so far, and the moment their caller gave
+    up waiting (interrupted) and took them: a worker started after that is killed by its own start
+    thread, so none is left running that nobody owns."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.started: list[Worker] = []
+        self.taken = False
+
+    def keep(self, started: list[Worker], w: Worker) -> bool:
+        """Add ``w`` to its host's ``started``; False, and ``w`` killed, once the caller has given up."""
+        with self.lock:
+            if not self.taken:
+                started.append(w)
+                self.started.append(w)
+                return True
+        w.process.kill()
+        w.process.join(TERMINATE_GRACE)
+        w.close()
+        return False
+
+    def take_all(self) -> list[Worker]:
+        with self.lock:
+            self.taken = True
+            return list(self.started)
+
+
 class Starter:
     """What every worker of one pool starts with: the initializer, its arguments, the task limit,
     and whether its tasks may start processes (an Executor's: ProcessPoolExecutor's workers are
@@ -204,15 +232,19 @@ class Starter:
         raise RemoteProcessError("%s: a pool worker ended (exitcode %s) before it was ready; see its "
                                  "stderr above" % (w.host, w.process.exitcode), w.host)
 
-    def _start_host(self, index: int, host: str, options: dict[str, Any], count: int | None, out: list) -> None:
+    def _start_host(self, index: int, host: str, options: dict[str, Any], count: int | None, out: list,
+                    handover: Optional[_Handover] = None) -> None:
         started: list[Worker] = []
+        keep = (handover or _Handover()).keep
         try:
             first = self.spawn(host, options)
-            started.append(first)
+            if not keep(started, first):
+                return
             self.hello(first)
             n = count or first.cpus or 1
             for _ in range(n - 1):
-                started.append(self.spawn(host, options))
+                if not keep(started, self.spawn(host, options)):
+                    return
             for w in started[1:]:
                 self.hello(w)
             out[index] = started
@@ -223,16 +255,23 @@ class Starter:
                   workers: list[Worker]) -> None:
         """Start ``count`` workers per host (default: its CPU count) into ``workers``, in round-robin order.
 
-        On an error, ``workers`` holds those started (for the caller to stop) and the first error is raised.
+        On an error, ``workers`` holds those started (for the caller to stop) and the first error is
+        raised. Interrupted (Ctrl-C while a host is slow), ``workers`` holds every worker started so
+        far, and a host's start still under way kills what it starts after that.
         """
         out: list = [None] * len(hosts)
-        threads = [threading.Thread(target=self._start_host, args=(i, h, o, n or count, out),
+        handover = _Handover()
+        threads = [threading.Thread(target=self._start_host, args=(i, h, o, n or count, out, handover),
                                     name="remoteproc-pool-start %s" % h, daemon=True)
                    for i, (h, o, n) in enumerate(hosts)]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        try:
+            for t in threads:
+                t.join()
+        except BaseException:
+            workers.extend(handover.take_all())
+            raise
         error = None
         per_host = []
         for item in out:

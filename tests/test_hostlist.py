@@ -211,6 +211,13 @@ def test_slurm_with_cpus_per_task_counts_tasks_inside_and_outside_a_step():
         hostlist.slurm(dict(step, SLURM_CPUS_PER_TASK="0"))
 
 
+@pytest.mark.parametrize("nodelist", [" ", ",", " , "])
+def test_a_slurm_nodelist_of_no_host_is_refused_naming_the_variable(nodelist):
+    """As an empty PBS_NODEFILE: refused here, not later as "a pool needs at least one host"."""
+    with pytest.raises(ConfigError, match=r"SLURM_JOB_NODELIST=%r lists no host" % nodelist):
+        hostlist.slurm({"SLURM_JOB_NODELIST": nodelist})
+
+
 def test_slurm_reads_os_environ(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_NODELIST", "c[1-2]")
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "3(x2)")

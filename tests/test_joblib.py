@@ -100,6 +100,16 @@ def test_parallel_is_reused_across_calls_without_restarting_workers(host, ssh_op
         assert set(pid for _, pid in backend.executor().workers()) == workers
 
 
+def test_hosts_given_as_a_generator_serve_every_executor_of_the_configuration(host, ssh_options):
+    """Found by a new user's audit: the first executor used the generator up, and the one after a
+    shutdown() had no host ("a pool needs at least one host")."""
+    with joblib.parallel_config(backend="remoteproc", hosts=(h for h in [host]), processes_per_host=1,
+                                **ssh_options):
+        assert joblib.Parallel(n_jobs=-1)(joblib.delayed(abs)(-x) for x in range(3)) == [0, 1, 2]
+        rjoblib.shutdown()
+        assert joblib.Parallel(n_jobs=-1)(joblib.delayed(abs)(-x) for x in range(3)) == [0, 1, 2]
+
+
 def test_lambdas_and_closures_of_main_travel(host, ssh_options):
     k = 7
     with joblib.parallel_config(backend="remoteproc", hosts=[host], processes_per_host=1, **ssh_options):

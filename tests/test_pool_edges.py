@@ -374,6 +374,50 @@ def agent_pid(_x=None):
     return os.getppid()
 
 
+@pytest.mark.parametrize("kind", [Pool, Executor])
+def test_interrupted_while_another_host_connects_leaves_no_worker_behind(host, ssh_options, kind, monkeypatch):
+    """Ctrl-C in ``Pool()`` while one host's first worker is up and another host is still
+    connecting (it never answers): the KeyboardInterrupt comes through, the worker already started
+    is stopped, and so is the one its host starts after that: none is left with no pool to own it."""
+    import socket
+
+    from remoteproc import workers
+
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(4)           # (takes the TCP connection, never says a word of SSH)
+    up, spawned = [], []
+    hello, spawn = workers.Starter.hello, workers.Starter.spawn
+
+    def hello_then_interrupt(w):
+        hello(w)
+        if not up:
+            up.append(w.pid)
+            # (a SIGINT as Ctrl-C sends, to the main thread, which waits in Pool(): a real signal
+            # interrupts its wait at once, where _thread.interrupt_main() would wait for the join)
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    def spawn_and_count(self, *args):
+        w = spawn(self, *args)
+        spawned.append(w.process)
+        return w
+
+    monkeypatch.setattr(workers.Starter, "hello", staticmethod(hello_then_interrupt))
+    monkeypatch.setattr(workers.Starter, "spawn", spawn_and_count)
+    silent_host = ("127.0.0.1", {"port": silent.getsockname()[1], "connect_timeout": 30}, 1)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            kind([(host, {}, 2), silent_host], **ssh_options)
+        assert up, "the good host's worker never said hello"
+        # (the good host's second worker starts after the interruption: its own thread stops it)
+        assert eventually(lambda: not [t for t in threading.enumerate() if t.name.endswith(host)], 30)
+    finally:
+        silent.close()
+    assert not [p for p in multiprocessing.active_children() if "PoolWorker" in p.name]
+    assert not any(p.is_alive() for p in spawned)
+    assert all(gone(p.pid, 30) for p in spawned), "a worker started for the interrupted pool was left running"
+
+
 def test_a_replacement_started_as_the_connection_dies_does_not_break_the_host_for_good(host, ssh_options):
     # (a python path of its own: a link, with these keepalive options, and an agent nobody else uses)
     options = dict(ssh_options, keepalive_interval=1, keepalive_count=1, python="/usr/bin/python3")
