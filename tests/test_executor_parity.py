@@ -117,6 +117,27 @@ def test_remote_traceback_attached_as_process_pool_executor_does(host, ssh_optio
     assert host in exc.__cause__.tb
 
 
+class TwoArgumentError(Exception):
+    def __init__(self, a, b):       # (pickles as TwoArgumentError(a_and_b_text): __init__ then fails)
+        super().__init__("%s and %s" % (a, b))
+
+
+def raise_two_argument_error():
+    raise TwoArgumentError("first", "second")
+
+
+def test_an_exception_that_cannot_be_unpickled_fails_its_future_only(host, ssh_options):
+    """ProcessPoolExecutor breaks for good (every future BrokenProcessPool); here that future gets a
+    RemoteProcessError with the exception's text and traceback, and the executor goes on."""
+    with Executor(host, processes_per_host=1, **ssh_options) as ex:
+        exc = ex.submit(raise_two_argument_error).exception(timeout=60)
+        assert type(exc) is remoteproc.RemoteProcessError, repr(exc)
+        assert "TwoArgumentError: first and second" in str(exc)
+        assert host in str(exc) and "could not be sent back as an object" in str(exc)
+        assert 'raise TwoArgumentError("first", "second")' in exc.__cause__.tb     # the remote traceback
+        assert ex.submit(pid).result(timeout=60) > 0
+
+
 def test_pickling_error_is_the_standard_one():
     assert issubclass(remoteproc.PicklingError, pickle.PicklingError)
     assert issubclass(remoteproc.PicklingError, TypeError)
