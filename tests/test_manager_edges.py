@@ -127,3 +127,133 @@ def test_calls_after_the_manager_shut_down_fail_as_in_a_local_child(host, ssh_op
 def test_a_new_connection_to_a_gone_manager_raises_the_same_error_as_in_a_local_child(host, ssh_options):
     results = _after_shutdown(host, ssh_options)
     assert results["remote"]["new thread"] == results["local"]["new thread"]
+
+
+# -- found by a managers audit: forks, threads, xmlrpclib, proxies that came in a message ------------------
+# (as rpuser, who cannot open root's /tmp/pymp-* socket: every connection must go through the link, as
+# on another host)
+
+def noop():
+    pass
+
+
+def use_in_grandchild(d):
+    d["grandchild"] = 1
+
+
+def fork_then_use(d, out):
+    ctx = multiprocessing.get_context("fork")
+    g = ctx.Process(target=noop)        # (the proxy's after-fork incref must not hang the fork)
+    g.start()
+    g.join(20)
+    user = ctx.Process(target=use_in_grandchild, args=(d,))
+    user.start()
+    user.join(20)
+    d["child"] = 1                      # (the remote child's own link still works)
+    out.put((g.exitcode, user.exitcode))
+
+
+def test_a_fork_of_a_remote_child_holding_a_proxy_starts_and_cannot_hang_on_the_link(
+        plain_user_host, plain_user_options, capfd):
+    """A fork-started process of a remote child that holds a proxy hung for ever in the proxy's
+    after-fork incref (its copy of the link has no reader thread). Now it starts, and using the proxy
+    there raises, naming the fix."""
+    with remoteproc.Manager() as m:
+        d, out = m.dict(), remoteproc.Queue()
+        p = RemoteProcess(plain_user_host, target=fork_then_use, args=(d, out), **plain_user_options)
+        p.start()
+        assert out.get(timeout=60) == (0, 1)
+        p.join(30)
+        assert p.exitcode == 0 and dict(d) == {"child": 1}
+    assert "is a fork of it, which cannot use that link" in capfd.readouterr().err
+
+
+def set_from_threads(d, n, ready, done):
+    for i in range(n):
+        t = threading.Thread(target=d.__setitem__, args=(i, i))
+        t.start()
+        t.join()
+    import gc
+
+    gc.collect()
+    ready.set()
+    done.wait(60)
+
+
+def _threads_of(pid):
+    import os
+
+    return len(os.listdir("/proc/%d/task" % pid))
+
+
+def test_a_thread_s_manager_connection_ends_with_the_thread(plain_user_host, plain_user_options):
+    """Each thread of a remote child that used a proxy kept a manager connection (and a serving thread of
+    the manager's, a pump thread here) until the child ended; a local child's closes as the thread ends."""
+    with remoteproc.Manager() as m:
+        d, ready, done = m.dict(), remoteproc.Event(), remoteproc.Event()
+        before = _threads_of(m._process.pid)
+        p = RemoteProcess(plain_user_host, target=set_from_threads, args=(d, 30, ready, done), **plain_user_options)
+        p.start()
+        try:
+            assert ready.wait(60)
+            assert len(d) == 30
+            import time
+
+            deadline = time.monotonic() + 10       # (the manager's threads end as the CLOSEs arrive)
+            while _threads_of(m._process.pid) > before + 3 and time.monotonic() < deadline:
+                time.sleep(0.1)
+            assert _threads_of(m._process.pid) <= before + 3, (before, _threads_of(m._process.pid))
+        finally:
+            done.set()
+            p.join(30)
+        assert p.exitcode == 0
+
+
+class Box:
+    def __init__(self):
+        self.v = []
+
+    def add(self, x):
+        self.v.append(x)
+        return len(self.v)
+
+
+def add_to_box(box, out):
+    out.put(box.add("child"))
+
+
+def test_a_manager_with_the_xmlrpclib_serializer_is_bridged_too(plain_user_host, plain_user_options):
+    from multiprocessing.managers import BaseManager
+
+    class XmlManager(BaseManager):
+        pass
+
+    XmlManager.register("Box", Box)
+    with XmlManager(serializer="xmlrpclib") as m:
+        box, out = m.Box(), remoteproc.Queue()
+        p = RemoteProcess(plain_user_host, target=add_to_box, args=(box, out), **plain_user_options)
+        p.start()
+        assert out.get(timeout=60) == 1
+        p.join(30)
+        assert p.exitcode == 0 and box.add("here") == 2
+
+
+def use_from_queue(linked, q, out):
+    try:
+        q.get(timeout=30)["x"] = 1
+        out.put("no error")
+    except OSError as exc:
+        out.put((type(exc).__name__, str(exc)))
+
+
+def test_a_proxy_that_came_in_a_message_says_to_pass_it_as_an_argument(plain_user_host, plain_user_options):
+    """Only proxies given as arguments bring a link; one of another manager that came in a Queue item
+    cannot reach the program's side: the child gets the OSError a local connect would give, saying so."""
+    with remoteproc.Manager() as m1, remoteproc.Manager() as m2:
+        q, out = remoteproc.Queue(), remoteproc.Queue()
+        p = RemoteProcess(plain_user_host, target=use_from_queue, args=(m1.dict(), q, out), **plain_user_options)
+        p.start()
+        q.put(m2.dict())
+        got = out.get(timeout=60)
+        p.join(30)
+    assert got != "no error" and "Fix: pass the proxy as an argument of the process" in got[1], got

@@ -11,7 +11,9 @@ started with an address other hosts can reach) are connected to directly, as bef
 Shipped to remote hosts: standard library only.
 """
 
+import collections
 import itertools
+import os
 import pickle
 import queue
 import threading
@@ -37,6 +39,12 @@ class Link:
         self.ids = itertools.count(1)
         self.reader = None
         self.lock = threading.Lock()
+        #: the process the link serves: a fork of it has the same fd but no reader thread, and the
+        #: remote child's channel numbers (``Client`` refuses there, rather than wait forever)
+        self.pid = os.getpid()
+        #: channels whose connection was collected unclosed (a thread's, as it ended): their CLOSE
+        #: goes out with the next frame, as a collection may come inside ``send`` itself
+        self.dropped = collections.deque()  # type: collections.deque
 
     def open(self):
         chan = next(self.ids)
@@ -52,7 +60,25 @@ class Link:
     def send(self, chan, op, payload):
         data = pickle.dumps((chan, op, payload), pickle.HIGHEST_PROTOCOL)
         with self.send_lock:
+            self._send_dropped()
             self.conn.send_bytes(data)
+
+    def _send_dropped(self):
+        while self.dropped:
+            chan = self.dropped.popleft()
+            self.conn.send_bytes(pickle.dumps((chan, CLOSE, None), pickle.HIGHEST_PROTOCOL))
+
+    def drop(self, chan):
+        """A channel's connection was collected unclosed: the manager's thread for it ends too."""
+        self.forget(chan)
+        self.dropped.append(chan)
+        if self.send_lock.acquire(blocking=False):     # (not if this thread is inside send: later)
+            try:
+                self._send_dropped()
+            except (OSError, ValueError):
+                pass
+            finally:
+                self.send_lock.release()
 
     def forget(self, chan):
         with self.lock:
@@ -79,8 +105,22 @@ class VirtualConnection:
 
     def __init__(self, link):
         self._link = link
+        self._closed = True         # (until it has a channel: nothing to close if open() fails)
         self._chan, self._inbox = link.open()
         self._closed = False
+
+    def __del__(self):
+        # A proxy keeps one connection per thread, and never closes it: the thread's end drops it,
+        # as a local Connection's __del__ closes its socket and the manager's thread for it ends.
+        try:
+            if not self._closed and self._link.pid == os.getpid():
+                self._closed = True
+                self._link.drop(self._chan)
+        except Exception:       # (the interpreter's exit: modules half gone, the link with them)
+            pass
+
+    def fileno(self):
+        raise OSError("a manager connection bridged over SSH has no file descriptor")
 
     def send_bytes(self, buf, offset=0, size=None):
         if self._closed:
@@ -153,14 +193,50 @@ def Client(address, family=None, authkey=None):
     with _links_lock:
         link = _links.get(_canonical(address))
     if link is None:
-        return connection.Client(address, family, authkey)
+        try:
+            return connection.Client(address, family, authkey)
+        except OSError as exc:
+            raise _unreachable(exc, address) from None
+    if link.pid != os.getpid():
+        raise ConnectionRefusedError(
+            "the manager at %r is reached through remoteproc's link of the remote child (pid %d), and this "
+            "process (pid %d) is a fork of it, which cannot use that link. Fix: use the proxy in the remote "
+            "child itself (threads can), or start the manager with an address both can reach"
+            % (address, link.pid, os.getpid()))
+    if authkey is not None and not isinstance(authkey, bytes):
+        raise TypeError("authkey should be a byte string")
     c = VirtualConnection(link)
-    if authkey is not None:
-        if not isinstance(authkey, bytes):
-            raise TypeError("authkey should be a byte string")
-        connection.answer_challenge(c, authkey)  # type: ignore[arg-type]
-        connection.deliver_challenge(c, authkey)  # type: ignore[arg-type]
+    try:
+        if authkey is not None:
+            connection.answer_challenge(c, authkey)  # type: ignore[arg-type]
+            connection.deliver_challenge(c, authkey)  # type: ignore[arg-type]
+    except BaseException:
+        c.close()
+        raise
     return c
+
+
+def XmlClient(address, family=None, authkey=None):
+    """``multiprocessing.connection.XmlClient`` (a manager's ``serializer="xmlrpclib"``), bridged."""
+    from multiprocessing import connection
+
+    if not hasattr(connection, "xmlrpclib"):        # (what its own XmlClient imports there)
+        import xmlrpc.client
+
+        connection.xmlrpclib = xmlrpc.client  # type: ignore[attr-defined]
+    wrap = vars(connection)["ConnectionWrapper"]
+    return wrap(Client(address, family, authkey), vars(connection)["_xml_dumps"], vars(connection)["_xml_loads"])
+
+
+def _unreachable(exc, address):
+    """A manager this remote child has no link to could not be reached: the same error, saying why
+    (a proxy of the program's manager that came in a message, not as an argument)."""
+    if not isinstance(exc, ConnectionResetError):
+        exc = type(exc)(exc.errno, "%s; a manager of your program's side is reached from a remote child only "
+                        "through the proxies it got as RemoteProcess arguments (one that came in a Queue item "
+                        "or a message has no link). Fix: pass the proxy as an argument of the process"
+                        % (exc.strerror or exc), str(address)) if exc.errno else exc
+    return exc
 
 
 def install(conn, address):
@@ -175,6 +251,7 @@ def install(conn, address):
             link.send(0, ATTACHED, None)        # the parent may close its copy of our end
         listener_client = vars(managers)["listener_client"]     # serializer -> (Listener, Client)
         listener_client["pickle"] = (listener_client["pickle"][0], Client)
+        listener_client["xmlrpclib"] = (listener_client["xmlrpclib"][0], XmlClient)
     return link
 
 
