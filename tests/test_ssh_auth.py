@@ -138,6 +138,25 @@ def test_a_dsa_key_is_left_out_with_the_reason_and_the_next_key_logs_in(tmp_path
         assert accepted_keys(server) == [key_fingerprint(server.client_key)]
 
 
+def test_a_usable_copy_of_a_key_whose_first_file_is_unusable_logs_in(tmp_path):
+    """Found by an ssh-setups audit: ssh tries the second file of the same key (an encrypted
+    id_ed25519 and a plain copy for automation; a copy open to others) when the first cannot be
+    used; paramiko's key list dropped it as a key offered already, though it never was."""
+    import shutil
+
+    with own_sshd(str(tmp_path / "sshd")) as server:
+        encrypted = str(tmp_path / "id_encrypted")
+        shutil.copy(server.client_key, encrypted)
+        subprocess.run(["ssh-keygen", "-q", "-p", "-N", "sesame", "-f", encrypted], check=True, timeout=30,
+                       capture_output=True)
+        open_copy = str(tmp_path / "id_open")
+        shutil.copy(server.client_key, open_copy)
+        os.chmod(open_copy, 0o644)
+        for first in (encrypted, open_copy):
+            logs_in(target(server, key_filename=[first, server.client_key], allow_agent=False))
+        assert accepted_keys(server) == [key_fingerprint(server.client_key)] * 2
+
+
 def test_a_public_key_given_as_the_key_file_is_unusable_not_a_crash(tmp_path):
     with own_sshd(str(tmp_path / "sshd")) as server:
         public = server.client_key + ".pub"

@@ -205,7 +205,10 @@ class _Order:
         if blob is not None and blob in self.plain:
             self.add("%s (from ssh-agent)" % path, self.plain[blob], blob)
         else:
-            self.add(path, path, blob)
+            # (not skipped for a key offered already: that file may be one ssh cannot use, encrypted
+            # or open to others, and this copy usable, as ssh tries it; ``_Attempt.keys`` skips it
+            # once a key with its public half was actually offered)
+            self.found.append((path, path))
         beside = path + "-cert.pub"
         cert = read_certificate(beside) if os.path.isfile(beside) else None
         if isinstance(cert, Certificate) and (blob is None or cert.public == blob):
@@ -243,6 +246,7 @@ class _Attempt:
         self.tried: list[str] = []
         self.allowed: list[str] = []
         self.loaded: dict[str, Any] = {}       # key file -> its key (None: unusable, noted in tried)
+        self.offered: set[bytes] = set()       # public key blobs offered (a second copy is not)
 
     def none(self) -> bool:
         """The "none" method: authenticated already (rare), else learn what the server allows."""
@@ -271,7 +275,7 @@ class _Attempt:
                 key, cert = key
             if isinstance(key, str):
                 key = self._load(key, key)
-                if key is None:
+                if key is None or (cert is None and key.asbytes() in self.offered):
                     continue
             if cert is not None:
                 if key.asbytes() != cert.public:
@@ -279,6 +283,8 @@ class _Attempt:
                     continue
                 key = _Certified(_Declinable(key) if isinstance(key, paramiko.AgentKey) else key, cert)
             outcome = self._offer(label, key)
+            if cert is None:
+                self.offered.add(key.asbytes())
             if outcome == _DONE:
                 return True
             if outcome == _STOP:
