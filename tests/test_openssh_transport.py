@@ -232,6 +232,23 @@ def test_a_jump_host_that_cannot_reach_the_target_is_named_with_the_targets_addr
     assert "(one of bob@bast,gw) could not connect to the next hop on the way to node1:22" in error, error
 
 
+def test_a_jump_host_behind_its_own_jump_host_is_not_named_as_the_only_hop():
+    """Found by an ssh-setups audit: ``ProxyJump j2`` where j2's own config says ``ProxyJump j1``,
+    and j1 cannot reach j2: the error named j2 as the jump host that could not reach the target's
+    address (j2 was never reached, and the target is up). The route is j1, then j2."""
+    said = ("channel 0: open failed: connect failed: Connection refused\r\n"
+            "stdio forwarding failed\r\n"
+            "kex_exchange_identification: Connection closed by remote host\r\n"
+            "Connection closed by UNKNOWN port 65535")
+    target = _target(proxy_jump="j2", ssh_config=False)
+    target.jump = _target("j2", proxy_jump="j1", ssh_config=False)
+    target.jump.jump = _target("j1", ssh_config=False)
+    assert openssh.route(target) == ["j1", "j2"]
+    error = str(openssh.failure(target, 255, said))
+    assert "(one of j1,j2) could not connect to the next hop on the way to node1:22" in error, error
+    assert "the jump host (j2) could not connect" not in error
+
+
 @pytest.mark.parametrize("its_words", ["/bin/bash: line 1: exec: no-such-nc: not found",
                                        "ssh: connect to host 127.0.0.1 port 1: Connection refused"])
 def test_a_proxy_command_that_ended_saying_why_is_named_not_taken_for_a_busy_server(its_words):

@@ -767,6 +767,14 @@ def _stray(target: Target) -> str:
     return "; note: " + clause if clause else ""
 
 
+def route(target: Target) -> list[str]:
+    """Every jump host on the way to ``target``, first first: a jump host's own ProxyJump
+    (``ProxyJump j2`` where j2's config says ``ProxyJump j1``) comes before it, as ssh goes."""
+    if target.jump is None or not target.proxy_jump:
+        return list(target.proxy_jump)
+    return route(target.jump) + [target.proxy_jump[-1]]
+
+
 def _on_the_way(target: Target, said: str, head: Optional[str], words: str) -> Optional[ConnectError]:
     """A failure of what carries the connection (the jump hosts, whose part of ``said`` is ``head``
     when the jump's ``ssh -W`` ended first; the ProxyCommand), or None."""
@@ -775,7 +783,7 @@ def _on_the_way(target: Target, said: str, head: Optional[str], words: str) -> O
         # connect timeout is no shorter, so ssh's comes first and names no host ("UNKNOWN port
         # 65535" is the ``ssh -W``); it read as the target's fault, while most often the jump host
         # is the one that does not answer
-        hops = target.proxy_jump
+        hops = route(target)
         ssh = "`, then `".join(user_command(target, hop, hops[:i]) for i, hop in enumerate(hops))
         return ConnectError(
             "%s (transport='openssh'): no SSH banner came through the jump host (%s) within the connect timeout: "
@@ -786,7 +794,7 @@ def _on_the_way(target: Target, said: str, head: Optional[str], words: str) -> O
     if opened is not None:
         # a jump host could not reach the next hop: its words, not ssh's ("Connection refused"
         # would read as the jump host's own port)
-        hops = target.proxy_jump
+        hops = route(target)
         to = "%s:%d" % (target.hostname, target.port)
         jump, to = (hops[0], to) if len(hops) == 1 else (",".join(hops), "the next hop on the way to " + to)
         return ConnectError("%s (transport='openssh'): %s: %s" % (
@@ -815,7 +823,7 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
     at_jump = bool(target.proxy_jump) and ended is not None
     head = said[:ended.start()] if at_jump and ended is not None else said
     if at_jump:
-        hops = target.proxy_jump
+        hops = route(target)
         ssh = "`, then `".join(user_command(target, hop, hops[:i]) for i, hop in enumerate(hops))
         where = "at the jump host (%s): " % ",".join(hops)
     else:
