@@ -12,6 +12,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import shutil
 import pwd
 import subprocess
 import sys
@@ -186,6 +187,33 @@ def test_a_killed_childs_directory_is_removed_by_the_agent(plain_user_host, plai
     p.join(30)
     assert p.exitcode == -9
     assert _left_dirs(user) == []
+
+
+def test_a_killed_childs_directory_under_the_tmpdir_of_its_env_is_removed_too(plain_user_host, plain_user_options):
+    """Found by a leak audit: with env={"TMPDIR": ...} the child's hand-off directory is made there,
+    and the agent looked only in its own temp dirs: each killed child left 240 KB for good."""
+    from remoteproc import Pipe
+
+    user = plain_user_host.split("@")[0]
+    import pathlib
+    import tempfile
+
+    scratch = pathlib.Path(tempfile.mkdtemp(prefix="scratch-", dir="/tmp"))    # (one the account can reach)
+    try:
+        shutil.chown(str(scratch), user)
+        a, b = Pipe()
+        p = RemoteProcess(plain_user_host, target=_start_pool_and_wait, args=(b,), env={"TMPDIR": str(scratch)},
+                          **plain_user_options)
+        p.start()
+        b.close()
+        assert a.poll(60) and isinstance(a.recv(), int)
+        assert len(list(scratch.glob("remoteproc-mp-*"))) == 1       # the running child's
+        p.kill()
+        p.join(30)
+        assert p.exitcode == -9
+        assert list(scratch.glob("remoteproc-mp-*")) == []
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def _pool_in_read_only_tmp(conn):

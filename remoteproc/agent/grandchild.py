@@ -202,12 +202,13 @@ def _on_exit(where):
     util.Finalize(None, shutil.rmtree, args=(where, True), exitpriority=-100)
 
 
-def remove_for(pid) -> None:
+def remove_for(pid, temps=()) -> None:
     """In the agent, after reaping child ``pid``: remove the directory it left if it was killed.
-    A few ``lstat`` calls when there is none: the temp dirs the child may have chosen are looked
-    at, not probed as ``tempfile.gettempdir()`` probes them (by writing a file)."""
+    A few ``lstat`` calls when there is none: the temp dirs the child may have chosen (``temps``,
+    those its ``env=`` named, then the agent's) are looked at, not probed as
+    ``tempfile.gettempdir()`` probes them (by writing a file)."""
     name = "%s%d-%d" % (PREFIX, os.getuid(), pid)
-    tops = [os.environ.get(v) for v in ("TMPDIR", "TEMP", "TMP")] + ["/tmp", "/var/tmp", "/usr/tmp"]
+    tops = list(temps) + [os.environ.get(v) for v in ("TMPDIR", "TEMP", "TMP")] + ["/tmp", "/var/tmp", "/usr/tmp"]
     for top in dict.fromkeys(t for t in tops if t):
         path = os.path.join(top, name)
         if _ours(path):

@@ -30,14 +30,15 @@ MAX_IMPORT_LINE = 64 << 20      # bytes of one message on a child's import socke
 class RemoteChild:
     """One child of the agent."""
 
-    __slots__ = ("id", "pid", "sentinel", "code", "payload_sid")
+    __slots__ = ("id", "pid", "sentinel", "code", "payload_sid", "temps")
 
-    def __init__(self, child_id, pid, sentinel, payload_sid=None):
+    def __init__(self, child_id, pid, sentinel, payload_sid=None, temps=()):
         self.id = child_id
         self.pid = pid
         self.sentinel = sentinel    # write end: its closing tells the child the agent is gone
         self.code = None
         self.payload_sid = payload_sid  # the stream of a big start payload (the child reads it alone)
+        self.temps = temps          # temp dirs its env= names (where a killed child's hand-off dir is)
 
 
 def _log(msg):
@@ -207,7 +208,7 @@ class Supervisor:
             os.close(fd)
         if isinstance(source, int):
             os.close(source)
-        self._adopt(RemoteChild(child_id, pid, sen_w, payload_sid), mine, imp_r)
+        self._adopt(RemoteChild(child_id, pid, sen_w, payload_sid, _temps(cwd, msg.get("env"))), mine, imp_r)
 
     def _refuse(self, msg, child_id, message):
         """Answer a start with an error.  Frames the relay sent on the start's streams
@@ -407,7 +408,7 @@ class Supervisor:
             if _group_lives(pid):       # (a killed child's subprocesses, say: init adopts them)
                 self.left_behind = [c for c in self.left_behind if _group_lives(c.pid)] + [child]
             os.close(child.sentinel)
-            grandchild.remove_for(pid)
+            grandchild.remove_for(pid, child.temps)
             # Whatever the child wrote before it exited goes out before its exit status.
             for s in self.mux.owned_by(child):
                 self.mux.drain(s)
@@ -516,7 +517,7 @@ class Supervisor:
                     pass
                 self.by_pid.pop(pid, None)
         for child in children:
-            grandchild.remove_for(child.pid)
+            grandchild.remove_for(child.pid, child.temps)
 
     def _reap_quietly(self):
         while self.by_pid:
@@ -619,6 +620,14 @@ def _enter(cwd, env):
         except OSError as exc:
             os.write(2, ("remoteproc: cannot change to directory %r: %s\n" % (cwd, exc)).encode())
             os._exit(2)
+
+
+def _temps(cwd, env):
+    """The temp dirs a child's ``env=`` gives it (``TMPDIR``, ``TEMP``, ``TMP``), as absolute paths."""
+    if not env:
+        return ()
+    here = os.path.join(os.getcwd(), cwd or "")
+    return tuple(os.path.join(here, str(env[v])) for v in ("TMPDIR", "TEMP", "TMP") if env.get(v))
 
 
 def _exitcode(status):
