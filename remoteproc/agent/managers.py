@@ -69,8 +69,9 @@ class Link:
             self.conn.send_bytes(pickle.dumps((chan, CLOSE, None), pickle.HIGHEST_PROTOCOL))
 
     def drop(self, chan):
-        """A channel's connection was collected unclosed: the manager's thread for it ends too."""
-        self.forget(chan)
+        """A channel's connection was collected unclosed: the manager's thread for it ends too.
+        Takes no lock but by trying: a collection may come while this thread holds one."""
+        self.chans.pop(chan, None)      # (atomic: the reader thread may look it up meanwhile)
         self.dropped.append(chan)
         if self.send_lock.acquire(blocking=False):     # (not if this thread is inside send: later)
             try:
