@@ -138,6 +138,9 @@ def _crossing(pickler: Any, obj: Any) -> Any:
         # there, so the method is looked up on it by name (as multiprocessing reduces methods);
         # cloudpickle's (function, self) would call the owner's function on the proxy
         return getattr, (obj.__self__, obj.__func__.__name__)
+    reduced = proxies.registered_reduce(obj)      # (ForkingPickler.register: as a local child's pickler)
+    if reduced is not None:
+        return reduced
     managers = sys.modules.get("multiprocessing.managers")
     if managers is not None and isinstance(obj, managers.BaseProxy):
         from .managers import reduce_proxy  # its connections ride a bridged link

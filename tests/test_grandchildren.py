@@ -12,8 +12,8 @@ from __future__ import annotations
 import glob
 import json
 import os
-import shutil
 import pwd
+import shutil
 import subprocess
 import sys
 

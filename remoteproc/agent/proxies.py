@@ -20,6 +20,7 @@ import os
 import pickle
 import queue as _queue
 import socket
+import sys
 import threading
 
 # requests
@@ -167,6 +168,20 @@ def _refuse(obj):
 _pickler_class = None
 
 
+def registered_reduce(obj):
+    """The reduction of ``obj`` by a reducer the program registered for its type with
+    ``multiprocessing.reduction.ForkingPickler.register`` (as a local child's pickler uses it), or
+    None. Those of multiprocessing and remoteproc themselves (fds, methods) are not for other hosts."""
+    reduction = sys.modules.get("multiprocessing.reduction")
+    if reduction is None:
+        return None
+    reducer = getattr(reduction.ForkingPickler, "_extra_reducers", {}).get(type(obj))
+    module = getattr(reducer, "__module__", None) or ""
+    if reducer is None or module.startswith(("multiprocessing", "remoteproc")):
+        return None
+    return reducer(obj)
+
+
 def _item_pickler():
     """A pickler that ships by value what cloudpickle would, and refuses fds."""
     global _pickler_class
@@ -193,6 +208,9 @@ def _item_pickler():
                     raise RefusedLocal("a multiprocessing %s cannot be sent to another process, maybe on another "
                                        "host: it rests on shared memory or semaphores of one host. %s"
                                        % (type(obj).__name__, instead))
+                reduced = registered_reduce(obj)
+                if reduced is not None:
+                    return reduced
                 if base is not pickle.Pickler and byvalue.named_here(obj):
                     return NotImplemented   # (by reference: any process that gets the item resolves it)
                 reduced = byvalue.ctypes_type_reduce(obj, base is not pickle.Pickler)
