@@ -54,6 +54,10 @@ def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None
         if spec.submodule_search_locations is None:
             return {"pkg": False, "src": src, "file": spec.origin}
         return {"pkg": True, "src": src, "file": spec.origin, "children": _children(os.path.dirname(spec.origin))}
+    if type(loader).__name__ == "zipimporter":
+        return {"error": "module %r is in a zip file (%s), which module forwarding does not serve (it serves "
+                         "source files and package directories); copy the zip to %s and put it on the path there "
+                         "(env={'PYTHONPATH': ...}), or install the module there" % (name, spec.origin, host)}
     what = "a C extension" if isinstance(loader, importlib.machinery.ExtensionFileLoader) else "not Python source"
     dist = _dist(name, spec.origin, path)
     return {"error": "module %r is %s (%s) and cannot be forwarded to %s; install %s there (e.g. `pip install "

@@ -145,6 +145,31 @@ def test_c_extension_fails_clearly_when_the_package_cache_is_off(plain_user_host
     assert "cache_size=0" in err and "127.0.0.1" in err and "install %s there" % name in err
 
 
+def import_zipped(conn):
+    try:
+        import zipped_mod  # noqa: F401
+        conn.send("imported")
+    except ImportError as exc:
+        conn.send(str(exc))
+
+
+def test_a_module_from_a_zip_on_sys_path_says_so_not_to_pip_install_it(plain_user_host, plain_user_options,
+                                                                         tmp_path, monkeypatch):
+    """Found by a shipping audit: it said "install zipped_mod there (pip install zipped_mod)", for a
+    module that is no package on any index."""
+    import zipfile
+
+    archive = tmp_path / "lib.zip"
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr("zipped_mod.py", "VALUE = 1\n")
+    monkeypatch.syspath_prepend(str(archive))
+    p, parent = _run(plain_user_host, plain_user_options, import_zipped)
+    said = parent.recv() if parent.poll(60) else "no answer"
+    p.join(30)
+    assert "is in a zip file (%s" % archive in said and "copy the zip to" in said, said
+    assert "pip install" not in said
+
+
 def test_unknown_module_is_not_found(plain_user_host, plain_user_options):
     def try_import(conn):
         try:
