@@ -532,3 +532,46 @@ def test_ctrl_c_right_after_the_first_constructor_is_the_programs_alone(sshd, tm
     os.killpg(proc.pid, signal.SIGINT)
     out, err = proc.communicate(timeout=30)
     assert "exit 0" in out and "Traceback" not in err, (out, err)
+
+
+# -- what escapes _bootstrap after the target ran (found by a stdio audit) ------------------------------
+
+def stdout_to_a_full_device():
+    sys.stdout = open("/dev/full", "w")     # (its flush at the end fails: ENOSPC)
+    print("x")
+
+
+def returns_leaving_a_thread(conn):
+    import threading
+
+    threading.Thread(target=time.sleep, args=(5,)).start()      # (not a daemon: the end joins it)
+    conn.send("returning")
+
+
+@pytest.mark.parametrize("case", ["flush fails", "ctrl-c while joining threads"])
+def test_what_escapes_the_end_of_a_target_that_ran_exits_1_as_a_forked_child(host, ssh_options, capfd, case):
+    """multiprocessing's _bootstrap lets an error of its own ending escape (its flush of stdout, a
+    Ctrl-C while it joins the target's threads). A forked child exits 1 then, saying nothing; the
+    remote child said "the remote child could not start", or died of the SIGINT (-2)."""
+    fork = multiprocessing.get_context("fork").Process
+    codes = []
+    for where in ("fork", "remote"):
+        def make(target, args=(), where=where):
+            return fork(target=target, args=args) if where == "fork" else \
+                RemoteProcess(host, target=target, args=args, **ssh_options)
+
+        if case == "flush fails":
+            p = make(stdout_to_a_full_device)
+            p.start()
+        else:
+            a, b = Pipe()
+            p = make(returns_leaving_a_thread, (b,))
+            p.start()
+            b.close()
+            assert a.poll(30) and a.recv() == "returning"
+            time.sleep(0.5)                   # (the target returned: _bootstrap joins the thread)
+            os.kill(p.pid, signal.SIGINT)     # (the child we started, by its pid: loopback)
+        p.join(30)
+        codes.append(p.exitcode)
+    assert codes == [1, 1], codes
+    assert "could not start" not in capfd.readouterr().err

@@ -666,6 +666,18 @@ def _pin_siblings(path):
         _pins.pins.setdefault(mod, entry)
 
 
+def _interrupted_while_starting():
+    """Ctrl-C before the target ran (it reached the child while it started): end by SIGINT, as
+    python3 does on an uncaught KeyboardInterrupt, with no traceback of this module."""
+    try:
+        sys.stdout.flush()
+        sys.stderr.flush()
+    finally:
+        signal.signal(signal.SIGINT, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
+        os.kill(os.getpid(), signal.SIGINT)
+
+
 def _could_not_start(exc, host):
     """The traceback of what stopped the child before its target ran, and the hint that names why."""
     import traceback
@@ -967,6 +979,7 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
     fd of the pipe it streams in on.  ``nofile``: the open-files limit the agent had
     before it raised its own (the user's code gets the usual limit)."""
     code = 1
+    ran = False
     try:
         _reset_signals()
         if nofile is not None:
@@ -1038,23 +1051,22 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
         if sys.version_info < (3, 9):  # noqa: UP036 - the agent runs on 3.8 hosts too
             _exit_none_is_success(process_obj)
         hints = _explain_run(process_obj)
+        ran = True      # (from here on the target runs: what escapes is no failure to start)
         code = process_obj._bootstrap(parent_sentinel=sentinel_fd)
         if hints:       # (after the traceback that _bootstrap printed, as the start's hints are)
             sys.stderr.write("remoteproc: %s: %s\n" % (host, hints[0]))
     except SystemExit as exc:
         code = exc.code if isinstance(exc.code, int) else 1
-    except KeyboardInterrupt:
-        # Ctrl-C before the target ran (it reached the child while it started): end by SIGINT,
-        # as python3 does on an uncaught KeyboardInterrupt, with no traceback of this module.
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-        finally:
-            signal.signal(signal.SIGINT, signal.SIG_DFL)
-            signal.pthread_sigmask(signal.SIG_UNBLOCK, [signal.SIGINT])
-            os.kill(os.getpid(), signal.SIGINT)
     except BaseException as exc:
-        _could_not_start(exc, host)
+        if ran:
+            # out of _bootstrap's own ending (a Ctrl-C while it joins the target's threads, its
+            # flush of a stdout that is a closed pipe): exit 1, saying nothing, as a forked
+            # child does (popen_fork's os._exit(1))
+            code = 1
+        elif isinstance(exc, KeyboardInterrupt):
+            _interrupted_while_starting()
+        else:
+            _could_not_start(exc, host)
     finally:
         try:
             sys.stdout.flush()
