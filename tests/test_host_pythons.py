@@ -905,6 +905,7 @@ def test_a_target_defined_in_the_main_block_is_explained_in_spawn_mode(host_pyth
     assert "Fix: define work at the script's top level" in line[0]
     pool = [x for x in proc.stdout.splitlines() if x.startswith("pool ")]
     assert pool and said in pool[0] and "define work" in pool[0], proc.stdout
+    assert pool[0].count(said) == 1, "the hint is said once: %s" % pool[0]
 
 
 UNGUARDED_START = '''

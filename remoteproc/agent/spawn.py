@@ -280,6 +280,8 @@ def explain(exc):
     as it is: a Pool's or Executor's task that could not be unpickled)."""
     from .child import ParentImporter, _shadowed
 
+    if getattr(exc, "_remoteproc_hint", None):
+        return exc._remoteproc_hint         # (already said: a Pool's task error passes here twice)
     hint = module_failed(exc) or _shadowed(exc) or main_lacks(exc)
     if hint is None:
         return None
