@@ -210,6 +210,13 @@ class _Pickler(cloudpickle.Pickler):
 SPAWN_PROTOCOL = min(pickle.HIGHEST_PROTOCOL, 5)
 
 
+def _cell_contents(cell) -> object:
+    try:
+        return cell.cell_contents
+    except ValueError:      # (a cell not yet filled)
+        return None
+
+
 def _not_importable(obj) -> str:
     """Why a function or class cannot be pickled by reference ("" if it can)."""
     import sys
@@ -223,9 +230,13 @@ def _not_importable(obj) -> str:
         # (a decorator that returns its own inner function: the module's name for it is not its name)
         alias = next((k for k, v in list(vars(mod).items()) if v is obj), None) if mod is not None else None
         if alias is not None and isinstance(obj, types.FunctionType):
-            return ("the inner function of a decorator (%s.%s is %s): decorate that inner function with "
-                    "functools.wraps(func) in the decorator, so that its name is the one it has in %s"
-                    % (module, alias, qualname, module))
+            if any(getattr(_cell_contents(c), "__name__", None) == alias for c in obj.__closure__ or ()):
+                return ("the inner function of a decorator (%s.%s is %s): decorate that inner function with "
+                        "functools.wraps(func) in the decorator, so that its name is the one it has in %s"
+                        % (module, alias, qualname, module))
+            return ("a closure that %s made (%s.%s is %s): define it at the top level, taking what it captures "
+                    "as arguments; functools.partial(function, value) of it goes by reference"
+                    % (qualname.rsplit(".<locals>.", 1)[0], module, alias, qualname))
         return "defined inside a function (a closure or local %s)" % ("class" if isinstance(obj, type) else "function")
     if mod is None:
         return "its module %r is not importable" % module

@@ -77,3 +77,12 @@ def _plain_decorator(func):
 @_plain_decorator
 def decorated(x):
     return x
+
+
+def _make_adder(n):
+    def add(conn, x):
+        conn.send(x + n)
+    return add
+
+
+add_two = _make_adder(2)        # (a closure kept at the top level: not a decorator's inner function)

@@ -358,7 +358,9 @@ def test_spawn_mode_refuses_what_cannot_cross_before_anything_starts(plain_user_
                                (spawn_targets.module_lambda, (1,), "write it as a def"),
                                (spawn_targets.decorated, (1,), "spawn_targets.decorated is "
                                 "_plain_decorator.<locals>.inner): decorate that inner function with "
-                                "functools.wraps(func)")]:
+                                "functools.wraps(func)"),
+                               (spawn_targets.add_two, (None, 1), "a closure that _make_adder made "
+                                "(spawn_targets.add_two is _make_adder.<locals>.add): define it at the top level")]:
         p = RemoteProcess(plain_user_host, target=target, args=args, python=pypy, **plain_user_options)
         with pytest.raises(PicklingError) as info:
             p.start()
@@ -578,3 +580,25 @@ def test_pool_and_executor_take_cwd_and_env(plain_user_host, plain_user_options,
     with Executor([(plain_user_host, {"env": {"RP_TEST_VAR": "per host"}})], processes_per_host=1,
                   cwd=directory, **plain_user_options) as ex:
         assert ex.submit(spawn_targets.cwd_and_var, 0).result(60) == (directory, "per host")
+
+
+def test_a_closure_whose_cell_is_still_empty_is_called_a_closure():
+    """The decorator test reads what the closure holds: a cell not yet filled holds nothing."""
+    from remoteproc import reduction
+
+    def factory():
+        def late():
+            return later
+        yield late
+        later = 1           # (never reached: late's cell stays empty)
+        yield later
+
+    late = next(factory())
+    globals()["late_alias"] = late
+    try:
+        why = reduction._not_importable(late)
+    finally:
+        del globals()["late_alias"]
+    maker = "test_a_closure_whose_cell_is_still_empty_is_called_a_closure.<locals>.factory"
+    assert why.startswith("a closure that %s made" % maker), why
+    assert "%s.late_alias is" % __name__ in why, why
