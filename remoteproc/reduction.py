@@ -206,8 +206,10 @@ class _Pickler(cloudpickle.Pickler):
         return child.rebuild_connection, (index, conn.readable, conn.writable)
 
 
-#: the pickle protocol of spawn mode: the highest every supported remote Python (3.8+) reads
-SPAWN_PROTOCOL = min(pickle.HIGHEST_PROTOCOL, 5)
+#: the pickle protocol of spawn mode: multiprocessing's spawn pickles with 4 (the default of
+#: 3.8-3.13), and packages keep what they pickle under 4 readable by their older releases, which a
+#: host of another Python often has: numpy 2 pickles an array under 5 by a function numpy 1 lacks
+SPAWN_PROTOCOL = 4
 
 
 def _cell_contents(cell) -> object:

@@ -30,3 +30,7 @@ def path_of(x):
     import pathlib
 
     return pathlib.PurePosixPath("/srv", str(x))
+
+
+def data_of(conn, thing):
+    conn.send(thing.data)

@@ -25,7 +25,7 @@ import textwrap
 
 import pytest
 from conftest import _unavailable
-from host_python_targets import fill_manager, path_of, paths_back, try_import
+from host_python_targets import data_of, fill_manager, path_of, paths_back, try_import
 from own_sshd import account_whose_python3_is, run_check
 from remote_call import call as _call
 
@@ -939,3 +939,49 @@ def test_a_script_that_starts_processes_without_a_main_guard_is_explained(host_p
     assert line and plain_user_host in line[0] and path in line[0], proc.stderr
     assert 'no `if __name__ == "__main__":`' in line[0] and "Fix: put the code that starts processes" in line[0]
     assert "what Python %s runs" % full not in line[0]
+
+
+HOSTS_RELEASE = '''
+class Thing:
+    def __init__(self, data):
+        self.data = data
+
+
+def _reconstruct(data):
+    return Thing(data)
+'''
+
+USERS_RELEASE = HOSTS_RELEASE + '''
+
+def _frombuffer(data):          # (new in this release: the host's has only _reconstruct)
+    return Thing(data)
+
+
+def _reduce_ex(self, protocol):   # (as numpy 2 pickles an array: by _frombuffer under protocol 5)
+    return (_frombuffer if protocol >= 5 else _reconstruct), (self.data,)
+
+
+Thing.__reduce_ex__ = _reduce_ex
+'''
+
+
+def test_an_object_of_a_newer_release_reaches_a_host_of_the_older_one(host_pythons, plain_user_host,
+                                                                       plain_user_options, scripts, tmp_path,
+                                                                       monkeypatch):
+    """Found by an audit: a numpy 2 array did not reach a 3.9 host with numpy 1.26 in spawn mode
+    (``No module named 'numpy._core.numeric'``): the arguments went with pickle protocol 5, under
+    which numpy 2 names a function that numpy 1 lacks; multiprocessing's spawn pickles with 4
+    (3.8-3.13's default), under which both releases agree. Here a package of ours that does the same."""
+    import uuid
+
+    name = "rprelease_" + uuid.uuid4().hex[:8]
+    theirs = scripts(name + ".py", HOSTS_RELEASE)                    # the host's older release
+    options = dict(plain_user_options,
+                   python="env PYTHONPATH=%s %s" % (os.path.dirname(theirs), host_pythons.get("3.9")[0]))
+    (tmp_path / (name + ".py")).write_text(USERS_RELEASE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    ours = __import__(name)
+    try:
+        assert _call(plain_user_host, options, data_of, ours.Thing([1, 2, 3])) == [1, 2, 3]
+    finally:
+        sys.modules.pop(name, None)
