@@ -222,6 +222,7 @@ def test_a_module_the_hosts_own_release_of_a_package_lacks(host, users_release, 
     assert "No module named 'skewpkg.newer'" in text and srv.spec(USER).split("@")[0] in text, text
     assert os.path.join(site.path, "skewpkg", "__init__.py") in text and "version 1.0" in text, text
     assert "Fix: install there the release of skewpkg you have here" in text, text
+    assert "install here skewpkg==1.0 (or a release both Pythons take)" in text, text
     code, got = _run(srv, transport, _import_submodule, "skewns.plugin")
     assert code == 0 and got == ("imported", os.path.join(users_release, "skewns", "plugin.py"), None), got
     # a clash with the host's standard library (its test package) is no other release: as before
@@ -267,6 +268,7 @@ def test_an_object_of_a_class_the_hosts_release_lacks(host, skewrel, capfd):
     line = next(x for x in err.splitlines() if "has a module 'skewrel' of its own" in x)
     assert "rpskew1@" in line and "version 1.0" in line and str(installed / "skewrel" / "__init__.py") in line, line
     assert "Fix: install there the release of skewrel you have here" in line and "rename" not in line, line
+    assert "install here skewrel==1.0 (or a release both Pythons take)" in line, line
 
 
 def test_a_pool_task_of_a_class_the_hosts_release_lacks(host, skewrel):
@@ -280,6 +282,7 @@ def test_a_pool_task_of_a_class_the_hosts_release_lacks(host, skewrel):
     text = str(info.value)
     assert "Can't get attribute 'Newer' on <module 'skewrel'" in text and "rpskew1@" in text, text
     assert "version 1.0" in text and "Fix: install there the release of skewrel you have here" in text, text
+    assert "if it does not support the host's Python, install here skewrel==1.0" in text, text
 
 
 # -- the host's Python replaced while a program runs ------------------------------------------------

@@ -746,8 +746,7 @@ def _shadowed(exc):
     parts = os.path.normpath(yours).split(os.sep)
     if "site-packages" in parts or "dist-packages" in parts:
         # (an installed package: the host has another release of it, which renaming would not help)
-        fix = ("install there the release of %s you have here (with the host's own Python and pip), or take the "
-               "host's copy off that Python's path (its user site-packages, a PYTHONPATH)" % name.split(".")[0])
+        fix = _same_release(name.split(".")[0], version)
     else:
         fix = "rename your module to a name the host's Python does not have"
     return ("this host has a module %r of its own (%s), which is imported instead of yours (%s): the host's "
@@ -821,10 +820,19 @@ def _host_package_lacks(name, host):
     version = _version(sys.modules.get(top))
     return ("No module named %r: %s has a package %r of its own (%s%s), which is imported instead of yours "
             "and has no such module; remoteproc adds no module of your machine to a package of the host's "
-            "(two releases mixed fail in obscure ways). Fix: install there the release of %s you have here "
-            "(with the host's own Python and pip), or take the host's copy off that Python's path (its user "
-            "site-packages, a PYTHONPATH), or rename your package if it is your own"
-            % (name, host, package, origin, ", version %s" % version if isinstance(version, str) else "", top))
+            "(two releases mixed fail in obscure ways). Fix: %s, or rename your package if it is your own"
+            % (name, host, package, origin, ", version %s" % version if isinstance(version, str) else "",
+               _same_release(top, version)))
+
+
+def _same_release(top, version):
+    """The fix for two releases of an installed package: the same one on both sides, whichever
+    side moves (the user's newest release may not run on the host's older Python: numpy 2.4
+    needs 3.11, a 3.9 host has numpy 1.26 at most)."""
+    theirs = "%s==%s" % (top, version) if isinstance(version, str) else "the host's release"
+    return ("install there the release of %s you have here (with the host's own Python and pip), or, if "
+            "it does not support the host's Python, install here %s (or a release both Pythons take); or "
+            "take the host's copy off that Python's path (its user site-packages, a PYTHONPATH)" % (top, theirs))
 
 
 def _complete_package(importer):
