@@ -18,15 +18,9 @@ from .owned import _Owned, _Waiter
 __all__ = ["Event", "JoinableQueue", "Queue", "SimpleQueue"]
 
 
-class Queue(_Owned):
-    """``multiprocessing.Queue`` for local and remote processes; the items live in this process.
-
-    ``put``/``get`` with ``block`` and ``timeout`` (``queue.Full``/``queue.Empty``),
-    ``qsize``, ``empty``, ``full``, ``put_nowait``, ``get_nowait``, ``close``.
-    Pass it to a ``RemoteProcess`` or a ``multiprocessing.Process`` as an argument.
-    """
-
-    _kind = "Queue"
+class _Queue(_Owned):
+    """What every queue of this module is: items kept in this process, ``put``/``get``,
+    ``empty``, ``close`` (``SimpleQueue``'s whole API, as multiprocessing's)."""
 
     def __init__(self, maxsize: int = 0) -> None:
         maxsize = operator.index(maxsize)     # (a float is a TypeError, as multiprocessing's semaphore makes it)
@@ -197,6 +191,30 @@ class Queue(_Owned):
             raise _queue.Empty
         return P.loads_item(item)
 
+    def empty(self) -> bool:
+        if self._proxy is not None:
+            return self._proxy.empty()
+        return not self._items
+
+    def close(self) -> None:
+        """No more ``put``/``get`` from this process; other processes keep their use of it."""
+        if self._proxy is not None:
+            return self._proxy.close()
+        self._closed = True
+
+    _on_queue_feeder_error = staticmethod(P.on_queue_feeder_error)
+
+
+class Queue(_Queue):
+    """``multiprocessing.Queue`` for local and remote processes; the items live in this process.
+
+    ``put``/``get`` with ``block`` and ``timeout`` (``queue.Full``/``queue.Empty``),
+    ``qsize``, ``empty``, ``full``, ``put_nowait``, ``get_nowait``, ``close``.
+    Pass it to a ``RemoteProcess`` or a ``multiprocessing.Process`` as an argument.
+    """
+
+    _kind = "Queue"
+
     def put_nowait(self, obj: Any) -> None:
         self.put(obj, False)
 
@@ -208,24 +226,11 @@ class Queue(_Owned):
             return self._proxy.qsize()
         return len(self._items)
 
-    def empty(self) -> bool:
-        if self._proxy is not None:
-            return self._proxy.empty()
-        return not self._items
-
     def full(self) -> bool:
         if self._proxy is not None:
             return self._proxy.full()
         with self._lock:
             return not self._room()
-
-    def close(self) -> None:
-        """No more ``put``/``get`` from this process; other processes keep their use of it."""
-        if self._proxy is not None:
-            return self._proxy.close()
-        self._closed = True
-
-    _on_queue_feeder_error = staticmethod(P.on_queue_feeder_error)
 
     def join_thread(self) -> None:
         """For API parity: there is no feeder thread (a ``put`` has left when it returns); as
@@ -256,7 +261,7 @@ class JoinableQueue(Queue):
         self._call(P.JOIN)
 
 
-class SimpleQueue(Queue):
+class SimpleQueue(_Queue):
     """``multiprocessing.SimpleQueue``: ``put``, ``get``, ``empty``, ``close``; unbounded."""
 
     _kind = "SimpleQueue"

@@ -432,6 +432,19 @@ def test_a_closed_simple_queue_raises_what_multiprocessing_s_raises():
     assert errors == [OSError, OSError]
 
 
+def test_a_simple_queue_has_what_multiprocessing_s_has_in_owner_and_children():
+    """Found by a docs audit: the owner's SimpleQueue had Queue's qsize, full, put_nowait (a
+    TypeError), get_nowait (a TypeError), join_thread and cancel_join_thread, which a child's and
+    multiprocessing's have not."""
+    extra = ["qsize", "full", "put_nowait", "get_nowait", "join_thread", "cancel_join_thread"]
+    local = multiprocessing.SimpleQueue()
+    ours = SimpleQueue()
+    ours.put(1)
+    assert [n for n in extra if hasattr(local, n)] == [] == [n for n in extra if hasattr(ours, n)]
+    assert [n for n in ("put", "get", "empty", "close") if not hasattr(ours, n)] == []
+    assert ours.get() == 1 and ours.empty()
+
+
 # -- task_done(): without waiting for an item of one's own, with the owner's answer otherwise ----------------
 
 def get_some(jq, n, out):
