@@ -309,6 +309,8 @@ def test_match_exec_with_tokens_and_all_and_final(home):
 def test_unsupported_match_criteria_skip_the_block(home, caplog):
     t = resolve("h", "Match localnetwork 10.0.0.0/8\n  User never\n")
     assert t.username != "never"
+    for negated in ("Match !localnetwork 10.0.0.0/8", "Match host h !tagged x", "Match !version 9.*"):
+        assert resolve("h", negated + "\n  User never\n").username != "never", negated   # (skipped as well)
     assert "not supported" in caplog.text
     with pytest.raises(ConfigError, match="unsupported Match"):
         resolve("h", "Match sometimes\n  User never\n")

@@ -339,14 +339,19 @@ class _State:
                 i += 1
                 if criterion == "exec" and not result:
                     continue        # OpenSSH runs no command once an earlier criterion failed
-                this = self.criterion(criterion, arg, entry.where)
+                held = self.criterion(criterion, arg, entry.where)
+                if held is None:
+                    result = False      # (unsupported: the block is skipped, negated or not)
+                    continue
+                this = held
             else:
                 raise ConfigError("%s: unsupported Match criterion %r" % (entry.where, word))
             if this == negate:
                 result = False
         return result
 
-    def criterion(self, criterion: str, arg: str, where: str) -> bool:
+    def criterion(self, criterion: str, arg: str, where: str) -> bool | None:
+        """Whether one criterion holds; None for one remoteproc does not evaluate."""
         patterns = arg.split(",")
         if criterion == "host":
             return match_pattern_list(self.match_host(), patterns, fold=True)
@@ -361,7 +366,7 @@ class _State:
             return self.run_exec(arg, where)
         self.config.warn_once("%s: Match %s is not supported by remoteproc; the block is skipped"
                               % (where, criterion))
-        return False
+        return None
 
     def run_exec(self, command: str, where: str) -> bool:
         user = self.options.get("user")
