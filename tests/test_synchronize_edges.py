@@ -392,6 +392,45 @@ def test_an_owner_condition_wait_interrupted_holds_the_lock_again_as_multiproces
 
 # -- a child's call interrupted (KeyboardInterrupt) -----------------------------------------------------------
 
+def test_an_interruption_right_after_the_reader_takes_the_lock_again_does_not_hang():
+    """Found by an audit: two Ctrl-C 20-200 us apart hung a remote child for good in 4 of 60 tries
+    (Lock.acquire, Condition.wait): the second landed in the reader's ``finally`` just after it took
+    the client's lock again, so the flag "someone reads" stayed set, the reply just read was dropped,
+    and the same thread's withdrawal waited for ever for a reader that was itself.  Here the lock's
+    ``acquire`` raises at that very point, as the signal handler would."""
+    from remoteproc.agent import proxies
+
+    ours, owners = multiprocessing.Pipe()
+    client = proxies._Client(ours, "Lock")
+    take, stung = client.cond.acquire, []
+
+    def acquire(*args):
+        got = take(*args)
+        if not stung:
+            stung.append(True)
+            raise KeyboardInterrupt
+        return got
+
+    client.cond.acquire = acquire
+    ended, undone = [], []
+
+    def child_call():
+        try:
+            client.call(proxies.GET, True, None, undo=lambda *reply: undone.append(reply))
+        except BaseException as exc:
+            ended.append(type(exc).__name__)
+
+    caller = threading.Thread(target=child_call, daemon=True)
+    caller.start()
+    rid = proxies.recv_msg(owners)[0]
+    proxies.send_msg(owners, (rid, proxies.OK, "item"))         # answered: the item is the child's
+    caller.join(10)
+    assert not caller.is_alive(), "the interrupted call hangs in its withdrawal"
+    assert ended == ["KeyboardInterrupt"]
+    assert proxies.recv_msg(owners) == (0, proxies.CANCEL, rid)
+    assert undone == [(proxies.OK, "item")], "the item handed over goes back (undo), not lost"
+
+
 def _condition_wait(cond):
     with cond:          # (its exit releases the lock: it must be held again, as multiprocessing's finally makes it)
         cond.wait()

@@ -326,7 +326,7 @@ class _Client:
         self.pid = os.getpid()
         self.send_lock = threading.Lock()
         self.cond = threading.Condition(threading.Lock())
-        self.reading = False
+        self.reader = None      # the thread that reads the next reply for every waiter, if any
         self.replies = {}
         self.rids = itertools.count(1)
         self.error = None
@@ -385,7 +385,12 @@ class _Client:
                          % (self.what, " (%s)" % detail if detail else ""))
 
     def _wait(self, rid):
+        """Wait for the reply to ``rid``: one waiting thread reads for all, the others wait on
+        ``cond``.  The reader is a thread, not a flag: an interruption that lands in the reader's
+        ``finally`` (a second Ctrl-C) may leave it set, and the same thread's ``_withdraw`` must
+        then read again rather than wait for a reader that is itself."""
         cond = self.cond
+        me = threading.get_ident()
         with cond:
             while True:
                 reply = self.replies.pop(rid, None)
@@ -393,24 +398,22 @@ class _Client:
                     return reply
                 if self.error is not None:
                     raise self._gone(self.error)
-                if self.reading:
+                if self.reader not in (None, me):
                     cond.wait()
                     continue
-                self.reading = True
+                self.reader = me
                 cond.release()
                 try:
                     try:
                         got = recv_msg(self.conn)
                     except (EOFError, OSError) as exc:
-                        got = exc
+                        self.error = exc
+                    else:
+                        self.replies[got[0]] = got[1:]      # (at once: what an interruption may still lose)
                 finally:
                     cond.acquire()
-                    self.reading = False
+                    self.reader = None
                     cond.notify_all()
-                if isinstance(got, BaseException):
-                    self.error = got
-                else:
-                    self.replies[got[0]] = got[1:]
 
     def close(self):
         conn, self.conn = self.conn, None
