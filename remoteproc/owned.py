@@ -290,6 +290,7 @@ class _Broker:
         self.thread: threading.Thread | None = None
         self.pid = os.getpid()
         self.carriers: dict = {}    # parent end -> weak reference to the process its child end went to
+        self.killed: set = set()    # parent ends whose process was sent SIGKILL: it waits for nothing
         self.dropped = threading.Condition(self.lock)   # notified when a Connection is dropped
         # Connection -> (st_dev, st_ino) of its socket when we got it.  Another library that closes
         # an fd twice may close one of ours; its number is then reused by whatever is opened next.
@@ -409,7 +410,19 @@ class _Broker:
                     log.exception("a %s: dropping a process that went away failed", type(other).__name__)
         with self.lock:
             self.carriers.pop(conn, None)
+            self.killed.discard(conn)
             self.dropped.notify_all()
+
+    def withdraw_waits(self, process) -> None:
+        """``process`` was sent SIGKILL: withdraw its waits now, and any that its requests still
+        in flight make (``_serve``), so that a release or put before its Connections' EOF goes to
+        a live waiter, never to it (it would be lost: the bytes reach a child that is gone)."""
+        with self.lock:
+            ends = [(c, self.objs.get(c)) for c, ref in self.carriers.items() if ref() is process]
+            self.killed.update(c for c, _ in ends)
+        for conn, obj in ends:
+            if obj is not None:
+                obj._forget(conn)
 
     def settle(self, process, timeout: float) -> bool:
         """Wait until every Connection made for ``process``'s arguments is dropped, with what its
@@ -526,6 +539,7 @@ class _Broker:
             self.objs.clear()
             self.pending.clear()
             self.carriers.clear()
+            self.killed.clear()
             chans, self.chans = list(self.chans.values()), {}
             self.added = []
             self.thread = None
@@ -625,7 +639,9 @@ class _Broker:
                 self.release(conn)
             else:
                 waiter = obj._request(conn, rid, op, args)
-                if waiter is not None and waiter.deadline is not None:
+                if waiter is not None and conn in self.killed:
+                    obj._forget(conn)       # (sent before its process was killed: it will never take it)
+                elif waiter is not None and waiter.deadline is not None:
                     self.timed.append(waiter)
             if conn not in self.objs:
                 return
@@ -703,6 +719,14 @@ def settle(process, timeout: float = SETTLE_WAIT) -> None:
     broker = _broker
     if broker is not None and broker.carriers:
         broker.settle(process, timeout)
+
+
+def killed(process) -> None:
+    """``process`` was sent SIGKILL (``kill()``): as a local process killed, it takes no lock,
+    semaphore unit or item any more, though its exit report and EOF are a round trip away."""
+    broker = _broker
+    if broker is not None and broker.carriers:
+        broker.withdraw_waits(process)
 
 
 def release_unstarted(spawner) -> None:

@@ -232,6 +232,9 @@ class Popen:
 
     def kill(self) -> None:
         self._send_signal(signal.SIGKILL)
+        owned = sys.modules.get("remoteproc.owned")
+        if owned is not None and self.returncode is None:
+            owned.killed(self._process())       # (its waits are withdrawn now, not at its EOF)
 
     def close(self) -> None:
         if self._status is not None:

@@ -808,3 +808,53 @@ def test_structure_fields_raw_strings_and_the_wrapper_s_lock_api(host, ssh_optio
     assert (x, y, pt.x, pt.y) == (11, 0.5, 11, 0.5)
     assert (first, raw, s.value) == (b"AB", b"z\0\0", b"z")
     assert rep.startswith("<Synchronized wrapper for <") and "Point" in rep
+
+
+# -- kill(): the process waits for nothing any more ------------------------------------------------------------
+
+def blocked_child(kind, obj, conn):
+    conn.send("blocking")
+    CHILD_CALLS[kind](obj)
+    conn.send("returned")       # (never: killed first)
+
+
+@pytest.mark.parametrize("kind", ["Semaphore", "Queue", "Condition"])
+def test_a_turn_given_right_after_kill_goes_to_a_live_waiter(host, ssh_options, kind):
+    """Found by an audit: a remote child blocked in ``Semaphore(0).acquire()`` (``Queue.get()``,
+    ``Condition.wait()``), then ``p.kill()`` and at once ``release()`` (``put``, ``notify``): the owner
+    handed the unit (the item, the notify) to the killed child, whose wait it drops only at the EOF
+    of its Connections, a round trip later: the unit was lost (5 of 5 tries), the item too, the
+    notify woke nobody.  As with multiprocessing, a killed process takes nothing any more."""
+    made = {"Semaphore": lambda: remoteproc.Semaphore(0), "Queue": Queue, "Condition": remoteproc.Condition}
+    obj = made[kind]()
+    parent, child = remoteproc.Pipe()
+    p = RemoteProcess(host, target=blocked_child, args=(kind, obj, child), **ssh_options)
+    p.start()
+    try:
+        assert parent.poll(60) and parent.recv() == "blocking"
+        time.sleep(0.3)             # (its request has reached the owner)
+        p.kill()
+        if kind == "Condition":
+            got, ready = [], threading.Event()
+
+            def live_waiter():
+                with obj:
+                    ready.set()         # (the lock is ours until wait() gives it up: then it waits)
+                    got.append(obj.wait(10))
+
+            waiter = threading.Thread(target=live_waiter, daemon=True)
+            waiter.start()
+            assert ready.wait(5)
+        _give_the_turn(kind, obj)
+        p.join(30)
+        assert p.exitcode == -signal.SIGKILL
+        if kind == "Semaphore":
+            assert obj.get_value() == 1
+        elif kind == "Queue":
+            assert obj.get(timeout=5) == "item"
+        else:
+            waiter.join(10)
+            assert got == [True], "the notify went to the killed child, not to the live waiter"
+    finally:
+        p.kill()
+        p.join(30)
