@@ -9,6 +9,13 @@ and renamed into place (a crash or a second writer never leaves a half entry in
 use), checked against its hash before a connection first uses it (a damaged entry
 is replaced, never used), and evicted least recently used beyond a size cap.
 
+The check covers the files the entry was written with, which its manifest lists
+(``content``): a file that the package adds beside its own (what it computes once and
+keeps there) is not damage, but one of its own files missing, cut short or changed is.
+An entry of an earlier remoteproc, whose manifest lists nothing, is checked as it was
+then: all its files.  A damaged entry that another program holds (below) is never
+removed under it: the connection that found it uses a copy of its own instead.
+
 What is in use is never removed, by the cap or by ``remoteproc cache --clear``: an
 agent holds a shared ``flock`` on the manifest of every entry its connection uses
 (its children inherit it, so it lasts while any of them runs), and one on the
@@ -248,11 +255,16 @@ def _sha256_of(path, size):
 
 
 def digest_of(root, workers=None):
-    """The hash of what an entry directory holds now (None if it holds something foreign).
-    Files are hashed by a few threads at once (hashlib and reads release the GIL)."""
+    """The hash of what an entry directory holds now, all its files (None if it holds something
+    foreign).  Files are hashed by a few threads at once (hashlib and reads release the GIL)."""
     files = entry_files(root)
     if files is None:
         return None
+    return _hash_files(files, workers)
+
+
+def _hash_files(files, workers=None):
+    """The entry hash of ``files`` (sorted (relative path, full path)); None if one cannot be read whole."""
     stats = [(rel, full, os.lstat(full)) for rel, full in files]
     sums = [None] * len(stats)
     order = sorted(range(len(stats)), key=lambda i: -stats[i][2].st_size)
@@ -280,6 +292,110 @@ def digest_of(root, workers=None):
             return None
         h.known(rel, st.st_mode, st.st_size, hexdigest)
     return h.hexdigest()
+
+
+def recorded_content(path):
+    """The files entry ``path`` was written with (sorted relative paths, bytecode aside: what its
+    hash covers), as its manifest lists them; None when it lists none (an entry of an earlier
+    remoteproc) or cannot be read."""
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    content = info.get("content") if isinstance(info, dict) else None
+    if not isinstance(content, list) or not all(isinstance(r, str) and safe_rel(r) and not is_bytecode(r)
+                                                for r in content):
+        return None
+    return content if content == sorted(set(content)) else None
+
+
+def damage(path, digest, workers=None):
+    """Why entry ``path`` must not be used as ``digest``; None if it is intact.  What is checked are
+    the files it was written with (``recorded_content``): files added beside them (a package's own
+    "compute once, keep it here" file) are not damage, but a missing, cut short or changed one is;
+    an entry whose manifest lists none is checked whole, as before.  A link, a special file or a
+    file of another account anywhere in it, added or not, is damage (``entry_files``)."""
+    files = entry_files(path)
+    if files is None:
+        return "it holds a link, a special file or a file of another account"
+    content = recorded_content(path)     # (after entry_files: the manifest is a plain file of ours)
+    if content is not None:
+        have = dict(files)
+        missing = [rel for rel in content if rel not in have]
+        if missing:
+            return "%d of the files it was written with %s missing (%s%s)" % (
+                len(missing), "is" if len(missing) == 1 else "are", ", ".join(missing[:3]),
+                ", ..." if len(missing) > 3 else "")
+        files = [(rel, have[rel]) for rel in content]
+    got = _hash_files(files, workers)
+    if got == digest:
+        return None
+    if got is None:
+        return "one of its files changed size while it was read"
+    if content is None:
+        return ("its files hash to %s, not %s: one was changed, removed or added (an entry of an earlier "
+                "remoteproc, which did not list the files it was written with)" % (got[:12], digest[:12]))
+    return "the files it was written with hash to %s, not %s: one of them was changed" % (got[:12], digest[:12])
+
+
+def _note(msg, *args):
+    """An INFO record on the ``remoteproc`` logger (imported when needed: most agents never log)."""
+    import logging
+
+    logging.getLogger("remoteproc").info("remoteproc: package cache: " + msg, *args)
+
+
+def _label(path):
+    """An entry named for the log: its hash's start and path, and the package it holds."""
+    try:
+        with open(os.path.join(path, MANIFEST)) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        info = {}
+    info = info if isinstance(info, dict) else {}
+    what = " ".join(str(info[k]) for k in ("name", "version") if info.get(k))
+    return "%s (%s)" % (path, what) if what else path
+
+
+INTACT, BUSY, DAMAGED, FOREIGN = "intact", "busy", "damaged", "foreign"
+
+
+def _open_entry(path, digest):
+    """Hold entry ``path`` (a shared lock on its manifest), then check it: in that order, so that no
+    other program replaces it between the check and the use.  Returns (INTACT, the fd holding
+    it, -1 for an entry without a manifest), (DAMAGED, why), (FOREIGN, why) for a link or
+    another account's directory, or (BUSY, None): another program is removing it."""
+    if not _private(path):
+        return FOREIGN, "it is a link, or a directory of another account"
+    fd = _lock(os.path.join(path, MANIFEST), fcntl.LOCK_SH, -1)
+    if fd is None:
+        return BUSY, None       # (an exclusive lock: the size cap, --clear or a replacement at work)
+    try:
+        why = damage(path, digest)
+    except OSError as exc:      # (removed while it was read)
+        why = "it could not be read (%s)" % exc
+    if why is None:
+        return INTACT, fd
+    _release(fd)
+    return DAMAGED, why
+
+
+def _replace(root, path, why):
+    """Remove damaged entry ``path`` so that a sound copy takes its place, unless another program
+    holds it (a shared lock: in use): its files then stay as they are for it.  True if removed."""
+    claim = _claim(os.path.join(path, MANIFEST))
+    label = _label(path)
+    if claim is None:
+        _note("entry %s is damaged: %s; another program is using it, so it stays, and this connection "
+              "gets a copy of its own", label, why)
+        return False
+    try:
+        _note("replacing entry %s: %s", label, why)
+        _trash(root, path)
+    finally:
+        _release(claim)
+    return True
 
 
 def _remove(path):
@@ -323,6 +439,7 @@ class Incoming:
         self.dirs = set()       # directories made so far
         self.mtime = None       # the current file's modification time, kept (its bytecode checks it)
         self.path = ""
+        self.content = []       # the files the hash covers (relative paths): listed in the manifest
 
     def add(self, parts, blob, compressed):
         data = memoryview(zlib.decompress(blob) if compressed else blob)    # (pieces are views: no copies)
@@ -376,6 +493,7 @@ class Incoming:
         self.hashing = not is_bytecode(rel)
         if self.hashing:
             self.hasher.file(rel, mode, size)
+            self.content.append(rel)
         self.left = size
         self.size += size
         self.count += 1
@@ -388,30 +506,44 @@ class Incoming:
             os.utime(self.path, (self.mtime, self.mtime))
 
     def finish(self):
-        """Check the hash and rename the entry into place; returns its path."""
+        """Check the hash and rename the entry into place.  Returns (its path, an fd that holds it
+        in use, or None).  Where an entry of that name is there already: that one if it is intact
+        (another program put it in place first); if it is damaged, it is replaced, unless another
+        program holds it: then this one stays where it was written, a copy of this connection's
+        own (held by its directory's lock, as a download is; removed as an abandoned one once no
+        program holds it)."""
         if self.f is not None:
             raise CacheError("the transfer ended inside a file")
         got = self.hasher.hexdigest()
         if got != self.digest:
             raise CacheError("what arrived hashes to %s, not %s (a file changed while it was sent?)"
                              % (got[:12], self.digest[:12]))
-        info = dict(self.info, size=self.size, files=self.count, created=time.time())
+        info = dict(self.info, size=self.size, files=self.count, created=time.time(), content=sorted(self.content))
         with open(os.path.join(self.tmp, MANIFEST), "w") as f:
             json.dump(info, f)
         final = os.path.join(self.root, self.digest)
-        try:
-            os.rename(self.tmp, final)
-            self._unlock()
-            return final
-        except OSError:
-            pass            # another program put the same entry in place first
-        if digest_of(final) == self.digest:
-            self.abort()
-            return final
-        _trash(self.root, final)
-        os.rename(self.tmp, final)
-        self._unlock()
-        return final
+        for _ in range(100):
+            try:
+                os.rename(self.tmp, final)
+                self._unlock()
+                return final, None
+            except OSError:
+                pass            # an entry of that name is there: another program's, or a damaged one
+            if not os.path.lexists(final):
+                continue        # (removed meanwhile)
+            state, got = _open_entry(final, self.digest)
+            if state == INTACT:
+                self.abort()
+                return final, got
+            if state == BUSY:
+                time.sleep(0.01)        # (another program is removing it: it goes in a moment)
+            elif state == FOREIGN:
+                _note("replacing entry %s: %s", final, got)
+                _trash(self.root, final)
+            elif not _replace(self.root, final, got):
+                lock, self.lock = self.lock, None
+                return self.tmp, lock
+        raise CacheError("could not put the entry in place as %s: it kept changing" % final)
 
     def abort(self):
         if self.f is not None:
@@ -471,7 +603,9 @@ class Store:
             os.chmod(self.root, 0o700)
 
     def lookup(self, digest):
-        """The entry's path if it is here and intact; a damaged entry is removed."""
+        """The entry's path if it is here and intact (held for this connection from before its
+        check); None if it must be fetched.  A damaged entry is removed, unless another program
+        holds it (``_replace``); one that another program is removing is left to it."""
         if not is_digest(digest):
             raise CacheError("%r is not an entry name" % (digest,))
         path = self.verified.get(digest)
@@ -483,12 +617,15 @@ class Store:
             path = os.path.join(self.root, digest)
             if not os.path.isdir(path):
                 return None
-            if not _private(path):      # (a link, or another account's: never ours)
+            state, got = _open_entry(path, digest)
+            if state == FOREIGN:        # (a link, or another account's: never ours)
+                _note("replacing entry %s: %s", path, got)
                 _trash(self.root, path)
+            elif state == DAMAGED:
+                _replace(self.root, path, got)
+            if state != INTACT:
                 return None
-            if digest_of(path) != digest:
-                _trash(self.root, path)
-                return None
+            self._keep(digest, got)
             self.verified[digest] = path
         self._hold(digest, path)
         _touch(path)
@@ -500,6 +637,15 @@ class Store:
             if fd is not None:
                 self.held[digest] = fd
 
+    def _keep(self, digest, fd):
+        """Hold ``digest`` by ``fd`` (a lock taken already; None or -1: none)."""
+        if fd is None or fd < 0:
+            return
+        if digest in self.held:
+            os.close(fd)
+        else:
+            self.held[digest] = fd
+
     def begin(self, digest, info):
         self._ensure_root()
         self.incoming[digest] = Incoming(self.root, digest, info)
@@ -510,10 +656,11 @@ class Store:
     def finish(self, digest, cap):
         inc = self.incoming.pop(digest)
         try:
-            path = inc.finish()
+            path, fd = inc.finish()
         except BaseException:
             inc.abort()
             raise
+        self._keep(digest, fd)
         self.verified[digest] = path
         self._hold(digest, path)
         _touch(path)
@@ -593,6 +740,7 @@ def entries(root=None):
         except (OSError, ValueError):
             info, used = {}, os.stat(path).st_mtime
         info = info if isinstance(info, dict) else {}
+        info.pop("content", None)       # (the list of its files: for its check, not for listing)
         info.update(hash=name, path=path, used=used)
         out.append(info)
     return out
@@ -682,7 +830,8 @@ def clear(root=None, recent=CLEAR_RECENT):
             claim = _claim(path)
             try:
                 if claim is None:
-                    why = "a download under way"
+                    why = ("a copy in use by a running program (its entry was damaged while another used it)"
+                           if os.path.isfile(os.path.join(path, MANIFEST)) else "a download under way")
                 elif fresh:     # (a writer that takes no lock: an older remoteproc)
                     why = "written in the last %d s: maybe a download under way" % recent
                 else:
