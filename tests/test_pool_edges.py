@@ -201,6 +201,7 @@ def test_what_cannot_be_unpickled_on_one_side_fails_that_task_only(host, ssh_opt
         with pytest.raises(ValueError, match="cannot be rebuilt on the host") as info:
             pool.apply(square, (OnlyHere(),))
         assert "pool worker pid" in str(info.value.__cause__)       # the remote traceback
+        assert "(raised while the worker loaded the task on %s, Python " % host in str(info.value), info.value
         with pytest.raises(ResultUnpicklingError, match="cannot unpickle the results") as lost:
             pool.apply(returns_only_there, (1,))
         assert isinstance(lost.value, concurrent.futures.process.BrokenProcessPool) and lost.value.host == host
@@ -208,6 +209,7 @@ def test_what_cannot_be_unpickled_on_one_side_fails_that_task_only(host, ssh_opt
     with Executor(host, processes_per_host=1, **ssh_options) as ex:
         future = ex.submit(square, OnlyHere())
         assert isinstance(future.exception(60), concurrent.futures.process.BrokenProcessPool)
+        assert "while the worker loaded the task on %s" % host in str(future.exception()), future.exception()
         assert ex.submit(square, 7).result(60) == 49
 
 

@@ -482,14 +482,13 @@ def test_the_agent_parses_on_python_3_8_syntax():
 
 
 def test_spawn_payload_is_plain_pickle_by_reference():
-    import pickle
     import pickletools
 
     p = RemoteProcess("nowhere.invalid", target=spawn_targets.square, args=(3,))
     data, bridged = __import__("remoteproc.reduction", fromlist=["x"]).dumps_process(p, "h", "spawn", "x")
     ops = {op.name for op, _arg, _pos in pickletools.genops(data)}
     assert "spawn_targets" in data.decode("latin-1") and not bridged
-    assert data[1] <= pickle.HIGHEST_PROTOCOL and data[1] == 5
+    assert data[1] == 4      # (spawn's protocol: what older releases of a package read, numpy 1 of numpy 2)
     assert "STACK_GLOBAL" in ops
 
 

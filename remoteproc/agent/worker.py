@@ -287,7 +287,8 @@ def _unpickling_failed(exc, mode):
     it and the future fails with BrokenProcessPool; this worker lives on, the future fails alike."""
     from . import spawn
 
-    spawn.explain(exc)      # (a module of the user's is newer than this host's Python, or the host has its own: say so)
+    if spawn.explain(exc) is None:  # (a module of the user's is newer than this host's Python, or the host has its own)
+        _while_loading(exc)
     if mode != SUBMIT:
         return exc
     from concurrent.futures.process import BrokenProcessPool
@@ -295,6 +296,22 @@ def _unpickling_failed(exc, mode):
     broken = BrokenProcessPool("the task could not be unpickled on the worker: %s: %s" % (type(exc).__name__, exc))
     broken.__cause__ = exc
     return broken
+
+
+def _while_loading(exc):
+    """Say that ``exc`` came from loading the task, not from the user's function: a package of the
+    host's that cannot rebuild what the user's release pickled (numpy's random generators) raised
+    a bare ``ValueError`` that read as the function's own."""
+    from .child import ParentImporter
+
+    if not (len(exc.args) == 1 and isinstance(exc.args[0], str)) or isinstance(exc, SyntaxError):
+        return
+    host = next((f.host for f in sys.meta_path if isinstance(f, ParentImporter)), None)
+    try:
+        exc.args = ("%s (raised while the worker loaded the task%s, Python %d.%d, before your function ran)"
+                    % (exc.args[0], " on %s" % host if host else "", sys.version_info[0], sys.version_info[1]),)
+    except (AttributeError, TypeError):
+        pass
 
 
 def process_chunk(fn, chunk):
