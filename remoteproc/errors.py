@@ -47,6 +47,12 @@ def proxy_command_ended(command: str, hostname: str, port: int) -> str:
             "(%s): it must connect to %s:%d and print a line starting with SSH-" % (command, hostname, port))
 
 
+#: what a lost connection means, and what to do: said after the transport's own words
+ENDED = ("the host's sshd ended it, or the network to the host failed: a reboot, an sshd restart, a killed "
+         "session; every process of this connection there ended with it. Start them again once ssh to the "
+         "host connects")
+
+
 def jump_lost(jump: str, said: str = "") -> str:
     """Why a connection through a jump host was lost when the jump host's own connection went
     first (its sshd ended or restarted, or the network to it failed), and the fix: the jump host,

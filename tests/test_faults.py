@@ -115,6 +115,7 @@ def test_sshd_session_killed_mid_transfer(host, ssh_options, bystander):
     os.kill(session, signal.SIGKILL)
     assert _drain_until_eof(conn, LOST_WITHIN) < LOST_WITHIN
     _assert_lost(p)
+    assert "Start them again once ssh to the host connects" in str(p.connection_error), p.connection_error
     assert gone(pid) and gone(agent), "remote processes outlived their sshd session"
     _check_bystander(bystander)
     # The host is usable again at once: a new connection is made.

@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from ..errors import ConnectError, RemoteProcessError, jump_lost
+from ..errors import ENDED, ConnectError, RemoteProcessError, jump_lost
 from ..ssh import openssh, probe
 from ..ssh.target import Target
 from .channel import AgentChannel, AgentOpener, ChannelLost
@@ -173,7 +173,7 @@ class OpenSSHChannel(AgentChannel):
             if jump is not None:
                 return jump
             if last:
-                return "ssh lost the connection (%s)" % last[-1]
+                return "ssh lost the connection (%s; %s)" % (last[-1], ENDED)
             # ssh says nothing when the remote command dies by a signal (it exits 255 then)
             return "the remote agent's channel closed (agent killed?), ssh exited with status 255"
         return "the remote agent exited with status %d" % code

@@ -29,7 +29,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
-from ..errors import BootstrapError, describe, jump_lost
+from ..errors import ENDED, BootstrapError, describe, jump_lost
 from ..ssh.auth import forward_agent
 from ..ssh.pool import ConnectionPool
 from ..ssh.target import Target
@@ -64,7 +64,7 @@ def lost_jump(conn: Any) -> Any:
 
 def _send_failed(exc: BaseException) -> str:
     """Why a send failed: paramiko's socket is gone (a killed sshd, a jump host's connection lost)."""
-    return "the SSH connection closed (sending failed: %s)" % describe(exc)
+    return "the SSH connection closed (sending failed: %s; %s)" % (describe(exc), ENDED)
 
 
 INLINE_MAX = 64 << 10       # a send this small, with nothing queued, goes out in the caller's thread
@@ -234,7 +234,7 @@ class ParamikoChannel(AgentChannel):
         jump = lost_jump(self.conn)
         if jump is not None:
             return jump_lost(jump.target.display)
-        return "the SSH connection closed"
+        return "the SSH connection closed (%s)" % ENDED
 
     def answers(self, timeout: float) -> bool:
         return self.conn.answers(timeout)
