@@ -772,9 +772,25 @@ def check(dist: Distribution, abi: dict, display: str, python: str = "python3") 
         same = (abi.get("machine") == ours["machine"] and (abi.get("libc") or [None])[0] == ours["libc"][0])
         if not same:
             reason = "it was built here, for %s" % describe_abi(ours)
+    stable = None
+    if reason is None and not dist.tags:
+        stable = _stable_abi_too_old(exts, abi, ours)
+        reason = stable and (
+            "its extension %s was built here in place (no wheel's tags say the oldest Python it loads on) for the "
+            "stable ABI of %s %s, which may use what older ones lack" % (
+                stable, _IMPLEMENTATIONS.get(ours["implementation"], ours["implementation"]),
+                ".".join(map(str, ours["version"]))))
     if reason is None:
         return
-    if _same_python(abi, ours):
+    if stable:
+        major, minor = (list(abi.get("version") or ()) + [0, 0])[:2]
+        other = ("build it for the oldest Python you target and install it here from its wheel, whose tag says so "
+                 "(Py_LIMITED_API=0x%02x%02x0000 and py_limited_api='cp%d%d' for %d.%d: a cp%d%d-abi3 wheel; a build "
+                 "in place says not), or run on that host a %s %s or later (the python= option)" % (
+                     major, minor, major, minor, major, minor, major, minor,
+                     _IMPLEMENTATIONS.get(ours["implementation"], ours["implementation"]),
+                     ".".join(map(str, ours["version"]))))
+    elif _same_python(abi, ours):
         other = "install here a build of %s whose tags that host accepts" % dist.name
     else:   # (no build installed here can be for both: the host's Python must be ours, or have its own)
         other = "run on that host a %s %s, as here (the python= option)" % (
@@ -796,6 +812,19 @@ def _foreign_suffix(rel: str, abi: dict) -> bool:
     return not any(base.endswith(s) for s in abi.get("suffixes") or [] if s != ".so")
 
 
+def _stable_abi_too_old(exts: list[str], abi: dict, ours: dict) -> str | None:
+    """The first of ``exts`` (a distribution's compiled files, with no wheel's tags) built for the
+    stable ABI (``.abi3.so``) that the host's Python may not load, or None.  Such a build says
+    nothing of the oldest Python it is for (a wheel's ``cpXY-abi3`` tag does: X.Y or later): it is
+    taken as built for ours, the interpreter that built it here, so as a ``cpXY-abi3`` wheel of our
+    X.Y it goes to that X.Y and later, never to an older Python (whose loader fails on what our
+    version added to the stable ABI: ``undefined symbol: PyType_GetName`` on 3.9 for a 3.11 build)."""
+    stable = [rel for rel in exts if rel.rsplit("/", 1)[-1].endswith(".abi3.so")]
+    if not stable:
+        return None
+    tag = "cp%s" % "".join(map(str, list(ours["version"])[:2]))
+    return None if _interpreter_ok(tag, abi, stable_abi=True) else stable[0]
+
 
 _IMPLEMENTATIONS = {"cpython": "CPython", "pypy": "PyPy"}
 
@@ -803,6 +832,25 @@ _IMPLEMENTATIONS = {"cpython": "CPython", "pypy": "PyPy"}
 def _same_python(abi: dict, ours: dict) -> bool:
     return abi.get("implementation") == ours["implementation"] and list(abi.get("version") or ())[:2] == \
         list(ours["version"])[:2]
+
+
+def host_python(found: object, executable: object, setup: tuple | list = ()) -> str:
+    """The shell words that run the host's Python in the fixes we suggest (``... -m pip install``):
+    the user's own python= words as given (the agent's hello says ``python=WORDS`` when they found
+    it: a wrapper, ``env LD_LIBRARY_PATH=... python3``, ``~/venv/bin/python3``), which its path alone
+    may not start as; else that path (``sys.executable`` there), quoted for a shell.  After the
+    ``setup=`` lines, when there are any (``module load python/3.13 && ...``): the interpreter may
+    need what they set up."""
+    import shlex
+
+    if isinstance(found, str) and found.startswith("python=") and found[len("python="):].strip():
+        words = found[len("python="):].strip()
+    elif isinstance(executable, str) and executable:
+        words = shlex.quote(executable)
+    else:
+        words = "python3"
+    lines = [line.strip() for line in setup if isinstance(line, str) and line.strip()]
+    return " && ".join(lines + [words])
 
 
 def _install(dist_name: str, version: str, python: str, abi: dict | None = None, note: str = "",

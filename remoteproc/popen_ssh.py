@@ -42,6 +42,8 @@ class Popen:
     method = "ssh"
     found: str | None = None        # where the host's interpreter was found (docs/python-versions.md)
     executable: str | None = None
+    #: the last of what the process wrote on stderr, if it ended with a failure (relay/link.py: STDERR_TAIL)
+    stderr_tail = ""
 
     def __init__(self, process_obj: Any) -> None:
         util._flush_std_streams()  # type: ignore[attr-defined]  # (private; popen_fork does the same)
@@ -171,6 +173,7 @@ class Popen:
                 if msg[0] == "exited":
                     if msg[2]:
                         self.error = from_wire(msg[2][0], msg[2][1], self.host)
+                    self.stderr_tail = msg[3] if len(msg) > 3 else ""
                     self.returncode = msg[1]
                 else:
                     self.error = from_wire(msg[1], msg[2], self.host)

@@ -71,6 +71,32 @@ def _worker_count(rest: tuple) -> bool:
     return not rest or rest[0] is None or (isinstance(rest[0], int) and not isinstance(rest[0], bool) and rest[0] >= 1)
 
 
+#: what an error that a worker's end explains quotes of its stderr, at most: lines, characters
+LAST_LINES = 3
+LAST_CHARS = 2000
+
+
+def last_words(said: str, lines: int = LAST_LINES, limit: int = LAST_CHARS) -> str:
+    """What ends ``said`` (the end of a process's stderr) that tells why it ended: its last lines
+    that are not blank, back to its exception's line (a traceback's frames and source lines, which
+    are indented, stay out; hints after the exception come in), at most ``lines`` of them and
+    ``limit`` characters (an over-long text keeps its start and its end)."""
+    kept: list[str] = []
+    for line in reversed(said.splitlines()):
+        line = line.rstrip()
+        if not line:
+            continue
+        if line[0].isspace() or line.startswith("Traceback (most recent call last)"):
+            break
+        kept.append(line)
+        if len(kept) >= lines:
+            break
+    text = "\n".join(reversed(kept))
+    if len(text) > limit:
+        text = text[:limit // 2] + " [...] " + text[-(limit // 2 - 7):]
+    return text
+
+
 class Worker:
     """One started worker: its process, its end of the pipe, and the scheduler's bookkeeping for it."""
 
@@ -229,6 +255,10 @@ class Starter:
         if w.process.exitcode == CONNECTION_LOST:
             raise ConnectionLostError("%s: lost while starting a pool worker: %s"
                                       % (w.host, w.process.connection_error), w.host)
+        said = last_words(getattr(w.process._popen, "stderr_tail", ""))
+        if said:    # (what it said is on stderr too, which pytest, cron or a logging setup may have taken)
+            raise RemoteProcessError("%s: a pool worker ended (exitcode %s) before it was ready; its stderr ended "
+                                     "with:\n%s" % (w.host, w.process.exitcode, said), w.host)
         raise RemoteProcessError("%s: a pool worker ended (exitcode %s) before it was ready; see its "
                                  "stderr above" % (w.host, w.process.exitcode), w.host)
 

@@ -136,7 +136,7 @@ class Stream:
     __slots__ = (
         "sid", "fd", "sock", "owner", "reading", "writing", "shared", "pollable", "is_socket",
         "credit", "outq", "queued", "unacked", "peer_eof", "read_done", "write_done",
-        "events", "handler", "bulk", "room", "held",
+        "events", "handler", "bulk", "room", "held", "tail",
     )
 
     def __init__(self, sid, fd, reading, writing, owner, shared, credit):
@@ -165,6 +165,18 @@ class Stream:
         self.handler = None
         self.bulk = False           # recent reads were big: move the next ones with splice
         self.room = 0               # what a splice may give the socket without blocking, at least
+        self.tail = None            # a bytearray: the last TAIL bytes written to the fd are kept there
+
+
+#: what a stream with a ``tail`` keeps of what passed: its last bytes (the relay keeps a child's
+#: stderr's: what a child that failed said last goes with its exit report)
+TAIL = 4096
+
+
+def _keep(tail, piece) -> None:
+    tail += piece
+    if len(tail) > 2 * TAIL:
+        del tail[:-TAIL]
 
 
 class Mux:
@@ -340,7 +352,7 @@ class Mux:
         stream ``sid``; how many moved, or None: read them the usual way (bytes already queued
         for the stream must go first, it takes nothing now, or it cannot be spliced)."""
         s = self.streams.get(sid)
-        if s is None or s.outq or s.write_done or s.peer_eof or not s.writing or s.fd < 0:
+        if s is None or s.outq or s.write_done or s.peer_eof or not s.writing or s.fd < 0 or s.tail is not None:
             return None
         if s.sock is not None:
             # (the room only grows as the reader takes bytes: ask the kernel again only when
@@ -433,6 +445,8 @@ class Mux:
         s.held = False
         if not s.writing or s.peer_eof:
             raise frames.FrameError("DATA on stream %d, which takes none" % sid)
+        if s.tail is not None:
+            _keep(s.tail, piece)
         if not s.outq and s.sock is not None and s.fd >= 0:
             # the common case first: a socket with nothing queued takes the piece whole now
             try:
@@ -455,9 +469,13 @@ class Mux:
                         self.on_drained(s)
                     return
                 piece = piece[n:]
+        self._enqueue(s, piece)
+
+    def _enqueue(self, s, piece) -> None:
+        """What the fd did not take at once waits in the stream's queue (written now if it can)."""
         s.queued += len(piece)
         if s.queued > self.window:
-            raise frames.FrameError("peer overran its credit on stream %d" % sid)
+            raise frames.FrameError("peer overran its credit on stream %d" % s.sid)
         q = s.outq
         q.append(piece)
         if len(q) == 1 and (not s.shared or s.sock is not None or not s.pollable):

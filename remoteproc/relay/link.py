@@ -60,7 +60,8 @@ TICK = 0.05
 class RemoteChild:
     """One remote process as the relay sees it."""
 
-    __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams", "payload", "signalled")
+    __slots__ = ("id", "status", "receiver", "pid", "code", "error", "delivered", "streams", "payload", "signalled",
+                 "err_tail")
 
     def __init__(self, child_id: int, status_sock: socket.socket) -> None:
         self.id = child_id
@@ -73,6 +74,10 @@ class RemoteChild:
         self.streams: list[mux.Stream] = []
         self.payload: Optional[mux.Stream] = None   # a big start payload, streamed from its file
         self.signalled = False      # the parent sent it a signal (terminate(), kill())
+        # The last of what it wrote on stderr (``mux.TAIL``), on its way to the user's: a child
+        # that failed (a pool worker that could not start) is explained by its exit report too,
+        # not only on a stderr that pytest, cron or a logging setup may have taken.
+        self.err_tail = bytearray()
 
 
 class Link:
@@ -191,8 +196,10 @@ class Link:
                       (time.monotonic() - t0) * 1e3, ".".join(map(str, hello.get("python", ()))),
                       self.chan.details())
             cap = self.target.options.get("cache_size", pkgcache.DEFAULT_CAP)
-            self.packages = pkgtransfer.PackageServer(self.display, hello.get("abi"), cap,
-                                                      hello.get("executable") or "python3",
+            # (the fixes it suggests run the host's Python as the user reached it: their python= words,
+            # after their setup= lines; its bare path may not start without them)
+            python = distributions.host_python(hello.get("found"), hello.get("executable"), self.target.setup)
+            self.packages = pkgtransfer.PackageServer(self.display, hello.get("abi"), cap, python,
                                                       lambda: self.endpoint.written)
         except RemoteProcessError as exc:
             self._fail_pending(exc)
@@ -481,6 +488,7 @@ class Link:
         out_sid, err_sid = self._sid(), self._sid()
         child.streams.append(self.mux.add(out_sid, out_fd, reading=False, writing=True, owner=child, shared=True))
         child.streams.append(self.mux.add(err_sid, err_fd, reading=False, writing=True, owner=child, shared=True))
+        child.streams[-1].tail = child.err_tail
         msg = {"op": "start", "id": child.id, "streams": wire, "stdout": out_sid, "stderr": err_sid,
                "tty": bool(request.get("tty")), "host": self.display}
         if request.get("cwd") is not None:
@@ -667,7 +675,8 @@ class Link:
         if not force and any(s.outq for s in child.streams):
             return
         child.delivered = True
-        self._report(child, ("exited", child.code, child.error))
+        said = bytes(child.err_tail[-mux.TAIL:]).decode("utf-8", "replace") if child.code else ""
+        self._report(child, ("exited", child.code, child.error) + ((said,) if said else ()))
         self._forget(child)
 
     def _forget(self, child: RemoteChild, abort_streams: bool = False) -> None:
