@@ -48,7 +48,7 @@ from .bootstrap import looked_in
 from .errors import CONNECTION_LOST, ConnectError, ConnectionLostError, PicklingError, RemoteProcessError
 from .reconnect import Reconnector
 from .tasks import Chunk, Job, ResultUnpicklingError, WorkerDiedError, WorkerLostError, frame, frame_header, task_error
-from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, parse_hosts, workers_per_host
+from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, last_words, parse_hosts, workers_per_host
 
 log = logging.getLogger("remoteproc.pool")
 
@@ -524,8 +524,9 @@ class Scheduler:
             self.broken_hosts[w.host] = "its initializer raised"
             self.down_since.setdefault(w.host, time.time())
         else:
-            err = WorkerDiedError("%s: pool worker pid %s exited with exitcode %s while running this task"
-                                  % (w.host, w.pid, code), w.host)
+            said = last_words(getattr(w.process._popen, "stderr_tail", ""))
+            err = WorkerDiedError("%s: pool worker pid %s exited with exitcode %s while running this task%s"
+                                  % (w.host, w.pid, code, "; its stderr ended with:\n" + said if said else ""), w.host)
         with self.lock:
             lost = [self.chunks.pop(cid) for cid in w.outstanding if cid in self.chunks]
             w.outstanding.clear()

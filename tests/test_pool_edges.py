@@ -87,6 +87,12 @@ def exit_now(code):
     os._exit(code)
 
 
+def exit_saying(code, words):
+    sys.stderr.write("a line of an earlier task\n  indented detail\n%s\n" % words)
+    sys.stderr.flush()
+    os._exit(code)
+
+
 def kill_my_agent(_x=None):
     """Kills the remote agent that started this worker: its connection is lost."""
     os.kill(os.getppid(), signal.SIGKILL)
@@ -266,6 +272,20 @@ def test_a_worker_whose_connection_is_lost_in_its_initializer(host, ssh_options)
     with pytest.raises(remoteproc.ConnectionLostError, match="lost while starting a pool worker") as info:
         Pool(host, processes_per_host=1, initializer=kill_my_agent, **ssh_options)
     assert info.value.host == host
+
+
+@pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
+def test_a_worker_that_dies_in_a_task_is_explained_by_its_last_words(host, ssh_options, capfd):
+    """A task that ends its worker (a C library's abort, os._exit) failed with the exit code alone;
+    what the worker said last on stderr, which pytest or cron may have taken, is quoted too."""
+    with Pool(host, processes_per_host=1, **ssh_options) as pool:
+        with pytest.raises(WorkerDiedError, match="exitcode 3") as info:
+            pool.apply(exit_saying, (3, "fatal: out of widgets"))
+        assert str(info.value).endswith("; its stderr ended with:\nfatal: out of widgets"), info.value
+        with pytest.raises(WorkerDiedError) as quiet:
+            pool.apply(exit_now, (4,))
+        assert str(quiet.value).endswith("while running this task"), quiet.value     # (it said nothing)
+    assert "fatal: out of widgets" in capfd.readouterr().err       # (and said it where it always did)
 
 
 @pytest.mark.one_transport     # (the scheduler's logic: alike on both transports)
