@@ -163,6 +163,7 @@ MIN_WAIT = 10.0
 #: not connect (a host that drops every packet) gets this long to exit and say so, rather than
 #: the wait blaming the host's startup files for a login that never happened
 SSH_VERDICT = 2.0
+NOISE_KEPT = 64 << 10   # what a startup file's flood on stdout or stderr leaves of itself, at most, before READY
 _VERSION_LINE = re.compile(r"remoteproc: (.+?) is (?:(\w+) )?Python (\d+)\.(\d+)\.?(\S*) at (.*)")
 _SETUP_LINE = re.compile(r"remoteproc: setup line (\d+) failed with status (\d+)")
 #: what the shell, the dynamic loader or Python say when ``ulimit -u`` or ``ulimit -v`` stops them
@@ -550,6 +551,7 @@ def _take(chan: AgentChannel, target, buf: bytearray, err: bytearray, deadline: 
     end raises ``_failed``'s error (waiting for its exit status until ``deadline``), with ``out``
     (else ``buf``) as what it printed."""
     err += chan.recv_stderr()
+    del err[:-NOISE_KEPT]
     data = chan.recv(65536)
     if data is None:
         wait_readable(chan, 0.05)
@@ -559,6 +561,8 @@ def _take(chan: AgentChannel, target, buf: bytearray, err: bytearray, deadline: 
         _failed(chan, target, err, deadline, bytes(buf) if out is None else out, python_ran=out is not None)
     if data:
         buf += data
+        if out is None and len(buf) > 2 * NOISE_KEPT and READY not in buf:
+            del buf[:-NOISE_KEPT]       # (a startup file that floods stdout: its last words are kept)
 
 
 def _without_markers(out: bytes) -> bytes:

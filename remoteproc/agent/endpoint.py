@@ -32,7 +32,7 @@ class FrameEndpoint:
     """
 
     def __init__(self, sel, write, on_frame, on_lost, write_fd=None, piece=None, on_stream_drained=None,
-                 on_stream_closed=None):
+                 on_stream_closed=None, max_control=frames.MAX_CONTROL):
         self.sel = sel
         self.write = write
         self.on_lost = on_lost
@@ -45,7 +45,7 @@ class FrameEndpoint:
         self.mux = mux.Mux(sel, self.send)
         self.mux.on_drained = on_stream_drained     # callback(stream): its write queue is empty
         self.mux.on_closed = on_stream_closed       # callback(stream): it is finished and closed
-        self.reader = frames.FrameReader(self.mux.on_data, on_frame)
+        self.reader = frames.FrameReader(self.mux.on_data, on_frame, max_control)
         self.mux.incoming = self.reader.data_left
         self._spool = None          # type: splice.Spool | None  # payloads on their way out
         # what goes out before ``out``: bytearrays, and [DATA header, count] of spooled payloads

@@ -40,6 +40,15 @@ SEND_PIECE = 1 << 20
 RECV_ALL = 1 << 24
 RECV_SCRATCH = 1 << 20  # what one read of a pipe channel takes at most (the pipe's size)
 PUMP_LOW = 2 << 20      # a package transfer adds frames while less than this waits to go out
+#: The agent's requests (imports, package fetches) are answered while less than this waits to go
+#: out, and at most ASKED_MAX wait for that: a host that asks without reading (a compromised one)
+#: cannot make the relay hold its answers (each up to a 16 MiB package) without bound.
+ANSWERS_HELD = 32 << 20
+ASKED_MAX = 10000
+#: the largest control frame the relay takes from the agent: its messages are small (the hello,
+#: read before the frames begin, has a bound of its own); a header claiming 4 GiB is refused
+MAX_CONTROL = 1 << 20
+STDERR_LOGGED = 64 << 10    # what one look at the channel's stderr logs of it, at most
 #: a link idle this long first proves it is alive (a ping's answer) before starts go on it:
 #: after a network blip, a connection that died unseen fails the start that finds it, where a
 #: new connection works; a start that a lost link never sent moves to a new link instead
@@ -113,7 +122,8 @@ class Link:
         self.next_sid = 1
         self.endpoint = FrameEndpoint(self.sel, self._write_channel, self.on_frame, self._on_send_failed,
                                       piece=SEND_PIECE, on_stream_drained=self._stream_drained,
-                                      on_stream_closed=self._stream_closed)
+                                      on_stream_closed=self._stream_closed, max_control=MAX_CONTROL)
+        self.asked: deque = deque()     # the agent's requests not answered yet (ANSWERS_HELD)
         self.mux = self.endpoint.mux
         self.scratch = memoryview(bytearray(RECV_SCRATCH))  # reused: see Mux._scratch
         self.chan: Optional[AgentChannel] = None
@@ -332,6 +342,8 @@ class Link:
         frames, as fast as the channel takes them (and no faster: other streams go between)."""
         while True:
             self.endpoint.flush()
+            if self.asked:
+                self._answer()
             if self.dead or self.endpoint.stopped or self.endpoint.pending or not self._sending_packages():
                 return      # the channel is full (it wakes us when it is not), or all is sent
             while len(self.endpoint.out) < PUMP_LOW:
@@ -388,7 +400,10 @@ class Link:
         self._note_stderr(self.chan.recv_stderr(), final)
 
     def _note_stderr(self, said: bytes, final: bool = False) -> None:
-        """Log what came on the channel's stderr, and keep the agent's last words from it."""
+        """Log what came on the channel's stderr, and keep the agent's last words from it (at most
+        its last STDERR_LOGGED bytes a look: a flood is one line saying how much was left out)."""
+        if len(said) > STDERR_LOGGED:
+            said = b"[%d bytes left out] " % (len(said) - STDERR_LOGGED) + said[-STDERR_LOGGED:]
         text = said.decode("utf-8", "replace") if said else ""
         if self.target.transport == "openssh" and (text or self._debug_tail):
             text = self._without_debug(text, final)
@@ -533,11 +548,11 @@ class Link:
             return
         if op == "alive":
             return      # (the agent hears us and we heard it: a big message to it is on its way)
-        if op == "import":
-            self._serve_module(msg.get("name"))
-            return
-        if op == "fetch" and self.packages is not None:
-            self.send(self.packages.fetch(msg.get("hash")) or b"")
+        if op == "import" or (op == "fetch" and self.packages is not None):
+            if len(self.asked) >= ASKED_MAX:
+                raise frames.FrameError("%d requests wait for answers the agent does not read" % len(self.asked))
+            self.asked.append(msg)
+            self._answer()
             return
         child_id = msg.get("id")
         child = self.children.get(child_id) if isinstance(child_id, int) else None
@@ -560,6 +575,16 @@ class Link:
             self._forget(child, abort_streams=True)
         else:
             raise frames.FrameError("unknown control operation %r" % op)
+
+    def _answer(self) -> None:
+        """Answer the agent's requests, in order, while less than ANSWERS_HELD waits to go out
+        (``_flush`` answers the rest as the channel takes it)."""
+        while self.asked and len(self.endpoint.out) < ANSWERS_HELD and not self.dead:
+            msg = self.asked.popleft()
+            if msg["op"] == "import":
+                self._serve_module(msg.get("name"))
+            elif self.packages is not None:
+                self.send(self.packages.fetch(msg.get("hash")) or b"")
 
     def _serve_module(self, name) -> None:
         """Module forwarding: the agent lacks ``name``; answer from the user's sys.path."""

@@ -71,6 +71,7 @@ INLINE_MAX = 64 << 10       # a send this small, with nothing queued, goes out i
 QUEUE_MAX = 4 << 20         # what the sender thread may hold (the link's flow control beyond that)
 WINDOW_WAIT = 1.0           # the sender's wait for the SSH window before it looks again
 STATUS_WAIT = 2.0           # after the channel's end, the wait for the agent's exit status
+STDERR_READ = 256 << 10     # what one look at the channel's stderr takes at most
 
 
 class _Sender(threading.Thread):
@@ -184,10 +185,12 @@ class ParamikoChannel(AgentChannel):
             return None
 
     def recv_stderr(self) -> bytes:
-        got = b""
-        while self.chan.recv_stderr_ready():
+        """What came on stderr since the last call, at most STDERR_READ bytes: a host that floods
+        it (a login's startup file in a loop) cannot keep the caller here, nor in a copy of it all."""
+        got = bytearray()
+        while len(got) < STDERR_READ and self.chan.recv_stderr_ready():
             got += self.chan.recv_stderr(65536)
-        return got
+        return bytes(got)
 
     def send(self, data: memoryview) -> int:
         sender = self._sender
