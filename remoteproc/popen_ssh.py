@@ -42,7 +42,7 @@ class Popen:
     method = "ssh"
     found: str | None = None        # where the host's interpreter was found (docs/python-versions.md)
     executable: str | None = None
-    #: the last of what the process wrote on stderr, if it ended with a failure (relay/link.py: STDERR_TAIL)
+    #: the last of what the process wrote on stderr, if it ended with a failure (the relay keeps mux.TAIL)
     stderr_tail = ""
 
     def __init__(self, process_obj: Any) -> None:
