@@ -31,7 +31,7 @@ class _FutureJob:
 
     def _set(self, start: int, all_ok: bool, data: list) -> None:
         ok, value = (True, data[0]) if all_ok else data[0]
-        self.future._remoteproc_executor = None  # type: ignore[attr-defined]
+        self.future._remoteproc_executor = None  # type: ignore[attr-defined]  # (before its waiters wake)
         if self.future.done():
             return
         try:
@@ -41,6 +41,11 @@ class _FutureJob:
                 self.future.set_exception(value)
         except futures.InvalidStateError:
             pass        # (cancelled by the user since done(): when the pool fails them all, the rest go on)
+
+
+def _forget_executor(future: futures.Future) -> None:
+    """A done-callback: a future that is done (or cancelled) no longer keeps its Executor alive."""
+    future._remoteproc_executor = None  # type: ignore[attr-defined]
 
 
 class Executor(futures.Executor):
@@ -64,6 +69,9 @@ class Executor(futures.Executor):
                                ssh_options, retries, may_have_children=True, reconnect=_reconnect,
                                threads=_threads)
         self._shutdown = False
+        # held while a submission checks ``_shutdown`` and hands its chunk over (not while it pickles:
+        # a big argument does not hold up ``shutdown``), as ProcessPoolExecutor's ``_shutdown_lock``
+        self._shutdown_lock = threading.Lock()
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
         _wait_at_exit.add(self)
 
@@ -77,20 +85,27 @@ class Executor(futures.Executor):
         if self._shutdown:
             raise RuntimeError("cannot schedule new futures after shutdown")
         future: futures.Future = futures.Future()
-        # the Executor lives while a future of its runs, as ProcessPoolExecutor finishes its
-        # pending calls when collected: ``Executor(h).submit(f, 3).result()`` must not end its call
-        future._remoteproc_executor = self  # type: ignore[attr-defined]
         job = _FutureJob(future)
         try:
             chunks = self._core.make_chunks(job, fn, worker.SUBMIT, [(args, kwargs)], 1)
         except Exception as exc:
             # Cannot be pickled: the future fails with it, as ProcessPoolExecutor's does.
-            future._remoteproc_executor = None  # type: ignore[attr-defined]
             future.set_exception(exc)
             return future
         if blobs:
             chunks[0].blobs = blobs
-        self._core.submit(chunks)
+        with self._shutdown_lock:
+            # (again: a shutdown() while the arguments were pickled either comes after this call,
+            # which then runs, or before it, which then raises, never the pool's "not running")
+            if self._shutdown:
+                self._core.wake()       # (its close() waited for this pickling: see make_chunks)
+                raise RuntimeError("cannot schedule new futures after shutdown")
+            # the Executor lives while a future of its is pending, as ProcessPoolExecutor finishes its
+            # pending calls when collected: ``Executor(h).submit(f, 3).result()`` must not end its call.
+            # Dropped when the future is done, cancelled too (a done-callback fires for either).
+            future._remoteproc_executor = self  # type: ignore[attr-defined]
+            future.add_done_callback(_forget_executor)
+            self._core.submit(chunks)
         return future
 
     def map(self, fn: Callable[..., Any], *iterables: Iterable[Any], timeout: float | None = None,
@@ -104,7 +119,8 @@ class Executor(futures.Executor):
         return itertools.chain.from_iterable(results)
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
-        self._shutdown = True
+        with self._shutdown_lock:
+            self._shutdown = True
         if cancel_futures:
             for chunk in self._core.cancel_pending():
                 if isinstance(chunk.job, _FutureJob):
@@ -160,7 +176,8 @@ def _finish_at_exit() -> None:
         core = executor._core
         if core.pid != os.getpid():
             continue
-        executor._shutdown = True
+        with executor._shutdown_lock:
+            executor._shutdown = True
         core.close()
         core.join()
 

@@ -155,6 +155,7 @@ class IMapIterator:
         self._index = 0             # next position to yield (ordered) or number yielded (unordered)
         self._length: int | None = None     # known once the input is exhausted
         self._in_flight = 0         # chunks submitted and not yet back (the feeder's back-pressure)
+        self._feeder_waits = False  # the feeder waits for next() to hand out results (see _feed)
         self._job = next(_job_ids)
 
     def __iter__(self) -> IMapIterator:
@@ -179,6 +180,8 @@ class IMapIterator:
                     raise TimeoutError
                 self._cond.wait(left)
             self._index += 1
+            if self._feeder_waits:
+                self._cond.notify_all()
         if ok:
             return value
         raise value
@@ -225,6 +228,7 @@ class Pool:
         self._state = RUN
         self._core = Scheduler(hosts, processes_per_host, initializer, initargs, maxtasksperchild, ssh_options,
                                retries)
+        self._iterators: weakref.WeakSet[IMapIterator] = weakref.WeakSet()    # imap's, while their input is read
         self._finalizer = weakref.finalize(self, self._core.terminate, False)
 
     # -- introspection ----------------------------------------------------------------------------
@@ -306,12 +310,16 @@ class Pool:
         if chunksize < 1:
             raise ValueError(f"Chunksize must be 1+, not {chunksize:n}")
         result = IMapIterator(ordered, self)
+        self._iterators.add(result)
         # (fails here, in the caller, if it cannot go; file names kept, as Pool.map's: see make_chunks)
         fbytes = self._core.dumps(func, "the function", reduction.dumps_function)
         core = self._core
         with core.lock:
             core.feeders += 1
-        threading.Thread(target=_feed, args=(core, result, func, fbytes, iter(iterable), chunksize),
+        # (the feeder holds the iterator weakly: one that nobody reads any more is collected, and so
+        # is a pool that only it kept alive, see _feed)
+        threading.Thread(target=_feed, args=(core, weakref.ref(result), result._cond, func, fbytes, iter(iterable),
+                                             chunksize),
                          name="remoteproc-pool-feeder", daemon=True).start()
         return result
 
@@ -319,12 +327,21 @@ class Pool:
         """No more tasks; the workers exit once every submitted task is done."""
         self._state = CLOSE
         self._core.close()
+        self._wake_feeders()
 
     def terminate(self) -> None:
         """Stop the workers now; unfinished tasks fail (multiprocessing leaves them hanging)."""
         self._state = TERMINATE
         self._finalizer.detach()
-        self._core.terminate(wait=True)
+        self._core.terminate(wait=False)
+        self._wake_feeders()
+        self._core.join()
+
+    def _wake_feeders(self) -> None:
+        """Wake imap's feeders that wait for their consumer: they go on (close) or stop (terminate)."""
+        for result in list(self._iterators):
+            with result._cond:
+                result._cond.notify_all()
 
     def join(self) -> None:
         """Wait for the workers to exit, after close() or terminate()."""
@@ -345,38 +362,106 @@ class Pool:
         raise NotImplementedError("pool objects cannot be passed between processes or pickled")
 
 
-def _feed(core: Scheduler, result: IMapIterator, func: Callable[[Any], Any], fbytes: dict[str, bytes],
-          it: Iterator[Any], chunksize: int) -> None:
-    """imap's input, consumed lazily in a thread of its own, with back-pressure."""
+#: imap's read-ahead: at most this many times its chunks in flight may wait, sent or done, for next()
+AHEAD = 4
+
+
+def _feed(core: Scheduler, ref: weakref.ref[IMapIterator], cond: threading.Condition, func: Callable[[Any], Any],
+          fbytes: dict[str, bytes], it: Iterator[Any], chunksize: int) -> None:
+    """imap's input, consumed lazily in a thread of its own, with back-pressure: at most ``limit``
+    chunks in flight, and at most ``AHEAD * limit`` chunks' elements that ``next()`` has not handed
+    out yet (in flight, or their results waiting), so that a slow consumer bounds what is read and
+    kept.  Once the pool is closed only the first bound holds: ``join()`` waits for the whole input,
+    whether anyone reads the results or not (as multiprocessing's).  While it waits, the feeder
+    holds the iterator (``ref``, its condition ``cond``) weakly: one that its consumer dropped
+    (``break``) is collected once its chunks are back, and the feeder stops reading."""
     index = 0
     limit = max(4, 2 * PREFETCH * core.size)
+    ahead = AHEAD * limit * chunksize
+    result = ref()
     try:
-        while True:
-            with result._cond:
-                while result._in_flight >= limit and core.state != TERMINATE:
-                    result._cond.wait(1.0)
+        while result is not None:
+            with cond:
+                while core.state != TERMINATE and (
+                        result._in_flight >= limit or (core.state == RUN and index - result._index >= ahead)):
+                    result._feeder_waits = True
+                    result = None
+                    cond.wait(1.0)
+                    result = ref()
+                    if result is None:
+                        break
+                else:
+                    result._feeder_waits = False
+            if result is None:
+                break       # nobody reads its results: the input is read no further
             if core.state == TERMINATE:
                 raise RemoteProcessError("the pool was terminated before this task was sent")
             part = list(itertools.islice(it, chunksize))
             if not part:
+                result._set_length(index)
                 break
-            chunk = Chunk(result, index, len(part), worker.CALL, fbytes,
-                          core.dumps(part, "the arguments", reduction.dumps_function), (func, part))
-            with result._cond:
-                result._in_flight += 1
+            _send(core, result, func, fbytes, part, index)
             index += len(part)
-            core.submit([chunk])
-        result._set_length(index)
     except BaseException as exc:
-        # the input raised (or could not be pickled): that is the next result, and the last
-        with result._cond:
-            result._in_flight += 1
-        result._set(index, False, [(False, exc)])
-        result._set_length(index + 1)
+        # the input raised (or the pool was terminated): that is the next result, and the last
+        result = ref()
+        if result is not None:
+            with cond:
+                result._in_flight += 1
+            result._set(index, False, [(False, exc)])
+            result._set_length(index + 1)
     finally:
+        result = None
         with core.lock:
             core.feeders -= 1
         core.wake()
+
+
+def _send(core: Scheduler, result: IMapIterator, func: Callable[[Any], Any], fbytes: dict[str, bytes],
+          part: list[Any], start: int) -> None:
+    """Submit imap's elements ``part`` (positions ``start`` on) as one chunk.  An element that cannot
+    be pickled fails its own position, with the error ``map`` raises for it, and the others go on
+    (multiprocessing's imap fails that task's position, and goes on)."""
+    runs: list[tuple[int, list[Any], dict[str, bytes] | None]]
+    try:
+        runs = [(start, part, core.dumps(part, "the arguments", reduction.dumps_function))]
+    except BaseException as exc:       # (an object's __reduce__ may raise anything: that element's outcome)
+        if len(part) == 1:
+            _fail(result, start, [exc])
+            return
+        # which ones? each element alone; the others go in runs as they came
+        runs = []
+        run: list[Any] = []
+        for i, x in enumerate(part):
+            try:
+                core.dumps([x], "the arguments", reduction.dumps_function)
+            except BaseException as err:
+                if run:
+                    runs.append((start + i - len(run), run, None))
+                    run = []
+                _fail(result, start + i, [err])
+            else:
+                run.append(x)
+        if run:
+            runs.append((start + len(part) - len(run), run, None))
+    for first, elements, abytes in runs:
+        if abytes is None:
+            try:
+                abytes = core.dumps(elements, "the arguments", reduction.dumps_function)
+            except BaseException as exc:    # (alone each pickled: an object that pickles only once)
+                _fail(result, first, [exc] * len(elements))
+                continue
+        chunk = Chunk(result, first, len(elements), worker.CALL, fbytes, abytes, (func, elements))
+        with result._cond:
+            result._in_flight += 1
+        core.submit([chunk])
+
+
+def _fail(result: IMapIterator, start: int, errors: list[BaseException]) -> None:
+    """imap's elements from ``start`` on fail with ``errors``, without a chunk."""
+    with result._cond:
+        result._in_flight += 1          # (_set counts a chunk back)
+    result._set(start, False, [(False, e) for e in errors])
 
 
 def _call_args(args: Any, kwds: Any) -> tuple[Any, Any]:

@@ -7,9 +7,11 @@ collects results:
 * placement is *least busy*: the next chunk goes to the worker with the fewest
   chunks in flight, ties broken round-robin over a worker list that interleaves
   the hosts.  A worker gets a second chunk while it runs one (hiding the round
-  trip) only while chunks take less than ``FAST`` seconds, so a long task never
-  holds a short one back for long.  Nothing smarter: this is not a cluster
-  scheduler.
+  trip) only as it returns a result quickly (that chunk, and chunks on average,
+  took less than ``FAST`` seconds); a chunk that finds every worker busy
+  otherwise waits for the first one free, so a long task does not hold a short
+  one back while another worker is idle.  Nothing smarter: this is not a
+  cluster scheduler.
 * a worker whose connection is lost fails the chunks it was running with a
   ``ConnectionLostError`` naming its host; its host gets no new workers, and the
   other workers go on.  A worker that dies otherwise fails its chunks with a
@@ -53,7 +55,7 @@ from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, last_words, parse_
 log = logging.getLogger("remoteproc.pool")
 
 PREFETCH = 2            # chunks in flight per worker: one running, one waiting in its pipe...
-FAST = 0.05             # ...while a chunk takes less than this (seconds, moving average), else one
+FAST = 0.05             # ...given as it returns a chunk that took less than this (seconds), as on average; else one
 READ_BATCH = 64         # messages read from one worker before looking at the others
 SHARED_CACHE = 1 << 30  # bytes of shared arguments (Chunk.blobs) a worker keeps, at most (but the current chunk's)
 
@@ -95,7 +97,9 @@ class Scheduler:
         self.broken_hosts: dict[str, str] = {}
         self.down_since: dict[str, float] = {}     # time.time() a host was lost or broken, until it rejoins
         self.feeders = 0
+        self.making = 0             # make_chunks() calls under way (pickling): the pool is not idle yet
         self.state = RUN
+        self.stopped = False        # the workers were told to stop (CLOSE, nothing left) or the manager ended
         self.rr = 0
         self.chunk_time: float | None = None      # moving average of a chunk's time on a worker, round trip included
         # poll(), not epoll: a RemoteProcess sentinel may be swapped for another file under the same
@@ -142,15 +146,29 @@ class Scheduler:
 
     def make_chunks(self, job: Job, func: Callable[..., Any], mode: int, items: list[Any], chunksize: int,
                     start: int = 0) -> list[Chunk]:
-        """Pickle a job's calls (in the caller's thread, so errors surface there)."""
-        fbytes = self.dumps(func, "the function", reduction.dumps_function)
-        chunks = []
-        for i in range(0, len(items), chunksize):
-            part = items[i:i + chunksize]
-            # (functions among the arguments keep their file names too: joblib's and dask's calls
-            # travel there, and their tracebacks then name the user's files and lines)
-            chunks.append(Chunk(job, start + i, len(part), mode, fbytes,
-                                self.dumps(part, "the arguments", reduction.dumps_function), (func, part)))
+        """Pickle a job's calls (in the caller's thread, so errors surface there).
+
+        Meanwhile the pool is not idle: a close() then does not stop the workers before this
+        call's ``submit`` (multiprocessing's map, checked before close(), runs). A caller that
+        does not submit what this returns wakes the manager (``wake``): a close() may wait."""
+        with self.lock:
+            self.making += 1
+        try:
+            fbytes = self.dumps(func, "the function", reduction.dumps_function)
+            chunks = []
+            for i in range(0, len(items), chunksize):
+                part = items[i:i + chunksize]
+                # (functions among the arguments keep their file names too: joblib's and dask's calls
+                # travel there, and their tracebacks then name the user's files and lines)
+                chunks.append(Chunk(job, start + i, len(part), mode, fbytes,
+                                    self.dumps(part, "the arguments", reduction.dumps_function), (func, part)))
+        except BaseException:
+            with self.lock:
+                self.making -= 1
+            self.wake()
+            raise
+        with self.lock:
+            self.making -= 1        # (no wake: the caller's submit() follows at once, and wakes it)
         return chunks
 
     def dumps(self, obj: object, what: str, dumps: Callable[[Any], bytes] = proxies.dumps_item) -> dict[str, bytes]:
@@ -214,7 +232,10 @@ class Scheduler:
     def submit(self, chunks: list[Chunk]) -> None:
         failed = None
         with self.lock:
-            if self.state == CLOSE and not self.feeders:
+            # After close(), a call that passed the Pool's check_running() before it (its arguments
+            # were being pickled: ``making``) still runs, as multiprocessing's map does; only once
+            # the workers were told to stop is the pool no longer running.
+            if self.state == CLOSE and self.stopped and not self.feeders:
                 raise ValueError("Pool not running")
             if self.state == TERMINATE:
                 failed = RemoteProcessError("the pool was terminated before this task was sent")
@@ -253,14 +274,21 @@ class Scheduler:
         """Executor.shutdown(cancel_futures=True): drop what no worker has started, and return it.
 
         First one dispatch pass of the manager thread, so that what a free worker can start now
-        runs (as ProcessPoolExecutor keeps a call per worker queued), and only the rest is dropped."""
+        runs (as ProcessPoolExecutor keeps a call per worker queued), and only the rest is dropped.
+        Called on the manager thread itself (from a done-callback), that pass is made here: the
+        thread cannot make it while it runs the callback."""
+        here = threading.current_thread() is self.thread
         with self.lock:
-            target = self.passes + 1
-            if self.thread is not None and self.thread.is_alive() and self.state != TERMINATE:
+            if here:
+                self._pass()
+            elif self.thread is not None and self.thread.is_alive() and self.state != TERMINATE:
+                target = self.passes + 1
                 self.waker.wake()
                 self.dispatched.wait_for(lambda: self.passes >= target, timeout=5.0)
             dropped = [c for c in self.pending if not c.tries]     # a retry was started: it runs again
             self.pending = collections.deque(c for c in self.pending if c.tries)
+        if here:
+            self._tell_refused()
         return dropped
 
     def kill_running(self, owned: Callable[[Job], bool]) -> int:
@@ -289,22 +317,14 @@ class Scheduler:
         try:
             while True:
                 with self.lock:
-                    state = self.state
-                    if self.rejoined:
-                        self._take_rejoined()
-                    if state != TERMINATE:
-                        self._dispatch()
-                    self.passes += 1
-                    self.dispatched.notify_all()
-                    idle = not self.pending and not self.chunks and not self.feeders
+                    state = self._pass()
+                    idle = not self.pending and not self.chunks and not self.feeders and not self.making
                 self._tell_refused()
                 if state == TERMINATE and terminating_since is None:
                     terminating_since = time.monotonic()
                     self._terminate_workers()
-                if state == CLOSE and idle:
-                    self._stop_workers()
-                    if self.reconnector is not None:
-                        self.reconnector.stop()
+                if state == CLOSE and idle and self._stop_workers() and self.reconnector is not None:
+                    self.reconnector.stop()
                 live = [w for w in self.workers if w.alive]
                 if state != RUN and not live and (state == TERMINATE or idle or not self._reconnecting()):
                     return
@@ -327,18 +347,34 @@ class Scheduler:
                 self.state = TERMINATE
             self._terminate_workers()
         finally:
+            with self.lock:
+                self.stopped = True
             self._fail_everything(RemoteProcessError("the pool was terminated before this task finished"))
             for w in self.workers:
                 w.close()
             self.sel.close()
             self.waker.close()
 
+    def _pass(self) -> str:
+        """One pass of the manager thread (lock held): take rejoined workers, dispatch; the state."""
+        state = self.state
+        if self.rejoined:
+            self._take_rejoined()
+        if state != TERMINATE:
+            self._dispatch()
+        self.passes += 1
+        self.dispatched.notify_all()
+        return state
+
     def _on_wake(self, _w: None, _mask: int) -> None:
         self.waker.clear()
 
-    def _pick(self) -> Worker | None:
-        fast = self.chunk_time is not None and self.chunk_time < FAST
-        best, best_load = None, PREFETCH if fast else 1
+    def _pick(self, quick: Worker | None = None) -> Worker | None:
+        """The least busy worker that may take a chunk now: an idle one, or ``quick`` (the worker
+        that just returned a quick result, ``_on_message``) up to ``PREFETCH`` chunks. Never a
+        busy other: its chunk may be a long one, and a chunk sent there would wait behind it
+        while a worker that is free sooner sits idle (the chunk waits here for the first free)."""
+        best, best_load = None, None
         n = len(self.workers)
         for k in range(n):
             w = self.workers[(self.rr + k) % n]
@@ -347,7 +383,9 @@ class Scheduler:
             if self.maxtasks is not None and w.sent >= self.maxtasks:
                 continue
             load = len(w.outstanding)
-            if load < best_load:
+            if load >= (PREFETCH if w is quick else 1):
+                continue
+            if best_load is None or load < best_load:
                 best, best_load = w, load
                 if load == 0:
                     break
@@ -355,10 +393,10 @@ class Scheduler:
             self.rr = (self.workers.index(best) + 1) % n
         return best
 
-    def _dispatch(self) -> None:
-        """Hand pending chunks to workers (called with the lock held)."""
+    def _dispatch(self, quick: Worker | None = None) -> None:
+        """Hand pending chunks to workers (called with the lock held); ``quick``: see ``_pick``."""
         while self.pending:
-            w = self._pick()
+            w = self._pick(quick)
             if w is None:
                 return
             chunk = self.pending.popleft()
@@ -477,7 +515,9 @@ class Scheduler:
             self.chunk_time = took if self.chunk_time is None else 0.7 * self.chunk_time + 0.3 * took
             w.busy_since = now
             if self.pending:
-                self._dispatch()
+                # a quick result: its worker gets its next chunk and one more (hiding the round trip)
+                quick = took < FAST and self.chunk_time < FAST
+                self._dispatch(w if quick else None)
         self._tell_refused()
         if chunk is None:
             return
@@ -536,7 +576,7 @@ class Scheduler:
                 lost = [c for c in lost if c.tries > self.retries]
                 if again:
                     log.info("%s: %d chunks lost with the connection run again elsewhere", w.host, len(again))
-        replace = (state == RUN or (state == CLOSE and (self.pending or self.chunks or self.feeders)))
+        replace = (state == RUN or (state == CLOSE and (self.pending or self.chunks or self.feeders or self.making)))
         if replace and not w.stopping and w.host not in self.lost_hosts and w.host not in self.broken_hosts:
             try:
                 new = self.starter.spawn(w.host, w.options)
@@ -640,13 +680,18 @@ class Scheduler:
         for chunk in chunks:
             chunk.job._set(chunk.start, False, [(False, err)] * chunk.n)
 
-    def _stop_workers(self) -> None:
+    def _stop_workers(self) -> bool:
+        """CLOSE and nothing left: tell the workers to stop (False: a call came in meanwhile)."""
         with self.lock:
+            if self.pending or self.chunks or self.feeders or self.making:
+                return False
+            self.stopped = True
             for w in self.workers:
                 if w.alive and not w.stopping:
                     w.stopping = True
                     w.out += frame(pickle.dumps(("stop",)))
                     self._flush(w)
+        return True
 
     def _terminate_workers(self) -> None:
         self._fail_everything(RemoteProcessError("the pool was terminated before this task finished"))

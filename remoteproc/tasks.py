@@ -11,6 +11,7 @@ A task's failure comes back as its exception with the remote traceback as
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import pickle
 import struct
@@ -99,13 +100,17 @@ def task_error(w: Worker, err: tuple[bytes | None, str, str], tb_class: type = R
     """An exception as the worker sent it, with the remote traceback as ``__cause__``."""
     blob, text, summary = err
     exc = None
+    why = ""
     if blob is not None:
         try:
             exc = pickle.loads(blob)
-        except Exception:
+        except BaseException as e:  # even SystemExit: that task's, not the manager thread's (as a result's)
+            why = ": rebuilding it here raised %s" % type(e).__name__
+            with contextlib.suppress(Exception):
+                why += ": %s" % e
             exc = None
     if not isinstance(exc, BaseException):
         exc = RemoteProcessError("a task on %s raised %s (the exception could not be sent back as "
-                                 "an object)" % (w.host, summary), w.host)
+                                 "an object%s)" % (w.host, summary, why), w.host)
     exc.__cause__ = tb_class('\n"""\nOn host %s, pool worker pid %s:\n%s"""' % (w.host, w.pid, text))
     return exc

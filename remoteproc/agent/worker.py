@@ -13,7 +13,8 @@ Messages (each a pickled tuple on the Connection):
                     ``[value, ...]`` if every call returned (``all_ok``), else
                     ``[(ok, value_or_error), ...]``; or ``("failed", chunk_id, error)`` when the
                     task itself could not be unpickled.
-An error is ``(pickled exception or None, traceback text, "Type: message")``.
+An error is ``(pickled exception or None, traceback text, "Type: message")``: pickled as results
+are (``_dumps``: by value where needed), None if it cannot be pickled or not loaded again.
 The payload is pickled apart from the envelope, so that a result the pool's
 process cannot unpickle fails that chunk only (it always learns the chunk id).
 A chunk is one pool task: ``mode`` says how to call ``func`` on each element of
@@ -112,7 +113,9 @@ def _error(exc):
         spawn.explain(exc)      # (a module of the user's that the task imports is newer than this host's Python)
     text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
     try:
-        blob = pickle.dumps(exc, pickle.HIGHEST_PROTOCOL)
+        # (by value where needed, as results: an exception whose pickle refers to a function of
+        # ``__main__`` that came by value, which ``__main__.<name>`` does not give here)
+        blob = _dumps(exc)
         pickle.loads(blob)      # an exception that does not survive the trip is sent as text
     except Exception:
         blob = None
