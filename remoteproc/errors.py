@@ -53,6 +53,11 @@ ENDED = ("the host's sshd ended it, or the network to the host failed: a reboot,
          "host connects")
 
 
+#: the agent's channel closed while its connection lives: the agent (or its session) was killed
+AGENT_GONE = ("the remote agent's channel closed (agent killed? by a user, the out-of-memory killer or a job "
+              "limit there, or its sshd session was; every process of this connection there ended with it)")
+
+
 def jump_lost(jump: str, said: str = "") -> str:
     """Why a connection through a jump host was lost when the jump host's own connection went
     first (its sshd ended or restarted, or the network to it failed), and the fix: the jump host,

@@ -290,6 +290,31 @@ def test_a_wrong_passphrase_is_said_as_such(sshd, tmp_path, form):
     assert "BEGIN/END" not in message
 
 
+def test_a_wrong_passphrase_that_passes_a_pem_keys_padding_check_is_said_as_such(tmp_path):
+    """Found by a CI run (1 in about 256): a legacy PEM key decrypted with a wrong passphrase can
+    pass its padding check; its garbage then fails to parse ("Could not deserialize key data"),
+    and the message said that, not that the passphrase was wrong."""
+    from cryptography.hazmat.primitives import serialization
+
+    from remoteproc.ssh import auth
+
+    key = str(tmp_path / "id_pem")
+    subprocess.run(["ssh-keygen", "-q", "-t", "rsa", "-b", "2048", "-N", "right", "-f", key, "-m", "PEM"],
+                   check=True, timeout=60, capture_output=True)
+    data = open(key, "rb").read()
+    parsed_garbage = None
+    for i in range(4000):       # (each passphrase fails its padding check with 255 in 256)
+        try:
+            serialization.load_pem_private_key(data, b"wrong%d" % i)
+        except ValueError as exc:
+            if "deserialize" in str(exc):
+                parsed_garbage = "wrong%d" % i
+                break
+    assert parsed_garbage is not None
+    assert auth._wrong_passphrase(key, parsed_garbage)
+    assert not auth._wrong_passphrase(key, "right")
+
+
 @pytest.mark.parametrize("named_by", ["config", "option"])
 @pytest.mark.parametrize("transport", ["paramiko", "openssh"])
 def test_a_host_key_beside_a_known_hosts_file_outside_dot_ssh_is_named(sshd, tmp_path, named_by, transport):

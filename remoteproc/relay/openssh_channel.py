@@ -20,7 +20,7 @@ import threading
 import time
 from typing import Callable, Optional
 
-from ..errors import ENDED, ConnectError, RemoteProcessError, jump_lost
+from ..errors import AGENT_GONE, ENDED, ConnectError, RemoteProcessError, jump_lost
 from ..ssh import openssh, probe
 from ..ssh.target import Target
 from .channel import AgentChannel, AgentOpener, ChannelLost
@@ -175,7 +175,7 @@ class OpenSSHChannel(AgentChannel):
             if last:
                 return "ssh lost the connection (%s; %s)" % (last[-1], ENDED)
             # ssh says nothing when the remote command dies by a signal (it exits 255 then)
-            return "the remote agent's channel closed (agent killed?), ssh exited with status 255"
+            return AGENT_GONE + ", ssh exited with status 255"
         return "the remote agent exited with status %d" % code
 
     def _terminate(self) -> None:

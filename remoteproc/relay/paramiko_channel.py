@@ -29,7 +29,7 @@ import time
 from collections import deque
 from typing import Any, Callable, Optional
 
-from ..errors import ENDED, BootstrapError, describe, jump_lost
+from ..errors import AGENT_GONE, ENDED, BootstrapError, describe, jump_lost
 from ..ssh.auth import forward_agent
 from ..ssh.pool import ConnectionPool
 from ..ssh.target import Target
@@ -233,7 +233,7 @@ class ParamikoChannel(AgentChannel):
         if status is not None and status != -1:
             return "the remote agent exited with status %d" % status
         if self.conn.transport.is_active():
-            return "the remote agent's channel closed (agent killed?)"
+            return AGENT_GONE
         jump = lost_jump(self.conn)
         if jump is not None:
             return jump_lost(jump.target.display)

@@ -459,6 +459,10 @@ def _wrong_passphrase(path: str, passphrase: str) -> bool:
             serialization.load_pem_private_key(data, passphrase.encode())
     except ValueError as exc:
         text = str(exc).lower()
+        if b"Proc-Type: 4,ENCRYPTED" in data and "deserialize" in text:
+            # (a legacy PEM key decrypted with a wrong passphrase passes its padding check about
+            # once in 256 tries: then its garbage fails to parse instead of to decrypt)
+            return True
         return "checksum" in text or "password" in text or "decrypt" in text
     except Exception:  # noqa: BLE001 - any other failure: not known to be the passphrase
         return False
