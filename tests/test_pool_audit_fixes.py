@@ -37,7 +37,9 @@ cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 pytestmark = [pytest.mark.timeout(180), pytest.mark.one_transport, pytest.mark.loopback_only]
 
-LOCAL_PID = os.getpid()      # (shipped by value: a remote copy of this module sees the test's pid)
+#: pytest sets it in the test's process only: a remote child's environment is its SSH login's,
+#: whether this module reaches it by value or is imported there (a pid, by value, missed that case)
+HERE = "PYTEST_CURRENT_TEST"
 #: where the remoteproc under test is, for the script's own import of it
 SOURCE = os.path.dirname(os.path.dirname(os.path.abspath(remoteproc.__file__)))
 
@@ -50,7 +52,7 @@ def identity(x):
 
 def _rebuild_refusing(kind, message):
     """Rebuilds the exception on the host; in the test's process raises ``kind`` instead."""
-    if os.getpid() == LOCAL_PID:
+    if HERE in os.environ:
         raise {"SystemExit": SystemExit, "KeyboardInterrupt": KeyboardInterrupt}[kind]("refused here")
     return RefusedHere(kind, message)
 
@@ -64,6 +66,25 @@ class RefusedHere(Exception):
 
 def raise_refused_here(kind):
     raise RefusedHere(kind, "from the task")
+
+
+def _never_rebuilt(message):
+    raise SystemExit(message)
+
+
+class NeverRebuilt(Exception):
+    """An exception whose unpickling raises SystemExit everywhere, the worker's own check too."""
+
+    def __reduce__(self):
+        return (_never_rebuilt, self.args)
+
+
+def raise_never_rebuilt(x):
+    raise NeverRebuilt("cannot come back")
+
+
+def worker_pid(_x=None):
+    return os.getpid()
 
 
 # -- 1. an exception whose pickle refers to a function of __main__ ---------------------------------
@@ -162,6 +183,17 @@ def test_an_exception_whose_unpickling_raises_a_base_exception_fails_that_task_o
         # the pool goes on: its manager thread lives
         assert pool.map(identity, range(5), chunksize=2) == list(range(5))
         assert pool.apply_async(identity, (7,)).get(timeout=60) == 7
+
+
+def test_a_worker_whose_exception_cannot_be_rebuilt_even_there_goes_on(host, ssh_options):
+    """Found by a CI run: the worker checks that a task's exception survives the trip by rebuilding
+    it; a rebuilding that raised SystemExit ended the worker (WorkerDiedError) instead of the task's
+    error going back as text."""
+    with Pool([host], processes_per_host=1, **ssh_options) as pool:
+        pid = pool.apply(worker_pid)
+        with pytest.raises(RemoteProcessError, match="NeverRebuilt: cannot come back.*could not be sent back"):
+            pool.apply(raise_never_rebuilt, (1,))
+        assert pool.apply(worker_pid) == pid, "the worker died of its check"
 
 
 def test_an_executor_future_whose_exception_cannot_be_rebuilt_here_fails_alone(host, ssh_options):

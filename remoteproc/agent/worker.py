@@ -117,7 +117,7 @@ def _error(exc):
         # ``__main__`` that came by value, which ``__main__.<name>`` does not give here)
         blob = _dumps(exc)
         pickle.loads(blob)      # an exception that does not survive the trip is sent as text
-    except Exception:
+    except BaseException:       # (its rebuilding may raise anything, SystemExit too: the worker goes on)
         blob = None
     return (blob, text, "%s: %s" % (type(exc).__name__, exc))
 
