@@ -278,16 +278,29 @@ def explain(exc):
     """Add ``module_failed``'s words (or ``child._shadowed``'s: a module of the host's own lacks
     what the task names), with the host's name, to ``exc``'s message (it travels back to the user
     as it is: a Pool's or Executor's task that could not be unpickled)."""
-    from .child import ParentImporter, _shadowed
+    from .child import _shadowed
 
     if getattr(exc, "_remoteproc_hint", None):
         return exc._remoteproc_hint         # (already said: a Pool's task error passes here twice)
     hint = module_failed(exc) or _shadowed(exc) or main_lacks(exc)
     if hint is None:
         return None
+    host = this_host()
+    if add_to_message(exc, "%s: %s" % (host, hint) if host else hint):
+        exc._remoteproc_hint = hint  # (said once)
+    return hint
 
-    host = next((f.host for f in sys.meta_path if isinstance(f, ParentImporter)), None)
-    text = "%s: %s" % (host, hint) if host else hint
+
+def this_host():
+    """The host's name as the user gave it, in a remote child (its importer knows it); else None."""
+    from .child import ParentImporter
+
+    return next((f.host for f in sys.meta_path if isinstance(f, ParentImporter)), None)
+
+
+def add_to_message(exc, text):
+    """Append `` (text)`` to ``exc``'s message, which travels back to the user as it is; False when
+    its arguments are not one message (an OSError's errno and text) or cannot be set."""
     try:
         if isinstance(exc, SyntaxError):
             exc.msg = "%s (%s)" % (exc.msg, text)
@@ -295,11 +308,10 @@ def explain(exc):
         elif len(exc.args) == 1 and isinstance(exc.args[0], str):
             exc.args = ("%s (%s)" % (exc.args[0], text),)
         else:
-            return hint
-        exc._remoteproc_hint = hint  # (said once)
+            return False
     except (AttributeError, TypeError):
-        pass
-    return hint
+        return False
+    return True
 
 
 def _remember_lines(path, source):

@@ -305,16 +305,11 @@ def _while_loading(exc):
     """Say that ``exc`` came from loading the task, not from the user's function: a package of the
     host's that cannot rebuild what the user's release pickled (numpy's random generators) raised
     a bare ``ValueError`` that read as the function's own."""
-    from .child import ParentImporter
+    from . import spawn
 
-    if not (len(exc.args) == 1 and isinstance(exc.args[0], str)) or isinstance(exc, SyntaxError):
-        return
-    host = next((f.host for f in sys.meta_path if isinstance(f, ParentImporter)), None)
-    try:
-        exc.args = ("%s (raised while the worker loaded the task%s, Python %d.%d, before your function ran)"
-                    % (exc.args[0], " on %s" % host if host else "", sys.version_info[0], sys.version_info[1]),)
-    except (AttributeError, TypeError):
-        pass
+    host = spawn.this_host()
+    spawn.add_to_message(exc, "raised while the worker loaded the task%s, Python %d.%d, before your function ran"
+                         % (" on %s" % host if host else "", sys.version_info[0], sys.version_info[1]))
 
 
 def process_chunk(fn, chunk):
