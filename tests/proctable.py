@@ -48,6 +48,23 @@ def fd_table(pid: int | str = "self") -> dict[str, str]:
     return out
 
 
+def holds_connection_to(pid: int, port: int) -> bool:
+    """True while ``pid`` or one of its descendants has a TCP socket open to ``port`` (in any
+    state: one whose peer closed stays CLOSE_WAIT until its holder notices and closes it)."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as f:
+                rows = f.read().splitlines()[1:]
+        except OSError:
+            continue
+        for row in rows:
+            fields = row.split()
+            if int(fields[2].rsplit(":", 1)[1], 16) == port:
+                inodes.add("socket:[%s]" % fields[9])
+    return any(target in inodes for holder in [pid, *descendants(pid)] for target in fd_table(holder).values())
+
+
 def threads(pid: int) -> int:
     """How many threads ``pid`` runs."""
     return len(os.listdir("/proc/%d/task" % pid))

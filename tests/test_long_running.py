@@ -21,7 +21,7 @@ from typing import Any
 import cloudpickle
 import pytest
 from own_sshd import USER, own_sshd
-from proctable import cmdline, descendants, eventually, fd_table, state, threads
+from proctable import cmdline, descendants, eventually, fd_table, holds_connection_to, state, threads
 
 import remoteproc
 from remoteproc import Pipe, RemoteProcess
@@ -359,6 +359,8 @@ def test_a_start_while_sshd_is_down_says_so_and_the_next_one_after_its_restart_w
     (same port) the next start connects anew."""
     host, opts = own_target(own_server, transport)
     agent = agent_of(host, opts)
+    relay = relay_client.get().proc.pid
+    assert holds_connection_to(relay, own_server.port)
     sessions = descendants(own_server.pid)
     own_server._proc.kill()             # (the listener first: nothing new is accepted meanwhile)
     own_server._proc.wait(10)
@@ -366,6 +368,9 @@ def test_a_start_while_sshd_is_down_says_so_and_the_next_one_after_its_restart_w
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     assert eventually(lambda: state(agent) is None or state(agent) == "Z", 10)
+    # The relay has seen its connection end (its transport let go of the socket): a start sent on
+    # a connection that died unseen fails as lost, once (it may have run there), and is not moved.
+    assert eventually(lambda: not holds_connection_to(relay, own_server.port), 10)
     with pytest.raises(remoteproc.ConnectError) as info:
         agent_of(host, opts)
     assert str(own_server.port) in str(info.value) and "sshd" in str(info.value), info.value
