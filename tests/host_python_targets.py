@@ -1,6 +1,7 @@
 """Targets for tests/test_host_pythons.py: they run on CPython 3.8 ... 3.13 hosts in spawn mode, so
 standard library only and Python 3.8 syntax; the remote side imports this module by forwarding."""
 
+import collections
 import importlib
 import sys
 
@@ -34,3 +35,19 @@ def path_of(x):
 
 def data_of(conn, thing):
     conn.send(thing.data)
+
+
+def local_row(x):
+    Row = collections.namedtuple("Row", "x")       # (a class made by the call: pickle cannot name it)
+    return Row(x)
+
+
+def local_lambda(k):
+    return lambda v: v * k
+
+
+def local_error(x):
+    class JobFailed(Exception):
+        def __str__(self):
+            return "job %s failed" % self.args[0]
+    raise JobFailed(x)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import glob
 import json
+import multiprocessing.pool
 import os
 import re
 import shutil
@@ -25,7 +26,16 @@ import textwrap
 
 import pytest
 from conftest import _unavailable
-from host_python_targets import data_of, fill_manager, path_of, paths_back, try_import
+from host_python_targets import (
+    data_of,
+    fill_manager,
+    local_error,
+    local_lambda,
+    local_row,
+    path_of,
+    paths_back,
+    try_import,
+)
 from own_sshd import account_whose_python3_is, run_check
 from remote_call import call as _call
 
@@ -415,6 +425,29 @@ def test_manager_proxies_work_in_spawn_mode(host_pythons, plain_user_host, plain
         p.join(30)
         assert p.exitcode == 0 and p._popen.mode == "spawn"
         assert dict(d) == {"python": (3, 13)} and list(items) == ["from the child"]
+
+
+def test_a_pool_result_plain_pickle_refuses_fails_its_task_as_with_spawn(host_pythons, plain_user_host,
+                                                                        plain_user_options):
+    """On another Python a result goes by reference only, as spawn's pool sends it: a class made by
+    the task, a lambda, an exception class of the task's own fail the task (MaybeEncodingError, the
+    error as text).  Before, the worker fell back to cloudpickle, whose bytecode of the host's
+    Python this one ran: a segfault of the user's program on 3.12 and 3.13 hosts."""
+    import remoteproc
+
+    wrapper, _full = host_pythons.get("3.13")
+    with remoteproc.Pool([plain_user_host], 1, python=wrapper, **plain_user_options) as pool:
+        with pytest.raises(multiprocessing.pool.MaybeEncodingError, match="Row"):
+            pool.map(local_row, [1, 2])
+        with pytest.raises(multiprocessing.pool.MaybeEncodingError, match="lambda"):
+            pool.apply(local_lambda, (3,))
+        with pytest.raises(remoteproc.RemoteProcessError, match="job 7 failed") as info:
+            pool.apply(local_error, (7,))
+        assert plain_user_host in str(info.value) and "JobFailed" in str(info.value.__cause__)
+        assert pool.map(abs, [-4]) == [4]      # (the worker goes on)
+    with remoteproc.Executor([plain_user_host], 1, python=wrapper, **plain_user_options) as executor:
+        with pytest.raises(Exception, match="lambda"):
+            executor.submit(local_lambda, 2).result(60)
 
 
 @pytest.mark.parametrize("ver,name", [("3.8", "zoneinfo"), ("3.10", "tomllib"), ("3.13", "imp")])

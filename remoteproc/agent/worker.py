@@ -126,6 +126,11 @@ def _dumps(obj):
     try:
         return pickle.dumps(obj, pickle.HIGHEST_PROTOCOL)
     except Exception:
+        spawn = sys.modules.get(__package__ + ".spawn")
+        if spawn is not None and spawn.ACTIVE:
+            # Another Python than the user's: by-value bytecode of this one would crash theirs
+            # (docs/python-versions.md); what plain pickle refuses fails as with spawn's pool.
+            raise
         from . import byvalue  # cloudpickle, shipped with the agent: lambdas, local classes, ...
 
         return byvalue.dumps(obj, pickle.HIGHEST_PROTOCOL)
