@@ -615,8 +615,12 @@ def _run_script(path, host, host_options, python, *args):
     ("def kind(x):\n    match x:\n        case 1:\n            return 1", "cannot compile it: its syntax is newer"),
     ("Maybe = int | None", "its top level failed here"),
     # (an import the host cannot satisfy: the line said "keep the script's top level to what 3.9 runs"
-    # beside the ImportError's own fix; now it names the import and points at that fix)
-    ("import tomllib", "its top level's import of 'tomllib' failed here (above: why). Fix: install it on the host"),
+    # beside the ImportError's own fix; then "install it on the host", which no standard module can be)
+    ("import tomllib", "its top level's import of 'tomllib' failed here: 'tomllib' is a module of the standard "
+                       "library new in Python 3.11, and the host's has none (its backport on PyPI: tomli). "
+                       "Fix: move that import under"),
+    ("from enum import StrEnum", "its top level's import of 'enum' failed here: 'enum' is the host's standard "
+                                 "library module, which lacks what is imported from it"),
     # (a file of the user's machine, read at the script's top: "keep the script's top level to what 3.9
     # runs" sent the user after versions; the top level runs on the host, and that is what to change)
     ("CONFIG = open('/nonexistent/hp_config.json').read() if __name__ == '__mp_main__' else ''",
@@ -852,6 +856,29 @@ def test_a_module_newer_than_the_hosts_python_is_explained(host_pythons, plain_u
         executor = [x for x in proc.stdout.splitlines() if x.startswith("executor ")]
         assert executor and "BrokenProcessPool" in executor[0] and said in executor[0] and top in executor[0], \
             proc.stdout
+
+
+def test_a_module_importing_a_standard_module_the_host_lacks_is_explained(host_pythons, plain_user_host,
+                                                                         plain_user_options, tmp_path, monkeypatch):
+    """A module of the user's whose top level imports ``tomllib`` (3.11's), in a Pool's task on a
+    3.9 host: the bare ``No module named 'tomllib'`` came back; now the words say it is the standard
+    library's, new in 3.11, name the module's file and the fix (agent/spawn.py, ``stdlib_gap``)."""
+    import remoteproc
+
+    wrapper, full = host_pythons.get("3.9")
+    (tmp_path / "hp_uses_tomllib.py").write_text("import tomllib\n\n\ndef work(x):\n    return x\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import hp_uses_tomllib
+    try:
+        with remoteproc.Pool([plain_user_host], 1, python=wrapper, **plain_user_options) as pool:
+            with pytest.raises(ModuleNotFoundError) as info:
+                pool.map(hp_uses_tomllib.work, [1])
+    finally:
+        sys.modules.pop("hp_uses_tomllib", None)
+    text = str(info.value)
+    assert "No module named 'tomllib'" in text and plain_user_host in text and "Python %s" % full in text, text
+    assert str(tmp_path / "hp_uses_tomllib.py") in text and "new in Python 3.11" in text and "tomli" in text, text
+    assert "Fix: make that import conditional" in text, text
 
 
 LAZY_IMPORT_SCRIPT = '''

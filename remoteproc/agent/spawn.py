@@ -177,6 +177,10 @@ def _script_failed(main, exc):
     if isinstance(exc, SyntaxError):
         what = "cannot compile it: its syntax is newer (match needs 3.10, except* 3.11, type statements 3.12)"
         keep = "keep the script to the syntax of %s (newer code can go into a module the target does not import)" % ours
+    elif isinstance(exc, ImportError) and stdlib_gap(exc):
+        what = "its top level's import of %r failed here: %s" % (exc.name, stdlib_gap(exc))
+        keep = ("move that import under `if __name__ == \"__main__\":` or into the functions that use it (or "
+                "make it conditional: try/except ImportError)")
     elif isinstance(exc, ImportError):
         # (the error above says what is missing and, for a package of the user's, how to install it)
         what = "its top level's import of %r failed here (above: why)" % (exc.name or "a module")
@@ -219,6 +223,46 @@ def _hosts_own(path):
                for r in roots)
 
 
+#: the top-level modules of CPython's standard library that one Python from 3.8 on has and another
+#: lacks: an import of one fails on a host of another version, and installing it is no fix
+_STDLIB_CHANGES = dict(
+    [(m, "new in Python 3.9") for m in ("graphlib", "zoneinfo")]
+    + [("tomllib", "new in Python 3.11")]
+    + [(m, "new in Python 3.14") for m in ("annotationlib", "compression")]
+    + [(m, "removed in Python 3.12") for m in ("asynchat", "asyncore", "distutils", "imp", "smtpd")]
+    + [(m, "removed in Python 3.13") for m in (
+        "aifc", "audioop", "cgi", "cgitb", "chunk", "crypt", "imghdr", "lib2to3", "mailcap", "msilib", "nis",
+        "nntplib", "ossaudiodev", "pipes", "sndhdr", "spwd", "sunau", "telnetlib", "uu", "xdrlib")])
+#: backports on PyPI of what a newer standard library has
+_BACKPORTS = {"tomllib": "tomli", "zoneinfo": "backports.zoneinfo", "graphlib": "graphlib_backport"}
+
+
+def stdlib_gap(exc):
+    """Why ``exc`` (an ImportError) is a matter of the two standard libraries, or None: a module
+    that is standard in one version and not in the host's (``tomllib`` on 3.10, ``imp`` on 3.12), or
+    a name that the host's own standard module lacks (``from enum import StrEnum`` on 3.10)."""
+    name = getattr(exc, "name", None)
+    if not isinstance(exc, ImportError) or not isinstance(name, str):
+        return None
+    top = name.split(".")[0]
+    if isinstance(exc, ModuleNotFoundError):
+        if top not in _STDLIB_CHANGES:
+            return None
+        gap = "%r is a module of the standard library %s, and the host's has none" % (top, _STDLIB_CHANGES[top])
+        if top in _BACKPORTS and "new" in _STDLIB_CHANGES[top]:
+            gap += " (its backport on PyPI: %s)" % _BACKPORTS[top]
+        return gap
+    module = sys.modules.get(name)
+    path = getattr(module, "__file__", None) or ""
+    import sysconfig
+
+    stdlib = sysconfig.get_paths().get("stdlib") or ""
+    if module is None or not stdlib or not (path.startswith(stdlib) and "-packages" not in path):
+        return None
+    return ("%r is the host's standard library module, which lacks what is imported from it: the standard "
+            "library differs between Python versions" % name)
+
+
 def module_failed(exc, script=None):
     """Why one of the user's modules failed to import in a spawn-mode child, or None.
 
@@ -226,8 +270,9 @@ def module_failed(exc, script=None):
     or whose top level needs a newer Python (``int | None`` on 3.9), failed with the bare
     SyntaxError or TypeError: nothing said that the host runs another Python, nor what to do
     (the main script has its own words, ``_script_failed``).  Only a SyntaxError of a user's
-    file, or a TypeError, AttributeError or NameError raised at a user's module top level,
-    get them; the host's own files never do."""
+    file, a TypeError, AttributeError or NameError raised at a user's module top level, or an
+    import that the two standard libraries decide (``stdlib_gap``), get them; the host's own
+    files never do."""
     if not ACTIVE or getattr(exc, "_remoteproc_hint", None):
         return None
     script = script or (_imported[0].__file__ if _imported else None)
@@ -235,6 +280,15 @@ def module_failed(exc, script=None):
         path = exc.filename
         what = "cannot compile it: its syntax is newer (match needs 3.10, except* 3.11, type statements 3.12)"
         keep = "keep that module to the syntax of %s" % _this_python()
+    elif isinstance(exc, ImportError) and stdlib_gap(exc):
+        tb, path = exc.__traceback__, None
+        while tb is not None:       # (the last frame of a file: importlib's own frames are "<frozen ...>")
+            name = tb.tb_frame.f_code.co_filename
+            if not name.startswith("<") and not _hosts_own(name):
+                path = name
+            tb = tb.tb_next
+        what = "its import of %r failed here: %s" % (exc.name, stdlib_gap(exc))
+        keep = "make that import conditional (try/except ImportError), or use what %s has" % _this_python()
     elif isinstance(exc, (TypeError, AttributeError, NameError)):
         tb, last = exc.__traceback__, None
         while tb is not None:
