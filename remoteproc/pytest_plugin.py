@@ -20,6 +20,7 @@ A session that does not use the fixture pays only for importing this module
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING, Any, Iterator, Optional
 
 import pytest
@@ -85,4 +86,9 @@ def remoteproc_host(request: pytest.FixtureRequest) -> Iterator[RemoteHost]:
     try:
         yield RemoteHost(server.spec(), server.options(), server)
     finally:
+        # The joblib backend keeps its workers between calls (as loky does): they stop first, so
+        # that the server's end is not reported as a lost connection in the last test's report.
+        backend = sys.modules.get("remoteproc.joblib")
+        if backend is not None:
+            backend.shutdown()
         server.stop()

@@ -77,6 +77,37 @@ def test_a_user_project_gets_a_private_loopback_host(project):
     assert "3 passed" in run.stdout
 
 
+JOBLIB_TESTS = '''
+import joblib
+import remoteproc.joblib
+
+remoteproc.joblib.register()
+
+
+def test_joblib_on_the_host(remoteproc_host):
+    with joblib.parallel_config(backend="remoteproc", hosts=[remoteproc_host]):
+        assert joblib.Parallel(n_jobs=2)(joblib.delayed(abs)(-i) for i in range(4)) == [0, 1, 2, 3]
+
+
+def test_last():
+    assert False, "the last test's report"
+'''
+
+
+@pytest.mark.loopback_only
+@pytest.mark.timeout(600)
+def test_the_session_end_does_not_report_the_joblib_workers_lost(tmp_path):
+    """The joblib backend keeps its workers between calls: the fixture stopped the server under
+    them, and the last test's report (every test's, with -rA) said "connection lost ... the host's
+    sshd ended it" and "pool workers lost": a network failure that never happened."""
+    pytest.importorskip("joblib")
+    (tmp_path / "test_jl.py").write_text(JOBLIB_TESTS)
+    run = _pytest(tmp_path, "-rA", "-o", "log_cli=true", "-o", "log_cli_level=WARNING")
+    assert "1 failed, 1 passed" in run.stdout, run.stdout + run.stderr
+    assert "the last test's report" in run.stdout, run.stdout
+    assert "connection lost" not in run.stdout + run.stderr and "workers lost" not in run.stdout, run.stdout
+
+
 def test_a_session_that_does_not_use_the_fixture_loads_no_ssh(project):
     run = _pytest(project, "test_unused.py")
     assert run.returncode == 0, run.stdout + run.stderr
