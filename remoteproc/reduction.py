@@ -246,9 +246,10 @@ def _not_importable(obj) -> str:
     if where:
         return "its module %r was %s: the host cannot import it; put its directory on sys.path" % (module, where)
     if module == "__main__" and not os.path.isfile(getattr(mod, "__file__", None) or ""):
-        return "defined interactively (in a notebook cell, at the >>> prompt, or in a script read from stdin)"
+        return ("defined interactively (in a notebook cell, at the >>> prompt, with python -c, or in a script "
+                "read from stdin)")
     if module == "__main__" and getattr(mod, "__spec__", None) is not None:
-        return "defined in a main module run with python -m (only a script run by its path is shipped)"
+        return "%s%s" % (_RUN_WITH_M, mod.__file__)
     found: object = mod
     for part in qualname.split("."):
         found = getattr(found, part, None)
@@ -285,17 +286,25 @@ class _SpawnPickler(pickle.Pickler):
         return NotImplemented
 
 
+#: why a function of ``python -m pkg.mod``'s main module cannot go, followed by that module's file
+_RUN_WITH_M = "defined in a main module run with python -m, which is not shipped (only a script run by its path is): "
+
+
 def spawn_refusal(obj, why: str, host: str, looked: str) -> PicklingError:
     """The PicklingError for an object that cannot go to another Python version."""
     import sys
 
     ver = "%d.%d" % sys.version_info[:2]
     name = "%s.%s" % (getattr(obj, "__module__", "?"), getattr(obj, "__qualname__", repr(obj)))
+    fix = "define it at the top level of a module or of your script"
+    if why.startswith(_RUN_WITH_M):
+        fix = ("run that module as a script, by its path (python3 %s), or move the function into a module "
+               "that it imports" % why[len(_RUN_WITH_M):])
     return PicklingError(
         "%s: cannot send %s (%s) to a Python of another version: %s runs another Python than this one "
         "(%s), so functions and classes travel by reference, as with multiprocessing's spawn start method. "
-        "Fix: define it at the top level of a module or of your script, or give %s a Python %s (we looked "
-        "for it in: %s; or pass python= with its path)." % (host, name, why, host, ver, host, ver, looked), host)
+        "Fix: %s, or give %s a Python %s (we looked for it in: %s; or pass python= with its path)."
+        % (host, name, why, host, ver, fix, host, ver, looked), host)
 
 
 class _ItemSpawnPickler(pickle.Pickler):

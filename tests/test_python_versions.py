@@ -538,7 +538,7 @@ def test_a_function_defined_interactively_is_refused_in_spawn_mode(plain_user_ho
                          env=env)
     assert out.returncode == 0, out.stderr
     assert "__main__.typed_at_the_prompt" in out.stdout and "defined interactively" in out.stdout
-    assert "another version" in out.stdout
+    assert "another version" in out.stdout and ("python -c" in out.stdout or how != "-c")
 
 
 def test_a_function_of_a_main_module_run_with_python_m_is_refused_in_spawn_mode(plain_user_host, plain_user_options,
@@ -552,6 +552,9 @@ def test_a_function_of_a_main_module_run_with_python_m_is_refused_in_spawn_mode(
                          capture_output=True, text=True, timeout=120, env=env)
     assert out.returncode == 0, out.stderr
     assert "__main__.typed_at_the_prompt" in out.stdout and "run with python -m" in out.stdout, out.stdout
+    # (its fix was "define it at the top level of a module", where it already is)
+    assert "Fix: run that module as a script, by its path (python3 %s)" % (tmp_path / "as_module.py") in out.stdout
+    assert "define it at the top level" not in out.stdout
     assert "another version" in out.stdout
 
 
