@@ -172,11 +172,16 @@ _OPTION_FLAG = re.compile(r"^(?:option )?(%s)\b" % "|".join(_FLAGS))
 
 
 #: the library's options as an error's message names them, and the command line's flag for each
-#: (``python='X'``, ``python=%r`` of a value, or a bare ``python=``); options with no flag
-#: (password=, allow_agent=, allow_prompt=) and ``known_hosts=[]`` are left as they are
+#: (``python='X'``, ``python=%r`` of a value, an unquoted ``python=/x`` or ``connect_timeout=-1``
+#: as the stub's label says it: its word up to a blank, less the punctuation that ends a sentence
+#: or a bracket, or a bare ``python=``: a path is a value, never part of the flag's name); options
+#: with no flag (password=, allow_agent=, allow_prompt=), a list, tuple or repr (``known_hosts=[]``,
+#: ``ssh_config=PosixPath('/c')``) and None, True or False are left as they are
 _IN_API_TERMS = re.compile(
     r"\b(host_key_policy|transport|key_filename|known_hosts|ssh_config|python|connect_timeout|proxy_jump)="
-    r"(?:'([^'\[\]]*)'|(?![\[(\w'\"%]))")
+    r"(?:'([^'\[\]]*)'"
+    r"|(?!(?:None|True|False)\b)([^\s'\"\[\](){}<>%]*?[^\s'\"\[\](){}<>%.,;:!?])(?=[.,;:!?)\]}]*(?:\s|\Z))"
+    r"|(?=[.,;:!?)\]}]*(?:\s|\Z)))")
 _BARE_FLAG = {"key_filename": "-i KEY", "known_hosts": "--known-hosts FILE", "ssh_config": "-F FILE",
               "python": "--python", "connect_timeout": "--connect-timeout", "proxy_jump": "-J",
               "transport": "--transport"}
@@ -186,13 +191,15 @@ def in_cli_terms(text: str) -> str:
     """An error's message with the library's options (``transport='openssh'``) said as the command
     line's flags (``--transport openssh``): what a user of the command can type."""
     def flag(m: re.Match[str]) -> str:
-        name, value = m.group(1), m.group(2)
-        if value is None:
+        name, quoted, word = m.groups()
+        if quoted is None and word is None:
             return _BARE_FLAG[name]
+        value = quoted if quoted is not None else word
         if name == "host_key_policy":
             return "--accept-new" if value == "accept-new" else m.group(0)
         short = {"key_filename": "-i", "ssh_config": "-F", "proxy_jump": "-J"}.get(name)
-        return "%s %s" % (short or "--" + name.replace("_", "-"), shlex.quote(value))
+        # (an unquoted word is said as written: it holds no blank, and ~/x stays ~/x)
+        return "%s %s" % (short or "--" + name.replace("_", "-"), shlex.quote(value) if word is None else value)
     return _IN_API_TERMS.sub(flag, text)
 
 
@@ -762,6 +769,7 @@ class _Parser(argparse.ArgumentParser):
         super().__init__(*args, **kwargs)
         self.tails: dict[str, tuple[argparse.ArgumentParser, int, str, dict[str, str]]] = {}
         self.demo: argparse.ArgumentParser = self       # (demo's own, for its usage errors)
+        self.commands: dict[str, argparse.ArgumentParser] = {}      # each command's parser, by its name
 
     def parse_known_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> tuple[Any, list[str]]:
         argv = list(sys.argv[1:] if args is None else args)
@@ -789,6 +797,20 @@ class _Parser(argparse.ArgumentParser):
             setattr(namespace, dest, tail)
             namespace.kind = enders[ender] if ender else "path"
         return namespace, extras
+
+    def parse_args(self, args: Sequence[str] | None = None, namespace: Any = None) -> Any:
+        """As argparse's, but an unknown option given after the command is refused with that
+        command's usage (``remoteproc run --bogus h0 x.py``), not the top level's, which says
+        nothing of the command's options; one before the command is the top level's."""
+        argv = list(sys.argv[1:] if args is None else args)
+        namespace, extras = self.parse_known_args(argv, namespace)
+        if extras:
+            at = _positional_index(self, argv, 0)
+            command = self.commands.get(argv[at]) if at is not None else None
+            if command is None or any(token in extras for token in argv[:at]):
+                command = self
+            command.error("unrecognized arguments: %s" % " ".join(extras))
+        return namespace
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -836,6 +858,7 @@ def build_parser() -> argparse.ArgumentParser:
                             description="Run a real RemoteProcess round trip and time each step.")
     p_demo.add_argument("host", nargs="?", metavar="HOST", help="USER@HOST[:PORT] or an ssh_config alias")
     parser.demo = p_demo
+    parser.commands = {"run": p_run, "check": p_check, "cache": p_cache, "demo": p_demo}
     return parser
 
 
