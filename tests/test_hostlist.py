@@ -218,6 +218,22 @@ def test_a_slurm_nodelist_of_no_host_is_refused_naming_the_variable(nodelist):
         hostlist.slurm({"SLURM_JOB_NODELIST": nodelist})
 
 
+@pytest.mark.parametrize("counts", ["0(x2)", "2,0", "0,1", "1(x0),2(x2)"])
+def test_a_count_of_0_tasks_is_refused_naming_the_variable(counts):
+    """Slurm gives every node of a job a task at least: "0(x2)" is no list it wrote, and was taken
+    as a pool of no host ([], silently), or as a host less; refused as a hostfile's "a:0" is."""
+    with pytest.raises(ConfigError, match=r"^SLURM_TASKS_PER_NODE: .* (a host needs|for) at least 1"):
+        hostlist.slurm({"SLURM_JOB_NODELIST": "n[1-2]",
+                        "SLURM_TASKS_PER_NODE": counts})
+
+
+@pytest.mark.parametrize("text,position", [("2(x0)", 0), ("0", 0), ("0(x3)", 0), ("1,0(x1)", 2), ("2(x2),1(x0)", 6)])
+def test_tasks_per_node_refuses_a_count_or_repeat_of_0(text, position):
+    with pytest.raises(HostlistError, match="at least 1") as err:
+        hostlist.tasks_per_node(text)
+    assert err.value.position == position
+
+
 def test_slurm_reads_os_environ(monkeypatch):
     monkeypatch.setenv("SLURM_JOB_NODELIST", "c[1-2]")
     monkeypatch.setenv("SLURM_TASKS_PER_NODE", "3(x2)")
