@@ -25,7 +25,7 @@ import sys
 import threading
 import weakref
 from concurrent import futures
-from typing import Any, Callable, Iterable, Optional
+from typing import Any, Callable, Iterable, Mapping, Optional
 
 from joblib import register_parallel_backend
 from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, SequentialBackend, ThreadingBackend
@@ -276,8 +276,9 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         # (joblib's parallel_config may set it again after this: read when the workers start)
         self.inner_max_num_threads: Optional[int] = inner_max_num_threads
         # (a generator of hosts would be used up by the first executor: the next one, after a
-        # shutdown() or the loss of every worker, needs them again; a spec or RemoteHost stays itself)
-        self.hosts = hosts if hosts is None or isinstance(hosts, str) else list(hosts)
+        # shutdown() or the loss of every worker, needs them again; a spec or RemoteHost stays itself,
+        # and so does a dict, which the executor refuses: its list was its keys, the counts lost)
+        self.hosts = hosts if hosts is None or isinstance(hosts, (str, Mapping)) else list(hosts)
         self.processes_per_host = processes_per_host
         self.initializer = initializer
         self.initargs = tuple(initargs)

@@ -47,7 +47,7 @@ from . import reduction
 from .agent import proxies
 from .agent.waker import Waker
 from .bootstrap import looked_in
-from .errors import CONNECTION_LOST, ConnectError, ConnectionLostError, PicklingError, RemoteProcessError
+from .errors import CONNECTION_LOST, ConfigError, ConnectError, ConnectionLostError, PicklingError, RemoteProcessError
 from .reconnect import Reconnector
 from .tasks import Chunk, Job, ResultUnpicklingError, WorkerDiedError, WorkerLostError, frame, frame_header, task_error
 from .workers import TERMINATE_GRACE, Hosts, Starter, Worker, last_words, parse_hosts, workers_per_host
@@ -71,8 +71,12 @@ class Scheduler:
                  threads: tuple[Any, ...] | None = None) -> None:
         if not isinstance(retries, int) or isinstance(retries, bool) or retries < 0:
             raise ValueError("retries must be an int >= 0")
-        if processes_per_host is not None and (not isinstance(processes_per_host, int) or processes_per_host < 1):
-            raise ValueError("processes_per_host must be at least 1")
+        if processes_per_host is not None and (not isinstance(processes_per_host, int)
+                                               or isinstance(processes_per_host, bool) or processes_per_host < 1):
+            # (a ConfigError, still the ValueError it was: the pool's own misuse, said with its fix)
+            raise ConfigError("processes_per_host must be an int of at least 1 (workers on each host), not %r. "
+                              "Fix: pass processes_per_host=1 or more, or leave it out (None) for one worker per "
+                              "CPU a process may use on each host" % (processes_per_host,))
         if maxtasks is not None and (not isinstance(maxtasks, int) or maxtasks <= 0):
             raise ValueError("maxtasksperchild must be a positive int or None")
         if initializer is not None and not callable(initializer):

@@ -41,13 +41,23 @@ def parse_hosts(hosts: Hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str,
         raise ConfigError("the first argument of Pool and Executor is the hosts ('user@host' or a list of them), "
                           "not %r: multiprocessing's number of processes is processes_per_host= here, for example "
                           "Pool(['alice@node1', 'alice@node2'], processes_per_host=4)" % (hosts,))
+    if isinstance(hosts, Mapping):
+        # (iterating a dict gives its keys: {"node1": 4} ran processes_per_host workers, the 4 unread)
+        raise ConfigError("the hosts of Pool and Executor are a list, not a dict (%r): pass a list of specs, or of "
+                          "(spec, {ssh options}, workers) triples, for example %r"
+                          % (hosts, [(str(k), {}, v) for k, v in list(hosts.items())[:2]]))
     out: list[tuple[str, dict, Optional[int]]] = []
     for entry in hosts:
         if isinstance(entry, str):          # (a spec may carry options: pytest_plugin.RemoteHost)
             out.append((str.__str__(entry), {**getattr(entry, "ssh_options", {}), **ssh_options}, None))
         elif (isinstance(entry, tuple) and len(entry) in (2, 3) and isinstance(entry[0], str)
-              and isinstance(entry[1], Mapping) and _worker_count(entry[2:])):
-            out.append((entry[0], {**ssh_options, **entry[1]}, entry[2] if len(entry) == 3 else None))
+              and isinstance(entry[1], Mapping)):
+            workers = entry[2] if len(entry) == 3 else None
+            if not _worker_count(entry[2:]):
+                raise ConfigError("pool host %r: its workers must be an int of at least 1 (or None: "
+                                  "processes_per_host), not %r. Fix: give it 1 or more workers, or leave it out "
+                                  "of the list" % (entry[0], workers), entry[0])
+            out.append((entry[0], {**ssh_options, **entry[1]}, workers))
         else:
             raise ConfigError("a pool host is 'user@host[:port]', ('user@host', {ssh options}) or "
                               "('user@host', {ssh options}, workers), not %r" % (entry,))
