@@ -218,8 +218,11 @@ def slurm(environ: Optional[Mapping[str, str]] = None) -> list[Host]:
                           % (counts_variable, tasks, len(counts), len(hosts), variable, nodelist))
     if counts_variable == "SLURM_JOB_CPUS_PER_NODE":
         per_task = _cpus_per_task(env)
-        counts = [max(1, n // per_task) for n in counts]
-    return [Host(h, {}, n) for h, n in zip(hosts, counts)]
+        counts = [max(1, n // per_task) if n else 0 for n in counts]
+    if not any(counts):     # (a host of no task is left out, as Slurm runs none there; none left is no pool)
+        raise ConfigError("%s=%r gives every host of %s=%r 0 tasks: no host to run on (a pool needs one with "
+                          "at least 1)" % (counts_variable, tasks, variable, nodelist))
+    return [Host(h, {}, n) for h, n in zip(hosts, counts) if n > 0]
 
 
 def _cpus_per_task(env: Mapping[str, str]) -> int:
@@ -238,9 +241,9 @@ _TASKS = re.compile(r"([0-9]+)(?:\(x([0-9]+)\))?\Z")
 def tasks_per_node(text: str) -> list[int]:
     """Slurm's compressed count list, one number per host: ``2(x3),1`` is ``[2, 2, 2, 1]``.
 
-    A count or a repeat of 0 is refused, as a hostfile's ``a:0`` is: Slurm gives every node of
-    an allocation at least one task (and one CPU), so ``0(x2)`` or ``2(x0)`` is no list Slurm
-    wrote, and taken as it reads it gave a pool of no host, or a host less, silently.
+    A repeat of 0 (``2(x0)``) is refused: it stands for no host, and taken as it reads it gave a
+    list shorter than the text says, silently.  A count of 0 is a host with no task (``slurm()``
+    leaves it out, and refuses a list of only those).
     """
     counts: list[int] = []
     pos = 0
@@ -249,8 +252,6 @@ def tasks_per_node(text: str) -> list[int]:
         if m is None:
             raise HostlistError("%r is not a count N or N(xM)" % part, text, pos)
         count, repeat = int(m.group(1)), int(m.group(2) or 1)
-        if count < 1:
-            raise HostlistError("%r gives a host 0 tasks; a host needs at least 1" % part, text, pos)
         if repeat < 1:
             raise HostlistError("%r repeats its count 0 times; a count is for at least 1 host" % part, text, pos)
         counts.extend([count] * repeat)

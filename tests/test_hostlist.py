@@ -6,6 +6,7 @@ The expected expansions are what ``scontrol show hostnames`` (Slurm 22.05) print
 from __future__ import annotations
 
 import pickle
+import re
 import tracemalloc
 
 import pytest
@@ -218,20 +219,24 @@ def test_a_slurm_nodelist_of_no_host_is_refused_naming_the_variable(nodelist):
         hostlist.slurm({"SLURM_JOB_NODELIST": nodelist})
 
 
-@pytest.mark.parametrize("counts", ["0(x2)", "2,0", "0,1", "1(x0),2(x2)"])
-def test_a_count_of_0_tasks_is_refused_naming_the_variable(counts):
-    """Slurm gives every node of a job a task at least: "0(x2)" is no list it wrote, and was taken
-    as a pool of no host ([], silently), or as a host less; refused as a hostfile's "a:0" is."""
-    with pytest.raises(ConfigError, match=r"^SLURM_TASKS_PER_NODE: .* (a host needs|for) at least 1"):
-        hostlist.slurm({"SLURM_JOB_NODELIST": "n[1-2]",
-                        "SLURM_TASKS_PER_NODE": counts})
+@pytest.mark.parametrize("counts", ["0(x2)", "0,0"])
+def test_tasks_of_0_on_every_host_are_refused_naming_the_variable(counts):
+    """A host of 0 tasks is left out; with every host so, slurm() gave [] silently, and the pool
+    said only "a pool needs at least one host", naming neither variable."""
+    with pytest.raises(ConfigError, match=r"^SLURM_TASKS_PER_NODE='%s' gives every host of SLURM_JOB_NODELIST='n\[1-2\]' "
+                                          r"0 tasks" % re.escape(counts)):
+        hostlist.slurm({"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_TASKS_PER_NODE": counts})
+    assert hostlist.slurm({"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_TASKS_PER_NODE": "0,3"}) == [Host("n2", {}, 3)]
 
 
-@pytest.mark.parametrize("text,position", [("2(x0)", 0), ("0", 0), ("0(x3)", 0), ("1,0(x1)", 2), ("2(x2),1(x0)", 6)])
-def test_tasks_per_node_refuses_a_count_or_repeat_of_0(text, position):
-    with pytest.raises(HostlistError, match="at least 1") as err:
+@pytest.mark.parametrize("text,position", [("2(x0)", 0), ("0(x0)", 0), ("2(x2),1(x0)", 6)])
+def test_tasks_per_node_refuses_a_repeat_of_0(text, position):
+    """"2(x0)" stands for no host: it was read as none, a list shorter than the text, silently."""
+    with pytest.raises(HostlistError, match="repeats its count 0 times") as err:
         hostlist.tasks_per_node(text)
     assert err.value.position == position
+    with pytest.raises(ConfigError, match="^SLURM_TASKS_PER_NODE: "):
+        hostlist.slurm({"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_TASKS_PER_NODE": "1,%s" % text})
 
 
 def test_slurm_reads_os_environ(monkeypatch):
