@@ -577,3 +577,61 @@ def test_the_program_s_exit_does_not_wait_for_a_stalled_host_s_daemon(transport_
         server.stop()
         for stream in (proc.stdin, proc.stdout, proc.stderr):
             stream.close()
+
+
+UNREAD_AT_EXIT = textwrap.dedent('''\
+    import json, sys
+    from remoteproc import Pipe, RemoteProcess
+
+    def flood(conn):
+        for i in range(200):
+            print("line", i)
+        sys.stdout.flush()
+        conn.send(b"x" * (50 << 20))    # (nobody reads it: the program ends first)
+
+    if __name__ == "__main__":
+        spec, options = json.loads(sys.argv[1])
+        parent, child = Pipe()
+        p = RemoteProcess(spec, target=flood, args=(child,), daemon=True, **options)
+        p.start()
+        print("started", flush=True)
+        sys.stdin.readline()
+        print("last line", flush=True)
+''')
+
+
+def test_the_program_s_exit_does_not_flush_what_its_own_connections_would_get(tmp_path, host, ssh_options):
+    """Found by an audit: a daemon child blocked sending 50 MiB that the program never reads; at
+    the program's exit the relay tried to hand that message to the program's own end of the Pipe,
+    which it was itself waiting for: 5 s (the relay's bound) after the last line, every time, where
+    multiprocessing's exit is immediate.  The child's stdout, whose reader outlives the program,
+    is still written out whole."""
+    program = tmp_path / "unread.py"
+    program.write_text(UNREAD_AT_EXIT)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(p for p in sys.path if p)}
+    proc = subprocess.Popen([sys.executable, str(program), json.dumps([host, ssh_options])],
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert proc.stdout.readline() == "started\n"
+        time.sleep(2)               # (the child prints, then blocks in its send)
+        proc.stdin.write("exit\n")
+        proc.stdin.flush()
+        before = []
+        for _ in range(300):        # (the child's lines come first: up to the program's last one)
+            line = proc.stdout.readline()
+            if line in ("last line\n", ""):
+                break
+            before.append(line)
+        assert line == "last line\n", before
+        ended = time.monotonic()
+        out, err = proc.communicate(timeout=30)
+        out = "".join(before) + out
+        waited = time.monotonic() - ended
+        assert proc.returncode == 0, err
+        assert waited < 4.0, "the exit waited %.1f s (the relay's flush bound is 5 s)" % waited
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    # (the child's lines may come before or after "last line": all of them, once, in order)
+    assert [x for x in out.splitlines() if x.startswith("line ")] == ["line %d" % i for i in range(200)], out

@@ -8,6 +8,7 @@ gets a relay of its own.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import os
@@ -289,14 +290,18 @@ def current() -> "RelayHandle | None":
     return relay if relay is not None and relay.alive() else None
 
 
-def shutdown(timeout: float = 10.0) -> None:
+def shutdown(timeout: float = 10.0, exiting: bool = False) -> None:
     """Stop the relay process, if it runs: every SSH connection closes and every remote
-    agent kills what it started.  The next RemoteProcess starts a new relay."""
+    agent kills what it started.  The next RemoteProcess starts a new relay.  ``exiting``:
+    this process ends, so the relay does not wait to hand its Connections what they would get."""
     global _relay
     with _lock:
         relay, _relay = _relay, None
     if relay is None or os.getpid() != relay.pid_owner:
         return
+    if exiting:
+        with contextlib.suppress(OSError):
+            relay.send_to_relay(("exiting",))
     try:
         relay.sock.shutdown(socket.SHUT_RDWR)
     except OSError:
@@ -313,7 +318,7 @@ def _shutdown_at_exit() -> None:
     """The interpreter exits: stop the relay, and start none after it."""
     global _exited_in
     _exited_in = os.getpid()
-    shutdown()
+    shutdown(exiting=True)
 
 
 def prestart() -> None:

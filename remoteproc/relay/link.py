@@ -135,6 +135,10 @@ class Link:
         self.path_state: tuple | None = None    # modules.path_state of the last start's sys.path
         self.lost: RemoteProcessError | None = None
         self.closing = False
+        #: the streams of the user's Connections (their other ends are in the user's process), and
+        #: whether that process is exiting: then nobody reads them, and the end waits for none
+        self.user_ends: set[int] = set()
+        self.unread = False
         self.interrupted = False
         self.dead = False
         self.last_heard = time.monotonic()
@@ -173,10 +177,12 @@ class Link:
             self.interrupted = True
         self.wake()
 
-    def close(self) -> None:
-        """Ask the loop to end: the agent then kills what it started."""
+    def close(self, unread: bool = False) -> None:
+        """Ask the loop to end: the agent then kills what it started.  ``unread``: the user's
+        process is exiting, so what its Connections would still get is dropped, not flushed."""
         with self.lock:
             self.closing = True
+            self.unread = self.unread or unread
         self.wake()
 
     def drop_pending(self) -> None:
@@ -499,6 +505,7 @@ class Link:
                 mux.widen_send_buffer(fd)       # the parent's recv() finds a whole message at once
             child.streams.append(self.mux.add(sid, fd, reading=child_reads, writing=child_writes, owner=child,
                                             shared=True))
+            self.user_ends.add(sid)
             wire.append([sid, kind, child_reads, child_writes])
         out_sid, err_sid = self._sid(), self._sid()
         child.streams.append(self.mux.add(out_sid, out_fd, reading=False, writing=True, owner=child, shared=True))
@@ -689,6 +696,7 @@ class Link:
             self._deliver(child)
 
     def _stream_closed(self, s) -> None:
+        self.user_ends.discard(s.sid)
         child = s.owner
         if child is not None and s in child.streams:
             child.streams.remove(s)
@@ -806,7 +814,8 @@ class Link:
         self.on_finish(self)
         deadline = time.monotonic() + 5.0
         while self.mux.streams and time.monotonic() < deadline:
-            pending = [s for s in self.mux.streams.values() if s.outq]
+            # (a child's stdout and stderr go on: the terminal, or a pipe's reader, outlives the program)
+            pending = [s for s in self.mux.streams.values() if s.outq and not (self.unread and s.sid in self.user_ends)]
             if not pending:
                 break
             for key, mask in self.sel.select(0.05):

@@ -64,6 +64,7 @@ class Relay:
         self.resolved: dict[str, ssh.Target] = {}
         #: each Ctrl-C's links, from the SIGINT handler to the interrupter thread (watch_interrupts)
         self._interrupts: queue.SimpleQueue = queue.SimpleQueue()
+        self.exiting = False        # the user's process said it exits (client._shutdown_at_exit)
 
     def send_to_user(self, msg) -> None:
         with self.send_lock:
@@ -94,6 +95,8 @@ class Relay:
                 self.start(msg[1], fds)
             elif op == "level":
                 logging.getLogger("remoteproc").setLevel(msg[1])
+            elif op == "exiting":       # (the user's process: what its Connections still get, it never reads)
+                self.exiting = True
             elif op == "sync":      # (what this process logged before it has been sent: the answer follows it)
                 self.send_to_user(("synced", msg[1]))
             else:
@@ -215,7 +218,7 @@ class Relay:
         with self.links_lock:
             links = list(self.links.values())
         for link in links:
-            link.close()
+            link.close(unread=self.exiting)
         for link in links:
             # A link still connecting (no agent channel yet: a host that does not answer, a slow
             # jump host) has no output to flush, and its thread may wait out the connect timeout:
