@@ -214,6 +214,17 @@ class _Handover:
             return list(self.started)
 
 
+def _every_host_said(errors: list[BaseException]) -> BaseException:
+    """The first failed host's error (its type, for ``except``), its message followed by every
+    other host's: a pool over many hosts with several broken says them all in one run, rather
+    than one per run, each after the slowest host's connect timeout."""
+    first, others = errors[0], errors[1:]
+    if others and isinstance(first, RemoteProcessError) and all(isinstance(e, Exception) for e in others):
+        first.args = ("%s\n(and %d other host%s failed to start: %s)"
+                      % (first, len(others), "s" if len(others) > 1 else "", "; ".join(str(e) for e in others)),)
+    return first
+
+
 class Starter:
     """What every worker of one pool starts with: the initializer, its arguments, the task limit,
     and whether its tasks may start processes (an Executor's: ProcessPoolExecutor's workers are
@@ -312,15 +323,15 @@ class Starter:
         except BaseException:
             workers.extend(handover.take_all())
             raise
-        error = None
+        errors = []
         per_host = []
         for item in out:
             if isinstance(item, tuple):
-                error = error or item[0]
+                errors.append(item[0])
                 workers.extend(item[1])
             else:
                 per_host.append(item)
         for row in itertools.zip_longest(*per_host):      # interleave the hosts: round-robin order
             workers.extend(w for w in row if w is not None)
-        if error is not None:
-            raise error
+        if errors:
+            raise _every_host_said(errors)

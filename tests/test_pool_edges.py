@@ -622,3 +622,23 @@ def test_hosts_status_while_a_reconnect_attempt_is_under_way():
         r.stop()
         reconnect.FIRST_DELAY = old
         starter.release.release()
+
+
+def test_a_pool_whose_hosts_fail_in_several_ways_says_every_one(host, ssh_options):
+    """Found by an audit: over eight hosts with four broken, Pool() raised the first host's error
+    only (after the slowest had timed out), and the others' (an unknown key, a refused login) were
+    dropped: one fixed per run.  The first host's error, its type kept, now says every host's."""
+    from remoteproc.testing.net import HOST, free_port
+
+    if "port" not in ssh_options:
+        pytest.skip("the loopback sshd's own options only")
+    own = {k: v for k, v in ssh_options.items() if k not in ("port", "username")}
+    closed = "nobody@%s:%d" % (HOST, free_port())        # (nothing listens there)
+    refused = "rp-no-such-user@%s:%d" % (HOST, ssh_options["port"])      # (the same sshd: that login is refused)
+    with pytest.raises(remoteproc.ConnectError) as info:
+        remoteproc.Pool([(closed, own, 1), (host, ssh_options, 1), (refused, own, 1)], 1)
+    text = str(info.value)
+    assert text.startswith(closed) and "and 1 other host failed to start: " in text, text
+    others = text.split("and 1 other host failed to start: ", 1)[1]
+    assert others.startswith("rp-no-such-user@") and ("authentication" in others.lower() or "log in" in others), text
+    assert info.value.host == closed
