@@ -22,7 +22,7 @@ from ..errors import (
 from . import probe
 from .auth import authenticate
 from .hostkeys import check_host_key, prefer_known_types, read_known_hosts
-from .target import Target, config_read, home_hint, typo_hint
+from .target import Target, config_read, home_hint, timeout_said, typo_hint
 
 WINDOW_SIZE = 8 << 20
 MAX_PACKET = 128 << 10
@@ -103,9 +103,9 @@ def _tcp(target: Target) -> socket.socket:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         return sock
     if error is None or isinstance(error, socket.timeout):
-        raise ConnectError("%s: connection timed out after %gs. Check that the host is up and the "
-                           "port is right, or raise connect_timeout." % (target.display, target.connect_timeout),
-                           target.display)
+        raise ConnectError("%s: connection timed out after %gs%s. Check that the host is up and the "
+                           "port is right, or raise connect_timeout." % (target.display, target.connect_timeout,
+                                                                         timeout_said(target)), target.display)
     raise ConnectError("%s: cannot connect to port %d: %s. Check that sshd runs there and listens on that "
                        "port, and that the host is reachable." % (target.display, target.port,
                                                                   error.strerror or error), target.display)
@@ -360,7 +360,7 @@ def _handshake(transport: Any, target: Target, proc: subprocess.Popen[bytes] | N
     if (error is None and not done.is_set()) or (
             isinstance(error, EOFError) and time.monotonic() - started >= target.connect_timeout):
         # (paramiko's handshake timeout is a bare EOFError, as is a hang-up: the clock tells them apart)
-        reason = "no answer within %gs" % target.connect_timeout
+        reason = "no answer within %gs%s" % (target.connect_timeout, timeout_said(target))
     elif error is None or isinstance(error, EOFError) and not str(error):
         reason = "the server closed the connection"
     else:
@@ -375,7 +375,7 @@ def _handshake(transport: Any, target: Target, proc: subprocess.Popen[bytes] | N
     if reason.startswith("Error reading SSH protocol banner"):
         # (paramiko's words for both a silence and a hang-up before the banner: the clock tells them apart)
         if time.monotonic() - started >= target.connect_timeout * 0.9:
-            reason = "no SSH banner within %gs (%s)" % (target.connect_timeout, reason)
+            reason = "no SSH banner within %gs (%s)%s" % (target.connect_timeout, reason, timeout_said(target))
         else:
             error = ConnectError("%s: SSH handshake failed: the server closed the connection before its SSH banner "
                                  "(%s): %s. %s. Check that an SSH server answers on port %d%s."

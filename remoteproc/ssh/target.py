@@ -52,6 +52,9 @@ class Target:
     known_hosts: list[str] = field(default_factory=list)
     policy: str = "reject"
     connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
+    #: where ``connect_timeout`` came from when it is the ssh config's, as a message names it
+    #: ("ConnectTimeout 5 for node3 in ~/.ssh/config"); "" for the option or the default
+    timeout_origin: str = ""
     proxy_jump: list[str] = field(default_factory=list)
     proxy_command: str | None = None
     keepalive_interval: float = DEFAULT_KEEPALIVE_INTERVAL
@@ -243,10 +246,12 @@ def _resolve(spec: str, options: dict[str, Any], config: Config | None, _depth: 
     known, global_known = _known_hosts_files(options, cfg, tokens)
     jumps = parse_jumps(expand(jump_text, tokens, "ProxyJump") if isinstance(jump_text, str) else None)
     jump = _resolve_jump(spec, jumps, options, config, _depth) if jumps else None
+    timeout, timeout_origin = _connect_timeout(options, cfg, spec, host)
+    if jump is not None and timeout_origin:
+        _cap_timeout(jump, timeout, timeout_origin)
     interval = (options.get("keepalive_interval") or _seconds(cfg, "serveraliveinterval", spec)
                 or DEFAULT_KEEPALIVE_INTERVAL)
     count = options.get("keepalive_count") or _number(cfg, "serveralivecountmax", spec, int) or DEFAULT_KEEPALIVE_COUNT
-    timeout = options.get("connect_timeout") or _seconds(cfg, "connecttimeout", spec) or DEFAULT_CONNECT_TIMEOUT
     family = str(_first(cfg, "addressfamily", "any")).lower()
     asks = _config_asks(cfg)
     forward, forward_path = _forward_agent(cfg, tokens, spec)
@@ -254,7 +259,8 @@ def _resolve(spec: str, options: dict[str, Any], config: Config | None, _depth: 
         spec=spec, hostname=hostname, port=port, username=username, key_filenames=keys,
         identities_only=_yes(_first(cfg, "identitiesonly", "no")),
         password=options.get("password"), passphrase=options.get("passphrase"),
-        known_hosts=known, policy=_host_key_policy(options, cfg), connect_timeout=float(timeout),
+        known_hosts=known, policy=_host_key_policy(options, cfg), connect_timeout=timeout,
+        timeout_origin=timeout_origin,
         proxy_jump=jumps, proxy_command=None if jumps else _proxy_command(cfg, tokens),
         keepalive_interval=float(interval), keepalive_count=max(1, int(count)),
         idle_timeout=float(option(options, "idle_timeout")),
@@ -514,6 +520,39 @@ def _forward_agent(cfg: dict[str, Any], tokens: dict[str, str], spec: str) -> tu
         path = os.environ.get(value[1:])
         return (True, path) if path else (False, None)
     return True, expand_path(value, tokens, "ForwardAgent")
+
+
+def _connect_timeout(options: dict[str, Any], cfg: dict[str, Any], spec: str, host: str) -> tuple[float, str]:
+    """(the connect timeout, where it came from: ``Target.timeout_origin``): the option, the config, the default."""
+    given = options.get("connect_timeout")
+    if given:
+        return float(given), ""     # (the caller's own: the fix's connect_timeout names it; hops inherit it)
+    configured = _seconds(cfg, "connecttimeout", spec)
+    if configured:
+        return float(configured), "ConnectTimeout %d for %s in %s" % (
+            configured, host, config_read(options) or "the ssh config")
+    return DEFAULT_CONNECT_TIMEOUT, ""
+
+
+def _cap_timeout(jump: Target, timeout: float, origin: str) -> None:
+    """Bound every jump host on the way by the target's own connect timeout.
+
+    ``ssh`` bounds the wait for the target's banner (through its jump hosts' ``ssh -W``) by the
+    target's ConnectTimeout: a black-holed bastion without a ConnectTimeout of its own failed
+    ``ssh node3`` after node3's 5 s, but stalled us for the default 30 s.  A hop's shorter own
+    timeout stays."""
+    hop: Target | None = jump
+    while hop is not None:
+        if hop.connect_timeout > timeout:
+            hop.connect_timeout = timeout
+            hop.timeout_origin = origin + ", which bounds its jump hosts too"
+        hop = hop.jump
+
+
+def timeout_said(target: Target) -> str:
+    """`` (ConnectTimeout 5 for node3 in ~/.ssh/config)``: where the timeout a message names came
+    from, so that its fix (raise connect_timeout, which beats the config) reads right; "" for the default."""
+    return " (%s)" % target.timeout_origin if target.timeout_origin else ""
 
 
 def _resolve_jump(spec: str, jumps: list[str], options: dict[str, Any], config: Config, depth: int) -> Target:
