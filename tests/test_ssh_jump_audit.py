@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 import socket
 import time
 from collections.abc import Iterator
@@ -21,7 +22,7 @@ import pytest
 
 from remoteproc import RemoteProcess, ssh
 from remoteproc.errors import ConnectError
-from remoteproc.testing.net import HOST
+from remoteproc.testing.net import HOST, free_port
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -98,3 +99,18 @@ def test_a_jump_hosts_own_shorter_connect_timeout_stays_and_the_option_beats_the
         given = ssh.resolve("node3", dict(_jump_options(sshd, config), connect_timeout=4))
         assert given.connect_timeout == 4 and given.jump is not None and given.jump.connect_timeout == 4
         assert given.jump.timeout_origin == ""      # (the caller's own value: the fix names it)
+
+
+# -- 3. openssh transport: a dead jump host's message without ssh's proxy noise ---------------------
+
+def test_a_dead_jump_hosts_message_quotes_its_reason_without_sshs_proxy_noise(sshd):
+    if shutil.which("ssh") is None:
+        pytest.skip("no ssh program")
+    options = dict(sshd.options())
+    options.pop("password", None)
+    dead = free_port()
+    jump = "%s@%s:%d" % (sshd.users[0], HOST, dead)
+    text, _ = start_error(sshd.spec(), dict(options, transport="openssh", proxy_jump=jump, connect_timeout=10))
+    assert "at the jump host (%s): nothing listens on that port" % jump in text, text
+    assert "port %d: Connection refused" % dead in text, text
+    assert "kex_exchange_identification" not in text and "UNKNOWN port 65535" not in text, text

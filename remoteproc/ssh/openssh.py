@@ -822,13 +822,19 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
     ended = _JUMP_ENDED.search(said)
     at_jump = bool(target.proxy_jump) and ended is not None
     head = said[:ended.start()] if at_jump and ended is not None else said
+    # (what the jump's ``ssh -W`` said is the reason; ssh's own lines after it, ``kex_exchange_identification:
+    # Connection closed by remote host``, ``Connection closed by UNKNOWN port 65535``, only say that it ended)
+    full = words
+    if at_jump and head.strip():
+        words = " ".join(line.strip() for line in head.splitlines() if line.strip())
     if at_jump:
         hops = route(target)
         ssh = "`, then `".join(user_command(target, hop, hops[:i]) for i, hop in enumerate(hops))
         where = "at the jump host (%s): " % ",".join(hops)
     else:
         ssh, where = user_command(target), ""
-    words += _home_hint(target.options)
+    hint = _home_hint(target.options)
+    words, full = words + hint, full + hint
     config = config_read(target.options)
     config = "" if config is None else ", or its HostName in %s" % config
     on_the_way = _on_the_way(target, said, head if at_jump else None, words)
@@ -870,14 +876,14 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
             ssh, where = user_command(target), ""
         verbose = "ssh -v" + ssh.split("`")[0][len("ssh"):]
         error = ConnectError("%s (transport='openssh'): %sthe server closed the connection before its SSH banner: "
-                             "%s: %s. %s; `%s` shows more." % (display, where, TURNED_AWAY, words.rstrip("."),
+                             "%s: %s. %s; `%s` shows more." % (display, where, TURNED_AWAY, full.rstrip("."),
                                                               TURNED_AWAY_FIX, verbose), display)
         error.turned_away = True
         return error
     if _GARBLED.search(said) and not target.proxy_jump and not target.proxy_command:
         return probe.not_ssh_error(target, "ssh read %s" % words.rstrip("."))
     return ConnectError("%s (transport='openssh'): %sssh failed: %s. Fix: run `%s` to see why" %
-                        (display, where, words.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
+                        (display, where, full.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
 
 
 def ssh_words(said: str) -> str:
