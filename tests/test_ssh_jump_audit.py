@@ -13,15 +13,21 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import pwd
+import re
+import shlex
 import shutil
 import socket
+import subprocess
 import time
 from collections.abc import Iterator
 
 import pytest
 
 from remoteproc import RemoteProcess, ssh
-from remoteproc.errors import ConnectError
+from remoteproc.errors import ConnectError, HostKeyError
+from remoteproc.ssh.connect import connect
 from remoteproc.testing.net import HOST, free_port
 
 pytestmark = pytest.mark.timeout(120)
@@ -114,3 +120,75 @@ def test_a_dead_jump_hosts_message_quotes_its_reason_without_sshs_proxy_noise(ss
     assert "at the jump host (%s): nothing listens on that port" % jump in text, text
     assert "port %d: Connection refused" % dead in text, text
     assert "kex_exchange_identification" not in text and "UNKNOWN port 65535" not in text, text
+
+
+# -- 2. paramiko transport, $HOME elsewhere: the suggested ssh command reads paramiko's files -------
+
+def _trust_command(text: str) -> list[str]:
+    """The ``ssh ...`` a HostKeyError says to run, made to accept the key without a prompt."""
+    found = re.search(r"connect once with `(ssh [^`]*)`", text)
+    assert found is not None, text
+    words = shlex.split(found.group(1))
+    return [words[0], "-o", "StrictHostKeyChecking=accept-new", "-o", "BatchMode=yes"] + words[1:] + ["true"]
+
+
+@pytest.mark.parametrize("alias", ["node7", "node8"])
+def test_the_trust_command_reads_homes_config_and_known_hosts_when_home_is_not_the_accounts(
+        tmp_path, sshd, monkeypatch, alias):
+    """node7 directly, node8 through the jump host bastion (the same sshd under another alias,
+    whose unknown key is the first refusal); both aliases are only in $HOME/.ssh/config."""
+    if shutil.which("ssh") is None:
+        pytest.skip("no ssh program")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    assert os.path.realpath(home) != os.path.realpath(pwd.getpwuid(os.getuid()).pw_dir)
+    entry = ("    HostName %s\n    Port %d\n    User %s\n    IdentityFile %s\n    IdentitiesOnly yes\n"
+             % (HOST, sshd.port, sshd.users[0], sshd.client_key))
+    (home / ".ssh" / "config").write_text("Host node7 bastion\n%sHost node8\n    ProxyJump bastion\n%s"
+                                          % (entry, entry))
+    monkeypatch.setenv("HOME", str(home))
+    options = dict(allow_agent=False)
+    target = ssh.resolve(alias, options)
+    assert target.known_hosts[0] == str(home / ".ssh" / "known_hosts")
+    with pytest.raises(HostKeyError) as info:
+        connect(target).close()
+    text = str(info.value)
+    assert ("at the jump host" in text) == (alias == "node8"), text
+    assert "-F %s" % (home / ".ssh" / "config") in text, text
+    assert "UserKnownHostsFile=%s" % (home / ".ssh" / "known_hosts") in text, text
+    done = subprocess.run(_trust_command(text), stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode == 0, (text, done.stderr)
+    assert (home / ".ssh" / "known_hosts").exists()
+    connect(ssh.resolve(alias, options)).close()      # (the key is where the next start looks)
+
+
+def test_the_trust_command_is_unchanged_when_home_is_the_accounts(tmp_path, sshd, monkeypatch):
+    monkeypatch.setenv("HOME", pwd.getpwuid(os.getuid()).pw_dir)
+    target = ssh.resolve(sshd.spec(), dict(port=sshd.port, known_hosts=str(tmp_path / "kh"), ssh_config=False,
+                                           key_filename=sshd.client_key, allow_agent=False, look_for_keys=False))
+    with pytest.raises(HostKeyError) as info:
+        connect(target).close()
+    text = str(info.value)
+    assert "connect once with `ssh -F none -i %s -o UserKnownHostsFile=%s -p %d %s`" % (
+        sshd.client_key, tmp_path / "kh", sshd.port, sshd.spec().split(":")[0]) in text, text
+
+
+def test_the_changed_key_fix_names_homes_known_hosts_for_ssh_keygen_when_home_is_not_the_accounts(
+        tmp_path, sshd, monkeypatch):
+    """ssh-keygen -R without -f edits the account's ~/.ssh/known_hosts, not $HOME's that paramiko read."""
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    known = home / ".ssh" / "known_hosts"
+    name = "[%s]:%d" % (HOST, sshd.port)
+    line = open(sshd.known_hosts).read().split("\n")[0].split()
+    other = subprocess.run(["ssh-keygen", "-q", "-t", line[1].replace("ssh-", ""), "-N", "", "-f",
+                            str(tmp_path / "other")], capture_output=True, timeout=30, check=True)
+    assert other.returncode == 0
+    known.write_text("%s %s\n" % (name, " ".join(open(str(tmp_path / "other.pub")).read().split()[:2])))
+    monkeypatch.setenv("HOME", str(home))
+    target = ssh.resolve(sshd.spec(), dict(port=sshd.port, ssh_config=False, key_filename=sshd.client_key,
+                                           allow_agent=False, look_for_keys=False))
+    with pytest.raises(HostKeyError) as info:
+        connect(target).close()
+    assert "`ssh-keygen -R '%s' -f %s`" % (name, known) in str(info.value), str(info.value)

@@ -15,7 +15,7 @@ from typing import Any
 
 from ..errors import HostKeyError
 from .config import match_pattern_list
-from .target import Target, home_hint
+from .target import Target, account_home, home_hint
 
 log = logging.getLogger("remoteproc.ssh")
 
@@ -153,7 +153,7 @@ def check_host_key(target: Target, key: Any) -> None:
             "This may be an attack (or the host was reinstalled); it is always refused. If the change is "
             "expected, remove the old entry with `ssh-keygen -R '%s'%s` and connect again." % (
                 target.display, kind, fingerprint(key), same[0].where, kind, name, name,
-                "" if same[0].where.startswith(os.path.expanduser("~/.ssh/known_hosts:"))
+                "" if same[0].where.startswith(_keygen_default() + ":")
                 else " -f %s" % same[0].where.rsplit(":", 1)[0]),
             target.display)
     # (ssh trusts a host certificate through a CA line of the bare name too, on any port)
@@ -197,6 +197,12 @@ def check_host_key(target: Target, key: Any) -> None:
         "administrator, then trust it: %s; or pass host_key_policy='accept-new' to record it on first "
         "use.%s%s" % (target.display, kind, fingerprint(key), checked, _how_to_trust(target, kind),
                        _note(stray_hint(target, blob)), home_hint(target.options)), target.display)
+
+
+def _keygen_default() -> str:
+    """The file ``ssh-keygen -R`` edits without ``-f``: the account's ``~/.ssh/known_hosts``, whatever
+    ``$HOME`` says (``$HOME``'s, which paramiko reads, needs the ``-f``)."""
+    return os.path.join(account_home() or os.path.expanduser("~"), ".ssh", "known_hosts")
 
 
 def _note(clause: str) -> str:

@@ -51,7 +51,9 @@ from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
 from .target import (
     MAX_JUMPS,
     Target,
+    account_home,
     config_read,
+    home_elsewhere,
     own_key_fix,
     python_option,
     setup_option,
@@ -515,6 +517,8 @@ def user_command(target: Target, host: Optional[str] = None, jumps: Optional[lis
         args += ["-F", "none"]
     elif isinstance(config, (str, os.PathLike)):
         args += ["-F", os.path.expanduser(os.fspath(config))]     # (a quoted ~ is not expanded by the shell)
+    if target.transport == "paramiko":
+        args += _paramiko_home_args(target)
     for key in _list(options.get("key_filename")):
         args += ["-i", key]
     known = _list(options.get("known_hosts"))
@@ -535,6 +539,27 @@ def user_command(target: Target, host: Optional[str] = None, jumps: Optional[lis
         args += ["-p", str(port)]
     user = options.get("username") or user
     return " ".join(shlex.quote(a) for a in args + ["%s@%s" % (user, name) if user else name])
+
+
+def _paramiko_home_args(target: Target) -> list[str]:
+    """``ssh`` arguments that make it read the files the paramiko transport read when ``$HOME`` is not
+    the account's home: paramiko read ``$HOME/.ssh/config`` and expanded ``~`` to ``$HOME``, ssh reads
+    the account's: a suggested ``ssh node7`` could not resolve an alias of ``$HOME``'s config, and
+    would record a host key where the next start never looks."""
+    home = home_elsewhere()
+    if home is None:
+        return []
+    args = []
+    if target.options.get("ssh_config") in (None, True):
+        account = account_home() or ""
+        if os.path.isfile(os.path.join(home, ".ssh", "config")):
+            args += ["-F", os.path.join(home, ".ssh", "config")]
+        elif os.path.isfile(os.path.join(account, ".ssh", "config")):
+            # (paramiko read no user config, only the system's; ssh would read the account's)
+            args += ["-F", DEFAULT_CONFIGS[1] if os.path.isfile(DEFAULT_CONFIGS[1]) else "none"]
+    if target.options.get("known_hosts") is None and target.known_hosts:
+        args += ["-o", "UserKnownHostsFile=" + _quote_list(target.known_hosts)]
+    return args
 
 
 # -- jump hosts ----------------------------------------------------------------------------------

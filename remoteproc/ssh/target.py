@@ -334,6 +334,29 @@ def home_hint(options: dict[str, Any]) -> str:
                         shlex.quote(account), theirs, named))
 
 
+def account_home() -> str | None:
+    """The account's home directory (password database): where ``ssh`` and ``ssh-keygen`` find ``~/.ssh``."""
+    import pwd
+
+    try:
+        return pwd.getpwuid(os.getuid()).pw_dir
+    except KeyError:
+        return None
+
+
+def home_elsewhere() -> str | None:
+    """``$HOME`` as Python's ``~`` expands it (where the paramiko transport finds ``~/.ssh``) when that
+    is not the account's home, where ``ssh`` finds it (sudo without -H, a service's ``Environment=HOME=``);
+    else None: a command we suggest must then name the files we read."""
+    if "HOME" not in os.environ:
+        return None
+    account = account_home()
+    expanded = os.path.expanduser("~")
+    if account is None or os.path.realpath(expanded) == os.path.realpath(account):
+        return None
+    return expanded
+
+
 def own_key_fix(path: str) -> str:
     """The commands that make a private key file the user's and readable by them only."""
     import pwd
