@@ -223,8 +223,8 @@ def test_a_slurm_nodelist_of_no_host_is_refused_naming_the_variable(nodelist):
 def test_tasks_of_0_on_every_host_are_refused_naming_the_variable(counts):
     """A host of 0 tasks is left out; with every host so, slurm() gave [] silently, and the pool
     said only "a pool needs at least one host", naming neither variable."""
-    with pytest.raises(ConfigError, match=r"^SLURM_TASKS_PER_NODE='%s' gives every host of SLURM_JOB_NODELIST='n\[1-2\]' "
-                                          r"0 tasks" % re.escape(counts)):
+    said = r"^SLURM_TASKS_PER_NODE='%s' gives every host of SLURM_JOB_NODELIST='n\[1-2\]' 0 tasks" % re.escape(counts)
+    with pytest.raises(ConfigError, match=said):
         hostlist.slurm({"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_TASKS_PER_NODE": counts})
     assert hostlist.slurm({"SLURM_JOB_NODELIST": "n[1-2]", "SLURM_TASKS_PER_NODE": "0,3"}) == [Host("n2", {}, 3)]
 
