@@ -47,6 +47,30 @@ def proxy_command_ended(command: str, hostname: str, port: int) -> str:
             "(%s): it must connect to %s:%d and print a line starting with SSH-" % (command, hostname, port))
 
 
+def out_of_files(host: str, exc: BaseException | None = None) -> RemoteProcessError | None:
+    """The error for this process running out of open files while it starts a remote process
+    on ``host`` (None when ``exc`` is another OSError): each Queue, Lock, Value ... passed to a
+    running remote process costs this process one or two fds, each running one (a pool worker)
+    about three, where a local one costs none or one.  The first start lifts the soft limit to
+    the hard one (``relay/client.py``), so the fix is the hard limit."""
+    import errno
+
+    if exc is not None and getattr(exc, "errno", None) not in (errno.EMFILE, errno.ENFILE):
+        return None
+    try:
+        import resource
+
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        limit = "limit %d%s" % (soft, ", the hard limit too" if soft == hard else ", hard limit %d" % hard)
+    except (ImportError, OSError, ValueError):     # pragma: no cover - every Unix has it
+        limit = "its limit"
+    return RemoteProcessError(
+        "%s: cannot start a remote process: this process is out of open files (%s): each object (Queue, Lock, "
+        "Value, ...) passed to a running remote process costs it one or two, and each running remote process "
+        "(a pool worker) about three. Fix: raise the hard limit (`ulimit -Hn`, LimitNOFILE= for a service, "
+        "/etc/security/limits.conf), or run fewer processes at once" % (host, limit), host)
+
+
 #: what a lost connection means, and what to do: said after the transport's own words
 ENDED = ("the host's sshd ended it, or the network to the host failed: a reboot, an sshd restart, a killed "
          "session; every process of this connection there ended with it. Start them again once ssh to the "

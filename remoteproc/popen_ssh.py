@@ -21,7 +21,7 @@ from multiprocessing import util
 from typing import Any
 
 from . import owned, reduction, spill, stdio
-from .errors import CONNECTION_LOST, RemoteProcessError, from_wire
+from .errors import CONNECTION_LOST, RemoteProcessError, from_wire, out_of_files
 from .relay import client as relay_client
 from .relay import ipc
 
@@ -120,6 +120,8 @@ class Popen:
         try:
             relay = self._relay = relay_client.get(self.host)
             self._status = relay.start(request, fds)
+        except OSError as exc:
+            raise out_of_files(self.host, exc) or exc from exc
         finally:
             if isinstance(payload, spill.Streamed):
                 payload.close()     # (the relay has its own copy of the fd)

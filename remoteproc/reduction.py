@@ -33,7 +33,7 @@ import cloudpickle
 from cloudpickle.cloudpickle import _code_reduce
 
 from .agent import byvalue, child, proxies
-from .errors import PicklingError
+from .errors import PicklingError, out_of_files
 from .spill import Spill, Streamed
 
 log = logging.getLogger("remoteproc")
@@ -637,8 +637,8 @@ def dumps_process(process_obj, host: str, mode: str = "same",
         raise
     except Exception as exc:
         buf.discard()
-        raise PicklingError("cannot send the target or its arguments to %s: %s: %s"
-                            % (host, type(exc).__name__, exc), host) from exc
+        raise out_of_files(host, exc) or PicklingError("cannot send the target or its arguments to %s: %s: %s"
+                                                       % (host, type(exc).__name__, exc), host) from exc
     finally:
         mp_context.set_spawning_popen(None)
     # The source lines of code shipped by value, for the remote side's linecache:

@@ -23,6 +23,7 @@ from multiprocessing import util
 from typing import Any, Sequence
 
 from .. import stdio
+from ..agent import fdlimit
 from ..errors import ConnectionLostError
 from . import ipc
 
@@ -93,6 +94,13 @@ class RelayHandle:
 
     def __init__(self) -> None:
         self.pid_owner = os.getpid()
+        # Each object passed to a running remote process costs this process an fd or two, each
+        # running one about three (a local child: none or one): like the relay and the agent, it
+        # lifts its soft open-files limit to the hard one, so that a Pool of 3 x 120 workers does not
+        # fail at the usual 1024 (errors.out_of_files says what to do past the hard one).
+        raised = fdlimit.raise_fd_limit()
+        if raised is not None:
+            log.debug("raised this process's soft open-files limit from %d to its hard limit", raised[0])
         ours, theirs = _socketpair()
         code = ("import sys; sys.path[:0] = %r; from remoteproc.relay.process import main; main(%d)"
                 % (_package_path() + user_path(), theirs.fileno()))
@@ -323,6 +331,7 @@ def _shutdown_at_exit() -> None:
 
 def prestart() -> None:
     """Start the relay process now, if it isn't running yet (cheap when it is; a no-op once
-    the program exits: ``start()`` then says why)."""
+    the program exits, or when it cannot start now, out of open files: ``start()`` then says why)."""
     if _exited_in != os.getpid():
-        get()
+        with contextlib.suppress(OSError):
+            get()
