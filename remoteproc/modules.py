@@ -55,9 +55,14 @@ def _entry(name: str, spec, host: str, path: list[str]) -> dict[str, Any] | None
             return {"pkg": False, "src": src, "file": spec.origin}
         return {"pkg": True, "src": src, "file": spec.origin, "children": _children(os.path.dirname(spec.origin))}
     if type(loader).__name__ == "zipimporter":
+        # (not env={'PYTHONPATH': ...}: that sets the variable in a child forked from an agent whose
+        # interpreter started before, so its sys.path never gets the zip; the agent's start must see it)
+        zipname = os.path.basename(getattr(loader, "archive", "") or "") or "deps.zip"
         return {"error": "module %r is in a zip file (%s), which module forwarding does not serve (it serves "
-                         "source files and package directories); copy the zip to %s and put it on the path there "
-                         "(env={'PYTHONPATH': ...}), or install the module there" % (name, spec.origin, host)}
+                         "source files and package directories); copy the zip to %s and put it on the path of "
+                         "the Python started there: setup='export PYTHONPATH=/path/on/host/%s' (or "
+                         "python='env PYTHONPATH=/path/on/host/%s python3'; env= is set too late to change "
+                         "imports), or install the module there" % (name, spec.origin, host, zipname, zipname)}
     what = "a C extension" if isinstance(loader, importlib.machinery.ExtensionFileLoader) else "not Python source"
     dist = _dist(name, spec.origin, path)
     return {"error": "module %r is %s (%s) and cannot be forwarded to %s; install %s there (e.g. `pip install "

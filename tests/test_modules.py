@@ -170,6 +170,49 @@ def test_a_module_from_a_zip_on_sys_path_says_so_not_to_pip_install_it(plain_use
     assert "pip install" not in said
 
 
+def test_the_fix_named_for_a_zip_on_sys_path_works(plain_user_host, plain_user_options, tmp_path, monkeypatch):
+    """Found by an audit: the fix named was env={'PYTHONPATH': ...}, which sets the variable in a child
+    forked from an agent whose interpreter started before, so its sys.path never had the zip. The
+    message names setup='export PYTHONPATH=...' (or python='env PYTHONPATH=... python3'): both work."""
+    import shutil
+    import tempfile
+    import zipfile
+
+    name = "rpzip_" + uuid.uuid4().hex[:8]       # (unique: a new agent per setup=, but forwarded names are cached)
+    archive = tmp_path / "deps.zip"            # (the plain user cannot read tmp_path: as on a host without it)
+    with zipfile.ZipFile(archive, "w") as z:
+        z.writestr(name + ".py", "VALUE = 42\n")
+    monkeypatch.syspath_prepend(str(archive))
+    copy_dir = tempfile.mkdtemp(prefix="rp-zip-")  # the copy "on the host", which the account can read
+    try:
+        os.chmod(copy_dir, 0o755)
+        copy = os.path.join(copy_dir, "deps.zip")
+        shutil.copy(archive, copy)
+        os.chmod(copy, 0o644)
+
+        def attempt(**extra):
+            p, parent = _run(plain_user_host, dict(plain_user_options, **extra), import_named, name)
+            said = parent.recv() if parent.poll(60) else "no answer"
+            p.join(30)
+            return said
+
+        said = attempt()
+        assert "is in a zip file (%s" % archive in said and "setup='export PYTHONPATH=" in said, said
+        assert "env={'PYTHONPATH'" not in said, said
+        assert attempt(env={"PYTHONPATH": copy}) != 42      # (as the docs say: env= is too late for imports)
+        assert attempt(setup="export PYTHONPATH=%s" % copy) == 42
+        assert attempt(python="env PYTHONPATH=%s python3" % copy) == 42
+    finally:
+        shutil.rmtree(copy_dir, ignore_errors=True)
+
+
+def import_named(conn, name):
+    try:
+        conn.send(importlib.import_module(name).VALUE)
+    except ImportError as exc:
+        conn.send(str(exc))
+
+
 def test_unknown_module_is_not_found(plain_user_host, plain_user_options):
     def try_import(conn):
         try:
