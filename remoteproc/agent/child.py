@@ -687,7 +687,7 @@ def _could_not_start(exc, host):
     sys.stderr.write("remoteproc: the remote child could not start:\n")
     traceback.print_exc()
     hint = (getattr(exc, "_remoteproc_hint", None) or _shadowed(exc) or spawn.module_failed(exc)
-            or spawn.main_lacks(exc))
+            or spawn.main_lacks(exc) or _left_out(exc))
     if hint:
         sys.stderr.write("remoteproc: %s: %s\n" % (host, hint))
     if limits.reached(exc):
@@ -695,11 +695,15 @@ def _could_not_start(exc, host):
 
 
 def _explain_run(process_obj):
-    """In spawn mode, the hint for what the target raised (a module of the user's that it imports
-    and that this host's Python cannot run: ``spawn.module_failed``), collected as it propagates;
-    multiprocessing prints the traceback, the caller the hint after it."""
+    """The hint for what the target raised, collected as it propagates: in spawn mode, a module of
+    the user's that it imports and that this host's Python cannot run (``spawn.module_failed``); in
+    any mode, a file of the user's package that was not sent (``_left_out``).  multiprocessing
+    prints the traceback, the caller the hint after it."""
     spawn = sys.modules.get(__package__ + ".spawn")
-    if spawn is None or not spawn.ACTIVE:
+    if spawn is not None and not spawn.ACTIVE:
+        spawn = None
+    # (a fork child's traceback is a local one's: before 3.11 a re-raise keeps this wrapper's frame in it)
+    if spawn is None and sys.version_info < (3, 11):   # noqa: UP036 - the agent runs on 3.8 hosts too
         return []
     hints = []
     run = process_obj.run
@@ -708,9 +712,12 @@ def _explain_run(process_obj):
         try:
             return run()
         except BaseException as exc:
-            hint = spawn.module_failed(exc)
+            hint = (spawn.module_failed(exc) if spawn is not None else None) or _left_out(exc)
             if hint:
                 hints.append(hint)
+            tb = exc.__traceback__
+            if tb is not None and tb.tb_frame is sys._getframe() and sys.version_info >= (3, 11):
+                exc.__traceback__ = tb.tb_next      # (3.11+: the re-raise takes it, this frame not shown)
             raise
 
     process_obj.run = run_and_explain
@@ -751,6 +758,53 @@ def _shadowed(exc):
         fix = "rename your module to a name the host's Python does not have"
     return ("this host has a module %r of its own (%s), which is imported instead of yours (%s): the host's "
             "modules come before those forwarded from your machine. Fix: %s" % (name, here, yours, fix))
+
+
+def _left_out(exc):
+    """Why a file that the user's code opened beside its package is missing here: it was not among
+    what was sent (a bare ``FileNotFoundError`` named the cache's path, neither the host nor that
+    the file stayed behind).  Only paths inside a package cache entry on ``sys.path`` (a file its
+    manifest does not list) or beside a module forwarded from memory (whose other files never
+    come); None otherwise.  Nothing is asked of the user's machine: only on failure, a stat or two."""
+    # (a path of the user's machine may exist here, unreadable: another account's, on a shared machine)
+    name = getattr(exc, "filename", None) if isinstance(exc, (FileNotFoundError, PermissionError)) else None
+    if not isinstance(name, str) or not os.path.isabs(name):
+        return None
+    path = os.path.normpath(name)      # (``HERE/../shared_data/x.csv``: beside the package)
+    from .pkgcache import MANIFEST, recorded_content
+
+    for entry in sys.path if isinstance(exc, FileNotFoundError) else ():
+        if not (isinstance(entry, str) and os.path.isabs(entry) and path.startswith(entry.rstrip(os.sep) + os.sep)
+                and os.path.isfile(os.path.join(entry, MANIFEST))):
+            continue
+        rel = os.path.relpath(path, entry)
+        content = recorded_content(entry)
+        if content is not None and rel in content:
+            return None     # (it was sent: the code removed it since)
+        return ("%r is not among the files sent to this host's package cache (entry %s): a package goes "
+                "there as the files its distribution's RECORD lists, or, when no distribution owns it, as its "
+                "directory without hidden files (.env) and symbolic links; nothing outside the package's "
+                "directory goes (../data). Fix: make it a regular file inside the package (not hidden; a copy, "
+                "not a link), or copy it to the host and read it from its path there (docs/modules.md)"
+                % (rel, entry))
+    for mod in list(sys.modules.values()):
+        if not isinstance(getattr(mod, "__loader__", None), ParentImporter):
+            continue
+        topname = mod.__name__.split(".")[0]
+        top = sys.modules.get(topname)
+        where = getattr(top, "__file__", None)
+        if not isinstance(where, str):
+            continue
+        base = os.path.dirname(where)
+        if getattr(top, "__path__", None) is not None:
+            base = os.path.dirname(base)     # (the sys.path directory the package is in)
+        if base.rstrip(os.sep) and path.startswith(base.rstrip(os.sep) + os.sep):
+            return ("%s is a path of your machine, beside module %s, which came from memory (its Python "
+                    "source only: no other file of yours is sent, nor is a hidden file or a link of its "
+                    "package). Fix: put the file in the package as a regular file (a package with data "
+                    "files goes to the host's package cache, files and all), or copy it to the host and "
+                    "read it from its path there (docs/modules.md)" % (path, topname))
+    return None
 
 
 def _version(module):
