@@ -9,6 +9,7 @@ import hashlib
 import hmac
 import logging
 import os
+import re
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -52,15 +53,15 @@ def read_known_hosts(paths: list[str]) -> list[KnownHost]:
     out = []
     for path in paths:
         try:
-            with open(path, encoding="utf-8", errors="replace") as f:
-                lines = f.read().splitlines()
+            with open(path, encoding="utf-8", errors="replace", newline="") as f:
+                lines = f.read().split("\n")       # (as ssh: a line ends at \n only, not at \r, \f, U+2028 ...)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             continue
         except OSError as exc:
             log.warning("ignoring unreadable known_hosts file %s: %s", path, exc.strerror or exc)
             continue
         for number, line in enumerate(lines, 1):
-            fields = line.split()
+            fields = _fields(line)
             if not fields or fields[0].startswith("#"):
                 continue
             marker = fields.pop(0) if fields[0].startswith("@") else None
@@ -74,6 +75,12 @@ def read_known_hosts(paths: list[str]) -> list[KnownHost]:
                 continue        # (ssh skips a line whose key is not of the type it names)
             out.append(KnownHost(marker, fields[0], fields[1], blob, "%s:%d" % (path, number)))
     return out
+
+
+def _fields(line: str) -> list[str]:
+    """A known_hosts line's fields, split as ssh splits them: at blanks and tabs only (a CRLF
+    file's \r ends the last field)."""
+    return [f for f in re.split(r"[ \t]+", line.rstrip("\r")) if f]
 
 
 def _blob_type(blob: bytes) -> str:
@@ -96,6 +103,7 @@ def prefer_known_types(transport: Any, entries: list[KnownHost]) -> None:
             for alg in _ALGORITHMS.get(e.keytype, (e.keytype,)):
                 if alg in available and alg not in known:
                     known.append(alg)
+    known.sort(key=available.index)     # (in the order of preference, as ssh's, not of the file's lines)
     if known:
         opts.key_types = tuple(known + [k for k in available if k not in known])
 
@@ -135,29 +143,43 @@ def check_host_key(target: Target, key: Any) -> None:
     bare = [] if target.host_key_alias or target.port == 22 else [e for e in known if e.matches(target.hostname)]
     blob = key.asbytes()
     kind = key.get_name()
-    for e in entries + bare:
-        if e.marker == "@revoked" and e.blob == blob:
-            raise HostKeyError(
-                "%s: the host key %s %s is marked @revoked in %s; it is always refused. Ask the host's "
-                "administrator for its current key." % (target.display, kind, fingerprint(key), e.where),
-                target.display)
+    revoked = {e.blob: e for e in entries + bare if e.marker == "@revoked"}
+    if blob in revoked:
+        raise HostKeyError(
+            "%s: the host key %s %s is marked @revoked in %s; it is always refused. Ask the host's "
+            "administrator for its current key." % (target.display, kind, fingerprint(key), revoked[blob].where),
+            target.display)
+    _check_revoked_file(target, key)
     plain = [e for e in entries if e.marker is None]
     if any(e.blob == blob for e in plain):
         return
-    same = [e for e in plain if e.keytype == kind]
-    if not same and any(e.marker is None and e.blob == blob for e in bare):
-        return
-    if same:
+    if plain:
+        # As ssh decides: any other key known for the name is a change, whatever its type (a
+        # machine in the middle that offers only a key of another type is no new host).  The
+        # bare name of a host on another port is looked at only when its [host]:port has none.
+        old = plain[0]
         raise HostKeyError(
-            "%s: the host key has CHANGED: the host sent %s %s, but %s holds another %s key for %s. "
+            "%s: the host key has CHANGED: the host sent %s %s, but %s holds another key (%s) for %s. "
             "This may be an attack (or the host was reinstalled); it is always refused. If the change is "
             "expected, remove the old entry with `ssh-keygen -R '%s'%s` and connect again." % (
-                target.display, kind, fingerprint(key), same[0].where, kind, name, name,
-                "" if same[0].where.startswith(_keygen_default() + ":")
-                else " -f %s" % same[0].where.rsplit(":", 1)[0]),
+                target.display, kind, fingerprint(key), old.where, old.keytype, name, name,
+                "" if old.where.startswith(_keygen_default() + ":")
+                else " -f %s" % old.where.rsplit(":", 1)[0]),
             target.display)
+    if any(e.marker is None and e.blob == blob for e in bare):
+        return
     # (ssh trusts a host certificate through a CA line of the bare name too, on any port)
     authorities = [e for e in entries + bare if e.marker == "@cert-authority"]
+    for authority in authorities:
+        if authority.blob in revoked:
+            # (the host's certificate is signed by a key revoked: ssh refuses it; accept-new must not
+            # take the plain key instead, nor is transport='openssh' a way out)
+            raise HostKeyError(
+                "%s: the certificate authority that vouches for this host (@cert-authority in %s) is marked "
+                "@revoked in %s; ssh refuses every host key it signed, and so does this. Ask the host's "
+                "administrator for its current key or authority." % (target.display, authority.where,
+                                                                     revoked[authority.blob].where),
+                target.display)
     if authorities and target.policy != "accept-new":
         raise HostKeyError(
             "%s: the host key is unknown: this host is known only through a certificate authority "
@@ -197,6 +219,51 @@ def check_host_key(target: Target, key: Any) -> None:
         "administrator, then trust it: %s; or pass host_key_policy='accept-new' to record it on first "
         "use.%s%s" % (target.display, kind, fingerprint(key), checked, _how_to_trust(target, kind),
                        _note(stray_hint(target, blob)), home_hint(target.options)), target.display)
+
+
+#: the first bytes of an OpenSSH key revocation list (a binary file; else a list of public keys)
+_KRL_MAGIC = b"SSHKRL\n\0"
+
+
+def _check_revoked_file(target: Target, key: Any) -> None:
+    """``RevokedHostKeys``: refuse a key the file lists, as ssh does; a file that cannot be read
+    refuses every key (ssh: "Error checking host key ... in revoked keys file"), and so does a
+    binary KRL, which the paramiko transport cannot read (transport='openssh' can)."""
+    path = target.revoked_host_keys
+    if path is None:
+        return
+    what = "%s %s" % (key.get_name(), fingerprint(key))
+    try:
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as exc:
+        raise HostKeyError(
+            "%s: cannot check the host key %s against RevokedHostKeys %s: %s; ssh refuses the host then, and "
+            "so does this. Fix: make the file readable, or remove RevokedHostKeys from the ssh config"
+            % (target.display, what, path, exc.strerror or exc), target.display) from None
+    if data.startswith(_KRL_MAGIC):
+        raise HostKeyError(
+            "%s: RevokedHostKeys %s is a key revocation list (KRL), which the paramiko transport cannot read, "
+            "so it cannot tell whether the host key %s is revoked. Fix: pass transport='openssh' (your own ssh "
+            "reads it), or list the revoked keys as public key lines instead" % (target.display, path, what),
+            target.display)
+    blob = key.asbytes()
+    for number, line in enumerate(data.decode("utf-8", "replace").split("\n"), 1):
+        fields = _fields(line)
+        if fields and fields[0].startswith("@"):
+            fields = fields[1:]
+        if any(_decoded(field) == blob for field in fields[1:]):     # ("type base64 [comment]")
+            raise HostKeyError(
+                "%s: the host key %s is revoked by RevokedHostKeys %s (line %d); it is always refused. "
+                "Ask the host's administrator for its current key." % (target.display, what, path, number),
+                target.display)
+
+
+def _decoded(field: str) -> bytes | None:
+    try:
+        return base64.b64decode(field, validate=True)
+    except (ValueError, binascii.Error):
+        return None
 
 
 def _keygen_default() -> str:

@@ -74,6 +74,8 @@ class Target:
     global_known_hosts: list[str] = field(default_factory=lambda: list(SYSTEM_KNOWN_HOSTS))
     host_key_alias: str | None = None
     hash_known_hosts: bool = False
+    #: ``RevokedHostKeys``: a file of revoked public keys (or an OpenSSH KRL), checked as ssh does
+    revoked_host_keys: str | None = None
     #: ``LogLevel QUIET``, ``FATAL`` or ``ERROR``: ssh then says nothing of a host key it recorded
     #: (its "Permanently added" is an INFO line): neither does accept-new here, but at INFO
     quiet: bool = False
@@ -134,6 +136,7 @@ class Target:
         secret = hashlib.sha256(self.password.encode()).hexdigest() if self.password is not None else None
         trust = (tuple(self.key_filenames), self.identities_only, self.allow_agent, self.identity_agent, secret,
                  tuple(self.known_hosts), tuple(self.global_known_hosts), self.host_key_alias, self.policy,
+                 self.revoked_host_keys,
                  tuple(self.certificate_files), self.forward_agent, self.forward_agent_path)
         return (self.username, self.hostname, self.port, route, trust, self.transport, self.ssh_args)
 
@@ -268,6 +271,7 @@ def _resolve(spec: str, options: dict[str, Any], config: Config | None, _depth: 
         allow_agent=option(options, "allow_agent"), look_for_keys=option(options, "look_for_keys"),
         options=options, original_host=host, jump=jump, global_known_hosts=global_known,
         host_key_alias=alias, hash_known_hosts=_yes(_first(cfg, "hashknownhosts", "no")),
+        revoked_host_keys=_revoked_host_keys(cfg, tokens),
         quiet=str(_first(cfg, "loglevel", "INFO")).upper() in ("QUIET", "FATAL", "ERROR"),
         identity_agent=_identity_agent(cfg, tokens), address_family=family if family in ("inet", "inet6") else "any",
         certificate_files=[expand_path(c, tokens, "CertificateFile") for c in cfg.get("certificatefile", [])
@@ -504,6 +508,14 @@ def _known_hosts_files(options: dict[str, Any], cfg: dict[str, Any],
     # (ssh takes GlobalKnownHostsFile as written: no ~, no tokens, no ${VAR})
     global_known = list(cfg.get("globalknownhostsfile", SYSTEM_KNOWN_HOSTS))
     return [k for k in known if k.lower() != "none"], [k for k in global_known if k.lower() != "none"]
+
+
+def _revoked_host_keys(cfg: dict[str, Any], tokens: dict[str, str]) -> str | None:
+    """RevokedHostKeys' file (``~``, tokens and variables expanded, as ssh does), or None."""
+    value = _first(cfg, "revokedhostkeys")
+    if not isinstance(value, str) or value.lower() == "none":
+        return None
+    return expand_path(value, tokens, "RevokedHostKeys")
 
 
 def _host_key_policy(options: dict[str, Any], cfg: dict[str, Any]) -> str:
