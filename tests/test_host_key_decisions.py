@@ -25,7 +25,7 @@ from remoteproc import ssh
 from remoteproc.errors import HostKeyError
 from remoteproc.ssh.connect import connect
 from remoteproc.testing import LoopbackSSHServer, current_user
-from remoteproc.testing.keys import generate_keypair, public_line
+from remoteproc.testing.keys import public_line
 from remoteproc.testing.net import HOST
 
 KEYGEN = shutil.which("ssh-keygen")
