@@ -44,7 +44,7 @@ from remoteproc import ssh
 from remoteproc.errors import AuthenticationError, BootstrapError, ConfigError, ConnectError, HostKeyError
 from remoteproc.ssh import config as ssh_config_module
 from remoteproc.ssh.connect import TCPSocket, connect
-from remoteproc.testing.net import HOST, free_port
+from remoteproc.testing.net import HOST, free_port, full_listener
 from remoteproc.testing.openssh import OpenSSHServer
 from remoteproc.testing.proctree import descendants
 
@@ -87,30 +87,6 @@ def sessions(server: OpenSSHServer) -> int:
     """How many processes sshd runs for connections (0: none open)."""
     assert server.pid is not None
     return len(descendants(server.pid))
-
-
-@contextlib.contextmanager
-def full_listener() -> Iterator[int]:
-    """A port on 127.0.0.1 whose accept queue is full: a new connection to it hangs (SYN dropped)."""
-    listener = socket.socket()
-    listener.bind((HOST, 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    held = []
-    try:
-        for _ in range(2):      # fill the queue; a connect that itself hangs shows it is full
-            s = socket.socket()
-            s.settimeout(0.5)
-            held.append(s)
-            try:
-                s.connect((HOST, port))
-            except OSError:
-                break
-        yield port
-    finally:
-        for s in held:
-            s.close()
-        listener.close()
 
 
 TLS_ALERT = b"\x15\x03\x01\x00\x02\x02\x32"     # (a TLS server's answer to what is not TLS)

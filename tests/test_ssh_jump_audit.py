@@ -12,50 +12,22 @@
 
 from __future__ import annotations
 
-import contextlib
 import os
 import pwd
 import re
 import shlex
 import shutil
-import socket
 import subprocess
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from remoteproc import RemoteProcess, ssh
 from remoteproc.errors import ConnectError, HostKeyError
 from remoteproc.ssh.connect import connect
-from remoteproc.testing.net import HOST, free_port
+from remoteproc.testing.net import HOST, free_port, full_listener
 
 pytestmark = pytest.mark.timeout(120)
-
-
-@contextlib.contextmanager
-def black_hole() -> Iterator[int]:
-    """A port on 127.0.0.1 whose accept queue is full: a connection to it hangs (SYN dropped), as to a
-    host whose link is down."""
-    listener = socket.socket()
-    listener.bind((HOST, 0))
-    listener.listen(0)
-    port = listener.getsockname()[1]
-    held = []
-    try:
-        for _ in range(2):      # fill the queue; a connect that itself hangs shows it is full
-            s = socket.socket()
-            s.settimeout(0.5)
-            held.append(s)
-            try:
-                s.connect((HOST, port))
-            except OSError:
-                break
-        yield port
-    finally:
-        for s in held:
-            s.close()
-        listener.close()
 
 
 def start_error(host: str, options: dict, kind: type = ConnectError, within: float = 60.0) -> tuple[str, float]:
@@ -86,7 +58,7 @@ def _jump_options(sshd, config: str) -> dict:
 
 
 def test_a_black_holed_jump_host_fails_within_the_targets_config_connect_timeout(tmp_path, sshd):
-    with black_hole() as hole:
+    with full_listener() as hole:
         config = _node_config(tmp_path, sshd, hole)
         text, elapsed = start_error("node3", _jump_options(sshd, config), within=12)
     assert elapsed < 12, elapsed        # (ssh node3 fails after node3's 2 s too; it was 30 s)
@@ -96,7 +68,7 @@ def test_a_black_holed_jump_host_fails_within_the_targets_config_connect_timeout
 
 
 def test_a_jump_hosts_own_shorter_connect_timeout_stays_and_the_option_beats_the_config(tmp_path, sshd):
-    with black_hole() as hole:
+    with full_listener() as hole:
         config = _node_config(tmp_path, sshd, hole, "    ConnectTimeout 1\n")
         target = ssh.resolve("node3", _jump_options(sshd, config))
         assert target.connect_timeout == 2 and target.jump is not None

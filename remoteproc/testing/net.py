@@ -1,8 +1,11 @@
-"""The loopback address the test servers listen on, a free port, and the SSH banner check."""
+"""The loopback address the test servers listen on, a free port, a port that never answers, and
+the SSH banner check."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
+from typing import Iterator
 
 HOST = "127.0.0.1"
 
@@ -27,3 +30,28 @@ def ssh_banner(port: int, timeout: float) -> bytes:
             return data
     except OSError:
         return b""
+
+
+@contextlib.contextmanager
+def full_listener() -> Iterator[int]:
+    """A port on 127.0.0.1 whose accept queue is full: a new connection to it hangs (its SYN is
+    dropped), as one to a host whose link is down does."""
+    listener = socket.socket()
+    listener.bind((HOST, 0))
+    listener.listen(0)
+    port = listener.getsockname()[1]
+    held = []
+    try:
+        for _ in range(2):      # fill the queue; a connect that itself hangs shows it is full
+            s = socket.socket()
+            s.settimeout(0.5)
+            held.append(s)
+            try:
+                s.connect((HOST, port))
+            except OSError:
+                break
+        yield port
+    finally:
+        for s in held:
+            s.close()
+        listener.close()
