@@ -51,8 +51,8 @@ def out_of_files(host: str, exc: BaseException | None = None) -> RemoteProcessEr
     """The error for this process running out of open files while it starts a remote process
     on ``host`` (None when ``exc`` is another OSError): each Queue, Lock, Value ... passed to a
     running remote process costs this process one or two fds, each running one (a pool worker)
-    about three, where a local one costs none or one.  The first start lifts the soft limit to
-    the hard one (``relay/client.py``), so the fix is the hard limit."""
+    about three, where a local one costs none or one.  The limit is the user's to raise: a soft
+    limit lifted here would be inherited by every process the program starts."""
     import errno
 
     if exc is not None and getattr(exc, "errno", None) not in (errno.EMFILE, errno.ENFILE):
@@ -67,8 +67,9 @@ def out_of_files(host: str, exc: BaseException | None = None) -> RemoteProcessEr
     return RemoteProcessError(
         "%s: cannot start a remote process: this process is out of open files (%s): each object (Queue, Lock, "
         "Value, ...) passed to a running remote process costs it one or two, and each running remote process "
-        "(a pool worker) about three. Fix: raise the hard limit (`ulimit -Hn`, LimitNOFILE= for a service, "
-        "/etc/security/limits.conf), or run fewer processes at once" % (host, limit), host)
+        "(a pool worker) about three. Fix: raise the limit (`ulimit -n`, up to the hard limit; or in the program "
+        "resource.setrlimit(resource.RLIMIT_NOFILE, ...); LimitNOFILE= for a service, /etc/security/limits.conf "
+        "for the hard limit), or run fewer processes at once" % (host, limit), host)
 
 
 #: what a lost connection means, and what to do: said after the transport's own words

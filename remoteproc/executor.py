@@ -65,6 +65,11 @@ class Executor(futures.Executor):
                  initargs: Iterable = (), max_tasks_per_child: int | None = None, *, retries: int = 0,
                  _reconnect: bool = False, _threads: tuple | None = None, **ssh_options: Any) -> None:
         # (``_reconnect``, ``_threads``: the joblib backend's; see Scheduler and worker.limit_threads)
+        if max_tasks_per_child is not None:     # (checked as ProcessPoolExecutor checks it, by its own name)
+            if not isinstance(max_tasks_per_child, int):
+                raise TypeError("max_tasks_per_child must be an integer")
+            if max_tasks_per_child <= 0:
+                raise ValueError("max_tasks_per_child must be >= 1")
         self._core = Scheduler(hosts, processes_per_host, initializer, initargs, max_tasks_per_child,
                                ssh_options, retries, may_have_children=True, reconnect=_reconnect,
                                threads=_threads)

@@ -121,7 +121,10 @@ class Popen:
             relay = self._relay = relay_client.get(self.host)
             self._status = relay.start(request, fds)
         except OSError as exc:
-            raise out_of_files(self.host, exc) or exc from exc
+            err = out_of_files(self.host, exc)
+            if err is None:
+                raise
+            raise err from exc
         finally:
             if isinstance(payload, spill.Streamed):
                 payload.close()     # (the relay has its own copy of the fd)

@@ -64,3 +64,19 @@ def test_the_joblib_backend_refuses_the_same_misuses_as_config_errors():
         with pytest.raises(ConfigError, match=said):
             with joblib.parallel_config(backend="remoteproc", **config):
                 joblib.Parallel(n_jobs=-1)(joblib.delayed(abs)(i) for i in range(2))
+
+
+@pytest.mark.parametrize("value,kind,said", [(0, ValueError, "max_tasks_per_child must be >= 1"),
+                                             (-1, ValueError, "max_tasks_per_child must be >= 1"),
+                                             ("2", TypeError, "max_tasks_per_child must be an integer")])
+def test_executor_checks_max_tasks_per_child_as_process_pool_executor_does(value, kind, said):
+    """The Executor said the Pool's words (``maxtasksperchild must be a positive int or None``),
+    and a ValueError for "2", where ProcessPoolExecutor raises these."""
+    import concurrent.futures
+    import multiprocessing
+
+    with pytest.raises(kind, match="^%s$" % said):
+        concurrent.futures.ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                               max_tasks_per_child=value)
+    with pytest.raises(kind, match="^%s$" % said):
+        Executor(["no-such-host.invalid"], 1, max_tasks_per_child=value)

@@ -23,7 +23,6 @@ from multiprocessing import util
 from typing import Any, Sequence
 
 from .. import stdio
-from ..agent import fdlimit
 from ..errors import ConnectionLostError
 from . import ipc
 
@@ -94,13 +93,6 @@ class RelayHandle:
 
     def __init__(self) -> None:
         self.pid_owner = os.getpid()
-        # Each object passed to a running remote process costs this process an fd or two, each
-        # running one about three (a local child: none or one): like the relay and the agent, it
-        # lifts its soft open-files limit to the hard one, so that a Pool of 3 x 120 workers does not
-        # fail at the usual 1024 (errors.out_of_files says what to do past the hard one).
-        raised = fdlimit.raise_fd_limit()
-        if raised is not None:
-            log.debug("raised this process's soft open-files limit from %d to its hard limit", raised[0])
         ours, theirs = _socketpair()
         code = ("import sys; sys.path[:0] = %r; from remoteproc.relay.process import main; main(%d)"
                 % (_package_path() + user_path(), theirs.fileno()))
