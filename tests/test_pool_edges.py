@@ -188,7 +188,7 @@ def _wait_for(predicate, timeout=30.0):
 def test_arguments_a_pool_cannot_use_are_refused_before_connecting(kwargs, error, words):
     for cls in (Pool, Executor):
         if cls is Executor and "maxtasksperchild" in kwargs:
-            kwargs = {"max_tasks_per_child": kwargs["maxtasksperchild"]}
+            kwargs, words = {"max_tasks_per_child": kwargs["maxtasksperchild"]}, "max_tasks_per_child"
         with pytest.raises(error, match=words):
             cls("nobody@host.invalid", **kwargs)
 
