@@ -177,8 +177,8 @@ def _script_failed(main, exc):
     if isinstance(exc, SyntaxError):
         what = "cannot compile it: its syntax is newer (match needs 3.10, except* 3.11, type statements 3.12)"
         keep = "keep the script to the syntax of %s (newer code can go into a module the target does not import)" % ours
-    elif isinstance(exc, ImportError) and stdlib_gap(exc):
-        what = "its top level's import of %r failed here: %s" % (exc.name, stdlib_gap(exc))
+    elif isinstance(exc, ImportError) and (gap := stdlib_gap(exc)):
+        what = "its top level's import of %r failed here: %s" % (exc.name, gap)
         keep = ("move that import under `if __name__ == \"__main__\":` or into the functions that use it (or "
                 "make it conditional: try/except ImportError)")
     elif isinstance(exc, ImportError):
@@ -280,14 +280,14 @@ def module_failed(exc, script=None):
         path = exc.filename
         what = "cannot compile it: its syntax is newer (match needs 3.10, except* 3.11, type statements 3.12)"
         keep = "keep that module to the syntax of %s" % _this_python()
-    elif isinstance(exc, ImportError) and stdlib_gap(exc):
+    elif isinstance(exc, ImportError) and (gap := stdlib_gap(exc)):
         tb, path = exc.__traceback__, None
         while tb is not None:       # (the last frame of a file: importlib's own frames are "<frozen ...>")
             name = tb.tb_frame.f_code.co_filename
             if not name.startswith("<") and not _hosts_own(name):
                 path = name
             tb = tb.tb_next
-        what = "its import of %r failed here: %s" % (exc.name, stdlib_gap(exc))
+        what = "its import of %r failed here: %s" % (exc.name, gap)
         keep = "make that import conditional (try/except ImportError), or use what %s has" % _this_python()
     elif isinstance(exc, (TypeError, AttributeError, NameError)):
         tb, last = exc.__traceback__, None
