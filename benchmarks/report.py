@@ -198,6 +198,13 @@ ANALYSIS_START = "<!-- analysis: kept when the page is regenerated -->"
 ANALYSIS_END = "<!-- /analysis -->"
 
 
+def _wmem(value) -> str:
+    if value is None:
+        return ""
+    return (", `net.core.wmem_max` %d KiB (the largest send buffer of `remoteproc.Pipe`'s sockets is twice it, "
+            "at most 8 MiB; Linux's default is 208 KiB)" % (value // 1024))
+
+
 def _md_table(header: list[str], rows: list[list[str]]) -> str:
     out = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     out += ["| " + " | ".join(r) + " |" for r in rows]
@@ -222,8 +229,8 @@ def render_markdown(results: dict, analysis: str) -> str:
         "## Machine and versions",
         "",
         "- %s, %s CPUs (shared with other work: load average %s at the start, %s at the end), %s memory, "
-        "Linux %s" % (m.get("cpu"), m.get("nproc"), _load(m.get("loadavg_start")), _load(m.get("loadavg_end")),
-                      m.get("memory"), m.get("kernel")),
+        "Linux %s%s" % (m.get("cpu"), m.get("nproc"), _load(m.get("loadavg_start")), _load(m.get("loadavg_end")),
+                        m.get("memory"), m.get("kernel"), _wmem(m.get("wmem_max"))),
         "- Python %s locally; remote %s; paramiko %s; cloudpickle %s; cryptography %s" % (
             v.get("python"), v.get("remote_python"), v.get("paramiko"), v.get("cloudpickle"), v.get("cryptography")),
         "- %s; execnet %s; mitogen %s" % (v.get("openssh"), v.get("execnet"), v.get("mitogen")),

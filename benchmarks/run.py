@@ -143,6 +143,11 @@ def collect_machine() -> dict:
     except (OSError, StopIteration, ValueError):
         pass
     info["kernel"] = os.uname().release
+    try:    # what remoteproc.Pipe's send buffers can be: the busy-thread upload depends on it
+        with open("/proc/sys/net/core/wmem_max", encoding="utf-8") as f:
+            info["wmem_max"] = int(f.read())
+    except (OSError, ValueError):
+        pass
     info["loadavg_start"] = os.getloadavg()
     return info
 
