@@ -85,8 +85,8 @@ def hundred(make: Callable[..., Any], concurrent: bool, n: int = 100) -> float:
 class Server:
     """A running ``targets.serve`` child and the parent's Connection to it."""
 
-    def __init__(self, make: Callable[..., Any], pipe: Callable[[], Any] = Pipe) -> None:
-        self.conn, child = pipe()
+    def __init__(self, make: Callable[..., Any]) -> None:
+        self.conn, child = Pipe()
         self.proc = make(target=targets.serve, args=(child,))
         self.proc.start()
         child.close()
@@ -134,16 +134,13 @@ class Server:
 
 
 def measure_all(rec, peer: str, cfg: dict[str, Any], make: Callable[..., Any], local: Callable[..., Any] | None = None,
-                local_peer: str = "mp-fork", load: bool = True, pair: tuple[str, dict[str, Any]] | None = None,
-                pipe: Callable[[], Any] = Pipe) -> None:
+                local_peer: str = "mp-fork", load: bool = True, pair: tuple[str, dict[str, Any]] | None = None) -> None:
     """Round trip, throughput (idle and loaded), 100 at once vs 100 in a row, over Connections.
 
     With ``local`` (a local Process factory), the busy-thread figures are measured run by run
     alternately for this peer and for a local Pipe, so that both see the same load.  With
     ``pair`` (a baseline's name and its ``rt``, ``up`` and ``down`` functions), the round trip
-    and the 1 MiB figures are measured once more, alternately with that baseline (``*_pair``).
-    ``pipe`` makes this peer's Pipe (remoteproc's for remoteproc, as its users write it); the
-    local baseline always has multiprocessing's."""
+    and the 1 MiB figures are measured once more, alternately with that baseline (``*_pair``)."""
     from .common import MIB, payload, random_block
 
     p = cfg["plan"]
@@ -156,7 +153,7 @@ def measure_all(rec, peer: str, cfg: dict[str, Any], make: Callable[..., Any], l
     block = random_block()
     data_1m = block
     data_64m = payload(64 * MIB, block)
-    server = Server(make, pipe)
+    server = Server(make)
     try:
         server.rt(20)
         rec.measure(peer, "rt100", lambda: server.rt(p["rt_batch"]), runs, warmup=1)

@@ -189,7 +189,7 @@ def main() -> int:
     ap.add_argument("--transport", default="paramiko", choices=("paramiko", "openssh"),
                     help="remoteproc's transport (openssh: the relay's ssh process is listed as 'ssh')")
     args = ap.parse_args()
-    from remoteproc import Pipe, RemoteProcess
+    from remoteproc import RemoteProcess
     from remoteproc.relay import client as relay_client
     from remoteproc.testing import LoopbackSSHServer, current_user
     from remoteproc.testing.proctree import descendants
@@ -227,7 +227,7 @@ def main() -> int:
         time.sleep(0.5)
 
         make = functools.partial(RemoteProcess, spec, **options)
-        server = connbench.Server(make, Pipe)
+        server = connbench.Server(make)
         server.rt(100)
         relay = relay_client.get().proc.pid
         child = server.proc.pid

@@ -31,8 +31,6 @@ def cold_once(cfg) -> float:
 
 def run(cfg, rec, pair=None) -> None:
     """``pair``: see ``connbench.measure_all``."""
-    import remoteproc
-
     p = cfg["plan"]
     peer = cfg.get("peer_label", NAME)
     if rec.wanted("cold_start"):
@@ -42,8 +40,7 @@ def run(cfg, rec, pair=None) -> None:
     rec.measure(peer, "warm_start", lambda: connbench.warm_start(make), p["start_runs"], warmup=1)
     rec.measure(peer, "warm_start_join", lambda: connbench.warm_start_join(make), p["start_runs"], warmup=1)
     # the busy-thread figures alternate with a local Pipe (a forked child) run by run: same load for both
-    connbench.measure_all(rec, peer, cfg, make, local=multiprocessing.get_context("fork").Process, pair=pair,
-                          pipe=remoteproc.Pipe)
+    connbench.measure_all(rec, peer, cfg, make, local=multiprocessing.get_context("fork").Process, pair=pair)
     try:
         from remoteproc.relay import client as relay_client
 

@@ -23,9 +23,10 @@ from .errors import (
 )
 
 if TYPE_CHECKING:
+    from multiprocessing import Pipe
+
     from .executor import Executor
     from .managers import Manager
-    from .pipe import Pipe
     from .pool import Pool
     from .process import RemoteProcess
     from .queues import Event, JoinableQueue, Queue, SimpleQueue
@@ -36,7 +37,7 @@ if TYPE_CHECKING:
 # Imported on first use (PEP 562): the relay process and remote children import this
 # package too, and need none of these; ``import remoteproc`` stays cheap for everyone.
 _LAZY = {
-    "Pipe": ".pipe", "Executor": ".executor", "Pool": ".pool", "RemoteProcess": ".process",
+    "Pipe": "multiprocessing", "Executor": ".executor", "Pool": ".pool", "RemoteProcess": ".process",
     "Event": ".queues", "JoinableQueue": ".queues", "Queue": ".queues", "SimpleQueue": ".queues",
     "RemoteScript": ".script", "run": ".script",
     "Array": ".sharedctypes", "RawArray": ".sharedctypes", "RawValue": ".sharedctypes", "Value": ".sharedctypes",

@@ -40,12 +40,12 @@ import threading
 import time
 import weakref
 from multiprocessing import context as mp_context
+from multiprocessing.connection import Pipe
 from typing import Any
 
 from .agent import proxies as P
 from .agent.waker import Waker
 from .errors import PicklingError
-from .pipe import Pipe
 
 _READ_BATCH = 64        # requests served from one connection before looking at the others
 _READ_SIZE = 256 << 10  # bytes of one read (into the server thread's one buffer)

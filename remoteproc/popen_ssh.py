@@ -20,7 +20,7 @@ import weakref
 from multiprocessing import util
 from typing import Any
 
-from . import owned, reduction, spill, stdio
+from . import owned, reduction, sndbuf, spill, stdio
 from .errors import CONNECTION_LOST, RemoteProcessError, from_wire, out_of_files
 from .relay import client as relay_client
 from .relay import ipc
@@ -102,6 +102,9 @@ class Popen:
         # (the CLI's run passes the script's stdout through a pipe of its own, to keep each of
         # the script's lines whole beside its message lines: the terminal is still fd 1's)
         out_fd = getattr(process_obj, "_stdout_fd", None) or out_fd
+        for b in bridged:
+            if b.kind == "socket" and b.readable:
+                sndbuf.widen_peer(b.fd)     # (the user's sends to the child: see sndbuf.py)
         fds = [b.fd for b in bridged] + [out_fd, err_fd]
         request = {
             "host": self.host,

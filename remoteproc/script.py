@@ -15,11 +15,11 @@ import logging
 import os
 import sys
 import threading
+from multiprocessing import Pipe
 from multiprocessing.connection import Connection as _Connection
 from typing import IO, TYPE_CHECKING, Any, Iterable, Mapping, Union
 
 from .agent import script as _remote
-from .pipe import Pipe
 from .process import RemoteProcess
 
 if TYPE_CHECKING:

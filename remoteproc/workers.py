@@ -13,13 +13,12 @@ import os
 import pickle
 import socket
 import threading
-from multiprocessing.connection import Connection
+from multiprocessing.connection import Connection, Pipe
 from multiprocessing.connection import wait as _wait
 from typing import Any, Callable, Iterable, Mapping, Optional, Tuple, Union, cast
 
 from .agent import worker
 from .errors import CONNECTION_LOST, ConfigError, ConnectionLostError, RemoteProcessError
-from .pipe import Pipe
 from .process import RemoteProcess
 
 TERMINATE_GRACE = 5.0   # seconds between terminate() and kill() of the workers
