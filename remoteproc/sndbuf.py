@@ -34,7 +34,7 @@ _UDIAG_SHOW_PEER = 4
 _UNIX_DIAG_PEER = 2
 _NOCOOKIE = 0xFFFFFFFF
 _ALL_STATES = 0xFFFFFFFF
-_MAX_SCAN = 65536           # fds looked at for the peer when it is not next to the end we were given
+_MAX_SCAN = 1024            # fds looked at (1-2 us each) when the peer is not next to the end we were given
 
 _unavailable = False        # sock_diag failed once (no netlink, no unix_diag): not asked again
 

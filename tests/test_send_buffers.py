@@ -40,7 +40,7 @@ def sndbuf_of(fd: int) -> int:
         sock.detach()
 
 
-def test_the_peer_is_found_next_to_its_end_and_anywhere_else():
+def test_the_peer_is_found_next_to_its_end_and_anywhere_else(monkeypatch):
     a, b = Pipe()
     far = os.dup2(a.fileno(), 900)
     try:
@@ -50,6 +50,8 @@ def test_the_peer_is_found_next_to_its_end_and_anywhere_else():
         assert sndbuf.fd_of(inode, b.fileno()) == a.fileno()
         a.close()                           # only the far copy is left
         assert sndbuf.fd_of(inode, b.fileno()) == far
+        monkeypatch.setattr(sndbuf, "_MAX_SCAN", 0)     # a program with more fds than are looked at
+        assert sndbuf.fd_of(inode, b.fileno()) is None
     finally:
         os.close(far)
         b.close()
