@@ -16,6 +16,7 @@ Linux, no ``unix_diag``, the peer in another process) nothing changes.
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import socket
@@ -36,6 +37,9 @@ _NOCOOKIE = 0xFFFFFFFF
 _ALL_STATES = 0xFFFFFFFF
 _MAX_SCAN = 1024            # fds looked at (1-2 us each) when the peer is not next to the end we were given
 
+#: errors of this moment (out of fds or memory), after which sock_diag is asked again next time
+_NOW_ONLY = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN, errno.EINTR)
+
 _unavailable = False        # sock_diag failed once (no netlink, no unix_diag): not asked again
 
 
@@ -52,8 +56,9 @@ def peer_inode(fd: int) -> Optional[int]:
             nl.send(header + request)
             reply = nl.recv(4096, socket.MSG_DONTWAIT)     # (the kernel answers within send())
     except OSError as exc:
-        _unavailable = True
-        log.debug("no sock_diag here (%s): bridged Pipes keep their send buffers", exc)
+        if exc.errno not in _NOW_ONLY:
+            _unavailable = True
+            log.debug("no sock_diag here (%s): bridged Pipes keep their send buffers", exc)
         return None
     return _peer_attribute(reply)
 

@@ -137,6 +137,27 @@ def test_without_sock_diag_nothing_changes_and_it_is_not_asked_again(monkeypatch
         b.close()
 
 
+def test_out_of_fds_is_not_taken_for_a_missing_sock_diag(monkeypatch):
+    real = socket.socket
+    failing = [True]
+
+    def emfile_once(family=-1, *args, **kwargs):
+        if family == socket.AF_NETLINK and failing:
+            failing.clear()
+            raise OSError(24, "Too many open files")
+        return real(family, *args, **kwargs)
+
+    monkeypatch.setattr(sndbuf, "_unavailable", False)
+    monkeypatch.setattr(socket, "socket", emfile_once)
+    a, b = Pipe()
+    try:
+        assert sndbuf.peer_inode(b.fileno()) is None            # (this time: no fd for netlink)
+        assert sndbuf.peer_inode(b.fileno()) == os.fstat(a.fileno()).st_ino
+    finally:
+        a.close()
+        b.close()
+
+
 def _echo_sizes(conn):
     for msg in iter(conn.recv_bytes, b"q"):
         conn.send(len(msg))
