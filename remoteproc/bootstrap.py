@@ -746,9 +746,12 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
                        else "none of %s" % ", ".join(map(repr, target.python)), ver))
     else:
         hint = "pass python= with a working Python 3.8+ interpreter on the host (Python %s is best)" % ver
-    given = target.python if target.python is None or isinstance(target.python, str) else list(target.python)
-    raise BootstrapError("%s: could not start the agent with python=%r (exit status %s): %s. Fix: %s."
-                         % (display, given, status, said or "no message", hint), display)
+    if target.python is None:
+        tried = "python3 (no python= given)"
+    else:
+        tried = "python=%r" % (target.python if isinstance(target.python, str) else list(target.python),)
+    raise BootstrapError("%s: could not start the agent with %s, exit status %s: %s. Fix: %s."
+                         % (display, tried, status, said or "no message", hint), display)
 
 
 def _ended_at_once(target, shown: str, said: str, python_ran: bool) -> BootstrapError:

@@ -1194,6 +1194,17 @@ def test_interpreter_not_found_carries_the_shells_words():
     assert "install Python %d.%d" % sys.version_info[:2] in text
 
 
+def test_no_python3_without_python_given_says_python3_not_python_none():
+    """Found by an audit: the account had no python3 and no python= was passed; the error said
+    "with python=None", an option the user never wrote (and the CLI said it too)."""
+    chan = StubChannel(stderr=b"sh: 1: exec: python3: not found\n", status=127)
+    with pytest.raises(BootstrapError) as info:
+        start_with(chan, python=None)
+    text = str(info.value)
+    assert "could not start the agent with python3 (no python= given), exit status 127" in text, text
+    assert "None" not in text and "the host has no python3" in text
+
+
 def test_the_stub_checks_the_version_before_reading_anything(tmp_path):
     wrapper = tmp_path / "python3.4"
     wrapper.write_text("#!%s\nimport sys\nsys.version_info = (3, 4, 1, 'final', 0)\nstub = sys.argv[2]\n"
