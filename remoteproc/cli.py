@@ -203,12 +203,33 @@ def in_cli_terms(text: str) -> str:
     return _IN_API_TERMS.sub(flag, text)
 
 
+#: (words of a HostKeyError, cause, fix): the refusals that recording the key would not mend, first
+_HOST_KEY_CASES = (
+    ("CHANGED", "the host's key differs from the one recorded in known_hosts",
+     "if the change is expected, remove the old key with ssh-keygen -R HOST, then run again"),
+    ("revoked", "the host's key, or the authority that signed it, is revoked (@revoked in known_hosts, or "
+     "RevokedHostKeys); such a key is always refused, and --accept-new does not change that",
+     "ask the host's administrator for its current key"),
+    ("(KRL)", "the ssh config names a key revocation list (RevokedHostKeys), which the paramiko transport "
+     "cannot read", "run with --transport openssh (your own ssh reads it)"),
+    ("against RevokedHostKeys", "the revoked keys file of the ssh config (RevokedHostKeys) cannot be read",
+     "make the file readable, or remove RevokedHostKeys from the ssh config"),
+    ("certificate authority", "the host is known only through a certificate authority (@cert-authority in "
+     "known_hosts), and the paramiko transport cannot check host certificates",
+     "run with --transport openssh (your own ssh checks the certificate), or add the host's own key to "
+     "known_hosts"),
+    ("no user known_hosts file", "the host's key is unknown and there is no known_hosts file to record it in",
+     "name a file with UserKnownHostsFile in the ssh config (or --known-hosts FILE), then --accept-new"),
+)
+
+
 def explain(exc: BaseException) -> tuple[str, str]:
     """(cause, fix) for an error, in the command line's terms."""
     if isinstance(exc, HostKeyError):
-        if "CHANGED" in str(exc):
-            return ("the host's key differs from the one recorded in known_hosts",
-                    "if the change is expected, remove the old key with ssh-keygen -R HOST, then run again")
+        text = str(exc)
+        for words, cause, fix in _HOST_KEY_CASES:
+            if words in text:
+                return cause, fix
         return ("the host's key is not in known_hosts, and unknown keys are refused",
                 "check the fingerprint, then trust the key with the command above (it records the key in the "
                 "known_hosts file remoteproc reads), or pass --accept-new to record it")

@@ -277,6 +277,21 @@ def test_run_a_script_that_raises_keyboardinterrupt_exits_as_python3_does(alias,
 @pytest.mark.parametrize("error,cause", [
     (HostKeyError("h: the host key has CHANGED", "h"), "differs"),
     (HostKeyError("h: the host key is unknown", "h"), "not in known_hosts"),
+    # found by an audit: these said "not in known_hosts ... or pass --accept-new", which cannot help
+    (HostKeyError("h: the host key ssh-ed25519 SHA256:x is marked @revoked in /k; it is always refused", "h"),
+     "revoked"),
+    (HostKeyError("h (transport='openssh'): the host's key is marked @revoked in known_hosts. Fix: ask", "h"),
+     "revoked"),
+    (HostKeyError("h: the certificate authority that vouches for this host (@cert-authority in /k) is marked "
+                  "@revoked in /k", "h"), "revoked"),
+    (HostKeyError("h: the host key is unknown: this host is known only through a certificate authority "
+                  "(@cert-authority in /k), and the paramiko transport cannot check host certificates", "h"),
+     "certificate authority"),
+    (HostKeyError("h: RevokedHostKeys /r is a key revocation list (KRL), which the paramiko transport", "h"),
+     "key revocation list"),
+    (HostKeyError("h: cannot check the host key x against RevokedHostKeys /r: denied", "h"), "cannot be read"),
+    (HostKeyError("h: the host key is unknown (x), and there is no user known_hosts file to record it in", "h"),
+     "no known_hosts file"),
     (ConfigError("h: bad", "h"), "not usable as given"),
     (ConnectionLostError("h: connection lost", "h"), "went away"),
     (BootstrapError("h: cannot start the process in directory '/x'", "h"), "--cwd"),
@@ -287,6 +302,8 @@ def test_run_a_script_that_raises_keyboardinterrupt_exits_as_python3_does(alias,
 def test_each_error_has_its_own_cause(error, cause):
     said, fix = cli.explain(error)
     assert cause in said and fix
+    if cause in ("revoked", "certificate authority"):      # (recording the key mends neither)
+        assert "above" not in fix and "--accept-new" not in fix, fix
 
 
 def test_exit_status_as_a_shell_shows_it():
