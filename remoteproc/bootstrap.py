@@ -731,6 +731,12 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
             "the account there." % (display, said[-500:]), display)
     if status == 0:
         raise _ended_at_once(target, shown, said, python_ran)
+    raise _not_started(target, status, said)
+
+
+def _not_started(target, status: Any, said: str) -> BootstrapError:
+    """The error for a Python that did not start (126, 127: not found or not runnable; else its words)."""
+    display = target.display
     ver = "%d.%d" % sys.version_info[:2]
     if status in (126, 127):
         if target.python is None:
@@ -750,8 +756,8 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
         tried = "python3 (no python= given)"
     else:
         tried = "python=%r" % (target.python if isinstance(target.python, str) else list(target.python),)
-    raise BootstrapError("%s: could not start the agent with %s, exit status %s: %s. Fix: %s."
-                         % (display, tried, status, said or "no message", hint), display)
+    return BootstrapError("%s: could not start the agent with %s, exit status %s: %s. Fix: %s."
+                          % (display, tried, status, said or "no message", hint), display)
 
 
 def _ended_at_once(target, shown: str, said: str, python_ran: bool) -> BootstrapError:
