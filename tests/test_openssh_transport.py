@@ -259,7 +259,7 @@ def test_a_proxy_command_that_ended_saying_why_is_named_not_taken_for_a_busy_ser
     error = openssh.failure(target, 255, its_words + "\r\n" + JUMP_ENDED)
     assert type(error) is ConnectError and not error.turned_away, str(error)
     assert "the ProxyCommand ended before the server's SSH banner came through it. Fix: run it by hand " \
-           "(ssh -W %h:%p jdead): it must connect to node1:22" in str(error)
+           "(ssh -W node1:22 jdead): it must connect to node1:22" in str(error)
     assert its_words in str(error) and "MaxStartups" not in str(error) and "nothing listens" not in str(error)
     error = openssh.failure(target, 255, JUMP_ENDED)       # (said nothing: a server that hung up, as ever)
     assert error.turned_away, str(error)

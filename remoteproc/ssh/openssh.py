@@ -47,6 +47,7 @@ from ..errors import (
     proxy_command_ended,
 )
 from . import probe
+from .config import did_you_mean
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
 from .target import (
     MAX_JUMPS,
@@ -59,6 +60,7 @@ from .target import (
     setup_option,
     typo_hint,
 )
+from .tokens import expand, host_tokens
 
 #: what ``ssh`` always gets: no terminal, no forwarding that would listen anywhere, no local commands
 FIXED_ARGS = ("-T", "-x", "-o", "ClearAllForwardings=yes", "-o", "PermitLocalCommand=no")
@@ -800,6 +802,47 @@ def route(target: Target) -> list[str]:
     return route(target.jump) + [target.proxy_jump[-1]]
 
 
+#: the tokens ssh expands in a ProxyCommand (``expand_proxy_command`` in its sshconnect.c)
+_PROXY_TOKENS = "%hknpr"
+
+
+def proxy_command_run(target: Target) -> str:
+    """The target's ProxyCommand as ssh ran it, the command a user can paste into a shell: ``ssh -G``
+    shows it as written, and ssh expands its ``%h`` (host), ``%p`` (port), ``%r`` (remote user),
+    ``%n`` (the name as given), ``%k`` (host key alias) and ``%%`` only when it runs it, from the
+    values ``ssh -G`` reported (``target``'s); as written if it has a token ssh does not know there."""
+    command = target.proxy_command or ""
+    given = target.original_host or target.hostname
+    tokens = host_tokens(given, target.hostname, target.port, target.username, target.host_key_alias, None)
+    try:
+        return expand(command, {k: v for k, v in tokens.items() if k in _PROXY_TOKENS}, "ProxyCommand")
+    except ConfigError:
+        return command
+
+
+#: the name ssh could not resolve (``ssh: Could not resolve hostname NAME: ...``)
+_UNRESOLVED = re.compile(r"Could not resolve hostname (\S+?):? ", re.I)
+
+
+def _typo(target: Target, said: str, at_jump: bool) -> str:
+    """`` (did you mean 'bast'?)`` for a name that did not resolve and is a typo of an alias of the
+    config (``typo_hint``): the target's, or at a jump host the hop's (``ProxyJump bastoin`` where
+    ``bast`` is an alias), the hop ssh names, when its name went to the resolver unchanged."""
+    if not at_jump:
+        return typo_hint(target)
+    named = _UNRESOLVED.search(said)
+    hops = route(target)
+    for hop in hops:
+        try:
+            host = parse_spec(hop)[1]
+        except RemoteProcessError:
+            continue
+        # (ssh names the host it could not resolve; a HostName of the hop's makes it another name, no typo)
+        if (named.group(1).lower() == host.lower()) if named is not None else len(hops) == 1:
+            return did_you_mean(host, target.options.get("ssh_config"))
+    return ""
+
+
 def _on_the_way(target: Target, said: str, head: Optional[str], words: str) -> Optional[ConnectError]:
     """A failure of what carries the connection (the jump hosts, whose part of ``said`` is ``head``
     when the jump's ``ssh -W`` ended first; the ProxyCommand), or None."""
@@ -828,7 +871,7 @@ def _on_the_way(target: Target, said: str, head: Optional[str], words: str) -> O
     if target.proxy_command and _TURNED_AWAY.search(said) and _ENDED_BEFORE_BANNER.sub("", said).strip():
         # the ProxyCommand ended, saying why ("Connection refused" there is its own connection's, perhaps
         # to a jump host of its own, not the target's port); not a server turning us away
-        ended = proxy_command_ended(target.proxy_command, target.hostname, target.port)
+        ended = proxy_command_ended(proxy_command_run(target), target.hostname, target.port)
         return ConnectError("%s (transport='openssh'): %s: %s" % (target.display, ended, words), target.display)
     return None
 
@@ -890,7 +933,7 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
             if "{stray}" in advice and old_ssh(target.spec):
                 advice = _UNKNOWN_TO_OLD_SSH.format(version=old_ssh(target.spec), since="%d.%d" % ACCEPT_NEW_SINCE,
                                                     ssh="{ssh}", stray="{stray}")
-            fix = advice.format(ssh=ssh, config=config, typo=typo_hint(target) if "{typo}" in advice else "",
+            fix = advice.format(ssh=ssh, config=config, typo=_typo(target, head, at_jump) if "{typo}" in advice else "",
                                 stray=_stray(target) if "{stray}" in advice else "")
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, fix, words), display)
     turned = _TURNED_AWAY.findall(said)
