@@ -16,7 +16,7 @@ from typing import Any, NamedTuple
 
 from ..errors import AuthenticationError
 from .hostkeys import fingerprint
-from .target import DEFAULT_IDENTITIES, Target, home_hint, own_key_fix, public_key
+from .target import DEFAULT_IDENTITIES, Target, config_read, home_hint, own_key_fix, public_key
 
 log = logging.getLogger("remoteproc.ssh")
 
@@ -221,7 +221,7 @@ def authenticate(transport: Any, target: Target) -> None:
     if attempt.none():
         return
     defaults = {os.path.expanduser("~/.ssh/" + name) for name in DEFAULT_IDENTITIES}
-    attempt.tried += [p + _NO_FILE for p in target.key_filenames
+    attempt.tried += [p + _NO_FILE for p in dict.fromkeys(target.key_filenames)
                       if p not in defaults and not os.path.isfile(p)]
     agent = _agent(target)
     try:
@@ -495,7 +495,25 @@ def _the_server_takes(cannot: tuple[str, ...], allowed: list[str]) -> tuple[str,
     return tuple(p for p in cannot if (gssapi if p.startswith("GSSAPI") else "publickey" in allowed))
 
 
-_NO_FILE = " (no such file)"     # how a key_filename that does not exist shows among the keys tried
+_NO_FILE = " (no such file)"     # how a key_filename or IdentityFile that does not exist shows among the keys tried
+
+
+def _missing_keys(target: Target, missing: list[str]) -> str:
+    """The fix for key files that do not exist, named where each was given: ``key_filename=``, or
+    an ``IdentityFile`` of the ssh config (which ssh skips silently).  A user who passed no
+    key_filename= and was told to check it looked for an option they never gave."""
+    given = [p for p in missing if p in target.explicit_keys]
+    configured = [p for p in missing if p not in target.explicit_keys]
+    fixes = []
+    if given:
+        fixes.append("check key_filename: %s %s (give the path of your private key)"
+                     % (", ".join(given), "does not exist" if len(given) == 1 else "do not exist"))
+    if configured:
+        fixes.append("check IdentityFile for %s in %s: %s %s (correct the path of your private key, or remove "
+                     "the line)" % (target.original_host or target.hostname,
+                                    config_read(target.options) or "the ssh config", ", ".join(configured),
+                                    "does not exist" if len(configured) == 1 else "do not exist"))
+    return "; or ".join(fixes)
 
 
 def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list[str] | None,
@@ -522,8 +540,7 @@ def _auth_failed(target: Target, transport: Any, tried: list[str], allowed: list
     missing = [t[:-len(_NO_FILE)] for t in tried if t.endswith(_NO_FILE)]
     if missing and (not allowed or "publickey" in allowed):
         # (a mistyped path is the likeliest cause: say it first)
-        keys = "check key_filename: %s does not exist (give the path of your private key); or %s" % (
-            ", ".join(missing), keys)
+        keys = "%s; or %s" % (_missing_keys(target, missing), keys)
     if not tried:
         tried = (["no key: the server takes none"] if allowed and "publickey" not in allowed
                  else ["no key (no agent, no key file found)"])

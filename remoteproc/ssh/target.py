@@ -131,10 +131,13 @@ class Target:
         (user, host, port, route), and the settings that decide whom we trust and who
         we are: a process asking for other credentials or other known_hosts files never
         rides on a connection that was verified and authenticated with different ones.
+        The passphrase counts as the password does (a wrong one must fail as it would
+        alone, not ride on a connection that the right one opened), and like it is held
+        as a hash, not as itself.
         """
         route = self.jump.conn_key if self.jump is not None else self.proxy_command
-        secret = hashlib.sha256(self.password.encode()).hexdigest() if self.password is not None else None
-        trust = (tuple(self.key_filenames), self.identities_only, self.allow_agent, self.identity_agent, secret,
+        trust = (tuple(self.key_filenames), self.identities_only, self.allow_agent, self.identity_agent,
+                 _digest(self.password), _digest(self.passphrase),
                  tuple(self.known_hosts), tuple(self.global_known_hosts), self.host_key_alias, self.policy,
                  self.revoked_host_keys,
                  tuple(self.certificate_files), self.forward_agent, self.forward_agent_path)
@@ -157,6 +160,11 @@ class Target:
         if self.host_key_alias:
             return self.host_key_alias
         return self.hostname if self.port == 22 else "[%s]:%d" % (self.hostname, self.port)
+
+
+def _digest(secret: str | None) -> str | None:
+    """A password or passphrase as ``Target.conn_key`` holds it: its SHA-256, or None."""
+    return hashlib.sha256(secret.encode()).hexdigest() if secret is not None else None
 
 
 def _yes(value: Any) -> bool:
