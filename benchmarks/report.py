@@ -202,7 +202,7 @@ def _wmem(value) -> str:
     if value is None:
         return ""
     return (", `net.core.wmem_max` %d KiB (the largest send buffer `start()` can give the parent's end "
-            "of a Pipe is twice it, at most 8 MiB; Linux's default is 208 KiB)" % (value // 1024))
+            "of a Pipe is twice it, at most 4 MiB; Linux's default is 208 KiB)" % (value // 1024))
 
 
 def _md_table(header: list[str], rows: list[list[str]]) -> str:

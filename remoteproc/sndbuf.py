@@ -24,8 +24,6 @@ import stat
 import struct
 from typing import Optional
 
-from .agent.mux import SEND_BUFFER, widen_send_buffer
-
 log = logging.getLogger("remoteproc")
 
 _NETLINK_SOCK_DIAG = 4
@@ -35,7 +33,10 @@ _UDIAG_SHOW_PEER = 4
 _UNIX_DIAG_PEER = 2
 _NOCOOKIE = 0xFFFFFFFF
 _ALL_STATES = 0xFFFFFFFF
-_MAX_SCAN = 1024            # fds looked at (1-2 us each) when the peer is not next to the end we were given
+_MAX_SCAN = 1024            # fds looked at when the peer is not next to the end we were given
+#: asked for the user's end: Linux doubles it (4 MiB, which holds a 1 MiB message whole), and caps
+#: it at twice net.core.wmem_max
+PEER_BUFFER = 2 << 20
 
 #: errors of this moment (out of fds or memory), after which sock_diag is asked again next time
 _NOW_ONLY = (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM, errno.EAGAIN, errno.EINTR)
@@ -89,41 +90,89 @@ def _is_socket(fd: int, inode: int) -> bool:
     return stat.S_ISSOCK(st.st_mode) and st.st_ino == inode
 
 
+def _made_here(fd: int) -> bool:
+    """Whether the Unix socket ``fd``'s peer was made by this process (``SO_PEERCRED``): a
+    ``Pipe()`` of ours; a connection accepted from another program has that program's pid, and
+    its peer is not among our fds to look for."""
+    sock = socket.socket(fileno=fd)
+    try:
+        cred = sock.getsockopt(socket.SOL_SOCKET, getattr(socket, "SO_PEERCRED", 17), struct.calcsize("3i"))
+    except OSError:
+        return True         # (cannot tell: look)
+    finally:
+        sock.detach()
+    return struct.unpack("3i", cred)[0] in (0, os.getpid())
+
+
 def fd_of(inode: int, near: int) -> Optional[int]:
     """This process's fd for the socket ``inode``: first next to ``near`` (``Pipe()`` makes its two
-    ends one after the other), then among all fds."""
+    ends one after the other), then among all fds (fstat of each: 1 us)."""
     for fd in (near - 1, near + 1):
         if fd >= 0 and _is_socket(fd, inode):
             return fd
-    name = "socket:[%d]" % inode
+    if not _made_here(near):
+        return None
     try:
-        with os.scandir("/proc/self/fd") as entries:
-            for count, entry in enumerate(entries):
-                if count >= _MAX_SCAN:
-                    break
-                try:
-                    if os.readlink(entry.path) == name and _is_socket(int(entry.name), inode):
-                        return int(entry.name)
-                except (OSError, ValueError):
-                    continue
+        names = os.listdir("/proc/self/fd")
     except OSError:
-        pass
+        return None
+    for name in names[:_MAX_SCAN]:
+        try:
+            fd = int(name)
+        except ValueError:
+            continue
+        if _is_socket(fd, inode):
+            return fd
     return None
+
+
+def _system_default() -> Optional[int]:
+    """What a new socket's SO_SNDBUF is (net.core.wmem_default), or None where it cannot be read."""
+    try:
+        with open("/proc/sys/net/core/wmem_default") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return None
 
 
 def widen_peer(fd: int) -> None:
     """Widen the send buffer of the other end of the Unix socket ``fd`` if this process holds it
-    (never narrowing one that someone made larger)."""
+    and it is still the system's default: a buffer someone chose, larger or smaller, stays.
+    Never raises: a start does not fail for want of a larger buffer (another thread may close
+    either end meanwhile)."""
+    try:
+        _widen_peer(fd)
+    except OSError as exc:
+        log.debug("the send buffer of fd %d's peer stays as it is: %s", fd, exc)
+
+
+def _widen_peer(fd: int) -> None:
     inode = peer_inode(fd)
-    peer = fd_of(inode, fd) if inode is not None else None
+    if inode is None:
+        return
+    peer = fd_of(inode, fd)
     if peer is None:
         return
-    sock = socket.socket(fileno=peer)
     try:
-        if sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) >= SEND_BUFFER:
-            return
+        # (a copy of our own: another thread may close the user's fd meanwhile, and its number go
+        # to another file, which must not be touched)
+        mine = os.dup(peer)
     except OSError:
         return
+    try:
+        if not _is_socket(mine, inode):
+            return
+        sock = socket.socket(fileno=mine)
+        try:
+            now = sock.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF)
+            default = _system_default()
+            chosen = now != default if default is not None else now >= 2 * PEER_BUFFER
+            if chosen:
+                return
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PEER_BUFFER)
+        except OSError:
+            return
+        finally:
+            sock.detach()
     finally:
-        sock.detach()
-    widen_send_buffer(peer)
+        os.close(mine)

@@ -197,6 +197,9 @@ class Mux:
         self.streams = {}  # type: dict[int, Stream]
         self.high_sid = 0
         self.on_closed = None     # callback(stream) once a stream is finished and closed
+        #: (fd) -> True when no other process holds the shared socket ``fd``: what its reader never
+        #: read is then dropped before our copy closes (``_unread_in_last_copy``); None: never
+        self.last_copy = None  # type: Callable[[int], bool] | None
         #: () -> (stream, payload bytes still to come) of the DATA frame being read, else (0, 0):
         #: the endpoint's frame reader (a shared fd's line cut by a network read waits for the rest)
         self.incoming = None  # type: Callable[[], tuple[int, int]] | None
@@ -410,6 +413,21 @@ class Mux:
         if s.fd >= 0 and s.read_done and s.write_done and not s.outq:
             self.close(s)
 
+    def _unread_in_last_copy(self, s: Stream) -> bool:
+        """Whether a shared socket whose reader went away still holds bytes, and ours is its last
+        copy.  Closed with them, it would reset its peer: the user's next ``recv()`` would raise
+        ConnectionResetError, where the promise is EOFError (a send that had already returned, as
+        a big send buffer lets it, leaves the reset for the recv).  Another copy keeps the socket
+        open, and its next reader may take them: they stay."""
+        if self.last_copy is None or s.sock is None:
+            return False
+        try:
+            if not s.sock.recv(1, socket.MSG_PEEK | _DONTWAIT):
+                return False        # (at its end: nothing unread)
+        except OSError:
+            return False            # (nothing unread now, or the socket is gone)
+        return self.last_copy(s.fd)
+
     def close(self, s: Stream) -> None:
         """Close a stream now, dropping whatever it still had queued."""
         if s.fd < 0:
@@ -418,7 +436,7 @@ class Mux:
             self.sel.unregister(s.fd)
             s.events = 0
         if s.sock is not None:
-            if s.reading and s.read_done and not s.shared:
+            if s.reading and s.read_done and (not s.shared or self._unread_in_last_copy(s)):
                 _discard_unread(s.sock)
             s.sock.close()
         else:

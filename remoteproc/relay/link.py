@@ -10,6 +10,7 @@ per-process status socket, which doubles as the process's sentinel.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import re
@@ -89,6 +90,28 @@ class RemoteChild:
         self.err_tail = bytearray()
 
 
+def only_copy(user_pid: int, fd: int) -> bool:
+    """Whether the user's process (the relay's parent) has closed its copy of the socket ``fd``,
+    as a program does with the child's end of a Pipe after ``start()``: then ours is the last.
+    False where /proc cannot tell (not Linux), or when the fd is a copy of the user's still."""
+    if not os.path.isdir("/proc/self/fd"):
+        return False
+    try:
+        name = "socket:[%d]" % os.fstat(fd).st_ino
+        entries = os.listdir("/proc/%d/fd" % user_pid)
+    except FileNotFoundError:
+        return True         # (the user's process is gone: nobody else holds it)
+    except OSError:
+        return False
+    for entry in entries:
+        try:
+            if os.readlink("/proc/%d/fd/%s" % (user_pid, entry)) == name:
+                return False
+        except OSError:
+            continue
+    return True
+
+
 class Link:
     """One host connection: resident agent channel plus the relay loop, in a thread.
 
@@ -125,6 +148,7 @@ class Link:
                                       on_stream_closed=self._stream_closed, max_control=MAX_CONTROL)
         self.asked: deque = deque()     # the agent's requests not answered yet (ANSWERS_HELD)
         self.mux = self.endpoint.mux
+        self.mux.last_copy = functools.partial(only_copy, os.getppid())
         self.scratch = memoryview(bytearray(RECV_SCRATCH))  # reused: see Mux._scratch
         self.chan: Optional[AgentChannel] = None
         self.hello: dict = {}
