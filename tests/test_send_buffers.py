@@ -306,3 +306,39 @@ def test_only_copy_looks_at_the_users_process():
     finally:
         c.close()
         d.close()
+
+
+def _raises(exc):
+    def call(*args):
+        raise exc
+    return call
+
+
+def test_what_cannot_be_looked_at_changes_nothing(monkeypatch):
+    """No /proc listing (a far peer is then not found), no fd to spare for the copy, no
+    wmem_default to read (then only a buffer already as large as ours is left as it is)."""
+    a, b = Pipe()
+    far = os.dup2(a.fileno(), 901)
+    try:
+        inode = os.fstat(a.fileno()).st_ino
+        a.close()
+        with monkeypatch.context() as m:
+            m.setattr(os, "listdir", _raises(PermissionError(13, "Permission denied")))
+            assert sndbuf.fd_of(inode, b.fileno()) is None
+        before = sndbuf_of(far)
+        with monkeypatch.context() as m:
+            m.setattr(os, "dup", _raises(OSError(24, "Too many open files")))
+            sndbuf.widen_peer(b.fileno())
+        assert sndbuf_of(far) == before
+        with monkeypatch.context() as m:
+            m.setattr(sndbuf, "_system_default", lambda: None)
+            sndbuf.widen_peer(b.fileno())
+            assert sndbuf_of(far) == granted(2 * MIB)       # (below ours: widened)
+            sock = socket.socket(fileno=far)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 3 * MIB)
+            sock.detach()
+            sndbuf.widen_peer(b.fileno())
+            assert sndbuf_of(far) == granted(3 * MIB)       # (as large as ours or more: left)
+    finally:
+        os.close(far)
+        b.close()
