@@ -2,8 +2,9 @@
 
 Why is measured in benchmarks/ (a 1 MiB upload from a program with a busy thread); here, what
 it does: the peer of the end passed to a RemoteProcess is found in this process wherever its
-fd is, its send buffer is widened and never narrowed, and where Linux cannot say (no sock_diag,
-the peer elsewhere) nothing changes and nothing fails."""
+fd is, its send buffer is widened only while it is the system's default, where Linux cannot say
+(no sock_diag, the peer elsewhere) nothing changes and nothing fails, and a child that ends with
+bytes unread still gives the parent EOFError."""
 
 from __future__ import annotations
 
