@@ -156,18 +156,25 @@ def test_answers_without_a_peer_give_none():
     assert sndbuf._peer_attribute(b"short") is None
 
 
-def test_without_sock_diag_nothing_changes_and_it_is_not_asked_again(monkeypatch):
+def _netlink_fails(monkeypatch, exc, times=None):
+    """socket(AF_NETLINK, ...) raises ``exc`` (the first ``times`` calls; None: every call); the
+    list of failed calls is returned."""
     made = []
     real = socket.socket
 
-    def no_netlink(family=-1, *args, **kwargs):
-        if family == socket.AF_NETLINK:
+    def fake(family=-1, *args, **kwargs):
+        if family == socket.AF_NETLINK and (times is None or len(made) < times):
             made.append(family)
-            raise OSError(97, "Address family not supported by protocol")
+            raise exc
         return real(family, *args, **kwargs)
 
     monkeypatch.setattr(sndbuf, "_unavailable", False)
-    monkeypatch.setattr(socket, "socket", no_netlink)
+    monkeypatch.setattr(socket, "socket", fake)
+    return made
+
+
+def test_without_sock_diag_nothing_changes_and_it_is_not_asked_again(monkeypatch):
+    made = _netlink_fails(monkeypatch, OSError(97, "Address family not supported by protocol"))
     a, b = Pipe()
     try:
         before = sndbuf_of(a.fileno())
@@ -182,17 +189,7 @@ def test_without_sock_diag_nothing_changes_and_it_is_not_asked_again(monkeypatch
 
 
 def test_out_of_fds_is_not_taken_for_a_missing_sock_diag(monkeypatch):
-    real = socket.socket
-    failing = [True]
-
-    def emfile_once(family=-1, *args, **kwargs):
-        if family == socket.AF_NETLINK and failing:
-            failing.clear()
-            raise OSError(24, "Too many open files")
-        return real(family, *args, **kwargs)
-
-    monkeypatch.setattr(sndbuf, "_unavailable", False)
-    monkeypatch.setattr(socket, "socket", emfile_once)
+    _netlink_fails(monkeypatch, OSError(24, "Too many open files"), times=1)
     a, b = Pipe()
     try:
         assert sndbuf.peer_inode(b.fileno()) is None            # (this time: no fd for netlink)
