@@ -157,3 +157,16 @@ def test_close_ends_the_sender_thread_even_while_the_window_is_shut(monkeypatch)
     chan.close()
     sender.join(10)
     assert not sender.is_alive() and fake.closed
+
+
+def test_a_recv_whose_window_adjustment_finds_the_socket_gone_is_the_channels_end():
+    """Found by a full run: sshd killed mid-transfer, paramiko's recv() sent its window adjustment
+    on the dead socket and raised EOFError in the relay's thread ("the relay failed: EOFError()"),
+    where the connection's loss, with its explanation, was due."""
+    fake, chan, _woken = _channel()
+    fake.recv_ready = lambda: True
+    for exc in (EOFError(), OSError(32, "Broken pipe")):
+        def recv(limit, exc=exc):
+            raise exc
+        fake.recv = recv
+        assert chan.recv(1 << 20) == b""

@@ -183,6 +183,11 @@ class ParamikoChannel(AgentChannel):
             return chan.recv(limit)
         except socket.timeout:
             return None
+        except (OSError, EOFError):
+            # paramiko's recv sends the window adjustment itself, and raises EOFError when the
+            # connection's socket is gone before its transport thread has said so (sshd killed
+            # mid-transfer): that is the channel's end, which describe_loss explains
+            return b""
 
     def recv_stderr(self) -> bytes:
         """What came on stderr since the last call, at most STDERR_READ bytes: a host that floods
