@@ -497,15 +497,30 @@ class _Broker:
             try:
                 self.drop(conn)
             except Exception:  # noqa: BLE001
-                log.exception("remoteproc: dropping that Connection failed too")
-                with self.lock:
-                    self.objs.pop(conn, None)
-                    self.pending.pop(conn, None)
-                    self.carriers.pop(conn, None)
-                    chan = self.chans.pop(conn, None)
-                    self.dropped.notify_all()
-                if chan is not None:
-                    chan.close()
+                log.exception("remoteproc: dropping that Connection failed too; it is closed")
+                self._discard(conn)
+
+    def _discard(self, conn) -> None:
+        """What ``drop`` must do at least, each step whatever the others do: forget ``conn`` and
+        close it, so that its process gets EOF (``OwnerGone``) rather than waiting for ever, and
+        the selector stops reporting it (a Connection left registered but forgotten is readable
+        on every turn: the thread would spin)."""
+        with self.lock:
+            self.objs.pop(conn, None)
+            child_end = self.pending.pop(conn, None)
+            self.carriers.pop(conn, None)
+            chan = self.chans.pop(conn, None)
+            self.dropped.notify_all()
+        if chan is not None:
+            chan.close()
+        self.backlog.discard(conn)
+        for step, end in ((self._unregister, conn), (self._close, conn), (self._close, child_end)):
+            if end is None:
+                continue
+            try:
+                step(end)
+            except Exception:  # noqa: BLE001 - the next step still runs
+                log.exception("remoteproc: closing a dropped Queue/Lock/Event Connection failed")
 
     def _new_selector(self) -> None:
         """After an unexpected failure: a fresh selector holding every attached Connection."""
@@ -534,7 +549,8 @@ class _Broker:
             try:
                 self.drop(conn)
             except Exception:  # noqa: BLE001
-                log.exception("remoteproc: dropping a Connection failed")
+                log.exception("remoteproc: dropping a Connection failed; it is closed")
+                self._discard(conn)
         with self.lock:
             self.objs.clear()
             self.pending.clear()
