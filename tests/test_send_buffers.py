@@ -9,10 +9,12 @@ bytes unread still gives the parent EOFError."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import struct
 import subprocess
 import sys
+import threading
 import time
 from multiprocessing import Pipe
 
@@ -259,6 +261,54 @@ def test_a_child_that_ended_with_messages_unread_gives_eof_not_a_reset(host, ssh
         if p.is_alive():
             p.kill()
         parent.close()
+
+
+def _reads_then_ends(conn, count):
+    for _ in range(count):
+        conn.recv_bytes()
+
+
+def _stream(conn, sent: dict) -> None:
+    """Send 1 MiB messages until a send fails; the failure goes into ``sent``."""
+    try:
+        while True:
+            conn.send_bytes(b"x" * MIB)
+    except BaseException as exc:  # noqa: BLE001 - reported to the test
+        sent["error"] = exc
+
+
+@pytest.mark.parametrize("how", ["returns", "killed"])
+def test_a_child_that_ends_while_the_parent_still_sends_gives_broken_pipe_then_eof(host, ssh_options, how):
+    """Found by an audit: the parent sends 1 MiB messages in a loop while the child returns (or
+    is killed) mid-stream.  The relay drained its copy of the child's end and closed it, but the
+    parent's blocked send put more in between: the socket closed with bytes unread and reset the
+    parent's, whose recv() raised ConnectionResetError in 1-6 of 10 runs.  Locally: BrokenPipeError
+    from send, then EOFError from recv.  The relay now shuts its last copy's read side first."""
+    for _ in range(5):      # (the race it closed took one run in 2-10)
+        parent, child = Pipe()
+        p = RemoteProcess(host, target=_reads_then_ends, args=(child, 10 if how == "returns" else 10**9),
+                          daemon=True, **ssh_options)
+        sent: dict = {}
+        try:
+            p.start()
+            child.close()
+            sender = threading.Thread(target=_stream, args=(parent, sent), daemon=True)
+            sender.start()
+            if how == "killed":
+                time.sleep(0.3)
+                p.kill()
+            sender.join(30)
+            assert not sender.is_alive(), "the parent's send never failed"
+            assert isinstance(sent["error"], BrokenPipeError), repr(sent["error"])
+            assert parent.poll(10)
+            with pytest.raises(EOFError):
+                parent.recv()
+            p.join(30)
+            assert p.exitcode == (0 if how == "returns" else -signal.SIGKILL)
+        finally:
+            if p.is_alive():
+                p.kill()
+            parent.close()
 
 
 @pytest.mark.one_transport

@@ -198,7 +198,7 @@ class Mux:
         self.high_sid = 0
         self.on_closed = None     # callback(stream) once a stream is finished and closed
         #: (fd) -> True when no other process holds the shared socket ``fd``: what its reader never
-        #: read is then dropped before our copy closes (``_unread_in_last_copy``); None: never
+        #: read is then dropped before our copy closes (``_last_copy_shut``); None: never
         self.last_copy = None  # type: Callable[[int], bool] | None
         #: () -> (stream, payload bytes still to come) of the DATA frame being read, else (0, 0):
         #: the endpoint's frame reader (a shared fd's line cut by a network read waits for the rest)
@@ -413,20 +413,30 @@ class Mux:
         if s.fd >= 0 and s.read_done and s.write_done and not s.outq:
             self.close(s)
 
-    def _unread_in_last_copy(self, s: Stream) -> bool:
-        """Whether a shared socket whose reader went away still holds bytes, and ours is its last
-        copy.  Closed with them, it would reset its peer: the user's next ``recv()`` would raise
-        ConnectionResetError, where the promise is EOFError (a send that had already returned, as
-        a big send buffer lets it, leaves the reset for the recv).  Another copy keeps the socket
-        open, and its next reader may take them: they stay."""
+    def _last_copy_shut(self, s: Stream) -> bool:
+        """Whether a shared socket whose reader went away is open at the writer's end and ours is
+        its last copy; if so its read side is shut down first.  Closed with bytes unread, it would
+        reset its peer: the user's next ``recv()`` would raise ConnectionResetError, where the
+        promise is EOFError.  Drained first, a writer still sending (a send that blocks for room)
+        would put more in between the drain and the close; shut down, its sends fail with EPIPE
+        (BrokenPipeError, as to a local reader that went away) and the drain empties it for good.
+        Another copy keeps the socket open, and its next reader may take what is there: it stays."""
         if self.last_copy is None or s.sock is None:
             return False
         try:
             if not s.sock.recv(1, socket.MSG_PEEK | _DONTWAIT):
-                return False        # (at its end: nothing unread)
+                return False        # (at its end: the writer is gone, nothing unread)
+        except BlockingIOError:
+            pass                    # (nothing unread now; the writer may still send)
         except OSError:
-            return False            # (nothing unread now, or the socket is gone)
-        return self.last_copy(s.fd)
+            return False            # (the socket is gone)
+        if not self.last_copy(s.fd):
+            return False
+        try:
+            s.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+        return True
 
     def close(self, s: Stream) -> None:
         """Close a stream now, dropping whatever it still had queued."""
@@ -436,7 +446,7 @@ class Mux:
             self.sel.unregister(s.fd)
             s.events = 0
         if s.sock is not None:
-            if s.reading and s.read_done and (not s.shared or self._unread_in_last_copy(s)):
+            if s.reading and s.read_done and (not s.shared or self._last_copy_shut(s)):
                 _discard_unread(s.sock)
             s.sock.close()
         else:
