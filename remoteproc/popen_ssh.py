@@ -159,8 +159,11 @@ class Popen:
             return msg
         except (EOFError, OSError):
             relay = getattr(self, "_relay", None)
-            return ("error", "ConnectionLostError", "%s: the local relay process ended unexpectedly%s"
-                    % (self.host, "" if relay is None else relay.ended_how(1.0 if self.pid is None else 0.0)))
+            # (its socket closes as it exits, a moment before its exit status can be had)
+            how = "" if relay is None else relay.ended_how(1.0 if self.pid is None else 0.2)
+            return ("error", "ConnectionLostError", "%s: the local relay process ended unexpectedly%s; every "
+                    "process of this program that it carried ended with it (on the host too). The next start() "
+                    "starts a new relay" % (self.host, how))
 
     def poll(self, flag: int = os.WNOHANG) -> int | None:
         """The exit code, or None while the remote process runs (``flag`` 0: wait for it)."""

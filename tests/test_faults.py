@@ -253,6 +253,10 @@ def test_relay_killed_ends_processes_and_a_new_relay_starts(host, ssh_options):
     os.kill(relay.proc.pid, signal.SIGKILL)
     relay.proc.wait(10)
     _assert_lost(p)
+    message = str(p.connection_error)
+    # (how it ended, every time: its socket closes a moment before its exit status can be had)
+    assert "relay process ended unexpectedly (killed by signal 9)" in message, message
+    assert "The next start() starts a new relay" in message, message
     assert gone(pid)
     with pytest.raises(EOFError):
         conn.recv()

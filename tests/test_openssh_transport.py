@@ -433,20 +433,29 @@ def _accepted_logins(server):
         return f.read().count("Accepted publickey")
 
 
-def test_an_existing_control_master_is_reused(sshd, tmp_path):
-    sock = str(tmp_path / "cm.sock")
-    config = tmp_path / "ssh_config"
-    config.write_text("Host *\n    ControlMaster auto\n    ControlPath %s\n" % sock)
-    user, rest = sshd.spec().split("@")
+def _control_master(sshd, sock: str) -> subprocess.Popen:
+    """A master connection of the user's own, at ``sock``: the test ends it."""
+    user, _rest = sshd.spec().split("@")
     master = subprocess.Popen(
         ["ssh", "-M", "-S", sock, "-N", "-o", "BatchMode=yes", "-o", "UserKnownHostsFile=" + sshd.known_hosts,
          "-i", sshd.client_key, "-p", str(sshd.port), "-l", user, "127.0.0.1"],
         stdin=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 30
+    while not os.path.exists(sock) and time.monotonic() < deadline and master.poll() is None:
+        time.sleep(0.05)
+    if not os.path.exists(sock):
+        master.kill()
+        master.wait(10)
+        pytest.fail(master.stderr.read().decode() if master.returncode is not None else "no socket")
+    return master
+
+
+def test_an_existing_control_master_is_reused(sshd, tmp_path):
+    sock = str(tmp_path / "cm.sock")
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n    ControlMaster auto\n    ControlPath %s\n" % sock)
+    master = _control_master(sshd, sock)
     try:
-        deadline = time.monotonic() + 30
-        while not os.path.exists(sock) and time.monotonic() < deadline and master.poll() is None:
-            time.sleep(0.05)
-        assert os.path.exists(sock), master.stderr.read().decode() if master.poll() is not None else "no socket"
         before = _accepted_logins(sshd)
         options = {**_loopback_options(sshd), "ssh_config": str(config), "idle_timeout": 1}
         _round_trip(sshd.spec(), **options)
@@ -455,6 +464,39 @@ def test_an_existing_control_master_is_reused(sshd, tmp_path):
     finally:
         master.terminate()
         master.wait(10)
+
+
+@pytest.mark.loopback_only
+def test_a_killed_control_master_is_named_not_blamed_on_the_host(sshd, tmp_path):
+    """Found by an audit: the user's own master connection, killed while a process ran over it,
+    was reported as the remote agent's channel closing (ssh, its client, exits 255 without a
+    word): the message sent the user to the host.  It names the master now."""
+    sock = str(tmp_path / "cm.sock")
+    config = tmp_path / "ssh_config"
+    config.write_text("Host *\n    ControlMaster auto\n    ControlPath %s\n" % sock)
+    master = _control_master(sshd, sock)
+    parent, child = Pipe()
+    p = RemoteProcess(sshd.spec(), target=sleeper, args=(child,),
+                      **{**_loopback_options(sshd), "ssh_config": str(config), "keepalive_interval": 60})
+    try:
+        p.start()
+        child.close()
+        assert wait([parent], 60)
+        remote_pid = parent.recv()
+        master.kill()
+        master.wait(10)
+        p.join(30)
+        assert p.exitcode == remoteproc.CONNECTION_LOST
+        message = str(p.connection_error)
+        assert "master connection" in message and sock in message, message
+        assert gone(remote_pid, 30), "the remote child outlived its connection"
+    finally:
+        if p.is_alive():
+            p.kill()
+        if master.poll() is None:
+            master.kill()
+            master.wait(10)
+        parent.close()
 
 
 def _ssh_processes_of_relay():
@@ -480,7 +522,9 @@ def test_a_killed_ssh_is_a_lost_connection_with_nothing_left(sshd):
     p.join(30)
     assert p.exitcode == remoteproc.CONNECTION_LOST
     assert isinstance(p.connection_error, remoteproc.ConnectionLostError)
-    assert "ssh" in str(p.connection_error)
+    message = str(p.connection_error)
+    assert "the ssh process" in message and "killed by signal 9" in message, message
+    assert "the next start() runs a new ssh" in message, message     # (the fix, not only what happened)
     with pytest.raises(EOFError):
         parent.recv()
     assert gone(remote_pid, 30), "the remote child outlived its ssh connection"

@@ -166,7 +166,9 @@ class OpenSSHChannel(AgentChannel):
             return "ssh closed the agent's output but did not exit"
         self._reader.join(2.0)      # (ssh has exited: the rest of its stderr is for recv_stderr now)
         if code < 0:
-            return "the ssh process (pid %d) was killed by signal %d" % (self.proc.pid, -code)
+            return ("the ssh process (pid %d) of this connection was killed by signal %d (on this machine); every "
+                    "process of this connection on the host ended with it. Start them again: the next start() "
+                    "runs a new ssh" % (self.proc.pid, -code))
         if code == 255:
             last = self.said().splitlines()
             jump = self._jump_lost(last)
@@ -174,7 +176,12 @@ class OpenSSHChannel(AgentChannel):
                 return jump
             if last:
                 return "ssh lost the connection (%s; %s)" % (last[-1], ENDED)
-            # ssh says nothing when the remote command dies by a signal (it exits 255 then)
+            # ssh says nothing when the remote command dies by a signal (it exits 255 then), nor as
+            # a client of a master connection (ControlPath) that ended
+            if self.target.control_path:
+                return ("ssh exited with status 255 without a word: the master connection it shared (ControlPath "
+                        "%s) ended (its ssh process on this machine was killed or exited), or %s"
+                        % (self.target.control_path, AGENT_GONE))
             return AGENT_GONE + ", ssh exited with status 255"
         return "the remote agent exited with status %d" % code
 

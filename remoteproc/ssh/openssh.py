@@ -345,6 +345,7 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
         known_hosts=_known_files(options.get("known_hosts"), view.get("userknownhostsfile")),
         global_known_hosts=_known_files(None, view.get("globalknownhostsfile")),
         host_key_alias=(view.get("hostkeyalias") or [""])[0] or None,
+        control_path=next((p for p in view.get("controlpath") or () if p.lower() != "none"), None),
     )
     args += _session_args(view) + _master_args(view) + _log_args(view)
     # (the target's alone: on the command line, which ssh does not pass on to a jump host's ssh -W)

@@ -88,6 +88,9 @@ class Target:
     #: the socket ``ForwardAgent PATH`` (or ``$VAR``) names; None: the agent we authenticate with
     forward_agent_path: str | None = None
     address_family: str = "any"
+    #: the ``ControlPath`` of ``ssh`` (openssh transport): a master connection it may share, which a
+    #: lost connection's message then names (the master's end is no fault of the host's)
+    control_path: str | None = None
     #: the key files passed as ``key_filename`` (the first of ``key_filenames``), offered first
     explicit_keys: list[str] = field(default_factory=list)
     #: "paramiko", or "openssh": then ``ssh_args`` (options, ``--``, host) run the user's ssh
