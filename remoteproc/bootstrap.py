@@ -702,7 +702,9 @@ def _failed(chan: AgentChannel, target, err: bytearray, deadline: float, out: by
         _setup_failed(target, said, None, shown, int(started[-1]), status)
     if NOLOGIN_WORDS.decode() in said + shown:
         raise _no_login_shell(target, "nologin", (said + " " + shown).strip())
-    if status == 1 and not said and not shown:
+    if status == 1 and not said and not shown and not python_ran:
+        # (after READY the login shell ran our command: a python= that exits 1 without a word is no
+        # matter of the shell's: _not_started names it)
         raise _no_login_shell(target, "/bin/false or a shell that exits at once (or a startup file of it "
                               "runs exit 1)", "exit status 1, no message")
     if ": restricted" in said:
@@ -750,6 +752,11 @@ def _not_started(target, status: Any, said: str) -> BootstrapError:
                     "full path of a Python 3.8+ on the host (for example python='/usr/bin/python3')"
                     % ("no %r" % target.python if isinstance(target.python, str)
                        else "none of %s" % ", ".join(map(repr, target.python)), ver))
+    elif target.python is not None:
+        hint = ("python= must run a Python 3.8+ with the arguments it is given (a wrapper script ends with "
+                "exec python3 \"$@\"; a list's candidates are passed over only when not found, not runnable "
+                "or of another version, so one that fails ends the search): pass python= with one that "
+                "works on the host (Python %s is best)" % ver)
     else:
         hint = "pass python= with a working Python 3.8+ interpreter on the host (Python %s is best)" % ver
     if target.python is None:

@@ -220,6 +220,18 @@ def test_an_account_that_cannot_run_our_command_is_a_clear_error(server, name, w
         assert "no python3 on its PATH" in said, said
 
 
+@pytest.mark.parametrize("transport", TRANSPORTS)
+@pytest.mark.parametrize("python", ["/bin/false", ["/bin/false", "python3"]], ids=["path", "list"])
+def test_a_python_that_exits_1_without_a_word_is_named_not_the_login_shell(server, transport, python):
+    """Found by an audit: python= naming a wrapper that exits 1 without a word (a site's module
+    system missing) was blamed on the account's login shell, with ``usermod -s /bin/bash`` as the
+    fix, though the shell had run our command.  The error names python= and its status now."""
+    said = _fails(server, "rpadash", transport, python=python)
+    assert "could not start the agent with python=%r, exit status 1" % (python,) in said, said
+    assert "login shell" not in said and "usermod" not in said, said
+    assert 'exec python3 "$@"' in said, said
+
+
 @pytest.mark.loopback_only      # (reads this machine's /proc)
 @pytest.mark.parametrize("name,transport", [("rparbash", "paramiko"), ("rparpath", "openssh")])
 def test_restricted_bash_runs_a_process_and_leaves_nothing(server, name, transport):
