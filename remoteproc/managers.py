@@ -184,6 +184,16 @@ def reduce_proxy(proxy: Any, pickler: Any):
     return M.rebuild_proxy, (link,) + tuple(args)
 
 
+def reduce_task_proxy(proxy: Any) -> Any:
+    """A manager proxy inside a Pool or Executor task (pickled as queue items are, with no link):
+    rebuilt on the worker so that, without a link from its ``initargs``, its error says why; None
+    for a manager that other hosts reach directly."""
+    func, args = proxy.__reduce__()
+    if not bridged(args[1].address):
+        return None
+    return M.rebuild_task_proxy, (func, args)
+
+
 def Manager() -> Any:
     """``multiprocessing.Manager()``: a started SyncManager, whose proxies may be passed to a RemoteProcess."""
     from multiprocessing.managers import SyncManager

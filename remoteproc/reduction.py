@@ -115,6 +115,13 @@ def dumps_function(func: Any) -> bytes:
                 shared = _shared(obj)
                 if shared is not None:
                     return shared
+                managers = sys.modules.get("multiprocessing.managers")
+                if managers is not None and isinstance(obj, managers.BaseProxy):
+                    from .managers import reduce_task_proxy
+
+                    reduced = reduce_task_proxy(obj)
+                    if reduced is not None:
+                        return reduced
                 return super().reducer_override(obj)
 
         _function_pickler = FunctionPickler

@@ -9,6 +9,7 @@ import socket
 import sys
 import threading
 import time
+from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import connection
 from multiprocessing.managers import BaseManager
 
@@ -281,3 +282,43 @@ def test_a_request_for_a_channel_the_manager_just_ended_goes_nowhere_else(tmp_pa
             s.close()
         link._release()
         listener.close()
+
+
+# -- proxies in Pool and Executor tasks ------------------------------------------------------------
+
+_kept: list = []
+
+
+def _keep(q):
+    _kept.append(q)
+
+
+def _put_task(args):
+    q, x = args
+    q.put(x)
+    return x
+
+
+def _put_kept(x):
+    _kept[0].put(x)
+    return x
+
+
+def test_a_proxy_in_a_pool_task_says_to_pass_it_in_initargs_and_that_works(plain_user_host, plain_user_options):
+    """Found by an audit: a manager's proxy inside a Pool task (the way multiprocessing's own
+    Queue cannot go) failed on a host of another account with a bare PermissionError (on another
+    machine, FileNotFoundError): a task brings no link to the manager.  The error says why and
+    what to do now; through initargs, as it says, the same proxy works."""
+    with multiprocessing.Manager() as manager:
+        q = manager.Queue()
+        with remoteproc.Pool([plain_user_host], 1, **plain_user_options) as pool:
+            with pytest.raises(OSError) as info:
+                pool.map(_put_task, [(q, 1)])
+            assert "initargs=" in str(info.value) and "has no link" in str(info.value), info.value
+        with remoteproc.Executor([plain_user_host], 1, **plain_user_options) as executor:
+            # (the proxy connects as it is unpickled: a task that cannot be, as ProcessPoolExecutor says)
+            with pytest.raises(BrokenProcessPool, match="initargs="):
+                executor.submit(_put_task, (q, 2)).result(60)
+        with remoteproc.Pool([plain_user_host], 1, initializer=_keep, initargs=(q,), **plain_user_options) as pool:
+            assert pool.map(_put_kept, [3, 4]) == [3, 4]
+        assert sorted(q.get(timeout=10) for _ in range(2)) == [3, 4]

@@ -235,7 +235,9 @@ def _unreachable(exc, address):
     if not isinstance(exc, ConnectionResetError):
         exc = type(exc)(exc.errno, "%s; a manager of your program's side is reached from a remote child only "
                         "through the proxies it got as RemoteProcess arguments (one that came in a Queue item "
-                        "or a message has no link). Fix: pass the proxy as an argument of the process"
+                        "or a message, or in a Pool's or an Executor's task, has no link). Fix: pass the proxy "
+                        "as an argument of the process (of a Pool or an Executor: in initargs=, for its "
+                        "initializer to keep)"
                         % (exc.strerror or exc), str(address)) if exc.errno else exc
     return exc
 
@@ -250,10 +252,27 @@ def install(conn, address):
         if link is None:
             link = _links[address] = Link(conn, address)
             link.send(0, ATTACHED, None)        # the parent may close its copy of our end
-        listener_client = vars(managers)["listener_client"]     # serializer -> (Listener, Client)
-        listener_client["pickle"] = (listener_client["pickle"][0], Client)
-        listener_client["xmlrpclib"] = (listener_client["xmlrpclib"][0], XmlClient)
+        _use_our_clients(managers)
     return link
+
+
+def _use_our_clients(managers):
+    """Proxies of this process connect through ``Client`` (ours) from now on."""
+    listener_client = vars(managers)["listener_client"]     # serializer -> (Listener, Client)
+    listener_client["pickle"] = (listener_client["pickle"][0], Client)
+    listener_client["xmlrpclib"] = (listener_client["xmlrpclib"][0], XmlClient)
+
+
+def rebuild_task_proxy(func, args):
+    """Unpickling hook for a manager proxy of the program's side that came in a Pool or Executor
+    task: it has a link only if the worker's ``initargs`` brought one (of the same manager); else
+    its first call fails as a local connect to an unreachable socket does, saying why and what to
+    do (``_unreachable``), rather than with a bare PermissionError or FileNotFoundError."""
+    from multiprocessing import managers
+
+    with _links_lock:
+        _use_our_clients(managers)
+    return func(*args)
 
 
 def rebuild_link(conn, address):
