@@ -146,3 +146,19 @@ def test_a_token_ssh_does_not_expand_there_leaves_the_command_as_written():
     target.proxy_command = "connect-via %r@%n:%p %k %%h"
     error = str(openssh.failure(target, 255, "connect-via: oops\n" + ENDED))
     assert "run it by hand (connect-via alice@node1:2222 node1 %h): it must connect to node1:2222" in error, error
+
+
+def test_a_refused_configuration_file_s_check_command_reads_that_file(tmp_path):
+    """Found by an audit: with ssh_config= naming a file that is not there, the fix said
+    "`ssh -G HOST` shows the same", which reads another configuration (and shows no error)."""
+    from remoteproc.errors import ConfigError
+
+    missing = tmp_path / "no such dir" / "ssh_config"
+    with pytest.raises(ConfigError) as info:
+        openssh.resolve("somehost", {"ssh_config": str(missing), "transport": "openssh"})
+    text = str(info.value)
+    assert "`ssh -G -F '%s' somehost` shows the same" % missing in text, text
+    with pytest.raises(ConfigError) as info:       # (the check it gives fails the same way)
+        (tmp_path / "bad_config").write_text("Host somehost\n    NoSuchKeyword yes\n")
+        openssh.resolve("somehost", {"ssh_config": str(tmp_path / "bad_config"), "transport": "openssh"})
+    assert "`ssh -G -F %s somehost` shows the same" % (tmp_path / "bad_config") in str(info.value), info.value

@@ -288,9 +288,11 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
             raise cannot_run(spec, program, "it exited with status %d (%s)" % (out.returncode, said.rstrip(".")
                                                                                  or "no message"))
         unsafe = re.search(r"Bad owner or permissions on (\S+)", said)
+        # (with the ssh_config= file: ssh -G without it reads another configuration)
+        given = [a for i, a in enumerate(args) if a == "-F" or (i and args[i - 1] == "-F")]
         fix = ("make it yours and not writable by others: chmod go-w %s (ssh refuses a configuration file that "
                "another user could write)" % unsafe.group(1) if unsafe else
-               "correct what it names (`ssh -G %s` shows the same)" % shlex.quote(host))
+               "correct what it names (`ssh -G %s` shows the same)" % " ".join(map(shlex.quote, given + [host])))
         raise ConfigError("%s: ssh refuses this host or its configuration: %s. Fix: %s"
                           % (spec, said.rstrip(".") or "no message", fix), spec)
     view: dict[str, list[str]] = {}
