@@ -338,3 +338,26 @@ def test_one_liner_is_documented():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     with open(os.path.join(root, "docs", "api.md")) as f:
         assert 'conn = Connection(int(os.environ["REMOTEPROC_FD"]))' in f.read()
+
+
+def test_a_module_the_host_lacks_runs_with_dash_m_forwarded(loopback, tmp_path, monkeypatch, capfd):
+    """Found by an audit: ``-m`` of a module (or a package with ``__main__``) of the user's that
+    the host does not have crashed in runpy (``'ParentImporter' object has no attribute
+    'get_code'``): forwarded modules had no code for runpy to run."""
+    host, options = loopback
+    lib = tmp_path / "lib"
+    (lib / "fwdtoolpkg").mkdir(parents=True)
+    (lib / "fwdtool.py").write_text("import sys\nprint('tool', __name__, sys.argv[1:])\n")
+    (lib / "fwdtoolpkg" / "__init__.py").write_text("")
+    (lib / "fwdtoolpkg" / "__main__.py").write_text("import sys\nprint('pkg', __name__, sys.argv[1:])\n"
+                                                   "sys.exit(3)\n")
+    monkeypatch.syspath_prepend(str(lib))       # (here only: the host's children do not look there)
+    capfd.readouterr()
+    p = run(host, "fwdtool", "one", kind="module", **options)
+    p.join(30)
+    assert p.exitcode == 0, capfd.readouterr().err
+    assert "tool __main__ ['one']" in capfd.readouterr().out
+    p = run(host, "fwdtoolpkg", "two", kind="module", **options)
+    p.join(30)
+    out, err = capfd.readouterr()
+    assert p.exitcode == 3 and "pkg __main__ ['two']" in out, err

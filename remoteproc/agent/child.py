@@ -400,11 +400,23 @@ class ParentImporter:
         entry = self.cache[name]
         if entry["file"]:
             module.__file__ = entry["file"]
+        exec(self.get_code(name), module.__dict__)
+
+    def get_code(self, name):
+        """The module's code object (compiled once): ``exec_module``'s, and runpy's, which runs a
+        module by its loader's code (``python3 -m``, ``runpy.run_module``)."""
+        entry = self.cache.get(name)
+        if not entry or "src" not in entry:
+            raise ImportError("%s was not forwarded from the user's machine" % name, name=name)
         code = entry.get("code")
         if code is None:
             code = entry["code"] = compile(entry["src"], entry["file"] or "<%s>" % name, "exec")
             self._teach(name, code)
-        exec(code, module.__dict__)
+        return code
+
+    def is_package(self, name):
+        entry = self.cache.get(name)
+        return bool(entry and entry.get("pkg"))
 
     def _teach(self, name, code):
         """Give the agent the compiled module: children forked later inherit it, compiled."""
