@@ -27,6 +27,16 @@ def paths_back(conn, q):
     q.put(pathlib.Path("/tmp"))
 
 
+def path_to_queue(q):
+    import pathlib
+
+    q.put(pathlib.Path("/tmp"))
+
+
+def path_from_queue(q, conn):
+    conn.send(q.get(timeout=60))
+
+
 def path_of(x):
     import pathlib
 

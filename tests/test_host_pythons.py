@@ -32,7 +32,9 @@ from host_python_targets import (
     local_error,
     local_lambda,
     local_row,
+    path_from_queue,
     path_of,
+    path_to_queue,
     paths_back,
     try_import,
 )
@@ -583,6 +585,20 @@ def test_paths_from_a_3_13_child_load_here(host_pythons, plain_user_host, plain_
     assert p.exitcode == 0
     with Pool([plain_user_host], processes_per_host=1, **options) as pool:
         assert pool.map(path_of, range(2)) == [pathlib.PurePosixPath("/srv/0"), pathlib.PurePosixPath("/srv/1")]
+    # and a child of this Python that shares a Queue with one of 3.13 (found by an audit: only
+    # spawn-mode children and this process took the name; the item was lost in a same-version child)
+    q = Queue()
+    a, b = Pipe()
+    same = RemoteProcess(plain_user_host, target=path_from_queue, args=(q, b), **plain_user_options)
+    newer = RemoteProcess(plain_user_host, target=path_to_queue, args=(q,), **options)
+    same.start()
+    b.close()
+    newer.start()
+    assert a.poll(60)
+    assert a.recv() == pathlib.Path("/tmp")
+    for p in (newer, same):
+        p.join(30)
+        assert p.exitcode == 0
 
 
 NEWER_SCRIPT = '''

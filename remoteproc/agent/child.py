@@ -1084,6 +1084,10 @@ def run(payload, fds, stdout_fd, stderr_fd, sentinel_fd, close_fds, tty, import_
             sys.meta_path.append(importer)
             _complete_package(importer)
             _list_users_namespace_parts()
+        # a Queue this child shares with a spawn-mode child of a newer Python brings its pickles
+        from . import spawn
+
+        spawn.accept_newer_pickles()
         from . import grandchild
 
         grandchild.enable(importer if import_fd is not None else None)
