@@ -141,6 +141,11 @@ class Executor(futures.Executor):
         mine = set(fs)
         return self._core.kill_running(lambda job: isinstance(job, _FutureJob) and job.future in mine)
 
+    def _drop_retrying(self, fs: Iterable[futures.Future], why: BaseException) -> int:
+        """Fail the calls of ``fs`` that wait to run again on a lost host (the joblib backend's abort)."""
+        mine = set(fs)
+        return self._core.drop_retrying(lambda job: isinstance(job, _FutureJob) and job.future in mine, why)
+
     def workers(self) -> list[tuple[str, int]]:
         """``(host, remote pid)`` of each live worker, in placement order."""
         return [(w.host, w.pid) for w in self._core.workers if w.alive]

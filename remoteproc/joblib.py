@@ -32,7 +32,7 @@ from joblib._parallel_backends import AutoBatchingMixin, ParallelBackendBase, Se
 
 from . import reduction
 from .agent import worker
-from .errors import ConfigError
+from .errors import ConfigError, RemoteProcessError
 from .executor import Executor, _wait_at_exit
 from .scheduler import RUN
 from .tasks import WorkerLostError
@@ -490,6 +490,10 @@ class RemoteprocBackend(AutoBatchingMixin, ParallelBackendBase):
         # the scheduler drops cancelled calls when it next looks at its queue: now, so that
         # they (and the joblib objects their callbacks hold) do not wait there for the next call
         executor._core.wake()
+        # a batch that waits to run again on a lost host (retries) is running for its future: no
+        # cancel() drops it, and it would hold shutdown() until the host came back
+        executor._drop_retrying(inner, RemoteProcessError("the call was given up (an error, a timeout= or Ctrl-C) "
+                                                          "while this batch waited for its lost host to come back"))
         running = [f for f in inner if not f.done()]
         if running and executor._kill_running(running) and threading.current_thread() is not executor._core.thread:
             # their futures fail once new workers have taken their places: the next call finds them

@@ -315,6 +315,21 @@ class Scheduler:
                     killed += 1
         return killed
 
+    def drop_retrying(self, owned: Callable[[Job], bool], why: BaseException) -> int:
+        """Fail, with ``why``, the chunks that ``owned`` accepts and that wait in the queue to run
+        again (their worker's connection was lost: with no worker left they wait for the host to
+        come back), and return how many: the joblib backend's abort, whose call nobody waits for
+        any more.  Left, they would hold the executor's ``shutdown()`` until the host returned."""
+        with self.lock:
+            dropped = [c for c in self.pending if c.tries and owned(c.job)]
+            if dropped:
+                self.pending = collections.deque(c for c in self.pending if not (c.tries and owned(c.job)))
+        for chunk in dropped:
+            chunk.job._set(chunk.start, False, [(False, why)] * chunk.n)
+        if dropped:
+            self.wake()
+        return len(dropped)
+
     # -- the manager thread ------------------------------------------------------------------------
     def _run(self) -> None:
         terminating_since = None

@@ -4,6 +4,7 @@ comes back for the next call."""
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import sys
 import threading
@@ -166,6 +167,30 @@ def test_without_retries_the_error_names_the_host_and_the_fix_and_the_host_comes
         assert {a for _, a in joblib.Parallel(batch_size=1)(joblib.delayed(sleepy)(x) for x in range(4))} == {
             h1.address}
     _h2_comes_back(rig, h1, h2, config, backend)
+
+
+@pytest.mark.timeout(180)
+def test_a_call_given_up_while_its_only_host_is_lost_lets_shutdown_return(pair):
+    """Found by an audit: with ``retries``, a call whose only host was lost raised its ``timeout=``
+    as documented, but ``shutdown()`` (the pytest plugin's at the session's end) then waited for
+    ever: the batches waiting to run again on the lost host were running for their futures, so
+    the abort's cancel() did not drop them.  The abort fails them now."""
+    rig, _h1, h2, options = pair
+    config = dict(backend="remoteproc", hosts=[h2.spec("rpuser")], processes_per_host=2, retries=1, **options)
+    try:
+        with joblib.parallel_config(**config):
+            assert len(joblib.Parallel(batch_size=1)(joblib.delayed(sleepy)(x) for x in range(4))) == 4
+            killer = threading.Timer(1.0, rig.kill_sshd, ("h2",))
+            killer.start()
+            with pytest.raises(multiprocessing.TimeoutError):        # (as joblib raises it)
+                joblib.Parallel(n_jobs=2, batch_size=1, timeout=4)(joblib.delayed(sleepy)(x) for x in range(12))
+            killer.join()
+        ender = threading.Thread(target=rjoblib.shutdown, daemon=True)
+        ender.start()
+        ender.join(30)
+        assert not ender.is_alive(), "shutdown() waited for the lost host"
+    finally:
+        rig.restart_sshd("h2")
 
 
 # -- 3. a large argument given to every task goes to each worker once ----------------------------------------
