@@ -570,6 +570,8 @@ def check_command(args: argparse.Namespace, rounds: int = 20) -> int:
         if p.exitcode != 0:
             raise RemoteProcessError("%s: the probe exited with %s" % (args.host, p.exitcode), args.host)
     except (RemoteProcessError, EOFError, OSError) as caught:
+        if isinstance(caught, BrokenPipeError) and _stdout_gone():
+            raise       # (our own output's reader went away, not the host: main() ends quietly)
         error: BaseException = caught
         if p is not None and p.connection_error is not None:
             error = p.connection_error
@@ -938,12 +940,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = _log_to_stderr(args.command)
     try:
         return _main(parser, args)
+    except BrokenPipeError:
+        if not _stdout_gone():
+            raise
+        return _output_gone()
     finally:
         _hear_the_relay_out()
         logging.getLogger("remoteproc").removeHandler(handler)
         # (after a Ctrl-C SIGINT stays ignored: the interpreter's exit comes next)
         if previous is not None and signal.getsignal(signal.SIGINT) is _interrupt_once:
             signal.signal(signal.SIGINT, previous)
+
+
+def _stdout_gone() -> bool:
+    """Whether our standard output is a pipe whose reader went away (``remoteproc check HOST | head``)."""
+    try:
+        poller = select.poll()
+        poller.register(sys.stdout.fileno(), 0)
+        return any(events & select.POLLERR for _, events in poller.poll(0))
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _output_gone() -> int:
+    """The reader of our output went away: end quietly, as a tool killed by SIGPIPE does (the shell
+    says 141), with no traceback now or at the interpreter's last flush."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (AttributeError, OSError, ValueError):
+        pass
+    return 128 + signal.SIGPIPE
 
 
 def _main(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:

@@ -477,6 +477,25 @@ def test_check_reports_python_platform_and_round_trip(alias):
     assert out.stdout.rstrip().endswith("OK: remoteproc works with %s" % host)
 
 
+@pytest.mark.parametrize("command", ["check", "cache", "demo"])
+def test_output_cut_short_by_a_pipe_ends_quietly(alias, command):
+    """Found by an audit: ``remoteproc check HOST | head -1`` reported the SSH connection lost (our
+    own output's reader had gone, not the host) with two tracebacks; ``cache`` and ``demo`` a bare
+    BrokenPipeError traceback.  They end as a tool killed by SIGPIPE does now: no words, 141."""
+    config, host = alias
+    args = [] if command == "demo" else ["-F", config, host]
+    read_end, write_end = os.pipe()
+    os.close(read_end)                  # (the reader is gone before the first line)
+    try:
+        out = subprocess.run([sys.executable, "-m", "remoteproc", command, *args], stdout=write_end,
+                             stderr=subprocess.PIPE, text=True, timeout=60, env=ENV, stdin=subprocess.DEVNULL)
+    finally:
+        os.close(write_end)
+    assert out.returncode == 128 + signal.SIGPIPE, out.stderr
+    assert "Traceback" not in out.stderr and "BrokenPipeError" not in out.stderr, out.stderr
+    assert "connection" not in out.stderr.lower(), out.stderr
+
+
 def test_check_the_system_python_account(sshd, plain_user_host):
     out = remoteproc_cmd("check", "-F", sshd.ssh_config, "remoteproc-rpuser")
     assert out.returncode == 0, out.stdout + out.stderr
