@@ -63,6 +63,27 @@ def parse_hosts(hosts: Hosts, ssh_options: Mapping[str, Any]) -> list[tuple[str,
                               "('user@host', {ssh options}, workers), not %r" % (entry,))
     if not out:
         raise ConfigError("a pool needs at least one host")
+    return _apart(out)
+
+
+def _apart(hosts: list[tuple[str, dict[str, Any], Optional[int]]]) -> list[tuple[str, dict[str, Any], Optional[int]]]:
+    """A spec given again with options that reach another sshd (``port=``) or account
+    (``username=``) gets them written into it (``user@host:port``): a pool tells its hosts apart by
+    spec (which workers a lost connection took, which to start again, ``hosts_status()``), and two
+    sshds behind one name are two hosts.  The same spec with the same port and user stays one
+    host ("the same host twice for twice the workers")."""
+    first: dict[str, tuple[Any, Any]] = {}
+    out = []
+    for spec, options, workers in hosts:
+        where = (options.get("port"), options.get("username"))
+        if first.setdefault(spec, where) != where:
+            from .ssh.spec import parse_spec
+
+            user, name, port = parse_spec(spec)
+            user, port = options.get("username") or user, options.get("port") or port
+            spec = "%s%s%s" % (user + "@" if user else "", "[%s]" % name if ":" in name else name,
+                               ":%s" % port if port else "")
+        out.append((spec, options, workers))
     return out
 
 

@@ -4,11 +4,14 @@ including a host whose network link is cut in the middle of a map."""
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import sys
+import time
 
 import cloudpickle
 import pytest
+from proctable import eventually
 
 import remoteproc
 from remoteproc import Event, Pool, Queue, RemoteProcess
@@ -91,3 +94,45 @@ def test_pool_map_over_two_hosts_and_a_link_cut(ns):
         assert all(value[0] == i for i, (kind, value) in enumerate(outcome) if kind == "ok")
         assert {h for h, _ in pool.workers()} == {h3.spec("rpuser")}
         assert pool.map(where, range(10))[9][0] == 9
+
+
+def _port_of(x):
+    import time
+
+    time.sleep(0.3)
+    return x, int(os.environ["SSH_CONNECTION"].split()[3])
+
+
+def test_one_name_with_two_ports_is_two_hosts_and_losing_one_leaves_the_other(sshd, tmp_path):
+    """Found by an audit: two sshds behind one spec (``root@127.0.0.1`` with ``port=A`` and
+    ``port=B``: containers, or two tunnels) were one host to the pool: when B's sshd died, A's
+    workers were left out too, and with ``retries`` a map waited for B for ever.  The second
+    entry is ``root@127.0.0.1:B`` now, a host of its own."""
+    from proctable import descendants
+
+    from remoteproc.testing import LoopbackSSHServer, current_user
+
+    other = LoopbackSSHServer(users=[current_user()], workdir=str(tmp_path))
+    other.start()
+    try:
+        spec = "%s@127.0.0.1" % current_user()
+        first, second = sshd.options(current_user()), other.options(current_user())
+        hosts = [(spec, first, 2), (spec, second, 2)]
+        with remoteproc.Executor(hosts, retries=1, keepalive_interval=1, keepalive_count=2) as executor:
+            status = executor.hosts_status()
+            assert set(status) == {spec, "%s:%d" % (spec, other.port)}, status
+            assert {port for _, port in executor.map(_port_of, range(8))} == {sshd.port, other.port}
+            results = executor.map(_port_of, range(24))
+            time.sleep(1.0)
+            for pid in descendants(other.pid) + [other.pid]:    # (B's sshd and its sessions, for good)
+                try:
+                    os.kill(pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+            got = list(results)         # (bounded by the test's timeout: it waited for B for ever)
+            assert [x for x, _ in got] == list(range(24))
+            assert eventually(lambda: not executor.hosts_status()["%s:%d" % (spec, other.port)]["up"], 30)
+            assert executor.hosts_status()[spec]["up"] and executor.hosts_status()[spec]["workers"] == 2
+            assert {port for _, port in executor.map(_port_of, range(4))} == {sshd.port}
+    finally:
+        other.stop()
