@@ -856,7 +856,8 @@ def host_python(found: object, executable: object, setup: tuple | list = ()) -> 
 def _install(dist_name: str, version: str, python: str, abi: dict | None = None, note: str = "",
              origin: tuple[str, str] | None = None) -> str:
     """The command that installs ``dist_name`` (``version``, if given) with the host's ``python``:
-    pip's ``--user``; or, where that Python is externally managed (PEP 668: Debian 12, Ubuntu
+    pip's ``--user`` (without it in a virtual environment, whose pip refuses it); or, where that
+    Python is externally managed (PEP 668: Debian 12, Ubuntu
     23.04 and later ..., whose pip refuses even ``--user``), a virtual environment, and python=
     naming it.  ``note``: said after the command ("there picks one").  ``origin``: where it came
     from when not from a package index (``installed_from``): pip installs that instead of the
@@ -881,7 +882,8 @@ def _install(dist_name: str, version: str, python: str, abi: dict | None = None,
         return ("`%s -m venv ~/venv && ~/venv/bin/pip install %s`%s%s, then python='~/venv/bin/python3': that "
                 "Python is externally managed, its pip installs nothing outside a virtual environment"
                 % (python, want, where, note))
-    return "`%s -m pip install --user %s`%s%s" % (python, want, where, note)
+    return "`%s -m pip install%s %s`%s%s" % (python, "" if abi and abi.get("venv") else " --user", want, where,
+                                              note)
 
 
 def installed_from(site: str, info: str | None) -> tuple[str, str] | None:

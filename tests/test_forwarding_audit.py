@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import importlib
 import importlib.machinery
+import json
 import logging
+import os
 import sys
 import uuid
 
@@ -310,3 +312,24 @@ def test_a_file_changed_in_place_with_its_old_time_is_not_served_stale(plain_use
         from remoteproc.relay import client
 
         client.shutdown()
+
+
+def test_the_install_fix_for_a_python_in_a_virtual_environment_has_no_user_flag(tmp_path):
+    """Found by an audit: with python= naming a virtual environment's Python (the docs' own way
+    round an externally managed host), every install fix said ``pip install --user``, which a
+    virtual environment's pip refuses ("User site-packages are not visible in this virtualenv")."""
+    import subprocess
+
+    from remoteproc.agent import pkgcache
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    probe = "import json, sys; sys.path.insert(0, %r); from remoteproc.agent import pkgcache; " \
+            "print(json.dumps(pkgcache.abi()))" % os.path.dirname(os.path.dirname(os.path.abspath(pkgcache.__file__)))
+    inside = json.loads(subprocess.run([str(venv / "bin" / "python3"), "-c", probe], capture_output=True, text=True,
+                                       check=True, timeout=60).stdout)
+    assert inside["venv"] is True and pkgcache.abi()["venv"] is (sys.prefix != sys.base_prefix)
+    said = _refusal(_site_with(tmp_path / "a", None), dict(OTHER_HOST, venv=inside["venv"]))
+    assert "pip install fast==1.0`" in said and "--user" not in said, said
+    said = _refusal(_site_with(tmp_path / "b", None), dict(OTHER_HOST, venv=False))
+    assert "pip install --user fast==1.0`" in said, said

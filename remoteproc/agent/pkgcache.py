@@ -890,6 +890,8 @@ def abi():
         "cache_tag": sys.implementation.cache_tag,
         "magic": _magic(),
         "managed": _externally_managed(),
+        # (a virtual environment's pip refuses --user: its site is the one to install into)
+        "venv": sys.prefix != getattr(sys, "base_prefix", sys.prefix),
     }
 
 
