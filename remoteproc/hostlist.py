@@ -291,7 +291,12 @@ def hostfile(path: str | os.PathLike) -> list[Host]:
     twice gets the sum of the counts its lines give (a line without one adds none).
     """
     order: dict[str, Optional[int]] = {}
-    with open(path, encoding="utf-8") as f:
+    try:
+        f = open(path, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError("hostfile %s cannot be read (%s). Fix: give the path of an MPI hostfile (one host a "
+                          "line, host slots=N or host:N)" % (path, exc.strerror or exc)) from None
+    with f:
         for lineno, raw in enumerate(f, 1):
             line = raw.split("#", 1)[0].strip()
             if not line:

@@ -276,6 +276,9 @@ def test_mpi_hostfile(tmp_path):
         path.write_text(bad)
         with pytest.raises(ConfigError, match=words):
             hostlist.hostfile(path)
+    # (found by an audit: a raw FileNotFoundError, where pbs() names its file)
+    with pytest.raises(ConfigError, match="hostfile .*nowhere cannot be read .No such file or directory.. Fix"):
+        hostlist.hostfile(tmp_path / "nowhere")
 
 
 def test_pool_rejects_a_bad_worker_count():
