@@ -164,3 +164,15 @@ def test_a_host_whose_certificate_authority_is_revoked_is_refused_under_accept_n
             assert f.read() == before
     finally:
         server.stop()
+
+
+def test_an_unknown_key_with_known_hosts_dev_null_says_to_give_a_file(ed_only):
+    """Found by an audit: with known_hosts=/dev/null (--known-hosts /dev/null), the fix for an
+    unknown key said ``ssh-keyscan ... >> /dev/null``, which records nothing."""
+    with pytest.raises(HostKeyError) as info:
+        connect(ssh.resolve("%s@%s:%d" % (USER, HOST, ed_only.port),
+                            {"ssh_config": "none", "known_hosts": os.devnull, "key_filename": ed_only.client_key,
+                             "look_for_keys": False, "allow_agent": False, "connect_timeout": 20})).close()
+    text = str(info.value)
+    assert "which keeps no key" in text and "host_key_policy='accept-new'" in text, text
+    assert ">> /dev/null" not in text, text

@@ -340,6 +340,11 @@ def _how_to_trust(target: Target, kind: str) -> str:
     from .openssh import user_command
 
     ssh = user_command(target)
+    if target.known_hosts and os.path.realpath(target.known_hosts[0]) == os.devnull:
+        # (found by an audit: the fix appended the key to /dev/null)
+        return ("the known_hosts file is %s, which keeps no key: pass known_hosts= (--known-hosts) with a file "
+                "of yours and record the key there, or host_key_policy='accept-new' (--accept-new) to take it on "
+                "first use" % target.known_hosts[0])
     where = ""
     if target.options.get("known_hosts") is not None and len(target.known_hosts) > 1:
         where = " (ssh records it in the first of those files, %s)" % target.known_hosts[0]
