@@ -539,7 +539,7 @@ def _await_ready(chan: AgentChannel, target) -> tuple[bytearray, bytearray]:
                 "most likely for input on stdin (read, cat, a program that reads its input), which ssh HOST CMD "
                 "leaves open (ssh HOST true hangs the same way) (stderr: %s; stdout: %s). Fix: make that file "
                 "skip it when the shell is not interactive ([ -t 0 ] || ..., or case $- in *i*) in sh), or "
-                "give it no input (< /dev/null); a slow one: raise connect_timeout."
+                "give it no input (< /dev/null); a slow one: raise connect_timeout=."
                 % (target.display, target.username, wait, " or a setup= line" if target.setup else "",
                    said[-500:] or "empty", shown[-500:] or "empty"),
                 target.display)

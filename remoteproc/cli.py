@@ -254,6 +254,9 @@ def explain(exc: BaseException) -> tuple[str, str]:
     if isinstance(exc, ConfigError) and str(exc).startswith("REMOTEPROC_TRANSPORT="):
         return ("the environment variable REMOTEPROC_TRANSPORT names no transport",
                 "set it to paramiko or openssh, or unset it; --transport chooses for one command")
+    if isinstance(exc, ConfigError) and "ssh refuses this host or its configuration" in str(exc):
+        return ("ssh (--transport openssh) refuses the host or its ssh configuration (-F, ~/.ssh/config)",
+                "as the message above says; the ssh -G command in it shows the same")
     if isinstance(exc, ConfigError):
         flag = _OPTION_FLAG.match(str(exc))
         if flag:        # (an option only a flag gives: its fix is that flag, not the host's form)

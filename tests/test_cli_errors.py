@@ -293,6 +293,9 @@ def test_run_a_script_that_raises_keyboardinterrupt_exits_as_python3_does(alias,
     (HostKeyError("h: the host key is unknown (x), and there is no user known_hosts file to record it in", "h"),
      "no known_hosts file"),
     (ConfigError("h: bad", "h"), "not usable as given"),
+    # (found by an audit: a missing -F file under --transport openssh got "write the host as HOST ...")
+    (ConfigError("h: ssh refuses this host or its configuration: Can't open user config file /c. Fix: ...", "h"),
+     "refuses the host or its ssh configuration"),
     (ConnectionLostError("h: connection lost", "h"), "went away"),
     (BootstrapError("h: cannot start the process in directory '/x'", "h"), "--cwd"),
     (BootstrapError("h: no python", "h"), "could not be started on the host"),
@@ -304,6 +307,18 @@ def test_each_error_has_its_own_cause(error, cause):
     assert cause in said and fix
     if cause in ("revoked", "certificate authority"):      # (recording the key mends neither)
         assert "above" not in fix and "--accept-new" not in fix, fix
+
+
+def test_the_connect_timeout_fix_is_said_as_the_flag():
+    """Found by an audit: the openssh transport's timeout said "raise connect_timeout" in a
+    command line report, where the flag is --connect-timeout."""
+    from remoteproc.ssh import openssh
+    from remoteproc.ssh.target import Target
+
+    error = openssh.failure(Target(spec="h", hostname="h", port=22, username="u"), 255,
+                            "ssh: connect to host h port 22: Connection timed out")
+    assert "raise connect_timeout=" in str(error), error
+    assert "raise --connect-timeout" in cli.in_cli_terms(str(error)), cli.in_cli_terms(str(error))
 
 
 def test_exit_status_as_a_shell_shows_it():

@@ -104,7 +104,7 @@ def _tcp(target: Target) -> socket.socket:
         return sock
     if error is None or isinstance(error, socket.timeout):
         raise ConnectError("%s: connection timed out after %gs%s. Check that the host is up and the "
-                           "port is right, or raise connect_timeout." % (target.display, target.connect_timeout,
+                           "port is right, or raise connect_timeout=." % (target.display, target.connect_timeout,
                                                                          timeout_said(target)), target.display)
     raise ConnectError("%s: cannot connect to port %d: %s. Check that sshd runs there and listens on that "
                        "port, and that the host is reachable." % (target.display, target.port,

@@ -727,7 +727,7 @@ _PATTERNS: list[tuple[re.Pattern, type, str]] = [
     (re.compile(r"Connection refused", re.I), ConnectError,
      "nothing listens on that port. Fix: check the port and that sshd runs there"),
     (re.compile(r"timed out|Connection timeout", re.I), ConnectError,
-     "the connection timed out. Fix: check that the host is up and reachable, or raise connect_timeout"),
+     "the connection timed out. Fix: check that the host is up and reachable, or raise connect_timeout="),
     (re.compile(r"No route to host|Network is unreachable", re.I), ConnectError,
      "the host is unreachable. Fix: check the network path (VPN, ProxyJump)"),
 ]
@@ -859,7 +859,7 @@ def _on_the_way(target: Target, said: str, head: Optional[str], words: str) -> O
         return ConnectError(
             "%s (transport='openssh'): no SSH banner came through the jump host (%s) within the connect timeout: "
             "the jump host does not answer, or the host behind it does not. Fix: check that `%s` logs in "
-            "(ssh -v shows where it stops), then the host, or raise connect_timeout: %s"
+            "(ssh -v shows where it stops), then the host, or raise connect_timeout=: %s"
             % (target.display, ",".join(hops), ssh, words), target.display)
     opened = _OPEN_FAILED.search(head) if head is not None else None
     if opened is not None:
