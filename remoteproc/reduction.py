@@ -226,6 +226,18 @@ def _cell_contents(cell) -> object:
         return None
 
 
+def _zip_application(path: str) -> str:
+    """The zip file (``python3 app.pyz``) that holds ``path``, a ``__main__.py`` inside it; "" if none."""
+    import zipfile
+
+    head = os.path.dirname(path)
+    while head and head != os.path.dirname(head):
+        if os.path.isfile(head):
+            return head if zipfile.is_zipfile(head) else ""
+        head = os.path.dirname(head)
+    return ""
+
+
 def _not_importable(obj) -> str:
     """Why a function or class cannot be pickled by reference ("" if it can)."""
     import sys
@@ -253,6 +265,10 @@ def _not_importable(obj) -> str:
     if where:
         return "its module %r was %s: the host cannot import it; put its directory on sys.path" % (module, where)
     if module == "__main__" and not os.path.isfile(getattr(mod, "__file__", None) or ""):
+        archive = _zip_application(getattr(mod, "__file__", None) or "")
+        if archive:
+            return ("defined in the __main__.py of the zip application %s, which another Python cannot import as "
+                    "a script: define it in a module of the application that its __main__.py imports" % archive)
         return ("defined interactively (in a notebook cell, at the >>> prompt, with python -c, or in a script "
                 "read from stdin)")
     if module == "__main__" and getattr(mod, "__spec__", None) is not None:

@@ -527,18 +527,30 @@ except PicklingError as exc:
 '''
 
 
-@pytest.mark.parametrize("how", ["-c", "stdin"])
-def test_a_function_defined_interactively_is_refused_in_spawn_mode(plain_user_host, plain_user_options, pypy, how):
+@pytest.mark.parametrize("how", ["-c", "stdin", "zipapp"])
+def test_a_function_defined_interactively_is_refused_in_spawn_mode(plain_user_host, plain_user_options, pypy, how,
+                                                                   tmp_path):
     """``python -c`` and a script read from stdin (``python - < script.py``: its ``__file__`` is
-    "<stdin>") leave nothing for the host to import: refused at start(), not remotely."""
+    "<stdin>") leave nothing for the host to import: refused at start(), not remotely.  A zip
+    application's ``__main__.py`` is refused too, saying so (found by an audit: it was said to be
+    defined interactively, with the fix "define it at the top level of your script")."""
+    import zipfile
+
     env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(os.path.abspath(bootstrap.__file__))))
-    argv = [sys.executable, "-c", INTERACTIVE] if how == "-c" else [sys.executable, "-"]
+    argv = {"-c": [sys.executable, "-c", INTERACTIVE], "stdin": [sys.executable, "-"],
+            "zipapp": [sys.executable, str(tmp_path / "app.pyz")]}[how]
+    with zipfile.ZipFile(tmp_path / "app.pyz", "w") as z:
+        z.writestr("__main__.py", INTERACTIVE)
     out = subprocess.run(argv + [json.dumps([plain_user_host, plain_user_options])],
-                         input=None if how == "-c" else INTERACTIVE, capture_output=True, text=True, timeout=120,
+                         input=INTERACTIVE if how == "stdin" else None, capture_output=True, text=True, timeout=120,
                          env=env)
     assert out.returncode == 0, out.stderr
-    assert "__main__.typed_at_the_prompt" in out.stdout and "defined interactively" in out.stdout
-    assert "another version" in out.stdout and ("python -c" in out.stdout or how != "-c")
+    assert "__main__.typed_at_the_prompt" in out.stdout and "another version" in out.stdout
+    if how == "zipapp":
+        assert "zip application %s" % (tmp_path / "app.pyz") in out.stdout, out.stdout
+        assert "defined interactively" not in out.stdout, out.stdout
+    else:
+        assert "defined interactively" in out.stdout and ("python -c" in out.stdout or how != "-c")
 
 
 def test_a_function_of_a_main_module_run_with_python_m_is_refused_in_spawn_mode(plain_user_host, plain_user_options,
