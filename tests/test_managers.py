@@ -286,11 +286,11 @@ def test_a_request_for_a_channel_the_manager_just_ended_goes_nowhere_else(tmp_pa
 
 # -- proxies in Pool and Executor tasks ------------------------------------------------------------
 
-_kept: list = []
-
-
 def _keep(q):
-    _kept.append(q)
+    import builtins
+
+    # (in a module of the worker's: a task shipped by value may get its own copy of this module's globals)
+    builtins._remoteproc_test_kept = q  # type: ignore[attr-defined]
 
 
 def _put_task(args):
@@ -300,7 +300,9 @@ def _put_task(args):
 
 
 def _put_kept(x):
-    _kept[0].put(x)
+    import builtins
+
+    builtins._remoteproc_test_kept.put(x)  # type: ignore[attr-defined]
     return x
 
 
