@@ -857,11 +857,11 @@ def _install(dist_name: str, version: str, python: str, abi: dict | None = None,
              origin: tuple[str, str] | None = None) -> str:
     """The command that installs ``dist_name`` (``version``, if given) with the host's ``python``:
     pip's ``--user`` (without it in a virtual environment, whose pip refuses it); or, where that
-    Python is externally managed (PEP 668: Debian 12, Ubuntu
-    23.04 and later ..., whose pip refuses even ``--user``), a virtual environment, and python=
-    naming it.  ``note``: said after the command ("there picks one").  ``origin``: where it came
-    from when not from a package index (``installed_from``): pip installs that instead of the
-    name, which on an index may be nothing, another release or another project altogether."""
+    Python is externally managed (PEP 668: Debian 12, Ubuntu 23.04 and later ..., whose pip
+    refuses even ``--user``), a virtual environment, and python= naming it.  ``note``: said after
+    the command ("there picks one").  ``origin``: where it came from when not from a package index
+    (``installed_from``): pip installs that instead of the name, which on an index may be
+    nothing, another release or another project altogether."""
     want = "%s==%s" % (dist_name, version) if version else dist_name
     where = ""
     if origin is not None:
