@@ -515,6 +515,9 @@ def _await_ready(chan: AgentChannel, target) -> tuple[bytearray, bytearray]:
     deadline = time.monotonic() + wait + (SSH_VERDICT if target.transport == "openssh" else 0.0)
     buf = bytearray()
     err = bytearray()
+    # (ssh names its login when done, target.says_login: without it by the connect timeout, the wait is
+    # the login's, which ssh's own ConnectTimeout (the TCP connection and the banner) does not bound)
+    login_by = time.monotonic() + target.connect_timeout + SSH_VERDICT if target.says_login else None
     while True:
         at = buf.find(READY)
         if at >= 0:
@@ -524,6 +527,10 @@ def _await_ready(chan: AgentChannel, target) -> tuple[bytearray, bytearray]:
                             "file or a setup= line); ignored", target.display, noise[:500])
             return buf[at + len(READY):], err
         _take(chan, target, buf, err, time.monotonic() + max(target.connect_timeout, MIN_WAIT))
+        if login_by is not None and time.monotonic() > login_by and not buf and not chan.logged_in:
+            from .ssh import openssh
+
+            raise openssh.login_stalled(target, target.connect_timeout)
         if time.monotonic() > deadline:
             if not chan.answers(target.answer_wait):
                 # (not the host's startup files: the network went quiet under the connection)

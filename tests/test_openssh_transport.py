@@ -747,7 +747,7 @@ def test_a_closed_channel_s_stderr_reader_never_reads_a_file_that_took_its_numbe
 
     proc = subprocess.Popen(["sh", "-c", "cat >/dev/null; echo 'ssh: last words' >&2"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=0)
-    chan = openssh_channel.OpenSSHChannel(proc, SimpleNamespace(display="h"), 0.0)
+    chan = openssh_channel.OpenSSHChannel(proc, SimpleNamespace(display="h", says_login=""), 0.0)
     chan._err_lock = HeldAfterItsFirstRead()
     err_fd = proc.stderr.fileno()
     chan.close()

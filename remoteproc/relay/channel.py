@@ -37,6 +37,9 @@ class ChannelLost(OSError):
 class AgentChannel(abc.ABC):
     """The agent's command on one host: frames in and out, its stderr, its exit status."""
 
+    #: the transport said that it logged in (``ssh``'s "Authenticated to", ``Target.says_login``)
+    logged_in = False
+
     @abc.abstractmethod
     def fileno(self) -> int:
         """An fd that selects readable when ``recv`` has data or the stream has ended."""

@@ -89,6 +89,11 @@ class OpenSSHChannel(AgentChannel):
                     return
                 if not data:
                     return
+                if self.target.says_login:
+                    if not self.logged_in and openssh.logged_in(self.target, data.decode("utf-8", "replace")):
+                        self.logged_in = True
+                    if self.target.says_login == "ours":
+                        data = openssh.drop_verbose(data)
                 with self._err_lock:
                     self._err += data
                     del self._err[:-STDERR_KEEP]

@@ -14,9 +14,9 @@ import threading
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from ..errors import AuthenticationError
+from ..errors import AuthenticationError, ConnectError
 from .hostkeys import fingerprint
-from .target import DEFAULT_IDENTITIES, Target, config_read, home_hint, own_key_fix, public_key
+from .target import DEFAULT_IDENTITIES, Target, config_read, home_hint, own_key_fix, public_key, timeout_said
 
 log = logging.getLogger("remoteproc.ssh")
 
@@ -257,6 +257,7 @@ class _Attempt:
         except paramiko.BadAuthenticationType as exc:
             self.allowed = list(exc.allowed_types)
         except paramiko.SSHException as exc:
+            _unless_unanswered(exc, self.target)
             raise _auth_failed(self.target, self.transport, self.tried, None, exc) from None
         return bool(self.transport.is_authenticated())
 
@@ -357,7 +358,8 @@ class _Attempt:
         except paramiko.BadAuthenticationType as exc:
             self.allowed = list(exc.allowed_types)
             return _STOP
-        except paramiko.AuthenticationException:
+        except paramiko.AuthenticationException as exc:
+            _unless_unanswered(exc, self.target)
             declined = getattr(key, "declined", None)
             self.tried.append("%s (%s)" % (label, "ssh-agent declined to sign: %s" % declined if declined
                                                    else "refused"))
@@ -380,11 +382,27 @@ class _Attempt:
             return False
         try:
             self.transport.auth_password(self.target.username, self.target.password)
-        except paramiko.AuthenticationException:
+        except paramiko.AuthenticationException as exc:
+            _unless_unanswered(exc, self.target)
             self.tried.append("password (refused)")
         except paramiko.SSHException as exc:
             self.tried.append("password (%s)" % exc)
         return bool(self.transport.is_authenticated())
+
+
+def _unless_unanswered(exc: Exception, target: Target) -> None:
+    """paramiko's ``auth_timeout`` ends a login request that got no answer with the same exception as a
+    refusal: a server that does not answer (an sshd waiting on an account lookup: LDAP, SSSD, an
+    ``AuthorizedKeysCommand``; a stalled network) is not one that refused every key, and the next key
+    would wait as long again."""
+    if str(exc) == "Authentication timeout.":
+        from .openssh import user_command
+
+        raise ConnectError("%s: the server did not answer a login request within %gs%s: sshd there waits on "
+                           "something (an account lookup: LDAP, SSSD, an AuthorizedKeysCommand) or the network "
+                           "stalled. Fix: `%s -v true` shows where it stops; a slow server: raise "
+                           "connect_timeout=." % (target.display, target.connect_timeout, timeout_said(target),
+                                                  user_command(target)), target.display) from None
 
 
 class _Declinable:

@@ -58,6 +58,7 @@ from .target import (
     own_key_fix,
     python_option,
     setup_option,
+    timeout_said,
     typo_hint,
 )
 from .tokens import expand, host_tokens
@@ -379,6 +380,12 @@ def resolve(spec: str, options: dict[str, Any]) -> Target:
     else:
         args += [a for line in defaults for a in ("-o", line.replace(" ", "=", 1))]
     args += strict
+    level = (view.get("loglevel") or ["INFO"])[0].upper()
+    if target.control_path is None and (level in ("INFO", "VERBOSE") or level.startswith("DEBUG")):
+        target.says_login = "config"
+        if level == "INFO":     # (what ssh says more at VERBOSE is dropped: drop_verbose)
+            target.says_login = "ours"
+            args += ["-o", "LogLevel=VERBOSE"]
     # (ssh's own keepalive from the same settings, as a backstop behind the relay's: ssh_alive_count;
     # the options', if given, are in args already, and ssh takes an option's first value)
     if options.get("keepalive_interval") is None:
@@ -760,8 +767,11 @@ _OFFENDING = re.compile(r"Offending (?:\S+ )?key (?:for IP )?in (\S+):(\d+)")
 _REMOVE_WITH = re.compile(r"remove with:\s*(ssh-keygen -f .* -R .*?)\s*$", re.M)
 #: how the lines start that ssh writes only from ``LogLevel VERBOSE`` on (``DEBUG1``..``DEBUG3`` in the
 #: config, ``-v`` in an ssh wrapper): its debug lines, the channel list of one of them, its statistics
-CHATTER = re.compile(r"debug[1-3]: |  #\d+ |Authenticated to .* using |Transferred: sent |Bytes per second: |"
-                     r"OpenSSH_[0-9][^ ]*,? ")
+CHATTER = re.compile(r"debug[1-3]: |  #\d+ |Authenticated to \S+ \(|Transferred: sent |Bytes per second: |"
+                     r"OpenSSH_[0-9][^ ]*,? |\S+ line \d+: Unsupported option ")
+#: ``Authenticated to HOST ([ADDRESS]:PORT) using "publickey".`` (``(via proxy)`` through a ProxyJump or
+#: ProxyCommand; without ``using ...`` before OpenSSH 7.8)
+_AUTHENTICATED = re.compile(r"^Authenticated to (\S+) \((?:\[[^\]]*\]:(\d+)|(via proxy))\)", re.M)
 #: those lines and the frame of ssh's warnings (``@@@@``): never the failure itself
 _NOISE = re.compile(r"^(?:(?:%s).*|@+\s*|@ .*@\s*)$\n?" % CHATTER.pattern, re.M)
 #: what ssh says of a key file it ignores (``UNPROTECTED PRIVATE KEY FILE!``), and of a refused login
@@ -955,6 +965,36 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
         return probe.not_ssh_error(target, "ssh read %s" % words.rstrip("."))
     return ConnectError("%s (transport='openssh'): %sssh failed: %s. Fix: run `%s` to see why" %
                         (display, where, full.rstrip("."), "ssh -v" + ssh.split("`")[0][len("ssh"):]), display)
+
+
+#: what ssh says at LogLevel VERBOSE and not at INFO: its login, its byte counts at the end, and the
+#: keywords of a config that this ssh was built without
+_VERBOSE_LINE = re.compile(rb"^(?:Authenticated to \S+ \(|Transferred: sent |Bytes per second: |\S+ line \d+: "
+                           rb"Unsupported option ).*\n?", re.M)
+
+
+def drop_verbose(said: bytes) -> bytes:
+    """``said`` without the lines that ssh says only because we raised its LogLevel to VERBOSE."""
+    return _VERBOSE_LINE.sub(b"", said) if b" " in said else said
+
+
+def logged_in(target: Target, said: str) -> bool:
+    """``ssh`` said it logged in to ``target`` (``says_login``): not a jump host's ``ssh -W``, whose
+    line names the jump host's port (or, behind a jump host of its own, its name)."""
+    for host, port, proxied in _AUTHENTICATED.findall(said):
+        if (int(port) == target.port) if port else (proxied and host.lower() == target.hostname.lower()):
+            return True
+    return False
+
+
+def login_stalled(target: Target, waited: float) -> ConnectError:
+    """The error of an ``ssh`` that got no further than the key exchange or the login in ``waited`` s."""
+    return ConnectError(
+        "%s: the SSH login did not finish within %gs%s: ssh got no answer to its key exchange or its login "
+        "(sshd there waits on something, as an account lookup: LDAP, SSSD, an AuthorizedKeysCommand; or the "
+        "network drops the larger packets, an MTU problem). Fix: `%s -v true` shows where it stops; a slow "
+        "server: raise connect_timeout=." % (target.display, waited, timeout_said(target), user_command(target)),
+        target.display)
 
 
 def ssh_words(said: str) -> str:

@@ -91,6 +91,12 @@ class Target:
     #: the ``ControlPath`` of ``ssh`` (openssh transport): a master connection it may share, which a
     #: lost connection's message then names (the master's end is no fault of the host's)
     control_path: str | None = None
+    #: ``ssh`` says "Authenticated to HOST" once its login is done (its LogLevel is VERBOSE or more;
+    #: not through a ControlMaster, whose clients log nothing in): "ours" where we raised the config's
+    #: INFO to VERBOSE (those lines are then ours to drop), "config" where the config asks for them,
+    #: "" where ssh will not say.  A start that waits without those words is stuck in the login, not
+    #: in the host's shell
+    says_login: str = ""
     #: the key files passed as ``key_filename`` (the first of ``key_filenames``), offered first
     explicit_keys: list[str] = field(default_factory=list)
     #: "paramiko", or "openssh": then ``ssh_args`` (options, ``--``, host) run the user's ssh
