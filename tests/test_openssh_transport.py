@@ -78,6 +78,35 @@ def test_options_become_ssh_arguments():
     assert "-T" in args and "-x" in args
 
 
+def test_look_for_keys_false_drops_only_the_default_key_files():
+    """As with paramiko (audit G3): not ``IdentitiesOnly``, which kept ~/.ssh/id_* and dropped the agent's keys."""
+    opts = _value(openssh.option_args("node1", {"look_for_keys": False}), "-o")
+    assert "IdentityFile=none" in opts and not any(o.startswith("IdentitiesOnly") for o in opts)
+
+
+def test_a_key_only_in_the_agent_logs_in_without_the_default_key_files(sshd, tmp_path):
+    """Found by an audit (G3): ``look_for_keys=False`` with the key in ssh-agent alone logged in through
+    paramiko and was refused through ``ssh``."""
+    sock = str(tmp_path / "agent.sock")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        options = sshd.options(current_user())
+        subprocess.run(["ssh-add", options.pop("key_filename")], env=dict(env, SSH_AUTH_SOCK=sock), check=True,
+                       timeout=30, capture_output=True, stdin=subprocess.DEVNULL)
+        config = tmp_path / "config"
+        config.write_text("Host *\n    IdentityAgent %s\n" % sock)      # (the relay's environment is its own)
+        _round_trip(sshd.spec(current_user()), transport="openssh", look_for_keys=False, ssh_config=str(config),
+                    **{k: v for k, v in options.items() if k != "username"})
+    finally:
+        agent.kill()
+        agent.wait(10)
+
+
 def test_options_override_the_spec_and_prompting_drops_batch_mode():
     args = openssh.option_args("alice@node1:2200", {"username": "bob", "port": 22, "allow_prompt": True,
                                                     "host_key_policy": "reject", "ssh_config": "/cfg"})

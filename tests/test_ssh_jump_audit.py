@@ -142,7 +142,8 @@ def test_the_trust_command_is_unchanged_when_home_is_the_accounts(tmp_path, sshd
     with pytest.raises(HostKeyError) as info:
         connect(target).close()
     text = str(info.value)
-    assert "connect once with `ssh -F none -i %s -o UserKnownHostsFile=%s -p %d %s`" % (
+    assert ("connect once with `ssh -F none -i %s -o IdentityAgent=none -o IdentityFile=none "
+            "-o UserKnownHostsFile=%s -p %d %s`") % (
         sshd.client_key, tmp_path / "kh", sshd.port, sshd.spec().split(":")[0]) in text, text
 
 

@@ -248,7 +248,9 @@ def _route_args(options: dict[str, Any]) -> list[str]:
     if options.get("allow_agent") is False:
         args += ["-o", "IdentityAgent=none"]
     if options.get("look_for_keys") is False:
-        args += ["-o", "IdentitiesOnly=yes"]
+        # (no default key files, as with paramiko: an IdentityFile stops ssh adding ~/.ssh/id_*, and
+        # "none" names no file; the config's IdentityFile lines and the agent's keys stay)
+        args += ["-o", "IdentityFile=none"]
     if options.get("keepalive_interval") is not None:
         args += ["-o", "ServerAliveInterval=%d" % max(1, math.ceil(options["keepalive_interval"]))]
     if options.get("keepalive_count") is not None:
@@ -533,6 +535,10 @@ def user_command(target: Target, host: Optional[str] = None, jumps: Optional[lis
         args += _paramiko_home_args(target)
     for key in _list(options.get("key_filename")):
         args += ["-i", key]
+    if options.get("allow_agent") is False:
+        args += ["-o", "IdentityAgent=none"]
+    if options.get("look_for_keys") is False:
+        args += ["-o", "IdentityFile=none"]
     known = _list(options.get("known_hosts"))
     if known:
         args += ["-o", "UserKnownHostsFile=" + _quote_list(known)]
@@ -579,7 +585,7 @@ def _paramiko_home_args(target: Target) -> list[str]:
 #: the options of ours that jump hosts inherit (as with paramiko), as ssh_config keywords
 _INHERITED = {"-i": "IdentityFile", "UserKnownHostsFile": "UserKnownHostsFile",
               "StrictHostKeyChecking": "StrictHostKeyChecking", "ConnectTimeout": "ConnectTimeout",
-              "IdentityAgent": "IdentityAgent", "IdentitiesOnly": "IdentitiesOnly", "BatchMode": "BatchMode",
+              "IdentityAgent": "IdentityAgent", "IdentityFile": "IdentityFile", "BatchMode": "BatchMode",
               "ControlMaster": "ControlMaster"}
 
 
