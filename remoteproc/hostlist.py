@@ -268,7 +268,7 @@ def pbs(environ: Optional[Mapping[str, str]] = None) -> list[Host]:
                           "(inside qsub)")
     counts: dict[str, int] = {}
     try:
-        with open(path, encoding="utf-8") as f:
+        with open(path, encoding="utf-8-sig") as f:
             for line in f:
                 name = line.strip()
                 if name and not name.startswith("#"):
@@ -292,7 +292,7 @@ def hostfile(path: str | os.PathLike) -> list[Host]:
     """
     order: dict[str, Optional[int]] = {}
     try:
-        f = open(path, encoding="utf-8")
+        f = open(path, encoding="utf-8-sig")
     except OSError as exc:
         raise ConfigError("hostfile %s cannot be read (%s). Fix: give the path of an MPI hostfile (one host a "
                           "line, host slots=N or host:N)" % (path, exc.strerror or exc)) from None

@@ -281,6 +281,17 @@ def test_mpi_hostfile(tmp_path):
         hostlist.hostfile(tmp_path / "nowhere")
 
 
+def test_host_files_saved_by_a_windows_editor_read_as_written(tmp_path, monkeypatch):
+    """Found by an audit (E1): a byte-order mark and CRLF line ends (Notepad's UTF-8) made the first host
+    '\ufeffnode1', which Pool refused as a host name."""
+    path = tmp_path / "hostfile"
+    path.write_bytes(b"\xef\xbb\xbfnode1 slots=1\r\nnode2 slots=2\r\n")
+    assert hostlist.hostfile(path) == [Host("node1", {}, 1), Host("node2", {}, 2)]
+    monkeypatch.setenv("PBS_NODEFILE", str(path.with_name("nodes")))
+    path.with_name("nodes").write_bytes(b"\xef\xbb\xbfnode1\r\nnode1\r\n")
+    assert hostlist.pbs() == [Host("node1", {}, 2)]
+
+
 def test_pool_rejects_a_bad_worker_count():
     for entry in (("h", {}, 0), ("h", {}, "2"), ("h", {}, True), ("h", {}, 1, 2)):
         with pytest.raises(ConfigError, match="workers"):
