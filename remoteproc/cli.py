@@ -133,6 +133,9 @@ def _ssh_parent() -> argparse.ArgumentParser:
                    help="remote Python interpreter (default: python3 if it is this Python's major.minor, else one "
                         "found in the usual places, else python3 in spawn mode; docs/python-versions.md)")
     g.add_argument("--connect-timeout", type=float, metavar="SECONDS", help="give up connecting after this")
+    g.add_argument("--allow-prompt", action="store_true",
+                   help="let ssh ask on this terminal (a password, a key's passphrase, a second factor); "
+                        "with --transport openssh")
     g.add_argument("--transport", choices=("paramiko", "openssh"),
                    help="paramiko (default) or openssh: run your own ssh program, with everything of its "
                         "config (host certificates, GSSAPI, ControlMaster); $REMOTEPROC_TRANSPORT sets the default")
@@ -162,6 +165,8 @@ def ssh_options(args: argparse.Namespace) -> dict[str, Any]:
         opts["connect_timeout"] = args.connect_timeout
     if args.transport:
         opts["transport"] = args.transport
+    if args.allow_prompt:
+        opts["allow_prompt"] = True
     return opts
 
 
@@ -175,7 +180,7 @@ _OPTION_FLAG = re.compile(r"^(?:option )?(%s)\b" % "|".join(_FLAGS))
 #: (``python='X'``, ``python=%r`` of a value, an unquoted ``python=/x`` or ``connect_timeout=-1``
 #: as the stub's label says it: its word up to a blank, less the punctuation that ends a sentence
 #: or a bracket, or a bare ``python=``: a path is a value, never part of the flag's name); options
-#: with no flag (password=, allow_agent=, allow_prompt=), a list, tuple or repr (``known_hosts=[]``,
+#: with no flag (password=, allow_agent=), a list, tuple or repr (``known_hosts=[]``,
 #: ``ssh_config=PosixPath('/c')``) and None, True or False are left as they are
 _IN_API_TERMS = re.compile(
     r"\b(host_key_policy|transport|key_filename|known_hosts|ssh_config|python|connect_timeout|proxy_jump)="
@@ -200,7 +205,7 @@ def in_cli_terms(text: str) -> str:
         short = {"key_filename": "-i", "ssh_config": "-F", "proxy_jump": "-J"}.get(name)
         # (an unquoted word is said as written: it holds no blank, and ~/x stays ~/x)
         return "%s %s" % (short or "--" + name.replace("_", "-"), shlex.quote(value) if word is None else value)
-    return _IN_API_TERMS.sub(flag, text)
+    return _IN_API_TERMS.sub(flag, text.replace("allow_prompt=True", "--allow-prompt"))
 
 
 #: (words of a HostKeyError, cause, fix): the refusals that recording the key would not mend, first
@@ -223,10 +228,20 @@ _HOST_KEY_CASES = (
 )
 
 
+def _own_words(exc: BaseException) -> str:
+    """The message without what the user named: the host it starts with, file names and the commands
+    quoted in it (a known_hosts.before-revoked-cleanup beside the file is no revoked key)."""
+    text = str(exc)
+    host = getattr(exc, "host", None)
+    if host and text.startswith(host):
+        text = text[len(host):]
+    return re.sub(r"`[^`]*`|\S*/\S*", " ", text)
+
+
 def explain(exc: BaseException) -> tuple[str, str]:
     """(cause, fix) for an error, in the command line's terms."""
     if isinstance(exc, HostKeyError):
-        text = str(exc)
+        text = _own_words(exc)
         for words, cause, fix in _HOST_KEY_CASES:
             if words in text:
                 return cause, fix

@@ -292,6 +292,11 @@ def test_run_a_script_that_raises_keyboardinterrupt_exits_as_python3_does(alias,
     (HostKeyError("h: cannot check the host key x against RevokedHostKeys /r: denied", "h"), "cannot be read"),
     (HostKeyError("h: the host key is unknown (x), and there is no user known_hosts file to record it in", "h"),
      "no known_hosts file"),
+    # (found by an audit, G5: the words of a file's name or of a host's were taken for the message's)
+    (HostKeyError("h: the host key is unknown (x). Note: a key for this host is in /kh/known_hosts.before-revoked-"
+                  "cleanup; if you trust it: `cat /kh/known_hosts.before-revoked-cleanup >> /kh/known_hosts`", "h"),
+     "not in known_hosts"),
+    (HostKeyError("revoked.example: the host key is unknown", "revoked.example"), "not in known_hosts"),
     (ConfigError("h: bad", "h"), "not usable as given"),
     # (found by an audit: a missing -F file under --transport openssh got "write the host as HOST ...")
     (ConfigError("h: ssh refuses this host or its configuration: Can't open user config file /c. Fix: ...", "h"),

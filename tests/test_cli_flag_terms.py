@@ -36,6 +36,8 @@ def remoteproc_cmd(*args: str) -> subprocess.CompletedProcess:
     ("known_hosts=/k, ssh_config=/c", "--known-hosts /k, -F /c"),
     ("transport=openssh or", "--transport openssh or"),
     ("host_key_policy=accept-new", "--accept-new"),
+    # (found by an audit, G9: "pass allow_prompt=True" stayed, and check had no flag for it)
+    ("pass allow_prompt=True for a login that asks", "pass --allow-prompt for a login that asks"),
     # bare options, as before: the punctuation after them is no value
     ("pass python=, or", "pass --python, or"),
     ("pass python=.", "pass --python."),
@@ -60,6 +62,13 @@ def test_a_too_old_python_given_by_path_is_said_as_the_python_flag_and_its_value
     typed = cli.in_cli_terms(message)
     assert "--python %s is cpython Python 2.7.18" % path in typed, typed
     assert "--python/" not in typed
+
+
+def test_allow_prompt_is_a_flag_of_the_commands_that_connect():
+    parser = cli.build_parser()
+    args = parser.parse_args(["check", "--allow-prompt", "--transport", "openssh", "h0"])
+    assert cli.ssh_options(args) == {"allow_prompt": True, "transport": "openssh"}
+    assert "allow_prompt" not in cli.ssh_options(parser.parse_args(["check", "h0"]))
 
 
 @pytest.mark.parametrize("argv,command", [
