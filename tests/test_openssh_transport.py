@@ -653,9 +653,38 @@ def test_a_proxy_jump_loop_is_refused_before_any_ssh_runs(tmp_path, text, chain)
     with pytest.raises(ConfigError) as err:
         openssh.resolve("target", {"ssh_config": str(config), "transport": "openssh"})
     assert chain in str(err.value) and str(err.value).startswith("target: ProxyJump")
+    # (found by an audit, G6: the user's file and the way out, not a config file of ours, gone at exit)
+    assert str(config) in str(err.value) and "`ProxyJump none` in its own block" in str(err.value)
+    assert "remoteproc-ssh-" not in str(err.value)
     config.write_text("Host target\n    ProxyJump a,b\nHost a\n    ProxyJump c\nHost b\n    ProxyJump target\n")
     assert openssh.resolve("target", {"ssh_config": str(config), "transport": "openssh"}).proxy_jump == ["a", "b"], \
         "b's own ProxyJump does not count (-J on its command line)"
+
+
+def test_a_host_star_proxy_jump_that_holds_for_the_jump_host_too_is_named_as_the_targets(tmp_path):
+    """The commonest loop (audit G6): ``Host *`` / ``ProxyJump bastion`` also holds for bastion, which
+    ssh itself refuses ("jumphost loop via"); the message named the jump host first, and a config file
+    of ours to check it with."""
+    config = tmp_path / "ssh_config"
+    config.write_text("Host node1\n    HostName 127.0.0.1\nHost *\n    ProxyJump root@127.0.0.1:2201\n")
+    with pytest.raises(ConfigError) as err:
+        openssh.resolve("node1", {"ssh_config": str(config), "transport": "openssh"})
+    said = str(err.value)
+    assert said.startswith("node1: at the jump host (root@127.0.0.1:2201): ssh refuses"), said
+    assert "`ProxyJump none` in its own block" in said and "-F %s" % config in said, said
+    assert "remoteproc-ssh-" not in said, said
+
+
+def test_a_match_exec_that_hangs_names_the_users_file(tmp_path, monkeypatch):
+    """Found by an audit (G7): the message blamed ~/.ssh/config where ssh_config= named another file."""
+    monkeypatch.setattr(openssh, "G_TIMEOUT", 0.5)
+    config = tmp_path / "ssh_config"
+    config.write_text('Match exec "sleep 2"\n    Port 2222\n')
+    with pytest.raises(ConfigError) as err:
+        openssh.resolve("node1", {"ssh_config": str(config), "transport": "openssh"})
+    said = str(err.value)
+    assert "did not answer within 0.5s: a Match exec line in %s waits. Fix:" % config in said, said
+    assert "-G -F %s node1`" % config in said, said
 
 
 def test_a_jump_host_keeps_its_own_connect_timeout_from_the_users_config(tmp_path):

@@ -50,6 +50,7 @@ from . import probe
 from .config import did_you_mean
 from .spec import DEFAULT_CONNECT_TIMEOUT, DEFAULT_IDLE_TIMEOUT, parse_spec
 from .target import (
+    LOOP_FIX,
     MAX_JUMPS,
     Target,
     account_home,
@@ -281,8 +282,11 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
     except OSError as exc:      # (gone since, or not a program: ENOEXEC)
         raise cannot_run(spec, program, exc) from None
     except subprocess.TimeoutExpired:
-        raise ConfigError("%s: 'ssh -G' did not answer within %gs (a Match exec in ~/.ssh/config?)"
-                          % (spec, G_TIMEOUT), spec) from None
+        wrapper = " or the ssh program %s" % program if os.environ.get("REMOTEPROC_SSH") else ""
+        raise ConfigError("%s: 'ssh -G' did not answer within %gs: a Match exec line in %s%s waits. Fix: make "
+                          "that command end quickly (`%s -G %s` shows the same wait)"
+                          % (spec, G_TIMEOUT, " or ".join(_users_configs(args)), wrapper,
+                             program, " ".join(map(shlex.quote, _users_args(args) + [host]))), spec) from None
     if out.returncode != 0:
         said = out.stderr.decode("utf-8", "replace").strip()
         if out.returncode != 255:
@@ -292,9 +296,11 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
                                                                                  or "no message"))
         unsafe = re.search(r"Bad owner or permissions on (\S+)", said)
         # (with the ssh_config= file: ssh -G without it reads another configuration)
-        given = [a for i, a in enumerate(args) if a == "-F" or (i and args[i - 1] == "-F")]
+        given = _users_args(args)
         fix = ("make it yours and not writable by others: chmod go-w %s (ssh refuses a configuration file that "
                "another user could write)" % unsafe.group(1) if unsafe else
+               LOOP_FIX + " (`ssh -G %s` shows the same)" % " ".join(map(shlex.quote, given + [host]))
+               if "jumphost loop" in said else
                "correct what it names (`ssh -G %s` shows the same)" % " ".join(map(shlex.quote, given + [host])))
         raise ConfigError("%s: ssh refuses this host or its configuration: %s. Fix: %s"
                           % (spec, said.rstrip(".") or "no message", fix), spec)
@@ -303,6 +309,34 @@ def ssh_config_view(spec: str, args: list[str]) -> dict[str, list[str]]:
         key, _, value = line.partition(" ")
         view.setdefault(key.lower(), []).append(value)
     return view
+
+
+def _users_configs(args: list[str]) -> list[str]:
+    """The configuration files that ``args`` make ssh read, as the user named them: a config file of
+    ours (jump hosts, ``jump_config``) stands for those it includes."""
+    given = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-F"]
+    if not given:
+        return list(DEFAULT_CONFIGS)
+    out = []
+    for path in given:
+        if _configs_dir is not None and path.startswith(_configs_dir + os.sep):
+            try:
+                with open(path, encoding="utf-8") as f:
+                    out += [line[len('Include "'):-1] for line in f.read().splitlines() if line.startswith('Include "')]
+            except OSError:
+                pass
+        else:
+            out.append(path)
+    return out or ["none"]
+
+
+def _users_args(args: list[str]) -> list[str]:
+    """``-F FILE`` of ``args`` for a command the user can run: the file the user named, not one of ours
+    (removed with this program); none where ssh reads its default files anyway."""
+    configs = _users_configs(args)
+    if len(configs) != 1 or configs[0] in DEFAULT_CONFIGS:
+        return []
+    return ["-F", configs[0]]
 
 
 def _seconds(view: dict[str, list[str]], key: str, default: float) -> float:
@@ -490,18 +524,24 @@ def _check_jump_chain(spec: str, args: list[str], hops: list[str]) -> None:
     for _ in range(MAX_JUMPS):
         user, host, port = parse_spec(hop)
         if (user, host, port) in seen:
-            raise ConfigError("%s: ProxyJump loops: %s -> %s (ssh would start ssh processes without end). Fix "
-                              "the ProxyJump lines of these hosts in your ssh configuration." % (
-                                  spec, " -> ".join(h for _, h, _ in seen), host), spec)
+            raise ConfigError("%s: ProxyJump loops: %s -> %s (ssh would start ssh processes without end), in %s. "
+                              "Fix: %s" % (spec, " -> ".join(h for _, h, _ in seen), host,
+                                           " or ".join(_users_configs(args)), LOOP_FIX), spec)
         seen.append((user, host, port))
-        view = ssh_config_view(hop, ["-F", config] + (["-l", user] if user else []) +
-                               (["-p", str(port)] if port else []))
+        try:
+            view = ssh_config_view(hop, ["-F", config] + (["-l", user] if user else []) +
+                                   (["-p", str(port)] if port else []))
+        except ConfigError as exc:      # (named as the target's: ssh's own loop check, "jumphost loop via")
+            said = str(exc)
+            raise ConfigError("%s: at the jump host (%s)%s" % (spec, hop, said[len(hop):] if said.startswith(hop)
+                                                              else ": " + said), spec) from None
         jump = (view.get("proxyjump") or ["none"])[0]
         if jump.lower() == "none" or not jump:
             return
         hop = jump.split(",")[0]
-    raise ConfigError("%s: ProxyJump goes through more than %d hosts (%s ...); is there a loop in your ssh "
-                      "configuration?" % (spec, MAX_JUMPS, " -> ".join(h for _, h, _ in seen)), spec)
+    raise ConfigError("%s: ProxyJump goes through more than %d hosts (%s ...); is there a loop in %s? Fix: %s"
+                      % (spec, MAX_JUMPS, " -> ".join(h for _, h, _ in seen), " or ".join(_users_configs(args)),
+                         LOOP_FIX), spec)
 
 
 def _make_known_hosts_dir(spec: str, known: list[str]) -> None:

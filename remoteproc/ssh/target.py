@@ -31,6 +31,10 @@ from .spec import (
 from .tokens import expand, expand_path, host_tokens, local_user
 
 MAX_JUMPS = 8
+#: how a ProxyJump loop is mended: most come from a ``Host *`` block whose ProxyJump also holds for the
+#: jump host itself
+LOOP_FIX = ("give each jump host its own way: `ProxyJump none` in its own block, before a `Host *` block "
+            "whose ProxyJump would hold for it too (ssh takes a keyword's first value)")
 #: the key files ``ssh`` tries when no IdentityFile is given (OpenSSH 9.x order)
 DEFAULT_IDENTITIES = ("id_rsa", "id_ecdsa", "id_ecdsa_sk", "id_ed25519", "id_ed25519_sk", "id_xmss", "id_dsa")
 SYSTEM_KNOWN_HOSTS = ("/etc/ssh/ssh_known_hosts", "/etc/ssh/ssh_known_hosts2")
@@ -611,7 +615,7 @@ def _resolve_jump(spec: str, jumps: list[str], options: dict[str, Any], config: 
     """The last hop, reached through the hops before it (like ``ssh -J a,b`` runs ``ssh -J a -W host:port b``)."""
     if depth >= MAX_JUMPS:
         raise ConfigError("%s: ProxyJump goes through more than %d hosts; is there a loop in %s?"
-                          % (spec, MAX_JUMPS, ", ".join(jumps)), spec)
+                          % (spec, MAX_JUMPS, ", ".join(jumps)) + " Fix: " + LOOP_FIX, spec)
     jump_options = {k: options[k] for k in JUMP_INHERITS if k in options}
     # b reached through a, a through its own config
     if len(jumps) > 1:      # already expanded: keep a literal % literal in the hop's own expansion
