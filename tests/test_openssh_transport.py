@@ -345,6 +345,21 @@ def test_a_failure_at_a_jump_host_says_so_and_names_it(said, kind):
     assert type(exc) is kind and "jump host" not in str(exc)
 
 
+def test_a_key_beside_the_targets_known_hosts_is_no_fix_for_a_jump_host_s_unknown_key(tmp_path):
+    """Found by an audit (G4): the jump host's key was unknown, and the note offered a key of the target's
+    (from a file beside its known_hosts) to append to the target's file, which cannot mend the jump."""
+    known, stray = tmp_path / "known_hosts", tmp_path / "old_keys"
+    known.write_text("")
+    stray.write_text("node1 ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIOMqqnkVzrm0SdG6UOoqKLsabgH5C9okWi0dh2l9GKJl\n")
+    target = _target(proxy_jump="bob@gw", known_hosts=str(known))
+    target.known_hosts = [str(known)]       # (what resolve() takes from ssh -G)
+    jumped = openssh.failure(target, 255, "Host key verification failed.\n" + JUMP_ENDED)
+    assert "at the jump host" in str(jumped) and "a key for this host" not in str(jumped), str(jumped)
+    direct = openssh.failure(target, 255, "Host key verification failed.")
+    assert "a key for this host is in %s (not compared with the key the host offers" % stray in str(direct), \
+        str(direct)
+
+
 def test_a_home_that_is_not_the_account_s_is_pointed_out(tmp_path, monkeypatch):
     """ssh ignores $HOME: an alias in $HOME/.ssh/config does not resolve, and the error says why."""
     (tmp_path / ".ssh").mkdir()

@@ -324,9 +324,11 @@ def stray_hint(target: Target, blob: bytes | None = None) -> str:
     if not stray:
         return ""
     first = shlex.quote(target.known_hosts[0]) if target.known_hosts else "~/.ssh/known_hosts"
-    return ("a key for this host is in %s, which no known_hosts setting names (ssh reads only its "
+    unchecked = (" (not compared with the key the host offers, which ssh does not show: check its fingerprint, "
+                 "`ssh-keygen -l -f %s`, against the host's first)" % shlex.quote(stray[0])) if blob is None else ""
+    return ("a key for this host is in %s%s, which no known_hosts setting names (ssh reads only its "
             "UserKnownHostsFile and GlobalKnownHostsFile): if you trust it, `cat %s >> %s`, or pass "
-            "known_hosts=%r" % (", ".join(stray), shlex.quote(stray[0]), first, stray[0]))
+            "known_hosts=%r" % (", ".join(stray), unchecked, shlex.quote(stray[0]), first, stray[0]))
 
 
 def _how_to_trust(target: Target, kind: str) -> str:

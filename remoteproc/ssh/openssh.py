@@ -993,7 +993,7 @@ def failure(target: Target, status: Optional[int], said: str) -> Optional[Remote
                 advice = _UNKNOWN_TO_OLD_SSH.format(version=old_ssh(target.spec), since="%d.%d" % ACCEPT_NEW_SINCE,
                                                     ssh="{ssh}", stray="{stray}")
             fix = advice.format(ssh=ssh, config=config, typo=_typo(target, head, at_jump) if "{typo}" in advice else "",
-                                stray=_stray(target) if "{stray}" in advice else "")
+                                stray=_stray(target) if "{stray}" in advice and not at_jump else "")
             return kind("%s (transport='openssh'): %s%s: %s" % (display, where, fix, words), display)
     turned = _TURNED_AWAY.findall(said)
     if turned and not _FORWARD_FAILED.search(said):
