@@ -203,6 +203,9 @@ AT_EXIT = textwrap.dedent("""\
     if sys.argv[3] == "before":
         atexit.register(at_exit)
     import remoteproc
+    if sys.argv[3] == "after-import":       # (remoteproc's RemoteProcess registered multiprocessing's exit)
+        atexit.register(at_exit)
+        sys.exit(0)
     first = remoteproc.RemoteProcess(sys.argv[1], target=os.getpid, **json.loads(sys.argv[2]))
     first.start()       # (the program's own work: its relay runs)
     first.join(30)
@@ -225,10 +228,13 @@ def test_a_start_in_an_atexit_handler(sshd, tmp_path, transport):
     env = _bare_env(HOME=os.environ.get("HOME", "/root"), PYTHONPATH=REPO)
     argv = [sys.executable, str(prog), sshd.spec(), json.dumps(options)]
     assert _run(argv + ["after"], env, str(tmp_path / "after.json")) == {"exitcode": 0}
+    # (found by an audit, H2: the error and the docs said "after the program's first RemoteProcess is
+    # made", where the import of RemoteProcess is what registers multiprocessing's exit function)
+    assert _run(argv + ["after-import"], env, str(tmp_path / "after-import.json")) == {"exitcode": 0}
     got = _run(argv + ["before"], env, str(tmp_path / "before.json"))
     assert got.get("error") == "ConnectionLostError", got
     assert got["message"].startswith(sshd.spec() + ": the program is exiting"), got
-    assert "registered after the program's first RemoteProcess" in got["message"], got
+    assert "registered after `from remoteproc import RemoteProcess`" in got["message"], got
 
 
 # -- no terminal ---------------------------------------------------------------------------------

@@ -271,14 +271,16 @@ def get(host: str | None = None) -> RelayHandle:
                 # start-up a Ctrl-C interrupted) would start a relay that nothing stops: it
                 # would outlive the program, holding its stdout and stderr (``prog | cat``
                 # and ``subprocess.run(capture_output=True)`` would wait for it).
-                # (An atexit handler registered before the program's first RemoteProcess runs after
-                # this stop too: atexit runs the last registered first, and multiprocessing's exit
-                # function, which stops the relay, is registered when that process is made.)
+                # (An atexit handler registered before RemoteProcess was imported runs after this stop
+                # too: atexit runs the last registered first, and multiprocessing's exit function,
+                # which stops the relay, is registered when multiprocessing.util is first imported.)
                 raise ConnectionLostError("%sthe program is exiting: its relay process is stopped and no "
                                           "new one starts. Fix: start remote processes before the "
                                           "interpreter exits (join the threads that start them); an atexit "
-                                          "handler that starts them must be registered after the program's "
-                                          "first RemoteProcess is made (atexit runs the last registered first)"
+                                          "handler that starts them must be registered after `from remoteproc "
+                                          "import RemoteProcess` (which registers multiprocessing's exit "
+                                          "function, the one that stops the relay: atexit runs the last "
+                                          "registered first)"
                                           % ("%s: " % host if host else ""), host)
             _relay = RelayHandle()
         return _relay
