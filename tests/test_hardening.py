@@ -142,6 +142,16 @@ def test_shell_characters_in_host_and_user_names_are_refused(sshd, tmp_path, mon
     assert _markers(str(tmp_path)) == []
 
 
+@pytest.mark.parametrize("jump", ["a$b", "-oProxyCommand=touch${IFS}MARK", "a b", "ok@gw,x;y", "u;v@gw"])
+def test_a_proxy_jump_with_shell_syntax_is_refused_by_the_constructor(jump):
+    """As the docs say of a host or user name in the spec (found by an audit, H3: the constructor took
+    these, and the start's error named no proxy_jump=)."""
+    with pytest.raises(remoteproc.ConfigError) as info:
+        RemoteProcess("node1", target=print, proxy_jump=jump)
+    assert str(info.value).startswith("node1: proxy_jump=%r: " % jump), str(info.value)
+    RemoteProcess("node1", target=print, proxy_jump="alice@bastion:2222,ssh://bob@gw")     # (fine ones stay fine)
+
+
 def _report(conn):
     conn.send({"cwd": os.getcwd(), "env": {k: os.environ.get(k) for k in ("RP_A", "RP_B", "RP_C")}})
 

@@ -179,6 +179,15 @@ def check_options(spec: str, options: dict[str, Any]) -> dict[str, Any]:
     given = {k: v for k, v in options.items() if v is not None}
     if "username" in given:
         check_name(given["username"], "user name", spec)
+    if isinstance(given.get("proxy_jump"), str) and given["proxy_jump"].strip().lower() != "none":
+        for hop in given["proxy_jump"].split(","):       # (each hop as ssh -J takes it: [user@]host[:port])
+            try:
+                user, host, _ = parse_spec(hop)
+                check_name(host, "host name", hop)
+                if user:
+                    check_name(user, "user name", hop)
+            except ConfigError as exc:
+                raise ConfigError("%s: proxy_jump=%r: %s" % (spec, given["proxy_jump"], exc), spec) from None
     if "transport" not in given and os.environ.get(TRANSPORT_ENV):
         given["transport"] = os.environ[TRANSPORT_ENV].strip()
         problem = _transport(TRANSPORT_ENV, given["transport"], spec)
