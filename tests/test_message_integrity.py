@@ -91,6 +91,35 @@ def test_one_way_pipes_both_directions(host, ssh_options):
         up_r.recv()
 
 
+def data_then_notice(data, notice, ack, rounds):
+    for i in range(rounds):
+        data.send_bytes(b"y" * ((i % 7) * 1000))
+        notice.send(i)
+        ack.recv()
+
+
+def test_a_message_sent_before_another_on_a_one_way_pipe_is_there_when_the_other_arrives(host, ssh_options):
+    """Found by an audit (F2): a child sends on a one-way Pipe, then on a duplex one; once the parent
+    has the second message, the first must be readable (poll(0)), as each local send is in the kernel
+    before the next begins. The relay wrote the pipe only at its next wake-up, after the socket."""
+    rounds = 200
+    (data_r, data_w), (notice_a, notice_b), (ack_a, ack_b) = Pipe(duplex=False), Pipe(), Pipe()
+    p = RemoteProcess(host, target=data_then_notice, args=(data_w, notice_b, ack_b, rounds), **ssh_options)
+    p.start()
+    for end in (data_w, notice_b, ack_b):
+        end.close()
+    late = 0
+    for i in range(rounds):
+        assert notice_a.poll(60), "no notice %d" % i
+        assert notice_a.recv() == i
+        late += not data_r.poll(0)
+        assert data_r.recv_bytes() == b"y" * ((i % 7) * 1000)
+        ack_a.send(None)
+    p.join(30)
+    assert p.exitcode == 0
+    assert late == 0, "%d of %d first messages were not there when the second came" % (late, rounds)
+
+
 def test_three_connections_to_one_process(host, ssh_options):
     def fan(a, b, c):
         for conn, tag in ((a, "a"), (b, "b"), (c, "c")):

@@ -16,11 +16,18 @@ import os
 import selectors
 import socket
 import stat
+import struct
 from collections import deque
 from itertools import islice
 from typing import Callable, Optional
 
 from . import frames, splice
+
+try:
+    import fcntl
+    import termios
+except ImportError:     # (not a Unix: no pipe is measured)
+    fcntl = termios = None  # type: ignore[assignment]
 
 WINDOW = 4 << 20           # bytes in flight per stream and direction
 ACK_AT = 1 << 20           # return credit in pieces of at least this much
@@ -136,7 +143,7 @@ class Stream:
     __slots__ = (
         "sid", "fd", "sock", "owner", "reading", "writing", "shared", "pollable", "is_socket",
         "credit", "outq", "queued", "unacked", "peer_eof", "read_done", "write_done",
-        "events", "handler", "bulk", "room", "held", "tail",
+        "events", "handler", "bulk", "room", "held", "tail", "pipe_size",
     )
 
     def __init__(self, sid, fd, reading, writing, owner, shared, credit):
@@ -166,11 +173,33 @@ class Stream:
         self.bulk = False           # recent reads were big: move the next ones with splice
         self.room = 0               # what a splice may give the socket without blocking, at least
         self.tail = None            # a bytearray: the last TAIL bytes written to the fd are kept there
+        #: a shared (blocking) pipe's size: what it can take now is measured (``_pipe_room``), so that
+        #: it is written at once like a socket, not at the next wake-up (0: not a pipe we can measure)
+        self.pipe_size = _pipe_size(fd) if shared and writing and stat.S_ISFIFO(mode) else 0
 
 
 #: what a stream with a ``tail`` keeps of what passed: its last bytes (the relay keeps a child's
 #: stderr's: what a child that failed said last goes with its exit report)
 TAIL = 4096
+
+
+def _pipe_size(fd) -> int:
+    if fcntl is None:
+        return 0
+    try:
+        return fcntl.fcntl(fd, getattr(fcntl, "F_GETPIPE_SZ", 1032))
+    except OSError:
+        return 0        # (not Linux)
+
+
+def _pipe_room(s) -> int:
+    """What the shared pipe of ``s`` takes now without blocking (0 where that is not known)."""
+    if not s.pipe_size:
+        return 0
+    try:
+        return s.pipe_size - struct.unpack("i", fcntl.ioctl(s.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
+    except OSError:
+        return 0
 
 
 def _keep(tail, piece) -> None:
@@ -336,8 +365,8 @@ class Mux:
             s.unacked += n
             s.room -= n
             _consume(q, n)
-            if s.shared and s.pollable and s.sock is None:
-                break  # one small write per wake-up: never block the loop
+            if s.shared and s.pollable and s.sock is None and _pipe_room(s) < min(s.queued, SMALL_WRITE):
+                break  # one small write per wake-up where it could block the loop
         self._ack(s)
         if not q:
             if s.peer_eof:
@@ -506,9 +535,13 @@ class Mux:
             raise frames.FrameError("peer overran its credit on stream %d" % s.sid)
         q = s.outq
         q.append(piece)
-        if len(q) == 1 and (not s.shared or s.sock is not None or not s.pollable):
+        if len(q) == 1 and (not s.shared or s.sock is not None or not s.pollable
+                            or _pipe_room(s) >= min(len(piece), SMALL_WRITE)):
             # the common case: written at once, no extra wake-up (a shared socket is written
-            # with MSG_DONTWAIT; only a shared blocking pipe waits until it is writable)
+            # with MSG_DONTWAIT; a shared blocking pipe when it has the room, else once it is
+            # writable). A message is then in the kernel before the next frame's, as a local
+            # process's send is before its next one: on a one-way Pipe and then on a duplex one,
+            # the first is readable when the second arrives
             self._write(s)
         # The piece may view a read buffer that its owner reuses: keep a copy of what waits.
         # (Earlier items were copied when they arrived, so only the ends can be such views.)
