@@ -165,6 +165,32 @@ def local_child(q, ev, out):
 # -- in the owner alone ----------------------------------------------------------------------------
 
 @pytest.mark.timeout(20)
+def put_close_join_then_say(q, conn, n):
+    for i in range(n):
+        q.put(i)
+    q.close()
+    q.join_thread()     # (multiprocessing's: the feeder thread has flushed every item)
+    conn.send("flushed")
+
+
+def test_join_thread_returns_once_the_items_are_in_the_queue(host, ssh_options):
+    """Found by an audit (F3): after ``put``, ``close()`` and ``join_thread()`` a child's items are in
+    the queue, as multiprocessing's feeder thread has flushed them; join_thread() did nothing, and a
+    message the child sent next on a Pipe could come first."""
+    from multiprocessing import Pipe
+
+    q = Queue()
+    for _ in range(3):
+        a, b = Pipe()
+        p = RemoteProcess(host, target=put_close_join_then_say, args=(q, b, 50), **ssh_options)
+        p.start()
+        b.close()
+        assert a.poll(60) and a.recv() == "flushed"
+        assert [q.get_nowait() for _ in range(50)] == list(range(50))
+        p.join(30)
+        assert p.exitcode == 0
+
+
 def test_owner_semantics_with_threads():
     q = Queue(maxsize=2)
     assert q.empty() and not q.full() and q.qsize() == 0

@@ -502,11 +502,18 @@ class Queue(_Queued):
         self._closed = True
 
     def join_thread(self):
-        """For API parity: there is no feeder thread; a put is on its way when it returns. As
-        multiprocessing's, only a closed queue may be joined (raised, not asserted: the agent's code
-        is compiled with optimize=2)."""
+        """As multiprocessing's after ``close()``: every item this process put is in the queue when it
+        returns (its feeder thread has flushed them). Here a put is on its way when it returns, so
+        this waits for the owner's answer to one request sent after them (the owner takes a process's
+        requests in order). As multiprocessing's, only a closed queue may be joined (raised, not
+        asserted: the agent's code is compiled with optimize=2)."""
         if not self._closed:
             raise AssertionError(f"Queue {self!r} not closed")
+        if self._client.conn is not None:
+            try:
+                self._client.call(QSIZE)
+            except OwnerGone:
+                pass    # (as a feeder thread whose reader is gone: nothing to wait for)
 
     def cancel_join_thread(self):
         """For API parity: there is no feeder thread to wait for."""
