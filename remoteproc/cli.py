@@ -950,6 +950,13 @@ def _hear_the_relay_out() -> None:
         relay.sync(timeout=2.0)
 
 
+def _stop_the_relay() -> None:
+    """Stop the relay now, while a Ctrl-C is still the command's (see ``main``)."""
+    client = sys.modules.get("remoteproc.relay.client")
+    if client is not None:
+        client.shutdown(exiting=True)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     stdio.sanitise()        # (run ... >&-: the script's output goes nowhere, not into our pipe)
     parser = build_parser()
@@ -957,17 +964,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     previous = _install_interrupt_once()
     handler = _log_to_stderr(args.command)
     try:
-        return _main(parser, args)
-    except BrokenPipeError:
-        if not _stdout_gone():
-            raise
-        return _output_gone()
+        try:
+            status = _main(parser, args)
+        except BrokenPipeError:
+            if not _stdout_gone():
+                raise
+            status = _output_gone()
+        finally:
+            _hear_the_relay_out()
+            logging.getLogger("remoteproc").removeHandler(handler)
+        _stop_the_relay()
+    except KeyboardInterrupt:
+        # (a Ctrl-C while the command wound down: its relay's stop, which the interpreter's exit
+        # would do, where a Ctrl-C is "Exception ignored in atexit callback" and status 0)
+        print("remoteproc %s: interrupted" % args.command, file=sys.stderr)
+        status = EXIT_INTERRUPTED
     finally:
-        _hear_the_relay_out()
-        logging.getLogger("remoteproc").removeHandler(handler)
         # (after a Ctrl-C SIGINT stays ignored: the interpreter's exit comes next)
         if previous is not None and signal.getsignal(signal.SIGINT) is _interrupt_once:
             signal.signal(signal.SIGINT, previous)
+    return status
 
 
 def _stdout_gone() -> bool:

@@ -418,3 +418,36 @@ def test_ctrl_c_pressed_again_while_the_command_winds_down_adds_no_traceback(com
         assert proc.returncode == cli.EXIT_INTERRUPTED, stderr
         assert "remoteproc %s: interrupted" % command in stderr, stderr
         assert "Traceback" not in stderr and "Exception ignored" not in stderr, stderr
+
+
+_SLOW_STOP = """
+import sys, time
+from remoteproc.relay import client
+real = client.shutdown
+def slow(*args, **kwargs):      # (the relay's stop, made long enough to be interrupted)
+    print("-- stopping", file=sys.stderr, flush=True)
+    time.sleep(3)
+    return real(*args, **kwargs)
+client.shutdown = slow
+from remoteproc import cli
+sys.exit(cli.main(sys.argv[1:]))
+"""
+
+
+def test_a_ctrl_c_while_the_command_winds_down_is_its_one_line_and_130(alias):
+    """Found by an audit (H6): a Ctrl-C after `check` said OK, while the interpreter's exit stopped
+    the relay, printed "Exception ignored in atexit callback" and a traceback, and the status was 0."""
+    config, host = alias
+    proc = subprocess.Popen([sys.executable, "-c", _SLOW_STOP, "check", "-F", config, host], stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    seen = ""
+    while "-- stopping" not in seen:
+        line = proc.stderr.readline()
+        assert line, "the command ended before it stopped its relay: " + seen
+        seen += line
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=60)
+    err = seen + err
+    assert "OK" in out, out + err
+    assert proc.returncode == 128 + signal.SIGINT, out + err
+    assert "remoteproc check: interrupted" in err and "Traceback" not in err and "Exception ignored" not in err, err
