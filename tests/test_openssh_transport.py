@@ -193,6 +193,17 @@ def test_a_wrong_remoteproc_ssh_from_a_remote_process(sshd, tmp_path):
         assert program in said and words in said and "Fix: set REMOTEPROC_SSH" in said, said
 
 
+def test_the_fix_of_a_wrong_remoteproc_ssh_works_in_the_same_program(sshd, monkeypatch):
+    """Found by an audit (G8): a program (a notebook) that followed the fix, setting REMOTEPROC_SSH in
+    os.environ, still failed: the relay kept the environment it was started with."""
+    options = dict(sshd.options(current_user()), transport="openssh")
+    monkeypatch.setenv("REMOTEPROC_SSH", "/nonexistent/ssh")
+    with pytest.raises(ConnectError, match="/nonexistent/ssh"):
+        _round_trip(sshd.spec(current_user()), **options)
+    monkeypatch.delenv("REMOTEPROC_SSH")
+    _round_trip(sshd.spec(current_user()), **options)
+
+
 SSH_WORDS = [
     ("Host key verification failed.", HostKeyError, "host_key_policy='accept-new'"),
     ("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@", HostKeyError, "ssh-keygen -R"),

@@ -159,6 +159,9 @@ class RelayHandle:
         """Send a start request; returns the process's status socket."""
         request.setdefault("path", user_path())
         request.setdefault("editable", _editable_roots())
+        # (the program's own, now: a notebook that sets one after its first start, the relay's would
+        # be the environment it was started with)
+        request["environ"] = {name: os.environ.get(name) for name in SSH_ENVIRON}
         request["id"] = next(self.next_id)
         ours, theirs = _socketpair()
         level = logging.getLogger("remoteproc").getEffectiveLevel()
@@ -258,6 +261,11 @@ os.register_at_fork(after_in_child=_forget_in_child)
 
 #: set once the interpreter's exit has stopped the relay (pid of the process that exits)
 _exited_in: int | None = None
+
+
+#: environment variables that choose how connections are made (the ssh program, the ssh-agent), which
+#: the relay takes from each start request: a change in the program applies to its next connection
+SSH_ENVIRON = ("REMOTEPROC_SSH", "SSH_AUTH_SOCK")
 
 
 def get(host: str | None = None) -> RelayHandle:

@@ -145,6 +145,11 @@ class Relay:
     def start(self, request: dict, fds: list[int]) -> None:
         status = socket.socket(fileno=fds[0])
         fds = fds[1:]
+        for name, value in (request.get("environ") or {}).items():   # (client.SSH_ENVIRON, as the program has them)
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
         try:
             target = self.resolve(request["host"], request["options"])
         except RemoteProcessError as exc:
