@@ -59,6 +59,14 @@ SETTLE_WAIT = 1.0       # seconds join() waits for the owner to drop an ended pr
 MAX_SLEEP = 3600.0
 
 
+def check_timeout(timeout) -> None:
+    """A timeout that is not a number is a TypeError, as multiprocessing's (whose SemLock refuses it),
+    also when the call would not have waited (found by an audit: a bounded put that had room took
+    ``timeout='x'``)."""
+    if timeout is not None and not isinstance(timeout, (int, float)):
+        raise TypeError("must be real number, not %s" % type(timeout).__name__)
+
+
 class _Waiter:
     """One blocked call: remote (conn, rid) or local (an Event the caller waits on)."""
 

@@ -13,7 +13,7 @@ from typing import Any
 
 from .agent import proxies as P
 from .errors import PicklingError
-from .owned import _Owned, _Waiter
+from .owned import _Owned, _Waiter, check_timeout
 
 __all__ = ["Event", "JoinableQueue", "Queue", "SimpleQueue"]
 
@@ -90,6 +90,7 @@ class _Queue(_Owned):
 
     def _start_put(self, args, conn, rid):
         item, block, timeout = args
+        check_timeout(timeout)
         if self._room() and not self._putters:
             self._accept(item)
             self._dispatch()
@@ -102,6 +103,7 @@ class _Queue(_Owned):
 
     def _start_get(self, args, conn, rid):
         block, timeout = args
+        check_timeout(timeout)
         if self._items:
             item = self._items.popleft()
             self._dispatch()

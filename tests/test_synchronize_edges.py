@@ -261,6 +261,35 @@ def test_bad_constructor_arguments_fail_as_multiprocessing_s():
     assert remoteproc.Semaphore(0).acquire(timeout=0.01) is False
 
 
+def bad_arguments(q, cond, out):
+    said = []
+    for call in (lambda: q.put(1, timeout="x"), lambda: q.get(timeout="x"), lambda: cond.notify("x")):
+        try:
+            with cond:
+                call()
+            said.append(None)
+        except TypeError:
+            said.append("TypeError")
+    out.put(said)
+
+
+def test_a_timeout_or_count_that_is_not_a_number_is_a_type_error_as_multiprocessing_s(host, ssh_options):
+    """Found by an audit (F, minor): a bounded put with room took ``timeout='x'``, and ``notify('x')``
+    with no sleeper did nothing; multiprocessing raises TypeError for both (and for a get with items)."""
+    for lib in (multiprocessing, remoteproc):
+        q, cond = lib.Queue(2), lib.Condition()
+        q.put(0)
+        out = queue.Queue()
+        bad_arguments(q, cond, out)
+        assert out.get() == ["TypeError"] * 3, lib
+    q, cond, out = remoteproc.Queue(2), remoteproc.Condition(), remoteproc.Queue()
+    q.put(0)
+    p = RemoteProcess(host, target=bad_arguments, args=(q, cond, out), **ssh_options)
+    p.start()
+    assert out.get(timeout=60) == ["TypeError"] * 3
+    p.join(30)
+
+
 # -- Condition -------------------------------------------------------------------------------------------
 
 def cond_with_lock_waiter(cond, out):
