@@ -455,8 +455,12 @@ def test_proxy_command_first_wins_over_proxy_jump(home):
 
 
 def test_proxy_jump_loop_is_an_error(home):
-    with pytest.raises(ConfigError, match="loop"):
+    with pytest.raises(ConfigError, match="loop") as info:
         resolve("loop-a", JUMPS)
+    # (found by an audit, G6: the message began with the last hop's name, and said no file and no fix)
+    said = str(info.value)
+    assert said.startswith("loop-a: ProxyJump goes through more than 8 hosts") and "<text>" in said, said
+    assert "`ProxyJump none` in its own block" in said, said
 
 
 def test_connection_keys(home):

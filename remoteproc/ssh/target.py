@@ -269,7 +269,15 @@ def _resolve(spec: str, options: dict[str, Any], config: Config | None, _depth: 
     keys, explicit = _identity_files(options, cfg, tokens)
     known, global_known = _known_hosts_files(options, cfg, tokens)
     jumps = parse_jumps(expand(jump_text, tokens, "ProxyJump") if isinstance(jump_text, str) else None)
-    jump = _resolve_jump(spec, jumps, options, config, _depth) if jumps else None
+    try:
+        jump = _resolve_jump(spec, jumps, options, config, _depth) if jumps else None
+    except _Loop as exc:
+        if _depth:
+            raise
+        # (said once, at the top: as the target's, with the files that make the loop)
+        raise ConfigError("%s: ProxyJump goes through more than %d hosts (%s); is there a loop in %s? Fix: %s"
+                          % (spec, MAX_JUMPS, exc.chain, " or ".join(path for path, _ in config.files) or
+                             "the ssh configuration", LOOP_FIX), spec) from None
     timeout, timeout_origin = _connect_timeout(options, cfg, spec, host)
     if jump is not None and timeout_origin:
         _cap_timeout(jump, timeout, timeout_origin)
@@ -611,11 +619,19 @@ def timeout_said(target: Target) -> str:
     return " (%s)" % target.timeout_origin if target.timeout_origin else ""
 
 
+class _Loop(ConfigError):
+    """A jump chain past MAX_JUMPS, raised where it is found and said by the target's ``resolve``."""
+
+    def __init__(self, spec: str, chain: str) -> None:
+        super().__init__("%s: ProxyJump goes through more than %d hosts; is there a loop in %s?"
+                         % (spec, MAX_JUMPS, chain), spec)
+        self.chain = chain
+
+
 def _resolve_jump(spec: str, jumps: list[str], options: dict[str, Any], config: Config, depth: int) -> Target:
     """The last hop, reached through the hops before it (like ``ssh -J a,b`` runs ``ssh -J a -W host:port b``)."""
     if depth >= MAX_JUMPS:
-        raise ConfigError("%s: ProxyJump goes through more than %d hosts; is there a loop in %s?"
-                          % (spec, MAX_JUMPS, ", ".join(jumps)) + " Fix: " + LOOP_FIX, spec)
+        raise _Loop(spec, ", ".join(jumps))
     jump_options = {k: options[k] for k in JUMP_INHERITS if k in options}
     # b reached through a, a through its own config
     if len(jumps) > 1:      # already expanded: keep a literal % literal in the hop's own expansion
