@@ -196,7 +196,8 @@ def test_a_wrong_remoteproc_ssh_from_a_remote_process(sshd, tmp_path):
 def test_the_fix_of_a_wrong_remoteproc_ssh_works_in_the_same_program(sshd, monkeypatch):
     """Found by an audit (G8): a program (a notebook) that followed the fix, setting REMOTEPROC_SSH in
     os.environ, still failed: the relay kept the environment it was started with."""
-    options = dict(sshd.options(current_user()), transport="openssh")
+    # (options of this test alone: a live connection of another test's is reused, with no ssh run)
+    options = dict(sshd.options(current_user()), transport="openssh", connect_timeout=17)
     monkeypatch.setenv("REMOTEPROC_SSH", "/nonexistent/ssh")
     with pytest.raises(ConnectError, match="/nonexistent/ssh"):
         _round_trip(sshd.spec(current_user()), **options)
