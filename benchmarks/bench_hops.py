@@ -33,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 import cloudpickle  # noqa: E402
 
+from benchmarks import peer_openssh  # noqa: E402
 from benchmarks.common import ALIAS, write_ssh_config  # noqa: E402
 from remoteproc import Pipe, RemoteProcess  # noqa: E402
 
@@ -109,14 +110,7 @@ class SshPath:
                 got += len(chunk)
         return (time.perf_counter() - t0) / n
 
-    def close(self) -> None:
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(15)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait(15)
-        self.proc.stdout.close()
+    close = peer_openssh.Pipe.close
 
 
 class PipePath:
