@@ -63,8 +63,9 @@ def check_timeout(timeout) -> None:
     """A timeout that is not a number is a TypeError, as multiprocessing's (whose SemLock refuses it),
     also when the call would not have waited (found by an audit: a bounded put that had room took
     ``timeout='x'``)."""
-    if timeout is not None and not isinstance(timeout, (int, float)):
-        raise TypeError("must be real number, not %s" % type(timeout).__name__)
+    kind = type(timeout)
+    if timeout is not None and not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
+        raise TypeError("must be real number, not %s" % kind.__name__)     # (numpy's floats pass, as there)
 
 
 class _Waiter:

@@ -398,7 +398,8 @@ class Condition(_Sync):
             tid, n = args
             if not lock._held_by(self._holder(conn, tid)):
                 raise AssertionError("lock is not owned")
-            if not isinstance(n, (int, float)):     # (multiprocessing's compares it, sleepers or not)
+            if not (hasattr(type(n), "__index__") or hasattr(type(n), "__float__")):    # (multiprocessing's
+                # compares it with a count, sleepers or not; numpy's numbers pass, as there)
                 raise TypeError("'<' not supported between instances of 'int' and '%s'" % type(n).__name__)
             while self._sleepers and n > 0:
                 w = self._sleepers.popleft()
