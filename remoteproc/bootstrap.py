@@ -539,6 +539,10 @@ def _await_ready(chan: AgentChannel, target) -> tuple[bytearray, bytearray]:
                     "keepalive within %gs): the network path to the host is down or stalled. Fix: check it, "
                     "and try again" % (target.display, target.answer_wait), target.display)
             said = (err + chan.recv_stderr()).decode("utf-8", "replace").strip()
+            if target.transport == "openssh":
+                from .ssh import openssh
+
+                said = openssh.ssh_words(said).strip()      # (not its VERBOSE or debug lines of the config's)
             shown = _without_markers(bytes(buf)).decode("utf-8", "replace").strip()
             raise BootstrapError(
                 "%s: the login shell of %s did not run remoteproc's command within %gs: a shell "

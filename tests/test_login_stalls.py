@@ -81,6 +81,8 @@ def test_the_login_that_counts_is_the_target_s_not_a_jump_host_s():
     assert not openssh.logged_in(target, "Permission denied (publickey).\n")
     target.proxy_jump = ["bastion", "hop2"]
     assert not openssh.logged_in(target, 'Authenticated to hop2 (via proxy) using "publickey".\n')
+    # (found by an audit: a bastion on the same port as the target, 22 for both, is no login to the target)
+    assert not openssh.logged_in(target, 'Authenticated to bastion ([10.0.0.9]:2222) using "publickey".\n')
     assert openssh.logged_in(target, 'Authenticated to NODE1 (via proxy) using "publickey".\n')
 
 

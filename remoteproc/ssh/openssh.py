@@ -1025,10 +1025,15 @@ def drop_verbose(said: bytes) -> bytes:
 
 
 def logged_in(target: Target, said: str) -> bool:
-    """``ssh`` said it logged in to ``target`` (``says_login``): not a jump host's ``ssh -W``, whose
-    line names the jump host's port (or, behind a jump host of its own, its name)."""
+    """``ssh`` said it logged in to ``target`` (``says_login``), not a jump host's ``ssh -W``: through a
+    ProxyJump or ProxyCommand the target's line says ``(via proxy)`` (a jump host's names its address,
+    often on the same port 22, or, behind a jump host of its own, its own name)."""
+    proxied_target = bool(target.proxy_jump or target.proxy_command)
     for host, port, proxied in _AUTHENTICATED.findall(said):
-        if (int(port) == target.port) if port else (proxied and host.lower() == target.hostname.lower()):
+        if proxied_target:
+            if proxied and host.lower() == target.hostname.lower():
+                return True
+        elif port and int(port) == target.port:
             return True
     return False
 
