@@ -120,6 +120,37 @@ def test_a_message_sent_before_another_on_a_one_way_pipe_is_there_when_the_other
     assert late == 0, "%d of %d first messages were not there when the second came" % (late, rounds)
 
 
+def paced_writer(w, n, size):
+    import time
+    for i in range(n):
+        w.send_bytes(bytes([i % 256]) * size)
+        time.sleep(0.002)
+
+
+def test_a_full_one_way_pipe_blocks_nothing_else(host, ssh_options):
+    """Found by a regression audit: the relay wrote a shared pipe when free bytes (pipe size less what
+    waits) seemed enough, but a Linux pipe holds pages, and 2100-byte messages take one each: the
+    write blocked the relay, and every other process's messages with it, until the parent read."""
+    count, size = 300, 2100
+    (r, w), (a, b) = Pipe(duplex=False), Pipe()
+    echoer = RemoteProcess(host, target=echo, args=(b,), **ssh_options)
+    echoer.start()
+    b.close()
+    writer = RemoteProcess(host, target=paced_writer, args=(w, count, size), **ssh_options)
+    writer.start()
+    w.close()
+    for i in range(150):        # (the one-way pipe is full after about 30 messages, 60 ms)
+        a.send_bytes(b"%d" % i)
+        assert a.poll(30), "round trip %d got no answer while the one-way pipe was full" % i
+        assert a.recv_bytes() == b"%d" % i
+    for i in range(count):
+        assert r.poll(30) and r.recv_bytes() == bytes([i % 256]) * size, i
+    a.close()
+    for p in (echoer, writer):
+        p.join(30)
+        assert p.exitcode == 0
+
+
 def test_three_connections_to_one_process(host, ssh_options):
     def fan(a, b, c):
         for conn, tag in ((a, "a"), (b, "b"), (c, "c")):

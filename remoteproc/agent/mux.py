@@ -16,7 +16,6 @@ import os
 import selectors
 import socket
 import stat
-import struct
 from collections import deque
 from itertools import islice
 from typing import Callable, Optional
@@ -24,10 +23,9 @@ from typing import Callable, Optional
 from . import frames, splice
 
 try:
-    import fcntl
-    import termios
-except ImportError:     # (not a Unix: no pipe is measured)
-    fcntl = termios = None  # type: ignore[assignment]
+    from select import POLLOUT, poll
+except ImportError:     # (no poll(): a shared pipe is written once the selector says so)
+    poll = None  # type: ignore[assignment,misc]
 
 WINDOW = 4 << 20           # bytes in flight per stream and direction
 ACK_AT = 1 << 20           # return credit in pieces of at least this much
@@ -143,7 +141,7 @@ class Stream:
     __slots__ = (
         "sid", "fd", "sock", "owner", "reading", "writing", "shared", "pollable", "is_socket",
         "credit", "outq", "queued", "unacked", "peer_eof", "read_done", "write_done",
-        "events", "handler", "bulk", "room", "held", "tail", "pipe_size",
+        "events", "handler", "bulk", "room", "held", "tail", "pipe_poll",
     )
 
     def __init__(self, sid, fd, reading, writing, owner, shared, credit):
@@ -173,9 +171,9 @@ class Stream:
         self.bulk = False           # recent reads were big: move the next ones with splice
         self.room = 0               # what a splice may give the socket without blocking, at least
         self.tail = None            # a bytearray: the last TAIL bytes written to the fd are kept there
-        #: a shared (blocking) pipe's size: what it can take now is measured (``_pipe_room``), so that
-        #: it is written at once like a socket, not at the next wake-up (0: not a pipe we can measure)
-        self.pipe_size = _pipe_size(fd) if shared and writing and stat.S_ISFIFO(mode) else 0
+        #: a shared (blocking) pipe's poll(): asked whether it takes a piece now (``_pipe_takes``), so
+        #: that it is written at once like a socket, not at the next wake-up (None: not such a pipe)
+        self.pipe_poll = _pipe_poller(fd) if shared and writing and stat.S_ISFIFO(mode) else None
 
 
 #: what a stream with a ``tail`` keeps of what passed: its last bytes (the relay keeps a child's
@@ -183,23 +181,19 @@ class Stream:
 TAIL = 4096
 
 
-def _pipe_size(fd) -> int:
-    if fcntl is None:
-        return 0
-    try:
-        return fcntl.fcntl(fd, getattr(fcntl, "F_GETPIPE_SZ", 1032))
-    except OSError:
-        return 0        # (not Linux)
+def _pipe_poller(fd):
+    if poll is None:
+        return None
+    p = poll()
+    p.register(fd, POLLOUT)
+    return p
 
 
-def _pipe_room(s) -> int:
-    """What the shared pipe of ``s`` takes now without blocking (0 where that is not known)."""
-    if not s.pipe_size:
-        return 0
-    try:
-        return s.pipe_size - struct.unpack("i", fcntl.ioctl(s.fd, termios.FIONREAD, b"\0\0\0\0"))[0]
-    except OSError:
-        return 0
+def _pipe_takes(s) -> bool:
+    """Whether the shared pipe of ``s`` takes a piece (at most SMALL_WRITE, a page) now without
+    blocking: what the selector would say, asked at once.  (Not a count of free bytes: a Linux pipe
+    holds pages, and small writes that do not fit the last one take a page each.)"""
+    return s.pipe_poll is not None and bool(s.pipe_poll.poll(0))
 
 
 def _keep(tail, piece) -> None:
@@ -365,8 +359,8 @@ class Mux:
             s.unacked += n
             s.room -= n
             _consume(q, n)
-            if s.shared and s.pollable and s.sock is None and _pipe_room(s) < min(s.queued, SMALL_WRITE):
-                break  # one small write per wake-up where it could block the loop
+            if s.shared and s.pollable and s.sock is None and not _pipe_takes(s):
+                break  # a small write when it cannot block the loop
         self._ack(s)
         if not q:
             if s.peer_eof:
@@ -535,8 +529,7 @@ class Mux:
             raise frames.FrameError("peer overran its credit on stream %d" % s.sid)
         q = s.outq
         q.append(piece)
-        if len(q) == 1 and (not s.shared or s.sock is not None or not s.pollable
-                            or _pipe_room(s) >= min(len(piece), SMALL_WRITE)):
+        if len(q) == 1 and (not s.shared or s.sock is not None or not s.pollable or _pipe_takes(s)):
             # the common case: written at once, no extra wake-up (a shared socket is written
             # with MSG_DONTWAIT; a shared blocking pipe when it has the room, else once it is
             # writable). A message is then in the kernel before the next frame's, as a local
