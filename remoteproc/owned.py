@@ -59,13 +59,18 @@ SETTLE_WAIT = 1.0       # seconds join() waits for the owner to drop an ended pr
 MAX_SLEEP = 3600.0
 
 
+def is_number(value) -> bool:
+    """What multiprocessing takes for a timeout or a count: anything with ``__float__`` or ``__index__``
+    (numpy's numbers and Decimal too), never a string."""
+    return hasattr(type(value), "__float__") or hasattr(type(value), "__index__")
+
+
 def check_timeout(timeout) -> None:
     """A timeout that is not a number is a TypeError, as multiprocessing's (whose SemLock refuses it),
     also when the call would not have waited (found by an audit: a bounded put that had room took
     ``timeout='x'``)."""
-    kind = type(timeout)
-    if timeout is not None and not (hasattr(kind, "__float__") or hasattr(kind, "__index__")):
-        raise TypeError("must be real number, not %s" % kind.__name__)     # (numpy's floats pass, as there)
+    if timeout is not None and not is_number(timeout):
+        raise TypeError("must be real number, not %s" % type(timeout).__name__)
 
 
 class _Waiter:

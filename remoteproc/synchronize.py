@@ -27,7 +27,7 @@ from typing import Any, Callable, Optional
 
 from .agent import proxies as P
 from .agent import synchronize as S
-from .owned import _get_broker, _Owned, _Waiter
+from .owned import _get_broker, _Owned, _Waiter, is_number
 
 __all__ = ["Barrier", "BoundedSemaphore", "Condition", "Lock", "RLock", "Semaphore"]
 
@@ -398,8 +398,7 @@ class Condition(_Sync):
             tid, n = args
             if not lock._held_by(self._holder(conn, tid)):
                 raise AssertionError("lock is not owned")
-            if not (hasattr(type(n), "__index__") or hasattr(type(n), "__float__")):    # (multiprocessing's
-                # compares it with a count, sleepers or not; numpy's numbers pass, as there)
+            if not is_number(n):    # (multiprocessing's compares it with a count, sleepers or not)
                 raise TypeError("'<' not supported between instances of 'int' and '%s'" % type(n).__name__)
             while self._sleepers and n > 0:
                 w = self._sleepers.popleft()

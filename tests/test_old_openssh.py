@@ -118,7 +118,7 @@ def test_a_jump_host_whose_config_says_no_gets_yes_from_an_old_ssh(old_ssh, monk
     word as the command line's; with an old ssh, the word for their ``StrictHostKeyChecking no``."""
     monkeypatch.setenv("REMOTEPROC_SSH", old_ssh)
     assert openssh._lax_word("alice@node1") == "yes"
-    text, _ = openssh.jump_config([], lax=["jump1"], lax_word=openssh._lax_word("alice@node1"))
+    text, _, _ = openssh.jump_config([], lax=["jump1"], lax_word=openssh._lax_word("alice@node1"))
     assert "Host jump1\nStrictHostKeyChecking yes\nHost *" in text, text
     assert "accept-new" not in text, text
     monkeypatch.setenv("REMOTEPROC_SSH", shutil.which("ssh") or "ssh")

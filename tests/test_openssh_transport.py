@@ -205,6 +205,31 @@ def test_the_fix_of_a_wrong_remoteproc_ssh_works_in_the_same_program(sshd, monke
     _round_trip(sshd.spec(current_user()), **options)
 
 
+@pytest.mark.parametrize("transport", ["paramiko", "openssh"])
+def test_an_ssh_auth_sock_set_in_the_program_is_the_next_connection_s(sshd, tmp_path, monkeypatch, transport):
+    """docs/ssh.md: SSH_AUTH_SOCK is read from the program's os.environ at each start(), as
+    REMOTEPROC_SSH is; a relay started before it was set has another environment."""
+    _round_trip(sshd.spec(current_user()), **dict(sshd.options(current_user()), transport=transport))  # (a relay)
+    sock = str(tmp_path / "agent.sock")
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
+    agent = subprocess.Popen(["ssh-agent", "-D", "-a", sock], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, env=env)
+    try:
+        deadline = time.monotonic() + 10
+        while not os.path.exists(sock) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        options = sshd.options(current_user())
+        subprocess.run(["ssh-add", options.pop("key_filename")], env=dict(env, SSH_AUTH_SOCK=sock), check=True,
+                       timeout=30, capture_output=True, stdin=subprocess.DEVNULL)
+        monkeypatch.setenv("SSH_AUTH_SOCK", sock)
+        # (options of this test alone, a new connection: the key is only in the agent)
+        _round_trip(sshd.spec(current_user()), transport=transport, look_for_keys=False, ssh_config=False,
+                    connect_timeout=19, **{k: v for k, v in options.items() if k != "username"})
+    finally:
+        agent.kill()
+        agent.wait(10)
+
+
 SSH_WORDS = [
     ("Host key verification failed.", HostKeyError, "host_key_policy='accept-new'"),
     ("@@@ WARNING: REMOTE HOST IDENTIFICATION HAS CHANGED! @@@", HostKeyError, "ssh-keygen -R"),

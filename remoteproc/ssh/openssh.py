@@ -317,17 +317,7 @@ def _users_configs(args: list[str]) -> list[str]:
     given = [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-F"]
     if not given:
         return list(DEFAULT_CONFIGS)
-    out = []
-    for path in given:
-        if _configs_dir is not None and path.startswith(_configs_dir + os.sep):
-            try:
-                with open(path, encoding="utf-8") as f:
-                    out += [line[len('Include "'):-1] for line in f.read().splitlines() if line.startswith('Include "')]
-            except OSError:
-                pass
-        else:
-            out.append(path)
-    return out or ["none"]
+    return [c for path in given for c in _included.get(path, [path])] or ["none"]
 
 
 def _users_args(args: list[str]) -> list[str]:
@@ -630,10 +620,11 @@ _INHERITED = {"-i": "IdentityFile", "UserKnownHostsFile": "UserKnownHostsFile",
 
 
 def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[str] = (),
-                lax: Sequence[str] = (), lax_word: str = "accept-new") -> tuple[str, list[str]]:
+                lax: Sequence[str] = (), lax_word: str = "accept-new") -> tuple[str, list[str], list[str]]:
     """For ``option_args``' ``args``: the text of a config file that sets our inherited options for
-    every host (jump hosts too) and then includes the user's configuration, and the arguments that
-    remain on the command line (``-F`` and the inherited ones moved into the file).
+    every host (jump hosts too) and then includes the user's configuration, the arguments that
+    remain on the command line (``-F`` and the inherited ones moved into the file), and the user's
+    configuration files it includes.
 
     Settings before any ``Host`` line hold for every host, and the first value ssh obtains wins: the
     file ranks our options above the user's configuration, as the command line did.  ``defaults``
@@ -662,10 +653,11 @@ def jump_config(args: list[str], defaults: Sequence[str] = (), quiet: Sequence[s
         lines += ["Host %s" % " ".join(quiet), "LogLevel ERROR", "Host *"]
     if lax:         # (jump hosts whose config says StrictHostKeyChecking no: see _strict_args)
         lines += ["Host %s" % " ".join(lax), "StrictHostKeyChecking " + lax_word, "Host *"]
-    lines += ['Include "%s"' % _account_path(c) for c in configs]
+    configs = [_account_path(c) for c in configs]
+    lines += ['Include "%s"' % c for c in configs]
     if defaults:
         lines += ["Host *", *defaults]
-    return "\n".join(lines) + "\n", rest
+    return "\n".join(lines) + "\n", rest, configs
 
 
 def _account_path(path: str) -> str:
@@ -685,6 +677,8 @@ def _account_path(path: str) -> str:
 
 _configs_lock = threading.Lock()
 _configs_dir: Optional[str] = None
+#: a config file of ours -> the user's files it includes (what an error names instead of ours)
+_included: dict[str, list[str]] = {}
 CONFIGS_PREFIX = "remoteproc-ssh-"      # then pid and pid namespace: a killed relay's files are found by them
 
 
@@ -692,7 +686,7 @@ def _with_jump_config(args: list[str], defaults: Sequence[str], quiet: Sequence[
                       lax: Sequence[str] = (), lax_word: str = "accept-new") -> list[str]:
     """``args`` with our inherited options in a config file of this process (see ``jump_config``)."""
     global _configs_dir
-    text, rest = jump_config(args, defaults, quiet, lax, lax_word)
+    text, rest, configs = jump_config(args, defaults, quiet, lax, lax_word)
     with _configs_lock:
         if _configs_dir is None:
             _sweep_stale_configs(tempfile.gettempdir())
@@ -703,6 +697,7 @@ def _with_jump_config(args: list[str], defaults: Sequence[str], quiet: Sequence[
             with open(path + ".tmp", "w") as f:
                 f.write(text)
             os.replace(path + ".tmp", path)
+        _included[path] = configs
     return rest + ["-F", path]
 
 
@@ -750,6 +745,7 @@ def remove_configs() -> None:
         if _configs_dir is not None:
             shutil.rmtree(_configs_dir, ignore_errors=True)
             _configs_dir = None
+            _included.clear()
 
 
 # -- ssh's failures ----------------------------------------------------------------------------
